@@ -1,0 +1,72 @@
+"""The `assistant` command: one subcommand a job, heavy imports only inside the one that runs."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+import yaml
+
+from assistant.config import ConfigError, check_model_paths, load_settings, settings_as_dict
+from assistant.logs import setup_logging
+
+# sysexits' EX_CONFIG: the systemd unit lists it in RestartPreventExitStatus, so a broken
+# config is reported once instead of restarting in a loop.
+EXIT_CONFIG = 78
+
+DESCRIPTION = "Offline voice assistant for the AXERA AX630C / AX650N."
+log = logging.getLogger("assistant")
+
+
+def cmd_config_check(args: argparse.Namespace) -> int:
+    settings = load_settings(args.config)
+    check_model_paths(settings)
+    print(f"# effective settings from {settings.source}")
+    print(yaml.safe_dump(settings_as_dict(settings), sort_keys=False, allow_unicode=True), end="")
+    print(f"{settings.source}: OK", file=sys.stderr)
+    return 0
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    from assistant.llm.chat import chat_repl
+
+    return chat_repl(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="assistant", description=DESCRIPTION)
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    config = sub.add_parser("config", help="inspect the configuration")
+    config_sub = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
+    check = config_sub.add_parser("check", help="validate a config file and print the effective settings")
+    check.add_argument(
+        "--config", type=Path, default=None, help="config file (default: $ASSISTANT_CONFIG or ./config.yaml)"
+    )
+    check.set_defaults(func=cmd_config_check)
+
+    chat = sub.add_parser("chat", help="text chat with the on-device LLM (streams tokens, prints tok/s)")
+    chat.add_argument("--model", type=Path, required=True, help="model directory written by `assistant setup`")
+    chat.add_argument("--backend", default="auto", choices=["auto", "axengine", "onnxruntime"])
+    chat.add_argument("--threads", type=int, default=2)
+    chat.add_argument("--system", default="You are a helpful assistant.", help="system prompt")
+    chat.add_argument("--max-new-tokens", type=int, default=256)
+    chat.add_argument("--temperature", type=float, default=0.0, help="0 is greedy")
+    chat.add_argument("--seed", type=int, default=None)
+    chat.set_defaults(func=cmd_chat)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.log_level)
+    try:
+        return args.func(args)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    except KeyboardInterrupt:
+        return 130
