@@ -1,0 +1,120 @@
+"""Reading a Hugging Face checkpoint folder: its config and its safetensors, memory-mapped.
+
+safetensors is read by hand (an 8-byte header length, a JSON header, raw little-endian data) so
+that bf16 tensors, which numpy has no dtype for, can be mapped without torch and without loading
+the whole file.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from assistant.llm.manifest import ModelError
+
+SUPPORTED_MODEL_TYPES = ("qwen2", "llama")
+_DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16, "I8": np.int8, "U8": np.uint8}
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    model_type: str
+    num_layers: int
+    hidden_size: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    intermediate_size: int
+    vocab_size: int
+    rope_theta: float
+    rms_norm_eps: float
+    tie_word_embeddings: bool
+    attention_bias: bool
+    max_position_embeddings: int
+
+    @property
+    def kv_dim(self) -> int:
+        return self.num_kv_heads * self.head_dim
+
+
+def read_shape(model_dir: Path) -> ModelShape:
+    """The dimensions of a Qwen2 / Llama checkpoint from its config.json."""
+    path = model_dir / "config.json"
+    try:
+        cfg = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ModelError(f"{path}: not found; is {model_dir} a Hugging Face model folder?") from None
+    except json.JSONDecodeError as e:
+        raise ModelError(f"{path}: invalid JSON: {e}") from None
+    model_type = cfg.get("model_type")
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise ModelError(f"{path}: model_type {model_type!r} is not supported (supported: qwen2, llama)")
+    rope = cfg.get("rope_parameters") or {}
+    scaling = cfg.get("rope_scaling") or rope
+    if scaling.get("rope_type", scaling.get("type", "default")) != "default":
+        raise ModelError(f"{path}: rope scaling {scaling.get('rope_type')!r} is not supported")
+    theta = cfg.get("rope_theta", rope.get("rope_theta"))
+    if theta is None:
+        raise ModelError(f"{path}: no rope_theta (neither at top level nor in rope_parameters)")
+    heads = cfg["num_attention_heads"]
+    return ModelShape(
+        model_type=model_type,
+        num_layers=cfg["num_hidden_layers"],
+        hidden_size=cfg["hidden_size"],
+        num_heads=heads,
+        num_kv_heads=cfg.get("num_key_value_heads", heads),
+        head_dim=cfg.get("head_dim") or cfg["hidden_size"] // heads,
+        intermediate_size=cfg["intermediate_size"],
+        vocab_size=cfg["vocab_size"],
+        rope_theta=float(theta),
+        rms_norm_eps=float(cfg["rms_norm_eps"]),
+        tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+        # Qwen2 always has q/k/v biases; Llama has them only when attention_bias says so.
+        attention_bias=model_type == "qwen2" or bool(cfg.get("attention_bias", False)),
+        max_position_embeddings=cfg.get("max_position_embeddings", 32768),
+    )
+
+
+class Checkpoint:
+    """All tensors of a (possibly sharded) safetensors checkpoint, each mapped on first use."""
+
+    def __init__(self, model_dir: Path):
+        files = sorted(model_dir.glob("*.safetensors"))
+        if not files:
+            raise ModelError(f"{model_dir}: no *.safetensors files (only safetensors checkpoints are supported)")
+        self._where: dict[str, tuple[Path, dict, int]] = {}
+        for file in files:
+            with open(file, "rb") as f:
+                (header_len,) = struct.unpack("<Q", f.read(8))
+                header = json.loads(f.read(header_len))
+            header.pop("__metadata__", None)
+            for name, info in header.items():
+                self._where[name] = (file, info, 8 + header_len)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._where
+
+    def raw(self, name: str) -> tuple[np.ndarray, str]:
+        """The tensor as stored (bf16 as uint16), memory-mapped, with its safetensors dtype."""
+        if name not in self._where:
+            raise ModelError(f"tensor {name} is missing from the checkpoint")
+        file, info, data_start = self._where[name]
+        begin, end = info["data_offsets"]
+        dtype = info["dtype"]
+        if dtype not in _DTYPES:
+            raise ModelError(f"{file}: tensor {name} has unsupported dtype {dtype}")
+        array = np.memmap(file, dtype=_DTYPES[dtype], mode="r", offset=data_start + begin, shape=tuple(info["shape"]))
+        if array.nbytes != end - begin:
+            raise ModelError(f"{file}: tensor {name} size disagrees with its header (truncated file?)")
+        return array, dtype
+
+    def f32(self, name: str) -> np.ndarray:
+        """The tensor as float32 (a new array; bf16 widened exactly)."""
+        array, dtype = self.raw(name)
+        if dtype == "BF16":
+            return (array.astype(np.uint32) << 16).view(np.float32)
+        return np.asarray(array, dtype=np.float32)

@@ -1,0 +1,52 @@
+"""The bf16 embedding table: written by setup, memory-mapped by the engine.
+
+The file is the one ax-llm reads on the board: [vocab_size, hidden_size] bf16, little-endian,
+row-major, converted from fp32 with round-to-nearest-even.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+EMBEDDINGS_FILE = "model.embed_tokens.weight.bfloat16.bin"
+
+
+def f32_to_bf16(values: np.ndarray) -> np.ndarray:
+    """float32 → bf16 bits (uint16), round-to-nearest-even; NaN stays NaN (quieted), inf stays inf."""
+    bits = np.ascontiguousarray(values, dtype=np.float32).view(np.uint32)
+    lsb = (bits >> 16) & 1
+    rounded = ((bits + 0x7FFF + lsb) >> 16).astype(np.uint16)
+    nan = (bits & 0x7FFFFFFF) > 0x7F800000
+    # Rounding could carry a NaN's payload into the exponent and turn it into inf; keep it a NaN.
+    rounded[nan] = ((bits[nan] >> 16) | 0x0040).astype(np.uint16)
+    return rounded
+
+
+def bf16_to_f32(bits: np.ndarray) -> np.ndarray:
+    """bf16 bits (uint16) → float32, exact."""
+    return (np.asarray(bits, dtype=np.uint32) << 16).view(np.float32)
+
+
+def write_bf16_table(rows: np.ndarray, path: Path, chunk_rows: int = 8192) -> None:
+    """Write a [vocab, hidden] table (any float dtype, or bf16 bits as uint16) as bf16, chunk by chunk.
+
+    `rows` is usually a memory map, so the whole float32 table never exists in memory at once.
+    """
+    with open(path, "wb") as out:
+        for start in range(0, rows.shape[0], chunk_rows):
+            chunk = rows[start : start + chunk_rows]
+            bits = chunk if chunk.dtype == np.uint16 else f32_to_bf16(chunk)
+            out.write(np.ascontiguousarray(bits).astype("<u2", copy=False).tobytes())
+
+
+class EmbeddingTable:
+    """Token id → float32 hidden vector, read from the memory-mapped bf16 file."""
+
+    def __init__(self, path: Path, vocab_size: int, hidden_size: int):
+        self.table = np.memmap(path, dtype="<u2", mode="r", shape=(vocab_size, hidden_size))
+
+    def __call__(self, token_ids: list[int] | np.ndarray) -> np.ndarray:
+        """[1, T, hidden] float32 for T token ids."""
+        return bf16_to_f32(self.table[np.asarray(token_ids, dtype=np.int64)])[None]

@@ -1,0 +1,280 @@
+"""Host exporter: a Hugging Face Qwen2 / Llama checkpoint → per-layer ONNX graphs with the AXERA I/O.
+
+Each decoder layer becomes one graph with the inputs K_cache, V_cache, indices, input, mask and
+the outputs K_cache_out, V_cache_out, output (DESIGN.md §3), and post.onnx maps the last hidden
+state to logits. Linear weights are int8 with one float scale per output channel and block of
+input channels (weight-only, float activations: the CPU counterpart of Pulsar2's w8a16), or float32
+for exactness tests. The graphs are written directly with onnx.helper from memory-mapped weights,
+so exporting needs neither torch nor the whole model in memory.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from assistant.llm.checkpoint import Checkpoint, ModelShape, read_shape
+from assistant.llm.embeddings import EMBEDDINGS_FILE, write_bf16_table
+from assistant.llm.manifest import LayerFiles, Manifest, record_files
+
+log = logging.getLogger(__name__)
+
+OPSET = 17
+MASKED = -65536.0  # the AXERA mask value: 0 attends, -65536 is masked
+INT8_BLOCK = 128  # input channels sharing one scale; MatMulNBits wants a power of two ≥ 16
+
+
+class Graph:
+    """A tiny builder over onnx.helper: each op returns the name of its (first) output."""
+
+    def __init__(self, weights: str):
+        self.weights = weights
+        self.nodes: list = []
+        self.initializers: list = []
+        self.count = 0
+
+    def _name(self, hint: str) -> str:
+        self.count += 1
+        return f"{hint}_{self.count}"
+
+    def const(self, array: np.ndarray, hint: str = "c") -> str:
+        from onnx import numpy_helper
+
+        name = self._name(hint)
+        self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
+        return name
+
+    def op(self, op_type: str, *inputs: str, outputs: int = 1, out: str = "", domain: str = "", **attrs):
+        """Add a node; `out` names its output when it is one of the graph's outputs."""
+        from onnx import helper
+
+        names = [out] if out else [self._name(op_type.lower()) for _ in range(outputs)]
+        self.nodes.append(helper.make_node(op_type, list(inputs), names, domain=domain or None, **attrs))
+        return names[0] if outputs == 1 else names
+
+    def linear(self, x: str, weight: np.ndarray, bias: np.ndarray | None = None) -> str:
+        """x @ weight.T (+ bias), weight [out, in] as in the checkpoint."""
+        if self.weights == "int8":
+            y = self._matmul_int8(x, weight)
+        else:
+            y = self.op("MatMul", x, self.const(np.ascontiguousarray(weight.T, dtype=np.float32), "w"))
+        return y if bias is None else self.op("Add", y, self.const(bias.astype(np.float32), "b"))
+
+    def _matmul_int8(self, x: str, weight: np.ndarray) -> str:
+        packed, scales, zero_points = quantize_int8_blocks(weight)
+        out_features, in_features = weight.shape
+        return self.op(
+            "MatMulNBits",
+            x,
+            self.const(packed, "wq"),
+            self.const(scales, "ws"),
+            self.const(zero_points, "wz"),
+            domain="com.microsoft",
+            K=in_features,
+            N=out_features,
+            bits=8,
+            block_size=INT8_BLOCK,
+            accuracy_level=0,
+        )
+
+    def rms_norm(self, x: str, weight: np.ndarray, eps: float) -> str:
+        # Spelled out in float32 exactly as transformers does; onnxruntime fuses it into one kernel.
+        mean_square = self.op("ReduceMean", self.op("Mul", x, x), axes=[-1], keepdims=1)
+        inv = self.op("Reciprocal", self.op("Sqrt", self.op("Add", mean_square, self.const(np.float32(eps)))))
+        return self.op("Mul", self.op("Mul", x, inv), self.const(weight.astype(np.float32), "norm"))
+
+    def model(self, inputs: list, outputs: list, name: str):
+        from onnx import helper
+
+        graph = helper.make_graph(self.nodes, name, inputs, outputs, self.initializers)
+        opsets = [helper.make_opsetid("", OPSET), helper.make_opsetid("com.microsoft", 1)]
+        return helper.make_model(graph, opset_imports=opsets, producer_name="assistant")
+
+
+def quantize_int8_blocks(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Symmetric int8 per output channel and block of INT8_BLOCK inputs, in MatMulNBits' layout.
+
+    Returns packed [N, blocks, block] uint8 (value + 128), scales [N * blocks] float32 and
+    zero points [N * blocks] uint8 (all 128).
+    """
+    out_features, in_features = weight.shape
+    blocks = -(-in_features // INT8_BLOCK)
+    padded = np.zeros((out_features, blocks * INT8_BLOCK), dtype=np.float32)
+    padded[:, :in_features] = weight
+    padded = padded.reshape(out_features, blocks, INT8_BLOCK)
+    scales = np.abs(padded).max(axis=2) / 127.0
+    scales[scales == 0] = 1.0
+    q = np.clip(np.rint(padded / scales[:, :, None]), -127, 127).astype(np.int16) + 128
+    zero_points = np.full(out_features * blocks, 128, dtype=np.uint8)
+    return q.astype(np.uint8), scales.astype(np.float32).reshape(-1), zero_points
+
+
+def _tensor(name: str, elem_type: int, dims: list):
+    from onnx import helper
+
+    return helper.make_tensor_value_info(name, elem_type, dims)
+
+
+def layer_graph(ck: Checkpoint, shape: ModelShape, i: int, weights: str):
+    """One decoder layer with the AXERA per-layer I/O contract."""
+    from onnx import TensorProto
+
+    g = Graph(weights)
+    p = f"model.layers.{i}."
+    heads, kv_heads, head_dim = shape.num_heads, shape.num_kv_heads, shape.head_dim
+    group = heads // kv_heads
+
+    def bias(name: str) -> np.ndarray | None:
+        return ck.f32(p + name) if shape.attention_bias and p + name in ck else None
+
+    # Rotary angles from the absolute positions, in float32 like transformers.
+    inv_freq = 1.0 / (shape.rope_theta ** (np.arange(0, head_dim, 2, dtype=np.int64).astype(np.float32) / head_dim))
+    positions = g.op("Unsqueeze", g.op("Cast", "indices", to=TensorProto.FLOAT), g.const(np.array([2])))
+    freqs = g.op("Mul", positions, g.const(inv_freq.astype(np.float32), "inv_freq"))
+    angles = g.op("Unsqueeze", g.op("Concat", freqs, freqs, axis=-1), g.const(np.array([2])))
+    cos, sin = g.op("Cos", angles), g.op("Sin", angles)
+
+    def rotate(x: str) -> str:
+        first, second = g.op("Split", x, axis=-1, outputs=2)
+        return g.op("Add", g.op("Mul", x, cos), g.op("Mul", g.op("Concat", g.op("Neg", second), first, axis=-1), sin))
+
+    x = "input"
+    h = g.rms_norm(x, ck.f32(p + "input_layernorm.weight"), shape.rms_norm_eps)
+    scale = np.float32(1.0 / np.sqrt(head_dim))
+    q = g.linear(h, ck.f32(p + "self_attn.q_proj.weight") * scale, _scaled(bias("self_attn.q_proj.bias"), scale))
+    k = g.linear(h, ck.f32(p + "self_attn.k_proj.weight"), bias("self_attn.k_proj.bias"))
+    v = g.linear(h, ck.f32(p + "self_attn.v_proj.weight"), bias("self_attn.v_proj.bias"))
+    q = rotate(g.op("Reshape", q, g.const(np.array([0, 0, heads, head_dim]))))
+    k = rotate(g.op("Reshape", k, g.const(np.array([0, 0, kv_heads, head_dim]))))
+    g.op("Reshape", k, g.const(np.array([0, 0, shape.kv_dim])), out="K_cache_out")
+    g.op("Identity", v, out="V_cache_out")
+
+    # Grouped-query attention without repeating K/V: queries are laid out [kv_head, group, T, d]
+    # so one broadcast MatMul serves each K/V head's whole group.
+    q5 = g.op(
+        "Transpose", g.op("Reshape", q, g.const(np.array([0, 0, kv_heads, group, head_dim]))), perm=[0, 2, 3, 1, 4]
+    )
+
+    def per_head(cache: str, new: str, perm: list[int]) -> str:
+        rows = g.op("Reshape", g.op("Concat", cache, new, axis=1), g.const(np.array([0, 0, kv_heads, head_dim])))
+        return g.op("Unsqueeze", g.op("Transpose", rows, perm=perm), g.const(np.array([2])))
+
+    keys = per_head("K_cache", "K_cache_out", [0, 2, 3, 1])  # [1, kv, 1, d, S]
+    values = per_head("V_cache", "V_cache_out", [0, 2, 1, 3])  # [1, kv, 1, S, d]
+    scores = g.op("Add", g.op("MatMul", q5, keys), "mask")
+    attn = g.op("MatMul", g.op("Softmax", scores, axis=-1), values)  # [1, kv, group, T, d]
+    attn = g.op("Reshape", g.op("Transpose", attn, perm=[0, 3, 1, 2, 4]), g.const(np.array([0, 0, heads * head_dim])))
+    h = g.op("Add", x, g.linear(attn, ck.f32(p + "self_attn.o_proj.weight")))
+
+    m = g.rms_norm(h, ck.f32(p + "post_attention_layernorm.weight"), shape.rms_norm_eps)
+    gate = g.linear(m, ck.f32(p + "mlp.gate_proj.weight"))
+    up = g.linear(m, ck.f32(p + "mlp.up_proj.weight"))
+    act = g.op("Mul", g.op("Mul", gate, g.op("Sigmoid", gate)), up)
+    g.op("Add", h, g.linear(act, ck.f32(p + "mlp.down_proj.weight")), out="output")
+
+    f, u32 = TensorProto.FLOAT, TensorProto.UINT32
+    inputs = [
+        _tensor("K_cache", f, [1, "kv_len", shape.kv_dim]),
+        _tensor("V_cache", f, [1, "kv_len", shape.kv_dim]),
+        _tensor("indices", u32, [1, "T"]),
+        _tensor("input", f, [1, "T", shape.hidden_size]),
+        _tensor("mask", f, [1, "T", "kv_len_plus_T"]),
+    ]
+    outputs = [
+        _tensor("K_cache_out", f, [1, "T", shape.kv_dim]),
+        _tensor("V_cache_out", f, [1, "T", shape.kv_dim]),
+        _tensor("output", f, [1, "T", shape.hidden_size]),
+    ]
+    return g.model(inputs, outputs, f"layer_{i}")
+
+
+def _scaled(bias: np.ndarray | None, scale: np.float32) -> np.ndarray | None:
+    return None if bias is None else bias * scale
+
+
+def post_graph(ck: Checkpoint, shape: ModelShape, weights: str):
+    """Final RMSNorm and lm_head (tied to the embeddings when the checkpoint says so)."""
+    from onnx import TensorProto
+
+    g = Graph(weights)
+    head = "model.embed_tokens.weight" if shape.tie_word_embeddings or "lm_head.weight" not in ck else "lm_head.weight"
+    h = g.rms_norm("input", ck.f32("model.norm.weight"), shape.rms_norm_eps)
+    g.op("Identity", g.linear(h, ck.f32(head)), out="logits")
+    inputs = [_tensor("input", TensorProto.FLOAT, [1, "T", shape.hidden_size])]
+    outputs = [_tensor("logits", TensorProto.FLOAT, [1, "T", shape.vocab_size])]
+    return g.model(inputs, outputs, "post")
+
+
+def export_model(
+    hf_dir: Path,
+    out_dir: Path,
+    *,
+    weights: str = "int8",
+    kv_cache_len: int = 1023,
+    name: str | None = None,
+    progress: Callable[[str], None] = log.info,
+) -> Manifest:
+    """Write embeddings, tokenizer, onnx/ layers and manifest.yaml for `hf_dir` into `out_dir`."""
+    import onnx
+
+    if weights not in ("int8", "float"):
+        raise ValueError(f"weights must be 'int8' or 'float', not {weights!r}")
+    shape = read_shape(hf_dir)
+    ck = Checkpoint(hf_dir)
+    (out_dir / "onnx").mkdir(parents=True, exist_ok=True)
+
+    for file in ("tokenizer.json", "tokenizer_config.json"):
+        if not (hf_dir / file).is_file():
+            raise FileNotFoundError(f"{hf_dir / file}: missing; the model folder needs its tokenizer")
+        shutil.copyfile(hf_dir / file, out_dir / file)
+
+    embed, _ = ck.raw("model.embed_tokens.weight")
+    write_bf16_table(embed, out_dir / EMBEDDINGS_FILE)
+    progress(f"embeddings: {EMBEDDINGS_FILE} ({embed.shape[0]} x {embed.shape[1]} bf16)")
+
+    layers = []
+    for i in range(shape.num_layers):
+        rel = f"onnx/layer_{i}.onnx"
+        onnx.save(layer_graph(ck, shape, i, weights), out_dir / rel)
+        layers.append(rel)
+        progress(f"layer {i + 1}/{shape.num_layers}: {rel}")
+    onnx.save(post_graph(ck, shape, weights), out_dir / "onnx/post.onnx")
+    progress("post: onnx/post.onnx")
+
+    manifest = Manifest(
+        name=name or hf_dir.resolve().name,
+        source=str(hf_dir),
+        model_type=shape.model_type,
+        num_layers=shape.num_layers,
+        hidden_size=shape.hidden_size,
+        num_heads=shape.num_heads,
+        num_kv_heads=shape.num_kv_heads,
+        head_dim=shape.head_dim,
+        intermediate_size=shape.intermediate_size,
+        vocab_size=shape.vocab_size,
+        kv_cache_len=kv_cache_len,
+        eos_token_ids=_eos_ids(hf_dir),
+        embeddings=EMBEDDINGS_FILE,
+        backends={"onnxruntime": LayerFiles(layers=layers, post="onnx/post.onnx", weights=weights)},
+    )
+    record_files(out_dir, manifest)
+    manifest.save(out_dir)
+    return manifest
+
+
+def _eos_ids(hf_dir: Path) -> list[int]:
+    """eos ids from generation_config.json (Qwen2 lists <|im_end|> and <|endoftext|>), else config.json."""
+    ids: list[int] = []
+    for file in ("generation_config.json", "config.json"):
+        path = hf_dir / file
+        if path.is_file():
+            value = json.loads(path.read_text()).get("eos_token_id")
+            for token in value if isinstance(value, list) else [value]:
+                if token is not None and token not in ids:
+                    ids.append(int(token))
+    return ids

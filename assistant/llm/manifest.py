@@ -1,0 +1,112 @@
+"""manifest.yaml: what a model directory holds, checked against the files before any inference."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import yaml
+
+MANIFEST_FILE = "manifest.yaml"
+FORMAT_VERSION = 1
+FIX = "re-run `assistant setup`"
+
+
+class ModelError(Exception):
+    """A model directory that cannot be used, worded to name the file and the fix."""
+
+
+@dataclass
+class LayerFiles:
+    """One backend's graphs: a session per decoder layer and the post (norm + lm_head) session."""
+
+    layers: list[str]
+    post: str
+    prefill_len: int = 0  # 0: the graphs take any T (ONNX) or have no prefill shape group (axmodel)
+    weights: str = ""  # e.g. "int8" or "float", for people reading the manifest
+
+
+@dataclass
+class Manifest:
+    name: str
+    model_type: str
+    num_layers: int
+    hidden_size: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    intermediate_size: int
+    vocab_size: int
+    kv_cache_len: int
+    eos_token_ids: list[int]
+    embeddings: str
+    tokenizer: str = "tokenizer.json"
+    chat_template: str = "tokenizer_config.json"
+    tool_call_format: str = "qwen"
+    backends: dict[str, LayerFiles] = field(default_factory=dict)
+    files: dict[str, dict] = field(default_factory=dict)
+    source: str = ""
+    format: int = FORMAT_VERSION
+
+    @property
+    def kv_dim(self) -> int:
+        return self.num_kv_heads * self.head_dim
+
+    def save(self, model_dir: Path) -> None:
+        (model_dir / MANIFEST_FILE).write_text(yaml.safe_dump(asdict(self), sort_keys=False))
+
+
+def load_manifest(model_dir: Path) -> Manifest:
+    path = model_dir / MANIFEST_FILE
+    if not path.is_file():
+        raise ModelError(f"{path}: not found; {model_dir} is not a model directory (create one with `assistant setup`)")
+    try:
+        data = yaml.safe_load(path.read_text())
+        data["backends"] = {name: LayerFiles(**files) for name, files in data.get("backends", {}).items()}
+        manifest = Manifest(**data)
+    except (yaml.YAMLError, TypeError, AttributeError, KeyError) as e:
+        raise ModelError(f"{path}: unreadable manifest ({e}); {FIX}") from None
+    if manifest.format != FORMAT_VERSION:
+        raise ModelError(f"{path}: manifest format {manifest.format} is not {FORMAT_VERSION}; {FIX}")
+    return manifest
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def record_files(model_dir: Path, manifest: Manifest) -> None:
+    """Fill manifest.files with the size and sha256 of every file the manifest points to."""
+    names = [manifest.tokenizer, manifest.chat_template, manifest.embeddings]
+    for files in manifest.backends.values():
+        names += [*files.layers, files.post]
+    for name in names:
+        path = model_dir / name
+        manifest.files[name] = {"size": path.stat().st_size, "sha256": sha256_of(path)}
+
+
+def verify_files(model_dir: Path, manifest: Manifest, names: list[str], checksums: bool = False) -> None:
+    """Existence and size of each named file (and sha256 when asked), against the manifest."""
+    for name in names:
+        path = model_dir / name
+        expected = manifest.files.get(name)
+        if not path.is_file():
+            raise ModelError(f"{path}: missing model file; {FIX}")
+        if expected is None:
+            raise ModelError(f"{path}: not listed in {MANIFEST_FILE}; {FIX}")
+        size = path.stat().st_size
+        if size != expected["size"]:
+            raise ModelError(f"{path}: {size} bytes, the manifest says {expected['size']} (truncated?); {FIX}")
+        if checksums and sha256_of(path) != expected["sha256"]:
+            raise ModelError(f"{path}: sha256 differs from the manifest (corrupt file); {FIX}")
+    embeddings = model_dir / manifest.embeddings
+    if manifest.embeddings in names and embeddings.stat().st_size != manifest.vocab_size * manifest.hidden_size * 2:
+        raise ModelError(
+            f"{embeddings}: {embeddings.stat().st_size} bytes do not hold a {manifest.vocab_size} x "
+            f"{manifest.hidden_size} bf16 table as {MANIFEST_FILE} says; {FIX}"
+        )
