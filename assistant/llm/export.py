@@ -2,8 +2,9 @@
 
 Each decoder layer becomes one graph with the inputs K_cache, V_cache, indices, input, mask and
 the outputs K_cache_out, V_cache_out, output (DESIGN.md §3), and post.onnx maps the last hidden
-state to logits. Linear weights are int8 with one float scale per output channel and block of
-input channels (weight-only, float activations: the CPU counterpart of Pulsar2's w8a16), or float32
+state to logits. Linear weights are int8 with one scale per output channel; inside the graph the
+activations are quantized per token to uint8 for onnxruntime's integer kernels, while the graph's
+inputs and outputs stay float (README: "Host backend"). `weights="float"` keeps float32 weights
 for exactness tests. The graphs are written directly with onnx.helper from memory-mapped weights,
 so exporting needs neither torch nor the whole model in memory.
 """
@@ -17,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from onnx import TensorProto, helper, numpy_helper
 
 from assistant.llm.checkpoint import Checkpoint, ModelShape, read_shape
 from assistant.llm.embeddings import EMBEDDINGS_FILE, write_bf16_table
@@ -25,8 +27,10 @@ from assistant.llm.manifest import LayerFiles, Manifest, record_files
 log = logging.getLogger(__name__)
 
 OPSET = 17
+# Weights use 7 of their 8 bits ("reduce range"): the AVX2 u8 x s8 kernel adds pairs of products
+# in int16, and 2 x 255 x 127 saturates it, costing far more precision than the lost bit does.
+WEIGHT_LEVELS = 63
 MASKED = -65536.0  # the AXERA mask value: 0 attends, -65536 is masked
-INT8_BLOCK = 128  # input channels sharing one scale; MatMulNBits wants a power of two ≥ 16
 
 
 class Graph:
@@ -37,22 +41,19 @@ class Graph:
         self.nodes: list = []
         self.initializers: list = []
         self.count = 0
+        self.quantized: dict[str, tuple[str, str]] = {}
 
     def _name(self, hint: str) -> str:
         self.count += 1
         return f"{hint}_{self.count}"
 
     def const(self, array: np.ndarray, hint: str = "c") -> str:
-        from onnx import numpy_helper
-
         name = self._name(hint)
         self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
         return name
 
     def op(self, op_type: str, *inputs: str, outputs: int = 1, out: str = "", domain: str = "", **attrs):
         """Add a node; `out` names its output when it is one of the graph's outputs."""
-        from onnx import helper
-
         names = [out] if out else [self._name(op_type.lower()) for _ in range(outputs)]
         self.nodes.append(helper.make_node(op_type, list(inputs), names, domain=domain or None, **attrs))
         return names[0] if outputs == 1 else names
@@ -65,22 +66,38 @@ class Graph:
             y = self.op("MatMul", x, self.const(np.ascontiguousarray(weight.T, dtype=np.float32), "w"))
         return y if bias is None else self.op("Add", y, self.const(bias.astype(np.float32), "b"))
 
+    def linears(self, x: str, weights: list[np.ndarray], biases: list[np.ndarray | None] | None = None) -> list[str]:
+        """Several linears of the same input as one matmul (fewer, larger kernels), split after."""
+        bias = None
+        if biases and any(b is not None for b in biases):
+            bias = np.concatenate(
+                [np.zeros(w.shape[0]) if b is None else b for w, b in zip(weights, biases, strict=True)]
+            )
+        y = self.linear(x, np.concatenate(weights), bias)
+        sizes = self.const(np.array([w.shape[0] for w in weights]))
+        return self.op("Split", y, sizes, axis=-1, outputs=len(weights))
+
     def _matmul_int8(self, x: str, weight: np.ndarray) -> str:
-        packed, scales, zero_points = quantize_int8_blocks(weight)
-        out_features, in_features = weight.shape
-        return self.op(
-            "MatMulNBits",
-            x,
-            self.const(packed, "wq"),
-            self.const(scales, "ws"),
-            self.const(zero_points, "wz"),
-            domain="com.microsoft",
-            K=in_features,
-            N=out_features,
-            bits=8,
-            block_size=INT8_BLOCK,
-            accuracy_level=0,
-        )
+        # Activations are quantized per row (per token) to uint8 inside the graph, so that one
+        # outlier token in a prefill chunk cannot crush the others' precision; MatMulInteger then
+        # runs onnxruntime's u8 x s8 kernels, the fastest int8 path on AVX2 CPUs.
+        x_q, x_scale = self._quantized_rows(x)
+        w_q, w_scale = quantize_int8_columns(weight)
+        one, zero_point = self.const(np.float32(1.0)), self.const(np.uint8(128), "zp")
+        w_q, w_scale = self.const(w_q, "wq"), self.const(w_scale, "ws")
+        y = self.op("MatMulIntegerToFloat", x_q, w_q, one, w_scale, zero_point, domain="com.microsoft")
+        return self.op("Mul", y, x_scale)
+
+    def _quantized_rows(self, x: str) -> tuple[str, str]:
+        """uint8 (zero point 128) copy of x with one scale per row; computed once per input."""
+        if x not in self.quantized:
+            peak = self.op(
+                "Max", self.op("ReduceMax", self.op("Abs", x), axes=[-1], keepdims=1), self.const(np.float32(1e-12))
+            )
+            scale = self.op("Mul", peak, self.const(np.float32(1 / 127)))
+            shifted = self.op("Add", self.op("Round", self.op("Div", x, scale)), self.const(np.float32(128)))
+            self.quantized[x] = (self.op("Cast", shifted, to=TensorProto.UINT8), scale)
+        return self.quantized[x]
 
     def rms_norm(self, x: str, weight: np.ndarray, eps: float) -> str:
         # Spelled out in float32 exactly as transformers does; onnxruntime fuses it into one kernel.
@@ -89,41 +106,25 @@ class Graph:
         return self.op("Mul", self.op("Mul", x, inv), self.const(weight.astype(np.float32), "norm"))
 
     def model(self, inputs: list, outputs: list, name: str):
-        from onnx import helper
-
         graph = helper.make_graph(self.nodes, name, inputs, outputs, self.initializers)
         opsets = [helper.make_opsetid("", OPSET), helper.make_opsetid("com.microsoft", 1)]
         return helper.make_model(graph, opset_imports=opsets, producer_name="assistant")
 
 
-def quantize_int8_blocks(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Symmetric int8 per output channel and block of INT8_BLOCK inputs, in MatMulNBits' layout.
-
-    Returns packed [N, blocks, block] uint8 (value + 128), scales [N * blocks] float32 and
-    zero points [N * blocks] uint8 (all 128).
-    """
-    out_features, in_features = weight.shape
-    blocks = -(-in_features // INT8_BLOCK)
-    padded = np.zeros((out_features, blocks * INT8_BLOCK), dtype=np.float32)
-    padded[:, :in_features] = weight
-    padded = padded.reshape(out_features, blocks, INT8_BLOCK)
-    scales = np.abs(padded).max(axis=2) / 127.0
-    scales[scales == 0] = 1.0
-    q = np.clip(np.rint(padded / scales[:, :, None]), -127, 127).astype(np.int16) + 128
-    zero_points = np.full(out_features * blocks, 128, dtype=np.uint8)
-    return q.astype(np.uint8), scales.astype(np.float32).reshape(-1), zero_points
+def quantize_int8_columns(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric int8 per output channel: weight [out, in] → (int8 [in, out], float32 scales [out])."""
+    scale = np.abs(weight).max(axis=1) / WEIGHT_LEVELS
+    scale[scale == 0] = 1.0
+    q = np.clip(np.rint(weight / scale[:, None]), -WEIGHT_LEVELS, WEIGHT_LEVELS).astype(np.int8)
+    return np.ascontiguousarray(q.T), scale.astype(np.float32)
 
 
 def _tensor(name: str, elem_type: int, dims: list):
-    from onnx import helper
-
     return helper.make_tensor_value_info(name, elem_type, dims)
 
 
 def layer_graph(ck: Checkpoint, shape: ModelShape, i: int, weights: str):
     """One decoder layer with the AXERA per-layer I/O contract."""
-    from onnx import TensorProto
-
     g = Graph(weights)
     p = f"model.layers.{i}."
     heads, kv_heads, head_dim = shape.num_heads, shape.num_kv_heads, shape.head_dim
@@ -146,9 +147,15 @@ def layer_graph(ck: Checkpoint, shape: ModelShape, i: int, weights: str):
     x = "input"
     h = g.rms_norm(x, ck.f32(p + "input_layernorm.weight"), shape.rms_norm_eps)
     scale = np.float32(1.0 / np.sqrt(head_dim))
-    q = g.linear(h, ck.f32(p + "self_attn.q_proj.weight") * scale, _scaled(bias("self_attn.q_proj.bias"), scale))
-    k = g.linear(h, ck.f32(p + "self_attn.k_proj.weight"), bias("self_attn.k_proj.bias"))
-    v = g.linear(h, ck.f32(p + "self_attn.v_proj.weight"), bias("self_attn.v_proj.bias"))
+    q, k, v = g.linears(
+        h,
+        [
+            ck.f32(p + "self_attn.q_proj.weight") * scale,
+            ck.f32(p + "self_attn.k_proj.weight"),
+            ck.f32(p + "self_attn.v_proj.weight"),
+        ],
+        [_scaled(bias("self_attn.q_proj.bias"), scale), bias("self_attn.k_proj.bias"), bias("self_attn.v_proj.bias")],
+    )
     q = rotate(g.op("Reshape", q, g.const(np.array([0, 0, heads, head_dim]))))
     k = rotate(g.op("Reshape", k, g.const(np.array([0, 0, kv_heads, head_dim]))))
     g.op("Reshape", k, g.const(np.array([0, 0, shape.kv_dim])), out="K_cache_out")
@@ -172,8 +179,7 @@ def layer_graph(ck: Checkpoint, shape: ModelShape, i: int, weights: str):
     h = g.op("Add", x, g.linear(attn, ck.f32(p + "self_attn.o_proj.weight")))
 
     m = g.rms_norm(h, ck.f32(p + "post_attention_layernorm.weight"), shape.rms_norm_eps)
-    gate = g.linear(m, ck.f32(p + "mlp.gate_proj.weight"))
-    up = g.linear(m, ck.f32(p + "mlp.up_proj.weight"))
+    gate, up = g.linears(m, [ck.f32(p + "mlp.gate_proj.weight"), ck.f32(p + "mlp.up_proj.weight")])
     act = g.op("Mul", g.op("Mul", gate, g.op("Sigmoid", gate)), up)
     g.op("Add", h, g.linear(act, ck.f32(p + "mlp.down_proj.weight")), out="output")
 
@@ -199,8 +205,6 @@ def _scaled(bias: np.ndarray | None, scale: np.float32) -> np.ndarray | None:
 
 def post_graph(ck: Checkpoint, shape: ModelShape, weights: str):
     """Final RMSNorm and lm_head (tied to the embeddings when the checkpoint says so)."""
-    from onnx import TensorProto
-
     g = Graph(weights)
     head = "model.embed_tokens.weight" if shape.tie_word_embeddings or "lm_head.weight" not in ck else "lm_head.weight"
     h = g.rms_norm("input", ck.f32("model.norm.weight"), shape.rms_norm_eps)
