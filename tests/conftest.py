@@ -20,8 +20,11 @@ def _bf16_checkpoint(out_dir: Path, **kwargs) -> Path:
     from tests.tiny_model import make_tiny_qwen2
 
     make_tiny_qwen2(out_dir, **kwargs)
+    configs = {name: (out_dir / name).read_text() for name in ("config.json", "generation_config.json")}
     model = AutoModelForCausalLM.from_pretrained(out_dir, dtype=torch.float32)
     model.to(torch.bfloat16).save_pretrained(out_dir, safe_serialization=True)
+    for name, text in configs.items():  # keep the configs as written (rope spelling, eos ids)
+        (out_dir / name).write_text(text)
     return out_dir
 
 

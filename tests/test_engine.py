@@ -25,7 +25,7 @@ def reference_logits(model, ids: list[int]) -> np.ndarray:
         return model(torch.tensor([ids])).logits[0, -1].numpy()
 
 
-def prompt(seed: int, n: int = 20, vocab: int = 1000) -> list[int]:
+def prompt(seed: int, n: int = 20, vocab: int = 600) -> list[int]:
     return [int(t) for t in np.random.default_rng(seed).integers(0, vocab, n)]
 
 
@@ -59,16 +59,17 @@ def test_float_export_matches_transformers(tiny_float: Path, hf_reference) -> No
 
 def test_int8_export_is_close_to_transformers(tiny_int8: Path, hf_reference) -> None:
     engine = Engine(tiny_int8)
-    ids = prompt(2)
-    path = greedy_path(hf_reference, ids, 30)
-    logits = engine.prefill(ids)
     agree, cosines = 0, []
-    for step, token in enumerate(path):  # teacher-forced along the reference's greedy path
-        ref = reference_logits(hf_reference, ids + path[:step])
-        agree += int(np.argmax(logits)) == token
-        cosines.append(float(logits @ ref / np.linalg.norm(logits) / np.linalg.norm(ref)))
-        logits = engine.forward([token])
-    assert agree >= 27, f"greedy agreement {agree}/30"
+    for seed in range(4):
+        ids = prompt(seed)
+        path = greedy_path(hf_reference, ids, 30)
+        logits = engine.prefill(ids)
+        for step, token in enumerate(path):  # teacher-forced along the reference's greedy path
+            ref = reference_logits(hf_reference, ids + path[:step])
+            agree += int(np.argmax(logits)) == token
+            cosines.append(float(logits @ ref / np.linalg.norm(logits) / np.linalg.norm(ref)))
+            logits = engine.forward([token])
+    assert agree >= 0.9 * 4 * 30, f"greedy agreement {agree}/120"
     assert min(cosines) >= 0.99
 
 
