@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import platform
 import resource
 import statistics
@@ -128,7 +129,9 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/assistant-bench"))
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
-    model = prepare(args.work)
+    # Built in a child process, so that export memory does not count in this process's peak RSS.
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        model = pool.apply(prepare, (args.work,))
     results = measure(model, args.threads)
     results["machine"] = f"{platform.processor() or platform.machine()}, {_cpu_model()}, threads={args.threads}"
     print(json.dumps(results, indent=2))

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import ml_dtypes
 import numpy as np
+import pytest
 
 from assistant.llm.embeddings import EmbeddingTable, bf16_to_f32, f32_to_bf16, write_bf16_table
 
@@ -45,3 +46,10 @@ def test_table_written_in_chunks_reads_back(tmp_path: Path) -> None:
     assert rows.shape == (1, 3, 48)
     assert np.array_equal(rows[0, 1].view(np.uint32) >> 16, reference_bf16(table[999]))
     np.testing.assert_allclose(rows[0], table[[5, 999, 5]], rtol=2**-8)
+
+
+def test_token_outside_the_table_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "e.bin"
+    write_bf16_table(np.zeros((10, 4), np.float32), path)
+    with pytest.raises(ValueError, match="token id 10 is outside the vocabulary of 10"):
+        EmbeddingTable(path, 10, 4)([3, 10])

@@ -1,11 +1,13 @@
 """The bf16 embedding table: written by setup, memory-mapped by the engine.
 
 The file is the one ax-llm reads on the board: [vocab_size, hidden_size] bf16, little-endian,
-row-major, converted from fp32 with round-to-nearest-even.
+row-major, converted from fp32 with round-to-nearest-even. It is never loaded whole.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 from pathlib import Path
 
 import numpy as np
@@ -42,11 +44,27 @@ def write_bf16_table(rows: np.ndarray, path: Path, chunk_rows: int = 8192) -> No
 
 
 class EmbeddingTable:
-    """Token id → float32 hidden vector, read from the memory-mapped bf16 file."""
+    """Token id → float32 hidden vector, each row read from the bf16 file when it is needed.
+
+    Rows are read with pread rather than through a memory map: the kernel maps whole large page
+    cache folios around every faulting row, so a mapped table soon counts ~250 MB in the RSS
+    for a few hundred tokens. A row read costs about a microsecond.
+    """
 
     def __init__(self, path: Path, vocab_size: int, hidden_size: int):
-        self.table = np.memmap(path, dtype="<u2", mode="r", shape=(vocab_size, hidden_size))
+        self.fd = os.open(path, os.O_RDONLY)
+        self.vocab_size, self.hidden_size = vocab_size, hidden_size
+        self.row_bytes = hidden_size * 2
 
-    def __call__(self, token_ids: list[int] | np.ndarray) -> np.ndarray:
+    def __call__(self, token_ids: list[int]) -> np.ndarray:
         """[1, T, hidden] float32 for T token ids."""
-        return bf16_to_f32(self.table[np.asarray(token_ids, dtype=np.int64)])[None]
+        rows = np.empty((len(token_ids), self.hidden_size), dtype="<u2")
+        for i, token in enumerate(token_ids):
+            if not 0 <= token < self.vocab_size:
+                raise ValueError(f"token id {token} is outside the vocabulary of {self.vocab_size}")
+            rows[i] = np.frombuffer(os.pread(self.fd, self.row_bytes, token * self.row_bytes), dtype="<u2")
+        return bf16_to_f32(rows)[None]
+
+    def __del__(self) -> None:
+        with contextlib.suppress(OSError, AttributeError):
+            os.close(self.fd)

@@ -22,7 +22,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from assistant.llm.checkpoint import Checkpoint, ModelShape, read_shape
 from assistant.llm.embeddings import EMBEDDINGS_FILE, write_bf16_table
-from assistant.llm.manifest import LayerFiles, Manifest, record_files
+from assistant.llm.manifest import LayerFiles, Manifest, ModelError, record_files
 
 log = logging.getLogger(__name__)
 
@@ -234,7 +234,7 @@ def export_model(
 
     for file in ("tokenizer.json", "tokenizer_config.json"):
         if not (hf_dir / file).is_file():
-            raise FileNotFoundError(f"{hf_dir / file}: missing; the model folder needs its tokenizer")
+            raise ModelError(f"{hf_dir / file}: missing; the model folder needs its tokenizer")
         shutil.copyfile(hf_dir / file, out_dir / file)
 
     embed, _ = ck.raw("model.embed_tokens.weight")

