@@ -1,0 +1,94 @@
+"""A piper voice built locally for tests: a real piper ONNX interface, a trivial synthesiser inside.
+
+The graph takes what every piper (VITS) voice takes — "input" phoneme ids int64 [1, n],
+"input_lengths" int64 [1], "scales" float32 [3] (noise, length, noise_w) — and returns "output"
+float32 [1, 1, 1, samples], so the real `piper` package phonemises text with espeak-ng and runs it
+exactly as it runs a downloaded voice. Each phoneme id becomes round(256 * length_scale) samples of
+a tone whose pitch depends on the id: longer text gives longer audio, and slower speech too.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+SAMPLES_PER_PHONEME = 256.0
+
+
+def _graph(sample_rate: int) -> onnx.ModelProto:
+    def const(name: str, value: np.ndarray) -> onnx.TensorProto:
+        return numpy_helper.from_array(np.asarray(value), name)
+
+    nodes = [
+        # samples per phoneme id, from the length scale
+        helper.make_node("Gather", ["scales", "one"], ["length_scale"], axis=0),
+        helper.make_node("Mul", ["length_scale", "per_phoneme"], ["samples_f"]),
+        helper.make_node("Round", ["samples_f"], ["samples_r"]),
+        helper.make_node("Cast", ["samples_r"], ["samples"], to=TensorProto.INT64),
+        helper.make_node("Range", ["zero_i", "samples", "one_i"], ["t_i"]),
+        helper.make_node("Cast", ["t_i"], ["t"], to=TensorProto.FLOAT),
+        # one tone per phoneme id: 120 Hz + 12 Hz per id
+        helper.make_node("Cast", ["input"], ["ids"], to=TensorProto.FLOAT),
+        helper.make_node("Reshape", ["ids", "column"], ["ids_col"]),
+        helper.make_node("Mul", ["ids_col", "hz_per_id"], ["hz_extra"]),
+        helper.make_node("Add", ["hz_extra", "base_hz"], ["hz"]),
+        helper.make_node("Mul", ["hz", "t"], ["cycles"]),
+        helper.make_node("Mul", ["cycles", "radians_per_cycle_sample"], ["phase"]),
+        helper.make_node("Sin", ["phase"], ["tone"]),
+        helper.make_node("Mul", ["tone", "amplitude"], ["quiet"]),
+        helper.make_node("Reshape", ["quiet", "audio_shape"], ["output"]),
+    ]
+    initializers = [
+        const("one", np.int64(1)),
+        const("per_phoneme", np.float32(SAMPLES_PER_PHONEME)),
+        const("zero_i", np.int64(0)),
+        const("one_i", np.int64(1)),
+        const("column", np.array([-1, 1], dtype=np.int64)),
+        const("hz_per_id", np.float32(12.0)),
+        const("base_hz", np.float32(120.0)),
+        const("radians_per_cycle_sample", np.float32(2 * np.pi / sample_rate)),
+        const("amplitude", np.float32(0.5)),
+        const("audio_shape", np.array([1, 1, 1, -1], dtype=np.int64)),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "test_voice",
+        [
+            helper.make_tensor_value_info("input", TensorProto.INT64, [1, "phonemes"]),
+            helper.make_tensor_value_info("input_lengths", TensorProto.INT64, [1]),
+            helper.make_tensor_value_info("scales", TensorProto.FLOAT, [3]),
+        ],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 1, 1, "samples"])],
+        initializers,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def make_piper_voice(
+    out_dir: Path, *, sample_rate: int = 22050, language: str = "en-us", name: str = "test-voice"
+) -> Path:
+    """Write `<name>.onnx` and `<name>.onnx.json` into out_dir; return the .onnx path."""
+    from piper.phoneme_ids import DEFAULT_PHONEME_ID_MAP  # the espeak symbol table real voices use
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model = out_dir / f"{name}.onnx"
+    onnx.save(_graph(sample_rate), model)
+    config = {
+        "audio": {"sample_rate": sample_rate, "quality": "low"},
+        "espeak": {"voice": language},
+        "language": {"code": language},
+        "inference": {"noise_scale": 0.667, "length_scale": 1.0, "noise_w": 0.8},
+        "phoneme_type": "espeak",
+        "phoneme_map": {},
+        "phoneme_id_map": DEFAULT_PHONEME_ID_MAP,
+        "num_symbols": max(i for ids in DEFAULT_PHONEME_ID_MAP.values() for i in ids) + 1,
+        "num_speakers": 1,
+        "speaker_id_map": {},
+        "piper_version": "1.0.0",
+    }
+    Path(f"{model}.json").write_text(json.dumps(config, ensure_ascii=False, indent=2))
+    return model
