@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from assistant.config import ConfigError, check_model_paths, load_settings, settings_as_dict
+from assistant.config import ConfigError, check_model_paths, default_config_path, load_settings, settings_as_dict
 from assistant.llm.manifest import ModelError
 from assistant.logs import setup_logging
 
@@ -44,6 +44,44 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_setup(args: argparse.Namespace) -> int:
+    from assistant.setup.build import SetupOptions, build_model, fetch_speech_models, summary, verify_model
+    from assistant.setup.download import SetupError
+
+    try:
+        if args.verify:
+            print(verify_model(args.verify))
+            return 0
+        config = args.config or default_config_path()
+        settings = load_settings(config) if config.exists() else None
+        models_dir = (config.parent if settings else Path.cwd()) / "models"
+        options = SetupOptions(
+            model=args.model,
+            target=args.target,
+            kv_cache_len=args.kv_cache_len,
+            prefill_len=args.prefill_len,
+            weight_type=args.weight_type,
+            out=args.out,
+            pulsar2=args.pulsar2,
+            pulsar2_image=args.pulsar2_image,
+            host=not args.no_host,
+            keep_intermediate=args.keep_intermediate,
+        )
+        model_dir, results = build_model(options, models_dir)
+        print(summary(model_dir, results))
+        if args.no_speech:
+            return 0
+        if settings is None:
+            log.warning("no %s: speech models not fetched (they are named there)", config)
+            return 0
+        for path in fetch_speech_models(settings):
+            print(f"speech model: {path}")
+    except SetupError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="assistant", description=DESCRIPTION)
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
@@ -73,6 +111,23 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--weights", default="int8", choices=["int8", "float"], help="float is for exactness tests")
     export.add_argument("--kv-cache-len", type=int, default=1023)
     export.set_defaults(func=cmd_export)
+
+    setup = sub.add_parser("setup", help="build a model directory and fetch the speech models")
+    setup.add_argument("--model", default="Qwen/Qwen2-0.5B-Instruct", help="Hugging Face repo id or a local folder")
+    setup.add_argument("--target", default="ax630c", choices=["ax630c", "ax650n", "host"])
+    setup.add_argument("--kv-cache-len", type=int, default=1023)
+    setup.add_argument("--prefill-len", type=int, default=128, help="board prefill chunk; 0: token by token")
+    setup.add_argument("--weight-type", default="s8", choices=["s8", "s4"], help="board weight quantization")
+    setup.add_argument("--out", type=Path, default=None, help="model directory (default: models/NAME)")
+    builder = setup.add_mutually_exclusive_group()
+    builder.add_argument("--pulsar2", default=None, help="pulsar2 executable (default: from PATH)")
+    builder.add_argument("--pulsar2-image", default=None, help="run pulsar2 from this docker image instead")
+    setup.add_argument("--no-host", action="store_true", help="skip the ONNX layers for a PC")
+    setup.add_argument("--no-speech", action="store_true", help="skip the vosk model and piper voice")
+    setup.add_argument("--keep-intermediate", action="store_true", help="also keep the .npy and float32 embeddings")
+    setup.add_argument("--config", type=Path, default=None, help="config naming the speech models")
+    setup.add_argument("--verify", type=Path, default=None, metavar="DIR", help="re-check a built model and run it")
+    setup.set_defaults(func=cmd_setup)
     return parser
 
 

@@ -50,6 +50,8 @@ class WakeSettings:
 @dataclass
 class AsrSettings:
     model: Path = Path("models/vosk-model-small-en-us-0.15")
+    model_url: str = "https://alphacephei.com/vosk/models/vosk-model-small-en-us-0.15.zip"
+    model_sha256: str | None = None
     silence_timeout: float = 1.2
     max_utterance_seconds: float = 12.0
     follow_up_seconds: float = 4.0
@@ -79,6 +81,10 @@ class LlmSettings:
 @dataclass
 class TtsSettings:
     voice: Path = Path("models/piper/en_US-lessac-medium.onnx")
+    voice_url: str = (
+        "https://huggingface.co/rhasspy/piper-voices/resolve/v1.0.0/en/en_US/lessac/medium/en_US-lessac-medium.onnx"
+    )
+    voice_sha256: str | None = None
     speaker: int | None = None
     length_scale: float = 1.0
     sentence_silence: float = 0.2

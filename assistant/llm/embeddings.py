@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from assistant.llm.checkpoint import Checkpoint
+
 EMBEDDINGS_FILE = "model.embed_tokens.weight.bfloat16.bin"
 
 
@@ -41,6 +43,21 @@ def write_bf16_table(rows: np.ndarray, path: Path, chunk_rows: int = 8192) -> No
             chunk = rows[start : start + chunk_rows]
             bits = chunk if chunk.dtype == np.uint16 else f32_to_bf16(chunk)
             out.write(np.ascontiguousarray(bits).astype("<u2", copy=False).tobytes())
+
+
+def write_embeddings(checkpoint: Checkpoint, out_dir: Path, keep_intermediate: bool = False) -> Path:
+    """The embedding pipeline: safetensors embed_tokens (mapped, any dtype) → bf16 table file.
+
+    With keep_intermediate, also the .npy and float32 .bin files of the step-by-step tools.
+    """
+    rows, _ = checkpoint.raw("model.embed_tokens.weight")
+    path = out_dir / EMBEDDINGS_FILE
+    write_bf16_table(rows, path)
+    if keep_intermediate:
+        values = checkpoint.f32("model.embed_tokens.weight")
+        np.save(out_dir / "model.embed_tokens.weight.npy", values)
+        values.tofile(out_dir / "model.embed_tokens.weight.float32.bin")
+    return path
 
 
 class EmbeddingTable:

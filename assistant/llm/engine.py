@@ -189,14 +189,15 @@ class Engine:
         now = time.perf_counter()
         self.stats = stats = GenerationStats(len(prompt), len(prompt) - cached, now - start)
         generated: list[int] = []
-        while len(generated) < max_new_tokens:
+        while max_new_tokens > 0:
             token = sampler(logits, self.tokens, allowed(generated) if allowed else None)
             if token in self.eos_ids:
                 return
             generated.append(token)
             yield token
-            if (cancel is not None and cancel.is_set()) or self.pos >= self.kv_len:
-                return
+            cancelled = cancel is not None and cancel.is_set()
+            if cancelled or len(generated) >= max_new_tokens or self.pos >= self.kv_len:
+                return  # the last token is not run: nothing would read its logits
             step = time.perf_counter()
             logits = self.forward([token])
             stats.generated_tokens += 1

@@ -21,7 +21,7 @@ import numpy as np
 from onnx import TensorProto, helper, numpy_helper
 
 from assistant.llm.checkpoint import Checkpoint, ModelShape, read_shape
-from assistant.llm.embeddings import EMBEDDINGS_FILE, write_bf16_table
+from assistant.llm.embeddings import EMBEDDINGS_FILE, write_embeddings
 from assistant.llm.manifest import LayerFiles, Manifest, ModelError, record_files
 
 log = logging.getLogger(__name__)
@@ -214,16 +214,10 @@ def post_graph(ck: Checkpoint, shape: ModelShape, weights: str):
     return g.model(inputs, outputs, "post")
 
 
-def export_model(
-    hf_dir: Path,
-    out_dir: Path,
-    *,
-    weights: str = "int8",
-    kv_cache_len: int = 1023,
-    name: str | None = None,
-    progress: Callable[[str], None] = log.info,
-) -> Manifest:
-    """Write embeddings, tokenizer, onnx/ layers and manifest.yaml for `hf_dir` into `out_dir`."""
+def export_onnx(
+    hf_dir: Path, out_dir: Path, weights: str = "int8", progress: Callable[[str], None] = log.info
+) -> LayerFiles:
+    """Write onnx/layer_{i}.onnx and onnx/post.onnx for the checkpoint in `hf_dir`."""
     import onnx
 
     if weights not in ("int8", "float"):
@@ -231,16 +225,6 @@ def export_model(
     shape = read_shape(hf_dir)
     ck = Checkpoint(hf_dir)
     (out_dir / "onnx").mkdir(parents=True, exist_ok=True)
-
-    for file in ("tokenizer.json", "tokenizer_config.json"):
-        if not (hf_dir / file).is_file():
-            raise ModelError(f"{hf_dir / file}: missing; the model folder needs its tokenizer")
-        shutil.copyfile(hf_dir / file, out_dir / file)
-
-    embed, _ = ck.raw("model.embed_tokens.weight")
-    write_bf16_table(embed, out_dir / EMBEDDINGS_FILE)
-    progress(f"embeddings: {EMBEDDINGS_FILE} ({embed.shape[0]} x {embed.shape[1]} bf16)")
-
     layers = []
     for i in range(shape.num_layers):
         rel = f"onnx/layer_{i}.onnx"
@@ -249,9 +233,20 @@ def export_model(
         progress(f"layer {i + 1}/{shape.num_layers}: {rel}")
     onnx.save(post_graph(ck, shape, weights), out_dir / "onnx/post.onnx")
     progress("post: onnx/post.onnx")
+    return LayerFiles(layers=layers, post="onnx/post.onnx", weights=weights)
 
-    manifest = Manifest(
-        name=name or hf_dir.resolve().name,
+
+def copy_tokenizer(hf_dir: Path, out_dir: Path) -> None:
+    for file in ("tokenizer.json", "tokenizer_config.json"):
+        if not (hf_dir / file).is_file():
+            raise ModelError(f"{hf_dir / file}: missing; the model folder needs its tokenizer")
+        shutil.copyfile(hf_dir / file, out_dir / file)
+
+
+def new_manifest(hf_dir: Path, name: str, kv_cache_len: int, backends: dict[str, LayerFiles]) -> Manifest:
+    shape = read_shape(hf_dir)
+    return Manifest(
+        name=name,
         source=str(hf_dir),
         model_type=shape.model_type,
         num_layers=shape.num_layers,
@@ -264,8 +259,28 @@ def export_model(
         kv_cache_len=kv_cache_len,
         eos_token_ids=_eos_ids(hf_dir),
         embeddings=EMBEDDINGS_FILE,
-        backends={"onnxruntime": LayerFiles(layers=layers, post="onnx/post.onnx", weights=weights)},
+        backends=backends,
     )
+
+
+def export_model(
+    hf_dir: Path,
+    out_dir: Path,
+    *,
+    weights: str = "int8",
+    kv_cache_len: int = 1023,
+    name: str | None = None,
+    progress: Callable[[str], None] = log.info,
+) -> Manifest:
+    """A host model directory from `hf_dir`: tokenizer, bf16 embeddings, onnx/ layers, manifest."""
+    read_shape(hf_dir)  # an unusable folder fails here, before anything is written
+    checkpoint = Checkpoint(hf_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    copy_tokenizer(hf_dir, out_dir)
+    write_embeddings(checkpoint, out_dir)
+    progress(f"embeddings: {EMBEDDINGS_FILE}")
+    layers = export_onnx(hf_dir, out_dir, weights, progress)
+    manifest = new_manifest(hf_dir, name or hf_dir.resolve().name, kv_cache_len, {"onnxruntime": layers})
     record_files(out_dir, manifest)
     manifest.save(out_dir)
     return manifest

@@ -1,0 +1,191 @@
+"""`assistant setup`: a Hugging Face model → a complete model directory for the board and the host.
+
+Everything is built in `.NAME.partial/` beside the destination; each finished step leaves a
+marker there, so an interrupted run resumes where it stopped, and the destination is replaced
+only by a rename once the manifest is written. A failed run leaves the previous model in place.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from assistant.config import Settings
+from assistant.llm.checkpoint import Checkpoint, read_shape
+from assistant.llm.embeddings import write_embeddings
+from assistant.llm.export import copy_tokenizer, export_onnx, new_manifest
+from assistant.llm.manifest import LayerFiles, ModelError, load_manifest, record_files, verify_files
+from assistant.setup.download import SetupError, download, download_and_unzip, fetch_hf_model
+from assistant.setup.pulsar2 import collect_axmodels, pulsar2_command, run_pulsar2, write_model_config
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "Qwen/Qwen2-0.5B-Instruct"
+TARGETS = ("ax630c", "ax650n", "host")
+
+
+@dataclass
+class SetupOptions:
+    model: str = DEFAULT_MODEL
+    target: str = "ax630c"
+    kv_cache_len: int = 1023
+    prefill_len: int = 128
+    weight_type: str = "s8"
+    out: Path | None = None
+    pulsar2: str | None = None
+    pulsar2_image: str | None = None
+    host: bool = True  # also export the ONNX layers for a PC
+    keep_intermediate: bool = False
+
+
+@dataclass
+class StepResult:
+    name: str
+    seconds: float
+    layers: dict | None = None  # LayerFiles of a backend, when the step built one
+
+
+def build_model(opts: SetupOptions, models_dir: Path) -> tuple[Path, list[StepResult]]:
+    """Build (or resume building) the model directory; return it and what each step took."""
+    if opts.target not in TARGETS:
+        raise SetupError(f"--target must be one of {', '.join(TARGETS)}, not {opts.target!r}")
+    local = Path(opts.model).expanduser()
+    hf_dir = local if local.is_dir() else fetch_hf_model(opts.model, models_dir / ".cache")
+    shape = read_shape(hf_dir)  # unsupported model types fail here, before any work
+    checkpoint = Checkpoint(hf_dir)
+    name = hf_dir.resolve().name.split("--")[-1].lower()
+    dest = opts.out or models_dir / name
+    work = dest.with_name(f".{dest.name}.partial")
+    _start_or_resume(work, opts)
+    _check_disk(work.parent, sum(p.stat().st_size for p in hf_dir.glob("*.safetensors")))
+
+    steps: list[tuple[str, object]] = [
+        ("tokenizer", lambda: copy_tokenizer(hf_dir, work)),
+        ("embeddings", lambda: write_embeddings(checkpoint, work, opts.keep_intermediate)),
+    ]
+    if opts.host or opts.target == "host":
+        steps.append(("onnxruntime", lambda: export_onnx(hf_dir, work, "int8", lambda m: log.info("host %s", m))))
+    if opts.target != "host":
+        steps.append(("axengine", lambda: _board_build(hf_dir, work, shape.num_layers, name, opts)))
+    results = [_run_step(work, step, fn) for step, fn in steps]
+
+    backends = {r.name: LayerFiles(**r.layers) for r in results if r.layers}
+    manifest = new_manifest(hf_dir, name, opts.kv_cache_len, backends)
+    record_files(work, manifest)
+    manifest.save(work)
+    _replace(dest, work)
+    return dest, results
+
+
+def _board_build(hf_dir: Path, work: Path, num_layers: int, name: str, opts: SetupOptions) -> LayerFiles:
+    write_model_config(hf_dir, work, name)
+    build_dir = work / "axmodel_build"
+    shutil.rmtree(build_dir, ignore_errors=True)
+    command = pulsar2_command(
+        hf_dir,
+        work,
+        target=opts.target,
+        kv_cache_len=opts.kv_cache_len,
+        prefill_len=opts.prefill_len,
+        weight_type=opts.weight_type,
+        pulsar2=opts.pulsar2,
+        image=opts.pulsar2_image,
+    )
+    run_pulsar2(command)
+    layers = collect_axmodels(build_dir, work, num_layers, opts.prefill_len, f"{opts.weight_type}, bf16 activations")
+    shutil.rmtree(build_dir, ignore_errors=True)
+    return layers
+
+
+def _start_or_resume(work: Path, opts: SetupOptions) -> None:
+    """Keep finished steps of an earlier run with the same options; otherwise start clean."""
+    options = json.dumps({k: str(v) for k, v in asdict(opts).items()}, sort_keys=True)
+    recorded = work / ".options.json"
+    if work.is_dir() and recorded.is_file() and recorded.read_text() == options:
+        done = sorted(p.name[len(".done-") :] for p in work.glob(".done-*"))
+        if done:
+            log.info("resuming the build in %s (done: %s)", work, ", ".join(done))
+        return
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    recorded.write_text(options)
+
+
+def _run_step(work: Path, name: str, fn) -> StepResult:
+    marker = work / f".done-{name}"
+    if marker.is_file():
+        log.info("%s: already done", name)
+        return StepResult(**json.loads(marker.read_text()))
+    log.info("%s ...", name)
+    start = time.perf_counter()
+    output = fn()
+    result = StepResult(name, time.perf_counter() - start, asdict(output) if isinstance(output, LayerFiles) else None)
+    marker.write_text(json.dumps(asdict(result)))
+    return result
+
+
+def _check_disk(folder: Path, checkpoint_bytes: int) -> None:
+    # int8 ONNX (~0.5x), bf16 table (~0.3x) and axmodels (~1x) of a bf16 checkpoint, with margin
+    needed = 2 * checkpoint_bytes
+    free = shutil.disk_usage(folder).free
+    if free < needed:
+        raise SetupError(
+            f"not enough disk space in {folder}: {free / 1e9:.1f} GB free, about {needed / 1e9:.1f} GB needed"
+        )
+
+
+def _replace(dest: Path, work: Path) -> None:
+    """Swap the finished build into place; the old model is removed only after the swap."""
+    for marker in [*work.glob(".done-*"), work / ".options.json"]:
+        marker.unlink()
+    old = dest.with_name(f".{dest.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if dest.exists():
+        dest.rename(old)
+    work.rename(dest)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def fetch_speech_models(settings: Settings) -> list[Path]:
+    """The vosk model and the piper voice named in the config, downloaded where the config expects them."""
+    asr = download_and_unzip(settings.asr.model_url, settings.asr.model, settings.asr.model_sha256)
+    voice = download(settings.tts.voice_url, settings.tts.voice, settings.tts.voice_sha256)
+    voice_config = download(settings.tts.voice_url + ".json", Path(f"{settings.tts.voice}.json"))
+    return [asr, voice, voice_config]
+
+
+def verify_model(model_dir: Path) -> str:
+    """Re-check every file's size and sha256, then run one prefill and one decode step on the host."""
+    from assistant.llm.engine import Engine
+    from assistant.llm.sampling import Sampler
+
+    manifest = load_manifest(model_dir)
+    verify_files(model_dir, manifest, list(manifest.files), checksums=True)
+    if "onnxruntime" not in manifest.backends:
+        return f"{model_dir}: {len(manifest.files)} files match the manifest (no host layers to run)"
+    engine = Engine(model_dir, backend="onnxruntime")
+    prompt = engine.tokenizer.encode("Hello", add_special_tokens=False).ids or [0]
+    tokens = list(engine.generate(prompt, Sampler(), max_new_tokens=2))
+    if engine.pos != len(prompt) + max(len(tokens) - 1, 0):
+        raise ModelError(f"{model_dir}: the host layers did not run as expected")
+    return f"{model_dir}: {len(manifest.files)} files match the manifest; one prefill and one decode step ran"
+
+
+def summary(model_dir: Path, results: list[StepResult]) -> str:
+    """A table of what was built: files by folder with their sizes, and the time of each step."""
+    groups: dict[str, list[int]] = {}
+    for path in sorted(model_dir.rglob("*")):
+        if path.is_file():
+            rel = path.relative_to(model_dir)
+            key = f"{rel.parts[0]}/" if len(rel.parts) > 1 else rel.name
+            groups.setdefault(key, []).append(path.stat().st_size)
+    lines = [f"{'file':48} {'count':>5} {'size':>10}"]
+    for key, sizes in groups.items():
+        lines.append(f"{key:48} {len(sizes):>5} {sum(sizes) / 1e6:>8.1f} MB")
+    lines.append("")
+    lines += [f"step {r.name:43} {r.seconds:>14.1f} s" for r in results]
+    return "\n".join(lines)

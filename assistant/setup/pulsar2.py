@@ -1,0 +1,146 @@
+"""The board build: Pulsar2's `llm_build`, run locally or in its docker image, and its outputs collected."""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+from assistant.llm.manifest import LayerFiles
+from assistant.setup.download import SetupError
+
+log = logging.getLogger(__name__)
+
+CHIPS = {"ax630c": "AX620E", "ax650n": "AX650"}  # Pulsar2 names the AX630C's family AX620E
+GET_PULSAR2 = (
+    "install Pulsar2 from AXERA's documentation (`pulsar2` on PATH, or its docker image: "
+    "`docker load -i ax_pulsar2_<version>.tar.gz`, then pass --pulsar2-image NAME:TAG)"
+)
+
+
+def pulsar2_model_config(hf_config: dict, name: str) -> dict:
+    """The --model_config JSON that `pulsar2 llm_build` reads, from a Hugging Face config.json."""
+    rope = hf_config.get("rope_parameters") or {}
+    heads = hf_config["num_attention_heads"]
+    return {
+        "model_name": name,
+        "model_type": hf_config["model_type"],
+        "num_hidden_layers": hf_config["num_hidden_layers"],
+        "num_attention_heads": heads,
+        "num_key_value_heads": hf_config.get("num_key_value_heads", heads),
+        "hidden_size": hf_config["hidden_size"],
+        "intermediate_size": hf_config["intermediate_size"],
+        "vocab_size": hf_config["vocab_size"],
+        "rope_theta": float(hf_config.get("rope_theta", rope.get("rope_theta", 10000.0))),
+        "max_position_embeddings": hf_config.get("max_position_embeddings", 32768),
+        "rope_partial_factor": 1.0,
+        "rms_norm_eps": hf_config["rms_norm_eps"],
+        "norm_type": "rms_norm",
+        "hidden_act": hf_config.get("hidden_act", "silu"),
+        "tie_word_embeddings": bool(hf_config.get("tie_word_embeddings", False)),
+    }
+
+
+def llm_build_args(
+    input_dir: str, output_dir: str, model_config: str, chip: str, kv_cache_len: int, prefill_len: int, weight_type: str
+) -> list[str]:
+    args = [
+        "llm_build",
+        "--input_path", input_dir,
+        "--output_path", output_dir,
+        "--kv_cache_len", str(kv_cache_len),
+        "--model_config", model_config,
+        "--hidden_state_type", "bf16",
+        "--weight_type", weight_type,
+        "--chip", chip,
+    ]  # fmt: skip
+    if prefill_len:
+        args += ["--prefill_len", str(prefill_len)]
+    return args
+
+
+def pulsar2_command(
+    hf_dir: Path,
+    work_dir: Path,
+    *,
+    target: str,
+    kv_cache_len: int,
+    prefill_len: int,
+    weight_type: str,
+    pulsar2: str | None = None,
+    image: str | None = None,
+) -> list[str]:
+    """The full command line: a local pulsar2, or `docker run` of the Pulsar2 image with both folders mounted."""
+    chip = CHIPS[target]
+    config = work_dir / "pulsar2_config.json"
+    if image:
+        if not shutil.which("docker"):
+            raise SetupError(f"--pulsar2-image needs docker, which is not installed; {GET_PULSAR2}")
+        args = llm_build_args("/data/input", "/data/work/axmodel_build", "/data/work/pulsar2_config.json",
+                              chip, kv_cache_len, prefill_len, weight_type)  # fmt: skip
+        mounts = ["-v", f"{hf_dir.resolve()}:/data/input:ro", "-v", f"{work_dir.resolve()}:/data/work"]
+        return ["docker", "run", "--rm", *mounts, image, "pulsar2", *args]
+    executable = pulsar2 or shutil.which("pulsar2")
+    if not executable:
+        raise SetupError(
+            f"no pulsar2 found for the {target} build; {GET_PULSAR2}; or build for a PC with --target host"
+        )
+    args = llm_build_args(str(hf_dir), str(work_dir / "axmodel_build"), str(config), chip, kv_cache_len,
+                          prefill_len, weight_type)  # fmt: skip
+    return [executable, *args]
+
+
+def run_pulsar2(command: list[str]) -> None:
+    """Run the build, streaming its output to the log; a failure reports its last lines."""
+    log.info("running: %s", " ".join(command))
+    tail: collections.deque[str] = collections.deque(maxlen=20)
+    try:
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+    except OSError as e:
+        raise SetupError(f"cannot run {command[0]}: {e.strerror}; {GET_PULSAR2}") from None
+    assert process.stdout is not None
+    for line in process.stdout:
+        line = line.rstrip()
+        tail.append(line)
+        log.info("pulsar2: %s", line)
+    if process.wait() != 0:
+        last = "\n  ".join(tail)
+        raise SetupError(f"pulsar2 llm_build failed with exit status {process.returncode}; its last lines:\n  {last}")
+
+
+def collect_axmodels(build_dir: Path, model_dir: Path, num_layers: int, prefill_len: int, weights: str) -> LayerFiles:
+    """Move the build's axmodels into model_dir/axmodel/ as qwen_l{i}.axmodel and qwen_post.axmodel.
+
+    Pulsar2 versions name their files differently (qwen_l0.axmodel, <model>_p128_l0_together.axmodel),
+    so the layer index is read from each name rather than assumed.
+    """
+    found = sorted(build_dir.rglob("*.axmodel"))
+    layers: dict[int, Path] = {}
+    post = None
+    for path in found:
+        if "post" in path.stem:
+            post = path
+        elif match := re.search(r"_l(\d+)(?:_|$)", path.stem):
+            layers[int(match.group(1))] = path
+    missing = [i for i in range(num_layers) if i not in layers]
+    if post is None or missing:
+        what = f"layers {missing}" if missing else "the post model"
+        raise SetupError(f"pulsar2 finished but {build_dir} lacks {what} (found: {[p.name for p in found]})")
+    (model_dir / "axmodel").mkdir(exist_ok=True)
+    names = []
+    for i in range(num_layers):
+        names.append(f"axmodel/qwen_l{i}.axmodel")
+        shutil.move(layers[i], model_dir / names[-1])
+    shutil.move(post, model_dir / "axmodel/qwen_post.axmodel")
+    return LayerFiles(layers=names, post="axmodel/qwen_post.axmodel", prefill_len=prefill_len, weights=weights)
+
+
+def write_model_config(hf_dir: Path, work_dir: Path, name: str) -> Path:
+    path = work_dir / "pulsar2_config.json"
+    hf_config = json.loads((hf_dir / "config.json").read_text())
+    path.write_text(json.dumps(pulsar2_model_config(hf_config, name), indent=2))
+    return path

@@ -1,0 +1,288 @@
+"""`assistant setup`: builds from a local folder, downloads from a real local HTTP server, pulsar2 runs."""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import io
+import json
+import os
+import shlex
+import subprocess
+import sys
+import threading
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import ml_dtypes
+import numpy as np
+import pytest
+import yaml
+
+from assistant.llm.checkpoint import Checkpoint
+from assistant.llm.embeddings import EMBEDDINGS_FILE, write_embeddings
+from assistant.llm.engine import Engine
+from assistant.llm.sampling import Sampler
+from assistant.setup.download import SetupError, download, download_and_unzip
+from tests.tiny_model import make_tiny_qwen2
+
+
+def assistant(*args: str, env: dict | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("ASSISTANT_")}
+    full_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "assistant", *args], capture_output=True, text=True, env=full_env, cwd=cwd, timeout=300
+    )
+
+
+def test_host_build_from_a_local_folder_runs_and_verifies(tiny_hf: Path, tmp_path: Path) -> None:
+    out = tmp_path / "models" / "tiny"
+    result = assistant("setup", "--model", str(tiny_hf), "--target", "host", "--no-speech", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "onnx/" in result.stdout and "step embeddings" in result.stdout  # the summary table
+    manifest = yaml.safe_load((out / "manifest.yaml").read_text())
+    assert set(manifest["backends"]) == {"onnxruntime"}
+    for name, info in manifest["files"].items():
+        assert (out / name).stat().st_size == info["size"]
+        assert hashlib.sha256((out / name).read_bytes()).hexdigest() == info["sha256"]
+    assert not list(out.parent.glob(".*"))  # no partial or old build left behind
+
+    engine = Engine(out)
+    assert len(list(engine.generate(engine.tokenizer.encode("turn on the light").ids, Sampler(), 5))) > 0
+
+    verified = assistant("setup", "--verify", str(out))
+    assert verified.returncode == 0 and "one prefill and one decode step ran" in verified.stdout
+    (out / "onnx/layer_0.onnx").write_bytes(b"corrupt" + (out / "onnx/layer_0.onnx").read_bytes()[7:])
+    corrupt = assistant("setup", "--verify", str(out))
+    assert corrupt.returncode == 78 and "layer_0.onnx: sha256 differs" in corrupt.stderr
+
+
+def test_embedding_pipeline_is_bit_exact_from_float32(tmp_path: Path) -> None:
+    hf = make_tiny_qwen2(tmp_path / "hf")  # saved in float32: the bf16 rounding happens here
+    checkpoint = Checkpoint(hf)
+    path = write_embeddings(checkpoint, tmp_path, keep_intermediate=True)
+    values = checkpoint.f32("model.embed_tokens.weight")
+    expected = values.astype(ml_dtypes.bfloat16).view(np.uint16)
+    assert np.array_equal(np.fromfile(path, "<u2").reshape(values.shape), expected)
+    assert path.name == EMBEDDINGS_FILE
+    assert np.array_equal(np.load(tmp_path / "model.embed_tokens.weight.npy"), values)
+    assert (tmp_path / "model.embed_tokens.weight.float32.bin").stat().st_size == values.nbytes
+
+
+STAND_IN = """#!{python}
+# A stand-in for pulsar2: records its command line, then builds fake axmodels or fails.
+import json, os, sys
+from pathlib import Path
+Path(os.environ["PULSAR2_ARGV"]).write_text(json.dumps(sys.argv[1:]))
+if os.environ.get("PULSAR2_FAIL"):
+    for i in range(30):
+        print(f"compiling layer {{i}}")
+    print("ERROR: out of memory while building llm post layer")
+    sys.exit(3)
+out = Path(sys.argv[sys.argv.index("--output_path") + 1])
+out.mkdir(parents=True)
+layers = json.loads(Path(sys.argv[sys.argv.index("--model_config") + 1]).read_text())["num_hidden_layers"]
+for i in range(layers):
+    (out / f"qwen2_p128_l{{i}}_together.axmodel").write_bytes(b"axmodel %d" % i)
+(out / "qwen2_post.axmodel").write_bytes(b"post")
+print("build llm model done!")
+"""
+
+
+@pytest.fixture()
+def pulsar2(tmp_path: Path) -> Path:
+    path = tmp_path / "bin" / "pulsar2"
+    path.parent.mkdir()
+    path.write_text(STAND_IN.format(python=sys.executable))
+    path.chmod(0o755)
+    return path
+
+
+def test_board_build_runs_pulsar2_with_the_exact_command(tiny_hf: Path, tmp_path: Path, pulsar2: Path) -> None:
+    out, argv = tmp_path / "models" / "tiny", tmp_path / "argv.json"
+    env = {"PULSAR2_ARGV": str(argv), "PATH": f"{pulsar2.parent}:{os.environ['PATH']}"}
+    result = assistant(
+        "setup", "--model", str(tiny_hf), "--target", "ax630c", "--no-speech", "--out", str(out), env=env
+    )
+    assert result.returncode == 0, result.stderr
+    work = tmp_path / "models" / ".tiny.partial"
+    assert json.loads(argv.read_text()) == [
+        "llm_build",
+        "--input_path", str(tiny_hf),
+        "--output_path", str(work / "axmodel_build"),
+        "--kv_cache_len", "1023",
+        "--model_config", str(work / "pulsar2_config.json"),
+        "--hidden_state_type", "bf16",
+        "--weight_type", "s8",
+        "--chip", "AX620E",
+        "--prefill_len", "128",
+    ]  # fmt: skip
+    manifest = yaml.safe_load((out / "manifest.yaml").read_text())
+    board = manifest["backends"]["axengine"]
+    assert board["layers"] == ["axmodel/qwen_l0.axmodel", "axmodel/qwen_l1.axmodel"]
+    assert (out / "axmodel/qwen_l1.axmodel").read_bytes() == b"axmodel 1"  # matched by index, not by order
+    assert board["prefill_len"] == 128 and "onnxruntime" in manifest["backends"]
+    config = json.loads((out / "pulsar2_config.json").read_text())
+    assert config["num_key_value_heads"] == 2 and config["rope_theta"] == 1e6
+
+
+def test_failed_pulsar2_leaves_the_old_model_and_resumes(tiny_hf: Path, tmp_path: Path, pulsar2: Path) -> None:
+    out, argv = tmp_path / "models" / "tiny", tmp_path / "argv.json"
+    env = {"PULSAR2_ARGV": str(argv), "PATH": f"{pulsar2.parent}:{os.environ['PATH']}"}
+    first = assistant("setup", "--model", str(tiny_hf), "--target", "host", "--no-speech", "--out", str(out), env=env)
+    assert first.returncode == 0
+    old_manifest = (out / "manifest.yaml").read_text()
+
+    args = ["setup", "--model", str(tiny_hf), "--target", "ax650n", "--no-speech", "--out", str(out)]
+    failed = assistant(*args, env={**env, "PULSAR2_FAIL": "1"})
+    assert failed.returncode == 1
+    error = failed.stderr[failed.stderr.index("error: ") :]
+    assert "exit status 3" in error and "ERROR: out of memory" in error
+    assert "compiling layer 29" in error and "compiling layer 5\n" not in error  # only the last lines
+    assert (out / "manifest.yaml").read_text() == old_manifest  # the previous model is untouched
+    Engine(out)  # and still loads
+
+    resumed = assistant(*args, env=env)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "onnxruntime: already done" in resumed.stderr and "embeddings: already done" in resumed.stderr
+    assert json.loads(argv.read_text())[-3:] == ["AX650", "--prefill_len", "128"]
+    assert "axengine" in yaml.safe_load((out / "manifest.yaml").read_text())["backends"]
+
+
+def test_clear_errors_before_any_work(tiny_hf: Path, tmp_path: Path) -> None:
+    llama_like = tmp_path / "gpt2"
+    llama_like.mkdir()
+    (llama_like / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+    result = assistant(
+        "setup", "--model", str(llama_like), "--target", "host", "--no-speech", "--out", str(tmp_path / "m")
+    )
+    assert result.returncode == 78 and "model_type 'gpt2' is not supported" in result.stderr
+
+    no_weights = tmp_path / "noweights"
+    no_weights.mkdir()
+    (no_weights / "config.json").write_text((tiny_hf / "config.json").read_text())
+    result = assistant(
+        "setup", "--model", str(no_weights), "--target", "host", "--no-speech", "--out", str(tmp_path / "m")
+    )
+    assert result.returncode == 78 and "no *.safetensors files" in result.stderr
+
+    # A board target with neither pulsar2 nor docker on PATH says how to get them.
+    env = {"PATH": str(Path(sys.executable).parent)}
+    result = assistant("setup", "--model", str(tiny_hf), "--no-speech", "--out", str(tmp_path / "m"), env=env)
+    assert result.returncode == 1 and "no pulsar2 found" in result.stderr and "docker" in result.stderr
+
+
+# -- downloads from a real HTTP server on 127.0.0.1 ----------------------------------------------
+
+
+class RangeHandler(http.server.BaseHTTPRequestHandler):
+    """Serves files from `self.server.files`, honours Range, and can cut the first transfer short."""
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        data = self.server.files.get(self.path)
+        if data is None:
+            self.send_error(404)
+            return
+        start = 0
+        if header := self.headers.get("Range"):
+            start = int(header.removeprefix("bytes=").split("-")[0])
+            self.server.ranges.append(start)
+        body = data[start:]
+        self.send_response(206 if start else 200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.server.cut_after and not start:
+            self.wfile.write(body[: self.server.cut_after])
+            self.server.cut_after = 0
+            self.wfile.flush()
+            self.connection.shutdown(2)  # the connection drops mid-transfer
+            return
+        self.wfile.write(body)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture()
+def server() -> Iterator[http.server.ThreadingHTTPServer]:
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), RangeHandler)
+    httpd.files, httpd.ranges, httpd.cut_after = {}, [], 0
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield httpd
+    httpd.shutdown()
+
+
+def url(server: http.server.ThreadingHTTPServer, path: str) -> str:
+    return f"http://127.0.0.1:{server.server_address[1]}{path}"
+
+
+def test_interrupted_download_resumes_with_a_range_request(server, tmp_path: Path) -> None:
+    data = os.urandom(3_000_000)
+    server.files["/voice.onnx"] = data
+    server.cut_after = 1_000_000
+    dest = tmp_path / "voice.onnx"
+    with pytest.raises(SetupError, match="interrupted .*run the same command again to resume"):
+        download(url(server, "/voice.onnx"), dest)
+    assert not dest.exists()
+    assert (tmp_path / "voice.onnx.part").stat().st_size == 1_000_000
+    download(url(server, "/voice.onnx"), dest, sha256=hashlib.sha256(data).hexdigest())
+    assert server.ranges == [1_000_000]  # only the rest was fetched
+    assert dest.read_bytes() == data and not (tmp_path / "voice.onnx.part").exists()
+
+
+def test_checksum_mismatch_is_rejected(server, tmp_path: Path) -> None:
+    server.files["/voice.onnx"] = b"not the voice you expected"
+    dest = tmp_path / "voice.onnx"
+    with pytest.raises(SetupError, match="checksum mismatch .*discarded"):
+        download(url(server, "/voice.onnx"), dest, sha256="0" * 64)
+    assert not dest.exists() and not (tmp_path / "voice.onnx.part").exists()
+    with pytest.raises(SetupError, match="HTTP 404"):
+        download(url(server, "/missing.onnx"), dest)
+
+
+def test_setup_fetches_the_configured_speech_models(server, tiny_hf: Path, tmp_path: Path) -> None:
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("vosk-model-test/am/final.mdl", b"acoustic model")
+        z.writestr("vosk-model-test/conf/model.conf", b"--sample-frequency=16000")
+    server.files["/vosk.zip"] = archive.getvalue()
+    server.files["/voice.onnx"] = b"onnx voice"
+    server.files["/voice.onnx.json"] = b'{"audio": {"sample_rate": 22050}}'
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        f"asr:\n  model: models/vosk-model-test\n  model_url: {url(server, '/vosk.zip')}\n"
+        f"  model_sha256: {hashlib.sha256(archive.getvalue()).hexdigest()}\n"
+        f"tts:\n  voice: models/piper/test.onnx\n  voice_url: {url(server, '/voice.onnx')}\n"
+    )
+    args = ["setup", "--config", str(config), "--model", str(tiny_hf), "--target", "host"]
+    result = assistant(*args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "models/vosk-model-test/am/final.mdl").read_bytes() == b"acoustic model"
+    assert (tmp_path / "models/piper/test.onnx.json").is_file()
+    assert (tmp_path / f"models/{tiny_hf.name}/manifest.yaml").is_file()  # models/ beside the config
+
+
+def test_zip_that_is_not_a_zip_is_discarded(server, tmp_path: Path) -> None:
+    server.files["/vosk.zip"] = b"<html>proxy error</html>"
+    with pytest.raises(SetupError, match="not a zip archive"):
+        download_and_unzip(url(server, "/vosk.zip"), tmp_path / "vosk")
+    assert not list(tmp_path.iterdir())
+
+
+def test_docker_command_mounts_both_folders(tiny_hf: Path, tmp_path: Path, monkeypatch) -> None:
+    from assistant.setup.pulsar2 import pulsar2_command
+
+    docker = tmp_path / "docker"
+    docker.write_text("#!/bin/sh\n")
+    docker.chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    command = pulsar2_command(
+        tiny_hf, tmp_path, target="ax630c", kv_cache_len=1023, prefill_len=0, weight_type="s4", image="pulsar2:3.2"
+    )
+    text = shlex.join(command)
+    assert text.startswith("docker run --rm -v ")
+    assert f"{tiny_hf.resolve()}:/data/input:ro" in command and f"{tmp_path.resolve()}:/data/work" in command
+    assert command[command.index("pulsar2:3.2") + 1 :][:2] == ["pulsar2", "llm_build"]
+    assert "--prefill_len" not in command and command[command.index("--weight_type") + 1] == "s4"
