@@ -11,6 +11,7 @@ so exporting needs neither torch nor the whole model in memory.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import shutil
@@ -245,21 +246,16 @@ def copy_tokenizer(hf_dir: Path, out_dir: Path) -> None:
 
 def new_manifest(hf_dir: Path, name: str, kv_cache_len: int, backends: dict[str, LayerFiles]) -> Manifest:
     shape = read_shape(hf_dir)
+    # The manifest's dimensions are the checkpoint's, field for field.
+    dims = {f.name: getattr(shape, f.name) for f in dataclasses.fields(Manifest) if hasattr(shape, f.name)}
     return Manifest(
         name=name,
         source=str(hf_dir),
-        model_type=shape.model_type,
-        num_layers=shape.num_layers,
-        hidden_size=shape.hidden_size,
-        num_heads=shape.num_heads,
-        num_kv_heads=shape.num_kv_heads,
-        head_dim=shape.head_dim,
-        intermediate_size=shape.intermediate_size,
-        vocab_size=shape.vocab_size,
         kv_cache_len=kv_cache_len,
         eos_token_ids=_eos_ids(hf_dir),
         embeddings=EMBEDDINGS_FILE,
         backends=backends,
+        **dims,
     )
 
 
