@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from pathlib import Path
@@ -82,6 +83,42 @@ def cmd_setup(args: argparse.Namespace) -> int:
     return 0
 
 
+def _skills_registry(config_path: Path | None):
+    from assistant.skills.registry import load_registry
+
+    config = config_path or default_config_path()
+    settings = load_settings(config) if config.exists() else None
+    base = config.parent if settings else Path.cwd()
+    folders = [base / "skills", *(settings.skills.paths if settings else [])]
+    return load_registry(settings, folders)
+
+
+def cmd_skills_list(args: argparse.Namespace) -> int:
+    registry = _skills_registry(args.config)
+    for found in registry.skills.values():
+        confirm = " (asks for confirmation)" if found.confirm else ""
+        print(f"{found.name}{confirm}: {found.description}")
+        print(f"  source: {found.source}")
+        print(f"  arguments: {json.dumps(found.parameters, ensure_ascii=False)}")
+        for language, sentences in found.sentences.items():
+            print(f"  say ({language}): " + " | ".join(sentences[:3]))
+    return 1 if registry.problems else 0
+
+
+def cmd_skills_call(args: argparse.Namespace) -> int:
+    try:
+        arguments = json.loads(args.args)
+    except json.JSONDecodeError as e:
+        print(f"error: --args is not JSON: {e}", file=sys.stderr)
+        return 2
+    result = _skills_registry(args.config).call(args.name, arguments)
+    if result.error:
+        print(f"error: {result.error}", file=sys.stderr)
+        return 1
+    print(result.text if result.text is not None else json.dumps(result.data, ensure_ascii=False))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="assistant", description=DESCRIPTION)
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
@@ -128,6 +165,17 @@ def build_parser() -> argparse.ArgumentParser:
     setup.add_argument("--config", type=Path, default=None, help="config naming the speech models")
     setup.add_argument("--verify", type=Path, default=None, metavar="DIR", help="re-check a built model and run it")
     setup.set_defaults(func=cmd_setup)
+
+    skills = sub.add_parser("skills", help="list or call the installed skills")
+    skills_sub = skills.add_subparsers(dest="skills_command", required=True, metavar="ACTION")
+    listing = skills_sub.add_parser("list", help="each skill with its schema and example sentences")
+    listing.add_argument("--config", type=Path, default=None)
+    listing.set_defaults(func=cmd_skills_list)
+    call = skills_sub.add_parser("call", help="run one skill")
+    call.add_argument("name")
+    call.add_argument("--args", default="{}", help="arguments as a JSON object")
+    call.add_argument("--config", type=Path, default=None)
+    call.set_defaults(func=cmd_skills_call)
     return parser
 
 

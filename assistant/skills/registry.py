@@ -1,0 +1,161 @@
+"""Finding skills (folders, installed packages) and calling them safely.
+
+A module that fails to import, or a skill with a signature the SDK cannot describe, is reported
+with its file, line and reason and skipped: the other skills load. A call validates its arguments
+against the skill's schema and runs with a timeout; any failure comes back as a SkillResult with
+an error, never as an exception into the turn.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import importlib.metadata
+import importlib.util
+import logging
+import sys
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import jsonschema
+
+from assistant.skills.sdk import SKILL_ATTRIBUTE, Skill, SkillContext, SkillError, build_skill
+
+log = logging.getLogger(__name__)
+
+ENTRY_POINT_GROUP = "assistant.skills"
+DEFAULT_TIMEOUT = 10.0
+
+
+@dataclass
+class SkillResult:
+    name: str
+    text: str | None = None  # to be spoken as it is
+    data: Any = None  # to go back to the model
+    error: str | None = None
+
+
+@dataclass
+class Registry:
+    settings: Any = None
+    context: SkillContext = field(default_factory=SkillContext)
+    timeout: float = DEFAULT_TIMEOUT
+    skills: dict[str, Skill] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+
+    # -- loading ------------------------------------------------------------------------------------
+
+    def load_folder(self, folder: Path, disabled: tuple[str, ...] = ()) -> None:
+        for path in sorted(Path(folder).glob("*.py")):
+            if path.name.startswith("_"):
+                continue
+            module = self._import_file(path)
+            if module is not None:
+                self.add_module(module, str(path), disabled)
+
+    def load_entry_points(self, disabled: tuple[str, ...] = ()) -> None:
+        for entry in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+            source = f"{entry.value} (package entry point {entry.name!r})"
+            try:
+                loaded = entry.load()
+            except Exception as e:
+                self._problem(source, f"cannot be imported: {type(e).__name__}: {e}")
+                continue
+            if isinstance(loaded, ModuleType):
+                self.add_module(loaded, source, disabled)
+            else:
+                self.add_function(loaded, source, disabled)
+
+    def add_module(self, module: ModuleType, source: str, disabled: tuple[str, ...] = ()) -> None:
+        for value in list(vars(module).values()):
+            if getattr(value, "__module__", None) == module.__name__ and hasattr(value, SKILL_ATTRIBUTE):
+                self.add_function(value, source, disabled)
+
+    def add_function(self, func: Any, source: str, disabled: tuple[str, ...] = ()) -> None:
+        spec = getattr(func, SKILL_ATTRIBUTE, None)
+        if spec is None:
+            self._problem(source, f"{func!r} is not marked with @skill")
+            return
+        if spec.name in disabled:
+            return
+        where = f"{source}:{func.__code__.co_firstlineno}" if hasattr(func, "__code__") else source
+        try:
+            built = build_skill(spec, self.settings, where)
+        except SkillError as e:
+            self._problem(where, str(e))
+            return
+        if built.name in self.skills:
+            self._problem(where, f"skill {built.name} is already defined in {self.skills[built.name].source}")
+            return
+        self.skills[built.name] = built
+
+    def _import_file(self, path: Path) -> ModuleType | None:
+        name = f"assistant_user_skills.{path.stem}"
+        try:
+            spec = importlib.util.spec_from_file_location(name, path)
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[name] = module
+            spec.loader.exec_module(module)
+            return module
+        except SyntaxError as e:
+            self._problem(f"{path}:{e.lineno}", f"syntax error: {e.msg}")
+        except Exception as e:
+            line = next(
+                (f.lineno for f in reversed(traceback.extract_tb(e.__traceback__)) if f.filename == str(path)), 0
+            )
+            self._problem(f"{path}:{line}", f"cannot be imported: {type(e).__name__}: {e}")
+        sys.modules.pop(name, None)
+        return None
+
+    def _problem(self, where: str, reason: str) -> None:
+        message = f"{where}: {reason}; skipped"
+        log.error("skill %s", message)
+        self.problems.append(message)
+
+    # -- calling ------------------------------------------------------------------------------------
+
+    def tools(self) -> list[dict]:
+        return [s.tool() for s in self.skills.values()]
+
+    def call(self, name: str, arguments: Any) -> SkillResult:
+        """Validate and run one skill; every failure is a SkillResult with an error for the person."""
+        found = self.skills.get(name)
+        if found is None:
+            return SkillResult(name, error=f"there is no skill called {name}")
+        try:
+            jsonschema.validate(arguments, found.parameters)
+        except jsonschema.ValidationError as e:
+            return SkillResult(name, error=f"invalid arguments for {name}: {e.message}")
+        kwargs = dict(arguments)
+        if found.wants_context:
+            kwargs[found.wants_context] = self.context
+        timeout = found.timeout or self.timeout
+        # A skill that hangs cannot be killed from Python; its thread is abandoned, the turn goes on.
+        pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"skill-{name}")
+        future = pool.submit(found.func, **kwargs)
+        pool.shutdown(wait=False)
+        try:
+            value = future.result(timeout=timeout)
+        except concurrent.futures.TimeoutError:
+            log.error("skill %s timed out after %.1f s", name, timeout)
+            return SkillResult(name, error=f"{name} took longer than {timeout:g} seconds")
+        except Exception as e:
+            log.error("skill %s failed: %s", name, "".join(traceback.format_exception_only(e)).strip())
+            return SkillResult(name, error=f"{name} failed: {e}")
+        if isinstance(value, str):
+            return SkillResult(name, text=value)
+        return SkillResult(name, data=value)
+
+
+def load_registry(settings: Any, skill_dirs: list[Path], context: SkillContext | None = None) -> Registry:
+    """All skills: each folder in order, then installed packages' entry points."""
+    disabled = tuple(getattr(getattr(settings, "skills", None), "disabled", ()) or ())
+    timeout = getattr(getattr(settings, "skills", None), "timeout_seconds", DEFAULT_TIMEOUT)
+    registry = Registry(settings=settings, context=context or SkillContext(settings=settings), timeout=timeout)
+    for folder in skill_dirs:
+        if folder.is_dir():
+            registry.load_folder(folder, disabled)
+    registry.load_entry_points(disabled)
+    return registry

@@ -1,0 +1,199 @@
+"""The skill SDK: a decorated, type-hinted function becomes a tool the model can call.
+
+    from typing import Annotated, Literal
+    from assistant import Range, skill
+
+    @skill(sentences={"en": ["set a timer for {minutes} minutes"]})
+    def set_timer(minutes: Annotated[int, Range(1, 720)], label: str = "") -> str:
+        \"\"\"Start a countdown timer.
+
+        Args:
+            minutes: how long the timer runs
+            label: what the timer is for
+        \"\"\"
+        ...
+
+The JSON Schema of the arguments comes from the hints (Literal → enum, bool, int/float with
+bounds from Range, str, lists, defaults), the description from the docstring.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+import types
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+SKILL_ATTRIBUTE = "__assistant_skill__"
+
+
+class SkillError(Exception):
+    """A skill that cannot be registered, or a call that cannot be made."""
+
+
+@dataclass(frozen=True)
+class Range:
+    """Bounds of a number: Annotated[int, Range(1, 120)]."""
+
+    minimum: float | None = None
+    maximum: float | None = None
+
+
+@dataclass(frozen=True)
+class Choices:
+    """Allowed strings known only from the configuration: Annotated[str, Choices(lambda s: [...])].
+
+    The function gets the loaded Settings when the skills are loaded.
+    """
+
+    from_settings: Callable[[Any], list[str]]
+
+
+@dataclass
+class SkillContext:
+    """What a skill may ask for by declaring a parameter of this type (not shown to the model)."""
+
+    settings: Any = None
+    state_dir: Path | None = None
+    say: Callable[[str], None] = print
+
+
+@dataclass
+class SkillSpec:
+    """Options given to @skill; the schema is built when the skill is loaded."""
+
+    name: str
+    func: Callable
+    confirm: bool = False
+    timeout: float | None = None
+    sentences: dict[str, list[str]] = field(default_factory=dict)
+
+
+@dataclass
+class Skill:
+    name: str
+    func: Callable
+    description: str
+    parameters: dict  # JSON Schema of the arguments object
+    confirm: bool = False
+    timeout: float | None = None
+    sentences: dict[str, list[str]] = field(default_factory=dict)
+    source: str = ""
+    wants_context: str | None = None  # the parameter that receives the SkillContext
+
+    def tool(self) -> dict:
+        """The tool signature as Qwen's prompt format lists it."""
+        return {"type": "function", "function": {"name": self.name, "description": self.description,
+                                                 "parameters": self.parameters}}  # fmt: skip
+
+
+def skill(
+    func: Callable | None = None,
+    *,
+    name: str | None = None,
+    confirm: bool = False,
+    timeout: float | None = None,
+    sentences: dict[str, list[str]] | None = None,
+) -> Any:
+    """Mark a function as a skill. Use as @skill or @skill(confirm=True, sentences={...})."""
+
+    def mark(f: Callable) -> Callable:
+        setattr(f, SKILL_ATTRIBUTE, SkillSpec(name or f.__name__, f, confirm, timeout, dict(sentences or {})))
+        return f
+
+    return mark(func) if func is not None else mark
+
+
+def build_skill(spec: SkillSpec, settings: Any = None, source: str = "") -> Skill:
+    """Turn a marked function into a Skill with its JSON Schema; SkillError says what is unsupported."""
+    if not re.fullmatch(r"[a-zA-Z_][a-zA-Z0-9_]*", spec.name):
+        raise SkillError(f"skill name {spec.name!r} must be letters, digits and underscores")
+    description, arg_docs = _parse_docstring(inspect.getdoc(spec.func) or "")
+    if not description:
+        raise SkillError(f"skill {spec.name} needs a docstring: it is the description the model sees")
+    try:
+        hints = typing.get_type_hints(spec.func, include_extras=True)
+    except Exception as e:  # a hint that does not resolve is a bad signature
+        raise SkillError(f"skill {spec.name}: cannot read its type hints ({e})") from None
+    properties, required, wants_context = {}, [], None
+    for param in inspect.signature(spec.func).parameters.values():
+        if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            raise SkillError(f"skill {spec.name}: *args and **kwargs cannot be described to the model")
+        hint = hints.get(param.name)
+        if hint is SkillContext or SkillContext in typing.get_args(hint):
+            wants_context = param.name
+            continue
+        if hint is None:
+            raise SkillError(f"skill {spec.name}: parameter '{param.name}' has no type hint")
+        try:
+            schema = _schema(hint, settings)
+        except SkillError as e:
+            raise SkillError(f"skill {spec.name}: parameter '{param.name}': {e}") from None
+        if param.name in arg_docs:
+            schema["description"] = arg_docs[param.name]
+        if param.default is inspect.Parameter.empty:
+            required.append(param.name)
+        elif param.default is not None:
+            schema["default"] = param.default
+        properties[param.name] = schema
+    parameters = {"type": "object", "properties": properties, "required": required, "additionalProperties": False}
+    return Skill(spec.name, spec.func, description, parameters, spec.confirm, spec.timeout, spec.sentences,
+                 source, wants_context)  # fmt: skip
+
+
+def _schema(hint: Any, settings: Any) -> dict:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Annotated:
+        schema = _schema(args[0], settings)
+        for extra in args[1:]:
+            if isinstance(extra, Range):
+                if schema.get("type") not in ("integer", "number"):
+                    raise SkillError("Range applies to int or float")
+                if extra.minimum is not None:
+                    schema["minimum"] = extra.minimum
+                if extra.maximum is not None:
+                    schema["maximum"] = extra.maximum
+            elif isinstance(extra, Choices):
+                if schema.get("type") != "string":
+                    raise SkillError("Choices applies to str")
+                choices = list(extra.from_settings(settings)) if settings is not None else []
+                if not choices:
+                    raise SkillError("Choices found nothing in the configuration")
+                schema["enum"] = choices
+        return schema
+    if origin is Literal:
+        kinds = {type(a) for a in args}
+        if len(kinds) != 1 or not kinds <= {str, int, bool}:
+            raise SkillError("Literal values must all be str, or all int")
+        return {"type": _JSON_TYPES[kinds.pop()], "enum": list(args)}
+    if origin in (typing.Union, types.UnionType):
+        options = [a for a in args if a is not type(None)]
+        if len(options) != 1:
+            raise SkillError("only Optional[X] unions are supported")
+        return _schema(options[0], settings)
+    if origin is list:
+        return {"type": "array", "items": _schema(args[0], settings) if args else {}}
+    if hint in _JSON_TYPES:
+        return {"type": _JSON_TYPES[hint]}
+    raise SkillError(f"type {getattr(hint, '__name__', hint)!r} is not supported (use str, int, float, bool, "
+                     "Literal, list or Optional)")  # fmt: skip
+
+
+_JSON_TYPES = {str: "string", int: "integer", float: "number", bool: "boolean"}
+
+
+def _parse_docstring(doc: str) -> tuple[str, dict[str, str]]:
+    """The first paragraph as the description, and `name: text` lines under Args:."""
+    description = doc.split("\n\n")[0].replace("\n", " ").strip()
+    args: dict[str, str] = {}
+    if "Args:" in doc:
+        for line in doc.split("Args:", 1)[1].splitlines():
+            if match := re.match(r"\s+(\w+)(?:\s*\([^)]*\))?:\s*(.+)", line):
+                args[match.group(1)] = match.group(2).strip()
+            elif line.strip() and not line.startswith(" "):
+                break
+    return description, args

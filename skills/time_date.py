@@ -1,0 +1,30 @@
+"""Built-in skills: the time and the date."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from assistant import skill
+
+
+@skill(
+    sentences={
+        "en": ["what time is it", "what's the time", "tell me the time"],
+        "zh": ["现在几点", "现在几点了", "几点了"],
+    }
+)
+def current_time() -> str:
+    """Tell the current local time."""
+    now = datetime.now()
+    return f"It is {now.hour}:{now.minute:02d}."
+
+
+@skill(
+    sentences={
+        "en": ["what day is it", "what's the date", "what is the date today"],
+        "zh": ["今天几号", "今天星期几", "今天是几月几号"],
+    }
+)
+def current_date() -> str:
+    """Tell today's date and day of the week."""
+    return datetime.now().strftime("Today is %A, %B %-d, %Y.")

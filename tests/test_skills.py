@@ -1,0 +1,221 @@
+"""The skill SDK and registry: schemas from hints, loading that survives broken modules, safe calls."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Annotated, Literal
+
+import pytest
+
+from assistant import Choices, Range, SkillContext, skill
+from assistant.config import Settings
+from assistant.skills.registry import Registry
+from assistant.skills.sdk import SkillError, build_skill
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def spec_of(func):
+    return func.__assistant_skill__
+
+
+def test_schema_for_every_supported_hint() -> None:
+    @skill(confirm=True, sentences={"en": ["set the {room} light"]})
+    def light(
+        room: Annotated[str, Choices(lambda s: [d["name"] for d in s.mqtt.devices])],
+        on: bool,
+        brightness: Annotated[int, Range(0, 100)] = 100,
+        mode: Literal["warm", "cold"] = "warm",
+        level: Literal[1, 2, 3] | None = None,
+        fade: Annotated[float, Range(minimum=0.0)] = 0.5,
+        tags: list[str] | None = None,
+        label: str = "",
+        context: SkillContext | None = None,
+    ) -> str:
+        """Switch a light.
+
+        Args:
+            room: which light
+            on: true to switch it on
+        """
+        return "ok"
+
+    settings = Settings()
+    settings.mqtt.devices = [{"name": "kitchen"}, {"name": "hall"}]
+    built = build_skill(spec_of(light), settings)
+    assert built.description == "Switch a light."
+    assert built.confirm and built.sentences == {"en": ["set the {room} light"]}
+    assert built.parameters == {
+        "type": "object",
+        "properties": {
+            "room": {"type": "string", "enum": ["kitchen", "hall"], "description": "which light"},
+            "on": {"type": "boolean", "description": "true to switch it on"},
+            "brightness": {"type": "integer", "minimum": 0, "maximum": 100, "default": 100},
+            "mode": {"type": "string", "enum": ["warm", "cold"], "default": "warm"},
+            "level": {"type": "integer", "enum": [1, 2, 3]},
+            "fade": {"type": "number", "minimum": 0.0, "default": 0.5},
+            "tags": {"type": "array", "items": {"type": "string"}},
+            "label": {"type": "string", "default": ""},
+        },
+        "required": ["room", "on"],
+        "additionalProperties": False,
+    }
+
+
+def test_context_parameter_is_injected_not_described() -> None:
+    @skill
+    def whoami(context: SkillContext) -> str:
+        """Say where state is kept."""
+        return str(context.state_dir)
+
+    registry = Registry(context=SkillContext(state_dir=Path("/var/lib/x")))
+    registry.add_function(whoami, "test")
+    assert registry.skills["whoami"].parameters["properties"] == {}
+    assert registry.call("whoami", {}).text == "/var/lib/x"
+
+
+@pytest.mark.parametrize(
+    ("source", "reason"),
+    [
+        ("def f(x: dict) -> str:\n    '''Doc.'''", "parameter 'x': type 'dict' is not supported"),
+        ("def f(x) -> str:\n    '''Doc.'''", "parameter 'x' has no type hint"),
+        ("def f(x: int) -> str:\n    pass", "needs a docstring"),
+        ("def f(*x: int) -> str:\n    '''Doc.'''", "*args and **kwargs"),
+        ("def f(x: Annotated[str, Range(1, 2)]) -> str:\n    '''Doc.'''", "Range applies to int or float"),
+        ("def f(x: int | str) -> str:\n    '''Doc.'''", "only Optional[X] unions"),
+    ],
+)
+def test_unsupported_signatures_are_explained(source: str, reason: str) -> None:
+    scope = {"Annotated": Annotated, "Range": Range}
+    exec(source, scope)  # noqa: S102 (test input)
+    with pytest.raises(SkillError, match=reason.replace("*", r"\*").replace("[", r"\[")):
+        build_skill(spec_of(skill(scope["f"])))
+
+
+def write(folder: Path, name: str, text: str) -> Path:
+    path = folder / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def test_broken_modules_are_reported_and_the_rest_load(tmp_path: Path) -> None:
+    write(
+        tmp_path,
+        "good.py",
+        '''
+        from assistant import skill
+
+        @skill
+        def ping() -> str:
+            """Answer pong."""
+            return "pong"
+    ''',
+    )
+    write(tmp_path, "syntax.py", "from assistant import skill\n\ndef broken(:\n    pass\n")
+    write(tmp_path, "explodes.py", "import os\n\nraise RuntimeError('no hardware')\n")
+    write(
+        tmp_path,
+        "badsig.py",
+        '''
+        from assistant import skill
+
+        @skill
+        def bad(x: set) -> str:
+            """Bad."""
+    ''',
+    )
+    write(tmp_path, "_private.py", "raise RuntimeError('never imported')\n")
+    registry = Registry()
+    registry.load_folder(tmp_path)
+    assert list(registry.skills) == ["ping"]
+    problems = "\n".join(registry.problems)
+    assert f"{tmp_path / 'syntax.py'}:3: syntax error" in problems
+    assert f"{tmp_path / 'explodes.py'}:3: cannot be imported: RuntimeError: no hardware" in problems
+    assert f"{tmp_path / 'badsig.py'}:4: skill bad: parameter 'x': type 'set' is not supported" in problems
+    assert len(registry.problems) == 3
+
+
+def test_calls_validate_time_out_and_survive_errors() -> None:
+    @skill(timeout=0.3)
+    def slow(seconds: Annotated[float, Range(0, 10)]) -> str:
+        """Sleep."""
+        time.sleep(seconds)
+        return "done"
+
+    @skill
+    def fails(x: int) -> str:
+        """Fail."""
+        raise ValueError(f"bad value {x}")
+
+    @skill
+    def data(n: int) -> dict:
+        """Return data for the model."""
+        return {"square": n * n}
+
+    registry = Registry()
+    for func in (slow, fails, data):
+        registry.add_function(func, "test")
+    assert registry.call("slow", {"seconds": 0.0}).text == "done"
+    start = time.monotonic()
+    assert registry.call("slow", {"seconds": 3.0}).error == "slow took longer than 0.3 seconds"
+    assert time.monotonic() - start < 1.5
+    assert registry.call("fails", {"x": 2}).error == "fails failed: bad value 2"
+    assert "invalid arguments for slow" in registry.call("slow", {"seconds": 99}).error
+    assert "invalid arguments" in registry.call("data", {"n": 1, "extra": 2}).error
+    assert registry.call("missing", {}).error == "there is no skill called missing"
+    assert registry.call("data", {"n": 4}).data == {"square": 16}  # and the registry still works
+
+
+def test_built_in_skills_load_from_the_shipped_folder() -> None:
+    registry = Registry()
+    registry.load_folder(REPO / "skills")
+    assert {"current_time", "current_date"} <= set(registry.skills)
+    assert not registry.problems
+    assert registry.call("current_time", {}).text.startswith("It is ")
+
+
+def test_third_party_package_is_found_through_its_entry_point(tmp_path: Path) -> None:
+    package = tmp_path / "src"
+    (package / "weather_skill").mkdir(parents=True)
+    (package / "weather_skill" / "__init__.py").write_text(
+        textwrap.dedent('''
+        from assistant import skill
+
+        @skill
+        def weather() -> str:
+            """Tell the weather."""
+            return "sunny"
+    ''')
+    )
+    (package / "pyproject.toml").write_text(
+        textwrap.dedent("""
+        [build-system]
+        requires = ["setuptools"]
+        build-backend = "setuptools.build_meta"
+
+        [project]
+        name = "weather-skill"
+        version = "1.0"
+
+        [project.entry-points."assistant.skills"]
+        weather = "weather_skill"
+    """)
+    )
+    site = tmp_path / "site"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--target", str(site),
+         str(package)],
+        check=True, capture_output=True, timeout=300,
+    )  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": f"{site}{os.pathsep}{REPO}"}
+    result = subprocess.run(
+        [sys.executable, "-m", "assistant", "skills", "call", "weather"],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "sunny"
