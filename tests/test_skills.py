@@ -219,3 +219,43 @@ def test_third_party_package_is_found_through_its_entry_point(tmp_path: Path) ->
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "sunny"
+
+
+def test_local_intents_in_english_and_chinese() -> None:
+    from assistant.skills.intents import IntentMatcher
+
+    @skill(sentences={"en": ["set a timer for {minutes} minute[s]"], "zh": ["设置一个{minutes}分钟的计时器"]})
+    def set_timer(minutes: Annotated[int, Range(1, 720)]) -> str:
+        """Start a timer."""
+        return f"timer {minutes}"
+
+    @skill(
+        sentences={
+            "en": [("turn on the {room} light", {"on": True}), "turn the {room} light {on}"],
+            "zh": [("打开{room}的灯", {"on": True}), ("关闭{room}的灯", {"on": False})],
+        }
+    )
+    def light(room: Literal["kitchen", "living room", "厨房"], on: bool) -> str:
+        """Switch a light."""
+        return "ok"
+
+    registry = Registry()
+    registry.load_folder(REPO / "skills")
+    registry.add_function(set_timer, "test")
+    registry.add_function(light, "test")
+    matcher = IntentMatcher(registry.skills)
+
+    def match(text: str) -> tuple | None:
+        found = matcher.match(text)
+        return found and (found.skill, found.arguments, found.language)
+
+    assert match("set a timer for 10 minutes") == ("set_timer", {"minutes": 10}, "en")
+    assert match("设置一个5分钟的计时器") == ("set_timer", {"minutes": 5}, "zh")
+    assert match("turn on the living room light") == ("light", {"room": "living room", "on": True}, "en")
+    assert match("turn the kitchen light off") == ("light", {"room": "kitchen", "on": False}, "en")
+    assert match("关闭厨房的灯") == ("light", {"room": "厨房", "on": False}, "zh")
+    assert match("what time is it") == ("current_time", {}, "en")
+    assert match("现在几点了") == ("current_time", {}, "zh")
+    assert match("tell me a joke") is None
+    assert match("set a timer for 9999 minutes") is None  # outside the schema's range: the LLM decides
+    assert registry.call(*match("set a timer for 10 minutes")[:2]).text == "timer 10"

@@ -70,7 +70,7 @@ class SkillSpec:
     func: Callable
     confirm: bool = False
     timeout: float | None = None
-    sentences: dict[str, list[str]] = field(default_factory=dict)
+    sentences: dict[str, list] = field(default_factory=dict)  # language → templates or (template, slots)
 
 
 @dataclass
@@ -81,7 +81,7 @@ class Skill:
     parameters: dict  # JSON Schema of the arguments object
     confirm: bool = False
     timeout: float | None = None
-    sentences: dict[str, list[str]] = field(default_factory=dict)
+    sentences: dict[str, list] = field(default_factory=dict)  # language → templates or (template, slots)
     source: str = ""
     wants_context: str | None = None  # the parameter that receives the SkillContext
 
@@ -97,7 +97,7 @@ def skill(
     name: str | None = None,
     confirm: bool = False,
     timeout: float | None = None,
-    sentences: dict[str, list[str]] | None = None,
+    sentences: dict[str, list] | None = None,
 ) -> Any:
     """Mark a function as a skill. Use as @skill or @skill(confirm=True, sentences={...})."""
 
