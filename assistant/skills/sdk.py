@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 SKILL_ATTRIBUTE = "__assistant_skill__"
+MAX_STRING = 100  # characters of a free-text argument
 
 
 class SkillError(Exception):
@@ -164,6 +165,7 @@ def _schema(hint: Any, settings: Any) -> dict:
                 if not choices:
                     raise SkillError("Choices found nothing in the configuration")
                 schema["enum"] = choices
+                schema.pop("maxLength", None)
         return schema
     if origin is Literal:
         kinds = {type(a) for a in args}
@@ -177,6 +179,9 @@ def _schema(hint: Any, settings: Any) -> dict:
         return _schema(options[0], settings)
     if origin is list:
         return {"type": "array", "items": _schema(args[0], settings) if args else {}}
+    if hint is str:
+        # Spoken arguments are short; the bound also keeps a small model from rambling in a string.
+        return {"type": "string", "maxLength": MAX_STRING}
     if hint in _JSON_TYPES:
         return {"type": _JSON_TYPES[hint]}
     raise SkillError(f"type {getattr(hint, '__name__', hint)!r} is not supported (use str, int, float, bool, "

@@ -1,0 +1,126 @@
+"""Tool calls the model cannot get wrong: constrained decoding with llguidance.
+
+The model writes freely until it opens a call with `<tool_call>`. From there until `</tool_call>`
+only tokens that keep the text a valid call are allowed: `{"name": <a registered skill>,
+"arguments": <an object valid for that skill's JSON Schema>}`. A 0.5B model therefore cannot
+name a skill that does not exist or pass arguments its schema forbids.
+"""
+
+from __future__ import annotations
+
+import json
+
+import llguidance
+import llguidance.numpy as llnumpy
+import numpy as np
+from tokenizers import Tokenizer
+
+OPEN, CLOSE = "<tool_call>", "</tool_call>"
+
+
+def call_schema(tools: list[dict]) -> dict:
+    """One JSON Schema for any call of any tool, in Qwen's {"name", "arguments"} shape."""
+    options = [
+        {
+            "type": "object",
+            "properties": {"name": {"const": tool["function"]["name"]}, "arguments": tool["function"]["parameters"]},
+            "required": ["name", "arguments"],
+            "additionalProperties": False,
+        }
+        for tool in tools
+    ]
+    # Compact JSON, as the model was trained to write it; no room for endless whitespace.
+    guidance = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
+    return {"oneOf": options, "x-guidance": guidance}
+
+
+class ToolCallConstraint:
+    """The engine's `allowed` hook: None (anything) outside a call, the grammar's mask inside one."""
+
+    def __init__(self, tokenizer: Tokenizer, vocab_size: int, eos_ids: list[int], tools: list[dict]):
+        self.tokenizer = tokenizer
+        self.vocab_size = vocab_size
+        self.lltokenizer = llguidance.LLTokenizer(tokenizer.to_str(), n_vocab=vocab_size, eos_token=eos_ids)
+        close = f'"{CLOSE}"'
+        if (close_id := tokenizer.token_to_id(CLOSE)) is not None:  # Qwen2.5 has it as one added token
+            close = f'("{CLOSE}" | <[{close_id}]>)'
+        lark = f'start: "\\n" call "\\n" {close}\ncall: %json {json.dumps(call_schema(tools))}\n'
+        self.grammar = llguidance.LLMatcher.grammar_from_lark(lark)
+        failed, messages = llguidance.LLMatcher.validate_grammar_with_warnings(self.grammar, self.lltokenizer)
+        if failed:
+            raise ValueError(f"tool call grammar: {messages[0]}")
+        self.bitmask = llnumpy.allocate_token_bitmask(1, vocab_size)
+        self.reset()
+
+    def reset(self) -> None:
+        self.matcher: llguidance.LLMatcher | None = None
+        self.seen = 0
+        self.tail = ""  # the last characters of free text, to spot the opening tag
+
+    def __call__(self, generated: list[int]) -> np.ndarray | None:
+        if len(generated) < self.seen:  # a new generation
+            self.reset()
+        for token in generated[self.seen :]:
+            self._advance(token)
+        self.seen = len(generated)
+        if self.matcher is None:
+            return None
+        llnumpy.fill_next_token_bitmask(self.matcher, self.bitmask)
+        return np.unpackbits(self.bitmask.view(np.uint8), bitorder="little")[: self.vocab_size].view(bool)
+
+    def _advance(self, token: int) -> None:
+        if self.matcher is not None:
+            if not self.matcher.consume_token(token):
+                raise RuntimeError(f"constrained decoding broke: {self.matcher.get_error()}")
+            if self.matcher.is_stopped():  # the call is closed; free text again
+                self.matcher, self.tail = None, ""
+            return
+        self.tail = (self.tail + self.tokenizer.decode([token], skip_special_tokens=False))[-len(OPEN) :]
+        if self.tail == OPEN:
+            self.matcher = llguidance.LLMatcher(self.lltokenizer, self.grammar, log_level=0)
+
+
+def parse_tool_calls(text: str) -> tuple[str, list[dict]]:
+    """Split a reply into its spoken text and its calls ({"name", "arguments"} dicts).
+
+    A call that is not valid JSON is returned as {"error": ...} so the turn can say so.
+    """
+    spoken, calls = [], []
+    rest = text
+    while OPEN in rest:
+        before, _, after = rest.partition(OPEN)
+        spoken.append(before)
+        body, closed, rest = after.partition(CLOSE)
+        try:
+            call = json.loads(body)
+            if not isinstance(call, dict) or not isinstance(call.get("name"), str):
+                raise ValueError("not a {name, arguments} object")
+            calls.append({"name": call["name"], "arguments": call.get("arguments", {})})
+        except ValueError as e:
+            calls.append({"error": f"malformed tool call ({e})"})
+        if not closed:
+            rest = ""
+    spoken.append(rest)
+    return "".join(spoken).strip(), calls
+
+
+def visible_text(reply: str, finished: bool = False) -> str:
+    """The part of a (possibly unfinished) reply that is outside tool calls, safe to speak now.
+
+    While the reply streams, a trailing "<", "<tool" ... might be the start of a call, so it is
+    held back until the next piece shows what it is. The result only ever grows as the reply does.
+    """
+    parts, rest = [], reply
+    while OPEN in rest:
+        before, _, after = rest.partition(OPEN)
+        parts.append(before)
+        _, closed, rest = after.partition(CLOSE)
+        if not closed:
+            return "".join(parts)
+    if not finished:
+        for k in range(len(OPEN) - 1, 0, -1):
+            if rest.endswith(OPEN[:k]):
+                rest = rest[:-k]
+                break
+    parts.append(rest)
+    return "".join(parts)

@@ -1,0 +1,125 @@
+"""One turn: the user's words in, events out (text to speak, tool calls, skill results, errors).
+
+Local intents answer first, without the LLM. Otherwise the model replies; text outside tool calls
+is spoken as it streams; each call (constrained, so it always parses and validates) runs its
+skill. A skill's text is spoken as it is; data goes back to the model for a second pass. Any
+failure ends the turn with a spoken apology and a log line; the next turn works as usual.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from assistant.llm.conversation import Conversation, tool_response_message
+from assistant.llm.sampling import Sampler
+from assistant.skills.constraint import ToolCallConstraint, parse_tool_calls, visible_text
+from assistant.skills.intents import IntentMatcher
+from assistant.skills.registry import Registry
+
+log = logging.getLogger(__name__)
+
+SORRY = "Sorry, something went wrong."
+YES = {"yes", "yeah", "sure", "do it", "confirm", "ok", "okay", "是", "是的", "好", "好的", "确认"}
+MAX_PASSES = 3  # model → skills → model ... at most this many generations a turn
+
+
+@dataclass
+class TurnEvent:
+    kind: str  # "text" (to speak), "tool_call", "skill_result", "confirm", "error"
+    text: str = ""
+    data: Any = None
+
+
+class TurnManager:
+    def __init__(self, conversation: Conversation, registry: Registry, sampler: Sampler, intents: bool = True):
+        self.conversation = conversation
+        self.registry = registry
+        self.sampler = sampler
+        self.intents = IntentMatcher(registry.skills) if intents else None
+        engine = conversation.engine
+        self.constraint = (
+            ToolCallConstraint(engine.tokenizer, engine.manifest.vocab_size, sorted(engine.eos_ids), registry.tools())
+            if registry.skills
+            else None
+        )
+        self.pending: dict | None = None  # a call waiting for the user's confirmation
+
+    def turn(self, text: str, cancel: threading.Event | None = None) -> Iterator[TurnEvent]:
+        try:
+            yield from self._turn(text.strip(), cancel)
+        except Exception:
+            log.exception("turn failed")
+            yield TurnEvent("error", SORRY)
+
+    def _turn(self, text: str, cancel: threading.Event | None) -> Iterator[TurnEvent]:
+        if self.pending is not None:
+            call, self.pending = self.pending, None
+            if text.lower().strip(" .!。！") in YES:
+                yield from self._run_call(call, confirmed=True)
+            else:
+                yield TurnEvent("text", "Okay, I won't.")
+            return
+        if self.intents and (match := self.intents.match(text)):
+            log.info("local intent %s %s", match.skill, match.arguments)
+            self.conversation.messages.append({"role": "user", "content": text})
+            spoken = []
+            for event in self._run_call({"name": match.skill, "arguments": match.arguments}):
+                spoken += [event.text] if event.kind in ("text", "error", "confirm") else []
+                yield event
+            self.conversation.messages.append({"role": "assistant", "content": " ".join(spoken)})
+            return
+
+        message = {"role": "user", "content": text}
+        for _ in range(MAX_PASSES):
+            reply = yield from self._generate(message, cancel)
+            if cancel is not None and cancel.is_set():
+                return
+            _, calls = parse_tool_calls(reply)
+            results = []
+            for call in calls:
+                for event in self._run_call(call):
+                    yield event
+                    if event.kind == "skill_result" and event.data is not None:
+                        results.append({"name": call["name"], "content": event.data})
+            if not results:
+                return
+            message = tool_response_message(results, bool(self.conversation.tools))
+
+    def _generate(self, message: dict, cancel: threading.Event | None) -> Iterator[TurnEvent]:
+        """Stream one reply, speaking the text outside tool calls as it comes. Returns the whole reply."""
+        if self.constraint is not None:
+            self.constraint.reset()
+        reply, spoken = "", 0
+        for piece in self.conversation.respond(message, self.sampler, cancel, self.constraint):
+            reply += piece
+            visible = visible_text(reply)
+            if visible[spoken:].strip():
+                yield TurnEvent("text", visible[spoken:])
+                spoken = len(visible)
+        visible = visible_text(reply, finished=True)
+        if visible[spoken:].strip():
+            yield TurnEvent("text", visible[spoken:])
+        return reply
+
+    def _run_call(self, call: dict, confirmed: bool = False) -> Iterator[TurnEvent]:
+        if "error" in call:
+            log.error("model output: %s", call["error"])
+            yield TurnEvent("error", SORRY)
+            return
+        yield TurnEvent("tool_call", call["name"], call["arguments"])
+        found = self.registry.skills.get(call["name"])
+        if found is not None and found.confirm and not confirmed:
+            self.pending = call
+            yield TurnEvent("confirm", f"Do you really want me to run {call['name'].replace('_', ' ')}?")
+            return
+        result = self.registry.call(call["name"], call["arguments"])
+        if result.error:
+            yield TurnEvent("error", f"Sorry, {result.error}.")
+            return
+        yield TurnEvent("skill_result", call["name"], result.data if result.text is None else result.text)
+        if result.text is not None:
+            yield TurnEvent("text", result.text)

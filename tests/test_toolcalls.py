@@ -1,0 +1,181 @@
+"""Tool calls end to end on the tiny random model: constrained decoding, the turn loop, failures."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Annotated, Literal
+
+import jsonschema
+import numpy as np
+import pytest
+
+from assistant import Range, skill
+from assistant.llm.conversation import Conversation
+from assistant.llm.engine import Engine
+from assistant.llm.sampling import Sampler
+from assistant.skills.constraint import OPEN, ToolCallConstraint, parse_tool_calls, visible_text
+from assistant.skills.registry import Registry
+from assistant.turn import TurnManager
+
+
+@skill(sentences={"en": ["set a timer for {minutes} minute[s]"]})
+def set_timer(minutes: Annotated[int, Range(1, 120)], label: str = "") -> str:
+    """Start a countdown timer."""
+    return f"Timer set for {minutes} minutes."
+
+
+@skill
+def light(room: Literal["kitchen", "hall"], on: bool) -> dict:
+    """Switch a light and report its new state."""
+    return {"room": room, "on": on}
+
+
+@skill(sentences={"en": ["break something"]})
+def broken() -> str:
+    """Always fails."""
+    raise OSError("the device is unplugged")
+
+
+@skill(timeout=0.2, sentences={"en": ["take your time"]})
+def sleepy() -> str:
+    """Never answers in time."""
+    time.sleep(5)
+    return "too late"
+
+
+@skill(confirm=True, sentences={"en": ["unlock the door"]})
+def unlock_door() -> str:
+    """Unlock the front door."""
+    return "The door is unlocked."
+
+
+@pytest.fixture()
+def registry() -> Registry:
+    registry = Registry()
+    for func in (set_timer, light, broken, sleepy, unlock_door):
+        registry.add_function(func, "test")
+    return registry
+
+
+class OpeningFirst:
+    """Force the reply to open a tool call, then let `hook` (the constraint, or None) decide."""
+
+    def __init__(self, engine: Engine, hook: ToolCallConstraint | None):
+        self.opening = engine.tokenizer.encode(OPEN, add_special_tokens=False).ids
+        self.vocab_size = engine.manifest.vocab_size
+        self.hook = hook
+
+    def reset(self) -> None:
+        if self.hook is not None:
+            self.hook.reset()
+
+    def __call__(self, generated: list[int]) -> np.ndarray | None:
+        mask = self.hook(generated) if self.hook is not None else None
+        if len(generated) < len(self.opening):
+            mask = np.zeros(self.vocab_size, dtype=bool)
+            mask[self.opening[len(generated)]] = True
+        return mask
+
+
+def generate_calls(engine: Engine, registry: Registry, constrained: bool, count: int) -> list[str]:
+    constraint = ToolCallConstraint(
+        engine.tokenizer, engine.manifest.vocab_size, sorted(engine.eos_ids), registry.tools()
+    )
+    prompt = engine.tokenizer.encode("<|im_start|>user\nset a timer<|im_end|>\n<|im_start|>assistant\n").ids
+    replies = []
+    for seed in range(count):
+        hook = OpeningFirst(engine, constraint if constrained else None)
+        hook.reset()
+        tokens: list[int] = []
+        for token in engine.generate(prompt, Sampler(temperature=1.0, seed=seed), 200, allowed=hook):
+            tokens.append(token)
+            if "</tool_call>" in engine.tokenizer.decode(tokens, skip_special_tokens=False):
+                break  # one call is what is measured; the model may go on with text or another call
+        replies.append(engine.tokenizer.decode(tokens, skip_special_tokens=False))
+    return replies
+
+
+def valid_call(reply: str, registry: Registry) -> bool:
+    _, calls = parse_tool_calls(reply)
+    if len(calls) != 1 or "error" in calls[0] or not reply.rstrip().endswith("</tool_call>"):
+        return False
+    found = registry.skills.get(calls[0]["name"])
+    try:
+        jsonschema.validate(calls[0]["arguments"], found.parameters)
+    except (jsonschema.ValidationError, AttributeError):
+        return False
+    return True
+
+
+def test_constrained_calls_always_parse_and_validate(tiny_int8: Path, registry: Registry) -> None:
+    engine = Engine(tiny_int8, kv_cache_len=2048)
+    constrained = generate_calls(engine, registry, constrained=True, count=100)
+    assert sum(valid_call(r, registry) for r in constrained) == 100
+    names = {parse_tool_calls(r)[1][0]["name"] for r in constrained}
+    assert len(names) >= 3  # the model's own (random) preferences pick among the tools
+    unconstrained = generate_calls(engine, registry, constrained=False, count=100)
+    assert sum(valid_call(r, registry) for r in unconstrained) < 100
+
+
+def events(manager: TurnManager, text: str) -> list[tuple[str, str]]:
+    return [(e.kind, e.text) for e in manager.turn(text)]
+
+
+def test_failing_skills_end_the_turn_with_an_apology(tiny_int8: Path, registry: Registry) -> None:
+    engine = Engine(tiny_int8, kv_cache_len=2048)
+    manager = TurnManager(Conversation(engine, "You are a test.", 16, registry.tools()), registry, Sampler())
+    assert events(manager, "break something")[-1] == ("error", "Sorry, broken failed: the device is unplugged.")
+    start = time.monotonic()
+    assert events(manager, "take your time")[-1] == ("error", "Sorry, sleepy took longer than 0.2 seconds.")
+    assert time.monotonic() - start < 2
+    assert events(manager, "set a timer for 5 minutes")[-1] == ("text", "Timer set for 5 minutes.")
+    # and a turn for the LLM still works after all that
+    reply = events(manager, "tell me something")
+    assert all(kind != "error" for kind, _ in reply)
+
+
+def test_confirmation_is_asked_before_a_guarded_skill(tiny_int8: Path, registry: Registry) -> None:
+    engine = Engine(tiny_int8, kv_cache_len=2048)
+    manager = TurnManager(Conversation(engine, "You are a test.", 16, registry.tools()), registry, Sampler())
+    assert events(manager, "unlock the door")[-1][0] == "confirm"
+    assert events(manager, "no") == [("text", "Okay, I won't.")]
+    events(manager, "unlock the door")
+    assert events(manager, "yes")[-1] == ("text", "The door is unlocked.")
+
+
+def test_model_call_with_data_goes_back_for_a_second_pass(tiny_int8: Path) -> None:
+    registry = Registry()
+    registry.add_function(light, "test")  # returns data, not text: the model gets it back
+    engine = Engine(tiny_int8, kv_cache_len=2048)
+    conversation = Conversation(engine, "You are a test.", 60, registry.tools())
+    assert "<tools>" in conversation.system["content"]  # Qwen2's template: tools in the system message
+    manager = TurnManager(conversation, registry, Sampler(temperature=1.0, seed=3))
+    manager.constraint = OpeningFirst(engine, manager.constraint)  # this model would not call on its own
+    seen = list(manager.turn("is the kitchen light on?"))
+    calls = [e for e in seen if e.kind == "tool_call"]
+    results = [e for e in seen if e.kind == "skill_result"]
+    assert len(calls) == len(results) == 3  # every pass calls again here, up to the limit
+    assert all(r.data == {"room": c.data["room"], "on": c.data["on"]} for c, r in zip(calls, results, strict=True))
+    responses = [m for m in conversation.messages if m["content"].startswith("<tool_response>")]
+    assert len(responses) == 2  # results of the first two passes went back to the model
+    assert json.loads(responses[0]["content"].split("\n")[1]) == {"name": "light", "content": results[0].data}
+
+
+def test_parse_and_visible_text() -> None:
+    call = '{"name": "light", "arguments": {"room": "hall", "on": true}}'
+    reply = f"Sure. <tool_call>\n{call}\n</tool_call> And <tool_call>\n{{bad json}}\n</tool_call>done"
+    spoken, calls = parse_tool_calls(reply)
+    assert spoken == "Sure.  And done"
+    assert calls[0] == {"name": "light", "arguments": {"room": "hall", "on": True}}
+    assert calls[1]["error"].startswith("malformed tool call")
+    assert visible_text("Okay <tool") == "Okay "  # could be a call opening: held back
+    assert visible_text("Okay <b") == "Okay <b"
+    assert visible_text("Okay <tool", finished=True) == "Okay <tool"
+    assert visible_text('A <tool_call>\n{"name"') == "A "
+    previous = ""
+    for end in range(len(reply) + 1):  # what may be spoken only ever grows
+        now = visible_text(reply[:end])
+        assert now.startswith(previous)
+        previous = now
