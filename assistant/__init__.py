@@ -1,9 +1,9 @@
 """An offline voice assistant for the AXERA AX630C / AX650N.
 
-The public API for skill authors: `skill`, `Range`, `Choices`, `SkillContext`.
+The public API for skill authors: `skill`, `background`, `Range`, `Choices`, `SkillContext`.
 """
 
-from assistant.skills.sdk import Choices, Range, SkillContext, skill
+from assistant.skills.sdk import Choices, Range, SkillContext, background, skill
 
-__all__ = ["Choices", "Range", "SkillContext", "skill"]
+__all__ = ["Choices", "Range", "SkillContext", "background", "skill"]
 __version__ = "0.1.0"

@@ -190,6 +190,15 @@ def check_model_paths(settings: Settings) -> None:
             )
 
 
+def state_dir(settings: Settings) -> Path:
+    """Where timers, alarms and notes live: the config's state_dir, systemd's StateDirectory, or ~/.local/state."""
+    if settings.state_dir is not None:
+        return settings.state_dir
+    if os.environ.get("STATE_DIRECTORY"):
+        return Path(os.environ["STATE_DIRECTORY"].split(":")[0])
+    return Path.home() / ".local/state/assistant"
+
+
 def settings_as_dict(settings: Settings) -> dict:
     """The effective settings as plain YAML-able data (paths as strings)."""
 

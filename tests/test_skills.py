@@ -171,8 +171,8 @@ def test_calls_validate_time_out_and_survive_errors() -> None:
     assert registry.call("data", {"n": 4}).data == {"square": 16}  # and the registry still works
 
 
-def test_built_in_skills_load_from_the_shipped_folder() -> None:
-    registry = Registry()
+def test_built_in_skills_load_from_the_shipped_folder(tmp_path: Path) -> None:
+    registry = Registry(context=SkillContext(state_dir=tmp_path))
     registry.load_folder(REPO / "skills")
     assert {"current_time", "current_date"} <= set(registry.skills)
     assert not registry.problems
@@ -221,7 +221,7 @@ def test_third_party_package_is_found_through_its_entry_point(tmp_path: Path) ->
     assert result.stdout.strip() == "sunny"
 
 
-def test_local_intents_in_english_and_chinese() -> None:
+def test_local_intents_in_english_and_chinese(tmp_path: Path) -> None:
     from assistant.skills.intents import IntentMatcher
 
     @skill(sentences={"en": ["set a timer for {minutes} minute[s]"], "zh": ["设置一个{minutes}分钟的计时器"]})
@@ -239,10 +239,11 @@ def test_local_intents_in_english_and_chinese() -> None:
         """Switch a light."""
         return "ok"
 
-    registry = Registry()
-    registry.load_folder(REPO / "skills")
+    registry = Registry(context=SkillContext(state_dir=tmp_path))
     registry.add_function(set_timer, "test")
     registry.add_function(light, "test")
+    registry.load_folder(REPO / "skills")  # the built-in set_timer is skipped: the name is taken
+    assert any("skill set_timer is already defined in test" in p for p in registry.problems)
     matcher = IntentMatcher(registry.skills)
 
     def match(text: str) -> tuple | None:

@@ -13,6 +13,7 @@ import importlib.metadata
 import importlib.util
 import logging
 import sys
+import threading
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +22,16 @@ from typing import Any
 
 import jsonschema
 
-from assistant.skills.sdk import SKILL_ATTRIBUTE, Skill, SkillContext, SkillError, build_skill
+from assistant.config import state_dir
+from assistant.skills.sdk import (
+    BACKGROUND_ATTRIBUTE,
+    SKILL_ATTRIBUTE,
+    BackgroundSpec,
+    Skill,
+    SkillContext,
+    SkillError,
+    build_skill,
+)
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +54,7 @@ class Registry:
     timeout: float = DEFAULT_TIMEOUT
     skills: dict[str, Skill] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
+    background: list[BackgroundSpec] = field(default_factory=list)
 
     # -- loading ------------------------------------------------------------------------------------
 
@@ -70,8 +81,28 @@ class Registry:
 
     def add_module(self, module: ModuleType, source: str, disabled: tuple[str, ...] = ()) -> None:
         for value in list(vars(module).values()):
-            if getattr(value, "__module__", None) == module.__name__ and hasattr(value, SKILL_ATTRIBUTE):
+            if getattr(value, "__module__", None) != module.__name__:
+                continue
+            if hasattr(value, SKILL_ATTRIBUTE):
                 self.add_function(value, source, disabled)
+            elif hasattr(value, BACKGROUND_ATTRIBUTE):
+                self.background.append(getattr(value, BACKGROUND_ATTRIBUTE))
+
+    def start_background(self, stop: threading.Event) -> list[threading.Thread]:
+        """Run every @background function in its own daemon thread until `stop` is set."""
+        threads = []
+        for spec in self.background:
+
+            def run(spec=spec) -> None:
+                try:
+                    spec.func(self.context, stop)
+                except Exception:
+                    log.exception("background task %s stopped", spec.name)
+
+            thread = threading.Thread(target=run, name=f"skill-{spec.name}", daemon=True)
+            thread.start()
+            threads.append(thread)
+        return threads
 
     def add_function(self, func: Any, source: str, disabled: tuple[str, ...] = ()) -> None:
         spec = getattr(func, SKILL_ATTRIBUTE, None)
@@ -153,7 +184,12 @@ def load_registry(settings: Any, skill_dirs: list[Path], context: SkillContext |
     """All skills: each folder in order, then installed packages' entry points."""
     disabled = tuple(getattr(getattr(settings, "skills", None), "disabled", ()) or ())
     timeout = getattr(getattr(settings, "skills", None), "timeout_seconds", DEFAULT_TIMEOUT)
-    registry = Registry(settings=settings, context=context or SkillContext(settings=settings), timeout=timeout)
+    if context is None:
+        context = SkillContext(settings=settings)
+        if settings is not None:
+            context.state_dir = state_dir(settings)
+    registry = Registry(settings=settings, context=context, timeout=timeout)
+    context.skills = lambda: list(registry.skills.values())
     for folder in skill_dirs:
         if folder.is_dir():
             registry.load_folder(folder, disabled)

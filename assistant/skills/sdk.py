@@ -19,16 +19,19 @@ bounds from Range, str, lists, defaults), the description from the docstring.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import re
+import sqlite3
 import types
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 SKILL_ATTRIBUTE = "__assistant_skill__"
+BACKGROUND_ATTRIBUTE = "__assistant_background__"
 MAX_STRING = 100  # characters of a free-text argument
 
 
@@ -54,13 +57,54 @@ class Choices:
     from_settings: Callable[[Any], list[str]]
 
 
+def _nothing() -> None:
+    return None
+
+
 @dataclass
 class SkillContext:
-    """What a skill may ask for by declaring a parameter of this type (not shown to the model)."""
+    """What a skill may ask for by declaring a parameter of this type (not shown to the model).
+
+    The daemon fills these in; the defaults let a skill run from `assistant skills call`.
+    """
 
     settings: Any = None
-    state_dir: Path | None = None
-    say: Callable[[str], None] = print
+    state_dir: Path = field(default_factory=lambda: Path.home() / ".local/state/assistant")
+    say: Callable[[str], None] = print  # speak now, outside a turn (a timer ringing)
+    stop: Callable[[], None] = _nothing  # stop what is being spoken
+    last_reply: Callable[[], str | None] = _nothing
+    skills: Callable[[], list[Any]] = list  # the loaded skills, for "what can you do"
+
+    @contextlib.contextmanager
+    def database(self, name: str, schema: str = "") -> Iterator[sqlite3.Connection]:
+        """One transaction on `<state_dir>/<name>.sqlite3` (WAL, synchronous=FULL), committed on exit.
+
+        A committed write is on disk before the user hears it confirmed, so kill -9 loses nothing.
+        `schema` (CREATE TABLE IF NOT EXISTS ...) is run first.
+        """
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        connection = sqlite3.connect(self.state_dir / f"{name}.sqlite3", timeout=10)
+        try:
+            connection.execute("PRAGMA journal_mode=WAL")
+            connection.execute("PRAGMA synchronous=FULL")
+            with connection:
+                if schema:
+                    connection.executescript(schema)
+                yield connection
+        finally:
+            connection.close()
+
+
+@dataclass
+class BackgroundSpec:
+    name: str
+    func: Callable
+
+
+def background(func: Callable) -> Callable:
+    """Mark `func(context, stop_event)` to run in its own thread while the assistant runs (a timer's clock)."""
+    setattr(func, BACKGROUND_ATTRIBUTE, BackgroundSpec(func.__name__, func))
+    return func
 
 
 @dataclass

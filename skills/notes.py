@@ -1,0 +1,80 @@
+"""Built-in skills: notes and the shopping list, kept in SQLite in the state directory."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from assistant import SkillContext, skill
+
+ListName = Literal["notes", "shopping"]
+
+
+SCHEMA = "CREATE TABLE IF NOT EXISTS items (id INTEGER PRIMARY KEY, list TEXT NOT NULL, text TEXT NOT NULL);"
+
+
+def _db(context: SkillContext):
+    return context.database("notes", SCHEMA)
+
+
+@skill(
+    sentences={
+        "en": [("add {text} to the shopping list", {"list": "shopping"}), ("take a note {text}", {"list": "notes"})],
+        "zh": [("把{text}加到购物清单", {"list": "shopping"}), ("记一下{text}", {"list": "notes"})],
+    }
+)
+def add_item(text: str, context: SkillContext, list: ListName = "notes") -> str:
+    """Add an item to the shopping list or a note to the notes.
+
+    Args:
+        text: the item or the note
+        list: "shopping" for the shopping list, "notes" for notes
+    """
+    with _db(context) as db:
+        db.execute("INSERT INTO items (list, text) VALUES (?, ?)", (list, text.strip()))
+    return f"Added {text.strip()} to the shopping list." if list == "shopping" else "Noted."
+
+
+@skill(
+    sentences={
+        "en": [("what's on the shopping list", {"list": "shopping"}), ("read my notes", {"list": "notes"})],
+        "zh": [("购物清单上有什么", {"list": "shopping"}), ("读一下我的笔记", {"list": "notes"})],
+    }
+)
+def read_items(context: SkillContext, list: ListName = "notes") -> str:
+    """Read the shopping list or the notes aloud.
+
+    Args:
+        list: "shopping" for the shopping list, "notes" for notes
+    """
+    with _db(context) as db:
+        items = [text for (text,) in db.execute("SELECT text FROM items WHERE list = ? ORDER BY id", (list,))]
+    what = "shopping list" if list == "shopping" else "notes"
+    if not items:
+        return f"Your {what} is empty." if list == "shopping" else "You have no notes."
+    return f"On your {what}: " + ", ".join(items) + "."
+
+
+@skill(
+    sentences={
+        "en": ["remove {text} from the shopping list"],
+        "zh": ["从购物清单删除{text}"],
+    }
+)
+def remove_item(text: str, context: SkillContext, list: ListName = "shopping") -> str:
+    """Remove an item from the shopping list (or a note).
+
+    Args:
+        text: the item to remove
+        list: "shopping" for the shopping list, "notes" for notes
+    """
+    with _db(context) as db:
+        removed = db.execute("DELETE FROM items WHERE list = ? AND lower(text) = lower(?)", (list, text.strip()))
+    return f"Removed {text.strip()}." if removed.rowcount else f"{text.strip()} is not on the list."
+
+
+@skill(confirm=True, sentences={"en": ["clear the shopping list"], "zh": ["清空购物清单"]})
+def clear_shopping_list(context: SkillContext) -> str:
+    """Empty the shopping list."""
+    with _db(context) as db:
+        db.execute("DELETE FROM items WHERE list = 'shopping'")
+    return "The shopping list is empty."
