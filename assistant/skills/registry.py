@@ -30,6 +30,7 @@ from assistant.skills.sdk import (
     Skill,
     SkillContext,
     SkillError,
+    SkillUnavailable,
     build_skill,
 )
 
@@ -114,6 +115,9 @@ class Registry:
         where = f"{source}:{func.__code__.co_firstlineno}" if hasattr(func, "__code__") else source
         try:
             built = build_skill(spec, self.settings, where)
+        except SkillUnavailable as e:
+            log.info("skill %s not loaded: %s", spec.name, e)
+            return
         except SkillError as e:
             self._problem(where, str(e))
             return

@@ -39,6 +39,10 @@ class SkillError(Exception):
     """A skill that cannot be registered, or a call that cannot be made."""
 
 
+class SkillUnavailable(SkillError):
+    """A skill with nothing to act on in this configuration (no devices of its kind): not loaded, not an error."""
+
+
 @dataclass(frozen=True)
 class Range:
     """Bounds of a number: Annotated[int, Range(1, 120)]."""
@@ -177,7 +181,7 @@ def build_skill(spec: SkillSpec, settings: Any = None, source: str = "") -> Skil
         try:
             schema = _schema(hint, settings)
         except SkillError as e:
-            raise SkillError(f"skill {spec.name}: parameter '{param.name}': {e}") from None
+            raise type(e)(f"skill {spec.name}: parameter '{param.name}': {e}") from None
         if param.name in arg_docs:
             schema["description"] = arg_docs[param.name]
         if param.default is inspect.Parameter.empty:
@@ -207,7 +211,7 @@ def _schema(hint: Any, settings: Any) -> dict:
                     raise SkillError("Choices applies to str")
                 choices = list(extra.from_settings(settings)) if settings is not None else []
                 if not choices:
-                    raise SkillError("Choices found nothing in the configuration")
+                    raise SkillUnavailable("nothing in the configuration to choose from")
                 schema["enum"] = choices
                 schema.pop("maxLength", None)
         return schema

@@ -1,0 +1,219 @@
+"""Built-in skills: lights, switches, covers and thermostats over MQTT.
+
+Devices are declared in config.yaml under mqtt.devices:
+
+    - {name: kitchen light, type: light, topic: zigbee2mqtt/kitchen_light}
+    - {name: fan, type: switch, convention: homeassistant,
+       command_topic: home/fan/set, state_topic: home/fan/state}
+
+Zigbee2MQTT (the default convention): commands are JSON on `<topic>/set`, the device's state is
+the retained JSON on `<topic>`. Home Assistant MQTT: plain payloads ("ON", "OFF", numbers) on the
+command topics (command_topic, brightness_command_topic, set_position_topic,
+temperature_command_topic), state on state_topic.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from typing import Annotated, Any
+
+from assistant import Choices, Range, SkillContext, skill
+
+TIMEOUT = 3.0  # seconds to reach the broker or to wait for a retained state
+
+
+def _devices(settings: Any, *types: str) -> list[dict]:
+    return [d for d in settings.mqtt.devices if not types or d.get("type") in types]
+
+
+def _names(*types: str):
+    return Choices(lambda settings: [d["name"] for d in _devices(settings, *types)])
+
+
+def _device(context: SkillContext, name: str) -> dict:
+    return next(d for d in context.settings.mqtt.devices if d["name"] == name)
+
+
+class BrokerUnreachable(Exception):
+    pass
+
+
+def _client(context: SkillContext):
+    import paho.mqtt.client as mqtt
+
+    mqtt_settings = context.settings.mqtt
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    if mqtt_settings.username:
+        client.username_pw_set(mqtt_settings.username, mqtt_settings.password)
+    if mqtt_settings.tls:
+        client.tls_set(ca_certs=str(mqtt_settings.ca_file) if mqtt_settings.ca_file else None)
+    connected = threading.Event()
+    client.on_connect = lambda c, userdata, flags, reason, properties: connected.set()
+    try:
+        client.connect(mqtt_settings.host, mqtt_settings.port, keepalive=10)
+    except OSError as e:
+        raise BrokerUnreachable(f"{mqtt_settings.host}:{mqtt_settings.port} ({e.strerror or e})") from None
+    client.loop_start()
+    if not connected.wait(TIMEOUT):
+        client.loop_stop()
+        raise BrokerUnreachable(f"{mqtt_settings.host}:{mqtt_settings.port} (no answer)")
+    return client
+
+
+def _publish(context: SkillContext, topic: str, payload: str) -> None:
+    client = _client(context)
+    try:
+        client.publish(topic, payload, qos=1).wait_for_publish(TIMEOUT)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+def _command(context: SkillContext, device: dict, field: str, value: Any) -> None:
+    """Send one change in the device's convention."""
+    if device.get("convention", "zigbee2mqtt") == "homeassistant":
+        topic_key = {"state": "command_topic", "brightness": "brightness_command_topic",
+                     "position": "set_position_topic", "temperature": "temperature_command_topic"}[field]  # fmt: skip
+        _publish(context, device[topic_key], str(value))
+        return
+    z2m_field = {"temperature": "current_heating_setpoint"}.get(field, field)
+    _publish(context, f"{device['topic']}/set", json.dumps({z2m_field: value}))
+
+
+def _unreachable(error: BrokerUnreachable) -> str:
+    return f"I can't reach the smart home broker at {error}."
+
+
+@skill(
+    sentences={
+        "en": [("turn on [the] {device}", {"on": True}), ("turn off [the] {device}", {"on": False}),
+               ("switch on [the] {device}", {"on": True}), ("switch off [the] {device}", {"on": False}),
+               "turn [the] {device} {on}"],
+        "zh": [("打开{device}", {"on": True}), ("关闭{device}", {"on": False}), ("关掉{device}", {"on": False})],
+    }
+)  # fmt: skip
+def switch_device(device: Annotated[str, _names("light", "switch")], on: bool, context: SkillContext) -> str:
+    """Switch a light or a switch on or off.
+
+    Args:
+        device: the name of the light or switch
+        on: true to switch it on, false to switch it off
+    """
+    try:
+        _command(context, _device(context, device), "state", "ON" if on else "OFF")
+    except BrokerUnreachable as e:
+        return _unreachable(e)
+    return f"The {device} is {'on' if on else 'off'}."
+
+
+@skill(sentences={"en": ["set [the] {device} to {percent} percent", "dim [the] {device} to {percent} percent"],
+                  "zh": ["把{device}调到百分之{percent}"]})  # fmt: skip
+def set_brightness(
+    device: Annotated[str, _names("light")], percent: Annotated[int, Range(0, 100)], context: SkillContext
+) -> str:
+    """Set the brightness of a light.
+
+    Args:
+        device: the name of the light
+        percent: brightness from 0 to 100
+    """
+    found = _device(context, device)
+    homeassistant = found.get("convention") == "homeassistant"
+    # Zigbee2MQTT and Home Assistant lights count brightness to 254 and 255.
+    level = round(percent * (255 if homeassistant else 254) / 100)
+    try:
+        _command(context, found, "brightness", level)
+    except BrokerUnreachable as e:
+        return _unreachable(e)
+    return f"The {device} is at {percent} percent."
+
+
+@skill(sentences={"en": [("open [the] {device}", {"position": 100}), ("close [the] {device}", {"position": 0}),
+                         "set [the] {device} to {position} percent"],
+                  "zh": [("打开{device}", {"position": 100}), ("关上{device}", {"position": 0})]})  # fmt: skip
+def set_cover(
+    device: Annotated[str, _names("cover")], position: Annotated[int, Range(0, 100)], context: SkillContext
+) -> str:
+    """Open, close or partly open a cover (blinds, shutters, curtains).
+
+    Args:
+        device: the name of the cover
+        position: 0 is closed, 100 is fully open
+    """
+    try:
+        _command(context, _device(context, device), "position", position)
+    except BrokerUnreachable as e:
+        return _unreachable(e)
+    return f"The {device} is {'open' if position == 100 else 'closed' if position == 0 else f'at {position} percent'}."
+
+
+@skill(sentences={"en": ["set [the] {device} to {celsius} degrees"], "zh": ["把{device}设置到{celsius}度"]})
+def set_temperature(
+    device: Annotated[str, _names("climate")], celsius: Annotated[float, Range(5, 35)], context: SkillContext
+) -> str:
+    """Set the target temperature of a thermostat.
+
+    Args:
+        device: the name of the thermostat
+        celsius: target temperature in degrees Celsius
+    """
+    try:
+        _command(context, _device(context, device), "temperature", celsius)
+    except BrokerUnreachable as e:
+        return _unreachable(e)
+    return f"The {device} is set to {celsius:g} degrees."
+
+
+@skill(sentences={"en": ["is [the] {device} on", "what is the state of [the] {device}", "how is [the] {device}"],
+                  "zh": ["{device}开着吗", "{device}是什么状态"]})  # fmt: skip
+def device_state(device: Annotated[str, _names()], context: SkillContext) -> str:
+    """Tell the current state of a device, from the state it last reported.
+
+    Args:
+        device: the name of the device
+    """
+    found = _device(context, device)
+    topic = found.get("state_topic") or found.get("topic")
+    if not topic:
+        return f"The {device} does not report its state."
+    received: list[bytes] = []
+    arrived = threading.Event()
+
+    def on_message(client, userdata, message) -> None:
+        received.append(message.payload)
+        arrived.set()
+
+    try:
+        client = _client(context)
+    except BrokerUnreachable as e:
+        return _unreachable(e)
+    client.on_message = on_message
+    client.subscribe(topic)
+    arrived.wait(TIMEOUT)  # a retained state arrives at once
+    client.disconnect()
+    client.loop_stop()
+    if not received:
+        return f"The {device} has not reported its state."
+    return _describe(device, received[0])
+
+
+def _describe(device: str, payload: bytes) -> str:
+    try:
+        state = json.loads(payload)
+    except ValueError:
+        state = payload.decode(errors="replace").strip()
+    if not isinstance(state, dict):
+        return f"The {device} is {str(state).lower()}."
+    said = []
+    if "state" in state:
+        said.append(str(state["state"]).lower())
+    if "brightness" in state:
+        said.append(f"at {round(state['brightness'] * 100 / 254)} percent")
+    if "position" in state:
+        said.append(f"{state['position']} percent open")
+    if "local_temperature" in state:
+        said.append(f"{state['local_temperature']:g} degrees")
+    if "current_heating_setpoint" in state:
+        said.append(f"set to {state['current_heating_setpoint']:g}")
+    return f"The {device} is " + (", ".join(said) if said else "reporting something I don't understand") + "."
