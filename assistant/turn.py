@@ -47,13 +47,24 @@ class TurnManager:
             else None
         )
         self.pending: dict | None = None  # a call waiting for the user's confirmation
+        self.last_reply: str | None = None
+        registry.context.last_reply = lambda: self.last_reply
 
     def turn(self, text: str, cancel: threading.Event | None = None) -> Iterator[TurnEvent]:
+        spoken = []
         try:
-            yield from self._turn(text.strip(), cancel)
+            for event in self._turn(text.strip(), cancel):
+                if event.kind in ("text", "error", "confirm"):
+                    if not event.text.strip():
+                        continue  # a skill that has nothing to say (stop)
+                    spoken.append(event.text)
+                yield event
         except Exception:
             log.exception("turn failed")
+            spoken.append(SORRY)
             yield TurnEvent("error", SORRY)
+        if spoken:
+            self.last_reply = "".join(spoken).strip()
 
     def _turn(self, text: str, cancel: threading.Event | None) -> Iterator[TurnEvent]:
         if self.pending is not None:

@@ -179,3 +179,18 @@ def test_parse_and_visible_text() -> None:
         now = visible_text(reply[:end])
         assert now.startswith(previous)
         previous = now
+
+
+def test_repeat_says_the_last_reply_again(tiny_int8: Path, tmp_path: Path) -> None:
+    from assistant import SkillContext
+
+    registry = Registry(context=SkillContext(state_dir=tmp_path))
+    registry.load_folder(Path(__file__).resolve().parent.parent / "skills")
+    engine = Engine(tiny_int8, kv_cache_len=8192)  # every built-in tool in the tiny tokenizer's prompt
+    manager = TurnManager(Conversation(engine, "You are a test.", 16, registry.tools()), registry, Sampler())
+    assert events(manager, "repeat that") == [("tool_call", "repeat"), ("skill_result", "repeat"),
+                                              ("text", "I haven't said anything yet.")]  # fmt: skip
+    said = events(manager, "add eggs to the shopping list")[-1]
+    assert said == ("text", "Added eggs to the shopping list.")
+    assert events(manager, "say that again")[-1] == said
+    assert events(manager, "stop") == [("tool_call", "stop"), ("skill_result", "stop")]  # and nothing is said

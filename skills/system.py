@@ -1,0 +1,84 @@
+"""Built-in skills: stop, repeat, what can you do, and the speaker volume."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from typing import Annotated, Literal
+
+from assistant import Range, SkillContext, skill
+
+SCHEMA = "CREATE TABLE IF NOT EXISTS volume (id INTEGER PRIMARY KEY CHECK (id = 0), percent INTEGER NOT NULL);"
+DEFAULT_VOLUME = 60
+STEP = 10
+
+
+@skill(sentences={"en": ["stop", "be quiet", "never mind", "cancel"], "zh": ["停", "停止", "别说了", "算了"]})
+def stop(context: SkillContext) -> str:
+    """Stop talking and forget the current request."""
+    context.stop()
+    return ""
+
+
+@skill(sentences={"en": ["repeat that", "say that again", "what did you say"], "zh": ["再说一遍", "重复一下"]})
+def repeat(context: SkillContext) -> str:
+    """Say the last reply again."""
+    return context.last_reply() or "I haven't said anything yet."
+
+
+@skill(sentences={"en": ["what can you do", "help"], "zh": ["你能做什么", "帮助"]})
+def what_can_you_do(context: SkillContext) -> str:
+    """List what the assistant can do."""
+    things = [
+        s.description.rstrip(".").lower()
+        for s in context.skills()
+        if s.name not in ("stop", "repeat", "what_can_you_do")
+    ]
+    return "I can " + "; ".join(things[:12]) + "." if things else "Not much yet: no skills are installed."
+
+
+def _apply(percent: int) -> None:
+    # On the board the speaker is an ALSA mixer control; elsewhere the level is only remembered.
+    if shutil.which("amixer"):
+        subprocess.run(["amixer", "-q", "sset", "Master", f"{percent}%"], check=False, timeout=5)
+
+
+def current_volume(context: SkillContext) -> int:
+    with context.database("system", SCHEMA) as db:
+        row = db.execute("SELECT percent FROM volume WHERE id = 0").fetchone()
+    return row[0] if row else DEFAULT_VOLUME
+
+
+def _store(context: SkillContext, percent: int) -> int:
+    percent = max(0, min(100, percent))
+    with context.database("system", SCHEMA) as db:
+        db.execute("INSERT OR REPLACE INTO volume (id, percent) VALUES (0, ?)", (percent,))
+    _apply(percent)
+    return percent
+
+
+@skill(sentences={"en": ["set [the] volume to {percent} [percent]", "volume {percent}"], "zh": ["音量调到{percent}"]})
+def set_volume(percent: Annotated[int, Range(0, 100)], context: SkillContext) -> str:
+    """Set the speaker volume.
+
+    Args:
+        percent: volume from 0 to 100
+    """
+    return f"Volume {_store(context, percent)} percent."
+
+
+@skill(
+    sentences={
+        "en": [("turn it up", {"direction": "up"}), ("louder", {"direction": "up"}),
+               ("turn it down", {"direction": "down"}), ("quieter", {"direction": "down"})],
+        "zh": [("大声一点", {"direction": "up"}), ("小声一点", {"direction": "down"})],
+    }
+)  # fmt: skip
+def change_volume(direction: Literal["up", "down"], context: SkillContext) -> str:
+    """Make the speaker louder or quieter by a step.
+
+    Args:
+        direction: "up" for louder, "down" for quieter
+    """
+    step = STEP if direction == "up" else -STEP
+    return f"Volume {_store(context, current_volume(context) + step)} percent."
