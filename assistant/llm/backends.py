@@ -63,14 +63,27 @@ def _release_freed_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
+def session_options():
+    """SessionOptions for any onnxruntime session in this process (the LLM's, the voice's).
+
+    Once the LLM has set up the shared thread pool, every later session must use it too:
+    onnxruntime refuses a session with threads of its own in such a process.
+    """
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if _ort_threads is not None:
+        options.use_per_session_threads = False
+        options.add_session_config_entry("session.use_env_allocators", "1")
+    return options
+
+
 class OnnxRunner:
     """One onnxruntime session; outputs in the contract's order."""
 
     def __init__(self, path: Path, threads: int, outputs: tuple[str, ...]):
         ort = _onnxruntime_environment(threads)
-        options = ort.SessionOptions()
-        options.use_per_session_threads = False
-        options.add_session_config_entry("session.use_env_allocators", "1")
+        options = session_options()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3
         try:

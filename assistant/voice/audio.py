@@ -1,0 +1,177 @@
+"""Audio in and out: 16 kHz mono int16 frames from a microphone, a WAV file or stdin; sinks to match.
+
+Every source yields blocks of int16 samples at 16 kHz, whatever the device or file rate, resampled
+with soxr (a proper band-limited resampler). Sinks take int16 at any rate and resample to theirs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import sys
+import threading
+import time
+import wave
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import soxr
+
+log = logging.getLogger(__name__)
+
+RATE = 16000  # what the speech recognisers take
+BLOCK = 1600  # 100 ms frames
+
+
+def resample(pcm: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
+    """int16 mono at from_rate → int16 mono at to_rate."""
+    if from_rate == to_rate or len(pcm) == 0:
+        return pcm.astype(np.int16, copy=False)
+    out = soxr.resample(pcm.astype(np.float32) / 32768.0, from_rate, to_rate)
+    return np.clip(np.round(out * 32768.0), -32768, 32767).astype(np.int16)
+
+
+def _mono(samples: np.ndarray, channels: int) -> np.ndarray:
+    if channels == 1:
+        return samples
+    return samples.reshape(-1, channels).mean(axis=1).astype(np.int16)
+
+
+def read_wav(path: Path) -> tuple[np.ndarray, int]:
+    """A WAV file as mono int16 and its rate; a clear error for anything else."""
+    try:
+        with wave.open(str(path), "rb") as w:
+            if w.getsampwidth() != 2:
+                raise ValueError(f"{path}: {8 * w.getsampwidth()}-bit samples; 16-bit PCM WAV is needed")
+            samples = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")
+            return _mono(samples, w.getnchannels()), w.getframerate()
+    except (wave.Error, EOFError) as e:
+        raise ValueError(f"{path}: not a PCM WAV file ({e})") from None
+
+
+def wav_source(path: Path, block: int = BLOCK) -> Iterator[np.ndarray]:
+    samples, rate = read_wav(path)
+    samples = resample(samples, rate, RATE)
+    for start in range(0, len(samples), block):
+        yield samples[start : start + block]
+
+
+def stdin_source(rate: int = RATE, block: int = BLOCK) -> Iterator[np.ndarray]:
+    """Raw little-endian int16 mono PCM on standard input, at `rate`."""
+    size = block * rate // RATE * 2
+    while chunk := sys.stdin.buffer.read(size):
+        yield resample(np.frombuffer(chunk[: len(chunk) // 2 * 2], dtype="<i2"), rate, RATE)
+
+
+class MicSource:
+    """The microphone through sounddevice; a device that disappears is reopened with backoff."""
+
+    def __init__(self, device: str | int | None = None, rate: int | None = None, max_backoff: float = 30.0):
+        self.device, self.rate, self.max_backoff = device, rate, max_backoff
+        self.frames: queue.Queue[np.ndarray] = queue.Queue(maxsize=100)
+        self.stopped = threading.Event()
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        import sounddevice
+
+        backoff = 0.5
+        while not self.stopped.is_set():
+            try:
+                rate = int(self.rate or sounddevice.query_devices(self.device, "input")["default_samplerate"])
+                with sounddevice.InputStream(
+                    device=self.device, channels=1, samplerate=rate, dtype="int16",
+                    blocksize=BLOCK * rate // RATE, callback=self._callback,
+                ):  # fmt: skip
+                    log.info("microphone open: %s at %d Hz", self.device or "default", rate)
+                    backoff = 0.5
+                    while not self.stopped.is_set():
+                        try:
+                            block = self.frames.get(timeout=2.0)
+                        except queue.Empty:
+                            raise OSError("the microphone stopped delivering audio") from None
+                        yield resample(block, rate, RATE)
+            except Exception as e:  # PortAudio errors have no common base class
+                log.warning("microphone: %s; reopening in %.1f s", e, backoff)
+                if self.stopped.wait(backoff):
+                    return
+                backoff = min(backoff * 2, self.max_backoff)
+
+    def _callback(self, indata, frames, when, status) -> None:
+        if status:
+            log.debug("microphone: %s", status)
+        with contextlib.suppress(queue.Full):  # the consumer is stuck: drop rather than grow without bound
+            self.frames.put_nowait(indata[:, 0].copy())
+
+
+class WavSink:
+    """Writes what is played to a WAV file at `rate`."""
+
+    def __init__(self, path: Path, rate: int = 22050):
+        self.rate = rate
+        self.file = wave.open(str(path), "wb")  # noqa: SIM115 (closed by close())
+        self.file.setnchannels(1)
+        self.file.setsampwidth(2)
+        self.file.setframerate(rate)
+        self.chunks: list[tuple[float, int]] = []  # (time written, samples), for tests and latency
+
+    def play(self, pcm: np.ndarray, rate: int) -> None:
+        out = resample(pcm, rate, self.rate)
+        self.file.writeframes(out.astype("<i2").tobytes())
+        self.chunks.append((time.monotonic(), len(out)))
+
+    def stop(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.file.close()
+
+
+class NullSink:
+    def play(self, pcm: np.ndarray, rate: int) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class SpeakerSink:
+    """The speaker through sounddevice; `stop` cuts playback at once (barge-in)."""
+
+    def __init__(self, device: str | int | None = None, rate: int | None = None):
+        import sounddevice
+
+        self.sounddevice = sounddevice
+        self.device = device
+        self.rate = int(rate or sounddevice.query_devices(device, "output")["default_samplerate"])
+        self.interrupted = threading.Event()
+
+    def play(self, pcm: np.ndarray, rate: int) -> None:
+        self.interrupted.clear()
+        out = resample(pcm, rate, self.rate)
+        try:
+            with self.sounddevice.OutputStream(
+                device=self.device, samplerate=self.rate, channels=1, dtype="int16"
+            ) as s:
+                for start in range(0, len(out), self.rate // 10):
+                    if self.interrupted.is_set():
+                        return
+                    s.write(out[start : start + self.rate // 10].reshape(-1, 1))
+        except Exception as e:  # a speaker that vanished: the reply is lost, the assistant goes on
+            log.warning("speaker: %s", e)
+
+    def stop(self) -> None:
+        self.interrupted.set()
+
+    def close(self) -> None:
+        self.stop()
+
+
+def list_devices() -> str:
+    import sounddevice
+
+    return str(sounddevice.query_devices())

@@ -1,0 +1,179 @@
+"""The voice loop: frames → wake phrase → utterance → turn → sentences → speech, with barge-in.
+
+One thread reads audio and never waits on the model, so the wake phrase is heard even while a
+reply is being spoken (barge-in: playback and generation stop at once, and a new turn starts).
+A turn runs in its own thread and hands finished sentences to a speaking thread, so the first
+sentence is heard while the model is still writing the rest.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from assistant.voice.asr import Transcriber
+from assistant.voice.audio import RATE
+from assistant.voice.tts import SentenceSplitter, Voice
+from assistant.voice.wake import WakeDetector
+
+log = logging.getLogger(__name__)
+
+# A turn: the user's words and a cancel event in, pieces of reply text out.
+Respond = Callable[[str, threading.Event], Iterator[str]]
+EARCON_RATE = 16000
+
+
+def earcon() -> np.ndarray:
+    """A short rising two-tone chime."""
+    t = np.arange(int(0.08 * EARCON_RATE)) / EARCON_RATE
+    tones = [np.sin(2 * np.pi * f * t) * np.hanning(len(t)) for f in (880.0, 1320.0)]
+    return (np.concatenate(tones) * 8000).astype(np.int16)
+
+
+@dataclass
+class Reply:
+    """One turn in flight: its threads, its cancel switch and its timing."""
+
+    cancel: threading.Event = field(default_factory=threading.Event)
+    threads: list[threading.Thread] = field(default_factory=list)
+    times: dict[str, float] = field(default_factory=dict)
+    text: str = ""
+
+    def alive(self) -> bool:
+        return any(t.is_alive() for t in self.threads)
+
+
+class VoicePipeline:
+    def __init__(
+        self,
+        wake: WakeDetector,
+        transcriber: Transcriber,
+        voice: Voice,
+        sink,
+        respond: Respond,
+        on_event: Callable[[dict], None] = lambda event: None,
+        play_earcon: bool = True,
+        follow_up_seconds: float = 4.0,
+    ):
+        self.wake, self.transcriber, self.voice, self.sink = wake, transcriber, voice, sink
+        self.respond, self.on_event = respond, on_event
+        self.play_earcon, self.follow_up_seconds = play_earcon, follow_up_seconds
+        self.reply: Reply | None = None
+        self.listening_until: float | None = None  # follow-up: hear without the wake phrase until then
+        self.position = 0.0  # seconds of audio read so far
+
+    def emit(self, kind: str, **data) -> None:
+        self.on_event({"type": kind, **data})
+
+    def run(self, frames: Iterable[np.ndarray]) -> None:
+        """Process a stream of 16 kHz frames; returns when it ends and the last reply is spoken."""
+        hearing, self.position = False, 0.0
+        for frame in frames:
+            self.position += len(frame) / RATE
+            position = self.position
+            wake = self.wake.feed(frame)
+            if wake is not None:
+                if self.reply is not None and self.reply.alive():
+                    self.emit("barge_in")
+                    self.stop_reply()
+                self.emit("wake", phrase=wake.phrase, confidence=wake.confidence, at=position)
+                if self.play_earcon:
+                    self.sink.play(earcon(), EARCON_RATE)
+                self.transcriber.start()
+                hearing = True
+                continue
+            replying = self.reply is not None and self.reply.alive()
+            if not hearing and not replying and self.listening_until is not None and position <= self.listening_until:
+                self.transcriber.start()
+                hearing, self.listening_until = True, None
+            if not hearing:
+                continue
+            event = self.transcriber.feed(frame)
+            if event is None:
+                continue
+            if event.kind == "partial":
+                self.emit("partial", text=event.text)
+                continue
+            hearing = False
+            ended = time.monotonic()
+            self.emit("final", text=event.text, at=position)
+            if not event.text:
+                continue  # nothing was said: back to listening, quietly
+            if event.text.strip().lower() in ("stop", "停", "停止"):
+                self.stop_reply()
+                continue
+            self.start_reply(event.text, ended)
+        self.finish()
+
+    def start_reply(self, text: str, speech_ended: float) -> None:
+        reply = Reply(times={"end_of_speech": speech_ended})
+        sentences: queue.Queue[str | None] = queue.Queue()
+        reply.threads = [
+            threading.Thread(target=self._generate, args=(text, reply, sentences), name="turn", daemon=True),
+            threading.Thread(target=self._speak, args=(reply, sentences), name="speak", daemon=True),
+        ]
+        self.reply = reply
+        for thread in reply.threads:
+            thread.start()
+
+    def _generate(self, text: str, reply: Reply, sentences: queue.Queue) -> None:
+        splitter = SentenceSplitter()
+        try:
+            for piece in self.respond(text, reply.cancel):
+                reply.times.setdefault("first_token", time.monotonic())
+                reply.text += piece
+                for sentence in splitter.push(piece):
+                    sentences.put(sentence)
+                if reply.cancel.is_set():
+                    return
+            for sentence in splitter.flush():
+                sentences.put(sentence)
+        except Exception:
+            log.exception("turn failed")
+            sentences.put("Sorry, something went wrong.")
+        finally:
+            sentences.put(None)
+
+    def _speak(self, reply: Reply, sentences: queue.Queue) -> None:
+        while (sentence := sentences.get()) is not None:
+            if reply.cancel.is_set():
+                continue  # drain: the generating thread is about to stop
+            for audio in self.voice.synthesize(sentence):
+                if reply.cancel.is_set():
+                    break
+                if "first_audio" not in reply.times:
+                    reply.times["first_audio"] = time.monotonic()
+                    self._latency(reply)
+                self.emit("audio", text=sentence, samples=len(audio), rate=self.voice.rate)
+                self.sink.play(audio, self.voice.rate)
+        self.emit("reply_done", text=reply.text, cancelled=reply.cancel.is_set())
+        # A reply that asks something is followed by listening without the wake phrase.
+        if not reply.cancel.is_set() and reply.text.rstrip().endswith(("?", "？")):
+            self.listening_until = self.position + self.follow_up_seconds
+
+    def _latency(self, reply: Reply) -> None:
+        t = reply.times
+        start = t["end_of_speech"]
+        breakdown = {k: round((t[k] - start) * 1000) for k in ("first_token", "first_audio") if k in t}
+        self.emit("latency", **{f"{k}_ms": v for k, v in breakdown.items()})
+        log.info("latency from end of speech: %s", ", ".join(f"{k} {v} ms" for k, v in breakdown.items()))
+
+    def stop_reply(self) -> None:
+        """Barge-in or "stop": silence now, stop generating, wait for both threads."""
+        if self.reply is None:
+            return
+        self.reply.cancel.set()
+        self.sink.stop()
+        for thread in self.reply.threads:
+            thread.join(timeout=10)
+
+    def finish(self) -> None:
+        if self.reply is not None:
+            for thread in self.reply.threads:
+                thread.join()

