@@ -119,6 +119,17 @@ def cmd_skills_call(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_audio_list(args: argparse.Namespace) -> int:
+    from assistant.voice.audio import list_devices
+
+    try:
+        print(list_devices())
+    except OSError as e:  # no PortAudio library, or no sound system at all
+        print(f"error: cannot list audio devices: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="assistant", description=DESCRIPTION)
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
@@ -165,6 +176,12 @@ def build_parser() -> argparse.ArgumentParser:
     setup.add_argument("--config", type=Path, default=None, help="config naming the speech models")
     setup.add_argument("--verify", type=Path, default=None, metavar="DIR", help="re-check a built model and run it")
     setup.set_defaults(func=cmd_setup)
+
+    audio = sub.add_parser("audio", help="audio devices")
+    audio_sub = audio.add_subparsers(dest="audio_command", required=True, metavar="ACTION")
+    audio_sub.add_parser("list", help="the microphones and speakers, with their indexes").set_defaults(
+        func=cmd_audio_list
+    )
 
     skills = sub.add_parser("skills", help="list or call the installed skills")
     skills_sub = skills.add_subparsers(dest="skills_command", required=True, metavar="ACTION")

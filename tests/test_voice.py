@@ -217,3 +217,27 @@ def test_whole_chain_from_wav_to_wav_with_the_llm_and_a_skill(
     assert spoken[0] == "It is sunny today."  # the local intent, spoken by the voice
     assert len([e for e in events if e["type"] == "reply_done"]) == 2  # and the LLM's answer to "음악"
     assert len(read_wav(tmp_path / "out.wav")[0]) > 16000 * 0.3
+
+
+def test_a_question_is_followed_by_listening_without_the_wake_phrase(
+    ko_model, tmp_path: Path, test_voice: Path
+) -> None:
+    audio = write_wav(tmp_path / "in.wav", silence(0.5), speech(WAKE, tmp_path), silence(1.0),
+                      speech("타이머", tmp_path), silence(2.0), speech("음악", tmp_path), silence(2.5))  # fmt: skip
+    turns: list[str] = []
+
+    def respond(text: str, cancel: threading.Event) -> Iterator[str]:
+        turns.append(text)
+        yield "For how long?" if len(turns) == 1 else "Okay."
+
+    def real_timeish_frames() -> Iterator[np.ndarray]:
+        for frame in wav_source(audio):
+            time.sleep(0.02)  # the reply is spoken before the next words arrive
+            yield frame
+
+    events: list[dict] = []
+    sink = WavSink(tmp_path / "out.wav")
+    pipeline(ko_model, respond, sink, events, test_voice).run(real_timeish_frames())
+    sink.close()
+    assert turns == ["타이머", "음악"]  # the answer to the question needed no wake phrase
+    assert [e["type"] for e in events].count("wake") == 1

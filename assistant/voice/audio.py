@@ -174,4 +174,4 @@ class SpeakerSink:
 def list_devices() -> str:
     import sounddevice
 
-    return str(sounddevice.query_devices())
+    return str(sounddevice.query_devices()) or "no audio devices found"
