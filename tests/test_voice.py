@@ -241,3 +241,13 @@ def test_a_question_is_followed_by_listening_without_the_wake_phrase(
     sink.close()
     assert turns == ["타이머", "음악"]  # the answer to the question needed no wake phrase
     assert [e["type"] for e in events].count("wake") == 1
+
+
+def test_raw_pcm_on_stdin_is_resampled_to_16khz() -> None:
+    import sys
+
+    tone = (np.sin(2 * np.pi * 440 * np.arange(8000) / 8000) * 10000).astype("<i2").tobytes()  # 1 s at 8 kHz
+    code = "from assistant.voice.audio import stdin_source; print(sum(len(f) for f in stdin_source(rate=8000)))"
+    result = subprocess.run([sys.executable, "-c", code], input=tone, capture_output=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert abs(int(result.stdout) - 16000) <= 16  # one second at 16 kHz
