@@ -32,9 +32,83 @@ def cmd_config_check(args: argparse.Namespace) -> int:
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
+    if args.model is None:  # attached to the running assistant
+        return _attached_chat(args)
     from assistant.llm.chat import chat_repl
 
     return chat_repl(args)
+
+
+def _socket(args: argparse.Namespace) -> Path:
+    from assistant.daemon.control import default_socket_path
+
+    config = args.config or default_config_path()
+    if config.exists():
+        socket = load_settings(config).control.socket
+        if socket:
+            return socket
+    return default_socket_path()
+
+
+def _say(path: Path, text: str) -> int:
+    from assistant.daemon.control import request
+
+    try:
+        for event in request(path, {"type": "say", "text": text}, until=lambda e: e["type"] == "turn_done"):
+            if event["type"] in ("text", "confirm"):
+                print(event["text"], end="", flush=True)
+            elif event["type"] == "error":
+                print(event.get("text") or event.get("message"), end="", file=sys.stderr)
+        print()
+    except ConnectionError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_say(args: argparse.Namespace) -> int:
+    return _say(_socket(args), " ".join(args.text))
+
+
+def _attached_chat(args: argparse.Namespace) -> int:
+    path = _socket(args)
+    while True:
+        try:
+            line = input("> ").strip()
+        except (EOFError, KeyboardInterrupt):
+            print(file=sys.stderr)
+            return 0
+        if line and _say(path, line) != 0:
+            return 1
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from assistant.daemon.control import request
+
+    try:
+        for event in request(_socket(args), {"type": "status"}, until=lambda e: e["type"] == "status"):
+            if event["type"] == "status":
+                print(json.dumps(event, indent=2, ensure_ascii=False))
+    except ConnectionError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from assistant.daemon.run import run
+
+    config = args.config or default_config_path()
+    settings = load_settings(config)
+    setup_logging(settings.logging.level if args.log_level == "info" else args.log_level)
+    return run(config, text_only=args.text_only)
+
+
+def cmd_service_install(args: argparse.Namespace) -> int:
+    from assistant.daemon.service import install
+
+    print(install(args.config.resolve(), args.unit_dir, args.user))
+    return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -144,7 +218,13 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(func=cmd_config_check)
 
     chat = sub.add_parser("chat", help="text chat with the on-device LLM (streams tokens, prints tok/s)")
-    chat.add_argument("--model", type=Path, required=True, help="model directory written by `assistant setup`")
+    chat.add_argument(
+        "--model",
+        type=Path,
+        default=None,
+        help="chat with this model directory; without it, with the running assistant",
+    )
+    chat.add_argument("--config", type=Path, default=None, help="config naming the control socket")
     chat.add_argument("--backend", default="auto", choices=["auto", "axengine", "onnxruntime"])
     chat.add_argument("--threads", type=int, default=2)
     chat.add_argument("--system", default="You are a helpful assistant.", help="system prompt")
@@ -176,6 +256,32 @@ def build_parser() -> argparse.ArgumentParser:
     setup.add_argument("--config", type=Path, default=None, help="config naming the speech models")
     setup.add_argument("--verify", type=Path, default=None, metavar="DIR", help="re-check a built model and run it")
     setup.set_defaults(func=cmd_setup)
+
+    run = sub.add_parser("run", help="run the assistant (as the systemd service does)")
+    run.add_argument(
+        "--config", type=Path, default=None, help="config file (default: $ASSISTANT_CONFIG or ./config.yaml)"
+    )
+    run.add_argument(
+        "--text-only", action="store_true", help="no microphone or speaker: turns come from the control socket"
+    )
+    run.set_defaults(func=cmd_run)
+
+    say = sub.add_parser("say", help="send a text turn to the running assistant and print its reply")
+    say.add_argument("text", nargs="+")
+    say.add_argument("--config", type=Path, default=None)
+    say.set_defaults(func=cmd_say)
+
+    status = sub.add_parser("status", help="what the running assistant is doing")
+    status.add_argument("--config", type=Path, default=None)
+    status.set_defaults(func=cmd_status)
+
+    service = sub.add_parser("service", help="the systemd service")
+    service_sub = service.add_subparsers(dest="service_command", required=True, metavar="ACTION")
+    install = service_sub.add_parser("install", help="write the unit file and print the systemctl commands")
+    install.add_argument("--config", type=Path, default=Path("/etc/assistant/config.yaml"))
+    install.add_argument("--unit-dir", type=Path, default=Path("/etc/systemd/system"))
+    install.add_argument("--user", default="assistant")
+    install.set_defaults(func=cmd_service_install)
 
     audio = sub.add_parser("audio", help="audio devices")
     audio_sub = audio.add_subparsers(dest="audio_command", required=True, metavar="ACTION")

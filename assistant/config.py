@@ -175,14 +175,15 @@ def load_settings(path: Path | None = None, environ: typing.Mapping[str, str] | 
     return settings
 
 
-def check_model_paths(settings: Settings) -> None:
+def check_model_paths(settings: Settings, voice: bool = True) -> None:
     """Fail on the first configured model that is not installed, naming the key and the fix."""
-    required = [
-        ("llm.model_dir", settings.llm.model_dir / "manifest.yaml"),
-        ("asr.model", settings.asr.model),
-        ("tts.voice", settings.tts.voice),
-        ("wake.model", settings.wake.model),
-    ]
+    required = [("llm.model_dir", settings.llm.model_dir / "manifest.yaml")]
+    if voice:
+        required += [
+            ("asr.model", settings.asr.model),
+            ("tts.voice", settings.tts.voice),
+            ("wake.model", settings.wake.model),
+        ]
     for key, path in required:
         if path is not None and not path.exists():
             raise ConfigError(

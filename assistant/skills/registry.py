@@ -116,7 +116,7 @@ class Registry:
         try:
             built = build_skill(spec, self.settings, where)
         except SkillUnavailable as e:
-            log.info("skill %s not loaded: %s", spec.name, e)
+            log.debug("skill %s not loaded: %s", spec.name, e)
             return
         except SkillError as e:
             self._problem(where, str(e))
