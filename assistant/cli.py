@@ -71,15 +71,13 @@ def cmd_say(args: argparse.Namespace) -> int:
 
 
 def _attached_chat(args: argparse.Namespace) -> int:
+    from assistant.llm.chat import read_lines
+
     path = _socket(args)
-    while True:
-        try:
-            line = input("> ").strip()
-        except (EOFError, KeyboardInterrupt):
-            print(file=sys.stderr)
-            return 0
-        if line and _say(path, line) != 0:
+    for line in read_lines():
+        if _say(path, line) != 0:
             return 1
+    return 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:

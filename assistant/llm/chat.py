@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Iterator
 
 from assistant.llm.conversation import Conversation
 from assistant.llm.engine import Engine
@@ -13,23 +14,28 @@ from assistant.llm.sampling import Sampler
 HELP = "Type a message; /reset starts a new conversation, /quit (or Ctrl-D) leaves, Ctrl-C stops a reply."
 
 
+def read_lines(prompt: str = "> ") -> Iterator[str]:
+    """Lines typed at the prompt, until Ctrl-D or Ctrl-C; empty lines are skipped."""
+    while True:
+        try:
+            line = input(prompt).strip()
+        except (EOFError, KeyboardInterrupt):
+            print(file=sys.stderr)
+            return
+        if line:
+            yield line
+
+
 def chat_repl(args: argparse.Namespace) -> int:
     engine = Engine(args.model, backend=args.backend, threads=args.threads)
     conversation = Conversation(engine, args.system, max_new_tokens=args.max_new_tokens)
     sampler = Sampler(temperature=args.temperature, top_k=40, top_p=0.9, seed=args.seed)
     print(f"{engine.manifest.name} on {engine.sessions.backend}. {HELP}", file=sys.stderr)
-    while True:
-        try:
-            line = input("> ").strip()
-        except (EOFError, KeyboardInterrupt):
-            print(file=sys.stderr)
-            return 0
+    for line in read_lines():
         if line in ("/quit", "/exit"):
             return 0
         if line == "/reset":
             conversation.reset()
-            continue
-        if not line:
             continue
         try:
             for piece in conversation.reply(line, sampler):
@@ -45,3 +51,4 @@ def chat_repl(args: argparse.Namespace) -> int:
             f"tokens prefilled), {s.generated_tokens} tokens at {s.decode_tokens_per_second:.1f} tok/s]",
             file=sys.stderr,
         )
+    return 0
