@@ -109,14 +109,6 @@ def cmd_service_install(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_export(args: argparse.Namespace) -> int:
-    from assistant.llm.export import export_model
-
-    manifest = export_model(args.hf_dir, args.out, weights=args.weights, kv_cache_len=args.kv_cache_len)
-    print(f"{args.out}: {manifest.num_layers} layers, {args.weights} weights, kv_cache_len {manifest.kv_cache_len}")
-    return 0
-
-
 def cmd_setup(args: argparse.Namespace) -> int:
     from assistant.setup.build import SetupOptions, build_model, fetch_speech_models, summary, verify_model
     from assistant.setup.download import SetupError
@@ -230,13 +222,6 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--temperature", type=float, default=0.0, help="0 is greedy")
     chat.add_argument("--seed", type=int, default=None)
     chat.set_defaults(func=cmd_chat)
-
-    export = sub.add_parser("export", help="export a Hugging Face Qwen2/Llama folder to host ONNX layers")
-    export.add_argument("hf_dir", type=Path, help="folder with config.json, *.safetensors and the tokenizer")
-    export.add_argument("out", type=Path, help="model directory to write")
-    export.add_argument("--weights", default="int8", choices=["int8", "float"], help="float is for exactness tests")
-    export.add_argument("--kv-cache-len", type=int, default=1023)
-    export.set_defaults(func=cmd_export)
 
     setup = sub.add_parser("setup", help="build a model directory and fetch the speech models")
     setup.add_argument("--model", default="Qwen/Qwen2-0.5B-Instruct", help="Hugging Face repo id or a local folder")

@@ -25,13 +25,13 @@ def assistant(*args: str, stdin: str = "", timeout: float = 120) -> subprocess.C
 def test_help_lists_the_subcommands() -> None:
     result = assistant("--help")
     assert result.returncode == 0
-    for command in ("config", "chat", "export"):
+    for command in ("config", "setup", "run", "say", "chat", "status", "skills", "audio", "service"):
         assert command in result.stdout
 
 
-def test_export_then_chat_streams_a_reply_with_its_speed(tiny_hf: Path, tmp_path: Path) -> None:
+def test_setup_then_chat_streams_a_reply_with_its_speed(tiny_hf: Path, tmp_path: Path) -> None:
     out = tmp_path / "model"
-    result = assistant("export", str(tiny_hf), str(out), "--kv-cache-len", "200")
+    result = assistant("setup", "--model", str(tiny_hf), "--target", "host", "--no-speech", "--out", str(out))
     assert result.returncode == 0, result.stderr
     assert (out / "manifest.yaml").is_file() and (out / "onnx/layer_1.onnx").is_file()
 
@@ -43,8 +43,10 @@ def test_export_then_chat_streams_a_reply_with_its_speed(tiny_hf: Path, tmp_path
     assert result.stdout.count("> ") >= 3  # a prompt for each line and for the end of input
 
 
-def test_export_of_a_folder_without_a_model_is_one_clear_line(tmp_path: Path) -> None:
-    result = assistant("export", str(tmp_path), str(tmp_path / "out"))
+def test_setup_of_a_folder_without_a_model_is_one_clear_line(tmp_path: Path) -> None:
+    result = assistant(
+        "setup", "--model", str(tmp_path), "--target", "host", "--no-speech", "--out", str(tmp_path / "o")
+    )
     assert result.returncode == 78
     expected = f"error: {tmp_path / 'config.json'}: not found; is {tmp_path} a Hugging Face model folder?"
     assert result.stderr.strip() == expected
