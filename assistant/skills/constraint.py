@@ -31,7 +31,8 @@ def call_schema(tools: list[dict]) -> dict:
     ]
     # Compact JSON, as the model was trained to write it; no room for endless whitespace.
     guidance = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
-    return {"oneOf": options, "x-guidance": guidance}
+    # anyOf, not oneOf: llguidance compiles oneOf only when it can prove the branches exclusive.
+    return {"anyOf": options, "x-guidance": guidance}
 
 
 class ToolCallConstraint:
