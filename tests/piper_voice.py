@@ -16,6 +16,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+# One VITS frame (hop length 256) per phoneme id at length_scale 1.0, so durations are in the same ballpark as a
+# real voice's and tests can compute the exact audio length: len(ids) * round(length_scale * 256).
 SAMPLES_PER_PHONEME = 256.0
 
 
@@ -31,7 +33,8 @@ def _graph(sample_rate: int) -> onnx.ModelProto:
         helper.make_node("Cast", ["samples_r"], ["samples"], to=TensorProto.INT64),
         helper.make_node("Range", ["zero_i", "samples", "one_i"], ["t_i"]),
         helper.make_node("Cast", ["t_i"], ["t"], to=TensorProto.FLOAT),
-        # one tone per phoneme id: 120 Hz + 12 Hz per id
+        # one tone per phoneme id, 120 Hz + 12 Hz per id: ids as a column times the time row broadcast to
+        # [n, samples], which flattens row by row into each id's tone in phoneme order
         helper.make_node("Cast", ["input"], ["ids"], to=TensorProto.FLOAT),
         helper.make_node("Reshape", ["ids", "column"], ["ids_col"]),
         helper.make_node("Mul", ["ids_col", "hz_per_id"], ["hz_extra"]),
@@ -58,11 +61,13 @@ def _graph(sample_rate: int) -> onnx.ModelProto:
         nodes,
         "test_voice",
         [
-            helper.make_tensor_value_info("input", TensorProto.INT64, [1, "phonemes"]),
-            helper.make_tensor_value_info("input_lengths", TensorProto.INT64, [1]),
+            # names and dynamic axes as piper's export_onnx.py declares them; "input_lengths" goes unused, as
+            # batch size is always 1 in piper, but it must exist because piper always feeds it
+            helper.make_tensor_value_info("input", TensorProto.INT64, ["batch_size", "phonemes"]),
+            helper.make_tensor_value_info("input_lengths", TensorProto.INT64, ["batch_size"]),
             helper.make_tensor_value_info("scales", TensorProto.FLOAT, [3]),
         ],
-        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 1, 1, "samples"])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch_size", 1, 1, "time"])],
         initializers,
     )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
@@ -71,14 +76,18 @@ def _graph(sample_rate: int) -> onnx.ModelProto:
 def make_piper_voice(
     out_dir: Path, *, sample_rate: int = 22050, language: str = "en-us", name: str = "test-voice"
 ) -> Path:
-    """Write `<name>.onnx` and `<name>.onnx.json` into out_dir; return the .onnx path."""
+    """Write `<name>.onnx` and `<name>.onnx.json` into out_dir; return the .onnx path.
+
+    Single speaker (no "sid" input), espeak phonemes in `language` (an espeak-ng voice name), audio at `sample_rate`.
+    """
     from piper.phoneme_ids import DEFAULT_PHONEME_ID_MAP  # the espeak symbol table real voices use
 
     out_dir.mkdir(parents=True, exist_ok=True)
     model = out_dir / f"{name}.onnx"
     onnx.save(_graph(sample_rate), model)
     config = {
-        "audio": {"sample_rate": sample_rate, "quality": "low"},
+        "dataset": name,
+        "audio": {"sample_rate": sample_rate, "quality": "medium"},
         "espeak": {"voice": language},
         "language": {"code": language},
         "inference": {"noise_scale": 0.667, "length_scale": 1.0, "noise_w": 0.8},
@@ -90,5 +99,6 @@ def make_piper_voice(
         "speaker_id_map": {},
         "piper_version": "1.0.0",
     }
-    Path(f"{model}.json").write_text(json.dumps(config, ensure_ascii=False, indent=2))
+    # utf-8 explicitly: the map's keys are IPA, and piper reads the config as utf-8 whatever the locale
+    Path(f"{model}.json").write_text(json.dumps(config, ensure_ascii=False, indent=2), encoding="utf-8")
     return model
