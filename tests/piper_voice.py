@@ -22,7 +22,7 @@ SAMPLES_PER_PHONEME = 256.0
 
 
 def _graph(sample_rate: int) -> onnx.ModelProto:
-    def const(name: str, value: np.ndarray) -> onnx.TensorProto:
+    def const(name: str, value: np.ndarray | np.generic) -> onnx.TensorProto:
         return numpy_helper.from_array(np.asarray(value), name)
 
     nodes = [
@@ -70,7 +70,12 @@ def _graph(sample_rate: int) -> onnx.ModelProto:
         [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch_size", 1, 1, "time"])],
         initializers,
     )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    # opset 15 as piper's export_onnx.py uses, and IR version 8 as that export writes, so any onnxruntime a board
+    # may have (not only the newest one that onnx's default IR version needs) loads the voice
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 15)])
+    model.ir_version = 8
+    onnx.checker.check_model(model, full_check=True)
+    return model
 
 
 def make_piper_voice(
@@ -78,7 +83,8 @@ def make_piper_voice(
 ) -> Path:
     """Write `<name>.onnx` and `<name>.onnx.json` into out_dir; return the .onnx path.
 
-    Single speaker (no "sid" input), espeak phonemes in `language` (an espeak-ng voice name), audio at `sample_rate`.
+    Single speaker (no "sid" input), espeak phonemes in `language`, audio at `sample_rate`. `language` must be a voice
+    name piper's bundled espeak-ng accepts ("en-us", "en", "en-gb-x-rp"; not "en-gb"), or synthesis raises.
     """
     from piper.phoneme_ids import DEFAULT_PHONEME_ID_MAP  # the espeak symbol table real voices use
 
