@@ -4,7 +4,9 @@
 
 Reports decode tokens/s, prefill of a 300-token prompt, time to first token of a 15-token user
 turn after a ~400-token system prompt with and without the prompt cache, the engine's own
-overhead per token (sessions replaced by ones that return at once), and peak RSS.
+overhead per token (sessions replaced by ones that return at once), and peak RSS. For scale, it
+also times the int8 matmuls of one token alone (24 layers' four and the lm_head, the same
+onnxruntime kernels as the export, nothing else): no decode loop can beat that floor.
 """
 
 from __future__ import annotations
@@ -23,8 +25,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from assistant.llm.backends import OnnxRunner  # noqa: E402
 from assistant.llm.engine import Engine  # noqa: E402
-from assistant.llm.export import export_model  # noqa: E402
+from assistant.llm.export import Graph, export_model  # noqa: E402
+from assistant.llm.manifest import load_manifest  # noqa: E402
 from assistant.llm.sampling import Sampler  # noqa: E402
 from benchmarks.qwen2_shape import write_random_checkpoint  # noqa: E402
 from tests.tiny_model import make_tokenizer  # noqa: E402
@@ -43,7 +47,60 @@ def prepare(work: Path) -> Path:
         start = time.perf_counter()
         export_model(hf, model, weights="int8", progress=lambda message: None)
         print(f"export took {time.perf_counter() - start:.1f} s", file=sys.stderr)
+    write_matmul_floor(model, work / "matmul-floor")
     return model
+
+
+def write_matmul_floor(model: Path, out: Path) -> None:
+    """One graph per layer with just its four int8 matmuls, and one with the lm_head."""
+    if (out / "post.onnx").exists():
+        return
+    import onnx
+    from onnx import TensorProto, helper
+
+    m = load_manifest(model)
+    rng = np.random.default_rng(0)
+    out.mkdir(parents=True, exist_ok=True)
+
+    def save(name: str, shapes: dict[str, list[tuple[int, int]]]) -> None:
+        g = Graph("int8")
+        outputs = []
+        for x, layer_shapes in shapes.items():
+            for rows, cols in layer_shapes:
+                y = g.linear(x, rng.standard_normal((cols, rows), np.float32))
+                outputs.append(helper.make_tensor_value_info(y, TensorProto.FLOAT, None))
+        inputs = [helper.make_tensor_value_info(x, TensorProto.FLOAT, [1, 1, s[0][0]]) for x, s in shapes.items()]
+        onnx.save(g.model(inputs, outputs, name), out / f"{name}.onnx")
+
+    hidden, ffn = m.hidden_size, m.intermediate_size
+    attention_out = m.num_heads * m.head_dim
+    for i in range(m.num_layers):
+        save(
+            f"layer_{i}",
+            {
+                "h": [(hidden, attention_out + 2 * m.kv_dim), (hidden, 2 * ffn)],
+                "a": [(attention_out, hidden)],
+                "f": [(ffn, hidden)],
+            },
+        )
+    save("post", {"h": [(hidden, m.vocab_size)]})
+
+
+def matmul_floor_ms(floor: Path, threads: int) -> float:
+    """ms per token for the int8 matmuls alone (median of 20 tokens)."""
+    runners = [OnnxRunner(path, threads, ()) for path in sorted(floor.glob("*.onnx"))]
+    feeds = []
+    for runner in runners:
+        shapes = runner.input_shapes()
+        feeds.append({name: np.ones([1, 1, shape[-1]], np.float32) for name, shape in shapes.items()})
+        runner.outputs = [o.name for o in runner.session.get_outputs()]
+
+    def token() -> None:
+        for runner, feed in zip(runners, feeds, strict=True):
+            runner.run(feed)
+
+    token()
+    return median_time(token, 20) * 1000
 
 
 def tokens(n: int, seed: int) -> list[int]:
@@ -92,6 +149,8 @@ def measure(model: Path, threads: int) -> dict:
     results["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
     results["overhead_ms_per_token_greedy"], results["overhead_ms_per_token_sampling"] = overhead(engine)
+    results["decode_ms_per_token"] = 1000 / results["decode_tokens_per_s"]
+    results["int8_matmul_floor_ms_per_token"] = matmul_floor_ms(model.parent / "matmul-floor", threads)
     return results
 
 
