@@ -133,9 +133,8 @@ def _tensor(name: str, elem_type: int, dims: list):
 def layer_graph(ck: Checkpoint, shape: ModelShape, i: int, weights: str):
     """One decoder layer with the AXERA per-layer I/O contract.
 
-    Written with onnxruntime's fused kernels (RMSNormalization, RotaryEmbedding, grouped-query
-    Attention): a decode step runs ~30 nodes, not ~100, and at one token each node costs as much
-    in dispatch as in work.
+    Written with opset 23's fused operators (RMSNormalization, RotaryEmbedding, Attention with
+    grouped K/V heads), which onnxruntime runs as single kernels.
     """
     g = Graph(weights)
     p = f"model.layers.{i}."
