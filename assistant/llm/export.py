@@ -52,9 +52,10 @@ class Graph:
         self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
         return name
 
-    def op(self, op_type: str, *inputs: str, outputs: int = 1, out: str = "", domain: str = "", **attrs):
-        """Add a node; `out` names its output when it is one of the graph's outputs."""
-        names = [out] if out else [self._name(op_type.lower()) for _ in range(outputs)]
+    def op(self, op_type: str, *inputs: str, outputs: int = 1, out: str | list[str] = "", domain: str = "", **attrs):
+        """Add a node; `out` names those of its outputs that are graph outputs ("" for the others)."""
+        wanted = [out] if isinstance(out, str) else out
+        names = [name or self._name(op_type.lower()) for name in wanted + [""] * (outputs - len(wanted))]
         self.nodes.append(helper.make_node(op_type, list(inputs), names, domain=domain or None, **attrs))
         return names[0] if outputs == 1 else names
 
@@ -84,9 +85,7 @@ class Graph:
             )
         y = self.linear(x, np.concatenate(weights), bias)
         sizes = self.const(np.array([w.shape[0] for w in weights]))
-        outputs = [name or self._name("split") for name in names or [""] * len(weights)]
-        self.nodes.append(helper.make_node("Split", [y, sizes], outputs, axis=-1))
-        return outputs
+        return self.op("Split", y, sizes, axis=-1, outputs=len(weights), out=names or "")
 
     def _matmul_int8(self, x: str, weight: np.ndarray) -> str:
         # Activations are quantized per row (per token) to uint8 inside the graph, so that one
