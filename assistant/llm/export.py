@@ -5,8 +5,9 @@ the outputs K_cache_out, V_cache_out, output (the AXERA per-layer contract), and
 the last hidden state to logits, its output named `output` as on the board. Linear weights are
 int8 with one scale per output channel; inside the graph the activations are quantized per
 token to uint8 for onnxruntime's integer kernels, while the graph's inputs and outputs stay
-float (README: "Host backend"). `weights="float"` keeps float32 weights for exactness tests. The graphs are written directly with onnx.helper from memory-mapped weights,
-so exporting needs neither torch nor the whole model in memory.
+float (README: "Host backend"). `weights="float"` keeps float32 weights for exactness tests.
+The graphs are written directly with onnx.helper from memory-mapped weights, so exporting
+needs neither torch nor the whole model in memory.
 """
 
 from __future__ import annotations
