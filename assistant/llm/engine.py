@@ -12,6 +12,7 @@ starts with it, so a new or trimmed conversation never prefills the system promp
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
@@ -41,7 +42,8 @@ class GenerationStats:
     prompt_tokens: int = 0
     prefilled_tokens: int = 0  # the part of the prompt that was not already cached
     prefill_seconds: float = 0.0  # prompt in → first logits (time to first token, but for sampling)
-    generated_tokens: int = 0
+    generated_tokens: int = 0  # run after the prompt (not counting the last one, which is never run)
+    decode_forwards: int = 0  # forward passes that ran them: fewer when a grammar forced spans
     decode_seconds: float = 0.0
 
     @property
@@ -227,18 +229,29 @@ class Engine:
         now = time.perf_counter()
         self.stats = stats = GenerationStats(len(prompt), len(prompt) - cached, now - start)
         generated: list[int] = []
+        # An `allowed` hook may also name the tokens that must come next (a grammar's forced span):
+        # they run together with the sampled token in one forward pass, with one lm_head after them.
+        forced = getattr(allowed, "forced", None)
+        ran: list[int] = []  # tokens of that span: already run, not yet yielded
         while max_new_tokens > 0:
-            token = sampler(logits, self.tokens, allowed(generated) if allowed else None)
+            fast = bool(ran)
+            token = ran.pop(0) if fast else sampler(logits, self.tokens, allowed(generated) if allowed else None)
             if token in self.eos_ids:
                 return
             generated.append(token)
             yield token
             cancelled = cancel is not None and cancel.is_set()
-            if cancelled or len(generated) >= max_new_tokens or self.pos >= self.kv_len:
+            if cancelled or len(generated) >= max_new_tokens or (not fast and self.pos >= self.kv_len):
                 return  # the last token is not run: nothing would read its logits
+            if fast:
+                continue  # it ran with the sampled token before it; the logits after the span are there
             step = time.perf_counter()
-            logits = self.forward([token])
-            stats.generated_tokens += 1
+            room = min(max_new_tokens - len(generated), self.kv_len - self.pos - 1)  # every token yielded
+            span = forced(generated)[:room] if forced else []
+            ran = list(itertools.takewhile(lambda t: t not in self.eos_ids, span))
+            logits = self.forward([token, *ran])
+            stats.generated_tokens += 1 + len(ran)
+            stats.decode_forwards += 1
             stats.decode_seconds += time.perf_counter() - step
 
 

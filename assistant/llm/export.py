@@ -2,17 +2,18 @@
 
 Each decoder layer becomes one graph with the inputs K_cache, V_cache, indices, input, mask and
 the outputs K_cache_out, V_cache_out, output (the AXERA per-layer contract), and post.onnx maps
-the last hidden state to logits, its output named `output` as on the board. Linear weights are
-int8 with one scale per output channel; inside the graph the activations are quantized per
-token to uint8 for onnxruntime's integer kernels, while the graph's inputs and outputs stay
-float (README: "Host backend"). `weights="float"` keeps float32 weights for exactness tests.
-The graphs are written directly with onnx.helper from memory-mapped weights, so exporting
+the last hidden state to logits, its output named `output` as on the board. Every linear layer
+is one MatMulNBits node: weights quantized per block of input channels ("int8": 8 bits; "s4":
+4 bits in the decoder layers, Pulsar2's s4 counterpart, the lm_head staying 8-bit), activations
+quantized per block to int8 inside the kernel, the graph's inputs and outputs float (README:
+"Host backend"). `weights="float"` keeps float32 weights for exactness tests. The graphs are written directly with onnx.helper from memory-mapped weights, so exporting
 needs neither torch nor the whole model in memory.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import shutil
@@ -29,20 +30,24 @@ from assistant.llm.manifest import LayerFiles, Manifest, ModelError, record_file
 log = logging.getLogger(__name__)
 
 OPSET = 23  # RMSNormalization, RotaryEmbedding and Attention with grouped K/V heads
-# Weights use 7 of their 8 bits ("reduce range"): the AVX2 u8 x s8 kernel adds pairs of products
-# in int16, and 2 x 255 x 127 saturates it, costing far more precision than the lost bit does.
-WEIGHT_LEVELS = 63
+WEIGHT_TYPES = ("int8", "s4", "float")
+# Quantized weights: one scale per block of BLOCK input channels (finer than one per output
+# channel, so an outlier weight costs precision only in its own block). onnxruntime's
+# MatMulNBits then quantizes each activation row per block to int8 too (accuracy_level 4) and
+# runs its integer kernels: one fused node per linear layer.
+BLOCK = {8: 128, 4: 32}
+INT8_COMPUTE = 4  # MatMulNBits accuracy_level: int8 activations, the integer kernels
 
 
 class Graph:
     """A tiny builder over onnx.helper: each op returns the name of its (first) output."""
 
-    def __init__(self, weights: str):
+    def __init__(self, weights: str, levels: int | None = None):
         self.weights = weights
+        self.levels = levels  # the largest |quantized weight| for 8 bits (None: 128, see int8_levels)
         self.nodes: list = []
         self.initializers: list = []
         self.count = 0
-        self.quantized: dict[str, tuple[str, str]] = {}
 
     def _name(self, hint: str) -> str:
         self.count += 1
@@ -60,13 +65,19 @@ class Graph:
         self.nodes.append(helper.make_node(op_type, list(inputs), names, domain=domain or None, **attrs))
         return names[0] if outputs == 1 else names
 
-    def linear(self, x: str, weight: np.ndarray, bias: np.ndarray | None = None) -> str:
-        """x @ weight.T (+ bias), weight [out, in] as in the checkpoint."""
-        if self.weights == "int8":
-            y = self._matmul_int8(x, weight)
-        else:
+    def linear(self, x: str, weight: np.ndarray, bias: np.ndarray | None = None, bits: int = 8) -> str:
+        """x @ weight.T (+ bias), weight [out, in] as in the checkpoint; `bits` when quantized."""
+        if self.weights == "float":
             y = self.op("MatMul", x, self.const(np.ascontiguousarray(weight.T, dtype=np.float32), "w"))
-        return y if bias is None else self.op("Add", y, self.const(bias.astype(np.float32), "b"))
+            return y if bias is None else self.op("Add", y, self.const(bias.astype(np.float32), "b"))
+        block = BLOCK[bits]
+        packed, scales = quantize_blocks(weight, bits, block, self.levels if bits == 8 else None)
+        inputs = [x, self.const(packed, "wq"), self.const(scales, "ws")]
+        if bias is not None:
+            inputs += ["", "", self.const(bias.astype(np.float32), "b")]  # no zero points, no g_idx
+        n, k = weight.shape
+        attrs = dict(K=k, N=n, bits=bits, block_size=block, accuracy_level=INT8_COMPUTE)
+        return self.op("MatMulNBits", *inputs, domain="com.microsoft", **attrs)
 
     def linears(
         self,
@@ -74,6 +85,7 @@ class Graph:
         weights: list[np.ndarray],
         biases: list[np.ndarray | None] | None = None,
         names: list[str] | None = None,
+        bits: int = 8,
     ) -> list[str]:
         """Several linears of the same input as one matmul (fewer, larger kernels), split after.
 
@@ -84,30 +96,9 @@ class Graph:
             bias = np.concatenate(
                 [np.zeros(w.shape[0]) if b is None else b for w, b in zip(weights, biases, strict=True)]
             )
-        y = self.linear(x, np.concatenate(weights), bias)
+        y = self.linear(x, np.concatenate(weights), bias, bits)
         sizes = self.const(np.array([w.shape[0] for w in weights]))
         return self.op("Split", y, sizes, axis=-1, outputs=len(weights), out=names or "")
-
-    def _matmul_int8(self, x: str, weight: np.ndarray) -> str:
-        # Activations are quantized per row (per token) to uint8 inside the graph, so that one
-        # outlier token in a prefill chunk cannot crush the others' precision; MatMulInteger then
-        # runs onnxruntime's u8 x s8 kernels, the fastest int8 path on AVX2 CPUs.
-        x_q, x_scale = self._quantized_rows(x)
-        w_q, w_scale = quantize_int8_columns(weight)
-        one, zero_point = self.const(np.float32(1.0)), self.const(np.uint8(128), "zp")
-        w_q, w_scale = self.const(w_q, "wq"), self.const(w_scale, "ws")
-        y = self.op("MatMulIntegerToFloat", x_q, w_q, one, w_scale, zero_point, domain="com.microsoft")
-        return self.op("Mul", y, x_scale)
-
-    def _quantized_rows(self, x: str) -> tuple[str, str]:
-        """uint8 (zero point 128) copy of x with one scale per row; computed once per input."""
-        if x not in self.quantized:
-            peak = self.op("ReduceMax", self.op("Abs", x), self.const(np.array([-1])), keepdims=1)
-            peak = self.op("Max", peak, self.const(np.float32(1e-12)))
-            scale = self.op("Mul", peak, self.const(np.float32(1 / 127)))
-            shifted = self.op("Add", self.op("Round", self.op("Div", x, scale)), self.const(np.float32(128)))
-            self.quantized[x] = (self.op("Cast", shifted, to=TensorProto.UINT8), scale)
-        return self.quantized[x]
 
     def rms_norm(self, x: str, weight: np.ndarray, eps: float) -> str:
         return self.op("RMSNormalization", x, self.const(weight.astype(np.float32), "norm"), axis=-1, epsilon=eps)
@@ -118,12 +109,72 @@ class Graph:
         return helper.make_model(graph, opset_imports=opsets, producer_name="assistant")
 
 
-def quantize_int8_columns(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Symmetric int8 per output channel: weight [out, in] → (int8 [in, out], float32 scales [out])."""
-    scale = np.abs(weight).max(axis=1) / WEIGHT_LEVELS
-    scale[scale == 0] = 1.0
-    q = np.clip(np.rint(weight / scale[:, None]), -WEIGHT_LEVELS, WEIGHT_LEVELS).astype(np.int8)
-    return np.ascontiguousarray(q.T), scale.astype(np.float32)
+def quantize_blocks(
+    weight: np.ndarray, bits: int, block: int, levels: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric blockwise quantization for MatMulNBits: weight [out, in] → (uint8 [out, blocks,
+    block * bits / 8], float32 scales [out, blocks]).
+
+    Each block's value of largest magnitude maps to -2^(bits-1) exactly (as llama.cpp's Q4_0 does),
+    so all 2^bits levels are used; values are stored with the zero point 2^(bits-1) added, the
+    layout MatMulNBits reads. `levels` < 2^(bits-1) narrows the range (see int8_levels).
+    """
+    half = 1 << (bits - 1)
+    levels = levels or half
+    n, k = weight.shape
+    blocks = -(-k // block)
+    packed = np.empty((n, blocks, block * bits // 8), np.uint8)
+    scales = np.empty((n, blocks), np.float32)
+    for start in range(0, n, 8192):  # in slices of rows: a 151,936-row lm_head stays small in memory
+        w = np.zeros((min(8192, n - start), blocks * block), np.float32)
+        w[:, :k] = weight[start : start + len(w)]
+        w = w.reshape(len(w), blocks, block)
+        peak = np.take_along_axis(w, np.abs(w).argmax(-1)[..., None], -1)[..., 0]
+        scale = peak / -levels
+        scale[scale == 0] = 1.0
+        q = np.clip(np.rint(w / scale[..., None]), -levels, levels - 1).astype(np.int16) + half
+        q = q.astype(np.uint8)
+        if bits == 4:  # two values a byte, the first in the low nibble
+            q = q[..., 0::2] | (q[..., 1::2] << 4)
+        packed[start : start + len(w)] = q
+        scales[start : start + len(w)] = scale
+    return packed, scales
+
+
+@functools.cache
+def int8_levels() -> int:
+    """How many negative levels 8-bit weights may use on this CPU: 128 (all 8 bits), or 64.
+
+    Integer kernels without VNNI add pairs of u8 × s8 products in int16, which full-range
+    weights and activations can overflow. Rather than guess from CPU flags, run MatMulNBits once
+    on the worst case (every weight and activation at its extreme) and keep the full range only
+    if the result is exact; otherwise give up one bit, as the kernels' saturation costs far more.
+    """
+    import onnxruntime as ort
+
+    from assistant.llm.backends import session_options
+
+    k, n = 2 * BLOCK[8], 4
+    rows = np.stack([np.ones(k), -np.ones(k), np.tile([1.0, -1.0], k // 2)]).astype(np.float32)
+    for levels in (128, 64):
+        weight = np.ones((n, k), np.float32)
+        weight[:, 0] = -1.0  # the block peak: every other weight quantizes to the top level
+        weight[1] *= -1  # the bottom level
+        weight[2, 1::2] *= -1
+        weight[3] = np.tile([1.0, -1.0], k // 2) * -weight[0]
+        g = Graph("int8", levels)
+        g.op("Identity", g.linear("x", weight), out="y")
+        model = g.model([_tensor("x", TensorProto.FLOAT, [3, k])], [_tensor("y", TensorProto.FLOAT, [3, n])], "probe")
+        options = session_options()
+        options.log_severity_level = 3
+        session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        packed, scales = quantize_blocks(weight, 8, BLOCK[8], levels)
+        q = packed.reshape(n, k).astype(np.float32) - 128
+        exact = rows @ (q * np.repeat(scales, BLOCK[8], axis=1)).T
+        if np.allclose(session.run(None, {"x": rows})[0], exact, rtol=1e-3, atol=1e-3):
+            return levels
+        log.info("8-bit weights: the CPU's integer kernels overflow at %d levels; trying fewer", levels)
+    return 64
 
 
 def _tensor(name: str, elem_type: int, dims: list):
@@ -136,7 +187,8 @@ def layer_graph(ck: Checkpoint, shape: ModelShape, i: int, weights: str):
     Written with opset 23's fused operators (RMSNormalization, RotaryEmbedding, Attention with
     grouped K/V heads), which onnxruntime runs as single kernels.
     """
-    g = Graph(weights)
+    g = Graph(weights, _levels(weights))
+    bits = 4 if weights == "s4" else 8
     p = f"model.layers.{i}."
     heads, kv_heads, head_dim = shape.num_heads, shape.num_kv_heads, shape.head_dim
 
@@ -161,18 +213,19 @@ def layer_graph(ck: Checkpoint, shape: ModelShape, i: int, weights: str):
         ],
         [_scaled(bias("self_attn.q_proj.bias"), scale), bias("self_attn.k_proj.bias"), bias("self_attn.v_proj.bias")],
         names=["", "", "V_cache_out"],
+        bits=bits,
     )
     q = g.op("RotaryEmbedding", q, cos, sin, num_heads=heads)
     g.op("RotaryEmbedding", k, cos, sin, num_heads=kv_heads, out="K_cache_out")
     keys = g.op("Concat", "K_cache", "K_cache_out", axis=1)
     values = g.op("Concat", "V_cache", "V_cache_out", axis=1)
     attn = g.op("Attention", q, keys, values, "mask", q_num_heads=heads, kv_num_heads=kv_heads, scale=1.0)
-    h = g.op("Add", x, g.linear(attn, ck.f32(p + "self_attn.o_proj.weight")))
+    h = g.op("Add", x, g.linear(attn, ck.f32(p + "self_attn.o_proj.weight"), bits=bits))
 
     m = g.rms_norm(h, ck.f32(p + "post_attention_layernorm.weight"), shape.rms_norm_eps)
-    gate, up = g.linears(m, [ck.f32(p + "mlp.gate_proj.weight"), ck.f32(p + "mlp.up_proj.weight")])
+    gate, up = g.linears(m, [ck.f32(p + "mlp.gate_proj.weight"), ck.f32(p + "mlp.up_proj.weight")], bits=bits)
     act = g.op("Mul", g.op("Mul", gate, g.op("Sigmoid", gate)), up)  # SiLU(gate) * up; fused by onnxruntime
-    g.op("Add", h, g.linear(act, ck.f32(p + "mlp.down_proj.weight")), out="output")
+    g.op("Add", h, g.linear(act, ck.f32(p + "mlp.down_proj.weight"), bits=bits), out="output")
 
     f, u32 = TensorProto.FLOAT, TensorProto.UINT32
     inputs = [
@@ -190,13 +243,21 @@ def layer_graph(ck: Checkpoint, shape: ModelShape, i: int, weights: str):
     return g.model(inputs, outputs, f"layer_{i}")
 
 
+def _levels(weights: str) -> int | None:
+    return None if weights == "float" else int8_levels()
+
+
 def _scaled(bias: np.ndarray | None, scale: np.float32) -> np.ndarray | None:
     return None if bias is None else bias * scale
 
 
 def post_graph(ck: Checkpoint, shape: ModelShape, weights: str):
-    """Final RMSNorm and lm_head (tied to the embeddings when the checkpoint says so)."""
-    g = Graph(weights)
+    """Final RMSNorm and lm_head (tied to the embeddings when the checkpoint says so).
+
+    The lm_head stays 8-bit with s4 layers: it scores every token of the vocabulary, and 4-bit
+    rounding there reorders close candidates (README: "Host backend").
+    """
+    g = Graph(weights, _levels(weights))
     head = "model.embed_tokens.weight" if shape.tie_word_embeddings or "lm_head.weight" not in ck else "lm_head.weight"
     h = g.rms_norm("input", ck.f32("model.norm.weight"), shape.rms_norm_eps)
     g.op("Identity", g.linear(h, ck.f32(head)), out="output")  # the logits, named as Pulsar2's post model names them
@@ -211,8 +272,8 @@ def export_onnx(
     """Write onnx/layer_{i}.onnx and onnx/post.onnx for the checkpoint in `hf_dir`."""
     import onnx
 
-    if weights not in ("int8", "float"):
-        raise ValueError(f"weights must be 'int8' or 'float', not {weights!r}")
+    if weights not in WEIGHT_TYPES:
+        raise ValueError(f"weights must be one of {', '.join(WEIGHT_TYPES)}, not {weights!r}")
     shape = read_shape(hf_dir)
     ck = Checkpoint(hf_dir)
     (out_dir / "onnx").mkdir(parents=True, exist_ok=True)

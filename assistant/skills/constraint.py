@@ -59,15 +59,28 @@ class ToolCallConstraint:
         self.tail = ""  # the last characters of free text, to spot the opening tag
 
     def __call__(self, generated: list[int]) -> np.ndarray | None:
+        self._follow(generated)
+        if self.matcher is None:
+            return None
+        llnumpy.fill_next_token_bitmask(self.matcher, self.bitmask)
+        return np.unpackbits(self.bitmask.view(np.uint8), bitorder="little")[: self.vocab_size].view(bool)
+
+    def forced(self, generated: list[int]) -> list[int]:
+        """The tokens that must follow `generated`, whatever the model would say (none outside a call).
+
+        Inside a call the grammar often leaves one way on: the keys and punctuation of the JSON,
+        the rest of a skill's name once it is unambiguous. The engine runs such a span in one
+        forward pass instead of a decode step (and an lm_head) per token.
+        """
+        self._follow(generated)
+        return [] if self.matcher is None else list(self.matcher.compute_ff_tokens())
+
+    def _follow(self, generated: list[int]) -> None:
         if len(generated) < self.seen:  # a new generation
             self.reset()
         for token in generated[self.seen :]:
             self._advance(token)
         self.seen = len(generated)
-        if self.matcher is None:
-            return None
-        llnumpy.fill_next_token_bitmask(self.matcher, self.bitmask)
-        return np.unpackbits(self.bitmask.view(np.uint8), bitorder="little")[: self.vocab_size].view(bool)
 
     def _advance(self, token: int) -> None:
         if self.matcher is not None:
