@@ -228,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     setup.add_argument("--target", default="ax630c", choices=["ax630c", "ax650n", "host"])
     setup.add_argument("--kv-cache-len", type=int, default=1023)
     setup.add_argument("--prefill-len", type=int, default=128, help="board prefill chunk; 0: token by token")
-    setup.add_argument("--weight-type", default="s8", choices=["s8", "s4"], help="board weight quantization")
+    setup.add_argument("--weight-type", default="s8", choices=["s8", "s4"], help="s4: 4-bit layers")
     setup.add_argument("--out", type=Path, default=None, help="model directory (default: models/NAME)")
     builder = setup.add_mutually_exclusive_group()
     builder.add_argument("--pulsar2", default=None, help="pulsar2 executable (default: from PATH)")

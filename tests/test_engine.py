@@ -1,9 +1,11 @@
-"""The decode engine against transformers' own forward pass, and its context management."""
+"""The decode engine against transformers' own forward pass, its quantized exports against the
+float one on a real model (SmolLM2-135M-Instruct), and its context management."""
 
 from __future__ import annotations
 
 import shutil
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -71,6 +73,99 @@ def test_int8_export_is_close_to_transformers(tiny_int8: Path, hf_reference) -> 
             logits = engine.forward([token])
     assert agree >= 0.9 * 4 * 30, f"greedy agreement {agree}/120"
     assert min(cosines) >= 0.99
+
+
+# A fixed English passage (192 SmolLM2 tokens), written for these tests.
+PASSAGE = (
+    "The lighthouse stood at the end of a narrow spit of land, where the river met the sea. For more than a "
+    "hundred years its keepers had climbed the spiral stairs every evening to light the lamp, and every morning "
+    "they had come down again to write the night's weather in a thick leather book. Ships passing in the dark "
+    "looked for its beam, which turned once every twelve seconds, and sailors learned to count the seconds "
+    "between flashes to be sure which light they were seeing. In winter the storms came from the north, and "
+    "waves broke over the rocks below the tower. The last keeper left in the spring of 1987, when the lamp was "
+    "replaced by an automatic light that needed no one to tend it. Today the tower is a small museum. Visitors "
+    "can climb the same stairs, read the old weather books, and look out over the water from the gallery at "
+    "the top, where the wind is always stronger than it is on the ground."
+)
+# Plain questions whose greedy answers are compared over 32 tokens. Others tried (spiders' legs,
+# Spain's language, water's boiling point) reach a near-tie between two tokens within 3-20 tokens,
+# where any quantization may pick the other one; the README gives the figures.
+QUESTIONS = [
+    "What is the capital of France?",
+    "How many days are there in a week?",
+    "Name three fruits.",
+    "What is two plus two?",
+    "What is the largest planet in the solar system?",
+]
+
+
+@dataclass
+class Scored:
+    perplexity: float
+    top1: np.ndarray  # the most likely next token at every position of the passage
+
+
+def score_passage(model_dir: Path) -> Scored:
+    """Perplexity of PASSAGE, every token predicted from the ones before it (teacher forcing)."""
+    engine = Engine(model_dir)
+    ids = engine.tokenizer.encode(PASSAGE, add_special_tokens=False).ids
+    logits, nll, top1 = engine.prefill(ids[:1]), 0.0, []
+    for token in ids[1:]:
+        log_probs = torch.log_softmax(torch.from_numpy(logits).double(), -1)
+        nll -= float(log_probs[token])
+        top1.append(int(np.argmax(logits)))
+        logits = engine.forward([token])
+    return Scored(float(np.exp(nll / (len(ids) - 1))), np.array(top1))
+
+
+@pytest.fixture(scope="module")
+def smollm2(smollm2_hf: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    out = tmp_path_factory.mktemp("smollm2")
+    for weights in ("float", "int8", "s4"):
+        export_model(smollm2_hf, out / weights, weights=weights, kv_cache_len=512)
+    return {weights: out / weights for weights in ("float", "int8", "s4")}
+
+
+@pytest.fixture(scope="module")
+def smollm2_scores(smollm2: dict[str, Path]) -> dict[str, Scored]:
+    return {weights: score_passage(model) for weights, model in smollm2.items()}
+
+
+def test_smollm2_float_export_perplexity_is_transformers(smollm2_hf: Path, smollm2_scores) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(smollm2_hf, dtype=torch.float32).eval()
+    ids = AutoTokenizer.from_pretrained(smollm2_hf)(PASSAGE, return_tensors="pt").input_ids
+    with torch.no_grad():
+        loss = model(ids, labels=ids).loss
+    reference = float(torch.exp(loss))
+    assert reference < 40  # a real language model on plain English (a random one scores ~50,000)
+    assert smollm2_scores["float"].perplexity == pytest.approx(reference, rel=1e-3)
+
+
+def test_int8_perplexity_within_one_percent_of_float(smollm2_scores: dict[str, Scored]) -> None:
+    float_, int8 = smollm2_scores["float"], smollm2_scores["int8"]
+    assert int8.perplexity <= 1.01 * float_.perplexity
+    assert np.mean(int8.top1 == float_.top1) >= 0.9
+
+
+def test_s4_perplexity_within_its_margin(smollm2_scores: dict[str, Scored]) -> None:
+    # 4-bit weights cost ~13% perplexity on this model (README: "Host backend"); the margin is 20%.
+    float_, s4 = smollm2_scores["float"], smollm2_scores["s4"]
+    assert s4.perplexity <= 1.20 * float_.perplexity
+    assert s4.perplexity > smollm2_scores["int8"].perplexity  # it is really 4-bit
+    assert np.mean(s4.top1 == float_.top1) >= 0.55
+
+
+def test_int8_greedy_answers_equal_the_float_exports(smollm2: dict[str, Path]) -> None:
+    answers = {}
+    for weights in ("float", "int8"):
+        engine = Engine(smollm2[weights])
+        answers[weights] = [
+            "".join(Conversation(engine, "You are a helpful assistant.", 32).reply(q, GREEDY)) for q in QUESTIONS
+        ]
+    assert answers["float"][0] == "The capital of France is Paris."  # words, not a random model's noise
+    assert answers["int8"] == answers["float"]
 
 
 def test_llama_without_bias_and_rope_parameters(tiny_llama_hf: Path, tmp_path: Path) -> None:
@@ -165,6 +260,40 @@ def test_streamed_chinese_and_emoji_is_byte_identical(tiny_float: Path) -> None:
     assert "".join(pieces).encode() == engine.tokenizer.decode(target).encode() == text.encode()
     assert not any("\ufffd" in piece for piece in pieces)
     assert len(pieces) > 5  # it really streamed
+
+
+class ForcedSpan:
+    """An `allowed` hook that lets the model pick its first token, then forces `span` after it."""
+
+    def __init__(self, span: list[int], vocab_size: int):
+        self.span, self.vocab_size = span, vocab_size
+
+    def __call__(self, generated: list[int]) -> np.ndarray | None:
+        if not 1 <= len(generated) <= len(self.span):
+            return None
+        allowed = np.zeros(self.vocab_size, dtype=bool)
+        allowed[self.span[len(generated) - 1]] = True
+        return allowed
+
+
+class ForcedSpanFastForward(ForcedSpan):
+    def forced(self, generated: list[int]) -> list[int]:
+        return self.span if len(generated) == 1 else []
+
+
+def test_forced_span_runs_in_one_forward_with_the_same_result(tiny_float: Path) -> None:
+    ids, span = prompt(9), prompt(10, n=6)
+    runs = {}
+    for hook in (ForcedSpan, ForcedSpanFastForward):
+        engine = Engine(tiny_float)
+        tokens = list(engine.generate(ids, GREEDY, 12, allowed=hook(span, engine.manifest.vocab_size)))
+        runs[hook] = engine, tokens
+    (step_by_step, tokens), (fast, fast_tokens) = runs.values()
+    assert fast_tokens == tokens and tokens[1:7] == span and len(tokens) == 12
+    assert step_by_step.stats.decode_forwards == 11  # the last token is never run
+    assert fast.stats.decode_forwards == 11 - 6 and fast.stats.generated_tokens == 11
+    n = fast.pos
+    np.testing.assert_allclose(fast.k_cache[:, :, :n], step_by_step.k_cache[:, :, :n], atol=1e-4)
 
 
 def test_cancellation_stops_within_one_token(tiny_float: Path) -> None:

@@ -6,8 +6,9 @@ the last hidden state to logits, its output named `output` as on the board. Ever
 is one MatMulNBits node: weights quantized per block of input channels ("int8": 8 bits; "s4":
 4 bits in the decoder layers, Pulsar2's s4 counterpart, the lm_head staying 8-bit), activations
 quantized per block to int8 inside the kernel, the graph's inputs and outputs float (README:
-"Host backend"). `weights="float"` keeps float32 weights for exactness tests. The graphs are written directly with onnx.helper from memory-mapped weights, so exporting
-needs neither torch nor the whole model in memory.
+"Host backend"). `weights="float"` keeps float32 weights for exactness tests. The graphs are
+written directly with onnx.helper from memory-mapped weights, so exporting needs neither torch
+nor the whole model in memory.
 """
 
 from __future__ import annotations

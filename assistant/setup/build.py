@@ -68,7 +68,8 @@ def build_model(opts: SetupOptions, models_dir: Path) -> tuple[Path, list[StepRe
         ("embeddings", lambda: write_embeddings(checkpoint, work, opts.keep_intermediate)),
     ]
     if opts.host or opts.target == "host":
-        steps.append(("onnxruntime", lambda: export_onnx(hf_dir, work, "int8", lambda m: log.info("host %s", m))))
+        host_weights = "s4" if opts.weight_type == "s4" else "int8"  # the host's counterpart of the board's
+        steps.append(("onnxruntime", lambda: export_onnx(hf_dir, work, host_weights, lambda m: log.info("host %s", m))))
     if opts.target != "host":
         steps.append(("axengine", lambda: _board_build(hf_dir, work, shape.num_layers, name, opts)))
     results = [_run_step(work, step, fn) for step, fn in steps]
