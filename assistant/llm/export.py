@@ -35,8 +35,9 @@ WEIGHT_TYPES = ("int8", "s4", "float")
 # Quantized weights: one scale per block of BLOCK input channels (finer than one per output
 # channel, so an outlier weight costs precision only in its own block). onnxruntime's
 # MatMulNBits then quantizes each activation row per block to int8 too (accuracy_level 4) and
-# runs its integer kernels: one fused node per linear layer.
-BLOCK = {8: 128, 4: 32}
+# runs its integer kernels: one fused node per linear layer. Blocks of 32 or 64 came within
+# 1.3% of its perplexity on SmolLM2 and decoded slower (README: "Host backend").
+BLOCK = 128
 INT8_COMPUTE = 4  # MatMulNBits accuracy_level: int8 activations, the integer kernels
 
 
@@ -71,13 +72,12 @@ class Graph:
         if self.weights == "float":
             y = self.op("MatMul", x, self.const(np.ascontiguousarray(weight.T, dtype=np.float32), "w"))
             return y if bias is None else self.op("Add", y, self.const(bias.astype(np.float32), "b"))
-        block = BLOCK[bits]
-        packed, scales = quantize_blocks(weight, bits, block, self.levels if bits == 8 else None)
+        packed, scales = quantize_blocks(weight, bits, BLOCK, self.levels if bits == 8 else None)
         inputs = [x, self.const(packed, "wq"), self.const(scales, "ws")]
         if bias is not None:
             inputs += ["", "", self.const(bias.astype(np.float32), "b")]  # no zero points, no g_idx
         n, k = weight.shape
-        attrs = dict(K=k, N=n, bits=bits, block_size=block, accuracy_level=INT8_COMPUTE)
+        attrs = dict(K=k, N=n, bits=bits, block_size=BLOCK, accuracy_level=INT8_COMPUTE)
         return self.op("MatMulNBits", *inputs, domain="com.microsoft", **attrs)
 
     def linears(
@@ -155,7 +155,7 @@ def int8_levels() -> int:
 
     from assistant.llm.backends import session_options
 
-    k, n = 2 * BLOCK[8], 4
+    k, n = 2 * BLOCK, 4
     rows = np.stack([np.ones(k), -np.ones(k), np.tile([1.0, -1.0], k // 2)]).astype(np.float32)
     for levels in (128, 64):
         weight = np.ones((n, k), np.float32)
@@ -169,9 +169,9 @@ def int8_levels() -> int:
         options = session_options()
         options.log_severity_level = 3
         session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-        packed, scales = quantize_blocks(weight, 8, BLOCK[8], levels)
+        packed, scales = quantize_blocks(weight, 8, BLOCK, levels)
         q = packed.reshape(n, k).astype(np.float32) - 128
-        exact = rows @ (q * np.repeat(scales, BLOCK[8], axis=1)).T
+        exact = rows @ (q * np.repeat(scales, BLOCK, axis=1)).T
         if np.allclose(session.run(None, {"x": rows})[0], exact, rtol=1e-3, atol=1e-3):
             return levels
         log.info("8-bit weights: the CPU's integer kernels overflow at %d levels; trying fewer", levels)
