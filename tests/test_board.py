@@ -157,13 +157,18 @@ def test_a_wrong_feed_fails_as_pyaxengine_fails(board_model: Path, axengine) -> 
         layer.run(None, {k: v for k, v in feed.items() if k != "mask"})
 
 
-def test_board_errors_are_one_line_with_the_fix(board_model: Path, tmp_path: Path) -> None:
-    def chat(**env: str) -> subprocess.CompletedProcess:
+def test_chat_on_the_board_path_and_its_one_line_errors(board_model: Path, tmp_path: Path) -> None:
+    def chat(text: str = "", **env: str) -> subprocess.CompletedProcess:
         return subprocess.run(
-            [sys.executable, "-m", "assistant", "chat", "--model", str(board_model), "--backend", "axengine"],
-            input="", capture_output=True, text=True, timeout=120,
+            [sys.executable, "-m", "assistant", "chat", "--model", str(board_model), "--backend", "axengine",
+             "--max-new-tokens", "6"],
+            input=text, capture_output=True, text=True, timeout=120,
             env={**os.environ, "PYTHONPATH": f"{STANDINS}:{os.environ.get('PYTHONPATH', '')}", **env},
         )  # fmt: skip
+
+    works = chat("turn on the kitchen light\nand the hallway\n")
+    assert works.returncode == 0 and "on axengine" in works.stderr, works.stderr
+    assert works.stderr.count("tokens prefilled") == 2  # two replies streamed from the board path
 
     old = chat(AXENGINE_STANDIN_VERSION="0.1.1")
     assert old.returncode == 78, old.stderr
