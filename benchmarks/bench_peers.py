@@ -1,0 +1,180 @@
+"""The engine beside other CPU runtimes, on the same checkpoint, measured in rotation.
+
+    python benchmarks/bench_peers.py --llama-cpp DIR --genai-python PYTHON [--rounds 3]
+                                     [--work /tmp/assistant-bench] [--model NAME=DIR ...]
+
+The random Qwen2-0.5B-shaped checkpoint of bench_engine.py is turned into each system's files by
+that system's own tools: llama.cpp's `convert_hf_to_gguf.py` and `llama-quantize` (Q8_0, Q4_0;
+DIR is a llama.cpp source tree built with `cmake --build build --target llama-bench
+llama-quantize`), and onnxruntime-genai's model builder (int8, int4; PYTHON is an interpreter
+with `onnxruntime-genai` installed, best in its own virtual environment). Nothing of theirs is
+part of this repository.
+
+Every round runs each system once, one after another, each in its own process with 2 threads:
+a 300-token prompt (prefill time), then 128 greedy tokens (decode tokens/s), and the process's
+peak RSS. llama.cpp is measured by its own `llama-bench -p 300 -n 128 -r 1`. Medians and ranges
+over the rounds; this machine's speed changes from minute to minute, so only figures from the
+same run compare.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.bench_engine import _cpu_model, prepare  # noqa: E402
+
+PROMPT = [int(t) for t in np.random.default_rng(1).integers(0, 150_000, 300)]
+DECODE = 128
+THREADS = 2
+
+ENGINE_RUN = """
+import json, sys, time
+from pathlib import Path
+import numpy as np
+from assistant.llm.engine import Engine
+from assistant.llm.sampling import Sampler
+engine = Engine(Path(sys.argv[1]), threads={threads})
+prompt = json.loads(sys.argv[2])
+start = time.perf_counter()
+engine.prefill(prompt)
+prefill = time.perf_counter() - start
+engine.truncate(0)
+never_eos = np.ones(engine.manifest.vocab_size, dtype=bool)
+never_eos[list(engine.eos_ids)] = False  # a random model may draw an eos id; every run decodes {decode}
+tokens = list(engine.generate(prompt, Sampler(), {decode} + 1, allowed=lambda generated: never_eos))
+print(json.dumps({{"prefill_s": prefill, "decode_tok_s": engine.stats.decode_tokens_per_second,
+                  "decoded": engine.stats.generated_tokens}}))
+"""
+
+GENAI_RUN = """
+import json, sys, time
+import onnxruntime_genai as og
+config = og.Config(sys.argv[1])
+model = og.Model(config)
+prompt = json.loads(sys.argv[2])
+params = og.GeneratorParams(model)
+params.set_search_options(max_length=len(prompt) + {decode} + 1, do_sample=False)
+generator = og.Generator(model, params)
+start = time.perf_counter()
+generator.append_tokens(prompt)  # the prompt's forward pass
+prefill = time.perf_counter() - start
+start = time.perf_counter()
+for _ in range({decode}):
+    generator.generate_next_token()
+decode = time.perf_counter() - start
+print(json.dumps({{"prefill_s": prefill, "decode_tok_s": {decode} / decode, "decoded": {decode}}}))
+"""
+
+
+def run(command: list[str], env: dict | None = None) -> tuple[str, float]:
+    """Run a child process; its stdout and its own peak RSS in MB."""
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+    out = process.stdout.read()
+    _, status, usage = os.wait4(process.pid, 0)
+    process.returncode = os.waitstatus_to_exitcode(status)
+    if process.returncode:
+        raise RuntimeError(f"{command[0]} ... failed with exit code {process.returncode}")
+    return out, usage.ru_maxrss / 1024
+
+
+def build_llama_cpp(hf: Path, work: Path, llama: Path) -> dict[str, Path]:
+    ggufs = {kind: work / f"llama-{kind.lower()}.gguf" for kind in ("Q8_0", "Q4_0")}
+    f16 = work / "llama-f16.gguf"
+    if not all(path.exists() for path in ggufs.values()):
+        convert = [
+            sys.executable,
+            str(llama / "convert_hf_to_gguf.py"),
+            str(hf),
+            "--outtype",
+            "f16",
+            "--outfile",
+            str(f16),
+        ]
+        subprocess.run(convert, check=True, env={**os.environ, "PYTHONPATH": str(llama / "gguf-py")})
+        for kind, path in ggufs.items():
+            subprocess.run([str(llama / "build/bin/llama-quantize"), str(f16), str(path), kind], check=True)
+        f16.unlink()
+    return ggufs
+
+
+def build_genai(hf: Path, work: Path, python: str) -> dict[str, Path]:
+    models = {precision: work / f"genai-{precision}" for precision in ("int8", "int4")}
+    for precision, out in models.items():
+        if not (out / "genai_config.json").exists():
+            builder = [python, "-m", "onnxruntime_genai.models.builder", "-i", str(hf), "-o", str(out)]
+            subprocess.run([*builder, "-p", precision, "-e", "cpu", "-c", str(work / "genai-cache")], check=True)
+    return models
+
+
+def measure_engine(model: Path) -> dict:
+    code = ENGINE_RUN.format(threads=THREADS, decode=DECODE)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    out, rss = run([sys.executable, "-c", code, str(model), json.dumps(PROMPT)], env)
+    return json.loads(out.splitlines()[-1]) | {"peak_rss_mb": rss}
+
+
+def measure_genai(model: Path, python: str) -> dict:
+    out, rss = run([python, "-c", GENAI_RUN.format(decode=DECODE), str(model), json.dumps(PROMPT)])
+    return json.loads(out.splitlines()[-1]) | {"peak_rss_mb": rss}
+
+
+def measure_llama(gguf: Path, llama: Path) -> dict:
+    bench = [str(llama / "build/bin/llama-bench"), "-m", str(gguf), "-t", str(THREADS)]
+    out, rss = run([*bench, "-p", str(len(PROMPT)), "-n", str(DECODE), "-r", "1", "-o", "json"])
+    tests = json.loads(out)
+    prefill = next(t for t in tests if t["n_prompt"] > 0)
+    decode = next(t for t in tests if t["n_gen"] > 0)
+    return {"prefill_s": len(PROMPT) / prefill["avg_ts"], "decode_tok_s": decode["avg_ts"], "peak_rss_mb": rss}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work", type=Path, default=Path("/tmp/assistant-bench"))
+    parser.add_argument("--llama-cpp", type=Path, default=None, help="a built llama.cpp source tree")
+    parser.add_argument("--genai-python", default=None, help="a Python with onnxruntime-genai")
+    parser.add_argument("--model", action="append", default=[], help="NAME=DIR: another engine model directory")
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+
+    systems = {f"engine {weights}": (measure_engine, model) for weights, model in prepare(args.work).items()}
+    for spec in args.model:
+        name, _, path = spec.partition("=")
+        systems[f"engine {name}"] = (measure_engine, Path(path))
+    hf = args.work / "hf"
+    if args.llama_cpp:
+        for kind, gguf in build_llama_cpp(hf, args.work, args.llama_cpp).items():
+            systems[f"llama.cpp {kind}"] = (lambda g: measure_llama(g, args.llama_cpp), gguf)
+    if args.genai_python:
+        for precision, model in build_genai(hf, args.work, args.genai_python).items():
+            systems[f"onnxruntime-genai {precision}"] = (lambda m: measure_genai(m, args.genai_python), model)
+
+    rounds: dict[str, list[dict]] = {name: [] for name in systems}
+    for i in range(args.rounds):
+        for name, (measure, target) in systems.items():
+            rounds[name].append(measure(target))
+            print(f"round {i + 1} {name}: {rounds[name][-1]}", file=sys.stderr, flush=True)
+    report: dict = {
+        "machine": f"{platform.machine()}, {_cpu_model()}, {os.cpu_count()} CPUs, threads={THREADS}",
+        "load_average_at_end": os.getloadavg(),
+        "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
+    for name, results in rounds.items():
+        values = {key: [r[key] for r in results] for key in ("prefill_s", "decode_tok_s", "peak_rss_mb")}
+        report[name] = {k: {"median": statistics.median(v), "range": [min(v), max(v)]} for k, v in values.items()}
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
