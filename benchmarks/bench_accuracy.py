@@ -51,11 +51,11 @@ def smollm2(work: Path) -> dict:
             "".join(Conversation(engine, "You are a helpful assistant.", 32).reply(q, Sampler()))
             for q in QUESTIONS + NEAR_TIES
         ]
-    reference = results["float"]
+    reference, top1 = results["float"], results["float"]["top1"]
     for weights in WEIGHTS:
         r = results[weights]
         r["perplexity_vs_float"] = r["perplexity"] / reference["perplexity"] - 1
-        r["top1_agreement_with_float"] = float(np.mean(r.pop("top1") == reference["top1"]))
+        r["top1_agreement_with_float"] = float(np.mean(r.pop("top1") == top1))
         r["answers_equal_to_float"] = (
             f"{sum(a == b for a, b in zip(answers[weights], answers['float'], strict=True))}/{len(answers['float'])}"
         )

@@ -58,6 +58,24 @@ def test_host_build_from_a_local_folder_runs_and_verifies(tiny_hf: Path, tmp_pat
     assert corrupt.returncode == 78 and "layer_0.onnx: sha256 differs" in corrupt.stderr
 
 
+def test_weight_type_s4_builds_4bit_host_layers(tiny_hf: Path, tmp_path: Path) -> None:
+    import onnx
+
+    out = tmp_path / "tiny-s4"
+    args = ["--target", "host", "--weight-type", "s4", "--no-speech", "--out", str(out)]
+    result = assistant("setup", "--model", str(tiny_hf), *args)
+    assert result.returncode == 0, result.stderr
+    assert yaml.safe_load((out / "manifest.yaml").read_text())["backends"]["onnxruntime"]["weights"] == "s4"
+
+    def bits(graph: str) -> set[int]:
+        nodes = onnx.load(out / "onnx" / graph).graph.node
+        return {a.i for n in nodes if n.op_type == "MatMulNBits" for a in n.attribute if a.name == "bits"}
+
+    assert bits("layer_0.onnx") == {4} and bits("post.onnx") == {8}  # the lm_head stays 8-bit
+    engine = Engine(out)
+    assert len(list(engine.generate(engine.tokenizer.encode("turn on the light").ids, Sampler(), 5))) > 0
+
+
 def test_embedding_pipeline_is_bit_exact_from_float32(tmp_path: Path) -> None:
     hf = make_tiny_qwen2(tmp_path / "hf")  # saved in float32: the bf16 rounding happens here
     checkpoint = Checkpoint(hf)
