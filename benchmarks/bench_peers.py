@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import platform
 import statistics
@@ -148,7 +149,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
 
-    systems = {f"engine {weights}": (measure_engine, model) for weights, model in prepare(args.work).items()}
+    # Exported in a child process: a child's peak RSS counts its parent's size when it was forked.
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        models = pool.apply(prepare, (args.work,))
+    systems = {f"engine {weights}": (measure_engine, model) for weights, model in models.items()}
     for spec in args.model:
         name, _, path = spec.partition("=")
         systems[f"engine {name}"] = (measure_engine, Path(path))
