@@ -104,7 +104,7 @@ def matmul_floor_ms(floor: Path, threads: int) -> float:
     runners = [OnnxRunner(path, threads) for path in sorted(floor.glob("*.onnx"))]
     feeds = []
     for runner in runners:
-        shapes = runner.input_shapes()
+        shapes = runner.inputs()
         feeds.append({name: np.ones([1, 1, shape[-1]], np.float32) for name, shape in shapes.items()})
 
     def token() -> None:

@@ -13,8 +13,8 @@ part of this repository.
 Every round runs each system once, one after another, each in its own process with 2 threads:
 a 300-token prompt (prefill time), then 128 greedy tokens (decode tokens/s), and the process's
 peak RSS. llama.cpp is measured by its own `llama-bench -p 300 -n 128 -r 1`. Medians and ranges
-over the rounds; this machine's speed changes from minute to minute, so only figures from the
-same run compare.
+over the rounds, and each system's figures divided by the engine int8's of the same round; this
+machine's speed changes from minute to minute, so only figures from the same run compare.
 """
 
 from __future__ import annotations
@@ -174,8 +174,14 @@ def main() -> None:
         "load_average_at_end": os.getloadavg(),
         "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
+    base = rounds["engine int8"]
     for name, results in rounds.items():
         values = {key: [r[key] for r in results] for key in ("prefill_s", "decode_tok_s", "peak_rss_mb")}
+        # Ratios within a round compare figures taken a minute apart, whatever the machine did.
+        values["decode_vs_engine_int8"] = [
+            r["decode_tok_s"] / b["decode_tok_s"] for r, b in zip(results, base, strict=True)
+        ]
+        values["prefill_vs_engine_int8"] = [r["prefill_s"] / b["prefill_s"] for r, b in zip(results, base, strict=True)]
         report[name] = {k: {"median": statistics.median(v), "range": [min(v), max(v)]} for k, v in values.items()}
     print(json.dumps(report, indent=2))
 
