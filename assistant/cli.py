@@ -50,47 +50,85 @@ def _socket(args: argparse.Namespace) -> Path:
     return default_socket_path()
 
 
-def _say(path: Path, text: str) -> int:
-    from assistant.daemon.control import request
-
+def _say(client, text: str) -> int:
+    """One turn on an open connection: its reply on stdout, its errors on stderr."""
+    request = client.send("say", text=text)
+    code = 0
     try:
-        for event in request(path, {"type": "say", "text": text}, until=lambda e: e["type"] == "turn_done"):
+        for event in client.events(request, until=lambda e: e["type"] == "turn_done"):
             if event["type"] in ("text", "confirm"):
                 print(event["text"], end="", flush=True)
             elif event["type"] == "error":
-                print(event.get("text") or event.get("message"), end="", file=sys.stderr)
-        print()
-    except ConnectionError as e:
+                print(event.get("text") or f"error: {event.get('message')}", end="", file=sys.stderr)
+                code = 0 if "text" in event else 1  # a spoken apology ends the turn as usual
+            elif event["type"] == "turn_done" and event.get("cancelled"):
+                print(" (cancelled)", end="", file=sys.stderr)
+                code = 1
+    except KeyboardInterrupt:  # Ctrl-C stops the reply; a second one leaves at once
+        client.send("cancel", turn=request)
+        for _ in client.events(request, until=lambda e: e["type"] == "turn_done"):
+            pass
+        print(" (cancelled)", end="", file=sys.stderr)
+        code = 130
+    print()
+    return code
+
+
+def _connected(args: argparse.Namespace, work) -> int:
+    """Run `work(client)` on a connection to the running assistant; a lost connection is one line.
+
+    Ctrl-C closes the connection, and the assistant cancels the turn of a connection that closes.
+    """
+    from assistant.daemon.control import ControlClient
+
+    try:
+        with ControlClient(_socket(args)) as client:
+            return work(client)
+    except (ConnectionError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    return 0
 
 
 def cmd_say(args: argparse.Namespace) -> int:
-    return _say(_socket(args), " ".join(args.text))
+    return _connected(args, lambda client: _say(client, " ".join(args.text)))
 
 
 def _attached_chat(args: argparse.Namespace) -> int:
     from assistant.llm.chat import read_lines
 
-    path = _socket(args)
-    for line in read_lines():
-        if _say(path, line) != 0:
-            return 1
-    return 0
+    def chat(client) -> int:
+        for line in read_lines():
+            if _say(client, line) not in (0, 130):  # after Ctrl-C, back to the prompt
+                return 1
+        return 0
+
+    return _connected(args, chat)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from assistant.daemon.control import request
+    def status(client) -> int:
+        request = client.send("status")
+        for event in client.events(request, until=lambda e: e["type"] == "status"):
+            if event["type"] == "error":
+                print(f"error: {event['message']}", file=sys.stderr)
+                return 1
+            print(json.dumps(event, indent=2, ensure_ascii=False))
+        return 0
 
-    try:
-        for event in request(_socket(args), {"type": "status"}, until=lambda e: e["type"] == "status"):
-            if event["type"] == "status":
-                print(json.dumps(event, indent=2, ensure_ascii=False))
-    except ConnectionError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
+    return _connected(args, status)
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    def cancel(client) -> int:
+        request = client.send("cancel", **({"turn": args.turn} if args.turn else {}))
+        for event in client.events(request, until=lambda e: e["type"] == "cancelled"):
+            if event["type"] == "error":
+                print(f"error: {event['message']}", file=sys.stderr)
+                return 1
+            print(f"cancelled turn {event['turn']}" if event["turn"] else "nothing to cancel")
+        return 0
+
+    return _connected(args, cancel)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -257,6 +295,11 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="what the running assistant is doing")
     status.add_argument("--config", type=Path, default=None)
     status.set_defaults(func=cmd_status)
+
+    cancel = sub.add_parser("cancel", help="stop the running turn (or the one given) of the running assistant")
+    cancel.add_argument("--turn", default=None, metavar="ID", help="the request id of the turn to cancel")
+    cancel.add_argument("--config", type=Path, default=None)
+    cancel.set_defaults(func=cmd_cancel)
 
     service = sub.add_parser("service", help="the systemd service")
     service_sub = service.add_subparsers(dest="service_command", required=True, metavar="ACTION")

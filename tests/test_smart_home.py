@@ -17,7 +17,7 @@ import pytest
 from assistant import SkillContext
 from assistant.config import Settings
 from assistant.skills.intents import IntentMatcher
-from assistant.skills.registry import Registry
+from assistant.skills.registry import BUILTIN_SKILLS, Registry
 
 REPO = Path(__file__).resolve().parent.parent
 DEVICES = [
@@ -88,7 +88,7 @@ def smart_home(port: int, tmp_path: Path) -> Registry:
     settings = Settings()
     settings.mqtt.host, settings.mqtt.port, settings.mqtt.devices = "127.0.0.1", port, DEVICES
     registry = Registry(settings=settings, context=SkillContext(settings=settings, state_dir=tmp_path))
-    registry.load_folder(REPO / "skills")
+    registry.load_folder(BUILTIN_SKILLS)
     assert not registry.problems
     return registry
 
@@ -156,5 +156,5 @@ def test_a_broker_that_is_down_is_a_spoken_error_not_a_hang(tmp_path: Path) -> N
 
 def test_without_devices_the_smart_home_skills_stay_away(tmp_path: Path) -> None:
     registry = Registry(settings=Settings(), context=SkillContext(state_dir=tmp_path))
-    registry.load_folder(REPO / "skills")
+    registry.load_folder(BUILTIN_SKILLS)
     assert "switch_device" not in registry.skills and not registry.problems
