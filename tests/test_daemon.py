@@ -22,6 +22,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from assistant.skills.registry import load_registry
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -141,6 +143,13 @@ def write_config(tmp_path: Path, model: Path, max_new_tokens: int = 12, extra: s
     return config
 
 
+def chatty_config(tmp_path: Path, model: Path, max_new_tokens: int) -> Path:
+    config = write_config(tmp_path, model, max_new_tokens)
+    names = ", ".join(load_registry(None, []).skills)
+    config.write_text(config.read_text().replace("skills:\n", f"skills:\n  disabled: [{names}]\n"))
+    return config
+
+
 @pytest.fixture()
 def setup(tmp_path: Path, tiny_int8: Path) -> Iterator[tuple[Path, Path, Notifications]]:
     config = write_config(tmp_path, tiny_int8)
@@ -151,7 +160,10 @@ def setup(tmp_path: Path, tiny_int8: Path) -> Iterator[tuple[Path, Path, Notific
 
 @pytest.fixture(scope="module")
 def chatty(tiny_int8: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny model without an end-of-sequence token: every reply runs to max_new_tokens (seconds)."""
+    """The tiny model without an end-of-sequence token: every reply runs to max_new_tokens (seconds).
+
+    Without skills (see chatty_config): tool-call constraints need a real end-of-sequence token.
+    """
     out = tmp_path_factory.mktemp("models") / "chatty"
     shutil.copytree(tiny_int8, out)
     manifest = yaml.safe_load((out / "manifest.yaml").read_text())
@@ -160,16 +172,41 @@ def chatty(tiny_int8: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+HELLO_SKILL = """from assistant import skill
+
+
+@skill(sentences={'en': ['say hello']})
+def hello() -> str:
+    '''Greet.'''
+    return 'Hello from a new skill.'
+"""
+
+
+NAP_SKILL = """import time
+from assistant import skill
+
+
+@skill(timeout=0.3, sentences={'en': ['take a nap']})
+def nap() -> str:
+    '''Sleep for a minute.'''
+    time.sleep(60)
+    return 'Rested.'
+"""
+
+
 def test_ready_watchdog_turn_events_and_clean_sigterm(setup) -> None:
     config, control, notify = setup
+    (config.parent / "extra_skills" / "sleepy.py").write_text(NAP_SKILL)
     daemon = Daemon(config.parent, config, notify)
     try:
         notify.wait_for("WATCHDOG=1", timeout=10)
         assert oct(control.stat().st_mode & 0o777) == "0o600"
+        watcher = connect(control)  # asks nothing: hears only the assistant's own events
         seen = turn(control, "set a timer for 1 seconds")
         assert [e["type"] for e in seen] == ["turn_start", "tool_call", "skill_result", "text", "turn_done"]
         assert seen[1]["text"] == "set_timer" and seen[1]["data"] == {"seconds": 1}
         assert seen[3]["text"] == "Timer set for 1 second."
+        assert len({e["request"] for e in seen}) == 1
         llm = turn(control, "tell me a story")  # no intent: the model answers
         assert llm[-1]["generated_tokens"] > 0
         cli = [sys.executable, "-m", "assistant"]
@@ -178,18 +215,15 @@ def test_ready_watchdog_turn_events_and_clean_sigterm(setup) -> None:
         assert said.returncode == 0 and said.stdout.startswith("Today is ")
         status = subprocess.run([*cli, "status", "--config", str(config)], capture_output=True, text=True, timeout=60)
         assert json.loads(status.stdout)["model"] == "tiny-qwen2" and not json.loads(status.stdout)["busy"]
-        with connect(control) as client:  # the ring reaches connected clients
-            send(client, {"type": "status"})
-            kinds = []
-            for event in events(client):
-                kinds.append(event)
-                if event["type"] == "say":
-                    break
-            assert kinds[0]["type"] == "status" and kinds[-1]["text"] == "Your timer is done."
+        assert json.loads(status.stdout)["state"] == "ready"
+        with watcher:  # the ring reaches every client, and nobody else's turn did
+            assert until(watcher, "say") == [{"type": "say", "text": "Your timer is done."}]
+        # A skill that outlives its timeout ends its turn, and does not hold the exit either.
+        assert spoken(turn(control, "take a nap")) == "Sorry, nap took longer than 0.3 seconds."
     finally:
         start = time.monotonic()
         code = daemon.stop(signal.SIGTERM)
-    assert code == 0 and time.monotonic() - start < 5
+    assert code == 0 and time.monotonic() - start < 3
     assert "STOPPING=1" in notify.received or notify.wait_for("STOPPING=1", timeout=1) is None
     assert not control.exists()
 
@@ -260,27 +294,6 @@ def reload(daemon: Daemon) -> None:
     assert "RELOADING=1" in daemon.notify.received
 
 
-HELLO_SKILL = """from assistant import skill
-
-
-@skill(sentences={'en': ['say hello']})
-def hello() -> str:
-    '''Greet.'''
-    return 'Hello from a new skill.'
-"""
-
-NAP_SKILL = """import time
-from assistant import skill
-
-
-@skill(sentences={'en': ['take a nap']})
-def nap() -> str:
-    '''Sleep for a minute.'''
-    time.sleep(60)
-    return 'Rested.'
-"""
-
-
 def test_sighup_reloads_or_keeps_the_running_config_whatever_the_file_holds(setup) -> None:
     config, control, notify = setup
     good = config.read_bytes()
@@ -334,7 +347,7 @@ def context_tokens(control: Path) -> int:
 
 
 def test_sighup_during_a_long_turn_leaves_that_turn_untouched(tmp_path: Path, chatty: Path) -> None:
-    config = write_config(tmp_path, chatty, max_new_tokens=3000)
+    config = chatty_config(tmp_path, chatty, max_new_tokens=3000)
     control, notify = tmp_path / "control.sock", Notifications(tmp_path / "notify.sock")
     try:
         daemon = Daemon(tmp_path, config, notify)
@@ -357,17 +370,13 @@ def test_sighup_during_a_long_turn_leaves_that_turn_untouched(tmp_path: Path, ch
 
 
 def test_sigterm_during_generation_exits_0_within_3_seconds_20_times(tmp_path: Path, chatty: Path) -> None:
-    config = write_config(tmp_path, chatty, max_new_tokens=4000)
-    config.write_text(config.read_text().replace("skills:\n", "skills:\n  timeout_seconds: 0.3\n"))
-    (tmp_path / "extra_skills" / "sleepy.py").write_text(NAP_SKILL)
+    config = chatty_config(tmp_path, chatty, max_new_tokens=4000)
     control, notify = tmp_path / "control.sock", Notifications(tmp_path / "notify.sock")
     times = []
     try:
-        for attempt in range(20):
+        for _ in range(20):
             notify.received.clear()
             daemon = Daemon(tmp_path, config, notify)
-            if attempt == 0:  # a skill that outlives its timeout does not hold the exit either
-                assert spoken(turn(control, "take a nap")) == "Sorry, nap took longer than 0.3 seconds."
             with connect(control) as client:
                 send(client, {"type": "say", "text": "tell me a long story"})
                 until(client, "text")
@@ -392,10 +401,9 @@ def idle_within(control: Path, seconds: float) -> bool:
     return False
 
 
-def test_each_client_gets_exactly_its_own_replies_and_can_cancel(tmp_path: Path, chatty: Path) -> None:
-    config = write_config(tmp_path, chatty, max_new_tokens=4000)
-    control, notify = tmp_path / "control.sock", Notifications(tmp_path / "notify.sock")
-    daemon = Daemon(tmp_path, config, notify)
+def test_8_clients_at_once_each_get_exactly_their_own_replies(setup) -> None:
+    config, control, notify = setup
+    daemon = Daemon(config.parent, config, notify)
     failures: list[str] = []
 
     def client(i: int) -> None:
@@ -418,7 +426,15 @@ def test_each_client_gets_exactly_its_own_replies_and_can_cancel(tmp_path: Path,
         assert failures == []
         listed = spoken(turn(control, "what's on the shopping list"))
         assert all(f"item{i}x{j}" in listed for i in range(8) for j in range(10))
+    finally:
+        assert daemon.stop() == 0
 
+
+def test_cancel_from_any_connection_on_disconnect_and_on_ctrl_c(tmp_path: Path, chatty: Path) -> None:
+    config = chatty_config(tmp_path, chatty, max_new_tokens=4000)
+    control, notify = tmp_path / "control.sock", Notifications(tmp_path / "notify.sock")
+    daemon = Daemon(tmp_path, config, notify)
+    try:
         # Cancel from the same connection, while the reply streams.
         with connect(control) as connection:
             send(connection, {"type": "say", "text": "tell me a long story", "id": "long"})
