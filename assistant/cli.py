@@ -25,8 +25,11 @@ log = logging.getLogger("assistant")
 def cmd_config_check(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
     check_model_paths(settings)
+    effective = settings_as_dict(settings)
+    if effective["mqtt"].get("password"):  # the output gets pasted into bug reports
+        effective["mqtt"]["password"] = "(set, not shown)"
     print(f"# effective settings from {settings.source}")
-    print(yaml.safe_dump(settings_as_dict(settings), sort_keys=False, allow_unicode=True), end="")
+    print(yaml.safe_dump(effective, sort_keys=False, allow_unicode=True), end="")
     print(f"{settings.source}: OK", file=sys.stderr)
     return 0
 
@@ -203,7 +206,9 @@ def cmd_skills_list(args: argparse.Namespace) -> int:
         print(f"  source: {found.source}")
         print(f"  arguments: {json.dumps(found.parameters, ensure_ascii=False)}")
         for language, sentences in found.sentences.items():
-            print(f"  say ({language}): " + " | ".join(sentences[:3]))
+            # A sentence is a template, or (template, fixed slots).
+            templates = [s if isinstance(s, str) else s[0] for s in sentences[:3]]
+            print(f"  say ({language}): " + " | ".join(templates))
     return 1 if registry.problems else 0
 
 

@@ -541,3 +541,87 @@ def test_installed_unit_passes_systemd_analyze(tmp_path: Path) -> None:
     assert f"--config {config}" in text and "Type=notify" in text and "WatchdogSec=" in text
     verify = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60)
     assert verify.returncode == 0, verify.stderr
+
+
+def test_a_socket_path_that_is_not_ours_is_refused_in_one_line(tmp_path: Path, tiny_int8: Path) -> None:
+    def folder(name: str, mode: int = 0o700) -> Path:
+        path = tmp_path / name
+        path.mkdir()
+        path.chmod(mode)
+        return path
+
+    regular = folder("file") / "control.sock"
+    regular.write_text("not a socket: kept as it is")
+    (folder("dir") / "control.sock").mkdir()
+    cases = {
+        regular: "exists and is not a socket",
+        tmp_path / "dir" / "control.sock": "exists and is not a socket",
+        folder("shared", 0o777) / "control.sock": "writable by other users",
+        folder("sticky", 0o1777) / "control.sock": "writable by other users",
+    }
+    if os.geteuid() == 0:  # a directory made first by another user (as /tmp/assistant-<uid> could be)
+        other = folder("other")
+        os.chown(other, 65534, 65534)
+        cases[other / "control.sock"] = "owned by uid 65534"
+    for path, reason in cases.items():
+        config = tmp_path / "config.yaml"
+        config.write_text(f"llm:\n  model_dir: {tiny_int8}\ncontrol:\n  socket: {path}\n")
+        result = run_assistant("run", "--config", str(config), "--text-only")
+        assert result.returncode == 78, (path, result.stderr)
+        assert reason in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert regular.read_text() == "not a socket: kept as it is"
+
+
+def test_a_full_disk_is_said_in_words_and_a_timer_set_after_it_still_rings(tmp_path: Path, tiny_int8: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs as a full state directory needs root (CI runs as root)")
+    state = tmp_path / "state"
+    state.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(state)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    config = write_config(tmp_path, tiny_int8)
+    control, notify = tmp_path / "control.sock", Notifications(tmp_path / "notify.sock")
+    try:
+        daemon = Daemon(tmp_path, config, notify)
+        try:
+            assert spoken(turn(control, "add bread to the shopping list")) == "Added bread to the shopping list."
+            with open(state / "filler", "wb") as filler, contextlib.suppress(OSError):
+                while True:
+                    filler.write(b"\0" * 65536)
+                    filler.flush()
+            assert spoken(turn(control, "add milk to the shopping list")) == "Sorry, add_item failed: the disk is full."
+            assert spoken(turn(control, "set a timer for 1 seconds")) == "Sorry, set_timer failed: the disk is full."
+            time.sleep(1)  # the clock goes on looking meanwhile
+            (state / "filler").unlink()
+            assert spoken(turn(control, "set a timer for 1 seconds")) == "Timer set for 1 second."
+            daemon.wait_for_log("saying: Your timer is done.", timeout=10)
+            listed = spoken(turn(control, "what's on the shopping list"))
+            assert listed == "On your shopping list: bread."  # what was confirmed is kept; nothing else
+        finally:
+            assert daemon.stop() == 0
+    finally:
+        notify.close()
+        subprocess.run(["umount", "-l", str(state)], check=True)
+
+
+def test_the_watchdog_is_fed_only_while_the_daemon_is_healthy(setup) -> None:
+    from assistant.daemon.run import TURN_LIMIT_SECONDS
+    from assistant.daemon.run import Daemon as Assistant
+
+    config, control, notify = setup
+    daemon = Assistant(config, text_only=True)
+    try:
+        assert daemon.problem() == "the turn thread has stopped"  # not started yet
+        daemon.worker.start()
+        assert daemon.problem() is None
+        daemon.turn_started = time.monotonic() - TURN_LIMIT_SECONDS - 1  # a turn that hangs
+        assert daemon.problem() == f"a turn has run for more than {TURN_LIMIT_SECONDS:g} s"
+        daemon.turn_started = None
+        daemon.voice_thread = threading.Thread(target=lambda: None)
+        daemon.voice_thread.start()
+        daemon.voice_thread.join()
+        assert daemon.problem() == "the voice thread has stopped"
+    finally:
+        daemon.pending.put(None)
+        daemon.control.close()

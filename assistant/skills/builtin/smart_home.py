@@ -43,28 +43,45 @@ def _client(context: SkillContext):
     import paho.mqtt.client as mqtt
 
     mqtt_settings = context.settings.mqtt
+    where = f"{mqtt_settings.host}:{mqtt_settings.port}"
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
     if mqtt_settings.username:
         client.username_pw_set(mqtt_settings.username, mqtt_settings.password)
     if mqtt_settings.tls:
         client.tls_set(ca_certs=str(mqtt_settings.ca_file) if mqtt_settings.ca_file else None)
     connected = threading.Event()
-    client.on_connect = lambda c, userdata, flags, reason, properties: connected.set()
+    answers = []  # the broker's answer to the connection: success, or why it refused
+
+    def on_connect(c, userdata, flags, reason, properties) -> None:
+        answers.append(reason)
+        connected.set()
+
+    client.on_connect = on_connect
     try:
         client.connect(mqtt_settings.host, mqtt_settings.port, keepalive=10)
     except OSError as e:
-        raise BrokerUnreachable(f"{mqtt_settings.host}:{mqtt_settings.port} ({e.strerror or e})") from None
+        raise BrokerUnreachable(f"{where} ({e.strerror or e})") from None
     client.loop_start()
-    if not connected.wait(TIMEOUT):
+    if not connected.wait(TIMEOUT) or answers[0].is_failure:
+        client.disconnect()
         client.loop_stop()
-        raise BrokerUnreachable(f"{mqtt_settings.host}:{mqtt_settings.port} (no answer)")
+        reason = f"it refused the connection: {answers[0]}" if answers else "no answer"
+        raise BrokerUnreachable(f"{where} ({reason})")
     return client
 
 
 def _publish(context: SkillContext, topic: str, payload: str) -> None:
     client = _client(context)
     try:
-        client.publish(topic, payload, qos=1).wait_for_publish(TIMEOUT)
+        message = client.publish(topic, payload, qos=1)
+        # qos 1: published means the broker acknowledged it; anything less is a failure to report.
+        try:
+            message.wait_for_publish(TIMEOUT)
+        except (RuntimeError, ValueError) as e:  # the connection dropped, or the client's queue is full
+            raise BrokerUnreachable(f"{context.settings.mqtt.host}:{context.settings.mqtt.port} ({e})") from None
+        if not message.is_published():
+            where = f"{context.settings.mqtt.host}:{context.settings.mqtt.port}"
+            raise BrokerUnreachable(f"{where} (it did not confirm the command within {TIMEOUT:g} seconds)")
     finally:
         client.disconnect()
         client.loop_stop()
@@ -78,7 +95,8 @@ def _command(context: SkillContext, device: dict, field: str, value: Any) -> Non
         _publish(context, device[topic_key], str(value))
         return
     z2m_field = {"temperature": "current_heating_setpoint"}.get(field, field)
-    _publish(context, f"{device['topic']}/set", json.dumps({z2m_field: value}))
+    # allow_nan=False: NaN or infinity is refused here too, never published as invalid JSON.
+    _publish(context, f"{device['topic']}/set", json.dumps({z2m_field: value}, allow_nan=False))
 
 
 def _unreachable(error: BrokerUnreachable) -> str:

@@ -5,16 +5,19 @@ A background clock rings whatever is due, including what fell due while the assi
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from datetime import datetime, timedelta
 from typing import Annotated
 
-from assistant import Range, SkillContext, background, skill
+from assistant import Range, SkillContext, StorageError, background, skill
 
 SCHEMA = """CREATE TABLE IF NOT EXISTS timers (
     id INTEGER PRIMARY KEY, kind TEXT NOT NULL, label TEXT NOT NULL, due REAL NOT NULL);"""
 TICK = 0.25  # seconds between looks at the clock
+MAX_BACKOFF = 5.0  # seconds between looks while the stored timers cannot be read or written
+log = logging.getLogger(__name__)
 
 
 def _db(context: SkillContext):
@@ -132,14 +135,33 @@ def cancel_timers(context: SkillContext, label: str = "") -> str:
 
 @background
 def ring_due_timers(context: SkillContext, stop: threading.Event) -> None:
-    """Ring every timer or alarm that is due, once, then forget it."""
-    while not stop.wait(TICK):
-        with _db(context) as db:
-            due = db.execute(
-                "SELECT id, kind, label FROM timers WHERE due <= ? ORDER BY due", (time.time(),)
-            ).fetchall()
-        for row_id, kind, label in due:
-            what = f"Your {label} {kind}" if label else f"Your {kind}"
-            context.say(f"{what} is done." if kind == "timer" else f"{what} is ringing.")
+    """Ring every timer or alarm that is due, once, then forget it.
+
+    Stored data that cannot be read or written (a full disk) does not stop the clock: it looks
+    again with backoff, and a timer rung but not yet deleted is never rung twice.
+    """
+    rung: set[int] = set()  # rung, and still to be deleted
+    wait, failing = TICK, False
+    while not stop.wait(wait):
+        try:
             with _db(context) as db:
-                db.execute("DELETE FROM timers WHERE id = ?", (row_id,))
+                due = db.execute(
+                    "SELECT id, kind, label FROM timers WHERE due <= ? ORDER BY due", (time.time(),)
+                ).fetchall()
+            for row_id, kind, label in due:
+                if row_id not in rung:
+                    what = f"Your {label} {kind}" if label else f"Your {kind}"
+                    context.say(f"{what} is done." if kind == "timer" else f"{what} is ringing.")
+                    rung.add(row_id)
+            if rung:
+                with _db(context) as db:
+                    db.executemany("DELETE FROM timers WHERE id = ?", [(row_id,) for row_id in rung])
+                rung.clear()
+        except StorageError as e:
+            if not failing:
+                log.error("timers: %s; trying again with backoff", e)
+            wait, failing = min(wait * 2, MAX_BACKOFF), True
+            continue
+        if failing:
+            log.info("timers: the stored timers can be read and written again")
+        wait, failing = TICK, False
