@@ -138,7 +138,7 @@ class Registry:
             self._problem(where, str(e))
             return
         except Exception as e:  # e.g. a Choices function that trips over the configuration
-            self._problem(where, f"cannot be described: {_reason(e)}")
+            self._problem(where, f"skill {spec.name} cannot be described: {_reason(e)}")
             return
         if built.name in self.skills:
             self._problem(where, f"skill {built.name} is already defined in {self.skills[built.name].source}")
@@ -178,6 +178,8 @@ class Registry:
         found = self.skills.get(name)
         if found is None:
             return SkillResult(name, error=f"there is no skill called {name}")
+        if not _finite(arguments):
+            return SkillResult(name, error=f"invalid arguments for {name}: numbers must be finite")
         try:
             jsonschema.validate(arguments, found.parameters)
         except jsonschema.ValidationError as e:
@@ -185,8 +187,6 @@ class Registry:
         kwargs = dict(arguments)
         if found.wants_context:
             kwargs[found.wants_context] = self.context
-        if not _finite(arguments):
-            return SkillResult(name, error=f"invalid arguments for {name}: numbers must be finite")
         timeout = found.timeout or self.timeout
         # A skill that hangs cannot be killed from Python: its thread is abandoned and the turn goes
         # on. A daemon thread, so that it never holds the process at exit either.
