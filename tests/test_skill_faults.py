@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -19,7 +18,7 @@ from pathlib import Path
 from assistant import SkillContext, background, skill
 from assistant.config import Settings
 from assistant.skills.registry import BUILTIN_SKILLS, Registry
-from tests.test_smart_home import DEVICES, free_port, smart_home
+from tests.test_smart_home import DEVICES, free_port, mosquitto, smart_home
 
 
 def assistant(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -37,27 +36,10 @@ def test_nan_and_infinity_are_refused_before_any_skill_runs(tmp_path: Path) -> N
 
 
 def test_a_broker_that_refuses_the_client_is_reported(tmp_path: Path) -> None:
-    port = free_port()
-    config = tmp_path / "mosquitto.conf"
-    config.write_text(f"listener {port} 127.0.0.1\nallow_anonymous false\npersistence false\n")
-    executable = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-    process = subprocess.Popen([executable, "-c", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                time.sleep(0.05)
+    with mosquitto(tmp_path, allow_anonymous=False) as port:
         said = smart_home(port, tmp_path).call("switch_device", {"device": "kitchen light", "on": True}).text
-        assert (
-            said
-            == f"I can't reach the smart home broker at 127.0.0.1:{port} (it refused the connection: Not authorized)."
-        )
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
+    refused = "(it refused the connection: Not authorized)"
+    assert said == f"I can't reach the smart home broker at 127.0.0.1:{port} {refused}."
 
 
 def test_a_command_the_broker_never_confirms_is_reported(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import socket
@@ -35,12 +36,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture()
-def broker(tmp_path: Path) -> Iterator[int]:
+@contextlib.contextmanager
+def mosquitto(tmp_path: Path, allow_anonymous: bool = True) -> Iterator[int]:
+    """A mosquitto broker on a free loopback port; yields the port."""
     assert shutil.which("mosquitto") or Path("/usr/sbin/mosquitto").exists(), "mosquitto is installed by .ci/run"
     port = free_port()
     config = tmp_path / "mosquitto.conf"
-    config.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
+    config.write_text(f"listener {port} 127.0.0.1\nallow_anonymous {str(allow_anonymous).lower()}\npersistence false\n")
     executable = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
     process = subprocess.Popen([executable, "-c", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 10
@@ -50,9 +52,17 @@ def broker(tmp_path: Path) -> Iterator[int]:
             break
         except OSError:
             time.sleep(0.05)
-    yield port
-    process.terminate()
-    process.wait(timeout=10)
+    try:
+        yield port
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+@pytest.fixture()
+def broker(tmp_path: Path) -> Iterator[int]:
+    with mosquitto(tmp_path) as port:
+        yield port
 
 
 class Subscriber:
