@@ -99,7 +99,7 @@ def test_a_skill_that_cannot_be_described_is_skipped_not_fatal(tmp_path: Path) -
     registry.add_function(noop, "test")
     registry.load_folder(BUILTIN_SKILLS)
     assert "noop" in registry.skills and "current_time" in registry.skills
-    assert any("skill switch_device cannot be described: KeyError: 'name'" in p for p in registry.problems)
+    assert any("switch_device cannot be described: KeyError: 'name'" in p for p in registry.problems)
 
 
 def test_built_in_skills_load_wherever_the_config_lives(tmp_path: Path) -> None:

@@ -175,11 +175,11 @@ class Daemon:
         self.enter(State.STOPPING)
         log.info("stopping")
         self.pending.put(None)
-        self.cancel(None)
-        with self.requests_lock:
+        with self.requests_lock:  # the running turn and every queued one
             for request in self.requests.values():
                 request.cancel.set()
         if self.voice is not None:
+            self.voice.sink.stop()
             self.voice.source.stopped.set()
         self.worker.join(STOP_SECONDS)
         if self.voice_thread is not None:

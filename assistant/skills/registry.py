@@ -138,7 +138,7 @@ class Registry:
             self._problem(where, str(e))
             return
         except Exception as e:  # e.g. a Choices function that trips over the configuration
-            self._problem(where, f"skill {spec.name} cannot be described: {_reason(e)}")
+            self._problem(where, f"{spec.name} cannot be described: {_reason(e)}")
             return
         if built.name in self.skills:
             self._problem(where, f"skill {built.name} is already defined in {self.skills[built.name].source}")
@@ -226,6 +226,8 @@ def _finite(value: Any) -> bool:
 
 
 def _reason(error: BaseException) -> str:
+    if isinstance(error, SkillError):  # already in words
+        return str(error)
     return "".join(traceback.format_exception_only(error)).strip()
 
 
