@@ -429,6 +429,13 @@ def test_8_clients_at_once_each_get_exactly_their_own_replies(setup) -> None:
         assert failures == []
         listed = spoken(turn(control, "what's on the shopping list"))
         assert all(f"item{i}x{j}" in listed for i in range(8) for j in range(10))
+        # `assistant chat` attached to the daemon: each answer after its own question, none shifted.
+        chat = subprocess.run([sys.executable, "-m", "assistant", "chat", "--config", str(config)], env=clean_env(),
+                              input="what day is it\nwhat time is it\nadd tea to the shopping list\n",
+                              capture_output=True, text=True, timeout=60)  # fmt: skip
+        answers = [line.removeprefix("> ") for line in chat.stdout.splitlines()]
+        assert chat.returncode == 0 and answers[0].startswith("Today is ") and answers[1].startswith("It is ")
+        assert answers[2] == "Added tea to the shopping list.", chat.stdout
     finally:
         assert daemon.stop() == 0
 
@@ -626,6 +633,28 @@ def test_the_watchdog_is_fed_only_while_the_daemon_is_healthy(setup) -> None:
         daemon.voice_thread.start()
         daemon.voice_thread.join()
         assert daemon.problem() == "the voice thread has stopped"
+    finally:
+        daemon.pending.put(None)
+        daemon.control.close()
+
+
+def test_voice_turns_and_voice_events_reach_every_client(setup) -> None:
+    from assistant.daemon.run import Daemon as Assistant
+
+    config, control, notify = setup
+    daemon = Assistant(config, text_only=True)  # the microphone's side is driven by hand here
+    try:
+        daemon.worker.start()
+        with connect(control) as first, connect(control) as second:
+            send(first, {"type": "status"})
+            until(first, "status")
+            daemon._voice_event({"type": "wake", "phrase": "hey computer", "confidence": 1.0})
+            assert "".join(daemon.voice_turn("what day is it", threading.Event())).startswith("Today is ")
+            for client in (first, second):
+                seen = until(client, "turn_done")
+                assert seen[0] == {"type": "wake", "phrase": "hey computer", "confidence": 1.0}
+                assert {e["request"] for e in seen[1:]} == {"voice-1"}
+                assert seen[1] == {"type": "turn_start", "request": "voice-1", "text": "what day is it"}
     finally:
         daemon.pending.put(None)
         daemon.control.close()
