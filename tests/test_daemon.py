@@ -138,7 +138,7 @@ def write_config(tmp_path: Path, model: Path, max_new_tokens: int = 12, extra: s
         f"llm:\n  model_dir: {model}\n  kv_cache_len: 8192\n  max_new_tokens: {max_new_tokens}\n"
         f"  sampling: {{temperature: 0.7, seed: 7}}\n"
         f"skills:\n  paths: [{tmp_path / 'extra_skills'}]\n"
-        f"control:\n  socket: {tmp_path / 'control.sock'}\nstate_dir: {tmp_path / 'state'}\n{extra}"
+        f"control:\n  socket: {tmp_path / 'run' / 'control.sock'}\nstate_dir: {tmp_path / 'state'}\n{extra}"
     )
     return config
 
@@ -154,7 +154,7 @@ def chatty_config(tmp_path: Path, model: Path, max_new_tokens: int) -> Path:
 def setup(tmp_path: Path, tiny_int8: Path) -> Iterator[tuple[Path, Path, Notifications]]:
     config = write_config(tmp_path, tiny_int8)
     notify = Notifications(tmp_path / "notify.sock")
-    yield config, tmp_path / "control.sock", notify
+    yield config, tmp_path / "run" / "control.sock", notify
     notify.close()
 
 
@@ -201,6 +201,7 @@ def test_ready_watchdog_turn_events_and_clean_sigterm(setup) -> None:
     try:
         notify.wait_for("WATCHDOG=1", timeout=10)
         assert oct(control.stat().st_mode & 0o777) == "0o600"
+        assert oct(control.parent.stat().st_mode & 0o777) == "0o700"  # made by the daemon, private
         watcher = connect(control)  # asks nothing: hears only the assistant's own events
         seen = turn(control, "set a timer for 1 seconds")
         assert [e["type"] for e in seen] == ["turn_start", "tool_call", "skill_result", "text", "turn_done"]
@@ -348,7 +349,7 @@ def context_tokens(control: Path) -> int:
 
 def test_sighup_during_a_long_turn_leaves_that_turn_untouched(tmp_path: Path, chatty: Path) -> None:
     config = chatty_config(tmp_path, chatty, max_new_tokens=1500)
-    control, notify = tmp_path / "control.sock", Notifications(tmp_path / "notify.sock")
+    control, notify = tmp_path / "run" / "control.sock", Notifications(tmp_path / "notify.sock")
     try:
         daemon = Daemon(tmp_path, config, notify)
         undisturbed = story(control)
@@ -371,7 +372,7 @@ def test_sighup_during_a_long_turn_leaves_that_turn_untouched(tmp_path: Path, ch
 
 def test_sigterm_during_generation_exits_0_within_3_seconds_20_times(tmp_path: Path, chatty: Path) -> None:
     config = chatty_config(tmp_path, chatty, max_new_tokens=4000)
-    control, notify = tmp_path / "control.sock", Notifications(tmp_path / "notify.sock")
+    control, notify = tmp_path / "run" / "control.sock", Notifications(tmp_path / "notify.sock")
     times = []
     try:
         for attempt in range(20):
@@ -442,7 +443,7 @@ def test_8_clients_at_once_each_get_exactly_their_own_replies(setup) -> None:
 
 def test_cancel_from_any_connection_on_disconnect_and_on_ctrl_c(tmp_path: Path, chatty: Path) -> None:
     config = chatty_config(tmp_path, chatty, max_new_tokens=4000)
-    control, notify = tmp_path / "control.sock", Notifications(tmp_path / "notify.sock")
+    control, notify = tmp_path / "run" / "control.sock", Notifications(tmp_path / "notify.sock")
     daemon = Daemon(tmp_path, config, notify)
     try:
         # Cancel from the same connection, while the reply streams.
@@ -592,7 +593,7 @@ def test_a_full_disk_is_said_in_words_and_a_timer_set_after_it_still_rings(tmp_p
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
     config = write_config(tmp_path, tiny_int8)
-    control, notify = tmp_path / "control.sock", Notifications(tmp_path / "notify.sock")
+    control, notify = tmp_path / "run" / "control.sock", Notifications(tmp_path / "notify.sock")
     try:
         daemon = Daemon(tmp_path, config, notify)
         try:

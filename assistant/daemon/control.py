@@ -140,17 +140,18 @@ class ControlServer:
     def __init__(self, path: Path, handle: Callable[[Request], None], disconnected: Callable[[int], None]):
         self.path, self.handle, self.disconnected = path, handle, disconnected
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-        old_umask = os.umask(0o177)  # created 0600: only the service's user may talk to it
         try:
             check_socket_path(path)
-            sock.bind(str(path))
+            old_umask = os.umask(0o177)  # created 0600: only the service's user may talk to it
+            try:
+                sock.bind(str(path))
+            finally:
+                os.umask(old_umask)
         except OSError as e:  # a folder we may not create, a path too long for a Unix socket
             sock.close()
             raise ConfigError(
                 f"{path}: cannot listen there ({e.strerror or e}); choose another control.socket"
             ) from None
-        finally:
-            os.umask(old_umask)
         self.inode = path.stat().st_ino
         self.clients: dict[int, _Client] = {}
         self.numbers = itertools.count(1)
