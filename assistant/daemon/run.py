@@ -96,6 +96,7 @@ class Daemon:
         self.reload_requested = threading.Event()
         self.wakeup = threading.Event()  # the main loop looks at once (a signal came)
         self.background_stop = threading.Event()
+        self.background: list[threading.Thread] = []  # the skills' @background tasks
         self.voice = None
         self.voice_thread: threading.Thread | None = None
         self.reloader: threading.Thread | None = None
@@ -110,7 +111,7 @@ class Daemon:
             self.engine = Engine(llm.model_dir, backend=llm.backend, threads=llm.threads,
                                  kv_cache_len=llm.kv_cache_len, provider=llm.axengine_provider)  # fmt: skip
             self.registry, self.manager = self._build(self.settings)
-            self.registry.start_background(self.background_stop)
+            self.background = self.registry.start_background(self.background_stop)
             log.info("%s", self._skills_summary(self.registry))
             if not text_only:
                 notify("STATUS=loading the speech models")
@@ -184,7 +185,7 @@ class Daemon:
         self.worker.join(STOP_SECONDS)
         if self.voice_thread is not None:
             self.voice_thread.join(STOP_SECONDS)
-        self.background_stop.set()
+        self._stop_background()
         self.control.close()
         if self.worker.is_alive() or (self.voice_thread is not None and self.voice_thread.is_alive()):
             # The turn is inside the model and will not notice the cancel in time. Ending the
@@ -193,6 +194,11 @@ class Daemon:
             logging.shutdown()
             os._exit(0)
         return 0
+
+    def _stop_background(self) -> None:
+        self.background_stop.set()
+        for thread in self.background:
+            thread.join(STOP_SECONDS / 4)  # a task that ignores its stop event is left behind
 
     # -- skills, prompt and conversation ------------------------------------------------------------
 
@@ -233,10 +239,10 @@ class Daemon:
             try:
                 # The engine is shared: the new prompt is prefilled only between turns.
                 manager = self._manager(settings, registry)
-                self.background_stop.set()
-                self.background_stop = threading.Event()
                 self.settings, self.registry, self.manager = settings, registry, manager
-                registry.start_background(self.background_stop)
+                self._stop_background()  # before the new ones: a timer is never rung by both clocks
+                self.background_stop = threading.Event()
+                self.background = registry.start_background(self.background_stop)
             finally:
                 self.turn_lock.release()
             log.info("reloaded %s: %s", self.config_path, self._skills_summary(registry))
