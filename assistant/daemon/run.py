@@ -126,7 +126,9 @@ class Daemon:
     def enter(self, state: State) -> None:
         """The one place the lifecycle changes; systemd hears of it."""
         self.state = state
-        notify(*NOTIFY.get(state, ()))
+        # systemd (Type=notify-reload) matches RELOADING=1 to its reload by this timestamp.
+        stamp = (f"MONOTONIC_USEC={time.monotonic_ns() // 1000}",) if state is State.RELOADING else ()
+        notify(*NOTIFY.get(state, ()), *stamp)
         log.debug("state: %s", state.value)
 
     def run(self) -> int:
