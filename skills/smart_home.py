@@ -218,8 +218,10 @@ def set_temperature(
     return f"The {device} is set to {celsius:g} degrees."
 
 
-@skill(sentences={"en": ["is [the] {device} on", "what is the state of [the] {device}", "how is [the] {device}"],
-                  "zh": ["{device}开着吗", "{device}是什么状态"]})  # fmt: skip
+@skill(sentences={"en": ["is [the] {device} (on|off|open|closed|shut)", "what is the state of [the] {device}",
+                         "how is [the] {device}"],
+                  "zh": ["{device}(开着|关着)吗", "{device}是(开着|关着)吗", "{device}是不是(开着|关着)",
+                         "{device}(开着|关着)不", "{device}是什么状态"]})  # fmt: skip
 def device_state(device: Annotated[str, _names()], context: SkillContext) -> str:
     """Tell the current state of a device, from the state it last reported.
 

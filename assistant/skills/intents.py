@@ -83,8 +83,9 @@ class IntentMatcher:
         for found in skills.values():
             for intent in found.intents:
                 self.answers.setdefault(intent, []).append(found)
-        self.library = _library_intents(set(self.answers))
-        self.slot_lists = device_slot_lists(devices or [])
+        devices = devices or []
+        self.library = _library_intents(set(self.answers), {d.get("type", "") for d in devices})
+        self.slot_lists = device_slot_lists(devices)
         # hassil builds its number words and caches on first use (up to ~0.5 s): pay that now, not in a turn.
         for language in self._languages():
             self._match_own(f"{language} 12 twelve 十二", language)
@@ -200,18 +201,32 @@ def library_intent_slots() -> dict[str, set[str]]:
     return {name: set(intent.get("slots", {})) for name, intent in info.items()}
 
 
-def _library_intents(wanted: set[str]) -> dict[str, Intents]:
-    """The library's templates for the intents some skill answers, per language."""
+def _library_intents(wanted: set[str], domains: set[str]) -> dict[str, Intents]:
+    """The library's templates for the intents some skill answers, per language.
+
+    Templates only for a kind of device that is not configured (locks, media players, valves...)
+    are left out: they could never lead to a skill, and every template costs time in every match.
+    """
     if not wanted:
         return {}
     from home_assistant_intents import get_intents
+
+    def useful(block: dict) -> bool:
+        for needed in (block.get("requires_context", {}).get("domain"), block.get("slots", {}).get("domain")):
+            if needed is not None and not ({needed} if isinstance(needed, str) else set(needed)) & domains:
+                return False
+        return True
 
     loaded = {}
     for language, code in HOME_ASSISTANT_LANGUAGES.items():
         data = get_intents(code)
         if data is None:
             continue
-        data["intents"] = {name: intent for name, intent in data["intents"].items() if name in wanted}
+        data["intents"] = {
+            name: {**intent, "data": [block for block in intent["data"] if useful(block)]}
+            for name, intent in data["intents"].items()
+            if name in wanted
+        }
         loaded[language] = Intents.from_dict(data)
     return loaded
 
