@@ -55,6 +55,8 @@ BOOLEAN_WORDS = {
 }
 
 SLOT = re.compile(r"\{(\w+)\}")
+LIST_REFERENCE = re.compile(r"\{(\w+)(?::(\w+))?\}")
+RULE_REFERENCE = re.compile(r"<(\w+)>")
 # Chinese, Japanese and Korean script: a sentence with none is not tried against those languages' templates.
 CJK = re.compile(r"[\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af]")
 CJK_LANGUAGES = ("zh", "ja", "ko")
@@ -193,12 +195,32 @@ def device_slot_lists(devices: list[dict]) -> dict[str, TextSlotList]:
 
 
 def library_intent_slots() -> dict[str, set[str]]:
-    """Every intent of the sentence library with the slots it can fill."""
-    import json
-    from importlib.resources import files
+    """Every intent of the sentence library (in our languages) with the slots its templates can fill."""
+    from home_assistant_intents import get_intents
 
-    info = json.loads(files("home_assistant_intents").joinpath("intents.json").read_text(encoding="utf-8"))
-    return {name: set(intent.get("slots", {})) for name, intent in info.items()}
+    found: dict[str, set[str]] = {}
+    for code in HOME_ASSISTANT_LANGUAGES.values():
+        data = get_intents(code) or {"intents": {}}
+        for name, intent in data["intents"].items():
+            slots = found.setdefault(name, set())
+            for block in intent["data"]:
+                rules = {**data.get("expansion_rules", {}), **block.get("expansion_rules", {})}
+                for sentence in block["sentences"]:
+                    slots |= _slots_in(sentence, rules, set())
+                slots |= set(block.get("slots", {}))
+                context = block.get("requires_context", {})
+                slots |= {key for key, value in context.items() if isinstance(value, dict) and value.get("slot")}
+    return found
+
+
+def _slots_in(template: str, rules: dict[str, str], seen: set[str]) -> set[str]:
+    """The slots of a template: {list} or {list:slot}, also inside the <rules> it uses."""
+    slots = {slot or name for name, slot in LIST_REFERENCE.findall(template)}
+    for rule in RULE_REFERENCE.findall(template):
+        if rule in rules and rule not in seen:
+            seen.add(rule)
+            slots |= _slots_in(rules[rule], rules, seen)
+    return slots
 
 
 def _library_intents(wanted: set[str], domains: set[str]) -> dict[str, Intents]:
