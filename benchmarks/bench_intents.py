@@ -103,20 +103,20 @@ def expected_call(intent: str, slots: dict, context: dict, devices: dict[str, di
             return None
         duration = {k: slots[k] for k in ("hours", "minutes", "seconds") if k in slots}
         return "set_timer", {**duration, **({"label": slots["name"]} if "name" in slots else {})}
-    timer_skills = {
-        "HassCancelTimer": ("cancel_timer", {}),
-        "HassCancelAllTimers": ("cancel_timer", {"every": True}),
-        "HassTimerStatus": ("timer_status", {}),
-        "HassPauseTimer": ("pause_timer", {}),
-        "HassUnpauseTimer": ("pause_timer", {"resume": True}),
-        "HassIncreaseTimer": ("change_timer", {}),
-        "HassDecreaseTimer": ("change_timer", {"shorter": True}),
+    timer_actions = {
+        "HassCancelTimer": "cancel",
+        "HassCancelAllTimers": "cancel_all",
+        "HassTimerStatus": "status",
+        "HassPauseTimer": "pause",
+        "HassUnpauseTimer": "resume",
+        "HassIncreaseTimer": "add",
+        "HassDecreaseTimer": "subtract",
     }
-    if intent in timer_skills:
+    if intent in timer_actions:
         # Home Assistant's area picks the timers of that room's speaker; with one speaker it is ours.
-        skill, fixed = timer_skills[intent]
         picked = {k: slots[k] for k in (*TIMER_SLOTS, "hours", "minutes", "seconds") if k in slots}
-        return skill, {**fixed, **picked, **({"label": slots["name"]} if "name" in slots else {})}
+        label = {"label": slots["name"]} if "name" in slots else {}
+        return "control_timer", {"action": timer_actions[intent], **picked, **label}
     simple = {
         "HassGetCurrentTime": ("current_time", {}),
         "HassGetCurrentDate": ("current_date", {}),

@@ -11,7 +11,7 @@ import threading
 import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta
-from typing import Annotated, Any
+from typing import Annotated, Literal
 
 from assistant import Range, SkillContext, background, skill
 
@@ -64,16 +64,6 @@ def _timers(db: sqlite3.Connection, label: str, start_hours: int, start_minutes:
 
 def _left(due: float, paused_left: float | None) -> float:
     return paused_left if paused_left is not None else max(due - time.time(), 0)
-
-
-def _one_timer(rows: list) -> tuple[Any, str | None]:
-    """The single timer a request means, or what to say instead."""
-    if not rows:
-        return None, "There is no such timer."  # none with that label or length, or none at all
-    if len(rows) > 1:
-        names = [_timer_name(r[1], r[3]) for r in rows]
-        return None, f"You have {len(rows)} timers: {', '.join(names)}. Which one?"
-    return rows[0], None
 
 
 # Durations Home Assistant's library has no template for, and the alarm (which its timers are not).
@@ -174,77 +164,96 @@ def list_timers(context: SkillContext) -> str:
     return "You have " + ", ".join(said) + "."
 
 
-# Parameters that pick a timer, as Home Assistant names them: its label, or the length it was set for.
-Label = str
-StartHours = Annotated[int, Range(0, 24)]
-StartMinutes = Annotated[int, Range(0, 1440)]
-StartSeconds = Annotated[int, Range(0, 3600)]
-
-
-@skill(
-    sentences={"en": ["how (much time|long) is left", "how much time (remains|do I have left)"]},
-    intents={"HassTimerStatus": {"label": "{name}"}},
-)
-def timer_status(
-    context: SkillContext,
-    label: Label = "",
-    start_hours: StartHours = 0,
-    start_minutes: StartMinutes = 0,
-    start_seconds: StartSeconds = 0,
-) -> str:
-    """Say how much time is left on a timer, or on every timer.
-
-    Args:
-        label: the label of the timer; empty means every timer
-        start_hours: the hours the timer was set for, to pick it out
-        start_minutes: the minutes the timer was set for, to pick it out
-        start_seconds: the seconds the timer was set for, to pick it out
-    """
-    with _db(context) as db:
-        rows = _timers(db, label, start_hours, start_minutes, start_seconds)
-    if not rows:
-        return "No timer is running." if not label.strip() else "There is no such timer."
+def _status(rows: list) -> str:
     said = []
-    for _, name, due, length, paused_left in rows:
+    for _, label, due, length, paused_left in rows:
         paused = ", paused" if paused_left is not None else ""
-        said.append(f"{_timer_name(name, length)} has {_duration(_left(due, paused_left))} left{paused}")
+        said.append(f"{_timer_name(label, length)} has {_duration(_left(due, paused_left))} left{paused}")
     text = "; ".join(said)
     return text[0].upper() + text[1:] + "."
 
 
+def _change(db: sqlite3.Connection, row: tuple, action: str, seconds: int) -> str:
+    row_id, label, due, length, paused_left = row
+    name = _timer_name(label, length)
+    if action == "cancel":
+        db.execute("DELETE FROM timers WHERE id = ?", (row_id,))
+        return f"Cancelled {name}."
+    if action == "pause":
+        if paused_left is not None:
+            return f"{name[0].upper()}{name[1:]} is already paused."
+        db.execute("UPDATE timers SET paused_left = ? WHERE id = ?", (_left(due, None), row_id))
+        return f"Paused {name}."
+    if action == "resume":
+        if paused_left is None:
+            return f"{name[0].upper()}{name[1:]} is running."
+        db.execute("UPDATE timers SET due = ?, paused_left = NULL WHERE id = ?", (time.time() + paused_left, row_id))
+        return f"Resumed {name}."
+    left = max(_left(due, paused_left) + (seconds if action == "add" else -seconds), 0)
+    if paused_left is None:
+        db.execute("UPDATE timers SET due = ? WHERE id = ?", (time.time() + left, row_id))
+    else:
+        db.execute("UPDATE timers SET paused_left = ? WHERE id = ?", (left, row_id))
+    return f"{name[0].upper()}{name[1:]} has {_duration(left)} left."
+
+
 @skill(
     sentences={
-        "zh": [("取消(所有|全部)[的]计时器", {"every": True}), ("把(所有|全部)[的]计时器[都]取消", {"every": True})]
+        "en": [("how (much time|long) is left", {"action": "status"}),
+               ("how much time (remains|do I have left)", {"action": "status"})],
+        "zh": [("取消(所有|全部)[的]计时器", {"action": "cancel_all"}),
+               ("把(所有|全部)[的]计时器[都]取消", {"action": "cancel_all"})],
     },
-    intents={"HassCancelTimer": {"label": "{name}"}, "HassCancelAllTimers": {"every": True}},
-)
-def cancel_timer(
+    intents={
+        "HassTimerStatus": {"action": "status", "label": "{name}"},
+        "HassCancelTimer": {"action": "cancel", "label": "{name}"},
+        "HassCancelAllTimers": {"action": "cancel_all"},
+        "HassPauseTimer": {"action": "pause", "label": "{name}"},
+        "HassUnpauseTimer": {"action": "resume", "label": "{name}"},
+        "HassIncreaseTimer": {"action": "add", "label": "{name}"},
+        "HassDecreaseTimer": {"action": "subtract", "label": "{name}"},
+    },
+)  # fmt: skip
+def control_timer(
+    action: Literal["status", "cancel", "cancel_all", "pause", "resume", "add", "subtract"],
     context: SkillContext,
-    label: Label = "",
-    start_hours: StartHours = 0,
-    start_minutes: StartMinutes = 0,
-    start_seconds: StartSeconds = 0,
-    every: bool = False,
+    label: str = "",
+    start_hours: Annotated[int, Range(0, 24)] = 0,
+    start_minutes: Annotated[int, Range(0, 1440)] = 0,
+    start_seconds: Annotated[int, Range(0, 3600)] = 0,
+    hours: Annotated[int, Range(0, 24)] = 0,
+    minutes: Annotated[int, Range(0, 1440)] = 0,
+    seconds: Annotated[int, Range(0, 3600)] = 0,
 ) -> str:
-    """Cancel a timer (not an alarm): the one with this label or length, the only one, or every timer.
+    """Time left on timers, or cancel, pause, resume, lengthen or shorten one (cancel_all: every timer).
 
     Args:
-        label: the label of the timer to cancel
-        start_hours: the hours the timer was set for, to pick it out
-        start_minutes: the minutes the timer was set for, to pick it out
-        start_seconds: the seconds the timer was set for, to pick it out
-        every: true to cancel every timer
+        action: what to do
+        label: the timer's label, to pick it out
+        start_hours: the hours it was set for, to pick it out
+        start_minutes: the minutes it was set for, to pick it out
+        start_seconds: the seconds it was set for, to pick it out
+        hours: hours to add or subtract
+        minutes: minutes to add or subtract
+        seconds: seconds to add or subtract
     """
     with _db(context) as db:
         rows = _timers(db, label, start_hours, start_minutes, start_seconds)
-        if every:
+        if not rows:
+            picked = label.strip() or start_hours or start_minutes or start_seconds
+            return "There is no such timer." if picked else "No timer is running."
+        if action == "status":
+            return _status(rows)
+        if action == "cancel_all":
             db.executemany("DELETE FROM timers WHERE id = ?", [(r[0],) for r in rows])
-            return f"Cancelled {len(rows)} timer{'s' if len(rows) != 1 else ''}." if rows else "No timer is running."
-        row, problem = _one_timer(rows)
-        if problem:
-            return problem
-        db.execute("DELETE FROM timers WHERE id = ?", (row[0],))
-    return f"Cancelled {_timer_name(row[1], row[3])}."
+            return f"Cancelled {len(rows)} timer{'s' if len(rows) != 1 else ''}."
+        if action in ("pause", "resume") and len(rows) > 1:
+            # "pause the timer" with one running and one paused means the running one.
+            rows = [r for r in rows if (r[4] is None) == (action == "pause")] or rows
+        if len(rows) > 1:
+            names = ", ".join(_timer_name(r[1], r[3]) for r in rows)
+            return f"You have {len(rows)} timers: {names}. Which one?"
+        return _change(db, rows[0], action, hours * 3600 + minutes * 60 + seconds)
 
 
 @skill(
@@ -258,86 +267,6 @@ def cancel_alarms(context: SkillContext) -> str:
     with _db(context) as db:
         removed = db.execute("DELETE FROM timers WHERE kind = 'alarm'").rowcount
     return f"Cancelled {removed} alarm{'s' if removed != 1 else ''}." if removed else "No alarm is set."
-
-
-@skill(intents={"HassPauseTimer": {"label": "{name}"}, "HassUnpauseTimer": {"label": "{name}", "resume": True}})
-def pause_timer(
-    context: SkillContext,
-    label: Label = "",
-    start_hours: StartHours = 0,
-    start_minutes: StartMinutes = 0,
-    start_seconds: StartSeconds = 0,
-    resume: bool = False,
-) -> str:
-    """Pause a timer, or let a paused one run again.
-
-    Args:
-        label: the label of the timer
-        start_hours: the hours the timer was set for, to pick it out
-        start_minutes: the minutes the timer was set for, to pick it out
-        start_seconds: the seconds the timer was set for, to pick it out
-        resume: true to let a paused timer run again
-    """
-    with _db(context) as db:
-        rows = [
-            r
-            for r in _timers(db, label, start_hours, start_minutes, start_seconds)
-            if (r[4] is not None) == resume  # only paused timers can resume, only running ones pause
-        ]
-        row, problem = _one_timer(rows)
-        if problem:
-            return problem
-        _, name, due, length, paused_left = row
-        if resume:
-            db.execute(
-                "UPDATE timers SET due = ?, paused_left = NULL WHERE id = ?", (time.time() + paused_left, row[0])
-            )
-        else:
-            db.execute("UPDATE timers SET paused_left = ? WHERE id = ?", (_left(due, None), row[0]))
-    return f"{'Resumed' if resume else 'Paused'} {_timer_name(name, length)}."
-
-
-@skill(
-    intents={
-        "HassIncreaseTimer": {"label": "{name}"},
-        "HassDecreaseTimer": {"label": "{name}", "shorter": True},
-    }
-)
-def change_timer(
-    context: SkillContext,
-    hours: Annotated[int, Range(0, 24)] = 0,
-    minutes: Annotated[int, Range(0, 1440)] = 0,
-    seconds: Annotated[int, Range(0, 3600)] = 0,
-    label: Label = "",
-    start_hours: StartHours = 0,
-    start_minutes: StartMinutes = 0,
-    start_seconds: StartSeconds = 0,
-    shorter: bool = False,
-) -> str:
-    """Add time to a timer, or take time off it.
-
-    Args:
-        hours: hours to add or take off
-        minutes: minutes to add or take off
-        seconds: seconds to add or take off
-        label: the label of the timer
-        start_hours: the hours the timer was set for, to pick it out
-        start_minutes: the minutes the timer was set for, to pick it out
-        start_seconds: the seconds the timer was set for, to pick it out
-        shorter: true to take the time off
-    """
-    change = (hours * 3600 + minutes * 60 + seconds) * (-1 if shorter else 1)
-    with _db(context) as db:
-        row, problem = _one_timer(_timers(db, label, start_hours, start_minutes, start_seconds))
-        if problem:
-            return problem
-        row_id, name, due, length, paused_left = row
-        left = max(_left(due, paused_left) + change, 0)
-        if paused_left is None:
-            db.execute("UPDATE timers SET due = ? WHERE id = ?", (time.time() + left, row_id))
-        else:
-            db.execute("UPDATE timers SET paused_left = ? WHERE id = ?", (left, row_id))
-    return f"{_timer_name(name, length)[0].upper()}{_timer_name(name, length)[1:]} has {_duration(left)} left."
 
 
 @background

@@ -74,8 +74,8 @@ def test_alarms_and_cancelling(tmp_path: Path) -> None:
     assert "a pasta timer with 10 minutes left" in listing or "a pasta timer with 9 minutes and 59 seconds" in listing
     assert registry.call("cancel_alarms", {}).text == "Cancelled 1 alarm."  # the timer keeps running
     assert "pasta timer" in registry.call("list_timers", {}).text
-    assert registry.call("cancel_timer", {"label": "pasta"}).text == "Cancelled the pasta timer."
-    assert registry.call("cancel_timer", {}).text == "There is no such timer."
+    assert registry.call("control_timer", {"action": "cancel", "label": "pasta"}).text == "Cancelled the pasta timer."
+    assert registry.call("control_timer", {"action": "cancel"}).text == "No timer is running."
     assert registry.call("cancel_alarms", {}).text == "No alarm is set."
     assert registry.call("set_timer", {}).text == "How long should the timer run?"
     assert "invalid arguments" in registry.call("set_alarm", {"hour": 25}).error

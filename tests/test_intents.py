@@ -66,15 +66,15 @@ ENGLISH = [
     ("start a timer for an hour and a half", "set_timer", {"hours": 1, "minutes": 30}),
     ("set a timer for 2 hours and 10 minutes", "set_timer", {"hours": 2, "minutes": 10}),
     ("set a pizza timer for 12 minutes", "set_timer", {"label": "pizza", "minutes": 12}),
-    ("cancel timer", "cancel_timer", {}),
-    ("cancel the pizza timer", "cancel_timer", {"label": "pizza"}),
-    ("cancel all timers", "cancel_timer", {"every": True}),
+    ("cancel timer", "control_timer", {"action": "cancel"}),
+    ("cancel the pizza timer", "control_timer", {"action": "cancel", "label": "pizza"}),
+    ("cancel all timers", "control_timer", {"action": "cancel_all"}),
     ("cancel my alarm", "cancel_alarms", {}),
-    ("how much time is left", "timer_status", {}),
-    ("how much time is left on the pizza timer", "timer_status", {"label": "pizza"}),
-    ("pause the timer", "pause_timer", {}),
-    ("resume the timer", "pause_timer", {"resume": True}),
-    ("add 5 minutes to the timer", "change_timer", {"minutes": 5}),
+    ("how much time is left", "control_timer", {"action": "status"}),
+    ("how much time is left on the pizza timer", "control_timer", {"action": "status", "label": "pizza"}),
+    ("pause the timer", "control_timer", {"action": "pause"}),
+    ("resume the timer", "control_timer", {"action": "resume"}),
+    ("add 5 minutes to the timer", "control_timer", {"action": "add", "minutes": 5}),
     ("what time is it", "current_time", {}),
     ("what's the date", "current_date", {}),
     ("add milk to my shopping list", "add_item", {"text": "milk", "list": "shopping"}),
@@ -95,10 +95,10 @@ CHINESE = [
     ("计时10分钟", "set_timer", {"minutes": 10}),
     ("设置计时器1小时30分钟", "set_timer", {"hours": 1, "minutes": 30}),
     ("计时半小时", "set_timer", {"minutes": 30}),
-    ("取消计时器", "cancel_timer", {}),
-    ("取消所有计时器", "cancel_timer", {"every": True}),
+    ("取消计时器", "control_timer", {"action": "cancel"}),
+    ("取消所有计时器", "control_timer", {"action": "cancel_all"}),
     ("取消闹钟", "cancel_alarms", {}),
-    ("暂停计时器", "pause_timer", {}),
+    ("暂停计时器", "control_timer", {"action": "pause"}),
     ("现在几点", "current_time", {}),
     ("今天几号", "current_date", {}),
     ("把牛奶加到购物清单", "add_item", {"text": "牛奶", "list": "shopping"}),
@@ -167,26 +167,32 @@ def test_timers_by_name_and_length_status_pause_and_cancel(tmp_path: Path) -> No
     registry = Registry(context=SkillContext(state_dir=tmp_path))
     registry.load_folder(REPO / "skills")
     call = lambda name, **arguments: registry.call(name, arguments).text  # noqa: E731
+    timer = lambda action, **arguments: call("control_timer", action=action, **arguments)  # noqa: E731
+    assert timer("cancel") == "No timer is running."
     assert call("set_timer", hours=1, minutes=30) == "Timer set for 1 hour and 30 minutes."
     assert call("set_timer", minutes=5, label="pizza") == "The pizza timer is set for 5 minutes."
     assert call("set_alarm", hour=7) == "Alarm set for 7:00."
-    assert call("cancel_timer") == "You have 2 timers: the pizza timer, the 1 hour and 30 minutes timer. Which one?"
-    status = call("timer_status", label="pizza")
-    assert status.startswith("The pizza timer has 4 minutes and 5") or status == "The pizza timer has 5 minutes left."
-    assert call("pause_timer", label="pizza") == "Paused the pizza timer."
+    assert timer("cancel") == "You have 2 timers: the pizza timer, the 1 hour and 30 minutes timer. Which one?"
+    assert timer("status", label="tea") == "There is no such timer."
+    assert timer("status", label="Pizza") in (
+        "The pizza timer has 5 minutes left.",
+        "The pizza timer has 4 minutes and 59 seconds left.",
+    )
+    assert timer("pause", label="pizza") == "Paused the pizza timer."
     time.sleep(1.1)  # a paused timer does not count down
-    assert call("timer_status", label="pizza") in (
+    assert timer("status", label="pizza") in (
         "The pizza timer has 5 minutes left, paused.",
         "The pizza timer has 4 minutes and 59 seconds left, paused.",
     )
-    assert call("pause_timer", resume=True) == "Resumed the pizza timer."  # the only paused one
-    assert call("change_timer", minutes=2, label="pizza") in (
+    assert timer("resume") == "Resumed the pizza timer."  # the only paused one
+    assert timer("add", label="pizza", minutes=2) in (
         "The pizza timer has 7 minutes left.",
         "The pizza timer has 6 minutes and 59 seconds left.",
     )
-    assert call("cancel_timer", start_hours=1, start_minutes=30) == "Cancelled the 1 hour and 30 minutes timer."
+    assert timer("subtract", start_minutes=5, minutes=10) == "The pizza timer has 0 seconds left."
+    assert timer("cancel", start_hours=1, start_minutes=30) == "Cancelled the 1 hour and 30 minutes timer."
     assert call("cancel_alarms") == "Cancelled 1 alarm."
-    assert call("cancel_timer", every=True) == "Cancelled 1 timer."
+    assert timer("cancel_all") == "Cancelled 1 timer."
     assert call("list_timers") == "No timers or alarms are set."
     assert call("set_timer", hours=24, minutes=1).startswith("I can set timers for up to 24 hours")
 
@@ -199,8 +205,8 @@ def test_a_state_directory_from_before_gets_the_new_timer_columns(tmp_path: Path
         old.execute("INSERT INTO timers (kind, label, due) VALUES ('timer', 'tea', ?)", (time.time() + 60,))
     registry = Registry(context=SkillContext(state_dir=tmp_path))
     registry.load_folder(REPO / "skills")
-    assert "tea timer" in registry.call("timer_status", {}).text
-    assert registry.call("pause_timer", {"label": "tea"}).text == "Paused the tea timer."
+    assert "tea timer" in registry.call("control_timer", {"action": "status"}).text
+    assert registry.call("control_timer", {"action": "pause", "label": "tea"}).text == "Paused the tea timer."
 
 
 def test_switching_all_lights_of_an_area_needs_its_devices(registry: Registry) -> None:
