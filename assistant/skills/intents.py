@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import jsonschema
-from hassil import Intents, TextSlotList, recognize_best
+from hassil import Intents, TextSlotList, Trie, recognize_best
 
 from assistant.skills.sdk import Skill
 
@@ -44,6 +44,9 @@ HOME_ASSISTANT_LANGUAGES = {"en": "en", "zh": "zh-cn"}
 # sentence goes to the model rather than to a skill that would do half of it.
 UNSUPPORTED_SLOTS = frozenset({"conversation_command", "floor"})
 
+# Slots that only qualify a name, which a skill may ignore: "the lamp in the kitchen" is the lamp.
+QUALIFIERS = frozenset({"area", "domain"})
+
 # Without a room of its own, "turn off the lights" and "set the volume to 50" (which Home
 # Assistant resolves in the speaker's area) mean the whole home.
 HERE = "everywhere"
@@ -54,6 +57,7 @@ BOOLEAN_WORDS = {
     "zh": [("打开", True), ("开", True), ("关闭", False), ("关", False)],
 }
 
+ANYTHING = "anything_else"
 SLOT = re.compile(r"\{(\w+)\}")
 LIST_REFERENCE = re.compile(r"\{(\w+)(?::(\w+))?\}")
 RULE_REFERENCE = re.compile(r"<(\w+)>")
@@ -86,12 +90,31 @@ class IntentMatcher:
             for intent in found.intents:
                 self.answers.setdefault(intent, []).append(found)
         devices = devices or []
-        self.library = _library_intents(set(self.answers), {d.get("type", "") for d in devices})
+        self.library = _library_intents(self._consumed(), {d.get("type", "") for d in devices})
         self.slot_lists = device_slot_lists(devices)
+        # Only the names that occur in a sentence are offered to hassil, as Home Assistant does:
+        # with every device's name and aliases in the list, each template would try them all.
+        self.names = Trie()
+        for value in self.slot_lists["name"].values:
+            self.names.insert(_plain(value.text_in.text), value)
         # hassil builds its number words and caches on first use (up to ~0.5 s): pay that now, not in a turn.
         for language in self._languages():
             self._match_own(f"{language} 12 twelve 十二", language)
             self._match_library(f"{language} 12 twelve 十二", language)
+
+    def _consumed(self) -> dict[str, set[str]]:
+        """For each library intent, the slots some skill that answers it takes."""
+        consumed: dict[str, set[str]] = {}
+        for intent, answering in self.answers.items():
+            slots = consumed.setdefault(intent, set())
+            for found in answering:
+                slots |= set(found.parameters["properties"])
+                slots |= {
+                    m.group(1)
+                    for v in found.intents[intent].values()
+                    if isinstance(v, str) and (m := SLOT.fullmatch(v))
+                }
+        return consumed
 
     def _languages(self) -> list[str]:
         return list(dict.fromkeys([*self.own, *self.library]))
@@ -118,10 +141,11 @@ class IntentMatcher:
     def _match_library(self, text: str, language: str) -> IntentMatch | None:
         if language not in self.library:
             return None
+        names = [value for _, _, value in self.names.find(_plain(text))]
         result = recognize_best(
             text,
             self.library[language],
-            slot_lists=self.slot_lists,
+            slot_lists={**self.slot_lists, "name": TextSlotList(name="name", values=names)},
             intent_context={"area": HERE},
             best_slot_name="name",
             language=HOME_ASSISTANT_LANGUAGES[language],
@@ -194,6 +218,11 @@ def device_slot_lists(devices: list[dict]) -> dict[str, TextSlotList]:
     }
 
 
+def _plain(text: str) -> str:
+    """Lower case, punctuation as spaces: how names are looked for in a sentence."""
+    return " ".join(re.sub(r"[^\w\s]", " ", text.casefold()).split())
+
+
 def library_intent_slots() -> dict[str, set[str]]:
     """Every intent of the sentence library (in our languages) with the slots its templates can fill."""
     from home_assistant_intents import get_intents
@@ -223,13 +252,14 @@ def _slots_in(template: str, rules: dict[str, str], seen: set[str]) -> set[str]:
     return slots
 
 
-def _library_intents(wanted: set[str], domains: set[str]) -> dict[str, Intents]:
-    """The library's templates for the intents some skill answers, per language.
+def _library_intents(consumed: dict[str, set[str]], domains: set[str]) -> dict[str, Intents]:
+    """The library's templates for the intents some skill answers (with the slots they take), per language.
 
-    Templates only for a kind of device that is not configured (locks, media players, valves...)
-    are left out: they could never lead to a skill, and every template costs time in every match.
+    Templates that could never lead to a skill are left out, since every template costs time in
+    every match: those only for a kind of device that is not configured (locks, media players...),
+    and those that fill a slot no skill takes (a colour, a floor) beyond the QUALIFIERS.
     """
-    if not wanted:
+    if not consumed:
         return {}
     from home_assistant_intents import get_intents
 
@@ -239,16 +269,33 @@ def _library_intents(wanted: set[str], domains: set[str]) -> dict[str, Intents]:
                 return False
         return True
 
+    def takes(name: str, block: dict, sentence: str, rules: dict) -> bool:
+        filled = _slots_in(sentence, rules, set()) | set(block.get("slots", {}))
+        # Unsupported slots are often optional parts ("[on <floor>]"); a match that fills one is refused later.
+        return filled <= consumed[name] | QUALIFIERS | UNSUPPORTED_SLOTS
+
     loaded = {}
     for language, code in HOME_ASSISTANT_LANGUAGES.items():
         data = get_intents(code)
         if data is None:
             continue
-        data["intents"] = {
-            name: {**intent, "data": [block for block in intent["data"] if useful(block)]}
-            for name, intent in data["intents"].items()
-            if name in wanted
-        }
+        intents = {}
+        for name, intent in data["intents"].items():
+            if name not in consumed:
+                continue
+            blocks = []
+            for block in filter(useful, intent["data"]):
+                rules = {**data.get("expansion_rules", {}), **block.get("expansion_rules", {})}
+                sentences = [s for s in block["sentences"] if takes(name, block, s, rules)]
+                if sentences:
+                    blocks.append({**block, "sentences": sentences})
+            intents[name] = {**intent, "data": blocks}
+        # hassil first keeps the templates whose regular expression fits the sentence, and if none
+        # does, tries every template the slow way. This one always fits (and maps to no skill), so
+        # a sentence for the model costs one regular expression per template, not a full search.
+        intents[ANYTHING] = {"data": [{"sentences": ["{" + ANYTHING + "}"]}]}
+        data["lists"][ANYTHING] = {"wildcard": True}
+        data["intents"] = intents
         loaded[language] = Intents.from_dict(data)
     return loaded
 
@@ -285,10 +332,11 @@ def _slot_list(schema: dict, language: str) -> dict:
     if "enum" in schema:
         return {"values": [{"in": str(v), "out": v} for v in schema["enum"]]}
     if schema.get("type") in ("integer", "number"):
-        # Beyond the bounds, so that an out-of-range number is heard and explained.
+        # Beyond the bounds, so that an out-of-range number is heard and explained; at most up to
+        # 1000, because hassil spells out every number of a range in words when it first meets it.
         low, high = int(schema.get("minimum", 0)), int(schema.get("maximum", 1000))
-        numbers = {"from": max(0, low - 100), "to": high * 2 + 100}
-        return {"range": numbers if schema["type"] == "integer" else {**numbers, "fractions": "tenths"}}
+        numbers = {"from": max(0, low - 10), "to": max(low, min(high + max(10, high // 2), 1000))}
+        return {"range": numbers if schema["type"] == "integer" else {**numbers, "fractions": "halves"}}
     if schema.get("type") == "boolean":
         return {"values": [{"in": word, "out": value} for word, value in BOOLEAN_WORDS.get(language, [])]}
     return {"wildcard": True}
