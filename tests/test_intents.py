@@ -5,13 +5,19 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Annotated
 
 import pytest
 
-from assistant.config import MqttSettings, Settings
+from assistant import Range, skill
+from assistant.config import ConfigError, MqttSettings, Settings, load_settings
+from assistant.llm.conversation import Conversation
+from assistant.llm.engine import Engine
+from assistant.llm.sampling import Sampler
 from assistant.skills.intents import SLOT, IntentMatcher, library_intent_slots
 from assistant.skills.registry import Registry
 from assistant.skills.sdk import SkillContext
+from assistant.turn import TurnManager
 
 REPO = Path(__file__).resolve().parent.parent
 DEVICES = [
@@ -216,3 +222,44 @@ def test_switching_all_lights_of_an_area_needs_its_devices(registry: Registry) -
     assert (
         registry.call("switch_all", {"on": True, "area": "living room"}).text == "There is no light in the living room."
     )
+
+
+def test_a_matched_intent_never_asks_the_model_and_a_number_out_of_range_is_explained(
+    tiny_int8: Path, tmp_path: Path
+) -> None:
+    calls = []
+
+    @skill(sentences={"en": ["set the heat to {celsius} degrees"]})
+    def heat(celsius: Annotated[float, Range(5, 35)]) -> str:
+        """Set the heating.
+
+        Args:
+            celsius: the target temperature in degrees Celsius
+        """
+        calls.append(celsius)
+        return f"Heat {celsius:g}."
+
+    registry = Registry(context=SkillContext(state_dir=tmp_path))
+    registry.add_function(heat, "test")
+    engine = Engine(tiny_int8, kv_cache_len=2048)
+    manager = TurnManager(Conversation(engine, "You are a test.", 16, registry.tools()), registry, Sampler())
+    cached = list(engine.tokens)  # the system prompt only
+
+    def said(text: str) -> list[tuple[str, str]]:
+        return [(e.kind, e.text) for e in manager.turn(text)]
+
+    assert said("set the heat to 21.5 degrees") == [("tool_call", "heat"), ("skill_result", "heat"),
+                                                    ("text", "Heat 21.5.")]  # fmt: skip
+    assert said("set the heat to 40 degrees") == [
+        ("text", "Sorry, the target temperature in degrees Celsius can be from 5 to 35.")
+    ]
+    assert calls == [21.5] and engine.tokens == cached  # the model ran no token for either turn
+
+
+def test_device_areas_and_aliases_are_checked_in_the_config(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text("mqtt:\n  devices:\n    - {name: lamp, type: light, topic: t, area: kitchen, aliases: [light]}\n")
+    assert load_settings(config, {}).mqtt.devices[0]["aliases"] == ["light"]
+    config.write_text("mqtt:\n  devices:\n    - {name: lamp, type: light, topic: t, aliases: light}\n")
+    with pytest.raises(ConfigError, match=r"config.yaml:2: mqtt.devices: must be mappings with a name"):
+        load_settings(config, {})

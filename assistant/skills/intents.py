@@ -196,6 +196,8 @@ def out_of_range(schema: dict) -> str:
     """A spoken sentence that gives the allowed range of a number."""
     what = schema.get("description", "the number")
     low, high = schema.get("minimum"), schema.get("maximum")
+    if low is None or high is None:
+        return f"Sorry, {what} can be at {'most' if low is None else 'least'} {high if low is None else low:g}."
     return f"Sorry, {what} can be from {low:g} to {high:g}."
 
 
