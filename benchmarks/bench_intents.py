@@ -151,7 +151,9 @@ def run(tests: Path, folder: str) -> dict:
     start = time.perf_counter()
     matcher = IntentMatcher(registry.skills, devices)
     build = time.perf_counter() - start
-    counts = dict(covered=0, right=0, wrong_arguments=0, wrong_skill=0, missed=0, outside=0, outside_answered=0)
+    counts = dict(
+        covered=0, right=0, own_templates=0, wrong_arguments=0, wrong_skill=0, missed=0, outside=0, outside_answered=0
+    )
     times, problems, slowest = [], [], (0.0, "")
     for path in sorted((tests / folder).rglob("*.yaml")):
         if path.name.startswith("_"):
@@ -183,6 +185,7 @@ def run(tests: Path, folder: str) -> dict:
                     problems.append(f"args     {sentence!r} → {got.arguments}, expected {want[1]}")
                 else:
                     counts["right"] += 1
+                    counts["own_templates"] += got.intent is None
     times.sort()
     return {
         **counts,
@@ -219,7 +222,8 @@ def main() -> None:
             print(f"  {folder}: {line}")
         covered = result["covered"]
         print(
-            f"{folder}: recall {result['right']}/{covered} = {100 * result['right'] / covered:.1f}%, "
+            f"{folder}: recall {result['right']}/{covered} = {100 * result['right'] / covered:.1f}% "
+            f"({result['own_templates']} by the skills' own templates), "
             f"right skill other arguments {result['wrong_arguments']}, wrong skill {result['wrong_skill']}, "
             f"missed {result['missed']}; outside the covered set {result['outside']} sentences, "
             f"{result['outside_answered']} answered by a skill; match median {result['median_ms']:.2f} ms, "
