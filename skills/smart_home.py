@@ -160,7 +160,7 @@ def set_cover(
     intents={
         "HassTurnOn": {"on": True, "kind": "{domain}"},
         "HassTurnOff": {"on": False, "kind": "{domain}"},
-    }
+    },
 )
 def switch_all(
     on: bool,

@@ -46,7 +46,9 @@ def _duration(seconds: float) -> str:
 
 
 def _timer_name(label: str, length: float) -> str:
-    return f"the {label} timer" if label else f"the {_duration(length)} timer"
+    if label:
+        return f"the {label} timer"
+    return f"the {_duration(length)} timer" if length else "the timer"  # set before lengths were kept
 
 
 def _timers(db: sqlite3.Connection, label: str, start_hours: int, start_minutes: int, start_seconds: int) -> list:
@@ -66,7 +68,7 @@ def _left(due: float, paused_left: float | None) -> float:
     return paused_left if paused_left is not None else max(due - time.time(), 0)
 
 
-# Durations Home Assistant's library has no template for, and the alarm (which its timers are not).
+# Durations the sentence library has no template for.
 HOUR_AND_A_HALF = {"hours": 1, "minutes": 30}
 HALF_AN_HOUR = {"minutes": 30}
 SETTING = "[(set|start)] [a|an|the|my] "
