@@ -297,7 +297,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     def config_option(p: argparse.ArgumentParser, what: str = "config file") -> None:
         p.add_argument(
-            "--config", type=Path, default=None, help=f"{what} (default: $ASSISTANT_CONFIG, else ./config.yaml)"
+            "--config",
+            type=Path,
+            default=None,
+            metavar="FILE",
+            help=f"{what} (default: $ASSISTANT_CONFIG, else ./config.yaml)",
         )
 
     run = command(sub, "run", "run the assistant: microphone, wake phrase, speech, replies (as the service does)")
@@ -309,7 +313,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     setup = command(sub, "setup", "build the model directory for this machine or the board, and fetch speech models")
     setup.add_argument(
-        "--model", default="Qwen/Qwen2-0.5B-Instruct", help="Hugging Face repo id, or a local checkpoint folder"
+        "--model",
+        default="Qwen/Qwen2-0.5B-Instruct",
+        metavar="REPO|DIR",
+        help="Hugging Face repo id, or a local checkpoint folder",
     )
     setup.add_argument(
         "--target",
@@ -317,15 +324,19 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["ax630c", "ax650n", "host"],
         help="host: ONNX layers for this PC only; ax630c / ax650n: also the board's axmodels (needs Pulsar2)",
     )
-    setup.add_argument("--kv-cache-len", type=int, default=1023, help="context length in tokens")
-    setup.add_argument("--prefill-len", type=int, default=128, help="board prefill chunk; 0: token by token")
+    setup.add_argument("--kv-cache-len", type=int, default=1023, metavar="N", help="context length in tokens")
+    setup.add_argument(
+        "--prefill-len", type=int, default=128, metavar="N", help="board prefill chunk; 0: token by token"
+    )
     setup.add_argument("--weight-type", default="s8", choices=["s8", "s4"], help="board weight quantization")
     setup.add_argument(
-        "--out", type=Path, default=None, help="model directory (default: models/NAME beside the config)"
+        "--out", type=Path, default=None, metavar="DIR", help="model directory (default: models/NAME beside the config)"
     )
     builder = setup.add_mutually_exclusive_group()
-    builder.add_argument("--pulsar2", default=None, help="pulsar2 executable (default: from PATH)")
-    builder.add_argument("--pulsar2-image", default=None, help="run pulsar2 from this docker image instead")
+    builder.add_argument("--pulsar2", default=None, metavar="PATH", help="pulsar2 executable (default: from PATH)")
+    builder.add_argument(
+        "--pulsar2-image", default=None, metavar="IMAGE", help="run pulsar2 from this docker image instead"
+    )
     setup.add_argument("--no-host", action="store_true", help="skip the ONNX layers for a PC")
     setup.add_argument("--no-speech", action="store_true", help="skip the vosk model and piper voice")
     setup.add_argument("--keep-intermediate", action="store_true", help="also keep the .npy and float32 embeddings")

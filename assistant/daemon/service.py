@@ -113,8 +113,10 @@ def install(
         report += _copy_models(models, _under(root, STATE_DIR / "models"))
     settings = load_settings(on_disk)
 
-    executable = shutil.which("assistant") or f"{sys.executable} -m assistant"
+    script = Path(sys.executable).parent / "assistant"  # this installation's, not whichever is first on PATH
+    executable = str(script) if script.is_file() else f"{sys.executable} -m assistant"
     needed = [
+        ("the assistant command", Path(executable.split()[0]).resolve()),
         ("the Python running assistant", Path(sys.executable).resolve()),
         ("the assistant package", PACKAGE),
         ("the config", config),
@@ -199,7 +201,7 @@ def _writable_problems(settings: Settings, root: Path) -> list[str]:
 
 
 def _move_hint(option: str, what: str) -> str:
-    if what.startswith(("the Python", "the assistant")):
+    if what.startswith(("the Python", "the assistant")):  # the program itself
         fix = "install the package outside home folders (python3 -m venv /opt/assistant, then its pip install …)"
     else:
         fix = f"move it (models belong under {STATE_DIR}/models: --models DIR copies them there)"

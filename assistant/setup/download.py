@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import http.client
 import logging
+import os
 import shutil
 import sys
 import urllib.error
@@ -41,7 +42,10 @@ class Progress:
             from tqdm import tqdm
 
             scale = {"unit_scale": True, "unit_divisor": 1024} if unit == "B" else {}
-            self.bar = tqdm(total=total, desc=label, unit=unit, file=sys.stderr, leave=True, **scale)
+            # tqdm hides every bar on a terminal that reports no size (a serial console, a fresh pty).
+            size = os.get_terminal_size(sys.stderr.fileno())
+            shape = {"ncols": size.columns or 80, "nrows": size.lines or 24}
+            self.bar = tqdm(total=total, desc=label, unit=unit, file=sys.stderr, **shape, **scale)
 
     def update(self, count: int) -> None:
         self.done += count
