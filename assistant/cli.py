@@ -32,6 +32,17 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_config_init(args: argparse.Namespace) -> int:
+    from assistant.daemon.service import DEFAULT_CONFIG
+
+    if args.path.exists():
+        print(f"error: {args.path} exists; edit it, or remove it first", file=sys.stderr)
+        return 1
+    args.path.write_text(DEFAULT_CONFIG.read_text())
+    print(f"wrote {args.path}: paths in it are relative to its folder; next: `assistant setup --target host`")
+    return 0
+
+
 def cmd_doctor(args: argparse.Namespace) -> int:
     from assistant.doctor import diagnose, report
 
@@ -380,6 +391,9 @@ def build_parser() -> argparse.ArgumentParser:
     check = command(config_sub, "check", "validate a config file and print the effective settings")
     config_option(check)
     check.set_defaults(func=cmd_config_check)
+    init = command(config_sub, "init", "write the default, commented config.yaml to start from")
+    init.add_argument("path", type=Path, nargs="?", default=Path("config.yaml"), help="where to write it")
+    init.set_defaults(func=cmd_config_init)
 
     _, service_sub = _group(sub, "service", "the systemd service", common)
     install = command(

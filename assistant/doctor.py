@@ -14,6 +14,7 @@ from pathlib import Path
 from assistant.config import ConfigError, Settings, load_settings, state_dir
 
 TEXT_ONLY = "or run without microphone and speech models: `assistant run --text-only`"
+MICROPHONE_FIX = f"connect one and choose it with audio.input_device (`assistant audio list`); {TEXT_ONLY}"
 SETUP = "`assistant setup --target host` (offline: --model DIR with a checkpoint folder, file:// URLs in config.yaml)"
 
 
@@ -36,7 +37,11 @@ def diagnose(config: Path, text_only: bool = False) -> list[Finding]:
         settings = load_settings(config)
         findings.append(Finding("config", f"{config}: settings load"))
     except ConfigError as e:
-        fix = "copy the project's config.yaml here, or pass --config FILE" if not config.exists() else "edit the file"
+        fix = (
+            "`assistant config init` writes the default one here; or pass --config FILE"
+            if not config.exists()
+            else "edit the file"
+        )
         findings.append(Finding("config", str(e), fix))
         settings = Settings()  # the defaults, relative to here: the other checks still say something useful
         settings.source = config
@@ -132,8 +137,7 @@ def microphone_problem(settings: Settings) -> str | None:
 def _audio(settings: Settings) -> list[Finding]:
     problem = microphone_problem(settings)
     if problem is not None:
-        fix = f"connect one and choose it with audio.input_device (`assistant audio list`); {TEXT_ONLY}"
-        return [Finding("microphone", problem, fix)]
+        return [Finding("microphone", problem, MICROPHONE_FIX)]
     import sounddevice
 
     found = [Finding("microphone", str(sounddevice.query_devices(settings.audio.input_device, "input")["name"]))]

@@ -132,8 +132,13 @@ def test_bare_command_prints_help_and_options_work_after_the_subcommand(tmp_path
     assert "(default: ax630c)" in setup_help and "(default: 1023)" in setup_help
     assert "host: ONNX layers for this PC only" in setup_help
 
-    # --log-level on either side of the subcommand: `error` after it silences doctor's logging too.
-    (tmp_path / "config.yaml").write_text("logging:\n  level: info\n")
+    # A config to start from, outside any checkout: the packaged default.
+    init = assistant(tmp_path, "config", "init")
+    assert init.returncode == 0 and "next: `assistant setup --target host`" in init.stdout
+    assert (tmp_path / "config.yaml").read_text() == (Path(__file__).parents[1] / "config.yaml").read_text()
+    assert assistant(tmp_path, "config", "init").returncode == 1  # never overwrites
+
+    # --log-level on either side of the subcommand.
     after = assistant(tmp_path, "config", "check", "--log-level", "error")
     before = assistant(tmp_path, "--log-level", "error", "config", "check")
     assert after.returncode == before.returncode == 78  # the model is missing: one clear line

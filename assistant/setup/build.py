@@ -249,8 +249,8 @@ def next_command(model_dir: Path, opts: SetupOptions, settings: Settings | None,
         )
     if settings is None:
         return (
-            f"next: `assistant run --text-only --config FILE`, FILE a copy of the project's config.yaml "
-            f"with llm.model_dir: {model_dir.resolve()}"
+            f"next: `assistant config init` (writes ./config.yaml), set llm.model_dir: {model_dir.resolve()} "
+            "there, then `assistant setup` again for the speech models, or `assistant run --text-only`"
         )
     config = "" if settings.source == Path("config.yaml") else f" --config {settings.source}"
     run = f"assistant run{config}" if speech else f"assistant run --text-only{config}"
