@@ -177,6 +177,7 @@ def cmd_setup(args: argparse.Namespace) -> int:
             target=args.target,
             kv_cache_len=args.kv_cache_len,
             prefill_len=args.prefill_len,
+            kv_history=args.last_kv_cache_len,
             weight_type=args.weight_type,
             out=args.out,
             pulsar2=args.pulsar2,
@@ -338,6 +339,14 @@ def build_parser() -> argparse.ArgumentParser:
     setup.add_argument("--kv-cache-len", type=int, default=1023, metavar="N", help="context length in tokens")
     setup.add_argument(
         "--prefill-len", type=int, default=128, metavar="N", help="board prefill chunk; 0: token by token"
+    )
+    setup.add_argument(
+        "--last-kv-cache-len",
+        type=int,
+        action="append",
+        default=None,
+        metavar="ROWS",
+        help="a board prefill group after ROWS cached rows (repeatable; default: every --prefill-len rows that fit)",
     )
     setup.add_argument("--weight-type", default="s8", choices=["s8", "s4"], help="board weight quantization")
     setup.add_argument(

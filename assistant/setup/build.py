@@ -23,7 +23,14 @@ from assistant.llm.embeddings import write_embeddings
 from assistant.llm.export import copy_tokenizer, export_onnx, new_manifest
 from assistant.llm.manifest import LayerFiles, ModelError, load_manifest, record_files, verify_files
 from assistant.setup.download import Progress, SetupError, download, download_and_unzip, fetch_hf_model
-from assistant.setup.pulsar2 import collect_axmodels, find_builder, pulsar2_command, run_pulsar2, write_model_config
+from assistant.setup.pulsar2 import (
+    collect_axmodels,
+    default_kv_history,
+    find_builder,
+    pulsar2_command,
+    run_pulsar2,
+    write_model_config,
+)
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +47,7 @@ class SetupOptions:
     target: str = "ax630c"
     kv_cache_len: int = 1023
     prefill_len: int = 128
+    kv_history: list[int] | None = None  # --last_kv_cache_len values; None: every prefill_len rows (pulsar2.py)
     weight_type: str = "s8"
     out: Path | None = None
     pulsar2: str | None = None
@@ -60,6 +68,7 @@ def check_builder(opts: SetupOptions) -> None:
     if opts.target not in TARGETS:
         raise SetupError(f"--target must be one of {', '.join(TARGETS)}, not {opts.target!r}")
     if opts.target != "host":
+        _kv_history(opts)
         find_builder(opts.target, opts.pulsar2, opts.pulsar2_image)
 
 
@@ -77,6 +86,7 @@ def build_model(opts: SetupOptions, models_dir: Path, force: bool = False) -> tu
     files) is left as it is and no step runs, unless `force`.
     """
     check_builder(opts)
+    kv_history = _kv_history(opts) if opts.target != "host" else []
     local = Path(opts.model).expanduser()
     name = model_name(opts.model)
     dest = opts.out or models_dir / name
@@ -98,7 +108,7 @@ def build_model(opts: SetupOptions, models_dir: Path, force: bool = False) -> tu
     if opts.host or opts.target == "host":
         steps.append(("onnxruntime", lambda: _host_export(hf_dir, work, shape.num_layers)))
     if opts.target != "host":
-        steps.append(("axengine", lambda: _board_build(hf_dir, work, shape.num_layers, name, opts)))
+        steps.append(("axengine", lambda: _board_build(hf_dir, work, shape.num_layers, name, opts, kv_history)))
     results = [_run_step(work, step, fn) for step, fn in steps]
 
     backends = {r.name: LayerFiles(**r.layers) for r in results if r.layers}
@@ -123,7 +133,9 @@ def _host_export(hf_dir: Path, work: Path, num_layers: int) -> LayerFiles:
         progress.close()
 
 
-def _board_build(hf_dir: Path, work: Path, num_layers: int, name: str, opts: SetupOptions) -> LayerFiles:
+def _board_build(
+    hf_dir: Path, work: Path, num_layers: int, name: str, opts: SetupOptions, kv_history: list[int]
+) -> LayerFiles:
     write_model_config(hf_dir, work, name)
     build_dir = work / "axmodel_build"
     shutil.rmtree(build_dir, ignore_errors=True)
@@ -134,13 +146,32 @@ def _board_build(hf_dir: Path, work: Path, num_layers: int, name: str, opts: Set
         kv_cache_len=opts.kv_cache_len,
         prefill_len=opts.prefill_len,
         weight_type=opts.weight_type,
+        kv_history=kv_history,
         pulsar2=opts.pulsar2,
         image=opts.pulsar2_image,
     )
     run_pulsar2(command)
-    layers = collect_axmodels(build_dir, work, num_layers, opts.prefill_len, f"{opts.weight_type}, bf16 activations")
+    weights = f"{opts.weight_type}, bf16 activations"
+    layers = collect_axmodels(build_dir, work, num_layers, opts.prefill_len, kv_history, weights)
     shutil.rmtree(build_dir, ignore_errors=True)
     return layers
+
+
+def _kv_history(opts: SetupOptions) -> list[int]:
+    """The prefill history groups to build, checked before pulsar2 spends half an hour on them."""
+    if opts.kv_history is None:
+        return default_kv_history(opts.kv_cache_len, opts.prefill_len)
+    history = sorted(set(opts.kv_history))
+    if history and not opts.prefill_len:
+        raise SetupError("--last-kv-cache-len needs --prefill-len: history groups are prefill groups")
+    too_long = [h for h in history if h <= 0 or h + opts.prefill_len > opts.kv_cache_len + 1]
+    if too_long:
+        raise SetupError(
+            f"--last-kv-cache-len {too_long[0]}: a history group of H rows prefills {opts.prefill_len} tokens after "
+            f"them, so H must be between 1 and {opts.kv_cache_len + 1 - opts.prefill_len} for --kv-cache-len "
+            f"{opts.kv_cache_len}"
+        )
+    return history
 
 
 def _record(opts: SetupOptions, local: Path | None) -> dict:
