@@ -23,8 +23,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.test_setup import STAND_IN
-
 PYTHON_DIR = str(Path(sys.executable).parent)
 
 
@@ -209,12 +207,10 @@ def test_interrupted_setup_says_how_to_resume_and_resumes(tmp_path: Path, tiny_h
     assert (tmp_path / "models/vosk-model-test/am/final.mdl").stat().st_size == 3_000_000
 
 
-def test_finished_build_is_up_to_date_at_once_and_changed_options_are_named(tmp_path: Path, tiny_hf: Path) -> None:
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    (bin_dir / "pulsar2").write_text(STAND_IN.format(python=sys.executable))
-    (bin_dir / "pulsar2").chmod(0o755)
-    env = environment(tmp_path, PATH=f"{bin_dir}:{PYTHON_DIR}", PULSAR2_ARGV=str(tmp_path / "argv.json"))
+def test_finished_build_is_up_to_date_at_once_and_changed_options_are_named(
+    tmp_path: Path, tiny_hf: Path, pulsar2_bin: Path
+) -> None:
+    env = environment(tmp_path, PATH=f"{pulsar2_bin}:{PYTHON_DIR}")
     args = ["setup", "--model", str(tiny_hf), "--target", "host", "--no-speech", "--out", "models/tiny"]
     first = assistant(tmp_path, *args, "--log-level", "debug", env=env)
     assert first.returncode == 0, first.stderr
