@@ -124,8 +124,8 @@ def test_ready_watchdog_turn_events_and_clean_sigterm(setup) -> None:
         said = subprocess.run([*cli, "say", "--config", str(config), "what", "day", "is", "it"],
                               capture_output=True, text=True, timeout=60)  # fmt: skip
         assert said.returncode == 0 and said.stdout.startswith("Today is ")
-        status = subprocess.run([*cli, "status", "--json", "--config", str(config)], capture_output=True, text=True,
-                                timeout=60)  # fmt: skip
+        status_command = [*cli, "status", "--json", "--config", str(config)]
+        status = subprocess.run(status_command, capture_output=True, text=True, timeout=60)
         assert json.loads(status.stdout)["model"] == "tiny-qwen2" and not json.loads(status.stdout)["busy"]
         with connect(control) as client:  # the ring reaches connected clients
             send(client, {"type": "status"})
