@@ -160,7 +160,10 @@ def load_settings(path: Path | None = None, environ: typing.Mapping[str, str] | 
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found") from None
+        raise ConfigError(
+            f"{path}: config file not found; `assistant config init {path}` writes the default one, "
+            "or pass --config FILE"
+        ) from None
     except OSError as e:
         raise ConfigError(f"{path}: cannot read config file: {e.strerror}") from None
     data, lines = _parse_yaml(text, path)

@@ -33,18 +33,16 @@ class Finding:
 def diagnose(config: Path, text_only: bool = False) -> list[Finding]:
     """Run every check; the findings with a `fix` are the problems."""
     findings: list[Finding] = []
-    try:
-        settings = load_settings(config)
-        findings.append(Finding("config", f"{config}: settings load"))
-    except ConfigError as e:
-        fix = (
-            "`assistant config init` writes the default one here; or pass --config FILE"
-            if not config.exists()
-            else "edit the file"
-        )
-        findings.append(Finding("config", str(e), fix))
-        settings = Settings()  # the defaults, relative to here: the other checks still say something useful
-        settings.source = config
+    settings = Settings()  # without a config, the defaults (relative to here) still say something useful
+    settings.source = config
+    if not config.exists():
+        findings.append(Finding("config", f"{config}: not found", f"`assistant config init {config}` writes one"))
+    else:
+        try:
+            settings = load_settings(config)
+            findings.append(Finding("config", f"{config}: settings load"))
+        except ConfigError as e:
+            findings.append(Finding("config", str(e), f"edit {config}"))
     findings += _llm(settings)
     if not text_only:
         findings += _speech(settings)
