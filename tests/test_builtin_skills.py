@@ -1,4 +1,4 @@
-"""The built-in skills in skills/, through the registry as the assistant uses them."""
+"""The built-in skills (assistant/skills/builtin/), through the registry as the assistant uses them."""
 
 from __future__ import annotations
 
@@ -72,9 +72,11 @@ def test_alarms_and_cancelling(tmp_path: Path) -> None:
     listing = registry.call("list_timers", {}).text
     assert "an alarm at 7:05" in listing
     assert "a pasta timer with 10 minutes left" in listing or "a pasta timer with 9 minutes and 59 seconds" in listing
-    assert registry.call("cancel_timers", {"label": "pasta"}).text == "Cancelled 1."
-    assert registry.call("cancel_timers", {}).text == "Cancelled 1."
-    assert registry.call("cancel_timers", {}).text == "There was nothing to cancel."
+    assert registry.call("cancel_alarms", {}).text == "Cancelled 1 alarm."  # the timer keeps running
+    assert "pasta timer" in registry.call("list_timers", {}).text
+    assert registry.call("control_timer", {"action": "cancel", "label": "pasta"}).text == "Cancelled the pasta timer."
+    assert registry.call("control_timer", {"action": "cancel"}).text == "No timer is running."
+    assert registry.call("cancel_alarms", {}).text == "No alarm is set."
     assert registry.call("set_timer", {}).text == "How long should the timer run?"
     assert "invalid arguments" in registry.call("set_alarm", {"hour": 25}).error
 

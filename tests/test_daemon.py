@@ -214,7 +214,8 @@ def test_ready_watchdog_turn_events_and_clean_sigterm(setup) -> None:
         said = subprocess.run([*cli, "say", "--config", str(config), "what", "day", "is", "it"],
                               capture_output=True, text=True, timeout=60)  # fmt: skip
         assert said.returncode == 0 and said.stdout.startswith("Today is ")
-        status = subprocess.run([*cli, "status", "--config", str(config)], capture_output=True, text=True, timeout=60)
+        status_command = [*cli, "status", "--json", "--config", str(config)]
+        status = subprocess.run(status_command, capture_output=True, text=True, timeout=60)
         assert json.loads(status.stdout)["model"] == "tiny-qwen2" and not json.loads(status.stdout)["busy"]
         assert json.loads(status.stdout)["state"] == "ready"
         with watcher:  # the ring reaches every client, and nobody else's turn did
@@ -506,7 +507,8 @@ def test_a_timer_survives_kill_9(setup) -> None:
 def test_200_turns_with_flat_memory_threads_and_files(setup, tiny_int8: Path) -> None:
     config, control, notify = setup
     # A context that fills during the warm-up, so that what is measured is the steady state.
-    disabled = "[set_alarm, list_timers, cancel_timers, remove_item, clear_shopping_list, set_volume, change_volume]"
+    disabled = ("[set_alarm, list_timers, control_timer, cancel_alarms, remove_item, clear_shopping_list, set_volume, "
+                "change_volume]")  # fmt: skip
     text = config.read_text().replace("kv_cache_len: 8192", "kv_cache_len: 2048")
     config.write_text(text.replace("skills:\n", f"skills:\n  disabled: {disabled}\n"))
     daemon = Daemon(config.parent, config, notify)
@@ -543,20 +545,6 @@ def test_broken_config_exits_with_the_no_restart_status(tmp_path: Path) -> None:
     assert "llm.backend" in result.stderr
     unit = (REPO / "systemd/assistant.service").read_text()
     assert "RestartPreventExitStatus=78" in unit and "Restart=on-failure" in unit
-
-
-def test_installed_unit_passes_systemd_analyze(tmp_path: Path) -> None:
-    config = tmp_path / "config.yaml"
-    config.write_text("")
-    result = subprocess.run([sys.executable, "-m", "assistant", "service", "install", "--config", str(config),
-                             "--unit-dir", str(tmp_path / "units"), "--user", "root"],
-                            capture_output=True, text=True, timeout=60)  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    unit = tmp_path / "units" / "assistant.service"
-    text = unit.read_text()
-    assert f"--config {config}" in text and "Type=notify" in text and "WatchdogSec=" in text
-    verify = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60)
-    assert verify.returncode == 0, verify.stderr
 
 
 def test_a_socket_path_that_is_not_ours_is_refused_in_one_line(tmp_path: Path, tiny_int8: Path) -> None:

@@ -142,7 +142,7 @@ def test_state_queries_read_the_retained_state(broker: int, tmp_path: Path) -> N
 def test_spoken_commands_in_both_languages(broker: int, tmp_path: Path) -> None:
     registry, subscriber = smart_home(broker, tmp_path), Subscriber(broker)
     try:
-        matcher = IntentMatcher(registry.skills)
+        matcher = IntentMatcher(registry.skills, DEVICES)
         for text, payload in [
             ("turn off the kitchen light", '{"state": "OFF"}'),
             ("打开kitchen light", '{"state": "ON"}'),

@@ -26,6 +26,7 @@ from pathlib import Path
 from assistant.config import ConfigError, Settings, check_model_paths, load_settings, state_dir
 from assistant.daemon.control import ControlServer, Event, Request, default_socket_path
 from assistant.daemon.notify import notify, watchdog_interval
+from assistant.doctor import MICROPHONE_FIX, microphone_problem
 from assistant.llm.conversation import Conversation
 from assistant.llm.engine import Engine
 from assistant.llm.sampling import Sampler
@@ -85,6 +86,8 @@ class Daemon:
         self.state = State.LOADING
         self.settings = read_settings(config_path)
         check_model_paths(self.settings, voice=not text_only)
+        if not text_only and (problem := microphone_problem(self.settings)):  # retried below, said once here
+            log.warning("%s; %s", problem, MICROPHONE_FIX)
         self.turn_lock = threading.Lock()
         self.requests: dict[str, TurnRequest] = {}  # queued and running text turns, by id
         self.requests_lock = threading.Lock()

@@ -152,6 +152,7 @@ class SkillSpec:
     confirm: bool = False
     timeout: float | None = None
     sentences: dict[str, list] = field(default_factory=dict)  # language → templates or (template, slots)
+    intents: dict[str, dict] = field(default_factory=dict)  # Home Assistant intent → arguments
 
 
 @dataclass
@@ -163,6 +164,7 @@ class Skill:
     confirm: bool = False
     timeout: float | None = None
     sentences: dict[str, list] = field(default_factory=dict)  # language → templates or (template, slots)
+    intents: dict[str, dict] = field(default_factory=dict)  # Home Assistant intent → arguments, "{slot}" a slot
     source: str = ""
     wants_context: str | None = None  # the parameter that receives the SkillContext
 
@@ -179,11 +181,18 @@ def skill(
     confirm: bool = False,
     timeout: float | None = None,
     sentences: dict[str, list] | None = None,
+    intents: dict[str, dict] | None = None,
 ) -> Any:
-    """Mark a function as a skill. Use as @skill or @skill(confirm=True, sentences={...})."""
+    """Mark a function as a skill. Use as @skill or @skill(confirm=True, sentences={...}, intents={...}).
+
+    `sentences` are the skill's own hassil templates per language; `intents` names Home Assistant
+    intents the skill answers, each with the arguments it gets: a constant, or "{slot}" for the value
+    of that slot (a slot named like a parameter needs no entry). See assistant/skills/intents.py.
+    """
 
     def mark(f: Callable) -> Callable:
-        setattr(f, SKILL_ATTRIBUTE, SkillSpec(name or f.__name__, f, confirm, timeout, dict(sentences or {})))
+        spec = SkillSpec(name or f.__name__, f, confirm, timeout, dict(sentences or {}), dict(intents or {}))
+        setattr(f, SKILL_ATTRIBUTE, spec)
         return f
 
     return mark(func) if func is not None else mark
@@ -223,7 +232,7 @@ def build_skill(spec: SkillSpec, settings: Any = None, source: str = "") -> Skil
         properties[param.name] = schema
     parameters = {"type": "object", "properties": properties, "required": required, "additionalProperties": False}
     return Skill(spec.name, spec.func, description, parameters, spec.confirm, spec.timeout, spec.sentences,
-                 source, wants_context)  # fmt: skip
+                 spec.intents, source, wants_context)  # fmt: skip
 
 
 def _schema(hint: Any, settings: Any) -> dict:

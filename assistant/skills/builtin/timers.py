@@ -5,23 +5,36 @@ A background clock rings whatever is due, including what fell due while the assi
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import sqlite3
 import threading
 import time
+from collections.abc import Iterator
 from datetime import datetime, timedelta
-from typing import Annotated
+from typing import Annotated, Literal
 
 from assistant import Range, SkillContext, StorageError, background, skill
 
 SCHEMA = """CREATE TABLE IF NOT EXISTS timers (
-    id INTEGER PRIMARY KEY, kind TEXT NOT NULL, label TEXT NOT NULL, due REAL NOT NULL);"""
+    id INTEGER PRIMARY KEY, kind TEXT NOT NULL, label TEXT NOT NULL, due REAL NOT NULL,
+    length REAL NOT NULL DEFAULT 0, paused_left REAL);"""
+# Columns added since the first release, for state directories that have the older table.
+NEW_COLUMNS = ("length REAL NOT NULL DEFAULT 0", "paused_left REAL")
 TICK = 0.25  # seconds between looks at the clock
+MAX_TIMER = 24 * 3600  # seconds; longer is an alarm's job
 MAX_BACKOFF = 5.0  # seconds between looks while the stored timers cannot be read or written
 log = logging.getLogger(__name__)
 
 
-def _db(context: SkillContext):
-    return context.database("timers", SCHEMA)
+@contextlib.contextmanager
+def _db(context: SkillContext) -> Iterator[sqlite3.Connection]:
+    with context.database("timers", SCHEMA) as db:
+        present = {row[1] for row in db.execute("PRAGMA table_info(timers)")}
+        for column in NEW_COLUMNS:
+            if column.split()[0] not in present:
+                db.execute(f"ALTER TABLE timers ADD COLUMN {column}")
+        yield db
 
 
 def _duration(seconds: float) -> str:
@@ -35,15 +48,52 @@ def _duration(seconds: float) -> str:
     return " and ".join(parts) or "0 seconds"
 
 
+def _timer_name(label: str, length: float) -> str:
+    if label:
+        return f"the {label} timer"
+    return f"the {_duration(length)} timer" if length else "the timer"  # set before lengths were kept
+
+
+def _timers(db: sqlite3.Connection, label: str, start_hours: int, start_minutes: int, start_seconds: int) -> list:
+    """The timers named `label`, or those first set for the given length; all timers if neither is given."""
+    rows = db.execute(
+        "SELECT id, label, due, length, paused_left FROM timers WHERE kind = 'timer' ORDER BY due"
+    ).fetchall()
+    length = start_hours * 3600 + start_minutes * 60 + start_seconds
+    if label.strip():
+        rows = [r for r in rows if r[1].lower() == label.strip().lower()]
+    if length:
+        rows = [r for r in rows if round(r[3]) == length]
+    return rows
+
+
+def _left(due: float, paused_left: float | None) -> float:
+    return paused_left if paused_left is not None else max(due - time.time(), 0)
+
+
+# Durations the sentence library has no template for.
+HOUR_AND_A_HALF = {"hours": 1, "minutes": 30}
+HALF_AN_HOUR = {"minutes": 30}
+SETTING = "[(set|start)] [a|an|the|my] "
+
+
 @skill(
     sentences={
-        "en": ["set a timer for {minutes} minute[s]", "set a {minutes} minute timer",
-               "set a timer for {seconds} second[s]", "set a {label} timer for {minutes} minute[s]"],
-        "zh": ["设置一个{minutes}分钟的计时器", "{minutes}分钟后提醒我", "设置一个{seconds}秒的计时器"],
-    }
+        "en": [(SETTING + "timer for (an|one) hour and a half", HOUR_AND_A_HALF),
+               (SETTING + "(hour and a half|90 minute) timer", HOUR_AND_A_HALF),
+               (SETTING + "timer for half an hour", HALF_AN_HOUR), (SETTING + "half hour timer", HALF_AN_HOUR),
+               "[set|start] (a|an|the|my) {label} timer for {minutes} minute[s]",
+               "[set|start] (a|an|the|my) {label} timer for {hours} hour[s]"],
+        "zh": [("[设置|设定|开始|定][一个]半(个)小时[的]计时[器]", HALF_AN_HOUR),
+               ("[设置|设定|开始|定][一个]一个半小时[的]计时[器]", HOUR_AND_A_HALF),
+               "[设置|设定|定][一个]{minutes}分钟[的]计时器", "[设置|设定|定][一个]{seconds}秒[钟][的]计时器",
+               "{minutes}分钟后提醒我", "{hours}(个)小时后提醒我"],
+    },
+    intents={"HassStartTimer": {"label": "{name}"}},
 )  # fmt: skip
 def set_timer(
     context: SkillContext,
+    hours: Annotated[int, Range(0, 24)] = 0,
     minutes: Annotated[int, Range(0, 1440)] = 0,
     seconds: Annotated[int, Range(0, 3600)] = 0,
     label: str = "",
@@ -51,16 +101,20 @@ def set_timer(
     """Start a countdown timer.
 
     Args:
-        minutes: minutes to count down
-        seconds: seconds to count down, added to the minutes
+        hours: hours to count down
+        minutes: minutes to count down, added to the hours
+        seconds: seconds to count down, added to the hours and minutes
         label: what the timer is for, e.g. "pasta"
     """
-    length = minutes * 60 + seconds
+    length = hours * 3600 + minutes * 60 + seconds
     if length <= 0:
         return "How long should the timer run?"
+    if length > MAX_TIMER:
+        return "I can set timers for up to 24 hours; for later, set an alarm."
     with _db(context) as db:
         db.execute(
-            "INSERT INTO timers (kind, label, due) VALUES ('timer', ?, ?)", (label.strip(), time.time() + length)
+            "INSERT INTO timers (kind, label, due, length) VALUES ('timer', ?, ?, ?)",
+            (label.strip(), time.time() + length, length),
         )
     name = f"The {label.strip()} timer" if label.strip() else "Timer"
     return f"{name} {'is ' if label.strip() else ''}set for {_duration(length)}."
@@ -93,44 +147,131 @@ def set_alarm(
 
 @skill(
     sentences={
-        "en": ["what timers do I have", "list my timers", "list my alarms"],
+        "en": ["what timers do I have", "list my timers", "list my alarms", "what alarms do I have"],
         "zh": ["有哪些计时器", "我有什么闹钟"],
     }
 )
 def list_timers(context: SkillContext) -> str:
     """Say which timers and alarms are set."""
     with _db(context) as db:
-        rows = db.execute("SELECT kind, label, due FROM timers ORDER BY due").fetchall()
+        rows = db.execute("SELECT kind, label, due, paused_left FROM timers ORDER BY due").fetchall()
     if not rows:
         return "No timers or alarms are set."
-    now = time.time()
     said = []
-    for kind, label, due in rows:
+    for kind, label, due, paused_left in rows:
         if kind == "alarm":
             said.append(f"an alarm at {datetime.fromtimestamp(due).strftime('%-H:%M')}")
         else:
-            said.append(f"{'a ' + label if label else 'a'} timer with {_duration(max(due - now, 0))} left")
+            paused = " (paused)" if paused_left is not None else ""
+            said.append(
+                f"{'a ' + label if label else 'a'} timer with {_duration(_left(due, paused_left))} left{paused}"
+            )
     return "You have " + ", ".join(said) + "."
+
+
+def _status(rows: list) -> str:
+    said = []
+    for _, label, due, length, paused_left in rows:
+        paused = ", paused" if paused_left is not None else ""
+        said.append(f"{_timer_name(label, length)} has {_duration(_left(due, paused_left))} left{paused}")
+    text = "; ".join(said)
+    return text[0].upper() + text[1:] + "."
+
+
+def _change(db: sqlite3.Connection, row: tuple, action: str, seconds: int) -> str:
+    row_id, label, due, length, paused_left = row
+    name = _timer_name(label, length)
+    if action == "cancel":
+        db.execute("DELETE FROM timers WHERE id = ?", (row_id,))
+        return f"Cancelled {name}."
+    if action == "pause":
+        if paused_left is not None:
+            return f"{name[0].upper()}{name[1:]} is already paused."
+        db.execute("UPDATE timers SET paused_left = ? WHERE id = ?", (_left(due, None), row_id))
+        return f"Paused {name}."
+    if action == "resume":
+        if paused_left is None:
+            return f"{name[0].upper()}{name[1:]} is running."
+        db.execute("UPDATE timers SET due = ?, paused_left = NULL WHERE id = ?", (time.time() + paused_left, row_id))
+        return f"Resumed {name}."
+    left = max(_left(due, paused_left) + (seconds if action == "add" else -seconds), 0)
+    if paused_left is None:
+        db.execute("UPDATE timers SET due = ? WHERE id = ?", (time.time() + left, row_id))
+    else:
+        db.execute("UPDATE timers SET paused_left = ? WHERE id = ?", (left, row_id))
+    return f"{name[0].upper()}{name[1:]} has {_duration(left)} left."
 
 
 @skill(
     sentences={
-        "en": ["cancel the timer[s]", "cancel the {label} timer", "cancel my alarm[s]"],
-        "zh": ["取消计时器", "取消闹钟"],
-    }
-)
-def cancel_timers(context: SkillContext, label: str = "") -> str:
-    """Cancel timers and alarms: those with this label, or all of them.
+        "en": [("how (much time|long) is left", {"action": "status"}),
+               ("how much time (remains|do I have left)", {"action": "status"})],
+        "zh": [("取消(所有|全部)[的]计时器", {"action": "cancel_all"}),
+               ("把(所有|全部)[的]计时器[都]取消", {"action": "cancel_all"})],
+    },
+    intents={
+        "HassTimerStatus": {"action": "status", "label": "{name}"},
+        "HassCancelTimer": {"action": "cancel", "label": "{name}"},
+        "HassCancelAllTimers": {"action": "cancel_all"},
+        "HassPauseTimer": {"action": "pause", "label": "{name}"},
+        "HassUnpauseTimer": {"action": "resume", "label": "{name}"},
+        "HassIncreaseTimer": {"action": "add", "label": "{name}"},
+        "HassDecreaseTimer": {"action": "subtract", "label": "{name}"},
+    },
+)  # fmt: skip
+def control_timer(
+    action: Literal["status", "cancel", "cancel_all", "pause", "resume", "add", "subtract"],
+    context: SkillContext,
+    label: str = "",
+    start_hours: Annotated[int, Range(0, 24)] = 0,
+    start_minutes: Annotated[int, Range(0, 1440)] = 0,
+    start_seconds: Annotated[int, Range(0, 3600)] = 0,
+    hours: Annotated[int, Range(0, 24)] = 0,
+    minutes: Annotated[int, Range(0, 1440)] = 0,
+    seconds: Annotated[int, Range(0, 3600)] = 0,
+) -> str:
+    """Time left on timers, or cancel, pause, resume, lengthen or shorten one (cancel_all: every timer).
 
     Args:
-        label: the label of the timer to cancel; empty cancels all
+        action: what to do
+        label: the timer's label, to pick it out
+        start_hours: the hours it was set for, to pick it out
+        start_minutes: the minutes it was set for, to pick it out
+        start_seconds: the seconds it was set for, to pick it out
+        hours: hours to add or subtract
+        minutes: minutes to add or subtract
+        seconds: seconds to add or subtract
     """
     with _db(context) as db:
-        if label.strip():
-            removed = db.execute("DELETE FROM timers WHERE lower(label) = lower(?)", (label.strip(),)).rowcount
-        else:
-            removed = db.execute("DELETE FROM timers").rowcount
-    return f"Cancelled {removed}." if removed else "There was nothing to cancel."
+        rows = _timers(db, label, start_hours, start_minutes, start_seconds)
+        if not rows:
+            picked = label.strip() or start_hours or start_minutes or start_seconds
+            return "There is no such timer." if picked else "No timer is running."
+        if action == "status":
+            return _status(rows)
+        if action == "cancel_all":
+            db.executemany("DELETE FROM timers WHERE id = ?", [(r[0],) for r in rows])
+            return f"Cancelled {len(rows)} timer{'s' if len(rows) != 1 else ''}."
+        if action in ("pause", "resume") and len(rows) > 1:
+            # "pause the timer" with one running and one paused means the running one.
+            rows = [r for r in rows if (r[4] is None) == (action == "pause")] or rows
+        if len(rows) > 1:
+            names = ", ".join(_timer_name(r[1], r[3]) for r in rows)
+            return f"You have {len(rows)} timers: {names}. Which one?"
+        return _change(db, rows[0], action, hours * 3600 + minutes * 60 + seconds)
+
+
+@skill(
+    sentences={
+        "en": ["(cancel|delete|remove|turn off) [my|the] alarm[s]", "(cancel|delete|remove) all [my|the] alarms"],
+        "zh": ["取消[我的][所有]闹钟", "(关掉|删除|删掉)[我的][所有]闹钟", "把闹钟(取消|关掉|删掉)"],
+    }
+)
+def cancel_alarms(context: SkillContext) -> str:
+    """Cancel every alarm (timers keep running)."""
+    with _db(context) as db:
+        removed = db.execute("DELETE FROM timers WHERE kind = 'alarm'").rowcount
+    return f"Cancelled {removed} alarm{'s' if removed != 1 else ''}." if removed else "No alarm is set."
 
 
 @background
@@ -146,7 +287,8 @@ def ring_due_timers(context: SkillContext, stop: threading.Event) -> None:
         try:
             with _db(context) as db:
                 due = db.execute(
-                    "SELECT id, kind, label FROM timers WHERE due <= ? ORDER BY due", (time.time(),)
+                    "SELECT id, kind, label FROM timers WHERE due <= ? AND paused_left IS NULL ORDER BY due",
+                    (time.time(),),
                 ).fetchall()
             for row_id, kind, label in due:
                 if row_id not in rung:
