@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from assistant.config import Settings
 from assistant.skills.registry import load_registry
 
 REPO = Path(__file__).resolve().parent.parent
@@ -145,7 +146,7 @@ def write_config(tmp_path: Path, model: Path, max_new_tokens: int = 12, extra: s
 
 def chatty_config(tmp_path: Path, model: Path, max_new_tokens: int) -> Path:
     config = write_config(tmp_path, model, max_new_tokens)
-    names = ", ".join(load_registry(None, []).skills)
+    names = ", ".join(load_registry(Settings(), []).skills)
     config.write_text(config.read_text().replace("skills:\n", f"skills:\n  disabled: [{names}]\n"))
     return config
 

@@ -111,7 +111,7 @@ def test_built_in_skills_load_wherever_the_config_lives(tmp_path: Path) -> None:
     names = [line.split(":")[0] for line in listed.stdout.splitlines() if not line.startswith(" ")]
     for name in ("current_time", "set_timer", "add_item", "switch_device", "what_can_you_do"):
         assert name in names
-    assert "  say (en): turn on [the] {device} | turn off [the] {device}" in listed.stdout
+    assert "  say (en): what's on the shopping list | read my notes" in listed.stdout  # (template, slots) pairs
 
 
 def test_config_check_does_not_print_the_mqtt_password(tmp_path: Path, installed_models: dict[str, str]) -> None:
