@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from assistant.voice.asr import Transcriber
-from assistant.voice.audio import RATE
+from assistant.voice.audio import BLOCK, RATE
 from assistant.voice.tts import SentenceSplitter, Voice
 from assistant.voice.wake import WakeDetector
 
@@ -67,49 +67,58 @@ class VoicePipeline:
         self.reply: Reply | None = None
         self.listening_until: float | None = None  # follow-up: hear without the wake phrase until then
         self.position = 0.0  # seconds of audio read so far
+        self.hearing = False  # a command is being transcribed
 
     def emit(self, kind: str, **data) -> None:
         self.on_event({"type": kind, **data})
 
     def run(self, frames: Iterable[np.ndarray]) -> None:
         """Process a stream of 16 kHz frames; returns when it ends and the last reply is spoken."""
-        hearing, self.position = False, 0.0
+        self.voice.warm_up()  # before listening: the first reply must not pay for onnxruntime's first runs
+        self.hearing, self.position = False, 0.0
         for frame in frames:
             self.position += len(frame) / RATE
-            position = self.position
             wake = self.wake.feed(frame)
-            if wake is not None:
-                if self.reply is not None and self.reply.alive():
-                    self.emit("barge_in")
-                    self.stop_reply()
-                self.emit("wake", phrase=wake.phrase, confidence=wake.confidence, at=position)
-                if self.play_earcon:
-                    self.sink.play(earcon(), EARCON_RATE)
-                self.transcriber.start()
-                hearing = True
+            if wake is None:
+                self._hear(frame)
                 continue
-            replying = self.reply is not None and self.reply.alive()
-            if not hearing and not replying and self.listening_until is not None and position <= self.listening_until:
-                self.transcriber.start()
-                hearing, self.listening_until = True, None
-            if not hearing:
-                continue
-            event = self.transcriber.feed(frame)
-            if event is None:
-                continue
-            if event.kind == "partial":
-                self.emit("partial", text=event.text)
-                continue
-            hearing = False
-            ended = time.monotonic()
-            self.emit("final", text=event.text, at=position)
-            if not event.text:
-                continue  # nothing was said: back to listening, quietly
-            if event.text.strip().lower() in ("stop", "停", "停止"):
+            if self.reply is not None and self.reply.alive():
+                self.emit("barge_in")
                 self.stop_reply()
-                continue
-            self.start_reply(event.text, ended)
+            self.emit("wake", phrase=wake.phrase, confidence=wake.confidence, at=self.position)
+            if self.play_earcon:
+                self.sink.play(earcon(), EARCON_RATE)
+            self.transcriber.start()
+            self.hearing = True
+            # Words said right after the phrase, in the same breath, are already behind us: hear them first.
+            for start in range(0, len(wake.after), BLOCK):
+                self._hear(wake.after[start : start + BLOCK])
         self.finish()
+
+    def _hear(self, frame: np.ndarray) -> None:
+        replying = self.reply is not None and self.reply.alive()
+        if not self.hearing and not replying and self.listening_until is not None:
+            if self.position <= self.listening_until:
+                self.transcriber.start()
+                self.hearing = True
+            self.listening_until = None
+        if not self.hearing:
+            return
+        event = self.transcriber.feed(frame)
+        if event is None:
+            return
+        if event.kind == "partial":
+            self.emit("partial", text=event.text)
+            return
+        self.hearing = False
+        ended = time.monotonic()
+        self.emit("final", text=event.text, at=self.position)
+        if not event.text:
+            return  # nothing was said: back to listening, quietly
+        if event.text.strip().lower() in ("stop", "停", "停止"):
+            self.stop_reply()
+            return
+        self.start_reply(event.text, ended)
 
     def start_reply(self, text: str, speech_ended: float) -> None:
         reply = Reply(times={"end_of_speech": speech_ended})
