@@ -140,7 +140,7 @@ def cmd_setup(args: argparse.Namespace) -> int:
         if settings is None:
             log.warning("no %s: speech models not fetched (they are named there)", config)
             return 0
-        for path in fetch_speech_models(settings):
+        for path in fetch_speech_models(settings, options):
             print(f"speech model: {path}")
     except SetupError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import tarfile
 import tempfile
@@ -146,7 +147,10 @@ def split_voice(voice: Path, chunk: int = CHUNK_FRAMES) -> StreamConfig:
     from onnx import TensorProto, helper
 
     config = json.loads(Path(f"{voice}.json").read_text(encoding="utf-8"))
-    model = onnx.load(str(voice))
+    try:
+        model = onnx.load(str(voice))
+    except Exception as e:  # protobuf's DecodeError and friends: a truncated or foreign file
+        raise SetupError(f"not an ONNX model ({e})") from None
     cut, channels = decoder_input(model)
     z = helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, channels, "frames"])
     stem = voice.name.removesuffix(".onnx")
@@ -191,7 +195,7 @@ def calibration_windows(voice: Path, stream: StreamConfig, sentences: list[str])
     """Decoder windows [1, C, window] of z from the voice's own encoder on sample sentences."""
     from assistant.voice.tts import Voice
 
-    encoder = Voice(voice, split=True)
+    encoder = Voice(voice, decoder="onnxruntime")
     windows = []
     for sentence in sentences:
         for z in encoder.latents(sentence):
@@ -225,10 +229,9 @@ def build_decoder_axmodel(
         if image:
             if not shutil.which("docker"):
                 raise SetupError(f"--pulsar2-image needs docker, which is not installed; {GET_PULSAR2}")
-            root, prefix = (
-                "/data/work",
-                ["docker", "run", "--rm", "-v", f"{work.resolve()}:/data/work", image, "pulsar2"],
-            )
+            root = "/data/work"
+            user = ["--user", f"{os.getuid()}:{os.getgid()}", "-e", "HOME=/tmp"]  # files we can move after
+            prefix = ["docker", "run", "--rm", *user, "-v", f"{work.resolve()}:{root}", image, "pulsar2"]
         else:
             executable = pulsar2 or shutil.which("pulsar2")
             if not executable:
