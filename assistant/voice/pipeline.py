@@ -138,6 +138,7 @@ class VoicePipeline:
                 reply.times.setdefault("first_token", time.monotonic())
                 reply.text += piece
                 for sentence in splitter.push(piece):
+                    reply.times.setdefault("first_clause", time.monotonic())
                     sentences.put(sentence)
                 if reply.cancel.is_set():
                     return
@@ -169,7 +170,7 @@ class VoicePipeline:
     def _latency(self, reply: Reply) -> None:
         t = reply.times
         start = t["end_of_speech"]
-        breakdown = {k: round((t[k] - start) * 1000) for k in ("first_token", "first_audio") if k in t}
+        breakdown = {k: round((t[k] - start) * 1000) for k in ("first_token", "first_clause", "first_audio") if k in t}
         self.emit("latency", **{f"{k}_ms": v for k, v in breakdown.items()})
         log.info("latency from end of speech: %s", ", ".join(f"{k} {v} ms" for k, v in breakdown.items()))
 

@@ -61,13 +61,16 @@ class SentenceSplitter:
         return [rest] if rest else []
 
 
-def windows(frames: int, chunk: int, pad: int, fixed: bool) -> Iterator[tuple[int, int, int, int]]:
+def windows(
+    frames: int, chunk: int, pad: int, fixed: bool, first: int | None = None
+) -> Iterator[tuple[int, int, int, int]]:
     """Decoder windows over a sentence's frames: (window start, window end, emit start, emit end).
 
     Every emitted frame has `pad` frames of context each side inside its window, or the sentence's
     own edge, so the joined audio is the whole-sentence audio. `fixed`: every window is exactly
     chunk + 2 * pad frames (the NPU's compiled shape), placed inside the sentence when it is that
-    long; otherwise windows are as short as the context allows.
+    long; otherwise windows are as short as the context allows, and the first emits only `first`
+    frames, so that the first audio comes sooner (the next window is ready long before it has played).
     """
     size, start = chunk + 2 * pad, 0
     while start < frames:
@@ -76,7 +79,7 @@ def windows(frames: int, chunk: int, pad: int, fixed: bool) -> Iterator[tuple[in
             high = low + size
             end = high - pad if high < frames else frames
         else:
-            low, end = max(start - pad, 0), min(start + chunk, frames)
+            low, end = max(start - pad, 0), min(start + (first if start == 0 and first else chunk), frames)
             high = min(end + pad, frames)
         yield low, high, start, end
         start = end
@@ -167,7 +170,7 @@ class Voice:
         """Float audio of z [1, C, frames], a window at a time."""
         assert self.stream is not None
         hop, frames = self.stream.hop_length, z.shape[2]
-        for low, high, start, end in windows(frames, self.stream.chunk, self.stream.pad, self.fixed):
+        for low, high, start, end in windows(frames, self.stream.chunk, self.stream.pad, self.fixed, self.stream.first):
             part = z[:, :, low:high]
             if self.fixed:
                 feed = np.zeros((1, z.shape[1], self.stream.window), np.float32)  # the compiled shape
