@@ -12,6 +12,7 @@ import numpy as np
 import onnxruntime
 import pytest
 
+from assistant.llm.backends import session_options
 from assistant.setup.voice import StreamConfig, split_voice, stream_config_path
 from assistant.voice.audio import WavSink
 from assistant.voice.pipeline import VoicePipeline
@@ -24,7 +25,7 @@ SENTENCE = "The kitchen light is on now, and the living room is at twenty three 
 
 
 def run(path: Path, feed: dict) -> np.ndarray:
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    session = onnxruntime.InferenceSession(str(path), session_options(), providers=["CPUExecutionProvider"])
     return session.run(None, feed)[0]
 
 

@@ -133,7 +133,9 @@ def receptive_field(decoder: Path, channels: int, hop: int) -> int:
     """
     import onnxruntime
 
-    session = onnxruntime.InferenceSession(str(decoder), providers=["CPUExecutionProvider"])
+    from assistant.llm.backends import session_options
+
+    session = onnxruntime.InferenceSession(str(decoder), session_options(), providers=["CPUExecutionProvider"])
     frames = 96
     z = np.random.default_rng(0).standard_normal((1, channels, frames)).astype(np.float32)
     nudged = z.copy()

@@ -2,8 +2,8 @@
 
 One thread reads audio and never waits on the model, so the wake phrase is heard even while a
 reply is being spoken (barge-in: playback and generation stop at once, and a new turn starts).
-A turn runs in its own thread and hands finished sentences to a speaking thread, so the first
-sentence is heard while the model is still writing the rest.
+A turn runs in its own thread and hands finished pieces (the first clause, then sentences) to a
+speaking thread, so the first words are heard while the model is still writing the rest.
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ class Reply:
     """One turn in flight: its threads, its cancel switch and its timing."""
 
     cancel: threading.Event = field(default_factory=threading.Event)
+    speaking: threading.Event = field(default_factory=threading.Event)  # its first audio has been played
     threads: list[threading.Thread] = field(default_factory=list)
     times: dict[str, float] = field(default_factory=dict)
     text: str = ""
@@ -138,8 +139,13 @@ class VoicePipeline:
                 reply.times.setdefault("first_token", time.monotonic())
                 reply.text += piece
                 for sentence in splitter.push(piece):
+                    first = "first_clause" not in reply.times
                     reply.times.setdefault("first_clause", time.monotonic())
                     sentences.put(sentence)
+                    if first:
+                        # The rest of the reply is not needed before the first clause has been heard: leave
+                        # the CPU to its synthesis until its first audio plays.
+                        reply.speaking.wait(timeout=1.0)
                 if reply.cancel.is_set():
                     return
             for sentence in splitter.flush():
@@ -159,6 +165,7 @@ class VoicePipeline:
                     break
                 if "first_audio" not in reply.times:
                     reply.times["first_audio"] = time.monotonic()
+                    reply.speaking.set()
                     self._latency(reply)
                 self.emit("audio", text=sentence, samples=len(audio), rate=self.voice.rate)
                 self.sink.play(audio, self.voice.rate)
@@ -179,6 +186,7 @@ class VoicePipeline:
         if self.reply is None:
             return
         self.reply.cancel.set()
+        self.reply.speaking.set()  # a turn waiting for its first audio goes on, to see the cancel
         self.sink.stop()
         for thread in self.reply.threads:
             thread.join(timeout=10)
