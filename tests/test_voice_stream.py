@@ -190,3 +190,11 @@ def test_time_and_numbers_do_not_end_a_clause() -> None:
     splitter = SentenceSplitter()
     assert splitter.push("The meeting is at 10:30 with 1,500 people") == []
     assert splitter.push(": all of them, ") == ["The meeting is at 10:30 with 1,500 people:"]
+
+
+def test_a_split_voice_missing_a_part_says_so(split_medium_voice: Path, tmp_path: Path) -> None:
+    voice = split_medium_voice
+    for name in (voice.name, f"{voice.name}.json", stream_config_path(voice).name):  # no encoder, no decoder
+        (tmp_path / name).symlink_to(voice.with_name(name))
+    with pytest.raises(FileNotFoundError, match="encoder.onnx: part of the split voice is missing; run `assistant"):
+        Voice(tmp_path / voice.name)

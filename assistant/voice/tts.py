@@ -120,6 +120,10 @@ class Voice:
             )
         config = PiperConfig.from_dict(json.loads(Path(f"{path}.json").read_text(encoding="utf-8")))
         self.stream = StreamConfig.load(path)
+        for name in [self.stream.encoder, self.stream.decoder] if self.stream else []:
+            if not path.with_name(name).is_file():
+                missing = path.with_name(name)
+                raise FileNotFoundError(f"{missing}: part of the split voice is missing; run `assistant setup` again")
 
         def session(file: Path):  # built here rather than with PiperVoice.load: it shares the LLM's threads
             return onnxruntime.InferenceSession(str(file), session_options(), providers=["CPUExecutionProvider"])
