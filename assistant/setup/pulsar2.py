@@ -106,23 +106,30 @@ def pulsar2_command(
     """The full command line: a local pulsar2, or `docker run` of the Pulsar2 image with both folders mounted."""
     chip = CHIPS[target]
     config = work_dir / "pulsar2_config.json"
+    executable = find_builder(target, pulsar2, image)
     if image:
-        if not shutil.which("docker"):
-            raise SetupError(f"--pulsar2-image needs docker, which is not installed; {GET_PULSAR2}")
         args = llm_build_args("/data/input", "/data/work/axmodel_build", "/data/work/pulsar2_config.json",
                               chip, kv_cache_len, prefill_len, weight_type, kv_history)  # fmt: skip
         mounts = ["-v", f"{hf_dir.resolve()}:/data/input:ro", "-v", f"{work_dir.resolve()}:/data/work"]
         # As the calling user: files the container writes as root could not be moved into place after.
         user = ["--user", f"{os.getuid()}:{os.getgid()}", "-e", "HOME=/tmp"]
         return ["docker", "run", "--rm", *user, *mounts, image, "pulsar2", *args]
-    executable = pulsar2 or shutil.which("pulsar2")
-    if not executable:
-        raise SetupError(
-            f"no pulsar2 found for the {target} build; {GET_PULSAR2}; or build for a PC with --target host"
-        )
     args = llm_build_args(str(hf_dir), str(work_dir / "axmodel_build"), str(config), chip, kv_cache_len,
                           prefill_len, weight_type, kv_history)  # fmt: skip
     return [executable, *args]
+
+
+def find_builder(target: str, pulsar2: str | None = None, image: str | None = None) -> str:
+    """The pulsar2 (or, with an image, docker) executable; looked up before setup does any work."""
+    if image:
+        if not shutil.which("docker"):
+            raise SetupError(f"--pulsar2-image needs docker, which is not installed; {GET_PULSAR2}")
+        return "docker"
+    executable = shutil.which(pulsar2) if pulsar2 else shutil.which("pulsar2")
+    if not executable:
+        where = f"--pulsar2 {pulsar2} is not an executable" if pulsar2 else "no pulsar2 found on PATH"
+        raise SetupError(f"{where} for the {target} build; {GET_PULSAR2}; or build for a PC with --target host")
+    return executable
 
 
 def run_pulsar2(command: list[str]) -> None:
