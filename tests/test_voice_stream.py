@@ -198,3 +198,15 @@ def test_a_split_voice_missing_a_part_says_so(split_medium_voice: Path, tmp_path
         (tmp_path / name).symlink_to(voice.with_name(name))
     with pytest.raises(FileNotFoundError, match="encoder.onnx: part of the split voice is missing; run `assistant"):
         Voice(tmp_path / voice.name)
+
+
+def test_a_multi_speaker_voice_is_left_whole(medium_voice: Path, tmp_path: Path) -> None:
+    from assistant.setup.download import SetupError
+
+    voice = tmp_path / medium_voice.name
+    voice.symlink_to(medium_voice)
+    config = json.loads(Path(f"{medium_voice}.json").read_text())
+    Path(f"{voice}.json").write_text(json.dumps({**config, "num_speakers": 4}))
+    with pytest.raises(SetupError, match="multi-speaker"):
+        split_voice(voice)
+    assert not stream_config_path(voice).exists()

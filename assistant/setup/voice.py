@@ -155,6 +155,10 @@ def split_voice(voice: Path, chunk: int = CHUNK_FRAMES) -> StreamConfig:
         model = onnx.load(str(voice))
     except Exception as e:  # protobuf's DecodeError and friends: a truncated or foreign file
         raise SetupError(f"not an ONNX model ({e})") from None
+    if int(config.get("num_speakers", 1)) > 1:
+        # The decoder of a multi-speaker voice also takes the speaker's embedding (from "sid"): not
+        # handled yet, so such a voice speaks whole sentences.
+        raise SetupError("a multi-speaker voice is not split")
     cut, channels = decoder_input(model)
     z = helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, channels, "frames"])
     stem = voice.name.removesuffix(".onnx")
