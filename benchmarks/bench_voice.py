@@ -195,7 +195,7 @@ def chain(model, engine, voice, tmp: Path, trials: int) -> dict:
             print(f"trial {trial}: no command heard", file=sys.stderr)
             continue
         ended = begun[0] + speech_end / RATE
-        times = {**pipeline.reply.times, "endpoint": pipeline.reply.times["end_of_speech"]}
+        times = {**pipeline.reply.times, "endpoint": pipeline.reply.times["asr_final"]}
         for key in rows:
             rows[key].append(times[key] - ended)
     return {f"{key}_s": round(statistics.median(values), 3) for key, values in rows.items() if values} | {

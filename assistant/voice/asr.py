@@ -24,6 +24,7 @@ VAD_WINDOW = 512  # samples: Silero VAD's fixed window at 16 kHz (32 ms)
 class AsrEvent:
     kind: str  # "partial" or "final"
     text: str
+    silence: float = 0.0  # final: seconds since the speech stopped (by the VAD), i.e. the endpoint's delay
 
 
 class SpeechTracker:
@@ -127,5 +128,6 @@ class Transcriber:
         self.partial = ""  # FinalResult gives the open segment's text, now finished
         self.segments.append(json.loads(self.recognizer.FinalResult()).get("text", ""))
         text = " ".join(t for t in self.text().split() if t != "[unk]")
+        silence = self.speech.trailing / RATE if self.speech.voiced else 0.0
         self.start()
-        return AsrEvent("final", text)
+        return AsrEvent("final", text, silence)

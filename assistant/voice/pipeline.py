@@ -112,17 +112,18 @@ class VoicePipeline:
             self.emit("partial", text=event.text)
             return
         self.hearing = False
-        ended = time.monotonic()
+        final = time.monotonic()
         self.emit("final", text=event.text, at=self.position)
         if not event.text:
             return  # nothing was said: back to listening, quietly
         if event.text.strip().lower() in ("stop", "停", "停止"):
             self.stop_reply()
             return
-        self.start_reply(event.text, ended)
+        self.start_reply(event.text, final - event.silence, final)
 
-    def start_reply(self, text: str, speech_ended: float) -> None:
-        reply = Reply(times={"end_of_speech": speech_ended})
+    def start_reply(self, text: str, speech_ended: float, final: float | None = None) -> None:
+        """Answer `text`; times are from `speech_ended` (the VAD's end of speech), `final` is the ASR's result."""
+        reply = Reply(times={"end_of_speech": speech_ended, "asr_final": final or speech_ended})
         sentences: queue.Queue[str | None] = queue.Queue()
         reply.threads = [
             threading.Thread(target=self._generate, args=(text, reply, sentences), name="turn", daemon=True),
@@ -177,7 +178,8 @@ class VoicePipeline:
     def _latency(self, reply: Reply) -> None:
         t = reply.times
         start = t["end_of_speech"]
-        breakdown = {k: round((t[k] - start) * 1000) for k in ("first_token", "first_clause", "first_audio") if k in t}
+        stages = ("asr_final", "first_token", "first_clause", "first_audio")
+        breakdown = {k: round((t[k] - start) * 1000) for k in stages if k in t}
         self.emit("latency", **{f"{k}_ms": v for k, v in breakdown.items()})
         log.info("latency from end of speech: %s", ", ".join(f"{k} {v} ms" for k, v in breakdown.items()))
 
