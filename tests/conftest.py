@@ -88,7 +88,7 @@ def medium_voice(pytestconfig: pytest.Config) -> Path:
 
     from tests.piper_voice import make_medium_voice
 
-    cache = pytestconfig.cache.mkdir("piper-medium-voice-v1")
+    cache = pytestconfig.cache.mkdir("piper-medium-voice-v2")
     path = cache / "medium-voice.onnx"
     if not Path(f"{path}.json").is_file():
         with tempfile.TemporaryDirectory(dir=cache) as tmp:

@@ -125,6 +125,11 @@ def make_medium_voice(out_dir: Path, name: str = "medium-voice", seed: int = 0) 
         # Untrained, the duration predictor gives about one frame per phoneme id; trained voices
         # give about two (an 8-word sentence is ~2 s). Its last affine step sets that rate.
         model.dp.flows[0].m[0] = -math.log(2.0)
+        # The flow's coupling layers start as the identity (their last convolution is zero-initialised);
+        # trained, they mix neighbouring frames. Random values make the flow do so here too.
+        for layer in model.flow.flows:
+            if hasattr(layer, "post"):
+                layer.post.weight.normal_(0.0, 0.02)
         model.dec.remove_weight_norm()  # as export_onnx.py does
     model.eval()
 

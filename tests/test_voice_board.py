@@ -118,8 +118,8 @@ def test_the_setup_step_prepares_asr_and_voice_for_the_board(
     files = prepare_speech(asr, voice, "ax630c", str(pulsar2_bin / "pulsar2"), None)
     assert all(f.is_file() for f in files)
     assert {f.name for f in files} == {
-        "model.conf", "medium-voice.stream.json", "medium-voice.encoder.onnx", "medium-voice.decoder.onnx",
-        "medium-voice.decoder.axmodel",
+        "model.conf", "medium-voice.stream.json", "medium-voice.encoder.onnx", "medium-voice.flow.onnx",
+        "medium-voice.decoder.onnx", "medium-voice.decoder.axmodel",
     }  # fmt: skip
     conf = (asr / "conf" / "model.conf").read_text()
     assert all(f"{key}={value}" in conf for key, value in ENDPOINT_RULES.items())

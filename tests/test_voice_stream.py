@@ -34,19 +34,22 @@ def test_the_voice_is_real_size(medium_voice: Path) -> None:
     assert 60e6 < size < 66e6  # the published en_US-lessac-medium.onnx is 63.2 MB
 
 
-def test_split_voice_encoder_then_decoder_is_the_whole_voice(split_medium_voice: Path) -> None:
+def test_split_voice_encoder_flow_decoder_is_the_whole_voice(split_medium_voice: Path) -> None:
     stream = StreamConfig.load(split_medium_voice)
     assert stream is not None and stream.channels == 192 and stream.hop_length == 256
     # HiFi-GAN v2 as configured for medium voices reaches ±10.7 frames: conv_pre 3, the first
     # upsampling ~1, the 8x resblocks 45 samples (5.6 frames), the later stages under one frame.
     assert stream.pad == 11
+    assert stream.flow_pad == 32  # 4 coupling layers of 4 convolutions of kernel 5: 4 × 4 × 2
     voice = Voice(split_medium_voice)
     ids = voice.voice.phonemes_to_ids(voice.voice.phonemize(SENTENCE)[0])
     feed = voice._encoder_feed(ids)
     feed["scales"] = np.array([0.0, 1.0, 0.0], np.float32)  # no noise: both runs draw the same
     whole = run(split_medium_voice, feed).reshape(-1)
-    z = run(split_medium_voice.with_name(stream.encoder), feed)
-    assert z.shape[:2] == (1, 192) and z.shape[2] * 256 == len(whole)
+    z_p = run(split_medium_voice.with_name(stream.encoder), feed)
+    assert z_p.shape[:2] == (1, 192) and z_p.shape[2] * 256 == len(whole)
+    mask = np.ones((1, 1, z_p.shape[2]), np.float32)
+    z = run(split_medium_voice.with_name(stream.flow), {"z_p": z_p, "mask": mask})
     parts = run(split_medium_voice.with_name(stream.decoder), {"z": z}).reshape(-1)
     np.testing.assert_array_equal(parts, whole)
 
@@ -54,24 +57,42 @@ def test_split_voice_encoder_then_decoder_is_the_whole_voice(split_medium_voice:
 def test_streamed_windows_equal_the_whole_sentence(split_medium_voice: Path) -> None:
     voice = Voice(split_medium_voice)
     stream = voice.stream
-    (z,) = voice.latents(SENTENCE)
-    assert z.shape[2] > 3 * stream.window  # several windows, seams in the middle
-    whole = run(split_medium_voice.with_name(stream.decoder), {"z": z}).reshape(-1)
-    streamed = list(voice.decode(z))
+    (z_p,) = voice.latents(SENTENCE)
+    assert z_p.shape[2] > 3 * stream.window  # several windows, seams in the middle
+    whole = run(split_medium_voice.with_name(stream.decoder), {"z": voice.flow_whole(z_p)}).reshape(-1)
+    streamed = list(voice.decode(z_p))
     assert len(streamed) > 3
     joined = np.concatenate(streamed)
     assert len(joined) == len(whole)
     assert np.abs(joined - whole).max() <= TOLERANCE
     # With less context than the receptive field the seams do differ: the tolerance means something.
     stream.pad -= 3
-    assert np.abs(np.concatenate(list(voice.decode(z))) - whole).max() > 100 * TOLERANCE
+    assert np.abs(np.concatenate(list(voice.decode(z_p))) - whole).max() > 100 * TOLERANCE
+
+
+def test_the_flow_runs_in_windows_ahead_of_the_decoder(split_medium_voice: Path) -> None:
+    voice = Voice(split_medium_voice)
+    (z_p,) = voice.latents(SENTENCE)
+    flow, sizes = voice.flow, []
+
+    class Recorded:
+        def run(self, names, feed: dict) -> list[np.ndarray]:
+            sizes.append(feed["z_p"].shape[2])
+            return flow.run(names, feed)
+
+    voice.flow = Recorded()
+    next(voice.decode(z_p))
+    s = voice.stream
+    assert sizes == [s.first + s.pad + s.flow_pad]  # the first audio needed only this much of the flow
+    list(voice.decode(z_p))
+    assert max(sizes) <= s.chunk + 2 * s.flow_pad and len(sizes) > 3
 
 
 def test_fixed_size_windows_as_on_the_npu_equal_the_whole_sentence(split_medium_voice: Path) -> None:
     voice = Voice(split_medium_voice)
     stream = voice.stream
-    (z,) = voice.latents(SENTENCE)
-    whole = run(split_medium_voice.with_name(stream.decoder), {"z": z}).reshape(-1)
+    (z_p,) = voice.latents(SENTENCE)
+    whole = run(split_medium_voice.with_name(stream.decoder), {"z": voice.flow_whole(z_p)}).reshape(-1)
     sizes = []
     decoder = voice.decoder
 
@@ -81,7 +102,7 @@ def test_fixed_size_windows_as_on_the_npu_equal_the_whole_sentence(split_medium_
             return decoder.run(None, feed)
 
     voice.decoder, voice.fixed = FixedShape(), True
-    joined = np.concatenate(list(voice.decode(z)))
+    joined = np.concatenate(list(voice.decode(z_p)))
     assert set(sizes) == {stream.window}
     assert np.abs(joined - whole).max() <= TOLERANCE
 

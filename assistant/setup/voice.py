@@ -51,13 +51,15 @@ ENDPOINT_RULES = {
 class StreamConfig:
     """`<voice>.stream.json`: how to run a voice cut in two."""
 
-    encoder: str  # file name beside the voice: phoneme ids → z
+    encoder: str  # file name beside the voice: phoneme ids → z_p, the flow's input (prior and noise)
+    flow: str  # z_p and a frame mask → z, the decoder's input
     decoder: str  # z → audio, any number of frames
     channels: int  # C of z [1, C, frames]
     hop_length: int  # audio samples per frame
     pad: int  # frames of context each side of a window: the decoder's receptive field
     chunk: int  # frames of new audio per window
     first: int | None = None  # frames of the first window, where window sizes are free (onnxruntime)
+    flow_pad: int = 0  # frames of context each side of a flow window: the flow's receptive field
     axmodel: str | None = None  # the decoder built for the NPU, window = chunk + 2 * pad frames
     chip: str | None = None
 
@@ -96,14 +98,54 @@ def decoder_input(model) -> tuple[str, int]:
     return node.input[0], int(weights.dims[1])
 
 
-def _part(model, name: str, inputs: list, outputs: list, cut: str):
-    """The nodes of `model` that compute `outputs` from `inputs`, with the cut tensor renamed "z"."""
+def flow_input(model, cut: str) -> tuple[str, str]:
+    """The flow's input z_p (prior mean plus scaled noise) and the frame mask, found by structure.
+
+    The decoder's input is z * y_mask (a Mul); z_p is the Add after the graph's last
+    RandomNormalLike (its noise); of the Mul's two inputs, the flow's output is the one computed
+    from z_p, the other is the mask.
+    """
+    producer = {out: node for node in model.graph.node for out in node.output}
+    consumers: dict[str, list] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    noise = [n for n in model.graph.node if n.op_type == "RandomNormalLike"]
+    mul = producer.get(cut)
+    if not noise or mul is None or mul.op_type != "Mul":
+        raise SetupError("no flow before the decoder where a VITS voice has one: cannot split it further")
+    node = noise[-1]
+    while node.op_type != "Add":
+        following = consumers.get(node.output[0], [])
+        if len(following) != 1:
+            raise SetupError("the flow's input is not where a VITS voice has it: cannot split it further")
+        node = following[0]
+    z_p = node.output[0]
+
+    def reaches_z_p(name: str) -> bool:
+        seen, todo = set(), [name]
+        while todo:
+            tensor = todo.pop()
+            if tensor == z_p:
+                return True
+            if tensor in producer and tensor not in seen:
+                seen.add(tensor)
+                todo += [i for i in producer[tensor].input if i]
+        return False
+
+    mask = mul.input[1] if reaches_z_p(mul.input[0]) else mul.input[0]
+    return z_p, mask
+
+
+def _part(model, name: str, inputs: list, outputs: list, renames: dict[str, str]):
+    """The nodes of `model` that compute `outputs` from `inputs` (value infos named as after `renames`,
+    a map from the model's tensor names to the part's)."""
     import onnx
     from onnx import helper
 
-    names = {i.name for i in inputs}
-    given = (names - {"z"}) | ({cut} if "z" in names else set())
-    wanted, nodes = {cut if o.name == "z" else o.name for o in outputs}, []
+    original = {new: old for old, new in renames.items()}
+    given = {original.get(i.name, i.name) for i in inputs}
+    wanted, nodes = {original.get(o.name, o.name) for o in outputs}, []
     for node in reversed(model.graph.node):  # backwards from the outputs, stopping at the inputs
         if any(out in wanted and out not in given for out in node.output):
             nodes.append(node)
@@ -114,63 +156,81 @@ def _part(model, name: str, inputs: list, outputs: list, cut: str):
         copy.CopyFrom(node)
         for names in (copy.input, copy.output):
             for k, value in enumerate(names):
-                if value == cut:
-                    names[k] = "z"
+                names[k] = renames.get(value, value)
         renamed.append(copy)
-    used = [i for i in inputs if i.name == "z" or i.name in wanted]
+    used = [i for i in inputs if original.get(i.name, i.name) in wanted]
     initializers = [t for t in model.graph.initializer if t.name in wanted]
     graph = helper.make_graph(renamed, name, used, outputs, initializers)
     part = helper.make_model(graph, opset_imports=list(model.opset_import))
     part.ir_version = model.ir_version  # as exported, so the board's older onnxruntime loads it too
-    onnx.checker.check_model(part)
+    try:
+        onnx.checker.check_model(part)
+    except onnx.checker.ValidationError as e:  # it needs a tensor from outside its inputs
+        raise SetupError(f"the {name} cannot be cut out of the voice ({str(e).splitlines()[0]})") from None
     return part
 
 
-def receptive_field(decoder: Path, channels: int, hop: int) -> int:
-    """Frames each side that reach one output frame: change one input frame, see how far audio moves.
+def receptive_field(path: Path, feed: dict[str, np.ndarray]) -> int:
+    """Frames each side that reach one output frame: change one input frame, see how far the output moves.
 
-    Windows padded by this many frames give exactly the whole-sentence audio at their seams.
+    `feed`: the part's inputs over some frames, the first of them the one to change. Windows padded
+    by this many frames give exactly the whole-sentence output at their seams.
     """
     import onnxruntime
 
     from assistant.llm.backends import session_options
 
-    session = onnxruntime.InferenceSession(str(decoder), session_options(), providers=["CPUExecutionProvider"])
-    frames = 96
-    z = np.random.default_rng(0).standard_normal((1, channels, frames)).astype(np.float32)
-    nudged = z.copy()
-    nudged[:, :, frames // 2] += 1.0
-    a, b = (session.run(None, {"z": x})[0].reshape(-1) for x in (z, nudged))
-    moved = np.flatnonzero(a != b) // hop
+    session = onnxruntime.InferenceSession(str(path), session_options(), providers=["CPUExecutionProvider"])
+    name = next(iter(feed))
+    frames = feed[name].shape[-1]
+    nudged = {**feed, name: feed[name].copy()}
+    nudged[name][..., frames // 2] += 1.0
+    a, b = (session.run(None, f)[0] for f in (feed, nudged))
+    changed = np.flatnonzero((a != b).reshape(-1, a.shape[-1]).any(axis=0))  # along time, the last axis
+    moved = changed // (a.shape[-1] // frames)  # output samples (or frames) → frames
     return int(max(frames // 2 - moved.min(), moved.max() - frames // 2))
 
 
 def split_voice(voice: Path, chunk: int = CHUNK_FRAMES) -> StreamConfig:
-    """Write the encoder, the decoder and `<voice>.stream.json` beside `voice`; return the config."""
+    """Write the encoder, the flow, the decoder and `<voice>.stream.json` beside `voice`; return the config."""
     import onnx
     from onnx import TensorProto, helper
 
     config = json.loads(Path(f"{voice}.json").read_text(encoding="utf-8"))
+    if int(config.get("num_speakers", 1)) > 1:
+        # The flow and decoder of a multi-speaker voice also take the speaker's embedding (from "sid"):
+        # not handled yet, so such a voice speaks whole sentences.
+        raise SetupError("a multi-speaker voice is not split")
     try:
         model = onnx.load(str(voice))
     except Exception as e:  # protobuf's DecodeError and friends: a truncated or foreign file
         raise SetupError(f"not an ONNX model ({e})") from None
-    if int(config.get("num_speakers", 1)) > 1:
-        # The decoder of a multi-speaker voice also takes the speaker's embedding (from "sid"): not
-        # handled yet, so such a voice speaks whole sentences.
-        raise SetupError("a multi-speaker voice is not split")
     cut, channels = decoder_input(model)
-    z = helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, channels, "frames"])
+    z_p, mask = flow_input(model, cut)
+    renames = {cut: "z", z_p: "z_p", mask: "mask"}
+
+    def frames(name: str, rows: int):
+        return helper.make_tensor_value_info(name, TensorProto.FLOAT, [1, rows, "frames"])
+
     stem = voice.name.removesuffix(".onnx")
-    names = {"encoder": f"{stem}.encoder.onnx", "decoder": f"{stem}.decoder.onnx"}
+    names = {"encoder": f"{stem}.encoder.onnx", "flow": f"{stem}.flow.onnx", "decoder": f"{stem}.decoder.onnx"}
     inputs = list(model.graph.input)
-    onnx.save(_part(model, "encoder", inputs, [z], cut), voice.with_name(names["encoder"]))
-    onnx.save(_part(model, "decoder", [z, *inputs], list(model.graph.output), cut), voice.with_name(names["decoder"]))
+    parts = {
+        "encoder": (inputs, [frames("z_p", channels)]),
+        "flow": ([frames("z_p", channels), frames("mask", 1)], [frames("z", channels)]),
+        "decoder": ([frames("z", channels)], list(model.graph.output)),
+    }
+    for part, (ins, outs) in parts.items():
+        onnx.save(_part(model, part, ins, outs, renames), voice.with_name(names[part]))
     hop = int(config.get("audio", {}).get("hop_length", 256))
-    pad = receptive_field(voice.with_name(names["decoder"]), channels, hop)
-    stream = StreamConfig(**names, channels=channels, hop_length=hop, pad=pad, chunk=chunk, first=FIRST_FRAMES)
+    z = np.random.default_rng(0).standard_normal((1, channels, 96)).astype(np.float32)
+    flow_pad = receptive_field(voice.with_name(names["flow"]), {"z_p": z, "mask": np.ones((1, 1, 96), np.float32)})
+    pad = receptive_field(voice.with_name(names["decoder"]), {"z": z})
+    stream = StreamConfig(**names, channels=channels, hop_length=hop, pad=pad, chunk=chunk, first=FIRST_FRAMES,
+                          flow_pad=flow_pad)  # fmt: skip
     stream_config_path(voice).write_text(json.dumps(asdict(stream), indent=2))
-    log.info("%s: split into encoder and decoder (windows of %d frames, %d of context)", voice, stream.window, pad)
+    log.info("%s: split into encoder, flow (%d frames of context) and decoder (windows of %d frames, %d of "
+             "context)", voice, flow_pad, stream.window, pad)  # fmt: skip
     return stream
 
 
@@ -206,7 +266,7 @@ def calibration_windows(voice: Path, stream: StreamConfig, sentences: list[str])
     encoder = Voice(voice, decoder="onnxruntime")
     windows = []
     for sentence in sentences:
-        for z in encoder.latents(sentence):
+        for z in map(encoder.flow_whole, encoder.latents(sentence)):
             for start in range(0, max(z.shape[2] - stream.window, 0) + 1, stream.chunk):
                 window = np.zeros((1, stream.channels, stream.window), np.float32)
                 part = z[:, :, start : start + stream.window]
@@ -284,5 +344,5 @@ def prepare_speech(vosk_model: Path, voice: Path, target: str, pulsar2: str | No
         return files
     if target in ("ax630c", "ax650n"):
         stream = build_decoder_axmodel(voice, target, pulsar2, image)
-    names = [stream.encoder, stream.decoder, *([stream.axmodel] if stream.axmodel else [])]
+    names = [stream.encoder, stream.flow, stream.decoder, *([stream.axmodel] if stream.axmodel else [])]
     return [*files, stream_config_path(voice), *(voice.with_name(n) for n in names)]

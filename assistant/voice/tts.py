@@ -120,7 +120,7 @@ class Voice:
             )
         config = PiperConfig.from_dict(json.loads(Path(f"{path}.json").read_text(encoding="utf-8")))
         self.stream = StreamConfig.load(path)
-        for name in [self.stream.encoder, self.stream.decoder] if self.stream else []:
+        for name in [self.stream.encoder, self.stream.flow, self.stream.decoder] if self.stream else []:
             if not path.with_name(name).is_file():
                 missing = path.with_name(name)
                 raise FileNotFoundError(f"{missing}: part of the split voice is missing; run `assistant setup` again")
@@ -134,6 +134,7 @@ class Voice:
         self.rate = config.sample_rate
         self.decoder, self.fixed = None, False
         if self.stream:
+            self.flow = session(path.with_name(self.stream.flow))
             axmodel = path.with_name(self.stream.axmodel) if self.stream.axmodel else None
             if decoder == "axengine" or (decoder == "auto" and axmodel and axmodel.is_file() and axengine_available()):
                 from assistant.llm.backends import AxRunner
@@ -146,11 +147,15 @@ class Voice:
         self.backend = "axengine" if self.fixed else "onnxruntime"
 
     def latents(self, text: str) -> Iterator[np.ndarray]:
-        """z [1, C, frames] of each sentence piper finds in `text` (the split voice's encoder)."""
+        """z_p [1, C, frames], the flow's input, of each sentence piper finds in `text` (the split voice's encoder)."""
         for phonemes in self.voice.phonemize(text):
             if phonemes:
                 ids = self.voice.phonemes_to_ids(phonemes)
                 yield self.voice.session.run(None, self._encoder_feed(ids))[0]
+
+    def flow_whole(self, z_p: np.ndarray) -> np.ndarray:
+        """z [1, C, frames], the decoder's input, of a whole sentence at once."""
+        return self.flow.run(None, {"z_p": z_p, "mask": np.ones((1, 1, z_p.shape[2]), np.float32)})[0]
 
     def _encoder_feed(self, ids: list[int]) -> dict[str, np.ndarray]:
         cfg, voice_cfg = self.config, self.voice.config
@@ -170,14 +175,26 @@ class Voice:
             feed["sid"] = np.array([sid], dtype=np.int64)
         return feed
 
-    def decode(self, z: np.ndarray) -> Iterator[np.ndarray]:
-        """Float audio of z [1, C, frames], a window at a time."""
+    def decode(self, z_p: np.ndarray) -> Iterator[np.ndarray]:
+        """Float audio of z_p [1, C, frames], a decoder window at a time.
+
+        The flow runs in windows too, each just ahead of the decoder's needs: the first audio waits
+        for the flow over its first window and context only, not over the whole sentence.
+        """
         assert self.stream is not None
-        hop, frames = self.stream.hop_length, z.shape[2]
-        for low, high, start, end in windows(frames, self.stream.chunk, self.stream.pad, self.fixed, self.stream.first):
+        s, hop, frames = self.stream, self.stream.hop_length, z_p.shape[2]
+        z, done = np.zeros_like(z_p), 0  # z of frames [0, done) computed
+        flow_windows = windows(frames, s.chunk, s.flow_pad, False, (s.first or s.chunk) + s.pad)
+        for low, high, start, end in windows(frames, s.chunk, s.pad, self.fixed, s.first):
+            while done < min(high, frames):
+                f_low, f_high, f_start, f_end = next(flow_windows)
+                mask = np.ones((1, 1, f_high - f_low), np.float32)
+                out = self.flow.run(None, {"z_p": z_p[:, :, f_low:f_high], "mask": mask})[0]
+                z[:, :, f_start:f_end] = out[:, :, f_start - f_low : f_end - f_low]
+                done = f_end
             part = z[:, :, low:high]
             if self.fixed:
-                feed = np.zeros((1, z.shape[1], self.stream.window), np.float32)  # the compiled shape
+                feed = np.zeros((1, z.shape[1], s.window), np.float32)  # the compiled shape
                 feed[:, :, : part.shape[2]] = part
                 audio = self.decoder.run({"z": feed})[0]
             else:
