@@ -1,12 +1,12 @@
-"""Speech models made ready for streaming: the piper voice cut in two, the decoder built for the NPU,
+"""Speech models made ready for streaming: the piper voice cut in three, the decoder built for the NPU,
 and vosk's endpoint rules.
 
-A piper (VITS) voice is one ONNX graph: text encoder, duration predictor and flow turn phoneme ids
-into latent frames `z` [1, C, frames] (hop 256 samples a frame), and the HiFi-GAN decoder turns
-`z` into audio. The decoder is purely convolutional, so it can run over a sentence in windows of
-frames; cutting the graph at its input gives `<voice>.encoder.onnx` (ids → z, all inputs of the
-voice) and `<voice>.decoder.onnx` (z → audio), described by `<voice>.stream.json`. No PyTorch
-checkpoint is needed: the published `.onnx` is cut as downloaded.
+A piper (VITS) voice is one ONNX graph: the text encoder and duration predictor turn phoneme ids
+into the prior z_p [1, C, frames] (hop 256 samples a frame), the flow turns z_p into z, and the
+HiFi-GAN decoder turns z into audio. Flow and decoder are convolutional along time, so they can
+run over a sentence in windows of frames; cutting the graph at their inputs gives
+`<voice>.encoder.onnx`, `<voice>.flow.onnx` and `<voice>.decoder.onnx`, described by
+`<voice>.stream.json`. No PyTorch checkpoint is needed: the published `.onnx` is cut as downloaded.
 """
 
 from __future__ import annotations

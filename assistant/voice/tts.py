@@ -92,10 +92,10 @@ def _to_int16(audio: np.ndarray) -> np.ndarray:
 class Voice:
     """A piper voice (.onnx with its .onnx.json beside it), whole or split for streaming.
 
-    When `assistant setup` has split the voice (`<voice>.stream.json`), a sentence is encoded once
-    and decoded in windows of frames, each played as soon as it is ready; its decoder runs on the
-    NPU when the board build exists and pyaxengine is installed. Otherwise piper synthesises
-    whole sentences.
+    When `assistant setup` has split the voice (`<voice>.stream.json`), a sentence is encoded once,
+    then its flow and decoder run in windows of frames, each window's audio played as soon as it is
+    ready; the decoder runs on the NPU when the board build exists and pyaxengine is installed.
+    Otherwise piper synthesises whole sentences.
     """
 
     def __init__(
