@@ -1,4 +1,5 @@
-"""Speech out: the reply cut into sentences as it streams, each synthesised by a piper voice."""
+"""Speech out: the reply cut into a first clause and sentences as it streams, each spoken by a piper voice
+that streams too (windows of frames) once `assistant setup` has split it."""
 
 from __future__ import annotations
 
