@@ -130,6 +130,20 @@ def test_first_sentence_is_heard_before_the_reply_is_finished(tmp_path: Path, te
     assert sink.chunks[0][0] < second_piece_at[0]
 
 
+def test_sentences_are_separated_by_the_configured_silence(tmp_path: Path, test_voice: Path) -> None:
+    voice = Voice(test_voice)
+    sink = WavSink(tmp_path / "out.wav", rate=voice.rate)
+    events: list[dict] = []
+    reply = VoicePipeline(None, None, voice, sink, lambda text, cancel: iter(["One light is on. ", "Two are off."]),
+                          on_event=events.append, sentence_silence=0.5)  # fmt: skip
+    reply.start_reply("hello", time.monotonic())
+    reply.finish()
+    sink.close()
+    speech = sum(e["samples"] for e in events if e["type"] == "audio")
+    played = sum(samples for _, samples in sink.chunks)
+    assert played - speech == 2 * round(0.5 * voice.rate)  # a breath after each of the two sentences
+
+
 def test_barge_in_stops_the_reply_and_starts_a_new_turn(ko_model, tmp_path: Path, test_voice: Path) -> None:
     wake, command = speech(WAKE, tmp_path), speech("날씨", tmp_path)
     audio = write_wav(tmp_path / "in.wav", silence(0.5), wake, silence(1.0), command, silence(2.0),

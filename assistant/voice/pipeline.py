@@ -61,8 +61,10 @@ class VoicePipeline:
         on_event: Callable[[dict], None] = lambda event: None,
         play_earcon: bool = True,
         follow_up_seconds: float = 4.0,
+        sentence_silence: float = 0.2,
     ):
         self.wake, self.transcriber, self.voice, self.sink = wake, transcriber, voice, sink
+        self.sentence_silence = sentence_silence
         self.respond, self.on_event = respond, on_event
         self.play_earcon, self.follow_up_seconds = play_earcon, follow_up_seconds
         self.reply: Reply | None = None
@@ -170,6 +172,8 @@ class VoicePipeline:
                     self._latency(reply)
                 self.emit("audio", text=sentence, samples=len(audio), rate=self.voice.rate)
                 self.sink.play(audio, self.voice.rate)
+            if not reply.cancel.is_set() and self.sentence_silence > 0:  # a breath between sentences
+                self.sink.play(np.zeros(round(self.sentence_silence * self.voice.rate), np.int16), self.voice.rate)
         self.emit("reply_done", text=reply.text, cancelled=reply.cancel.is_set())
         # A reply that asks something is followed by listening without the wake phrase.
         if not reply.cancel.is_set() and reply.text.rstrip().endswith(("?", "？")):
