@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny random Qwen2 checkpoint, its exports, and installed speech models."""
+"""Shared fixtures: a tiny random Qwen2 checkpoint, its exports, a real small chat model
+(SmolLM2-135M-Instruct) and installed speech models."""
 
 from __future__ import annotations
 
@@ -63,6 +64,14 @@ def hf_reference(tiny_hf: Path):
     from transformers import AutoModelForCausalLM
 
     return AutoModelForCausalLM.from_pretrained(tiny_hf, dtype=torch.float32).eval()
+
+
+@pytest.fixture(scope="session")
+def smollm2_hf(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """SmolLM2-135M-Instruct as a Hugging Face folder: a real chat model whose answers are words."""
+    from tests.smollm2 import make_smollm2
+
+    return make_smollm2(tmp_path_factory.mktemp("hf") / "smollm2-135m-instruct")
 
 
 @pytest.fixture(scope="session")
