@@ -88,7 +88,7 @@ def write_matmul_floor(model: Path, out: Path) -> None:
 
 def matmul_floor_ms(floor: Path, threads: int) -> float:
     """ms per token for the int8 matmuls alone (median of 20 tokens)."""
-    runners = [OnnxRunner(path, threads, ()) for path in sorted(floor.glob("*.onnx"))]
+    runners = [OnnxRunner(path, threads) for path in sorted(floor.glob("*.onnx"))]
     feeds = []
     for runner in runners:
         shapes = runner.input_shapes()

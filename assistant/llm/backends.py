@@ -1,16 +1,18 @@
 """Per-layer sessions: axmodels through pyaxengine on the board, ONNX through onnxruntime elsewhere.
 
-Both expose the same thing to the engine: `run(feeds, prefill)` returning the contract's outputs
-(K_cache_out, V_cache_out, output for a layer; logits for post) as numpy arrays, plus the dtype
-the sessions take and whether their KV length is fixed.
+Both expose the same thing to the engine: `run(feeds, group)` returning the contract's outputs in
+the model's order (K_cache_out, V_cache_out, output for a layer; output for post) as numpy arrays.
+The board's graphs have fixed shapes per shape group; `BoardShapes` is what the engine needs to
+know of them, read from the sessions themselves (README: "The board path").
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import inspect
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +22,32 @@ from assistant.llm.manifest import FIX, LayerFiles, Manifest, ModelError, verify
 
 log = logging.getLogger(__name__)
 
+LAYER_INPUTS = ("K_cache", "V_cache", "indices", "input", "mask")
 LAYER_OUTPUTS = ("K_cache_out", "V_cache_out", "output")
+POST_OUTPUTS = ("output",)  # Pulsar2's post model names its logits "output" (ax-llm reads get_output("output"))
+MIN_PYAXENGINE = "0.1.2rc0"  # the first release whose run() takes shape_group
+
+
+@dataclass
+class PrefillGroup:
+    """One prefill shape group of the board's layer graphs."""
+
+    index: int  # the shape_group number passed to run()
+    tokens: int  # P: every run takes exactly this many tokens (padding rows masked)
+    history: int  # H: cache rows the group attends to before its chunk (mask width H + P)
+    kv_shape: tuple[int, ...]  # exact K_cache / V_cache shape: [1, H, kv_dim], or a one-row dummy when H = 0
+
+
+@dataclass
+class BoardShapes:
+    """The fixed shapes of the board's layer graphs: group 0 decodes, groups 1.. prefill."""
+
+    kv_rows: int  # L: group 0 takes all L cache rows and a mask of L + 1
+    prefill: list[PrefillGroup] = field(default_factory=list)  # by growing history
+
+    def prefill_group(self, pos: int) -> PrefillGroup | None:
+        """The smallest prefill group whose history holds the `pos` rows already in the cache."""
+        return next((g for g in self.prefill if g.history >= pos), None)
 
 
 @dataclass
@@ -29,8 +56,7 @@ class Sessions:
     layers: list[Any]  # one runner per decoder layer
     post: Any
     dtype: Any  # numpy dtype of K/V caches, hidden states and mask
-    fixed_kv_len: bool  # axmodels take all L cache rows; ONNX graphs take just the valid ones
-    prefill_len: int  # fixed prefill chunk of the graphs (0: any length, or no prefill graph)
+    board: BoardShapes | None  # None: the graphs take any T and any number of cache rows (ONNX)
 
 
 _ort_threads: int | None = None
@@ -79,9 +105,9 @@ def session_options():
 
 
 class OnnxRunner:
-    """One onnxruntime session; outputs in the contract's order."""
+    """One onnxruntime session; dynamic shapes, so the shape group is ignored."""
 
-    def __init__(self, path: Path, threads: int, outputs: tuple[str, ...]):
+    def __init__(self, path: Path, threads: int):
         ort = _onnxruntime_environment(threads)
         options = session_options()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -91,29 +117,55 @@ class OnnxRunner:
         except Exception as e:  # onnxruntime raises its own exception types for a corrupt file
             raise ModelError(f"{path}: cannot be loaded by onnxruntime ({str(e).splitlines()[0]}); {FIX}") from None
         _release_freed_memory()
-        self.outputs = list(outputs)
+        self.path = path
 
-    def input_shapes(self) -> dict[str, list]:
+    def inputs(self, group: int = 0) -> dict[str, list]:
         return {i.name: i.shape for i in self.session.get_inputs()}
 
-    def run(self, feeds: dict[str, np.ndarray], prefill: bool = False) -> list[np.ndarray]:
-        return self.session.run(self.outputs, feeds)
+    def output_names(self) -> list[str]:
+        return [o.name for o in self.session.get_outputs()]
+
+    def run(self, feeds: dict[str, np.ndarray], group: int = 0) -> list[np.ndarray]:
+        return self.session.run(None, feeds)
 
 
 class AxRunner:
-    """One pyaxengine session (.axmodel on the NPU); shape group 0 decodes, group 1 prefills."""
+    """One pyaxengine session (.axmodel on the NPU).
 
-    def __init__(self, path: Path, provider: str, outputs: tuple[str, ...]):
+    Outputs are always asked for as None: pyaxengine raises for a name the model lacks and, since
+    0.1.3, for a list that leaves any model output out (axengine/_axe.py, `run`: outputs_ranks).
+    """
+
+    def __init__(self, path: Path, provider: str):
         import axengine
 
-        self.session = axengine.InferenceSession(str(path), providers=[provider])
-        self.outputs = list(outputs)
+        try:
+            self.session = axengine.InferenceSession(str(path), providers=[provider])
+        except ValueError as e:  # an unavailable provider: axengine/_session.py, InferenceSession.__init__
+            message = f"{path}: pyaxengine cannot open it with {provider} ({e}); check llm.axengine_provider"
+            raise ModelError(message) from None
+        except RuntimeError as e:  # "Failed to load model." and the like, from the NPU runtime
+            raise ModelError(f"{path}: pyaxengine cannot load it ({e}); a build for another chip? {FIX}") from None
+        self.path = path
 
-    def input_shapes(self) -> dict[str, list]:
-        return {i.name: list(i.shape) for i in self.session.get_inputs()}
+    def inputs(self, group: int = 0) -> dict[str, list]:
+        return {i.name: list(i.shape) for i in self.session.get_inputs(shape_group=group)}
 
-    def run(self, feeds: dict[str, np.ndarray], prefill: bool = False) -> list[np.ndarray]:
-        return self.session.run(self.outputs, feeds, shape_group=1 if prefill else 0)
+    def output_names(self) -> list[str]:
+        return [o.name for o in self.session.get_outputs()]
+
+    def group_count(self) -> int:
+        """How many shape groups the model has (pyaxengine exposes no count; asking past it raises)."""
+        count = 0
+        while True:
+            try:
+                self.session.get_inputs(shape_group=count)
+            except (ValueError, IndexError):  # _base_session.py get_inputs: "> count" raises, "== count" indexes past
+                return count
+            count += 1
+
+    def run(self, feeds: dict[str, np.ndarray], group: int = 0) -> list[np.ndarray]:
+        return self.session.run(None, feeds, shape_group=group)
 
 
 def axengine_available() -> bool:
@@ -122,6 +174,23 @@ def axengine_available() -> bool:
     except ImportError:
         return False
     return True
+
+
+def _check_pyaxengine() -> None:
+    """Shape groups need pyaxengine >= 0.1.2rc0; an older run() raises TypeError on every call."""
+    import axengine
+
+    if "shape_group" not in inspect.signature(axengine.InferenceSession.run).parameters:
+        try:
+            from importlib.metadata import version
+
+            installed = version("axengine")
+        except Exception:  # no metadata: installed from a source tree
+            installed = "installed"
+        raise ModelError(
+            f"pyaxengine {installed} has no shape groups (run(..., shape_group=)); the LLM layers need "
+            f"pyaxengine >= {MIN_PYAXENGINE}: install AXERA's newer release wheel (see README)"
+        )
 
 
 def open_sessions(
@@ -147,27 +216,72 @@ def open_sessions(
 
         if not axengine_available():
             raise ModelError("backend axengine: pyaxengine is not installed (see README: installing on the board)")
-        layers = [AxRunner(model_dir / f, provider, LAYER_OUTPUTS) for f in files.layers]
-        post = AxRunner(model_dir / files.post, provider, ("logits",))
-        sessions = Sessions(backend, layers, post, np.dtype(ml_dtypes.bfloat16), True, files.prefill_len)
+        _check_pyaxengine()
+        layers = [AxRunner(model_dir / f, provider) for f in files.layers]
+        post = AxRunner(model_dir / files.post, provider)
+        board = board_shapes(layers, manifest, files)
+        sessions = Sessions(backend, layers, post, np.dtype(ml_dtypes.bfloat16), board)
     else:
-        post = OnnxRunner(model_dir / files.post, threads, ("logits",))  # the largest first: lower peak RSS
-        layers = [OnnxRunner(model_dir / f, threads, LAYER_OUTPUTS) for f in files.layers]
-        sessions = Sessions(backend, layers, post, np.dtype(np.float32), False, files.prefill_len)
-    _check_dims(model_dir, manifest, files, sessions)
+        post = OnnxRunner(model_dir / files.post, threads)  # the largest first: lower peak RSS
+        layers = [OnnxRunner(model_dir / f, threads) for f in files.layers]
+        sessions = Sessions(backend, layers, post, np.dtype(np.float32), None)
+    _check_contract(manifest, sessions)
     return sessions
 
 
-def _check_dims(model_dir: Path, manifest: Manifest, files: LayerFiles, sessions: Sessions) -> None:
-    """The graphs' declared shapes must agree with the manifest before anything runs."""
-    for rel, runner in zip(files.layers, sessions.layers, strict=True):
-        shapes = runner.input_shapes()
-        expected = {"K_cache": manifest.kv_dim, "V_cache": manifest.kv_dim, "input": manifest.hidden_size}
+def _check_contract(manifest: Manifest, sessions: Sessions) -> None:
+    """Names, order and last dimensions of every graph's I/O must match the contract before anything runs."""
+    expected = {"K_cache": manifest.kv_dim, "V_cache": manifest.kv_dim, "input": manifest.hidden_size}
+    for runner in sessions.layers:
+        shapes = runner.inputs()
+        if sorted(shapes) != sorted(LAYER_INPUTS):
+            raise ModelError(f"{runner.path}: inputs {sorted(shapes)}, not the layer contract's {list(LAYER_INPUTS)}")
+        if tuple(runner.output_names()) != LAYER_OUTPUTS:
+            raise ModelError(f"{runner.path}: outputs {runner.output_names()}, not {list(LAYER_OUTPUTS)}; {FIX}")
         for name, size in expected.items():
-            if name not in shapes:
-                raise ModelError(f"{model_dir / rel}: has no input {name!r}; not a layer graph of this contract")
             if shapes[name][-1] != size:
                 raise ModelError(
-                    f"{model_dir / rel}: input {name} has last dimension {shapes[name][-1]}, "
+                    f"{runner.path}: input {name} has last dimension {shapes[name][-1]}, "
                     f"the manifest says {size}; {FIX}"
                 )
+    if tuple(sessions.post.output_names()) != POST_OUTPUTS:
+        raise ModelError(f"{sessions.post.path}: outputs {sessions.post.output_names()}, not ['output']; {FIX}")
+
+
+def board_shapes(layers: list[AxRunner], manifest: Manifest, files: LayerFiles) -> BoardShapes:
+    """Read the shape groups from the layer sessions and check them against the manifest.
+
+    Group 0 decodes one token over all L rows; every further group prefills P tokens after H
+    history rows, H read from its mask ([1, P, H + P]), since the history-free group takes a
+    one-row dummy cache whose shape says nothing.
+    """
+    first = layers[0]
+    count = first.group_count()
+    decode = first.inputs(0)
+    rows = decode["K_cache"][1]
+    if decode["mask"] != [1, 1, rows + 1] or decode["input"][1] != 1 or rows != manifest.kv_cache_len:
+        raise ModelError(
+            f"{first.path}: shape group 0 takes K_cache {decode['K_cache']} and mask {decode['mask']}, not a "
+            f"one-token decode over kv_cache_len {manifest.kv_cache_len} rows; {FIX}"
+        )
+    board = BoardShapes(kv_rows=rows)
+    for index in range(1, count):
+        shapes = first.inputs(index)
+        tokens = shapes["indices"][1]
+        history = shapes["mask"][2] - tokens
+        if history and shapes["K_cache"] != [1, history, manifest.kv_dim]:
+            raise ModelError(f"{first.path}: shape group {index} has K_cache {shapes['K_cache']} for {history} rows")
+        board.prefill.append(PrefillGroup(index, tokens, history, tuple(shapes["K_cache"])))
+    board.prefill.sort(key=lambda g: g.history)
+    table = [(g.index, g.tokens, g.history) for g in board.prefill]
+    for runner in layers[1:]:
+        if runner.group_count() != count or runner.inputs(count - 1) != first.inputs(count - 1):
+            raise ModelError(f"{runner.path}: its shape groups differ from {first.path.name}'s; {FIX}")
+    built = [(g.tokens, g.history) for g in board.prefill]
+    declared = [(files.prefill_len, h) for h in [0, *files.kv_history]] if files.prefill_len else []
+    if built != declared:
+        raise ModelError(
+            f"{first.path}: prefill groups (tokens, history) {built} differ from the manifest's {declared}; {FIX}"
+        )
+    log.info("board shape groups: decode over %d rows; prefill (group, tokens, history) %s", rows, table)
+    return board

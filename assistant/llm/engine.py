@@ -50,6 +50,17 @@ class GenerationStats:
 
 
 @dataclass
+class RunShape:
+    """The shapes of one run through the layers."""
+
+    group: int  # pyaxengine shape group (0 decodes; onnxruntime ignores it)
+    count: int  # real tokens in this run
+    tokens: int  # T: tokens fed, the real ones then padding
+    history: int  # H: cache rows fed before them
+    dummy_kv: tuple[int, ...] | None = None  # a history-free board group takes zeros of this shape instead
+
+
+@dataclass
 class PromptCache:
     tokens: list[int]
     keys: np.ndarray  # [layers, rows, kv_dim]
@@ -70,16 +81,15 @@ class Engine:
         self.model_dir = model_dir = Path(model_dir)
         self.manifest = m = load_manifest(model_dir)
         self.sessions = open_sessions(model_dir, m, backend, threads, provider)
+        self.board = self.sessions.board  # fixed shape groups on the NPU; None: any shape (ONNX)
         self.kv_len = kv_cache_len or m.kv_cache_len
-        if self.sessions.fixed_kv_len and self.kv_len != m.kv_cache_len:
+        if self.board and self.kv_len != self.board.kv_rows:
             raise ModelError(
                 f"{model_dir}: the {self.sessions.backend} graphs are built for kv_cache_len "
-                f"{m.kv_cache_len}, not {self.kv_len}"
+                f"{self.board.kv_rows}, not {self.kv_len}"
             )
-        # Board graphs take exactly prefill_len tokens (or one, without a prefill graph); ONNX takes any.
-        fixed_chunk = self.sessions.prefill_len or (1 if self.sessions.fixed_kv_len else 0)
-        self.prefill_chunk = fixed_chunk or prefill_chunk or DEFAULT_PREFILL_CHUNK
-        self.pad_prefill = fixed_chunk > 1
+        self.prefill_chunk = prefill_chunk or DEFAULT_PREFILL_CHUNK  # host only: the board's groups fix it
+        self._warned_token_by_token = False
 
         self.tokenizer = Tokenizer.from_file(str(model_dir / m.tokenizer))
         self.embed = EmbeddingTable(model_dir / m.embeddings, m.vocab_size, m.hidden_size)
@@ -98,30 +108,52 @@ class Engine:
 
     # -- the step -------------------------------------------------------------------------------
 
-    def _run(self, ids: list[int]) -> np.ndarray:
-        """Run `ids` at positions pos.. through every layer; return their final hidden states."""
-        n = len(ids)
-        t = self.prefill_chunk if self.pad_prefill and n > 1 else n
-        ids = ids + [ids[-1]] * (t - n)  # padding rows come after the real ones, so never affect them
-        pos = self.pos
-        # ONNX graphs attend over the valid rows only; board graphs always take all L rows.
-        ctx = self.kv_len if self.sessions.fixed_kv_len else pos
-        mask = np.empty((1, t, ctx + t), self.dtype)
-        mask[0, :, :ctx] = self.mask_row[:ctx]
-        mask[0, :, ctx:] = np.triu(np.full((t, t), MASKED, self.dtype), 1)
-        indices = np.arange(pos, pos + t, dtype=np.uint32)[None]
-        hidden = self.embed(ids).astype(self.dtype, copy=False)
+    def _shape(self, n: int) -> RunShape:
+        """How the next of n tokens run: how many at once, in which shape group, after how many cache rows."""
+        if not self.board:  # ONNX: any number of tokens after exactly the valid rows
+            count = min(n, self.prefill_chunk)
+            return RunShape(0, count, count, self.pos)
+        if n > 1 and (group := self.board.prefill_group(self.pos)):
+            dummy = None if group.history else group.kv_shape
+            return RunShape(group.index, min(n, group.tokens), group.tokens, group.history, dummy)
+        if n > 1 and not self._warned_token_by_token:
+            self._warned_token_by_token = True
+            largest = self.board.prefill[-1].history if self.board.prefill else 0
+            log.warning(
+                "prefill at position %d: no NPU prefill group holds that much history (the largest holds %d rows); "
+                "the rest of this prompt runs one token at a time, a whole decode step each (a model built with "
+                "a larger --last-kv-cache-len avoids it)",
+                self.pos,
+                largest,
+            )
+        return RunShape(0, 1, 1, self.board.kv_rows)  # group 0 decodes one token over all L rows
+
+    def _run(self, ids: list[int], shape: RunShape) -> np.ndarray:
+        """Run `ids` at positions pos.. through every layer; return their final hidden states.
+
+        The board's graphs take exactly shape.tokens tokens (padding rows after the real ones, so
+        the real ones never attend to them) after exactly shape.history cache rows (rows from pos
+        on are masked), or a dummy cache when the group has no history.
+        """
+        n, t, h, pos = len(ids), shape.tokens, shape.history, self.pos
+        ids = ids + [ids[-1]] * (t - n)
+        mask = np.empty((1, t, h + t), self.dtype)  # (1, T, H + T): 0 attends, MASKED does not
+        mask[0, :, :h] = self.mask_row[:h]
+        mask[0, :, h:] = np.triu(np.full((t, t), MASKED, self.dtype), 1)
+        indices = np.arange(pos, pos + t, dtype=np.uint32)[None]  # (1, T) absolute positions, for rotary
+        hidden = self.embed(ids).astype(self.dtype, copy=False)  # (1, T, hidden)
+        dummy = None if shape.dummy_kv is None else np.zeros(shape.dummy_kv, self.dtype)
         for layer, session in enumerate(self.sessions.layers):
             k_new, v_new, hidden = session.run(
                 {
-                    "K_cache": self.k_cache[layer, :, :ctx],
-                    "V_cache": self.v_cache[layer, :, :ctx],
+                    "K_cache": self.k_cache[layer, :, :h] if dummy is None else dummy,  # (1, H, kv_dim)
+                    "V_cache": self.v_cache[layer, :, :h] if dummy is None else dummy,
                     "indices": indices,
                     "input": hidden,
                     "mask": mask,
                 },
-                prefill=t > 1,
-            )
+                shape.group,
+            )  # k_new, v_new: (1, T, kv_dim); hidden: (1, T, hidden)
             self.k_cache[layer, 0, pos : pos + n] = k_new[0, :n]
             self.v_cache[layer, 0, pos : pos + n] = v_new[0, :n]
         self.mask_row[pos : pos + n] = 0
@@ -129,16 +161,21 @@ class Engine:
         return hidden[:, :n]
 
     def extend(self, ids: list[int]) -> np.ndarray:
-        """Append `ids` to the context in prefill chunks; return the last token's hidden state."""
+        """Append `ids` to the context in the largest pieces the graphs take; return the last token's state."""
+        if not ids:
+            raise ValueError("nothing to extend the context with")
         if self.pos + len(ids) > self.kv_len:
             raise ModelError(f"context full: {self.pos} + {len(ids)} tokens exceed kv_cache_len {self.kv_len}")
-        for start in range(0, len(ids), self.prefill_chunk):
-            hidden = self._run(ids[start : start + self.prefill_chunk])
+        start = 0
+        while start < len(ids):
+            shape = self._shape(len(ids) - start)
+            hidden = self._run(ids[start : start + shape.count], shape)
+            start += shape.count
         return np.ascontiguousarray(hidden[:, -1:])
 
     def forward(self, ids: list[int]) -> np.ndarray:
         """Append `ids` to the context; return the logits [vocab] that follow the last one."""
-        (logits,) = self.sessions.post.run({"input": self.extend(ids)})
+        logits = self.sessions.post.run({"input": self.extend(ids)})[0]  # (1, 1, vocab)
         return logits[0, -1].astype(np.float32, copy=False)
 
     # -- context management ---------------------------------------------------------------------
@@ -151,7 +188,8 @@ class Engine:
     def cache_prompt(self, ids: list[int]) -> None:
         """Prefill a prompt prefix (the system prompt) once and keep its rows for reuse."""
         self.truncate(_common_prefix(self.tokens, ids))
-        self.extend(ids[self.pos :])
+        if self.pos < len(ids):  # nothing new when the same prompt is cached again (a reload)
+            self.extend(ids[self.pos :])
         n = len(ids)
         self.prompt_cache = PromptCache(list(ids), self.k_cache[:, 0, :n].copy(), self.v_cache[:, 0, :n].copy())
 

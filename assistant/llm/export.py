@@ -1,12 +1,13 @@
 """Host exporter: a Hugging Face Qwen2 / Llama checkpoint → per-layer ONNX graphs with the AXERA I/O.
 
 Each decoder layer becomes one graph with the inputs K_cache, V_cache, indices, input, mask and
-the outputs K_cache_out, V_cache_out, output (DESIGN.md §3), and post.onnx maps the last hidden
-state to logits. Linear weights are int8 with one scale per output channel; inside the graph the
-activations are quantized per token to uint8 for onnxruntime's integer kernels, while the graph's
-inputs and outputs stay float (README: "Host backend"). `weights="float"` keeps float32 weights
-for exactness tests. The graphs are written directly with onnx.helper from memory-mapped weights,
-so exporting needs neither torch nor the whole model in memory.
+the outputs K_cache_out, V_cache_out, output (the AXERA per-layer contract), and post.onnx maps
+the last hidden state to logits, its output named `output` as on the board. Linear weights are
+int8 with one scale per output channel; inside the graph the activations are quantized per
+token to uint8 for onnxruntime's integer kernels, while the graph's inputs and outputs stay
+float (README: "Host backend"). `weights="float"` keeps float32 weights for exactness tests.
+The graphs are written directly with onnx.helper from memory-mapped weights, so exporting
+needs neither torch nor the whole model in memory.
 """
 
 from __future__ import annotations
@@ -198,9 +199,9 @@ def post_graph(ck: Checkpoint, shape: ModelShape, weights: str):
     g = Graph(weights)
     head = "model.embed_tokens.weight" if shape.tie_word_embeddings or "lm_head.weight" not in ck else "lm_head.weight"
     h = g.rms_norm("input", ck.f32("model.norm.weight"), shape.rms_norm_eps)
-    g.op("Identity", g.linear(h, ck.f32(head)), out="logits")
+    g.op("Identity", g.linear(h, ck.f32(head)), out="output")  # the logits, named as Pulsar2's post model names them
     inputs = [_tensor("input", TensorProto.FLOAT, [1, "T", shape.hidden_size])]
-    outputs = [_tensor("logits", TensorProto.FLOAT, [1, "T", shape.vocab_size])]
+    outputs = [_tensor("output", TensorProto.FLOAT, [1, "T", shape.vocab_size])]
     return g.model(inputs, outputs, "post")
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import yaml
 
 MANIFEST_FILE = "manifest.yaml"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the post graph's output is named `output`; board layers list their history groups
 FIX = "re-run `assistant setup`"
 
 
@@ -25,6 +25,8 @@ class LayerFiles:
     post: str
     prefill_len: int = 0  # 0: the graphs take any T (ONNX) or have no prefill shape group (axmodel)
     weights: str = ""  # e.g. "int8" or "float", for people reading the manifest
+    kv_history: list[int] = field(default_factory=list)
+    """Board only: the history rows of the prefill groups after the first (`--last_kv_cache_len`)."""
 
 
 @dataclass
