@@ -27,6 +27,10 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     check_model_paths(settings)
     print(f"# effective settings from {settings.source}")
     print(yaml.safe_dump(settings_as_dict(settings), sort_keys=False, allow_unicode=True), end="")
+    from assistant.budget import plan_for_settings
+
+    registry = _skills_registry(args.config)
+    print("\n".join(plan_for_settings(settings, list(registry.skills.values()))[1].lines()), file=sys.stderr)
     print(f"{settings.source}: OK", file=sys.stderr)
     return 0
 

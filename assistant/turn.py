@@ -41,9 +41,10 @@ class TurnManager:
         self.sampler = sampler
         self.intents = IntentMatcher(registry.skills) if intents else None
         engine = conversation.engine
+        # The model can call what its prompt lists; skills left out of it still answer their sentences.
         self.constraint = (
-            ToolCallConstraint(engine.tokenizer, engine.manifest.vocab_size, sorted(engine.eos_ids), registry.tools())
-            if registry.skills
+            ToolCallConstraint(engine.tokenizer, engine.manifest.vocab_size, sorted(engine.eos_ids), conversation.tools)
+            if conversation.tools
             else None
         )
         self.pending: dict | None = None  # a call waiting for the user's confirmation
@@ -98,7 +99,7 @@ class TurnManager:
                         results.append({"name": call["name"], "content": event.data})
             if not results:
                 return
-            message = tool_response_message(results, bool(self.conversation.tools))
+            message = tool_response_message(results, self.conversation.template.wraps_tool_responses)
 
     def _generate(self, message: dict, cancel: threading.Event | None) -> Iterator[TurnEvent]:
         """Stream one reply, speaking the text outside tool calls as it comes. Returns the whole reply."""

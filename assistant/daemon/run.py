@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from assistant.budget import plan_for_settings
 from assistant.config import ConfigError, check_model_paths, load_settings, state_dir
 from assistant.daemon.control import ControlServer, Hub, default_socket_path
 from assistant.daemon.notify import notify, watchdog_interval
@@ -68,9 +69,10 @@ class Daemon:
         sampler = Sampler(
             sampling.temperature, sampling.top_k, sampling.top_p, sampling.repetition_penalty, sampling.seed
         )
-        conversation = Conversation(
-            self.engine, settings.llm.system_prompt, settings.llm.max_new_tokens, registry.tools()
-        )
+        tools, budget = plan_for_settings(settings, list(registry.skills.values()), self.engine)
+        for line in budget.lines():
+            log.info("%s", line)
+        conversation = Conversation(self.engine, settings.llm.system_prompt, settings.llm.max_new_tokens, tools)
         manager = TurnManager(conversation, registry, sampler)
         with self.turn_lock:  # never swap under a running turn
             self.background_stop.set()

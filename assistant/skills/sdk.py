@@ -120,6 +120,7 @@ class SkillSpec:
     confirm: bool = False
     timeout: float | None = None
     sentences: dict[str, list] = field(default_factory=dict)  # language → templates or (template, slots)
+    optional_tool: bool = False
 
 
 @dataclass
@@ -133,6 +134,7 @@ class Skill:
     sentences: dict[str, list] = field(default_factory=dict)  # language → templates or (template, slots)
     source: str = ""
     wants_context: str | None = None  # the parameter that receives the SkillContext
+    optional_tool: bool = False  # left out of the model's tool list when kv_cache_len is tight
 
     def tool(self) -> dict:
         """The tool signature as Qwen's prompt format lists it."""
@@ -147,11 +149,17 @@ def skill(
     confirm: bool = False,
     timeout: float | None = None,
     sentences: dict[str, list] | None = None,
+    optional_tool: bool = False,
 ) -> Any:
-    """Mark a function as a skill. Use as @skill or @skill(confirm=True, sentences={...})."""
+    """Mark a function as a skill. Use as @skill or @skill(confirm=True, sentences={...}).
+
+    optional_tool: when the system prompt does not fit kv_cache_len, the model's tool list may
+    leave this skill out; its sentences still run it by voice, without the model.
+    """
 
     def mark(f: Callable) -> Callable:
-        setattr(f, SKILL_ATTRIBUTE, SkillSpec(name or f.__name__, f, confirm, timeout, dict(sentences or {})))
+        spec = SkillSpec(name or f.__name__, f, confirm, timeout, dict(sentences or {}), optional_tool)
+        setattr(f, SKILL_ATTRIBUTE, spec)
         return f
 
     return mark(func) if func is not None else mark
@@ -191,7 +199,7 @@ def build_skill(spec: SkillSpec, settings: Any = None, source: str = "") -> Skil
         properties[param.name] = schema
     parameters = {"type": "object", "properties": properties, "required": required, "additionalProperties": False}
     return Skill(spec.name, spec.func, description, parameters, spec.confirm, spec.timeout, spec.sentences,
-                 source, wants_context)  # fmt: skip
+                 source, wants_context, spec.optional_tool)  # fmt: skip
 
 
 def _schema(hint: Any, settings: Any) -> dict:

@@ -1,0 +1,165 @@
+"""Does the system prompt leave room for a conversation? Token counts at start-up and in `config check`.
+
+The board's context is kv_cache_len tokens in all (1023 for the seed's build). The system prompt
+(persona and tool lines) is prefilled once and stays; what is left holds the conversation, and it
+must hold at least one reply (llm.max_new_tokens) and one exchange around it (TURN_ROOM). When it
+does not, skills marked `optional_tool` are left out of the prompt first (their sentences still work
+by voice, without the model); if that is not enough, the assistant does not start and says which
+skills to disable or which kv_cache_len would fit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tokenizers import Tokenizer
+
+from assistant.config import ConfigError, Settings
+from assistant.llm.chat_template import ChatTemplate, plain_tokenizer
+from assistant.skills.prompt import system_message, tool_line
+from assistant.skills.sdk import Skill
+
+# Tokens of a request, a tool call and its result, besides the reply: a spoken request is ~10-30
+# tokens, a call ~20, a result ~20-60, and the chat format adds ~5 a message.
+TURN_ROOM = 128
+
+
+@dataclass
+class PromptBudget:
+    """What the system prompt costs, in tokens of the model's own tokenizer."""
+
+    kv_cache_len: int
+    max_new_tokens: int
+    system: int
+    """The whole system prompt as it is prefilled: chat format, persona and tools."""
+    persona: int
+    """llm.system_prompt."""
+    skills: dict[str, int]
+    """Each tool line in the prompt, by skill name."""
+    intents_only: list[str] = field(default_factory=list)
+    """Skills left out of the prompt to make room; their local sentences still work."""
+
+    @property
+    def frame(self) -> int:
+        """The chat format, the tools' header and the example call."""
+        return self.system - self.persona - sum(self.skills.values())
+
+    @property
+    def room(self) -> int:
+        """Left for the conversation."""
+        return self.kv_cache_len - self.system
+
+    @property
+    def needed(self) -> int:
+        return self.max_new_tokens + TURN_ROOM
+
+    @property
+    def fits(self) -> bool:
+        return self.room >= self.needed
+
+    def lines(self) -> list[str]:
+        """The budget for a person: one line each for the totals, the skills and what was left out."""
+        lines = [
+            f"prompt budget: system prompt {self.system} of kv_cache_len {self.kv_cache_len} tokens "
+            f"(persona {self.persona}, {len(self.skills)} tools {sum(self.skills.values())}, format {self.frame}); "
+            f"{self.room} left for the conversation, which needs {self.needed} "
+            f"(llm.max_new_tokens {self.max_new_tokens} + {TURN_ROOM})"
+        ]
+        if self.skills:
+            lines.append("tool lines: " + ", ".join(f"{name} {n}" for name, n in self.skills.items()))
+        if self.intents_only:
+            lines.append("by voice only, left out of the prompt for room: " + ", ".join(self.intents_only))
+        return lines
+
+
+def measure(
+    template: ChatTemplate,
+    tokenizer: Tokenizer,
+    persona: str,
+    skills: list[Skill],
+    kv_cache_len: int,
+    max_new_tokens: int,
+    plain: Tokenizer | None = None,
+) -> PromptBudget:
+    plain = plain or plain_tokenizer(tokenizer)
+    tools = [s.tool() for s in skills]
+    system = system_message(persona, tools)
+    return PromptBudget(
+        kv_cache_len=kv_cache_len,
+        max_new_tokens=max_new_tokens,
+        system=len(template.encode([system], tokenizer, plain, add_generation_prompt=False)),
+        persona=len(plain.encode(persona.strip(), add_special_tokens=False)),
+        skills={t["function"]["name"]: len(plain.encode(tool_line(t) + "\n", add_special_tokens=False)) for t in tools},
+    )
+
+
+def plan_prompt(
+    template: ChatTemplate,
+    tokenizer: Tokenizer,
+    persona: str,
+    skills: list[Skill],
+    kv_cache_len: int,
+    max_new_tokens: int,
+    where: str = "",
+) -> tuple[list[Skill], PromptBudget]:
+    """The skills whose tools go into the prompt, and the budget; ConfigError with advice if nothing fits."""
+    plain = plain_tokenizer(tokenizer)
+
+    def budget_of(kept: list[Skill]) -> PromptBudget:
+        return measure(template, tokenizer, persona, kept, kv_cache_len, max_new_tokens, plain)
+
+    kept = list(skills)
+    budget = budget_of(kept)
+    for skill in reversed(skills):  # the last loaded go first
+        if budget.fits:
+            break
+        if skill.optional_tool:
+            kept.remove(skill)
+            budget = budget_of(kept)
+    budget.intents_only = [s.name for s in skills if s not in kept]
+    if not budget.fits:
+        raise ConfigError(where + advice(budget))
+    return kept, budget
+
+
+def advice(budget: PromptBudget) -> str:
+    """One line: what does not fit, and the skills to disable or the kv_cache_len that would fit."""
+    short = budget.needed - budget.room
+    largest = sorted(budget.skills.items(), key=lambda item: -item[1])
+    disable, freed = [], 0
+    for name, tokens in largest:
+        if freed >= short:
+            break
+        disable.append(name)
+        freed += tokens
+    fixes = []
+    if freed >= short:
+        fixes.append(f"disable {', '.join(disable)} (skills.disabled)")
+    fixes.append(f"use a model with kv_cache_len {budget.system + budget.needed} or more")
+    if budget.max_new_tokens > short:
+        fixes.append(f"lower llm.max_new_tokens to {budget.max_new_tokens - short}")
+    else:
+        fixes.append("shorten llm.system_prompt")
+    return (
+        f"the system prompt takes {budget.system} of kv_cache_len {budget.kv_cache_len} tokens (persona "
+        f"{budget.persona}, tools {sum(budget.skills.values())}), leaving {budget.room} for the conversation, "
+        f"which needs {budget.needed}: " + ", or ".join(fixes)
+    )
+
+
+def plan_for_settings(settings: Settings, skills: list[Skill], engine=None) -> tuple[list[dict], PromptBudget]:
+    """The tools for the prompt and the budget, for the model `settings` names (or the loaded `engine`)."""
+    from assistant.llm.manifest import load_manifest
+
+    if engine is not None:
+        model_dir, manifest, tokenizer, kv_len = engine.model_dir, engine.manifest, engine.tokenizer, engine.kv_len
+    else:
+        model_dir = Path(settings.llm.model_dir)
+        manifest = load_manifest(model_dir)
+        tokenizer = Tokenizer.from_file(str(model_dir / manifest.tokenizer))
+        kv_len = settings.llm.kv_cache_len or manifest.kv_cache_len
+    template = ChatTemplate(Path(model_dir), manifest.chat_template)
+    persona, max_new_tokens = settings.llm.system_prompt, settings.llm.max_new_tokens
+    kept, budget = plan_prompt(template, tokenizer, persona, skills, kv_len, max_new_tokens, f"{settings.source}: ")
+    return [s.tool() for s in kept], budget
