@@ -17,7 +17,7 @@ from tokenizers import Tokenizer
 
 from assistant.config import ConfigError, Settings
 from assistant.llm.chat_template import ChatTemplate, plain_tokenizer
-from assistant.skills.prompt import system_message, tool_line
+from assistant.skills.prompt import example_exchange, prompt_messages, tool_line
 from assistant.skills.sdk import Skill
 
 # Tokens of a request, a tool call and its result, besides the reply: a spoken request is ~10-30
@@ -32,7 +32,7 @@ class PromptBudget:
     kv_cache_len: int
     max_new_tokens: int
     system: int
-    """The whole system prompt as it is prefilled: chat format, persona and tools."""
+    """Everything prefilled at start-up: the system message (persona, tools) and the example exchange."""
     persona: int
     """llm.system_prompt."""
     skills: dict[str, int]
@@ -42,7 +42,7 @@ class PromptBudget:
 
     @property
     def frame(self) -> int:
-        """The chat format, the tools' header and the example call."""
+        """The chat format, the tools' header and the example exchange."""
         return self.system - self.persona - sum(self.skills.values())
 
     @property
@@ -73,6 +73,15 @@ class PromptBudget:
         return lines
 
 
+@dataclass
+class PromptPlan:
+    """What goes into the prompt: the tools, the example exchange, and what they cost."""
+
+    tools: list[dict]
+    example: tuple[str, dict] | None
+    budget: PromptBudget
+
+
 def measure(
     template: ChatTemplate,
     tokenizer: Tokenizer,
@@ -81,17 +90,19 @@ def measure(
     kv_cache_len: int,
     max_new_tokens: int,
     plain: Tokenizer | None = None,
-) -> PromptBudget:
+) -> PromptPlan:
     plain = plain or plain_tokenizer(tokenizer)
     tools = [s.tool() for s in skills]
-    system = system_message(persona, tools)
-    return PromptBudget(
+    example = example_exchange(tools, {s.name: s.sentences.get("en", []) for s in skills})
+    prefix = prompt_messages(persona, tools, example)
+    budget = PromptBudget(
         kv_cache_len=kv_cache_len,
         max_new_tokens=max_new_tokens,
-        system=len(template.encode([system], tokenizer, plain, add_generation_prompt=False)),
+        system=len(template.encode(prefix, tokenizer, plain, add_generation_prompt=False)),
         persona=len(plain.encode(persona.strip(), add_special_tokens=False)),
         skills={t["function"]["name"]: len(plain.encode(tool_line(t) + "\n", add_special_tokens=False)) for t in tools},
     )
+    return PromptPlan(tools, example, budget)
 
 
 def plan_prompt(
@@ -102,25 +113,25 @@ def plan_prompt(
     kv_cache_len: int,
     max_new_tokens: int,
     where: str = "",
-) -> tuple[list[Skill], PromptBudget]:
-    """The skills whose tools go into the prompt, and the budget; ConfigError with advice if nothing fits."""
+) -> PromptPlan:
+    """The tools that go into the prompt, and the budget; ConfigError with advice if nothing fits."""
     plain = plain_tokenizer(tokenizer)
 
-    def budget_of(kept: list[Skill]) -> PromptBudget:
+    def plan_of(kept: list[Skill]) -> PromptPlan:
         return measure(template, tokenizer, persona, kept, kv_cache_len, max_new_tokens, plain)
 
     kept = list(skills)
-    budget = budget_of(kept)
+    plan = plan_of(kept)
     for skill in reversed(skills):  # the last loaded go first
-        if budget.fits:
+        if plan.budget.fits:
             break
         if skill.optional_tool:
             kept.remove(skill)
-            budget = budget_of(kept)
-    budget.intents_only = [s.name for s in skills if s not in kept]
-    if not budget.fits:
-        raise ConfigError(where + advice(budget))
-    return kept, budget
+            plan = plan_of(kept)
+    plan.budget.intents_only = [s.name for s in skills if s not in kept]
+    if not plan.budget.fits:
+        raise ConfigError(where + advice(plan.budget))
+    return plan
 
 
 def advice(budget: PromptBudget) -> str:
@@ -148,8 +159,8 @@ def advice(budget: PromptBudget) -> str:
     )
 
 
-def plan_for_settings(settings: Settings, skills: list[Skill], engine=None) -> tuple[list[dict], PromptBudget]:
-    """The tools for the prompt and the budget, for the model `settings` names (or the loaded `engine`)."""
+def plan_for_settings(settings: Settings, skills: list[Skill], engine=None) -> PromptPlan:
+    """plan_prompt for the model `settings` names (or the loaded `engine`)."""
     from assistant.llm.manifest import load_manifest
 
     if engine is not None:
@@ -161,5 +172,4 @@ def plan_for_settings(settings: Settings, skills: list[Skill], engine=None) -> t
         kv_len = settings.llm.kv_cache_len or manifest.kv_cache_len
     template = ChatTemplate(Path(model_dir), manifest.chat_template)
     persona, max_new_tokens = settings.llm.system_prompt, settings.llm.max_new_tokens
-    kept, budget = plan_prompt(template, tokenizer, persona, skills, kv_len, max_new_tokens, f"{settings.source}: ")
-    return [s.tool() for s in kept], budget
+    return plan_prompt(template, tokenizer, persona, skills, kv_len, max_new_tokens, f"{settings.source}: ")

@@ -30,7 +30,7 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     from assistant.budget import plan_for_settings
 
     registry = _skills_registry(args.config)
-    print("\n".join(plan_for_settings(settings, list(registry.skills.values()))[1].lines()), file=sys.stderr)
+    print("\n".join(plan_for_settings(settings, list(registry.skills.values())).budget.lines()), file=sys.stderr)
     print(f"{settings.source}: OK", file=sys.stderr)
     return 0
 

@@ -95,7 +95,8 @@ class TurnManager:
             for call in calls:
                 for event in self._run_call(call):
                     yield event
-                    if event.kind == "skill_result" and event.data is not None:
+                    # Text is spoken as it is; only data goes back to the model for another pass.
+                    if event.kind == "skill_result" and event.data is not None and not isinstance(event.data, str):
                         results.append({"name": call["name"], "content": event.data})
             if not results:
                 return

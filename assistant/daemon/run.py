@@ -69,10 +69,11 @@ class Daemon:
         sampler = Sampler(
             sampling.temperature, sampling.top_k, sampling.top_p, sampling.repetition_penalty, sampling.seed
         )
-        tools, budget = plan_for_settings(settings, list(registry.skills.values()), self.engine)
-        for line in budget.lines():
+        plan = plan_for_settings(settings, list(registry.skills.values()), self.engine)
+        for line in plan.budget.lines():
             log.info("%s", line)
-        conversation = Conversation(self.engine, settings.llm.system_prompt, settings.llm.max_new_tokens, tools)
+        llm = settings.llm
+        conversation = Conversation(self.engine, llm.system_prompt, llm.max_new_tokens, plan.tools, plan.example)
         manager = TurnManager(conversation, registry, sampler)
         with self.turn_lock:  # never swap under a running turn
             self.background_stop.set()

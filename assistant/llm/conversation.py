@@ -19,7 +19,7 @@ from assistant.llm.engine import AllowedTokens, Engine
 from assistant.llm.manifest import ModelError
 from assistant.llm.sampling import Sampler
 from assistant.skills.constraint import CLOSE, OPEN
-from assistant.skills.prompt import system_message
+from assistant.skills.prompt import example_exchange, prompt_messages
 
 log = logging.getLogger(__name__)
 
@@ -33,19 +33,28 @@ class Conversation:
     in kv_cache_len with room for a reply, the oldest turns are dropped, never the system prompt.
     """
 
-    def __init__(self, engine: Engine, system_prompt: str, max_new_tokens: int = 256, tools: list[dict] | None = None):
+    def __init__(
+        self,
+        engine: Engine,
+        system_prompt: str,
+        max_new_tokens: int = 256,
+        tools: list[dict] | None = None,
+        example: tuple[str, dict] | None = None,
+    ):
         self.engine = engine
         self.template = ChatTemplate(Path(engine.model_dir), engine.manifest.chat_template)
         self.plain = plain_tokenizer(engine.tokenizer)
         # The tools are listed compactly in the system message (skills/prompt.py) whatever the
         # template: templates that lay out tools themselves (Qwen2.5) would spend ~1,400 tokens.
+        # An example exchange follows it; both are prefilled once and never dropped.
         self.tools = tools or []
-        self.system = system_message(system_prompt, self.tools)
+        self.prefix = prompt_messages(system_prompt, self.tools, example or example_exchange(self.tools))
+        self.system = self.prefix[0]
         self.max_new_tokens = max_new_tokens
         self.messages: list[dict] = []
         # Room kept free for the reply when old turns have to go.
         self.reserve = min(max_new_tokens, engine.kv_len // 4)
-        system_ids = self._encode([self.system], add_generation_prompt=False)
+        system_ids = self._encode([], add_generation_prompt=False)
         if len(system_ids) + self.reserve >= engine.kv_len:
             raise ModelError(
                 f"the system prompt ({len(system_ids)} tokens) leaves no room for a reply of {self.reserve} tokens "
@@ -63,7 +72,8 @@ class Conversation:
         log.info("system prompt prefilled: %d tokens in %.1f s", len(system_ids), time.monotonic() - start)
 
     def _encode(self, messages: list[dict], add_generation_prompt: bool = True) -> list[int]:
-        return self.template.encode(messages, self.engine.tokenizer, self.plain, add_generation_prompt)
+        """The prefix (system message and example) and then `messages`, as token ids."""
+        return self.template.encode([*self.prefix, *messages], self.engine.tokenizer, self.plain, add_generation_prompt)
 
     def reset(self) -> None:
         self.messages.clear()
@@ -71,7 +81,7 @@ class Conversation:
     def prompt_ids(self) -> list[int]:
         """The prompt for the next reply, dropping the oldest turns until it fits."""
         while True:
-            ids = self._encode([self.system, *self.messages])
+            ids = self._encode(self.messages)
             if len(ids) + self.reserve <= self.engine.kv_len:
                 return ids
             # Drop the oldest user turn and everything up to the next user turn.

@@ -1,27 +1,32 @@
-"""The tools as the model reads them: one short line each, in the system prompt.
+"""The tools as the model reads them: one short line each, and one example exchange.
 
 The board's whole context is kv_cache_len tokens (1023), and Qwen's JSON signatures for the
 built-in skills alone take ~1,400. They are not needed: the constraint (constraint.py) carries the
 full schemas and makes every call parse and validate, so the prompt only says which tools exist,
-what their arguments are called and which values they take, and shows the call syntax once:
+what their arguments are called and which values they take:
 
     set_timer(minutes?: int 0-1440, seconds?: int 0-3600, label?: str): Start a countdown timer.
     add_item(text: str, list?: "notes"|"shopping"): Add an item to the shopping list or a note to the notes.
 
-The prompt is returned as parts, (text, markup): markup is ours (the call syntax, whose
+and then shows one call in Qwen's syntax as a first exchange of the conversation (a user's request
+made from a skill's own sentence, the assistant's call): small models follow a demonstrated turn
+far better than a described one.
+
+Messages come with "parts", (text, markup) pairs: markup is ours (the call syntax, whose
 `<tool_call>` may be one special token) and is tokenized as such; everything that comes from a
-skill (names, descriptions, values from the configuration) is tokenized as plain text.
+skill (names, descriptions, sentences, values from the configuration) is tokenized as plain text.
 """
 
 from __future__ import annotations
 
 import json
+import re
+from typing import Any
 
 from assistant.llm.chat_template import Parts
 from assistant.skills.constraint import CLOSE, OPEN
 
-HEADER = "You can call these tools:\n"
-SYNTAX = "Call one only when asked, like this:\n"
+HEADER = "Tools:\n"
 
 
 def tool_line(tool: dict) -> str:
@@ -35,40 +40,74 @@ def tool_line(tool: dict) -> str:
     return f"{function['name']}({arguments}): {_first_sentence(function.get('description', ''))}"
 
 
-def tools_prompt(tools: list[dict]) -> Parts:
-    """The tool lines, then one example call in Qwen's syntax (a small model copies its shape)."""
-    if not tools:
-        return []
-    parts: Parts = [(HEADER, True)]
-    parts += [(tool_line(tool) + "\n", False) for tool in tools]
-    # Qwen's layout of a call, newlines included: the constraint's grammar expects exactly it.
-    example = json.dumps(example_call(tools), ensure_ascii=False)
-    parts += [(f"{SYNTAX}{OPEN}\n", True), (example, False), (f"\n{CLOSE}", True)]
-    return parts
-
-
-def system_message(persona: str, tools: list[dict]) -> dict:
-    """The system message: the persona from the configuration, then the tools."""
+def prompt_messages(persona: str, tools: list[dict], example: tuple[str, dict] | None = None) -> list[dict]:
+    """The messages every conversation starts with: the system message, then the example exchange."""
     parts: Parts = [(persona.strip(), False)]
     if tools:
-        parts += [("\n\n", True), *tools_prompt(tools)]
-    return {"role": "system", "content": "".join(text for text, _ in parts), "parts": parts}
+        # One piece a line, newline included: ".\n" is one token, and pieces are tokenized apart.
+        parts += [("\n\n" + HEADER, True), *[(tool_line(tool) + "\n", False) for tool in tools]]
+    messages = [_message("system", parts)]
+    if tools and example:
+        request, call = example
+        messages.append(_message("user", [(request, False)]))
+        messages.append(call_message(call))
+    return messages
 
 
-def example_call(tools: list[dict]) -> dict:
-    """A call of the first tool that takes arguments, with values its schema allows."""
-
-    def takes_arguments(tool: dict) -> bool:
-        return bool(tool["function"].get("parameters", {}).get("required"))
-
-    function = next((t for t in tools if takes_arguments(t)), tools[0])["function"]
-    schema = function.get("parameters") or {}
-    properties = schema.get("properties", {})
-    wanted = schema.get("required") or list(properties)[:1]
-    return {"name": function["name"], "arguments": {name: _example(properties[name]) for name in wanted}}
+def call_message(call: dict) -> dict:
+    """The assistant's turn that makes `call`, laid out as Qwen writes it (the constraint's grammar too)."""
+    body = json.dumps(call, ensure_ascii=False)
+    return _message("assistant", [(OPEN + "\n", True), (body, False), ("\n" + CLOSE, True)])
 
 
-def _example(spec: dict):
+def example_exchange(tools: list[dict], sentences: dict[str, list] | None = None) -> tuple[str, dict] | None:
+    """A request and its call, from the first English sentence whose slots take numbers or choices.
+
+    `sentences` are the skills' English sentence templates by name; without a fitting one, the
+    first tool's description is the request.
+    """
+    for tool in tools:
+        function = tool["function"]
+        properties = function["parameters"].get("properties", {})
+        required = set(function["parameters"].get("required", []))
+        for sentence in (sentences or {}).get(function["name"], []):
+            template, fixed = sentence if isinstance(sentence, (tuple, list)) else (sentence, {})
+            slots = re.findall(r"\{(\w+)\}", template)
+            if not slots or "<" in template or not all(_speakable(properties.get(s)) for s in slots):
+                continue
+            arguments = {**{s: _example(properties[s]) for s in slots}, **fixed}
+            if required <= set(arguments):
+                return _say(template, arguments), {"name": function["name"], "arguments": arguments}
+    if not tools:
+        return None
+    function = tools[0]["function"]
+    properties = function["parameters"].get("properties", {})
+    arguments = {name: _example(properties[name]) for name in function["parameters"].get("required", [])}
+    return _first_sentence(function.get("description", "")), {"name": function["name"], "arguments": arguments}
+
+
+def _message(role: str, parts: Parts) -> dict:
+    return {"role": role, "content": "".join(text for text, _ in parts), "parts": parts}
+
+
+def _speakable(spec: dict | None) -> bool:
+    return spec is not None and ("enum" in spec or spec.get("type") in ("integer", "number"))
+
+
+def _say(template: str, arguments: dict[str, Any]) -> str:
+    """A hassil template as a person would say it: optional words kept, the first alternative, slots filled."""
+    text = template
+    while (inner := re.sub(r"\[([^\[\]]*)\]|\(([^()]*)\)", _first_option, text)) != text:
+        text = inner
+    text = re.sub(r"\{(\w+)\}", lambda m: str(arguments[m.group(1)]), text)
+    return " ".join(text.split())
+
+
+def _first_option(match: re.Match) -> str:
+    return (match.group(1) if match.group(1) is not None else match.group(2)).split("|")[0]
+
+
+def _example(spec: dict) -> Any:
     if "enum" in spec:
         return spec["enum"][0]
     kind = spec.get("type")
@@ -94,7 +133,7 @@ def _type(spec: dict) -> str:
     return name
 
 
-def _number(value) -> str:
+def _number(value: Any) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
