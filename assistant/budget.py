@@ -17,7 +17,7 @@ from tokenizers import Tokenizer
 
 from assistant.config import ConfigError, Settings
 from assistant.llm.chat_template import ChatTemplate, plain_tokenizer
-from assistant.skills.prompt import example_exchange, prompt_messages, tool_line
+from assistant.skills.prompt import example_exchange, prompt_messages, shared_values, tool_line, value_line
 from assistant.skills.sdk import Skill
 
 # Tokens of a request, a tool call and its result, besides the reply: a spoken request is ~10-30
@@ -37,13 +37,15 @@ class PromptBudget:
     """llm.system_prompt."""
     skills: dict[str, int]
     """Each tool line in the prompt, by skill name."""
+    values: int = 0
+    """Choices that several tools share (device names), listed once."""
     intents_only: list[str] = field(default_factory=list)
     """Skills left out of the prompt to make room; their local sentences still work."""
 
     @property
     def frame(self) -> int:
         """The chat format, the tools' header and the example exchange."""
-        return self.system - self.persona - sum(self.skills.values())
+        return self.system - self.persona - sum(self.skills.values()) - self.values
 
     @property
     def room(self) -> int:
@@ -62,7 +64,8 @@ class PromptBudget:
         """The budget for a person: one line each for the totals, the skills and what was left out."""
         lines = [
             f"prompt budget: system prompt {self.system} of kv_cache_len {self.kv_cache_len} tokens "
-            f"(persona {self.persona}, {len(self.skills)} tools {sum(self.skills.values())}, format {self.frame}); "
+            f"(persona {self.persona}, {len(self.skills)} tools {sum(self.skills.values())}, shared choices "
+            f"{self.values}, format and example {self.frame}); "
             f"{self.room} left for the conversation, which needs {self.needed} "
             f"(llm.max_new_tokens {self.max_new_tokens} + {TURN_ROOM})"
         ]
@@ -95,12 +98,18 @@ def measure(
     tools = [s.tool() for s in skills]
     example = example_exchange(tools, {s.name: s.sentences.get("en", []) for s in skills})
     prefix = prompt_messages(persona, tools, example)
+    shared = shared_values(tools)
+
+    def count(text: str) -> int:
+        return len(plain.encode(text, add_special_tokens=False))
+
     budget = PromptBudget(
         kv_cache_len=kv_cache_len,
         max_new_tokens=max_new_tokens,
         system=len(template.encode(prefix, tokenizer, plain, add_generation_prompt=False)),
-        persona=len(plain.encode(persona.strip(), add_special_tokens=False)),
-        skills={t["function"]["name"]: len(plain.encode(tool_line(t) + "\n", add_special_tokens=False)) for t in tools},
+        persona=count(persona.strip()),
+        skills={t["function"]["name"]: count(tool_line(t, shared) + "\n") for t in tools},
+        values=sum(count(value_line(name, values)) for name, values in shared.items()),
     )
     return PromptPlan(tools, example, budget)
 

@@ -6,7 +6,10 @@ full schemas and makes every call parse and validate, so the prompt only says wh
 what their arguments are called and which values they take:
 
     set_timer(minutes?: int 0-1440, seconds?: int 0-3600, label?: str): Start a countdown timer.
-    add_item(text: str, list?: "notes"|"shopping"): Add an item to the shopping list or a note to the notes.
+    add_item(text: str, list?): Add an item to the shopping list or a note to the notes.
+    list: "notes"|"shopping"
+
+(choices that several tools share, such as device names, are listed once, after the tools),
 
 and then shows one call in Qwen's syntax as a first exchange of the conversation (a user's request
 made from a skill's own sentence, the assistant's call): small models follow a demonstrated turn
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Collection
 from typing import Any
 
 from assistant.llm.chat_template import Parts
@@ -29,15 +33,37 @@ from assistant.skills.constraint import CLOSE, OPEN
 HEADER = "Tools:\n"
 
 
-def tool_line(tool: dict) -> str:
-    """`name(arg: type, optional?: type): Description.` for one Qwen tool signature."""
+def tool_line(tool: dict, shared: Collection[str] = ()) -> str:
+    """`name(arg: type, optional?: type): Description.` for one Qwen tool signature.
+
+    Arguments named in `shared` have their values listed once for all tools (value_lines).
+    """
     function = tool["function"]
     schema = function.get("parameters") or {}
     required = set(schema.get("required", []))
     arguments = ", ".join(
-        f"{name}{'' if name in required else '?'}: {_type(spec)}" for name, spec in schema.get("properties", {}).items()
+        f"{name}{'' if name in required else '?'}{'' if name in shared else ': ' + _type(spec)}"
+        for name, spec in schema.get("properties", {}).items()
     )
     return f"{function['name']}({arguments}): {_first_sentence(function.get('description', ''))}"
+
+
+def shared_values(tools: list[dict]) -> dict[str, list]:
+    """Choices of an argument that several tools take (device names, list names), to be listed once.
+
+    Each tool's own choices may be fewer (only the lights): the constraint holds each call to its own.
+    """
+    choices: dict[str, list[list]] = {}
+    for tool in tools:
+        for name, spec in (tool["function"].get("parameters") or {}).get("properties", {}).items():
+            if "enum" in spec:
+                choices.setdefault(name, []).append(spec["enum"])
+    return {name: list(dict.fromkeys(v for values in lists for v in values)) for name, lists in choices.items()
+            if len(lists) > 1}  # fmt: skip
+
+
+def value_line(name: str, values: list) -> str:
+    return f"{name}: {'|'.join(json.dumps(v, ensure_ascii=False) for v in values)}\n"
 
 
 def prompt_messages(persona: str, tools: list[dict], example: tuple[str, dict] | None = None) -> list[dict]:
@@ -45,7 +71,9 @@ def prompt_messages(persona: str, tools: list[dict], example: tuple[str, dict] |
     parts: Parts = [(persona.strip(), False)]
     if tools:
         # One piece a line, newline included: ".\n" is one token, and pieces are tokenized apart.
-        parts += [("\n\n" + HEADER, True), *[(tool_line(tool) + "\n", False) for tool in tools]]
+        shared = shared_values(tools)
+        parts += [("\n\n" + HEADER, True), *[(tool_line(tool, shared) + "\n", False) for tool in tools]]
+        parts += [(value_line(name, values), False) for name, values in shared.items()]
     messages = [_message("system", parts)]
     if tools and example:
         request, call = example
@@ -138,5 +166,6 @@ def _number(value: Any) -> str:
 
 
 def _first_sentence(text: str) -> str:
-    sentence = text.strip().split(". ")[0].strip()
+    """The description's first sentence without its remarks in parentheses: the gist, in few tokens."""
+    sentence = re.sub(r"\s*\([^()]*\)", "", text.strip().split(". ")[0]).strip()
     return sentence if sentence.endswith(".") else sentence + "."
