@@ -10,6 +10,7 @@ from pathlib import Path
 
 import yaml
 
+from assistant import __version__
 from assistant.config import ConfigError, check_model_paths, default_config_path, load_settings, settings_as_dict
 from assistant.llm.manifest import ModelError
 from assistant.logs import setup_logging
@@ -35,6 +36,25 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_config_init(args: argparse.Namespace) -> int:
+    from assistant.daemon.service import DEFAULT_CONFIG
+
+    if args.path.exists():
+        print(f"error: {args.path} exists; edit it, or remove it first", file=sys.stderr)
+        return 1
+    args.path.write_text(DEFAULT_CONFIG.read_text())
+    print(f"wrote {args.path}: paths in it are relative to its folder; next: `assistant setup --target host`")
+    return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from assistant.doctor import diagnose, report
+
+    findings = diagnose(args.config or default_config_path(), text_only=args.text_only)
+    print(report(findings))
+    return 1 if any(f.fix for f in findings) else 0
+
+
 def cmd_chat(args: argparse.Namespace) -> int:
     if args.model is None:  # attached to the running assistant
         return _attached_chat(args)
@@ -44,14 +64,18 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
 
 def _socket(args: argparse.Namespace) -> Path:
+    """The configured socket; else this user's own assistant's; else the installed service's."""
     from assistant.daemon.control import default_socket_path
+    from assistant.daemon.service import service_socket
 
     config = args.config or default_config_path()
     if config.exists():
         socket = load_settings(config).control.socket
         if socket:
             return socket
-    return default_socket_path()
+    own = default_socket_path()
+    service = service_socket()
+    return service if service is not None and not own.exists() and service.exists() else own
 
 
 def _say(path: Path, text: str) -> int:
@@ -90,11 +114,32 @@ def cmd_status(args: argparse.Namespace) -> int:
     try:
         for event in request(_socket(args), {"type": "status"}, until=lambda e: e["type"] == "status"):
             if event["type"] == "status":
-                print(json.dumps(event, indent=2, ensure_ascii=False))
+                print(json.dumps(event, indent=2, ensure_ascii=False) if args.json else format_status(event))
     except ConnectionError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0
+
+
+def format_status(event: dict) -> str:
+    """The status event as `key: value` lines, nested values indented, lists joined."""
+    lines: list[str] = []
+
+    def add(data: dict, indent: str) -> None:
+        for key, value in data.items():
+            label = key.replace("_", " ")
+            if isinstance(value, dict):
+                lines.append(f"{indent}{label}:")
+                add(value, indent + "  ")
+            elif isinstance(value, list):
+                lines.append(f"{indent}{label}: {', '.join(map(str, value)) or '(none)'}")
+            elif isinstance(value, bool):
+                lines.append(f"{indent}{label}: {'yes' if value else 'no'}")
+            else:
+                lines.append(f"{indent}{label}: {value}")
+
+    add({k: v for k, v in event.items() if k not in ("type", "id")}, "")
+    return "\n".join(lines)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -102,33 +147,41 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     config = args.config or default_config_path()
     settings = load_settings(config)
-    setup_logging(settings.logging.level if args.log_level == "info" else args.log_level)
+    setup_logging(args.log_level or settings.logging.level)
     return run(config, text_only=args.text_only)
 
 
 def cmd_service_install(args: argparse.Namespace) -> int:
-    from assistant.daemon.service import install
+    from assistant.daemon.service import InstallError, install
 
-    print(install(args.config.resolve(), args.unit_dir, args.user))
+    try:
+        report = install(
+            args.config, args.unit_dir, args.user, root=args.root, models=args.models, allow_home=args.allow_home
+        )
+    except InstallError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(report)
     return 0
 
 
 def cmd_setup(args: argparse.Namespace) -> int:
-    from assistant.setup.build import SetupOptions, build_model, fetch_speech_models, summary, verify_model
+    from assistant.setup import build
     from assistant.setup.download import SetupError
 
     try:
         if args.verify:
-            print(verify_model(args.verify))
+            print(build.verify_model(args.verify))
             return 0
         config = args.config or default_config_path()
         settings = load_settings(config) if config.exists() else None
         models_dir = (config.parent if settings else Path.cwd()) / "models"
-        options = SetupOptions(
+        options = build.SetupOptions(
             model=args.model,
             target=args.target,
             kv_cache_len=args.kv_cache_len,
             prefill_len=args.prefill_len,
+            kv_history=args.last_kv_cache_len,
             weight_type=args.weight_type,
             out=args.out,
             pulsar2=args.pulsar2,
@@ -136,18 +189,24 @@ def cmd_setup(args: argparse.Namespace) -> int:
             host=not args.no_host,
             keep_intermediate=args.keep_intermediate,
         )
-        model_dir, results = build_model(options, models_dir)
-        print(summary(model_dir, results))
-        if args.no_speech:
-            return 0
-        if settings is None:
-            log.warning("no %s: speech models not fetched (they are named there)", config)
-            return 0
-        for path in fetch_speech_models(settings):
-            print(f"speech model: {path}")
+        build.check_builder(options)
+        speech = not args.no_speech and settings is not None
+        if not args.no_speech and settings is None:
+            log.warning("no %s: speech models not fetched (config.yaml names them)", config)
+        if speech:  # first: they are small, and a download problem shows before a long build
+            for path in build.fetch_speech_models(settings):
+                print(f"speech model: {path}")
+        model_dir, results = build.build_model(options, models_dir, force=args.force)
+        if results:
+            print(build.summary(model_dir, results))
+        print(build.next_command(model_dir, options, settings, speech))
     except SetupError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        message = "interrupted: finished steps and partial downloads are kept; run the same command again to resume"
+        print(f"\n{message}", file=sys.stderr)
+        return 130
     return 0
 
 
@@ -198,100 +257,197 @@ def cmd_audio_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="assistant", description=DESCRIPTION)
-    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+class _HelpFormatter(argparse.HelpFormatter):
+    """Shows each option's default, except where there is none to show (None, False)."""
 
-    config = sub.add_parser("config", help="inspect the configuration")
-    config_sub = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
-    check = config_sub.add_parser("check", help="validate a config file and print the effective settings")
-    check.add_argument(
-        "--config", type=Path, default=None, help="config file (default: $ASSISTANT_CONFIG or ./config.yaml)"
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "%(default)" in text or action.default in (None, False, argparse.SUPPRESS) or not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def _common_options() -> argparse.ArgumentParser:
+    # A parent of every subcommand as well as of the top-level parser, so the options are accepted
+    # on either side of the subcommand; SUPPRESS keeps a value given before it from being reset.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--log-level",
+        default=argparse.SUPPRESS,
+        choices=["debug", "info", "warning", "error"],
+        help="how much to log (default: info; `assistant run` takes logging.level from the config)",
     )
-    check.set_defaults(func=cmd_config_check)
+    return common
 
-    chat = sub.add_parser("chat", help="text chat with the on-device LLM (streams tokens, prints tok/s)")
+
+def _group(sub, name: str, help: str, common: argparse.ArgumentParser):
+    """A command with actions of its own; given alone it prints its help."""
+    parser = sub.add_parser(name, help=help, description=help, formatter_class=_HelpFormatter, parents=[common])
+    parser.set_defaults(func=lambda args: _print_help(parser))
+    return parser, parser.add_subparsers(title="actions", metavar="ACTION")
+
+
+def _print_help(parser: argparse.ArgumentParser) -> int:
+    parser.print_help()
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _common_options()
+    parser = argparse.ArgumentParser(
+        prog="assistant",
+        description=DESCRIPTION,
+        epilog="First time here? `assistant setup --target host`, then `assistant run`; "
+        "`assistant doctor` lists what is missing.",
+        formatter_class=_HelpFormatter,
+        parents=[common],
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.set_defaults(func=lambda args: _print_help(parser))
+    sub = parser.add_subparsers(title="commands", metavar="COMMAND")
+
+    def command(subparsers, name: str, help: str) -> argparse.ArgumentParser:
+        return subparsers.add_parser(
+            name, help=help, description=help, formatter_class=_HelpFormatter, parents=[common]
+        )
+
+    def config_option(p: argparse.ArgumentParser, what: str = "config file") -> None:
+        p.add_argument(
+            "--config",
+            type=Path,
+            default=None,
+            metavar="FILE",
+            help=f"{what} (default: $ASSISTANT_CONFIG, else ./config.yaml)",
+        )
+
+    run = command(sub, "run", "run the assistant: microphone, wake phrase, speech, replies (as the service does)")
+    config_option(run)
+    run.add_argument(
+        "--text-only", action="store_true", help="no microphone, speaker or speech models: turns come from the socket"
+    )
+    run.set_defaults(func=cmd_run)
+
+    setup = command(sub, "setup", "build the model directory for this machine or the board, and fetch speech models")
+    setup.add_argument(
+        "--model",
+        default="Qwen/Qwen2-0.5B-Instruct",
+        metavar="REPO|DIR",
+        help="Hugging Face repo id, or a local checkpoint folder",
+    )
+    setup.add_argument(
+        "--target",
+        default="ax630c",
+        choices=["ax630c", "ax650n", "host"],
+        help="host: ONNX layers for this PC only; ax630c / ax650n: also the board's axmodels (needs Pulsar2)",
+    )
+    setup.add_argument("--kv-cache-len", type=int, default=1023, metavar="N", help="context length in tokens")
+    setup.add_argument(
+        "--prefill-len", type=int, default=128, metavar="N", help="board prefill chunk; 0: token by token"
+    )
+    setup.add_argument(
+        "--last-kv-cache-len",
+        type=int,
+        action="append",
+        default=None,
+        metavar="ROWS",
+        help="a board prefill group after ROWS cached rows (repeatable; default: every --prefill-len rows that fit)",
+    )
+    setup.add_argument("--weight-type", default="s8", choices=["s8", "s4"], help="board weight quantization")
+    setup.add_argument(
+        "--out", type=Path, default=None, metavar="DIR", help="model directory (default: models/NAME beside the config)"
+    )
+    builder = setup.add_mutually_exclusive_group()
+    builder.add_argument("--pulsar2", default=None, metavar="PATH", help="pulsar2 executable (default: from PATH)")
+    builder.add_argument(
+        "--pulsar2-image", default=None, metavar="IMAGE", help="run pulsar2 from this docker image instead"
+    )
+    setup.add_argument("--no-host", action="store_true", help="skip the ONNX layers for a PC")
+    setup.add_argument("--no-speech", action="store_true", help="skip the vosk model and piper voice")
+    setup.add_argument("--keep-intermediate", action="store_true", help="also keep the .npy and float32 embeddings")
+    setup.add_argument("--force", action="store_true", help="rebuild even if the model is up to date")
+    config_option(setup, "config naming the speech models")
+    setup.add_argument("--verify", type=Path, default=None, metavar="DIR", help="re-check a built model and run it")
+    setup.set_defaults(func=cmd_setup)
+
+    doctor = command(sub, "doctor", "list everything missing or wrong before `assistant run`, each with its fix")
+    config_option(doctor)
+    doctor.add_argument("--text-only", action="store_true", help="check only what `assistant run --text-only` needs")
+    doctor.set_defaults(func=cmd_doctor)
+
+    say = command(sub, "say", "send a text turn to the running assistant and print its reply")
+    say.add_argument("text", nargs="+", help="what to say")
+    config_option(say, "config naming the control socket")
+    say.set_defaults(func=cmd_say)
+
+    chat = command(sub, "chat", "chat in text: with the running assistant, or with a model directory (prints tok/s)")
     chat.add_argument(
         "--model",
         type=Path,
         default=None,
         help="chat with this model directory; without it, with the running assistant",
     )
-    chat.add_argument("--config", type=Path, default=None, help="config naming the control socket")
-    chat.add_argument("--backend", default="auto", choices=["auto", "axengine", "onnxruntime"])
-    chat.add_argument("--threads", type=int, default=2)
-    chat.add_argument("--system", default="You are a helpful assistant.", help="system prompt")
-    chat.add_argument("--max-new-tokens", type=int, default=256)
-    chat.add_argument("--temperature", type=float, default=0.0, help="0 is greedy")
-    chat.add_argument("--seed", type=int, default=None)
+    config_option(chat, "config naming the control socket")
+    chat.add_argument("--backend", default="auto", choices=["auto", "axengine", "onnxruntime"], help="with --model")
+    chat.add_argument("--threads", type=int, default=2, help="CPU threads of the ONNX backend, with --model")
+    chat.add_argument("--system", default="You are a helpful assistant.", help="system prompt, with --model")
+    chat.add_argument("--max-new-tokens", type=int, default=256, help="longest reply, with --model")
+    chat.add_argument("--temperature", type=float, default=0.0, help="0 is greedy, with --model")
+    chat.add_argument("--seed", type=int, default=None, help="sampling seed, with --model")
     chat.set_defaults(func=cmd_chat)
 
-    setup = sub.add_parser("setup", help="build a model directory and fetch the speech models")
-    setup.add_argument("--model", default="Qwen/Qwen2-0.5B-Instruct", help="Hugging Face repo id or a local folder")
-    setup.add_argument("--target", default="ax630c", choices=["ax630c", "ax650n", "host"])
-    setup.add_argument("--kv-cache-len", type=int, default=1023)
-    setup.add_argument("--prefill-len", type=int, default=128, help="board prefill chunk; 0: token by token")
-    setup.add_argument("--weight-type", default="s8", choices=["s8", "s4"], help="board weight quantization")
-    setup.add_argument("--out", type=Path, default=None, help="model directory (default: models/NAME)")
-    builder = setup.add_mutually_exclusive_group()
-    builder.add_argument("--pulsar2", default=None, help="pulsar2 executable (default: from PATH)")
-    builder.add_argument("--pulsar2-image", default=None, help="run pulsar2 from this docker image instead")
-    setup.add_argument("--no-host", action="store_true", help="skip the ONNX layers for a PC")
-    setup.add_argument("--no-speech", action="store_true", help="skip the vosk model and piper voice")
-    setup.add_argument("--keep-intermediate", action="store_true", help="also keep the .npy and float32 embeddings")
-    setup.add_argument("--config", type=Path, default=None, help="config naming the speech models")
-    setup.add_argument("--verify", type=Path, default=None, metavar="DIR", help="re-check a built model and run it")
-    setup.set_defaults(func=cmd_setup)
-
-    run = sub.add_parser("run", help="run the assistant (as the systemd service does)")
-    run.add_argument(
-        "--config", type=Path, default=None, help="config file (default: $ASSISTANT_CONFIG or ./config.yaml)"
-    )
-    run.add_argument(
-        "--text-only", action="store_true", help="no microphone or speaker: turns come from the control socket"
-    )
-    run.set_defaults(func=cmd_run)
-
-    say = sub.add_parser("say", help="send a text turn to the running assistant and print its reply")
-    say.add_argument("text", nargs="+")
-    say.add_argument("--config", type=Path, default=None)
-    say.set_defaults(func=cmd_say)
-
-    status = sub.add_parser("status", help="what the running assistant is doing")
-    status.add_argument("--config", type=Path, default=None)
+    status = command(sub, "status", "what the running assistant is doing")
+    config_option(status, "config naming the control socket")
+    status.add_argument("--json", action="store_true", help="print the status event as JSON")
     status.set_defaults(func=cmd_status)
 
-    service = sub.add_parser("service", help="the systemd service")
-    service_sub = service.add_subparsers(dest="service_command", required=True, metavar="ACTION")
-    install = service_sub.add_parser("install", help="write the unit file and print the systemctl commands")
-    install.add_argument("--config", type=Path, default=Path("/etc/assistant/config.yaml"))
-    install.add_argument("--unit-dir", type=Path, default=Path("/etc/systemd/system"))
-    install.add_argument("--user", default="assistant")
+    _, config_sub = _group(sub, "config", "inspect the configuration", common)
+    check = command(config_sub, "check", "validate a config file and print the effective settings")
+    config_option(check)
+    check.set_defaults(func=cmd_config_check)
+    init = command(config_sub, "init", "write the default, commented config.yaml to start from")
+    init.add_argument("path", type=Path, nargs="?", default=Path("config.yaml"), help="where to write it")
+    init.set_defaults(func=cmd_config_init)
+
+    _, service_sub = _group(sub, "service", "the systemd service", common)
+    install = command(
+        service_sub,
+        "install",
+        "write the systemd unit and /etc/assistant/config.yaml, check the service can reach its files",
+    )
+    install.add_argument(
+        "--config",
+        type=Path,
+        default=Path("/etc/assistant/config.yaml"),
+        help="the service's config (created if missing)",
+    )
+    install.add_argument("--models", type=Path, default=None, help="copy this models folder where the service reads it")
+    install.add_argument("--unit-dir", type=Path, default=Path("/etc/systemd/system"), help="where the unit goes")
+    install.add_argument("--user", default="assistant", help="the user the service runs as")
+    install.add_argument(
+        "--allow-home", action="store_true", help="let the service read /home and /root (ProtectHome=read-only)"
+    )
+    install.add_argument("--root", type=Path, default=Path("/"), help="install into this root folder (for images)")
     install.set_defaults(func=cmd_service_install)
 
-    audio = sub.add_parser("audio", help="audio devices")
-    audio_sub = audio.add_subparsers(dest="audio_command", required=True, metavar="ACTION")
-    audio_sub.add_parser("list", help="the microphones and speakers, with their indexes").set_defaults(
-        func=cmd_audio_list
-    )
+    _, audio_sub = _group(sub, "audio", "sound devices", common)
+    command(audio_sub, "list", "the microphones and speakers, with their indexes").set_defaults(func=cmd_audio_list)
 
-    skills = sub.add_parser("skills", help="list or call the installed skills")
-    skills_sub = skills.add_subparsers(dest="skills_command", required=True, metavar="ACTION")
-    listing = skills_sub.add_parser("list", help="each skill with its schema and example sentences")
-    listing.add_argument("--config", type=Path, default=None)
+    _, skills_sub = _group(sub, "skills", "list or call the installed skills", common)
+    listing = command(skills_sub, "list", "each skill with its schema and example sentences")
+    config_option(listing)
     listing.set_defaults(func=cmd_skills_list)
-    call = skills_sub.add_parser("call", help="run one skill")
-    call.add_argument("name")
+    call = command(skills_sub, "call", "run one skill as the assistant would (validation, timeout)")
+    call.add_argument("name", help="the skill's name, from `assistant skills list`")
     call.add_argument("--args", default="{}", help="arguments as a JSON object")
-    call.add_argument("--config", type=Path, default=None)
+    config_option(call)
     call.set_defaults(func=cmd_skills_call)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    setup_logging(args.log_level)
+    args.log_level = getattr(args, "log_level", None)
+    setup_logging(args.log_level or "info")
     try:
         return args.func(args)
     except (ConfigError, ModelError) as e:

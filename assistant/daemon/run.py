@@ -19,6 +19,7 @@ from assistant.budget import plan_for_settings
 from assistant.config import ConfigError, check_model_paths, load_settings, state_dir
 from assistant.daemon.control import ControlServer, Hub, default_socket_path
 from assistant.daemon.notify import notify, watchdog_interval
+from assistant.doctor import MICROPHONE_FIX, microphone_problem
 from assistant.llm.conversation import Conversation
 from assistant.llm.engine import Engine
 from assistant.llm.sampling import Sampler
@@ -36,6 +37,8 @@ class Daemon:
         self.config_path = config_path
         self.settings = load_settings(config_path)
         check_model_paths(self.settings, voice=not text_only)
+        if not text_only and (problem := microphone_problem(self.settings)):  # retried below, said once here
+            log.warning("%s; %s", problem, MICROPHONE_FIX)
         self.hub = Hub()
         self.turn_lock = threading.Lock()
         self.cancel: threading.Event | None = None

@@ -1,35 +1,227 @@
-"""`assistant service install`: the systemd unit with this installation's paths."""
+"""`assistant service install`: the systemd unit, the service's config, and the checks that it can start.
+
+The unit hides /home, /root and /run/user (`ProtectHome=yes`) and gives the service its own /tmp
+(`PrivateTmp=yes`), and `ProtectSystem=strict` leaves it only /var/lib/assistant (its
+`StateDirectory`) and /run/assistant (its `RuntimeDirectory`) to write. A program, config or model
+in one of the hidden places is refused here, naming the path and the option, instead of failing
+later in the journal.
+"""
 
 from __future__ import annotations
 
+import re
 import shutil
+import socket
 import sys
 from pathlib import Path
 
-TEMPLATE = Path(__file__).resolve().parents[2] / "systemd" / "assistant.service"
+from assistant.config import Settings, load_settings
+
+PACKAGE = Path(__file__).resolve().parents[1]
+UNIT_TEMPLATE = PACKAGE / "data" / "assistant.service"
+DEFAULT_CONFIG = PACKAGE / "data" / "config.yaml"
+README = PACKAGE.parent / "README.md"  # present in a source checkout only
+
+SYSTEM_CONFIG = Path("/etc/assistant/config.yaml")
+STATE_DIR = Path("/var/lib/assistant")  # StateDirectory=assistant
+RUNTIME_DIR = Path("/run/assistant")  # RuntimeDirectory=assistant
+SERVICE_SOCKET = RUNTIME_DIR / "assistant.sock"
+# Clients in a user shell read the service's socket path here when their own config names none.
+SOCKET_RECORD = Path("/etc/assistant/socket")
+
+HIDDEN = [
+    (Path("/home"), "ProtectHome=yes"),
+    (Path("/root"), "ProtectHome=yes"),
+    (Path("/run/user"), "ProtectHome=yes"),
+    (Path("/tmp"), "PrivateTmp=yes"),
+    (Path("/var/tmp"), "PrivateTmp=yes"),
+]
 
 
-def unit_text(config: Path, user: str, executable: str) -> str:
-    text = TEMPLATE.read_text()
+class InstallError(Exception):
+    """The service could not start as configured; worded for the person installing it."""
+
+
+def unit_text(config: Path, user: str, executable: str, allow_home: bool = False) -> str:
+    text = UNIT_TEMPLATE.read_text()
     text = text.replace("/usr/local/bin/assistant run --config /etc/assistant/config.yaml",
                         f"{executable} run --config {config}")  # fmt: skip
     text = text.replace("WorkingDirectory=/etc/assistant", f"WorkingDirectory={config.parent}")
+    if allow_home:
+        text = text.replace("ProtectHome=yes", "ProtectHome=read-only")
+    if README.is_file():
+        text = text.replace("Description=Offline voice assistant\n",
+                            f"Description=Offline voice assistant\nDocumentation=file://{README}\n")  # fmt: skip
     return text.replace("User=assistant", f"User={user}").replace("Group=assistant", f"Group={user}")
 
 
-def install(config: Path, unit_dir: Path, user: str) -> str:
-    """Write assistant.service; return the commands that create the user and start the service."""
-    if not TEMPLATE.is_file():
-        raise FileNotFoundError(f"{TEMPLATE}: the unit template ships with the source tree; install with pip -e")
-    executable = shutil.which("assistant") or f"{sys.executable} -m assistant"
-    unit_dir.mkdir(parents=True, exist_ok=True)
-    path = unit_dir / "assistant.service"
-    path.write_text(unit_text(config, user, executable))
-    return "\n".join([
-        f"wrote {path}",
+def default_config_text() -> str:
+    """The packaged config with its model paths moved under the state directory, which the service reads."""
+    return re.sub(r"^(\s+\w+): models/", rf"\1: {STATE_DIR}/models/", DEFAULT_CONFIG.read_text(), flags=re.M)
+
+
+def service_socket(record: Path = SOCKET_RECORD) -> Path | None:
+    """The installed service's control socket, as `service install` recorded it."""
+    try:
+        return Path(record.read_text().strip())
+    except OSError:
+        return None
+
+
+def answers(path: Path) -> bool:
+    """Whether a process accepts connections on the Unix socket at `path`."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(1.0)
+        try:
+            s.connect(str(path))
+        except OSError:
+            return False
+    return True
+
+
+def hidden_by(path: Path, allow_home: bool) -> str | None:
+    """The unit option that keeps the service from seeing `path`, if any."""
+    for top, option in HIDDEN:
+        if path.is_relative_to(top) and not (allow_home and option.startswith("ProtectHome")):
+            return option
+    return None
+
+
+def install(
+    config: Path = SYSTEM_CONFIG,
+    unit_dir: Path = Path("/etc/systemd/system"),
+    user: str = "assistant",
+    *,
+    root: Path = Path("/"),
+    models: Path | None = None,
+    allow_home: bool = False,
+) -> str:
+    """Write the config (when missing), copy models, check reachability, write the unit; return a report.
+
+    Paths are as the service sees them; `root` is prefixed to everything written (an image being built).
+    """
+    if not UNIT_TEMPLATE.is_file():
+        raise InstallError(f"{UNIT_TEMPLATE}: the unit template is missing from the installed package")
+    config = config.absolute()
+    on_disk = _under(root, config)
+    report = []
+    if not on_disk.exists():
+        on_disk.parent.mkdir(parents=True, exist_ok=True)
+        on_disk.write_text(default_config_text())
+        report.append(f"created {config} from the packaged default (models under {STATE_DIR}/models)")
+    if models is not None:
+        report += _copy_models(models, _under(root, STATE_DIR / "models"))
+    settings = load_settings(on_disk)
+
+    script = Path(sys.executable).parent / "assistant"  # this installation's, not whichever is first on PATH
+    executable = str(script) if script.is_file() else f"{sys.executable} -m assistant"
+    needed = [
+        ("the assistant command", Path(executable.split()[0]).resolve()),
+        ("the Python running assistant", Path(sys.executable).resolve()),
+        ("the assistant package", PACKAGE),
+        ("the config", config),
+        *_configured_paths(settings, root),
+    ]
+    problems = [
+        f"{path} ({what}): hidden from the service by {option} in the unit; {_move_hint(option, what)}"
+        for what, path in needed
+        if (option := hidden_by(path, allow_home))
+    ]
+    problems += _writable_problems(settings, root)
+    socket_path = _service_view(root, settings.control.socket) if settings.control.socket else SERVICE_SOCKET
+    if answers(_under(root, socket_path)):
+        problems.append(
+            f"{socket_path}: an assistant already answers there; stop it first (`systemctl stop assistant`, or "
+            "Ctrl-C the `assistant run`): two instances cannot share one control socket"
+        )
+    if problems:
+        raise InstallError("the service could not run as configured:\n  " + "\n  ".join(problems))
+
+    missing = [f"{what}: {path}" for what, path in _configured_paths(settings, root) if not _under(root, path).exists()]
+    unit = _under(root, unit_dir) / "assistant.service"
+    unit.parent.mkdir(parents=True, exist_ok=True)
+    unit.write_text(unit_text(config, user, executable, allow_home))
+    record = _under(root, SOCKET_RECORD)
+    record.parent.mkdir(parents=True, exist_ok=True)
+    record.write_text(f"{socket_path}\n")
+    report.append(f"wrote {unit}")
+    report.append(f"wrote {record}: clients find the service's socket ({socket_path}) there")
+    if missing:
+        report.append(
+            "not installed yet (copy them with --models DIR, e.g. the models/ folder `assistant setup` made):"
+        )
+        report += [f"  {line}" for line in missing]
+    report += [
         "now run:",
-        f"  sudo useradd --system --groups audio --home-dir /var/lib/assistant --shell /usr/sbin/nologin {user}",
+        f"  sudo useradd --system --groups audio --home-dir {STATE_DIR} --shell /usr/sbin/nologin {user}",
         "  sudo systemctl daemon-reload",
         "  sudo systemctl enable --now assistant",
         "  journalctl -u assistant -f",
-    ])  # fmt: skip
+    ]
+    return "\n".join(report)
+
+
+def _under(root: Path, path: Path) -> Path:
+    return root / path.relative_to("/") if path.is_absolute() else root / path
+
+
+def _service_view(root: Path, path: Path) -> Path:
+    """A path read from a config inside `root` (resolved by the loader to root/...) as the service sees it."""
+    try:
+        return Path("/") / path.resolve().relative_to(root.resolve())
+    except ValueError:
+        return path
+
+
+def _configured_paths(settings: Settings, root: Path) -> list[tuple[str, Path]]:
+    found = [
+        ("llm.model_dir", settings.llm.model_dir),
+        ("asr.model", settings.asr.model),
+        ("tts.voice", settings.tts.voice),
+        ("wake.model", settings.wake.model),
+        ("mqtt.ca_file", settings.mqtt.ca_file),
+        *((f"skills.paths[{i}]", p) for i, p in enumerate(settings.skills.paths)),
+    ]
+    return [(key, _service_view(root, path)) for key, path in found if path is not None]
+
+
+def _writable_problems(settings: Settings, root: Path) -> list[str]:
+    """state_dir and control.socket must lie where ProtectSystem=strict lets the service write."""
+    problems = []
+    for key, value, allowed in [
+        ("state_dir", settings.state_dir, STATE_DIR),
+        ("control.socket", settings.control.socket, RUNTIME_DIR),
+    ]:
+        if value is not None and not _service_view(root, value).is_relative_to(allowed):
+            problems.append(
+                f"{key}: {_service_view(root, value)} is read-only for the service (ProtectSystem=strict in the "
+                f"unit); leave {key} empty in the config, and the service uses {allowed}"
+            )
+    return problems
+
+
+def _move_hint(option: str, what: str) -> str:
+    if what.startswith(("the Python", "the assistant")):  # the program itself
+        fix = "install the package outside home folders (python3 -m venv /opt/assistant, then its pip install …)"
+    else:
+        fix = f"move it (models belong under {STATE_DIR}/models: --models DIR copies them there)"
+    if option.startswith("ProtectHome"):
+        fix += ", or pass --allow-home (ProtectHome=read-only)"
+    return fix
+
+
+def _copy_models(source: Path, dest: Path) -> list[str]:
+    """Each model folder or file of `source` (not hidden build folders) copied into `dest`."""
+    if not source.is_dir():
+        raise InstallError(f"--models {source}: not a folder")
+    dest.mkdir(parents=True, exist_ok=True)
+    copied = []
+    for entry in sorted(source.iterdir()):
+        if entry.name.startswith("."):  # .cache (downloads), .NAME.partial (unfinished builds)
+            continue
+        if entry.is_dir():
+            shutil.copytree(entry, dest / entry.name, dirs_exist_ok=True)
+        else:
+            shutil.copy2(entry, dest / entry.name)
+        copied.append(f"copied {entry} to {dest / entry.name}")
+    return copied

@@ -186,7 +186,7 @@ def _check_pyaxengine() -> None:
 
             installed = version("axengine")
         except Exception:  # no metadata: installed from a source tree
-            installed = "installed"
+            installed = "(version unknown)"
         raise ModelError(
             f"pyaxengine {installed} has no shape groups (run(..., shape_group=)); the LLM layers need "
             f"pyaxengine >= {MIN_PYAXENGINE}: install AXERA's newer release wheel (see README)"

@@ -1,8 +1,11 @@
 """`assistant setup`: a Hugging Face model → a complete model directory for the board and the host.
 
-Everything is built in `.NAME.partial/` beside the destination; each finished step leaves a
-marker there, so an interrupted run resumes where it stopped, and the destination is replaced
-only by a rename once the manifest is written. A failed run leaves the previous model in place.
+Order: what cannot work is refused first (a board target without pulsar2 or docker), the small
+speech models come next, then the model. Everything is built in `.NAME.partial/` beside the
+destination; each finished step leaves a marker there, so an interrupted run resumes where it
+stopped, and the destination is replaced only by a rename once the manifest is written. A failed
+run leaves the previous model in place. The options a model was built with are kept beside it
+(`.setup.json`), so running the same command again finds it up to date at once.
 """
 
 from __future__ import annotations
@@ -14,18 +17,28 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from assistant.config import Settings
+from assistant.config import ConfigError, Settings, check_model_paths
 from assistant.llm.checkpoint import Checkpoint, read_shape
 from assistant.llm.embeddings import write_embeddings
 from assistant.llm.export import copy_tokenizer, export_onnx, new_manifest
 from assistant.llm.manifest import LayerFiles, ModelError, load_manifest, record_files, verify_files
-from assistant.setup.download import SetupError, download, download_and_unzip, fetch_hf_model
-from assistant.setup.pulsar2 import collect_axmodels, pulsar2_command, run_pulsar2, write_model_config
+from assistant.setup.download import Progress, SetupError, download, download_and_unzip, fetch_hf_model
+from assistant.setup.pulsar2 import (
+    collect_axmodels,
+    default_kv_history,
+    find_builder,
+    pulsar2_command,
+    run_pulsar2,
+    write_model_config,
+)
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "Qwen/Qwen2-0.5B-Instruct"
 TARGETS = ("ax630c", "ax650n", "host")
+RECORD = ".setup.json"  # the options a finished model was built with, beside its manifest
+# Options whose flag is not the field name spelled with dashes.
+FLAGS = {"host": "--no-host", "kv_history": "--last-kv-cache-len"}
 
 
 @dataclass
@@ -34,6 +47,7 @@ class SetupOptions:
     target: str = "ax630c"
     kv_cache_len: int = 1023
     prefill_len: int = 128
+    kv_history: list[int] | None = None  # --last_kv_cache_len values; None: every prefill_len rows (pulsar2.py)
     weight_type: str = "s8"
     out: Path | None = None
     pulsar2: str | None = None
@@ -49,18 +63,42 @@ class StepResult:
     layers: dict | None = None  # LayerFiles of a backend, when the step built one
 
 
-def build_model(opts: SetupOptions, models_dir: Path) -> tuple[Path, list[StepResult]]:
-    """Build (or resume building) the model directory; return it and what each step took."""
+def check_builder(opts: SetupOptions) -> None:
+    """Refuse a target that cannot be built here before anything is downloaded or exported."""
     if opts.target not in TARGETS:
         raise SetupError(f"--target must be one of {', '.join(TARGETS)}, not {opts.target!r}")
+    if opts.target != "host":
+        _kv_history(opts)
+        find_builder(opts.target, opts.pulsar2, opts.pulsar2_image)
+
+
+def model_name(model: str) -> str:
+    """The model directory's name: a repo id's last part, or a folder's name (a hub cache's `org--name` too)."""
+    local = Path(model).expanduser()
+    name = local.resolve().name if local.is_dir() else model.rstrip("/").split("/")[-1]
+    return name.split("--")[-1].lower()
+
+
+def build_model(opts: SetupOptions, models_dir: Path, force: bool = False) -> tuple[Path, list[StepResult]]:
+    """Build (or resume building) the model directory; return it and what each step took.
+
+    A model already built with the same options (and, for a local folder, the same checkpoint
+    files) is left as it is and no step runs, unless `force`.
+    """
+    check_builder(opts)
+    kv_history = _kv_history(opts) if opts.target != "host" else []
     local = Path(opts.model).expanduser()
+    name = model_name(opts.model)
+    dest = opts.out or models_dir / name
+    record = _record(opts, local if local.is_dir() else None)
+    if not force and _up_to_date(dest, record):
+        log.info("%s is up to date (built with the same options); --force rebuilds it", dest)
+        return dest, []
     hf_dir = local if local.is_dir() else fetch_hf_model(opts.model, models_dir / ".cache")
     shape = read_shape(hf_dir)  # unsupported model types fail here, before any work
     checkpoint = Checkpoint(hf_dir)
-    name = hf_dir.resolve().name.split("--")[-1].lower()
-    dest = opts.out or models_dir / name
     work = dest.with_name(f".{dest.name}.partial")
-    _start_or_resume(work, opts)
+    _start_or_resume(work, record)
     _check_disk(work.parent, sum(p.stat().st_size for p in hf_dir.glob("*.safetensors")))
 
     steps: list[tuple[str, object]] = [
@@ -68,9 +106,9 @@ def build_model(opts: SetupOptions, models_dir: Path) -> tuple[Path, list[StepRe
         ("embeddings", lambda: write_embeddings(checkpoint, work, opts.keep_intermediate)),
     ]
     if opts.host or opts.target == "host":
-        steps.append(("onnxruntime", lambda: export_onnx(hf_dir, work, "int8", lambda m: log.info("host %s", m))))
+        steps.append(("onnxruntime", lambda: _host_export(hf_dir, work, shape.num_layers)))
     if opts.target != "host":
-        steps.append(("axengine", lambda: _board_build(hf_dir, work, shape.num_layers, name, opts)))
+        steps.append(("axengine", lambda: _board_build(hf_dir, work, shape.num_layers, name, opts, kv_history)))
     results = [_run_step(work, step, fn) for step, fn in steps]
 
     backends = {r.name: LayerFiles(**r.layers) for r in results if r.layers}
@@ -78,10 +116,26 @@ def build_model(opts: SetupOptions, models_dir: Path) -> tuple[Path, list[StepRe
     record_files(work, manifest)
     manifest.save(work)
     _replace(dest, work)
+    (dest / RECORD).write_text(json.dumps(record, sort_keys=True))
     return dest, results
 
 
-def _board_build(hf_dir: Path, work: Path, num_layers: int, name: str, opts: SetupOptions) -> LayerFiles:
+def _host_export(hf_dir: Path, work: Path, num_layers: int) -> LayerFiles:
+    progress = Progress("host layers", num_layers + 1, unit="graph")
+    try:
+
+        def step(message: str) -> None:
+            log.debug("host %s", message)
+            progress.update(1)
+
+        return export_onnx(hf_dir, work, "int8", step)
+    finally:
+        progress.close()
+
+
+def _board_build(
+    hf_dir: Path, work: Path, num_layers: int, name: str, opts: SetupOptions, kv_history: list[int]
+) -> LayerFiles:
     write_model_config(hf_dir, work, name)
     build_dir = work / "axmodel_build"
     shutil.rmtree(build_dir, ignore_errors=True)
@@ -92,27 +146,86 @@ def _board_build(hf_dir: Path, work: Path, num_layers: int, name: str, opts: Set
         kv_cache_len=opts.kv_cache_len,
         prefill_len=opts.prefill_len,
         weight_type=opts.weight_type,
+        kv_history=kv_history,
         pulsar2=opts.pulsar2,
         image=opts.pulsar2_image,
     )
     run_pulsar2(command)
-    layers = collect_axmodels(build_dir, work, num_layers, opts.prefill_len, f"{opts.weight_type}, bf16 activations")
+    weights = f"{opts.weight_type}, bf16 activations"
+    layers = collect_axmodels(build_dir, work, num_layers, opts.prefill_len, kv_history, weights)
     shutil.rmtree(build_dir, ignore_errors=True)
     return layers
 
 
-def _start_or_resume(work: Path, opts: SetupOptions) -> None:
-    """Keep finished steps of an earlier run with the same options; otherwise start clean."""
-    options = json.dumps({k: str(v) for k, v in asdict(opts).items()}, sort_keys=True)
+def _kv_history(opts: SetupOptions) -> list[int]:
+    """The prefill history groups to build, checked before pulsar2 spends half an hour on them."""
+    if opts.kv_history is None:
+        return default_kv_history(opts.kv_cache_len, opts.prefill_len)
+    history = sorted(set(opts.kv_history))
+    if history and not opts.prefill_len:
+        raise SetupError("--last-kv-cache-len needs --prefill-len: history groups are prefill groups")
+    too_long = [h for h in history if h <= 0 or h + opts.prefill_len > opts.kv_cache_len + 1]
+    if too_long:
+        raise SetupError(
+            f"--last-kv-cache-len {too_long[0]}: a history group of H rows prefills {opts.prefill_len} tokens after "
+            f"them, so H must be between 1 and {opts.kv_cache_len + 1 - opts.prefill_len} for --kv-cache-len "
+            f"{opts.kv_cache_len}"
+        )
+    return history
+
+
+def _record(opts: SetupOptions, local: Path | None) -> dict:
+    """The options as JSON values, and for a local checkpoint its files' sizes and times."""
+    record = {k: v if isinstance(v, (int, bool, list, type(None))) else str(v) for k, v in asdict(opts).items()}
+    if local is not None:
+        record["checkpoint"] = {
+            p.name: [p.stat().st_size, p.stat().st_mtime_ns] for p in sorted(local.iterdir()) if p.is_file()
+        }
+    return record
+
+
+def _up_to_date(dest: Path, record: dict) -> bool:
+    try:
+        if json.loads((dest / RECORD).read_text()) != record:
+            return False
+        manifest = load_manifest(dest)
+        verify_files(dest, manifest, list(manifest.files))  # sizes only: quick
+    except (OSError, ValueError, ModelError):
+        return False
+    return True
+
+
+def _changes(old: dict, new: dict) -> str:
+    """The options that differ, as the person typed them: `--target ax630c → host`."""
+    changed = []
+    for key in sorted(set(old) | set(new)):
+        if old.get(key) != new.get(key):
+            if key == "checkpoint":
+                changed.append("the checkpoint's files")
+            else:
+                flag = FLAGS.get(key, "--" + key.replace("_", "-"))
+                changed.append(f"{flag} {old.get(key)} → {new.get(key)}")
+    return ", ".join(changed)
+
+
+def _start_or_resume(work: Path, record: dict) -> None:
+    """Keep finished steps of an earlier run with the same options; otherwise start clean, saying why."""
     recorded = work / ".options.json"
-    if work.is_dir() and recorded.is_file() and recorded.read_text() == options:
-        done = sorted(p.name[len(".done-") :] for p in work.glob(".done-*"))
-        if done:
-            log.info("resuming the build in %s (done: %s)", work, ", ".join(done))
-        return
+    if work.is_dir():
+        try:
+            old = json.loads(recorded.read_text())
+        except (OSError, ValueError):
+            old = None
+        if old == record:
+            done = sorted(p.name[len(".done-") :] for p in work.glob(".done-*"))
+            if done:
+                log.info("resuming the build in %s (done: %s)", work, ", ".join(done))
+            return
+        why = f"options changed: {_changes(old, record)}" if old else "it records no options"
+        log.warning("discarding the unfinished build in %s (%s)", work, why)
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    recorded.write_text(options)
+    recorded.write_text(json.dumps(record, sort_keys=True))
 
 
 def _run_step(work: Path, name: str, fn) -> StepResult:
@@ -158,6 +271,29 @@ def fetch_speech_models(settings: Settings) -> list[Path]:
     return [asr, voice, voice_config]
 
 
+def next_command(model_dir: Path, opts: SetupOptions, settings: Settings | None, speech: bool) -> str:
+    """The last line of setup: what to run now."""
+    if opts.target != "host":
+        return (
+            f"next: copy {model_dir} to the board with its config.yaml and speech models, install pyaxengine "
+            "there (README), then run `assistant service install` on the board"
+        )
+    if settings is None:
+        return (
+            f"next: `assistant config init` (writes ./config.yaml), set llm.model_dir: {model_dir.resolve()} "
+            "there, then `assistant setup` again for the speech models, or `assistant run --text-only`"
+        )
+    config = "" if settings.source == Path("config.yaml") else f" --config {settings.source}"
+    run = f"assistant run{config}" if speech else f"assistant run --text-only{config}"
+    if settings.llm.model_dir.resolve() != model_dir.resolve():
+        return f"next: set llm.model_dir: {model_dir.resolve()} in {settings.source}, then `{run}`"
+    try:
+        check_model_paths(settings, voice=speech)
+    except ConfigError as e:
+        return f"next: {e}"
+    return f"next: `{run}`"
+
+
 def verify_model(model_dir: Path) -> str:
     """Re-check every file's size and sha256, then run one prefill and one decode step on the host."""
     from assistant.llm.engine import Engine
@@ -184,6 +320,7 @@ def summary(model_dir: Path, results: list[StepResult]) -> str:
             key = f"{rel.parts[0]}/" if len(rel.parts) > 1 else rel.name
             groups.setdefault(key, []).append(path.stat().st_size)
     lines = [f"{'file':48} {'count':>5} {'size':>10}"]
+    groups.pop(RECORD, None)
     for key, sizes in groups.items():
         lines.append(f"{key:48} {len(sizes):>5} {sum(sizes) / 1e6:>8.1f} MB")
     lines.append("")

@@ -5,9 +5,9 @@ from __future__ import annotations
 import hashlib
 import http.client
 import logging
+import os
 import shutil
 import sys
-import time
 import urllib.error
 import urllib.request
 import zipfile
@@ -22,40 +22,59 @@ class SetupError(Exception):
     """A setup step that cannot go on, worded for the person running it."""
 
 
-class Progress:
-    """A progress line on a terminal; a log line every 10% when stderr is a file or journald."""
+# What to do when the internet (or Hugging Face) cannot be reached; re-running would not help.
+OFFLINE_HELP = (
+    "without the internet: build from a checkpoint folder copied here with --model DIR; point "
+    "asr.model_url / tts.voice_url in config.yaml at local files (file:///path/to/model.zip); "
+    "or skip the speech models with --no-speech and talk to it with `assistant run --text-only`"
+)
+RESUME_HINT = "run the same command again to resume"
 
-    def __init__(self, label: str, total: int | None):
-        self.label, self.total, self.done = label, total, 0
-        self.tty = sys.stderr.isatty()
+
+class Progress:
+    """A tqdm bar (size, rate, ETA) on a terminal; a log line every 10% for journald, CI or a file."""
+
+    def __init__(self, label: str, total: int | None, unit: str = "B"):
+        self.label, self.total, self.unit, self.done = label, total, unit, 0
         self.next_log = 0.1
-        self.start = time.monotonic()
+        self.bar = None
+        if sys.stderr.isatty():
+            from tqdm import tqdm
+
+            scale = {"unit_scale": True, "unit_divisor": 1024} if unit == "B" else {}
+            # tqdm hides every bar on a terminal that reports no size (a serial console, a fresh pty).
+            size = os.get_terminal_size(sys.stderr.fileno())
+            shape = {"ncols": size.columns or 80, "nrows": size.lines or 24}
+            self.bar = tqdm(total=total, desc=label, unit=unit, file=sys.stderr, **shape, **scale)
 
     def update(self, count: int) -> None:
         self.done += count
+        if self.bar is not None:
+            self.bar.update(count)
+            return
         if not self.total:
             return
         fraction = self.done / self.total
-        if self.tty:
-            print(
-                f"\r  {self.label}: {fraction:4.0%} ({self.done / 1e6:.1f}/{self.total / 1e6:.1f} MB)",
-                end="",
-                file=sys.stderr,
-                flush=True,
+        if fraction >= self.next_log:
+            what = (
+                f"{self.done / 1e6:.1f} of {self.total / 1e6:.1f} MB"
+                if self.unit == "B"
+                else f"{self.done} of {self.total}"
             )
-        elif fraction >= self.next_log:
-            log.info("%s: %d%%", self.label, int(fraction * 100))
+            log.info("%s: %d%% (%s)", self.label, int(fraction * 100), what)
             self.next_log = int(fraction * 10 + 1) / 10
 
     def close(self) -> None:
-        if self.tty:
-            print(file=sys.stderr)
+        if self.bar is not None:
+            self.bar.close()
 
 
 def download(url: str, dest: Path, sha256: str | None = None, timeout: float = 30.0) -> Path:
-    """Fetch `url` to `dest`, resuming a previous partial download (`dest.part`) with a Range request.
+    """Fetch `url` (http, https or file) to `dest`, resuming a partial download (`dest.part`) with a Range request.
 
     The file appears at `dest` only once it is complete and, when `sha256` is given, verified.
+    A server that cannot be reached is told apart from a transfer that broke off: only the
+    second is worth retrying.
     """
     if dest.exists():
         return dest
@@ -64,28 +83,18 @@ def download(url: str, dest: Path, sha256: str | None = None, timeout: float = 3
     have = part.stat().st_size if part.exists() else 0
     request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            resumed = response.status == 206
-            if not resumed:
-                have = 0  # the server ignored the range: start over
-            length = response.headers.get("Content-Length")
-            progress = Progress(dest.name, have + int(length) if length else None)
-            progress.update(have)
-            with open(part, "ab" if resumed else "wb") as out:
-                while block := response.read(CHUNK):
-                    out.write(block)
-                    progress.update(len(block))
-            progress.close()
-            if progress.total and progress.done < progress.total:
-                raise ConnectionError(f"connection closed after {progress.done} of {progress.total} bytes")
+        response = urllib.request.urlopen(request, timeout=timeout)
     except urllib.error.HTTPError as e:
-        if e.code == 416 and have:  # nothing left to fetch: the part file is already whole
-            pass
-        else:
-            raise SetupError(f"download of {url} failed: HTTP {e.code} {e.reason}") from None
-    except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
+        if not (e.code == 416 and have):  # 416 with a part file: nothing left to fetch, it is whole
+            raise SetupError(
+                f"download of {url} failed: HTTP {e.code} {e.reason}; check the URL, or {OFFLINE_HELP}"
+            ) from None
+    except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError) as e:
         reason = getattr(e, "reason", e)
-        raise SetupError(f"download of {url} interrupted ({reason}); run the same command again to resume") from None
+        raise SetupError(f"cannot download {url} ({reason}); {OFFLINE_HELP}") from None
+    else:
+        with response:
+            _receive(response, part, have, dest.name, url)
     if sha256:
         actual = file_sha256(part)
         if actual != sha256.lower():
@@ -95,6 +104,27 @@ def download(url: str, dest: Path, sha256: str | None = None, timeout: float = 3
             )
     part.rename(dest)
     return dest
+
+
+def _receive(response, part: Path, have: int, label: str, url: str) -> None:
+    resumed = response.status == 206
+    if not resumed:
+        have = 0  # the server ignored the range (or a file:// URL): start over
+    length = response.headers.get("Content-Length")
+    progress = Progress(label, have + int(length) if length else None)
+    progress.update(have)
+    try:
+        with open(part, "ab" if resumed else "wb") as out:
+            while block := response.read(CHUNK):
+                out.write(block)
+                progress.update(len(block))
+        if progress.total and progress.done < progress.total:
+            raise ConnectionError(f"connection closed after {progress.done} of {progress.total} bytes")
+    except (OSError, http.client.HTTPException) as e:
+        kept = f"{progress.done / 1e6:.1f} MB kept in {part}"
+        raise SetupError(f"download of {url} interrupted ({e}; {kept}); {RESUME_HINT}") from None
+    finally:
+        progress.close()
 
 
 def file_sha256(path: Path) -> str:
@@ -133,10 +163,25 @@ def fetch_hf_model(repo_id: str, cache_dir: Path) -> Path:
         from huggingface_hub import snapshot_download
     except ImportError:
         raise SetupError("downloading from Hugging Face needs the build extra: pip install '.[build]'") from None
+    from huggingface_hub import errors
+    from huggingface_hub.utils import disable_progress_bars
+
+    if not sys.stderr.isatty():
+        disable_progress_bars()  # its bars are for a terminal; the log says what is fetched
     local = cache_dir / repo_id.replace("/", "--")
     patterns = ["*.json", "*.safetensors", "*.txt", "*.jinja", "tokenizer*"]
+    log.info("downloading %s from Hugging Face into %s", repo_id, local)
     try:
         snapshot_download(repo_id, local_dir=local, allow_patterns=patterns)
-    except Exception as e:  # the hub client raises many types; all mean the same to the user
-        raise SetupError(f"download of {repo_id} failed ({e}); run the same command again to resume") from None
+    except (errors.LocalEntryNotFoundError, errors.OfflineModeIsEnabled) as e:
+        cause = e.__cause__ or e.__context__ or e
+        raise SetupError(f"cannot reach Hugging Face to download {repo_id} ({cause}); {OFFLINE_HELP}") from None
+    except (errors.RepositoryNotFoundError, errors.RevisionNotFoundError, errors.GatedRepoError) as e:
+        first = str(e).splitlines()[0]
+        raise SetupError(
+            f"Hugging Face has no model {repo_id!r} that this machine may download ({first}); check --model, "
+            "or pass --model DIR with a checkpoint folder (config.json, *.safetensors, tokenizer.json)"
+        ) from None
+    except Exception as e:  # a transfer that broke off: what arrived is kept in the cache
+        raise SetupError(f"download of {repo_id} interrupted ({e}); {RESUME_HINT}") from None
     return local

@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import json
 import logging
+import os
 import re
 import shutil
 import subprocess
@@ -22,31 +23,56 @@ GET_PULSAR2 = (
 )
 
 
+# ax-llm-build's model types (config/qwen2-0.5B.json says "qwen" for Qwen2, tinyllama.json "llama").
+MODEL_TYPES = {"qwen2": "qwen", "llama": "llama"}
+
+
 def pulsar2_model_config(hf_config: dict, name: str) -> dict:
-    """The --model_config JSON that `pulsar2 llm_build` reads, from a Hugging Face config.json."""
+    """The --model_config JSON of `pulsar2 llm_build`, in ax-llm-build's format (config/qwen2-0.5B.json).
+
+    Its key names are its own, not Hugging Face's: rope_theta_base, norm_eps and the misspelt
+    max_position_embedings.
+    """
     rope = hf_config.get("rope_parameters") or {}
     heads = hf_config["num_attention_heads"]
     return {
         "model_name": name,
-        "model_type": hf_config["model_type"],
+        "model_type": MODEL_TYPES[hf_config["model_type"]],
         "num_hidden_layers": hf_config["num_hidden_layers"],
         "num_attention_heads": heads,
         "num_key_value_heads": hf_config.get("num_key_value_heads", heads),
         "hidden_size": hf_config["hidden_size"],
         "intermediate_size": hf_config["intermediate_size"],
         "vocab_size": hf_config["vocab_size"],
-        "rope_theta": float(hf_config.get("rope_theta", rope.get("rope_theta", 10000.0))),
-        "max_position_embeddings": hf_config.get("max_position_embeddings", 32768),
+        "rope_theta_base": float(hf_config.get("rope_theta", rope.get("rope_theta", 10000.0))),
+        "max_position_embedings": hf_config.get("max_position_embeddings", 32768),
         "rope_partial_factor": 1.0,
-        "rms_norm_eps": hf_config["rms_norm_eps"],
+        "norm_eps": hf_config["rms_norm_eps"],
         "norm_type": "rms_norm",
         "hidden_act": hf_config.get("hidden_act", "silu"),
-        "tie_word_embeddings": bool(hf_config.get("tie_word_embeddings", False)),
     }
 
 
+def default_kv_history(kv_cache_len: int, prefill_len: int) -> list[int]:
+    """History groups every prefill_len rows, up to the last chunk that still fits in kv_cache_len.
+
+    With them, a prefill at any position (the cached system prompt plus a new turn, a long
+    conversation) runs in P-token chunks on the NPU instead of token by token.
+    """
+    if not prefill_len:
+        return []
+    return list(range(prefill_len, kv_cache_len + 2 - prefill_len, prefill_len))
+
+
 def llm_build_args(
-    input_dir: str, output_dir: str, model_config: str, chip: str, kv_cache_len: int, prefill_len: int, weight_type: str
+    input_dir: str,
+    output_dir: str,
+    model_config: str,
+    chip: str,
+    kv_cache_len: int,
+    prefill_len: int,
+    weight_type: str,
+    kv_history: list[int],
 ) -> list[str]:
     args = [
         "llm_build",
@@ -60,6 +86,8 @@ def llm_build_args(
     ]  # fmt: skip
     if prefill_len:
         args += ["--prefill_len", str(prefill_len)]
+        for rows in kv_history:
+            args += ["--last_kv_cache_len", str(rows)]
     return args
 
 
@@ -71,27 +99,37 @@ def pulsar2_command(
     kv_cache_len: int,
     prefill_len: int,
     weight_type: str,
+    kv_history: list[int],
     pulsar2: str | None = None,
     image: str | None = None,
 ) -> list[str]:
     """The full command line: a local pulsar2, or `docker run` of the Pulsar2 image with both folders mounted."""
     chip = CHIPS[target]
     config = work_dir / "pulsar2_config.json"
+    executable = find_builder(target, pulsar2, image)
+    if image:
+        args = llm_build_args("/data/input", "/data/work/axmodel_build", "/data/work/pulsar2_config.json",
+                              chip, kv_cache_len, prefill_len, weight_type, kv_history)  # fmt: skip
+        mounts = ["-v", f"{hf_dir.resolve()}:/data/input:ro", "-v", f"{work_dir.resolve()}:/data/work"]
+        # As the calling user: files the container writes as root could not be moved into place after.
+        user = ["--user", f"{os.getuid()}:{os.getgid()}", "-e", "HOME=/tmp"]
+        return ["docker", "run", "--rm", *user, *mounts, image, "pulsar2", *args]
+    args = llm_build_args(str(hf_dir), str(work_dir / "axmodel_build"), str(config), chip, kv_cache_len,
+                          prefill_len, weight_type, kv_history)  # fmt: skip
+    return [executable, *args]
+
+
+def find_builder(target: str, pulsar2: str | None = None, image: str | None = None) -> str:
+    """The pulsar2 (or, with an image, docker) executable; looked up before setup does any work."""
     if image:
         if not shutil.which("docker"):
             raise SetupError(f"--pulsar2-image needs docker, which is not installed; {GET_PULSAR2}")
-        args = llm_build_args("/data/input", "/data/work/axmodel_build", "/data/work/pulsar2_config.json",
-                              chip, kv_cache_len, prefill_len, weight_type)  # fmt: skip
-        mounts = ["-v", f"{hf_dir.resolve()}:/data/input:ro", "-v", f"{work_dir.resolve()}:/data/work"]
-        return ["docker", "run", "--rm", *mounts, image, "pulsar2", *args]
-    executable = pulsar2 or shutil.which("pulsar2")
+        return "docker"
+    executable = shutil.which(pulsar2) if pulsar2 else shutil.which("pulsar2")
     if not executable:
-        raise SetupError(
-            f"no pulsar2 found for the {target} build; {GET_PULSAR2}; or build for a PC with --target host"
-        )
-    args = llm_build_args(str(hf_dir), str(work_dir / "axmodel_build"), str(config), chip, kv_cache_len,
-                          prefill_len, weight_type)  # fmt: skip
-    return [executable, *args]
+        where = f"--pulsar2 {pulsar2} is not an executable" if pulsar2 else "no pulsar2 found on PATH"
+        raise SetupError(f"{where} for the {target} build; {GET_PULSAR2}; or build for a PC with --target host")
+    return executable
 
 
 def run_pulsar2(command: list[str]) -> None:
@@ -112,7 +150,9 @@ def run_pulsar2(command: list[str]) -> None:
         raise SetupError(f"pulsar2 llm_build failed with exit status {process.returncode}; its last lines:\n  {last}")
 
 
-def collect_axmodels(build_dir: Path, model_dir: Path, num_layers: int, prefill_len: int, weights: str) -> LayerFiles:
+def collect_axmodels(
+    build_dir: Path, model_dir: Path, num_layers: int, prefill_len: int, kv_history: list[int], weights: str
+) -> LayerFiles:
     """Move the build's axmodels into model_dir/axmodel/ as qwen_l{i}.axmodel and qwen_post.axmodel.
 
     Pulsar2 versions name their files differently (qwen_l0.axmodel, <model>_p128_l0_together.axmodel),
@@ -136,7 +176,9 @@ def collect_axmodels(build_dir: Path, model_dir: Path, num_layers: int, prefill_
         names.append(f"axmodel/qwen_l{i}.axmodel")
         shutil.move(layers[i], model_dir / names[-1])
     shutil.move(post, model_dir / "axmodel/qwen_post.axmodel")
-    return LayerFiles(layers=names, post="axmodel/qwen_post.axmodel", prefill_len=prefill_len, weights=weights)
+    return LayerFiles(
+        layers=names, post="axmodel/qwen_post.axmodel", prefill_len=prefill_len, weights=weights, kv_history=kv_history
+    )
 
 
 def write_model_config(hf_dir: Path, work_dir: Path, name: str) -> Path:

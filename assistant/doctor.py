@@ -1,0 +1,181 @@
+"""`assistant doctor`: every missing or wrong thing between this machine and `assistant run`, at once.
+
+Each check looks at one thing and says what is wrong and the command or setting that fixes it;
+none stops the others, so a newcomer sees the whole list in one go.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from assistant.config import ConfigError, Settings, load_settings, state_dir
+
+TEXT_ONLY = "or run without microphone and speech models: `assistant run --text-only`"
+MICROPHONE_FIX = f"connect one and choose it with audio.input_device (`assistant audio list`); {TEXT_ONLY}"
+SETUP = "`assistant setup --target host` (offline: --model DIR with a checkpoint folder, file:// URLs in config.yaml)"
+
+
+@dataclass
+class Finding:
+    """One line of the report."""
+
+    what: str
+    """The setting or component checked (`llm.model_dir`, `microphone`)."""
+    detail: str
+    """What was found: the path, the device, the version."""
+    fix: str | None = None
+    """How to fix it; None when all is well."""
+
+
+def diagnose(config: Path, text_only: bool = False) -> list[Finding]:
+    """Run every check; the findings with a `fix` are the problems."""
+    findings: list[Finding] = []
+    settings = Settings()  # without a config, the defaults (relative to here) still say something useful
+    settings.source = config
+    if not config.exists():
+        findings.append(Finding("config", f"{config}: not found", f"`assistant config init {config}` writes one"))
+    else:
+        try:
+            settings = load_settings(config)
+            findings.append(Finding("config", f"{config}: settings load"))
+        except ConfigError as e:
+            findings.append(Finding("config", str(e), f"edit {config}"))
+    findings += _llm(settings)
+    if not text_only:
+        findings += _speech(settings)
+        findings += _audio(settings)
+    findings += _runtime(settings)
+    return findings
+
+
+def report(findings: list[Finding]) -> str:
+    lines = []
+    for f in findings:
+        lines.append(f"{'ok' if f.fix is None else 'PROBLEM':8} {f.what}: {f.detail}")
+        if f.fix is not None:
+            lines.append(f"{'':8}   fix: {f.fix}")
+    problems = sum(f.fix is not None for f in findings)
+    lines.append(f"{problems} problem{'s' if problems != 1 else ''} found" if problems else "all good: `assistant run`")
+    return "\n".join(lines)
+
+
+def _llm(settings: Settings) -> list[Finding]:
+    from assistant.llm.manifest import ModelError, load_manifest, verify_files
+
+    model_dir = settings.llm.model_dir
+    try:
+        manifest = load_manifest(model_dir)
+        verify_files(model_dir, manifest, list(manifest.files))
+    except ModelError as e:
+        return [Finding("llm.model_dir", str(e), SETUP)]
+    found = [Finding("llm.model_dir", f"{model_dir}: {manifest.name}, backends {', '.join(manifest.backends)}")]
+    board, host, backend = "axengine" in manifest.backends, "onnxruntime" in manifest.backends, settings.llm.backend
+    if backend == "axengine" and not board:
+        fix = "build them with `assistant setup --target ax630c` on a PC with Pulsar2, or set llm.backend: auto"
+        found.append(Finding("llm.backend", "axengine, but the model has no axmodels", fix))
+    if backend == "onnxruntime" or not board:
+        if not host:
+            found.append(
+                Finding("llm.backend", "the model has no ONNX layers for this CPU", "rebuild without --no-host")
+            )
+        return found
+    if importlib.util.find_spec("axengine") is None:
+        if backend == "auto" and host:
+            found.append(Finding("NPU", "pyaxengine is not installed: the ONNX layers run on the CPU"))
+        else:
+            found.append(Finding("NPU", "pyaxengine is not installed", "install AXERA's wheel (README: pyaxengine)"))
+        return found
+    found.append(Finding("NPU", "pyaxengine installed"))
+    node = "/dev/axcl_host" if settings.llm.axengine_provider == "AXCLRTExecutionProvider" else "/dev/ax_mmb_dev"
+    if not Path(node).exists():
+        found.append(Finding("NPU", f"{node} does not exist", "load the AXERA NPU driver (the board's BSP)"))
+    elif not os.access(node, os.R_OK | os.W_OK):
+        found.append(Finding("NPU", f"{node}: no read/write access", "run as a user allowed to use the NPU"))
+    return found
+
+
+def _speech(settings: Settings) -> list[Finding]:
+    found = []
+    for key, path in [("asr.model", settings.asr.model), ("tts.voice", settings.tts.voice)]:
+        if path.exists():
+            found.append(Finding(key, str(path)))
+        else:
+            found.append(Finding(key, f"{path} does not exist", f"`assistant setup` downloads it; {TEXT_ONLY}"))
+    voice_config = Path(f"{settings.tts.voice}.json")
+    if settings.tts.voice.exists() and not voice_config.exists():
+        fix = "put the .onnx.json that came with the voice beside it"
+        found.append(Finding("tts.voice", f"{voice_config} (the voice's settings) does not exist", fix))
+    if settings.wake.model is not None and not settings.wake.model.exists():
+        found.append(Finding("wake.model", f"{settings.wake.model} does not exist", "fix the path, or leave it empty"))
+    for module, package in [("vosk", "vosk"), ("piper", "piper-tts"), ("sounddevice", "sounddevice"), ("soxr", "soxr")]:
+        if importlib.util.find_spec(module) is None:
+            found.append(Finding("python", f"{package} is not installed", f"pip install '.[voice]'; {TEXT_ONLY}"))
+    return found
+
+
+def microphone_problem(settings: Settings) -> str | None:
+    """Why no microphone can be opened, or None when one can."""
+    try:
+        import sounddevice
+
+        sounddevice.query_devices(settings.audio.input_device, "input")
+    except ImportError:
+        return "sounddevice is not installed"
+    except OSError as e:  # no PortAudio library
+        return f"no sound system ({e})"
+    except Exception as e:  # sounddevice's PortAudioError and ValueError: no such device
+        wanted = settings.audio.input_device
+        return f"no microphone {wanted!r}" if wanted is not None else f"no microphone found ({e})"
+    return None
+
+
+def _audio(settings: Settings) -> list[Finding]:
+    problem = microphone_problem(settings)
+    if problem is not None:
+        return [Finding("microphone", problem, MICROPHONE_FIX)]
+    import sounddevice
+
+    found = [Finding("microphone", str(sounddevice.query_devices(settings.audio.input_device, "input")["name"]))]
+    try:
+        speaker = sounddevice.query_devices(settings.audio.output_device, "output")["name"]
+        found.append(Finding("speaker", str(speaker)))
+    except Exception as e:  # as above
+        found.append(Finding("speaker", f"no speaker ({e})", "connect one and choose it with audio.output_device"))
+    return found
+
+
+def _runtime(settings: Settings) -> list[Finding]:
+    """The control socket's place and the state directory: where `assistant run` writes."""
+    from assistant.daemon.control import default_socket_path
+    from assistant.daemon.service import answers
+
+    found = []
+    socket = settings.control.socket or default_socket_path()
+    if answers(socket):
+        fix = "stop it before starting another, or give this one its own control.socket"
+        found.append(Finding("control.socket", f"{socket}: an assistant is already running there", fix))
+    elif socket.exists() and not socket.is_socket():
+        found.append(Finding("control.socket", f"{socket} exists and is not a socket", "remove it or choose another"))
+    elif not _writable(socket.parent):
+        found.append(Finding("control.socket", f"{socket.parent} is not writable", "choose another control.socket"))
+    else:
+        found.append(Finding("control.socket", str(socket)))
+    state = state_dir(settings)
+    if _writable(state):
+        found.append(Finding("state_dir", str(state)))
+    else:
+        fix = "set state_dir to a folder you can write, or fix its owner"
+        found.append(Finding("state_dir", f"{state} is not writable (timers, notes)", fix))
+    return found
+
+
+def _writable(folder: Path) -> bool:
+    """Whether `folder` can be written, or created in its nearest existing parent."""
+    while not folder.exists():
+        if folder.parent == folder:
+            return False
+        folder = folder.parent
+    return folder.is_dir() and os.access(folder, os.W_OK | os.X_OK)

@@ -1,0 +1,233 @@
+"""A stand-in for AXERA's pyaxengine that behaves as the real package does on a board.
+
+Followed line by line: AXERA-TECH/pyaxengine at 0.1.3 (commit 3554448). Comments name the file and
+function each check comes from. Where the board would silently go wrong (an F-ordered array is
+copied in its memory order) this does the same, so the stand-in is never kinder than the board.
+
+The model files are zip archives written by the pulsar2 stand-in: `io.json` (the shape groups)
+and `model.onnx` (the compute: the host exporter's float graph, run with onnxruntime on inputs
+and outputs rounded to bf16).
+
+Environment (tests only): AXENGINE_STANDIN_PROVIDERS (comma-separated available providers,
+default AxEngineExecutionProvider), AXENGINE_STANDIN_VERSION ("0.1.1": run() without shape_group,
+as before pyaxengine 0.1.2rc0).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import zipfile
+from collections.abc import Sequence
+from typing import Any
+
+import ml_dtypes
+import numpy as np
+
+axengine_provider_name = "AxEngineExecutionProvider"  # _providers.py
+axclrt_provider_name = "AXCLRTExecutionProvider"
+VERSION = os.environ.get("AXENGINE_STANDIN_VERSION", "0.1.3")
+RUNS: list[dict] = []  # every run: model file, shape group, input shapes (for tests that check the calls)
+
+
+def get_all_providers() -> list[str]:
+    return [axengine_provider_name, axclrt_provider_name]
+
+
+def get_available_providers() -> list[str]:
+    names = os.environ.get("AXENGINE_STANDIN_PROVIDERS", axengine_provider_name)
+    return [p for p in names.split(",") if p]
+
+
+# __init__.py: importing fails when no provider's library is found.
+if not get_available_providers():
+    raise ImportError(
+        f"No providers found. Please make sure you have installed one of the following: {get_all_providers()}"
+    )
+print("[INFO] Available providers: ", get_available_providers())
+
+
+class NodeArg:  # _node.py
+    def __init__(self, name: str, dtype: np.dtype, shape: list[int]):
+        self.name = name
+        self.dtype = dtype
+        self.shape = shape
+
+
+class SessionOptions:  # _base_session.py
+    pass
+
+
+_DTYPES = {"bfloat16": np.dtype(ml_dtypes.bfloat16), "uint32": np.dtype(np.uint32), "float32": np.dtype(np.float32)}
+
+
+class _AxeSession:
+    """_axe.py AXEngineSession, with the NPU replaced by onnxruntime on bf16-rounded tensors."""
+
+    def __init__(self, path: str | os.PathLike):
+        import onnxruntime
+
+        self._model_name = os.path.splitext(os.path.basename(path))[0]
+        try:
+            with zipfile.ZipFile(path) as archive:
+                table = json.loads(archive.read("io.json"))
+                onnx_bytes = archive.read("model.onnx")
+        except (OSError, KeyError, zipfile.BadZipFile, json.JSONDecodeError):
+            raise RuntimeError("Failed to load model.") from None  # _axe.py __init__: `ret = self._load()`
+        if table["chip"] != os.environ.get("AXENGINE_STANDIN_CHIP", table["chip"]):
+            raise RuntimeError("Failed to load model.")  # a model built for another chip does not load
+        self._groups = table["groups"]
+        self._shape_count = len(self._groups)  # _axe.py: _get_shape_count()
+        self._inputs = [[NodeArg(n, _DTYPES[d], s) for n, d, s in g["inputs"]] for g in self._groups]
+        self._outputs = [[NodeArg(n, _DTYPES[d], s) for n, d, s in g["outputs"]] for g in self._groups]
+        # _axe.py __init__: one buffer per input and output, the size of its largest shape group.
+        self._in_buffers = [bytearray(max(_nbytes(g[i]) for g in self._inputs)) for i in range(len(self._inputs[0]))]
+        self._out_buffers = [bytearray(max(_nbytes(g[i]) for g in self._outputs)) for i in range(len(self._outputs[0]))]
+        from assistant.llm.backends import session_options  # the process's onnxruntime set-up, if any
+
+        self._compute = onnxruntime.InferenceSession(onnx_bytes, session_options(), providers=["CPUExecutionProvider"])
+
+    # _base_session.py
+    def _validate_input(self, feed_input_names: dict[str, np.ndarray]) -> None:
+        missing_input_names = [i.name for i in self.get_inputs() if i.name not in feed_input_names]
+        if missing_input_names:
+            raise ValueError(
+                f"Required inputs ({missing_input_names}) are missing from input feed ({feed_input_names})."
+            )
+
+    def _validate_output(self, output_names: list[str] | None) -> None:
+        if output_names is not None:
+            for name in output_names:
+                if name not in [o.name for o in self.get_outputs()]:
+                    raise ValueError(f"Output name '{name}' is not in model outputs name list.")
+
+    def get_inputs(self, shape_group: int = 0) -> list[NodeArg]:
+        if shape_group > self._shape_count:  # _base_session.py: `>`, so group == count raises IndexError below
+            raise ValueError(f"Shape group '{shape_group}' is out of range, total {self._shape_count}.")
+        return self._inputs[shape_group]
+
+    def get_outputs(self, shape_group: int = 0) -> list[NodeArg]:
+        if shape_group > self._shape_count:
+            raise ValueError(f"Shape group '{shape_group}' is out of range, total {self._shape_count}.")
+        return self._outputs[shape_group]
+
+    def run(self, output_names, input_feed, run_options=None, shape_group: int = 0) -> list[np.ndarray]:
+        # _axe.py run(), in its order.
+        self._validate_input(input_feed)
+        self._validate_output(output_names)
+        if None is output_names:
+            output_names = [o.name for o in self.get_outputs(shape_group)]
+        if (shape_group > self._shape_count - 1) or (shape_group < 0):
+            raise ValueError(f"Invalid shape group: {shape_group}")
+        for key, npy in input_feed.items():
+            for i, one in enumerate(self.get_inputs(shape_group)):
+                if one.name == key:
+                    assert list(one.shape) == list(npy.shape) and one.dtype == npy.dtype, (
+                        f"model inputs({key}) expect shape {one.shape} and dtype {one.dtype}, "
+                        f"however gets input with shape {npy.shape} and dtype {npy.dtype}"
+                    )
+                    if not (npy.flags.c_contiguous or npy.flags.f_contiguous):
+                        npy = np.ascontiguousarray(npy)
+                    raw = npy.ravel(order="K").view(np.uint8)  # memmove of npy.nbytes: memory order, as it lies
+                    self._in_buffers[i][: npy.nbytes] = raw.tobytes()
+                    break
+        RUNS.append(
+            {
+                "model": self._model_name,
+                "group": shape_group,
+                "shapes": {k: list(v.shape) for k, v in input_feed.items()},
+            }
+        )
+        self._execute(shape_group)
+        outputs = []
+        origin_output_names = [o.name for o in self.get_outputs(shape_group)]
+        outputs_ranks = [output_names.index(name) for name in origin_output_names]  # a missing name raises
+        for i in outputs_ranks:
+            meta = self.get_outputs(shape_group)[i]
+            size = meta.dtype.itemsize * int(np.prod(meta.shape))
+            npy = np.frombuffer(self._out_buffers[i], dtype=meta.dtype, count=size // meta.dtype.itemsize)
+            npy = npy.reshape(meta.shape).copy()
+            if meta.name in output_names:
+                outputs.append(npy)
+        return outputs
+
+    def _execute(self, group: int) -> None:
+        """What the NPU computes: the graph on the buffers' contents, read in the group's shapes."""
+        feeds = {}
+        for i, meta in enumerate(self._inputs[group]):
+            array = np.frombuffer(self._in_buffers[i], dtype=meta.dtype, count=int(np.prod(meta.shape)))
+            array = array.reshape(meta.shape)
+            feeds[meta.name] = array if meta.dtype == np.uint32 else array.astype(np.float32)
+        history = self._groups[group].get("history")
+        if history == 0:  # the history-free prefill group ignores its one-row dummy cache
+            kv_dim = self._outputs[group][0].shape[-1]
+            feeds["K_cache"] = feeds["V_cache"] = np.zeros((1, 0, kv_dim), np.float32)
+        results = self._compute.run(None, feeds)
+        for i, (meta, result) in enumerate(zip(self._outputs[group], results, strict=True)):
+            if list(result.shape) != list(meta.shape):
+                raise RuntimeError("Failed to run model.")
+            data = result.astype(meta.dtype).tobytes()
+            self._out_buffers[i][: len(data)] = data
+
+
+def _nbytes(meta: NodeArg) -> int:
+    return meta.dtype.itemsize * int(np.prod(meta.shape))
+
+
+class InferenceSession:
+    """_session.py InferenceSession: provider selection, then the session of that provider."""
+
+    def __init__(
+        self,
+        path_or_bytes: str | bytes | os.PathLike,
+        sess_options: SessionOptions | None = None,
+        providers: Sequence[str | tuple[str, dict[Any, Any]]] | None = None,
+        provider_options: Sequence[dict[Any, Any]] | None = None,
+        **kwargs,
+    ) -> None:
+        available = get_available_providers()
+        provider = None
+        if providers is None:
+            provider = available[0]
+        elif isinstance(providers, str):
+            if providers not in available:
+                raise ValueError(f"Selected provider: '{providers}' is not available.")
+            provider = providers
+        elif isinstance(providers, list):
+            unavailable = []
+            for p in providers:
+                assert isinstance(p, (str, tuple)), f"Invalid provider type: {type(p)}. Must be str or tuple."
+                name = p if isinstance(p, str) else p[0]
+                if name not in available:
+                    unavailable.append(name)
+                elif provider is None:
+                    provider = name
+            if unavailable:
+                if provider is None:
+                    raise ValueError(f"Selected provider(s): {unavailable} is(are) not available.")
+                print(f"[WARNING] Selected provider(s): {unavailable} is(are) not available.")
+        if provider is None:
+            raise ValueError(f"No available provider found in {providers}.")
+        print(f"[INFO] Using provider: {provider}")
+        self._provider = provider
+        self._sess = _AxeSession(path_or_bytes)
+
+    def get_providers(self):
+        return self._provider
+
+    def get_inputs(self, shape_group: int = 0) -> list[NodeArg]:
+        return self._sess.get_inputs(shape_group)
+
+    def get_outputs(self, shape_group: int = 0) -> list[NodeArg]:
+        return self._sess.get_outputs(shape_group)
+
+    def run(self, output_names, input_feed, run_options=None, shape_group: int = 0) -> list[np.ndarray]:
+        return self._sess.run(output_names, input_feed, run_options, shape_group)
+
+
+if VERSION == "0.1.1":  # before shape groups (commit 6bc2ac8): run() had no shape_group
+
+    def _run_without_groups(self, output_names, input_feed, run_options=None) -> list[np.ndarray]:
+        return self._sess.run(output_names, input_feed, run_options, 0)
+
+    InferenceSession.run = _run_without_groups
