@@ -2,7 +2,7 @@
 
 The board's context is kv_cache_len tokens in all (1023 for the seed's build). The system prompt
 (persona and tool lines) is prefilled once and stays; what is left holds the conversation, and it
-must hold at least one reply (llm.max_new_tokens) and one exchange around it (TURN_ROOM). When it
+must hold at least one reply (reply_room) and one exchange around it (TURN_ROOM). When it
 does not, skills marked `optional_tool` are left out of the prompt first (their sentences still work
 by voice, without the model); if that is not enough, the assistant does not start and says which
 skills to disable or which kv_cache_len would fit.
@@ -23,6 +23,12 @@ from assistant.skills.sdk import Skill
 # Tokens of a request, a tool call and its result, besides the reply: a spoken request is ~10-30
 # tokens, a call ~20, a result ~20-60, and the chat format adds ~5 a message.
 TURN_ROOM = 128
+
+
+def reply_room(max_new_tokens: int, kv_cache_len: int) -> int:
+    """Tokens kept free for a reply: llm.max_new_tokens, but at most a quarter of the context (a reply
+    that runs longer stops when the context is full)."""
+    return min(max_new_tokens, kv_cache_len // 4)
 
 
 @dataclass
@@ -54,7 +60,7 @@ class PromptBudget:
 
     @property
     def needed(self) -> int:
-        return self.max_new_tokens + TURN_ROOM
+        return reply_room(self.max_new_tokens, self.kv_cache_len) + TURN_ROOM
 
     @property
     def fits(self) -> bool:
@@ -67,7 +73,7 @@ class PromptBudget:
             f"(persona {self.persona}, {len(self.skills)} tools {sum(self.skills.values())}, shared choices "
             f"{self.values}, format and example {self.frame}); "
             f"{self.room} left for the conversation, which needs {self.needed} "
-            f"(llm.max_new_tokens {self.max_new_tokens} + {TURN_ROOM})"
+            f"(a reply of {self.needed - TURN_ROOM} + {TURN_ROOM})"
         ]
         if self.skills:
             lines.append("tool lines: " + ", ".join(f"{name} {n}" for name, n in self.skills.items()))
@@ -142,9 +148,13 @@ def advice(budget: PromptBudget) -> str:
     fixes = []
     if freed >= short:
         fixes.append(f"disable {', '.join(disable)} (skills.disabled)")
-    fixes.append(f"use a model with kv_cache_len {budget.system + budget.needed} or more")
-    if budget.max_new_tokens > short:
-        fixes.append(f"lower llm.max_new_tokens to {budget.max_new_tokens - short}")
+    kv = budget.kv_cache_len
+    while kv - budget.system < reply_room(budget.max_new_tokens, kv) + TURN_ROOM:
+        kv += 1
+    fixes.append(f"use a model with kv_cache_len {kv} or more")
+    reply = budget.needed - TURN_ROOM
+    if reply > short:
+        fixes.append(f"lower llm.max_new_tokens to {reply - short}")
     else:
         fixes.append("shorten llm.system_prompt")
     left_out = f" even without {', '.join(budget.intents_only)}" if budget.intents_only else ""

@@ -92,10 +92,11 @@ def test_a_tight_budget_leaves_out_optional_tools_first_and_their_sentences_stil
     qwen2_tokenizer: Path, tmp_path: Path
 ) -> None:
     settings, skills = shipped_skills(tmp_path)
-    full = plan_prompt(*qwen(qwen2_tokenizer), settings.llm.system_prompt, skills, BOARD_KV, 256).budget
+    persona, reply = settings.llm.system_prompt, 100  # a reply below a quarter of these contexts: needs 228
+    full = plan_prompt(*qwen(qwen2_tokenizer), persona, skills, BOARD_KV, reply).budget
     # A context just too small for every tool: the optional ones (stop, repeat, what_can_you_do) give way.
     kv = full.system + full.needed - 5
-    plan = plan_prompt(*qwen(qwen2_tokenizer), settings.llm.system_prompt, skills, kv, 256)
+    plan = plan_prompt(*qwen(qwen2_tokenizer), persona, skills, kv, reply)
     left_out = set(plan.budget.intents_only)
     assert left_out and left_out <= {"stop", "repeat", "what_can_you_do"}
     assert not left_out & {t["function"]["name"] for t in plan.tools}
@@ -106,14 +107,14 @@ def test_a_tight_budget_leaves_out_optional_tools_first_and_their_sentences_stil
     # Too small even without them: the one-line advice names skills to disable, or a kv_cache_len.
     kv = full.system + full.needed - 60
     with pytest.raises(ConfigError) as error:
-        plan_prompt(*qwen(qwen2_tokenizer), settings.llm.system_prompt, skills, kv, 256)
+        plan_prompt(*qwen(qwen2_tokenizer), persona, skills, kv, reply)
     message = str(error.value)
-    assert "\n" not in message and "leaving " in message and "which needs 384" in message
+    assert "\n" not in message and "leaving " in message and "which needs 228" in message
     named = re.search(r"disable (.+) \(skills.disabled\)", message).group(1).split(", ")
     wanted = int(re.search(r"kv_cache_len (\d+) or more", message).group(1))
     assert kv < wanted <= full.system + full.needed
     kept = [s for s in skills if s.name not in named]  # following the advice fits
-    assert plan_prompt(*qwen(qwen2_tokenizer), settings.llm.system_prompt, kept, kv, 256).budget.fits
+    assert plan_prompt(*qwen(qwen2_tokenizer), persona, kept, kv, reply).budget.fits
 
 
 def structure(ids: list[int]) -> list[int]:

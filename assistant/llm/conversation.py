@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from assistant.budget import reply_room
 from assistant.llm.chat_template import ChatTemplate, Parts, plain_tokenizer
 from assistant.llm.detok import StreamDecoder
 from assistant.llm.engine import AllowedTokens, Engine
@@ -53,7 +54,7 @@ class Conversation:
         self.max_new_tokens = max_new_tokens
         self.messages: list[dict] = []
         # Room kept free for the reply when old turns have to go.
-        self.reserve = min(max_new_tokens, engine.kv_len // 4)
+        self.reserve = reply_room(max_new_tokens, engine.kv_len)
         system_ids = self._encode([], add_generation_prompt=False)
         if len(system_ids) + self.reserve >= engine.kv_len:
             raise ModelError(

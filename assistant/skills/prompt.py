@@ -36,7 +36,7 @@ HEADER = "Tools:\n"
 def tool_line(tool: dict, shared: Collection[str] = ()) -> str:
     """`name(arg: type, optional?: type): Description.` for one Qwen tool signature.
 
-    Arguments named in `shared` have their values listed once for all tools (value_lines).
+    Arguments named in `shared` have their values listed once for all tools (value_line).
     """
     function = tool["function"]
     schema = function.get("parameters") or {}
