@@ -26,8 +26,11 @@ log = logging.getLogger("assistant")
 def cmd_config_check(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
     check_model_paths(settings)
+    effective = settings_as_dict(settings)
+    if effective["mqtt"].get("password"):  # the output gets pasted into bug reports
+        effective["mqtt"]["password"] = "(set, not shown)"
     print(f"# effective settings from {settings.source}")
-    print(yaml.safe_dump(settings_as_dict(settings), sort_keys=False, allow_unicode=True), end="")
+    print(yaml.safe_dump(effective, sort_keys=False, allow_unicode=True), end="")
     from assistant.budget import plan_for_settings
 
     registry = _skills_registry(args.config)
@@ -78,47 +81,85 @@ def _socket(args: argparse.Namespace) -> Path:
     return service if service is not None and not own.exists() and service.exists() else own
 
 
-def _say(path: Path, text: str) -> int:
-    from assistant.daemon.control import request
-
+def _say(client, text: str) -> int:
+    """One turn on an open connection: its reply on stdout, its errors on stderr."""
+    request = client.send("say", text=text)
+    code = 0
     try:
-        for event in request(path, {"type": "say", "text": text}, until=lambda e: e["type"] == "turn_done"):
+        for event in client.events(request, until=lambda e: e["type"] == "turn_done"):
             if event["type"] in ("text", "confirm"):
                 print(event["text"], end="", flush=True)
             elif event["type"] == "error":
-                print(event.get("text") or event.get("message"), end="", file=sys.stderr)
-        print()
-    except ConnectionError as e:
+                print(event.get("text") or f"error: {event.get('message')}", end="", file=sys.stderr)
+                code = 0 if "text" in event else 1  # a spoken apology ends the turn as usual
+            elif event["type"] == "turn_done" and event.get("cancelled"):
+                print(" (cancelled)", end="", file=sys.stderr)
+                code = 1
+    except KeyboardInterrupt:  # Ctrl-C stops the reply; a second one leaves at once
+        client.send("cancel", turn=request)
+        for _ in client.events(request, until=lambda e: e["type"] == "turn_done"):
+            pass
+        print(" (cancelled)", end="", file=sys.stderr)
+        code = 130
+    print()
+    return code
+
+
+def _connected(args: argparse.Namespace, work) -> int:
+    """Run `work(client)` on a connection to the running assistant; a lost connection is one line.
+
+    Ctrl-C closes the connection, and the assistant cancels the turn of a connection that closes.
+    """
+    from assistant.daemon.control import ControlClient
+
+    try:
+        with ControlClient(_socket(args)) as client:
+            return work(client)
+    except (ConnectionError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    return 0
 
 
 def cmd_say(args: argparse.Namespace) -> int:
-    return _say(_socket(args), " ".join(args.text))
+    return _connected(args, lambda client: _say(client, " ".join(args.text)))
 
 
 def _attached_chat(args: argparse.Namespace) -> int:
     from assistant.llm.chat import read_lines
 
-    path = _socket(args)
-    for line in read_lines():
-        if _say(path, line) != 0:
-            return 1
-    return 0
+    def chat(client) -> int:
+        for line in read_lines():
+            if _say(client, line) not in (0, 130):  # after Ctrl-C, back to the prompt
+                return 1
+        return 0
+
+    return _connected(args, chat)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from assistant.daemon.control import request
+    def status(client) -> int:
+        request = client.send("status")
+        for event in client.events(request, until=lambda e: e["type"] == "status"):
+            if event["type"] == "error":
+                print(f"error: {event['message']}", file=sys.stderr)
+                return 1
+            print(json.dumps(event, indent=2, ensure_ascii=False) if args.json else format_status(event))
+        return 0
 
-    try:
-        for event in request(_socket(args), {"type": "status"}, until=lambda e: e["type"] == "status"):
-            if event["type"] == "status":
-                print(json.dumps(event, indent=2, ensure_ascii=False) if args.json else format_status(event))
-    except ConnectionError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
+    return _connected(args, status)
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    def cancel(client) -> int:
+        request = client.send("cancel", **({"turn": args.turn} if args.turn else {}))
+        for event in client.events(request, until=lambda e: e["type"] == "cancelled"):
+            if event["type"] == "error":
+                print(f"error: {event['message']}", file=sys.stderr)
+                return 1
+            print(f"cancelled turn {event['turn']}" if event["turn"] else "nothing to cancel")
+        return 0
+
+    return _connected(args, cancel)
 
 
 def format_status(event: dict) -> str:
@@ -138,7 +179,7 @@ def format_status(event: dict) -> str:
             else:
                 lines.append(f"{indent}{label}: {value}")
 
-    add({k: v for k, v in event.items() if k not in ("type", "id")}, "")
+    add({k: v for k, v in event.items() if k not in ("type", "id", "request")}, "")
     return "\n".join(lines)
 
 
@@ -228,7 +269,10 @@ def cmd_skills_list(args: argparse.Namespace) -> int:
         print(f"  source: {found.source}")
         print(f"  arguments: {json.dumps(found.parameters, ensure_ascii=False)}")
         for language, sentences in found.sentences.items():
-            print(f"  say ({language}): " + " | ".join(sentences[:3]))
+            templates = [s[0] if isinstance(s, tuple) else s for s in sentences[:3]]
+            print(f"  say ({language}): " + " | ".join(templates))
+        if found.intents:
+            print("  answers Home Assistant intents: " + ", ".join(found.intents))
     return 1 if registry.problems else 0
 
 
@@ -399,6 +443,11 @@ def build_parser() -> argparse.ArgumentParser:
     config_option(status, "config naming the control socket")
     status.add_argument("--json", action="store_true", help="print the status event as JSON")
     status.set_defaults(func=cmd_status)
+
+    cancel = command(sub, "cancel", "stop the running assistant's turn (whoever started it), or the one given")
+    cancel.add_argument("--turn", default=None, metavar="ID", help="the request id of the turn to stop")
+    config_option(cancel, "config naming the control socket")
+    cancel.set_defaults(func=cmd_cancel)
 
     _, config_sub = _group(sub, "config", "inspect the configuration", common)
     check = command(config_sub, "check", "validate a config file and print the effective settings")

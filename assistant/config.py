@@ -145,8 +145,23 @@ _BOUNDS: list[tuple[str, typing.Callable[[Any], bool], str]] = [
     ("wake.min_confidence", lambda v: 0 <= v <= 1, "between 0 and 1"),
     ("wake.phrases", lambda v: len(v) > 0, "a list with at least one phrase"),
     ("mqtt.port", lambda v: 0 < v < 65536, "a port number"),
+    (
+        "mqtt.devices",
+        lambda v: all(_device_ok(d) for d in v),
+        "mappings with a name, an optional area (text) and optional aliases (a list of names)",
+    ),
     ("skills.timeout_seconds", lambda v: v > 0, "greater than 0"),
 ]
+
+
+def _device_ok(device: Any) -> bool:
+    return (
+        isinstance(device, dict)
+        and isinstance(device.get("name"), str)
+        and isinstance(device.get("area", ""), str)
+        and isinstance(device.get("aliases", []), list)
+        and all(isinstance(alias, str) for alias in device.get("aliases", []))
+    )
 
 
 def default_config_path() -> Path:

@@ -39,7 +39,8 @@ class TurnManager:
         self.conversation = conversation
         self.registry = registry
         self.sampler = sampler
-        self.intents = IntentMatcher(registry.skills) if intents else None
+        devices = registry.settings.mqtt.devices if registry.settings is not None else []
+        self.intents = IntentMatcher(registry.skills, devices) if intents else None
         engine = conversation.engine
         # The model can call what its prompt lists; skills left out of it still answer their sentences.
         self.constraint = (
@@ -76,10 +77,12 @@ class TurnManager:
                 yield TurnEvent("text", "Okay, I won't.")
             return
         if self.intents and (match := self.intents.match(text)):
-            log.info("local intent %s %s", match.skill, match.arguments)
+            log.info("local intent %s %s%s", match.skill, match.arguments, f": {match.reply}" if match.reply else "")
             self.conversation.messages.append({"role": "user", "content": text})
             spoken = []
-            for event in self._run_call({"name": match.skill, "arguments": match.arguments}):
+            call = {"name": match.skill, "arguments": match.arguments}
+            events = [TurnEvent("text", match.reply)] if match.reply else self._run_call(call)
+            for event in events:
                 spoken += [event.text] if event.kind in ("text", "error", "confirm") else []
                 yield event
             self.conversation.messages.append({"role": "assistant", "content": " ".join(spoken)})

@@ -1,4 +1,4 @@
-"""The built-in skills in skills/, through the registry as the assistant uses them."""
+"""The built-in skills (assistant/skills/builtin/), through the registry as the assistant uses them."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from assistant import SkillContext
-from assistant.skills.registry import Registry
+from assistant.skills.registry import BUILTIN_SKILLS, Registry
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parent.parent
 def registry_in(state: Path, said: list[str] | None = None) -> Registry:
     context = SkillContext(state_dir=state, say=(said.append if said is not None else print))
     registry = Registry(context=context)
-    registry.load_folder(REPO / "skills")
+    registry.load_folder(BUILTIN_SKILLS)
     assert not registry.problems
     return registry
 
@@ -40,7 +40,7 @@ def test_shopping_list_and_notes_persist(tmp_path: Path) -> None:
 
 def test_timer_set_by_another_process_rings_after_a_restart(tmp_path: Path) -> None:
     config = tmp_path / "config.yaml"
-    config.write_text(f"state_dir: {tmp_path / 'state'}\nskills:\n  paths: [{REPO / 'skills'}]\n")
+    config.write_text(f"state_dir: {tmp_path / 'state'}\n\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith("ASSISTANT_")}
     result = subprocess.run(
         [sys.executable, "-m", "assistant", "skills", "call", "set_timer", "--config", str(config),
@@ -72,9 +72,11 @@ def test_alarms_and_cancelling(tmp_path: Path) -> None:
     listing = registry.call("list_timers", {}).text
     assert "an alarm at 7:05" in listing
     assert "a pasta timer with 10 minutes left" in listing or "a pasta timer with 9 minutes and 59 seconds" in listing
-    assert registry.call("cancel_timers", {"label": "pasta"}).text == "Cancelled 1."
-    assert registry.call("cancel_timers", {}).text == "Cancelled 1."
-    assert registry.call("cancel_timers", {}).text == "There was nothing to cancel."
+    assert registry.call("cancel_alarms", {}).text == "Cancelled 1 alarm."  # the timer keeps running
+    assert "pasta timer" in registry.call("list_timers", {}).text
+    assert registry.call("control_timer", {"action": "cancel", "label": "pasta"}).text == "Cancelled the pasta timer."
+    assert registry.call("control_timer", {"action": "cancel"}).text == "No timer is running."
+    assert registry.call("cancel_alarms", {}).text == "No alarm is set."
     assert registry.call("set_timer", {}).text == "How long should the timer run?"
     assert "invalid arguments" in registry.call("set_alarm", {"hour": 25}).error
 
@@ -92,7 +94,7 @@ def test_stop_and_what_can_you_do(tmp_path: Path) -> None:
     stopped = []
     registry = Registry(context=SkillContext(state_dir=tmp_path, stop=lambda: stopped.append(True)))
     registry.context.skills = lambda: list(registry.skills.values())
-    registry.load_folder(REPO / "skills")
+    registry.load_folder(BUILTIN_SKILLS)
     assert registry.call("stop", {}).text == "" and stopped == [True]
     answer = registry.call("what_can_you_do", {}).text
     assert answer.startswith("I can ") and "start a countdown timer" in answer and "stop" not in answer

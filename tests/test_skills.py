@@ -14,7 +14,7 @@ import pytest
 
 from assistant import Choices, Range, SkillContext, skill
 from assistant.config import Settings
-from assistant.skills.registry import Registry
+from assistant.skills.registry import BUILTIN_SKILLS, Registry
 from assistant.skills.sdk import SkillError, build_skill
 
 REPO = Path(__file__).resolve().parent.parent
@@ -173,7 +173,7 @@ def test_calls_validate_time_out_and_survive_errors() -> None:
 
 def test_built_in_skills_load_from_the_shipped_folder(tmp_path: Path) -> None:
     registry = Registry(context=SkillContext(state_dir=tmp_path))
-    registry.load_folder(REPO / "skills")
+    registry.load_folder(BUILTIN_SKILLS)
     assert {"current_time", "current_date"} <= set(registry.skills)
     assert not registry.problems
     assert registry.call("current_time", {}).text.startswith("It is ")
@@ -242,7 +242,7 @@ def test_local_intents_in_english_and_chinese(tmp_path: Path) -> None:
     registry = Registry(context=SkillContext(state_dir=tmp_path))
     registry.add_function(set_timer, "test")
     registry.add_function(light, "test")
-    registry.load_folder(REPO / "skills")  # the built-in set_timer is skipped: the name is taken
+    registry.load_folder(BUILTIN_SKILLS)  # the built-in set_timer is skipped: the name is taken
     assert any("skill set_timer is already defined in test" in p for p in registry.problems)
     matcher = IntentMatcher(registry.skills)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import socket
@@ -17,7 +18,7 @@ import pytest
 from assistant import SkillContext
 from assistant.config import Settings
 from assistant.skills.intents import IntentMatcher
-from assistant.skills.registry import Registry
+from assistant.skills.registry import BUILTIN_SKILLS, Registry
 
 REPO = Path(__file__).resolve().parent.parent
 DEVICES = [
@@ -35,12 +36,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture()
-def broker(tmp_path: Path) -> Iterator[int]:
+@contextlib.contextmanager
+def mosquitto(tmp_path: Path, allow_anonymous: bool = True) -> Iterator[int]:
+    """A mosquitto broker on a free loopback port; yields the port."""
     assert shutil.which("mosquitto") or Path("/usr/sbin/mosquitto").exists(), "mosquitto is installed by .ci/run"
     port = free_port()
     config = tmp_path / "mosquitto.conf"
-    config.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
+    config.write_text(f"listener {port} 127.0.0.1\nallow_anonymous {str(allow_anonymous).lower()}\npersistence false\n")
     executable = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
     process = subprocess.Popen([executable, "-c", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 10
@@ -50,9 +52,17 @@ def broker(tmp_path: Path) -> Iterator[int]:
             break
         except OSError:
             time.sleep(0.05)
-    yield port
-    process.terminate()
-    process.wait(timeout=10)
+    try:
+        yield port
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+@pytest.fixture()
+def broker(tmp_path: Path) -> Iterator[int]:
+    with mosquitto(tmp_path) as port:
+        yield port
 
 
 class Subscriber:
@@ -88,7 +98,7 @@ def smart_home(port: int, tmp_path: Path) -> Registry:
     settings = Settings()
     settings.mqtt.host, settings.mqtt.port, settings.mqtt.devices = "127.0.0.1", port, DEVICES
     registry = Registry(settings=settings, context=SkillContext(settings=settings, state_dir=tmp_path))
-    registry.load_folder(REPO / "skills")
+    registry.load_folder(BUILTIN_SKILLS)
     assert not registry.problems
     return registry
 
@@ -132,7 +142,7 @@ def test_state_queries_read_the_retained_state(broker: int, tmp_path: Path) -> N
 def test_spoken_commands_in_both_languages(broker: int, tmp_path: Path) -> None:
     registry, subscriber = smart_home(broker, tmp_path), Subscriber(broker)
     try:
-        matcher = IntentMatcher(registry.skills)
+        matcher = IntentMatcher(registry.skills, DEVICES)
         for text, payload in [
             ("turn off the kitchen light", '{"state": "OFF"}'),
             ("打开kitchen light", '{"state": "ON"}'),
@@ -156,5 +166,5 @@ def test_a_broker_that_is_down_is_a_spoken_error_not_a_hang(tmp_path: Path) -> N
 
 def test_without_devices_the_smart_home_skills_stay_away(tmp_path: Path) -> None:
     registry = Registry(settings=Settings(), context=SkillContext(state_dir=tmp_path))
-    registry.load_folder(REPO / "skills")
+    registry.load_folder(BUILTIN_SKILLS)
     assert "switch_device" not in registry.skills and not registry.problems

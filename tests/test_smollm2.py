@@ -14,7 +14,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-from assistant.daemon.control import request
 from assistant.skills.intents import IntentMatcher
 
 REPO = Path(__file__).resolve().parent.parent
@@ -46,34 +45,31 @@ def test_a_model_with_chat_template_jinja_is_set_up_and_chats(smollm2_model: Pat
     assert "Paris" in chat.stdout
 
 
-def turn(socket: Path, text: str) -> list[dict]:
-    return list(request(socket, {"type": "say", "text": text}, until=lambda event: event["type"] == "turn_done"))
-
-
 def test_the_daemon_answers_and_calls_skills_through_the_compact_prompt(smollm2_model: Path, tmp_path: Path) -> None:
     from assistant.daemon.run import Daemon
+    from tests.test_prompt import say, serving
 
     config = tmp_path / "config.yaml"
     config.write_text(
         f"llm:\n  model_dir: {smollm2_model}\n  max_new_tokens: 60\n  sampling: {{temperature: 0}}\n"
-        f"skills:\n  paths: [{REPO / 'skills'}]\n"
         f"control:\n  socket: {tmp_path / 'control.sock'}\nstate_dir: {tmp_path / 'state'}\n"
     )
     daemon = Daemon(config, text_only=True)
-    try:
-        assert len(daemon.manager.conversation.tools) == 15  # every built-in skill is in the prompt
-        answer = turn(daemon.socket_path, "What is the capital of France?")
-        assert "Paris" in "".join(e["text"] for e in answer if e["type"] == "text")
-        assert not [e for e in answer if e["type"] == "tool_call"]
+    assert len(daemon.manager.conversation.tools) == len(daemon.registry.skills)  # every built-in skill
+    matcher = IntentMatcher(daemon.registry.skills)
 
-        matcher = IntentMatcher(daemon.registry.skills)
+    def talk() -> tuple[list[dict], list[str]]:
+        answer = say(daemon.socket_path, "What is the capital of France?")
         right = []
         for text, skill in COMMANDS:
             assert matcher.match(text) is None, f"{text!r} is a local intent: it would not measure the model"
             daemon.manager.conversation.reset()  # each request on its own
-            calls = [e["text"] for e in turn(daemon.socket_path, text) if e["type"] == "tool_call"]
+            calls = [e["text"] for e in say(daemon.socket_path, text) if e["type"] == "tool_call"]
             right += [text] if calls[:1] == [skill] else []
-        print(f"SmolLM2-135M-Instruct called the right skill for {len(right)} of {len(COMMANDS)}: {right}")
-        assert len(right) >= 3, right  # 4 of 10 measured (README); a margin for other CPUs
-    finally:
-        daemon.shutdown()
+        return answer, right
+
+    answer, right = serving(daemon, talk)
+    assert "Paris" in "".join(e["text"] for e in answer if e["type"] == "text")
+    assert not [e for e in answer if e["type"] == "tool_call"]
+    print(f"SmolLM2-135M-Instruct called the right skill for {len(right)} of {len(COMMANDS)}: {right}")
+    assert len(right) >= 3, right  # 4 of 10 measured (README); a margin for other CPUs

@@ -16,7 +16,7 @@ from assistant.llm.conversation import Conversation
 from assistant.llm.engine import Engine
 from assistant.llm.sampling import Sampler
 from assistant.skills.constraint import OPEN, ToolCallConstraint, parse_tool_calls, visible_text
-from assistant.skills.registry import Registry
+from assistant.skills.registry import BUILTIN_SKILLS, Registry
 from assistant.turn import TurnManager
 
 
@@ -185,7 +185,7 @@ def test_repeat_says_the_last_reply_again(tiny_int8: Path, tmp_path: Path) -> No
     from assistant import SkillContext
 
     registry = Registry(context=SkillContext(state_dir=tmp_path))
-    registry.load_folder(Path(__file__).resolve().parent.parent / "skills")
+    registry.load_folder(BUILTIN_SKILLS)
     engine = Engine(tiny_int8, kv_cache_len=8192)  # every built-in tool in the tiny tokenizer's prompt
     manager = TurnManager(Conversation(engine, "You are a test.", 16, registry.tools()), registry, Sampler())
     assert events(manager, "repeat that") == [("tool_call", "repeat"), ("skill_result", "repeat"),

@@ -1,28 +1,42 @@
-"""The control socket: JSON lines in (a text turn, cancel, status), events out.
+"""The control socket: JSON lines in (a text turn, cancel, status), typed events out.
 
-A Unix stream socket with mode 0600 in the runtime directory. Requests:
-    {"type": "say", "text": "..."}   a text turn; its events stream back, ending with "turn_done"
-    {"type": "cancel"}                stop the current turn
-    {"type": "status"}                one "status" event
-Every connection also receives the assistant's other events (wake, transcripts, timers ringing).
-A malformed or oversized line gets an "error" event and the connection is closed.
+A Unix stream socket with mode 0600 in a directory only the service's user can write. Requests:
+    {"type": "say", "text": "...", "id": "..."}   a text turn; its events stream back, ending with "turn_done"
+    {"type": "cancel", "turn": "..."}              stop that turn (any connection's), or the running one
+    {"type": "status"}                             one "status" event
+"id" is optional (the server picks one); every event answering a request carries it as "request",
+and a connection receives only the events of its own requests, plus the assistant's own (wake,
+transcripts, voice turns, timers ringing), which go to everyone. A connection that closes
+cancels its turns. Anything malformed gets an "error" event, then the connection is closed.
+
+One asyncio loop in one thread serves every connection, so a client costs no thread; each has
+a bounded queue of events, and a client that stops reading is disconnected when it fills.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import itertools
 import json
 import logging
 import os
-import queue
 import socket
+import stat
 import threading
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+from assistant.config import ConfigError
 
 log = logging.getLogger(__name__)
 
-MAX_LINE = 64 * 1024
+MAX_LINE = 64 * 1024  # bytes in one request
+MAX_QUEUED = 1000  # events waiting for one client before it counts as not reading
+MAX_CLIENTS = 256
+MAX_ID = 64  # characters of a request id
 
 
 def default_socket_path() -> Path:
@@ -32,114 +46,264 @@ def default_socket_path() -> Path:
     return Path(runtime.split(":")[0]) / "assistant.sock"
 
 
-class Hub:
-    """Fan-out of events to every connected client."""
+@dataclass
+class Event:
+    """One event for the clients. `request` names the request it answers (None: the assistant's own);
+    `client` is the connection that made it, the only one that receives it (None: everyone)."""
 
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.clients: set[queue.Queue] = set()
+    type: str
+    fields: dict[str, Any] = field(default_factory=dict)
+    request: str | None = None
+    client: int | None = None
 
-    def subscribe(self) -> queue.Queue:
-        q: queue.Queue = queue.Queue(maxsize=10_000)
-        with self.lock:
-            self.clients.add(q)
-        return q
+    def encode(self) -> bytes:
+        """The JSON line sent to a client (`request` included when there is one)."""
+        head = {"type": self.type, **({"request": self.request} if self.request is not None else {})}
+        try:
+            line = json.dumps(head | self.fields, ensure_ascii=False, allow_nan=False, default=str)
+        except (ValueError, TypeError) as e:  # NaN in a skill's data, a cycle: the client still hears of it
+            line = json.dumps(head | {"unsendable": f"{type(e).__name__}: {e}"})
+        # backslashreplace: a lone surrogate from somewhere becomes a JSON escape, never an exception.
+        return (line + "\n").encode("utf-8", "backslashreplace")
 
-    def unsubscribe(self, q: queue.Queue) -> None:
-        with self.lock:
-            self.clients.discard(q)
 
-    def publish(self, event: dict) -> None:
-        with self.lock:
-            clients = list(self.clients)
-        for q in clients:
-            with contextlib.suppress(queue.Full):  # a client that stopped reading loses events, not the daemon
-                q.put_nowait(event)
+@dataclass
+class Request:
+    type: str
+    id: str
+    client: int
+    fields: dict[str, Any]
+
+
+def parse_request(line: bytes, client: int, number: int) -> Request:
+    """A request from one JSON line; ValueError says what is wrong with it."""
+    try:
+        message = json.loads(line)
+    except RecursionError:
+        raise ValueError("malformed request: nested too deeply") from None
+    except ValueError as e:  # includes bytes that are not UTF-8
+        raise ValueError(f"malformed request: {e}") from None
+    if not isinstance(message, dict) or not isinstance(message.get("type"), str):
+        raise ValueError("malformed request: a request is a JSON object with a type")
+    request_id = message.pop("id", None)
+    if request_id is None:
+        request_id = f"{client}.{number}"
+    elif not isinstance(request_id, str) or not 0 < len(request_id) <= MAX_ID or not request_id.isprintable():
+        raise ValueError(f"malformed request: id must be a printable string of at most {MAX_ID} characters")
+    for key, value in message.items():
+        if isinstance(value, str):
+            try:
+                value.encode()
+            except UnicodeEncodeError:
+                raise ValueError(f"malformed request: {key} is not valid Unicode") from None
+    return Request(message.pop("type"), request_id, client, message)
+
+
+@dataclass
+class _Client:
+    id: int
+    writer: asyncio.StreamWriter
+    queue: asyncio.Queue = field(default_factory=lambda: asyncio.Queue(MAX_QUEUED))
+    dropped: bool = False
+
+
+def check_socket_path(path: Path) -> None:
+    """Refuse a path another user could interfere with, or that is not ours to take (ConfigError)."""
+    folder = path.parent
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    info = folder.stat()
+    if info.st_uid != os.geteuid():
+        raise ConfigError(f"{folder}: owned by uid {info.st_uid}, not by this user; the control socket needs "
+                          "a directory of its own (control.socket)")  # fmt: skip
+    if info.st_mode & 0o022:
+        raise ConfigError(f"{folder}: writable by other users, who could replace the control socket; "
+                          "choose a private directory (control.socket) or chmod go-w it")  # fmt: skip
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise ConfigError(f"{path}: exists and is not a socket; remove it or choose another control.socket")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(2)
+        try:
+            probe.connect(str(path))
+        except OSError:
+            path.unlink(missing_ok=True)  # stale: left by an instance that died
+            return
+    raise ConfigError(f"{path}: another assistant is already running there")
 
 
 class ControlServer:
-    def __init__(self, path: Path, hub: Hub, handle: Callable[[dict, Callable[[dict], None]], None]):
-        self.path, self.hub, self.handle = path, hub, handle
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if path.exists() or path.is_symlink():
-            path.unlink()
-        self.socket = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-        old_umask = os.umask(0o177)  # created 0600: only the service's user may talk to it
-        try:
-            self.socket.bind(str(path))
-        finally:
-            os.umask(old_umask)
-        self.socket.listen(8)
-        self.stopped = threading.Event()
-        self.thread = threading.Thread(target=self._accept, name="control", daemon=True)
-        self.thread.start()
+    """Serves the socket from its own thread; `handle(request)` is called on that thread and must not block."""
 
-    def _accept(self) -> None:
-        while not self.stopped.is_set():
+    def __init__(self, path: Path, handle: Callable[[Request], None], disconnected: Callable[[int], None]):
+        self.path, self.handle, self.disconnected = path, handle, disconnected
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        try:
+            check_socket_path(path)
+            old_umask = os.umask(0o177)  # created 0600: only the service's user may talk to it
             try:
-                connection, _ = self.socket.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(connection,), name="control-client", daemon=True).start()
+                sock.bind(str(path))
+            finally:
+                os.umask(old_umask)
+        except OSError as e:  # a folder we may not create, a path too long for a Unix socket
+            sock.close()
+            raise ConfigError(
+                f"{path}: cannot listen there ({e.strerror or e}); choose another control.socket"
+            ) from None
+        self.inode = path.stat().st_ino
+        self.clients: dict[int, _Client] = {}
+        self.numbers = itertools.count(1)
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="control", daemon=True)
+        self.thread.start()
+        # A backlog that takes a burst of clients connecting at once.
+        start = asyncio.start_unix_server(self._serve, sock=sock, limit=MAX_LINE, backlog=socket.SOMAXCONN)
+        self.server = asyncio.run_coroutine_threadsafe(start, self.loop).result()
 
-    def _serve(self, connection: socket.socket) -> None:
-        events = self.hub.subscribe()
-        done = threading.Event()
-        sender = threading.Thread(target=self._send, args=(connection, events, done), daemon=True)
-        sender.start()
+    # -- events out ---------------------------------------------------------------------------------
+
+    def publish(self, event: Event) -> None:
+        """Send to the client it belongs to, or to everyone; callable from any thread."""
+        with contextlib.suppress(RuntimeError):  # the loop has stopped: nobody is listening any more
+            self.loop.call_soon_threadsafe(self._deliver, event)
+
+    def _deliver(self, event: Event) -> None:
+        targets = [self.clients.get(event.client)] if event.client is not None else list(self.clients.values())
+        for client in targets:
+            if client is None or client.dropped:
+                continue
+            try:
+                client.queue.put_nowait(event)
+            except asyncio.QueueFull:
+                log.warning("control client %d stopped reading: disconnected", client.id)
+                client.dropped = True
+                client.writer.transport.abort()
+
+    # -- one connection -----------------------------------------------------------------------------
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        client = _Client(next(self.numbers), writer)
+        if len(self.clients) >= MAX_CLIENTS:
+            writer.write(Event("error", {"message": f"more than {MAX_CLIENTS} clients; try again later"}).encode())
+            with contextlib.suppress(OSError):
+                await writer.drain()
+            writer.close()
+            return
+        self.clients[client.id] = client
+        sender = asyncio.create_task(self._send(client))
         try:
-            reader = connection.makefile("rb")
-            while True:
-                line = reader.readline(MAX_LINE + 1)
-                if not line:
-                    break
-                if len(line) > MAX_LINE:
-                    events.put({"type": "error", "message": f"request longer than {MAX_LINE} bytes"})
+            for number in itertools.count(1):
+                try:
+                    line = await reader.readuntil(b"\n")
+                except asyncio.IncompleteReadError:
+                    break  # the client closed (a partial last line is ignored)
+                except asyncio.LimitOverrunError:
+                    self._error(client, f"request longer than {MAX_LINE} bytes")
                     break
                 try:
-                    request = json.loads(line)
-                    if not isinstance(request, dict) or not isinstance(request.get("type"), str):
-                        raise ValueError("a request is a JSON object with a type")
+                    request = parse_request(line, client.id, number)
                 except ValueError as e:
-                    events.put({"type": "error", "message": f"malformed request: {e}"})
+                    self._error(client, str(e))
                     break
-                self.handle(request, events.put)
+                try:
+                    self.handle(request)
+                except Exception:
+                    log.exception("control request %s failed", request.type)
+                    self._error(client, "internal error; see the log", request.id)
         except OSError:
-            pass
+            pass  # reset by the client, or aborted because it stopped reading
         finally:
-            events.put(None)
-            done.wait(5)
-            self.hub.unsubscribe(events)
-            connection.close()
+            with contextlib.suppress(asyncio.QueueFull):
+                client.queue.put_nowait(None)  # the sender flushes what is queued, then closes
+            if client.dropped:
+                sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError, OSError):
+                await asyncio.wait_for(sender, 5)
+            del self.clients[client.id]
+            if client.dropped:
+                writer.transport.abort()
+            else:
+                writer.close()
+            self.disconnected(client.id)
 
-    def _send(self, connection: socket.socket, events: queue.Queue, done: threading.Event) -> None:
-        try:
-            while (event := events.get()) is not None:
-                connection.sendall((json.dumps(event, ensure_ascii=False) + "\n").encode())
-        except OSError:
-            pass
-        finally:
-            done.set()
+    def _error(self, client: _Client, message: str, request: str | None = None) -> None:
+        self._deliver(Event("error", {"message": message}, request, client.id))
+
+    async def _send(self, client: _Client) -> None:
+        with contextlib.suppress(OSError):
+            while (event := await client.queue.get()) is not None:
+                client.writer.write(event.encode())
+                await client.writer.drain()
+
+    # -- stopping -----------------------------------------------------------------------------------
 
     def close(self) -> None:
-        self.stopped.set()
-        self.socket.close()
-        self.path.unlink(missing_ok=True)
+        async def stop() -> None:
+            self.server.close()
+            for client in list(self.clients.values()):
+                client.writer.transport.abort()
+
+        with contextlib.suppress(Exception):
+            asyncio.run_coroutine_threadsafe(stop(), self.loop).result(timeout=2)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=2)
+        # Remove the socket only if it is still the one we bound (never another instance's).
+        with contextlib.suppress(OSError):
+            if self.path.stat().st_ino == self.inode:
+                self.path.unlink()
 
 
-def request(path: Path, message: dict, until: Callable[[dict], bool], timeout: float = 120.0) -> Iterator[dict]:
-    """Send one request and yield events until `until(event)` is true."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(timeout)
+# -- the client side (assistant say / chat / status / cancel) -----------------------------------------
+
+
+class ControlClient:
+    """One connection to the running assistant."""
+
+    def __init__(self, path: Path, timeout: float | None = None):
+        self.socket = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.socket.settimeout(timeout)
         try:
-            s.connect(str(path))
+            self.socket.connect(str(path))
         except OSError as e:
+            self.socket.close()
             raise ConnectionError(
-                f"no assistant is listening on {path} ({e.strerror}); is `assistant run` running?"
+                f"no assistant is listening on {path} ({e.strerror or e}); is `assistant run` running?"
             ) from None
-        s.sendall((json.dumps(message, ensure_ascii=False) + "\n").encode())
-        for line in s.makefile("rb"):
+        self.lines = self.socket.makefile("rb")
+        self.numbers = itertools.count(1)
+
+    def send(self, kind: str, **fields: Any) -> str:
+        """Send one request; return its id."""
+        request_id = f"{os.getpid()}-{next(self.numbers)}"
+        line = json.dumps({"type": kind, "id": request_id, **fields}, ensure_ascii=False) + "\n"
+        self.socket.sendall(line.encode("utf-8", "backslashreplace"))
+        return request_id
+
+    def events(self, request_id: str, until: Callable[[dict], bool]) -> Iterator[dict]:
+        """The events answering `request_id` until `until(event)` is true or the request is refused.
+
+        A refusal is an "error" with a "message"; a turn's spoken apology (an "error" with a "text")
+        is followed by the rest of the turn as usual.
+        """
+        for line in self.lines:
             event = json.loads(line)
+            if event.get("request") not in (request_id, None):
+                continue
+            if event.get("request") is None and event["type"] != "error":
+                continue  # the assistant's own events (a timer ringing) are not this request's answer
             yield event
-            if until(event) or event.get("type") == "error":
+            if until(event) or (event["type"] == "error" and "message" in event):
                 return
+        raise ConnectionError("the assistant closed the connection")
+
+    def close(self) -> None:
+        self.lines.close()
+        self.socket.close()
+
+    def __enter__(self) -> ControlClient:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()

@@ -1,23 +1,31 @@
 """`assistant run`: the long-running assistant, as systemd runs it.
 
-Loads the model and warms the prompt cache, then serves turns from the voice pipeline and the
-control socket, one at a time, each cancellable. systemd hears READY=1 only when everything is
-loaded, WATCHDOG=1 from the main loop, STATUS= lines and STOPPING=1. SIGTERM ends within a few
-seconds; SIGHUP reloads config.yaml and the skills without reloading the model.
+The lifecycle is one enum owned by the Daemon: loading → ready ⇄ reloading → stopping. Turns come
+from the voice pipeline and the control socket and run one at a time under the turn lock, each
+cancellable. systemd hears READY=1 once everything is loaded, WATCHDOG=1 only while the daemon
+is healthy, STATUS= lines, RELOADING=1 and STOPPING=1. SIGHUP reloads config.yaml and the skills
+without reloading the model: the new skills and prompt are built aside and swapped in between
+turns, and a reload that fails keeps the running configuration. SIGTERM cancels the turn and
+exits 0 within a few seconds.
 """
 
 from __future__ import annotations
 
+import enum
+import itertools
 import logging
+import os
+import queue
 import signal
 import threading
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from assistant.budget import plan_for_settings
-from assistant.config import ConfigError, check_model_paths, load_settings, state_dir
-from assistant.daemon.control import ControlServer, Hub, default_socket_path
+from assistant.config import ConfigError, Settings, check_model_paths, load_settings, state_dir
+from assistant.daemon.control import ControlServer, Event, Request, default_socket_path
 from assistant.daemon.notify import notify, watchdog_interval
 from assistant.doctor import MICROPHONE_FIX, microphone_problem
 from assistant.llm.conversation import Conversation
@@ -30,134 +38,372 @@ from assistant.turn import TurnManager
 log = logging.getLogger("assistant.daemon")
 
 SPOKEN = ("text", "error", "confirm")
+STOP_SECONDS = 2.0  # how long a stop waits for the running turn to end
+# A turn running longer than this counts as hung: the watchdog stops, and systemd restarts the
+# service. Far above the slowest honest turn (3 passes of 256 tokens and their skills on the board).
+TURN_LIMIT_SECONDS = 300.0
+
+
+class State(enum.Enum):
+    LOADING = "loading"
+    READY = "ready"
+    RELOADING = "reloading"
+    STOPPING = "stopping"
+
+
+# What systemd hears on entering each state.
+NOTIFY = {
+    State.READY: ("READY=1", "STATUS=listening"),
+    State.RELOADING: ("RELOADING=1", "STATUS=reloading configuration and skills"),
+    State.STOPPING: ("STOPPING=1", "STATUS=stopping"),
+}
+
+
+@dataclass
+class TurnRequest:
+    """A text turn waiting for, or holding, the turn lock."""
+
+    id: str
+    text: str
+    client: int | None  # the connection that asked, the only one that hears its events
+    cancel: threading.Event = field(default_factory=threading.Event)
+
+
+def read_settings(path: Path) -> Settings:
+    """load_settings, with every way a file can be unreadable (bad UTF-8, YAML nested too deeply) as a ConfigError."""
+    try:
+        return load_settings(path)
+    except ConfigError:
+        raise
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deeply to be read") from None
+    except Exception as e:
+        raise ConfigError(f"{path}: cannot be read: {e}") from None
 
 
 class Daemon:
     def __init__(self, config_path: Path, text_only: bool = False):
         self.config_path = config_path
-        self.settings = load_settings(config_path)
+        self.state = State.LOADING
+        self.settings = read_settings(config_path)
         check_model_paths(self.settings, voice=not text_only)
         if not text_only and (problem := microphone_problem(self.settings)):  # retried below, said once here
             log.warning("%s; %s", problem, MICROPHONE_FIX)
-        self.hub = Hub()
         self.turn_lock = threading.Lock()
-        self.cancel: threading.Event | None = None
+        self.requests: dict[str, TurnRequest] = {}  # queued and running text turns, by id
+        self.requests_lock = threading.Lock()
+        self.pending: queue.Queue[TurnRequest | None] = queue.Queue()
+        self.current: TurnRequest | None = None
+        self.turn_started: float | None = None  # monotonic start of the running turn
+        self.voice_turns = itertools.count(1)
         self.stopping = threading.Event()
         self.reload_requested = threading.Event()
+        self.wakeup = threading.Event()  # the main loop looks at once (a signal came)
         self.background_stop = threading.Event()
+        self.background: list[threading.Thread] = []  # the skills' @background tasks
         self.voice = None
+        self.voice_thread: threading.Thread | None = None
+        self.reloader: threading.Thread | None = None
 
-        notify("STATUS=loading the language model")
-        llm = self.settings.llm
-        self.engine = Engine(llm.model_dir, backend=llm.backend, threads=llm.threads,
-                             kv_cache_len=llm.kv_cache_len, provider=llm.axengine_provider)  # fmt: skip
-        self.load_skills()
-        if not text_only:
-            notify("STATUS=loading the speech models")
-            self.voice = self._voice()
+        # The socket first: a second instance, or a path that is not ours, is refused before the
+        # model loads; clients asking meanwhile hear that the assistant is loading.
         self.socket_path = self.settings.control.socket or default_socket_path()
-        self.control = ControlServer(self.socket_path, self.hub, self.handle)
+        self.control = ControlServer(self.socket_path, self.handle, self.disconnected)
+        try:
+            notify("STATUS=loading the language model")
+            llm = self.settings.llm
+            self.engine = Engine(llm.model_dir, backend=llm.backend, threads=llm.threads,
+                                 kv_cache_len=llm.kv_cache_len, provider=llm.axengine_provider)  # fmt: skip
+            self.registry, self.manager = self._build(self.settings)
+            self.background = self.registry.start_background(self.background_stop)
+            log.info("%s", self._skills_summary(self.registry))
+            if not text_only:
+                notify("STATUS=loading the speech models")
+                self.voice = self._voice()
+        except BaseException:
+            self.control.close()
+            raise
+        self.worker = threading.Thread(target=self._serve_turns, name="turns", daemon=True)
 
-    # -- skills and conversation ------------------------------------------------------------------
+    # -- the lifecycle ------------------------------------------------------------------------------
 
-    def load_skills(self) -> None:
-        """(Re)load the skills and rebuild the conversation; the model stays loaded."""
-        settings = self.settings
-        context = SkillContext(
-            settings=settings, state_dir=state_dir(settings), say=self.announce, stop=self.cancel_turn
-        )
+    def enter(self, state: State) -> None:
+        """The one place the lifecycle changes; systemd hears of it."""
+        self.state = state
+        # systemd (Type=notify-reload) matches RELOADING=1 to its reload by this timestamp.
+        stamp = (f"MONOTONIC_USEC={time.monotonic_ns() // 1000}",) if state is State.RELOADING else ()
+        notify(*NOTIFY.get(state, ()), *stamp)
+        log.debug("state: %s", state.value)
+
+    def run(self) -> int:
+        for sig, flag in ((signal.SIGTERM, self.stopping), (signal.SIGINT, self.stopping),
+                          (signal.SIGHUP, self.reload_requested)):  # fmt: skip
+            signal.signal(sig, lambda *_, flag=flag: self._signalled(flag))
+        self.worker.start()
+        if self.voice is not None:
+            self.voice_thread = threading.Thread(target=self.voice.run, args=(self.voice.source,), name="voice",
+                                                 daemon=True)  # fmt: skip
+            self.voice_thread.start()
+        self.enter(State.READY)
+        log.info("ready: %s on %s, control socket %s", self.engine.manifest.name, self.engine.sessions.backend,
+                 self.socket_path)  # fmt: skip
+        interval = min(watchdog_interval() or 5.0, 5.0)
+        while True:
+            self.wakeup.clear()
+            if self.stopping.is_set():
+                break
+            if problem := self.problem():
+                log.error("unhealthy, not telling the watchdog: %s", problem)
+            else:
+                notify("WATCHDOG=1")
+            if self.reload_requested.is_set() and not (self.reloader and self.reloader.is_alive()):
+                self.reload_requested.clear()
+                self.reloader = threading.Thread(target=self.reload, name="reload", daemon=True)
+                self.reloader.start()
+            self.wakeup.wait(interval)
+        return self.shutdown()
+
+    def _signalled(self, flag: threading.Event) -> None:
+        flag.set()
+        self.wakeup.set()
+
+    def problem(self) -> str | None:
+        """Why the daemon is not healthy (the watchdog then stops), or None."""
+        if self.voice_thread is not None and not self.voice_thread.is_alive():
+            return "the voice thread has stopped"
+        if not self.worker.is_alive():
+            return "the turn thread has stopped"
+        started = self.turn_started
+        if started is not None and time.monotonic() - started > TURN_LIMIT_SECONDS:
+            return f"a turn has run for more than {TURN_LIMIT_SECONDS:g} s"
+        return None
+
+    def shutdown(self) -> int:
+        self.enter(State.STOPPING)
+        log.info("stopping")
+        self.pending.put(None)
+        with self.requests_lock:  # the running turn and every queued one
+            for request in self.requests.values():
+                request.cancel.set()
+        if self.voice is not None:
+            self.voice.sink.stop()
+            self.voice.source.stopped.set()
+        self.worker.join(STOP_SECONDS)
+        if self.voice_thread is not None:
+            self.voice_thread.join(STOP_SECONDS)
+        self._stop_background()
+        self.control.close()
+        if self.worker.is_alive() or (self.voice_thread is not None and self.voice_thread.is_alive()):
+            # The turn is inside the model and will not notice the cancel in time. Ending the
+            # interpreter under it would abort in the runtime's destructors: leave at once instead.
+            log.warning("the turn did not stop within %g s; exiting without waiting for it", STOP_SECONDS)
+            logging.shutdown()
+            os._exit(0)
+        return 0
+
+    def _stop_background(self) -> None:
+        self.background_stop.set()
+        for thread in self.background:
+            thread.join(STOP_SECONDS / 4)  # a task that ignores its stop event is left behind
+
+    # -- skills, prompt and conversation ------------------------------------------------------------
+
+    def _build(self, settings: Settings) -> tuple[Registry, TurnManager]:
+        """The skills and the turn manager for `settings`; prefills the system prompt on the engine."""
+        registry = self._load_skills(settings)
+        return registry, self._manager(settings, registry)
+
+    def _load_skills(self, settings: Settings) -> Registry:
+        context = SkillContext(settings=settings, state_dir=state_dir(settings), say=self.announce,
+                               stop=lambda: self.cancel(None))  # fmt: skip
         folders = [self.config_path.parent / "skills", *settings.skills.paths]
-        registry = load_registry(settings, folders, context)
-        sampling = settings.llm.sampling
-        sampler = Sampler(
-            sampling.temperature, sampling.top_k, sampling.top_p, sampling.repetition_penalty, sampling.seed
-        )
+        return load_registry(settings, folders, context)
+
+    def _manager(self, settings: Settings, registry: Registry) -> TurnManager:
+        s = settings.llm.sampling
+        sampler = Sampler(s.temperature, s.top_k, s.top_p, s.repetition_penalty, s.seed)
         plan = plan_for_settings(settings, list(registry.skills.values()), self.engine)
         for line in plan.budget.lines():
             log.info("%s", line)
         llm = settings.llm
         conversation = Conversation(self.engine, llm.system_prompt, llm.max_new_tokens, plan.tools, plan.example)
-        manager = TurnManager(conversation, registry, sampler)
-        with self.turn_lock:  # never swap under a running turn
-            self.background_stop.set()
-            self.background_stop = threading.Event()
-            self.registry: Registry = registry
-            self.manager = manager
-            registry.start_background(self.background_stop)
-        log.info(
-            "%d skills loaded%s",
-            len(registry.skills),
-            f", {len(registry.problems)} skipped" if registry.problems else "",
-        )
+        return TurnManager(conversation, registry, sampler)
+
+    @staticmethod
+    def _skills_summary(registry: Registry) -> str:
+        skipped = f", {len(registry.problems)} skipped" if registry.problems else ""
+        return f"{len(registry.skills)} skills loaded{skipped}"
 
     def reload(self) -> None:
-        notify("RELOADING=1", "STATUS=reloading configuration and skills")
+        """Re-read the config and the skills; on any failure the running configuration stays."""
+        self.enter(State.RELOADING)
         try:
-            self.settings = load_settings(self.config_path)
-            self.load_skills()
-            log.info("reloaded %s", self.config_path)
-        except ConfigError as e:
-            log.error("reload failed, keeping the running configuration: %s", e)
-        notify("READY=1", "STATUS=listening")
+            settings = read_settings(self.config_path)
+            for key in ("model_dir", "backend", "threads", "kv_cache_len", "axengine_provider"):
+                if getattr(settings.llm, key) != getattr(self.settings.llm, key):
+                    log.warning("llm.%s changed: it takes effect when the service restarts", key)
+            registry = self._load_skills(settings)  # aside: the running turn is not touched
+            if not self._lock_turns():
+                return
+            try:
+                # The engine is shared: the new prompt is prefilled only between turns.
+                manager = self._manager(settings, registry)
+                self.settings, self.registry, self.manager = settings, registry, manager
+                self._stop_background()  # before the new ones: a timer is never rung by both clocks
+                self.background_stop = threading.Event()
+                self.background = registry.start_background(self.background_stop)
+            finally:
+                self.turn_lock.release()
+            log.info("reloaded %s: %s", self.config_path, self._skills_summary(registry))
+        except Exception as e:
+            log.error("reload failed, keeping the running configuration: %s", _describe(e))
+        finally:
+            if not self.stopping.is_set():
+                self.enter(State.READY)
+
+    def _lock_turns(self) -> bool:
+        """Take the turn lock, waiting for the running turn; False when the daemon stops meanwhile."""
+        while not self.turn_lock.acquire(timeout=0.1):
+            if self.stopping.is_set():
+                return False
+        if self.stopping.is_set():
+            self.turn_lock.release()
+            return False
+        return True
 
     # -- turns --------------------------------------------------------------------------------------
 
-    def turn(self, text: str, cancel: threading.Event | None = None) -> Any:
-        """Run one turn (one at a time), publishing its events; yield its spoken text."""
+    def turn(self, request: TurnRequest) -> Iterator[str]:
+        """Run one turn (one at a time), publishing its events for its client; yield its spoken text."""
+        publish = self.control.publish
         with self.turn_lock:
-            self.cancel = cancel = cancel or threading.Event()
-            start = time.monotonic()
-            self.hub.publish({"type": "turn_start", "text": text})
-            first = None
-            for event in self.manager.turn(text, cancel):
-                first = first or time.monotonic()
-                self.hub.publish(
-                    {"type": event.kind, "text": event.text, **({"data": event.data} if event.data is not None else {})}
-                )
-                if event.kind in SPOKEN:
-                    yield event.text
-            stats = self.engine.stats
-            done = {"type": "turn_done", "cancelled": cancel.is_set()}
-            done["first_event_ms"] = round(((first or time.monotonic()) - start) * 1000)
-            done |= {"prefilled_tokens": stats.prefilled_tokens, "generated_tokens": stats.generated_tokens}
-            self.hub.publish(done)
-            self.cancel = None
+            self.current, self.turn_started = request, time.monotonic()
+            start, first, outcome = self.turn_started, None, {}
+            try:
+                publish(Event("turn_start", {"text": request.text}, request.id, request.client))
+                for event in self.manager.turn(request.text, request.cancel):
+                    first = first or time.monotonic()
+                    fields = {"text": event.text, **({"data": event.data} if event.data is not None else {})}
+                    publish(Event(event.kind, fields, request.id, request.client))
+                    if event.kind in SPOKEN:
+                        yield event.text
+                stats = self.engine.stats
+                outcome = {
+                    "first_event_ms": round(((first or time.monotonic()) - start) * 1000),
+                    "prefilled_tokens": stats.prefilled_tokens,
+                    "generated_tokens": stats.generated_tokens,
+                }
+            except Exception:  # the turn manager ends its own failures; this is a last resort
+                log.exception("turn %s failed", request.id)
+                outcome = {"failed": True}
+            finally:
+                self.current = self.turn_started = None
+                self._forget(request)  # before turn_done: the client may send its next turn at once
+                publish(Event("turn_done", {"cancelled": request.cancel.is_set(), **outcome}, request.id,
+                              request.client))  # fmt: skip
 
-    def cancel_turn(self) -> None:
-        if self.cancel is not None:
-            self.cancel.set()
-        if self.voice is not None:
+    def voice_turn(self, text: str, cancel: threading.Event) -> Iterator[str]:
+        """A turn heard by the microphone: its events go to every client."""
+        request = TurnRequest(f"voice-{next(self.voice_turns)}", text, None, cancel)
+        with self.requests_lock:
+            self.requests[request.id] = request
+        return self.turn(request)
+
+    def _serve_turns(self) -> None:
+        """Text turns from the socket, in the order they came."""
+        while (request := self.pending.get()) is not None:
+            if request.cancel.is_set():  # cancelled while waiting
+                self._forget(request)
+                self.control.publish(Event("turn_done", {"cancelled": True}, request.id, request.client))
+                continue
+            for _ in self.turn(request):
+                pass
+
+    def _forget(self, request: TurnRequest) -> None:
+        with self.requests_lock:
+            self.requests.pop(request.id, None)
+
+    def cancel(self, request_id: str | None) -> str | None:
+        """Cancel that turn, or the running one; return the id of the turn cancelled, if any."""
+        with self.requests_lock:
+            request = self.requests.get(request_id) if request_id is not None else self.current
+        if request is None:
+            return None
+        request.cancel.set()
+        if self.voice is not None and request is self.current:
             self.voice.sink.stop()
+        return request.id
+
+    def disconnected(self, client: int) -> None:
+        """A client that goes away (Ctrl-C, a crash) cancels its own turns."""
+        with self.requests_lock:
+            mine = [r for r in self.requests.values() if r.client == client]
+        for request in mine:
+            if not request.cancel.is_set():
+                log.info("client gone: cancelling turn %s", request.id)
+                request.cancel.set()
 
     def announce(self, text: str) -> None:
         """Speak outside a turn (a timer ringing)."""
-        self.hub.publish({"type": "say", "text": text})
+        self.control.publish(Event("say", {"text": text}))
         log.info("saying: %s", text)
         if self.voice is not None:
             for audio in self.voice.voice.synthesize(text):
                 self.voice.sink.play(audio, self.voice.voice.rate)
 
-    def handle(self, request: dict, reply) -> None:
-        kind = request["type"]
-        if kind == "say":
-            text = request.get("text")
-            if not isinstance(text, str) or not text.strip():
-                reply({"type": "error", "message": "say needs a non-empty text"})
+    # -- the control socket (called on its thread: never blocks) ------------------------------------
+
+    def handle(self, request: Request) -> None:
+        def reply(kind: str, **fields) -> None:
+            self.control.publish(Event(kind, fields, request.id, request.client))
+
+        if request.type == "status":
+            reply("status", **self.status())
+        elif request.type == "cancel":
+            target = request.fields.get("turn")
+            if target is not None and not isinstance(target, str):
+                reply("error", message="turn must be the id of a request")
                 return
-            for _ in self.turn(text):
-                pass
-        elif kind == "cancel":
-            self.cancel_turn()
-            reply({"type": "cancelled"})
-        elif kind == "status":
-            reply(self.status())
+            reply("cancelled", turn=self.cancel(target))
+        elif request.type == "say":
+            text = request.fields.get("text")
+            if not isinstance(text, str) or not text.strip():
+                reply("error", message="say needs a non-empty text")
+            elif self.state in (State.LOADING, State.STOPPING):
+                reply("error", message=f"the assistant is {self.state.value}")
+            else:
+                self._queue(TurnRequest(request.id, text, request.client), reply)
         else:
-            reply({"type": "error", "message": f"unknown request type {kind!r}"})
+            reply("error", message=f"unknown request type {request.type!r}")
+
+    def _queue(self, request: TurnRequest, reply) -> None:
+        with self.requests_lock:
+            if request.id in self.requests:
+                reply("error", message=f"request id {request.id!r} is already in use")
+                return
+            if any(r.client == request.client for r in self.requests.values()):
+                reply("error", message="this connection already has a turn; wait for its turn_done or cancel it")
+                return
+            self.requests[request.id] = request
+        self.pending.put(request)
 
     def status(self) -> dict:
-        return {"type": "status", "model": self.engine.manifest.name, "backend": self.engine.sessions.backend,
-                "skills": sorted(self.registry.skills), "busy": self.turn_lock.locked(),
-                "voice": self.voice is not None, "context_tokens": self.engine.pos}  # fmt: skip
+        status = {"state": self.state.value}
+        if self.state is State.LOADING:
+            return status
+        return status | {
+            "model": self.engine.manifest.name,
+            "backend": self.engine.sessions.backend,
+            "skills": sorted(self.registry.skills),
+            "busy": self.turn_lock.locked(),
+            "queued": self.pending.qsize(),
+            "voice": self.voice is not None,
+            "context_tokens": self.engine.pos,
+        }
+
+    def _voice_event(self, event: dict) -> None:
+        """Wake, transcripts, latency: the assistant's own events, for every client."""
+        self.control.publish(Event(event["type"], {k: v for k, v in event.items() if k != "type"}))
 
     # -- voice --------------------------------------------------------------------------------------
 
@@ -179,46 +425,17 @@ class Daemon:
             Transcriber(asr_model, s.asr.silence_timeout, s.asr.max_utterance_seconds),
             Voice(s.tts.voice, s.tts.speaker, s.tts.length_scale),
             SpeakerSink(s.audio.output_device, s.audio.output_rate),
-            lambda text, cancel: self.turn(text, cancel),
-            on_event=self.hub.publish,
+            self.voice_turn,
+            on_event=self._voice_event,
             play_earcon=s.wake.earcon,
             follow_up_seconds=s.asr.follow_up_seconds,
         )
         pipeline.source = MicSource(s.audio.input_device, s.audio.input_rate, s.audio.reopen_max_seconds)
         return pipeline
 
-    # -- main loop ----------------------------------------------------------------------------------
 
-    def run(self) -> int:
-        signal.signal(signal.SIGTERM, lambda *_: self.stopping.set())
-        signal.signal(signal.SIGINT, lambda *_: self.stopping.set())
-        signal.signal(signal.SIGHUP, lambda *_: self.reload_requested.set())
-        if self.voice is not None:
-            threading.Thread(target=self.voice.run, args=(self.voice.source,), name="voice", daemon=True).start()
-        notify("READY=1", "STATUS=listening")
-        log.info(
-            "ready: %s on %s, control socket %s",
-            self.engine.manifest.name,
-            self.engine.sessions.backend,
-            self.socket_path,
-        )
-        interval = min(watchdog_interval() or 5.0, 5.0)
-        while not self.stopping.wait(interval):
-            notify("WATCHDOG=1")
-            if self.reload_requested.is_set():
-                self.reload_requested.clear()
-                self.reload()
-        return self.shutdown()
-
-    def shutdown(self) -> int:
-        notify("STOPPING=1", "STATUS=stopping")
-        log.info("stopping")
-        self.cancel_turn()
-        self.background_stop.set()
-        if self.voice is not None:
-            self.voice.source.stopped.set()
-        self.control.close()
-        return 0
+def _describe(error: Exception) -> str:
+    return str(error) if isinstance(error, ConfigError) else f"{type(error).__name__}: {error}"
 
 
 def run(config_path: Path, text_only: bool = False) -> int:

@@ -1,26 +1,55 @@
-"""Local intents: hassil sentence templates declared by skills, matched before the LLM is asked.
+"""Local intents: matched before the LLM is asked, so common commands answer in milliseconds.
 
-A skill declares templates per language, with {slots} named after its parameters:
+Two kinds of templates, both matched by hassil:
 
-    @skill(sentences={"en": ["set a timer for {minutes} minute[s]",
-                             ("turn on the {room} light", {"on": True})],
-                      "zh": ["设置一个{minutes}分钟的计时器"]})
+* **Home Assistant's sentence library** (the `home-assistant-intents` package: CC-BY-4.0 sentences
+  by the Home Assistant community). A skill names the intents it answers and the arguments it gets:
 
-The slot lists come from the skill's own schema: enum → its values, a bounded integer → a range,
-boolean → on/off words, any other string → a wildcard. A (template, slots) pair fixes slot values.
+      @skill(intents={"HassTurnOn": {"device": "{name}", "on": True}})
+
+  A value "{slot}" is that slot's value; a slot named like a parameter needs no entry. Several
+  skills may answer one intent: the first whose schema accepts the arguments (a device name in its
+  enum, its required arguments present) gets the call.
+* **The skill's own templates**, for what the library lacks (notes, alarms, repeat), per language,
+  with {slots} named after its parameters:
+
+      @skill(sentences={"en": ["set an alarm for {hour} o'clock"], "zh": ["{hour}点叫醒我"]})
+
+  Their slot lists come from the skill's schema: enum → its values, a bounded number → a range,
+  boolean → on/off words, any other string → a wildcard. A (template, slots) pair fixes slot values.
+
+Device names, their aliases and areas come from `mqtt.devices` (the `name` and `area` lists of
+Home Assistant's templates). Numbers arrive as numbers; one outside the skill's range is answered
+with a sentence that gives the range, and the skill is not called.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from typing import Any
 
-from hassil import Intents, recognize
+import jsonschema
+from hassil import Intents, TextSlotList, Trie, recognize_best
 
 from assistant.skills.sdk import Skill
 
 log = logging.getLogger(__name__)
+
+# Our language codes → the sentence library's.
+HOME_ASSISTANT_LANGUAGES = {"en": "en", "zh": "zh-cn"}
+
+# Slots that ask for something no skill does (a command run after a timer, floors): such a
+# sentence goes to the model rather than to a skill that would do half of it.
+UNSUPPORTED_SLOTS = frozenset({"conversation_command", "floor"})
+
+# Slots that only qualify a name, which a skill may ignore: "the lamp in the kitchen" is the lamp.
+QUALIFIERS = frozenset({"area", "domain"})
+
+# Without a room of its own, "turn off the lights" and "set the volume to 50" (which Home
+# Assistant resolves in the speaker's area) mean the whole home.
+HERE = "everywhere"
 
 # Words for true and false, per language.
 BOOLEAN_WORDS = {
@@ -28,50 +57,271 @@ BOOLEAN_WORDS = {
     "zh": [("打开", True), ("开", True), ("关闭", False), ("关", False)],
 }
 
+ANYTHING = "anything_else"
+SLOT = re.compile(r"\{(\w+)\}")
+LIST_REFERENCE = re.compile(r"\{(\w+)(?::(\w+))?\}")
+RULE_REFERENCE = re.compile(r"<(\w+)>")
+# Chinese, Japanese and Korean script: a sentence with none is not tried against those languages' templates.
+CJK = re.compile(r"[\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af]")
+CJK_LANGUAGES = ("zh", "ja", "ko")
+
 
 @dataclass
 class IntentMatch:
     skill: str
+    """The skill to call."""
     arguments: dict[str, Any]
+    """Its arguments, typed as its schema says."""
     language: str
+    """The language of the templates that matched ("en", "zh", ...)."""
+    reply: str | None = None
+    """Said instead of calling the skill: why the request cannot be done (a number out of range)."""
+    intent: str | None = None
+    """The Home Assistant intent that matched, if the match came from the sentence library."""
 
 
 class IntentMatcher:
-    def __init__(self, skills: dict[str, Skill]):
+    def __init__(self, skills: dict[str, Skill], devices: list[dict] | None = None):
         self.skills = skills
-        self.intents: dict[str, Intents] = {}
-        by_language: dict[str, dict] = {}
-        for name, found in skills.items():
-            for language, sentences in found.sentences.items():
-                data = by_language.setdefault(language, {"language": language, "intents": {}, "lists": {}})
-                entries = []
-                for sentence in sentences:
-                    text, fixed = sentence if isinstance(sentence, tuple) else (sentence, {})
-                    entries.append({"sentences": [text], "slots": dict(fixed)})
-                data["intents"][name] = {"data": entries}
-                for slot, schema in found.parameters["properties"].items():
-                    data["lists"][f"{name}__{slot}"] = _slot_list(schema, language)
-        for language, data in by_language.items():
-            # Slot names are per skill: {slot} refers to the list {skill__slot} while keeping the slot name.
-            for name, intent in data["intents"].items():
-                for entry in intent["data"]:
-                    entry["sentences"] = [_scope(s, name, skills[name]) for s in entry["sentences"]]
-            try:
-                self.intents[language] = Intents.from_dict(data)
-            except Exception as e:  # a template that hassil cannot parse
-                log.error("local intents for %s not loaded: %s", language, e)
+        self.own = _own_intents(skills)
+        # Home Assistant intent → the skills that answer it, in load order.
+        self.answers: dict[str, list[Skill]] = {}
+        for found in skills.values():
+            for intent in found.intents:
+                self.answers.setdefault(intent, []).append(found)
+        devices = devices or []
+        self.library = _library_intents(self._consumed(), {d.get("type", "") for d in devices})
+        self.slot_lists = device_slot_lists(devices)
+        # Only the names that occur in a sentence are offered to hassil, as Home Assistant does:
+        # with every device's name and aliases in the list, each template would try them all.
+        self.names = Trie()
+        for value in self.slot_lists["name"].values:
+            self.names.insert(_plain(value.text_in.text), value)
+        # hassil builds its number words and caches on first use (up to ~0.5 s): pay that now, not in a turn.
+        for language in self._languages():
+            self._match_own(f"{language} 12 twelve 十二", language)
+            self._match_library(f"{language} 12 twelve 十二", language)
+
+    def _consumed(self) -> dict[str, set[str]]:
+        """For each library intent, the slots some skill that answers it takes."""
+        consumed: dict[str, set[str]] = {}
+        for intent, answering in self.answers.items():
+            slots = consumed.setdefault(intent, set())
+            for found in answering:
+                slots |= set(found.parameters["properties"])
+                slots |= {
+                    m.group(1)
+                    for v in found.intents[intent].values()
+                    if isinstance(v, str) and (m := SLOT.fullmatch(v))
+                }
+        return consumed
+
+    def _languages(self) -> list[str]:
+        return list(dict.fromkeys([*self.own, *self.library]))
 
     def match(self, text: str) -> IntentMatch | None:
-        for language, intents in self.intents.items():
-            result = recognize(text, intents)
-            if result is None or result.intent.name not in self.skills:
+        cjk = CJK.search(text) is not None
+        for language in self._languages():
+            if (language.split("-")[0] in CJK_LANGUAGES) != cjk:
                 continue
-            schema = self.skills[result.intent.name].parameters["properties"]
-            arguments = {}
-            for slot, entity in result.entities.items():
-                arguments[slot] = _typed(entity.value, schema.get(slot, {}))
-            return IntentMatch(result.intent.name, arguments, language)
+            if found := self._match_own(text, language) or self._match_library(text, language):
+                return found
         return None
+
+    def _match_own(self, text: str, language: str) -> IntentMatch | None:
+        if language not in self.own:
+            return None
+        result = recognize_best(text, self.own[language], language=language)
+        if result is None or result.intent.name not in self.skills:
+            return None
+        found = self.skills[result.intent.name]
+        arguments = {slot: entity.value for slot, entity in result.entities.items()}
+        return _checked(found, arguments, language)
+
+    def _match_library(self, text: str, language: str) -> IntentMatch | None:
+        if language not in self.library:
+            return None
+        names = [value for _, _, value in self.names.find(_plain(text))]
+        result = recognize_best(
+            text,
+            self.library[language],
+            slot_lists={**self.slot_lists, "name": TextSlotList(name="name", values=names)},
+            intent_context={"area": HERE},
+            best_slot_name="name",
+            language=HOME_ASSISTANT_LANGUAGES[language],
+        )
+        if result is None:
+            return None
+        slots = {slot: entity.value for slot, entity in result.entities.items()}
+        if UNSUPPORTED_SLOTS & slots.keys():
+            return None
+        intent = result.intent.name
+        for found in self.answers.get(intent, []):
+            match = _checked(found, skill_arguments(found, intent, slots), language)
+            if match is not None:
+                match.intent = intent
+                return match
+        log.debug("%s %s: no skill takes these arguments", intent, slots)
+        return None
+
+
+def skill_arguments(found: Skill, intent: str, slots: dict[str, Any]) -> dict[str, Any]:
+    """The arguments a skill declared for a library intent, filled from the matched slots."""
+    arguments = {}
+    for name, value in found.intents[intent].items():
+        slot = SLOT.fullmatch(value) if isinstance(value, str) else None
+        if slot is None:
+            arguments[name] = value
+        elif slot.group(1) in slots:
+            arguments[name] = slots[slot.group(1)]
+    for slot, value in slots.items():
+        if slot in found.parameters["properties"] and slot not in found.intents[intent]:
+            arguments.setdefault(slot, value)
+    return arguments
+
+
+def _checked(found: Skill, arguments: dict[str, Any], language: str) -> IntentMatch | None:
+    """A match if the skill's schema takes the arguments; with a spoken reply if only a number is out of range."""
+    properties = found.parameters["properties"]
+    arguments = {name: _typed(value, properties[name]) for name, value in arguments.items() if name in properties}
+    errors = list(jsonschema.Draft202012Validator(found.parameters).iter_errors(arguments))
+    if not errors:
+        return IntentMatch(found.name, arguments, language)
+    if all(e.validator in ("minimum", "maximum") and e.path for e in errors):
+        return IntentMatch(found.name, arguments, language, reply=out_of_range(properties[errors[0].path[0]]))
+    return None
+
+
+def out_of_range(schema: dict) -> str:
+    """A spoken sentence that gives the allowed range of a number."""
+    what = schema.get("description", "the number")
+    low, high = schema.get("minimum"), schema.get("maximum")
+    if low is None or high is None:
+        return f"Sorry, {what} can be at {'most' if low is None else 'least'} {high if low is None else low:g}."
+    return f"Sorry, {what} can be from {low:g} to {high:g}."
+
+
+def device_slot_lists(devices: list[dict]) -> dict[str, TextSlotList]:
+    """The library's {name} and {area} lists from the configured devices.
+
+    A device answers to its name and its aliases, each carrying its type as the library's domain
+    (so "open" goes to covers, "turn on" to lights); hassil compares them without case or punctuation.
+    """
+    names = [
+        (spoken, device["name"], {"domain": device.get("type", "")})
+        for device in devices
+        for spoken in [device["name"], *device.get("aliases", [])]
+    ]
+    areas = sorted({device["area"] for device in devices if device.get("area")})
+    return {
+        "name": TextSlotList.from_tuples(names, allow_template=False),
+        "area": TextSlotList.from_strings(areas, allow_template=False),
+        "floor": TextSlotList.from_strings([]),
+    }
+
+
+def _plain(text: str) -> str:
+    """Lower case, punctuation as spaces: how names are looked for in a sentence."""
+    return " ".join(re.sub(r"[^\w\s]", " ", text.casefold()).split())
+
+
+def library_intent_slots() -> dict[str, set[str]]:
+    """Every intent of the sentence library (in our languages) with the slots its templates can fill."""
+    from home_assistant_intents import get_intents
+
+    found: dict[str, set[str]] = {}
+    for code in HOME_ASSISTANT_LANGUAGES.values():
+        data = get_intents(code) or {"intents": {}}
+        for name, intent in data["intents"].items():
+            slots = found.setdefault(name, set())
+            for block in intent["data"]:
+                rules = {**data.get("expansion_rules", {}), **block.get("expansion_rules", {})}
+                for sentence in block["sentences"]:
+                    slots |= _slots_in(sentence, rules, set())
+                slots |= set(block.get("slots", {}))
+                context = block.get("requires_context", {})
+                slots |= {key for key, value in context.items() if isinstance(value, dict) and value.get("slot")}
+    return found
+
+
+def _slots_in(template: str, rules: dict[str, str], seen: set[str]) -> set[str]:
+    """The slots of a template: {list} or {list:slot}, also inside the <rules> it uses."""
+    slots = {slot or name for name, slot in LIST_REFERENCE.findall(template)}
+    for rule in RULE_REFERENCE.findall(template):
+        if rule in rules and rule not in seen:
+            seen.add(rule)
+            slots |= _slots_in(rules[rule], rules, seen)
+    return slots
+
+
+def _library_intents(consumed: dict[str, set[str]], domains: set[str]) -> dict[str, Intents]:
+    """The library's templates for the intents some skill answers (with the slots they take), per language.
+
+    Templates that could never lead to a skill are left out, since every template costs time in
+    every match: those only for a kind of device that is not configured (locks, media players...),
+    and those that fill a slot no skill takes (a colour, a floor) beyond the QUALIFIERS.
+    """
+    if not consumed:
+        return {}
+    from home_assistant_intents import get_intents
+
+    def useful(block: dict) -> bool:
+        for needed in (block.get("requires_context", {}).get("domain"), block.get("slots", {}).get("domain")):
+            if needed is not None and not ({needed} if isinstance(needed, str) else set(needed)) & domains:
+                return False
+        return True
+
+    def takes(name: str, block: dict, sentence: str, rules: dict) -> bool:
+        filled = _slots_in(sentence, rules, set()) | set(block.get("slots", {}))
+        # Unsupported slots are often optional parts ("[on <floor>]"); a match that fills one is refused later.
+        return filled <= consumed[name] | QUALIFIERS | UNSUPPORTED_SLOTS
+
+    loaded = {}
+    for language, code in HOME_ASSISTANT_LANGUAGES.items():
+        data = get_intents(code)
+        if data is None:
+            continue
+        intents = {}
+        for name, intent in data["intents"].items():
+            if name not in consumed:
+                continue
+            blocks = []
+            for block in filter(useful, intent["data"]):
+                rules = {**data.get("expansion_rules", {}), **block.get("expansion_rules", {})}
+                sentences = [s for s in block["sentences"] if takes(name, block, s, rules)]
+                if sentences:
+                    blocks.append({**block, "sentences": sentences})
+            intents[name] = {**intent, "data": blocks}
+        # hassil first keeps the templates whose regular expression fits the sentence, and if none
+        # does, tries every template the slow way. This one always fits (and maps to no skill), so
+        # a sentence for the model costs one regular expression per template, not a full search.
+        intents[ANYTHING] = {"data": [{"sentences": ["{" + ANYTHING + "}"]}]}
+        data["lists"][ANYTHING] = {"wildcard": True}
+        data["intents"] = intents
+        loaded[language] = Intents.from_dict(data)
+    return loaded
+
+
+def _own_intents(skills: dict[str, Skill]) -> dict[str, Intents]:
+    by_language: dict[str, dict] = {}
+    for name, found in skills.items():
+        for language, sentences in found.sentences.items():
+            data = by_language.setdefault(language, {"language": language, "intents": {}, "lists": {}})
+            entries = []
+            for sentence in sentences:
+                text, fixed = sentence if isinstance(sentence, tuple) else (sentence, {})
+                # Slot names are per skill: {slot} refers to the list {skill__slot} while keeping the slot name.
+                entries.append({"sentences": [_scope(text, name, found)], "slots": dict(fixed)})
+            data["intents"][name] = {"data": entries}
+            for slot, schema in found.parameters["properties"].items():
+                data["lists"][f"{name}__{slot}"] = _slot_list(schema, language)
+    intents = {}
+    for language, data in by_language.items():
+        try:
+            intents[language] = Intents.from_dict(data)
+        except Exception as e:  # a template that hassil cannot parse
+            log.error("local intents for %s not loaded: %s", language, e)
+    return intents
 
 
 def _scope(sentence: str, skill_name: str, found: Skill) -> str:
@@ -83,8 +333,12 @@ def _scope(sentence: str, skill_name: str, found: Skill) -> str:
 def _slot_list(schema: dict, language: str) -> dict:
     if "enum" in schema:
         return {"values": [{"in": str(v), "out": v} for v in schema["enum"]]}
-    if schema.get("type") == "integer":
-        return {"range": {"from": int(schema.get("minimum", 0)), "to": int(schema.get("maximum", 1000))}}
+    if schema.get("type") in ("integer", "number"):
+        # Beyond the bounds, so that an out-of-range number is heard and explained; at most up to
+        # 1000, because hassil spells out every number of a range in words when it first meets it.
+        low, high = int(schema.get("minimum", 0)), int(schema.get("maximum", 1000))
+        numbers = {"from": max(0, low - 10), "to": max(low, min(high + max(10, high // 2), 1000))}
+        return {"range": numbers if schema["type"] == "integer" else {**numbers, "fractions": "halves"}}
     if schema.get("type") == "boolean":
         return {"values": [{"in": word, "out": value} for word, value in BOOLEAN_WORDS.get(language, [])]}
     return {"wildcard": True}

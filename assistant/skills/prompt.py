@@ -31,20 +31,29 @@ from assistant.llm.chat_template import Parts
 from assistant.skills.constraint import CLOSE, OPEN
 
 HEADER = "Tools:\n"
+RANGES = False
 
 
 def tool_line(tool: dict, shared: Collection[str] = ()) -> str:
     """`name(arg: type, optional?: type): Description.` for one Qwen tool signature.
 
     Arguments named in `shared` have their values listed once for all tools (value_line).
+    Consecutive arguments of one type share it, as in `hours?, minutes?: int`.
     """
     function = tool["function"]
     schema = function.get("parameters") or {}
     required = set(schema.get("required", []))
-    arguments = ", ".join(
-        f"{name}{'' if name in required else '?'}{'' if name in shared else ': ' + _type(spec)}"
-        for name, spec in schema.get("properties", {}).items()
-    )
+    groups: list[tuple[list[str], str]] = []  # (names, type)
+    for name, spec in schema.get("properties", {}).items():
+        if name not in required and len(spec.get("enum", [None, None])) == 1:
+            continue  # nothing to choose: the argument can only be left out or given its one value
+        kind = "" if name in shared else _type(spec)
+        shown = name + ("" if name in required else "?")
+        if groups and groups[-1][1] == kind and kind:
+            groups[-1][0].append(shown)
+        else:
+            groups.append(([shown], kind))
+    arguments = ", ".join(", ".join(names) + (f": {kind}" if kind else "") for names, kind in groups)
     return f"{function['name']}({arguments}): {_first_sentence(function.get('description', ''))}"
 
 
@@ -63,7 +72,7 @@ def shared_values(tools: list[dict]) -> dict[str, list]:
 
 
 def value_line(name: str, values: list) -> str:
-    return f"{name}: {'|'.join(json.dumps(v, ensure_ascii=False) for v in values)}\n"
+    return f"{name}: {'|'.join(_choice(v) for v in values)}\n"
 
 
 def prompt_messages(persona: str, tools: list[dict], example: tuple[str, dict] | None = None) -> list[dict]:
@@ -149,14 +158,19 @@ def _example(spec: dict) -> Any:
     return "..."
 
 
+def _choice(value: Any) -> str:
+    """A choice as the model reads it: words bare (`up|down`), other values as JSON."""
+    return value if isinstance(value, str) and re.fullmatch(r"\w+", value) else json.dumps(value, ensure_ascii=False)
+
+
 def _type(spec: dict) -> str:
     if "enum" in spec:
-        return "|".join(json.dumps(v, ensure_ascii=False) for v in spec["enum"])
+        return "|".join(_choice(v) for v in spec["enum"])
     kind = spec.get("type", "any")
     if kind == "array":
         return f"list of {_type(spec.get('items', {}))}"
     name = {"integer": "int", "number": "number", "string": "str", "boolean": "bool"}.get(kind, kind)
-    if "minimum" in spec or "maximum" in spec:
+    if RANGES and ("minimum" in spec or "maximum" in spec):
         name += f" {_number(spec.get('minimum', ''))}-{_number(spec.get('maximum', ''))}"
     return name
 
@@ -166,6 +180,8 @@ def _number(value: Any) -> str:
 
 
 def _first_sentence(text: str) -> str:
-    """The description's first sentence without its remarks in parentheses: the gist, in few tokens."""
-    sentence = re.sub(r"\s*\([^()]*\)", "", text.strip().split(". ")[0]).strip()
-    return sentence if sentence.endswith(".") else sentence + "."
+    """The gist of a description in few tokens: its first sentence without remarks in parentheses,
+    and of that the first clause when it says something on its own (three words or more)."""
+    sentence = re.sub(r"\s*\([^()]*\)", "", text.strip().split(". ")[0]).strip().rstrip(".")
+    clause = sentence.split(", ")[0]
+    return (clause if len(clause.split()) >= 3 else sentence) + "."

@@ -8,12 +8,13 @@ an error, never as an exception into the turn.
 
 from __future__ import annotations
 
-import concurrent.futures
 import importlib.metadata
 import importlib.util
 import logging
+import math
 import sys
 import threading
+import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +39,9 @@ log = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "assistant.skills"
 DEFAULT_TIMEOUT = 10.0
+# The built-in skills ship inside the package, so they load wherever config.yaml lives.
+BUILTIN_SKILLS = Path(__file__).resolve().parent / "builtin"
+BACKOFF_SECONDS = (1.0, 60.0)  # a background task that fails is restarted after 1 s, doubling up to 60 s
 
 
 @dataclass
@@ -63,7 +67,8 @@ class Registry:
         for path in sorted(Path(folder).glob("*.py")):
             if path.name.startswith("_"):
                 continue
-            module = self._import_file(path)
+            builtin = Path(folder).resolve() == BUILTIN_SKILLS
+            module = self._import_file(path, "assistant_builtin_skills" if builtin else None)
             if module is not None:
                 self.add_module(module, str(path), disabled)
 
@@ -90,20 +95,31 @@ class Registry:
                 self.background.append(getattr(value, BACKGROUND_ATTRIBUTE))
 
     def start_background(self, stop: threading.Event) -> list[threading.Thread]:
-        """Run every @background function in its own daemon thread until `stop` is set."""
+        """Run every @background function in its own daemon thread until `stop` is set.
+
+        A task that raises is logged and restarted with backoff: one fault never stops a timer's clock.
+        """
         threads = []
         for spec in self.background:
-
-            def run(spec=spec) -> None:
-                try:
-                    spec.func(self.context, stop)
-                except Exception:
-                    log.exception("background task %s stopped", spec.name)
-
-            thread = threading.Thread(target=run, name=f"skill-{spec.name}", daemon=True)
+            thread = threading.Thread(target=self._keep_running, args=(spec, stop), name=f"skill-{spec.name}",
+                                      daemon=True)  # fmt: skip
             thread.start()
             threads.append(thread)
         return threads
+
+    def _keep_running(self, spec: BackgroundSpec, stop: threading.Event) -> None:
+        delay = BACKOFF_SECONDS[0]
+        while not stop.is_set():
+            started = time.monotonic()
+            try:
+                spec.func(self.context, stop)
+            except Exception as e:
+                log.error("background task %s failed (%s); restarting in %g s", spec.name, _reason(e), delay)
+            if time.monotonic() - started > BACKOFF_SECONDS[1]:
+                delay = BACKOFF_SECONDS[0]  # it ran well for a while: start the backoff again
+            if stop.wait(delay):
+                return
+            delay = min(delay * 2, BACKOFF_SECONDS[1])
 
     def add_function(self, func: Any, source: str, disabled: tuple[str, ...] = ()) -> None:
         spec = getattr(func, SKILL_ATTRIBUTE, None)
@@ -121,13 +137,16 @@ class Registry:
         except SkillError as e:
             self._problem(where, str(e))
             return
+        except Exception as e:  # e.g. a Choices function that trips over the configuration
+            self._problem(where, f"{spec.name} cannot be described: {_reason(e)}")
+            return
         if built.name in self.skills:
             self._problem(where, f"skill {built.name} is already defined in {self.skills[built.name].source}")
             return
         self.skills[built.name] = built
 
-    def _import_file(self, path: Path) -> ModuleType | None:
-        name = f"assistant_user_skills.{path.stem}"
+    def _import_file(self, path: Path, package: str | None = None) -> ModuleType | None:
+        name = f"{package or 'assistant_user_skills'}.{path.stem}"  # a user's timers.py is not the built-in one
         try:
             spec = importlib.util.spec_from_file_location(name, path)
             module = importlib.util.module_from_spec(spec)
@@ -159,6 +178,8 @@ class Registry:
         found = self.skills.get(name)
         if found is None:
             return SkillResult(name, error=f"there is no skill called {name}")
+        if not _finite(arguments):
+            return SkillResult(name, error=f"invalid arguments for {name}: numbers must be finite")
         try:
             jsonschema.validate(arguments, found.parameters)
         except jsonschema.ValidationError as e:
@@ -167,25 +188,51 @@ class Registry:
         if found.wants_context:
             kwargs[found.wants_context] = self.context
         timeout = found.timeout or self.timeout
-        # A skill that hangs cannot be killed from Python; its thread is abandoned, the turn goes on.
-        pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"skill-{name}")
-        future = pool.submit(found.func, **kwargs)
-        pool.shutdown(wait=False)
-        try:
-            value = future.result(timeout=timeout)
-        except concurrent.futures.TimeoutError:
+        # A skill that hangs cannot be killed from Python: its thread is abandoned and the turn goes
+        # on. A daemon thread, so that it never holds the process at exit either.
+        outcome: list = []
+        thread = threading.Thread(target=_run_into, args=(found.func, kwargs, outcome), name=f"skill-{name}",
+                                  daemon=True)  # fmt: skip
+        thread.start()
+        thread.join(timeout)
+        if not outcome:
             log.error("skill %s timed out after %.1f s", name, timeout)
             return SkillResult(name, error=f"{name} took longer than {timeout:g} seconds")
-        except Exception as e:
-            log.error("skill %s failed: %s", name, "".join(traceback.format_exception_only(e)).strip())
-            return SkillResult(name, error=f"{name} failed: {e}")
+        value, error = outcome[0]
+        if error is not None:
+            log.error("skill %s failed: %s", name, _reason(error))
+            return SkillResult(name, error=f"{name} failed: {error}")
         if isinstance(value, str):
             return SkillResult(name, text=value)
         return SkillResult(name, data=value)
 
 
+def _run_into(func: Any, kwargs: dict, outcome: list) -> None:
+    try:
+        outcome.append((func(**kwargs), None))
+    except Exception as e:
+        outcome.append((None, e))
+
+
+def _finite(value: Any) -> bool:
+    """No NaN or infinity anywhere: JSON Schema bounds let NaN through, and JSON cannot carry either."""
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, dict):
+        return all(_finite(v) for v in value.values())
+    if isinstance(value, list):
+        return all(_finite(v) for v in value)
+    return True
+
+
+def _reason(error: BaseException) -> str:
+    if isinstance(error, SkillError):  # already in words
+        return str(error)
+    return "".join(traceback.format_exception_only(error)).strip()
+
+
 def load_registry(settings: Any, skill_dirs: list[Path], context: SkillContext | None = None) -> Registry:
-    """All skills: each folder in order, then installed packages' entry points."""
+    """All skills: the built-in ones, each folder in order, then installed packages' entry points."""
     disabled = tuple(getattr(getattr(settings, "skills", None), "disabled", ()) or ())
     timeout = getattr(getattr(settings, "skills", None), "timeout_seconds", DEFAULT_TIMEOUT)
     if context is None:
@@ -194,7 +241,7 @@ def load_registry(settings: Any, skill_dirs: list[Path], context: SkillContext |
             context.state_dir = state_dir(settings)
     registry = Registry(settings=settings, context=context, timeout=timeout)
     context.skills = lambda: list(registry.skills.values())
-    for folder in skill_dirs:
+    for folder in [BUILTIN_SKILLS, *skill_dirs]:
         if folder.is_dir():
             registry.load_folder(folder, disabled)
     registry.load_entry_points(disabled)

@@ -20,8 +20,10 @@ bounds from Range, str, lists, defaults), the description from the docstring.
 from __future__ import annotations
 
 import contextlib
+import errno
 import inspect
 import re
+import shutil
 import sqlite3
 import types
 import typing
@@ -37,6 +39,10 @@ MAX_STRING = 100  # characters of a free-text argument
 
 class SkillError(Exception):
     """A skill that cannot be registered, or a call that cannot be made."""
+
+
+class StorageError(SkillError):
+    """A skill's stored data could not be read or written; the message says why in words."""
 
 
 class SkillUnavailable(SkillError):
@@ -86,17 +92,43 @@ class SkillContext:
         A committed write is on disk before the user hears it confirmed, so kill -9 loses nothing.
         `schema` (CREATE TABLE IF NOT EXISTS ...) is run first.
         """
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        connection = sqlite3.connect(self.state_dir / f"{name}.sqlite3", timeout=10)
         try:
-            connection.execute("PRAGMA journal_mode=WAL")
-            connection.execute("PRAGMA synchronous=FULL")
-            with connection:
-                if schema:
-                    connection.executescript(schema)
-                yield connection
-        finally:
-            connection.close()
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+            connection = sqlite3.connect(self.state_dir / f"{name}.sqlite3", timeout=10)
+            try:
+                connection.execute("PRAGMA journal_mode=WAL")
+                connection.execute("PRAGMA synchronous=FULL")
+                with connection:
+                    if schema:
+                        connection.executescript(schema)
+                    yield connection
+            finally:
+                connection.close()
+        except (sqlite3.Error, OSError) as e:
+            raise StorageError(storage_problem(e, self.state_dir)) from e
+
+
+FULL_BELOW = 256 * 1024  # free bytes under which a write error is taken for a full disk
+
+
+def storage_problem(error: Exception, folder: Path) -> str:
+    """What went wrong with stored data, in words a person can act on."""
+    os_code = error.errno if isinstance(error, OSError) else None
+    sqlite_code = (getattr(error, "sqlite_errorcode", None) or 0) & 0xFF  # the primary code of an extended one
+    try:
+        free = shutil.disk_usage(folder if folder.exists() else folder.parent).free
+    except OSError:
+        free = None
+    # SQLite reports a full disk as SQLITE_FULL, or in WAL mode as a plain disk I/O error.
+    nearly_full = free is not None and free < FULL_BELOW
+    if os_code in (errno.ENOSPC, errno.EDQUOT) or sqlite_code == sqlite3.SQLITE_FULL or nearly_full:
+        return "the disk is full"
+    read_only = os_code in (errno.EROFS, errno.EACCES, errno.EPERM)
+    if read_only or sqlite_code in (sqlite3.SQLITE_READONLY, sqlite3.SQLITE_CANTOPEN):
+        return f"{folder} cannot be written"
+    if sqlite_code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+        return "the stored data is busy"
+    return f"the stored data in {folder} could not be read or written ({error})"
 
 
 @dataclass
@@ -120,6 +152,7 @@ class SkillSpec:
     confirm: bool = False
     timeout: float | None = None
     sentences: dict[str, list] = field(default_factory=dict)  # language → templates or (template, slots)
+    intents: dict[str, dict] = field(default_factory=dict)  # Home Assistant intent → arguments
     optional_tool: bool = False
 
 
@@ -132,6 +165,7 @@ class Skill:
     confirm: bool = False
     timeout: float | None = None
     sentences: dict[str, list] = field(default_factory=dict)  # language → templates or (template, slots)
+    intents: dict[str, dict] = field(default_factory=dict)  # Home Assistant intent → arguments, "{slot}" a slot
     source: str = ""
     wants_context: str | None = None  # the parameter that receives the SkillContext
     optional_tool: bool = False  # left out of the model's tool list when kv_cache_len is tight
@@ -149,16 +183,22 @@ def skill(
     confirm: bool = False,
     timeout: float | None = None,
     sentences: dict[str, list] | None = None,
+    intents: dict[str, dict] | None = None,
     optional_tool: bool = False,
 ) -> Any:
-    """Mark a function as a skill. Use as @skill or @skill(confirm=True, sentences={...}).
+    """Mark a function as a skill. Use as @skill or @skill(confirm=True, sentences={...}, intents={...}).
 
-    optional_tool: when the system prompt does not fit kv_cache_len, the model's tool list may
-    leave this skill out; its sentences still run it by voice, without the model.
+    `sentences` are the skill's own hassil templates per language; `intents` names Home Assistant
+    intents the skill answers, each with the arguments it gets: a constant, or "{slot}" for the value
+    of that slot (a slot named like a parameter needs no entry). See assistant/skills/intents.py.
+    `optional_tool`: when the system prompt does not fit kv_cache_len, the model's tool list may
+    leave this skill out; its sentences and intents still run it by voice, without the model.
     """
 
     def mark(f: Callable) -> Callable:
-        spec = SkillSpec(name or f.__name__, f, confirm, timeout, dict(sentences or {}), optional_tool)
+        spec = SkillSpec(
+            name or f.__name__, f, confirm, timeout, dict(sentences or {}), dict(intents or {}), optional_tool
+        )
         setattr(f, SKILL_ATTRIBUTE, spec)
         return f
 
@@ -199,7 +239,7 @@ def build_skill(spec: SkillSpec, settings: Any = None, source: str = "") -> Skil
         properties[param.name] = schema
     parameters = {"type": "object", "properties": properties, "required": required, "additionalProperties": False}
     return Skill(spec.name, spec.func, description, parameters, spec.confirm, spec.timeout, spec.sentences,
-                 source, wants_context, spec.optional_tool)  # fmt: skip
+                 spec.intents, source, wants_context, spec.optional_tool)  # fmt: skip
 
 
 def _schema(hint: Any, settings: Any) -> dict:

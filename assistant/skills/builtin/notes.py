@@ -18,10 +18,13 @@ def _db(context: SkillContext):
 
 @skill(
     sentences={
-        "en": [("add {text} to the shopping list", {"list": "shopping"}), ("take a note {text}", {"list": "notes"})],
-        "zh": [("把{text}加到购物清单", {"list": "shopping"}), ("记一下{text}", {"list": "notes"})],
-    }
-)
+        "en": [("take a note [that] {text}", {"list": "notes"}), ("note (that|down) {text}", {"list": "notes"})],
+        "zh": [("把{text}(加到|加入|添加到|放到)[我的]购物清单[里|上|中]", {"list": "shopping"}),
+               ("[在]购物清单[里|上|中](加上|添加|加)[一个]{text}", {"list": "shopping"}),
+               ("记一下{text}", {"list": "notes"})],
+    },
+    intents={"HassShoppingListAddItem": {"text": "{item}", "list": "shopping"}},
+)  # fmt: skip
 def add_item(text: str, context: SkillContext, list: ListName = "notes") -> str:
     """Add an item to the shopping list or a note to the notes.
 
@@ -56,8 +59,15 @@ def read_items(context: SkillContext, list: ListName = "notes") -> str:
 
 @skill(
     sentences={
-        "en": ["remove {text} from the shopping list"],
-        "zh": ["从购物清单删除{text}"],
+        "en": [
+            "(remove|delete|complete) {text} (from|on|in) [the|my] [shopping] list",
+            "(check|cross|tick) [off] {text} [off] (from|on|in) [the|my] [shopping] list",
+            "(check|cross|tick) {text} off [the|my] [shopping] list",
+        ],
+        "zh": [
+            "从[我的]购物清单[里|上|中](删除|删掉|去掉|划掉){text}",
+            "把{text}从[我的]购物清单[里|上|中](删除|删掉|去掉|划掉)",
+        ],
     }
 )
 def remove_item(text: str, context: SkillContext, list: ListName = "shopping") -> str:

@@ -11,7 +11,8 @@ from assistant import skill
     sentences={
         "en": ["what time is it", "what's the time", "tell me the time"],
         "zh": ["现在几点", "现在几点了", "几点了"],
-    }
+    },
+    intents={"HassGetCurrentTime": {}},
 )
 def current_time() -> str:
     """Tell the current local time."""
@@ -23,7 +24,8 @@ def current_time() -> str:
     sentences={
         "en": ["what day is it", "what's the date", "what is the date today"],
         "zh": ["今天几号", "今天星期几", "今天是几月几号"],
-    }
+    },
+    intents={"HassGetCurrentDate": {}},
 )
 def current_date() -> str:
     """Tell today's date and day of the week."""

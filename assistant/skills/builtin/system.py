@@ -15,7 +15,8 @@ STEP = 10
 
 # These three answer fixed phrases: when the prompt is tight, the model need not know them.
 @skill(
-    sentences={"en": ["stop", "be quiet", "never mind", "cancel"], "zh": ["停", "停止", "别说了", "算了"]},
+    sentences={"en": ["stop", "be quiet", "cancel", "forget it"], "zh": ["停", "停止", "别说了", "算了", "没事了"]},
+    intents={"HassNevermind": {}},
     optional_tool=True,
 )
 def stop(context: SkillContext) -> str:
@@ -64,7 +65,13 @@ def _store(context: SkillContext, percent: int) -> int:
     return percent
 
 
-@skill(sentences={"en": ["set [the] volume to {percent} [percent]", "volume {percent}"], "zh": ["音量调到{percent}"]})
+@skill(
+    sentences={
+        "en": ["volume [to] {percent} [percent]"],
+        "zh": ["音量(调到|调成|设为|设置为){percent}[%]", "把音量(调到|设为){percent}[%]"],
+    },
+    intents={"HassSetVolume": {"percent": "{volume_level}"}},
+)
 def set_volume(percent: Annotated[int, Range(0, 100)], context: SkillContext) -> str:
     """Set the speaker volume.
 
@@ -76,9 +83,11 @@ def set_volume(percent: Annotated[int, Range(0, 100)], context: SkillContext) ->
 
 @skill(
     sentences={
-        "en": [("turn it up", {"direction": "up"}), ("louder", {"direction": "up"}),
-               ("turn it down", {"direction": "down"}), ("quieter", {"direction": "down"})],
-        "zh": [("大声一点", {"direction": "up"}), ("小声一点", {"direction": "down"})],
+        "en": [("turn (it|the volume) up", {"direction": "up"}), ("turn up the volume", {"direction": "up"}),
+               ("[a bit] louder", {"direction": "up"}), ("turn (it|the volume) down", {"direction": "down"}),
+               ("turn down the volume", {"direction": "down"}), ("[a bit] quieter", {"direction": "down"})],
+        "zh": [("大声[一]点", {"direction": "up"}), ("小声[一]点", {"direction": "down"}),
+               ("(调高|增大|提高)音量", {"direction": "up"}), ("(调低|减小|降低)音量", {"direction": "down"})],
     }
 )  # fmt: skip
 def change_volume(direction: Literal["up", "down"], context: SkillContext) -> str:

@@ -1,0 +1,1 @@
+"""The built-in skills, loaded from this folder by the registry (they use only the public API)."""
