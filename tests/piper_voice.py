@@ -1,4 +1,11 @@
-"""A piper voice built locally for tests: a real piper ONNX interface, a trivial synthesiser inside.
+"""Piper voices built locally for tests.
+
+`make_medium_voice`: a real-size voice, piper's medium architecture built with the training code
+piper-tts ships (`piper.train.vits`) and exported as piper's `export_onnx.py` does, with random
+weights (it says nothing sensible, but takes the time, memory and graph of a published voice).
+
+`make_piper_voice`: a real piper ONNX interface with a trivial synthesiser inside, for tests that
+only need a voice to exist and be fast.
 
 The graph takes what every piper (VITS) voice takes — "input" phoneme ids int64 [1, n],
 "input_lengths" int64 [1], "scales" float32 [3] (noise, length, noise_w) — and returns "output"
@@ -10,6 +17,7 @@ a tone whose pitch depends on the id: longer text gives longer audio, and slower
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -78,20 +86,10 @@ def _graph(sample_rate: int) -> onnx.ModelProto:
     return model
 
 
-def make_piper_voice(
-    out_dir: Path, *, sample_rate: int = 22050, language: str = "en-us", name: str = "test-voice"
-) -> Path:
-    """Write `<name>.onnx` and `<name>.onnx.json` into out_dir; return the .onnx path.
-
-    Single speaker (no "sid" input), espeak phonemes in `language`, audio at `sample_rate`. `language` must be a voice
-    name piper's bundled espeak-ng accepts ("en-us", "en", "en-gb-x-rp"; not "en-gb"), or synthesis raises.
-    """
+def _voice_config(name: str, sample_rate: int, language: str, num_symbols: int) -> dict:
     from piper.phoneme_ids import DEFAULT_PHONEME_ID_MAP  # the espeak symbol table real voices use
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model = out_dir / f"{name}.onnx"
-    onnx.save(_graph(sample_rate), model)
-    config = {
+    return {
         "dataset": name,
         "audio": {"sample_rate": sample_rate, "quality": "medium"},
         "espeak": {"voice": language},
@@ -100,11 +98,80 @@ def make_piper_voice(
         "phoneme_type": "espeak",
         "phoneme_map": {},
         "phoneme_id_map": DEFAULT_PHONEME_ID_MAP,
-        "num_symbols": max(i for ids in DEFAULT_PHONEME_ID_MAP.values() for i in ids) + 1,
+        "num_symbols": num_symbols,
         "num_speakers": 1,
         "speaker_id_map": {},
         "piper_version": "1.0.0",
     }
+
+
+def make_medium_voice(out_dir: Path, name: str = "medium-voice", seed: int = 0) -> Path:
+    """Write `<name>.onnx` (~63 MB, as en_US-lessac-medium) and its config into out_dir; return the .onnx path."""
+    import math
+
+    import torch
+    from piper.train.vits.models import SynthesizerTrn
+
+    torch.manual_seed(seed)
+    # piper.train.vits.lightning.VitsModel's defaults: the medium quality voices (lessac, amy, ...).
+    model = SynthesizerTrn(
+        n_vocab=256, spec_channels=513, segment_size=32, inter_channels=192, hidden_channels=192,
+        filter_channels=768, n_heads=2, n_layers=6, kernel_size=3, p_dropout=0.1, resblock="2",
+        resblock_kernel_sizes=(3, 5, 7), resblock_dilation_sizes=((1, 2), (2, 6), (3, 12)),
+        upsample_rates=(8, 8, 4), upsample_initial_channel=256, upsample_kernel_sizes=(16, 16, 8),
+        n_speakers=1, gin_channels=0, use_sdp=True,
+    )  # fmt: skip
+    with torch.no_grad():
+        # Untrained, the duration predictor gives about one frame per phoneme id; trained voices
+        # give about two (an 8-word sentence is ~2 s). Its last affine step sets that rate.
+        model.dp.flows[0].m[0] = -math.log(2.0)
+        # The flow's coupling layers start as the identity (their last convolution is zero-initialised);
+        # trained, they mix neighbouring frames. Random values make the flow do so here too.
+        for layer in model.flow.flows:
+            if hasattr(layer, "post"):
+                layer.post.weight.normal_(0.0, 0.02)
+        model.dec.remove_weight_norm()  # as export_onnx.py does
+    model.eval()
+
+    def infer(text, text_lengths, scales, sid=None):  # export_onnx.py's forward
+        audio = model.infer(
+            text, text_lengths, noise_scale=scales[0], length_scale=scales[1], noise_scale_w=scales[2], sid=sid
+        )[0]
+        return audio.unsqueeze(1)
+
+    model.forward = infer
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{name}.onnx"
+    ids = torch.randint(0, 256, (1, 50))
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the tracer's notes on piper's Python-side shape checks
+        torch.onnx.export(
+            model, (ids, torch.LongTensor([50]), torch.FloatTensor([0.667, 1.0, 0.8]), None), str(path),
+            opset_version=15, dynamo=False, input_names=["input", "input_lengths", "scales", "sid"],
+            output_names=["output"],
+            dynamic_axes={"input": {0: "batch_size", 1: "phonemes"}, "input_lengths": {0: "batch_size"},
+                          "output": {0: "batch_size", 2: "time"}},
+        )  # fmt: skip
+    config = _voice_config(name, 22050, "en-us", 256)
+    Path(f"{path}.json").write_text(json.dumps(config, ensure_ascii=False, indent=2), encoding="utf-8")
+    return path
+
+
+def make_piper_voice(
+    out_dir: Path, *, sample_rate: int = 22050, language: str = "en-us", name: str = "test-voice"
+) -> Path:
+    """Write `<name>.onnx` and `<name>.onnx.json` into out_dir; return the .onnx path.
+
+    Single speaker (no "sid" input), espeak phonemes in `language`, audio at `sample_rate`. `language` must be a voice
+    name piper's bundled espeak-ng accepts ("en-us", "en", "en-gb-x-rp"; not "en-gb"), or synthesis raises.
+    """
+    from piper.phoneme_ids import DEFAULT_PHONEME_ID_MAP
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model = out_dir / f"{name}.onnx"
+    onnx.save(_graph(sample_rate), model)
+    num_symbols = max(i for ids in DEFAULT_PHONEME_ID_MAP.values() for i in ids) + 1
+    config = _voice_config(name, sample_rate, language, num_symbols)
     # utf-8 explicitly: the map's keys are IPA, and piper reads the config as utf-8 whatever the locale
     Path(f"{model}.json").write_text(json.dumps(config, ensure_ascii=False, indent=2), encoding="utf-8")
     return model

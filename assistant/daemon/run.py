@@ -417,21 +417,34 @@ class Daemon:
         from assistant.voice.wake import WakeDetector
 
         s = self.settings
+        self._heard = ("", False)  # the last text _is_command was asked about, and its answer
         SetLogLevel(-1)
         asr_model = Model(str(s.asr.model))
         wake_model = Model(str(s.wake.model)) if s.wake.model else asr_model
         pipeline = VoicePipeline(
             WakeDetector(wake_model, s.wake.phrases, s.wake.min_confidence, s.wake.refractory_seconds),
-            Transcriber(asr_model, s.asr.silence_timeout, s.asr.max_utterance_seconds),
+            Transcriber(asr_model, s.asr.silence_timeout, s.asr.max_utterance_seconds, complete=self._is_command),
             Voice(s.tts.voice, s.tts.speaker, s.tts.length_scale),
             SpeakerSink(s.audio.output_device, s.audio.output_rate),
             self.voice_turn,
             on_event=self._voice_event,
             play_earcon=s.wake.earcon,
             follow_up_seconds=s.asr.follow_up_seconds,
+            sentence_silence=s.tts.sentence_silence,
         )
         pipeline.source = MicSource(s.audio.input_device, s.audio.input_rate, s.audio.reopen_max_seconds)
         return pipeline
+
+    def _is_command(self, text: str) -> bool:
+        """Whether the words heard so far are already a command the local intents answer.
+
+        Such an utterance is closed after a short silence instead of the longer pause that lets a
+        sentence go on; asked for every audio frame, so the answer for the last text is kept.
+        """
+        if text != self._heard[0]:
+            intents = self.manager.intents
+            self._heard = (text, bool(intents and intents.match(text)))
+        return self._heard[1]
 
 
 def _describe(error: Exception) -> str:

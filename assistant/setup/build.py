@@ -263,12 +263,16 @@ def _replace(dest: Path, work: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def fetch_speech_models(settings: Settings) -> list[Path]:
-    """The vosk model and the piper voice named in the config, downloaded where the config expects them."""
+def fetch_speech_models(settings: Settings, options: SetupOptions | None = None) -> list[Path]:
+    """The vosk model and the piper voice named in the config, downloaded where the config expects them,
+    then made ready to stream (assistant/setup/voice.py)."""
+    from assistant.setup.voice import prepare_speech
+
     asr = download_and_unzip(settings.asr.model_url, settings.asr.model, settings.asr.model_sha256)
     voice = download(settings.tts.voice_url, settings.tts.voice, settings.tts.voice_sha256)
     voice_config = download(settings.tts.voice_url + ".json", Path(f"{settings.tts.voice}.json"))
-    return [asr, voice, voice_config]
+    opts = options or SetupOptions(target="host")
+    return [asr, voice, voice_config, *prepare_speech(asr, voice, opts.target, opts.pulsar2, opts.pulsar2_image)]
 
 
 def next_command(model_dir: Path, opts: SetupOptions, settings: Settings | None, speech: bool) -> str:

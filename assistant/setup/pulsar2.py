@@ -147,7 +147,8 @@ def run_pulsar2(command: list[str]) -> None:
         log.info("pulsar2: %s", line)
     if process.wait() != 0:
         last = "\n  ".join(tail)
-        raise SetupError(f"pulsar2 llm_build failed with exit status {process.returncode}; its last lines:\n  {last}")
+        step = "build" if "build" in command else "llm_build"
+        raise SetupError(f"pulsar2 {step} failed with exit status {process.returncode}; its last lines:\n  {last}")
 
 
 def collect_axmodels(

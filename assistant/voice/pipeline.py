@@ -2,8 +2,8 @@
 
 One thread reads audio and never waits on the model, so the wake phrase is heard even while a
 reply is being spoken (barge-in: playback and generation stop at once, and a new turn starts).
-A turn runs in its own thread and hands finished sentences to a speaking thread, so the first
-sentence is heard while the model is still writing the rest.
+A turn runs in its own thread and hands finished pieces (the first clause, then sentences) to a
+speaking thread, so the first words are heard while the model is still writing the rest.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from assistant.voice.asr import Transcriber
-from assistant.voice.audio import RATE
+from assistant.voice.audio import BLOCK, RATE
 from assistant.voice.tts import SentenceSplitter, Voice
 from assistant.voice.wake import WakeDetector
 
@@ -41,6 +41,7 @@ class Reply:
     """One turn in flight: its threads, its cancel switch and its timing."""
 
     cancel: threading.Event = field(default_factory=threading.Event)
+    speaking: threading.Event = field(default_factory=threading.Event)  # its first audio has been played
     threads: list[threading.Thread] = field(default_factory=list)
     times: dict[str, float] = field(default_factory=dict)
     text: str = ""
@@ -60,59 +61,71 @@ class VoicePipeline:
         on_event: Callable[[dict], None] = lambda event: None,
         play_earcon: bool = True,
         follow_up_seconds: float = 4.0,
+        sentence_silence: float = 0.2,
     ):
         self.wake, self.transcriber, self.voice, self.sink = wake, transcriber, voice, sink
+        self.sentence_silence = sentence_silence
         self.respond, self.on_event = respond, on_event
         self.play_earcon, self.follow_up_seconds = play_earcon, follow_up_seconds
         self.reply: Reply | None = None
         self.listening_until: float | None = None  # follow-up: hear without the wake phrase until then
         self.position = 0.0  # seconds of audio read so far
+        self.hearing = False  # a command is being transcribed
 
     def emit(self, kind: str, **data) -> None:
         self.on_event({"type": kind, **data})
 
     def run(self, frames: Iterable[np.ndarray]) -> None:
         """Process a stream of 16 kHz frames; returns when it ends and the last reply is spoken."""
-        hearing, self.position = False, 0.0
+        self.voice.warm_up()  # before listening: the first reply must not pay for onnxruntime's first runs
+        self.hearing, self.position = False, 0.0
         for frame in frames:
             self.position += len(frame) / RATE
-            position = self.position
             wake = self.wake.feed(frame)
-            if wake is not None:
-                if self.reply is not None and self.reply.alive():
-                    self.emit("barge_in")
-                    self.stop_reply()
-                self.emit("wake", phrase=wake.phrase, confidence=wake.confidence, at=position)
-                if self.play_earcon:
-                    self.sink.play(earcon(), EARCON_RATE)
-                self.transcriber.start()
-                hearing = True
+            if wake is None:
+                self._hear(frame)
                 continue
-            replying = self.reply is not None and self.reply.alive()
-            if not hearing and not replying and self.listening_until is not None and position <= self.listening_until:
-                self.transcriber.start()
-                hearing, self.listening_until = True, None
-            if not hearing:
-                continue
-            event = self.transcriber.feed(frame)
-            if event is None:
-                continue
-            if event.kind == "partial":
-                self.emit("partial", text=event.text)
-                continue
-            hearing = False
-            ended = time.monotonic()
-            self.emit("final", text=event.text, at=position)
-            if not event.text:
-                continue  # nothing was said: back to listening, quietly
-            if event.text.strip().lower() in ("stop", "停", "停止"):
+            if self.reply is not None and self.reply.alive():
+                self.emit("barge_in")
                 self.stop_reply()
-                continue
-            self.start_reply(event.text, ended)
+            self.emit("wake", phrase=wake.phrase, confidence=wake.confidence, at=self.position)
+            if self.play_earcon:
+                self.sink.play(earcon(), EARCON_RATE)
+            self.transcriber.start()
+            self.hearing = True
+            # Words said right after the phrase, in the same breath, are already behind us: hear them first.
+            for start in range(0, len(wake.after), BLOCK):
+                self._hear(wake.after[start : start + BLOCK])
         self.finish()
 
-    def start_reply(self, text: str, speech_ended: float) -> None:
-        reply = Reply(times={"end_of_speech": speech_ended})
+    def _hear(self, frame: np.ndarray) -> None:
+        replying = self.reply is not None and self.reply.alive()
+        if not self.hearing and not replying and self.listening_until is not None:
+            if self.position <= self.listening_until:
+                self.transcriber.start()
+                self.hearing = True
+            self.listening_until = None
+        if not self.hearing:
+            return
+        event = self.transcriber.feed(frame)
+        if event is None:
+            return
+        if event.kind == "partial":
+            self.emit("partial", text=event.text)
+            return
+        self.hearing = False
+        final = time.monotonic()
+        self.emit("final", text=event.text, at=self.position)
+        if not event.text:
+            return  # nothing was said: back to listening, quietly
+        if event.text.strip().lower() in ("stop", "停", "停止"):
+            self.stop_reply()
+            return
+        self.start_reply(event.text, final - event.silence, final)
+
+    def start_reply(self, text: str, speech_ended: float, final: float | None = None) -> None:
+        """Answer `text`; times are from `speech_ended` (the VAD's end of speech), `final` is the ASR's result."""
+        reply = Reply(times={"end_of_speech": speech_ended, "asr_final": final or speech_ended})
         sentences: queue.Queue[str | None] = queue.Queue()
         reply.threads = [
             threading.Thread(target=self._generate, args=(text, reply, sentences), name="turn", daemon=True),
@@ -129,7 +142,13 @@ class VoicePipeline:
                 reply.times.setdefault("first_token", time.monotonic())
                 reply.text += piece
                 for sentence in splitter.push(piece):
+                    first = "first_clause" not in reply.times
+                    reply.times.setdefault("first_clause", time.monotonic())
                     sentences.put(sentence)
+                    if first:
+                        # The rest of the reply is not needed before the first clause has been heard: leave
+                        # the CPU to its synthesis until its first audio plays.
+                        reply.speaking.wait(timeout=1.0)
                 if reply.cancel.is_set():
                     return
             for sentence in splitter.flush():
@@ -149,9 +168,12 @@ class VoicePipeline:
                     break
                 if "first_audio" not in reply.times:
                     reply.times["first_audio"] = time.monotonic()
+                    reply.speaking.set()
                     self._latency(reply)
                 self.emit("audio", text=sentence, samples=len(audio), rate=self.voice.rate)
                 self.sink.play(audio, self.voice.rate)
+            if not reply.cancel.is_set() and self.sentence_silence > 0:  # a breath between sentences
+                self.sink.play(np.zeros(round(self.sentence_silence * self.voice.rate), np.int16), self.voice.rate)
         self.emit("reply_done", text=reply.text, cancelled=reply.cancel.is_set())
         # A reply that asks something is followed by listening without the wake phrase.
         if not reply.cancel.is_set() and reply.text.rstrip().endswith(("?", "？")):
@@ -160,7 +182,8 @@ class VoicePipeline:
     def _latency(self, reply: Reply) -> None:
         t = reply.times
         start = t["end_of_speech"]
-        breakdown = {k: round((t[k] - start) * 1000) for k in ("first_token", "first_audio") if k in t}
+        stages = ("asr_final", "first_token", "first_clause", "first_audio")
+        breakdown = {k: round((t[k] - start) * 1000) for k in stages if k in t}
         self.emit("latency", **{f"{k}_ms": v for k, v in breakdown.items()})
         log.info("latency from end of speech: %s", ", ".join(f"{k} {v} ms" for k, v in breakdown.items()))
 
@@ -169,6 +192,7 @@ class VoicePipeline:
         if self.reply is None:
             return
         self.reply.cancel.set()
+        self.reply.speaking.set()  # a turn waiting for its first audio goes on, to see the cancel
         self.sink.stop()
         for thread in self.reply.threads:
             thread.join(timeout=10)

@@ -1,4 +1,5 @@
-"""Speech out: the reply cut into sentences as it streams, each synthesised by a piper voice."""
+"""Speech out: the reply cut into a first clause and sentences as it streams, each spoken by a piper voice
+that streams too (windows of frames) once `assistant setup` has split it."""
 
 from __future__ import annotations
 
@@ -12,53 +13,206 @@ import numpy as np
 # A sentence ends at . ! ? followed by a space (so 3.5 and example.com stay whole), or right
 # after Chinese / Japanese sentence punctuation, or at a line break.
 _END = re.compile(r"(?<=[.!?…])[\"')\]]*\s+|(?<=[。！？；…])[”」』）]*|\n+")
+# A clause ends at , ; : followed by a space (so 1,000 and 10:30 stay whole), or right after the
+# Chinese / Japanese ones.
+_CLAUSE = re.compile(r"(?<=[,;:])\s+|(?<=[，；：、])")
+# A word, or one Chinese / Japanese character (a syllable: about as long to say as a short word).
+_HAN_KANA = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff"
+_WORD = re.compile(f"[{_HAN_KANA}]|(?:(?![{_HAN_KANA}])\\w)+")
+MIN_CLAUSE_WORDS = 4  # a shorter first clause ("Sure," "好的，") waits for more
 
 
 class SentenceSplitter:
+    """Streamed reply text → pieces to speak: the first clause as soon as it is complete, then sentences.
+
+    The first piece decides how soon the reply is heard, so it may end at a comma; later pieces
+    are whole sentences, which a voice says with better prosody.
+    """
+
     def __init__(self) -> None:
         self.buffer = ""
+        self.started = False  # a piece has been handed out: from now on, sentences only
 
     def push(self, text: str) -> list[str]:
-        """Add streamed text; return the sentences it completed."""
+        """Add streamed text; return the pieces it completed."""
         self.buffer += text
-        sentences, start = [], 0
+        pieces = []
+        while (cut := self._cut()) is not None:
+            piece, self.buffer = self.buffer[:cut].strip(), self.buffer[cut:]
+            if piece:
+                pieces.append(piece)
+                self.started = True
+        return pieces
+
+    def _cut(self) -> int | None:
+        cuts = []
         for match in _END.finditer(self.buffer):
-            if match.end() == len(self.buffer) and not match.group():
-                break  # "。" at the very end: a closing quote may still follow
-            sentence = self.buffer[start : match.end()].strip()
-            if sentence:
-                sentences.append(sentence)
-            start = match.end()
-        self.buffer = self.buffer[start:]
-        return sentences
+            if match.end() < len(self.buffer) or match.group():  # "。" at the very end: a quote may follow
+                cuts.append(match.end())
+            break
+        if not self.started:
+            for match in _CLAUSE.finditer(self.buffer):
+                if len(_WORD.findall(self.buffer[: match.start()])) >= MIN_CLAUSE_WORDS:
+                    cuts.append(match.end())
+                    break
+        return min(cuts, default=None)
 
     def flush(self) -> list[str]:
         rest, self.buffer = self.buffer.strip(), ""
         return [rest] if rest else []
 
 
-class Voice:
-    """A piper voice (.onnx with its .onnx.json beside it)."""
+def windows(
+    frames: int, chunk: int, pad: int, fixed: bool, first: int | None = None
+) -> Iterator[tuple[int, int, int, int]]:
+    """Decoder windows over a sentence's frames: (window start, window end, emit start, emit end).
 
-    def __init__(self, path: Path, speaker: int | None = None, length_scale: float = 1.0):
+    Every emitted frame has `pad` frames of context each side inside its window, or the sentence's
+    own edge, so the joined audio is the whole-sentence audio. `fixed`: every window is exactly
+    chunk + 2 * pad frames (the NPU's compiled shape), placed inside the sentence when it is that
+    long; otherwise windows are as short as the context allows, and the first emits only `first`
+    frames, so that the first audio comes sooner (the next window is ready long before it has played).
+    """
+    size, start = chunk + 2 * pad, 0
+    while start < frames:
+        if fixed:
+            low = min(max(start - pad, 0), max(frames - size, 0))
+            high = low + size
+            end = high - pad if high < frames else frames
+        else:
+            low, end = max(start - pad, 0), min(start + (first if start == 0 and first else chunk), frames)
+            high = min(end + pad, frames)
+        yield low, high, start, end
+        start = end
+
+
+def _to_int16(audio: np.ndarray) -> np.ndarray:
+    return (np.clip(audio, -1.0, 1.0) * 32767).astype(np.int16)
+
+
+class Voice:
+    """A piper voice (.onnx with its .onnx.json beside it), whole or split for streaming.
+
+    When `assistant setup` has split the voice (`<voice>.stream.json`), a sentence is encoded once,
+    then its flow and decoder run in windows of frames, each window's audio played as soon as it is
+    ready; the decoder runs on the NPU when the board build exists and pyaxengine is installed.
+    Otherwise piper synthesises whole sentences.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        speaker: int | None = None,
+        length_scale: float = 1.0,
+        decoder: str = "auto",
+        provider: str = "AxEngineExecutionProvider",
+    ):
         import onnxruntime
         from piper import PiperVoice, SynthesisConfig
         from piper.config import PiperConfig
 
-        from assistant.llm.backends import session_options
+        from assistant.llm.backends import axengine_available, session_options
+        from assistant.setup.voice import StreamConfig
 
-        if not Path(path).is_file() or not Path(f"{path}.json").is_file():
+        path = Path(path)
+        if not path.is_file() or not Path(f"{path}.json").is_file():
             raise FileNotFoundError(
                 f"{path}: piper voice (and its .onnx.json) not found; install it with `assistant setup`"
             )
-        # Built here rather than with PiperVoice.load so that its session shares the LLM's threads.
         config = PiperConfig.from_dict(json.loads(Path(f"{path}.json").read_text(encoding="utf-8")))
-        session = onnxruntime.InferenceSession(str(path), session_options(), providers=["CPUExecutionProvider"])
-        self.voice = PiperVoice(session=session, config=config)
+        self.stream = StreamConfig.load(path)
+        for name in [self.stream.encoder, self.stream.flow, self.stream.decoder] if self.stream else []:
+            if not path.with_name(name).is_file():
+                missing = path.with_name(name)
+                raise FileNotFoundError(f"{missing}: part of the split voice is missing; run `assistant setup` again")
+
+        def session(file: Path):  # built here rather than with PiperVoice.load: it shares the LLM's threads
+            return onnxruntime.InferenceSession(str(file), session_options(), providers=["CPUExecutionProvider"])
+
+        self.voice = PiperVoice(session=session(path.with_name(self.stream.encoder) if self.stream else path),
+                                config=config)  # fmt: skip
         self.config = SynthesisConfig(speaker_id=speaker, length_scale=length_scale)
-        self.rate = self.voice.config.sample_rate
+        self.rate = config.sample_rate
+        self.decoder, self.fixed = None, False
+        if self.stream:
+            self.flow = session(path.with_name(self.stream.flow))
+            axmodel = path.with_name(self.stream.axmodel) if self.stream.axmodel else None
+            if decoder == "axengine" or (decoder == "auto" and axmodel and axmodel.is_file() and axengine_available()):
+                from assistant.llm.backends import AxRunner
+
+                if axmodel is None:
+                    raise FileNotFoundError(f"{path}: no decoder built for the NPU; run `assistant setup --target ...`")
+                self.decoder, self.fixed = AxRunner(axmodel, provider), True
+            else:
+                self.decoder = session(path.with_name(self.stream.decoder))
+        self.backend = "axengine" if self.fixed else "onnxruntime"
+
+    def latents(self, text: str) -> Iterator[np.ndarray]:
+        """z_p [1, C, frames], the flow's input, of each sentence piper finds in `text` (the split voice's encoder)."""
+        for phonemes in self.voice.phonemize(text):
+            if phonemes:
+                ids = self.voice.phonemes_to_ids(phonemes)
+                yield self.voice.session.run(None, self._encoder_feed(ids))[0]
+
+    def flow_whole(self, z_p: np.ndarray) -> np.ndarray:
+        """z [1, C, frames], the decoder's input, of a whole sentence at once."""
+        return self.flow.run(None, {"z_p": z_p, "mask": np.ones((1, 1, z_p.shape[2]), np.float32)})[0]
+
+    def _encoder_feed(self, ids: list[int]) -> dict[str, np.ndarray]:
+        cfg, voice_cfg = self.config, self.voice.config
+
+        def chosen(value: float | None, default: float) -> float:
+            return default if value is None else value
+
+        scales = [chosen(cfg.noise_scale, voice_cfg.noise_scale), chosen(cfg.length_scale, voice_cfg.length_scale),
+                  chosen(cfg.noise_w_scale, voice_cfg.noise_w_scale)]  # fmt: skip
+        feed = {
+            "input": np.array([ids], dtype=np.int64),  # [1, n]
+            "input_lengths": np.array([len(ids)], dtype=np.int64),  # [1]
+            "scales": np.array(scales, dtype=np.float32),  # [3]: noise, length, noise_w
+        }
+        if voice_cfg.num_speakers > 1:
+            sid = voice_cfg.default_speaker_id if cfg.speaker_id is None else cfg.speaker_id
+            feed["sid"] = np.array([sid], dtype=np.int64)
+        return feed
+
+    def decode(self, z_p: np.ndarray) -> Iterator[np.ndarray]:
+        """Float audio of z_p [1, C, frames], a decoder window at a time.
+
+        The flow runs in windows too, each just ahead of the decoder's needs: the first audio waits
+        for the flow over its first window and context only, not over the whole sentence.
+        """
+        assert self.stream is not None
+        s, hop, frames = self.stream, self.stream.hop_length, z_p.shape[2]
+        z, done = np.zeros_like(z_p), 0  # z of frames [0, done) computed
+        flow_windows = windows(frames, s.chunk, s.flow_pad, False, (s.first or s.chunk) + s.pad)
+        for low, high, start, end in windows(frames, s.chunk, s.pad, self.fixed, s.first):
+            while done < min(high, frames):
+                f_low, f_high, f_start, f_end = next(flow_windows)
+                mask = np.ones((1, 1, f_high - f_low), np.float32)
+                out = self.flow.run(None, {"z_p": z_p[:, :, f_low:f_high], "mask": mask})[0]
+                z[:, :, f_start:f_end] = out[:, :, f_start - f_low : f_end - f_low]
+                done = f_end
+            part = z[:, :, low:high]
+            if self.fixed:
+                feed = np.zeros((1, z.shape[1], s.window), np.float32)  # the compiled shape
+                feed[:, :, : part.shape[2]] = part
+                audio = self.decoder.run({"z": feed})[0]
+            else:
+                audio = self.decoder.run(None, {"z": part})[0]
+            yield audio.reshape(-1)[(start - low) * hop : (end - low) * hop]
 
     def synthesize(self, text: str) -> Iterator[np.ndarray]:
-        """int16 audio at self.rate, a chunk per sentence piper finds in `text`."""
-        for chunk in self.voice.synthesize(text, self.config):
-            yield chunk.audio_int16_array
+        """int16 audio at self.rate: a chunk per decoder window (split voice) or per sentence (whole)."""
+        if self.stream is None:
+            for chunk in self.voice.synthesize(text, self.config):
+                yield chunk.audio_int16_array
+            return
+        for z in self.latents(text):
+            for audio in self.decode(z):
+                yield _to_int16(audio)
+
+    def warm_up(self) -> None:
+        """One synthesis thrown away: the first real reply does not pay for onnxruntime's first runs."""
+        for _ in self.synthesize("Hello."):
+            pass

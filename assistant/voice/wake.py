@@ -2,15 +2,19 @@
 
 With the grammar, anything else said comes out as [unk] (or as a fragment of a phrase), so a wake
 needs an utterance that starts with a whole phrase, every word of it above the confidence
-threshold; after a wake, further wakes are ignored for the refractory period. The command is
-expected after a short pause (the earcon invites it).
+threshold; after a wake, further wakes are ignored for the refractory period.
+
+The command may follow after a pause (the earcon invites it) or in the same breath ("hey computer,
+turn on the light"): the last seconds of audio are kept, and a wake carries the audio from the
+phrase's last word's end (vosk's word times) up to now, for the command's recogniser to start from.
 """
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -24,10 +28,18 @@ class Wake:
     phrase: str
     at_seconds: float  # position in the audio stream where the phrase ended
     confidence: float
+    after: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int16))  # audio since the phrase ended
 
 
 class WakeDetector:
-    def __init__(self, model, phrases: list[str], min_confidence: float = 0.6, refractory_seconds: float = 2.0):
+    def __init__(
+        self,
+        model,
+        phrases: list[str],
+        min_confidence: float = 0.6,
+        refractory_seconds: float = 2.0,
+        history_seconds: float = 15.0,
+    ):
         from vosk import KaldiRecognizer
 
         self.phrases = [" ".join(p.lower().split()) for p in phrases]
@@ -36,11 +48,16 @@ class WakeDetector:
         self.recognizer.SetWords(True)
         self.min_confidence = min_confidence
         self.refractory = refractory_seconds
-        self.samples = 0
+        self.samples = 0  # fed so far: vosk's word times count from the first sample too
         self.last_wake = -1e9
+        self.history: collections.deque[tuple[int, np.ndarray]] = collections.deque()  # (first sample, frame)
+        self.history_samples = int(history_seconds * RATE)
 
     def feed(self, frame: np.ndarray) -> Wake | None:
+        self.history.append((self.samples, frame))
         self.samples += len(frame)
+        while self.samples - (self.history[0][0] + len(self.history[0][1])) >= self.history_samples:
+            self.history.popleft()  # it ended longer ago than we keep
         # Only whole utterances count (vosk's endpoint after the phrase): a wake decided on a
         # partial result would hand the end of the phrase itself to the command recogniser.
         if not self.recognizer.AcceptWaveform(frame.astype("<i2").tobytes()):
@@ -61,8 +78,14 @@ class WakeDetector:
         if now - self.last_wake < self.refractory:
             return None
         self.last_wake = now
-        log.info("wake phrase %r (confidence %.2f)", phrase, confidence)
-        return Wake(phrase, now, confidence)
+        ended = words[len(phrase.split()) - 1]["end"]
+        log.info("wake phrase %r (confidence %.2f), %.2f s of audio after it", phrase, confidence, now - ended)
+        return Wake(phrase, now, confidence, self.audio_since(round(ended * RATE)))
+
+    def audio_since(self, sample: int) -> np.ndarray:
+        """The kept audio from stream position `sample` to now."""
+        parts = [frame[max(sample - start, 0) :] for start, frame in self.history if start + len(frame) > sample]
+        return np.concatenate(parts) if parts else np.zeros(0, np.int16)
 
     def reset(self) -> None:
         self.recognizer.Reset()

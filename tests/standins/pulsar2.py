@@ -1,4 +1,4 @@
-"""A stand-in for `pulsar2 llm_build` (Pulsar2 5.x), for tests of the board path.
+"""A stand-in for `pulsar2 llm_build` and `pulsar2 build` (Pulsar2 5.x), for tests of the board path.
 
 The command line is the real one (`pulsar2 llm_build --help` in AXERA's Pulsar2 documentation,
 "大模型编译": the same flags, choices and defaults); the output names are the real builds'
@@ -7,6 +7,11 @@ shape groups that the board's runtime reports for such a build: group 0 decodes 
 all kv_cache_len rows, group 1 prefills P tokens with a one-row dummy cache, and one group per
 `--last_kv_cache_len H` prefills P tokens after H rows. Stricter than the real tool: the model
 config must be in ax-llm-build's format (config/qwen2-0.5B.json) and agree with config.json.
+
+`pulsar2 build` (an ONNX model → one axmodel, "模型编译" in the same documentation): `--input`,
+`--output_dir`, `--output_name`, `--config` (its JSON: `input_shapes` fixes the input shape, `quant`
+names the calibration tar of .npy tensors), `--target_hardware`. The axmodel has one shape group, the
+fixed shape, and computes in float (no quantization error is simulated).
 
 Test hooks: PULSAR2_ARGV (write the argv there as JSON), PULSAR2_FAIL (fail like an out-of-memory build).
 """
@@ -91,9 +96,66 @@ def axmodel(path: Path, chip: str, groups: list[dict], graph) -> None:
         archive.writestr("model.onnx", buffer.getvalue())
 
 
+def build(argv: list[str]) -> None:
+    """`pulsar2 build`: the ONNX graph at the fixed input shapes, checked against its calibration data."""
+    import tarfile
+
+    import numpy as np
+    import onnx
+    import onnxruntime
+
+    parser = argparse.ArgumentParser(prog="pulsar2 build")
+    parser.add_argument("--input", required=True)
+    parser.add_argument("--output_dir", required=True)
+    parser.add_argument("--output_name", default="compiled.axmodel")
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--target_hardware", default="AX650", choices=["AX650", "AX620E", "M76H"])
+    args = parser.parse_args(argv)
+    config = json.loads(Path(args.config).read_text())
+    if config.get("model_type", "ONNX") != "ONNX":
+        fail(f"model_type {config['model_type']} is not ONNX")
+    model = onnx.load(args.input)
+    inputs = {i.name for i in model.graph.input}
+    shapes = {}
+    for item in config.get("input_shapes", "").split(";"):
+        name, _, dims = item.partition(":")
+        if name not in inputs:
+            fail(f"input_shapes names {name!r}, the model's inputs are {sorted(inputs)}")
+        shapes[name] = [int(d) for d in dims.split("x")]
+    if set(shapes) != inputs:
+        fail(f"input_shapes must fix every input of this model: {sorted(inputs)}")
+    session = onnxruntime.InferenceSession(args.input, providers=["CPUExecutionProvider"])
+    for quant in config["quant"]["input_configs"]:
+        if quant["tensor_name"] not in inputs or quant.get("calibration_format") != "Numpy":
+            fail(f"calibration for {quant['tensor_name']!r}: a model input, as Numpy tensors")
+        with tarfile.open(quant["calibration_dataset"]) as tar:
+            members = [m for m in tar.getmembers() if m.name.endswith(".npy")]
+            if len(members) < quant["calibration_size"]:
+                fail(f"calibration_size {quant['calibration_size']} but {len(members)} tensors in the dataset")
+            for member in members:
+                tensor = np.load(io.BytesIO(tar.extractfile(member).read()))
+                if list(tensor.shape) != shapes[quant["tensor_name"]] or tensor.dtype != np.float32:
+                    fail(f"calibration tensor {member.name}: {tensor.dtype}{list(tensor.shape)}, expected "
+                         f"float32{shapes[quant['tensor_name']]}")  # fmt: skip
+        print(f"calibrating {quant['tensor_name']} on {len(members)} tensors", flush=True)
+    feed = {name: np.zeros(shape, np.float32) for name, shape in shapes.items()}
+    results = session.run(None, feed)
+    group = {
+        "history": None,
+        "inputs": [[name, "float32", shape] for name, shape in shapes.items()],
+        "outputs": [[o.name, "float32", list(r.shape)] for o, r in zip(session.get_outputs(), results, strict=True)],
+    }
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    axmodel(out / args.output_name, args.target_hardware, [group], model)
+    print(f"build done: {out / args.output_name}")
+
+
 def main(argv: list[str]) -> None:
     if os.environ.get("PULSAR2_ARGV"):
         Path(os.environ["PULSAR2_ARGV"]).write_text(json.dumps(argv))
+    if argv[:1] == ["build"]:
+        return build(argv[1:])
     if not argv or argv[0] != "llm_build":
         fail(f"unknown command {argv[:1]}")
     args = parse(argv[1:])
