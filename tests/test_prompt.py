@@ -186,8 +186,7 @@ def serving(daemon, talk):
         except BaseException as e:
             outcome["error"] = e
         finally:
-            daemon.stopping.set()
-            daemon.wakeup.set()
+            daemon.request_stop()
 
     thread = threading.Thread(target=client)
     thread.start()
