@@ -31,6 +31,10 @@ def cmd_config_check(args: argparse.Namespace) -> int:
         effective["mqtt"]["password"] = "(set, not shown)"
     print(f"# effective settings from {settings.source}")
     print(yaml.safe_dump(effective, sort_keys=False, allow_unicode=True), end="")
+    from assistant.budget import plan_for_settings
+
+    registry = _skills_registry(args.config)
+    print("\n".join(plan_for_settings(settings, list(registry.skills.values())).budget.lines()), file=sys.stderr)
     print(f"{settings.source}: OK", file=sys.stderr)
     return 0
 

@@ -42,9 +42,10 @@ class TurnManager:
         devices = registry.settings.mqtt.devices if registry.settings is not None else []
         self.intents = IntentMatcher(registry.skills, devices) if intents else None
         engine = conversation.engine
+        # The model can call what its prompt lists; skills left out of it still answer their sentences.
         self.constraint = (
-            ToolCallConstraint(engine.tokenizer, engine.manifest.vocab_size, sorted(engine.eos_ids), registry.tools())
-            if registry.skills
+            ToolCallConstraint(engine.tokenizer, engine.manifest.vocab_size, sorted(engine.eos_ids), conversation.tools)
+            if conversation.tools
             else None
         )
         self.pending: dict | None = None  # a call waiting for the user's confirmation
@@ -97,11 +98,12 @@ class TurnManager:
             for call in calls:
                 for event in self._run_call(call):
                     yield event
-                    if event.kind == "skill_result" and event.data is not None:
+                    # Text is spoken as it is; only data goes back to the model for another pass.
+                    if event.kind == "skill_result" and event.data is not None and not isinstance(event.data, str):
                         results.append({"name": call["name"], "content": event.data})
             if not results:
                 return
-            message = tool_response_message(results, bool(self.conversation.tools))
+            message = tool_response_message(results, self.conversation.template.wraps_tool_responses)
 
     def _generate(self, message: dict, cancel: threading.Event | None) -> Iterator[TurnEvent]:
         """Stream one reply, speaking the text outside tool calls as it comes. Returns the whole reply."""

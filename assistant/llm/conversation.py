@@ -1,20 +1,30 @@
-"""A conversation over the engine: chat-template prompts, the prompt cache, and context overflow."""
+"""A conversation over the engine: chat-template prompts, the prompt cache, and context overflow.
+
+Messages are {"role", "content"} dicts; those that mix our markup with outside text also carry
+"parts" (chat_template.Parts), so that only the markup can become special tokens.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from assistant.llm.chat_template import ChatTemplate
+from assistant.budget import reply_room
+from assistant.llm.chat_template import ChatTemplate, Parts, plain_tokenizer
 from assistant.llm.detok import StreamDecoder
 from assistant.llm.engine import AllowedTokens, Engine
 from assistant.llm.manifest import ModelError
 from assistant.llm.sampling import Sampler
+from assistant.skills.constraint import CLOSE, OPEN
+from assistant.skills.prompt import example_exchange, prompt_messages
 
 log = logging.getLogger(__name__)
+
+PROGRESS_SECONDS = 2.0  # at most one progress line this often while the system prompt is prefilled
 
 
 class Conversation:
@@ -24,27 +34,47 @@ class Conversation:
     in kv_cache_len with room for a reply, the oldest turns are dropped, never the system prompt.
     """
 
-    def __init__(self, engine: Engine, system_prompt: str, max_new_tokens: int = 256, tools: list[dict] | None = None):
+    def __init__(
+        self,
+        engine: Engine,
+        system_prompt: str,
+        max_new_tokens: int = 256,
+        tools: list[dict] | None = None,
+        example: tuple[str, dict] | None = None,
+    ):
         self.engine = engine
         self.template = ChatTemplate(Path(engine.model_dir), engine.manifest.chat_template)
-        # Templates that know tools (Qwen2.5) lay them out themselves; for the others (Qwen2) the
-        # same block is written into the system message.
-        self.tools = tools if tools and self.template.renders_tools else None
-        if tools and not self.tools:
-            system_prompt = f"{system_prompt}\n\n{tools_block(tools)}"
-        self.system = {"role": "system", "content": system_prompt}
+        self.plain = plain_tokenizer(engine.tokenizer)
+        # The tools are listed compactly in the system message (skills/prompt.py) whatever the
+        # template: templates that lay out tools themselves (Qwen2.5) would spend ~1,400 tokens.
+        # An example exchange follows it; both are prefilled once and never dropped.
+        self.tools = tools or []
+        self.prefix = prompt_messages(system_prompt, self.tools, example or example_exchange(self.tools))
+        self.system = self.prefix[0]
         self.max_new_tokens = max_new_tokens
         self.messages: list[dict] = []
         # Room kept free for the reply when old turns have to go.
-        self.reserve = min(max_new_tokens, engine.kv_len // 4)
-        system_ids = self._encode([self.system], add_generation_prompt=False)
+        self.reserve = reply_room(max_new_tokens, engine.kv_len)
+        system_ids = self._encode([], add_generation_prompt=False)
         if len(system_ids) + self.reserve >= engine.kv_len:
-            raise ModelError(f"the system prompt ({len(system_ids)} tokens) leaves no room in kv_cache_len")
-        engine.cache_prompt(system_ids)
+            raise ModelError(
+                f"the system prompt ({len(system_ids)} tokens) leaves no room for a reply of {self.reserve} tokens "
+                f"in kv_cache_len {engine.kv_len}"
+            )
+        start = last = time.monotonic()
+
+        def progress(done: int, total: int) -> None:  # a long prompt is seconds of NPU work: say so
+            nonlocal last
+            if done < total and time.monotonic() - last >= PROGRESS_SECONDS:
+                last = time.monotonic()
+                log.info("prefilling the system prompt: %d of %d tokens", done, total)
+
+        engine.cache_prompt(system_ids, progress)
+        log.info("system prompt prefilled: %d tokens in %.1f s", len(system_ids), time.monotonic() - start)
 
     def _encode(self, messages: list[dict], add_generation_prompt: bool = True) -> list[int]:
-        text = self.template.render(messages, add_generation_prompt=add_generation_prompt, tools=self.tools)
-        return self.engine.tokenizer.encode(text, add_special_tokens=False).ids
+        """The prefix (system message and example) and then `messages`, as token ids."""
+        return self.template.encode([*self.prefix, *messages], self.engine.tokenizer, self.plain, add_generation_prompt)
 
     def reset(self) -> None:
         self.messages.clear()
@@ -52,7 +82,7 @@ class Conversation:
     def prompt_ids(self) -> list[int]:
         """The prompt for the next reply, dropping the oldest turns until it fits."""
         while True:
-            ids = self._encode([self.system, *self.messages])
+            ids = self._encode(self.messages)
             if len(ids) + self.reserve <= self.engine.kv_len:
                 return ids
             # Drop the oldest user turn and everything up to the next user turn.
@@ -97,29 +127,37 @@ class Conversation:
                 pieces.append(tail)
                 yield tail
         finally:  # a cancelled reply is kept as far as it was spoken
-            self.messages.append({"role": "assistant", "content": "".join(pieces)})
+            self.messages.append(assistant_message("".join(pieces)))
 
 
-def tools_block(tools: list[dict]) -> str:
-    """Qwen's tool instructions, for chat templates that do not render tools themselves."""
-    signatures = "\n".join(json.dumps(tool, ensure_ascii=False) for tool in tools)
-    return (
-        "# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
-        "You are provided with function signatures within <tools></tools> XML tags:\n"
-        f"<tools>\n{signatures}\n</tools>\n\n"
-        "For each function call, return a json object with function name and arguments within "
-        "<tool_call></tool_call> XML tags:\n<tool_call>\n"
-        '{"name": <function-name>, "arguments": <args-json-object>}\n</tool_call>'
-    )
+def assistant_message(reply: str) -> dict:
+    """The model's reply for the history: its tool-call tags are markup, as the model wrote them."""
+    if OPEN not in reply:
+        return {"role": "assistant", "content": reply}
+    parts: Parts = []
+    rest = reply
+    while OPEN in rest:
+        before, _, after = rest.partition(OPEN)
+        body, closed, rest = after.partition(CLOSE)
+        parts += [(before, False), (OPEN, True), (body, False)] + ([(CLOSE, True)] if closed else [])
+    parts.append((rest, False))
+    return {"role": "assistant", "content": reply, "parts": [p for p in parts if p[0]]}
 
 
-def tool_response_message(results: list, renders_tools: bool) -> dict:
-    """Skill results for the model: a `tool` message where the template knows it, else Qwen's user wrapping."""
-    body = "\n".join(f"<tool_response>\n{json.dumps(r, ensure_ascii=False)}\n</tool_response>" for r in results)
-    if renders_tools:
-        return {"role": "tool", "content": "\n".join(json.dumps(r, ensure_ascii=False) for r in results)}
-    return {"role": "user", "content": body}
+def tool_response_message(results: list, template_wraps: bool) -> dict:
+    """Skill results for the model: a `tool` message where the template wraps it, else Qwen's user wrapping.
+
+    The results are plain text: a note read back that says `<|im_end|>` is just those characters.
+    """
+    bodies = [json.dumps(r, ensure_ascii=False) for r in results]
+    if template_wraps:
+        return {"role": "tool", "content": "\n".join(bodies)}
+    parts: Parts = []
+    for i, body in enumerate(bodies):
+        parts += [("\n" * (i > 0) + "<tool_response>\n", True), (body, False), ("\n</tool_response>", True)]
+    return {"role": "user", "content": "".join(text for text, _ in parts), "parts": parts}
 
 
 def is_tool_response(message: dict) -> bool:
-    return message["role"] == "tool" or message["content"].startswith("<tool_response>")
+    parts = message.get("parts")
+    return message["role"] == "tool" or bool(message["role"] == "user" and parts and parts[0][1])

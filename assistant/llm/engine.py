@@ -162,8 +162,11 @@ class Engine:
         self.tokens.extend(ids[:n])
         return hidden[:, :n]
 
-    def extend(self, ids: list[int]) -> np.ndarray:
-        """Append `ids` to the context in the largest pieces the graphs take; return the last token's state."""
+    def extend(self, ids: list[int], progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+        """Append `ids` to the context in the largest pieces the graphs take; return the last token's state.
+
+        `progress(done, total)` is called after each piece.
+        """
         if not ids:
             raise ValueError("nothing to extend the context with")
         if self.pos + len(ids) > self.kv_len:
@@ -173,6 +176,8 @@ class Engine:
             shape = self._shape(len(ids) - start)
             hidden = self._run(ids[start : start + shape.count], shape)
             start += shape.count
+            if progress:
+                progress(start, len(ids))
         return np.ascontiguousarray(hidden[:, -1:])
 
     def forward(self, ids: list[int]) -> np.ndarray:
@@ -187,11 +192,11 @@ class Engine:
         del self.tokens[n:]
         self.mask_row[n:] = MASKED
 
-    def cache_prompt(self, ids: list[int]) -> None:
+    def cache_prompt(self, ids: list[int], progress: Callable[[int, int], None] | None = None) -> None:
         """Prefill a prompt prefix (the system prompt) once and keep its rows for reuse."""
         self.truncate(_common_prefix(self.tokens, ids))
         if self.pos < len(ids):  # nothing new when the same prompt is cached again (a reload)
-            self.extend(ids[self.pos :])
+            self.extend(ids[self.pos :], progress)
         n = len(ids)
         self.prompt_cache = PromptCache(list(ids), self.k_cache[:, 0, :n].copy(), self.v_cache[:, 0, :n].copy())
 

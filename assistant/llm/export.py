@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 from onnx import TensorProto, helper, numpy_helper
 
+from assistant.llm.chat_template import CHAT_TEMPLATE_FILE, ChatTemplate
 from assistant.llm.checkpoint import Checkpoint, ModelShape, read_shape
 from assistant.llm.embeddings import EMBEDDINGS_FILE, write_embeddings
 from assistant.llm.manifest import LayerFiles, Manifest, ModelError, record_files
@@ -290,10 +291,14 @@ def export_onnx(
 
 
 def copy_tokenizer(hf_dir: Path, out_dir: Path) -> None:
+    """The tokenizer and the chat template, which current checkpoints keep in chat_template.jinja."""
     for file in ("tokenizer.json", "tokenizer_config.json"):
         if not (hf_dir / file).is_file():
             raise ModelError(f"{hf_dir / file}: missing; the model folder needs its tokenizer")
         shutil.copyfile(hf_dir / file, out_dir / file)
+    if (hf_dir / CHAT_TEMPLATE_FILE).is_file():
+        shutil.copyfile(hf_dir / CHAT_TEMPLATE_FILE, out_dir / CHAT_TEMPLATE_FILE)
+    ChatTemplate(out_dir)  # a model without a chat template fails setup, not the first chat
 
 
 def new_manifest(hf_dir: Path, name: str, kv_cache_len: int, backends: dict[str, LayerFiles]) -> Manifest:

@@ -153,6 +153,7 @@ class SkillSpec:
     timeout: float | None = None
     sentences: dict[str, list] = field(default_factory=dict)  # language → templates or (template, slots)
     intents: dict[str, dict] = field(default_factory=dict)  # Home Assistant intent → arguments
+    optional_tool: bool = False
 
 
 @dataclass
@@ -167,6 +168,7 @@ class Skill:
     intents: dict[str, dict] = field(default_factory=dict)  # Home Assistant intent → arguments, "{slot}" a slot
     source: str = ""
     wants_context: str | None = None  # the parameter that receives the SkillContext
+    optional_tool: bool = False  # left out of the model's tool list when kv_cache_len is tight
 
     def tool(self) -> dict:
         """The tool signature as Qwen's prompt format lists it."""
@@ -182,16 +184,21 @@ def skill(
     timeout: float | None = None,
     sentences: dict[str, list] | None = None,
     intents: dict[str, dict] | None = None,
+    optional_tool: bool = False,
 ) -> Any:
     """Mark a function as a skill. Use as @skill or @skill(confirm=True, sentences={...}, intents={...}).
 
     `sentences` are the skill's own hassil templates per language; `intents` names Home Assistant
     intents the skill answers, each with the arguments it gets: a constant, or "{slot}" for the value
     of that slot (a slot named like a parameter needs no entry). See assistant/skills/intents.py.
+    `optional_tool`: when the system prompt does not fit kv_cache_len, the model's tool list may
+    leave this skill out; its sentences and intents still run it by voice, without the model.
     """
 
     def mark(f: Callable) -> Callable:
-        spec = SkillSpec(name or f.__name__, f, confirm, timeout, dict(sentences or {}), dict(intents or {}))
+        spec = SkillSpec(
+            name or f.__name__, f, confirm, timeout, dict(sentences or {}), dict(intents or {}), optional_tool
+        )
         setattr(f, SKILL_ATTRIBUTE, spec)
         return f
 
@@ -232,7 +239,7 @@ def build_skill(spec: SkillSpec, settings: Any = None, source: str = "") -> Skil
         properties[param.name] = schema
     parameters = {"type": "object", "properties": properties, "required": required, "additionalProperties": False}
     return Skill(spec.name, spec.func, description, parameters, spec.confirm, spec.timeout, spec.sentences,
-                 spec.intents, source, wants_context)  # fmt: skip
+                 spec.intents, source, wants_context, spec.optional_tool)  # fmt: skip
 
 
 def _schema(hint: Any, settings: Any) -> dict:

@@ -13,9 +13,11 @@ DEFAULT_VOLUME = 60
 STEP = 10
 
 
+# These three answer fixed phrases: when the prompt is tight, the model need not know them.
 @skill(
     sentences={"en": ["stop", "be quiet", "cancel", "forget it"], "zh": ["停", "停止", "别说了", "算了", "没事了"]},
     intents={"HassNevermind": {}},
+    optional_tool=True,
 )
 def stop(context: SkillContext) -> str:
     """Stop talking and forget the current request."""
@@ -23,13 +25,16 @@ def stop(context: SkillContext) -> str:
     return ""
 
 
-@skill(sentences={"en": ["repeat that", "say that again", "what did you say"], "zh": ["再说一遍", "重复一下"]})
+@skill(
+    sentences={"en": ["repeat that", "say that again", "what did you say"], "zh": ["再说一遍", "重复一下"]},
+    optional_tool=True,
+)
 def repeat(context: SkillContext) -> str:
     """Say the last reply again."""
     return context.last_reply() or "I haven't said anything yet."
 
 
-@skill(sentences={"en": ["what can you do", "help"], "zh": ["你能做什么", "帮助"]})
+@skill(sentences={"en": ["what can you do", "help"], "zh": ["你能做什么", "帮助"]}, optional_tool=True)
 def what_can_you_do(context: SkillContext) -> str:
     """List what the assistant can do."""
     things = [

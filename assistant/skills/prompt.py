@@ -1,0 +1,187 @@
+"""The tools as the model reads them: one short line each, and one example exchange.
+
+The board's whole context is kv_cache_len tokens (1023), and Qwen's JSON signatures for the
+built-in skills alone take ~1,400. They are not needed: the constraint (constraint.py) carries the
+full schemas and makes every call parse and validate, so the prompt only says which tools exist,
+what their arguments are called and which values they take:
+
+    set_timer(minutes?: int 0-1440, seconds?: int 0-3600, label?: str): Start a countdown timer.
+    add_item(text: str, list?): Add an item to the shopping list or a note to the notes.
+    list: "notes"|"shopping"
+
+(choices that several tools share, such as device names, are listed once, after the tools),
+
+and then shows one call in Qwen's syntax as a first exchange of the conversation (a user's request
+made from a skill's own sentence, the assistant's call): small models follow a demonstrated turn
+far better than a described one.
+
+Messages come with "parts", (text, markup) pairs: markup is ours (the call syntax, whose
+`<tool_call>` may be one special token) and is tokenized as such; everything that comes from a
+skill (names, descriptions, sentences, values from the configuration) is tokenized as plain text.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Collection
+from typing import Any
+
+from assistant.llm.chat_template import Parts
+from assistant.skills.constraint import CLOSE, OPEN
+
+HEADER = "Tools:\n"
+RANGES = False
+
+
+def tool_line(tool: dict, shared: Collection[str] = ()) -> str:
+    """`name(arg: type, optional?: type): Description.` for one Qwen tool signature.
+
+    Arguments named in `shared` have their values listed once for all tools (value_line).
+    Consecutive arguments of one type share it, as in `hours?, minutes?: int`.
+    """
+    function = tool["function"]
+    schema = function.get("parameters") or {}
+    required = set(schema.get("required", []))
+    groups: list[tuple[list[str], str]] = []  # (names, type)
+    for name, spec in schema.get("properties", {}).items():
+        if name not in required and len(spec.get("enum", [None, None])) == 1:
+            continue  # nothing to choose: the argument can only be left out or given its one value
+        kind = "" if name in shared else _type(spec)
+        shown = name + ("" if name in required else "?")
+        if groups and groups[-1][1] == kind and kind:
+            groups[-1][0].append(shown)
+        else:
+            groups.append(([shown], kind))
+    arguments = ", ".join(", ".join(names) + (f": {kind}" if kind else "") for names, kind in groups)
+    return f"{function['name']}({arguments}): {_first_sentence(function.get('description', ''))}"
+
+
+def shared_values(tools: list[dict]) -> dict[str, list]:
+    """Choices of an argument that several tools take (device names, list names), to be listed once.
+
+    Each tool's own choices may be fewer (only the lights): the constraint holds each call to its own.
+    """
+    choices: dict[str, list[list]] = {}
+    for tool in tools:
+        for name, spec in (tool["function"].get("parameters") or {}).get("properties", {}).items():
+            if "enum" in spec:
+                choices.setdefault(name, []).append(spec["enum"])
+    return {name: list(dict.fromkeys(v for values in lists for v in values)) for name, lists in choices.items()
+            if len(lists) > 1}  # fmt: skip
+
+
+def value_line(name: str, values: list) -> str:
+    return f"{name}: {'|'.join(_choice(v) for v in values)}\n"
+
+
+def prompt_messages(persona: str, tools: list[dict], example: tuple[str, dict] | None = None) -> list[dict]:
+    """The messages every conversation starts with: the system message, then the example exchange."""
+    parts: Parts = [(persona.strip(), False)]
+    if tools:
+        # One piece a line, newline included: ".\n" is one token, and pieces are tokenized apart.
+        shared = shared_values(tools)
+        parts += [("\n\n" + HEADER, True), *[(tool_line(tool, shared) + "\n", False) for tool in tools]]
+        parts += [(value_line(name, values), False) for name, values in shared.items()]
+    messages = [_message("system", parts)]
+    if tools and example:
+        request, call = example
+        messages.append(_message("user", [(request, False)]))
+        messages.append(call_message(call))
+    return messages
+
+
+def call_message(call: dict) -> dict:
+    """The assistant's turn that makes `call`, laid out as Qwen writes it (the constraint's grammar too)."""
+    body = json.dumps(call, ensure_ascii=False)
+    return _message("assistant", [(OPEN + "\n", True), (body, False), ("\n" + CLOSE, True)])
+
+
+def example_exchange(tools: list[dict], sentences: dict[str, list] | None = None) -> tuple[str, dict] | None:
+    """A request and its call, from the first English sentence whose slots take numbers or choices.
+
+    `sentences` are the skills' English sentence templates by name; without a fitting one, the
+    first tool's description is the request.
+    """
+    for tool in tools:
+        function = tool["function"]
+        properties = function["parameters"].get("properties", {})
+        required = set(function["parameters"].get("required", []))
+        for sentence in (sentences or {}).get(function["name"], []):
+            template, fixed = sentence if isinstance(sentence, (tuple, list)) else (sentence, {})
+            slots = re.findall(r"\{(\w+)\}", template)
+            if not slots or "<" in template or not all(_speakable(properties.get(s)) for s in slots):
+                continue
+            arguments = {**{s: _example(properties[s]) for s in slots}, **fixed}
+            if required <= set(arguments):
+                return _say(template, arguments), {"name": function["name"], "arguments": arguments}
+    if not tools:
+        return None
+    function = tools[0]["function"]
+    properties = function["parameters"].get("properties", {})
+    arguments = {name: _example(properties[name]) for name in function["parameters"].get("required", [])}
+    return _first_sentence(function.get("description", "")), {"name": function["name"], "arguments": arguments}
+
+
+def _message(role: str, parts: Parts) -> dict:
+    return {"role": role, "content": "".join(text for text, _ in parts), "parts": parts}
+
+
+def _speakable(spec: dict | None) -> bool:
+    return spec is not None and ("enum" in spec or spec.get("type") in ("integer", "number"))
+
+
+def _say(template: str, arguments: dict[str, Any]) -> str:
+    """A hassil template as a person would say it: optional words kept, the first alternative, slots filled."""
+    text = template
+    while (inner := re.sub(r"\[([^\[\]]*)\]|\(([^()]*)\)", _first_option, text)) != text:
+        text = inner
+    text = re.sub(r"\{(\w+)\}", lambda m: str(arguments[m.group(1)]), text)
+    return " ".join(text.split())
+
+
+def _first_option(match: re.Match) -> str:
+    return (match.group(1) if match.group(1) is not None else match.group(2)).split("|")[0]
+
+
+def _example(spec: dict) -> Any:
+    if "enum" in spec:
+        return spec["enum"][0]
+    kind = spec.get("type")
+    if kind in ("integer", "number"):
+        value = min(max(5, spec.get("minimum", 5)), spec.get("maximum", 5))
+        return int(value) if kind == "integer" else float(value)
+    if kind == "boolean":
+        return True
+    if kind == "array":
+        return []
+    return "..."
+
+
+def _choice(value: Any) -> str:
+    """A choice as the model reads it: words bare (`up|down`), other values as JSON."""
+    return value if isinstance(value, str) and re.fullmatch(r"\w+", value) else json.dumps(value, ensure_ascii=False)
+
+
+def _type(spec: dict) -> str:
+    if "enum" in spec:
+        return "|".join(_choice(v) for v in spec["enum"])
+    kind = spec.get("type", "any")
+    if kind == "array":
+        return f"list of {_type(spec.get('items', {}))}"
+    name = {"integer": "int", "number": "number", "string": "str", "boolean": "bool"}.get(kind, kind)
+    if RANGES and ("minimum" in spec or "maximum" in spec):
+        name += f" {_number(spec.get('minimum', ''))}-{_number(spec.get('maximum', ''))}"
+    return name
+
+
+def _number(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _first_sentence(text: str) -> str:
+    """The gist of a description in few tokens: its first sentence without remarks in parentheses,
+    and of that the first clause when it says something on its own (three words or more)."""
+    sentence = re.sub(r"\s*\([^()]*\)", "", text.strip().split(". ")[0]).strip().rstrip(".")
+    clause = sentence.split(", ")[0]
+    return (clause if len(clause.split()) >= 3 else sentence) + "."
