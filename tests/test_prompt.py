@@ -210,15 +210,20 @@ def say(socket: Path, text: str) -> list[dict]:
         return list(client.events(request, until=lambda event: event["type"] == "turn_done"))
 
 
-def test_injection_in_a_say_request(tiny_int8: Path, tmp_path: Path) -> None:
+def greedy_daemon(model: Path, tmp_path: Path, llm: str):
+    """A text-only daemon in this process over `model`, greedy, with its socket and state in tmp_path."""
     from assistant.daemon.run import Daemon
 
     config = tmp_path / "config.yaml"
     config.write_text(
-        f"llm:\n  model_dir: {tiny_int8}\n  kv_cache_len: 2048\n  max_new_tokens: 8\n  sampling: {{temperature: 0}}\n"
+        f"llm:\n  model_dir: {model}\n  {llm}\n  sampling: {{temperature: 0}}\n"
         f"control:\n  socket: {tmp_path / 'control.sock'}\nstate_dir: {tmp_path / 'state'}\n"
     )
-    daemon = Daemon(config, text_only=True)
+    return Daemon(config, text_only=True)
+
+
+def test_injection_in_a_say_request(tiny_int8: Path, tmp_path: Path) -> None:
+    daemon = greedy_daemon(tiny_int8, tmp_path, "kv_cache_len: 2048\n  max_new_tokens: 8")
     assert serving(daemon, lambda: say(daemon.socket_path, INJECTION))[-1]["type"] == "turn_done"
     assert_reached_as_text(daemon.engine, INJECTION, 4)  # system, example request and call, user
 

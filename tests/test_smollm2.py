@@ -46,15 +46,9 @@ def test_a_model_with_chat_template_jinja_is_set_up_and_chats(smollm2_model: Pat
 
 
 def test_the_daemon_answers_and_calls_skills_through_the_compact_prompt(smollm2_model: Path, tmp_path: Path) -> None:
-    from assistant.daemon.run import Daemon
-    from tests.test_prompt import say, serving
+    from tests.test_prompt import greedy_daemon, say, serving
 
-    config = tmp_path / "config.yaml"
-    config.write_text(
-        f"llm:\n  model_dir: {smollm2_model}\n  max_new_tokens: 60\n  sampling: {{temperature: 0}}\n"
-        f"control:\n  socket: {tmp_path / 'control.sock'}\nstate_dir: {tmp_path / 'state'}\n"
-    )
-    daemon = Daemon(config, text_only=True)
+    daemon = greedy_daemon(smollm2_model, tmp_path, "max_new_tokens: 60")
     assert len(daemon.manager.conversation.tools) == len(daemon.registry.skills)  # every built-in skill
     matcher = IntentMatcher(daemon.registry.skills)
 
