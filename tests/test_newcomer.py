@@ -10,10 +10,12 @@ import os
 import pty
 import re
 import select
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import zipfile
@@ -22,6 +24,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+import assistant as assistant_package
 
 PYTHON_DIR = str(Path(sys.executable).parent)
 
@@ -359,8 +363,18 @@ def test_service_install_creates_the_config_copies_models_and_records_the_socket
     (models / "qwen2-0.5b-instruct/manifest.yaml").write_text("name: qwen\n")
     (models / ".qwen2-0.5b-instruct.partial").mkdir()  # an unfinished build is not copied
     # This interpreter may live under /root or /home (pyenv, a venv): --allow-home lets the service read it.
-    args = ["service", "install", "--root", str(root), "--models", str(models), "--user", "root", "--allow-home"]
-    result = assistant(tmp_path, *args)
+    # The checkout may be anywhere, /tmp included, which PrivateTmp would hide: the command runs from a
+    # copy of the package (and its README) in /srv, where a service can read it.
+    installed = Path(tempfile.mkdtemp(prefix="assistant-test-", dir="/srv"))
+    try:
+        shutil.copytree(Path(assistant_package.__file__).parent, installed / "assistant",
+                        ignore=shutil.ignore_patterns("__pycache__"))  # fmt: skip
+        shutil.copy(Path(assistant_package.__file__).parent.parent / "README.md", installed)
+        args = ["service", "install", "--root", str(root), "--models", str(models), "--user", "root", "--allow-home"]
+        env = environment(tmp_path) | {"PYTHONPATH": str(installed)}
+        result = assistant(tmp_path, *args, env=env)
+    finally:
+        shutil.rmtree(installed)
     assert result.returncode == 0, result.stderr
 
     config = root / "etc/assistant/config.yaml"
