@@ -225,7 +225,7 @@ def main() -> None:
     if not Path(f"{voice_path}.json").exists():
         make_medium_voice(voice_path.parent)
     split_voice(voice_path)
-    engine = Engine(prepare(args.work))  # first: its thread pool is the one the voice's sessions share
+    engine = Engine(prepare(args.work)["int8"])  # first: its thread pool is the one the voice's sessions share
     voice = Voice(voice_path)
     with tempfile.TemporaryDirectory() as tmp:
         results = {
