@@ -44,6 +44,8 @@ def diagnose(config: Path, text_only: bool = False) -> list[Finding]:
         except ConfigError as e:
             findings.append(Finding("config", str(e), f"edit {config}"))
     findings += _llm(settings)
+    if all(f.fix is None for f in findings if f.what in ("config", "llm.model_dir")):
+        findings += _budget(settings, config)
     if not text_only:
         findings += _speech(settings)
         findings += _audio(settings)
@@ -114,6 +116,21 @@ def _speech(settings: Settings) -> list[Finding]:
         if importlib.util.find_spec(module) is None:
             found.append(Finding("python", f"{package} is not installed", f"pip install '.[voice]'; {TEXT_ONLY}"))
     return found
+
+
+def _budget(settings: Settings, config: Path) -> list[Finding]:
+    """The system prompt and the tools must leave room for a conversation in kv_cache_len."""
+    from assistant.budget import plan_for_settings
+    from assistant.skills.registry import load_registry
+
+    registry = load_registry(settings, [config.parent / "skills", *settings.skills.paths])
+    try:
+        plan = plan_for_settings(settings, list(registry.skills.values()))
+    except ConfigError as e:
+        return [Finding("prompt budget", "the system prompt and the tools do not fit", str(e))]
+    budget = plan.budget
+    detail = f"system prompt {budget.system} tokens, {budget.room} left of {budget.kv_cache_len}"
+    return [Finding("prompt budget", detail)]
 
 
 def microphone_problem(settings: Settings) -> str | None:

@@ -311,12 +311,21 @@ def test_doctor_lists_every_problem_at_once(tmp_path: Path, tiny_int8: Path) -> 
     assert "assistant setup --target host" in result.stdout and "assistant run --text-only" in result.stdout
     assert last_line(result.stdout) == f"{len(problems)} problems found"
 
-    # The text-only path needs only the model, the socket and the state directory.
+    # The built-in skills' tools do not fit the tiny model's own 256-row context: the advice says what would.
     speech_config(tmp_path, "http://127.0.0.1:9/vosk.zip", "http://127.0.0.1:9/voice.onnx",
                   llm=f"{{model_dir: {tiny_int8}}}", state_dir=str(tmp_path / "state"),
                   control=f"{{socket: {tmp_path / 'control.sock'}}}")  # fmt: skip
+    tight = assistant(tmp_path, "doctor", "--text-only")
+    assert tight.returncode == 1 and "PROBLEM  prompt budget" in tight.stdout and "kv_cache_len" in tight.stdout
+    assert last_line(tight.stdout) == "1 problem found"
+
+    # The text-only path needs only the model (with room for its prompt), the socket and the state directory.
+    speech_config(tmp_path, "http://127.0.0.1:9/vosk.zip", "http://127.0.0.1:9/voice.onnx",
+                  llm=f"{{model_dir: {tiny_int8}, kv_cache_len: 8192}}", state_dir=str(tmp_path / "state"),
+                  control=f"{{socket: {tmp_path / 'control.sock'}}}")  # fmt: skip
     text_only = assistant(tmp_path, "doctor", "--text-only")
     assert text_only.returncode == 0, text_only.stdout
+    assert "ok       prompt budget: system prompt" in text_only.stdout
     assert last_line(text_only.stdout) == "all good: `assistant run`"
 
 
