@@ -202,7 +202,7 @@ def _writable_problems(settings: Settings, root: Path) -> list[str]:
 
 def _move_hint(option: str, what: str) -> str:
     if what.startswith(("the Python", "the assistant")):  # the program itself
-        fix = "install the package outside home folders (python3 -m venv /opt/assistant, then its pip install …)"
+        fix = "install the package outside /home and /tmp (python3 -m venv /opt/assistant, then its pip install …)"
     else:
         fix = f"move it (models belong under {STATE_DIR}/models: --models DIR copies them there)"
     if option.startswith("ProtectHome"):
