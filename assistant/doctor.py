@@ -166,8 +166,7 @@ def _audio(settings: Settings) -> list[Finding]:
 
 def _runtime(settings: Settings) -> list[Finding]:
     """The control socket's place and the state directory: where `assistant run` writes."""
-    from assistant.daemon.control import default_socket_path
-    from assistant.daemon.service import answers
+    from assistant.daemon.control import answers, default_socket_path
 
     found = []
     socket = settings.control.socket or default_socket_path()

@@ -124,14 +124,21 @@ def check_socket_path(path: Path) -> None:
         return
     if not stat.S_ISSOCK(mode):
         raise ConfigError(f"{path}: exists and is not a socket; remove it or choose another control.socket")
+    if not answers(path, timeout=2.0):
+        path.unlink(missing_ok=True)  # stale: left by an instance that died
+        return
+    raise ConfigError(f"{path}: another assistant is already running there")
+
+
+def answers(path: Path, timeout: float = 1.0) -> bool:
+    """Whether a process accepts connections on the Unix socket at `path`."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-        probe.settimeout(2)
+        probe.settimeout(timeout)
         try:
             probe.connect(str(path))
         except OSError:
-            path.unlink(missing_ok=True)  # stale: left by an instance that died
-            return
-    raise ConfigError(f"{path}: another assistant is already running there")
+            return False
+    return True
 
 
 class ControlServer:

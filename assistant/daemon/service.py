@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import re
 import shutil
-import socket
 import sys
 from pathlib import Path
 
 from assistant.config import Settings, load_settings
+from assistant.daemon.control import answers
 
 PACKAGE = Path(__file__).resolve().parents[1]
 UNIT_TEMPLATE = PACKAGE / "data" / "assistant.service"
@@ -66,17 +66,6 @@ def service_socket(record: Path = SOCKET_RECORD) -> Path | None:
         return Path(record.read_text().strip())
     except OSError:
         return None
-
-
-def answers(path: Path) -> bool:
-    """Whether a process accepts connections on the Unix socket at `path`."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(1.0)
-        try:
-            s.connect(str(path))
-        except OSError:
-            return False
-    return True
 
 
 def hidden_by(path: Path, allow_home: bool) -> str | None:
