@@ -98,7 +98,6 @@ class Daemon:
         self.current: TurnRequest | None = None
         self.turn_started: float | None = None  # monotonic start of the running turn
         self.voice_turns = itertools.count(1)
-        self.stopping = threading.Event()  # set by the main loop once a stop is asked for
         # Signals only set these flags and write a byte to the pipe the main loop waits on: a
         # handler runs in the main thread between any two bytecodes, maybe while that thread holds
         # a lock the handler would need (an Event's), so it takes none.
@@ -166,7 +165,6 @@ class Daemon:
             select.select([self.wakeup_read], [], [], interval)
             with contextlib.suppress(BlockingIOError):
                 os.read(self.wakeup_read, 4096)
-        self.stopping.set()
         return self.shutdown()
 
     def request_stop(self) -> None:
@@ -273,15 +271,15 @@ class Daemon:
         except Exception as e:
             log.error("reload failed, keeping the running configuration: %s", _describe(e))
         finally:
-            if not self.stopping.is_set():
+            if not self.stop_requested:
                 self.enter(State.READY)
 
     def _lock_turns(self) -> bool:
         """Take the turn lock, waiting for the running turn; False when the daemon stops meanwhile."""
         while not self.turn_lock.acquire(timeout=0.1):
-            if self.stopping.is_set():
+            if self.stop_requested:
                 return False
-        if self.stopping.is_set():
+        if self.stop_requested:
             self.turn_lock.release()
             return False
         return True
