@@ -324,11 +324,10 @@ def _common_options() -> argparse.ArgumentParser:
     return common
 
 
-def _group(sub, name: str, help: str, common: argparse.ArgumentParser):
-    """A command with actions of its own; given alone it prints its help."""
-    parser = sub.add_parser(name, help=help, description=help, formatter_class=_HelpFormatter, parents=[common])
+def _actions(parser: argparse.ArgumentParser):
+    """The actions of a command that has some; the command given alone prints its help."""
     parser.set_defaults(func=lambda args: _print_help(parser))
-    return parser, parser.add_subparsers(title="actions", metavar="ACTION")
+    return parser.add_subparsers(title="actions", metavar="ACTION")
 
 
 def _print_help(parser: argparse.ArgumentParser) -> int:
@@ -449,7 +448,7 @@ def build_parser() -> argparse.ArgumentParser:
     config_option(cancel, "config naming the control socket")
     cancel.set_defaults(func=cmd_cancel)
 
-    _, config_sub = _group(sub, "config", "inspect the configuration", common)
+    config_sub = _actions(command(sub, "config", "inspect the configuration"))
     check = command(config_sub, "check", "validate a config file and print the effective settings")
     config_option(check)
     check.set_defaults(func=cmd_config_check)
@@ -457,7 +456,7 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("path", type=Path, nargs="?", default=Path("config.yaml"), help="where to write it")
     init.set_defaults(func=cmd_config_init)
 
-    _, service_sub = _group(sub, "service", "the systemd service", common)
+    service_sub = _actions(command(sub, "service", "the systemd service"))
     install = command(
         service_sub,
         "install",
@@ -478,10 +477,10 @@ def build_parser() -> argparse.ArgumentParser:
     install.add_argument("--root", type=Path, default=Path("/"), help="install into this root folder (for images)")
     install.set_defaults(func=cmd_service_install)
 
-    _, audio_sub = _group(sub, "audio", "sound devices", common)
+    audio_sub = _actions(command(sub, "audio", "sound devices"))
     command(audio_sub, "list", "the microphones and speakers, with their indexes").set_defaults(func=cmd_audio_list)
 
-    _, skills_sub = _group(sub, "skills", "list or call the installed skills", common)
+    skills_sub = _actions(command(sub, "skills", "list or call the installed skills"))
     listing = command(skills_sub, "list", "each skill with its schema and example sentences")
     config_option(listing)
     listing.set_defaults(func=cmd_skills_list)
