@@ -32,8 +32,9 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     print(f"# effective settings from {settings.source}")
     print(yaml.safe_dump(effective, sort_keys=False, allow_unicode=True), end="")
     from assistant.budget import plan_for_settings
+    from assistant.skills.registry import load_registry, skill_folders
 
-    registry = _skills_registry(args.config)
+    registry = load_registry(settings, skill_folders(settings))
     print("\n".join(plan_for_settings(settings, list(registry.skills.values())).budget.lines()), file=sys.stderr)
     print(f"{settings.source}: OK", file=sys.stderr)
     return 0
@@ -252,13 +253,11 @@ def cmd_setup(args: argparse.Namespace) -> int:
 
 
 def _skills_registry(config_path: Path | None):
-    from assistant.skills.registry import load_registry
+    from assistant.skills.registry import load_registry, skill_folders
 
     config = config_path or default_config_path()
     settings = load_settings(config) if config.exists() else None
-    base = config.parent if settings else Path.cwd()
-    folders = [base / "skills", *(settings.skills.paths if settings else [])]
-    return load_registry(settings, folders)
+    return load_registry(settings, skill_folders(settings) if settings else [Path.cwd() / "skills"])
 
 
 def cmd_skills_list(args: argparse.Namespace) -> int:

@@ -45,7 +45,7 @@ def diagnose(config: Path, text_only: bool = False) -> list[Finding]:
             findings.append(Finding("config", str(e), f"edit {config}"))
     findings += _llm(settings)
     if all(f.fix is None for f in findings if f.what in ("config", "llm.model_dir")):
-        findings += _budget(settings, config)
+        findings += _budget(settings)
     if not text_only:
         findings += _speech(settings)
         findings += _audio(settings)
@@ -118,12 +118,12 @@ def _speech(settings: Settings) -> list[Finding]:
     return found
 
 
-def _budget(settings: Settings, config: Path) -> list[Finding]:
+def _budget(settings: Settings) -> list[Finding]:
     """The system prompt and the tools must leave room for a conversation in kv_cache_len."""
     from assistant.budget import plan_for_settings
-    from assistant.skills.registry import load_registry
+    from assistant.skills.registry import load_registry, skill_folders
 
-    registry = load_registry(settings, [config.parent / "skills", *settings.skills.paths])
+    registry = load_registry(settings, skill_folders(settings))
     try:
         plan = plan_for_settings(settings, list(registry.skills.values()))
     except ConfigError as e:

@@ -33,7 +33,7 @@ from assistant.doctor import MICROPHONE_FIX, microphone_problem
 from assistant.llm.conversation import Conversation
 from assistant.llm.engine import Engine
 from assistant.llm.sampling import Sampler
-from assistant.skills.registry import Registry, load_registry
+from assistant.skills.registry import Registry, load_registry, skill_folders
 from assistant.skills.sdk import SkillContext
 from assistant.turn import TurnManager
 
@@ -229,8 +229,7 @@ class Daemon:
     def _load_skills(self, settings: Settings) -> Registry:
         context = SkillContext(settings=settings, state_dir=state_dir(settings), say=self.announce,
                                stop=lambda: self.cancel(None))  # fmt: skip
-        folders = [self.config_path.parent / "skills", *settings.skills.paths]
-        return load_registry(settings, folders, context)
+        return load_registry(settings, skill_folders(settings), context)
 
     def _manager(self, settings: Settings, registry: Registry) -> TurnManager:
         s = settings.llm.sampling

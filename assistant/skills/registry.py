@@ -231,6 +231,11 @@ def _reason(error: BaseException) -> str:
     return "".join(traceback.format_exception_only(error)).strip()
 
 
+def skill_folders(settings: Any) -> list[Path]:
+    """A configuration's own skill folders: skills/ beside its file, then skills.paths."""
+    return [Path(settings.source).parent / "skills", *settings.skills.paths]
+
+
 def load_registry(settings: Any, skill_dirs: list[Path], context: SkillContext | None = None) -> Registry:
     """All skills: the built-in ones, each folder in order, then installed packages' entry points."""
     disabled = tuple(getattr(getattr(settings, "skills", None), "disabled", ()) or ())
