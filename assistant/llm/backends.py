@@ -139,6 +139,7 @@ class AxRunner:
     def __init__(self, path: Path, provider: str):
         import axengine
 
+        _check_pyaxengine()  # every run passes shape_group, the LLM's layers and the voice's decoder alike
         try:
             self.session = axengine.InferenceSession(str(path), providers=[provider])
         except ValueError as e:  # an unavailable provider: axengine/_session.py, InferenceSession.__init__
@@ -216,7 +217,6 @@ def open_sessions(
 
         if not axengine_available():
             raise ModelError("backend axengine: pyaxengine is not installed (see README: installing on the board)")
-        _check_pyaxengine()
         layers = [AxRunner(model_dir / f, provider) for f in files.layers]
         post = AxRunner(model_dir / files.post, provider)
         board = board_shapes(layers, manifest, files)
