@@ -39,7 +39,7 @@ def get_available_providers() -> list[str]:
     return [p for p in names.split(",") if p]
 
 
-# __init__.py: importing fails when no provider's library is found.
+# __init__.py:16-19: importing fails when no provider's library is found.
 if not get_available_providers():
     raise ImportError(
         f"No providers found. Please make sure you have installed one of the following: {get_all_providers()}"
@@ -47,14 +47,14 @@ if not get_available_providers():
 print("[INFO] Available providers: ", get_available_providers())
 
 
-class NodeArg:  # _node.py
+class NodeArg:  # _node.py:10-14
     def __init__(self, name: str, dtype: np.dtype, shape: list[int]):
         self.name = name
         self.dtype = dtype
         self.shape = shape
 
 
-class SessionOptions:  # _base_session.py
+class SessionOptions:  # _base_session.py:15-16
     pass
 
 
@@ -73,21 +73,21 @@ class _AxeSession:
                 table = json.loads(archive.read("io.json"))
                 onnx_bytes = archive.read("model.onnx")
         except (OSError, KeyError, zipfile.BadZipFile, json.JSONDecodeError):
-            raise RuntimeError("Failed to load model.") from None  # _axe.py __init__: `ret = self._load()`
+            raise RuntimeError("Failed to load model.") from None  # _axe.py:197-199
         if table["chip"] != os.environ.get("AXENGINE_STANDIN_CHIP", table["chip"]):
             raise RuntimeError("Failed to load model.")  # a model built for another chip does not load
         self._groups = table["groups"]
-        self._shape_count = len(self._groups)  # _axe.py: _get_shape_count()
+        self._shape_count = len(self._groups)  # _axe.py:204, _get_shape_count()
         self._inputs = [[NodeArg(n, _DTYPES[d], s) for n, d, s in g["inputs"]] for g in self._groups]
         self._outputs = [[NodeArg(n, _DTYPES[d], s) for n, d, s in g["outputs"]] for g in self._groups]
-        # _axe.py __init__: one buffer per input and output, the size of its largest shape group.
+        # _axe.py:229-261: one buffer per input and output, the size of its largest shape group.
         self._in_buffers = [bytearray(max(_nbytes(g[i]) for g in self._inputs)) for i in range(len(self._inputs[0]))]
         self._out_buffers = [bytearray(max(_nbytes(g[i]) for g in self._outputs)) for i in range(len(self._outputs[0]))]
         from assistant.llm.backends import session_options  # the process's onnxruntime set-up, if any
 
         self._compute = onnxruntime.InferenceSession(onnx_bytes, session_options(), providers=["CPUExecutionProvider"])
 
-    # _base_session.py
+    # _base_session.py:25-38
     def _validate_input(self, feed_input_names: dict[str, np.ndarray]) -> None:
         missing_input_names = [i.name for i in self.get_inputs() if i.name not in feed_input_names]
         if missing_input_names:
@@ -102,7 +102,7 @@ class _AxeSession:
                     raise ValueError(f"Output name '{name}' is not in model outputs name list.")
 
     def get_inputs(self, shape_group: int = 0) -> list[NodeArg]:
-        if shape_group > self._shape_count:  # _base_session.py: `>`, so group == count raises IndexError below
+        if shape_group > self._shape_count:  # _base_session.py:41: `>`, so group == count raises IndexError below
             raise ValueError(f"Shape group '{shape_group}' is out of range, total {self._shape_count}.")
         return self._inputs[shape_group]
 
@@ -112,7 +112,8 @@ class _AxeSession:
         return self._outputs[shape_group]
 
     def run(self, output_names, input_feed, run_options=None, shape_group: int = 0) -> list[np.ndarray]:
-        # _axe.py run(), in its order.
+        # _axe.py:348-419, run(), in its order: validation 355-356, outputs 358-359, group 361-362,
+        # exact shape and dtype 368-370, contiguity 372-373, memmove of npy.nbytes 376-378.
         self._validate_input(input_feed)
         self._validate_output(output_names)
         if None is output_names:
@@ -140,13 +141,14 @@ class _AxeSession:
         )
         self._execute(shape_group)
         outputs = []
+        # _axe.py:398-399: a model output missing from output_names raises ValueError here.
         origin_output_names = [o.name for o in self.get_outputs(shape_group)]
-        outputs_ranks = [output_names.index(name) for name in origin_output_names]  # a missing name raises
+        outputs_ranks = [output_names.index(name) for name in origin_output_names]
         for i in outputs_ranks:
             meta = self.get_outputs(shape_group)[i]
             size = meta.dtype.itemsize * int(np.prod(meta.shape))
             npy = np.frombuffer(self._out_buffers[i], dtype=meta.dtype, count=size // meta.dtype.itemsize)
-            npy = npy.reshape(meta.shape).copy()
+            npy = npy.reshape(meta.shape).copy()  # _axe.py:407-413: read back in the group's shape, a copy
             if meta.name in output_names:
                 outputs.append(npy)
         return outputs
@@ -175,7 +177,8 @@ def _nbytes(meta: NodeArg) -> int:
 
 
 class InferenceSession:
-    """_session.py InferenceSession: provider selection, then the session of that provider."""
+    """_session.py:19-84 InferenceSession: provider selection (the messages of lines 42, 67, 69, 73, 74),
+    then the session of that provider."""
 
     def __init__(
         self,
