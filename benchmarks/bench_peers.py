@@ -4,11 +4,18 @@
                                      [--work /tmp/assistant-bench] [--model NAME=DIR ...]
 
 The random Qwen2-0.5B-shaped checkpoint of bench_engine.py is turned into each system's files by
-that system's own tools: llama.cpp's `convert_hf_to_gguf.py` and `llama-quantize` (Q8_0, Q4_0;
-DIR is a llama.cpp source tree built with `cmake --build build --target llama-bench
-llama-quantize`), and onnxruntime-genai's model builder (int8, int4; PYTHON is an interpreter
-with `onnxruntime-genai` installed, best in its own virtual environment). Nothing of theirs is
-part of this repository.
+that system's own tools: llama.cpp's `convert_hf_to_gguf.py` and `llama-quantize` (Q8_0, Q4_0),
+and onnxruntime-genai's model builder (int8, int4). Nothing of theirs is part of this repository.
+
+* DIR, llama.cpp: a source tree built for this CPU. The package index carries one, vendored in
+  llama-cpp-python's source archive:
+      pip download llama-cpp-python --no-deps --no-binary :all: && tar xzf llama_cpp_python-*.tar.gz
+      cd llama_cpp_python-*/vendor/llama.cpp && cmake -B build -DGGML_NATIVE=ON -DLLAMA_CURL=OFF
+      cmake --build build -j2 --target llama-bench llama-quantize
+  Its converter runs in this Python and needs `pip install sentencepiece`; it is given Qwen's
+  real tokenizer (tests/qwen_tokenizer.py), as it refuses tokenizers it does not know.
+* PYTHON, onnxruntime-genai: an interpreter with `onnxruntime-genai torch==2.13.0 transformers
+  onnx` installed, best in its own virtual environment.
 
 Every round runs each system once, one after another, each in its own process with 2 threads:
 a 300-token prompt (prefill time), then 128 greedy tokens (decode tokens/s), and the process's
@@ -35,6 +42,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.bench_engine import _cpu_model, prepare  # noqa: E402
+from tests.qwen_tokenizer import qwen_tokenizer_files  # noqa: E402
 
 PROMPT = [int(t) for t in np.random.default_rng(1).integers(0, 150_000, 300)]
 DECODE = 128
@@ -94,10 +102,18 @@ def build_llama_cpp(hf: Path, work: Path, llama: Path) -> dict[str, Path]:
     ggufs = {kind: work / f"llama-{kind.lower()}.gguf" for kind in ("Q8_0", "Q4_0")}
     f16 = work / "llama-f16.gguf"
     if not all(path.exists() for path in ggufs.values()):
+        # The same weights with Qwen's own tokenizer, the only kind of Qwen2 tokenizer the converter takes.
+        source = work / "hf-qwen-tokenizer"
+        source.mkdir(exist_ok=True)
+        tokenizer = qwen_tokenizer_files()
+        for name in ("model.safetensors", "config.json", "generation_config.json"):
+            _link(source / name, hf / name)
+        for name in ("tokenizer.json", "tokenizer_config.json"):
+            _link(source / name, tokenizer / name)
         convert = [
             sys.executable,
             str(llama / "convert_hf_to_gguf.py"),
-            str(hf),
+            str(source),
             "--outtype",
             "f16",
             "--outfile",
@@ -108,6 +124,11 @@ def build_llama_cpp(hf: Path, work: Path, llama: Path) -> dict[str, Path]:
             subprocess.run([str(llama / "build/bin/llama-quantize"), str(f16), str(path), kind], check=True)
         f16.unlink()
     return ggufs
+
+
+def _link(link: Path, target: Path) -> None:
+    if not link.exists():
+        link.symlink_to(target.resolve())
 
 
 def build_genai(hf: Path, work: Path, python: str) -> dict[str, Path]:
