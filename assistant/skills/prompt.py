@@ -5,9 +5,9 @@ built-in skills alone take ~1,400. They are not needed: the constraint (constrai
 full schemas and makes every call parse and validate, so the prompt only says which tools exist,
 what their arguments are called and which values they take:
 
-    set_timer(minutes?: int 0-1440, seconds?: int 0-3600, label?: str): Start a countdown timer.
+    set_timer(hours?, minutes?, seconds?: int, label?: str): Start a countdown timer.
     add_item(text: str, list?): Add an item to the shopping list or a note to the notes.
-    list: "notes"|"shopping"
+    list: notes|shopping
 
 (choices that several tools share, such as device names, are listed once, after the tools),
 
@@ -31,7 +31,6 @@ from assistant.llm.chat_template import Parts
 from assistant.skills.constraint import CLOSE, OPEN
 
 HEADER = "Tools:\n"
-RANGES = False
 
 
 def tool_line(tool: dict, shared: Collection[str] = ()) -> str:
@@ -169,14 +168,7 @@ def _type(spec: dict) -> str:
     kind = spec.get("type", "any")
     if kind == "array":
         return f"list of {_type(spec.get('items', {}))}"
-    name = {"integer": "int", "number": "number", "string": "str", "boolean": "bool"}.get(kind, kind)
-    if RANGES and ("minimum" in spec or "maximum" in spec):
-        name += f" {_number(spec.get('minimum', ''))}-{_number(spec.get('maximum', ''))}"
-    return name
-
-
-def _number(value: Any) -> str:
-    return f"{value:g}" if isinstance(value, float) else str(value)
+    return {"integer": "int", "number": "number", "string": "str", "boolean": "bool"}.get(kind, kind)
 
 
 def _first_sentence(text: str) -> str:
