@@ -137,14 +137,23 @@ def _attached_chat(args: argparse.Namespace) -> int:
     return _connected(args, chat)
 
 
+def _ask(client, request_type: str, answer_type: str, **fields) -> dict | None:
+    """One request and its answer; an error answer is printed and gives None."""
+    request = client.send(request_type, **fields)
+    for event in client.events(request, until=lambda e: e["type"] == answer_type):
+        if event["type"] == "error":
+            print(f"error: {event['message']}", file=sys.stderr)
+            return None
+        if event["type"] == answer_type:
+            return event
+    return None
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     def status(client) -> int:
-        request = client.send("status")
-        for event in client.events(request, until=lambda e: e["type"] == "status"):
-            if event["type"] == "error":
-                print(f"error: {event['message']}", file=sys.stderr)
-                return 1
-            print(json.dumps(event, indent=2, ensure_ascii=False) if args.json else format_status(event))
+        if (event := _ask(client, "status", "status")) is None:
+            return 1
+        print(json.dumps(event, indent=2, ensure_ascii=False) if args.json else format_status(event))
         return 0
 
     return _connected(args, status)
@@ -152,12 +161,9 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_cancel(args: argparse.Namespace) -> int:
     def cancel(client) -> int:
-        request = client.send("cancel", **({"turn": args.turn} if args.turn else {}))
-        for event in client.events(request, until=lambda e: e["type"] == "cancelled"):
-            if event["type"] == "error":
-                print(f"error: {event['message']}", file=sys.stderr)
-                return 1
-            print(f"cancelled turn {event['turn']}" if event["turn"] else "nothing to cancel")
+        if (event := _ask(client, "cancel", "cancelled", **({"turn": args.turn} if args.turn else {}))) is None:
+            return 1
+        print(f"cancelled turn {event['turn']}" if event["turn"] else "nothing to cancel")
         return 0
 
     return _connected(args, cancel)

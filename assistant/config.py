@@ -193,6 +193,9 @@ def load_settings(path: Path | None = None, environ: typing.Mapping[str, str] | 
     return settings
 
 
+TEXT_ONLY = "or run without microphone and speech models: `assistant run --text-only`"
+
+
 def check_model_paths(settings: Settings, voice: bool = True) -> None:
     """Fail when configured models are not installed, naming every missing one and the ways forward."""
     required = [("llm.model_dir", settings.llm.model_dir / "manifest.yaml")]
@@ -208,7 +211,7 @@ def check_model_paths(settings: Settings, voice: bool = True) -> None:
     named = "; ".join(f"{key}: {path} does not exist" for key, path in missing)
     fix = "install the models with `assistant setup` (`assistant doctor` lists everything missing)"
     if voice and any(key != "llm.model_dir" for key, _ in missing):
-        fix += ", or run without microphone and speech models: `assistant run --text-only`"
+        fix += f", {TEXT_ONLY}"
     raise ConfigError(f"{settings.source}: {named}; {fix}")
 
 

@@ -11,9 +11,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from assistant.config import ConfigError, Settings, load_settings, state_dir
+from assistant.config import TEXT_ONLY, ConfigError, Settings, load_settings, state_dir
 
-TEXT_ONLY = "or run without microphone and speech models: `assistant run --text-only`"
 MICROPHONE_FIX = f"connect one and choose it with audio.input_device (`assistant audio list`); {TEXT_ONLY}"
 SETUP = "`assistant setup --target host` (offline: --model DIR with a checkpoint folder, file:// URLs in config.yaml)"
 

@@ -63,13 +63,18 @@ class StepResult:
     layers: dict | None = None  # LayerFiles of a backend, when the step built one
 
 
-def check_builder(opts: SetupOptions) -> None:
-    """Refuse a target that cannot be built here before anything is downloaded or exported."""
+def check_builder(opts: SetupOptions) -> list[int]:
+    """Refuse a target that cannot be built here before anything is downloaded or exported.
+
+    Returns the board's prefill history groups (none for the host).
+    """
     if opts.target not in TARGETS:
         raise SetupError(f"--target must be one of {', '.join(TARGETS)}, not {opts.target!r}")
-    if opts.target != "host":
-        _kv_history(opts)
-        find_builder(opts.target, opts.pulsar2, opts.pulsar2_image)
+    if opts.target == "host":
+        return []
+    kv_history = _kv_history(opts)
+    find_builder(opts.target, opts.pulsar2, opts.pulsar2_image)
+    return kv_history
 
 
 def model_name(model: str) -> str:
@@ -85,8 +90,7 @@ def build_model(opts: SetupOptions, models_dir: Path, force: bool = False) -> tu
     A model already built with the same options (and, for a local folder, the same checkpoint
     files) is left as it is and no step runs, unless `force`.
     """
-    check_builder(opts)
-    kv_history = _kv_history(opts) if opts.target != "host" else []
+    kv_history = check_builder(opts)
     local = Path(opts.model).expanduser()
     name = model_name(opts.model)
     dest = opts.out or models_dir / name

@@ -105,18 +105,27 @@ def pulsar2_command(
 ) -> list[str]:
     """The full command line: a local pulsar2, or `docker run` of the Pulsar2 image with both folders mounted."""
     chip = CHIPS[target]
-    config = work_dir / "pulsar2_config.json"
-    executable = find_builder(target, pulsar2, image)
     if image:
         args = llm_build_args("/data/input", "/data/work/axmodel_build", "/data/work/pulsar2_config.json",
                               chip, kv_cache_len, prefill_len, weight_type, kv_history)  # fmt: skip
-        mounts = ["-v", f"{hf_dir.resolve()}:/data/input:ro", "-v", f"{work_dir.resolve()}:/data/work"]
-        # As the calling user: files the container writes as root could not be moved into place after.
-        user = ["--user", f"{os.getuid()}:{os.getgid()}", "-e", "HOME=/tmp"]
-        return ["docker", "run", "--rm", *user, *mounts, image, "pulsar2", *args]
-    args = llm_build_args(str(hf_dir), str(work_dir / "axmodel_build"), str(config), chip, kv_cache_len,
-                          prefill_len, weight_type, kv_history)  # fmt: skip
-    return [executable, *args]
+        mounts = [(hf_dir, "/data/input:ro"), (work_dir, "/data/work")]
+    else:
+        args = llm_build_args(str(hf_dir), str(work_dir / "axmodel_build"), str(work_dir / "pulsar2_config.json"),
+                              chip, kv_cache_len, prefill_len, weight_type, kv_history)  # fmt: skip
+        mounts = []
+    return [*pulsar2_prefix(target, pulsar2, image, mounts), *args]
+
+
+def pulsar2_prefix(target: str, pulsar2: str | None, image: str | None, mounts: list[tuple[Path, str]]) -> list[str]:
+    """How a pulsar2 command line starts: the local executable, or `docker run` of the image with
+    `mounts` (a folder here, and where the container sees it, with `:ro` for read-only)."""
+    executable = find_builder(target, pulsar2, image)
+    if not image:
+        return [executable]
+    volumes = [arg for folder, inside in mounts for arg in ("-v", f"{folder.resolve()}:{inside}")]
+    # As the calling user: files the container writes as root could not be moved into place after.
+    user = ["--user", f"{os.getuid()}:{os.getgid()}", "-e", "HOME=/tmp"]
+    return ["docker", "run", "--rm", *user, *volumes, image, "pulsar2"]
 
 
 def find_builder(target: str, pulsar2: str | None = None, image: str | None = None) -> str:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import tarfile
 import tempfile
@@ -279,7 +278,7 @@ def build_decoder_axmodel(
     voice: Path, target: str, pulsar2: str | None = None, image: str | None = None
 ) -> StreamConfig:
     """Compile the fixed-shape decoder window with `pulsar2 build`; record it in the stream config."""
-    from assistant.setup.pulsar2 import CHIPS, GET_PULSAR2, run_pulsar2
+    from assistant.setup.pulsar2 import CHIPS, pulsar2_prefix, run_pulsar2
 
     stream = StreamConfig.load(voice)
     if stream is None:
@@ -294,17 +293,8 @@ def build_decoder_axmodel(
                 np.save(work / f"{i}.npy", window)
                 tar.add(work / f"{i}.npy", arcname=f"{i}.npy")
         shutil.copy(voice.with_name(stream.decoder), work / "decoder.onnx")
-        if image:
-            if not shutil.which("docker"):
-                raise SetupError(f"--pulsar2-image needs docker, which is not installed; {GET_PULSAR2}")
-            root = "/data/work"
-            user = ["--user", f"{os.getuid()}:{os.getgid()}", "-e", "HOME=/tmp"]  # files we can move after
-            prefix = ["docker", "run", "--rm", *user, "-v", f"{work.resolve()}:{root}", image, "pulsar2"]
-        else:
-            executable = pulsar2 or shutil.which("pulsar2")
-            if not executable:
-                raise SetupError(f"no pulsar2 found to build the voice decoder for the {target}; {GET_PULSAR2}")
-            root, prefix = str(work), [executable]
+        root = "/data/work" if image else str(work)
+        prefix = pulsar2_prefix(target, pulsar2, image, [(work, root)])
         config = pulsar2_build_config(stream.window, stream.channels, f"{root}/calibration.tar", len(windows))
         (work / "config.json").write_text(json.dumps(config, indent=2))
         run_pulsar2(
