@@ -84,6 +84,11 @@ def _socket(args: argparse.Namespace) -> Path:
 
 def _say(client, text: str) -> int:
     """One turn on an open connection: its reply on stdout, its errors on stderr."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # bytes the terminal's encoding could not read
+        print("error: the text is not valid UTF-8 (is the terminal set to UTF-8?); nothing was sent", file=sys.stderr)
+        return 1
     request = client.send("say", text=text)
     code = 0
     try:
@@ -130,8 +135,7 @@ def _attached_chat(args: argparse.Namespace) -> int:
 
     def chat(client) -> int:
         for line in read_lines():
-            if _say(client, line) not in (0, 130):  # after Ctrl-C, back to the prompt
-                return 1
+            _say(client, line)  # a cancelled or failed turn leaves the chat open; a lost connection ends it
         return 0
 
     return _connected(args, chat)

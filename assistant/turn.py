@@ -9,12 +9,14 @@ failure ends the turn with a spoken apology and a log line; the next turn works 
 from __future__ import annotations
 
 import logging
+import re
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Hashable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from assistant.llm.conversation import Conversation, tool_response_message
+from assistant.llm.conversation import Conversation, TooLong, tool_response_message
 from assistant.llm.sampling import Sampler
 from assistant.skills.constraint import ToolCallConstraint, parse_tool_calls, visible_text
 from assistant.skills.intents import IntentMatcher
@@ -23,7 +25,14 @@ from assistant.skills.registry import Registry
 log = logging.getLogger(__name__)
 
 SORRY = "Sorry, something went wrong."
-YES = {"yes", "yeah", "sure", "do it", "confirm", "ok", "okay", "是", "是的", "好", "好的", "确认"}
+TOO_LONG = "Sorry, that is too long for me to take in at once. Could you say it in fewer words?"
+# Answers to "Do you really want me to ...?". Anything else drops the question and is a new request.
+YES_WORDS = {"yes", "yeah", "yep", "sure", "ok", "okay", "confirm", "confirmed", "do", "go", "absolutely"}
+YES_FILLERS = {"please", "it", "ahead", "that", "thanks", "thank", "you"}  # "yes please", "go ahead", "do it"
+NO_WORDS = {"no", "nope", "don't", "dont", "cancel", "stop", "never", "not", "nah"}
+YES_ZH = {"是", "是的", "好", "好的", "确认", "可以", "对", "行"}
+NO_ZH = {"不", "不要", "不用", "取消", "别", "算了", "不是"}
+CONFIRM_SECONDS = 60.0  # an unanswered question lapses after this long
 MAX_PASSES = 3  # model → skills → model ... at most this many generations a turn
 
 
@@ -48,11 +57,21 @@ class TurnManager:
             if conversation.tools
             else None
         )
-        self.pending: dict | None = None  # a call waiting for the user's confirmation
-        self.last_reply: str | None = None
-        registry.context.last_reply = lambda: self.last_reply
+        # Per asker (a control connection, or None for the microphone): a call waiting for its
+        # confirmation, with the time it lapses, and the last reply ("repeat that" hears its own).
+        self.pending: dict[Hashable, tuple[dict, float]] = {}
+        self.last_replies: dict[Hashable, str] = {}
+        self.asker: Hashable = None
+        registry.context.last_reply = lambda: self.last_replies.get(self.asker)
 
-    def turn(self, text: str, cancel: threading.Event | None = None) -> Iterator[TurnEvent]:
+    def forget(self, asker: Hashable) -> None:
+        """The asker has gone: its question lapses."""
+        self.pending.pop(asker, None)
+        self.last_replies.pop(asker, None)
+
+    def turn(self, text: str, cancel: threading.Event | None = None, asker: Hashable = None) -> Iterator[TurnEvent]:
+        """One turn of `asker`'s (who answers a confirmation question, whose reply "repeat" says)."""
+        self.asker = asker
         spoken = []
         try:
             for event in self._turn(text.strip(), cancel):
@@ -61,21 +80,28 @@ class TurnManager:
                         continue  # a skill that has nothing to say (stop)
                     spoken.append(event.text)
                 yield event
+        except TooLong as e:
+            log.warning("turn refused: %s", e)
+            spoken.append(TOO_LONG)
+            yield TurnEvent("error", TOO_LONG)
         except Exception:
             log.exception("turn failed")
             spoken.append(SORRY)
             yield TurnEvent("error", SORRY)
         if spoken:
-            self.last_reply = "".join(spoken).strip()
+            self.last_replies[asker] = "".join(spoken).strip()
 
     def _turn(self, text: str, cancel: threading.Event | None) -> Iterator[TurnEvent]:
-        if self.pending is not None:
-            call, self.pending = self.pending, None
-            if text.lower().strip(" .!。！") in YES:
+        call, lapses = self.pending.pop(self.asker, (None, 0.0))
+        if call is not None and time.monotonic() < lapses:
+            answer = confirmation(text)
+            if answer is True:
                 yield from self._run_call(call, confirmed=True)
-            else:
+                return
+            if answer is False:
                 yield TurnEvent("text", "Okay, I won't.")
-            return
+                return
+            log.info("not an answer to the confirmation: %s dropped", call["name"])
         if self.intents and (match := self.intents.match(text)):
             log.info("local intent %s %s%s", match.skill, match.arguments, f": {match.reply}" if match.reply else "")
             self.conversation.messages.append({"role": "user", "content": text})
@@ -129,7 +155,7 @@ class TurnManager:
         yield TurnEvent("tool_call", call["name"], call["arguments"])
         found = self.registry.skills.get(call["name"])
         if found is not None and found.confirm and not confirmed:
-            self.pending = call
+            self.pending[self.asker] = (call, time.monotonic() + CONFIRM_SECONDS)
             yield TurnEvent("confirm", f"Do you really want me to run {call['name'].replace('_', ' ')}?")
             return
         result = self.registry.call(call["name"], call["arguments"])
@@ -139,3 +165,15 @@ class TurnManager:
         yield TurnEvent("skill_result", call["name"], result.data if result.text is None else result.text)
         if result.text is not None:
             yield TurnEvent("text", result.text)
+
+
+def confirmation(text: str) -> bool | None:
+    """True for yes ("yes please", "go ahead", "好的"), False for no ("no thanks", "不要"), None for anything else."""
+    plain = re.sub(r"[^\w\s']", " ", text.lower()).split()
+    if len(plain) == 1 and (plain[0] in YES_ZH or plain[0] in NO_ZH):
+        return plain[0] in YES_ZH
+    if plain and plain[0] in NO_WORDS:
+        return False
+    if plain and set(plain) <= YES_WORDS | YES_FILLERS and set(plain) & YES_WORDS:
+        return True
+    return None

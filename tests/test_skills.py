@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import pytest
 
 from assistant import Choices, Range, SkillContext, skill
 from assistant.config import Settings
+from assistant.skills.intents import IntentMatcher
 from assistant.skills.registry import BUILTIN_SKILLS, Registry
 from assistant.skills.sdk import SkillError, build_skill
 
@@ -88,10 +90,13 @@ def test_context_parameter_is_injected_not_described() -> None:
         ("def f(*x: int) -> str:\n    '''Doc.'''", "*args and **kwargs"),
         ("def f(x: Annotated[str, Range(1, 2)]) -> str:\n    '''Doc.'''", "Range applies to int or float"),
         ("def f(x: int | str) -> str:\n    '''Doc.'''", "only Optional[X] unions"),
+        ("def f(x: int, /) -> str:\n    '''Doc.'''", "parameter 'x' is positional-only"),
+        ("def f(x: float = math.nan) -> str:\n    '''Doc.'''", "parameter 'x': the default must be a finite number"),
+        ("def f(x: Annotated[float, Range(0, math.inf)]) -> str:\n    '''Doc.'''", "Range bounds must be finite"),
     ],
 )
 def test_unsupported_signatures_are_explained(source: str, reason: str) -> None:
-    scope = {"Annotated": Annotated, "Range": Range}
+    scope = {"Annotated": Annotated, "Range": Range, "math": math}
     exec(source, scope)  # noqa: S102 (test input)
     with pytest.raises(SkillError, match=reason.replace("*", r"\*").replace("[", r"\[")):
         build_skill(spec_of(skill(scope["f"])))
@@ -138,6 +143,99 @@ def test_broken_modules_are_reported_and_the_rest_load(tmp_path: Path) -> None:
     assert f"{tmp_path / 'explodes.py'}:3: cannot be imported: RuntimeError: no hardware" in problems
     assert f"{tmp_path / 'badsig.py'}:4: skill bad: parameter 'x': type 'set' is not supported" in problems
     assert len(registry.problems) == 3
+
+
+def test_a_bad_sentence_template_skips_only_its_skill(tmp_path: Path) -> None:
+    """hassil parses templates only when it first matches: without a check at load time, one bad
+    template would stop every skill's sentences (and the daemon's start) instead of its own skill."""
+    write(
+        tmp_path,
+        "weather.py",
+        """
+        from assistant import skill
+
+        @skill(sentences={"en": ["what's the weather [like today"]})
+        def weather() -> str:
+            \"\"\"Tell the weather.\"\"\"
+            return "Sunny."
+
+        @skill(sentences={"en": ["weather in {city}"]})
+        def weather_in() -> str:
+            \"\"\"Tell the weather somewhere.\"\"\"
+            return "Rainy."
+
+        @skill(sentences={"en": ["is it <when> warm"]})
+        def warm() -> str:
+            \"\"\"Tell whether it is warm.\"\"\"
+            return "Yes."
+    """,
+    )
+    registry = Registry(context=SkillContext(state_dir=tmp_path))
+    registry.load_folder(BUILTIN_SKILLS)
+    registry.load_folder(tmp_path)
+    assert not {"weather", "weather_in", "warm"} & set(registry.skills)
+    problems = "\n".join(registry.problems)
+    assert "skill weather: sentence \"what's the weather [like today\" (en) cannot be parsed" in problems
+    assert "skill weather_in: sentence 'weather in {city}' (en): {city} is not a parameter of the skill" in problems
+    assert "<when> rules are not available" in problems
+    matcher = IntentMatcher(registry.skills)  # the other skills' sentences still answer
+    assert matcher.match("what time is it").skill == "current_time"
+
+
+def test_skill_folders_have_private_helpers_reloaded_with_them(tmp_path: Path) -> None:
+    write(tmp_path, "_words.py", "GREETING = 'hello'\n")
+    write(
+        tmp_path,
+        "greet.py",
+        """
+        from assistant import skill
+
+        from ._words import GREETING
+
+        @skill
+        def greet() -> str:
+            \"\"\"Say hello.\"\"\"
+            return GREETING
+    """,
+    )
+    other = tmp_path / "other"
+    other.mkdir()
+    write(other, "_words.py", "GREETING = 'not mine'\n")
+    registry = Registry()
+    registry.load_folder(other)
+    registry.load_folder(tmp_path)
+    assert registry.problems == []
+    assert registry.call("greet", {}).text == "hello"
+    write(tmp_path, "_words.py", "GREETING = 'hi again'\n")  # edited, then the skills are reloaded
+    reloaded = Registry()
+    reloaded.load_folder(tmp_path)
+    assert reloaded.call("greet", {}).text == "hi again"
+
+
+def test_calls_get_the_declared_types_and_only_json_data() -> None:
+    import datetime
+
+    @skill
+    def repeat(times: int, counts: list[int]) -> str:
+        """Repeat."""
+        return f"{type(times).__name__} {times} {[type(c).__name__ for c in counts]}"
+
+    @skill
+    def when() -> dict:
+        """Return something JSON cannot carry."""
+        return {"at": datetime.datetime(2026, 1, 1)}
+
+    @skill
+    def leave() -> str:
+        """Exit."""
+        raise SystemExit(3)
+
+    registry = Registry()
+    for func in (repeat, when, leave):
+        registry.add_function(func, "test")
+    assert registry.call("repeat", {"times": 7.0, "counts": [1.0, 2]}).text == "int 7 ['int', 'int']"
+    assert registry.call("when", {}).error == "when returned something other than text or JSON data"
+    assert registry.call("leave", {}).error == "leave failed: 3"
 
 
 def test_calls_validate_time_out_and_survive_errors() -> None:

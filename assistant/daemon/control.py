@@ -21,6 +21,7 @@ import itertools
 import json
 import logging
 import os
+import select
 import socket
 import stat
 import threading
@@ -144,8 +145,15 @@ def answers(path: Path, timeout: float = 1.0) -> bool:
 class ControlServer:
     """Serves the socket from its own thread; `handle(request)` is called on that thread and must not block."""
 
-    def __init__(self, path: Path, handle: Callable[[Request], None], disconnected: Callable[[int], None]):
-        self.path, self.handle, self.disconnected = path, handle, disconnected
+    def __init__(
+        self,
+        path: Path,
+        handle: Callable[[Request], None],
+        disconnected: Callable[[int], None],
+        busy: Callable[[int], bool] = lambda client: False,
+    ):
+        """`disconnected(client)` when a client has gone; `busy(client)`: whether it has turns queued or running."""
+        self.path, self.handle, self.disconnected, self.busy = path, handle, disconnected, busy
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         try:
             check_socket_path(path)
@@ -205,7 +213,10 @@ class ControlServer:
                 try:
                     line = await reader.readuntil(b"\n")
                 except asyncio.IncompleteReadError:
-                    break  # the client closed (a partial last line is ignored)
+                    # The client closed (a partial last line is ignored), or only its sending side
+                    # (`nc -N`): then it still hears its turns to the end.
+                    await self._answer_half_closed(client, writer, sender)
+                    break
                 except asyncio.LimitOverrunError:
                     self._error(client, f"request longer than {MAX_LINE} bytes")
                     break
@@ -234,6 +245,15 @@ class ControlServer:
             else:
                 writer.close()
             self.disconnected(client.id)
+
+    async def _answer_half_closed(self, client: _Client, writer: asyncio.StreamWriter, sender: asyncio.Task) -> None:
+        sock = writer.get_extra_info("socket")
+        poller = select.poll()
+        poller.register(sock.fileno(), select.POLLHUP)
+        # POLLHUP: both directions are shut, so nobody is listening any more.
+        while self.busy(client.id) and not sender.done() and not poller.poll(0):
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0)  # its turn_done, scheduled before it stopped being busy, is queued first
 
     def _error(self, client: _Client, message: str, request: str | None = None) -> None:
         self._deliver(Event("error", {"message": message}, request, client.id))
@@ -285,7 +305,10 @@ class ControlClient:
         """Send one request; return its id."""
         request_id = f"{os.getpid()}-{next(self.numbers)}"
         line = json.dumps({"type": kind, "id": request_id, **fields}, ensure_ascii=False) + "\n"
-        self.socket.sendall(line.encode("utf-8", "backslashreplace"))
+        try:
+            self.socket.sendall(line.encode("utf-8", "backslashreplace"))
+        except OSError:
+            raise ConnectionError("the assistant closed the connection (has it stopped?)") from None
         return request_id
 
     def events(self, request_id: str, until: Callable[[dict], bool]) -> Iterator[dict]:
@@ -303,7 +326,7 @@ class ControlClient:
             yield event
             if until(event) or (event["type"] == "error" and "message" in event):
                 return
-        raise ConnectionError("the assistant closed the connection")
+        raise ConnectionError("the assistant closed the connection (has it stopped?)")
 
     def close(self) -> None:
         self.lines.close()

@@ -83,10 +83,22 @@ def read_settings(path: Path) -> Settings:
         raise ConfigError(f"{path}: cannot be read: {e}") from None
 
 
+class Stopped(Exception):
+    """SIGTERM or SIGINT while the models load."""
+
+
 class Daemon:
     def __init__(self, config_path: Path, text_only: bool = False):
         self.config_path = config_path
         self.state = State.LOADING
+        # Loading takes seconds (minutes on a board's first start). A stop then ends it at the next
+        # Python step, cleanly; a reload is remembered and done once ready (the default action of
+        # SIGHUP would end the daemon, and systemd would not restart it).
+        self.stop_requested = False
+        self.reload_requested = False
+        signal.signal(signal.SIGTERM, _stop_loading)
+        signal.signal(signal.SIGINT, _stop_loading)
+        signal.signal(signal.SIGHUP, lambda *_: setattr(self, "reload_requested", True))
         self.settings = read_settings(config_path)
         check_model_paths(self.settings, voice=not text_only)
         if not text_only and (problem := microphone_problem(self.settings)):  # retried below, said once here
@@ -98,11 +110,9 @@ class Daemon:
         self.current: TurnRequest | None = None
         self.turn_started: float | None = None  # monotonic start of the running turn
         self.voice_turns = itertools.count(1)
-        # Signals only set these flags and write a byte to the pipe the main loop waits on: a
-        # handler runs in the main thread between any two bytecodes, maybe while that thread holds
+        # Once running, signals only set flags and write a byte to the pipe the main loop waits on:
+        # a handler runs in the main thread between any two bytecodes, maybe while that thread holds
         # a lock the handler would need (an Event's), so it takes none.
-        self.stop_requested = False
-        self.reload_requested = False
         self.wakeup_read, self.wakeup_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.background_stop = threading.Event()
         self.background: list[threading.Thread] = []  # the skills' @background tasks
@@ -113,7 +123,7 @@ class Daemon:
         # The socket first: a second instance, or a path that is not ours, is refused before the
         # model loads; clients asking meanwhile hear that the assistant is loading.
         self.socket_path = self.settings.control.socket or default_socket_path()
-        self.control = ControlServer(self.socket_path, self.handle, self.disconnected)
+        self.control = ControlServer(self.socket_path, self.handle, self.disconnected, self.busy)
         try:
             notify("STATUS=loading the language model")
             llm = self.settings.llm
@@ -201,15 +211,16 @@ class Daemon:
         if self.voice is not None:
             self.voice.sink.stop()
             self.voice.source.stopped.set()
-        self.worker.join(STOP_SECONDS)
-        if self.voice_thread is not None:
-            self.voice_thread.join(STOP_SECONDS)
+        deadline = time.monotonic() + STOP_SECONDS
+        busy = [t for t in (self.worker, self.voice_thread, self.reloader) if t is not None]
+        for thread in busy:
+            thread.join(max(0.0, deadline - time.monotonic()))
         self._stop_background()
         self.control.close()
-        if self.worker.is_alive() or (self.voice_thread is not None and self.voice_thread.is_alive()):
-            # The turn is inside the model and will not notice the cancel in time. Ending the
-            # interpreter under it would abort in the runtime's destructors: leave at once instead.
-            log.warning("the turn did not stop within %g s; exiting without waiting for it", STOP_SECONDS)
+        if any(thread.is_alive() for thread in busy):
+            # A turn or a reload is inside the model and will not notice the stop in time. Ending
+            # the interpreter under it would abort in the runtime's destructors: leave at once.
+            log.warning("the model did not finish its work within %g s; exiting without waiting", STOP_SECONDS)
             logging.shutdown()
             os._exit(0)
         return 0
@@ -293,7 +304,7 @@ class Daemon:
             start, first, outcome = self.turn_started, None, {}
             try:
                 publish(Event("turn_start", {"text": request.text}, request.id, request.client))
-                for event in self.manager.turn(request.text, request.cancel):
+                for event in self.manager.turn(request.text, request.cancel, request.client):
                     first = first or time.monotonic()
                     fields = {"text": event.text, **({"data": event.data} if event.data is not None else {})}
                     publish(Event(event.kind, fields, request.id, request.client))
@@ -310,9 +321,7 @@ class Daemon:
                 outcome = {"failed": True}
             finally:
                 self.current = self.turn_started = None
-                self._forget(request)  # before turn_done: the client may send its next turn at once
-                publish(Event("turn_done", {"cancelled": request.cancel.is_set(), **outcome}, request.id,
-                              request.client))  # fmt: skip
+                self._finish(request, {"cancelled": request.cancel.is_set(), **outcome})
 
     def voice_turn(self, text: str, cancel: threading.Event) -> Iterator[str]:
         """A turn heard by the microphone: its events go to every client."""
@@ -325,15 +334,17 @@ class Daemon:
         """Text turns from the socket, in the order they came."""
         while (request := self.pending.get()) is not None:
             if request.cancel.is_set():  # cancelled while waiting
-                self._forget(request)
-                self.control.publish(Event("turn_done", {"cancelled": True}, request.id, request.client))
+                self._finish(request, {"cancelled": True})
                 continue
             for _ in self.turn(request):
                 pass
 
-    def _forget(self, request: TurnRequest) -> None:
+    def _finish(self, request: TurnRequest, outcome: dict) -> None:
+        """Forget the turn and send its turn_done, together: once a client is no longer busy, its
+        turn_done is on its way (a half-closed client is then closed), and it may send its next turn."""
         with self.requests_lock:
             self.requests.pop(request.id, None)
+            self.control.publish(Event("turn_done", outcome, request.id, request.client))
 
     def cancel(self, request_id: str | None) -> str | None:
         """Cancel that turn, or the running one; return the id of the turn cancelled, if any."""
@@ -346,8 +357,14 @@ class Daemon:
             self.voice.sink.stop()
         return request.id
 
+    def busy(self, client: int) -> bool:
+        with self.requests_lock:
+            return any(r.client == client for r in self.requests.values())
+
     def disconnected(self, client: int) -> None:
-        """A client that goes away (Ctrl-C, a crash) cancels its own turns."""
+        """A client that goes away (Ctrl-C, a crash) cancels its own turns; its question lapses."""
+        if (manager := getattr(self, "manager", None)) is not None:  # None while loading
+            manager.forget(client)
         with self.requests_lock:
             mine = [r for r in self.requests.values() if r.client == client]
         for request in mine:
@@ -463,6 +480,15 @@ def _describe(error: Exception) -> str:
     return str(error) if isinstance(error, ConfigError) else f"{type(error).__name__}: {error}"
 
 
+def _stop_loading(*_) -> None:
+    raise Stopped
+
+
 def run(config_path: Path, text_only: bool = False) -> int:
-    daemon = Daemon(config_path, text_only)
+    try:
+        daemon = Daemon(config_path, text_only)
+    except Stopped:
+        notify("STOPPING=1")
+        log.info("stopped while loading")
+        return 0
     return daemon.run()

@@ -27,6 +27,10 @@ log = logging.getLogger(__name__)
 PROGRESS_SECONDS = 2.0  # at most one progress line this often while the system prompt is prefilled
 
 
+class TooLong(ModelError):
+    """A message that does not fit in the context even with every older turn dropped."""
+
+
 class Conversation:
     """Messages in the model's chat format; each reply streams text as it is generated.
 
@@ -80,17 +84,29 @@ class Conversation:
         self.messages.clear()
 
     def prompt_ids(self) -> list[int]:
-        """The prompt for the next reply, dropping the oldest turns until it fits."""
-        while True:
-            ids = self._encode(self.messages)
+        """The prompt for the next reply, without the oldest turns it needs to drop to fit.
+
+        The turn being answered is never dropped: if it does not fit on its own, TooLong is raised
+        and the history is left as it was.
+        """
+        users = [i for i, m in enumerate(self.messages) if m["role"] == "user" and not is_tool_response(m)]
+        cuts = [0, *users[1:]]  # keep everything, or everything from a later user turn on
+        fitting = None
+        low, high = 0, len(cuts) - 1  # the fewest turns dropped that fit: encodings shrink as cuts grow
+        while low <= high:
+            middle = (low + high) // 2
+            ids = self._encode(self.messages[cuts[middle] :])
             if len(ids) + self.reserve <= self.engine.kv_len:
-                return ids
-            # Drop the oldest user turn and everything up to the next user turn.
-            user_turns = [i for i, m in enumerate(self.messages) if m["role"] == "user" and not is_tool_response(m)]
-            if len(user_turns) < 2:
-                raise ModelError(f"the message is too long: {len(ids)} tokens for kv_cache_len {self.engine.kv_len}")
-            log.info("context full: dropping the oldest turn")
-            del self.messages[: user_turns[1]]
+                fitting, high = (middle, ids), middle - 1
+            else:
+                low = middle + 1
+        if fitting is None:
+            raise TooLong(f"the message is too long: {len(ids)} tokens for kv_cache_len {self.engine.kv_len}")
+        dropped, ids = fitting
+        if dropped:
+            log.info("context full: dropping the %d oldest turns", dropped)
+            del self.messages[: cuts[dropped]]
+        return ids
 
     def reply(
         self,

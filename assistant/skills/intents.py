@@ -32,8 +32,9 @@ from typing import Any
 
 import jsonschema
 from hassil import Intents, TextSlotList, Trie, recognize_best
+from hassil.parse_expression import parse_sentence
 
-from assistant.skills.sdk import Skill
+from assistant.skills.sdk import Skill, SkillError
 
 log = logging.getLogger(__name__)
 
@@ -322,6 +323,31 @@ def _own_intents(skills: dict[str, Skill]) -> dict[str, Intents]:
         except Exception as e:  # a template that hassil cannot parse
             log.error("local intents for %s not loaded: %s", language, e)
     return intents
+
+
+def check_sentences(found: Skill) -> None:
+    """Raise SkillError for a template of the skill's own that hassil cannot use.
+
+    hassil parses templates only when it first matches, so one bad template would otherwise fail
+    every skill's sentences in its language at start-up, not just its own skill at load time.
+    """
+    for language, sentences in found.sentences.items():
+        for sentence in sentences:
+            text, fixed = sentence if isinstance(sentence, tuple) else (sentence, {})
+            where = f"skill {found.name}: sentence {text!r} ({language})"
+            try:
+                parse_sentence(text)
+            except Exception as e:
+                raise SkillError(f"{where} cannot be parsed: {e}") from None
+            unknown = [
+                name
+                for name in [m.group(1) for m in LIST_REFERENCE.finditer(text)] + list(fixed)
+                if name not in found.parameters["properties"]
+            ]
+            if unknown:
+                raise SkillError(f"{where}: {{{unknown[0]}}} is not a parameter of the skill")
+            if rule := RULE_REFERENCE.search(text):
+                raise SkillError(f"{where}: <{rule.group(1)}> rules are not available in a skill's own sentences")
 
 
 def _scope(sentence: str, skill_name: str, found: Skill) -> str:

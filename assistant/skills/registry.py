@@ -8,8 +8,10 @@ an error, never as an exception into the turn.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
 import importlib.util
+import json
 import logging
 import math
 import sys
@@ -24,6 +26,7 @@ from typing import Any
 import jsonschema
 
 from assistant.config import state_dir
+from assistant.skills.intents import check_sentences
 from assistant.skills.sdk import (
     BACKGROUND_ATTRIBUTE,
     SKILL_ATTRIBUTE,
@@ -64,11 +67,12 @@ class Registry:
     # -- loading ------------------------------------------------------------------------------------
 
     def load_folder(self, folder: Path, disabled: tuple[str, ...] = ()) -> None:
+        """Every module of the folder not named _*; those are its helpers (`from ._helpers import x`)."""
+        package = _folder_package(Path(folder))
         for path in sorted(Path(folder).glob("*.py")):
             if path.name.startswith("_"):
                 continue
-            builtin = Path(folder).resolve() == BUILTIN_SKILLS
-            module = self._import_file(path, "assistant_builtin_skills" if builtin else None)
+            module = self._import_file(path, package)
             if module is not None:
                 self.add_module(module, str(path), disabled)
 
@@ -131,6 +135,7 @@ class Registry:
         where = f"{source}:{func.__code__.co_firstlineno}" if hasattr(func, "__code__") else source
         try:
             built = build_skill(spec, self.settings, where)
+            check_sentences(built)
         except SkillUnavailable as e:
             log.debug("skill %s not loaded: %s", spec.name, e)
             return
@@ -145,8 +150,8 @@ class Registry:
             return
         self.skills[built.name] = built
 
-    def _import_file(self, path: Path, package: str | None = None) -> ModuleType | None:
-        name = f"{package or 'assistant_user_skills'}.{path.stem}"  # a user's timers.py is not the built-in one
+    def _import_file(self, path: Path, package: str) -> ModuleType | None:
+        name = f"{package}.{path.stem}"  # a user's timers.py is not the built-in one
         try:
             spec = importlib.util.spec_from_file_location(name, path)
             module = importlib.util.module_from_spec(spec)
@@ -184,7 +189,8 @@ class Registry:
             jsonschema.validate(arguments, found.parameters)
         except jsonschema.ValidationError as e:
             return SkillResult(name, error=f"invalid arguments for {name}: {e.message}")
-        kwargs = dict(arguments)
+        properties = found.parameters["properties"]
+        kwargs = {key: _as_declared(value, properties[key]) for key, value in arguments.items()}
         if found.wants_context:
             kwargs[found.wants_context] = self.context
         timeout = found.timeout or self.timeout
@@ -204,14 +210,47 @@ class Registry:
             return SkillResult(name, error=f"{name} failed: {error}")
         if isinstance(value, str):
             return SkillResult(name, text=value)
+        try:
+            json.dumps(value, allow_nan=False)  # data goes back to the model (and to clients) as JSON
+        except (TypeError, ValueError) as e:
+            log.error("skill %s returned data that JSON cannot carry: %s", name, e)
+            return SkillResult(name, error=f"{name} returned something other than text or JSON data")
         return SkillResult(name, data=value)
 
 
 def _run_into(func: Any, kwargs: dict, outcome: list) -> None:
     try:
         outcome.append((func(**kwargs), None))
-    except Exception as e:
+    except (Exception, SystemExit) as e:  # sys.exit() in a skill ends its call, not the assistant
         outcome.append((None, e))
+
+
+def _folder_package(folder: Path) -> str:
+    """A fresh package for a skill folder, so that its modules can import its helpers relatively.
+
+    Named after the folder's path, so that two folders' modules never meet; made anew on each
+    load, so that a reload reads changed helpers too.
+    """
+    folder = folder.resolve()
+    if folder == BUILTIN_SKILLS:
+        name = "assistant_builtin_skills"
+    else:
+        name = "assistant_user_skills_" + hashlib.sha256(str(folder).encode()).hexdigest()[:12]
+    for loaded in [m for m in sys.modules if m == name or m.startswith(name + ".")]:
+        del sys.modules[loaded]
+    package = ModuleType(name)
+    package.__path__ = [str(folder)]
+    sys.modules[name] = package
+    return name
+
+
+def _as_declared(value: Any, schema: dict) -> Any:
+    """JSON Schema counts 7.0 as an integer; a skill that declared int gets 7, as its hint says."""
+    if schema.get("type") == "integer" and isinstance(value, float):
+        return int(value)
+    if schema.get("type") == "array" and isinstance(value, list):
+        return [_as_declared(v, schema.get("items", {})) for v in value]
+    return value
 
 
 def _finite(value: Any) -> bool:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import inspect
+import math
 import re
 import shutil
 import sqlite3
@@ -220,6 +221,8 @@ def build_skill(spec: SkillSpec, settings: Any = None, source: str = "") -> Skil
     for param in inspect.signature(spec.func).parameters.values():
         if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
             raise SkillError(f"skill {spec.name}: *args and **kwargs cannot be described to the model")
+        if param.kind is param.POSITIONAL_ONLY:
+            raise SkillError(f"skill {spec.name}: parameter '{param.name}' is positional-only; skills take keywords")
         hint = hints.get(param.name)
         if hint is SkillContext or SkillContext in typing.get_args(hint):
             wants_context = param.name
@@ -235,6 +238,8 @@ def build_skill(spec: SkillSpec, settings: Any = None, source: str = "") -> Skil
         if param.default is inspect.Parameter.empty:
             required.append(param.name)
         elif param.default is not None:
+            if isinstance(param.default, float) and not math.isfinite(param.default):
+                raise SkillError(f"skill {spec.name}: parameter '{param.name}': the default must be a finite number")
             schema["default"] = param.default
         properties[param.name] = schema
     parameters = {"type": "object", "properties": properties, "required": required, "additionalProperties": False}
@@ -250,6 +255,8 @@ def _schema(hint: Any, settings: Any) -> dict:
             if isinstance(extra, Range):
                 if schema.get("type") not in ("integer", "number"):
                     raise SkillError("Range applies to int or float")
+                if not all(math.isfinite(b) for b in (extra.minimum, extra.maximum) if b is not None):
+                    raise SkillError("Range bounds must be finite numbers (None for no bound)")
                 if extra.minimum is not None:
                     schema["minimum"] = extra.minimum
                 if extra.maximum is not None:

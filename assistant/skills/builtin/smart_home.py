@@ -17,6 +17,7 @@ temperature_command_topic), state on state_topic.
 from __future__ import annotations
 
 import json
+import math
 import threading
 from typing import Annotated, Any, Literal
 
@@ -279,14 +280,26 @@ def _describe(device: str, payload: bytes) -> str:
     if not isinstance(state, dict):
         return f"The {device} is {str(state).lower()}."
     said = []
-    if "state" in state:
+    if isinstance(state.get("state"), str | bool):
         said.append(str(state["state"]).lower())
-    if "brightness" in state:
-        said.append(f"at {round(state['brightness'] * 100 / 254)} percent")
-    if "position" in state:
-        said.append(f"{state['position']} percent open")
-    if "local_temperature" in state:
-        said.append(f"{state['local_temperature']:g} degrees")
-    if "current_heating_setpoint" in state:
-        said.append(f"set to {state['current_heating_setpoint']:g}")
+    # Devices report numbers as numbers, strings or null (unknown): only a number is said.
+    if (brightness := _number(state.get("brightness"))) is not None:
+        said.append(f"at {round(brightness * 100 / 254)} percent")
+    if (position := _number(state.get("position"))) is not None:
+        said.append(f"{position:g} percent open")
+    if (temperature := _number(state.get("local_temperature"))) is not None:
+        said.append(f"{temperature:g} degrees")
+    if (setpoint := _number(state.get("current_heating_setpoint"))) is not None:
+        said.append(f"set to {setpoint:g}")
     return f"The {device} is " + (", ".join(said) if said else "reporting something I don't understand") + "."
+
+
+def _number(value: object) -> float | None:
+    """A reported number ("21.5" as well as 21.5); None for null, text or anything not finite."""
+    if isinstance(value, bool):
+        return None
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
