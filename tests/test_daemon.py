@@ -653,3 +653,94 @@ def test_voice_turns_and_voice_events_reach_every_client(setup) -> None:
     finally:
         daemon.pending.put(None)
         daemon.control.close()
+
+
+def test_sigterm_while_a_reload_prefills_a_long_prompt_exits_0(tmp_path: Path, chatty: Path) -> None:
+    """The reload thread is inside the model: a stop must not end the interpreter under it."""
+    config = chatty_config(tmp_path, chatty, max_new_tokens=12)
+    base = config.read_text()
+    control, notify = tmp_path / "run" / "control.sock", Notifications(tmp_path / "notify.sock")
+    try:
+        for attempt in range(6):
+            config.write_text(base)
+            notify.received.clear()
+            daemon = Daemon(tmp_path, config, notify)
+            prompt = "the weather is sunny " * (1400 + attempt)
+            config.write_text(base.replace("llm:\n", f"llm:\n  system_prompt: {prompt}\n"))
+            notify.received.clear()
+            daemon.process.send_signal(signal.SIGHUP)
+            notify.wait_for("RELOADING=1", timeout=10)
+            time.sleep(0.02 * attempt)
+            code = daemon.stop(signal.SIGTERM)
+            assert code == 0, daemon.log_text()[-2000:]
+            assert not control.exists()
+    finally:
+        notify.close()
+
+
+SLOW_IMPORT_SKILL = "import time\n\ntime.sleep(4)\n"
+
+
+def test_signals_while_loading_reload_later_or_stop_cleanly(setup) -> None:
+    config, control, notify = setup
+    (config.parent / "extra_skills" / "slow.py").write_text(SLOW_IMPORT_SKILL)  # loading takes 4 s more
+    env = clean_env() | {"NOTIFY_SOCKET": str(notify.path)}
+    command = [sys.executable, "-m", "assistant", "run", "--config", str(config), "--text-only"]
+    with open(config.parent / "loading.log", "wb") as log:
+        process = subprocess.Popen(command, env=env, stdout=log, stderr=log)
+        notify.wait_for("STATUS=loading the language model", process=process)
+        process.send_signal(signal.SIGHUP)  # the default action would end the daemon
+        notify.wait_for("READY=1", timeout=60, process=process)
+        notify.wait_for("RELOADING=1", timeout=30, process=process)  # the reload asked for while loading
+        assert process.poll() is None
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+
+        notify.received.clear()
+        process = subprocess.Popen(command, env=env, stdout=log, stderr=log)
+        notify.wait_for("STATUS=loading the language model", process=process)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+    assert "STOPPING=1" in notify.received and "READY=1" not in notify.received
+    assert not control.exists()
+    assert "stopped while loading" in (config.parent / "loading.log").read_text()
+
+
+def test_a_question_belongs_to_the_connection_that_asked_it(setup) -> None:
+    config, control, notify = setup
+    daemon = Daemon(config.parent, config, notify)
+    try:
+        assert "bread" in spoken(turn(control, "add bread to the shopping list"))
+        with connect(control) as asker, connect(control) as other:
+            send(asker, {"type": "say", "text": "clear the shopping list"})
+            assert until(asker, "turn_done")[-2]["type"] == "confirm"
+            send(other, {"type": "say", "text": "what time is it"})  # not an answer to the question
+            assert spoken(until(other, "turn_done")).startswith("It is ")
+            send(other, {"type": "say", "text": "yes"})  # nobody asked this connection anything
+            assert "skill_result" not in [e["type"] for e in until(other, "turn_done")]
+            assert "bread" in spoken(turn(control, "what's on the shopping list"))
+            send(other, {"type": "say", "text": "repeat that"})  # its own last reply, not the question
+            assert "Do you really want" not in spoken(until(other, "turn_done"))
+            send(asker, {"type": "say", "text": "Yes, please."})
+            cleared = until(asker, "turn_done")
+            assert [e["text"] for e in cleared if e["type"] == "skill_result"] == ["clear_shopping_list"]
+        assert "bread" not in spoken(turn(control, "what's on the shopping list"))
+
+        with connect(control) as asker:  # a new request instead of an answer drops the question
+            send(asker, {"type": "say", "text": "add milk to the shopping list"})
+            until(asker, "turn_done")
+            send(asker, {"type": "say", "text": "clear the shopping list"})
+            until(asker, "turn_done")
+            send(asker, {"type": "say", "text": "what time is it"})
+            assert spoken(until(asker, "turn_done")).startswith("It is ")
+            send(asker, {"type": "say", "text": "yes"})
+            assert "skill_result" not in [e["type"] for e in until(asker, "turn_done")]
+        assert "milk" in spoken(turn(control, "what's on the shopping list"))
+
+        with connect(control) as half_closed:  # `nc -N`: sends its request, then shuts its sending side
+            send(half_closed, {"type": "say", "text": "what time is it"})
+            half_closed.shutdown(socket.SHUT_WR)
+            assert spoken(until(half_closed, "turn_done")).startswith("It is ")
+            assert half_closed.recv(1) == b""  # and then the assistant closes it
+    finally:
+        assert daemon.stop() == 0

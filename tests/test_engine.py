@@ -13,7 +13,7 @@ import pytest
 import torch
 import yaml
 
-from assistant.llm.conversation import Conversation
+from assistant.llm.conversation import Conversation, TooLong
 from assistant.llm.engine import Engine
 from assistant.llm.export import export_model
 from assistant.llm.manifest import ModelError
@@ -233,13 +233,43 @@ def test_overflowing_conversation_keeps_working(tiny_float: Path) -> None:
     assert len(chat.messages) < 24  # old turns were dropped
 
 
-def test_message_longer_than_the_cache_is_a_clear_error(tiny_float: Path) -> None:
-    engine = Engine(tiny_float, kv_cache_len=64)
+def test_message_longer_than_the_cache_is_a_clear_error_and_keeps_the_history(tiny_float: Path) -> None:
+    engine = Engine(tiny_float, kv_cache_len=160)
     chat = Conversation(engine, "Hi.", max_new_tokens=8)
-    with pytest.raises(ModelError, match="too long"):
+    for text in ("hello", "turn on the light"):
+        "".join(chat.reply(text, GREEDY))
+    history = [dict(m) for m in chat.messages]
+    with pytest.raises(TooLong, match="too long"):
         list(chat.reply("light " * 200, GREEDY))
-    assert chat.messages == []  # nothing half-recorded
+    assert chat.messages == history  # nothing half-recorded, and no older turn dropped for it
     assert isinstance("".join(chat.reply("hello", GREEDY)), str)  # and the next turn works
+
+
+def test_a_long_history_is_cut_with_few_encodings(tiny_float: Path) -> None:
+    """Local intents add turns without the model: the next model turn must not re-encode the
+    history once per turn it drops."""
+    engine = Engine(tiny_float, kv_cache_len=256)
+    chat = Conversation(engine, "Hi.", max_new_tokens=8)
+    for i in range(2000):
+        chat.messages.append({"role": "user", "content": f"what time is it {i}"})
+        chat.messages.append({"role": "assistant", "content": "Noon."})
+    chat.messages.append({"role": "user", "content": "and now?"})
+    before = list(chat.messages)
+    encodings = 0
+    encode = chat._encode
+
+    def counted(messages: list[dict], add_generation_prompt: bool = True) -> list[int]:
+        nonlocal encodings
+        encodings += 1
+        return encode(messages, add_generation_prompt)
+
+    chat._encode = counted
+    ids = chat.prompt_ids()
+    assert encodings <= 12  # log2(2000) + 1, not one encoding per dropped turn
+    kept = len(chat.messages)
+    assert 3 <= kept < 100 and chat.messages == before[-kept:] and chat.messages[-1]["content"] == "and now?"
+    assert ids == encode(chat.messages) and len(ids) + chat.reserve <= engine.kv_len
+    assert len(encode(before[-kept - 2 :])) + chat.reserve > engine.kv_len  # one turn more would not fit
 
 
 def test_streamed_chinese_and_emoji_is_byte_identical(tiny_float: Path) -> None:

@@ -175,7 +175,7 @@ def test_a_bad_sentence_template_skips_only_its_skill(tmp_path: Path) -> None:
     registry.load_folder(tmp_path)
     assert not {"weather", "weather_in", "warm"} & set(registry.skills)
     problems = "\n".join(registry.problems)
-    assert "skill weather: sentence \"what's the weather [like today\" (en) cannot be parsed" in problems
+    assert 'skill weather: sentence "what\'s the weather [like today" (en) cannot be parsed' in problems
     assert "skill weather_in: sentence 'weather in {city}' (en): {city} is not a parameter of the skill" in problems
     assert "<when> rules are not available" in problems
     matcher = IntentMatcher(registry.skills)  # the other skills' sentences still answer

@@ -17,7 +17,7 @@ from assistant.llm.engine import Engine
 from assistant.llm.sampling import Sampler
 from assistant.skills.constraint import OPEN, ToolCallConstraint, parse_tool_calls, visible_text
 from assistant.skills.registry import BUILTIN_SKILLS, Registry
-from assistant.turn import TurnManager
+from assistant.turn import TOO_LONG, TurnManager, confirmation
 
 
 @skill(sentences={"en": ["set a timer for {minutes} minute[s]"]})
@@ -142,7 +142,22 @@ def test_confirmation_is_asked_before_a_guarded_skill(tiny_int8: Path, registry:
     assert events(manager, "unlock the door")[-1][0] == "confirm"
     assert events(manager, "no") == [("text", "Okay, I won't.")]
     events(manager, "unlock the door")
-    assert events(manager, "yes")[-1] == ("text", "The door is unlocked.")
+    assert events(manager, "Yes, do it.")[-1] == ("text", "The door is unlocked.")
+    events(manager, "unlock the door")  # something else instead of an answer: a new request
+    assert events(manager, "set a timer for 5 minutes")[-1] == ("text", "Timer set for 5 minutes.")
+    assert "The door is unlocked." not in [text for _, text in events(manager, "yes")]
+    too_long = events(manager, "light " * 3000)  # more than the context holds, even alone
+    assert too_long == [("error", TOO_LONG)]
+
+
+@pytest.mark.parametrize(
+    ("answer", "meaning"),
+    [("yes", True), ("Yes please!", True), ("go ahead", True), ("OK, do it.", True), ("好的。", True),
+     ("no", False), ("No thanks.", False), ("don't", False), ("cancel", False), ("不要", False),
+     ("what time is it", None), ("please", None), ("do you hear me", None), ("好的天气", None)],
+)  # fmt: skip
+def test_answers_to_a_confirmation(answer: str, meaning: bool | None) -> None:
+    assert confirmation(answer) is meaning
 
 
 def test_model_call_with_data_goes_back_for_a_second_pass(tiny_int8: Path) -> None:
