@@ -33,6 +33,10 @@ def test_shopping_list_and_notes_persist(tmp_path: Path) -> None:
     assert second.call("read_items", {}).text == "On your notes: call the plumber."
     assert second.call("remove_item", {"text": "MILK"}).text == "Removed MILK."
     assert second.call("remove_item", {"text": "bread"}).text == "bread is not on the list."
+    second.call("add_item", {"text": "Äpfel", "list": "shopping"})
+    assert second.call("remove_item", {"text": "äpfel"}).text == "Removed äpfel."  # not only ASCII letters fold
+    assert second.call("add_item", {"text": "  ", "list": "notes"}).text == "What should I note?"
+    assert second.call("read_items", {}).text == "On your notes: call the plumber."  # nothing blank was kept
     assert second.skills["clear_shopping_list"].confirm
     second.call("clear_shopping_list", {})
     assert second.call("read_items", {"list": "shopping"}).text == "Your shopping list is empty."

@@ -135,6 +135,11 @@ def test_state_queries_read_the_retained_state(broker: int, tmp_path: Path) -> N
         )
         assert registry.call("device_state", {"device": "fan"}).text == "The fan is off."
         assert registry.call("device_state", {"device": "blinds"}).text == "The blinds has not reported its state."
+        # Devices report unknown values as null and numbers as strings too.
+        subscriber.publish_retained("zigbee2mqtt/kitchen_light", json.dumps({"state": "OFF", "brightness": None}))
+        subscriber.publish_retained("zigbee2mqtt/thermostat", json.dumps({"local_temperature": "21.5", "state": None}))
+        assert registry.call("device_state", {"device": "kitchen light"}).text == "The kitchen light is off."
+        assert registry.call("device_state", {"device": "thermostat"}).text == "The thermostat is 21.5 degrees."
     finally:
         subscriber.close()
 

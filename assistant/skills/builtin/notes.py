@@ -32,6 +32,8 @@ def add_item(text: str, context: SkillContext, list: ListName = "notes") -> str:
         text: the item or the note
         list: "shopping" for the shopping list, "notes" for notes
     """
+    if not text.strip():
+        return "What should I add?" if list == "shopping" else "What should I note?"
     with _db(context) as db:
         db.execute("INSERT INTO items (list, text) VALUES (?, ?)", (list, text.strip()))
     return f"Added {text.strip()} to the shopping list." if list == "shopping" else "Noted."
@@ -77,9 +79,12 @@ def remove_item(text: str, context: SkillContext, list: ListName = "shopping") -
         text: the item to remove
         list: "shopping" for the shopping list, "notes" for notes
     """
+    wanted = text.strip().casefold()  # SQLite's lower() folds only ASCII: Äpfel is äpfel here
     with _db(context) as db:
-        removed = db.execute("DELETE FROM items WHERE list = ? AND lower(text) = lower(?)", (list, text.strip()))
-    return f"Removed {text.strip()}." if removed.rowcount else f"{text.strip()} is not on the list."
+        ids = [i for i, item in db.execute("SELECT id, text FROM items WHERE list = ?", (list,))
+               if item.casefold() == wanted]  # fmt: skip
+        db.executemany("DELETE FROM items WHERE id = ?", [(i,) for i in ids])
+    return f"Removed {text.strip()}." if ids else f"{text.strip()} is not on the list."
 
 
 @skill(confirm=True, sentences={"en": ["clear the shopping list"], "zh": ["清空购物清单"]})

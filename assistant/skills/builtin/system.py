@@ -76,7 +76,7 @@ def set_volume(percent: Annotated[int, Range(0, 100)], context: SkillContext) ->
     """Set the speaker volume.
 
     Args:
-        percent: volume from 0 to 100
+        percent: the volume in percent
     """
     return f"Volume {_store(context, percent)} percent."
 
