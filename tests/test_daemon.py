@@ -484,6 +484,23 @@ def test_cancel_from_any_connection_on_disconnect_and_on_ctrl_c(tmp_path: Path, 
         say.send_signal(signal.SIGINT)
         assert say.wait(timeout=10) == 130
         assert idle_within(control, 1.0)
+
+        # `assistant chat` stays open when its reply is cancelled from elsewhere.
+        chat = subprocess.Popen([sys.executable, "-m", "assistant", "chat", "--config", str(config)],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                env=clean_env())  # fmt: skip
+        chat.stdin.write(b"tell me a long story\n")
+        chat.stdin.flush()
+        chat.stdout.read(8)  # the reply has started
+        assert run_assistant("cancel", "--config", str(config)).stdout.startswith("cancelled turn ")
+        assert idle_within(control, 2.0)
+        chat.stdin.write(b"and another one\n")
+        chat.stdin.flush()
+        time.sleep(0.5)
+        assert not idle_within(control, 0.1)  # the chat's second line is a turn
+        assert run_assistant("cancel", "--config", str(config)).stdout.startswith("cancelled turn ")
+        chat.stdin.close()
+        assert chat.wait(timeout=10) == 0
     finally:
         assert daemon.stop() == 0
         notify.close()
