@@ -6,12 +6,20 @@ import argparse
 import json
 import logging
 import sys
+import typing
 from pathlib import Path
 
 import yaml
 
 from assistant import __version__
-from assistant.config import ConfigError, check_model_paths, default_config_path, load_settings, settings_as_dict
+from assistant.config import (
+    ConfigError,
+    bound_problem,
+    check_model_paths,
+    default_config_path,
+    load_settings,
+    settings_as_dict,
+)
 from assistant.llm.manifest import ModelError
 from assistant.logs import setup_logging
 
@@ -42,11 +50,16 @@ def cmd_config_check(args: argparse.Namespace) -> int:
 
 def cmd_config_init(args: argparse.Namespace) -> int:
     from assistant.daemon.service import DEFAULT_CONFIG
+    from assistant.setup.download import write_atomic, write_problem
 
     if args.path.exists():
         print(f"error: {args.path} exists; edit it, or remove it first", file=sys.stderr)
         return 1
-    args.path.write_text(DEFAULT_CONFIG.read_text())
+    try:  # whole or not at all: an empty file left by a full disk would load as the defaults
+        write_atomic(args.path, DEFAULT_CONFIG.read_text())
+    except OSError as e:
+        print(f"error: {write_problem(e, args.path)}", file=sys.stderr)
+        return 1
     print(f"wrote {args.path}: paths in it are relative to its folder; next: `assistant setup --target host`")
     return 0
 
@@ -205,6 +218,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_service_install(args: argparse.Namespace) -> int:
     from assistant.daemon.service import InstallError, install
+    from assistant.setup.download import write_problem
 
     try:
         report = install(
@@ -213,14 +227,18 @@ def cmd_service_install(args: argparse.Namespace) -> int:
     except InstallError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except OSError as e:
+        print(f"error: {write_problem(e, args.root)}", file=sys.stderr)
+        return 1
     print(report)
     return 0
 
 
 def cmd_setup(args: argparse.Namespace) -> int:
     from assistant.setup import build
-    from assistant.setup.download import SetupError
+    from assistant.setup.download import SetupError, write_problem
 
+    writing = Path.cwd()  # where the files go, for a write error that names no file
     try:
         if args.verify:
             print(build.verify_model(args.verify))
@@ -242,6 +260,7 @@ def cmd_setup(args: argparse.Namespace) -> int:
             keep_intermediate=args.keep_intermediate,
         )
         build.check_builder(options)
+        writing = build.destination(options, models_dir)  # before the speech models: a refusal comes at once
         speech = not args.no_speech and settings is not None
         if not args.no_speech and settings is None:
             log.warning("no %s: speech models not fetched (config.yaml names them)", config)
@@ -254,6 +273,9 @@ def cmd_setup(args: argparse.Namespace) -> int:
         print(build.next_command(model_dir, options, settings, speech))
     except SetupError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:  # a full disk, a read-only --out
+        print(f"error: {write_problem(e, writing)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         message = "interrupted: finished steps and partial downloads are kept; run the same command again to resume"
@@ -308,6 +330,23 @@ def cmd_audio_list(args: argparse.Namespace) -> int:
         print(f"error: cannot list audio devices: {e}", file=sys.stderr)
         return 1
     return 0
+
+
+def _setting(key: str, kind: type) -> typing.Callable[[str], typing.Any]:
+    """An argparse type for an option that stands for a config key: the config's bounds apply to it too."""
+
+    def parse(text: str) -> typing.Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected {'a whole number' if kind is int else 'a number'}, got {text!r}"
+            ) from None
+        if problem := bound_problem(key, value):
+            raise argparse.ArgumentTypeError(problem)
+        return value
+
+    return parse
 
 
 class _HelpFormatter(argparse.HelpFormatter):
@@ -440,10 +479,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     config_option(chat, "config naming the control socket")
     chat.add_argument("--backend", default="auto", choices=["auto", "axengine", "onnxruntime"], help="with --model")
-    chat.add_argument("--threads", type=int, default=2, help="CPU threads of the ONNX backend, with --model")
+    chat.add_argument(
+        "--threads", type=_setting("llm.threads", int), default=2, help="CPU threads of the ONNX backend, with --model"
+    )
     chat.add_argument("--system", default="You are a helpful assistant.", help="system prompt, with --model")
-    chat.add_argument("--max-new-tokens", type=int, default=256, help="longest reply, with --model")
-    chat.add_argument("--temperature", type=float, default=0.0, help="0 is greedy, with --model")
+    chat.add_argument(
+        "--max-new-tokens", type=_setting("llm.max_new_tokens", int), default=256, help="longest reply, with --model"
+    )
+    chat.add_argument(
+        "--temperature", type=_setting("llm.sampling.temperature", float), default=0.0, help="0 is greedy, with --model"
+    )
     chat.add_argument("--seed", type=int, default=None, help="sampling seed, with --model")
     chat.set_defaults(func=cmd_chat)
 

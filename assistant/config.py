@@ -154,6 +154,14 @@ _BOUNDS: list[tuple[str, typing.Callable[[Any], bool], str]] = [
 ]
 
 
+def bound_problem(key: str, value: Any) -> str | None:
+    """What `value` must be to be a valid `key` (a key of _BOUNDS), or None when it is valid."""
+    for bounded, ok, what in _BOUNDS:
+        if bounded == key and not ok(value):
+            return f"must be {what}, got {value!r}"
+    return None
+
+
 def _device_ok(device: Any) -> bool:
     return (
         isinstance(device, dict)
@@ -171,7 +179,6 @@ def default_config_path() -> Path:
 def load_settings(path: Path | None = None, environ: typing.Mapping[str, str] | None = None) -> Settings:
     """Read, override from the environment, type-check and bound-check a config file."""
     path = Path(path) if path else default_config_path()
-    environ = os.environ if environ is None else environ
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -181,15 +188,25 @@ def load_settings(path: Path | None = None, environ: typing.Mapping[str, str] | 
         ) from None
     except OSError as e:
         raise ConfigError(f"{path}: cannot read config file: {e.strerror}") from None
+    except UnicodeDecodeError as e:  # saved by an editor in Latin-1 or another legacy encoding
+        line = e.object[: e.start].count(b"\n") + 1
+        raise ConfigError(
+            f"{path}:{line}: not UTF-8 text (byte 0x{e.object[e.start]:02x}); save the file as UTF-8"
+        ) from None
+    return settings_from_text(text, path, environ)
+
+
+def settings_from_text(text: str, path: Path, environ: typing.Mapping[str, str] | None = None) -> Settings:
+    """The settings of a config file's text, as if read from `path` (its folder anchors relative paths)."""
+    environ = os.environ if environ is None else environ
     data, lines = _parse_yaml(text, path)
     _apply_env(data, environ, lines)
     where = _Where(path, lines)
     settings = _convert(Settings, data, "", where, path.parent.resolve())
     settings.source = path
-    for key, ok, what in _BOUNDS:
-        value = _lookup(settings, key)
-        if not ok(value):
-            raise ConfigError(f"{where(key)}{key}: must be {what}, got {value!r}")
+    for key, _, _ in _BOUNDS:
+        if problem := bound_problem(key, _lookup(settings, key)):
+            raise ConfigError(f"{where(key)}{key}: {problem}")
     return settings
 
 
@@ -264,6 +281,8 @@ def _parse_yaml(text: str, path: Path) -> tuple[dict, dict[str, int | str]]:
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
+    except RecursionError:  # PyYAML builds nested lists and mappings recursively
+        raise ConfigError(f"{path}: nested too deeply to be read; a config needs only a few levels") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line = f":{mark.line + 1}" if mark else ""
@@ -296,6 +315,8 @@ def _apply_env(data: dict, environ: typing.Mapping[str, str], lines: dict[str, i
             value = yaml.safe_load(raw) if raw.strip() else None
         except yaml.YAMLError:
             value = raw
+        except RecursionError:
+            raise ConfigError(f"environment {name}: nested too deeply to be read") from None
         target = data
         for part in parts[:-1]:
             existing = target.get(part)
@@ -362,7 +383,10 @@ def _convert(tp: Any, value: Any, key: str, where: _Where, base: Path) -> Any:
     if tp is Path:
         if not isinstance(value, str) or not value:
             raise ConfigError(f"{where(key)}{key}: expected a path, got {_kind(value)}")
-        path = Path(value).expanduser()
+        try:
+            path = Path(value).expanduser()
+        except RuntimeError:  # ~name of a user this system does not have
+            raise ConfigError(f"{where(key)}{key}: {value}: no such user's home folder; write the path out") from None
         return path if path.is_absolute() else base / path
     if tp is bool:
         if not isinstance(value, bool):

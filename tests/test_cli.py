@@ -44,11 +44,11 @@ def test_setup_then_chat_streams_a_reply_with_its_speed(tiny_hf: Path, tmp_path:
 
 
 def test_setup_of_a_folder_without_a_model_is_one_clear_line(tmp_path: Path) -> None:
-    result = assistant(
-        "setup", "--model", str(tmp_path), "--target", "host", "--no-speech", "--out", str(tmp_path / "o")
-    )
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = assistant("setup", "--model", str(empty), "--target", "host", "--no-speech", "--out", str(tmp_path / "o"))
     assert result.returncode == 78
-    expected = f"error: {tmp_path / 'config.json'}: not found; is {tmp_path} a Hugging Face model folder?"
+    expected = f"error: {empty / 'config.json'}: not found; is {empty} a Hugging Face model folder?"
     assert result.stderr.strip() == expected
 
 
@@ -74,3 +74,35 @@ def test_chat_template_renders_like_transformers(tiny_hf: Path) -> None:
     assert ours == theirs
     # Without a system message the template adds its default one.
     assert ChatTemplate(tiny_hf).render(messages[1:2]).startswith("<|im_start|>system\nYou are a helpful assistant.")
+
+
+def test_config_init_into_a_missing_folder_is_one_line(tmp_path: Path) -> None:
+    target = tmp_path / "no" / "such" / "config.yaml"
+    result = assistant("config", "init", str(target))
+    assert result.returncode == 1
+    assert result.stderr.strip() == f"error: no such folder: {target.parent}; create it first, or choose another place"
+    assert not (tmp_path / "no").exists()
+
+
+def test_chat_options_are_checked_as_the_config_checks_them(tmp_path: Path) -> None:
+    for option, value, expected in [
+        ("--temperature", "nan", "must be 0 or more (0 is greedy), got nan"),
+        ("--temperature", "-1", "must be 0 or more (0 is greedy), got -1.0"),
+        ("--threads", "0", "must be at least 1, got 0"),
+        ("--max-new-tokens", "0", "must be at least 1, got 0"),
+    ]:
+        result = assistant("chat", "--model", str(tmp_path), option, value)
+        assert result.returncode == 2 and "Traceback" not in result.stderr
+        assert result.stderr.strip().splitlines()[-1] == f"assistant chat: error: argument {option}: {expected}"
+
+
+def test_service_install_writes_nothing_when_it_refuses(tmp_path: Path) -> None:
+    root, models = tmp_path / "root", tmp_path / "models"
+    (models / "tiny").mkdir(parents=True)
+    (models / "tiny" / "manifest.yaml").write_text("name: tiny\n")
+    # A config under /home, which the unit hides (ProtectHome=yes): refused, and it would be created.
+    args = ["service", "install", "--root", str(root), "--config", "/home/someone/config.yaml"]
+    result = assistant(*args, "--models", str(models), "--unit-dir", "/etc/systemd/system")
+    assert result.returncode == 1
+    assert "/home/someone/config.yaml (the config): hidden from the service by ProtectHome=yes" in result.stderr
+    assert not root.exists()  # neither the config nor the models were written

@@ -114,3 +114,56 @@ def test_missing_file_and_non_mapping(tmp_path: Path) -> None:
     path.write_text("- a\n- b\n")
     with pytest.raises(ConfigError, match="top level must be a mapping"):
         load_settings(path, environ={})
+
+
+def assistant_with(config: Path, *command: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("ASSISTANT_")}
+    full_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "assistant", *command, "--config", str(config)],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=60,
+    )
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (
+            b'llm:\n  system_prompt: "Tu es un assistant caf\xe9"\n',
+            ":2: not UTF-8 text (byte 0xe9); save the file as UTF-8",
+        ),
+        (
+            b"llm: " + b"[" * 5000 + b"]" * 5000 + b"\n",
+            ": nested too deeply to be read; a config needs only a few levels",
+        ),
+    ],
+    ids=["latin-1", "nested"],
+)
+def test_an_unreadable_config_is_one_line_and_exit_78_for_every_command(
+    tmp_path: Path, content: bytes, expected: str
+) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_bytes(content)
+    # 78 for `run`: the unit's RestartPreventExitStatus, so that systemd does not restart it in a loop.
+    for command in (["config", "check"], ["run", "--text-only"], ["skills", "list"], ["setup", "--no-speech"]):
+        result = assistant_with(config, *command)
+        assert result.returncode == 78, (command, result.stderr)
+        assert result.stderr.strip() == f"error: {config}{expected}", command
+
+
+def test_an_environment_value_nested_too_deeply_is_one_line(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text("llm:\n  threads: 2\n")
+    result = assistant_with(config, "config", "check", env={"ASSISTANT_LLM__THREADS": "[" * 5000})
+    assert result.returncode == 78
+    assert result.stderr.strip() == "error: environment ASSISTANT_LLM__THREADS: nested too deeply to be read"
+
+
+def test_a_home_folder_of_no_such_user_is_a_config_error(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("")
+    with pytest.raises(ConfigError, match=r"environment ASSISTANT_STATE_DIR: state_dir: ~nosuchuser/x: no such user"):
+        load_settings(path, environ={"ASSISTANT_STATE_DIR": "~nosuchuser/x"})

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.server
 import io
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import threading
@@ -298,3 +300,196 @@ def test_docker_command_mounts_both_folders(tiny_hf: Path, tmp_path: Path, monke
     assert f"{tiny_hf.resolve()}:/data/input:ro" in command and f"{tmp_path.resolve()}:/data/work" in command
     assert command[command.index("pulsar2:3.2") + 1 :][:2] == ["pulsar2", "llm_build"]
     assert "--prefill_len" not in command and command[command.index("--weight_type") + 1] == "s4"
+
+
+# -- what setup refuses, and what it survives ------------------------------------------------------
+
+
+def host_setup(model: str, *args: str, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
+    return assistant("setup", "--model", model, "--target", "host", "--no-speech", *args, cwd=cwd, env=env)
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def one_error_line(result: subprocess.CompletedProcess) -> str:
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+def test_setup_refuses_a_destination_that_is_not_a_model_it_built(tiny_hf: Path, tmp_path: Path) -> None:
+    project = tmp_path / "project"  # a config, the user's files, and a checkpoint copied into models/
+    shutil.copytree(tiny_hf, project / "models" / "tiny-qwen2")
+    (project / "config.yaml").write_text("llm:\n  model_dir: models/tiny-qwen2\n")
+    (project / "notes.txt").write_text("my work")
+    (project / "other").mkdir()
+    (project / "other" / "manifest.yaml").write_text("x")  # a manifest, but not one of ours
+    before = snapshot(project)
+
+    cases = {
+        "models/tiny-qwen2": ("models/tiny-qwen2", []),  # the default destination is the checkpoint itself
+        "--out the checkpoint": (str(tiny_hf), ["--out", str(tiny_hf)]),
+        "--out inside the checkpoint": (str(tiny_hf), ["--out", str(tiny_hf / "built")]),
+        "--out holding the checkpoint": ("models/tiny-qwen2", ["--out", "models"]),
+        "--out .": (str(tiny_hf), ["--out", "."]),
+        "--out the current folder spelled out": (str(tiny_hf), ["--out", str(project)]),
+        "--out another folder": (str(tiny_hf), ["--out", "other"]),
+        "--out a file": (str(tiny_hf), ["--out", "notes.txt"]),
+    }
+    for case, (model, args) in cases.items():
+        result = host_setup(model, *args, cwd=project)
+        assert result.returncode == 1, (case, result.stderr)
+        error = one_error_line(result)
+        assert error.startswith("error: cannot build into ") and "--out DIR" in error, (case, error)
+        assert snapshot(project) == before, case  # nothing touched, no partial build beside it
+    assert snapshot(tiny_hf) == snapshot(project / "models" / "tiny-qwen2")
+
+    # A folder that is empty, or a model built here, is the destination it should be.
+    (project / "empty").mkdir()
+    assert host_setup(str(tiny_hf), "--out", "empty", cwd=project).returncode == 0
+    again = host_setup(str(tiny_hf), "--out", "empty", "--force", cwd=project)
+    assert again.returncode == 0, again.stderr
+    assert (project / "empty" / "manifest.yaml").is_file()
+
+
+def test_the_same_checkpoint_spelled_otherwise_is_up_to_date(tiny_hf: Path, tmp_path: Path) -> None:
+    shutil.copytree(tiny_hf, tmp_path / "ck")
+    out = str(tmp_path / "m")
+    assert host_setup("ck", "--out", out, cwd=tmp_path).returncode == 0
+    for spelling in ("ck/", str(tmp_path / "ck"), "./ck", "ck"):
+        result = host_setup(spelling, "--out", out, cwd=tmp_path)
+        assert result.returncode == 0 and "is up to date" in result.stderr, (spelling, result.stderr)
+
+
+def test_a_mistyped_local_folder_is_not_taken_for_a_repo_id(tiny_hf: Path, tmp_path: Path) -> None:
+    env = {"HF_HUB_OFFLINE": "1"}
+    for model, expected in [
+        ("./tiny-qwen", "no such folder: ./tiny-qwen;"),
+        (str(tmp_path / "tiny-qwen"), f"no such folder: {tmp_path / 'tiny-qwen'};"),
+        ("~/no/such/checkpoint", "no such folder: ~/no/such/checkpoint;"),
+        (str(tiny_hf / "model.safetensors"), f"not a folder: {tiny_hf / 'model.safetensors'};"),
+    ]:
+        result = host_setup(model, "--out", str(tmp_path / "m"), cwd=tmp_path, env=env)
+        assert result.returncode == 1, result.stderr
+        error = one_error_line(result)
+        assert expected in error and "interrupted" not in error and "resume" not in error, error
+
+
+def test_context_and_prefill_lengths_are_checked_before_any_work(tiny_hf: Path, tmp_path: Path) -> None:
+    out = tmp_path / "m"
+    assert host_setup(str(tiny_hf), "--out", str(out)).returncode == 0
+    built = snapshot(out)
+    for args, expected in [
+        (["--kv-cache-len", "-5"], "--kv-cache-len must be at least 16, not -5"),
+        (["--kv-cache-len", "0"], "--kv-cache-len must be at least 16, not 0"),
+        (["--prefill-len", "-1"], "--prefill-len must be between 0 and --kv-cache-len (1023), not -1"),
+        (["--kv-cache-len", "64", "--prefill-len", "128"], "--prefill-len must be between 0 and --kv-cache-len (64)"),
+        (["--kv-cache-len", "4096"], "--kv-cache-len 4096 is longer than the 2048 positions"),
+    ]:
+        result = host_setup(str(tiny_hf), "--out", str(out), *args)
+        assert result.returncode == 1, (args, result.stderr)
+        assert expected in one_error_line(result)
+        assert snapshot(out) == built and not (tmp_path / ".m.partial").exists()  # the working model stays
+
+
+@pytest.mark.parametrize("damage", ["half", "last tenth", "header", "not json"])
+def test_a_cut_or_corrupt_checkpoint_is_one_line_before_any_work(tiny_hf: Path, tmp_path: Path, damage: str) -> None:
+    ck = tmp_path / "ck"
+    shutil.copytree(tiny_hf, ck)
+    weights = ck / "model.safetensors"
+    size = weights.stat().st_size
+    if damage == "not json":
+        data = bytearray(weights.read_bytes())
+        data[8:12] = b"\xff\xfe{["
+        weights.write_bytes(bytes(data))
+    else:
+        os.truncate(weights, {"half": size // 2, "last tenth": size * 9 // 10, "header": 4}[damage])
+    result = host_setup(str(ck), "--out", str(tmp_path / "m"))
+    assert result.returncode == 78, result.stderr
+    error = one_error_line(result)
+    assert error.startswith(f"error: {weights}: ") and "copy or download the checkpoint again" in error
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck"]  # no partial build
+
+
+def test_a_marker_cut_short_is_a_step_not_done(tiny_hf: Path, tmp_path: Path, pulsar2_bin: Path) -> None:
+    out = tmp_path / "m"
+    env = {"PATH": f"{pulsar2_bin}:{os.environ['PATH']}", "PULSAR2_ARGV": str(tmp_path / "argv.json")}
+    args = ["setup", "--model", str(tiny_hf), "--target", "ax650n", "--no-speech", "--out", str(out)]
+    failed = assistant(*args, env={**env, "PULSAR2_FAIL": "1"})
+    assert failed.returncode == 1
+    marker = tmp_path / ".m.partial" / ".done-embeddings"
+    marker.write_text("")  # as a full disk left it
+    resumed = assistant(*args, env=env)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "embeddings: its marker" in resumed.stderr and "onnxruntime: already done" in resumed.stderr
+    assert (out / "manifest.yaml").is_file()
+
+
+@contextlib.contextmanager
+def small_disk(folder: Path, options: str = "size=5m") -> Iterator[Path]:
+    """A tmpfs mounted at `folder` (root only), unmounted afterwards."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root (CI runs as root)")
+    folder.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=True)
+
+
+def fill(disk: Path, leave: int) -> Path:
+    """Leave `leave` bytes free on `disk` (none: until a write fails)."""
+    filler = disk / "filler"
+    with open(filler, "wb", buffering=0) as f, contextlib.suppress(OSError):
+        f.write(b"\0" * max(shutil.disk_usage(disk).free - leave, 0))
+        while leave == 0:
+            f.write(b"\0" * 4096)
+    return filler
+
+
+def test_a_full_disk_is_one_line_and_the_same_command_then_finishes(tiny_hf: Path, tmp_path: Path) -> None:
+    with small_disk(tmp_path / "disk") as disk:
+        filler = fill(disk, leave=700 * 1024)  # the free-space check passes; the build does not fit
+        args = ["--out", str(disk / "m"), "--keep-intermediate"]
+        full = host_setup(str(tiny_hf), *args)
+        assert full.returncode == 1
+        error = one_error_line(full)
+        assert error.startswith("error: the disk is full (") and f"MB free on {disk}" in error
+        assert error.endswith("free space and run the same command again")
+        for marker in (disk / ".m.partial").glob(".done-*"):
+            json.loads(marker.read_text())  # whole, or not there at all
+
+        filler.unlink()
+        finished = host_setup(str(tiny_hf), *args)
+        assert finished.returncode == 0, finished.stderr
+        assert (disk / "m" / "manifest.yaml").is_file()
+
+        fill(disk, leave=0)
+        init = assistant("config", "init", str(disk / "config.yaml"))
+        assert init.returncode == 1 and one_error_line(init).startswith("error: the disk is full (")
+        assert not (disk / "config.yaml").exists()  # no empty file that would load as the defaults
+        assert assistant("config", "init", str(disk / "config.yaml")).returncode == 1  # and again the same
+
+
+def test_a_read_only_destination_is_one_line(tiny_hf: Path, tmp_path: Path) -> None:
+    with small_disk(tmp_path / "ro", "size=1m,ro") as ro:
+        setup = host_setup(str(tiny_hf), "--out", str(ro / "m"))
+        init = assistant("config", "init", str(ro / "config.yaml"))
+        install = assistant("service", "install", "--root", str(ro), "--allow-home", "--user", "root")
+        for result in (setup, init, install):
+            assert result.returncode == 1
+            assert one_error_line(result) == f"error: cannot write in {ro}: a read-only file system; " + (
+                "choose a folder you can write to"
+            )
+
+
+def test_a_model_url_that_is_not_a_url_is_one_line(tmp_path: Path) -> None:
+    with pytest.raises(SetupError, match=r"cannot download models/vosk\.zip .*give an http\(s\):// or file:///"):
+        download_and_unzip("models/vosk.zip", tmp_path / "vosk")
+    assert not list(tmp_path.iterdir())

@@ -14,8 +14,9 @@ import shutil
 import sys
 from pathlib import Path
 
-from assistant.config import Settings, load_settings
+from assistant.config import Settings, load_settings, settings_from_text
 from assistant.daemon.control import answers
+from assistant.setup.download import write_atomic
 
 PACKAGE = Path(__file__).resolve().parents[1]
 UNIT_TEMPLATE = PACKAGE / "data" / "assistant.service"
@@ -85,22 +86,19 @@ def install(
     models: Path | None = None,
     allow_home: bool = False,
 ) -> str:
-    """Write the config (when missing), copy models, check reachability, write the unit; return a report.
+    """Check reachability, then write the config (when missing), copy models and write the unit; return a report.
 
     Paths are as the service sees them; `root` is prefixed to everything written (an image being built).
+    Nothing is written when a check fails: a missing config is checked as the default it would become.
     """
     if not UNIT_TEMPLATE.is_file():
         raise InstallError(f"{UNIT_TEMPLATE}: the unit template is missing from the installed package")
+    if models is not None and not models.is_dir():
+        raise InstallError(f"--models {models}: not a folder")
     config = config.absolute()
     on_disk = _under(root, config)
-    report = []
-    if not on_disk.exists():
-        on_disk.parent.mkdir(parents=True, exist_ok=True)
-        on_disk.write_text(default_config_text())
-        report.append(f"created {config} from the packaged default (models under {STATE_DIR}/models)")
-    if models is not None:
-        report += _copy_models(models, _under(root, STATE_DIR / "models"))
-    settings = load_settings(on_disk)
+    new_config = None if on_disk.exists() else default_config_text()
+    settings = load_settings(on_disk) if new_config is None else settings_from_text(new_config, on_disk)
 
     script = Path(sys.executable).parent / "assistant"  # this installation's, not whichever is first on PATH
     executable = str(script) if script.is_file() else f"{sys.executable} -m assistant"
@@ -126,6 +124,13 @@ def install(
     if problems:
         raise InstallError("the service could not run as configured:\n  " + "\n  ".join(problems))
 
+    report = []
+    if new_config is not None:
+        on_disk.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(on_disk, new_config)
+        report.append(f"created {config} from the packaged default (models under {STATE_DIR}/models)")
+    if models is not None:
+        report += _copy_models(models, _under(root, STATE_DIR / "models"))
     missing = [f"{what}: {path}" for what, path in _configured_paths(settings, root) if not _under(root, path).exists()]
     unit = _under(root, unit_dir) / "assistant.service"
     unit.parent.mkdir(parents=True, exist_ok=True)
@@ -201,8 +206,6 @@ def _move_hint(option: str, what: str) -> str:
 
 def _copy_models(source: Path, dest: Path) -> list[str]:
     """Each model folder or file of `source` (not hidden build folders) copied into `dest`."""
-    if not source.is_dir():
-        raise InstallError(f"--models {source}: not a folder")
     dest.mkdir(parents=True, exist_ok=True)
     copied = []
     for entry in sorted(source.iterdir()):

@@ -88,12 +88,9 @@ class Checkpoint:
             raise ModelError(f"{model_dir}: no *.safetensors files (only safetensors checkpoints are supported)")
         self._where: dict[str, tuple[Path, dict, int]] = {}
         for file in files:
-            with open(file, "rb") as f:
-                (header_len,) = struct.unpack("<Q", f.read(8))
-                header = json.loads(f.read(header_len))
-            header.pop("__metadata__", None)
+            header, data_start = _read_header(file)
             for name, info in header.items():
-                self._where[name] = (file, info, 8 + header_len)
+                self._where[name] = (file, info, data_start)
 
     def __contains__(self, name: str) -> bool:
         return name in self._where
@@ -118,3 +115,40 @@ class Checkpoint:
         if dtype == "BF16":
             return (array.astype(np.uint32) << 16).view(np.float32)
         return np.asarray(array, dtype=np.float32)
+
+
+def _read_header(file: Path) -> tuple[dict, int]:
+    """A safetensors file's tensor table and where its data starts, checked against the file's size.
+
+    A copy or download cut short fails here, naming the file, instead of partway through a build.
+    """
+    size = file.stat().st_size
+    again = "copy or download the checkpoint again"
+    with open(file, "rb") as f:
+        start = f.read(8)
+        if len(start) < 8:
+            raise ModelError(f"{file}: only {size} bytes, not a safetensors file (cut short?); {again}")
+        (header_len,) = struct.unpack("<Q", start)
+        if 8 + header_len > size:
+            raise ModelError(f"{file}: its header needs {8 + header_len} bytes but the file has {size}; {again}")
+        try:
+            header = json.loads(f.read(header_len))
+        except ValueError:  # not JSON, or not UTF-8
+            header = None
+    if not isinstance(header, dict):
+        raise ModelError(f"{file}: its header is not a safetensors tensor table; {again}")
+    header.pop("__metadata__", None)
+    data_start = 8 + header_len
+    end = data_start
+    for name, info in header.items():
+        try:
+            begin, stop = info["data_offsets"]
+            ok = isinstance(begin, int) and isinstance(stop, int) and 0 <= begin <= stop
+        except (TypeError, KeyError, ValueError):
+            ok = False
+        if not ok:
+            raise ModelError(f"{file}: tensor {name} has no valid data_offsets in its header; {again}")
+        end = max(end, data_start + stop)
+    if end > size:
+        raise ModelError(f"{file}: its tensors need {end} bytes but the file has only {size} (cut short?); {again}")
+    return header, data_start

@@ -1,11 +1,12 @@
 """`assistant setup`: a Hugging Face model → a complete model directory for the board and the host.
 
-Order: what cannot work is refused first (a board target without pulsar2 or docker), the small
-speech models come next, then the model. Everything is built in `.NAME.partial/` beside the
-destination; each finished step leaves a marker there, so an interrupted run resumes where it
-stopped, and the destination is replaced only by a rename once the manifest is written. A failed
-run leaves the previous model in place. The options a model was built with are kept beside it
-(`.setup.json`), so running the same command again finds it up to date at once.
+Order: what cannot work is refused first (a board target without pulsar2 or docker, a destination
+that holds something other than a model built here), the small speech models come next, then the
+model. Everything is built in `.NAME.partial/` beside the destination; each finished step leaves a
+marker there (written whole or not at all), so an interrupted run resumes where it stopped, and the
+destination is replaced only by a rename once the manifest is written. A failed run leaves the
+previous model in place. The options a model was built with are kept in it (`.setup.json`), so
+running the same command again finds it up to date at once.
 """
 
 from __future__ import annotations
@@ -17,12 +18,21 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import yaml
+
 from assistant.config import ConfigError, Settings, check_model_paths
 from assistant.llm.checkpoint import Checkpoint, read_shape
 from assistant.llm.embeddings import write_embeddings
 from assistant.llm.export import copy_tokenizer, export_onnx, new_manifest
-from assistant.llm.manifest import LayerFiles, ModelError, load_manifest, record_files, verify_files
-from assistant.setup.download import Progress, SetupError, download, download_and_unzip, fetch_hf_model
+from assistant.llm.manifest import MANIFEST_FILE, LayerFiles, ModelError, load_manifest, record_files, verify_files
+from assistant.setup.download import (
+    Progress,
+    SetupError,
+    download,
+    download_and_unzip,
+    fetch_hf_model,
+    write_atomic,
+)
 from assistant.setup.pulsar2 import (
     collect_axmodels,
     default_kv_history,
@@ -36,6 +46,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "Qwen/Qwen2-0.5B-Instruct"
 TARGETS = ("ax630c", "ax650n", "host")
+MIN_KV_CACHE_LEN = 16  # as llm.kv_cache_len in config.yaml
 RECORD = ".setup.json"  # the options a finished model was built with, beside its manifest
 # Options whose flag is not the field name spelled with dashes.
 FLAGS = {"host": "--no-host", "kv_history": "--last-kv-cache-len"}
@@ -70,6 +81,12 @@ def check_builder(opts: SetupOptions) -> list[int]:
     """
     if opts.target not in TARGETS:
         raise SetupError(f"--target must be one of {', '.join(TARGETS)}, not {opts.target!r}")
+    if opts.kv_cache_len < MIN_KV_CACHE_LEN:
+        raise SetupError(f"--kv-cache-len must be at least {MIN_KV_CACHE_LEN}, not {opts.kv_cache_len}")
+    if not 0 <= opts.prefill_len <= opts.kv_cache_len:
+        raise SetupError(
+            f"--prefill-len must be between 0 and --kv-cache-len ({opts.kv_cache_len}), not {opts.prefill_len}"
+        )
     if opts.target == "host":
         return []
     kv_history = _kv_history(opts)
@@ -77,11 +94,71 @@ def check_builder(opts: SetupOptions) -> list[int]:
     return kv_history
 
 
+def checkpoint_folder(model: str) -> Path | None:
+    """The local checkpoint folder `--model` names (resolved), or None for a Hugging Face repo id.
+
+    What can only be a path (`./x`, `/x`, `~/x`, `a/b/c`, a file, a name in an existing folder) but
+    is no folder is refused, instead of being asked of Hugging Face as a repo id.
+    """
+    local = Path(model).expanduser()
+    if local.is_dir():
+        return local.resolve()
+    in_a_folder = len(local.parts) > 1 and local.parent.is_dir()
+    if local.exists() or in_a_folder or model.startswith((".", "/", "~")) or model.strip("/").count("/") > 1:
+        what = "not a folder" if local.exists() else "no such folder"
+        raise SetupError(
+            f"{what}: {model}; --model takes a checkpoint folder (config.json, *.safetensors, tokenizer.json) "
+            f"or a Hugging Face repo id such as {DEFAULT_MODEL}"
+        )
+    return None
+
+
 def model_name(model: str) -> str:
     """The model directory's name: a repo id's last part, or a folder's name (a hub cache's `org--name` too)."""
-    local = Path(model).expanduser()
-    name = local.resolve().name if local.is_dir() else model.rstrip("/").split("/")[-1]
+    local = checkpoint_folder(model)
+    name = local.name if local else model.rstrip("/").split("/")[-1]
     return name.split("--")[-1].lower()
+
+
+def destination(opts: SetupOptions, models_dir: Path) -> Path:
+    """Where the model goes, refused when replacing it would delete something else.
+
+    The finished build replaces the destination whole, so it must be missing, empty or a model
+    built here, and must neither hold nor lie inside the checkpoint (or download cache) it reads.
+    """
+    source = checkpoint_folder(opts.model) or (models_dir / ".cache").resolve()
+    given = (opts.out or models_dir / model_name(opts.model)).expanduser()
+    dest = given.resolve()
+    why = None
+    if dest == source:
+        why = "it is the checkpoint folder the model is built from"
+    elif source.is_relative_to(dest):
+        why = f"it holds {source}, which the build reads"
+    elif dest.is_relative_to(source):
+        why = f"it lies inside {source}, which the build reads"
+    elif Path.cwd().is_relative_to(dest):
+        why = "it holds the current folder"
+    elif dest.exists() and not dest.is_dir():
+        why = "it is a file"
+    elif dest.is_dir() and any(dest.iterdir()) and not _built_here(dest):
+        why = "it holds files that are not a model built by `assistant setup`"
+    if why:
+        raise SetupError(
+            f"cannot build into {dest}: {why}, and a finished build replaces its folder; "
+            "choose a new or empty folder with --out DIR"
+        )
+    return given if given.name not in ("", "..") else dest  # as the person wrote it, for the log
+
+
+def _built_here(folder: Path) -> bool:
+    """A model directory made by `assistant setup` (or the exporter): its options record, or its manifest."""
+    if (folder / RECORD).is_file():
+        return True
+    try:  # read as plain YAML, so that a model in an older manifest format is still recognised
+        manifest = yaml.safe_load((folder / MANIFEST_FILE).read_text())
+    except (OSError, ValueError, yaml.YAMLError):
+        return False
+    return isinstance(manifest, dict) and {"backends", "files"} <= manifest.keys()
 
 
 def build_model(opts: SetupOptions, models_dir: Path, force: bool = False) -> tuple[Path, list[StepResult]]:
@@ -91,15 +168,20 @@ def build_model(opts: SetupOptions, models_dir: Path, force: bool = False) -> tu
     files) is left as it is and no step runs, unless `force`.
     """
     kv_history = check_builder(opts)
-    local = Path(opts.model).expanduser()
+    local = checkpoint_folder(opts.model)
     name = model_name(opts.model)
-    dest = opts.out or models_dir / name
-    record = _record(opts, local if local.is_dir() else None)
+    dest = destination(opts, models_dir)
+    record = _record(opts, local)
     if not force and _up_to_date(dest, record):
         log.info("%s is up to date (built with the same options); --force rebuilds it", dest)
         return dest, []
-    hf_dir = local if local.is_dir() else fetch_hf_model(opts.model, models_dir / ".cache")
+    hf_dir = local or fetch_hf_model(opts.model, models_dir / ".cache")
     shape = read_shape(hf_dir)  # unsupported model types fail here, before any work
+    if opts.kv_cache_len > shape.max_position_embeddings:
+        raise SetupError(
+            f"--kv-cache-len {opts.kv_cache_len} is longer than the {shape.max_position_embeddings} positions "
+            f"the model was trained for (max_position_embeddings in {hf_dir / 'config.json'}); give at most that"
+        )
     checkpoint = Checkpoint(hf_dir)
     work = dest.with_name(f".{dest.name}.partial")
     _start_or_resume(work, record)
@@ -120,8 +202,8 @@ def build_model(opts: SetupOptions, models_dir: Path, force: bool = False) -> tu
     manifest = new_manifest(hf_dir, name, opts.kv_cache_len, backends)
     record_files(work, manifest)
     manifest.save(work)
+    write_atomic(work / RECORD, json.dumps(record, sort_keys=True))  # inside, so the swap brings it along
     _replace(dest, work)
-    (dest / RECORD).write_text(json.dumps(record, sort_keys=True))
     return dest, results
 
 
@@ -181,9 +263,15 @@ def _kv_history(opts: SetupOptions) -> list[int]:
 
 
 def _record(opts: SetupOptions, local: Path | None) -> dict:
-    """The options as JSON values, and for a local checkpoint its files' sizes and times."""
+    """The options as JSON values, and for a local checkpoint its resolved path and its files' sizes and times.
+
+    The destination is left out (the record lives in it), and the checkpoint is recorded resolved, so
+    `ck`, `ck/` and `/abs/ck` are the same build.
+    """
     record = {k: v if isinstance(v, (int, bool, list, type(None))) else str(v) for k, v in asdict(opts).items()}
+    del record["out"]
     if local is not None:
+        record["model"] = str(local)
         record["checkpoint"] = {
             p.name: [p.stat().st_size, p.stat().st_mtime_ns] for p in sorted(local.iterdir()) if p.is_file()
         }
@@ -220,7 +308,7 @@ def _start_or_resume(work: Path, record: dict) -> None:
     if work.is_dir():
         try:
             old = json.loads(recorded.read_text())
-        except (OSError, ValueError):
+        except (OSError, ValueError):  # missing, or cut short by a full disk
             old = None
         if old == record:
             done = sorted(p.name[len(".done-") :] for p in work.glob(".done-*"))
@@ -231,19 +319,25 @@ def _start_or_resume(work: Path, record: dict) -> None:
         log.warning("discarding the unfinished build in %s (%s)", work, why)
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    recorded.write_text(json.dumps(record, sort_keys=True))
+    write_atomic(recorded, json.dumps(record, sort_keys=True))
 
 
 def _run_step(work: Path, name: str, fn) -> StepResult:
     marker = work / f".done-{name}"
-    if marker.is_file():
+    try:
+        done = StepResult(**json.loads(marker.read_text()))
+    except FileNotFoundError:
+        pass
+    except (OSError, ValueError, TypeError):  # written by an older version, or damaged: do the step again
+        log.warning("%s: its marker %s is unreadable; doing the step again", name, marker)
+    else:
         log.info("%s: already done", name)
-        return StepResult(**json.loads(marker.read_text()))
+        return done
     log.info("%s ...", name)
     start = time.perf_counter()
     output = fn()
     result = StepResult(name, time.perf_counter() - start, asdict(output) if isinstance(output, LayerFiles) else None)
-    marker.write_text(json.dumps(asdict(result)))
+    write_atomic(marker, json.dumps(asdict(result)))
     return result
 
 

@@ -1,7 +1,9 @@
-"""Downloads that survive interruptions: HTTP with resume and checksums, and Hugging Face models."""
+"""Downloads that survive interruptions: HTTP with resume and checksums, and Hugging Face models;
+files written whole or not at all, and write errors worded for a person."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import http.client
 import logging
@@ -29,6 +31,36 @@ OFFLINE_HELP = (
     "or skip the speech models with --no-speech and talk to it with `assistant run --text-only`"
 )
 RESUME_HINT = "run the same command again to resume"
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write `text` to `path` whole or not at all: a full disk or a crash leaves no empty or cut file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_problem(error: OSError, path: Path) -> str:
+    """A failed write (to `path`, unless the error names its own file) as one line a person can act on."""
+    path = Path(error.filename) if error.filename else path
+    folder = path if path.is_dir() else path.parent
+    if error.errno in DISK_FULL:
+        existing = next(p for p in [folder, *folder.parents] if p.exists())
+        free = shutil.disk_usage(existing).free
+        return f"the disk is full ({free / 1e6:.0f} MB free on {existing}); free space and run the same command again"
+    if error.errno == errno.ENOENT and not folder.is_dir():
+        return f"no such folder: {folder}; create it first, or choose another place"
+    if error.errno == errno.EROFS:
+        return f"cannot write in {folder}: a read-only file system; choose a folder you can write to"
+    return f"{path}: {error.strerror or error}"
 
 
 class Progress:
@@ -81,15 +113,17 @@ def download(url: str, dest: Path, sha256: str | None = None, timeout: float = 3
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
     have = part.stat().st_size if part.exists() else 0
-    request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
     try:
+        request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
         response = urllib.request.urlopen(request, timeout=timeout)
     except urllib.error.HTTPError as e:
         if not (e.code == 416 and have):  # 416 with a part file: nothing left to fetch, it is whole
             raise SetupError(
                 f"download of {url} failed: HTTP {e.code} {e.reason}; check the URL, or {OFFLINE_HELP}"
             ) from None
-    except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError) as e:
+    except ValueError as e:  # not a URL at all: a bare path or a typo
+        raise SetupError(f"cannot download {url} ({e}); give an http(s):// or file:///path URL") from None
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
         reason = getattr(e, "reason", e)
         raise SetupError(f"cannot download {url} ({reason}); {OFFLINE_HELP}") from None
     else:
@@ -121,6 +155,8 @@ def _receive(response, part: Path, have: int, label: str, url: str) -> None:
         if progress.total and progress.done < progress.total:
             raise ConnectionError(f"connection closed after {progress.done} of {progress.total} bytes")
     except (OSError, http.client.HTTPException) as e:
+        if getattr(e, "errno", None) in DISK_FULL:
+            raise SetupError(write_problem(e, part)) from None
         kept = f"{progress.done / 1e6:.1f} MB kept in {part}"
         raise SetupError(f"download of {url} interrupted ({e}; {kept}); {RESUME_HINT}") from None
     finally:
@@ -182,6 +218,14 @@ def fetch_hf_model(repo_id: str, cache_dir: Path) -> Path:
             f"Hugging Face has no model {repo_id!r} that this machine may download ({first}); check --model, "
             "or pass --model DIR with a checkpoint folder (config.json, *.safetensors, tokenizer.json)"
         ) from None
-    except Exception as e:  # a transfer that broke off: what arrived is kept in the cache
+    except errors.HFValidationError as e:
+        raise SetupError(
+            f"--model {repo_id} is neither a folder here nor a Hugging Face repo id ({e}); check --model"
+        ) from None
+    except (OSError, errors.HTTPError, errors.XetDownloadError) as e:  # a transfer that broke off: what arrived is kept
+        if getattr(e, "errno", None) in DISK_FULL:
+            raise SetupError(write_problem(e, local)) from None
         raise SetupError(f"download of {repo_id} interrupted ({e}); {RESUME_HINT}") from None
+    except Exception as e:  # anything else: repeating the command would not help
+        raise SetupError(f"download of {repo_id} failed ({type(e).__name__}: {e})") from None
     return local
