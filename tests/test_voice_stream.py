@@ -16,7 +16,7 @@ from assistant.llm.backends import session_options
 from assistant.setup.voice import StreamConfig, split_voice, stream_config_path
 from assistant.voice.audio import WavSink
 from assistant.voice.pipeline import VoicePipeline
-from assistant.voice.tts import SentenceSplitter, Voice, windows
+from assistant.voice.tts import MAX_PIECE_WORDS, SentenceSplitter, Voice, windows
 
 # Streamed and whole-sentence audio agree to float32 rounding: each window holds the decoder's whole
 # receptive field around what it emits, so only the order of additions inside a convolution differs.
@@ -231,3 +231,21 @@ def test_a_multi_speaker_voice_is_left_whole(medium_voice: Path, tmp_path: Path)
     with pytest.raises(SetupError, match="multi-speaker"):
         split_voice(voice)
     assert not stream_config_path(voice).exists()
+
+
+def test_text_without_sentence_ends_is_spoken_in_bounded_pieces() -> None:
+    """The voice's encoder takes a piece whole, in memory that grows with its square: a reply that
+    never ends a sentence must still reach it in pieces, cut at a clause or a space if it can."""
+    words = [f"word{i}" for i in range(300)]
+    text = " ".join(words[:50]) + ", " + " ".join(words[50:])
+    splitter, pieces = SentenceSplitter(), []
+    for i in range(0, len(text), 7):  # streamed as the model writes it
+        pieces += splitter.push(text[i : i + 7])
+    pieces += splitter.flush()
+    assert max(len(p.split()) for p in pieces) <= MAX_PIECE_WORDS
+    assert " ".join(pieces).replace(",", "").split() == words  # nothing lost, nothing cut inside a word
+    assert any(p.endswith(",") for p in pieces)  # the clause was a cut
+
+    chinese = "这是一个很长的句子没有标点" * 40
+    pieces = SentenceSplitter().push(chinese)
+    assert pieces and all(len(p) == MAX_PIECE_WORDS for p in pieces)

@@ -82,7 +82,7 @@ class VoicePipeline:
         for frame in frames:
             self.position += len(frame) / RATE
             wake = self.wake.feed(frame)
-            if wake is None:
+            if wake is None or self.hearing:  # a command being heard is not a wake phrase, whatever it sounds like
                 self._hear(frame)
                 continue
             if self.reply is not None and self.reply.alive():
@@ -114,6 +114,10 @@ class VoicePipeline:
             self.emit("partial", text=event.text)
             return
         self.hearing = False
+        # The wake recogniser heard the command too, as one utterance it has not finished: forget
+        # it, and the rest of a command cut at its longest, or their end could match the phrase
+        # and wake (and answer) a second time.
+        self.wake.reset()
         final = time.monotonic()
         self.emit("final", text=event.text, at=self.position)
         if not event.text:

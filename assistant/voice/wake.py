@@ -88,4 +88,6 @@ class WakeDetector:
         return np.concatenate(parts) if parts else np.zeros(0, np.int16)
 
     def reset(self) -> None:
+        """Forget the utterance heard so far, and ignore wakes for the refractory period from now."""
         self.recognizer.Reset()
+        self.last_wake = self.samples / RATE
