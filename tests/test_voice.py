@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import subprocess
 import threading
 import time
@@ -386,3 +387,53 @@ def test_a_command_never_wakes_the_assistant_again(ko_model, tmp_path: Path, tes
     ).run(wav_source(audio))
     assert [e["type"] for e in events].count("wake") == 1
     assert len(heard) == 1 and heard[0]
+
+
+class RealTimeSink:
+    """Takes a tenth of each sound's length to play it, and records when each play began and ended."""
+
+    def __init__(self) -> None:
+        self.spans: list[tuple[float, float]] = []
+        self.stopped = threading.Event()
+
+    def play(self, pcm: np.ndarray, rate: int) -> None:
+        start = time.monotonic()
+        self.stopped.clear()
+        self.stopped.wait(len(pcm) / rate / 10)
+        self.spans.append((start, time.monotonic()))
+
+    def stop(self) -> None:
+        self.stopped.set()
+
+    def close(self) -> None:
+        pass
+
+
+def test_an_announcement_waits_for_the_piece_being_spoken_and_a_stop_cuts_it(test_voice: Path) -> None:
+    sink = RealTimeSink()
+
+    def respond(text: str, cancel: threading.Event) -> Iterator[str]:
+        yield "The first sentence of the reply is here. The second one follows it. And a third one ends it."
+
+    pipeline = VoicePipeline(None, None, Voice(test_voice), sink, respond)
+    pipeline.start_reply("tell me", time.monotonic())
+    pipeline.reply.speaking.wait(10)
+    timer = threading.Thread(target=pipeline.announce, args=("Your ten minute timer is done.",))
+    timer.start()
+    pipeline.finish()
+    timer.join(10)
+    spans = sorted(sink.spans)
+    assert len(spans) >= 5  # three pieces, their breaths and the announcement
+    assert all(later[0] >= earlier[1] for earlier, later in itertools.pairwise(spans))  # never two at once
+
+    sink.spans.clear()
+    text = " ".join(["The timer in the kitchen is done."] * 6)
+    timer = threading.Thread(target=pipeline.announce, args=(text,))
+    timer.start()
+    while not sink.spans:
+        time.sleep(0.01)
+    pipeline.stop_reply()  # "stop", or the wake phrase
+    timer.join(10)
+    spoken = sum(end - start for start, end in sink.spans)
+    whole = sum(len(audio) for audio in Voice(test_voice).synthesize(text)) / Voice(test_voice).rate / 10
+    assert spoken < whole / 2

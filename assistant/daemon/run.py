@@ -377,8 +377,7 @@ class Daemon:
         self.control.publish(Event("say", {"text": text}))
         log.info("saying: %s", text)
         if self.voice is not None:
-            for audio in self.voice.voice.synthesize(text):
-                self.voice.sink.play(audio, self.voice.voice.rate)
+            self.voice.announce(text)
 
     # -- the control socket (called on its thread: never blocks) ------------------------------------
 

@@ -71,6 +71,9 @@ class VoicePipeline:
         self.listening_until: float | None = None  # follow-up: hear without the wake phrase until then
         self.position = 0.0  # seconds of audio read so far
         self.hearing = False  # a command is being transcribed
+        # One thing on the speaker at a time: a reply's piece or an announcement (a timer ringing).
+        self.speaker = threading.Lock()
+        self.hushed = threading.Event()  # a wake or "stop" cuts an announcement too
 
     def emit(self, kind: str, **data) -> None:
         self.on_event({"type": kind, **data})
@@ -87,7 +90,7 @@ class VoicePipeline:
                 continue
             if self.reply is not None and self.reply.alive():
                 self.emit("barge_in")
-                self.stop_reply()
+            self.stop_reply()
             self.emit("wake", phrase=wake.phrase, confidence=wake.confidence, at=self.position)
             if self.play_earcon:
                 self.sink.play(earcon(), EARCON_RATE)
@@ -167,21 +170,34 @@ class VoicePipeline:
         while (sentence := sentences.get()) is not None:
             if reply.cancel.is_set():
                 continue  # drain: the generating thread is about to stop
-            for audio in self.voice.synthesize(sentence):
-                if reply.cancel.is_set():
-                    break
-                if "first_audio" not in reply.times:
-                    reply.times["first_audio"] = time.monotonic()
-                    reply.speaking.set()
-                    self._latency(reply)
-                self.emit("audio", text=sentence, samples=len(audio), rate=self.voice.rate)
-                self.sink.play(audio, self.voice.rate)
-            if not reply.cancel.is_set() and self.sentence_silence > 0:  # a breath between sentences
-                self.sink.play(np.zeros(round(self.sentence_silence * self.voice.rate), np.int16), self.voice.rate)
+            with self.speaker:
+                self._speak_piece(reply, sentence)
         self.emit("reply_done", text=reply.text, cancelled=reply.cancel.is_set())
         # A reply that asks something is followed by listening without the wake phrase.
         if not reply.cancel.is_set() and reply.text.rstrip().endswith(("?", "？")):
             self.listening_until = self.position + self.follow_up_seconds
+
+    def _speak_piece(self, reply: Reply, sentence: str) -> None:
+        for audio in self.voice.synthesize(sentence):
+            if reply.cancel.is_set():
+                return
+            if "first_audio" not in reply.times:
+                reply.times["first_audio"] = time.monotonic()
+                reply.speaking.set()
+                self._latency(reply)
+            self.emit("audio", text=sentence, samples=len(audio), rate=self.voice.rate)
+            self.sink.play(audio, self.voice.rate)
+        if self.sentence_silence > 0:  # a breath between sentences
+            self.sink.play(np.zeros(round(self.sentence_silence * self.voice.rate), np.int16), self.voice.rate)
+
+    def announce(self, text: str) -> None:
+        """Speak outside a turn (a timer ringing): between a reply's pieces, never over them."""
+        with self.speaker:
+            self.hushed.clear()
+            for audio in self.voice.synthesize(text):
+                if self.hushed.is_set():
+                    return
+                self.sink.play(audio, self.voice.rate)
 
     def _latency(self, reply: Reply) -> None:
         t = reply.times
@@ -192,12 +208,14 @@ class VoicePipeline:
         log.info("latency from end of speech: %s", ", ".join(f"{k} {v} ms" for k, v in breakdown.items()))
 
     def stop_reply(self) -> None:
-        """Barge-in or "stop": silence now, stop generating, wait for both threads."""
+        """Barge-in or "stop": silence now (an announcement too), stop generating, wait for both threads."""
+        self.hushed.set()
+        self.sink.stop()
         if self.reply is None:
             return
         self.reply.cancel.set()
         self.reply.speaking.set()  # a turn waiting for its first audio goes on, to see the cancel
-        self.sink.stop()
+        self.sink.stop()  # again: the speaking thread may have started its next piece meanwhile
         for thread in self.reply.threads:
             thread.join(timeout=10)
 
