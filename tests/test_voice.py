@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import struct
 import subprocess
 import threading
 import time
@@ -16,7 +17,7 @@ import pytest
 from assistant import skill
 from assistant.voice.asr import Transcriber
 from assistant.voice.audio import RATE, WavSink, read_wav, resample, wav_source
-from assistant.voice.pipeline import VoicePipeline
+from assistant.voice.pipeline import VoicePipeline, asks
 from assistant.voice.tts import SentenceSplitter, Voice
 from assistant.voice.wake import WakeDetector
 
@@ -437,3 +438,35 @@ def test_an_announcement_waits_for_the_piece_being_spoken_and_a_stop_cuts_it(tes
     spoken = sum(end - start for start, end in sink.spans)
     whole = sum(len(audio) for audio in Voice(test_voice).synthesize(text)) / Voice(test_voice).rate / 10
     assert spoken < whole / 2
+
+
+def test_wav_files_cut_short_or_with_the_extensible_header_are_read(tmp_path: Path) -> None:
+    tone = (np.sin(np.arange(16000) / 10) * 8000).astype("<i2")
+    with wave.open(str(tmp_path / "stereo.wav"), "wb") as w:
+        w.setnchannels(2)
+        w.setsampwidth(2)
+        w.setframerate(16000)
+        w.writeframes(np.repeat(tone, 2).tobytes())
+    (tmp_path / "cut.wav").write_bytes((tmp_path / "stereo.wav").read_bytes()[:-3])  # mid-frame
+    samples, rate = read_wav(tmp_path / "cut.wav")
+    assert rate == 16000 and np.array_equal(samples, tone[:-1])  # the whole frames
+
+    # ffmpeg and sox write WAVE_FORMAT_EXTENSIBLE for more than two channels; the PCM sub-format GUID
+    pcm_guid = struct.pack("<H", 1) + bytes.fromhex("000000001000800000aa00389b71")
+    fmt = struct.pack("<HHIIHHHHI", 0xFFFE, 4, 16000, 16000 * 8, 8, 16, 22, 16, 0xF) + pcm_guid
+    data = np.repeat(tone, 4).tobytes()
+    body = b"WAVE" + b"fmt " + struct.pack("<I", len(fmt)) + fmt + b"data" + struct.pack("<I", len(data)) + data
+    (tmp_path / "four.wav").write_bytes(b"RIFF" + struct.pack("<I", len(body)) + body)
+    assert np.array_equal(read_wav(tmp_path / "four.wav")[0], tone)
+
+    (tmp_path / "text.wav").write_text("not audio")
+    with pytest.raises(ValueError, match=f"{tmp_path / 'text.wav'}: not a WAV file"):
+        read_wav(tmp_path / "text.wav")
+
+
+@pytest.mark.parametrize(
+    ("reply", "question"),
+    [("Anything else? 🎉", True), ("好吗？ 😀\ufe0f", True), ("Which room?", True), ("Done. 🎉", False), ("Ok", False)],
+)
+def test_a_question_with_emoji_after_it_is_still_a_question(reply: str, question: bool) -> None:
+    assert asks(reply) is question

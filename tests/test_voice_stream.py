@@ -249,3 +249,10 @@ def test_text_without_sentence_ends_is_spoken_in_bounded_pieces() -> None:
     chinese = "这是一个很长的句子没有标点" * 40
     pieces = SentenceSplitter().push(chinese)
     assert pieces and all(len(p) == MAX_PIECE_WORDS for p in pieces)
+
+
+def test_titles_and_latin_abbreviations_do_not_end_a_sentence() -> None:
+    splitter, pieces = SentenceSplitter(), []
+    for piece in ["Dr. Kim and Mrs. ", "Lee will come, e.g. ", "at noon. Then we go. ", "Ok."]:
+        pieces += splitter.push(piece)
+    assert pieces + splitter.flush() == ["Dr. Kim and Mrs. Lee will come,", "e.g. at noon.", "Then we go.", "Ok."]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import queue
+import struct
 import sys
 import threading
 import time
@@ -40,15 +41,38 @@ def _mono(samples: np.ndarray, channels: int) -> np.ndarray:
 
 
 def read_wav(path: Path) -> tuple[np.ndarray, int]:
-    """A WAV file as mono int16 and its rate; a clear error for anything else."""
+    """A 16-bit PCM WAV file as mono int16 and its rate; a clear error, naming the file, for anything else.
+
+    Read chunk by chunk rather than with the wave module, which (before Python 3.12) refuses the
+    extensible header that ffmpeg and sox write for more than two channels. A file cut short keeps
+    its whole frames.
+    """
     try:
-        with wave.open(str(path), "rb") as w:
-            if w.getsampwidth() != 2:
-                raise ValueError(f"{path}: {8 * w.getsampwidth()}-bit samples; 16-bit PCM WAV is needed")
-            samples = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")
-            return _mono(samples, w.getnchannels()), w.getframerate()
-    except (wave.Error, EOFError) as e:
-        raise ValueError(f"{path}: not a PCM WAV file ({e})") from None
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise ValueError(f"{path}: cannot be read ({e.strerror or e})") from None
+    if len(data) < 12 or data[:4] != b"RIFF" or data[8:12] != b"WAVE":
+        raise ValueError(f"{path}: not a WAV file")
+    chunks, at = {}, 12
+    while at + 8 <= len(data):
+        name, size = data[at : at + 4], int.from_bytes(data[at + 4 : at + 8], "little")
+        chunks.setdefault(name, data[at + 8 : at + 8 + size])
+        at += 8 + size + (size & 1)  # chunks are padded to an even length
+    fmt, pcm = chunks.get(b"fmt "), chunks.get(b"data")
+    if fmt is None or len(fmt) < 16 or pcm is None:
+        raise ValueError(f"{path}: not a WAV file (no format or no data)")
+    tag, channels, rate, _, _, bits = struct.unpack("<HHIIHH", fmt[:16])
+    if tag == 0xFFFE and len(fmt) >= 26:  # WAVE_FORMAT_EXTENSIBLE: the real format is in its sub-format
+        tag = int.from_bytes(fmt[24:26], "little")
+    if tag != 1:
+        raise ValueError(f"{path}: not a PCM WAV file (format {tag}); 16-bit PCM WAV is needed")
+    if bits != 16:
+        raise ValueError(f"{path}: {bits}-bit samples; 16-bit PCM WAV is needed")
+    if channels < 1 or rate < 1:
+        raise ValueError(f"{path}: a WAV header with {channels} channels at {rate} Hz")
+    frame = 2 * channels
+    samples = np.frombuffer(pcm[: len(pcm) // frame * frame], dtype="<i2")
+    return _mono(samples, channels), rate
 
 
 def wav_source(path: Path, block: int = BLOCK) -> Iterator[np.ndarray]:

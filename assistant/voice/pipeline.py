@@ -12,6 +12,7 @@ import logging
 import queue
 import threading
 import time
+import unicodedata
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
@@ -174,7 +175,7 @@ class VoicePipeline:
                 self._speak_piece(reply, sentence)
         self.emit("reply_done", text=reply.text, cancelled=reply.cancel.is_set())
         # A reply that asks something is followed by listening without the wake phrase.
-        if not reply.cancel.is_set() and reply.text.rstrip().endswith(("?", "？")):
+        if not reply.cancel.is_set() and asks(reply.text):
             self.listening_until = self.position + self.follow_up_seconds
 
     def _speak_piece(self, reply: Reply, sentence: str) -> None:
@@ -223,3 +224,11 @@ class VoicePipeline:
         if self.reply is not None:
             for thread in self.reply.threads:
                 thread.join()
+
+
+def asks(text: str) -> bool:
+    """Whether a reply ends with a question, emoji and other symbols after it aside ("Anything else? 🎉")."""
+    end = len(text)
+    while end and (text[end - 1].isspace() or unicodedata.category(text[end - 1])[0] in "SMC"):
+        end -= 1  # symbols (emoji), marks (variation selectors), controls and joiners
+    return text[:end].endswith(("?", "？"))

@@ -19,6 +19,8 @@ _CLAUSE = re.compile(r"(?<=[,;:])\s+|(?<=[，；：、])")
 # A word, or one Chinese / Japanese character (a syllable: about as long to say as a short word).
 _HAN_KANA = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff"
 _WORD = re.compile(f"[{_HAN_KANA}]|(?:(?![{_HAN_KANA}])\\w)+")
+# Titles and Latin abbreviations end in a period but never end a sentence ("Dr. Kim", "e.g. tea").
+_ABBREVIATION = re.compile(r"(?:^|[\s(\"'])(?:mr|mrs|ms|dr|prof|st|jr|sr|vs|e\.g|i\.e)\.$", re.IGNORECASE)
 MIN_CLAUSE_WORDS = 4  # a shorter first clause ("Sure," "好的，") waits for more
 # Text that runs on without a sentence end is cut after this many words, at a clause or a space if
 # it has one: the voice's encoder takes a piece whole, in time and memory that grow with its
@@ -51,6 +53,8 @@ class SentenceSplitter:
     def _cut(self) -> int | None:
         cuts = []
         for match in _END.finditer(self.buffer):
+            if _ABBREVIATION.search(self.buffer, 0, match.start()):
+                continue
             if match.end() < len(self.buffer) or match.group():  # "。" at the very end: a quote may follow
                 cuts.append(match.end())
             break
