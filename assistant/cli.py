@@ -85,6 +85,8 @@ def _socket(args: argparse.Namespace) -> Path:
     from assistant.daemon.control import default_socket_path
     from assistant.daemon.service import service_socket
 
+    if args.config is not None and not args.config.exists():  # a typo must not reach another assistant
+        raise ConfigError(f"{args.config}: config file not found")
     config = args.config or default_config_path()
     if config.exists():
         socket = load_settings(config).control.socket

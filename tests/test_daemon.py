@@ -761,3 +761,11 @@ def test_a_question_belongs_to_the_connection_that_asked_it(setup) -> None:
             assert half_closed.recv(1) == b""  # and then the assistant closes it
     finally:
         assert daemon.stop() == 0
+
+
+def test_a_client_given_a_config_that_is_not_there_says_so(tmp_path: Path) -> None:
+    """Not the default socket instead: that could be another assistant."""
+    for command in (["status"], ["say", "hello"], ["cancel"]):
+        result = run_assistant(*command, "--config", str(tmp_path / "typo.yaml"))
+        assert result.returncode == 78
+        assert result.stderr.strip() == f"error: {tmp_path / 'typo.yaml'}: config file not found"

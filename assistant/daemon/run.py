@@ -71,18 +71,6 @@ class TurnRequest:
     cancel: threading.Event = field(default_factory=threading.Event)
 
 
-def read_settings(path: Path) -> Settings:
-    """load_settings, with every way a file can be unreadable (bad UTF-8, YAML nested too deeply) as a ConfigError."""
-    try:
-        return load_settings(path)
-    except ConfigError:
-        raise
-    except RecursionError:
-        raise ConfigError(f"{path}: nested too deeply to be read") from None
-    except Exception as e:
-        raise ConfigError(f"{path}: cannot be read: {e}") from None
-
-
 class Stopped(Exception):
     """SIGTERM or SIGINT while the models load."""
 
@@ -99,7 +87,7 @@ class Daemon:
         signal.signal(signal.SIGTERM, _stop_loading)
         signal.signal(signal.SIGINT, _stop_loading)
         signal.signal(signal.SIGHUP, lambda *_: setattr(self, "reload_requested", True))
-        self.settings = read_settings(config_path)
+        self.settings = load_settings(config_path)
         check_model_paths(self.settings, voice=not text_only)
         if not text_only and (problem := microphone_problem(self.settings)):  # retried below, said once here
             log.warning("%s; %s", problem, MICROPHONE_FIX)
@@ -261,7 +249,7 @@ class Daemon:
         """Re-read the config and the skills; on any failure the running configuration stays."""
         self.enter(State.RELOADING)
         try:
-            settings = read_settings(self.config_path)
+            settings = load_settings(self.config_path)
             for key in ("model_dir", "backend", "threads", "kv_cache_len", "axengine_provider"):
                 if getattr(settings.llm, key) != getattr(self.settings.llm, key):
                     log.warning("llm.%s changed: it takes effect when the service restarts", key)
