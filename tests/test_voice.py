@@ -277,23 +277,24 @@ def speech_end(samples: np.ndarray) -> int:
     return int(np.flatnonzero(np.abs(samples) > 300)[-1]) + 1
 
 
-def test_wake_phrase_and_command_in_one_breath(ko_model, tmp_path: Path, test_voice: Path) -> None:
-    audio = write_wav(tmp_path / "in.wav", silence(0.5), speech(f"{WAKE} 음악 틀어 줘", tmp_path), silence(2.0))
+def commands_heard(ko_model, audio: Path, transcriber: Transcriber, voice: Path) -> tuple[list[str], list[dict]]:
+    """The commands the pipeline answers in a WAV file, and its events."""
     heard: list[str] = []
 
     def respond(text: str, cancel: threading.Event) -> Iterator[str]:
         heard.append(text)
-        yield "Playing."
+        yield "OK."
 
     events: list[dict] = []
-    VoicePipeline(
-        WakeDetector(ko_model, [WAKE], min_confidence=0.5),
-        Transcriber(ko_model, grammar=ONE_BREATH_COMMANDS),
-        Voice(test_voice),
-        WavSink(tmp_path / "out.wav"),
-        respond,
-        on_event=events.append,
-    ).run(wav_source(audio))
+    pipeline = VoicePipeline(WakeDetector(ko_model, [WAKE], min_confidence=0.5), transcriber, Voice(voice),
+                             WavSink(audio.with_name("out.wav")), respond, on_event=events.append)  # fmt: skip
+    pipeline.run(wav_source(audio))
+    return heard, events
+
+
+def test_wake_phrase_and_command_in_one_breath(ko_model, tmp_path: Path, test_voice: Path) -> None:
+    audio = write_wav(tmp_path / "in.wav", silence(0.5), speech(f"{WAKE} 음악 틀어 줘", tmp_path), silence(2.0))
+    heard, events = commands_heard(ko_model, audio, Transcriber(ko_model, grammar=ONE_BREATH_COMMANDS), test_voice)
     assert [e["type"] for e in events].count("wake") == 1
     assert heard == ["음악 틀어 줘"]  # the command was not lost behind the wake phrase
 
@@ -371,21 +372,7 @@ def test_a_command_never_wakes_the_assistant_again(ko_model, tmp_path: Path, tes
     is the phrase: its end must not wake (and answer) a second time."""
     command = speech("오늘 날씨 어때 " * repeats, tmp_path)
     audio = write_wav(tmp_path / "in.wav", silence(0.5), speech(WAKE, tmp_path), silence(1.0), command, silence(3.0))
-    heard: list[str] = []
-
-    def respond(text: str, cancel: threading.Event) -> Iterator[str]:
-        heard.append(text)
-        yield "OK."
-
-    events: list[dict] = []
-    VoicePipeline(
-        WakeDetector(ko_model, [WAKE], min_confidence=0.5),
-        Transcriber(ko_model, silence_timeout=0.8),
-        Voice(test_voice),
-        WavSink(tmp_path / "out.wav"),
-        respond,
-        on_event=events.append,
-    ).run(wav_source(audio))
+    heard, events = commands_heard(ko_model, audio, Transcriber(ko_model, silence_timeout=0.8), test_voice)
     assert [e["type"] for e in events].count("wake") == 1
     assert len(heard) == 1 and heard[0]
 
