@@ -10,9 +10,11 @@ from typing import Annotated, Literal
 import jsonschema
 import numpy as np
 import pytest
+from tokenizers import Tokenizer
 
 from assistant import Range, skill
-from assistant.llm.conversation import Conversation
+from assistant.llm.chat_template import plain_tokenizer
+from assistant.llm.conversation import Conversation, assistant_message
 from assistant.llm.engine import Engine
 from assistant.llm.sampling import Sampler
 from assistant.skills.constraint import OPEN, ToolCallConstraint, parse_tool_calls, visible_text
@@ -237,3 +239,66 @@ def test_forced_spans_of_a_call_run_in_one_forward(tiny_int8: Path, registry: Re
         forwards += engine.stats.decode_forwards
     # `{"name": "`, `", "arguments": {"`, the rest of a name once it is unambiguous ... come at once.
     assert tokens_run / forwards > 2
+
+
+def qwen_tokenizers(folder: Path) -> tuple[Tokenizer, Tokenizer]:
+    """The real Qwen BPE as Qwen2.5 has it (<tool_call> one added token) and as Qwen2-0.5B-Instruct has
+    it: the same vocabulary with only <|endoftext|>, <|im_start|> and <|im_end|> added."""
+    spec = json.loads((folder / "tokenizer.json").read_text())
+    with_tags = Tokenizer.from_str(json.dumps(spec))
+    spec["added_tokens"] = [t for t in spec["added_tokens"] if t["content"] in QWEN2_ADDED]
+    return with_tags, Tokenizer.from_str(json.dumps(spec))
+
+
+QWEN2_ADDED = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
+QWEN_VOCAB = 151936
+
+
+def constrained_steps(constraint: ToolCallConstraint, ids: list[int]) -> tuple[int, int | None]:
+    """How many of `ids` were decided under the grammar, and the first one it refused (None: all allowed)."""
+    steps = 0
+    for i, token in enumerate(ids):
+        allowed = constraint(ids[:i])
+        if allowed is not None:
+            steps += 1
+            if not allowed[token]:
+                return steps, token
+    return steps, None
+
+
+def test_calls_are_constrained_whether_the_tag_is_a_token_or_text(qwen2_tokenizer: Path) -> None:
+    tools = [{"type": "function", "function": {"name": "set_timer", "description": "Start a timer.",
+              "parameters": set_timer_schema()}}]  # fmt: skip
+    call = '<tool_call>\n{"name": "set_timer", "arguments": {"minutes": 500}}\n</tool_call>'  # over its 120
+    for tokenizer in qwen_tokenizers(qwen2_tokenizer):
+        eos = [tokenizer.token_to_id("<|im_end|>")]
+        constraint = ToolCallConstraint(tokenizer, QWEN_VOCAB, eos, tools)
+        ids = tokenizer.encode(call, add_special_tokens=False).ids
+        steps, refused = constrained_steps(constraint, ids)
+        assert steps > 10 and tokenizer.decode([refused]) == "0"  # 5, 50, then 500: over the bound, refused
+        constraint.reset()
+        fine = tokenizer.encode(call.replace("500", "50"), add_special_tokens=False).ids
+        assert constrained_steps(constraint, fine)[1] is None
+
+    with_tags, _ = qwen_tokenizers(qwen2_tokenizer)
+    constraint = ToolCallConstraint(with_tags, QWEN_VOCAB, [with_tags.token_to_id("<|im_end|>")], tools)
+    prose = plain_tokenizer(with_tags).encode("You typed <tool_call> and a newline.\n", add_special_tokens=False).ids
+    assert constrained_steps(constraint, prose) == (0, None)  # spelling the tag in text is not opening a call
+
+
+def set_timer_schema() -> dict:
+    registry = Registry()
+    registry.add_function(set_timer, "test")
+    return registry.skills["set_timer"].parameters
+
+
+def test_a_closing_tag_inside_an_argument_is_part_of_the_call() -> None:
+    call = '{"name": "note", "arguments": {"text": "use </tool_call> to close"}}'
+    reply = f"Sure. <tool_call>\n{call}\n</tool_call> Done."
+    spoken, calls = parse_tool_calls(reply)
+    assert spoken == "Sure.  Done."
+    assert calls == [{"name": "note", "arguments": {"text": "use </tool_call> to close"}}]
+    assert visible_text(reply[: reply.index(" to close")]) == "Sure. "  # streaming: the call is still open
+    assert visible_text(reply, finished=True) == "Sure.  Done."
+    markup = [part for part, is_markup in assistant_message(reply)["parts"] if is_markup]
+    assert markup == ["<tool_call>", "</tool_call>"]  # the tag in the argument stays the user's text

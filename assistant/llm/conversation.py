@@ -19,7 +19,7 @@ from assistant.llm.detok import StreamDecoder
 from assistant.llm.engine import AllowedTokens, Engine
 from assistant.llm.manifest import ModelError
 from assistant.llm.sampling import Sampler
-from assistant.skills.constraint import CLOSE, OPEN
+from assistant.skills.constraint import OPEN, reply_parts
 from assistant.skills.prompt import example_exchange, prompt_messages
 
 log = logging.getLogger(__name__)
@@ -150,14 +150,8 @@ def assistant_message(reply: str) -> dict:
     """The model's reply for the history: its tool-call tags are markup, as the model wrote them."""
     if OPEN not in reply:
         return {"role": "assistant", "content": reply}
-    parts: Parts = []
-    rest = reply
-    while OPEN in rest:
-        before, _, after = rest.partition(OPEN)
-        body, closed, rest = after.partition(CLOSE)
-        parts += [(before, False), (OPEN, True), (body, False)] + ([(CLOSE, True)] if closed else [])
-    parts.append((rest, False))
-    return {"role": "assistant", "content": reply, "parts": [p for p in parts if p[0]]}
+    parts: Parts = [(part, kind in ("open", "close")) for part, kind in reply_parts(reply) if part]
+    return {"role": "assistant", "content": reply, "parts": parts}
 
 
 def tool_response_message(results: list, template_wraps: bool) -> dict:

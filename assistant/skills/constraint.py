@@ -4,6 +4,11 @@ The model writes freely until it opens a call with `<tool_call>`. From there unt
 only tokens that keep the text a valid call are allowed: `{"name": <a registered skill>,
 "arguments": <an object valid for that skill's JSON Schema>}`. A 0.5B model therefore cannot
 name a skill that does not exist or pass arguments its schema forbids.
+
+Where the tokenizer has `<tool_call>` as one added token (Qwen2.5 and later), only that token
+opens a call: text that merely spells the tag (a user's words repeated) does not. Qwen2 has no
+such token, so there the tag's text opens it, as the model writes it: `<`, `tool`, `_call`, `>`
+or `>\n` (the byte-level BPE joins punctuation and the newline after it).
 """
 
 from __future__ import annotations
@@ -42,16 +47,23 @@ class ToolCallConstraint:
         self.tokenizer = tokenizer
         self.vocab_size = vocab_size
         self.lltokenizer = llguidance.LLTokenizer(tokenizer.to_str(), n_vocab=vocab_size, eos_token=eos_ids)
+        self.open_id = tokenizer.token_to_id(OPEN)  # None: the tag is plain text (Qwen2)
         close = f'"{CLOSE}"'
         if (close_id := tokenizer.token_to_id(CLOSE)) is not None:  # Qwen2.5 has it as one added token
             close = f'("{CLOSE}" | <[{close_id}]>)'
-        lark = f'start: "\\n" call "\\n" {close}\ncall: %json {json.dumps(call_schema(tools))}\n'
-        self.grammar = llguidance.LLMatcher.grammar_from_lark(lark)
-        failed, messages = llguidance.LLMatcher.validate_grammar_with_warnings(self.grammar, self.lltokenizer)
-        if failed:
-            raise ValueError(f"tool call grammar: {messages[0]}")
+        call = f"call: %json {json.dumps(call_schema(tools))}\n"
+        # Two ways in: right after the tag, or after a token that also held the newline after it.
+        self.grammar = self._grammar(f'start: "\\n" call "\\n" {close}\n{call}')
+        self.grammar_after_newline = self._grammar(f'start: call "\\n" {close}\n{call}')
         self.bitmask = llnumpy.allocate_token_bitmask(1, vocab_size)
         self.reset()
+
+    def _grammar(self, lark: str) -> str:
+        grammar = llguidance.LLMatcher.grammar_from_lark(lark)
+        failed, messages = llguidance.LLMatcher.validate_grammar_with_warnings(grammar, self.lltokenizer)
+        if failed:
+            raise ValueError(f"tool call grammar: {messages[0]}")
+        return grammar
 
     def reset(self) -> None:
         self.matcher: llguidance.LLMatcher | None = None
@@ -89,9 +101,52 @@ class ToolCallConstraint:
             if self.matcher.is_stopped():  # the call is closed; free text again
                 self.matcher, self.tail = None, ""
             return
-        self.tail = (self.tail + self.tokenizer.decode([token], skip_special_tokens=False))[-len(OPEN) :]
-        if self.tail == OPEN:
+        if self.open_id is not None:
+            if token == self.open_id:
+                self.matcher = llguidance.LLMatcher(self.lltokenizer, self.grammar, log_level=0)
+            return
+        piece = self.tokenizer.decode([token], skip_special_tokens=False)
+        self.tail = (self.tail + piece)[-len(OPEN) - len(piece) :]
+        if self.tail.endswith(OPEN):
             self.matcher = llguidance.LLMatcher(self.lltokenizer, self.grammar, log_level=0)
+        elif piece.strip("\n") == ">" and self.tail.rstrip("\n").endswith(OPEN):
+            self.matcher = llguidance.LLMatcher(self.lltokenizer, self.grammar_after_newline, log_level=0)
+
+
+def reply_parts(reply: str, finished: bool = True) -> list[tuple[str, str]]:
+    """A reply as (text, kind) parts, kind "text", "open", "call" (a call's body) or "close".
+
+    A call ends at the closing tag after its JSON object, so an argument that contains the tag
+    ("note that </tool_call> closes a call") is part of the call. While the reply streams, a call
+    whose JSON is not complete yet is still open; in a finished reply, a body that is not JSON ends
+    at the first closing tag. A call left open has no "close" part.
+    """
+    parts, rest = [], reply
+    while (start := rest.find(OPEN)) >= 0:
+        parts += [(rest[:start], "text"), (OPEN, "open")]
+        rest = rest[start + len(OPEN) :]
+        end = _call_end(rest, finished)
+        if end is None:
+            parts.append((rest, "call"))
+            return parts
+        parts += [(rest[:end], "call"), (CLOSE, "close")]
+        rest = rest[end + len(CLOSE) :]
+    parts.append((rest, "text"))
+    return parts
+
+
+def _call_end(body: str, finished: bool) -> int | None:
+    """Where the closing tag of the call whose body starts `body` is, or None if it has none (yet)."""
+    stripped = body.lstrip()
+    try:
+        _, end = json.JSONDecoder().raw_decode(stripped)
+        end += len(body) - len(stripped)
+    except ValueError:
+        if not finished:
+            return None
+        end = 0
+    found = body.find(CLOSE, end)
+    return None if found < 0 else found
 
 
 def parse_tool_calls(text: str) -> tuple[str, list[dict]]:
@@ -100,21 +155,17 @@ def parse_tool_calls(text: str) -> tuple[str, list[dict]]:
     A call that is not valid JSON is returned as {"error": ...} so the turn can say so.
     """
     spoken, calls = [], []
-    rest = text
-    while OPEN in rest:
-        before, _, after = rest.partition(OPEN)
-        spoken.append(before)
-        body, closed, rest = after.partition(CLOSE)
-        try:
-            call = json.loads(body)
-            if not isinstance(call, dict) or not isinstance(call.get("name"), str):
-                raise ValueError("not a {name, arguments} object")
-            calls.append({"name": call["name"], "arguments": call.get("arguments", {})})
-        except ValueError as e:
-            calls.append({"error": f"malformed tool call ({e})"})
-        if not closed:
-            rest = ""
-    spoken.append(rest)
+    for part, kind in reply_parts(text):
+        if kind == "text":
+            spoken.append(part)
+        elif kind == "call":
+            try:
+                call = json.loads(part)
+                if not isinstance(call, dict) or not isinstance(call.get("name"), str):
+                    raise ValueError("not a {name, arguments} object")
+                calls.append({"name": call["name"], "arguments": call.get("arguments", {})})
+            except ValueError as e:
+                calls.append({"error": f"malformed tool call ({e})"})
     return "".join(spoken).strip(), calls
 
 
@@ -124,17 +175,10 @@ def visible_text(reply: str, finished: bool = False) -> str:
     While the reply streams, a trailing "<", "<tool" ... might be the start of a call, so it is
     held back until the next piece shows what it is. The result only ever grows as the reply does.
     """
-    parts, rest = [], reply
-    while OPEN in rest:
-        before, _, after = rest.partition(OPEN)
-        parts.append(before)
-        _, closed, rest = after.partition(CLOSE)
-        if not closed:
-            return "".join(parts)
-    if not finished:
+    parts = reply_parts(reply, finished)
+    text = "".join(part for part, kind in parts if kind == "text")
+    if parts[-1][1] == "text" and not finished:
         for k in range(len(OPEN) - 1, 0, -1):
-            if rest.endswith(OPEN[:k]):
-                rest = rest[:-k]
-                break
-    parts.append(rest)
-    return "".join(parts)
+            if text.endswith(OPEN[:k]):
+                return text[:-k]
+    return text
