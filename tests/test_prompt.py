@@ -24,7 +24,7 @@ from assistant import skill
 from assistant.budget import plan_prompt
 from assistant.config import ConfigError, load_settings
 from assistant.llm.chat_template import ChatTemplate, plain_tokenizer
-from assistant.llm.conversation import Conversation, tool_response_message
+from assistant.llm.conversation import Conversation, assistant_message, tool_response_message
 from assistant.llm.engine import Engine
 from assistant.llm.sampling import Sampler
 from assistant.skills.intents import IntentMatcher
@@ -146,6 +146,34 @@ def test_text_from_outside_is_ordinary_tokens(qwen2_tokenizer: Path, template: s
     # Rendering and tokenizing the whole text at once, as before, would have opened a system turn.
     rendered = chat.render([*prefix, {"role": "user", "content": INJECTION}])
     assert structure(tokenizer.encode(rendered).ids).count(QWEN_IM_END) == 3
+
+
+@pytest.mark.parametrize("template", ["qwen2", "qwen3"])
+def test_prompts_are_the_tokens_transformers_gives_for_the_same_text(qwen2_tokenizer: Path, template: str) -> None:
+    """Plain text is tokenized apart from the template's special tokens, but not apart from the text
+    around it: BPE merges across the seams (".\\n\\n", "}}\\n") as in training."""
+    from transformers import AutoTokenizer
+
+    from tests.qwen_tokenizer import qwen_tokenizer_files
+
+    folder = qwen2_tokenizer if template == "qwen2" else qwen_tokenizer_files()
+    chat, tokenizer = qwen(folder)
+    reference = AutoTokenizer.from_pretrained(str(folder))
+    tools = [{"type": "function", "function": {"name": "set_timer", "description": "Start a timer.",
+              "parameters": {"type": "object", "properties": {"minutes": {"type": "integer"}}}}}]  # fmt: skip
+    prefix = prompt_messages("You are a helpful voice assistant.", tools, None)
+    call = '<tool_call>\n{"name": "set_timer", "arguments": {"minutes": 5}}\n</tool_call>'
+    conversation = [
+        {"role": "user", "content": "\nset a timer 你好 😀 café  "},
+        assistant_message(call),
+        tool_response_message([{"name": "set_timer", "content": {"ok": True}}], chat.wraps_tool_responses),
+    ]
+    messages = [*prefix, *conversation]
+    ours = chat.encode(messages, tokenizer, plain_tokenizer(tokenizer))
+    theirs = reference.apply_chat_template(
+        [{"role": m["role"], "content": m["content"]} for m in messages], tokenize=True, add_generation_prompt=True
+    )
+    assert ours == list(theirs["input_ids"])  # transformers 5 answers a BatchEncoding
 
 
 # -- end to end on the tiny model: the say request, the ASR final and a skill's result -----------

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 import weakref
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -68,10 +69,12 @@ class ChatTemplate:
     def encode(
         self, messages: list[dict[str, Any]], tokenizer: Tokenizer, plain: Tokenizer, add_generation_prompt: bool = True
     ) -> list[int]:
-        """Token ids of the rendered prompt: the template's text with `tokenizer`, plain text with `plain`.
+        """Token ids of the rendered prompt, as transformers would give them, but for plain text.
 
-        `plain` is plain_tokenizer(tokenizer). Each piece is tokenized on its own; in chat formats
-        the pieces meet at special tokens or newlines, where the tokenizer splits anyway.
+        `plain` is plain_tokenizer(tokenizer). The template's text (and markup) may hold added
+        tokens (<|im_start|>, ...), which become their ids; everything between two of them, plain
+        text included, is tokenized as one run with `plain`, so that BPE merges across where a part
+        ends (".\n\n", "}}\n") as it did in training, while plain text can never be an added token.
         """
         texts: list[str] = []
 
@@ -86,13 +89,40 @@ class ChatTemplate:
             return {"role": message["role"], "content": "".join(content)}
 
         rendered = self.render([placeheld(m) for m in messages], add_generation_prompt)
+        added = _added_tokens(tokenizer)
         ids: list[int] = []
+        run = ""  # text since the last added token
         for i, piece in enumerate(_PLACEHOLDER.split(rendered)):
             if i % 2:
-                ids += plain.encode(texts[int(piece)], add_special_tokens=False).ids
-            elif piece:
-                ids += tokenizer.encode(piece, add_special_tokens=False).ids
-        return ids
+                run += texts[int(piece)]
+                continue
+            for j, part in enumerate(added.pattern.split(piece) if added.pattern else [piece]):
+                if j % 2:  # an added token of the template's own text
+                    ids += plain.encode(run, add_special_tokens=False).ids if run else []
+                    ids.append(added.ids[part])
+                    run = ""
+                else:
+                    run += part
+        return ids + (plain.encode(run, add_special_tokens=False).ids if run else [])
+
+
+@dataclass
+class _AddedTokens:
+    ids: dict[str, int]
+    pattern: re.Pattern | None  # matches any of them, longest first; None when there are none
+
+
+_ADDED: weakref.WeakKeyDictionary[Tokenizer, _AddedTokens] = weakref.WeakKeyDictionary()
+
+
+def _added_tokens(tokenizer: Tokenizer) -> _AddedTokens:
+    found = _ADDED.get(tokenizer)
+    if found is None:
+        ids = {token.content: i for i, token in tokenizer.get_added_tokens_decoder().items()}
+        names = sorted(ids, key=len, reverse=True)
+        pattern = re.compile("(" + "|".join(map(re.escape, names)) + ")") if names else None
+        found = _ADDED[tokenizer] = _AddedTokens(ids, pattern)
+    return found
 
 
 def _token_text(token: Any) -> str:
