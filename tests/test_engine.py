@@ -14,6 +14,7 @@ import torch
 import yaml
 
 from assistant.llm.conversation import Conversation, TooLong
+from assistant.llm.detok import StreamDecoder
 from assistant.llm.engine import Engine
 from assistant.llm.export import export_model
 from assistant.llm.manifest import ModelError
@@ -290,6 +291,15 @@ def test_streamed_chinese_and_emoji_is_byte_identical(tiny_float: Path) -> None:
     assert "".join(pieces).encode() == engine.tokenizer.decode(target).encode() == text.encode()
     assert not any("\ufffd" in piece for piece in pieces)
     assert len(pieces) > 5  # it really streamed
+
+
+def test_a_stream_cut_inside_a_character_ends_without_half_of_it(tiny_float: Path) -> None:
+    engine = Engine(tiny_float)
+    emoji = engine.tokenizer.encode("ok 🦄", add_special_tokens=False).ids
+    assert len(emoji) > 2, "the fixture tokenizer must split the emoji across tokens"
+    stream = StreamDecoder(engine.tokenizer)
+    text = "".join(stream.push(token) for token in emoji[:-1])  # cancelled before its last byte
+    assert text + stream.flush() == "ok "  # no U+FFFD to speak or keep
 
 
 class ForcedSpan:

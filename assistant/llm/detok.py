@@ -32,7 +32,8 @@ class StreamDecoder:
         return ""
 
     def flush(self) -> str:
-        """Whatever is left at the end of the stream, even if it is not valid UTF-8."""
+        """Whatever is left at the end of the stream, but a last character cut short (a reply
+        cancelled or out of tokens in the middle of an emoji), which would be spoken and kept as U+FFFD."""
         before, after = self._text(self.emitted), self._text(len(self.ids))
         self.start = self.emitted = len(self.ids)
-        return after[len(before) :]
+        return after[len(before) :].rstrip(REPLACEMENT)
