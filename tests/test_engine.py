@@ -246,6 +246,16 @@ def test_message_longer_than_the_cache_is_a_clear_error_and_keeps_the_history(ti
     assert isinstance("".join(chat.reply("hello", GREEDY)), str)  # and the next turn works
 
 
+def test_a_system_prompt_that_leaves_no_room_for_a_turn_is_refused_up_front(tiny_float: Path) -> None:
+    persona = "You are a test assistant. " * 20
+    system = len(
+        Conversation(Engine(tiny_float, kv_cache_len=1024), persona, 32)._encode([], add_generation_prompt=False)
+    )
+    engine = Engine(tiny_float, kv_cache_len=system + 32 + 2)  # room for the reply, not for a turn
+    with pytest.raises(ModelError, match=r"the system prompt \(\d+ tokens\) leaves no room for a turn"):
+        Conversation(engine, persona, 32)
+
+
 def test_a_long_history_is_cut_with_few_encodings(tiny_float: Path) -> None:
     """Local intents add turns without the model: the next model turn must not re-encode the
     history once per turn it drops."""

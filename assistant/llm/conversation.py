@@ -60,10 +60,11 @@ class Conversation:
         # Room kept free for the reply when old turns have to go.
         self.reserve = reply_room(max_new_tokens, engine.kv_len)
         system_ids = self._encode([], add_generation_prompt=False)
-        if len(system_ids) + self.reserve >= engine.kv_len:
+        shortest = self._encode([{"role": "user", "content": "Hi."}])  # the least a turn can be
+        if len(shortest) + self.reserve > engine.kv_len:
             raise ModelError(
-                f"the system prompt ({len(system_ids)} tokens) leaves no room for a reply of {self.reserve} tokens "
-                f"in kv_cache_len {engine.kv_len}"
+                f"the system prompt ({len(system_ids)} tokens) leaves no room for a turn and a reply of "
+                f"{self.reserve} tokens in kv_cache_len {engine.kv_len}"
             )
         start = last = time.monotonic()
 
