@@ -6,6 +6,7 @@ none stops the others, so a newcomer sees the whole list in one go.
 
 from __future__ import annotations
 
+import ctypes.util
 import importlib.util
 import os
 from dataclasses import dataclass
@@ -90,11 +91,17 @@ def _llm(settings: Settings) -> list[Finding]:
             found.append(Finding("NPU", "pyaxengine is not installed", "install AXERA's wheel (README: pyaxengine)"))
         return found
     found.append(Finding("NPU", "pyaxengine installed"))
-    node = "/dev/axcl_host" if settings.llm.axengine_provider == "AXCLRTExecutionProvider" else "/dev/ax_mmb_dev"
-    if not Path(node).exists():
-        found.append(Finding("NPU", f"{node} does not exist", "load the AXERA NPU driver (the board's BSP)"))
-    elif not os.access(node, os.R_OK | os.W_OK):
-        found.append(Finding("NPU", f"{node}: no read/write access", "run as a user allowed to use the NPU"))
+    # As pyaxengine decides which providers exist (axengine/_providers.py): by their runtime library.
+    card = settings.llm.axengine_provider == "AXCLRTExecutionProvider"
+    library = "axcl_rt" if card else "ax_engine"
+    if ctypes.util.find_library(library) is None:
+        where = "the M.2 card's AXCL driver package" if card else "the board's BSP (/soc/lib)"
+        found.append(Finding("NPU", f"lib{library}.so is not found", f"install {where}, or fix ldconfig"))
+    node = "/dev/axcl_host"  # the card's device node on the host; the board's own nodes are its BSP's concern
+    if card and not Path(node).exists():
+        found.append(Finding("NPU", f"{node} does not exist", "load the M.2 card's AXCL driver"))
+    elif card and not os.access(node, os.R_OK | os.W_OK):
+        found.append(Finding("NPU", f"{node}: no read/write access", "run as a user allowed to use the card"))
     return found
 
 

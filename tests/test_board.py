@@ -179,6 +179,39 @@ def test_chat_on_the_board_path_and_its_one_line_errors(board_model: Path, tmp_p
     assert card_only.returncode == 78 and "llm.axengine_provider" in card_only.stderr
 
 
+def test_pyaxengine_0_1_2_is_refused_for_the_m2_card_before_any_run(board_model: Path, tmp_path: Path) -> None:
+    """0.1.2rc0's card session fails every run (AttributeError, deep in a turn); its metadata says 0.1.2."""
+    dist = tmp_path / "axengine-0.1.2.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: axengine\nVersion: 0.1.2\n")
+    code = (
+        "import sys\nfrom assistant.llm.engine import Engine\nfrom assistant.llm.manifest import ModelError\n"
+        "try:\n    Engine(sys.argv[1], backend='axengine', provider=sys.argv[2])\n"
+        "except ModelError as e:\n    print(e)\nelse:\n    print('opened')\n"
+    )
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}:{STANDINS}:{os.environ.get('PYTHONPATH', '')}",
+           "AXENGINE_STANDIN_VERSION": "0.1.2rc0", "AXENGINE_STANDIN_PROVIDERS": "AxEngineExecutionProvider,"
+           "AXCLRTExecutionProvider"}  # fmt: skip
+
+    def open_with(provider: str) -> str:
+        run = [sys.executable, "-c", code, str(board_model), provider]
+        return subprocess.run(run, capture_output=True, text=True, env=env, timeout=120).stdout.splitlines()[-1]
+
+    assert "pyaxengine 0.1.2 fails every run on the M.2 card" in open_with("AXCLRTExecutionProvider")
+    assert open_with("AxEngineExecutionProvider") == "opened"  # the board's own provider works in 0.1.2rc0
+
+
+def test_doctor_looks_for_the_npu_runtime_as_pyaxengine_does(board_model: Path, tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(f"llm:\n  model_dir: {board_model}\n  backend: axengine\n")
+    env = {**os.environ, "PYTHONPATH": f"{STANDINS}:{os.environ.get('PYTHONPATH', '')}"}
+    doctor = [sys.executable, "-m", "assistant", "doctor", "--config", str(config), "--text-only"]
+    report = subprocess.run(doctor, capture_output=True, text=True, env=env, timeout=120).stdout
+    assert "pyaxengine installed" in report
+    assert "libax_engine.so is not found" in report  # this machine has no NPU runtime
+    assert "/dev/ax_mmb_dev" not in report  # the M.2 card's host driver node, not the board's
+
+
 def test_groups_that_disagree_with_the_manifest_are_refused(board_model: Path, tmp_path: Path, axengine) -> None:
     import shutil
 

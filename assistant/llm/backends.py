@@ -12,6 +12,7 @@ import contextlib
 import ctypes
 import inspect
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,10 @@ LAYER_INPUTS = ("K_cache", "V_cache", "indices", "input", "mask")
 LAYER_OUTPUTS = ("K_cache_out", "V_cache_out", "output")
 POST_OUTPUTS = ("output",)  # Pulsar2's post model names its logits "output" (ax-llm reads get_output("output"))
 MIN_PYAXENGINE = "0.1.2rc0"  # the first release whose run() takes shape_group
+# 0.1.2rc0's M.2-card session reads its outputs through a void * (axengine/_axclrt.py, run) and
+# fails every run with AttributeError; fixed in 0.1.3rc0, whose metadata says 0.1.3.
+MIN_PYAXENGINE_AXCLRT = (0, 1, 3)
+AXCLRT = "AXCLRTExecutionProvider"
 
 
 @dataclass
@@ -139,13 +144,13 @@ class AxRunner:
     def __init__(self, path: Path, provider: str):
         import axengine
 
-        _check_pyaxengine()  # every run passes shape_group, the LLM's layers and the voice's decoder alike
+        _check_pyaxengine(provider)  # every run passes shape_group, the LLM's layers and the voice's decoder alike
         try:
             self.session = axengine.InferenceSession(str(path), providers=[provider])
         except ValueError as e:  # an unavailable provider: axengine/_session.py, InferenceSession.__init__
             message = f"{path}: pyaxengine cannot open it with {provider} ({e}); check llm.axengine_provider"
             raise ModelError(message) from None
-        except RuntimeError as e:  # "Failed to load model." and the like, from the NPU runtime
+        except RuntimeError as e:  # "Failed to get model type." and the like, from the NPU runtime
             raise ModelError(f"{path}: pyaxengine cannot load it ({e}); a build for another chip? {FIX}") from None
         self.path = path
 
@@ -177,20 +182,27 @@ def axengine_available() -> bool:
     return True
 
 
-def _check_pyaxengine() -> None:
-    """Shape groups need pyaxengine >= 0.1.2rc0; an older run() raises TypeError on every call."""
+def _check_pyaxengine(provider: str) -> None:
+    """Shape groups need pyaxengine >= 0.1.2rc0 (an older run() raises TypeError on every call), and
+    the M.2 card's provider >= 0.1.3rc0."""
     import axengine
 
-    if "shape_group" not in inspect.signature(axengine.InferenceSession.run).parameters:
-        try:
-            from importlib.metadata import version
+    try:
+        from importlib.metadata import version
 
-            installed = version("axengine")
-        except Exception:  # no metadata: installed from a source tree
-            installed = "(version unknown)"
+        installed = version("axengine")
+    except Exception:  # no metadata: installed from a source tree
+        installed = "(version unknown)"
+    if "shape_group" not in inspect.signature(axengine.InferenceSession.run).parameters:
         raise ModelError(
             f"pyaxengine {installed} has no shape groups (run(..., shape_group=)); the LLM layers need "
             f"pyaxengine >= {MIN_PYAXENGINE}: install AXERA's newer release wheel (see README)"
+        )
+    numbers = tuple(int(n) for n in re.findall(r"\d+", installed)[:3])
+    if provider == AXCLRT and numbers and numbers < MIN_PYAXENGINE_AXCLRT:
+        raise ModelError(
+            f"pyaxengine {installed} fails every run on the M.2 card ({AXCLRT}); it needs pyaxengine >= 0.1.3rc0: "
+            "install AXERA's newer release wheel (see README)"
         )
 
 

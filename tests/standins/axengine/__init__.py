@@ -10,7 +10,8 @@ and outputs rounded to bf16).
 
 Environment (tests only): AXENGINE_STANDIN_PROVIDERS (comma-separated available providers,
 default AxEngineExecutionProvider), AXENGINE_STANDIN_VERSION ("0.1.1": run() without shape_group,
-as before pyaxengine 0.1.2rc0).
+as before pyaxengine 0.1.2rc0; "0.1.2rc0": every run with AXCLRTExecutionProvider fails, as in that
+release). The package's metadata version is what a test puts on the path beside it.
 """
 
 from __future__ import annotations
@@ -73,9 +74,11 @@ class _AxeSession:
                 table = json.loads(archive.read("io.json"))
                 onnx_bytes = archive.read("model.onnx")
         except (OSError, KeyError, zipfile.BadZipFile, json.JSONDecodeError):
-            raise RuntimeError("Failed to load model.") from None  # _axe.py:197-199
+            # _axe.py:151, 272: the runtime is first asked the file's model type, which fails for
+            # a file that is not an axmodel of this chip (before "Failed to load model.", 197-199)
+            raise RuntimeError("Failed to get model type.") from None
         if table["chip"] != os.environ.get("AXENGINE_STANDIN_CHIP", table["chip"]):
-            raise RuntimeError("Failed to load model.")  # a model built for another chip does not load
+            raise RuntimeError("Failed to get model type.")  # a model built for another chip
         self._groups = table["groups"]
         self._shape_count = len(self._groups)  # _axe.py:204, _get_shape_count()
         self._inputs = [[NodeArg(n, _DTYPES[d], s) for n, d, s in g["inputs"]] for g in self._groups]
@@ -227,6 +230,16 @@ class InferenceSession:
     def run(self, output_names, input_feed, run_options=None, shape_group: int = 0) -> list[np.ndarray]:
         return self._sess.run(output_names, input_feed, run_options, shape_group)
 
+
+if VERSION == "0.1.2rc0":  # its M.2-card session reads outputs through a void * (_axclrt.py:382, fixed in 8ab2455)
+    _run_with_groups = InferenceSession.run
+
+    def _run_on_the_card_fails(self, output_names, input_feed, run_options=None, shape_group: int = 0):
+        if self._provider == axclrt_provider_name:
+            raise AttributeError("cdata 'void *' has no attribute 'pOutputs'")
+        return _run_with_groups(self, output_names, input_feed, run_options, shape_group)
+
+    InferenceSession.run = _run_on_the_card_fails
 
 if VERSION == "0.1.1":  # before shape groups (commit 6bc2ac8): run() had no shape_group
 
