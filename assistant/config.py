@@ -310,6 +310,8 @@ def _apply_env(data: dict, environ: typing.Mapping[str, str], lines: dict[str, i
         if not name.startswith(ENV_PREFIX) or name == CONFIG_ENV:
             continue
         parts = [p.lower() for p in name[len(ENV_PREFIX) :].split("__")]
+        if not all(parts):  # ASSISTANT_LLM____THREADS: a doubled separator names no key
+            raise ConfigError(f"environment {name}: not a setting (sections and keys are joined by one __)")
         key = ".".join(parts)
         try:
             value = yaml.safe_load(raw) if raw.strip() else None

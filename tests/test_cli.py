@@ -27,6 +27,8 @@ def test_help_lists_the_subcommands() -> None:
     assert result.returncode == 0
     for command in ("config", "setup", "run", "say", "chat", "status", "skills", "audio", "service"):
         assert command in result.stdout
+    chat = " ".join(assistant("chat", "--help").stdout.split())
+    assert "0 is greedy, with --model (default: 0.0)" in chat  # a default of 0.0 is shown, though 0.0 == False
 
 
 def test_setup_then_chat_streams_a_reply_with_its_speed(tiny_hf: Path, tmp_path: Path) -> None:

@@ -95,6 +95,8 @@ def test_environment_overrides_file_and_is_named_in_errors(tmp_path: Path) -> No
     assert settings.wake.phrases == ["a", "b"]
     with pytest.raises(ConfigError, match="environment ASSISTANT_LLM__SAMPLING__TOP_P: .*top_p: must be in"):
         load_settings(path, environ={"ASSISTANT_LLM__SAMPLING__TOP_P": "1.5"})
+    with pytest.raises(ConfigError, match=r"^environment ASSISTANT_LLM____THREADS: not a setting"):
+        load_settings(path, environ={"ASSISTANT_LLM____THREADS": "1"})  # not blamed on the file
 
 
 def test_relative_paths_resolve_against_the_config_folder(tmp_path: Path) -> None:
