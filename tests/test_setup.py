@@ -364,6 +364,22 @@ def test_the_same_checkpoint_spelled_otherwise_is_up_to_date(tiny_hf: Path, tmp_
         assert result.returncode == 0 and "is up to date" in result.stderr, (spelling, result.stderr)
 
 
+def test_a_second_setup_of_the_same_model_waits_its_turn(tiny_hf: Path, tmp_path: Path) -> None:
+    import fcntl
+
+    out = tmp_path / "m"
+    with open(tmp_path / ".m.lock", "a") as lock:  # another setup is building it right now
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        busy = host_setup(str(tiny_hf), "--out", str(out))
+    assert busy.returncode == 1
+    assert (
+        busy.stderr.strip().splitlines()[-1]
+        == f"error: another `assistant setup` is building {out}; wait for it to finish"
+    )
+    assert not out.exists() and not (tmp_path / ".m.partial").exists()  # nothing of the other's touched
+    assert host_setup(str(tiny_hf), "--out", str(out)).returncode == 0  # once it is done
+
+
 def test_a_mistyped_local_folder_is_not_taken_for_a_repo_id(tiny_hf: Path, tmp_path: Path) -> None:
     env = {"HF_HUB_OFFLINE": "1"}
     for model, expected in [

@@ -11,10 +11,13 @@ running the same command again finds it up to date at once.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -171,40 +174,53 @@ def build_model(opts: SetupOptions, models_dir: Path, force: bool = False) -> tu
     local = checkpoint_folder(opts.model)
     name = model_name(opts.model)
     dest = destination(opts, models_dir)
-    record = _record(opts, local)
-    if not force and _up_to_date(dest, record):
-        log.info("%s is up to date (built with the same options); --force rebuilds it", dest)
-        return dest, []
-    hf_dir = local or fetch_hf_model(opts.model, models_dir / ".cache")
-    shape = read_shape(hf_dir)  # unsupported model types fail here, before any work
-    if opts.kv_cache_len > shape.max_position_embeddings:
-        raise SetupError(
-            f"--kv-cache-len {opts.kv_cache_len} is longer than the {shape.max_position_embeddings} positions "
-            f"the model was trained for (max_position_embeddings in {hf_dir / 'config.json'}); give at most that"
-        )
-    checkpoint = Checkpoint(hf_dir)
-    work = dest.with_name(f".{dest.name}.partial")
-    _start_or_resume(work, record)
-    _check_disk(work.parent, sum(p.stat().st_size for p in hf_dir.glob("*.safetensors")))
+    with _building(dest):  # a second setup of the same model is refused, not raced
+        record = _record(opts, local)
+        if not force and _up_to_date(dest, record):
+            log.info("%s is up to date (built with the same options); --force rebuilds it", dest)
+            return dest, []
+        hf_dir = local or fetch_hf_model(opts.model, models_dir / ".cache")
+        shape = read_shape(hf_dir)  # unsupported model types fail here, before any work
+        if opts.kv_cache_len > shape.max_position_embeddings:
+            raise SetupError(
+                f"--kv-cache-len {opts.kv_cache_len} is longer than the {shape.max_position_embeddings} positions "
+                f"the model was trained for (max_position_embeddings in {hf_dir / 'config.json'}); give at most that"
+            )
+        checkpoint = Checkpoint(hf_dir)
+        work = dest.with_name(f".{dest.name}.partial")
+        _start_or_resume(work, record)
+        _check_disk(work.parent, sum(p.stat().st_size for p in hf_dir.glob("*.safetensors")))
 
-    steps: list[tuple[str, object]] = [
-        ("tokenizer", lambda: copy_tokenizer(hf_dir, work)),
-        ("embeddings", lambda: write_embeddings(checkpoint, work, opts.keep_intermediate)),
-    ]
-    if opts.host or opts.target == "host":
-        host_weights = "s4" if opts.weight_type == "s4" else "int8"
-        steps.append(("onnxruntime", lambda: _host_export(hf_dir, work, shape.num_layers, host_weights)))
-    if opts.target != "host":
-        steps.append(("axengine", lambda: _board_build(hf_dir, work, shape.num_layers, name, opts, kv_history)))
-    results = [_run_step(work, step, fn) for step, fn in steps]
+        steps: list[tuple[str, object]] = [
+            ("tokenizer", lambda: copy_tokenizer(hf_dir, work)),
+            ("embeddings", lambda: write_embeddings(checkpoint, work, opts.keep_intermediate)),
+        ]
+        if opts.host or opts.target == "host":
+            host_weights = "s4" if opts.weight_type == "s4" else "int8"
+            steps.append(("onnxruntime", lambda: _host_export(hf_dir, work, shape.num_layers, host_weights)))
+        if opts.target != "host":
+            steps.append(("axengine", lambda: _board_build(hf_dir, work, shape.num_layers, name, opts, kv_history)))
+        results = [_run_step(work, step, fn) for step, fn in steps]
 
-    backends = {r.name: LayerFiles(**r.layers) for r in results if r.layers}
-    manifest = new_manifest(hf_dir, name, opts.kv_cache_len, backends)
-    record_files(work, manifest)
-    manifest.save(work)
-    write_atomic(work / RECORD, json.dumps(record, sort_keys=True))  # inside, so the swap brings it along
-    _replace(dest, work)
-    return dest, results
+        backends = {r.name: LayerFiles(**r.layers) for r in results if r.layers}
+        manifest = new_manifest(hf_dir, name, opts.kv_cache_len, backends)
+        record_files(work, manifest)
+        manifest.save(work)
+        write_atomic(work / RECORD, json.dumps(record, sort_keys=True))  # inside, so the swap brings it along
+        _replace(dest, work)
+        return dest, results
+
+
+@contextlib.contextmanager
+def _building(dest: Path) -> Iterator[None]:
+    """Hold the lock on building `dest` (a file beside it, released when the process ends however it ends)."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with open(dest.with_name(f".{dest.name}.lock"), "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise SetupError(f"another `assistant setup` is building {dest}; wait for it to finish") from None
+        yield
 
 
 def _host_export(hf_dir: Path, work: Path, num_layers: int, weights: str) -> LayerFiles:
