@@ -368,14 +368,13 @@ def test_a_second_setup_of_the_same_model_waits_its_turn(tiny_hf: Path, tmp_path
     import fcntl
 
     out = tmp_path / "m"
-    with open(tmp_path / ".m.lock", "a") as lock:  # another setup is building it right now
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        busy = host_setup(str(tiny_hf), "--out", str(out))
+    folder = os.open(tmp_path, os.O_RDONLY)
+    fcntl.flock(folder, fcntl.LOCK_EX | fcntl.LOCK_NB)  # another setup is building there right now
+    busy = host_setup(str(tiny_hf), "--out", str(out))
+    os.close(folder)
     assert busy.returncode == 1
-    assert (
-        busy.stderr.strip().splitlines()[-1]
-        == f"error: another `assistant setup` is building {out}; wait for it to finish"
-    )
+    expected = f"error: another `assistant setup` is building in {tmp_path}; wait for it to finish"
+    assert busy.stderr.strip().splitlines()[-1] == expected
     assert not out.exists() and not (tmp_path / ".m.partial").exists()  # nothing of the other's touched
     assert host_setup(str(tiny_hf), "--out", str(out)).returncode == 0  # once it is done
 

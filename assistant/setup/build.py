@@ -15,6 +15,7 @@ import contextlib
 import fcntl
 import json
 import logging
+import os
 import shutil
 import time
 from collections.abc import Iterator
@@ -213,14 +214,18 @@ def build_model(opts: SetupOptions, models_dir: Path, force: bool = False) -> tu
 
 @contextlib.contextmanager
 def _building(dest: Path) -> Iterator[None]:
-    """Hold the lock on building `dest` (a file beside it, released when the process ends however it ends)."""
+    """Hold the lock on building into `dest`'s folder: the folder's own, so that nothing is left
+    behind, released when the process ends however it ends."""
     dest.parent.mkdir(parents=True, exist_ok=True)
-    with open(dest.with_name(f".{dest.name}.lock"), "a") as lock:
+    folder = os.open(dest.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
         try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(folder, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise SetupError(f"another `assistant setup` is building {dest}; wait for it to finish") from None
+            raise SetupError(f"another `assistant setup` is building in {dest.parent}; wait for it to finish") from None
         yield
+    finally:
+        os.close(folder)
 
 
 def _host_export(hf_dir: Path, work: Path, num_layers: int, weights: str) -> LayerFiles:
