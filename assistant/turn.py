@@ -16,7 +16,7 @@ from collections.abc import Hashable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from assistant.llm.conversation import Conversation, TooLong, tool_response_message
+from assistant.llm.conversation import Conversation, TooLong, is_tool_response, tool_response_message
 from assistant.llm.sampling import Sampler
 from assistant.skills.constraint import ToolCallConstraint, parse_tool_calls, visible_text
 from assistant.skills.intents import IntentMatcher
@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 SORRY = "Sorry, something went wrong."
 TOO_LONG = "Sorry, that is too long for me to take in at once. Could you say it in fewer words?"
+RESULTS_TOO_LONG = "Sorry, the answer I got is too long for me to read."
 # Answers to "Do you really want me to ...?". Anything else drops the question and is a new request.
 YES_WORDS = {"yes", "yeah", "yep", "sure", "ok", "okay", "confirm", "confirmed", "do", "go", "absolutely"}
 YES_FILLERS = {"please", "it", "ahead", "that", "thanks", "thank", "you"}  # "yes please", "go ahead", "do it"
@@ -116,10 +117,17 @@ class TurnManager:
 
         message = {"role": "user", "content": text}
         for _ in range(MAX_PASSES):
-            reply = yield from self._generate(message, cancel)
+            try:
+                reply = yield from self._generate(message, cancel)
+            except TooLong as e:
+                if message["role"] == "user" and not is_tool_response(message):
+                    raise  # the person's own words
+                log.warning("skill results refused: %s", e)
+                yield TurnEvent("error", RESULTS_TOO_LONG)
+                return
             if cancel is not None and cancel.is_set():
                 return
-            _, calls = parse_tool_calls(reply)
+            _, calls = ([], []) if self._tags_are_text() else parse_tool_calls(reply)
             results = []
             for call in calls:
                 for event in self._run_call(call):
@@ -138,14 +146,17 @@ class TurnManager:
         reply, spoken = "", 0
         for piece in self.conversation.respond(message, self.sampler, cancel, self.constraint):
             reply += piece
-            visible = visible_text(reply)
+            visible = reply if self._tags_are_text() else visible_text(reply)
             if visible[spoken:].strip():
                 yield TurnEvent("text", visible[spoken:])
                 spoken = len(visible)
-        visible = visible_text(reply, finished=True)
+        visible = reply if self._tags_are_text() else visible_text(reply, finished=True)
         if visible[spoken:].strip():
             yield TurnEvent("text", visible[spoken:])
         return reply
+
+    def _tags_are_text(self) -> bool:
+        return bool(getattr(self.constraint, "tags_are_text", False))  # any `allowed` hook may stand in
 
     def _run_call(self, call: dict, confirmed: bool = False) -> Iterator[TurnEvent]:
         if "error" in call:
@@ -169,10 +180,10 @@ class TurnManager:
 
 def confirmation(text: str) -> bool | None:
     """True for yes ("yes please", "go ahead", "好的"), False for no ("no thanks", "不要"), None for anything else."""
-    plain = re.sub(r"[^\w\s']", " ", text.lower()).split()
-    if len(plain) == 1 and (plain[0] in YES_ZH or plain[0] in NO_ZH):
-        return plain[0] in YES_ZH
-    if plain and plain[0] in NO_WORDS:
+    plain = re.sub(r"[^\w\s']", " ", text.lower().replace("\u2019", "'")).split()  # ’ as typed on phones
+    if plain and set(plain) <= YES_ZH | NO_ZH | {"谢谢", "请"} and set(plain) & (YES_ZH | NO_ZH):
+        return plain[0] in YES_ZH  # 好的，谢谢 / 不要，谢谢
+    if plain and (plain[0] in NO_WORDS or plain[:2] == ["do", "not"]):
         return False
     if plain and set(plain) <= YES_WORDS | YES_FILLERS and set(plain) & YES_WORDS:
         return True

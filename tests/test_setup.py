@@ -362,6 +362,10 @@ def test_the_same_checkpoint_spelled_otherwise_is_up_to_date(tiny_hf: Path, tmp_
     for spelling in ("ck/", str(tmp_path / "ck"), "./ck", "ck"):
         result = host_setup(spelling, "--out", out, cwd=tmp_path)
         assert result.returncode == 0 and "is up to date" in result.stderr, (spelling, result.stderr)
+    record = tmp_path / "m" / ".setup.json"  # as earlier versions wrote it: --out, and the path as typed
+    record.write_text(json.dumps({**json.loads(record.read_text()), "out": out, "model": "ck"}, sort_keys=True))
+    result = host_setup("ck", "--out", out, cwd=tmp_path)
+    assert result.returncode == 0 and "is up to date" in result.stderr, result.stderr
 
 
 def test_a_second_setup_of_the_same_model_waits_its_turn(tiny_hf: Path, tmp_path: Path) -> None:

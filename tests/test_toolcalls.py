@@ -19,7 +19,7 @@ from assistant.llm.engine import Engine
 from assistant.llm.sampling import Sampler
 from assistant.skills.constraint import OPEN, ToolCallConstraint, parse_tool_calls, visible_text
 from assistant.skills.registry import BUILTIN_SKILLS, Registry
-from assistant.turn import TOO_LONG, TurnManager, confirmation
+from assistant.turn import RESULTS_TOO_LONG, TOO_LONG, TurnManager, confirmation
 
 
 @skill(sentences={"en": ["set a timer for {minutes} minute[s]"]})
@@ -72,6 +72,10 @@ class OpeningFirst:
     def reset(self) -> None:
         if self.hook is not None:
             self.hook.reset()
+
+    @property
+    def tags_are_text(self) -> bool:
+        return self.hook is not None and self.hook.tags_are_text
 
     def __call__(self, generated: list[int]) -> np.ndarray | None:
         mask = self.hook(generated) if self.hook is not None else None
@@ -302,3 +306,48 @@ def test_a_closing_tag_inside_an_argument_is_part_of_the_call() -> None:
     assert visible_text(reply, finished=True) == "Sure.  Done."
     markup = [part for part, is_markup in assistant_message(reply)["parts"] if is_markup]
     assert markup == ["<tool_call>", "</tool_call>"]  # the tag in the argument stays the user's text
+
+
+def scripted(engine: Engine, text: str, spelled: bool = False) -> None:
+    """Make the model say `text` (the tiny random model cannot be asked to), token by token through the
+    engine's real prefill and its `allowed` hook, which must allow every token. `spelled`: the tags
+    in it as ordinary tokens, not as the tag tokens."""
+    tokenizer = plain_tokenizer(engine.tokenizer) if spelled else engine.tokenizer
+
+    def generate(prompt, sampler, max_new_tokens, cancel=None, allowed=None):
+        engine.prefill(prompt)
+        ids = tokenizer.encode(text, add_special_tokens=False).ids
+        for i, token in enumerate(ids):
+            mask = allowed(ids[:i]) if allowed else None
+            assert mask is None or mask[token], engine.tokenizer.decode([token])
+            yield token
+
+    engine.generate = generate
+
+
+def test_a_reply_that_only_spells_the_tag_is_said_not_run(tiny_int8: Path, registry: Registry) -> None:
+    engine = Engine(tiny_int8, kv_cache_len=2048)
+    assert engine.tokenizer.token_to_id(OPEN) is not None  # the tag is a token here, as in Qwen2.5
+    conversation = Conversation(engine, "You are a test.", 64, registry.tools())
+    manager = TurnManager(conversation, registry, Sampler(), intents=False)
+    text = 'You typed <tool_call>\n{"name": "set_timer", "arguments": {"minutes": 5}}\n</tool_call> there.'
+    scripted(engine, text, spelled=True)
+    seen = [(e.kind, e.text) for e in manager.turn("what does <tool_call> mean?")]
+    assert "tool_call" not in [kind for kind, _ in seen]  # nothing ran
+    assert "".join(t for kind, t in seen if kind == "text") == text  # it was all said
+    assert "parts" not in conversation.messages[-1]  # and kept as words, not as the tag token
+
+
+def test_skill_results_too_long_to_read_are_not_blamed_on_the_person(tiny_int8: Path) -> None:
+    @skill
+    def everything() -> dict:
+        """Return a lot of data."""
+        return {"items": ["milk and honey"] * 3000}
+
+    registry = Registry()
+    registry.add_function(everything, "test")
+    engine = Engine(tiny_int8, kv_cache_len=2048)
+    manager = TurnManager(Conversation(engine, "You are a test.", 64, registry.tools()), registry, Sampler())
+    scripted(engine, '<tool_call>\n{"name": "everything", "arguments": {}}\n</tool_call>')
+    seen = [(e.kind, e.text) for e in manager.turn("read me everything")]
+    assert seen[-1] == ("error", RESULTS_TOO_LONG) and TOO_LONG not in [t for _, t in seen]

@@ -71,8 +71,9 @@ class TurnRequest:
     cancel: threading.Event = field(default_factory=threading.Event)
 
 
-class Stopped(Exception):
-    """SIGTERM or SIGINT while the models load."""
+class Stopped(BaseException):
+    """SIGTERM or SIGINT while the models load: a BaseException, so that no `except Exception` on
+    the way (a skill's import, a session's creation) takes it for an error and goes on loading."""
 
 
 class Daemon:
@@ -84,9 +85,11 @@ class Daemon:
         # SIGHUP would end the daemon, and systemd would not restart it).
         self.stop_requested = False
         self.reload_requested = False
-        signal.signal(signal.SIGTERM, _stop_loading)
-        signal.signal(signal.SIGINT, _stop_loading)
-        signal.signal(signal.SIGHUP, lambda *_: setattr(self, "reload_requested", True))
+        self.loaded = False
+        self.wakeup_read, self.wakeup_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.signal(signal.SIGTERM, self._on_stop_signal)
+        signal.signal(signal.SIGINT, self._on_stop_signal)
+        signal.signal(signal.SIGHUP, lambda *_: self.request_reload())
         self.settings = load_settings(config_path)
         check_model_paths(self.settings, voice=not text_only)
         if not text_only and (problem := microphone_problem(self.settings)):  # retried below, said once here
@@ -101,7 +104,6 @@ class Daemon:
         # Once running, signals only set flags and write a byte to the pipe the main loop waits on:
         # a handler runs in the main thread between any two bytecodes, maybe while that thread holds
         # a lock the handler would need (an Event's), so it takes none.
-        self.wakeup_read, self.wakeup_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.background_stop = threading.Event()
         self.background: list[threading.Thread] = []  # the skills' @background tasks
         self.voice = None
@@ -127,6 +129,7 @@ class Daemon:
             self.control.close()
             raise
         self.worker = threading.Thread(target=self._serve_turns, name="turns", daemon=True)
+        self.loaded = True  # from here on a stop is a request the main loop carries out
 
     # -- the lifecycle ------------------------------------------------------------------------------
 
@@ -139,9 +142,6 @@ class Daemon:
         log.debug("state: %s", state.value)
 
     def run(self) -> int:
-        signal.signal(signal.SIGTERM, lambda *_: self.request_stop())
-        signal.signal(signal.SIGINT, lambda *_: self.request_stop())
-        signal.signal(signal.SIGHUP, lambda *_: self.request_reload())
         self.worker.start()
         if self.voice is not None:
             self.voice_thread = threading.Thread(target=self.voice.run, args=(self.voice.source,), name="voice",
@@ -164,6 +164,11 @@ class Daemon:
             with contextlib.suppress(BlockingIOError):
                 os.read(self.wakeup_read, 4096)
         return self.shutdown()
+
+    def _on_stop_signal(self, *_) -> None:
+        if not self.loaded:
+            raise Stopped
+        self.request_stop()
 
     def request_stop(self) -> None:
         """Stop the daemon: from a signal handler or any thread."""
@@ -310,6 +315,8 @@ class Daemon:
             finally:
                 self.current = self.turn_started = None
                 self._finish(request, {"cancelled": request.cancel.is_set(), **outcome})
+                if request.client is not None and request.client not in self.control.clients:
+                    self.manager.forget(request.client)  # it left during the turn, which kept things for it
 
     def voice_turn(self, text: str, cancel: threading.Event) -> Iterator[str]:
         """A turn heard by the microphone: its events go to every client."""
@@ -465,10 +472,6 @@ class Daemon:
 
 def _describe(error: Exception) -> str:
     return str(error) if isinstance(error, ConfigError) else f"{type(error).__name__}: {error}"
-
-
-def _stop_loading(*_) -> None:
-    raise Stopped
 
 
 def run(config_path: Path, text_only: bool = False) -> int:

@@ -144,12 +144,14 @@ class Conversation:
                 pieces.append(tail)
                 yield tail
         finally:  # a cancelled reply is kept as far as it was spoken
-            self.messages.append(assistant_message("".join(pieces)))
+            spelled = getattr(allowed, "tags_are_text", False)  # tags the model only wrote as words
+            self.messages.append(assistant_message("".join(pieces), markup=not spelled))
 
 
-def assistant_message(reply: str) -> dict:
-    """The model's reply for the history: its tool-call tags are markup, as the model wrote them."""
-    if OPEN not in reply:
+def assistant_message(reply: str, markup: bool = True) -> dict:
+    """The model's reply for the history: its tool-call tags are markup, as the model wrote them
+    (unless `markup` is False: where the tag is a token, a reply that never used it spelled them)."""
+    if not markup or OPEN not in reply:
         return {"role": "assistant", "content": reply}
     parts: Parts = [(part, kind in ("open", "close")) for part, kind in reply_parts(reply) if part]
     return {"role": "assistant", "content": reply, "parts": parts}

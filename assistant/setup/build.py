@@ -301,7 +301,12 @@ def _record(opts: SetupOptions, local: Path | None) -> dict:
 
 def _up_to_date(dest: Path, record: dict) -> bool:
     try:
-        if json.loads((dest / RECORD).read_text()) != record:
+        old = json.loads((dest / RECORD).read_text())
+        # Records written before they left out --out and resolved the checkpoint's path.
+        old.pop("out", None)
+        if "checkpoint" in old and isinstance(old.get("model"), str):
+            old["model"] = str(Path(old["model"]).expanduser().resolve())
+        if old != record:
             return False
         manifest = load_manifest(dest)
         verify_files(dest, manifest, list(manifest.files))  # sizes only: quick

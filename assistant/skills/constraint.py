@@ -65,7 +65,16 @@ class ToolCallConstraint:
             raise ValueError(f"tool call grammar: {messages[0]}")
         return grammar
 
+    @property
+    def tags_are_text(self) -> bool:
+        """Whether the tags in this reply are only text: the tag is a token here and was never used.
+
+        Then a `<tool_call>` in the reply is the model repeating the words, to be said, not run.
+        """
+        return self.open_id is not None and self.opened == 0
+
     def reset(self) -> None:
+        self.opened = 0  # calls opened in this generation
         self.matcher: llguidance.LLMatcher | None = None
         self.seen = 0
         self.tail = ""  # the last characters of free text, to spot the opening tag
@@ -101,16 +110,19 @@ class ToolCallConstraint:
             if self.matcher.is_stopped():  # the call is closed; free text again
                 self.matcher, self.tail = None, ""
             return
+        grammar = None
         if self.open_id is not None:
-            if token == self.open_id:
-                self.matcher = llguidance.LLMatcher(self.lltokenizer, self.grammar, log_level=0)
-            return
-        piece = self.tokenizer.decode([token], skip_special_tokens=False)
-        self.tail = (self.tail + piece)[-len(OPEN) - len(piece) :]
-        if self.tail.endswith(OPEN):
-            self.matcher = llguidance.LLMatcher(self.lltokenizer, self.grammar, log_level=0)
-        elif piece.strip("\n") == ">" and self.tail.rstrip("\n").endswith(OPEN):
-            self.matcher = llguidance.LLMatcher(self.lltokenizer, self.grammar_after_newline, log_level=0)
+            grammar = self.grammar if token == self.open_id else None
+        else:
+            piece = self.tokenizer.decode([token], skip_special_tokens=False)
+            self.tail = (self.tail + piece)[-len(OPEN) - len(piece) :]
+            if self.tail.endswith(OPEN):
+                grammar = self.grammar
+            elif piece.strip("\n") == ">" and self.tail.rstrip("\n").endswith(OPEN):
+                grammar = self.grammar_after_newline
+        if grammar is not None:
+            self.matcher = llguidance.LLMatcher(self.lltokenizer, grammar, log_level=0)
+            self.opened += 1
 
 
 def reply_parts(reply: str, finished: bool = True) -> list[tuple[str, str]]:
