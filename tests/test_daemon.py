@@ -708,26 +708,34 @@ def test_signals_while_loading_reload_later_or_stop_cleanly(setup) -> None:
     (config.parent / "extra_skills" / "slow.py").write_text(SLOW_IMPORT_SKILL)  # loading takes 4 s more
     env = clean_env() | {"NOTIFY_SOCKET": str(notify.path)}
     command = [sys.executable, "-m", "assistant", "run", "--config", str(config), "--text-only"]
+    started: list[subprocess.Popen] = []
     with open(config.parent / "loading.log", "wb") as log:
-        process = subprocess.Popen(command, env=env, stdout=log, stderr=log)
-        notify.wait_for("STATUS=loading the language model", process=process)
-        process.send_signal(signal.SIGHUP)  # the default action would end the daemon
-        notify.wait_for("READY=1", timeout=60, process=process)
-        notify.wait_for("RELOADING=1", timeout=30, process=process)  # the reload asked for while loading
-        assert process.poll() is None
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=30) == 0
+        try:
+            process = subprocess.Popen(command, env=env, stdout=log, stderr=log)
+            started.append(process)
+            notify.wait_for("STATUS=loading the language model", process=process)
+            process.send_signal(signal.SIGHUP)  # the default action would end the daemon
+            notify.wait_for("READY=1", timeout=60, process=process)
+            notify.wait_for("RELOADING=1", timeout=30, process=process)  # the reload asked for while loading
+            assert process.poll() is None
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(timeout=30) == 0
 
-        notify.received.clear()
-        importing = config.parent / "extra_skills" / "slow.importing"
-        importing.unlink()
-        process = subprocess.Popen(command, env=env, stdout=log, stderr=log)
-        deadline = time.monotonic() + 60
-        while not importing.exists():  # the stop lands inside a skill's import, under its `except Exception`
-            assert time.monotonic() < deadline and process.poll() is None
-            time.sleep(0.05)
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=30) == 0
+            notify.received.clear()
+            importing = config.parent / "extra_skills" / "slow.importing"
+            importing.unlink()
+            process = subprocess.Popen(command, env=env, stdout=log, stderr=log)
+            started.append(process)
+            deadline = time.monotonic() + 60
+            while not importing.exists():  # the stop lands inside a skill's import, under its `except Exception`
+                assert time.monotonic() < deadline and process.poll() is None
+                time.sleep(0.05)
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(timeout=30) == 0
+        finally:
+            for daemon in started:  # none left running when an assertion fails
+                if daemon.poll() is None:
+                    daemon.kill()
     notify.wait_for("STOPPING=1", timeout=5)
     assert "READY=1" not in notify.received
     assert not control.exists()
