@@ -193,8 +193,8 @@ class VoicePipeline:
 
     def announce(self, text: str) -> None:
         """Speak outside a turn (a timer ringing): between a reply's pieces, never over them."""
+        self.hushed.clear()  # before waiting for the speaker: a wake or "stop" meanwhile cuts it too
         with self.speaker:
-            self.hushed.clear()
             for audio in self.voice.synthesize(text):
                 if self.hushed.is_set():
                     return
