@@ -16,7 +16,7 @@ from collections.abc import Hashable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from assistant.llm.conversation import Conversation, TooLong, is_tool_response, tool_response_message
+from assistant.llm.conversation import Conversation, TooLong, tool_response_message
 from assistant.llm.sampling import Sampler
 from assistant.skills.constraint import ToolCallConstraint, parse_tool_calls, visible_text
 from assistant.skills.intents import IntentMatcher
@@ -116,11 +116,11 @@ class TurnManager:
             return
 
         message = {"role": "user", "content": text}
-        for _ in range(MAX_PASSES):
+        for generation in range(MAX_PASSES):
             try:
                 reply = yield from self._generate(message, cancel)
             except TooLong as e:
-                if message["role"] == "user" and not is_tool_response(message):
+                if generation == 0:
                     raise  # the person's own words
                 log.warning("skill results refused: %s", e)
                 yield TurnEvent("error", RESULTS_TOO_LONG)

@@ -82,7 +82,10 @@ class Daemon:
         self.state = State.LOADING
         # Loading takes seconds (minutes on a board's first start). A stop then ends it at the next
         # Python step, cleanly; a reload is remembered and done once ready (the default action of
-        # SIGHUP would end the daemon, and systemd would not restart it).
+        # SIGHUP would end the daemon, and systemd would not restart it). Once loaded, signals only
+        # set flags and write a byte to the pipe the main loop waits on: a handler runs in the main
+        # thread between any two bytecodes, maybe while that thread holds a lock the handler would
+        # need (an Event's), so it takes none.
         self.stop_requested = False
         self.reload_requested = False
         self.loaded = False
@@ -101,9 +104,6 @@ class Daemon:
         self.current: TurnRequest | None = None
         self.turn_started: float | None = None  # monotonic start of the running turn
         self.voice_turns = itertools.count(1)
-        # Once running, signals only set flags and write a byte to the pipe the main loop waits on:
-        # a handler runs in the main thread between any two bytecodes, maybe while that thread holds
-        # a lock the handler would need (an Event's), so it takes none.
         self.background_stop = threading.Event()
         self.background: list[threading.Thread] = []  # the skills' @background tasks
         self.voice = None
@@ -352,16 +352,20 @@ class Daemon:
             self.voice.sink.stop()
         return request.id
 
+    def _turns_of(self, client: int | None) -> list[TurnRequest]:
+        """That client's queued and running turns (the caller holds requests_lock)."""
+        return [r for r in self.requests.values() if r.client == client]
+
     def busy(self, client: int) -> bool:
         with self.requests_lock:
-            return any(r.client == client for r in self.requests.values())
+            return bool(self._turns_of(client))
 
     def disconnected(self, client: int) -> None:
         """A client that goes away (Ctrl-C, a crash) cancels its own turns; its question lapses."""
         if (manager := getattr(self, "manager", None)) is not None:  # None while loading
             manager.forget(client)
         with self.requests_lock:
-            mine = [r for r in self.requests.values() if r.client == client]
+            mine = self._turns_of(client)
         for request in mine:
             if not request.cancel.is_set():
                 log.info("client gone: cancelling turn %s", request.id)
@@ -404,7 +408,7 @@ class Daemon:
             if request.id in self.requests:
                 reply("error", message=f"request id {request.id!r} is already in use")
                 return
-            if any(r.client == request.client for r in self.requests.values()):
+            if self._turns_of(request.client):
                 reply("error", message="this connection already has a turn; wait for its turn_done or cancel it")
                 return
             self.requests[request.id] = request

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import inspect
 import logging
 import re
@@ -182,6 +183,7 @@ def axengine_available() -> bool:
     return True
 
 
+@functools.cache  # asked by every session (each layer, the post model, the voice's decoder): looked up once
 def _check_pyaxengine(provider: str) -> None:
     """Shape groups need pyaxengine >= 0.1.2rc0 (an older run() raises TypeError on every call), and
     the M.2 card's provider >= 0.1.3rc0."""

@@ -34,7 +34,7 @@ import jsonschema
 from hassil import Intents, TextSlotList, Trie, recognize_best
 from hassil.parse_expression import parse_sentence
 
-from assistant.skills.sdk import Skill, SkillError
+from assistant.skills.sdk import Skill, SkillError, as_declared
 
 log = logging.getLogger(__name__)
 
@@ -371,8 +371,6 @@ def _slot_list(schema: dict, language: str) -> dict:
 
 
 def _typed(value: Any, schema: dict) -> Any:
-    if schema.get("type") == "integer" and isinstance(value, float) and value.is_integer():
-        return int(value)
     if schema.get("type") == "string" and isinstance(value, str):
         return value.strip()
-    return value
+    return as_declared(value, schema)

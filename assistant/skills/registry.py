@@ -35,6 +35,7 @@ from assistant.skills.sdk import (
     SkillContext,
     SkillError,
     SkillUnavailable,
+    as_declared,
     build_skill,
 )
 
@@ -190,7 +191,7 @@ class Registry:
         except jsonschema.ValidationError as e:
             return SkillResult(name, error=f"invalid arguments for {name}: {e.message}")
         properties = found.parameters["properties"]
-        kwargs = {key: _as_declared(value, properties[key]) for key, value in arguments.items()}
+        kwargs = {key: as_declared(value, properties[key]) for key, value in arguments.items()}
         if found.wants_context:
             kwargs[found.wants_context] = self.context
         timeout = found.timeout or self.timeout
@@ -242,15 +243,6 @@ def _folder_package(folder: Path) -> str:
     package.__path__ = [str(folder)]
     sys.modules[name] = package
     return name
-
-
-def _as_declared(value: Any, schema: dict) -> Any:
-    """JSON Schema counts 7.0 as an integer; a skill that declared int gets 7, as its hint says."""
-    if schema.get("type") == "integer" and isinstance(value, float):
-        return int(value)
-    if schema.get("type") == "array" and isinstance(value, list):
-        return [_as_declared(v, schema.get("items", {})) for v in value]
-    return value
 
 
 def _finite(value: Any) -> bool:

@@ -247,6 +247,15 @@ def build_skill(spec: SkillSpec, settings: Any = None, source: str = "") -> Skil
                  spec.intents, source, wants_context, spec.optional_tool)  # fmt: skip
 
 
+def as_declared(value: Any, schema: dict) -> Any:
+    """JSON Schema counts 7.0 as an integer; a skill that declared int gets 7, as its hint says."""
+    if schema.get("type") == "integer" and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if schema.get("type") == "array" and isinstance(value, list):
+        return [as_declared(v, schema.get("items", {})) for v in value]
+    return value
+
+
 def _schema(hint: Any, settings: Any) -> dict:
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin is Annotated:

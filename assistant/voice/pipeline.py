@@ -211,13 +211,12 @@ class VoicePipeline:
     def stop_reply(self) -> None:
         """Barge-in or "stop": silence now (an announcement too), stop generating, wait for both threads."""
         self.hushed.set()
+        threads = self.reply.threads if self.reply is not None else []
+        if self.reply is not None:
+            self.reply.cancel.set()
+            self.reply.speaking.set()  # a turn waiting for its first audio goes on, to see the cancel
         self.sink.stop()
-        if self.reply is None:
-            return
-        self.reply.cancel.set()
-        self.reply.speaking.set()  # a turn waiting for its first audio goes on, to see the cancel
-        self.sink.stop()  # again: the speaking thread may have started its next piece meanwhile
-        for thread in self.reply.threads:
+        for thread in threads:
             thread.join(timeout=10)
 
     def finish(self) -> None:
