@@ -66,8 +66,10 @@ def test_streamed_windows_equal_the_whole_sentence(split_medium_voice: Path) -> 
     assert len(joined) == len(whole)
     assert np.abs(joined - whole).max() <= TOLERANCE
     # With less context than the receptive field the seams do differ: the tolerance means something.
+    # Three frames short, the seams are off by 1.0-1.6e-4 on random weights and noise (12 draws), so
+    # the bound sits 10x under that; the full field is 50x inside the tolerance (1.9-2.2e-8).
     stream.pad -= 3
-    assert np.abs(np.concatenate(list(voice.decode(z_p))) - whole).max() > 100 * TOLERANCE
+    assert np.abs(np.concatenate(list(voice.decode(z_p))) - whole).max() > 10 * TOLERANCE
 
 
 def test_the_flow_runs_in_windows_ahead_of_the_decoder(split_medium_voice: Path) -> None:
