@@ -19,6 +19,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -161,15 +162,29 @@ def setup(tmp_path: Path, tiny_int8: Path) -> Iterator[tuple[Path, Path, Notific
 
 @pytest.fixture(scope="module")
 def chatty(tiny_int8: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny model without an end-of-sequence token: every reply runs to max_new_tokens (seconds).
+    """The tiny model whose lm_head never picks an end-of-sequence id: every reply runs to max_new_tokens.
 
-    Without skills (see chatty_config): tool-call constraints need a real end-of-sequence token.
+    Without skills (see chatty_config): a tool call would end the reply early.
     """
+    import onnx
+
+    from assistant.llm.manifest import load_manifest, record_files
+
     out = tmp_path_factory.mktemp("models") / "chatty"
     shutil.copytree(tiny_int8, out)
-    manifest = yaml.safe_load((out / "manifest.yaml").read_text())
-    manifest["eos_token_ids"] = [1_000_000]  # an id no token has
-    (out / "manifest.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
+    manifest = load_manifest(out)
+    post = out / manifest.backends["onnxruntime"].post
+    graph = onnx.load(post)
+    logits = graph.graph.output[0].name
+    for node in graph.graph.node:
+        node.output[:] = ["unbiased" if name == logits else name for name in node.output]
+    bias = np.zeros(manifest.vocab_size, np.float32)
+    bias[manifest.eos_token_ids] = -1e9
+    graph.graph.initializer.append(onnx.numpy_helper.from_array(bias, "never_eos"))
+    graph.graph.node.append(onnx.helper.make_node("Add", ["unbiased", "never_eos"], [logits]))
+    onnx.save(graph, post)
+    record_files(out, manifest)
+    manifest.save(out)
     return out
 
 

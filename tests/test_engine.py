@@ -397,6 +397,26 @@ def test_manifest_dims_disagreeing_with_files(tiny_int8: Path, tmp_path: Path) -
         Engine(model)
 
 
+@pytest.mark.parametrize(
+    ("field", "value", "words"),
+    [
+        ("eos_token_ids", [1_000_000], r"eos_token_ids is \[1000000\], not a list of token ids below vocab_size 1005"),
+        ("eos_token_ids", [], r"eos_token_ids is \[\], not a list"),
+        ("eos_token_ids", "<|im_end|>", r"eos_token_ids is '<\|im_end\|>', not a list"),
+        ("num_layers", "2", r"num_layers is '2', not a positive whole number"),
+        ("kv_cache_len", 0, r"kv_cache_len is 0, not a positive whole number"),
+        ("vocab_size", 1005.0, r"vocab_size is 1005\.0, not a positive whole number"),
+    ],
+)
+def test_a_hand_edited_manifest_value_is_named(tiny_int8: Path, tmp_path: Path, field: str, value, words: str) -> None:
+    model = broken_copy(tiny_int8, tmp_path)
+    manifest = yaml.safe_load((model / "manifest.yaml").read_text())
+    manifest[field] = value
+    (model / "manifest.yaml").write_text(yaml.safe_dump(manifest))
+    with pytest.raises(ModelError, match=rf"manifest\.yaml: {words}.*; re-run `assistant setup`"):
+        Engine(model)
+
+
 def test_not_a_model_directory(tmp_path: Path) -> None:
     with pytest.raises(ModelError, match="not a model directory .*assistant setup"):
         Engine(tmp_path)

@@ -71,7 +71,22 @@ def load_manifest(model_dir: Path) -> Manifest:
         raise ModelError(f"{path}: unreadable manifest ({e}); {FIX}") from None
     if manifest.format != FORMAT_VERSION:
         raise ModelError(f"{path}: manifest format {manifest.format} is not {FORMAT_VERSION}; {FIX}")
+    if problem := _wrong_value(manifest):
+        raise ModelError(f"{path}: {problem}; {FIX}")
     return manifest
+
+
+def _wrong_value(m: Manifest) -> str | None:
+    """The first number a hand-edited manifest got wrong, in words (the engine would fail deep inside)."""
+    for name in ("num_layers", "hidden_size", "num_heads", "num_kv_heads", "head_dim", "intermediate_size",
+                 "vocab_size", "kv_cache_len"):  # fmt: skip
+        value = getattr(m, name)
+        if type(value) is not int or value <= 0:
+            return f"{name} is {value!r}, not a positive whole number"
+    ids = m.eos_token_ids
+    if not isinstance(ids, list) or not ids or any(type(i) is not int or not 0 <= i < m.vocab_size for i in ids):
+        return f"eos_token_ids is {ids!r}, not a list of token ids below vocab_size {m.vocab_size}"
+    return None
 
 
 def sha256_of(path: Path) -> str:
