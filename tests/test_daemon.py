@@ -21,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 
 from assistant.config import Settings
 from assistant.skills.registry import load_registry
