@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import shutil
 import socket
 import subprocess
@@ -37,10 +38,10 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def mosquitto(tmp_path: Path, allow_anonymous: bool = True) -> Iterator[int]:
-    """A mosquitto broker on a free loopback port; yields the port."""
+def mosquitto(tmp_path: Path, allow_anonymous: bool = True, port: int | None = None) -> Iterator[int]:
+    """A mosquitto broker on a loopback port (a free one unless given); yields the port."""
     assert shutil.which("mosquitto") or Path("/usr/sbin/mosquitto").exists(), "mosquitto is installed by .ci/run"
-    port = free_port()
+    port = port or free_port()
     config = tmp_path / "mosquitto.conf"
     config.write_text(f"listener {port} 127.0.0.1\nallow_anonymous {str(allow_anonymous).lower()}\npersistence false\n")
     executable = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
@@ -77,6 +78,12 @@ class Subscriber:
         assert self.ready.wait(5)
         time.sleep(0.2)  # the subscription is in place
 
+    def sent_before_now(self) -> list[tuple[str, str]]:
+        """Every message the broker passed on before this call: a marker published now comes after them."""
+        self.client.publish("marker", "now", qos=1).wait_for_publish(5)
+        self.wait_for("marker")
+        return [(topic, payload) for topic, payload in self.messages if topic != "marker"]
+
     def wait_for(self, topic: str) -> str:
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline:
@@ -94,9 +101,9 @@ class Subscriber:
         self.client.loop_stop()
 
 
-def smart_home(port: int, tmp_path: Path) -> Registry:
+def smart_home(port: int, tmp_path: Path, devices: list[dict] = DEVICES, host: str = "127.0.0.1") -> Registry:
     settings = Settings()
-    settings.mqtt.host, settings.mqtt.port, settings.mqtt.devices = "127.0.0.1", port, DEVICES
+    settings.mqtt.host, settings.mqtt.port, settings.mqtt.devices = host, port, devices
     registry = Registry(settings=settings, context=SkillContext(settings=settings, state_dir=tmp_path))
     registry.load_folder(BUILTIN_SKILLS)
     assert not registry.problems
@@ -173,3 +180,143 @@ def test_without_devices_the_smart_home_skills_stay_away(tmp_path: Path) -> None
     registry = Registry(settings=Settings(), context=SkillContext(state_dir=tmp_path))
     registry.load_folder(BUILTIN_SKILLS)
     assert "switch_device" not in registry.skills and not registry.problems
+
+
+def test_a_broker_that_comes_up_later_is_used_without_a_restart(tmp_path: Path) -> None:
+    port = free_port()
+    registry = smart_home(port, tmp_path)
+    assert registry.call("switch_device", {"device": "kitchen light", "on": True}).text.startswith("I can't reach")
+    with mosquitto(tmp_path, port=port):
+        subscriber = Subscriber(port)
+        try:
+            assert registry.call("switch_device", {"device": "kitchen light", "on": True}).text.endswith("is on.")
+            assert subscriber.wait_for("zigbee2mqtt/kitchen_light/set") == '{"state": "ON"}'
+        finally:
+            subscriber.close()
+
+
+def test_broker_settings_that_cannot_work_are_said_and_logged(tmp_path: Path, caplog) -> None:
+    unused = free_port()
+    with caplog.at_level(logging.WARNING):
+        down = smart_home(unused, tmp_path).call("switch_device", {"device": "fan", "on": True})
+        no_host = smart_home(unused, tmp_path, host="").call("switch_device", {"device": "fan", "on": True})
+        registry = smart_home(unused, tmp_path)
+        registry.settings.mqtt.tls, registry.settings.mqtt.ca_file = True, tmp_path / "missing-ca.pem"
+        no_ca = registry.call("switch_device", {"device": "fan", "on": True})
+    assert down.text == f"I can't reach the smart home broker at 127.0.0.1:{unused} (Connection refused)."
+    assert no_host.text == f"I can't reach the smart home broker at :{unused} (Invalid host)."
+    assert no_ca.text == (
+        f"I can't reach the smart home broker at 127.0.0.1:{unused} "
+        f"(mqtt.ca_file {tmp_path / 'missing-ca.pem'}: No such file or directory)."
+    )
+    # the operator reads the same in the log
+    logged = [r.getMessage() for r in caplog.records]
+    assert all(any(result.text in line for line in logged) for result in (down, no_host, no_ca))
+
+
+def test_a_name_two_devices_share_switches_neither(broker: int, tmp_path: Path) -> None:
+    devices = [
+        {"name": "light", "type": "light", "topic": "z2m/kitchen", "area": "kitchen"},
+        {"name": "light", "type": "light", "topic": "z2m/bedroom", "area": "bedroom"},
+    ]
+    registry, subscriber = smart_home(broker, tmp_path, devices), Subscriber(broker)
+    try:
+        match = IntentMatcher(registry.skills, devices).match("turn on the light in the bedroom")
+        assert match is not None and match.arguments == {"device": "light", "on": True}
+        assert (
+            registry.call(match.skill, match.arguments).text
+            == "I can't tell which light you mean: mqtt.devices has 2 of that name (kitchen and bedroom)."
+        )
+        assert registry.call("set_brightness", {"device": "light", "percent": 10}).text.startswith("I can't tell")
+        assert subscriber.sent_before_now() == []
+        # by area they are still reachable
+        assert registry.call("switch_all", {"on": True, "area": "bedroom"}).text == "The light in the bedroom is on."
+        assert subscriber.wait_for("z2m/bedroom/set") == '{"state": "ON"}'
+    finally:
+        subscriber.close()
+
+
+def test_a_device_without_a_usable_topic_is_named_and_nothing_is_sent(broker: int, tmp_path: Path, caplog) -> None:
+    devices = [
+        {"name": "hall light", "type": "light", "area": "hall"},  # no topic
+        {"name": "hall lamp", "type": "light", "topic": "z2m/hall_lamp", "area": "hall"},
+        {"name": "plug", "type": "switch", "topic": "z2m/+/plug"},
+        {"name": "porch light", "type": "light", "convention": "homeassistant", "command_topic": "ha/porch/set"},
+        {"name": "curtain", "type": "cover", "convention": "homeassistant", "command_topic": "ha/curtain/set"},
+    ]
+    registry, subscriber = smart_home(broker, tmp_path, devices), Subscriber(broker)
+    try:
+        with caplog.at_level(logging.WARNING):
+            said = [
+                registry.call("switch_device", {"device": "hall light", "on": True}).text,
+                registry.call("switch_device", {"device": "plug", "on": True}).text,
+                registry.call("set_brightness", {"device": "porch light", "percent": 40}).text,
+                registry.call("set_cover", {"device": "curtain", "position": 30}).text,
+                # one light of the hall cannot be reached, so none is switched
+                registry.call("switch_all", {"on": False, "area": "hall"}).text,
+            ]
+        assert said == [
+            "I can't use the hall light: mqtt.devices gives it no topic.",
+            "I can't use the plug: its topic 'z2m/+/plug' in mqtt.devices has a wildcard.",
+            "I can't use the porch light: mqtt.devices gives it no brightness_command_topic.",
+            "I can't use the curtain: mqtt.devices gives it no set_position_topic.",
+            "I can't use the hall light: mqtt.devices gives it no topic.",
+        ]
+        assert [r.getMessage() for r in caplog.records if "I can't use" in r.getMessage()] == [
+            f"smart home: {sentence}" for sentence in said
+        ]
+        assert subscriber.sent_before_now() == []
+        # a cover with only a command topic still opens and closes
+        assert registry.call("set_cover", {"device": "curtain", "position": 100}).text == "The curtain is open."
+        assert subscriber.wait_for("ha/curtain/set") == "OPEN"
+    finally:
+        subscriber.close()
+
+
+def test_hostile_state_payloads_are_not_read_out(broker: int, tmp_path: Path) -> None:
+    registry, subscriber = smart_home(broker, tmp_path), Subscriber(broker)
+    not_understood = "The thermostat is reporting something I don't understand."
+    try:
+        for payload in [
+            "[" * 100_000,  # nested too deep for the JSON parser
+            json.dumps("a" * 100_000),
+            json.dumps({"state": "a" * 100_000}),
+            "b" * 1_000_000,
+            "null",
+            "[1, 2]",
+        ]:
+            subscriber.publish_retained("zigbee2mqtt/thermostat", payload)
+            assert registry.call("device_state", {"device": "thermostat"}).text == not_understood, payload[:20]
+        subscriber.publish_retained("zigbee2mqtt/thermostat", json.dumps({"state": "heat", "flood": "c" * 10_000}))
+        assert registry.call("device_state", {"device": "thermostat"}).text == "The thermostat is heat."
+    finally:
+        subscriber.close()
+
+
+def open_connections(port: int) -> tuple[int, int]:
+    """paho client threads of this process, and established TCP connections to the broker on `port`."""
+    threads = sum(1 for t in threading.enumerate() if t.name.startswith("paho"))
+    # /proc/net/tcp: "sl local_address rem_address st ...", addresses as HEXIP:HEXPORT, st 01 = established
+    rows = [line.split() for line in Path("/proc/net/tcp").read_text().splitlines()[1:]]
+    connections = sum(1 for row in rows if row[2].endswith(f":{port:04X}") and row[3] == "01")
+    return threads, connections
+
+
+def test_no_connection_outlives_a_call(broker: int, tmp_path: Path) -> None:
+    devices = [
+        *DEVICES,
+        {"name": "odd", "type": "cover", "topic": "z2m/#/odd"},
+        {"name": "long", "type": "cover", "topic": "z2m/" + "x" * 70_000},  # longer than MQTT allows
+    ]
+    for _ in range(3):  # as after reloads: a new registry each time
+        registry = smart_home(broker, tmp_path, devices)
+        assert registry.call("device_state", {"device": "odd"}).text.startswith("I can't use the odd:")
+        assert registry.call("device_state", {"device": "long"}).error == (
+            "device_state failed: Invalid subscription filter."
+        )
+        assert registry.call("device_state", {"device": "blinds"}).text.endswith("has not reported its state.")
+        assert registry.call("switch_all", {"on": True, "kind": "switch"}).text == "The switch is on."
+    assert open_connections(broker) == (0, 0)
+    down = smart_home(free_port(), tmp_path, devices)
+    assert down.call("device_state", {"device": "fan"}).text.startswith("I can't reach")
+    assert open_connections(broker) == (0, 0)

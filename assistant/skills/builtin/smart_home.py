@@ -11,19 +11,30 @@ an optional area, and aliases the device also answers to):
 Zigbee2MQTT (the default convention): commands are JSON on `<topic>/set`, the device's state is
 the retained JSON on `<topic>`. Home Assistant MQTT: plain payloads ("ON", "OFF", numbers) on the
 command topics (command_topic, brightness_command_topic, set_position_topic,
-temperature_command_topic), state on state_topic.
+temperature_command_topic), state on state_topic. A cover with only a command_topic opens and
+closes with "OPEN" and "CLOSE" there.
+
+Whatever cannot be done is said in a sentence and logged: a broker that cannot be reached or does
+not acknowledge a command, a device whose topic is missing from the configuration, a name that
+several devices share. Nothing is ever reported as done unless the broker acknowledged it.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import threading
+import time
 from typing import Annotated, Any, Literal
 
 from assistant import Choices, Range, SkillContext, skill
 
-TIMEOUT = 3.0  # seconds to reach the broker or to wait for a retained state
+log = logging.getLogger(__name__)
+
+TIMEOUT = 3.0  # seconds to reach the broker, to have commands acknowledged, or to wait for a retained state
+MAX_STATE = 64 * 1024  # bytes of a reported state worth reading; devices report a few hundred
+MAX_WORD = 40  # characters of a reported state worth saying ("on", "closing", "heat")
 SWITCHED = ("light", "switch", "fan")  # device types that are only on or off
 EVERYWHERE = "everywhere"  # the area that means the whole home
 
@@ -40,12 +51,42 @@ def _areas():
     return Choices(lambda settings: sorted({d["area"] for d in _devices(settings) if d.get("area")}) + [EVERYWHERE])
 
 
+class NotDone(Exception):
+    """Why a command or a question could not be carried out, as the sentence to say."""
+
+
+class BrokerUnreachable(NotDone):
+    def __init__(self, where: str, why: str):
+        super().__init__(f"I can't reach the smart home broker at {where} ({why.rstrip('.')}).")
+
+
+class Unusable(NotDone):
+    """A device that the configuration does not describe well enough to act on."""
+
+
+def _said(error: NotDone) -> str:
+    """The sentence to say; also logged, since the fix is usually in mqtt settings or the broker."""
+    log.warning("smart home: %s", error)
+    return str(error)
+
+
 def _device(context: SkillContext, name: str) -> dict:
-    return next(d for d in context.settings.mqtt.devices if d["name"] == name)
+    found = [d for d in context.settings.mqtt.devices if d["name"].casefold() == name.casefold()]
+    if len(found) > 1:
+        # Taking the first would switch the kitchen light when the bedroom one was meant.
+        areas = " and ".join(d.get("area") or "no area" for d in found)
+        raise Unusable(f"I can't tell which {name} you mean: mqtt.devices has {len(found)} of that name ({areas}).")
+    return found[0]
 
 
-class BrokerUnreachable(Exception):
-    pass
+def _topic(device: dict, key: str) -> str:
+    """The topic under `key` of a device's configuration, which must be one plain topic."""
+    topic = device.get(key)
+    if not isinstance(topic, str) or not topic:
+        raise Unusable(f"I can't use the {device['name']}: mqtt.devices gives it no {key}.")
+    if "+" in topic or "#" in topic:
+        raise Unusable(f"I can't use the {device['name']}: its {key} {topic!r} in mqtt.devices has a wildcard.")
+    return topic
 
 
 def _client(context: SkillContext):
@@ -57,7 +98,10 @@ def _client(context: SkillContext):
     if mqtt_settings.username:
         client.username_pw_set(mqtt_settings.username, mqtt_settings.password)
     if mqtt_settings.tls:
-        client.tls_set(ca_certs=str(mqtt_settings.ca_file) if mqtt_settings.ca_file else None)
+        try:
+            client.tls_set(ca_certs=str(mqtt_settings.ca_file) if mqtt_settings.ca_file else None)
+        except OSError as e:  # ssl.SSLError too: a CA file that is missing or holds no certificate
+            raise BrokerUnreachable(where, f"mqtt.ca_file {mqtt_settings.ca_file}: {e.strerror or e}") from None
     connected = threading.Event()
     answers = []  # the broker's answer to the connection: success, or why it refused
 
@@ -68,48 +112,54 @@ def _client(context: SkillContext):
     client.on_connect = on_connect
     try:
         client.connect(mqtt_settings.host, mqtt_settings.port, keepalive=10)
-    except OSError as e:
-        raise BrokerUnreachable(f"{where} ({e.strerror or e})") from None
+    except (OSError, ValueError) as e:  # ValueError: an empty mqtt.host
+        raise BrokerUnreachable(where, getattr(e, "strerror", None) or str(e)) from None
     client.loop_start()
     if not connected.wait(TIMEOUT) or answers[0].is_failure:
         client.disconnect()
         client.loop_stop()
         reason = f"it refused the connection: {answers[0]}" if answers else "no answer"
-        raise BrokerUnreachable(f"{where} ({reason})")
+        raise BrokerUnreachable(where, reason)
     return client
 
 
-def _publish(context: SkillContext, topic: str, payload: str) -> None:
+def _publish(context: SkillContext, messages: list[tuple[str, str]]) -> None:
+    """Send each (topic, payload) over one connection; BrokerUnreachable unless the broker acknowledged all."""
+    where = f"{context.settings.mqtt.host}:{context.settings.mqtt.port}"
     client = _client(context)
     try:
-        message = client.publish(topic, payload, qos=1)
-        # qos 1: published means the broker acknowledged it; anything less is a failure to report.
-        try:
-            message.wait_for_publish(TIMEOUT)
-        except (RuntimeError, ValueError) as e:  # the connection dropped, or the client's queue is full
-            raise BrokerUnreachable(f"{context.settings.mqtt.host}:{context.settings.mqtt.port} ({e})") from None
-        if not message.is_published():
-            where = f"{context.settings.mqtt.host}:{context.settings.mqtt.port}"
-            raise BrokerUnreachable(f"{where} (it did not confirm the command within {TIMEOUT:g} seconds)")
+        sent = [client.publish(topic, payload, qos=1) for topic, payload in messages]
+        deadline = time.monotonic() + TIMEOUT
+        for message in sent:
+            # qos 1: published means the broker acknowledged it; anything less is a failure to report.
+            try:
+                message.wait_for_publish(max(0.0, deadline - time.monotonic()))
+            except (RuntimeError, ValueError) as e:  # the connection dropped, or the client's queue is full
+                raise BrokerUnreachable(where, str(e)) from None
+            if not message.is_published():
+                raise BrokerUnreachable(where, f"it did not confirm the command within {TIMEOUT:g} seconds")
     finally:
         client.disconnect()
         client.loop_stop()
 
 
-def _command(context: SkillContext, device: dict, field: str, value: Any) -> None:
-    """Send one change in the device's convention."""
+def _message(device: dict, field: str, value: Any) -> tuple[str, str]:
+    """The topic and payload of one change in the device's convention."""
     if device.get("convention", "zigbee2mqtt") == "homeassistant":
+        if field == "position" and value in (0, 100) and not device.get("set_position_topic"):
+            # Home Assistant's default payloads: most covers open and close and have no position topic.
+            return _topic(device, "command_topic"), "OPEN" if value else "CLOSE"
         topic_key = {"state": "command_topic", "brightness": "brightness_command_topic",
                      "position": "set_position_topic", "temperature": "temperature_command_topic"}[field]  # fmt: skip
-        _publish(context, device[topic_key], str(value))
-        return
+        return _topic(device, topic_key), str(value)
     z2m_field = {"temperature": "current_heating_setpoint"}.get(field, field)
     # allow_nan=False: NaN or infinity is refused here too, never published as invalid JSON.
-    _publish(context, f"{device['topic']}/set", json.dumps({z2m_field: value}, allow_nan=False))
+    return f"{_topic(device, 'topic')}/set", json.dumps({z2m_field: value}, allow_nan=False)
 
 
-def _unreachable(error: BrokerUnreachable) -> str:
-    return f"I can't reach the smart home broker at {error}."
+def _command(context: SkillContext, device: dict, field: str, value: Any) -> None:
+    """Send one change to one device."""
+    _publish(context, [_message(device, field, value)])
 
 
 @skill(
@@ -125,8 +175,8 @@ def switch_device(device: Annotated[str, _names(*SWITCHED)], on: bool, context: 
     """
     try:
         _command(context, _device(context, device), "state", "ON" if on else "OFF")
-    except BrokerUnreachable as e:
-        return _unreachable(e)
+    except NotDone as e:
+        return _said(e)
     return f"The {device} is {'on' if on else 'off'}."
 
 
@@ -140,14 +190,14 @@ def set_brightness(
         device: the name of the light
         percent: the brightness in percent
     """
-    found = _device(context, device)
-    homeassistant = found.get("convention") == "homeassistant"
-    # Zigbee2MQTT and Home Assistant lights count brightness to 254 and 255.
-    level = round(percent * (255 if homeassistant else 254) / 100)
     try:
+        found = _device(context, device)
+        homeassistant = found.get("convention") == "homeassistant"
+        # Zigbee2MQTT and Home Assistant lights count brightness to 254 and 255.
+        level = round(percent * (255 if homeassistant else 254) / 100)
         _command(context, found, "brightness", level)
-    except BrokerUnreachable as e:
-        return _unreachable(e)
+    except NotDone as e:
+        return _said(e)
     return f"The {device} is at {percent} percent."
 
 
@@ -169,8 +219,8 @@ def set_cover(
     """
     try:
         _command(context, _device(context, device), "position", position)
-    except BrokerUnreachable as e:
-        return _unreachable(e)
+    except NotDone as e:
+        return _said(e)
     return f"The {device} is {'open' if position == 100 else 'closed' if position == 0 else f'at {position} percent'}."
 
 
@@ -203,10 +253,10 @@ def switch_all(
     if not devices:
         return f"There is no {kind}{where}."
     try:
-        for found in devices:
-            _command(context, found, "state", "ON" if on else "OFF")
-    except BrokerUnreachable as e:
-        return _unreachable(e)
+        # Every message is made before any is sent: one device without a topic switches none.
+        _publish(context, [_message(d, "state", "ON" if on else "OFF") for d in devices])
+    except NotDone as e:
+        return _said(e)
     state = "on" if on else "off"
     if len(devices) > 1:
         return f"The {kind.replace('switch', 'switche')}s{where} are {state}."
@@ -232,8 +282,8 @@ def set_temperature(
         device = thermostats[0]
     try:
         _command(context, _device(context, device), "temperature", celsius)
-    except BrokerUnreachable as e:
-        return _unreachable(e)
+    except NotDone as e:
+        return _said(e)
     return f"The {device} is set to {celsius:g} degrees."
 
 
@@ -247,10 +297,6 @@ def device_state(device: Annotated[str, _names()], context: SkillContext) -> str
     Args:
         device: the name of the device
     """
-    found = _device(context, device)
-    topic = found.get("state_topic") or found.get("topic")
-    if not topic:
-        return f"The {device} does not report its state."
     received: list[bytes] = []
     arrived = threading.Event()
 
@@ -259,29 +305,39 @@ def device_state(device: Annotated[str, _names()], context: SkillContext) -> str
         arrived.set()
 
     try:
+        found = _device(context, device)
+        key = "state_topic" if found.get("state_topic") else "topic"
+        if not found.get(key):
+            return f"The {device} does not report its state."
+        topic = _topic(found, key)
         client = _client(context)
-    except BrokerUnreachable as e:
-        return _unreachable(e)
+    except NotDone as e:
+        return _said(e)
     client.on_message = on_message
-    client.subscribe(topic)
-    arrived.wait(TIMEOUT)  # a retained state arrives at once
-    client.disconnect()
-    client.loop_stop()
+    try:
+        client.subscribe(topic)
+        arrived.wait(TIMEOUT)  # a retained state arrives at once
+    finally:
+        client.disconnect()
+        client.loop_stop()
     if not received:
         return f"The {device} has not reported its state."
     return _describe(device, received[0])
 
 
 def _describe(device: str, payload: bytes) -> str:
+    not_understood = f"The {device} is reporting something I don't understand."
+    if len(payload) > MAX_STATE:  # not a device's state; nothing of it is worth saying
+        return not_understood
     try:
         state = json.loads(payload)
-    except ValueError:
-        state = payload.decode(errors="replace").strip()
-    if not isinstance(state, dict):
-        return f"The {device} is {str(state).lower()}."
+    except (ValueError, RecursionError):  # RecursionError: arrays nested thousands deep
+        state = payload.decode(errors="replace")
+    if not isinstance(state, dict):  # a plain payload ("ON", "open") is the state itself
+        state = {"state": state}
     said = []
-    if isinstance(state.get("state"), str | bool):
-        said.append(str(state["state"]).lower())
+    if (word := _word(state.get("state"))) is not None:
+        said.append(word)
     # Devices report numbers as numbers, strings or null (unknown): only a number is said.
     if (brightness := _number(state.get("brightness"))) is not None:
         said.append(f"at {round(brightness * 100 / 254)} percent")
@@ -291,7 +347,18 @@ def _describe(device: str, payload: bytes) -> str:
         said.append(f"{temperature:g} degrees")
     if (setpoint := _number(state.get("current_heating_setpoint"))) is not None:
         said.append(f"set to {setpoint:g}")
-    return f"The {device} is " + (", ".join(said) if said else "reporting something I don't understand") + "."
+    return f"The {device} is {', '.join(said)}." if said else not_understood
+
+
+def _word(value: object) -> str | None:
+    """A reported state worth saying: short text, true or false, or a number; None otherwise."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if (number := _number(value)) is not None:
+        return f"{number:g}"
+    if isinstance(value, str) and 0 < len(value.strip()) <= MAX_WORD:
+        return value.strip().lower()
+    return None
 
 
 def _number(value: object) -> float | None:
