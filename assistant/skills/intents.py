@@ -107,14 +107,7 @@ class IntentMatcher:
         """For each library intent, the slots some skill that answers it takes."""
         consumed: dict[str, set[str]] = {}
         for intent, answering in self.answers.items():
-            slots = consumed.setdefault(intent, set())
-            for found in answering:
-                slots |= set(found.parameters["properties"])
-                slots |= {
-                    m.group(1)
-                    for v in found.intents[intent].values()
-                    if isinstance(v, str) and (m := SLOT.fullmatch(v))
-                }
+            consumed[intent] = set().union(*(slots_taken(found, intent) for found in answering))
         return consumed
 
     def _languages(self) -> list[str]:
@@ -158,12 +151,22 @@ class IntentMatcher:
             return None
         intent = result.intent.name
         for found in self.answers.get(intent, []):
+            if slots.keys() - QUALIFIERS - slots_taken(found, intent):
+                # "turn on the thermostat" names a device switch_all has no use for: dropping the
+                # name would leave "turn on", and every light in the home would come on.
+                continue
             match = _checked(found, skill_arguments(found, intent, slots), language)
             if match is not None:
                 match.intent = intent
                 return match
         log.debug("%s %s: no skill takes these arguments", intent, slots)
         return None
+
+
+def slots_taken(found: Skill, intent: str) -> set[str]:
+    """The library slots a skill uses for an intent: its parameters and the slots its mapping names."""
+    mapped = {m.group(1) for v in found.intents[intent].values() if isinstance(v, str) and (m := SLOT.fullmatch(v))}
+    return set(found.parameters["properties"]) | mapped
 
 
 def skill_arguments(found: Skill, intent: str, slots: dict[str, Any]) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from assistant import skill
 @skill(
     sentences={
         "en": ["what time is it", "what's the time", "tell me the time"],
-        "zh": ["现在几点", "现在几点了", "几点了"],
+        "zh": ["现在几点[钟][了]", "几点[钟]了"],
     },
     intents={"HassGetCurrentTime": {}},
 )
@@ -23,7 +23,7 @@ def current_time() -> str:
 @skill(
     sentences={
         "en": ["what day is it", "what's the date", "what is the date today"],
-        "zh": ["今天几号", "今天星期几", "今天是几月几号"],
+        "zh": ["今天[是]几号", "今天[是]星期几", "今天[是]几月几号"],
     },
     intents={"HassGetCurrentDate": {}},
 )

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import sqlite3
 import threading
 import time
@@ -24,6 +25,7 @@ NEW_COLUMNS = ("length REAL NOT NULL DEFAULT 0", "paused_left REAL")
 TICK = 0.25  # seconds between looks at the clock
 MAX_TIMER = 24 * 3600  # seconds; longer is an alarm's job
 MAX_BACKOFF = 5.0  # seconds between looks while the stored timers cannot be read or written
+LATE = 60  # seconds past due after which a ring says when it was due (the assistant was not running)
 log = logging.getLogger(__name__)
 
 
@@ -37,11 +39,12 @@ def _db(context: SkillContext) -> Iterator[sqlite3.Connection]:
         yield db
 
 
-def _duration(seconds: float) -> str:
+def _duration(seconds: float, before_noun: bool = False) -> str:
+    """Spoken length: "1 hour and 30 minutes", or before a noun "1 hour and 30 minute" (timer)."""
     minutes, seconds = divmod(int(round(seconds)), 60)
     hours, minutes = divmod(minutes, 60)
     parts = [
-        f"{n} {unit}{'s' if n != 1 else ''}"
+        f"{n} {unit}{'s' if n != 1 and not before_noun else ''}"
         for n, unit in ((hours, "hour"), (minutes, "minute"), (seconds, "second"))
         if n
     ]
@@ -51,7 +54,24 @@ def _duration(seconds: float) -> str:
 def _timer_name(label: str, length: float) -> str:
     if label:
         return f"the {label} timer"
-    return f"the {_duration(length)} timer" if length else "the timer"  # set before lengths were kept
+    return f"the {_duration(length, True)} timer" if length else "the timer"  # set before lengths were kept
+
+
+def _full_name(label: str, length: float) -> str:
+    """The name that tells apart timers of one label: "the 10 minute pasta timer", as it can be said back."""
+    return f"the {_duration(length, True)} {label} timer" if label and length else _timer_name(label, length)
+
+
+def _label(text: str) -> str:
+    """A timer's label without the Chinese words around it: "一个意大利面的" and "一个叫意大利面的" are 意大利面."""
+    label = text.strip().removeprefix("一个")
+    if called := re.fullmatch(r"(叫做|叫|名为|名叫)(.+)的", label):
+        label = called.group(2)
+    return label.removesuffix("的").strip()
+
+
+def _an(word: str) -> str:
+    return f"{'an' if word[:1].lower() in 'aeiou' else 'a'} {word}"
 
 
 def _timers(db: sqlite3.Connection, label: str, start_hours: int, start_minutes: int, start_seconds: int) -> list:
@@ -60,8 +80,8 @@ def _timers(db: sqlite3.Connection, label: str, start_hours: int, start_minutes:
         "SELECT id, label, due, length, paused_left FROM timers WHERE kind = 'timer' ORDER BY due"
     ).fetchall()
     length = start_hours * 3600 + start_minutes * 60 + start_seconds
-    if label.strip():
-        rows = [r for r in rows if r[1].lower() == label.strip().lower()]
+    if _label(label):
+        rows = [r for r in rows if _label(r[1]).lower() == _label(label).lower()]
     if length:
         rows = [r for r in rows if round(r[3]) == length]
     return rows
@@ -83,7 +103,8 @@ SETTING = "[(set|start)] [a|an|the|my] "
                (SETTING + "(hour and a half|90 minute) timer", HOUR_AND_A_HALF),
                (SETTING + "timer for half an hour", HALF_AN_HOUR), (SETTING + "half hour timer", HALF_AN_HOUR),
                "[set|start] (a|an|the|my) {label} timer for {minutes} minute[s]",
-               "[set|start] (a|an|the|my) {label} timer for {hours} hour[s]"],
+               "[set|start] (a|an|the|my) {label} timer for {hours} hour[s]",
+               "[set|start] (a|an|the|my) {label} timer for {seconds} second[s]"],
         "zh": [("[设置|设定|开始|定][一个]半(个)小时[的]计时[器]", HALF_AN_HOUR),
                ("[设置|设定|开始|定][一个]一个半小时[的]计时[器]", HOUR_AND_A_HALF),
                "[设置|设定|定][一个]{minutes}分钟[的]计时器", "[设置|设定|定][一个]{seconds}秒[钟][的]计时器",
@@ -111,19 +132,51 @@ def set_timer(
         return "How long should the timer run?"
     if length > MAX_TIMER:
         return "I can set timers for up to 24 hours; for later, set an alarm."
+    label = _label(label)
     with _db(context) as db:
         db.execute(
             "INSERT INTO timers (kind, label, due, length) VALUES ('timer', ?, ?, ?)",
-            (label.strip(), time.time() + length, length),
+            (label, time.time() + length, length),
         )
-    name = f"The {label.strip()} timer" if label.strip() else "Timer"
-    return f"{name} {'is ' if label.strip() else ''}set for {_duration(length)}."
+    name = f"The {label} timer" if label else "Timer"
+    return f"{name} {'is ' if label else ''}set for {_duration(length)}."
+
+
+# How alarms are asked for. hassil's number lists cannot add 12 to an hour, so a time after noon
+# ("7 pm", "晚上7点") has one template per hour, each with its 24-hour clock hour fixed.
+ALARM = "(set [an|the|my] alarm (for|at)|wake me [up] at) "
+EN_TIME = "(:{minute}| [{minute}]) [o'clock]"  # "7:30", "7 30", "seven thirty", "7 o'clock"
+AM = " (am|a m|a.m.|in the morning)"
+PM = " (pm|p m|p.m.|in the afternoon|in the evening|at night|tonight)"
+EN_HOURS = ["one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve"]
+ZH_ALARM = "[设置|设定|定][一个][明天]{time}(叫醒我|[的]闹钟)"
+ZH_AFTERNOON = "(下午|晚上|傍晚)"
+ZH_HOURS = ["一", "(二|两)", "三", "四", "五", "六", "七", "八", "九", "十", "十一"]  # 晚上十二点 is midnight: not here
+
+
+def _after_noon(template: str, words: list[str], fixed: dict | None = None) -> list[tuple[str, dict]]:
+    """`template` once for each hour after noon, its {pm} the hour as said (12 pm is noon)."""
+    return [
+        (template.replace("{pm}", f"({hour}|{word})"), {"hour": hour % 12 + 12, **(fixed or {})})
+        for hour, word in enumerate(words, start=1)
+    ]
 
 
 @skill(
     sentences={
-        "en": ["set an alarm for {hour} o'clock", "wake me up at {hour} o'clock", "set an alarm for {hour} {minute}"],
-        "zh": ["{hour}点叫醒我", "设置{hour}点的闹钟", "设置{hour}点{minute}分的闹钟"],
+        "en": [
+            (ALARM + "(12|twelve)" + EN_TIME + AM, {"hour": 0}),  # before {hour}, which wins a tie
+            ALARM + "{hour}" + EN_TIME + f"[{AM}] [tomorrow]",
+            (ALARM + "midnight", {"hour": 0}),
+            (ALARM + "noon", {"hour": 12}),
+            *_after_noon(ALARM + "{pm}" + EN_TIME + PM + " [tomorrow]", EN_HOURS),
+        ],
+        "zh": [
+            ZH_ALARM.replace("{time}", "[早上|上午|凌晨]{hour}(点[钟]|点{minute}[分]|:{minute})"),
+            (ZH_ALARM.replace("{time}", "[早上|上午|凌晨]{hour}点半"), {"minute": 30}),
+            *_after_noon(ZH_ALARM.replace("{time}", ZH_AFTERNOON + "{pm}(点[钟]|点{minute}[分])"), ZH_HOURS),
+            *_after_noon(ZH_ALARM.replace("{time}", ZH_AFTERNOON + "{pm}点半"), ZH_HOURS, {"minute": 30}),
+        ],
     }
 )
 def set_alarm(
@@ -140,9 +193,13 @@ def set_alarm(
     due = now.replace(hour=hour, minute=minute, second=0, microsecond=0)
     if due <= now:
         due += timedelta(days=1)
+    # Said with the day when it is not today: "set an alarm for 7" at 15:00 is 7:00 tomorrow morning.
+    when = f"{hour}:{minute:02d}" + (" tomorrow" if due.date() != now.date() else "")
     with _db(context) as db:
+        if db.execute("SELECT 1 FROM timers WHERE kind = 'alarm' AND due = ?", (due.timestamp(),)).fetchone():
+            return f"An alarm is already set for {when}."  # one alarm, not two that ring together
         db.execute("INSERT INTO timers (kind, label, due) VALUES ('alarm', ?, ?)", (label.strip(), due.timestamp()))
-    return f"Alarm set for {hour}:{minute:02d}."
+    return f"Alarm set for {when}."
 
 
 @skill(
@@ -163,9 +220,8 @@ def list_timers(context: SkillContext) -> str:
             said.append(f"an alarm at {datetime.fromtimestamp(due).strftime('%-H:%M')}")
         else:
             paused = " (paused)" if paused_left is not None else ""
-            said.append(
-                f"{'a ' + label if label else 'a'} timer with {_duration(_left(due, paused_left))} left{paused}"
-            )
+            timer = _an(f"{label} timer" if label else "timer")
+            said.append(f"{timer} with {_duration(_left(due, paused_left))} left{paused}")
     return "You have " + ", ".join(said) + "."
 
 
@@ -178,9 +234,8 @@ def _status(rows: list) -> str:
     return text[0].upper() + text[1:] + "."
 
 
-def _change(db: sqlite3.Connection, row: tuple, action: str, seconds: int) -> str:
+def _change(db: sqlite3.Connection, row: tuple, action: str, seconds: int, name: str) -> str:
     row_id, label, due, length, paused_left = row
-    name = _timer_name(label, length)
     if action == "cancel":
         db.execute("DELETE FROM timers WHERE id = ?", (row_id,))
         return f"Cancelled {name}."
@@ -202,12 +257,26 @@ def _change(db: sqlite3.Connection, row: tuple, action: str, seconds: int) -> st
     return f"{name[0].upper()}{name[1:]} has {_duration(left)} left."
 
 
+# A timer by its length and label ("the 10 minute pasta timer"), as the question "Which one?" names
+# it when two share a label: the sentence library has a name or a length, never both.
+LENGTH = "({start_hours} hour[s] [and {start_minutes} minute[s]]|{start_minutes} minute[s]|{start_seconds} second[s])"
+PICK = "[the|my] " + LENGTH + " {label} timer"
+ZH_PICK = "({start_hours}[个]小时|{start_minutes}分钟)[的]"
+
+
 @skill(
     sentences={
         "en": [("how (much time|long) is left", {"action": "status"}),
-               ("how much time (remains|do I have left)", {"action": "status"})],
+               ("how much time (remains|do I have left)", {"action": "status"}),
+               ("(cancel|stop|delete|remove) " + PICK, {"action": "cancel"}),
+               ("pause " + PICK, {"action": "pause"}),
+               ("(resume|unpause|continue) " + PICK, {"action": "resume"}),
+               ("how (much time|long) is left on " + PICK, {"action": "status"}),
+               ("add {minutes} minute[s] to " + PICK, {"action": "add"})],
         "zh": [("取消(所有|全部)[的]计时器", {"action": "cancel_all"}),
-               ("把(所有|全部)[的]计时器[都]取消", {"action": "cancel_all"})],
+               ("把(所有|全部)[的]计时器[都]取消", {"action": "cancel_all"}),
+               # "取消10分钟的计时器": the library reads "10分钟的" as a timer's name.
+               ("取消[那个|一个]" + ZH_PICK + "[{label}]计时器", {"action": "cancel"})],
     },
     intents={
         "HassTimerStatus": {"action": "status", "label": "{name}"},
@@ -255,10 +324,15 @@ def control_timer(
         if action in ("pause", "resume") and len(rows) > 1:
             # "pause the timer" with one running and one paused means the running one.
             rows = [r for r in rows if (r[4] is None) == (action == "pause")] or rows
-        if len(rows) > 1:
-            names = ", ".join(_timer_name(r[1], r[3]) for r in rows)
-            return f"You have {len(rows)} timers: {names}. Which one?"
-        return _change(db, rows[0], action, hours * 3600 + minutes * 60 + seconds)
+        seconds = hours * 3600 + minutes * 60 + seconds
+        if len(rows) == 1:
+            return _change(db, rows[0], action, seconds, _timer_name(rows[0][1], rows[0][3]))
+        names = list(dict.fromkeys(_full_name(r[1].lower(), r[3]) for r in rows))  # "Pasta" is "pasta"
+        if len(names) > 1:
+            return f"You have {len(rows)} timers: {', '.join(names)}. Which one?"
+        # Same label, same length: no answer to "Which one?" could pick one, so the one that ends first.
+        first = min(rows, key=lambda r: _left(r[2], r[4]))
+        return _change(db, first, action, seconds, f"{_timer_name(first[1], first[3])} with the least time left")
 
 
 @skill(
@@ -274,6 +348,16 @@ def cancel_alarms(context: SkillContext) -> str:
     return f"Cancelled {removed} alarm{'s' if removed != 1 else ''}." if removed else "No alarm is set."
 
 
+def _ring(kind: str, label: str, due: float) -> str:
+    """What is said when a timer or alarm comes due; late (the assistant was not running), with when it was due."""
+    what = f"Your {label} {kind}" if label else f"Your {kind}"
+    if time.time() - due > LATE:
+        then = datetime.fromtimestamp(due)
+        day = "" if then.date() == datetime.now().date() else f" on {then.strftime('%A')}"
+        return f"{what} was due at {then.hour}:{then.minute:02d}{day}; I could not ring it then."
+    return f"{what} is done." if kind == "timer" else f"{what} is ringing."
+
+
 @background
 def ring_due_timers(context: SkillContext, stop: threading.Event) -> None:
     """Ring every timer or alarm that is due, once, then forget it.
@@ -287,13 +371,12 @@ def ring_due_timers(context: SkillContext, stop: threading.Event) -> None:
         try:
             with _db(context) as db:
                 due = db.execute(
-                    "SELECT id, kind, label FROM timers WHERE due <= ? AND paused_left IS NULL ORDER BY due",
+                    "SELECT id, kind, label, due FROM timers WHERE due <= ? AND paused_left IS NULL ORDER BY due",
                     (time.time(),),
                 ).fetchall()
-            for row_id, kind, label in due:
+            for row_id, kind, label, due_at in due:
                 if row_id not in rung:
-                    what = f"Your {label} {kind}" if label else f"Your {kind}"
-                    context.say(f"{what} is done." if kind == "timer" else f"{what} is ringing.")
+                    context.say(_ring(kind, label, due_at))
                     rung.add(row_id)
             if rung:
                 with _db(context) as db:
