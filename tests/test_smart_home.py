@@ -176,6 +176,33 @@ def test_a_broker_that_is_down_is_a_spoken_error_not_a_hang(tmp_path: Path) -> N
     assert time.monotonic() - start < 5
 
 
+def test_a_broker_that_never_answers_the_connection_is_given_up_within_the_skill_timeout(tmp_path: Path) -> None:
+    # A listening socket whose backlog is full drops new connections' SYNs: the TCP connect hangs,
+    # as it does for a broker host that went off the network.
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(0)
+    port = server.getsockname()[1]
+    waiting = []
+    for _ in range(4):
+        waiting.append(socket.socket())
+        waiting[-1].setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            waiting[-1].connect(("127.0.0.1", port))
+    try:
+        registry = smart_home(port, tmp_path)
+        start = time.monotonic()
+        result = registry.call("switch_device", {"device": "kitchen light", "on": True})
+        took = time.monotonic() - start
+    finally:
+        for s in [*waiting, server]:
+            s.close()
+    assert result.text == f"I can't reach the smart home broker at 127.0.0.1:{port} (timed out)."
+    # paho alone waits 5 s for the connect; with the broker's answer and the acknowledgements after
+    # it, that could pass the registry's 10 s, and the command would go out after "failed" was said.
+    assert took < 4
+
+
 def test_without_devices_the_smart_home_skills_stay_away(tmp_path: Path) -> None:
     registry = Registry(settings=Settings(), context=SkillContext(state_dir=tmp_path))
     registry.load_folder(BUILTIN_SKILLS)

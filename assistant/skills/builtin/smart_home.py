@@ -95,6 +95,7 @@ def _client(context: SkillContext):
     mqtt_settings = context.settings.mqtt
     where = f"{mqtt_settings.host}:{mqtt_settings.port}"
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    client.connect_timeout = TIMEOUT  # paho's 5 s + answer + acknowledgements would pass the skill timeout
     if mqtt_settings.username:
         client.username_pw_set(mqtt_settings.username, mqtt_settings.password)
     if mqtt_settings.tls:
