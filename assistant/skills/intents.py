@@ -150,8 +150,9 @@ class IntentMatcher:
         if UNSUPPORTED_SLOTS & slots.keys():
             return None
         intent = result.intent.name
+        said = {slot for slot, entity in result.entities.items() if entity.text}  # not a template's fixed value
         for found in self.answers.get(intent, []):
-            if slots.keys() - QUALIFIERS - slots_taken(found, intent):
+            if said - QUALIFIERS - slots_taken(found, intent):
                 # "turn on the thermostat" names a device switch_all has no use for: dropping the
                 # name would leave "turn on", and every light in the home would come on.
                 continue

@@ -268,7 +268,8 @@ ZH_PICK = "({start_hours}[个]小时|{start_minutes}分钟)[的]"
     sentences={
         "en": [("how (much time|long) is left", {"action": "status"}),
                ("how much time (remains|do I have left)", {"action": "status"}),
-               ("(cancel|stop|delete|remove) " + PICK, {"action": "cancel"}),
+               # Not "remove": "remove 5 minutes from the pizza timer" takes time off.
+               ("(cancel|stop|delete) " + PICK, {"action": "cancel"}),
                ("pause " + PICK, {"action": "pause"}),
                ("(resume|unpause|continue) " + PICK, {"action": "resume"}),
                ("how (much time|long) is left on " + PICK, {"action": "status"}),
