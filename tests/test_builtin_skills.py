@@ -46,6 +46,16 @@ def test_shopping_list_and_notes_persist(tmp_path: Path) -> None:
     assert second.call("read_items", {"list": "shopping"}).text == "Your shopping list is empty."
 
 
+def test_a_long_list_is_read_in_part_with_how_many_are_left(tmp_path: Path) -> None:
+    registry = registry_in(tmp_path)
+    for n in range(150):
+        registry.call("add_item", {"text": f"item number {n} " + "x" * 80, "list": "shopping"})
+    said = registry.call("read_items", {"list": "shopping"})
+    assert said.error is None
+    assert said.text.startswith("On your shopping list: item number 0 ") and "item number 19 " in said.text
+    assert "item number 20 " not in said.text and said.text.endswith(", and 130 more.")
+
+
 def test_timer_set_by_another_process_rings_after_a_restart(tmp_path: Path) -> None:
     config = tmp_path / "config.yaml"
     config.write_text(f"state_dir: {tmp_path / 'state'}\n\n")

@@ -69,7 +69,7 @@ def test_shipped_config_fits_the_boards_context(qwen2_tokenizer: Path, tmp_path:
     )
     budget = plan.budget
     report = "\n".join(budget.lines())
-    assert len(plan.tools) == len(skills) == 17 and not budget.intents_only, report  # every built-in skill
+    assert len(plan.tools) == len(skills) == 16 and not budget.intents_only, report  # every built-in skill
     assert budget.system <= 350, report  # system message, tools and the example exchange
     assert budget.room >= 600, report
     # Qwen's own JSON signatures for the same tools, as the Qwen2.5 template lays them out, for scale.
@@ -85,7 +85,14 @@ def test_further_typical_skills_cost_at_most_25_tokens_a_line(qwen2_tokenizer: P
     )
     _, without_devices = shipped_skills(tmp_path)
     smart_home = {s.name for s in skills} - {s.name for s in without_devices}
-    assert smart_home == {"switch_device", "set_brightness", "set_cover", "set_temperature", "device_state"}
+    assert smart_home == {
+        "switch_device",
+        "switch_all",
+        "set_brightness",
+        "set_cover",
+        "set_temperature",
+        "device_state",
+    }
     lines = {name: plan.budget.skills[name] for name in smart_home}
     assert max(lines.values()) <= 25, lines
     assert plan.budget.fits and plan.budget.room >= 500, plan.budget.lines()

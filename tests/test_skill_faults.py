@@ -11,12 +11,17 @@ import os
 import socket
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 from pathlib import Path
 
+from tokenizers import Tokenizer
+
 from assistant import SkillContext, background, skill
 from assistant.config import Settings
+from assistant.skills import registry as registry_module
+from assistant.skills.constraint import ToolCallConstraint
 from assistant.skills.registry import BUILTIN_SKILLS, Registry
 from tests.test_smart_home import DEVICES, free_port, mosquitto, smart_home
 
@@ -120,3 +125,223 @@ def test_config_check_does_not_print_the_mqtt_password(tmp_path: Path, installed
     checked = assistant("config", "check", "--config", str(config), env=installed_models)
     assert checked.returncode == 0, checked.stderr
     assert "hunter2" not in checked.stdout and "password: (set, not shown)" in checked.stdout
+
+
+def write(folder: Path, name: str, text: str) -> Path:
+    path = folder / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+PING = '''
+from assistant import skill
+
+@skill
+def ping() -> str:
+    """Answer pong."""
+    return "pong"
+'''
+
+
+def test_a_module_that_exits_or_hangs_at_import_is_skipped(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(registry_module, "IMPORT_SECONDS", 0.5)
+    exits = write(tmp_path, "exits.py", "import sys\n\nsys.exit('no sensor here')\n")
+    hangs = write(tmp_path, "hangs.py", "import time\n\ntime.sleep(3600)  # a device that never answers\n")
+    write(tmp_path, "ping.py", PING)
+    registry = Registry()
+    start = time.monotonic()
+    registry.load_folder(tmp_path)
+    assert time.monotonic() - start < 5
+    assert list(registry.skills) == ["ping"]
+    assert registry.problems == [
+        f"{exits}:3: cannot be imported: SystemExit: no sensor here; skipped",
+        f"{hangs}:3: still importing after 0.5 s (does it wait for a device or the network? do that when the "
+        "skill runs, not at import); skipped",
+    ]
+
+
+def test_results_that_cannot_be_spoken_or_sent_are_errors_of_the_call(tmp_path: Path, caplog) -> None:
+    path = write(
+        tmp_path,
+        "odd.py",
+        '''
+        from assistant import skill
+
+        @skill
+        def page() -> str:
+            """Read a web page out."""
+            return "<p>weather</p>" * 100_000
+
+        @skill
+        def raw() -> bytes:
+            """Return bytes."""
+            return b"sunny"
+
+        @skill
+        def lazy() -> list:
+            """Return a generator."""
+            return (word for word in ["sunny"])
+
+        @skill
+        def deep() -> list:
+            """Return data nested too deep for JSON."""
+            data = []
+            for _ in range(100_000):
+                data = [data]
+            return data
+
+        @skill(timeout=5)
+        def interrupted() -> str:
+            """Raise KeyboardInterrupt."""
+            raise KeyboardInterrupt
+
+        @skill
+        def quiet() -> str:
+            """Raise an error without a message."""
+            raise ValueError()
+    ''',
+    )
+    registry = Registry()
+    registry.load_folder(tmp_path)
+    assert registry.call("page", {}).error == "page returned more text than I can read out"
+    assert f"{path}:4: skill page returned 1400000 characters of text" in caplog.text
+    for name in ("raw", "lazy", "deep"):
+        assert registry.call(name, {}).error == f"{name} returned something other than text or JSON data"
+    assert f"{path}:9: skill raw returned bytes, which is neither text nor JSON data" in caplog.text
+    assert "return a str to speak, or dicts, lists, strings and numbers for the model" in caplog.text
+    start = time.monotonic()
+    assert registry.call("interrupted", {}).error == "interrupted failed: KeyboardInterrupt"
+    assert time.monotonic() - start < 2  # an answer, not a wait for the timeout
+    assert registry.call("quiet", {}).error == "quiet failed: ValueError"
+    assert f'File "{path}", line 35, in quiet' in caplog.text  # the traceback shows where
+    assert registry.call("ping", {}).error == "there is no skill called ping"  # and the registry still answers
+
+
+def test_skills_the_loader_would_miss_or_misread_are_reported(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "weather.py",
+        '''
+        import threading
+
+        from assistant import SkillContext, background, skill
+
+        class Weather:
+            @skill
+            def today(self, city: str) -> str:
+                """Tell today's weather."""
+                return "sunny"
+
+            @staticmethod
+            @skill
+            def tomorrow(city: str) -> str:
+                """Tell tomorrow's weather."""
+                return "rain"
+
+        @skill
+        def louder() -> str:
+            """Turn the volume up."""
+            return "louder"
+
+        volume_up = louder  # the same skill under a second name
+
+        @background
+        async def refresh(context: SkillContext, stop: threading.Event) -> None:
+            """Fetch the forecast now and then."""
+    ''',
+    )
+    registry = Registry()
+    registry.load_folder(tmp_path)
+    assert list(registry.skills) == ["louder"] and registry.background == []
+    assert registry.problems == [
+        f"{path}:7: skill today is a method of class Weather: move it out of the class (skills are module functions); "
+        "skipped",
+        f"{path}:12: skill tomorrow is a method of class Weather: move it out of the class (skills are module "
+        "functions); skipped",
+        f"{path}:25: background task refresh is async: write it as a plain def (it runs in a thread of its own, "
+        "so it may wait); skipped",
+    ]
+
+
+def test_a_schema_no_arguments_satisfy_skips_only_its_skill(tmp_path: Path, qwen2_tokenizer: Path) -> None:
+    """The constraint compiles every tool into one grammar: one impossible schema would fail them all."""
+    write(
+        tmp_path,
+        "impossible.py",
+        '''
+        from typing import Annotated
+
+        from assistant import Choices, Range, skill
+
+        @skill
+        def between(n: Annotated[int, Range(1.2, 1.8)]) -> str:
+            """Take a whole number between 1.2 and 1.8."""
+            return "never"
+
+        @skill
+        def by_number(device: Annotated[str, Choices(lambda s: [1, 2])]) -> str:
+            """Take a device by a number."""
+            return "never"
+    ''',
+    )
+    settings = Settings()
+    registry = Registry(settings=settings, context=SkillContext(settings=settings, state_dir=tmp_path))
+    registry.load_folder(BUILTIN_SKILLS)
+    registry.load_folder(tmp_path)
+    assert not {"between", "by_number"} & set(registry.skills) and "current_time" in registry.skills
+    assert len(registry.problems) == 2
+    assert all("no arguments can satisfy its schema" in p for p in registry.problems)
+    tokenizer = Tokenizer.from_file(str(qwen2_tokenizer / "tokenizer.json"))
+    constraint = ToolCallConstraint(tokenizer, 151936, [tokenizer.token_to_id("<|im_end|>")], registry.tools())
+    assert constraint.grammar
+
+
+def test_a_reload_reads_an_edit_of_the_same_size_within_the_same_second(tmp_path: Path, monkeypatch) -> None:
+    """A cached .pyc counts as current while size and modification second match."""
+    monkeypatch.setattr(sys, "dont_write_bytecode", False)  # as a service runs, caching bytecode
+    words = write(tmp_path, "_words.py", "GREETING = 'hello'\n")
+    greet = write(
+        tmp_path,
+        "greet.py",
+        '''
+        from assistant import skill
+
+        from ._words import GREETING
+
+        @skill
+        def greet() -> str:
+            """Say hello."""
+            return GREETING + " pong"
+    ''',
+    )
+    registry = Registry()
+    registry.load_folder(tmp_path)
+    assert registry.call("greet", {}).text == "hello pong"
+    for path, old, new in ((words, "hello", "howdy"), (greet, "pong", "ping")):
+        stat = path.stat()
+        path.write_text(path.read_text().replace(old, new))
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    reloaded = Registry()
+    reloaded.load_folder(tmp_path)
+    assert reloaded.call("greet", {}).text == "howdy ping"
+
+
+def test_a_background_task_that_exits_is_restarted(tmp_path: Path) -> None:
+    runs: list[float] = []
+
+    @background
+    def clock(context: SkillContext, stop: threading.Event) -> None:
+        runs.append(time.monotonic())
+        if len(runs) == 1:
+            sys.exit("the clock gave up")
+        stop.wait()
+
+    registry = Registry(context=SkillContext(state_dir=tmp_path))
+    registry.background.append(clock.__assistant_background__)
+    stop = threading.Event()
+    registry.start_background(stop)
+    deadline = time.monotonic() + 5
+    while len(runs) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    stop.set()
+    assert len(runs) == 2 and 0.9 < runs[1] - runs[0] < 1.8

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import datetime
 import math
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -16,7 +18,8 @@ import pytest
 from assistant import Choices, Range, SkillContext, skill
 from assistant.config import Settings
 from assistant.skills.intents import IntentMatcher
-from assistant.skills.registry import BUILTIN_SKILLS, Registry
+from assistant.skills.prompt import example_exchange, shared_values, tool_line
+from assistant.skills.registry import BUILTIN_SKILLS, Registry, load_registry
 from assistant.skills.sdk import SkillError, build_skill
 
 REPO = Path(__file__).resolve().parent.parent
@@ -93,13 +96,62 @@ def test_context_parameter_is_injected_not_described() -> None:
         ("def f(x: int, /) -> str:\n    '''Doc.'''", "parameter 'x' is positional-only"),
         ("def f(x: float = math.nan) -> str:\n    '''Doc.'''", "parameter 'x': the default must be a finite number"),
         ("def f(x: Annotated[float, Range(0, math.inf)]) -> str:\n    '''Doc.'''", "Range bounds must be finite"),
+        ("def f(x: Annotated[int, Range(5, 1)]) -> str:\n    '''Doc.'''", "Range(5, 1): the minimum is above"),
+        ("def f(x: str = datetime.date(2026, 1, 1)) -> str:\n    '''Doc.'''", "datetime.date(2026, 1, 1) is not JSON"),
+        ("async def f(city: str) -> str:\n    '''Doc.'''", "skill f is async: write it as a plain def"),
+        ("def f() -> str:\n    '''Doc.'''\n    yield 'one'", "skill f yields: return its text or data instead"),
     ],
 )
 def test_unsupported_signatures_are_explained(source: str, reason: str) -> None:
-    scope = {"Annotated": Annotated, "Range": Range, "math": math}
+    scope = {"Annotated": Annotated, "Range": Range, "math": math, "datetime": datetime}
     exec(source, scope)  # noqa: S102 (test input)
-    with pytest.raises(SkillError, match=reason.replace("*", r"\*").replace("[", r"\[")):
+    with pytest.raises(SkillError, match=re.escape(reason)):
         build_skill(spec_of(skill(scope["f"])))
+
+
+def test_a_skill_named_in_chinese_is_told_how_to_name_it() -> None:
+    def 天气(城市: str) -> str:
+        """查询天气。"""
+        return 城市 + "晴"
+
+    with pytest.raises(
+        SkillError,
+        match=re.escape(
+            "skill name '天气' must be ASCII letters, digits and underscores: name it with @skill(name=\"...\")"
+        ),
+    ):
+        build_skill(spec_of(skill(天气)))
+    registry = Registry()
+    registry.add_function(skill(name="weather")(天气), "test")  # the fix the message names
+    assert registry.call("weather", {"城市": "北京"}).text == "北京晴"
+
+
+@pytest.mark.parametrize("timeout", ["5", 0, -1, math.inf, math.nan])
+def test_a_timeout_that_a_thread_cannot_wait_for_is_explained(timeout: object) -> None:
+    """Otherwise the call raises from the thread's join() (TypeError, OverflowError) or never waits."""
+
+    def nap() -> str:
+        """Nap."""
+        return "done"
+
+    with pytest.raises(
+        SkillError, match=re.escape(f"skill nap: timeout must be a number of seconds above 0, not {timeout!r}")
+    ):
+        build_skill(spec_of(skill(timeout=timeout)(nap)))
+
+
+def test_a_default_is_told_to_the_model_as_a_copy() -> None:
+    @skill
+    def tag(tags: list[str] = []) -> str:  # noqa: B006 (the mistake under test)
+        """Tag something."""
+        tags.append("seen")
+        return " ".join(tags)
+
+    registry = Registry()
+    registry.add_function(tag, "test")
+    assert registry.call("tag", {}).text == "seen"
+    assert registry.call("tag", {}).text == "seen seen"  # Python's own shared default, as the skill wrote it
+    assert registry.skills["tag"].parameters["properties"]["tags"]["default"] == []
 
 
 def write(folder: Path, name: str, text: str) -> Path:
@@ -358,3 +410,113 @@ def test_local_intents_in_english_and_chinese(tmp_path: Path) -> None:
     assert match("tell me a joke") is None
     assert match("set a timer for 9999 minutes") is None  # outside the schema's range: the LLM decides
     assert registry.call(*match("set a timer for 10 minutes")[:2]).text == "timer 10"
+
+
+def test_the_readme_example_works_as_written(tmp_path: Path) -> None:
+    readme = (REPO / "README.md").read_text()
+    example = re.search(r"```python\n(.*?)```", readme[readme.index("\n## Skills") :], re.S).group(1)
+    (tmp_path / "skills").mkdir()
+    (tmp_path / "skills" / "water.py").write_text(example)
+    registry = Registry(context=SkillContext(state_dir=tmp_path / "state"))
+    registry.load_folder(BUILTIN_SKILLS)
+    registry.load_folder(tmp_path / "skills")
+    assert registry.problems == []
+    matcher = IntentMatcher(registry.skills)
+    for said, total in (("I drank 2 glasses of water", 2), ("我喝了三杯水", 5)):
+        found = matcher.match(said)
+        assert registry.call(found.skill, found.arguments).text == f"That makes {total} today."
+
+
+def test_a_second_skill_of_the_same_name_is_told_how_to_fix_it(tmp_path: Path) -> None:
+    for name in ("mine.py", "theirs.py"):
+        write(
+            tmp_path,
+            name,
+            '''
+            from assistant import skill
+
+            @skill
+            def set_timer(minutes: int) -> str:
+                """Start a timer."""
+                return "set"
+        ''',
+        )
+    registry = Registry(context=SkillContext(state_dir=tmp_path))
+    registry.load_folder(BUILTIN_SKILLS)
+    registry.load_folder(tmp_path)
+    builtin = f"{BUILTIN_SKILLS / 'timers.py'}:"
+    rename = 'rename this one with @skill(name="...")'
+    mine, theirs = registry.problems
+    assert mine.startswith(f"{tmp_path / 'mine.py'}:4: skill set_timer is already defined in {builtin}")
+    assert mine.endswith(f"({rename} or turn the built-in one off with skills.disabled: [set_timer]); skipped")
+    assert theirs.startswith(f"{tmp_path / 'theirs.py'}:4: skill set_timer is already defined in {builtin}")
+    assert theirs.endswith(f"({rename} or turn the built-in one off with skills.disabled: [set_timer]); skipped")
+
+
+def test_a_folder_named_twice_is_loaded_once(tmp_path: Path) -> None:
+    write(
+        tmp_path,
+        "ping.py",
+        '''
+        from assistant import skill
+
+        @skill
+        def ping() -> str:
+            """Answer pong."""
+            return "pong"
+    ''',
+    )
+    registry = load_registry(None, [tmp_path, tmp_path / ".." / tmp_path.name], SkillContext(state_dir=tmp_path))
+    assert registry.problems == []
+    assert registry.call("ping", {}).text == "pong"
+
+
+def test_the_prompt_shows_values_each_tool_accepts() -> None:
+    @skill(sentences={"en": ["snooze for {minutes} minutes"]})
+    def snooze(minutes: Annotated[int, Range(10)], list: Literal["notes", "shopping"] = "notes") -> str:
+        """Snooze the alarm."""
+        return "ok"
+
+    @skill
+    def read(list: Literal["notes", "shopping"]) -> str:
+        """Read a list."""
+        return "ok"
+
+    @skill
+    def rename(list: str) -> str:
+        """Rename a list."""
+        return "ok"
+
+    registry = Registry()
+    for func in (snooze, read, rename):
+        registry.add_function(func, "test")
+    tools = registry.tools()
+    request, call = example_exchange(tools, {"snooze": ["snooze for {minutes} minutes"]})
+    assert (request, call["arguments"]) == ("snooze for 10 minutes", {"minutes": 10})  # 5 is under its minimum
+    assert registry.call("snooze", call["arguments"]).text == "ok"
+    shared = shared_values(tools)
+    assert shared == {"list": ["notes", "shopping"]}
+    assert tool_line(tools[1], shared) == "read(list): Read a list."  # its values are listed once, for all
+    assert tool_line(tools[2], shared) == "rename(list: str): Rename a list."  # any text, not those values
+
+
+def test_a_file_with_a_dot_in_its_name_imports_its_helpers(tmp_path: Path) -> None:
+    write(tmp_path, "_api.py", "FORECAST = 'sunny'\n")
+    write(
+        tmp_path,
+        "weather.v2.py",
+        '''
+        from assistant import skill
+
+        from ._api import FORECAST
+
+        @skill
+        def weather() -> str:
+            """Tell the weather."""
+            return FORECAST
+    ''',
+    )
+    registry = Registry()
+    registry.load_folder(tmp_path)
+    assert registry.problems == []
+    assert registry.call("weather", {}).text == "sunny"

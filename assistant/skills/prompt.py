@@ -23,6 +23,7 @@ skill (names, descriptions, sentences, values from the configuration) is tokeniz
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Collection
 from typing import Any
@@ -46,7 +47,7 @@ def tool_line(tool: dict, shared: Collection[str] = ()) -> str:
     for name, spec in schema.get("properties", {}).items():
         if name not in required and len(spec.get("enum", [None, None])) == 1:
             continue  # nothing to choose: the argument can only be left out or given its one value
-        kind = "" if name in shared else _type(spec)
+        kind = "" if name in shared and "enum" in spec else _type(spec)  # a free value keeps its type
         shown = name + ("" if name in required else "?")
         if groups and groups[-1][1] == kind and kind:
             groups[-1][0].append(shown)
@@ -148,7 +149,7 @@ def _example(spec: dict) -> Any:
         return spec["enum"][0]
     kind = spec.get("type")
     if kind in ("integer", "number"):
-        value = min(max(5, spec.get("minimum", 5)), spec.get("maximum", 5))
+        value = min(max(5, spec.get("minimum", 5)), spec.get("maximum", math.inf))  # 5, or the nearest bound
         return int(value) if kind == "integer" else float(value)
     if kind == "boolean":
         return True

@@ -1,14 +1,15 @@
 """Finding skills (folders, installed packages) and calling them safely.
 
-A module that fails to import, or a skill with a signature the SDK cannot describe, is reported
-with its file, line and reason and skipped: the other skills load. A call validates its arguments
-against the skill's schema and runs with a timeout; any failure comes back as a SkillResult with
-an error, never as an exception into the turn.
+A module that fails to import (or does not finish importing), or a skill with a signature the SDK
+cannot describe, is reported with its file, line and reason and skipped: the other skills load. A
+call validates its arguments against the skill's schema and runs with a timeout; any failure comes
+back as a SkillResult with an error, never as an exception into the turn.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.machinery
 import importlib.metadata
 import importlib.util
 import json
@@ -18,14 +19,17 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import jsonschema
+import llguidance
 
 from assistant.config import state_dir
+from assistant.skills.constraint import call_schema
 from assistant.skills.intents import check_sentences
 from assistant.skills.sdk import (
     BACKGROUND_ATTRIBUTE,
@@ -37,6 +41,7 @@ from assistant.skills.sdk import (
     SkillUnavailable,
     as_declared,
     build_skill,
+    not_plain,
 )
 
 log = logging.getLogger(__name__)
@@ -46,6 +51,8 @@ DEFAULT_TIMEOUT = 10.0
 # The built-in skills ship inside the package, so they load wherever config.yaml lives.
 BUILTIN_SKILLS = Path(__file__).resolve().parent / "builtin"
 BACKOFF_SECONDS = (1.0, 60.0)  # a background task that fails is restarted after 1 s, doubling up to 60 s
+IMPORT_SECONDS = 30.0  # a skill module still importing after this long is skipped (it waits for something)
+MAX_SPOKEN = 10_000  # characters of a skill's text: ten minutes of speech; more is a skill reading out a page
 
 
 @dataclass
@@ -80,10 +87,14 @@ class Registry:
     def load_entry_points(self, disabled: tuple[str, ...] = ()) -> None:
         for entry in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
             source = f"{entry.value} (package entry point {entry.name!r})"
-            try:
-                loaded = entry.load()
-            except Exception as e:
-                self._problem(source, f"cannot be imported: {type(e).__name__}: {e}")
+            thread, outcome = _start(f"import-{entry.name}", entry.load)
+            thread.join(IMPORT_SECONDS)
+            if not outcome:
+                self._problem(source, f"still importing after {IMPORT_SECONDS:g} s ({WAITS_AT_IMPORT})")
+                continue
+            loaded, error = outcome[0]
+            if error is not None:
+                self._problem(source, f"cannot be imported: {type(error).__name__}: {error}")
                 continue
             if isinstance(loaded, ModuleType):
                 self.add_module(loaded, source, disabled)
@@ -91,13 +102,29 @@ class Registry:
                 self.add_function(loaded, source, disabled)
 
     def add_module(self, module: ModuleType, source: str, disabled: tuple[str, ...] = ()) -> None:
+        seen = set()  # a function bound to two names (`louder = volume_up`) is one skill
         for value in list(vars(module).values()):
-            if getattr(value, "__module__", None) != module.__name__:
+            if getattr(value, "__module__", None) != module.__name__ or id(value) in seen:
                 continue
+            seen.add(id(value))
             if hasattr(value, SKILL_ATTRIBUTE):
                 self.add_function(value, source, disabled)
             elif hasattr(value, BACKGROUND_ATTRIBUTE):
-                self.background.append(getattr(value, BACKGROUND_ATTRIBUTE))
+                if problem := not_plain(value):
+                    self._problem(_where(value, source), f"background task {value.__name__} {problem}")
+                else:
+                    self.background.append(getattr(value, BACKGROUND_ATTRIBUTE))
+            elif isinstance(value, type):
+                self._check_class(value, source)
+
+    def _check_class(self, cls: type, source: str) -> None:
+        """Skills are found among a module's functions: one marked inside a class would be lost silently."""
+        for member in vars(cls).values():
+            func = getattr(member, "__func__", member)  # a staticmethod or classmethod holds its function
+            if hasattr(func, SKILL_ATTRIBUTE) or hasattr(func, BACKGROUND_ATTRIBUTE):
+                kind = "skill" if hasattr(func, SKILL_ATTRIBUTE) else "background task"
+                what = f"{kind} {func.__name__} is a method of class {cls.__name__}"
+                self._problem(_where(func, source), f"{what}: move it out of the class (skills are module functions)")
 
     def start_background(self, stop: threading.Event) -> list[threading.Thread]:
         """Run every @background function in its own daemon thread until `stop` is set.
@@ -118,7 +145,7 @@ class Registry:
             started = time.monotonic()
             try:
                 spec.func(self.context, stop)
-            except Exception as e:
+            except BaseException as e:  # sys.exit() in a task would end its thread silently
                 log.error("background task %s failed (%s); restarting in %g s", spec.name, _reason(e), delay)
             if time.monotonic() - started > BACKOFF_SECONDS[1]:
                 delay = BACKOFF_SECONDS[0]  # it ran well for a while: start the backoff again
@@ -133,10 +160,11 @@ class Registry:
             return
         if spec.name in disabled:
             return
-        where = f"{source}:{func.__code__.co_firstlineno}" if hasattr(func, "__code__") else source
+        where = _where(func, source)
         try:
             built = build_skill(spec, self.settings, where)
             check_sentences(built)
+            check_satisfiable(built)
         except SkillUnavailable as e:
             log.debug("skill %s not loaded: %s", spec.name, e)
             return
@@ -147,25 +175,36 @@ class Registry:
             self._problem(where, f"{spec.name} cannot be described: {_reason(e)}")
             return
         if built.name in self.skills:
-            self._problem(where, f"skill {built.name} is already defined in {self.skills[built.name].source}")
+            first = self.skills[built.name].source
+            fix = 'rename this one with @skill(name="...")'
+            if first.startswith(str(BUILTIN_SKILLS)):
+                fix += f" or turn the built-in one off with skills.disabled: [{built.name}]"
+            self._problem(where, f"skill {built.name} is already defined in {first} ({fix})")
             return
         self.skills[built.name] = built
 
     def _import_file(self, path: Path, package: str) -> ModuleType | None:
-        name = f"{package}.{path.stem}"  # a user's timers.py is not the built-in one
-        try:
-            spec = importlib.util.spec_from_file_location(name, path)
-            module = importlib.util.module_from_spec(spec)
-            sys.modules[name] = module
-            spec.loader.exec_module(module)
+        # A user's timers.py is not the built-in one; a dot in a file's name (weather.v2.py) would
+        # make a parent package of its stem, and its relative imports would look there.
+        name = f"{package}.{path.stem.replace('.', '_')}"
+        spec = importlib.util.spec_from_file_location(name, path, loader=FreshSourceLoader(name, str(path)))
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        # In a thread: a module that waits at import (a device, the network) or calls sys.exit()
+        # must not hold up or end the assistant's start.
+        thread, outcome = _start(f"import-{path.stem}", lambda: spec.loader.exec_module(module))
+        thread.join(IMPORT_SECONDS)
+        if not outcome:
+            frame = sys._current_frames().get(thread.ident)
+            line = _line_in(path, traceback.extract_stack(frame) if frame else [])
+            self._problem(f"{path}:{line}", f"still importing after {IMPORT_SECONDS:g} s ({WAITS_AT_IMPORT})")
+        elif isinstance(error := outcome[0][1], SyntaxError):
+            self._problem(f"{path}:{error.lineno}", f"syntax error: {error.msg}")
+        elif error is not None:
+            line = _line_in(path, traceback.extract_tb(error.__traceback__))
+            self._problem(f"{path}:{line}", f"cannot be imported: {type(error).__name__}: {error}")
+        else:
             return module
-        except SyntaxError as e:
-            self._problem(f"{path}:{e.lineno}", f"syntax error: {e.msg}")
-        except Exception as e:
-            line = next(
-                (f.lineno for f in reversed(traceback.extract_tb(e.__traceback__)) if f.filename == str(path)), 0
-            )
-            self._problem(f"{path}:{line}", f"cannot be imported: {type(e).__name__}: {e}")
         sys.modules.pop(name, None)
         return None
 
@@ -194,36 +233,90 @@ class Registry:
         kwargs = {key: as_declared(value, properties[key]) for key, value in arguments.items()}
         if found.wants_context:
             kwargs[found.wants_context] = self.context
-        timeout = found.timeout or self.timeout
-        # A skill that hangs cannot be killed from Python: its thread is abandoned and the turn goes
-        # on. A daemon thread, so that it never holds the process at exit either.
-        outcome: list = []
-        thread = threading.Thread(target=_run_into, args=(found.func, kwargs, outcome), name=f"skill-{name}",
-                                  daemon=True)  # fmt: skip
-        thread.start()
+        timeout = min(found.timeout or self.timeout, threading.TIMEOUT_MAX)
+        # A skill that hangs cannot be killed from Python: its thread is abandoned and the turn goes on.
+        thread, outcome = _start(f"skill-{name}", lambda: found.func(**kwargs))
         thread.join(timeout)
+        where = f"{found.source}: skill {name}"
         if not outcome:
-            log.error("skill %s timed out after %.1f s", name, timeout)
+            fix = "make it return sooner, or give it @skill(timeout=...)"
+            log.error("%s did not return within %g s and is left running: %s", where, timeout, fix)
             return SkillResult(name, error=f"{name} took longer than {timeout:g} seconds")
         value, error = outcome[0]
         if error is not None:
-            log.error("skill %s failed: %s", name, _reason(error))
-            return SkillResult(name, error=f"{name} failed: {error}")
+            log.error("%s failed: %s", where, _reason(error), exc_info=error)  # the traceback shows the line
+            return SkillResult(name, error=f"{name} failed: {_cause(error)}")
+        if isinstance(value, str) and len(value) > MAX_SPOKEN:
+            too_long = f"{len(value)} characters of text, more than the {MAX_SPOKEN} a reply may speak"
+            log.error("%s returned %s: return a short answer", where, too_long)
+            return SkillResult(name, error=f"{name} returned more text than I can read out")
         if isinstance(value, str):
             return SkillResult(name, text=value)
         try:
             json.dumps(value, allow_nan=False)  # data goes back to the model (and to clients) as JSON
-        except (TypeError, ValueError) as e:
-            log.error("skill %s returned data that JSON cannot carry: %s", name, e)
+        except (TypeError, ValueError, RecursionError) as e:  # RecursionError: nested too deep
+            fix = "return a str to speak, or dicts, lists, strings and numbers for the model"
+            log.error(
+                "%s returned %s, which is neither text nor JSON data (%s): %s", where, type(value).__name__, e, fix
+            )
             return SkillResult(name, error=f"{name} returned something other than text or JSON data")
         return SkillResult(name, data=value)
 
 
-def _run_into(func: Any, kwargs: dict, outcome: list) -> None:
-    try:
-        outcome.append((func(**kwargs), None))
-    except (Exception, SystemExit) as e:  # sys.exit() in a skill ends its call, not the assistant
-        outcome.append((None, e))
+class FreshSourceLoader(importlib.machinery.SourceFileLoader):
+    """Compiles a skill file from its source on every load, neither reading nor writing a .pyc.
+
+    A cached .pyc counts as current while the file's size and modification second are unchanged,
+    so an edit of the same length within a second of the last load would come back after a
+    reload as the old code.
+    """
+
+    def path_stats(self, path: str) -> dict:
+        raise OSError("skill files are compiled from their source")  # the loader then skips the cache
+
+
+WAITS_AT_IMPORT = "does it wait for a device or the network? do that when the skill runs, not at import"
+
+
+def _start(name: str, func: Callable[[], Any]) -> tuple[threading.Thread, list]:
+    """Run `func` in a daemon thread (it never holds the process at exit); its outcome list gets
+    one (value, error) pair when it returns or raises."""
+    outcome: list = []
+
+    def run() -> None:
+        try:
+            outcome.append((func(), None))
+        except BaseException as e:  # sys.exit() or KeyboardInterrupt in a skill ends the call, not the assistant
+            outcome.append((None, e))
+
+    thread = threading.Thread(target=run, name=name, daemon=True)
+    thread.start()
+    return thread, outcome
+
+
+def check_satisfiable(found: Skill) -> None:
+    """Raise SkillError when no arguments satisfy the skill's schema (an int Range(1.2, 1.8), Choices
+    that give numbers): the constraint compiles all tools into one grammar, which such a schema
+    would fail for every skill and the assistant's start."""
+    grammar = llguidance.LLMatcher.grammar_from_json_schema(call_schema([found.tool()]))
+    failed, messages = llguidance.LLMatcher.validate_grammar_with_warnings(grammar)
+    if failed:
+        raise SkillError(f"skill {found.name}: no arguments can satisfy its schema ({'; '.join(messages)})")
+
+
+def _where(func: Any, source: str) -> str:
+    return f"{source}:{func.__code__.co_firstlineno}" if hasattr(func, "__code__") else source
+
+
+def _line_in(path: Path, frames: list[traceback.FrameSummary]) -> int:
+    """The last line of `path` among the frames (0 when it has none)."""
+    return next((f.lineno for f in reversed(frames) if f.filename == str(path)), 0)
+
+
+def _cause(error: BaseException) -> str:
+    """An exception as the person hears it: its message (or its type, when it has none), not too long."""
+    text = str(error) or type(error).__name__
+    return text if len(text) <= 200 else text[:200] + "…"
 
 
 def _folder_package(folder: Path) -> str:
@@ -242,6 +335,8 @@ def _folder_package(folder: Path) -> str:
     package = ModuleType(name)
     package.__path__ = [str(folder)]
     sys.modules[name] = package
+    # The helpers, found through the package's path, are compiled from their source as well.
+    sys.path_importer_cache[str(folder)] = importlib.machinery.FileFinder(str(folder), (FreshSourceLoader, [".py"]))
     return name
 
 
@@ -277,7 +372,9 @@ def load_registry(settings: Any, skill_dirs: list[Path], context: SkillContext |
             context.state_dir = state_dir(settings)
     registry = Registry(settings=settings, context=context, timeout=timeout)
     context.skills = lambda: list(registry.skills.values())
-    for folder in [BUILTIN_SKILLS, *skill_dirs]:
+    # A folder named twice (skills/ beside the config also in skills.paths) is loaded once: a second
+    # load would report every one of its skills as already defined.
+    for folder in dict.fromkeys(Path(f).resolve() for f in [BUILTIN_SKILLS, *skill_dirs]):
         if folder.is_dir():
             registry.load_folder(folder, disabled)
     registry.load_entry_points(disabled)

@@ -22,10 +22,12 @@ from __future__ import annotations
 import contextlib
 import errno
 import inspect
+import json
 import math
 import re
 import shutil
 import sqlite3
+import threading
 import types
 import typing
 from collections.abc import Callable, Iterator
@@ -209,7 +211,16 @@ def skill(
 def build_skill(spec: SkillSpec, settings: Any = None, source: str = "") -> Skill:
     """Turn a marked function into a Skill with its JSON Schema; SkillError says what is unsupported."""
     if not re.fullmatch(r"[a-zA-Z_][a-zA-Z0-9_]*", spec.name):
-        raise SkillError(f"skill name {spec.name!r} must be letters, digits and underscores")
+        raise SkillError(
+            f"skill name {spec.name!r} must be ASCII letters, digits and underscores: "
+            'name it with @skill(name="...") (its parameters and sentences may be in any language)'
+        )
+    if problem := not_plain(spec.func):
+        raise SkillError(f"skill {spec.name} {problem}")
+    timeout = spec.timeout
+    # A thread's join() refuses a string and overflows on infinity: the call would raise, not time out.
+    if timeout is not None and not (isinstance(timeout, (int, float)) and 0 < timeout <= threading.TIMEOUT_MAX):
+        raise SkillError(f"skill {spec.name}: timeout must be a number of seconds above 0, not {timeout!r}")
     description, arg_docs = _parse_docstring(inspect.getdoc(spec.func) or "")
     if not description:
         raise SkillError(f"skill {spec.name} needs a docstring: it is the description the model sees")
@@ -228,7 +239,10 @@ def build_skill(spec: SkillSpec, settings: Any = None, source: str = "") -> Skil
             wants_context = param.name
             continue
         if hint is None:
-            raise SkillError(f"skill {spec.name}: parameter '{param.name}' has no type hint")
+            raise SkillError(
+                f"skill {spec.name}: parameter '{param.name}' has no type hint "
+                "(give it one: str, int, float, bool, Literal[...], list[...] or SkillContext)"
+            )
         try:
             schema = _schema(hint, settings)
         except SkillError as e:
@@ -240,11 +254,28 @@ def build_skill(spec: SkillSpec, settings: Any = None, source: str = "") -> Skil
         elif param.default is not None:
             if isinstance(param.default, float) and not math.isfinite(param.default):
                 raise SkillError(f"skill {spec.name}: parameter '{param.name}': the default must be a finite number")
-            schema["default"] = param.default
+            try:
+                # The prompt and the constraint carry the default as JSON. A copy, too: a skill that
+                # appends to its default list must not change what the model is told.
+                schema["default"] = json.loads(json.dumps(param.default, allow_nan=False))
+            except (TypeError, ValueError):
+                raise SkillError(
+                    f"skill {spec.name}: parameter '{param.name}': the default {param.default!r} is not "
+                    "JSON data (use a str, number, bool, list or None)"
+                ) from None
         properties[param.name] = schema
     parameters = {"type": "object", "properties": properties, "required": required, "additionalProperties": False}
     return Skill(spec.name, spec.func, description, parameters, spec.confirm, spec.timeout, spec.sentences,
                  spec.intents, source, wants_context, spec.optional_tool)  # fmt: skip
+
+
+def not_plain(func: Callable) -> str | None:
+    """Why `func` cannot be a skill or a background task (called in a thread, the value used as it is), or None."""
+    if inspect.iscoroutinefunction(func) or inspect.isasyncgenfunction(func):
+        return "is async: write it as a plain def (it runs in a thread of its own, so it may wait)"
+    if inspect.isgeneratorfunction(func):
+        return "yields: return its text or data instead"
+    return None
 
 
 def as_declared(value: Any, schema: dict) -> Any:
@@ -266,6 +297,8 @@ def _schema(hint: Any, settings: Any) -> dict:
                     raise SkillError("Range applies to int or float")
                 if not all(math.isfinite(b) for b in (extra.minimum, extra.maximum) if b is not None):
                     raise SkillError("Range bounds must be finite numbers (None for no bound)")
+                if None not in (extra.minimum, extra.maximum) and extra.minimum > extra.maximum:
+                    raise SkillError(f"Range({extra.minimum}, {extra.maximum}): the minimum is above the maximum")
                 if extra.minimum is not None:
                     schema["minimum"] = extra.minimum
                 if extra.maximum is not None:

@@ -39,6 +39,9 @@ def add_item(text: str, context: SkillContext, list: ListName = "notes") -> str:
     return f"Added {text.strip()} to the shopping list." if list == "shopping" else "Noted."
 
 
+READ_AT_ONCE = 20  # items said in one reply: a hundred would be minutes of speech (and past a reply's length)
+
+
 @skill(
     sentences={
         "en": [("what's on the shopping list", {"list": "shopping"}), ("read my notes", {"list": "notes"})],
@@ -56,6 +59,9 @@ def read_items(context: SkillContext, list: ListName = "notes") -> str:
     what = "shopping list" if list == "shopping" else "notes"
     if not items:
         return f"Your {what} is empty." if list == "shopping" else "You have no notes."
+    if len(items) > READ_AT_ONCE:
+        rest = len(items) - READ_AT_ONCE
+        return f"On your {what}: " + ", ".join(items[:READ_AT_ONCE]) + f", and {rest} more."
     return f"On your {what}: " + ", ".join(items) + "."
 
 

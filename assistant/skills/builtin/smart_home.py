@@ -48,7 +48,12 @@ def _names(*types: str):
 
 
 def _areas():
-    return Choices(lambda settings: sorted({d["area"] for d in _devices(settings) if d.get("area")}) + [EVERYWHERE])
+    def areas(settings: Any) -> list[str]:
+        devices = _devices(settings)
+        # No devices, no choices: "everywhere" alone would load switch_all in a home without any.
+        return sorted({d["area"] for d in devices if d.get("area")}) + [EVERYWHERE] if devices else []
+
+    return Choices(areas)
 
 
 class NotDone(Exception):
