@@ -345,3 +345,20 @@ def test_a_background_task_that_exits_is_restarted(tmp_path: Path) -> None:
         time.sleep(0.05)
     stop.set()
     assert len(runs) == 2 and 0.9 < runs[1] - runs[0] < 1.8
+
+
+def test_a_damaged_database_is_named_with_its_fix_and_nothing_else_is_lost(tmp_path: Path, caplog) -> None:
+    registry = Registry(context=SkillContext(state_dir=tmp_path))
+    registry.load_folder(BUILTIN_SKILLS)
+    registry.call("add_item", {"text": "milk", "list": "shopping"})
+    damaged = tmp_path / "timers.sqlite3"
+    damaged.write_bytes(b"not a database, whatever wrote it " * 200)
+    with caplog.at_level("ERROR"):
+        result = registry.call("set_timer", {"minutes": 5})
+    assert result.error == f"set_timer failed: {damaged} is damaged; move it aside and a new one is started"
+    # One line in the log, not a traceback: the words already say what to do.
+    assert [r.exc_info for r in caplog.records if "set_timer" in r.getMessage()] == [None]
+    assert registry.call("read_items", {"list": "shopping"}).text == "On your shopping list: milk."
+    assert damaged.read_bytes().startswith(b"not a database")  # left for whoever wants to rescue it
+    damaged.rename(tmp_path / "timers.sqlite3.damaged")
+    assert registry.call("set_timer", {"minutes": 5}).text == "Timer set for 5 minutes."

@@ -39,6 +39,7 @@ from assistant.skills.sdk import (
     SkillContext,
     SkillError,
     SkillUnavailable,
+    StorageError,
     as_declared,
     build_skill,
     not_plain,
@@ -244,7 +245,9 @@ class Registry:
             return SkillResult(name, error=f"{name} took longer than {timeout:g} seconds")
         value, error = outcome[0]
         if error is not None:
-            log.error("%s failed: %s", where, _reason(error), exc_info=error)  # the traceback shows the line
+            # The traceback shows the line; a StorageError already says in words what to do.
+            traceback_shown = None if isinstance(error, StorageError) else error
+            log.error("%s failed: %s", where, _reason(error), exc_info=traceback_shown)
             return SkillResult(name, error=f"{name} failed: {_cause(error)}")
         if isinstance(value, str) and len(value) > MAX_SPOKEN:
             too_long = f"{len(value)} characters of text, more than the {MAX_SPOKEN} a reply may speak"

@@ -108,14 +108,15 @@ class SkillContext:
             finally:
                 connection.close()
         except (sqlite3.Error, OSError) as e:
-            raise StorageError(storage_problem(e, self.state_dir)) from e
+            raise StorageError(storage_problem(e, self.state_dir / f"{name}.sqlite3")) from e
 
 
 FULL_BELOW = 256 * 1024  # free bytes under which a write error is taken for a full disk
 
 
-def storage_problem(error: Exception, folder: Path) -> str:
-    """What went wrong with stored data, in words a person can act on."""
+def storage_problem(error: Exception, database: Path) -> str:
+    """What went wrong with a database in the state folder, in words a person can act on."""
+    folder = database.parent
     os_code = error.errno if isinstance(error, OSError) else None
     sqlite_code = (getattr(error, "sqlite_errorcode", None) or 0) & 0xFF  # the primary code of an extended one
     try:
@@ -131,6 +132,9 @@ def storage_problem(error: Exception, folder: Path) -> str:
         return f"{folder} cannot be written"
     if sqlite_code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
         return "the stored data is busy"
+    if sqlite_code in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):
+        # Left as it is, for whoever wants to rescue it: the skill starts afresh once it is moved.
+        return f"{database} is damaged; move it aside and a new one is started"
     return f"the stored data in {folder} could not be read or written ({error})"
 
 
