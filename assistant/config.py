@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import logging
+import math
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -23,6 +26,9 @@ import yaml
 
 ENV_PREFIX = "ASSISTANT_"
 CONFIG_ENV = "ASSISTANT_CONFIG"  # names the file itself; not a setting
+SECRETS = {"mqtt.password"}  # never repeated in an error: errors end up in the journal and in bug reports
+
+log = logging.getLogger(__name__)
 
 
 class ConfigError(Exception):
@@ -102,7 +108,7 @@ class MqttSettings:
     host: str = "localhost"
     port: int = 1883
     username: str | None = None
-    password: str | None = None
+    password: str | None = field(default=None, repr=False)
     tls: bool = False
     ca_file: Path | None = None
     devices: list[dict] = field(default_factory=list)
@@ -133,24 +139,58 @@ class Settings:
     source: Path | None = field(default=None, metadata={"internal": True})
 
 
-# Bounds checked after types: (key, predicate, what it must be).
+# The longest context a Qwen2 model was trained for (max_position_embeddings), which `assistant setup`
+# also refuses to exceed; a larger kv_cache_len only allocates memory the model cannot use.
+MAX_CONTEXT = 32768
+# daemon/run.py's TURN_LIMIT_SECONDS: a turn running longer counts as hung and systemd restarts the
+# service, so a skill allowed more time than that would take the whole assistant down.
+SKILL_TIMEOUT_LIMIT = 300.0
+URL_SCHEMES = ("http://", "https://", "file://")  # what `assistant setup` downloads from
+
+
+def _optional(ok: typing.Callable[[Any], bool]) -> typing.Callable[[Any], bool]:
+    return lambda v: v is None or ok(v)
+
+
+# Bounds checked after types: (key, predicate, what it must be). A key may have several; the first
+# it fails is the one reported.
 _BOUNDS: list[tuple[str, typing.Callable[[Any], bool], str]] = [
+    ("audio.input_device", _optional(lambda v: not isinstance(v, int) or v >= 0), "a name or an index 0 or more"),
+    ("audio.output_device", _optional(lambda v: not isinstance(v, int) or v >= 0), "a name or an index 0 or more"),
+    ("audio.input_rate", _optional(lambda v: 8000 <= v <= 384000), "a sample rate from 8000 to 384000 (Hz)"),
+    ("audio.output_rate", _optional(lambda v: 8000 <= v <= 384000), "a sample rate from 8000 to 384000 (Hz)"),
+    ("audio.reopen_max_seconds", lambda v: 0 < v <= 3600, "greater than 0 and at most 3600"),
+    ("wake.phrases", lambda v: len(v) > 0, "a list with at least one phrase"),
+    ("wake.min_confidence", lambda v: 0 <= v <= 1, "between 0 and 1"),
+    ("wake.refractory_seconds", lambda v: v >= 0, "0 or more"),
+    ("asr.model_url", lambda v: v.lower().startswith(URL_SCHEMES), "an http://, https:// or file:// URL"),
+    ("asr.model_sha256", _optional(lambda v: re.fullmatch(r"[0-9a-fA-F]{64}", v)), "64 hexadecimal digits"),
+    ("asr.silence_timeout", lambda v: v > 0, "greater than 0"),
+    ("asr.max_utterance_seconds", lambda v: v > 0, "greater than 0"),
+    ("asr.follow_up_seconds", lambda v: v >= 0, "0 or more (0 turns listening after a question off)"),
     ("llm.threads", lambda v: v >= 1, "at least 1"),
-    ("llm.kv_cache_len", lambda v: v is None or v >= 16, "at least 16"),
+    ("llm.threads", lambda v: v <= 256, "at most 256"),
+    ("llm.kv_cache_len", _optional(lambda v: v >= 16), "at least 16"),
+    ("llm.kv_cache_len", _optional(lambda v: v <= MAX_CONTEXT), f"at most {MAX_CONTEXT}"),
     ("llm.max_new_tokens", lambda v: v >= 1, "at least 1"),
+    ("llm.max_new_tokens", lambda v: v <= MAX_CONTEXT, f"at most {MAX_CONTEXT}"),
     ("llm.sampling.temperature", lambda v: v >= 0, "0 or more (0 is greedy)"),
     ("llm.sampling.top_k", lambda v: v >= 0, "0 or more (0 disables it)"),
     ("llm.sampling.top_p", lambda v: 0 < v <= 1, "in (0, 1]"),
     ("llm.sampling.repetition_penalty", lambda v: v > 0, "greater than 0"),
-    ("wake.min_confidence", lambda v: 0 <= v <= 1, "between 0 and 1"),
-    ("wake.phrases", lambda v: len(v) > 0, "a list with at least one phrase"),
-    ("mqtt.port", lambda v: 0 < v < 65536, "a port number"),
-    (
-        "mqtt.devices",
-        lambda v: all(_device_ok(d) for d in v),
-        "mappings with a name, an optional area (text) and optional aliases (a list of names)",
-    ),
+    ("llm.sampling.seed", _optional(lambda v: v >= 0), "0 or more, or empty for a random one"),
+    ("tts.voice_url", lambda v: v.lower().startswith(URL_SCHEMES), "an http://, https:// or file:// URL"),
+    ("tts.voice_sha256", _optional(lambda v: re.fullmatch(r"[0-9a-fA-F]{64}", v)), "64 hexadecimal digits"),
+    ("tts.speaker", _optional(lambda v: v >= 0), "a speaker id, 0 or more"),
+    ("tts.length_scale", lambda v: 0 < v <= 10, "greater than 0 and at most 10 (1 is the voice's own pace)"),
+    ("tts.sentence_silence", lambda v: 0 <= v <= 10, "from 0 to 10 (seconds)"),
     ("skills.timeout_seconds", lambda v: v > 0, "greater than 0"),
+    (
+        "skills.timeout_seconds",
+        lambda v: v <= SKILL_TIMEOUT_LIMIT,
+        f"at most {SKILL_TIMEOUT_LIMIT:g} (a turn running longer counts as hung)",
+    ),
+    ("mqtt.port", lambda v: 0 < v < 65536, "a port number"),
 ]
 
 
@@ -158,18 +198,10 @@ def bound_problem(key: str, value: Any) -> str | None:
     """What `value` must be to be a valid `key` (a key of _BOUNDS), or None when it is valid."""
     for bounded, ok, what in _BOUNDS:
         if bounded == key and not ok(value):
-            return f"must be {what}, got {value!r}"
+            return f"must be {what}, got {_kind(value, key)}"
+    if isinstance(value, float) and not math.isfinite(value):  # a command-line option's: the file's are checked
+        return f"must be a finite number, got {value}"
     return None
-
-
-def _device_ok(device: Any) -> bool:
-    return (
-        isinstance(device, dict)
-        and isinstance(device.get("name"), str)
-        and isinstance(device.get("area", ""), str)
-        and isinstance(device.get("aliases", []), list)
-        and all(isinstance(alias, str) for alias in device.get("aliases", []))
-    )
 
 
 def default_config_path() -> Path:
@@ -199,22 +231,145 @@ def load_settings(path: Path | None = None, environ: typing.Mapping[str, str] | 
 def settings_from_text(text: str, path: Path, environ: typing.Mapping[str, str] | None = None) -> Settings:
     """The settings of a config file's text, as if read from `path` (its folder anchors relative paths)."""
     environ = os.environ if environ is None else environ
-    data, lines = _parse_yaml(text, path)
-    _apply_env(data, environ, lines)
+    data, lines, warnings = _parse_yaml(text, path)
     where = _Where(path, lines)
+    _apply_env(data, environ, where)
     settings = _convert(Settings, data, "", where, path.parent.resolve())
     settings.source = path
     for key, _, _ in _BOUNDS:
         if problem := bound_problem(key, _lookup(settings, key)):
             raise ConfigError(f"{where(key)}{key}: {problem}")
+    warnings += _mqtt_problems(settings.mqtt, where)
+    for warning in warnings:  # only for a config that loads: a broken one is one error line
+        _warn_once(warning)
     return settings
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(text: str) -> None:
+    """Log a warning about the config once a process: `assistant run` reads the file twice as it starts
+    (the command, then the daemon), and a reload of the same file need not repeat it."""
+    if text not in _warned:
+        _warned.add(text)
+        log.warning("%s", text)
+
+
+DEVICE_TYPES = ("light", "switch", "fan", "cover", "climate")
+CONVENTIONS = ("zigbee2mqtt", "homeassistant")
+TOPIC_KEYS = (
+    "topic",
+    "command_topic",
+    "state_topic",
+    "brightness_command_topic",
+    "set_position_topic",
+    "temperature_command_topic",
+)
+DEVICE_KEYS = ("name", "type", "area", "aliases", "convention", *TOPIC_KEYS)
+DEVICE_SHAPE = "must be mappings with a name, an optional area (text) and optional aliases (a list of names)"
+
+
+def _mqtt_problems(mqtt: MqttSettings, where: _Where) -> list[str]:
+    """Refuse MQTT settings the smart-home skills cannot use; return warnings for doubtful ones."""
+    if mqtt.password is not None and mqtt.username is None:
+        raise ConfigError(
+            f"{where('mqtt.password')}mqtt.password is set without mqtt.username: the broker would "
+            "get neither; set mqtt.username too"
+        )
+    warnings = []
+    if mqtt.ca_file is not None and not mqtt.tls:
+        warnings.append(f"{where('mqtt.ca_file')}mqtt.ca_file is set but mqtt.tls is false: it is not used")
+    spoken: dict[str, str] = {}  # a name or alias as heard → the device that has it
+    for i, device in enumerate(mqtt.devices):
+        item = f"mqtt.devices[{i}]"
+        _check_device_shape(device, item, where)
+        label = f"{item} ({device['name']})"
+        for key in device:
+            if key not in DEVICE_KEYS:
+                close = difflib.get_close_matches(str(key), DEVICE_KEYS, n=1)
+                hint = f"did you mean '{close[0]}'?" if close else f"a device takes {', '.join(DEVICE_KEYS)}"
+                raise ConfigError(f"{where(f'{item}.{key}')}{label}: unknown key '{key}' ({hint})")
+        for key, allowed in (("type", DEVICE_TYPES), ("convention", CONVENTIONS)):
+            value = device.get(key, "zigbee2mqtt" if key == "convention" else None)
+            if value not in allowed:
+                listed = ", ".join(repr(a) for a in allowed)
+                raise ConfigError(
+                    f"{where(f'{item}.{key}')}{label}: {key}: expected one of {listed}, got {_kind(value)}"
+                )
+        for key in TOPIC_KEYS:
+            topic = device.get(key)
+            if key in device and (not isinstance(topic, str) or not topic.strip()):
+                raise ConfigError(f"{where(f'{item}.{key}')}{label}: {key}: expected an MQTT topic, got {_kind(topic)}")
+            if topic and ("+" in topic or "#" in topic):
+                warnings.append(
+                    f"{where(f'{item}.{key}')}{label}: {key} {topic!r} has a wildcard; nothing is sent "
+                    "to it, a device needs its own topic"
+                )
+        if missing := _missing_topic(device):
+            warnings.append(f"{where(item)}{label}: {missing}")
+        for name in [device["name"], *device.get("aliases", [])]:
+            heard = " ".join(re.sub(r"[^\w\s]", " ", name.casefold()).split())  # as sentences are matched
+            other = spoken.setdefault(heard, label)
+            if other != label:
+                # A command by that name then switches neither device (a shared name) or maybe the wrong one.
+                warnings.append(
+                    f"{where(item)}{label}: '{name}' is also a name of {other}; a command by it cannot tell "
+                    "the two apart, give each device its own names"
+                )
+    return warnings
+
+
+def _check_device_shape(device: Any, item: str, where: _Where) -> None:
+    """A device is a mapping with a name, and an area and aliases of the right types when given."""
+    if not isinstance(device, dict):
+        problem = f"{item} is {_kind(device)}"
+    elif not isinstance(device.get("name"), str) or not device["name"].strip():
+        problem = f"{item} has no name" if "name" not in device else f"{item} has name {_kind(device['name'])}"
+    elif "area" in device and (not isinstance(device["area"], str) or not device["area"].strip()):
+        problem = f"{item} ({device['name']}) has area {_kind(device['area'])}"
+    elif not isinstance(device.get("aliases", []), list) or not all(
+        isinstance(alias, str) and alias.strip() for alias in device.get("aliases", [])
+    ):
+        problem = f"{item} ({device['name']}) has aliases {_kind(device['aliases'])}"
+    else:
+        return
+    raise ConfigError(f"{where('mqtt.devices')}mqtt.devices: {DEVICE_SHAPE}; {problem}")
+
+
+def _missing_topic(device: dict) -> str | None:
+    """What a device lacks to be controlled in its convention, and how to give it; None when nothing."""
+    if device.get("convention", "zigbee2mqtt") == "zigbee2mqtt":
+        if device.get("topic"):
+            return None
+        other = (
+            " (command_topic is Home Assistant's: add convention: homeassistant)" if "command_topic" in device else ""
+        )
+        return f"no topic, so it cannot be controlled; give it its Zigbee2MQTT topic (zigbee2mqtt/NAME){other}"
+    needed = {"cover": ("command_topic", "set_position_topic"), "climate": ("temperature_command_topic",)}
+    keys = needed.get(device["type"], ("command_topic",))
+    if any(device.get(key) for key in keys):
+        return None
+    other = " (topic is Zigbee2MQTT's: remove convention: homeassistant)" if "topic" in device else ""
+    return f"no {' or '.join(keys)}, so it cannot be controlled{other}"
 
 
 TEXT_ONLY = "or run without microphone and speech models: `assistant run --text-only`"
 
 
 def check_model_paths(settings: Settings, voice: bool = True) -> None:
-    """Fail when configured models are not installed, naming every missing one and the ways forward."""
+    """Fail when configured models are not installed, naming every missing one and the ways forward.
+
+    Other configured paths come first: a misspelt skills folder or CA file would otherwise only
+    show as skills that are not there, or as a broker that cannot be reached.
+    """
+    wrong = [f"skills.paths[{i}]: {p} is not a folder" for i, p in enumerate(settings.skills.paths) if not p.is_dir()]
+    if settings.mqtt.tls and settings.mqtt.ca_file is not None and not settings.mqtt.ca_file.is_file():
+        wrong.append(f"mqtt.ca_file: {settings.mqtt.ca_file} is not a file")
+    if settings.state_dir is not None and settings.state_dir.exists() and not settings.state_dir.is_dir():
+        wrong.append(f"state_dir: {settings.state_dir} is not a folder")
+    if wrong:
+        raise ConfigError(f"{settings.source}: {'; '.join(wrong)}")
     required = [("llm.model_dir", settings.llm.model_dir / "manifest.yaml")]
     if voice:
         required += [
@@ -277,7 +432,8 @@ class _Where:
         return f"{self.path}: "
 
 
-def _parse_yaml(text: str, path: Path) -> tuple[dict, dict[str, int | str]]:
+def _parse_yaml(text: str, path: Path) -> tuple[dict, dict[str, int | str], list[str]]:
+    """The file's data, the line of every key (and list item), and warnings about keys given twice."""
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
@@ -289,23 +445,49 @@ def _parse_yaml(text: str, path: Path) -> tuple[dict, dict[str, int | str]]:
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
         raise ConfigError(f"{path}{line}: invalid YAML: {problem}") from None
     if data is None:
-        return {}, {}
+        return {}, {}, []
     if not isinstance(data, dict):
         raise ConfigError(f"{path}:1: the top level must be a mapping of sections, not {type(data).__name__}")
     lines: dict[str, int | str] = {}
-    _record_lines(node, "", lines)
-    return data, lines
+    warnings: list[str] = []
+    _record_lines(node, "", lines, lambda line, text: warnings.append(f"{path}:{line}: {text}"))
+    return data, lines, warnings
 
 
-def _record_lines(node: yaml.Node, prefix: str, lines: dict[str, int | str]) -> None:
+def _record_lines(node: yaml.Node, key: str, lines: dict[str, int | str], warn) -> None:
+    """Note the line of `key`'s mapping keys and list items, below it too."""
     if isinstance(node, yaml.MappingNode):
+        seen: dict[str, int] = {}
         for key_node, value_node in node.value:
-            key = f"{prefix}{key_node.value}"
-            lines[key] = key_node.start_mark.line + 1
-            _record_lines(value_node, key + ".", lines)
+            full = f"{key}.{key_node.value}" if key else str(key_node.value)
+            line = key_node.start_mark.line + 1
+            if full in seen:
+                # YAML keeps the last one silently: a section added at the bottom of the file would
+                # drop every setting of the one above it.
+                warn(line, f"{full} is given twice (also at line {seen[full]}); only this one counts, merge them")
+            seen[full] = lines[full] = line
+            _record_lines(value_node, full, lines, warn)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            lines[f"{key}[{i}]"] = item.start_mark.line + 1
+            _record_lines(item, f"{key}[{i}]", lines, warn)
 
 
-def _apply_env(data: dict, environ: typing.Mapping[str, str], lines: dict[str, int | str]) -> None:
+def _field_type(parts: list[str]) -> Any:
+    """The annotation of the setting named by `parts` (['llm', 'sampling']), or None for no such setting."""
+    tp: Any = Settings
+    for part in parts:
+        if not dataclasses.is_dataclass(tp):
+            return None
+        fields = {f.name for f in dataclasses.fields(tp) if not f.metadata.get("internal")}
+        if part not in fields:
+            return None
+        tp = typing.get_type_hints(tp)[part]
+    return tp
+
+
+def _apply_env(data: dict, environ: typing.Mapping[str, str], where: _Where) -> None:
+    lines = where.lines
     for name, raw in sorted(environ.items()):
         if not name.startswith(ENV_PREFIX) or name == CONFIG_ENV:
             continue
@@ -313,6 +495,9 @@ def _apply_env(data: dict, environ: typing.Mapping[str, str], lines: dict[str, i
         if not all(parts):  # ASSISTANT_LLM____THREADS: a doubled separator names no key
             raise ConfigError(f"environment {name}: not a setting (sections and keys are joined by one __)")
         key = ".".join(parts)
+        if dataclasses.is_dataclass(_field_type(parts)):
+            # A whole section from the environment would silently drop every key of the file's one.
+            raise ConfigError(f"environment {name}: {key} is a section; set its keys one at a time, as {name}__KEY")
         try:
             value = yaml.safe_load(raw) if raw.strip() else None
         except yaml.YAMLError:
@@ -320,12 +505,18 @@ def _apply_env(data: dict, environ: typing.Mapping[str, str], lines: dict[str, i
         except RecursionError:
             raise ConfigError(f"environment {name}: nested too deeply to be read") from None
         target = data
-        for part in parts[:-1]:
+        for i, part in enumerate(parts[:-1]):
+            section = ".".join(parts[: i + 1])
             existing = target.get(part)
             if existing is None:
                 existing = target[part] = {}
+                lines.setdefault(section, f"environment {name}")  # blame a misspelt section on its variable
             if not isinstance(existing, dict):
-                raise ConfigError(f"environment {name}: {part} is not a section")
+                if dataclasses.is_dataclass(_field_type(parts[: i + 1])):  # the file's section is broken
+                    raise ConfigError(
+                        f"{where(section)}{section}: expected a mapping of settings, got {_kind(existing)}"
+                    )
+                raise ConfigError(f"environment {name}: {section} is not a section")
             target = existing
         target[parts[-1]] = value
         lines[key] = f"environment {name}"
@@ -338,15 +529,16 @@ def _convert(tp: Any, value: Any, key: str, where: _Where, base: Path) -> Any:
         if value is None:
             value = {}
         if not isinstance(value, dict):
-            raise ConfigError(f"{where(key)}{key}: expected a mapping of settings, got {_kind(value)}")
+            raise ConfigError(f"{where(key)}{key}: expected a mapping of settings, got {_kind(value, key)}")
         fields = {f.name: f for f in dataclasses.fields(tp) if not f.metadata.get("internal")}
         hints = typing.get_type_hints(tp)
         for name in value:
             if name not in fields:
                 full = f"{key}.{name}" if key else str(name)
                 close = difflib.get_close_matches(str(name), list(fields), n=1)
-                hint = f" (did you mean '{close[0]}'?)" if close else ""
-                raise ConfigError(f"{where(full)}unknown key '{full}'{hint}")
+                known = f"{key or 'the top level'} takes {', '.join(fields)}"
+                hint = f"did you mean '{close[0]}'?" if close else known
+                raise ConfigError(f"{where(full)}unknown key '{full}' ({hint})")
         kwargs = {}
         for name in fields:
             if name in value:
@@ -363,6 +555,8 @@ def _convert(tp: Any, value: Any, key: str, where: _Where, base: Path) -> Any:
         options = typing.get_args(tp)
         if value is None and type(None) in options:
             return None
+        if type(None) in options and isinstance(value, str) and not value.strip():
+            raise ConfigError(f"{where(key)}{key}: got {_kind(value, key)}; for none, write nothing after the colon")
         errors = []
         for option in (o for o in options if o is not type(None)):
             try:
@@ -372,19 +566,19 @@ def _convert(tp: Any, value: Any, key: str, where: _Where, base: Path) -> Any:
         if len(errors) == 1:
             raise errors[0]
         names = " or ".join(_type_name(o) for o in options)
-        raise ConfigError(f"{where(key)}{key}: expected {names}, got {_kind(value)}")
+        raise ConfigError(f"{where(key)}{key}: expected {names}, got {_kind(value, key)}")
     if origin is list:
         if not isinstance(value, list):
-            raise ConfigError(f"{where(key)}{key}: expected a list, got {_kind(value)}")
+            raise ConfigError(f"{where(key)}{key}: expected a list, got {_kind(value, key)}")
         (item_tp,) = typing.get_args(tp)
         return [_convert(item_tp, v, f"{key}[{i}]", where, base) for i, v in enumerate(value)]
     if tp is dict or origin is dict:
         if not isinstance(value, dict):
-            raise ConfigError(f"{where(key)}{key}: expected a mapping, got {_kind(value)}")
+            raise ConfigError(f"{where(key)}{key}: expected a mapping, got {_kind(value, key)}")
         return value
     if tp is Path:
-        if not isinstance(value, str) or not value:
-            raise ConfigError(f"{where(key)}{key}: expected a path, got {_kind(value)}")
+        if not isinstance(value, str) or not value.strip():
+            raise ConfigError(f"{where(key)}{key}: expected a path, got {_kind(value, key)}")
         try:
             path = Path(value).expanduser()
         except RuntimeError:  # ~name of a user this system does not have
@@ -392,21 +586,30 @@ def _convert(tp: Any, value: Any, key: str, where: _Where, base: Path) -> Any:
         return path if path.is_absolute() else base / path
     if tp is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"{where(key)}{key}: expected true or false, got {_kind(value)}")
+            raise ConfigError(f"{where(key)}{key}: expected true or false, got {_kind(value, key)}")
         return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where(key)}{key}: expected a whole number, got {_kind(value)}")
+            raise ConfigError(f"{where(key)}{key}: expected a whole number, got {_kind(value, key)}")
         return value
     if tp is float:
+        if isinstance(value, str) and _EXPONENT.fullmatch(value):
+            value = float(value)  # 1e-3: YAML 1.1 (PyYAML) reads it as text, YAML 1.2 and JSON as a number
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where(key)}{key}: expected a number, got {_kind(value)}")
+            raise ConfigError(f"{where(key)}{key}: expected a number, got {_kind(value, key)}")
+        if not math.isfinite(value):  # .nan slips past every comparison, .inf past every upper bound
+            raise ConfigError(f"{where(key)}{key}: expected a finite number, got {_kind(value, key)}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
-            raise ConfigError(f"{where(key)}{key}: expected text, got {_kind(value)}")
+            raise ConfigError(f"{where(key)}{key}: expected text, got {_kind(value, key)}")
+        if not value.strip():
+            raise ConfigError(f"{where(key)}{key}: must not be empty")
         return value
     raise TypeError(f"unsupported settings annotation {tp!r} for {key}")
+
+
+_EXPONENT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
 def _lookup(settings: Settings, key: str) -> Any:
@@ -416,12 +619,16 @@ def _lookup(settings: Settings, key: str) -> Any:
     return value
 
 
-def _kind(value: Any) -> str:
+def _kind(value: Any, key: str = "") -> str:
+    """A value as an error message shows it: short, and never a secret."""
     if value is None:
         return "nothing"
-    if isinstance(value, (dict, list)):
-        return f"a {type(value).__name__}"
-    return f"{value!r}"
+    if key in SECRETS:
+        return f"{_type_name(type(value))} (not shown)"
+    shown = repr(value)
+    if isinstance(value, (dict, list)) and len(shown) > 60:
+        return f"a {type(value).__name__} of {len(value)} items"
+    return shown if len(shown) <= 80 else f"{shown[:77]}..."
 
 
 def _type_name(tp: Any) -> str:

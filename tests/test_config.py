@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from assistant.config import ConfigError, load_settings
+from assistant.config import ConfigError, bound_problem, check_model_paths, load_settings
+from assistant.logs import setup_logging
 
 REPO = Path(__file__).resolve().parent.parent
 SHIPPED = REPO / "config.yaml"
@@ -45,31 +49,54 @@ def test_shipped_config_without_models_names_the_setup_command() -> None:
     assert "llm.model_dir" in result.stderr and "assistant setup" in result.stderr
 
 
-def broken(tmp_path: Path, text: str) -> Path:
+def broken(tmp_path: Path, old: str, new: str) -> Path:
+    """The shipped config with `old` replaced by `new`, or `new` added at the end when `old` is empty."""
+    shipped = SHIPPED.read_text()
+    assert old in shipped
     path = tmp_path / "config.yaml"
-    path.write_text(SHIPPED.read_text() + text)
+    path.write_text(shipped.replace(old, new, 1) if old else shipped + new)
     return path
 
 
 @pytest.mark.parametrize(
-    ("appended", "expected"),
+    ("old", "new", "expected"),
     [
-        ("audio: [unclosed\n", "invalid YAML"),
-        ("colour: blue\n", "unknown key 'colour'"),
-        ("mqtt:\n  port: eighteen\n", "mqtt.port: expected a whole number, got 'eighteen'"),
-        ("llm:\n  model_dir: /nonexistent/qwen\n", "llm.model_dir: /nonexistent/qwen/manifest.yaml does not exist"),
-        ("llm:\n  backend: gpu\n", "llm.backend: expected one of 'auto', 'axengine', 'onnxruntime', got 'gpu'"),
+        ("", "audio: [unclosed\n", "invalid YAML"),
+        ("", "colour: blue\n", "unknown key 'colour'"),
+        ("  port: 1883\n", "  port: eighteen\n", "mqtt.port: expected a whole number, got 'eighteen'"),
+        (
+            "  model_dir: models/qwen2-0.5b-instruct\n",
+            "  model_dir: /nonexistent/qwen\n",
+            "llm.model_dir: /nonexistent/qwen/manifest.yaml does not exist",
+        ),
+        (
+            "  backend: auto\n",
+            "  backend: gpu\n",
+            "llm.backend: expected one of 'auto', 'axengine', 'onnxruntime', got 'gpu'",
+        ),
+        (
+            "  timeout_seconds: 10.0\n",
+            "  timeout_seconds: .inf\n",
+            "skills.timeout_seconds: expected a finite number, got inf",
+        ),
+        ("  paths: []\n", "  paths: [/nonexistent/skills]\n", "skills.paths[0]: /nonexistent/skills is not a folder"),
     ],
-    ids=["bad-yaml", "unknown-key", "wrong-type", "missing-model-dir", "bad-enum"],
+    ids=[
+        "bad-yaml",
+        "unknown-key",
+        "wrong-type",
+        "missing-model-dir",
+        "bad-enum",
+        "infinite-timeout",
+        "no-skill-folder",
+    ],
 )
 def test_broken_config_is_one_clear_line(
-    tmp_path: Path, installed_models: dict[str, str], appended: str, expected: str
+    tmp_path: Path, installed_models: dict[str, str], old: str, new: str, expected: str
 ) -> None:
-    # Later duplicate sections replace the shipped ones (YAML's last key wins), which is what
-    # a user editing the bottom of the file would see too.
-    config = broken(tmp_path, appended)
+    config = broken(tmp_path, old, new)
     env = dict(installed_models)
-    if "model_dir" in appended:  # the file's own broken value must be the one in force
+    if "model_dir" in new:  # the file's own broken value must be the one in force
         del env["ASSISTANT_LLM__MODEL_DIR"]
     result = run_check(config, env)
     assert result.returncode == 78
@@ -169,3 +196,244 @@ def test_a_home_folder_of_no_such_user_is_a_config_error(tmp_path: Path) -> None
     path.write_text("")
     with pytest.raises(ConfigError, match=r"environment ASSISTANT_STATE_DIR: state_dir: ~nosuchuser/x: no such user"):
         load_settings(path, environ={"ASSISTANT_STATE_DIR": "~nosuchuser/x"})
+
+
+def load_text(tmp_path: Path, text: str, environ: dict[str, str] | None = None):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    return load_settings(path, environ=environ or {})
+
+
+# Each of these loaded before and failed later: a crash at start-up, a turn that always failed, a
+# skill that could hang the assistant, or a device that was never opened.
+REFUSED = [
+    ("skills:\n  timeout_seconds: .inf\n", "c.yaml:2: skills.timeout_seconds: expected a finite number, got inf"),
+    (
+        "skills:\n  timeout_seconds: 1000\n",
+        "c.yaml:2: skills.timeout_seconds: must be at most 300 (a turn running longer counts as hung), got 1000.0",
+    ),
+    ("llm:\n  sampling:\n    temperature: .inf\n", "c.yaml:3: llm.sampling.temperature: expected a finite number"),
+    ("llm:\n  sampling:\n    repetition_penalty: .inf\n", "llm.sampling.repetition_penalty: expected a finite"),
+    (
+        "llm:\n  sampling:\n    seed: -1\n",
+        "c.yaml:3: llm.sampling.seed: must be 0 or more, or empty for a random one",
+    ),
+    ("llm:\n  kv_cache_len: 100000000\n", "c.yaml:2: llm.kv_cache_len: must be at most 32768, got 100000000"),
+    ("llm:\n  threads: 1000000\n", "c.yaml:2: llm.threads: must be at most 256, got 1000000"),
+    ("llm:\n  max_new_tokens: 1000000000\n", "llm.max_new_tokens: must be at most 32768, got 1000000000"),
+    ("llm:\n  system_prompt: ' '\n", "c.yaml:2: llm.system_prompt: must not be empty"),
+    (
+        "audio:\n  input_rate: 0\n",
+        "c.yaml:2: audio.input_rate: must be a sample rate from 8000 to 384000 (Hz), got 0",
+    ),
+    (
+        "audio:\n  input_device: ''\n",
+        "c.yaml:2: audio.input_device: got ''; for none, write nothing after the colon",
+    ),
+    ("audio:\n  output_device: -1\n", "audio.output_device: must be a name or an index 0 or more, got -1"),
+    ("audio:\n  reopen_max_seconds: .inf\n", "audio.reopen_max_seconds: expected a finite number, got inf"),
+    ("wake:\n  phrases: ['']\n", "c.yaml:2: wake.phrases[0]: must not be empty"),
+    ("wake:\n  refractory_seconds: .nan\n", "wake.refractory_seconds: expected a finite number, got nan"),
+    ("asr:\n  silence_timeout: 0\n", "asr.silence_timeout: must be greater than 0, got 0.0"),
+    ("asr:\n  model_url: models/vosk.zip\n", "asr.model_url: must be an http://, https:// or file:// URL"),
+    ("asr:\n  model_sha256: abc\n", "asr.model_sha256: must be 64 hexadecimal digits, got 'abc'"),
+    ("tts:\n  speaker: -1\n", "tts.speaker: must be a speaker id, 0 or more, got -1"),
+    ("tts:\n  length_scale: 0\n", "tts.length_scale: must be greater than 0 and at most 10"),
+    ("tts:\n  sentence_silence: 1000000\n", "tts.sentence_silence: must be from 0 to 10 (seconds), got 1000000.0"),
+    ("mqtt:\n  host: ''\n", "c.yaml:2: mqtt.host: must not be empty"),
+    ("mqtt:\n  password: pw\n", "c.yaml:2: mqtt.password is set without mqtt.username"),
+]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"), REFUSED, ids=[re.sub(r"^c\.yaml:\d+: ", "", e).split(":")[0].split()[0] for _, e in REFUSED]
+)
+def test_a_value_that_would_fail_later_is_refused_naming_key_value_and_what_is_allowed(
+    tmp_path: Path, text: str, expected: str
+) -> None:
+    with pytest.raises(ConfigError) as refused:
+        load_text(tmp_path, text)
+    assert expected in str(refused.value)
+
+
+def test_the_skill_timeout_may_reach_the_daemons_turn_limit_and_no_further(tmp_path: Path) -> None:
+    from assistant.daemon.run import TURN_LIMIT_SECONDS
+
+    limit = f"skills:\n  timeout_seconds: {TURN_LIMIT_SECONDS}\n"
+    assert load_text(tmp_path, limit).skills.timeout_seconds == TURN_LIMIT_SECONDS
+    with pytest.raises(ConfigError, match="skills.timeout_seconds: must be at most 300 "):
+        load_text(tmp_path, f"skills:\n  timeout_seconds: {TURN_LIMIT_SECONDS + 1}\n")
+
+
+def test_a_command_line_option_standing_for_a_setting_must_be_finite_too() -> None:
+    # `assistant chat --temperature inf` is checked by the config's bounds, not by the file's loader.
+    assert bound_problem("llm.sampling.temperature", math.inf) == "must be a finite number, got inf"
+    assert bound_problem("llm.max_new_tokens", 10**9) == "must be at most 32768, got 1000000000"
+    assert bound_problem("llm.sampling.temperature", 0.7) is None
+
+
+def test_a_number_with_an_exponent_is_a_number(tmp_path: Path) -> None:
+    # PyYAML follows YAML 1.1, which reads 1e-3 as text; YAML 1.2 and JSON read a number.
+    settings = load_text(tmp_path, "llm:\n  sampling:\n    temperature: 1e-3\n")
+    assert settings.llm.sampling.temperature == 0.001
+    settings = load_text(tmp_path, "", {"ASSISTANT_SKILLS__TIMEOUT_SECONDS": "2.5E+1"})
+    assert settings.skills.timeout_seconds == 25.0
+
+
+def test_the_mqtt_password_is_never_shown(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as refused:
+        load_text(tmp_path, "mqtt:\n  username: me\n  password: 918273645\n")
+    assert "mqtt.password" in str(refused.value) and "918273645" not in str(refused.value)
+    settings = load_text(tmp_path, "mqtt:\n  username: me\n  password: '918273645'\n")
+    assert settings.mqtt.password == "918273645" and "918273645" not in repr(settings)
+
+
+@pytest.mark.parametrize(
+    ("device", "expected"),
+    [
+        ("{name: porch light, type: lamp, topic: z2m/porch}", "type: expected one of 'light', 'switch', 'fan',"),
+        (
+            "{name: porch light, type: light, convention: home-assistant, command_topic: ha/porch/set}",
+            "convention: expected one of 'zigbee2mqtt', 'homeassistant', got 'home-assistant'",
+        ),
+        (
+            "{name: porch light, type: light, convention: homeassistant, comand_topic: ha/porch/set}",
+            "unknown key 'comand_topic' (did you mean 'command_topic'?)",
+        ),
+        ("{name: porch light, type: light, topic: 5}", "topic: expected an MQTT topic, got 5"),
+        ("{name: porch light, topic: z2m/porch}", "type: expected one of 'light'"),
+    ],
+    ids=["type", "convention", "misspelt-key", "topic-not-text", "no-type"],
+)
+def test_a_device_the_skills_cannot_use_is_refused_by_its_name_and_line(
+    tmp_path: Path, device: str, expected: str
+) -> None:
+    text = f"mqtt:\n  devices:\n    - {{name: hall light, type: light, topic: z2m/hall}}\n    - {device}\n"
+    with pytest.raises(ConfigError) as refused:
+        load_text(tmp_path, text)
+    assert str(refused.value).startswith(f"{tmp_path / 'c.yaml'}:4: mqtt.devices[1] (porch light): ")
+    assert expected in str(refused.value)
+
+
+def test_a_device_that_is_not_a_mapping_is_named_without_the_whole_list(tmp_path: Path) -> None:
+    devices = "".join(f"    - {{name: light {i}, type: light, topic: z2m/{i}}}\n" for i in range(20))
+    with pytest.raises(ConfigError) as refused:
+        load_text(tmp_path, f"mqtt:\n  devices:\n{devices}    - {{type: light, topic: z2m/nameless}}\n")
+    message = str(refused.value)
+    assert message.endswith("mqtt.devices[20] has no name") and "light 3" not in message
+
+
+def test_doubtful_devices_and_keys_given_twice_are_warned_once(tmp_path: Path, caplog) -> None:
+    text = (
+        "llm:\n  threads: 3\n"
+        "mqtt:\n  devices:\n"
+        "    - {name: Light, type: light, topic: z2m/kitchen, area: kitchen}\n"  # line 5
+        "    - {name: light, type: light, topic: z2m/bedroom, area: bedroom}\n"
+        "    - {name: hall lamp, type: light, command_topic: ha/hall/set}\n"
+        "    - {name: porch, type: cover, convention: homeassistant, state_topic: ha/porch}\n"
+        "    - {name: plug, type: switch, topic: 'z2m/+/plug', aliases: [Hall-Lamp]}\n"
+        "llm:\n  max_new_tokens: 64\n"  # line 10: replaces the llm section above
+    )
+    for _ in range(2):  # `assistant run` reads the file twice as it starts
+        settings = load_text(tmp_path, text)
+    assert settings.llm.max_new_tokens == 64
+    path = tmp_path / "c.yaml"
+    assert [r.getMessage() for r in caplog.records if r.name == "assistant.config"] == [
+        f"{path}:10: llm is given twice (also at line 1); only this one counts, merge them",
+        f"{path}:6: mqtt.devices[1] (light): 'light' is also a name of mqtt.devices[0] (Light); a command by it "
+        "cannot tell the two apart, give each device its own names",
+        f"{path}:7: mqtt.devices[2] (hall lamp): no topic, so it cannot be controlled; give it its Zigbee2MQTT "
+        "topic (zigbee2mqtt/NAME) (command_topic is Home Assistant's: add convention: homeassistant)",
+        f"{path}:8: mqtt.devices[3] (porch): no command_topic or set_position_topic, so it cannot be controlled",
+        f"{path}:9: mqtt.devices[4] (plug): topic 'z2m/+/plug' has a wildcard; nothing is sent to it, a device "
+        "needs its own topic",
+        f"{path}:9: mqtt.devices[4] (plug): 'Hall-Lamp' is also a name of mqtt.devices[2] (hall lamp); a command "
+        "by it cannot tell the two apart, give each device its own names",
+    ]
+    caplog.clear()
+    with pytest.raises(ConfigError, match="llm.max_new_tokens"):  # a config that does not load: its error alone
+        load_text(
+            tmp_path, text.replace("max_new_tokens: 64", "max_new_tokens: 0").replace("name: plug", "name: socket")
+        )
+    assert not [r for r in caplog.records if r.name == "assistant.config"]
+
+
+def test_environment_errors_name_the_variable_or_line_at_fault(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"^environment ASSISTANT_SKILS__PATHS: unknown key 'skils' \(did you"):
+        load_text(tmp_path, "", {"ASSISTANT_SKILS__PATHS": "[]"})
+    # A whole section from the environment would replace the file's: every key not in it lost.
+    with pytest.raises(ConfigError, match=r"^environment ASSISTANT_LLM__SAMPLING: llm.sampling is a section; set"):
+        load_text(tmp_path, "llm:\n  sampling:\n    top_p: 0.5\n", {"ASSISTANT_LLM__SAMPLING": "{temperature: 0}"})
+    with pytest.raises(ConfigError, match=r"^environment ASSISTANT_LLM: llm is a section"):
+        load_text(tmp_path, "", {"ASSISTANT_LLM": "3", "ASSISTANT_LLM__THREADS": "2"})
+    with pytest.raises(ConfigError, match=r"c\.yaml:1: llm: expected a mapping of settings, got 3$"):
+        load_text(tmp_path, "llm: 3\n", {"ASSISTANT_LLM__THREADS": "2"})
+
+
+def test_an_unknown_key_without_a_likely_meaning_lists_what_the_section_takes(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"c\.yaml:2: unknown key 'llm.colour' \(llm takes model_dir, backend, "):
+        load_text(tmp_path, "llm:\n  colour: blue\n")
+
+
+def test_configured_folders_and_files_are_checked_with_the_models(tmp_path: Path) -> None:
+    (tmp_path / "state").write_text("")
+    settings = load_text(
+        tmp_path,
+        f"skills:\n  paths: [skils]\nmqtt:\n  tls: true\n  ca_file: ca.pem\nstate_dir: {tmp_path / 'state'}\n",
+    )
+    with pytest.raises(ConfigError) as refused:
+        check_model_paths(settings, voice=False)
+    assert str(refused.value) == (
+        f"{tmp_path / 'c.yaml'}: skills.paths[0]: {tmp_path / 'skils'} is not a folder; "
+        f"mqtt.ca_file: {tmp_path / 'ca.pem'} is not a file; state_dir: {tmp_path / 'state'} is not a folder"
+    )
+
+
+# -- logs ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture()
+def stderr_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A function that makes stderr a file and returns it; the root logger is restored after the test."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    with open(tmp_path / "stderr", "w") as stream:
+        # Set in the test itself: pytest puts its own capture back in sys.stderr after the fixtures.
+
+        def redirect():
+            monkeypatch.setattr(sys, "stderr", stream)
+            return stream
+
+        yield redirect
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+def test_every_line_of_a_traceback_reaches_the_journal_with_its_priority(
+    stderr_file, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stderr = stderr_file()
+    stat = os.fstat(stderr.fileno())
+    monkeypatch.setenv("JOURNAL_STREAM", f"{stat.st_dev}:{stat.st_ino}")
+    setup_logging("info")
+    try:
+        raise RuntimeError("the widget is broken")
+    except RuntimeError:
+        logging.getLogger("assistant.test").exception("skill boom failed")
+    stderr.flush()
+    lines = Path(stderr.name).read_text().splitlines()
+    # journald makes an entry of each line: without its own prefix a traceback line is "info".
+    assert lines[0] == "<3>assistant.test: skill boom failed"
+    assert lines[-1] == "<3>RuntimeError: the widget is broken"
+    assert len(lines) > 3 and all(line.startswith("<3>") for line in lines)
+
+
+def test_a_terminal_that_inherited_journal_stream_gets_plain_lines(stderr_file, monkeypatch) -> None:
+    # A shell started from a service (a desktop terminal is one) inherits the variable, not the stream.
+    stderr = stderr_file()
+    monkeypatch.setenv("JOURNAL_STREAM", "8:12345")
+    setup_logging("info")
+    logging.getLogger("assistant.test").warning("hello")
+    stderr.flush()
+    (line,) = Path(stderr.name).read_text().splitlines()
+    assert not line.startswith("<") and line.endswith(" WARNING assistant.test: hello")

@@ -35,10 +35,13 @@ class Notifications:
     def __init__(self, path: Path):
         self.path = path
         self.socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)  # each datagram says its sender
         self.socket.bind(str(path))
         self.received: list[str] = []
 
     def wait_for(self, field: str, timeout: float = 90, process: subprocess.Popen | None = None) -> None:
+        """Until `field` arrives; with `process`, only from it (a daemon stopped before may still be in
+        the queue) and an AssertionError as soon as it exits."""
         deadline = time.monotonic() + timeout
         while field not in self.received:
             remaining = deadline - time.monotonic()
@@ -48,9 +51,13 @@ class Notifications:
                 raise AssertionError(f"the daemon exited with {process.returncode} before {field}")
             self.socket.settimeout(min(remaining, 1.0))
             try:
-                self.received += self.socket.recv(4096).decode().split("\n")
+                data, ancillary, _, _ = self.socket.recvmsg(4096, socket.CMSG_SPACE(12))
             except TimeoutError:
                 continue
+            sender = next((int.from_bytes(d[:4], sys.byteorder) for _, kind, d in ancillary
+                           if kind == socket.SCM_CREDENTIALS), None)  # fmt: skip
+            if process is None or sender == process.pid:
+                self.received += data.decode().split("\n")
 
     def close(self) -> None:
         self.socket.close()
@@ -704,7 +711,10 @@ def test_sigterm_while_a_reload_prefills_a_long_prompt_exits_0(tmp_path: Path, c
             config.write_text(base.replace("llm:\n", f"llm:\n  system_prompt: {prompt}\n"))
             notify.received.clear()
             daemon.process.send_signal(signal.SIGHUP)
-            notify.wait_for("RELOADING=1", timeout=10)
+            try:
+                notify.wait_for("RELOADING=1", timeout=10, process=daemon.process)
+            except AssertionError as e:
+                raise AssertionError(f"{e}; the daemon's log:\n{daemon.log_text()[-3000:]}") from None
             time.sleep(0.02 * attempt)
             code = daemon.stop(signal.SIGTERM)
             assert code == 0, daemon.log_text()[-2000:]
