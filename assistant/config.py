@@ -237,7 +237,7 @@ def settings_from_text(text: str, path: Path, environ: typing.Mapping[str, str] 
     settings = _convert(Settings, data, "", where, path.parent.resolve())
     settings.source = path
     for key, _, _ in _BOUNDS:
-        if problem := bound_problem(key, _lookup(settings, key)):
+        if problem := bound_problem(key, setting(settings, key)):
             raise ConfigError(f"{where(key)}{key}: {problem}")
     warnings += _mqtt_problems(settings.mqtt, where)
     for warning in warnings:  # only for a config that loads: a broken one is one error line
@@ -612,7 +612,8 @@ def _convert(tp: Any, value: Any, key: str, where: _Where, base: Path) -> Any:
 _EXPONENT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
-def _lookup(settings: Settings, key: str) -> Any:
+def setting(settings: Settings, key: str) -> Any:
+    """The value of a dotted key ("llm.sampling.seed"), or of a whole section ("tts")."""
     value: Any = settings
     for part in key.split("."):
         value = getattr(value, part)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -351,6 +352,26 @@ def test_sighup_reloads_or_keeps_the_running_config_whatever_the_file_holds(setu
         reload(daemon)
         assert turn(control, "say hello")[-2]["text"] == "Hello from a new skill."
         assert daemon.log_text().count("opening 2 onnxruntime layer sessions") == 1  # the model stayed
+
+        # What a reload cannot apply is named, against what runs: going back to it is not a change.
+        restart = "changed: it takes effect when the service restarts"
+        config.write_bytes(
+            good.replace(b"kv_cache_len: 8192", b"kv_cache_len: 8192\n  threads: 1") + b"tts:\n  length_scale: 1.5\n"
+        )
+        reload(daemon)
+        assert f"llm.threads {restart}" in daemon.log_text() and f"tts {restart}" in daemon.log_text()
+        config.write_bytes(good)
+        reload(daemon)
+        assert daemon.log_text().count(restart) == 2
+        # A skill folder that is not there is refused, as at start, instead of loading nothing from it.
+        config.write_bytes(good.replace(b"extra_skills", b"extra_skils"))
+        reload(daemon)
+        assert "extra_skils" in daemon.log_text().split("reload failed, keeping the running configuration")[-1]
+        assert turn(control, "say hello")[-2]["text"] == "Hello from a new skill."
+
+        log = daemon.log_text()
+        assert "ready in " in log and f"config {config}" in log and str(config.parent / "run") in log
+        assert re.search(r"turn \S+ done in [\d.]+ s", log)
     finally:
         assert daemon.stop() == 0
 

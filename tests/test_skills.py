@@ -520,3 +520,14 @@ def test_a_file_with_a_dot_in_its_name_imports_its_helpers(tmp_path: Path) -> No
     registry.load_folder(tmp_path)
     assert registry.problems == []
     assert registry.call("weather", {}).text == "sunny"
+
+
+def test_a_name_in_skills_disabled_that_no_skill_has_is_warned(tmp_path: Path, caplog) -> None:
+    settings = Settings()
+    settings.skills.disabled = ["set_timr", "current_time"]
+    with caplog.at_level("WARNING"):
+        registry = load_registry(settings, [], SkillContext(settings=settings, state_dir=tmp_path))
+    assert "current_time" not in registry.skills and "set_timer" in registry.skills
+    warned = [r.getMessage() for r in caplog.records if "skills.disabled" in r.getMessage()]
+    assert len(warned) == 1 and warned[0].startswith("skills.disabled names set_timr, which no skill has (the skills: ")
+    assert "set_timer" in warned[0] and "current_time" in warned[0]

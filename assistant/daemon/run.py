@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from assistant.budget import plan_for_settings
-from assistant.config import ConfigError, Settings, check_model_paths, load_settings, state_dir
+from assistant.config import ConfigError, Settings, check_model_paths, load_settings, setting, state_dir
 from assistant.daemon.control import ControlServer, Event, Request, default_socket_path
 from assistant.daemon.notify import notify, watchdog_interval
 from assistant.doctor import MICROPHONE_FIX, microphone_problem
@@ -44,6 +44,10 @@ STOP_SECONDS = 2.0  # how long a stop waits for the running turn to end
 # A turn running longer than this counts as hung: the watchdog stops, and systemd restarts the
 # service. Far above the slowest honest turn (3 passes of 256 tokens and their skills on the board).
 TURN_LIMIT_SECONDS = 300.0
+# What a reload does not apply: the model is loaded once, and so are the microphone, speaker, speech
+# models and control socket. A change to any of these is logged as waiting for a restart.
+RESTART_ONLY = ("llm.model_dir", "llm.backend", "llm.threads", "llm.kv_cache_len", "llm.axengine_provider",
+                "audio", "wake", "asr", "tts", "control", "state_dir", "logging")  # fmt: skip
 
 
 class State(enum.Enum):
@@ -71,6 +75,13 @@ class TurnRequest:
     cancel: threading.Event = field(default_factory=threading.Event)
 
 
+def _turn_figures(outcome: dict) -> str:
+    if "generated_tokens" not in outcome:
+        return ""
+    return (f": first event after {outcome['first_event_ms']} ms, {outcome['prefilled_tokens']} tokens read, "
+            f"{outcome['generated_tokens']} generated")  # fmt: skip
+
+
 class Stopped(BaseException):
     """SIGTERM or SIGINT while the models load: a BaseException, so that no `except Exception` on
     the way (a skill's import, a session's creation) takes it for an error and goes on loading."""
@@ -94,6 +105,7 @@ class Daemon:
         signal.signal(signal.SIGINT, self._on_stop_signal)
         signal.signal(signal.SIGHUP, lambda *_: self.request_reload())
         self.settings = load_settings(config_path)
+        self.started_with = self.settings  # what a reload cannot change stays as it was here
         check_model_paths(self.settings, voice=not text_only)
         if not text_only and (problem := microphone_problem(self.settings)):  # retried below, said once here
             log.warning("%s; %s", problem, MICROPHONE_FIX)
@@ -114,6 +126,7 @@ class Daemon:
         # model loads; clients asking meanwhile hear that the assistant is loading.
         self.socket_path = self.settings.control.socket or default_socket_path()
         self.control = ControlServer(self.socket_path, self.handle, self.disconnected, self.busy)
+        self.load_started = time.monotonic()
         try:
             notify("STATUS=loading the language model")
             llm = self.settings.llm
@@ -148,8 +161,9 @@ class Daemon:
                                                  daemon=True)  # fmt: skip
             self.voice_thread.start()
         self.enter(State.READY)
-        log.info("ready: %s on %s, control socket %s", self.engine.manifest.name, self.engine.sessions.backend,
-                 self.socket_path)  # fmt: skip
+        log.info("ready in %.1f s: %s from %s on %s, config %s, control socket %s",
+                 time.monotonic() - self.load_started, self.engine.manifest.name, self.engine.model_dir,
+                 self.engine.sessions.backend, self.config_path, self.socket_path)  # fmt: skip
         interval = min(watchdog_interval() or 5.0, 5.0)
         while not self.stop_requested:
             if problem := self.problem():
@@ -239,8 +253,10 @@ class Daemon:
         s = settings.llm.sampling
         sampler = Sampler(s.temperature, s.top_k, s.top_p, s.repetition_penalty, s.seed)
         plan = plan_for_settings(settings, list(registry.skills.values()), self.engine)
-        for line in plan.budget.lines():
-            log.info("%s", line)
+        summary, *details = plan.budget.lines()
+        log.info("%s", summary)
+        for line in details:  # every tool line, long: for whoever trims the prompt
+            log.debug("%s", line)
         llm = settings.llm
         conversation = Conversation(self.engine, llm.system_prompt, llm.max_new_tokens, plan.tools, plan.example)
         return TurnManager(conversation, registry, sampler)
@@ -255,9 +271,10 @@ class Daemon:
         self.enter(State.RELOADING)
         try:
             settings = load_settings(self.config_path)
-            for key in ("model_dir", "backend", "threads", "kv_cache_len", "axengine_provider"):
-                if getattr(settings.llm, key) != getattr(self.settings.llm, key):
-                    log.warning("llm.%s changed: it takes effect when the service restarts", key)
+            check_model_paths(settings, voice=self.voice is not None)
+            for key in RESTART_ONLY:  # compared with what runs, not with the last reload
+                if setting(settings, key) != setting(self.started_with, key):
+                    log.warning("%s changed: it takes effect when the service restarts", key)
             registry = self._load_skills(settings)  # aside: the running turn is not touched
             if not self._lock_turns():
                 return
@@ -314,7 +331,11 @@ class Daemon:
                 outcome = {"failed": True}
             finally:
                 self.current = self.turn_started = None
-                self._finish(request, {"cancelled": request.cancel.is_set(), **outcome})
+                outcome = {"cancelled": request.cancel.is_set(), **outcome}
+                log.info("turn %s %s in %.2f s%s", request.id,
+                         "failed" if "failed" in outcome else "cancelled" if outcome["cancelled"] else "done",
+                         time.monotonic() - start, _turn_figures(outcome))  # fmt: skip
+                self._finish(request, outcome)
                 if request.client is not None and request.client not in self.control.clients:
                     self.manager.forget(request.client)  # it left during the turn, which kept things for it
 

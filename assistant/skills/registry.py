@@ -72,6 +72,7 @@ class Registry:
     skills: dict[str, Skill] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
     background: list[BackgroundSpec] = field(default_factory=list)
+    turned_off: set[str] = field(default_factory=set)  # skills found but listed in skills.disabled
 
     # -- loading ------------------------------------------------------------------------------------
 
@@ -160,6 +161,7 @@ class Registry:
             self._problem(source, f"{func!r} is not marked with @skill")
             return
         if spec.name in disabled:
+            self.turned_off.add(spec.name)
             return
         where = _where(func, source)
         try:
@@ -381,4 +383,8 @@ def load_registry(settings: Any, skill_dirs: list[Path], context: SkillContext |
         if folder.is_dir():
             registry.load_folder(folder, disabled)
     registry.load_entry_points(disabled)
+    if unknown := [name for name in disabled if name not in registry.turned_off]:
+        # A typo there would leave on the skill it was meant to turn off, without a word.
+        known = ", ".join(sorted([*registry.skills, *registry.turned_off]))
+        log.warning("skills.disabled names %s, which no skill has (the skills: %s)", ", ".join(unknown), known)
     return registry
