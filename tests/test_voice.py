@@ -457,3 +457,13 @@ def test_wav_files_cut_short_or_with_the_extensible_header_are_read(tmp_path: Pa
 )
 def test_a_question_with_emoji_after_it_is_still_a_question(reply: str, question: bool) -> None:
     assert asks(reply) is question
+
+
+def test_a_speaker_the_voice_does_not_have_is_refused_naming_the_setting(test_voice: Path) -> None:
+    from assistant.config import ConfigError
+
+    assert Voice(test_voice, speaker=0).rate > 0  # a one-speaker voice is its speaker 0
+    with pytest.raises(
+        ConfigError, match=r"^tts\.speaker: 3 is not a speaker of test-voice\.onnx, which has 1 \(0 to 0\)"
+    ):
+        Voice(test_voice, speaker=3)

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+from assistant.config import ConfigError
+
 # A sentence ends at . ! ? followed by a space (so 3.5 and example.com stay whole), or right
 # after Chinese / Japanese sentence punctuation, or at a line break.
 _END = re.compile(r"(?<=[.!?…])[\"')\]]*\s+|(?<=[。！？；…])[”」』）]*|\n+")
@@ -133,6 +135,12 @@ class Voice:
                 f"{path}: piper voice (and its .onnx.json) not found; install it with `assistant setup`"
             )
         config = PiperConfig.from_dict(json.loads(Path(f"{path}.json").read_text(encoding="utf-8")))
+        if speaker is not None and not 0 <= speaker < max(config.num_speakers, 1):
+            # The voice would index past its speaker table on the first sentence, in the middle of a reply.
+            raise ConfigError(
+                f"tts.speaker: {speaker} is not a speaker of {path.name}, which has "
+                f"{config.num_speakers} (0 to {max(config.num_speakers, 1) - 1}); leave it empty for the voice's own"
+            )
         self.stream = StreamConfig.load(path)
         for name in [self.stream.encoder, self.stream.flow, self.stream.decoder] if self.stream else []:
             if not path.with_name(name).is_file():
