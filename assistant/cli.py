@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import re
 import sys
 import typing
 from pathlib import Path
@@ -13,6 +15,7 @@ import yaml
 
 from assistant import __version__
 from assistant.config import (
+    CONFIG_ENV,
     ConfigError,
     bound_problem,
     check_model_paths,
@@ -27,6 +30,8 @@ from assistant.logs import setup_logging
 # config is reported once instead of restarting in a loop.
 EXIT_CONFIG = 78
 
+# Control characters but newline and tab: a reply must not move the cursor or reprogram the terminal.
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 DESCRIPTION = "Offline voice assistant for the AXERA AX630C / AX650N."
 log = logging.getLogger("assistant")
 
@@ -80,14 +85,20 @@ def cmd_chat(args: argparse.Namespace) -> int:
     return chat_repl(args)
 
 
+def _optional_config(given: Path | None) -> Path:
+    """--config, else $ASSISTANT_CONFIG, else ./config.yaml; only the last may be missing (ConfigError)."""
+    config = given or default_config_path()
+    if (given is not None or CONFIG_ENV in os.environ) and not config.exists():
+        raise ConfigError(f"{config}: config file not found")
+    return config
+
+
 def _socket(args: argparse.Namespace) -> Path:
     """The configured socket; else this user's own assistant's; else the installed service's."""
     from assistant.daemon.control import default_socket_path
     from assistant.daemon.service import service_socket
 
-    if args.config is not None and not args.config.exists():  # a typo must not reach another assistant
-        raise ConfigError(f"{args.config}: config file not found")
-    config = args.config or default_config_path()
+    config = _optional_config(args.config)  # a typo must not reach another assistant
     if config.exists():
         socket = load_settings(config).control.socket
         if socket:
@@ -99,30 +110,41 @@ def _socket(args: argparse.Namespace) -> Path:
 
 def _say(client, text: str) -> int:
     """One turn on an open connection: its reply on stdout, its errors on stderr."""
+    from assistant.daemon.control import MAX_LINE
+
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:  # bytes the terminal's encoding could not read
         print("error: the text is not valid UTF-8 (is the terminal set to UTF-8?); nothing was sent", file=sys.stderr)
         return 1
+    # The assistant closes a connection whose request is too long; refused here, a chat goes on.
+    if len(json.dumps(text, ensure_ascii=False).encode()) > MAX_LINE - 100:  # 100: the request's other fields
+        print(f"error: the text is longer than {MAX_LINE - 100} bytes; nothing was sent", file=sys.stderr)
+        return 1
     request = client.send("say", text=text)
     code = 0
+    last = sys.stdout  # the stream written last: it gets the closing newline
     try:
         for event in client.events(request, until=lambda e: e["type"] == "turn_done"):
             if event["type"] in ("text", "confirm"):
-                print(event["text"], end="", flush=True)
+                print(_CONTROL.sub("", event["text"]), end="", flush=True)
+                last = sys.stdout
             elif event["type"] == "error":
-                print(event.get("text") or f"error: {event.get('message')}", end="", file=sys.stderr)
+                print(_CONTROL.sub("", event.get("text") or f"error: {event.get('message')}"), end="", file=sys.stderr)
                 code = 0 if "text" in event else 1  # a spoken apology ends the turn as usual
+                last = sys.stderr
             elif event["type"] == "turn_done" and event.get("cancelled"):
                 print(" (cancelled)", end="", file=sys.stderr)
                 code = 1
+                last = sys.stderr
     except KeyboardInterrupt:  # Ctrl-C stops the reply; a second one leaves at once
         client.send("cancel", turn=request)
         for _ in client.events(request, until=lambda e: e["type"] == "turn_done"):
             pass
         print(" (cancelled)", end="", file=sys.stderr)
         code = 130
-    print()
+        last = sys.stderr
+    print(file=last)
     return code
 
 
@@ -136,6 +158,8 @@ def _connected(args: argparse.Namespace, work) -> int:
     try:
         with ControlClient(_socket(args)) as client:
             return work(client)
+    except BrokenPipeError:  # stdout's reader went away (`| head`): main() handles it
+        raise
     except (ConnectionError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -289,7 +313,7 @@ def cmd_setup(args: argparse.Namespace) -> int:
 def _skills_registry(config_path: Path | None):
     from assistant.skills.registry import load_registry, skill_folders
 
-    config = config_path or default_config_path()
+    config = _optional_config(config_path)  # a typo must not list another setup's skills
     settings = load_settings(config) if config.exists() else None
     return load_registry(settings, skill_folders(settings) if settings else [Path.cwd() / "skills"])
 
@@ -560,3 +584,6 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_CONFIG
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # the reader of stdout went away (`| head`): stop quietly, as other tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush cannot fail again
+        return 1

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
+import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 from assistant.llm.chat_template import ChatTemplate
@@ -108,3 +111,129 @@ def test_service_install_writes_nothing_when_it_refuses(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "/home/someone/config.yaml (the config): hidden from the service by ProtectHome=yes" in result.stderr
     assert not root.exists()  # neither the config nor the models were written
+
+
+def _stand_in(path: Path, answer: list[dict]) -> threading.Thread:
+    """A stand-in assistant on `path` that answers one request with the events of `answer`."""
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(path))
+    server.listen()
+
+    def serve() -> None:
+        with server, server.accept()[0] as connection:
+            line = connection.makefile("rb").readline()
+            if not line:  # the client asked nothing
+                return
+            for event in answer:
+                connection.sendall((json.dumps(event | {"request": json.loads(line)["id"]}) + "\n").encode())
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_output_into_a_closed_pipe_stops_quietly(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(f"control:\n  socket: {tmp_path / 'control.sock'}\n")
+    reply = [{"type": "text", "text": "hello " * 10_000}, {"type": "turn_done"}]
+    server = _stand_in(tmp_path / "control.sock", reply)
+    read, write = os.pipe()
+    os.close(read)  # like `| head` that has read what it wanted
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ASSISTANT_")}
+    for args in (["say", "--config", str(config), "hi"], ["skills", "list"], ["doctor", "--config", str(config)]):
+        result = subprocess.run(
+            [sys.executable, "-m", "assistant", *args], stdout=write, stderr=subprocess.PIPE, text=True, env=env
+        )
+        assert result.returncode == 1 and result.stderr == "", (args, result.stderr)
+    os.close(write)
+    server.join(timeout=10)
+
+
+def test_a_refused_say_is_one_whole_line_on_stderr(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(f"control:\n  socket: {tmp_path / 'control.sock'}\n")
+    server = _stand_in(tmp_path / "control.sock", [{"type": "error", "message": "the assistant is still loading"}])
+    result = assistant("say", "--config", str(config), "hi")
+    server.join(timeout=10)
+    assert result.returncode == 1
+    assert (result.stdout, result.stderr) == ("", "error: the assistant is still loading\n")
+
+
+def test_a_missing_config_is_named_not_replaced_by_the_defaults(tmp_path: Path) -> None:
+    missing = tmp_path / "typo.yaml"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ASSISTANT_")}
+    for args in (["skills", "list"], ["skills", "call", "current_time"], ["status"], ["say", "hi"]):
+        given = assistant(*args, "--config", str(missing))
+        named = subprocess.run(
+            [sys.executable, "-m", "assistant", *args],
+            capture_output=True,
+            text=True,
+            env=env | {"ASSISTANT_CONFIG": str(missing)},
+            cwd=tmp_path,
+        )
+        for result in (given, named):
+            assert result.returncode == 78 and result.stdout == "", args
+            assert result.stderr == f"error: {missing}: config file not found\n"
+
+
+def test_a_reply_cannot_send_control_sequences_to_the_terminal(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(f"control:\n  socket: {tmp_path / 'control.sock'}\n")
+    reply = "\x1b]52;c;ZWNobyBoaQ==\x07two\tlines\x00\r\n\x1b[2Jdone\x9b"
+    server = _stand_in(tmp_path / "control.sock", [{"type": "text", "text": reply}, {"type": "turn_done"}])
+    result = assistant("say", "--config", str(config), "hi")
+    server.join(timeout=10)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "]52;c;ZWNobyBoaQ==two\tlines\n[2Jdone\n"
+
+
+def test_chat_refuses_a_line_that_is_not_utf8_and_goes_on(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(f"control:\n  socket: {tmp_path / 'control.sock'}\n")
+    server = _stand_in(tmp_path / "control.sock", [{"type": "text", "text": "hello"}, {"type": "turn_done"}])
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ASSISTANT_")} | {"PYTHONIOENCODING": "utf-8"}
+    result = subprocess.run(
+        [sys.executable, "-m", "assistant", "chat", "--config", str(config)],
+        input=b"caf\xe9\nhi\n",
+        capture_output=True,
+        env=env,
+        timeout=60,
+    )
+    server.join(timeout=10)
+    assert result.returncode == 0 and b"Traceback" not in result.stderr, result.stderr
+    assert b"error: the line is not valid UTF-8" in result.stderr and b"hello\n" in result.stdout
+
+
+def test_chat_with_stdin_closed_ends_as_at_the_end_of_input(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(f"control:\n  socket: {tmp_path / 'control.sock'}\n")
+    server = _stand_in(tmp_path / "control.sock", [])
+    command = f"exec {sys.executable} -m assistant chat --config {config} <&-"
+    result = subprocess.run(["sh", "-c", command], capture_output=True, text=True, timeout=60)
+    server.join(timeout=10)
+    assert (result.returncode, result.stderr) == (0, "")
+
+
+def test_chat_refuses_a_line_too_long_to_send_and_goes_on(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(f"control:\n  socket: {tmp_path / 'control.sock'}\n")
+    server = _stand_in(tmp_path / "control.sock", [{"type": "text", "text": "hello"}, {"type": "turn_done"}])
+    result = assistant("chat", "--config", str(config), stdin="x" * 70_000 + "\nhi\n")
+    server.join(timeout=10)
+    assert result.returncode == 0, result.stderr
+    assert "error: the text is longer than 65436 bytes; nothing was sent" in result.stderr
+    assert "hello\n" in result.stdout
+
+
+def test_local_chat_skips_a_line_that_is_not_utf8_and_goes_on(tiny_int8: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ASSISTANT_")} | {"PYTHONIOENCODING": "utf-8"}
+    result = subprocess.run(
+        [sys.executable, "-m", "assistant", "chat", "--model", str(tiny_int8), "--max-new-tokens", "4"],
+        input=b"caf\xe9\nhi\n",
+        capture_output=True,
+        env=env,
+        timeout=120,
+    )
+    assert result.returncode == 0 and b"Traceback" not in result.stderr, result.stderr
+    assert b"error: the line is not valid UTF-8" in result.stderr
+    assert len([line for line in result.stderr.splitlines() if b"tok/s" in line]) == 1  # "hi" was answered

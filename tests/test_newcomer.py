@@ -329,6 +329,16 @@ def test_doctor_lists_every_problem_at_once(tmp_path: Path, tiny_int8: Path) -> 
     assert last_line(text_only.stdout) == "all good: `assistant run`"
 
 
+def test_doctor_names_a_socket_folder_the_assistant_would_refuse(tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)  # `assistant run` refuses it: another user could replace the socket
+    (tmp_path / "config.yaml").write_text(f"control:\n  socket: {shared / 'control.sock'}\n")
+    result = assistant(tmp_path, "doctor", "--text-only")
+    assert result.returncode == 1
+    assert f"PROBLEM  control.socket: {shared} is writable by other users" in result.stdout.splitlines()
+
+
 def test_run_without_speech_models_names_them_all_and_the_text_only_way(tmp_path: Path, tiny_int8: Path) -> None:
     config = speech_config(tmp_path, "http://127.0.0.1:9/vosk.zip", "http://127.0.0.1:9/voice.onnx",
                            llm=f"{{model_dir: {tiny_int8}}}")  # fmt: skip

@@ -15,13 +15,21 @@ HELP = "Type a message; /reset starts a new conversation, /quit (or Ctrl-D) leav
 
 
 def read_lines(prompt: str = "> ") -> Iterator[str]:
-    """Lines typed at the prompt, until Ctrl-D or Ctrl-C; empty lines are skipped."""
+    """Lines typed at the prompt, until Ctrl-D or Ctrl-C; empty lines, and lines not in UTF-8 (said), are skipped."""
+    if sys.stdin is None:  # started with stdin closed: no lines, as at the end of input
+        return
+    sys.stdin.reconfigure(errors="surrogateescape")  # a line not in UTF-8 is refused alone, not a traceback
     while True:
         try:
             line = input(prompt).strip()
         except (EOFError, KeyboardInterrupt):
             print(file=sys.stderr)
             return
+        try:
+            line.encode("utf-8")
+        except UnicodeEncodeError:
+            print("error: the line is not valid UTF-8 (is the terminal set to UTF-8?); skipped", file=sys.stderr)
+            continue
         if line:
             yield line
 
