@@ -502,6 +502,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--model",
         type=Path,
         default=None,
+        metavar="DIR",
         help="chat with this model directory; without it, with the running assistant",
     )
     config_option(chat, "config naming the control socket")

@@ -237,3 +237,34 @@ def test_local_chat_skips_a_line_that_is_not_utf8_and_goes_on(tiny_int8: Path) -
     assert result.returncode == 0 and b"Traceback" not in result.stderr, result.stderr
     assert b"error: the line is not valid UTF-8" in result.stderr
     assert len([line for line in result.stderr.splitlines() if b"tok/s" in line]) == 1  # "hi" was answered
+
+
+def test_another_users_socket_is_named_as_not_allowed_not_as_not_running(tmp_path: Path) -> None:
+    from assistant.daemon.control import ControlClient
+
+    folder = tmp_path / "run"
+    folder.mkdir()
+    path = folder / "control.sock"
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(path))
+    server.listen()
+    os.chmod(path, 0o600)  # as the daemon makes it
+    reader, writer = os.pipe()
+    child = os.fork()
+    if child == 0:  # another local user (root would be let in); CI runs as root, so it can become one
+        message = "the child failed"
+        try:
+            os.setgid(65534)
+            os.setuid(65534)
+            ControlClient(path)
+            message = "connected"
+        except (ConnectionError, PermissionError) as e:
+            message = str(e)
+        finally:
+            os.write(writer, message.encode())
+            os._exit(0)
+    os.close(writer)
+    os.waitpid(child, 0)
+    message = os.read(reader, 4096).decode()
+    server.close()
+    assert message.startswith(f"{path}: not allowed to connect (Permission denied); run this as the service's user")

@@ -295,6 +295,9 @@ class ControlClient:
             self.socket.connect(str(path))
         except OSError as e:
             self.socket.close()
+            if isinstance(e, PermissionError):  # it may well be running: as another user, the service's
+                fix = "run this as the service's user (sudo -u USER assistant ...), or pass the --config of your own"
+                raise ConnectionError(f"{path}: not allowed to connect ({e.strerror}); {fix}") from None
             raise ConnectionError(
                 f"no assistant is listening on {path} ({e.strerror or e}); is `assistant run` running?"
             ) from None
