@@ -69,6 +69,18 @@ def test_a_command_the_broker_never_confirms_is_reported(tmp_path: Path) -> None
         server.close()
 
 
+def run_background(task, state: Path, runs: list[float], wanted: int, seconds: float) -> None:
+    """Run the @background `task` until it has started `wanted` times (it appends to `runs`) or `seconds` pass."""
+    registry = Registry(context=SkillContext(state_dir=state))
+    registry.background.append(task.__assistant_background__)
+    stop = threading.Event()
+    registry.start_background(stop)
+    deadline = time.monotonic() + seconds
+    while len(runs) < wanted and time.monotonic() < deadline:
+        time.sleep(0.05)
+    stop.set()
+
+
 def test_a_background_task_that_fails_is_restarted_with_backoff(tmp_path: Path) -> None:
     runs: list[float] = []
 
@@ -79,14 +91,7 @@ def test_a_background_task_that_fails_is_restarted_with_backoff(tmp_path: Path) 
             raise OSError("the sensor is unplugged")
         stop.wait()
 
-    registry = Registry(context=SkillContext(state_dir=tmp_path))
-    registry.background.append(flaky.__assistant_background__)
-    stop = threading.Event()
-    registry.start_background(stop)
-    deadline = time.monotonic() + 10
-    while len(runs) < 3 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    stop.set()
+    run_background(flaky, tmp_path, runs, wanted=3, seconds=10)
     assert len(runs) == 3
     assert 0.9 < runs[1] - runs[0] < 1.8 and 1.9 < runs[2] - runs[1] < 3.0  # 1 s, then 2 s
 
@@ -336,14 +341,7 @@ def test_a_background_task_that_exits_is_restarted(tmp_path: Path) -> None:
             sys.exit("the clock gave up")
         stop.wait()
 
-    registry = Registry(context=SkillContext(state_dir=tmp_path))
-    registry.background.append(clock.__assistant_background__)
-    stop = threading.Event()
-    registry.start_background(stop)
-    deadline = time.monotonic() + 5
-    while len(runs) < 2 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    stop.set()
+    run_background(clock, tmp_path, runs, wanted=2, seconds=5)
     assert len(runs) == 2 and 0.9 < runs[1] - runs[0] < 1.8
 
 
