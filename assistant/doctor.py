@@ -172,7 +172,7 @@ def _audio(settings: Settings) -> list[Finding]:
 
 def _runtime(settings: Settings) -> list[Finding]:
     """The control socket's place and the state directory: where `assistant run` writes."""
-    from assistant.daemon.control import answers, default_socket_path
+    from assistant.daemon.control import answers, default_socket_path, folder_not_private
 
     found = []
     socket = settings.control.socket or default_socket_path()
@@ -183,8 +183,8 @@ def _runtime(settings: Settings) -> list[Finding]:
         found.append(Finding("control.socket", f"{socket} exists and is not a socket", "remove it or choose another"))
     elif not _writable(socket.parent):
         found.append(Finding("control.socket", f"{socket.parent} is not writable", "choose another control.socket"))
-    elif problem := _shared_folder(socket.parent):  # `assistant run` refuses these (control.check_socket_path)
-        found.append(Finding("control.socket", f"{socket.parent} {problem}", "choose a private directory for it"))
+    elif socket.parent.exists() and (shared := folder_not_private(socket.parent)):  # `assistant run` refuses it
+        found.append(Finding("control.socket", f"{socket.parent} is {shared[0]}", shared[1]))
     else:
         found.append(Finding("control.socket", str(socket)))
     state = state_dir(settings)
@@ -194,16 +194,6 @@ def _runtime(settings: Settings) -> list[Finding]:
         fix = "set state_dir to a folder you can write, or fix its owner"
         found.append(Finding("state_dir", f"{state} is not writable (timers, notes)", fix))
     return found
-
-
-def _shared_folder(folder: Path) -> str | None:
-    """Why another user could replace a socket in `folder` (an existing one), or None."""
-    if not folder.exists():
-        return None  # `assistant run` creates it, private
-    info = folder.stat()
-    if info.st_uid != os.geteuid():
-        return f"is owned by uid {info.st_uid}, not by this user"
-    return "is writable by other users" if info.st_mode & 0o022 else None
 
 
 def _writable(folder: Path) -> bool:

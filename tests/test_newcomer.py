@@ -336,7 +336,8 @@ def test_doctor_names_a_socket_folder_the_assistant_would_refuse(tmp_path: Path)
     (tmp_path / "config.yaml").write_text(f"control:\n  socket: {shared / 'control.sock'}\n")
     result = assistant(tmp_path, "doctor", "--text-only")
     assert result.returncode == 1
-    assert f"PROBLEM  control.socket: {shared} is writable by other users" in result.stdout.splitlines()
+    line = f"PROBLEM  control.socket: {shared} is writable by other users, who could replace the control socket"
+    assert line in result.stdout.splitlines()
 
 
 def test_run_without_speech_models_names_them_all_and_the_text_only_way(tmp_path: Path, tiny_int8: Path) -> None:

@@ -108,17 +108,24 @@ class _Client:
     dropped: bool = False
 
 
+def folder_not_private(folder: Path) -> tuple[str, str] | None:
+    """Why another user could interfere with a control socket in `folder` (an existing one), and the fix."""
+    info = folder.stat()
+    if info.st_uid != os.geteuid():
+        owner = f"owned by uid {info.st_uid}, not by this user"
+        return owner, "the control socket needs a directory of its own (control.socket)"
+    if info.st_mode & 0o022:
+        shared = "writable by other users, who could replace the control socket"
+        return shared, "choose a private directory (control.socket) or chmod go-w it"
+    return None
+
+
 def check_socket_path(path: Path) -> None:
     """Refuse a path another user could interfere with, or that is not ours to take (ConfigError)."""
     folder = path.parent
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-    info = folder.stat()
-    if info.st_uid != os.geteuid():
-        raise ConfigError(f"{folder}: owned by uid {info.st_uid}, not by this user; the control socket needs "
-                          "a directory of its own (control.socket)")  # fmt: skip
-    if info.st_mode & 0o022:
-        raise ConfigError(f"{folder}: writable by other users, who could replace the control socket; "
-                          "choose a private directory (control.socket) or chmod go-w it")  # fmt: skip
+    if shared := folder_not_private(folder):
+        raise ConfigError(f"{folder}: {shared[0]}; {shared[1]}")
     try:
         mode = path.lstat().st_mode
     except FileNotFoundError:
