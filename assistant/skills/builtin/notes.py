@@ -59,10 +59,8 @@ def read_items(context: SkillContext, list: ListName = "notes") -> str:
     what = "shopping list" if list == "shopping" else "notes"
     if not items:
         return f"Your {what} is empty." if list == "shopping" else "You have no notes."
-    if len(items) > READ_AT_ONCE:
-        rest = len(items) - READ_AT_ONCE
-        return f"On your {what}: " + ", ".join(items[:READ_AT_ONCE]) + f", and {rest} more."
-    return f"On your {what}: " + ", ".join(items) + "."
+    more = f", and {len(items) - READ_AT_ONCE} more" if len(items) > READ_AT_ONCE else ""
+    return f"On your {what}: " + ", ".join(items[:READ_AT_ONCE]) + more + "."
 
 
 @skill(
