@@ -237,8 +237,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from assistant.daemon.run import run
 
     config = args.config or default_config_path()
+    setup_logging(args.log_level or "info")  # before the config is read: its warnings go to the journal too
     settings = load_settings(config)
-    setup_logging(args.log_level or settings.logging.level)
+    logging.getLogger().setLevel((args.log_level or settings.logging.level).upper())
     return run(config, text_only=args.text_only)
 
 
