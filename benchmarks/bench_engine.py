@@ -255,7 +255,7 @@ def overhead(engine: Engine) -> tuple[float, float]:
         start = time.perf_counter()
         count = sum(1 for _ in engine.generate(prompt, sampler, 500))
         per_token.append((time.perf_counter() - start) / count * 1000)
-        assert count == 500, "an eos id was drawn; the overhead figure would be skewed"
+        assert count == 500, "a stop id was drawn; the overhead figure would be skewed"
     return per_token[0], per_token[1]
 
 

@@ -61,9 +61,9 @@ start = time.perf_counter()
 engine.prefill(prompt)
 prefill = time.perf_counter() - start
 engine.truncate(0)
-never_eos = np.ones(engine.manifest.vocab_size, dtype=bool)
-never_eos[list(engine.eos_ids)] = False  # a random model may draw an eos id; every run decodes {decode}
-tokens = list(engine.generate(prompt, Sampler(), {decode} + 1, allowed=lambda generated: never_eos))
+never_stop = np.ones(engine.manifest.vocab_size, dtype=bool)
+never_stop[list(engine.stop_ids)] = False  # a random model may draw a stop id; every run decodes {decode}
+tokens = list(engine.generate(prompt, Sampler(), {decode} + 1, allowed=lambda generated: never_stop))
 print(json.dumps({{"prefill_s": prefill, "decode_tok_s": engine.stats.decode_tokens_per_second,
                   "decoded": engine.stats.generated_tokens}}))
 """

@@ -170,12 +170,14 @@ def setup(tmp_path: Path, tiny_int8: Path) -> Iterator[tuple[Path, Path, Notific
 
 @pytest.fixture(scope="module")
 def chatty(tiny_int8: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny model whose lm_head never picks an end-of-sequence id: every reply runs to max_new_tokens.
+    """The tiny model whose lm_head never picks a stop token (eos, <|im_start|>): every reply runs to max_new_tokens.
 
     Without skills (see chatty_config): a tool call would end the reply early.
     """
     import onnx
+    from tokenizers import Tokenizer
 
+    from assistant.llm.engine import stop_tokens
     from assistant.llm.manifest import load_manifest, record_files
 
     out = tmp_path_factory.mktemp("models") / "chatty"
@@ -187,9 +189,9 @@ def chatty(tiny_int8: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     for node in graph.graph.node:
         node.output[:] = ["unbiased" if name == logits else name for name in node.output]
     bias = np.zeros(manifest.vocab_size, np.float32)
-    bias[manifest.eos_token_ids] = -1e9
-    graph.graph.initializer.append(onnx.numpy_helper.from_array(bias, "never_eos"))
-    graph.graph.node.append(onnx.helper.make_node("Add", ["unbiased", "never_eos"], [logits]))
+    bias[sorted(stop_tokens(Tokenizer.from_file(str(out / manifest.tokenizer)), manifest.eos_token_ids))] = -1e9
+    graph.graph.initializer.append(onnx.numpy_helper.from_array(bias, "never_stop"))
+    graph.graph.node.append(onnx.helper.make_node("Add", ["unbiased", "never_stop"], [logits]))
     onnx.save(graph, post)
     record_files(out, manifest)
     manifest.save(out)

@@ -303,6 +303,26 @@ def test_streamed_chinese_and_emoji_is_byte_identical(tiny_float: Path) -> None:
     assert len(pieces) > 5  # it really streamed
 
 
+def test_a_reply_ends_at_a_special_token_that_is_not_eos(tiny_float: Path) -> None:
+    engine = Engine(tiny_float)
+    im_start = engine.tokenizer.token_to_id("<|im_start|>")
+    assert im_start not in engine.eos_ids and im_start in engine.stop_ids
+    assert engine.tokenizer.token_to_id("<tool_call>") not in engine.stop_ids  # text a reply may hold
+    words = engine.tokenizer.encode("Sure.", add_special_tokens=False).ids
+    rest = engine.tokenizer.encode("user\nturn off every light", add_special_tokens=False).ids
+    target = words + [im_start] + rest
+
+    def force(generated: list[int]) -> np.ndarray:
+        allowed = np.zeros(engine.manifest.vocab_size, dtype=bool)
+        allowed[target[min(len(generated), len(target) - 1)]] = True
+        return allowed
+
+    chat = Conversation(engine, "You are a test.", max_new_tokens=50)
+    assert "".join(chat.reply("hi", GREEDY, allowed=force)) == "Sure."
+    assert chat.messages[-1] == {"role": "assistant", "content": "Sure."}
+    assert engine.tokens[-len(words) :] == words  # nothing after it was run into the cache
+
+
 def test_a_stream_cut_inside_a_character_ends_without_half_of_it(tiny_float: Path) -> None:
     engine = Engine(tiny_float)
     emoji = engine.tokenizer.encode("ok 🦄", add_special_tokens=False).ids
@@ -351,9 +371,9 @@ def test_cancellation_stops_within_one_token(tiny_float: Path) -> None:
     cancel = threading.Event()
     ids = prompt(8)
     received = []
-    never_eos = np.ones(engine.manifest.vocab_size, dtype=bool)
-    never_eos[list(engine.eos_ids)] = False
-    for token in engine.generate(ids, GREEDY, 100, cancel, allowed=lambda generated: never_eos):
+    never_stop = np.ones(engine.manifest.vocab_size, dtype=bool)
+    never_stop[list(engine.stop_ids)] = False
+    for token in engine.generate(ids, GREEDY, 100, cancel, allowed=lambda generated: never_stop):
         received.append(token)
         if len(received) == 3:
             cancel.set()

@@ -98,6 +98,7 @@ class Engine:
         self.tokenizer = Tokenizer.from_file(str(model_dir / m.tokenizer))
         self.embed = EmbeddingTable(model_dir / m.embeddings, m.vocab_size, m.hidden_size)
         self.eos_ids = set(m.eos_token_ids)
+        self.stop_ids = stop_tokens(self.tokenizer, self.eos_ids)
         self.dtype = self.sessions.dtype
         self.k_cache = np.zeros((m.num_layers, 1, self.kv_len, m.kv_dim), self.dtype)
         self.v_cache = np.zeros_like(self.k_cache)
@@ -229,7 +230,7 @@ class Engine:
         cancel: threading.Event | None = None,
         allowed: AllowedTokens | None = None,
     ) -> Iterator[int]:
-        """Yield new tokens until an eos id, max_new_tokens, a full cache or `cancel` is set."""
+        """Yield new tokens until a stop id (`stop_tokens`), max_new_tokens, a full cache or `cancel` is set."""
         start = time.perf_counter()
         cached = _common_prefix(self.tokens, prompt)
         logits = self.prefill(prompt)
@@ -243,7 +244,7 @@ class Engine:
         while max_new_tokens > 0:
             fast = bool(ran)
             token = ran.pop(0) if fast else sampler(logits, self.tokens, allowed(generated) if allowed else None)
-            if token in self.eos_ids:
+            if token in self.stop_ids:
                 return
             generated.append(token)
             yield token
@@ -255,11 +256,17 @@ class Engine:
             step = time.perf_counter()
             room = min(max_new_tokens - len(generated), self.kv_len - self.pos - 1)  # every token yielded
             span = forced(generated)[:room] if forced else []
-            ran = list(itertools.takewhile(lambda t: t not in self.eos_ids, span))
+            ran = list(itertools.takewhile(lambda t: t not in self.stop_ids, span))
             logits = self.forward([token, *ran])
             stats.generated_tokens += 1 + len(ran)
             stats.decode_forwards += 1
             stats.decode_seconds += time.perf_counter() - step
+
+
+def stop_tokens(tokenizer: Tokenizer, eos_ids: set[int]) -> set[int]:
+    """The ids a reply ends at: eos, and any other special token (`<|im_start|>`: the model opening
+    the next message). They are chat markup, never words to speak or to keep as text in the history."""
+    return set(eos_ids) | {i for i, token in tokenizer.get_added_tokens_decoder().items() if token.special}
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:
