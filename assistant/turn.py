@@ -19,14 +19,22 @@ from typing import Any
 from assistant.llm.conversation import Conversation, TooLong, tool_response_message
 from assistant.llm.sampling import Sampler
 from assistant.skills.constraint import ToolCallConstraint, parse_tool_calls, visible_text
-from assistant.skills.intents import IntentMatcher
+from assistant.skills.intents import IntentMatcher, reply_language
 from assistant.skills.registry import Registry
 
 log = logging.getLogger(__name__)
 
-SORRY = "Sorry, something went wrong."
-TOO_LONG = "Sorry, that is too long for me to take in at once. Could you say it in fewer words?"
-RESULTS_TOO_LONG = "Sorry, the answer I got is too long for me to read."
+# What the turn itself says, in each language a reply can be in (SkillContext.language).
+SORRY = {"en": "Sorry, something went wrong.", "zh": "抱歉，出了点问题。"}
+TOO_LONG = {
+    "en": "Sorry, that is too long for me to take in at once. Could you say it in fewer words?",
+    "zh": "抱歉，这太长了，我一次听不完。能说短一点吗？",
+}
+RESULTS_TOO_LONG = {
+    "en": "Sorry, the answer I got is too long for me to read.",
+    "zh": "抱歉，得到的答案太长，我读不了。",
+}
+WONT = {"en": "Okay, I won't.", "zh": "好的，不执行了。"}
 # Answers to "Do you really want me to ...?". Anything else drops the question and is a new request.
 YES_WORDS = {"yes", "yeah", "yep", "sure", "ok", "okay", "confirm", "confirmed", "do", "go", "absolutely"}
 YES_FILLERS = {"please", "it", "ahead", "that", "thanks", "thank", "you"}  # "yes please", "go ahead", "do it"
@@ -73,6 +81,7 @@ class TurnManager:
     def turn(self, text: str, cancel: threading.Event | None = None, asker: Hashable = None) -> Iterator[TurnEvent]:
         """One turn of `asker`'s (who answers a confirmation question, whose reply "repeat" says)."""
         self.asker = asker
+        self.registry.context.language = reply_language(text)
         spoken = []
         try:
             for event in self._turn(text.strip(), cancel):
@@ -83,12 +92,12 @@ class TurnManager:
                 yield event
         except TooLong as e:
             log.warning("turn refused: %s", e)
-            spoken.append(TOO_LONG)
-            yield TurnEvent("error", TOO_LONG)
+            spoken.append(self._say(TOO_LONG))
+            yield TurnEvent("error", self._say(TOO_LONG))
         except Exception:
             log.exception("turn failed")
-            spoken.append(SORRY)
-            yield TurnEvent("error", SORRY)
+            spoken.append(self._say(SORRY))
+            yield TurnEvent("error", self._say(SORRY))
         if spoken:
             self.last_replies[asker] = "".join(spoken).strip()
 
@@ -100,7 +109,7 @@ class TurnManager:
                 yield from self._run_call(call, confirmed=True)
                 return
             if answer is False:
-                yield TurnEvent("text", "Okay, I won't.")
+                yield TurnEvent("text", self._say(WONT))
                 return
             log.info("not an answer to the confirmation: %s dropped", call["name"])
         if self.intents and (match := self.intents.match(text)):
@@ -123,7 +132,7 @@ class TurnManager:
                 if generation == 0:
                     raise  # the person's own words
                 log.warning("skill results refused: %s", e)
-                yield TurnEvent("error", RESULTS_TOO_LONG)
+                yield TurnEvent("error", self._say(RESULTS_TOO_LONG))
                 return
             if cancel is not None and cancel.is_set():
                 return
@@ -155,23 +164,29 @@ class TurnManager:
             yield TurnEvent("text", visible[spoken:])
         return reply
 
+    def _say(self, replies: dict[str, str]) -> str:
+        return self.registry.context.localized(**replies)
+
     def _tags_are_text(self) -> bool:
         return bool(getattr(self.constraint, "tags_are_text", False))  # any `allowed` hook may stand in
 
     def _run_call(self, call: dict, confirmed: bool = False) -> Iterator[TurnEvent]:
         if "error" in call:
             log.error("model output: %s", call["error"])
-            yield TurnEvent("error", SORRY)
+            yield TurnEvent("error", self._say(SORRY))
             return
         yield TurnEvent("tool_call", call["name"], call["arguments"])
         found = self.registry.skills.get(call["name"])
         if found is not None and found.confirm and not confirmed:
             self.pending[self.asker] = (call, time.monotonic() + CONFIRM_SECONDS)
-            yield TurnEvent("confirm", f"Do you really want me to run {call['name'].replace('_', ' ')}?")
+            name = call["name"].replace("_", " ")
+            yield TurnEvent(
+                "confirm", self._say({"en": f"Do you really want me to run {name}?", "zh": f"确定要执行{name}吗？"})
+            )
             return
         result = self.registry.call(call["name"], call["arguments"])
         if result.error:
-            yield TurnEvent("error", f"Sorry, {result.error}.")
+            yield TurnEvent("error", self._say({"en": f"Sorry, {result.error}.", "zh": f"抱歉，{result.error}。"}))
             return
         yield TurnEvent("skill_result", call["name"], result.data if result.text is None else result.text)
         if result.text is not None:

@@ -19,7 +19,7 @@ from assistant.llm.engine import Engine
 from assistant.llm.sampling import Sampler
 from assistant.skills.constraint import OPEN, ToolCallConstraint, parse_tool_calls, visible_text
 from assistant.skills.registry import BUILTIN_SKILLS, Registry
-from assistant.turn import RESULTS_TOO_LONG, TOO_LONG, TurnManager, confirmation
+from assistant.turn import RESULTS_TOO_LONG, TOO_LONG, WONT, TurnManager, confirmation
 
 
 @skill(sentences={"en": ["set a timer for {minutes} minute[s]"]})
@@ -146,14 +146,14 @@ def test_confirmation_is_asked_before_a_guarded_skill(tiny_int8: Path, registry:
     engine = Engine(tiny_int8, kv_cache_len=2048)
     manager = TurnManager(Conversation(engine, "You are a test.", 16, registry.tools()), registry, Sampler())
     assert events(manager, "unlock the door")[-1][0] == "confirm"
-    assert events(manager, "no") == [("text", "Okay, I won't.")]
+    assert events(manager, "no") == [("text", WONT["en"])]
     events(manager, "unlock the door")
     assert events(manager, "Yes, do it.")[-1] == ("text", "The door is unlocked.")
     events(manager, "unlock the door")  # something else instead of an answer: a new request
     assert events(manager, "set a timer for 5 minutes")[-1] == ("text", "Timer set for 5 minutes.")
     assert "The door is unlocked." not in [text for _, text in events(manager, "yes")]
     too_long = events(manager, "light " * 3000)  # more than the context holds, even alone
-    assert too_long == [("error", TOO_LONG)]
+    assert too_long == [("error", TOO_LONG["en"])]
 
 
 @pytest.mark.parametrize(
@@ -350,4 +350,4 @@ def test_skill_results_too_long_to_read_are_not_blamed_on_the_person(tiny_int8: 
     manager = TurnManager(Conversation(engine, "You are a test.", 64, registry.tools()), registry, Sampler())
     scripted(engine, '<tool_call>\n{"name": "everything", "arguments": {}}\n</tool_call>')
     seen = [(e.kind, e.text) for e in manager.turn("read me everything")]
-    assert seen[-1] == ("error", RESULTS_TOO_LONG) and TOO_LONG not in [t for _, t in seen]
+    assert seen[-1] == ("error", RESULTS_TOO_LONG["en"]) and TOO_LONG["en"] not in [t for _, t in seen]

@@ -67,6 +67,11 @@ CJK = re.compile(r"[\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af]")
 CJK_LANGUAGES = ("zh", "ja", "ko")
 
 
+def reply_language(text: str) -> str:
+    """The language a request is answered in: built-in replies exist in English and Chinese."""
+    return "zh" if CJK.search(text) else "en"
+
+
 @dataclass
 class IntentMatch:
     skill: str
@@ -193,14 +198,19 @@ def _checked(found: Skill, arguments: dict[str, Any], language: str) -> IntentMa
     if not errors:
         return IntentMatch(found.name, arguments, language)
     if all(e.validator in ("minimum", "maximum") and e.path for e in errors):
-        return IntentMatch(found.name, arguments, language, reply=out_of_range(properties[errors[0].path[0]]))
+        return IntentMatch(
+            found.name, arguments, language, reply=out_of_range(properties[errors[0].path[0]], language.split("-")[0])
+        )
     return None
 
 
-def out_of_range(schema: dict) -> str:
+def out_of_range(schema: dict, language: str = "en") -> str:
     """A spoken sentence that gives the allowed range of a number."""
-    what = schema.get("description", "the number")
+    what = schema.get("description", "the number")  # the skill's own words, in English
     low, high = schema.get("minimum"), schema.get("maximum")
+    if language == "zh":
+        bound = f"最多是{high:g}" if low is None else f"至少是{low:g}" if high is None else f"要在{low:g}到{high:g}之间"
+        return f"抱歉，这个数{bound}。"
     if low is None or high is None:
         return f"Sorry, {what} can be at {'most' if low is None else 'least'} {high if low is None else low:g}."
     return f"Sorry, {what} can be from {low:g} to {high:g}."

@@ -87,6 +87,12 @@ class SkillContext:
     stop: Callable[[], None] = _nothing  # stop what is being spoken
     last_reply: Callable[[], str | None] = _nothing
     skills: Callable[[], list[Any]] = list  # the loaded skills, for "what can you do"
+    language: str = "en"  # of the request being answered: "zh" for one in Chinese script, else "en"
+
+    def localized(self, en: str, **others: str) -> str:
+        """The reply in the request's language where one is given, else `en`:
+        `context.localized("Done.", zh="好了。")`."""
+        return others.get(self.language, en)
 
     @contextlib.contextmanager
     def database(self, name: str, schema: str = "") -> Iterator[sqlite3.Connection]:
