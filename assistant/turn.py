@@ -181,12 +181,15 @@ class TurnManager:
             self.pending[self.asker] = (call, time.monotonic() + CONFIRM_SECONDS)
             name = call["name"].replace("_", " ")
             yield TurnEvent(
-                "confirm", self._say({"en": f"Do you really want me to run {name}?", "zh": f"确定要执行{name}吗？"})
+                "confirm", self._say({"en": f"Do you really want me to run {name}?", "zh": "确定要这样做吗？"})
             )
             return
         result = self.registry.call(call["name"], call["arguments"])
         if result.error:
-            yield TurnEvent("error", self._say({"en": f"Sorry, {result.error}.", "zh": f"抱歉，{result.error}。"}))
+            # The cause is in English words (a skill's exception, a full disk): in Chinese only that it failed.
+            yield TurnEvent(
+                "error", self._say({"en": f"Sorry, {result.error}.", "zh": "抱歉，没办成，原因记在日志里。"})
+            )
             return
         yield TurnEvent("skill_result", call["name"], result.data if result.text is None else result.text)
         if result.text is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 from typing import Annotated, Literal
@@ -34,7 +35,7 @@ def light(room: Literal["kitchen", "hall"], on: bool) -> dict:
     return {"room": room, "on": on}
 
 
-@skill(sentences={"en": ["break something"]})
+@skill(sentences={"en": ["break something"], "zh": ["弄坏它"]})
 def broken() -> str:
     """Always fails."""
     raise OSError("the device is unplugged")
@@ -133,6 +134,7 @@ def test_failing_skills_end_the_turn_with_an_apology(tiny_int8: Path, registry: 
     engine = Engine(tiny_int8, kv_cache_len=2048)
     manager = TurnManager(Conversation(engine, "You are a test.", 16, registry.tools()), registry, Sampler())
     assert events(manager, "break something")[-1] == ("error", "Sorry, broken failed: the device is unplugged.")
+    assert events(manager, "弄坏它")[-1] == ("error", "抱歉，没办成，原因记在日志里。")  # no English cause
     start = time.monotonic()
     assert events(manager, "take your time")[-1] == ("error", "Sorry, sleepy took longer than 0.2 seconds.")
     assert time.monotonic() - start < 2
@@ -215,6 +217,33 @@ def test_repeat_says_the_last_reply_again(tiny_int8: Path, tmp_path: Path) -> No
     assert said == ("text", "Added eggs to the shopping list.")
     assert events(manager, "say that again")[-1] == said
     assert events(manager, "stop") == [("tool_call", "stop"), ("skill_result", "stop")]  # and nothing is said
+
+
+def test_a_request_in_chinese_is_answered_in_chinese(tiny_int8: Path, tmp_path: Path) -> None:
+    from assistant import SkillContext
+
+    registry = Registry(context=SkillContext(state_dir=tmp_path))
+    registry.load_folder(BUILTIN_SKILLS)
+    engine = Engine(tiny_int8, kv_cache_len=8192)
+    manager = TurnManager(Conversation(engine, "You are a test.", 16, registry.tools()), registry, Sampler())
+
+    def said(text: str) -> str:
+        return "".join(t for kind, t in events(manager, text) if kind in ("text", "error", "confirm"))
+
+    assert said("把牛奶加到购物清单") == "已把牛奶加到购物清单。"
+    assert said("购物清单上有什么") == "购物清单上有：牛奶。"
+    assert said("what's on the shopping list") == "On your shopping list: 牛奶."  # each request its own language
+    assert said("再说一遍") == "On your shopping list: 牛奶."  # the reply as it was said
+    now = said("现在几点")
+    assert re.fullmatch(r"现在是\d{1,2}点\d\d分。", now), now
+    assert re.fullmatch(r"今天是\d{4}年\d{1,2}月\d{1,2}日，星期[一二三四五六日]。", said("今天几号"))
+    assert said("音量调到150") == "抱歉，这个数要在0到100之间。"
+    assert said("音量调到30") == "音量30%。"
+    assert said("清空购物清单") == "确定要这样做吗？"
+    assert said("不要") == WONT["zh"]
+    registry.context.skills = lambda: list(registry.skills.values())
+    can = said("你能做什么")
+    assert can.startswith("我可以") and "报时" in can and "购物清单" in can and not re.search(r"[A-Za-z]", can)
 
 
 class OpeningFirstFastForward(OpeningFirst):

@@ -224,14 +224,19 @@ class Registry:
     def call(self, name: str, arguments: Any) -> SkillResult:
         """Validate and run one skill; every failure is a SkillResult with an error for the person."""
         found = self.skills.get(name)
+        problem = None
         if found is None:
-            return SkillResult(name, error=f"there is no skill called {name}")
-        if not _finite(arguments):
-            return SkillResult(name, error=f"invalid arguments for {name}: numbers must be finite")
-        try:
-            jsonschema.validate(arguments, found.parameters)
-        except jsonschema.ValidationError as e:
-            return SkillResult(name, error=f"invalid arguments for {name}: {e.message}")
+            problem = f"there is no skill called {name}"
+        elif not _finite(arguments):
+            problem = f"invalid arguments for {name}: numbers must be finite"
+        else:
+            try:
+                jsonschema.validate(arguments, found.parameters)
+            except jsonschema.ValidationError as e:
+                problem = f"invalid arguments for {name}: {e.message}"
+        if found is None or problem:
+            log.warning("call not run: %s", problem)
+            return SkillResult(name, error=problem)
         properties = found.parameters["properties"]
         kwargs = {key: as_declared(value, properties[key]) for key, value in arguments.items()}
         if found.wants_context:

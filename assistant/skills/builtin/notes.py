@@ -32,11 +32,16 @@ def add_item(text: str, context: SkillContext, list: ListName = "notes") -> str:
         text: the item or the note
         list: "shopping" for the shopping list, "notes" for notes
     """
-    if not text.strip():
-        return "What should I add?" if list == "shopping" else "What should I note?"
+    item = text.strip()
+    if not item:
+        if list == "shopping":
+            return context.localized("What should I add?", zh="要加什么？")
+        return context.localized("What should I note?", zh="要记什么？")
     with _db(context) as db:
-        db.execute("INSERT INTO items (list, text) VALUES (?, ?)", (list, text.strip()))
-    return f"Added {text.strip()} to the shopping list." if list == "shopping" else "Noted."
+        db.execute("INSERT INTO items (list, text) VALUES (?, ?)", (list, item))
+    if list == "shopping":
+        return context.localized(f"Added {item} to the shopping list.", zh=f"已把{item}加到购物清单。")
+    return context.localized("Noted.", zh="记下了。")
 
 
 READ_AT_ONCE = 20  # items said in one reply: a hundred would be minutes of speech (and past a reply's length)
@@ -56,11 +61,18 @@ def read_items(context: SkillContext, list: ListName = "notes") -> str:
     """
     with _db(context) as db:
         items = [text for (text,) in db.execute("SELECT text FROM items WHERE list = ? ORDER BY id", (list,))]
-    what = "shopping list" if list == "shopping" else "notes"
+    shopping = list == "shopping"
     if not items:
-        return f"Your {what} is empty." if list == "shopping" else "You have no notes."
-    more = f", and {len(items) - READ_AT_ONCE} more" if len(items) > READ_AT_ONCE else ""
-    return f"On your {what}: " + ", ".join(items[:READ_AT_ONCE]) + more + "."
+        if shopping:
+            return context.localized("Your shopping list is empty.", zh="购物清单是空的。")
+        return context.localized("You have no notes.", zh="你没有笔记。")
+    rest = len(items) - READ_AT_ONCE
+    said = ", ".join(items[:READ_AT_ONCE]) + (f", and {rest} more" if rest > 0 else "")
+    said_zh = "、".join(items[:READ_AT_ONCE]) + (f"，还有{rest}项" if rest > 0 else "")
+    return context.localized(
+        f"On your {'shopping list' if shopping else 'notes'}: {said}.",
+        zh=f"{'购物清单' if shopping else '笔记'}上有：{said_zh}。",
+    )
 
 
 @skill(
@@ -88,7 +100,9 @@ def remove_item(text: str, context: SkillContext, list: ListName = "shopping") -
         ids = [i for i, item in db.execute("SELECT id, text FROM items WHERE list = ?", (list,))
                if item.casefold() == wanted]  # fmt: skip
         db.executemany("DELETE FROM items WHERE id = ?", [(i,) for i in ids])
-    return f"Removed {text.strip()}." if ids else f"{text.strip()} is not on the list."
+    if ids:
+        return context.localized(f"Removed {text.strip()}.", zh=f"已删除{text.strip()}。")
+    return context.localized(f"{text.strip()} is not on the list.", zh=f"清单上没有{text.strip()}。")
 
 
 @skill(confirm=True, sentences={"en": ["clear the shopping list"], "zh": ["清空购物清单"]})
@@ -96,4 +110,4 @@ def clear_shopping_list(context: SkillContext) -> str:
     """Empty the shopping list."""
     with _db(context) as db:
         db.execute("DELETE FROM items WHERE list = 'shopping'")
-    return "The shopping list is empty."
+    return context.localized("The shopping list is empty.", zh="购物清单已清空。")

@@ -31,18 +31,41 @@ def stop(context: SkillContext) -> str:
 )
 def repeat(context: SkillContext) -> str:
     """Say the last reply again."""
-    return context.last_reply() or "I haven't said anything yet."
+    return context.last_reply() or context.localized("I haven't said anything yet.", zh="我还没说过话。")
 
 
 @skill(sentences={"en": ["what can you do", "help"], "zh": ["你能做什么", "帮助"]}, optional_tool=True)
 def what_can_you_do(context: SkillContext) -> str:
     """List what the assistant can do."""
-    things = [
-        s.description.rstrip(".").lower()
-        for s in context.skills()
-        if s.name not in ("stop", "repeat", "what_can_you_do")
-    ]
-    return "I can " + "; ".join(things[:12]) + "." if things else "Not much yet: no skills are installed."
+    skills = [s for s in context.skills() if s.name not in ("stop", "repeat", "what_can_you_do")]
+    if not skills:
+        return context.localized("Not much yet: no skills are installed.", zh="还不多：没有安装技能。")
+    things = [s.description.rstrip(".").lower() for s in skills[:12]]
+    # Descriptions are docstrings, in English: in Chinese the built-ins have their own words, others their names.
+    things_zh = dict.fromkeys(BUILTIN_ZH.get(s.name, s.name.replace("_", " ")) for s in skills[:12])
+    return context.localized("I can " + "; ".join(things) + ".", zh="我可以" + "、".join(things_zh) + "。")
+
+
+BUILTIN_ZH = {
+    "current_time": "报时",
+    "current_date": "说日期",
+    "set_timer": "定计时器",
+    "list_timers": "查计时器和闹钟",
+    "control_timer": "暂停、继续或取消计时器",
+    "set_alarm": "定闹钟",
+    "cancel_alarms": "取消闹钟",
+    "add_item": "记笔记和购物清单",
+    "read_items": "读笔记和购物清单",
+    "remove_item": "从清单上删东西",
+    "clear_shopping_list": "清空购物清单",
+    "set_volume": "调音量",
+    "change_volume": "调音量",
+    "switch_device": "开关家里的设备",
+    "switch_all": "开关一个房间的灯",
+    "set_brightness": "调亮度",
+    "set_cover": "开关窗帘",
+    "set_temperature": "调温度",
+}
 
 
 def _apply(percent: int) -> None:
@@ -78,7 +101,7 @@ def set_volume(percent: Annotated[int, Range(0, 100)], context: SkillContext) ->
     Args:
         percent: the volume in percent
     """
-    return f"Volume {_store(context, percent)} percent."
+    return _said_volume(context, _store(context, percent))
 
 
 @skill(
@@ -97,4 +120,8 @@ def change_volume(direction: Literal["up", "down"], context: SkillContext) -> st
         direction: "up" for louder, "down" for quieter
     """
     step = STEP if direction == "up" else -STEP
-    return f"Volume {_store(context, current_volume(context) + step)} percent."
+    return _said_volume(context, _store(context, current_volume(context) + step))
+
+
+def _said_volume(context: SkillContext, percent: int) -> str:
+    return context.localized(f"Volume {percent} percent.", zh=f"音量{percent}%。")

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from assistant import skill
+from assistant import SkillContext, skill
+
+WEEKDAYS_ZH = "一二三四五六日"  # Monday first, as datetime.weekday() counts
 
 
 @skill(
@@ -14,10 +16,10 @@ from assistant import skill
     },
     intents={"HassGetCurrentTime": {}},
 )
-def current_time() -> str:
+def current_time(context: SkillContext) -> str:
     """Tell the current local time."""
     now = datetime.now()
-    return f"It is {now.hour}:{now.minute:02d}."
+    return context.localized(f"It is {now.hour}:{now.minute:02d}.", zh=f"现在是{now.hour}点{now.minute:02d}分。")
 
 
 @skill(
@@ -27,6 +29,11 @@ def current_time() -> str:
     },
     intents={"HassGetCurrentDate": {}},
 )
-def current_date() -> str:
+def current_date(context: SkillContext) -> str:
     """Tell today's date and day of the week."""
-    return datetime.now().strftime("Today is %A, %B %-d, %Y.")
+    today = datetime.now()
+    weekday = WEEKDAYS_ZH[today.weekday()]
+    return context.localized(
+        today.strftime("Today is %A, %B %-d, %Y."),
+        zh=f"今天是{today.year}年{today.month}月{today.day}日，星期{weekday}。",
+    )
