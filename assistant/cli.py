@@ -240,7 +240,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     setup_logging(args.log_level or "info")  # before the config is read: its warnings go to the journal too
     settings = load_settings(config)
     logging.getLogger().setLevel((args.log_level or settings.logging.level).upper())
-    return run(config, text_only=args.text_only)
+    return run(config, settings, text_only=args.text_only)
 
 
 def cmd_service_install(args: argparse.Namespace) -> int:

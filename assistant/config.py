@@ -249,8 +249,7 @@ _warned: set[str] = set()
 
 
 def _warn_once(text: str) -> None:
-    """Log a warning about the config once a process: `assistant run` reads the file twice as it starts
-    (the command, then the daemon), and a reload of the same file need not repeat it."""
+    """Log a warning about the config once a process: a reload of the same file need not repeat it."""
     if text not in _warned:
         _warned.add(text)
         log.warning("%s", text)

@@ -334,7 +334,7 @@ def test_doubtful_devices_and_keys_given_twice_are_warned_once(tmp_path: Path, c
         "    - {name: plug, type: switch, topic: 'z2m/+/plug', aliases: [Hall-Lamp]}\n"
         "llm:\n  max_new_tokens: 64\n"  # line 10: replaces the llm section above
     )
-    for _ in range(2):  # `assistant run` reads the file twice as it starts
+    for _ in range(2):  # a reload of the same file
         settings = load_text(tmp_path, text)
     assert settings.llm.max_new_tokens == 64
     path = tmp_path / "c.yaml"

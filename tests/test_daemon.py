@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from assistant.config import Settings
+from assistant.config import Settings, load_settings
 from assistant.skills.registry import load_registry
 
 REPO = Path(__file__).resolve().parent.parent
@@ -681,7 +681,7 @@ def test_the_watchdog_is_fed_only_while_the_daemon_is_healthy(setup) -> None:
     from assistant.daemon.run import Daemon as Assistant
 
     config, control, notify = setup
-    daemon = Assistant(config, text_only=True)
+    daemon = Assistant(config, load_settings(config), text_only=True)
     try:
         assert daemon.problem() == "the turn thread has stopped"  # not started yet
         daemon.worker.start()
@@ -702,7 +702,7 @@ def test_voice_turns_and_voice_events_reach_every_client(setup) -> None:
     from assistant.daemon.run import Daemon as Assistant
 
     config, control, notify = setup
-    daemon = Assistant(config, text_only=True)  # the microphone's side is driven by hand here
+    daemon = Assistant(config, load_settings(config), text_only=True)  # the microphone's side is driven by hand here
     try:
         daemon.worker.start()
         with connect(control) as first, connect(control) as second:

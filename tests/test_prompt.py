@@ -247,6 +247,7 @@ def say(socket: Path, text: str) -> list[dict]:
 
 def greedy_daemon(model: Path, tmp_path: Path, llm: str):
     """A text-only daemon in this process over `model`, greedy, with its socket and state in tmp_path."""
+    from assistant.config import load_settings
     from assistant.daemon.run import Daemon
 
     config = tmp_path / "config.yaml"
@@ -254,7 +255,7 @@ def greedy_daemon(model: Path, tmp_path: Path, llm: str):
         f"llm:\n  model_dir: {model}\n  {llm}\n  sampling: {{temperature: 0}}\n"
         f"control:\n  socket: {tmp_path / 'control.sock'}\nstate_dir: {tmp_path / 'state'}\n"
     )
-    return Daemon(config, text_only=True)
+    return Daemon(config, load_settings(config), text_only=True)
 
 
 def test_injection_in_a_say_request(tiny_int8: Path, tmp_path: Path) -> None:

@@ -88,7 +88,7 @@ class Stopped(BaseException):
 
 
 class Daemon:
-    def __init__(self, config_path: Path, text_only: bool = False):
+    def __init__(self, config_path: Path, settings: Settings, text_only: bool = False):
         self.config_path = config_path
         self.state = State.LOADING
         # Loading takes seconds (minutes on a board's first start). A stop then ends it at the next
@@ -104,7 +104,7 @@ class Daemon:
         signal.signal(signal.SIGTERM, self._on_stop_signal)
         signal.signal(signal.SIGINT, self._on_stop_signal)
         signal.signal(signal.SIGHUP, lambda *_: self.request_reload())
-        self.settings = load_settings(config_path)
+        self.settings = settings
         self.started_with = self.settings  # what a reload cannot change stays as it was here
         check_model_paths(self.settings, voice=not text_only)
         if not text_only and (problem := microphone_problem(self.settings)):  # retried below, said once here
@@ -499,9 +499,10 @@ def _describe(error: Exception) -> str:
     return str(error) if isinstance(error, ConfigError) else f"{type(error).__name__}: {error}"
 
 
-def run(config_path: Path, text_only: bool = False) -> int:
+def run(config_path: Path, settings: Settings, text_only: bool = False) -> int:
+    """Serve until stopped, starting from `settings` (read from `config_path`, which reloads read again)."""
     try:
-        daemon = Daemon(config_path, text_only)
+        daemon = Daemon(config_path, settings, text_only)
     except Stopped:
         notify("STOPPING=1")
         log.info("stopped while loading")
