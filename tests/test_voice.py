@@ -299,6 +299,23 @@ def test_wake_phrase_and_command_in_one_breath(ko_model, tmp_path: Path, test_vo
     assert heard == ["음악 틀어 줘"]  # the command was not lost behind the wake phrase
 
 
+@pytest.mark.parametrize("pause_before_command", [False, True])
+def test_the_wake_phrase_said_again_is_not_part_of_the_command(
+    ko_model, tmp_path: Path, test_voice: Path, pause_before_command: bool
+) -> None:
+    """Hi computer … hi computer, timer: the second phrase reaches the command's recogniser."""
+    wake = speech(WAKE, tmp_path)
+    again = (
+        [wake, silence(0.8), speech("타이머", tmp_path)]
+        if pause_before_command
+        else [speech(f"{WAKE} 타이머", tmp_path)]
+    )
+    audio = write_wav(tmp_path / "in.wav", silence(0.5), wake, silence(0.8), *again, silence(2.0))
+    heard, events = commands_heard(ko_model, audio, Transcriber(ko_model, grammar=[WAKE, *COMMANDS]), test_voice)
+    assert heard == ["타이머"]
+    assert [e["text"] for e in events if e["type"] == "final"] == ["타이머"]
+
+
 def test_wake_carries_the_audio_after_the_phrase(ko_model, tmp_path: Path) -> None:
     detector = WakeDetector(ko_model, [WAKE], min_confidence=0.5)
     wake_part = resample(speech(WAKE, tmp_path), ESPEAK_RATE, RATE)

@@ -123,13 +123,22 @@ class VoicePipeline:
         # and wake (and answer) a second time.
         self.wake.reset()
         final = time.monotonic()
-        self.emit("final", text=event.text, at=self.position)
-        if not event.text:
+        # The wake phrase said again after a pause ("hey computer … hey computer, lights on") is
+        # heard by the command's recogniser: it is not part of the command.
+        text = event.text
+        while phrase := self.wake.phrase_at_start(text):
+            text = " ".join(text.split()[len(phrase.split()) :])
+        if event.text and not text:  # only the phrase again: the command is still to come
+            self.transcriber.start()
+            self.hearing = True
+            return
+        self.emit("final", text=text, at=self.position)
+        if not text:
             return  # nothing was said: back to listening, quietly
-        if event.text.strip().lower() in ("stop", "停", "停止"):
+        if text.strip().lower() in ("stop", "停", "停止"):
             self.stop_reply()
             return
-        self.start_reply(event.text, final - event.silence, final)
+        self.start_reply(text, final - event.silence, final)
 
     def start_reply(self, text: str, speech_ended: float, final: float | None = None) -> None:
         """Answer `text`; times are from `speech_ended` (the VAD's end of speech), `final` is the ASR's result."""

@@ -66,8 +66,7 @@ class WakeDetector:
 
     def _check(self, result: dict) -> Wake | None:
         words = result.get("result", [])
-        text = " ".join(w["word"] for w in words)
-        phrase = next((p for p in self.phrases if text == p or text.startswith(p + " ")), None)
+        phrase = self.phrase_at_start(" ".join(w["word"] for w in words))
         if phrase is None:
             return None
         confidence = min(w.get("conf", 0.0) for w in words[: len(phrase.split())])
@@ -81,6 +80,11 @@ class WakeDetector:
         ended = words[len(phrase.split()) - 1]["end"]
         log.info("wake phrase %r (confidence %.2f), %.2f s of audio after it", phrase, confidence, now - ended)
         return Wake(phrase, now, confidence, self.audio_since(round(ended * RATE)))
+
+    def phrase_at_start(self, text: str) -> str | None:
+        """The configured phrase that `text` starts with, as whole words, if any."""
+        text = " ".join(text.lower().split())
+        return next((p for p in self.phrases if text == p or text.startswith(p + " ")), None)
 
     def audio_since(self, sample: int) -> np.ndarray:
         """The kept audio from stream position `sample` to now."""
