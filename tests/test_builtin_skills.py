@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 import os
+import re
 import sqlite3
 import subprocess
 import sys
 import threading
 import time
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from assistant import SkillContext
+from assistant.llm.conversation import Conversation
+from assistant.llm.engine import Engine
+from assistant.llm.sampling import Sampler
+from assistant.skills.intents import IntentMatcher
 from assistant.skills.registry import BUILTIN_SKILLS, Registry
+from assistant.turn import TurnManager
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -110,14 +116,14 @@ def ring_for(registry: Registry, said: list[str], count: int) -> None:
     stop.set()
 
 
+class ThreeInTheAfternoon(datetime):
+    @classmethod
+    def now(cls, tz: object = None) -> datetime:
+        return cls(2026, 5, 4, 15, 0)
+
+
 def test_an_alarm_says_its_day_and_is_not_set_twice(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     registry = registry_in(tmp_path)
-
-    class ThreeInTheAfternoon(datetime):
-        @classmethod
-        def now(cls, tz: object = None) -> datetime:
-            return cls(2026, 5, 4, 15, 0)
-
     monkeypatch.setitem(registry.skills["set_alarm"].func.__globals__, "datetime", ThreeInTheAfternoon)
     set_alarm = lambda **arguments: registry.call("set_alarm", arguments).text  # noqa: E731
     assert set_alarm(hour=7) == "Alarm set for 7:00 tomorrow."  # already past today: said, not left to guess
@@ -170,6 +176,126 @@ def test_a_chinese_label_is_the_name_without_its_measure_word(tmp_path: Path) ->
     said = call("set_timer", minutes=5, label="一个叫意大利面的")  # "a (timer) called pasta"
     assert said == "The 意大利面 timer is set for 5 minutes."
     assert call("control_timer", action="cancel", label="意大利面") == "Cancelled the 意大利面 timer."
+
+
+def chinese(text: str) -> str:
+    """`text`, checked to be all Chinese but for digits: no English word leaks into a Chinese reply."""
+    assert text and not re.search(r"[A-Za-z]", text), text
+    return text
+
+
+def test_timers_answer_in_chinese_when_asked_in_chinese(tmp_path: Path) -> None:
+    registry = registry_in(tmp_path)
+    registry.context.language = "zh"
+    call = lambda name, **arguments: chinese(registry.call(name, arguments).text)  # noqa: E731
+    assert call("set_timer", minutes=10, label="一个叫意大利面的") == "已设好10分钟的意大利面计时器。"
+    assert call("set_timer", hours=1, minutes=30) == "已设好1小时30分钟的计时器。"
+    assert call("set_timer", seconds=45) == "已设好45秒的计时器。"
+    assert call("set_timer") == "计时器要设多长时间？"
+    assert call("set_timer", hours=24, minutes=1) == "计时器最长24小时，更久的请设闹钟。"
+    listing = call("list_timers")
+    assert listing.startswith("现在有：计时器还剩4"), listing  # 45 or 44 seconds
+    assert "意大利面计时器还剩" in listing and "1小时" in listing
+    assert call("control_timer", action="pause", start_seconds=45) == "已暂停45秒的计时器。"
+    assert call("control_timer", action="pause", start_seconds=45) == "45秒的计时器已经暂停了。"
+    status = call("control_timer", action="status")
+    assert status.startswith("45秒的计时器还剩") and "，已暂停；" in status and status.endswith("。"), status
+    assert call("control_timer", action="resume") == "已恢复45秒的计时器。"  # the only paused one
+    assert call("control_timer", action="add", start_seconds=45, minutes=2) in (
+        "45秒的计时器还剩2分钟45秒。",
+        "45秒的计时器还剩2分钟44秒。",
+    )
+    assert call("control_timer", action="cancel", label="茶") == "没有这个计时器。"
+    assert call("control_timer", action="cancel_all") == "已取消3个计时器。"  # no English plural
+    assert call("control_timer", action="cancel") == "没有正在运行的计时器。"
+    assert call("list_timers") == "没有设置计时器或闹钟。"
+
+
+def test_which_one_names_chinese_timers_as_the_chinese_sentences_take_them_back(tmp_path: Path) -> None:
+    registry = registry_in(tmp_path)
+    registry.context.language = "zh"
+    call = lambda name, **arguments: chinese(registry.call(name, arguments).text)  # noqa: E731
+    matcher = IntentMatcher(registry.skills)
+    call("set_timer", seconds=45, label="茶")
+    call("set_timer", hours=1, minutes=30, label="茶")
+    call("set_timer", minutes=10, label="茶")
+    question = call("control_timer", action="cancel", label="茶")
+    assert question == "你有3个计时器：45秒的茶计时器、10分钟的茶计时器、1小时30分钟的茶计时器。要哪一个？"
+    names = question.split("：")[1].split("。")[0].split("、")
+    for verb, said in (("暂停", "已暂停茶计时器。"), ("继续", "已恢复茶计时器。"), ("取消", "已取消茶计时器。")):
+        match = matcher.match(verb + names[1])  # "暂停10分钟的茶计时器"
+        assert match is not None and match.arguments["label"] == "茶", (verb, match)
+        assert call(match.skill, **match.arguments) == said
+    for name in (names[0], names[2]):
+        match = matcher.match("取消" + name)
+        assert call(match.skill, **match.arguments) == "已取消茶计时器。"
+    assert call("list_timers") == "没有设置计时器或闹钟。"  # each name picked the one it names
+    call("set_timer", minutes=3, label="鸡蛋")
+    call("set_timer", minutes=3, label="鸡蛋")
+    assert call("control_timer", action="pause", label="鸡蛋") == "已暂停剩余时间最短的鸡蛋计时器。"
+
+
+def test_alarms_answer_in_chinese_with_the_day_and_the_part_of_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    registry = registry_in(tmp_path)
+    registry.context.language = "zh"
+    monkeypatch.setitem(registry.skills["set_alarm"].func.__globals__, "datetime", ThreeInTheAfternoon)
+    set_alarm = lambda **arguments: chinese(registry.call("set_alarm", arguments).text)  # noqa: E731
+    assert set_alarm(hour=7, minute=5) == "闹钟定在明天早上7点05分。"  # already past today
+    assert set_alarm(hour=19, minute=30) == "闹钟定在晚上7点30分。"
+    assert set_alarm(hour=0, minute=30) == "闹钟定在明天凌晨0点30分。"
+    assert set_alarm(hour=12) == "闹钟定在明天中午12点。"
+    assert set_alarm(hour=15, minute=1) == "闹钟定在下午3点01分。"
+    assert set_alarm(hour=7, minute=5) == "明天早上7点05分已经有闹钟了。"
+    listing = chinese(registry.call("list_timers", {}).text)
+    assert "晚上7点30分的闹钟" in listing and "早上7点05分的闹钟" in listing, listing
+    assert chinese(registry.call("cancel_alarms", {}).text) == "已取消5个闹钟。"
+    assert chinese(registry.call("cancel_alarms", {}).text) == "没有设置闹钟。"
+
+
+def test_a_timer_rings_in_the_language_it_was_set_in(tmp_path: Path) -> None:
+    said: list[str] = []
+    registry = registry_in(tmp_path, said)
+    registry.context.language = "zh"
+    registry.call("set_timer", {"seconds": 1, "label": "意大利面"})
+    registry.call("set_alarm", {"hour": 7, "minute": 5})
+    registry.context.language = "en"
+    registry.call("set_timer", {"seconds": 1, "label": "tea"})
+    registry.context.language = "zh"  # the last request was in Chinese: the tea timer still rings in English
+    # The alarm came due two days ago, while the assistant was stopped.
+    due = (datetime.now() - timedelta(days=2)).replace(hour=7, minute=5, second=0, microsecond=0)
+    with sqlite3.connect(tmp_path / "timers.sqlite3") as db:
+        db.execute("UPDATE timers SET due = ? WHERE kind = 'alarm'", (due.timestamp(),))
+    ring_for(registry, said, 3)
+    weekday = "一二三四五六日"[due.weekday()]
+    assert said == [f"闹钟本该在星期{weekday}早上7点05分响，当时我没能提醒你。", "意大利面计时器时间到了。",
+                    "Your tea timer is done."]  # fmt: skip
+
+
+def test_a_timers_table_from_before_languages_works_and_rings_in_english(tmp_path: Path) -> None:
+    with sqlite3.connect(tmp_path / "timers.sqlite3") as old:  # as the first release made it
+        old.execute("CREATE TABLE timers (id INTEGER PRIMARY KEY, kind TEXT NOT NULL, label TEXT NOT NULL, due REAL)")
+        old.execute("INSERT INTO timers (kind, label, due) VALUES ('timer', 'tea', ?)", (time.time() + 1,))
+    said: list[str] = []
+    registry = registry_in(tmp_path, said)
+    registry.context.language = "zh"
+    assert chinese(registry.call("set_timer", {"seconds": 1, "label": "茶"}).text) == "已设好1秒的茶计时器。"
+    ring_for(registry, said, 2)
+    assert said == ["Your tea timer is done.", "茶计时器时间到了。"]
+
+
+def test_a_chinese_request_gets_a_chinese_reply_through_the_local_intents(tiny_int8: Path, tmp_path: Path) -> None:
+    registry = registry_in(tmp_path)
+    engine = Engine(tiny_int8, kv_cache_len=2048)
+    manager = TurnManager(Conversation(engine, "You are a test.", 16, registry.tools()), registry, Sampler())
+    cached = list(engine.tokens)
+    replies = lambda text: [e.text for e in manager.turn(text) if e.kind == "text"]  # noqa: E731
+    assert replies("设一个十分钟的计时器") == ["已设好10分钟的计时器。"]
+    assert replies("what timers do I have")[0] in ("You have a timer with 10 minutes left.",
+                                                   "You have a timer with 9 minutes and 59 seconds left.")  # fmt: skip
+    assert replies("取消十分钟的计时器") == ["已取消10分钟的计时器。"]
+    assert engine.tokens == cached  # answered by the local intents, not the model
 
 
 def test_volume_is_bounded_and_remembered(tmp_path: Path) -> None:

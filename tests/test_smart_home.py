@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import re
 import shutil
 import socket
 import subprocess
@@ -18,8 +19,12 @@ import pytest
 
 from assistant import SkillContext
 from assistant.config import Settings
+from assistant.llm.conversation import Conversation
+from assistant.llm.engine import Engine
+from assistant.llm.sampling import Sampler
 from assistant.skills.intents import IntentMatcher
 from assistant.skills.registry import BUILTIN_SKILLS, Registry
+from assistant.turn import TurnManager
 
 REPO = Path(__file__).resolve().parent.parent
 DEVICES = [
@@ -351,3 +356,218 @@ def test_no_connection_outlives_a_call(broker: int, tmp_path: Path) -> None:
     down = smart_home(free_port(), tmp_path, devices)
     assert down.call("device_state", {"device": "fan"}).text.startswith("I can't reach")
     assert open_connections(broker) == (0, 0)
+
+
+# A home named in Chinese and in English, as people mix them.
+MIXED = [
+    {"name": "卧室灯", "type": "light", "topic": "z2m/woshi", "area": "卧室"},
+    {"name": "床头灯", "type": "light", "topic": "z2m/chuangtou", "area": "卧室"},
+    {"name": "kitchen light", "type": "light", "topic": "z2m/kitchen", "area": "kitchen"},
+    {"name": "fan", "type": "switch", "convention": "homeassistant", "command_topic": "home/fan/set",
+     "state_topic": "home/fan/state"},
+    {"name": "窗帘", "type": "cover", "topic": "z2m/chuanglian"},
+    {"name": "空调", "type": "climate", "topic": "z2m/kongtiao"},
+]  # fmt: skip
+# The user's own words in Latin letters, said as they are in a Chinese reply.
+NAMES = ["kitchen light", "hall light", "light", "kitchen", "bedroom", "fan", "plug", "heater"]
+
+
+def chinese(text: str) -> str:
+    """`text`, checked to be Chinese: no Latin letters but those of the user's names."""
+    rest = text
+    for name in NAMES:  # longest first where one holds another
+        rest = rest.replace(name, "")
+    assert re.search(r"[\u4e00-\u9fff]", rest) and not re.search(r"[A-Za-z]", rest), text
+    return text
+
+
+def in_both(registry: Registry, skill: str, arguments: dict) -> tuple[str, str]:
+    """The skill's reply to the same call for a request in English and for one in Chinese."""
+    replies = []
+    for language in ("en", "zh"):
+        registry.context.language = language
+        replies.append(registry.call(skill, arguments).text)
+    registry.context.language = "en"
+    return replies[0], chinese(replies[1])
+
+
+def test_commands_are_confirmed_in_the_language_of_the_request(broker: int, tmp_path: Path) -> None:
+    registry, subscriber = smart_home(broker, tmp_path, MIXED), Subscriber(broker)
+    try:
+        for skill, arguments, english, mandarin in [
+            ("switch_device", {"device": "卧室灯", "on": True}, "The 卧室灯 is on.", "卧室灯已打开。"),
+            (
+                "switch_device",
+                {"device": "kitchen light", "on": False},
+                "The kitchen light is off.",
+                "kitchen light已关闭。",
+            ),
+            (
+                "set_brightness",
+                {"device": "卧室灯", "percent": 50},
+                "The 卧室灯 is at 50 percent.",
+                "卧室灯亮度已调到50%。",
+            ),
+            ("set_cover", {"device": "窗帘", "position": 30}, "The 窗帘 is at 30 percent.", "窗帘已打开到30%。"),
+            ("set_cover", {"device": "窗帘", "position": 100}, "The 窗帘 is open.", "窗帘已打开。"),
+            ("set_cover", {"device": "窗帘", "position": 0}, "The 窗帘 is closed.", "窗帘已关闭。"),
+            ("set_temperature", {"celsius": 22}, "The 空调 is set to 22 degrees.", "空调温度已设为22度。"),
+            (
+                "set_temperature",
+                {"device": "空调", "celsius": 21.5},
+                "The 空调 is set to 21.5 degrees.",
+                "空调温度已设为21.5度。",
+            ),
+            ("switch_all", {"on": True, "area": "卧室"}, "The lights in the 卧室 are on.", "卧室的灯都已打开。"),
+            ("switch_all", {"on": False, "area": "kitchen"}, "The light in the kitchen is off.", "kitchen的灯已关闭。"),
+            ("switch_all", {"on": False}, "The lights are off.", "所有的灯都已关闭。"),
+            ("switch_all", {"on": True, "kind": "switch"}, "The switch is on.", "开关已打开。"),
+            ("switch_all", {"on": True, "kind": "fan"}, "There is no fan.", "家里没有风扇。"),
+            (
+                "switch_all",
+                {"on": True, "kind": "switch", "area": "卧室"},
+                "There is no switch in the 卧室.",
+                "卧室没有开关。",
+            ),
+        ]:
+            subscriber.sent_before_now()
+            subscriber.messages.clear()
+            assert in_both(registry, skill, arguments) == (english, mandarin)
+            # the language changes the words, not the commands: each was sent once for either request
+            sent = subscriber.sent_before_now()
+            assert sent[: len(sent) // 2] == sent[len(sent) // 2 :], sent
+    finally:
+        subscriber.close()
+
+
+def test_states_are_read_out_in_the_language_of_the_request(broker: int, tmp_path: Path) -> None:
+    devices = [*MIXED, {"name": "plug", "type": "switch", "convention": "homeassistant", "command_topic": "ha/plug"}]
+    registry, subscriber = smart_home(broker, tmp_path, devices), Subscriber(broker)
+    try:
+        subscriber.publish_retained("z2m/woshi", json.dumps({"state": "ON", "brightness": 127}))
+        subscriber.publish_retained("home/fan/state", "OFF")
+        subscriber.publish_retained("z2m/chuanglian", json.dumps({"state": "OPEN", "position": 30}))
+        subscriber.publish_retained(
+            "z2m/kongtiao", json.dumps({"local_temperature": 21.5, "current_heating_setpoint": 22})
+        )
+        subscriber.publish_retained("z2m/kitchen", "[1, 2]")
+        assert [in_both(registry, "device_state", {"device": d["name"]}) for d in devices] == [
+            ("The 卧室灯 is on, at 50 percent.", "卧室灯开着，亮度50%。"),
+            ("The 床头灯 has not reported its state.", "床头灯还没有报告状态。"),
+            ("The kitchen light is reporting something I don't understand.", "kitchen light报的状态我看不懂。"),
+            ("The fan is off.", "fan关着。"),
+            ("The 窗帘 is open, 30 percent open.", "窗帘开着，开了30%。"),
+            ("The 空调 is 21.5 degrees, set to 22.", "空调室温21.5度，设在22度。"),
+            ("The plug does not report its state.", "plug不报告状态。"),
+        ]
+    finally:
+        subscriber.close()
+
+
+@contextlib.contextmanager
+def silent_broker() -> Iterator[int]:
+    """A server that accepts an MQTT connection and then acknowledges nothing; yields its port."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    connections = []
+
+    def serve() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                connection, _ = server.accept()
+                connections.append(connection)
+                connection.recv(1024)  # CONNECT
+                connection.sendall(b"\x20\x02\x00\x00")  # CONNACK: accepted
+
+    serving = threading.Thread(target=serve, daemon=True)
+    serving.start()
+    try:
+        yield server.getsockname()[1]
+    finally:
+        server.shutdown(socket.SHUT_RDWR)  # wakes the accept(), which close() alone would leave waiting
+        server.close()
+        serving.join(5)
+        for connection in connections:
+            connection.close()
+
+
+def test_what_cannot_be_done_is_said_in_the_language_of_the_request(tmp_path: Path, caplog) -> None:
+    down = free_port()
+    shared = [
+        {"name": "light", "type": "light", "topic": "z2m/kitchen", "area": "kitchen"},
+        {"name": "light", "type": "light", "topic": "z2m/bedroom", "area": "bedroom"},
+        {"name": "hall light", "type": "light"},  # no topic
+        {"name": "plug", "type": "switch", "topic": "z2m/+/plug"},
+        {"name": "空调", "type": "climate", "topic": "z2m/kongtiao"},
+        {"name": "heater", "type": "climate", "topic": "z2m/heater"},
+    ]
+    unreachable, registry = smart_home(down, tmp_path, MIXED), smart_home(down, tmp_path, shared)
+    with caplog.at_level(logging.WARNING):
+        said = [
+            in_both(unreachable, "switch_device", {"device": "卧室灯", "on": True}),
+            in_both(registry, "switch_device", {"device": "light", "on": True}),
+            in_both(registry, "switch_device", {"device": "hall light", "on": True}),
+            in_both(registry, "device_state", {"device": "plug"}),
+        ]
+    assert said == [
+        (
+            f"I can't reach the smart home broker at 127.0.0.1:{down} (Connection refused).",
+            f"连不上智能家居服务器127.0.0.1:{down}，连接被拒绝。",
+        ),
+        (
+            "I can't tell which light you mean: mqtt.devices has 2 of that name (kitchen and bedroom).",
+            "有2个设备叫light（kitchen、bedroom），不知道你说的是哪一个。",
+        ),
+        ("I can't use the hall light: mqtt.devices gives it no topic.", "hall light用不了：设备配置里没有它的主题。"),
+        (
+            "I can't use the plug: its topic 'z2m/+/plug' in mqtt.devices has a wildcard.",
+            "plug用不了：设备配置里它的主题带通配符。",
+        ),
+    ]
+    # The log keeps the English sentence, which names the setting to fix, whatever the reply's language.
+    assert [r.getMessage() for r in caplog.records if r.getMessage().startswith("smart home:")] == [
+        f"smart home: {english}" for english, _ in said for _ in range(2)
+    ]
+    assert in_both(registry, "set_temperature", {"celsius": 20}) == (
+        "Which thermostat: 空调, heater?",
+        "哪个空调：空调、heater？",
+    )
+    with mosquitto(tmp_path, allow_anonymous=False) as port:
+        assert in_both(smart_home(port, tmp_path, MIXED), "switch_device", {"device": "fan", "on": True}) == (
+            f"I can't reach the smart home broker at 127.0.0.1:{port} (it refused the connection: Not authorized).",
+            f"连不上智能家居服务器127.0.0.1:{port}，服务器拒绝了连接。",
+        )
+    with silent_broker() as port:
+        assert in_both(smart_home(port, tmp_path, MIXED), "switch_all", {"on": True, "area": "卧室"}) == (
+            f"I can't reach the smart home broker at 127.0.0.1:{port} "
+            "(it did not confirm the command within 3 seconds).",
+            f"连不上智能家居服务器127.0.0.1:{port}，命令没有得到确认。",
+        )
+
+
+def test_a_spoken_request_is_answered_in_its_own_language(broker: int, tmp_path: Path, tiny_int8: Path) -> None:
+    registry, subscriber = smart_home(broker, tmp_path, MIXED), Subscriber(broker)
+    manager = TurnManager(
+        Conversation(Engine(tiny_int8, kv_cache_len=2048), "You are a test.", 16), registry, Sampler()
+    )
+
+    def said(text: str) -> list[str]:
+        return [event.text for event in manager.turn(text) if event.kind in ("text", "error")]
+
+    try:
+        subscriber.publish_retained("z2m/woshi", json.dumps({"state": "ON"}))
+        subscriber.publish_retained("z2m/kitchen", json.dumps({"state": "ON"}))
+        assert said("打开卧室灯") == ["卧室灯已打开。"]
+        assert subscriber.wait_for("z2m/woshi/set") == '{"state": "ON"}'
+        assert said("卧室灯是什么状态") == ["卧室灯开着。"]
+        assert said("关闭卧室的灯") == ["卧室的灯都已关闭。"]
+        assert said("打开窗帘") == ["窗帘已打开。"]
+        assert said("把温度设置为22度") == ["空调温度已设为22度。"]
+        assert said("关掉kitchen light") == ["kitchen light已关闭。"]
+        # the next request in English is answered in English
+        assert said("turn on the kitchen light") == ["The kitchen light is on."]
+        assert said("is the kitchen light on") == ["The kitchen light is on."]
+        assert said("kitchen light开着吗") == ["kitchen light开着。"]
+    finally:
+        subscriber.close()

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from assistant.skills.intents import reply_language
+from assistant.turn import SORRY
 from assistant.voice.asr import Transcriber
 from assistant.voice.audio import BLOCK, RATE
 from assistant.voice.tts import SentenceSplitter, Voice
@@ -172,7 +174,7 @@ class VoicePipeline:
                 sentences.put(sentence)
         except Exception:
             log.exception("turn failed")
-            sentences.put("Sorry, something went wrong.")
+            sentences.put(SORRY[reply_language(text)])
         finally:
             sentences.put(None)
 

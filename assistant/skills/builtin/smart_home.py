@@ -17,6 +17,8 @@ closes with "OPEN" and "CLOSE" there.
 Whatever cannot be done is said in a sentence and logged: a broker that cannot be reached or does
 not acknowledge a command, a device whose topic is missing from the configuration, a name that
 several devices share. Nothing is ever reported as done unless the broker acknowledged it.
+Every sentence is said in Chinese to a request in Chinese (SkillContext.language), else in English;
+the log keeps the English one, which names the setting to fix.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import socket
 import threading
 import time
 from typing import Annotated, Any, Literal
@@ -37,6 +40,23 @@ MAX_STATE = 64 * 1024  # bytes of a reported state worth reading; devices report
 MAX_WORD = 40  # characters of a reported state worth saying ("on", "closing", "heat")
 SWITCHED = ("light", "switch", "fan")  # device types that are only on or off
 EVERYWHERE = "everywhere"  # the area that means the whole home
+KINDS_ZH = {"light": "灯", "switch": "开关", "fan": "风扇"}  # the words of Home Assistant's Chinese intents
+# Reported states as a Chinese sentence says them (Zigbee2MQTT covers report CLOSE, Home Assistant's closed);
+# any other word is read out as the device sent it.
+STATES_ZH = {
+    "on": "开着",
+    "off": "关着",
+    "true": "开着",
+    "false": "关着",
+    "open": "开着",
+    "closed": "关着",
+    "close": "关着",
+    "opening": "正在打开",
+    "closing": "正在关闭",
+    "stopped": "停着",
+    "heat": "在制热",
+    "cool": "在制冷",
+}
 
 
 def _devices(settings: Any, *types: str) -> list[dict]:
@@ -57,22 +77,30 @@ def _areas():
 
 
 class NotDone(Exception):
-    """Why a command or a question could not be carried out, as the sentence to say."""
+    """Why a command or a question could not be carried out, as the sentence to say in English and in Chinese."""
+
+    def __init__(self, en: str, zh: str):
+        super().__init__(en)
+        self.zh = zh
 
 
 class BrokerUnreachable(NotDone):
-    def __init__(self, where: str, why: str):
-        super().__init__(f"I can't reach the smart home broker at {where} ({why.rstrip('.')}).")
+    def __init__(self, where: str, why: str, why_zh: str):
+        # Chinese gets the gist only: the English detail (a path, the system's error text) is in the log.
+        super().__init__(
+            f"I can't reach the smart home broker at {where} ({why.rstrip('.')}).",
+            f"连不上智能家居服务器{where}{f'，{why_zh}' if why_zh else ''}。",
+        )
 
 
 class Unusable(NotDone):
     """A device that the configuration does not describe well enough to act on."""
 
 
-def _said(error: NotDone) -> str:
+def _said(context: SkillContext, error: NotDone) -> str:
     """The sentence to say; also logged, since the fix is usually in mqtt settings or the broker."""
     log.warning("smart home: %s", error)
-    return str(error)
+    return context.localized(str(error), zh=error.zh)
 
 
 def _device(context: SkillContext, name: str) -> dict:
@@ -80,7 +108,11 @@ def _device(context: SkillContext, name: str) -> dict:
     if len(found) > 1:
         # Taking the first would switch the kitchen light when the bedroom one was meant.
         areas = " and ".join(d.get("area") or "no area" for d in found)
-        raise Unusable(f"I can't tell which {name} you mean: mqtt.devices has {len(found)} of that name ({areas}).")
+        areas_zh = "、".join(d.get("area") or "未分区" for d in found)
+        raise Unusable(
+            f"I can't tell which {name} you mean: mqtt.devices has {len(found)} of that name ({areas}).",
+            f"有{len(found)}个设备叫{name}（{areas_zh}），不知道你说的是哪一个。",
+        )
     return found[0]
 
 
@@ -88,9 +120,15 @@ def _topic(device: dict, key: str) -> str:
     """The topic under `key` of a device's configuration, which must be one plain topic."""
     topic = device.get(key)
     if not isinstance(topic, str) or not topic:
-        raise Unusable(f"I can't use the {device['name']}: mqtt.devices gives it no {key}.")
+        raise Unusable(
+            f"I can't use the {device['name']}: mqtt.devices gives it no {key}.",
+            f"{device['name']}用不了：设备配置里没有它的主题。",
+        )
     if "+" in topic or "#" in topic:
-        raise Unusable(f"I can't use the {device['name']}: its {key} {topic!r} in mqtt.devices has a wildcard.")
+        raise Unusable(
+            f"I can't use the {device['name']}: its {key} {topic!r} in mqtt.devices has a wildcard.",
+            f"{device['name']}用不了：设备配置里它的主题带通配符。",
+        )
     return topic
 
 
@@ -107,7 +145,9 @@ def _client(context: SkillContext):
         try:
             client.tls_set(ca_certs=str(mqtt_settings.ca_file) if mqtt_settings.ca_file else None)
         except OSError as e:  # ssl.SSLError too: a CA file that is missing or holds no certificate
-            raise BrokerUnreachable(where, f"mqtt.ca_file {mqtt_settings.ca_file}: {e.strerror or e}") from None
+            raise BrokerUnreachable(
+                where, f"mqtt.ca_file {mqtt_settings.ca_file}: {e.strerror or e}", "证书文件读不了"
+            ) from None
     connected = threading.Event()
     answers = []  # the broker's answer to the connection: success, or why it refused
 
@@ -119,14 +159,25 @@ def _client(context: SkillContext):
     try:
         client.connect(mqtt_settings.host, mqtt_settings.port, keepalive=10)
     except (OSError, ValueError) as e:  # ValueError: an empty mqtt.host
-        raise BrokerUnreachable(where, getattr(e, "strerror", None) or str(e)) from None
+        raise BrokerUnreachable(where, getattr(e, "strerror", None) or str(e), _connect_failure_zh(e)) from None
     client.loop_start()
     if not connected.wait(TIMEOUT) or answers[0].is_failure:
         client.disconnect()
         client.loop_stop()
         reason = f"it refused the connection: {answers[0]}" if answers else "no answer"
-        raise BrokerUnreachable(where, reason)
+        raise BrokerUnreachable(where, reason, "服务器拒绝了连接" if answers else "服务器没有应答")
     return client
+
+
+def _connect_failure_zh(error: Exception) -> str:
+    """Why a connection failed, in Chinese; empty where the system's own words have no short Chinese."""
+    if isinstance(error, ConnectionRefusedError):
+        return "连接被拒绝"
+    if isinstance(error, TimeoutError):
+        return "连接超时"
+    if isinstance(error, (socket.gaierror, ValueError)):  # ValueError: an empty mqtt.host
+        return "找不到这个地址"
+    return ""
 
 
 def _publish(context: SkillContext, messages: list[tuple[str, str]]) -> None:
@@ -141,9 +192,11 @@ def _publish(context: SkillContext, messages: list[tuple[str, str]]) -> None:
             try:
                 message.wait_for_publish(max(0.0, deadline - time.monotonic()))
             except (RuntimeError, ValueError) as e:  # the connection dropped, or the client's queue is full
-                raise BrokerUnreachable(where, str(e)) from None
+                raise BrokerUnreachable(where, str(e), "连接断了") from None
             if not message.is_published():
-                raise BrokerUnreachable(where, f"it did not confirm the command within {TIMEOUT:g} seconds")
+                raise BrokerUnreachable(
+                    where, f"it did not confirm the command within {TIMEOUT:g} seconds", "命令没有得到确认"
+                )
     finally:
         client.disconnect()
         client.loop_stop()
@@ -182,8 +235,8 @@ def switch_device(device: Annotated[str, _names(*SWITCHED)], on: bool, context: 
     try:
         _command(context, _device(context, device), "state", "ON" if on else "OFF")
     except NotDone as e:
-        return _said(e)
-    return f"The {device} is {'on' if on else 'off'}."
+        return _said(context, e)
+    return context.localized(f"The {device} is {'on' if on else 'off'}.", zh=f"{device}已{'打开' if on else '关闭'}。")
 
 
 @skill(intents={"HassLightSet": {"device": "{name}", "percent": "{brightness}"}})
@@ -203,8 +256,8 @@ def set_brightness(
         level = round(percent * (255 if homeassistant else 254) / 100)
         _command(context, found, "brightness", level)
     except NotDone as e:
-        return _said(e)
-    return f"The {device} is at {percent} percent."
+        return _said(context, e)
+    return context.localized(f"The {device} is at {percent} percent.", zh=f"{device}亮度已调到{percent}%。")
 
 
 @skill(
@@ -226,8 +279,12 @@ def set_cover(
     try:
         _command(context, _device(context, device), "position", position)
     except NotDone as e:
-        return _said(e)
-    return f"The {device} is {'open' if position == 100 else 'closed' if position == 0 else f'at {position} percent'}."
+        return _said(context, e)
+    if position in (0, 100):
+        return context.localized(
+            f"The {device} is {'open' if position else 'closed'}.", zh=f"{device}已{'打开' if position else '关闭'}。"
+        )
+    return context.localized(f"The {device} is at {position} percent.", zh=f"{device}已打开到{position}%。")
 
 
 @skill(
@@ -256,17 +313,24 @@ def switch_all(
         if area == EVERYWHERE or d.get("area", "").casefold() == area.casefold()
     ]
     where = "" if area == EVERYWHERE else f" in the {area}"
+    kind_zh = KINDS_ZH[kind]
     if not devices:
-        return f"There is no {kind}{where}."
+        return context.localized(
+            f"There is no {kind}{where}.", zh=f"{'家里' if area == EVERYWHERE else area}没有{kind_zh}。"
+        )
     try:
         # Every message is made before any is sent: one device without a topic switches none.
         _publish(context, [_message(d, "state", "ON" if on else "OFF") for d in devices])
     except NotDone as e:
-        return _said(e)
-    state = "on" if on else "off"
+        return _said(context, e)
+    state, state_zh = ("on", "已打开") if on else ("off", "已关闭")
+    where_zh = "" if area == EVERYWHERE else f"{area}的"
     if len(devices) > 1:
-        return f"The {kind.replace('switch', 'switche')}s{where} are {state}."
-    return f"The {kind}{where} is {state}."
+        return context.localized(
+            f"The {kind.replace('switch', 'switche')}s{where} are {state}.",
+            zh=f"{where_zh or '所有的'}{kind_zh}都{state_zh}。",
+        )
+    return context.localized(f"The {kind}{where} is {state}.", zh=f"{where_zh}{kind_zh}{state_zh}。")
 
 
 @skill(intents={"HassClimateSetTemperature": {"device": "{name}", "celsius": "{temperature}"}})
@@ -284,13 +348,15 @@ def set_temperature(
     if device is None:
         thermostats = [d["name"] for d in _devices(context.settings, "climate")]
         if len(thermostats) > 1:
-            return f"Which thermostat: {', '.join(thermostats)}?"
+            return context.localized(
+                f"Which thermostat: {', '.join(thermostats)}?", zh=f"哪个空调：{'、'.join(thermostats)}？"
+            )
         device = thermostats[0]
     try:
         _command(context, _device(context, device), "temperature", celsius)
     except NotDone as e:
-        return _said(e)
-    return f"The {device} is set to {celsius:g} degrees."
+        return _said(context, e)
+    return context.localized(f"The {device} is set to {celsius:g} degrees.", zh=f"{device}温度已设为{celsius:g}度。")
 
 
 @skill(sentences={"en": ["is [the] {device} (on|off|open|closed|shut)", "what is the state of [the] {device}",
@@ -314,11 +380,11 @@ def device_state(device: Annotated[str, _names()], context: SkillContext) -> str
         found = _device(context, device)
         key = "state_topic" if found.get("state_topic") else "topic"
         if not found.get(key):
-            return f"The {device} does not report its state."
+            return context.localized(f"The {device} does not report its state.", zh=f"{device}不报告状态。")
         topic = _topic(found, key)
         client = _client(context)
     except NotDone as e:
-        return _said(e)
+        return _said(context, e)
     client.on_message = on_message
     try:
         client.subscribe(topic)
@@ -327,12 +393,14 @@ def device_state(device: Annotated[str, _names()], context: SkillContext) -> str
         client.disconnect()
         client.loop_stop()
     if not received:
-        return f"The {device} has not reported its state."
-    return _describe(device, received[0])
+        return context.localized(f"The {device} has not reported its state.", zh=f"{device}还没有报告状态。")
+    return _describe(context, device, received[0])
 
 
-def _describe(device: str, payload: bytes) -> str:
-    not_understood = f"The {device} is reporting something I don't understand."
+def _describe(context: SkillContext, device: str, payload: bytes) -> str:
+    not_understood = context.localized(
+        f"The {device} is reporting something I don't understand.", zh=f"{device}报的状态我看不懂。"
+    )
     if len(payload) > MAX_STATE:  # not a device's state; nothing of it is worth saying
         return not_understood
     try:
@@ -341,19 +409,24 @@ def _describe(device: str, payload: bytes) -> str:
         state = payload.decode(errors="replace")
     if not isinstance(state, dict):  # a plain payload ("ON", "open") is the state itself
         state = {"state": state}
-    said = []
+    said = []  # (English, Chinese) of each thing said
     if (word := _word(state.get("state"))) is not None:
-        said.append(word)
+        said.append((word, STATES_ZH.get(word, f"状态是{word}")))
     # Devices report numbers as numbers, strings or null (unknown): only a number is said.
     if (brightness := _number(state.get("brightness"))) is not None:
-        said.append(f"at {round(brightness * 100 / 254)} percent")
+        percent = round(brightness * 100 / 254)
+        said.append((f"at {percent} percent", f"亮度{percent}%"))
     if (position := _number(state.get("position"))) is not None:
-        said.append(f"{position:g} percent open")
+        said.append((f"{position:g} percent open", f"开了{position:g}%"))
     if (temperature := _number(state.get("local_temperature"))) is not None:
-        said.append(f"{temperature:g} degrees")
+        said.append((f"{temperature:g} degrees", f"室温{temperature:g}度"))
     if (setpoint := _number(state.get("current_heating_setpoint"))) is not None:
-        said.append(f"set to {setpoint:g}")
-    return f"The {device} is {', '.join(said)}." if said else not_understood
+        said.append((f"set to {setpoint:g}", f"设在{setpoint:g}度"))
+    if not said:
+        return not_understood
+    return context.localized(
+        f"The {device} is {', '.join(en for en, _ in said)}.", zh=f"{device}{'，'.join(zh for _, zh in said)}。"
+    )
 
 
 def _word(value: object) -> str | None:

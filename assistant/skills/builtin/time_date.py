@@ -6,7 +6,7 @@ from datetime import datetime
 
 from assistant import SkillContext, skill
 
-WEEKDAYS_ZH = "一二三四五六日"  # Monday first, as datetime.weekday() counts
+from ._spoken import WEEKDAYS_ZH, clock
 
 
 @skill(
@@ -19,7 +19,7 @@ WEEKDAYS_ZH = "一二三四五六日"  # Monday first, as datetime.weekday() cou
 def current_time(context: SkillContext) -> str:
     """Tell the current local time."""
     now = datetime.now()
-    return context.localized(f"It is {now.hour}:{now.minute:02d}.", zh=f"现在是{now.hour}点{now.minute:02d}分。")
+    return context.localized(f"It is {clock(now.hour, now.minute)}.", zh=f"现在是{clock(now.hour, now.minute, 'zh')}。")
 
 
 @skill(

@@ -17,11 +17,14 @@ from typing import Annotated, Literal
 
 from assistant import Range, SkillContext, StorageError, background, skill
 
+from ._spoken import WEEKDAYS_ZH, clock
+
 SCHEMA = """CREATE TABLE IF NOT EXISTS timers (
     id INTEGER PRIMARY KEY, kind TEXT NOT NULL, label TEXT NOT NULL, due REAL NOT NULL,
-    length REAL NOT NULL DEFAULT 0, paused_left REAL);"""
+    length REAL NOT NULL DEFAULT 0, paused_left REAL, language TEXT NOT NULL DEFAULT 'en');"""
 # Columns added since the first release, for state directories that have the older table.
-NEW_COLUMNS = ("length REAL NOT NULL DEFAULT 0", "paused_left REAL")
+# `language` is that of the request that set the timer: it rings later, outside any turn.
+NEW_COLUMNS = ("length REAL NOT NULL DEFAULT 0", "paused_left REAL", "language TEXT NOT NULL DEFAULT 'en'")
 TICK = 0.25  # seconds between looks at the clock
 MAX_TIMER = 24 * 3600  # seconds; longer is an alarm's job
 MAX_BACKOFF = 5.0  # seconds between looks while the stored timers cannot be read or written
@@ -39,27 +42,34 @@ def _db(context: SkillContext) -> Iterator[sqlite3.Connection]:
         yield db
 
 
-def _duration(seconds: float, before_noun: bool = False) -> str:
-    """Spoken length: "1 hour and 30 minutes", or before a noun "1 hour and 30 minute" (timer)."""
+def _duration(seconds: float, before_noun: bool = False, language: str = "en") -> str:
+    """Spoken length: "1 hour and 30 minutes", or before a noun "1 hour and 30 minute" (timer); 1小时30分钟."""
     minutes, seconds = divmod(int(round(seconds)), 60)
     hours, minutes = divmod(minutes, 60)
-    parts = [
-        f"{n} {unit}{'s' if n != 1 and not before_noun else ''}"
-        for n, unit in ((hours, "hour"), (minutes, "minute"), (seconds, "second"))
-        if n
-    ]
+    amounts = ((hours, "hour", "小时"), (minutes, "minute", "分钟"), (seconds, "second", "秒"))
+    if language == "zh":
+        return "".join(f"{n}{zh}" for n, _, zh in amounts if n) or "0秒"
+    parts = [f"{n} {unit}{'s' if n != 1 and not before_noun else ''}" for n, unit, _ in amounts if n]
     return " and ".join(parts) or "0 seconds"
 
 
-def _timer_name(label: str, length: float) -> str:
+def _timer_name(label: str, length: float, language: str = "en") -> str:
+    """A timer as a reply names it: "the pasta timer", "the 10 minute timer"; 意大利面计时器, 10分钟的计时器."""
+    if language == "zh":
+        return f"{_duration(length, language='zh')}的计时器" if length and not label else f"{label}计时器"
     if label:
         return f"the {label} timer"
     return f"the {_duration(length, True)} timer" if length else "the timer"  # set before lengths were kept
 
 
-def _full_name(label: str, length: float) -> str:
-    """The name that tells apart timers of one label: "the 10 minute pasta timer", as it can be said back."""
-    return f"the {_duration(length, True)} {label} timer" if label and length else _timer_name(label, length)
+def _full_name(label: str, length: float, language: str = "en") -> str:
+    """The name that tells apart timers of one label: "the 10 minute pasta timer", 10分钟的意大利面计时器,
+    as the templates for cancel, pause and resume take it back."""
+    if not (label and length):
+        return _timer_name(label, length, language)
+    if language == "zh":
+        return f"{_duration(length, language='zh')}的{label}计时器"
+    return f"the {_duration(length, True)} {label} timer"
 
 
 def _label(text: str) -> str:
@@ -105,9 +115,9 @@ SETTING = "[(set|start)] [a|an|the|my] "
                "[set|start] (a|an|the|my) {label} timer for {minutes} minute[s]",
                "[set|start] (a|an|the|my) {label} timer for {hours} hour[s]",
                "[set|start] (a|an|the|my) {label} timer for {seconds} second[s]"],
-        "zh": [("[设置|设定|开始|定][一个]半(个)小时[的]计时[器]", HALF_AN_HOUR),
-               ("[设置|设定|开始|定][一个]一个半小时[的]计时[器]", HOUR_AND_A_HALF),
-               "[设置|设定|定][一个]{minutes}分钟[的]计时器", "[设置|设定|定][一个]{seconds}秒[钟][的]计时器",
+        "zh": [("[设置|设定|设|开始|定][一个]半(个)小时[的]计时[器]", HALF_AN_HOUR),
+               ("[设置|设定|设|开始|定][一个]一个半小时[的]计时[器]", HOUR_AND_A_HALF),
+               "[设置|设定|设|定][一个]{minutes}分钟[的]计时器", "[设置|设定|设|定][一个]{seconds}秒[钟][的]计时器",
                "{minutes}分钟后提醒我", "{hours}(个)小时后提醒我"],
     },
     intents={"HassStartTimer": {"label": "{name}"}},
@@ -129,17 +139,21 @@ def set_timer(
     """
     length = hours * 3600 + minutes * 60 + seconds
     if length <= 0:
-        return "How long should the timer run?"
+        return context.localized("How long should the timer run?", zh="计时器要设多长时间？")
     if length > MAX_TIMER:
-        return "I can set timers for up to 24 hours; for later, set an alarm."
+        return context.localized(
+            "I can set timers for up to 24 hours; for later, set an alarm.", zh="计时器最长24小时，更久的请设闹钟。"
+        )
     label = _label(label)
     with _db(context) as db:
         db.execute(
-            "INSERT INTO timers (kind, label, due, length) VALUES ('timer', ?, ?, ?)",
-            (label, time.time() + length, length),
+            "INSERT INTO timers (kind, label, due, length, language) VALUES ('timer', ?, ?, ?, ?)",
+            (label, time.time() + length, length, context.language),
         )
     name = f"The {label} timer" if label else "Timer"
-    return f"{name} {'is ' if label else ''}set for {_duration(length)}."
+    return context.localized(
+        f"{name} {'is ' if label else ''}set for {_duration(length)}.", zh=f"已设好{_full_name(label, length, 'zh')}。"
+    )
 
 
 # How alarms are asked for. hassil's number lists cannot add 12 to an hour, so a time after noon
@@ -149,7 +163,7 @@ EN_TIME = "(:{minute}| [{minute}]) [o'clock]"  # "7:30", "7 30", "seven thirty",
 AM = " (am|a m|a.m.|in the morning)"
 PM = " (pm|p m|p.m.|in the afternoon|in the evening|at night|tonight)"
 EN_HOURS = ["one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve"]
-ZH_ALARM = "[设置|设定|定][一个][明天]{time}(叫醒我|[的]闹钟)"
+ZH_ALARM = "[设置|设定|设|定][一个][明天]{time}(叫醒我|[的]闹钟)"
 ZH_AFTERNOON = "(下午|晚上|傍晚)"
 ZH_HOURS = ["一", "(二|两)", "三", "四", "五", "六", "七", "八", "九", "十", "十一"]  # 晚上十二点 is midnight: not here
 
@@ -194,12 +208,18 @@ def set_alarm(
     if due <= now:
         due += timedelta(days=1)
     # Said with the day when it is not today: "set an alarm for 7" at 15:00 is 7:00 tomorrow morning.
-    when = f"{hour}:{minute:02d}" + (" tomorrow" if due.date() != now.date() else "")
+    tomorrow = due.date() != now.date()
+    when = clock(hour, minute) + (" tomorrow" if tomorrow else "")
+    when_zh = ("明天" if tomorrow else "") + clock(hour, minute, "zh")
     with _db(context) as db:
         if db.execute("SELECT 1 FROM timers WHERE kind = 'alarm' AND due = ?", (due.timestamp(),)).fetchone():
-            return f"An alarm is already set for {when}."  # one alarm, not two that ring together
-        db.execute("INSERT INTO timers (kind, label, due) VALUES ('alarm', ?, ?)", (label.strip(), due.timestamp()))
-    return f"Alarm set for {when}."
+            # One alarm, not two that ring together.
+            return context.localized(f"An alarm is already set for {when}.", zh=f"{when_zh}已经有闹钟了。")
+        db.execute(
+            "INSERT INTO timers (kind, label, due, language) VALUES ('alarm', ?, ?, ?)",
+            (label.strip(), due.timestamp(), context.language),
+        )
+    return context.localized(f"Alarm set for {when}.", zh=f"闹钟定在{when_zh}。")
 
 
 @skill(
@@ -213,55 +233,67 @@ def list_timers(context: SkillContext) -> str:
     with _db(context) as db:
         rows = db.execute("SELECT kind, label, due, paused_left FROM timers ORDER BY due").fetchall()
     if not rows:
-        return "No timers or alarms are set."
-    said = []
+        return context.localized("No timers or alarms are set.", zh="没有设置计时器或闹钟。")
+    said, said_zh = [], []
     for kind, label, due, paused_left in rows:
         if kind == "alarm":
-            said.append(f"an alarm at {datetime.fromtimestamp(due).strftime('%-H:%M')}")
+            at = datetime.fromtimestamp(due)
+            said.append(f"an alarm at {clock(at.hour, at.minute)}")
+            said_zh.append(f"{clock(at.hour, at.minute, 'zh')}的闹钟")
         else:
-            paused = " (paused)" if paused_left is not None else ""
+            left = _left(due, paused_left)
+            paused = paused_left is not None
             timer = _an(f"{label} timer" if label else "timer")
-            said.append(f"{timer} with {_duration(_left(due, paused_left))} left{paused}")
-    return "You have " + ", ".join(said) + "."
+            said.append(f"{timer} with {_duration(left)} left{' (paused)' if paused else ''}")
+            said_zh.append(f"{label}计时器还剩{_duration(left, language='zh')}{'，已暂停' if paused else ''}")
+    return context.localized("You have " + ", ".join(said) + ".", zh="现在有：" + "；".join(said_zh) + "。")
 
 
-def _status(rows: list) -> str:
-    said = []
+def _status(rows: list, context: SkillContext) -> str:
+    said, said_zh = [], []
     for _, label, due, length, paused_left in rows:
-        paused = ", paused" if paused_left is not None else ""
-        said.append(f"{_timer_name(label, length)} has {_duration(_left(due, paused_left))} left{paused}")
+        left, paused = _left(due, paused_left), paused_left is not None
+        said.append(f"{_timer_name(label, length)} has {_duration(left)} left{', paused' if paused else ''}")
+        said_zh.append(
+            f"{_timer_name(label, length, 'zh')}还剩{_duration(left, language='zh')}{'，已暂停' if paused else ''}"
+        )
     text = "; ".join(said)
-    return text[0].upper() + text[1:] + "."
+    return context.localized(text[0].upper() + text[1:] + ".", zh="；".join(said_zh) + "。")
 
 
-def _change(db: sqlite3.Connection, row: tuple, action: str, seconds: int, name: str) -> str:
+def _change(db: sqlite3.Connection, row: tuple, action: str, seconds: int, name: str, context: SkillContext) -> str:
+    """Do `action` to the timer `row` and say so; `name` is the timer's, in the language of the reply."""
     row_id, label, due, length, paused_left = row
+    capitalized = name[0].upper() + name[1:]
     if action == "cancel":
         db.execute("DELETE FROM timers WHERE id = ?", (row_id,))
-        return f"Cancelled {name}."
+        return context.localized(f"Cancelled {name}.", zh=f"已取消{name}。")
     if action == "pause":
         if paused_left is not None:
-            return f"{name[0].upper()}{name[1:]} is already paused."
+            return context.localized(f"{capitalized} is already paused.", zh=f"{name}已经暂停了。")
         db.execute("UPDATE timers SET paused_left = ? WHERE id = ?", (_left(due, None), row_id))
-        return f"Paused {name}."
+        return context.localized(f"Paused {name}.", zh=f"已暂停{name}。")
     if action == "resume":
         if paused_left is None:
-            return f"{name[0].upper()}{name[1:]} is running."
+            return context.localized(f"{capitalized} is running.", zh=f"{name}正在计时。")
         db.execute("UPDATE timers SET due = ?, paused_left = NULL WHERE id = ?", (time.time() + paused_left, row_id))
-        return f"Resumed {name}."
+        return context.localized(f"Resumed {name}.", zh=f"已恢复{name}。")
     left = max(_left(due, paused_left) + (seconds if action == "add" else -seconds), 0)
     if paused_left is None:
         db.execute("UPDATE timers SET due = ? WHERE id = ?", (time.time() + left, row_id))
     else:
         db.execute("UPDATE timers SET paused_left = ? WHERE id = ?", (left, row_id))
-    return f"{name[0].upper()}{name[1:]} has {_duration(left)} left."
+    return context.localized(
+        f"{capitalized} has {_duration(left)} left.", zh=f"{name}还剩{_duration(left, language='zh')}。"
+    )
 
 
 # A timer by its length and label ("the 10 minute pasta timer"), as the question "Which one?" names
 # it when two share a label: the sentence library has a name or a length, never both.
 LENGTH = "({start_hours} hour[s] [and {start_minutes} minute[s]]|{start_minutes} minute[s]|{start_seconds} second[s])"
 PICK = "[the|my] " + LENGTH + " {label} timer"
-ZH_PICK = "({start_hours}[个]小时|{start_minutes}分钟)[的]"
+ZH_LENGTH = "({start_hours}[个]小时[{start_minutes}分[钟]]|{start_minutes}分钟|{start_seconds}秒[钟])"
+ZH_PICK = "[那个|一个]" + ZH_LENGTH + "[的][{label}]计时器"
 
 
 @skill(
@@ -276,8 +308,10 @@ ZH_PICK = "({start_hours}[个]小时|{start_minutes}分钟)[的]"
                ("add {minutes} minute[s] to " + PICK, {"action": "add"})],
         "zh": [("取消(所有|全部)[的]计时器", {"action": "cancel_all"}),
                ("把(所有|全部)[的]计时器[都]取消", {"action": "cancel_all"}),
-               # "取消10分钟的计时器": the library reads "10分钟的" as a timer's name.
-               ("取消[那个|一个]" + ZH_PICK + "[{label}]计时器", {"action": "cancel"})],
+               # "取消10分钟的计时器", "暂停10分钟的意大利面计时器": the library reads "10分钟的" as a timer's name.
+               ("取消" + ZH_PICK, {"action": "cancel"}),
+               ("暂停" + ZH_PICK, {"action": "pause"}),
+               ("(恢复|继续)" + ZH_PICK, {"action": "resume"})],
     },
     intents={
         "HassTimerStatus": {"action": "status", "label": "{name}"},
@@ -315,25 +349,33 @@ def control_timer(
     with _db(context) as db:
         rows = _timers(db, label, start_hours, start_minutes, start_seconds)
         if not rows:
-            picked = label.strip() or start_hours or start_minutes or start_seconds
-            return "There is no such timer." if picked else "No timer is running."
+            if label.strip() or start_hours or start_minutes or start_seconds:
+                return context.localized("There is no such timer.", zh="没有这个计时器。")
+            return context.localized("No timer is running.", zh="没有正在运行的计时器。")
         if action == "status":
-            return _status(rows)
+            return _status(rows, context)
         if action == "cancel_all":
             db.executemany("DELETE FROM timers WHERE id = ?", [(r[0],) for r in rows])
-            return f"Cancelled {len(rows)} timer{'s' if len(rows) != 1 else ''}."
+            n = len(rows)
+            return context.localized(f"Cancelled {n} timer{'s' if n != 1 else ''}.", zh=f"已取消{n}个计时器。")
         if action in ("pause", "resume") and len(rows) > 1:
             # "pause the timer" with one running and one paused means the running one.
             rows = [r for r in rows if (r[4] is None) == (action == "pause")] or rows
         seconds = hours * 3600 + minutes * 60 + seconds
+        language = context.language
         if len(rows) == 1:
-            return _change(db, rows[0], action, seconds, _timer_name(rows[0][1], rows[0][3]))
-        names = list(dict.fromkeys(_full_name(r[1].lower(), r[3]) for r in rows))  # "Pasta" is "pasta"
+            return _change(db, rows[0], action, seconds, _timer_name(rows[0][1], rows[0][3], language), context)
+        names = list(dict.fromkeys(_full_name(r[1].lower(), r[3], language) for r in rows))  # "Pasta" is "pasta"
         if len(names) > 1:
-            return f"You have {len(rows)} timers: {', '.join(names)}. Which one?"
+            return context.localized(
+                f"You have {len(rows)} timers: {', '.join(names)}. Which one?",
+                zh=f"你有{len(rows)}个计时器：{'、'.join(names)}。要哪一个？",
+            )
         # Same label, same length: no answer to "Which one?" could pick one, so the one that ends first.
         first = min(rows, key=lambda r: _left(r[2], r[4]))
-        return _change(db, first, action, seconds, f"{_timer_name(first[1], first[3])} with the least time left")
+        name = _timer_name(first[1], first[3], language)
+        least = context.localized(f"{name} with the least time left", zh=f"剩余时间最短的{name}")
+        return _change(db, first, action, seconds, least, context)
 
 
 @skill(
@@ -346,16 +388,27 @@ def cancel_alarms(context: SkillContext) -> str:
     """Cancel every alarm (timers keep running)."""
     with _db(context) as db:
         removed = db.execute("DELETE FROM timers WHERE kind = 'alarm'").rowcount
-    return f"Cancelled {removed} alarm{'s' if removed != 1 else ''}." if removed else "No alarm is set."
+    if not removed:
+        return context.localized("No alarm is set.", zh="没有设置闹钟。")
+    return context.localized(f"Cancelled {removed} alarm{'s' if removed != 1 else ''}.", zh=f"已取消{removed}个闹钟。")
 
 
-def _ring(kind: str, label: str, due: float) -> str:
-    """What is said when a timer or alarm comes due; late (the assistant was not running), with when it was due."""
+def _ring(kind: str, label: str, due: float, language: str) -> str:
+    """What is said when a timer or alarm comes due, in the language it was set in; late (the assistant was
+    not running), with when it was due."""
+    late = time.time() - due > LATE
+    then = datetime.fromtimestamp(due)
+    today = then.date() == datetime.now().date()
+    if language == "zh":
+        what = f"{label}{'计时器' if kind == 'timer' else '闹钟'}"
+        if late:
+            day = "" if today else f"星期{WEEKDAYS_ZH[then.weekday()]}"
+            return f"{what}本该在{day}{clock(then.hour, then.minute, 'zh')}响，当时我没能提醒你。"
+        return f"{what}时间到了。" if kind == "timer" else f"{what}响了。"
     what = f"Your {label} {kind}" if label else f"Your {kind}"
-    if time.time() - due > LATE:
-        then = datetime.fromtimestamp(due)
-        day = "" if then.date() == datetime.now().date() else f" on {then.strftime('%A')}"
-        return f"{what} was due at {then.hour}:{then.minute:02d}{day}; I could not ring it then."
+    if late:
+        day = "" if today else f" on {then.strftime('%A')}"
+        return f"{what} was due at {clock(then.hour, then.minute)}{day}; I could not ring it then."
     return f"{what} is done." if kind == "timer" else f"{what} is ringing."
 
 
@@ -372,12 +425,13 @@ def ring_due_timers(context: SkillContext, stop: threading.Event) -> None:
         try:
             with _db(context) as db:
                 due = db.execute(
-                    "SELECT id, kind, label, due FROM timers WHERE due <= ? AND paused_left IS NULL ORDER BY due",
+                    "SELECT id, kind, label, due, language FROM timers"
+                    " WHERE due <= ? AND paused_left IS NULL ORDER BY due",
                     (time.time(),),
                 ).fetchall()
-            for row_id, kind, label, due_at in due:
+            for row_id, kind, label, due_at, language in due:
                 if row_id not in rung:
-                    context.say(_ring(kind, label, due_at))
+                    context.say(_ring(kind, label, due_at, language))
                     rung.add(row_id)
             if rung:
                 with _db(context) as db:
