@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
+import pwd
 import re
 import shutil
 import socket
@@ -43,16 +45,26 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def mosquitto(tmp_path: Path, allow_anonymous: bool = True, port: int | None = None) -> Iterator[int]:
-    """A mosquitto broker on a loopback port (a free one unless given); yields the port."""
+def mosquitto(tmp_path: Path, allow_anonymous: bool = True, port: int | None = None, acl: str = "") -> Iterator[int]:
+    """A mosquitto broker on a loopback port (a free one unless given), with `acl` as its access rules
+    if given; yields the port."""
     assert shutil.which("mosquitto") or Path("/usr/sbin/mosquitto").exists(), "mosquitto is installed by .ci/run"
     port = port or free_port()
     config = tmp_path / "mosquitto.conf"
-    config.write_text(f"listener {port} 127.0.0.1\nallow_anonymous {str(allow_anonymous).lower()}\npersistence false\n")
+    lines = [f"listener {port} 127.0.0.1", f"allow_anonymous {str(allow_anonymous).lower()}", "persistence false"]
+    if acl:
+        (tmp_path / "acl").write_text(acl)
+        # Started as root, mosquitto reads its access rules after becoming the user `mosquitto`, who
+        # cannot enter pytest's private folder: `user` with our own name keeps the user it started as.
+        lines += [f"acl_file {tmp_path / 'acl'}", f"user {pwd.getpwuid(os.getuid()).pw_name}"]
+    config.write_text("\n".join(lines) + "\n")
     executable = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-    process = subprocess.Popen([executable, "-c", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = tmp_path / "mosquitto.log"
+    with log.open("w") as stderr:
+        process = subprocess.Popen([executable, "-c", str(config)], stdout=subprocess.DEVNULL, stderr=stderr)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
+        assert process.poll() is None, f"mosquitto exited: {log.read_text()}"
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
             break
@@ -477,8 +489,9 @@ def silent_broker() -> Iterator[int]:
             while True:
                 connection, _ = server.accept()
                 connections.append(connection)
-                connection.recv(1024)  # CONNECT
-                connection.sendall(b"\x20\x02\x00\x00")  # CONNACK: accepted
+                connect = connection.recv(1024)
+                # CONNACK: accepted (MQTT 5's with an empty property list); the level is after "MQTT"
+                connection.sendall(b"\x20\x03\x00\x00\x00" if connect[8] == 5 else b"\x20\x02\x00\x00")
 
     serving = threading.Thread(target=serve, daemon=True)
     serving.start()
@@ -571,3 +584,74 @@ def test_a_spoken_request_is_answered_in_its_own_language(broker: int, tmp_path:
         assert said("kitchen light开着吗") == ["kitchen light开着。"]
     finally:
         subscriber.close()
+
+
+def test_a_command_the_brokers_access_rules_refuse_is_said_not_done(tmp_path: Path, caplog) -> None:
+    """MQTT 5: the broker's acknowledgement carries "not authorized" (3.1.1 would acknowledge it as done)."""
+    acl = "topic read #\ntopic readwrite marker\ntopic readwrite zigbee2mqtt/kitchen_light/#\n"
+    with mosquitto(tmp_path, acl=acl) as port:
+        registry, subscriber = smart_home(port, tmp_path), Subscriber(port)
+        try:
+            on = registry.call("switch_device", {"device": "kitchen light", "on": True}).text
+            assert on == "The kitchen light is on."
+            assert registry.call("set_cover", {"device": "blinds", "position": 30}).text == (
+                f"The smart home broker at 127.0.0.1:{port} refused the command to zigbee2mqtt/blinds/set: "
+                "not authorized."
+            )
+            registry.context.language = "zh"
+            assert registry.call("set_cover", {"device": "blinds", "position": 0}).text == (
+                "智能家居服务器拒绝了这个命令，没有权限。"
+            )
+            assert [t for t, _ in subscriber.sent_before_now()] == ["zigbee2mqtt/kitchen_light/set"]
+            assert "refused the command to zigbee2mqtt/blinds/set" in caplog.text
+        finally:
+            subscriber.close()
+
+
+@contextlib.contextmanager
+def broker_of_mqtt_3_1_1() -> Iterator[tuple[int, list[int]]]:
+    """A broker as the MQTT 3.1.1 specification has one answer (3.1.2.2): CONNACK 0x01 to any other
+    protocol level, then PUBACK to a QoS 1 PUBLISH. Yields its port and the levels it was asked for."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    levels: list[int] = []
+    connections = []
+
+    def serve() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                connection, _ = server.accept()
+                connections.append(connection)
+                connect = connection.recv(4096)
+                levels.append(connect[8])  # fixed header (2), "MQTT" with its length (6), then the level
+                if connect[8] != 4:
+                    connection.sendall(b"\x20\x02\x00\x01")  # unacceptable protocol version
+                    connection.close()
+                    continue
+                connection.sendall(b"\x20\x02\x00\x00")
+                while packet := connection.recv(4096):
+                    if packet[0] >> 4 == 3 and packet[0] & 0x06 == 0x02:  # PUBLISH, QoS 1
+                        topic_length = int.from_bytes(packet[2:4], "big")
+                        mid = packet[4 + topic_length : 6 + topic_length]
+                        connection.sendall(b"\x40\x02" + mid)
+
+    serving = threading.Thread(target=serve, daemon=True)
+    serving.start()
+    try:
+        yield server.getsockname()[1], levels
+    finally:
+        server.shutdown(socket.SHUT_RDWR)
+        server.close()
+        serving.join(5)
+        for connection in connections:
+            connection.close()
+
+
+def test_a_broker_without_mqtt_5_is_used_over_3_1_1(tmp_path: Path) -> None:
+    with broker_of_mqtt_3_1_1() as (port, levels):
+        registry = smart_home(port, tmp_path)
+        assert (
+            registry.call("switch_device", {"device": "kitchen light", "on": True}).text == "The kitchen light is on."
+        )
+        assert levels == [5, 4]

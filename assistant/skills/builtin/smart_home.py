@@ -133,11 +133,30 @@ def _topic(device: dict, key: str) -> str:
 
 
 def _client(context: SkillContext):
+    """A connected client: MQTT 5 where the broker has it, since its acknowledgements say when the
+    broker's access rules refuse a command (under 3.1.1 a refused command is acknowledged all the same)."""
+    import paho.mqtt.client as mqtt
+
+    try:
+        return _connect(context, mqtt.MQTTv5)
+    except OnlyOlderProtocol:
+        return _connect(context, mqtt.MQTTv311)
+
+
+class OnlyOlderProtocol(Exception):
+    """The broker answered MQTT 5's connection with "unsupported protocol version"."""
+
+
+UNSUPPORTED_PROTOCOL_VERSION = 132  # MQTT 5's reason code, also what paho makes of 3.1.1's answer
+NOT_AUTHORIZED = 135
+
+
+def _connect(context: SkillContext, protocol: int):
     import paho.mqtt.client as mqtt
 
     mqtt_settings = context.settings.mqtt
     where = f"{mqtt_settings.host}:{mqtt_settings.port}"
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=protocol)
     client.connect_timeout = TIMEOUT  # paho's 5 s + answer + acknowledgements would pass the skill timeout
     if mqtt_settings.username:
         client.username_pw_set(mqtt_settings.username, mqtt_settings.password)
@@ -164,6 +183,8 @@ def _client(context: SkillContext):
     if not connected.wait(TIMEOUT) or answers[0].is_failure:
         client.disconnect()
         client.loop_stop()
+        if answers and answers[0].value == UNSUPPORTED_PROTOCOL_VERSION and protocol == mqtt.MQTTv5:
+            raise OnlyOlderProtocol
         reason = f"it refused the connection: {answers[0]}" if answers else "no answer"
         raise BrokerUnreachable(where, reason, "服务器拒绝了连接" if answers else "服务器没有应答")
     return client
@@ -184,10 +205,17 @@ def _publish(context: SkillContext, messages: list[tuple[str, str]]) -> None:
     """Send each (topic, payload) over one connection; BrokerUnreachable unless the broker acknowledged all."""
     where = f"{context.settings.mqtt.host}:{context.settings.mqtt.port}"
     client = _client(context)
+    refused = {}  # message id → the broker's reason (MQTT 5: its access rules deny the topic)
+
+    def on_publish(c, userdata, mid, reason, properties) -> None:
+        if reason.is_failure:
+            refused[mid] = reason
+
+    client.on_publish = on_publish
     try:
         sent = [client.publish(topic, payload, qos=1) for topic, payload in messages]
         deadline = time.monotonic() + TIMEOUT
-        for message in sent:
+        for (topic, _), message in zip(messages, sent, strict=True):
             # qos 1: published means the broker acknowledged it; anything less is a failure to report.
             try:
                 message.wait_for_publish(max(0.0, deadline - time.monotonic()))
@@ -196,6 +224,12 @@ def _publish(context: SkillContext, messages: list[tuple[str, str]]) -> None:
             if not message.is_published():
                 raise BrokerUnreachable(
                     where, f"it did not confirm the command within {TIMEOUT:g} seconds", "命令没有得到确认"
+                )
+            if (reason := refused.get(message.mid)) is not None:
+                denied = "，没有权限" if reason.value == NOT_AUTHORIZED else ""
+                raise NotDone(
+                    f"The smart home broker at {where} refused the command to {topic}: {str(reason).lower()}.",
+                    f"智能家居服务器拒绝了这个命令{denied}。",
                 )
     finally:
         client.disconnect()
