@@ -96,7 +96,7 @@ def test_alarms_and_cancelling(tmp_path: Path) -> None:
     listing = registry.call("list_timers", {}).text
     assert "an alarm at 7:05" in listing
     assert "a pasta timer with 10 minutes left" in listing or "a pasta timer with 9 minutes and 59 seconds" in listing
-    assert registry.call("cancel_alarms", {}).text == "Cancelled 1 alarm."  # the timer keeps running
+    assert registry.call("cancel_alarms", {}).text == "Cancelled the alarm at 7:05."  # the timer keeps running
     assert "pasta timer" in registry.call("list_timers", {}).text
     assert registry.call("control_timer", {"action": "cancel", "label": "pasta"}).text == "Cancelled the pasta timer."
     assert registry.call("control_timer", {"action": "cancel"}).text == "No timer is running."
@@ -129,7 +129,13 @@ def test_an_alarm_says_its_day_and_is_not_set_twice(tmp_path: Path, monkeypatch:
     assert set_alarm(hour=7) == "Alarm set for 7:00 tomorrow."  # already past today: said, not left to guess
     assert set_alarm(hour=19, minute=30) == "Alarm set for 19:30."
     assert set_alarm(hour=7) == "An alarm is already set for 7:00 tomorrow."  # not a second one that rings too
-    assert registry.call("cancel_alarms", {}).text == "Cancelled 2 alarms."
+    cancel = lambda **arguments: registry.call("cancel_alarms", arguments).text  # noqa: E731
+    assert cancel() == "You have 2 alarms: at 19:30 and 7:00. Which one?"  # "cancel my alarm" cancels no two
+    assert cancel(hour=8) == "There is no alarm at 8:00."
+    assert cancel(hour=7, minute=0) == "Cancelled the alarm at 7:00."
+    set_alarm(hour=6, minute=45)
+    assert cancel(every=True) == "Cancelled 2 alarms."
+    assert cancel(every=True) == cancel() == "No alarm is set."
 
 
 def test_what_came_due_while_the_assistant_was_stopped_is_said_late(tmp_path: Path) -> None:
@@ -250,7 +256,10 @@ def test_alarms_answer_in_chinese_with_the_day_and_the_part_of_it(
     assert set_alarm(hour=7, minute=5) == "明天早上7点05分已经有闹钟了。"
     listing = chinese(registry.call("list_timers", {}).text)
     assert "晚上7点30分的闹钟" in listing and "早上7点05分的闹钟" in listing, listing
-    assert chinese(registry.call("cancel_alarms", {}).text) == "已取消5个闹钟。"
+    assert chinese(registry.call("cancel_alarms", {"hour": 19}).text) == "已取消晚上7点30分的闹钟。"
+    assert chinese(registry.call("cancel_alarms", {"hour": 19}).text) == "晚上7点没有闹钟。"
+    assert chinese(registry.call("cancel_alarms", {}).text).startswith("你有4个闹钟：下午3点01分、")
+    assert chinese(registry.call("cancel_alarms", {"every": True}).text) == "已取消4个闹钟。"
     assert chinese(registry.call("cancel_alarms", {}).text) == "没有设置闹钟。"
 
 

@@ -78,6 +78,10 @@ ENGLISH = [
     ("cancel the pizza timer", "control_timer", {"action": "cancel", "label": "pizza"}),
     ("cancel all timers", "control_timer", {"action": "cancel_all"}),
     ("cancel my alarm", "cancel_alarms", {}),
+    ("cancel all my alarms", "cancel_alarms", {"every": True}),
+    ("delete the alarms", "cancel_alarms", {"every": True}),
+    ("cancel the alarm at 7 pm", "cancel_alarms", {"hour": 19}),
+    ("cancel my 6:30 alarm", "cancel_alarms", {"hour": 6, "minute": 30}),
     ("how much time is left", "control_timer", {"action": "status"}),
     ("how much time is left on the pizza timer", "control_timer", {"action": "status", "label": "pizza"}),
     ("pause the timer", "control_timer", {"action": "pause"}),
@@ -121,6 +125,9 @@ CHINESE = [
     ("取消所有计时器", "control_timer", {"action": "cancel_all"}),
     ("取消10分钟的计时器", "control_timer", {"action": "cancel", "start_minutes": 10}),
     ("取消闹钟", "cancel_alarms", {}),
+    ("取消所有闹钟", "cancel_alarms", {"every": True}),
+    ("取消晚上7点的闹钟", "cancel_alarms", {"hour": 19}),
+    ("删掉早上六点半的闹钟", "cancel_alarms", {"hour": 6, "minute": 30}),
     ("七点半叫醒我", "set_alarm", {"hour": 7, "minute": 30}),
     ("晚上7点叫醒我", "set_alarm", {"hour": 19}),
     ("设置一个下午两点半的闹钟", "set_alarm", {"hour": 14, "minute": 30}),
@@ -222,7 +229,7 @@ def test_timers_by_name_and_length_status_pause_and_cancel(tmp_path: Path) -> No
     )
     assert timer("subtract", start_minutes=5, minutes=10) == "The pizza timer has 0 seconds left."
     assert timer("cancel", start_hours=1, start_minutes=30) == "Cancelled the 1 hour and 30 minute timer."
-    assert call("cancel_alarms") == "Cancelled 1 alarm."
+    assert call("cancel_alarms") == "Cancelled the alarm at 7:00."
     assert timer("cancel_all") == "Cancelled 1 timer."
     assert call("list_timers") == "No timers or alarms are set."
     assert call("set_timer", hours=24, minutes=1).startswith("I can set timers for up to 24 hours")

@@ -378,19 +378,83 @@ def control_timer(
         return _change(db, first, action, seconds, least, context)
 
 
+# Cancelling one alarm by its time, said as set_alarm takes it: "cancel the alarm at 7 pm", "cancel
+# my 7 pm alarm". Each template costs every sentence's match time: one per hour after noon, both
+# word orders in it.
+CANCEL = "(cancel|delete|remove|turn off) [my|the] "
+ZH_CANCEL = "(取消|关掉|删除|删掉)[我的][明天]{time}的闹钟"
+
+
+def _cancel_at(time: str) -> str:
+    return CANCEL + f"(alarm (for|at) {time} [tomorrow]|{time} alarm)"
+
+
 @skill(
     sentences={
-        "en": ["(cancel|delete|remove|turn off) [my|the] alarm[s]", "(cancel|delete|remove) all [my|the] alarms"],
-        "zh": ["取消[我的][所有]闹钟", "(关掉|删除|删掉)[我的][所有]闹钟", "把闹钟(取消|关掉|删掉)"],
+        "en": [
+            CANCEL + "alarm",
+            (CANCEL + "alarms", {"every": True}),
+            ("(cancel|delete|remove|turn off) all [of] [my|the] alarm[s]", {"every": True}),
+            (_cancel_at("(12|twelve)" + EN_TIME + AM), {"hour": 0}),
+            _cancel_at("{hour}" + EN_TIME + f"[{AM}]"),
+            *_after_noon(_cancel_at("{pm}" + EN_TIME + PM), EN_HOURS),
+        ],
+        "zh": [
+            "(取消|关掉|删除|删掉)[我的]闹钟",
+            "把闹钟(取消|关掉|删掉)",
+            ("(取消|关掉|删除|删掉)[我的](所有|全部)[的]闹钟", {"every": True}),
+            ("把(所有|全部)[的]闹钟[都](取消|关掉|删掉)", {"every": True}),
+            ZH_CANCEL.replace("{time}", "[早上|上午|凌晨]{hour}(点[钟]|点{minute}[分]|:{minute})"),
+            (ZH_CANCEL.replace("{time}", "[早上|上午|凌晨]{hour}点半"), {"minute": 30}),
+            *_after_noon(ZH_CANCEL.replace("{time}", ZH_AFTERNOON + "{pm}(点[钟]|点{minute}[分])"), ZH_HOURS),
+        ],
     }
 )
-def cancel_alarms(context: SkillContext) -> str:
-    """Cancel every alarm (timers keep running)."""
+def cancel_alarms(
+    context: SkillContext,
+    hour: Annotated[int, Range(0, 23)] | None = None,
+    minute: Annotated[int, Range(0, 59)] | None = None,
+    every: bool = False,
+) -> str:
+    """Cancel the alarm at a time, or every alarm (timers keep running).
+
+    Args:
+        hour: the alarm's hour on a 24-hour clock
+        minute: the alarm's minute
+        every: true to cancel every alarm
+    """
     with _db(context) as db:
-        removed = db.execute("DELETE FROM timers WHERE kind = 'alarm'").rowcount
-    if not removed:
+        alarms = [(i, datetime.fromtimestamp(due)) for i, due in
+                  db.execute("SELECT id, due FROM timers WHERE kind = 'alarm' ORDER BY due")]  # fmt: skip
+        if hour is not None:
+            picked = [(i, at) for i, at in alarms if at.hour == hour and minute in (None, at.minute)]
+            if not picked:
+                asked = clock(hour, minute or 0)
+                return context.localized(
+                    f"There is no alarm at {asked}.", zh=f"{clock(hour, minute or 0, 'zh')}没有闹钟。"
+                )
+        elif every or len(alarms) == 1:
+            picked = alarms
+        elif not alarms:
+            return context.localized("No alarm is set.", zh="没有设置闹钟。")
+        else:  # "cancel my alarm" with several set: not all of them, unasked
+            times = [clock(at.hour, at.minute) for _, at in alarms]
+            times_zh = "、".join(clock(at.hour, at.minute, "zh") for _, at in alarms)
+            return context.localized(
+                f"You have {len(alarms)} alarms: at {', '.join(times[:-1])} and {times[-1]}. Which one?",
+                zh=f"你有{len(alarms)}个闹钟：{times_zh}。要取消哪一个？",
+            )
+        db.executemany("DELETE FROM timers WHERE id = ?", [(i,) for i, _ in picked])
+    if not picked:
         return context.localized("No alarm is set.", zh="没有设置闹钟。")
-    return context.localized(f"Cancelled {removed} alarm{'s' if removed != 1 else ''}.", zh=f"已取消{removed}个闹钟。")
+    if len(picked) == 1 and not every:
+        at = picked[0][1]
+        return context.localized(
+            f"Cancelled the alarm at {clock(at.hour, at.minute)}.",
+            zh=f"已取消{clock(at.hour, at.minute, 'zh')}的闹钟。",
+        )
+    count = len(picked)
+    return context.localized(f"Cancelled {count} alarm{'s' if count != 1 else ''}.", zh=f"已取消{count}个闹钟。")
 
 
 def _ring(kind: str, label: str, due: float, language: str) -> str:
