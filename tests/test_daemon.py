@@ -234,8 +234,8 @@ def test_ready_watchdog_turn_events_and_clean_sigterm(setup) -> None:
         assert seen[1]["text"] == "set_timer" and seen[1]["data"] == {"seconds": 1}
         assert seen[3]["text"] == "Timer set for 1 second."
         assert len({e["request"] for e in seen}) == 1
-        llm = turn(control, "tell me a story")  # no intent: the model answers
-        assert llm[-1]["generated_tokens"] > 0
+        llm = turn(control, "tell me a story")  # no intent: the model answers (the random one may stop at once)
+        assert llm[-1]["prefilled_tokens"] > 0
         cli = [sys.executable, "-m", "assistant"]
         said = subprocess.run([*cli, "say", "--config", str(config), "what", "day", "is", "it"],
                               capture_output=True, text=True, timeout=60)  # fmt: skip
