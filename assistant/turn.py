@@ -113,6 +113,7 @@ class TurnManager:
                 return
             log.info("not an answer to the confirmation: %s dropped", call["name"])
         if self.intents and (match := self.intents.match(text)):
+            self.registry.context.language = match.language.split("-")[0]  # "kitchen light开着吗" matched in Chinese
             log.info("local intent %s %s%s", match.skill, match.arguments, f": {match.reply}" if match.reply else "")
             self.conversation.messages.append({"role": "user", "content": text})
             spoken = []

@@ -167,6 +167,13 @@ def test_timers_of_one_label_are_told_apart(tmp_path: Path) -> None:
         "You have 2 timers: the 5 minute pasta timer, the 10 minute pasta timer. Which one?"
     )  # each named as it can be said back
     assert call("control_timer", action="cancel", label="pasta", start_minutes=10) == "Cancelled the pasta timer."
+    call("set_timer", minutes=1, seconds=30, label="pasta")
+    question = call("control_timer", action="cancel", label="pasta")
+    assert question == "You have 2 timers: the 1 minute and 30 second pasta timer, the 5 minute pasta timer. Which one?"
+    match = IntentMatcher(registry.skills).match("cancel the 1 minute and 30 second pasta timer")
+    assert call(match.skill, **match.arguments) == "Cancelled the pasta timer."
+    left = call("list_timers")  # the 5 minute one
+    assert re.fullmatch(r"You have a pasta timer with (5 minutes|4 minutes and \d+ seconds) left\.", left), left
     call("control_timer", action="cancel_all")
     call("set_timer", minutes=3, label="egg")
     call("set_timer", minutes=3, label="Egg")
@@ -225,16 +232,20 @@ def test_which_one_names_chinese_timers_as_the_chinese_sentences_take_them_back(
     call("set_timer", seconds=45, label="茶")
     call("set_timer", hours=1, minutes=30, label="茶")
     call("set_timer", minutes=10, label="茶")
+    call("set_timer", minutes=1, seconds=30, label="茶")
     question = call("control_timer", action="cancel", label="茶")
-    assert question == "你有3个计时器：45秒的茶计时器、10分钟的茶计时器、1小时30分钟的茶计时器。要哪一个？"
+    assert question == (
+        "你有4个计时器：45秒的茶计时器、1分钟30秒的茶计时器、10分钟的茶计时器、1小时30分钟的茶计时器。要哪一个？"
+    )
     names = question.split("：")[1].split("。")[0].split("、")
+    names.pop(1)  # said back below
     for verb, said in (("暂停", "已暂停茶计时器。"), ("继续", "已恢复茶计时器。"), ("取消", "已取消茶计时器。")):
         match = matcher.match(verb + names[1])  # "暂停10分钟的茶计时器"
         assert match is not None and match.arguments["label"] == "茶", (verb, match)
         assert call(match.skill, **match.arguments) == said
-    for name in (names[0], names[2]):
+    for name in (names[0], names[2], "1分钟30秒的茶计时器"):
         match = matcher.match("取消" + name)
-        assert call(match.skill, **match.arguments) == "已取消茶计时器。"
+        assert call(match.skill, **match.arguments) == "已取消茶计时器。", name
     assert call("list_timers") == "没有设置计时器或闹钟。"  # each name picked the one it names
     call("set_timer", minutes=3, label="鸡蛋")
     call("set_timer", minutes=3, label="鸡蛋")
@@ -256,8 +267,8 @@ def test_alarms_answer_in_chinese_with_the_day_and_the_part_of_it(
     assert set_alarm(hour=7, minute=5) == "明天早上7点05分已经有闹钟了。"
     listing = chinese(registry.call("list_timers", {}).text)
     assert "晚上7点30分的闹钟" in listing and "早上7点05分的闹钟" in listing, listing
-    assert chinese(registry.call("cancel_alarms", {"hour": 19}).text) == "已取消晚上7点30分的闹钟。"
-    assert chinese(registry.call("cancel_alarms", {"hour": 19}).text) == "晚上7点没有闹钟。"
+    assert chinese(registry.call("cancel_alarms", {"hour": 19}).text) == "晚上7点没有闹钟。"  # 7:00, not 7:30
+    assert chinese(registry.call("cancel_alarms", {"hour": 19, "minute": 30}).text) == "已取消晚上7点30分的闹钟。"
     assert chinese(registry.call("cancel_alarms", {}).text).startswith("你有4个闹钟：下午3点01分、")
     assert chinese(registry.call("cancel_alarms", {"every": True}).text) == "已取消4个闹钟。"
     assert chinese(registry.call("cancel_alarms", {}).text) == "没有设置闹钟。"
@@ -280,6 +291,22 @@ def test_a_timer_rings_in_the_language_it_was_set_in(tmp_path: Path) -> None:
     weekday = "一二三四五六日"[due.weekday()]
     assert said == [f"闹钟本该在星期{weekday}早上7点05分响，当时我没能提醒你。", "意大利面计时器时间到了。",
                     "Your tea timer is done."]  # fmt: skip
+
+
+def test_a_timer_rings_in_the_language_the_voice_on_the_speaker_speaks(tmp_path: Path) -> None:
+    """A Chinese request from a text client, an English voice: said in Chinese, it would be noise."""
+    said: list[str] = []
+    registry = registry_in(tmp_path, said)
+    registry.context.voice_language = "en"
+    registry.context.language = "zh"
+    assert chinese(registry.call("set_timer", {"seconds": 1}).text) == "已设好1秒的计时器。"  # the reply is text
+    registry.context.voice_language, registry.context.language = "zh", "en"
+    registry.call("set_timer", {"seconds": 2, "label": "tea"})
+    registry.context.voice_language = "en"
+    ring_for(registry, said, 1)
+    registry.context.voice_language = "zh"
+    ring_for(registry, said, 2)
+    assert said == ["Your timer is done.", "tea计时器时间到了。"]
 
 
 def test_a_timers_table_from_before_languages_works_and_rings_in_english(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ from assistant.config import ConfigError, MqttSettings, Settings, load_settings
 from assistant.llm.conversation import Conversation
 from assistant.llm.engine import Engine
 from assistant.llm.sampling import Sampler
-from assistant.skills.intents import SLOT, IntentMatcher, library_intent_slots
+from assistant.skills.intents import SLOT, IntentMatcher, library_intent_slots, reply_language
 from assistant.skills.registry import BUILTIN_SKILLS, Registry
 from assistant.skills.sdk import SkillContext
 from assistant.turn import TurnManager
@@ -82,6 +82,7 @@ ENGLISH = [
     ("delete the alarms", "cancel_alarms", {"every": True}),
     ("cancel the alarm at 7 pm", "cancel_alarms", {"hour": 19}),
     ("cancel my 6:30 alarm", "cancel_alarms", {"hour": 6, "minute": 30}),
+    ("cancel the alarm at noon", "cancel_alarms", {"hour": 12}),
     ("how much time is left", "control_timer", {"action": "status"}),
     ("how much time is left on the pizza timer", "control_timer", {"action": "status", "label": "pizza"}),
     ("pause the timer", "control_timer", {"action": "pause"}),
@@ -104,6 +105,7 @@ ENGLISH = [
     ("what time is it", "current_time", {}),
     ("what's the date", "current_date", {}),
     ("add milk to my shopping list", "add_item", {"text": "milk", "list": "shopping"}),
+    ("add 豆腐 to my shopping list", "add_item", {"text": "豆腐", "list": "shopping"}),  # English, a Chinese name
     ("check milk off my shopping list", "remove_item", {"text": "milk"}),
     ("set the volume to 40", "set_volume", {"percent": 40}),
     ("turn the volume up", "change_volume", {"direction": "up"}),
@@ -128,6 +130,7 @@ CHINESE = [
     ("取消所有闹钟", "cancel_alarms", {"every": True}),
     ("取消晚上7点的闹钟", "cancel_alarms", {"hour": 19}),
     ("删掉早上六点半的闹钟", "cancel_alarms", {"hour": 6, "minute": 30}),
+    ("取消晚上7点半的闹钟", "cancel_alarms", {"hour": 19, "minute": 30}),
     ("七点半叫醒我", "set_alarm", {"hour": 7, "minute": 30}),
     ("晚上7点叫醒我", "set_alarm", {"hour": 19}),
     ("设置一个下午两点半的闹钟", "set_alarm", {"hour": 14, "minute": 30}),
@@ -156,8 +159,18 @@ def test_phrasings_reach_the_right_skill_with_typed_arguments(
 ELSEWHERE = ["tell me a joke", "what's the weather like", "lock the front door", "play some music",
              "turn on the coffee machine", "讲个笑话", "明天天气怎么样",
              "set an alarm for 10 minutes", "晚上12点叫醒我",
+             "早上7点半的闹钟",  # the answer to "要取消哪一个？" as much as a request: no new alarm
              # A device no switching skill takes: not "turn on" with the name dropped (every light).
              "turn on the thermostat", "turn off the thermostat", "打开thermostat"]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("text", "language"),
+    [("what time is it", "en"), ("现在几点", "zh"), ("add 豆腐 to my shopping list", "en"), ("关掉kitchen light", "zh"),
+     ("5分钟计时器", "zh"), ("지금 몇 시야?", "en"), ("いま何時", "en"), ("", "en")],
+)  # fmt: skip
+def test_a_request_is_answered_in_the_language_of_its_first_word(text: str, language: str) -> None:
+    assert reply_language(text) == language  # Japanese and Korean have no replies of their own: English
 
 
 @pytest.mark.parametrize("text", ELSEWHERE)

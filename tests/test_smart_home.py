@@ -45,13 +45,16 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def mosquitto(tmp_path: Path, allow_anonymous: bool = True, port: int | None = None, acl: str = "") -> Iterator[int]:
+def mosquitto(
+    tmp_path: Path, allow_anonymous: bool = True, port: int | None = None, acl: str = "", options: tuple[str, ...] = ()
+) -> Iterator[int]:
     """A mosquitto broker on a loopback port (a free one unless given), with `acl` as its access rules
-    if given; yields the port."""
+    if given and more configuration `options`; yields the port."""
     assert shutil.which("mosquitto") or Path("/usr/sbin/mosquitto").exists(), "mosquitto is installed by .ci/run"
     port = port or free_port()
     config = tmp_path / "mosquitto.conf"
     lines = [f"listener {port} 127.0.0.1", f"allow_anonymous {str(allow_anonymous).lower()}", "persistence false"]
+    lines += options
     if acl:
         (tmp_path / "acl").write_text(acl)
         # Started as root, mosquitto reads its access rules after becoming the user `mosquitto`, who
@@ -655,3 +658,11 @@ def test_a_broker_without_mqtt_5_is_used_over_3_1_1(tmp_path: Path) -> None:
             registry.call("switch_device", {"device": "kitchen light", "on": True}).text == "The kitchen light is on."
         )
         assert levels == [5, 4]
+
+
+def test_a_broker_that_wants_a_client_id_gets_one(tmp_path: Path) -> None:
+    with mosquitto(tmp_path, options=("allow_zero_length_clientid false",)) as port:
+        registry = smart_home(port, tmp_path)
+        assert (
+            registry.call("switch_device", {"device": "kitchen light", "on": True}).text == "The kitchen light is on."
+        )

@@ -484,3 +484,11 @@ def test_a_speaker_the_voice_does_not_have_is_refused_naming_the_setting(test_vo
         ConfigError, match=r"^tts\.speaker: 3 is not a speaker of test-voice\.onnx, which has 1 \(0 to 0\)"
     ):
         Voice(test_voice, speaker=3)
+
+
+def test_the_voice_says_which_language_it_speaks(test_voice: Path, tmp_path: Path) -> None:
+    from tests.piper_voice import make_piper_voice
+
+    assert Voice(test_voice).language == "en"  # espeak's en-us
+    for espeak, language in (("cmn", "zh"), ("de", "de")):  # cmn: zh_CN-huayan-medium's
+        assert Voice(make_piper_voice(tmp_path / espeak, language=espeak)).language == language

@@ -138,6 +138,7 @@ class Daemon:
             if not text_only:
                 notify("STATUS=loading the speech models")
                 self.voice = self._voice()
+                self.registry.context.voice_language = self.voice_language  # the skills loaded before it
         except BaseException:
             self.control.close()
             raise
@@ -246,8 +247,12 @@ class Daemon:
 
     def _load_skills(self, settings: Settings) -> Registry:
         context = SkillContext(settings=settings, state_dir=state_dir(settings), say=self.announce,
-                               stop=lambda: self.cancel(None))  # fmt: skip
+                               stop=lambda: self.cancel(None), voice_language=self.voice_language)  # fmt: skip
         return load_registry(settings, skill_folders(settings), context)
+
+    @property
+    def voice_language(self) -> str | None:
+        return self.voice.voice.language if self.voice is not None else None
 
     def _manager(self, settings: Settings, registry: Registry) -> TurnManager:
         s = settings.llm.sampling

@@ -62,14 +62,28 @@ ANYTHING = "anything_else"
 SLOT = re.compile(r"\{(\w+)\}")
 LIST_REFERENCE = re.compile(r"\{(\w+)(?::(\w+))?\}")
 RULE_REFERENCE = re.compile(r"<(\w+)>")
-# Chinese, Japanese and Korean script: a sentence with none is not tried against those languages' templates.
+# Chinese, Japanese and Korean script: a sentence that does not start in it is not tried against those
+# languages' templates, and one that does only against those.
 CJK = re.compile(r"[\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af]")
 CJK_LANGUAGES = ("zh", "ja", "ko")
 
 
+KANA_HANGUL = re.compile(r"[\u3040-\u30ff\uac00-\ud7af]")
+LATIN_LETTER = re.compile(r"[A-Za-z]")
+FIRST_LETTER = re.compile(r"[A-Za-z\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af]")
+
+
+def starts_in_cjk(text: str) -> bool:
+    """Whether the first word is Chinese, Japanese or Korean: a name in the other script does not
+    change the language of "turn on the 卧室灯" or "关掉 kitchen light"."""
+    first = FIRST_LETTER.search(text)
+    return first is not None and CJK.match(first.group()) is not None
+
+
 def reply_language(text: str) -> str:
-    """The language a request is answered in: built-in replies exist in English and Chinese."""
-    return "zh" if CJK.search(text) else "en"
+    """The language a request is answered in: Chinese, or English (also for Japanese and Korean,
+    which have no replies of their own)."""
+    return "zh" if starts_in_cjk(text) and not KANA_HANGUL.search(text) else "en"
 
 
 @dataclass
@@ -119,10 +133,13 @@ class IntentMatcher:
         return list(dict.fromkeys([*self.own, *self.library]))
 
     def match(self, text: str) -> IntentMatch | None:
-        cjk = CJK.search(text) is not None
-        for language in self._languages():
-            if (language.split("-")[0] in CJK_LANGUAGES) != cjk:
-                continue
+        cjk = starts_in_cjk(text)
+        mixed = CJK.search(text) is not None and LATIN_LETTER.search(text) is not None
+        # The languages of the script the sentence starts in; then, for a sentence in both scripts
+        # ("kitchen light开着吗"), the others.
+        own_script = [lang for lang in self._languages() if (lang.split("-")[0] in CJK_LANGUAGES) == cjk]
+        other_script = [lang for lang in self._languages() if lang not in own_script] if mixed else []
+        for language in own_script + other_script:
             if found := self._match_own(text, language) or self._match_library(text, language):
                 return found
         return None

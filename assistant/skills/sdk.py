@@ -87,12 +87,18 @@ class SkillContext:
     stop: Callable[[], None] = _nothing  # stop what is being spoken
     last_reply: Callable[[], str | None] = _nothing
     skills: Callable[[], list[Any]] = list  # the loaded skills, for "what can you do"
-    language: str = "en"  # of the request being answered: "zh" for one in Chinese script, else "en"
+    language: str = "en"  # of the request being answered: "zh" for one in Chinese, else "en"
+    voice_language: str | None = None  # what the speaker's voice speaks; None without one
 
     def localized(self, en: str, **others: str) -> str:
         """The reply in the request's language where one is given, else `en`:
         `context.localized("Done.", zh="好了。")`."""
         return others.get(self.language, en)
+
+    def announced_in(self, language: str) -> str:
+        """The language to `say` something in that a request in `language` asked for (a timer
+        ringing): that one, unless the voice on the speaker cannot speak it."""
+        return language if self.voice_language in (None, language) else self.voice_language
 
     @contextlib.contextmanager
     def database(self, name: str, schema: str = "") -> Iterator[sqlite3.Connection]:

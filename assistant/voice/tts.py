@@ -154,6 +154,9 @@ class Voice:
                                 config=config)  # fmt: skip
         self.config = SynthesisConfig(speaker_id=speaker, length_scale=length_scale)
         self.rate = config.sample_rate
+        # What it can say: "en" from espeak's "en-us"; Mandarin voices are espeak's "cmn" or pinyin.
+        espeak = config.espeak_voice.split("-")[0]
+        self.language = "zh" if espeak in ("cmn", "zh") or config.phoneme_type.value == "pinyin" else espeak
         self.decoder, self.fixed = None, False
         if self.stream:
             self.flow = session(path.with_name(self.stream.flow))

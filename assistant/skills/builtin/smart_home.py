@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import secrets
 import socket
 import threading
 import time
@@ -156,7 +157,9 @@ def _connect(context: SkillContext, protocol: int):
 
     mqtt_settings = context.settings.mqtt
     where = f"{mqtt_settings.host}:{mqtt_settings.port}"
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=protocol)
+    # A client id of our own: brokers may refuse an empty one, and under MQTT 5 paho does not retry with one.
+    client_id = f"voice-assistant-{secrets.token_hex(4)}"
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=protocol)
     client.connect_timeout = TIMEOUT  # paho's 5 s + answer + acknowledgements would pass the skill timeout
     if mqtt_settings.username:
         client.username_pw_set(mqtt_settings.username, mqtt_settings.password)

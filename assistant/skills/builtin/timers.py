@@ -163,7 +163,8 @@ EN_TIME = "(:{minute}| [{minute}]) [o'clock]"  # "7:30", "7 30", "seven thirty",
 AM = " (am|a m|a.m.|in the morning)"
 PM = " (pm|p m|p.m.|in the afternoon|in the evening|at night|tonight)"
 EN_HOURS = ["one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve"]
-ZH_ALARM = "[设置|设定|设|定][一个][明天]{time}(叫醒我|[的]闹钟)"
+# A verb or 叫醒我: "早上7点的闹钟" alone may answer "which one?" as well as ask for a new alarm.
+ZH_ALARM = "((设置|设定|设|定)[一个][明天]{time}[的]闹钟|[明天]{time}叫醒我)"
 ZH_AFTERNOON = "(下午|晚上|傍晚)"
 ZH_HOURS = ["一", "(二|两)", "三", "四", "五", "六", "七", "八", "九", "十", "十一"]  # 晚上十二点 is midnight: not here
 
@@ -290,9 +291,14 @@ def _change(db: sqlite3.Connection, row: tuple, action: str, seconds: int, name:
 
 # A timer by its length and label ("the 10 minute pasta timer"), as the question "Which one?" names
 # it when two share a label: the sentence library has a name or a length, never both.
-LENGTH = "({start_hours} hour[s] [and {start_minutes} minute[s]]|{start_minutes} minute[s]|{start_seconds} second[s])"
+LENGTH = (
+    "({start_hours} hour[s] [and {start_minutes} minute[s]]|{start_minutes} minute[s] [and {start_seconds} second[s]]"
+    "|{start_seconds} second[s])"
+)
 PICK = "[the|my] " + LENGTH + " {label} timer"
-ZH_LENGTH = "({start_hours}[个]小时[{start_minutes}分[钟]]|{start_minutes}分钟|{start_seconds}秒[钟])"
+ZH_LENGTH = (
+    "({start_hours}[个]小时[{start_minutes}分[钟]]|{start_minutes}分钟[{start_seconds}秒[钟]]|{start_seconds}秒[钟])"
+)
 ZH_PICK = "[那个|一个]" + ZH_LENGTH + "[的][{label}]计时器"
 
 
@@ -396,6 +402,8 @@ def _cancel_at(time: str) -> str:
             (CANCEL + "alarms", {"every": True}),
             ("(cancel|delete|remove|turn off) all [of] [my|the] alarm[s]", {"every": True}),
             (_cancel_at("(12|twelve)" + EN_TIME + AM), {"hour": 0}),
+            (_cancel_at("midnight"), {"hour": 0}),
+            (_cancel_at("noon"), {"hour": 12}),
             _cancel_at("{hour}" + EN_TIME + f"[{AM}]"),
             *_after_noon(_cancel_at("{pm}" + EN_TIME + PM), EN_HOURS),
         ],
@@ -407,13 +415,14 @@ def _cancel_at(time: str) -> str:
             ZH_CANCEL.replace("{time}", "[早上|上午|凌晨]{hour}(点[钟]|点{minute}[分]|:{minute})"),
             (ZH_CANCEL.replace("{time}", "[早上|上午|凌晨]{hour}点半"), {"minute": 30}),
             *_after_noon(ZH_CANCEL.replace("{time}", ZH_AFTERNOON + "{pm}(点[钟]|点{minute}[分])"), ZH_HOURS),
+            *_after_noon(ZH_CANCEL.replace("{time}", ZH_AFTERNOON + "{pm}点半"), ZH_HOURS, {"minute": 30}),
         ],
     }
 )
 def cancel_alarms(
     context: SkillContext,
     hour: Annotated[int, Range(0, 23)] | None = None,
-    minute: Annotated[int, Range(0, 59)] | None = None,
+    minute: Annotated[int, Range(0, 59)] = 0,
     every: bool = False,
 ) -> str:
     """Cancel the alarm at a time, or every alarm (timers keep running).
@@ -427,11 +436,10 @@ def cancel_alarms(
         alarms = [(i, datetime.fromtimestamp(due)) for i, due in
                   db.execute("SELECT id, due FROM timers WHERE kind = 'alarm' ORDER BY due")]  # fmt: skip
         if hour is not None:
-            picked = [(i, at) for i, at in alarms if at.hour == hour and minute in (None, at.minute)]
+            picked = [(i, at) for i, at in alarms if (at.hour, at.minute) == (hour, minute)]
             if not picked:
-                asked = clock(hour, minute or 0)
                 return context.localized(
-                    f"There is no alarm at {asked}.", zh=f"{clock(hour, minute or 0, 'zh')}没有闹钟。"
+                    f"There is no alarm at {clock(hour, minute)}.", zh=f"{clock(hour, minute, 'zh')}没有闹钟。"
                 )
         elif every or len(alarms) == 1:
             picked = alarms
@@ -495,7 +503,7 @@ def ring_due_timers(context: SkillContext, stop: threading.Event) -> None:
                 ).fetchall()
             for row_id, kind, label, due_at, language in due:
                 if row_id not in rung:
-                    context.say(_ring(kind, label, due_at, language))
+                    context.say(_ring(kind, label, due_at, context.announced_in(language)))
                     rung.add(row_id)
             if rung:
                 with _db(context) as db:
