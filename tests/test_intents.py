@@ -83,6 +83,9 @@ ENGLISH = [
     ("cancel the alarm at 7 pm", "cancel_alarms", {"hour": 19}),
     ("cancel my 6:30 alarm", "cancel_alarms", {"hour": 6, "minute": 30}),
     ("cancel the alarm at noon", "cancel_alarms", {"hour": 12}),
+    ("cancel my 11 pm alarm", "cancel_alarms", {"hour": 23}),
+    ("set an alarm for 10 pm", "set_alarm", {"hour": 22}),  # not 1 pm and minute 0
+    ("set an alarm for 1 05 pm", "set_alarm", {"hour": 13, "minute": 5}),
     ("how much time is left", "control_timer", {"action": "status"}),
     ("how much time is left on the pizza timer", "control_timer", {"action": "status", "label": "pizza"}),
     ("pause the timer", "control_timer", {"action": "pause"}),

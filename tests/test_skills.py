@@ -220,18 +220,49 @@ def test_a_bad_sentence_template_skips_only_its_skill(tmp_path: Path) -> None:
         def warm() -> str:
             \"\"\"Tell whether it is warm.\"\"\"
             return "Yes."
+
+        @skill(sentences={"en": ["how cold is it on {day:weekday}"]}, lists={"days": {"monday": 0}})
+        def cold(weekday: int) -> str:
+            \"\"\"Tell how cold it is.\"\"\"
+            return "Cold."
     """,
     )
     registry = Registry(context=SkillContext(state_dir=tmp_path))
     registry.load_folder(BUILTIN_SKILLS)
     registry.load_folder(tmp_path)
-    assert not {"weather", "weather_in", "warm"} & set(registry.skills)
+    assert not {"weather", "weather_in", "warm", "cold"} & set(registry.skills)
     problems = "\n".join(registry.problems)
     assert 'skill weather: sentence "what\'s the weather [like today" (en) cannot be parsed' in problems
     assert "skill weather_in: sentence 'weather in {city}' (en): {city} is not a parameter of the skill" in problems
     assert "<when> rules are not available" in problems
+    assert "skill cold: sentence 'how cold is it on {day:weekday}' (en): {day:...} is not one of the skill's lists" in (
+        problems
+    )
     matcher = IntentMatcher(registry.skills)  # the other skills' sentences still answer
     assert matcher.match("what time is it").skill == "current_time"
+
+
+def test_a_skill_hears_words_through_a_list_of_its_own(tmp_path: Path) -> None:
+    write(
+        tmp_path,
+        "mood.py",
+        """
+        from typing import Annotated
+
+        from assistant import Range, skill
+
+        @skill(sentences={"en": ["play something {mood:level}"]}, lists={"mood": {"calm": 1, "wild": 10}})
+        def play(level: Annotated[int, Range(1, 10)]) -> str:
+            \"\"\"Play music of a level of energy.\"\"\"
+            return f"Level {level}."
+    """,
+    )
+    registry = Registry(context=SkillContext(state_dir=tmp_path))
+    registry.load_folder(tmp_path)
+    assert not registry.problems
+    match = IntentMatcher(registry.skills).match("play something wild")
+    assert (match.skill, match.arguments) == ("play", {"level": 10})
+    assert IntentMatcher(registry.skills).match("play something loud") is None
 
 
 def test_skill_folders_have_private_helpers_reloaded_with_them(tmp_path: Path) -> None:

@@ -347,6 +347,8 @@ def _own_intents(skills: dict[str, Skill]) -> dict[str, Intents]:
             data["intents"][name] = {"data": entries}
             for slot, schema in found.parameters["properties"].items():
                 data["lists"][f"{name}__{slot}"] = _slot_list(schema, language)
+            for list_name, values in found.lists.items():
+                data["lists"][f"{name}__{list_name}"] = {"values": [{"in": k, "out": v} for k, v in values.items()]}
     intents = {}
     for language, data in by_language.items():
         try:
@@ -370,12 +372,14 @@ def check_sentences(found: Skill) -> None:
                 parse_sentence(text)
             except Exception as e:
                 raise SkillError(f"{where} cannot be parsed: {e}") from None
-            unknown = [
-                name
-                for name in [m.group(1) for m in LIST_REFERENCE.finditer(text)] + list(fixed)
-                if name not in found.parameters["properties"]
-            ]
-            if unknown:
+            parameters = found.parameters["properties"]
+            for reference in LIST_REFERENCE.finditer(text):
+                list_name, slot = reference.group(1), reference.group(2) or reference.group(1)
+                if slot not in parameters:
+                    raise SkillError(f"{where}: {{{slot}}} is not a parameter of the skill")
+                if list_name not in parameters and list_name not in found.lists:
+                    raise SkillError(f"{where}: {{{list_name}:...}} is not one of the skill's lists")
+            if unknown := [name for name in fixed if name not in parameters]:
                 raise SkillError(f"{where}: {{{unknown[0]}}} is not a parameter of the skill")
             if rule := RULE_REFERENCE.search(text):
                 raise SkillError(f"{where}: <{rule.group(1)}> rules are not available in a skill's own sentences")
@@ -384,6 +388,8 @@ def check_sentences(found: Skill) -> None:
 def _scope(sentence: str, skill_name: str, found: Skill) -> str:
     for slot in found.parameters["properties"]:
         sentence = sentence.replace("{" + slot + "}", "{" + f"{skill_name}__{slot}:{slot}" + "}")
+    for list_name in found.lists:
+        sentence = sentence.replace("{" + list_name + ":", "{" + f"{skill_name}__{list_name}:")
     return sentence
 
 

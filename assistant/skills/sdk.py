@@ -173,6 +173,7 @@ class SkillSpec:
     sentences: dict[str, list] = field(default_factory=dict)  # language → templates or (template, slots)
     intents: dict[str, dict] = field(default_factory=dict)  # Home Assistant intent → arguments
     optional_tool: bool = False
+    lists: dict[str, dict] = field(default_factory=dict)  # slot lists of its own: name → {words: value}
 
 
 @dataclass
@@ -188,6 +189,7 @@ class Skill:
     source: str = ""
     wants_context: str | None = None  # the parameter that receives the SkillContext
     optional_tool: bool = False  # left out of the model's tool list when kv_cache_len is tight
+    lists: dict[str, dict] = field(default_factory=dict)  # slot lists of its own: name → {words: value}
 
     def tool(self) -> dict:
         """The tool signature as Qwen's prompt format lists it."""
@@ -204,6 +206,7 @@ def skill(
     sentences: dict[str, list] | None = None,
     intents: dict[str, dict] | None = None,
     optional_tool: bool = False,
+    lists: dict[str, dict] | None = None,
 ) -> Any:
     """Mark a function as a skill. Use as @skill or @skill(confirm=True, sentences={...}, intents={...}).
 
@@ -212,12 +215,15 @@ def skill(
     of that slot (a slot named like a parameter needs no entry). See assistant/skills/intents.py.
     `optional_tool`: when the system prompt does not fit kv_cache_len, the model's tool list may
     leave this skill out; its sentences and intents still run it by voice, without the model.
+    `lists` are slot lists for `sentences`, each words → value: with `lists={"pm": {"7": 19}}`,
+    "{pm:hour}" in a template hears "7" and passes hour=19.
     """
 
     def mark(f: Callable) -> Callable:
         spec = SkillSpec(
-            name or f.__name__, f, confirm, timeout, dict(sentences or {}), dict(intents or {}), optional_tool
-        )
+            name or f.__name__, f, confirm, timeout, dict(sentences or {}), dict(intents or {}), optional_tool,
+            dict(lists or {}),
+        )  # fmt: skip
         setattr(f, SKILL_ATTRIBUTE, spec)
         return f
 
@@ -282,7 +288,7 @@ def build_skill(spec: SkillSpec, settings: Any = None, source: str = "") -> Skil
         properties[param.name] = schema
     parameters = {"type": "object", "properties": properties, "required": required, "additionalProperties": False}
     return Skill(spec.name, spec.func, description, parameters, spec.confirm, spec.timeout, spec.sentences,
-                 spec.intents, source, wants_context, spec.optional_tool)  # fmt: skip
+                 spec.intents, source, wants_context, spec.optional_tool, spec.lists)  # fmt: skip
 
 
 def not_plain(func: Callable) -> str | None:

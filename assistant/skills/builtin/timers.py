@@ -156,8 +156,8 @@ def set_timer(
     )
 
 
-# How alarms are asked for. hassil's number lists cannot add 12 to an hour, so a time after noon
-# ("7 pm", "晚上7点") has one template per hour, each with its 24-hour clock hour fixed.
+# How alarms are asked for. A number list cannot add 12 to an hour, so an hour after noon ("7
+# pm", "晚上7点") is heard through a list of the skill's own that maps the words to the hour.
 ALARM = "(set [an|the|my] alarm (for|at)|wake me [up] at) "
 EN_TIME = "(:{minute}| [{minute}]) [o'clock]"  # "7:30", "7 30", "seven thirty", "7 o'clock"
 AM = " (am|a m|a.m.|in the morning)"
@@ -166,15 +166,20 @@ EN_HOURS = ["one", "two", "three", "four", "five", "six", "seven", "eight", "nin
 # A verb or 叫醒我: "早上7点的闹钟" alone may answer "which one?" as well as ask for a new alarm.
 ZH_ALARM = "((设置|设定|设|定)[一个][明天]{time}[的]闹钟|[明天]{time}叫醒我)"
 ZH_AFTERNOON = "(下午|晚上|傍晚)"
-ZH_HOURS = ["一", "(二|两)", "三", "四", "五", "六", "七", "八", "九", "十", "十一"]  # 晚上十二点 is midnight: not here
+ZH_HOURS = ["一", "二", "三", "四", "五", "六", "七", "八", "九", "十", "十一"]  # 晚上十二点 is midnight: not here
 
 
-def _after_noon(template: str, words: list[str], fixed: dict | None = None) -> list[tuple[str, dict]]:
-    """`template` once for each hour after noon, its {pm} the hour as said (12 pm is noon)."""
-    return [
-        (template.replace("{pm}", f"({hour}|{word})"), {"hour": hour % 12 + 12, **(fixed or {})})
-        for hour, word in enumerate(words, start=1)
-    ]
+def _after_noon(words: list[str]) -> dict[str, int]:
+    """1 pm, 2 pm... as said in digits or `words` → the hour on a 24-hour clock. Longest first:
+    hassil takes the first value that fits, and "10 pm" heard as 1 and minute 0 would be 13:00."""
+    hours = {}
+    for hour, word in enumerate(words, start=1):
+        hours[str(hour)] = hours[word] = hour + 12
+    return dict(sorted(hours.items(), key=lambda item: -len(item[0])))
+
+
+# "{pm_hour:hour}" in English, "{pm_hour_zh:hour}" in Chinese (12 pm has a template of its own).
+AFTER_NOON = {"pm_hour": _after_noon(EN_HOURS[:11]), "pm_hour_zh": _after_noon(ZH_HOURS) | {"两": 14}}
 
 
 @skill(
@@ -184,15 +189,17 @@ def _after_noon(template: str, words: list[str], fixed: dict | None = None) -> l
             ALARM + "{hour}" + EN_TIME + f"[{AM}] [tomorrow]",
             (ALARM + "midnight", {"hour": 0}),
             (ALARM + "noon", {"hour": 12}),
-            *_after_noon(ALARM + "{pm}" + EN_TIME + PM + " [tomorrow]", EN_HOURS),
+            ALARM + "{pm_hour:hour}" + EN_TIME + PM + " [tomorrow]",
+            (ALARM + "(12|twelve)" + EN_TIME + PM + " [tomorrow]", {"hour": 12}),
         ],
         "zh": [
             ZH_ALARM.replace("{time}", "[早上|上午|凌晨]{hour}(点[钟]|点{minute}[分]|:{minute})"),
             (ZH_ALARM.replace("{time}", "[早上|上午|凌晨]{hour}点半"), {"minute": 30}),
-            *_after_noon(ZH_ALARM.replace("{time}", ZH_AFTERNOON + "{pm}(点[钟]|点{minute}[分])"), ZH_HOURS),
-            *_after_noon(ZH_ALARM.replace("{time}", ZH_AFTERNOON + "{pm}点半"), ZH_HOURS, {"minute": 30}),
+            ZH_ALARM.replace("{time}", ZH_AFTERNOON + "{pm_hour_zh:hour}(点[钟]|点{minute}[分])"),
+            (ZH_ALARM.replace("{time}", ZH_AFTERNOON + "{pm_hour_zh:hour}点半"), {"minute": 30}),
         ],
-    }
+    },
+    lists=AFTER_NOON,
 )
 def set_alarm(
     hour: Annotated[int, Range(0, 23)], context: SkillContext, minute: Annotated[int, Range(0, 59)] = 0, label: str = ""
@@ -385,8 +392,7 @@ def control_timer(
 
 
 # Cancelling one alarm by its time, said as set_alarm takes it: "cancel the alarm at 7 pm", "cancel
-# my 7 pm alarm". Each template costs every sentence's match time: one per hour after noon, both
-# word orders in it.
+# my 7 pm alarm" (each template costs every sentence some match time: both word orders in one).
 CANCEL = "(cancel|delete|remove|turn off) [my|the] "
 ZH_CANCEL = "(取消|关掉|删除|删掉)[我的][明天]{time}的闹钟"
 
@@ -405,7 +411,8 @@ def _cancel_at(time: str) -> str:
             (_cancel_at("midnight"), {"hour": 0}),
             (_cancel_at("noon"), {"hour": 12}),
             _cancel_at("{hour}" + EN_TIME + f"[{AM}]"),
-            *_after_noon(_cancel_at("{pm}" + EN_TIME + PM), EN_HOURS),
+            _cancel_at("{pm_hour:hour}" + EN_TIME + PM),
+            (_cancel_at("(12|twelve)" + EN_TIME + PM), {"hour": 12}),
         ],
         "zh": [
             "(取消|关掉|删除|删掉)[我的]闹钟",
@@ -414,10 +421,11 @@ def _cancel_at(time: str) -> str:
             ("把(所有|全部)[的]闹钟[都](取消|关掉|删掉)", {"every": True}),
             ZH_CANCEL.replace("{time}", "[早上|上午|凌晨]{hour}(点[钟]|点{minute}[分]|:{minute})"),
             (ZH_CANCEL.replace("{time}", "[早上|上午|凌晨]{hour}点半"), {"minute": 30}),
-            *_after_noon(ZH_CANCEL.replace("{time}", ZH_AFTERNOON + "{pm}(点[钟]|点{minute}[分])"), ZH_HOURS),
-            *_after_noon(ZH_CANCEL.replace("{time}", ZH_AFTERNOON + "{pm}点半"), ZH_HOURS, {"minute": 30}),
+            ZH_CANCEL.replace("{time}", ZH_AFTERNOON + "{pm_hour_zh:hour}(点[钟]|点{minute}[分])"),
+            (ZH_CANCEL.replace("{time}", ZH_AFTERNOON + "{pm_hour_zh:hour}点半"), {"minute": 30}),
         ],
-    }
+    },
+    lists=AFTER_NOON,
 )
 def cancel_alarms(
     context: SkillContext,
