@@ -480,11 +480,15 @@ def test_states_are_read_out_in_the_language_of_the_request(broker: int, tmp_pat
 
 
 @contextlib.contextmanager
-def silent_broker() -> Iterator[int]:
-    """A server that accepts an MQTT connection and then acknowledges nothing; yields its port."""
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen()
+def fake_broker(
+    mqtt_5: bool = True, puback: bool = False, suback: int | None = None
+) -> Iterator[tuple[int, list[int]]]:
+    """An MQTT server that answers as a broker does, as far as these tests need; yields its port and
+    the protocol levels it was asked for. Without MQTT 5 it answers a CONNECT of level 5 with 3.1.1's
+    CONNACK 0x01, as that specification has it (3.1.2.2). It acknowledges a QoS 1 PUBLISH only if
+    `puback`, and answers a SUBSCRIBE with `suback` as its reason code if one is given."""
+    server = socket.create_server(("127.0.0.1", 0))
+    levels: list[int] = []
     connections = []
 
     def serve() -> None:
@@ -492,14 +496,27 @@ def silent_broker() -> Iterator[int]:
             while True:
                 connection, _ = server.accept()
                 connections.append(connection)
-                connect = connection.recv(1024)
-                # CONNACK: accepted (MQTT 5's with an empty property list); the level is after "MQTT"
-                connection.sendall(b"\x20\x03\x00\x00\x00" if connect[8] == 5 else b"\x20\x02\x00\x00")
+                level = connection.recv(4096)[8]  # after the fixed header (2) and "MQTT" with its length (6)
+                levels.append(level)
+                if level == 5 and not mqtt_5:
+                    connection.sendall(b"\x20\x02\x00\x01")  # unacceptable protocol version
+                    connection.close()
+                    continue
+                five = level == 5
+                connection.sendall(b"\x20\x03\x00\x00\x00" if five else b"\x20\x02\x00\x00")  # accepted
+                while packet := connection.recv(4096):  # one packet a read: small ones, sent one by one
+                    if packet[0] >> 4 == 3 and packet[0] & 0x06 == 0x02 and puback:  # PUBLISH, QoS 1
+                        topic_length = int.from_bytes(packet[2:4], "big")
+                        connection.sendall(b"\x40\x02" + packet[4 + topic_length : 6 + topic_length])
+                    elif packet[0] >> 4 == 8 and suback is not None:  # SUBSCRIBE
+                        properties = b"\x00" if five else b""
+                        answer = packet[2:4] + properties + bytes([suback])
+                        connection.sendall(bytes([0x90, len(answer)]) + answer)
 
     serving = threading.Thread(target=serve, daemon=True)
     serving.start()
     try:
-        yield server.getsockname()[1]
+        yield server.getsockname()[1], levels
     finally:
         server.shutdown(socket.SHUT_RDWR)  # wakes the accept(), which close() alone would leave waiting
         server.close()
@@ -554,7 +571,7 @@ def test_what_cannot_be_done_is_said_in_the_language_of_the_request(tmp_path: Pa
             f"I can't reach the smart home broker at 127.0.0.1:{port} (it refused the connection: Not authorized).",
             f"连不上智能家居服务器127.0.0.1:{port}，服务器拒绝了连接。",
         )
-    with silent_broker() as port:
+    with fake_broker() as (port, _):
         assert in_both(smart_home(port, tmp_path, MIXED), "switch_all", {"on": True, "area": "卧室"}) == (
             f"I can't reach the smart home broker at 127.0.0.1:{port} "
             "(it did not confirm the command within 3 seconds).",
@@ -611,48 +628,8 @@ def test_a_command_the_brokers_access_rules_refuse_is_said_not_done(tmp_path: Pa
             subscriber.close()
 
 
-@contextlib.contextmanager
-def broker_of_mqtt_3_1_1() -> Iterator[tuple[int, list[int]]]:
-    """A broker as the MQTT 3.1.1 specification has one answer (3.1.2.2): CONNACK 0x01 to any other
-    protocol level, then PUBACK to a QoS 1 PUBLISH. Yields its port and the levels it was asked for."""
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen()
-    levels: list[int] = []
-    connections = []
-
-    def serve() -> None:
-        with contextlib.suppress(OSError):
-            while True:
-                connection, _ = server.accept()
-                connections.append(connection)
-                connect = connection.recv(4096)
-                levels.append(connect[8])  # fixed header (2), "MQTT" with its length (6), then the level
-                if connect[8] != 4:
-                    connection.sendall(b"\x20\x02\x00\x01")  # unacceptable protocol version
-                    connection.close()
-                    continue
-                connection.sendall(b"\x20\x02\x00\x00")
-                while packet := connection.recv(4096):
-                    if packet[0] >> 4 == 3 and packet[0] & 0x06 == 0x02:  # PUBLISH, QoS 1
-                        topic_length = int.from_bytes(packet[2:4], "big")
-                        mid = packet[4 + topic_length : 6 + topic_length]
-                        connection.sendall(b"\x40\x02" + mid)
-
-    serving = threading.Thread(target=serve, daemon=True)
-    serving.start()
-    try:
-        yield server.getsockname()[1], levels
-    finally:
-        server.shutdown(socket.SHUT_RDWR)
-        server.close()
-        serving.join(5)
-        for connection in connections:
-            connection.close()
-
-
 def test_a_broker_without_mqtt_5_is_used_over_3_1_1(tmp_path: Path) -> None:
-    with broker_of_mqtt_3_1_1() as (port, levels):
+    with fake_broker(mqtt_5=False, puback=True) as (port, levels):
         registry = smart_home(port, tmp_path)
         assert (
             registry.call("switch_device", {"device": "kitchen light", "on": True}).text == "The kitchen light is on."
@@ -665,4 +642,20 @@ def test_a_broker_that_wants_a_client_id_gets_one(tmp_path: Path) -> None:
         registry = smart_home(port, tmp_path)
         assert (
             registry.call("switch_device", {"device": "kitchen light", "on": True}).text == "The kitchen light is on."
+        )
+
+
+def test_a_state_the_broker_refuses_to_give_is_said_refused(tmp_path: Path) -> None:
+    """MQTT 5's SUBACK carries "not authorized" (mosquitto grants the subscription and sends nothing)."""
+    with fake_broker(suback=0x87) as (port, _):
+        registry = smart_home(port, tmp_path)
+        start = time.monotonic()
+        assert registry.call("device_state", {"device": "blinds"}).text == (
+            f"The smart home broker at 127.0.0.1:{port} refused to give the state of zigbee2mqtt/blinds: "
+            "not authorized."
+        )
+        assert time.monotonic() - start < 2  # said when refused, not after waiting for a state
+        registry.context.language = "zh"
+        assert (
+            registry.call("device_state", {"device": "blinds"}).text == "智能家居服务器不让查blinds的状态，没有权限。"
         )

@@ -407,11 +407,17 @@ def device_state(device: Annotated[str, _names()], context: SkillContext) -> str
         device: the name of the device
     """
     received: list[bytes] = []
+    refused = []  # the broker's reason for refusing the subscription (its access rules)
     arrived = threading.Event()
 
     def on_message(client, userdata, message) -> None:
         received.append(message.payload)
         arrived.set()
+
+    def on_subscribe(client, userdata, mid, reasons, properties) -> None:
+        if reasons and reasons[0].is_failure:
+            refused.append(reasons[0])
+            arrived.set()
 
     try:
         found = _device(context, device)
@@ -422,13 +428,20 @@ def device_state(device: Annotated[str, _names()], context: SkillContext) -> str
         client = _client(context)
     except NotDone as e:
         return _said(context, e)
-    client.on_message = on_message
+    client.on_message, client.on_subscribe = on_message, on_subscribe
     try:
         client.subscribe(topic)
         arrived.wait(TIMEOUT)  # a retained state arrives at once
     finally:
         client.disconnect()
         client.loop_stop()
+    if refused:
+        where = f"{context.settings.mqtt.host}:{context.settings.mqtt.port}"
+        denied = "，没有权限" if refused[0].value == NOT_AUTHORIZED else ""
+        return _said(context, NotDone(
+            f"The smart home broker at {where} refused to give the state of {topic}: {str(refused[0]).lower()}.",
+            f"智能家居服务器不让查{device}的状态{denied}。",
+        ))  # fmt: skip
     if not received:
         return context.localized(f"The {device} has not reported its state.", zh=f"{device}还没有报告状态。")
     return _describe(context, device, received[0])
