@@ -11,7 +11,7 @@ import re
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from typing import Annotated, Literal
 
@@ -182,23 +182,31 @@ def _after_noon(words: list[str]) -> dict[str, int]:
 AFTER_NOON = {"pm_hour": _after_noon(EN_HOURS[:11]), "pm_hour_zh": _after_noon(ZH_HOURS) | {"两": 14}}
 
 
+def _times(sentence: Callable[[str], str]) -> list:
+    """The English sentences of an alarm's time, each `sentence(the words of a time)`, with the hour
+    a word fixes. Needs `lists=AFTER_NOON`."""
+    return [
+        (sentence("(12|twelve)" + EN_TIME + AM), {"hour": 0}),  # before {hour}, which wins a tie
+        sentence("{hour}" + EN_TIME + f"[{AM}]"),
+        (sentence("midnight"), {"hour": 0}),
+        (sentence("noon"), {"hour": 12}),
+        sentence("{pm_hour:hour}" + EN_TIME + PM),
+        (sentence("(12|twelve)" + EN_TIME + PM), {"hour": 12}),
+    ]
+
+
+def _times_zh(sentence: str) -> list:
+    """The Chinese sentences of an alarm's time: `sentence` with the time for its {time}."""
+    return [
+        sentence.replace("{time}", "[早上|上午|凌晨]{hour}(点[钟]|点{minute}[分]|:{minute})"),
+        (sentence.replace("{time}", "[早上|上午|凌晨]{hour}点半"), {"minute": 30}),
+        sentence.replace("{time}", ZH_AFTERNOON + "{pm_hour_zh:hour}(点[钟]|点{minute}[分])"),
+        (sentence.replace("{time}", ZH_AFTERNOON + "{pm_hour_zh:hour}点半"), {"minute": 30}),
+    ]
+
+
 @skill(
-    sentences={
-        "en": [
-            (ALARM + "(12|twelve)" + EN_TIME + AM, {"hour": 0}),  # before {hour}, which wins a tie
-            ALARM + "{hour}" + EN_TIME + f"[{AM}] [tomorrow]",
-            (ALARM + "midnight", {"hour": 0}),
-            (ALARM + "noon", {"hour": 12}),
-            ALARM + "{pm_hour:hour}" + EN_TIME + PM + " [tomorrow]",
-            (ALARM + "(12|twelve)" + EN_TIME + PM + " [tomorrow]", {"hour": 12}),
-        ],
-        "zh": [
-            ZH_ALARM.replace("{time}", "[早上|上午|凌晨]{hour}(点[钟]|点{minute}[分]|:{minute})"),
-            (ZH_ALARM.replace("{time}", "[早上|上午|凌晨]{hour}点半"), {"minute": 30}),
-            ZH_ALARM.replace("{time}", ZH_AFTERNOON + "{pm_hour_zh:hour}(点[钟]|点{minute}[分])"),
-            (ZH_ALARM.replace("{time}", ZH_AFTERNOON + "{pm_hour_zh:hour}点半"), {"minute": 30}),
-        ],
-    },
+    sentences={"en": _times(lambda time: ALARM + time + " [tomorrow]"), "zh": _times_zh(ZH_ALARM)},
     lists=AFTER_NOON,
 )
 def set_alarm(
@@ -407,22 +415,14 @@ def _cancel_at(time: str) -> str:
             CANCEL + "alarm",
             (CANCEL + "alarms", {"every": True}),
             ("(cancel|delete|remove|turn off) all [of] [my|the] alarm[s]", {"every": True}),
-            (_cancel_at("(12|twelve)" + EN_TIME + AM), {"hour": 0}),
-            (_cancel_at("midnight"), {"hour": 0}),
-            (_cancel_at("noon"), {"hour": 12}),
-            _cancel_at("{hour}" + EN_TIME + f"[{AM}]"),
-            _cancel_at("{pm_hour:hour}" + EN_TIME + PM),
-            (_cancel_at("(12|twelve)" + EN_TIME + PM), {"hour": 12}),
+            *_times(_cancel_at),
         ],
         "zh": [
             "(取消|关掉|删除|删掉)[我的]闹钟",
             "把闹钟(取消|关掉|删掉)",
             ("(取消|关掉|删除|删掉)[我的](所有|全部)[的]闹钟", {"every": True}),
             ("把(所有|全部)[的]闹钟[都](取消|关掉|删掉)", {"every": True}),
-            ZH_CANCEL.replace("{time}", "[早上|上午|凌晨]{hour}(点[钟]|点{minute}[分]|:{minute})"),
-            (ZH_CANCEL.replace("{time}", "[早上|上午|凌晨]{hour}点半"), {"minute": 30}),
-            ZH_CANCEL.replace("{time}", ZH_AFTERNOON + "{pm_hour_zh:hour}(点[钟]|点{minute}[分])"),
-            (ZH_CANCEL.replace("{time}", ZH_AFTERNOON + "{pm_hour_zh:hour}点半"), {"minute": 30}),
+            *_times_zh(ZH_CANCEL),
         ],
     },
     lists=AFTER_NOON,
