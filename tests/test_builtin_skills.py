@@ -309,6 +309,30 @@ def test_a_timer_rings_in_the_language_the_voice_on_the_speaker_speaks(tmp_path:
     assert said == ["Your timer is done.", "tea计时器时间到了。"]
 
 
+def test_processes_that_find_an_old_table_together_all_get_their_answer(tmp_path: Path) -> None:
+    """The daemon's clock and `assistant skills call` may both add the new columns at once."""
+    for trial in range(10):
+        state = tmp_path / str(trial)
+        state.mkdir()
+        with sqlite3.connect(state / "timers.sqlite3") as old:  # as the first release left it
+            old.execute("PRAGMA journal_mode=WAL")
+            old.execute(
+                "CREATE TABLE timers (id INTEGER PRIMARY KEY, kind TEXT NOT NULL, label TEXT NOT NULL, due REAL)"
+            )
+        registry, together, answers = registry_in(state), threading.Barrier(3), []
+
+        def ask(registry: Registry, together: threading.Barrier, answers: list) -> None:
+            together.wait()
+            answers.append(registry.call("list_timers", {}))
+
+        threads = [threading.Thread(target=ask, args=(registry, together, answers)) for _ in range(3)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert [a.text for a in answers] == ["No timers or alarms are set."] * 3, [a.error for a in answers]
+
+
 def test_a_timers_table_from_before_languages_works_and_rings_in_english(tmp_path: Path) -> None:
     with sqlite3.connect(tmp_path / "timers.sqlite3") as old:  # as the first release made it
         old.execute("CREATE TABLE timers (id INTEGER PRIMARY KEY, kind TEXT NOT NULL, label TEXT NOT NULL, due REAL)")

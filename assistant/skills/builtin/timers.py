@@ -38,7 +38,11 @@ def _db(context: SkillContext) -> Iterator[sqlite3.Connection]:
         present = {row[1] for row in db.execute("PRAGMA table_info(timers)")}
         for column in NEW_COLUMNS:
             if column.split()[0] not in present:
-                db.execute(f"ALTER TABLE timers ADD COLUMN {column}")
+                try:
+                    db.execute(f"ALTER TABLE timers ADD COLUMN {column}")
+                except sqlite3.OperationalError as e:  # another process added it since we looked
+                    if "duplicate column" not in str(e):
+                        raise
         yield db
 
 
