@@ -492,3 +492,14 @@ def test_the_voice_says_which_language_it_speaks(test_voice: Path, tmp_path: Pat
     assert Voice(test_voice).language == "en"  # espeak's en-us
     for espeak, language in (("cmn", "zh"), ("de", "de")):  # cmn: zh_CN-huayan-medium's
         assert Voice(make_piper_voice(tmp_path / espeak, language=espeak)).language == language
+
+
+def test_the_phrase_said_again_is_found_however_the_recogniser_cuts_it(ko_model) -> None:
+    detector = WakeDetector(ko_model, [WAKE, "Hey  Computer", "你好 小智"], min_confidence=0.5)
+    assert detector.after_phrase("hey computer turn on the light") == "turn on the light"
+    assert detector.after_phrase("Hey computer") == ""
+    assert detector.after_phrase("hey computers are fun") is None  # a phrase is whole words
+    assert detector.after_phrase("你好 小 智 打开 灯") == "打开 灯"  # cut otherwise than the phrase
+    assert detector.after_phrase("你好小智") == ""
+    assert detector.after_phrase("你好 小张") is None
+    assert detector.after_phrase(f"{WAKE} 타이머") == "타이머"

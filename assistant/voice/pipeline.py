@@ -128,8 +128,8 @@ class VoicePipeline:
         # The wake phrase said again after a pause ("hey computer … hey computer, lights on") is
         # heard by the command's recogniser: it is not part of the command.
         text = event.text
-        while phrase := self.wake.phrase_at_start(text):
-            text = " ".join(text.split()[len(phrase.split()) :])
+        while (rest := self.wake.after_phrase(text)) is not None:
+            text = rest
         if event.text and not text:  # only the phrase again: the command is still to come
             self.transcriber.start()
             self.hearing = True

@@ -86,6 +86,21 @@ class WakeDetector:
         text = " ".join(text.lower().split())
         return next((p for p in self.phrases if text == p or text.startswith(p + " ")), None)
 
+    def after_phrase(self, text: str) -> str | None:
+        """What `text` says after a configured phrase it starts with, or None if it starts with none.
+        Words are compared without the spaces between them: a Chinese recogniser may cut 你好小智 as
+        你好 小 智 where the phrase has 你好 小智."""
+        words = text.split()
+        for phrase in self.phrases:
+            wanted, said = phrase.replace(" ", ""), ""
+            for count, word in enumerate(words, start=1):
+                said += word.lower()
+                if said == wanted:
+                    return " ".join(words[count:])
+                if not wanted.startswith(said):
+                    break
+        return None
+
     def audio_since(self, sample: int) -> np.ndarray:
         """The kept audio from stream position `sample` to now."""
         parts = [frame[max(sample - start, 0) :] for start, frame in self.history if start + len(frame) > sample]
