@@ -35,6 +35,7 @@ RESULTS_TOO_LONG = {
     "zh": "抱歉，得到的答案太长，我读不了。",
 }
 WONT = {"en": "Okay, I won't.", "zh": "好的，不执行了。"}
+NO_ANSWER = {"en": "Sorry, I have no answer to that.", "zh": "抱歉，这个我回答不了。"}  # not silence after a question
 # Answers to "Do you really want me to ...?". Anything else drops the question and is a new request.
 YES_WORDS = {"yes", "yeah", "yep", "sure", "ok", "okay", "confirm", "confirmed", "do", "go", "absolutely"}
 YES_FILLERS = {"please", "it", "ahead", "that", "thanks", "thank", "you"}  # "yes please", "go ahead", "do it"
@@ -138,6 +139,11 @@ class TurnManager:
             if cancel is not None and cancel.is_set():
                 return
             _, calls = ([], []) if self._tags_are_text() else parse_tool_calls(reply)
+            said = reply if self._tags_are_text() else visible_text(reply, finished=True)
+            if generation == 0 and not calls and not said.strip():  # the model ended its reply at once
+                log.info("the model gave no answer")
+                yield TurnEvent("text", self._say(NO_ANSWER))
+                return
             results = []
             for call in calls:
                 for event in self._run_call(call):

@@ -20,7 +20,7 @@ from assistant.llm.engine import Engine
 from assistant.llm.sampling import Sampler
 from assistant.skills.constraint import OPEN, ToolCallConstraint, parse_tool_calls, visible_text
 from assistant.skills.registry import BUILTIN_SKILLS, Registry
-from assistant.turn import RESULTS_TOO_LONG, TOO_LONG, WONT, TurnManager, confirmation
+from assistant.turn import NO_ANSWER, RESULTS_TOO_LONG, TOO_LONG, WONT, TurnManager, confirmation
 
 
 @skill(sentences={"en": ["set a timer for {minutes} minute[s]"]})
@@ -128,6 +128,19 @@ def test_constrained_calls_always_parse_and_validate(tiny_int8: Path, registry: 
 
 def events(manager: TurnManager, text: str) -> list[tuple[str, str]]:
     return [(e.kind, e.text) for e in manager.turn(text)]
+
+
+def test_a_reply_the_model_ends_at_once_is_not_silence(tiny_int8: Path, registry: Registry) -> None:
+    engine = Engine(tiny_int8, kv_cache_len=2048)
+    im_start = engine.tokenizer.token_to_id("<|im_start|>")  # a stop token that is not eos
+
+    def ends_at_once(logits: np.ndarray, tokens: list[int], allowed: np.ndarray | None) -> int:
+        return im_start
+
+    manager = TurnManager(Conversation(engine, "You are a test.", 16, registry.tools()), registry, ends_at_once)
+    assert events(manager, "tell me something") == [("text", NO_ANSWER["en"])]
+    assert events(manager, "说点什么") == [("text", NO_ANSWER["zh"])]
+    assert events(manager, "set a timer for 5 minutes")[-1] == ("text", "Timer set for 5 minutes.")  # intents
 
 
 def test_failing_skills_end_the_turn_with_an_apology(tiny_int8: Path, registry: Registry) -> None:
