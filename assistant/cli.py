@@ -340,7 +340,9 @@ def cmd_skills_call(args: argparse.Namespace) -> int:
     except json.JSONDecodeError as e:
         print(f"error: --args is not JSON: {e}", file=sys.stderr)
         return 2
-    result = _skills_registry(args.config).call(args.name, arguments)
+    registry = _skills_registry(args.config)
+    registry.context.language = args.language  # as for a request in that language
+    result = registry.call(args.name, arguments)
     if result.error:
         print(f"error: {result.error}", file=sys.stderr)
         return 1
@@ -570,6 +572,7 @@ def build_parser() -> argparse.ArgumentParser:
     call = command(skills_sub, "call", "run one skill as the assistant would (validation, timeout)")
     call.add_argument("name", help="the skill's name, from `assistant skills list`")
     call.add_argument("--args", default="{}", help="arguments as a JSON object")
+    call.add_argument("--language", choices=("en", "zh"), default="en", help="the language it answers in")
     config_option(call)
     call.set_defaults(func=cmd_skills_call)
     return parser

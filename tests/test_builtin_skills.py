@@ -73,6 +73,12 @@ def test_timer_set_by_another_process_rings_after_a_restart(tmp_path: Path) -> N
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "The tea timer is set for 1 second."
+    chinese = subprocess.run(
+        [sys.executable, "-m", "assistant", "skills", "call", "list_timers", "--config", str(config),
+         "--language", "zh"],
+        capture_output=True, text=True, env=env, cwd=REPO, timeout=60,
+    )  # fmt: skip
+    assert chinese.stdout.startswith("现在有：tea计时器还剩"), chinese.stdout + chinese.stderr
 
     said: list[str] = []
     registry = registry_in(tmp_path / "state", said)  # the process that set it is gone
