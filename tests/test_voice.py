@@ -495,11 +495,20 @@ def test_the_voice_says_which_language_it_speaks(test_voice: Path, tmp_path: Pat
 
 
 def test_the_phrase_said_again_is_found_however_the_recogniser_cuts_it(ko_model) -> None:
-    detector = WakeDetector(ko_model, [WAKE, "Hey  Computer", "你好 小智"], min_confidence=0.5)
-    assert detector.after_phrase("hey computer turn on the light") == "turn on the light"
-    assert detector.after_phrase("Hey computer") == ""
-    assert detector.after_phrase("hey computers are fun") is None  # a phrase is whole words
-    assert detector.after_phrase("你好 小 智 打开 灯") == "打开 灯"  # cut otherwise than the phrase
-    assert detector.after_phrase("你好小智") == ""
-    assert detector.after_phrase("你好 小张") is None
-    assert detector.after_phrase(f"{WAKE} 타이머") == "타이머"
+    detector = WakeDetector(ko_model, ["하이, 컴퓨터!"], min_confidence=0.5)  # as the recogniser writes it
+    assert detector.phrases == [WAKE]
+    assert detector.after_phrase(f"{WAKE} 타이머 켜 줘") == "타이머 켜 줘"
+    assert detector.after_phrase(WAKE) == ""
+    assert detector.after_phrase("하이 컴퓨터들 좋아") is None  # a phrase is whole words
+    assert detector.after_phrase("하이컴퓨터 타이머") == "타이머"  # cut otherwise than the phrase (你好 小 智)
+    assert detector.after_phrase("하이 컴 퓨터 타이머") == "타이머"
+    assert detector.after_phrase("하이 자비스") is None
+
+
+def test_a_wake_phrase_the_speech_model_cannot_hear_is_refused_at_start(ko_model) -> None:
+    from assistant.config import ConfigError
+
+    with pytest.raises(
+        ConfigError, match=r"^wake\.phrases: 'hey' \(in 'hey computer'\) is not a word the speech model"
+    ):
+        WakeDetector(ko_model, [WAKE, "Hey computer"])  # vosk would leave it out of the grammar, silently

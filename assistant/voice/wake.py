@@ -14,10 +14,12 @@ from __future__ import annotations
 import collections
 import json
 import logging
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from assistant.config import ConfigError
 from assistant.voice.audio import RATE
 
 log = logging.getLogger(__name__)
@@ -42,7 +44,17 @@ class WakeDetector:
     ):
         from vosk import KaldiRecognizer
 
-        self.phrases = [" ".join(p.lower().split()) for p in phrases]
+        # As the recogniser writes words: lower case, no punctuation ("Hey, Computer!" is hey computer).
+        self.phrases = [" ".join(re.sub(r"[^\w\s']", " ", p.lower()).split()) for p in phrases]
+        for phrase in self.phrases:
+            # vosk leaves a word it does not know out of the grammar (a warning in its own log, which
+            # the daemon silences), and the phrase could never be heard: say so at start instead.
+            if unknown := [word for word in phrase.split() if model.vosk_model_find_word(word) < 0]:
+                raise ConfigError(
+                    f"wake.phrases: {unknown[0]!r} (in {phrase!r}) is not a word the speech model knows, so "
+                    "that phrase could never be heard; choose words it knows (Chinese: the model's words, "
+                    "separated by spaces)"
+                )
         grammar = json.dumps([*self.phrases, "[unk]"], ensure_ascii=False)  # vosk reads the words raw
         self.recognizer = KaldiRecognizer(model, RATE, grammar)
         self.recognizer.SetWords(True)
