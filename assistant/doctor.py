@@ -119,14 +119,19 @@ def _speech(settings: Settings) -> list[Finding]:
     if settings.wake.model is not None and not settings.wake.model.exists():
         found.append(Finding("wake.model", f"{settings.wake.model} does not exist", "fix the path, or leave it empty"))
     elif (wake_model := settings.wake.model or settings.asr.model).exists() and importlib.util.find_spec("vosk"):
-        from vosk import Model, SetLogLevel
-
+        from assistant.voice.asr import load_model
         from assistant.voice.wake import UNHEARD_FIX, unheard_phrase
 
-        SetLogLevel(-1)
-        problem = unheard_phrase(Model(str(wake_model)), settings.wake.phrases)
-        found.append(Finding("wake.phrases", problem or "every word is one the speech model knows",
-                             UNHEARD_FIX if problem else None))  # fmt: skip
+        key = "wake.model" if settings.wake.model else "asr.model"
+        try:
+            model = load_model(wake_model, key)
+        except ConfigError as e:
+            problem, fix = str(e).removeprefix(f"{key}: ").split("; ")
+            found.append(Finding(key, problem, fix))
+        else:
+            problem = unheard_phrase(model, settings.wake.phrases)
+            found.append(Finding("wake.phrases", problem or "every word is one the speech model knows",
+                                 UNHEARD_FIX if problem else None))  # fmt: skip
     for module, package in [("vosk", "vosk"), ("piper", "piper-tts"), ("sounddevice", "sounddevice"), ("soxr", "soxr")]:
         if importlib.util.find_spec(module) is None:
             found.append(Finding("python", f"{package} is not installed", f"pip install '.[voice]'; {TEXT_ONLY}"))

@@ -225,12 +225,32 @@ def test_a_bad_sentence_template_skips_only_its_skill(tmp_path: Path) -> None:
         def cold(weekday: int) -> str:
             \"\"\"Tell how cold it is.\"\"\"
             return "Cold."
+
+        @skill(sentences={"en": ["ping at {w:hour}"]}, lists={"w": {"seven (pm": 19}})
+        def ping(hour: int) -> str:
+            \"\"\"Ping.\"\"\"
+            return "Pong."
+
+        @skill(sentences={"en": ["pong at {w:hour}"]}, lists={"w": ["seven", "eight"]})
+        def pong(hour: int) -> str:
+            \"\"\"Pong.\"\"\"
+            return "Ping."
+
+        @skill(sentences={"en": ["boop at {hour}"]}, lists={"hour": {"noon": 12}})
+        def boop(hour: int) -> str:
+            \"\"\"Boop.\"\"\"
+            return "Boop."
+
+        @skill(sentences={"en": ["beep at {hour:hour}"]})
+        def beep(hour: int) -> str:
+            \"\"\"Beep.\"\"\"
+            return "Beep."
     """,
     )
     registry = Registry(context=SkillContext(state_dir=tmp_path))
     registry.load_folder(BUILTIN_SKILLS)
     registry.load_folder(tmp_path)
-    assert not {"weather", "weather_in", "warm", "cold"} & set(registry.skills)
+    assert not {"weather", "weather_in", "warm", "cold", "ping", "pong", "boop", "beep"} & set(registry.skills)
     problems = "\n".join(registry.problems)
     assert 'skill weather: sentence "what\'s the weather [like today" (en) cannot be parsed' in problems
     assert "skill weather_in: sentence 'weather in {city}' (en): {city} is not a parameter of the skill" in problems
@@ -238,6 +258,10 @@ def test_a_bad_sentence_template_skips_only_its_skill(tmp_path: Path) -> None:
     assert "skill cold: sentence 'how cold is it on {day:weekday}' (en): {day:...} is not one of the skill's lists" in (
         problems
     )
+    assert "skill ping: list 'w': 'seven (pm' is not plain words" in problems
+    assert "skill pong: list 'w': a list is a dict of the words said" in problems
+    assert "skill boop: list 'hour': a list needs a name of letters, digits and _ that no parameter has" in problems
+    assert "skill beep: sentence 'beep at {hour:hour}' (en): {hour:...} is not one of the skill's lists" in problems
     matcher = IntentMatcher(registry.skills)  # the other skills' sentences still answer
     assert matcher.match("what time is it").skill == "current_time"
 

@@ -505,6 +505,14 @@ def test_the_phrase_said_again_is_found_however_the_recogniser_cuts_it(ko_model)
     assert detector.after_phrase("하이 자비스") is None
 
 
+def test_a_phrase_is_read_as_the_recogniser_writes_words() -> None:
+    from assistant.voice.wake import as_heard
+
+    assert as_heard("Hey, Computer!") == "hey computer" and as_heard("你好，小智！") == "你好 小智"
+    assert as_heard("'Don't' stop") == "don't stop"  # an apostrophe only inside a word
+    assert as_heard("नमस्ते कंप्यूटर") == "नमस्ते कंप्यूटर"  # vowel signs are marks, not punctuation
+
+
 def test_a_wake_phrase_the_speech_model_cannot_hear_is_refused_at_start(ko_model) -> None:
     from assistant.config import ConfigError
 
@@ -526,3 +534,8 @@ def test_doctor_names_a_wake_phrase_the_speech_model_cannot_hear(
         )
         found = next(f for f in diagnose(config) if f.what == "wake.phrases")
         assert f"{'ok' if found.fix is None else 'PROBLEM'} {found.detail}".startswith(seen), found
+    (tmp_path / "half-unpacked").mkdir()
+    config.write_text(f"asr: {{model: {tmp_path / 'half-unpacked'}}}\ntts: {{voice: {test_voice}}}\n")
+    found = next(f for f in diagnose(config) if f.what == "asr.model" and f.fix is not None)
+    assert found.detail == f"{tmp_path / 'half-unpacked'} is not a vosk model folder", found
+    assert found.fix == "`assistant setup` installs one"

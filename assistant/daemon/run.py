@@ -461,9 +461,7 @@ class Daemon:
     # -- voice --------------------------------------------------------------------------------------
 
     def _voice(self):
-        from vosk import Model, SetLogLevel
-
-        from assistant.voice.asr import Transcriber
+        from assistant.voice.asr import Transcriber, load_model
         from assistant.voice.audio import MicSource, SpeakerSink
         from assistant.voice.pipeline import VoicePipeline
         from assistant.voice.tts import Voice
@@ -471,9 +469,8 @@ class Daemon:
 
         s = self.settings
         self._heard = ("", False)  # the last text _is_command was asked about, and its answer
-        SetLogLevel(-1)
-        asr_model = Model(str(s.asr.model))
-        wake_model = Model(str(s.wake.model)) if s.wake.model else asr_model
+        asr_model = load_model(s.asr.model, "asr.model")
+        wake_model = load_model(s.wake.model, "wake.model") if s.wake.model else asr_model
         pipeline = VoicePipeline(
             WakeDetector(wake_model, s.wake.phrases, s.wake.min_confidence, s.wake.refractory_seconds),
             Transcriber(asr_model, s.asr.silence_timeout, s.asr.max_utterance_seconds, complete=self._is_command),

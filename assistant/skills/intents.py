@@ -62,6 +62,7 @@ ANYTHING = "anything_else"
 SLOT = re.compile(r"\{(\w+)\}")
 LIST_REFERENCE = re.compile(r"\{(\w+)(?::(\w+))?\}")
 RULE_REFERENCE = re.compile(r"<(\w+)>")
+TEMPLATE_SYNTAX = re.compile(r"[()\[\]|{}<>]")
 # Chinese, Japanese and Korean script: a sentence that does not start in it is not tried against those
 # languages' templates, and one that does only against those.
 CJK = re.compile(r"[\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af]")
@@ -364,6 +365,15 @@ def check_sentences(found: Skill) -> None:
     hassil parses templates only when it first matches, so one bad template would otherwise fail
     every skill's sentences in its language at start-up, not just its own skill at load time.
     """
+    parameters = found.parameters["properties"]
+    for list_name, values in found.lists.items():
+        where = f"skill {found.name}: list {list_name!r}"
+        if not isinstance(list_name, str) or not re.fullmatch(r"\w+", list_name) or list_name in parameters:
+            raise SkillError(f"{where}: a list needs a name of letters, digits and _ that no parameter has")
+        if not isinstance(values, dict) or not values:
+            raise SkillError(f"{where}: a list is a dict of the words said → the value they stand for")
+        if bad := [w for w in values if not isinstance(w, str) or not w.strip() or TEMPLATE_SYNTAX.search(w)]:
+            raise SkillError(f"{where}: {bad[0]!r} is not plain words (no ()[]|{{}}<>)")
     for language, sentences in found.sentences.items():
         for sentence in sentences:
             text, fixed = sentence if isinstance(sentence, tuple) else (sentence, {})
@@ -372,12 +382,11 @@ def check_sentences(found: Skill) -> None:
                 parse_sentence(text)
             except Exception as e:
                 raise SkillError(f"{where} cannot be parsed: {e}") from None
-            parameters = found.parameters["properties"]
             for reference in LIST_REFERENCE.finditer(text):
                 list_name, slot = reference.group(1), reference.group(2) or reference.group(1)
                 if slot not in parameters:
                     raise SkillError(f"{where}: {{{slot}}} is not a parameter of the skill")
-                if list_name not in parameters and list_name not in found.lists:
+                if reference.group(2) is not None and list_name not in found.lists:  # {list:slot}
                     raise SkillError(f"{where}: {{{list_name}:...}} is not one of the skill's lists")
             if unknown := [name for name in fixed if name not in parameters]:
                 raise SkillError(f"{where}: {{{unknown[0]}}} is not a parameter of the skill")

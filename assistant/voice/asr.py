@@ -15,9 +15,21 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from assistant.config import ConfigError
 from assistant.voice.audio import RATE
 
 VAD_WINDOW = 512  # samples: Silero VAD's fixed window at 16 kHz (32 ms)
+
+
+def load_model(path, key: str):
+    """The vosk model in the folder `path`; ConfigError naming the setting `key` if vosk cannot load it."""
+    from vosk import Model, SetLogLevel
+
+    SetLogLevel(-1)  # its own log, on stderr; what matters is said here
+    try:
+        return Model(str(path))
+    except Exception:  # vosk says only "Failed to create a model"
+        raise ConfigError(f"{key}: {path} is not a vosk model folder; `assistant setup` installs one") from None
 
 
 @dataclass

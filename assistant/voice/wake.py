@@ -14,7 +14,7 @@ from __future__ import annotations
 import collections
 import json
 import logging
-import re
+import unicodedata
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -37,8 +37,10 @@ UNHEARD_FIX = "choose words it knows (Chinese: the model's words, separated by s
 
 
 def as_heard(phrase: str) -> str:
-    """A phrase as the recogniser writes words: lower case, no punctuation ("Hey, Computer!")."""
-    return " ".join(re.sub(r"[^\w\s']", " ", phrase.lower()).split())
+    """A phrase as the recogniser writes words: lower case, no punctuation ("Hey, Computer!"), an
+    apostrophe only inside a word ("don't"). Letters, marks (Hindi's, Thai's vowel signs) and digits stay."""
+    kept = "".join(c if unicodedata.category(c)[0] in "LMN" or c == "'" else " " for c in phrase.lower())
+    return " ".join(word.strip("'") for word in kept.split() if word.strip("'"))
 
 
 def unheard_phrase(model, phrases: list[str]) -> str | None:
