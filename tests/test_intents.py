@@ -137,6 +137,8 @@ CHINESE = [
     ("七点半叫醒我", "set_alarm", {"hour": 7, "minute": 30}),
     ("晚上7点叫醒我", "set_alarm", {"hour": 19}),
     ("设置一个下午两点半的闹钟", "set_alarm", {"hour": 14, "minute": 30}),
+    ("下午2:30叫醒我", "set_alarm", {"hour": 14, "minute": 30}),
+    ("晚上十点零五分叫醒我", "set_alarm", {"hour": 22, "minute": 5}),
     ("暂停计时器", "control_timer", {"action": "pause"}),
     ("现在几点", "current_time", {}),
     ("现在几点钟", "current_time", {}),

@@ -201,10 +201,11 @@ def _times(sentence: Callable[[str], str]) -> list:
 
 def _times_zh(sentence: str) -> list:
     """The Chinese sentences of an alarm's time: `sentence` with the time for its {time}."""
+    minutes = "(点[钟]|点[零]{minute}[分]|:{minute})"  # 7点, 7点05分, 7点零五分, 7:05
     return [
-        sentence.replace("{time}", "[早上|上午|凌晨]{hour}(点[钟]|点{minute}[分]|:{minute})"),
+        sentence.replace("{time}", "[早上|上午|凌晨]{hour}" + minutes),
         (sentence.replace("{time}", "[早上|上午|凌晨]{hour}点半"), {"minute": 30}),
-        sentence.replace("{time}", ZH_AFTERNOON + "{pm_hour_zh:hour}(点[钟]|点{minute}[分])"),
+        sentence.replace("{time}", ZH_AFTERNOON + "{pm_hour_zh:hour}" + minutes),
         (sentence.replace("{time}", ZH_AFTERNOON + "{pm_hour_zh:hour}点半"), {"minute": 30}),
     ]
 
