@@ -94,6 +94,17 @@ class BrokerUnreachable(NotDone):
         )
 
 
+class Refused(NotDone):
+    """What the broker's access rules said no to (MQTT 5 gives the reason in its acknowledgements)."""
+
+    def __init__(self, where: str, what: str, what_zh: str, reason: Any):
+        denied = "，没有权限" if reason.value == NOT_AUTHORIZED else ""
+        super().__init__(
+            f"The smart home broker at {where} refused {what}: {str(reason).lower()}.",
+            f"智能家居服务器{what_zh}{denied}。",
+        )
+
+
 class Unusable(NotDone):
     """A device that the configuration does not describe well enough to act on."""
 
@@ -156,7 +167,7 @@ def _connect(context: SkillContext, protocol: int):
     import paho.mqtt.client as mqtt
 
     mqtt_settings = context.settings.mqtt
-    where = f"{mqtt_settings.host}:{mqtt_settings.port}"
+    where = _where(context)
     # A client id of our own: brokers may refuse an empty one, and under MQTT 5 paho does not retry with one.
     client_id = f"voice-assistant-{secrets.token_hex(4)}"
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=protocol)
@@ -204,9 +215,13 @@ def _connect_failure_zh(error: Exception) -> str:
     return ""
 
 
+def _where(context: SkillContext) -> str:
+    return f"{context.settings.mqtt.host}:{context.settings.mqtt.port}"
+
+
 def _publish(context: SkillContext, messages: list[tuple[str, str]]) -> None:
     """Send each (topic, payload) over one connection; BrokerUnreachable unless the broker acknowledged all."""
-    where = f"{context.settings.mqtt.host}:{context.settings.mqtt.port}"
+    where = _where(context)
     client = _client(context)
     refused = {}  # message id → the broker's reason (MQTT 5: its access rules deny the topic)
 
@@ -229,11 +244,7 @@ def _publish(context: SkillContext, messages: list[tuple[str, str]]) -> None:
                     where, f"it did not confirm the command within {TIMEOUT:g} seconds", "命令没有得到确认"
                 )
             if (reason := refused.get(message.mid)) is not None:
-                denied = "，没有权限" if reason.value == NOT_AUTHORIZED else ""
-                raise NotDone(
-                    f"The smart home broker at {where} refused the command to {topic}: {str(reason).lower()}.",
-                    f"智能家居服务器拒绝了这个命令{denied}。",
-                )
+                raise Refused(where, f"the command to {topic}", "拒绝了这个命令", reason)
     finally:
         client.disconnect()
         client.loop_stop()
@@ -436,12 +447,8 @@ def device_state(device: Annotated[str, _names()], context: SkillContext) -> str
         client.disconnect()
         client.loop_stop()
     if refused:
-        where = f"{context.settings.mqtt.host}:{context.settings.mqtt.port}"
-        denied = "，没有权限" if refused[0].value == NOT_AUTHORIZED else ""
-        return _said(context, NotDone(
-            f"The smart home broker at {where} refused to give the state of {topic}: {str(refused[0]).lower()}.",
-            f"智能家居服务器不让查{device}的状态{denied}。",
-        ))  # fmt: skip
+        refusal = Refused(_where(context), f"to give the state of {topic}", f"不让查{device}的状态", refused[0])
+        return _said(context, refusal)
     if not received:
         return context.localized(f"The {device} has not reported its state.", zh=f"{device}还没有报告状态。")
     return _describe(context, device, received[0])
