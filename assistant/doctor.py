@@ -119,15 +119,14 @@ def _speech(settings: Settings) -> list[Finding]:
     if settings.wake.model is not None and not settings.wake.model.exists():
         found.append(Finding("wake.model", f"{settings.wake.model} does not exist", "fix the path, or leave it empty"))
     elif (wake_model := settings.wake.model or settings.asr.model).exists() and importlib.util.find_spec("vosk"):
-        from assistant.voice.asr import load_model
+        from assistant.voice.asr import NOT_A_MODEL, SETUP_FIX, load_model
         from assistant.voice.wake import UNHEARD_FIX, unheard_phrase
 
         key = "wake.model" if settings.wake.model else "asr.model"
         try:
             model = load_model(wake_model, key)
-        except ConfigError as e:
-            problem, fix = str(e).removeprefix(f"{key}: ").split("; ")
-            found.append(Finding(key, problem, fix))
+        except ConfigError:
+            found.append(Finding(key, f"{wake_model} {NOT_A_MODEL}", SETUP_FIX))
         else:
             problem = unheard_phrase(model, settings.wake.phrases)
             found.append(Finding("wake.phrases", problem or "every word is one the speech model knows",

@@ -21,6 +21,9 @@ from assistant.voice.audio import RATE
 VAD_WINDOW = 512  # samples: Silero VAD's fixed window at 16 kHz (32 ms)
 
 
+NOT_A_MODEL, SETUP_FIX = "is not a vosk model folder", "`assistant setup` installs one"
+
+
 def load_model(path, key: str):
     """The vosk model in the folder `path`; ConfigError naming the setting `key` if vosk cannot load it."""
     from vosk import Model, SetLogLevel
@@ -29,7 +32,7 @@ def load_model(path, key: str):
     try:
         return Model(str(path))
     except Exception:  # vosk says only "Failed to create a model"
-        raise ConfigError(f"{key}: {path} is not a vosk model folder; `assistant setup` installs one") from None
+        raise ConfigError(f"{key}: {path} {NOT_A_MODEL}; {SETUP_FIX}") from None
 
 
 @dataclass
