@@ -289,11 +289,12 @@ def test_a_skill_hears_words_through_a_list_of_its_own(tmp_path: Path) -> None:
     assert IntentMatcher(registry.skills).match("play something loud") is None
 
 
-def test_skill_folders_have_private_helpers_reloaded_with_them(tmp_path: Path) -> None:
-    write(tmp_path, "_words.py", "GREETING = 'hello'\n")
+def skill_with_a_helper(folder: Path, file_name: str, greeting: str) -> None:
+    """A skill `greet` in `file_name` that says what its private helper `_words.py` holds."""
+    write(folder, "_words.py", f"GREETING = {greeting!r}\n")
     write(
-        tmp_path,
-        "greet.py",
+        folder,
+        file_name,
         """
         from assistant import skill
 
@@ -305,6 +306,10 @@ def test_skill_folders_have_private_helpers_reloaded_with_them(tmp_path: Path) -
             return GREETING
     """,
     )
+
+
+def test_skill_folders_have_private_helpers_reloaded_with_them(tmp_path: Path) -> None:
+    skill_with_a_helper(tmp_path, "greet.py", "hello")
     other = tmp_path / "other"
     other.mkdir()
     write(other, "_words.py", "GREETING = 'not mine'\n")
@@ -556,25 +561,11 @@ def test_the_prompt_shows_values_each_tool_accepts() -> None:
 
 
 def test_a_file_with_a_dot_in_its_name_imports_its_helpers(tmp_path: Path) -> None:
-    write(tmp_path, "_api.py", "FORECAST = 'sunny'\n")
-    write(
-        tmp_path,
-        "weather.v2.py",
-        '''
-        from assistant import skill
-
-        from ._api import FORECAST
-
-        @skill
-        def weather() -> str:
-            """Tell the weather."""
-            return FORECAST
-    ''',
-    )
+    skill_with_a_helper(tmp_path, "greet.v2.py", "sunny")
     registry = Registry()
     registry.load_folder(tmp_path)
     assert registry.problems == []
-    assert registry.call("weather", {}).text == "sunny"
+    assert registry.call("greet", {}).text == "sunny"
 
 
 def test_a_name_in_skills_disabled_that_no_skill_has_is_warned(tmp_path: Path, caplog) -> None:
