@@ -236,6 +236,8 @@ def test_ready_watchdog_turn_events_and_clean_sigterm(setup) -> None:
         assert len({e["request"] for e in seen}) == 1
         llm = turn(control, "tell me a story")  # no intent: the model answers (the random one may stop at once)
         assert llm[-1]["prefilled_tokens"] > 0
+        answered = turn(control, "what time is it")[-1]  # a local intent after it: the model ran nothing
+        assert (answered["prefilled_tokens"], answered["generated_tokens"]) == (0, 0), answered
         cli = [sys.executable, "-m", "assistant"]
         said = subprocess.run([*cli, "say", "--config", str(config), "what", "day", "is", "it"],
                               capture_output=True, text=True, timeout=60)  # fmt: skip

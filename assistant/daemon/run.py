@@ -31,7 +31,7 @@ from assistant.daemon.control import ControlServer, Event, Request, default_sock
 from assistant.daemon.notify import notify, watchdog_interval
 from assistant.doctor import MICROPHONE_FIX, microphone_problem
 from assistant.llm.conversation import Conversation
-from assistant.llm.engine import Engine
+from assistant.llm.engine import Engine, GenerationStats
 from assistant.llm.sampling import Sampler
 from assistant.skills.registry import Registry, load_registry, skill_folders
 from assistant.skills.sdk import SkillContext
@@ -317,6 +317,7 @@ class Daemon:
         with self.turn_lock:
             self.current, self.turn_started = request, time.monotonic()
             start, first, outcome = self.turn_started, None, {}
+            self.engine.stats = GenerationStats()  # a turn the local intents answer runs no token
             try:
                 publish(Event("turn_start", {"text": request.text}, request.id, request.client))
                 for event in self.manager.turn(request.text, request.cancel, request.client):
