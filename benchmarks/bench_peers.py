@@ -23,6 +23,12 @@ peak RSS. llama.cpp is measured by its own `llama-bench`: `-p 300 -n 0`, then `-
 (decode after 300 tokens of context, as the others decode after their prompt). Medians and ranges
 over the rounds, and each system's figures divided by the engine int8's of the same round; this
 machine's speed changes from minute to minute, so only figures from the same run compare.
+
+Decoding one token reads every weight once, so no runtime decodes faster than the machine can
+read its weight files. Right before each system, a plain C loop (compiled here with `cc`) reads
+a buffer of the engine int8's weight bytes 128 times with 2 threads; each system whose files are
+read whole each token (the engine's layers and post, llama.cpp's GGUF, whose output matrix is
+its embedding table) is reported with the share of that read rate its decode reached.
 """
 
 from __future__ import annotations
@@ -88,6 +94,35 @@ print(json.dumps({{"prefill_s": prefill, "decode_tok_s": {decode} / decode, "dec
 """
 
 
+READ_CEILING = r"""
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+
+/* argv: bytes, passes. Prints the milliseconds of each pass over the buffer. */
+int main(int argc, char **argv) {
+    size_t words = strtoull(argv[1], NULL, 10) / 8 / 64 * 64;
+    int passes = atoi(argv[2]);
+    uint64_t *data = aligned_alloc(4096, words * 8), total = 0;
+    for (size_t i = 0; i < words; i++) data[i] = i;  /* touched, so every page is in memory */
+    for (int pass = 0; pass < passes; pass++) {
+        struct timespec start, end;
+        clock_gettime(CLOCK_MONOTONIC, &start);
+        #pragma omp parallel for num_threads(2) schedule(static) reduction(+:total)
+        for (size_t block = 0; block < words; block += 64) {
+            uint64_t sum = 0;
+            for (int j = 0; j < 64; j++) sum += data[block + j];
+            total += sum;
+        }
+        clock_gettime(CLOCK_MONOTONIC, &end);
+        printf("%.4f\n", (end.tv_sec - start.tv_sec) * 1e3 + (end.tv_nsec - start.tv_nsec) * 1e-6);
+    }
+    return total == 1;  /* the sum is used, so the loop is not optimised away */
+}
+"""
+
+
 def run(command: list[str], env: dict | None = None) -> tuple[str, float]:
     """Run a child process; its stdout and its own peak RSS in MB."""
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
@@ -97,6 +132,24 @@ def run(command: list[str], env: dict | None = None) -> tuple[str, float]:
     if process.returncode:
         raise RuntimeError(f"{command[0]} ... failed with exit code {process.returncode}")
     return out, usage.ru_maxrss / 1024
+
+
+def build_read_ceiling(work: Path) -> Path:
+    source, binary = work / "read_ceiling.c", work / "read_ceiling"
+    source.write_text(READ_CEILING)
+    subprocess.run(["cc", "-O3", "-march=native", "-fopenmp", str(source), "-o", str(binary)], check=True)
+    return binary
+
+
+def read_rate(binary: Path, nbytes: int) -> float:
+    """Bytes a second the machine reads with 2 threads this minute: the median of DECODE passes."""
+    out = subprocess.run([str(binary), str(nbytes), str(DECODE)], capture_output=True, text=True).stdout
+    return nbytes / (statistics.median(float(line) for line in out.split()) / 1e3)
+
+
+def weight_bytes(model: Path) -> int:
+    """An engine model's bytes read each token: its layer and post graphs (not the embedding table)."""
+    return sum(path.stat().st_size for path in model.rglob("*.onnx*"))
 
 
 def build_llama_cpp(hf: Path, work: Path, llama: Path) -> dict[str, Path]:
@@ -145,7 +198,7 @@ def measure_engine(model: Path) -> dict:
     code = ENGINE_RUN.format(threads=THREADS, decode=DECODE)
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
     out, rss = run([sys.executable, "-c", code, str(model), json.dumps(PROMPT)], env)
-    return json.loads(out.splitlines()[-1]) | {"peak_rss_mb": rss}
+    return json.loads(out.splitlines()[-1]) | {"peak_rss_mb": rss, "weight_bytes": weight_bytes(model)}
 
 
 def measure_genai(model: Path, python: str) -> dict:
@@ -167,6 +220,7 @@ def measure_llama(gguf: Path, llama: Path) -> dict:
         "prefill_s": len(PROMPT) / prefill["avg_ts"],
         "decode_tok_s": decode["avg_ts"],
         "peak_rss_mb": max(prefill_rss, decode_rss),
+        "weight_bytes": gguf.stat().st_size,
     }
 
 
@@ -194,11 +248,17 @@ def main() -> None:
         for precision, model in build_genai(hf, args.work, args.genai_python).items():
             systems[f"onnxruntime-genai {precision}"] = (lambda m: measure_genai(m, args.genai_python), model)
 
+    ceiling, ceiling_bytes = build_read_ceiling(args.work), weight_bytes(models["int8"])
     rounds: dict[str, list[dict]] = {name: [] for name in systems}
     for i in range(args.rounds):
         for name, (measure, target) in systems.items():
-            rounds[name].append(measure(target))
-            print(f"round {i + 1} {name}: {rounds[name][-1]}", file=sys.stderr, flush=True)
+            rate = read_rate(ceiling, ceiling_bytes)
+            result = measure(target)
+            if "weight_bytes" in result:
+                result["read_gb_s"] = rate / 1e9
+                result["share_of_read_rate"] = result.pop("weight_bytes") * result["decode_tok_s"] / rate
+            rounds[name].append(result)
+            print(f"round {i + 1} {name}: {result}", file=sys.stderr, flush=True)
     report: dict = {
         "machine": f"{platform.machine()}, {_cpu_model()}, {os.cpu_count()} CPUs, threads={THREADS}",
         "load_average_at_end": os.getloadavg(),
@@ -206,7 +266,7 @@ def main() -> None:
     }
     base = rounds["engine int8"]
     for name, results in rounds.items():
-        values = {key: [r[key] for r in results] for key in ("prefill_s", "decode_tok_s", "peak_rss_mb")}
+        values = {key: [r[key] for r in results] for key in results[0]}
         # Ratios within a round compare figures taken a minute apart, whatever the machine did.
         values["decode_vs_engine_int8"] = [
             r["decode_tok_s"] / b["decode_tok_s"] for r, b in zip(results, base, strict=True)
