@@ -12,6 +12,7 @@ import logging
 import re
 import threading
 import time
+import unicodedata
 from collections.abc import Hashable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -42,7 +43,7 @@ YES_FILLERS = {"please", "it", "ahead", "that", "thanks", "thank", "you"}  # "ye
 NO_WORDS = {"no", "nope", "don't", "dont", "cancel", "stop", "never", "not", "nah"}
 YES_ZH = {"是", "是的", "好", "好的", "确认", "可以", "对", "行"}
 NO_ZH = {"不", "不要", "不用", "取消", "别", "算了", "不是"}
-CONFIRM_SECONDS = 60.0  # an unanswered question lapses after this long
+CONFIRM_SECONDS = 60.0  # an unanswered question (a confirmation, a skill's "Which one?") lapses after this long
 MAX_PASSES = 3  # model → skills → model ... at most this many generations a turn
 
 
@@ -70,6 +71,8 @@ class TurnManager:
         # Per asker (a control connection, or None for the microphone): a call waiting for its
         # confirmation, with the time it lapses, and the last reply ("repeat that" hears its own).
         self.pending: dict[Hashable, tuple[dict, float]] = {}
+        # Per asker: the call whose skill asked a question ("Which one?"), the question, when it lapses.
+        self.asked: dict[Hashable, tuple[dict, str, float]] = {}
         self.last_replies: dict[Hashable, str] = {}
         self.asker: Hashable = None
         registry.context.last_reply = lambda: self.last_replies.get(self.asker)
@@ -77,6 +80,7 @@ class TurnManager:
     def forget(self, asker: Hashable) -> None:
         """The asker has gone: its question lapses."""
         self.pending.pop(asker, None)
+        self.asked.pop(asker, None)
         self.last_replies.pop(asker, None)
 
     def turn(self, text: str, cancel: threading.Event | None = None, asker: Hashable = None) -> Iterator[TurnEvent]:
@@ -113,7 +117,12 @@ class TurnManager:
                 yield TurnEvent("text", self._say(WONT))
                 return
             log.info("not an answer to the confirmation: %s dropped", call["name"])
-        if self.intents and (match := self.intents.match(text)):
+        asking, question, lapses = self.asked.pop(self.asker, (None, "", 0.0))
+        match = None
+        if self.intents and asking is not None and time.monotonic() < lapses:
+            match = self.intents.match_answer(text, question, asking)
+            log.info("%s answer to %s's question", "an" if match else "not an", asking["name"])
+        if self.intents and (match := match or self.intents.match(text)):
             self.registry.context.language = match.language.split("-")[0]  # "kitchen light开着吗" matched in Chinese
             log.info("local intent %s %s%s", match.skill, match.arguments, f": {match.reply}" if match.reply else "")
             self.conversation.messages.append({"role": "user", "content": text})
@@ -200,7 +209,17 @@ class TurnManager:
             return
         yield TurnEvent("skill_result", call["name"], result.data if result.text is None else result.text)
         if result.text is not None:
+            if found is not None and found.answers and asks(result.text):
+                self.asked[self.asker] = (call, result.text, time.monotonic() + CONFIRM_SECONDS)
             yield TurnEvent("text", result.text)
+
+
+def asks(text: str) -> bool:
+    """Whether a reply ends with a question, emoji and other symbols after it aside ("Anything else? 🎉")."""
+    end = len(text)
+    while end and (text[end - 1].isspace() or unicodedata.category(text[end - 1])[0] in "SMC"):
+        end -= 1  # symbols (emoji), marks (variation selectors), controls and joiners
+    return text[:end].endswith(("?", "？"))
 
 
 def confirmation(text: str) -> bool | None:

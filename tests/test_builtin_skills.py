@@ -364,6 +364,49 @@ def test_a_chinese_request_gets_a_chinese_reply_through_the_local_intents(tiny_i
     assert engine.tokens == cached  # answered by the local intents, not the model
 
 
+def test_which_one_is_answered_without_the_verb(
+    tiny_int8: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    registry = registry_in(tmp_path)
+    engine = Engine(tiny_int8, kv_cache_len=2048)
+    manager = TurnManager(Conversation(engine, "You are a test.", 16, registry.tools()), registry, Sampler())
+    cached = list(engine.tokens)
+    replies = lambda text, asker=None: [e.text for e in manager.turn(text, asker=asker) if e.kind == "text"]  # noqa: E731
+    alarms = lambda: registry.call("list_timers", {}).text  # noqa: E731
+    registry.call("set_alarm", {"hour": 7})
+    registry.call("set_alarm", {"hour": 21, "minute": 30})
+    assert replies("cancel my alarm")[0].endswith("Which one?")
+    assert replies("the 9:30 pm one") == ["Cancelled the alarm at 21:30."]
+    assert "21:30" not in alarms() and "7:00" in alarms()
+    registry.call("set_alarm", {"hour": 21, "minute": 30})
+    assert replies("cancel my alarm")[0].endswith("Which one?")
+    assert replies("both") == ["Cancelled 2 alarms."]
+
+    registry.call("set_timer", {"minutes": 10, "label": "pasta"})
+    registry.call("set_timer", {"minutes": 5, "label": "tea"})
+    assert replies("cancel my timer") == [
+        "You have 2 timers: the 5 minute tea timer, the 10 minute pasta timer. Which one?"
+    ]
+    assert replies("set a timer for 3 minutes") == ["Timer set for 3 minutes."]  # a new request, not a name
+    assert replies("cancel the timer")[0].endswith("Which one?")
+    assert replies("the pasta one") == ["Cancelled the pasta timer."]
+    registry.call("set_timer", {"minutes": 5, "label": "茶"})
+    assert replies("取消计时器")[0].endswith("要哪一个？")
+    assert replies("茶的那个") == ["已取消茶计时器。"]
+    assert replies("pasta") != ["Cancelled the pasta timer."]  # nothing was asked: "pasta" is for the model
+    assert engine.tokens[: len(cached)] == cached
+
+    # Only the one asked answers, and only for a while.
+    registry.call("set_timer", {"minutes": 10, "label": "pasta"})
+    assert replies("cancel the timer", asker="kitchen")[0].endswith("Which one?")
+    replies("pasta", asker="bedroom")
+    assert "pasta" in registry.call("list_timers", {}).text
+    monkeypatch.setattr("assistant.turn.CONFIRM_SECONDS", -1.0)
+    assert replies("cancel the timer", asker="kitchen")[0].endswith("Which one?")
+    replies("pasta", asker="kitchen")
+    assert "pasta" in registry.call("list_timers", {}).text
+
+
 def test_volume_is_bounded_and_remembered(tmp_path: Path) -> None:
     registry = registry_in(tmp_path)
     assert registry.call("set_volume", {"percent": 95}).text == "Volume 95 percent."

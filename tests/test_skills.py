@@ -245,12 +245,17 @@ def test_a_bad_sentence_template_skips_only_its_skill(tmp_path: Path) -> None:
         def beep(hour: int) -> str:
             \"\"\"Beep.\"\"\"
             return "Beep."
+
+        @skill(answers={"en": ["the [one"]})
+        def boing() -> str:
+            \"\"\"Boing.\"\"\"
+            return "Which one?"
     """,
     )
     registry = Registry(context=SkillContext(state_dir=tmp_path))
     registry.load_folder(BUILTIN_SKILLS)
     registry.load_folder(tmp_path)
-    assert not {"weather", "weather_in", "warm", "cold", "ping", "pong", "boop", "beep"} & set(registry.skills)
+    assert not {"weather", "weather_in", "warm", "cold", "ping", "pong", "boop", "beep", "boing"} & set(registry.skills)
     problems = "\n".join(registry.problems)
     assert 'skill weather: sentence "what\'s the weather [like today" (en) cannot be parsed' in problems
     assert "skill weather_in: sentence 'weather in {city}' (en): {city} is not a parameter of the skill" in problems
@@ -262,6 +267,7 @@ def test_a_bad_sentence_template_skips_only_its_skill(tmp_path: Path) -> None:
     assert "skill pong: list 'w': a list is a dict of the words said" in problems
     assert "skill boop: list 'hour': a list needs a name of letters, digits and _ that no parameter has" in problems
     assert "skill beep: sentence 'beep at {hour:hour}' (en): {hour:...} is not one of the skill's lists" in problems
+    assert "skill boing: sentence 'the [one' (en) cannot be parsed" in problems  # answers are checked too
     matcher = IntentMatcher(registry.skills)  # the other skills' sentences still answer
     assert matcher.match("what time is it").skill == "current_time"
 
@@ -287,6 +293,44 @@ def test_a_skill_hears_words_through_a_list_of_its_own(tmp_path: Path) -> None:
     match = IntentMatcher(registry.skills).match("play something wild")
     assert (match.skill, match.arguments) == ("play", {"level": 10})
     assert IntentMatcher(registry.skills).match("play something loud") is None
+
+
+def test_a_skill_hears_the_answer_to_its_question(tmp_path: Path) -> None:
+    write(
+        tmp_path,
+        "music.py",
+        """
+        from assistant import skill
+
+        @skill(sentences={"en": ["play [some] music"]}, answers={"en": ["[the] {playlist} [one|playlist]"]})
+        def music(playlist: str = "", shuffle: bool = False) -> str:
+            \"\"\"Play a playlist.\"\"\"
+            return f"Playing {playlist}, shuffled." if playlist else "Which playlist: jazz or rock?"
+    """,
+    )
+    registry = Registry(context=SkillContext(state_dir=tmp_path))
+    registry.load_folder(BUILTIN_SKILLS)
+    registry.load_folder(tmp_path)
+    assert not registry.problems
+    matcher = IntentMatcher(registry.skills)
+    call = {"name": "music", "arguments": {"shuffle": True}}
+    question = registry.call("music", call["arguments"]).text
+    answer = matcher.match_answer("the jazz one", question, call)
+    assert (answer.skill, answer.arguments) == ("music", {"playlist": "jazz", "shuffle": True})  # the call's, updated
+    assert matcher.match_answer("ROCK!", question, call).arguments["playlist"] == "ROCK"  # as said
+    assert matcher.match_answer("the blues one", question, call) is None  # not offered: a new request, for the model
+    assert matcher.match_answer("the playlist", question, call) is None  # the answers' own words name nothing
+    assert matcher.match_answer("jazz", question, {"name": "current_time", "arguments": {}}) is None
+    assert matcher.match("jazz") is None  # only as an answer
+
+    alarms = {"name": "cancel_alarms", "arguments": {}}
+    asked_in_chinese = "你有2个闹钟：早上7点、晚上9点30分。要取消哪一个？"
+    assert matcher.match_answer("7", asked_in_chinese, alarms).arguments == {"hour": 7}
+    # Digits are in no language: the reply is in the question's.
+    assert matcher.match_answer("25", asked_in_chinese, alarms).reply == "抱歉，这个数要在0到23之间。"
+    assert matcher.match_answer("25", "You have 2 alarms: at 7:00 and 21:30. Which one?", alarms).reply.startswith(
+        "Sorry, "
+    )
 
 
 def skill_with_a_helper(folder: Path, file_name: str, greeting: str) -> None:

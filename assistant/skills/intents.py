@@ -105,6 +105,10 @@ class IntentMatcher:
     def __init__(self, skills: dict[str, Skill], devices: list[dict] | None = None):
         self.skills = skills
         self.own = _own_intents(skills)
+        # Per skill, the answers to its questions: matched only right after it asked one.
+        self.answer_templates = {
+            name: _own_intents({name: found}, "answers") for name, found in skills.items() if found.answers
+        }
         # Home Assistant intent → the skills that answer it, in load order.
         self.answers: dict[str, list[Skill]] = {}
         for found in skills.values():
@@ -134,16 +138,37 @@ class IntentMatcher:
         return list(dict.fromkeys([*self.own, *self.library]))
 
     def match(self, text: str) -> IntentMatch | None:
-        cjk = starts_in_cjk(text)
-        mixed = CJK.search(text) is not None and LATIN_LETTER.search(text) is not None
-        # The languages of the script the sentence starts in; then, for a sentence in both scripts
-        # ("kitchen light开着吗"), the others.
-        own_script = [lang for lang in self._languages() if (lang.split("-")[0] in CJK_LANGUAGES) == cjk]
-        other_script = [lang for lang in self._languages() if lang not in own_script] if mixed else []
-        for language in own_script + other_script:
+        for language in self._tried(text, self._languages()):
             if found := self._match_own(text, language) or self._match_library(text, language):
                 return found
         return None
+
+    def match_answer(self, text: str, question: str, call: dict) -> IntentMatch | None:
+        """The text as an answer to `question`, which the skill asked when `call` ran it: the call
+        with its arguments updated by the answer's, or None if the text answers nothing."""
+        templates = self.answer_templates.get(call["name"], {})
+        for language in self._tried(text, list(templates)):
+            result = recognize_best(text, templates[language], language=language)
+            if result is None:
+                continue
+            found = self.skills[call["name"]]
+            answer = {slot: entity.value for slot, entity in result.entities.items()}
+            names = [str(value) for slot, value in answer.items() if _free_text(found, slot)]
+            if not all(_offered(name, question, found) for name in names):
+                continue  # a name the question did not offer: more likely a new request
+            # "7" says nothing of its language: the reply stays in the question's.
+            said_in = language if FIRST_LETTER.search(text) else reply_language(question)
+            return _checked(found, {**call["arguments"], **answer}, said_in)
+        return None
+
+    @staticmethod
+    def _tried(text: str, languages: list[str]) -> list[str]:
+        """The languages of the script the sentence starts in; then, for a sentence in both scripts
+        ("kitchen light开着吗"), the others."""
+        cjk = starts_in_cjk(text)
+        mixed = CJK.search(text) is not None and LATIN_LETTER.search(text) is not None
+        own_script = [lang for lang in languages if (lang.split("-")[0] in CJK_LANGUAGES) == cjk]
+        return own_script + ([lang for lang in languages if lang not in own_script] if mixed else [])
 
     def _match_own(self, text: str, language: str) -> IntentMatch | None:
         if language not in self.own:
@@ -335,10 +360,11 @@ def _library_intents(consumed: dict[str, set[str]], domains: set[str]) -> dict[s
     return loaded
 
 
-def _own_intents(skills: dict[str, Skill]) -> dict[str, Intents]:
+def _own_intents(skills: dict[str, Skill], kind: str = "sentences") -> dict[str, Intents]:
+    """The skills' own templates (`kind`: their "sentences" or "answers") per language."""
     by_language: dict[str, dict] = {}
     for name, found in skills.items():
-        for language, sentences in found.sentences.items():
+        for language, sentences in getattr(found, kind).items():
             data = by_language.setdefault(language, {"language": language, "intents": {}, "lists": {}})
             entries = []
             for sentence in sentences:
@@ -374,7 +400,7 @@ def check_sentences(found: Skill) -> None:
             raise SkillError(f"{where}: a list is a dict of the words said → the value they stand for")
         if bad := [w for w in values if not isinstance(w, str) or not w.strip() or TEMPLATE_SYNTAX.search(w)]:
             raise SkillError(f"{where}: {bad[0]!r} is not plain words (no ()[]|{{}}<>)")
-    for language, sentences in found.sentences.items():
+    for language, sentences in [*found.sentences.items(), *found.answers.items()]:
         for sentence in sentences:
             text, fixed = sentence if isinstance(sentence, tuple) else (sentence, {})
             where = f"skill {found.name}: sentence {text!r} ({language})"
@@ -400,6 +426,25 @@ def _scope(sentence: str, skill_name: str, found: Skill) -> str:
     for list_name in found.lists:
         sentence = sentence.replace("{" + list_name + ":", "{" + f"{skill_name}__{list_name}:")
     return sentence
+
+
+def _offered(words: str, question: str, found: Skill) -> bool:
+    """Whether `words` are a name the question said: in it as whole words (as characters in Chinese),
+    case and punctuation aside, and not only the answers' own words ("the timer" names no timer)."""
+    words, question = _plain(words), _plain(question)
+    own = {
+        word
+        for sentences in found.answers.values()
+        for sentence in sentences
+        for word in _plain(TEMPLATE_SYNTAX.sub(" ", LIST_REFERENCE.sub(" ", str(sentence)))).split()
+    }
+    said = words in question if CJK.search(words) else f" {words} " in f" {question} "
+    return said and not set(words.split()) <= own
+
+
+def _free_text(found: Skill, slot: str) -> bool:
+    """Whether a slot of the skill's templates hears any words (a wildcard), not a list of values."""
+    return _slot_list(found.parameters["properties"].get(slot, {}), "en") == {"wildcard": True}
 
 
 def _slot_list(schema: dict, language: str) -> dict:

@@ -174,6 +174,7 @@ class SkillSpec:
     intents: dict[str, dict] = field(default_factory=dict)  # Home Assistant intent → arguments
     optional_tool: bool = False
     lists: dict[str, dict] = field(default_factory=dict)  # slot lists of its own: name → {words: value}
+    answers: dict[str, list] = field(default_factory=dict)  # language → templates of answers to its questions
 
 
 @dataclass
@@ -190,6 +191,7 @@ class Skill:
     wants_context: str | None = None  # the parameter that receives the SkillContext
     optional_tool: bool = False  # left out of the model's tool list when kv_cache_len is tight
     lists: dict[str, dict] = field(default_factory=dict)  # slot lists of its own: name → {words: value}
+    answers: dict[str, list] = field(default_factory=dict)  # language → templates of answers to its questions
 
     def tool(self) -> dict:
         """The tool signature as Qwen's prompt format lists it."""
@@ -207,6 +209,7 @@ def skill(
     intents: dict[str, dict] | None = None,
     optional_tool: bool = False,
     lists: dict[str, dict] | None = None,
+    answers: dict[str, list] | None = None,
 ) -> Any:
     """Mark a function as a skill. Use as @skill or @skill(confirm=True, sentences={...}, intents={...}).
 
@@ -217,12 +220,16 @@ def skill(
     leave this skill out; its sentences and intents still run it by voice, without the model.
     `lists` are slot lists for `sentences`, each words → value: with `lists={"pm": {"7": 19}}`,
     "{pm:hour}" in a template hears "7" and passes hour=19.
+    `answers` are templates like `sentences`, heard only as the reply to a question the skill has
+    just asked (its text ends with "?"): "You have 2 alarms ... Which one?" → "the 7 pm one". The
+    skill is called again with its arguments updated by the answer's. A free-text slot in an answer
+    must be words the question said, so that "set another timer" is not heard as a timer's name.
     """
 
     def mark(f: Callable) -> Callable:
         spec = SkillSpec(
             name or f.__name__, f, confirm, timeout, dict(sentences or {}), dict(intents or {}), optional_tool,
-            dict(lists or {}),
+            dict(lists or {}), dict(answers or {}),
         )  # fmt: skip
         setattr(f, SKILL_ATTRIBUTE, spec)
         return f
@@ -288,7 +295,7 @@ def build_skill(spec: SkillSpec, settings: Any = None, source: str = "") -> Skil
         properties[param.name] = schema
     parameters = {"type": "object", "properties": properties, "required": required, "additionalProperties": False}
     return Skill(spec.name, spec.func, description, parameters, spec.confirm, spec.timeout, spec.sentences,
-                 spec.intents, source, wants_context, spec.optional_tool, spec.lists)  # fmt: skip
+                 spec.intents, source, wants_context, spec.optional_tool, spec.lists, spec.answers)  # fmt: skip
 
 
 def not_plain(func: Callable) -> str | None:

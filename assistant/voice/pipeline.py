@@ -12,14 +12,13 @@ import logging
 import queue
 import threading
 import time
-import unicodedata
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from assistant.skills.intents import reply_language
-from assistant.turn import SORRY
+from assistant.turn import SORRY, asks
 from assistant.voice.asr import Transcriber
 from assistant.voice.audio import BLOCK, RATE
 from assistant.voice.tts import SentenceSplitter, Voice
@@ -234,11 +233,3 @@ class VoicePipeline:
         if self.reply is not None:
             for thread in self.reply.threads:
                 thread.join()
-
-
-def asks(text: str) -> bool:
-    """Whether a reply ends with a question, emoji and other symbols after it aside ("Anything else? 🎉")."""
-    end = len(text)
-    while end and (text[end - 1].isspace() or unicodedata.category(text[end - 1])[0] in "SMC"):
-        end -= 1  # symbols (emoji), marks (variation selectors), controls and joiners
-    return text[:end].endswith(("?", "？"))

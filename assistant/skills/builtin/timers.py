@@ -348,6 +348,11 @@ ZH_PICK = "[那个|一个]" + ZH_LENGTH + "[的][{label}]计时器"
         "HassIncreaseTimer": {"action": "add", "label": "{name}"},
         "HassDecreaseTimer": {"action": "subtract", "label": "{name}"},
     },
+    # Answers to "Which one?": "the pasta one", "the 10 minute timer", 茶的那个 (labels the question named).
+    answers={
+        "en": ["[the|my] {label} [one|timer]", "[the|my] " + LENGTH + " [{label}] [one|timer]"],
+        "zh": ["[那个|要]{label}[的][那个|计时器]", "[那个|要]" + ZH_LENGTH + "[的][{label}][那个|计时器]"],
+    },
 )  # fmt: skip
 def control_timer(
     action: Literal["status", "cancel", "cancel_all", "pause", "resume", "add", "subtract"],
@@ -431,6 +436,14 @@ def _cancel_at(time: str) -> str:
         ],
     },
     lists=AFTER_NOON,
+    # Answers to "Which one?": "the 7 pm one", "the one at 6:30", "both", 早上7点的那个, 都取消.
+    answers={
+        "en": [
+            *_times(lambda time: f"([the|my] [one|alarm] (at|for) {time}|[the|my] {time} [one|alarm])"),
+            ("(both|all) [of them]", {"every": True}),
+        ],
+        "zh": [*_times_zh("[取消][那个]{time}[的][那个|闹钟]"), ("(都|全部|所有的|两个都)[取消]", {"every": True})],
+    },
 )
 def cancel_alarms(
     context: SkillContext,
