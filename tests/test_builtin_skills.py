@@ -422,5 +422,24 @@ def test_stop_and_what_can_you_do(tmp_path: Path) -> None:
     registry.context.skills = lambda: list(registry.skills.values())
     registry.load_folder(BUILTIN_SKILLS)
     assert registry.call("stop", {}).text == "" and stopped == [True]
-    answer = registry.call("what_can_you_do", {}).text
-    assert answer.startswith("I can ") and "start a countdown timer" in answer and "stop" not in answer
+    can = lambda: registry.call("what_can_you_do", {}).text  # noqa: E731
+    builtins = "keep notes and a shopping list; change the volume; tell the time; tell the date; set timers"
+    assert can() == f"I can {builtins} and set alarms."  # said as a person would, never "stop"
+
+    # The household's own skills are said too, after the built-ins, even with a dozen of them.
+    def skill_file(folder: Path, name: str, description: str) -> None:
+        folder.mkdir(exist_ok=True)
+        code = f'from assistant import skill\n\n@skill\ndef {name}() -> str:\n    """{description}"""\n    return ""\n'
+        (folder / f"{name}.py").write_text(code)
+
+    skill_file(tmp_path / "mine", "forecast", "Tell the weather forecast.")
+    registry.load_folder(tmp_path / "mine")
+    assert can() == f"I can {builtins}; set alarms and tell the weather forecast."
+    for i in range(9):
+        skill_file(tmp_path / "more", f"extra_{i}", f"Do thing {i}.")
+    registry.load_folder(tmp_path / "more")
+    assert can().endswith("; set alarms; tell the weather forecast; do thing 0; do thing 1; do thing 2; do thing 3; "
+                          "do thing 4 and 4 more things.")  # fmt: skip
+    registry.context.language = "zh"
+    said_zh = "我可以记笔记和购物清单、调音量、报时、说日期、定计时器、定闹钟、forecast、"
+    assert can() == said_zh + "extra 0、extra 1、extra 2、extra 3、extra 4、另外4件事。"

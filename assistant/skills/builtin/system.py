@@ -40,31 +40,42 @@ def what_can_you_do(context: SkillContext) -> str:
     skills = [s for s in context.skills() if s.name not in ("stop", "repeat", "what_can_you_do")]
     if not skills:
         return context.localized("Not much yet: no skills are installed.", zh="还不多：没有安装技能。")
-    things = [s.description.rstrip(".").lower() for s in skills[:12]]
-    # Descriptions are docstrings, in English: in Chinese the built-ins have their own words, others their names.
-    things_zh = dict.fromkeys(BUILTIN_ZH.get(s.name, s.name.replace("_", " ")) for s in skills[:12])
-    return context.localized("I can " + "; ".join(things) + ".", zh="我可以" + "、".join(things_zh) + "。")
+    # The built-ins in a few spoken words each; other skills by their docstring's first line, which
+    # is English: in Chinese, by name. Every skill is said, the ones added last too, up to a limit.
+    builtin = dict.fromkeys(BUILTIN[s.name] for s in skills if s.name in BUILTIN)
+    others = [s for s in skills if s.name not in BUILTIN]
+    things = [en for en, _ in builtin] + [s.description.split("\n")[0].rstrip(".").lower() for s in others]
+    things_zh = [zh for _, zh in builtin] + [s.name.replace("_", " ") for s in others]
+    more = len(things) - MOST_SAID
+    if more > 0:
+        things = things[:MOST_SAID] + [f"{more} more thing{'s' if more > 1 else ''}"]
+        things_zh = things_zh[:MOST_SAID] + [f"另外{more}件事"]
+    listed = "; ".join(things[:-1]) + " and " + things[-1] if len(things) > 1 else things[0]  # descriptions hold commas
+    return context.localized(f"I can {listed}.", zh="我可以" + "、".join(things_zh) + "。")
 
 
-BUILTIN_ZH = {
-    "current_time": "报时",
-    "current_date": "说日期",
-    "set_timer": "定计时器",
-    "list_timers": "查计时器和闹钟",
-    "control_timer": "暂停、继续或取消计时器",
-    "set_alarm": "定闹钟",
-    "cancel_alarms": "取消闹钟",
-    "add_item": "记笔记和购物清单",
-    "read_items": "读笔记和购物清单",
-    "remove_item": "从清单上删东西",
-    "clear_shopping_list": "清空购物清单",
-    "set_volume": "调音量",
-    "change_volume": "调音量",
-    "switch_device": "开关家里的设备",
-    "switch_all": "开关一个房间的灯",
-    "set_brightness": "调亮度",
-    "set_cover": "开关窗帘",
-    "set_temperature": "调温度",
+MOST_SAID = 12  # things listed by "what can you do": past that, a list is not heard to its end
+# What each built-in does, as "I can ..." says it; skills that do one thing share their words.
+BUILTIN = {
+    "current_time": ("tell the time", "报时"),
+    "current_date": ("tell the date", "说日期"),
+    "set_timer": ("set timers", "定计时器"),
+    "list_timers": ("set timers", "定计时器"),
+    "control_timer": ("set timers", "定计时器"),
+    "set_alarm": ("set alarms", "定闹钟"),
+    "cancel_alarms": ("set alarms", "定闹钟"),
+    "add_item": ("keep notes and a shopping list", "记笔记和购物清单"),
+    "read_items": ("keep notes and a shopping list", "记笔记和购物清单"),
+    "remove_item": ("keep notes and a shopping list", "记笔记和购物清单"),
+    "clear_shopping_list": ("keep notes and a shopping list", "记笔记和购物清单"),
+    "set_volume": ("change the volume", "调音量"),
+    "change_volume": ("change the volume", "调音量"),
+    "switch_device": ("switch lights and devices", "开关家里的设备"),
+    "switch_all": ("switch lights and devices", "开关家里的设备"),
+    "device_state": ("switch lights and devices", "开关家里的设备"),
+    "set_brightness": ("dim the lights", "调亮度"),
+    "set_cover": ("open and close the blinds", "开关窗帘"),
+    "set_temperature": ("set the heating", "调温度"),
 }
 
 
