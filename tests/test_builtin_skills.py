@@ -18,6 +18,7 @@ from assistant import SkillContext
 from assistant.llm.conversation import Conversation
 from assistant.llm.engine import Engine
 from assistant.llm.sampling import Sampler
+from assistant.skills.builtin._spoken import clock
 from assistant.skills.intents import IntentMatcher
 from assistant.skills.registry import BUILTIN_SKILLS, Registry
 from assistant.turn import TurnManager
@@ -142,6 +143,44 @@ def test_an_alarm_says_its_day_and_is_not_set_twice(tmp_path: Path, monkeypatch:
     set_alarm(hour=6, minute=45)
     assert cancel(every=True) == "Cancelled 2 alarms."
     assert cancel(every=True) == cancel() == "No alarm is set."
+
+
+def test_an_alarm_that_just_rang_can_be_snoozed(tmp_path: Path) -> None:
+    said: list[str] = []
+    registry = registry_in(tmp_path, said)
+    snooze = lambda text: registry.call(*matched(registry, text)).text  # noqa: E731
+    assert snooze("snooze") == "No alarm has rung just now."
+    with sqlite3.connect(tmp_path / "timers.sqlite3") as db:  # due now, as set_alarm keeps it; and one long past
+        db.execute("INSERT INTO timers (kind, label, due, language) VALUES ('alarm', 'gym', ?, 'zh')", (time.time(),))
+        db.execute("INSERT INTO timers (kind, label, due) VALUES ('alarm', '', ?)", (time.time() - 86400,))
+    ring_for(registry, said, 2)
+    assert said[1] == "gym闹钟响了。"  # on time, after the late one
+    again = datetime.now().replace(second=0, microsecond=0) + timedelta(minutes=5)
+    assert snooze("snooze for 5 minutes") == f"Snoozed until {again.hour}:{again.minute:02d}."
+    assert snooze("snooze") == "No alarm has rung just now."  # once a ring
+    with sqlite3.connect(tmp_path / "timers.sqlite3") as db:
+        assert db.execute("SELECT kind, label, due, language FROM timers").fetchall() == [
+            ("alarm", "gym", again.timestamp(), "zh")  # rings as it was set
+        ]
+        db.execute("UPDATE timers SET due = ?", (time.time(),))
+    ring_for(registry, said, 3)
+    registry.context.language = "zh"
+    again = datetime.now().replace(second=0, microsecond=0) + timedelta(minutes=10)
+    assert chinese(snooze("让我再睡10分钟")) == f"好的，{clock(again.hour, again.minute, 'zh')}再叫你。"
+    with sqlite3.connect(tmp_path / "timers.sqlite3") as db:
+        db.execute("UPDATE timers SET due = ?", (time.time(),))
+    ring_for(registry, said, 4)
+    with sqlite3.connect(tmp_path / "timers.sqlite3") as db:
+        db.execute("UPDATE rung SET at = ?", (time.time() - 3600,))  # an hour ago: the next alarm's business
+    assert chinese(snooze("贪睡")) == "刚才没有闹钟响。"
+    registry.call("set_timer", {"seconds": 1})
+    ring_for(registry, said, 5)
+    assert said[4] == "计时器时间到了。" and chinese(snooze("贪睡")) == "刚才没有闹钟响。"  # timers are not snoozed
+
+
+def matched(registry: Registry, text: str) -> tuple[str, dict]:
+    match = IntentMatcher(registry.skills).match(text)
+    return match.skill, match.arguments
 
 
 def test_what_came_due_while_the_assistant_was_stopped_is_said_late(tmp_path: Path) -> None:

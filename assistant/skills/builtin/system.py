@@ -64,6 +64,7 @@ BUILTIN = {
     "control_timer": ("set timers", "定计时器"),
     "set_alarm": ("set alarms", "定闹钟"),
     "cancel_alarms": ("set alarms", "定闹钟"),
+    "snooze": ("set alarms", "定闹钟"),
     "add_item": ("keep notes and a shopping list", "记笔记和购物清单"),
     "read_items": ("keep notes and a shopping list", "记笔记和购物清单"),
     "remove_item": ("keep notes and a shopping list", "记笔记和购物清单"),

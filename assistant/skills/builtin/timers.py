@@ -21,7 +21,10 @@ from ._spoken import WEEKDAYS_ZH, clock
 
 SCHEMA = """CREATE TABLE IF NOT EXISTS timers (
     id INTEGER PRIMARY KEY, kind TEXT NOT NULL, label TEXT NOT NULL, due REAL NOT NULL,
-    length REAL NOT NULL DEFAULT 0, paused_left REAL, language TEXT NOT NULL DEFAULT 'en');"""
+    length REAL NOT NULL DEFAULT 0, paused_left REAL, language TEXT NOT NULL DEFAULT 'en');
+CREATE TABLE IF NOT EXISTS rung (
+    id INTEGER PRIMARY KEY CHECK (id = 0), label TEXT NOT NULL, at REAL NOT NULL, language TEXT NOT NULL);"""
+# `rung` is the last alarm that rang on time, which "snooze" sets again.
 # Columns added since the first release, for state directories that have the older table.
 # `language` is that of the request that set the timer: it rings later, outside any turn.
 NEW_COLUMNS = ("length REAL NOT NULL DEFAULT 0", "paused_left REAL", "language TEXT NOT NULL DEFAULT 'en'")
@@ -29,6 +32,7 @@ TICK = 0.25  # seconds between looks at the clock
 MAX_TIMER = 24 * 3600  # seconds; longer is an alarm's job
 MAX_BACKOFF = 5.0  # seconds between looks while the stored timers cannot be read or written
 LATE = 60  # seconds past due after which a ring says when it was due (the assistant was not running)
+SNOOZE_WITHIN = 30 * 60  # seconds after an alarm rang in which "snooze" still means it
 log = logging.getLogger(__name__)
 
 
@@ -491,6 +495,35 @@ def cancel_alarms(
     return context.localized(f"Cancelled {count} alarm{'s' if count != 1 else ''}.", zh=f"已取消{count}个闹钟。")
 
 
+@skill(
+    sentences={
+        "en": ["snooze [the alarm|it]", "snooze [the alarm|it] for {minutes} minute[s]"],
+        "zh": ["贪睡", "再睡一会[儿]", "[让我]再睡{minutes}分钟", "{minutes}分钟后再叫我"],
+    },
+    optional_tool=True,
+)
+def snooze(context: SkillContext, minutes: Annotated[int, Range(1, 60)] = 9) -> str:
+    """Ring the alarm that just rang again in a few minutes.
+
+    Args:
+        minutes: minutes until it rings again
+    """
+    with _db(context) as db:
+        rang = db.execute("SELECT label, at, language FROM rung").fetchone()
+        if rang is None or time.time() - rang[1] > SNOOZE_WITHIN:
+            return context.localized("No alarm has rung just now.", zh="刚才没有闹钟响。")
+        label, _, language = rang
+        again = datetime.now().replace(second=0, microsecond=0) + timedelta(minutes=minutes)
+        db.execute(
+            "INSERT INTO timers (kind, label, due, language) VALUES ('alarm', ?, ?, ?)",
+            (label, again.timestamp(), language),
+        )
+        db.execute("DELETE FROM rung")  # snoozed once: a second "snooze" is for the next ring
+    return context.localized(
+        f"Snoozed until {clock(again.hour, again.minute)}.", zh=f"好的，{clock(again.hour, again.minute, 'zh')}再叫你。"
+    )
+
+
 def _ring(kind: str, label: str, due: float, language: str) -> str:
     """What is said when a timer or alarm comes due, in the language it was set in; late (the assistant was
     not running), with when it was due."""
@@ -518,6 +551,7 @@ def ring_due_timers(context: SkillContext, stop: threading.Event) -> None:
     again with backoff, and a timer rung but not yet deleted is never rung twice.
     """
     rung: set[int] = set()  # rung, and still to be deleted
+    snoozable = None  # the alarm among them that rang on time: label, when, language
     wait, failing = TICK, False
     while not stop.wait(wait):
         try:
@@ -531,10 +565,15 @@ def ring_due_timers(context: SkillContext, stop: threading.Event) -> None:
                 if row_id not in rung:
                     context.say(_ring(kind, label, due_at, context.announced_in(language)))
                     rung.add(row_id)
+                    if kind == "alarm" and time.time() - due_at <= LATE:  # not one said late
+                        snoozable = (label, time.time(), language)
             if rung:
                 with _db(context) as db:
                     db.executemany("DELETE FROM timers WHERE id = ?", [(row_id,) for row_id in rung])
+                    if snoozable is not None:
+                        db.execute("INSERT OR REPLACE INTO rung VALUES (0, ?, ?, ?)", snoozable)
                 rung.clear()
+                snoozable = None
         except StorageError as e:
             if not failing:
                 log.error("timers: %s; trying again with backoff", e)
