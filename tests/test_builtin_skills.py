@@ -178,6 +178,48 @@ def test_an_alarm_that_just_rang_can_be_snoozed(tmp_path: Path) -> None:
     assert said[4] == "计时器时间到了。" and chinese(snooze("贪睡")) == "刚才没有闹钟响。"  # timers are not snoozed
 
 
+def test_an_alarm_rings_on_until_stopped_turned_off_or_snoozed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    said: list[str] = []
+    registry = registry_in(tmp_path, said)
+    timers = registry.skills["cancel_alarms"].func.__globals__
+    monkeypatch.setitem(timers, "RING_EVERY", 0.2)
+    monkeypatch.setitem(timers, "RING_FOR", 5.0)
+    say = lambda text: registry.call(*matched(registry, text)).text  # noqa: E731
+    assert say("what alarms do I have") == "No timers or alarms are set."
+    clock_running = threading.Event()
+    registry.start_background(clock_running)
+
+    def alarm_rings() -> None:
+        """An alarm due now, and its first ring."""
+        with sqlite3.connect(tmp_path / "timers.sqlite3") as db:
+            db.execute("INSERT INTO timers (kind, label, due) VALUES ('alarm', '', ?)", (time.time(),))
+        start, deadline = len(said), time.monotonic() + 5
+        while len(said) == start and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert len(said) == start + 1
+
+    def rings_in(seconds: float) -> int:
+        start = len(said)
+        time.sleep(seconds)
+        return len(said) - start
+
+    try:
+        alarm_rings()
+        assert rings_in(1.0) >= 2 and set(said) == {"Your alarm is ringing."}  # a sleeper may not hear it once
+        assert say("stop") == "" and rings_in(1.0) == 0
+        alarm_rings()
+        assert say("turn off the alarm") == "Alarm off." and rings_in(1.0) == 0
+        assert say("snooze") == "No alarm has rung just now."  # turned off: not snoozed
+        alarm_rings()
+        assert say("snooze").startswith("Snoozed until ") and rings_in(1.0) == 0
+        assert say("turn off the alarm").startswith("Cancelled the alarm at ")  # the snoozed one
+        monkeypatch.setitem(timers, "RING_FOR", 0.5)
+        alarm_rings()
+        assert rings_in(1.0) >= 1 and rings_in(1.0) == 0  # unheeded, it gives up
+    finally:
+        clock_running.set()
+
+
 def matched(registry: Registry, text: str) -> tuple[str, dict]:
     match = IntentMatcher(registry.skills).match(text)
     return match.skill, match.arguments

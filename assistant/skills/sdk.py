@@ -89,6 +89,7 @@ class SkillContext:
     skills: Callable[[], list[Any]] = list  # the loaded skills, for "what can you do"
     language: str = "en"  # of the request being answered: "zh" for one in Chinese, else "en"
     voice_language: str | None = None  # what the speaker's voice speaks; None without one
+    stopped_at: float = 0.0  # when "stop" was last said (time.time()): what rings on stops then too
 
     def localized(self, en: str, **others: str) -> str:
         """The reply in the request's language where one is given, else `en`:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import time
 from typing import Annotated, Literal
 
 from assistant import Range, SkillContext, skill
@@ -21,6 +22,7 @@ STEP = 10
 )
 def stop(context: SkillContext) -> str:
     """Stop talking and forget the current request."""
+    context.stopped_at = time.time()  # a ringing alarm stops too
     context.stop()
     return ""
 

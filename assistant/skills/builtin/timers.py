@@ -33,6 +33,9 @@ MAX_TIMER = 24 * 3600  # seconds; longer is an alarm's job
 MAX_BACKOFF = 5.0  # seconds between looks while the stored timers cannot be read or written
 LATE = 60  # seconds past due after which a ring says when it was due (the assistant was not running)
 SNOOZE_WITHIN = 30 * 60  # seconds after an alarm rang in which "snooze" still means it
+# An alarm on time rings again every RING_EVERY seconds for RING_FOR, a sleeper may not hear it once,
+# until "stop", "snooze" or "turn off the alarm".
+RING_EVERY, RING_FOR = 30, 5 * 60
 log = logging.getLogger(__name__)
 
 
@@ -463,6 +466,10 @@ def cancel_alarms(
         every: true to cancel every alarm
     """
     with _db(context) as db:
+        rang = db.execute("SELECT at FROM rung").fetchone()
+        if hour is None and not every and rang and time.time() - rang[0] <= RING_FOR and context.stopped_at < rang[0]:
+            db.execute("DELETE FROM rung")  # "turn off the alarm" while one rings: that one, and no snooze after
+            return context.localized("Alarm off.", zh="闹钟关了。")
         alarms = [(i, datetime.fromtimestamp(due)) for i, due in
                   db.execute("SELECT id, due FROM timers WHERE kind = 'alarm' ORDER BY due")]  # fmt: skip
         if hour is not None:
@@ -545,13 +552,14 @@ def _ring(kind: str, label: str, due: float, language: str) -> str:
 
 @background
 def ring_due_timers(context: SkillContext, stop: threading.Event) -> None:
-    """Ring every timer or alarm that is due, once, then forget it.
+    """Ring every timer or alarm that is due, then forget it; an alarm on time rings on for a while.
 
     Stored data that cannot be read or written (a full disk) does not stop the clock: it looks
     again with backoff, and a timer rung but not yet deleted is never rung twice.
     """
     rung: set[int] = set()  # rung, and still to be deleted
     snoozable = None  # the alarm among them that rang on time: label, when, language
+    ringing = None  # the alarm that rang on time and rings on: what it says, when it rang, when last said
     wait, failing = TICK, False
     while not stop.wait(wait):
         try:
@@ -561,12 +569,21 @@ def ring_due_timers(context: SkillContext, stop: threading.Event) -> None:
                     " WHERE due <= ? AND paused_left IS NULL ORDER BY due",
                     (time.time(),),
                 ).fetchall()
+                still = ringing and db.execute("SELECT 1 FROM rung WHERE at = ?", (ringing[1],)).fetchone()
+            now = time.time()
+            if ringing and (not still or now - ringing[1] > RING_FOR or context.stopped_at >= ringing[1]):
+                ringing = None  # turned off or snoozed (its row gone), unheeded for long enough, or stopped
+            elif ringing and now - ringing[2] >= RING_EVERY:
+                context.say(ringing[0])
+                ringing = (ringing[0], ringing[1], now)
             for row_id, kind, label, due_at, language in due:
                 if row_id not in rung:
-                    context.say(_ring(kind, label, due_at, context.announced_in(language)))
+                    said = _ring(kind, label, due_at, context.announced_in(language))
+                    context.say(said)
                     rung.add(row_id)
                     if kind == "alarm" and time.time() - due_at <= LATE:  # not one said late
                         snoozable = (label, time.time(), language)
+                        ringing = (said, snoozable[1], snoozable[1])
             if rung:
                 with _db(context) as db:
                     db.executemany("DELETE FROM timers WHERE id = ?", [(row_id,) for row_id in rung])
