@@ -53,6 +53,25 @@ def test_shopping_list_and_notes_persist(tmp_path: Path) -> None:
     assert second.call("read_items", {"list": "shopping"}).text == "Your shopping list is empty."
 
 
+def test_an_item_asked_for_twice_is_kept_once_and_lists_are_asked_for_as_people_ask(tmp_path: Path) -> None:
+    registry = registry_in(tmp_path)
+    say = lambda text: registry.call(*matched(registry, text)).text  # noqa: E731
+    assert say("add milk to my shopping list") == "Added milk to the shopping list."
+    assert say("add Milk to the shopping list") == "Milk is already on the shopping list."
+    assert say("take a note call the plumber") == "Noted."
+    assert say("take a note Call the plumber") == "That is already in your notes."
+    for asked in ("what is on my shopping list", "read me my shopping list", "what do I need to buy"):
+        assert say(asked) == "On your shopping list: milk.", asked
+    assert say("what are my notes") == "On your notes: call the plumber."
+    assert say("volume down") == "Volume 50 percent." and say("volume up") == "Volume 60 percent."
+    assert matched(registry, "empty my shopping list")[0] == "clear_shopping_list"  # asked to confirm, then
+    registry.context.language = "zh"
+    assert say("把牛奶加到购物清单") == "已把牛奶加到购物清单。"
+    assert say("把牛奶加到购物清单") == "购物清单上已经有牛奶了。"
+    assert say("我要买什么") == say("看看我的购物清单") == "购物清单上有：milk、牛奶。"
+    assert matched(registry, "把购物清单清空")[0] == "clear_shopping_list"
+
+
 def test_a_long_list_is_read_in_part_with_how_many_are_left(tmp_path: Path) -> None:
     registry = registry_in(tmp_path)
     for n in range(150):

@@ -38,6 +38,11 @@ def add_item(text: str, context: SkillContext, list: ListName = "notes") -> str:
             return context.localized("What should I add?", zh="要加什么？")
         return context.localized("What should I note?", zh="要记什么？")
     with _db(context) as db:
+        listed = {text.casefold() for (text,) in db.execute("SELECT text FROM items WHERE list = ?", (list,))}
+        if item.casefold() in listed:  # asked for twice (by two people, or again to be sure): kept once
+            if list == "shopping":
+                return context.localized(f"{item} is already on the shopping list.", zh=f"购物清单上已经有{item}了。")
+            return context.localized("That is already in your notes.", zh="笔记里已经有这条了。")
         db.execute("INSERT INTO items (list, text) VALUES (?, ?)", (list, item))
     if list == "shopping":
         return context.localized(f"Added {item} to the shopping list.", zh=f"已把{item}加到购物清单。")
@@ -49,10 +54,15 @@ READ_AT_ONCE = 20  # items said in one reply: a hundred would be minutes of spee
 
 @skill(
     sentences={
-        "en": [("what's on the shopping list", {"list": "shopping"}), ("read my notes", {"list": "notes"})],
-        "zh": [("购物清单上有什么", {"list": "shopping"}), ("读一下我的笔记", {"list": "notes"})],
+        "en": [("(what's|what is) on [my|the] shopping list", {"list": "shopping"}),
+               ("read [me] [my|the] shopping list", {"list": "shopping"}),
+               ("what do I need to buy", {"list": "shopping"}),
+               ("read [me] my notes", {"list": "notes"}), ("what (are|is in) my notes", {"list": "notes"})],
+        "zh": [("[我的]购物清单上有什么", {"list": "shopping"}), ("(读一下|看看)[我的]购物清单", {"list": "shopping"}),
+               ("我要买什么", {"list": "shopping"}), ("读一下我的笔记", {"list": "notes"}),
+               ("我记了什么", {"list": "notes"})],
     }
-)
+)  # fmt: skip
 def read_items(context: SkillContext, list: ListName = "notes") -> str:
     """Read the shopping list or the notes aloud.
 
@@ -105,7 +115,10 @@ def remove_item(text: str, context: SkillContext, list: ListName = "shopping") -
     return context.localized(f"{text.strip()} is not on the list.", zh=f"清单上没有{text.strip()}。")
 
 
-@skill(confirm=True, sentences={"en": ["clear the shopping list"], "zh": ["清空购物清单"]})
+@skill(
+    confirm=True,
+    sentences={"en": ["(clear|empty) [my|the] shopping list"], "zh": ["清空[我的]购物清单", "把购物清单清空"]},
+)
 def clear_shopping_list(context: SkillContext) -> str:
     """Empty the shopping list."""
     with _db(context) as db:

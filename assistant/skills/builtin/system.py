@@ -122,7 +122,8 @@ def set_volume(percent: Annotated[int, Range(0, 100)], context: SkillContext) ->
     sentences={
         "en": [("turn (it|the volume) up", {"direction": "up"}), ("turn up the volume", {"direction": "up"}),
                ("[a bit] louder", {"direction": "up"}), ("turn (it|the volume) down", {"direction": "down"}),
-               ("turn down the volume", {"direction": "down"}), ("[a bit] quieter", {"direction": "down"})],
+               ("turn down the volume", {"direction": "down"}), ("[a bit] quieter", {"direction": "down"}),
+               ("[the] volume up", {"direction": "up"}), ("[the] volume down", {"direction": "down"})],
         "zh": [("大声[一]点", {"direction": "up"}), ("小声[一]点", {"direction": "down"}),
                ("(调高|增大|提高)音量", {"direction": "up"}), ("(调低|减小|降低)音量", {"direction": "down"})],
     }
