@@ -99,6 +99,8 @@ ENGLISH = [
         {"action": "pause", "start_hours": 1, "start_minutes": 30, "label": "tea"},
     ),
     ("wake me at 7", "set_alarm", {"hour": 7}),
+    ("set a timer for an hour", "set_timer", {"hours": 1}),
+    ("start a timer for a minute", "set_timer", {"minutes": 1}),
     ("set an alarm for 6:05", "set_alarm", {"hour": 6, "minute": 5}),
     ("wake me up at 7 pm", "set_alarm", {"hour": 19}),
     ("Set an alarm for 7:30 p.m.", "set_alarm", {"hour": 19, "minute": 30}),
@@ -138,6 +140,8 @@ CHINESE = [
     ("晚上7点叫醒我", "set_alarm", {"hour": 19}),
     ("设置一个下午两点半的闹钟", "set_alarm", {"hour": 14, "minute": 30}),
     ("下午2:30叫醒我", "set_alarm", {"hour": 14, "minute": 30}),
+    ("设置闹钟早上6点半", "set_alarm", {"hour": 6, "minute": 30}),  # the time after the alarm
+    ("设个闹钟在晚上9点", "set_alarm", {"hour": 21}),
     ("晚上十点零五分叫醒我", "set_alarm", {"hour": 22, "minute": 5}),
     ("暂停计时器", "control_timer", {"action": "pause"}),
     ("现在几点", "current_time", {}),

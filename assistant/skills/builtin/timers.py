@@ -115,6 +115,7 @@ def _left(due: float, paused_left: float | None) -> float:
 # Durations the sentence library has no template for.
 HOUR_AND_A_HALF = {"hours": 1, "minutes": 30}
 HALF_AN_HOUR = {"minutes": 30}
+AN_HOUR, A_MINUTE = {"hours": 1}, {"minutes": 1}
 SETTING = "[(set|start)] [a|an|the|my] "
 
 
@@ -123,6 +124,7 @@ SETTING = "[(set|start)] [a|an|the|my] "
         "en": [(SETTING + "timer for (an|one) hour and a half", HOUR_AND_A_HALF),
                (SETTING + "(hour and a half|90 minute) timer", HOUR_AND_A_HALF),
                (SETTING + "timer for half an hour", HALF_AN_HOUR), (SETTING + "half hour timer", HALF_AN_HOUR),
+               (SETTING + "timer for an hour", AN_HOUR), (SETTING + "timer for a minute", A_MINUTE),
                "[set|start] (a|an|the|my) {label} timer for {minutes} minute[s]",
                "[set|start] (a|an|the|my) {label} timer for {hours} hour[s]",
                "[set|start] (a|an|the|my) {label} timer for {seconds} second[s]"],
@@ -175,7 +177,8 @@ AM = " (am|a m|a.m.|in the morning)"
 PM = " (pm|p m|p.m.|in the afternoon|in the evening|at night|tonight)"
 EN_HOURS = ["one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve"]
 # A verb or 叫醒我: "早上7点的闹钟" alone may answer "which one?" as well as ask for a new alarm.
-ZH_ALARM = "((设置|设定|设|定)[一个][明天]{time}[的]闹钟|[明天]{time}叫醒我)"
+ZH_SET = "(设置|设定|设|定)[一个|个]"
+ZH_ALARM = f"({ZH_SET}[明天]{{time}}[的]闹钟|{ZH_SET}闹钟[在][明天]{{time}}|[明天]{{time}}叫醒我)"
 ZH_AFTERNOON = "(下午|晚上|傍晚)"
 ZH_HOURS = ["一", "二", "三", "四", "五", "六", "七", "八", "九", "十", "十一"]  # 晚上十二点 is midnight: not here
 
