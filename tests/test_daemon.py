@@ -847,3 +847,24 @@ def test_a_client_given_a_config_that_is_not_there_says_so(tmp_path: Path) -> No
         result = run_assistant(*command, "--config", str(tmp_path / "typo.yaml"))
         assert result.returncode == 78
         assert result.stderr.strip() == f"error: {tmp_path / 'typo.yaml'}: config file not found"
+
+
+def test_a_stop_with_clients_connected_logs_no_error(tmp_path: Path, chatty: Path) -> None:
+    config = chatty_config(tmp_path, chatty, max_new_tokens=4000)
+    control, notify = tmp_path / "run" / "control.sock", Notifications(tmp_path / "notify.sock")
+    try:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGTERM, signal.SIGINT):
+            notify.received.clear()
+            daemon = Daemon(tmp_path, config, notify)
+            with connect(control) as idle, connect(control) as talking, connect(control) as half_closed:
+                send(idle, {"type": "status"})
+                until(idle, "status")  # served, then left idle: an open `assistant chat`
+                send(half_closed, {"type": "say", "text": "tell me a long story"})
+                half_closed.shutdown(socket.SHUT_WR)  # `nc -N`: hears its turn to the end
+                send(talking, {"type": "say", "text": "tell me a long story"})
+                until(talking, "text")
+                assert daemon.stop(sig) == 0
+    finally:
+        notify.close()
+    log = daemon.log_text()
+    assert "stopping" in log and "ERROR" not in log and "Traceback" not in log, log

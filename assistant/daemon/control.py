@@ -176,6 +176,7 @@ class ControlServer:
             ) from None
         self.inode = path.stat().st_ino
         self.clients: dict[int, _Client] = {}
+        self.connections: set[asyncio.Task] = set()  # each connection's _serve, awaited by close()
         self.numbers = itertools.count(1)
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="control", daemon=True)
@@ -207,6 +208,9 @@ class ControlServer:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         client = _Client(next(self.numbers), writer)
+        task = asyncio.current_task()
+        self.connections.add(task)
+        task.add_done_callback(self.connections.discard)
         if len(self.clients) >= MAX_CLIENTS:
             writer.write(Event("error", {"message": f"more than {MAX_CLIENTS} clients; try again later"}).encode())
             with contextlib.suppress(OSError):
@@ -254,6 +258,8 @@ class ControlServer:
             self.disconnected(client.id)
 
     async def _answer_half_closed(self, client: _Client, writer: asyncio.StreamWriter, sender: asyncio.Task) -> None:
+        if writer.is_closing():  # not half closed: aborted, by close() or for not reading
+            return
         sock = writer.get_extra_info("socket")
         poller = select.poll()
         poller.register(sock.fileno(), select.POLLHUP)
@@ -278,6 +284,10 @@ class ControlServer:
             self.server.close()
             for client in list(self.clients.values()):
                 client.writer.transport.abort()
+            # Each connection then ends its own way (its sender, its turns cancelled); a loop stopped
+            # before that would leave them pending, and asyncio logs each one as an error.
+            if self.connections:
+                await asyncio.wait(self.connections, timeout=1)
 
         with contextlib.suppress(Exception):
             asyncio.run_coroutine_threadsafe(stop(), self.loop).result(timeout=2)
