@@ -868,3 +868,22 @@ def test_a_stop_with_clients_connected_logs_no_error(tmp_path: Path, chatty: Pat
         notify.close()
     log = daemon.log_text()
     assert "stopping" in log and "ERROR" not in log and "Traceback" not in log, log
+
+
+def test_what_the_daemon_stores_only_its_own_user_can_read(setup) -> None:
+    config, control, notify = setup
+    old_umask = os.umask(0o022)  # a shell's, and systemd's unless the unit says otherwise
+    try:
+        daemon = Daemon(config.parent, config, notify)
+    finally:
+        os.umask(old_umask)
+    try:
+        assert spoken(turn(control, "add my bank PIN to the shopping list")).startswith("Added")
+        assert spoken(turn(control, "set a timer for 10 minutes")) == "Timer set for 10 minutes."
+    finally:
+        assert daemon.stop() == 0
+    state = config.parent / "state"
+    stored = [state, *state.iterdir()]
+    assert len(stored) >= 3 and {oct(path.stat().st_mode & 0o077) for path in stored} == {"0o0"}, stored
+    unit = (REPO / "systemd/assistant.service").read_text()
+    assert "UMask=0077" in unit and "StateDirectoryMode=0700" in unit  # a state folder made before, too
