@@ -268,3 +268,18 @@ def test_another_users_socket_is_named_as_not_allowed_not_as_not_running(tmp_pat
     message = os.read(reader, 4096).decode()
     server.close()
     assert message.startswith(f"{path}: not allowed to connect (Permission denied); run this as the service's user")
+
+
+def test_a_socket_set_in_the_environment_is_used_without_a_config_file(tmp_path: Path) -> None:
+    server = _stand_in(tmp_path / "control.sock", [{"type": "status", "state": "ready"}])
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ASSISTANT_")}
+    result = subprocess.run(
+        [sys.executable, "-m", "assistant", "status"],
+        capture_output=True,
+        text=True,
+        env=env | {"ASSISTANT_CONTROL__SOCKET": str(tmp_path / "control.sock")},
+        cwd=tmp_path,  # no config.yaml here
+        timeout=60,
+    )
+    server.join(timeout=10)
+    assert (result.returncode, result.stdout, result.stderr) == (0, "state: ready\n", "")
