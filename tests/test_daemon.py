@@ -638,10 +638,17 @@ def test_a_socket_path_that_is_not_ours_is_refused_in_one_line(tmp_path: Path, t
         folder("sticky", 0o1777) / "control.sock": "writable by other users",
         folder("x" * 110) / "control.sock": "AF_UNIX path too long",
     }
+    (folder("open", 0o777) / "run").mkdir(mode=0o700)  # private, in a folder anyone may rename it in
+    cases[tmp_path / "open" / "run" / "control.sock"] = "replaceable by another user"
     if os.geteuid() == 0:  # a directory made first by another user (as /tmp/assistant-<uid> could be)
         other = folder("other")
         os.chown(other, 65534, 65534)
         cases[other / "control.sock"] = "owned by uid 65534"
+        # Another user's link in /tmp to a private folder of ours: its owner may point it elsewhere later.
+        link = folder("tmp", 0o1777) / "assistant-0"
+        link.symlink_to(folder("private"))
+        os.lchown(link, 65534, 65534)
+        cases[link / "control.sock"] = "replaceable by another user"
     for path, reason in cases.items():
         config = tmp_path / "config.yaml"
         config.write_text(f"llm:\n  model_dir: {tiny_int8}\ncontrol:\n  socket: {path}\n")

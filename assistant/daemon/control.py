@@ -117,6 +117,25 @@ def folder_not_private(folder: Path) -> tuple[str, str] | None:
     if info.st_mode & 0o022:
         shared = "writable by other users, who could replace the control socket"
         return shared, "choose a private directory (control.socket) or chmod go-w it"
+    if way := _replaceable(folder):
+        return f"replaceable by another user: {way}", "choose a private directory (control.socket)"
+    return None
+
+
+def _replaceable(folder: Path) -> str | None:
+    """Why another user could put a folder of their own in place of `folder` (or of a folder on the way
+    to it), and with it a socket that hears what clients say, or None. Both the path as written (a
+    link in /tmp) and the path it leads to are checked."""
+    ours = {0, os.geteuid()}
+    for path in {folder.absolute(), folder.resolve()}:
+        for entry in (path, *path.parents[:-1]):  # "/" has no folder to be renamed in
+            info, parent = entry.lstat(), entry.parent.stat()
+            if parent.st_uid not in ours:
+                return f"{entry.parent} is owned by uid {parent.st_uid}"
+            if parent.st_mode & 0o022 and not parent.st_mode & stat.S_ISVTX:
+                return f"{entry.parent} is writable by other users"
+            if parent.st_mode & 0o022 and info.st_uid not in ours:  # sticky, as /tmp: its owner may
+                return f"{entry} belongs to uid {info.st_uid}, in {entry.parent} which others may write"
     return None
 
 
