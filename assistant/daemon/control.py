@@ -24,6 +24,7 @@ import os
 import select
 import socket
 import stat
+import struct
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -321,6 +322,22 @@ class ControlServer:
 # -- the client side (assistant say / chat / status / cancel) -----------------------------------------
 
 
+def _not_trusted(path: Path, connected: socket.socket) -> str | None:
+    """Why the program listening on `path` may be another user's rather than the assistant, or None.
+
+    Only its own user (or root) can reach a mode 0600 socket; another user who made the folder first,
+    as /tmp/assistant-<uid> can be, could listen there to hear what is said. Root talks to the
+    service's user as well, in a folder nobody else could have put there.
+    """
+    peer = struct.unpack("3i", connected.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))[1]
+    if peer in (0, os.geteuid()) or (os.geteuid() == 0 and not _replaceable(path.parent)):
+        return None
+    return (
+        f"{path}: the program listening there runs as uid {peer}, not as this user; another user may have put "
+        "it there, so nothing was sent (check the folder, or name your own control.socket)"
+    )
+
+
 class ControlClient:
     """One connection to the running assistant."""
 
@@ -337,6 +354,9 @@ class ControlClient:
             raise ConnectionError(
                 f"no assistant is listening on {path} ({e.strerror or e}); is `assistant run` running?"
             ) from None
+        if impostor := _not_trusted(path, self.socket):
+            self.socket.close()
+            raise ConnectionError(impostor)
         self.lines = self.socket.makefile("rb")
         self.numbers = itertools.count(1)
 
