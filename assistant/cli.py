@@ -22,6 +22,7 @@ from assistant.config import (
     default_config_path,
     load_settings,
     settings_as_dict,
+    settings_from_text,
 )
 from assistant.llm.manifest import ModelError
 from assistant.logs import setup_logging
@@ -99,10 +100,10 @@ def _socket(args: argparse.Namespace) -> Path:
     from assistant.daemon.service import service_socket
 
     config = _optional_config(args.config)  # a typo must not reach another assistant
-    if config.exists():
-        socket = load_settings(config).control.socket
-        if socket:
-            return socket
+    # Without a file, the environment may still name one (ASSISTANT_CONTROL__SOCKET).
+    settings = load_settings(config) if config.exists() else settings_from_text("", config)
+    if settings.control.socket:
+        return settings.control.socket
     own = default_socket_path()
     service = service_socket()
     return service if service is not None and not own.exists() and service.exists() else own

@@ -362,7 +362,12 @@ def check_model_paths(settings: Settings, voice: bool = True) -> None:
     Other configured paths come first: a misspelt skills folder or CA file would otherwise only
     show as skills that are not there, or as a broker that cannot be reached.
     """
-    wrong = [f"skills.paths[{i}]: {p} is not a folder" for i, p in enumerate(settings.skills.paths) if not p.is_dir()]
+    wrong = []
+    for i, folder in enumerate(settings.skills.paths):
+        if not folder.is_dir():
+            wrong.append(f"skills.paths[{i}]: {folder} is not a folder")
+        elif not os.access(folder, os.R_OK | os.X_OK):  # its skills would be left out without a word
+            wrong.append(f"skills.paths[{i}]: {folder} cannot be read by this user; chmod it, or run as its owner")
     if settings.mqtt.tls and settings.mqtt.ca_file is not None and not settings.mqtt.ca_file.is_file():
         wrong.append(f"mqtt.ca_file: {settings.mqtt.ca_file} is not a file")
     if settings.state_dir is not None and settings.state_dir.exists() and not settings.state_dir.is_dir():

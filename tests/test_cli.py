@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
 import threading
 from pathlib import Path
+
+import pytest
 
 from assistant.llm.chat_template import ChatTemplate
 
@@ -268,3 +271,58 @@ def test_another_users_socket_is_named_as_not_allowed_not_as_not_running(tmp_pat
     message = os.read(reader, 4096).decode()
     server.close()
     assert message.startswith(f"{path}: not allowed to connect (Permission denied); run this as the service's user")
+
+
+def test_a_socket_set_in_the_environment_is_used_without_a_config_file(tmp_path: Path) -> None:
+    server = _stand_in(tmp_path / "control.sock", [{"type": "status", "state": "ready"}])
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ASSISTANT_")}
+    result = subprocess.run(
+        [sys.executable, "-m", "assistant", "status"],
+        capture_output=True,
+        text=True,
+        env=env | {"ASSISTANT_CONTROL__SOCKET": str(tmp_path / "control.sock")},
+        cwd=tmp_path,  # no config.yaml here
+        timeout=60,
+    )
+    server.join(timeout=10)
+    assert (result.returncode, result.stdout, result.stderr) == (0, "state: ready\n", "")
+
+
+def test_a_socket_another_user_put_in_a_shared_folder_hears_nothing(tmp_path: Path) -> None:
+    if os.geteuid() != 0:  # it takes a second user; CI runs as root
+        pytest.skip("becoming another user needs root (CI runs as root)")
+    shared = tmp_path / "tmp"
+    shared.mkdir()
+    shared.chmod(0o1777)  # as /tmp, where the default /tmp/assistant-<uid> lives
+    squatted = shared / "assistant-0"  # made by another user before this one's assistant started
+    squatted.mkdir()
+    path = squatted / "assistant.sock"
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(path))
+    for made in (squatted, path):
+        os.chown(made, 65534, 65534)
+    path.chmod(0o777)
+    config = tmp_path / "config.yaml"
+    config.write_text(f"control:\n  socket: {path}\n")
+    heard = os.pipe()
+    child = os.fork()
+    if child == 0:  # that user's program listening there (the peer's credentials are taken at listen)
+        try:
+            os.setgid(65534)
+            os.setuid(65534)
+            server.listen()
+            connection = server.accept()[0]
+            connection.settimeout(5)
+            os.write(heard[1], connection.recv(4096) or b"-")
+        finally:
+            os._exit(0)
+    os.close(heard[1])
+    server.close()
+    try:
+        result = assistant("say", "--config", str(config), "the alarm code is 1234", timeout=30)
+    finally:
+        os.kill(child, signal.SIGKILL)
+        os.waitpid(child, 0)
+    assert os.read(heard[0], 4096) in (b"", b"-")  # nothing said reached it
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.startswith(f"error: {path}: the program listening there runs as uid 65534"), result.stderr

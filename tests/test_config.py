@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -437,3 +438,29 @@ def test_a_terminal_that_inherited_journal_stream_gets_plain_lines(stderr_file, 
     stderr.flush()
     (line,) = Path(stderr.name).read_text().splitlines()
     assert not line.startswith("<") and line.endswith(" WARNING assistant.test: hello")
+
+
+def test_a_skills_folder_the_service_user_cannot_read_is_named() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("becoming another user needs root (CI runs as root)")
+    with tempfile.TemporaryDirectory() as made:  # in /tmp: reachable by the other user, unlike tmp_path
+        folder = Path(made)
+        folder.chmod(0o755)
+        (folder / "skills").mkdir(mode=0o700)  # only its own mode shuts the other user out
+        settings = load_text(folder, "skills:\n  paths: [skills]\n")
+        reader, writer = os.pipe()
+        child = os.fork()
+        if child == 0:  # the service's user, which root's files are not for
+            try:
+                os.setgid(65534)
+                os.setuid(65534)
+                check_model_paths(settings, voice=False)
+                os.write(writer, b"accepted")
+            except Exception as e:
+                os.write(writer, str(e).encode())
+            finally:
+                os._exit(0)
+        os.close(writer)
+        os.waitpid(child, 0)
+        message = os.read(reader, 4096).decode()
+    assert message.startswith(f"{folder / 'c.yaml'}: skills.paths[0]: {folder / 'skills'} cannot be read"), message

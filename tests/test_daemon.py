@@ -638,10 +638,17 @@ def test_a_socket_path_that_is_not_ours_is_refused_in_one_line(tmp_path: Path, t
         folder("sticky", 0o1777) / "control.sock": "writable by other users",
         folder("x" * 110) / "control.sock": "AF_UNIX path too long",
     }
+    (folder("open", 0o777) / "run").mkdir(mode=0o700)  # private, in a folder anyone may rename it in
+    cases[tmp_path / "open" / "run" / "control.sock"] = "replaceable by another user"
     if os.geteuid() == 0:  # a directory made first by another user (as /tmp/assistant-<uid> could be)
         other = folder("other")
         os.chown(other, 65534, 65534)
         cases[other / "control.sock"] = "owned by uid 65534"
+        # Another user's link in /tmp to a private folder of ours: its owner may point it elsewhere later.
+        link = folder("tmp", 0o1777) / "assistant-0"
+        link.symlink_to(folder("private"))
+        os.lchown(link, 65534, 65534)
+        cases[link / "control.sock"] = "replaceable by another user"
     for path, reason in cases.items():
         config = tmp_path / "config.yaml"
         config.write_text(f"llm:\n  model_dir: {tiny_int8}\ncontrol:\n  socket: {path}\n")
@@ -847,3 +854,43 @@ def test_a_client_given_a_config_that_is_not_there_says_so(tmp_path: Path) -> No
         result = run_assistant(*command, "--config", str(tmp_path / "typo.yaml"))
         assert result.returncode == 78
         assert result.stderr.strip() == f"error: {tmp_path / 'typo.yaml'}: config file not found"
+
+
+def test_a_stop_with_clients_connected_logs_no_error(tmp_path: Path, chatty: Path) -> None:
+    config = chatty_config(tmp_path, chatty, max_new_tokens=4000)
+    control, notify = tmp_path / "run" / "control.sock", Notifications(tmp_path / "notify.sock")
+    try:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGTERM, signal.SIGINT):
+            notify.received.clear()
+            daemon = Daemon(tmp_path, config, notify)
+            with connect(control) as idle, connect(control) as talking, connect(control) as half_closed:
+                send(idle, {"type": "status"})
+                until(idle, "status")  # served, then left idle: an open `assistant chat`
+                send(half_closed, {"type": "say", "text": "tell me a long story"})
+                half_closed.shutdown(socket.SHUT_WR)  # `nc -N`: hears its turn to the end
+                send(talking, {"type": "say", "text": "tell me a long story"})
+                until(talking, "text")
+                assert daemon.stop(sig) == 0
+    finally:
+        notify.close()
+    log = daemon.log_text()
+    assert "stopping" in log and "ERROR" not in log and "Traceback" not in log, log
+
+
+def test_what_the_daemon_stores_only_its_own_user_can_read(setup) -> None:
+    config, control, notify = setup
+    old_umask = os.umask(0o022)  # a shell's, and systemd's unless the unit says otherwise
+    try:
+        daemon = Daemon(config.parent, config, notify)
+    finally:
+        os.umask(old_umask)
+    try:
+        assert spoken(turn(control, "add my bank PIN to the shopping list")).startswith("Added")
+        assert spoken(turn(control, "set a timer for 10 minutes")) == "Timer set for 10 minutes."
+    finally:
+        assert daemon.stop() == 0
+    state = config.parent / "state"
+    stored = [state, *state.iterdir()]
+    assert len(stored) >= 3 and {oct(path.stat().st_mode & 0o077) for path in stored} == {"0o0"}, stored
+    unit = (REPO / "systemd/assistant.service").read_text()
+    assert "UMask=0077" in unit and "StateDirectoryMode=0700" in unit  # a state folder made before, too

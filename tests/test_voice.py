@@ -539,3 +539,21 @@ def test_doctor_names_a_wake_phrase_the_speech_model_cannot_hear(
     found = next(f for f in diagnose(config) if f.what == "asr.model" and f.fix is not None)
     assert found.detail == f"{tmp_path / 'half-unpacked'} is not a vosk model folder", found
     assert found.fix == "`assistant setup` installs one"
+
+
+def test_characters_no_voice_can_say_are_left_out_and_the_rest_is_spoken(tmp_path: Path, test_voice: Path) -> None:
+    sink = WavSink(tmp_path / "out.wav")
+
+    def respond(text: str, cancel: threading.Event) -> Iterator[str]:
+        yield "On your list: milk\x00 and bread\ud800. "  # a NUL from the model, or stored in a note
+        yield "That is all\x1b[2J."
+
+    events: list[dict] = []
+    voice_pipeline = VoicePipeline(None, None, Voice(test_voice), sink, respond, on_event=events.append)
+    voice_pipeline.start_reply("what is on my list", time.monotonic())
+    voice_pipeline.finish()
+    voice_pipeline.announce("Your timer\x00 is done.")  # a timer's label
+    sink.close()
+    spoken = [e["text"] for e in events if e["type"] == "audio"]
+    assert spoken[0] == "On your list: milk\x00 and bread\ud800." and spoken[-1] == "That is all\x1b[2J."
+    assert events[-1]["type"] == "reply_done" and len(sink.chunks) > len(spoken)  # the announcement too

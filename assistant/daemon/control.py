@@ -24,6 +24,7 @@ import os
 import select
 import socket
 import stat
+import struct
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -117,6 +118,25 @@ def folder_not_private(folder: Path) -> tuple[str, str] | None:
     if info.st_mode & 0o022:
         shared = "writable by other users, who could replace the control socket"
         return shared, "choose a private directory (control.socket) or chmod go-w it"
+    if way := _replaceable(folder):
+        return f"replaceable by another user: {way}", "choose a private directory (control.socket)"
+    return None
+
+
+def _replaceable(folder: Path) -> str | None:
+    """Why another user could put a folder of their own in place of `folder` (or of a folder on the way
+    to it), and with it a socket that hears what clients say, or None. Both the path as written (a
+    link in /tmp) and the path it leads to are checked."""
+    ours = {0, os.geteuid()}
+    for path in {folder.absolute(), folder.resolve()}:
+        for entry in (path, *path.parents[:-1]):  # "/" has no folder to be renamed in
+            info, parent = entry.lstat(), entry.parent.stat()
+            if parent.st_uid not in ours:
+                return f"{entry.parent} is owned by uid {parent.st_uid}"
+            if parent.st_mode & 0o022 and not parent.st_mode & stat.S_ISVTX:
+                return f"{entry.parent} is writable by other users"
+            if parent.st_mode & 0o022 and info.st_uid not in ours:  # sticky, as /tmp: its owner may
+                return f"{entry} belongs to uid {info.st_uid}, in {entry.parent} which others may write"
     return None
 
 
@@ -176,6 +196,7 @@ class ControlServer:
             ) from None
         self.inode = path.stat().st_ino
         self.clients: dict[int, _Client] = {}
+        self.connections: set[asyncio.Task] = set()  # each connection's _serve, awaited by close()
         self.numbers = itertools.count(1)
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="control", daemon=True)
@@ -207,6 +228,9 @@ class ControlServer:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         client = _Client(next(self.numbers), writer)
+        task = asyncio.current_task()
+        self.connections.add(task)
+        task.add_done_callback(self.connections.discard)
         if len(self.clients) >= MAX_CLIENTS:
             writer.write(Event("error", {"message": f"more than {MAX_CLIENTS} clients; try again later"}).encode())
             with contextlib.suppress(OSError):
@@ -254,6 +278,8 @@ class ControlServer:
             self.disconnected(client.id)
 
     async def _answer_half_closed(self, client: _Client, writer: asyncio.StreamWriter, sender: asyncio.Task) -> None:
+        if writer.is_closing():  # not half closed: aborted, by close() or for not reading
+            return
         sock = writer.get_extra_info("socket")
         poller = select.poll()
         poller.register(sock.fileno(), select.POLLHUP)
@@ -278,6 +304,10 @@ class ControlServer:
             self.server.close()
             for client in list(self.clients.values()):
                 client.writer.transport.abort()
+            # Each connection then ends its own way (its sender, its turns cancelled); a loop stopped
+            # before that would leave them pending, and asyncio logs each one as an error.
+            if self.connections:
+                await asyncio.wait(self.connections, timeout=1)
 
         with contextlib.suppress(Exception):
             asyncio.run_coroutine_threadsafe(stop(), self.loop).result(timeout=2)
@@ -290,6 +320,22 @@ class ControlServer:
 
 
 # -- the client side (assistant say / chat / status / cancel) -----------------------------------------
+
+
+def _not_trusted(path: Path, connected: socket.socket) -> str | None:
+    """Why the program listening on `path` may be another user's rather than the assistant, or None.
+
+    Only its own user (or root) can reach a mode 0600 socket; another user who made the folder first,
+    as /tmp/assistant-<uid> can be, could listen there to hear what is said. Root talks to the
+    service's user as well, in a folder nobody else could have put there.
+    """
+    peer = struct.unpack("3i", connected.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))[1]
+    if peer in (0, os.geteuid()) or (os.geteuid() == 0 and not _replaceable(path.parent)):
+        return None
+    return (
+        f"{path}: the program listening there runs as uid {peer}, not as this user; another user may have put "
+        "it there, so nothing was sent (check the folder, or name your own control.socket)"
+    )
 
 
 class ControlClient:
@@ -308,6 +354,9 @@ class ControlClient:
             raise ConnectionError(
                 f"no assistant is listening on {path} ({e.strerror or e}); is `assistant run` running?"
             ) from None
+        if impostor := _not_trusted(path, self.socket):
+            self.socket.close()
+            raise ConnectionError(impostor)
         self.lines = self.socket.makefile("rb")
         self.numbers = itertools.count(1)
 

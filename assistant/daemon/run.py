@@ -504,6 +504,9 @@ def _describe(error: Exception) -> str:
 
 def run(config_path: Path, settings: Settings, text_only: bool = False) -> int:
     """Serve until stopped, starting from `settings` (read from `config_path`, which reloads read again)."""
+    # Notes, shopping lists and timers are the household's: what the daemon writes (the state folder,
+    # its databases) is for its own user only, whatever umask the shell or systemd started it with.
+    os.umask(0o077)
     try:
         daemon = Daemon(config_path, settings, text_only)
     except Stopped:

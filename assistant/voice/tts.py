@@ -23,6 +23,9 @@ _HAN_KANA = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff"
 _WORD = re.compile(f"[{_HAN_KANA}]|(?:(?![{_HAN_KANA}])\\w)+")
 # Titles and Latin abbreviations end in a period but never end a sentence ("Dr. Kim", "e.g. tea").
 _ABBREVIATION = re.compile(r"(?:^|[\s(\"'])(?:mr|mrs|ms|dr|prof|st|jr|sr|vs|e\.g|i\.e)\.$", re.IGNORECASE)
+# What espeak-ng cannot take (a NUL ends its C string), UTF-8 cannot carry (a lone surrogate), and other
+# control characters, none of them speech: a reply or a note may hold them, and the rest is still said.
+_UNSPEAKABLE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
 MIN_CLAUSE_WORDS = 4  # a shorter first clause ("Sure," "好的，") waits for more
 # Text that runs on without a sentence end is cut after this many words, at a clause or a space if
 # it has one: the voice's encoder takes a piece whole, in time and memory that grow with its
@@ -228,6 +231,7 @@ class Voice:
 
     def synthesize(self, text: str) -> Iterator[np.ndarray]:
         """int16 audio at self.rate: a chunk per decoder window (split voice) or per sentence (whole)."""
+        text = _UNSPEAKABLE.sub("", text)
         if self.stream is None:
             for chunk in self.voice.synthesize(text, self.config):
                 yield chunk.audio_int16_array
