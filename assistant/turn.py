@@ -74,6 +74,8 @@ class TurnManager:
         # Per asker: the call whose skill asked a question ("Which one?"), the question, when it lapses.
         self.asked: dict[Hashable, tuple[dict, str, float]] = {}
         self.last_replies: dict[Hashable, str] = {}
+        # Per asker, its own exchanges: one client's words are never in the context of another's reply.
+        self.histories: dict[Hashable, list[dict]] = {}
         self.asker: Hashable = None
         registry.context.last_reply = lambda: self.last_replies.get(self.asker)
 
@@ -82,10 +84,14 @@ class TurnManager:
         self.pending.pop(asker, None)
         self.asked.pop(asker, None)
         self.last_replies.pop(asker, None)
+        self.histories.pop(asker, None)
 
     def turn(self, text: str, cancel: threading.Event | None = None, asker: Hashable = None) -> Iterator[TurnEvent]:
         """One turn of `asker`'s (who answers a confirmation question, whose reply "repeat" says)."""
         self.asker = asker
+        # The engine keeps what prompts share (the system prompt), so another asker's turn only
+        # prefills that asker's own exchanges.
+        self.conversation.messages = self.histories.setdefault(asker, [])
         self.registry.context.language = reply_language(text)
         spoken = []
         try:

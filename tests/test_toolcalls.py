@@ -126,8 +126,8 @@ def test_constrained_calls_always_parse_and_validate(tiny_int8: Path, registry: 
     assert sum(valid_call(r, registry) for r in unconstrained) < 100
 
 
-def events(manager: TurnManager, text: str) -> list[tuple[str, str]]:
-    return [(e.kind, e.text) for e in manager.turn(text)]
+def events(manager: TurnManager, text: str, asker: str | None = None) -> list[tuple[str, str]]:
+    return [(e.kind, e.text) for e in manager.turn(text, asker=asker)]
 
 
 def test_a_reply_the_model_ends_at_once_is_not_silence(tiny_int8: Path, registry: Registry) -> None:
@@ -169,6 +169,22 @@ def test_confirmation_is_asked_before_a_guarded_skill(tiny_int8: Path, registry:
     assert "The door is unlocked." not in [text for _, text in events(manager, "yes")]
     too_long = events(manager, "light " * 3000)  # more than the context holds, even alone
     assert too_long == [("error", TOO_LONG["en"])]
+
+
+def test_each_asker_has_a_conversation_of_its_own(tiny_int8: Path, registry: Registry) -> None:
+    engine = Engine(tiny_int8, kv_cache_len=2048)
+    manager = TurnManager(Conversation(engine, "You are a test.", 16, registry.tools()), registry, Sampler())
+    prompt = lambda: engine.tokenizer.decode(engine.tokens, skip_special_tokens=False)  # noqa: E731
+    events(manager, "my PIN is 4711", asker="kitchen")
+    events(manager, "what did the other one say?", asker="phone")
+    assert "what did the other one say?" in prompt() and "4711" not in prompt()  # another client's words
+    events(manager, "and what is my PIN?")  # the microphone
+    assert "4711" not in prompt() and "the other one" not in prompt()
+    events(manager, "what is my PIN?", asker="kitchen")
+    assert "my PIN is 4711" in prompt() and "what is my PIN?" in prompt()  # its own are kept
+    manager.forget("kitchen")  # the connection closed
+    events(manager, "hello again", asker="kitchen")
+    assert "4711" not in prompt()
 
 
 @pytest.mark.parametrize(
