@@ -593,20 +593,29 @@ def test_200_turns_with_flat_memory_threads_and_files(setup, tiny_int8: Path) ->
             time.sleep(0.05)
         return looks[-1][0], min(look[1] for look in looks), min(look[2] for look in looks)
 
+    kept = connect(control)  # one client's conversation fills the context; each other client's is forgotten
+
+    def turn_of(i: int, text: str) -> list[dict]:
+        if i % 2:
+            return turn(control, text)
+        send(kept, {"type": "say", "text": text})
+        return until(kept, "turn_done")
+
     try:
         phrases = ["what time is it", "add milk to the shopping list", "tell me about the weather", "what day is it"]
-        for i in range(40):  # warm-up: the context fills, arenas and caches reach their working size
-            turn(control, phrases[i % 4])
+        for i in range(80):  # warm-up: the context fills, arenas and caches reach their working size
+            turn_of(i, phrases[i % 4])
         assert "context full" in daemon.log_text()
         rss0, threads0, fds0 = footprint()
         for i in range(200):
-            seen = turn(control, phrases[i % 4])
+            seen = turn_of(i, phrases[i % 4])
             assert seen[-1]["type"] == "turn_done"
         time.sleep(0.5)  # connection threads finish
         rss1, threads1, fds1 = footprint()
         assert rss1 < rss0 * 1.10, f"RSS grew from {rss0} kB to {rss1} kB"
         assert threads1 <= threads0 and fds1 <= fds0, (threads0, threads1, fds0, fds1)
     finally:
+        kept.close()
         assert daemon.stop() == 0
 
 
