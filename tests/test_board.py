@@ -222,3 +222,26 @@ def test_groups_that_disagree_with_the_manifest_are_refused(board_model: Path, t
     (copy / "manifest.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
     with pytest.raises(ModelError, match=r"prefill groups .* differ from the manifest's"):
         Engine(copy, backend="axengine")
+
+
+@pytest.mark.parametrize("release", ["0.1.2rc0", "0.1.3rc0"])
+def test_releases_whose_outputs_are_views_give_the_same_tokens(board_model: Path, monkeypatch, release: str) -> None:
+    """Before 0.1.3.rc1 pyaxengine returned each output as a view of the session's output buffer,
+    which the session's next run overwrites: nothing may keep an output past its session's next run."""
+    import importlib
+
+    def axengine():
+        sys.modules.pop("axengine", None)
+        return importlib.import_module("axengine")
+
+    monkeypatch.syspath_prepend(str(STANDINS))
+    axengine()
+    expected = list(Engine(board_model, backend="axengine").generate(prompt(3, n=150), GREEDY, 12))
+    monkeypatch.setenv("AXENGINE_STANDIN_VERSION", release)
+    post = axengine().InferenceSession(str(board_model / "axmodel/qwen_post.axmodel"))
+    first = post.run(None, {"input": np.ones((1, 1, HIDDEN), BF16)})[0]
+    kept = first.copy()
+    post.run(None, {"input": -np.ones((1, 1, HIDDEN), BF16)})
+    assert not np.array_equal(first, kept)  # the release's own behaviour: overwritten by the next run
+    assert list(Engine(board_model, backend="axengine").generate(prompt(3, n=150), GREEDY, 12)) == expected
+    sys.modules.pop("axengine", None)
