@@ -224,6 +224,36 @@ def test_groups_that_disagree_with_the_manifest_are_refused(board_model: Path, t
         Engine(copy, backend="axengine")
 
 
+def test_a_model_the_service_user_cannot_read_is_one_line(board_model: Path) -> None:
+    """A model copied to the board as root with private file modes, run by the service's own user."""
+    import shutil
+    import tempfile
+
+    user = 65534 if os.geteuid() == 0 else None  # root reads every file: run as nobody
+    repo = Path(__file__).parent.parent
+    env = {**os.environ, "HOME": "/tmp", "PYTHONPATH": f"{repo}:{STANDINS}"}
+    with tempfile.TemporaryDirectory(dir="/tmp") as folder:
+        os.chmod(folder, 0o755)
+        model = Path(folder) / "model"
+        shutil.copytree(board_model, model)
+        for name in (
+            "manifest.yaml",
+            "axmodel/qwen_l1.axmodel",
+            "tokenizer.json",
+            "model.embed_tokens.weight.bfloat16.bin",
+        ):
+            (model / name).chmod(0)
+            chat = [sys.executable, "-m", "assistant", "chat", "--model", str(model), "--backend", "axengine"]
+            result = subprocess.run(
+                chat, input="hello\n", capture_output=True, text=True, env=env, user=user, timeout=120
+            )
+            (model / name).chmod(0o644)
+            assert result.returncode == 78 and "Traceback" not in result.stderr, (name, result.stderr)
+            error = result.stderr.strip().splitlines()[-1]
+            assert error.startswith(f"error: {model / name}: the user ") and "cannot read it" in error, error
+            assert error.endswith(f"(chmod -R a+rX {model})")
+
+
 @pytest.mark.parametrize("release", ["0.1.2rc0", "0.1.3rc0"])
 def test_releases_whose_outputs_are_views_give_the_same_tokens(board_model: Path, monkeypatch, release: str) -> None:
     """Before 0.1.3.rc1 pyaxengine returned each output as a view of the session's output buffer,

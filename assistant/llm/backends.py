@@ -153,6 +153,8 @@ class AxRunner:
             raise ModelError(message) from None
         except RuntimeError as e:  # "Failed to get model type." and the like, from the NPU runtime
             raise ModelError(f"{path}: pyaxengine cannot load it ({e}); a build for another chip? {FIX}") from None
+        except OSError as e:  # on the board pyaxengine opens the file itself (axengine/_axe.py, __init__)
+            raise ModelError(f"{path}: pyaxengine cannot open it ({e.strerror}); {FIX}") from None
         self.path = path
 
     def inputs(self, group: int = 0) -> dict[str, list]:
@@ -224,7 +226,8 @@ def open_sessions(
         raise ModelError(f"{model_dir}: has no {backend} graphs (it has: {have}); {FIX} for this target")
     if len(files.layers) != manifest.num_layers:
         raise ModelError(f"{model_dir}: manifest lists {len(files.layers)} {backend} layers, not {manifest.num_layers}")
-    verify_files(model_dir, manifest, [manifest.tokenizer, manifest.embeddings, *files.layers, files.post])
+    names = [manifest.tokenizer, manifest.chat_template, manifest.embeddings, *files.layers, files.post]
+    verify_files(model_dir, manifest, names)
     log.info("opening %d %s layer sessions from %s", len(files.layers), backend, model_dir)
     if backend == "axengine":
         import ml_dtypes

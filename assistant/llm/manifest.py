@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import pwd
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -63,6 +65,8 @@ def load_manifest(model_dir: Path) -> Manifest:
     path = model_dir / MANIFEST_FILE
     if not path.is_file():
         raise ModelError(f"{path}: not found; {model_dir} is not a model directory (create one with `assistant setup`)")
+    if not os.access(path, os.R_OK):
+        raise ModelError(unreadable(path, model_dir))
     try:
         data = yaml.safe_load(path.read_text())
         data["backends"] = {name: LayerFiles(**files) for name, files in data.get("backends", {}).items()}
@@ -74,6 +78,18 @@ def load_manifest(model_dir: Path) -> Manifest:
     if problem := _wrong_value(manifest):
         raise ModelError(f"{path}: {problem}; {FIX}")
     return manifest
+
+
+def unreadable(path: Path, model_dir: Path) -> str:
+    """A model file this process may not read (copied as root, run by the service's user), in words."""
+    try:
+        user = pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        user = f"uid {os.geteuid()}"
+    return (
+        f"{path}: the user {user} cannot read it; make the model readable by the user that runs the "
+        f"assistant (chmod -R a+rX {model_dir})"
+    )
 
 
 def _wrong_value(m: Manifest) -> str | None:
@@ -114,6 +130,8 @@ def verify_files(model_dir: Path, manifest: Manifest, names: list[str], checksum
         expected = manifest.files.get(name)
         if not path.is_file():
             raise ModelError(f"{path}: missing model file; {FIX}")
+        if not os.access(path, os.R_OK):
+            raise ModelError(unreadable(path, model_dir))
         if expected is None:
             raise ModelError(f"{path}: not listed in {MANIFEST_FILE}; {FIX}")
         size = path.stat().st_size
