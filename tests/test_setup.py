@@ -433,6 +433,42 @@ def test_a_cut_or_corrupt_checkpoint_is_one_line_before_any_work(tiny_hf: Path, 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ck"]  # no partial build
 
 
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ({"rms_norm_eps": None}, "config.json: no rms_norm_eps; a qwen2 config.json gives it"),
+        ({"intermediate_size": None}, "config.json: no intermediate_size; a qwen2 config.json gives it"),
+        ({"hidden_size": "64"}, "config.json: hidden_size is '64', not a positive whole number"),
+        ({"hidden_size": 128}, "config.json: makes tensor model.embed_tokens.weight [1005, 128], the checkpoint's is "
+                               "[1005, 64]; config.json and the *.safetensors beside it must be of the same model"),
+        ({"vocab_size": 2000}, "makes tensor model.embed_tokens.weight [2000, 64], the checkpoint's is [1005, 64]"),
+        ({"num_key_value_heads": 4}, "makes tensor model.layers.0.self_attn.k_proj.weight [64, 64], the checkpoint's "
+                                     "is [32, 64]"),
+        ({"num_hidden_layers": 3}, "config.json: describes tensor model.layers.2.input_layernorm.weight, which the "
+                                   "checkpoint lacks"),
+    ],
+    ids=["no rms_norm_eps", "no intermediate_size", "a string", "hidden_size", "vocab_size", "kv heads", "layers"],
+)  # fmt: skip
+def test_a_config_that_does_not_describe_its_checkpoint_is_one_line_before_any_work(
+    tiny_hf: Path, tmp_path: Path, change: dict, expected: str
+) -> None:
+    """A key missing, or dimensions of another model (a config.json copied beside the wrong weights): the
+    build would otherwise replace a working model with one that fails at its first use."""
+    out = tmp_path / "m"
+    assert host_setup(str(tiny_hf), "--out", str(out)).returncode == 0
+    built = snapshot(out)
+    ck = tmp_path / "ck"
+    shutil.copytree(tiny_hf, ck)
+    config = json.loads((ck / "config.json").read_text())
+    config.update(change)
+    (ck / "config.json").write_text(json.dumps({k: v for k, v in config.items() if v is not None}))
+    result = host_setup(str(ck), "--out", str(out))
+    assert result.returncode == 78, result.stderr
+    error = one_error_line(result)
+    assert error.startswith(f"error: {ck / 'config.json'}: ") and expected in error, error
+    assert snapshot(out) == built and not (tmp_path / ".m.partial").exists()  # the working model stays
+
+
 def test_a_marker_cut_short_is_a_step_not_done(tiny_hf: Path, tmp_path: Path, pulsar2_bin: Path) -> None:
     out = tmp_path / "m"
     env = {"PATH": f"{pulsar2_bin}:{os.environ['PATH']}", "PULSAR2_ARGV": str(tmp_path / "argv.json")}

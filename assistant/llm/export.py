@@ -326,8 +326,9 @@ def export_model(
     progress: Callable[[str], None] = log.info,
 ) -> Manifest:
     """A host model directory from `hf_dir`: tokenizer, bf16 embeddings, onnx/ layers, manifest."""
-    read_shape(hf_dir)  # an unusable folder fails here, before anything is written
+    shape = read_shape(hf_dir)  # an unusable folder fails here, before anything is written
     checkpoint = Checkpoint(hf_dir)
+    checkpoint.check(shape, hf_dir / "config.json")
     out_dir.mkdir(parents=True, exist_ok=True)
     copy_tokenizer(hf_dir, out_dir)
     write_embeddings(checkpoint, out_dir)

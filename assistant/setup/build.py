@@ -188,6 +188,7 @@ def build_model(opts: SetupOptions, models_dir: Path, force: bool = False) -> tu
                 f"the model was trained for (max_position_embeddings in {hf_dir / 'config.json'}); give at most that"
             )
         checkpoint = Checkpoint(hf_dir)
+        checkpoint.check(shape, hf_dir / "config.json")
         work = dest.with_name(f".{dest.name}.partial")
         _start_or_resume(work, record)
         _check_disk(work.parent, sum(p.stat().st_size for p in hf_dir.glob("*.safetensors")))
