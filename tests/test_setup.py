@@ -60,6 +60,37 @@ def test_host_build_from_a_local_folder_runs_and_verifies(tiny_hf: Path, tmp_pat
     assert corrupt.returncode == 78 and "layer_0.onnx: sha256 differs" in corrupt.stderr
 
 
+def test_a_chat_template_file_is_checked_and_verify_names_files_it_does_not_know(tiny_hf: Path, tmp_path: Path) -> None:
+    """Current checkpoints keep the template in chat_template.jinja, which the engine prefers."""
+    ck, out = tmp_path / "ck", tmp_path / "m"
+    shutil.copytree(tiny_hf, ck)
+    tokenizer_config = json.loads((ck / "tokenizer_config.json").read_text())
+    (ck / "chat_template.jinja").write_text(tokenizer_config.pop("chat_template"))
+    (ck / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
+    assert host_setup(str(ck), "--out", str(out)).returncode == 0
+    assert "chat_template.jinja" in yaml.safe_load((out / "manifest.yaml").read_text())["files"]
+
+    (out / "notes.txt").write_text("mine")
+    verified = assistant("setup", "--verify", str(out))
+    assert verified.returncode == 0 and verified.stdout.strip().endswith(
+        "not in the manifest, so never read: notes.txt"
+    )
+
+    template = (out / "chat_template.jinja").read_text()
+    (out / "chat_template.jinja").write_text(template[:100])
+    for command in (["setup", "--verify", str(out)], ["chat", "--model", str(out)]):
+        cut = assistant(*command)
+        assert cut.returncode == 78 and f"{out / 'chat_template.jinja'}: 100 bytes" in one_error_line(cut)
+
+    (out / "chat_template.jinja").write_text(template)
+    manifest = yaml.safe_load((out / "manifest.yaml").read_text())
+    del manifest["files"]["chat_template.jinja"]  # as a build made before the template was listed
+    (out / "manifest.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
+    old = assistant("setup", "--verify", str(out))
+    assert old.returncode == 78 and "chat_template.jinja: not listed in manifest.yaml" in one_error_line(old)
+    assert "--force" in one_error_line(old)
+
+
 def test_weight_type_s4_builds_4bit_host_layers(tiny_hf: Path, tmp_path: Path) -> None:
     import onnx
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from assistant.llm.manifest import FIX, LayerFiles, Manifest, ModelError, verify_files
+from assistant.llm.manifest import CHAT_TEMPLATE_FILE, FIX, LayerFiles, Manifest, ModelError, verify_files
 
 log = logging.getLogger(__name__)
 
@@ -227,6 +227,7 @@ def open_sessions(
     if len(files.layers) != manifest.num_layers:
         raise ModelError(f"{model_dir}: manifest lists {len(files.layers)} {backend} layers, not {manifest.num_layers}")
     names = [manifest.tokenizer, manifest.chat_template, manifest.embeddings, *files.layers, files.post]
+    names += [CHAT_TEMPLATE_FILE] if CHAT_TEMPLATE_FILE in manifest.files else []
     verify_files(model_dir, manifest, names)
     log.info("opening %d %s layer sessions from %s", len(files.layers), backend, model_dir)
     if backend == "axengine":

@@ -11,6 +11,7 @@ from pathlib import Path
 import yaml
 
 MANIFEST_FILE = "manifest.yaml"
+CHAT_TEMPLATE_FILE = "chat_template.jinja"  # current checkpoints' template, which wins over tokenizer_config.json's
 FORMAT_VERSION = 2  # 2: the post graph's output is named `output`; board layers list their history groups
 FIX = "re-run `assistant setup`"
 
@@ -116,6 +117,8 @@ def sha256_of(path: Path) -> str:
 def record_files(model_dir: Path, manifest: Manifest) -> None:
     """Fill manifest.files with the size and sha256 of every file the manifest points to."""
     names = [manifest.tokenizer, manifest.chat_template, manifest.embeddings]
+    if (model_dir / CHAT_TEMPLATE_FILE).is_file():  # the engine reads it: checked like the others
+        names.append(CHAT_TEMPLATE_FILE)
     for files in manifest.backends.values():
         names += [*files.layers, files.post]
     for name in names:

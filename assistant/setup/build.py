@@ -28,7 +28,17 @@ from assistant.config import ConfigError, Settings, check_model_paths
 from assistant.llm.checkpoint import Checkpoint, read_shape
 from assistant.llm.embeddings import write_embeddings
 from assistant.llm.export import copy_tokenizer, export_onnx, new_manifest
-from assistant.llm.manifest import MANIFEST_FILE, LayerFiles, ModelError, load_manifest, record_files, verify_files
+from assistant.llm.manifest import (
+    CHAT_TEMPLATE_FILE,
+    FIX,
+    MANIFEST_FILE,
+    LayerFiles,
+    Manifest,
+    ModelError,
+    load_manifest,
+    record_files,
+    verify_files,
+)
 from assistant.setup.download import (
     Progress,
     SetupError,
@@ -432,14 +442,28 @@ def verify_model(model_dir: Path) -> str:
 
     manifest = load_manifest(model_dir)
     verify_files(model_dir, manifest, list(manifest.files), checksums=True)
+    extra = unlisted_files(model_dir, manifest)
+    if CHAT_TEMPLATE_FILE in extra:  # the engine would use it unchecked (a build before templates were listed)
+        raise ModelError(
+            f"{model_dir / CHAT_TEMPLATE_FILE}: not listed in {MANIFEST_FILE}, though the engine reads it; "
+            f"{FIX} with --force"
+        )
+    unused = f"; not in the manifest, so never read: {', '.join(extra)}" if extra else ""
     if "onnxruntime" not in manifest.backends:
-        return f"{model_dir}: {len(manifest.files)} files match the manifest (no host layers to run)"
+        return f"{model_dir}: {len(manifest.files)} files match the manifest (no host layers to run){unused}"
     engine = Engine(model_dir, backend="onnxruntime")
     prompt = engine.tokenizer.encode("Hello", add_special_tokens=False).ids or [0]
     tokens = list(engine.generate(prompt, Sampler(), max_new_tokens=2))
     if engine.pos != len(prompt) + max(len(tokens) - 1, 0):
         raise ModelError(f"{model_dir}: the host layers did not run as expected")
-    return f"{model_dir}: {len(manifest.files)} files match the manifest; one prefill and one decode step ran"
+    return f"{model_dir}: {len(manifest.files)} files match the manifest; one prefill and one decode step ran{unused}"
+
+
+def unlisted_files(model_dir: Path, manifest: Manifest) -> list[str]:
+    """Files in the model directory that its manifest does not list, setup's own records aside."""
+    own = {MANIFEST_FILE, RECORD, "pulsar2_config.json"}
+    found = (p.relative_to(model_dir).as_posix() for p in sorted(model_dir.rglob("*")) if p.is_file())
+    return [name for name in found if name not in own and name not in manifest.files]
 
 
 def summary(model_dir: Path, results: list[StepResult]) -> str:
