@@ -269,6 +269,33 @@ def test_interrupted_download_resumes_with_a_range_request(server, tmp_path: Pat
     assert dest.read_bytes() == data and not (tmp_path / "voice.onnx.part").exists()
 
 
+def test_a_partial_download_of_another_url_is_not_resumed(server, tmp_path: Path) -> None:
+    """The URL corrected in the config after an interrupted download: the part holds another file's start."""
+    wrong, right = os.urandom(300_000), os.urandom(300_000)
+    server.files.update({"/wrong.onnx": wrong, "/right.onnx": right})
+    server.cut_after = 100_000
+    dest = tmp_path / "voice.onnx"
+    with pytest.raises(SetupError, match="interrupted"):
+        download(url(server, "/wrong.onnx"), dest)
+    download(url(server, "/right.onnx"), dest)
+    assert server.ranges == [] and dest.read_bytes() == right  # fetched whole, not spliced onto the other
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["voice.onnx"]
+
+
+def test_a_file_already_there_with_another_checksum_is_one_line(server, tmp_path: Path) -> None:
+    data = os.urandom(1000)
+    server.files["/voice.onnx"] = data
+    dest = tmp_path / "voice.onnx"
+    dest.write_bytes(data[:500])  # an earlier voice, or a copy cut short
+    with pytest.raises(SetupError, match=rf"{dest}: sha256 [0-9a-f]{{64}}, not the {hashlib.sha256(data).hexdigest()} "
+                                         r"given for http://.*; delete the file"):  # fmt: skip
+        download(url(server, "/voice.onnx"), dest, sha256=hashlib.sha256(data).hexdigest())
+    assert dest.read_bytes() == data[:500]  # nothing deleted for the person
+    dest.unlink()
+    assert download(url(server, "/voice.onnx"), dest, sha256=hashlib.sha256(data).hexdigest()).read_bytes() == data
+    assert download(url(server, "/voice.onnx"), dest, sha256=hashlib.sha256(data).hexdigest()) == dest
+
+
 def test_checksum_mismatch_is_rejected(server, tmp_path: Path) -> None:
     server.files["/voice.onnx"] = b"not the voice you expected"
     dest = tmp_path / "voice.onnx"
