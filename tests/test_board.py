@@ -275,3 +275,24 @@ def test_releases_whose_outputs_are_views_give_the_same_tokens(board_model: Path
     assert not np.array_equal(first, kept)  # the release's own behaviour: overwritten by the next run
     assert list(Engine(board_model, backend="axengine").generate(prompt(3, n=150), GREEDY, 12)) == expected
     sys.modules.pop("axengine", None)
+
+
+def test_verify_checks_every_file_a_board_manifest_points_to(board_model: Path, tmp_path: Path) -> None:
+    """A manifest cut short (copied while written, a full disk) lists fewer files than its graphs."""
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(board_model, model)
+    text = (model / "manifest.yaml").read_text()
+    (model / "manifest.yaml").write_text(text[: text.index("  axmodel/qwen_post.axmodel:\n")])
+    verify = [sys.executable, "-m", "assistant", "setup", "--verify", str(model)]
+    cut = subprocess.run(verify, capture_output=True, text=True, timeout=120)
+    assert cut.returncode == 78 and "Traceback" not in cut.stderr, cut.stderr
+    assert cut.stderr.strip().splitlines()[-1] == (
+        f"error: {model / 'axmodel/qwen_post.axmodel'}: not listed in manifest.yaml; re-run `assistant setup`"
+    )
+    manifest = yaml.safe_load(text)
+    manifest["backends"]["axengine"]["layers"].pop()
+    (model / "manifest.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
+    short = subprocess.run(verify, capture_output=True, text=True, timeout=120)
+    assert short.returncode == 78 and "manifest.yaml: lists 1 axengine layers, not 2" in short.stderr, short.stderr

@@ -114,13 +114,19 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def record_files(model_dir: Path, manifest: Manifest) -> None:
-    """Fill manifest.files with the size and sha256 of every file the manifest points to."""
+def model_files(manifest: Manifest) -> list[str]:
+    """Every file the manifest points to (each backend's graphs, the tokenizer, the table...) and lists."""
     names = [manifest.tokenizer, manifest.chat_template, manifest.embeddings]
-    if (model_dir / CHAT_TEMPLATE_FILE).is_file():  # the engine reads it: checked like the others
-        names.append(CHAT_TEMPLATE_FILE)
     for files in manifest.backends.values():
         names += [*files.layers, files.post]
+    return list(dict.fromkeys([*names, *manifest.files]))
+
+
+def record_files(model_dir: Path, manifest: Manifest) -> None:
+    """Fill manifest.files with the size and sha256 of every file the manifest points to."""
+    names = model_files(manifest)
+    if (model_dir / CHAT_TEMPLATE_FILE).is_file():  # the engine reads it: checked like the others
+        names.append(CHAT_TEMPLATE_FILE)
     for name in names:
         path = model_dir / name
         manifest.files[name] = {"size": path.stat().st_size, "sha256": sha256_of(path)}

@@ -36,6 +36,7 @@ from assistant.llm.manifest import (
     Manifest,
     ModelError,
     load_manifest,
+    model_files,
     record_files,
     verify_files,
 )
@@ -320,7 +321,7 @@ def _up_to_date(dest: Path, record: dict) -> bool:
         if old != record:
             return False
         manifest = load_manifest(dest)
-        verify_files(dest, manifest, list(manifest.files))  # sizes only: quick
+        verify_files(dest, manifest, model_files(manifest))  # sizes only: quick
     except (OSError, ValueError, ModelError):
         return False
     return True
@@ -441,7 +442,11 @@ def verify_model(model_dir: Path) -> str:
     from assistant.llm.sampling import Sampler
 
     manifest = load_manifest(model_dir)
-    verify_files(model_dir, manifest, list(manifest.files), checksums=True)
+    for backend, files in manifest.backends.items():
+        if len(files.layers) != manifest.num_layers:
+            count = f"{len(files.layers)} {backend} layers, not {manifest.num_layers}"
+            raise ModelError(f"{model_dir / MANIFEST_FILE}: lists {count}; {FIX}")
+    verify_files(model_dir, manifest, model_files(manifest), checksums=True)
     extra = unlisted_files(model_dir, manifest)
     if CHAT_TEMPLATE_FILE in extra:  # the engine would use it unchecked (a build before templates were listed)
         raise ModelError(
