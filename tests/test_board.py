@@ -296,3 +296,16 @@ def test_verify_checks_every_file_a_board_manifest_points_to(board_model: Path, 
     (model / "manifest.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
     short = subprocess.run(verify, capture_output=True, text=True, timeout=120)
     assert short.returncode == 78 and "manifest.yaml: lists 1 axengine layers, not 2" in short.stderr, short.stderr
+
+
+def test_the_m2_card_runs_the_same_tokens(board_model: Path, axengine, monkeypatch) -> None:
+    """The card's session opens the model by `path.encode()` (a pathlib.Path fails there) and copies
+    its outputs from the device; the engine gives it exactly what it gives the board's."""
+    monkeypatch.setenv("AXENGINE_STANDIN_PROVIDERS", "AxEngineExecutionProvider,AXCLRTExecutionProvider")
+    with pytest.raises(AttributeError):
+        axengine.InferenceSession(board_model / "axmodel/qwen_post.axmodel", providers=["AXCLRTExecutionProvider"])
+    ids = prompt(5, n=150)
+    board = list(Engine(board_model, backend="axengine").generate(ids, GREEDY, 12))
+    card = Engine(board_model, backend="axengine", provider="AXCLRTExecutionProvider")
+    assert card.sessions.post.session.get_providers() == "AXCLRTExecutionProvider"
+    assert list(card.generate(ids, GREEDY, 12)) == board
