@@ -309,3 +309,14 @@ def test_the_m2_card_runs_the_same_tokens(board_model: Path, axengine, monkeypat
     card = Engine(board_model, backend="axengine", provider="AXCLRTExecutionProvider")
     assert card.sessions.post.session.get_providers() == "AXCLRTExecutionProvider"
     assert list(card.generate(ids, GREEDY, 12)) == board
+
+
+def test_a_runtime_that_cannot_count_shape_groups_is_named_not_the_model(
+    board_model: Path, axengine, monkeypatch
+) -> None:
+    """pyaxengine counts one group when the board's libax_engine lacks the call that counts them."""
+    monkeypatch.setenv("AXENGINE_STANDIN_NO_GROUP_COUNT", "1")
+    with pytest.raises(ModelError) as error:
+        Engine(board_model, backend="axengine")
+    assert "reports 1 shape group for a model built with 9" in str(error.value)
+    assert str(error.value).endswith("update the board's SDK") and "assistant setup" not in str(error.value)

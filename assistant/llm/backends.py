@@ -297,6 +297,12 @@ def board_shapes(layers: list[AxRunner], manifest: Manifest, files: LayerFiles) 
             raise ModelError(f"{runner.path}: its shape groups differ from {first.path.name}'s; {FIX}")
     built = [(g.tokens, g.history) for g in board.prefill]
     declared = [(files.prefill_len, h) for h in [0, *files.kv_history]] if files.prefill_len else []
+    if count == 1 and declared:  # pyaxengine counts one group when the runtime cannot count them (_axe.py)
+        raise ModelError(
+            f"{first.path}: the NPU runtime reports 1 shape group for a model built with {len(declared) + 1}: "
+            "this board's libax_engine cannot count shape groups (pyaxengine warned that "
+            "AX_ENGINE_GetGroupIOInfoCount is missing); update the board's SDK"
+        )
     if built != declared:
         raise ModelError(
             f"{first.path}: prefill groups (tokens, history) {built} differ from the manifest's {declared}; {FIX}"

@@ -12,7 +12,8 @@ Environment (tests only): AXENGINE_STANDIN_PROVIDERS (comma-separated available 
 default AxEngineExecutionProvider), AXENGINE_STANDIN_VERSION ("0.1.1": run() without shape_group,
 as before pyaxengine 0.1.2rc0; "0.1.2rc0": every run with AXCLRTExecutionProvider fails, as in that
 release; "0.1.2rc0" and "0.1.3rc0": the board's outputs are views that the session's next run
-overwrites). The package's metadata version is what a test puts on the path beside it.
+overwrites), AXENGINE_STANDIN_NO_GROUP_COUNT (a board runtime too old to count shape groups). The
+package's metadata version is what a test puts on the path beside it.
 """
 
 from __future__ import annotations
@@ -90,6 +91,11 @@ class _AxeSession:
         if table["chip"] != os.environ.get("AXENGINE_STANDIN_CHIP", table["chip"]):
             raise RuntimeError("Failed to get model type.")  # a model built for another chip
         self._groups = table["groups"]
+        if provider == axengine_provider_name and os.environ.get("AXENGINE_STANDIN_NO_GROUP_COUNT"):
+            # _axe.py:203-207: a board runtime without AX_ENGINE_GetGroupIOInfoCount (cffi raises
+            # AttributeError) counts one group, whose IO info is the model's default (group 0's).
+            print("[WARNING] function/symbol 'AX_ENGINE_GetGroupIOInfoCount' not found in library")
+            self._groups = self._groups[:1]
         self._shape_count = len(self._groups)  # _axe.py:204, _get_shape_count()
         self._inputs = [[NodeArg(n, _DTYPES[d], s) for n, d, s in g["inputs"]] for g in self._groups]
         self._outputs = [[NodeArg(n, _DTYPES[d], s) for n, d, s in g["outputs"]] for g in self._groups]
