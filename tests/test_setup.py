@@ -527,6 +527,26 @@ def test_a_config_that_does_not_describe_its_checkpoint_is_one_line_before_any_w
     assert snapshot(out) == built and not (tmp_path / ".m.partial").exists()  # the working model stays
 
 
+def test_a_sharded_checkpoint_missing_a_shard_names_it_before_any_work(tiny_hf: Path, tmp_path: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    ck = tmp_path / "ck"
+    AutoModelForCausalLM.from_pretrained(tiny_hf, dtype=torch.bfloat16).save_pretrained(ck, max_shard_size="200KB")
+    for name in ("tokenizer.json", "tokenizer_config.json", "generation_config.json", "config.json"):
+        shutil.copy(tiny_hf / name, ck / name)
+    shards = sorted(ck.glob("model-*.safetensors"))
+    assert len(shards) > 1
+    shards[1].unlink()  # a copy or download that stopped short of it
+    result = host_setup(str(ck), "--out", str(tmp_path / "m"))
+    assert result.returncode == 78, result.stderr
+    error = one_error_line(result)
+    assert error == (
+        f"error: {shards[1]}: missing (model.safetensors.index.json lists it); copy or download the checkpoint again"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck"]  # no partial build
+
+
 def test_a_marker_cut_short_is_a_step_not_done(tiny_hf: Path, tmp_path: Path, pulsar2_bin: Path) -> None:
     out = tmp_path / "m"
     env = {"PATH": f"{pulsar2_bin}:{os.environ['PATH']}", "PULSAR2_ARGV": str(tmp_path / "argv.json")}

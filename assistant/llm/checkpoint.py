@@ -18,6 +18,7 @@ from assistant.llm.manifest import ModelError
 
 SUPPORTED_MODEL_TYPES = ("qwen2", "llama")
 MISMATCH = "config.json and the *.safetensors beside it must be of the same model"
+AGAIN = "copy or download the checkpoint again"
 _DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16, "I8": np.int8, "U8": np.uint8}
 
 
@@ -105,6 +106,13 @@ class Checkpoint:
         files = sorted(model_dir.glob("*.safetensors"))
         if not files:
             raise ModelError(f"{model_dir}: no *.safetensors files (only safetensors checkpoints are supported)")
+        index = model_dir / "model.safetensors.index.json"
+        try:
+            shards = set(json.loads(index.read_text())["weight_map"].values())
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):  # one file, or no usable index
+            shards = set()
+        if missing := sorted(name for name in shards if not (model_dir / name).is_file()):
+            raise ModelError(f"{model_dir / missing[0]}: missing ({index.name} lists it); {AGAIN}")
         self._where: dict[str, tuple[Path, dict, int]] = {}
         for file in files:
             header, data_start = _read_header(file)
@@ -177,20 +185,19 @@ def _read_header(file: Path) -> tuple[dict, int]:
     A copy or download cut short fails here, naming the file, instead of partway through a build.
     """
     size = file.stat().st_size
-    again = "copy or download the checkpoint again"
     with open(file, "rb") as f:
         start = f.read(8)
         if len(start) < 8:
-            raise ModelError(f"{file}: only {size} bytes, not a safetensors file (cut short?); {again}")
+            raise ModelError(f"{file}: only {size} bytes, not a safetensors file (cut short?); {AGAIN}")
         (header_len,) = struct.unpack("<Q", start)
         if 8 + header_len > size:
-            raise ModelError(f"{file}: its header needs {8 + header_len} bytes but the file has {size}; {again}")
+            raise ModelError(f"{file}: its header needs {8 + header_len} bytes but the file has {size}; {AGAIN}")
         try:
             header = json.loads(f.read(header_len))
         except ValueError:  # not JSON, or not UTF-8
             header = None
     if not isinstance(header, dict):
-        raise ModelError(f"{file}: its header is not a safetensors tensor table; {again}")
+        raise ModelError(f"{file}: its header is not a safetensors tensor table; {AGAIN}")
     header.pop("__metadata__", None)
     data_start = 8 + header_len
     end = data_start
@@ -201,8 +208,8 @@ def _read_header(file: Path) -> tuple[dict, int]:
         except (TypeError, KeyError, ValueError):
             ok = False
         if not ok:
-            raise ModelError(f"{file}: tensor {name} has no valid data_offsets in its header; {again}")
+            raise ModelError(f"{file}: tensor {name} has no valid data_offsets in its header; {AGAIN}")
         end = max(end, data_start + stop)
     if end > size:
-        raise ModelError(f"{file}: its tensors need {end} bytes but the file has only {size} (cut short?); {again}")
+        raise ModelError(f"{file}: its tensors need {end} bytes but the file has only {size} (cut short?); {AGAIN}")
     return header, data_start
