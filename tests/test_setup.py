@@ -547,6 +547,26 @@ def test_a_sharded_checkpoint_missing_a_shard_names_it_before_any_work(tiny_hf: 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ck"]  # no partial build
 
 
+def test_a_quantized_checkpoint_is_named_as_such(tiny_hf: Path, tmp_path: Path) -> None:
+    """GPTQ / AWQ store a linear layer as qweight (and scales): not the float weights the build reads."""
+    import struct
+
+    ck = tmp_path / "ck"
+    shutil.copytree(tiny_hf, ck)
+    data = (ck / "model.safetensors").read_bytes()
+    (length,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8 : 8 + length])
+    header["model.layers.0.self_attn.q_proj.qweight"] = header.pop("model.layers.0.self_attn.q_proj.weight")
+    text = json.dumps(header).encode()  # offsets count from the end of the header: the data is unchanged
+    (ck / "model.safetensors").write_bytes(struct.pack("<Q", len(text)) + text + data[8 + length :])
+    result = host_setup(str(ck), "--out", str(tmp_path / "m"))
+    assert result.returncode == 78, result.stderr
+    assert one_error_line(result) == (
+        f"error: {ck}: a quantized checkpoint (model.layers.0.self_attn.q_proj.qweight); setup reads float or bf16 "
+        "weights: build from the model it was quantized from"
+    )
+
+
 def test_a_marker_cut_short_is_a_step_not_done(tiny_hf: Path, tmp_path: Path, pulsar2_bin: Path) -> None:
     out = tmp_path / "m"
     env = {"PATH": f"{pulsar2_bin}:{os.environ['PATH']}", "PULSAR2_ARGV": str(tmp_path / "argv.json")}

@@ -152,6 +152,11 @@ class Checkpoint:
                         expected[p + f"self_attn.{name}_proj.bias"] = [size]
         for name, dims in expected.items():
             actual = self.shape(name)
+            if actual is None and name.removesuffix("weight") + "qweight" in self:
+                raise ModelError(
+                    f"{config.parent}: a quantized checkpoint ({name.removesuffix('weight')}qweight); setup reads "
+                    "float or bf16 weights: build from the model it was quantized from"
+                )
             if actual is None:
                 raise ModelError(f"{config}: describes tensor {name}, which the checkpoint lacks; {MISMATCH}")
             if list(actual) != dims:
