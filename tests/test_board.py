@@ -168,6 +168,7 @@ def test_chat_on_the_board_path_and_its_one_line_errors(board_model: Path, tmp_p
 
     works = chat("turn on the kitchen light\nand the hallway\n")
     assert works.returncode == 0 and "on axengine" in works.stderr, works.stderr
+    assert "[INFO]" not in works.stdout and "[INFO] Using provider" in works.stderr  # pyaxengine's own prints
     assert works.stderr.count("tokens prefilled") == 2  # two replies streamed from the board path
 
     old = chat(AXENGINE_STANDIN_VERSION="0.1.1")

@@ -14,6 +14,7 @@ import functools
 import inspect
 import logging
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -143,11 +144,13 @@ class AxRunner:
     """
 
     def __init__(self, path: Path, provider: str):
-        import axengine
+        with _prints_to_stderr():
+            import axengine
 
         _check_pyaxengine(provider)  # every run passes shape_group, the LLM's layers and the voice's decoder alike
         try:
-            self.session = axengine.InferenceSession(str(path), providers=[provider])
+            with _prints_to_stderr():
+                self.session = axengine.InferenceSession(str(path), providers=[provider])
         except ValueError as e:  # an unavailable provider: axengine/_session.py, InferenceSession.__init__
             message = f"{path}: pyaxengine cannot open it with {provider} ({e}); check llm.axengine_provider"
             raise ModelError(message) from None
@@ -177,9 +180,16 @@ class AxRunner:
         return self.session.run(None, feeds, shape_group=group)
 
 
+def _prints_to_stderr() -> contextlib.AbstractContextManager:
+    """pyaxengine print()s its set-up ("[INFO] Using provider", the chip, every model's compiler
+    version) to stdout, where `assistant chat` writes its replies: send them to stderr with the log."""
+    return contextlib.redirect_stdout(sys.stderr)
+
+
 def axengine_available() -> bool:
     try:
-        import axengine  # noqa: F401
+        with _prints_to_stderr():
+            import axengine  # noqa: F401
     except ImportError:
         return False
     return True
