@@ -8,6 +8,7 @@ import http.server
 import io
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -628,6 +629,23 @@ def test_a_full_disk_is_one_line_and_the_same_command_then_finishes(tiny_hf: Pat
         assert init.returncode == 1 and one_error_line(init).startswith("error: the disk is full (")
         assert not (disk / "config.yaml").exists()  # no empty file that would load as the defaults
         assert assistant("config", "init", str(disk / "config.yaml")).returncode == 1  # and again the same
+
+
+def test_too_little_disk_is_refused_before_any_work_and_the_model_stays(tiny_hf: Path, tmp_path: Path) -> None:
+    with small_disk(tmp_path / "disk", "size=2m") as disk:
+        assert host_setup(str(tiny_hf), "--out", str(disk / "m")).returncode == 0
+        built = snapshot(disk / "m")
+        fill(disk, leave=300_000)
+        needed = 2 * (tiny_hf / "model.safetensors").stat().st_size  # the estimate: twice the checkpoint
+        result = host_setup(str(tiny_hf), "--out", str(disk / "m"), "--force")
+        assert result.returncode == 1
+        error = one_error_line(result)
+        assert re.fullmatch(
+            rf"error: not enough disk space in {disk}: 0\.\d MB free, about {needed / 1e6:.1f} MB needed; free "
+            r"space or choose another --out, then run the same command again",
+            error,
+        ), error
+        assert sorted(p.name for p in disk.iterdir()) == ["filler", "m"] and snapshot(disk / "m") == built
 
 
 def test_a_read_only_destination_is_one_line(tiny_hf: Path, tmp_path: Path) -> None:

@@ -201,8 +201,8 @@ def build_model(opts: SetupOptions, models_dir: Path, force: bool = False) -> tu
         checkpoint = Checkpoint(hf_dir)
         checkpoint.check(shape, hf_dir / "config.json")
         work = dest.with_name(f".{dest.name}.partial")
-        _start_or_resume(work, record)
         _check_disk(work.parent, sum(p.stat().st_size for p in hf_dir.glob("*.safetensors")))
+        _start_or_resume(work, record)
 
         steps: list[tuple[str, object]] = [
             ("tokenizer", lambda: copy_tokenizer(hf_dir, work)),
@@ -385,8 +385,13 @@ def _check_disk(folder: Path, checkpoint_bytes: int) -> None:
     free = shutil.disk_usage(folder).free
     if free < needed:
         raise SetupError(
-            f"not enough disk space in {folder}: {free / 1e9:.1f} GB free, about {needed / 1e9:.1f} GB needed"
+            f"not enough disk space in {folder}: {_size(free)} free, about {_size(needed)} needed; free space "
+            "or choose another --out, then run the same command again"
         )
+
+
+def _size(count: int) -> str:
+    return f"{count / 1e9:.1f} GB" if count >= 1e9 else f"{count / 1e6:.1f} MB"
 
 
 def _replace(dest: Path, work: Path) -> None:
