@@ -528,6 +528,35 @@ def test_a_config_that_does_not_describe_its_checkpoint_is_one_line_before_any_w
     assert snapshot(out) == built and not (tmp_path / ".m.partial").exists()  # the working model stays
 
 
+@pytest.mark.parametrize(
+    ("generation_config", "expected"),
+    [
+        ('{"eos_token_id": [1000,', "generation_config.json: invalid JSON: Expecting value"),
+        ('{"eos_token_id": 5000}', "generation_config.json: eos_token_id 5000 is not a token id below vocab_size 1005"),
+        ("{}", "neither generation_config.json nor config.json gives an eos_token_id"),
+    ],
+    ids=["cut short", "outside the vocabulary", "none"],
+)
+def test_eos_ids_are_checked_before_any_work(
+    tiny_hf: Path, tmp_path: Path, pulsar2_bin: Path, generation_config: str, expected: str
+) -> None:
+    """The manifest is written last, after the board build: a model that cannot stop was refused only at its
+    first load (or the build ended in a traceback), after replacing the working one."""
+    out = tmp_path / "m"
+    assert host_setup(str(tiny_hf), "--out", str(out)).returncode == 0
+    built = snapshot(out)
+    ck = tmp_path / "ck"
+    shutil.copytree(tiny_hf, ck)
+    (ck / "generation_config.json").write_text(generation_config)
+    config = json.loads((ck / "config.json").read_text())
+    (ck / "config.json").write_text(json.dumps({k: v for k, v in config.items() if k != "eos_token_id"}))
+    env = {"PATH": f"{pulsar2_bin}:{os.environ['PATH']}"}
+    result = assistant("setup", "--model", str(ck), "--target", "ax630c", "--no-speech", "--out", str(out), env=env)
+    assert result.returncode == 78, result.stderr
+    assert expected in one_error_line(result)
+    assert snapshot(out) == built and not (tmp_path / ".m.partial").exists()
+
+
 def test_a_sharded_checkpoint_missing_a_shard_names_it_before_any_work(tiny_hf: Path, tmp_path: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM

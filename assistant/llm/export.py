@@ -309,7 +309,7 @@ def new_manifest(hf_dir: Path, name: str, kv_cache_len: int, backends: dict[str,
         name=name,
         source=str(hf_dir),
         kv_cache_len=kv_cache_len,
-        eos_token_ids=_eos_ids(hf_dir),
+        eos_token_ids=eos_ids(hf_dir, shape.vocab_size),
         embeddings=EMBEDDINGS_FILE,
         backends=backends,
         **dims,
@@ -329,6 +329,7 @@ def export_model(
     shape = read_shape(hf_dir)  # an unusable folder fails here, before anything is written
     checkpoint = Checkpoint(hf_dir)
     checkpoint.check(shape, hf_dir / "config.json")
+    eos_ids(hf_dir, shape.vocab_size)
     out_dir.mkdir(parents=True, exist_ok=True)
     copy_tokenizer(hf_dir, out_dir)
     write_embeddings(checkpoint, out_dir)
@@ -340,14 +341,26 @@ def export_model(
     return manifest
 
 
-def _eos_ids(hf_dir: Path) -> list[int]:
-    """eos ids from generation_config.json (Qwen2 lists <|im_end|> and <|endoftext|>), else config.json."""
+def eos_ids(hf_dir: Path, vocab_size: int) -> list[int]:
+    """eos ids from generation_config.json (Qwen2 lists <|im_end|> and <|endoftext|>), else config.json.
+
+    Checked before a build starts: a model that cannot stop would be refused at its first load.
+    """
     ids: list[int] = []
     for file in ("generation_config.json", "config.json"):
         path = hf_dir / file
         if path.is_file():
-            value = json.loads(path.read_text()).get("eos_token_id")
+            try:
+                config = json.loads(path.read_text())
+            except ValueError as e:
+                raise ModelError(f"{path}: invalid JSON: {e}") from None
+            value = config.get("eos_token_id") if isinstance(config, dict) else None
             for token in value if isinstance(value, list) else [value]:
-                if token is not None and token not in ids:
-                    ids.append(int(token))
+                if token is None or token in ids:
+                    continue
+                if type(token) is not int or not 0 <= token < vocab_size:
+                    raise ModelError(f"{path}: eos_token_id {token!r} is not a token id below vocab_size {vocab_size}")
+                ids.append(token)
+    if not ids:
+        raise ModelError(f"{hf_dir}: neither generation_config.json nor config.json gives an eos_token_id")
     return ids

@@ -27,7 +27,7 @@ import yaml
 from assistant.config import ConfigError, Settings, check_model_paths
 from assistant.llm.checkpoint import Checkpoint, read_shape
 from assistant.llm.embeddings import write_embeddings
-from assistant.llm.export import copy_tokenizer, export_onnx, new_manifest
+from assistant.llm.export import copy_tokenizer, eos_ids, export_onnx, new_manifest
 from assistant.llm.manifest import (
     CHAT_TEMPLATE_FILE,
     FIX,
@@ -200,6 +200,7 @@ def build_model(opts: SetupOptions, models_dir: Path, force: bool = False) -> tu
             )
         checkpoint = Checkpoint(hf_dir)
         checkpoint.check(shape, hf_dir / "config.json")
+        eos_ids(hf_dir, shape.vocab_size)  # the manifest's, written last: checked first
         work = dest.with_name(f".{dest.name}.partial")
         _check_disk(work.parent, sum(p.stat().st_size for p in hf_dir.glob("*.safetensors")))
         _start_or_resume(work, record)
