@@ -557,6 +557,22 @@ def test_eos_ids_are_checked_before_any_work(
     assert snapshot(out) == built and not (tmp_path / ".m.partial").exists()
 
 
+def test_a_cut_tokenizer_is_one_line_and_the_model_stays(tiny_hf: Path, tmp_path: Path) -> None:
+    out = tmp_path / "m"
+    assert host_setup(str(tiny_hf), "--out", str(out)).returncode == 0
+    built = snapshot(out)
+    ck = tmp_path / "ck"
+    shutil.copytree(tiny_hf, ck)
+    os.truncate(ck / "tokenizer.json", (ck / "tokenizer.json").stat().st_size // 2)
+    result = host_setup(str(ck), "--out", str(out))
+    assert result.returncode == 78, result.stderr
+    error = one_error_line(result)
+    assert error.startswith(f"error: {ck / 'tokenizer.json'}: not a tokenizer (") and error.endswith(
+        "download it again"
+    )
+    assert snapshot(out) == built  # the working model stays
+
+
 def test_a_sharded_checkpoint_missing_a_shard_names_it_before_any_work(tiny_hf: Path, tmp_path: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM

@@ -292,10 +292,19 @@ def export_onnx(
 
 def copy_tokenizer(hf_dir: Path, out_dir: Path) -> None:
     """The tokenizer and the chat template, which current checkpoints keep in chat_template.jinja."""
+    from tokenizers import Tokenizer
+
     for file in ("tokenizer.json", "tokenizer_config.json"):
         if not (hf_dir / file).is_file():
             raise ModelError(f"{hf_dir / file}: missing; the model folder needs its tokenizer")
         shutil.copyfile(hf_dir / file, out_dir / file)
+    try:  # a file cut short would otherwise be found only by the engine, at its first load
+        Tokenizer.from_file(str(out_dir / "tokenizer.json"))
+    except Exception as e:  # tokenizers raises a bare Exception
+        problem = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ModelError(
+            f"{hf_dir / 'tokenizer.json'}: not a tokenizer ({problem}); copy or download it again"
+        ) from None
     if (hf_dir / CHAT_TEMPLATE_FILE).is_file():
         shutil.copyfile(hf_dir / CHAT_TEMPLATE_FILE, out_dir / CHAT_TEMPLATE_FILE)
     ChatTemplate(out_dir)  # a model without a chat template fails setup, not the first chat
