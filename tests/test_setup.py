@@ -188,6 +188,45 @@ def test_failed_pulsar2_leaves_the_old_model_and_resumes(tiny_hf: Path, tmp_path
     assert "axengine" in yaml.safe_load((out / "manifest.yaml").read_text())["backends"]
 
 
+def test_interrupting_setup_ends_the_pulsar2_build_it_started(tiny_hf: Path, tmp_path: Path) -> None:
+    """SIGINT to setup alone (a supervisor, `kill -INT`): the build and its workers end with it, rather than
+    going on writing into the folder the re-run builds in."""
+    import signal
+    import time
+
+    def running(pid: int) -> bool:
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+        except (FileNotFoundError, ProcessLookupError):
+            return False
+
+    folder = tmp_path / "bin"
+    folder.mkdir()
+    leader, worker = tmp_path / "pulsar2.pid", tmp_path / "worker.pid"
+    (folder / "pulsar2").write_text(f"#!/bin/sh\necho $$ > {leader}\nsleep 60 &\necho $! > {worker}\nwait\n")
+    (folder / "pulsar2").chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ASSISTANT_")}
+    env["PATH"] = f"{folder}:{env['PATH']}"
+    args = ["setup", "--model", str(tiny_hf), "--target", "ax630c", "--no-speech", "--out", str(tmp_path / "m")]
+    process = subprocess.Popen([sys.executable, "-m", "assistant", *args], env=env, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not (worker.exists() and worker.read_text().strip()):
+            assert time.monotonic() < deadline and process.poll() is None
+            time.sleep(0.05)
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=30)
+        assert process.returncode == 130, stderr
+        pids = [int(leader.read_text()), int(worker.read_text())]
+        time.sleep(0.5)  # an orphan is reaped by init
+        assert [pid for pid in pids if running(pid)] == []
+    finally:
+        for path in (leader, worker):
+            with contextlib.suppress(ValueError, OSError):
+                os.kill(int(path.read_text()), signal.SIGKILL)  # only if the test failed: what it started
+
+
 def test_clear_errors_before_any_work(tiny_hf: Path, tmp_path: Path) -> None:
     llama_like = tmp_path / "gpt2"
     llama_like.mkdir()
