@@ -225,34 +225,37 @@ def test_groups_that_disagree_with_the_manifest_are_refused(board_model: Path, t
         Engine(copy, backend="axengine")
 
 
-def test_a_model_the_service_user_cannot_read_is_one_line(board_model: Path) -> None:
+def test_a_model_the_service_user_cannot_read_is_one_line(board_model: Path, tmp_path: Path) -> None:
     """A model copied to the board as root with private file modes, run by the service's own user."""
+    import ctypes
     import shutil
-    import tempfile
 
-    user = 65534 if os.geteuid() == 0 else None  # root reads every file: run as nobody
-    repo = Path(__file__).parent.parent
-    env = {**os.environ, "HOME": "/tmp", "PYTHONPATH": f"{repo}:{STANDINS}"}
-    with tempfile.TemporaryDirectory(dir="/tmp") as folder:
-        os.chmod(folder, 0o755)
-        model = Path(folder) / "model"
-        shutil.copytree(board_model, model)
-        for name in (
-            "manifest.yaml",
-            "axmodel/qwen_l1.axmodel",
-            "tokenizer.json",
-            "model.embed_tokens.weight.bfloat16.bin",
-        ):
-            (model / name).chmod(0)
-            chat = [sys.executable, "-m", "assistant", "chat", "--model", str(model), "--backend", "axengine"]
-            result = subprocess.run(
-                chat, input="hello\n", capture_output=True, text=True, env=env, user=user, timeout=120
-            )
-            (model / name).chmod(0o644)
-            assert result.returncode == 78 and "Traceback" not in result.stderr, (name, result.stderr)
-            error = result.stderr.strip().splitlines()[-1]
-            assert error.startswith(f"error: {model / name}: the user ") and "cannot read it" in error, error
-            assert error.endswith(f"(chmod -R a+rX {model})")
+    def without_root_reading() -> None:  # root reads every file: drop the capabilities that let it
+        libc = ctypes.CDLL(None, use_errno=True)
+        for capability in (1, 2):  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, from the bounding set (PR_CAPBSET_DROP)
+            if libc.prctl(24, capability, 0, 0, 0) != 0:
+                raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
+
+    model = tmp_path / "model"
+    shutil.copytree(board_model, model)
+    env = {**os.environ, "PYTHONPATH": f"{STANDINS}:{os.environ.get('PYTHONPATH', '')}"}
+    chat = [sys.executable, "-m", "assistant", "chat", "--model", str(model), "--backend", "axengine"]
+    for name in (
+        "manifest.yaml",
+        "axmodel/qwen_l1.axmodel",
+        "tokenizer.json",
+        "model.embed_tokens.weight.bfloat16.bin",
+    ):
+        (model / name).chmod(0)
+        result = subprocess.run(
+            chat, input="hello\n", capture_output=True, text=True, env=env, timeout=120,
+            preexec_fn=without_root_reading if os.geteuid() == 0 else None,
+        )  # fmt: skip
+        (model / name).chmod(0o644)
+        assert result.returncode == 78 and "Traceback" not in result.stderr, (name, result.stderr)
+        error = result.stderr.strip().splitlines()[-1]
+        assert error.startswith(f"error: {model / name}: the user ") and "cannot read it" in error, error
+        assert error.endswith(f"(chmod -R a+rX {model})")
 
 
 @pytest.mark.parametrize("release", ["0.1.2rc0", "0.1.3rc0"])
