@@ -168,6 +168,7 @@ def test_chat_on_the_board_path_and_its_one_line_errors(board_model: Path, tmp_p
 
     works = chat("turn on the kitchen light\nand the hallway\n")
     assert works.returncode == 0 and "on axengine" in works.stderr, works.stderr
+    assert "[INFO]" not in works.stdout and "[INFO] Using provider" in works.stderr  # pyaxengine's own prints
     assert works.stderr.count("tokens prefilled") == 2  # two replies streamed from the board path
 
     old = chat(AXENGINE_STANDIN_VERSION="0.1.1")
@@ -222,3 +223,104 @@ def test_groups_that_disagree_with_the_manifest_are_refused(board_model: Path, t
     (copy / "manifest.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
     with pytest.raises(ModelError, match=r"prefill groups .* differ from the manifest's"):
         Engine(copy, backend="axengine")
+
+
+def test_a_model_the_service_user_cannot_read_is_one_line(board_model: Path, tmp_path: Path) -> None:
+    """A model copied to the board as root with private file modes, run by the service's own user."""
+    import ctypes
+    import shutil
+
+    def without_root_reading() -> None:  # root reads every file: drop the capabilities that let it
+        libc = ctypes.CDLL(None, use_errno=True)
+        for capability in (1, 2):  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, from the bounding set (PR_CAPBSET_DROP)
+            if libc.prctl(24, capability, 0, 0, 0) != 0:
+                raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
+
+    model = tmp_path / "model"
+    shutil.copytree(board_model, model)
+    env = {**os.environ, "PYTHONPATH": f"{STANDINS}:{os.environ.get('PYTHONPATH', '')}"}
+    chat = [sys.executable, "-m", "assistant", "chat", "--model", str(model), "--backend", "axengine"]
+    for name in (
+        "manifest.yaml",
+        "axmodel/qwen_l1.axmodel",
+        "tokenizer.json",
+        "model.embed_tokens.weight.bfloat16.bin",
+    ):
+        (model / name).chmod(0)
+        result = subprocess.run(
+            chat, input="hello\n", capture_output=True, text=True, env=env, timeout=120,
+            preexec_fn=without_root_reading if os.geteuid() == 0 else None,
+        )  # fmt: skip
+        (model / name).chmod(0o644)
+        assert result.returncode == 78 and "Traceback" not in result.stderr, (name, result.stderr)
+        error = result.stderr.strip().splitlines()[-1]
+        assert error.startswith(f"error: {model / name}: the user ") and "cannot read it" in error, error
+        assert error.endswith(f"(chmod -R a+rX {model})")
+
+
+@pytest.mark.parametrize("release", ["0.1.2rc0", "0.1.3rc0"])
+def test_releases_whose_outputs_are_views_give_the_same_tokens(board_model: Path, monkeypatch, release: str) -> None:
+    """Before 0.1.3.rc1 pyaxengine returned each output as a view of the session's output buffer,
+    which the session's next run overwrites: nothing may keep an output past its session's next run."""
+    import importlib
+
+    def axengine():
+        sys.modules.pop("axengine", None)
+        return importlib.import_module("axengine")
+
+    monkeypatch.syspath_prepend(str(STANDINS))
+    axengine()
+    expected = list(Engine(board_model, backend="axengine").generate(prompt(3, n=150), GREEDY, 12))
+    monkeypatch.setenv("AXENGINE_STANDIN_VERSION", release)
+    post = axengine().InferenceSession(str(board_model / "axmodel/qwen_post.axmodel"))
+    first = post.run(None, {"input": np.ones((1, 1, HIDDEN), BF16)})[0]
+    kept = first.copy()
+    post.run(None, {"input": -np.ones((1, 1, HIDDEN), BF16)})
+    assert not np.array_equal(first, kept)  # the release's own behaviour: overwritten by the next run
+    assert list(Engine(board_model, backend="axengine").generate(prompt(3, n=150), GREEDY, 12)) == expected
+    sys.modules.pop("axengine", None)
+
+
+def test_verify_checks_every_file_a_board_manifest_points_to(board_model: Path, tmp_path: Path) -> None:
+    """A manifest cut short (copied while written, a full disk) lists fewer files than its graphs."""
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(board_model, model)
+    text = (model / "manifest.yaml").read_text()
+    (model / "manifest.yaml").write_text(text[: text.index("  axmodel/qwen_post.axmodel:\n")])
+    verify = [sys.executable, "-m", "assistant", "setup", "--verify", str(model)]
+    cut = subprocess.run(verify, capture_output=True, text=True, timeout=120)
+    assert cut.returncode == 78 and "Traceback" not in cut.stderr, cut.stderr
+    assert cut.stderr.strip().splitlines()[-1] == (
+        f"error: {model / 'axmodel/qwen_post.axmodel'}: not listed in manifest.yaml; re-run `assistant setup`"
+    )
+    manifest = yaml.safe_load(text)
+    manifest["backends"]["axengine"]["layers"].pop()
+    (model / "manifest.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
+    short = subprocess.run(verify, capture_output=True, text=True, timeout=120)
+    assert short.returncode == 78 and "manifest.yaml: lists 1 axengine layers, not 2" in short.stderr, short.stderr
+
+
+def test_the_m2_card_runs_the_same_tokens(board_model: Path, axengine, monkeypatch) -> None:
+    """The card's session opens the model by `path.encode()` (a pathlib.Path fails there) and copies
+    its outputs from the device; the engine gives it exactly what it gives the board's."""
+    monkeypatch.setenv("AXENGINE_STANDIN_PROVIDERS", "AxEngineExecutionProvider,AXCLRTExecutionProvider")
+    with pytest.raises(AttributeError):
+        axengine.InferenceSession(board_model / "axmodel/qwen_post.axmodel", providers=["AXCLRTExecutionProvider"])
+    ids = prompt(5, n=150)
+    board = list(Engine(board_model, backend="axengine").generate(ids, GREEDY, 12))
+    card = Engine(board_model, backend="axengine", provider="AXCLRTExecutionProvider")
+    assert card.sessions.post.session.get_providers() == "AXCLRTExecutionProvider"
+    assert list(card.generate(ids, GREEDY, 12)) == board
+
+
+def test_a_runtime_that_cannot_count_shape_groups_is_named_not_the_model(
+    board_model: Path, axengine, monkeypatch
+) -> None:
+    """pyaxengine counts one group when the board's libax_engine lacks the call that counts them."""
+    monkeypatch.setenv("AXENGINE_STANDIN_NO_GROUP_COUNT", "1")
+    with pytest.raises(ModelError) as error:
+        Engine(board_model, backend="axengine")
+    assert "reports 1 shape group for a model built with 9" in str(error.value)
+    assert str(error.value).endswith("update the board's SDK") and "assistant setup" not in str(error.value)

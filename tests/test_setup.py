@@ -8,6 +8,7 @@ import http.server
 import io
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -58,6 +59,37 @@ def test_host_build_from_a_local_folder_runs_and_verifies(tiny_hf: Path, tmp_pat
     (out / "onnx/layer_0.onnx").write_bytes(b"corrupt" + (out / "onnx/layer_0.onnx").read_bytes()[7:])
     corrupt = assistant("setup", "--verify", str(out))
     assert corrupt.returncode == 78 and "layer_0.onnx: sha256 differs" in corrupt.stderr
+
+
+def test_a_chat_template_file_is_checked_and_verify_names_files_it_does_not_know(tiny_hf: Path, tmp_path: Path) -> None:
+    """Current checkpoints keep the template in chat_template.jinja, which the engine prefers."""
+    ck, out = tmp_path / "ck", tmp_path / "m"
+    shutil.copytree(tiny_hf, ck)
+    tokenizer_config = json.loads((ck / "tokenizer_config.json").read_text())
+    (ck / "chat_template.jinja").write_text(tokenizer_config.pop("chat_template"))
+    (ck / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
+    assert host_setup(str(ck), "--out", str(out)).returncode == 0
+    assert "chat_template.jinja" in yaml.safe_load((out / "manifest.yaml").read_text())["files"]
+
+    (out / "notes.txt").write_text("mine")
+    verified = assistant("setup", "--verify", str(out))
+    assert verified.returncode == 0 and verified.stdout.strip().endswith(
+        "not in the manifest, so never read: notes.txt"
+    )
+
+    template = (out / "chat_template.jinja").read_text()
+    (out / "chat_template.jinja").write_text(template[:100])
+    for command in (["setup", "--verify", str(out)], ["chat", "--model", str(out)]):
+        cut = assistant(*command)
+        assert cut.returncode == 78 and f"{out / 'chat_template.jinja'}: 100 bytes" in one_error_line(cut)
+
+    (out / "chat_template.jinja").write_text(template)
+    manifest = yaml.safe_load((out / "manifest.yaml").read_text())
+    del manifest["files"]["chat_template.jinja"]  # as a build made before the template was listed
+    (out / "manifest.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
+    old = assistant("setup", "--verify", str(out))
+    assert old.returncode == 78 and "chat_template.jinja: not listed in manifest.yaml" in one_error_line(old)
+    assert "--force" in one_error_line(old)
 
 
 def test_weight_type_s4_builds_4bit_host_layers(tiny_hf: Path, tmp_path: Path) -> None:
@@ -156,6 +188,45 @@ def test_failed_pulsar2_leaves_the_old_model_and_resumes(tiny_hf: Path, tmp_path
     assert "axengine" in yaml.safe_load((out / "manifest.yaml").read_text())["backends"]
 
 
+def test_interrupting_setup_ends_the_pulsar2_build_it_started(tiny_hf: Path, tmp_path: Path) -> None:
+    """SIGINT to setup alone (a supervisor, `kill -INT`): the build and its workers end with it, rather than
+    going on writing into the folder the re-run builds in."""
+    import signal
+    import time
+
+    def running(pid: int) -> bool:
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+        except (FileNotFoundError, ProcessLookupError):
+            return False
+
+    folder = tmp_path / "bin"
+    folder.mkdir()
+    leader, worker = tmp_path / "pulsar2.pid", tmp_path / "worker.pid"
+    (folder / "pulsar2").write_text(f"#!/bin/sh\necho $$ > {leader}\nsleep 60 &\necho $! > {worker}\nwait\n")
+    (folder / "pulsar2").chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ASSISTANT_")}
+    env["PATH"] = f"{folder}:{env['PATH']}"
+    args = ["setup", "--model", str(tiny_hf), "--target", "ax630c", "--no-speech", "--out", str(tmp_path / "m")]
+    process = subprocess.Popen([sys.executable, "-m", "assistant", *args], env=env, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not (worker.exists() and worker.read_text().strip()):
+            assert time.monotonic() < deadline and process.poll() is None
+            time.sleep(0.05)
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=30)
+        assert process.returncode == 130, stderr
+        pids = [int(leader.read_text()), int(worker.read_text())]
+        time.sleep(0.5)  # an orphan is reaped by init
+        assert [pid for pid in pids if running(pid)] == []
+    finally:
+        for path in (leader, worker):
+            with contextlib.suppress(ValueError, OSError):
+                os.kill(int(path.read_text()), signal.SIGKILL)  # only if the test failed: what it started
+
+
 def test_clear_errors_before_any_work(tiny_hf: Path, tmp_path: Path) -> None:
     llama_like = tmp_path / "gpt2"
     llama_like.mkdir()
@@ -236,6 +307,33 @@ def test_interrupted_download_resumes_with_a_range_request(server, tmp_path: Pat
     download(url(server, "/voice.onnx"), dest, sha256=hashlib.sha256(data).hexdigest())
     assert server.ranges == [1_000_000]  # only the rest was fetched
     assert dest.read_bytes() == data and not (tmp_path / "voice.onnx.part").exists()
+
+
+def test_a_partial_download_of_another_url_is_not_resumed(server, tmp_path: Path) -> None:
+    """The URL corrected in the config after an interrupted download: the part holds another file's start."""
+    wrong, right = os.urandom(300_000), os.urandom(300_000)
+    server.files.update({"/wrong.onnx": wrong, "/right.onnx": right})
+    server.cut_after = 100_000
+    dest = tmp_path / "voice.onnx"
+    with pytest.raises(SetupError, match="interrupted"):
+        download(url(server, "/wrong.onnx"), dest)
+    download(url(server, "/right.onnx"), dest)
+    assert server.ranges == [] and dest.read_bytes() == right  # fetched whole, not spliced onto the other
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["voice.onnx"]
+
+
+def test_a_file_already_there_with_another_checksum_is_one_line(server, tmp_path: Path) -> None:
+    data = os.urandom(1000)
+    server.files["/voice.onnx"] = data
+    dest = tmp_path / "voice.onnx"
+    dest.write_bytes(data[:500])  # an earlier voice, or a copy cut short
+    with pytest.raises(SetupError, match=rf"{dest}: sha256 [0-9a-f]{{64}}, not the {hashlib.sha256(data).hexdigest()} "
+                                         r"given for http://.*; delete the file"):  # fmt: skip
+        download(url(server, "/voice.onnx"), dest, sha256=hashlib.sha256(data).hexdigest())
+    assert dest.read_bytes() == data[:500]  # nothing deleted for the person
+    dest.unlink()
+    assert download(url(server, "/voice.onnx"), dest, sha256=hashlib.sha256(data).hexdigest()).read_bytes() == data
+    assert download(url(server, "/voice.onnx"), dest, sha256=hashlib.sha256(data).hexdigest()) == dest
 
 
 def test_checksum_mismatch_is_rejected(server, tmp_path: Path) -> None:
@@ -433,6 +531,127 @@ def test_a_cut_or_corrupt_checkpoint_is_one_line_before_any_work(tiny_hf: Path, 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ck"]  # no partial build
 
 
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ({"rms_norm_eps": None}, "config.json: no rms_norm_eps; a qwen2 config.json gives it"),
+        ({"intermediate_size": None}, "config.json: no intermediate_size; a qwen2 config.json gives it"),
+        ({"hidden_size": "64"}, "config.json: hidden_size is '64', not a positive whole number"),
+        ({"hidden_size": 128}, "config.json: makes tensor model.embed_tokens.weight [1005, 128], the checkpoint's is "
+                               "[1005, 64]; config.json and the *.safetensors beside it must be of the same model"),
+        ({"vocab_size": 2000}, "makes tensor model.embed_tokens.weight [2000, 64], the checkpoint's is [1005, 64]"),
+        ({"num_key_value_heads": 4}, "makes tensor model.layers.0.self_attn.k_proj.weight [64, 64], the checkpoint's "
+                                     "is [32, 64]"),
+        ({"num_hidden_layers": 3}, "config.json: describes tensor model.layers.2.input_layernorm.weight, which the "
+                                   "checkpoint lacks"),
+    ],
+    ids=["no rms_norm_eps", "no intermediate_size", "a string", "hidden_size", "vocab_size", "kv heads", "layers"],
+)  # fmt: skip
+def test_a_config_that_does_not_describe_its_checkpoint_is_one_line_before_any_work(
+    tiny_hf: Path, tmp_path: Path, change: dict, expected: str
+) -> None:
+    """A key missing, or dimensions of another model (a config.json copied beside the wrong weights): the
+    build would otherwise replace a working model with one that fails at its first use."""
+    out = tmp_path / "m"
+    assert host_setup(str(tiny_hf), "--out", str(out)).returncode == 0
+    built = snapshot(out)
+    ck = tmp_path / "ck"
+    shutil.copytree(tiny_hf, ck)
+    config = json.loads((ck / "config.json").read_text())
+    config.update(change)
+    (ck / "config.json").write_text(json.dumps({k: v for k, v in config.items() if v is not None}))
+    result = host_setup(str(ck), "--out", str(out))
+    assert result.returncode == 78, result.stderr
+    error = one_error_line(result)
+    assert error.startswith(f"error: {ck / 'config.json'}: ") and expected in error, error
+    assert snapshot(out) == built and not (tmp_path / ".m.partial").exists()  # the working model stays
+
+
+@pytest.mark.parametrize(
+    ("generation_config", "expected"),
+    [
+        ('{"eos_token_id": [1000,', "generation_config.json: invalid JSON: Expecting value"),
+        ('{"eos_token_id": 5000}', "generation_config.json: eos_token_id 5000 is not a token id below vocab_size 1005"),
+        ("{}", "neither generation_config.json nor config.json gives an eos_token_id"),
+    ],
+    ids=["cut short", "outside the vocabulary", "none"],
+)
+def test_eos_ids_are_checked_before_any_work(
+    tiny_hf: Path, tmp_path: Path, pulsar2_bin: Path, generation_config: str, expected: str
+) -> None:
+    """The manifest is written last, after the board build: a model that cannot stop was refused only at its
+    first load (or the build ended in a traceback), after replacing the working one."""
+    out = tmp_path / "m"
+    assert host_setup(str(tiny_hf), "--out", str(out)).returncode == 0
+    built = snapshot(out)
+    ck = tmp_path / "ck"
+    shutil.copytree(tiny_hf, ck)
+    (ck / "generation_config.json").write_text(generation_config)
+    config = json.loads((ck / "config.json").read_text())
+    (ck / "config.json").write_text(json.dumps({k: v for k, v in config.items() if k != "eos_token_id"}))
+    env = {"PATH": f"{pulsar2_bin}:{os.environ['PATH']}"}
+    result = assistant("setup", "--model", str(ck), "--target", "ax630c", "--no-speech", "--out", str(out), env=env)
+    assert result.returncode == 78, result.stderr
+    assert expected in one_error_line(result)
+    assert snapshot(out) == built and not (tmp_path / ".m.partial").exists()
+
+
+def test_a_cut_tokenizer_is_one_line_and_the_model_stays(tiny_hf: Path, tmp_path: Path) -> None:
+    out = tmp_path / "m"
+    assert host_setup(str(tiny_hf), "--out", str(out)).returncode == 0
+    built = snapshot(out)
+    ck = tmp_path / "ck"
+    shutil.copytree(tiny_hf, ck)
+    os.truncate(ck / "tokenizer.json", (ck / "tokenizer.json").stat().st_size // 2)
+    result = host_setup(str(ck), "--out", str(out))
+    assert result.returncode == 78, result.stderr
+    error = one_error_line(result)
+    assert error.startswith(f"error: {ck / 'tokenizer.json'}: not a tokenizer (") and error.endswith(
+        "download it again"
+    )
+    assert snapshot(out) == built  # the working model stays
+
+
+def test_a_sharded_checkpoint_missing_a_shard_names_it_before_any_work(tiny_hf: Path, tmp_path: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    ck = tmp_path / "ck"
+    AutoModelForCausalLM.from_pretrained(tiny_hf, dtype=torch.bfloat16).save_pretrained(ck, max_shard_size="200KB")
+    for name in ("tokenizer.json", "tokenizer_config.json", "generation_config.json", "config.json"):
+        shutil.copy(tiny_hf / name, ck / name)
+    shards = sorted(ck.glob("model-*.safetensors"))
+    assert len(shards) > 1
+    shards[1].unlink()  # a copy or download that stopped short of it
+    result = host_setup(str(ck), "--out", str(tmp_path / "m"))
+    assert result.returncode == 78, result.stderr
+    error = one_error_line(result)
+    assert error == (
+        f"error: {shards[1]}: missing (model.safetensors.index.json lists it); copy or download the checkpoint again"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck"]  # no partial build
+
+
+def test_a_quantized_checkpoint_is_named_as_such(tiny_hf: Path, tmp_path: Path) -> None:
+    """GPTQ / AWQ store a linear layer as qweight (and scales): not the float weights the build reads."""
+    import struct
+
+    ck = tmp_path / "ck"
+    shutil.copytree(tiny_hf, ck)
+    data = (ck / "model.safetensors").read_bytes()
+    (length,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8 : 8 + length])
+    header["model.layers.0.self_attn.q_proj.qweight"] = header.pop("model.layers.0.self_attn.q_proj.weight")
+    text = json.dumps(header).encode()  # offsets count from the end of the header: the data is unchanged
+    (ck / "model.safetensors").write_bytes(struct.pack("<Q", len(text)) + text + data[8 + length :])
+    result = host_setup(str(ck), "--out", str(tmp_path / "m"))
+    assert result.returncode == 78, result.stderr
+    assert one_error_line(result) == (
+        f"error: {ck}: a quantized checkpoint (model.layers.0.self_attn.q_proj.qweight); setup reads float or bf16 "
+        "weights: build from the model it was quantized from"
+    )
+
+
 def test_a_marker_cut_short_is_a_step_not_done(tiny_hf: Path, tmp_path: Path, pulsar2_bin: Path) -> None:
     out = tmp_path / "m"
     env = {"PATH": f"{pulsar2_bin}:{os.environ['PATH']}", "PULSAR2_ARGV": str(tmp_path / "argv.json")}
@@ -494,6 +713,23 @@ def test_a_full_disk_is_one_line_and_the_same_command_then_finishes(tiny_hf: Pat
         assert init.returncode == 1 and one_error_line(init).startswith("error: the disk is full (")
         assert not (disk / "config.yaml").exists()  # no empty file that would load as the defaults
         assert assistant("config", "init", str(disk / "config.yaml")).returncode == 1  # and again the same
+
+
+def test_too_little_disk_is_refused_before_any_work_and_the_model_stays(tiny_hf: Path, tmp_path: Path) -> None:
+    with small_disk(tmp_path / "disk", "size=2m") as disk:
+        assert host_setup(str(tiny_hf), "--out", str(disk / "m")).returncode == 0
+        built = snapshot(disk / "m")
+        fill(disk, leave=300_000)
+        needed = 2 * (tiny_hf / "model.safetensors").stat().st_size  # the estimate: twice the checkpoint
+        result = host_setup(str(tiny_hf), "--out", str(disk / "m"), "--force")
+        assert result.returncode == 1
+        error = one_error_line(result)
+        assert re.fullmatch(
+            rf"error: not enough disk space in {disk}: 0\.\d MB free, about {needed / 1e6:.1f} MB needed; free "
+            r"space or choose another --out, then run the same command again",
+            error,
+        ), error
+        assert sorted(p.name for p in disk.iterdir()) == ["filler", "m"] and snapshot(disk / "m") == built
 
 
 def test_a_read_only_destination_is_one_line(tiny_hf: Path, tmp_path: Path) -> None:

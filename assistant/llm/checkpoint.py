@@ -17,6 +17,8 @@ import numpy as np
 from assistant.llm.manifest import ModelError
 
 SUPPORTED_MODEL_TYPES = ("qwen2", "llama")
+MISMATCH = "config.json and the *.safetensors beside it must be of the same model"
+AGAIN = "copy or download the checkpoint again"
 _DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16, "I8": np.int8, "U8": np.uint8}
 
 
@@ -50,6 +52,8 @@ def read_shape(model_dir: Path) -> ModelShape:
         raise ModelError(f"{path}: not found; is {model_dir} a Hugging Face model folder?") from None
     except json.JSONDecodeError as e:
         raise ModelError(f"{path}: invalid JSON: {e}") from None
+    if not isinstance(cfg, dict):
+        raise ModelError(f"{path}: not a model config (a JSON object); is {model_dir} a Hugging Face model folder?")
     model_type = cfg.get("model_type")
     if model_type not in SUPPORTED_MODEL_TYPES:
         raise ModelError(f"{path}: model_type {model_type!r} is not supported (supported: qwen2, llama)")
@@ -60,22 +64,38 @@ def read_shape(model_dir: Path) -> ModelShape:
     theta = cfg.get("rope_theta", rope.get("rope_theta"))
     if theta is None:
         raise ModelError(f"{path}: no rope_theta (neither at top level nor in rope_parameters)")
-    heads = cfg["num_attention_heads"]
+
+    def whole(key: str, default: int | None = None) -> int:
+        value = cfg.get(key) if cfg.get(key) is not None else default
+        if value is None:
+            raise ModelError(f"{path}: no {key}; a {model_type} config.json gives it")
+        if type(value) is not int or value <= 0:
+            raise ModelError(f"{path}: {key} is {value!r}, not a positive whole number")
+        return value
+
+    def positive(key: str, value: object) -> float:
+        if type(value) not in (int, float) or not value > 0:
+            raise ModelError(f"{path}: {key} is {value!r}, not a positive number")
+        return float(value)
+
+    heads, hidden = whole("num_attention_heads"), whole("hidden_size")
+    if "rms_norm_eps" not in cfg:
+        raise ModelError(f"{path}: no rms_norm_eps; a {model_type} config.json gives it")
     return ModelShape(
         model_type=model_type,
-        num_layers=cfg["num_hidden_layers"],
-        hidden_size=cfg["hidden_size"],
+        num_layers=whole("num_hidden_layers"),
+        hidden_size=hidden,
         num_heads=heads,
-        num_kv_heads=cfg.get("num_key_value_heads", heads),
-        head_dim=cfg.get("head_dim") or cfg["hidden_size"] // heads,
-        intermediate_size=cfg["intermediate_size"],
-        vocab_size=cfg["vocab_size"],
-        rope_theta=float(theta),
-        rms_norm_eps=float(cfg["rms_norm_eps"]),
+        num_kv_heads=whole("num_key_value_heads", heads),
+        head_dim=whole("head_dim", hidden // heads),
+        intermediate_size=whole("intermediate_size"),
+        vocab_size=whole("vocab_size"),
+        rope_theta=positive("rope_theta", theta),
+        rms_norm_eps=positive("rms_norm_eps", cfg["rms_norm_eps"]),
         tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
         # Qwen2 always has q/k/v biases; Llama has them only when attention_bias says so.
         attention_bias=model_type == "qwen2" or bool(cfg.get("attention_bias", False)),
-        max_position_embeddings=cfg.get("max_position_embeddings", 32768),
+        max_position_embeddings=whole("max_position_embeddings", 32768),
     )
 
 
@@ -86,6 +106,13 @@ class Checkpoint:
         files = sorted(model_dir.glob("*.safetensors"))
         if not files:
             raise ModelError(f"{model_dir}: no *.safetensors files (only safetensors checkpoints are supported)")
+        index = model_dir / "model.safetensors.index.json"
+        try:
+            shards = set(json.loads(index.read_text())["weight_map"].values())
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):  # one file, or no usable index
+            shards = set()
+        if missing := sorted(name for name in shards if not (model_dir / name).is_file()):
+            raise ModelError(f"{model_dir / missing[0]}: missing ({index.name} lists it); {AGAIN}")
         self._where: dict[str, tuple[Path, dict, int]] = {}
         for file in files:
             header, data_start = _read_header(file)
@@ -94,6 +121,46 @@ class Checkpoint:
 
     def __contains__(self, name: str) -> bool:
         return name in self._where
+
+    def shape(self, name: str) -> list[int] | None:
+        """The tensor's shape as its file's header gives it (None when the tensor is missing)."""
+        return self._where[name][1].get("shape") if name in self._where else None
+
+    def check(self, shape: ModelShape, config: Path) -> None:
+        """Every tensor a build reads is there with the shape `config` gives it, before any work.
+
+        A config.json beside another model's safetensors (or edited by hand) would otherwise build
+        a model directory that fails at its first use, or half a build that fails at the first
+        missing layer.
+        """
+        h, q, kv, inner = shape.hidden_size, shape.num_heads * shape.head_dim, shape.kv_dim, shape.intermediate_size
+        expected = {"model.embed_tokens.weight": [shape.vocab_size, h], "model.norm.weight": [h]}
+        if "lm_head.weight" in self and not shape.tie_word_embeddings:
+            expected["lm_head.weight"] = [shape.vocab_size, h]
+        for i in range(shape.num_layers):
+            p = f"model.layers.{i}."
+            expected |= {
+                p + "input_layernorm.weight": [h], p + "post_attention_layernorm.weight": [h],
+                p + "self_attn.q_proj.weight": [q, h], p + "self_attn.k_proj.weight": [kv, h],
+                p + "self_attn.v_proj.weight": [kv, h], p + "self_attn.o_proj.weight": [h, q],
+                p + "mlp.gate_proj.weight": [inner, h], p + "mlp.up_proj.weight": [inner, h],
+                p + "mlp.down_proj.weight": [h, inner],
+            }  # fmt: skip
+            if shape.attention_bias:  # present or not, as the exporter reads them
+                for name, size in (("q", q), ("k", kv), ("v", kv)):
+                    if p + f"self_attn.{name}_proj.bias" in self:
+                        expected[p + f"self_attn.{name}_proj.bias"] = [size]
+        for name, dims in expected.items():
+            actual = self.shape(name)
+            if actual is None and name.removesuffix("weight") + "qweight" in self:
+                raise ModelError(
+                    f"{config.parent}: a quantized checkpoint ({name.removesuffix('weight')}qweight); setup reads "
+                    "float or bf16 weights: build from the model it was quantized from"
+                )
+            if actual is None:
+                raise ModelError(f"{config}: describes tensor {name}, which the checkpoint lacks; {MISMATCH}")
+            if list(actual) != dims:
+                raise ModelError(f"{config}: makes tensor {name} {dims}, the checkpoint's is {actual}; {MISMATCH}")
 
     def raw(self, name: str) -> tuple[np.ndarray, str]:
         """The tensor as stored (bf16 as uint16), memory-mapped, with its safetensors dtype."""
@@ -123,20 +190,19 @@ def _read_header(file: Path) -> tuple[dict, int]:
     A copy or download cut short fails here, naming the file, instead of partway through a build.
     """
     size = file.stat().st_size
-    again = "copy or download the checkpoint again"
     with open(file, "rb") as f:
         start = f.read(8)
         if len(start) < 8:
-            raise ModelError(f"{file}: only {size} bytes, not a safetensors file (cut short?); {again}")
+            raise ModelError(f"{file}: only {size} bytes, not a safetensors file (cut short?); {AGAIN}")
         (header_len,) = struct.unpack("<Q", start)
         if 8 + header_len > size:
-            raise ModelError(f"{file}: its header needs {8 + header_len} bytes but the file has {size}; {again}")
+            raise ModelError(f"{file}: its header needs {8 + header_len} bytes but the file has {size}; {AGAIN}")
         try:
             header = json.loads(f.read(header_len))
         except ValueError:  # not JSON, or not UTF-8
             header = None
     if not isinstance(header, dict):
-        raise ModelError(f"{file}: its header is not a safetensors tensor table; {again}")
+        raise ModelError(f"{file}: its header is not a safetensors tensor table; {AGAIN}")
     header.pop("__metadata__", None)
     data_start = 8 + header_len
     end = data_start
@@ -147,8 +213,8 @@ def _read_header(file: Path) -> tuple[dict, int]:
         except (TypeError, KeyError, ValueError):
             ok = False
         if not ok:
-            raise ModelError(f"{file}: tensor {name} has no valid data_offsets in its header; {again}")
+            raise ModelError(f"{file}: tensor {name} has no valid data_offsets in its header; {AGAIN}")
         end = max(end, data_start + stop)
     if end > size:
-        raise ModelError(f"{file}: its tensors need {end} bytes but the file has only {size} (cut short?); {again}")
+        raise ModelError(f"{file}: its tensors need {end} bytes but the file has only {size} (cut short?); {AGAIN}")
     return header, data_start

@@ -292,10 +292,19 @@ def export_onnx(
 
 def copy_tokenizer(hf_dir: Path, out_dir: Path) -> None:
     """The tokenizer and the chat template, which current checkpoints keep in chat_template.jinja."""
+    from tokenizers import Tokenizer
+
     for file in ("tokenizer.json", "tokenizer_config.json"):
         if not (hf_dir / file).is_file():
             raise ModelError(f"{hf_dir / file}: missing; the model folder needs its tokenizer")
         shutil.copyfile(hf_dir / file, out_dir / file)
+    try:  # a file cut short would otherwise be found only by the engine, at its first load
+        Tokenizer.from_file(str(out_dir / "tokenizer.json"))
+    except Exception as e:  # tokenizers raises a bare Exception
+        problem = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ModelError(
+            f"{hf_dir / 'tokenizer.json'}: not a tokenizer ({problem}); copy or download it again"
+        ) from None
     if (hf_dir / CHAT_TEMPLATE_FILE).is_file():
         shutil.copyfile(hf_dir / CHAT_TEMPLATE_FILE, out_dir / CHAT_TEMPLATE_FILE)
     ChatTemplate(out_dir)  # a model without a chat template fails setup, not the first chat
@@ -309,7 +318,7 @@ def new_manifest(hf_dir: Path, name: str, kv_cache_len: int, backends: dict[str,
         name=name,
         source=str(hf_dir),
         kv_cache_len=kv_cache_len,
-        eos_token_ids=_eos_ids(hf_dir),
+        eos_token_ids=eos_ids(hf_dir, shape.vocab_size),
         embeddings=EMBEDDINGS_FILE,
         backends=backends,
         **dims,
@@ -326,8 +335,10 @@ def export_model(
     progress: Callable[[str], None] = log.info,
 ) -> Manifest:
     """A host model directory from `hf_dir`: tokenizer, bf16 embeddings, onnx/ layers, manifest."""
-    read_shape(hf_dir)  # an unusable folder fails here, before anything is written
+    shape = read_shape(hf_dir)  # an unusable folder fails here, before anything is written
     checkpoint = Checkpoint(hf_dir)
+    checkpoint.check(shape, hf_dir / "config.json")
+    eos_ids(hf_dir, shape.vocab_size)
     out_dir.mkdir(parents=True, exist_ok=True)
     copy_tokenizer(hf_dir, out_dir)
     write_embeddings(checkpoint, out_dir)
@@ -339,14 +350,26 @@ def export_model(
     return manifest
 
 
-def _eos_ids(hf_dir: Path) -> list[int]:
-    """eos ids from generation_config.json (Qwen2 lists <|im_end|> and <|endoftext|>), else config.json."""
+def eos_ids(hf_dir: Path, vocab_size: int) -> list[int]:
+    """eos ids from generation_config.json (Qwen2 lists <|im_end|> and <|endoftext|>), else config.json.
+
+    Checked before a build starts: a model that cannot stop would be refused at its first load.
+    """
     ids: list[int] = []
     for file in ("generation_config.json", "config.json"):
         path = hf_dir / file
         if path.is_file():
-            value = json.loads(path.read_text()).get("eos_token_id")
+            try:
+                config = json.loads(path.read_text())
+            except ValueError as e:
+                raise ModelError(f"{path}: invalid JSON: {e}") from None
+            value = config.get("eos_token_id") if isinstance(config, dict) else None
             for token in value if isinstance(value, list) else [value]:
-                if token is not None and token not in ids:
-                    ids.append(int(token))
+                if token is None or token in ids:
+                    continue
+                if type(token) is not int or not 0 <= token < vocab_size:
+                    raise ModelError(f"{path}: eos_token_id {token!r} is not a token id below vocab_size {vocab_size}")
+                ids.append(token)
+    if not ids:
+        raise ModelError(f"{hf_dir}: neither generation_config.json nor config.json gives an eos_token_id")
     return ids

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import pwd
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import yaml
 
 MANIFEST_FILE = "manifest.yaml"
+CHAT_TEMPLATE_FILE = "chat_template.jinja"  # current checkpoints' template, which wins over tokenizer_config.json's
 FORMAT_VERSION = 2  # 2: the post graph's output is named `output`; board layers list their history groups
 FIX = "re-run `assistant setup`"
 
@@ -63,6 +66,8 @@ def load_manifest(model_dir: Path) -> Manifest:
     path = model_dir / MANIFEST_FILE
     if not path.is_file():
         raise ModelError(f"{path}: not found; {model_dir} is not a model directory (create one with `assistant setup`)")
+    if not os.access(path, os.R_OK):
+        raise ModelError(unreadable(path, model_dir))
     try:
         data = yaml.safe_load(path.read_text())
         data["backends"] = {name: LayerFiles(**files) for name, files in data.get("backends", {}).items()}
@@ -74,6 +79,18 @@ def load_manifest(model_dir: Path) -> Manifest:
     if problem := _wrong_value(manifest):
         raise ModelError(f"{path}: {problem}; {FIX}")
     return manifest
+
+
+def unreadable(path: Path, model_dir: Path) -> str:
+    """A model file this process may not read (copied as root, run by the service's user), in words."""
+    try:
+        user = pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        user = f"uid {os.geteuid()}"
+    return (
+        f"{path}: the user {user} cannot read it; make the model readable by the user that runs the "
+        f"assistant (chmod -R a+rX {model_dir})"
+    )
 
 
 def _wrong_value(m: Manifest) -> str | None:
@@ -97,11 +114,19 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def record_files(model_dir: Path, manifest: Manifest) -> None:
-    """Fill manifest.files with the size and sha256 of every file the manifest points to."""
+def model_files(manifest: Manifest) -> list[str]:
+    """Every file the manifest points to (each backend's graphs, the tokenizer, the table...) and lists."""
     names = [manifest.tokenizer, manifest.chat_template, manifest.embeddings]
     for files in manifest.backends.values():
         names += [*files.layers, files.post]
+    return list(dict.fromkeys([*names, *manifest.files]))
+
+
+def record_files(model_dir: Path, manifest: Manifest) -> None:
+    """Fill manifest.files with the size and sha256 of every file the manifest points to."""
+    names = model_files(manifest)
+    if (model_dir / CHAT_TEMPLATE_FILE).is_file():  # the engine reads it: checked like the others
+        names.append(CHAT_TEMPLATE_FILE)
     for name in names:
         path = model_dir / name
         manifest.files[name] = {"size": path.stat().st_size, "sha256": sha256_of(path)}
@@ -114,6 +139,8 @@ def verify_files(model_dir: Path, manifest: Manifest, names: list[str], checksum
         expected = manifest.files.get(name)
         if not path.is_file():
             raise ModelError(f"{path}: missing model file; {FIX}")
+        if not os.access(path, os.R_OK):
+            raise ModelError(unreadable(path, model_dir))
         if expected is None:
             raise ModelError(f"{path}: not listed in {MANIFEST_FILE}; {FIX}")
         size = path.stat().st_size

@@ -27,8 +27,19 @@ import yaml
 from assistant.config import ConfigError, Settings, check_model_paths
 from assistant.llm.checkpoint import Checkpoint, read_shape
 from assistant.llm.embeddings import write_embeddings
-from assistant.llm.export import copy_tokenizer, export_onnx, new_manifest
-from assistant.llm.manifest import MANIFEST_FILE, LayerFiles, ModelError, load_manifest, record_files, verify_files
+from assistant.llm.export import copy_tokenizer, eos_ids, export_onnx, new_manifest
+from assistant.llm.manifest import (
+    CHAT_TEMPLATE_FILE,
+    FIX,
+    MANIFEST_FILE,
+    LayerFiles,
+    Manifest,
+    ModelError,
+    load_manifest,
+    model_files,
+    record_files,
+    verify_files,
+)
 from assistant.setup.download import (
     Progress,
     SetupError,
@@ -188,9 +199,11 @@ def build_model(opts: SetupOptions, models_dir: Path, force: bool = False) -> tu
                 f"the model was trained for (max_position_embeddings in {hf_dir / 'config.json'}); give at most that"
             )
         checkpoint = Checkpoint(hf_dir)
+        checkpoint.check(shape, hf_dir / "config.json")
+        eos_ids(hf_dir, shape.vocab_size)  # the manifest's, written last: checked first
         work = dest.with_name(f".{dest.name}.partial")
-        _start_or_resume(work, record)
         _check_disk(work.parent, sum(p.stat().st_size for p in hf_dir.glob("*.safetensors")))
+        _start_or_resume(work, record)
 
         steps: list[tuple[str, object]] = [
             ("tokenizer", lambda: copy_tokenizer(hf_dir, work)),
@@ -309,7 +322,7 @@ def _up_to_date(dest: Path, record: dict) -> bool:
         if old != record:
             return False
         manifest = load_manifest(dest)
-        verify_files(dest, manifest, list(manifest.files))  # sizes only: quick
+        verify_files(dest, manifest, model_files(manifest))  # sizes only: quick
     except (OSError, ValueError, ModelError):
         return False
     return True
@@ -373,8 +386,13 @@ def _check_disk(folder: Path, checkpoint_bytes: int) -> None:
     free = shutil.disk_usage(folder).free
     if free < needed:
         raise SetupError(
-            f"not enough disk space in {folder}: {free / 1e9:.1f} GB free, about {needed / 1e9:.1f} GB needed"
+            f"not enough disk space in {folder}: {_size(free)} free, about {_size(needed)} needed; free space "
+            "or choose another --out, then run the same command again"
         )
+
+
+def _size(count: int) -> str:
+    return f"{count / 1e9:.1f} GB" if count >= 1e9 else f"{count / 1e6:.1f} MB"
 
 
 def _replace(dest: Path, work: Path) -> None:
@@ -430,15 +448,33 @@ def verify_model(model_dir: Path) -> str:
     from assistant.llm.sampling import Sampler
 
     manifest = load_manifest(model_dir)
-    verify_files(model_dir, manifest, list(manifest.files), checksums=True)
+    for backend, files in manifest.backends.items():
+        if len(files.layers) != manifest.num_layers:
+            count = f"{len(files.layers)} {backend} layers, not {manifest.num_layers}"
+            raise ModelError(f"{model_dir / MANIFEST_FILE}: lists {count}; {FIX}")
+    verify_files(model_dir, manifest, model_files(manifest), checksums=True)
+    extra = unlisted_files(model_dir, manifest)
+    if CHAT_TEMPLATE_FILE in extra:  # the engine would use it unchecked (a build before templates were listed)
+        raise ModelError(
+            f"{model_dir / CHAT_TEMPLATE_FILE}: not listed in {MANIFEST_FILE}, though the engine reads it; "
+            f"{FIX} with --force"
+        )
+    unused = f"; not in the manifest, so never read: {', '.join(extra)}" if extra else ""
     if "onnxruntime" not in manifest.backends:
-        return f"{model_dir}: {len(manifest.files)} files match the manifest (no host layers to run)"
+        return f"{model_dir}: {len(manifest.files)} files match the manifest (no host layers to run){unused}"
     engine = Engine(model_dir, backend="onnxruntime")
     prompt = engine.tokenizer.encode("Hello", add_special_tokens=False).ids or [0]
     tokens = list(engine.generate(prompt, Sampler(), max_new_tokens=2))
     if engine.pos != len(prompt) + max(len(tokens) - 1, 0):
         raise ModelError(f"{model_dir}: the host layers did not run as expected")
-    return f"{model_dir}: {len(manifest.files)} files match the manifest; one prefill and one decode step ran"
+    return f"{model_dir}: {len(manifest.files)} files match the manifest; one prefill and one decode step ran{unused}"
+
+
+def unlisted_files(model_dir: Path, manifest: Manifest) -> list[str]:
+    """Files in the model directory that its manifest does not list, setup's own records aside."""
+    own = {MANIFEST_FILE, RECORD, "pulsar2_config.json"}
+    found = (p.relative_to(model_dir).as_posix() for p in sorted(model_dir.rglob("*")) if p.is_file())
+    return [name for name in found if name not in own and name not in manifest.files]
 
 
 def summary(model_dir: Path, results: list[StepResult]) -> str:

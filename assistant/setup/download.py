@@ -109,10 +109,20 @@ def download(url: str, dest: Path, sha256: str | None = None, timeout: float = 3
     second is worth retrying.
     """
     if dest.exists():
+        if sha256 and (actual := file_sha256(dest)) != sha256.lower():
+            raise SetupError(
+                f"{dest}: sha256 {actual}, not the {sha256} given for {url}; delete the file (or correct the "
+                "checksum) and run the same command again"
+            )
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
+    source = _url_file(part)
     have = part.stat().st_size if part.exists() else 0
+    if have and _read(source) != url:  # the start of another file: resuming would splice the two
+        log.warning("%s: a partial download of %s; starting %s over", part, _read(source) or "another URL", url)
+        have = 0
+        part.unlink()
     try:
         request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
         response = urllib.request.urlopen(request, timeout=timeout)
@@ -133,17 +143,32 @@ def download(url: str, dest: Path, sha256: str | None = None, timeout: float = 3
         actual = file_sha256(part)
         if actual != sha256.lower():
             part.unlink()
+            source.unlink(missing_ok=True)
             raise SetupError(
                 f"{url}: checksum mismatch (sha256 {actual}, expected {sha256}); the download was discarded"
             )
     part.rename(dest)
+    source.unlink(missing_ok=True)
     return dest
+
+
+def _url_file(part: Path) -> Path:
+    """Beside a partial download, the URL it holds the start of: only that URL may resume it."""
+    return part.with_name(part.name + ".url")
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, ValueError):
+        return None
 
 
 def _receive(response, part: Path, have: int, label: str, url: str) -> None:
     resumed = response.status == 206
     if not resumed:
         have = 0  # the server ignored the range (or a file:// URL): start over
+        write_atomic(_url_file(part), url)
     length = response.headers.get("Content-Length")
     progress = Progress(label, have + int(length) if length else None)
     progress.update(have)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import logging
 import os
 import re
 import shutil
+import signal
 import subprocess
 from pathlib import Path
 
@@ -146,18 +148,39 @@ def run_pulsar2(command: list[str]) -> None:
     log.info("running: %s", " ".join(command))
     tail: collections.deque[str] = collections.deque(maxlen=20)
     try:
-        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+        # Its own process group: pulsar2's workers (--parallel) can then be ended with it.
+        process = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1, start_new_session=True
+        )
     except OSError as e:
         raise SetupError(f"cannot run {command[0]}: {e.strerror}; {GET_PULSAR2}") from None
     assert process.stdout is not None
-    for line in process.stdout:
-        line = line.rstrip()
-        tail.append(line)
-        log.info("pulsar2: %s", line)
-    if process.wait() != 0:
+    try:
+        for line in process.stdout:
+            line = line.rstrip()
+            tail.append(line)
+            log.info("pulsar2: %s", line)
+        process.wait()
+    except BaseException:  # Ctrl-C, or any failure here: the build must not go on writing into the partial folder
+        _stop(process)
+        raise
+    if process.returncode != 0:
         last = "\n  ".join(tail)
         step = "build" if "build" in command else "llm_build"
         raise SetupError(f"pulsar2 {step} failed with exit status {process.returncode}; its last lines:\n  {last}")
+
+
+def _stop(process: subprocess.Popen) -> None:
+    """End a build this process started, with every process it started (docker run passes the
+    signal on to its container)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
 
 
 def collect_axmodels(

@@ -324,15 +324,44 @@ def write_endpoint_rules(vosk_model: Path, rules: dict[str, str] = ENDPOINT_RULE
     return path
 
 
+def _prepared(voice: Path, target: str) -> StreamConfig | None:
+    """The voice's split (and, for a board, its decoder for that chip) when an earlier setup made them
+    from this very voice file: a re-run neither spends a pulsar2 build on them again nor, if that
+    build failed, leaves the voice without the decoder it had."""
+    from assistant.setup.pulsar2 import CHIPS
+
+    try:
+        stream = StreamConfig.load(voice)
+        split_at = stream_config_path(voice).stat().st_mtime_ns
+    except (OSError, ValueError, TypeError):  # none yet, or a config cut short
+        return None
+    if (
+        stream is None
+        or split_at < max(voice.stat().st_mtime_ns, Path(f"{voice}.json").stat().st_mtime_ns)
+        or (stream.chunk, stream.first) != (CHUNK_FRAMES, FIRST_FRAMES)
+    ):
+        return None
+    parts = [stream.encoder, stream.flow, stream.decoder]
+    if target in CHIPS:
+        if stream.chip != CHIPS[target] or not stream.axmodel:
+            return None
+        parts.append(stream.axmodel)
+    return stream if all(voice.with_name(name).is_file() for name in parts) else None
+
+
 def prepare_speech(vosk_model: Path, voice: Path, target: str, pulsar2: str | None, image: str | None) -> list[Path]:
     """The setup step after the downloads: endpoint rules, the voice split, its decoder for the board."""
     files = [write_endpoint_rules(vosk_model)]
-    try:
-        stream = split_voice(voice)
-    except SetupError as e:
-        log.warning("%s: %s; it will speak whole sentences", voice, e)
-        return files
-    if target in ("ax630c", "ax650n"):
-        stream = build_decoder_axmodel(voice, target, pulsar2, image)
+    stream = _prepared(voice, target)
+    if stream is not None:
+        log.info("%s: already split%s", voice, f" and its decoder built for the {target}" if stream.axmodel else "")
+    else:
+        try:
+            stream = split_voice(voice)
+        except SetupError as e:
+            log.warning("%s: %s; it will speak whole sentences", voice, e)
+            return files
+        if target in ("ax630c", "ax650n"):
+            stream = build_decoder_axmodel(voice, target, pulsar2, image)
     names = [stream.encoder, stream.flow, stream.decoder, *([stream.axmodel] if stream.axmodel else [])]
     return [*files, stream_config_path(voice), *(voice.with_name(n) for n in names)]

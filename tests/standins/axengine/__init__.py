@@ -11,12 +11,16 @@ and outputs rounded to bf16).
 Environment (tests only): AXENGINE_STANDIN_PROVIDERS (comma-separated available providers,
 default AxEngineExecutionProvider), AXENGINE_STANDIN_VERSION ("0.1.1": run() without shape_group,
 as before pyaxengine 0.1.2rc0; "0.1.2rc0": every run with AXCLRTExecutionProvider fails, as in that
-release). The package's metadata version is what a test puts on the path beside it.
+release; "0.1.2rc0" and "0.1.3rc0": the board's outputs are views that the session's next run
+overwrites), AXENGINE_STANDIN_NO_GROUP_COUNT (a board runtime too old to count shape groups). The
+package's metadata version is what a test puts on the path beside it.
 """
 
 from __future__ import annotations
 
+import io
 import json
+import mmap
 import os
 import zipfile
 from collections.abc import Sequence
@@ -28,6 +32,9 @@ import numpy as np
 axengine_provider_name = "AxEngineExecutionProvider"  # _providers.py
 axclrt_provider_name = "AXCLRTExecutionProvider"
 VERSION = os.environ.get("AXENGINE_STANDIN_VERSION", "0.1.3")
+# Releases whose board session returns its outputs as views of its output buffers, which the
+# session's next run overwrites (_axe.py run, before commit 87418a8 added `.copy()`).
+OUTPUTS_ARE_VIEWS = ("0.1.2rc0", "0.1.3rc0")
 RUNS: list[dict] = []  # every run: model file, shape group, input shapes (for tests that check the calls)
 
 
@@ -65,21 +72,30 @@ _DTYPES = {"bfloat16": np.dtype(ml_dtypes.bfloat16), "uint32": np.dtype(np.uint3
 class _AxeSession:
     """_axe.py AXEngineSession, with the NPU replaced by onnxruntime on bf16-rounded tensors."""
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path_or_bytes: str | bytes | os.PathLike, provider: str):
         import onnxruntime
 
-        self._model_name = os.path.splitext(os.path.basename(path))[0]
+        self._provider = provider
+        if provider == axclrt_provider_name:
+            model = self._read_on_the_card(path_or_bytes)
+        else:
+            model = self._read_on_the_board(path_or_bytes)
         try:
-            with zipfile.ZipFile(path) as archive:
+            with zipfile.ZipFile(io.BytesIO(model)) as archive:
                 table = json.loads(archive.read("io.json"))
                 onnx_bytes = archive.read("model.onnx")
-        except (OSError, KeyError, zipfile.BadZipFile, json.JSONDecodeError):
+        except (KeyError, zipfile.BadZipFile, json.JSONDecodeError):
             # _axe.py:151, 272: the runtime is first asked the file's model type, which fails for
             # a file that is not an axmodel of this chip (before "Failed to load model.", 197-199)
             raise RuntimeError("Failed to get model type.") from None
         if table["chip"] != os.environ.get("AXENGINE_STANDIN_CHIP", table["chip"]):
             raise RuntimeError("Failed to get model type.")  # a model built for another chip
         self._groups = table["groups"]
+        if provider == axengine_provider_name and os.environ.get("AXENGINE_STANDIN_NO_GROUP_COUNT"):
+            # _axe.py:203-207: a board runtime without AX_ENGINE_GetGroupIOInfoCount (cffi raises
+            # AttributeError) counts one group, whose IO info is the model's default (group 0's).
+            print("[WARNING] function/symbol 'AX_ENGINE_GetGroupIOInfoCount' not found in library")
+            self._groups = self._groups[:1]
         self._shape_count = len(self._groups)  # _axe.py:204, _get_shape_count()
         self._inputs = [[NodeArg(n, _DTYPES[d], s) for n, d, s in g["inputs"]] for g in self._groups]
         self._outputs = [[NodeArg(n, _DTYPES[d], s) for n, d, s in g["outputs"]] for g in self._groups]
@@ -89,6 +105,33 @@ class _AxeSession:
         from assistant.llm.backends import session_options  # the process's onnxruntime set-up, if any
 
         self._compute = onnxruntime.InferenceSession(onnx_bytes, session_options(), providers=["CPUExecutionProvider"])
+
+    def _read_on_the_board(self, path_or_bytes) -> bytes:
+        """_axe.py:136-148: a path is opened and mapped by Python, so its errors are Python's own
+        (FileNotFoundError, PermissionError; ValueError "cannot mmap an empty file"), not the runtime's."""
+        if isinstance(path_or_bytes, (str, os.PathLike)):
+            self._model_name = os.path.splitext(os.path.basename(path_or_bytes))[0]
+            with open(path_or_bytes, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+                return bytes(mapped)
+        if isinstance(path_or_bytes, bytes):  # _axe.py:144-146 sets no _model_name, which _load (283) reads
+            raise AttributeError("'AXEngineSession' object has no attribute '_model_name'")
+        raise TypeError(f"Unable to load model from type '{type(path_or_bytes)}'")
+
+    def _read_on_the_card(self, path_or_bytes) -> bytes:
+        """_axclrt.py:181-207: the card's runtime opens a path itself, given as `path.encode('utf-8')`
+        (a pathlib.Path has no encode: AttributeError); any failure is its one message."""
+        if isinstance(path_or_bytes, (str, os.PathLike)):
+            name = path_or_bytes.encode("utf-8")
+            self._model_name = os.path.splitext(os.path.basename(path_or_bytes))[0]
+            try:
+                with open(name, "rb") as f:
+                    return f.read()
+            except OSError:
+                raise RuntimeError("axclrtEngineLoadFromFile failed.") from None
+        if isinstance(path_or_bytes, bytes):
+            self._model_name = ""
+            return path_or_bytes
+        raise TypeError(f"Unable to load model from type '{type(path_or_bytes)}'")
 
     # _base_session.py:25-38
     def _validate_input(self, feed_input_names: dict[str, np.ndarray]) -> None:
@@ -126,9 +169,10 @@ class _AxeSession:
         for key, npy in input_feed.items():
             for i, one in enumerate(self.get_inputs(shape_group)):
                 if one.name == key:
+                    however = "howerver" if self._provider == axclrt_provider_name else "however"  # _axclrt.py:358
                     assert list(one.shape) == list(npy.shape) and one.dtype == npy.dtype, (
                         f"model inputs({key}) expect shape {one.shape} and dtype {one.dtype}, "
-                        f"however gets input with shape {npy.shape} and dtype {npy.dtype}"
+                        f"{however} gets input with shape {npy.shape} and dtype {npy.dtype}"
                     )
                     if not (npy.flags.c_contiguous or npy.flags.f_contiguous):
                         npy = np.ascontiguousarray(npy)
@@ -151,7 +195,9 @@ class _AxeSession:
             meta = self.get_outputs(shape_group)[i]
             size = meta.dtype.itemsize * int(np.prod(meta.shape))
             npy = np.frombuffer(self._out_buffers[i], dtype=meta.dtype, count=size // meta.dtype.itemsize)
-            npy = npy.reshape(meta.shape).copy()  # _axe.py:407-413: read back in the group's shape, a copy
+            npy = npy.reshape(meta.shape)  # _axe.py:407-413: read back in the group's shape
+            if not (self._provider == axengine_provider_name and VERSION in OUTPUTS_ARE_VIEWS):
+                npy = npy.copy()  # since 87418a8; the card's session always copied (_axclrt.py:384-386)
             if meta.name in output_names:
                 outputs.append(npy)
         return outputs
@@ -203,6 +249,10 @@ class InferenceSession:
             unavailable = []
             for p in providers:
                 assert isinstance(p, (str, tuple)), f"Invalid provider type: {type(p)}. Must be str or tuple."
+                if isinstance(p, tuple):  # _session.py:56-58
+                    assert len(p) == 2, f"Invalid provider type: {p}. Must be tuple with 2 elements."
+                    assert isinstance(p[0], str), f"Invalid provider type: {type(p[0])}. Must be str."
+                    assert isinstance(p[1], dict), f"Invalid provider type: {type(p[1])}. Must be dict."
                 name = p if isinstance(p, str) else p[0]
                 if name not in available:
                     unavailable.append(name)
@@ -216,7 +266,7 @@ class InferenceSession:
             raise ValueError(f"No available provider found in {providers}.")
         print(f"[INFO] Using provider: {provider}")
         self._provider = provider
-        self._sess = _AxeSession(path_or_bytes)
+        self._sess = _AxeSession(path_or_bytes, provider)
 
     def get_providers(self):
         return self._provider
