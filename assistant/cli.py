@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import re
+import signal
 import sys
 import typing
 from pathlib import Path
@@ -262,11 +263,16 @@ def cmd_service_install(args: argparse.Namespace) -> int:
     return 0
 
 
+def _interrupted(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def cmd_setup(args: argparse.Namespace) -> int:
     from assistant.setup import build
     from assistant.setup.download import SetupError, write_problem
 
     writing = Path.cwd()  # where the files go, for a write error that names no file
+    signal.signal(signal.SIGTERM, _interrupted)  # `kill` or a supervisor's stop: cleaned up as Ctrl-C is
     try:
         if args.verify:
             print(build.verify_model(args.verify))

@@ -188,9 +188,10 @@ def test_failed_pulsar2_leaves_the_old_model_and_resumes(tiny_hf: Path, tmp_path
     assert "axengine" in yaml.safe_load((out / "manifest.yaml").read_text())["backends"]
 
 
-def test_interrupting_setup_ends_the_pulsar2_build_it_started(tiny_hf: Path, tmp_path: Path) -> None:
-    """SIGINT to setup alone (a supervisor, `kill -INT`): the build and its workers end with it, rather than
-    going on writing into the folder the re-run builds in."""
+@pytest.mark.parametrize("stop", ["SIGINT", "SIGTERM"])
+def test_interrupting_setup_ends_the_pulsar2_build_it_started(stop: str, tiny_hf: Path, tmp_path: Path) -> None:
+    """SIGINT or SIGTERM to setup alone (`kill`, a supervisor): the build and its workers end with it, rather
+    than going on writing into the folder the re-run builds in."""
     import signal
     import time
 
@@ -215,7 +216,7 @@ def test_interrupting_setup_ends_the_pulsar2_build_it_started(tiny_hf: Path, tmp
         while not (worker.exists() and worker.read_text().strip()):
             assert time.monotonic() < deadline and process.poll() is None
             time.sleep(0.05)
-        process.send_signal(signal.SIGINT)
+        process.send_signal(getattr(signal, stop))
         _, stderr = process.communicate(timeout=30)
         assert process.returncode == 130, stderr
         pids = [int(leader.read_text()), int(worker.read_text())]
