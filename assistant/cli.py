@@ -333,9 +333,10 @@ def cmd_skills_list(args: argparse.Namespace) -> int:
         print(f"{found.name}{confirm}: {found.description}")
         print(f"  source: {found.source}")
         print(f"  arguments: {json.dumps(found.parameters, ensure_ascii=False)}")
-        for language, sentences in found.sentences.items():
-            templates = [s[0] if isinstance(s, tuple) else s for s in sentences[:3]]
-            print(f"  say ({language}): " + " | ".join(templates))
+        for heading, by_language in (("say", found.sentences), ("answer its question", found.answers)):
+            for language, sentences in by_language.items():
+                templates = [s[0] if isinstance(s, tuple) else s for s in sentences[:3]]
+                print(f"  {heading} ({language}): " + " | ".join(templates))
         if found.intents:
             print("  answers Home Assistant intents: " + ", ".join(found.intents))
     return 1 if registry.problems else 0

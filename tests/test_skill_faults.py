@@ -98,7 +98,9 @@ def test_built_in_skills_load_wherever_the_config_lives(tmp_path: Path) -> None:
     names = [line.split(":")[0] for line in listed.stdout.splitlines() if not line.startswith(" ")]
     for name in ("current_time", "set_timer", "add_item", "switch_device", "what_can_you_do"):
         assert name in names
-    assert "  say (en): what's on the shopping list | read my notes" in listed.stdout  # (template, slots) pairs
+    said = "  say (en): (what's|what is) on [my|the] shopping list | read [me] [my|the] shopping list | what do I"
+    assert said in listed.stdout  # (template, slots) pairs
+    assert "  answer its question (en): [the|my] {label} [one|timer] | " in listed.stdout
 
 
 def test_config_check_does_not_print_the_mqtt_password(tmp_path: Path, installed_models: dict[str, str]) -> None:
