@@ -444,6 +444,18 @@ def test_an_announcement_waits_for_the_piece_being_spoken_and_a_stop_cuts_it(tes
     assert spoken < whole / 2
 
 
+def test_an_announcement_starts_with_an_alert_tone(tmp_path: Path, test_voice: Path) -> None:
+    sink = WavSink(tmp_path / "ring.wav")
+    VoicePipeline(None, None, Voice(test_voice), sink, lambda text, cancel: iter(())).announce("Your timer is done.")
+    sink.close()
+    with wave.open(str(tmp_path / "ring.wav")) as w:
+        rate, pcm = w.getframerate(), np.frombuffer(w.readframes(w.getnframes()), "<i2").astype(np.float32)
+    beep = pcm[: int(0.12 * rate)]
+    spectrum = np.abs(np.fft.rfft(beep))
+    assert abs(np.argmax(spectrum) * rate / len(beep) - 1000) < 20  # a 1 kHz beep first
+    assert len(pcm) > rate * 0.6 and np.abs(pcm[int(0.6 * rate) :]).max() > 1000  # then the words
+
+
 def test_wav_files_cut_short_or_with_the_extensible_header_are_read(tmp_path: Path) -> None:
     tone = (np.sin(np.arange(16000) / 10) * 8000).astype("<i2")
     with wave.open(str(tmp_path / "stereo.wav"), "wb") as w:

@@ -38,6 +38,13 @@ def earcon() -> np.ndarray:
     return (np.concatenate(tones) * 8000).astype(np.int16)
 
 
+def alert() -> np.ndarray:
+    """Three short beeps before an announcement: something rings, listen (a timer, an alarm)."""
+    t = np.arange(int(0.12 * EARCON_RATE)) / EARCON_RATE
+    beep = np.sin(2 * np.pi * 1000.0 * t) * np.hanning(len(t)) * 9000
+    return np.concatenate([beep, np.zeros(int(0.08 * EARCON_RATE))] * 3).astype(np.int16)
+
+
 @dataclass
 class Reply:
     """One turn in flight: its threads, its cancel switch and its timing."""
@@ -205,6 +212,7 @@ class VoicePipeline:
         """Speak outside a turn (a timer ringing): between a reply's pieces, never over them."""
         self.hushed.clear()  # before waiting for the speaker: a wake or "stop" meanwhile cuts it too
         with self.speaker:
+            self.sink.play(alert(), EARCON_RATE)
             for audio in self.voice.synthesize(text):
                 if self.hushed.is_set():
                     return
