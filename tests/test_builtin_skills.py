@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import sqlite3
@@ -9,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -237,6 +239,91 @@ def test_an_alarm_rings_on_until_stopped_turned_off_or_snoozed(tmp_path: Path, m
         assert rings_in(1.0) >= 1 and rings_in(1.0) == 0  # unheeded, it gives up
     finally:
         clock_running.set()
+
+
+class Ringing:
+    """A registry on `state` with its timers' clock running, as the assistant (re)starts it, with rings
+    every 0.2 s for 5 s."""
+
+    def __init__(self, state: Path, monkeypatch: pytest.MonkeyPatch):
+        self.said: list[str] = []
+        self.registry = registry_in(state, self.said)
+        timers = self.registry.skills["cancel_alarms"].func.__globals__
+        monkeypatch.setitem(timers, "RING_EVERY", 0.2)
+        monkeypatch.setitem(timers, "RING_FOR", 5.0)
+        monkeypatch.setitem(timers, "MAX_BACKOFF", 0.3)
+        self.registry.call("list_timers", {})  # the tables made
+        self.stopped = threading.Event()
+        self.registry.start_background(self.stopped)
+
+    def say(self, text: str) -> str:
+        match = IntentMatcher(self.registry.skills).match(text)
+        result = self.registry.call(match.skill, match.arguments)
+        return result.text if result.error is None else result.error
+
+    def rings_in(self, seconds: float) -> int:
+        start = len(self.said)
+        time.sleep(seconds)
+        return len(self.said) - start
+
+    def stop(self) -> None:
+        self.stopped.set()
+        time.sleep(0.5)  # as the daemon waits for its background tasks
+
+
+def an_alarm_rings(ringing: Ringing, state: Path, meanwhile: Callable[[], None] = lambda: None) -> None:
+    """An alarm due in a moment; `meanwhile` runs before it rings."""
+    with sqlite3.connect(state / "timers.sqlite3") as db:
+        db.execute("INSERT INTO timers (kind, label, due) VALUES ('alarm', 'gym', ?)", (time.time() + 0.5,))
+    meanwhile()
+    deadline = time.monotonic() + 5
+    while not ringing.said and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert ringing.said == ["Your gym alarm is ringing."]
+
+
+def test_an_alarm_rings_on_across_a_restart_until_it_is_stopped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = Ringing(tmp_path, monkeypatch)
+    an_alarm_rings(first, tmp_path)
+    first.stop()  # a restart, or a reload (which starts the skills' clock anew), while it rings
+    second = Ringing(tmp_path, monkeypatch)
+    assert second.rings_in(1.0) >= 2 and set(second.said) == {"Your gym alarm is ringing."}
+    assert second.say("stop") == "" and second.rings_in(0.6) == 0
+    second.stop()
+    third = Ringing(tmp_path, monkeypatch)
+    assert third.rings_in(1.0) == 0  # stopped is stopped, restart or not
+    assert third.say("turn off the alarm") == "No alarm is set."  # nothing rings: not "Alarm off."
+    assert third.say("snooze").startswith("Snoozed until ")  # as after a stop without a restart
+    third.stop()
+
+
+def test_an_alarm_rings_on_while_the_disk_is_full(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs as a full state directory needs root (CI runs as root)")
+    state = tmp_path / "state"
+    state.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(state)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+
+        def fill_the_disk() -> None:
+            with open(state / "filler", "wb") as filler, contextlib.suppress(OSError):
+                while True:
+                    filler.write(b"\0" * 65536)
+                    filler.flush()
+
+        ringing = Ringing(state, monkeypatch)
+        an_alarm_rings(ringing, state, meanwhile=fill_the_disk)  # it cannot be stored as rung
+        assert ringing.rings_in(1.5) >= 2  # the clock goes on, and so does the alarm
+        assert ringing.say("stop") == "" and ringing.rings_in(1.0) == 0
+        (state / "filler").unlink()
+        assert ringing.rings_in(1.0) == 0 and ringing.say("snooze").startswith("Snoozed until ")
+        ringing.stop()
+    finally:
+        subprocess.run(["umount", "-l", str(state)], check=True)
 
 
 def matched(registry: Registry, text: str) -> tuple[str, dict]:

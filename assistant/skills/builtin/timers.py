@@ -23,11 +23,16 @@ SCHEMA = """CREATE TABLE IF NOT EXISTS timers (
     id INTEGER PRIMARY KEY, kind TEXT NOT NULL, label TEXT NOT NULL, due REAL NOT NULL,
     length REAL NOT NULL DEFAULT 0, paused_left REAL, language TEXT NOT NULL DEFAULT 'en');
 CREATE TABLE IF NOT EXISTS rung (
-    id INTEGER PRIMARY KEY CHECK (id = 0), label TEXT NOT NULL, at REAL NOT NULL, language TEXT NOT NULL);"""
-# `rung` is the last alarm that rang on time, which "snooze" sets again.
-# Columns added since the first release, for state directories that have the older table.
+    id INTEGER PRIMARY KEY CHECK (id = 0), label TEXT NOT NULL, at REAL NOT NULL, language TEXT NOT NULL,
+    stopped INTEGER NOT NULL DEFAULT 0);"""
+# `rung` is the last alarm that rang on time, which "snooze" sets again; `stopped` once "stop" was said
+# to it, so that a restart does not ring it on.
+# Columns added since the first release, for state directories that have the older tables.
 # `language` is that of the request that set the timer: it rings later, outside any turn.
-NEW_COLUMNS = ("length REAL NOT NULL DEFAULT 0", "paused_left REAL", "language TEXT NOT NULL DEFAULT 'en'")
+NEW_COLUMNS = {
+    "timers": ("length REAL NOT NULL DEFAULT 0", "paused_left REAL", "language TEXT NOT NULL DEFAULT 'en'"),
+    "rung": ("stopped INTEGER NOT NULL DEFAULT 0",),
+}
 TICK = 0.25  # seconds between looks at the clock
 MAX_TIMER = 24 * 3600  # seconds; longer is an alarm's job
 MAX_BACKOFF = 5.0  # seconds between looks while the stored timers cannot be read or written
@@ -42,14 +47,15 @@ log = logging.getLogger(__name__)
 @contextlib.contextmanager
 def _db(context: SkillContext) -> Iterator[sqlite3.Connection]:
     with context.database("timers", SCHEMA) as db:
-        present = {row[1] for row in db.execute("PRAGMA table_info(timers)")}
-        for column in NEW_COLUMNS:
-            if column.split()[0] not in present:
-                try:
-                    db.execute(f"ALTER TABLE timers ADD COLUMN {column}")
-                except sqlite3.OperationalError as e:  # another process added it since we looked
-                    if "duplicate column" not in str(e):
-                        raise
+        for table, columns in NEW_COLUMNS.items():
+            present = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+            for column in columns:
+                if column.split()[0] not in present:
+                    try:
+                        db.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
+                    except sqlite3.OperationalError as e:  # another process added it since we looked
+                        if "duplicate column" not in str(e):
+                            raise
         yield db
 
 
@@ -469,7 +475,7 @@ def cancel_alarms(
         every: true to cancel every alarm
     """
     with _db(context) as db:
-        rang = db.execute("SELECT at FROM rung").fetchone()
+        rang = db.execute("SELECT at FROM rung WHERE NOT stopped").fetchone()
         if hour is None and not every and rang and time.time() - rang[0] <= RING_FOR and context.stopped_at < rang[0]:
             db.execute("DELETE FROM rung")  # "turn off the alarm" while one rings: that one, and no snooze after
             return context.localized("Alarm off.", zh="闹钟关了。")
@@ -558,10 +564,11 @@ def ring_due_timers(context: SkillContext, stop: threading.Event) -> None:
     """Ring every timer or alarm that is due, then forget it; an alarm on time rings on for a while.
 
     Stored data that cannot be read or written (a full disk) does not stop the clock: it looks
-    again with backoff, and a timer rung but not yet deleted is never rung twice.
+    again with backoff, an alarm rings on meanwhile, and a timer rung but not yet deleted is never
+    rung twice. An alarm ringing when the assistant restarts (or reloads) rings on after it.
     """
     rung: set[int] = set()  # rung, and still to be deleted
-    snoozable = None  # the alarm among them that rang on time: label, when, language
+    snoozable = None  # the alarm among them that rang on time, still to be stored: label, when, language
     ringing = None  # the alarm that rang on time and rings on: what it says, when it rang, when last said
     wait, failing = TICK, False
     while not stop.wait(wait):
@@ -572,13 +579,14 @@ def ring_due_timers(context: SkillContext, stop: threading.Event) -> None:
                     " WHERE due <= ? AND paused_left IS NULL ORDER BY due",
                     (time.time(),),
                 ).fetchall()
-                still = ringing and db.execute("SELECT 1 FROM rung WHERE at = ?", (ringing[1],)).fetchone()
-            now = time.time()
-            if ringing and (not still or now - ringing[1] > RING_FOR or context.stopped_at >= ringing[1]):
-                ringing = None  # turned off or snoozed (its row gone), unheeded for long enough, or stopped
-            elif ringing and now - ringing[2] >= RING_EVERY:
-                context.say(ringing[0])
-                ringing = (ringing[0], ringing[1], now)
+                stored = db.execute("SELECT label, at, language, stopped FROM rung").fetchone()
+                if ringing is None and stored and not stored[3] and time.time() - stored[1] <= RING_FOR:
+                    said = _ring("alarm", stored[0], time.time(), context.announced_in(stored[2]))
+                    ringing = (said, stored[1], time.time())  # rang before a restart: rings on at the next time
+                elif ringing and snoozable is None and (stored is None or stored[1] != ringing[1]):
+                    ringing = None  # turned off or snoozed: its row is gone
+                if ringing and context.stopped_at >= ringing[1] and stored and not stored[3]:
+                    db.execute("UPDATE rung SET stopped = 1")  # a restart does not ring it again
             for row_id, kind, label, due_at, language in due:
                 if row_id not in rung:
                     said = _ring(kind, label, due_at, context.announced_in(language))
@@ -591,14 +599,31 @@ def ring_due_timers(context: SkillContext, stop: threading.Event) -> None:
                 with _db(context) as db:
                     db.executemany("DELETE FROM timers WHERE id = ?", [(row_id,) for row_id in rung])
                     if snoozable is not None:
-                        db.execute("INSERT OR REPLACE INTO rung VALUES (0, ?, ?, ?)", snoozable)
+                        db.execute(
+                            "INSERT OR REPLACE INTO rung (id, label, at, language) VALUES (0, ?, ?, ?)", snoozable
+                        )
                 rung.clear()
                 snoozable = None
         except StorageError as e:
             if not failing:
                 log.error("timers: %s; trying again with backoff", e)
             wait, failing = min(wait * 2, MAX_BACKOFF), True
-            continue
-        if failing:
-            log.info("timers: the stored timers can be read and written again")
-        wait, failing = TICK, False
+        else:
+            if failing:
+                log.info("timers: the stored timers can be read and written again")
+            wait, failing = TICK, False
+        ringing = _ring_on(context, ringing)
+
+
+def _ring_on(context: SkillContext, ringing: tuple[str, float, float] | None) -> tuple[str, float, float] | None:
+    """Say the ringing alarm again when it is time to; None once it has rung for long enough or "stop" was said."""
+    if ringing is None:
+        return None
+    said, rang, last = ringing
+    now = time.time()
+    if now - rang > RING_FOR or context.stopped_at >= rang:
+        return None
+    if now - last >= RING_EVERY:
+        context.say(said)
+        return said, rang, now
+    return ringing
