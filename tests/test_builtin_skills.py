@@ -567,6 +567,9 @@ def test_which_one_is_answered_without_the_verb(
     assert "21:30" not in alarms() and "7:00" in alarms()
     registry.call("set_alarm", {"hour": 21, "minute": 30})
     assert replies("cancel my alarm")[0].endswith("Which one?")
+    assert replies("the 7 one") == ["Cancelled the alarm at 7:00."]  # "one" is no minute
+    registry.call("set_alarm", {"hour": 7})
+    assert replies("cancel my alarm")[0].endswith("Which one?")
     assert replies("both") == ["Cancelled 2 alarms."]
 
     registry.call("set_timer", {"minutes": 10, "label": "pasta"})

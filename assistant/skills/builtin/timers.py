@@ -455,7 +455,9 @@ def _cancel_at(time: str) -> str:
     # Answers to "Which one?": "the 7 pm one", "the one at 6:30", "both", 早上7点的那个, 都取消.
     answers={
         "en": [
-            *_times(lambda time: f"([the|my] [one|alarm] (at|for) {time}|[the|my] {time} [one|alarm])"),
+            # First, as it wins a tie: "the 7 one" is 7:00, not 7:01 ("one" as the minute).
+            *_times(lambda time: f"[the|my] {time} (one|alarm)"),
+            *_times(lambda time: f"([the|my] [one|alarm] (at|for) {time}|[the|my] {time})"),
             ("(both|all) [of them]", {"every": True}),
         ],
         "zh": [*_times_zh("[取消][那个]{time}[的][那个|闹钟]"), ("(都|全部|所有的|两个都)[取消]", {"every": True})],
