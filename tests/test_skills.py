@@ -323,6 +323,15 @@ def test_a_skill_hears_the_answer_to_its_question(tmp_path: Path) -> None:
     assert matcher.match_answer("jazz", question, {"name": "current_time", "arguments": {}}) is None
     assert matcher.match("jazz") is None  # only as an answer
 
+    timers = {"name": "control_timer", "arguments": {"action": "cancel"}}
+    which = "You have 2 timers: the 5 minute tea timer, the 10 minute pasta timer. Which one?"
+    for length in ("10", "the 10 one", "10。"):  # said, but as a length: not the name of a timer
+        assert matcher.match_answer(length, which, timers) is None
+    assert matcher.match_answer("the 10 minute one", which, timers).arguments == {
+        "action": "cancel",
+        "start_minutes": 10,
+    }
+
     alarms = {"name": "cancel_alarms", "arguments": {}}
     asked_in_chinese = "你有2个闹钟：早上7点、晚上9点30分。要取消哪一个？"
     assert matcher.match_answer("7", asked_in_chinese, alarms).arguments == {"hour": 7}

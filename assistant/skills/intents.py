@@ -430,8 +430,11 @@ def _scope(sentence: str, skill_name: str, found: Skill) -> str:
 
 def _offered(words: str, question: str, found: Skill) -> bool:
     """Whether `words` are a name the question said: in it as whole words (as characters in Chinese),
-    case and punctuation aside, and not only the answers' own words ("the timer" names no timer)."""
+    case and punctuation aside, and not only the answers' own words ("the timer" names no timer) or
+    numbers (the "10" of "the 10 minute timer" is its length)."""
     words, question = _plain(words), _plain(question)
+    if not re.search(r"[^\W\d_]", words):
+        return False
     own = {
         word
         for sentences in found.answers.values()
