@@ -299,6 +299,18 @@ def test_an_alarm_rings_on_across_a_restart_until_it_is_stopped(
     third.stop()
 
 
+def test_two_alarms_that_ring_close_together_both_ring_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ringing = Ringing(tmp_path, monkeypatch)
+    an_alarm_rings(ringing, tmp_path)
+    with sqlite3.connect(tmp_path / "timers.sqlite3") as db:
+        db.execute("INSERT INTO timers (kind, label, due) VALUES ('alarm', 'pills', ?)", (time.time(),))
+    start = len(ringing.said)
+    time.sleep(1.5)
+    assert {"Your gym alarm is ringing.", "Your pills alarm is ringing."} <= set(ringing.said[start + 1 :])
+    assert ringing.say("stop") == "" and ringing.rings_in(0.6) == 0  # both
+    ringing.stop()
+
+
 def test_an_alarm_rings_on_while_the_disk_is_full(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     if os.geteuid() != 0:
         pytest.skip("mounting a small tmpfs as a full state directory needs root (CI runs as root)")

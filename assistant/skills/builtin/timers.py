@@ -571,7 +571,7 @@ def ring_due_timers(context: SkillContext, stop: threading.Event) -> None:
     """
     rung: set[int] = set()  # rung, and still to be deleted
     snoozable = None  # the alarm among them that rang on time, still to be stored: label, when, language
-    ringing = None  # the alarm that rang on time and rings on: what it says, when it rang, when last said
+    ringing = None  # the alarms that rang on time and ring on: what they say, when the last rang, when last said
     wait, failing = TICK, False
     while not stop.wait(wait):
         try:
@@ -584,7 +584,7 @@ def ring_due_timers(context: SkillContext, stop: threading.Event) -> None:
                 stored = db.execute("SELECT label, at, language, stopped FROM rung").fetchone()
                 if ringing is None and stored and not stored[3] and time.time() - stored[1] <= RING_FOR:
                     said = _ring("alarm", stored[0], time.time(), context.announced_in(stored[2]))
-                    ringing = (said, stored[1], time.time())  # rang before a restart: rings on at the next time
+                    ringing = ((said,), stored[1], time.time())  # rang before a restart: rings on at the next time
                 elif ringing and snoozable is None and (stored is None or stored[1] != ringing[1]):
                     ringing = None  # turned off or snoozed: its row is gone
                 if ringing and context.stopped_at >= ringing[1] and stored and not stored[3]:
@@ -596,7 +596,9 @@ def ring_due_timers(context: SkillContext, stop: threading.Event) -> None:
                     rung.add(row_id)
                     if kind == "alarm" and time.time() - due_at <= LATE:  # not one said late
                         snoozable = (label, time.time(), language)
-                        ringing = (said, snoozable[1], snoozable[1])
+                        # One ringing already rings on with it, unless "stop" was said to it.
+                        before = ringing[0] if ringing and context.stopped_at < ringing[1] else ()
+                        ringing = ((*dict.fromkeys([*before, said]),), snoozable[1], snoozable[1])
             if rung:
                 with _db(context) as db:
                     db.executemany("DELETE FROM timers WHERE id = ?", [(row_id,) for row_id in rung])
@@ -617,8 +619,11 @@ def ring_due_timers(context: SkillContext, stop: threading.Event) -> None:
         ringing = _ring_on(context, ringing)
 
 
-def _ring_on(context: SkillContext, ringing: tuple[str, float, float] | None) -> tuple[str, float, float] | None:
-    """Say the ringing alarm again when it is time to; None once it has rung for long enough or "stop" was said."""
+Ringing = tuple[tuple[str, ...], float, float]
+
+
+def _ring_on(context: SkillContext, ringing: Ringing | None) -> Ringing | None:
+    """Say the ringing alarms again when it is time to; None once they have rung for long enough or "stop" was said."""
     if ringing is None:
         return None
     said, rang, last = ringing
@@ -626,6 +631,7 @@ def _ring_on(context: SkillContext, ringing: tuple[str, float, float] | None) ->
     if now - rang > RING_FOR or context.stopped_at >= rang:
         return None
     if now - last >= RING_EVERY:
-        context.say(said)
+        for text in said:
+            context.say(text)
         return said, rang, now
     return ringing
