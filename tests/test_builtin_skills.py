@@ -60,6 +60,7 @@ def test_an_item_asked_for_twice_is_kept_once_and_lists_are_asked_for_as_people_
     say = lambda text: registry.call(*matched(registry, text)).text  # noqa: E731
     assert say("add milk to my shopping list") == "Added milk to the shopping list."
     assert say("add Milk to the shopping list") == "Milk is already on the shopping list."
+    assert say("add milk to the shopping list") == "Milk is already on the shopping list."  # as a sentence starts
     assert say("take a note call the plumber") == "Noted."
     assert say("take a note Call the plumber") == "That is already in your notes."
     for asked in ("what is on my shopping list", "read me my shopping list", "what do I need to buy"):
