@@ -120,6 +120,9 @@ class TurnManager:
                 yield from self._run_call(call, confirmed=True)
                 return
             if answer is False:
+                if self.intents and (heard := self.intents.match(text)) and heard.skill == "stop":
+                    # "stop" to an alarm that rang meanwhile: it stops too, as it does without a question.
+                    self.registry.context.stopped_at = time.time()
                 yield TurnEvent("text", self._say(WONT))
                 return
             log.info("not an answer to the confirmation: %s dropped", call["name"])

@@ -312,6 +312,20 @@ def test_two_alarms_that_ring_close_together_both_ring_on(tmp_path: Path, monkey
     ringing.stop()
 
 
+def test_stop_said_while_a_question_waits_stops_the_alarm_too(
+    tiny_int8: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ringing = Ringing(tmp_path, monkeypatch)
+    engine = Engine(tiny_int8, kv_cache_len=2048)
+    conversation = Conversation(engine, "You are a test.", 16, ringing.registry.tools())
+    manager = TurnManager(conversation, ringing.registry, Sampler())
+    replies = lambda text: [e.text for e in manager.turn(text) if e.kind in ("text", "confirm")]  # noqa: E731
+    assert replies("clear my shopping list") == ["Do you really want me to run clear shopping list?"]
+    an_alarm_rings(ringing, tmp_path)
+    assert replies("stop") == ["Okay, I won't."] and ringing.rings_in(0.6) == 0  # the question, and the alarm
+    ringing.stop()
+
+
 def test_an_alarm_rings_on_while_the_disk_is_full(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     if os.geteuid() != 0:
         pytest.skip("mounting a small tmpfs as a full state directory needs root (CI runs as root)")
