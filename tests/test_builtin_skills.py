@@ -300,6 +300,21 @@ def test_an_alarm_rings_on_across_a_restart_until_it_is_stopped(
     third.stop()
 
 
+def test_a_ringing_alarm_is_stopped_as_people_say_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ringing = Ringing(tmp_path, monkeypatch)
+    ways = [("stop the alarm", ""), ("停止闹钟", ""), ("闹钟别响了", ""), ("turn the alarm off", "Alarm off."),
+            ("关闭闹钟", "闹钟关了。")]  # fmt: skip
+    for said, reply in ways:
+        ringing.said.clear()
+        an_alarm_rings(ringing, tmp_path)
+        ringing.registry.context.language = "zh" if reply.startswith("闹") else "en"
+        assert ringing.say(said) == reply and ringing.rings_in(0.6) == 0, said
+    ringing.registry.context.language = "en"
+    ringing.registry.call("set_alarm", {"hour": 7})
+    assert ringing.say("stop the alarm") == "" and "7:00" in ringing.say("what alarms do I have")  # nothing rang
+    ringing.stop()
+
+
 def test_two_alarms_that_ring_close_together_both_ring_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     ringing = Ringing(tmp_path, monkeypatch)
     an_alarm_rings(ringing, tmp_path)

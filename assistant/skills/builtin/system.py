@@ -16,7 +16,11 @@ STEP = 10
 
 # These three answer fixed phrases: when the prompt is tight, the model need not know them.
 @skill(
-    sentences={"en": ["stop", "be quiet", "cancel", "forget it"], "zh": ["停", "停止", "别说了", "算了", "没事了"]},
+    sentences={
+        # "Stop the alarm" stops one that rings and touches no alarm set for later (as "turn off the alarm" would).
+        "en": ["stop", "be quiet", "cancel", "forget it", "(stop|silence) [the|my] alarm"],
+        "zh": ["停", "停止", "别说了", "算了", "没事了", "停止闹钟", "[闹钟]别响了"],
+    },
     intents={"HassNevermind": {}},
     optional_tool=True,
 )

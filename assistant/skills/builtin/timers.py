@@ -428,7 +428,7 @@ def control_timer(
 # Cancelling one alarm by its time, said as set_alarm takes it: "cancel the alarm at 7 pm", "cancel
 # my 7 pm alarm" (each template costs every sentence some match time: both word orders in one).
 CANCEL = "(cancel|delete|remove|turn off) [my|the] "
-ZH_CANCEL = "(取消|关掉|删除|删掉)[我的][明天]{time}的闹钟"
+ZH_CANCEL = "(取消|关掉|关闭|删除|删掉)[我的][明天]{time}的闹钟"
 
 
 def _cancel_at(time: str) -> str:
@@ -439,13 +439,14 @@ def _cancel_at(time: str) -> str:
     sentences={
         "en": [
             CANCEL + "alarm",
+            "turn [my|the] alarm off",
             (CANCEL + "alarms", {"every": True}),
             ("(cancel|delete|remove|turn off) all [of] [my|the] alarm[s]", {"every": True}),
             *_times(_cancel_at),
         ],
         "zh": [
-            "(取消|关掉|删除|删掉)[我的]闹钟",
-            "把闹钟(取消|关掉|删掉)",
+            "(取消|关掉|关闭|删除|删掉)[我的]闹钟",
+            "把闹钟(取消|关掉|关闭|关了|删掉)",
             ("(取消|关掉|删除|删掉)[我的](所有|全部)[的]闹钟", {"every": True}),
             ("把(所有|全部)[的]闹钟[都](取消|关掉|删掉)", {"every": True}),
             *_times_zh(ZH_CANCEL),
