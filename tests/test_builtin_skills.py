@@ -272,15 +272,17 @@ class Ringing:
         time.sleep(0.5)  # as the daemon waits for its background tasks
 
 
-def an_alarm_rings(ringing: Ringing, state: Path, meanwhile: Callable[[], None] = lambda: None) -> None:
-    """An alarm due in a moment; `meanwhile` runs before it rings."""
+def an_alarm_rings(ringing: Ringing, state: Path, meanwhile: Callable[[], None] = lambda: None) -> datetime:
+    """An alarm due in a moment, and when; `meanwhile` runs before it rings."""
+    due = time.time() + 0.5
     with sqlite3.connect(state / "timers.sqlite3") as db:
-        db.execute("INSERT INTO timers (kind, label, due) VALUES ('alarm', 'gym', ?)", (time.time() + 0.5,))
+        db.execute("INSERT INTO timers (kind, label, due) VALUES ('alarm', 'gym', ?)", (due,))
     meanwhile()
     deadline = time.monotonic() + 5
     while not ringing.said and time.monotonic() < deadline:
         time.sleep(0.02)
     assert ringing.said == ["Your gym alarm is ringing."]
+    return datetime.fromtimestamp(due)
 
 
 def test_an_alarm_rings_on_across_a_restart_until_it_is_stopped(
@@ -310,6 +312,13 @@ def test_a_ringing_alarm_is_stopped_as_people_say_it(tmp_path: Path, monkeypatch
         ringing.registry.context.language = "zh" if reply.startswith("闹") else "en"
         assert ringing.say(said) == reply and ringing.rings_in(0.6) == 0, said
     ringing.registry.context.language = "en"
+    ringing.said.clear()
+    at = an_alarm_rings(ringing, tmp_path)  # its row is gone once rung: cancelled by its time, it is the ringing one
+    assert ringing.say(f"cancel the alarm at {at.hour}:{at.minute:02d}") == "Alarm off." and ringing.rings_in(0.6) == 0
+    ringing.registry.call("set_alarm", {"hour": 7})
+    ringing.said.clear()
+    an_alarm_rings(ringing, tmp_path)
+    assert ringing.say("turn off all my alarms") == "Alarm off. Cancelled 1 alarm." and ringing.rings_in(0.6) == 0
     ringing.registry.call("set_alarm", {"hour": 7})
     assert ringing.say("stop the alarm") == "" and "7:00" in ringing.say("what alarms do I have")  # nothing rang
     ringing.stop()

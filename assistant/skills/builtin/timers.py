@@ -24,14 +24,14 @@ SCHEMA = """CREATE TABLE IF NOT EXISTS timers (
     length REAL NOT NULL DEFAULT 0, paused_left REAL, language TEXT NOT NULL DEFAULT 'en');
 CREATE TABLE IF NOT EXISTS rung (
     id INTEGER PRIMARY KEY CHECK (id = 0), label TEXT NOT NULL, at REAL NOT NULL, language TEXT NOT NULL,
-    stopped INTEGER NOT NULL DEFAULT 0);"""
+    stopped INTEGER NOT NULL DEFAULT 0, due REAL NOT NULL DEFAULT 0);"""
 # `rung` is the last alarm that rang on time, which "snooze" sets again; `stopped` once "stop" was said
-# to it, so that a restart does not ring it on.
+# to it, so that a restart does not ring it on; `due` the time it was set for, by which it is cancelled.
 # Columns added since the first release, for state directories that have the older tables.
 # `language` is that of the request that set the timer: it rings later, outside any turn.
 NEW_COLUMNS = {
     "timers": ("length REAL NOT NULL DEFAULT 0", "paused_left REAL", "language TEXT NOT NULL DEFAULT 'en'"),
-    "rung": ("stopped INTEGER NOT NULL DEFAULT 0",),
+    "rung": ("stopped INTEGER NOT NULL DEFAULT 0", "due REAL NOT NULL DEFAULT 0"),
 }
 TICK = 0.25  # seconds between looks at the clock
 MAX_TIMER = 24 * 3600  # seconds; longer is an alarm's job
@@ -478,10 +478,15 @@ def cancel_alarms(
         every: true to cancel every alarm
     """
     with _db(context) as db:
-        rang = db.execute("SELECT at FROM rung WHERE NOT stopped").fetchone()
-        if hour is None and not every and rang and time.time() - rang[0] <= RING_FOR and context.stopped_at < rang[0]:
-            db.execute("DELETE FROM rung")  # "turn off the alarm" while one rings: that one, and no snooze after
-            return context.localized("Alarm off.", zh="闹钟关了。")
+        rang = db.execute("SELECT at, due FROM rung WHERE NOT stopped").fetchone()
+        ringing = rang and time.time() - rang[0] <= RING_FOR and context.stopped_at < rang[0]
+        set_for = datetime.fromtimestamp(rang[1]) if ringing else None
+        # The alarm ringing is turned off by "turn off the alarm", by its time, or with all the others.
+        off = ringing and (hour is None or every or (set_for.hour, set_for.minute) == (hour, minute))
+        if off:
+            db.execute("DELETE FROM rung")  # and no snooze after
+            if not every:
+                return context.localized("Alarm off.", zh="闹钟关了。")
         alarms = [(i, datetime.fromtimestamp(due)) for i, due in
                   db.execute("SELECT id, due FROM timers WHERE kind = 'alarm' ORDER BY due")]  # fmt: skip
         if hour is not None:
@@ -502,6 +507,8 @@ def cancel_alarms(
                 zh=f"你有{len(alarms)}个闹钟：{times_zh}。要取消哪一个？",
             )
         db.executemany("DELETE FROM timers WHERE id = ?", [(i,) for i, _ in picked])
+    if off and not picked:
+        return context.localized("Alarm off.", zh="闹钟关了。")
     if not picked:
         return context.localized("No alarm is set.", zh="没有设置闹钟。")
     if len(picked) == 1 and not every:
@@ -511,7 +518,8 @@ def cancel_alarms(
             zh=f"已取消{clock(at.hour, at.minute, 'zh')}的闹钟。",
         )
     count = len(picked)
-    return context.localized(f"Cancelled {count} alarm{'s' if count != 1 else ''}.", zh=f"已取消{count}个闹钟。")
+    cancelled = context.localized(f"Cancelled {count} alarm{'s' if count != 1 else ''}.", zh=f"已取消{count}个闹钟。")
+    return context.localized("Alarm off. ", zh="闹钟关了。") + cancelled if off else cancelled
 
 
 @skill(
@@ -571,7 +579,7 @@ def ring_due_timers(context: SkillContext, stop: threading.Event) -> None:
     rung twice. An alarm ringing when the assistant restarts (or reloads) rings on after it.
     """
     rung: set[int] = set()  # rung, and still to be deleted
-    snoozable = None  # the alarm among them that rang on time, still to be stored: label, when, language
+    snoozable = None  # the alarm among them that rang on time, still to be stored: label, when, language, due
     ringing = None  # the alarms that rang on time and ring on: what they say, when the last rang, when last said
     wait, failing = TICK, False
     while not stop.wait(wait):
@@ -596,7 +604,7 @@ def ring_due_timers(context: SkillContext, stop: threading.Event) -> None:
                     context.say(said)
                     rung.add(row_id)
                     if kind == "alarm" and time.time() - due_at <= LATE:  # not one said late
-                        snoozable = (label, time.time(), language)
+                        snoozable = (label, time.time(), language, due_at)
                         # One ringing already rings on with it, unless "stop" was said to it.
                         before = ringing[0] if ringing and context.stopped_at < ringing[1] else ()
                         ringing = ((*dict.fromkeys([*before, said]),), snoozable[1], snoozable[1])
@@ -605,7 +613,8 @@ def ring_due_timers(context: SkillContext, stop: threading.Event) -> None:
                     db.executemany("DELETE FROM timers WHERE id = ?", [(row_id,) for row_id in rung])
                     if snoozable is not None:
                         db.execute(
-                            "INSERT OR REPLACE INTO rung (id, label, at, language) VALUES (0, ?, ?, ?)", snoozable
+                            "INSERT OR REPLACE INTO rung (id, label, at, language, due) VALUES (0, ?, ?, ?, ?)",
+                            snoozable,
                         )
                 rung.clear()
                 snoozable = None
