@@ -666,6 +666,8 @@ def test_stop_and_what_can_you_do(tmp_path: Path) -> None:
     can = lambda: registry.call("what_can_you_do", {}).text  # noqa: E731
     builtins = "keep notes and a shopping list; change the volume; tell the time; tell the date; set timers"
     assert can() == f"I can {builtins} and set alarms."  # said as a person would, never "stop"
+    for asked in ("what else can you do", "what can I ask you", "你会做什么", "你都能干什么", "你会什么"):
+        assert matched(registry, asked)[0] == "what_can_you_do", asked
 
     # The household's own skills are said too, after the built-ins, even with a dozen of them.
     def skill_file(folder: Path, name: str, description: str) -> None:
