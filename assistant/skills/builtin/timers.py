@@ -6,6 +6,7 @@ A background clock rings whatever is due, including what fell due while the assi
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import re
 import sqlite3
@@ -24,14 +25,15 @@ SCHEMA = """CREATE TABLE IF NOT EXISTS timers (
     length REAL NOT NULL DEFAULT 0, paused_left REAL, language TEXT NOT NULL DEFAULT 'en');
 CREATE TABLE IF NOT EXISTS rung (
     id INTEGER PRIMARY KEY CHECK (id = 0), label TEXT NOT NULL, at REAL NOT NULL, language TEXT NOT NULL,
-    stopped INTEGER NOT NULL DEFAULT 0, due REAL NOT NULL DEFAULT 0);"""
+    stopped INTEGER NOT NULL DEFAULT 0, due REAL NOT NULL DEFAULT 0, others TEXT NOT NULL DEFAULT '[]');"""
 # `rung` is the last alarm that rang on time, which "snooze" sets again; `stopped` once "stop" was said
-# to it, so that a restart does not ring it on; `due` the time it was set for, by which it is cancelled.
+# to it, so that a restart does not ring it on; `due` the time it was set for, by which it is cancelled;
+# `others` the alarms still ringing when it rang ([label, language] each), snoozed with it.
 # Columns added since the first release, for state directories that have the older tables.
 # `language` is that of the request that set the timer: it rings later, outside any turn.
 NEW_COLUMNS = {
     "timers": ("length REAL NOT NULL DEFAULT 0", "paused_left REAL", "language TEXT NOT NULL DEFAULT 'en'"),
-    "rung": ("stopped INTEGER NOT NULL DEFAULT 0", "due REAL NOT NULL DEFAULT 0"),
+    "rung": ("stopped INTEGER NOT NULL DEFAULT 0", "due REAL NOT NULL DEFAULT 0", "others TEXT NOT NULL DEFAULT '[]'"),
 }
 TICK = 0.25  # seconds between looks at the clock
 MAX_TIMER = 24 * 3600  # seconds; longer is an alarm's job
@@ -536,14 +538,14 @@ def snooze(context: SkillContext, minutes: Annotated[int, Range(1, 60)] = 9) -> 
         minutes: minutes until it rings again
     """
     with _db(context) as db:
-        rang = db.execute("SELECT label, at, language FROM rung").fetchone()
+        rang = db.execute("SELECT label, at, language, others FROM rung").fetchone()
         if rang is None or time.time() - rang[1] > SNOOZE_WITHIN:
             return context.localized("No alarm has rung just now.", zh="刚才没有闹钟响。")
-        label, _, language = rang
+        label, _, language, others = rang
         again = datetime.now().replace(second=0, microsecond=0) + timedelta(minutes=minutes)
-        db.execute(
+        db.executemany(
             "INSERT INTO timers (kind, label, due, language) VALUES ('alarm', ?, ?, ?)",
-            (label, again.timestamp(), language),
+            [(name, again.timestamp(), said_in) for name, said_in in [*json.loads(others), (label, language)]],
         )
         db.execute("DELETE FROM rung")  # snoozed once: a second "snooze" is for the next ring
     return context.localized(
@@ -579,8 +581,8 @@ def ring_due_timers(context: SkillContext, stop: threading.Event) -> None:
     rung twice. An alarm ringing when the assistant restarts (or reloads) rings on after it.
     """
     rung: set[int] = set()  # rung, and still to be deleted
-    snoozable = None  # the alarm among them that rang on time, still to be stored: label, when, language, due
-    ringing = None  # the alarms that rang on time and ring on: what they say, when the last rang, when last said
+    snoozable = None  # the alarm among them that rang on time, still to be stored: a row of `rung`
+    ringing = None  # the alarms that rang on time and ring on: (label, language) each, when the last rang, when said
     wait, failing = TICK, False
     while not stop.wait(wait):
         try:
@@ -590,30 +592,31 @@ def ring_due_timers(context: SkillContext, stop: threading.Event) -> None:
                     " WHERE due <= ? AND paused_left IS NULL ORDER BY due",
                     (time.time(),),
                 ).fetchall()
-                stored = db.execute("SELECT label, at, language, stopped FROM rung").fetchone()
+                stored = db.execute("SELECT label, at, language, stopped, others FROM rung").fetchone()
                 if ringing is None and stored and not stored[3] and time.time() - stored[1] <= RING_FOR:
-                    said = _ring("alarm", stored[0], time.time(), context.announced_in(stored[2]))
-                    ringing = ((said,), stored[1], time.time())  # rang before a restart: rings on at the next time
+                    alarms = (*map(tuple, json.loads(stored[4])), (stored[0], stored[2]))
+                    ringing = (alarms, stored[1], time.time())  # rang before a restart: rings on at the next time
                 elif ringing and snoozable is None and (stored is None or stored[1] != ringing[1]):
                     ringing = None  # turned off or snoozed: its row is gone
                 if ringing and context.stopped_at >= ringing[1] and stored and not stored[3]:
                     db.execute("UPDATE rung SET stopped = 1")  # a restart does not ring it again
             for row_id, kind, label, due_at, language in due:
                 if row_id not in rung:
-                    said = _ring(kind, label, due_at, context.announced_in(language))
-                    context.say(said)
+                    context.say(_ring(kind, label, due_at, context.announced_in(language)))
                     rung.add(row_id)
                     if kind == "alarm" and time.time() - due_at <= LATE:  # not one said late
-                        snoozable = (label, time.time(), language, due_at)
-                        # One ringing already rings on with it, unless "stop" was said to it.
-                        before = ringing[0] if ringing and context.stopped_at < ringing[1] else ()
-                        ringing = ((*dict.fromkeys([*before, said]),), snoozable[1], snoozable[1])
+                        # One ringing already rings on with it, and is snoozed with it, unless "stop" was said to it.
+                        still = ringing and context.stopped_at < ringing[1]
+                        before = [alarm for alarm in ringing[0] if alarm != (label, language)] if still else []
+                        snoozable = (label, time.time(), language, due_at, json.dumps(before))
+                        ringing = ((*before, (label, language)), snoozable[1], snoozable[1])
             if rung:
                 with _db(context) as db:
                     db.executemany("DELETE FROM timers WHERE id = ?", [(row_id,) for row_id in rung])
                     if snoozable is not None:
                         db.execute(
-                            "INSERT OR REPLACE INTO rung (id, label, at, language, due) VALUES (0, ?, ?, ?, ?)",
+                            "INSERT OR REPLACE INTO rung (id, label, at, language, due, others)"
+                            " VALUES (0, ?, ?, ?, ?, ?)",
                             snoozable,
                         )
                 rung.clear()
@@ -629,19 +632,19 @@ def ring_due_timers(context: SkillContext, stop: threading.Event) -> None:
         ringing = _ring_on(context, ringing)
 
 
-Ringing = tuple[tuple[str, ...], float, float]
+Ringing = tuple[tuple[tuple[str, str], ...], float, float]
 
 
 def _ring_on(context: SkillContext, ringing: Ringing | None) -> Ringing | None:
     """Say the ringing alarms again when it is time to; None once they have rung for long enough or "stop" was said."""
     if ringing is None:
         return None
-    said, rang, last = ringing
+    alarms, rang, last = ringing
     now = time.time()
     if now - rang > RING_FOR or context.stopped_at >= rang:
         return None
     if now - last >= RING_EVERY:
-        for text in said:
-            context.say(text)
-        return said, rang, now
+        for label, language in alarms:
+            context.say(_ring("alarm", label, now, context.announced_in(language)))
+        return alarms, rang, now
     return ringing
