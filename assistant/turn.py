@@ -71,8 +71,9 @@ class TurnManager:
         # Per asker (a control connection, or None for the microphone): a call waiting for its
         # confirmation, with the time it lapses, and the last reply ("repeat that" hears its own).
         self.pending: dict[Hashable, tuple[dict, float]] = {}
-        # Per asker: the call whose skill asked a question ("Which one?"), the question, when it lapses.
-        self.asked: dict[Hashable, tuple[dict, str, float]] = {}
+        # Per asker: the call whose skill asked a question ("Which one?"), the question, when it lapses,
+        # and whether that call was confirmed (its answer then needs no second confirmation).
+        self.asked: dict[Hashable, tuple[dict, str, float, bool]] = {}
         self.last_replies: dict[Hashable, str] = {}
         # Per asker, its own exchanges: one client's words are never in the context of another's reply.
         self.histories: dict[Hashable, list[dict]] = {}
@@ -120,21 +121,25 @@ class TurnManager:
                 yield from self._run_call(call, confirmed=True)
                 return
             if answer is False:
+                if self.intents and (heard := self.intents.match(text)) and heard.skill == "stop":
+                    # "stop" to an alarm that rang meanwhile: it stops too, as it does without a question.
+                    self.registry.context.stopped_at = time.time()
                 yield TurnEvent("text", self._say(WONT))
                 return
             log.info("not an answer to the confirmation: %s dropped", call["name"])
-        asking, question, lapses = self.asked.pop(self.asker, (None, "", 0.0))
+        asking, question, lapses, confirmed = self.asked.pop(self.asker, (None, "", 0.0, False))
         match = None
         if self.intents and asking is not None and time.monotonic() < lapses:
             match = self.intents.match_answer(text, question, asking)
             log.info("%s answer to %s's question", "an" if match else "not an", asking["name"])
+        confirmed = confirmed and match is not None  # "unlock the door", "yes", "Which one?", "the front one"
         if self.intents and (match := match or self.intents.match(text)):
             self.registry.context.language = match.language.split("-")[0]  # "kitchen light开着吗" matched in Chinese
             log.info("local intent %s %s%s", match.skill, match.arguments, f": {match.reply}" if match.reply else "")
             self.conversation.messages.append({"role": "user", "content": text})
             spoken = []
             call = {"name": match.skill, "arguments": match.arguments}
-            events = [TurnEvent("text", match.reply)] if match.reply else self._run_call(call)
+            events = [TurnEvent("text", match.reply)] if match.reply else self._run_call(call, confirmed)
             for event in events:
                 spoken += [event.text] if event.kind in ("text", "error", "confirm") else []
                 yield event
@@ -216,7 +221,7 @@ class TurnManager:
         yield TurnEvent("skill_result", call["name"], result.data if result.text is None else result.text)
         if result.text is not None:
             if found is not None and found.answers and asks(result.text):
-                self.asked[self.asker] = (call, result.text, time.monotonic() + CONFIRM_SECONDS)
+                self.asked[self.asker] = (call, result.text, time.monotonic() + CONFIRM_SECONDS, confirmed)
             yield TurnEvent("text", result.text)
 
 

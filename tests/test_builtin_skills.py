@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import sqlite3
@@ -9,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -58,6 +60,7 @@ def test_an_item_asked_for_twice_is_kept_once_and_lists_are_asked_for_as_people_
     say = lambda text: registry.call(*matched(registry, text)).text  # noqa: E731
     assert say("add milk to my shopping list") == "Added milk to the shopping list."
     assert say("add Milk to the shopping list") == "Milk is already on the shopping list."
+    assert say("add milk to the shopping list") == "Milk is already on the shopping list."  # as a sentence starts
     assert say("take a note call the plumber") == "Noted."
     assert say("take a note Call the plumber") == "That is already in your notes."
     for asked in ("what is on my shopping list", "read me my shopping list", "what do I need to buy"):
@@ -237,6 +240,143 @@ def test_an_alarm_rings_on_until_stopped_turned_off_or_snoozed(tmp_path: Path, m
         assert rings_in(1.0) >= 1 and rings_in(1.0) == 0  # unheeded, it gives up
     finally:
         clock_running.set()
+
+
+class Ringing:
+    """A registry on `state` with its timers' clock running, as the assistant (re)starts it, with rings
+    every 0.2 s for 5 s."""
+
+    def __init__(self, state: Path, monkeypatch: pytest.MonkeyPatch):
+        self.said: list[str] = []
+        self.registry = registry_in(state, self.said)
+        timers = self.registry.skills["cancel_alarms"].func.__globals__
+        monkeypatch.setitem(timers, "RING_EVERY", 0.2)
+        monkeypatch.setitem(timers, "RING_FOR", 5.0)
+        monkeypatch.setitem(timers, "MAX_BACKOFF", 0.3)
+        self.registry.call("list_timers", {})  # the tables made
+        self.stopped = threading.Event()
+        self.registry.start_background(self.stopped)
+
+    def say(self, text: str) -> str:
+        match = IntentMatcher(self.registry.skills).match(text)
+        result = self.registry.call(match.skill, match.arguments)
+        return result.text if result.error is None else result.error
+
+    def rings_in(self, seconds: float) -> int:
+        start = len(self.said)
+        time.sleep(seconds)
+        return len(self.said) - start
+
+    def stop(self) -> None:
+        self.stopped.set()
+        time.sleep(0.5)  # as the daemon waits for its background tasks
+
+
+def an_alarm_rings(ringing: Ringing, state: Path, meanwhile: Callable[[], None] = lambda: None) -> datetime:
+    """An alarm due in a moment, and when; `meanwhile` runs before it rings."""
+    due = time.time() + 0.5
+    with sqlite3.connect(state / "timers.sqlite3") as db:
+        db.execute("INSERT INTO timers (kind, label, due) VALUES ('alarm', 'gym', ?)", (due,))
+    meanwhile()
+    deadline = time.monotonic() + 5
+    while not ringing.said and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert ringing.said == ["Your gym alarm is ringing."]
+    return datetime.fromtimestamp(due)
+
+
+def test_an_alarm_rings_on_across_a_restart_until_it_is_stopped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = Ringing(tmp_path, monkeypatch)
+    an_alarm_rings(first, tmp_path)
+    first.stop()  # a restart, or a reload (which starts the skills' clock anew), while it rings
+    second = Ringing(tmp_path, monkeypatch)
+    assert second.rings_in(1.0) >= 2 and set(second.said) == {"Your gym alarm is ringing."}
+    assert second.say("stop") == "" and second.rings_in(0.6) == 0
+    second.stop()
+    third = Ringing(tmp_path, monkeypatch)
+    assert third.rings_in(1.0) == 0  # stopped is stopped, restart or not
+    assert third.say("turn off the alarm") == "No alarm is set."  # nothing rings: not "Alarm off."
+    assert third.say("snooze").startswith("Snoozed until ")  # as after a stop without a restart
+    third.stop()
+
+
+def test_a_ringing_alarm_is_stopped_as_people_say_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ringing = Ringing(tmp_path, monkeypatch)
+    ways = [("stop the alarm", ""), ("停止闹钟", ""), ("闹钟别响了", ""), ("turn the alarm off", "Alarm off."),
+            ("关闭闹钟", "闹钟关了。")]  # fmt: skip
+    for said, reply in ways:
+        ringing.said.clear()
+        an_alarm_rings(ringing, tmp_path)
+        ringing.registry.context.language = "zh" if reply.startswith("闹") else "en"
+        assert ringing.say(said) == reply and ringing.rings_in(0.6) == 0, said
+    ringing.registry.context.language = "en"
+    ringing.said.clear()
+    at = an_alarm_rings(ringing, tmp_path)  # its row is gone once rung: cancelled by its time, it is the ringing one
+    assert ringing.say(f"cancel the alarm at {at.hour}:{at.minute:02d}") == "Alarm off." and ringing.rings_in(0.6) == 0
+    ringing.registry.call("set_alarm", {"hour": 7})
+    ringing.said.clear()
+    an_alarm_rings(ringing, tmp_path)
+    assert ringing.say("turn off all my alarms") == "Alarm off. Cancelled 1 alarm." and ringing.rings_in(0.6) == 0
+    ringing.registry.call("set_alarm", {"hour": 7})
+    assert ringing.say("stop the alarm") == "" and "7:00" in ringing.say("what alarms do I have")  # nothing rang
+    ringing.stop()
+
+
+def test_two_alarms_that_ring_close_together_both_ring_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ringing = Ringing(tmp_path, monkeypatch)
+    an_alarm_rings(ringing, tmp_path)
+    with sqlite3.connect(tmp_path / "timers.sqlite3") as db:
+        db.execute("INSERT INTO timers (kind, label, due) VALUES ('alarm', 'pills', ?)", (time.time(),))
+    start = len(ringing.said)
+    time.sleep(1.5)
+    assert {"Your gym alarm is ringing.", "Your pills alarm is ringing."} <= set(ringing.said[start + 1 :])
+    assert ringing.say("snooze").startswith("Snoozed until ") and ringing.rings_in(0.6) == 0  # both
+    with sqlite3.connect(tmp_path / "timers.sqlite3") as db:
+        assert sorted(db.execute("SELECT label FROM timers WHERE kind = 'alarm'")) == [("gym",), ("pills",)]
+    ringing.stop()
+
+
+def test_stop_said_while_a_question_waits_stops_the_alarm_too(
+    tiny_int8: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ringing = Ringing(tmp_path, monkeypatch)
+    engine = Engine(tiny_int8, kv_cache_len=2048)
+    conversation = Conversation(engine, "You are a test.", 16, ringing.registry.tools())
+    manager = TurnManager(conversation, ringing.registry, Sampler())
+    replies = lambda text: [e.text for e in manager.turn(text) if e.kind in ("text", "confirm")]  # noqa: E731
+    assert replies("clear my shopping list") == ["Do you really want me to run clear shopping list?"]
+    an_alarm_rings(ringing, tmp_path)
+    assert replies("stop") == ["Okay, I won't."] and ringing.rings_in(0.6) == 0  # the question, and the alarm
+    ringing.stop()
+
+
+def test_an_alarm_rings_on_while_the_disk_is_full(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs as a full state directory needs root (CI runs as root)")
+    state = tmp_path / "state"
+    state.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(state)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+
+        def fill_the_disk() -> None:
+            with open(state / "filler", "wb") as filler, contextlib.suppress(OSError):
+                while True:
+                    filler.write(b"\0" * 65536)
+                    filler.flush()
+
+        ringing = Ringing(state, monkeypatch)
+        an_alarm_rings(ringing, state, meanwhile=fill_the_disk)  # it cannot be stored as rung
+        assert ringing.rings_in(1.5) >= 2  # the clock goes on, and so does the alarm
+        assert ringing.say("stop") == "" and ringing.rings_in(1.0) == 0
+        (state / "filler").unlink()
+        assert ringing.rings_in(1.0) == 0 and ringing.say("snooze").startswith("Snoozed until ")
+        ringing.stop()
+    finally:
+        subprocess.run(["umount", "-l", str(state)], check=True)
 
 
 def matched(registry: Registry, text: str) -> tuple[str, dict]:
@@ -480,6 +620,9 @@ def test_which_one_is_answered_without_the_verb(
     assert "21:30" not in alarms() and "7:00" in alarms()
     registry.call("set_alarm", {"hour": 21, "minute": 30})
     assert replies("cancel my alarm")[0].endswith("Which one?")
+    assert replies("the 7 one") == ["Cancelled the alarm at 7:00."]  # "one" is no minute
+    registry.call("set_alarm", {"hour": 7})
+    assert replies("cancel my alarm")[0].endswith("Which one?")
     assert replies("both") == ["Cancelled 2 alarms."]
 
     registry.call("set_timer", {"minutes": 10, "label": "pasta"})
@@ -525,6 +668,8 @@ def test_stop_and_what_can_you_do(tmp_path: Path) -> None:
     can = lambda: registry.call("what_can_you_do", {}).text  # noqa: E731
     builtins = "keep notes and a shopping list; change the volume; tell the time; tell the date; set timers"
     assert can() == f"I can {builtins} and set alarms."  # said as a person would, never "stop"
+    for asked in ("what else can you do", "what can I ask you", "你会做什么", "你都能干什么", "你会什么"):
+        assert matched(registry, asked)[0] == "what_can_you_do", asked
 
     # The household's own skills are said too, after the built-ins, even with a dozen of them.
     def skill_file(folder: Path, name: str, description: str) -> None:

@@ -250,12 +250,33 @@ def test_a_bad_sentence_template_skips_only_its_skill(tmp_path: Path) -> None:
         def boing() -> str:
             \"\"\"Boing.\"\"\"
             return "Which one?"
+
+        @skill(answers={"en": "the {name} one"})
+        def boings(name: str = "") -> str:
+            \"\"\"Boings.\"\"\"
+            return "Which one?"
+
+        @skill(answers={"en": [("both", True)]})
+        def zing(every: bool = False) -> str:
+            \"\"\"Zing.\"\"\"
+            return "Which one?"
+
+        @skill(answers={"en": [("both", {"every": "yes"})]})
+        def zong(every: bool = False) -> str:
+            \"\"\"Zong.\"\"\"
+            return "Which one?"
     """,
     )
     registry = Registry(context=SkillContext(state_dir=tmp_path))
     registry.load_folder(BUILTIN_SKILLS)
     registry.load_folder(tmp_path)
-    assert not {"weather", "weather_in", "warm", "cold", "ping", "pong", "boop", "beep", "boing"} & set(registry.skills)
+    refused = {"weather", "weather_in", "warm", "cold", "ping", "pong", "boop", "beep"} | {
+        "boing",
+        "boings",
+        "zing",
+        "zong",
+    }
+    assert not refused & set(registry.skills)
     problems = "\n".join(registry.problems)
     assert 'skill weather: sentence "what\'s the weather [like today" (en) cannot be parsed' in problems
     assert "skill weather_in: sentence 'weather in {city}' (en): {city} is not a parameter of the skill" in problems
@@ -268,6 +289,9 @@ def test_a_bad_sentence_template_skips_only_its_skill(tmp_path: Path) -> None:
     assert "skill boop: list 'hour': a list needs a name of letters, digits and _ that no parameter has" in problems
     assert "skill beep: sentence 'beep at {hour:hour}' (en): {hour:...} is not one of the skill's lists" in problems
     assert "skill boing: sentence 'the [one' (en) cannot be parsed" in problems  # answers are checked too
+    assert "skill boings: answers (en) is a list of templates, not 'the {name} one'" in problems
+    assert "skill zing: ('both', True) (en) is neither a template nor a (template, {slot: value}) pair" in problems
+    assert "skill zong: sentence 'both' (en): every='yes' does not fit the parameter: 'yes' is not of type" in problems
     matcher = IntentMatcher(registry.skills)  # the other skills' sentences still answer
     assert matcher.match("what time is it").skill == "current_time"
 
@@ -322,6 +346,15 @@ def test_a_skill_hears_the_answer_to_its_question(tmp_path: Path) -> None:
     assert matcher.match_answer("the playlist", question, call) is None  # the answers' own words name nothing
     assert matcher.match_answer("jazz", question, {"name": "current_time", "arguments": {}}) is None
     assert matcher.match("jazz") is None  # only as an answer
+
+    timers = {"name": "control_timer", "arguments": {"action": "cancel"}}
+    which = "You have 2 timers: the 5 minute tea timer, the 10 minute pasta timer. Which one?"
+    for length in ("10", "the 10 one", "10。"):  # said, but as a length: not the name of a timer
+        assert matcher.match_answer(length, which, timers) is None
+    assert matcher.match_answer("the 10 minute one", which, timers).arguments == {
+        "action": "cancel",
+        "start_minutes": 10,
+    }
 
     alarms = {"name": "cancel_alarms", "arguments": {}}
     asked_in_chinese = "你有2个闹钟：早上7点、晚上9点30分。要取消哪一个？"

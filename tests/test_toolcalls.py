@@ -54,10 +54,16 @@ def unlock_door() -> str:
     return "The door is unlocked."
 
 
+@skill(confirm=True, sentences={"en": ["open the gate"]}, answers={"en": ["the {gate} [one|gate]"]})
+def open_gate(gate: str = "") -> str:
+    """Open a gate."""
+    return f"The {gate} gate is open." if gate else "Which gate: front or garden?"
+
+
 @pytest.fixture()
 def registry() -> Registry:
     registry = Registry()
-    for func in (set_timer, light, broken, sleepy, unlock_door):
+    for func in (set_timer, light, broken, sleepy, unlock_door, open_gate):
         registry.add_function(func, "test")
     return registry
 
@@ -167,6 +173,10 @@ def test_confirmation_is_asked_before_a_guarded_skill(tiny_int8: Path, registry:
     events(manager, "unlock the door")  # something else instead of an answer: a new request
     assert events(manager, "set a timer for 5 minutes")[-1] == ("text", "Timer set for 5 minutes.")
     assert "The door is unlocked." not in [text for _, text in events(manager, "yes")]
+    # Confirmed, then asked which: the answer is not asked to be confirmed again.
+    assert events(manager, "open the gate")[-1][0] == "confirm"
+    assert events(manager, "yes")[-1] == ("text", "Which gate: front or garden?")
+    assert events(manager, "the garden one")[-1] == ("text", "The garden gate is open.")
     too_long = events(manager, "light " * 3000)  # more than the context holds, even alone
     assert too_long == [("error", TOO_LONG["en"])]
 

@@ -400,24 +400,40 @@ def check_sentences(found: Skill) -> None:
             raise SkillError(f"{where}: a list is a dict of the words said → the value they stand for")
         if bad := [w for w in values if not isinstance(w, str) or not w.strip() or TEMPLATE_SYNTAX.search(w)]:
             raise SkillError(f"{where}: {bad[0]!r} is not plain words (no ()[]|{{}}<>)")
-    for language, sentences in [*found.sentences.items(), *found.answers.items()]:
-        for sentence in sentences:
-            text, fixed = sentence if isinstance(sentence, tuple) else (sentence, {})
-            where = f"skill {found.name}: sentence {text!r} ({language})"
-            try:
-                parse_sentence(text)
-            except Exception as e:
-                raise SkillError(f"{where} cannot be parsed: {e}") from None
-            for reference in LIST_REFERENCE.finditer(text):
-                list_name, slot = reference.group(1), reference.group(2) or reference.group(1)
-                if slot not in parameters:
-                    raise SkillError(f"{where}: {{{slot}}} is not a parameter of the skill")
-                if reference.group(2) is not None and list_name not in found.lists:  # {list:slot}
-                    raise SkillError(f"{where}: {{{list_name}:...}} is not one of the skill's lists")
-            if unknown := [name for name in fixed if name not in parameters]:
-                raise SkillError(f"{where}: {{{unknown[0]}}} is not a parameter of the skill")
-            if rule := RULE_REFERENCE.search(text):
-                raise SkillError(f"{where}: <{rule.group(1)}> rules are not available in a skill's own sentences")
+    for kind in ("sentences", "answers"):
+        for language, sentences in getattr(found, kind).items():
+            if not isinstance(sentences, list | tuple):  # a str would be taken a character at a time
+                raise SkillError(f"skill {found.name}: {kind} ({language}) is a list of templates, not {sentences!r}")
+            for sentence in sentences:
+                _check_template(found, sentence, language)
+
+
+def _check_template(found: Skill, sentence: Any, language: str) -> None:
+    """Raise SkillError for a template, or a (template, {slot: value}) pair, that cannot be used."""
+    parameters = found.parameters["properties"]
+    pair = isinstance(sentence, tuple) and len(sentence) == 2 and isinstance(sentence[1], dict)
+    text, fixed = sentence if pair else (sentence, {})
+    if not isinstance(text, str):
+        pair_form = "(template, {slot: value}) pair"
+        raise SkillError(f"skill {found.name}: {sentence!r} ({language}) is neither a template nor a {pair_form}")
+    where = f"skill {found.name}: sentence {text!r} ({language})"
+    try:
+        parse_sentence(text)
+    except Exception as e:
+        raise SkillError(f"{where} cannot be parsed: {e}") from None
+    for reference in LIST_REFERENCE.finditer(text):
+        list_name, slot = reference.group(1), reference.group(2) or reference.group(1)
+        if slot not in parameters:
+            raise SkillError(f"{where}: {{{slot}}} is not a parameter of the skill")
+        if reference.group(2) is not None and list_name not in found.lists:  # {list:slot}
+            raise SkillError(f"{where}: {{{list_name}:...}} is not one of the skill's lists")
+    if unknown := [name for name in fixed if name not in parameters]:
+        raise SkillError(f"{where}: {{{unknown[0]}}} is not a parameter of the skill")
+    for name, value in fixed.items():  # else the sentence is heard and silently answers nothing
+        if error := next(jsonschema.Draft202012Validator(parameters[name]).iter_errors(value), None):
+            raise SkillError(f"{where}: {name}={value!r} does not fit the parameter: {error.message}")
+    if rule := RULE_REFERENCE.search(text):
+        raise SkillError(f"{where}: <{rule.group(1)}> rules are not available in a skill's own sentences")
 
 
 def _scope(sentence: str, skill_name: str, found: Skill) -> str:
@@ -430,8 +446,11 @@ def _scope(sentence: str, skill_name: str, found: Skill) -> str:
 
 def _offered(words: str, question: str, found: Skill) -> bool:
     """Whether `words` are a name the question said: in it as whole words (as characters in Chinese),
-    case and punctuation aside, and not only the answers' own words ("the timer" names no timer)."""
+    case and punctuation aside, and not only the answers' own words ("the timer" names no timer) or
+    numbers (the "10" of "the 10 minute timer" is its length)."""
     words, question = _plain(words), _plain(question)
+    if not re.search(r"[^\W\d_]", words):
+        return False
     own = {
         word
         for sentences in found.answers.values()

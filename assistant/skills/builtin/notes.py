@@ -41,7 +41,8 @@ def add_item(text: str, context: SkillContext, list: ListName = "notes") -> str:
         listed = {text.casefold() for (text,) in db.execute("SELECT text FROM items WHERE list = ?", (list,))}
         if item.casefold() in listed:  # asked for twice (by two people, or again to be sure): kept once
             if list == "shopping":
-                return context.localized(f"{item} is already on the shopping list.", zh=f"购物清单上已经有{item}了。")
+                said = item[0].upper() + item[1:]  # it starts the sentence: "milk" as heard is "Milk"
+                return context.localized(f"{said} is already on the shopping list.", zh=f"购物清单上已经有{item}了。")
             return context.localized("That is already in your notes.", zh="笔记里已经有这条了。")
         db.execute("INSERT INTO items (list, text) VALUES (?, ?)", (list, item))
     if list == "shopping":

@@ -16,7 +16,11 @@ STEP = 10
 
 # These three answer fixed phrases: when the prompt is tight, the model need not know them.
 @skill(
-    sentences={"en": ["stop", "be quiet", "cancel", "forget it"], "zh": ["停", "停止", "别说了", "算了", "没事了"]},
+    sentences={
+        # "Stop the alarm" stops one that rings and touches no alarm set for later (as "turn off the alarm" would).
+        "en": ["stop", "be quiet", "cancel", "forget it", "(stop|silence) [the|my] alarm"],
+        "zh": ["停", "停止", "别说了", "算了", "没事了", "停止闹钟", "[闹钟]别响了"],
+    },
     intents={"HassNevermind": {}},
     optional_tool=True,
 )
@@ -36,7 +40,13 @@ def repeat(context: SkillContext) -> str:
     return context.last_reply() or context.localized("I haven't said anything yet.", zh="我还没说过话。")
 
 
-@skill(sentences={"en": ["what can you do", "help"], "zh": ["你能做什么", "帮助"]}, optional_tool=True)
+@skill(
+    sentences={
+        "en": ["what [else|all] can you do", "what can I ask you [to do]", "help"],
+        "zh": ["你[都|还](能|会|可以)(做|干)[些]什么", "你会什么", "帮助"],
+    },
+    optional_tool=True,
+)
 def what_can_you_do(context: SkillContext) -> str:
     """List what the assistant can do."""
     skills = [s for s in context.skills() if s.name not in ("stop", "repeat", "what_can_you_do")]

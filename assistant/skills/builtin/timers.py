@@ -6,6 +6,7 @@ A background clock rings whatever is due, including what fell due while the assi
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import re
 import sqlite3
@@ -23,11 +24,17 @@ SCHEMA = """CREATE TABLE IF NOT EXISTS timers (
     id INTEGER PRIMARY KEY, kind TEXT NOT NULL, label TEXT NOT NULL, due REAL NOT NULL,
     length REAL NOT NULL DEFAULT 0, paused_left REAL, language TEXT NOT NULL DEFAULT 'en');
 CREATE TABLE IF NOT EXISTS rung (
-    id INTEGER PRIMARY KEY CHECK (id = 0), label TEXT NOT NULL, at REAL NOT NULL, language TEXT NOT NULL);"""
-# `rung` is the last alarm that rang on time, which "snooze" sets again.
-# Columns added since the first release, for state directories that have the older table.
+    id INTEGER PRIMARY KEY CHECK (id = 0), label TEXT NOT NULL, at REAL NOT NULL, language TEXT NOT NULL,
+    stopped INTEGER NOT NULL DEFAULT 0, due REAL NOT NULL DEFAULT 0, others TEXT NOT NULL DEFAULT '[]');"""
+# `rung` is the last alarm that rang on time, which "snooze" sets again; `stopped` once "stop" was said
+# to it, so that a restart does not ring it on; `due` the time it was set for, by which it is cancelled;
+# `others` the alarms still ringing when it rang ([label, language] each), snoozed with it.
+# Columns added since the first release, for state directories that have the older tables.
 # `language` is that of the request that set the timer: it rings later, outside any turn.
-NEW_COLUMNS = ("length REAL NOT NULL DEFAULT 0", "paused_left REAL", "language TEXT NOT NULL DEFAULT 'en'")
+NEW_COLUMNS = {
+    "timers": ("length REAL NOT NULL DEFAULT 0", "paused_left REAL", "language TEXT NOT NULL DEFAULT 'en'"),
+    "rung": ("stopped INTEGER NOT NULL DEFAULT 0", "due REAL NOT NULL DEFAULT 0", "others TEXT NOT NULL DEFAULT '[]'"),
+}
 TICK = 0.25  # seconds between looks at the clock
 MAX_TIMER = 24 * 3600  # seconds; longer is an alarm's job
 MAX_BACKOFF = 5.0  # seconds between looks while the stored timers cannot be read or written
@@ -42,14 +49,15 @@ log = logging.getLogger(__name__)
 @contextlib.contextmanager
 def _db(context: SkillContext) -> Iterator[sqlite3.Connection]:
     with context.database("timers", SCHEMA) as db:
-        present = {row[1] for row in db.execute("PRAGMA table_info(timers)")}
-        for column in NEW_COLUMNS:
-            if column.split()[0] not in present:
-                try:
-                    db.execute(f"ALTER TABLE timers ADD COLUMN {column}")
-                except sqlite3.OperationalError as e:  # another process added it since we looked
-                    if "duplicate column" not in str(e):
-                        raise
+        for table, columns in NEW_COLUMNS.items():
+            present = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+            for column in columns:
+                if column.split()[0] not in present:
+                    try:
+                        db.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
+                    except sqlite3.OperationalError as e:  # another process added it since we looked
+                        if "duplicate column" not in str(e):
+                            raise
         yield db
 
 
@@ -422,7 +430,7 @@ def control_timer(
 # Cancelling one alarm by its time, said as set_alarm takes it: "cancel the alarm at 7 pm", "cancel
 # my 7 pm alarm" (each template costs every sentence some match time: both word orders in one).
 CANCEL = "(cancel|delete|remove|turn off) [my|the] "
-ZH_CANCEL = "(取消|关掉|删除|删掉)[我的][明天]{time}的闹钟"
+ZH_CANCEL = "(取消|关掉|关闭|删除|删掉)[我的][明天]{time}的闹钟"
 
 
 def _cancel_at(time: str) -> str:
@@ -433,13 +441,14 @@ def _cancel_at(time: str) -> str:
     sentences={
         "en": [
             CANCEL + "alarm",
+            "turn [my|the] alarm off",
             (CANCEL + "alarms", {"every": True}),
             ("(cancel|delete|remove|turn off) all [of] [my|the] alarm[s]", {"every": True}),
             *_times(_cancel_at),
         ],
         "zh": [
-            "(取消|关掉|删除|删掉)[我的]闹钟",
-            "把闹钟(取消|关掉|删掉)",
+            "(取消|关掉|关闭|删除|删掉)[我的]闹钟",
+            "把闹钟(取消|关掉|关闭|关了|删掉)",
             ("(取消|关掉|删除|删掉)[我的](所有|全部)[的]闹钟", {"every": True}),
             ("把(所有|全部)[的]闹钟[都](取消|关掉|删掉)", {"every": True}),
             *_times_zh(ZH_CANCEL),
@@ -449,7 +458,9 @@ def _cancel_at(time: str) -> str:
     # Answers to "Which one?": "the 7 pm one", "the one at 6:30", "both", 早上7点的那个, 都取消.
     answers={
         "en": [
-            *_times(lambda time: f"([the|my] [one|alarm] (at|for) {time}|[the|my] {time} [one|alarm])"),
+            # First, as it wins a tie: "the 7 one" is 7:00, not 7:01 ("one" as the minute).
+            *_times(lambda time: f"[the|my] {time} (one|alarm)"),
+            *_times(lambda time: f"([the|my] [one|alarm] (at|for) {time}|[the|my] {time})"),
             ("(both|all) [of them]", {"every": True}),
         ],
         "zh": [*_times_zh("[取消][那个]{time}[的][那个|闹钟]"), ("(都|全部|所有的|两个都)[取消]", {"every": True})],
@@ -469,10 +480,15 @@ def cancel_alarms(
         every: true to cancel every alarm
     """
     with _db(context) as db:
-        rang = db.execute("SELECT at FROM rung").fetchone()
-        if hour is None and not every and rang and time.time() - rang[0] <= RING_FOR and context.stopped_at < rang[0]:
-            db.execute("DELETE FROM rung")  # "turn off the alarm" while one rings: that one, and no snooze after
-            return context.localized("Alarm off.", zh="闹钟关了。")
+        rang = db.execute("SELECT at, due FROM rung WHERE NOT stopped").fetchone()
+        ringing = rang and time.time() - rang[0] <= RING_FOR and context.stopped_at < rang[0]
+        set_for = datetime.fromtimestamp(rang[1]) if ringing else None
+        # The alarm ringing is turned off by "turn off the alarm", by its time, or with all the others.
+        off = ringing and (hour is None or every or (set_for.hour, set_for.minute) == (hour, minute))
+        if off:
+            db.execute("DELETE FROM rung")  # and no snooze after
+            if not every:
+                return context.localized("Alarm off.", zh="闹钟关了。")
         alarms = [(i, datetime.fromtimestamp(due)) for i, due in
                   db.execute("SELECT id, due FROM timers WHERE kind = 'alarm' ORDER BY due")]  # fmt: skip
         if hour is not None:
@@ -493,6 +509,8 @@ def cancel_alarms(
                 zh=f"你有{len(alarms)}个闹钟：{times_zh}。要取消哪一个？",
             )
         db.executemany("DELETE FROM timers WHERE id = ?", [(i,) for i, _ in picked])
+    if off and not picked:
+        return context.localized("Alarm off.", zh="闹钟关了。")
     if not picked:
         return context.localized("No alarm is set.", zh="没有设置闹钟。")
     if len(picked) == 1 and not every:
@@ -502,7 +520,8 @@ def cancel_alarms(
             zh=f"已取消{clock(at.hour, at.minute, 'zh')}的闹钟。",
         )
     count = len(picked)
-    return context.localized(f"Cancelled {count} alarm{'s' if count != 1 else ''}.", zh=f"已取消{count}个闹钟。")
+    cancelled = context.localized(f"Cancelled {count} alarm{'s' if count != 1 else ''}.", zh=f"已取消{count}个闹钟。")
+    return context.localized("Alarm off. ", zh="闹钟关了。") + cancelled if off else cancelled
 
 
 @skill(
@@ -519,14 +538,14 @@ def snooze(context: SkillContext, minutes: Annotated[int, Range(1, 60)] = 9) -> 
         minutes: minutes until it rings again
     """
     with _db(context) as db:
-        rang = db.execute("SELECT label, at, language FROM rung").fetchone()
+        rang = db.execute("SELECT label, at, language, others FROM rung").fetchone()
         if rang is None or time.time() - rang[1] > SNOOZE_WITHIN:
             return context.localized("No alarm has rung just now.", zh="刚才没有闹钟响。")
-        label, _, language = rang
+        label, _, language, others = rang
         again = datetime.now().replace(second=0, microsecond=0) + timedelta(minutes=minutes)
-        db.execute(
+        db.executemany(
             "INSERT INTO timers (kind, label, due, language) VALUES ('alarm', ?, ?, ?)",
-            (label, again.timestamp(), language),
+            [(name, again.timestamp(), said_in) for name, said_in in [*json.loads(others), (label, language)]],
         )
         db.execute("DELETE FROM rung")  # snoozed once: a second "snooze" is for the next ring
     return context.localized(
@@ -558,11 +577,12 @@ def ring_due_timers(context: SkillContext, stop: threading.Event) -> None:
     """Ring every timer or alarm that is due, then forget it; an alarm on time rings on for a while.
 
     Stored data that cannot be read or written (a full disk) does not stop the clock: it looks
-    again with backoff, and a timer rung but not yet deleted is never rung twice.
+    again with backoff, an alarm rings on meanwhile, and a timer rung but not yet deleted is never
+    rung twice. An alarm ringing when the assistant restarts (or reloads) rings on after it.
     """
     rung: set[int] = set()  # rung, and still to be deleted
-    snoozable = None  # the alarm among them that rang on time: label, when, language
-    ringing = None  # the alarm that rang on time and rings on: what it says, when it rang, when last said
+    snoozable = None  # the alarm among them that rang on time, still to be stored: a row of `rung`
+    ringing = None  # the alarms that rang on time and ring on: (label, language) each, when the last rang, when said
     wait, failing = TICK, False
     while not stop.wait(wait):
         try:
@@ -572,33 +592,59 @@ def ring_due_timers(context: SkillContext, stop: threading.Event) -> None:
                     " WHERE due <= ? AND paused_left IS NULL ORDER BY due",
                     (time.time(),),
                 ).fetchall()
-                still = ringing and db.execute("SELECT 1 FROM rung WHERE at = ?", (ringing[1],)).fetchone()
-            now = time.time()
-            if ringing and (not still or now - ringing[1] > RING_FOR or context.stopped_at >= ringing[1]):
-                ringing = None  # turned off or snoozed (its row gone), unheeded for long enough, or stopped
-            elif ringing and now - ringing[2] >= RING_EVERY:
-                context.say(ringing[0])
-                ringing = (ringing[0], ringing[1], now)
+                stored = db.execute("SELECT label, at, language, stopped, others FROM rung").fetchone()
+                if ringing is None and stored and not stored[3] and time.time() - stored[1] <= RING_FOR:
+                    alarms = (*map(tuple, json.loads(stored[4])), (stored[0], stored[2]))
+                    ringing = (alarms, stored[1], time.time())  # rang before a restart: rings on at the next time
+                elif ringing and snoozable is None and (stored is None or stored[1] != ringing[1]):
+                    ringing = None  # turned off or snoozed: its row is gone
+                if ringing and context.stopped_at >= ringing[1] and stored and not stored[3]:
+                    db.execute("UPDATE rung SET stopped = 1")  # a restart does not ring it again
             for row_id, kind, label, due_at, language in due:
                 if row_id not in rung:
-                    said = _ring(kind, label, due_at, context.announced_in(language))
-                    context.say(said)
+                    context.say(_ring(kind, label, due_at, context.announced_in(language)))
                     rung.add(row_id)
                     if kind == "alarm" and time.time() - due_at <= LATE:  # not one said late
-                        snoozable = (label, time.time(), language)
-                        ringing = (said, snoozable[1], snoozable[1])
+                        # One ringing already rings on with it, and is snoozed with it, unless "stop" was said to it.
+                        still = ringing and context.stopped_at < ringing[1]
+                        before = [alarm for alarm in ringing[0] if alarm != (label, language)] if still else []
+                        snoozable = (label, time.time(), language, due_at, json.dumps(before))
+                        ringing = ((*before, (label, language)), snoozable[1], snoozable[1])
             if rung:
                 with _db(context) as db:
                     db.executemany("DELETE FROM timers WHERE id = ?", [(row_id,) for row_id in rung])
                     if snoozable is not None:
-                        db.execute("INSERT OR REPLACE INTO rung VALUES (0, ?, ?, ?)", snoozable)
+                        db.execute(
+                            "INSERT OR REPLACE INTO rung (id, label, at, language, due, others)"
+                            " VALUES (0, ?, ?, ?, ?, ?)",
+                            snoozable,
+                        )
                 rung.clear()
                 snoozable = None
         except StorageError as e:
             if not failing:
                 log.error("timers: %s; trying again with backoff", e)
             wait, failing = min(wait * 2, MAX_BACKOFF), True
-            continue
-        if failing:
-            log.info("timers: the stored timers can be read and written again")
-        wait, failing = TICK, False
+        else:
+            if failing:
+                log.info("timers: the stored timers can be read and written again")
+            wait, failing = TICK, False
+        ringing = _ring_on(context, ringing)
+
+
+Ringing = tuple[tuple[tuple[str, str], ...], float, float]
+
+
+def _ring_on(context: SkillContext, ringing: Ringing | None) -> Ringing | None:
+    """Say the ringing alarms again when it is time to; None once they have rung for long enough or "stop" was said."""
+    if ringing is None:
+        return None
+    alarms, rang, last = ringing
+    now = time.time()
+    if now - rang > RING_FOR or context.stopped_at >= rang:
+        return None
+    if now - last >= RING_EVERY:
+        for label, language in alarms:
+            context.say(_ring("alarm", label, now, context.announced_in(language)))
+        return alarms, rang, now
+    return ringing
