@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import sqlite3
@@ -24,6 +23,7 @@ from assistant.skills.builtin._spoken import clock
 from assistant.skills.intents import IntentMatcher
 from assistant.skills.registry import BUILTIN_SKILLS, Registry
 from assistant.turn import TurnManager
+from tests.small_disk import fill, small_disk
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -353,30 +353,14 @@ def test_stop_said_while_a_question_waits_stops_the_alarm_too(
 
 
 def test_an_alarm_rings_on_while_the_disk_is_full(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs as a full state directory needs root (CI runs as root)")
-    state = tmp_path / "state"
-    state.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(state)], capture_output=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
-    try:
-
-        def fill_the_disk() -> None:
-            with open(state / "filler", "wb") as filler, contextlib.suppress(OSError):
-                while True:
-                    filler.write(b"\0" * 65536)
-                    filler.flush()
-
+    with small_disk(tmp_path / "state", "size=1m") as state:
         ringing = Ringing(state, monkeypatch)
-        an_alarm_rings(ringing, state, meanwhile=fill_the_disk)  # it cannot be stored as rung
+        an_alarm_rings(ringing, state, meanwhile=lambda: fill(state))  # it cannot be stored as rung
         assert ringing.rings_in(1.5) >= 2  # the clock goes on, and so does the alarm
         assert ringing.say("stop") == "" and ringing.rings_in(1.0) == 0
         (state / "filler").unlink()
         assert ringing.rings_in(1.0) == 0 and ringing.say("snooze").startswith("Snoozed until ")
         ringing.stop()
-    finally:
-        subprocess.run(["umount", "-l", str(state)], check=True)
 
 
 def matched(registry: Registry, text: str) -> tuple[str, dict]:

@@ -26,6 +26,7 @@ import pytest
 
 from assistant.config import Settings, load_settings
 from assistant.skills.registry import load_registry
+from tests.small_disk import fill, small_disk
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -668,23 +669,13 @@ def test_a_socket_path_that_is_not_ours_is_refused_in_one_line(tmp_path: Path, t
 
 
 def test_a_full_disk_is_said_in_words_and_a_timer_set_after_it_still_rings(tmp_path: Path, tiny_int8: Path) -> None:
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs as a full state directory needs root (CI runs as root)")
-    state = tmp_path / "state"
-    state.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(state)], capture_output=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
     config = write_config(tmp_path, tiny_int8)
     control, notify = tmp_path / "run" / "control.sock", Notifications(tmp_path / "notify.sock")
-    try:
+    with small_disk(tmp_path / "state", "size=1m") as state, contextlib.closing(notify):
         daemon = Daemon(tmp_path, config, notify)
         try:
             assert spoken(turn(control, "add bread to the shopping list")) == "Added bread to the shopping list."
-            with open(state / "filler", "wb") as filler, contextlib.suppress(OSError):
-                while True:
-                    filler.write(b"\0" * 65536)
-                    filler.flush()
+            fill(state)
             assert spoken(turn(control, "add milk to the shopping list")) == "Sorry, add_item failed: the disk is full."
             assert spoken(turn(control, "set a timer for 1 seconds")) == "Sorry, set_timer failed: the disk is full."
             time.sleep(1)  # the clock goes on looking meanwhile
@@ -695,9 +686,6 @@ def test_a_full_disk_is_said_in_words_and_a_timer_set_after_it_still_rings(tmp_p
             assert listed == "On your shopping list: bread."  # what was confirmed is kept; nothing else
         finally:
             assert daemon.stop() == 0
-    finally:
-        notify.close()
-        subprocess.run(["umount", "-l", str(state)], check=True)
 
 
 def test_the_watchdog_is_fed_only_while_the_daemon_is_healthy(setup) -> None:

@@ -28,6 +28,7 @@ from assistant.llm.embeddings import EMBEDDINGS_FILE, write_embeddings
 from assistant.llm.engine import Engine
 from assistant.llm.sampling import Sampler
 from assistant.setup.download import SetupError, download, download_and_unzip
+from tests.small_disk import fill, small_disk
 from tests.tiny_model import make_tiny_qwen2
 
 
@@ -665,31 +666,6 @@ def test_a_marker_cut_short_is_a_step_not_done(tiny_hf: Path, tmp_path: Path, pu
     assert resumed.returncode == 0, resumed.stderr
     assert "embeddings: its marker" in resumed.stderr and "onnxruntime: already done" in resumed.stderr
     assert (out / "manifest.yaml").is_file()
-
-
-@contextlib.contextmanager
-def small_disk(folder: Path, options: str = "size=5m") -> Iterator[Path]:
-    """A tmpfs mounted at `folder` (root only), unmounted afterwards."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root (CI runs as root)")
-    folder.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
-    try:
-        yield folder
-    finally:
-        subprocess.run(["umount", "-l", str(folder)], check=True)
-
-
-def fill(disk: Path, leave: int) -> Path:
-    """Leave `leave` bytes free on `disk` (none: until a write fails)."""
-    filler = disk / "filler"
-    with open(filler, "wb", buffering=0) as f, contextlib.suppress(OSError):
-        f.write(b"\0" * max(shutil.disk_usage(disk).free - leave, 0))
-        while leave == 0:
-            f.write(b"\0" * 4096)
-    return filler
 
 
 def test_a_full_disk_is_one_line_and_the_same_command_then_finishes(tiny_hf: Path, tmp_path: Path) -> None:
