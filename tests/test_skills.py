@@ -344,6 +344,7 @@ def test_a_skill_hears_the_answer_to_its_question(tmp_path: Path) -> None:
     assert matcher.match_answer("ROCK!", question, call).arguments["playlist"] == "ROCK"  # as said
     assert matcher.match_answer("the blues one", question, call) is None  # not offered: a new request, for the model
     assert matcher.match_answer("the playlist", question, call) is None  # the answers' own words name nothing
+    assert matcher.match_answer("which", question, call) is None  # the question's words, not one of its choices
     assert matcher.match_answer("jazz", question, {"name": "current_time", "arguments": {}}) is None
     assert matcher.match("jazz") is None  # only as an answer
 

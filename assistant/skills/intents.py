@@ -444,11 +444,17 @@ def _scope(sentence: str, skill_name: str, found: Skill) -> str:
     return sentence
 
 
+# The choices a question lists: after its first colon, up to the end of that sentence ("Which
+# playlist: jazz or rock?", "You have 2 timers: the tea timer, the pasta timer. Which one?").
+CHOICES = re.compile(r"[:：]([^.?!。？！]*)")
+
+
 def _offered(words: str, question: str, found: Skill) -> bool:
-    """Whether `words` are a name the question said: in it as whole words (as characters in Chinese),
-    case and punctuation aside, and not only the answers' own words ("the timer" names no timer) or
-    numbers (the "10" of "the 10 minute timer" is its length)."""
-    words, question = _plain(words), _plain(question)
+    """Whether `words` are a name the question offered: in its choices (or, with none, in it) as whole
+    words (as characters in Chinese), case and punctuation aside, and not only the answers' own words
+    ("the timer" names no timer) or numbers (the "10" of "the 10 minute timer" is its length)."""
+    choices = CHOICES.search(question)
+    words, question = _plain(words), _plain(choices.group(1) if choices else question)
     if not re.search(r"[^\W\d_]", words):
         return False
     own = {

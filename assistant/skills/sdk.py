@@ -224,8 +224,10 @@ def skill(
     `answers` are templates like `sentences`, heard only as the reply to a question the skill has
     just asked (its text ends with "?"): "You have 2 alarms ... Which one?" → "the 7 pm one". The
     skill is called again with its arguments updated by the answer's. A free-text slot in an answer
-    must be words the question said, so that "set another timer" is not heard as a timer's name,
-    and not a number alone (the "10" of "the 10 minute timer"): a number to pick is an int parameter.
+    must be words the question offered (its choices after a colon, if it lists them: "Which
+    playlist: jazz or rock?"), so that "set another timer" or "which one" is not heard as a timer's
+    name, and not a number alone (the "10" of "the 10 minute timer"): a number to pick is an int
+    parameter.
     """
 
     def mark(f: Callable) -> Callable:
