@@ -31,17 +31,20 @@ Respond = Callable[[str, threading.Event], Iterator[str]]
 EARCON_RATE = 16000
 
 
+def _tone(frequency: float, seconds: float) -> np.ndarray:
+    """A sine at EARCON_RATE, faded in and out (a Hann window), peak 1."""
+    t = np.arange(int(seconds * EARCON_RATE)) / EARCON_RATE
+    return np.sin(2 * np.pi * frequency * t) * np.hanning(len(t))
+
+
 def earcon() -> np.ndarray:
     """A short rising two-tone chime."""
-    t = np.arange(int(0.08 * EARCON_RATE)) / EARCON_RATE
-    tones = [np.sin(2 * np.pi * f * t) * np.hanning(len(t)) for f in (880.0, 1320.0)]
-    return (np.concatenate(tones) * 8000).astype(np.int16)
+    return (np.concatenate([_tone(880.0, 0.08), _tone(1320.0, 0.08)]) * 8000).astype(np.int16)
 
 
 def alert() -> np.ndarray:
     """Three short beeps before an announcement: something rings, listen (a timer, an alarm)."""
-    t = np.arange(int(0.12 * EARCON_RATE)) / EARCON_RATE
-    beep = np.sin(2 * np.pi * 1000.0 * t) * np.hanning(len(t)) * 9000
+    beep = _tone(1000.0, 0.12) * 9000
     return np.concatenate([beep, np.zeros(int(0.08 * EARCON_RATE))] * 3).astype(np.int16)
 
 
