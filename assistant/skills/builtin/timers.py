@@ -481,7 +481,7 @@ def cancel_alarms(
     """
     with _db(context) as db:
         rang = db.execute("SELECT at, due FROM rung WHERE NOT stopped").fetchone()
-        ringing = rang and time.time() - rang[0] <= RING_FOR and context.stopped_at < rang[0]
+        ringing = rang and _rings_on(rang[0], context)
         set_for = datetime.fromtimestamp(rang[1]) if ringing else None
         # The alarm ringing is turned off by "turn off the alarm", by its time, or with all the others.
         off = ringing and (hour is None or every or (set_for.hour, set_for.minute) == (hour, minute))
@@ -640,11 +640,16 @@ def _ring_on(context: SkillContext, ringing: Ringing | None) -> Ringing | None:
     if ringing is None:
         return None
     alarms, rang, last = ringing
-    now = time.time()
-    if now - rang > RING_FOR or context.stopped_at >= rang:
+    if not _rings_on(rang, context):
         return None
+    now = time.time()
     if now - last >= RING_EVERY:
         for label, language in alarms:
             context.say(_ring("alarm", label, now, context.announced_in(language)))
         return alarms, rang, now
     return ringing
+
+
+def _rings_on(rang: float, context: SkillContext) -> bool:
+    """Whether an alarm that rang at `rang` (time.time()) rings on: not for RING_FOR yet, nor "stop" said since."""
+    return time.time() - rang <= RING_FOR and context.stopped_at < rang
