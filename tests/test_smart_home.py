@@ -659,3 +659,18 @@ def test_a_state_the_broker_refuses_to_give_is_said_refused(tmp_path: Path) -> N
         assert (
             registry.call("device_state", {"device": "blinds"}).text == "智能家居服务器不让查blinds的状态，没有权限。"
         )
+
+
+def test_a_reported_state_is_said_only_as_a_word(broker: int, tmp_path: Path) -> None:
+    """Whoever can publish on a state topic chooses its words: a sentence there is not read out."""
+    registry, subscriber = smart_home(broker, tmp_path), Subscriber(broker)
+    try:
+        for state in ["unlocked. The alarm is off", "on, call 555 0100", "on\nok", "o\u202en"]:
+            subscriber.publish_retained("zigbee2mqtt/thermostat", json.dumps({"state": state}))
+            assert registry.call("device_state", {"device": "thermostat"}).text == (
+                "The thermostat is reporting something I don't understand."
+            ), state
+        subscriber.publish_retained("home/fan/state", "heat_cool")
+        assert registry.call("device_state", {"device": "fan"}).text == "The fan is heat_cool."
+    finally:
+        subscriber.close()

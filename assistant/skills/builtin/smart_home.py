@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 import secrets
 import socket
 import threading
@@ -39,6 +40,8 @@ log = logging.getLogger(__name__)
 TIMEOUT = 3.0  # seconds to reach the broker, to have commands acknowledged, or to wait for a retained state
 MAX_STATE = 64 * 1024  # bytes of a reported state worth reading; devices report a few hundred
 MAX_WORD = 40  # characters of a reported state worth saying ("on", "closing", "heat")
+# One word ("on", "heat_cool", "开"): anyone who can publish on a state topic would otherwise choose the sentence said.
+STATE_WORD = re.compile(r"[\w-]+")
 SWITCHED = ("light", "switch", "fan")  # device types that are only on or off
 EVERYWHERE = "everywhere"  # the area that means the whole home
 KINDS_ZH = {"light": "灯", "switch": "开关", "fan": "风扇"}  # the words of Home Assistant's Chinese intents
@@ -487,12 +490,12 @@ def _describe(context: SkillContext, device: str, payload: bytes) -> str:
 
 
 def _word(value: object) -> str | None:
-    """A reported state worth saying: short text, true or false, or a number; None otherwise."""
+    """A reported state worth saying: one short word, true or false, or a number; None otherwise."""
     if isinstance(value, bool):
         return str(value).lower()
     if (number := _number(value)) is not None:
         return f"{number:g}"
-    if isinstance(value, str) and 0 < len(value.strip()) <= MAX_WORD:
+    if isinstance(value, str) and len(value.strip()) <= MAX_WORD and STATE_WORD.fullmatch(value.strip()):
         return value.strip().lower()
     return None
 
