@@ -674,3 +674,45 @@ def test_a_reported_state_is_said_only_as_a_word(broker: int, tmp_path: Path) ->
         assert registry.call("device_state", {"device": "fan"}).text == "The fan is heat_cool."
     finally:
         subscriber.close()
+
+
+def test_a_zigbee2mqtt_device_that_does_not_retain_its_state_is_asked_for_it(broker: int, tmp_path: Path) -> None:
+    """Zigbee2MQTT retains no state by default: it publishes a device's state when asked on `<topic>/get`."""
+    registry, subscriber = smart_home(broker, tmp_path), Subscriber(broker)
+    asked = []
+    states = {
+        "zigbee2mqtt/kitchen_light": {"state": "ON", "brightness": 254},
+        "zigbee2mqtt/thermostat": {"local_temperature": 19},
+    }
+
+    def answer(client, userdata, message) -> None:  # what Zigbee2MQTT does: read the device, publish its state
+        asked.append(json.loads(message.payload))
+        device = message.topic.removesuffix("/get")
+        client.publish(device, json.dumps(states[device]))
+
+    bridge = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    bridge.on_message = answer
+    bridge.connect("127.0.0.1", broker)
+    bridge.subscribe("zigbee2mqtt/+/get", qos=1)
+    bridge.loop_start()
+    try:
+        time.sleep(0.2)  # the subscription is in place
+        start = time.monotonic()
+        assert registry.call("device_state", {"device": "kitchen light"}).text == (
+            "The kitchen light is on, at 100 percent."
+        )
+        assert time.monotonic() - start < 2  # said when the answer came, not after waiting for a retained state
+        assert registry.call("device_state", {"device": "thermostat"}).text == "The thermostat is 19 degrees."
+        assert asked == [{"state": ""}, {"local_temperature": "", "current_heating_setpoint": ""}]
+        # Home Assistant's convention has no such request: nothing is sent for its devices.
+        assert registry.call("device_state", {"device": "fan"}).text == "The fan has not reported its state."
+        assert [topic for topic, _ in subscriber.sent_before_now()] == [
+            "zigbee2mqtt/kitchen_light/get",
+            "zigbee2mqtt/kitchen_light",
+            "zigbee2mqtt/thermostat/get",
+            "zigbee2mqtt/thermostat",
+        ]
+    finally:
+        bridge.disconnect()
+        bridge.loop_stop()
+        subscriber.close()

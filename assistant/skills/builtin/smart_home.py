@@ -9,7 +9,8 @@ an optional area, and aliases the device also answers to):
        command_topic: home/fan/set, state_topic: home/fan/state}
 
 Zigbee2MQTT (the default convention): commands are JSON on `<topic>/set`, the device's state is
-the retained JSON on `<topic>`. Home Assistant MQTT: plain payloads ("ON", "OFF", numbers) on the
+the JSON on `<topic>`: retained, or published when asked on `<topic>/get` (Zigbee2MQTT retains
+none by default). Home Assistant MQTT: plain payloads ("ON", "OFF", numbers) on the
 command topics (command_topic, brightness_command_topic, set_position_topic,
 temperature_command_topic), state on state_topic. A cover with only a command_topic opens and
 closes with "OPEN" and "CLOSE" there.
@@ -43,6 +44,8 @@ MAX_WORD = 40  # characters of a reported state worth saying ("on", "closing", "
 # One word ("on", "heat_cool", "开"): anyone who can publish on a state topic would otherwise choose the sentence said.
 STATE_WORD = re.compile(r"[\w-]+")
 SWITCHED = ("light", "switch", "fan")  # device types that are only on or off
+# What a Zigbee2MQTT device is asked to report, by type (lights, switches, fans and covers: their state).
+ASKED = {"climate": ("local_temperature", "current_heating_setpoint")}
 EVERYWHERE = "everywhere"  # the area that means the whole home
 KINDS_ZH = {"light": "灯", "switch": "开关", "fan": "风扇"}  # the words of Home Assistant's Chinese intents
 # Reported states as a Chinese sentence says them (Zigbee2MQTT covers report CLOSE, Home Assistant's closed);
@@ -445,7 +448,11 @@ def device_state(device: Annotated[str, _names()], context: SkillContext) -> str
     client.on_message, client.on_subscribe = on_message, on_subscribe
     try:
         client.subscribe(topic)
-        arrived.wait(TIMEOUT)  # a retained state arrives at once
+        if key == "topic" and found.get("convention", "zigbee2mqtt") == "zigbee2mqtt":
+            # Zigbee2MQTT retains no state unless told to: asked on <topic>/get, it reads the device and
+            # publishes the state (after the subscription, as the broker keeps a connection's order).
+            client.publish(f"{topic}/get", json.dumps(dict.fromkeys(ASKED.get(found["type"], ("state",)), "")))
+        arrived.wait(TIMEOUT)  # a retained state arrives at once, an asked one when the device answers
     finally:
         client.disconnect()
         client.loop_stop()
