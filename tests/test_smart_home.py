@@ -11,6 +11,7 @@ import re
 import shutil
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -332,7 +333,6 @@ def test_hostile_state_payloads_are_not_read_out(broker: int, tmp_path: Path) ->
             "[" * 100_000,  # nested too deep for the JSON parser
             json.dumps("a" * 100_000),
             json.dumps({"state": "a" * 100_000}),
-            "b" * 1_000_000,
             "null",
             "[1, 2]",
         ]:
@@ -716,3 +716,32 @@ def test_a_zigbee2mqtt_device_that_does_not_retain_its_state_is_asked_for_it(bro
         bridge.disconnect()
         bridge.loop_stop()
         subscriber.close()
+
+
+def test_a_huge_state_is_never_taken_into_memory(broker: int, tmp_path: Path) -> None:
+    """Anyone who can publish on a state topic chooses its size (mosquitto passes on up to 256 MB):
+    the broker is told how large a packet the assistant takes, and keeps larger ones to itself."""
+    subscriber = Subscriber(broker)
+    try:
+        subscriber.publish_retained("zigbee2mqtt/thermostat", "b" * 100_000_000)
+    finally:
+        subscriber.close()
+    # In a process of its own, whose peak memory is reset after the imports ("5" to clear_refs: Linux).
+    query = f"""
+import re, sys
+from pathlib import Path
+from tests.test_smart_home import smart_home
+def kib(key): return int(re.search(key + r":\\s+(\\d+)", Path("/proc/self/status").read_text())[1])
+registry = smart_home({broker}, Path(sys.argv[1]))
+Path("/proc/self/clear_refs").write_text("5")
+before = kib("VmRSS")
+print(registry.call("device_state", {{"device": "thermostat"}}).text)
+print((kib("VmHWM") - before) // 1024)
+"""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    result = subprocess.run(
+        [sys.executable, "-c", query, str(tmp_path)], capture_output=True, text=True, env=env, check=True
+    )
+    said, grown_mb = result.stdout.splitlines()
+    assert said == "The thermostat has not reported its state."
+    assert int(grown_mb) < 20, f"the query's peak memory grew by {grown_mb} MB"

@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 
 TIMEOUT = 3.0  # seconds to reach the broker, to have commands acknowledged, or to wait for a retained state
 MAX_STATE = 64 * 1024  # bytes of a reported state worth reading; devices report a few hundred
+MAX_PACKET = 2 * MAX_STATE  # bytes of a message the broker may send us: a state with room for its topic
 MAX_WORD = 40  # characters of a reported state worth saying ("on", "closing", "heat")
 # One word ("on", "heat_cool", "开"): anyone who can publish on a state topic would otherwise choose the sentence said.
 STATE_WORD = re.compile(r"[\w-]+")
@@ -171,6 +172,8 @@ NOT_AUTHORIZED = 135
 
 def _connect(context: SkillContext, protocol: int):
     import paho.mqtt.client as mqtt
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
 
     mqtt_settings = context.settings.mqtt
     where = _where(context)
@@ -195,8 +198,14 @@ def _connect(context: SkillContext, protocol: int):
         connected.set()
 
     client.on_connect = on_connect
+    properties = None
+    if protocol == mqtt.MQTTv5:
+        # The broker keeps larger messages to itself: anyone who may publish a state chooses its size,
+        # up to the broker's limit (mosquitto's is 256 MB), and paho would take it all into memory.
+        properties = Properties(PacketTypes.CONNECT)
+        properties.MaximumPacketSize = MAX_PACKET
     try:
-        client.connect(mqtt_settings.host, mqtt_settings.port, keepalive=10)
+        client.connect(mqtt_settings.host, mqtt_settings.port, keepalive=10, properties=properties)
     except (OSError, ValueError) as e:  # ValueError: an empty mqtt.host
         raise BrokerUnreachable(where, getattr(e, "strerror", None) or str(e), _connect_failure_zh(e)) from None
     client.loop_start()
