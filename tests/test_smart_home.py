@@ -745,3 +745,29 @@ print((kib("VmHWM") - before) // 1024)
     said, grown_mb = result.stdout.splitlines()
     assert said == "The thermostat has not reported its state."
     assert int(grown_mb) < 20, f"the query's peak memory grew by {grown_mb} MB"
+
+
+def test_a_device_answers_to_its_aliases_in_questions_and_in_the_models_calls(broker: int, tmp_path: Path) -> None:
+    devices = [
+        {"name": "kitchen light", "type": "light", "topic": "z2m/kitchen", "aliases": ["ceiling light", "顶灯"]},
+        {"name": "lamp", "type": "light", "topic": "z2m/lamp", "aliases": ["Reading Light"]},
+        {"name": "bedroom light", "type": "light", "topic": "z2m/bedroom", "aliases": ["lamp"]},  # another's name
+    ]
+    registry, subscriber = smart_home(broker, tmp_path, devices), Subscriber(broker)
+    matcher = IntentMatcher(registry.skills, devices)
+    try:
+        subscriber.publish_retained("z2m/kitchen", json.dumps({"state": "ON"}))
+        for text, said in [("is the ceiling light on", "The ceiling light is on."), ("顶灯开着吗", "The 顶灯 is on.")]:
+            match = matcher.match(text)
+            assert match is not None and match.skill == "device_state", text
+            assert registry.call(match.skill, match.arguments).text == said
+        # the model may call a device by any name it answers to
+        assert registry.call("switch_device", {"device": "Reading Light", "on": False}).text == (
+            "The Reading Light is off."
+        )
+        assert subscriber.wait_for("z2m/lamp/set") == '{"state": "OFF"}'
+        assert registry.call("switch_device", {"device": "lamp", "on": False}).text.startswith(
+            "I can't tell which lamp you mean"
+        )
+    finally:
+        subscriber.close()

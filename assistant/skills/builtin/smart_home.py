@@ -71,8 +71,13 @@ def _devices(settings: Any, *types: str) -> list[dict]:
     return [d for d in settings.mqtt.devices if not types or d.get("type") in types]
 
 
+def _spoken(device: dict) -> list[str]:
+    """Every name a device answers to: its name and its aliases."""
+    return [device["name"], *device.get("aliases", [])]
+
+
 def _names(*types: str):
-    return Choices(lambda settings: [d["name"] for d in _devices(settings, *types)])
+    return Choices(lambda settings: list(dict.fromkeys(n for d in _devices(settings, *types) for n in _spoken(d))))
 
 
 def _areas():
@@ -123,7 +128,7 @@ def _said(context: SkillContext, error: NotDone) -> str:
 
 
 def _device(context: SkillContext, name: str) -> dict:
-    found = [d for d in context.settings.mqtt.devices if d["name"].casefold() == name.casefold()]
+    found = [d for d in context.settings.mqtt.devices if name.casefold() in (n.casefold() for n in _spoken(d))]
     if len(found) > 1:
         # Taking the first would switch the kitchen light when the bedroom one was meant.
         areas = " and ".join(d.get("area") or "no area" for d in found)
