@@ -771,3 +771,20 @@ def test_a_device_answers_to_its_aliases_in_questions_and_in_the_models_calls(br
         )
     finally:
         subscriber.close()
+
+
+def test_a_broker_that_goes_away_during_a_question_is_not_a_device_without_state(tmp_path: Path) -> None:
+    answers = []
+    with mosquitto(tmp_path) as port:
+        registry = smart_home(port, tmp_path)
+        asking = threading.Thread(target=lambda: answers.append(registry.call("device_state", {"device": "blinds"})))
+        asking.start()
+        time.sleep(1)  # connected and subscribed, waiting for a state; then the broker stops
+    stopped = time.monotonic()
+    asking.join()
+    assert answers[0].text == f"I can't reach the smart home broker at 127.0.0.1:{port} (the connection dropped)."
+    # said when it dropped (and paho's thread ended its 1 s pause before reconnecting), not after waiting 3 s
+    assert time.monotonic() - stopped < 1.8
+    registry.context.language = "zh"
+    with mosquitto(tmp_path, port=port):  # back again: the next question is answered as usual
+        assert registry.call("device_state", {"device": "blinds"}).text == "blinds还没有报告状态。"

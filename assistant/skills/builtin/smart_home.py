@@ -450,6 +450,9 @@ def device_state(device: Annotated[str, _names()], context: SkillContext) -> str
             refused.append(reasons[0])
             arrived.set()
 
+    def on_disconnect(client, userdata, flags, reason, properties) -> None:
+        arrived.set()  # no state comes over a connection the broker dropped
+
     try:
         found = _device(context, device)
         key = "state_topic" if found.get("state_topic") else "topic"
@@ -459,7 +462,7 @@ def device_state(device: Annotated[str, _names()], context: SkillContext) -> str
         client = _client(context)
     except NotDone as e:
         return _said(context, e)
-    client.on_message, client.on_subscribe = on_message, on_subscribe
+    client.on_message, client.on_subscribe, client.on_disconnect = on_message, on_subscribe, on_disconnect
     try:
         client.subscribe(topic)
         if key == "topic" and found.get("convention", "zigbee2mqtt") == "zigbee2mqtt":
@@ -467,12 +470,15 @@ def device_state(device: Annotated[str, _names()], context: SkillContext) -> str
             # publishes the state (after the subscription, as the broker keeps a connection's order).
             client.publish(f"{topic}/get", json.dumps(dict.fromkeys(ASKED.get(found["type"], ("state",)), "")))
         arrived.wait(TIMEOUT)  # a retained state arrives at once, an asked one when the device answers
+        dropped = not client.is_connected()
     finally:
         client.disconnect()
         client.loop_stop()
     if refused:
         refusal = Refused(_where(context), f"to give the state of {topic}", f"不让查{device}的状态", refused[0])
         return _said(context, refusal)
+    if not received and dropped:  # the broker, not the device, is what went quiet
+        return _said(context, BrokerUnreachable(_where(context), "the connection dropped", "连接断了"))
     if not received:
         return context.localized(f"The {device} has not reported its state.", zh=f"{device}还没有报告状态。")
     return _describe(context, device, received[0])
