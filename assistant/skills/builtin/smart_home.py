@@ -32,6 +32,7 @@ import secrets
 import socket
 import threading
 import time
+import unicodedata
 from typing import Annotated, Any, Literal
 
 from assistant import Choices, Range, SkillContext, skill
@@ -153,7 +154,25 @@ def _topic(device: dict, key: str) -> str:
             f"I can't use the {device['name']}: its {key} {topic!r} in mqtt.devices has a wildcard.",
             f"{device['name']}用不了：设备配置里它的主题带通配符。",
         )
+    if why := _not_mqtt(topic):
+        raise Unusable(
+            f"I can't use the {device['name']}: its {key} in mqtt.devices is not an MQTT topic: {why}.",
+            f"{device['name']}用不了：设备配置里它的主题不是有效的MQTT主题。",
+        )
     return topic
+
+
+def _not_mqtt(topic: str) -> str | None:
+    """Why MQTT cannot carry a topic (the broker would drop the connection, paho would raise); None if it can."""
+    try:
+        size = len(topic.encode())
+    except UnicodeEncodeError:  # a lone surrogate, which YAML's "\ud800" lets through
+        return "it is not UTF-8 text"
+    if size > 65535:
+        return "it is longer than 65535 bytes"
+    if any(unicodedata.category(c) == "Cc" for c in topic):
+        return "it has a control character"
+    return None
 
 
 def _client(context: SkillContext):
