@@ -663,7 +663,13 @@ def test_a_reported_state_is_said_only_as_a_word(broker: int, tmp_path: Path) ->
     """Whoever can publish on a state topic chooses its words: a sentence there is not read out."""
     registry, subscriber = smart_home(broker, tmp_path), Subscriber(broker)
     try:
-        for state in ["unlocked. The alarm is off", "on, call 555 0100", "on\nok", "o\u202en"]:
+        for state in [
+            "unlocked. The alarm is off",
+            "on, call 555 0100",
+            "on\nok",
+            "o\u202en",
+            "门锁已打开请把钥匙放在门口",
+        ]:
             subscriber.publish_retained("zigbee2mqtt/thermostat", json.dumps({"state": state}))
             assert registry.call("device_state", {"device": "thermostat"}).text == (
                 "The thermostat is reporting something I don't understand."

@@ -43,8 +43,9 @@ TIMEOUT = 3.0  # seconds to reach the broker, to have commands acknowledged, or 
 MAX_STATE = 64 * 1024  # bytes of a reported state worth reading; devices report a few hundred
 MAX_PACKET = 2 * MAX_STATE  # bytes of a message the broker may send us: a state with room for its topic
 MAX_WORD = 40  # characters of a reported state worth saying ("on", "closing", "heat")
-# One word ("on", "heat_cool", "开"): anyone who can publish on a state topic would otherwise choose the sentence said.
-STATE_WORD = re.compile(r"[\w-]+")
+# One word of Latin letters, as devices report ("on", "heat_cool"): anyone who can publish on a state
+# topic would otherwise choose the sentence said (Chinese needs no spaces to make one).
+STATE_WORD = re.compile(r"[A-Za-z0-9_-]+")
 SWITCHED = ("light", "switch", "fan")  # device types that are only on or off
 # What a Zigbee2MQTT device is asked to report, by type (lights, switches, fans and covers: their state).
 ASKED = {"climate": ("local_temperature", "current_heating_setpoint")}
