@@ -814,3 +814,23 @@ def test_a_topic_mqtt_cannot_carry_is_named_not_sent(broker: int, tmp_path: Path
         assert subscriber.sent_before_now() == []
     finally:
         subscriber.close()
+
+
+def test_a_zigbee2mqtt_device_gone_offline_is_said_offline_not_its_last_state(broker: int, tmp_path: Path) -> None:
+    """Zigbee2MQTT's availability (retained on `<topic>/availability`) says when a device stopped answering:
+    its last state, retained, is then stale (a bulb switched off at the wall still "is on")."""
+    registry, subscriber = smart_home(broker, tmp_path), Subscriber(broker)
+    try:
+        subscriber.publish_retained("zigbee2mqtt/kitchen_light", json.dumps({"state": "ON"}))
+        subscriber.publish_retained("zigbee2mqtt/kitchen_light/availability", json.dumps({"state": "offline"}))
+        subscriber.publish_retained("zigbee2mqtt/thermostat/availability", "offline")  # as older Zigbee2MQTT says it
+        start = time.monotonic()
+        assert registry.call("device_state", {"device": "kitchen light"}).text == "The kitchen light is offline."
+        assert registry.call("device_state", {"device": "thermostat"}).text == "The thermostat is offline."
+        assert time.monotonic() - start < 2  # no device answers while offline: nothing to wait for
+        registry.context.language = "zh"
+        assert registry.call("device_state", {"device": "kitchen light"}).text == "kitchen light离线了。"
+        subscriber.publish_retained("zigbee2mqtt/kitchen_light/availability", json.dumps({"state": "online"}))
+        assert registry.call("device_state", {"device": "kitchen light"}).text == "kitchen light开着。"
+    finally:
+        subscriber.close()

@@ -10,9 +10,10 @@ an optional area, and aliases the device also answers to):
 
 Zigbee2MQTT (the default convention): commands are JSON on `<topic>/set`, the device's state is
 the JSON on `<topic>`: retained, or published when asked on `<topic>/get` (Zigbee2MQTT retains
-none by default). Home Assistant MQTT: plain payloads ("ON", "OFF", numbers) on the
-command topics (command_topic, brightness_command_topic, set_position_topic,
-temperature_command_topic), state on state_topic. A cover with only a command_topic opens and
+none by default); a device that Zigbee2MQTT's `<topic>/availability` says is offline is said
+to be offline, since its last state is then stale. Home Assistant MQTT: plain payloads ("ON",
+"OFF", numbers) on the command topics (command_topic, brightness_command_topic,
+set_position_topic, temperature_command_topic), state on state_topic. A cover with only a command_topic opens and
 closes with "OPEN" and "CLOSE" there.
 
 Whatever cannot be done is said in a sentence and logged: a broker that cannot be reached or does
@@ -459,15 +460,21 @@ def device_state(device: Annotated[str, _names()], context: SkillContext) -> str
     """
     received: list[bytes] = []
     refused = []  # the broker's reason for refusing the subscription (its access rules)
+    offline = []  # Zigbee2MQTT said the device stopped answering
     arrived = threading.Event()
 
     def on_message(client, userdata, message) -> None:
+        if message.topic == f"{topic}/availability":
+            if _offline(message.payload):
+                offline.append(True)
+                arrived.set()  # an offline device answers no question: nothing to wait for
+            return
         received.append(message.payload)
         arrived.set()
 
     def on_subscribe(client, userdata, mid, reasons, properties) -> None:
-        if reasons and reasons[0].is_failure:
-            refused.append(reasons[0])
+        if reasons and reasons[-1].is_failure:  # the state's topic, subscribed to last
+            refused.append(reasons[-1])
             arrived.set()
 
     def on_disconnect(client, userdata, flags, reason, properties) -> None:
@@ -483,9 +490,12 @@ def device_state(device: Annotated[str, _names()], context: SkillContext) -> str
     except NotDone as e:
         return _said(context, e)
     client.on_message, client.on_subscribe, client.on_disconnect = on_message, on_subscribe, on_disconnect
+    zigbee2mqtt = key == "topic" and found.get("convention", "zigbee2mqtt") == "zigbee2mqtt"
     try:
-        client.subscribe(topic)
-        if key == "topic" and found.get("convention", "zigbee2mqtt") == "zigbee2mqtt":
+        # Zigbee2MQTT's availability, retained, comes before the state subscribed to after it: a device
+        # gone offline keeps its last state, which is then stale.
+        client.subscribe([(f"{topic}/availability", 0), (topic, 0)] if zigbee2mqtt else topic)
+        if zigbee2mqtt:
             # Zigbee2MQTT retains no state unless told to: asked on <topic>/get, it reads the device and
             # publishes the state (after the subscription, as the broker keeps a connection's order).
             client.publish(f"{topic}/get", json.dumps(dict.fromkeys(ASKED.get(found["type"], ("state",)), "")))
@@ -497,11 +507,22 @@ def device_state(device: Annotated[str, _names()], context: SkillContext) -> str
     if refused:
         refusal = Refused(_where(context), f"to give the state of {topic}", f"不让查{device}的状态", refused[0])
         return _said(context, refusal)
+    if offline:
+        return context.localized(f"The {device} is offline.", zh=f"{device}离线了。")
     if not received and dropped:  # the broker, not the device, is what went quiet
         return _said(context, BrokerUnreachable(_where(context), "the connection dropped", "连接断了"))
     if not received:
         return context.localized(f"The {device} has not reported its state.", zh=f"{device}还没有报告状态。")
     return _describe(context, device, received[0])
+
+
+def _offline(payload: bytes) -> bool:
+    """Whether Zigbee2MQTT's availability says offline: {"state": "offline"}, or "offline" as older versions say."""
+    try:
+        said = json.loads(payload)
+    except (ValueError, RecursionError):
+        said = payload.decode(errors="replace")
+    return (said.get("state") if isinstance(said, dict) else said) == "offline"
 
 
 def _describe(context: SkillContext, device: str, payload: bytes) -> str:
