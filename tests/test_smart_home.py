@@ -834,3 +834,23 @@ def test_a_zigbee2mqtt_device_gone_offline_is_said_offline_not_its_last_state(br
         assert registry.call("device_state", {"device": "kitchen light"}).text == "kitchen light开着。"
     finally:
         subscriber.close()
+
+
+def test_numbers_no_device_reports_are_not_said(broker: int, tmp_path: Path) -> None:
+    registry, subscriber = smart_home(broker, tmp_path), Subscriber(broker)
+    not_understood = "The kitchen light is reporting something I don't understand."
+    try:
+        for payload, said in [
+            ('{"state": "ON", "brightness": 1e308}', "The kitchen light is on."),  # percent of it: infinity
+            ('{"state": "ON", "brightness": -5e306}', "The kitchen light is on."),
+            ('{"brightness": "1e308"}', not_understood),
+            ('{"state": ' + "9" * 400 + "}", not_understood),  # too large for a float
+            ('{"state": "OPEN", "position": ' + "9" * 400 + "}", "The kitchen light is open."),
+            ('{"local_temperature": -1e308}', not_understood),
+            ('{"state": "ON", "brightness": 127}', "The kitchen light is on, at 50 percent."),
+        ]:
+            subscriber.publish_retained("zigbee2mqtt/kitchen_light", payload)
+            result = registry.call("device_state", {"device": "kitchen light"})
+            assert (result.text, result.error) == (said, None), payload[:40]
+    finally:
+        subscriber.close()

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import re
 import secrets
 import socket
@@ -43,6 +42,7 @@ log = logging.getLogger(__name__)
 TIMEOUT = 3.0  # seconds to reach the broker, to have commands acknowledged, or to wait for a retained state
 MAX_STATE = 64 * 1024  # bytes of a reported state worth reading; devices report a few hundred
 MAX_PACKET = 2 * MAX_STATE  # bytes of a message the broker may send us: a state with room for its topic
+MAX_NUMBER = 1e6  # reported numbers said (brightness, position, temperatures) are far smaller
 MAX_WORD = 40  # characters of a reported state worth saying ("on", "closing", "heat")
 # One word of Latin letters, as devices report ("on", "heat_cool"): anyone who can publish on a state
 # topic would otherwise choose the sentence said (Chinese needs no spaces to make one).
@@ -569,11 +569,11 @@ def _word(value: object) -> str | None:
 
 
 def _number(value: object) -> float | None:
-    """A reported number ("21.5" as well as 21.5); None for null, text or anything not finite."""
+    """A reported number ("21.5" as well as 21.5); None for null, text or one no device reports."""
     if isinstance(value, bool):
         return None
     try:
         number = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an integer of hundreds of digits
         return None
-    return number if math.isfinite(number) else None
+    return number if abs(number) < MAX_NUMBER else None  # NaN and infinity fail the comparison too
