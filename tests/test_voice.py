@@ -98,6 +98,15 @@ def test_silence_and_noise_do_not_wake(ko_model) -> None:
             assert detector.feed(signal[start : start + 1600]) is None
 
 
+def test_noise_after_the_wake_phrase_is_not_answered(ko_model, tmp_path: Path, test_voice: Path) -> None:
+    """A fan or a running tap after the wake: the recogniser guesses words in it, the VAD hears no speech."""
+    noise = (np.random.default_rng(0).standard_normal(6 * ESPEAK_RATE) * 1000).astype(np.int16)
+    audio = write_wav(tmp_path / "in.wav", silence(0.5), speech(WAKE, tmp_path), noise)
+    heard, events = commands_heard(ko_model, audio, Transcriber(ko_model), test_voice)
+    assert [e["type"] for e in events].count("wake") == 1
+    assert heard == []  # back to listening, quietly
+
+
 def test_wake_needs_the_whole_phrase_and_respects_the_refractory_period(ko_model, tmp_path: Path) -> None:
     detector = WakeDetector(ko_model, [WAKE], min_confidence=0.5, refractory_seconds=30)
     once = np.concatenate([speech(WAKE, tmp_path), silence(1.0)])
