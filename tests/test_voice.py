@@ -308,6 +308,38 @@ def test_wake_phrase_and_command_in_one_breath(ko_model, tmp_path: Path, test_vo
     assert heard == ["음악 틀어 줘"]  # the command was not lost behind the wake phrase
 
 
+def test_a_command_cut_off_by_the_end_of_the_audio_is_still_answered(
+    ko_model, tmp_path: Path, test_voice: Path
+) -> None:
+    command = speech("오늘 날씨 어때", tmp_path)
+    audio = write_wav(tmp_path / "in.wav", silence(0.5), speech(WAKE, tmp_path), silence(1.0),
+                      command[: speech_end(command)])  # fmt: skip
+    heard, events = commands_heard(ko_model, audio, Transcriber(ko_model), test_voice)
+    assert len(heard) == 1 and heard[0]
+    assert events[-1]["type"] == "reply_done"
+
+
+def test_a_command_cut_off_by_a_stop_is_not_answered(ko_model, tmp_path: Path, test_voice: Path) -> None:
+    """The microphone ends when the assistant stops: the command being heard then goes with it."""
+    command = speech("오늘 날씨 어때", tmp_path)
+    audio = write_wav(tmp_path / "in.wav", silence(0.5), speech(WAKE, tmp_path), silence(1.0),
+                      command[: speech_end(command)])  # fmt: skip
+
+    class StoppedSource:  # what MicSource does on a stop: sets `stopped`, then its frames end
+        stopped = threading.Event()
+
+        def __iter__(self) -> Iterator[np.ndarray]:
+            yield from wav_source(audio)
+            self.stopped.set()
+
+    heard: list[str] = []
+    voice_pipeline = VoicePipeline(WakeDetector(ko_model, [WAKE], min_confidence=0.5), Transcriber(ko_model),
+                                   Voice(test_voice), WavSink(tmp_path / "out.wav"),
+                                   lambda text, cancel: heard.append(text) or iter(["OK."]))  # fmt: skip
+    voice_pipeline.run(StoppedSource())
+    assert heard == []
+
+
 @pytest.mark.parametrize("pause_before_command", [False, True])
 def test_the_wake_phrase_said_again_is_not_part_of_the_command(
     ko_model, tmp_path: Path, test_voice: Path, pause_before_command: bool

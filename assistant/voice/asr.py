@@ -144,6 +144,10 @@ class Transcriber:
             return True
         return not text and self.speech.trailing >= (self.silence_timeout + 3.0) * RATE  # nobody spoke
 
+    def end(self) -> AsrEvent:
+        """The final event of the utterance cut off here (the audio ended)."""
+        return self._final()
+
     def _final(self) -> AsrEvent:
         self.partial = ""  # FinalResult gives the open segment's text, now finished
         self.segments.append(json.loads(self.recognizer.FinalResult()).get("text", ""))

@@ -19,7 +19,7 @@ import numpy as np
 
 from assistant.skills.intents import reply_language
 from assistant.turn import SORRY, asks
-from assistant.voice.asr import Transcriber
+from assistant.voice.asr import AsrEvent, Transcriber
 from assistant.voice.audio import BLOCK, RATE
 from assistant.voice.tts import SentenceSplitter, Voice
 from assistant.voice.wake import WakeDetector
@@ -111,6 +111,11 @@ class VoicePipeline:
             # Words said right after the phrase, in the same breath, are already behind us: hear them first.
             for start in range(0, len(wake.after), BLOCK):
                 self._hear(wake.after[start : start + BLOCK])
+        # Audio that ends in the middle of a command (a file) still has it answered; a microphone that
+        # ends because the assistant is stopping does not.
+        stopped = getattr(frames, "stopped", None)
+        if self.hearing and not (stopped and stopped.is_set()):
+            self._heard(self.transcriber.end())
         self.finish()
 
     def _hear(self, frame: np.ndarray) -> None:
@@ -128,6 +133,10 @@ class VoicePipeline:
         if event.kind == "partial":
             self.emit("partial", text=event.text)
             return
+        self._heard(event)
+
+    def _heard(self, event: AsrEvent) -> None:
+        """The end of an utterance: a command to answer, "stop", the wake phrase again, or nothing."""
         self.hearing = False
         # The wake recogniser heard the command too, as one utterance it has not finished: forget
         # it, and the rest of a command cut at its longest, or their end could match the phrase
