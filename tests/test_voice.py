@@ -610,3 +610,29 @@ def test_characters_no_voice_can_say_are_left_out_and_the_rest_is_spoken(tmp_pat
     spoken = [e["text"] for e in events if e["type"] == "audio"]
     assert spoken[0] == "On your list: milk\x00 and bread\ud800." and spoken[-1] == "That is all\x1b[2J."
     assert events[-1]["type"] == "reply_done" and len(sink.chunks) > len(spoken)  # the announcement too
+
+
+@pytest.mark.parametrize(
+    ("written", "read"),
+    [
+        ("**Bold** and `code`, __too__.", "Bold and code, too."),
+        ("# Lights\n* kitchen: on\n* hall: off", "Lights\nkitchen: on\nhall: off"),
+        ("Great job 🎉😀! Thumbs 👍🏽 up ❤️.", "Great job! Thumbs up."),
+        ("Done.<|im_end|>", "Done."),
+        ("About ~5 minutes, #1 on the list.", "About 5 minutes, #1 on the list."),
+        ("好的, the light is on 灯已经打开了。", "the light is on"),  # a voice that does not speak Chinese
+    ],
+)
+def test_written_marks_are_not_read_out(test_voice: Path, written: str, read: str) -> None:
+    """A model writes markdown and emoji, and may spell a special token: espeak would say "asterisk",
+    "hash", "party popper", "im end" or "Chinese letter" for them."""
+    voice = Voice(test_voice)
+    assert [len(audio) for audio in voice.synthesize(written)] == [len(audio) for audio in voice.synthesize(read)]
+
+
+def test_a_chinese_voice_reads_chinese_without_the_marks(tmp_path: Path) -> None:
+    from tests.piper_voice import make_piper_voice
+
+    voice = Voice(make_piper_voice(tmp_path, language="cmn"))
+    said = [len(audio) for audio in voice.synthesize("好的，灯开了。")]
+    assert said and [len(audio) for audio in voice.synthesize("**好的**，灯开了 🎉。")] == said

@@ -26,6 +26,13 @@ _ABBREVIATION = re.compile(r"(?:^|[\s(\"'])(?:mr|mrs|ms|dr|prof|st|jr|sr|vs|e\.g
 # What espeak-ng cannot take (a NUL ends its C string), UTF-8 cannot carry (a lone surrogate), and other
 # control characters, none of them speech: a reply or a note may hold them, and the rest is still said.
 _UNSPEAKABLE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
+# Written marks that are not words, which espeak would read out ("asterisk", "hash", "party popper",
+# "im end"): markdown's emphasis, code and heading marks, special tokens spelled out, emoji with their
+# joiners and variation selectors.
+_MARKS = re.compile(
+    r"<\|\w*\|>|[*_~`]+|^[ \t]*#+(?=[ \t])|[\u2600-\u27bf\u2b00-\u2bff\ufe0f\u200d\u20e3\U0001f000-\U0001faff]", re.M
+)
+_HAN_KANA_CHARACTER = re.compile(f"[{_HAN_KANA}]")
 MIN_CLAUSE_WORDS = 4  # a shorter first clause ("Sure," "好的，") waits for more
 # Text that runs on without a sentence end is cut after this many words, at a clause or a space if
 # it has one: the voice's encoder takes a piece whole, in time and memory that grow with its
@@ -78,6 +85,13 @@ class SentenceSplitter:
     def flush(self) -> list[str]:
         rest, self.buffer = self.buffer.strip(), ""
         return [rest] if rest else []
+
+
+def speakable(text: str, language: str) -> str:
+    """`text` as a voice of `language` should read it: without the marks above, and without Chinese or
+    Japanese characters unless it speaks them (espeak says "Chinese letter" for each)."""
+    text = _MARKS.sub(" ", _UNSPEAKABLE.sub("", text))
+    return text if language in ("zh", "ja") else _HAN_KANA_CHARACTER.sub(" ", text)
 
 
 def windows(
@@ -231,7 +245,7 @@ class Voice:
 
     def synthesize(self, text: str) -> Iterator[np.ndarray]:
         """int16 audio at self.rate: a chunk per decoder window (split voice) or per sentence (whole)."""
-        text = _UNSPEAKABLE.sub("", text)
+        text = speakable(text, self.language)
         if self.stream is None:
             for chunk in self.voice.synthesize(text, self.config):
                 yield chunk.audio_int16_array
