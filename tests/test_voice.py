@@ -636,3 +636,18 @@ def test_a_chinese_voice_reads_chinese_without_the_marks(tmp_path: Path) -> None
     voice = Voice(make_piper_voice(tmp_path, language="cmn"))
     said = [len(audio) for audio in voice.synthesize("好的，灯开了。")]
     assert said and [len(audio) for audio in voice.synthesize("**好的**，灯开了 🎉。")] == said
+
+
+def test_a_missing_speaker_does_not_stop_the_assistant(caplog: pytest.LogCaptureFixture) -> None:
+    """Unplugged at the start or later: what it would have played is lost, said once in the log."""
+    import logging
+
+    from assistant.voice.audio import SpeakerSink
+    from assistant.voice.pipeline import EARCON_RATE, earcon
+
+    sink = SpeakerSink("no such speaker")
+    with caplog.at_level(logging.WARNING, "assistant.voice.audio"):
+        for _ in range(3):
+            sink.play(earcon(), EARCON_RATE)
+    said = [r.getMessage() for r in caplog.records if r.name == "assistant.voice.audio"]
+    assert len(said) == 1 and "'no such speaker'" in said[0], said

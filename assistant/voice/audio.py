@@ -164,29 +164,35 @@ class NullSink:
 
 
 class SpeakerSink:
-    """The speaker through sounddevice; `stop` cuts playback at once (barge-in)."""
+    """The speaker through sounddevice; `stop` cuts playback at once (barge-in).
+
+    The device is opened for each sound, as the microphone is reopened: a speaker missing at the start
+    or gone later loses what it would have played, and the assistant goes on.
+    """
 
     def __init__(self, device: str | int | None = None, rate: int | None = None):
         import sounddevice
 
         self.sounddevice = sounddevice
-        self.device = device
-        self.rate = int(rate or sounddevice.query_devices(device, "output")["default_samplerate"])
+        self.device, self.rate = device, rate
         self.interrupted = threading.Event()
+        self.failing = False  # said once in the log until the speaker plays again
 
     def play(self, pcm: np.ndarray, rate: int) -> None:
         self.interrupted.clear()
-        out = resample(pcm, rate, self.rate)
         try:
-            with self.sounddevice.OutputStream(
-                device=self.device, samplerate=self.rate, channels=1, dtype="int16"
-            ) as s:
-                for start in range(0, len(out), self.rate // 10):
+            out_rate = int(self.rate or self.sounddevice.query_devices(self.device, "output")["default_samplerate"])
+            out = resample(pcm, rate, out_rate)
+            with self.sounddevice.OutputStream(device=self.device, samplerate=out_rate, channels=1, dtype="int16") as s:
+                for start in range(0, len(out), out_rate // 10):
                     if self.interrupted.is_set():
                         return
-                    s.write(out[start : start + self.rate // 10].reshape(-1, 1))
-        except Exception as e:  # a speaker that vanished: the reply is lost, the assistant goes on
-            log.warning("speaker: %s", e)
+                    s.write(out[start : start + out_rate // 10].reshape(-1, 1))
+            self.failing = False
+        except Exception as e:  # PortAudio errors have no common base class
+            if not self.failing:
+                log.warning("speaker: %s; the assistant goes on without sound", e)
+            self.failing = True
 
     def stop(self) -> None:
         self.interrupted.set()
