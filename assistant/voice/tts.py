@@ -38,6 +38,9 @@ MIN_CLAUSE_WORDS = 4  # a shorter first clause ("Sure," "好的，") waits for m
 # it has one: the voice's encoder takes a piece whole, in time and memory that grow with its
 # square (2,000 characters: 4.5 s to the first sound and 1.2 GB), and a stop waits for a piece.
 MAX_PIECE_WORDS = 40
+# The first piece decides how soon anything is heard: without a clause it is cut sooner (a sentence
+# of up to this many words is still said whole).
+MAX_FIRST_PIECE_WORDS = 20
 
 
 class SentenceSplitter:
@@ -75,8 +78,9 @@ class SentenceSplitter:
                 if len(_WORD.findall(self.buffer[: match.start()])) >= MIN_CLAUSE_WORDS:
                     cuts.append(match.end())
                     break
-        if not cuts and (words := list(_WORD.finditer(self.buffer))) and len(words) > MAX_PIECE_WORDS:
-            limit = words[MAX_PIECE_WORDS - 1].end()
+        most = MAX_PIECE_WORDS if self.started else MAX_FIRST_PIECE_WORDS
+        if not cuts and (words := list(_WORD.finditer(self.buffer))) and len(words) > most:
+            limit = words[most - 1].end()
             clauses = [m.end() for m in _CLAUSE.finditer(self.buffer, 0, limit + 1)]
             space = self.buffer.rfind(" ", 0, limit + 1)
             cuts.append(clauses[-1] if clauses else space if space > 0 else limit)
