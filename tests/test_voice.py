@@ -619,6 +619,7 @@ def test_characters_no_voice_can_say_are_left_out_and_the_rest_is_spoken(tmp_pat
         ("# Lights\n* kitchen: on\n* hall: off", "Lights\nkitchen: on\nhall: off"),
         ("Great job 🎉😀! Thumbs 👍🏽 up ❤️.", "Great job! Thumbs up."),
         ("Done.<|im_end|>", "Done."),
+        ("See https://www.example.com/a?b=c_d#e. Or http://192.168.1.10/x", "See example.com. Or 192.168.1.10"),
         ("About ~5 minutes, #1 on the list.", "About 5 minutes, #1 on the list."),
         ("好的, the light is on 灯已经打开了。", "the light is on"),  # a voice that does not speak Chinese
     ],

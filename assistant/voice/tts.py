@@ -33,6 +33,9 @@ _MARKS = re.compile(
     r"<\|\w*\|>|[*_~`]+|^[ \t]*#+(?=[ \t])|[\u2600-\u27bf\u2b00-\u2bff\ufe0f\u200d\u20e3\U0001f000-\U0001faff]", re.M
 )
 _HAN_KANA_CHARACTER = re.compile(f"[{_HAN_KANA}]")
+# A web address is read as its host ("example.com"), not as "h t t p s colon slash slash ...", and
+# the punctuation after it still ends its sentence.
+_ADDRESS = re.compile(r"\bhttps?://(?:www\.)?([^\s/?#]+)\S*?(?=[.,;:!?)]*(?:\s|$))")
 MIN_CLAUSE_WORDS = 4  # a shorter first clause ("Sure," "好的，") waits for more
 # Text that runs on without a sentence end is cut after this many words, at a clause or a space if
 # it has one: the voice's encoder takes a piece whole, in time and memory that grow with its
@@ -94,7 +97,7 @@ class SentenceSplitter:
 def speakable(text: str, language: str) -> str:
     """`text` as a voice of `language` should read it: without the marks above, and without Chinese or
     Japanese characters unless it speaks them (espeak says "Chinese letter" for each)."""
-    text = _MARKS.sub(" ", _UNSPEAKABLE.sub("", text))
+    text = _MARKS.sub(" ", _ADDRESS.sub(r"\1", _UNSPEAKABLE.sub("", text)))
     return text if language in ("zh", "ja") else _HAN_KANA_CHARACTER.sub(" ", text)
 
 
