@@ -271,3 +271,11 @@ def test_titles_and_latin_abbreviations_do_not_end_a_sentence() -> None:
     for piece in ["Dr. Kim and Mrs. ", "Lee will come, e.g. ", "at noon. Then we go. ", "Ok."]:
         pieces += splitter.push(piece)
     assert pieces + splitter.flush() == ["Dr. Kim and Mrs. Lee will come,", "e.g. at noon.", "Then we go.", "Ok."]
+
+
+def test_a_numbered_list_is_said_item_by_item_with_its_numbers() -> None:
+    splitter, pieces = SentenceSplitter(), []
+    for piece in ["Your shopping list:\n1", ". Milk\n", "2. Bread\n  3.", " Eggs, six of them. I have 2. Bye."]:
+        pieces += splitter.push(piece)
+    pieces += splitter.flush()
+    assert pieces == ["Your shopping list:", "1. Milk", "2. Bread", "3. Eggs, six of them.", "I have 2.", "Bye."]

@@ -23,6 +23,8 @@ _HAN_KANA = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff"
 _WORD = re.compile(f"[{_HAN_KANA}]|(?:(?![{_HAN_KANA}])\\w)+")
 # Titles and Latin abbreviations end in a period but never end a sentence ("Dr. Kim", "e.g. tea").
 _ABBREVIATION = re.compile(r"(?:^|[\s(\"'])(?:mr|mrs|ms|dr|prof|st|jr|sr|vs|e\.g|i\.e)\.$", re.IGNORECASE)
+# Nor does the number of an item in a list ("1. Milk" on its own line): said with its item.
+_LIST_NUMBER = re.compile(r"(?:^|\n)[ \t]*\d+\.$")
 # What espeak-ng cannot take (a NUL ends its C string), UTF-8 cannot carry (a lone surrogate), and other
 # control characters, none of them speech: a reply or a note may hold them, and the rest is still said.
 _UNSPEAKABLE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
@@ -71,7 +73,8 @@ class SentenceSplitter:
     def _cut(self) -> int | None:
         cuts = []
         for match in _END.finditer(self.buffer):
-            if _ABBREVIATION.search(self.buffer, 0, match.start()):
+            before = self.buffer[: match.start()]
+            if _ABBREVIATION.search(before) or _LIST_NUMBER.search(before):
                 continue
             if match.end() < len(self.buffer) or match.group():  # "。" at the very end: a quote may follow
                 cuts.append(match.end())
