@@ -652,3 +652,17 @@ def test_a_missing_speaker_does_not_stop_the_assistant(caplog: pytest.LogCapture
             sink.play(earcon(), EARCON_RATE)
     said = [r.getMessage() for r in caplog.records if r.name == "assistant.voice.audio"]
     assert len(said) == 1 and "'no such speaker'" in said[0], said
+
+
+def test_an_output_that_fails_loses_the_reply_not_the_loop(test_voice: Path, caplog: pytest.LogCaptureFixture) -> None:
+    events: list[dict] = []
+    sink = WavSink(Path("/dev/full"))  # a full disk
+    reply = VoicePipeline(None, None, Voice(test_voice), sink,
+                          lambda text, cancel: iter(["The light is on. ", "The heating is on. ", "Bye."]),
+                          on_event=events.append)  # fmt: skip
+    reply.start_reply("hello", time.monotonic())
+    reply.finish()
+    with pytest.raises(OSError):
+        sink.close()
+    assert [e["type"] for e in events][-1] == "reply_done"  # the turn ends, for the clients and the follow-up
+    assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == ["speaking the reply failed"]

@@ -197,11 +197,16 @@ class VoicePipeline:
             sentences.put(None)
 
     def _speak(self, reply: Reply, sentences: queue.Queue) -> None:
+        failed = False
         while (sentence := sentences.get()) is not None:
-            if reply.cancel.is_set():
-                continue  # drain: the generating thread is about to stop
-            with self.speaker:
-                self._speak_piece(reply, sentence)
+            if reply.cancel.is_set() or failed:
+                continue  # drain: the generating thread is about to stop, or nothing more can be said
+            try:
+                with self.speaker:
+                    self._speak_piece(reply, sentence)
+            except Exception:  # the voice or the output failed: the rest of this reply is lost, not the loop
+                log.exception("speaking the reply failed")
+                failed = True
         self.emit("reply_done", text=reply.text, cancelled=reply.cancel.is_set())
         # A reply that asks something is followed by listening without the wake phrase.
         if not reply.cancel.is_set() and asks(reply.text):
