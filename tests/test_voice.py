@@ -340,6 +340,20 @@ def test_a_command_cut_off_by_a_stop_is_not_answered(ko_model, tmp_path: Path, t
     assert heard == []
 
 
+def test_the_phrase_said_again_after_nothing_was_said_is_heard(ko_model, tmp_path: Path, test_voice: Path) -> None:
+    """Hi computer … (nothing, it gives up without a sound) … hi computer, weather: the second try counts."""
+    wake = speech(WAKE, tmp_path)
+    audio = write_wav(tmp_path / "in.wav", silence(0.5), wake, silence(4.5), wake, silence(1.0),
+                      speech("날씨", tmp_path), silence(2.5))  # fmt: skip
+    heard: list[str] = []
+    wake_detector = WakeDetector(ko_model, [WAKE], min_confidence=0.5, refractory_seconds=5.0)
+    transcriber = Transcriber(ko_model, grammar=[WAKE, *COMMANDS])
+    voice_pipeline = VoicePipeline(wake_detector, transcriber, Voice(test_voice), WavSink(tmp_path / "out.wav"),
+                                   lambda text, cancel: heard.append(text) or iter(["OK."]))  # fmt: skip
+    voice_pipeline.run(wav_source(audio))
+    assert heard == ["날씨"]
+
+
 @pytest.mark.parametrize("pause_before_command", [False, True])
 def test_the_wake_phrase_said_again_is_not_part_of_the_command(
     ko_model, tmp_path: Path, test_voice: Path, pause_before_command: bool

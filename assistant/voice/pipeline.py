@@ -140,8 +140,9 @@ class VoicePipeline:
         self.hearing = False
         # The wake recogniser heard the command too, as one utterance it has not finished: forget
         # it, and the rest of a command cut at its longest, or their end could match the phrase
-        # and wake (and answer) a second time.
-        self.wake.reset()
+        # and wake (and answer) a second time. After nothing at all, the phrase said again (the
+        # user trying once more) is heard at once.
+        self.wake.reset(refractory=bool(event.text))
         final = time.monotonic()
         # The wake phrase said again after a pause ("hey computer … hey computer, lights on") is
         # heard by the command's recogniser: it is not part of the command.
