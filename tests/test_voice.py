@@ -268,6 +268,31 @@ def test_a_question_is_followed_by_listening_without_the_wake_phrase(
     assert [e["type"] for e in events].count("wake") == 1
 
 
+@pytest.mark.parametrize(("follow_up", "pause", "answered"), [(8.0, 6.0, True), (1.0, 3.0, False)])
+def test_the_follow_up_listens_for_as_long_as_configured(
+    ko_model, tmp_path: Path, test_voice: Path, follow_up: float, pause: float, answered: bool
+) -> None:
+    """A slow answer within asr.follow_up_seconds is heard; one after it needs the wake phrase."""
+    audio = write_wav(tmp_path / "in.wav", silence(0.5), speech(WAKE, tmp_path), silence(1.0),
+                      speech("타이머", tmp_path), silence(pause), speech("음악", tmp_path), silence(2.5))  # fmt: skip
+    turns: list[str] = []
+
+    def respond(text: str, cancel: threading.Event) -> Iterator[str]:
+        turns.append(text)
+        yield "For how long?" if len(turns) == 1 else "Okay."
+
+    def real_timeish_frames() -> Iterator[np.ndarray]:
+        for frame in wav_source(audio):
+            time.sleep(0.02)  # the reply is spoken before the next words arrive
+            yield frame
+
+    voice_pipeline = VoicePipeline(WakeDetector(ko_model, [WAKE], min_confidence=0.5),
+                                   Transcriber(ko_model, silence_timeout=0.8, grammar=COMMANDS), Voice(test_voice),
+                                   WavSink(tmp_path / "out.wav"), respond, follow_up_seconds=follow_up)  # fmt: skip
+    voice_pipeline.run(real_timeish_frames())
+    assert turns == (["타이머", "음악"] if answered else ["타이머"])
+
+
 def test_raw_pcm_on_stdin_is_resampled_to_16khz() -> None:
     import sys
 

@@ -106,7 +106,9 @@ class Transcriber:
         self.speech = SpeechTracker()
         self.start()
 
-    def start(self) -> None:
+    def start(self, wait: float | None = None) -> None:
+        """A new utterance, given up after `wait` seconds if nobody speaks (silence_timeout + 3 s if None)."""
+        self.wait = self.silence_timeout + 3.0 if wait is None else wait
         self.recognizer.Reset()
         self.speech.reset()
         self.heard = 0  # samples since the start
@@ -142,7 +144,7 @@ class Transcriber:
             return True
         if text and self.quiet >= self.silence_timeout * RATE:
             return True
-        return not text and self.speech.trailing >= (self.silence_timeout + 3.0) * RATE  # nobody spoke
+        return not text and self.speech.trailing >= self.wait * RATE  # nobody spoke
 
     def end(self) -> AsrEvent:
         """The final event of the utterance cut off here (the audio ended)."""

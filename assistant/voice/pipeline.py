@@ -122,7 +122,7 @@ class VoicePipeline:
         replying = self.reply is not None and self.reply.alive()
         if not self.hearing and not replying and self.listening_until is not None:
             if self.position <= self.listening_until:
-                self.transcriber.start()
+                self.transcriber.start(wait=self.listening_until - self.position)
                 self.hearing = True
             self.listening_until = None
         if not self.hearing:
