@@ -293,6 +293,20 @@ def test_the_follow_up_listens_for_as_long_as_configured(
     assert turns == (["타이머", "음악"] if answered else ["타이머"])
 
 
+def test_audio_below_16khz_is_named_in_the_log(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """At 8 kHz the speech models hear nothing (a telephone's or a Bluetooth headset's band): say so."""
+    for rate in (8000, 16000, 44100):
+        with wave.open(str(tmp_path / f"{rate}.wav"), "wb") as w:
+            w.setnchannels(1)
+            w.setsampwidth(2)
+            w.setframerate(rate)
+            w.writeframes(np.zeros(rate // 10, "<i2").tobytes())
+        list(wav_source(tmp_path / f"{rate}.wav"))
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warned == [f"{tmp_path / '8000.wav'}: audio at 8000 Hz (sounds up to 4000 Hz only); the speech models "
+                      "are made for 16 kHz and may hear little of it"]  # fmt: skip
+
+
 def test_raw_pcm_on_stdin_is_resampled_to_16khz() -> None:
     import sys
 
