@@ -141,6 +141,24 @@ def test_first_sentence_is_heard_before_the_reply_is_finished(tmp_path: Path, te
     assert sink.chunks[0][0] < second_piece_at[0]
 
 
+@pytest.mark.parametrize("first", ["---\n", "🎉🎉\n"])
+def test_a_first_piece_with_nothing_to_say_does_not_delay_the_reply(
+    tmp_path: Path, test_voice: Path, first: str
+) -> None:
+    """The model waits for the first piece's audio before writing on; a piece that has none must not hold it."""
+
+    def respond(text: str, cancel: threading.Event) -> Iterator[str]:
+        yield first
+        yield from ["The light ", "in the kitchen ", "is on now."]
+
+    events: list[dict] = []
+    reply = VoicePipeline(None, None, Voice(test_voice), WavSink(tmp_path / "out.wav"), respond, on_event=events.append)
+    reply.start_reply("hello", time.monotonic())
+    reply.finish()
+    (latency,) = [e for e in events if e["type"] == "latency"]
+    assert latency["first_audio_ms"] < 500  # not the 1 s the first piece's audio is waited for
+
+
 def test_sentences_are_separated_by_the_configured_silence(tmp_path: Path, test_voice: Path) -> None:
     voice = Voice(test_voice)
     sink = WavSink(tmp_path / "out.wav", rate=voice.rate)

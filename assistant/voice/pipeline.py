@@ -53,7 +53,7 @@ class Reply:
     """One turn in flight: its threads, its cancel switch and its timing."""
 
     cancel: threading.Event = field(default_factory=threading.Event)
-    speaking: threading.Event = field(default_factory=threading.Event)  # its first audio has been played
+    speaking: threading.Event = field(default_factory=threading.Event)  # its first audio (or piece) has been played
     threads: list[threading.Thread] = field(default_factory=list)
     times: dict[str, float] = field(default_factory=dict)
     text: str = ""
@@ -208,6 +208,7 @@ class VoicePipeline:
             except Exception:  # the voice or the output failed: the rest of this reply is lost, not the loop
                 log.exception("speaking the reply failed")
                 failed = True
+            reply.speaking.set()  # a first piece with nothing to say ("---", an emoji) holds the rest back no longer
         self.emit("reply_done", text=reply.text, cancelled=reply.cancel.is_set())
         # A reply that asks something is followed by listening without the wake phrase.
         if not reply.cancel.is_set() and asks(reply.text):
