@@ -98,6 +98,15 @@ def test_silence_and_noise_do_not_wake(ko_model) -> None:
             assert detector.feed(signal[start : start + 1600]) is None
 
 
+def test_noise_after_the_wake_phrase_is_not_answered(ko_model, tmp_path: Path, test_voice: Path) -> None:
+    """A fan or a running tap after the wake: the recogniser guesses words in it, the VAD hears no speech."""
+    noise = (np.random.default_rng(0).standard_normal(6 * ESPEAK_RATE) * 1000).astype(np.int16)
+    audio = write_wav(tmp_path / "in.wav", silence(0.5), speech(WAKE, tmp_path), noise)
+    heard, events = commands_heard(ko_model, audio, Transcriber(ko_model), test_voice)
+    assert [e["type"] for e in events].count("wake") == 1
+    assert heard == []  # back to listening, quietly
+
+
 def test_wake_needs_the_whole_phrase_and_respects_the_refractory_period(ko_model, tmp_path: Path) -> None:
     detector = WakeDetector(ko_model, [WAKE], min_confidence=0.5, refractory_seconds=30)
     once = np.concatenate([speech(WAKE, tmp_path), silence(1.0)])
@@ -130,6 +139,24 @@ def test_first_sentence_is_heard_before_the_reply_is_finished(tmp_path: Path, te
     spoken = [e["text"] for e in events if e["type"] == "audio"]
     assert spoken == ["The kitchen light is on.", "The temperature is 23.5 degrees."]  # 23.5 not split
     assert sink.chunks[0][0] < second_piece_at[0]
+
+
+@pytest.mark.parametrize("first", ["---\n", "🎉🎉\n"])
+def test_a_first_piece_with_nothing_to_say_does_not_delay_the_reply(
+    tmp_path: Path, test_voice: Path, first: str
+) -> None:
+    """The model waits for the first piece's audio before writing on; a piece that has none must not hold it."""
+
+    def respond(text: str, cancel: threading.Event) -> Iterator[str]:
+        yield first
+        yield from ["The light ", "in the kitchen ", "is on now."]
+
+    events: list[dict] = []
+    reply = VoicePipeline(None, None, Voice(test_voice), WavSink(tmp_path / "out.wav"), respond, on_event=events.append)
+    reply.start_reply("hello", time.monotonic())
+    reply.finish()
+    (latency,) = [e for e in events if e["type"] == "latency"]
+    assert latency["first_audio_ms"] < 500  # not the 1 s the first piece's audio is waited for
 
 
 def test_sentences_are_separated_by_the_configured_silence(tmp_path: Path, test_voice: Path) -> None:
@@ -259,6 +286,45 @@ def test_a_question_is_followed_by_listening_without_the_wake_phrase(
     assert [e["type"] for e in events].count("wake") == 1
 
 
+@pytest.mark.parametrize(("follow_up", "pause", "answered"), [(8.0, 6.0, True), (1.0, 3.0, False)])
+def test_the_follow_up_listens_for_as_long_as_configured(
+    ko_model, tmp_path: Path, test_voice: Path, follow_up: float, pause: float, answered: bool
+) -> None:
+    """A slow answer within asr.follow_up_seconds is heard; one after it needs the wake phrase."""
+    audio = write_wav(tmp_path / "in.wav", silence(0.5), speech(WAKE, tmp_path), silence(1.0),
+                      speech("타이머", tmp_path), silence(pause), speech("음악", tmp_path), silence(2.5))  # fmt: skip
+    turns: list[str] = []
+
+    def respond(text: str, cancel: threading.Event) -> Iterator[str]:
+        turns.append(text)
+        yield "For how long?" if len(turns) == 1 else "Okay."
+
+    def real_timeish_frames() -> Iterator[np.ndarray]:
+        for frame in wav_source(audio):
+            time.sleep(0.02)  # the reply is spoken before the next words arrive
+            yield frame
+
+    voice_pipeline = VoicePipeline(WakeDetector(ko_model, [WAKE], min_confidence=0.5),
+                                   Transcriber(ko_model, silence_timeout=0.8, grammar=COMMANDS), Voice(test_voice),
+                                   WavSink(tmp_path / "out.wav"), respond, follow_up_seconds=follow_up)  # fmt: skip
+    voice_pipeline.run(real_timeish_frames())
+    assert turns == (["타이머", "음악"] if answered else ["타이머"])
+
+
+def test_audio_below_16khz_is_named_in_the_log(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """At 8 kHz the speech models hear nothing (a telephone's or a Bluetooth headset's band): say so."""
+    for rate in (8000, 16000, 44100):
+        with wave.open(str(tmp_path / f"{rate}.wav"), "wb") as w:
+            w.setnchannels(1)
+            w.setsampwidth(2)
+            w.setframerate(rate)
+            w.writeframes(np.zeros(rate // 10, "<i2").tobytes())
+        list(wav_source(tmp_path / f"{rate}.wav"))
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warned == [f"{tmp_path / '8000.wav'}: audio at 8000 Hz (sounds up to 4000 Hz only); the speech models "
+                      "are made for 16 kHz and may hear little of it"]  # fmt: skip
+
+
 def test_raw_pcm_on_stdin_is_resampled_to_16khz() -> None:
     import sys
 
@@ -297,6 +363,52 @@ def test_wake_phrase_and_command_in_one_breath(ko_model, tmp_path: Path, test_vo
     heard, events = commands_heard(ko_model, audio, Transcriber(ko_model, grammar=ONE_BREATH_COMMANDS), test_voice)
     assert [e["type"] for e in events].count("wake") == 1
     assert heard == ["음악 틀어 줘"]  # the command was not lost behind the wake phrase
+
+
+def test_a_command_cut_off_by_the_end_of_the_audio_is_still_answered(
+    ko_model, tmp_path: Path, test_voice: Path
+) -> None:
+    command = speech("오늘 날씨 어때", tmp_path)
+    audio = write_wav(tmp_path / "in.wav", silence(0.5), speech(WAKE, tmp_path), silence(1.0),
+                      command[: speech_end(command)])  # fmt: skip
+    heard, events = commands_heard(ko_model, audio, Transcriber(ko_model), test_voice)
+    assert len(heard) == 1 and heard[0]
+    assert events[-1]["type"] == "reply_done"
+
+
+def test_a_command_cut_off_by_a_stop_is_not_answered(ko_model, tmp_path: Path, test_voice: Path) -> None:
+    """The microphone ends when the assistant stops: the command being heard then goes with it."""
+    command = speech("오늘 날씨 어때", tmp_path)
+    audio = write_wav(tmp_path / "in.wav", silence(0.5), speech(WAKE, tmp_path), silence(1.0),
+                      command[: speech_end(command)])  # fmt: skip
+
+    class StoppedSource:  # what MicSource does on a stop: sets `stopped`, then its frames end
+        stopped = threading.Event()
+
+        def __iter__(self) -> Iterator[np.ndarray]:
+            yield from wav_source(audio)
+            self.stopped.set()
+
+    heard: list[str] = []
+    voice_pipeline = VoicePipeline(WakeDetector(ko_model, [WAKE], min_confidence=0.5), Transcriber(ko_model),
+                                   Voice(test_voice), WavSink(tmp_path / "out.wav"),
+                                   lambda text, cancel: heard.append(text) or iter(["OK."]))  # fmt: skip
+    voice_pipeline.run(StoppedSource())
+    assert heard == []
+
+
+def test_the_phrase_said_again_after_nothing_was_said_is_heard(ko_model, tmp_path: Path, test_voice: Path) -> None:
+    """Hi computer … (nothing, it gives up without a sound) … hi computer, weather: the second try counts."""
+    wake = speech(WAKE, tmp_path)
+    audio = write_wav(tmp_path / "in.wav", silence(0.5), wake, silence(4.5), wake, silence(1.0),
+                      speech("날씨", tmp_path), silence(2.5))  # fmt: skip
+    heard: list[str] = []
+    wake_detector = WakeDetector(ko_model, [WAKE], min_confidence=0.5, refractory_seconds=5.0)
+    transcriber = Transcriber(ko_model, grammar=[WAKE, *COMMANDS])
+    voice_pipeline = VoicePipeline(wake_detector, transcriber, Voice(test_voice), WavSink(tmp_path / "out.wav"),
+                                   lambda text, cancel: heard.append(text) or iter(["OK."]))  # fmt: skip
+    voice_pipeline.run(wav_source(audio))
+    assert heard == ["날씨"]
 
 
 @pytest.mark.parametrize("pause_before_command", [False, True])
@@ -569,3 +681,59 @@ def test_characters_no_voice_can_say_are_left_out_and_the_rest_is_spoken(tmp_pat
     spoken = [e["text"] for e in events if e["type"] == "audio"]
     assert spoken[0] == "On your list: milk\x00 and bread\ud800." and spoken[-1] == "That is all\x1b[2J."
     assert events[-1]["type"] == "reply_done" and len(sink.chunks) > len(spoken)  # the announcement too
+
+
+@pytest.mark.parametrize(
+    ("written", "read"),
+    [
+        ("**Bold** and `code`, __too__.", "Bold and code, too."),
+        ("# Lights\n* kitchen: on\n* hall: off", "Lights\nkitchen: on\nhall: off"),
+        ("Great job 🎉😀! Thumbs 👍🏽 up ❤️.", "Great job! Thumbs up."),
+        ("Done.<|im_end|>", "Done."),
+        ("See https://www.example.com/a?b=c_d#e. Or http://192.168.1.10/x", "See example.com. Or 192.168.1.10"),
+        ("About ~5 minutes, #1 on the list.", "About 5 minutes, #1 on the list."),
+        ("好的, the light is on 灯已经打开了。", "the light is on"),  # a voice that does not speak Chinese
+    ],
+)
+def test_written_marks_are_not_read_out(test_voice: Path, written: str, read: str) -> None:
+    """A model writes markdown and emoji, and may spell a special token: espeak would say "asterisk",
+    "hash", "party popper", "im end" or "Chinese letter" for them."""
+    voice = Voice(test_voice)
+    assert [len(audio) for audio in voice.synthesize(written)] == [len(audio) for audio in voice.synthesize(read)]
+
+
+def test_a_chinese_voice_reads_chinese_without_the_marks(tmp_path: Path) -> None:
+    from tests.piper_voice import make_piper_voice
+
+    voice = Voice(make_piper_voice(tmp_path, language="cmn"))
+    said = [len(audio) for audio in voice.synthesize("好的，灯开了。")]
+    assert said and [len(audio) for audio in voice.synthesize("**好的**，灯开了 🎉。")] == said
+
+
+def test_a_missing_speaker_does_not_stop_the_assistant(caplog: pytest.LogCaptureFixture) -> None:
+    """Unplugged at the start or later: what it would have played is lost, said once in the log."""
+    import logging
+
+    from assistant.voice.audio import SpeakerSink
+    from assistant.voice.pipeline import EARCON_RATE, earcon
+
+    sink = SpeakerSink("no such speaker")
+    with caplog.at_level(logging.WARNING, "assistant.voice.audio"):
+        for _ in range(3):
+            sink.play(earcon(), EARCON_RATE)
+    said = [r.getMessage() for r in caplog.records if r.name == "assistant.voice.audio"]
+    assert len(said) == 1 and "'no such speaker'" in said[0], said
+
+
+def test_an_output_that_fails_loses_the_reply_not_the_loop(test_voice: Path, caplog: pytest.LogCaptureFixture) -> None:
+    events: list[dict] = []
+    sink = WavSink(Path("/dev/full"))  # a full disk
+    reply = VoicePipeline(None, None, Voice(test_voice), sink,
+                          lambda text, cancel: iter(["The light is on. ", "The heating is on. ", "Bye."]),
+                          on_event=events.append)  # fmt: skip
+    reply.start_reply("hello", time.monotonic())
+    reply.finish()
+    with pytest.raises(OSError):
+        sink.close()
+    assert [e["type"] for e in events][-1] == "reply_done"  # the turn ends, for the clients and the follow-up
+    assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == ["speaking the reply failed"]

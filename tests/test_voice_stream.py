@@ -16,7 +16,7 @@ from assistant.llm.backends import session_options
 from assistant.setup.voice import StreamConfig, split_voice, stream_config_path
 from assistant.voice.audio import WavSink
 from assistant.voice.pipeline import VoicePipeline
-from assistant.voice.tts import MAX_PIECE_WORDS, SentenceSplitter, Voice, windows
+from assistant.voice.tts import MAX_FIRST_PIECE_WORDS, MAX_PIECE_WORDS, SentenceSplitter, Voice, windows
 
 # Streamed and whole-sentence audio agree to float32 rounding: each window holds the decoder's whole
 # receptive field around what it emits, so only the order of additions inside a convolution differs.
@@ -250,7 +250,20 @@ def test_text_without_sentence_ends_is_spoken_in_bounded_pieces() -> None:
 
     chinese = "这是一个很长的句子没有标点" * 40
     pieces = SentenceSplitter().push(chinese)
-    assert pieces and all(len(p) == MAX_PIECE_WORDS for p in pieces)
+    assert [len(p) for p in pieces[:2]] == [MAX_FIRST_PIECE_WORDS, MAX_PIECE_WORDS]
+    assert all(len(p) == MAX_PIECE_WORDS for p in pieces[1:])
+
+
+def test_a_reply_without_punctuation_is_heard_early() -> None:
+    """The first piece waits for its words: one long sentence with no clause must not wait for 40 of them."""
+    words = ("the light in the kitchen is on and the hall light is off and the heating is at twenty " * 8).split()
+    splitter = SentenceSplitter()
+    written = next(count for count, word in enumerate(words, 1) if splitter.push(word + " "))
+    assert written <= MAX_FIRST_PIECE_WORDS + 1  # the piece is complete when the next word begins
+    one_sentence = SentenceSplitter()
+    assert one_sentence.push("The kitchen light is on now and the living room is at twenty three degrees. ") == [
+        "The kitchen light is on now and the living room is at twenty three degrees."  # a sentence is still whole
+    ]
 
 
 def test_titles_and_latin_abbreviations_do_not_end_a_sentence() -> None:
@@ -258,3 +271,11 @@ def test_titles_and_latin_abbreviations_do_not_end_a_sentence() -> None:
     for piece in ["Dr. Kim and Mrs. ", "Lee will come, e.g. ", "at noon. Then we go. ", "Ok."]:
         pieces += splitter.push(piece)
     assert pieces + splitter.flush() == ["Dr. Kim and Mrs. Lee will come,", "e.g. at noon.", "Then we go.", "Ok."]
+
+
+def test_a_numbered_list_is_said_item_by_item_with_its_numbers() -> None:
+    splitter, pieces = SentenceSplitter(), []
+    for piece in ["Your shopping list:\n1", ". Milk\n", "2. Bread\n  3.", " Eggs, six of them. I have 2. Bye."]:
+        pieces += splitter.push(piece)
+    pieces += splitter.flush()
+    assert pieces == ["Your shopping list:", "1. Milk", "2. Bread", "3. Eggs, six of them.", "I have 2.", "Bye."]

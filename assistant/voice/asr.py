@@ -19,6 +19,9 @@ from assistant.config import ConfigError
 from assistant.voice.audio import RATE
 
 VAD_WINDOW = 512  # samples: Silero VAD's fixed window at 16 kHz (32 ms)
+# Less voice than this is not an utterance: a click, or the wake phrase's last syllable carried over
+# with the audio after it (a short "yes" is twice as long).
+MIN_SPEECH = 5 * VAD_WINDOW
 
 
 NOT_A_MODEL, SETUP_FIX = "is not a vosk model folder", "`assistant setup` installs one"
@@ -55,7 +58,8 @@ class SpeechTracker:
     def reset(self) -> None:
         self.vad.reset()
         self.rest = np.zeros(0, np.int16)  # samples short of a whole window
-        self.voiced = False  # speech since the reset
+        self.speech = 0  # samples of speech since the reset
+        self.voiced = False  # at least MIN_SPEECH of it
         self.trailing = 0  # samples since speech last stopped (or since the reset)
 
     def feed(self, frame: np.ndarray) -> None:
@@ -64,7 +68,8 @@ class SpeechTracker:
         for start in range(0, whole, VAD_WINDOW):
             window = samples[start : start + VAD_WINDOW].astype(np.float32) / 32767.0
             if self.vad.process_samples(window.tolist()) >= self.threshold:
-                self.voiced, self.trailing = True, 0
+                self.speech, self.trailing = self.speech + VAD_WINDOW, 0
+                self.voiced = self.speech >= MIN_SPEECH
             else:
                 self.trailing += VAD_WINDOW
         self.rest = samples[whole:]
@@ -101,7 +106,9 @@ class Transcriber:
         self.speech = SpeechTracker()
         self.start()
 
-    def start(self) -> None:
+    def start(self, wait: float | None = None) -> None:
+        """A new utterance, given up after `wait` seconds if nobody speaks (silence_timeout + 3 s if None)."""
+        self.wait = self.silence_timeout + 3.0 if wait is None else wait
         self.recognizer.Reset()
         self.speech.reset()
         self.heard = 0  # samples since the start
@@ -137,12 +144,18 @@ class Transcriber:
             return True
         if text and self.quiet >= self.silence_timeout * RATE:
             return True
-        return not text and self.speech.trailing >= (self.silence_timeout + 3.0) * RATE  # nobody spoke
+        return not text and self.speech.trailing >= self.wait * RATE  # nobody spoke
+
+    def end(self) -> AsrEvent:
+        """The final event of the utterance cut off here (the audio ended)."""
+        return self._final()
 
     def _final(self) -> AsrEvent:
         self.partial = ""  # FinalResult gives the open segment's text, now finished
         self.segments.append(json.loads(self.recognizer.FinalResult()).get("text", ""))
-        text = " ".join(t for t in self.text().split() if t != "[unk]")
+        # Words in audio the VAD never took for speech are the recogniser's guesses at noise (a fan, a
+        # running tap): nobody spoke.
+        text = " ".join(t for t in self.text().split() if t != "[unk]") if self.speech.voiced else ""
         silence = self.speech.trailing / RATE if self.speech.voiced else 0.0
         self.start()
         return AsrEvent("final", text, silence)

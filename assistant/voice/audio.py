@@ -34,6 +34,15 @@ def resample(pcm: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
     return np.clip(np.round(out * 32768.0), -32768, 32767).astype(np.int16)
 
 
+def _warn_if_narrowband(rate: int, source: str) -> None:
+    """Audio below 16 kHz lacks the top of the band the speech models were trained with: at 8 kHz (a
+    telephone, a Bluetooth headset) vosk hears neither the wake phrase nor a command, and nothing
+    else would say why."""
+    if rate < RATE:
+        log.warning("%s: audio at %d Hz (sounds up to %d Hz only); the speech models are made for 16 kHz "
+                    "and may hear little of it", source, rate, rate // 2)  # fmt: skip
+
+
 def _mono(samples: np.ndarray, channels: int) -> np.ndarray:
     if channels == 1:
         return samples
@@ -77,6 +86,7 @@ def read_wav(path: Path) -> tuple[np.ndarray, int]:
 
 def wav_source(path: Path, block: int = BLOCK) -> Iterator[np.ndarray]:
     samples, rate = read_wav(path)
+    _warn_if_narrowband(rate, str(path))
     samples = resample(samples, rate, RATE)
     for start in range(0, len(samples), block):
         yield samples[start : start + block]
@@ -84,6 +94,7 @@ def wav_source(path: Path, block: int = BLOCK) -> Iterator[np.ndarray]:
 
 def stdin_source(rate: int = RATE, block: int = BLOCK) -> Iterator[np.ndarray]:
     """Raw little-endian int16 mono PCM on standard input, at `rate`."""
+    _warn_if_narrowband(rate, "standard input")
     size = block * rate // RATE * 2
     while chunk := sys.stdin.buffer.read(size):
         yield resample(np.frombuffer(chunk[: len(chunk) // 2 * 2], dtype="<i2"), rate, RATE)
@@ -109,6 +120,7 @@ class MicSource:
                     blocksize=BLOCK * rate // RATE, callback=self._callback,
                 ):  # fmt: skip
                     log.info("microphone open: %s at %d Hz", self.device or "default", rate)
+                    _warn_if_narrowband(rate, "microphone")
                     backoff = 0.5
                     while not self.stopped.is_set():
                         try:
@@ -164,29 +176,35 @@ class NullSink:
 
 
 class SpeakerSink:
-    """The speaker through sounddevice; `stop` cuts playback at once (barge-in)."""
+    """The speaker through sounddevice; `stop` cuts playback at once (barge-in).
+
+    The device is opened for each sound, as the microphone is reopened: a speaker missing at the start
+    or gone later loses what it would have played, and the assistant goes on.
+    """
 
     def __init__(self, device: str | int | None = None, rate: int | None = None):
         import sounddevice
 
         self.sounddevice = sounddevice
-        self.device = device
-        self.rate = int(rate or sounddevice.query_devices(device, "output")["default_samplerate"])
+        self.device, self.rate = device, rate
         self.interrupted = threading.Event()
+        self.failing = False  # said once in the log until the speaker plays again
 
     def play(self, pcm: np.ndarray, rate: int) -> None:
         self.interrupted.clear()
-        out = resample(pcm, rate, self.rate)
         try:
-            with self.sounddevice.OutputStream(
-                device=self.device, samplerate=self.rate, channels=1, dtype="int16"
-            ) as s:
-                for start in range(0, len(out), self.rate // 10):
+            out_rate = int(self.rate or self.sounddevice.query_devices(self.device, "output")["default_samplerate"])
+            out = resample(pcm, rate, out_rate)
+            with self.sounddevice.OutputStream(device=self.device, samplerate=out_rate, channels=1, dtype="int16") as s:
+                for start in range(0, len(out), out_rate // 10):
                     if self.interrupted.is_set():
                         return
-                    s.write(out[start : start + self.rate // 10].reshape(-1, 1))
-        except Exception as e:  # a speaker that vanished: the reply is lost, the assistant goes on
-            log.warning("speaker: %s", e)
+                    s.write(out[start : start + out_rate // 10].reshape(-1, 1))
+            self.failing = False
+        except Exception as e:  # PortAudio errors have no common base class
+            if not self.failing:
+                log.warning("speaker: %s; the assistant goes on without sound", e)
+            self.failing = True
 
     def stop(self) -> None:
         self.interrupted.set()

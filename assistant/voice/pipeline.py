@@ -19,7 +19,7 @@ import numpy as np
 
 from assistant.skills.intents import reply_language
 from assistant.turn import SORRY, asks
-from assistant.voice.asr import Transcriber
+from assistant.voice.asr import AsrEvent, Transcriber
 from assistant.voice.audio import BLOCK, RATE
 from assistant.voice.tts import SentenceSplitter, Voice
 from assistant.voice.wake import WakeDetector
@@ -53,7 +53,7 @@ class Reply:
     """One turn in flight: its threads, its cancel switch and its timing."""
 
     cancel: threading.Event = field(default_factory=threading.Event)
-    speaking: threading.Event = field(default_factory=threading.Event)  # its first audio has been played
+    speaking: threading.Event = field(default_factory=threading.Event)  # its first audio (or piece) has been played
     threads: list[threading.Thread] = field(default_factory=list)
     times: dict[str, float] = field(default_factory=dict)
     text: str = ""
@@ -111,13 +111,18 @@ class VoicePipeline:
             # Words said right after the phrase, in the same breath, are already behind us: hear them first.
             for start in range(0, len(wake.after), BLOCK):
                 self._hear(wake.after[start : start + BLOCK])
+        # Audio that ends in the middle of a command (a file) still has it answered; a microphone that
+        # ends because the assistant is stopping does not.
+        stopped = getattr(frames, "stopped", None)
+        if self.hearing and not (stopped and stopped.is_set()):
+            self._heard(self.transcriber.end())
         self.finish()
 
     def _hear(self, frame: np.ndarray) -> None:
         replying = self.reply is not None and self.reply.alive()
         if not self.hearing and not replying and self.listening_until is not None:
             if self.position <= self.listening_until:
-                self.transcriber.start()
+                self.transcriber.start(wait=self.listening_until - self.position)
                 self.hearing = True
             self.listening_until = None
         if not self.hearing:
@@ -128,11 +133,16 @@ class VoicePipeline:
         if event.kind == "partial":
             self.emit("partial", text=event.text)
             return
+        self._heard(event)
+
+    def _heard(self, event: AsrEvent) -> None:
+        """The end of an utterance: a command to answer, "stop", the wake phrase again, or nothing."""
         self.hearing = False
         # The wake recogniser heard the command too, as one utterance it has not finished: forget
         # it, and the rest of a command cut at its longest, or their end could match the phrase
-        # and wake (and answer) a second time.
-        self.wake.reset()
+        # and wake (and answer) a second time. After nothing at all, the phrase said again (the
+        # user trying once more) is heard at once.
+        self.wake.reset(refractory=bool(event.text))
         final = time.monotonic()
         # The wake phrase said again after a pause ("hey computer … hey computer, lights on") is
         # heard by the command's recogniser: it is not part of the command.
@@ -188,11 +198,17 @@ class VoicePipeline:
             sentences.put(None)
 
     def _speak(self, reply: Reply, sentences: queue.Queue) -> None:
+        failed = False
         while (sentence := sentences.get()) is not None:
-            if reply.cancel.is_set():
-                continue  # drain: the generating thread is about to stop
-            with self.speaker:
-                self._speak_piece(reply, sentence)
+            if reply.cancel.is_set() or failed:
+                continue  # drain: the generating thread is about to stop, or nothing more can be said
+            try:
+                with self.speaker:
+                    self._speak_piece(reply, sentence)
+            except Exception:  # the voice or the output failed: the rest of this reply is lost, not the loop
+                log.exception("speaking the reply failed")
+                failed = True
+            reply.speaking.set()  # a first piece with nothing to say ("---", an emoji) holds the rest back no longer
         self.emit("reply_done", text=reply.text, cancelled=reply.cancel.is_set())
         # A reply that asks something is followed by listening without the wake phrase.
         if not reply.cancel.is_set() and asks(reply.text):

@@ -23,14 +23,29 @@ _HAN_KANA = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff"
 _WORD = re.compile(f"[{_HAN_KANA}]|(?:(?![{_HAN_KANA}])\\w)+")
 # Titles and Latin abbreviations end in a period but never end a sentence ("Dr. Kim", "e.g. tea").
 _ABBREVIATION = re.compile(r"(?:^|[\s(\"'])(?:mr|mrs|ms|dr|prof|st|jr|sr|vs|e\.g|i\.e)\.$", re.IGNORECASE)
+# Nor does the number of an item in a list ("1. Milk" on its own line): said with its item.
+_LIST_NUMBER = re.compile(r"(?:^|\n)[ \t]*\d+\.$")
 # What espeak-ng cannot take (a NUL ends its C string), UTF-8 cannot carry (a lone surrogate), and other
 # control characters, none of them speech: a reply or a note may hold them, and the rest is still said.
 _UNSPEAKABLE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
+# Written marks that are not words, which espeak would read out ("asterisk", "hash", "party popper",
+# "im end"): markdown's emphasis, code and heading marks, special tokens spelled out, emoji with their
+# joiners and variation selectors.
+_MARKS = re.compile(
+    r"<\|\w*\|>|[*_~`]+|^[ \t]*#+(?=[ \t])|[\u2600-\u27bf\u2b00-\u2bff\ufe0f\u200d\u20e3\U0001f000-\U0001faff]", re.M
+)
+_HAN_KANA_CHARACTER = re.compile(f"[{_HAN_KANA}]")
+# A web address is read as its host ("example.com"), not as "h t t p s colon slash slash ...", and
+# the punctuation after it still ends its sentence.
+_ADDRESS = re.compile(r"\bhttps?://(?:www\.)?([^\s/?#]+)\S*?(?=[.,;:!?)]*(?:\s|$))")
 MIN_CLAUSE_WORDS = 4  # a shorter first clause ("Sure," "好的，") waits for more
 # Text that runs on without a sentence end is cut after this many words, at a clause or a space if
 # it has one: the voice's encoder takes a piece whole, in time and memory that grow with its
 # square (2,000 characters: 4.5 s to the first sound and 1.2 GB), and a stop waits for a piece.
 MAX_PIECE_WORDS = 40
+# The first piece decides how soon anything is heard: without a clause it is cut sooner (a sentence
+# of up to this many words is still said whole).
+MAX_FIRST_PIECE_WORDS = 20
 
 
 class SentenceSplitter:
@@ -58,7 +73,8 @@ class SentenceSplitter:
     def _cut(self) -> int | None:
         cuts = []
         for match in _END.finditer(self.buffer):
-            if _ABBREVIATION.search(self.buffer, 0, match.start()):
+            before = self.buffer[: match.start()]
+            if _ABBREVIATION.search(before) or _LIST_NUMBER.search(before):
                 continue
             if match.end() < len(self.buffer) or match.group():  # "。" at the very end: a quote may follow
                 cuts.append(match.end())
@@ -68,8 +84,9 @@ class SentenceSplitter:
                 if len(_WORD.findall(self.buffer[: match.start()])) >= MIN_CLAUSE_WORDS:
                     cuts.append(match.end())
                     break
-        if not cuts and (words := list(_WORD.finditer(self.buffer))) and len(words) > MAX_PIECE_WORDS:
-            limit = words[MAX_PIECE_WORDS - 1].end()
+        most = MAX_PIECE_WORDS if self.started else MAX_FIRST_PIECE_WORDS
+        if not cuts and (words := list(_WORD.finditer(self.buffer))) and len(words) > most:
+            limit = words[most - 1].end()
             clauses = [m.end() for m in _CLAUSE.finditer(self.buffer, 0, limit + 1)]
             space = self.buffer.rfind(" ", 0, limit + 1)
             cuts.append(clauses[-1] if clauses else space if space > 0 else limit)
@@ -78,6 +95,13 @@ class SentenceSplitter:
     def flush(self) -> list[str]:
         rest, self.buffer = self.buffer.strip(), ""
         return [rest] if rest else []
+
+
+def speakable(text: str, language: str) -> str:
+    """`text` as a voice of `language` should read it: without the marks above, and without Chinese or
+    Japanese characters unless it speaks them (espeak says "Chinese letter" for each)."""
+    text = _MARKS.sub(" ", _ADDRESS.sub(r"\1", _UNSPEAKABLE.sub("", text)))
+    return text if language in ("zh", "ja") else _HAN_KANA_CHARACTER.sub(" ", text)
 
 
 def windows(
@@ -231,7 +255,7 @@ class Voice:
 
     def synthesize(self, text: str) -> Iterator[np.ndarray]:
         """int16 audio at self.rate: a chunk per decoder window (split voice) or per sentence (whole)."""
-        text = _UNSPEAKABLE.sub("", text)
+        text = speakable(text, self.language)
         if self.stream is None:
             for chunk in self.voice.synthesize(text, self.config):
                 yield chunk.audio_int16_array

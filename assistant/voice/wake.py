@@ -133,7 +133,8 @@ class WakeDetector:
         parts = [frame[max(sample - start, 0) :] for start, frame in self.history if start + len(frame) > sample]
         return np.concatenate(parts) if parts else np.zeros(0, np.int16)
 
-    def reset(self) -> None:
+    def reset(self, refractory: bool = True) -> None:
         """Forget the utterance heard so far, and ignore wakes for the refractory period from now."""
         self.recognizer.Reset()
-        self.last_wake = self.samples / RATE
+        if refractory:
+            self.last_wake = self.samples / RATE
