@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Literal
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -479,12 +480,16 @@ def test_states_are_read_out_in_the_language_of_the_request(broker: int, tmp_pat
 
 @contextlib.contextmanager
 def fake_broker(
-    mqtt_5: bool = True, puback: bool = False, suback: int | None = None
+    mqtt_5: bool = True,
+    puback: bool = False,
+    suback: int | None = None,
+    unsubscribe: Literal["acknowledge", "ignore", "drop"] = "acknowledge",
 ) -> Iterator[tuple[int, list[int]]]:
     """An MQTT server that answers as a broker does, as far as these tests need; yields its port and
     the protocol levels it was asked for. Without MQTT 5 it answers a CONNECT of level 5 with 3.1.1's
     CONNACK 0x01, as that specification has it (3.1.2.2). It acknowledges a QoS 1 PUBLISH only if
-    `puback`, and answers a SUBSCRIBE with `suback` as its reason code if one is given."""
+    `puback`, answers a SUBSCRIBE with `suback` as its reason code if one is given, and does with an
+    UNSUBSCRIBE what `unsubscribe` says (acknowledges it, ignores it or drops the connection)."""
     server = socket.create_server(("127.0.0.1", 0))
     levels: list[int] = []
     connections = []
@@ -510,6 +515,17 @@ def fake_broker(
                         properties = b"\x00" if five else b""
                         answer = packet[2:4] + properties + bytes([suback])
                         connection.sendall(bytes([0x90, len(answer)]) + answer)
+                    elif packet[0] >> 4 == 10 and unsubscribe == "drop":
+                        connection.close()
+                        break
+                    elif (
+                        packet[0] >> 4 == 10 and unsubscribe == "acknowledge"
+                    ):  # UNSUBSCRIBE: a reason code a topic in MQTT 5, none in 3.1.1
+                        topics, at = 0, 5 + packet[4] if five else 4  # past the packet id and the properties
+                        while at < len(packet):
+                            topics, at = topics + 1, at + 2 + int.from_bytes(packet[at : at + 2], "big")
+                        answer = packet[2:4] + (b"\x00" + bytes(topics) if five else b"")
+                        connection.sendall(bytes([0xB0, len(answer)]) + answer)
 
     serving = threading.Thread(target=serve, daemon=True)
     serving.start()
@@ -734,6 +750,7 @@ def test_a_huge_state_is_never_taken_into_memory(broker: int, tmp_path: Path) ->
     query = f"""
 import re, sys
 from pathlib import Path
+from typing import Literal
 from tests.test_smart_home import smart_home
 def kib(key): return int(re.search(key + r":\\s+(\\d+)", Path("/proc/self/status").read_text())[1])
 registry = smart_home({broker}, Path(sys.argv[1]))
@@ -854,3 +871,101 @@ def test_numbers_no_device_reports_are_not_said(broker: int, tmp_path: Path) -> 
             assert (result.text, result.error) == (said, None), payload[:40]
     finally:
         subscriber.close()
+
+
+LIGHTS = [
+    {"name": "kitchen light", "type": "light", "topic": "zigbee2mqtt/kitchen_light", "area": "kitchen"},
+    {"name": "hall light", "type": "light", "topic": "zigbee2mqtt/hall_light", "area": "hall"},
+    {"name": "lamp", "type": "light", "convention": "homeassistant", "command_topic": "home/lamp/set", "area": "hall"},
+    {"name": "desk light", "type": "light", "topic": "zigbee2mqtt/desk_light"},  # Zigbee2MQTT says nothing of it
+]
+
+
+def test_a_command_to_a_zigbee2mqtt_device_gone_offline_is_said_offline_not_done(broker: int, tmp_path: Path) -> None:
+    """Zigbee2MQTT cannot carry out a command for a device its availability says is offline."""
+    registry, subscriber = smart_home(broker, tmp_path, LIGHTS), Subscriber(broker)
+    try:
+        subscriber.publish_retained("zigbee2mqtt/kitchen_light/availability", json.dumps({"state": "offline"}))
+        subscriber.publish_retained("zigbee2mqtt/hall_light/availability", "online")  # as older Zigbee2MQTT says it
+        start = time.monotonic()
+        assert registry.call("switch_device", {"device": "kitchen light", "on": True}).text == (
+            "The kitchen light is offline."
+        )
+        assert registry.call("set_brightness", {"device": "kitchen light", "percent": 40}).text == (
+            "The kitchen light is offline."
+        )
+        assert time.monotonic() - start < 1  # the retained availability is there at once: nothing to wait for
+        registry.context.language = "zh"
+        assert registry.call("switch_device", {"device": "kitchen light", "on": False}).text == "kitchen light离线了。"
+        assert registry.call("switch_device", {"device": "hall light", "on": True}).text == "hall light已打开。"
+        registry.context.language = "en"
+        took = []
+        for _ in range(9):
+            start = time.monotonic()
+            registry.call("switch_device", {"device": "hall light", "on": True})
+            took.append(time.monotonic() - start)
+        # An online device costs a round trip (a few ms), not a TCP delayed ACK (40 ms) on the broker's side.
+        assert sorted(took)[4] < 0.03, took
+        assert registry.call("switch_device", {"device": "desk light", "on": True}).text == "The desk light is on."
+        assert registry.call("switch_device", {"device": "lamp", "on": True}).text == "The lamp is on."
+        assert [(t, p) for t, p in subscriber.sent_before_now() if not t.endswith("availability")] == [
+            *[("zigbee2mqtt/hall_light/set", '{"state": "ON"}')] * 10,
+            ("zigbee2mqtt/desk_light/set", '{"state": "ON"}'),
+            ("home/lamp/set", "ON"),
+        ]
+        subscriber.publish_retained("zigbee2mqtt/kitchen_light/availability", json.dumps({"state": "online"}))
+        assert registry.call("switch_device", {"device": "kitchen light", "on": True}).text == (
+            "The kitchen light is on."
+        )
+    finally:
+        subscriber.close()
+
+
+def test_all_lights_off_names_the_offline_one_and_switches_the_others(broker: int, tmp_path: Path, caplog) -> None:
+    registry, subscriber = smart_home(broker, tmp_path, LIGHTS), Subscriber(broker)
+    try:
+        subscriber.publish_retained("zigbee2mqtt/kitchen_light/availability", json.dumps({"state": "offline"}))
+        match = IntentMatcher(registry.skills, LIGHTS).match("turn off all the lights")
+        assert match is not None and match.skill == "switch_all"
+        assert registry.call(match.skill, match.arguments).text == (
+            "The kitchen light is offline. The other lights are off."
+        )
+        assert sorted(t for t, _ in subscriber.sent_before_now() if t.endswith("set")) == [
+            "home/lamp/set",
+            "zigbee2mqtt/desk_light/set",
+            "zigbee2mqtt/hall_light/set",
+        ]
+        assert registry.call("switch_all", {"on": False, "area": "kitchen"}).text == "The kitchen light is offline."
+        subscriber.publish_retained("zigbee2mqtt/hall_light/availability", json.dumps({"state": "offline"}))
+        registry.context.language = "zh"
+        assert (
+            registry.call("switch_all", {"on": True, "area": "hall"}).text == "hall light离线了。hall的其他灯已打开。"
+        )
+        assert registry.call("switch_all", {"on": True}).text == "kitchen light、hall light离线了。其他灯都已打开。"
+        registry.context.language = "en"
+        assert registry.call("switch_all", {"on": True}).text == (
+            "The kitchen light and the hall light are offline. The other lights are on."
+        )
+        assert "smart home: The kitchen light and the hall light are offline." in caplog.text
+    finally:
+        subscriber.close()
+
+
+def test_a_broker_that_drops_or_ignores_the_availability_question_is_said_unreachable(tmp_path: Path) -> None:
+    with fake_broker(puback=True, unsubscribe="drop") as (port, _):
+        registry = smart_home(port, tmp_path, LIGHTS)
+        start = time.monotonic()
+        assert registry.call("switch_device", {"device": "kitchen light", "on": True}).text == (
+            f"I can't reach the smart home broker at 127.0.0.1:{port} (the connection dropped)."
+        )
+        assert time.monotonic() - start < 1.8  # when it dropped (and paho's 1 s pause), not after waiting 3 s
+        registry.context.language = "zh"
+        assert registry.call("switch_all", {"on": False}).text == f"连不上智能家居服务器127.0.0.1:{port}，连接断了。"
+
+    with fake_broker(puback=True, unsubscribe="ignore") as (port, _):
+        registry = smart_home(port, tmp_path, LIGHTS)
+        start = time.monotonic()
+        assert registry.call("switch_device", {"device": "kitchen light", "on": True}).text == (
+            f"I can't reach the smart home broker at 127.0.0.1:{port} (no answer within 3 seconds)."
+        )
+        assert time.monotonic() - start < 4  # once, not again for the command, which is never sent

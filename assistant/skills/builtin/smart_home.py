@@ -11,8 +11,9 @@ an optional area, and aliases the device also answers to):
 Zigbee2MQTT (the default convention): commands are JSON on `<topic>/set`, the device's state is
 the JSON on `<topic>`: retained, or published when asked on `<topic>/get` (Zigbee2MQTT retains
 none by default); a device that Zigbee2MQTT's `<topic>/availability` says is offline is said
-to be offline, since its last state is then stale. Home Assistant MQTT: plain payloads ("ON",
-"OFF", numbers) on the command topics (command_topic, brightness_command_topic,
+to be offline, since its last state is then stale, and is sent no command, which it could not
+carry out ("all the lights" names it and switches the others). Home Assistant MQTT: plain
+payloads ("ON", "OFF", numbers) on the command topics (command_topic, brightness_command_topic,
 set_position_topic, temperature_command_topic), state on state_topic. A cover with only a command_topic opens and
 closes with "OPEN" and "CLOSE" there.
 
@@ -122,6 +123,16 @@ class Refused(NotDone):
 
 class Unusable(NotDone):
     """A device that the configuration does not describe well enough to act on."""
+
+
+class Offline(NotDone):
+    """Devices that Zigbee2MQTT's availability says are offline: it cannot pass them a command."""
+
+    def __init__(self, names: list[str]):
+        super().__init__(
+            f"The {' and the '.join(names)} {'is' if len(names) == 1 else 'are'} offline.",
+            f"{'、'.join(names)}离线了。",
+        )
 
 
 def _said(context: SkillContext, error: NotDone) -> str:
@@ -260,8 +271,11 @@ def _where(context: SkillContext) -> str:
     return f"{context.settings.mqtt.host}:{context.settings.mqtt.port}"
 
 
-def _publish(context: SkillContext, messages: list[tuple[str, str]]) -> None:
-    """Send each (topic, payload) over one connection; BrokerUnreachable unless the broker acknowledged all."""
+def _publish(context: SkillContext, changes: list[tuple[dict, str, Any]]) -> list[dict]:
+    """Send each (device, field, value) over one connection, except to the devices Zigbee2MQTT says are
+    offline, which are returned; BrokerUnreachable unless the broker acknowledged every message sent."""
+    # Every message is made before any is sent: one device without a topic changes none.
+    messages = [_message(device, field, value) for device, field, value in changes]
     where = _where(context)
     client = _client(context)
     refused = {}  # message id → the broker's reason (MQTT 5: its access rules deny the topic)
@@ -272,6 +286,10 @@ def _publish(context: SkillContext, messages: list[tuple[str, str]]) -> None:
 
     client.on_publish = on_publish
     try:
+        gone = _offline_topics(context, client, [_availability(device) for device, _, _ in changes])
+        online = [_availability(device) not in gone for device, _, _ in changes]
+        offline = [device for (device, _, _), up in zip(changes, online, strict=True) if not up]
+        messages = [message for message, up in zip(messages, online, strict=True) if up]
         sent = [client.publish(topic, payload, qos=1) for topic, payload in messages]
         deadline = time.monotonic() + TIMEOUT
         for (topic, _), message in zip(messages, sent, strict=True):
@@ -289,6 +307,47 @@ def _publish(context: SkillContext, messages: list[tuple[str, str]]) -> None:
     finally:
         client.disconnect()
         client.loop_stop()
+    return offline
+
+
+def _availability(device: dict) -> str | None:
+    """The topic of Zigbee2MQTT's availability of a device; None in a convention that has none."""
+    if device.get("convention", "zigbee2mqtt") != "zigbee2mqtt":
+        return None
+    return f"{_topic(device, 'topic')}/availability"
+
+
+def _offline_topics(context: SkillContext, client: Any, topics: list[str | None]) -> set[str]:
+    """Those of the availability topics whose retained message says offline (a device without one is
+    taken as online, as Zigbee2MQTT's availability is off by default)."""
+    topics = list(dict.fromkeys(t for t in topics if t))
+    if not topics:
+        return set()
+    offline: set[str] = set()
+    answered = threading.Event()
+
+    def on_message(c, userdata, message) -> None:
+        if _offline(message.payload):
+            offline.add(message.topic)
+
+    def on_unsubscribe(c, userdata, mid, reasons, properties) -> None:
+        answered.set()
+
+    def on_disconnect(c, userdata, flags, reason, properties) -> None:
+        answered.set()
+
+    client.on_message, client.on_unsubscribe, client.on_disconnect = on_message, on_unsubscribe, on_disconnect
+    # The broker sends the retained messages as it takes the subscription, and answers a connection's
+    # packets in order: they have all arrived when the unsubscription is acknowledged, a round trip later.
+    # QoS 1, as Zigbee2MQTT publishes availability: our acknowledgement of it lets the broker send the
+    # next answer at once, where its TCP would otherwise hold it for our delayed ACK (some 40 ms).
+    client.subscribe([(topic, 1) for topic in topics])
+    client.unsubscribe(topics)
+    if not answered.wait(TIMEOUT):
+        raise BrokerUnreachable(_where(context), f"no answer within {TIMEOUT:g} seconds", "服务器没有应答")
+    if not client.is_connected():
+        raise BrokerUnreachable(_where(context), "the connection dropped", "连接断了")
+    return offline
 
 
 def _message(device: dict, field: str, value: Any) -> tuple[str, str]:
@@ -307,7 +366,8 @@ def _message(device: dict, field: str, value: Any) -> tuple[str, str]:
 
 def _command(context: SkillContext, device: dict, field: str, value: Any) -> None:
     """Send one change to one device."""
-    _publish(context, [_message(device, field, value)])
+    if _publish(context, [(device, field, value)]):
+        raise Offline([device["name"]])
 
 
 @skill(
@@ -408,12 +468,21 @@ def switch_all(
             f"There is no {kind}{where}.", zh=f"{'家里' if area == EVERYWHERE else area}没有{kind_zh}。"
         )
     try:
-        # Every message is made before any is sent: one device without a topic switches none.
-        _publish(context, [_message(d, "state", "ON" if on else "OFF") for d in devices])
+        offline = _publish(context, [(d, "state", "ON" if on else "OFF") for d in devices])
     except NotDone as e:
         return _said(context, e)
     state, state_zh = ("on", "已打开") if on else ("off", "已关闭")
     where_zh = "" if area == EVERYWHERE else f"{area}的"
+    if offline:
+        said = _said(context, Offline([d["name"] for d in offline]))
+        switched = len(devices) - len(offline)
+        if not switched:
+            return said
+        others = f"{kind.replace('switch', 'switche')}s{where} are" if switched > 1 else f"{kind}{where} is"
+        return context.localized(
+            f"{said} The other {others} {state}.",
+            zh=f"{said}{where_zh}其他{kind_zh}{'都' if switched > 1 else ''}{state_zh}。",
+        )
     if len(devices) > 1:
         return context.localized(
             f"The {kind.replace('switch', 'switche')}s{where} are {state}.",
