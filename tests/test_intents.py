@@ -143,6 +143,10 @@ CHINESE = [
     ("设置闹钟早上6点半", "set_alarm", {"hour": 6, "minute": 30}),  # the time after the alarm
     ("设个闹钟在晚上9点", "set_alarm", {"hour": 21}),
     ("晚上十点零五分叫醒我", "set_alarm", {"hour": 22, "minute": 5}),
+    ("设一个凌晨12点的闹钟", "set_alarm", {"hour": 0}),  # midnight, not noon
+    ("半夜十二点半叫醒我", "set_alarm", {"hour": 0, "minute": 30}),
+    ("取消凌晨12点的闹钟", "cancel_alarms", {"hour": 0}),
+    ("凌晨1点叫醒我", "set_alarm", {"hour": 1}),
     ("暂停计时器", "control_timer", {"action": "pause"}),
     ("现在几点", "current_time", {}),
     ("现在几点钟", "current_time", {}),
