@@ -85,6 +85,22 @@ def test_a_long_list_is_read_in_part_with_how_many_are_left(tmp_path: Path) -> N
     assert "item number 20 " not in said.text and said.text.endswith(", and 130 more.")
 
 
+def test_a_long_note_is_kept_whole_and_long_notes_are_read_in_part(tmp_path: Path) -> None:
+    registry = registry_in(tmp_path)
+    say = lambda text: registry.call(*matched(registry, text)).text  # noqa: E731
+    note = (
+        "the plumber is coming on Tuesday at five so leave the back door key under the mat for him "
+        "and tell him the boiler is in the cellar behind the shelves next to the old bicycle"
+    )
+    assert say("take a note that " + note) == "Noted."  # not cut short, nor left to the model
+    assert say("read me my notes") == f"On your notes: {note}."
+    for n in range(25):
+        registry.call("add_item", {"text": f"note {n} " + "x" * 480})
+    said = registry.call("read_items", {})
+    assert said.error is None and len(said.text) < 3000  # a minute or two of speech, not ten
+    assert said.text.endswith(" more.") and "note 0 " in said.text
+
+
 def test_timer_set_by_another_process_rings_after_a_restart(tmp_path: Path) -> None:
     config = tmp_path / "config.yaml"
     config.write_text(f"state_dir: {tmp_path / 'state'}\n\n")

@@ -40,6 +40,7 @@ def test_schema_for_every_supported_hint() -> None:
         fade: Annotated[float, Range(minimum=0.0)] = 0.5,
         tags: list[str] | None = None,
         label: str = "",
+        note: Annotated[str, Range(1, 500)] = "none",
         context: SkillContext | None = None,
     ) -> str:
         """Switch a light.
@@ -66,6 +67,7 @@ def test_schema_for_every_supported_hint() -> None:
             "fade": {"type": "number", "minimum": 0.0, "default": 0.5},
             "tags": {"type": "array", "items": {"type": "string", "maxLength": 100}},
             "label": {"type": "string", "maxLength": 100, "default": ""},
+            "note": {"type": "string", "minLength": 1, "maxLength": 500, "default": "none"},  # its length
         },
         "required": ["room", "on"],
         "additionalProperties": False,
@@ -91,7 +93,9 @@ def test_context_parameter_is_injected_not_described() -> None:
         ("def f(x) -> str:\n    '''Doc.'''", "parameter 'x' has no type hint"),
         ("def f(x: int) -> str:\n    pass", "needs a docstring"),
         ("def f(*x: int) -> str:\n    '''Doc.'''", "*args and **kwargs"),
-        ("def f(x: Annotated[str, Range(1, 2)]) -> str:\n    '''Doc.'''", "Range applies to int or float"),
+        ("def f(x: Annotated[bool, Range(1, 2)]) -> str:\n    '''Doc.'''", "Range applies to int, float or str"),
+        ("def f(x: Annotated[str, Range(0.5, 2)]) -> str:\n    '''Doc.'''", "the Range of a str counts characters"),
+        ("def f(x: Annotated[str, Range(-1, 2)]) -> str:\n    '''Doc.'''", "the Range of a str counts characters"),
         ("def f(x: int | str) -> str:\n    '''Doc.'''", "only Optional[X] unions"),
         ("def f(x: int, /) -> str:\n    '''Doc.'''", "parameter 'x' is positional-only"),
         ("def f(x: float = math.nan) -> str:\n    '''Doc.'''", "parameter 'x': the default must be a finite number"),
