@@ -109,6 +109,8 @@ ENGLISH = [
     ("set an alarm for midnight", "set_alarm", {"hour": 0}),
     ("what time is it", "current_time", {}),
     ("what's the date", "current_date", {}),
+    ("what's the date tomorrow", "current_date", {"day": "tomorrow"}),
+    ("what day is it tomorrow", "current_date", {"day": "tomorrow"}),
     ("add milk to my shopping list", "add_item", {"text": "milk", "list": "shopping"}),
     ("add 豆腐 to my shopping list", "add_item", {"text": "豆腐", "list": "shopping"}),  # English, a Chinese name
     ("check milk off my shopping list", "remove_item", {"text": "milk"}),
@@ -152,6 +154,8 @@ CHINESE = [
     ("现在几点钟", "current_time", {}),
     ("今天几号", "current_date", {}),
     ("今天是星期几", "current_date", {}),
+    ("明天几号", "current_date", {"day": "tomorrow"}),
+    ("明天是星期几", "current_date", {"day": "tomorrow"}),
     ("把牛奶加到购物清单", "add_item", {"text": "牛奶", "list": "shopping"}),
     ("音量调到30", "set_volume", {"percent": 30}),
     ("算了", "stop", {}),

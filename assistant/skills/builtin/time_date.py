@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
+from typing import Literal
 
 from assistant import SkillContext, skill
 
@@ -24,16 +25,25 @@ def current_time(context: SkillContext) -> str:
 
 @skill(
     sentences={
-        "en": ["what day is it", "what's the date", "what is the date today"],
-        "zh": ["今天[是]几号", "今天[是]星期几", "今天[是]几月几号"],
+        "en": ["what day is it", "what's the date", "what is the date today",
+               ("(what's|what is) [the] date tomorrow", {"day": "tomorrow"}),
+               ("what day is [it] tomorrow", {"day": "tomorrow"}),
+               ("(what's|what is) tomorrow's date", {"day": "tomorrow"})],
+        "zh": ["今天[是]几号", "今天[是]星期几", "今天[是]几月几号",
+               ("明天[是]几号", {"day": "tomorrow"}), ("明天[是]星期几", {"day": "tomorrow"}),
+               ("明天[是]几月几号", {"day": "tomorrow"})],
     },
     intents={"HassGetCurrentDate": {}},
-)
-def current_date(context: SkillContext) -> str:
-    """Tell today's date and day of the week."""
-    today = datetime.now()
-    weekday = WEEKDAYS_ZH[today.weekday()]
+)  # fmt: skip
+def current_date(context: SkillContext, day: Literal["today", "tomorrow"] = "today") -> str:
+    """Tell the date and day of the week, today's or tomorrow's.
+
+    Args:
+        day: "today" or "tomorrow"
+    """
+    date = datetime.now() + timedelta(days=day == "tomorrow")
+    which, which_zh = ("Tomorrow", "明天") if day == "tomorrow" else ("Today", "今天")
     return context.localized(
-        today.strftime("Today is %A, %B %-d, %Y."),
-        zh=f"今天是{today.year}年{today.month}月{today.day}日，星期{weekday}。",
+        date.strftime(f"{which} is %A, %B %-d, %Y."),
+        zh=f"{which_zh}是{date.year}年{date.month}月{date.day}日，星期{WEEKDAYS_ZH[date.weekday()]}。",
     )
