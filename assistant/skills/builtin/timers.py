@@ -124,6 +124,7 @@ def _left(due: float, paused_left: float | None) -> float:
 HOUR_AND_A_HALF = {"hours": 1, "minutes": 30}
 HALF_AN_HOUR = {"minutes": 30}
 AN_HOUR, A_MINUTE = {"hours": 1}, {"minutes": 1}
+MINUTE_AND_A_HALF = {"minutes": 1, "seconds": 30}
 SETTING = "[(set|start)] [a|an|the|my] "
 
 
@@ -133,12 +134,16 @@ SETTING = "[(set|start)] [a|an|the|my] "
                (SETTING + "(hour and a half|90 minute) timer", HOUR_AND_A_HALF),
                (SETTING + "timer for half an hour", HALF_AN_HOUR), (SETTING + "half hour timer", HALF_AN_HOUR),
                (SETTING + "timer for an hour", AN_HOUR), (SETTING + "timer for a minute", A_MINUTE),
+               (SETTING + "timer for a minute and a half", MINUTE_AND_A_HALF),
                "[set|start] (a|an|the|my) {label} timer for {minutes} minute[s]",
                "[set|start] (a|an|the|my) {label} timer for {hours} hour[s]",
                "[set|start] (a|an|the|my) {label} timer for {seconds} second[s]"],
         "zh": [("[设置|设定|设|开始|定][一个]半(个)小时[的]计时[器]", HALF_AN_HOUR),
                ("[设置|设定|设|开始|定][一个]一个半小时[的]计时[器]", HOUR_AND_A_HALF),
                "[设置|设定|设|定][一个]{minutes}分钟[的]计时器", "[设置|设定|设|定][一个]{seconds}秒[钟][的]计时器",
+               "[设置|设定|设|定][一个]{minutes}分[钟]{seconds}秒[钟][的]计时器",
+               ("[设置|设定|设|定][一个]{minutes}分半[钟][的]计时器", {"seconds": 30}),
+               "[设置|设定|设|定][一个]{minutes}分钟[的]{label}计时器",
                "{minutes}分钟后提醒我", "{hours}(个)小时后提醒我"],
     },
     intents={"HassStartTimer": {"label": "{name}"}},
@@ -352,13 +357,19 @@ ZH_PICK = "[那个|一个]" + ZH_LENGTH + "[的][{label}]计时器"
                ("pause " + PICK, {"action": "pause"}),
                ("(resume|unpause|continue) " + PICK, {"action": "resume"}),
                ("how (much time|long) is left on " + PICK, {"action": "status"}),
-               ("add {minutes} minute[s] to " + PICK, {"action": "add"})],
+               ("add {minutes} minute[s] to " + PICK, {"action": "add"}),
+               ("add a minute to [the|my] timer", {"action": "add", **A_MINUTE})],
         "zh": [("取消(所有|全部)[的]计时器", {"action": "cancel_all"}),
                ("把(所有|全部)[的]计时器[都]取消", {"action": "cancel_all"}),
                # "取消10分钟的计时器", "暂停10分钟的意大利面计时器": the library reads "10分钟的" as a timer's name.
                ("取消" + ZH_PICK, {"action": "cancel"}),
                ("暂停" + ZH_PICK, {"action": "pause"}),
-               ("(恢复|继续)" + ZH_PICK, {"action": "resume"})],
+               ("(恢复|继续)" + ZH_PICK, {"action": "resume"}),
+               # The library has these only for a timer by its name or length.
+               ("[我的]计时器还剩(多久|多长时间|几分钟)", {"action": "status"}),
+               ("还剩(多少时间|多久|多长时间)", {"action": "status"}),
+               ("[给|把][我的]计时器(加|增加|延长|多加)[上]{minutes}分钟", {"action": "add"}),
+               ("[给|把][我的]计时器(加|增加|延长|多加)[上]{seconds}秒[钟]", {"action": "add"})],
     },
     intents={
         "HassTimerStatus": {"action": "status", "label": "{name}"},
