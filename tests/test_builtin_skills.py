@@ -613,6 +613,19 @@ def test_a_chinese_request_gets_a_chinese_reply_through_the_local_intents(tiny_i
     assert engine.tokens == cached  # answered by the local intents, not the model
 
 
+def test_a_timer_asked_for_without_a_length_asks_how_long(tiny_int8: Path, tmp_path: Path) -> None:
+    registry = registry_in(tmp_path)
+    engine = Engine(tiny_int8, kv_cache_len=2048)
+    manager = TurnManager(Conversation(engine, "You are a test.", 16, registry.tools()), registry, Sampler())
+    replies = lambda text: [e.text for e in manager.turn(text) if e.kind == "text"]  # noqa: E731
+    assert replies("设置一个计时器") == ["计时器要设多长时间？"]  # not a timer of an hour
+    assert replies("5分钟") == ["已设好5分钟的计时器。"]
+    assert replies("set a timer") == ["How long should the timer run?"]
+    assert replies("ten minutes") == ["Timer set for 10 minutes."]
+    assert replies("set a timer") == ["How long should the timer run?"]
+    assert replies("for 1 hour and 30 minutes") == ["Timer set for 1 hour and 30 minutes."]
+
+
 def test_which_one_is_answered_without_the_verb(
     tiny_int8: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

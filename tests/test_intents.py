@@ -110,6 +110,7 @@ ENGLISH = [
     ("what time is it", "current_time", {}),
     ("what's the date", "current_date", {}),
     ("set a timer for a minute and a half", "set_timer", {"minutes": 1, "seconds": 30}),
+    ("start a timer", "set_timer", {}),
     ("add a minute to the timer", "control_timer", {"action": "add", "minutes": 1}),
     ("what's the date tomorrow", "current_date", {"day": "tomorrow"}),
     ("what day is it tomorrow", "current_date", {"day": "tomorrow"}),
@@ -152,6 +153,8 @@ CHINESE = [
     ("取消凌晨12点的闹钟", "cancel_alarms", {"hour": 0}),
     ("凌晨1点叫醒我", "set_alarm", {"hour": 1}),
     ("暂停计时器", "control_timer", {"action": "pause"}),
+    ("设置一个计时器", "set_timer", {}),  # "一个" is no hour: how long is asked
+    ("开始一个倒计时", "set_timer", {}),
     ("计时器还剩多久", "control_timer", {"action": "status"}),
     ("还剩多长时间", "control_timer", {"action": "status"}),
     ("计时器加5分钟", "control_timer", {"action": "add", "minutes": 5}),

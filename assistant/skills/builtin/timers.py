@@ -135,6 +135,7 @@ SETTING = "[(set|start)] [a|an|the|my] "
                (SETTING + "timer for half an hour", HALF_AN_HOUR), (SETTING + "half hour timer", HALF_AN_HOUR),
                (SETTING + "timer for an hour", AN_HOUR), (SETTING + "timer for a minute", A_MINUTE),
                (SETTING + "timer for a minute and a half", MINUTE_AND_A_HALF),
+               ("(set|start) [a|an|new] timer", {}),  # "How long?" is asked
                "[set|start] (a|an|the|my) {label} timer for {minutes} minute[s]",
                "[set|start] (a|an|the|my) {label} timer for {hours} hour[s]",
                "[set|start] (a|an|the|my) {label} timer for {seconds} second[s]"],
@@ -144,9 +145,17 @@ SETTING = "[(set|start)] [a|an|the|my] "
                "[设置|设定|设|定][一个]{minutes}分[钟]{seconds}秒[钟][的]计时器",
                ("[设置|设定|设|定][一个]{minutes}分半[钟][的]计时器", {"seconds": 30}),
                "[设置|设定|设|定][一个]{minutes}分钟[的]{label}计时器",
-               "{minutes}分钟后提醒我", "{hours}(个)小时后提醒我"],
+               "{minutes}分钟后提醒我", "{hours}(个)小时后提醒我",
+               # The library hears "一个" as one hour (个 is an hour for it): this asks how long.
+               ("(设置|设定|设|定|开始|创建)[一][个](计时器|倒计时|定时器)", {})],
     },
     intents={"HassStartTimer": {"label": "{name}"}},
+    # Answers to "How long should the timer run?".
+    answers={
+        "en": ["[for] {hours} hour[s] [and {minutes} minute[s]]", "[for] {minutes} minute[s] [and {seconds} second[s]]",
+               "[for] {seconds} second[s]"],
+        "zh": ["{hours}[个]小时[{minutes}分[钟]]", "{minutes}分钟[{seconds}秒[钟]]", "{seconds}秒[钟]"],
+    },
 )  # fmt: skip
 def set_timer(
     context: SkillContext,
