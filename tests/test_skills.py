@@ -323,6 +323,35 @@ def test_a_skill_hears_words_through_a_list_of_its_own(tmp_path: Path) -> None:
     assert IntentMatcher(registry.skills).match("play something loud") is None
 
 
+def test_a_list_parameter_hears_one_value_in_a_sentence(tmp_path: Path) -> None:
+    write(
+        tmp_path,
+        "packing.py",
+        """
+        from typing import Annotated
+
+        from assistant import Range, skill
+
+        @skill(sentences={"en": ["pack [the] {things}", "pack {sizes} sized boxes"]})
+        def pack(things: list[str] | None = None, sizes: list[Annotated[int, Range(1, 5)]] | None = None) -> str:
+            \"\"\"Pack things or boxes.
+
+            Args:
+                sizes: box size
+            \"\"\"
+            return f"Packing {things or sizes}."
+    """,
+    )
+    registry = Registry(context=SkillContext(state_dir=tmp_path))
+    registry.load_folder(tmp_path)
+    matcher = IntentMatcher(registry.skills)
+    match = matcher.match("pack the umbrella")
+    assert (match.skill, match.arguments) == ("pack", {"things": ["umbrella"]})
+    assert registry.call(match.skill, match.arguments).text == "Packing ['umbrella']."
+    assert matcher.match("pack 3 sized boxes").arguments == {"sizes": [3]}
+    assert matcher.match("pack 9 sized boxes").reply == "Sorry, box size can be from 1 to 5."
+
+
 def test_a_skill_hears_the_answer_to_its_question(tmp_path: Path) -> None:
     write(
         tmp_path,
