@@ -111,6 +111,7 @@ ENGLISH = [
     ("what's the date", "current_date", {}),
     ("set a timer for a minute and a half", "set_timer", {"minutes": 1, "seconds": 30}),
     ("start a timer", "set_timer", {}),
+    ("take a note that", "add_item", {"text": "", "list": "notes"}),  # cut off by a pause: "What should I note?"
     ("add a minute to the timer", "control_timer", {"action": "add", "minutes": 1}),
     ("what's the date tomorrow", "current_date", {"day": "tomorrow"}),
     ("what day is it tomorrow", "current_date", {"day": "tomorrow"}),
@@ -154,6 +155,7 @@ CHINESE = [
     ("凌晨1点叫醒我", "set_alarm", {"hour": 1}),
     ("暂停计时器", "control_timer", {"action": "pause"}),
     ("设置一个计时器", "set_timer", {}),  # "一个" is no hour: how long is asked
+    ("记一下", "add_item", {"text": "", "list": "notes"}),
     ("开始一个倒计时", "set_timer", {}),
     ("计时器还剩多久", "control_timer", {"action": "status"}),
     ("还剩多长时间", "control_timer", {"action": "status"}),
