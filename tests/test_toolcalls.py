@@ -269,11 +269,15 @@ def test_parse_and_visible_text() -> None:
     assert visible_text("Okay <b") == "Okay <b"
     assert visible_text("Okay <tool", finished=True) == "Okay <tool"
     assert visible_text('A <tool_call>\n{"name"') == "A "
-    previous = ""
-    for end in range(len(reply) + 1):  # what may be spoken only ever grows
-        now = visible_text(reply[:end])
-        assert now.startswith(previous)
-        previous = now
+    stray = "Done.</tool_call> Bye </tool_cat"  # a closing tag outside a call is markup, never speech
+    assert visible_text(stray, finished=True) == "Done. Bye </tool_cat"
+    assert visible_text("Done.</tool_c") == "Done."  # could be that tag: held back
+    for text in (reply, stray):
+        previous = ""
+        for end in range(len(text) + 1):  # what may be spoken only ever grows
+            now = visible_text(text[:end])
+            assert now.startswith(previous), (text[:end], previous)
+            previous = now
 
 
 def test_repeat_says_the_last_reply_again(tiny_int8: Path, tmp_path: Path) -> None:
