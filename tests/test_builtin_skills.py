@@ -105,9 +105,9 @@ def test_the_date_tomorrow(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     registry = registry_in(tmp_path)
     monkeypatch.setitem(registry.skills["current_date"].func.__globals__, "datetime", ThreeInTheAfternoon)
     assert registry.call("current_date", {}).text == "Today is Monday, May 4, 2026."
-    assert registry.call("current_date", {"day": "tomorrow"}).text == "Tomorrow is Tuesday, May 5, 2026."
+    assert registry.call("current_date", {"tomorrow": True}).text == "Tomorrow is Tuesday, May 5, 2026."
     registry.context.language = "zh"
-    assert chinese(registry.call("current_date", {"day": "tomorrow"}).text) == "明天是2026年5月5日，星期二。"
+    assert chinese(registry.call("current_date", {"tomorrow": True}).text) == "明天是2026年5月5日，星期二。"
 
 
 def test_timer_set_by_another_process_rings_after_a_restart(tmp_path: Path) -> None:

@@ -113,8 +113,8 @@ ENGLISH = [
     ("start a timer", "set_timer", {}),
     ("take a note that", "add_item", {"text": "", "list": "notes"}),  # cut off by a pause: "What should I note?"
     ("add a minute to the timer", "control_timer", {"action": "add", "minutes": 1}),
-    ("what's the date tomorrow", "current_date", {"day": "tomorrow"}),
-    ("what day is it tomorrow", "current_date", {"day": "tomorrow"}),
+    ("what's the date tomorrow", "current_date", {"tomorrow": True}),
+    ("what day is it tomorrow", "current_date", {"tomorrow": True}),
     ("add milk to my shopping list", "add_item", {"text": "milk", "list": "shopping"}),
     ("add 豆腐 to my shopping list", "add_item", {"text": "豆腐", "list": "shopping"}),  # English, a Chinese name
     ("check milk off my shopping list", "remove_item", {"text": "milk"}),
@@ -168,8 +168,8 @@ CHINESE = [
     ("现在几点钟", "current_time", {}),
     ("今天几号", "current_date", {}),
     ("今天是星期几", "current_date", {}),
-    ("明天几号", "current_date", {"day": "tomorrow"}),
-    ("明天是星期几", "current_date", {"day": "tomorrow"}),
+    ("明天几号", "current_date", {"tomorrow": True}),
+    ("明天是星期几", "current_date", {"tomorrow": True}),
     ("把牛奶加到购物清单", "add_item", {"text": "牛奶", "list": "shopping"}),
     ("音量调到30", "set_volume", {"percent": 30}),
     ("算了", "stop", {}),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Literal
 
 from assistant import SkillContext, skill
 
@@ -26,23 +25,23 @@ def current_time(context: SkillContext) -> str:
 @skill(
     sentences={
         "en": ["what day is it", "what's the date", "what is the date today",
-               ("(what's|what is) [the] date tomorrow", {"day": "tomorrow"}),
-               ("what day is [it] tomorrow", {"day": "tomorrow"}),
-               ("(what's|what is) tomorrow's date", {"day": "tomorrow"})],
+               ("(what's|what is) [the] date tomorrow", {"tomorrow": True}),
+               ("what day is [it] tomorrow", {"tomorrow": True}),
+               ("(what's|what is) tomorrow's date", {"tomorrow": True})],
         "zh": ["今天[是]几号", "今天[是]星期几", "今天[是]几月几号",
-               ("明天[是]几号", {"day": "tomorrow"}), ("明天[是]星期几", {"day": "tomorrow"}),
-               ("明天[是]几月几号", {"day": "tomorrow"})],
+               ("明天[是]几号", {"tomorrow": True}), ("明天[是]星期几", {"tomorrow": True}),
+               ("明天[是]几月几号", {"tomorrow": True})],
     },
     intents={"HassGetCurrentDate": {}},
 )  # fmt: skip
-def current_date(context: SkillContext, day: Literal["today", "tomorrow"] = "today") -> str:
-    """Tell the date and day of the week, today's or tomorrow's.
+def current_date(context: SkillContext, tomorrow: bool = False) -> str:
+    """Tell today's date and day of the week.
 
     Args:
-        day: "today" or "tomorrow"
+        tomorrow: true for tomorrow's instead
     """
-    date = datetime.now() + timedelta(days=day == "tomorrow")
-    which, which_zh = ("Tomorrow", "明天") if day == "tomorrow" else ("Today", "今天")
+    date = datetime.now() + timedelta(days=tomorrow)
+    which, which_zh = ("Tomorrow", "明天") if tomorrow else ("Today", "今天")
     return context.localized(
         date.strftime(f"{which} is %A, %B %-d, %Y."),
         zh=f"{which_zh}是{date.year}年{date.month}月{date.day}日，星期{WEEKDAYS_ZH[date.weekday()]}。",
