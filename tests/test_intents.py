@@ -162,6 +162,7 @@ CHINESE = [
     ("计时器加5分钟", "control_timer", {"action": "add", "minutes": 5}),
     ("给计时器延长三十秒", "control_timer", {"action": "add", "seconds": 30}),
     ("设一个一分半钟的计时器", "set_timer", {"minutes": 1, "seconds": 30}),
+    ("设一个两小时的计时器", "set_timer", {"hours": 2}),
     ("设置一个1分30秒的计时器", "set_timer", {"minutes": 1, "seconds": 30}),
     ("设置一个五分钟的意大利面计时器", "set_timer", {"minutes": 5, "label": "意大利面"}),
     ("现在几点", "current_time", {}),
