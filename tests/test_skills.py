@@ -435,6 +435,30 @@ def test_skill_folders_have_private_helpers_reloaded_with_them(tmp_path: Path) -
     assert reloaded.call("greet", {}).text == "hi again"
 
 
+def test_a_skill_in_a_helper_is_reported_not_lost(tmp_path: Path) -> None:
+    write(
+        tmp_path,
+        "_shared.py",
+        """
+        from assistant import skill
+
+        @skill
+        def shared() -> str:
+            \"\"\"Say hello.\"\"\"
+            return "hello"
+    """,
+    )
+    write(tmp_path, "greet.py", "from ._shared import shared\n")
+    write(tmp_path, "wave.py", "from ._shared import shared as wave\n")
+    registry = Registry()
+    registry.load_folder(tmp_path)
+    assert "shared" not in registry.skills
+    assert registry.problems == [
+        f"{tmp_path / '_shared.py'}:4: skill shared is in a helper (a file named _*.py), whose skills are not "
+        "loaded: move it to a file whose name does not start with _; skipped"
+    ]  # once, though two modules import it
+
+
 def test_calls_get_the_declared_types_and_only_json_data() -> None:
     import datetime
 
