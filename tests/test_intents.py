@@ -157,6 +157,7 @@ CHINESE = [
     ("设置一个计时器", "set_timer", {}),  # "一个" is no hour: how long is asked
     ("记一下", "add_item", {"text": "", "list": "notes"}),
     ("开始一个倒计时", "set_timer", {}),
+    ("取消一个计时器", "control_timer", {"action": "cancel"}),  # not the timer of an hour
     ("计时器还剩多久", "control_timer", {"action": "status"}),
     ("还剩多长时间", "control_timer", {"action": "status"}),
     ("计时器加5分钟", "control_timer", {"action": "add", "minutes": 5}),

@@ -378,6 +378,8 @@ ZH_PICK = "[那个|一个]" + ZH_LENGTH + "[的][{label}]计时器"
                # The library has these only for a timer by its name or length.
                ("[我的]计时器还剩(多久|多长时间|几分钟)", {"action": "status"}),
                ("还剩(多少时间|多久|多长时间)", {"action": "status"}),
+               ("(取消|删除|停止)[一]个计时器", {"action": "cancel"}),  # 一个 is no hour here either
+               ("暂停[一]个计时器", {"action": "pause"}),
                ("[给|把][我的]计时器(加|增加|延长|多加)[上]{minutes}分钟", {"action": "add"}),
                ("[给|把][我的]计时器(加|增加|延长|多加)[上]{seconds}秒[钟]", {"action": "add"})],
     },
