@@ -21,6 +21,7 @@ from assistant.llm.conversation import Conversation, TooLong, tool_response_mess
 from assistant.llm.sampling import Sampler
 from assistant.skills.constraint import ToolCallConstraint, parse_tool_calls, visible_text
 from assistant.skills.intents import IntentMatcher, reply_language
+from assistant.skills.prompt import call_message
 from assistant.skills.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -118,7 +119,7 @@ class TurnManager:
         if call is not None and time.monotonic() < lapses:
             answer = confirmation(text)
             if answer is True:
-                yield from self._run_call(call, confirmed=True)
+                yield from self._local_call(text, call, cancel, confirmed=True)
                 return
             if answer is False:
                 if self.intents and (heard := self.intents.match(text)) and heard.skill == "stop":
@@ -136,22 +137,39 @@ class TurnManager:
         if self.intents and (match := match or self.intents.match(text)):
             self.registry.context.language = match.language.split("-")[0]  # "kitchen light开着吗" matched in Chinese
             log.info("local intent %s %s%s", match.skill, match.arguments, f": {match.reply}" if match.reply else "")
-            self.conversation.messages.append({"role": "user", "content": text})
-            spoken = []
             call = {"name": match.skill, "arguments": match.arguments}
-            events = [TurnEvent("text", match.reply)] if match.reply else self._run_call(call, confirmed)
-            for event in events:
-                spoken += [event.text] if event.kind in ("text", "error", "confirm") else []
-                yield event
+            yield from self._local_call(text, call, cancel, confirmed, match.reply)
+            return
+        yield from self._passes({"role": "user", "content": text}, cancel)
+
+    def _local_call(
+        self, text: str, call: dict, cancel: threading.Event | None, confirmed: bool, reply: str | None = None
+    ) -> Iterator[TurnEvent]:
+        """Answer `text` with a call the turn made itself (a local intent, a confirmed call), or with `reply`.
+
+        Text is said as it is; data goes to the model to be put in words, as if it had made the call.
+        """
+        self.conversation.messages.append({"role": "user", "content": text})
+        spoken, results = [], []
+        events = [TurnEvent("text", reply)] if reply else self._run_call(call, confirmed)
+        for event in events:
+            spoken += [event.text] if event.kind in ("text", "error", "confirm") else []
+            results += data_of(call, event)
+            yield event
+        if not results:
             self.conversation.messages.append({"role": "assistant", "content": " ".join(spoken)})
             return
+        self.conversation.messages.append(call_message(call))
+        results_message = tool_response_message(results, self.conversation.template.wraps_tool_responses)
+        yield from self._passes(results_message, cancel, request=False)
 
-        message = {"role": "user", "content": text}
+    def _passes(self, message: dict, cancel: threading.Event | None, request: bool = True) -> Iterator[TurnEvent]:
+        """The model's replies to `message` (the person's `request`, or skill results), with the calls they make."""
         for generation in range(MAX_PASSES):
             try:
                 reply = yield from self._generate(message, cancel)
             except TooLong as e:
-                if generation == 0:
+                if generation == 0 and request:
                     raise  # the person's own words
                 log.warning("skill results refused: %s", e)
                 yield TurnEvent("error", self._say(RESULTS_TOO_LONG))
@@ -168,9 +186,7 @@ class TurnManager:
             for call in calls:
                 for event in self._run_call(call):
                     yield event
-                    # Text is spoken as it is; only data goes back to the model for another pass.
-                    if event.kind == "skill_result" and event.data is not None and not isinstance(event.data, str):
-                        results.append({"name": call["name"], "content": event.data})
+                    results += data_of(call, event)
             if not results:
                 return
             message = tool_response_message(results, self.conversation.template.wraps_tool_responses)
@@ -223,6 +239,13 @@ class TurnManager:
             if found is not None and found.answers and asks(result.text):
                 self.asked[self.asker] = (call, result.text, time.monotonic() + CONFIRM_SECONDS, confirmed)
             yield TurnEvent("text", result.text)
+
+
+def data_of(call: dict, event: TurnEvent) -> list[dict]:
+    """The result for the model in `event`: text is spoken as it is, only data goes back to the model."""
+    if event.kind == "skill_result" and event.data is not None and not isinstance(event.data, str):
+        return [{"name": call["name"], "content": event.data}]
+    return []
 
 
 def asks(text: str) -> bool:

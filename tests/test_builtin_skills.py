@@ -85,6 +85,31 @@ def test_a_long_list_is_read_in_part_with_how_many_are_left(tmp_path: Path) -> N
     assert "item number 20 " not in said.text and said.text.endswith(", and 130 more.")
 
 
+def test_a_long_note_is_kept_whole_and_long_notes_are_read_in_part(tmp_path: Path) -> None:
+    registry = registry_in(tmp_path)
+    say = lambda text: registry.call(*matched(registry, text)).text  # noqa: E731
+    note = (
+        "the plumber is coming on Tuesday at five so leave the back door key under the mat for him "
+        "and tell him the boiler is in the cellar behind the shelves next to the old bicycle"
+    )
+    assert say("take a note that " + note) == "Noted."  # not cut short, nor left to the model
+    assert say("read me my notes") == f"On your notes: {note}."
+    for n in range(25):
+        registry.call("add_item", {"text": f"note {n} " + "x" * 480})
+    said = registry.call("read_items", {})
+    assert said.error is None and len(said.text) < 3000  # a minute or two of speech, not ten
+    assert said.text.endswith(" more.") and "note 0 " in said.text
+
+
+def test_the_date_tomorrow(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    registry = registry_in(tmp_path)
+    monkeypatch.setitem(registry.skills["current_date"].func.__globals__, "datetime", ThreeInTheAfternoon)
+    assert registry.call("current_date", {}).text == "Today is Monday, May 4, 2026."
+    assert registry.call("current_date", {"tomorrow": True}).text == "Tomorrow is Tuesday, May 5, 2026."
+    registry.context.language = "zh"
+    assert chinese(registry.call("current_date", {"tomorrow": True}).text) == "明天是2026年5月5日，星期二。"
+
+
 def test_timer_set_by_another_process_rings_after_a_restart(tmp_path: Path) -> None:
     config = tmp_path / "config.yaml"
     config.write_text(f"state_dir: {tmp_path / 'state'}\n\n")
@@ -586,6 +611,19 @@ def test_a_chinese_request_gets_a_chinese_reply_through_the_local_intents(tiny_i
                                                    "You have a timer with 9 minutes and 59 seconds left.")  # fmt: skip
     assert replies("取消十分钟的计时器") == ["已取消10分钟的计时器。"]
     assert engine.tokens == cached  # answered by the local intents, not the model
+
+
+def test_a_timer_asked_for_without_a_length_asks_how_long(tiny_int8: Path, tmp_path: Path) -> None:
+    registry = registry_in(tmp_path)
+    engine = Engine(tiny_int8, kv_cache_len=2048)
+    manager = TurnManager(Conversation(engine, "You are a test.", 16, registry.tools()), registry, Sampler())
+    replies = lambda text: [e.text for e in manager.turn(text) if e.kind == "text"]  # noqa: E731
+    assert replies("设置一个计时器") == ["计时器要设多长时间？"]  # not a timer of an hour
+    assert replies("5分钟") == ["已设好5分钟的计时器。"]
+    assert replies("set a timer") == ["How long should the timer run?"]
+    assert replies("ten minutes") == ["Timer set for 10 minutes."]
+    assert replies("set a timer") == ["How long should the timer run?"]
+    assert replies("for 1 hour and 30 minutes") == ["Timer set for 1 hour and 30 minutes."]
 
 
 def test_which_one_is_answered_without_the_verb(

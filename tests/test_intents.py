@@ -109,6 +109,12 @@ ENGLISH = [
     ("set an alarm for midnight", "set_alarm", {"hour": 0}),
     ("what time is it", "current_time", {}),
     ("what's the date", "current_date", {}),
+    ("set a timer for a minute and a half", "set_timer", {"minutes": 1, "seconds": 30}),
+    ("start a timer", "set_timer", {}),
+    ("take a note that", "add_item", {"text": "", "list": "notes"}),  # cut off by a pause: "What should I note?"
+    ("add a minute to the timer", "control_timer", {"action": "add", "minutes": 1}),
+    ("what's the date tomorrow", "current_date", {"tomorrow": True}),
+    ("what day is it tomorrow", "current_date", {"tomorrow": True}),
     ("add milk to my shopping list", "add_item", {"text": "milk", "list": "shopping"}),
     ("add 豆腐 to my shopping list", "add_item", {"text": "豆腐", "list": "shopping"}),  # English, a Chinese name
     ("check milk off my shopping list", "remove_item", {"text": "milk"}),
@@ -143,11 +149,29 @@ CHINESE = [
     ("设置闹钟早上6点半", "set_alarm", {"hour": 6, "minute": 30}),  # the time after the alarm
     ("设个闹钟在晚上9点", "set_alarm", {"hour": 21}),
     ("晚上十点零五分叫醒我", "set_alarm", {"hour": 22, "minute": 5}),
+    ("设一个凌晨12点的闹钟", "set_alarm", {"hour": 0}),  # midnight, not noon
+    ("半夜十二点半叫醒我", "set_alarm", {"hour": 0, "minute": 30}),
+    ("取消凌晨12点的闹钟", "cancel_alarms", {"hour": 0}),
+    ("凌晨1点叫醒我", "set_alarm", {"hour": 1}),
     ("暂停计时器", "control_timer", {"action": "pause"}),
+    ("设置一个计时器", "set_timer", {}),  # "一个" is no hour: how long is asked
+    ("记一下", "add_item", {"text": "", "list": "notes"}),
+    ("开始一个倒计时", "set_timer", {}),
+    ("取消一个计时器", "control_timer", {"action": "cancel"}),  # not the timer of an hour
+    ("计时器还剩多久", "control_timer", {"action": "status"}),
+    ("还剩多长时间", "control_timer", {"action": "status"}),
+    ("计时器加5分钟", "control_timer", {"action": "add", "minutes": 5}),
+    ("给计时器延长三十秒", "control_timer", {"action": "add", "seconds": 30}),
+    ("设一个一分半钟的计时器", "set_timer", {"minutes": 1, "seconds": 30}),
+    ("设一个两小时的计时器", "set_timer", {"hours": 2}),
+    ("设置一个1分30秒的计时器", "set_timer", {"minutes": 1, "seconds": 30}),
+    ("设置一个五分钟的意大利面计时器", "set_timer", {"minutes": 5, "label": "意大利面"}),
     ("现在几点", "current_time", {}),
     ("现在几点钟", "current_time", {}),
     ("今天几号", "current_date", {}),
     ("今天是星期几", "current_date", {}),
+    ("明天几号", "current_date", {"tomorrow": True}),
+    ("明天是星期几", "current_date", {"tomorrow": True}),
     ("把牛奶加到购物清单", "add_item", {"text": "牛奶", "list": "shopping"}),
     ("音量调到30", "set_volume", {"percent": 30}),
     ("算了", "stop", {}),

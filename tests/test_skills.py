@@ -40,6 +40,7 @@ def test_schema_for_every_supported_hint() -> None:
         fade: Annotated[float, Range(minimum=0.0)] = 0.5,
         tags: list[str] | None = None,
         label: str = "",
+        note: Annotated[str, Range(1, 500)] = "none",
         context: SkillContext | None = None,
     ) -> str:
         """Switch a light.
@@ -66,6 +67,7 @@ def test_schema_for_every_supported_hint() -> None:
             "fade": {"type": "number", "minimum": 0.0, "default": 0.5},
             "tags": {"type": "array", "items": {"type": "string", "maxLength": 100}},
             "label": {"type": "string", "maxLength": 100, "default": ""},
+            "note": {"type": "string", "minLength": 1, "maxLength": 500, "default": "none"},  # its length
         },
         "required": ["room", "on"],
         "additionalProperties": False,
@@ -91,7 +93,9 @@ def test_context_parameter_is_injected_not_described() -> None:
         ("def f(x) -> str:\n    '''Doc.'''", "parameter 'x' has no type hint"),
         ("def f(x: int) -> str:\n    pass", "needs a docstring"),
         ("def f(*x: int) -> str:\n    '''Doc.'''", "*args and **kwargs"),
-        ("def f(x: Annotated[str, Range(1, 2)]) -> str:\n    '''Doc.'''", "Range applies to int or float"),
+        ("def f(x: Annotated[bool, Range(1, 2)]) -> str:\n    '''Doc.'''", "Range applies to int, float or str"),
+        ("def f(x: Annotated[str, Range(0.5, 2)]) -> str:\n    '''Doc.'''", "the Range of a str counts characters"),
+        ("def f(x: Annotated[str, Range(-1, 2)]) -> str:\n    '''Doc.'''", "the Range of a str counts characters"),
         ("def f(x: int | str) -> str:\n    '''Doc.'''", "only Optional[X] unions"),
         ("def f(x: int, /) -> str:\n    '''Doc.'''", "parameter 'x' is positional-only"),
         ("def f(x: float = math.nan) -> str:\n    '''Doc.'''", "parameter 'x': the default must be a finite number"),
@@ -319,6 +323,35 @@ def test_a_skill_hears_words_through_a_list_of_its_own(tmp_path: Path) -> None:
     assert IntentMatcher(registry.skills).match("play something loud") is None
 
 
+def test_a_list_parameter_hears_one_value_in_a_sentence(tmp_path: Path) -> None:
+    write(
+        tmp_path,
+        "packing.py",
+        """
+        from typing import Annotated
+
+        from assistant import Range, skill
+
+        @skill(sentences={"en": ["pack [the] {things}", "pack {sizes} sized boxes"]})
+        def pack(things: list[str] | None = None, sizes: list[Annotated[int, Range(1, 5)]] | None = None) -> str:
+            \"\"\"Pack things or boxes.
+
+            Args:
+                sizes: box size
+            \"\"\"
+            return f"Packing {things or sizes}."
+    """,
+    )
+    registry = Registry(context=SkillContext(state_dir=tmp_path))
+    registry.load_folder(tmp_path)
+    matcher = IntentMatcher(registry.skills)
+    match = matcher.match("pack the umbrella")
+    assert (match.skill, match.arguments) == ("pack", {"things": ["umbrella"]})
+    assert registry.call(match.skill, match.arguments).text == "Packing ['umbrella']."
+    assert matcher.match("pack 3 sized boxes").arguments == {"sizes": [3]}
+    assert matcher.match("pack 9 sized boxes").reply == "Sorry, box size can be from 1 to 5."
+
+
 def test_a_skill_hears_the_answer_to_its_question(tmp_path: Path) -> None:
     write(
         tmp_path,
@@ -400,6 +433,30 @@ def test_skill_folders_have_private_helpers_reloaded_with_them(tmp_path: Path) -
     reloaded = Registry()
     reloaded.load_folder(tmp_path)
     assert reloaded.call("greet", {}).text == "hi again"
+
+
+def test_a_skill_in_a_helper_is_reported_not_lost(tmp_path: Path) -> None:
+    write(
+        tmp_path,
+        "_shared.py",
+        """
+        from assistant import skill
+
+        @skill
+        def shared() -> str:
+            \"\"\"Say hello.\"\"\"
+            return "hello"
+    """,
+    )
+    write(tmp_path, "greet.py", "from ._shared import shared\n")
+    write(tmp_path, "wave.py", "from ._shared import shared as wave\n")
+    registry = Registry()
+    registry.load_folder(tmp_path)
+    assert "shared" not in registry.skills
+    assert registry.problems == [
+        f"{tmp_path / '_shared.py'}:4: skill shared is in a helper (a file named _*.py), whose skills are not "
+        "loaded: move it to a file whose name does not start with _; skipped"
+    ]  # once, though two modules import it
 
 
 def test_calls_get_the_declared_types_and_only_json_data() -> None:

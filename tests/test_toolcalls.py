@@ -225,6 +225,39 @@ def test_model_call_with_data_goes_back_for_a_second_pass(tiny_int8: Path) -> No
     assert json.loads(responses[0]["content"].split("\n")[1]) == {"name": "light", "content": results[0].data}
 
 
+@skill(sentences={"en": ["what's the weather"]})
+def weather() -> dict:
+    """Today's weather, for the model to put in words."""
+    return {"sky": "sunny", "celsius": 21}
+
+
+@skill(confirm=True, sentences={"en": ["read the door log"]})
+def door_log() -> list:
+    """Who opened the door today."""
+    return ["Anna at 7:10"]
+
+
+def test_data_from_a_local_intent_or_a_confirmed_call_is_put_in_words_by_the_model(tiny_int8: Path) -> None:
+    registry = Registry()
+    for func in (weather, door_log):
+        registry.add_function(func, "test")
+    engine = Engine(tiny_int8, kv_cache_len=2048)
+    conversation = Conversation(engine, "You are a test.", 60, registry.tools())
+    manager = TurnManager(conversation, registry, Sampler())
+    scripted(engine, "It is sunny, 21 degrees.")
+    seen = events(manager, "what's the weather")
+    assert seen[:2] == [("tool_call", "weather"), ("skill_result", "weather")]
+    assert "".join(text for kind, text in seen[2:] if kind == "text") == "It is sunny, 21 degrees."
+    request, call, response, reply = conversation.messages
+    assert request == {"role": "user", "content": "what's the weather"}
+    assert json.loads(call["content"].split("\n")[1]) == {"name": "weather", "arguments": {}}  # as the model calls
+    assert json.loads(response["content"].split("\n")[1]) == {"name": "weather", "content": weather()}
+    assert reply["content"] == "It is sunny, 21 degrees."
+    scripted(engine, "Anna opened it at 7:10.")
+    assert events(manager, "read the door log")[-1][0] == "confirm"
+    assert "".join(text for kind, text in events(manager, "yes") if kind == "text") == "Anna opened it at 7:10."
+
+
 def test_parse_and_visible_text() -> None:
     call = '{"name": "light", "arguments": {"room": "hall", "on": true}}'
     reply = f"Sure. <tool_call>\n{call}\n</tool_call> And <tool_call>\n{{bad json}}\n</tool_call>done"
@@ -236,11 +269,15 @@ def test_parse_and_visible_text() -> None:
     assert visible_text("Okay <b") == "Okay <b"
     assert visible_text("Okay <tool", finished=True) == "Okay <tool"
     assert visible_text('A <tool_call>\n{"name"') == "A "
-    previous = ""
-    for end in range(len(reply) + 1):  # what may be spoken only ever grows
-        now = visible_text(reply[:end])
-        assert now.startswith(previous)
-        previous = now
+    stray = "Done.</tool_call> Bye </tool_cat"  # a closing tag outside a call is markup, never speech
+    assert visible_text(stray, finished=True) == "Done. Bye </tool_cat"
+    assert visible_text("Done.</tool_c") == "Done."  # could be that tag: held back
+    for text in (reply, stray):
+        previous = ""
+        for end in range(len(text) + 1):  # what may be spoken only ever grows
+            now = visible_text(text[:end])
+            assert now.startswith(previous), (text[:end], previous)
+            previous = now
 
 
 def test_repeat_says_the_last_reply_again(tiny_int8: Path, tmp_path: Path) -> None:

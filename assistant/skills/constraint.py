@@ -184,13 +184,15 @@ def parse_tool_calls(text: str) -> tuple[str, list[dict]]:
 def visible_text(reply: str, finished: bool = False) -> str:
     """The part of a (possibly unfinished) reply that is outside tool calls, safe to speak now.
 
-    While the reply streams, a trailing "<", "<tool" ... might be the start of a call, so it is
-    held back until the next piece shows what it is. The result only ever grows as the reply does.
+    While the reply streams, a trailing "<", "<tool", "</tool" ... might be the start of a tag, so it
+    is held back until the next piece shows what it is. The result only ever grows as the reply does.
     """
     parts = reply_parts(reply, finished)
-    text = "".join(part for part, kind in parts if kind == "text")
+    # A closing tag with no call open is markup the model wrote by mistake: not read out.
+    text = "".join(part for part, kind in parts if kind == "text").replace(CLOSE, "")
     if parts[-1][1] == "text" and not finished:
-        for k in range(len(OPEN) - 1, 0, -1):
-            if text.endswith(OPEN[:k]):
-                return text[:-k]
+        for tag in (OPEN, CLOSE):
+            for k in range(len(tag) - 1, 0, -1):
+                if text.endswith(tag[:k]):
+                    return text[:-k]
     return text

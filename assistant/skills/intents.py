@@ -16,7 +16,8 @@ Two kinds of templates, both matched by hassil:
       @skill(sentences={"en": ["set an alarm for {hour} o'clock"], "zh": ["{hour}点叫醒我"]})
 
   Their slot lists come from the skill's schema: enum → its values, a bounded number → a range,
-  boolean → on/off words, any other string → a wildcard. A (template, slots) pair fixes slot values.
+  boolean → on/off words, any other string → a wildcard, a list → one value of its items' kind.
+  A (template, slots) pair fixes slot values.
 
 Device names, their aliases and areas come from `mqtt.devices` (the `name` and `area` lists of
 Home Assistant's templates). Numbers arrive as numbers; one outside the skill's range is answered
@@ -250,7 +251,8 @@ def _checked(found: Skill, arguments: dict[str, Any], language: str) -> IntentMa
 def out_of_range(schema: dict, language: str = "en") -> str:
     """A spoken sentence that gives the allowed range of a number."""
     what = schema.get("description", "the number")  # the skill's own words, in English
-    low, high = schema.get("minimum"), schema.get("maximum")
+    bounds = schema.get("items", schema)  # a list's numbers have their bounds on its items
+    low, high = bounds.get("minimum"), bounds.get("maximum")
     if language == "zh":
         bound = f"最多是{high:g}" if low is None else f"至少是{low:g}" if high is None else f"要在{low:g}到{high:g}之间"
         return f"抱歉，这个数{bound}。"
@@ -473,6 +475,8 @@ def _free_text(found: Skill, slot: str) -> bool:
 
 
 def _slot_list(schema: dict, language: str) -> dict:
+    if schema.get("type") == "array":  # a sentence hears one value of a list
+        return _slot_list(schema.get("items", {}), language)
     if "enum" in schema:
         return {"values": [{"in": str(v), "out": v} for v in schema["enum"]]}
     if schema.get("type") in ("integer", "number"):
@@ -487,6 +491,8 @@ def _slot_list(schema: dict, language: str) -> dict:
 
 
 def _typed(value: Any, schema: dict) -> Any:
+    if schema.get("type") == "array" and not isinstance(value, list):
+        return [_typed(value, schema.get("items", {}))]
     if schema.get("type") == "string" and isinstance(value, str):
         return value.strip()
     return as_declared(value, schema)

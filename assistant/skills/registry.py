@@ -106,6 +106,11 @@ class Registry:
     def add_module(self, module: ModuleType, source: str, disabled: tuple[str, ...] = ()) -> None:
         seen = set()  # a function bound to two names (`louder = volume_up`) is one skill
         for value in list(vars(module).values()):
+            if (hasattr(value, SKILL_ATTRIBUTE) or hasattr(value, BACKGROUND_ATTRIBUTE)) and _from_helper(
+                value, module
+            ):
+                self._helper_skill(value, source)
+                continue
             if getattr(value, "__module__", None) != module.__name__ or id(value) in seen:
                 continue
             seen.add(id(value))
@@ -118,6 +123,15 @@ class Registry:
                     self.background.append(getattr(value, BACKGROUND_ATTRIBUTE))
             elif isinstance(value, type):
                 self._check_class(value, source)
+
+    def _helper_skill(self, func: Any, source: str) -> None:
+        """Report a skill or background task that a module imported from a helper, which is never loaded itself."""
+        code = getattr(func, "__code__", None)
+        where = f"{code.co_filename}:{code.co_firstlineno}" if code else source
+        if not any(p.startswith(f"{where}: ") for p in self.problems):  # imported by several modules: said once
+            kind = "skill" if hasattr(func, SKILL_ATTRIBUTE) else "background task"
+            what = f"{kind} {func.__name__} is in a helper (a file named _*.py), whose skills are not loaded"
+            self._problem(where, f"{what}: move it to a file whose name does not start with _")
 
     def _check_class(self, cls: type, source: str) -> None:
         """Skills are found among a module's functions: one marked inside a class would be lost silently."""
@@ -312,6 +326,13 @@ def check_satisfiable(found: Skill) -> None:
     failed, messages = llguidance.LLMatcher.validate_grammar_with_warnings(grammar)
     if failed:
         raise SkillError(f"skill {found.name}: no arguments can satisfy its schema ({'; '.join(messages)})")
+
+
+def _from_helper(value: Any, module: ModuleType) -> bool:
+    """Whether `value` comes from a helper of `module`'s folder (`from ._shared import x`): helpers are
+    not loaded as skill modules, so a skill there would be lost without a word."""
+    package, _, name = (getattr(value, "__module__", None) or "").rpartition(".")
+    return bool(package) and package == module.__package__ and name.startswith("_")
 
 
 def _where(func: Any, source: str) -> str:

@@ -54,7 +54,7 @@ class SkillUnavailable(SkillError):
 
 @dataclass(frozen=True)
 class Range:
-    """Bounds of a number: Annotated[int, Range(1, 120)]."""
+    """Bounds of a number, Annotated[int, Range(1, 120)], or of a text's length, Annotated[str, Range(1, 500)]."""
 
     minimum: float | None = None
     maximum: float | None = None
@@ -326,16 +326,24 @@ def _schema(hint: Any, settings: Any) -> dict:
         schema = _schema(args[0], settings)
         for extra in args[1:]:
             if isinstance(extra, Range):
-                if schema.get("type") not in ("integer", "number"):
-                    raise SkillError("Range applies to int or float")
-                if not all(math.isfinite(b) for b in (extra.minimum, extra.maximum) if b is not None):
+                kind = schema.get("type")
+                if kind not in ("integer", "number", "string"):
+                    raise SkillError("Range applies to int, float or str (its length)")
+                bounds = [b for b in (extra.minimum, extra.maximum) if b is not None]
+                if not all(math.isfinite(b) for b in bounds):
                     raise SkillError("Range bounds must be finite numbers (None for no bound)")
-                if None not in (extra.minimum, extra.maximum) and extra.minimum > extra.maximum:
+                if len(bounds) == 2 and extra.minimum > extra.maximum:
                     raise SkillError(f"Range({extra.minimum}, {extra.maximum}): the minimum is above the maximum")
+                low, high = "minimum", "maximum"
+                if kind == "string":  # its length in characters, in place of MAX_STRING (a note may be longer)
+                    if not all(float(b).is_integer() and b >= 0 for b in bounds):
+                        raise SkillError("the Range of a str counts characters: whole numbers, not negative")
+                    low, high = "minLength", "maxLength"
+                    extra = Range(*(None if b is None else int(b) for b in (extra.minimum, extra.maximum)))
                 if extra.minimum is not None:
-                    schema["minimum"] = extra.minimum
+                    schema[low] = extra.minimum
                 if extra.maximum is not None:
-                    schema["maximum"] = extra.maximum
+                    schema[high] = extra.maximum
             elif isinstance(extra, Choices):
                 if schema.get("type") != "string":
                     raise SkillError("Choices applies to str")

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from assistant import SkillContext, skill
+from assistant import Range, SkillContext, skill
 
 ListName = Literal["notes", "shopping"]
+Text = Annotated[str, Range(maximum=500)]  # a note said in one breath may run past a few sentences
 
 
 SCHEMA = "CREATE TABLE IF NOT EXISTS items (id INTEGER PRIMARY KEY, list TEXT NOT NULL, text TEXT NOT NULL);"
@@ -18,14 +19,16 @@ def _db(context: SkillContext):
 
 @skill(
     sentences={
-        "en": [("take a note [that] {text}", {"list": "notes"}), ("note (that|down) {text}", {"list": "notes"})],
+        "en": [("take a note [that] {text}", {"list": "notes"}), ("note (that|down) {text}", {"list": "notes"}),
+               # Said alone (a pause cut the sentence), not a note "that": "What should I note?"
+               ("take a note [that]", {"list": "notes", "text": ""})],
         "zh": [("把{text}(加到|加入|添加到|放到)[我的]购物清单[里|上|中]", {"list": "shopping"}),
                ("[在]购物清单[里|上|中](加上|添加|加)[一个]{text}", {"list": "shopping"}),
-               ("记一下{text}", {"list": "notes"})],
+               ("记一下{text}", {"list": "notes"}), ("记一下", {"list": "notes", "text": ""})],
     },
     intents={"HassShoppingListAddItem": {"text": "{item}", "list": "shopping"}},
 )  # fmt: skip
-def add_item(text: str, context: SkillContext, list: ListName = "notes") -> str:
+def add_item(text: Text, context: SkillContext, list: ListName = "notes") -> str:
     """Add an item to the shopping list or a note to the notes.
 
     Args:
@@ -51,6 +54,7 @@ def add_item(text: str, context: SkillContext, list: ListName = "notes") -> str:
 
 
 READ_AT_ONCE = 20  # items said in one reply: a hundred would be minutes of speech (and past a reply's length)
+READ_CHARACTERS = 2000  # and no more characters than that (a minute or two): twenty long notes would be ten
 
 
 @skill(
@@ -77,9 +81,12 @@ def read_items(context: SkillContext, list: ListName = "notes") -> str:
         if shopping:
             return context.localized("Your shopping list is empty.", zh="购物清单是空的。")
         return context.localized("You have no notes.", zh="你没有笔记。")
-    rest = len(items) - READ_AT_ONCE
-    said = ", ".join(items[:READ_AT_ONCE]) + (f", and {rest} more" if rest > 0 else "")
-    said_zh = "、".join(items[:READ_AT_ONCE]) + (f"，还有{rest}项" if rest > 0 else "")
+    read = items[:READ_AT_ONCE]
+    while len(read) > 1 and len(", ".join(read)) > READ_CHARACTERS:
+        read.pop()
+    rest = len(items) - len(read)
+    said = ", ".join(read) + (f", and {rest} more" if rest > 0 else "")
+    said_zh = "、".join(read) + (f"，还有{rest}项" if rest > 0 else "")
     return context.localized(
         f"On your {'shopping list' if shopping else 'notes'}: {said}.",
         zh=f"{'购物清单' if shopping else '笔记'}上有：{said_zh}。",
@@ -99,7 +106,7 @@ def read_items(context: SkillContext, list: ListName = "notes") -> str:
         ],
     }
 )
-def remove_item(text: str, context: SkillContext, list: ListName = "shopping") -> str:
+def remove_item(text: Text, context: SkillContext, list: ListName = "shopping") -> str:
     """Remove an item from the shopping list (or a note).
 
     Args:

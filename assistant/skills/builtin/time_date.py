@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from assistant import SkillContext, skill
 
@@ -24,16 +24,25 @@ def current_time(context: SkillContext) -> str:
 
 @skill(
     sentences={
-        "en": ["what day is it", "what's the date", "what is the date today"],
-        "zh": ["今天[是]几号", "今天[是]星期几", "今天[是]几月几号"],
+        "en": ["what day is it", "what's the date", "what is the date today",
+               ("(what's|what is) [the] date tomorrow", {"tomorrow": True}),
+               ("what day is [it] tomorrow", {"tomorrow": True}),
+               ("(what's|what is) tomorrow's date", {"tomorrow": True})],
+        "zh": ["今天[是]几号", "今天[是]星期几", "今天[是]几月几号",
+               ("明天[是]几号", {"tomorrow": True}), ("明天[是]星期几", {"tomorrow": True}),
+               ("明天[是]几月几号", {"tomorrow": True})],
     },
     intents={"HassGetCurrentDate": {}},
-)
-def current_date(context: SkillContext) -> str:
-    """Tell today's date and day of the week."""
-    today = datetime.now()
-    weekday = WEEKDAYS_ZH[today.weekday()]
+)  # fmt: skip
+def current_date(context: SkillContext, tomorrow: bool = False) -> str:
+    """Tell today's date and day of the week.
+
+    Args:
+        tomorrow: true for tomorrow's instead
+    """
+    date = datetime.now() + timedelta(days=tomorrow)
+    which, which_zh = ("Tomorrow", "明天") if tomorrow else ("Today", "今天")
     return context.localized(
-        today.strftime("Today is %A, %B %-d, %Y."),
-        zh=f"今天是{today.year}年{today.month}月{today.day}日，星期{weekday}。",
+        date.strftime(f"{which} is %A, %B %-d, %Y."),
+        zh=f"{which_zh}是{date.year}年{date.month}月{date.day}日，星期{WEEKDAYS_ZH[date.weekday()]}。",
     )

@@ -124,6 +124,7 @@ def _left(due: float, paused_left: float | None) -> float:
 HOUR_AND_A_HALF = {"hours": 1, "minutes": 30}
 HALF_AN_HOUR = {"minutes": 30}
 AN_HOUR, A_MINUTE = {"hours": 1}, {"minutes": 1}
+MINUTE_AND_A_HALF = {"minutes": 1, "seconds": 30}
 SETTING = "[(set|start)] [a|an|the|my] "
 
 
@@ -133,15 +134,29 @@ SETTING = "[(set|start)] [a|an|the|my] "
                (SETTING + "(hour and a half|90 minute) timer", HOUR_AND_A_HALF),
                (SETTING + "timer for half an hour", HALF_AN_HOUR), (SETTING + "half hour timer", HALF_AN_HOUR),
                (SETTING + "timer for an hour", AN_HOUR), (SETTING + "timer for a minute", A_MINUTE),
+               (SETTING + "timer for a minute and a half", MINUTE_AND_A_HALF),
+               ("(set|start) [a|an|new] timer", {}),  # "How long?" is asked
                "[set|start] (a|an|the|my) {label} timer for {minutes} minute[s]",
                "[set|start] (a|an|the|my) {label} timer for {hours} hour[s]",
                "[set|start] (a|an|the|my) {label} timer for {seconds} second[s]"],
         "zh": [("[设置|设定|设|开始|定][一个]半(个)小时[的]计时[器]", HALF_AN_HOUR),
                ("[设置|设定|设|开始|定][一个]一个半小时[的]计时[器]", HOUR_AND_A_HALF),
                "[设置|设定|设|定][一个]{minutes}分钟[的]计时器", "[设置|设定|设|定][一个]{seconds}秒[钟][的]计时器",
-               "{minutes}分钟后提醒我", "{hours}(个)小时后提醒我"],
+               "[设置|设定|设|定][一个]{minutes}分[钟]{seconds}秒[钟][的]计时器",
+               "[设置|设定|设|定][一个]{hours}[个]小时[的]计时器",
+               ("[设置|设定|设|定][一个]{minutes}分半[钟][的]计时器", {"seconds": 30}),
+               "[设置|设定|设|定][一个]{minutes}分钟[的]{label}计时器",
+               "{minutes}分钟后提醒我", "{hours}(个)小时后提醒我",
+               # The library hears "一个" as one hour (个 is an hour for it): this asks how long.
+               ("(设置|设定|设|定|开始|创建)[一][个](计时器|倒计时|定时器)", {})],
     },
     intents={"HassStartTimer": {"label": "{name}"}},
+    # Answers to "How long should the timer run?".
+    answers={
+        "en": ["[for] {hours} hour[s] [and {minutes} minute[s]]", "[for] {minutes} minute[s] [and {seconds} second[s]]",
+               "[for] {seconds} second[s]"],
+        "zh": ["{hours}[个]小时[{minutes}分[钟]]", "{minutes}分钟[{seconds}秒[钟]]", "{seconds}秒[钟]"],
+    },
 )  # fmt: skip
 def set_timer(
     context: SkillContext,
@@ -220,7 +235,10 @@ def _times(sentence: Callable[[str], str]) -> list:
 def _times_zh(sentence: str) -> list:
     """The Chinese sentences of an alarm's time: `sentence` with the time for its {time}."""
     minutes = "(点[钟]|点[零]{minute}[分]|:{minute})"  # 7点, 7点05分, 7点零五分, 7:05
+    midnight = "(凌晨|半夜)(12|十二)"  # 凌晨12点 is 0:00, not noon; before {hour}, which wins a tie
     return [
+        (sentence.replace("{time}", midnight + minutes), {"hour": 0}),
+        (sentence.replace("{time}", midnight + "点半"), {"hour": 0, "minute": 30}),
         sentence.replace("{time}", "[早上|上午|凌晨]{hour}" + minutes),
         (sentence.replace("{time}", "[早上|上午|凌晨]{hour}点半"), {"minute": 30}),
         sentence.replace("{time}", ZH_AFTERNOON + "{pm_hour_zh:hour}" + minutes),
@@ -349,13 +367,21 @@ ZH_PICK = "[那个|一个]" + ZH_LENGTH + "[的][{label}]计时器"
                ("pause " + PICK, {"action": "pause"}),
                ("(resume|unpause|continue) " + PICK, {"action": "resume"}),
                ("how (much time|long) is left on " + PICK, {"action": "status"}),
-               ("add {minutes} minute[s] to " + PICK, {"action": "add"})],
+               ("add {minutes} minute[s] to " + PICK, {"action": "add"}),
+               ("add a minute to [the|my] timer", {"action": "add", **A_MINUTE})],
         "zh": [("取消(所有|全部)[的]计时器", {"action": "cancel_all"}),
                ("把(所有|全部)[的]计时器[都]取消", {"action": "cancel_all"}),
                # "取消10分钟的计时器", "暂停10分钟的意大利面计时器": the library reads "10分钟的" as a timer's name.
                ("取消" + ZH_PICK, {"action": "cancel"}),
                ("暂停" + ZH_PICK, {"action": "pause"}),
-               ("(恢复|继续)" + ZH_PICK, {"action": "resume"})],
+               ("(恢复|继续)" + ZH_PICK, {"action": "resume"}),
+               # The library has these only for a timer by its name or length.
+               ("[我的]计时器还剩(多久|多长时间|几分钟)", {"action": "status"}),
+               ("还剩(多少时间|多久|多长时间)", {"action": "status"}),
+               ("(取消|删除|停止)[一]个计时器", {"action": "cancel"}),  # 一个 is no hour here either
+               ("暂停[一]个计时器", {"action": "pause"}),
+               ("[给|把][我的]计时器(加|增加|延长|多加)[上]{minutes}分钟", {"action": "add"}),
+               ("[给|把][我的]计时器(加|增加|延长|多加)[上]{seconds}秒[钟]", {"action": "add"})],
     },
     intents={
         "HassTimerStatus": {"action": "status", "label": "{name}"},
