@@ -66,4 +66,4 @@ def test_the_daemon_answers_and_calls_skills_through_the_compact_prompt(smollm2_
     assert "Paris" in "".join(e["text"] for e in answer if e["type"] == "text")
     assert not [e for e in answer if e["type"] == "tool_call"]
     print(f"SmolLM2-135M-Instruct called the right skill for {len(right)} of {len(COMMANDS)}: {right}")
-    assert len(right) >= 2, right  # 3 of 10 measured (README); a margin for other CPUs
+    assert len(right) >= 2, right  # 4 of 10 measured (README); a margin for other CPUs
