@@ -169,8 +169,17 @@ def assistant_with(config: Path, *command: str, env: dict[str, str] | None = Non
             b"llm: " + b"[" * 5000 + b"]" * 5000 + b"\n",
             ": nested too deeply to be read; a config needs only a few levels",
         ),
+        (  # aliases of aliases: a billion strings, were each alias walked on its own
+            b"llm:\n  system_prompt: [&a0 ["
+            + b"x, " * 9
+            + b"x]"
+            + b"".join(b", &a%d [" % i + b", ".join([b"*a%d" % (i - 1)] * 10) + b"]" for i in range(1, 9))
+            + b"]\n",
+            ":2: llm.system_prompt: expected text, got a list of 9 items",
+        ),
+        (b"# " + b"x" * 2**20 + b"\n", ": larger than 1 MB, too large for a config; is it the right file?"),
     ],
-    ids=["latin-1", "nested"],
+    ids=["latin-1", "nested", "aliases", "huge"],
 )
 def test_an_unreadable_config_is_one_line_and_exit_78_for_every_command(
     tmp_path: Path, content: bytes, expected: str
