@@ -381,6 +381,20 @@ def test_sighup_reloads_or_keeps_the_running_config_whatever_the_file_holds(setu
         assert daemon.stop() == 0
 
 
+def test_a_state_dir_changed_by_a_reload_waits_for_the_restart_as_the_log_says(setup) -> None:
+    config, control, notify = setup
+    daemon = Daemon(config.parent, config, notify)
+    try:
+        assert spoken(turn(control, "add milk to my shopping list")) == "Added milk to the shopping list."
+        config.write_text(config.read_text().replace("/state", "/moved"))
+        reload(daemon)
+        assert "state_dir changed: it takes effect when the service restarts" in daemon.log_text()
+        assert spoken(turn(control, "what is on my shopping list")) == "On your shopping list: milk."
+        assert not (config.parent / "moved").exists()
+    finally:
+        assert daemon.stop() == 0
+
+
 def story(control: Path, during=None) -> list[dict]:
     """A long reply; `during()` is called once, when its first words arrive."""
     with connect(control) as client:

@@ -246,7 +246,10 @@ class Daemon:
         return registry, self._manager(settings, registry)
 
     def _load_skills(self, settings: Settings) -> Registry:
-        context = SkillContext(settings=settings, state_dir=state_dir(settings), say=self.announce,
+        # The state folder is one of the things a reload leaves as started (RESTART_ONLY): the running
+        # timers' clock and the stored notes stay where they are until the restart.
+        folder = state_dir(self.started_with)
+        context = SkillContext(settings=settings, state_dir=folder, say=self.announce,
                                stop=lambda: self.cancel(None), voice_language=self.voice_language)  # fmt: skip
         return load_registry(settings, skill_folders(settings), context)
 
