@@ -236,6 +236,9 @@ def format_status(event: dict) -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    # Until the daemon takes SIGHUP over, a reload has nothing to do: the config is read below. Its
+    # default action would end the service, which systemd counts as a clean exit and does not restart.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     from assistant.daemon.run import run
 
     config = args.config or default_config_path()

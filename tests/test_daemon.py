@@ -772,6 +772,25 @@ def test_sigterm_while_a_reload_prefills_a_long_prompt_exits_0(tmp_path: Path, c
         notify.close()
 
 
+def test_a_sighup_while_the_program_starts_is_not_its_end(setup) -> None:
+    config, control, notify = setup
+    command = [sys.executable, "-m", "assistant", "run", "--config", str(config), "--text-only"]
+    with open(config.parent / "daemon.log", "wb") as log:
+        process = subprocess.Popen(command, env=clean_env() | {"NOTIFY_SOCKET": str(notify.path)}, stdout=log,
+                                   stderr=log)  # fmt: skip
+        try:
+            deadline = time.monotonic() + 30
+            # numpy: among the daemon's first imports, long before the models load (seconds on a board).
+            while "_multiarray_umath" not in Path(f"/proc/{process.pid}/maps").read_text():
+                assert time.monotonic() < deadline and process.poll() is None
+                time.sleep(0.005)
+            process.send_signal(signal.SIGHUP)
+            notify.wait_for("READY=1", timeout=60, process=process)
+        finally:
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(timeout=30) == 0
+
+
 SLOW_IMPORT_SKILL = """import pathlib
 import time
 
