@@ -314,6 +314,13 @@ def test_hostile_clients_get_an_error_and_every_other_client_goes_on(setup) -> N
                 time.sleep(0.1)
             assert flat(), (baseline, daemon.footprint())  # threads and open files, after 210 clients
 
+            # As many connections as are served (watchers that ask nothing): one more hears why not.
+            crowd = [connect(control) for _ in range(255)]  # and the watcher
+            refused = run_assistant("status", "--config", str(config))
+            assert (refused.returncode, refused.stderr) == (1, "error: more than 256 clients; try again later\n")
+            for client in crowd:
+                client.close()
+
         # A second instance on the same socket refuses to start, and leaves the first one's socket.
         second = run_assistant("run", "--config", str(config), "--text-only")
         assert second.returncode == 78 and "already running" in second.stderr

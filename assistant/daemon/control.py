@@ -367,8 +367,19 @@ class ControlClient:
         try:
             self.socket.sendall(line.encode("utf-8", "backslashreplace"))
         except OSError:
-            raise ConnectionError("the assistant closed the connection (has it stopped?)") from None
+            raise ConnectionError(
+                self._last_word() or "the assistant closed the connection (has it stopped?)"
+            ) from None
         return request_id
+
+    def _last_word(self) -> str | None:
+        """The error the assistant sent before closing the connection (too many clients), if any."""
+        self.socket.settimeout(1.0)
+        try:
+            event = json.loads(self.lines.readline())
+        except (OSError, ValueError):
+            return None
+        return event.get("message") if isinstance(event, dict) and event.get("type") == "error" else None
 
     def events(self, request_id: str, until: Callable[[dict], bool]) -> Iterator[dict]:
         """The events answering `request_id` until `until(event)` is true or the request is refused.
