@@ -798,6 +798,40 @@ def test_a_sighup_while_the_program_starts_is_not_its_end(setup) -> None:
             assert process.wait(timeout=30) == 0
 
 
+def test_two_daemons_starting_at_once_on_one_socket_leave_one_running(setup) -> None:
+    config, control, notify = setup
+    from assistant.daemon.control import answers
+
+    command = [sys.executable, "-m", "assistant", "run", "--config", str(config), "--text-only"]
+    env = clean_env() | {"NOTIFY_SOCKET": str(notify.path)}
+    with open(config.parent / "daemon.log", "wb") as log:
+        for _ in range(50):  # until the first is caught between creating its socket and listening on it
+            first = subprocess.Popen(command, env=env, stdout=log, stderr=log)
+            while not control.exists() and first.poll() is None:
+                pass
+            first.send_signal(signal.SIGSTOP)
+            if not answers(control):
+                break
+            first.send_signal(signal.SIGCONT)
+            first.send_signal(signal.SIGTERM)
+            assert first.wait(timeout=30) == 0
+        else:
+            pytest.fail("the first daemon was never caught before it listened")
+        second = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            _, error = second.communicate(timeout=30)  # a second one running would take the socket's place
+            assert (second.returncode, error) == (78, f"error: {control}: another assistant is already running there\n")
+            first.send_signal(signal.SIGCONT)
+            notify.wait_for("READY=1", process=first)
+            assert turn(control, "what time is it")[-2]["text"].startswith("It is ")
+        finally:
+            second.kill()
+            second.wait()
+            first.send_signal(signal.SIGCONT)
+            first.send_signal(signal.SIGTERM)
+            assert first.wait(timeout=30) == 0
+
+
 SLOW_IMPORT_SKILL = """import pathlib
 import time
 
