@@ -194,14 +194,14 @@ def _runtime(settings: Settings) -> list[Finding]:
         found.append(Finding("control.socket", f"{socket}: an assistant is already running there", fix))
     elif socket.exists() and not socket.is_socket():
         found.append(Finding("control.socket", f"{socket} exists and is not a socket", "remove it or choose another"))
-    elif not _writable(socket.parent):
+    elif not writable(socket.parent):
         found.append(Finding("control.socket", f"{socket.parent} is not writable", "choose another control.socket"))
     elif socket.parent.exists() and (shared := folder_not_private(socket.parent)):  # `assistant run` refuses it
         found.append(Finding("control.socket", f"{socket.parent} is {shared[0]}", shared[1]))
     else:
         found.append(Finding("control.socket", str(socket)))
     state = state_dir(settings)
-    if _writable(state):
+    if writable(state):
         found.append(Finding("state_dir", str(state)))
     else:
         fix = "set state_dir to a folder you can write, or fix its owner"
@@ -209,7 +209,7 @@ def _runtime(settings: Settings) -> list[Finding]:
     return found
 
 
-def _writable(folder: Path) -> bool:
+def writable(folder: Path) -> bool:
     """Whether `folder` can be written, or created in its nearest existing parent."""
     while not folder.exists():
         if folder.parent == folder:

@@ -116,6 +116,16 @@ def test_service_install_writes_nothing_when_it_refuses(tmp_path: Path) -> None:
     assert not root.exists()  # neither the config nor the models were written
 
 
+def test_service_install_where_it_cannot_write_writes_nothing(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    (root / "etc/systemd").mkdir(parents=True)
+    (root / "etc/systemd/system").write_text("")  # a file where the units' folder goes
+    result = assistant("service", "install", "--root", str(root), "--allow-home")
+    assert result.returncode == 1
+    assert f"{root}/etc/systemd/system: cannot be written (a read-only file system, a file in the way" in result.stderr
+    assert not (root / "etc/assistant").exists()  # the config is not left behind
+
+
 def _stand_in(path: Path, answer: list[dict]) -> threading.Thread:
     """A stand-in assistant on `path` that answers one request with the events of `answer`."""
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

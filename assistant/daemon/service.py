@@ -16,6 +16,7 @@ from pathlib import Path
 
 from assistant.config import Settings, load_settings, settings_from_text
 from assistant.daemon.control import answers
+from assistant.doctor import writable
 from assistant.setup.download import write_atomic
 
 PACKAGE = Path(__file__).resolve().parents[1]
@@ -115,6 +116,14 @@ def install(
         if (option := hidden_by(path, allow_home))
     ]
     problems += _writable_problems(settings, root)
+    written = [_under(root, unit_dir), _under(root, SOCKET_RECORD).parent]
+    written += [on_disk.parent] if new_config is not None else []
+    written += [_under(root, STATE_DIR / "models")] if models is not None else []
+    problems += [
+        f"{folder}: cannot be written (a read-only file system, a file in the way, or another user's: sudo?)"
+        for folder in dict.fromkeys(written)
+        if not writable(folder)
+    ]
     socket_path = _service_view(root, settings.control.socket) if settings.control.socket else SERVICE_SOCKET
     if answers(_under(root, socket_path)):
         problems.append(
