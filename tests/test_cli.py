@@ -126,6 +126,20 @@ def test_service_install_where_it_cannot_write_writes_nothing(tmp_path: Path) ->
     assert not (root / "etc/assistant").exists()  # the config is not left behind
 
 
+def test_service_install_for_an_existing_user_names_its_group_and_creates_no_user(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    (root / "etc").mkdir(parents=True)
+    (root / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/bash\nnobody:x:65534:65534::/nonexistent:/bin/false\n")
+    (root / "etc/group").write_text("root:x:0:\nnogroup:x:65534:\n")
+    result = assistant("service", "install", "--root", str(root), "--allow-home", "--user", "nobody")
+    assert result.returncode == 0, result.stderr
+    assert "User=nobody\nGroup=nogroup\n" in (root / "etc/systemd/system/assistant.service").read_text()
+    assert "useradd" not in result.stdout
+    result = assistant("service", "install", "--root", str(root), "--allow-home", "--user", "someone")
+    assert "sudo useradd --system --groups audio --home-dir /var/lib/assistant" in result.stdout
+    assert "User=someone\nGroup=someone\n" in (root / "etc/systemd/system/assistant.service").read_text()
+
+
 def _stand_in(path: Path, answer: list[dict]) -> threading.Thread:
     """A stand-in assistant on `path` that answers one request with the events of `answer`."""
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
