@@ -378,8 +378,13 @@ def check_model_paths(settings: Settings, voice: bool = True) -> None:
             wrong.append(f"skills.paths[{i}]: {folder} cannot be read by this user; chmod it, or run as its owner")
     if settings.mqtt.tls and settings.mqtt.ca_file is not None and not settings.mqtt.ca_file.is_file():
         wrong.append(f"mqtt.ca_file: {settings.mqtt.ca_file} is not a file")
-    if settings.state_dir is not None and settings.state_dir.exists() and not settings.state_dir.is_dir():
-        wrong.append(f"state_dir: {settings.state_dir} is not a folder")
+    if settings.state_dir is not None:
+        # It is made when first written: a file in its place, or on the way to it, fails every timer and note.
+        existing = next(p for p in [settings.state_dir, *settings.state_dir.parents] if p.exists())
+        if existing == settings.state_dir and not existing.is_dir():
+            wrong.append(f"state_dir: {settings.state_dir} is not a folder")
+        elif not existing.is_dir():
+            wrong.append(f"state_dir: {settings.state_dir} cannot be made: {existing} is not a folder")
     if wrong:
         raise ConfigError(f"{settings.source}: {'; '.join(wrong)}")
     required = [("llm.model_dir", settings.llm.model_dir / "manifest.yaml")]

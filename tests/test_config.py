@@ -399,6 +399,17 @@ def test_configured_folders_and_files_are_checked_with_the_models(tmp_path: Path
     )
 
 
+def test_a_state_dir_behind_a_file_is_refused_with_the_models(tmp_path: Path) -> None:
+    (tmp_path / "state").write_text("")
+    settings = load_text(tmp_path, f"state_dir: {tmp_path / 'state' / 'assistant'}\n")
+    with pytest.raises(ConfigError) as refused:
+        check_model_paths(settings, voice=False)
+    assert str(refused.value) == (
+        f"{tmp_path / 'c.yaml'}: state_dir: {tmp_path / 'state/assistant'} cannot be made: {tmp_path / 'state'} "
+        "is not a folder"
+    )
+
+
 # -- logs ------------------------------------------------------------------------------------------
 
 
