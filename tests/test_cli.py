@@ -140,6 +140,20 @@ def test_service_install_for_an_existing_user_names_its_group_and_creates_no_use
     assert "User=someone\nGroup=someone\n" in (root / "etc/systemd/system/assistant.service").read_text()
 
 
+def test_service_install_says_where_a_hidden_skills_folder_or_config_goes(tmp_path: Path) -> None:
+    (tmp_path / "skills").mkdir()
+    config = tmp_path / "config.yaml"  # under /tmp, as the skills folder: the service's PrivateTmp hides both
+    config.write_text(f"skills:\n  paths: [{tmp_path / 'skills'}]\n")
+    result = assistant("service", "install", "--config", str(config), "--unit-dir", str(tmp_path / "units"))
+    assert result.returncode == 1
+    assert (
+        f"{config} (the config): hidden from the service by PrivateTmp=yes in the unit; move it into /etc/assistant"
+        in result.stderr
+    )
+    skills = f"{tmp_path / 'skills'} (skills.paths[0]): hidden from the service by PrivateTmp=yes in the unit; "
+    assert skills + "move its skills into /etc/assistant/skills: a skills folder beside the config" in result.stderr
+
+
 def _stand_in(path: Path, answer: list[dict]) -> threading.Thread:
     """A stand-in assistant on `path` that answers one request with the events of `answer`."""
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

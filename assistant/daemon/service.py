@@ -195,6 +195,9 @@ def _service_view(root: Path, path: Path) -> Path:
         return path
 
 
+MODEL_KEYS = ("llm.model_dir", "asr.model", "tts.voice", "wake.model")
+
+
 def _configured_paths(settings: Settings, root: Path) -> list[tuple[str, Path]]:
     found = [
         ("llm.model_dir", settings.llm.model_dir),
@@ -225,8 +228,12 @@ def _writable_problems(settings: Settings, root: Path) -> list[str]:
 def _move_hint(option: str, what: str) -> str:
     if what.startswith(("the Python", "the assistant")):  # the program itself
         fix = "install the package outside /home and /tmp (python3 -m venv /opt/assistant, then its pip install …)"
-    else:
+    elif what in MODEL_KEYS:
         fix = f"move it (models belong under {STATE_DIR}/models: --models DIR copies them there)"
+    elif what.startswith("skills.paths"):
+        fix = f"move its skills into {SYSTEM_CONFIG.parent}/skills: a skills folder beside the config needs no naming"
+    else:  # the config, a CA file
+        fix = f"move it into {SYSTEM_CONFIG.parent} (where --config looks by default)"
     if option.startswith("ProtectHome"):
         fix += ", or pass --allow-home (ProtectHome=read-only)"
     return fix
