@@ -145,8 +145,8 @@ def check_socket_path(path: Path) -> int:
     """Refuse a path another user could interfere with, or that is not ours to take (ConfigError).
 
     Returns the descriptor of a lock beside the socket, held while it stays open: an instance starting
-    at the same moment finds it taken, where the socket itself would not answer yet, look left by an
-    instance that died, and be removed.
+    at the same moment finds it taken. The socket alone would not answer yet, so it would look left
+    by an instance that died, and be removed.
     """
     folder = path.parent
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
