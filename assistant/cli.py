@@ -26,7 +26,7 @@ from assistant.config import (
     settings_from_text,
 )
 from assistant.llm.manifest import ModelError
-from assistant.logs import setup_logging
+from assistant.logs import setup_logging, to_journal
 
 # sysexits' EX_CONFIG: the systemd unit lists it in RestartPreventExitStatus, so a broken
 # config is reported once instead of restarting in a loop.
@@ -596,7 +596,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (ConfigError, ModelError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        # Why the service did not start: an error for `journalctl -p err`, where a plain line is "info".
+        print(f"{'<3>' if to_journal() else ''}error: {e}", file=sys.stderr)
         return EXIT_CONFIG
     except KeyboardInterrupt:
         return 130

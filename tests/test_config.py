@@ -449,6 +449,19 @@ def test_every_line_of_a_traceback_reaches_the_journal_with_its_priority(
     assert len(lines) > 3 and all(line.startswith("<3>") for line in lines)
 
 
+def test_a_config_that_stops_the_service_is_an_error_in_the_journal(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text("llm:\n  threads: 0\n")
+    with open(tmp_path / "journal", "w") as journal:
+        stat = os.fstat(journal.fileno())
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ASSISTANT_")}
+        command = [sys.executable, "-m", "assistant", "run", "--text-only", "--config", str(config)]
+        env["JOURNAL_STREAM"] = f"{stat.st_dev}:{stat.st_ino}"
+        result = subprocess.run(command, stderr=journal, env=env, timeout=60)
+    assert result.returncode == 78
+    assert (tmp_path / "journal").read_text() == f"<3>error: {config}:2: llm.threads: must be at least 1, got 0\n"
+
+
 def test_a_terminal_that_inherited_journal_stream_gets_plain_lines(stderr_file, monkeypatch) -> None:
     # A shell started from a service (a desktop terminal is one) inherits the variable, not the stream.
     stderr = stderr_file()
