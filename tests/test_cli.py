@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -165,8 +166,9 @@ def _stand_in(path: Path, answer: list[dict]) -> threading.Thread:
             line = connection.makefile("rb").readline()
             if not line:  # the client asked nothing
                 return
-            for event in answer:
-                connection.sendall((json.dumps(event | {"request": json.loads(line)["id"]}) + "\n").encode())
+            with contextlib.suppress(BrokenPipeError):  # a client may leave before the end (its stdout closed)
+                for event in answer:
+                    connection.sendall((json.dumps(event | {"request": json.loads(line)["id"]}) + "\n").encode())
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
