@@ -368,8 +368,23 @@ def check_model_paths(settings: Settings, voice: bool = True) -> None:
     """Fail when configured models are not installed, naming every missing one and the ways forward.
 
     Other configured paths come first: a misspelt skills folder or CA file would otherwise only
-    show as skills that are not there, or as a broker that cannot be reached.
+    show as skills that are not there, or as a broker that cannot be reached. First of all, paths
+    this user may not even look for (a model in another user's home folder, for the service's user).
     """
+    required = [("llm.model_dir", settings.llm.model_dir / "manifest.yaml")]
+    if voice:
+        required += [
+            ("asr.model", settings.asr.model),
+            ("tts.voice", settings.tts.voice),
+            ("wake.model", settings.wake.model),
+        ]
+    configured = [*((f"skills.paths[{i}]", p) for i, p in enumerate(settings.skills.paths)),
+                  ("mqtt.ca_file", settings.mqtt.ca_file), ("state_dir", settings.state_dir), *required]  # fmt: skip
+    if blocked := [
+        f"{key}: {path} {why}" for key, path in configured if path is not None and (why := _unreachable(path))
+    ]:
+        fix = "let this user enter the folders on the way (chmod o+x, or a group of its own), or move the files"
+        raise ConfigError(f"{settings.source}: {'; '.join(blocked)}; {fix}")
     wrong = []
     for i, folder in enumerate(settings.skills.paths):
         if not folder.is_dir():
@@ -387,13 +402,6 @@ def check_model_paths(settings: Settings, voice: bool = True) -> None:
             wrong.append(f"state_dir: {settings.state_dir} cannot be made: {existing} is not a folder")
     if wrong:
         raise ConfigError(f"{settings.source}: {'; '.join(wrong)}")
-    required = [("llm.model_dir", settings.llm.model_dir / "manifest.yaml")]
-    if voice:
-        required += [
-            ("asr.model", settings.asr.model),
-            ("tts.voice", settings.tts.voice),
-            ("wake.model", settings.wake.model),
-        ]
     missing = [(key, path) for key, path in required if path is not None and not path.exists()]
     if not missing:
         return
@@ -402,6 +410,15 @@ def check_model_paths(settings: Settings, voice: bool = True) -> None:
     if voice and any(key != "llm.model_dir" for key, _ in missing):
         fix += f", {TEXT_ONLY}"
     raise ConfigError(f"{settings.source}: {named}; {fix}")
+
+
+def _unreachable(path: Path) -> str | None:
+    """Why this user cannot even look for `path` (a folder on the way it may not enter), or None."""
+    try:
+        path.exists()  # False for what is not there; an error for what cannot be looked at
+    except OSError as e:
+        return f"cannot be reached by this user ({e.strerror})"
+    return None
 
 
 def state_dir(settings: Settings) -> Path:

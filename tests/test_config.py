@@ -497,3 +497,32 @@ def test_a_skills_folder_the_service_user_cannot_read_is_named() -> None:
         os.waitpid(child, 0)
         message = os.read(reader, 4096).decode()
     assert message.startswith(f"{folder / 'c.yaml'}: skills.paths[0]: {folder / 'skills'} cannot be read"), message
+
+
+def test_a_model_behind_a_folder_the_service_user_cannot_enter_is_named() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("becoming another user needs root (CI runs as root)")
+    with tempfile.TemporaryDirectory() as made:  # in /tmp: reachable by the other user, unlike tmp_path
+        folder = Path(made)
+        folder.chmod(0o755)
+        (folder / "home/models/qwen").mkdir(parents=True)
+        (folder / "home").chmod(0o700)  # a home folder: the service's user may not enter it
+        settings = load_text(folder, "llm:\n  model_dir: home/models/qwen\n")
+        reader, writer = os.pipe()
+        child = os.fork()
+        if child == 0:
+            try:
+                os.setgid(65534)
+                os.setuid(65534)
+                check_model_paths(settings, voice=False)
+                os.write(writer, b"accepted")
+            except Exception as e:  # a PermissionError here would be a traceback and a restart loop
+                os.write(writer, f"{type(e).__name__}: {e}".encode())
+            finally:
+                os._exit(0)
+        os.close(writer)
+        os.waitpid(child, 0)
+        message = os.read(reader, 4096).decode()
+    manifest = folder / "home/models/qwen/manifest.yaml"
+    named = f"{folder / 'c.yaml'}: llm.model_dir: {manifest} cannot be reached by this user (Permission denied)"
+    assert message.startswith(f"ConfigError: {named}"), message
