@@ -378,11 +378,10 @@ def check_model_paths(settings: Settings, voice: bool = True) -> None:
             ("tts.voice", settings.tts.voice),
             ("wake.model", settings.wake.model),
         ]
-    configured = [*((f"skills.paths[{i}]", p) for i, p in enumerate(settings.skills.paths)),
-                  ("mqtt.ca_file", settings.mqtt.ca_file), ("state_dir", settings.state_dir), *required]  # fmt: skip
-    if blocked := [
-        f"{key}: {path} {why}" for key, path in configured if path is not None and (why := _unreachable(path))
-    ]:
+    configured = [(f"skills.paths[{i}]", folder) for i, folder in enumerate(settings.skills.paths)]
+    configured += [("mqtt.ca_file", settings.mqtt.ca_file), ("state_dir", settings.state_dir), *required]
+    blocked = [f"{key}: {path} {why}" for key, path in configured if path and (why := _unreachable(path))]
+    if blocked:
         fix = "let this user enter the folders on the way (chmod o+x, or a group of its own), or move the files"
         raise ConfigError(f"{settings.source}: {'; '.join(blocked)}; {fix}")
     wrong = []
