@@ -43,14 +43,27 @@ def diagnose(config: Path, text_only: bool = False) -> list[Finding]:
             findings.append(Finding("config", f"{config}: settings load"))
         except ConfigError as e:
             findings.append(Finding("config", str(e), f"edit {config}"))
-    findings += _llm(settings)
+    findings += _as_this_user("llm.model_dir", _llm, settings)
     if all(f.fix is None for f in findings if f.what in ("config", "llm.model_dir")):
         findings += _budget(settings)
     if not text_only:
-        findings += _speech(settings)
+        findings += _as_this_user("speech models", _speech, settings)
         findings += _audio(settings)
-    findings += _runtime(settings)
+    findings += _as_this_user("control.socket, state_dir", _runtime, settings)
     return findings
+
+
+def _as_this_user(what: str, check, settings: Settings) -> list[Finding]:
+    """The findings of `check`; a path this user may not look at is one of them, not a traceback.
+
+    The service's folders are its own (/var/lib/assistant is 0700): whoever else runs doctor on its
+    config cannot look inside them.
+    """
+    try:
+        return check(settings)
+    except PermissionError as e:
+        fix = "run doctor as the service's user (sudo -u USER assistant doctor --config ...), or as root"
+        return [Finding(what, f"{e.filename}: this user may not look at it ({e.strerror})", fix)]
 
 
 def report(findings: list[Finding]) -> str:
