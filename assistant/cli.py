@@ -26,7 +26,7 @@ from assistant.config import (
     settings_from_text,
 )
 from assistant.llm.manifest import ModelError
-from assistant.logs import setup_logging
+from assistant.logs import setup_logging, to_journal
 
 # sysexits' EX_CONFIG: the systemd unit lists it in RestartPreventExitStatus, so a broken
 # config is reported once instead of restarting in a loop.
@@ -236,6 +236,9 @@ def format_status(event: dict) -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    # Until the daemon takes SIGHUP over, a reload has nothing to do: the config is read below. Its
+    # default action would end the service, which systemd counts as a clean exit and does not restart.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     from assistant.daemon.run import run
 
     config = args.config or default_config_path()
@@ -593,7 +596,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (ConfigError, ModelError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        # Why the service did not start: an error for `journalctl -p err`, where a plain line is "info".
+        print(f"{'<3>' if to_journal() else ''}error: {e}", file=sys.stderr)
         return EXIT_CONFIG
     except KeyboardInterrupt:
         return 130

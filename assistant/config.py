@@ -16,6 +16,7 @@ import logging
 import math
 import os
 import re
+import reprlib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -146,6 +147,7 @@ MAX_CONTEXT = 32768
 # service, so a skill allowed more time than that would take the whole assistant down.
 SKILL_TIMEOUT_LIMIT = 300.0
 URL_SCHEMES = ("http://", "https://", "file://")  # what `assistant setup` downloads from
+MAX_CONFIG_BYTES = 1024 * 1024  # the commented default is 5 kB
 
 
 def _optional(ok: typing.Callable[[Any], bool]) -> typing.Callable[[Any], bool]:
@@ -212,7 +214,13 @@ def load_settings(path: Path | None = None, environ: typing.Mapping[str, str] | 
     """Read, override from the environment, type-check and bound-check a config file."""
     path = Path(path) if path else default_config_path()
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as file:
+            data = file.read(MAX_CONFIG_BYTES + 1)  # a wrong file (a log, an image) is not parsed for minutes
+        if len(data) > MAX_CONFIG_BYTES:
+            raise ConfigError(
+                f"{path}: larger than {MAX_CONFIG_BYTES // 2**20} MB, too large for a config; is it the right file?"
+            )
+        text = data.decode("utf-8")
     except FileNotFoundError:
         raise ConfigError(
             f"{path}: config file not found; `assistant config init {path}` writes the default one, "
@@ -360,8 +368,22 @@ def check_model_paths(settings: Settings, voice: bool = True) -> None:
     """Fail when configured models are not installed, naming every missing one and the ways forward.
 
     Other configured paths come first: a misspelt skills folder or CA file would otherwise only
-    show as skills that are not there, or as a broker that cannot be reached.
+    show as skills that are not there, or as a broker that cannot be reached. First of all, paths
+    this user may not even look for (a model in another user's home folder, for the service's user).
     """
+    required = [("llm.model_dir", settings.llm.model_dir / "manifest.yaml")]
+    if voice:
+        required += [
+            ("asr.model", settings.asr.model),
+            ("tts.voice", settings.tts.voice),
+            ("wake.model", settings.wake.model),
+        ]
+    configured = [(f"skills.paths[{i}]", folder) for i, folder in enumerate(settings.skills.paths)]
+    configured += [("mqtt.ca_file", settings.mqtt.ca_file), ("state_dir", settings.state_dir), *required]
+    blocked = [f"{key}: {path} {why}" for key, path in configured if path and (why := _unreachable(path))]
+    if blocked:
+        fix = "let this user enter the folders on the way (chmod o+x, or a group of its own), or move the files"
+        raise ConfigError(f"{settings.source}: {'; '.join(blocked)}; {fix}")
     wrong = []
     for i, folder in enumerate(settings.skills.paths):
         if not folder.is_dir():
@@ -370,17 +392,15 @@ def check_model_paths(settings: Settings, voice: bool = True) -> None:
             wrong.append(f"skills.paths[{i}]: {folder} cannot be read by this user; chmod it, or run as its owner")
     if settings.mqtt.tls and settings.mqtt.ca_file is not None and not settings.mqtt.ca_file.is_file():
         wrong.append(f"mqtt.ca_file: {settings.mqtt.ca_file} is not a file")
-    if settings.state_dir is not None and settings.state_dir.exists() and not settings.state_dir.is_dir():
-        wrong.append(f"state_dir: {settings.state_dir} is not a folder")
+    if settings.state_dir is not None:
+        # It is made when first written: a file in its place, or on the way to it, fails every timer and note.
+        existing = next(p for p in [settings.state_dir, *settings.state_dir.parents] if p.exists())
+        if existing == settings.state_dir and not existing.is_dir():
+            wrong.append(f"state_dir: {settings.state_dir} is not a folder")
+        elif not existing.is_dir():
+            wrong.append(f"state_dir: {settings.state_dir} cannot be made: {existing} is not a folder")
     if wrong:
         raise ConfigError(f"{settings.source}: {'; '.join(wrong)}")
-    required = [("llm.model_dir", settings.llm.model_dir / "manifest.yaml")]
-    if voice:
-        required += [
-            ("asr.model", settings.asr.model),
-            ("tts.voice", settings.tts.voice),
-            ("wake.model", settings.wake.model),
-        ]
     missing = [(key, path) for key, path in required if path is not None and not path.exists()]
     if not missing:
         return
@@ -389,6 +409,15 @@ def check_model_paths(settings: Settings, voice: bool = True) -> None:
     if voice and any(key != "llm.model_dir" for key, _ in missing):
         fix += f", {TEXT_ONLY}"
     raise ConfigError(f"{settings.source}: {named}; {fix}")
+
+
+def _unreachable(path: Path) -> str | None:
+    """Why this user cannot even look for `path` (a folder on the way it may not enter), or None."""
+    try:
+        path.exists()  # False for what is not there; an error for what cannot be looked at
+    except OSError as e:
+        return f"cannot be reached by this user ({e.strerror})"
+    return None
 
 
 def state_dir(settings: Settings) -> Path:
@@ -458,8 +487,16 @@ def _parse_yaml(text: str, path: Path) -> tuple[dict, dict[str, int | str], list
     return data, lines, warnings
 
 
-def _record_lines(node: yaml.Node, key: str, lines: dict[str, int | str], warn) -> None:
-    """Note the line of `key`'s mapping keys and list items, below it too."""
+def _record_lines(node: yaml.Node, key: str, lines: dict[str, int | str], warn, walked: set[int] | None = None) -> None:
+    """Note the line of `key`'s mapping keys and list items, below it too.
+
+    A node is walked once: an alias repeats its anchor's node, and aliases of aliases nested a few
+    levels deep would repeat it a billion times.
+    """
+    walked = set() if walked is None else walked
+    if id(node) in walked:
+        return
+    walked.add(id(node))
     if isinstance(node, yaml.MappingNode):
         seen: dict[str, int] = {}
         for key_node, value_node in node.value:
@@ -470,11 +507,11 @@ def _record_lines(node: yaml.Node, key: str, lines: dict[str, int | str], warn) 
                 # drop every setting of the one above it.
                 warn(line, f"{full} is given twice (also at line {seen[full]}); only this one counts, merge them")
             seen[full] = lines[full] = line
-            _record_lines(value_node, full, lines, warn)
+            _record_lines(value_node, full, lines, warn, walked)
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
             lines[f"{key}[{i}]"] = item.start_mark.line + 1
-            _record_lines(item, f"{key}[{i}]", lines, warn)
+            _record_lines(item, f"{key}[{i}]", lines, warn, walked)
 
 
 def _field_type(parts: list[str]) -> Any:
@@ -630,7 +667,8 @@ def _kind(value: Any, key: str = "") -> str:
         return "nothing"
     if key in SECRETS:
         return f"{_type_name(type(value))} (not shown)"
-    shown = repr(value)
+    # reprlib: bounded, even for a list that aliases in the YAML repeat a billion times.
+    shown = reprlib.repr(value) if isinstance(value, (dict, list)) else repr(value)
     if isinstance(value, (dict, list)) and len(shown) > 60:
         return f"a {type(value).__name__} of {len(value)} items"
     return shown if len(shown) <= 80 else f"{shown[:77]}..."

@@ -43,14 +43,27 @@ def diagnose(config: Path, text_only: bool = False) -> list[Finding]:
             findings.append(Finding("config", f"{config}: settings load"))
         except ConfigError as e:
             findings.append(Finding("config", str(e), f"edit {config}"))
-    findings += _llm(settings)
+    findings += _as_this_user("llm.model_dir", _llm, settings)
     if all(f.fix is None for f in findings if f.what in ("config", "llm.model_dir")):
         findings += _budget(settings)
     if not text_only:
-        findings += _speech(settings)
+        findings += _as_this_user("speech models", _speech, settings)
         findings += _audio(settings)
-    findings += _runtime(settings)
+    findings += _as_this_user("control.socket, state_dir", _runtime, settings)
     return findings
+
+
+def _as_this_user(what: str, check, settings: Settings) -> list[Finding]:
+    """The findings of `check`; a path this user may not look at is one of them, not a traceback.
+
+    The service's folders are its own (/var/lib/assistant is 0700): whoever else runs doctor on its
+    config cannot look inside them.
+    """
+    try:
+        return check(settings)
+    except PermissionError as e:
+        fix = "run doctor as the service's user (sudo -u USER assistant doctor --config ...), or as root"
+        return [Finding(what, f"{e.filename}: this user may not look at it ({e.strerror})", fix)]
 
 
 def report(findings: list[Finding]) -> str:
@@ -194,14 +207,14 @@ def _runtime(settings: Settings) -> list[Finding]:
         found.append(Finding("control.socket", f"{socket}: an assistant is already running there", fix))
     elif socket.exists() and not socket.is_socket():
         found.append(Finding("control.socket", f"{socket} exists and is not a socket", "remove it or choose another"))
-    elif not _writable(socket.parent):
+    elif not writable(socket.parent):
         found.append(Finding("control.socket", f"{socket.parent} is not writable", "choose another control.socket"))
     elif socket.parent.exists() and (shared := folder_not_private(socket.parent)):  # `assistant run` refuses it
         found.append(Finding("control.socket", f"{socket.parent} is {shared[0]}", shared[1]))
     else:
         found.append(Finding("control.socket", str(socket)))
     state = state_dir(settings)
-    if _writable(state):
+    if writable(state):
         found.append(Finding("state_dir", str(state)))
     else:
         fix = "set state_dir to a folder you can write, or fix its owner"
@@ -209,7 +222,7 @@ def _runtime(settings: Settings) -> list[Finding]:
     return found
 
 
-def _writable(folder: Path) -> bool:
+def writable(folder: Path) -> bool:
     """Whether `folder` can be written, or created in its nearest existing parent."""
     while not folder.exists():
         if folder.parent == folder:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -116,6 +117,44 @@ def test_service_install_writes_nothing_when_it_refuses(tmp_path: Path) -> None:
     assert not root.exists()  # neither the config nor the models were written
 
 
+def test_service_install_where_it_cannot_write_writes_nothing(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    (root / "etc/systemd").mkdir(parents=True)
+    (root / "etc/systemd/system").write_text("")  # a file where the units' folder goes
+    result = assistant("service", "install", "--root", str(root), "--allow-home")
+    assert result.returncode == 1
+    assert f"{root}/etc/systemd/system: cannot be written (a read-only file system, a file in the way" in result.stderr
+    assert not (root / "etc/assistant").exists()  # the config is not left behind
+
+
+def test_service_install_for_an_existing_user_names_its_group_and_creates_no_user(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    (root / "etc").mkdir(parents=True)
+    (root / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/bash\nnobody:x:65534:65534::/nonexistent:/bin/false\n")
+    (root / "etc/group").write_text("root:x:0:\nnogroup:x:65534:\n")
+    result = assistant("service", "install", "--root", str(root), "--allow-home", "--user", "nobody")
+    assert result.returncode == 0, result.stderr
+    assert "User=nobody\nGroup=nogroup\n" in (root / "etc/systemd/system/assistant.service").read_text()
+    assert "useradd" not in result.stdout
+    result = assistant("service", "install", "--root", str(root), "--allow-home", "--user", "someone")
+    assert "sudo useradd --system --groups audio --home-dir /var/lib/assistant" in result.stdout
+    assert "User=someone\nGroup=someone\n" in (root / "etc/systemd/system/assistant.service").read_text()
+
+
+def test_service_install_says_where_a_hidden_skills_folder_or_config_goes(tmp_path: Path) -> None:
+    (tmp_path / "skills").mkdir()
+    config = tmp_path / "config.yaml"  # under /tmp, as the skills folder: the service's PrivateTmp hides both
+    config.write_text(f"skills:\n  paths: [{tmp_path / 'skills'}]\n")
+    result = assistant("service", "install", "--config", str(config), "--unit-dir", str(tmp_path / "units"))
+    assert result.returncode == 1
+    assert (
+        f"{config} (the config): hidden from the service by PrivateTmp=yes in the unit; move it into /etc/assistant"
+        in result.stderr
+    )
+    skills = f"{tmp_path / 'skills'} (skills.paths[0]): hidden from the service by PrivateTmp=yes in the unit; "
+    assert skills + "move its skills into /etc/assistant/skills: a skills folder beside the config" in result.stderr
+
+
 def _stand_in(path: Path, answer: list[dict]) -> threading.Thread:
     """A stand-in assistant on `path` that answers one request with the events of `answer`."""
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -127,8 +166,9 @@ def _stand_in(path: Path, answer: list[dict]) -> threading.Thread:
             line = connection.makefile("rb").readline()
             if not line:  # the client asked nothing
                 return
-            for event in answer:
-                connection.sendall((json.dumps(event | {"request": json.loads(line)["id"]}) + "\n").encode())
+            with contextlib.suppress(BrokenPipeError):  # a client may leave before the end (its stdout closed)
+                for event in answer:
+                    connection.sendall((json.dumps(event | {"request": json.loads(line)["id"]}) + "\n").encode())
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()

@@ -169,8 +169,17 @@ def assistant_with(config: Path, *command: str, env: dict[str, str] | None = Non
             b"llm: " + b"[" * 5000 + b"]" * 5000 + b"\n",
             ": nested too deeply to be read; a config needs only a few levels",
         ),
+        (  # aliases of aliases: a billion strings, were each alias walked on its own
+            b"llm:\n  system_prompt: [&a0 ["
+            + b"x, " * 9
+            + b"x]"
+            + b"".join(b", &a%d [" % i + b", ".join([b"*a%d" % (i - 1)] * 10) + b"]" for i in range(1, 9))
+            + b"]\n",
+            ":2: llm.system_prompt: expected text, got a list of 9 items",
+        ),
+        (b"# " + b"x" * 2**20 + b"\n", ": larger than 1 MB, too large for a config; is it the right file?"),
     ],
-    ids=["latin-1", "nested"],
+    ids=["latin-1", "nested", "aliases", "huge"],
 )
 def test_an_unreadable_config_is_one_line_and_exit_78_for_every_command(
     tmp_path: Path, content: bytes, expected: str
@@ -390,6 +399,17 @@ def test_configured_folders_and_files_are_checked_with_the_models(tmp_path: Path
     )
 
 
+def test_a_state_dir_behind_a_file_is_refused_with_the_models(tmp_path: Path) -> None:
+    (tmp_path / "state").write_text("")
+    settings = load_text(tmp_path, f"state_dir: {tmp_path / 'state' / 'assistant'}\n")
+    with pytest.raises(ConfigError) as refused:
+        check_model_paths(settings, voice=False)
+    assert str(refused.value) == (
+        f"{tmp_path / 'c.yaml'}: state_dir: {tmp_path / 'state/assistant'} cannot be made: {tmp_path / 'state'} "
+        "is not a folder"
+    )
+
+
 # -- logs ------------------------------------------------------------------------------------------
 
 
@@ -429,6 +449,19 @@ def test_every_line_of_a_traceback_reaches_the_journal_with_its_priority(
     assert len(lines) > 3 and all(line.startswith("<3>") for line in lines)
 
 
+def test_a_config_that_stops_the_service_is_an_error_in_the_journal(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text("llm:\n  threads: 0\n")
+    with open(tmp_path / "journal", "w") as journal:
+        stat = os.fstat(journal.fileno())
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ASSISTANT_")}
+        command = [sys.executable, "-m", "assistant", "run", "--text-only", "--config", str(config)]
+        env["JOURNAL_STREAM"] = f"{stat.st_dev}:{stat.st_ino}"
+        result = subprocess.run(command, stderr=journal, env=env, timeout=60)
+    assert result.returncode == 78
+    assert (tmp_path / "journal").read_text() == f"<3>error: {config}:2: llm.threads: must be at least 1, got 0\n"
+
+
 def test_a_terminal_that_inherited_journal_stream_gets_plain_lines(stderr_file, monkeypatch) -> None:
     # A shell started from a service (a desktop terminal is one) inherits the variable, not the stream.
     stderr = stderr_file()
@@ -464,3 +497,32 @@ def test_a_skills_folder_the_service_user_cannot_read_is_named() -> None:
         os.waitpid(child, 0)
         message = os.read(reader, 4096).decode()
     assert message.startswith(f"{folder / 'c.yaml'}: skills.paths[0]: {folder / 'skills'} cannot be read"), message
+
+
+def test_a_model_behind_a_folder_the_service_user_cannot_enter_is_named() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("becoming another user needs root (CI runs as root)")
+    with tempfile.TemporaryDirectory() as made:  # in /tmp: reachable by the other user, unlike tmp_path
+        folder = Path(made)
+        folder.chmod(0o755)
+        (folder / "home/models/qwen").mkdir(parents=True)
+        (folder / "home").chmod(0o700)  # a home folder: the service's user may not enter it
+        settings = load_text(folder, "llm:\n  model_dir: home/models/qwen\n")
+        reader, writer = os.pipe()
+        child = os.fork()
+        if child == 0:
+            try:
+                os.setgid(65534)
+                os.setuid(65534)
+                check_model_paths(settings, voice=False)
+                os.write(writer, b"accepted")
+            except Exception as e:  # a PermissionError here would be a traceback and a restart loop
+                os.write(writer, f"{type(e).__name__}: {e}".encode())
+            finally:
+                os._exit(0)
+        os.close(writer)
+        os.waitpid(child, 0)
+        message = os.read(reader, 4096).decode()
+    manifest = folder / "home/models/qwen/manifest.yaml"
+    named = f"{folder / 'c.yaml'}: llm.model_dir: {manifest} cannot be reached by this user (Permission denied)"
+    assert message.startswith(f"ConfigError: {named}"), message

@@ -340,6 +340,40 @@ def test_doctor_names_a_socket_folder_the_assistant_would_refuse(tmp_path: Path)
     assert line in result.stdout.splitlines()
 
 
+def test_doctor_run_by_a_user_kept_out_of_the_service_folders_says_so(tiny_int8: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("becoming another user needs root (CI runs as root)")
+    from assistant.doctor import diagnose, report
+
+    with tempfile.TemporaryDirectory() as made:  # in /tmp: reachable by the other user, unlike tmp_path
+        folder = Path(made)
+        folder.chmod(0o755)
+        shutil.copytree(tiny_int8, folder / "state/models/tiny")
+        (folder / "state").chmod(0o700)  # as systemd makes the service's StateDirectory
+        config = folder / "config.yaml"
+        config.write_text(f"llm:\n  model_dir: {folder / 'state/models/tiny'}\nstate_dir: {folder / 'state'}\n")
+        config.chmod(0o644)
+        diagnose(config, text_only=True)  # as root: every module doctor imports is loaded before the fork
+        reader, writer = os.pipe()
+        child = os.fork()
+        if child == 0:  # an operator's own account
+            try:
+                os.setgid(65534)
+                os.setuid(65534)
+                os.write(writer, report(diagnose(config, text_only=True)).encode())
+            except BaseException as e:
+                os.write(writer, f"{type(e).__name__}: {e}".encode())
+            finally:
+                os._exit(0)
+        os.close(writer)
+        os.waitpid(child, 0)
+        lines = os.read(reader, 65536).decode().splitlines()
+    manifest = folder / "state/models/tiny/manifest.yaml"
+    problem = f"PROBLEM  llm.model_dir: {manifest}: this user may not look at it (Permission denied)"
+    assert problem in lines, lines
+    assert lines[lines.index(problem) + 1].strip().startswith("fix: run doctor as the service's user")
+
+
 def test_run_without_speech_models_names_them_all_and_the_text_only_way(tmp_path: Path, tiny_int8: Path) -> None:
     config = speech_config(tmp_path, "http://127.0.0.1:9/vosk.zip", "http://127.0.0.1:9/voice.onnx",
                            llm=f"{{model_dir: {tiny_int8}}}")  # fmt: skip

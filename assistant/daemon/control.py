@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import itertools
 import json
 import logging
@@ -140,22 +141,37 @@ def _replaceable(folder: Path) -> str | None:
     return None
 
 
-def check_socket_path(path: Path) -> None:
-    """Refuse a path another user could interfere with, or that is not ours to take (ConfigError)."""
+def check_socket_path(path: Path) -> int:
+    """Refuse a path another user could interfere with, or that is not ours to take (ConfigError).
+
+    Returns the descriptor of a lock beside the socket, held while it stays open: an instance starting
+    at the same moment finds it taken. The socket alone would not answer yet, so it would look left
+    by an instance that died, and be removed.
+    """
     folder = path.parent
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     if shared := folder_not_private(folder):
         raise ConfigError(f"{folder}: {shared[0]}; {shared[1]}")
+    running = ConfigError(f"{path}: another assistant is already running there")
+    lock = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
     try:
-        mode = path.lstat().st_mode
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(mode):
-        raise ConfigError(f"{path}: exists and is not a socket; remove it or choose another control.socket")
-    if not answers(path, timeout=2.0):
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise running from None
+        try:
+            mode = path.lstat().st_mode
+        except FileNotFoundError:
+            return lock
+        if not stat.S_ISSOCK(mode):
+            raise ConfigError(f"{path}: exists and is not a socket; remove it or choose another control.socket")
+        if answers(path, timeout=2.0):
+            raise running
         path.unlink(missing_ok=True)  # stale: left by an instance that died
-        return
-    raise ConfigError(f"{path}: another assistant is already running there")
+        return lock
+    except BaseException:
+        os.close(lock)
+        raise
 
 
 def answers(path: Path, timeout: float = 1.0) -> bool:
@@ -183,7 +199,7 @@ class ControlServer:
         self.path, self.handle, self.disconnected, self.busy = path, handle, disconnected, busy
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         try:
-            check_socket_path(path)
+            self.lock = check_socket_path(path)
             old_umask = os.umask(0o177)  # created 0600: only the service's user may talk to it
             try:
                 sock.bind(str(path))
@@ -317,6 +333,7 @@ class ControlServer:
         with contextlib.suppress(OSError):
             if self.path.stat().st_ino == self.inode:
                 self.path.unlink()
+        os.close(self.lock)  # after the socket is gone: the next instance starts on a clean path
 
 
 # -- the client side (assistant say / chat / status / cancel) -----------------------------------------
@@ -367,8 +384,19 @@ class ControlClient:
         try:
             self.socket.sendall(line.encode("utf-8", "backslashreplace"))
         except OSError:
-            raise ConnectionError("the assistant closed the connection (has it stopped?)") from None
+            raise ConnectionError(
+                self._last_word() or "the assistant closed the connection (has it stopped?)"
+            ) from None
         return request_id
+
+    def _last_word(self) -> str | None:
+        """The error the assistant sent before closing the connection (too many clients), if any."""
+        self.socket.settimeout(1.0)
+        try:
+            event = json.loads(self.lines.readline())
+        except (OSError, ValueError):
+            return None
+        return event.get("message") if isinstance(event, dict) and event.get("type") == "error" else None
 
     def events(self, request_id: str, until: Callable[[dict], bool]) -> Iterator[dict]:
         """The events answering `request_id` until `until(event)` is true or the request is refused.

@@ -139,8 +139,12 @@ class Daemon:
                 notify("STATUS=loading the speech models")
                 self.voice = self._voice()
                 self.registry.context.voice_language = self.voice_language  # the skills loaded before it
-        except BaseException:
+        except BaseException as e:
             self.control.close()
+            if self.stop_requested and not isinstance(e, Stopped):
+                # What the stop became in the code it interrupted: a native module's initialisation
+                # (onnxruntime's) turns any error into an ImportError.
+                raise Stopped from e
             raise
         self.worker = threading.Thread(target=self._serve_turns, name="turns", daemon=True)
         self.loaded = True  # from here on a stop is a request the main loop carries out
@@ -181,9 +185,9 @@ class Daemon:
         return self.shutdown()
 
     def _on_stop_signal(self, *_) -> None:
+        self.request_stop()
         if not self.loaded:
             raise Stopped
-        self.request_stop()
 
     def request_stop(self) -> None:
         """Stop the daemon: from a signal handler or any thread."""
@@ -246,7 +250,10 @@ class Daemon:
         return registry, self._manager(settings, registry)
 
     def _load_skills(self, settings: Settings) -> Registry:
-        context = SkillContext(settings=settings, state_dir=state_dir(settings), say=self.announce,
+        # The state folder is one of the things a reload leaves as started (RESTART_ONLY): the running
+        # timers' clock and the stored notes stay where they are until the restart.
+        folder = state_dir(self.started_with)
+        context = SkillContext(settings=settings, state_dir=folder, say=self.announce,
                                stop=lambda: self.cancel(None), voice_language=self.voice_language)  # fmt: skip
         return load_registry(settings, skill_folders(settings), context)
 

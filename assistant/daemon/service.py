@@ -16,6 +16,7 @@ from pathlib import Path
 
 from assistant.config import Settings, load_settings, settings_from_text
 from assistant.daemon.control import answers
+from assistant.doctor import writable
 from assistant.setup.download import write_atomic
 
 PACKAGE = Path(__file__).resolve().parents[1]
@@ -43,7 +44,7 @@ class InstallError(Exception):
     """The service could not start as configured; worded for the person installing it."""
 
 
-def unit_text(config: Path, user: str, executable: str, allow_home: bool = False) -> str:
+def unit_text(config: Path, user: str, executable: str, allow_home: bool = False, group: str | None = None) -> str:
     text = UNIT_TEMPLATE.read_text()
     text = text.replace("/usr/local/bin/assistant run --config /etc/assistant/config.yaml",
                         f"{executable} run --config {config}")  # fmt: skip
@@ -53,7 +54,22 @@ def unit_text(config: Path, user: str, executable: str, allow_home: bool = False
     if README.is_file():
         text = text.replace("Description=Offline voice assistant\n",
                             f"Description=Offline voice assistant\nDocumentation=file://{README}\n")  # fmt: skip
-    return text.replace("User=assistant", f"User={user}").replace("Group=assistant", f"Group={user}")
+    return text.replace("User=assistant", f"User={user}").replace("Group=assistant", f"Group={group or user}")
+
+
+def _primary_group(user: str, root: Path = Path("/")) -> str | None:
+    """The group of `user` as `root`'s /etc/passwd and /etc/group name it, or None when it has no such user."""
+
+    def entries(name: str) -> list[list[str]]:
+        try:
+            return [line.split(":") for line in (root / "etc" / name).read_text().splitlines()]
+        except OSError:
+            return []
+
+    gid = next((fields[3] for fields in entries("passwd") if len(fields) > 3 and fields[0] == user), None)
+    if gid is None:
+        return None
+    return next((fields[0] for fields in entries("group") if len(fields) > 2 and fields[2] == gid), gid)
 
 
 def default_config_text() -> str:
@@ -115,6 +131,14 @@ def install(
         if (option := hidden_by(path, allow_home))
     ]
     problems += _writable_problems(settings, root)
+    written = [_under(root, unit_dir), _under(root, SOCKET_RECORD).parent]
+    written += [on_disk.parent] if new_config is not None else []
+    written += [_under(root, STATE_DIR / "models")] if models is not None else []
+    problems += [
+        f"{folder}: cannot be written (a read-only file system, a file in the way, or another user's: sudo?)"
+        for folder in dict.fromkeys(written)
+        if not writable(folder)
+    ]
     socket_path = _service_view(root, settings.control.socket) if settings.control.socket else SERVICE_SOCKET
     if answers(_under(root, socket_path)):
         problems.append(
@@ -134,7 +158,10 @@ def install(
     missing = [f"{what}: {path}" for what, path in _configured_paths(settings, root) if not _under(root, path).exists()]
     unit = _under(root, unit_dir) / "assistant.service"
     unit.parent.mkdir(parents=True, exist_ok=True)
-    unit.write_text(unit_text(config, user, executable, allow_home))
+    # An existing user's own group need not bear its name (nobody's is nogroup on Debian): systemd
+    # would not start the service with a group that does not exist.
+    group = _primary_group(user, root)
+    unit.write_text(unit_text(config, user, executable, allow_home, group))
     record = _under(root, SOCKET_RECORD)
     record.parent.mkdir(parents=True, exist_ok=True)
     record.write_text(f"{socket_path}\n")
@@ -145,9 +172,10 @@ def install(
             "not installed yet (copy them with --models DIR, e.g. the models/ folder `assistant setup` made):"
         )
         report += [f"  {line}" for line in missing]
+    create_user = f"  sudo useradd --system --groups audio --home-dir {STATE_DIR} --shell /usr/sbin/nologin {user}"
     report += [
         "now run:",
-        f"  sudo useradd --system --groups audio --home-dir {STATE_DIR} --shell /usr/sbin/nologin {user}",
+        *([create_user] if group is None else []),  # a second install, or a user of the system's own
         "  sudo systemctl daemon-reload",
         "  sudo systemctl enable --now assistant",
         "  journalctl -u assistant -f",
@@ -165,6 +193,9 @@ def _service_view(root: Path, path: Path) -> Path:
         return Path("/") / path.resolve().relative_to(root.resolve())
     except ValueError:
         return path
+
+
+MODEL_KEYS = ("llm.model_dir", "asr.model", "tts.voice", "wake.model")
 
 
 def _configured_paths(settings: Settings, root: Path) -> list[tuple[str, Path]]:
@@ -197,8 +228,12 @@ def _writable_problems(settings: Settings, root: Path) -> list[str]:
 def _move_hint(option: str, what: str) -> str:
     if what.startswith(("the Python", "the assistant")):  # the program itself
         fix = "install the package outside /home and /tmp (python3 -m venv /opt/assistant, then its pip install …)"
-    else:
+    elif what in MODEL_KEYS:
         fix = f"move it (models belong under {STATE_DIR}/models: --models DIR copies them there)"
+    elif what.startswith("skills.paths"):
+        fix = f"move its skills into {SYSTEM_CONFIG.parent}/skills: a skills folder beside the config needs no naming"
+    else:  # the config, a CA file
+        fix = f"move it into {SYSTEM_CONFIG.parent} (where --config looks by default)"
     if option.startswith("ProtectHome"):
         fix += ", or pass --allow-home (ProtectHome=read-only)"
     return fix
