@@ -98,6 +98,8 @@ class TurnManager:
         spoken = []
         try:
             for event in self._turn(text.strip(), cancel):
+                if event.kind == "text" and cancel is not None and cancel.is_set():
+                    continue  # stopped while a skill ran: what it did stands, its words go unsaid
                 if event.kind in ("text", "error", "confirm"):
                     if not event.text.strip():
                         continue  # a skill that has nothing to say (stop)

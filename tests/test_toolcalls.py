@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 import time
 from pathlib import Path
 from typing import Annotated, Literal
@@ -147,6 +148,26 @@ def test_a_reply_the_model_ends_at_once_is_not_silence(tiny_int8: Path, registry
     assert events(manager, "tell me something") == [("text", NO_ANSWER["en"])]
     assert events(manager, "说点什么") == [("text", NO_ANSWER["zh"])]
     assert events(manager, "set a timer for 5 minutes")[-1] == ("text", "Timer set for 5 minutes.")  # intents
+
+
+def test_a_turn_stopped_while_its_skill_runs_does_not_say_its_reply(tiny_int8: Path) -> None:
+    stop = threading.Event()
+    ran = []
+
+    @skill(sentences={"en": ["have a rest"]})
+    def rest() -> str:
+        """Rest a moment."""
+        ran.append(True)
+        stop.set()  # "stop" arrives while the skill runs
+        return "Rested."
+
+    registry = Registry()
+    registry.add_function(rest, "test")
+    engine = Engine(tiny_int8, kv_cache_len=2048)
+    manager = TurnManager(Conversation(engine, "You are a test.", 16, registry.tools()), registry, Sampler())
+    seen = [(e.kind, e.text) for e in manager.turn("have a rest", stop)]
+    assert ran and seen == [("tool_call", "rest"), ("skill_result", "rest")]  # done, and nothing said
+    assert events(manager, "have a rest") == [("tool_call", "rest"), ("skill_result", "rest"), ("text", "Rested.")]
 
 
 def test_failing_skills_end_the_turn_with_an_apology(tiny_int8: Path, registry: Registry) -> None:
