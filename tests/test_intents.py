@@ -152,6 +152,10 @@ CHINESE = [
     ("设一个凌晨12点的闹钟", "set_alarm", {"hour": 0}),  # midnight, not noon
     ("半夜十二点半叫醒我", "set_alarm", {"hour": 0, "minute": 30}),
     ("取消凌晨12点的闹钟", "cancel_alarms", {"hour": 0}),
+    ("设一个中午12点的闹钟", "set_alarm", {"hour": 12}),  # noon
+    ("中午十二点半叫醒我", "set_alarm", {"hour": 12, "minute": 30}),
+    ("晚上12点叫醒我", "set_alarm", {"hour": 0}),  # midnight
+    ("取消晚上十二点半的闹钟", "cancel_alarms", {"hour": 0, "minute": 30}),
     ("凌晨1点叫醒我", "set_alarm", {"hour": 1}),
     ("暂停计时器", "control_timer", {"action": "pause"}),
     ("设置一个计时器", "set_timer", {}),  # "一个" is no hour: how long is asked
@@ -191,7 +195,7 @@ def test_phrasings_reach_the_right_skill_with_typed_arguments(
 
 ELSEWHERE = ["tell me a joke", "what's the weather like", "lock the front door", "play some music",
              "turn on the coffee machine", "讲个笑话", "明天天气怎么样",
-             "set an alarm for 10 minutes", "晚上12点叫醒我",
+             "set an alarm for 10 minutes",
              "早上7点半的闹钟",  # the answer to "要取消哪一个？" as much as a request: no new alarm
              # A device no switching skill takes: not "turn on" with the name dropped (every light).
              "turn on the thermostat", "turn off the thermostat", "打开thermostat"]  # fmt: skip

@@ -235,10 +235,13 @@ def _times(sentence: Callable[[str], str]) -> list:
 def _times_zh(sentence: str) -> list:
     """The Chinese sentences of an alarm's time: `sentence` with the time for its {time}."""
     minutes = "(点[钟]|点[零]{minute}[分]|:{minute})"  # 7点, 7点05分, 7点零五分, 7:05
-    midnight = "(凌晨|半夜)(12|十二)"  # 凌晨12点 is 0:00, not noon; before {hour}, which wins a tie
+    # 凌晨12点 and 晚上12点 are 0:00, 中午12点 is noon; before {hour}, which wins a tie.
+    midnight, noon = "(凌晨|半夜|晚上)(12|十二)", "中午(12|十二)"
     return [
         (sentence.replace("{time}", midnight + minutes), {"hour": 0}),
         (sentence.replace("{time}", midnight + "点半"), {"hour": 0, "minute": 30}),
+        (sentence.replace("{time}", noon + minutes), {"hour": 12}),
+        (sentence.replace("{time}", noon + "点半"), {"hour": 12, "minute": 30}),
         sentence.replace("{time}", "[早上|上午|凌晨]{hour}" + minutes),
         (sentence.replace("{time}", "[早上|上午|凌晨]{hour}点半"), {"minute": 30}),
         sentence.replace("{time}", ZH_AFTERNOON + "{pm_hour_zh:hour}" + minutes),
