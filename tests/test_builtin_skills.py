@@ -192,6 +192,52 @@ def test_an_alarm_says_its_day_and_is_not_set_twice(tmp_path: Path, monkeypatch:
     assert cancel(every=True) == cancel() == "No alarm is set."
 
 
+class FiveInTheMorning(datetime):
+    @classmethod
+    def now(cls, tz: object = None) -> datetime:
+        return cls(2026, 5, 4, 5, 0)
+
+
+class OneAtNight(datetime):
+    @classmethod
+    def now(cls, tz: object = None) -> datetime:
+        return cls(2026, 5, 4, 1, 0)
+
+
+def test_an_alarm_for_tomorrow_is_set_for_tomorrow(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    registry = registry_in(tmp_path)
+    monkeypatch.setitem(registry.skills["set_alarm"].func.__globals__, "datetime", FiveInTheMorning)
+    say = lambda text: registry.call(*matched(registry, text)).text  # noqa: E731
+    assert say("set an alarm for 7 am tomorrow") == "Alarm set for 7:00 tomorrow."  # not today's 7:00
+    assert say("set an alarm for 7 am") == "Alarm set for 7:00."  # today's: a second alarm, not the same one
+    assert say("wake me up tomorrow at 6:30") == "Alarm set for 6:30 tomorrow."
+    with sqlite3.connect(tmp_path / "timers.sqlite3") as db:
+        due = sorted(datetime.fromtimestamp(d) for (d,) in db.execute("SELECT due FROM timers"))
+    assert due == [datetime(2026, 5, 4, 7), datetime(2026, 5, 5, 6, 30), datetime(2026, 5, 5, 7)]
+    restarted = registry_in(tmp_path)  # a restart keeps the day
+    monkeypatch.setitem(restarted.skills["list_timers"].func.__globals__, "datetime", FiveInTheMorning)
+    listing = restarted.call("list_timers", {}).text
+    assert listing == "You have an alarm at 7:00, an alarm at 6:30 tomorrow, an alarm at 7:00 tomorrow.", listing
+    question = say("cancel my alarm")
+    assert question == "You have 3 alarms: at 7:00, 6:30 tomorrow and 7:00 tomorrow. Which one?"
+    answer = IntentMatcher(registry.skills).match_answer("the 7 am one tomorrow", question, {
+        "name": "cancel_alarms", "arguments": {}})  # fmt: skip
+    assert registry.call(answer.skill, answer.arguments).text == "Cancelled the alarm at 7:00 tomorrow."
+    assert say("cancel the alarm for tomorrow") == "Cancelled the alarm at 6:30 tomorrow."
+    assert say("cancel the alarm for tomorrow") == "There is no alarm tomorrow."
+    assert say("cancel the 7 am alarm") == "Cancelled the alarm at 7:00."
+    registry.context.language = "zh"
+    assert chinese(say("设一个明天早上7点的闹钟")) == "闹钟定在明天早上7点。"
+    assert chinese(say("明天早上7点的闹钟")) == "明天早上7点已经有闹钟了。"
+    assert chinese(registry.call("list_timers", {}).text) == "现在有：明天早上7点的闹钟。"
+    assert chinese(say("取消明天早上7点的闹钟")) == "已取消明天早上7点的闹钟。"
+    # Past midnight, before sleep, "tomorrow" is the coming morning.
+    monkeypatch.setitem(registry.skills["set_alarm"].func.__globals__, "datetime", OneAtNight)
+    assert chinese(say("明天早上7点叫醒我")) == "闹钟定在早上7点。"
+    registry.context.language = "en"
+    assert say("set an alarm for 7 tomorrow morning") == "An alarm is already set for 7:00."
+
+
 def test_an_alarm_that_just_rang_can_be_snoozed(tmp_path: Path) -> None:
     said: list[str] = []
     registry = registry_in(tmp_path, said)

@@ -107,6 +107,12 @@ ENGLISH = [
     ("set an alarm for twelve thirty a.m.", "set_alarm", {"hour": 0, "minute": 30}),
     ("set an alarm for 12 pm", "set_alarm", {"hour": 12}),
     ("set an alarm for midnight", "set_alarm", {"hour": 0}),
+    ("set an alarm for 7 am tomorrow", "set_alarm", {"hour": 7, "tomorrow": True}),
+    ("set an alarm for tomorrow at 7", "set_alarm", {"hour": 7, "tomorrow": True}),
+    ("wake me up tomorrow at 6:30", "set_alarm", {"hour": 6, "minute": 30, "tomorrow": True}),
+    ("set an alarm for 7 tomorrow morning", "set_alarm", {"hour": 7, "tomorrow": True}),
+    ("cancel the alarm for tomorrow", "cancel_alarms", {"tomorrow": True}),
+    ("cancel my 7 am alarm tomorrow", "cancel_alarms", {"hour": 7, "tomorrow": True}),
     ("what time is it", "current_time", {}),
     ("what's the date", "current_date", {}),
     ("set a timer for a minute and a half", "set_timer", {"minutes": 1, "seconds": 30}),
@@ -147,6 +153,9 @@ CHINESE = [
     ("设置一个下午两点半的闹钟", "set_alarm", {"hour": 14, "minute": 30}),
     ("下午2:30叫醒我", "set_alarm", {"hour": 14, "minute": 30}),
     ("设置闹钟早上6点半", "set_alarm", {"hour": 6, "minute": 30}),  # the time after the alarm
+    ("明天早上7点的闹钟", "set_alarm", {"hour": 7, "tomorrow": True}),
+    ("明早6点半叫醒我", "set_alarm", {"hour": 6, "minute": 30, "tomorrow": True}),
+    ("取消明天的闹钟", "cancel_alarms", {"tomorrow": True}),
     ("设个闹钟在晚上9点", "set_alarm", {"hour": 21}),
     ("晚上十点零五分叫醒我", "set_alarm", {"hour": 22, "minute": 5}),
     ("设一个凌晨12点的闹钟", "set_alarm", {"hour": 0}),  # midnight, not noon
