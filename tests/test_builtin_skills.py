@@ -75,6 +75,26 @@ def test_an_item_asked_for_twice_is_kept_once_and_lists_are_asked_for_as_people_
     assert matched(registry, "把购物清单清空")[0] == "clear_shopping_list"
 
 
+def test_items_typed_as_a_list_are_added_one_by_one(tmp_path: Path) -> None:
+    registry = registry_in(tmp_path)
+    say = lambda text: registry.call(*matched(registry, text)).text  # noqa: E731
+    assert say("add milk, eggs and bread to my shopping list") == "Added milk, eggs and bread to the shopping list."
+    assert say("add mac and cheese to my shopping list") == "Added mac and cheese to the shopping list."  # no comma
+    assert say("add butter, salt and pepper, and Eggs to the shopping list") == (
+        "Added butter and salt and pepper to the shopping list. Eggs is already on it."
+    )
+    assert say("add bread, milk to my shopping list") == "Bread and milk are already on the shopping list."
+    assert say("read me my shopping list") == (
+        "On your shopping list: milk, eggs, bread, mac and cheese, butter, salt and pepper."
+    )
+    assert say("take a note that call Anna, then the plumber") == "Noted."  # a note is kept whole, as typed
+    assert say("read me my notes") == "On your notes: call Anna, then the plumber."
+    registry.context.language = "zh"
+    assert say("把苹果、香蕉和橙子加到购物清单") == "已把苹果、香蕉和橙子加到购物清单。"
+    assert say("在购物清单里加上苹果，梨") == "已把梨加到购物清单。苹果已经在上面了。"
+    assert say("把和牛、香蕉加到购物清单") == "已把和牛加到购物清单。香蕉已经在上面了。"  # 和牛 is one item
+
+
 def test_a_long_list_is_read_in_part_with_how_many_are_left(tmp_path: Path) -> None:
     registry = registry_in(tmp_path)
     for n in range(150):

@@ -122,6 +122,7 @@ ENGLISH = [
     ("what's the date tomorrow", "current_date", {"tomorrow": True}),
     ("what day is it tomorrow", "current_date", {"tomorrow": True}),
     ("add milk to my shopping list", "add_item", {"text": "milk", "list": "shopping"}),
+    ("add milk, eggs and bread to my shopping list", "add_item", {"text": "milk, eggs and bread", "list": "shopping"}),
     ("add 豆腐 to my shopping list", "add_item", {"text": "豆腐", "list": "shopping"}),  # English, a Chinese name
     ("check milk off my shopping list", "remove_item", {"text": "milk"}),
     ("set the volume to 40", "set_volume", {"percent": 40}),
