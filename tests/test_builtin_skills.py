@@ -240,9 +240,12 @@ def test_an_alarm_for_tomorrow_is_set_for_tomorrow(tmp_path: Path, monkeypatch: 
     assert listing == "You have an alarm at 7:00, an alarm at 6:30 tomorrow, an alarm at 7:00 tomorrow.", listing
     question = say("cancel my alarm")
     assert question == "You have 3 alarms: at 7:00, 6:30 tomorrow and 7:00 tomorrow. Which one?"
-    answer = IntentMatcher(registry.skills).match_answer("the 7 am one tomorrow", question, {
-        "name": "cancel_alarms", "arguments": {}})  # fmt: skip
-    assert registry.call(answer.skill, answer.arguments).text == "Cancelled the alarm at 7:00 tomorrow."
+    answer = lambda text: IntentMatcher(registry.skills).match_answer(text, question, {  # noqa: E731
+        "name": "cancel_alarms", "arguments": {}}).arguments  # fmt: skip
+    assert answer("tomorrow's") == answer("the one tomorrow") == {"tomorrow": True}
+    assert (
+        registry.call("cancel_alarms", answer("the 7 am one tomorrow")).text == "Cancelled the alarm at 7:00 tomorrow."
+    )
     assert say("cancel the alarm for tomorrow") == "Cancelled the alarm at 6:30 tomorrow."
     assert say("cancel the alarm for tomorrow") == "There is no alarm tomorrow."
     assert say("cancel the 7 am alarm") == "Cancelled the alarm at 7:00."

@@ -527,7 +527,7 @@ def _cancel_at(time: str) -> str:
             # First, as it wins a tie: "the 7 one" is 7:00, not 7:01 ("one" as the minute).
             *_times(lambda time: f"[the|my] {time} (one|alarm) [{TOMORROW}]"),
             *_times(lambda time: f"([the|my] [one|alarm] (at|for) {time}|[the|my] {time}) [{TOMORROW}]"),
-            ("[the|my] (one|alarm) [for] tomorrow", {"tomorrow": True}),
+            ("([the|my] (one|alarm) [for] tomorrow|tomorrow's [one|alarm])", {"tomorrow": True}),
             ("(both|all) [of them]", {"every": True}),
         ],
         "zh": [
