@@ -75,6 +75,26 @@ def test_an_item_asked_for_twice_is_kept_once_and_lists_are_asked_for_as_people_
     assert matched(registry, "把购物清单清空")[0] == "clear_shopping_list"
 
 
+def test_items_typed_as_a_list_are_added_one_by_one(tmp_path: Path) -> None:
+    registry = registry_in(tmp_path)
+    say = lambda text: registry.call(*matched(registry, text)).text  # noqa: E731
+    assert say("add milk, eggs and bread to my shopping list") == "Added milk, eggs and bread to the shopping list."
+    assert say("add mac and cheese to my shopping list") == "Added mac and cheese to the shopping list."  # no comma
+    assert say("add butter, salt and pepper, and Eggs to the shopping list") == (
+        "Added butter and salt and pepper to the shopping list. Eggs is already on it."
+    )
+    assert say("add bread, milk to my shopping list") == "Bread and milk are already on the shopping list."
+    assert say("read me my shopping list") == (
+        "On your shopping list: milk, eggs, bread, mac and cheese, butter, salt and pepper."
+    )
+    assert say("take a note that call Anna, then the plumber") == "Noted."  # a note is kept whole, as typed
+    assert say("read me my notes") == "On your notes: call Anna, then the plumber."
+    registry.context.language = "zh"
+    assert say("把苹果、香蕉和橙子加到购物清单") == "已把苹果、香蕉和橙子加到购物清单。"
+    assert say("在购物清单里加上苹果，梨") == "已把梨加到购物清单。苹果已经在上面了。"
+    assert say("把和牛、香蕉加到购物清单") == "已把和牛加到购物清单。香蕉已经在上面了。"  # 和牛 is one item
+
+
 def test_a_long_list_is_read_in_part_with_how_many_are_left(tmp_path: Path) -> None:
     registry = registry_in(tmp_path)
     for n in range(150):
@@ -190,6 +210,55 @@ def test_an_alarm_says_its_day_and_is_not_set_twice(tmp_path: Path, monkeypatch:
     set_alarm(hour=6, minute=45)
     assert cancel(every=True) == "Cancelled 2 alarms."
     assert cancel(every=True) == cancel() == "No alarm is set."
+
+
+class FiveInTheMorning(datetime):
+    @classmethod
+    def now(cls, tz: object = None) -> datetime:
+        return cls(2026, 5, 4, 5, 0)
+
+
+class OneAtNight(datetime):
+    @classmethod
+    def now(cls, tz: object = None) -> datetime:
+        return cls(2026, 5, 4, 1, 0)
+
+
+def test_an_alarm_for_tomorrow_is_set_for_tomorrow(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    registry = registry_in(tmp_path)
+    monkeypatch.setitem(registry.skills["set_alarm"].func.__globals__, "datetime", FiveInTheMorning)
+    say = lambda text: registry.call(*matched(registry, text)).text  # noqa: E731
+    assert say("set an alarm for 7 am tomorrow") == "Alarm set for 7:00 tomorrow."  # not today's 7:00
+    assert say("set an alarm for 7 am") == "Alarm set for 7:00."  # today's: a second alarm, not the same one
+    assert say("wake me up tomorrow at 6:30") == "Alarm set for 6:30 tomorrow."
+    with sqlite3.connect(tmp_path / "timers.sqlite3") as db:
+        due = sorted(datetime.fromtimestamp(d) for (d,) in db.execute("SELECT due FROM timers"))
+    assert due == [datetime(2026, 5, 4, 7), datetime(2026, 5, 5, 6, 30), datetime(2026, 5, 5, 7)]
+    restarted = registry_in(tmp_path)  # a restart keeps the day
+    monkeypatch.setitem(restarted.skills["list_timers"].func.__globals__, "datetime", FiveInTheMorning)
+    listing = restarted.call("list_timers", {}).text
+    assert listing == "You have an alarm at 7:00, an alarm at 6:30 tomorrow, an alarm at 7:00 tomorrow.", listing
+    question = say("cancel my alarm")
+    assert question == "You have 3 alarms: at 7:00, 6:30 tomorrow and 7:00 tomorrow. Which one?"
+    answer = lambda text: IntentMatcher(registry.skills).match_answer(text, question, {  # noqa: E731
+        "name": "cancel_alarms", "arguments": {}}).arguments  # fmt: skip
+    assert answer("tomorrow's") == answer("the one tomorrow") == {"tomorrow": True}
+    assert (
+        registry.call("cancel_alarms", answer("the 7 am one tomorrow")).text == "Cancelled the alarm at 7:00 tomorrow."
+    )
+    assert say("cancel the alarm for tomorrow") == "Cancelled the alarm at 6:30 tomorrow."
+    assert say("cancel the alarm for tomorrow") == "There is no alarm tomorrow."
+    assert say("cancel the 7 am alarm") == "Cancelled the alarm at 7:00."
+    registry.context.language = "zh"
+    assert chinese(say("设一个明天早上7点的闹钟")) == "闹钟定在明天早上7点。"
+    assert chinese(say("明天早上7点的闹钟")) == "明天早上7点已经有闹钟了。"
+    assert chinese(registry.call("list_timers", {}).text) == "现在有：明天早上7点的闹钟。"
+    assert chinese(say("取消明天早上7点的闹钟")) == "已取消明天早上7点的闹钟。"
+    # Past midnight, before sleep, "tomorrow" is the coming morning.
+    monkeypatch.setitem(registry.skills["set_alarm"].func.__globals__, "datetime", OneAtNight)
+    assert chinese(say("明天早上7点叫醒我")) == "闹钟定在早上7点。"
+    registry.context.language = "en"
+    assert say("set an alarm for 7 tomorrow morning") == "An alarm is already set for 7:00."
 
 
 def test_an_alarm_that_just_rang_can_be_snoozed(tmp_path: Path) -> None:

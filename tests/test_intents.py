@@ -107,6 +107,12 @@ ENGLISH = [
     ("set an alarm for twelve thirty a.m.", "set_alarm", {"hour": 0, "minute": 30}),
     ("set an alarm for 12 pm", "set_alarm", {"hour": 12}),
     ("set an alarm for midnight", "set_alarm", {"hour": 0}),
+    ("set an alarm for 7 am tomorrow", "set_alarm", {"hour": 7, "tomorrow": True}),
+    ("set an alarm for tomorrow at 7", "set_alarm", {"hour": 7, "tomorrow": True}),
+    ("wake me up tomorrow at 6:30", "set_alarm", {"hour": 6, "minute": 30, "tomorrow": True}),
+    ("set an alarm for 7 tomorrow morning", "set_alarm", {"hour": 7, "tomorrow": True}),
+    ("cancel the alarm for tomorrow", "cancel_alarms", {"tomorrow": True}),
+    ("cancel my 7 am alarm tomorrow", "cancel_alarms", {"hour": 7, "tomorrow": True}),
     ("what time is it", "current_time", {}),
     ("what's the date", "current_date", {}),
     ("set a timer for a minute and a half", "set_timer", {"minutes": 1, "seconds": 30}),
@@ -116,6 +122,7 @@ ENGLISH = [
     ("what's the date tomorrow", "current_date", {"tomorrow": True}),
     ("what day is it tomorrow", "current_date", {"tomorrow": True}),
     ("add milk to my shopping list", "add_item", {"text": "milk", "list": "shopping"}),
+    ("add milk, eggs and bread to my shopping list", "add_item", {"text": "milk, eggs and bread", "list": "shopping"}),
     ("add 豆腐 to my shopping list", "add_item", {"text": "豆腐", "list": "shopping"}),  # English, a Chinese name
     ("check milk off my shopping list", "remove_item", {"text": "milk"}),
     ("set the volume to 40", "set_volume", {"percent": 40}),
@@ -147,11 +154,18 @@ CHINESE = [
     ("设置一个下午两点半的闹钟", "set_alarm", {"hour": 14, "minute": 30}),
     ("下午2:30叫醒我", "set_alarm", {"hour": 14, "minute": 30}),
     ("设置闹钟早上6点半", "set_alarm", {"hour": 6, "minute": 30}),  # the time after the alarm
+    ("明天早上7点的闹钟", "set_alarm", {"hour": 7, "tomorrow": True}),
+    ("明早6点半叫醒我", "set_alarm", {"hour": 6, "minute": 30, "tomorrow": True}),
+    ("取消明天的闹钟", "cancel_alarms", {"tomorrow": True}),
     ("设个闹钟在晚上9点", "set_alarm", {"hour": 21}),
     ("晚上十点零五分叫醒我", "set_alarm", {"hour": 22, "minute": 5}),
     ("设一个凌晨12点的闹钟", "set_alarm", {"hour": 0}),  # midnight, not noon
     ("半夜十二点半叫醒我", "set_alarm", {"hour": 0, "minute": 30}),
     ("取消凌晨12点的闹钟", "cancel_alarms", {"hour": 0}),
+    ("设一个中午12点的闹钟", "set_alarm", {"hour": 12}),  # noon
+    ("中午十二点半叫醒我", "set_alarm", {"hour": 12, "minute": 30}),
+    ("晚上12点叫醒我", "set_alarm", {"hour": 0}),  # midnight
+    ("取消晚上十二点半的闹钟", "cancel_alarms", {"hour": 0, "minute": 30}),
     ("凌晨1点叫醒我", "set_alarm", {"hour": 1}),
     ("暂停计时器", "control_timer", {"action": "pause"}),
     ("设置一个计时器", "set_timer", {}),  # "一个" is no hour: how long is asked
@@ -191,7 +205,7 @@ def test_phrasings_reach_the_right_skill_with_typed_arguments(
 
 ELSEWHERE = ["tell me a joke", "what's the weather like", "lock the front door", "play some music",
              "turn on the coffee machine", "讲个笑话", "明天天气怎么样",
-             "set an alarm for 10 minutes", "晚上12点叫醒我",
+             "set an alarm for 10 minutes",
              "早上7点半的闹钟",  # the answer to "要取消哪一个？" as much as a request: no new alarm
              # A device no switching skill takes: not "turn on" with the name dropped (every light).
              "turn on the thermostat", "turn off the thermostat", "打开thermostat"]  # fmt: skip

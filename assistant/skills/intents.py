@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import jsonschema
-from hassil import Intents, TextSlotList, Trie, recognize_best
+from hassil import Intents, RecognizeResult, TextSlotList, Trie, recognize_best
 from hassil.parse_expression import parse_sentence
 
 from assistant.skills.sdk import Skill, SkillError, as_declared
@@ -153,7 +153,7 @@ class IntentMatcher:
             if result is None:
                 continue
             found = self.skills[call["name"]]
-            answer = {slot: entity.value for slot, entity in result.entities.items()}
+            answer = _values(result, text)
             names = [str(value) for slot, value in answer.items() if _free_text(found, slot)]
             if not all(_offered(name, question, found) for name in names):
                 continue  # a name the question did not offer: more likely a new request
@@ -178,7 +178,7 @@ class IntentMatcher:
         if result is None or result.intent.name not in self.skills:
             return None
         found = self.skills[result.intent.name]
-        arguments = {slot: entity.value for slot, entity in result.entities.items()}
+        arguments = _values(result, text)
         return _checked(found, arguments, language)
 
     def _match_library(self, text: str, language: str) -> IntentMatch | None:
@@ -195,7 +195,7 @@ class IntentMatcher:
         )
         if result is None:
             return None
-        slots = {slot: entity.value for slot, entity in result.entities.items()}
+        slots = _values(result, text)
         if UNSUPPORTED_SLOTS & slots.keys():
             return None
         intent = result.intent.name
@@ -211,6 +211,17 @@ class IntentMatcher:
                 return match
         log.debug("%s %s: no skill takes these arguments", intent, slots)
         return None
+
+
+def _values(result: RecognizeResult, text: str) -> dict[str, Any]:
+    """The matched slots' values; free text with the commas it was typed with, which hassil drops
+    before matching: "add milk, eggs and bread" is three items, not "milk eggs and bread"."""
+    values = {}
+    for slot, entity in result.entities.items():
+        words = entity.value.split() if entity.is_wildcard and isinstance(entity.value, str) else []
+        typed = re.search(r"[,，]?\s+".join(map(re.escape, words)), text) if len(words) > 1 else None
+        values[slot] = typed.group() if typed else entity.value
+    return values
 
 
 def slots_taken(found: Skill, intent: str) -> set[str]:

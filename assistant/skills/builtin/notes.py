@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Literal
 
 from assistant import Range, SkillContext, skill
@@ -11,6 +12,30 @@ Text = Annotated[str, Range(maximum=500)]  # a note said in one breath may run p
 
 
 SCHEMA = "CREATE TABLE IF NOT EXISTS items (id INTEGER PRIMARY KEY, list TEXT NOT NULL, text TEXT NOT NULL);"
+
+# Items typed as a list: "milk, eggs and bread", 牛奶、鸡蛋和面包. The "and" (和) splits only the last
+# piece of such a list: "mac and cheese" alone is one item, and 和牛 (no word before 和) one too.
+COMMA = re.compile(r"\s*[,，、]\s*")
+LAST_AND = re.compile(r"(?:^|\s+)and\s+|(?<=\S)\s*和\s*(?=\S)", re.IGNORECASE)
+
+
+def _items(text: str) -> list[str]:
+    """The items of `text`, each once (in any case), in the order said."""
+    *items, last = COMMA.split(text.strip())
+    items += LAST_AND.split(last, maxsplit=1) if items else [last]
+    kept: dict[str, str] = {}
+    for item in filter(None, (item.strip() for item in items)):
+        kept.setdefault(item.casefold(), item)
+    return list(kept.values())
+
+
+def _listed(items: list[str], language: str) -> str:
+    """Items as a sentence names them: "milk, eggs and bread", 牛奶、鸡蛋和面包."""
+    if len(items) < 2:
+        return "".join(items)
+    if language == "zh":
+        return "、".join(items[:-1]) + "和" + items[-1]
+    return ", ".join(items[:-1]) + " and " + items[-1]
 
 
 def _db(context: SkillContext):
@@ -32,25 +57,37 @@ def add_item(text: Text, context: SkillContext, list: ListName = "notes") -> str
     """Add an item to the shopping list or a note to the notes.
 
     Args:
-        text: the item or the note
+        text: the item (several separated by commas) or the note
         list: "shopping" for the shopping list, "notes" for notes
     """
-    item = text.strip()
-    if not item:
-        if list == "shopping":
-            return context.localized("What should I add?", zh="要加什么？")
-        return context.localized("What should I note?", zh="要记什么？")
+    if list == "notes":
+        note = text.strip()
+        if not note:
+            return context.localized("What should I note?", zh="要记什么？")
+        with _db(context) as db:
+            notes = {text.casefold() for (text,) in db.execute("SELECT text FROM items WHERE list = 'notes'")}
+            if note.casefold() in notes:  # asked for twice (to be sure): kept once
+                return context.localized("That is already in your notes.", zh="笔记里已经有这条了。")
+            db.execute("INSERT INTO items (list, text) VALUES ('notes', ?)", (note,))
+        return context.localized("Noted.", zh="记下了。")
+    items = _items(text)
+    if not items:
+        return context.localized("What should I add?", zh="要加什么？")
     with _db(context) as db:
-        listed = {text.casefold() for (text,) in db.execute("SELECT text FROM items WHERE list = ?", (list,))}
-        if item.casefold() in listed:  # asked for twice (by two people, or again to be sure): kept once
-            if list == "shopping":
-                said = item[0].upper() + item[1:]  # it starts the sentence: "milk" as heard is "Milk"
-                return context.localized(f"{said} is already on the shopping list.", zh=f"购物清单上已经有{item}了。")
-            return context.localized("That is already in your notes.", zh="笔记里已经有这条了。")
-        db.execute("INSERT INTO items (list, text) VALUES (?, ?)", (list, item))
-    if list == "shopping":
-        return context.localized(f"Added {item} to the shopping list.", zh=f"已把{item}加到购物清单。")
-    return context.localized("Noted.", zh="记下了。")
+        listed = {text.casefold() for (text,) in db.execute("SELECT text FROM items WHERE list = 'shopping'")}
+        added = [item for item in items if item.casefold() not in listed]
+        db.executemany("INSERT INTO items (list, text) VALUES ('shopping', ?)", [(item,) for item in added])
+    already = [item for item in items if item not in added]  # asked for twice (by two people): kept once
+    on_it, on_it_zh = _listed(already, "en"), _listed(already, "zh")
+    on_it = on_it[:1].upper() + on_it[1:]  # it starts a sentence: "milk" as heard is "Milk"
+    are = "are" if len(already) > 1 else "is"
+    if not added:
+        return context.localized(f"{on_it} {are} already on the shopping list.", zh=f"购物清单上已经有{on_it_zh}了。")
+    also, also_zh = (f" {on_it} {are} already on it.", f"{on_it_zh}已经在上面了。") if already else ("", "")
+    return context.localized(
+        f"Added {_listed(added, 'en')} to the shopping list.{also}",
+        zh=f"已把{_listed(added, 'zh')}加到购物清单。{also_zh}",
+    )
 
 
 READ_AT_ONCE = 20  # items said in one reply: a hundred would be minutes of speech (and past a reply's length)

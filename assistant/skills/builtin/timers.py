@@ -13,7 +13,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Annotated, Literal
 
 from assistant import Range, SkillContext, StorageError, background, skill
@@ -194,14 +194,20 @@ def set_timer(
 
 # How alarms are asked for. A number list cannot add 12 to an hour, so an hour after noon ("7
 # pm", "晚上7点") is heard through a list of the skill's own that maps the words to the hour.
-ALARM = "(set [an|the|my] alarm (for|at)|wake me [up] at) "
+# "Tomorrow", where people say it: "set an alarm for 7 am tomorrow", "wake me up tomorrow at 6:30".
+TOMORROW = "{day:tomorrow}"
+ALARM = f"(set [an|the|my] alarm [for {TOMORROW}] (for|at)|wake me [up] [{TOMORROW}] at) "
 EN_TIME = "(:{minute}| [{minute}]) [o'clock]"  # "7:30", "7 30", "seven thirty", "7 o'clock"
 AM = " (am|a m|a.m.|in the morning)"
 PM = " (pm|p m|p.m.|in the afternoon|in the evening|at night|tonight)"
 EN_HOURS = ["one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve"]
 # A verb or 叫醒我: "早上7点的闹钟" alone may answer "which one?" as well as ask for a new alarm.
 ZH_SET = "(设置|设定|设|定)[一个|个]"
-ZH_ALARM = f"({ZH_SET}[明天]{{time}}[的]闹钟|{ZH_SET}闹钟[在][明天]{{time}}|[明天]{{time}}叫醒我)"
+# With 明天, "明天早上7点的闹钟" alone asks for a new alarm (an answer to "which one?" is tried first).
+ZH_ALARM = (
+    f"({ZH_SET}[{TOMORROW}]{{time}}[的]闹钟|{ZH_SET}闹钟[在][{TOMORROW}]{{time}}|[{TOMORROW}]{{time}}叫醒我"
+    f"|{TOMORROW}{{time}}的闹钟)"
+)
 ZH_AFTERNOON = "(下午|晚上|傍晚)"
 ZH_HOURS = ["一", "二", "三", "四", "五", "六", "七", "八", "九", "十", "十一"]  # 晚上十二点 is midnight: not here
 
@@ -215,8 +221,27 @@ def _after_noon(words: list[str]) -> dict[str, int]:
     return dict(sorted(hours.items(), key=lambda item: -len(item[0])))
 
 
-# "{pm_hour:hour}" in English, "{pm_hour_zh:hour}" in Chinese (12 pm has a template of its own).
-AFTER_NOON = {"pm_hour": _after_noon(EN_HOURS[:11]), "pm_hour_zh": _after_noon(ZH_HOURS) | {"两": 14}}
+# "{pm_hour:hour}" in English, "{pm_hour_zh:hour}" in Chinese (12 pm has a template of its own);
+# "{day:tomorrow}" for the words of the next day.
+AFTER_NOON = {
+    "pm_hour": _after_noon(EN_HOURS[:11]),
+    "pm_hour_zh": _after_noon(ZH_HOURS) | {"两": 14},
+    "day": {"tomorrow": True, "tomorrow morning": True, "明天": True, "明早": True},
+}
+# Before this hour "tomorrow" is the coming morning: the person has not slept yet.
+NIGHT_ENDS = 4
+
+
+def _tomorrow(now: datetime) -> date:
+    """The day "tomorrow" means at `now`: the next one, or before NIGHT_ENDS the one just begun."""
+    return (now - timedelta(hours=NIGHT_ENDS)).date() + timedelta(days=1)
+
+
+def _when(at: datetime, now: datetime) -> tuple[str, str]:
+    """An alarm's time as a reply names it, in English and in Chinese: with the day when it is more
+    than a day away ("7:00 tomorrow"), so that it is told apart from the 7:00 before it."""
+    en, zh = clock(at.hour, at.minute), clock(at.hour, at.minute, "zh")
+    return (f"{en} tomorrow", f"明天{zh}") if at - now > timedelta(days=1) else (en, zh)
 
 
 def _times(sentence: Callable[[str], str]) -> list:
@@ -235,10 +260,13 @@ def _times(sentence: Callable[[str], str]) -> list:
 def _times_zh(sentence: str) -> list:
     """The Chinese sentences of an alarm's time: `sentence` with the time for its {time}."""
     minutes = "(点[钟]|点[零]{minute}[分]|:{minute})"  # 7点, 7点05分, 7点零五分, 7:05
-    midnight = "(凌晨|半夜)(12|十二)"  # 凌晨12点 is 0:00, not noon; before {hour}, which wins a tie
+    # 凌晨12点 and 晚上12点 are 0:00, 中午12点 is noon; before {hour}, which wins a tie.
+    midnight, noon = "(凌晨|半夜|晚上)(12|十二)", "中午(12|十二)"
     return [
         (sentence.replace("{time}", midnight + minutes), {"hour": 0}),
         (sentence.replace("{time}", midnight + "点半"), {"hour": 0, "minute": 30}),
+        (sentence.replace("{time}", noon + minutes), {"hour": 12}),
+        (sentence.replace("{time}", noon + "点半"), {"hour": 12, "minute": 30}),
         sentence.replace("{time}", "[早上|上午|凌晨]{hour}" + minutes),
         (sentence.replace("{time}", "[早上|上午|凌晨]{hour}点半"), {"minute": 30}),
         sentence.replace("{time}", ZH_AFTERNOON + "{pm_hour_zh:hour}" + minutes),
@@ -247,21 +275,28 @@ def _times_zh(sentence: str) -> list:
 
 
 @skill(
-    sentences={"en": _times(lambda time: ALARM + time + " [tomorrow]"), "zh": _times_zh(ZH_ALARM)},
+    sentences={"en": _times(lambda time: ALARM + time + f" [{TOMORROW}]"), "zh": _times_zh(ZH_ALARM)},
     lists=AFTER_NOON,
 )
 def set_alarm(
-    hour: Annotated[int, Range(0, 23)], context: SkillContext, minute: Annotated[int, Range(0, 59)] = 0, label: str = ""
+    hour: Annotated[int, Range(0, 23)],
+    context: SkillContext,
+    minute: Annotated[int, Range(0, 59)] = 0,
+    label: str = "",
+    tomorrow: bool = False,
 ) -> str:
-    """Set an alarm for the next time the clock shows hour:minute.
+    """Set an alarm for hour:minute (the next time the clock shows it, or that time tomorrow).
 
     Args:
         hour: hour on a 24-hour clock
         minute: minute
         label: what the alarm is for
+        tomorrow: true if "tomorrow" was said
     """
     now = datetime.now()
     due = now.replace(hour=hour, minute=minute, second=0, microsecond=0)
+    if tomorrow:
+        due += _tomorrow(now) - now.date()
     if due <= now:
         due += timedelta(days=1)
     # Said with the day when it is not today: "set an alarm for 7" at 15:00 is 7:00 tomorrow morning.
@@ -287,6 +322,7 @@ def set_alarm(
 )
 def list_timers(context: SkillContext) -> str:
     """Say which timers and alarms are set."""
+    now = datetime.now()
     with _db(context) as db:
         rows = db.execute("SELECT kind, label, due, paused_left FROM timers ORDER BY due").fetchall()
     if not rows:
@@ -294,9 +330,9 @@ def list_timers(context: SkillContext) -> str:
     said, said_zh = [], []
     for kind, label, due, paused_left in rows:
         if kind == "alarm":
-            at = datetime.fromtimestamp(due)
-            said.append(f"an alarm at {clock(at.hour, at.minute)}")
-            said_zh.append(f"{clock(at.hour, at.minute, 'zh')}的闹钟")
+            when, when_zh = _when(datetime.fromtimestamp(due), now)
+            said.append(f"an alarm at {when}")
+            said_zh.append(f"{when_zh}的闹钟")
         else:
             left = _left(due, paused_left)
             paused = paused_left is not None
@@ -456,11 +492,11 @@ def control_timer(
 # Cancelling one alarm by its time, said as set_alarm takes it: "cancel the alarm at 7 pm", "cancel
 # my 7 pm alarm" (each template costs every sentence some match time: both word orders in one).
 CANCEL = "(cancel|delete|remove|turn off) [my|the] "
-ZH_CANCEL = "(取消|关掉|关闭|删除|删掉)[我的][明天]{time}的闹钟"
+ZH_CANCEL = f"(取消|关掉|关闭|删除|删掉)[我的][{TOMORROW}]{{time}}的闹钟"
 
 
 def _cancel_at(time: str) -> str:
-    return CANCEL + f"(alarm (for|at) {time} [tomorrow]|{time} alarm)"
+    return CANCEL + f"(alarm (for|at) {time} [{TOMORROW}]|{time} alarm [{TOMORROW}])"
 
 
 @skill(
@@ -470,6 +506,7 @@ def _cancel_at(time: str) -> str:
             "turn [my|the] alarm off",
             (CANCEL + "alarms", {"every": True}),
             ("(cancel|delete|remove|turn off) all [of] [my|the] alarm[s]", {"every": True}),
+            (CANCEL + "(alarm[s] (for|on) tomorrow|tomorrow's alarm[s])", {"tomorrow": True}),
             *_times(_cancel_at),
         ],
         "zh": [
@@ -477,19 +514,27 @@ def _cancel_at(time: str) -> str:
             "把闹钟(取消|关掉|关闭|关了|删掉)",
             ("(取消|关掉|删除|删掉)[我的](所有|全部)[的]闹钟", {"every": True}),
             ("把(所有|全部)[的]闹钟[都](取消|关掉|删掉)", {"every": True}),
+            ("(取消|关掉|关闭|删除|删掉)[我的]明天的闹钟", {"tomorrow": True}),
+            ("把明天的闹钟(取消|关掉|关闭|关了|删掉)", {"tomorrow": True}),
             *_times_zh(ZH_CANCEL),
         ],
     },
     lists=AFTER_NOON,
-    # Answers to "Which one?": "the 7 pm one", "the one at 6:30", "both", 早上7点的那个, 都取消.
+    # Answers to "Which one?": "the 7 pm one", "the one at 6:30", "the one tomorrow", "both", 早上7点的那个,
+    # 明天的那个, 都取消.
     answers={
         "en": [
             # First, as it wins a tie: "the 7 one" is 7:00, not 7:01 ("one" as the minute).
-            *_times(lambda time: f"[the|my] {time} (one|alarm)"),
-            *_times(lambda time: f"([the|my] [one|alarm] (at|for) {time}|[the|my] {time})"),
+            *_times(lambda time: f"[the|my] {time} (one|alarm) [{TOMORROW}]"),
+            *_times(lambda time: f"([the|my] [one|alarm] (at|for) {time}|[the|my] {time}) [{TOMORROW}]"),
+            ("([the|my] (one|alarm) [for] tomorrow|tomorrow's [one|alarm])", {"tomorrow": True}),
             ("(both|all) [of them]", {"every": True}),
         ],
-        "zh": [*_times_zh("[取消][那个]{time}[的][那个|闹钟]"), ("(都|全部|所有的|两个都)[取消]", {"every": True})],
+        "zh": [
+            *_times_zh(f"[取消][那个][{TOMORROW}]{{time}}[的][那个|闹钟]"),
+            ("[取消][那个]明天[的][那个|闹钟]", {"tomorrow": True}),
+            ("(都|全部|所有的|两个都)[取消]", {"every": True}),
+        ],
     },
 )
 def cancel_alarms(
@@ -497,6 +542,7 @@ def cancel_alarms(
     hour: Annotated[int, Range(0, 23)] | None = None,
     minute: Annotated[int, Range(0, 59)] = 0,
     every: bool = False,
+    tomorrow: bool = False,
 ) -> str:
     """Cancel the alarm at a time, or every alarm (timers keep running).
 
@@ -504,10 +550,12 @@ def cancel_alarms(
         hour: the alarm's hour on a 24-hour clock
         minute: the alarm's minute
         every: true to cancel every alarm
+        tomorrow: true for tomorrow's alarms only
     """
+    now = datetime.now()
     with _db(context) as db:
         rang = db.execute("SELECT at, due FROM rung WHERE NOT stopped").fetchone()
-        ringing = rang and _rings_on(rang[0], context)
+        ringing = rang and not tomorrow and _rings_on(rang[0], context)
         set_for = datetime.fromtimestamp(rang[1]) if ringing else None
         # The alarm ringing is turned off by "turn off the alarm", by its time, or with all the others.
         off = ringing and (hour is None or every or (set_for.hour, set_for.minute) == (hour, minute))
@@ -517,34 +565,40 @@ def cancel_alarms(
                 return context.localized("Alarm off.", zh="闹钟关了。")
         alarms = [(i, datetime.fromtimestamp(due)) for i, due in
                   db.execute("SELECT id, due FROM timers WHERE kind = 'alarm' ORDER BY due")]  # fmt: skip
+        if tomorrow:
+            alarms = [(i, at) for i, at in alarms if at.date() == _tomorrow(now)]
+        none = context.localized(
+            "There is no alarm tomorrow." if tomorrow else "No alarm is set.",
+            zh="明天没有闹钟。" if tomorrow else "没有设置闹钟。",
+        )
         if hour is not None:
             picked = [(i, at) for i, at in alarms if (at.hour, at.minute) == (hour, minute)]
+            # The next one at that time (with those snoozed with it): a later one is asked for with "tomorrow".
+            picked = [(i, at) for i, at in picked if at == picked[0][1]]
             if not picked:
+                day, day_zh = (" tomorrow", "明天") if tomorrow else ("", "")
                 return context.localized(
-                    f"There is no alarm at {clock(hour, minute)}.", zh=f"{clock(hour, minute, 'zh')}没有闹钟。"
+                    f"There is no alarm at {clock(hour, minute)}{day}.",
+                    zh=f"{day_zh}{clock(hour, minute, 'zh')}没有闹钟。",
                 )
         elif every or len(alarms) == 1:
             picked = alarms
         elif not alarms:
-            return context.localized("No alarm is set.", zh="没有设置闹钟。")
+            return none
         else:  # "cancel my alarm" with several set: not all of them, unasked
-            times = [clock(at.hour, at.minute) for _, at in alarms]
-            times_zh = "、".join(clock(at.hour, at.minute, "zh") for _, at in alarms)
+            times, times_zh = zip(*(_when(at, now) for _, at in alarms), strict=True)
             return context.localized(
                 f"You have {len(alarms)} alarms: at {', '.join(times[:-1])} and {times[-1]}. Which one?",
-                zh=f"你有{len(alarms)}个闹钟：{times_zh}。要取消哪一个？",
+                zh=f"你有{len(alarms)}个闹钟：{'、'.join(times_zh)}。要取消哪一个？",
             )
         db.executemany("DELETE FROM timers WHERE id = ?", [(i,) for i, _ in picked])
     if off and not picked:
         return context.localized("Alarm off.", zh="闹钟关了。")
     if not picked:
-        return context.localized("No alarm is set.", zh="没有设置闹钟。")
+        return none
     if len(picked) == 1 and not every:
-        at = picked[0][1]
-        return context.localized(
-            f"Cancelled the alarm at {clock(at.hour, at.minute)}.",
-            zh=f"已取消{clock(at.hour, at.minute, 'zh')}的闹钟。",
-        )
+        when, when_zh = _when(picked[0][1], now)
+        return context.localized(f"Cancelled the alarm at {when}.", zh=f"已取消{when_zh}的闹钟。")
     count = len(picked)
     cancelled = context.localized(f"Cancelled {count} alarm{'s' if count != 1 else ''}.", zh=f"已取消{count}个闹钟。")
     return context.localized("Alarm off. ", zh="闹钟关了。") + cancelled if off else cancelled
