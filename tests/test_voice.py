@@ -18,7 +18,7 @@ from assistant import skill
 from assistant.voice.asr import Transcriber
 from assistant.voice.audio import RATE, WavSink, read_wav, resample, wav_source
 from assistant.voice.pipeline import VoicePipeline, asks
-from assistant.voice.tts import SentenceSplitter, Voice
+from assistant.voice.tts import SentenceSplitter, Voice, speakable
 from assistant.voice.wake import WakeDetector
 
 WAKE = "하이 컴퓨터"  # "hi computer"
@@ -708,6 +708,45 @@ def test_a_chinese_voice_reads_chinese_without_the_marks(tmp_path: Path) -> None
     voice = Voice(make_piper_voice(tmp_path, language="cmn"))
     said = [len(audio) for audio in voice.synthesize("好的，灯开了。")]
     assert said and [len(audio) for audio in voice.synthesize("**好的**，灯开了 🎉。")] == said
+
+
+@pytest.mark.parametrize(
+    ("written", "read"),
+    [
+        ("Wind at 5 km/h, 3 kg of flour, 1 kg.", "Wind at 5 kilometers per hour, 3 kilograms of flour, 1 kilogram."),
+        ("It is 21°C, or 70 °F; 50% humid.", "It is 21 degrees Celsius, or 70 degrees Fahrenheit; 50% humid."),
+        ("5 cm, 5 mm, 2.5 m, 1,000 km.", "5 centimeters, 5 millimeters, 2.5 meters, 1,000 kilometers."),
+        ("5 g, 5 ml, 2 l.", "5 grams, 5 milliliters, 2 liters."),
+        ("5 kWh at 60 W: 2 h 5 min 30 s.", "5 kilowatt hours at 60 watts: 2 hours 5 minutes 30 seconds."),
+        ("$5, $5.50, €3 and £1.", "5 dollars, 5 dollars 50, 3 euros and 1 pound."),
+        ("At 12:00, 5:05 or 21:30.", "At 12 o'clock, 5 oh 5 or 21:30."),
+        ("Add 3/4 cup, 1/2 spoon, 5-10 minutes.", "Add 3 quarters cup, 1 half spoon, 5 to 10 minutes."),
+        # not after a number, or not a unit, a fraction or a range: as written
+        ("Press m then g, in the 1990s, 24/7, on 3/4/2025 or 2024-05-01.",) * 2,
+    ],
+)
+def test_units_and_signs_beside_a_number_are_said_in_words(test_voice: Path, written: str, read: str) -> None:
+    """espeak reads "5 km/h" as "five k m slash h" and "3 kg" as "three k g"."""
+    assert speakable(written, "en") == read
+    voice = Voice(test_voice)
+    assert np.array_equal(np.concatenate(list(voice.synthesize(written))), np.concatenate(list(voice.synthesize(read))))
+
+
+@pytest.mark.parametrize(
+    ("written", "read"),
+    [
+        ("温度是21°C，风速5 km/h。", "温度是21摄氏度，风速5公里每小时。"),
+        ("湿度50%，还有3 kg和3/4。", "湿度百分之50，还有3公斤和4分之3。"),
+        ("5:30到12:00，5-10分钟，$5。", "5点30分到12点，5到10分钟，5美元。"),
+    ],
+)
+def test_a_chinese_voice_says_units_and_signs_in_chinese(tmp_path: Path, written: str, read: str) -> None:
+    """A Chinese voice says "km" and "%" in English letters, and 百分之五十 puts the number last."""
+    from tests.piper_voice import make_piper_voice
+
+    assert speakable(written, "zh") == read
+    voice = Voice(make_piper_voice(tmp_path, language="cmn"))
+    assert np.array_equal(np.concatenate(list(voice.synthesize(written))), np.concatenate(list(voice.synthesize(read))))
 
 
 def test_a_missing_speaker_does_not_stop_the_assistant(caplog: pytest.LogCaptureFixture) -> None:
