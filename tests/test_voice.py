@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import struct
 import subprocess
@@ -17,7 +18,7 @@ import pytest
 from assistant import skill
 from assistant.voice.asr import Transcriber
 from assistant.voice.audio import RATE, WavSink, read_wav, resample, wav_source
-from assistant.voice.pipeline import VoicePipeline, asks
+from assistant.voice.pipeline import EARCON_RATE, VoicePipeline, asks, earcon
 from assistant.voice.tts import SentenceSplitter, Voice, speakable
 from assistant.voice.wake import WakeDetector
 
@@ -201,6 +202,55 @@ def test_barge_in_stops_the_reply_and_starts_a_new_turn(ko_model, tmp_path: Path
     assert "barge_in" in kinds
     done = [e for e in events if e["type"] == "reply_done"]
     assert done[0]["cancelled"] and done[0]["text"].count("Sentence") < 200
+
+
+def test_a_barge_in_chimes_at_once_while_a_whole_sentence_is_synthesized(
+    ko_model, tmp_path: Path, medium_voice: Path
+) -> None:
+    """A voice that is not split takes a piece whole (40 words: 1-3 s on a PC): the wake's chime must not
+    wait for it, any more than the reply's own audio does."""
+    wake, command = speech(WAKE, tmp_path), speech("날씨", tmp_path)
+    first = write_wav(tmp_path / "in.wav", silence(0.5), wake, silence(1.0), command, silence(2.0))
+    again = write_wav(tmp_path / "again.wav", wake, silence(1.0), speech("음악", tmp_path), silence(2.0))
+    long_piece = " ".join(["the kitchen light is on and the hall light is off"] * 4)  # 40 words, no clause
+    voice = Voice(medium_voice)
+    synthesizing, synthesized, heard, events = threading.Event(), [], [], []
+    synthesize = voice.synthesize
+
+    def timed(text: str) -> Iterator[np.ndarray]:
+        long = text.startswith(long_piece)
+        if long:
+            synthesizing.set()
+        for audio in synthesize(text):  # a whole voice: one chunk, when the piece is synthesized
+            if long:
+                synthesized.append(time.monotonic())
+            yield audio
+
+    def frames() -> Iterator[np.ndarray]:
+        yield from wav_source(first)
+        assert synthesizing.wait(timeout=30)
+        yield from wav_source(again)  # the phrase again, while the long piece is being synthesized
+
+    replies = iter([["It is sunny. ", long_piece + ". "], ["OK."]])
+
+    def respond(text: str, cancel: threading.Event) -> Iterator[str]:
+        heard.append(text)
+        return iter(next(replies))
+
+    voice.synthesize = timed
+    sink = WavSink(tmp_path / "out.wav")
+    detector = WakeDetector(ko_model, [WAKE], min_confidence=0.5)
+    transcriber = Transcriber(ko_model, silence_timeout=0.8, grammar=COMMANDS)
+
+    def on_event(event: dict) -> None:
+        events.append((event["type"], time.monotonic()))
+
+    VoicePipeline(detector, transcriber, voice, sink, respond, on_event=on_event).run(frames())
+    chime = len(resample(earcon(), EARCON_RATE, sink.rate))
+    chimes = [at for at, samples in sink.chunks if samples == chime]
+    (barge_in,) = [at for kind, at in events if kind == "barge_in"]
+    assert len(chimes) == 2 and chimes[1] < synthesized[0] and chimes[1] - barge_in < 0.5
+    assert heard == ["날씨", "음악"]  # and the command after it is answered
 
 
 def test_sentence_splitter_on_streamed_pieces() -> None:
@@ -762,6 +812,35 @@ def test_a_missing_speaker_does_not_stop_the_assistant(caplog: pytest.LogCapture
             sink.play(earcon(), EARCON_RATE)
     said = [r.getMessage() for r in caplog.records if r.name == "assistant.voice.audio"]
     assert len(said) == 1 and "'no such speaker'" in said[0], said
+
+
+def test_the_chime_of_a_barge_in_waits_for_the_cut_reply_and_does_not_revive_it() -> None:
+    """The wake's chime is played while the reply's sound is being cut: it must not clear the stop and let
+    the reply play on under it, nor open the device while the reply still has it."""
+    from assistant.voice.audio import SpeakerSink
+
+    written: list[str] = []
+
+    class Speaker:  # sounddevice with a device: a block's write returns when it has (about) been played
+        def query_devices(self, device, kind: str) -> dict:
+            return {"default_samplerate": RATE}
+
+        def OutputStream(self, **settings) -> contextlib.AbstractContextManager:  # noqa: N802 (sounddevice's name)
+            return contextlib.nullcontext(self)
+
+        def write(self, block: np.ndarray) -> None:
+            written.append(threading.current_thread().name)
+            time.sleep(len(block) / RATE)
+
+    sink = SpeakerSink()
+    sink.sounddevice = Speaker()
+    reply = threading.Thread(target=sink.play, args=(np.ones(3 * RATE, np.int16), RATE), name="reply")
+    reply.start()
+    time.sleep(0.25)
+    sink.stop()  # as a barge-in does, then the chime
+    sink.play(earcon(), EARCON_RATE)
+    reply.join()
+    assert written.count("reply") < 5 and written[-2:] == ["MainThread"] * 2, written
 
 
 def test_an_output_that_fails_loses_the_reply_not_the_loop(test_voice: Path, caplog: pytest.LogCaptureFixture) -> None:
