@@ -86,7 +86,7 @@ _UNIT = re.compile(rf"(?<![A-Za-z0-9.,$€£¥￥])({_NUMBER})( ?)({'|'.join(map
 # "5-10" and "5–10", not a date (2024-05-01) or a number with a leading zero (a telephone's 555-0123).
 _RANGE = re.compile(rf"(?<![A-Za-z0-9.,:/–-])({_NUMBER})(?:-| ?– ?)(?!0\d)({_NUMBER})(?![0-9.,:/–-])")
 _FRACTION = re.compile(r"(?<![A-Za-z0-9.,/])(\d)/(\d+)(?![0-9.,/])")  # not a date (3/4/2025)
-_CLOCK = re.compile(r"(?<![0-9:])([01]?\d|2[0-3]):([0-5]\d)(?![0-9:])")
+_CLOCK = re.compile(r"(?<![0-9:])([01]?\d|2[0-3]):([0-5]\d)(?![0-9:])( ?[AaPp]\.?[Mm]\b\.?)?")
 _PERCENT = re.compile(rf"({_NUMBER}) ?[%％]")
 MIN_CLAUSE_WORDS = 4  # a shorter first clause ("Sure," "好的，") waits for more
 # Text that runs on without a sentence end is cut after this many words, at a clause or a space if
@@ -175,7 +175,10 @@ def _numbers_in_words(text: str, language: str) -> str:
         if zh:
             return f"{m[1]}点" if m[2] == "00" else f"{m[1]}点{m[2]}分"
         # espeak says 21:30 well, but "zero zero" for 12:00 and "zero five" for 5:05
-        return f"{m[1]} o'clock" if m[2] == "00" else f"{m[1]} oh {m[2][1]}" if m[2][0] == "0" else m[0]
+        hours, minutes, noon = m[1], m[2], m[3] or ""
+        if minutes == "00":
+            return f"{hours}{noon}" if noon else f"{hours} o'clock"  # 5:00 PM: five PM
+        return f"{hours} oh {minutes[1]}{noon}" if minutes[0] == "0" else m[0]
 
     def currency(m: re.Match) -> str:
         if m[1] not in units:
