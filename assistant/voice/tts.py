@@ -38,9 +38,9 @@ _HAN_KANA_CHARACTER = re.compile(f"[{_HAN_KANA}]")
 # A web address is read as its host ("example.com"), not as "h t t p s colon slash slash ...", and
 # the punctuation after it still ends its sentence.
 _ADDRESS = re.compile(r"\bhttps?://(?:www\.)?([^\s/?#]+)\S*?(?=[.,;:!?)]*(?:\s|$))")
-# Marks beside a number that espeak spells out ("5 km/h": "five k m slash h", "3 kg": "three k g") or a Chinese
-# voice says in English, written out for the languages with a table here; only beside a number, so "the m
-# key" keeps its m. "{s}" is said after any number but 1.
+# Units and signs beside a number, which espeak spells out ("5 km/h": "five k m slash h", "3 kg": "three k
+# g") and a Chinese voice says in English letters: said in words by the voices of the languages here, and
+# only beside a number, so "the m key" keeps its m.
 _UNIT_WORDS = [  # as written; in English ("{s}" is said after any number but 1); in Chinese
     ("°C", "degree{s} Celsius", "摄氏度"),
     ("℃", "degree{s} Celsius", "摄氏度"),
