@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import struct
 import subprocess
@@ -17,8 +18,8 @@ import pytest
 from assistant import skill
 from assistant.voice.asr import Transcriber
 from assistant.voice.audio import RATE, WavSink, read_wav, resample, wav_source
-from assistant.voice.pipeline import VoicePipeline, asks
-from assistant.voice.tts import SentenceSplitter, Voice
+from assistant.voice.pipeline import EARCON_RATE, VoicePipeline, asks, earcon
+from assistant.voice.tts import SentenceSplitter, Voice, speakable
 from assistant.voice.wake import WakeDetector
 
 WAKE = "하이 컴퓨터"  # "hi computer"
@@ -201,6 +202,55 @@ def test_barge_in_stops_the_reply_and_starts_a_new_turn(ko_model, tmp_path: Path
     assert "barge_in" in kinds
     done = [e for e in events if e["type"] == "reply_done"]
     assert done[0]["cancelled"] and done[0]["text"].count("Sentence") < 200
+
+
+def test_a_barge_in_chimes_at_once_while_a_whole_sentence_is_synthesized(
+    ko_model, tmp_path: Path, medium_voice: Path
+) -> None:
+    """A voice that is not split takes a piece whole (40 words: 1-3 s on a PC): the wake's chime must not
+    wait for it, any more than the reply's own audio does."""
+    wake, command = speech(WAKE, tmp_path), speech("날씨", tmp_path)
+    first = write_wav(tmp_path / "in.wav", silence(0.5), wake, silence(1.0), command, silence(2.0))
+    again = write_wav(tmp_path / "again.wav", wake, silence(1.0), speech("음악", tmp_path), silence(2.0))
+    long_piece = " ".join(["the kitchen light is on and the hall light is off"] * 4)  # 40 words, no clause
+    voice = Voice(medium_voice)
+    synthesizing, synthesized, heard, events = threading.Event(), [], [], []
+    synthesize = voice.synthesize
+
+    def timed(text: str) -> Iterator[np.ndarray]:
+        long = text.startswith(long_piece)
+        if long:
+            synthesizing.set()
+        for audio in synthesize(text):  # a whole voice: one chunk, when the piece is synthesized
+            if long:
+                synthesized.append(time.monotonic())
+            yield audio
+
+    def frames() -> Iterator[np.ndarray]:
+        yield from wav_source(first)
+        assert synthesizing.wait(timeout=30)
+        yield from wav_source(again)  # the phrase again, while the long piece is being synthesized
+
+    replies = iter([["It is sunny. ", long_piece + ". "], ["OK."]])
+
+    def respond(text: str, cancel: threading.Event) -> Iterator[str]:
+        heard.append(text)
+        return iter(next(replies))
+
+    voice.synthesize = timed
+    sink = WavSink(tmp_path / "out.wav")
+    detector = WakeDetector(ko_model, [WAKE], min_confidence=0.5)
+    transcriber = Transcriber(ko_model, silence_timeout=0.8, grammar=COMMANDS)
+
+    def on_event(event: dict) -> None:
+        events.append((event["type"], time.monotonic()))
+
+    VoicePipeline(detector, transcriber, voice, sink, respond, on_event=on_event).run(frames())
+    chime = len(resample(earcon(), EARCON_RATE, sink.rate))
+    chimes = [at for at, samples in sink.chunks if samples == chime]
+    (barge_in,) = [at for kind, at in events if kind == "barge_in"]
+    assert len(chimes) == 2 and chimes[1] < synthesized[0] and chimes[1] - barge_in < 0.5
+    assert heard == ["날씨", "음악"]  # and the command after it is answered
 
 
 def test_sentence_splitter_on_streamed_pieces() -> None:
@@ -710,6 +760,45 @@ def test_a_chinese_voice_reads_chinese_without_the_marks(tmp_path: Path) -> None
     assert said and [len(audio) for audio in voice.synthesize("**好的**，灯开了 🎉。")] == said
 
 
+@pytest.mark.parametrize(
+    ("written", "read"),
+    [
+        ("Wind at 5 km/h, 3 kg of flour, 1 kg.", "Wind at 5 kilometers per hour, 3 kilograms of flour, 1 kilogram."),
+        ("It is 21°C, or 70 °F; 50% humid.", "It is 21 degrees Celsius, or 70 degrees Fahrenheit; 50% humid."),
+        ("5 cm, 5 mm, 2.5 m, 1,000 km.", "5 centimeters, 5 millimeters, 2.5 meters, 1,000 kilometers."),
+        ("5 g, 5 ml, 2 l.", "5 grams, 5 milliliters, 2 liters."),
+        ("5 kWh at 60 W: 2 h 5 min 30 s.", "5 kilowatt hours at 60 watts: 2 hours 5 minutes 30 seconds."),
+        ("$5, $5.50, €3 and £1.", "5 dollars, 5 dollars 50, 3 euros and 1 pound."),
+        ("At 12:00, 5:05, 21:30, 5:00 PM or 9:05 a.m.", "At 12 o'clock, 5 oh 5, 21:30, 5 PM or 9 oh 5 a.m."),
+        ("Add 3/4 cup, 1/2 spoon, 5-10 minutes.", "Add 3 quarters cup, 1 half spoon, 5 to 10 minutes."),
+        # not after a number, or not a unit, a fraction or a range: as written
+        ("Press m then g, in the 1990s, 24/7, on 3/4/2025 or 2024-05-01.",) * 2,
+    ],
+)
+def test_units_and_signs_beside_a_number_are_said_in_words(test_voice: Path, written: str, read: str) -> None:
+    """espeak reads "5 km/h" as "five k m slash h" and "3 kg" as "three k g"."""
+    assert speakable(written, "en") == read
+    voice = Voice(test_voice)
+    assert np.array_equal(np.concatenate(list(voice.synthesize(written))), np.concatenate(list(voice.synthesize(read))))
+
+
+@pytest.mark.parametrize(
+    ("written", "read"),
+    [
+        ("温度是21°C，风速5 km/h。", "温度是21摄氏度，风速5公里每小时。"),
+        ("湿度50%，还有3 kg和3/4。", "湿度百分之50，还有3公斤和4分之3。"),
+        ("5:30到12:00，5-10分钟，$5。", "5点30分到12点，5到10分钟，5美元。"),
+    ],
+)
+def test_a_chinese_voice_says_units_and_signs_in_chinese(tmp_path: Path, written: str, read: str) -> None:
+    """A Chinese voice says "km" and "%" in English letters, and 百分之五十 puts the number last."""
+    from tests.piper_voice import make_piper_voice
+
+    assert speakable(written, "zh") == read
+    voice = Voice(make_piper_voice(tmp_path, language="cmn"))
+    assert np.array_equal(np.concatenate(list(voice.synthesize(written))), np.concatenate(list(voice.synthesize(read))))
+
+
 def test_a_missing_speaker_does_not_stop_the_assistant(caplog: pytest.LogCaptureFixture) -> None:
     """Unplugged at the start or later: what it would have played is lost, said once in the log."""
     import logging
@@ -723,6 +812,35 @@ def test_a_missing_speaker_does_not_stop_the_assistant(caplog: pytest.LogCapture
             sink.play(earcon(), EARCON_RATE)
     said = [r.getMessage() for r in caplog.records if r.name == "assistant.voice.audio"]
     assert len(said) == 1 and "'no such speaker'" in said[0], said
+
+
+def test_the_chime_of_a_barge_in_waits_for_the_cut_reply_and_does_not_revive_it() -> None:
+    """The wake's chime is played while the reply's sound is being cut: it must not clear the stop and let
+    the reply play on under it, nor open the device while the reply still has it."""
+    from assistant.voice.audio import SpeakerSink
+
+    written: list[str] = []
+
+    class Speaker:  # sounddevice with a device: a block's write returns when it has (about) been played
+        def query_devices(self, device, kind: str) -> dict:
+            return {"default_samplerate": RATE}
+
+        def OutputStream(self, **settings) -> contextlib.AbstractContextManager:  # noqa: N802 (sounddevice's name)
+            return contextlib.nullcontext(self)
+
+        def write(self, block: np.ndarray) -> None:
+            written.append(threading.current_thread().name)
+            time.sleep(len(block) / RATE)
+
+    sink = SpeakerSink()
+    sink.sounddevice = Speaker()
+    reply = threading.Thread(target=sink.play, args=(np.ones(3 * RATE, np.int16), RATE), name="reply")
+    reply.start()
+    time.sleep(0.25)
+    sink.stop()  # as a barge-in does, then the chime
+    sink.play(earcon(), EARCON_RATE)
+    reply.join()
+    assert written.count("reply") < 5 and written[-2:] == ["MainThread"] * 2, written
 
 
 def test_an_output_that_fails_loses_the_reply_not_the_loop(test_voice: Path, caplog: pytest.LogCaptureFixture) -> None:

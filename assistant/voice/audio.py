@@ -188,9 +188,16 @@ class SpeakerSink:
         self.sounddevice = sounddevice
         self.device, self.rate = device, rate
         self.interrupted = threading.Event()
+        # One sound at a time: the wake's chime, played while a reply's sound is being cut, waits for
+        # it to stop (a block at most) rather than clear the stop and play over it.
+        self.playing = threading.Lock()
         self.failing = False  # said once in the log until the speaker plays again
 
     def play(self, pcm: np.ndarray, rate: int) -> None:
+        with self.playing:
+            self._play(pcm, rate)
+
+    def _play(self, pcm: np.ndarray, rate: int) -> None:
         self.interrupted.clear()
         try:
             out_rate = int(self.rate or self.sounddevice.query_devices(self.device, "output")["default_samplerate"])

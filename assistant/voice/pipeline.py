@@ -102,10 +102,8 @@ class VoicePipeline:
                 continue
             if self.reply is not None and self.reply.alive():
                 self.emit("barge_in")
-            self.stop_reply()
+            self.stop_reply(chime=self.play_earcon)
             self.emit("wake", phrase=wake.phrase, confidence=wake.confidence, at=self.position)
-            if self.play_earcon:
-                self.sink.play(earcon(), EARCON_RATE)
             self.transcriber.start()
             self.hearing = True
             # Words said right after the phrase, in the same breath, are already behind us: hear them first.
@@ -245,14 +243,20 @@ class VoicePipeline:
         self.emit("latency", **{f"{k}_ms": v for k, v in breakdown.items()})
         log.info("latency from end of speech: %s", ", ".join(f"{k} {v} ms" for k, v in breakdown.items()))
 
-    def stop_reply(self) -> None:
-        """Barge-in or "stop": silence now (an announcement too), stop generating, wait for both threads."""
+    def stop_reply(self, chime: bool = False) -> None:
+        """Barge-in or "stop": silence now (an announcement too), stop generating, wait for both threads.
+
+        `chime` (a wake): the earcon, played before the wait, which lasts until the piece being synthesized
+        is done (a voice that is not split takes it whole: 40 words are 2 s on a PC).
+        """
         self.hushed.set()
         threads = self.reply.threads if self.reply is not None else []
         if self.reply is not None:
             self.reply.cancel.set()
             self.reply.speaking.set()  # a turn waiting for its first audio goes on, to see the cancel
         self.sink.stop()
+        if chime:
+            self.sink.play(earcon(), EARCON_RATE)
         for thread in threads:
             thread.join(timeout=10)
 

@@ -38,6 +38,56 @@ _HAN_KANA_CHARACTER = re.compile(f"[{_HAN_KANA}]")
 # A web address is read as its host ("example.com"), not as "h t t p s colon slash slash ...", and
 # the punctuation after it still ends its sentence.
 _ADDRESS = re.compile(r"\bhttps?://(?:www\.)?([^\s/?#]+)\S*?(?=[.,;:!?)]*(?:\s|$))")
+# Units and signs beside a number, which espeak spells out ("5 km/h": "five k m slash h", "3 kg": "three k
+# g") and a Chinese voice says in English letters: said in words by the voices of the languages here, and
+# only beside a number, so "the m key" keeps its m.
+_UNIT_WORDS = [  # as written; in English ("{s}" is said after any number but 1); in Chinese
+    ("°C", "degree{s} Celsius", "摄氏度"),
+    ("℃", "degree{s} Celsius", "摄氏度"),
+    ("°F", "degree{s} Fahrenheit", "华氏度"),
+    ("℉", "degree{s} Fahrenheit", "华氏度"),
+    ("°", None, "度"),  # espeak's English says "degrees"
+    ("km/h", "kilometer{s} per hour", "公里每小时"),
+    ("mph", "mile{s} per hour", "英里每小时"),
+    ("m/s", "meter{s} per second", "米每秒"),
+    ("km", "kilometer{s}", "公里"),
+    ("m", "meter{s}", "米"),
+    ("cm", "centimeter{s}", "厘米"),
+    ("mm", "millimeter{s}", "毫米"),
+    ("kg", "kilogram{s}", "公斤"),
+    ("g", "gram{s}", "克"),
+    ("mg", "milligram{s}", "毫克"),
+    ("ml", "milliliter{s}", "毫升"),
+    ("l", "liter{s}", "升"),
+    ("L", "liter{s}", "升"),
+    ("kWh", "kilowatt hour{s}", "千瓦时"),
+    ("kW", "kilowatt{s}", "千瓦"),
+    ("W", "watt{s}", "瓦"),
+    ("h", "hour{s}", "小时"),
+    ("min", "minute{s}", "分钟"),
+    ("s", "second{s}", "秒"),
+    ("$", "dollar{s}", "美元"),
+    ("€", "euro{s}", "欧元"),
+    ("£", "pound{s}", "英镑"),
+    ("¥", None, "元"),  # yen or yuan
+    ("￥", None, "元"),
+]
+_UNITS = {
+    "en": {written: en for written, en, _ in _UNIT_WORDS if en},
+    "zh": {written: zh for written, _, zh in _UNIT_WORDS},
+}
+_FRACTION_NAMES = ["", "", "half", "third", "quarter", "fifth", "sixth", "seventh", "eighth", "ninth", "tenth"]
+# A number as written (5, 2.5, 1,000). Latin letters and digits (not \w: Chinese characters are word
+# characters, and "温度是21°C" has its number right after one) mark a number or unit inside a longer word.
+_NUMBER = r"\d+(?:[.,]\d+)*"
+_CURRENCY = re.compile(rf"([$€£¥￥]) ?({_NUMBER})(?![A-Za-z0-9]|[.,]\d)")
+_UNIT_NAMES = sorted(_UNITS["zh"], key=len, reverse=True)  # km/h before km before m
+_UNIT = re.compile(rf"(?<![A-Za-z0-9.,$€£¥￥])({_NUMBER})( ?)({'|'.join(map(re.escape, _UNIT_NAMES))})(?![A-Za-z0-9])")
+# "5-10" and "5–10", not a date (2024-05-01) or a number with a leading zero (a telephone's 555-0123).
+_RANGE = re.compile(rf"(?<![A-Za-z0-9.,:/–-])({_NUMBER})(?:-| ?– ?)(?!0\d)({_NUMBER})(?![0-9.,:/–-])")
+_FRACTION = re.compile(r"(?<![A-Za-z0-9.,/])(\d)/(\d+)(?![0-9.,/])")  # not a date (3/4/2025)
+_CLOCK = re.compile(r"(?<![0-9:])([01]?\d|2[0-3]):([0-5]\d)(?![0-9:])( ?[AaPp]\.?[Mm]\b\.?)?")
+_PERCENT = re.compile(rf"({_NUMBER}) ?[%％]")
 MIN_CLAUSE_WORDS = 4  # a shorter first clause ("Sure," "好的，") waits for more
 # Text that runs on without a sentence end is cut after this many words, at a clause or a space if
 # it has one: the voice's encoder takes a piece whole, in time and memory that grow with its
@@ -98,10 +148,56 @@ class SentenceSplitter:
 
 
 def speakable(text: str, language: str) -> str:
-    """`text` as a voice of `language` should read it: without the marks above, and without Chinese or
-    Japanese characters unless it speaks them (espeak says "Chinese letter" for each)."""
-    text = _MARKS.sub(" ", _ADDRESS.sub(r"\1", _UNSPEAKABLE.sub("", text)))
+    """`text` as a voice of `language` should read it: without the marks above, units and signs beside a
+    number in words, and without Chinese or Japanese characters unless it speaks them (espeak says
+    "Chinese letter" for each)."""
+    text = _numbers_in_words(_MARKS.sub(" ", _ADDRESS.sub(r"\1", _UNSPEAKABLE.sub("", text))), language)
     return text if language in ("zh", "ja") else _HAN_KANA_CHARACTER.sub(" ", text)
+
+
+def _numbers_in_words(text: str, language: str) -> str:
+    """Ranges, fractions, times, percentages, currencies and units as a voice of `language` says them."""
+    if language not in _UNITS:
+        return text
+    units, zh = _UNITS[language], language == "zh"
+
+    def named(number: str, unit: str) -> str:
+        words = units[unit].replace("{s}", "" if number == "1" else "s")
+        return f"{number}{words}" if zh else f"{number} {words}"
+
+    def fraction(m: re.Match) -> str:
+        n, d = int(m[1]), int(m[2])
+        if not 0 < n < d <= 10:
+            return m[0]  # 24/7, 5/20: not a fraction said with a name
+        return f"{d}分之{n}" if zh else f"{n} {_FRACTION_NAMES[d]}{'' if n == 1 else 's'}"  # 四分之三: 3/4
+
+    def clock(m: re.Match) -> str:
+        if zh:
+            return f"{m[1]}点" if m[2] == "00" else f"{m[1]}点{m[2]}分"
+        # espeak says 21:30 well, but "zero zero" for 12:00 and "zero five" for 5:05
+        hours, minutes, noon = m[1], m[2], m[3] or ""
+        if minutes == "00":
+            return f"{hours}{noon}" if noon else f"{hours} o'clock"  # 5:00 PM: five PM
+        return f"{hours} oh {minutes[1]}{noon}" if minutes[0] == "0" else m[0]
+
+    def currency(m: re.Match) -> str:
+        if m[1] not in units:
+            return m[0]
+        if zh or not re.fullmatch(r"\d+\.\d\d", m[2]):
+            return named(m[2], m[1])
+        whole, cents = m[2].split(".")
+        return named(whole, m[1]) + ("" if cents == "00" else f" {cents}")  # $5.50: five dollars fifty
+
+    def unit(m: re.Match) -> str:
+        if m[3] not in units or (m[3] == "s" and not m[2]):
+            return m[0]  # the 1990s, not seconds
+        return named(m[1], m[3])
+
+    text = _RANGE.sub(r"\1到\2" if zh else r"\1 to \2", text)
+    text = _CLOCK.sub(clock, _FRACTION.sub(fraction, text))
+    if zh:  # English says 50% well; Chinese says 百分之五十
+        text = _PERCENT.sub(r"百分之\1", text)
+    return _UNIT.sub(unit, _CURRENCY.sub(currency, text))
 
 
 def windows(
