@@ -9,6 +9,8 @@ later in the journal.
 
 from __future__ import annotations
 
+import errno
+import os
 import re
 import shutil
 import sys
@@ -17,7 +19,7 @@ from pathlib import Path
 from assistant.config import Settings, load_settings, settings_from_text
 from assistant.daemon.control import answers
 from assistant.doctor import writable
-from assistant.setup.download import write_atomic
+from assistant.setup.download import write_atomic, write_problem
 
 PACKAGE = Path(__file__).resolve().parents[1]
 UNIT_TEMPLATE = PACKAGE / "data" / "assistant.service"
@@ -134,17 +136,16 @@ def install(
     written = [_under(root, unit_dir), _under(root, SOCKET_RECORD).parent]
     written += [on_disk.parent] if new_config is not None else []
     written += [_under(root, STATE_DIR / "models")] if models is not None else []
-    problems += [
-        f"{folder}: cannot be written (a read-only file system, a file in the way, or another user's: sudo?)"
-        for folder in dict.fromkeys(written)
-        if not writable(folder)
-    ]
+    problems += [_unwritable(folder) for folder in dict.fromkeys(written) if not writable(folder)]
     socket_path = _service_view(root, settings.control.socket) if settings.control.socket else SERVICE_SOCKET
     if answers(_under(root, socket_path)):
         problems.append(
             f"{socket_path}: an assistant already answers there; stop it first (`systemctl stop assistant`, or "
             "Ctrl-C the `assistant run`): two instances cannot share one control socket"
         )
+    problems = list(dict.fromkeys(problems))  # two folders on one read-only file system: said once
+    if len(problems) == 1:
+        raise InstallError(problems[0])
     if problems:
         raise InstallError("the service could not run as configured:\n  " + "\n  ".join(problems))
 
@@ -208,6 +209,14 @@ def _configured_paths(settings: Settings, root: Path) -> list[tuple[str, Path]]:
         *((f"skills.paths[{i}]", p) for i, p in enumerate(settings.skills.paths)),
     ]
     return [(key, _service_view(root, path)) for key, path in found if path is not None]
+
+
+def _unwritable(folder: Path) -> str:
+    """Why `folder` cannot be written: a read-only file system in the words `assistant setup` uses."""
+    existing = next(p for p in [folder, *folder.parents] if p.exists())
+    if os.statvfs(existing).f_flag & os.ST_RDONLY:
+        return write_problem(OSError(errno.EROFS, os.strerror(errno.EROFS), str(existing)), existing)
+    return f"{folder}: cannot be written (a file in the way, or another user's: sudo?)"
 
 
 def _writable_problems(settings: Settings, root: Path) -> list[str]:
