@@ -208,23 +208,19 @@ def test_a_barge_in_chimes_at_once_while_a_whole_sentence_is_synthesized(
     ko_model, tmp_path: Path, medium_voice: Path
 ) -> None:
     """A voice that is not split takes a piece whole (40 words: 1-3 s on a PC): the wake's chime must not
-    wait for it, any more than the reply's own audio does."""
+    wait for it, any more than the reply's own audio does (the piece is cut, and never heard)."""
     wake, command = speech(WAKE, tmp_path), speech("날씨", tmp_path)
     first = write_wav(tmp_path / "in.wav", silence(0.5), wake, silence(1.0), command, silence(2.0))
     again = write_wav(tmp_path / "again.wav", wake, silence(1.0), speech("음악", tmp_path), silence(2.0))
     long_piece = " ".join(["the kitchen light is on and the hall light is off"] * 4)  # 40 words, no clause
     voice = Voice(medium_voice)
-    synthesizing, synthesized, heard, events = threading.Event(), [], [], []
+    synthesizing, heard, events = threading.Event(), [], []
     synthesize = voice.synthesize
 
     def timed(text: str) -> Iterator[np.ndarray]:
-        long = text.startswith(long_piece)
-        if long:
+        if text.startswith(long_piece):
             synthesizing.set()
-        for audio in synthesize(text):  # a whole voice: one chunk, when the piece is synthesized
-            if long:
-                synthesized.append(time.monotonic())
-            yield audio
+        yield from synthesize(text)
 
     def frames() -> Iterator[np.ndarray]:
         yield from wav_source(first)
@@ -243,14 +239,76 @@ def test_a_barge_in_chimes_at_once_while_a_whole_sentence_is_synthesized(
     transcriber = Transcriber(ko_model, silence_timeout=0.8, grammar=COMMANDS)
 
     def on_event(event: dict) -> None:
-        events.append((event["type"], time.monotonic()))
+        events.append((event["type"], event.get("text"), time.monotonic()))
 
     VoicePipeline(detector, transcriber, voice, sink, respond, on_event=on_event).run(frames())
     chime = len(resample(earcon(), EARCON_RATE, sink.rate))
     chimes = [at for at, samples in sink.chunks if samples == chime]
-    (barge_in,) = [at for kind, at in events if kind == "barge_in"]
-    assert len(chimes) == 2 and chimes[1] < synthesized[0] and chimes[1] - barge_in < 0.5
+    (barge_in,) = [at for kind, _, at in events if kind == "barge_in"]
+    assert len(chimes) == 2 and chimes[1] - barge_in < 0.5
+    assert not [text for kind, text, _ in events if kind == "audio" and text.startswith(long_piece)]
     assert heard == ["날씨", "음악"]  # and the command after it is answered
+
+
+def test_a_command_after_a_barge_in_is_answered_as_soon_as_after_a_plain_wake(
+    ko_model, tmp_path: Path, medium_voice: Path
+) -> None:
+    """The phrase and a command said in one breath while a voice that is not split synthesizes a piece whole
+    (40 words: 1-3 s on a PC): the answer must not wait for the rest of that synthesis, which nobody hears."""
+    wake, command = speech(WAKE, tmp_path), speech("날씨", tmp_path)
+    first = write_wav(tmp_path / "in.wav", silence(0.5), wake, silence(1.0), command, silence(2.0))
+    said = write_wav(tmp_path / "said.wav", wake, silence(0.3), speech("음악", tmp_path))
+    quiet = write_wav(tmp_path / "quiet.wav", silence(2.0))
+    long_piece = " ".join(["the kitchen light is on and the hall light is off"] * 4)  # 40 words, no clause
+    voice = Voice(medium_voice)
+    synthesizing, synthesized, ended, heard, events = threading.Event(), [], [], [], []
+    synthesize = voice.synthesize
+
+    def timed(text: str) -> Iterator[np.ndarray]:
+        if not text.startswith(long_piece):
+            yield from synthesize(text)
+            return
+        synthesizing.set()
+        try:
+            yield from synthesize(text)
+        finally:
+            synthesized.append(time.monotonic())  # its synthesis is over, cut or whole
+
+    def just_said() -> Iterator[np.ndarray]:
+        """The command, heard by now (said over the reply), then silence as a microphone gives it."""
+        yield from wav_source(said)
+        ended.append(time.monotonic())
+        for i, frame in enumerate(wav_source(quiet)):
+            time.sleep(max(0.0, ended[-1] + (i + 1) * len(frame) / RATE - time.monotonic()))
+            yield frame
+
+    def frames() -> Iterator[np.ndarray]:
+        yield from wav_source(first)
+        assert synthesizing.wait(timeout=30)
+        yield from just_said()  # a barge-in, while the long piece is being synthesized
+        yield from just_said()  # the same after a plain wake (that reply is over)
+
+    replies = iter([["It is sunny. ", long_piece + ". "], ["OK."], ["OK."]])
+
+    def respond(text: str, cancel: threading.Event) -> Iterator[str]:
+        heard.append(text)
+        return iter(next(replies))
+
+    voice.synthesize = timed
+    detector = WakeDetector(ko_model, [WAKE], min_confidence=0.5)
+    transcriber = Transcriber(ko_model, silence_timeout=0.8, grammar=COMMANDS)
+
+    def on_event(event: dict) -> None:
+        events.append((event["type"], event.get("text"), time.monotonic()))
+
+    VoicePipeline(detector, transcriber, voice, WavSink(tmp_path / "out.wav"), respond, on_event=on_event).run(frames())
+    assert heard == ["날씨", "음악", "음악"]
+    (barge_in,) = [at for kind, _, at in events if kind == "barge_in"]
+    assert synthesized[0] - barge_in < 0.3  # the cut piece no longer holds the CPU either
+    answered = [at for kind, text, at in events if kind == "audio" and text == "OK."]  # first audio of each
+    after_barge_in, after_wake = (at - end for at, end in zip(answered, ended, strict=True))
+    assert after_barge_in < after_wake + 0.3, (after_barge_in, after_wake)
+    assert not [text for kind, text, _ in events if kind == "audio" and text.startswith(long_piece)]  # never heard
 
 
 def test_sentence_splitter_on_streamed_pieces() -> None:

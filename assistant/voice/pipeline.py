@@ -244,17 +244,15 @@ class VoicePipeline:
         log.info("latency from end of speech: %s", ", ".join(f"{k} {v} ms" for k, v in breakdown.items()))
 
     def stop_reply(self, chime: bool = False) -> None:
-        """Barge-in or "stop": silence now (an announcement too), stop generating, wait for both threads.
-
-        `chime` (a wake): the earcon, played before the wait, which lasts until the piece being synthesized
-        is done (a voice that is not split takes it whole: 40 words are 2 s on a PC).
-        """
+        """Barge-in or "stop": silence now (an announcement too), stop generating and synthesizing, wait for
+        both threads. `chime` (a wake): the earcon, played before the wait."""
         self.hushed.set()
         threads = self.reply.threads if self.reply is not None else []
         if self.reply is not None:
             self.reply.cancel.set()
             self.reply.speaking.set()  # a turn waiting for its first audio goes on, to see the cancel
         self.sink.stop()
+        self.voice.cut()
         if chime:
             self.sink.play(earcon(), EARCON_RATE)
         for thread in threads:

@@ -228,6 +228,16 @@ def _to_int16(audio: np.ndarray) -> np.ndarray:
     return (np.clip(audio, -1.0, 1.0) * 32767).astype(np.int16)
 
 
+class _Cuttable:
+    """A voice's onnxruntime session, whose run under way the voice's `cut` ends."""
+
+    def __init__(self, session, voice: Voice):
+        self.session, self.voice = session, voice
+
+    def run(self, names: list[str] | None, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        return self.session.run(names, feed, self.voice.run_options)
+
+
 class Voice:
     """A piper voice (.onnx with its .onnx.json beside it), whole or split for streaming.
 
@@ -270,8 +280,11 @@ class Voice:
                 missing = path.with_name(name)
                 raise FileNotFoundError(f"{missing}: part of the split voice is missing; run `assistant setup` again")
 
+        self.run_options = onnxruntime.RunOptions()  # of the synthesis under way: `cut` ends it
+
         def session(file: Path):  # built here rather than with PiperVoice.load: it shares the LLM's threads
-            return onnxruntime.InferenceSession(str(file), session_options(), providers=["CPUExecutionProvider"])
+            cpu = ["CPUExecutionProvider"]
+            return _Cuttable(onnxruntime.InferenceSession(str(file), session_options(), providers=cpu), self)
 
         self.voice = PiperVoice(session=session(path.with_name(self.stream.encoder) if self.stream else path),
                                 config=config)  # fmt: skip
@@ -351,7 +364,14 @@ class Voice:
 
     def synthesize(self, text: str) -> Iterator[np.ndarray]:
         """int16 audio at self.rate: a chunk per decoder window (split voice) or per sentence (whole)."""
-        text = speakable(text, self.language)
+        run = self.run_options
+        try:
+            yield from self._synthesize(speakable(text, self.language))
+        except Exception:
+            if not run.terminate:  # not ended by `cut`, which a barge-in wants: a real failure
+                raise
+
+    def _synthesize(self, text: str) -> Iterator[np.ndarray]:
         if self.stream is None:
             for chunk in self.voice.synthesize(text, self.config):
                 yield chunk.audio_int16_array
@@ -359,6 +379,15 @@ class Voice:
         for z in self.latents(text):
             for audio in self.decode(z):
                 yield _to_int16(audio)
+
+    def cut(self) -> None:
+        """End the synthesis under way at once, between two of its operators (a barge-in): a voice that is not
+        split takes a piece whole, 40 words in 1-3 s on a PC, and the next command's answer would wait for it.
+        """
+        import onnxruntime
+
+        self.run_options.terminate = True
+        self.run_options = onnxruntime.RunOptions()  # for the syntheses that come next
 
     def warm_up(self) -> None:
         """One synthesis thrown away: the first real reply does not pay for onnxruntime's first runs."""
