@@ -256,20 +256,23 @@ def test_clear_errors_before_any_work(tiny_hf: Path, tmp_path: Path) -> None:
 
 
 class RangeHandler(http.server.BaseHTTPRequestHandler):
-    """Serves files from `self.server.files`, honours Range, and can cut the first transfer short."""
+    """Serves files from `self.server.files`, honours Range and If-Range (each file's ETag is its sha256),
+    and can cut the first transfer short."""
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
         data = self.server.files.get(self.path)
         if data is None:
             self.send_error(404)
             return
+        etag = f'"{hashlib.sha256(data).hexdigest()}"'
         start = 0
-        if header := self.headers.get("Range"):
+        if (header := self.headers.get("Range")) and self.headers.get("If-Range", etag) == etag:
             start = int(header.removeprefix("bytes=").split("-")[0])
             self.server.ranges.append(start)
         body = data[start:]
         self.send_response(206 if start else 200)
         self.send_header("Content-Length", str(len(body)))
+        self.send_header("ETag", etag)
         self.end_headers()
         if self.server.cut_after and not start:
             self.wfile.write(body[: self.server.cut_after])
@@ -322,6 +325,19 @@ def test_a_partial_download_of_another_url_is_not_resumed(server, tmp_path: Path
     download(url(server, "/right.onnx"), dest)
     assert server.ranges == [] and dest.read_bytes() == right  # fetched whole, not spliced onto the other
     assert sorted(p.name for p in tmp_path.iterdir()) == ["voice.onnx"]
+
+
+def test_a_file_replaced_on_the_server_between_attempts_is_fetched_whole(server, tmp_path: Path) -> None:
+    """A new release uploaded under the same URL after an interrupted download: no splice of the two."""
+    old, new = os.urandom(300_000), os.urandom(300_000)
+    server.files["/voice.onnx"] = old
+    server.cut_after = 100_000
+    dest = tmp_path / "voice.onnx"
+    with pytest.raises(SetupError, match="interrupted"):
+        download(url(server, "/voice.onnx"), dest)
+    server.files["/voice.onnx"] = new
+    download(url(server, "/voice.onnx"), dest)
+    assert server.ranges == [] and dest.read_bytes() == new
 
 
 def test_a_file_already_there_with_another_checksum_is_one_line(server, tmp_path: Path) -> None:

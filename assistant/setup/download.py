@@ -119,12 +119,16 @@ def download(url: str, dest: Path, sha256: str | None = None, timeout: float = 3
     part = dest.with_name(dest.name + ".part")
     source = _url_file(part)
     have = part.stat().st_size if part.exists() else 0
-    if have and _read(source) != url:  # the start of another file: resuming would splice the two
-        log.warning("%s: a partial download of %s; starting %s over", part, _read(source) or "another URL", url)
+    saved_url, _, version = (_read(source) or "").partition("\n")
+    if have and saved_url != url:  # the start of another file: resuming would splice the two
+        log.warning("%s: a partial download of %s; starting %s over", part, saved_url or "another URL", url)
         have = 0
         part.unlink()
+    headers = {"Range": f"bytes={have}-"} if have else {}
+    if have and version:  # a file replaced on the server since is then sent whole, not spliced onto the old start
+        headers["If-Range"] = version
     try:
-        request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
+        request = urllib.request.Request(url, headers=headers)
         response = urllib.request.urlopen(request, timeout=timeout)
     except urllib.error.HTTPError as e:
         if not (e.code == 416 and have):  # 416 with a part file: nothing left to fetch, it is whole
@@ -153,8 +157,15 @@ def download(url: str, dest: Path, sha256: str | None = None, timeout: float = 3
 
 
 def _url_file(part: Path) -> Path:
-    """Beside a partial download, the URL it holds the start of: only that URL may resume it."""
+    """Beside a partial download, the URL it holds the start of and the server's version of the file
+    (its ETag or Last-Modified): only that URL may resume it, and only while the file is that version."""
     return part.with_name(part.name + ".url")
+
+
+def _version(headers) -> str:
+    """What If-Range may name: a strong ETag, else Last-Modified (a weak ETag may not be used)."""
+    etag = headers.get("ETag") or ""
+    return etag if etag and not etag.startswith("W/") else headers.get("Last-Modified") or ""
 
 
 def _read(path: Path) -> str | None:
@@ -168,7 +179,7 @@ def _receive(response, part: Path, have: int, label: str, url: str) -> None:
     resumed = response.status == 206
     if not resumed:
         have = 0  # the server ignored the range (or a file:// URL): start over
-        write_atomic(_url_file(part), url)
+        write_atomic(_url_file(part), f"{url}\n{_version(response.headers)}")
     length = response.headers.get("Content-Length")
     progress = Progress(label, have + int(length) if length else None)
     progress.update(have)
