@@ -393,6 +393,17 @@ def test_zip_that_is_not_a_zip_is_discarded(server, tmp_path: Path) -> None:
     assert not list(tmp_path.iterdir())
 
 
+def test_an_archive_bigger_than_the_free_disk_is_refused_and_leaves_nothing_unpacked(server, tmp_path: Path) -> None:
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("vosk-model-test/am/final.mdl", b"\0" * 20_000_000)  # 20 MB in a 20 kB download
+    server.files["/vosk.zip"] = archive.getvalue()
+    with small_disk(tmp_path / "disk") as disk:
+        with pytest.raises(SetupError, match=rf"unpacks to 20 MB, \d+ MB free on {disk}; free space and run"):
+            download_and_unzip(url(server, "/vosk.zip"), disk / "vosk")
+        assert sorted(p.name for p in disk.iterdir()) == ["vosk.zip"]  # kept for the next attempt
+
+
 def test_docker_command_mounts_both_folders(tiny_hf: Path, tmp_path: Path, monkeypatch) -> None:
     from assistant.setup.pulsar2 import pulsar2_command
 

@@ -216,10 +216,19 @@ def download_and_unzip(url: str, dest_dir: Path, sha256: str | None = None) -> P
     shutil.rmtree(unpacked, ignore_errors=True)
     try:
         with zipfile.ZipFile(archive) as z:
+            expanded, free = sum(i.file_size for i in z.infolist()), shutil.disk_usage(dest_dir.parent).free
+            if expanded > free:  # an archive that would fill the disk is refused before it does
+                raise SetupError(
+                    f"{url}: unpacks to {expanded / 1e6:.0f} MB, {free / 1e6:.0f} MB free on {dest_dir.parent}; "
+                    "free space and run the same command again"
+                )
             z.extractall(unpacked)
     except zipfile.BadZipFile:
         archive.unlink()
         raise SetupError(f"{url}: not a zip archive; the download was discarded") from None
+    except BaseException:
+        shutil.rmtree(unpacked, ignore_errors=True)  # a full disk or Ctrl-C: no half-unpacked model left behind
+        raise
     # vosk archives hold one top-level folder named like the model
     entries = list(unpacked.iterdir())
     root = entries[0] if len(entries) == 1 and entries[0].is_dir() else unpacked
