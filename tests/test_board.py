@@ -324,3 +324,28 @@ def test_a_runtime_that_cannot_count_shape_groups_is_named_not_the_model(
         Engine(board_model, backend="axengine")
     assert "reports 1 shape group for a model built with 9" in str(error.value)
     assert str(error.value).endswith("update the board's SDK") and "assistant setup" not in str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("edit", "words"),
+    [
+        (lambda m: m["backends"]["axengine"]["layers"].__setitem__(1, 7), r"backends\.axengine names its layers"),
+        (
+            lambda m: m["backends"]["axengine"].__setitem__("prefill_len", "128"),
+            r"backends.axengine: prefill_len '128' or kv_history",
+        ),
+        (lambda m: m.__setitem__("embeddings", None), r"embeddings is None, not a file name"),
+        (lambda m: m.__setitem__("files", ["tokenizer.json"]), r"files is \['tokenizer.json'\], not each file"),
+        (lambda m: m["files"]["tokenizer.json"].pop("size"), r"files: tokenizer.json is listed as \{'sha256'"),
+    ],
+)
+def test_a_hand_edited_manifest_entry_is_named(board_model: Path, tmp_path: Path, axengine, edit, words: str) -> None:
+    import shutil
+
+    copy = tmp_path / "model"
+    shutil.copytree(board_model, copy)
+    manifest = yaml.safe_load((copy / "manifest.yaml").read_text())
+    edit(manifest)
+    (copy / "manifest.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
+    with pytest.raises(ModelError, match=rf"manifest\.yaml: {words}.*; re-run `assistant setup`"):
+        Engine(copy, backend="axengine")

@@ -103,6 +103,20 @@ def _wrong_value(m: Manifest) -> str | None:
     ids = m.eos_token_ids
     if not isinstance(ids, list) or not ids or any(type(i) is not int or not 0 <= i < m.vocab_size for i in ids):
         return f"eos_token_ids is {ids!r}, not a list of token ids below vocab_size {m.vocab_size}"
+    for name in ("embeddings", "tokenizer", "chat_template"):
+        if not isinstance(getattr(m, name), str):
+            return f"{name} is {getattr(m, name)!r}, not a file name"
+    for backend, files in m.backends.items():
+        if not isinstance(files.layers, list) or not all(isinstance(f, str) for f in [*files.layers, files.post]):
+            return f"backends.{backend} names its layers {files.layers!r} and post {files.post!r}, not file names"
+        numbers = [files.prefill_len, *files.kv_history] if isinstance(files.kv_history, list) else [None]
+        if any(type(n) is not int for n in numbers):
+            return f"backends.{backend}: prefill_len {files.prefill_len!r} or kv_history {files.kv_history!r} is wrong"
+    if not isinstance(m.files, dict):
+        return f"files is {m.files!r}, not each file with its size and sha256"
+    for name, entry in m.files.items():
+        if not isinstance(entry, dict) or type(entry.get("size")) is not int or type(entry.get("sha256")) is not str:
+            return f"files: {name} is listed as {entry!r}, not with its size and sha256"
     return None
 
 
