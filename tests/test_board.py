@@ -349,3 +349,17 @@ def test_a_hand_edited_manifest_entry_is_named(board_model: Path, tmp_path: Path
     (copy / "manifest.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
     with pytest.raises(ModelError, match=rf"manifest\.yaml: {words}.*; re-run `assistant setup`"):
         Engine(copy, backend="axengine")
+
+
+def test_a_layer_of_another_build_copied_over_is_named_as_such(board_model: Path, tmp_path: Path, axengine) -> None:
+    """The axmodel folder of a --kv-cache-len 2047 build copied over part of this one (bigger files)."""
+    import shutil
+
+    copy = tmp_path / "model"
+    shutil.copytree(board_model, copy)
+    layer = copy / "axmodel/qwen_l1.axmodel"
+    layer.write_bytes(layer.read_bytes() + b"\0" * 100)
+    with pytest.raises(
+        ModelError, match=r"qwen_l1\.axmodel: \d+ bytes, the manifest says \d+ \(a file of another build\?\)"
+    ):
+        Engine(copy, backend="axengine")

@@ -159,7 +159,8 @@ def verify_files(model_dir: Path, manifest: Manifest, names: list[str], checksum
             raise ModelError(f"{path}: not listed in {MANIFEST_FILE}; {FIX}")
         size = path.stat().st_size
         if size != expected["size"]:
-            raise ModelError(f"{path}: {size} bytes, the manifest says {expected['size']} (truncated?); {FIX}")
+            cause = "truncated?" if size < expected["size"] else "a file of another build?"
+            raise ModelError(f"{path}: {size} bytes, the manifest says {expected['size']} ({cause}); {FIX}")
         if checksums and sha256_of(path) != expected["sha256"]:
             raise ModelError(f"{path}: sha256 differs from the manifest (corrupt file); {FIX}")
     embeddings = model_dir / manifest.embeddings
