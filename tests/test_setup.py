@@ -661,6 +661,32 @@ def test_a_sharded_checkpoint_missing_a_shard_names_it_before_any_work(tiny_hf: 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ck"]  # no partial build
 
 
+def test_a_stale_checkpoint_file_beside_the_shards_is_not_built_from(tiny_hf: Path, tmp_path: Path) -> None:
+    """A folder that held model.safetensors and then received the sharded release (index and shards)."""
+    import torch
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoModelForCausalLM
+
+    ck = tmp_path / "ck"
+    AutoModelForCausalLM.from_pretrained(tiny_hf, dtype=torch.bfloat16).save_pretrained(ck, max_shard_size="200KB")
+    for name in ("tokenizer.json", "tokenizer_config.json", "generation_config.json", "config.json"):
+        shutil.copy(tiny_hf / name, ck / name)
+    stale = {name: torch.zeros_like(t) for name, t in load_file(tiny_hf / "model.safetensors").items()}
+    save_file(stale, ck / "model.safetensors")
+    assert host_setup(str(ck), "--out", str(tmp_path / "m")).returncode == 0
+    table = "model.embed_tokens.weight.bfloat16.bin"
+    assert host_setup(str(tiny_hf), "--out", str(tmp_path / "ref")).returncode == 0
+    assert (tmp_path / "m" / table).read_bytes() == (tmp_path / "ref" / table).read_bytes()  # the shards, as indexed
+
+    (ck / "model.safetensors.index.json").unlink()  # no index to say which: refused, not a silent pick
+    result = host_setup(str(ck), "--out", str(tmp_path / "m2"))
+    assert result.returncode == 78, result.stderr
+    assert one_error_line(result) == (
+        f"error: {ck / 'model.safetensors'}: holds tensor model.embed_tokens.weight as "
+        "model-00001-of-00002.safetensors does: two checkpoints in one folder; keep one of them"
+    )
+
+
 def test_a_quantized_checkpoint_is_named_as_such(tiny_hf: Path, tmp_path: Path) -> None:
     """GPTQ / AWQ store a linear layer as qweight (and scales): not the float weights the build reads."""
     import struct

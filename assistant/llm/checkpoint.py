@@ -113,10 +113,17 @@ class Checkpoint:
             shards = set()
         if missing := sorted(name for name in shards if not (model_dir / name).is_file()):
             raise ModelError(f"{model_dir / missing[0]}: missing ({index.name} lists it); {AGAIN}")
+        if shards:  # as transformers reads it: other *.safetensors beside (an older download) are not this model
+            files = [model_dir / name for name in sorted(shards)]
         self._where: dict[str, tuple[Path, dict, int]] = {}
         for file in files:
             header, data_start = _read_header(file)
             for name, info in header.items():
+                if name in self._where:
+                    raise ModelError(
+                        f"{file}: holds tensor {name} as {self._where[name][0].name} does: two checkpoints in one "
+                        f"folder; keep one of them"
+                    )
                 self._where[name] = (file, info, data_start)
 
     def __contains__(self, name: str) -> bool:
