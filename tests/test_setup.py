@@ -256,10 +256,16 @@ def test_clear_errors_before_any_work(tiny_hf: Path, tmp_path: Path) -> None:
 
 
 class RangeHandler(http.server.BaseHTTPRequestHandler):
-    """Serves files from `self.server.files`, honours Range and If-Range (each file's ETag is its sha256),
-    and can cut the first transfer short."""
+    """Serves files from `self.server.files` and redirects from `self.server.redirects`, honours Range and
+    If-Range (each file's ETag is its sha256), and can cut the first transfer short."""
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        if target := self.server.redirects.get(self.path):
+            self.send_response(302)
+            self.send_header("Location", target)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         data = self.server.files.get(self.path)
         if data is None:
             self.send_error(404)
@@ -289,7 +295,7 @@ class RangeHandler(http.server.BaseHTTPRequestHandler):
 @pytest.fixture()
 def server() -> Iterator[http.server.ThreadingHTTPServer]:
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), RangeHandler)
-    httpd.files, httpd.ranges, httpd.cut_after = {}, [], 0
+    httpd.files, httpd.ranges, httpd.cut_after, httpd.redirects = {}, [], 0, {}
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
     yield httpd
@@ -384,6 +390,17 @@ def test_setup_fetches_the_configured_speech_models(server, tiny_hf: Path, tmp_p
     assert (tmp_path / "models/vosk-model-test/am/final.mdl").read_bytes() == b"acoustic model"
     assert (tmp_path / "models/piper/test.onnx.json").is_file()
     assert (tmp_path / f"models/{tiny_hf.name}/manifest.yaml").is_file()  # models/ beside the config
+
+
+def test_an_empty_file_or_a_redirect_loop_is_one_line(server, tmp_path: Path) -> None:
+    server.files["/voice.onnx"] = b""
+    with pytest.raises(SetupError, match=r"/voice\.onnx: an empty file, not a model; check the URL"):
+        download(url(server, "/voice.onnx"), tmp_path / "voice.onnx")
+    assert not list(tmp_path.iterdir())
+    server.redirects = {"/a": "/b", "/b": "/a"}
+    with pytest.raises(SetupError, match="HTTP 302 .* infinite loop") as error:
+        download(url(server, "/a"), tmp_path / "voice.onnx")
+    assert "\n" not in str(error.value)
 
 
 def test_zip_that_is_not_a_zip_is_discarded(server, tmp_path: Path) -> None:

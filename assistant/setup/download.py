@@ -132,8 +132,9 @@ def download(url: str, dest: Path, sha256: str | None = None, timeout: float = 3
         response = urllib.request.urlopen(request, timeout=timeout)
     except urllib.error.HTTPError as e:
         if not (e.code == 416 and have):  # 416 with a part file: nothing left to fetch, it is whole
+            reason = " ".join(str(e.reason).split())  # urllib's redirect-loop reason spans lines
             raise SetupError(
-                f"download of {url} failed: HTTP {e.code} {e.reason}; check the URL, or {OFFLINE_HELP}"
+                f"download of {url} failed: HTTP {e.code} {reason}; check the URL, or {OFFLINE_HELP}"
             ) from None
     except ValueError as e:  # not a URL at all: a bare path or a typo
         raise SetupError(f"cannot download {url} ({e}); give an http(s):// or file:///path URL") from None
@@ -143,6 +144,10 @@ def download(url: str, dest: Path, sha256: str | None = None, timeout: float = 3
     else:
         with response:
             _receive(response, part, have, dest.name, url)
+    if part.stat().st_size == 0:  # an error page's empty body, never a model file
+        part.unlink()
+        source.unlink(missing_ok=True)
+        raise SetupError(f"{url}: an empty file, not a model; check the URL")
     if sha256:
         actual = file_sha256(part)
         if actual != sha256.lower():
