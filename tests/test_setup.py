@@ -403,6 +403,11 @@ def test_an_empty_file_or_a_redirect_loop_is_one_line(server, tmp_path: Path) ->
     assert "\n" not in str(error.value)
 
 
+def test_a_url_with_spaces_is_fetched_as_a_browser_would(server, tmp_path: Path) -> None:
+    server.files["/en%20voice.onnx"] = b"onnx voice"
+    assert download(url(server, "/en voice.onnx"), tmp_path / "voice.onnx").read_bytes() == b"onnx voice"
+
+
 def test_zip_that_is_not_a_zip_is_discarded(server, tmp_path: Path) -> None:
     server.files["/vosk.zip"] = b"<html>proxy error</html>"
     with pytest.raises(SetupError, match="not a zip archive"):

@@ -128,7 +128,7 @@ def download(url: str, dest: Path, sha256: str | None = None, timeout: float = 3
     if have and version:  # a file replaced on the server since is then sent whole, not spliced onto the old start
         headers["If-Range"] = version
     try:
-        request = urllib.request.Request(url, headers=headers)
+        request = urllib.request.Request(url.replace(" ", "%20"), headers=headers)  # as a browser sends it
         response = urllib.request.urlopen(request, timeout=timeout)
     except urllib.error.HTTPError as e:
         if not (e.code == 416 and have):  # 416 with a part file: nothing left to fetch, it is whole
