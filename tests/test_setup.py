@@ -504,6 +504,19 @@ def test_setup_refuses_a_destination_that_is_not_a_model_it_built(tiny_hf: Path,
     assert (project / "empty" / "manifest.yaml").is_file()
 
 
+def test_a_mount_point_as_destination_is_refused_before_any_work(tiny_hf: Path, tmp_path: Path) -> None:
+    """A disk of its own mounted at --out: the finished build could not be renamed into its place."""
+    with small_disk(tmp_path / "disk", "size=50m") as disk:
+        result = host_setup(str(tiny_hf), "--out", str(disk))
+        assert result.returncode == 1, result.stderr
+        assert one_error_line(result).startswith(
+            f"error: cannot build into {disk}: a disk is mounted there (build into a folder on it, such as "
+            f"--out {disk / 'tiny-qwen2'})"
+        )
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["disk"]  # no build left on the other disk
+        assert host_setup(str(tiny_hf), "--out", str(disk / "tiny-qwen2")).returncode == 0
+
+
 def test_the_same_checkpoint_spelled_otherwise_is_up_to_date(tiny_hf: Path, tmp_path: Path) -> None:
     shutil.copytree(tiny_hf, tmp_path / "ck")
     out = str(tmp_path / "m")

@@ -155,6 +155,8 @@ def destination(opts: SetupOptions, models_dir: Path) -> Path:
         why = "it holds the current folder"
     elif dest.exists() and not dest.is_dir():
         why = "it is a file"
+    elif dest.is_mount():  # the build is swapped in by renaming, which a mount point refuses
+        why = f"a disk is mounted there (build into a folder on it, such as --out {dest / model_name(opts.model)})"
     elif dest.is_dir() and any(dest.iterdir()) and not _built_here(dest):
         why = "it holds files that are not a model built by `assistant setup`"
     if why:
