@@ -517,6 +517,16 @@ def test_a_mount_point_as_destination_is_refused_before_any_work(tiny_hf: Path, 
         assert host_setup(str(tiny_hf), "--out", str(disk / "tiny-qwen2")).returncode == 0
 
 
+def test_a_destination_that_is_a_symlink_is_built_where_it_points(tiny_hf: Path, tmp_path: Path) -> None:
+    """models/<name> linked to a folder on a bigger disk: the model goes there and the link stays."""
+    (tmp_path / "big").mkdir()
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models/qwen").symlink_to(tmp_path / "big")
+    assert host_setup(str(tiny_hf), "--out", str(tmp_path / "models/qwen")).returncode == 0
+    assert (tmp_path / "models/qwen").is_symlink() and (tmp_path / "big/manifest.yaml").is_file()
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["qwen"]
+
+
 def test_the_same_checkpoint_spelled_otherwise_is_up_to_date(tiny_hf: Path, tmp_path: Path) -> None:
     shutil.copytree(tiny_hf, tmp_path / "ck")
     out = str(tmp_path / "m")

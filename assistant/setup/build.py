@@ -164,6 +164,8 @@ def destination(opts: SetupOptions, models_dir: Path) -> Path:
             f"cannot build into {dest}: {why}, and a finished build replaces its folder; "
             "choose a new or empty folder with --out DIR"
         )
+    if given.is_symlink():  # the build goes where the link points (another disk, often), the link stays
+        return dest
     return given if given.name not in ("", "..") else dest  # as the person wrote it, for the log
 
 
