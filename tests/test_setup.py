@@ -790,6 +790,21 @@ def test_a_full_disk_is_one_line_and_the_same_command_then_finishes(tiny_hf: Pat
         assert assistant("config", "init", str(disk / "config.yaml")).returncode == 1  # and again the same
 
 
+def test_a_disk_that_fills_during_the_pulsar2_build_is_one_line(
+    tiny_hf: Path, tmp_path: Path, pulsar2_bin: Path
+) -> None:
+    env = {**os.environ, "PATH": f"{pulsar2_bin}:{os.environ['PATH']}"}
+    with small_disk(tmp_path / "disk", "size=700k") as disk:  # room for the checkpoint twice, not for the axmodels
+        args = ["--model", str(tiny_hf), "--target", "ax630c", "--no-speech", "--no-host", "--out", str(disk / "m")]
+        result = assistant("setup", *args, env=env)
+        assert result.returncode == 1, result.stderr
+        assert re.fullmatch(
+            rf"error: pulsar2 llm_build stopped: the disk is full \(\d+ MB free on {disk}/\.m\.partial\); free "
+            r"space and run the same command again",
+            result.stderr.splitlines()[-1],  # above it, pulsar2's own output as logged (its traceback)
+        )
+
+
 def test_too_little_disk_is_refused_before_any_work_and_the_model_stays(tiny_hf: Path, tmp_path: Path) -> None:
     with small_disk(tmp_path / "disk", "size=2m") as disk:
         assert host_setup(str(tiny_hf), "--out", str(disk / "m")).returncode == 0

@@ -276,7 +276,7 @@ def _board_build(
         pulsar2=opts.pulsar2,
         image=opts.pulsar2_image,
     )
-    run_pulsar2(command)
+    run_pulsar2(command, work)
     weights = f"{opts.weight_type}, bf16 activations"
     layers = collect_axmodels(build_dir, work, num_layers, opts.prefill_len, kv_history, weights)
     shutil.rmtree(build_dir, ignore_errors=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -14,7 +15,7 @@ import subprocess
 from pathlib import Path
 
 from assistant.llm.manifest import LayerFiles
-from assistant.setup.download import SetupError
+from assistant.setup.download import SetupError, write_problem
 
 log = logging.getLogger(__name__)
 
@@ -143,8 +144,8 @@ def find_builder(target: str, pulsar2: str | None = None, image: str | None = No
     return executable
 
 
-def run_pulsar2(command: list[str]) -> None:
-    """Run the build, streaming its output to the log; a failure reports its last lines."""
+def run_pulsar2(command: list[str], work: Path) -> None:
+    """Run the build (writing in `work`), streaming its output to the log; a failure reports its last lines."""
     log.info("running: %s", " ".join(command))
     tail: collections.deque[str] = collections.deque(maxlen=20)
     try:
@@ -167,6 +168,8 @@ def run_pulsar2(command: list[str]) -> None:
     if process.returncode != 0:
         last = "\n  ".join(tail)
         step = "build" if "build" in command else "llm_build"
+        if any(os.strerror(errno.ENOSPC) in line for line in tail):  # a full disk, in its traceback's words
+            raise SetupError(f"pulsar2 {step} stopped: {write_problem(OSError(errno.ENOSPC, 'full'), work)}")
         raise SetupError(f"pulsar2 {step} failed with exit status {process.returncode}; its last lines:\n  {last}")
 
 

@@ -299,7 +299,8 @@ def build_decoder_axmodel(
         (work / "config.json").write_text(json.dumps(config, indent=2))
         run_pulsar2(
             [*prefix, "build", "--input", f"{root}/decoder.onnx", "--output_dir", f"{root}/out",
-             "--output_name", name, "--config", f"{root}/config.json", "--target_hardware", chip]
+             "--output_name", name, "--config", f"{root}/config.json", "--target_hardware", chip],
+            work,
         )  # fmt: skip
         built = work / "out" / name
         if not built.is_file():
