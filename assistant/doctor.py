@@ -16,6 +16,7 @@ from assistant.config import TEXT_ONLY, ConfigError, Settings, load_settings, st
 
 MICROPHONE_FIX = f"connect one and choose it with audio.input_device (`assistant audio list`); {TEXT_ONLY}"
 SETUP = "`assistant setup --target host` (offline: --model DIR with a checkpoint folder, file:// URLs in config.yaml)"
+BOARD_SETUP = "`assistant setup --target ax630c` (or ax650n) on a PC with Pulsar2, then copy its models/ folder here"
 
 
 @dataclass
@@ -78,14 +79,15 @@ def report(findings: list[Finding]) -> str:
 
 
 def _llm(settings: Settings) -> list[Finding]:
-    from assistant.llm.manifest import ModelError, load_manifest, verify_files
+    from assistant.llm.manifest import ModelError, load_manifest, model_files, verify_files
 
     model_dir = settings.llm.model_dir
     try:
         manifest = load_manifest(model_dir)
-        verify_files(model_dir, manifest, list(manifest.files))
+        verify_files(model_dir, manifest, model_files(manifest))  # a manifest cut short lists fewer than it names
     except ModelError as e:
-        return [Finding("llm.model_dir", str(e), SETUP)]
+        on_board = settings.llm.backend == "axengine" or importlib.util.find_spec("axengine") is not None
+        return [Finding("llm.model_dir", str(e), BOARD_SETUP if on_board else SETUP)]
     found = [Finding("llm.model_dir", f"{model_dir}: {manifest.name}, backends {', '.join(manifest.backends)}")]
     board, host, backend = "axengine" in manifest.backends, "onnxruntime" in manifest.backends, settings.llm.backend
     if backend == "axengine" and not board:

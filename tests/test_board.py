@@ -213,6 +213,23 @@ def test_doctor_looks_for_the_npu_runtime_as_pyaxengine_does(board_model: Path, 
     assert "/dev/ax_mmb_dev" not in report  # the M.2 card's host driver node, not the board's
 
 
+def test_doctor_names_a_manifest_cut_short_and_the_board_build(board_model: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from assistant.doctor import diagnose
+
+    model = tmp_path / "model"
+    shutil.copytree(board_model, model)
+    manifest = yaml.safe_load((model / "manifest.yaml").read_text())
+    del manifest["files"]["tokenizer.json"]  # the end of the file lost in a copy to the board
+    (model / "manifest.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
+    config = tmp_path / "config.yaml"
+    config.write_text(f"llm:\n  model_dir: {model}\n  backend: axengine\n")
+    found = next(f for f in diagnose(config, text_only=True) if f.what == "llm.model_dir")
+    assert "tokenizer.json: not listed in manifest.yaml" in found.detail
+    assert found.fix.startswith("`assistant setup --target ax630c` (or ax650n) on a PC with Pulsar2")
+
+
 def test_groups_that_disagree_with_the_manifest_are_refused(board_model: Path, tmp_path: Path, axengine) -> None:
     import shutil
 
