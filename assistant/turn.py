@@ -174,6 +174,11 @@ class TurnManager:
                 if generation == 0 and request:
                     raise  # the person's own words
                 log.warning("skill results refused: %s", e)
+                # The call that asked for them goes too: a call left without its response would
+                # have the model wait for one in every later turn.
+                messages = self.conversation.messages
+                said = visible_text(messages[-1]["content"], finished=True)
+                messages[-1] = {"role": "assistant", "content": f"{said} {self._say(RESULTS_TOO_LONG)}".strip()}
                 yield TurnEvent("error", self._say(RESULTS_TOO_LONG))
                 return
             if cancel is not None and cancel.is_set():

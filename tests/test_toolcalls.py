@@ -477,3 +477,6 @@ def test_skill_results_too_long_to_read_are_not_blamed_on_the_person(tiny_int8: 
     scripted(engine, '<tool_call>\n{"name": "everything", "arguments": {}}\n</tool_call>')
     seen = [(e.kind, e.text) for e in manager.turn("read me everything")]
     assert seen[-1] == ("error", RESULTS_TOO_LONG["en"]) and TOO_LONG["en"] not in [t for _, t in seen]
+    # The call is not left in the history without its response: what was said stands in for it.
+    request, answer = manager.conversation.messages
+    assert request["content"] == "read me everything" and answer == {"role": "assistant", "content": seen[-1][1]}
