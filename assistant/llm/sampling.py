@@ -31,7 +31,10 @@ class Sampler:
             values = logits[seen]
             logits[seen] = np.where(values > 0, values / self.repetition_penalty, values * self.repetition_penalty)
         if allowed is not None:
-            logits[~allowed[: logits.shape[0]]] = -np.inf
+            allowed = allowed[: logits.shape[0]]
+            if not allowed.any():  # argmax would pick a forbidden token, sampling would divide by zero
+                raise ValueError("the logits mask allows no token")
+            logits[~allowed] = -np.inf
         if self.temperature <= 0:
             return int(np.argmax(logits))
 
