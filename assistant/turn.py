@@ -174,11 +174,7 @@ class TurnManager:
                 if generation == 0 and request:
                     raise  # the person's own words
                 log.warning("skill results refused: %s", e)
-                # The call that asked for them goes too: a call left without its response would
-                # have the model wait for one in every later turn.
-                messages = self.conversation.messages
-                said = visible_text(messages[-1]["content"], finished=True)
-                messages[-1] = {"role": "assistant", "content": f"{said} {self._say(RESULTS_TOO_LONG)}".strip()}
+                self._said_instead_of_calls(self._say(RESULTS_TOO_LONG))
                 yield TurnEvent("error", self._say(RESULTS_TOO_LONG))
                 return
             if cancel is not None and cancel.is_set():
@@ -189,12 +185,15 @@ class TurnManager:
                 log.info("the model gave no answer")
                 yield TurnEvent("text", self._say(NO_ANSWER))
                 return
-            results = []
+            results, spoken = [], []
             for call in calls:
                 for event in self._run_call(call):
                     yield event
                     results += data_of(call, event)
+                    spoken += [event.text] if event.kind in ("text", "error", "confirm") else []
             if not results:
+                if calls:
+                    self._said_instead_of_calls(" ".join(spoken))
                 return
             message = tool_response_message(results, self.conversation.template.wraps_tool_responses)
 
@@ -213,6 +212,13 @@ class TurnManager:
         if visible[spoken:].strip():
             yield TurnEvent("text", visible[spoken:])
         return reply
+
+    def _said_instead_of_calls(self, spoken: str) -> None:
+        """Keep what was said in the history instead of the calls in the last reply, whose results never
+        went back to the model: as for a local intent, so no call is left without its response."""
+        messages = self.conversation.messages
+        said = visible_text(messages[-1]["content"], finished=True).strip()
+        messages[-1] = {"role": "assistant", "content": f"{said} {spoken}".strip()}
 
     def _say(self, replies: dict[str, str]) -> str:
         return self.registry.context.localized(**replies)

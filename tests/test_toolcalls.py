@@ -480,3 +480,19 @@ def test_skill_results_too_long_to_read_are_not_blamed_on_the_person(tiny_int8: 
     # The call is not left in the history without its response: what was said stands in for it.
     request, answer = manager.conversation.messages
     assert request["content"] == "read me everything" and answer == {"role": "assistant", "content": seen[-1][1]}
+
+
+def test_a_call_whose_skill_only_speaks_leaves_what_it_said_in_the_history(tiny_int8: Path, registry: Registry) -> None:
+    engine = Engine(tiny_int8, kv_cache_len=2048)
+    conversation = Conversation(engine, "You are a test.", 64, registry.tools())
+    manager = TurnManager(conversation, registry, Sampler(), intents=False)
+    scripted(engine, 'Sure.<tool_call>\n{"name": "set_timer", "arguments": {"minutes": 5}}\n</tool_call>')
+    assert events(manager, "count down five minutes")[-1] == ("text", "Timer set for 5 minutes.")
+    # Nothing went back to the model: the call is not left in the history without a response.
+    assert conversation.messages[-1] == {"role": "assistant", "content": "Sure. Timer set for 5 minutes."}
+    scripted(engine, '<tool_call>\n{"name": "unlock_door", "arguments": {}}\n</tool_call>')
+    question = events(manager, "let me in")[-1]
+    assert question[0] == "confirm" and conversation.messages[-1] == {"role": "assistant", "content": question[1]}
+    events(manager, "yes")
+    assert [m["role"] for m in conversation.messages] == ["user", "assistant"] * 3
+    assert conversation.messages[-1]["content"] == "The door is unlocked."
