@@ -16,7 +16,7 @@ from tokenizers import Tokenizer
 
 from assistant import Range, skill
 from assistant.llm.chat_template import plain_tokenizer
-from assistant.llm.conversation import Conversation, assistant_message
+from assistant.llm.conversation import Conversation, assistant_message, is_tool_response
 from assistant.llm.engine import Engine
 from assistant.llm.sampling import Sampler
 from assistant.skills.constraint import OPEN, ToolCallConstraint, parse_tool_calls, visible_text
@@ -496,3 +496,33 @@ def test_a_call_whose_skill_only_speaks_leaves_what_it_said_in_the_history(tiny_
     events(manager, "yes")
     assert [m["role"] for m in conversation.messages] == ["user", "assistant"] * 3
     assert conversation.messages[-1]["content"] == "The door is unlocked."
+
+
+@skill(sentences={"en": ["read the log"]})
+def read_log() -> dict:
+    """A long result for the model to put in words."""
+    return {"lines": ["the door opened at seven and closed again"] * 12}
+
+
+def whole_exchanges(messages: list[dict]) -> bool:
+    """Whether the history starts with the person's words and every call in it has its response."""
+    starts = not messages or (messages[0]["role"] == "user" and not is_tool_response(messages[0]))
+    calls = [i for i, m in enumerate(messages) if m["role"] == "assistant" and OPEN in m["content"]]
+    return starts and all(i + 1 < len(messages) and is_tool_response(messages[i + 1]) for i in calls)
+
+
+def test_hundreds_of_turns_of_several_askers_keep_whole_exchanges(tiny_int8: Path, registry: Registry) -> None:
+    registry.add_function(read_log, "test")
+    engine = Engine(tiny_int8, kv_cache_len=512)
+    conversation = Conversation(engine, "You are a test.", 48, registry.tools())
+    manager = TurnManager(conversation, registry, Sampler(temperature=1.0, seed=5))
+    constraint, calling = manager.constraint, OpeningFirst(engine, manager.constraint)
+    system = len(engine.prompt_cache.tokens)
+    for turn in range(240):
+        asker = ("kitchen", "phone", None)[turn % 3]
+        manager.constraint = calling if turn % 5 == 0 else constraint  # the model calls a skill now and then
+        text = "read the log" if turn % 4 == 0 else f"tell me about the number {turn} " * (turn % 7 + 1)
+        assert list(manager.turn(text, asker=asker)), turn
+        assert all(whole_exchanges(messages) for messages in manager.histories.values()), turn
+        assert manager.histories[asker][-1]["role"] == "assistant"
+        assert engine.stats.prefilled_tokens <= engine.kv_len - system  # never the system prompt again
