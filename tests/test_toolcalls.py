@@ -501,7 +501,7 @@ def test_a_call_whose_skill_only_speaks_leaves_what_it_said_in_the_history(tiny_
 @skill(sentences={"en": ["read the log"]})
 def read_log() -> dict:
     """A long result for the model to put in words."""
-    return {"lines": ["the door opened at seven and closed again"] * 12}
+    return {"lines": ["the door opened at seven and closed again"] * 5}
 
 
 def whole_exchanges(messages: list[dict]) -> bool:
@@ -525,4 +525,4 @@ def test_hundreds_of_turns_of_several_askers_keep_whole_exchanges(tiny_int8: Pat
         assert list(manager.turn(text, asker=asker)), turn
         assert all(whole_exchanges(messages) for messages in manager.histories.values()), turn
         assert manager.histories[asker][-1]["role"] == "assistant"
-        assert engine.stats.prefilled_tokens <= engine.kv_len - system  # never the system prompt again
+        assert engine.stats.prompt_tokens - engine.stats.prefilled_tokens >= system  # never prefilled again
