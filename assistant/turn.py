@@ -196,6 +196,8 @@ class TurnManager:
                     self._said_instead_of_calls(" ".join(spoken))
                 return
             message = tool_response_message(results, self.conversation.template.wraps_tool_responses)
+        log.warning("the model was still calling skills after %d passes; their last results are not read", MAX_PASSES)
+        self._said_instead_of_calls(" ".join(spoken))
 
     def _generate(self, message: dict, cancel: threading.Event | None) -> Iterator[TurnEvent]:
         """Stream one reply, speaking the text outside tool calls as it comes. Returns the whole reply."""

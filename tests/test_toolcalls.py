@@ -243,6 +243,7 @@ def test_model_call_with_data_goes_back_for_a_second_pass(tiny_int8: Path) -> No
     assert all(r.data == {"room": c.data["room"], "on": c.data["on"]} for c, r in zip(calls, results, strict=True))
     responses = [m for m in conversation.messages if m["content"].startswith("<tool_response>")]
     assert len(responses) == 2  # results of the first two passes went back to the model
+    assert whole_exchanges(conversation.messages)  # the last call, whose results did not, is not kept
     assert json.loads(responses[0]["content"].split("\n")[1]) == {"name": "light", "content": results[0].data}
 
 
