@@ -19,7 +19,7 @@ from typing import Any
 
 from assistant.llm.conversation import Conversation, TooLong, tool_response_message
 from assistant.llm.sampling import Sampler
-from assistant.skills.constraint import ToolCallConstraint, parse_tool_calls, visible_text
+from assistant.skills.constraint import OPEN, ToolCallConstraint, parse_tool_calls, visible_text
 from assistant.skills.intents import IntentMatcher, reply_language
 from assistant.skills.prompt import call_message
 from assistant.skills.registry import Registry
@@ -178,6 +178,8 @@ class TurnManager:
                 yield TurnEvent("error", self._say(RESULTS_TOO_LONG))
                 return
             if cancel is not None and cancel.is_set():
+                if not self._tags_are_text():
+                    self._said_instead_of_calls("")  # a call cut short is never run nor answered
                 return
             _, calls = ([], []) if self._tags_are_text() else parse_tool_calls(reply)
             said = reply if self._tags_are_text() else visible_text(reply, finished=True)
@@ -206,11 +208,11 @@ class TurnManager:
         reply, spoken = "", 0
         for piece in self.conversation.respond(message, self.sampler, cancel, self.constraint):
             reply += piece
-            visible = reply if self._tags_are_text() else visible_text(reply)
+            visible = self._visible(reply)
             if visible[spoken:].strip():
                 yield TurnEvent("text", visible[spoken:])
                 spoken = len(visible)
-        visible = reply if self._tags_are_text() else visible_text(reply, finished=True)
+        visible = self._visible(reply, finished=True)
         if visible[spoken:].strip():
             yield TurnEvent("text", visible[spoken:])
         return reply
@@ -224,6 +226,14 @@ class TurnManager:
 
     def _say(self, replies: dict[str, str]) -> str:
         return self.registry.context.localized(**replies)
+
+    def _visible(self, reply: str, finished: bool = False) -> str:
+        """What of the reply so far is to be said: the text outside its tool calls."""
+        if not self._tags_are_text():
+            return visible_text(reply, finished)
+        # Whether the tag is the model's call or its words is known only once the constraint has seen
+        # the tag's token, after it streamed: until the reply ends, nothing from the tag on is said.
+        return reply if finished else visible_text(reply.split(OPEN)[0])
 
     def _tags_are_text(self) -> bool:
         return bool(getattr(self.constraint, "tags_are_text", False))  # any `allowed` hook may stand in

@@ -488,7 +488,8 @@ def test_a_call_whose_skill_only_speaks_leaves_what_it_said_in_the_history(tiny_
     conversation = Conversation(engine, "You are a test.", 64, registry.tools())
     manager = TurnManager(conversation, registry, Sampler(), intents=False)
     scripted(engine, 'Sure.<tool_call>\n{"name": "set_timer", "arguments": {"minutes": 5}}\n</tool_call>')
-    assert events(manager, "count down five minutes")[-1] == ("text", "Timer set for 5 minutes.")
+    seen = events(manager, "count down five minutes")
+    assert "".join(text for kind, text in seen if kind == "text") == "Sure.Timer set for 5 minutes."  # no tag said
     # Nothing went back to the model: the call is not left in the history without a response.
     assert conversation.messages[-1] == {"role": "assistant", "content": "Sure. Timer set for 5 minutes."}
     scripted(engine, '<tool_call>\n{"name": "unlock_door", "arguments": {}}\n</tool_call>')
@@ -527,3 +528,21 @@ def test_hundreds_of_turns_of_several_askers_keep_whole_exchanges(tiny_int8: Pat
         assert all(whole_exchanges(messages) for messages in manager.histories.values()), turn
         assert manager.histories[asker][-1]["role"] == "assistant"
         assert engine.stats.prompt_tokens - engine.stats.prefilled_tokens >= system  # never prefilled again
+
+
+def test_a_reply_stopped_inside_a_call_leaves_no_call_in_the_history(tiny_int8: Path, registry: Registry) -> None:
+    engine = Engine(tiny_int8, kv_cache_len=2048)
+    conversation = Conversation(engine, "You are a test.", 64, registry.tools())
+    stop, greedy = threading.Event(), Sampler()
+
+    def barge_in_at_the_fifth_token(logits: np.ndarray, history: list[int], allowed: np.ndarray | None) -> int:
+        stop.set() if len(history) - engine.stats.prompt_tokens == 4 else None
+        return greedy(logits, history, allowed)
+
+    manager = TurnManager(conversation, registry, barge_in_at_the_fifth_token, intents=False)
+    manager.constraint = OpeningFirst(engine, manager.constraint)
+    assert list(manager.turn("set a timer for ten minutes", stop)) == []
+    assert conversation.messages == [
+        {"role": "user", "content": "set a timer for ten minutes"},
+        {"role": "assistant", "content": ""},
+    ]
