@@ -55,3 +55,8 @@ def test_seed_makes_sampling_reproducible() -> None:
     assert a == b
     sampler = Sampler(temperature=1.0, seed=7)
     assert len({sampler(logits, []) for _ in range(20)}) > 10
+
+
+@pytest.mark.parametrize("temperature", [1e-40, 1e-300])
+def test_a_tiny_temperature_is_greedy_not_nan(temperature: float) -> None:
+    assert {Sampler(temperature=temperature, seed=s)(LOGITS, []) for s in range(5)} == {1}

@@ -41,7 +41,8 @@ class Sampler:
         k = self.top_k or (TOP_P_CANDIDATES if self.top_p < 1.0 else logits.shape[0])
         k = min(k, logits.shape[0])
         candidates = top_k_indices(logits, k)
-        scaled = logits[candidates] / self.temperature
+        top = logits[candidates].astype(np.float64)
+        scaled = (top - top.max()) / self.temperature  # from the largest down: a tiny temperature is not inf - inf
         order = np.argsort(-scaled, kind="stable")
         candidates, scaled = candidates[order], scaled[order]
         probs = np.exp(scaled - scaled[0])
