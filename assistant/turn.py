@@ -178,7 +178,7 @@ class TurnManager:
                 yield TurnEvent("error", self._say(RESULTS_TOO_LONG))
                 return
             if cancel is not None and cancel.is_set():
-                if not self._tags_are_text():
+                if OPEN in reply and not self._tags_are_text():
                     self._said_instead_of_calls("")  # a call cut short is never run nor answered
                 return
             _, calls = ([], []) if self._tags_are_text() else parse_tool_calls(reply)
