@@ -19,7 +19,7 @@ from typing import Any
 
 from assistant.llm.conversation import Conversation, TooLong, tool_response_message
 from assistant.llm.sampling import Sampler
-from assistant.skills.constraint import ToolCallConstraint, parse_tool_calls, visible_text
+from assistant.skills.constraint import OPEN, ToolCallConstraint, parse_tool_calls, visible_text
 from assistant.skills.intents import IntentMatcher, reply_language
 from assistant.skills.prompt import call_message
 from assistant.skills.registry import Registry
@@ -174,9 +174,12 @@ class TurnManager:
                 if generation == 0 and request:
                     raise  # the person's own words
                 log.warning("skill results refused: %s", e)
+                self._said_instead_of_calls(self._say(RESULTS_TOO_LONG))
                 yield TurnEvent("error", self._say(RESULTS_TOO_LONG))
                 return
             if cancel is not None and cancel.is_set():
+                if OPEN in reply and not self._tags_are_text():
+                    self._said_instead_of_calls("")  # a call cut short is never run nor answered
                 return
             _, calls = ([], []) if self._tags_are_text() else parse_tool_calls(reply)
             said = reply if self._tags_are_text() else visible_text(reply, finished=True)
@@ -184,14 +187,19 @@ class TurnManager:
                 log.info("the model gave no answer")
                 yield TurnEvent("text", self._say(NO_ANSWER))
                 return
-            results = []
+            results, spoken = [], []
             for call in calls:
                 for event in self._run_call(call):
                     yield event
                     results += data_of(call, event)
+                    spoken += [event.text] if event.kind in ("text", "error", "confirm") else []
             if not results:
+                if calls:
+                    self._said_instead_of_calls(" ".join(spoken))
                 return
             message = tool_response_message(results, self.conversation.template.wraps_tool_responses)
+        log.warning("the model was still calling skills after %d passes; their last results are not read", MAX_PASSES)
+        self._said_instead_of_calls(" ".join(spoken))
 
     def _generate(self, message: dict, cancel: threading.Event | None) -> Iterator[TurnEvent]:
         """Stream one reply, speaking the text outside tool calls as it comes. Returns the whole reply."""
@@ -200,17 +208,32 @@ class TurnManager:
         reply, spoken = "", 0
         for piece in self.conversation.respond(message, self.sampler, cancel, self.constraint):
             reply += piece
-            visible = reply if self._tags_are_text() else visible_text(reply)
+            visible = self._visible(reply)
             if visible[spoken:].strip():
                 yield TurnEvent("text", visible[spoken:])
                 spoken = len(visible)
-        visible = reply if self._tags_are_text() else visible_text(reply, finished=True)
+        visible = self._visible(reply, finished=True)
         if visible[spoken:].strip():
             yield TurnEvent("text", visible[spoken:])
         return reply
 
+    def _said_instead_of_calls(self, spoken: str) -> None:
+        """Keep what was said in the history instead of the calls in the last reply, whose results never
+        went back to the model: as for a local intent, so no call is left without its response."""
+        messages = self.conversation.messages
+        said = visible_text(messages[-1]["content"], finished=True).strip()
+        messages[-1] = {"role": "assistant", "content": f"{said} {spoken}".strip()}
+
     def _say(self, replies: dict[str, str]) -> str:
         return self.registry.context.localized(**replies)
+
+    def _visible(self, reply: str, finished: bool = False) -> str:
+        """What of the reply so far is to be said: the text outside its tool calls."""
+        if not self._tags_are_text():
+            return visible_text(reply, finished)
+        # Whether the tag is the model's call or its words is known only once the constraint has seen
+        # the tag's token, after it streamed: until the reply ends, nothing from the tag on is said.
+        return reply if finished else visible_text(reply.split(OPEN)[0])
 
     def _tags_are_text(self) -> bool:
         return bool(getattr(self.constraint, "tags_are_text", False))  # any `allowed` hook may stand in

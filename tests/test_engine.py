@@ -13,6 +13,7 @@ import pytest
 import torch
 import yaml
 
+from assistant.llm.chat_template import plain_tokenizer
 from assistant.llm.conversation import Conversation, TooLong
 from assistant.llm.detok import StreamDecoder
 from assistant.llm.engine import Engine
@@ -440,3 +441,21 @@ def test_a_hand_edited_manifest_value_is_named(tiny_int8: Path, tmp_path: Path, 
 def test_not_a_model_directory(tmp_path: Path) -> None:
     with pytest.raises(ModelError, match="not a model directory .*assistant setup"):
         Engine(tmp_path)
+
+
+def test_a_reply_that_spells_the_call_tag_stays_words_in_the_next_prompt(tiny_float: Path) -> None:
+    engine = Engine(tiny_float)
+    tag = engine.tokenizer.token_to_id("<tool_call>")
+    assert tag is not None  # the tag is one added token here, as in Qwen2.5
+    words = "It is written <tool_call>, like that."
+    target = plain_tokenizer(engine.tokenizer).encode(words, add_special_tokens=False).ids  # the tag spelled
+
+    def force(generated: list[int]) -> np.ndarray:
+        allowed = np.zeros(engine.manifest.vocab_size, dtype=bool)
+        allowed[target[len(generated)] if len(generated) < len(target) else next(iter(engine.eos_ids))] = True
+        return allowed
+
+    chat = Conversation(engine, "You are a test.", max_new_tokens=50)  # `assistant chat`: no tools, no constraint
+    assert "".join(chat.reply("how is a call written?", GREEDY, allowed=force)) == words
+    chat.messages.append({"role": "user", "content": "thanks"})
+    assert tag not in chat.prompt_ids()  # what the model wrote as words is not turned into the tag

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from assistant.llm.sampling import Sampler
 
@@ -18,6 +19,18 @@ def test_allowed_mask_is_respected() -> None:
     assert Sampler()(LOGITS, [], allowed) == 0
     draws = {Sampler(temperature=2.0, seed=s)(LOGITS, [], allowed) for s in range(50)}
     assert draws <= {0, 3} and len(draws) == 2
+    one = np.array([False, False, False, True, False])
+    assert {Sampler(temperature=t, top_k=k, top_p=p, seed=1)(LOGITS, [], one) for t, k, p in CORNERS} == {3}
+
+
+CORNERS = [(0.0, 0, 1.0), (1.0, 0, 1.0), (1.0, 1, 1.0), (1.0, 0, 0.01), (1e-9, 2, 0.5)]
+
+
+@pytest.mark.parametrize(("temperature", "top_k", "top_p"), CORNERS)
+def test_a_mask_that_allows_no_token_is_a_clear_error(temperature: float, top_k: int, top_p: float) -> None:
+    sampler = Sampler(temperature=temperature, top_k=top_k, top_p=top_p, seed=1)
+    with pytest.raises(ValueError, match="allows no token"):
+        sampler(LOGITS, [], np.zeros(5, dtype=bool))
 
 
 def test_repetition_penalty_changes_the_choice() -> None:
@@ -42,3 +55,8 @@ def test_seed_makes_sampling_reproducible() -> None:
     assert a == b
     sampler = Sampler(temperature=1.0, seed=7)
     assert len({sampler(logits, []) for _ in range(20)}) > 10
+
+
+@pytest.mark.parametrize("temperature", [1e-40, 1e-300])
+def test_a_tiny_temperature_is_greedy_not_nan(temperature: float) -> None:
+    assert {Sampler(temperature=temperature, seed=s)(LOGITS, []) for s in range(5)} == {1}

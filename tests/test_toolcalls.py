@@ -16,7 +16,7 @@ from tokenizers import Tokenizer
 
 from assistant import Range, skill
 from assistant.llm.chat_template import plain_tokenizer
-from assistant.llm.conversation import Conversation, assistant_message
+from assistant.llm.conversation import Conversation, assistant_message, is_tool_response
 from assistant.llm.engine import Engine
 from assistant.llm.sampling import Sampler
 from assistant.skills.constraint import OPEN, ToolCallConstraint, parse_tool_calls, visible_text
@@ -243,6 +243,7 @@ def test_model_call_with_data_goes_back_for_a_second_pass(tiny_int8: Path) -> No
     assert all(r.data == {"room": c.data["room"], "on": c.data["on"]} for c, r in zip(calls, results, strict=True))
     responses = [m for m in conversation.messages if m["content"].startswith("<tool_response>")]
     assert len(responses) == 2  # results of the first two passes went back to the model
+    assert whole_exchanges(conversation.messages)  # the last call, whose results did not, is not kept
     assert json.loads(responses[0]["content"].split("\n")[1]) == {"name": "light", "content": results[0].data}
 
 
@@ -477,3 +478,71 @@ def test_skill_results_too_long_to_read_are_not_blamed_on_the_person(tiny_int8: 
     scripted(engine, '<tool_call>\n{"name": "everything", "arguments": {}}\n</tool_call>')
     seen = [(e.kind, e.text) for e in manager.turn("read me everything")]
     assert seen[-1] == ("error", RESULTS_TOO_LONG["en"]) and TOO_LONG["en"] not in [t for _, t in seen]
+    # The call is not left in the history without its response: what was said stands in for it.
+    request, answer = manager.conversation.messages
+    assert request["content"] == "read me everything" and answer == {"role": "assistant", "content": seen[-1][1]}
+
+
+def test_a_call_whose_skill_only_speaks_leaves_what_it_said_in_the_history(tiny_int8: Path, registry: Registry) -> None:
+    engine = Engine(tiny_int8, kv_cache_len=2048)
+    conversation = Conversation(engine, "You are a test.", 64, registry.tools())
+    manager = TurnManager(conversation, registry, Sampler(), intents=False)
+    scripted(engine, 'Sure.<tool_call>\n{"name": "set_timer", "arguments": {"minutes": 5}}\n</tool_call>')
+    seen = events(manager, "count down five minutes")
+    assert "".join(text for kind, text in seen if kind == "text") == "Sure.Timer set for 5 minutes."  # no tag said
+    # Nothing went back to the model: the call is not left in the history without a response.
+    assert conversation.messages[-1] == {"role": "assistant", "content": "Sure. Timer set for 5 minutes."}
+    scripted(engine, '<tool_call>\n{"name": "unlock_door", "arguments": {}}\n</tool_call>')
+    question = events(manager, "let me in")[-1]
+    assert question[0] == "confirm" and conversation.messages[-1] == {"role": "assistant", "content": question[1]}
+    events(manager, "yes")
+    assert [m["role"] for m in conversation.messages] == ["user", "assistant"] * 3
+    assert conversation.messages[-1]["content"] == "The door is unlocked."
+
+
+@skill(sentences={"en": ["read the log"]})
+def read_log() -> dict:
+    """A long result for the model to put in words."""
+    return {"lines": ["the door opened at seven and closed again"] * 5}
+
+
+def whole_exchanges(messages: list[dict]) -> bool:
+    """Whether the history starts with the person's words and every call in it has its response."""
+    starts = not messages or (messages[0]["role"] == "user" and not is_tool_response(messages[0]))
+    calls = [i for i, m in enumerate(messages) if m["role"] == "assistant" and OPEN in m["content"]]
+    return starts and all(i + 1 < len(messages) and is_tool_response(messages[i + 1]) for i in calls)
+
+
+def test_hundreds_of_turns_of_several_askers_keep_whole_exchanges(tiny_int8: Path, registry: Registry) -> None:
+    registry.add_function(read_log, "test")
+    engine = Engine(tiny_int8, kv_cache_len=512)
+    conversation = Conversation(engine, "You are a test.", 48, registry.tools())
+    manager = TurnManager(conversation, registry, Sampler(temperature=1.0, seed=5))
+    constraint, calling = manager.constraint, OpeningFirst(engine, manager.constraint)
+    system = len(engine.prompt_cache.tokens)
+    for turn in range(240):
+        asker = ("kitchen", "phone", None)[turn % 3]
+        manager.constraint = calling if turn % 5 == 0 else constraint  # the model calls a skill now and then
+        text = "read the log" if turn % 4 == 0 else f"tell me about the number {turn} " * (turn % 7 + 1)
+        assert list(manager.turn(text, asker=asker)), turn
+        assert all(whole_exchanges(messages) for messages in manager.histories.values()), turn
+        assert manager.histories[asker][-1]["role"] == "assistant"
+        assert engine.stats.prompt_tokens - engine.stats.prefilled_tokens >= system  # never prefilled again
+
+
+def test_a_reply_stopped_inside_a_call_leaves_no_call_in_the_history(tiny_int8: Path, registry: Registry) -> None:
+    engine = Engine(tiny_int8, kv_cache_len=2048)
+    conversation = Conversation(engine, "You are a test.", 64, registry.tools())
+    stop, greedy = threading.Event(), Sampler()
+
+    def barge_in_at_the_fifth_token(logits: np.ndarray, history: list[int], allowed: np.ndarray | None) -> int:
+        stop.set() if len(history) - engine.stats.prompt_tokens == 4 else None
+        return greedy(logits, history, allowed)
+
+    manager = TurnManager(conversation, registry, barge_in_at_the_fifth_token, intents=False)
+    manager.constraint = OpeningFirst(engine, manager.constraint)
+    assert list(manager.turn("set a timer for ten minutes", stop)) == []
+    assert conversation.messages == [
+        {"role": "user", "content": "set a timer for ten minutes"},
+        {"role": "assistant", "content": ""},
+    ]

@@ -135,8 +135,11 @@ class Conversation:
             raise
         stream = StreamDecoder(self.engine.tokenizer)
         pieces: list[str] = []
+        tag = self.engine.tokenizer.token_to_id(OPEN)  # None: the tag is only ever text (Qwen2)
+        used_tag = False
         try:
             for token in self.engine.generate(prompt, sampler, self.max_new_tokens, cancel, allowed):
+                used_tag = used_tag or token == tag
                 if piece := stream.push(token):
                     pieces.append(piece)
                     yield piece
@@ -144,8 +147,8 @@ class Conversation:
                 pieces.append(tail)
                 yield tail
         finally:  # a cancelled reply is kept as far as it was spoken
-            spelled = getattr(allowed, "tags_are_text", False)  # tags the model only wrote as words
-            self.messages.append(assistant_message("".join(pieces), markup=not spelled))
+            # Where the tag is a token, a reply that never used it only wrote the tags as words.
+            self.messages.append(assistant_message("".join(pieces), markup=tag is None or used_tag))
 
 
 def assistant_message(reply: str, markup: bool = True) -> dict:

@@ -31,14 +31,18 @@ class Sampler:
             values = logits[seen]
             logits[seen] = np.where(values > 0, values / self.repetition_penalty, values * self.repetition_penalty)
         if allowed is not None:
-            logits[~allowed[: logits.shape[0]]] = -np.inf
+            allowed = allowed[: logits.shape[0]]
+            if not allowed.any():  # argmax would pick a forbidden token, sampling would divide by zero
+                raise ValueError("the logits mask allows no token")
+            logits[~allowed] = -np.inf
         if self.temperature <= 0:
             return int(np.argmax(logits))
 
         k = self.top_k or (TOP_P_CANDIDATES if self.top_p < 1.0 else logits.shape[0])
         k = min(k, logits.shape[0])
         candidates = top_k_indices(logits, k)
-        scaled = logits[candidates] / self.temperature
+        top = logits[candidates].astype(np.float64)
+        scaled = (top - top.max()) / self.temperature  # from the largest down: a tiny temperature is not inf - inf
         order = np.argsort(-scaled, kind="stable")
         candidates, scaled = candidates[order], scaled[order]
         probs = np.exp(scaled - scaled[0])
