@@ -190,10 +190,18 @@ def ring_for(registry: Registry, said: list[str], count: int) -> None:
     stop.set()
 
 
-class ThreeInTheAfternoon(datetime):
-    @classmethod
-    def now(cls, tz: object = None) -> datetime:
-        return cls(2026, 5, 4, 15, 0)
+def clock_at(hour: int) -> type[datetime]:
+    """datetime whose now() is that hour of 2026-05-04, for the alarm skill to read."""
+
+    class At(datetime):
+        @classmethod
+        def now(cls, tz: object = None) -> datetime:
+            return cls(2026, 5, 4, hour, 0)
+
+    return At
+
+
+ThreeInTheAfternoon, FiveInTheMorning, OneAtNight = clock_at(15), clock_at(5), clock_at(1)
 
 
 def test_an_alarm_says_its_day_and_is_not_set_twice(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -210,18 +218,6 @@ def test_an_alarm_says_its_day_and_is_not_set_twice(tmp_path: Path, monkeypatch:
     set_alarm(hour=6, minute=45)
     assert cancel(every=True) == "Cancelled 2 alarms."
     assert cancel(every=True) == cancel() == "No alarm is set."
-
-
-class FiveInTheMorning(datetime):
-    @classmethod
-    def now(cls, tz: object = None) -> datetime:
-        return cls(2026, 5, 4, 5, 0)
-
-
-class OneAtNight(datetime):
-    @classmethod
-    def now(cls, tz: object = None) -> datetime:
-        return cls(2026, 5, 4, 1, 0)
 
 
 def test_an_alarm_for_tomorrow_is_set_for_tomorrow(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from assistant.llm.chat_template import ChatTemplate
+from tests.other_user import as_nobody
 
 
 def assistant(*args: str, stdin: str = "", timeout: float = 120) -> subprocess.CompletedProcess:
@@ -292,25 +293,15 @@ def test_another_users_socket_is_named_as_not_allowed_not_as_not_running(tmp_pat
     server.bind(str(path))
     server.listen()
     os.chmod(path, 0o600)  # as the daemon makes it
-    reader, writer = os.pipe()
-    child = os.fork()
-    if child == 0:  # another local user (root would be let in); CI runs as root, so it can become one
-        message = "the child failed"
-        try:
-            os.setgid(65534)
-            os.setuid(65534)
-            ControlClient(path)
-            message = "connected"
-        except (ConnectionError, PermissionError) as e:
-            message = str(e)
-        finally:
-            os.write(writer, message.encode())
-            os._exit(0)
-    os.close(writer)
-    os.waitpid(child, 0)
-    message = os.read(reader, 4096).decode()
+
+    def connect() -> str:
+        ControlClient(path)
+        return "connected"
+
+    message = as_nobody(connect)  # another local user: root would be let in
     server.close()
-    assert message.startswith(f"{path}: not allowed to connect (Permission denied); run this as the service's user")
+    refused = f"{path}: not allowed to connect (Permission denied); run this as the service's user"
+    assert message.split(": ", 1)[-1].startswith(refused), message
 
 
 def test_a_socket_set_in_the_environment_is_used_without_a_config_file(tmp_path: Path) -> None:

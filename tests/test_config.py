@@ -16,6 +16,7 @@ import yaml
 
 from assistant.config import ConfigError, bound_problem, check_model_paths, load_settings
 from assistant.logs import setup_logging
+from tests.other_user import as_nobody
 
 REPO = Path(__file__).resolve().parent.parent
 SHIPPED = REPO / "config.yaml"
@@ -473,56 +474,27 @@ def test_a_terminal_that_inherited_journal_stream_gets_plain_lines(stderr_file, 
     assert not line.startswith("<") and line.endswith(" WARNING assistant.test: hello")
 
 
-def test_a_skills_folder_the_service_user_cannot_read_is_named() -> None:
-    if os.geteuid() != 0:
-        pytest.skip("becoming another user needs root (CI runs as root)")
-    with tempfile.TemporaryDirectory() as made:  # in /tmp: reachable by the other user, unlike tmp_path
-        folder = Path(made)
-        folder.chmod(0o755)
-        (folder / "skills").mkdir(mode=0o700)  # only its own mode shuts the other user out
-        settings = load_text(folder, "skills:\n  paths: [skills]\n")
-        reader, writer = os.pipe()
-        child = os.fork()
-        if child == 0:  # the service's user, which root's files are not for
-            try:
-                os.setgid(65534)
-                os.setuid(65534)
-                check_model_paths(settings, voice=False)
-                os.write(writer, b"accepted")
-            except Exception as e:
-                os.write(writer, str(e).encode())
-            finally:
-                os._exit(0)
-        os.close(writer)
-        os.waitpid(child, 0)
-        message = os.read(reader, 4096).decode()
-    assert message.startswith(f"{folder / 'c.yaml'}: skills.paths[0]: {folder / 'skills'} cannot be read"), message
-
-
-def test_a_model_behind_a_folder_the_service_user_cannot_enter_is_named() -> None:
+@pytest.mark.parametrize(
+    ("shut", "config", "named"),
+    [
+        ("skills", "skills:\n  paths: [skills]\n", "skills.paths[0]: {folder}/skills cannot be read"),
+        (  # a home folder: the service's user may not enter it
+            "home",
+            "llm:\n  model_dir: home/models/qwen\n",
+            "llm.model_dir: {folder}/home/models/qwen/manifest.yaml cannot be reached by this user (Permission denied)",
+        ),
+    ],
+)
+def test_a_path_the_service_user_cannot_reach_is_named(shut: str, config: str, named: str) -> None:
+    """One line naming the key, not a PermissionError's traceback and a restart loop."""
     if os.geteuid() != 0:
         pytest.skip("becoming another user needs root (CI runs as root)")
     with tempfile.TemporaryDirectory() as made:  # in /tmp: reachable by the other user, unlike tmp_path
         folder = Path(made)
         folder.chmod(0o755)
         (folder / "home/models/qwen").mkdir(parents=True)
-        (folder / "home").chmod(0o700)  # a home folder: the service's user may not enter it
-        settings = load_text(folder, "llm:\n  model_dir: home/models/qwen\n")
-        reader, writer = os.pipe()
-        child = os.fork()
-        if child == 0:
-            try:
-                os.setgid(65534)
-                os.setuid(65534)
-                check_model_paths(settings, voice=False)
-                os.write(writer, b"accepted")
-            except Exception as e:  # a PermissionError here would be a traceback and a restart loop
-                os.write(writer, f"{type(e).__name__}: {e}".encode())
-            finally:
-                os._exit(0)
-        os.close(writer)
-        os.waitpid(child, 0)
-        message = os.read(reader, 4096).decode()
-    manifest = folder / "home/models/qwen/manifest.yaml"
-    named = f"{folder / 'c.yaml'}: llm.model_dir: {manifest} cannot be reached by this user (Permission denied)"
-    assert message.startswith(f"ConfigError: {named}"), message
+        (folder / "skills").mkdir()
+        (folder / shut).chmod(0o700)  # only its own mode shuts the other user out
+        settings = load_text(folder, config)
+        message = as_nobody(lambda: check_model_paths(settings, voice=False) or "accepted")  # the service's user
+    assert message.startswith(f"ConfigError: {folder / 'c.yaml'}: {named.format(folder=folder)}"), message

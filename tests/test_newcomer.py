@@ -26,6 +26,7 @@ import pytest
 import yaml
 
 import assistant as assistant_package
+from tests.other_user import as_nobody
 
 PYTHON_DIR = str(Path(sys.executable).parent)
 
@@ -354,20 +355,7 @@ def test_doctor_run_by_a_user_kept_out_of_the_service_folders_says_so(tiny_int8:
         config.write_text(f"llm:\n  model_dir: {folder / 'state/models/tiny'}\nstate_dir: {folder / 'state'}\n")
         config.chmod(0o644)
         diagnose(config, text_only=True)  # as root: every module doctor imports is loaded before the fork
-        reader, writer = os.pipe()
-        child = os.fork()
-        if child == 0:  # an operator's own account
-            try:
-                os.setgid(65534)
-                os.setuid(65534)
-                os.write(writer, report(diagnose(config, text_only=True)).encode())
-            except BaseException as e:
-                os.write(writer, f"{type(e).__name__}: {e}".encode())
-            finally:
-                os._exit(0)
-        os.close(writer)
-        os.waitpid(child, 0)
-        lines = os.read(reader, 65536).decode().splitlines()
+        lines = as_nobody(lambda: report(diagnose(config, text_only=True))).splitlines()  # an operator's account
     manifest = folder / "state/models/tiny/manifest.yaml"
     problem = f"PROBLEM  llm.model_dir: {manifest}: this user may not look at it (Permission denied)"
     assert problem in lines, lines

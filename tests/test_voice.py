@@ -9,7 +9,7 @@ import subprocess
 import threading
 import time
 import wave
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -370,25 +370,33 @@ def test_whole_chain_from_wav_to_wav_with_the_llm_and_a_skill(
     assert len(read_wav(tmp_path / "out.wav")[0]) > 16000 * 0.3
 
 
+def asks_how_long(turns: list[str]) -> Callable[[str, threading.Event], Iterator[str]]:
+    """A turn that asks a question the first time and then answers; `turns` records what it heard."""
+
+    def respond(text: str, cancel: threading.Event) -> Iterator[str]:
+        turns.append(text)
+        yield "For how long?" if len(turns) == 1 else "Okay."
+
+    return respond
+
+
+def real_timeish(audio: Path) -> Iterator[np.ndarray]:
+    for frame in wav_source(audio):
+        time.sleep(0.02)  # the reply is spoken before the next words arrive
+        yield frame
+
+
 def test_a_question_is_followed_by_listening_without_the_wake_phrase(
     ko_model, tmp_path: Path, test_voice: Path
 ) -> None:
     audio = write_wav(tmp_path / "in.wav", silence(0.5), speech(WAKE, tmp_path), silence(1.0),
                       speech("타이머", tmp_path), silence(2.0), speech("음악", tmp_path), silence(2.5))  # fmt: skip
     turns: list[str] = []
-
-    def respond(text: str, cancel: threading.Event) -> Iterator[str]:
-        turns.append(text)
-        yield "For how long?" if len(turns) == 1 else "Okay."
-
-    def real_timeish_frames() -> Iterator[np.ndarray]:
-        for frame in wav_source(audio):
-            time.sleep(0.02)  # the reply is spoken before the next words arrive
-            yield frame
+    respond = asks_how_long(turns)
 
     events: list[dict] = []
     sink = WavSink(tmp_path / "out.wav")
-    pipeline(ko_model, respond, sink, events, test_voice).run(real_timeish_frames())
+    pipeline(ko_model, respond, sink, events, test_voice).run(real_timeish(audio))
     sink.close()
     assert turns == ["타이머", "음악"]  # the answer to the question needed no wake phrase
     assert [e["type"] for e in events].count("wake") == 1
@@ -402,20 +410,12 @@ def test_the_follow_up_listens_for_as_long_as_configured(
     audio = write_wav(tmp_path / "in.wav", silence(0.5), speech(WAKE, tmp_path), silence(1.0),
                       speech("타이머", tmp_path), silence(pause), speech("음악", tmp_path), silence(2.5))  # fmt: skip
     turns: list[str] = []
-
-    def respond(text: str, cancel: threading.Event) -> Iterator[str]:
-        turns.append(text)
-        yield "For how long?" if len(turns) == 1 else "Okay."
-
-    def real_timeish_frames() -> Iterator[np.ndarray]:
-        for frame in wav_source(audio):
-            time.sleep(0.02)  # the reply is spoken before the next words arrive
-            yield frame
+    respond = asks_how_long(turns)
 
     voice_pipeline = VoicePipeline(WakeDetector(ko_model, [WAKE], min_confidence=0.5),
                                    Transcriber(ko_model, silence_timeout=0.8, grammar=COMMANDS), Voice(test_voice),
                                    WavSink(tmp_path / "out.wav"), respond, follow_up_seconds=follow_up)  # fmt: skip
-    voice_pipeline.run(real_timeish_frames())
+    voice_pipeline.run(real_timeish(audio))
     assert turns == (["타이머", "음악"] if answered else ["타이머"])
 
 
