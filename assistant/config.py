@@ -394,7 +394,7 @@ def check_model_paths(settings: Settings, voice: bool = True) -> None:
         wrong.append(f"mqtt.ca_file: {settings.mqtt.ca_file} is not a file")
     if settings.state_dir is not None:
         # It is made when first written: a file in its place, or on the way to it, fails every timer and note.
-        existing = next(p for p in [settings.state_dir, *settings.state_dir.parents] if p.exists())
+        existing = nearest_existing(settings.state_dir)
         if existing == settings.state_dir and not existing.is_dir():
             wrong.append(f"state_dir: {settings.state_dir} is not a folder")
         elif not existing.is_dir():
@@ -409,6 +409,11 @@ def check_model_paths(settings: Settings, voice: bool = True) -> None:
     if voice and any(key != "llm.model_dir" for key, _ in missing):
         fix += f", {TEXT_ONLY}"
     raise ConfigError(f"{settings.source}: {named}; {fix}")
+
+
+def nearest_existing(path: Path) -> Path | None:
+    """`path` if it exists, else its nearest parent that does: where making it would start."""
+    return next((p for p in [path, *path.parents] if p.exists()), None)
 
 
 def _unreachable(path: Path) -> str | None:

@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from assistant.config import TEXT_ONLY, ConfigError, Settings, load_settings, state_dir
+from assistant.config import TEXT_ONLY, ConfigError, Settings, load_settings, nearest_existing, state_dir
 
 MICROPHONE_FIX = f"connect one and choose it with audio.input_device (`assistant audio list`); {TEXT_ONLY}"
 SETUP = "`assistant setup --target host` (offline: --model DIR with a checkpoint folder, file:// URLs in config.yaml)"
@@ -226,8 +226,5 @@ def _runtime(settings: Settings) -> list[Finding]:
 
 def writable(folder: Path) -> bool:
     """Whether `folder` can be written, or created in its nearest existing parent."""
-    while not folder.exists():
-        if folder.parent == folder:
-            return False
-        folder = folder.parent
-    return folder.is_dir() and os.access(folder, os.W_OK | os.X_OK)
+    existing = nearest_existing(folder)
+    return existing is not None and existing.is_dir() and os.access(existing, os.W_OK | os.X_OK)

@@ -16,7 +16,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from assistant.config import Settings, load_settings, settings_from_text
+from assistant.config import Settings, load_settings, nearest_existing, settings_from_text
 from assistant.daemon.control import answers
 from assistant.doctor import writable
 from assistant.setup.download import write_atomic, write_problem
@@ -213,7 +213,7 @@ def _configured_paths(settings: Settings, root: Path) -> list[tuple[str, Path]]:
 
 def _unwritable(folder: Path) -> str:
     """Why `folder` cannot be written: a read-only file system in the words `assistant setup` uses."""
-    existing = next(p for p in [folder, *folder.parents] if p.exists())
+    existing = nearest_existing(folder)
     if os.statvfs(existing).f_flag & os.ST_RDONLY:
         return write_problem(OSError(errno.EROFS, os.strerror(errno.EROFS), str(existing)), existing)
     return f"{folder}: cannot be written (a file in the way, or another user's: sudo?)"

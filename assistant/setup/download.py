@@ -15,6 +15,8 @@ import urllib.request
 import zipfile
 from pathlib import Path
 
+from assistant.config import nearest_existing
+
 log = logging.getLogger(__name__)
 
 CHUNK = 1 << 20
@@ -53,7 +55,7 @@ def write_problem(error: OSError, path: Path) -> str:
     path = Path(error.filename) if error.filename else path
     folder = path if path.is_dir() else path.parent
     if error.errno in DISK_FULL:
-        existing = next(p for p in [folder, *folder.parents] if p.exists())
+        existing = nearest_existing(folder)
         free = shutil.disk_usage(existing).free
         return f"the disk is full ({free / 1e6:.0f} MB free on {existing}); free space and run the same command again"
     if error.errno == errno.ENOENT and not folder.is_dir():
