@@ -286,8 +286,9 @@ def _publish(context: SkillContext, changes: list[tuple[dict, str, Any]]) -> lis
 
     client.on_publish = on_publish
     try:
-        gone = _offline_topics(context, client, [_availability(device) for device, _, _ in changes])
-        online = [_availability(device) not in gone for device, _, _ in changes]
+        availability = [_availability(device) for device, _, _ in changes]
+        gone = _offline_topics(context, client, availability)
+        online = [topic not in gone for topic in availability]
         offline = [device for (device, _, _), up in zip(changes, online, strict=True) if not up]
         messages = [message for message, up in zip(messages, online, strict=True) if up]
         sent = [client.publish(topic, payload, qos=1) for topic, payload in messages]
@@ -533,7 +534,7 @@ def device_state(device: Annotated[str, _names()], context: SkillContext) -> str
     arrived = threading.Event()
 
     def on_message(client, userdata, message) -> None:
-        if message.topic == f"{topic}/availability":
+        if message.topic == availability:
             if _offline(message.payload):
                 offline.append(True)
                 arrived.set()  # an offline device answers no question: nothing to wait for
@@ -555,16 +556,16 @@ def device_state(device: Annotated[str, _names()], context: SkillContext) -> str
         if not found.get(key):
             return context.localized(f"The {device} does not report its state.", zh=f"{device}不报告状态。")
         topic = _topic(found, key)
+        availability = _availability(found) if key == "topic" else None  # Home Assistant's state_topic has none
         client = _client(context)
     except NotDone as e:
         return _said(context, e)
     client.on_message, client.on_subscribe, client.on_disconnect = on_message, on_subscribe, on_disconnect
-    zigbee2mqtt = key == "topic" and found.get("convention", "zigbee2mqtt") == "zigbee2mqtt"
     try:
         # Zigbee2MQTT's availability, retained, comes before the state subscribed to after it: a device
         # gone offline keeps its last state, which is then stale.
-        client.subscribe([(f"{topic}/availability", 0), (topic, 0)] if zigbee2mqtt else topic)
-        if zigbee2mqtt:
+        client.subscribe([(availability, 0), (topic, 0)] if availability else topic)
+        if availability:
             # Zigbee2MQTT retains no state unless told to: asked on <topic>/get, it reads the device and
             # publishes the state (after the subscription, as the broker keeps a connection's order).
             client.publish(f"{topic}/get", json.dumps(dict.fromkeys(ASKED.get(found["type"], ("state",)), "")))
