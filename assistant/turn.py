@@ -46,6 +46,7 @@ YES_ZH = {"是", "是的", "好", "好的", "确认", "可以", "对", "行"}
 NO_ZH = {"不", "不要", "不用", "取消", "别", "算了", "不是"}
 CONFIRM_SECONDS = 60.0  # an unanswered question (a confirmation, a skill's "Which one?") lapses after this long
 MAX_PASSES = 3  # model → skills → model ... at most this many generations a turn
+SPOKEN = ("text", "error", "confirm")  # the events a person hears
 
 
 @dataclass
@@ -100,7 +101,7 @@ class TurnManager:
             for event in self._turn(text.strip(), cancel):
                 if event.kind == "text" and cancel is not None and cancel.is_set():
                     continue  # stopped while a skill ran: what it did stands, its words go unsaid
-                if event.kind in ("text", "error", "confirm"):
+                if event.kind in SPOKEN:
                     if not event.text.strip():
                         continue  # a skill that has nothing to say (stop)
                     spoken.append(event.text)
@@ -155,7 +156,7 @@ class TurnManager:
         spoken, results = [], []
         events = [TurnEvent("text", reply)] if reply else self._run_call(call, confirmed)
         for event in events:
-            spoken += [event.text] if event.kind in ("text", "error", "confirm") else []
+            spoken += [event.text] if event.kind in SPOKEN else []
             results += data_of(call, event)
             yield event
         if not results:
@@ -192,7 +193,7 @@ class TurnManager:
                 for event in self._run_call(call):
                     yield event
                     results += data_of(call, event)
-                    spoken += [event.text] if event.kind in ("text", "error", "confirm") else []
+                    spoken += [event.text] if event.kind in SPOKEN else []
             if not results:
                 if calls:
                     self._said_instead_of_calls(" ".join(spoken))

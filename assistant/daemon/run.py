@@ -35,11 +35,10 @@ from assistant.llm.engine import Engine, GenerationStats
 from assistant.llm.sampling import Sampler
 from assistant.skills.registry import Registry, load_registry, skill_folders
 from assistant.skills.sdk import SkillContext
-from assistant.turn import TurnManager
+from assistant.turn import SPOKEN, TurnManager
 
 log = logging.getLogger("assistant.daemon")
 
-SPOKEN = ("text", "error", "confirm")
 STOP_SECONDS = 2.0  # how long a stop waits for the running turn to end
 # A turn running longer than this counts as hung: the watchdog stops, and systemd restarts the
 # service. Far above the slowest honest turn (3 passes of 256 tokens and their skills on the board).

@@ -42,6 +42,11 @@ def _db(context: SkillContext):
     return context.database("notes", SCHEMA)
 
 
+def _kept(db, list: ListName) -> set[str]:
+    """What a list already holds, in any case: what is asked for twice is kept once."""
+    return {text.casefold() for (text,) in db.execute("SELECT text FROM items WHERE list = ?", (list,))}
+
+
 @skill(
     sentences={
         "en": [("take a note [that] {text}", {"list": "notes"}), ("note (that|down) {text}", {"list": "notes"}),
@@ -65,8 +70,7 @@ def add_item(text: Text, context: SkillContext, list: ListName = "notes") -> str
         if not note:
             return context.localized("What should I note?", zh="要记什么？")
         with _db(context) as db:
-            notes = {text.casefold() for (text,) in db.execute("SELECT text FROM items WHERE list = 'notes'")}
-            if note.casefold() in notes:  # asked for twice (to be sure): kept once
+            if note.casefold() in _kept(db, "notes"):  # asked for twice (to be sure): kept once
                 return context.localized("That is already in your notes.", zh="笔记里已经有这条了。")
             db.execute("INSERT INTO items (list, text) VALUES ('notes', ?)", (note,))
         return context.localized("Noted.", zh="记下了。")
@@ -74,7 +78,7 @@ def add_item(text: Text, context: SkillContext, list: ListName = "notes") -> str
     if not items:
         return context.localized("What should I add?", zh="要加什么？")
     with _db(context) as db:
-        listed = {text.casefold() for (text,) in db.execute("SELECT text FROM items WHERE list = 'shopping'")}
+        listed = _kept(db, "shopping")
         added = [item for item in items if item.casefold() not in listed]
         db.executemany("INSERT INTO items (list, text) VALUES ('shopping', ?)", [(item,) for item in added])
     already = [item for item in items if item not in added]  # asked for twice (by two people): kept once
