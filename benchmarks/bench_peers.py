@@ -29,6 +29,13 @@ read its weight files. Right before each system, a plain C loop (compiled here w
 a buffer of the engine int8's weight bytes 128 times with 2 threads; each system whose files are
 read whole each token (the engine's layers and post, llama.cpp's GGUF, whose output matrix is
 its embedding table) is reported with the share of that read rate its decode reached.
+
+Prefill is the opposite case: the 300 rows share each weight, so it is held by arithmetic, not
+by reading. Right before each system a second C loop times 2 threads of 8-bit multiply-add
+instructions on registers (`vpdpbusd`; AVX2's `vpmaddubsw` + `vpmaddwd` without VNNI), and each
+prefill is reported as the share of that rate its weight matmuls reached: the checkpoint's
+weight multiply-adds for 300 tokens ÷ prefill time (attention over the prompt, about 3% more,
+left out).
 """
 
 from __future__ import annotations
@@ -123,6 +130,56 @@ int main(int argc, char **argv) {
 """
 
 
+MAC_CEILING = r"""
+#include <immintrin.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+
+/* argv: iterations, passes. Prints the milliseconds of each pass: 2 threads each running `iterations`
+   rounds of CHAINS independent 8-bit multiply-add instructions on registers (no memory). */
+#define CHAINS 12
+#ifdef __AVX512VNNI__
+#define MACS_PER_OP 64
+typedef __m512i vec;
+static vec madd(vec acc, vec a, vec b) { return _mm512_dpbusd_epi32(acc, a, b); }
+static vec splat(int x) { return _mm512_set1_epi32(x); }
+static int lane(vec v) { return _mm512_reduce_add_epi32(v); }
+#else  /* AVX2 without VNNI: u8 x s8 pairs to int16, then to int32, as the integer GEMM kernels do */
+#define MACS_PER_OP 32
+typedef __m256i vec;
+static vec madd(vec acc, vec a, vec b) {
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(a, b), _mm256_set1_epi16(1)));
+}
+static vec splat(int x) { return _mm256_set1_epi32(x); }
+static int lane(vec v) { return _mm256_extract_epi32(v, 0); }
+#endif
+
+int main(int argc, char **argv) {
+    long iterations = atol(argv[1]);
+    int passes = atoi(argv[2]), seed = argc;
+    long total = 0;
+    for (int pass = 0; pass < passes; pass++) {
+        struct timespec start, end;
+        clock_gettime(CLOCK_MONOTONIC, &start);
+        #pragma omp parallel num_threads(2) reduction(+:total)
+        {
+            vec acc[CHAINS], a = splat(seed), b = splat(seed * 3);
+            for (int c = 0; c < CHAINS; c++) acc[c] = splat(c);
+            for (long i = 0; i < iterations; i++)
+                for (int c = 0; c < CHAINS; c++) acc[c] = madd(acc[c], a, b);
+            for (int c = 0; c < CHAINS; c++) total += lane(acc[c]);
+        }
+        clock_gettime(CLOCK_MONOTONIC, &end);
+        printf("%.4f\n", (end.tv_sec - start.tv_sec) * 1e3 + (end.tv_nsec - start.tv_nsec) * 1e-6);
+    }
+    printf("%d\n", MACS_PER_OP * CHAINS);
+    return total == 1;
+}
+"""
+
+
 def run(command: list[str], env: dict | None = None) -> tuple[str, float]:
     """Run a child process; its stdout and its own peak RSS in MB."""
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
@@ -134,9 +191,9 @@ def run(command: list[str], env: dict | None = None) -> tuple[str, float]:
     return out, usage.ru_maxrss / 1024
 
 
-def build_read_ceiling(work: Path) -> Path:
-    source, binary = work / "read_ceiling.c", work / "read_ceiling"
-    source.write_text(READ_CEILING)
+def build_ceiling(work: Path, name: str, code: str) -> Path:
+    source, binary = work / f"{name}.c", work / name
+    source.write_text(code)
     subprocess.run(["cc", "-O3", "-march=native", "-fopenmp", str(source), "-o", str(binary)], check=True)
     return binary
 
@@ -145,6 +202,23 @@ def read_rate(binary: Path, nbytes: int) -> float:
     """Bytes a second the machine reads with 2 threads this minute: the median of DECODE passes."""
     out = subprocess.run([str(binary), str(nbytes), str(DECODE)], capture_output=True, text=True).stdout
     return nbytes / (statistics.median(float(line) for line in out.split()) / 1e3)
+
+
+def mac_rate(binary: Path) -> float:
+    """8-bit multiply-adds a second of 2 threads this minute: the median of 20 passes."""
+    iterations = 2_000_000
+    out = subprocess.run([str(binary), str(iterations), "20"], capture_output=True, text=True).stdout
+    *passes, per_iteration = out.split()
+    return 2 * iterations * int(per_iteration) / (statistics.median(float(ms) for ms in passes) / 1e3)
+
+
+def weight_macs_per_token(hf: Path) -> int:
+    """Multiply-adds of one token through every layer's weight matmuls (q, k, v, o, gate, up, down)."""
+    config = json.loads((hf / "config.json").read_text())
+    hidden, heads = config["hidden_size"], config["num_attention_heads"]
+    kv = hidden // heads * config["num_key_value_heads"]
+    per_layer = hidden * (2 * hidden + 2 * kv) + 3 * hidden * config["intermediate_size"]
+    return per_layer * config["num_hidden_layers"]
 
 
 def weight_bytes(model: Path) -> int:
@@ -248,12 +322,15 @@ def main() -> None:
         for precision, model in build_genai(hf, args.work, args.genai_python).items():
             systems[f"onnxruntime-genai {precision}"] = (lambda m: measure_genai(m, args.genai_python), model)
 
-    ceiling, ceiling_bytes = build_read_ceiling(args.work), weight_bytes(models["int8"])
+    ceiling, ceiling_bytes = build_ceiling(args.work, "read_ceiling", READ_CEILING), weight_bytes(models["int8"])
+    mac_ceiling, prefill_macs = build_ceiling(args.work, "mac_ceiling", MAC_CEILING), weight_macs_per_token(hf)
     rounds: dict[str, list[dict]] = {name: [] for name in systems}
     for i in range(args.rounds):
         for name, (measure, target) in systems.items():
-            rate = read_rate(ceiling, ceiling_bytes)
+            rate, macs = read_rate(ceiling, ceiling_bytes), mac_rate(mac_ceiling)
             result = measure(target)
+            result["mac_g_s"] = macs / 1e9
+            result["prefill_share_of_mac_rate"] = prefill_macs * len(PROMPT) / result["prefill_s"] / macs
             if "weight_bytes" in result:
                 result["read_gb_s"] = rate / 1e9
                 result["share_of_read_rate"] = result.pop("weight_bytes") * result["decode_tok_s"] / rate
