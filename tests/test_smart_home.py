@@ -115,8 +115,8 @@ class Subscriber:
             time.sleep(0.02)
         raise AssertionError(f"nothing on {topic}; saw {self.messages}")
 
-    def publish_retained(self, topic: str, payload: str) -> None:
-        self.client.publish(topic, payload, qos=1, retain=True).wait_for_publish(5)
+    def publish_retained(self, topic: str, payload: str, qos: int = 1) -> None:
+        self.client.publish(topic, payload, qos=qos, retain=True).wait_for_publish(5)
 
     def close(self) -> None:
         self.client.disconnect()
@@ -917,6 +917,30 @@ def test_a_command_to_a_zigbee2mqtt_device_gone_offline_is_said_offline_not_done
         assert registry.call("switch_device", {"device": "kitchen light", "on": True}).text == (
             "The kitchen light is on."
         )
+    finally:
+        subscriber.close()
+
+
+@pytest.mark.parametrize("qos", [0, 1])
+def test_a_device_with_availability_is_commanded_and_asked_in_a_round_trip(
+    broker: int, tmp_path: Path, qos: int
+) -> None:
+    """Older Zigbee2MQTT retains its availability at QoS 0, newer at QoS 1: neither waits on a delayed ACK."""
+    registry, subscriber = smart_home(broker, tmp_path), Subscriber(broker)
+    try:
+        subscriber.publish_retained("zigbee2mqtt/kitchen_light/availability", "online", qos=qos)
+        subscriber.publish_retained("zigbee2mqtt/kitchen_light", json.dumps({"state": "ON"}), qos=qos)
+        for name, arguments, said in [
+            ("switch_device", {"device": "kitchen light", "on": True}, "The kitchen light is on."),
+            ("device_state", {"device": "kitchen light"}, "The kitchen light is on."),
+        ]:
+            took = []
+            for _ in range(9):
+                start = time.monotonic()
+                assert registry.call(name, arguments).text == said
+                took.append(time.monotonic() - start)
+            # A round trip is a few ms here; a TCP delayed ACK on the broker's side would be 40 ms each.
+            assert sorted(took)[4] < 0.03, (name, took)
     finally:
         subscriber.close()
 
