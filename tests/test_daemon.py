@@ -987,3 +987,33 @@ def test_what_the_daemon_stores_only_its_own_user_can_read(setup) -> None:
     assert len(stored) >= 3 and {oct(path.stat().st_mode & 0o077) for path in stored} == {"0o0"}, stored
     unit = (REPO / "systemd/assistant.service").read_text()
     assert "UMask=0077" in unit and "StateDirectoryMode=0700" in unit  # a state folder made before, too
+
+
+def test_a_second_stop_while_loading_still_exits_0(setup) -> None:
+    """systemd's `stop` then a `kill`, or Ctrl-C pressed twice: the second lands while the first unwinds."""
+    config, control, notify = setup
+    command = [sys.executable, "-m", "assistant", "run", "--config", str(config), "--text-only"]
+    env = clean_env() | {"NOTIFY_SOCKET": str(notify.path)}
+    log_path = config.parent / "daemon.log"
+    for gap in (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02):
+        with open(log_path, "wb") as log:
+            process = subprocess.Popen(command, env=env, stdout=log, stderr=log)
+        try:
+            notify.wait_for("STATUS=loading the language model", process=process)
+            process.send_signal(signal.SIGTERM)
+            time.sleep(gap)
+            process.send_signal(signal.SIGINT)
+            assert process.wait(timeout=30) == 0, (gap, log_path.read_text())
+        finally:
+            process.kill()
+            process.wait()
+        notify.received.clear()
+        assert "Traceback" not in log_path.read_text(), gap
+        assert "stopped while loading" in log_path.read_text(), gap
+    for gap in (0.0, 0.001, 0.01, 0.05):  # and once loaded: the second lands in the shutdown or the teardown
+        daemon = Daemon(config.parent, config, notify)
+        daemon.process.send_signal(signal.SIGTERM)
+        time.sleep(gap)
+        daemon.process.send_signal(signal.SIGINT)
+        assert daemon.stop() == 0, gap
+        notify.received.clear()

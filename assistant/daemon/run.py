@@ -184,8 +184,11 @@ class Daemon:
         return self.shutdown()
 
     def _on_stop_signal(self, *_) -> None:
+        # Only the first stop interrupts the loading: a second one (Ctrl-C twice, systemd's stop then a
+        # kill) would land in the first's unwinding, outside anything that catches it.
+        interrupt = not self.loaded and not self.stop_requested
         self.request_stop()
-        if not self.loaded:
+        if interrupt:
             raise Stopped
 
     def request_stop(self) -> None:
@@ -514,9 +517,15 @@ def run(config_path: Path, settings: Settings, text_only: bool = False) -> int:
     # its databases) is for its own user only, whatever umask the shell or systemd started it with.
     os.umask(0o077)
     try:
-        daemon = Daemon(config_path, settings, text_only)
-    except Stopped:
-        notify("STOPPING=1")
-        log.info("stopped while loading")
-        return 0
-    return daemon.run()
+        try:
+            daemon = Daemon(config_path, settings, text_only)
+        except Stopped:
+            notify("STOPPING=1")
+            log.info("stopped while loading")
+            return 0
+        return daemon.run()
+    finally:
+        # Exiting: a further stop has nothing left to stop, and Python's teardown gives a handled signal
+        # its default action back, so it would end the process by the signal, the exit status lost.
+        for stop in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(stop, signal.SIG_IGN)
