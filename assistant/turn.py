@@ -96,6 +96,8 @@ class TurnManager:
         # prefills that asker's own exchanges.
         self.conversation.messages = self.histories.setdefault(asker, [])
         self.registry.context.language = reply_language(text)
+        before = [m["content"] for m in self.conversation.messages if m["role"] == "user"][-1:]
+        self.registry.context.heard = (*before, text)  # "turn it off" names what the turn before did
         spoken = []
         try:
             for event in self._turn(text.strip(), cancel):

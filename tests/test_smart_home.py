@@ -993,3 +993,32 @@ def test_a_broker_that_drops_or_ignores_the_availability_question_is_said_unreac
             f"I can't reach the smart home broker at 127.0.0.1:{port} (no answer within 3 seconds)."
         )
         assert time.monotonic() - start < 4  # once, not again for the command, which is never sent
+
+
+def test_the_model_switches_only_a_device_the_person_named(broker: int, tmp_path: Path, tiny_int8: Path) -> None:
+    """Its call must name a configured device, so asked for the garage light it picks one that exists."""
+    from tests.test_toolcalls import scripted
+
+    registry, subscriber = smart_home(broker, tmp_path, LIGHTS + MIXED[:2]), Subscriber(broker)
+    engine = Engine(tiny_int8, kv_cache_len=2048)
+    conversation = Conversation(engine, "You are a test.", 64, registry.tools())
+    manager = TurnManager(conversation, registry, Sampler(), intents=False)
+
+    def said(text: str, on: bool | None = True) -> str:
+        arguments = {"device": "hall light"} | ({} if on is None else {"on": on})
+        call = {"name": "switch_device" if on is not None else "device_state", "arguments": arguments}
+        scripted(engine, f"<tool_call>\n{json.dumps(call)}\n</tool_call>")
+        return "".join(e.text for e in manager.turn(text) if e.kind in ("text", "error"))
+
+    try:
+        for heard in ("turn on the garage light", "turn the porch lamp on"):
+            assert said(heard).startswith("I don't know which device you mean. The devices I know are: kitchen")
+        assert said("is the garage light on", on=None).startswith("I don't know which device you mean.")
+        assert said("打开车库的灯").startswith("我不知道你说的是哪个设备。我知道的设备有：kitchen light、hall light")
+        assert [t for t, _ in subscriber.sent_before_now() if t.endswith("/set")] == []
+        assert said("turn on the light in the hall") == "The hall light is on."
+        assert said("thanks, and now switch it off", on=False) == "The hall light is off."  # named the turn before
+        sent = [t for t, _ in subscriber.sent_before_now() if t.endswith("/set")]
+        assert sent == ["zigbee2mqtt/hall_light/set"] * 2
+    finally:
+        subscriber.close()

@@ -90,6 +90,9 @@ class SkillContext:
     language: str = "en"  # of the request being answered: "zh" for one in Chinese, else "en"
     voice_language: str | None = None  # what the speaker's voice speaks; None without one
     stopped_at: float = 0.0  # when "stop" was last said (time.time()): what rings on stops then too
+    # The asker's words in this turn and the one before, newest last; () outside a turn. The model
+    # picks a name from a list even when the person named something else: this is what they said.
+    heard: tuple[str, ...] = ()
 
     def localized(self, en: str, **others: str) -> str:
         """The reply in the request's language where one is given, else `en`:

@@ -142,7 +142,18 @@ def _said(context: SkillContext, error: NotDone) -> str:
 
 
 def _device(context: SkillContext, name: str) -> dict:
-    found = [d for d in context.settings.mqtt.devices if name.casefold() in (n.casefold() for n in _spoken(d))]
+    devices = context.settings.mqtt.devices
+    found = [d for d in devices if name.casefold() in (n.casefold() for n in _spoken(d))]
+    if context.heard and found and not _mentioned(found[0], context.heard) and _others_of_its_kind(found[0], devices):
+        # The model's call must name a configured device: asked for the garage light, it picks one of
+        # the lights there are. Switching the kitchen light instead would be worse than asking. (The
+        # only device of its kind needs no name: "turn on the light", "set the temperature to 21".)
+        names = [d["name"] for d in devices]
+        shown = ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
+        raise NotDone(
+            f"I don't know which device you mean. The devices I know are: {shown}.",
+            f"我不知道你说的是哪个设备。我知道的设备有：{'、'.join(names[:8])}{'等' if len(names) > 8 else ''}。",
+        )
     if len(found) > 1:
         # Taking the first would switch the kitchen light when the bedroom one was meant.
         areas = " and ".join(d.get("area") or "no area" for d in found)
@@ -152,6 +163,30 @@ def _device(context: SkillContext, name: str) -> dict:
             f"有{len(found)}个设备叫{name}（{areas_zh}），不知道你说的是哪一个。",
         )
     return found[0]
+
+
+# Words that say what kind of thing a device is, not which one: "the garage light" is not the kitchen light.
+KIND_WORDS = {"light", "lights", "lamp", "lamps", "fan", "fans", "switch", "plug", "socket", "the", "my"}
+KIND_CHARACTERS = "灯的"
+
+
+def _mentioned(device: dict, heard: tuple[str, ...]) -> bool:
+    """Whether the asker named the device (or an alias, or its area for a name that only says its kind)
+    in what they said: its Latin words that say which one, as words, and its other characters as text."""
+    words = {w for text in heard for w in re.findall(r"[a-z0-9]+", text.casefold())}
+    text = "".join("".join(heard).casefold().split())
+
+    def named(name: str) -> bool:
+        latin = re.findall(r"[a-z0-9]+", name.casefold())
+        which = [w for w in latin if w not in KIND_WORDS] or latin
+        other = "".join(c for c in re.sub(r"[a-z0-9\s]+", "", name.casefold()) if c not in KIND_CHARACTERS)
+        return all(w in words for w in which) and (not other or other in text)
+
+    return any(named(n) for n in [*_spoken(device), *([device["area"]] if device.get("area") else [])])
+
+
+def _others_of_its_kind(device: dict, devices: list[dict]) -> bool:
+    return any(d is not device and d.get("type") == device.get("type") for d in devices)
 
 
 def _topic(device: dict, key: str) -> str:
