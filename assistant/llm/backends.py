@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import functools
+import importlib.util
 import inspect
 import logging
 import re
@@ -33,6 +34,11 @@ MIN_PYAXENGINE = "0.1.2rc0"  # the first release whose run() takes shape_group
 # fails every run with AttributeError; fixed in 0.1.3rc0, whose metadata says 0.1.3.
 MIN_PYAXENGINE_AXCLRT = (0, 1, 3)
 AXCLRT = "AXCLRTExecutionProvider"
+BUILD_FOR_THE_NPU = "`assistant setup --target ax630c` (AX630C) or `--target ax650n` (AX650N) on a PC with Pulsar2"
+# pyaxengine's own messages when the NPU runtime cannot start, before any model is read: the board's
+# drivers (axengine/_axe.py, _initialize_engine, run on the first session) or the M.2 card
+# (axengine/_axclrt.py, _initialize_axclrt and AXCLRTSession.__init__).
+RUNTIME_FAILURES = ("Failed to initialize", "VNPU attribute", "AXCL device", "Device index", "axclrtEngineInit")
 
 
 @dataclass
@@ -154,8 +160,14 @@ class AxRunner:
         except ValueError as e:  # an unavailable provider: axengine/_session.py, InferenceSession.__init__
             message = f"{path}: pyaxengine cannot open it with {provider} ({e}); check llm.axengine_provider"
             raise ModelError(message) from None
-        except RuntimeError as e:  # "Failed to get model type." and the like, from the NPU runtime
-            raise ModelError(f"{path}: pyaxengine cannot load it ({e}); a build for another chip? {FIX}") from None
+        except RuntimeError as e:
+            if any(words in str(e) for words in RUNTIME_FAILURES):
+                raise ModelError(f"pyaxengine cannot start the NPU ({e}); {_runtime_fix(provider)}") from None
+            # "Failed to get model type." and the like: the runtime cannot read this file as its model
+            message = (
+                f"{path}: pyaxengine cannot load it ({e}): built for another chip? build it with {BUILD_FOR_THE_NPU}"
+            )
+            raise ModelError(message) from None
         except OSError as e:  # on the board pyaxengine opens the file itself (axengine/_axe.py, __init__)
             raise ModelError(f"{path}: pyaxengine cannot open it ({e.strerror}); {FIX}") from None
         self.path = path
@@ -186,13 +198,31 @@ def _prints_to_stderr() -> contextlib.AbstractContextManager:
     return contextlib.redirect_stdout(sys.stderr)
 
 
-def axengine_available() -> bool:
+def _runtime_fix(provider: str) -> str:
+    if provider == AXCLRT:
+        return "is the M.2 card seated, its AXCL driver loaded (/dev/axcl_host), and may this user open it?"
+    return "are the board's NPU drivers loaded (the /dev/ax_* nodes) and may this user open them (the service's too)?"
+
+
+def axengine_problem() -> str | None:
+    """Why pyaxengine cannot be used here, or None when it imports."""
     try:
         with _prints_to_stderr():
             import axengine  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    except ModuleNotFoundError as e:
+        if e.name == "axengine":
+            return "pyaxengine is not installed (see README: pyaxengine on the board)"
+        return f"pyaxengine cannot be imported ({e})"
+    except ImportError as e:  # axengine/__init__.py: no provider's runtime library was found
+        return (
+            f"pyaxengine finds no NPU runtime ({e}): the board's libax_engine.so (its BSP, /soc/lib) or the "
+            "M.2 card's libaxcl_rt.so must be on the library path (ldconfig)"
+        )
+    return None
+
+
+def axengine_available() -> bool:
+    return axengine_problem() is None
 
 
 @functools.cache  # asked by every session (each layer, the post model, the voice's decoder): looked up once
@@ -228,12 +258,22 @@ def open_sessions(
     provider: str = "AxEngineExecutionProvider",
 ) -> Sessions:
     """Check the chosen backend's files against the manifest, then open one session per graph."""
+    wants_npu = backend == "axengine" or (backend == "auto" and "axengine" in manifest.backends)
+    problem = axengine_problem() if wants_npu else None
     if backend == "auto":
-        backend = "axengine" if "axengine" in manifest.backends and axengine_available() else "onnxruntime"
+        backend = "axengine" if "axengine" in manifest.backends and problem is None else "onnxruntime"
+        if backend not in manifest.backends and problem:  # the board's build only, and no NPU here
+            raise ModelError(
+                f"{model_dir}: holds only the NPU's axmodels, and {problem}; add the CPU's layers with "
+                "`assistant setup` without --no-host"
+            )
+        if problem and importlib.util.find_spec("axengine"):  # installed, so the NPU was meant: say why not
+            log.warning("%s; the layers run on the CPU instead", problem)
     files = manifest.backends.get(backend)
     if files is None:
         have = ", ".join(manifest.backends) or "none"
-        raise ModelError(f"{model_dir}: has no {backend} graphs (it has: {have}); {FIX} for this target")
+        fix = f"build them with {BUILD_FOR_THE_NPU}" if backend == "axengine" else f"{FIX} for this target"
+        raise ModelError(f"{model_dir}: has no {backend} graphs (it has: {have}); {fix}")
     if len(files.layers) != manifest.num_layers:
         raise ModelError(f"{model_dir}: manifest lists {len(files.layers)} {backend} layers, not {manifest.num_layers}")
     names = [manifest.tokenizer, manifest.chat_template, manifest.embeddings, *files.layers, files.post]
@@ -243,8 +283,8 @@ def open_sessions(
     if backend == "axengine":
         import ml_dtypes
 
-        if not axengine_available():
-            raise ModelError("backend axengine: pyaxengine is not installed (see README: installing on the board)")
+        if problem:
+            raise ModelError(f"backend axengine: {problem}")
         layers = [AxRunner(model_dir / f, provider) for f in files.layers]
         post = AxRunner(model_dir / files.post, provider)
         board = board_shapes(layers, manifest, files)

@@ -12,8 +12,10 @@ Environment (tests only): AXENGINE_STANDIN_PROVIDERS (comma-separated available 
 default AxEngineExecutionProvider), AXENGINE_STANDIN_VERSION ("0.1.1": run() without shape_group,
 as before pyaxengine 0.1.2rc0; "0.1.2rc0": every run with AXCLRTExecutionProvider fails, as in that
 release; "0.1.2rc0" and "0.1.3rc0": the board's outputs are views that the session's next run
-overwrites), AXENGINE_STANDIN_NO_GROUP_COUNT (a board runtime too old to count shape groups). The
-package's metadata version is what a test puts on the path beside it.
+overwrites), AXENGINE_STANDIN_NO_GROUP_COUNT (a board runtime too old to count shape groups),
+AXENGINE_STANDIN_NO_DEVICE (the NPU's driver cannot be opened: on the board its device nodes are
+missing or not this user's; with the M.2 card, no card is found). The package's metadata version is
+what a test puts on the path beside it.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import io
 import json
 import mmap
 import os
+import threading
 import zipfile
 from collections.abc import Sequence
 from typing import Any
@@ -66,6 +69,20 @@ class SessionOptions:  # _base_session.py:15-16
     pass
 
 
+def _start_runtime(provider: str) -> None:
+    """What importing the provider's session module does once per process, before any model is read.
+
+    _axe.py:77-83, 112: AX_SYS_Init, which opens the board's NPU and memory drivers, fails without
+    them ("Failed to initialize ax sys."); the import then fails and the next session tries again.
+    _axclrt.py:105-108: the card's runtime finds no card (the device list is checked per session).
+    """
+    if not os.environ.get("AXENGINE_STANDIN_NO_DEVICE"):
+        return
+    if provider == axclrt_provider_name:
+        raise RuntimeError(f"Get AXCL device failed 0x{0:08x}, find total {0} device.")
+    raise RuntimeError("Failed to initialize ax sys.")
+
+
 _DTYPES = {"bfloat16": np.dtype(ml_dtypes.bfloat16), "uint32": np.dtype(np.uint32), "float32": np.dtype(np.float32)}
 
 
@@ -76,6 +93,10 @@ class _AxeSession:
         import onnxruntime
 
         self._provider = provider
+        _start_runtime(provider)
+        # _axe.py run() fills the session's one set of IO buffers and runs its one context: two runs
+        # at once on one session mix their inputs and outputs. The board does so silently; this raises.
+        self._running = threading.Lock()
         if provider == axclrt_provider_name:
             model = self._read_on_the_card(path_or_bytes)
         else:
@@ -158,6 +179,14 @@ class _AxeSession:
         return self._outputs[shape_group]
 
     def run(self, output_names, input_feed, run_options=None, shape_group: int = 0) -> list[np.ndarray]:
+        if not self._running.acquire(blocking=False):
+            raise RuntimeError("two runs at once on one pyaxengine session (its IO buffers are shared)")
+        try:
+            return self._run(output_names, input_feed, shape_group)
+        finally:
+            self._running.release()
+
+    def _run(self, output_names, input_feed, shape_group: int) -> list[np.ndarray]:
         # _axe.py:348-419, run(), in its order: validation 355-356, outputs 358-359, group 361-362,
         # exact shape and dtype 368-370, contiguity 372-373, memmove of npy.nbytes 376-378.
         self._validate_input(input_feed)
