@@ -16,6 +16,7 @@ import inspect
 import logging
 import re
 import sys
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -157,19 +158,9 @@ class AxRunner:
         try:
             with _prints_to_stderr():
                 self.session = axengine.InferenceSession(str(path), providers=[provider])
-        except ValueError as e:  # an unavailable provider: axengine/_session.py, InferenceSession.__init__
-            message = f"{path}: pyaxengine cannot open it with {provider} ({e}); check llm.axengine_provider"
-            raise ModelError(message) from None
-        except RuntimeError as e:
-            if any(words in str(e) for words in RUNTIME_FAILURES):
-                raise ModelError(f"pyaxengine cannot start the NPU ({e}); {_runtime_fix(provider)}") from None
-            # "Failed to get model type." and the like: the runtime cannot read this file as its model
-            message = (
-                f"{path}: pyaxengine cannot load it ({e}): built for another chip? build it with {BUILD_FOR_THE_NPU}"
-            )
-            raise ModelError(message) from None
-        except OSError as e:  # on the board pyaxengine opens the file itself (axengine/_axe.py, __init__)
-            raise ModelError(f"{path}: pyaxengine cannot open it ({e.strerror}); {FIX}") from None
+        except (ValueError, RuntimeError, OSError) as e:
+            _drop_half_built_session(e)
+            raise ModelError(_cannot_open(path, provider, e)) from None
         self.path = path
 
     def inputs(self, group: int = 0) -> dict[str, list]:
@@ -190,6 +181,33 @@ class AxRunner:
 
     def run(self, feeds: dict[str, np.ndarray], group: int = 0) -> list[np.ndarray]:
         return self.session.run(None, feeds, shape_group=group)
+
+
+def _cannot_open(path: Path, provider: str, e: Exception) -> str:
+    """One line for a session pyaxengine could not open: what failed, and what fixes it."""
+    if isinstance(e, ValueError):  # an unavailable provider: axengine/_session.py, InferenceSession.__init__
+        return f"{path}: pyaxengine cannot open it with {provider} ({e}); check llm.axengine_provider"
+    if isinstance(e, OSError):  # on the board pyaxengine opens the file itself (axengine/_axe.py, __init__)
+        return f"{path}: pyaxengine cannot open it ({e.strerror}); {FIX}"
+    if any(words in str(e) for words in RUNTIME_FAILURES):
+        return f"pyaxengine cannot start the NPU ({e}); {_runtime_fix(provider)}"
+    # "Failed to get model type." and the like: the runtime cannot read this file as its model
+    return f"{path}: pyaxengine cannot load it ({e}): built for another chip? build it with {BUILD_FOR_THE_NPU}"
+
+
+def _drop_half_built_session(error: Exception) -> None:
+    """Let go of the session pyaxengine failed to build, now and quietly.
+
+    Its M.2-card session raises in __del__ when __init__ did not finish (axengine/_axclrt.py:
+    `self._model_id[0]` on None, `_all_model_instances.remove`), which Python prints as a traceback
+    under the one-line error whenever the exception that holds it is dropped.
+    """
+    hook = sys.unraisablehook
+    sys.unraisablehook = lambda unraisable: log.debug("pyaxengine, dropping a session: %r", unraisable.exc_value)
+    try:
+        traceback.clear_frames(error.__traceback__)  # the frames that still hold the half-built session
+    finally:
+        sys.unraisablehook = hook
 
 
 def _prints_to_stderr() -> contextlib.AbstractContextManager:

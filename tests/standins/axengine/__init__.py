@@ -39,6 +39,7 @@ VERSION = os.environ.get("AXENGINE_STANDIN_VERSION", "0.1.3")
 # session's next run overwrites (_axe.py run, before commit 87418a8 added `.copy()`).
 OUTPUTS_ARE_VIEWS = ("0.1.2rc0", "0.1.3rc0")
 RUNS: list[dict] = []  # every run: model file, shape group, input shapes (for tests that check the calls)
+_card_sessions: list = []  # _axclrt.py:26 _all_model_instances: every card session that finished __init__
 
 
 def get_all_providers() -> list[str]:
@@ -93,7 +94,9 @@ class _AxeSession:
         import onnxruntime
 
         self._provider = provider
+        self._model_id = None  # _axclrt.py:100, then 153: the card's model handle, set once a card is found
         _start_runtime(provider)
+        self._model_id = [0]
         # _axe.py run() fills the session's one set of IO buffers and runs its one context: two runs
         # at once on one session mix their inputs and outputs. The board does so silently; this raises.
         self._running = threading.Lock()
@@ -126,6 +129,18 @@ class _AxeSession:
         from assistant.llm.backends import session_options  # the process's onnxruntime set-up, if any
 
         self._compute = onnxruntime.InferenceSession(onnx_bytes, session_options(), providers=["CPUExecutionProvider"])
+        if provider == axclrt_provider_name:
+            self._model_id = [1]
+            _card_sessions.append(self)  # _axclrt.py:175, the last line of __init__
+
+    def __del__(self) -> None:
+        """_axclrt.py:177-179, 214-228: a card session that failed in __init__ raises here when it is
+        collected (None[0] before a card was found, list.remove after), which Python prints to stderr
+        as "Exception ignored in ... Traceback". The board's session (_axe.py:263, 323) does not."""
+        if self._provider == axclrt_provider_name:
+            if self._model_id[0] is not None and self._model_id[0] != 0:
+                self._model_id[0] = 0
+            _card_sessions.remove(self)
 
     def _read_on_the_board(self, path_or_bytes) -> bytes:
         """_axe.py:136-148: a path is opened and mapped by Python, so its errors are Python's own
