@@ -3,6 +3,7 @@ pyaxengine stand-in (tests/standins), every run checked against the shape groups
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import os
@@ -452,6 +453,9 @@ def test_the_m2_card_runs_the_same_tokens(board_model: Path, axengine, monkeypat
     """The card's session opens the model by `path.encode()` (a pathlib.Path fails there) and copies
     its outputs from the device; the engine gives it exactly what it gives the board's."""
     monkeypatch.setenv("AXENGINE_STANDIN_PROVIDERS", "AxEngineExecutionProvider,AXCLRTExecutionProvider")
+    with pytest.raises(ValueError, match=r"\['AXCLRTExecutionProvider'\] is\(are\) not available"):
+        axengine.InferenceSession(str(board_model / "axmodel/qwen_post.axmodel"), providers=["AXCLRTExecutionProvider"])
+    axengine = importlib.reload(axengine)  # pyaxengine finds its providers when it is imported
     with pytest.raises(AttributeError):
         axengine.InferenceSession(board_model / "axmodel/qwen_post.axmodel", providers=["AXCLRTExecutionProvider"])
     ids = prompt(5, n=150)

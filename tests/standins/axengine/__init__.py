@@ -46,9 +46,13 @@ def get_all_providers() -> list[str]:
     return [axengine_provider_name, axclrt_provider_name]
 
 
+# _providers.py:11-33: the providers are found once, when the package is imported (by their runtime
+# libraries); a library installed later is not seen by this process.
+_providers = [p for p in os.environ.get("AXENGINE_STANDIN_PROVIDERS", axengine_provider_name).split(",") if p]
+
+
 def get_available_providers() -> list[str]:
-    names = os.environ.get("AXENGINE_STANDIN_PROVIDERS", axengine_provider_name)
-    return [p for p in names.split(",") if p]
+    return _providers
 
 
 # __init__.py:16-19: importing fails when no provider's library is found.
