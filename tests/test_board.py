@@ -239,6 +239,15 @@ def test_a_host_build_on_the_board_names_the_board_build(tiny_float: Path) -> No
     )
 
 
+def test_a_host_build_on_a_machine_with_an_npu_says_the_cpu_runs_it(tiny_float: Path) -> None:
+    result = board_chat(tiny_float, "hello\n", "auto")
+    assert result.returncode == 0 and "on onnxruntime" in result.stderr, result.stderr
+    assert (
+        f"{tiny_float}: has no axmodels, so its layers run on the CPU although pyaxengine finds an NPU here; "
+        f"{SETUP_FOR_THE_NPU.replace('build it', 'build them')}"
+    ) in result.stderr
+
+
 def test_pyaxengine_installed_without_its_runtime_says_why_the_cpu_runs(tiny_float: Path, tmp_path: Path) -> None:
     """A build with both backends, on a board whose libax_engine.so is not found: the CPU runs, and the log says why."""
     import shutil

@@ -287,6 +287,13 @@ def open_sessions(
             )
         if problem and importlib.util.find_spec("axengine"):  # installed, so the NPU was meant: say why not
             log.warning("%s; the layers run on the CPU instead", problem)
+        elif "axengine" not in manifest.backends and importlib.util.find_spec("axengine") and axengine_available():
+            log.warning(
+                "%s: has no axmodels, so its layers run on the CPU although pyaxengine finds an NPU here; "
+                "build them with %s",
+                model_dir,
+                BUILD_FOR_THE_NPU,
+            )
     files = manifest.backends.get(backend)
     if files is None:
         have = ", ".join(manifest.backends) or "none"
