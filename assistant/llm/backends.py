@@ -276,24 +276,8 @@ def open_sessions(
     provider: str = "AxEngineExecutionProvider",
 ) -> Sessions:
     """Check the chosen backend's files against the manifest, then open one session per graph."""
-    wants_npu = backend == "axengine" or (backend == "auto" and "axengine" in manifest.backends)
-    problem = axengine_problem() if wants_npu else None
     if backend == "auto":
-        backend = "axengine" if "axengine" in manifest.backends and problem is None else "onnxruntime"
-        if backend not in manifest.backends and problem:  # the board's build only, and no NPU here
-            raise ModelError(
-                f"{model_dir}: holds only the NPU's axmodels, and {problem}; add the CPU's layers with "
-                "`assistant setup` without --no-host"
-            )
-        if problem and importlib.util.find_spec("axengine"):  # installed, so the NPU was meant: say why not
-            log.warning("%s; the layers run on the CPU instead", problem)
-        elif "axengine" not in manifest.backends and importlib.util.find_spec("axengine") and axengine_available():
-            log.warning(
-                "%s: has no axmodels, so its layers run on the CPU although pyaxengine finds an NPU here; "
-                "build them with %s",
-                model_dir,
-                BUILD_FOR_THE_NPU,
-            )
+        backend = _auto_backend(model_dir, manifest)
     files = manifest.backends.get(backend)
     if files is None:
         have = ", ".join(manifest.backends) or "none"
@@ -308,7 +292,7 @@ def open_sessions(
     if backend == "axengine":
         import ml_dtypes
 
-        if problem:
+        if problem := axengine_problem():
             raise ModelError(f"backend axengine: {problem}")
         layers = [AxRunner(model_dir / f, provider) for f in files.layers]
         post = AxRunner(model_dir / files.post, provider)
@@ -320,6 +304,31 @@ def open_sessions(
         sessions = Sessions(backend, layers, post, np.dtype(np.float32), None)
     _check_contract(manifest, sessions)
     return sessions
+
+
+def _auto_backend(model_dir: Path, manifest: Manifest) -> str:
+    """The NPU's layers when pyaxengine can run them here, else the CPU's; the log says why when
+    pyaxengine is installed, since then the NPU was meant."""
+    installed = importlib.util.find_spec("axengine") is not None
+    problem = axengine_problem() if installed or "axengine" in manifest.backends else None
+    if "axengine" in manifest.backends:
+        if problem is None:
+            return "axengine"
+        if "onnxruntime" not in manifest.backends:  # the board's build only, and no NPU here
+            raise ModelError(
+                f"{model_dir}: holds only the NPU's axmodels, and {problem}; add the CPU's layers with "
+                "`assistant setup` without --no-host"
+            )
+        if installed:
+            log.warning("%s; the layers run on the CPU instead", problem)
+    elif installed and problem is None:
+        log.warning(
+            "%s: has no axmodels, so its layers run on the CPU although pyaxengine finds an NPU here; "
+            "build them with %s",
+            model_dir,
+            BUILD_FOR_THE_NPU,
+        )
+    return "onnxruntime"
 
 
 def _check_contract(manifest: Manifest, sessions: Sessions) -> None:
