@@ -230,6 +230,30 @@ def test_an_npu_that_cannot_run_the_model_is_one_line_with_its_fix(
     assert len(errors) == 1 and line in errors[0], (case, errors)
 
 
+@pytest.mark.parametrize(
+    ("weights_fit", "line"),
+    [
+        (  # another program holds the CMM: the first layer's weights do not fit
+            False,
+            "qwen_l0.axmodel: pyaxengine cannot load it (Failed to load model.): built for another chip, or the "
+            "NPU's memory full (stop other programs that use the NPU or give the board more CMM (free: "
+            "/proc/ax_proc/mem_cmm_info))?",
+        ),
+        (  # the weights fit, the session's buffers do not
+            True,
+            "qwen_l0.axmodel: the NPU's memory is full (Failed to allocate memory for input.); stop other programs "
+            "that use the NPU or give the board more CMM (free: /proc/ax_proc/mem_cmm_info)",
+        ),
+    ],
+)
+def test_a_board_whose_npu_memory_is_full_is_one_line(board_model: Path, weights_fit: bool, line: str) -> None:
+    free = 1000 + ((board_model / "axmodel/qwen_l0.axmodel").stat().st_size if weights_fit else 0)
+    result = board_chat(board_model, "hello\n", AXENGINE_STANDIN_CMM_BYTES=str(free))
+    errors = [text for text in result.stderr.splitlines() if text.startswith("error:")]
+    assert result.returncode == 78 and "Traceback" not in result.stderr, result.stderr
+    assert len(errors) == 1 and line in errors[0], errors
+
+
 def test_a_host_build_on_the_board_names_the_board_build(tiny_float: Path) -> None:
     result = board_chat(tiny_float, "hello\n")
     assert result.returncode == 78 and "Traceback" not in result.stderr, result.stderr

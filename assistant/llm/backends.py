@@ -39,6 +39,8 @@ BUILD_FOR_THE_NPU = "`assistant setup --target ax630c` (AX630C) or `--target ax6
 # pyaxengine's own messages when the NPU runtime cannot start, before any model is read: the board's
 # drivers (axengine/_axe.py, _initialize_engine, run on the first session) or the M.2 card
 # (axengine/_axclrt.py, _initialize_axclrt and AXCLRTSession.__init__).
+# The board's CMM: the memory its NPU's models and buffers take, shared with every other program using the NPU.
+FREE_CMM = "stop other programs that use the NPU or give the board more CMM (free: /proc/ax_proc/mem_cmm_info)"
 RUNTIME_FAILURES = ("Failed to initialize", "VNPU attribute", "AXCL device", "Device index", "axclrtEngineInit")
 
 
@@ -191,8 +193,12 @@ def _cannot_open(path: Path, provider: str, e: Exception) -> str:
         return f"{path}: pyaxengine cannot open it ({e.strerror}); {FIX}"
     if any(words in str(e) for words in RUNTIME_FAILURES):
         return f"pyaxengine cannot start the NPU ({e}); {_runtime_fix(provider)}"
-    # "Failed to get model type." and the like: the runtime cannot read this file as its model
-    return f"{path}: pyaxengine cannot load it ({e}): built for another chip? build it with {BUILD_FOR_THE_NPU}"
+    if "allocate memory" in str(e):  # axengine/_axe.py, AXEngineSession.__init__: AX_SYS_MemAllocCached
+        return f"{path}: the NPU's memory is full ({e}); {FREE_CMM}"
+    # "Failed to get model type.": the runtime cannot read this file as its model; "Failed to load
+    # model.": nor load it, which also happens when its weights do not fit in the CMM that is left
+    cmm = f", or the NPU's memory full ({FREE_CMM})" if "load model" in str(e) else ""
+    return f"{path}: pyaxengine cannot load it ({e}): built for another chip{cmm}? build it with {BUILD_FOR_THE_NPU}"
 
 
 def _drop_half_built_session(error: Exception) -> None:

@@ -14,8 +14,9 @@ as before pyaxengine 0.1.2rc0; "0.1.2rc0": every run with AXCLRTExecutionProvide
 release; "0.1.2rc0" and "0.1.3rc0": the board's outputs are views that the session's next run
 overwrites), AXENGINE_STANDIN_NO_GROUP_COUNT (a board runtime too old to count shape groups),
 AXENGINE_STANDIN_NO_DEVICE (the NPU's driver cannot be opened: on the board its device nodes are
-missing or not this user's; with the M.2 card, no card is found). The package's metadata version is
-what a test puts on the path beside it.
+missing or not this user's; with the M.2 card, no card is found), AXENGINE_STANDIN_CMM_BYTES (the
+board's CMM, the memory the NPU's models and buffers live in, that is still free for this process).
+The package's metadata version is what a test puts on the path beside it.
 """
 
 from __future__ import annotations
@@ -88,6 +89,20 @@ def _start_runtime(provider: str) -> None:
     raise RuntimeError("Failed to initialize ax sys.")
 
 
+_cmm_taken = 0  # bytes of the board's CMM this process holds
+
+
+def _cmm_alloc(size: int) -> bool:
+    """AX_SYS_MemAllocCached, and the runtime's own allocation of a model's weights: False when
+    the CMM left (AXENGINE_STANDIN_CMM_BYTES, unlimited when unset) cannot hold `size` more bytes."""
+    global _cmm_taken
+    free = os.environ.get("AXENGINE_STANDIN_CMM_BYTES")
+    if free is not None and _cmm_taken + size > int(free):
+        return False
+    _cmm_taken += size
+    return True
+
+
 _DTYPES = {"bfloat16": np.dtype(ml_dtypes.bfloat16), "uint32": np.dtype(np.uint32), "float32": np.dtype(np.float32)}
 
 
@@ -119,7 +134,11 @@ class _AxeSession:
         if table["chip"] != os.environ.get("AXENGINE_STANDIN_CHIP", table["chip"]):
             raise RuntimeError("Failed to get model type.")  # a model built for another chip
         self._groups = table["groups"]
-        if provider == axengine_provider_name and os.environ.get("AXENGINE_STANDIN_NO_GROUP_COUNT"):
+        board = provider == axengine_provider_name
+        if board and not _cmm_alloc(len(model)):  # _axe.py:197-199: AX_ENGINE_CreateHandleV2 copies the model in
+            raise RuntimeError("Failed to load model.")
+        self._model_bytes = len(model) if board else 0  # given back by __del__ (_axe.py:263, 323-326)
+        if board and os.environ.get("AXENGINE_STANDIN_NO_GROUP_COUNT"):
             # _axe.py:203-207: a board runtime without AX_ENGINE_GetGroupIOInfoCount (cffi raises
             # AttributeError) counts one group, whose IO info is the model's default (group 0's).
             print("[WARNING] function/symbol 'AX_ENGINE_GetGroupIOInfoCount' not found in library")
@@ -130,6 +149,10 @@ class _AxeSession:
         # _axe.py:229-261: one buffer per input and output, the size of its largest shape group.
         self._in_buffers = [bytearray(max(_nbytes(g[i]) for g in self._inputs)) for i in range(len(self._inputs[0]))]
         self._out_buffers = [bytearray(max(_nbytes(g[i]) for g in self._outputs)) for i in range(len(self._outputs[0]))]
+        for kind, buffers in (("input", self._in_buffers), ("output", self._out_buffers)):
+            # _axe.py:238-242, 255-259; never freed: _axe.py has no AX_SYS_MemFree call
+            if board and not all(_cmm_alloc(len(b)) for b in buffers):
+                raise RuntimeError(f"Failed to allocate memory for {kind}.")
         from assistant.llm.backends import session_options  # the process's onnxruntime set-up, if any
 
         self._compute = onnxruntime.InferenceSession(onnx_bytes, session_options(), providers=["CPUExecutionProvider"])
@@ -141,6 +164,8 @@ class _AxeSession:
         """_axclrt.py:177-179, 214-228: a card session that failed in __init__ raises here when it is
         collected (None[0] before a card was found, list.remove after), which Python prints to stderr
         as "Exception ignored in ... Traceback". The board's session (_axe.py:263, 323) does not."""
+        global _cmm_taken
+        _cmm_taken -= getattr(self, "_model_bytes", 0)
         if self._provider == axclrt_provider_name:
             if self._model_id[0] is not None and self._model_id[0] != 0:
                 self._model_id[0] = 0
