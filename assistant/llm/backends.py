@@ -16,6 +16,7 @@ import inspect
 import logging
 import re
 import sys
+import threading
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -150,6 +151,9 @@ class AxRunner:
 
     Outputs are always asked for as None: pyaxengine raises for a name the model lacks and, since
     0.1.3, for a list that leaves any model output out (axengine/_axe.py, `run`: outputs_ranks).
+    A session has one set of IO buffers that every run fills and reads back (axengine/_axe.py,
+    `run`), so two runs at once would mix their tensors without an error: runs take turns here
+    (the voice's decoder is run by a reply and by an announcement, each on its own thread).
     """
 
     def __init__(self, path: Path, provider: str):
@@ -164,6 +168,7 @@ class AxRunner:
             _drop_half_built_session(e)
             raise ModelError(_cannot_open(path, provider, e)) from None
         self.path = path
+        self._one_run = threading.Lock()
 
     def inputs(self, group: int = 0) -> dict[str, list]:
         return {i.name: list(i.shape) for i in self.session.get_inputs(shape_group=group)}
@@ -182,7 +187,11 @@ class AxRunner:
             count += 1
 
     def run(self, feeds: dict[str, np.ndarray], group: int = 0) -> list[np.ndarray]:
-        return self.session.run(None, feeds, shape_group=group)
+        with self._one_run:
+            outputs = self.session.run(None, feeds, shape_group=group)
+            # Before 0.1.3.rc1 they are views of the session's buffers, which the next run (another
+            # thread's, once the lock is let go) overwrites: those are copied while the lock is held.
+            return [out if out.base is None else out.copy() for out in outputs]
 
 
 def _cannot_open(path: Path, provider: str, e: Exception) -> str:
