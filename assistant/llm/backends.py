@@ -40,9 +40,9 @@ BUILD_FOR_THE_NPU = "`assistant setup --target ax630c` (AX630C) or `--target ax6
 # pyaxengine's own messages when the NPU runtime cannot start, before any model is read: the board's
 # drivers (axengine/_axe.py, _initialize_engine, run on the first session) or the M.2 card
 # (axengine/_axclrt.py, _initialize_axclrt and AXCLRTSession.__init__).
+RUNTIME_FAILURES = ("Failed to initialize", "VNPU attribute", "AXCL device", "Device index", "axclrtEngineInit")
 # The board's CMM: the memory its NPU's models and buffers take, shared with every other program using the NPU.
 FREE_CMM = "stop other programs that use the NPU or give the board more CMM (free: /proc/ax_proc/mem_cmm_info)"
-RUNTIME_FAILURES = ("Failed to initialize", "VNPU attribute", "AXCL device", "Device index", "axclrtEngineInit")
 
 
 @dataclass
