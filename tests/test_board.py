@@ -3,6 +3,7 @@ pyaxengine stand-in (tests/standins), every run checked against the shape groups
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import os
@@ -157,14 +158,20 @@ def test_a_wrong_feed_fails_as_pyaxengine_fails(board_model: Path, axengine) -> 
         layer.run(None, {k: v for k, v in feed.items() if k != "mask"})
 
 
+def board_chat(model: Path, text: str = "", backend: str = "axengine", standins: bool = True, **env: str):
+    """`assistant chat` on `model`, with the pyaxengine stand-in importable (or no pyaxengine at all)."""
+    path = f"{STANDINS}:" if standins else ""
+    return subprocess.run(
+        [sys.executable, "-m", "assistant", "chat", "--model", str(model), "--backend", backend,
+         "--max-new-tokens", "6"],
+        input=text, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "PYTHONPATH": f"{path}{os.environ.get('PYTHONPATH', '')}", **env},
+    )  # fmt: skip
+
+
 def test_chat_on_the_board_path_and_its_one_line_errors(board_model: Path, tmp_path: Path) -> None:
     def chat(text: str = "", **env: str) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [sys.executable, "-m", "assistant", "chat", "--model", str(board_model), "--backend", "axengine",
-             "--max-new-tokens", "6"],
-            input=text, capture_output=True, text=True, timeout=120,
-            env={**os.environ, "PYTHONPATH": f"{STANDINS}:{os.environ.get('PYTHONPATH', '')}", **env},
-        )  # fmt: skip
+        return board_chat(board_model, text, **env)
 
     works = chat("turn on the kitchen light\nand the hallway\n")
     assert works.returncode == 0 and "on axengine" in works.stderr, works.stderr
@@ -178,6 +185,161 @@ def test_chat_on_the_board_path_and_its_one_line_errors(board_model: Path, tmp_p
 
     card_only = chat(AXENGINE_STANDIN_PROVIDERS="AXCLRTExecutionProvider")
     assert card_only.returncode == 78 and "llm.axengine_provider" in card_only.stderr
+
+
+SETUP_FOR_THE_NPU = "build it with `assistant setup --target ax630c` (AX630C) or `--target ax650n` (AX650N)"
+
+
+@pytest.mark.parametrize(
+    ("case", "backend", "standins", "env", "line"),
+    [
+        (  # the board's NPU drivers not loaded, or their nodes not the service user's
+            "no NPU device", "axengine", True, {"AXENGINE_STANDIN_NO_DEVICE": "1"},
+            "error: pyaxengine cannot start the NPU (Failed to initialize ax sys.); are the board's NPU drivers "
+            "loaded (the /dev/ax_* nodes) and may this user open them (the service's too)?",
+        ),
+        (  # pyaxengine installed, the BSP's libax_engine.so not found: pyaxengine's import fails
+            "no NPU runtime", "axengine", True, {"AXENGINE_STANDIN_PROVIDERS": ""},
+            "error: backend axengine: pyaxengine finds no NPU runtime (No providers found. Please make sure you have "
+            "installed one of the following: ['AxEngineExecutionProvider', 'AXCLRTExecutionProvider']): the board's "
+            "libax_engine.so (its BSP, /soc/lib) or the M.2 card's libaxcl_rt.so must be on the library path "
+            "(ldconfig)",
+        ),
+        (
+            "no NPU runtime, auto", "auto", True, {"AXENGINE_STANDIN_PROVIDERS": ""},
+            "holds only the NPU's axmodels, and pyaxengine finds no NPU runtime (No providers found.",
+        ),
+        (
+            "no pyaxengine, auto", "auto", False, {},
+            "holds only the NPU's axmodels, and pyaxengine is not installed (see README: pyaxengine on the board); "
+            "add the CPU's layers with `assistant setup` without --no-host",
+        ),
+        (  # an AX630C build on an AX650N board
+            "another chip", "axengine", True, {"AXENGINE_STANDIN_CHIP": "AX650"},
+            f"qwen_l0.axmodel: pyaxengine cannot load it (Failed to get model type.): built for another chip? "
+            f"{SETUP_FOR_THE_NPU}",
+        ),
+    ],
+)  # fmt: skip
+def test_an_npu_that_cannot_run_the_model_is_one_line_with_its_fix(
+    board_model: Path, case: str, backend: str, standins: bool, env: dict, line: str
+) -> None:
+    result = board_chat(board_model, "hello\n", backend, standins, **env)
+    errors = [text for text in result.stderr.splitlines() if text.startswith("error:")]
+    assert result.returncode == 78 and "Traceback" not in result.stderr, (case, result.stderr)
+    assert len(errors) == 1 and line in errors[0], (case, errors)
+
+
+@pytest.mark.parametrize(
+    ("weights_fit", "line"),
+    [
+        (  # another program holds the CMM: the first layer's weights do not fit
+            False,
+            "qwen_l0.axmodel: pyaxengine cannot load it (Failed to load model.): built for another chip, or the "
+            "NPU's memory full (stop other programs that use the NPU or give the board more CMM (free: "
+            "/proc/ax_proc/mem_cmm_info))?",
+        ),
+        (  # the weights fit, the session's buffers do not
+            True,
+            "qwen_l0.axmodel: the NPU's memory is full (Failed to allocate memory for input.); stop other programs "
+            "that use the NPU or give the board more CMM (free: /proc/ax_proc/mem_cmm_info)",
+        ),
+    ],
+)
+def test_a_board_whose_npu_memory_is_full_is_one_line(board_model: Path, weights_fit: bool, line: str) -> None:
+    free = 1000 + ((board_model / "axmodel/qwen_l0.axmodel").stat().st_size if weights_fit else 0)
+    result = board_chat(board_model, "hello\n", AXENGINE_STANDIN_CMM_BYTES=str(free))
+    errors = [text for text in result.stderr.splitlines() if text.startswith("error:")]
+    assert result.returncode == 78 and "Traceback" not in result.stderr, result.stderr
+    assert len(errors) == 1 and line in errors[0], errors
+
+
+def test_a_host_build_on_the_board_names_the_board_build(tiny_float: Path) -> None:
+    result = board_chat(tiny_float, "hello\n")
+    assert result.returncode == 78 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: {tiny_float}: has no axengine graphs (it has: onnxruntime); "
+        f"{SETUP_FOR_THE_NPU.replace('build it', 'build them')} on a PC with Pulsar2"
+    )
+
+
+def test_a_host_build_on_a_machine_with_an_npu_says_the_cpu_runs_it(tiny_float: Path) -> None:
+    result = board_chat(tiny_float, "hello\n", "auto")
+    assert result.returncode == 0 and "on onnxruntime" in result.stderr, result.stderr
+    assert (
+        f"{tiny_float}: has no axmodels, so its layers run on the CPU although pyaxengine finds an NPU here; "
+        f"{SETUP_FOR_THE_NPU.replace('build it', 'build them')}"
+    ) in result.stderr
+
+
+def test_pyaxengine_installed_without_its_runtime_says_why_the_cpu_runs(tiny_float: Path, tmp_path: Path) -> None:
+    """A build with both backends, on a board whose libax_engine.so is not found: the CPU runs, and the log says why."""
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_float, model)
+    manifest = yaml.safe_load((model / "manifest.yaml").read_text())
+    manifest["backends"]["axengine"] = {**manifest["backends"]["onnxruntime"], "prefill_len": P}
+    (model / "manifest.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
+    result = board_chat(model, "hello\n", "auto", AXENGINE_STANDIN_PROVIDERS="")
+    assert result.returncode == 0 and "on onnxruntime" in result.stderr, result.stderr
+    assert "pyaxengine finds no NPU runtime (No providers found." in result.stderr
+    assert "the layers run on the CPU instead" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("env", "line"),
+    [
+        (
+            {"AXENGINE_STANDIN_NO_DEVICE": "1"},
+            "error: pyaxengine cannot start the NPU (Get AXCL device failed 0x00000000, find total 0 device.); "
+            "is the M.2 card seated, its AXCL driver loaded (/dev/axcl_host), and may this user open it?",
+        ),
+        (
+            {"AXENGINE_STANDIN_CHIP": "AX650"},
+            f"qwen_l0.axmodel: pyaxengine cannot load it (Failed to get model type.): built for another chip? "
+            f"{SETUP_FOR_THE_NPU} on a PC with Pulsar2",
+        ),
+    ],
+)
+def test_the_m2_card_failing_to_open_a_model_is_one_line(board_model: Path, env: dict, line: str) -> None:
+    """The card's session raises in __del__ when its __init__ failed: no traceback may follow the line."""
+    code = (
+        "import sys\nfrom assistant.llm.engine import Engine\nfrom assistant.llm.manifest import ModelError\n"
+        "try:\n    Engine(sys.argv[1], backend='axengine', provider='AXCLRTExecutionProvider')\n"
+        "except ModelError as e:\n    print(f'error: {e}', file=sys.stderr)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": f"{STANDINS}:{os.environ.get('PYTHONPATH', '')}",
+           "AXENGINE_STANDIN_PROVIDERS": "AxEngineExecutionProvider,AXCLRTExecutionProvider", **env}  # fmt: skip
+    result = subprocess.run([sys.executable, "-c", code, str(board_model)], capture_output=True, text=True, env=env)
+    assert line in result.stderr.strip().splitlines()[-1], result.stderr
+    assert "Traceback" not in result.stderr and "Exception ignored" not in result.stderr, result.stderr
+
+
+def test_two_runs_at_once_on_one_session_are_refused(board_model: Path, axengine) -> None:
+    """pyaxengine's session has one set of IO buffers: a second run during the first would mix them."""
+    import threading
+
+    post = axengine.InferenceSession(str(board_model / "axmodel/qwen_post.axmodel"))
+    compute, started, finish = post._sess._compute, threading.Event(), threading.Event()
+
+    class Slow:  # the NPU still busy with the first run
+        def run(self, *args):
+            started.set()
+            finish.wait(30)
+            return compute.run(*args)
+
+    post._sess._compute = Slow()
+    feed = {"input": np.ones((1, 1, HIDDEN), BF16)}
+    first = threading.Thread(target=post.run, args=(None, feed))
+    first.start()
+    assert started.wait(30)
+    with pytest.raises(RuntimeError, match="two runs at once on one pyaxengine session"):
+        post.run(None, feed)
+    finish.set()
+    first.join()
+    post._sess._compute = compute
+    assert post.run(None, feed)[0].shape == (1, 1, 1005)
 
 
 def test_pyaxengine_0_1_2_is_refused_for_the_m2_card_before_any_run(board_model: Path, tmp_path: Path) -> None:
@@ -319,10 +481,14 @@ def test_verify_checks_every_file_a_board_manifest_points_to(board_model: Path, 
     assert short.returncode == 78 and "manifest.yaml: lists 1 axengine layers, not 2" in short.stderr, short.stderr
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # pyaxengine's __del__, as on a card
 def test_the_m2_card_runs_the_same_tokens(board_model: Path, axengine, monkeypatch) -> None:
     """The card's session opens the model by `path.encode()` (a pathlib.Path fails there) and copies
     its outputs from the device; the engine gives it exactly what it gives the board's."""
     monkeypatch.setenv("AXENGINE_STANDIN_PROVIDERS", "AxEngineExecutionProvider,AXCLRTExecutionProvider")
+    with pytest.raises(ValueError, match=r"\['AXCLRTExecutionProvider'\] is\(are\) not available"):
+        axengine.InferenceSession(str(board_model / "axmodel/qwen_post.axmodel"), providers=["AXCLRTExecutionProvider"])
+    axengine = importlib.reload(axengine)  # pyaxengine finds its providers when it is imported
     with pytest.raises(AttributeError):
         axengine.InferenceSession(board_model / "axmodel/qwen_post.axmodel", providers=["AXCLRTExecutionProvider"])
     ids = prompt(5, n=150)

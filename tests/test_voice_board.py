@@ -76,6 +76,61 @@ def test_a_sentence_shorter_than_one_window_is_padded_to_it(board_voice: Path, a
     assert all(run["shapes"] == {"z": [1, 192, npu.stream.window]} for run in axengine.RUNS)
 
 
+def test_an_announcement_during_the_warm_up_waits_for_the_npu_decoder(board_voice: Path, axengine) -> None:
+    """The voice loop's warm-up and a timer's announcement (each on its own thread) share the decoder's
+    pyaxengine session, whose one set of buffers two runs at once would mix (the stand-in refuses it)."""
+    import threading
+    import time
+
+    from assistant.voice.pipeline import VoicePipeline
+
+    class Sink:
+        def __init__(self) -> None:
+            self.played: list[int] = []
+
+        def play(self, audio: np.ndarray, rate: int) -> None:
+            self.played.append(len(audio))
+
+    voice = Voice(board_voice)
+    session = voice.decoder.session._sess
+    compute, busy, finish, arrived = session._compute, threading.Event(), threading.Event(), threading.Event()
+
+    class Busy:  # the NPU still on the warm-up's first window
+        def run(self, *args):
+            busy.set()
+            finish.wait(30)
+            return compute.run(*args)
+
+    session._compute = Busy()
+    sink = Sink()
+    pipeline = VoicePipeline(None, None, voice, sink, respond=lambda *args: None)
+    warm_up = threading.Thread(target=pipeline.run, args=([],))  # the warm-up, then no frames
+    warm_up.start()
+    assert busy.wait(30)
+    session._compute = compute
+    decode, failures = voice.decoder.run, []
+
+    def announcer_decodes(*args, **kwargs):
+        arrived.set()
+        return decode(*args, **kwargs)
+
+    def announce() -> None:
+        voice.decoder.run = announcer_decodes
+        try:
+            pipeline.announce("Your timer is done.")
+        except Exception as e:  # what the timer's thread would log
+            failures.append(e)
+
+    announcer = threading.Thread(target=announce)
+    announcer.start()
+    assert arrived.wait(30)
+    time.sleep(0.2)  # into the session while the warm-up's run is still on the NPU
+    finish.set()
+    announcer.join(30)
+    warm_up.join(30)
+    assert not failures and sum(sink.played) > 0, failures
+
+
 def test_a_decoder_built_for_another_chip_is_refused(board_voice: Path, axengine, monkeypatch) -> None:
     monkeypatch.setenv("AXENGINE_STANDIN_CHIP", "AX650")
     with pytest.raises(ModelError, match="another chip"):

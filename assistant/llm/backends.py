@@ -11,10 +11,13 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import functools
+import importlib.util
 import inspect
 import logging
 import re
 import sys
+import threading
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +36,13 @@ MIN_PYAXENGINE = "0.1.2rc0"  # the first release whose run() takes shape_group
 # fails every run with AttributeError; fixed in 0.1.3rc0, whose metadata says 0.1.3.
 MIN_PYAXENGINE_AXCLRT = (0, 1, 3)
 AXCLRT = "AXCLRTExecutionProvider"
+BUILD_FOR_THE_NPU = "`assistant setup --target ax630c` (AX630C) or `--target ax650n` (AX650N) on a PC with Pulsar2"
+# pyaxengine's own messages when the NPU runtime cannot start, before any model is read: the board's
+# drivers (axengine/_axe.py, _initialize_engine, run on the first session) or the M.2 card
+# (axengine/_axclrt.py, _initialize_axclrt and AXCLRTSession.__init__).
+RUNTIME_FAILURES = ("Failed to initialize", "VNPU attribute", "AXCL device", "Device index", "axclrtEngineInit")
+# The board's CMM: the memory its NPU's models and buffers take, shared with every other program using the NPU.
+FREE_CMM = "stop other programs that use the NPU or give the board more CMM (free: /proc/ax_proc/mem_cmm_info)"
 
 
 @dataclass
@@ -141,6 +151,9 @@ class AxRunner:
 
     Outputs are always asked for as None: pyaxengine raises for a name the model lacks and, since
     0.1.3, for a list that leaves any model output out (axengine/_axe.py, `run`: outputs_ranks).
+    A session has one set of IO buffers that every run fills and reads back (axengine/_axe.py,
+    `run`), so two runs at once would mix their tensors without an error: runs take turns here
+    (the voice's decoder is run by a reply and by an announcement, each on its own thread).
     """
 
     def __init__(self, path: Path, provider: str):
@@ -151,14 +164,11 @@ class AxRunner:
         try:
             with _prints_to_stderr():
                 self.session = axengine.InferenceSession(str(path), providers=[provider])
-        except ValueError as e:  # an unavailable provider: axengine/_session.py, InferenceSession.__init__
-            message = f"{path}: pyaxengine cannot open it with {provider} ({e}); check llm.axengine_provider"
-            raise ModelError(message) from None
-        except RuntimeError as e:  # "Failed to get model type." and the like, from the NPU runtime
-            raise ModelError(f"{path}: pyaxengine cannot load it ({e}); a build for another chip? {FIX}") from None
-        except OSError as e:  # on the board pyaxengine opens the file itself (axengine/_axe.py, __init__)
-            raise ModelError(f"{path}: pyaxengine cannot open it ({e.strerror}); {FIX}") from None
+        except (ValueError, RuntimeError, OSError) as e:
+            _drop_half_built_session(e)
+            raise ModelError(_cannot_open(path, provider, e)) from None
         self.path = path
+        self._one_run = threading.Lock()
 
     def inputs(self, group: int = 0) -> dict[str, list]:
         return {i.name: list(i.shape) for i in self.session.get_inputs(shape_group=group)}
@@ -177,7 +187,42 @@ class AxRunner:
             count += 1
 
     def run(self, feeds: dict[str, np.ndarray], group: int = 0) -> list[np.ndarray]:
-        return self.session.run(None, feeds, shape_group=group)
+        with self._one_run:
+            outputs = self.session.run(None, feeds, shape_group=group)
+            # Before 0.1.3.rc1 they are views of the session's buffers, which the next run (another
+            # thread's, once the lock is let go) overwrites: those are copied while the lock is held.
+            return [out if out.base is None else out.copy() for out in outputs]
+
+
+def _cannot_open(path: Path, provider: str, e: Exception) -> str:
+    """One line for a session pyaxengine could not open: what failed, and what fixes it."""
+    if isinstance(e, ValueError):  # an unavailable provider: axengine/_session.py, InferenceSession.__init__
+        return f"{path}: pyaxengine cannot open it with {provider} ({e}); check llm.axengine_provider"
+    if isinstance(e, OSError):  # on the board pyaxengine opens the file itself (axengine/_axe.py, __init__)
+        return f"{path}: pyaxengine cannot open it ({e.strerror}); {FIX}"
+    if any(words in str(e) for words in RUNTIME_FAILURES):
+        return f"pyaxengine cannot start the NPU ({e}); {_runtime_fix(provider)}"
+    if "allocate memory" in str(e):  # axengine/_axe.py, AXEngineSession.__init__: AX_SYS_MemAllocCached
+        return f"{path}: the NPU's memory is full ({e}); {FREE_CMM}"
+    # "Failed to get model type.": the runtime cannot read this file as its model; "Failed to load
+    # model.": nor load it, which also happens when its weights do not fit in the CMM that is left
+    cmm = f", or the NPU's memory full ({FREE_CMM})" if "load model" in str(e) else ""
+    return f"{path}: pyaxengine cannot load it ({e}): built for another chip{cmm}? build it with {BUILD_FOR_THE_NPU}"
+
+
+def _drop_half_built_session(error: Exception) -> None:
+    """Let go of the session pyaxengine failed to build, now and quietly.
+
+    Its M.2-card session raises in __del__ when __init__ did not finish (axengine/_axclrt.py:
+    `self._model_id[0]` on None, `_all_model_instances.remove`), which Python prints as a traceback
+    under the one-line error whenever the exception that holds it is dropped.
+    """
+    hook = sys.unraisablehook
+    sys.unraisablehook = lambda unraisable: log.debug("pyaxengine, dropping a session: %r", unraisable.exc_value)
+    try:
+        traceback.clear_frames(error.__traceback__)  # the frames that still hold the half-built session
+    finally:
+        sys.unraisablehook = hook
 
 
 def _prints_to_stderr() -> contextlib.AbstractContextManager:
@@ -186,13 +231,31 @@ def _prints_to_stderr() -> contextlib.AbstractContextManager:
     return contextlib.redirect_stdout(sys.stderr)
 
 
-def axengine_available() -> bool:
+def _runtime_fix(provider: str) -> str:
+    if provider == AXCLRT:
+        return "is the M.2 card seated, its AXCL driver loaded (/dev/axcl_host), and may this user open it?"
+    return "are the board's NPU drivers loaded (the /dev/ax_* nodes) and may this user open them (the service's too)?"
+
+
+def axengine_problem() -> str | None:
+    """Why pyaxengine cannot be used here, or None when it imports."""
     try:
         with _prints_to_stderr():
             import axengine  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    except ModuleNotFoundError as e:
+        if e.name == "axengine":
+            return "pyaxengine is not installed (see README: pyaxengine on the board)"
+        return f"pyaxengine cannot be imported ({e})"
+    except ImportError as e:  # axengine/__init__.py: no provider's runtime library was found
+        return (
+            f"pyaxengine finds no NPU runtime ({e}): the board's libax_engine.so (its BSP, /soc/lib) or the "
+            "M.2 card's libaxcl_rt.so must be on the library path (ldconfig)"
+        )
+    return None
+
+
+def axengine_available() -> bool:
+    return axengine_problem() is None
 
 
 @functools.cache  # asked by every session (each layer, the post model, the voice's decoder): looked up once
@@ -229,11 +292,12 @@ def open_sessions(
 ) -> Sessions:
     """Check the chosen backend's files against the manifest, then open one session per graph."""
     if backend == "auto":
-        backend = "axengine" if "axengine" in manifest.backends and axengine_available() else "onnxruntime"
+        backend = _auto_backend(model_dir, manifest)
     files = manifest.backends.get(backend)
     if files is None:
         have = ", ".join(manifest.backends) or "none"
-        raise ModelError(f"{model_dir}: has no {backend} graphs (it has: {have}); {FIX} for this target")
+        fix = f"build them with {BUILD_FOR_THE_NPU}" if backend == "axengine" else f"{FIX} for this target"
+        raise ModelError(f"{model_dir}: has no {backend} graphs (it has: {have}); {fix}")
     if len(files.layers) != manifest.num_layers:
         raise ModelError(f"{model_dir}: manifest lists {len(files.layers)} {backend} layers, not {manifest.num_layers}")
     names = [manifest.tokenizer, manifest.chat_template, manifest.embeddings, *files.layers, files.post]
@@ -243,8 +307,8 @@ def open_sessions(
     if backend == "axengine":
         import ml_dtypes
 
-        if not axengine_available():
-            raise ModelError("backend axengine: pyaxengine is not installed (see README: installing on the board)")
+        if problem := axengine_problem():
+            raise ModelError(f"backend axengine: {problem}")
         layers = [AxRunner(model_dir / f, provider) for f in files.layers]
         post = AxRunner(model_dir / files.post, provider)
         board = board_shapes(layers, manifest, files)
@@ -255,6 +319,31 @@ def open_sessions(
         sessions = Sessions(backend, layers, post, np.dtype(np.float32), None)
     _check_contract(manifest, sessions)
     return sessions
+
+
+def _auto_backend(model_dir: Path, manifest: Manifest) -> str:
+    """The NPU's layers when pyaxengine can run them here, else the CPU's; the log says why when
+    pyaxengine is installed, since then the NPU was meant."""
+    installed = importlib.util.find_spec("axengine") is not None
+    problem = axengine_problem() if installed or "axengine" in manifest.backends else None
+    if "axengine" in manifest.backends:
+        if problem is None:
+            return "axengine"
+        if "onnxruntime" not in manifest.backends:  # the board's build only, and no NPU here
+            raise ModelError(
+                f"{model_dir}: holds only the NPU's axmodels, and {problem}; add the CPU's layers with "
+                "`assistant setup` without --no-host"
+            )
+        if installed:
+            log.warning("%s; the layers run on the CPU instead", problem)
+    elif installed and problem is None:
+        log.warning(
+            "%s: has no axmodels, so its layers run on the CPU although pyaxengine finds an NPU here; "
+            "build them with %s",
+            model_dir,
+            BUILD_FOR_THE_NPU,
+        )
+    return "onnxruntime"
 
 
 def _check_contract(manifest: Manifest, sessions: Sessions) -> None:

@@ -12,8 +12,11 @@ Environment (tests only): AXENGINE_STANDIN_PROVIDERS (comma-separated available 
 default AxEngineExecutionProvider), AXENGINE_STANDIN_VERSION ("0.1.1": run() without shape_group,
 as before pyaxengine 0.1.2rc0; "0.1.2rc0": every run with AXCLRTExecutionProvider fails, as in that
 release; "0.1.2rc0" and "0.1.3rc0": the board's outputs are views that the session's next run
-overwrites), AXENGINE_STANDIN_NO_GROUP_COUNT (a board runtime too old to count shape groups). The
-package's metadata version is what a test puts on the path beside it.
+overwrites), AXENGINE_STANDIN_NO_GROUP_COUNT (a board runtime too old to count shape groups),
+AXENGINE_STANDIN_NO_DEVICE (the NPU's driver cannot be opened: on the board its device nodes are
+missing or not this user's; with the M.2 card, no card is found), AXENGINE_STANDIN_CMM_BYTES (the
+board's CMM, the memory the NPU's models and buffers live in, that is still free for this process).
+The package's metadata version is what a test puts on the path beside it.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import io
 import json
 import mmap
 import os
+import threading
 import zipfile
 from collections.abc import Sequence
 from typing import Any
@@ -36,15 +40,20 @@ VERSION = os.environ.get("AXENGINE_STANDIN_VERSION", "0.1.3")
 # session's next run overwrites (_axe.py run, before commit 87418a8 added `.copy()`).
 OUTPUTS_ARE_VIEWS = ("0.1.2rc0", "0.1.3rc0")
 RUNS: list[dict] = []  # every run: model file, shape group, input shapes (for tests that check the calls)
+_card_sessions: list = []  # _axclrt.py:26 _all_model_instances: every card session that finished __init__
 
 
 def get_all_providers() -> list[str]:
     return [axengine_provider_name, axclrt_provider_name]
 
 
+# _providers.py:11-33: the providers are found once, when the package is imported (by their runtime
+# libraries); a library installed later is not seen by this process.
+_providers = [p for p in os.environ.get("AXENGINE_STANDIN_PROVIDERS", axengine_provider_name).split(",") if p]
+
+
 def get_available_providers() -> list[str]:
-    names = os.environ.get("AXENGINE_STANDIN_PROVIDERS", axengine_provider_name)
-    return [p for p in names.split(",") if p]
+    return _providers
 
 
 # __init__.py:16-19: importing fails when no provider's library is found.
@@ -66,6 +75,34 @@ class SessionOptions:  # _base_session.py:15-16
     pass
 
 
+def _start_runtime(provider: str) -> None:
+    """What importing the provider's session module does once per process, before any model is read.
+
+    _axe.py:77-83, 112: AX_SYS_Init, which opens the board's NPU and memory drivers, fails without
+    them ("Failed to initialize ax sys."); the import then fails and the next session tries again.
+    _axclrt.py:105-108: the card's runtime finds no card (the device list is checked per session).
+    """
+    if not os.environ.get("AXENGINE_STANDIN_NO_DEVICE"):
+        return
+    if provider == axclrt_provider_name:
+        raise RuntimeError(f"Get AXCL device failed 0x{0:08x}, find total {0} device.")
+    raise RuntimeError("Failed to initialize ax sys.")
+
+
+_cmm_taken = 0  # bytes of the board's CMM this process holds
+
+
+def _cmm_alloc(size: int) -> bool:
+    """AX_SYS_MemAllocCached, and the runtime's own allocation of a model's weights: False when
+    the CMM left (AXENGINE_STANDIN_CMM_BYTES, unlimited when unset) cannot hold `size` more bytes."""
+    global _cmm_taken
+    free = os.environ.get("AXENGINE_STANDIN_CMM_BYTES")
+    if free is not None and _cmm_taken + size > int(free):
+        return False
+    _cmm_taken += size
+    return True
+
+
 _DTYPES = {"bfloat16": np.dtype(ml_dtypes.bfloat16), "uint32": np.dtype(np.uint32), "float32": np.dtype(np.float32)}
 
 
@@ -76,6 +113,12 @@ class _AxeSession:
         import onnxruntime
 
         self._provider = provider
+        self._model_id = None  # _axclrt.py:100, then 153: the card's model handle, set once a card is found
+        _start_runtime(provider)
+        self._model_id = [0]
+        # _axe.py run() fills the session's one set of IO buffers and runs its one context: two runs
+        # at once on one session mix their inputs and outputs. The board does so silently; this raises.
+        self._running = threading.Lock()
         if provider == axclrt_provider_name:
             model = self._read_on_the_card(path_or_bytes)
         else:
@@ -91,7 +134,11 @@ class _AxeSession:
         if table["chip"] != os.environ.get("AXENGINE_STANDIN_CHIP", table["chip"]):
             raise RuntimeError("Failed to get model type.")  # a model built for another chip
         self._groups = table["groups"]
-        if provider == axengine_provider_name and os.environ.get("AXENGINE_STANDIN_NO_GROUP_COUNT"):
+        board = provider == axengine_provider_name
+        if board and not _cmm_alloc(len(model)):  # _axe.py:197-199: AX_ENGINE_CreateHandleV2 copies the model in
+            raise RuntimeError("Failed to load model.")
+        self._model_bytes = len(model) if board else 0  # given back by __del__ (_axe.py:263, 323-326)
+        if board and os.environ.get("AXENGINE_STANDIN_NO_GROUP_COUNT"):
             # _axe.py:203-207: a board runtime without AX_ENGINE_GetGroupIOInfoCount (cffi raises
             # AttributeError) counts one group, whose IO info is the model's default (group 0's).
             print("[WARNING] function/symbol 'AX_ENGINE_GetGroupIOInfoCount' not found in library")
@@ -102,9 +149,27 @@ class _AxeSession:
         # _axe.py:229-261: one buffer per input and output, the size of its largest shape group.
         self._in_buffers = [bytearray(max(_nbytes(g[i]) for g in self._inputs)) for i in range(len(self._inputs[0]))]
         self._out_buffers = [bytearray(max(_nbytes(g[i]) for g in self._outputs)) for i in range(len(self._outputs[0]))]
+        for kind, buffers in (("input", self._in_buffers), ("output", self._out_buffers)):
+            # _axe.py:238-242, 255-259; never freed: _axe.py has no AX_SYS_MemFree call
+            if board and not all(_cmm_alloc(len(b)) for b in buffers):
+                raise RuntimeError(f"Failed to allocate memory for {kind}.")
         from assistant.llm.backends import session_options  # the process's onnxruntime set-up, if any
 
         self._compute = onnxruntime.InferenceSession(onnx_bytes, session_options(), providers=["CPUExecutionProvider"])
+        if provider == axclrt_provider_name:
+            self._model_id = [1]
+            _card_sessions.append(self)  # _axclrt.py:175, the last line of __init__
+
+    def __del__(self) -> None:
+        """_axclrt.py:177-179, 214-228: a card session that failed in __init__ raises here when it is
+        collected (None[0] before a card was found, list.remove after), which Python prints to stderr
+        as "Exception ignored in ... Traceback". The board's session (_axe.py:263, 323) does not."""
+        global _cmm_taken
+        _cmm_taken -= getattr(self, "_model_bytes", 0)
+        if self._provider == axclrt_provider_name:
+            if self._model_id[0] is not None and self._model_id[0] != 0:
+                self._model_id[0] = 0
+            _card_sessions.remove(self)
 
     def _read_on_the_board(self, path_or_bytes) -> bytes:
         """_axe.py:136-148: a path is opened and mapped by Python, so its errors are Python's own
@@ -158,6 +223,14 @@ class _AxeSession:
         return self._outputs[shape_group]
 
     def run(self, output_names, input_feed, run_options=None, shape_group: int = 0) -> list[np.ndarray]:
+        if not self._running.acquire(blocking=False):
+            raise RuntimeError("two runs at once on one pyaxengine session (its IO buffers are shared)")
+        try:
+            return self._run(output_names, input_feed, shape_group)
+        finally:
+            self._running.release()
+
+    def _run(self, output_names, input_feed, shape_group: int) -> list[np.ndarray]:
         # _axe.py:348-419, run(), in its order: validation 355-356, outputs 358-359, group 361-362,
         # exact shape and dtype 368-370, contiguity 372-373, memmove of npy.nbytes 376-378.
         self._validate_input(input_feed)
