@@ -38,6 +38,7 @@ from assistant.skills.sdk import (
     Skill,
     SkillContext,
     SkillError,
+    SkillSpec,
     SkillUnavailable,
     StorageError,
     as_declared,
@@ -54,6 +55,12 @@ BUILTIN_SKILLS = Path(__file__).resolve().parent / "builtin"
 BACKOFF_SECONDS = (1.0, 60.0)  # a background task that fails is restarted after 1 s, doubling up to 60 s
 IMPORT_SECONDS = 30.0  # a skill module still importing after this long is skipped (it waits for something)
 MAX_SPOKEN = 10_000  # characters of a skill's text: ten minutes of speech; more is a skill reading out a page
+KEPT = "keeping the version loaded before"
+
+# The last module each skill file gave without a problem in this process. A reload that finds the
+# file broken (an edit with a typo) keeps that version's skills rather than losing them until the
+# file is fixed: the running configuration stays, as for a broken config.yaml.
+_loaded_before: dict[Path, ModuleType] = {}
 
 
 @dataclass
@@ -79,12 +86,20 @@ class Registry:
     def load_folder(self, folder: Path, disabled: tuple[str, ...] = ()) -> None:
         """Every module of the folder not named _*; those are its helpers (`from ._helpers import x`)."""
         package = _folder_package(Path(folder))
-        for path in sorted(Path(folder).glob("*.py")):
-            if path.name.startswith("_"):
+        paths = sorted(p for p in Path(folder).glob("*.py") if not p.name.startswith("_"))
+        for gone in [p for p in _loaded_before if p.parent == Path(folder) and p not in paths]:
+            del _loaded_before[gone]  # a file put back later is new: nothing of its old self runs
+        for path in paths:
+            before = _loaded_before.get(path)
+            problems = len(self.problems)
+            module = self._import_file(path, package, kept=before is not None)
+            if module is None:
+                if before is not None:
+                    self.add_module(before, str(path), disabled)
                 continue
-            module = self._import_file(path, package)
-            if module is not None:
-                self.add_module(module, str(path), disabled)
+            self.add_module(module, str(path), disabled, before)
+            if len(self.problems) == problems:
+                _loaded_before[path] = module
 
     def load_entry_points(self, disabled: tuple[str, ...] = ()) -> None:
         for entry in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
@@ -103,7 +118,11 @@ class Registry:
             else:
                 self.add_function(loaded, source, disabled)
 
-    def add_module(self, module: ModuleType, source: str, disabled: tuple[str, ...] = ()) -> None:
+    def add_module(
+        self, module: ModuleType, source: str, disabled: tuple[str, ...] = (), before: ModuleType | None = None
+    ) -> None:
+        """The skills and background tasks of `module`; a skill that cannot be built takes its
+        namesake from `before` (the file's last good version) instead, when it has one."""
         seen = set()  # a function bound to two names (`louder = volume_up`) is one skill
         for value in list(vars(module).values()):
             if (hasattr(value, SKILL_ATTRIBUTE) or hasattr(value, BACKGROUND_ATTRIBUTE)) and _from_helper(
@@ -115,7 +134,7 @@ class Registry:
                 continue
             seen.add(id(value))
             if hasattr(value, SKILL_ATTRIBUTE):
-                self.add_function(value, source, disabled)
+                self.add_function(value, source, disabled, _namesake(before, value))
             elif hasattr(value, BACKGROUND_ATTRIBUTE):
                 if problem := not_plain(value):
                     self._problem(_where(value, source), f"background task {value.__name__} {problem}")
@@ -169,7 +188,9 @@ class Registry:
                 return
             delay = min(delay * 2, BACKOFF_SECONDS[1])
 
-    def add_function(self, func: Any, source: str, disabled: tuple[str, ...] = ()) -> None:
+    def add_function(
+        self, func: Any, source: str, disabled: tuple[str, ...] = (), before: Callable | None = None
+    ) -> None:
         spec = getattr(func, SKILL_ATTRIBUTE, None)
         if spec is None:
             self._problem(source, f"{func!r} is not marked with @skill")
@@ -179,18 +200,18 @@ class Registry:
             return
         where = _where(func, source)
         try:
-            built = build_skill(spec, self.settings, where)
-            check_sentences(built)
-            check_satisfiable(built)
+            built = self._build(spec, where)
         except SkillUnavailable as e:
             log.debug("skill %s not loaded: %s", spec.name, e)
             return
         except SkillError as e:
-            self._problem(where, str(e))
-            return
-        except Exception as e:  # e.g. a Choices function that trips over the configuration
-            self._problem(where, f"{spec.name} cannot be described: {_reason(e)}")
-            return
+            try:
+                built = self._build(getattr(before, SKILL_ATTRIBUTE), _where(before, source)) if before else None
+            except SkillError:  # the configuration changed under it too
+                built = None
+            self._problem(where, str(e), kept=built is not None)
+            if built is None:
+                return
         if built.name in self.skills:
             first = self.skills[built.name].source
             fix = 'rename this one with @skill(name="...")'
@@ -200,7 +221,20 @@ class Registry:
             return
         self.skills[built.name] = built
 
-    def _import_file(self, path: Path, package: str) -> ModuleType | None:
+    def _build(self, spec: SkillSpec, where: str) -> Skill:
+        try:
+            built = build_skill(spec, self.settings, where)
+            check_sentences(built)
+            check_satisfiable(built)
+        except SkillError:
+            raise
+        except Exception as e:  # e.g. a Choices function that trips over the configuration
+            raise SkillError(f"{spec.name} cannot be described: {_reason(e)}") from e
+        return built
+
+    def _import_file(self, path: Path, package: str, kept: bool = False) -> ModuleType | None:
+        """The module of a skill file, or None after reporting why it has none (`kept`: the last good
+        version of the file stays)."""
         # A user's timers.py is not the built-in one; a dot in a file's name (weather.v2.py) would
         # make a parent package of its stem, and its relative imports would look there.
         name = f"{package}.{path.stem.replace('.', '_')}"
@@ -214,19 +248,19 @@ class Registry:
         if not outcome:
             frame = sys._current_frames().get(thread.ident)
             line = _line_in(path, traceback.extract_stack(frame) if frame else [])
-            self._problem(f"{path}:{line}", f"still importing after {IMPORT_SECONDS:g} s ({WAITS_AT_IMPORT})")
+            self._problem(f"{path}:{line}", f"still importing after {IMPORT_SECONDS:g} s ({WAITS_AT_IMPORT})", kept)
         elif isinstance(error := outcome[0][1], SyntaxError):
-            self._problem(f"{path}:{error.lineno}", f"syntax error: {error.msg}")
+            self._problem(f"{path}:{error.lineno}", f"syntax error: {error.msg}", kept)
         elif error is not None:
             line = _line_in(path, traceback.extract_tb(error.__traceback__))
-            self._problem(f"{path}:{line}", f"cannot be imported: {type(error).__name__}: {error}")
+            self._problem(f"{path}:{line}", f"cannot be imported: {type(error).__name__}: {error}", kept)
         else:
             return module
         sys.modules.pop(name, None)
         return None
 
-    def _problem(self, where: str, reason: str) -> None:
-        message = f"{where}: {reason}; skipped"
+    def _problem(self, where: str, reason: str, kept: bool = False) -> None:
+        message = f"{where}: {reason}; {KEPT if kept else 'skipped'}"
         log.error("skill %s", message)
         self.problems.append(message)
 
@@ -333,6 +367,21 @@ def _from_helper(value: Any, module: ModuleType) -> bool:
     not loaded as skill modules, so a skill there would be lost without a word."""
     package, _, name = (getattr(value, "__module__", None) or "").rpartition(".")
     return bool(package) and package == module.__package__ and name.startswith("_")
+
+
+def _namesake(module: ModuleType | None, func: Callable) -> Callable | None:
+    """The skill of `module` with the name of the skill `func`, or None."""
+    if module is None:
+        return None
+    name = getattr(func, SKILL_ATTRIBUTE).name
+    return next(
+        (
+            v
+            for v in vars(module).values()
+            if getattr(v, SKILL_ATTRIBUTE, None) and getattr(v, SKILL_ATTRIBUTE).name == name
+        ),
+        None,
+    )
 
 
 def _where(func: Any, source: str) -> str:
