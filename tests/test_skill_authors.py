@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 from assistant.skills.registry import Registry
+from tests.other_user import as_nobody
 from tests.test_daemon import Daemon, Notifications, connect, reload, send, spoken, turn, until, write_config
 
 COFFEE = '''
@@ -59,6 +62,12 @@ def test_an_edit_that_breaks_a_skill_keeps_its_last_good_version_in_this_process
     assert "make_coffee" not in registry.skills and registry.problems[0].endswith("; skipped")
 
 
+def problems(folder: Path) -> str:
+    registry = Registry()
+    registry.load_folder(folder)
+    return "\n".join(registry.problems)
+
+
 def skill_names(control: Path) -> list[str]:
     with connect(control) as client:
         send(client, {"type": "status"})
@@ -87,3 +96,80 @@ def test_a_broken_edit_keeps_the_working_skill_until_it_is_fixed(tmp_path: Path,
     finally:
         assert daemon.stop() == 0
         notify.close()
+
+
+BEANS = """
+from assistant import skill
+
+from ._beans import KIND
+
+
+@skill
+def beans() -> str:
+    '''Say which beans are in the grinder.'''
+    return KIND
+"""
+
+
+def test_skill_code_every_user_may_change_is_not_run(tmp_path: Path) -> None:
+    """Skills run as the service's user: code that anyone may change would let anyone run code as it."""
+    shared, private = tmp_path / "shared", tmp_path / "private"
+    shared.mkdir()
+    private.mkdir()
+    (shared / "tea.py").write_text(TEA)
+    shared.chmod(0o777)  # "chmod 777" to get past a permission error
+    coffee, helper, beans = private / "coffee.py", private / "_beans.py", private / "beans.py"
+    coffee.write_text(COFFEE.replace("VERSION", "brewing"))
+    coffee.chmod(0o666)
+    helper.write_text("KIND = 'arabica'\n")
+    helper.chmod(0o646)
+    beans.write_text(BEANS)
+    registry = Registry()
+    registry.load_folder(shared)
+    registry.load_folder(private)
+    assert registry.skills == {}
+    fix = "every user may change it, and its code would run as this user: chmod o-w"
+    assert registry.problems == [
+        f"{shared}: {fix} {shared}; skipped",
+        f"{beans}:4: {helper}: {fix} {helper}; skipped",
+        f"{coffee}: {fix} {coffee}; skipped",
+    ]
+    # Anyone may rename a folder in a folder they may write, and put theirs in its place; in a
+    # sticky one (/tmp) only its owner may, and there it is uid 65534's.
+    common, sticky = tmp_path / "common", tmp_path / "sticky"
+    (common / "skills").mkdir(parents=True)
+    (sticky / "skills").mkdir(parents=True)
+    common.chmod(0o777)
+    sticky.chmod(0o1777)
+    os.chown(sticky / "skills", 65534, 65534)
+    (tmp_path / "linked").symlink_to(common / "skills")
+    for folder in (common / "skills", sticky / "skills", tmp_path / "linked"):
+        registry.load_folder(folder)
+    assert registry.problems[3:] == [
+        f"{common / 'skills'}: every user may replace it through {common}: chmod o-w {common}; skipped",
+        f"{sticky / 'skills'}: {sticky / 'skills'} belongs to uid 65534, in {sticky} where every user may put "
+        "files: use a folder of your own; skipped",
+        f"{tmp_path / 'linked'}: every user may replace it through {common}: chmod o-w {common}; skipped",
+    ]
+    for path in (shared, coffee, helper):
+        path.chmod(0o755)
+    registry = Registry()
+    registry.load_folder(shared)
+    registry.load_folder(private)
+    assert sorted(registry.skills) == ["beans", "make_coffee", "make_tea"] and registry.problems == []
+
+
+def test_a_skill_file_the_service_cannot_read_is_named_with_the_reason() -> None:
+    with tempfile.TemporaryDirectory() as made:  # in /tmp: reachable by the other user, unlike tmp_path
+        folder = Path(made)
+        folder.chmod(0o755)
+        (folder / "coffee.py").write_text(COFFEE)
+        (folder / "coffee.py").chmod(0o600)  # root's, as an editor run with sudo leaves it
+        (folder / "gone.py").symlink_to(folder / "moved.py")
+        message = as_nobody(lambda: problems(folder))
+    assert message.splitlines() == [
+        f"{folder / 'coffee.py'}: cannot be imported: PermissionError: [Errno 13] Permission denied: "
+        f"'{folder / 'coffee.py'}'; skipped",
+        f"{folder / 'gone.py'}: cannot be imported: FileNotFoundError: [Errno 2] No such file or directory: "
+        f"'{folder / 'gone.py'}'; skipped",
+    ]

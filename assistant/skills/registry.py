@@ -15,6 +15,8 @@ import importlib.util
 import json
 import logging
 import math
+import os
+import stat
 import sys
 import threading
 import time
@@ -85,11 +87,17 @@ class Registry:
 
     def load_folder(self, folder: Path, disabled: tuple[str, ...] = ()) -> None:
         """Every module of the folder not named _*; those are its helpers (`from ._helpers import x`)."""
+        if problem := open_to_all(Path(folder)):
+            self._problem(str(folder), problem)
+            return
         package = _folder_package(Path(folder))
         paths = sorted(p for p in Path(folder).glob("*.py") if not p.name.startswith("_"))
         for gone in [p for p in _loaded_before if p.parent == Path(folder) and p not in paths]:
             del _loaded_before[gone]  # a file put back later is new: nothing of its old self runs
         for path in paths:
+            if problem := open_to_all(path):
+                self._problem(str(path), problem)
+                continue
             before = _loaded_before.get(path)
             problems = len(self.problems)
             module = self._import_file(path, package, kept=before is not None)
@@ -253,7 +261,9 @@ class Registry:
             self._problem(f"{path}:{error.lineno}", f"syntax error: {error.msg}", kept)
         elif error is not None:
             line = _line_in(path, traceback.extract_tb(error.__traceback__))
-            self._problem(f"{path}:{line}", f"cannot be imported: {type(error).__name__}: {error}", kept)
+            where = f"{path}:{line}" if line else str(path)  # no line: the file itself could not be read
+            reason = str(error) if isinstance(error, SkillError) else f"{type(error).__name__}: {error}"
+            self._problem(where, reason if isinstance(error, SkillError) else f"cannot be imported: {reason}", kept)
         else:
             return module
         sys.modules.pop(name, None)
@@ -331,6 +341,40 @@ class FreshSourceLoader(importlib.machinery.SourceFileLoader):
 
     def path_stats(self, path: str) -> dict:
         raise OSError("skill files are compiled from their source")  # the loader then skips the cache
+
+    def get_data(self, path: str) -> bytes:
+        # Here, not when a folder is listed: a helper or a linked file is read through this as well.
+        if problem := open_to_all(Path(path)):
+            raise SkillError(f"{path}: {problem}")
+        return super().get_data(path)
+
+
+def open_to_all(path: Path) -> str | None:
+    """Why every user of the machine may change the code at `path` (a skill file or folder), or None.
+
+    That code runs as the assistant's user, with its files and devices: a file or folder that
+    anyone may write (made so to get past a permission error), or one in a folder anyone may
+    rename it in, would let anyone run code as it.
+    """
+    real = path.resolve()
+    chain = [real, *real.parents]
+    for inner, entry in zip([None, *chain], chain, strict=False):
+        try:
+            mode = entry.stat().st_mode
+        except OSError:  # not there (a dangling link) or not ours to look at: reading it will say so
+            return None
+        if not mode & stat.S_IWOTH:
+            continue
+        if inner is None:
+            return f"every user may change it, and its code would run as this user: chmod o-w {entry}"
+        if not mode & stat.S_ISVTX:
+            return f"every user may replace it through {entry}: chmod o-w {entry}"
+        # Sticky, as /tmp: each may replace only what they own there.
+        if (owner := inner.stat().st_uid) not in (0, os.geteuid()):
+            return (
+                f"{inner} belongs to uid {owner}, in {entry} where every user may put files: use a folder of your own"
+            )
+    return None
 
 
 WAITS_AT_IMPORT = "does it wait for a device or the network? do that when the skill runs, not at import"
