@@ -314,6 +314,10 @@ class Registry:
             traceback_shown = None if isinstance(error, StorageError) else error
             log.error("%s failed: %s", where, _reason(error), exc_info=traceback_shown)
             return SkillResult(name, error=f"{name} failed: {_cause(error)}")
+        if value is None:  # nothing said and nothing for the model: the turn would end in silence
+            fix = 'return the text to speak ("" to say nothing) or data for the model'
+            log.error("%s returned None (does it end without a return?): %s", where, fix)
+            return SkillResult(name, error=f"{name} gave no answer")
         if isinstance(value, str) and len(value) > MAX_SPOKEN:
             too_long = f"{len(value)} characters of text, more than the {MAX_SPOKEN} a reply may speak"
             log.error("%s returned %s: return a short answer", where, too_long)
