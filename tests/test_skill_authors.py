@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
+import textwrap
+import threading
+import time
 from pathlib import Path
 
 from assistant.skills.registry import Registry
@@ -173,3 +177,35 @@ def test_a_skill_file_the_service_cannot_read_is_named_with_the_reason() -> None
         f"{folder / 'gone.py'}: cannot be imported: FileNotFoundError: [Errno 2] No such file or directory: "
         f"'{folder / 'gone.py'}'; skipped",
     ]
+
+
+def test_a_skill_still_running_past_its_timeout_is_not_run_again_meanwhile(tmp_path: Path) -> None:
+    """A garage door that did not answer in time must not be sent a second command on top of the first."""
+    (tmp_path / "garage.py").write_text(
+        textwrap.dedent('''
+        import threading
+        from assistant import skill
+
+        OPENED = []
+        ANSWER = threading.Event()
+
+
+        @skill(timeout=0.2)
+        def open_garage() -> str:
+            """Open the garage door."""
+            OPENED.append(1)
+            ANSWER.wait()
+            return "The garage is open."
+        ''')
+    )
+    registry = load(tmp_path)
+    module = sys.modules[registry.skills["open_garage"].func.__module__]
+    threads = threading.active_count()
+    assert registry.call("open_garage", {}).error == "open_garage took longer than 0.2 seconds"
+    for _ in range(20):  # the person asks again, and again
+        assert registry.call("open_garage", {}).error == "open_garage is still busy with the last request"
+    assert module.OPENED == [1] and threading.active_count() == threads + 1
+    module.ANSWER.set()  # the door answers at last: the first call ends
+    time.sleep(0.1)
+    assert registry.call("open_garage", {}).text == "The garage is open."
+    assert module.OPENED == [1, 1]

@@ -82,6 +82,7 @@ class Registry:
     problems: list[str] = field(default_factory=list)
     background: list[BackgroundSpec] = field(default_factory=list)
     turned_off: set[str] = field(default_factory=set)  # skills found but listed in skills.disabled
+    left_running: dict[str, threading.Thread] = field(default_factory=dict)  # calls past their timeout
 
     # -- loading ------------------------------------------------------------------------------------
 
@@ -292,6 +293,11 @@ class Registry:
                 jsonschema.validate(arguments, found.parameters)
             except jsonschema.ValidationError as e:
                 problem = f"invalid arguments for {name}: {e.message}"
+        earlier = self.left_running.get(name)
+        if not problem and earlier is not None and earlier.is_alive():
+            # Run again on top of a call that never answered, a door would get two commands, and
+            # a device that hangs one more waiting thread each time it is asked.
+            problem = f"{name} is still busy with the last request"
         if found is None or problem:
             log.warning("call not run: %s", problem)
             return SkillResult(name, error=problem)
@@ -307,6 +313,7 @@ class Registry:
         if not outcome:
             fix = "make it return sooner, or give it @skill(timeout=...)"
             log.error("%s did not return within %g s and is left running: %s", where, timeout, fix)
+            self.left_running[name] = thread
             return SkillResult(name, error=f"{name} took longer than {timeout:g} seconds")
         value, error = outcome[0]
         if error is not None:
