@@ -209,3 +209,15 @@ def test_a_skill_still_running_past_its_timeout_is_not_run_again_meanwhile(tmp_p
     time.sleep(0.1)
     assert registry.call("open_garage", {}).text == "The garage is open."
     assert module.OPENED == [1, 1]
+
+
+def test_an_error_in_a_helper_is_named_in_the_helper(tmp_path: Path) -> None:
+    news, helper = tmp_path / "news.py", tmp_path / "_api.py"
+    news.write_text("from assistant import skill\n\nfrom ._api import fetch\n\n\n@skill\ndef news() -> str:\n")
+    news.write_text(news.read_text() + "    '''Read the headlines.'''\n    return fetch()\n")
+    helper.write_text("import json\n\n\ndef fetch(:\n    return json.dumps('quiet day')\n")
+    assert load(tmp_path).problems == [f"{news}:3: {helper}:4: syntax error: invalid syntax; skipped"]
+    helper.write_text("import os\n\n\nKEY = os.environ['NEWS_API_KEY']\n")
+    assert load(tmp_path).problems == [
+        f"{news}:3: cannot be imported: KeyError: 'NEWS_API_KEY' (at {helper}:4); skipped"
+    ]

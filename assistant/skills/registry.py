@@ -258,13 +258,11 @@ class Registry:
             frame = sys._current_frames().get(thread.ident)
             line = _line_in(path, traceback.extract_stack(frame) if frame else [])
             self._problem(f"{path}:{line}", f"still importing after {IMPORT_SECONDS:g} s ({WAITS_AT_IMPORT})", kept)
-        elif isinstance(error := outcome[0][1], SyntaxError):
-            self._problem(f"{path}:{error.lineno}", f"syntax error: {error.msg}", kept)
-        elif error is not None:
-            line = _line_in(path, traceback.extract_tb(error.__traceback__))
+        elif (error := outcome[0][1]) is not None:
+            own_syntax = isinstance(error, SyntaxError) and error.filename == str(path)
+            line = error.lineno if own_syntax else _line_in(path, traceback.extract_tb(error.__traceback__))
             where = f"{path}:{line}" if line else str(path)  # no line: the file itself could not be read
-            reason = str(error) if isinstance(error, SkillError) else f"{type(error).__name__}: {error}"
-            self._problem(where, reason if isinstance(error, SkillError) else f"cannot be imported: {reason}", kept)
+            self._problem(where, _import_problem(error, path), kept)
         else:
             return module
         sys.modules.pop(name, None)
@@ -422,6 +420,19 @@ def _from_helper(value: Any, module: ModuleType) -> bool:
     not loaded as skill modules, so a skill there would be lost without a word."""
     package, _, name = (getattr(value, "__module__", None) or "").rpartition(".")
     return bool(package) and package == module.__package__ and name.startswith("_")
+
+
+def _import_problem(error: BaseException, path: Path) -> str:
+    """Why the skill file `path` did not import; a fault in a helper of its folder is named there."""
+    if isinstance(error, SkillError):
+        return str(error)
+    if isinstance(error, SyntaxError):
+        at = "" if error.filename == str(path) else f"{error.filename}:{error.lineno}: "
+        return f"{at}syntax error: {error.msg}"
+    frames = traceback.extract_tb(error.__traceback__)
+    helpers = [f for f in frames if Path(f.filename).parent == path.parent and f.filename != str(path)]
+    at = f" (at {helpers[-1].filename}:{helpers[-1].lineno})" if helpers else ""
+    return f"cannot be imported: {type(error).__name__}: {error}{at}"
 
 
 def _namesake(module: ModuleType | None, func: Callable) -> Callable | None:
