@@ -221,3 +221,20 @@ def test_an_error_in_a_helper_is_named_in_the_helper(tmp_path: Path) -> None:
     assert load(tmp_path).problems == [
         f"{news}:3: cannot be imported: KeyError: 'NEWS_API_KEY' (at {helper}:4); skipped"
     ]
+
+
+def test_skills_in_a_folder_of_the_skills_folder_are_not_lost_without_a_word(tmp_path: Path, caplog) -> None:
+    cloned = tmp_path / "weather-skill"  # `git clone` in the skills folder
+    for folder in (cloned, tmp_path / "lib", tmp_path / "_vendor", tmp_path / "sounds"):
+        folder.mkdir()
+    (cloned / "weather.py").write_text(TEA.replace("make_tea", "forecast"))
+    (tmp_path / "lib" / "__init__.py").write_text("KIND = 'arabica'\n")  # a helper package, imported
+    (tmp_path / "beans.py").write_text(BEANS.replace("._beans", ".lib"))
+    (tmp_path / "_vendor" / "six.py").write_text("")
+    (tmp_path / "sounds" / "ding.wav").write_bytes(b"RIFF")
+    registry = load(tmp_path)
+    assert list(registry.skills) == ["beans"] and registry.problems == []
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [
+        f"{cloned} holds Python files, but skills are loaded only from the .py files of {tmp_path}: "
+        f"move them there, or add {cloned} to skills.paths"
+    ]

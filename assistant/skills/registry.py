@@ -109,6 +109,13 @@ class Registry:
             self.add_module(module, str(path), disabled, before)
             if len(self.problems) == problems:
                 _loaded_before[path] = module
+        for sub in sorted(p for p in Path(folder).iterdir() if p.is_dir() and not p.name.startswith(("_", "."))):
+            # A skill cloned into a folder of its own here would otherwise never load, without a word.
+            if any(sub.glob("*.py")) and f"{package}.{sub.name}" not in sys.modules:  # not a helper package
+                loaded = f"skills are loaded only from the .py files of {folder}"
+                log.warning(
+                    "%s holds Python files, but %s: move them there, or add %s to skills.paths", sub, loaded, sub
+                )
 
     def load_entry_points(self, disabled: tuple[str, ...] = ()) -> None:
         for entry in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
