@@ -238,3 +238,64 @@ def test_skills_in_a_folder_of_the_skills_folder_are_not_lost_without_a_word(tmp
         f"{cloned} holds Python files, but skills are loaded only from the .py files of {tmp_path}: "
         f"move them there, or add {cloned} to skills.paths"
     ]
+
+
+def test_decorator_mistakes_are_explained(tmp_path: Path) -> None:
+    (tmp_path / "named.py").write_text(
+        "from assistant import skill\n\n\n@skill('weather')\ndef forecast() -> str:\n    '''Tell the weather.'''\n"
+    )
+    (tmp_path / "wrapped.py").write_text(
+        textwrap.dedent('''
+        from assistant import skill
+
+
+        def retry(func):
+            def again(*args, **kwargs):
+                return func(*args, **kwargs)
+
+            return again
+
+
+        @skill
+        @retry
+        def lamp(on: bool) -> str:
+            """Switch the lamp."""
+            return "Done."
+        ''')
+    )
+    (tmp_path / "units.py").write_text(
+        textwrap.dedent('''
+        from typing import Annotated, Literal
+
+        from assistant import Range, skill
+
+
+        @skill
+        def temperature(unit: Literal["c", "f"] = "celsius") -> str:
+            """Tell the temperature."""
+            return unit
+
+
+        @skill
+        def wait(minutes: Annotated[int, Range(1, 60)] = 0) -> str:
+            """Wait a while."""
+            return "Waited."
+        ''')
+    )
+    registry = load(tmp_path)
+    assert registry.skills == {}
+    named, units, units2, wrapped = (
+        tmp_path / "named.py",
+        tmp_path / "units.py",
+        tmp_path / "units.py",
+        tmp_path / "wrapped.py",
+    )
+    assert registry.problems == [
+        f"{named}:4: @skill takes its options by name, as in @skill(name='weather'), not 'weather'; skipped",
+        f"{units}:7: skill temperature: parameter 'unit': the default 'celsius' is not one of the values it "
+        "takes ('celsius' is not one of ['c', 'f']); skipped",
+        f"{units}:13: skill wait: parameter 'minutes': the default 0 is not one of the values it takes "
+        "(0 is less than the minimum of 1); skipped",
+        f"{wrapped}:6: skill again needs a docstring: it is the description the model sees (again is a "
+        "function made inside another, as a decorator's: give that decorator @functools.wraps(func)); skipped",
+    ]
