@@ -299,3 +299,29 @@ def test_decorator_mistakes_are_explained(tmp_path: Path) -> None:
         f"{wrapped}:6: skill again needs a docstring: it is the description the model sees (again is a "
         "function made inside another, as a decorator's: give that decorator @functools.wraps(func)); skipped",
     ]
+
+
+def test_a_reload_reads_an_installed_package_changed_since(tmp_path: Path, monkeypatch) -> None:
+    """`pip install -e` of a skill package, then an edit and `systemctl reload`."""
+    source = tmp_path / "coffee_skill" / "__init__.py"
+    source.parent.mkdir()
+    info = tmp_path / "coffee_skill-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: coffee-skill\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text("[assistant.skills]\ncoffee = coffee_skill\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+    def loaded() -> Registry:
+        registry = Registry()
+        registry.load_entry_points()
+        return registry
+
+    source.write_text(COFFEE.replace("VERSION", "brewing"))
+    assert loaded().call("make_coffee", {}).text == "Coffee is brewing."
+    source.write_text(COFFEE.replace("VERSION", "ready"))
+    assert loaded().call("make_coffee", {}).text == "Coffee is ready."
+    source.write_text(COFFEE.replace("-> str:", "-> str"))  # and an edit that breaks it
+    registry = loaded()
+    assert registry.call("make_coffee", {}).text == "Coffee is ready."
+    assert registry.problems[0].startswith("coffee_skill (package entry point 'coffee'): cannot be imported: ")
+    assert registry.problems[0].endswith("; keeping the version loaded before")

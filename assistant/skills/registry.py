@@ -59,10 +59,11 @@ IMPORT_SECONDS = 30.0  # a skill module still importing after this long is skipp
 MAX_SPOKEN = 10_000  # characters of a skill's text: ten minutes of speech; more is a skill reading out a page
 KEPT = "keeping the version loaded before"
 
-# The last module each skill file gave without a problem in this process. A reload that finds the
-# file broken (an edit with a typo) keeps that version's skills rather than losing them until the
-# file is fixed: the running configuration stays, as for a broken config.yaml.
-_loaded_before: dict[Path, ModuleType] = {}
+# The last module (or function) each skill file or entry point gave without a problem in this
+# process, by the file's path or the entry point's source. A reload that finds it broken (an edit
+# with a typo) keeps that version's skills rather than losing them until it is fixed: the running
+# configuration stays, as for a broken config.yaml.
+_loaded_before: dict[Path | str, Any] = {}
 
 
 @dataclass
@@ -93,7 +94,7 @@ class Registry:
             return
         package = _folder_package(Path(folder))
         paths = sorted(p for p in Path(folder).glob("*.py") if not p.name.startswith("_"))
-        for gone in [p for p in _loaded_before if p.parent == Path(folder) and p not in paths]:
+        for gone in [p for p in _loaded_before if isinstance(p, Path) and p.parent == Path(folder) and p not in paths]:
             del _loaded_before[gone]  # a file put back later is new: nothing of its old self runs
         for path in paths:
             if problem := open_to_all(path):
@@ -118,21 +119,34 @@ class Registry:
                 )
 
     def load_entry_points(self, disabled: tuple[str, ...] = ()) -> None:
+        importlib.invalidate_caches()  # files a package gained since the last load
         for entry in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
             source = f"{entry.value} (package entry point {entry.name!r})"
+            # Imported afresh, so that a reload reads a package changed since (pip install -e, a new version).
+            for name in [m for m in sys.modules if m == entry.module or m.startswith(entry.module + ".")]:
+                del sys.modules[name]
+            before = _loaded_before.get(source)
             thread, outcome = _start(f"import-{entry.name}", entry.load)
             thread.join(IMPORT_SECONDS)
+            loaded, problem = None, None
             if not outcome:
-                self._problem(source, f"still importing after {IMPORT_SECONDS:g} s ({WAITS_AT_IMPORT})")
-                continue
-            loaded, error = outcome[0]
-            if error is not None:
-                self._problem(source, f"cannot be imported: {type(error).__name__}: {error}")
-                continue
-            if isinstance(loaded, ModuleType):
-                self.add_module(loaded, source, disabled)
+                problem = f"still importing after {IMPORT_SECONDS:g} s ({WAITS_AT_IMPORT})"
+            elif (error := outcome[0][1]) is not None:
+                problem = f"cannot be imported: {type(error).__name__}: {error}"
             else:
-                self.add_function(loaded, source, disabled)
+                loaded = outcome[0][0]
+            if problem:
+                self._problem(source, problem, kept=before is not None)
+                loaded = before
+            if loaded is None:
+                continue
+            problems = len(self.problems)
+            if isinstance(loaded, ModuleType):
+                self.add_module(loaded, source, disabled, before if isinstance(before, ModuleType) else None)
+            else:
+                self.add_function(loaded, source, disabled, before if hasattr(before, SKILL_ATTRIBUTE) else None)
+            if problem is None and len(self.problems) == problems:
+                _loaded_before[source] = loaded
 
     def add_module(
         self, module: ModuleType, source: str, disabled: tuple[str, ...] = (), before: ModuleType | None = None
