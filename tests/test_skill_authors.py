@@ -284,9 +284,8 @@ def test_decorator_mistakes_are_explained(tmp_path: Path) -> None:
     )
     registry = load(tmp_path)
     assert registry.skills == {}
-    named, units, units2, wrapped = (
+    named, units, wrapped = (
         tmp_path / "named.py",
-        tmp_path / "units.py",
         tmp_path / "units.py",
         tmp_path / "wrapped.py",
     )
@@ -325,3 +324,46 @@ def test_a_reload_reads_an_installed_package_changed_since(tmp_path: Path, monke
     assert registry.call("make_coffee", {}).text == "Coffee is ready."
     assert registry.problems[0].startswith("coffee_skill (package entry point 'coffee'): cannot be imported: ")
     assert registry.problems[0].endswith("; keeping the version loaded before")
+
+
+POLL = """
+import time
+
+from assistant import background
+
+LOOPS = []
+ENDED = False
+
+
+@background
+def poll(context, stop):
+    LOOPS.append(time.monotonic())
+    while not ENDED:  # never looks at stop
+        time.sleep(0.05)
+"""
+
+
+def test_a_background_task_that_ignores_its_stop_runs_once_across_reloads(tmp_path: Path, monkeypatch, caplog) -> None:
+    from assistant.skills import registry as registry_module
+
+    monkeypatch.setattr(registry_module, "STOP_WAIT_SECONDS", 0.5)
+    (tmp_path / "poll.py").write_text(POLL)
+    loops: list[float] = []
+    modules = []
+    stops = [threading.Event() for _ in range(3)]
+    for stop in stops:  # start, then two reloads: each stops the tasks it started, then starts the new ones
+        for earlier in stops[: stops.index(stop)]:
+            earlier.set()
+        registry = load(tmp_path)
+        modules.append(sys.modules[registry.background[0].func.__module__])
+        modules[-1].LOOPS = loops
+        registry.start_background(stop)
+        time.sleep(0.2)
+    time.sleep(0.5)
+    assert len(loops) == 1  # not three copies polling the sensor
+    assert "background task poll has not stopped" in caplog.text and "stop.wait(" in caplog.text
+    modules[0].ENDED = True  # it ends at last: the newest copy takes over
+    time.sleep(0.3)
+    assert len(loops) == 2
+    stops[-1].set()
+    modules[-1].ENDED = True

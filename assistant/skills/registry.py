@@ -58,12 +58,17 @@ BACKOFF_SECONDS = (1.0, 60.0)  # a background task that fails is restarted after
 IMPORT_SECONDS = 30.0  # a skill module still importing after this long is skipped (it waits for something)
 MAX_SPOKEN = 10_000  # characters of a skill's text: ten minutes of speech; more is a skill reading out a page
 KEPT = "keeping the version loaded before"
+STOP_WAIT_SECONDS = 10.0  # a background task still running this long after its stop was set is logged
 
 # The last module (or function) each skill file or entry point gave without a problem in this
 # process, by the file's path or the entry point's source. A reload that finds it broken (an edit
 # with a typo) keeps that version's skills rather than losing them until it is fixed: the running
 # configuration stays, as for a broken config.yaml.
 _loaded_before: dict[Path | str, Any] = {}
+# The newest thread of each @background task, by module, name and state folder. A reload starts
+# the new copy of a task once the old one has ended: a task that ignores its stop event would
+# otherwise run on beside each new copy (a sensor polled twice, then three times).
+_tasks: dict[str, threading.Thread] = {}
 
 
 @dataclass
@@ -198,13 +203,26 @@ class Registry:
         """
         threads = []
         for spec in self.background:
-            thread = threading.Thread(target=self._keep_running, args=(spec, stop), name=f"skill-{spec.name}",
-                                      daemon=True)  # fmt: skip
+            key = f"{spec.func.__module__}.{spec.func.__qualname__} on {self.context.state_dir}"
+            previous = _tasks.get(key)
+            thread = threading.Thread(
+                target=self._keep_running, args=(spec, stop, previous), name=f"skill-{spec.name}", daemon=True
+            )
+            _tasks[key] = thread
             thread.start()
             threads.append(thread)
         return threads
 
-    def _keep_running(self, spec: BackgroundSpec, stop: threading.Event) -> None:
+    def _keep_running(self, spec: BackgroundSpec, stop: threading.Event, previous: threading.Thread | None) -> None:
+        if previous is not None:
+            previous.join(STOP_WAIT_SECONDS)
+            if previous.is_alive():
+                late = (
+                    f"has not stopped {STOP_WAIT_SECONDS:g} s after it was asked to; the new copy starts when it does"
+                )
+                fix = "return when stop is set (stop.wait(seconds) in place of time.sleep)"
+                log.error("background task %s %s: %s", spec.name, late, fix)
+                previous.join()
         delay = BACKOFF_SECONDS[0]
         while not stop.is_set():
             started = time.monotonic()
