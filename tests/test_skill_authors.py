@@ -240,7 +240,7 @@ def test_skills_in_a_folder_of_the_skills_folder_are_not_lost_without_a_word(tmp
     ]
 
 
-def test_decorator_mistakes_are_explained(tmp_path: Path) -> None:
+def test_decorator_mistakes_are_explained(tmp_path: Path, caplog) -> None:
     (tmp_path / "named.py").write_text(
         "from assistant import skill\n\n\n@skill('weather')\ndef forecast() -> str:\n    '''Tell the weather.'''\n"
     )
@@ -283,20 +283,19 @@ def test_decorator_mistakes_are_explained(tmp_path: Path) -> None:
         ''')
     )
     registry = load(tmp_path)
-    assert registry.skills == {}
-    named, units, wrapped = (
-        tmp_path / "named.py",
-        tmp_path / "units.py",
-        tmp_path / "wrapped.py",
-    )
+    assert sorted(registry.skills) == ["temperature", "wait"]  # "" or 0 may be a "not given" of its own
+    named, units, wrapped = tmp_path / "named.py", tmp_path / "units.py", tmp_path / "wrapped.py"
     assert registry.problems == [
         f"{named}:4: @skill takes its options by name, as in @skill(name='weather'), not 'weather'; skipped",
-        f"{units}:7: skill temperature: parameter 'unit': the default 'celsius' is not one of the values it "
-        "takes ('celsius' is not one of ['c', 'f']); skipped",
-        f"{units}:13: skill wait: parameter 'minutes': the default 0 is not one of the values it takes "
-        "(0 is less than the minimum of 1); skipped",
         f"{wrapped}:6: skill again needs a docstring: it is the description the model sees (again is a "
         "function made inside another, as a decorator's: give that decorator @functools.wraps(func)); skipped",
+    ]
+    gets = "yet the skill gets it when the model leaves the parameter out"
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [
+        f"{units}:7: skill temperature: parameter 'unit': the default 'celsius' is not a value the model can "
+        f"give ('celsius' is not one of ['c', 'f']), {gets}",
+        f"{units}:13: skill wait: parameter 'minutes': the default 0 is not a value the model can give (0 is "
+        f"less than the minimum of 1), {gets}",
     ]
 
 

@@ -23,6 +23,7 @@ import contextlib
 import errno
 import inspect
 import json
+import logging
 import math
 import re
 import shutil
@@ -40,6 +41,8 @@ import jsonschema
 SKILL_ATTRIBUTE = "__assistant_skill__"
 BACKGROUND_ATTRIBUTE = "__assistant_background__"
 MAX_STRING = 100  # characters of a free-text argument
+
+log = logging.getLogger(__name__)
 
 
 class SkillError(Exception):
@@ -305,13 +308,14 @@ def build_skill(spec: SkillSpec, settings: Any = None, source: str = "") -> Skil
                     f"skill {spec.name}: parameter '{param.name}': the default {param.default!r} is not "
                     "JSON data (use a str, number, bool, list or None)"
                 ) from None
-            try:  # what the skill gets when the model leaves it out must be a value the model could give
+            try:  # a mistake ("celsius" for Literal["c", "f"]), or a "not given" of the skill's own ("")
                 jsonschema.validate(default, schema)
             except jsonschema.ValidationError as e:
-                raise SkillError(
-                    f"skill {spec.name}: parameter '{param.name}': the default {param.default!r} is not one of "
-                    f"the values it takes ({e.message})"
-                ) from None
+                what = f"skill {spec.name}: parameter '{param.name}': the default {param.default!r}"
+                gets = "yet the skill gets it when the model leaves the parameter out"
+                log.warning(
+                    "%s: %s is not a value the model can give (%s), %s", source or spec.name, what, e.message, gets
+                )
             schema["default"] = default
         properties[param.name] = schema
     parameters = {"type": "object", "properties": properties, "required": required, "additionalProperties": False}
