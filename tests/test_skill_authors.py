@@ -10,6 +10,7 @@ import threading
 import time
 from pathlib import Path
 
+from assistant import skill
 from assistant.skills.registry import Registry
 from tests.other_user import as_nobody
 from tests.test_daemon import Daemon, Notifications, connect, reload, send, spoken, turn, until, write_config
@@ -366,3 +367,20 @@ def test_a_background_task_that_ignores_its_stop_runs_once_across_reloads(tmp_pa
     assert len(loops) == 2
     stops[-1].set()
     modules[-1].ENDED = True
+
+
+def test_a_skill_that_changes_its_arguments_changes_only_its_own_copy() -> None:
+    """The call's arguments are also what the model said in its history and what clients were sent."""
+
+    @skill
+    def tidy(items: list[str], groups: list[list[int]]) -> str:
+        """Tidy the lists up."""
+        items.append("more")
+        groups[0].append(99)
+        return "Tidied."
+
+    registry = Registry()
+    registry.add_function(tidy, "test")
+    arguments = {"items": ["milk"], "groups": [[1]]}
+    assert registry.call("tidy", arguments).text == "Tidied."
+    assert arguments == {"items": ["milk"], "groups": [[1]]}
