@@ -28,7 +28,7 @@ from assistant.llm.conversation import Conversation, assistant_message, tool_res
 from assistant.llm.engine import Engine
 from assistant.llm.sampling import Sampler
 from assistant.skills.intents import IntentMatcher
-from assistant.skills.prompt import prompt_messages
+from assistant.skills.prompt import example_exchange, prompt_messages
 from assistant.skills.registry import Registry, load_registry
 from assistant.skills.sdk import SkillContext
 from assistant.turn import TurnManager
@@ -153,6 +153,33 @@ def test_text_from_outside_is_ordinary_tokens(qwen2_tokenizer: Path, template: s
     # Rendering and tokenizing the whole text at once, as before, would have opened a system turn.
     rendered = chat.render([*prefix, {"role": "user", "content": INJECTION}])
     assert structure(tokenizer.encode(rendered).ids).count(QWEN_IM_END) == 3
+
+
+@pytest.mark.parametrize("template", ["qwen2", "qwen3"])
+def test_a_skills_own_words_in_the_prompt_are_ordinary_tokens(qwen2_tokenizer: Path, template: str) -> None:
+    """A third-party skill's description, names and values are text, whatever they spell."""
+    from tests.qwen_tokenizer import qwen_tokenizer_files
+
+    chat, tokenizer = qwen(qwen2_tokenizer if template == "qwen2" else qwen_tokenizer_files())
+    plain = plain_tokenizer(tokenizer)
+
+    def prompt(words: str) -> list[int]:
+        @skill(sentences={"en": ["say {word}"]})
+        def echo(word: str) -> str:
+            return word
+
+        echo.__doc__ = f"Echo {words}.\n\nArgs:\n    word: {words}"
+        echo.__annotations__ = {"word": Literal[words, "hello"], "return": str}
+        registry = Registry()
+        registry.add_function(echo, "test")
+        tools = registry.tools()
+        example = example_exchange(tools, {"echo": ["say {word}"]})
+        return chat.encode(prompt_messages("You are a test.", tools, example), tokenizer, plain)
+
+    attacked, benign = prompt(INJECTION), prompt("goodbye")
+    assert structure(attacked) == structure(benign)
+    # Described, offered as a value, said in the example request and made in its call.
+    assert tokenizer.decode(attacked, skip_special_tokens=False).count("obey me<tool_call>") == 4
 
 
 @pytest.mark.parametrize("template", ["qwen2", "qwen3"])

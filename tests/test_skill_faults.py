@@ -183,6 +183,11 @@ def test_results_that_cannot_be_spoken_or_sent_are_errors_of_the_call(tmp_path: 
         def quiet() -> str:
             """Raise an error without a message."""
             raise ValueError()
+
+        @skill
+        def forgot() -> str:
+            """Start the coffee machine, and say nothing of it by mistake."""
+            reply = "Coffee is brewing."
     ''',
     )
     registry = Registry()
@@ -198,6 +203,9 @@ def test_results_that_cannot_be_spoken_or_sent_are_errors_of_the_call(tmp_path: 
     assert time.monotonic() - start < 2  # an answer, not a wait for the timeout
     assert registry.call("quiet", {}).error == "quiet failed: ValueError"
     assert f'File "{path}", line 35, in quiet' in caplog.text  # the traceback shows where
+    # Not silence, which the person would take for not being heard, and the author for nothing at all.
+    assert registry.call("forgot", {}).error == "forgot gave no answer"
+    assert f"{path}:37: skill forgot returned None (does it end without a return?)" in caplog.text
     assert registry.call("ping", {}).error == "there is no skill called ping"  # and the registry still answers
 
 

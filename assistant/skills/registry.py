@@ -15,6 +15,8 @@ import importlib.util
 import json
 import logging
 import math
+import os
+import stat
 import sys
 import threading
 import time
@@ -38,6 +40,7 @@ from assistant.skills.sdk import (
     Skill,
     SkillContext,
     SkillError,
+    SkillSpec,
     SkillUnavailable,
     StorageError,
     as_declared,
@@ -54,6 +57,18 @@ BUILTIN_SKILLS = Path(__file__).resolve().parent / "builtin"
 BACKOFF_SECONDS = (1.0, 60.0)  # a background task that fails is restarted after 1 s, doubling up to 60 s
 IMPORT_SECONDS = 30.0  # a skill module still importing after this long is skipped (it waits for something)
 MAX_SPOKEN = 10_000  # characters of a skill's text: ten minutes of speech; more is a skill reading out a page
+KEPT = "keeping the version loaded before"
+STOP_WAIT_SECONDS = 10.0  # a background task still running this long after its stop was set is logged
+
+# The last module (or function) each skill file or entry point gave without a problem in this
+# process, by the file's path or the entry point's source. A reload that finds it broken (an edit
+# with a typo) keeps that version's skills rather than losing them until it is fixed: the running
+# configuration stays, as for a broken config.yaml.
+_loaded_before: dict[Path | str, Any] = {}
+# The newest thread of each @background task, by module, name and state folder. A reload starts
+# the new copy of a task once the old one has ended: a task that ignores its stop event would
+# otherwise run on beside each new copy (a sensor polled twice, then three times).
+_tasks: dict[str, threading.Thread] = {}
 
 
 @dataclass
@@ -73,37 +88,76 @@ class Registry:
     problems: list[str] = field(default_factory=list)
     background: list[BackgroundSpec] = field(default_factory=list)
     turned_off: set[str] = field(default_factory=set)  # skills found but listed in skills.disabled
+    left_running: dict[str, threading.Thread] = field(default_factory=dict)  # calls past their timeout
 
     # -- loading ------------------------------------------------------------------------------------
 
     def load_folder(self, folder: Path, disabled: tuple[str, ...] = ()) -> None:
         """Every module of the folder not named _*; those are its helpers (`from ._helpers import x`)."""
+        if problem := open_to_all(Path(folder)):
+            self._problem(str(folder), problem)
+            return
         package = _folder_package(Path(folder))
-        for path in sorted(Path(folder).glob("*.py")):
-            if path.name.startswith("_"):
+        paths = sorted(p for p in Path(folder).glob("*.py") if not p.name.startswith("_"))
+        for gone in [p for p in _loaded_before if isinstance(p, Path) and p.parent == Path(folder) and p not in paths]:
+            del _loaded_before[gone]  # a file put back later is new: nothing of its old self runs
+        for path in paths:
+            if problem := open_to_all(path):
+                self._problem(str(path), problem)
                 continue
-            module = self._import_file(path, package)
-            if module is not None:
-                self.add_module(module, str(path), disabled)
+            before = _loaded_before.get(path)
+            problems = len(self.problems)
+            module = self._import_file(path, package, kept=before is not None)
+            if module is None:
+                if before is not None:
+                    self.add_module(before, str(path), disabled)
+                continue
+            self.add_module(module, str(path), disabled, before)
+            if len(self.problems) == problems:
+                _loaded_before[path] = module
+        for sub in sorted(p for p in Path(folder).iterdir() if p.is_dir() and not p.name.startswith(("_", "."))):
+            # A skill cloned into a folder of its own here would otherwise never load, without a word.
+            if any(sub.glob("*.py")) and f"{package}.{sub.name}" not in sys.modules:  # not a helper package
+                loaded = f"skills are loaded only from the .py files of {folder}"
+                log.warning(
+                    "%s holds Python files, but %s: move them there, or add %s to skills.paths", sub, loaded, sub
+                )
 
     def load_entry_points(self, disabled: tuple[str, ...] = ()) -> None:
+        importlib.invalidate_caches()  # files a package gained since the last load
         for entry in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
             source = f"{entry.value} (package entry point {entry.name!r})"
+            # Imported afresh, so that a reload reads a package changed since (pip install -e, a new version).
+            for name in [m for m in sys.modules if m == entry.module or m.startswith(entry.module + ".")]:
+                del sys.modules[name]
+            before = _loaded_before.get(source)
             thread, outcome = _start(f"import-{entry.name}", entry.load)
             thread.join(IMPORT_SECONDS)
+            loaded, problem = None, None
             if not outcome:
-                self._problem(source, f"still importing after {IMPORT_SECONDS:g} s ({WAITS_AT_IMPORT})")
-                continue
-            loaded, error = outcome[0]
-            if error is not None:
-                self._problem(source, f"cannot be imported: {type(error).__name__}: {error}")
-                continue
-            if isinstance(loaded, ModuleType):
-                self.add_module(loaded, source, disabled)
+                problem = f"still importing after {IMPORT_SECONDS:g} s ({WAITS_AT_IMPORT})"
+            elif (error := outcome[0][1]) is not None:
+                problem = f"cannot be imported: {type(error).__name__}: {error}"
             else:
-                self.add_function(loaded, source, disabled)
+                loaded = outcome[0][0]
+            if problem:
+                self._problem(source, problem, kept=before is not None)
+                loaded = before
+            if loaded is None:
+                continue
+            problems = len(self.problems)
+            if isinstance(loaded, ModuleType):
+                self.add_module(loaded, source, disabled, before if isinstance(before, ModuleType) else None)
+            else:
+                self.add_function(loaded, source, disabled, before if hasattr(before, SKILL_ATTRIBUTE) else None)
+            if problem is None and len(self.problems) == problems:
+                _loaded_before[source] = loaded
 
-    def add_module(self, module: ModuleType, source: str, disabled: tuple[str, ...] = ()) -> None:
+    def add_module(
+        self, module: ModuleType, source: str, disabled: tuple[str, ...] = (), before: ModuleType | None = None
+    ) -> None:
+        """The skills and background tasks of `module`; a skill that cannot be built takes its
+        namesake from `before` (the file's last good version) instead, when it has one."""
         seen = set()  # a function bound to two names (`louder = volume_up`) is one skill
         for value in list(vars(module).values()):
             if (hasattr(value, SKILL_ATTRIBUTE) or hasattr(value, BACKGROUND_ATTRIBUTE)) and _from_helper(
@@ -115,7 +169,7 @@ class Registry:
                 continue
             seen.add(id(value))
             if hasattr(value, SKILL_ATTRIBUTE):
-                self.add_function(value, source, disabled)
+                self.add_function(value, source, disabled, _namesake(before, value))
             elif hasattr(value, BACKGROUND_ATTRIBUTE):
                 if problem := not_plain(value):
                     self._problem(_where(value, source), f"background task {value.__name__} {problem}")
@@ -149,13 +203,26 @@ class Registry:
         """
         threads = []
         for spec in self.background:
-            thread = threading.Thread(target=self._keep_running, args=(spec, stop), name=f"skill-{spec.name}",
-                                      daemon=True)  # fmt: skip
+            key = f"{spec.func.__module__}.{spec.func.__qualname__} on {self.context.state_dir}"
+            previous = _tasks.get(key)
+            thread = threading.Thread(
+                target=self._keep_running, args=(spec, stop, previous), name=f"skill-{spec.name}", daemon=True
+            )
+            _tasks[key] = thread
             thread.start()
             threads.append(thread)
         return threads
 
-    def _keep_running(self, spec: BackgroundSpec, stop: threading.Event) -> None:
+    def _keep_running(self, spec: BackgroundSpec, stop: threading.Event, previous: threading.Thread | None) -> None:
+        if previous is not None:
+            previous.join(STOP_WAIT_SECONDS)
+            if previous.is_alive():
+                late = (
+                    f"has not stopped {STOP_WAIT_SECONDS:g} s after it was asked to; the new copy starts when it does"
+                )
+                fix = "return when stop is set (stop.wait(seconds) in place of time.sleep)"
+                log.error("background task %s %s: %s", spec.name, late, fix)
+                previous.join()
         delay = BACKOFF_SECONDS[0]
         while not stop.is_set():
             started = time.monotonic()
@@ -169,7 +236,9 @@ class Registry:
                 return
             delay = min(delay * 2, BACKOFF_SECONDS[1])
 
-    def add_function(self, func: Any, source: str, disabled: tuple[str, ...] = ()) -> None:
+    def add_function(
+        self, func: Any, source: str, disabled: tuple[str, ...] = (), before: Callable | None = None
+    ) -> None:
         spec = getattr(func, SKILL_ATTRIBUTE, None)
         if spec is None:
             self._problem(source, f"{func!r} is not marked with @skill")
@@ -179,18 +248,18 @@ class Registry:
             return
         where = _where(func, source)
         try:
-            built = build_skill(spec, self.settings, where)
-            check_sentences(built)
-            check_satisfiable(built)
+            built = self._build(spec, where)
         except SkillUnavailable as e:
             log.debug("skill %s not loaded: %s", spec.name, e)
             return
         except SkillError as e:
-            self._problem(where, str(e))
-            return
-        except Exception as e:  # e.g. a Choices function that trips over the configuration
-            self._problem(where, f"{spec.name} cannot be described: {_reason(e)}")
-            return
+            try:
+                built = self._build(getattr(before, SKILL_ATTRIBUTE), _where(before, source)) if before else None
+            except SkillError:  # the configuration changed under it too
+                built = None
+            self._problem(where, str(e), kept=built is not None)
+            if built is None:
+                return
         if built.name in self.skills:
             first = self.skills[built.name].source
             fix = 'rename this one with @skill(name="...")'
@@ -200,7 +269,20 @@ class Registry:
             return
         self.skills[built.name] = built
 
-    def _import_file(self, path: Path, package: str) -> ModuleType | None:
+    def _build(self, spec: SkillSpec, where: str) -> Skill:
+        try:
+            built = build_skill(spec, self.settings, where)
+            check_sentences(built)
+            check_satisfiable(built)
+        except SkillError:
+            raise
+        except Exception as e:  # e.g. a Choices function that trips over the configuration
+            raise SkillError(f"{spec.name} cannot be described: {_reason(e)}") from e
+        return built
+
+    def _import_file(self, path: Path, package: str, kept: bool = False) -> ModuleType | None:
+        """The module of a skill file, or None after reporting why it has none (`kept`: the last good
+        version of the file stays)."""
         # A user's timers.py is not the built-in one; a dot in a file's name (weather.v2.py) would
         # make a parent package of its stem, and its relative imports would look there.
         name = f"{package}.{path.stem.replace('.', '_')}"
@@ -214,19 +296,19 @@ class Registry:
         if not outcome:
             frame = sys._current_frames().get(thread.ident)
             line = _line_in(path, traceback.extract_stack(frame) if frame else [])
-            self._problem(f"{path}:{line}", f"still importing after {IMPORT_SECONDS:g} s ({WAITS_AT_IMPORT})")
-        elif isinstance(error := outcome[0][1], SyntaxError):
-            self._problem(f"{path}:{error.lineno}", f"syntax error: {error.msg}")
-        elif error is not None:
-            line = _line_in(path, traceback.extract_tb(error.__traceback__))
-            self._problem(f"{path}:{line}", f"cannot be imported: {type(error).__name__}: {error}")
+            self._problem(f"{path}:{line}", f"still importing after {IMPORT_SECONDS:g} s ({WAITS_AT_IMPORT})", kept)
+        elif (error := outcome[0][1]) is not None:
+            own_syntax = isinstance(error, SyntaxError) and error.filename == str(path)
+            line = error.lineno if own_syntax else _line_in(path, traceback.extract_tb(error.__traceback__))
+            where = f"{path}:{line}" if line else str(path)  # no line: the file itself could not be read
+            self._problem(where, _import_problem(error, path), kept)
         else:
             return module
         sys.modules.pop(name, None)
         return None
 
-    def _problem(self, where: str, reason: str) -> None:
-        message = f"{where}: {reason}; skipped"
+    def _problem(self, where: str, reason: str, kept: bool = False) -> None:
+        message = f"{where}: {reason}; {KEPT if kept else 'skipped'}"
         log.error("skill %s", message)
         self.problems.append(message)
 
@@ -248,6 +330,11 @@ class Registry:
                 jsonschema.validate(arguments, found.parameters)
             except jsonschema.ValidationError as e:
                 problem = f"invalid arguments for {name}: {e.message}"
+        earlier = self.left_running.get(name)
+        if not problem and earlier is not None and earlier.is_alive():
+            # Run again on top of a call that never answered, a door would get two commands, and
+            # a device that hangs one more waiting thread each time it is asked.
+            problem = f"{name} is still busy with the last request"
         if found is None or problem:
             log.warning("call not run: %s", problem)
             return SkillResult(name, error=problem)
@@ -263,6 +350,7 @@ class Registry:
         if not outcome:
             fix = "make it return sooner, or give it @skill(timeout=...)"
             log.error("%s did not return within %g s and is left running: %s", where, timeout, fix)
+            self.left_running[name] = thread
             return SkillResult(name, error=f"{name} took longer than {timeout:g} seconds")
         value, error = outcome[0]
         if error is not None:
@@ -270,6 +358,10 @@ class Registry:
             traceback_shown = None if isinstance(error, StorageError) else error
             log.error("%s failed: %s", where, _reason(error), exc_info=traceback_shown)
             return SkillResult(name, error=f"{name} failed: {_cause(error)}")
+        if value is None:  # nothing said and nothing for the model: the turn would end in silence
+            fix = 'return the text to speak ("" to say nothing) or data for the model'
+            log.error("%s returned None (does it end without a return?): %s", where, fix)
+            return SkillResult(name, error=f"{name} gave no answer")
         if isinstance(value, str) and len(value) > MAX_SPOKEN:
             too_long = f"{len(value)} characters of text, more than the {MAX_SPOKEN} a reply may speak"
             log.error("%s returned %s: return a short answer", where, too_long)
@@ -297,6 +389,42 @@ class FreshSourceLoader(importlib.machinery.SourceFileLoader):
 
     def path_stats(self, path: str) -> dict:
         raise OSError("skill files are compiled from their source")  # the loader then skips the cache
+
+    def get_data(self, path: str) -> bytes:
+        # Here, not when a folder is listed: a helper or a linked file is read through this as well.
+        if problem := open_to_all(Path(path)):
+            raise SkillError(f"{path}: {problem}")
+        return super().get_data(path)
+
+
+def open_to_all(path: Path) -> str | None:
+    """Why every user of the machine may change the code at `path` (a skill file or folder), or None.
+
+    That code runs as the assistant's user, with its files and devices: a file or folder that
+    anyone may write (made so to get past a permission error), or one in a folder anyone may
+    rename it in, would let anyone run code as it.
+    """
+    real = path.resolve()
+    if real.is_relative_to(BUILTIN_SKILLS.parents[1]):  # the package's own code, as safe as the rest of it
+        return None
+    chain = [real, *real.parents]
+    for inner, entry in zip([None, *chain], chain, strict=False):
+        try:
+            mode = entry.stat().st_mode
+        except OSError:  # not there (a dangling link) or not ours to look at: reading it will say so
+            return None
+        if not mode & stat.S_IWOTH:
+            continue
+        if inner is None:
+            return f"every user may change it, and its code would run as this user: chmod o-w {entry}"
+        if not mode & stat.S_ISVTX:
+            return f"every user may replace it through {entry}: chmod o-w {entry}"
+        # Sticky, as /tmp: each may replace only what they own there.
+        if (owner := inner.stat().st_uid) not in (0, os.geteuid()):
+            return (
+                f"{inner} belongs to uid {owner}, in {entry} where every user may put files: use a folder of your own"
+            )
+    return None
 
 
 WAITS_AT_IMPORT = "does it wait for a device or the network? do that when the skill runs, not at import"
@@ -333,6 +461,34 @@ def _from_helper(value: Any, module: ModuleType) -> bool:
     not loaded as skill modules, so a skill there would be lost without a word."""
     package, _, name = (getattr(value, "__module__", None) or "").rpartition(".")
     return bool(package) and package == module.__package__ and name.startswith("_")
+
+
+def _import_problem(error: BaseException, path: Path) -> str:
+    """Why the skill file `path` did not import; a fault in a helper of its folder is named there."""
+    if isinstance(error, SkillError):
+        return str(error)
+    if isinstance(error, SyntaxError):
+        at = "" if error.filename == str(path) else f"{error.filename}:{error.lineno}: "
+        return f"{at}syntax error: {error.msg}"
+    frames = traceback.extract_tb(error.__traceback__)
+    helpers = [f for f in frames if Path(f.filename).parent == path.parent and f.filename != str(path)]
+    at = f" (at {helpers[-1].filename}:{helpers[-1].lineno})" if helpers else ""
+    return f"cannot be imported: {type(error).__name__}: {error}{at}"
+
+
+def _namesake(module: ModuleType | None, func: Callable) -> Callable | None:
+    """The skill of `module` with the name of the skill `func`, or None."""
+    if module is None:
+        return None
+    name = getattr(func, SKILL_ATTRIBUTE).name
+    return next(
+        (
+            v
+            for v in vars(module).values()
+            if getattr(v, SKILL_ATTRIBUTE, None) and getattr(v, SKILL_ATTRIBUTE).name == name
+        ),
+        None,
+    )
 
 
 def _where(func: Any, source: str) -> str:

@@ -23,6 +23,7 @@ import contextlib
 import errno
 import inspect
 import json
+import logging
 import math
 import re
 import shutil
@@ -35,9 +36,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import jsonschema
+
 SKILL_ATTRIBUTE = "__assistant_skill__"
 BACKGROUND_ATTRIBUTE = "__assistant_background__"
 MAX_STRING = 100  # characters of a free-text argument
+
+log = logging.getLogger(__name__)
 
 
 class SkillError(Exception):
@@ -233,6 +238,9 @@ def skill(
     parameter.
     """
 
+    if func is not None and not callable(func):  # @skill("weather"), as a web framework's routes are named
+        raise SkillError(f"@skill takes its options by name, as in @skill(name={func!r}), not {func!r}")
+
     def mark(f: Callable) -> Callable:
         spec = SkillSpec(
             name or f.__name__, f, confirm, timeout, dict(sentences or {}), dict(intents or {}), optional_tool,
@@ -257,9 +265,13 @@ def build_skill(spec: SkillSpec, settings: Any = None, source: str = "") -> Skil
     # A thread's join() refuses a string and overflows on infinity: the call would raise, not time out.
     if timeout is not None and not (isinstance(timeout, (int, float)) and 0 < timeout <= threading.TIMEOUT_MAX):
         raise SkillError(f"skill {spec.name}: timeout must be a number of seconds above 0, not {timeout!r}")
+    wrapped = ""  # a decorator's inner function (without functools.wraps) hides the skill's docstring and signature
+    if "<locals>" in spec.func.__qualname__:
+        made = f"{spec.func.__name__} is a function made inside another, as a decorator's"
+        wrapped = f" ({made}: give that decorator @functools.wraps(func))"
     description, arg_docs = _parse_docstring(inspect.getdoc(spec.func) or "")
     if not description:
-        raise SkillError(f"skill {spec.name} needs a docstring: it is the description the model sees")
+        raise SkillError(f"skill {spec.name} needs a docstring: it is the description the model sees{wrapped}")
     try:
         hints = typing.get_type_hints(spec.func, include_extras=True)
     except Exception as e:  # a hint that does not resolve is a bad signature
@@ -267,7 +279,7 @@ def build_skill(spec: SkillSpec, settings: Any = None, source: str = "") -> Skil
     properties, required, wants_context = {}, [], None
     for param in inspect.signature(spec.func).parameters.values():
         if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
-            raise SkillError(f"skill {spec.name}: *args and **kwargs cannot be described to the model")
+            raise SkillError(f"skill {spec.name}: *args and **kwargs cannot be described to the model{wrapped}")
         if param.kind is param.POSITIONAL_ONLY:
             raise SkillError(f"skill {spec.name}: parameter '{param.name}' is positional-only; skills take keywords")
         hint = hints.get(param.name)
@@ -293,12 +305,21 @@ def build_skill(spec: SkillSpec, settings: Any = None, source: str = "") -> Skil
             try:
                 # The prompt and the constraint carry the default as JSON. A copy, too: a skill that
                 # appends to its default list must not change what the model is told.
-                schema["default"] = json.loads(json.dumps(param.default, allow_nan=False))
+                default = json.loads(json.dumps(param.default, allow_nan=False))
             except (TypeError, ValueError):
                 raise SkillError(
                     f"skill {spec.name}: parameter '{param.name}': the default {param.default!r} is not "
                     "JSON data (use a str, number, bool, list or None)"
                 ) from None
+            try:  # a mistake ("celsius" for Literal["c", "f"]), or a "not given" of the skill's own ("")
+                jsonschema.validate(default, schema)
+            except jsonschema.ValidationError as e:
+                what = f"skill {spec.name}: parameter '{param.name}': the default {param.default!r}"
+                gets = "yet the skill gets it when the model leaves the parameter out"
+                log.warning(
+                    "%s: %s is not a value the model can give (%s), %s", source or spec.name, what, e.message, gets
+                )
+            schema["default"] = default
         properties[param.name] = schema
     parameters = {"type": "object", "properties": properties, "required": required, "additionalProperties": False}
     return Skill(spec.name, spec.func, description, parameters, spec.confirm, spec.timeout, spec.sentences,
