@@ -1017,3 +1017,30 @@ def test_a_second_stop_while_loading_still_exits_0(setup) -> None:
         daemon.process.send_signal(signal.SIGINT)
         assert daemon.stop() == 0, gap
         notify.received.clear()
+
+
+POOLED_SKILL = """import time
+from concurrent.futures import ThreadPoolExecutor
+
+from assistant import skill
+
+POOL = ThreadPoolExecutor(2)
+
+
+@skill(sentences={"en": ["fetch the news"]}, timeout=0.5)
+def news() -> str:
+    \"\"\"Fetch the headlines.\"\"\"
+    return POOL.submit(time.sleep, 3600).result()
+"""
+
+
+def test_a_stop_ends_the_daemon_although_a_skills_pool_thread_is_stuck(setup) -> None:
+    """Python's teardown joins a ThreadPoolExecutor's threads: one stuck would hold the stop until systemd kills."""
+    config, control, notify = setup
+    (config.parent / "extra_skills" / "news.py").write_text(POOLED_SKILL)
+    daemon = Daemon(config.parent, config, notify)
+    assert "news" in spoken(turn(control, "fetch the news"))  # the apology for the timeout names it
+    start = time.monotonic()
+    assert daemon.stop() == 0
+    assert time.monotonic() - start < 8  # systemd's TimeoutStopSec is 10
+    assert "exiting now" in daemon.log_text()

@@ -40,6 +40,7 @@ from assistant.turn import SPOKEN, TurnManager
 log = logging.getLogger("assistant.daemon")
 
 STOP_SECONDS = 2.0  # how long a stop waits for the running turn to end
+EXIT_SECONDS = 5.0  # then how long Python's teardown may take: all within systemd's TimeoutStopSec=10
 # A turn running longer than this counts as hung: the watchdog stops, and systemd restarts the
 # service. Far above the slowest honest turn (3 passes of 256 tokens and their skills on the board).
 TURN_LIMIT_SECONDS = 300.0
@@ -529,3 +530,13 @@ def run(config_path: Path, settings: Settings, text_only: bool = False) -> int:
         # its default action back, so it would end the process by the signal, the exit status lost.
         for stop in (signal.SIGTERM, signal.SIGINT):
             signal.signal(stop, signal.SIG_IGN)
+        threading.Thread(target=_exit_after, args=(EXIT_SECONDS,), name="exit", daemon=True).start()
+
+
+def _exit_after(seconds: float) -> None:
+    """End the process if Python's teardown has not within `seconds`: it joins every thread a skill's
+    ThreadPoolExecutor started, and one stuck past its timeout would hold the stop until systemd kills."""
+    time.sleep(seconds)
+    log.warning("still not ended %g s after stopping (a skill's thread that did not end); exiting now", seconds)
+    logging.shutdown()
+    os._exit(0)
