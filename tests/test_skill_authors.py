@@ -92,6 +92,7 @@ def test_a_broken_edit_keeps_the_working_skill_until_it_is_fixed(tmp_path: Path,
         coffee.write_text(COFFEE.replace("VERSION", "brewing").replace("-> str:", "-> str"))  # a syntax error
         reload(daemon)
         assert f"{coffee}:6: syntax error" in daemon.log_text()
+        assert "skills loaded, 1 kept at the version before" in daemon.log_text()
         assert spoken(turn(control, "make coffee")) == "Coffee is brewing."
         coffee.write_text(COFFEE.replace("VERSION", "ready"))
         tea.unlink()

@@ -33,7 +33,7 @@ from assistant.doctor import MICROPHONE_FIX, microphone_problem
 from assistant.llm.conversation import Conversation
 from assistant.llm.engine import Engine, GenerationStats
 from assistant.llm.sampling import Sampler
-from assistant.skills.registry import Registry, load_registry, skill_folders
+from assistant.skills.registry import KEPT, Registry, load_registry, skill_folders
 from assistant.skills.sdk import SkillContext
 from assistant.turn import SPOKEN, TurnManager
 
@@ -278,8 +278,11 @@ class Daemon:
 
     @staticmethod
     def _skills_summary(registry: Registry) -> str:
-        skipped = f", {len(registry.problems)} skipped" if registry.problems else ""
-        return f"{len(registry.skills)} skills loaded{skipped}"
+        kept = sum(problem.endswith(KEPT) for problem in registry.problems)
+        skipped = len(registry.problems) - kept
+        return f"{len(registry.skills)} skills loaded" + "".join(
+            f", {count} {what}" for count, what in ((skipped, "skipped"), (kept, "kept at the version before")) if count
+        )
 
     def reload(self) -> None:
         """Re-read the config and the skills; on any failure the running configuration stays."""
