@@ -1,0 +1,101 @@
+"""What a listener hears: reply text as the voices are given it (numbers, times, signs), in English and Chinese."""
+
+from __future__ import annotations
+
+import pytest
+
+from assistant.voice.tts import speakable
+
+
+@pytest.mark.parametrize(
+    ("written", "heard"),
+    [
+        # A range of times is one range, and a 24-hour time is said on the 12-hour clock with its half of the day.
+        ("Open 9:00-17:00.", "Open 9 AM to 5 PM."),
+        ("Open 9:00–17:00 daily", "Open 9 AM to 5 PM daily"),
+        ("Open 9am-5pm.", "Open 9 am to 5 pm."),
+        ("Open 9am-11am.", "Open 9 to 11 am."),
+        ("from 9:00 to 17:00", "from 9 AM to 5 PM"),
+        ("between 13:30 and 14:15", "between 1:30 and 2:15 PM"),
+        ("Lunch is 12:00-13:00.", "Lunch is noon to 1 PM."),
+        ("Meet 9:30-11:00", "Meet 9:30 to 11 o'clock"),
+        # The local clock, an alarm's reply and a model's answer say one time alike.
+        ("It is 21:30.", "It is 9:30 PM."),
+        ("Alarm set for 21:00 tomorrow.", "Alarm set for 9 PM tomorrow."),
+        ("It is 9:30 PM.", "It is 9:30 PM."),
+        ("It is 0:05.", "It is 12 oh 5 AM."),
+        ("It is 00:30.", "It is 12:30 AM."),
+        ("Alarm set for 0:00.", "Alarm set for midnight."),
+        ("at 07:45", "at 7:45 AM"),
+        ("At 12:05 am", "At 12 oh 5 am"),
+    ],
+)
+def test_times_are_said_as_an_english_speaker_says_them(written: str, heard: str) -> None:
+    """espeak says "nine o'clock seventeen o'clock" for 9:00-17:00 and "twenty-one o'clock" for 21:00."""
+    assert speakable(written, "en") == heard
+
+
+@pytest.mark.parametrize(
+    ("written", "heard"),
+    [
+        ("营业时间9:00-17:00。", "营业时间9点到17点。"),
+        ("9:30–10:00", "9点30分到10点"),
+        ("从9:00到17:00", "从9点到17点"),
+        ("现在是21:30。", "现在是21点30分。"),
+        ("9am-5pm", "上午9点到下午5点"),
+    ],
+)
+def test_times_are_said_as_a_chinese_speaker_says_them(written: str, heard: str) -> None:
+    """espeak's Mandarin leaves out the dash of 9:00-17:00: "九点十七点"."""
+    assert speakable(written, "zh") == heard
+
+
+@pytest.mark.parametrize(
+    ("written", "heard"),
+    [
+        # A range before the end of a sentence: espeak says "ten dash twenty"
+        ("Read pages 10-20.", "Read pages 10 to 20."),
+        # Full-width digits: espeak says nothing at all for them
+        ("Room １２３ is free.", "Room 123 is free."),
+        # A telephone number digit by digit, not "five hundred fifty-five dash one hundred twenty-three..."
+        ("Call 555-123-4567.", "Call 5 5 5, 1 2 3, 4 5 6 7."),
+        ("Call (555) 123-4567 now", "Call 5 5 5, 1 2 3, 4 5 6 7 now"),
+        # A long run of digits is an identifier, not "one quintillion two hundred ..."
+        ("Order 1234567890123456789 shipped.", "Order 1 2 3 4 5 6 7 8 9 0 1 2 3 4 5 6 7 8 9 shipped."),
+        # Decades: espeak says "nineteen hundred ninety z"
+        ("Music of the 1990s and the '80s.", "Music of the 19 nineties and the eighties."),
+        ("In the 2000s.", "In the 2 thousands."),
+        ("Open 24/7.", "Open 24 7."),
+        # Titles: espeak ends a sentence at their period ("Doctor. Kim")
+        ("Ask Dr. Kim and Mr. Lee, or Prof. Ng.", "Ask Doctor Kim and Mister Lee, or Professor Ng."),
+        ("It is No. 5 on the list.", "It is number 5 on the list."),
+        ("$0.99, $0.01, $1,299.99, $5.05.", "99 cents, 1 cent, 1,299 dollars 99, 5 dollars 5 cents."),
+        ("About 1.5e10 stars, or 3E-5.", "About 1.5 times 10 to the 10 stars, or 3 times 10 to the minus 5."),
+        # As written: espeak says these well
+        ("-5°C, 3.14, 0.5, 1,000,000, in 1999, v1.2.3, Python 3.12, 21st, 50%.",
+         "-5 degrees Celsius, 3.14, 0.5, 1,000,000, in 1999, v1.2.3, Python 3.12, 21st, 50%."),
+    ],
+)  # fmt: skip
+def test_numbers_are_said_as_an_english_listener_expects(written: str, heard: str) -> None:
+    assert speakable(written, "en") == heard
+
+
+@pytest.mark.parametrize(
+    ("written", "heard"),
+    [
+        # espeak's Mandarin drops the minus sign: "-5°C" was heard as five degrees
+        ("气温-5°C，体感-8℃。", "气温零下5摄氏度，体感零下8摄氏度。"),
+        ("结果是-3。", "结果是负3。"),
+        # A year digit by digit, not 二千二十四
+        ("2024年和1999年", "二零二四年和一九九九年"),
+        ("2023-2024年", "二零二三到二零二四年"),
+        # A mobile number digit by digit, not 一百三十八亿...
+        ("电话13812345678。", "电话1 3 8 1 2 3 4 5 6 7 8。"),
+        ("房间１２３", "房间123"),
+        ("全年24/7营业", "全年全天候营业"),
+        # As written: espeak's Mandarin says these well
+        ("两个、十一、一百零五、第3名、3.14", "两个、十一、一百零五、第3名、3.14"),
+    ],
+)
+def test_numbers_are_said_as_a_chinese_listener_expects(written: str, heard: str) -> None:
+    assert speakable(written, "zh") == heard
