@@ -124,6 +124,7 @@ def _left(due: float, paused_left: float | None) -> float:
 HOUR_AND_A_HALF = {"hours": 1, "minutes": 30}
 HALF_AN_HOUR = {"minutes": 30}
 AN_HOUR, A_MINUTE = {"hours": 1}, {"minutes": 1}
+QUARTER_HOUR, THREE_QUARTERS = {"minutes": 15}, {"minutes": 45}  # 一刻钟, 三刻钟
 MINUTE_AND_A_HALF = {"minutes": 1, "seconds": 30}
 SETTING = "[(set|start)] [a|an|the|my] "
 
@@ -133,6 +134,7 @@ SETTING = "[(set|start)] [a|an|the|my] "
         "en": [(SETTING + "timer for (an|one) hour and a half", HOUR_AND_A_HALF),
                (SETTING + "(hour and a half|90 minute) timer", HOUR_AND_A_HALF),
                (SETTING + "timer for half an hour", HALF_AN_HOUR), (SETTING + "half hour timer", HALF_AN_HOUR),
+               (SETTING + "timer for (a|one) quarter [of an] hour", QUARTER_HOUR),
                (SETTING + "timer for an hour", AN_HOUR), (SETTING + "timer for a minute", A_MINUTE),
                (SETTING + "timer for a minute and a half", MINUTE_AND_A_HALF),
                ("(set|start) [a|an|new] timer", {}),  # "How long?" is asked
@@ -141,6 +143,10 @@ SETTING = "[(set|start)] [a|an|the|my] "
                "[set|start] (a|an|the|my) {label} timer for {seconds} second[s]"],
         "zh": [("[设置|设定|设|开始|定][一个]半(个)小时[的]计时[器]", HALF_AN_HOUR),
                ("[设置|设定|设|开始|定][一个]一个半小时[的]计时[器]", HOUR_AND_A_HALF),
+               ("[设置|设定|设|开始|定][一个]一刻钟[的]计时[器]", QUARTER_HOUR),
+               ("[设置|设定|设|开始|定][一个]三刻钟[的]计时[器]", THREE_QUARTERS),
+               ("半[个]小时后提醒我", HALF_AN_HOUR), ("一个半小时后提醒我", HOUR_AND_A_HALF),
+               ("一刻钟后提醒我", QUARTER_HOUR), ("三刻钟后提醒我", THREE_QUARTERS),
                "[设置|设定|设|定][一个]{minutes}分钟[的]计时器", "[设置|设定|设|定][一个]{seconds}秒[钟][的]计时器",
                "[设置|设定|设|定][一个]{minutes}分[钟]{seconds}秒[钟][的]计时器",
                "[设置|设定|设|定][一个]{hours}[个]小时[的]计时器",
