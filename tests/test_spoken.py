@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from assistant.voice.tts import speakable
+from assistant.voice.tts import SentenceSplitter, speakable
 
 
 @pytest.mark.parametrize(
@@ -66,6 +66,10 @@ def test_times_are_said_as_a_chinese_speaker_says_them(written: str, heard: str)
         ("Music of the 1990s and the '80s.", "Music of the 19 nineties and the eighties."),
         ("In the 2000s.", "In the 2 thousands."),
         ("Open 24/7.", "Open 24 7."),
+        ("Walk 10 - 15 km.", "Walk 10 to 15 kilometers."),
+        ("See you at 9.30pm.", "See you at 9:30 pm."),
+        # A date as a day (espeak says "two thousand twenty-four zero five zero one")
+        ("Due 2024-05-01, not 2024-13-01.", "Due May 1, 2024, not 2024-13-01."),
         # Titles: espeak ends a sentence at their period ("Doctor. Kim")
         ("Ask Dr. Kim and Mr. Lee, or Prof. Ng.", "Ask Doctor Kim and Mister Lee, or Professor Ng."),
         ("It is No. 5 on the list.", "It is number 5 on the list."),
@@ -93,9 +97,34 @@ def test_numbers_are_said_as_an_english_listener_expects(written: str, heard: st
         ("电话13812345678。", "电话1 3 8 1 2 3 4 5 6 7 8。"),
         ("房间１２３", "房间123"),
         ("全年24/7营业", "全年全天候营业"),
+        ("截止2024-05-01。", "截止二零二四年5月1日。"),
+        ("营业时间：上午9:00-下午5:00", "营业时间：上午9点到下午5点"),
         # As written: espeak's Mandarin says these well
         ("两个、十一、一百零五、第3名、3.14", "两个、十一、一百零五、第3名、3.14"),
     ],
 )
 def test_numbers_are_said_as_a_chinese_listener_expects(written: str, heard: str) -> None:
     assert speakable(written, "zh") == heard
+
+
+@pytest.mark.parametrize(
+    ("reply", "pieces"),
+    [
+        # A period inside a sentence: a.m., U.S., etc. before a word in lower case, and No. before its number
+        (
+            "The shop opens at 9 a.m. and closes at 5 p.m. on weekdays. Bye.",
+            ["The shop opens at 9 a.m. and closes at 5 p.m. on weekdays.", "Bye."],
+        ),
+        ("Sure. It costs $3.50 at the U.S. store. Ok.", ["Sure.", "It costs $3.50 at the U.S. store.", "Ok."]),
+        ("Meet Dr. Kim at No. 5 Main St. today. Ok.", ["Meet Dr. Kim at No. 5 Main St. today.", "Ok."]),
+        ("Tea, coffee, etc. are fine. It is 9:30. The alarm is set.",
+         ["Tea, coffee, etc. are fine.", "It is 9:30.", "The alarm is set."]),
+    ],
+)  # fmt: skip
+def test_a_period_inside_a_sentence_does_not_cut_it(reply: str, pieces: list[str]) -> None:
+    """Each piece is said as a sentence, with its pause and falling tone: "and closes at 5 p.m." alone is
+    heard as a fragment."""
+    splitter, said = SentenceSplitter(), []
+    for character in reply:  # streamed as finely as it can be
+        said += splitter.push(character)
+    assert said + splitter.flush() == pieces

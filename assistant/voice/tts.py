@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator
+from datetime import date
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,10 @@ _WORD = re.compile(f"[{_HAN_KANA}]|(?:(?![{_HAN_KANA}])\\w)+")
 _ABBREVIATION = re.compile(r"(?:^|[\s(\"'])(?:mr|mrs|ms|dr|prof|st|jr|sr|vs|e\.g|i\.e)\.$", re.IGNORECASE)
 # Nor does the number of an item in a list ("1. Milk" on its own line): said with its item.
 _LIST_NUMBER = re.compile(r"(?:^|\n)[ \t]*\d+\.$")
+# Nor a period before a word in lower case ("at 9 a.m. and", "the U.S. store", "etc. are"), nor "No." before
+# its number. Until the word after it is streamed, only such a word waits for it: "on. " is an end at once.
+_RUNS_ON = re.compile(r"[a-z]")
+_MAY_RUN_ON = re.compile(r"(?:\b[A-Za-z]\.){2,}$|\b(?:etc|No)\.$")
 # What espeak-ng cannot take (a NUL ends its C string), UTF-8 cannot carry (a lone surrogate), and other
 # control characters, none of them speech: a reply or a note may hold them, and the rest is still said.
 _UNSPEAKABLE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
@@ -84,14 +89,14 @@ _CURRENCY = re.compile(rf"([$€£¥￥]) ?({_NUMBER})(?![A-Za-z0-9]|[.,]\d)")
 _UNIT_NAMES = sorted(_UNITS["zh"], key=len, reverse=True)  # km/h before km before m
 _UNIT = re.compile(rf"(?<![A-Za-z0-9.,$€£¥￥])({_NUMBER})( ?)({'|'.join(map(re.escape, _UNIT_NAMES))})(?![A-Za-z0-9])")
 # "5-10" and "5–10", not a date (2024-05-01) or a number with a leading zero (a telephone's 555-0123).
-_RANGE = re.compile(rf"(?<![A-Za-z0-9.,:/–-])({_NUMBER})(?:-| ?– ?)(?!0\d)({_NUMBER})(?![0-9:/–-]|[.,]\d)")
+_RANGE = re.compile(rf"(?<![A-Za-z0-9.,:/–-])({_NUMBER})(?:-| - | ?– ?)(?!0\d)({_NUMBER})(?![0-9:/–-]|[.,]\d)")
 _FRACTION = re.compile(r"(?<![A-Za-z0-9.,/])(\d)/(\d+)(?![0-9.,/])")  # not a date (3/4/2025)
 
 
 def _time_pattern(n: int) -> str:
-    """A time of day, its groups numbered `n`: "21:30", "9:05 a.m.", or an hour with its a.m./p.m. ("9am")."""
+    """A time of day, its groups numbered `n`: "21:30", "9:05 a.m.", "9.30pm", or an hour with its a.m./p.m. ("9am")."""
     return (
-        rf"(?<![0-9:.,])(?:(?P<h{n}>[01]?\d|2[0-3]):(?P<m{n}>[0-5]\d)(?![0-9:])"
+        rf"(?<![0-9:.,])(?:(?P<h{n}>[01]?\d|2[0-3])(?::|\.(?=\d\d ?[AaPp]\.?[Mm]\b))(?P<m{n}>[0-5]\d)(?![0-9:])"
         rf"|(?P<o{n}>1[0-2]|0?[1-9])(?= ?[AaPp]\.?[Mm]\b))(?P<x{n}> ?[AaPp]\.?[Mm]\b\.?)?"
     )
 
@@ -102,6 +107,9 @@ _CLOCK_RANGE = re.compile(
     _time_pattern(1) + r"(?P<to> ?[-–—] ?| (?:to|until|till|through|and) |到|至)" + _time_pattern(2)
 )
 _PERCENT = re.compile(rf"({_NUMBER}) ?[%％]")
+_DATE = re.compile(r"(?<![\d.,/-])(\d{4})-(\d\d)-(\d\d)(?![\d-])")  # 2024-05-01
+# A Chinese range whose second time has its part of the day: 上午9点-下午5点.
+_TO_CHINESE_TIME = re.compile(r"(?<=[点分])\s*[-–—~～]\s*(?=\d|上午|下午|早上|晚上|中午|凌晨)")
 # Said digit by digit: a telephone number ("555-123-4567", "(555) 123-4567"), a Chinese mobile number,
 # and a run of digits too long to be a quantity (an order number; past 18 digits piper's Chinese number
 # words have none).
@@ -171,9 +179,14 @@ class SentenceSplitter:
     def _cut(self) -> int | None:
         cuts = []
         for match in _END.finditer(self.buffer):
-            before = self.buffer[: match.start()]
+            before, after = self.buffer[: match.start()], self.buffer[match.end() : match.end() + 1]
             if _ABBREVIATION.search(before) or _LIST_NUMBER.search(before):
                 continue
+            if before.endswith(".") and "\n" not in match.group():  # a line break ends it still
+                if not after and _MAY_RUN_ON.search(before):
+                    break
+                if after and (_RUNS_ON.match(after) or (before.endswith("No.") and after.isdigit())):
+                    continue
             if match.end() < len(self.buffer) or match.group():  # "。" at the very end: a quote may follow
                 cuts.append(match.end())
             break
@@ -267,16 +280,26 @@ def _numbers_in_words(text: str, language: str) -> str:
             return m[0] if century is None else f"{century[0]} thousands" if century == "20" else f"{century} hundreds"
         return f"{century} {_DECADE_NAMES[tens]}" if century else _DECADE_NAMES[tens]
 
+    def day(m: re.Match) -> str:
+        try:
+            said = date(int(m[1]), int(m[2]), int(m[3]))
+        except ValueError:
+            return m[0]
+        if zh:
+            return f"{m[1]}年{said.month}月{said.day}日"  # the year then said digit by digit
+        return f"{said.strftime('%B')} {said.day}, {said.year}"
+
     if zh:
         text = _MOBILE.sub(lambda m: " ".join(m[0]), text)
     text = _PHONE.sub(lambda m: ", ".join(" ".join(group) for group in re.findall(r"\d+", m[0])), text)
     text = _DIGIT_RUN.sub(lambda m: " ".join(m[0]), text)
     text = _ROUND_THE_CLOCK.sub("全天候" if zh else "24 7", _SCIENTIFIC.sub(scientific, text))
-    text = _CLOCK_RANGE.sub(clock_range, text)
+    text = _CLOCK_RANGE.sub(clock_range, _DATE.sub(day, text))
     text = _RANGE.sub(r"\1到\2" if zh else r"\1 to \2", text)
     text = _CLOCK.sub(clock, _FRACTION.sub(fraction, text))
     if zh:  # English says 50% well; Chinese says 百分之五十
         text = _YEAR.sub(lambda m: m[1].translate(_CHINESE_DIGITS), _PERCENT.sub(r"百分之\1", text))
+        text = _TO_CHINESE_TIME.sub("到", text)
     else:
         text = _TITLE.sub(lambda m: _TITLE_WORDS[m[1]], _DECADE.sub(decade, text))
     text = _UNIT.sub(unit, _CURRENCY.sub(currency, text))
