@@ -218,6 +218,11 @@ COURTEOUS = [
     ("一刻钟后提醒我", "set_timer", {"minutes": 15}),
     ("设一个一刻钟的计时器", "set_timer", {"minutes": 15}),
     ("定一个三刻钟的计时器", "set_timer", {"minutes": 45}),
+    # Lengths past the sentence library's 100 of each unit
+    ("set a timer for 120 minutes", "set_timer", {"minutes": 120}),
+    ("start a timer for 200 seconds", "set_timer", {"seconds": 200}),
+    ("set a 150 minute timer", "set_timer", {"minutes": 150}),
+    ("set a timer for 0 minutes", "set_timer", {"minutes": 0}),  # "How long should the timer run?"
 ]
 
 

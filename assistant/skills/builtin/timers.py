@@ -138,6 +138,10 @@ SETTING = "[(set|start)] [a|an|the|my] "
                (SETTING + "timer for an hour", AN_HOUR), (SETTING + "timer for a minute", A_MINUTE),
                (SETTING + "timer for a minute and a half", MINUTE_AND_A_HALF),
                ("(set|start) [a|an|new] timer", {}),  # "How long?" is asked
+               # The sentence library hears up to 100 of each unit: "120 minutes" would go to the model.
+               SETTING + "timer for ({hours} hour[s] [and {minutes} minute[s]]|{minutes} minute[s] "
+               "[and {seconds} second[s]]|{seconds} second[s])",
+               "(set|start) [a|an] {minutes} minute timer",
                "[set|start] (a|an|the|my) {label} timer for {minutes} minute[s]",
                "[set|start] (a|an|the|my) {label} timer for {hours} hour[s]",
                "[set|start] (a|an|the|my) {label} timer for {seconds} second[s]"],
