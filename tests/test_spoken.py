@@ -64,7 +64,7 @@ def test_times_are_said_as_a_chinese_speaker_says_them(written: str, heard: str)
         ("Order 1234567890123456789 shipped.", "Order 1 2 3 4 5 6 7 8 9 0 1 2 3 4 5 6 7 8 9 shipped."),
         # Decades: espeak says "nineteen hundred ninety z"
         ("Music of the 1990s and the '80s.", "Music of the 19 nineties and the eighties."),
-        ("In the 2000s.", "In the 2 thousands."),
+        ("In the 2000s and the 1900s, 100s of people.", "In the 2 thousands and the 19 hundreds, hundreds of people."),
         ("Open 24/7.", "Open 24 7."),
         ("Walk 10 - 15 km.", "Walk 10 to 15 kilometers."),
         ("See you at 9.30pm.", "See you at 9:30 pm."),

@@ -276,9 +276,11 @@ def _numbers_in_words(text: str, language: str) -> str:
 
     def decade(m: re.Match) -> str:
         century, tens = m[1], int(m[2])
-        if tens == 0:
-            return m[0] if century is None else f"{century[0]} thousands" if century == "20" else f"{century} hundreds"
-        return f"{century} {_DECADE_NAMES[tens]}" if century else _DECADE_NAMES[tens]
+        if tens == 0 and century:  # the 1900s, the 2000s; 100s and 1000s of people
+            number = int(century + "00")
+            many, name = (number // 1000, "thousands") if number % 1000 == 0 else (number // 100, "hundreds")
+            return name if many == 1 else f"{many} {name}"
+        return f"{century} {_DECADE_NAMES[tens]}" if century else _DECADE_NAMES[tens] or m[0]
 
     def day(m: re.Match) -> str:
         try:
