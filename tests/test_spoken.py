@@ -67,6 +67,8 @@ def test_times_are_said_as_a_chinese_speaker_says_them(written: str, heard: str)
         ("In the 2000s and the 1900s, 100s of people.", "In the 2 thousands and the 19 hundreds, hundreds of people."),
         ("Open 24/7.", "Open 24 7."),
         ("Walk 10 - 15 km.", "Walk 10 to 15 kilometers."),
+        # "x" as times: espeak says "ecks two"
+        ("At x2, 1.5x faster; 5 x 3 is 15, a 2x4, x86.", "At times 2, 1.5 times faster; 5 times 3 is 15, a 2x4, x86."),
         ("See you at 9.30pm.", "See you at 9:30 pm."),
         # A date as a day (espeak says "two thousand twenty-four zero five zero one")
         ("Due 2024-05-01, not 2024-13-01.", "Due May 1, 2024, not 2024-13-01."),
@@ -97,6 +99,7 @@ def test_numbers_are_said_as_an_english_listener_expects(written: str, heard: st
         ("电话13812345678。", "电话1 3 8 1 2 3 4 5 6 7 8。"),
         ("房间１２３", "房间123"),
         ("全年24/7营业", "全年全天候营业"),
+        ("快2x，5 x 3等于15", "快2倍，5乘3等于15"),
         ("截止2024-05-01。", "截止二零二四年5月1日。"),
         ("营业时间：上午9:00-下午5:00", "营业时间：上午9点到下午5点"),
         # As written: espeak's Mandarin says these well

@@ -118,6 +118,8 @@ _MOBILE = re.compile(r"(?<![\d.,])1[3-9]\d{9}(?![.,]?\d)")
 _DIGIT_RUN = re.compile(r"(?<![\d.,])\d{13,}(?![.,]?\d)")
 _SCIENTIFIC = re.compile(r"(?<![\w.])(\d+(?:\.\d+)?)[eE]([+-]?)(\d+)(?!\w|[.,]\d)")
 _ROUND_THE_CLOCK = re.compile(r"(?<![\d/])24/7(?![\d/])")
+# "x" as times, which espeak says as the letter: x2 (not x86), 1.5x, 5 x 3 (not 2x4).
+_TIMES = re.compile(r"(?<![A-Za-z0-9])x(?=\d(?!\w))|(?<=\d)(x)(?![A-Za-z0-9])|(?<=\d) [x×] (?=\d)")
 # Chinese: a year digit by digit (二零二四年, not 二千零二十四年); a minus sign, which espeak's Mandarin drops.
 _YEAR = re.compile(r"(?<![\d.,])(\d{4})(?=(?:到\d{4})?年)")
 _MINUS = re.compile(r"(?<![A-Za-z0-9.,:/-])[-−](?=\d)")
@@ -282,6 +284,11 @@ def _numbers_in_words(text: str, language: str) -> str:
             return name if many == 1 else f"{many} {name}"
         return f"{century} {_DECADE_NAMES[tens]}" if century else _DECADE_NAMES[tens] or m[0]
 
+    def times(m: re.Match) -> str:
+        if zh:
+            return "倍" if m[1] else "乘"  # 快2倍; 5乘3
+        return " times" if m[1] else "times " if m[0] == "x" else " times "
+
     def day(m: re.Match) -> str:
         try:
             said = date(int(m[1]), int(m[2]), int(m[3]))
@@ -296,6 +303,7 @@ def _numbers_in_words(text: str, language: str) -> str:
     text = _PHONE.sub(lambda m: ", ".join(" ".join(group) for group in re.findall(r"\d+", m[0])), text)
     text = _DIGIT_RUN.sub(lambda m: " ".join(m[0]), text)
     text = _ROUND_THE_CLOCK.sub("全天候" if zh else "24 7", _SCIENTIFIC.sub(scientific, text))
+    text = _TIMES.sub(times, text)
     text = _CLOCK_RANGE.sub(clock_range, _DATE.sub(day, text))
     text = _RANGE.sub(r"\1到\2" if zh else r"\1 to \2", text)
     text = _CLOCK.sub(clock, _FRACTION.sub(fraction, text))
