@@ -223,6 +223,7 @@ COURTEOUS = [
     ("start a timer for 200 seconds", "set_timer", {"seconds": 200}),
     ("set a 150 minute timer", "set_timer", {"minutes": 150}),
     ("set a timer for 0 minutes", "set_timer", {"minutes": 0}),  # "How long should the timer run?"
+    ("设置一个１０分钟的计时器", "set_timer", {"minutes": 10}),  # full-width digits
 ]
 
 

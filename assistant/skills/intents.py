@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import re
+import unicodedata
 from dataclasses import dataclass
 from typing import Any
 
@@ -151,7 +152,9 @@ class IntentMatcher:
         for language in self._tried(text, self._languages()):
             if found := self._match_own(text, language) or self._match_library(text, language):
                 return found
-        plain = COURTESY.sub("", text).strip()
+        # Then in plainer form: without courtesy, and with full-width digits and letters (１０分钟, as a Chinese
+        # input method may type them) as the templates' own.
+        plain = COURTESY.sub("", unicodedata.normalize("NFKC", text)).strip()
         return self.match(plain) if plain and plain != text.strip() else None
 
     def match_answer(self, text: str, question: str, call: dict) -> IntentMatch | None:
