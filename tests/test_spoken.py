@@ -92,6 +92,7 @@ def test_numbers_are_said_as_an_english_listener_expects(written: str, heard: st
         # espeak's Mandarin drops the minus sign: "-5°C" was heard as five degrees
         ("气温-5°C，体感-8℃。", "气温零下5摄氏度，体感零下8摄氏度。"),
         ("结果是-3。", "结果是负3。"),
+        ("涨幅-5%，3-5%", "涨幅负百分之5，3到百分之5"),
         # A year digit by digit, not 二千二十四
         ("2024年和1999年", "二零二四年和一九九九年"),
         ("2023-2024年", "二零二三到二零二四年"),

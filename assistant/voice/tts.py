@@ -106,7 +106,7 @@ _CLOCK = re.compile(_time_pattern(1))
 _CLOCK_RANGE = re.compile(
     _time_pattern(1) + r"(?P<to> ?[-–—] ?| (?:to|until|till|through|and) |到|至)" + _time_pattern(2)
 )
-_PERCENT = re.compile(rf"({_NUMBER}) ?[%％]")
+_PERCENT = re.compile(rf"(?:(?<![A-Za-z0-9.,:/-])([-−]))?({_NUMBER}) ?[%％]")
 _DATE = re.compile(r"(?<![\d.,/-])(\d{4})-(\d\d)-(\d\d)(?![\d-])")  # 2024-05-01
 # A Chinese range whose second time has its part of the day: 上午9点-下午5点.
 _TO_CHINESE_TIME = re.compile(r"(?<=[点分])\s*[-–—~～]\s*(?=\d|上午|下午|早上|晚上|中午|凌晨)")
@@ -308,8 +308,8 @@ def _numbers_in_words(text: str, language: str) -> str:
     text = _RANGE.sub(r"\1到\2" if zh else r"\1 to \2", text)
     text = _CLOCK.sub(clock, _FRACTION.sub(fraction, text))
     if zh:  # English says 50% well; Chinese says 百分之五十
-        text = _YEAR.sub(lambda m: m[1].translate(_CHINESE_DIGITS), _PERCENT.sub(r"百分之\1", text))
-        text = _TO_CHINESE_TIME.sub("到", text)
+        text = _PERCENT.sub(lambda m: f"{'负' if m[1] else ''}百分之{m[2]}", text)
+        text = _YEAR.sub(lambda m: m[1].translate(_CHINESE_DIGITS), _TO_CHINESE_TIME.sub("到", text))
     else:
         text = _TITLE.sub(lambda m: _TITLE_WORDS[m[1]], _DECADE.sub(decade, text))
     text = _UNIT.sub(unit, _CURRENCY.sub(currency, text))
