@@ -121,6 +121,7 @@ def test_numbers_are_said_as_a_chinese_listener_expects(written: str, heard: str
         ),
         ("Sure. It costs $3.50 at the U.S. store. Ok.", ["Sure.", "It costs $3.50 at the U.S. store.", "Ok."]),
         ("Meet Dr. Kim at No. 5 Main St. today. Ok.", ["Meet Dr. Kim at No. 5 Main St. today.", "Ok."]),
+        ("Open 9 a.m. - 5 p.m. Then close.", ["Open 9 a.m. - 5 p.m.", "Then close."]),
         ("Tea, coffee, etc. are fine. It is 9:30. The alarm is set.",
          ["Tea, coffee, etc. are fine.", "It is 9:30.", "The alarm is set."]),
     ],

@@ -26,10 +26,12 @@ _WORD = re.compile(f"[{_HAN_KANA}]|(?:(?![{_HAN_KANA}])\\w)+")
 _ABBREVIATION = re.compile(r"(?:^|[\s(\"'])(?:mr|mrs|ms|dr|prof|st|jr|sr|vs|e\.g|i\.e)\.$", re.IGNORECASE)
 # Nor does the number of an item in a list ("1. Milk" on its own line): said with its item.
 _LIST_NUMBER = re.compile(r"(?:^|\n)[ \t]*\d+\.$")
-# Nor a period before a word in lower case ("at 9 a.m. and", "the U.S. store", "etc. are"), nor "No." before
-# its number. Until the word after it is streamed, only such a word waits for it: "on. " is an end at once.
+# Nor a period before a word in lower case ("the end. and"), nor one of a word written with periods ("a.m.",
+# "U.S.", "etc.", "No.") before anything but a capital ("at 9 a.m. - 5 p.m.", "No. 5"). Until the next word is
+# streamed, only such a word waits for it: "on. " is an end at once.
 _RUNS_ON = re.compile(r"[a-z]")
-_MAY_RUN_ON = re.compile(r"(?:\b[A-Za-z]\.){2,}$|\b(?:etc|No)\.$")
+_DOTTED = re.compile(r"(?:\b[A-Za-z]\.){2,}$|\b(?:etc|No)\.$")
+_CAPITAL = re.compile(r"[A-Z]")
 # What espeak-ng cannot take (a NUL ends its C string), UTF-8 cannot carry (a lone surrogate), and other
 # control characters, none of them speech: a reply or a note may hold them, and the rest is still said.
 _UNSPEAKABLE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
@@ -185,9 +187,10 @@ class SentenceSplitter:
             if _ABBREVIATION.search(before) or _LIST_NUMBER.search(before):
                 continue
             if before.endswith(".") and "\n" not in match.group():  # a line break ends it still
-                if not after and _MAY_RUN_ON.search(before):
+                dotted = _DOTTED.search(before)
+                if not after and dotted:
                     break
-                if after and (_RUNS_ON.match(after) or (before.endswith("No.") and after.isdigit())):
+                if after and (_RUNS_ON.match(after) or (dotted and not _CAPITAL.match(after))):
                     continue
             if match.end() < len(self.buffer) or match.group():  # "。" at the very end: a quote may follow
                 cuts.append(match.end())
