@@ -127,6 +127,10 @@ _YEAR = re.compile(r"(?<![\d.,])(\d{4})(?=(?:到\d{4})?年)")
 _MINUS = re.compile(r"(?<![A-Za-z0-9.,:/-])[-−](?=\d)")
 _BELOW_ZERO = re.compile(r"负(?=[\d.,]+(?:摄氏度|华氏度|度))")
 _CHINESE_DIGITS = str.maketrans("0123456789", "零一二三四五六七八九")
+# And a number past 9999 in groups of four digits (万, 亿): espeak's Mandarin groups by three, and says
+# 一万 for 1000000. The commas of 1,000,000 go first.
+_THOUSANDS = re.compile(r"(?<![\d.,])\d{1,3}(?:,\d{3})+(?!,?\d)")
+_LARGE = re.compile(r"(?<![\d.,])[1-9]\d{4,11}(?!\d)")
 # English: the 1990s, the '80s (espeak says "nineteen hundred ninety z").
 _DECADE = re.compile(r"(?<![\w.,'])(?:(\d{1,2})|')?(\d)0s\b")
 _DECADE_NAMES = [
@@ -316,7 +320,21 @@ def _numbers_in_words(text: str, language: str) -> str:
     else:
         text = _TITLE.sub(lambda m: _TITLE_WORDS[m[1]], _DECADE.sub(decade, text))
     text = _UNIT.sub(unit, _CURRENCY.sub(currency, text))
-    return _BELOW_ZERO.sub("零下", _MINUS.sub("负", text)) if zh else text
+    if not zh:
+        return text
+    text = _LARGE.sub(lambda m: _in_wan(int(m[0])), _THOUSANDS.sub(lambda m: m[0].replace(",", ""), text))
+    return _BELOW_ZERO.sub("零下", _MINUS.sub("负", text))
+
+
+def _in_wan(number: int) -> str:
+    """A number in Chinese groups of four digits: 100万, 1万2345, 1万零50, 1亿零1."""
+    said, skipped = "", False
+    for size, unit in ((10**8, "亿"), (10**4, "万"), (1, "")):
+        part, number = divmod(number, size)
+        if part:
+            said += ("零" if said and (skipped or part < 1000) else "") + f"{part}{unit}"
+        skipped = bool(said) and not part
+    return said
 
 
 def _time_of(m: re.Match, n: int) -> tuple[int, int, str, bool]:
