@@ -67,6 +67,7 @@ def test_times_are_said_as_a_chinese_speaker_says_them(written: str, heard: str)
         ("In the 2000s and the 1900s, 100s of people.", "In the 2 thousands and the 19 hundreds, hundreds of people."),
         ("Open 24/7.", "Open 24 7."),
         ("Walk 10 - 15 km.", "Walk 10 to 15 kilometers."),
+        ("1.000.000 people, v1.000.000, 192.168.100.100", "1,000,000 people, v1.000.000, 192.168.100.100"),
         # "x" as times: espeak says "ecks two"
         ("At x2, 1.5x faster; 5 x 3 is 15, a 2x4, x86.", "At times 2, 1.5 times faster; 5 times 3 is 15, a 2x4, x86."),
         ("See you at 9.30pm.", "See you at 9:30 pm."),
@@ -105,6 +106,7 @@ def test_numbers_are_said_as_an_english_listener_expects(written: str, heard: st
             "共100万人，1万2345元，1万零50米，1亿零1次，24亿元。",
         ),
         ("3.14159和2.5万和9999", "3.14159和2.5万和9999"),
+        ("约1.000.000人", "约100万人"),
         ("全年24/7营业", "全年全天候营业"),
         ("快2x，5 x 3等于15", "快2倍，5乘3等于15"),
         ("截止2024-05-01。", "截止二零二四年5月1日。"),

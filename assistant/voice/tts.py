@@ -119,6 +119,9 @@ _PHONE = re.compile(r"(?<![\w+.,-])(?:\(\d{3}\) ?|\d{3}[-. ])\d{3}[-. ]\d{4}(?![
 _MOBILE = re.compile(r"(?<![\d.,])1[3-9]\d{9}(?![.,]?\d)")
 _DIGIT_RUN = re.compile(r"(?<![\d.,])\d{13,}(?![.,]?\d)")
 _SCIENTIFIC = re.compile(r"(?<![\w.])(\d+(?:\.\d+)?)[eE]([+-]?)(\d+)(?!\w|[.,]\d)")
+# 1.000.000 as some languages write a million (espeak: "one point zero zero zero point ..."); not a version
+# (v1.2.3) nor an address (192.168.100.100).
+_DOTTED_THOUSANDS = re.compile(r"(?<![A-Za-z\d.,])\d{1,3}\.\d{3}\.\d{3}(?![.,]?\d)")
 _ROUND_THE_CLOCK = re.compile(r"(?<![\d/])24/7(?![\d/])")
 # "x" as times, which espeak says as the letter: x2 (not x86), 1.5x, 5 x 3 (not 2x4).
 _TIMES = re.compile(r"(?<![A-Za-z0-9])x(?=\d(?!\w))|(?<=\d)(x)(?![A-Za-z0-9])|(?<=\d) [x×] (?=\d)")
@@ -309,6 +312,7 @@ def _numbers_in_words(text: str, language: str) -> str:
         text = _MOBILE.sub(lambda m: " ".join(m[0]), text)
     text = _PHONE.sub(lambda m: ", ".join(" ".join(group) for group in re.findall(r"\d+", m[0])), text)
     text = _DIGIT_RUN.sub(lambda m: " ".join(m[0]), text)
+    text = _DOTTED_THOUSANDS.sub(lambda m: m[0].replace(".", ","), text)
     text = _ROUND_THE_CLOCK.sub("全天候" if zh else "24 7", _SCIENTIFIC.sub(scientific, text))
     text = _TIMES.sub(times, text)
     text = _CLOCK_RANGE.sub(clock_range, _DATE.sub(day, text))
