@@ -38,11 +38,13 @@ def test_times_are_said_as_an_english_speaker_says_them(written: str, heard: str
 @pytest.mark.parametrize(
     ("written", "heard"),
     [
-        ("营业时间9:00-17:00。", "营业时间9点到17点。"),
+        ("营业时间9:00-17:00。", "营业时间上午9点到下午5点。"),
         ("9:30–10:00", "9点30分到10点"),
-        ("从9:00到17:00", "从9点到17点"),
-        ("现在是21:30。", "现在是21点30分。"),
+        ("从9:00到17:00", "从上午9点到下午5点"),
+        ("现在是21:30。", "现在是晚上9点30分。"),  # as the clock skill says it
         ("9am-5pm", "上午9点到下午5点"),
+        ("14:00-15:30和0:30", "下午2点到3点30分和凌晨0点30分"),
+        ("晚上21:00", "晚上9点"),
     ],
 )
 def test_times_are_said_as_a_chinese_speaker_says_them(written: str, heard: str) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from assistant.config import ConfigError
+from assistant.skills.builtin._spoken import clock
 
 # A sentence ends at . ! ? followed by a space (so 3.5 and example.com stay whole), or right
 # after Chinese / Japanese sentence punctuation, or at a line break.
@@ -111,7 +112,10 @@ _CLOCK_RANGE = re.compile(
 _PERCENT = re.compile(rf"(?:(?<![A-Za-z0-9.,:/-])([-−]))?({_NUMBER}) ?[%％]")
 _DATE = re.compile(r"(?<![\d.,/-])(\d{4})-(\d\d)-(\d\d)(?![\d-])")  # 2024-05-01
 # A Chinese range whose second time has its part of the day: 上午9点-下午5点.
-_TO_CHINESE_TIME = re.compile(r"(?<=[点分])\s*[-–—~～]\s*(?=\d|上午|下午|早上|晚上|中午|凌晨)")
+_DAY_PART = "上午|下午|早上|晚上|中午|凌晨|傍晚|半夜"
+_TO_CHINESE_TIME = re.compile(rf"(?<=[点分])\s*[-–—~～]\s*(?=\d|{_DAY_PART})")
+# A part of the day written before a time on the 24-hour clock, which is then said with its own: 晚上21:00.
+_DAY_PART_TWICE = re.compile(rf"({_DAY_PART})(?:{_DAY_PART})")
 # Said digit by digit: a telephone number ("555-123-4567", "(555) 123-4567"), a Chinese mobile number,
 # and a run of digits too long to be a quantity (an order number; past 18 digits piper's Chinese number
 # words have none).
@@ -321,6 +325,7 @@ def _numbers_in_words(text: str, language: str) -> str:
     if zh:  # English says 50% well; Chinese says 百分之五十
         text = _PERCENT.sub(lambda m: f"{'负' if m[1] else ''}百分之{m[2]}", text)
         text = _YEAR.sub(lambda m: m[1].translate(_CHINESE_DIGITS), _TO_CHINESE_TIME.sub("到", text))
+        text = _DAY_PART_TWICE.sub(r"\1", text)
     else:
         text = _TITLE.sub(lambda m: _TITLE_WORDS[m[1]], _DECADE.sub(decade, text))
     text = _UNIT.sub(unit, _CURRENCY.sub(currency, text))
@@ -362,8 +367,11 @@ def _english_time(hour: int, minute: int, half: str, on_24: bool) -> tuple[str, 
 
 
 def _said_time(hour: int, minute: int, half: str, on_24: bool, zh: bool) -> str:
-    """A time of day in English ("9:30 PM", "5 o'clock", "noon") or in Chinese (9点30分, 下午5点)."""
+    """A time of day in English ("9:30 PM", "5 o'clock", "noon") or in Chinese (9点30分, 下午5点; one on the
+    24-hour clock as the assistant's own clock says it: 晚上9点30分)."""
     if zh:
+        if on_24:
+            return clock(hour, minute, "zh")
         part = ("下午" if half[:1] in "Pp" else "上午") if half else ""
         return f"{part}{hour}点" + (f"{minute:02d}分" if minute else "")
     said, half = _english_time(hour, minute, half, on_24)
