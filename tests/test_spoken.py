@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from assistant.skills.builtin._spoken import clock
 from assistant.voice.tts import SentenceSplitter, speakable
 
 
@@ -143,3 +144,15 @@ def test_a_period_inside_a_sentence_does_not_cut_it(reply: str, pieces: list[str
     for character in reply:  # streamed as finely as it can be
         said += splitter.push(character)
     assert said + splitter.flush() == pieces
+
+
+@pytest.mark.parametrize(
+    ("hour", "minute", "written"), [(21, 30, "9:30 PM"), (13, 0, "1:00 PM"), (0, 5, "12:05 AM"), (9, 30, "9:30")]
+)
+def test_the_clock_skill_and_a_model_are_heard_saying_one_time_alike(hour: int, minute: int, written: str) -> None:
+    """The clock, timer and alarm skills write a time as `clock` does (21:30, 晚上9点30分); a model writes
+    "9:30 PM" or 21:30."""
+    assert speakable(f"It is {clock(hour, minute)}.", "en") == speakable(f"It is {written}.", "en")
+    assert speakable(f"现在是{clock(hour, minute, 'zh')}。", "zh") == speakable(
+        f"现在是{hour:02d}:{minute:02d}。", "zh"
+    )
