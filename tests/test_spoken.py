@@ -69,6 +69,9 @@ def test_times_are_said_as_a_chinese_speaker_says_them(written: str, heard: str)
         ("Music of the 1990s and the '80s.", "Music of the 19 nineties and the eighties."),
         ("In the 2000s and the 1900s, 100s of people.", "In the 2 thousands and the 19 hundreds, hundreds of people."),
         ("Open 24/7.", "Open 24 7."),
+        # A year after the word that names it as one: espeak says "one thousand eight hundred fifty"
+        ("Built in 1999, since 1850, by 1905, in 1900; 1999 people in 2024, in 1500 m.",
+         "Built in 19 99, since 18 50, by 19 oh 5, in 19 hundred; 1999 people in 2024, in 1500 meters."),
         ("Walk 10 - 15 km.", "Walk 10 to 15 kilometers."),
         ("1.000.000 people, v1.000.000, 192.168.100.100", "1,000,000 people, v1.000.000, 192.168.100.100"),
         # "x" as times: espeak says "ecks two"
@@ -82,8 +85,8 @@ def test_times_are_said_as_a_chinese_speaker_says_them(written: str, heard: str)
         ("$0.99, $0.01, $1,299.99, $5.05.", "99 cents, 1 cent, 1,299 dollars 99, 5 dollars 5 cents."),
         ("About 1.5e10 stars, or 3E-5.", "About 1.5 times 10 to the 10 stars, or 3 times 10 to the minus 5."),
         # As written: espeak says these well
-        ("-5°C, 3.14, 0.5, 1,000,000, in 1999, v1.2.3, Python 3.12, 21st, 50%.",
-         "-5 degrees Celsius, 3.14, 0.5, 1,000,000, in 1999, v1.2.3, Python 3.12, 21st, 50%."),
+        ("-5°C, 3.14, 0.5, 1,000,000, 2024, v1.2.3, Python 3.12, 21st, 50%.",
+         "-5 degrees Celsius, 3.14, 0.5, 1,000,000, 2024, v1.2.3, Python 3.12, 21st, 50%."),
     ],
 )  # fmt: skip
 def test_numbers_are_said_as_an_english_listener_expects(written: str, heard: str) -> None:

@@ -138,6 +138,12 @@ _CHINESE_DIGITS = str.maketrans("0123456789", "零一二三四五六七八九")
 # 一万 for 1000000. The commas of 1,000,000 go first.
 _THOUSANDS = re.compile(r"(?<![\d.,])\d{1,3}(?:,\d{3})+(?!,?\d)")
 _LARGE = re.compile(r"(?<![\d.,])[1-9]\d{4,11}(?!\d)")
+# English: a year after a word that makes it one ("in 1999", "since 1850"), said in two halves; 2000 on,
+# espeak's "two thousand twenty-four" is how people say it too.
+_YEAR_EN = re.compile(
+    r"\b((?:in|since|from|until|till|by|before|after|of|year) )(1[1-9])(\d\d)"
+    rf"(?![\d.,:]?\d|s\b| ?%| ?(?:{'|'.join(map(re.escape, _UNIT_NAMES))})(?![A-Za-z0-9]))"  # not "in 1500 m"
+)
 # English: the 1990s, the '80s (espeak says "nineteen hundred ninety z").
 _DECADE = re.compile(r"(?<![\w.,'])(?:(\d{1,2})|')?(\d)0s\b")
 _DECADE_NAMES = [
@@ -298,6 +304,10 @@ def _numbers_in_words(text: str, language: str) -> str:
             return name if many == 1 else f"{many} {name}"
         return f"{century} {_DECADE_NAMES[tens]}" if century else _DECADE_NAMES[tens] or m[0]
 
+    def year(m: re.Match) -> str:
+        tail = "hundred" if m[3] == "00" else f"oh {m[3][1]}" if m[3][0] == "0" else m[3]
+        return f"{m[1]}{m[2]} {tail}"  # 1999: nineteen ninety-nine; 1905: nineteen oh five
+
     def times(m: re.Match) -> str:
         if zh:
             return "倍" if m[1] else "乘"  # 快2倍; 5乘3
@@ -327,7 +337,7 @@ def _numbers_in_words(text: str, language: str) -> str:
         text = _YEAR.sub(lambda m: m[1].translate(_CHINESE_DIGITS), _TO_CHINESE_TIME.sub("到", text))
         text = _DAY_PART_TWICE.sub(r"\1", text)
     else:
-        text = _TITLE.sub(lambda m: _TITLE_WORDS[m[1]], _DECADE.sub(decade, text))
+        text = _TITLE.sub(lambda m: _TITLE_WORDS[m[1]], _DECADE.sub(decade, _YEAR_EN.sub(year, text)))
     text = _UNIT.sub(unit, _CURRENCY.sub(currency, text))
     if not zh:
         return text
