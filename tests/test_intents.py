@@ -218,6 +218,10 @@ COURTEOUS = [
     ("一刻钟后提醒我", "set_timer", {"minutes": 15}),
     ("设一个一刻钟的计时器", "set_timer", {"minutes": 15}),
     ("定一个三刻钟的计时器", "set_timer", {"minutes": 45}),
+    ("两小时后提醒我", "set_timer", {"hours": 2}),
+    ("十分钟后叫我", "set_timer", {"minutes": 10}),
+    ("设一个两个半小时的计时器", "set_timer", {"hours": 2, "minutes": 30}),
+    ("三个半小时后提醒我", "set_timer", {"hours": 3, "minutes": 30}),
     # Lengths past the sentence library's 100 of each unit
     ("set a timer for 120 minutes", "set_timer", {"minutes": 120}),
     ("start a timer for 200 seconds", "set_timer", {"seconds": 200}),

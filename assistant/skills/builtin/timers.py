@@ -156,7 +156,9 @@ SETTING = "[(set|start)] [a|an|the|my] "
                "[设置|设定|设|定][一个]{hours}[个]小时[的]计时器",
                ("[设置|设定|设|定][一个]{minutes}分半[钟][的]计时器", {"seconds": 30}),
                "[设置|设定|设|定][一个]{minutes}分钟[的]{label}计时器",
-               "{minutes}分钟后提醒我", "{hours}(个)小时后提醒我",
+               "{minutes}分钟后(提醒|叫)我", "{hours}[个]小时后(提醒|叫)我",
+               ("[设置|设定|设|定][一个]{hours}个半小时[的]计时器", {"minutes": 30}),
+               ("{hours}个半小时后(提醒|叫)我", {"minutes": 30}),
                # The library hears "一个" as one hour (个 is an hour for it): this asks how long.
                ("(设置|设定|设|定|开始|创建)[一][个](计时器|倒计时|定时器)", {})],
     },
