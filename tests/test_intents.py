@@ -227,6 +227,10 @@ COURTEOUS = [
     ("start a timer for 200 seconds", "set_timer", {"seconds": 200}),
     ("set a 150 minute timer", "set_timer", {"minutes": 150}),
     ("set a timer for 0 minutes", "set_timer", {"minutes": 0}),  # "How long should the timer run?"
+    ("timer 10 minutes", "set_timer", {"minutes": 10}),
+    ("remind me in 10 minutes", "set_timer", {"minutes": 10}),  # as 10分钟后提醒我
+    ("wake me up in an hour and a half", "set_timer", {"hours": 1, "minutes": 30}),
+    ("wake me up in 2 hours", "set_timer", {"hours": 2}),
     ("设置一个１０分钟的计时器", "set_timer", {"minutes": 10}),  # full-width digits
 ]
 

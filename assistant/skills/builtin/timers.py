@@ -127,20 +127,22 @@ AN_HOUR, A_MINUTE = {"hours": 1}, {"minutes": 1}
 QUARTER_HOUR, THREE_QUARTERS = {"minutes": 15}, {"minutes": 45}  # 一刻钟, 三刻钟
 MINUTE_AND_A_HALF = {"minutes": 1, "seconds": 30}
 SETTING = "[(set|start)] [a|an|the|my] "
+# "Set a timer for 10 minutes", "timer 10 minutes", and as 10分钟后提醒我 says it, "remind me in 10 minutes".
+FOR = f"({SETTING}timer [for]|(remind|wake) me [up] in) "
 
 
 @skill(
     sentences={
-        "en": [(SETTING + "timer for (an|one) hour and a half", HOUR_AND_A_HALF),
+        "en": [(FOR + "(an|one) hour and a half", HOUR_AND_A_HALF),
                (SETTING + "(hour and a half|90 minute) timer", HOUR_AND_A_HALF),
-               (SETTING + "timer for half an hour", HALF_AN_HOUR), (SETTING + "half hour timer", HALF_AN_HOUR),
-               (SETTING + "timer for (a|one) quarter [of an] hour", QUARTER_HOUR),
-               (SETTING + "timer for an hour", AN_HOUR), (SETTING + "timer for a minute", A_MINUTE),
-               (SETTING + "timer for a minute and a half", MINUTE_AND_A_HALF),
+               (FOR + "half an hour", HALF_AN_HOUR), (SETTING + "half hour timer", HALF_AN_HOUR),
+               (FOR + "(a|one) quarter [of an] hour", QUARTER_HOUR),
+               (FOR + "an hour", AN_HOUR), (FOR + "a minute", A_MINUTE),
+               (FOR + "a minute and a half", MINUTE_AND_A_HALF),
                ("(set|start) [a|an|new] timer", {}),  # "How long?" is asked
                # The sentence library hears up to 100 of each unit: "120 minutes" would go to the model.
-               SETTING + "timer for ({hours} hour[s] [and {minutes} minute[s]]|{minutes} minute[s] "
-               "[and {seconds} second[s]]|{seconds} second[s])",
+               FOR + "({hours} hour[s] [and {minutes} minute[s]]|{minutes} minute[s] [and {seconds} second[s]]"
+               "|{seconds} second[s])",
                "(set|start) [a|an] {minutes} minute timer",
                "[set|start] (a|an|the|my) {label} timer for {minutes} minute[s]",
                "[set|start] (a|an|the|my) {label} timer for {hours} hour[s]",
