@@ -203,6 +203,54 @@ def test_phrasings_reach_the_right_skill_with_typed_arguments(
         assert type(found.arguments[name]) is type(value), name  # 5 arrives as 5, 19.5 as 19.5, not "5"
 
 
+COURTEOUS = [
+    ("could you please set a timer for 10 minutes thanks", "set_timer", {"minutes": 10}),
+    ("set an alarm for 7 am please", "set_alarm", {"hour": 7}),
+    ("Please set an alarm for 7:30 pm, thank you.", "set_alarm", {"hour": 19, "minute": 30}),
+    ("can you turn up the volume please", "change_volume", {"direction": "up"}),
+    ("stop, thanks", "stop", {}),
+    ("请帮我设置一个10分钟的计时器", "set_timer", {"minutes": 10}),
+    ("麻烦你明天早上7点叫醒我，谢谢", "set_alarm", {"hour": 7, "tomorrow": True}),
+    ("请问现在几点了", "current_time", {}),
+    # Lengths said as words
+    ("set a timer for a quarter of an hour", "set_timer", {"minutes": 15}),
+    ("半小时后提醒我", "set_timer", {"minutes": 30}),
+    ("一刻钟后提醒我", "set_timer", {"minutes": 15}),
+    ("设一个一刻钟的计时器", "set_timer", {"minutes": 15}),
+    ("定一个三刻钟的计时器", "set_timer", {"minutes": 45}),
+    ("两小时后提醒我", "set_timer", {"hours": 2}),
+    ("十分钟后叫我", "set_timer", {"minutes": 10}),
+    ("设一个两个半小时的计时器", "set_timer", {"hours": 2, "minutes": 30}),
+    ("三个半小时后提醒我", "set_timer", {"hours": 3, "minutes": 30}),
+    # Lengths past the sentence library's 100 of each unit
+    ("set a timer for 120 minutes", "set_timer", {"minutes": 120}),
+    ("start a timer for 200 seconds", "set_timer", {"seconds": 200}),
+    ("set a 150 minute timer", "set_timer", {"minutes": 150}),
+    ("set a timer for 0 minutes", "set_timer", {"minutes": 0}),  # "How long should the timer run?"
+    ("timer 10 minutes", "set_timer", {"minutes": 10}),
+    ("remind me in 10 minutes", "set_timer", {"minutes": 10}),  # as 10分钟后提醒我
+    ("wake me up in an hour and a half", "set_timer", {"hours": 1, "minutes": 30}),
+    ("wake me up in 2 hours", "set_timer", {"hours": 2}),
+    ("设置一个１０分钟的计时器", "set_timer", {"minutes": 10}),  # full-width digits
+]
+
+
+@pytest.mark.parametrize(("text", "skill", "arguments"), COURTEOUS, ids=[t for t, *_ in COURTEOUS])
+def test_courtesy_around_a_request_and_lengths_in_words_are_understood(
+    matcher: IntentMatcher, text: str, skill: str, arguments: dict
+) -> None:
+    """Without a local match, "please" or 请帮我 sends a timer to the model: slower, and a small model may get
+    it wrong."""
+    found = matcher.match(text)
+    assert found is not None, text
+    assert (found.skill, found.arguments, found.reply) == (skill, arguments, None)
+
+
+def test_courtesy_words_alone_are_left_to_the_model(matcher: IntentMatcher) -> None:
+    for text in ("thanks", "thank you", "please", "谢谢", "请"):
+        assert matcher.match(text) is None, text
+
+
 ELSEWHERE = ["tell me a joke", "what's the weather like", "lock the front door", "play some music",
              "turn on the coffee machine", "讲个笑话", "明天天气怎么样",
              "set an alarm for 10 minutes",

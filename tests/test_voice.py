@@ -827,10 +827,10 @@ def test_a_chinese_voice_reads_chinese_without_the_marks(tmp_path: Path) -> None
         ("5 g, 5 ml, 2 l.", "5 grams, 5 milliliters, 2 liters."),
         ("5 kWh at 60 W: 2 h 5 min 30 s.", "5 kilowatt hours at 60 watts: 2 hours 5 minutes 30 seconds."),
         ("$5, $5.50, €3 and £1.", "5 dollars, 5 dollars 50, 3 euros and 1 pound."),
-        ("At 12:00, 5:05, 21:30, 5:00 PM or 9:05 a.m.", "At 12 o'clock, 5 oh 5, 21:30, 5 PM or 9 oh 5 a.m."),
+        ("At 12:00, 5:05, 21:30, 5:00 PM or 9:05 a.m.", "At noon, 5 oh 5, 9:30 PM, 5 PM or 9 oh 5 a.m."),
         ("Add 3/4 cup, 1/2 spoon, 5-10 minutes.", "Add 3 quarters cup, 1 half spoon, 5 to 10 minutes."),
         # not after a number, or not a unit, a fraction or a range: as written
-        ("Press m then g, in the 1990s, 24/7, on 3/4/2025 or 2024-05-01.",) * 2,
+        ("Press m then g, 5/20, on 3/4/2025.",) * 2,
     ],
 )
 def test_units_and_signs_beside_a_number_are_said_in_words(test_voice: Path, written: str, read: str) -> None:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import re
+import unicodedata
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,6 +70,15 @@ TEMPLATE_SYNTAX = re.compile(r"[()\[\]|{}<>]")
 CJK = re.compile(r"[\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af]")
 CJK_LANGUAGES = ("zh", "ja", "ko")
 
+
+# Courtesy around a request, which no template has: "could you please ... thanks", 请帮我……，谢谢. A sentence
+# without a match is tried again without it (not before: "note that I should say thank you" keeps its words).
+COURTESY = re.compile(
+    r"^\W*(?:(?:hey|ok|okay)\W+)?(?:(?:could|can|would|will) you\W+)?(?:please\W+)?"
+    r"|\W+(?:please|thanks|thank you)(?:\W+(?:please|thanks|thank you))*\W*$"
+    r"|^(?:请问|请|麻烦你|麻烦)?(?:帮我|替我)?|[，,。！!\s]*(?:谢谢你?|谢了|多谢)[。！!]*$",
+    re.IGNORECASE,
+)
 
 KANA_HANGUL = re.compile(r"[\u3040-\u30ff\uac00-\ud7af]")
 LATIN_LETTER = re.compile(r"[A-Za-z]")
@@ -142,7 +152,10 @@ class IntentMatcher:
         for language in self._tried(text, self._languages()):
             if found := self._match_own(text, language) or self._match_library(text, language):
                 return found
-        return None
+        # Then in plainer form: without courtesy, and with full-width digits and letters (１０分钟, as a Chinese
+        # input method may type them) as the templates' own.
+        plain = COURTESY.sub("", unicodedata.normalize("NFKC", text)).strip()
+        return self.match(plain) if plain and plain != text.strip() else None
 
     def match_answer(self, text: str, question: str, call: dict) -> IntentMatch | None:
         """The text as an answer to `question`, which the skill asked when `call` ran it: the call

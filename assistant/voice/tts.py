@@ -6,11 +6,13 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator
+from datetime import date
 from pathlib import Path
 
 import numpy as np
 
 from assistant.config import ConfigError
+from assistant.skills.builtin._spoken import clock
 
 # A sentence ends at . ! ? followed by a space (so 3.5 and example.com stay whole), or right
 # after Chinese / Japanese sentence punctuation, or at a line break.
@@ -25,6 +27,12 @@ _WORD = re.compile(f"[{_HAN_KANA}]|(?:(?![{_HAN_KANA}])\\w)+")
 _ABBREVIATION = re.compile(r"(?:^|[\s(\"'])(?:mr|mrs|ms|dr|prof|st|jr|sr|vs|e\.g|i\.e)\.$", re.IGNORECASE)
 # Nor does the number of an item in a list ("1. Milk" on its own line): said with its item.
 _LIST_NUMBER = re.compile(r"(?:^|\n)[ \t]*\d+\.$")
+# Nor a period before a word in lower case ("the end. and"), nor one of a word written with periods ("a.m.",
+# "U.S.", "etc.", "No.") before anything but a capital ("at 9 a.m. - 5 p.m.", "No. 5"). Until the next word is
+# streamed, only such a word waits for it: "on. " is an end at once.
+_RUNS_ON = re.compile(r"[a-z]")
+_DOTTED = re.compile(r"(?:\b[A-Za-z]\.){2,}$|\b(?:etc|No)\.$")
+_CAPITAL = re.compile(r"[A-Z]")
 # What espeak-ng cannot take (a NUL ends its C string), UTF-8 cannot carry (a lone surrogate), and other
 # control characters, none of them speech: a reply or a note may hold them, and the rest is still said.
 _UNSPEAKABLE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
@@ -84,10 +92,79 @@ _CURRENCY = re.compile(rf"([$€£¥￥]) ?({_NUMBER})(?![A-Za-z0-9]|[.,]\d)")
 _UNIT_NAMES = sorted(_UNITS["zh"], key=len, reverse=True)  # km/h before km before m
 _UNIT = re.compile(rf"(?<![A-Za-z0-9.,$€£¥￥])({_NUMBER})( ?)({'|'.join(map(re.escape, _UNIT_NAMES))})(?![A-Za-z0-9])")
 # "5-10" and "5–10", not a date (2024-05-01) or a number with a leading zero (a telephone's 555-0123).
-_RANGE = re.compile(rf"(?<![A-Za-z0-9.,:/–-])({_NUMBER})(?:-| ?– ?)(?!0\d)({_NUMBER})(?![0-9.,:/–-])")
+_RANGE = re.compile(rf"(?<![A-Za-z0-9.,:/–-])({_NUMBER})(?:-| - | ?– ?)(?!0\d)({_NUMBER})(?![0-9:/–-]|[.,]\d)")
 _FRACTION = re.compile(r"(?<![A-Za-z0-9.,/])(\d)/(\d+)(?![0-9.,/])")  # not a date (3/4/2025)
-_CLOCK = re.compile(r"(?<![0-9:])([01]?\d|2[0-3]):([0-5]\d)(?![0-9:])( ?[AaPp]\.?[Mm]\b\.?)?")
-_PERCENT = re.compile(rf"({_NUMBER}) ?[%％]")
+
+
+def _time_pattern(n: int) -> str:
+    """A time of day, its groups numbered `n`: "21:30", "9:05 a.m.", "9.30pm", or an hour with its a.m./p.m. ("9am")."""
+    return (
+        rf"(?<![0-9:.,])(?:(?P<h{n}>[01]?\d|2[0-3])(?::|\.(?=\d\d ?[AaPp]\.?[Mm]\b))(?P<m{n}>[0-5]\d)(?![0-9:])"
+        rf"|(?P<o{n}>1[0-2]|0?[1-9])(?= ?[AaPp]\.?[Mm]\b))(?P<x{n}> ?[AaPp]\.?[Mm]\b\.?)?"
+    )
+
+
+_CLOCK = re.compile(_time_pattern(1))
+# "9:00-17:00", "9am–5pm", "from 9:00 to 17:00": one range, whose ends tell each other's half of the day.
+_CLOCK_RANGE = re.compile(
+    _time_pattern(1) + r"(?P<to> ?[-–—] ?| (?:to|until|till|through|and) |到|至)" + _time_pattern(2)
+)
+_PERCENT = re.compile(rf"(?:(?<![A-Za-z0-9.,:/-])([-−]))?({_NUMBER}) ?[%％]")
+_DATE = re.compile(r"(?<![\d.,/-])(\d{4})-(\d\d)-(\d\d)(?![\d-])")  # 2024-05-01
+# A Chinese range whose second time has its part of the day: 上午9点-下午5点.
+_DAY_PART = "上午|下午|早上|晚上|中午|凌晨|傍晚|半夜"
+_TO_CHINESE_TIME = re.compile(rf"(?<=[点分])\s*[-–—~～]\s*(?=\d|{_DAY_PART})")
+# A part of the day written before a time on the 24-hour clock, which is then said with its own: 晚上21:00.
+_DAY_PART_TWICE = re.compile(rf"({_DAY_PART})(?:{_DAY_PART})")
+# Said digit by digit: a telephone number ("555-123-4567", "(555) 123-4567"), a Chinese mobile number,
+# and a run of digits too long to be a quantity (an order number; past 18 digits piper's Chinese number
+# words have none).
+_PHONE = re.compile(r"(?<![\w+.,-])(?:\(\d{3}\) ?|\d{3}[-. ])\d{3}[-. ]\d{4}(?![-.,]?\d)")
+_MOBILE = re.compile(r"(?<![\d.,])1[3-9]\d{9}(?![.,]?\d)")
+_DIGIT_RUN = re.compile(r"(?<![\d.,])\d{13,}(?![.,]?\d)")
+_SCIENTIFIC = re.compile(r"(?<![\w.])(\d+(?:\.\d+)?)[eE]([+-]?)(\d+)(?!\w|[.,]\d)")
+# 1.000.000 as some languages write a million (espeak: "one point zero zero zero point ..."); not a version
+# (v1.2.3) nor an address (192.168.100.100).
+_DOTTED_THOUSANDS = re.compile(r"(?<![A-Za-z\d.,])\d{1,3}\.\d{3}\.\d{3}(?![.,]?\d)")
+_ROUND_THE_CLOCK = re.compile(r"(?<![\d/])24/7(?![\d/])")
+# "x" as times, which espeak says as the letter: x2 (not x86), 1.5x, 5 x 3 (not 2x4).
+_TIMES = re.compile(r"(?<![A-Za-z0-9])x(?=\d(?!\w))|(?<=\d)(x)(?![A-Za-z0-9])|(?<=\d) [x×] (?=\d)")
+# Chinese: a year digit by digit (二零二四年, not 二千零二十四年); a minus sign, which espeak's Mandarin drops.
+_YEAR = re.compile(r"(?<![\d.,])(\d{4})(?=(?:到\d{4})?年)")
+_MINUS = re.compile(r"(?<![A-Za-z0-9.,:/-])[-−](?=\d)")
+_BELOW_ZERO = re.compile(r"负(?=[\d.,]+(?:摄氏度|华氏度|度))")
+_CHINESE_DIGITS = str.maketrans("0123456789", "零一二三四五六七八九")
+# And a number past 9999 in groups of four digits (万, 亿): espeak's Mandarin groups by three, and says
+# 一万 for 1000000. The commas of 1,000,000 go first.
+_THOUSANDS = re.compile(r"(?<![\d.,])\d{1,3}(?:,\d{3})+(?!,?\d)")
+_LARGE = re.compile(r"(?<![\d.,])[1-9]\d{4,11}(?!\d)")
+# English: a year after a word that makes it one ("in 1999", "since 1850"), said in two halves; 2000 on,
+# espeak's "two thousand twenty-four" is how people say it too.
+_YEAR_EN = re.compile(
+    r"\b((?:in|since|from|until|till|by|before|after|of|year) )(1[1-9])(\d\d)"
+    rf"(?![\d.,:]?\d|s\b| ?%| ?(?:{'|'.join(map(re.escape, _UNIT_NAMES))})(?![A-Za-z0-9]))"  # not "in 1500 m"
+)
+# English: the 1990s, the '80s (espeak says "nineteen hundred ninety z").
+_DECADE = re.compile(r"(?<![\w.,'])(?:(\d{1,2})|')?(\d)0s\b")
+_DECADE_NAMES = [
+    "",
+    "tens",
+    "twenties",
+    "thirties",
+    "forties",
+    "fifties",
+    "sixties",
+    "seventies",
+    "eighties",
+    "nineties",
+]
+# Titles and "No." before what they name: espeak ends a sentence at their period ("Doctor. Kim").
+_TITLE = re.compile(r"\b(Dr|Mr|Mrs|Ms|Prof)\.(?= [A-Z])|\bNo\.(?= ?\d)")
+_TITLE_WORDS = {"Dr": "Doctor", "Mr": "Mister", "Mrs": "Missus", "Ms": "Miz", "Prof": "Professor", None: "number"}
+_CENTS = {"$": ("cent", "cents"), "€": ("cent", "cents"), "£": ("penny", "pence")}
+# Full-width letters and digits (１２３), which espeak says nothing for, and their point and colon.
+_FULL_WIDTH = str.maketrans({chr(c): chr(c - 0xFEE0) for c in range(0xFF01, 0xFF5F) if chr(c - 0xFEE0).isalnum()})
+_FULL_WIDTH_IN_NUMBER = re.compile(r"(?<=\d)[．：](?=\d)")
 MIN_CLAUSE_WORDS = 4  # a shorter first clause ("Sure," "好的，") waits for more
 # Text that runs on without a sentence end is cut after this many words, at a clause or a space if
 # it has one: the voice's encoder takes a piece whole, in time and memory that grow with its
@@ -123,9 +200,15 @@ class SentenceSplitter:
     def _cut(self) -> int | None:
         cuts = []
         for match in _END.finditer(self.buffer):
-            before = self.buffer[: match.start()]
+            before, after = self.buffer[: match.start()], self.buffer[match.end() : match.end() + 1]
             if _ABBREVIATION.search(before) or _LIST_NUMBER.search(before):
                 continue
+            if before.endswith(".") and "\n" not in match.group():  # a line break ends it still
+                dotted = _DOTTED.search(before)
+                if not after and dotted:
+                    break
+                if after and (_RUNS_ON.match(after) or (dotted and not _CAPITAL.match(after))):
+                    continue
             if match.end() < len(self.buffer) or match.group():  # "。" at the very end: a quote may follow
                 cuts.append(match.end())
             break
@@ -156,7 +239,9 @@ def speakable(text: str, language: str) -> str:
 
 
 def _numbers_in_words(text: str, language: str) -> str:
-    """Ranges, fractions, times, percentages, currencies and units as a voice of `language` says them."""
+    """Numbers, times, ranges, fractions, percentages, currencies, units and titles as a voice of
+    `language` says them."""
+    text = _FULL_WIDTH_IN_NUMBER.sub(lambda m: chr(ord(m[0]) - 0xFEE0), text.translate(_FULL_WIDTH))
     if language not in _UNITS:
         return text
     units, zh = _UNITS[language], language == "zh"
@@ -168,36 +253,141 @@ def _numbers_in_words(text: str, language: str) -> str:
     def fraction(m: re.Match) -> str:
         n, d = int(m[1]), int(m[2])
         if not 0 < n < d <= 10:
-            return m[0]  # 24/7, 5/20: not a fraction said with a name
+            return m[0]  # 5/20: not a fraction said with a name
         return f"{d}分之{n}" if zh else f"{n} {_FRACTION_NAMES[d]}{'' if n == 1 else 's'}"  # 四分之三: 3/4
 
     def clock(m: re.Match) -> str:
-        if zh:
-            return f"{m[1]}点" if m[2] == "00" else f"{m[1]}点{m[2]}分"
-        # espeak says 21:30 well, but "zero zero" for 12:00 and "zero five" for 5:05
-        hours, minutes, noon = m[1], m[2], m[3] or ""
-        if minutes == "00":
-            return f"{hours}{noon}" if noon else f"{hours} o'clock"  # 5:00 PM: five PM
-        return f"{hours} oh {minutes[1]}{noon}" if minutes[0] == "0" else m[0]
+        return _said_time(*_time_of(m, 1), zh)
+
+    def clock_range(m: re.Match) -> str:
+        first, second = _time_of(m, 1), _time_of(m, 2)
+        if first[3] or second[3]:  # one on the 24-hour clock makes both so: 9:00-17:00 starts in the morning
+            first, second = [(hour, minute, half, not half) for hour, minute, half, _ in (first, second)]
+        start, end = _said_time(*first, zh), _said_time(*second, zh)
+        if zh:  # 上午9点到11点
+            part = re.match(r"\D*", start).group()
+            return f"{start}{'至' if m['to'] == '至' else '到'}{end.removeprefix(part) if part else end}"
+        to = m["to"].strip() if m["to"].strip().isalpha() else "to"
+        said, half = _english_time(*first)
+        if half[:1].lower() == _english_time(*second)[1][:1].lower():
+            start = said  # "9 to 11 AM"; "9 to 11 o'clock"
+        return f"{start} {to} {end}"
 
     def currency(m: re.Match) -> str:
         if m[1] not in units:
             return m[0]
-        if zh or not re.fullmatch(r"\d+\.\d\d", m[2]):
+        if zh or not re.fullmatch(r"[\d,]+\.\d\d", m[2]):
             return named(m[2], m[1])
-        whole, cents = m[2].split(".")
-        return named(whole, m[1]) + ("" if cents == "00" else f" {cents}")  # $5.50: five dollars fifty
+        whole, cents = m[2].rsplit(".", 1)
+        one, many = _CENTS.get(m[1], ("", ""))
+        if cents == "00":
+            return named(whole, m[1])
+        if one and (whole == "0" or cents[0] == "0"):  # $0.99: ninety-nine cents; $5.05: five dollars five cents
+            said = f"{int(cents)} {one if cents == '01' else many}"
+            return said if whole == "0" else f"{named(whole, m[1])} {said}"
+        return f"{named(whole, m[1])} {cents}"  # $5.50: five dollars fifty
 
     def unit(m: re.Match) -> str:
         if m[3] not in units or (m[3] == "s" and not m[2]):
             return m[0]  # the 1990s, not seconds
         return named(m[1], m[3])
 
+    def scientific(m: re.Match) -> str:
+        minus = ("负" if zh else "minus ") if m[2] == "-" else ""
+        return f"{m[1]}乘以10的{minus}{m[3]}次方" if zh else f"{m[1]} times 10 to the {minus}{m[3]}"
+
+    def decade(m: re.Match) -> str:
+        century, tens = m[1], int(m[2])
+        if tens == 0 and century:  # the 1900s, the 2000s; 100s and 1000s of people
+            number = int(century + "00")
+            many, name = (number // 1000, "thousands") if number % 1000 == 0 else (number // 100, "hundreds")
+            return name if many == 1 else f"{many} {name}"
+        return f"{century} {_DECADE_NAMES[tens]}" if century else _DECADE_NAMES[tens] or m[0]
+
+    def year(m: re.Match) -> str:
+        tail = "hundred" if m[3] == "00" else f"oh {m[3][1]}" if m[3][0] == "0" else m[3]
+        return f"{m[1]}{m[2]} {tail}"  # 1999: nineteen ninety-nine; 1905: nineteen oh five
+
+    def times(m: re.Match) -> str:
+        if zh:
+            return "倍" if m[1] else "乘"  # 快2倍; 5乘3
+        return " times" if m[1] else "times " if m[0] == "x" else " times "
+
+    def day(m: re.Match) -> str:
+        try:
+            said = date(int(m[1]), int(m[2]), int(m[3]))
+        except ValueError:
+            return m[0]
+        if zh:
+            return f"{m[1]}年{said.month}月{said.day}日"  # the year then said digit by digit
+        return f"{said.strftime('%B')} {said.day}, {said.year}"
+
+    if zh:
+        text = _MOBILE.sub(lambda m: " ".join(m[0]), text)
+    text = _PHONE.sub(lambda m: ", ".join(" ".join(group) for group in re.findall(r"\d+", m[0])), text)
+    text = _DIGIT_RUN.sub(lambda m: " ".join(m[0]), text)
+    text = _DOTTED_THOUSANDS.sub(lambda m: m[0].replace(".", ","), text)
+    text = _ROUND_THE_CLOCK.sub("全天候" if zh else "24 7", _SCIENTIFIC.sub(scientific, text))
+    text = _TIMES.sub(times, text)
+    text = _CLOCK_RANGE.sub(clock_range, _DATE.sub(day, text))
     text = _RANGE.sub(r"\1到\2" if zh else r"\1 to \2", text)
     text = _CLOCK.sub(clock, _FRACTION.sub(fraction, text))
     if zh:  # English says 50% well; Chinese says 百分之五十
-        text = _PERCENT.sub(r"百分之\1", text)
-    return _UNIT.sub(unit, _CURRENCY.sub(currency, text))
+        text = _PERCENT.sub(lambda m: f"{'负' if m[1] else ''}百分之{m[2]}", text)
+        text = _YEAR.sub(lambda m: m[1].translate(_CHINESE_DIGITS), _TO_CHINESE_TIME.sub("到", text))
+        text = _DAY_PART_TWICE.sub(r"\1", text)
+    else:
+        text = _TITLE.sub(lambda m: _TITLE_WORDS[m[1]], _DECADE.sub(decade, _YEAR_EN.sub(year, text)))
+    text = _UNIT.sub(unit, _CURRENCY.sub(currency, text))
+    if not zh:
+        return text
+    text = _LARGE.sub(lambda m: _in_wan(int(m[0])), _THOUSANDS.sub(lambda m: m[0].replace(",", ""), text))
+    return _BELOW_ZERO.sub("零下", _MINUS.sub("负", text))
+
+
+def _in_wan(number: int) -> str:
+    """A number in Chinese groups of four digits: 100万, 1万2345, 1万零50, 1亿零1."""
+    said, skipped = "", False
+    for size, unit in ((10**8, "亿"), (10**4, "万"), (1, "")):
+        part, number = divmod(number, size)
+        if part:
+            said += ("零" if said and (skipped or part < 1000) else "") + f"{part}{unit}"
+        skipped = bool(said) and not part
+    return said
+
+
+def _time_of(m: re.Match, n: int) -> tuple[int, int, str, bool]:
+    """The `n`th time of a match: hour, minute, its a.m. or p.m. as written, and whether it is on the 24-hour
+    clock (0:30, 07:45, 21:00)."""
+    hour, half = m[f"h{n}"] or m[f"o{n}"], (m[f"x{n}"] or "").strip()
+    on_24 = not half and (int(hour) == 0 or int(hour) > 12 or len(hour) == 2 and hour[0] == "0")
+    return int(hour), int(m[f"m{n}"] or 0), half, on_24
+
+
+def _english_time(hour: int, minute: int, half: str, on_24: bool) -> tuple[str, str]:
+    """A time as an English voice says it on the 12-hour clock, and its half of the day ("PM", "a.m.", or "")."""
+    if not half and (hour, minute) in ((0, 0), (12, 0)):
+        return "midnight" if hour == 0 else "noon", ""
+    if on_24:
+        half = "AM" if hour < 12 else "PM"
+    if half:
+        hour = hour % 12 or 12
+    # espeak says "zero zero" for 5:00 and "zero five" for 5:05
+    return f"{hour}" if minute == 0 else f"{hour} oh {minute}" if minute < 10 else f"{hour}:{minute:02d}", half
+
+
+def _said_time(hour: int, minute: int, half: str, on_24: bool, zh: bool) -> str:
+    """A time of day in English ("9:30 PM", "5 o'clock", "noon") or in Chinese (9点30分, 下午5点; one on the
+    24-hour clock as the assistant's own clock says it: 晚上9点30分)."""
+    if zh:
+        if on_24:
+            return clock(hour, minute, "zh")
+        part = ("下午" if half[:1] in "Pp" else "上午") if half else ""
+        return f"{part}{hour}点" + (f"{minute:02d}分" if minute else "")
+    said, half = _english_time(hour, minute, half, on_24)
+    if half:
+        return f"{said} {half}"
+    return f"{said} o'clock" if minute == 0 and said[0].isdigit() else said
 
 
 def windows(

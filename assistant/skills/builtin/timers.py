@@ -124,29 +124,43 @@ def _left(due: float, paused_left: float | None) -> float:
 HOUR_AND_A_HALF = {"hours": 1, "minutes": 30}
 HALF_AN_HOUR = {"minutes": 30}
 AN_HOUR, A_MINUTE = {"hours": 1}, {"minutes": 1}
+QUARTER_HOUR, THREE_QUARTERS = {"minutes": 15}, {"minutes": 45}  # 一刻钟, 三刻钟
 MINUTE_AND_A_HALF = {"minutes": 1, "seconds": 30}
 SETTING = "[(set|start)] [a|an|the|my] "
+# "Set a timer for 10 minutes", "timer 10 minutes", and as 10分钟后提醒我 says it, "remind me in 10 minutes".
+FOR = f"({SETTING}timer [for]|(remind|wake) me [up] in) "
 
 
 @skill(
     sentences={
-        "en": [(SETTING + "timer for (an|one) hour and a half", HOUR_AND_A_HALF),
+        "en": [(FOR + "(an|one) hour and a half", HOUR_AND_A_HALF),
                (SETTING + "(hour and a half|90 minute) timer", HOUR_AND_A_HALF),
-               (SETTING + "timer for half an hour", HALF_AN_HOUR), (SETTING + "half hour timer", HALF_AN_HOUR),
-               (SETTING + "timer for an hour", AN_HOUR), (SETTING + "timer for a minute", A_MINUTE),
-               (SETTING + "timer for a minute and a half", MINUTE_AND_A_HALF),
+               (FOR + "half an hour", HALF_AN_HOUR), (SETTING + "half hour timer", HALF_AN_HOUR),
+               (FOR + "(a|one) quarter [of an] hour", QUARTER_HOUR),
+               (FOR + "an hour", AN_HOUR), (FOR + "a minute", A_MINUTE),
+               (FOR + "a minute and a half", MINUTE_AND_A_HALF),
                ("(set|start) [a|an|new] timer", {}),  # "How long?" is asked
+               # The sentence library hears up to 100 of each unit: "120 minutes" would go to the model.
+               FOR + "({hours} hour[s] [and {minutes} minute[s]]|{minutes} minute[s] [and {seconds} second[s]]"
+               "|{seconds} second[s])",
+               "(set|start) [a|an] {minutes} minute timer",
                "[set|start] (a|an|the|my) {label} timer for {minutes} minute[s]",
                "[set|start] (a|an|the|my) {label} timer for {hours} hour[s]",
                "[set|start] (a|an|the|my) {label} timer for {seconds} second[s]"],
         "zh": [("[设置|设定|设|开始|定][一个]半(个)小时[的]计时[器]", HALF_AN_HOUR),
                ("[设置|设定|设|开始|定][一个]一个半小时[的]计时[器]", HOUR_AND_A_HALF),
+               ("[设置|设定|设|开始|定][一个]一刻钟[的]计时[器]", QUARTER_HOUR),
+               ("[设置|设定|设|开始|定][一个]三刻钟[的]计时[器]", THREE_QUARTERS),
+               ("半[个]小时后提醒我", HALF_AN_HOUR), ("一个半小时后提醒我", HOUR_AND_A_HALF),
+               ("一刻钟后提醒我", QUARTER_HOUR), ("三刻钟后提醒我", THREE_QUARTERS),
                "[设置|设定|设|定][一个]{minutes}分钟[的]计时器", "[设置|设定|设|定][一个]{seconds}秒[钟][的]计时器",
                "[设置|设定|设|定][一个]{minutes}分[钟]{seconds}秒[钟][的]计时器",
                "[设置|设定|设|定][一个]{hours}[个]小时[的]计时器",
                ("[设置|设定|设|定][一个]{minutes}分半[钟][的]计时器", {"seconds": 30}),
                "[设置|设定|设|定][一个]{minutes}分钟[的]{label}计时器",
-               "{minutes}分钟后提醒我", "{hours}(个)小时后提醒我",
+               "{minutes}分钟后(提醒|叫)我", "{hours}[个]小时后(提醒|叫)我",
+               ("[设置|设定|设|定][一个]{hours}个半小时[的]计时器", {"minutes": 30}),
+               ("{hours}个半小时后(提醒|叫)我", {"minutes": 30}),
                # The library hears "一个" as one hour (个 is an hour for it): this asks how long.
                ("(设置|设定|设|定|开始|创建)[一][个](计时器|倒计时|定时器)", {})],
     },
