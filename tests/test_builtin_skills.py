@@ -50,6 +50,12 @@ def test_shopping_list_and_notes_persist(tmp_path: Path) -> None:
     assert second.call("remove_item", {"text": "äpfel"}).text == "Removed äpfel."  # not only ASCII letters fold
     assert second.call("add_item", {"text": "  ", "list": "notes"}).text == "What should I note?"
     assert second.call("read_items", {}).text == "On your notes: call the plumber."  # nothing blank was kept
+    second.call("add_item", {"text": "Buy stamps."})
+    second.call("add_item", {"text": "给妈妈打电话。"})
+    # A note that is a sentence keeps its words, and the list is not read as "plumber., Buy stamps.."
+    assert second.call("read_items", {}).text == "On your notes: call the plumber, Buy stamps, 给妈妈打电话."
+    assert second.call("remove_item", {"text": "buy stamps", "list": "notes"}).text == "Removed buy stamps."
+    assert second.call("read_items", {}).text == "On your notes: call the plumber, 给妈妈打电话."
     assert second.skills["clear_shopping_list"].confirm
     second.call("clear_shopping_list", {})
     assert second.call("read_items", {"list": "shopping"}).text == "Your shopping list is empty."

@@ -116,7 +116,8 @@ def read_items(context: SkillContext, list: ListName = "notes") -> str:
         list: "shopping" for the shopping list, "notes" for notes
     """
     with _db(context) as db:
-        items = [text for (text,) in db.execute("SELECT text FROM items WHERE list = ? ORDER BY id", (list,))]
+        rows = db.execute("SELECT text FROM items WHERE list = ? ORDER BY id", (list,))
+        items = [_unended(text) for (text,) in rows]
     shopping = list == "shopping"
     if not items:
         if shopping:
@@ -154,14 +155,21 @@ def remove_item(text: Text, context: SkillContext, list: ListName = "shopping") 
         text: the item to remove
         list: "shopping" for the shopping list, "notes" for notes
     """
-    wanted = text.strip().casefold()  # SQLite's lower() folds only ASCII: Äpfel is äpfel here
+    text = _unended(text)
     with _db(context) as db:
-        ids = [i for i, item in db.execute("SELECT id, text FROM items WHERE list = ?", (list,))
-               if item.casefold() == wanted]  # fmt: skip
+        # Compared here, not in SQL: SQLite's lower() folds only ASCII, and Äpfel is äpfel.
+        rows = db.execute("SELECT id, text FROM items WHERE list = ?", (list,))
+        ids = [i for i, item in rows if _unended(item).casefold() == text.casefold()]
         db.executemany("DELETE FROM items WHERE id = ?", [(i,) for i in ids])
     if ids:
-        return context.localized(f"Removed {text.strip()}.", zh=f"已删除{text.strip()}。")
-    return context.localized(f"{text.strip()} is not on the list.", zh=f"清单上没有{text.strip()}。")
+        return context.localized(f"Removed {text}.", zh=f"已删除{text}。")
+    return context.localized(f"{text} is not on the list.", zh=f"清单上没有{text}。")
+
+
+def _unended(text: str) -> str:
+    """An item without the period a sentence ends in: read in a list, "Buy stamps." would be
+    "plumber, Buy stamps.."; and "remove buy stamps", as speech recognition hears it, finds it."""
+    return text.strip().rstrip(".。,，;；") or text.strip()
 
 
 @skill(
