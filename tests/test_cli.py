@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -357,3 +358,27 @@ def test_a_socket_another_user_put_in_a_shared_folder_hears_nothing(tmp_path: Pa
     assert os.read(heard[0], 4096) in (b"", b"-")  # nothing said reached it
     assert result.returncode == 1 and result.stdout == ""
     assert result.stderr.startswith(f"error: {path}: the program listening there runs as uid 65534"), result.stderr
+
+
+def test_ctrl_c_while_the_prompt_is_read_prints_no_figures_of_another_reply(smollm2_model: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ASSISTANT_")}
+    command = [sys.executable, "-m", "assistant", "chat", "--model", str(smollm2_model), "--max-new-tokens", "4"]
+    chat = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    figures = []
+    try:
+        chat.stdin.write(b"hi\n")
+        chat.stdin.flush()
+        while not figures:  # the first reply, with its figures
+            line = chat.stderr.readline()
+            assert line, "the chat ended before its first reply"
+            figures += [line] if b"tok/s" in line else []
+        chat.stdin.write(b"word " * 800 + b"\n")  # about a second of prefill on 2 cores (0.15 s a line of 150)
+        chat.stdin.flush()
+        time.sleep(0.3)
+        chat.send_signal(signal.SIGINT)  # Ctrl-C at a terminal: the whole foreground group gets it
+        out, err = chat.communicate(timeout=60)  # stdin closed: the chat ends after the stopped reply
+    finally:
+        chat.kill()
+    assert chat.returncode == 0, err
+    assert b"tok/s" not in err  # the first reply's figures were printed once, not again for this one
+    assert out.endswith(b" [stopped]\n> ")
