@@ -27,6 +27,7 @@ import socket
 import stat
 import struct
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +40,9 @@ log = logging.getLogger(__name__)
 MAX_LINE = 64 * 1024  # bytes in one request
 MAX_QUEUED = 1000  # events waiting for one client before it counts as not reading
 MAX_CLIENTS = 256
+# With every place taken, a new client takes the place of one that has asked nothing for this long
+# and has no turn: connections left open by a script cannot lock everyone else out.
+IDLE_SECONDS = 10.0
 MAX_ID = 64  # characters of a request id
 
 
@@ -108,6 +112,7 @@ class _Client:
     writer: asyncio.StreamWriter
     queue: asyncio.Queue = field(default_factory=lambda: asyncio.Queue(MAX_QUEUED))
     dropped: bool = False
+    asked: float = field(default_factory=time.monotonic)  # when it connected or last sent a request
 
 
 def folder_not_private(folder: Path) -> tuple[str, str] | None:
@@ -247,8 +252,9 @@ class ControlServer:
         task = asyncio.current_task()
         self.connections.add(task)
         task.add_done_callback(self.connections.discard)
-        if len(self.clients) >= MAX_CLIENTS:
-            writer.write(Event("error", {"message": f"more than {MAX_CLIENTS} clients; try again later"}).encode())
+        if len(self.clients) >= MAX_CLIENTS and not self._make_room():
+            full = f"{MAX_CLIENTS} clients are connected, none idle for {IDLE_SECONDS:g} s; try again later"
+            writer.write(Event("error", {"message": full}).encode())
             with contextlib.suppress(OSError):
                 await writer.drain()
             writer.close()
@@ -267,6 +273,7 @@ class ControlServer:
                 except asyncio.LimitOverrunError:
                     self._error(client, f"request longer than {MAX_LINE} bytes")
                     break
+                client.asked = time.monotonic()
                 try:
                     request = parse_request(line, client.id, number)
                 except ValueError as e:
@@ -286,12 +293,30 @@ class ControlServer:
                 sender.cancel()
             with contextlib.suppress(asyncio.CancelledError, OSError):
                 await asyncio.wait_for(sender, 5)
-            del self.clients[client.id]
+            self.clients.pop(client.id, None)  # already gone if it made room for another
             if client.dropped:
                 writer.transport.abort()
             else:
                 writer.close()
             self.disconnected(client.id)
+
+    def _make_room(self) -> bool:
+        """Close the connection idle longest (no turn, nothing asked for IDLE_SECONDS), telling it why.
+
+        False when there is none: every client is busy, or has only just asked or connected.
+        """
+        now = time.monotonic()
+        idle = [c for c in self.clients.values() if now - c.asked >= IDLE_SECONDS and not self.busy(c.id)]
+        if not idle:
+            return False
+        oldest = min(idle, key=lambda c: c.asked)
+        why = f"{MAX_CLIENTS} clients were connected and this one had asked nothing for {now - oldest.asked:.0f} s"
+        log.warning("control client %d closed to make room for a new one: %s", oldest.id, why)
+        del self.clients[oldest.id]  # it hears nothing more; its connection ends as a closed one does
+        oldest.writer.write(Event("error", {"message": f"closed to make room for another client: {why}"}).encode())
+        oldest.writer.close()  # after that line is sent; at once if it does not read it
+        self.loop.call_later(5, oldest.writer.transport.abort)
+        return True
 
     async def _answer_half_closed(self, client: _Client, writer: asyncio.StreamWriter, sender: asyncio.Task) -> None:
         if writer.is_closing():  # not half closed: aborted, by close() or for not reading

@@ -1,0 +1,66 @@
+"""The control socket and its clients against a real daemon: crowds, idle connections, hostile requests."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from assistant.daemon.control import IDLE_SECONDS, MAX_CLIENTS
+from tests.test_daemon import Daemon, Notifications, connect, events, run_assistant, send, until, write_config
+
+
+@pytest.fixture(scope="module")
+def daemon(tiny_int8: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    tmp = tmp_path_factory.mktemp("control")
+    config = write_config(tmp, tiny_int8)
+    notify = Notifications(tmp / "notify.sock")
+    running = Daemon(tmp, config, notify)
+    yield running
+    assert running.stop() == 0
+    notify.close()
+
+
+def config_of(daemon: Daemon) -> Path:
+    return daemon.tmp / "config.yaml"
+
+
+def socket_of(daemon: Daemon) -> Path:
+    return daemon.tmp / "run" / "control.sock"
+
+
+def test_connections_left_idle_cannot_lock_others_out(daemon: Daemon) -> None:
+    control = socket_of(daemon)
+    asking = connect(control)  # asks now and then: never the idle one
+    left = [connect(control) for _ in range(MAX_CLIENTS - 1)]  # a script that forgets to close them
+    try:
+        # Every place taken by connections that only just came: a newcomer is told to come back.
+        refused = run_assistant("status", "--config", str(config_of(daemon)))
+        expected = f"error: {MAX_CLIENTS} clients are connected, none idle for {IDLE_SECONDS:g} s; try again later\n"
+        assert (refused.returncode, refused.stderr) == (1, expected)
+        deadline = time.monotonic() + IDLE_SECONDS + 1
+        while time.monotonic() < deadline:
+            send(asking, {"type": "status"})
+            until(asking, "status")
+            time.sleep(1)
+        # Once they have asked nothing for a while, the newcomer takes the place of the one idle longest,
+        # which hears why in one line before its connection ends.
+        status = run_assistant("status", "--config", str(config_of(daemon)))
+        assert (status.returncode, status.stdout.splitlines()[0]) == (0, "state: ready"), status.stderr
+        (event,) = events(left[0])
+        assert event["type"] == "error"
+        assert event["message"].startswith(
+            f"closed to make room for another client: {MAX_CLIENTS} clients were connected and this one "
+            "had asked nothing for "
+        )
+        left[1].settimeout(0.5)
+        with pytest.raises(TimeoutError):  # the others are left as they were
+            left[1].recv(1)
+        send(asking, {"type": "status", "id": "still"})
+        assert until(asking, "status")[-1]["request"] == "still"
+        daemon.wait_for_log("closed to make room for a new one")
+    finally:
+        for client in [asking, *left]:
+            client.close()
