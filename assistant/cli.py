@@ -389,6 +389,13 @@ def _setting(key: str, kind: type) -> typing.Callable[[str], typing.Any]:
     return parse
 
 
+def _request_id(text: str) -> str:
+    """An argparse type for a request id: an empty one (an unset shell variable) would stop whichever turn runs."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected the id of a request, got nothing")
+    return text
+
+
 class _HelpFormatter(argparse.HelpFormatter):
     """Shows each option's default, except where there is none to show (None, False)."""
 
@@ -540,7 +547,9 @@ def build_parser() -> argparse.ArgumentParser:
     status.set_defaults(func=cmd_status)
 
     cancel = command(sub, "cancel", "stop the running assistant's turn (whoever started it), or the one given")
-    cancel.add_argument("--turn", default=None, metavar="ID", help="the request id of the turn to stop")
+    cancel.add_argument(
+        "--turn", type=_request_id, default=None, metavar="ID", help="the request id of the turn to stop"
+    )
     config_option(cancel, "config naming the control socket")
     cancel.set_defaults(func=cmd_cancel)
 

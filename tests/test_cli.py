@@ -382,3 +382,12 @@ def test_ctrl_c_while_the_prompt_is_read_prints_no_figures_of_another_reply(smol
     assert chat.returncode == 0, err
     assert b"tok/s" not in err  # the first reply's figures were printed once, not again for this one
     assert out.endswith(b" [stopped]\n> ")
+
+
+def test_cancel_of_an_empty_turn_id_is_refused_not_taken_for_the_running_turn() -> None:
+    result = assistant("cancel", "--turn", "")  # `--turn "$ID"` with ID unset: not "whatever runs"
+    assert result.returncode == 2
+    assert (
+        result.stderr.splitlines()[-1]
+        == "assistant cancel: error: argument --turn: expected the id of a request, got nothing"
+    )
