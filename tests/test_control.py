@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -64,3 +66,22 @@ def test_connections_left_idle_cannot_lock_others_out(daemon: Daemon) -> None:
     finally:
         for client in [asking, *left]:
             client.close()
+
+
+def resident_mb(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line for line in status.splitlines() if line.startswith("VmRSS:")).split()[1]) // 1024
+
+
+def test_a_client_that_never_reads_costs_the_daemon_a_bounded_amount_of_memory(daemon: Daemon) -> None:
+    # Each request is answered with an error naming its type: 64 KiB of answer for 64 KiB asked.
+    request = (json.dumps({"type": "x" * 65_000}) + "\n").encode()
+    before = resident_mb(daemon.process.pid)
+    for _ in range(3):
+        with connect(socket_of(daemon)) as client, contextlib.suppress(OSError):  # hung up on as it sends
+            for _ in range(1000):
+                client.sendall(request)
+    daemon.wait_for_log("stopped reading: disconnected")
+    assert resident_mb(daemon.process.pid) - before < 20  # not 3 × 1000 answers of 64 KiB
+    status = run_assistant("status", "--config", str(config_of(daemon)))
+    assert status.returncode == 0, status.stderr

@@ -10,7 +10,7 @@ transcripts, voice turns, timers ringing), which go to everyone. A connection th
 cancels its turns. Anything malformed gets an "error" event, then the connection is closed.
 
 One asyncio loop in one thread serves every connection, so a client costs no thread; each has
-a bounded queue of events, and a client that stops reading is disconnected when it fills.
+a queue of events bounded in bytes, and a client that stops reading is disconnected when it fills.
 """
 
 from __future__ import annotations
@@ -38,7 +38,9 @@ from assistant.config import ConfigError
 log = logging.getLogger(__name__)
 
 MAX_LINE = 64 * 1024  # bytes in one request
-MAX_QUEUED = 1000  # events waiting for one client before it counts as not reading
+# Bytes of events waiting for one client before it counts as not reading. In bytes, not events: an
+# event may be 64 KiB (an error naming a request's type), and the board has 1 GB for everything.
+MAX_QUEUED = 256 * 1024
 MAX_CLIENTS = 256
 # With every place taken, a new client takes the place of one that has asked nothing for this long
 # and has no turn: connections left open by a script cannot lock everyone else out.
@@ -110,7 +112,8 @@ def parse_request(line: bytes, client: int, number: int) -> Request:
 class _Client:
     id: int
     writer: asyncio.StreamWriter
-    queue: asyncio.Queue = field(default_factory=lambda: asyncio.Queue(MAX_QUEUED))
+    queue: asyncio.Queue = field(default_factory=asyncio.Queue)  # encoded events, then None to end
+    queued: int = 0  # bytes in the queue
     dropped: bool = False
     asked: float = field(default_factory=time.monotonic)  # when it connected or last sent a request
 
@@ -235,15 +238,17 @@ class ControlServer:
 
     def _deliver(self, event: Event) -> None:
         targets = [self.clients.get(event.client)] if event.client is not None else list(self.clients.values())
+        line = event.encode()
         for client in targets:
             if client is None or client.dropped:
                 continue
-            try:
-                client.queue.put_nowait(event)
-            except asyncio.QueueFull:
+            if client.queued + len(line) > MAX_QUEUED:
                 log.warning("control client %d stopped reading: disconnected", client.id)
                 client.dropped = True
                 client.writer.transport.abort()
+                continue
+            client.queue.put_nowait(line)
+            client.queued += len(line)
 
     # -- one connection -----------------------------------------------------------------------------
 
@@ -287,8 +292,7 @@ class ControlServer:
         except OSError:
             pass  # reset by the client, or aborted because it stopped reading
         finally:
-            with contextlib.suppress(asyncio.QueueFull):
-                client.queue.put_nowait(None)  # the sender flushes what is queued, then closes
+            client.queue.put_nowait(None)  # the sender flushes what is queued, then closes
             if client.dropped:
                 sender.cancel()
             with contextlib.suppress(asyncio.CancelledError, OSError):
@@ -334,8 +338,9 @@ class ControlServer:
 
     async def _send(self, client: _Client) -> None:
         with contextlib.suppress(OSError):
-            while (event := await client.queue.get()) is not None:
-                client.writer.write(event.encode())
+            while (line := await client.queue.get()) is not None:
+                client.queued -= len(line)
+                client.writer.write(line)
                 await client.writer.drain()
 
     # -- stopping -----------------------------------------------------------------------------------
