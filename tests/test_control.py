@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -85,3 +88,34 @@ def test_a_client_that_never_reads_costs_the_daemon_a_bounded_amount_of_memory(d
     assert resident_mb(daemon.process.pid) - before < 20  # not 3 × 1000 answers of 64 KiB
     status = run_assistant("status", "--config", str(config_of(daemon)))
     assert status.returncode == 0, status.stderr
+
+
+def test_a_chat_waiting_at_its_prompt_is_kept_however_much_the_assistant_says_meanwhile(
+    tmp_path: Path, tiny_int8: Path
+) -> None:
+    from assistant.config import load_settings
+    from assistant.daemon.run import Daemon as Assistant
+    from assistant.daemon.run import State
+
+    config = write_config(tmp_path, tiny_int8)
+    assistant = Assistant(config, load_settings(config), text_only=True)  # the microphone's side is driven by hand
+    command = [sys.executable, "-m", "assistant", "chat", "--config", str(config)]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ASSISTANT_")}
+    chat = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    try:
+        assistant.worker.start()
+        assistant.enter(State.READY)
+        deadline = time.monotonic() + 30
+        while len(assistant.control.clients) < 1:  # the chat has connected, and waits for a line
+            assert time.monotonic() < deadline and chat.poll() is None, chat.stderr.read()
+            time.sleep(0.05)
+        for _ in range(2000):  # what the microphone hears in a busy household: partial transcripts
+            assistant._voice_event({"type": "partial", "text": "turn on the kitchen light " * 20})
+        time.sleep(1)
+        out, err = chat.communicate(b"what day is it\n", timeout=60)
+    finally:
+        chat.kill()
+        assistant.pending.put(None)
+        assistant.control.close()
+    assert (chat.returncode, err) == (0, b"\n")
+    assert b"Today is " in out

@@ -243,6 +243,8 @@ class ControlServer:
             if client is None or client.dropped:
                 continue
             if client.queued + len(line) > MAX_QUEUED:
+                if event.client is None:  # the assistant's own: missed by a client waiting at a prompt, not fatal
+                    continue
                 log.warning("control client %d stopped reading: disconnected", client.id)
                 client.dropped = True
                 client.writer.transport.abort()
