@@ -125,7 +125,7 @@ def _say(client, text: str) -> int:
         return 1
     request = client.send("say", text=text)
     code = 0
-    last = sys.stdout  # the stream written last: it gets the closing newline
+    last = None  # the stream written last: it gets the closing newline
     try:
         for event in client.events(request, until=lambda e: e["type"] == "turn_done"):
             if event["type"] in ("text", "confirm"):
@@ -146,7 +146,11 @@ def _say(client, text: str) -> int:
         print(" (cancelled)", end="", file=sys.stderr)
         code = 130
         last = sys.stderr
-    print(file=last)
+    except ConnectionError:
+        if last is not None:  # the reply cut short ends its line before the error is said
+            print(file=last)
+        raise
+    print(file=last or sys.stdout)
     return code
 
 

@@ -157,8 +157,8 @@ def test_service_install_says_where_a_hidden_skills_folder_or_config_goes(tmp_pa
     assert skills + "move its skills into /etc/assistant/skills: a skills folder beside the config" in result.stderr
 
 
-def _stand_in(path: Path, answer: list[dict]) -> threading.Thread:
-    """A stand-in assistant on `path` that answers one request with the events of `answer`."""
+def _stand_in(path: Path, answer: list[dict], tail: bytes = b"") -> threading.Thread:
+    """A stand-in assistant on `path` that answers one request with the events of `answer`, then `tail`."""
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     server.bind(str(path))
     server.listen()
@@ -171,6 +171,7 @@ def _stand_in(path: Path, answer: list[dict]) -> threading.Thread:
             with contextlib.suppress(BrokenPipeError):  # a client may leave before the end (its stdout closed)
                 for event in answer:
                     connection.sendall((json.dumps(event | {"request": json.loads(line)["id"]}) + "\n").encode())
+                connection.sendall(tail)
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
@@ -391,3 +392,27 @@ def test_cancel_of_an_empty_turn_id_is_refused_not_taken_for_the_running_turn() 
         result.stderr.splitlines()[-1]
         == "assistant cancel: error: argument --turn: expected the id of a request, got nothing"
     )
+
+
+@pytest.mark.parametrize(
+    ("tail", "expected"),
+    [
+        (b'{"type": "te', "the assistant closed the connection in the middle of an answer (has it stopped?)"),
+        (
+            b"SSH-2.0-OpenSSH_9.6\n",
+            "{socket}: the program listening there answered b'SSH-2.0-OpenSSH_9.6\\n', not as the assistant does",
+        ),
+        (b"[1, 2]\n", "{socket}: the program listening there answered b'[1, 2]\\n', not as the assistant does"),
+    ],
+    ids=["cut-off", "not-json", "not-an-event"],
+)
+def test_an_answer_cut_off_or_not_the_assistants_is_one_line_after_the_reply_so_far(
+    tmp_path: Path, tail: bytes, expected: str
+) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(f"control:\n  socket: {tmp_path / 'control.sock'}\n")
+    server = _stand_in(tmp_path / "control.sock", [{"type": "text", "text": "It is"}], tail)
+    result = assistant("say", "--config", str(config), "what time is it")
+    server.join(timeout=10)
+    assert (result.returncode, result.stdout) == (1, "It is\n")
+    assert result.stderr == f"error: {expected.format(socket=tmp_path / 'control.sock')}\n"

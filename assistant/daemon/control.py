@@ -387,10 +387,24 @@ def _not_trusted(path: Path, connected: socket.socket) -> str | None:
     )
 
 
+def _event(line: bytes, path: Path) -> dict:
+    """An event the assistant sent; ConnectionError for a line cut off (it stopped while writing) or not one."""
+    if not line.endswith(b"\n"):
+        raise ConnectionError("the assistant closed the connection in the middle of an answer (has it stopped?)")
+    try:
+        event = json.loads(line)
+    except ValueError:
+        event = None
+    if not isinstance(event, dict) or not isinstance(event.get("type"), str):
+        raise ConnectionError(f"{path}: the program listening there answered {line[:40]!r}, not as the assistant does")
+    return event
+
+
 class ControlClient:
     """One connection to the running assistant."""
 
     def __init__(self, path: Path, timeout: float | None = None):
+        self.path = path
         self.socket = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.socket.settimeout(timeout)
         try:
@@ -437,7 +451,7 @@ class ControlClient:
         is followed by the rest of the turn as usual.
         """
         for line in self.lines:
-            event = json.loads(line)
+            event = _event(line, self.path)
             if event.get("request") not in (request_id, None):
                 continue
             if event.get("request") is None and event["type"] != "error":
