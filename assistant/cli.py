@@ -603,6 +603,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # As stderr already does: a name given in bytes that are not UTF-8, or a lone surrogate in a reply,
+    # is printed escaped rather than ending the command with a traceback (after its work is done).
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(errors="backslashreplace")
     args = build_parser().parse_args(argv)
     args.log_level = getattr(args, "log_level", None)
     setup_logging(args.log_level or "info")

@@ -416,3 +416,27 @@ def test_an_answer_cut_off_or_not_the_assistants_is_one_line_after_the_reply_so_
     server.join(timeout=10)
     assert (result.returncode, result.stdout) == (1, "It is\n")
     assert result.stderr == f"error: {expected.format(socket=tmp_path / 'control.sock')}\n"
+
+
+def test_text_that_is_not_utf8_is_printed_escaped_in_a_utf8_terminal(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ASSISTANT_")} | {"PYTHONIOENCODING": "utf-8"}
+    config = tmp_path / "config.yaml"
+    config.write_text(f"control:\n  socket: {tmp_path / 'control.sock'}\n")
+    reply = [{"type": "text", "text": "caf\udce9 \ud800"}, {"type": "turn_done"}]  # a skill's, say: JSON allows it
+    server = _stand_in(tmp_path / "control.sock", reply)
+    said = subprocess.run(
+        [sys.executable, "-m", "assistant", "say", "--config", str(config), "hi"], capture_output=True, env=env
+    )
+    server.join(timeout=10)
+    assert (said.returncode, said.stdout, said.stderr) == (0, b"caf\\udce9 \\ud800\n", b"")
+    written = subprocess.run(  # a file name in Latin-1, from an old archive
+        [sys.executable, "-m", "assistant", "config", "init", b"caf\xe9.yaml"],
+        capture_output=True,
+        env=env,
+        cwd=tmp_path,
+    )
+    assert (written.returncode, written.stderr) == (0, b"")
+    assert (
+        written.stdout.startswith(b"wrote caf\\udce9.yaml: ")
+        and (tmp_path / b"caf\xe9.yaml".decode(errors="surrogateescape")).is_file()
+    )
