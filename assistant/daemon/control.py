@@ -10,7 +10,9 @@ transcripts, voice turns, timers ringing), which go to everyone. A connection th
 cancels its turns. Anything malformed gets an "error" event, then the connection is closed.
 
 One asyncio loop in one thread serves every connection, so a client costs no thread; each has
-a queue of events bounded in bytes, and a client that stops reading is disconnected when it fills.
+a queue of events bounded in bytes: a client that stops reading is disconnected when its answers
+fill it, and misses the assistant's own events meanwhile. With MAX_CLIENTS connected, a new client
+takes the place of the one idle longest, if any has been idle for IDLE_SECONDS.
 """
 
 from __future__ import annotations
