@@ -39,7 +39,7 @@ log = logging.getLogger("assistant")
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:
-    settings = load_settings(args.config)
+    settings = load_settings(_config_with_skills(args.config))
     check_model_paths(settings)
     effective = settings_as_dict(settings)
     if effective["mqtt"].get("password"):  # the output gets pasted into bug reports
@@ -74,7 +74,7 @@ def cmd_config_init(args: argparse.Namespace) -> int:
 def cmd_doctor(args: argparse.Namespace) -> int:
     from assistant.doctor import diagnose, report
 
-    findings = diagnose(args.config or default_config_path(), text_only=args.text_only)
+    findings = diagnose(_config_with_skills(args.config), text_only=args.text_only)
     print(report(findings))
     return 1 if any(f.fix for f in findings) else 0
 
@@ -92,6 +92,29 @@ def _optional_config(given: Path | None) -> Path:
     config = given or default_config_path()
     if (given is not None or CONFIG_ENV in os.environ) and not config.exists():
         raise ConfigError(f"{config}: config file not found")
+    return config
+
+
+def _config_with_skills(given: Path | None) -> Path:
+    """The config of a command that loads its skills: --config, else $ASSISTANT_CONFIG, else ./config.yaml.
+
+    Found only by being in the current folder, ./config.yaml and ./skills must be this user's or root's:
+    in a folder others may write (/tmp), another user could have put them there, and the skills' code
+    would run as this user. Named on the command line or in the environment, they are the user's choice.
+    """
+    config = given or default_config_path()
+    if given is not None or CONFIG_ENV in os.environ:
+        return config
+    for path in (config, config.parent / "skills"):
+        try:
+            owner = path.lstat().st_uid
+        except OSError:  # not there: nothing of anyone's is loaded from it
+            continue
+        if owner not in (0, os.geteuid()):
+            raise ConfigError(
+                f"{path.absolute()}: belongs to uid {owner}, not to this user, and skills found through it would "
+                "run as this user; run this from a folder of your own, or name the config with --config"
+            )
     return config
 
 
@@ -245,8 +268,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     from assistant.daemon.run import run
 
-    config = args.config or default_config_path()
     setup_logging(args.log_level or "info")  # before the config is read: its warnings go to the journal too
+    config = _config_with_skills(args.config)
     settings = load_settings(config)
     logging.getLogger().setLevel((args.log_level or settings.logging.level).upper())
     return run(config, settings, text_only=args.text_only)
@@ -329,6 +352,7 @@ def _skills_registry(config_path: Path | None):
     from assistant.skills.registry import load_registry, skill_folders
 
     config = _optional_config(config_path)  # a typo must not list another setup's skills
+    _config_with_skills(config_path)  # nor may another user's ./skills run as this user
     settings = load_settings(config) if config.exists() else None
     return load_registry(settings, skill_folders(settings) if settings else [Path.cwd() / "skills"])
 

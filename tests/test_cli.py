@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -440,3 +441,34 @@ def test_text_that_is_not_utf8_is_printed_escaped_in_a_utf8_terminal(tmp_path: P
         written.stdout.startswith(b"wrote caf\\udce9.yaml: ")
         and (tmp_path / b"caf\xe9.yaml".decode(errors="surrogateescape")).is_file()
     )
+
+
+def test_skills_another_user_left_in_the_current_folder_are_not_run(tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)  # as /tmp, where anyone may leave a folder
+    ran = tmp_path / "ran"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ASSISTANT_")}
+    skill = f"import os\nopen({str(ran)!r}, 'w').write(str(os.getuid()))\n"
+    for left in (["skills"], ["config.yaml", "skills"]):  # a folder of skills, and a config beside it
+        for name in left:
+            if name == "skills":
+                (shared / "skills").mkdir()
+                (shared / "skills" / "notes.py").write_text(skill)
+                os.chown(shared / "skills" / "notes.py", 65534, 65534)
+            else:
+                (shared / name).write_text(f"skills:\n  paths: [{shared / 'skills'}]\n")
+            os.chown(shared / name, 65534, 65534)  # another local user's
+        found = left[0]
+        for command in (["skills", "list"], ["config", "check"], ["doctor", "--text-only"], ["run", "--text-only"]):
+            result = subprocess.run(
+                [sys.executable, "-m", "assistant", *command], capture_output=True, text=True, env=env, cwd=shared
+            )
+            assert (result.returncode, result.stdout) == (78, ""), (command, result.stderr)
+            assert result.stderr == (
+                f"error: {shared / found}: belongs to uid 65534, not to this user, and skills found through it would "
+                "run as this user; run this from a folder of your own, or name the config with --config\n"
+            )
+        assert not ran.exists()  # nothing of theirs ran as root
+        shutil.rmtree(shared / "skills")
+        (shared / "config.yaml").unlink(missing_ok=True)
