@@ -581,7 +581,7 @@ def build_parser() -> argparse.ArgumentParser:
     config_option(cancel, "config naming the control socket")
     cancel.set_defaults(func=cmd_cancel)
 
-    config_sub = _actions(command(sub, "config", "inspect the configuration"))
+    config_sub = _actions(command(sub, "config", "check the configuration, or write the default one"))
     check = command(config_sub, "check", "validate a config file and print the effective settings")
     config_option(check)
     check.set_defaults(func=cmd_config_check)
@@ -599,15 +599,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--config",
         type=Path,
         default=Path("/etc/assistant/config.yaml"),
+        metavar="FILE",
         help="the service's config (created if missing)",
     )
-    install.add_argument("--models", type=Path, default=None, help="copy this models folder where the service reads it")
-    install.add_argument("--unit-dir", type=Path, default=Path("/etc/systemd/system"), help="where the unit goes")
+    install.add_argument(
+        "--models", type=Path, default=None, metavar="DIR", help="copy this models folder where the service reads it"
+    )
+    install.add_argument(
+        "--unit-dir", type=Path, default=Path("/etc/systemd/system"), metavar="DIR", help="where the unit goes"
+    )
     install.add_argument("--user", default="assistant", help="the user the service runs as")
     install.add_argument(
         "--allow-home", action="store_true", help="let the service read /home and /root (ProtectHome=read-only)"
     )
-    install.add_argument("--root", type=Path, default=Path("/"), help="install into this root folder (for images)")
+    install.add_argument(
+        "--root", type=Path, default=Path("/"), metavar="DIR", help="install into this root folder (for images)"
+    )
     install.set_defaults(func=cmd_service_install)
 
     audio_sub = _actions(command(sub, "audio", "sound devices"))
