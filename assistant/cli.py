@@ -34,6 +34,9 @@ EXIT_CONFIG = 78
 
 # Control characters but newline and tab: a reply must not move the cursor or reprogram the terminal.
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+# The assistant answers status and cancel on a thread of their own, however busy it is: no answer by
+# then means it is stopped or stuck, which is what whoever asks wants to know (a turn may take longer).
+ANSWER_SECONDS = 10.0
 DESCRIPTION = "Offline voice assistant for the AXERA AX630C / AX650N."
 log = logging.getLogger("assistant")
 
@@ -177,18 +180,23 @@ def _say(client, text: str) -> int:
     return code
 
 
-def _connected(args: argparse.Namespace, work) -> int:
-    """Run `work(client)` on a connection to the running assistant; a lost connection is one line.
+def _connected(args: argparse.Namespace, work, timeout: float | None = None) -> int:
+    """Run `work(client)` on a connection to the running assistant; a lost connection is one line,
+    and so is no answer within `timeout` seconds.
 
     Ctrl-C closes the connection, and the assistant cancels the turn of a connection that closes.
     """
     from assistant.daemon.control import ControlClient
 
     try:
-        with ControlClient(_socket(args)) as client:
+        with ControlClient(_socket(args), timeout) as client:
             return work(client)
     except BrokenPipeError:  # stdout's reader went away (`| head`): main() handles it
         raise
+    except TimeoutError:  # its socket still takes connections: the kernel queues them
+        fix = "is it stopped or stuck? (`systemctl status assistant`, its log)"
+        print(f"error: the assistant did not answer within {timeout:g} s; {fix}", file=sys.stderr)
+        return 1
     except (ConnectionError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -228,7 +236,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(json.dumps(event, indent=2, ensure_ascii=False) if args.json else format_status(event))
         return 0
 
-    return _connected(args, status)
+    return _connected(args, status, ANSWER_SECONDS)
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
@@ -238,7 +246,7 @@ def cmd_cancel(args: argparse.Namespace) -> int:
         print(f"cancelled turn {event['turn']}" if event["turn"] else "nothing to cancel")
         return 0
 
-    return _connected(args, cancel)
+    return _connected(args, cancel, ANSWER_SECONDS)
 
 
 def format_status(event: dict) -> str:

@@ -472,3 +472,18 @@ def test_skills_another_user_left_in_the_current_folder_are_not_run(tmp_path: Pa
         assert not ran.exists()  # nothing of theirs ran as root
         shutil.rmtree(shared / "skills")
         (shared / "config.yaml").unlink(missing_ok=True)
+
+
+def test_status_of_an_assistant_that_does_not_answer_ends_in_one_line(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(f"control:\n  socket: {tmp_path / 'control.sock'}\n")
+    stuck = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)  # stopped (SIGSTOP) or stuck: connections still queue
+    stuck.bind(str(tmp_path / "control.sock"))
+    stuck.listen()
+    with stuck:
+        result = assistant("status", "--config", str(config), timeout=30)
+    assert (result.returncode, result.stdout) == (1, "")
+    assert result.stderr == (
+        "error: the assistant did not answer within 10 s; is it stopped or stuck? (`systemctl status assistant`, "
+        "its log)\n"
+    )
