@@ -50,7 +50,7 @@ def test_connections_left_idle_cannot_lock_others_out(daemon: Daemon) -> None:
             send(asking, {"type": "status"})
             until(asking, "status")
             time.sleep(1)
-        # Once they have asked nothing for a while, the newcomer takes the place of the one idle longest,
+        # Once they have been idle for a while, the newcomer takes the place of the one idle longest,
         # which hears why in one line before its connection ends.
         status = run_assistant("status", "--config", str(config_of(daemon)))
         assert (status.returncode, status.stdout.splitlines()[0]) == (0, "state: ready"), status.stderr
@@ -58,7 +58,7 @@ def test_connections_left_idle_cannot_lock_others_out(daemon: Daemon) -> None:
         assert event["type"] == "error"
         assert event["message"].startswith(
             f"closed to make room for another client: {MAX_CLIENTS} clients were connected and this one "
-            "had asked nothing for "
+            "had been idle for "
         )
         left[1].settimeout(0.5)
         with pytest.raises(TimeoutError):  # the others are left as they were

@@ -44,8 +44,8 @@ MAX_LINE = 64 * 1024  # bytes in one request
 # event may be 64 KiB (an error naming a request's type), and the board has 1 GB for everything.
 MAX_QUEUED = 256 * 1024
 MAX_CLIENTS = 256
-# With every place taken, a new client takes the place of one that has asked nothing for this long
-# and has no turn: connections left open by a script cannot lock everyone else out.
+# With every place taken, a new client takes the place of one that has been idle this long (nothing
+# asked, nothing answered) and has no turn: connections left open by a script cannot lock everyone else out.
 IDLE_SECONDS = 10.0
 MAX_ID = 64  # characters of a request id
 
@@ -117,7 +117,7 @@ class _Client:
     queue: asyncio.Queue = field(default_factory=asyncio.Queue)  # encoded events, then None to end
     queued: int = 0  # bytes in the queue
     dropped: bool = False
-    asked: float = field(default_factory=time.monotonic)  # when it connected or last sent a request
+    active: float = field(default_factory=time.monotonic)  # when it connected, last asked or was last answered
 
 
 def folder_not_private(folder: Path) -> tuple[str, str] | None:
@@ -253,6 +253,8 @@ class ControlServer:
                 continue
             client.queue.put_nowait(line)
             client.queued += len(line)
+            if event.client is not None:  # an answer: a turn that ran a minute ended only just now
+                client.active = time.monotonic()
 
     # -- one connection -----------------------------------------------------------------------------
 
@@ -282,7 +284,7 @@ class ControlServer:
                 except asyncio.LimitOverrunError:
                     self._error(client, f"request longer than {MAX_LINE} bytes")
                     break
-                client.asked = time.monotonic()
+                client.active = time.monotonic()
                 try:
                     request = parse_request(line, client.id, number)
                 except ValueError as e:
@@ -309,16 +311,15 @@ class ControlServer:
             self.disconnected(client.id)
 
     def _make_room(self) -> bool:
-        """Close the connection idle longest (no turn, nothing asked for IDLE_SECONDS), telling it why.
-
-        False when there is none: every client is busy, or has only just asked or connected.
+        """Close the connection idle longest (no turn, nothing asked or answered for IDLE_SECONDS), telling
+        it why. False when there is none: every client is busy, or was active only just now.
         """
         now = time.monotonic()
-        idle = [c for c in self.clients.values() if now - c.asked >= IDLE_SECONDS and not self.busy(c.id)]
+        idle = [c for c in self.clients.values() if now - c.active >= IDLE_SECONDS and not self.busy(c.id)]
         if not idle:
             return False
-        oldest = min(idle, key=lambda c: c.asked)
-        why = f"{MAX_CLIENTS} clients were connected and this one had asked nothing for {now - oldest.asked:.0f} s"
+        oldest = min(idle, key=lambda c: c.active)
+        why = f"{MAX_CLIENTS} clients were connected and this one had been idle for {now - oldest.active:.0f} s"
         log.warning("control client %d closed to make room for a new one: %s", oldest.id, why)
         del self.clients[oldest.id]  # it hears nothing more; its connection ends as a closed one does
         oldest.writer.write(Event("error", {"message": f"closed to make room for another client: {why}"}).encode())
