@@ -574,7 +574,9 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument(
         "--temperature", type=_setting("llm.sampling.temperature", float), default=0.0, help="0 is greedy, with --model"
     )
-    chat.add_argument("--seed", type=int, default=None, help="sampling seed, with --model")
+    chat.add_argument(
+        "--seed", type=_setting("llm.sampling.seed", int), default=None, help="sampling seed, with --model"
+    )
     chat.set_defaults(func=cmd_chat)
 
     status = command(sub, "status", "what the running assistant is doing")

@@ -102,6 +102,7 @@ def test_chat_options_are_checked_as_the_config_checks_them(tmp_path: Path) -> N
         ("--temperature", "-1", "must be 0 or more (0 is greedy), got -1.0"),
         ("--threads", "0", "must be at least 1, got 0"),
         ("--max-new-tokens", "0", "must be at least 1, got 0"),
+        ("--seed", "-1", "must be 0 or more, or empty for a random one, got -1"),
     ]:
         result = assistant("chat", "--model", str(tmp_path), option, value)
         assert result.returncode == 2 and "Traceback" not in result.stderr
