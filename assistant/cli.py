@@ -387,6 +387,9 @@ def cmd_skills_call(args: argparse.Namespace) -> int:
     except json.JSONDecodeError as e:
         print(f"error: --args is not JSON: {e}", file=sys.stderr)
         return 2
+    except RecursionError:
+        print("error: --args is nested too deeply to be read", file=sys.stderr)
+        return 2
     registry = _skills_registry(args.config)
     registry.context.language = args.language  # as for a request in that language
     result = registry.call(args.name, arguments)

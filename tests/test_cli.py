@@ -488,3 +488,8 @@ def test_status_of_an_assistant_that_does_not_answer_ends_in_one_line(tmp_path: 
         "error: the assistant did not answer within 10 s; is it stopped or stuck? (`systemctl status assistant`, "
         "its log)\n"
     )
+
+
+def test_skill_arguments_nested_too_deeply_are_one_line() -> None:
+    result = assistant("skills", "call", "set_timer", "--args", "[" * 100_000)
+    assert (result.returncode, result.stderr) == (2, "error: --args is nested too deeply to be read\n")
