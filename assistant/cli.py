@@ -42,7 +42,7 @@ log = logging.getLogger("assistant")
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:
-    settings = load_settings(_config_with_skills(args.config))
+    settings = load_settings(_trusted_config(args.config))
     check_model_paths(settings)
     effective = settings_as_dict(settings)
     if effective["mqtt"].get("password"):  # the output gets pasted into bug reports
@@ -77,7 +77,7 @@ def cmd_config_init(args: argparse.Namespace) -> int:
 def cmd_doctor(args: argparse.Namespace) -> int:
     from assistant.doctor import diagnose, report
 
-    findings = diagnose(_config_with_skills(args.config), text_only=args.text_only)
+    findings = diagnose(_trusted_config(args.config), text_only=args.text_only)
     print(report(findings))
     return 1 if any(f.fix for f in findings) else 0
 
@@ -98,12 +98,14 @@ def _optional_config(given: Path | None) -> Path:
     return config
 
 
-def _config_with_skills(given: Path | None) -> Path:
-    """The config of a command that loads its skills: --config, else $ASSISTANT_CONFIG, else ./config.yaml.
+def _trusted_config(given: Path | None) -> Path:
+    """The config of a command that runs its skills or writes where it says: --config, else
+    $ASSISTANT_CONFIG, else ./config.yaml.
 
     Found only by being in the current folder, ./config.yaml and ./skills must be this user's or root's:
-    in a folder others may write (/tmp), another user could have put them there, and the skills' code
-    would run as this user. Named on the command line or in the environment, they are the user's choice.
+    in a folder others may write (/tmp), another user could have put them there, to have their skills
+    run, or their files written where they like, as this user. Named on the command line or in the
+    environment, they are the user's choice.
     """
     config = given or default_config_path()
     if given is not None or CONFIG_ENV in os.environ:
@@ -111,12 +113,12 @@ def _config_with_skills(given: Path | None) -> Path:
     for path in (config, config.parent / "skills"):
         try:
             owner = path.lstat().st_uid
-        except OSError:  # not there: nothing of anyone's is loaded from it
+        except OSError:  # not there: nothing of anyone's is used
             continue
         if owner not in (0, os.geteuid()):
             raise ConfigError(
-                f"{path.absolute()}: belongs to uid {owner}, not to this user, and skills found through it would "
-                "run as this user; run this from a folder of your own, or name the config with --config"
+                f"{path.absolute()}: belongs to uid {owner}, not to this user, who would run the skills or write "
+                "the files it names; run this from a folder of your own, or name the config with --config"
             )
     return config
 
@@ -277,7 +279,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from assistant.daemon.run import run
 
     setup_logging(args.log_level or "info")  # before the config is read: its warnings go to the journal too
-    config = _config_with_skills(args.config)
+    config = _trusted_config(args.config)
     settings = load_settings(config)
     logging.getLogger().setLevel((args.log_level or settings.logging.level).upper())
     return run(config, settings, text_only=args.text_only)
@@ -315,7 +317,7 @@ def cmd_setup(args: argparse.Namespace) -> int:
         if args.verify:
             print(build.verify_model(args.verify))
             return 0
-        config = args.config or default_config_path()
+        config = _trusted_config(args.config)  # it says where the speech models are written
         settings = load_settings(config) if config.exists() else None
         models_dir = (config.parent if settings else Path.cwd()) / "models"
         options = build.SetupOptions(
@@ -360,7 +362,7 @@ def _skills_registry(config_path: Path | None):
     from assistant.skills.registry import load_registry, skill_folders
 
     config = _optional_config(config_path)  # a typo must not list another setup's skills
-    _config_with_skills(config_path)  # nor may another user's ./skills run as this user
+    _trusted_config(config_path)  # nor may another user's ./skills run as this user
     settings = load_settings(config) if config.exists() else None
     return load_registry(settings, skill_folders(settings) if settings else [Path.cwd() / "skills"])
 

@@ -444,7 +444,7 @@ def test_text_that_is_not_utf8_is_printed_escaped_in_a_utf8_terminal(tmp_path: P
     )
 
 
-def test_skills_another_user_left_in_the_current_folder_are_not_run(tmp_path: Path) -> None:
+def test_a_config_or_skills_another_user_left_in_the_current_folder_are_not_used(tmp_path: Path) -> None:
     shared = tmp_path / "shared"
     shared.mkdir()
     shared.chmod(0o1777)  # as /tmp, where anyone may leave a folder
@@ -461,14 +461,21 @@ def test_skills_another_user_left_in_the_current_folder_are_not_run(tmp_path: Pa
                 (shared / name).write_text(f"skills:\n  paths: [{shared / 'skills'}]\n")
             os.chown(shared / name, 65534, 65534)  # another local user's
         found = left[0]
-        for command in (["skills", "list"], ["config", "check"], ["doctor", "--text-only"], ["run", "--text-only"]):
+        # setup writes the speech models where the config says: /etc/cron.d/ would do.
+        for command in (
+            ["skills", "list"],
+            ["config", "check"],
+            ["doctor", "--text-only"],
+            ["run", "--text-only"],
+            ["setup", "--target", "host"],
+        ):
             result = subprocess.run(
                 [sys.executable, "-m", "assistant", *command], capture_output=True, text=True, env=env, cwd=shared
             )
             assert (result.returncode, result.stdout) == (78, ""), (command, result.stderr)
             assert result.stderr == (
-                f"error: {shared / found}: belongs to uid 65534, not to this user, and skills found through it would "
-                "run as this user; run this from a folder of your own, or name the config with --config\n"
+                f"error: {shared / found}: belongs to uid 65534, not to this user, who would run the skills or write "
+                "the files it names; run this from a folder of your own, or name the config with --config\n"
             )
         assert not ran.exists()  # nothing of theirs ran as root
         shutil.rmtree(shared / "skills")
