@@ -34,12 +34,15 @@ EXIT_CONFIG = 78
 
 # Control characters but newline and tab: a reply must not move the cursor or reprogram the terminal.
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+# The assistant answers status and cancel on a thread of their own, however busy it is: no answer by
+# then means it is stopped or stuck, which is what whoever asks wants to know (a turn may take longer).
+ANSWER_SECONDS = 10.0
 DESCRIPTION = "Offline voice assistant for the AXERA AX630C / AX650N."
 log = logging.getLogger("assistant")
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:
-    settings = load_settings(args.config)
+    settings = load_settings(_trusted_config(args.config))
     check_model_paths(settings)
     effective = settings_as_dict(settings)
     if effective["mqtt"].get("password"):  # the output gets pasted into bug reports
@@ -74,7 +77,7 @@ def cmd_config_init(args: argparse.Namespace) -> int:
 def cmd_doctor(args: argparse.Namespace) -> int:
     from assistant.doctor import diagnose, report
 
-    findings = diagnose(args.config or default_config_path(), text_only=args.text_only)
+    findings = diagnose(_trusted_config(args.config), text_only=args.text_only)
     print(report(findings))
     return 1 if any(f.fix for f in findings) else 0
 
@@ -92,6 +95,31 @@ def _optional_config(given: Path | None) -> Path:
     config = given or default_config_path()
     if (given is not None or CONFIG_ENV in os.environ) and not config.exists():
         raise ConfigError(f"{config}: config file not found")
+    return config
+
+
+def _trusted_config(given: Path | None) -> Path:
+    """The config of a command that runs its skills or writes where it says: --config, else
+    $ASSISTANT_CONFIG, else ./config.yaml.
+
+    Found only by being in the current folder, ./config.yaml and ./skills must be this user's or root's:
+    in a folder others may write (/tmp), another user could have put them there, to have their skills
+    run, or their files written where they like, as this user. Named on the command line or in the
+    environment, they are the user's choice.
+    """
+    config = given or default_config_path()
+    if given is not None or CONFIG_ENV in os.environ:
+        return config
+    for path in (config, config.parent / "skills"):
+        try:
+            owner = path.lstat().st_uid
+        except OSError:  # not there: nothing of anyone's is used
+            continue
+        if owner not in (0, os.geteuid()):
+            raise ConfigError(
+                f"{path.absolute()}: belongs to uid {owner}, not to this user, who would run the skills or write "
+                "the files it names; run this from a folder of your own, or name the config with --config"
+            )
     return config
 
 
@@ -125,7 +153,7 @@ def _say(client, text: str) -> int:
         return 1
     request = client.send("say", text=text)
     code = 0
-    last = sys.stdout  # the stream written last: it gets the closing newline
+    last = None  # the stream written last: it gets the closing newline
     try:
         for event in client.events(request, until=lambda e: e["type"] == "turn_done"):
             if event["type"] in ("text", "confirm"):
@@ -146,22 +174,31 @@ def _say(client, text: str) -> int:
         print(" (cancelled)", end="", file=sys.stderr)
         code = 130
         last = sys.stderr
-    print(file=last)
+    except ConnectionError:
+        if last is not None:  # the reply cut short ends its line before the error is said
+            print(file=last)
+        raise
+    print(file=last or sys.stdout)
     return code
 
 
-def _connected(args: argparse.Namespace, work) -> int:
-    """Run `work(client)` on a connection to the running assistant; a lost connection is one line.
+def _connected(args: argparse.Namespace, work, timeout: float | None = None) -> int:
+    """Run `work(client)` on a connection to the running assistant; a lost connection is one line,
+    and so is no answer within `timeout` seconds.
 
     Ctrl-C closes the connection, and the assistant cancels the turn of a connection that closes.
     """
     from assistant.daemon.control import ControlClient
 
     try:
-        with ControlClient(_socket(args)) as client:
+        with ControlClient(_socket(args), timeout) as client:
             return work(client)
     except BrokenPipeError:  # stdout's reader went away (`| head`): main() handles it
         raise
+    except TimeoutError:  # its socket still takes connections: the kernel queues them
+        fix = "is it stopped or stuck? (`systemctl status assistant`, its log)"
+        print(f"error: the assistant did not answer within {timeout:g} s; {fix}", file=sys.stderr)
+        return 1
     except (ConnectionError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -201,7 +238,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(json.dumps(event, indent=2, ensure_ascii=False) if args.json else format_status(event))
         return 0
 
-    return _connected(args, status)
+    return _connected(args, status, ANSWER_SECONDS)
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
@@ -211,7 +248,7 @@ def cmd_cancel(args: argparse.Namespace) -> int:
         print(f"cancelled turn {event['turn']}" if event["turn"] else "nothing to cancel")
         return 0
 
-    return _connected(args, cancel)
+    return _connected(args, cancel, ANSWER_SECONDS)
 
 
 def format_status(event: dict) -> str:
@@ -241,8 +278,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     from assistant.daemon.run import run
 
-    config = args.config or default_config_path()
     setup_logging(args.log_level or "info")  # before the config is read: its warnings go to the journal too
+    config = _trusted_config(args.config)
     settings = load_settings(config)
     logging.getLogger().setLevel((args.log_level or settings.logging.level).upper())
     return run(config, settings, text_only=args.text_only)
@@ -280,7 +317,7 @@ def cmd_setup(args: argparse.Namespace) -> int:
         if args.verify:
             print(build.verify_model(args.verify))
             return 0
-        config = args.config or default_config_path()
+        config = _trusted_config(args.config)  # it says where the speech models are written
         settings = load_settings(config) if config.exists() else None
         models_dir = (config.parent if settings else Path.cwd()) / "models"
         options = build.SetupOptions(
@@ -325,6 +362,7 @@ def _skills_registry(config_path: Path | None):
     from assistant.skills.registry import load_registry, skill_folders
 
     config = _optional_config(config_path)  # a typo must not list another setup's skills
+    _trusted_config(config_path)  # nor may another user's ./skills run as this user
     settings = load_settings(config) if config.exists() else None
     return load_registry(settings, skill_folders(settings) if settings else [Path.cwd() / "skills"])
 
@@ -350,6 +388,9 @@ def cmd_skills_call(args: argparse.Namespace) -> int:
         arguments = json.loads(args.args)
     except json.JSONDecodeError as e:
         print(f"error: --args is not JSON: {e}", file=sys.stderr)
+        return 2
+    except RecursionError:
+        print("error: --args is nested too deeply to be read", file=sys.stderr)
         return 2
     registry = _skills_registry(args.config)
     registry.context.language = args.language  # as for a request in that language
@@ -387,6 +428,13 @@ def _setting(key: str, kind: type) -> typing.Callable[[str], typing.Any]:
         return value
 
     return parse
+
+
+def _request_id(text: str) -> str:
+    """An argparse type for a request id: an empty one (an unset shell variable) would stop whichever turn runs."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected the id of a request, got nothing")
+    return text
 
 
 class _HelpFormatter(argparse.HelpFormatter):
@@ -531,7 +579,9 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument(
         "--temperature", type=_setting("llm.sampling.temperature", float), default=0.0, help="0 is greedy, with --model"
     )
-    chat.add_argument("--seed", type=int, default=None, help="sampling seed, with --model")
+    chat.add_argument(
+        "--seed", type=_setting("llm.sampling.seed", int), default=None, help="sampling seed, with --model"
+    )
     chat.set_defaults(func=cmd_chat)
 
     status = command(sub, "status", "what the running assistant is doing")
@@ -540,11 +590,13 @@ def build_parser() -> argparse.ArgumentParser:
     status.set_defaults(func=cmd_status)
 
     cancel = command(sub, "cancel", "stop the running assistant's turn (whoever started it), or the one given")
-    cancel.add_argument("--turn", default=None, metavar="ID", help="the request id of the turn to stop")
+    cancel.add_argument(
+        "--turn", type=_request_id, default=None, metavar="ID", help="the request id of the turn to stop"
+    )
     config_option(cancel, "config naming the control socket")
     cancel.set_defaults(func=cmd_cancel)
 
-    config_sub = _actions(command(sub, "config", "inspect the configuration"))
+    config_sub = _actions(command(sub, "config", "check the configuration, or write the default one"))
     check = command(config_sub, "check", "validate a config file and print the effective settings")
     config_option(check)
     check.set_defaults(func=cmd_config_check)
@@ -562,15 +614,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--config",
         type=Path,
         default=Path("/etc/assistant/config.yaml"),
+        metavar="FILE",
         help="the service's config (created if missing)",
     )
-    install.add_argument("--models", type=Path, default=None, help="copy this models folder where the service reads it")
-    install.add_argument("--unit-dir", type=Path, default=Path("/etc/systemd/system"), help="where the unit goes")
+    install.add_argument(
+        "--models", type=Path, default=None, metavar="DIR", help="copy this models folder where the service reads it"
+    )
+    install.add_argument(
+        "--unit-dir", type=Path, default=Path("/etc/systemd/system"), metavar="DIR", help="where the unit goes"
+    )
     install.add_argument("--user", default="assistant", help="the user the service runs as")
     install.add_argument(
         "--allow-home", action="store_true", help="let the service read /home and /root (ProtectHome=read-only)"
     )
-    install.add_argument("--root", type=Path, default=Path("/"), help="install into this root folder (for images)")
+    install.add_argument(
+        "--root", type=Path, default=Path("/"), metavar="DIR", help="install into this root folder (for images)"
+    )
     install.set_defaults(func=cmd_service_install)
 
     audio_sub = _actions(command(sub, "audio", "sound devices"))
@@ -590,6 +649,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # As stderr already does: a name given in bytes that are not UTF-8, or a lone surrogate in a reply,
+    # is printed escaped rather than ending the command with a traceback (after its work is done).
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(errors="backslashreplace")
     args = build_parser().parse_args(argv)
     args.log_level = getattr(args, "log_level", None)
     setup_logging(args.log_level or "info")

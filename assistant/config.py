@@ -17,6 +17,7 @@ import math
 import os
 import re
 import reprlib
+import stat
 import types
 import typing
 from dataclasses import dataclass, field
@@ -214,7 +215,12 @@ def load_settings(path: Path | None = None, environ: typing.Mapping[str, str] | 
     """Read, override from the environment, type-check and bound-check a config file."""
     path = Path(path) if path else default_config_path()
     try:
-        with path.open("rb") as file:
+        # Non-blocking: opening a FIFO with no writer would otherwise wait forever, as `cat` does.
+        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        if kind := _not_a_file(os.fstat(descriptor).st_mode):
+            os.close(descriptor)
+            raise ConfigError(f"{path}: {kind}, not a file; a config is a regular file (--config FILE)")
+        with open(descriptor, "rb") as file:
             data = file.read(MAX_CONFIG_BYTES + 1)  # a wrong file (a log, an image) is not parsed for minutes
         if len(data) > MAX_CONFIG_BYTES:
             raise ConfigError(
@@ -234,6 +240,14 @@ def load_settings(path: Path | None = None, environ: typing.Mapping[str, str] | 
             f"{path}:{line}: not UTF-8 text (byte 0x{e.object[e.start]:02x}); save the file as UTF-8"
         ) from None
     return settings_from_text(text, path, environ)
+
+
+def _not_a_file(mode: int) -> str | None:
+    """What a path that is not a regular file is ("a FIFO"), or None for a regular file."""
+    if stat.S_ISREG(mode):
+        return None
+    kinds = {stat.S_ISDIR: "a folder", stat.S_ISFIFO: "a FIFO", stat.S_ISCHR: "a device", stat.S_ISBLK: "a device"}
+    return next((name for test, name in kinds.items() if test(mode)), "a socket")
 
 
 def settings_from_text(text: str, path: Path, environ: typing.Mapping[str, str] | None = None) -> Settings:

@@ -5,11 +5,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -100,6 +102,7 @@ def test_chat_options_are_checked_as_the_config_checks_them(tmp_path: Path) -> N
         ("--temperature", "-1", "must be 0 or more (0 is greedy), got -1.0"),
         ("--threads", "0", "must be at least 1, got 0"),
         ("--max-new-tokens", "0", "must be at least 1, got 0"),
+        ("--seed", "-1", "must be 0 or more, or empty for a random one, got -1"),
     ]:
         result = assistant("chat", "--model", str(tmp_path), option, value)
         assert result.returncode == 2 and "Traceback" not in result.stderr
@@ -156,8 +159,8 @@ def test_service_install_says_where_a_hidden_skills_folder_or_config_goes(tmp_pa
     assert skills + "move its skills into /etc/assistant/skills: a skills folder beside the config" in result.stderr
 
 
-def _stand_in(path: Path, answer: list[dict]) -> threading.Thread:
-    """A stand-in assistant on `path` that answers one request with the events of `answer`."""
+def _stand_in(path: Path, answer: list[dict], tail: bytes = b"") -> threading.Thread:
+    """A stand-in assistant on `path` that answers one request with the events of `answer`, then `tail`."""
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     server.bind(str(path))
     server.listen()
@@ -170,6 +173,7 @@ def _stand_in(path: Path, answer: list[dict]) -> threading.Thread:
             with contextlib.suppress(BrokenPipeError):  # a client may leave before the end (its stdout closed)
                 for event in answer:
                     connection.sendall((json.dumps(event | {"request": json.loads(line)["id"]}) + "\n").encode())
+                connection.sendall(tail)
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
@@ -357,3 +361,142 @@ def test_a_socket_another_user_put_in_a_shared_folder_hears_nothing(tmp_path: Pa
     assert os.read(heard[0], 4096) in (b"", b"-")  # nothing said reached it
     assert result.returncode == 1 and result.stdout == ""
     assert result.stderr.startswith(f"error: {path}: the program listening there runs as uid 65534"), result.stderr
+
+
+def test_ctrl_c_while_the_prompt_is_read_prints_no_figures_of_another_reply(smollm2_model: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ASSISTANT_")}
+    command = [sys.executable, "-m", "assistant", "chat", "--model", str(smollm2_model), "--max-new-tokens", "4"]
+    chat = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    figures = []
+    try:
+        chat.stdin.write(b"hi\n")
+        chat.stdin.flush()
+        while not figures:  # the first reply, with its figures
+            line = chat.stderr.readline()
+            assert line, "the chat ended before its first reply"
+            figures += [line] if b"tok/s" in line else []
+        chat.stdin.write(b"word " * 800 + b"\n")  # about a second of prefill on 2 cores (0.15 s a line of 150)
+        chat.stdin.flush()
+        time.sleep(0.3)
+        chat.send_signal(signal.SIGINT)  # Ctrl-C at a terminal: the whole foreground group gets it
+        out, err = chat.communicate(timeout=60)  # stdin closed: the chat ends after the stopped reply
+    finally:
+        chat.kill()
+    assert chat.returncode == 0, err
+    assert b"tok/s" not in err  # the first reply's figures were printed once, not again for this one
+    assert out.endswith(b" [stopped]\n> ")
+
+
+def test_cancel_of_an_empty_turn_id_is_refused_not_taken_for_the_running_turn() -> None:
+    result = assistant("cancel", "--turn", "")  # `--turn "$ID"` with ID unset: not "whatever runs"
+    assert result.returncode == 2
+    assert (
+        result.stderr.splitlines()[-1]
+        == "assistant cancel: error: argument --turn: expected the id of a request, got nothing"
+    )
+
+
+@pytest.mark.parametrize(
+    ("tail", "expected"),
+    [
+        (b'{"type": "te', "the assistant closed the connection in the middle of an answer (has it stopped?)"),
+        (
+            b"SSH-2.0-OpenSSH_9.6\n",
+            "{socket}: the program listening there answered b'SSH-2.0-OpenSSH_9.6\\n', not as the assistant does",
+        ),
+        (b"[1, 2]\n", "{socket}: the program listening there answered b'[1, 2]\\n', not as the assistant does"),
+    ],
+    ids=["cut-off", "not-json", "not-an-event"],
+)
+def test_an_answer_cut_off_or_not_the_assistants_is_one_line_after_the_reply_so_far(
+    tmp_path: Path, tail: bytes, expected: str
+) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(f"control:\n  socket: {tmp_path / 'control.sock'}\n")
+    server = _stand_in(tmp_path / "control.sock", [{"type": "text", "text": "It is"}], tail)
+    result = assistant("say", "--config", str(config), "what time is it")
+    server.join(timeout=10)
+    assert (result.returncode, result.stdout) == (1, "It is\n")
+    assert result.stderr == f"error: {expected.format(socket=tmp_path / 'control.sock')}\n"
+
+
+def test_text_that_is_not_utf8_is_printed_escaped_in_a_utf8_terminal(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ASSISTANT_")} | {"PYTHONIOENCODING": "utf-8"}
+    config = tmp_path / "config.yaml"
+    config.write_text(f"control:\n  socket: {tmp_path / 'control.sock'}\n")
+    reply = [{"type": "text", "text": "caf\udce9 \ud800"}, {"type": "turn_done"}]  # a skill's, say: JSON allows it
+    server = _stand_in(tmp_path / "control.sock", reply)
+    said = subprocess.run(
+        [sys.executable, "-m", "assistant", "say", "--config", str(config), "hi"], capture_output=True, env=env
+    )
+    server.join(timeout=10)
+    assert (said.returncode, said.stdout, said.stderr) == (0, b"caf\\udce9 \\ud800\n", b"")
+    written = subprocess.run(  # a file name in Latin-1, from an old archive
+        [sys.executable, "-m", "assistant", "config", "init", b"caf\xe9.yaml"],
+        capture_output=True,
+        env=env,
+        cwd=tmp_path,
+    )
+    assert (written.returncode, written.stderr) == (0, b"")
+    assert (
+        written.stdout.startswith(b"wrote caf\\udce9.yaml: ")
+        and (tmp_path / b"caf\xe9.yaml".decode(errors="surrogateescape")).is_file()
+    )
+
+
+def test_a_config_or_skills_another_user_left_in_the_current_folder_are_not_used(tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)  # as /tmp, where anyone may leave a folder
+    ran = tmp_path / "ran"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ASSISTANT_")}
+    skill = f"import os\nopen({str(ran)!r}, 'w').write(str(os.getuid()))\n"
+    for left in (["skills"], ["config.yaml", "skills"]):  # a folder of skills, and a config beside it
+        for name in left:
+            if name == "skills":
+                (shared / "skills").mkdir()
+                (shared / "skills" / "notes.py").write_text(skill)
+                os.chown(shared / "skills" / "notes.py", 65534, 65534)
+            else:
+                (shared / name).write_text(f"skills:\n  paths: [{shared / 'skills'}]\n")
+            os.chown(shared / name, 65534, 65534)  # another local user's
+        found = left[0]
+        # setup writes the speech models where the config says: /etc/cron.d/ would do.
+        for command in (
+            ["skills", "list"],
+            ["config", "check"],
+            ["doctor", "--text-only"],
+            ["run", "--text-only"],
+            ["setup", "--target", "host"],
+        ):
+            result = subprocess.run(
+                [sys.executable, "-m", "assistant", *command], capture_output=True, text=True, env=env, cwd=shared
+            )
+            assert (result.returncode, result.stdout) == (78, ""), (command, result.stderr)
+            assert result.stderr == (
+                f"error: {shared / found}: belongs to uid 65534, not to this user, who would run the skills or write "
+                "the files it names; run this from a folder of your own, or name the config with --config\n"
+            )
+        assert not ran.exists()  # nothing of theirs ran as root
+        shutil.rmtree(shared / "skills")
+        (shared / "config.yaml").unlink(missing_ok=True)
+
+
+def test_status_of_an_assistant_that_does_not_answer_ends_in_one_line(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(f"control:\n  socket: {tmp_path / 'control.sock'}\n")
+    stuck = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)  # stopped (SIGSTOP) or stuck: connections still queue
+    stuck.bind(str(tmp_path / "control.sock"))
+    stuck.listen()
+    with stuck:
+        result = assistant("status", "--config", str(config), timeout=30)
+    assert (result.returncode, result.stdout) == (1, "")
+    assert result.stderr == (
+        "error: the assistant did not answer within 10 s; is it stopped or stuck? (`systemctl status assistant`, "
+        "its log)\n"
+    )
+
+
+def test_skill_arguments_nested_too_deeply_are_one_line() -> None:
+    result = assistant("skills", "call", "set_timer", "--args", "[" * 100_000)
+    assert (result.returncode, result.stderr) == (2, "error: --args is nested too deeply to be read\n")

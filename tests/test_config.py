@@ -194,6 +194,21 @@ def test_an_unreadable_config_is_one_line_and_exit_78_for_every_command(
         assert result.stderr.strip() == f"error: {config}{expected}", command
 
 
+def test_a_config_that_is_not_a_regular_file_is_refused_at_once(tmp_path: Path) -> None:
+    fifo = tmp_path / "config.yaml"
+    os.mkfifo(fifo)  # nobody writes to it: reading it would wait forever
+    expected = {
+        fifo: "a FIFO",
+        tmp_path: "a folder",
+        Path("/dev/zero"): "a device",
+    }
+    for config, kind in expected.items():
+        for command in (["config", "check"], ["status"], ["run", "--text-only"]):
+            result = assistant_with(config, *command)  # its 60 s timeout fails a command that blocks
+            assert result.returncode == 78, (command, result.stderr)
+            assert result.stderr == f"error: {config}: {kind}, not a file; a config is a regular file (--config FILE)\n"
+
+
 def test_an_environment_value_nested_too_deeply_is_one_line(tmp_path: Path) -> None:
     config = tmp_path / "config.yaml"
     config.write_text("llm:\n  threads: 2\n")

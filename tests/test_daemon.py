@@ -314,10 +314,13 @@ def test_hostile_clients_get_an_error_and_every_other_client_goes_on(setup) -> N
                 time.sleep(0.1)
             assert flat(), (baseline, daemon.footprint())  # threads and open files, after 210 clients
 
-            # As many connections as are served (watchers that ask nothing): one more hears why not.
+            # As many connections as are served, none idle for long: one more hears why not.
+            send(watcher, {"type": "status", "id": "w3"})
+            assert until(watcher, "status")[-1]["request"] == "w3"
             crowd = [connect(control) for _ in range(255)]  # and the watcher
             refused = run_assistant("status", "--config", str(config))
-            assert (refused.returncode, refused.stderr) == (1, "error: more than 256 clients; try again later\n")
+            full = "error: 256 clients are connected, none idle for 10 s; try again later\n"
+            assert (refused.returncode, refused.stderr) == (1, full)
             for client in crowd:
                 client.close()
 

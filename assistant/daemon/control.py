@@ -10,7 +10,9 @@ transcripts, voice turns, timers ringing), which go to everyone. A connection th
 cancels its turns. Anything malformed gets an "error" event, then the connection is closed.
 
 One asyncio loop in one thread serves every connection, so a client costs no thread; each has
-a bounded queue of events, and a client that stops reading is disconnected when it fills.
+a queue of events bounded in bytes: a client that stops reading is disconnected when its answers
+fill it, and misses the assistant's own events meanwhile. With MAX_CLIENTS connected, a new client
+takes the place of the one idle longest, if any has been idle for IDLE_SECONDS.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import socket
 import stat
 import struct
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,8 +40,13 @@ from assistant.config import ConfigError
 log = logging.getLogger(__name__)
 
 MAX_LINE = 64 * 1024  # bytes in one request
-MAX_QUEUED = 1000  # events waiting for one client before it counts as not reading
+# Bytes of events waiting for one client before it counts as not reading. In bytes, not events: an
+# event may be 64 KiB (an error naming a request's type), and the board has 1 GB for everything.
+MAX_QUEUED = 256 * 1024
 MAX_CLIENTS = 256
+# With every place taken, a new client takes the place of one that has been idle this long (nothing
+# asked, nothing answered) and has no turn: connections left open by a script cannot lock everyone else out.
+IDLE_SECONDS = 10.0
 MAX_ID = 64  # characters of a request id
 
 
@@ -106,8 +114,10 @@ def parse_request(line: bytes, client: int, number: int) -> Request:
 class _Client:
     id: int
     writer: asyncio.StreamWriter
-    queue: asyncio.Queue = field(default_factory=lambda: asyncio.Queue(MAX_QUEUED))
+    queue: asyncio.Queue = field(default_factory=asyncio.Queue)  # encoded events, then None to end
+    queued: int = 0  # bytes in the queue
     dropped: bool = False
+    active: float = field(default_factory=time.monotonic)  # when it connected, last asked or was last answered
 
 
 def folder_not_private(folder: Path) -> tuple[str, str] | None:
@@ -230,15 +240,21 @@ class ControlServer:
 
     def _deliver(self, event: Event) -> None:
         targets = [self.clients.get(event.client)] if event.client is not None else list(self.clients.values())
+        line = event.encode()
         for client in targets:
             if client is None or client.dropped:
                 continue
-            try:
-                client.queue.put_nowait(event)
-            except asyncio.QueueFull:
+            if client.queued + len(line) > MAX_QUEUED:
+                if event.client is None:  # the assistant's own: missed by a client waiting at a prompt, not fatal
+                    continue
                 log.warning("control client %d stopped reading: disconnected", client.id)
                 client.dropped = True
                 client.writer.transport.abort()
+                continue
+            client.queue.put_nowait(line)
+            client.queued += len(line)
+            if event.client is not None:  # an answer: a turn that ran a minute ended only just now
+                client.active = time.monotonic()
 
     # -- one connection -----------------------------------------------------------------------------
 
@@ -247,8 +263,9 @@ class ControlServer:
         task = asyncio.current_task()
         self.connections.add(task)
         task.add_done_callback(self.connections.discard)
-        if len(self.clients) >= MAX_CLIENTS:
-            writer.write(Event("error", {"message": f"more than {MAX_CLIENTS} clients; try again later"}).encode())
+        if len(self.clients) >= MAX_CLIENTS and not self._make_room():
+            full = f"{MAX_CLIENTS} clients are connected, none idle for {IDLE_SECONDS:g} s; try again later"
+            writer.write(Event("error", {"message": full}).encode())
             with contextlib.suppress(OSError):
                 await writer.drain()
             writer.close()
@@ -267,6 +284,7 @@ class ControlServer:
                 except asyncio.LimitOverrunError:
                     self._error(client, f"request longer than {MAX_LINE} bytes")
                     break
+                client.active = time.monotonic()
                 try:
                     request = parse_request(line, client.id, number)
                 except ValueError as e:
@@ -280,18 +298,34 @@ class ControlServer:
         except OSError:
             pass  # reset by the client, or aborted because it stopped reading
         finally:
-            with contextlib.suppress(asyncio.QueueFull):
-                client.queue.put_nowait(None)  # the sender flushes what is queued, then closes
+            client.queue.put_nowait(None)  # the sender flushes what is queued, then closes
             if client.dropped:
                 sender.cancel()
             with contextlib.suppress(asyncio.CancelledError, OSError):
                 await asyncio.wait_for(sender, 5)
-            del self.clients[client.id]
+            self.clients.pop(client.id, None)  # already gone if it made room for another
             if client.dropped:
                 writer.transport.abort()
             else:
                 writer.close()
             self.disconnected(client.id)
+
+    def _make_room(self) -> bool:
+        """Close the connection idle longest (no turn, nothing asked or answered for IDLE_SECONDS), telling
+        it why. False when there is none: every client is busy, or was active only just now.
+        """
+        now = time.monotonic()
+        idle = [c for c in self.clients.values() if now - c.active >= IDLE_SECONDS and not self.busy(c.id)]
+        if not idle:
+            return False
+        oldest = min(idle, key=lambda c: c.active)
+        why = f"{MAX_CLIENTS} clients were connected and this one had been idle for {now - oldest.active:.0f} s"
+        log.warning("control client %d closed to make room for a new one: %s", oldest.id, why)
+        del self.clients[oldest.id]  # it hears nothing more; its connection ends as a closed one does
+        oldest.writer.write(Event("error", {"message": f"closed to make room for another client: {why}"}).encode())
+        oldest.writer.close()  # after that line is sent; at once if it does not read it
+        self.loop.call_later(5, oldest.writer.transport.abort)
+        return True
 
     async def _answer_half_closed(self, client: _Client, writer: asyncio.StreamWriter, sender: asyncio.Task) -> None:
         if writer.is_closing():  # not half closed: aborted, by close() or for not reading
@@ -309,8 +343,9 @@ class ControlServer:
 
     async def _send(self, client: _Client) -> None:
         with contextlib.suppress(OSError):
-            while (event := await client.queue.get()) is not None:
-                client.writer.write(event.encode())
+            while (line := await client.queue.get()) is not None:
+                client.queued -= len(line)
+                client.writer.write(line)
                 await client.writer.drain()
 
     # -- stopping -----------------------------------------------------------------------------------
@@ -355,10 +390,24 @@ def _not_trusted(path: Path, connected: socket.socket) -> str | None:
     )
 
 
+def _event(line: bytes, path: Path) -> dict:
+    """An event the assistant sent; ConnectionError for a line cut off (it stopped while writing) or not one."""
+    if not line.endswith(b"\n"):
+        raise ConnectionError("the assistant closed the connection in the middle of an answer (has it stopped?)")
+    try:
+        event = json.loads(line)
+    except ValueError:
+        event = None
+    if not isinstance(event, dict) or not isinstance(event.get("type"), str):
+        raise ConnectionError(f"{path}: the program listening there answered {line[:40]!r}, not as the assistant does")
+    return event
+
+
 class ControlClient:
     """One connection to the running assistant."""
 
     def __init__(self, path: Path, timeout: float | None = None):
+        self.path = path
         self.socket = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.socket.settimeout(timeout)
         try:
@@ -405,7 +454,7 @@ class ControlClient:
         is followed by the rest of the turn as usual.
         """
         for line in self.lines:
-            event = json.loads(line)
+            event = _event(line, self.path)
             if event.get("request") not in (request_id, None):
                 continue
             if event.get("request") is None and event["type"] != "error":

@@ -45,6 +45,7 @@ def chat_repl(args: argparse.Namespace) -> int:
         if line == "/reset":
             conversation.reset()
             continue
+        previous = engine.stats  # replaced once this reply's prompt is read
         try:
             for piece in conversation.reply(line, sampler):
                 print(piece, end="", flush=True)
@@ -53,7 +54,9 @@ def chat_repl(args: argparse.Namespace) -> int:
         except ModelError as e:
             print(f"error: {e}", file=sys.stderr)
             continue
-        s = engine.stats
+        if (s := engine.stats) is previous:  # stopped while the prompt was read: no figures of its own
+            print(flush=True)
+            continue
         print(
             f"\n[first token {s.prefill_seconds * 1000:.0f} ms ({s.prefilled_tokens} of {s.prompt_tokens} prompt "
             f"tokens prefilled), {s.generated_tokens} tokens at {s.decode_tokens_per_second:.1f} tok/s]",

@@ -1,0 +1,121 @@
+"""The control socket and its clients against a real daemon: crowds, idle connections, hostile requests."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from assistant.daemon.control import IDLE_SECONDS, MAX_CLIENTS
+from tests.test_daemon import Daemon, Notifications, connect, events, run_assistant, send, until, write_config
+
+
+@pytest.fixture(scope="module")
+def daemon(tiny_int8: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    tmp = tmp_path_factory.mktemp("control")
+    config = write_config(tmp, tiny_int8)
+    notify = Notifications(tmp / "notify.sock")
+    running = Daemon(tmp, config, notify)
+    yield running
+    assert running.stop() == 0
+    notify.close()
+
+
+def config_of(daemon: Daemon) -> Path:
+    return daemon.tmp / "config.yaml"
+
+
+def socket_of(daemon: Daemon) -> Path:
+    return daemon.tmp / "run" / "control.sock"
+
+
+def test_connections_left_idle_cannot_lock_others_out(daemon: Daemon) -> None:
+    control = socket_of(daemon)
+    asking = connect(control)  # asks now and then: never the idle one
+    left = [connect(control) for _ in range(MAX_CLIENTS - 1)]  # a script that forgets to close them
+    try:
+        # Every place taken by connections that only just came: a newcomer is told to come back.
+        refused = run_assistant("status", "--config", str(config_of(daemon)))
+        expected = f"error: {MAX_CLIENTS} clients are connected, none idle for {IDLE_SECONDS:g} s; try again later\n"
+        assert (refused.returncode, refused.stderr) == (1, expected)
+        deadline = time.monotonic() + IDLE_SECONDS + 1
+        while time.monotonic() < deadline:
+            send(asking, {"type": "status"})
+            until(asking, "status")
+            time.sleep(1)
+        # Once they have been idle for a while, the newcomer takes the place of the one idle longest,
+        # which hears why in one line before its connection ends.
+        status = run_assistant("status", "--config", str(config_of(daemon)))
+        assert (status.returncode, status.stdout.splitlines()[0]) == (0, "state: ready"), status.stderr
+        (event,) = events(left[0])
+        assert event["type"] == "error"
+        assert event["message"].startswith(
+            f"closed to make room for another client: {MAX_CLIENTS} clients were connected and this one "
+            "had been idle for "
+        )
+        left[1].settimeout(0.5)
+        with pytest.raises(TimeoutError):  # the others are left as they were
+            left[1].recv(1)
+        send(asking, {"type": "status", "id": "still"})
+        assert until(asking, "status")[-1]["request"] == "still"
+        daemon.wait_for_log("closed to make room for a new one")
+    finally:
+        for client in [asking, *left]:
+            client.close()
+
+
+def resident_mb(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line for line in status.splitlines() if line.startswith("VmRSS:")).split()[1]) // 1024
+
+
+def test_a_client_that_never_reads_costs_the_daemon_a_bounded_amount_of_memory(daemon: Daemon) -> None:
+    # Each request is answered with an error naming its type: 64 KiB of answer for 64 KiB asked.
+    request = (json.dumps({"type": "x" * 65_000}) + "\n").encode()
+    before = resident_mb(daemon.process.pid)
+    for _ in range(3):
+        with connect(socket_of(daemon)) as client, contextlib.suppress(OSError):  # hung up on as it sends
+            for _ in range(1000):
+                client.sendall(request)
+    daemon.wait_for_log("stopped reading: disconnected")
+    assert resident_mb(daemon.process.pid) - before < 20  # not 3 × 1000 answers of 64 KiB
+    status = run_assistant("status", "--config", str(config_of(daemon)))
+    assert status.returncode == 0, status.stderr
+
+
+def test_a_chat_waiting_at_its_prompt_is_kept_however_much_the_assistant_says_meanwhile(
+    tmp_path: Path, tiny_int8: Path
+) -> None:
+    from assistant.config import load_settings
+    from assistant.daemon.run import Daemon as Assistant
+    from assistant.daemon.run import State
+
+    config = write_config(tmp_path, tiny_int8)
+    assistant = Assistant(config, load_settings(config), text_only=True)  # the microphone's side is driven by hand
+    command = [sys.executable, "-m", "assistant", "chat", "--config", str(config)]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ASSISTANT_")}
+    chat = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    try:
+        assistant.worker.start()
+        assistant.enter(State.READY)
+        deadline = time.monotonic() + 30
+        while len(assistant.control.clients) < 1:  # the chat has connected, and waits for a line
+            assert time.monotonic() < deadline and chat.poll() is None, chat.stderr.read()
+            time.sleep(0.05)
+        for _ in range(2000):  # what the microphone hears in a busy household: partial transcripts
+            assistant._voice_event({"type": "partial", "text": "turn on the kitchen light " * 20})
+        time.sleep(1)
+        out, err = chat.communicate(b"what day is it\n", timeout=60)
+    finally:
+        chat.kill()
+        assistant.pending.put(None)
+        assistant.control.close()
+    assert (chat.returncode, err) == (0, b"\n")
+    assert b"Today is " in out
