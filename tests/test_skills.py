@@ -712,3 +712,16 @@ def test_a_name_in_skills_disabled_that_no_skill_has_is_warned(tmp_path: Path, c
     warned = [r.getMessage() for r in caplog.records if "skills.disabled" in r.getMessage()]
     assert len(warned) == 1 and warned[0].startswith("skills.disabled names set_timr, which no skill has (the skills: ")
     assert "set_timer" in warned[0] and "current_time" in warned[0]
+
+
+def test_a_number_out_of_a_skills_range_is_said_as_the_range(tmp_path: Path) -> None:
+    """The grammar does not bound numbers: the model may call for a timer of 10000 hours."""
+    settings = Settings()
+    registry = Registry(settings=settings, context=SkillContext(settings=settings, state_dir=tmp_path))
+    registry.load_folder(BUILTIN_SKILLS)
+    result = registry.call("set_timer", {"hours": 10000})
+    assert (result.text, result.error) == ("Sorry, hours to count down can be from 0 to 24.", None)
+    registry.context.language = "zh"
+    assert registry.call("set_timer", {"minutes": -5}).text == "抱歉，这个数要在0到1440之间。"
+    assert registry.call("list_timers", {}).text == "没有设置计时器或闹钟。"  # none was set
+    assert registry.call("set_timer", {"hours": "two"}).error.startswith("invalid arguments for set_timer")

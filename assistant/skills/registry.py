@@ -32,7 +32,7 @@ import llguidance
 
 from assistant.config import state_dir
 from assistant.skills.constraint import call_schema
-from assistant.skills.intents import check_sentences
+from assistant.skills.intents import check_sentences, out_of_range
 from assistant.skills.sdk import (
     BACKGROUND_ATTRIBUTE,
     SKILL_ATTRIBUTE,
@@ -330,6 +330,12 @@ class Registry:
                 jsonschema.validate(arguments, found.parameters)
             except jsonschema.ValidationError as e:
                 problem = f"invalid arguments for {name}: {e.message}"
+                if e.validator in ("minimum", "maximum") and e.absolute_path:
+                    # A number outside a skill's range (the model's "timer for 10000 hours"): said as
+                    # the range, as when a sentence asks for it, not as a validation error.
+                    log.warning("call not run: %s", problem)
+                    schema = found.parameters["properties"][e.absolute_path[0]]
+                    return SkillResult(name, text=out_of_range(schema, self.context.language))
         earlier = self.left_running.get(name)
         if not problem and earlier is not None and earlier.is_alive():
             # Run again on top of a call that never answered, a door would get two commands, and
