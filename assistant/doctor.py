@@ -153,18 +153,22 @@ def _speech(settings: Settings) -> list[Finding]:
 
 
 def _budget(settings: Settings) -> list[Finding]:
-    """The system prompt and the tools must leave room for a conversation in kv_cache_len."""
+    """Every skill file must load, and the system prompt and the tools must leave room for a
+    conversation in kv_cache_len."""
     from assistant.budget import plan_for_settings
     from assistant.skills.registry import load_registry, skill_folders
 
     registry = load_registry(settings, skill_folders(settings))
+    fix = "fix it, or move it out of the skills folder; `systemctl reload assistant` reads the skills again"
+    found = [Finding("skills", problem, fix) for problem in registry.problems]
+    found += [] if found else [Finding("skills", f"{len(registry.skills)} loaded")]
     try:
         plan = plan_for_settings(settings, list(registry.skills.values()))
     except ConfigError as e:
-        return [Finding("prompt budget", "the system prompt and the tools do not fit", str(e))]
+        return [*found, Finding("prompt budget", "the system prompt and the tools do not fit", str(e))]
     budget = plan.budget
     detail = f"system prompt {budget.system} tokens, {budget.room} left of {budget.kv_cache_len}"
-    return [Finding("prompt budget", detail)]
+    return [*found, Finding("prompt budget", detail)]
 
 
 def microphone_problem(settings: Settings) -> str | None:

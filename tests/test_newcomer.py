@@ -329,6 +329,13 @@ def test_doctor_lists_every_problem_at_once(tmp_path: Path, tiny_int8: Path) -> 
     assert "ok       prompt budget: system prompt" in text_only.stdout
     assert last_line(text_only.stdout) == "all good: `assistant run`"
 
+    # A skill file that does not load is a problem of the report, not only a line on stderr.
+    (tmp_path / "skills").mkdir()
+    (tmp_path / "skills" / "coffee.py").write_text("from assistant import skill\n\n@skill\ndef coffee() -> str\n")
+    broken = assistant(tmp_path, "doctor", "--text-only")
+    assert broken.returncode == 1 and last_line(broken.stdout) == "1 problem found"
+    assert f"PROBLEM  skills: {tmp_path / 'skills' / 'coffee.py'}:4: syntax error" in broken.stdout
+
 
 def test_doctor_names_a_socket_folder_the_assistant_would_refuse(tmp_path: Path) -> None:
     shared = tmp_path / "shared"
