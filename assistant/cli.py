@@ -394,12 +394,19 @@ def cmd_skills_call(args: argparse.Namespace) -> int:
         return 2
     registry = _skills_registry(args.config)
     registry.context.language = args.language  # as for a request in that language
+    logging.getLogger("assistant.skills.registry").setLevel(logging.ERROR)  # "call not run" is the line below
     result = registry.call(args.name, arguments)
     if result.error:
         print(f"error: {result.error}", file=sys.stderr)
-        return 1
-    print(result.text if result.text is not None else json.dumps(result.data, ensure_ascii=False))
-    return 0
+    else:
+        print(result.text if result.text is not None else json.dumps(result.data, ensure_ascii=False))
+    code = 1 if result.error else 0
+    if any(thread.is_alive() for thread in registry.left_running.values()):
+        # Still running past its timeout: Python's exit would wait for it (and for its pool's threads).
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 def cmd_audio_list(args: argparse.Namespace) -> int:

@@ -500,3 +500,21 @@ def test_status_of_an_assistant_that_does_not_answer_ends_in_one_line(tmp_path: 
 def test_skill_arguments_nested_too_deeply_are_one_line() -> None:
     result = assistant("skills", "call", "set_timer", "--args", "[" * 100_000)
     assert (result.returncode, result.stderr) == (2, "error: --args is nested too deeply to be read\n")
+
+
+def test_skills_call_of_a_skill_stuck_past_its_timeout_ends_with_one_error(tmp_path: Path) -> None:
+    """Its pool's thread would hold Python's exit for an hour; the error was printed twice (log and line)."""
+    (tmp_path / "skills").mkdir()
+    (tmp_path / "skills" / "news.py").write_text(
+        "import time\nfrom concurrent.futures import ThreadPoolExecutor\n\nfrom assistant import skill\n\n"
+        "POOL = ThreadPoolExecutor(2)\n\n\n@skill(timeout=0.5)\ndef news() -> str:\n"
+        '    """Fetch the headlines."""\n    return POOL.submit(time.sleep, 3600).result()\n'
+    )
+    (tmp_path / "config.yaml").write_text(f"state_dir: {tmp_path / 'state'}\n")
+    start = time.monotonic()
+    result = assistant("skills", "call", "news", "--config", str(tmp_path / "config.yaml"), timeout=30)
+    assert time.monotonic() - start < 15
+    assert result.returncode == 1
+    # The log names the file, its line and the fix; the error line says what happened, once.
+    assert "news.py:9: skill news did not return within 0.5 s" in result.stderr
+    assert result.stderr.endswith("\nerror: news took longer than 0.5 seconds\n"), result.stderr
