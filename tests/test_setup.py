@@ -164,6 +164,8 @@ def test_history_groups_that_cannot_fit_are_refused_before_any_work(tiny_hf: Pat
         result.returncode == 1 and "--last-kv-cache-len 960" in result.stderr and "between 1 and 896" in result.stderr
     )
     assert not (tmp_path / "models").exists()  # nothing was built
+    host = assistant("setup", "--model", "Qwen/Qwen2-0.5B-Instruct", "--target", "host", "--last-kv-cache-len", "-3")
+    assert host.returncode == 1 and "--last-kv-cache-len -3" in host.stderr  # refused before the download too
 
 
 def test_failed_pulsar2_leaves_the_old_model_and_resumes(tiny_hf: Path, tmp_path: Path, pulsar2_bin: Path) -> None:

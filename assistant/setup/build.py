@@ -102,9 +102,9 @@ def check_builder(opts: SetupOptions) -> list[int]:
         raise SetupError(
             f"--prefill-len must be between 0 and --kv-cache-len ({opts.kv_cache_len}), not {opts.prefill_len}"
         )
+    kv_history = _kv_history(opts)  # a mistyped value is an error on any target, before the download
     if opts.target == "host":
         return []
-    kv_history = _kv_history(opts)
     find_builder(opts.target, opts.pulsar2, opts.pulsar2_image)
     return kv_history
 
