@@ -1,0 +1,77 @@
+"""One turn from the person's words to the reply: tool calls the prompt does not offer, several calls
+in one reply, replies with nothing to say, and the history they leave for the next turn."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from assistant.llm.conversation import Conversation
+from assistant.llm.engine import Engine
+from assistant.llm.sampling import Sampler
+from assistant.skills.registry import Registry
+from assistant.turn import CANT, NO_ANSWER, TurnManager
+from tests.test_toolcalls import events, light, scripted, set_timer
+
+TIMER_CALL = '<tool_call>\n{"name": "set_timer", "arguments": {"minutes": 5}}\n</tool_call>'
+
+
+def spoken(seen: list[tuple[str, str]]) -> str:
+    """What the person hears (and `assistant say` prints), its pieces as they come."""
+    return "".join(text for kind, text in seen if kind in ("text", "error", "confirm"))
+
+
+@pytest.mark.parametrize("loaded", [False, True])  # every skill disabled, or loaded but left out of the prompt
+def test_a_call_written_with_no_tool_in_the_prompt_is_not_run_and_not_an_apology(tiny_int8: Path, loaded: bool) -> None:
+    registry = Registry()
+    if loaded:
+        registry.add_function(set_timer, "test")
+    engine = Engine(tiny_int8, kv_cache_len=2048)
+    conversation = Conversation(engine, "You are a test.", 64, tools=[])
+    manager = TurnManager(conversation, registry, Sampler(), intents=False)
+    for reply, said in [
+        (TIMER_CALL, CANT["en"]),
+        (f"Sure. {TIMER_CALL}", f"Sure. {CANT['en']}"),  # its words, then that it was not done
+        ('<tool_call>\n{"name": "set_timer", "arguments": {"minutes": 5}\n</tool_call>', CANT["en"]),  # malformed
+    ]:
+        scripted(engine, reply)
+        seen = events(manager, "count down five minutes")
+        assert [kind for kind, _ in seen] == ["text"] * len(seen), seen  # nothing run, no apology for a fault
+        assert spoken(seen) == said
+        # The history holds what was said, not a call the model could take as an example.
+        assert conversation.messages[-1] == {"role": "assistant", "content": said}
+
+
+def test_words_a_skill_said_go_back_to_the_model_with_the_data_of_the_others(tiny_int8: Path) -> None:
+    registry = Registry()
+    for func in (set_timer, light):
+        registry.add_function(func, "test")
+    engine = Engine(tiny_int8, kv_cache_len=2048)
+    conversation = Conversation(engine, "You are a test.", 64, registry.tools())
+    manager = TurnManager(conversation, registry, Sampler(), intents=False)
+    light_call = '<tool_call>\n{"name": "light", "arguments": {"room": "hall", "on": true}}\n</tool_call>'
+    scripted(engine, f"{TIMER_CALL}\n{light_call}", "The hall light is on.")
+    seen = events(manager, "start a timer and switch on the hall light")
+    assert "Timer set for 5 minutes." in spoken(seen) and spoken(seen).endswith("The hall light is on.")
+    request, calls, response, reply = conversation.messages
+    # Every call of the reply has its response, in order: the words said for one, the data of the other.
+    bodies = [json.loads(line) for line in response["content"].split("\n") if line.startswith("{")]
+    assert bodies == [
+        {"name": "set_timer", "said": "Timer set for 5 minutes."},
+        {"name": "light", "content": {"room": "hall", "on": True}},
+    ]
+
+
+def test_a_reply_of_only_whitespace_is_not_silence(tiny_int8: Path) -> None:
+    registry = Registry()
+    registry.add_function(light, "test")
+    engine = Engine(tiny_int8, kv_cache_len=2048)
+    conversation = Conversation(engine, "You are a test.", 64, registry.tools())
+    manager = TurnManager(conversation, registry, Sampler(), intents=False)
+    light_call = '<tool_call>\n{"name": "light", "arguments": {"room": "hall", "on": true}}\n</tool_call>'
+    for replies in [(light_call, "\n\n"), (" \n ",)]:  # after the skill's data went back, or at once
+        scripted(engine, *replies)
+        assert spoken(events(manager, "is the hall light on?")) == NO_ANSWER["en"]
+        assert conversation.messages[-1] == {"role": "assistant", "content": NO_ANSWER["en"]}  # as it was heard
