@@ -122,6 +122,9 @@ class TurnManager:
             self.last_replies[asker] = "".join(spoken).strip()
 
     def _turn(self, text: str, cancel: threading.Event | None) -> Iterator[TurnEvent]:
+        # Refused before anything else: no reply could follow it, and matching the sentence templates
+        # takes time that grows with the square of its length (a minute for a long `say` request).
+        self.conversation.check_fits(text)
         call, lapses = self.pending.pop(self.asker, (None, 0.0))
         if call is not None and time.monotonic() < lapses:
             answer = confirmation(text)

@@ -4,15 +4,17 @@ in one reply, replies with nothing to say, and the history they leave for the ne
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
 
+from assistant import SkillContext
 from assistant.llm.conversation import Conversation
 from assistant.llm.engine import Engine
 from assistant.llm.sampling import Sampler
-from assistant.skills.registry import Registry
-from assistant.turn import CANT, NO_ANSWER, TurnManager
+from assistant.skills.registry import BUILTIN_SKILLS, Registry
+from assistant.turn import CANT, NO_ANSWER, TOO_LONG, TurnManager
 from tests.test_toolcalls import events, light, scripted, set_timer
 
 TIMER_CALL = '<tool_call>\n{"name": "set_timer", "arguments": {"minutes": 5}}\n</tool_call>'
@@ -75,3 +77,16 @@ def test_a_reply_of_only_whitespace_is_not_silence(tiny_int8: Path) -> None:
         scripted(engine, *replies)
         assert spoken(events(manager, "is the hall light on?")) == NO_ANSWER["en"]
         assert conversation.messages[-1] == {"role": "assistant", "content": NO_ANSWER["en"]}  # as it was heard
+
+
+def test_words_longer_than_the_context_are_refused_at_once(tiny_int8: Path, tmp_path: Path) -> None:
+    registry = Registry(context=SkillContext(state_dir=tmp_path))
+    registry.load_folder(BUILTIN_SKILLS)  # their sentences, and Home Assistant's, to match
+    engine = Engine(tiny_int8, kv_cache_len=8192)
+    manager = TurnManager(Conversation(engine, "You are a test.", 16, registry.tools()), registry, Sampler())
+    # A `say` request may be 64 KB. Matched against the sentence templates first, 10,000 characters
+    # of Chinese kept the turn (and every other asker) waiting for about a minute.
+    start = time.monotonic()
+    assert events(manager, "打开厨房的灯" * 1700) == [("error", TOO_LONG["zh"])]
+    assert time.monotonic() - start < 5
+    assert events(manager, "add eggs to the shopping list")[-1] == ("text", "Added eggs to the shopping list.")

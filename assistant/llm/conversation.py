@@ -84,6 +84,12 @@ class Conversation:
     def reset(self) -> None:
         self.messages.clear()
 
+    def check_fits(self, text: str) -> None:
+        """TooLong if the person's `text` would not fit even with every older turn dropped."""
+        ids = self._encode([{"role": "user", "content": text}])
+        if len(ids) + self.reserve > self.engine.kv_len:
+            raise TooLong(f"the message is too long: {len(ids)} tokens for kv_cache_len {self.engine.kv_len}")
+
     def prompt_ids(self) -> list[int]:
         """The prompt for the next reply, without the oldest turns it needs to drop to fit.
 
