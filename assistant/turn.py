@@ -177,6 +177,10 @@ class TurnManager:
         """The model's replies to `message` (the person's `request`, or skill results), with the calls they make."""
         heard = False  # something was said in these passes: a later reply may end without words
         for generation in range(MAX_PASSES):
+            if cancel is not None and cancel.is_set() and (generation or not request):
+                # Stopped while the skills ran: no reply is started to read their results out.
+                self._said_instead_of_calls("")
+                return
             try:
                 reply = yield from self._generate(message, cancel)
             except TooLong as e:

@@ -4,12 +4,13 @@ in one reply, replies with nothing to say, and the history they leave for the ne
 from __future__ import annotations
 
 import json
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from assistant import SkillContext
+from assistant import SkillContext, skill
 from assistant.llm.conversation import Conversation
 from assistant.llm.engine import Engine
 from assistant.llm.sampling import Sampler
@@ -90,3 +91,28 @@ def test_words_longer_than_the_context_are_refused_at_once(tiny_int8: Path, tmp_
     assert events(manager, "打开厨房的灯" * 1700) == [("error", TOO_LONG["zh"])]
     assert time.monotonic() - start < 5
     assert events(manager, "add eggs to the shopping list")[-1] == ("text", "Added eggs to the shopping list.")
+
+
+def test_a_turn_stopped_while_a_skill_fetched_data_does_not_go_on_to_read_it(tiny_int8: Path) -> None:
+    stop = threading.Event()
+
+    @skill
+    def forecast() -> dict:
+        """Tomorrow's weather."""
+        stop.set()  # "stop" arrives while the skill runs
+        return {"sky": "rain"}
+
+    registry = Registry()
+    registry.add_function(forecast, "test")
+    engine = Engine(tiny_int8, kv_cache_len=2048)
+    conversation = Conversation(engine, "You are a test.", 64, registry.tools())
+    manager = TurnManager(conversation, registry, Sampler(), intents=False)
+    scripted(engine, 'Let me see.<tool_call>\n{"name": "forecast", "arguments": {}}\n</tool_call>', "It will rain.")
+    seen = [(e.kind, e.text) for e in manager.turn("will it rain tomorrow?", stop)]
+    assert seen[-2:] == [("tool_call", "forecast"), ("skill_result", "forecast")]
+    # No reply was started for the results: the history holds what was said, and no call without its response.
+    assert conversation.messages[-1] == {"role": "assistant", "content": "Let me see."}
+    assert "It will rain." not in json.dumps(conversation.messages)
+    scripted(engine, "Hello.")
+    assert spoken(events(manager, "hello")) == "Hello."  # and the next turn goes on from there
+    assert [m["role"] for m in conversation.messages] == ["user", "assistant"] * 2
