@@ -16,7 +16,7 @@ from assistant.llm.engine import Engine
 from assistant.llm.sampling import Sampler
 from assistant.skills.registry import BUILTIN_SKILLS, Registry
 from assistant.turn import CANT, NO_ANSWER, TOO_LONG, TurnManager
-from tests.test_toolcalls import events, light, scripted, set_timer
+from tests.test_toolcalls import events, light, scripted, set_timer, weather
 
 TIMER_CALL = '<tool_call>\n{"name": "set_timer", "arguments": {"minutes": 5}}\n</tool_call>'
 
@@ -116,3 +116,18 @@ def test_a_turn_stopped_while_a_skill_fetched_data_does_not_go_on_to_read_it(tin
     scripted(engine, "Hello.")
     assert spoken(events(manager, "hello")) == "Hello."  # and the next turn goes on from there
     assert [m["role"] for m in conversation.messages] == ["user", "assistant"] * 2
+
+
+def test_a_model_that_writes_the_tool_response_itself_is_not_read_out(tiny_int8: Path) -> None:
+    registry = Registry()
+    registry.add_function(weather, "test")
+    engine = Engine(tiny_int8, kv_cache_len=2048)
+    conversation = Conversation(engine, "You are a test.", 64, registry.tools())
+    manager = TurnManager(conversation, registry, Sampler(), intents=False)
+    call = '<tool_call>\n{"name": "weather", "arguments": {}}\n</tool_call>'
+    echo = '<tool_response>\n{"name": "weather", "content": {"sky": "sunny", "celsius": 21}}\n</tool_response>'
+    # SmolLM2-135M answers the weather's data by copying it, tags and all.
+    for reply, said in [(echo, NO_ANSWER["en"]), (f"It is sunny.\n{echo}", "It is sunny.")]:
+        scripted(engine, call, reply)
+        assert spoken(events(manager, "how is the weather?")).strip() == said
+        assert "celsius" not in conversation.messages[-1]["content"]  # the copy is not the model's reply
