@@ -203,7 +203,7 @@ class TurnManager:
                 self._said_instead_of_calls(self._say(CANT))
                 yield TurnEvent("text", self._say(CANT))
                 return
-            if not calls and not said.strip() and not heard:  # the model ended its reply at once
+            if not calls and not said.strip() and not heard:  # the model ended its replies without a word
                 log.info("the model gave no answer")
                 self._said_instead_of_calls(self._say(NO_ANSWER))
                 yield TurnEvent("text", self._say(NO_ANSWER))
