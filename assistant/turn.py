@@ -175,7 +175,6 @@ class TurnManager:
 
     def _passes(self, message: dict, cancel: threading.Event | None, request: bool = True) -> Iterator[TurnEvent]:
         """The model's replies to `message` (the person's `request`, or skill results), with the calls they make."""
-        heard = False  # something was said in these passes: a later reply may end without words
         for generation in range(MAX_PASSES):
             if cancel is not None and cancel.is_set() and (generation or not request):
                 # Stopped while the skills ran: no reply is started to read their results out.
@@ -203,12 +202,11 @@ class TurnManager:
                 self._said_instead_of_calls(self._say(CANT))
                 yield TurnEvent("text", self._say(CANT))
                 return
-            if not calls and not said.strip() and not heard:  # the model ended its replies without a word
+            if not calls and not said.strip():  # nothing at all, or nothing about the results it was given
                 log.info("the model gave no answer")
                 self._said_instead_of_calls(self._say(NO_ANSWER))
                 yield TurnEvent("text", self._say(NO_ANSWER))
                 return
-            heard = heard or bool(said.strip())
             responses, spoken, data = [], [], False
             for call in calls:
                 results, words = [], []
@@ -220,7 +218,6 @@ class TurnManager:
                 responses += results or [{"name": call.get("name"), "said": " ".join(words)}]
                 spoken += words
                 data = data or bool(results)
-            heard = heard or bool(spoken)
             if not data:
                 if calls:
                     self._said_instead_of_calls(" ".join(spoken))

@@ -74,9 +74,13 @@ def test_a_reply_of_only_whitespace_is_not_silence(tiny_int8: Path) -> None:
     conversation = Conversation(engine, "You are a test.", 64, registry.tools())
     manager = TurnManager(conversation, registry, Sampler(), intents=False)
     light_call = '<tool_call>\n{"name": "light", "arguments": {"room": "hall", "on": true}}\n</tool_call>'
-    for replies in [(light_call, "\n\n"), (" \n ",)]:  # after the skill's data went back, or at once
+    for replies, said in [
+        ((light_call, "\n\n"), NO_ANSWER["en"]),  # after the skill's data went back
+        ((f"Let me look.{light_call}", " "), f"Let me look. {NO_ANSWER['en']}"),  # the data still unanswered
+        ((" \n ",), NO_ANSWER["en"]),  # at once
+    ]:
         scripted(engine, *replies)
-        assert spoken(events(manager, "is the hall light on?")) == NO_ANSWER["en"]
+        assert spoken(events(manager, "is the hall light on?")) == said
         assert conversation.messages[-1] == {"role": "assistant", "content": NO_ANSWER["en"]}  # as it was heard
 
 
