@@ -97,6 +97,8 @@ class TurnManager:
         # The engine keeps what prompts share (the system prompt), so another asker's turn only
         # prefills that asker's own exchanges.
         self.conversation.messages = self.histories.setdefault(asker, [])
+        # Half a surrogate pair (JSON may escape one) is no character: the tokenizer refuses it.
+        text = text.encode("utf-8", "replace").decode("utf-8")
         self.registry.context.language = reply_language(text)
         spoken = []
         try:

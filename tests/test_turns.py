@@ -135,3 +135,19 @@ def test_a_model_that_writes_the_tool_response_itself_is_not_read_out(tiny_int8:
         scripted(engine, call, reply)
         assert spoken(events(manager, "how is the weather?")).strip() == said
         assert "celsius" not in conversation.messages[-1]["content"]  # the copy is not the model's reply
+
+
+def test_text_that_is_not_unicode_through_and_through_neither_fails_its_turn_nor_the_next(tiny_int8: Path) -> None:
+    registry = Registry()
+    engine = Engine(tiny_int8, kv_cache_len=1024)
+    conversation = Conversation(engine, "You are a test.", 8)
+    manager = TurnManager(conversation, registry, Sampler())
+    # A control client may send JSON with half of a surrogate pair ("\ud800"): Python decodes it into
+    # the string, the tokenizer cannot take it. It once stayed in the history and failed every later turn.
+    for text in ["hello \ud800 there", "hello", "how are you?"]:
+        assert "error" not in [kind for kind, _ in events(manager, text)], text
+    assert conversation.messages[0]["content"] == "hello ? there"
+    before = list(conversation.messages)
+    with pytest.raises(TypeError):  # `assistant chat` asks the conversation directly
+        list(conversation.reply("hello \ud800 there"))
+    assert conversation.messages == before

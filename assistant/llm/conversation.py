@@ -139,7 +139,7 @@ class Conversation:
         self.messages.append(message)
         try:
             prompt = self.prompt_ids()
-        except ModelError:
+        except Exception:  # too long, or text the tokenizer refuses: the history stays as it was
             self.messages.pop()
             raise
         stream = StreamDecoder(self.engine.tokenizer)
