@@ -19,7 +19,7 @@ from typing import Any
 
 from assistant.llm.conversation import Conversation, TooLong, tool_response_message
 from assistant.llm.sampling import Sampler
-from assistant.skills.constraint import OPEN, ToolCallConstraint, parse_tool_calls, visible_text
+from assistant.skills.constraint import OPEN, ToolCallConstraint, parse_tool_calls, reply_parts, visible_text
 from assistant.skills.intents import IntentMatcher, reply_language
 from assistant.skills.prompt import call_message
 from assistant.skills.registry import Registry
@@ -197,6 +197,9 @@ class TurnManager:
                 return
             _, calls = ([], []) if self._tags_are_text() else parse_tool_calls(reply)
             said = reply if self._tags_are_text() else visible_text(reply, finished=True)
+            if calls and "error" in calls[-1] and reply_parts(reply)[-1][1] == "call":
+                limit = self.conversation.max_new_tokens
+                log.warning("the reply ended inside a tool call, at llm.max_new_tokens (%d) or a full context", limit)
             if calls and not self.conversation.tools:
                 # Its prompt offers nothing to call, so no call is run (nor constrained, nor read out);
                 # the person hears that it cannot be done rather than an apology for a fault.

@@ -151,3 +151,15 @@ def test_text_that_is_not_unicode_through_and_through_neither_fails_its_turn_nor
     with pytest.raises(TypeError):  # `assistant chat` asks the conversation directly
         list(conversation.reply("hello \ud800 there"))
     assert conversation.messages == before
+
+
+def test_a_reply_cut_short_inside_a_call_says_why_in_the_log(tiny_int8: Path, caplog: pytest.LogCaptureFixture) -> None:
+    registry = Registry()
+    registry.add_function(set_timer, "test")
+    engine = Engine(tiny_int8, kv_cache_len=2048)
+    conversation = Conversation(engine, "You are a test.", 24, registry.tools())
+    manager = TurnManager(conversation, registry, Sampler(), intents=False)
+    # The label is free text: a model can write it on until llm.max_new_tokens ends the reply.
+    scripted(engine, '<tool_call>\n{"name": "set_timer", "arguments": {"minutes": 5, "label": "tea tea tea tea')
+    assert events(manager, "a timer for the tea")[-1][0] == "error"
+    assert "ended inside a tool call" in caplog.text and "llm.max_new_tokens (24)" in caplog.text
