@@ -14,12 +14,12 @@ import threading
 import time
 import unicodedata
 from collections.abc import Hashable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from assistant.llm.conversation import Conversation, TooLong, tool_response_message
 from assistant.llm.sampling import Sampler
-from assistant.skills.constraint import OPEN, ToolCallConstraint, parse_tool_calls, visible_text
+from assistant.skills.constraint import OPEN, ToolCallConstraint, parse_tool_calls, reply_parts, visible_text
 from assistant.skills.intents import IntentMatcher, reply_language
 from assistant.skills.prompt import call_message
 from assistant.skills.registry import Registry
@@ -38,6 +38,7 @@ RESULTS_TOO_LONG = {
 }
 WONT = {"en": "Okay, I won't.", "zh": "好的，不执行了。"}
 NO_ANSWER = {"en": "Sorry, I have no answer to that.", "zh": "抱歉，这个我回答不了。"}  # not silence after a question
+CANT = {"en": "Sorry, I can't do that.", "zh": "抱歉，这个我做不了。"}  # a call with no tool in the prompt
 # Answers to "Do you really want me to ...?". Anything else drops the question and is a new request.
 YES_WORDS = {"yes", "yeah", "yep", "sure", "ok", "okay", "confirm", "confirmed", "do", "go", "absolutely"}
 YES_FILLERS = {"please", "it", "ahead", "that", "thanks", "thank", "you"}  # "yes please", "go ahead", "do it"
@@ -54,6 +55,7 @@ class TurnEvent:
     kind: str  # "text" (to speak), "tool_call", "skill_result", "confirm", "error"
     text: str = ""
     data: Any = None
+    continues: bool = False  # a piece of the model's reply after its first: joined to the text before as it is
 
 
 class TurnManager:
@@ -95,6 +97,8 @@ class TurnManager:
         # The engine keeps what prompts share (the system prompt), so another asker's turn only
         # prefills that asker's own exchanges.
         self.conversation.messages = self.histories.setdefault(asker, [])
+        # Half a surrogate pair (JSON may escape one) is no character: the tokenizer refuses it.
+        text = text.encode("utf-8", "replace").decode("utf-8")
         self.registry.context.language = reply_language(text)
         before = [m["content"] for m in self.conversation.messages if m["role"] == "user"][-1:]
         self.registry.context.heard = (*before, text)  # "turn it off" names what the turn before did
@@ -106,6 +110,8 @@ class TurnManager:
                 if event.kind in SPOKEN:
                     if not event.text.strip():
                         continue  # a skill that has nothing to say (stop)
+                    if spoken and not event.continues:
+                        event = replace(event, text=apart(spoken[-1], event.text))
                     spoken.append(event.text)
                 yield event
         except TooLong as e:
@@ -120,6 +126,9 @@ class TurnManager:
             self.last_replies[asker] = "".join(spoken).strip()
 
     def _turn(self, text: str, cancel: threading.Event | None) -> Iterator[TurnEvent]:
+        # Refused before anything else: no reply could follow it, and matching the sentence templates
+        # takes time that grows with the square of its length (a minute for a long `say` request).
+        self.conversation.check_fits(text)
         call, lapses = self.pending.pop(self.asker, (None, 0.0))
         if call is not None and time.monotonic() < lapses:
             answer = confirmation(text)
@@ -171,6 +180,10 @@ class TurnManager:
     def _passes(self, message: dict, cancel: threading.Event | None, request: bool = True) -> Iterator[TurnEvent]:
         """The model's replies to `message` (the person's `request`, or skill results), with the calls they make."""
         for generation in range(MAX_PASSES):
+            if cancel is not None and cancel.is_set() and (generation or not request):
+                # Stopped while the skills ran: no reply is started to read their results out.
+                self._said_instead_of_calls("")
+                return
             try:
                 reply = yield from self._generate(message, cancel)
             except TooLong as e:
@@ -186,21 +199,37 @@ class TurnManager:
                 return
             _, calls = ([], []) if self._tags_are_text() else parse_tool_calls(reply)
             said = reply if self._tags_are_text() else visible_text(reply, finished=True)
-            if generation == 0 and not calls and not said.strip():  # the model ended its reply at once
+            if calls and "error" in calls[-1] and reply_parts(reply)[-1][1] == "call":
+                limit = self.conversation.max_new_tokens
+                log.warning("the reply ended inside a tool call, at llm.max_new_tokens (%d) or a full context", limit)
+            if calls and not self.conversation.tools:
+                # Its prompt offers nothing to call, so no call is run (nor constrained, nor read out);
+                # the person hears that it cannot be done rather than an apology for a fault.
+                log.warning("the model wrote %d tool calls, but its prompt lists no tool: not run", len(calls))
+                self._said_instead_of_calls(self._say(CANT))
+                yield TurnEvent("text", self._say(CANT))
+                return
+            if not calls and not said.strip():  # nothing at all, or nothing about the results it was given
                 log.info("the model gave no answer")
+                self._said_instead_of_calls(self._say(NO_ANSWER))
                 yield TurnEvent("text", self._say(NO_ANSWER))
                 return
-            results, spoken = [], []
+            responses, spoken, data = [], [], False
             for call in calls:
+                results, words = [], []
                 for event in self._run_call(call):
                     yield event
                     results += data_of(call, event)
-                    spoken += [event.text] if event.kind in SPOKEN else []
-            if not results:
+                    words += [event.text] if event.kind in SPOKEN and event.text.strip() else []
+                # Each call gets its response: its data, or the words it said (done and told, not to repeat).
+                responses += results or [{"name": call.get("name"), "said": " ".join(words)}]
+                spoken += words
+                data = data or bool(results)
+            if not data:
                 if calls:
                     self._said_instead_of_calls(" ".join(spoken))
                 return
-            message = tool_response_message(results, self.conversation.template.wraps_tool_responses)
+            message = tool_response_message(responses, self.conversation.template.wraps_tool_responses)
         log.warning("the model was still calling skills after %d passes; their last results are not read", MAX_PASSES)
         self._said_instead_of_calls(" ".join(spoken))
 
@@ -213,11 +242,11 @@ class TurnManager:
             reply += piece
             visible = self._visible(reply)
             if visible[spoken:].strip():
-                yield TurnEvent("text", visible[spoken:])
+                yield TurnEvent("text", visible[spoken:], continues=spoken > 0)
                 spoken = len(visible)
         visible = self._visible(reply, finished=True)
         if visible[spoken:].strip():
-            yield TurnEvent("text", visible[spoken:])
+            yield TurnEvent("text", visible[spoken:], continues=spoken > 0)
         return reply
 
     def _said_instead_of_calls(self, spoken: str) -> None:
@@ -274,6 +303,14 @@ def data_of(call: dict, event: TurnEvent) -> list[dict]:
     if event.kind == "skill_result" and event.data is not None and not isinstance(event.data, str):
         return [{"name": call["name"], "content": event.data}]
     return []
+
+
+def apart(before: str, text: str) -> str:
+    """`text` to follow `before` as words of their own: after a space, unless there is one already or
+    `before` ends in Chinese (or another script written without spaces)."""
+    if before[-1:].isspace() or text[:1].isspace() or unicodedata.east_asian_width(before[-1]) in "WF":
+        return text
+    return " " + text
 
 
 def asks(text: str) -> bool:

@@ -459,3 +459,14 @@ def test_a_reply_that_spells_the_call_tag_stays_words_in_the_next_prompt(tiny_fl
     assert "".join(chat.reply("how is a call written?", GREEDY, allowed=force)) == words
     chat.messages.append({"role": "user", "content": "thanks"})
     assert tag not in chat.prompt_ids()  # what the model wrote as words is not turned into the tag
+
+
+def test_a_stop_during_the_prefill_is_not_left_waiting_for_it(tiny_float: Path) -> None:
+    engine = Engine(tiny_float, kv_cache_len=1024, prefill_chunk=16)
+    ids = prompt(9, n=600)
+    cancel = threading.Event()
+    cancel.set()  # a barge-in while the prompt (a trimmed history: hundreds of tokens) is prefilled
+    assert list(engine.generate(ids, GREEDY, 10, cancel)) == []
+    assert engine.pos == 0  # on the board a prefill past its shape groups runs a whole step per token
+    fresh = Engine(tiny_float, kv_cache_len=1024)
+    assert list(engine.generate(ids, GREEDY, 3)) == list(fresh.generate(ids, GREEDY, 3))  # the next one is whole

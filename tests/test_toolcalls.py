@@ -435,14 +435,16 @@ def test_a_closing_tag_inside_an_argument_is_part_of_the_call() -> None:
     assert markup == ["<tool_call>", "</tool_call>"]  # the tag in the argument stays the user's text
 
 
-def scripted(engine: Engine, text: str, spelled: bool = False) -> None:
-    """Make the model say `text` (the tiny random model cannot be asked to), token by token through the
-    engine's real prefill and its `allowed` hook, which must allow every token. `spelled`: the tags
-    in it as ordinary tokens, not as the tag tokens."""
+def scripted(engine: Engine, *texts: str, spelled: bool = False) -> None:
+    """Make the model say `texts`, one a reply and the last one from then on (the tiny random model
+    cannot be asked to), token by token through the engine's real prefill and its `allowed` hook,
+    which must allow every token. `spelled`: the tags in them as ordinary tokens, not as the tag tokens."""
     tokenizer = plain_tokenizer(engine.tokenizer) if spelled else engine.tokenizer
+    replies = list(texts)
 
     def generate(prompt, sampler, max_new_tokens, cancel=None, allowed=None):
         engine.prefill(prompt)
+        text = replies.pop(0) if len(replies) > 1 else replies[0]
         ids = tokenizer.encode(text, add_special_tokens=False).ids
         for i, token in enumerate(ids):
             mask = allowed(ids[:i]) if allowed else None
@@ -489,7 +491,7 @@ def test_a_call_whose_skill_only_speaks_leaves_what_it_said_in_the_history(tiny_
     manager = TurnManager(conversation, registry, Sampler(), intents=False)
     scripted(engine, 'Sure.<tool_call>\n{"name": "set_timer", "arguments": {"minutes": 5}}\n</tool_call>')
     seen = events(manager, "count down five minutes")
-    assert "".join(text for kind, text in seen if kind == "text") == "Sure.Timer set for 5 minutes."  # no tag said
+    assert "".join(text for kind, text in seen if kind == "text") == "Sure. Timer set for 5 minutes."  # no tag; apart
     # Nothing went back to the model: the call is not left in the history without a response.
     assert conversation.messages[-1] == {"role": "assistant", "content": "Sure. Timer set for 5 minutes."}
     scripted(engine, '<tool_call>\n{"name": "unlock_door", "arguments": {}}\n</tool_call>')

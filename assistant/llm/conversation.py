@@ -24,6 +24,9 @@ from assistant.skills.prompt import example_exchange, prompt_messages
 
 log = logging.getLogger(__name__)
 
+# Skill results go back to the model in this tag. A small model may go on to write one itself (SmolLM2
+# copies the data it was given): the reply ends there, as at a special token.
+RESPONSE = "<tool_response>"
 PROGRESS_SECONDS = 2.0  # at most one progress line this often while the system prompt is prefilled
 
 
@@ -84,6 +87,12 @@ class Conversation:
     def reset(self) -> None:
         self.messages.clear()
 
+    def check_fits(self, text: str) -> None:
+        """TooLong if the person's `text` would not fit even with every older turn dropped."""
+        ids = self._encode([{"role": "user", "content": text}])
+        if len(ids) + self.reserve > self.engine.kv_len:
+            raise TooLong(f"the message is too long: {len(ids)} tokens for kv_cache_len {self.engine.kv_len}")
+
     def prompt_ids(self) -> list[int]:
         """The prompt for the next reply, without the oldest turns it needs to drop to fit.
 
@@ -130,25 +139,42 @@ class Conversation:
         self.messages.append(message)
         try:
             prompt = self.prompt_ids()
-        except ModelError:
+        except Exception:  # too long, or text the tokenizer refuses: the history stays as it was
             self.messages.pop()
             raise
         stream = StreamDecoder(self.engine.tokenizer)
         pieces: list[str] = []
+        held = ""  # text that may be the start of RESPONSE: given out once the next piece shows it is not
         tag = self.engine.tokenizer.token_to_id(OPEN)  # None: the tag is only ever text (Qwen2)
         used_tag = False
+        tokens = self.engine.generate(prompt, sampler, self.max_new_tokens, cancel, allowed)
         try:
-            for token in self.engine.generate(prompt, sampler, self.max_new_tokens, cancel, allowed):
+            for token in tokens:
                 used_tag = used_tag or token == tag
-                if piece := stream.push(token):
+                piece, held, ended = until(held + stream.push(token), RESPONSE)
+                if piece:
                     pieces.append(piece)
                     yield piece
-            if tail := stream.flush():
+                if ended:  # the model goes on to write the tool's answer itself: its own reply is over
+                    return
+            if tail := (held + stream.flush()).split(RESPONSE)[0]:  # the reply ended: nothing more to wait for
                 pieces.append(tail)
                 yield tail
         finally:  # a cancelled reply is kept as far as it was spoken
+            tokens.close()
             # Where the tag is a token, a reply that never used it only wrote the tags as words.
             self.messages.append(assistant_message("".join(pieces), markup=tag is None or used_tag))
+
+
+def until(text: str, stop: str) -> tuple[str, str, bool]:
+    """`text` up to `stop`, as it streams: (what can be given out, the end of it that may be the
+    start of `stop` and is held back, whether `stop` was found)."""
+    if (found := text.find(stop)) >= 0:
+        return text[:found], "", True
+    for k in range(min(len(stop), len(text) + 1) - 1, 0, -1):
+        if text.endswith(stop[:k]):
+            return text[:-k], text[-k:], False
+    return text, "", False
 
 
 def assistant_message(reply: str, markup: bool = True) -> dict:
@@ -170,7 +196,7 @@ def tool_response_message(results: list, template_wraps: bool) -> dict:
         return {"role": "tool", "content": "\n".join(bodies)}
     parts: Parts = []
     for i, body in enumerate(bodies):
-        parts += [("\n" * (i > 0) + "<tool_response>\n", True), (body, False), ("\n</tool_response>", True)]
+        parts += [("\n" * (i > 0) + RESPONSE + "\n", True), (body, False), ("\n</tool_response>", True)]
     return {"role": "user", "content": "".join(text for text, _ in parts), "parts": parts}
 
 

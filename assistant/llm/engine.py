@@ -165,10 +165,16 @@ class Engine:
         self.tokens.extend(ids[:n])
         return hidden[:, :n]
 
-    def extend(self, ids: list[int], progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+    def extend(
+        self,
+        ids: list[int],
+        progress: Callable[[int, int], None] | None = None,
+        cancel: threading.Event | None = None,
+    ) -> np.ndarray | None:
         """Append `ids` to the context in the largest pieces the graphs take; return the last token's state.
 
-        `progress(done, total)` is called after each piece.
+        `progress(done, total)` is called after each piece. Once `cancel` is set no further piece
+        runs and None is returned; the pieces that ran stay in the cache.
         """
         if not ids:
             raise ValueError("nothing to extend the context with")
@@ -176,6 +182,8 @@ class Engine:
             raise ModelError(f"context full: {self.pos} + {len(ids)} tokens exceed kv_cache_len {self.kv_len}")
         start = 0
         while start < len(ids):
+            if cancel is not None and cancel.is_set():
+                return None
             shape = self._shape(len(ids) - start)
             hidden = self._run(ids[start : start + shape.count], shape)
             start += shape.count
@@ -183,9 +191,12 @@ class Engine:
                 progress(start, len(ids))
         return np.ascontiguousarray(hidden[:, -1:])
 
-    def forward(self, ids: list[int]) -> np.ndarray:
-        """Append `ids` to the context; return the logits [vocab] that follow the last one."""
-        logits = self.sessions.post.run({"input": self.extend(ids)})[0]  # (1, 1, vocab)
+    def forward(self, ids: list[int], cancel: threading.Event | None = None) -> np.ndarray | None:
+        """Append `ids` to the context; return the logits [vocab] that follow the last one (None: cancelled)."""
+        hidden = self.extend(ids, cancel=cancel)
+        if hidden is None:
+            return None
+        logits = self.sessions.post.run({"input": hidden})[0]  # (1, 1, vocab)
         return logits[0, -1].astype(np.float32, copy=False)
 
     # -- context management ---------------------------------------------------------------------
@@ -203,8 +214,9 @@ class Engine:
         n = len(ids)
         self.prompt_cache = PromptCache(list(ids), self.k_cache[:, 0, :n].copy(), self.v_cache[:, 0, :n].copy())
 
-    def prefill(self, ids: list[int]) -> np.ndarray:
-        """Make the context exactly `ids`, computing only what is not cached; return the next logits."""
+    def prefill(self, ids: list[int], cancel: threading.Event | None = None) -> np.ndarray | None:
+        """Make the context exactly `ids`, computing only what is not cached; return the next logits
+        (None once `cancel` is set: the context is then a part of `ids`)."""
         if not ids:
             raise ValueError("empty prompt")
         if len(ids) > self.kv_len:
@@ -218,7 +230,7 @@ class Engine:
             self.tokens[:] = cache.tokens
             self.mask_row[:keep] = 0
         self.truncate(keep)
-        return self.forward(ids[keep:])
+        return self.forward(ids[keep:], cancel)
 
     # -- generation -----------------------------------------------------------------------------
 
@@ -233,9 +245,11 @@ class Engine:
         """Yield new tokens until a stop id (`stop_tokens`), max_new_tokens, a full cache or `cancel` is set."""
         start = time.perf_counter()
         cached = _common_prefix(self.tokens, prompt)
-        logits = self.prefill(prompt)
+        logits = self.prefill(prompt, cancel)  # a long prompt is seconds of work: a stop ends it too
         now = time.perf_counter()
         self.stats = stats = GenerationStats(len(prompt), len(prompt) - cached, now - start)
+        if logits is None:
+            return
         generated: list[int] = []
         # An `allowed` hook may also name the tokens that must come next (a grammar's forced span):
         # they run together with the sampled token in one forward pass, with one lm_head after them.
