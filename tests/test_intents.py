@@ -403,3 +403,17 @@ def test_device_areas_and_aliases_are_checked_in_the_config(tmp_path: Path) -> N
     config.write_text("mqtt:\n  devices:\n    - {name: lamp, type: light, topic: t, aliases: light}\n")
     with pytest.raises(ConfigError, match=r"config.yaml:2: mqtt.devices: must be mappings with a name"):
         load_settings(config, {})
+
+
+def test_text_longer_than_any_command_is_not_matched_and_costs_nothing() -> None:
+    """Matching time grows faster than the text: 2,400 characters took 3.5 s, holding every asker's turn."""
+    from assistant.skills.intents import LONGEST_COMMAND
+    from assistant.skills.registry import load_registry
+
+    matcher = IntentMatcher(load_registry(Settings(), []).skills, [])
+    note = "take a note that " + "buy milk " * 50  # a 450-character note is still a command
+    assert matcher.match(note).skill == "add_item"
+    start = time.perf_counter()
+    assert matcher.match("请帮我记一下" + "我明天要去买菜然后做饭" * 300) is None
+    assert matcher.match("what time is it " * (LONGEST_COMMAND // 10)) is None  # a command repeated is not one
+    assert time.perf_counter() - start < 0.05
