@@ -470,3 +470,15 @@ def test_a_stop_during_the_prefill_is_not_left_waiting_for_it(tiny_float: Path) 
     assert engine.pos == 0  # on the board a prefill past its shape groups runs a whole step per token
     fresh = Engine(tiny_float, kv_cache_len=1024)
     assert list(engine.generate(ids, GREEDY, 3)) == list(fresh.generate(ids, GREEDY, 3))  # the next one is whole
+
+
+def test_the_engine_imports_nothing_of_the_build_or_the_skills() -> None:
+    """The board has no torch or transformers, and its memory is counted: the engine's process stays small."""
+    import subprocess
+    import sys
+
+    code = "import sys; from assistant.llm.engine import Engine; print(' '.join(sorted(sys.modules)))"
+    loaded = set(
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    )
+    assert not loaded & {"torch", "transformers", "onnx", "jsonschema", "llguidance", "hassil", "paho"}
