@@ -1047,3 +1047,46 @@ def test_a_stop_ends_the_daemon_although_a_skills_pool_thread_is_stuck(setup) ->
     assert daemon.stop() == 0
     assert time.monotonic() - start < 8  # systemd's TimeoutStopSec is 10
     assert "exiting now" in daemon.log_text()
+
+
+OFFLINE_RUN = """
+import socket, sys
+
+def audit(event, args):
+    # Any address that is not a file path (a Unix socket's) is the network: a host name looked up, or an
+    # IP address connected or sent to.
+    if event in ("socket.getaddrinfo", "socket.gethostbyname") or (
+        event in ("socket.connect", "socket.sendto", "socket.bind") and not isinstance(args[1], (str, bytes))
+    ):
+        with open(sys.argv[1], "a") as out:
+            out.write(f"{event} {args[1:]!r}\\n")
+
+sys.addaudithook(audit)
+from assistant.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def test_nothing_leaves_the_device(setup) -> None:
+    """Loading, answering locally and with the model, a timer, a reload and a stop: no host is looked up and no
+    network address is connected or sent to (the control socket and systemd's are files)."""
+    config, control, notify = setup
+    network = config.parent / "network.log"
+    env = clean_env() | {"NOTIFY_SOCKET": str(notify.path)}
+    command = [sys.executable, "-c", OFFLINE_RUN, str(network), "run", "--config", str(config), "--text-only"]
+    with open(config.parent / "daemon.log", "wb") as log:
+        process = subprocess.Popen(command, env=env, stdout=log, stderr=log)
+    try:
+        notify.wait_for("READY=1", process=process)
+        assert spoken(turn(control, "what time is it")).startswith("It is ")
+        assert spoken(turn(control, "set a timer for 10 minutes")) == "Timer set for 10 minutes."
+        assert spoken(turn(control, "tell me about the sea"))  # the model's words
+        process.send_signal(signal.SIGHUP)
+        notify.wait_for("RELOADING=1", process=process)
+        notify.wait_for("READY=1", process=process)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+    finally:
+        process.kill()
+        process.wait()
+    assert not network.exists(), network.read_text()
