@@ -510,7 +510,8 @@ def test_calls_validate_time_out_and_survive_errors() -> None:
     assert registry.call("slow", {"seconds": 3.0}).error == "slow took longer than 0.3 seconds"
     assert time.monotonic() - start < 1.5
     assert registry.call("fails", {"x": 2}).error == "fails failed: bad value 2"
-    assert "invalid arguments for slow" in registry.call("slow", {"seconds": 99}).error
+    assert registry.call("slow", {"seconds": 99}).text == "Sorry, the number can be from 0 to 10."  # not run
+    assert "invalid arguments for slow" in registry.call("slow", {"seconds": "long"}).error
     assert "invalid arguments" in registry.call("data", {"n": 1, "extra": 2}).error
     assert registry.call("missing", {}).error == "there is no skill called missing"
     assert registry.call("data", {"n": 4}).data == {"square": 16}  # and the registry still works
