@@ -441,7 +441,9 @@ class Daemon:
             else:
                 self._queue(TurnRequest(request.id, text, request.client), reply)
         else:
-            reply("error", message=f"unknown request type {request.type!r}")
+            # Named, not echoed whole: a type may be 64 KiB, and a client that never reads holds its answers.
+            shown = repr(request.type) if len(repr(request.type)) <= 40 else f"{repr(request.type)[:37]}..."
+            reply("error", message=f"unknown request type {shown}; the types are say, status and cancel")
 
     def _queue(self, request: TurnRequest, reply) -> None:
         with self.requests_lock:
