@@ -37,6 +37,8 @@ class ModelShape:
     tie_word_embeddings: bool
     attention_bias: bool
     max_position_embeddings: int
+    mlp_bias: bool = False
+    o_proj_bias: bool = False
 
     @property
     def kv_dim(self) -> int:
@@ -93,9 +95,12 @@ def read_shape(model_dir: Path) -> ModelShape:
         rope_theta=positive("rope_theta", theta),
         rms_norm_eps=positive("rms_norm_eps", cfg["rms_norm_eps"]),
         tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
-        # Qwen2 always has q/k/v biases; Llama has them only when attention_bias says so.
+        # Qwen2 always has q/k/v biases; Llama has them only when attention_bias says so, and then
+        # on o_proj too, and on the MLP's three projections when mlp_bias says so.
         attention_bias=model_type == "qwen2" or bool(cfg.get("attention_bias", False)),
         max_position_embeddings=whole("max_position_embeddings", 32768),
+        mlp_bias=model_type == "llama" and bool(cfg.get("mlp_bias", False)),
+        o_proj_bias=model_type == "llama" and bool(cfg.get("attention_bias", False)),
     )
 
 
@@ -153,10 +158,16 @@ class Checkpoint:
                 p + "mlp.gate_proj.weight": [inner, h], p + "mlp.up_proj.weight": [inner, h],
                 p + "mlp.down_proj.weight": [h, inner],
             }  # fmt: skip
-            if shape.attention_bias:  # present or not, as the exporter reads them
-                for name, size in (("q", q), ("k", kv), ("v", kv)):
-                    if p + f"self_attn.{name}_proj.bias" in self:
-                        expected[p + f"self_attn.{name}_proj.bias"] = [size]
+            biases = {}
+            if shape.attention_bias:
+                biases |= {"self_attn.q_proj.bias": q, "self_attn.k_proj.bias": kv, "self_attn.v_proj.bias": kv}
+            if shape.o_proj_bias:
+                biases["self_attn.o_proj.bias"] = h
+            if shape.mlp_bias:
+                biases |= {"mlp.gate_proj.bias": inner, "mlp.up_proj.bias": inner, "mlp.down_proj.bias": h}
+            for name, size in biases.items():  # present or not, as the exporter reads them
+                if p + name in self:
+                    expected[p + name] = [size]
         for name, dims in expected.items():
             actual = self.shape(name)
             if actual is None and name.removesuffix("weight") + "qweight" in self:

@@ -195,7 +195,12 @@ def layer_graph(ck: Checkpoint, shape: ModelShape, i: int, weights: str):
     heads, kv_heads, head_dim = shape.num_heads, shape.num_kv_heads, shape.head_dim
 
     def bias(name: str) -> np.ndarray | None:
-        return ck.f32(p + name) if shape.attention_bias and p + name in ck else None
+        """The bias the config gives this projection (a Llama's o_proj and MLP have them too)."""
+        if name.startswith("mlp."):
+            wanted = shape.mlp_bias
+        else:
+            wanted = shape.o_proj_bias if name.startswith("self_attn.o_proj") else shape.attention_bias
+        return ck.f32(p + name) if wanted and p + name in ck else None
 
     # Rotary angles from the absolute positions, in float32 like transformers.
     inv_freq = 1.0 / (shape.rope_theta ** (np.arange(0, head_dim, 2, dtype=np.int64).astype(np.float32) / head_dim))
@@ -222,12 +227,18 @@ def layer_graph(ck: Checkpoint, shape: ModelShape, i: int, weights: str):
     keys = g.op("Concat", "K_cache", "K_cache_out", axis=1)
     values = g.op("Concat", "V_cache", "V_cache_out", axis=1)
     attn = g.op("Attention", q, keys, values, "mask", q_num_heads=heads, kv_num_heads=kv_heads, scale=1.0)
-    h = g.op("Add", x, g.linear(attn, ck.f32(p + "self_attn.o_proj.weight"), bits=bits))
+    h = g.op("Add", x, g.linear(attn, ck.f32(p + "self_attn.o_proj.weight"), bias("self_attn.o_proj.bias"), bits))
 
     m = g.rms_norm(h, ck.f32(p + "post_attention_layernorm.weight"), shape.rms_norm_eps)
-    gate, up = g.linears(m, [ck.f32(p + "mlp.gate_proj.weight"), ck.f32(p + "mlp.up_proj.weight")], bits=bits)
+    gate, up = g.linears(
+        m,
+        [ck.f32(p + "mlp.gate_proj.weight"), ck.f32(p + "mlp.up_proj.weight")],
+        [bias("mlp.gate_proj.bias"), bias("mlp.up_proj.bias")],
+        bits=bits,
+    )
     act = g.op("Mul", g.op("Mul", gate, g.op("Sigmoid", gate)), up)  # SiLU(gate) * up; fused by onnxruntime
-    g.op("Add", h, g.linear(act, ck.f32(p + "mlp.down_proj.weight"), bits=bits), out="output")
+    down = g.linear(act, ck.f32(p + "mlp.down_proj.weight"), bias("mlp.down_proj.bias"), bits)
+    g.op("Add", h, down, out="output")
 
     f, u32 = TensorProto.FLOAT, TensorProto.UINT32
     inputs = [
