@@ -60,9 +60,17 @@ def read_shape(model_dir: Path) -> ModelShape:
     if model_type not in SUPPORTED_MODEL_TYPES:
         raise ModelError(f"{path}: model_type {model_type!r} is not supported (supported: qwen2, llama)")
     rope = cfg.get("rope_parameters") or {}
-    scaling = cfg.get("rope_scaling") or rope
-    if scaling.get("rope_type", scaling.get("type", "default")) != "default":
-        raise ModelError(f"{path}: rope scaling {scaling.get('rope_type')!r} is not supported")
+    # transformers 4.x spells scaling as rope_scaling, transformers 5 as rope_parameters' rope_type.
+    for key in ("rope_scaling", "rope_parameters"):
+        value = cfg.get(key) or {}
+        kind = value.get("rope_type", value.get("type", "default")) if isinstance(value, dict) else value
+        if kind != "default":
+            raise ModelError(
+                f"{path}: {key} of type {kind!r} is not supported (the exporter applies plain rotary embeddings); "
+                f"build from a config without it"
+            )
+    if cfg.get("hidden_act", "silu") not in ("silu", "swish"):  # the exporter's MLP is SiLU(gate) * up
+        raise ModelError(f"{path}: hidden_act {cfg['hidden_act']!r} is not supported (only silu)")
     theta = cfg.get("rope_theta", rope.get("rope_theta"))
     if theta is None:
         raise ModelError(f"{path}: no rope_theta (neither at top level nor in rope_parameters)")
@@ -81,6 +89,12 @@ def read_shape(model_dir: Path) -> ModelShape:
         return float(value)
 
     heads, hidden = whole("num_attention_heads"), whole("hidden_size")
+    max_positions = whole("max_position_embeddings", 32768)
+    if (window := _sliding_window(cfg, whole("num_hidden_layers"))) and window < max_positions:
+        raise ModelError(
+            f"{path}: use_sliding_window with sliding_window {window} is not supported (the exporter attends to "
+            f"the whole context; a window of at least max_position_embeddings, {max_positions}, would be)"
+        )
     if "rms_norm_eps" not in cfg:
         raise ModelError(f"{path}: no rms_norm_eps; a {model_type} config.json gives it")
     return ModelShape(
@@ -98,10 +112,24 @@ def read_shape(model_dir: Path) -> ModelShape:
         # Qwen2 always has q/k/v biases; Llama has them only when attention_bias says so, and then
         # on o_proj too, and on the MLP's three projections when mlp_bias says so.
         attention_bias=model_type == "qwen2" or bool(cfg.get("attention_bias", False)),
-        max_position_embeddings=whole("max_position_embeddings", 32768),
+        max_position_embeddings=max_positions,
         mlp_bias=model_type == "llama" and bool(cfg.get("mlp_bias", False)),
         o_proj_bias=model_type == "llama" and bool(cfg.get("attention_bias", False)),
     )
+
+
+def _sliding_window(cfg: dict, num_layers: int) -> int | None:
+    """The attention window of a Qwen2 config's sliding layers, as transformers applies it (None: no layer has one).
+
+    transformers limits layers to the last `sliding_window` tokens only with use_sliding_window,
+    and then only the layers that `layer_types` (or, without it, max_window_layers) marks sliding.
+    """
+    window = cfg.get("sliding_window")
+    if not cfg.get("use_sliding_window") or not isinstance(window, int):
+        return None
+    first = cfg.get("max_window_layers", num_layers)
+    kinds = cfg.get("layer_types") or ["sliding_attention" if i >= first else "full" for i in range(num_layers)]
+    return window if "sliding_attention" in kinds else None
 
 
 class Checkpoint:
@@ -147,7 +175,7 @@ class Checkpoint:
         """
         h, q, kv, inner = shape.hidden_size, shape.num_heads * shape.head_dim, shape.kv_dim, shape.intermediate_size
         expected = {"model.embed_tokens.weight": [shape.vocab_size, h], "model.norm.weight": [h]}
-        if "lm_head.weight" in self and not shape.tie_word_embeddings:
+        if not shape.tie_word_embeddings:  # transformers would make up an lm_head missing from an untied model
             expected["lm_head.weight"] = [shape.vocab_size, h]
         for i in range(shape.num_layers):
             p = f"model.layers.{i}."
@@ -174,6 +202,10 @@ class Checkpoint:
                 raise ModelError(
                     f"{config.parent}: a quantized checkpoint ({name.removesuffix('weight')}qweight); setup reads "
                     "float or bf16 weights: build from the model it was quantized from"
+                )
+            if actual is None and name == "lm_head.weight":
+                raise ModelError(
+                    f"{config}: tie_word_embeddings is false, but the checkpoint has no lm_head.weight; {MISMATCH}"
                 )
             if actual is None:
                 raise ModelError(f"{config}: describes tensor {name}, which the checkpoint lacks; {MISMATCH}")

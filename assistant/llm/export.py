@@ -271,7 +271,7 @@ def post_graph(ck: Checkpoint, shape: ModelShape, weights: str):
     rounding there reorders close candidates (README: "Host backend").
     """
     g = Graph(weights, _levels(weights))
-    head = "model.embed_tokens.weight" if shape.tie_word_embeddings or "lm_head.weight" not in ck else "lm_head.weight"
+    head = "model.embed_tokens.weight" if shape.tie_word_embeddings else "lm_head.weight"
     h = g.rms_norm("input", ck.f32("model.norm.weight"), shape.rms_norm_eps)
     g.op("Identity", g.linear(h, ck.f32(head)), out="output")  # the logits, named as Pulsar2's post model names them
     inputs = [_tensor("input", TensorProto.FLOAT, [1, "T", shape.hidden_size])]
