@@ -178,6 +178,40 @@ def test_setup_keeps_every_eos_id_and_extra_added_tokens(tokenizer_dir: Path, tm
     assert cosine >= 0.99 and agree >= 0.8 * STEPS
 
 
+def declare(tokens: Path, names: list[str], first_id: int, special: bool = True) -> None:
+    """Declare tokens in tokenizer_config.json's added_tokens_decoder only, from `first_id` on."""
+    config = json.loads((tokens / "tokenizer_config.json").read_text())
+    for i, name in enumerate(names):
+        config["added_tokens_decoder"][str(first_id + i)] = {
+            "content": name, "lstrip": False, "normalized": False, "rstrip": False, "single_word": False,
+            "special": special,
+        }  # fmt: skip
+    (tokens / "tokenizer_config.json").write_text(json.dumps(config))
+
+
+def test_tokens_only_tokenizer_config_declares_are_one_token_each(tokenizer_dir: Path, tmp_path: Path) -> None:
+    """transformers adds the added_tokens_decoder entries tokenizer.json lacks; so does setup."""
+    from tokenizers import Tokenizer
+    from transformers import AutoTokenizer
+
+    tokens = tmp_path / "tokens"
+    shutil.copytree(tokenizer_dir, tokens)
+    size = Tokenizer.from_file(str(tokens / "tokenizer.json")).get_vocab_size(with_added_tokens=True)
+    declare(tokens, ["<|extra_0|>", "<|extra_1|>"], size)
+    declare(tokens, ["<think>"], size + 2, special=False)
+    hf = make_variant(tmp_path / "hf", tokens, vocab_size=size + 8)
+    engine = Engine(build(hf, tmp_path / "models"))
+    text = "turn on<|extra_1|> the light <think>in the kitchen<|extra_0|>"
+    ids = engine.tokenizer.encode(text, add_special_tokens=False).ids
+    assert ids == AutoTokenizer.from_pretrained(hf)(text, add_special_tokens=False).input_ids
+    assert {size, size + 1, size + 2} <= set(ids)
+
+    declare(tokens, ["<|far|>"], size + 5)  # transformers could not give it that id either
+    hf = make_variant(tmp_path / "far", tokens, vocab_size=size + 8)
+    with pytest.raises(ModelError, match=r"added token '<\|far\|>' has id \d+, which is not in tokenizer.json"):
+        build(hf, tmp_path / "models")
+
+
 YARN = {"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32768}  # as Qwen2.5's README adds it
 LLAMA3 = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0}
 REFUSED = {

@@ -310,15 +310,50 @@ def copy_tokenizer(hf_dir: Path, out_dir: Path) -> None:
             raise ModelError(f"{hf_dir / file}: missing; the model folder needs its tokenizer")
         shutil.copyfile(hf_dir / file, out_dir / file)
     try:  # a file cut short would otherwise be found only by the engine, at its first load
-        Tokenizer.from_file(str(out_dir / "tokenizer.json"))
+        tokenizer = Tokenizer.from_file(str(out_dir / "tokenizer.json"))
     except Exception as e:  # tokenizers raises a bare Exception
         problem = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise ModelError(
             f"{hf_dir / 'tokenizer.json'}: not a tokenizer ({problem}); copy or download it again"
         ) from None
+    if _add_declared_tokens(tokenizer, hf_dir / "tokenizer_config.json"):
+        tokenizer.save(str(out_dir / "tokenizer.json"))
     if (hf_dir / CHAT_TEMPLATE_FILE).is_file():
         shutil.copyfile(hf_dir / CHAT_TEMPLATE_FILE, out_dir / CHAT_TEMPLATE_FILE)
     ChatTemplate(out_dir)  # a model without a chat template fails setup, not the first chat
+
+
+def _add_declared_tokens(tokenizer, config: Path) -> bool:
+    """Add the tokens tokenizer_config.json declares (added_tokens_decoder) that tokenizer.json lacks.
+
+    transformers adds them when it loads the tokenizer, so the model was trained to read them as one
+    token each; the engine reads tokenizer.json alone and would split them into pieces. Each takes
+    the next id, as in transformers, so a declared id elsewhere is refused. Returns whether any was added.
+    """
+    from tokenizers import AddedToken
+
+    try:
+        declared = json.loads(config.read_text()).get("added_tokens_decoder") or {}
+    except (ValueError, AttributeError):  # not a JSON object: the chat template's reading says so
+        return False
+    try:
+        missing = sorted(
+            ((int(i), info) for i, info in declared.items() if tokenizer.token_to_id(info["content"]) is None),
+            key=lambda pair: pair[0],
+        )
+    except (ValueError, TypeError, AttributeError, KeyError) as e:
+        raise ModelError(f"{config}: unreadable added_tokens_decoder ({e!r}); copy or download it again") from None
+    for token_id, info in missing:
+        if token_id != tokenizer.get_vocab_size(with_added_tokens=True):
+            raise ModelError(
+                f"{config}: added token {info['content']!r} has id {token_id}, which is not in tokenizer.json and "
+                f"does not follow on from its {tokenizer.get_vocab_size(with_added_tokens=True)} tokens"
+            )
+        flags = {key: bool(info.get(key, False)) for key in ("single_word", "lstrip", "rstrip", "special")}
+        flags["normalized"] = bool(info.get("normalized", not flags["special"]))
+        token = AddedToken(info["content"], **flags)
+        (tokenizer.add_special_tokens if flags["special"] else tokenizer.add_tokens)([token])
+    return bool(missing)
 
 
 def new_manifest(hf_dir: Path, name: str, kv_cache_len: int, backends: dict[str, LayerFiles]) -> Manifest:
