@@ -113,7 +113,9 @@ VARIANTS = {
     "float16": dict(dtype=torch.float16),
     "float32": dict(dtype=torch.float32),
     "sharded": dict(shard_size="100KB"),  # three shards and model.safetensors.index.json
-    "head_dim": dict(head_dim=24),  # not hidden_size / num_attention_heads (16)
+    "head_dim": dict(head_dim=24),
+    # A top-level rope_theta beside transformers 5's rope_parameters: transformers reads the latter.
+    "two rope_thetas": dict(edit={"rope_theta": 10000.0}),  # not hidden_size / num_attention_heads (16)
     # Qwen2's hub configs carry the window fields with use_sliding_window false: no layer has a window.
     "sliding-unused": dict(use_sliding_window=False, sliding_window=4, max_window_layers=1),
     # A window as long as the model's positions never limits attention.

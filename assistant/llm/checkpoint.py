@@ -71,7 +71,8 @@ def read_shape(model_dir: Path) -> ModelShape:
             )
     if cfg.get("hidden_act", "silu") not in ("silu", "swish"):  # the exporter's MLP is SiLU(gate) * up
         raise ModelError(f"{path}: hidden_act {cfg['hidden_act']!r} is not supported (only silu)")
-    theta = cfg.get("rope_theta", rope.get("rope_theta"))
+    # transformers 5 takes rope_parameters' rope_theta over a top-level one.
+    theta = rope.get("rope_theta", cfg.get("rope_theta"))
     if theta is None:
         raise ModelError(f"{path}: no rope_theta (neither at top level nor in rope_parameters)")
 
