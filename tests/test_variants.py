@@ -42,10 +42,11 @@ def make_variant(
     dtype: torch.dtype = torch.bfloat16,
     shard_size: str | None = None,
     edit: dict | None = None,
+    drop: tuple[str, ...] = (),
     seed: int = 0,
     **config,
 ) -> Path:
-    """A tiny checkpoint folder as transformers saves it; `edit` then overwrites config.json fields."""
+    """A tiny checkpoint folder as transformers saves it, then config.json fields set (`edit`) or deleted (`drop`)."""
     from tokenizers import Tokenizer
     from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
 
@@ -74,8 +75,8 @@ def make_variant(
     _randomise(model, 0.13)
     model.generation_config.eos_token_id = [im_end, endoftext]
     model.to(dtype).save_pretrained(out, safe_serialization=True, max_shard_size=shard_size or "5GB")
-    cfg = json.loads((out / "config.json").read_text())
-    (out / "config.json").write_text(json.dumps(cfg | (edit or {}), indent=2))
+    cfg = json.loads((out / "config.json").read_text()) | (edit or {})
+    (out / "config.json").write_text(json.dumps({k: v for k, v in cfg.items() if k not in drop}, indent=2))
     return out
 
 
@@ -122,6 +123,8 @@ VARIANTS = {
     "sliding-wide": dict(use_sliding_window=True, sliding_window=512, max_window_layers=1),
     # max_window_layers at num_hidden_layers: no layer is a sliding one.
     "sliding-no-layer": dict(use_sliding_window=True, sliding_window=4, max_window_layers=2),
+    # Llama has no sliding window, whatever its config says.
+    "llama-window": dict(model_type="llama", edit={"use_sliding_window": True, "sliding_window": 4}),
     "smollm2-llama": dict(model_type="llama", attention_bias=False, mlp_bias=False),
     "llama-biases": dict(model_type="llama", attention_bias=True, mlp_bias=True),
 }
@@ -230,6 +233,19 @@ REFUSED = {
         dict(use_sliding_window=True, sliding_window=4, max_window_layers=1),
         "use_sliding_window with sliding_window 4 is not supported",
     ),
+    "sliding window by default": (  # Qwen2Config's defaults: 4096 tokens from layer 28 on
+        dict(
+            num_hidden_layers=30,
+            hidden_size=16,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            intermediate_size=16,
+            max_position_embeddings=8192,
+            edit={"use_sliding_window": True},
+            drop=("sliding_window", "max_window_layers", "layer_types"),
+        ),
+        "use_sliding_window with sliding_window 4096 is not supported",
+    ),  # fmt: skip
     "hidden_act": (dict(edit={"hidden_act": "gelu"}), "hidden_act 'gelu' is not supported"),
     "untied without lm_head": (
         dict(edit={"tie_word_embeddings": False}),

@@ -125,10 +125,10 @@ def _sliding_window(cfg: dict, num_layers: int) -> int | None:
     transformers limits layers to the last `sliding_window` tokens only with use_sliding_window,
     and then only the layers that `layer_types` (or, without it, max_window_layers) marks sliding.
     """
-    window = cfg.get("sliding_window")
-    if not cfg.get("use_sliding_window") or not isinstance(window, int):
-        return None
-    first = cfg.get("max_window_layers", num_layers)
+    window = cfg.get("sliding_window", 4096)  # Qwen2Config's default
+    if cfg.get("model_type") != "qwen2" or not cfg.get("use_sliding_window") or not isinstance(window, int):
+        return None  # Llama has no window, whatever its config says
+    first = cfg.get("max_window_layers", 28)  # Qwen2Config's default
     kinds = cfg.get("layer_types") or ["sliding_attention" if i >= first else "full" for i in range(num_layers)]
     return window if "sliding_attention" in kinds else None
 
