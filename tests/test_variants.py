@@ -140,7 +140,9 @@ def test_each_variant_exports_transformers_logits(name: str, tokenizer_dir: Path
     assert agree == STEPS
 
 
-@pytest.mark.parametrize("name", ["qwen2.5-0.5b", "qwen2-1.5b-untied", "float16", "llama-biases"])
+@pytest.mark.parametrize(
+    "name", ["qwen2.5-0.5b", "qwen2-1.5b-untied", "float16", "sharded", "head_dim", "llama-biases"]
+)
 def test_setup_builds_each_variant_close_to_transformers(name: str, tokenizer_dir: Path, tmp_path: Path) -> None:
     hf = make_variant(tmp_path / name, tokenizer_dir, **VARIANTS[name])
     cosine, agree, _ = compare(hf, build(hf, tmp_path / "models"))
