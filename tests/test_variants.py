@@ -284,3 +284,20 @@ def test_a_window_shorter_than_the_context_changes_transformers_logits(tokenizer
         a, b = reference(sliding)(ids).logits[0], reference(full)(ids).logits[0]
     assert torch.allclose(a[:4], b[:4], atol=1e-5)
     assert not torch.allclose(a[-1], b[-1], atol=1e-2)
+
+
+def test_setup_refuses_integer_weights_before_any_work(tokenizer_dir: Path, tmp_path: Path) -> None:
+    """bitsandbytes' 8-bit checkpoints keep each linear weight as int8 under its float name (with
+    its scales beside): read as numbers, they would build a model that says nothing sensible."""
+    from safetensors.torch import load_file, save_file
+
+    hf = make_variant(tmp_path / "hf", tokenizer_dir, edit={"quantization_config": {"load_in_8bit": True}})
+    tensors = load_file(hf / "model.safetensors")
+    for name in [n for n in tensors if n.endswith("proj.weight")]:
+        tensors[name] = (tensors[name].float() * 400).round().to(torch.int8)
+        tensors[name.removesuffix("weight") + "SCB"] = torch.ones(tensors[name].shape[0])
+    save_file(tensors, hf / "model.safetensors", metadata={"format": "pt"})
+    models = tmp_path / "models"
+    with pytest.raises(ModelError, match=r"model.layers.0.self_attn.q_proj.weight is I8: a quantized checkpoint"):
+        build(hf, models)
+    assert [p.name for p in models.iterdir()] == []

@@ -19,6 +19,7 @@ from assistant.llm.manifest import ModelError
 SUPPORTED_MODEL_TYPES = ("qwen2", "llama")
 MISMATCH = "config.json and the *.safetensors beside it must be of the same model"
 AGAIN = "copy or download the checkpoint again"
+FLOAT_DTYPES = ("F32", "F16", "BF16")
 _DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16, "I8": np.int8, "U8": np.uint8}
 
 
@@ -210,6 +211,12 @@ class Checkpoint:
                 )
             if actual is None:
                 raise ModelError(f"{config}: describes tensor {name}, which the checkpoint lacks; {MISMATCH}")
+            file, info, _ = self._where[name]
+            if info.get("dtype") not in FLOAT_DTYPES:  # int8 / 4-bit packed / fp8 weights under the float name
+                raise ModelError(
+                    f"{file}: tensor {name} is {info.get('dtype')}: a quantized checkpoint; setup reads float16, "
+                    "bfloat16 or float32 weights: build from the model it was quantized from"
+                )
             if list(actual) != dims:
                 raise ModelError(f"{config}: makes tensor {name} {dims}, the checkpoint's is {actual}; {MISMATCH}")
 
