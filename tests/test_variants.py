@@ -5,7 +5,9 @@ Every variant is a tiny random model saved by transformers itself (tests/tiny_mo
 scaled up so that greedy decoding varies), mimicking a real checkpoint's config: Qwen2.5-0.5B's
 tied embeddings and rope_theta 1e6, Qwen2-1.5B's untied lm_head, float16 / float32 storage, sharded
 safetensors, a head_dim other than hidden / heads, sliding-window fields, a list of eos ids, extra
-added tokens and a Llama (SmolLM2) with and without biases.
+added tokens and a Llama (SmolLM2) with and without biases. Refused: rope scaling, a sliding window
+shorter than the model's positions, an activation other than SiLU, an untied model without its
+lm_head, and integer (quantized) weights.
 """
 
 from __future__ import annotations
@@ -114,9 +116,9 @@ VARIANTS = {
     "float16": dict(dtype=torch.float16),
     "float32": dict(dtype=torch.float32),
     "sharded": dict(shard_size="100KB"),  # three shards and model.safetensors.index.json
-    "head_dim": dict(head_dim=24),
+    "head_dim": dict(head_dim=24),  # not hidden_size / num_attention_heads (16)
     # A top-level rope_theta beside transformers 5's rope_parameters: transformers reads the latter.
-    "two rope_thetas": dict(edit={"rope_theta": 10000.0}),  # not hidden_size / num_attention_heads (16)
+    "two rope_thetas": dict(edit={"rope_theta": 10000.0}),
     # Qwen2's hub configs carry the window fields with use_sliding_window false: no layer has a window.
     "sliding-unused": dict(use_sliding_window=False, sliding_window=4, max_window_layers=1),
     # A window as long as the model's positions never limits attention.
@@ -133,6 +135,7 @@ VARIANTS = {
 @pytest.mark.parametrize("name", VARIANTS)
 def test_each_variant_exports_transformers_logits(name: str, tokenizer_dir: Path, tmp_path: Path) -> None:
     hf = make_variant(tmp_path / name, tokenizer_dir, **VARIANTS[name])
+    assert (hf / "model.safetensors.index.json").is_file() == (name == "sharded")
     export_model(hf, tmp_path / "float", weights="float", kv_cache_len=64)
     cosine, agree, path = compare(hf, tmp_path / "float")
     assert len(set(path)) > 3  # a path that repeats one token would prove little
