@@ -19,6 +19,7 @@ from assistant.llm.manifest import ModelError
 SUPPORTED_MODEL_TYPES = ("qwen2", "llama")
 MISMATCH = "config.json and the *.safetensors beside it must be of the same model"
 AGAIN = "copy or download the checkpoint again"
+FLOAT_DTYPES = ("F32", "F16", "BF16")
 _DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16, "I8": np.int8, "U8": np.uint8}
 
 
@@ -37,6 +38,8 @@ class ModelShape:
     tie_word_embeddings: bool
     attention_bias: bool
     max_position_embeddings: int
+    mlp_bias: bool = False
+    o_proj_bias: bool = False
 
     @property
     def kv_dim(self) -> int:
@@ -58,10 +61,19 @@ def read_shape(model_dir: Path) -> ModelShape:
     if model_type not in SUPPORTED_MODEL_TYPES:
         raise ModelError(f"{path}: model_type {model_type!r} is not supported (supported: qwen2, llama)")
     rope = cfg.get("rope_parameters") or {}
-    scaling = cfg.get("rope_scaling") or rope
-    if scaling.get("rope_type", scaling.get("type", "default")) != "default":
-        raise ModelError(f"{path}: rope scaling {scaling.get('rope_type')!r} is not supported")
-    theta = cfg.get("rope_theta", rope.get("rope_theta"))
+    # transformers 4.x spells scaling as rope_scaling, transformers 5 as rope_parameters' rope_type.
+    for key in ("rope_scaling", "rope_parameters"):
+        value = cfg.get(key) or {}
+        kind = value.get("rope_type", value.get("type", "default")) if isinstance(value, dict) else value
+        if kind != "default":
+            raise ModelError(
+                f"{path}: {key} of type {kind!r} is not supported (the exporter applies plain rotary embeddings); "
+                f"build from a config without it"
+            )
+    if cfg.get("hidden_act", "silu") not in ("silu", "swish"):  # the exporter's MLP is SiLU(gate) * up
+        raise ModelError(f"{path}: hidden_act {cfg['hidden_act']!r} is not supported (only silu)")
+    # transformers 5 takes rope_parameters' rope_theta over a top-level one.
+    theta = rope.get("rope_theta", cfg.get("rope_theta"))
     if theta is None:
         raise ModelError(f"{path}: no rope_theta (neither at top level nor in rope_parameters)")
 
@@ -79,6 +91,12 @@ def read_shape(model_dir: Path) -> ModelShape:
         return float(value)
 
     heads, hidden = whole("num_attention_heads"), whole("hidden_size")
+    max_positions = whole("max_position_embeddings", 32768)
+    if (window := _sliding_window(cfg, whole("num_hidden_layers"))) and window < max_positions:
+        raise ModelError(
+            f"{path}: use_sliding_window with sliding_window {window} is not supported (the exporter attends to "
+            f"the whole context; a window of at least max_position_embeddings, {max_positions}, would be)"
+        )
     if "rms_norm_eps" not in cfg:
         raise ModelError(f"{path}: no rms_norm_eps; a {model_type} config.json gives it")
     return ModelShape(
@@ -93,10 +111,27 @@ def read_shape(model_dir: Path) -> ModelShape:
         rope_theta=positive("rope_theta", theta),
         rms_norm_eps=positive("rms_norm_eps", cfg["rms_norm_eps"]),
         tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
-        # Qwen2 always has q/k/v biases; Llama has them only when attention_bias says so.
+        # Qwen2 always has q/k/v biases; Llama has them only when attention_bias says so, and then
+        # on o_proj too, and on the MLP's three projections when mlp_bias says so.
         attention_bias=model_type == "qwen2" or bool(cfg.get("attention_bias", False)),
-        max_position_embeddings=whole("max_position_embeddings", 32768),
+        max_position_embeddings=max_positions,
+        mlp_bias=model_type == "llama" and bool(cfg.get("mlp_bias", False)),
+        o_proj_bias=model_type == "llama" and bool(cfg.get("attention_bias", False)),
     )
+
+
+def _sliding_window(cfg: dict, num_layers: int) -> int | None:
+    """The attention window of a Qwen2 config's sliding layers, as transformers applies it (None: no layer has one).
+
+    transformers limits layers to the last `sliding_window` tokens only with use_sliding_window,
+    and then only the layers that `layer_types` (or, without it, max_window_layers) marks sliding.
+    """
+    window = cfg.get("sliding_window", 4096)  # Qwen2Config's default
+    if cfg.get("model_type") != "qwen2" or not cfg.get("use_sliding_window") or not isinstance(window, int):
+        return None  # Llama has no window, whatever its config says
+    first = cfg.get("max_window_layers", 28)  # Qwen2Config's default
+    kinds = cfg.get("layer_types") or ["sliding_attention" if i >= first else "full" for i in range(num_layers)]
+    return window if "sliding_attention" in kinds else None
 
 
 class Checkpoint:
@@ -142,7 +177,7 @@ class Checkpoint:
         """
         h, q, kv, inner = shape.hidden_size, shape.num_heads * shape.head_dim, shape.kv_dim, shape.intermediate_size
         expected = {"model.embed_tokens.weight": [shape.vocab_size, h], "model.norm.weight": [h]}
-        if "lm_head.weight" in self and not shape.tie_word_embeddings:
+        if not shape.tie_word_embeddings:  # transformers would make up an lm_head missing from an untied model
             expected["lm_head.weight"] = [shape.vocab_size, h]
         for i in range(shape.num_layers):
             p = f"model.layers.{i}."
@@ -153,10 +188,16 @@ class Checkpoint:
                 p + "mlp.gate_proj.weight": [inner, h], p + "mlp.up_proj.weight": [inner, h],
                 p + "mlp.down_proj.weight": [h, inner],
             }  # fmt: skip
-            if shape.attention_bias:  # present or not, as the exporter reads them
-                for name, size in (("q", q), ("k", kv), ("v", kv)):
-                    if p + f"self_attn.{name}_proj.bias" in self:
-                        expected[p + f"self_attn.{name}_proj.bias"] = [size]
+            biases = {}
+            if shape.attention_bias:
+                biases |= {"self_attn.q_proj.bias": q, "self_attn.k_proj.bias": kv, "self_attn.v_proj.bias": kv}
+            if shape.o_proj_bias:
+                biases["self_attn.o_proj.bias"] = h
+            if shape.mlp_bias:
+                biases |= {"mlp.gate_proj.bias": inner, "mlp.up_proj.bias": inner, "mlp.down_proj.bias": h}
+            for name, size in biases.items():  # present or not, as the exporter reads them
+                if p + name in self:
+                    expected[p + name] = [size]
         for name, dims in expected.items():
             actual = self.shape(name)
             if actual is None and name.removesuffix("weight") + "qweight" in self:
@@ -164,8 +205,18 @@ class Checkpoint:
                     f"{config.parent}: a quantized checkpoint ({name.removesuffix('weight')}qweight); setup reads "
                     "float or bf16 weights: build from the model it was quantized from"
                 )
+            if actual is None and name == "lm_head.weight":
+                raise ModelError(
+                    f"{config}: tie_word_embeddings is false, but the checkpoint has no lm_head.weight; {MISMATCH}"
+                )
             if actual is None:
                 raise ModelError(f"{config}: describes tensor {name}, which the checkpoint lacks; {MISMATCH}")
+            file, info, _ = self._where[name]
+            if info.get("dtype") not in FLOAT_DTYPES:  # int8 / 4-bit packed / fp8 weights under the float name
+                raise ModelError(
+                    f"{file}: tensor {name} is {info.get('dtype')}: a quantized checkpoint; setup reads float16, "
+                    "bfloat16 or float32 weights: build from the model it was quantized from"
+                )
             if list(actual) != dims:
                 raise ModelError(f"{config}: makes tensor {name} {dims}, the checkpoint's is {actual}; {MISMATCH}")
 

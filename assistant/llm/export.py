@@ -195,7 +195,12 @@ def layer_graph(ck: Checkpoint, shape: ModelShape, i: int, weights: str):
     heads, kv_heads, head_dim = shape.num_heads, shape.num_kv_heads, shape.head_dim
 
     def bias(name: str) -> np.ndarray | None:
-        return ck.f32(p + name) if shape.attention_bias and p + name in ck else None
+        """The bias the config gives this projection (a Llama's o_proj and MLP have them too)."""
+        if name.startswith("mlp."):
+            wanted = shape.mlp_bias
+        else:
+            wanted = shape.o_proj_bias if name.startswith("self_attn.o_proj") else shape.attention_bias
+        return ck.f32(p + name) if wanted and p + name in ck else None
 
     # Rotary angles from the absolute positions, in float32 like transformers.
     inv_freq = 1.0 / (shape.rope_theta ** (np.arange(0, head_dim, 2, dtype=np.int64).astype(np.float32) / head_dim))
@@ -222,12 +227,18 @@ def layer_graph(ck: Checkpoint, shape: ModelShape, i: int, weights: str):
     keys = g.op("Concat", "K_cache", "K_cache_out", axis=1)
     values = g.op("Concat", "V_cache", "V_cache_out", axis=1)
     attn = g.op("Attention", q, keys, values, "mask", q_num_heads=heads, kv_num_heads=kv_heads, scale=1.0)
-    h = g.op("Add", x, g.linear(attn, ck.f32(p + "self_attn.o_proj.weight"), bits=bits))
+    h = g.op("Add", x, g.linear(attn, ck.f32(p + "self_attn.o_proj.weight"), bias("self_attn.o_proj.bias"), bits))
 
     m = g.rms_norm(h, ck.f32(p + "post_attention_layernorm.weight"), shape.rms_norm_eps)
-    gate, up = g.linears(m, [ck.f32(p + "mlp.gate_proj.weight"), ck.f32(p + "mlp.up_proj.weight")], bits=bits)
+    gate, up = g.linears(
+        m,
+        [ck.f32(p + "mlp.gate_proj.weight"), ck.f32(p + "mlp.up_proj.weight")],
+        [bias("mlp.gate_proj.bias"), bias("mlp.up_proj.bias")],
+        bits=bits,
+    )
     act = g.op("Mul", g.op("Mul", gate, g.op("Sigmoid", gate)), up)  # SiLU(gate) * up; fused by onnxruntime
-    g.op("Add", h, g.linear(act, ck.f32(p + "mlp.down_proj.weight"), bits=bits), out="output")
+    down = g.linear(act, ck.f32(p + "mlp.down_proj.weight"), bias("mlp.down_proj.bias"), bits)
+    g.op("Add", h, down, out="output")
 
     f, u32 = TensorProto.FLOAT, TensorProto.UINT32
     inputs = [
@@ -260,7 +271,7 @@ def post_graph(ck: Checkpoint, shape: ModelShape, weights: str):
     rounding there reorders close candidates (README: "Host backend").
     """
     g = Graph(weights, _levels(weights))
-    head = "model.embed_tokens.weight" if shape.tie_word_embeddings or "lm_head.weight" not in ck else "lm_head.weight"
+    head = "model.embed_tokens.weight" if shape.tie_word_embeddings else "lm_head.weight"
     h = g.rms_norm("input", ck.f32("model.norm.weight"), shape.rms_norm_eps)
     g.op("Identity", g.linear(h, ck.f32(head)), out="output")  # the logits, named as Pulsar2's post model names them
     inputs = [_tensor("input", TensorProto.FLOAT, [1, "T", shape.hidden_size])]
@@ -299,15 +310,50 @@ def copy_tokenizer(hf_dir: Path, out_dir: Path) -> None:
             raise ModelError(f"{hf_dir / file}: missing; the model folder needs its tokenizer")
         shutil.copyfile(hf_dir / file, out_dir / file)
     try:  # a file cut short would otherwise be found only by the engine, at its first load
-        Tokenizer.from_file(str(out_dir / "tokenizer.json"))
+        tokenizer = Tokenizer.from_file(str(out_dir / "tokenizer.json"))
     except Exception as e:  # tokenizers raises a bare Exception
         problem = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise ModelError(
             f"{hf_dir / 'tokenizer.json'}: not a tokenizer ({problem}); copy or download it again"
         ) from None
+    if _add_declared_tokens(tokenizer, hf_dir / "tokenizer_config.json"):
+        tokenizer.save(str(out_dir / "tokenizer.json"))
     if (hf_dir / CHAT_TEMPLATE_FILE).is_file():
         shutil.copyfile(hf_dir / CHAT_TEMPLATE_FILE, out_dir / CHAT_TEMPLATE_FILE)
     ChatTemplate(out_dir)  # a model without a chat template fails setup, not the first chat
+
+
+def _add_declared_tokens(tokenizer, config: Path) -> bool:
+    """Add the tokens tokenizer_config.json declares (added_tokens_decoder) that tokenizer.json lacks.
+
+    transformers adds them when it loads the tokenizer, so the model was trained to read them as one
+    token each; the engine reads tokenizer.json alone and would split them into pieces. Each takes
+    the next id, as in transformers, so a declared id elsewhere is refused. Returns whether any was added.
+    """
+    from tokenizers import AddedToken
+
+    try:
+        declared = json.loads(config.read_text()).get("added_tokens_decoder") or {}
+    except (ValueError, AttributeError):  # not a JSON object: the chat template's reading says so
+        return False
+    try:
+        missing = sorted(
+            ((int(i), info) for i, info in declared.items() if tokenizer.token_to_id(info["content"]) is None),
+            key=lambda pair: pair[0],
+        )
+    except (ValueError, TypeError, AttributeError, KeyError) as e:
+        raise ModelError(f"{config}: unreadable added_tokens_decoder ({e!r}); copy or download it again") from None
+    for token_id, info in missing:
+        if token_id != tokenizer.get_vocab_size(with_added_tokens=True):
+            raise ModelError(
+                f"{config}: added token {info['content']!r} has id {token_id}, which is not in tokenizer.json and "
+                f"does not follow on from its {tokenizer.get_vocab_size(with_added_tokens=True)} tokens"
+            )
+        flags = {key: bool(info.get(key, False)) for key in ("single_word", "lstrip", "rstrip", "special")}
+        flags["normalized"] = bool(info.get("normalized", not flags["special"]))
+        token = AddedToken(info["content"], **flags)
+        (tokenizer.add_special_tokens if flags["special"] else tokenizer.add_tokens)([token])
+    return bool(missing)
 
 
 def new_manifest(hf_dir: Path, name: str, kv_cache_len: int, backends: dict[str, LayerFiles]) -> Manifest:
