@@ -840,3 +840,15 @@ def test_a_model_url_that_is_not_a_url_is_one_line(tmp_path: Path) -> None:
     with pytest.raises(SetupError, match=r"cannot download models/vosk\.zip .*give an http\(s\):// or file:///"):
         download_and_unzip("models/vosk.zip", tmp_path / "vosk")
     assert not list(tmp_path.iterdir())
+
+
+def test_the_board_build_gets_the_rope_base_the_host_export_uses(tiny_hf: Path, tmp_path: Path) -> None:
+    """transformers 5 takes rope_parameters' rope_theta over a top-level one; so do both builds."""
+    from assistant.llm.checkpoint import read_shape
+    from assistant.setup.pulsar2 import write_model_config
+
+    config = json.loads((tiny_hf / "config.json").read_text())
+    config |= {"rope_theta": 10000.0, "rope_parameters": {"rope_type": "default", "rope_theta": 1e6}}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    written = json.loads(write_model_config(tmp_path, tmp_path, "tiny").read_text())
+    assert written["rope_theta_base"] == read_shape(tmp_path).rope_theta == 1e6

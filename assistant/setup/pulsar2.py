@@ -14,6 +14,7 @@ import signal
 import subprocess
 from pathlib import Path
 
+from assistant.llm.checkpoint import ModelShape, read_shape
 from assistant.llm.manifest import LayerFiles
 from assistant.setup.download import SetupError, write_problem
 
@@ -30,29 +31,28 @@ GET_PULSAR2 = (
 MODEL_TYPES = {"qwen2": "qwen", "llama": "llama"}
 
 
-def pulsar2_model_config(hf_config: dict, name: str) -> dict:
+def pulsar2_model_config(shape: ModelShape, name: str) -> dict:
     """The --model_config JSON of `pulsar2 llm_build`, in ax-llm-build's format (config/qwen2-0.5B.json).
 
     Its key names are its own, not Hugging Face's: rope_theta_base, norm_eps and the misspelt
-    max_position_embedings.
+    max_position_embedings. Its values are the checkpoint's as the host export reads them (the same
+    rope base whichever way config.json gives it).
     """
-    rope = hf_config.get("rope_parameters") or {}
-    heads = hf_config["num_attention_heads"]
     return {
         "model_name": name,
-        "model_type": MODEL_TYPES[hf_config["model_type"]],
-        "num_hidden_layers": hf_config["num_hidden_layers"],
-        "num_attention_heads": heads,
-        "num_key_value_heads": hf_config.get("num_key_value_heads", heads),
-        "hidden_size": hf_config["hidden_size"],
-        "intermediate_size": hf_config["intermediate_size"],
-        "vocab_size": hf_config["vocab_size"],
-        "rope_theta_base": float(hf_config.get("rope_theta", rope.get("rope_theta", 10000.0))),
-        "max_position_embedings": hf_config.get("max_position_embeddings", 32768),
+        "model_type": MODEL_TYPES[shape.model_type],
+        "num_hidden_layers": shape.num_layers,
+        "num_attention_heads": shape.num_heads,
+        "num_key_value_heads": shape.num_kv_heads,
+        "hidden_size": shape.hidden_size,
+        "intermediate_size": shape.intermediate_size,
+        "vocab_size": shape.vocab_size,
+        "rope_theta_base": shape.rope_theta,
+        "max_position_embedings": shape.max_position_embeddings,
         "rope_partial_factor": 1.0,
-        "norm_eps": hf_config["rms_norm_eps"],
+        "norm_eps": shape.rms_norm_eps,
         "norm_type": "rms_norm",
-        "hidden_act": hf_config.get("hidden_act", "silu"),
+        "hidden_act": "silu",  # read_shape refuses any other
     }
 
 
@@ -219,6 +219,5 @@ def collect_axmodels(
 
 def write_model_config(hf_dir: Path, work_dir: Path, name: str) -> Path:
     path = work_dir / "pulsar2_config.json"
-    hf_config = json.loads((hf_dir / "config.json").read_text())
-    path.write_text(json.dumps(pulsar2_model_config(hf_config, name), indent=2))
+    path.write_text(json.dumps(pulsar2_model_config(read_shape(hf_dir), name), indent=2))
     return path
