@@ -1,0 +1,37 @@
+"""What a small model writes besides plain words, and what the person hears of it: loops, code."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from assistant.llm.conversation import Conversation, looping
+from assistant.llm.engine import Engine
+from assistant.llm.sampling import Sampler
+from assistant.skills.registry import Registry
+from assistant.turn import TurnManager
+from tests.test_toolcalls import scripted
+
+
+def heard(tiny_int8: Path, reply: str, request: str = "hello") -> tuple[str, TurnManager]:
+    """What the person hears when the model replies `reply` to `request` (no skills, no intents)."""
+    engine = Engine(tiny_int8, kv_cache_len=2048)
+    manager = TurnManager(Conversation(engine, "You are a test.", 1024), Registry(), Sampler(), intents=False)
+    scripted(engine, reply)
+    said = "".join(e.text for e in manager.turn(request) if e.kind in ("text", "error"))
+    return said, manager
+
+
+def test_a_reply_that_repeats_itself_is_cut(tiny_int8: Path) -> None:
+    # SmolLM2-135M-Instruct asked to "Count from one to fifty", as it wrote it until max_new_tokens.
+    loop = "    {% limit %}\n      Total items - Items\n"
+    said, manager = heard(tiny_int8, "Count to 5\n" + loop * 20, "Count from one to fifty.")
+    assert said.startswith("Count to 5")
+    assert said.count("Total items") <= 4  # not twenty
+    assert manager.conversation.messages[-1]["content"].count("Total items") <= 4  # nor kept as said
+
+
+def test_what_is_not_a_loop() -> None:
+    assert not looping("Ha ha ha! That is a good one.")
+    assert not looping("1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23")
+    assert not looping("No. No. No. ")  # said three times, but short
+    assert looping("banana " * 12) and looping("哈" * 80)
