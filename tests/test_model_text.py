@@ -35,3 +35,35 @@ def test_what_is_not_a_loop() -> None:
     assert not looping("1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23")
     assert not looping("No. No. No. ")  # said three times, but short
     assert looping("banana " * 12) and looping("哈" * 80)
+
+
+def test_code_is_not_read_out(tiny_int8: Path) -> None:
+    # SmolLM2-135M-Instruct's answer to "Write a python function that adds two numbers."
+    reply = (
+        "Here it is:\n```python\ndef add_numbers(x, y):\n    return x + y\n```\n\n"
+        "You can use this function like this:\n\n```python\nprint(add_numbers(10, 2))\n```"
+    )
+    said, manager = heard(tiny_int8, reply)
+    assert said == "Here it is:\n\n\nYou can use this function like this:"
+    assert manager.conversation.messages[-1]["content"] == reply  # the model still sees what it wrote
+
+
+def test_json_is_not_read_out(tiny_int8: Path) -> None:
+    # SmolLM2-135M-Instruct's answers to "提醒我明天早上七点起床" and "Make a note that the car needs new tyres".
+    said, _ = heard(tiny_int8, '{\n    "type": "reminder"\n}', "提醒我明天早上七点起床")
+    assert said == "抱歉，这个我回答不了。"  # nothing else to say
+    said, _ = heard(tiny_int8, 'Done:\n{\n  "note": {"title": "Note"}}\nAnything else?')
+    assert said == "Done:\n\nAnything else?"
+    said, _ = heard(tiny_int8, 'Here:\n{"id": "12345678901234567890\n\nThat is all.')  # cut short
+    assert said == "Here:\n\n\nThat is all."
+    said, _ = heard(tiny_int8, "{target_context} is a variable; {x} too.")  # braces in words are words
+    assert said == "{target_context} is a variable; {x} too."
+
+
+def test_a_call_written_without_its_tags_is_not_read_out(tiny_int8: Path) -> None:
+    for reply in (
+        '{"name": "set_timer", "arguments": {"minutes": 5}}',
+        'Sure.\n```json\n{"name": "set_timer", "arguments": {"minutes": 5}}\n```',
+    ):
+        said, _ = heard(tiny_int8, reply, "set a timer for five minutes")
+        assert "set_timer" not in said and "minutes" not in said, said

@@ -14,6 +14,7 @@ or `>\n` (the byte-level BPE joins punctuation and the newline after it).
 from __future__ import annotations
 
 import json
+import re
 
 import llguidance
 import llguidance.numpy as llnumpy
@@ -21,6 +22,11 @@ import numpy as np
 from tokenizers import Tokenizer
 
 OPEN, CLOSE = "<tool_call>", "</tool_call>"
+FENCE = "```"
+# A JSON object on lines of its own, which a small model writes instead of words or of a tagged call.
+JSON_START = re.compile(r'^[ \t]*(\{)\s*"', re.M)
+# What may yet turn out to open a code block or a JSON object, held back while the reply streams.
+MAY_OPEN = re.compile(r"^[ \t]*(\{\s*)\Z|(`{1,2})\Z", re.M)
 
 
 def call_schema(tools: list[dict]) -> dict:
@@ -189,10 +195,43 @@ def visible_text(reply: str, finished: bool = False) -> str:
     """
     parts = reply_parts(reply, finished)
     # A closing tag with no call open is markup the model wrote by mistake: not read out.
-    text = "".join(part for part, kind in parts if kind == "text").replace(CLOSE, "")
+    text = without_code("".join(part for part, kind in parts if kind == "text").replace(CLOSE, ""), finished)
     if parts[-1][1] == "text" and not finished:
         for tag in (OPEN, CLOSE):
             for k in range(len(tag) - 1, 0, -1):
                 if text.endswith(tag[:k]):
                     return text[:-k]
     return text
+
+
+def without_code(text: str, finished: bool = False) -> str:
+    """`text` without what is written to be seen, not heard: ``` fenced blocks and JSON objects on lines
+    of their own (a call written without its tags among them), which a voice would read out sign by sign.
+
+    While the text streams, nothing is given from where such a block may start until it has ended. A JSON
+    object that never ends (the reply stopped inside it) is left out up to the next blank line.
+    """
+    said, rest = [], text
+    while True:
+        fence, json_start = rest.find(FENCE), JSON_START.search(rest)
+        start = min(i for i in (fence, json_start.start(1) if json_start else -1, len(rest)) if i >= 0)
+        said.append(rest[:start])
+        if start == len(rest):
+            break
+        if start == fence:
+            end = rest.find(FENCE, start + len(FENCE))
+            if end < 0:
+                return "".join(said)  # code to the end, or until its block closes
+            rest = rest[end + len(FENCE) :]
+            continue
+        try:
+            _, end = json.JSONDecoder().raw_decode(rest, start)
+            rest = rest[end:]
+        except ValueError:
+            if not finished:
+                return "".join(said)
+            blank = rest.find("\n\n", start)
+            rest = "" if blank < 0 else rest[blank:]
+    text = "".join(said)
+    held = None if finished else MAY_OPEN.search(text)
+    return text if held is None else text[: held.start(1) if held[1] is not None else held.start(2)]
