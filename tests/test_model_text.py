@@ -67,3 +67,18 @@ def test_a_call_written_without_its_tags_is_not_read_out(tiny_int8: Path) -> Non
     ):
         said, _ = heard(tiny_int8, reply, "set a timer for five minutes")
         assert "set_timer" not in said and "minutes" not in said, said
+
+
+def test_what_smollm2_writes_to_be_seen_is_not_heard(smollm2_model: Path, tmp_path: Path) -> None:
+    from tests.test_prompt import greedy_daemon, say, serving
+
+    daemon = greedy_daemon(smollm2_model, tmp_path, "max_new_tokens: 60")
+    requests = ["Show me a JSON example.", "Make a note that the car needs new tyres"]
+    requests += ["Call the set_timer function with 4 minutes.", "Show me the JSON for a timer of 5 minutes."]
+
+    def talk() -> list[str]:
+        return ["".join(e["text"] for e in say(daemon.socket_path, text) if e["type"] == "text") for text in requests]
+
+    for text, said in zip(requests, serving(daemon, talk), strict=True):
+        print(f"{text!r}: {said!r}")
+        assert said.strip() and not any(mark in said for mark in ("```", '{"', "{\n", "def ", "set_timer")), said
