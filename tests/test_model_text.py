@@ -7,6 +7,7 @@ from pathlib import Path
 from assistant.llm.conversation import Conversation, looping
 from assistant.llm.engine import Engine
 from assistant.llm.sampling import Sampler
+from assistant.skills.constraint import visible_text
 from assistant.skills.registry import Registry
 from assistant.turn import TurnManager
 from tests.test_toolcalls import scripted
@@ -82,3 +83,16 @@ def test_what_smollm2_writes_to_be_seen_is_not_heard(smollm2_model: Path, tmp_pa
     for text, said in zip(requests, serving(daemon, talk), strict=True):
         print(f"{text!r}: {said!r}")
         assert said.strip() and not any(mark in said for mark in ("```", '{"', "{\n", "def ", "set_timer")), said
+
+
+def test_what_is_said_of_code_only_grows_as_the_reply_streams() -> None:
+    replies = [
+        "Here:\n  ```python\nx = 1\n```\nDone `x`. And ``y``.",
+        'A:\n  {"a": [1, {"b": "}"}]}\nB {"c": 1}\n{ no json }\n{"cut": "short',
+        'Sure.\n```json\n{"name": "set_timer", "arguments": {"minutes": 5}}\n```\n'
+        '<tool_call>\n{"name": "x"}\n</tool_call>',
+    ]
+    for reply in replies:
+        said = [visible_text(reply[:end]) for end in range(len(reply) + 1)] + [visible_text(reply, finished=True)]
+        for before, after in zip(said, said[1:], strict=False):
+            assert after.startswith(before), (reply, before, after)
