@@ -88,6 +88,7 @@ def test_what_smollm2_writes_to_be_seen_is_not_heard(smollm2_model: Path, tmp_pa
 def test_what_is_said_of_code_only_grows_as_the_reply_streams() -> None:
     replies = [
         "Here:\n  ```python\nx = 1\n```\nDone `x`. And ``y``.",
+        'See ```x```{"a": 1} and ```y```\n{"b": 2}',
         'A:\n  {"a": [1, {"b": "}"}]}\nB {"c": 1}\n{ no json }\n{"cut": "short',
         'Sure.\n```json\n{"name": "set_timer", "arguments": {"minutes": 5}}\n```\n'
         '<tool_call>\n{"name": "x"}\n</tool_call>',

@@ -211,27 +211,26 @@ def without_code(text: str, finished: bool = False) -> str:
     While the text streams, nothing is given from where such a block may start until it has ended. A JSON
     object that never ends (the reply stopped inside it) is left out up to the next blank line.
     """
-    said, rest = [], text
+    said, at = [], 0
     while True:
-        fence, json_start = rest.find(FENCE), JSON_START.search(rest)
-        start = min(i for i in (fence, json_start.start(1) if json_start else -1, len(rest)) if i >= 0)
-        said.append(rest[:start])
-        if start == len(rest):
+        fence, json_start = text.find(FENCE, at), JSON_START.search(text, at)  # ^ only where a line starts
+        start = min(i for i in (fence, json_start.start(1) if json_start else -1, len(text)) if i >= 0)
+        said.append(text[at:start])
+        if start == len(text):
             break
         if start == fence:
-            end = rest.find(FENCE, start + len(FENCE))
+            end = text.find(FENCE, start + len(FENCE))
             if end < 0:
                 return "".join(said)  # code to the end, or until its block closes
-            rest = rest[end + len(FENCE) :]
+            at = end + len(FENCE)
             continue
         try:
-            _, end = json.JSONDecoder().raw_decode(rest, start)
-            rest = rest[end:]
+            _, at = json.JSONDecoder().raw_decode(text, start)
         except ValueError:
             if not finished:
                 return "".join(said)
-            blank = rest.find("\n\n", start)
-            rest = "" if blank < 0 else rest[blank:]
+            blank = text.find("\n\n", start)
+            at = len(text) if blank < 0 else blank
     text = "".join(said)
     held = None if finished else MAY_OPEN.search(text)
     return text if held is None else text[: held.start(1) if held[1] is not None else held.start(2)]
