@@ -97,3 +97,15 @@ def test_what_is_said_of_code_only_grows_as_the_reply_streams() -> None:
         said = [visible_text(reply[:end]) for end in range(len(reply) + 1)] + [visible_text(reply, finished=True)]
         for before, after in zip(said, said[1:], strict=False):
             assert after.startswith(before), (reply, before, after)
+
+
+def test_a_reply_that_goes_on_writing_code_ends(tiny_int8: Path) -> None:
+    # The person would wait in silence while the code is written, for words about code they cannot see.
+    code = "".join(f"    total = total + {n}  # add {n}\n" for n in range(40))
+    reply = f"Here it is:\n```python\ndef add():\n    total = 0\n{code}```\nThis function adds the numbers."
+    said, manager = heard(tiny_int8, reply, "Write a python function that adds numbers.")
+    assert said == "Here it is:"
+    kept = manager.conversation.messages[-1]["content"]
+    assert kept.startswith("Here it is:\n```python\n") and len(kept) < 300  # it ended there
+    said, _ = heard(tiny_int8, f"```python\n{code}```", "Write a python function that adds numbers.")
+    assert said == "Sorry, I have no answer to that."

@@ -211,6 +211,17 @@ def without_code(text: str, finished: bool = False) -> str:
     While the text streams, nothing is given from where such a block may start until it has ended. A JSON
     object that never ends (the reply stopped inside it) is left out up to the next blank line.
     """
+    return _unsaid(text, finished)[0]
+
+
+def code_being_written(reply: str) -> int:
+    """How many characters long the code block or JSON object is that the streaming `reply` is inside
+    (0: none), outside its tool calls."""
+    return _unsaid("".join(part for part, kind in reply_parts(reply, False) if kind == "text"), False)[1]
+
+
+def _unsaid(text: str, finished: bool) -> tuple[str, int]:
+    """without_code's text, and the length of the block it stopped in while streaming."""
     said, at = [], 0
     while True:
         fence, json_start = text.find(FENCE, at), JSON_START.search(text, at)  # ^ only where a line starts
@@ -221,16 +232,16 @@ def without_code(text: str, finished: bool = False) -> str:
         if start == fence:
             end = text.find(FENCE, start + len(FENCE))
             if end < 0:
-                return "".join(said)  # code to the end, or until its block closes
+                return "".join(said), len(text) - start  # code to the end, or until its block closes
             at = end + len(FENCE)
             continue
         try:
             _, at = json.JSONDecoder().raw_decode(text, start)
         except ValueError:
             if not finished:
-                return "".join(said)
+                return "".join(said), len(text) - start
             blank = text.find("\n\n", start)
             at = len(text) if blank < 0 else blank
     text = "".join(said)
     held = None if finished else MAY_OPEN.search(text)
-    return text if held is None else text[: held.start(1) if held[1] is not None else held.start(2)]
+    return (text if held is None else text[: held.start(1) if held[1] is not None else held.start(2)]), 0
