@@ -19,7 +19,14 @@ from typing import Any
 
 from assistant.llm.conversation import Conversation, TooLong, tool_response_message
 from assistant.llm.sampling import Sampler
-from assistant.skills.constraint import OPEN, ToolCallConstraint, parse_tool_calls, reply_parts, visible_text
+from assistant.skills.constraint import (
+    OPEN,
+    ToolCallConstraint,
+    code_being_written,
+    parse_tool_calls,
+    reply_parts,
+    visible_text,
+)
 from assistant.skills.intents import IntentMatcher, reply_language
 from assistant.skills.prompt import call_message
 from assistant.skills.registry import Registry
@@ -48,6 +55,10 @@ NO_ZH = {"不", "不要", "不用", "取消", "别", "算了", "不是"}
 CONFIRM_SECONDS = 60.0  # an unanswered question (a confirmation, a skill's "Which one?") lapses after this long
 MAX_PASSES = 3  # model → skills → model ... at most this many generations a turn
 SPOKEN = ("text", "error", "confirm")  # the events a person hears
+# A reply that goes on writing a code block or JSON (not said) longer than this ends there: the person
+# would wait in silence while it is written, for words about code they cannot see. A call that a reply
+# writes in a ```json block, with or without its tags, is shorter.
+CODE_CHARS = 200
 
 
 @dataclass
@@ -238,12 +249,17 @@ class TurnManager:
         if self.constraint is not None:
             self.constraint.reset()
         reply, spoken = "", 0
-        for piece in self.conversation.respond(message, self.sampler, cancel, self.constraint):
+        stream = self.conversation.respond(message, self.sampler, cancel, self.constraint)
+        for piece in stream:
             reply += piece
             visible = self._visible(reply)
             if visible[spoken:].strip():
                 yield TurnEvent("text", visible[spoken:], continues=spoken > 0)
                 spoken = len(visible)
+            if code_being_written(reply) > CODE_CHARS:
+                log.info("the reply is writing code, which is not said: ended after %d characters", len(reply))
+                stream.close()  # the reply is kept as far as it got
+                break
         visible = self._visible(reply, finished=True)
         if visible[spoken:].strip():
             yield TurnEvent("text", visible[spoken:], continues=spoken > 0)

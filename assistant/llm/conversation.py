@@ -27,6 +27,10 @@ log = logging.getLogger(__name__)
 # Skill results go back to the model in this tag. A small model may go on to write one itself (SmolLM2
 # copies the data it was given): the reply ends there, as at a special token.
 RESPONSE = "<tool_response>"
+# A reply that ends in the same words over and over (a small model's loop: "Total items - Items" to
+# max_new_tokens, a minute of speech) is cut once they have come this many times and make this many
+# characters. A unit longer than LOOP_UNIT is not looked for: a chorus sung three times is let be.
+LOOP_COPIES, LOOP_CHARS, LOOP_UNIT = 3, 80, 200
 PROGRESS_SECONDS = 2.0  # at most one progress line this often while the system prompt is prefilled
 
 
@@ -147,6 +151,7 @@ class Conversation:
         held = ""  # text that may be the start of RESPONSE: given out once the next piece shows it is not
         tag = self.engine.tokenizer.token_to_id(OPEN)  # None: the tag is only ever text (Qwen2)
         used_tag = False
+        said = ""  # the reply's end, to spot a loop
         tokens = self.engine.generate(prompt, sampler, self.max_new_tokens, cancel, allowed)
         try:
             for token in tokens:
@@ -157,6 +162,10 @@ class Conversation:
                     yield piece
                 if ended:  # the model goes on to write the tool's answer itself: its own reply is over
                     return
+                said = (said + piece)[-LOOP_UNIT * LOOP_COPIES :]
+                if piece and looping(said):
+                    log.warning("the reply repeats itself: cut after %d characters", len("".join(pieces)))
+                    return
             if tail := (held + stream.flush()).split(RESPONSE)[0]:  # the reply ended: nothing more to wait for
                 pieces.append(tail)
                 yield tail
@@ -164,6 +173,15 @@ class Conversation:
             tokens.close()
             # Where the tag is a token, a reply that never used it only wrote the tags as words.
             self.messages.append(assistant_message("".join(pieces), markup=tag is None or used_tag))
+
+
+def looping(text: str) -> bool:
+    """Whether `text` ends in one stretch of it written again and again (LOOP_COPIES, LOOP_CHARS)."""
+    for size in range(1, min(LOOP_UNIT, len(text) // LOOP_COPIES) + 1):
+        copies = max(LOOP_COPIES, -(-LOOP_CHARS // size))
+        if copies * size <= len(text) and text.endswith(text[-size:] * copies):
+            return True
+    return False
 
 
 def until(text: str, stop: str) -> tuple[str, str, bool]:

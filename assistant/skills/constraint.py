@@ -14,6 +14,7 @@ or `>\n` (the byte-level BPE joins punctuation and the newline after it).
 from __future__ import annotations
 
 import json
+import re
 
 import llguidance
 import llguidance.numpy as llnumpy
@@ -21,6 +22,11 @@ import numpy as np
 from tokenizers import Tokenizer
 
 OPEN, CLOSE = "<tool_call>", "</tool_call>"
+FENCE = "```"
+# A JSON object on lines of its own, which a small model writes instead of words or of a tagged call.
+JSON_START = re.compile(r'^[ \t]*(\{)\s*"', re.M)
+# What may yet turn out to open a code block or a JSON object, held back while the reply streams.
+MAY_OPEN = re.compile(r"^[ \t]*(\{\s*)\Z|(`{1,2})\Z", re.M)
 
 
 def call_schema(tools: list[dict]) -> dict:
@@ -189,10 +195,53 @@ def visible_text(reply: str, finished: bool = False) -> str:
     """
     parts = reply_parts(reply, finished)
     # A closing tag with no call open is markup the model wrote by mistake: not read out.
-    text = "".join(part for part, kind in parts if kind == "text").replace(CLOSE, "")
+    text = without_code("".join(part for part, kind in parts if kind == "text").replace(CLOSE, ""), finished)
     if parts[-1][1] == "text" and not finished:
         for tag in (OPEN, CLOSE):
             for k in range(len(tag) - 1, 0, -1):
                 if text.endswith(tag[:k]):
                     return text[:-k]
     return text
+
+
+def without_code(text: str, finished: bool = False) -> str:
+    """`text` without what is written to be seen, not heard: ``` fenced blocks and JSON objects on lines
+    of their own (a call written without its tags among them), which a voice would read out sign by sign.
+
+    While the text streams, nothing is given from where such a block may start until it has ended. A JSON
+    object that never ends (the reply stopped inside it) is left out up to the next blank line.
+    """
+    return _unsaid(text, finished)[0]
+
+
+def code_being_written(reply: str) -> int:
+    """How many characters long the code block or JSON object is that the streaming `reply` is inside
+    (0: none), outside its tool calls."""
+    return _unsaid("".join(part for part, kind in reply_parts(reply, False) if kind == "text"), False)[1]
+
+
+def _unsaid(text: str, finished: bool) -> tuple[str, int]:
+    """without_code's text, and the length of the block it stopped in while streaming."""
+    said, at = [], 0
+    while True:
+        fence, json_start = text.find(FENCE, at), JSON_START.search(text, at)  # ^ only where a line starts
+        start = min(i for i in (fence, json_start.start(1) if json_start else -1, len(text)) if i >= 0)
+        said.append(text[at:start])
+        if start == len(text):
+            break
+        if start == fence:
+            end = text.find(FENCE, start + len(FENCE))
+            if end < 0:
+                return "".join(said), len(text) - start  # code to the end, or until its block closes
+            at = end + len(FENCE)
+            continue
+        try:
+            _, at = json.JSONDecoder().raw_decode(text, start)
+        except ValueError:
+            if not finished:
+                return "".join(said), len(text) - start
+            blank = text.find("\n\n", start)
+            at = len(text) if blank < 0 else blank
+    text = "".join(said)
+    held = None if finished else MAY_OPEN.search(text)
+    return (text if held is None else text[: held.start(1) if held[1] is not None else held.start(2)]), 0
