@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from assistant.skills.builtin._spoken import clock
-from assistant.voice.tts import SentenceSplitter, speakable
+from assistant.voice.spoken import SentenceSplitter, speakable
 
 
 @pytest.mark.parametrize(

@@ -19,7 +19,8 @@ from assistant import skill
 from assistant.voice.asr import Transcriber
 from assistant.voice.audio import RATE, WavSink, read_wav, resample, wav_source
 from assistant.voice.pipeline import EARCON_RATE, VoicePipeline, asks, earcon
-from assistant.voice.tts import SentenceSplitter, Voice, speakable
+from assistant.voice.spoken import SentenceSplitter, speakable
+from assistant.voice.tts import Voice
 from assistant.voice.wake import WakeDetector
 
 WAKE = "하이 컴퓨터"  # "hi computer"

@@ -16,7 +16,8 @@ from assistant.llm.backends import session_options
 from assistant.setup.voice import StreamConfig, split_voice, stream_config_path
 from assistant.voice.audio import WavSink
 from assistant.voice.pipeline import VoicePipeline
-from assistant.voice.tts import MAX_FIRST_PIECE_WORDS, MAX_PIECE_WORDS, SentenceSplitter, Voice, windows
+from assistant.voice.spoken import MAX_FIRST_PIECE_WORDS, MAX_PIECE_WORDS, SentenceSplitter
+from assistant.voice.tts import Voice, windows
 
 # Streamed and whole-sentence audio agree to float32 rounding: each window holds the decoder's whole
 # receptive field around what it emits, so only the order of additions inside a convolution differs.

@@ -21,7 +21,8 @@ from assistant.skills.intents import reply_language
 from assistant.turn import SORRY, asks
 from assistant.voice.asr import AsrEvent, Transcriber
 from assistant.voice.audio import BLOCK, RATE
-from assistant.voice.tts import SentenceSplitter, Voice
+from assistant.voice.spoken import SentenceSplitter
+from assistant.voice.tts import Voice
 from assistant.voice.wake import WakeDetector
 
 log = logging.getLogger(__name__)
