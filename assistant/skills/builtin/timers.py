@@ -43,6 +43,9 @@ SNOOZE_WITHIN = 30 * 60  # seconds after an alarm rang in which "snooze" still m
 # An alarm on time rings again every RING_EVERY seconds for RING_FOR, a sleeper may not hear it once,
 # until "stop", "snooze" or "turn off the alarm".
 RING_EVERY, RING_FOR = 30, 5 * 60
+# The wall clock moved by more than this between two looks was set (NTP at boot on a board without a
+# clock battery, `date -s`), not slewed: NTP slews at most 0.5 ms a second.
+CLOCK_STEP = 2.0
 log = logging.getLogger(__name__)
 
 
@@ -114,6 +117,23 @@ def _timers(db: sqlite3.Connection, label: str, start_hours: int, start_minutes:
     if length:
         rows = [r for r in rows if round(r[3]) == length]
     return rows
+
+
+def _elapsed() -> float:
+    """Seconds since boot, on a clock that setting the time does not move; it counts while the board sleeps."""
+    return time.clock_gettime(time.CLOCK_BOOTTIME)
+
+
+def _clock_set(db: sqlite3.Connection, step: float, before: set[tuple[int, float]]) -> None:
+    """The wall clock was set `step` seconds forward (or back): a timer set since the start still rings
+    after its length in real time. One stored before (by an earlier run) has only its wall time, and keeps it."""
+    moved = [
+        (due + step, row_id)
+        for row_id, due in db.execute("SELECT id, due FROM timers WHERE kind = 'timer' AND paused_left IS NULL")
+        if (row_id, due) not in before
+    ]
+    db.executemany("UPDATE timers SET due = ? WHERE id = ?", moved)
+    log.info("timers: the clock was set %+.0f s; %d timers set since the start ring on time", step, len(moved))
 
 
 def _left(due: float, paused_left: float | None) -> float:
@@ -678,9 +698,15 @@ def ring_due_timers(context: SkillContext, stop: threading.Event) -> None:
     snoozable = None  # the alarm among them that rang on time, still to be stored: a row of `rung`
     ringing = None  # the alarms that rang on time and ring on: (label, language) each, when the last rang, when said
     wait, failing = TICK, False
+    skew, before = None, set()  # wall clock less _elapsed() at the last look; the timers stored before the start
     while not stop.wait(wait):
         try:
             with _db(context) as db:
+                now_skew = time.time() - _elapsed()
+                if skew is None:
+                    before = set(db.execute("SELECT id, due FROM timers"))
+                elif abs(now_skew - skew) > CLOCK_STEP:
+                    _clock_set(db, now_skew - skew, before)
                 due = db.execute(
                     "SELECT id, kind, label, due, language FROM timers"
                     " WHERE due <= ? AND paused_left IS NULL ORDER BY due",
@@ -694,6 +720,7 @@ def ring_due_timers(context: SkillContext, stop: threading.Event) -> None:
                     ringing = None  # turned off or snoozed: its row is gone
                 if ringing and context.stopped_at >= ringing[1] and stored and not stored[3]:
                     db.execute("UPDATE rung SET stopped = 1")  # a restart does not ring it again
+            skew = now_skew  # once stored: a step not stored is found again at the next look
             for row_id, kind, label, due_at, language in due:
                 if row_id not in rung:
                     context.say(_ring(kind, label, due_at, context.announced_in(language)))

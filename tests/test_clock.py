@@ -1,0 +1,77 @@
+"""Time on a board: a wall clock set while the assistant runs, the time zone, daylight saving."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from assistant.skills.registry import Registry
+from tests.test_builtin_skills import registry_in
+
+REAL_TIME = time
+
+
+class SettableClock:
+    """The `time` module as the timers see it, with a wall clock that can be set (as NTP sets a board's
+    at boot); the elapsed time goes on as before."""
+
+    def __init__(self) -> None:
+        self.step = 0.0
+
+    def time(self) -> float:
+        return REAL_TIME.time() + self.step
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(REAL_TIME, name)
+
+
+class Running:
+    """A registry on `state` whose timers' clock runs with a wall clock that can be set."""
+
+    def __init__(self, state: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.said: list[str] = []
+        self.registry: Registry = registry_in(state, self.said)
+        self.clock = SettableClock()
+        monkeypatch.setitem(self.registry.skills["set_timer"].func.__globals__, "time", self.clock)
+        self.registry.call("list_timers", {})  # the tables made
+        self.stopped = threading.Event()
+        self.registry.start_background(self.stopped)
+
+    def said_within(self, seconds: float) -> list[str]:
+        deadline = REAL_TIME.monotonic() + seconds
+        while not self.said and REAL_TIME.monotonic() < deadline:
+            REAL_TIME.sleep(0.05)
+        return self.said
+
+    def stop(self) -> None:
+        self.stopped.set()
+        REAL_TIME.sleep(0.5)
+
+
+@pytest.mark.parametrize("step", [3600.0, 56 * 365 * 86400.0, -3 * 3600.0])
+def test_a_timer_rings_after_its_length_when_the_clock_is_set(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, step: float
+) -> None:
+    running = Running(tmp_path, monkeypatch)
+    REAL_TIME.sleep(0.5)  # the clock has looked once
+    assert running.registry.call("set_timer", {"seconds": 2}).text == "Timer set for 2 seconds."
+    running.clock.step = step  # forward from 1970 or the last shutdown, or back from a clock that ran ahead
+    assert running.said_within(1.2) == []  # not at once
+    assert running.said_within(2.0) == ["Your timer is done."]  # nor late, nor never
+    running.stop()
+
+
+def test_a_timer_from_before_the_start_keeps_its_wall_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A timer set before a restart: only its wall time survives it, and a clock set since is right.
+    registry_in(tmp_path).call("list_timers", {})
+    with sqlite3.connect(tmp_path / "timers.sqlite3") as db:
+        db.execute("INSERT INTO timers (kind, label, due, length) VALUES ('timer', 'tea', ?, 600)", (time.time() + 60,))
+    running = Running(tmp_path, monkeypatch)
+    REAL_TIME.sleep(0.5)
+    running.clock.step = 70.0  # due 10 s ago
+    assert running.said_within(2.0) == ["Your tea timer is done."]
+    running.stop()
