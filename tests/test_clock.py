@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 import time
+from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 
+from assistant.skills.builtin._spoken import clock
 from assistant.skills.registry import Registry
 from tests.test_builtin_skills import registry_in
 
@@ -75,3 +80,40 @@ def test_a_timer_from_before_the_start_keeps_its_wall_time(tmp_path: Path, monke
     running.clock.step = 70.0  # due 10 s ago
     assert running.said_within(2.0) == ["Your tea timer is done."]
     running.stop()
+
+
+@pytest.fixture
+def zone() -> Iterator[Callable[[str], None]]:
+    """Sets the time zone as `timedatectl set-timezone` does for a process already running: what
+    the C library reads next, without telling Python."""
+    before = os.environ.get("TZ")
+
+    def set_zone(name: str) -> None:
+        os.environ["TZ"] = name
+
+    yield set_zone
+    if before is None:
+        os.environ.pop("TZ", None)
+    else:
+        os.environ["TZ"] = before
+    time.tzset()
+
+
+def test_the_time_is_told_in_the_zone_set_now(tmp_path: Path, zone: Callable[[str], None]) -> None:
+    registry = registry_in(tmp_path)
+    zone("UTC")
+    time.tzset()  # the zone at the start
+    registry.call("current_time", {})
+    zone("Asia/Shanghai")  # set since: UTC+8, no daylight saving
+    now = datetime.now(ZoneInfo("Asia/Shanghai"))
+    told = registry.call("current_time", {}).text
+    assert told in {f"It is {clock(t.hour, t.minute)}." for t in (now, now + timedelta(minutes=1))}
+    tomorrow = registry.call("current_date", {"tomorrow": True}).text
+    assert tomorrow == (now + timedelta(days=1)).strftime("Tomorrow is %A, %B %-d, %Y.") or now.hour == 23
+    hour_ago = now - timedelta(hours=1)  # here the next one is tomorrow's (in UTC it may be today's)
+    day = " tomorrow" if hour_ago.date() == now.date() else ""
+    alarm = clock(hour_ago.hour, hour_ago.minute)
+    assert (
+        registry.call("set_alarm", {"hour": hour_ago.hour, "minute": hour_ago.minute}).text
+        == f"Alarm set for {alarm}{day}."
+    )

@@ -18,7 +18,7 @@ from typing import Annotated, Literal
 
 from assistant import Range, SkillContext, StorageError, background, skill
 
-from ._spoken import WEEKDAYS_ZH, clock
+from ._spoken import WEEKDAYS_ZH, clock, follow_zone
 
 SCHEMA = """CREATE TABLE IF NOT EXISTS timers (
     id INTEGER PRIMARY KEY, kind TEXT NOT NULL, label TEXT NOT NULL, due REAL NOT NULL,
@@ -327,6 +327,7 @@ def set_alarm(
         label: what the alarm is for
         tomorrow: true if "tomorrow" was said
     """
+    follow_zone()
     now = datetime.now()
     due = now.replace(hour=hour, minute=minute, second=0, microsecond=0)
     if tomorrow:
@@ -356,6 +357,7 @@ def set_alarm(
 )
 def list_timers(context: SkillContext) -> str:
     """Say which timers and alarms are set."""
+    follow_zone()
     now = datetime.now()
     with _db(context) as db:
         rows = db.execute("SELECT kind, label, due, paused_left FROM timers ORDER BY due").fetchall()
@@ -586,6 +588,7 @@ def cancel_alarms(
         every: true to cancel every alarm
         tomorrow: true for tomorrow's alarms only
     """
+    follow_zone()
     now = datetime.now()
     with _db(context) as db:
         rang = db.execute("SELECT at, due FROM rung WHERE NOT stopped").fetchone()
@@ -700,6 +703,7 @@ def ring_due_timers(context: SkillContext, stop: threading.Event) -> None:
     wait, failing = TICK, False
     skew, before = None, set()  # wall clock less _elapsed() at the last look; the timers stored before the start
     while not stop.wait(wait):
+        follow_zone()  # for the day and time a ring says
         try:
             with _db(context) as db:
                 now_skew = time.time() - _elapsed()
