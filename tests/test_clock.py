@@ -7,7 +7,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, tzinfo
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -33,6 +33,17 @@ class SettableClock:
     def __getattr__(self, name: str) -> object:
         return getattr(REAL_TIME, name)
 
+    def datetime(self) -> type[datetime]:
+        """`datetime` with its now() on this clock."""
+        wall = self
+
+        class Datetime(datetime):
+            @classmethod
+            def now(cls, tz: tzinfo | None = None) -> Datetime:
+                return cls.fromtimestamp(wall.time(), tz)
+
+        return Datetime
+
 
 class Running:
     """A registry on `state` whose timers' clock runs with a wall clock that can be set."""
@@ -41,7 +52,9 @@ class Running:
         self.said: list[str] = []
         self.registry: Registry = registry_in(state, self.said)
         self.clock = SettableClock()
-        monkeypatch.setitem(self.registry.skills["set_timer"].func.__globals__, "time", self.clock)
+        timers = self.registry.skills["set_timer"].func.__globals__
+        monkeypatch.setitem(timers, "time", self.clock)
+        monkeypatch.setitem(timers, "datetime", self.clock.datetime())
         self.registry.call("list_timers", {})  # the tables made
         self.stopped = threading.Event()
         self.registry.start_background(self.stopped)
@@ -117,3 +130,21 @@ def test_the_time_is_told_in_the_zone_set_now(tmp_path: Path, zone: Callable[[st
         registry.call("set_alarm", {"hour": hour_ago.hour, "minute": hour_ago.minute}).text
         == f"Alarm set for {alarm}{day}."
     )
+
+
+def test_an_alarm_set_before_the_clock_was_set_rings_at_its_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    running = Running(tmp_path, monkeypatch)
+    # The board started at 1970-01-01 00:00:30, without a clock battery, and the alarm was set then.
+    running.clock.step = datetime(1970, 1, 1, 0, 0, 30).timestamp() - REAL_TIME.time()
+    REAL_TIME.sleep(0.5)
+    soon = datetime.now() + timedelta(minutes=2)
+    alarm = clock(soon.hour, soon.minute)
+    assert (
+        running.registry.call("set_alarm", {"hour": soon.hour, "minute": soon.minute}).text == f"Alarm set for {alarm}."
+    )
+    running.clock.step = 0.0  # NTP sets the clock
+    assert running.said_within(1.5) == []  # not "Your alarm was due at … I could not ring it then."
+    assert running.registry.call("list_timers", {}).text == f"You have an alarm at {alarm}."
+    running.stop()

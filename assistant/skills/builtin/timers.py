@@ -126,14 +126,28 @@ def _elapsed() -> float:
 
 def _clock_set(db: sqlite3.Connection, step: float, before: set[tuple[int, float]]) -> None:
     """The wall clock was set `step` seconds forward (or back): a timer set since the start still rings
-    after its length in real time. One stored before (by an earlier run) has only its wall time, and keeps it."""
+    after its length in real time, and an alarm set since at the time of day it was set for. One stored
+    before (by an earlier run) has only its wall time, and keeps it."""
+    now = time.time()
     moved = [
-        (due + step, row_id)
-        for row_id, due in db.execute("SELECT id, due FROM timers WHERE kind = 'timer' AND paused_left IS NULL")
+        (due + step if kind == "timer" else _same_time_of_day(due, due + step - now), row_id)
+        for row_id, kind, due in db.execute("SELECT id, kind, due FROM timers WHERE paused_left IS NULL")
         if (row_id, due) not in before
     ]
     db.executemany("UPDATE timers SET due = ? WHERE id = ?", moved)
-    log.info("timers: the clock was set %+.0f s; %d timers set since the start ring on time", step, len(moved))
+    log.info(
+        "timers: the clock was set %+.0f s; %d timers and alarms set since the start ring on time", step, len(moved)
+    )
+
+
+def _same_time_of_day(due: float, ahead: float) -> float:
+    """An alarm set by a clock that was wrong (1970 on a board without a clock battery): at the time of
+    day it was set for, the one nearest to as far ahead as it was (an alarm "tomorrow" stays tomorrow's)."""
+    at, now = datetime.fromtimestamp(due), datetime.now()
+    aim = now + timedelta(seconds=ahead)
+    new = aim.replace(hour=at.hour, minute=at.minute, second=0, microsecond=0)
+    new += timedelta(days=round((aim - new) / timedelta(days=1)))
+    return (new if new > now else new + timedelta(days=1)).timestamp()
 
 
 def _left(due: float, paused_left: float | None) -> float:
