@@ -148,3 +148,29 @@ def test_an_alarm_set_before_the_clock_was_set_rings_at_its_time(
     assert running.said_within(1.5) == []  # not "Your alarm was due at … I could not ring it then."
     assert running.registry.call("list_timers", {}).text == f"You have an alarm at {alarm}."
     running.stop()
+
+
+def at(when: datetime, registry: Registry, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The timers and alarms of `registry` at the time `when` (its wall clock set to it)."""
+    settable = SettableClock()
+    settable.step = when.timestamp() - REAL_TIME.time()
+    timers = registry.skills["set_timer"].func.__globals__
+    monkeypatch.setitem(timers, "time", settable)
+    monkeypatch.setitem(timers, "datetime", settable.datetime())
+
+
+def test_a_snooze_as_daylight_saving_ends_is_minutes_of_real_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, zone: Callable[[str], None]
+) -> None:
+    zone("America/New_York")
+    time.tzset()
+    registry = registry_in(tmp_path)
+    # 1:55 in the night daylight saving ends: at 2:00 the clock goes back to 1:00.
+    rang = datetime(2026, 11, 1, 1, 55, tzinfo=ZoneInfo("America/New_York"))
+    at(rang, registry, monkeypatch)
+    registry.call("list_timers", {})  # the tables made
+    with sqlite3.connect(tmp_path / "timers.sqlite3") as db:
+        db.execute("INSERT INTO rung (id, label, at, language) VALUES (0, '', ?, 'en')", (rang.timestamp(),))
+    assert registry.call("snooze", {}).text == "Snoozed until 1:04."  # not 2:04, an hour and 9 minutes later
+    with sqlite3.connect(tmp_path / "timers.sqlite3") as db:
+        assert db.execute("SELECT due FROM timers").fetchone()[0] == rang.timestamp() + 9 * 60

@@ -673,12 +673,15 @@ def snooze(context: SkillContext, minutes: Annotated[int, Range(1, 60)] = 9) -> 
         if rang is None or time.time() - rang[1] > SNOOZE_WITHIN:
             return context.localized("No alarm has rung just now.", zh="刚才没有闹钟响。")
         label, _, language, others = rang
-        again = datetime.now().replace(second=0, microsecond=0) + timedelta(minutes=minutes)
+        # Minutes of real time (on the clock, 1:55 + 9 minutes is 1:04 as daylight saving ends), from this minute.
+        due = time.time() // 60 * 60 + minutes * 60
         db.executemany(
             "INSERT INTO timers (kind, label, due, language) VALUES ('alarm', ?, ?, ?)",
-            [(name, again.timestamp(), said_in) for name, said_in in [*json.loads(others), (label, language)]],
+            [(name, due, said_in) for name, said_in in [*json.loads(others), (label, language)]],
         )
         db.execute("DELETE FROM rung")  # snoozed once: a second "snooze" is for the next ring
+    follow_zone()
+    again = datetime.fromtimestamp(due)
     return context.localized(
         f"Snoozed until {clock(again.hour, again.minute)}.", zh=f"好的，{clock(again.hour, again.minute, 'zh')}再叫你。"
     )
