@@ -174,3 +174,18 @@ def test_a_snooze_as_daylight_saving_ends_is_minutes_of_real_time(
     assert registry.call("snooze", {}).text == "Snoozed until 1:04."  # not 2:04, an hour and 9 minutes later
     with sqlite3.connect(tmp_path / "timers.sqlite3") as db:
         assert db.execute("SELECT due FROM timers").fetchone()[0] == rang.timestamp() + 9 * 60
+
+
+def test_a_hundred_timers_are_counted_not_read_out(tmp_path: Path) -> None:
+    registry = registry_in(tmp_path)
+    for i in range(100):
+        registry.call("set_timer", {"minutes": 5 + i % 3})
+    registry.call("set_alarm", {"hour": 7})
+    listing = registry.call("list_timers", {}).text
+    assert listing.startswith("You have a timer with 4 minutes and ")
+    assert listing.endswith(", and 96 more.") and listing.count(",") == 5
+    status = registry.call("control_timer", {"action": "status"}).text
+    assert status.startswith("The 5 minute timer has ") and status.endswith("; and 95 more timers.")
+    assert status.count(";") == 5
+    registry.context.language = "zh"
+    assert registry.call("list_timers", {}).text.endswith("；还有96个。")

@@ -43,6 +43,7 @@ SNOOZE_WITHIN = 30 * 60  # seconds after an alarm rang in which "snooze" still m
 # An alarm on time rings again every RING_EVERY seconds for RING_FOR, a sleeper may not hear it once,
 # until "stop", "snooze" or "turn off the alarm".
 RING_EVERY, RING_FOR = 30, 5 * 60
+SAID_AT_MOST = 5  # timers and alarms a reply names, the soonest first; the others are counted
 # The wall clock moved by more than this between two looks was set (NTP at boot on a board without a
 # clock battery, `date -s`), not slewed: NTP slews at most 0.5 ms a second.
 CLOCK_STEP = 2.0
@@ -100,6 +101,13 @@ def _label(text: str) -> str:
     if called := re.fullmatch(r"(叫做|叫|名为|名叫)(.+)的", label):
         label = called.group(2)
     return label.removesuffix("的").strip()
+
+
+def _first(said: list[str], more: str) -> list[str]:
+    """The first SAID_AT_MOST of `said`, then `more` ({n}: how many others): a hundred timers are not read out."""
+    if len(said) <= SAID_AT_MOST:
+        return said
+    return [*said[:SAID_AT_MOST], more.format(n=len(said) - SAID_AT_MOST)]
 
 
 def _an(word: str) -> str:
@@ -389,7 +397,10 @@ def list_timers(context: SkillContext) -> str:
             timer = _an(f"{label} timer" if label else "timer")
             said.append(f"{timer} with {_duration(left)} left{' (paused)' if paused else ''}")
             said_zh.append(f"{label}计时器还剩{_duration(left, language='zh')}{'，已暂停' if paused else ''}")
-    return context.localized("You have " + ", ".join(said) + ".", zh="现在有：" + "；".join(said_zh) + "。")
+    return context.localized(
+        "You have " + ", ".join(_first(said, "and {n} more")) + ".",
+        zh="现在有：" + "；".join(_first(said_zh, "还有{n}个")) + "。",
+    )
 
 
 def _status(rows: list, context: SkillContext) -> str:
@@ -400,8 +411,8 @@ def _status(rows: list, context: SkillContext) -> str:
         said_zh.append(
             f"{_timer_name(label, length, 'zh')}还剩{_duration(left, language='zh')}{'，已暂停' if paused else ''}"
         )
-    text = "; ".join(said)
-    return context.localized(text[0].upper() + text[1:] + ".", zh="；".join(said_zh) + "。")
+    text = "; ".join(_first(said, "and {n} more timers"))
+    return context.localized(text[0].upper() + text[1:] + ".", zh="；".join(_first(said_zh, "还有{n}个计时器")) + "。")
 
 
 def _change(db: sqlite3.Connection, row: tuple, action: str, seconds: int, name: str, context: SkillContext) -> str:
