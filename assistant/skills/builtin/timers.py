@@ -132,15 +132,15 @@ def _elapsed() -> float:
     return time.clock_gettime(time.CLOCK_BOOTTIME)
 
 
-def _clock_set(db: sqlite3.Connection, step: float, before: set[tuple[int, float]]) -> None:
+def _clock_set(db: sqlite3.Connection, step: float, earlier: set[tuple[int, float]]) -> None:
     """The wall clock was set `step` seconds forward (or back): a timer set since the start still rings
-    after its length in real time, and an alarm set since at the time of day it was set for. One stored
-    before (by an earlier run) has only its wall time, and keeps it."""
+    after its length in real time, and an alarm set since at the time of day it was set for. One of
+    `earlier`, stored by an earlier run, has only its wall time, and keeps it."""
     now = time.time()
     moved = [
         (due + step if kind == "timer" else _same_time_of_day(due, due + step - now), row_id)
         for row_id, kind, due in db.execute("SELECT id, kind, due FROM timers WHERE paused_left IS NULL")
-        if (row_id, due) not in before
+        if (row_id, due) not in earlier
     ]
     db.executemany("UPDATE timers SET due = ? WHERE id = ?", moved)
     log.info(
@@ -729,16 +729,16 @@ def ring_due_timers(context: SkillContext, stop: threading.Event) -> None:
     snoozable = None  # the alarm among them that rang on time, still to be stored: a row of `rung`
     ringing = None  # the alarms that rang on time and ring on: (label, language) each, when the last rang, when said
     wait, failing = TICK, False
-    skew, before = None, set()  # wall clock less _elapsed() at the last look; the timers stored before the start
+    skew, earlier = None, set()  # wall clock less _elapsed() at the last look; the timers stored before the start
     while not stop.wait(wait):
         follow_zone()  # for the day and time a ring says
         try:
             with _db(context) as db:
                 now_skew = time.time() - _elapsed()
                 if skew is None:
-                    before = set(db.execute("SELECT id, due FROM timers"))
+                    earlier = set(db.execute("SELECT id, due FROM timers"))
                 elif abs(now_skew - skew) > CLOCK_STEP:
-                    _clock_set(db, now_skew - skew, before)
+                    _clock_set(db, now_skew - skew, earlier)
                 due = db.execute(
                     "SELECT id, kind, label, due, language FROM timers"
                     " WHERE due <= ? AND paused_left IS NULL ORDER BY due",
