@@ -191,3 +191,23 @@ def test_a_hundred_timers_are_counted_not_read_out(tmp_path: Path) -> None:
     assert status.count(";") == 5
     registry.context.language = "zh"
     assert registry.call("list_timers", {}).text.endswith("；还有96个。")
+
+
+def test_timers_done_together_are_said_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    registry_in(tmp_path).call("list_timers", {})
+    due = time.time() + 0.5
+    with sqlite3.connect(tmp_path / "timers.sqlite3") as db:
+        db.executemany(
+            "INSERT INTO timers (kind, label, due, length, language) VALUES ('timer', ?, ?, 300, ?)",
+            [*[("", due, "en")] * 98, ("tea", due, "en"), ("tea", due, "en"), ("pasta", due, "en"), ("茶", due, "zh")],
+        )
+    running = Running(tmp_path, monkeypatch)
+    running.said_within(2.0)
+    REAL_TIME.sleep(0.5)
+    assert sorted(running.said) == [
+        "Your 2 tea timers are done.",
+        "Your 98 timers are done.",
+        "Your pasta timer is done.",
+        "茶计时器时间到了。",
+    ]
+    running.stop()

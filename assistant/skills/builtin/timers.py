@@ -717,6 +717,15 @@ def _ring(kind: str, label: str, due: float, language: str) -> str:
     return f"{what} is done." if kind == "timer" else f"{what} is ringing."
 
 
+def _done(label: str, count: int, language: str) -> str:
+    """What is said when `count` timers of one label are done together: once, not `count` times."""
+    if count == 1:
+        return _ring("timer", label, time.time(), language)
+    if language == "zh":
+        return f"{count}个{label}计时器时间到了。"
+    return f"Your {count} {label + ' ' if label else ''}timers are done."
+
+
 @background
 def ring_due_timers(context: SkillContext, stop: threading.Event) -> None:
     """Ring every timer or alarm that is due, then forget it; an alarm on time rings on for a while.
@@ -753,9 +762,14 @@ def ring_due_timers(context: SkillContext, stop: threading.Event) -> None:
                 if ringing and context.stopped_at >= ringing[1] and stored and not stored[3]:
                     db.execute("UPDATE rung SET stopped = 1")  # a restart does not ring it again
             skew = now_skew  # once stored: a step not stored is found again at the next look
+            done: dict[tuple[str, str], int] = {}  # timers done on time, by label and language: said once, counted
             for row_id, kind, label, due_at, language in due:
                 if row_id not in rung:
-                    context.say(_ring(kind, label, due_at, context.announced_in(language)))
+                    if kind == "timer" and time.time() - due_at <= LATE:
+                        key = (label, context.announced_in(language))
+                        done[key] = done.get(key, 0) + 1
+                    else:
+                        context.say(_ring(kind, label, due_at, context.announced_in(language)))
                     rung.add(row_id)
                     if kind == "alarm" and time.time() - due_at <= LATE:  # not one said late
                         # One ringing already rings on with it, and is snoozed with it, unless "stop" was said to it.
@@ -763,6 +777,8 @@ def ring_due_timers(context: SkillContext, stop: threading.Event) -> None:
                         before = [alarm for alarm in ringing[0] if alarm != (label, language)] if still else []
                         snoozable = (label, time.time(), language, due_at, json.dumps(before))
                         ringing = ((*before, (label, language)), snoozable[1], snoozable[1])
+            for (label, language), count in done.items():
+                context.say(_done(label, count, language))
             if rung:
                 with _db(context) as db:
                     db.executemany("DELETE FROM timers WHERE id = ?", [(row_id,) for row_id in rung])
