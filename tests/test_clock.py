@@ -211,3 +211,21 @@ def test_timers_done_together_are_said_once(tmp_path: Path, monkeypatch: pytest.
         "茶计时器时间到了。",
     ]
     running.stop()
+
+
+def test_an_alarm_keeps_its_time_of_day_when_the_zone_is_set(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, zone: Callable[[str], None]
+) -> None:
+    zone("UTC")  # as a board starts
+    time.tzset()
+    running = Running(tmp_path, monkeypatch)
+    assert running.registry.call("set_alarm", {"hour": 7, "minute": 30}).text.startswith("Alarm set for 7:30")
+    REAL_TIME.sleep(0.5)
+    zone("Asia/Shanghai")  # then set, as `timedatectl set-timezone` does
+    REAL_TIME.sleep(0.5)
+    assert running.registry.call("list_timers", {}).text in {
+        "You have an alarm at 7:30.",
+        "You have an alarm at 7:30 tomorrow.",
+    }
+    running.stop()
+    assert running.said == []

@@ -158,6 +158,20 @@ def _same_time_of_day(due: float, ahead: float) -> float:
     return (new if new > now else new + timedelta(days=1)).timestamp()
 
 
+def _zone() -> tuple:
+    """The local time zone as the C library has it (daylight saving does not change it)."""
+    return time.tzname, time.timezone, time.altzone
+
+
+def _zone_set(db: sqlite3.Connection, walls: dict[int, datetime]) -> None:
+    """The time zone was set: an alarm rings at the time of day it was set for (`walls`, as the old zone
+    had it), the next time the clock shows it, as an alarm clock does."""
+    now = datetime.now()
+    moved = [((wall if wall > now else wall + timedelta(days=1)).timestamp(), row_id) for row_id, wall in walls.items()]
+    db.executemany("UPDATE timers SET due = ? WHERE id = ? AND kind = 'alarm'", moved)
+    log.info("timers: the time zone is now %s; %d alarms keep their time of day", time.tzname[0], len(moved))
+
+
 def _left(due: float, paused_left: float | None) -> float:
     return paused_left if paused_left is not None else max(due - time.time(), 0)
 
@@ -739,6 +753,7 @@ def ring_due_timers(context: SkillContext, stop: threading.Event) -> None:
     ringing = None  # the alarms that rang on time and ring on: (label, language) each, when the last rang, when said
     wait, failing = TICK, False
     skew, earlier = None, set()  # wall clock less _elapsed() at the last look; the timers stored before the start
+    zone, walls = None, {}  # the time zone at the last look, and the alarms' times of day in it
     while not stop.wait(wait):
         follow_zone()  # for the day and time a ring says
         try:
@@ -748,6 +763,9 @@ def ring_due_timers(context: SkillContext, stop: threading.Event) -> None:
                     earlier = set(db.execute("SELECT id, due FROM timers"))
                 elif abs(now_skew - skew) > CLOCK_STEP:
                     _clock_set(db, now_skew - skew, earlier)
+                if zone is not None and _zone() != zone:
+                    _zone_set(db, walls)
+                alarms_set = db.execute("SELECT id, due FROM timers WHERE kind = 'alarm'").fetchall()
                 due = db.execute(
                     "SELECT id, kind, label, due, language FROM timers"
                     " WHERE due <= ? AND paused_left IS NULL ORDER BY due",
@@ -762,6 +780,7 @@ def ring_due_timers(context: SkillContext, stop: threading.Event) -> None:
                 if ringing and context.stopped_at >= ringing[1] and stored and not stored[3]:
                     db.execute("UPDATE rung SET stopped = 1")  # a restart does not ring it again
             skew = now_skew  # once stored: a step not stored is found again at the next look
+            zone, walls = _zone(), {row_id: datetime.fromtimestamp(due) for row_id, due in alarms_set}
             done: dict[tuple[str, str], int] = {}  # timers done on time, by label and language: said once, counted
             for row_id, kind, label, due_at, language in due:
                 if row_id not in rung:
