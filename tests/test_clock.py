@@ -184,7 +184,7 @@ def test_a_hundred_timers_are_counted_not_read_out(tmp_path: Path) -> None:
         registry.call("set_timer", {"minutes": 5 + i % 3})
     registry.call("set_alarm", {"hour": (datetime.now() - timedelta(hours=1)).hour})  # after the timers
     listing = registry.call("list_timers", {}).text
-    assert listing.startswith("You have a timer with 4 minutes and ")
+    assert listing.startswith("You have a timer with ")
     assert listing.endswith(", and 96 more.") and listing.count(",") == 5
     status = registry.call("control_timer", {"action": "status"}).text
     assert status.startswith("The 5 minute timer has ") and status.endswith("; and 95 more timers.")
@@ -229,3 +229,21 @@ def test_an_alarm_keeps_its_time_of_day_when_the_zone_is_set(
     }
     running.stop()
     assert running.said == []
+
+
+@pytest.mark.parametrize(
+    ("name", "evening"), [("Europe/Berlin", datetime(2026, 3, 28, 22)), ("America/New_York", datetime(2026, 3, 7, 22))]
+)
+def test_an_alarm_at_a_time_the_clock_skips_rings_as_it_skips_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, zone: Callable[[str], None], name: str, evening: datetime
+) -> None:
+    zone(name)
+    time.tzset()
+    registry = registry_in(tmp_path)
+    at(evening.replace(tzinfo=ZoneInfo(name)), registry, monkeypatch)  # the evening before 2:00 becomes 3:00
+    said = registry.call("set_alarm", {"hour": 2, "minute": 30}).text
+    assert said == "Alarm set for 3:00 tomorrow: the clock skips 2:30."  # not 2:30, then ringing at 3:30
+    assert registry.call("list_timers", {}).text == "You have an alarm at 3:00."
+    registry.context.language = "zh"
+    assert registry.call("set_alarm", {"hour": 2}).text == "明天凌晨3点已经有闹钟了。"  # 2:00 is skipped too
+    assert registry.call("set_alarm", {"hour": 3}).text == "明天凌晨3点已经有闹钟了。"

@@ -370,10 +370,17 @@ def set_alarm(
         due += _tomorrow(now) - now.date()
     if due <= now:
         due += timedelta(days=1)
+    # A time the clock skips as daylight saving begins (2:30, as 2:00 becomes 3:00) rings as it is skipped,
+    # at 3:00, and the reply says so; datetime takes it for 3:30.
+    shown = datetime.fromtimestamp(due.timestamp())
+    skipped = (shown.hour, shown.minute) != (hour, minute)
+    if skipped:
+        due = shown - timedelta(minutes=minute)
     # Said with the day when it is not today: "set an alarm for 7" at 15:00 is 7:00 tomorrow morning.
     tomorrow = due.date() != now.date()
-    when = clock(hour, minute) + (" tomorrow" if tomorrow else "")
-    when_zh = ("明天" if tomorrow else "") + clock(hour, minute, "zh")
+    when = clock(due.hour, due.minute) + (" tomorrow" if tomorrow else "")
+    when_zh = ("明天" if tomorrow else "") + clock(due.hour, due.minute, "zh")
+    skips = context.localized(f": the clock skips {clock(hour, minute)}", zh=f"（时钟跳过{clock(hour, minute, 'zh')}）")
     with _db(context) as db:
         if db.execute("SELECT 1 FROM timers WHERE kind = 'alarm' AND due = ?", (due.timestamp(),)).fetchone():
             # One alarm, not two that ring together.
@@ -382,7 +389,9 @@ def set_alarm(
             "INSERT INTO timers (kind, label, due, language) VALUES ('alarm', ?, ?, ?)",
             (label.strip(), due.timestamp(), context.language),
         )
-    return context.localized(f"Alarm set for {when}.", zh=f"闹钟定在{when_zh}。")
+    return context.localized(
+        f"Alarm set for {when}{skips if skipped else ''}.", zh=f"闹钟定在{when_zh}{skips if skipped else ''}。"
+    )
 
 
 @skill(
