@@ -702,6 +702,7 @@ def snooze(context: SkillContext, minutes: Annotated[int, Range(1, 60)] = 9) -> 
     Args:
         minutes: minutes until it rings again
     """
+    follow_zone()
     with _db(context) as db:
         rang = db.execute("SELECT label, at, language, others FROM rung").fetchone()
         if rang is None or time.time() - rang[1] > SNOOZE_WITHIN:
@@ -714,7 +715,6 @@ def snooze(context: SkillContext, minutes: Annotated[int, Range(1, 60)] = 9) -> 
             [(name, due, said_in) for name, said_in in [*json.loads(others), (label, language)]],
         )
         db.execute("DELETE FROM rung")  # snoozed once: a second "snooze" is for the next ring
-    follow_zone()
     again = datetime.fromtimestamp(due)
     return context.localized(
         f"Snoozed until {clock(again.hour, again.minute)}.", zh=f"好的，{clock(again.hour, again.minute, 'zh')}再叫你。"
@@ -789,7 +789,7 @@ def ring_due_timers(context: SkillContext, stop: threading.Event) -> None:
                 if ringing and context.stopped_at >= ringing[1] and stored and not stored[3]:
                     db.execute("UPDATE rung SET stopped = 1")  # a restart does not ring it again
             skew = now_skew  # once stored: a step not stored is found again at the next look
-            zone, walls = _zone(), {row_id: datetime.fromtimestamp(due) for row_id, due in alarms_set}
+            zone, walls = _zone(), {row_id: datetime.fromtimestamp(at) for row_id, at in alarms_set}
             done: dict[tuple[str, str], int] = {}  # timers done on time, by label and language: said once, counted
             for row_id, kind, label, due_at, language in due:
                 if row_id not in rung:
