@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 WEEKDAYS_ZH = "一二三四五六日"  # Monday first, as datetime.weekday() counts; strftime's %A is English
 
 
@@ -15,3 +17,9 @@ def clock(hour: int, minute: int, language: str = "en") -> str:
         return f"{hour}:{minute:02d}"
     part = [name for start, name in DAY_PARTS_ZH if hour >= start][-1]
     return f"{part}{hour - 12 if hour > 12 else hour}点" + (f"{minute:02d}分" if minute else "")
+
+
+def follow_zone() -> None:
+    """Read the local time zone as it is now: Python reads it once, and a board's is often set after the
+    assistant started (timedatectl set-timezone changes /etc/localtime, which tzset() reads again)."""
+    time.tzset()

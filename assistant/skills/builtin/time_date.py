@@ -6,7 +6,7 @@ from datetime import datetime, timedelta
 
 from assistant import SkillContext, skill
 
-from ._spoken import WEEKDAYS_ZH, clock
+from ._spoken import WEEKDAYS_ZH, clock, follow_zone
 
 
 @skill(
@@ -18,6 +18,7 @@ from ._spoken import WEEKDAYS_ZH, clock
 )
 def current_time(context: SkillContext) -> str:
     """Tell the current local time."""
+    follow_zone()
     now = datetime.now()
     return context.localized(f"It is {clock(now.hour, now.minute)}.", zh=f"现在是{clock(now.hour, now.minute, 'zh')}。")
 
@@ -40,6 +41,7 @@ def current_date(context: SkillContext, tomorrow: bool = False) -> str:
     Args:
         tomorrow: true for tomorrow's instead
     """
+    follow_zone()
     date = datetime.now() + timedelta(days=tomorrow)
     which, which_zh = ("Tomorrow", "明天") if tomorrow else ("Today", "今天")
     return context.localized(

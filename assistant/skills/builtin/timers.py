@@ -18,7 +18,7 @@ from typing import Annotated, Literal
 
 from assistant import Range, SkillContext, StorageError, background, skill
 
-from ._spoken import WEEKDAYS_ZH, clock
+from ._spoken import WEEKDAYS_ZH, clock, follow_zone
 
 SCHEMA = """CREATE TABLE IF NOT EXISTS timers (
     id INTEGER PRIMARY KEY, kind TEXT NOT NULL, label TEXT NOT NULL, due REAL NOT NULL,
@@ -43,6 +43,10 @@ SNOOZE_WITHIN = 30 * 60  # seconds after an alarm rang in which "snooze" still m
 # An alarm on time rings again every RING_EVERY seconds for RING_FOR, a sleeper may not hear it once,
 # until "stop", "snooze" or "turn off the alarm".
 RING_EVERY, RING_FOR = 30, 5 * 60
+SAID_AT_MOST = 5  # timers and alarms a reply names, the soonest first; the others are counted
+# The wall clock moved by more than this between two looks was set (NTP at boot on a board without a
+# clock battery, `date -s`), not slewed: NTP slews at most 0.5 ms a second.
+CLOCK_STEP = 2.0
 log = logging.getLogger(__name__)
 
 
@@ -99,6 +103,13 @@ def _label(text: str) -> str:
     return label.removesuffix("的").strip()
 
 
+def _first(said: list[str], more: str) -> list[str]:
+    """The first SAID_AT_MOST of `said`, then `more` ({n}: how many others): a hundred timers are not read out."""
+    if len(said) <= SAID_AT_MOST:
+        return said
+    return [*said[:SAID_AT_MOST], more.format(n=len(said) - SAID_AT_MOST)]
+
+
 def _an(word: str) -> str:
     return f"{'an' if word[:1].lower() in 'aeiou' else 'a'} {word}"
 
@@ -114,6 +125,51 @@ def _timers(db: sqlite3.Connection, label: str, start_hours: int, start_minutes:
     if length:
         rows = [r for r in rows if round(r[3]) == length]
     return rows
+
+
+def _elapsed() -> float:
+    """Seconds since boot, on a clock that setting the time does not move; it counts while the board sleeps."""
+    return time.clock_gettime(time.CLOCK_BOOTTIME)
+
+
+def _clock_set(db: sqlite3.Connection, step: float, earlier: set[tuple[int, float]]) -> None:
+    """The wall clock was set `step` seconds forward (or back): a timer set since the start still rings
+    after its length in real time, and an alarm set since at the time of day it was set for. One of
+    `earlier`, stored by an earlier run, has only its wall time, and keeps it."""
+    now = time.time()
+    moved = [
+        (due + step if kind == "timer" else _same_time_of_day(due, due + step - now), row_id)
+        for row_id, kind, due in db.execute("SELECT id, kind, due FROM timers WHERE paused_left IS NULL")
+        if (row_id, due) not in earlier
+    ]
+    db.executemany("UPDATE timers SET due = ? WHERE id = ?", moved)
+    log.info(
+        "timers: the clock was set %+.0f s; %d timers and alarms set since the start ring on time", step, len(moved)
+    )
+
+
+def _same_time_of_day(due: float, ahead: float) -> float:
+    """An alarm set by a clock that was wrong (1970 on a board without a clock battery): at the time of
+    day it was set for, the one nearest to as far ahead as it was (an alarm "tomorrow" stays tomorrow's)."""
+    at, now = datetime.fromtimestamp(due), datetime.now()
+    aim = now + timedelta(seconds=ahead)
+    new = aim.replace(hour=at.hour, minute=at.minute, second=0, microsecond=0)
+    new += timedelta(days=round((aim - new) / timedelta(days=1)))
+    return (new if new > now else new + timedelta(days=1)).timestamp()
+
+
+def _zone() -> tuple:
+    """The local time zone as the C library has it (daylight saving does not change it)."""
+    return time.tzname, time.timezone, time.altzone
+
+
+def _zone_set(db: sqlite3.Connection, walls: dict[int, datetime]) -> None:
+    """The time zone was set: an alarm rings at the time of day it was set for (`walls`, as the old zone
+    had it), the next time the clock shows it, as an alarm clock does."""
+    now = datetime.now()
+    moved = [((wall if wall > now else wall + timedelta(days=1)).timestamp(), row_id) for row_id, wall in walls.items()]
+    db.executemany("UPDATE timers SET due = ? WHERE id = ? AND kind = 'alarm'", moved)
+    log.info("timers: the time zone is now %s; %d alarms keep their time of day", time.tzname[0], len(moved))
 
 
 def _left(due: float, paused_left: float | None) -> float:
@@ -307,16 +363,24 @@ def set_alarm(
         label: what the alarm is for
         tomorrow: true if "tomorrow" was said
     """
+    follow_zone()
     now = datetime.now()
     due = now.replace(hour=hour, minute=minute, second=0, microsecond=0)
     if tomorrow:
         due += _tomorrow(now) - now.date()
     if due <= now:
         due += timedelta(days=1)
+    # A time the clock skips as daylight saving begins (2:30, as 2:00 becomes 3:00) rings as it is skipped,
+    # at 3:00, and the reply says so; datetime takes it for 3:30.
+    shown = datetime.fromtimestamp(due.timestamp())
+    skipped = (shown.hour, shown.minute) != (hour, minute)
+    if skipped:
+        due = shown - timedelta(minutes=minute)
     # Said with the day when it is not today: "set an alarm for 7" at 15:00 is 7:00 tomorrow morning.
     tomorrow = due.date() != now.date()
-    when = clock(hour, minute) + (" tomorrow" if tomorrow else "")
-    when_zh = ("明天" if tomorrow else "") + clock(hour, minute, "zh")
+    when = clock(due.hour, due.minute) + (" tomorrow" if tomorrow else "")
+    when_zh = ("明天" if tomorrow else "") + clock(due.hour, due.minute, "zh")
+    skips = context.localized(f": the clock skips {clock(hour, minute)}", zh=f"（时钟跳过{clock(hour, minute, 'zh')}）")
     with _db(context) as db:
         if db.execute("SELECT 1 FROM timers WHERE kind = 'alarm' AND due = ?", (due.timestamp(),)).fetchone():
             # One alarm, not two that ring together.
@@ -325,7 +389,9 @@ def set_alarm(
             "INSERT INTO timers (kind, label, due, language) VALUES ('alarm', ?, ?, ?)",
             (label.strip(), due.timestamp(), context.language),
         )
-    return context.localized(f"Alarm set for {when}.", zh=f"闹钟定在{when_zh}。")
+    return context.localized(
+        f"Alarm set for {when}{skips if skipped else ''}.", zh=f"闹钟定在{when_zh}{skips if skipped else ''}。"
+    )
 
 
 @skill(
@@ -336,6 +402,7 @@ def set_alarm(
 )
 def list_timers(context: SkillContext) -> str:
     """Say which timers and alarms are set."""
+    follow_zone()
     now = datetime.now()
     with _db(context) as db:
         rows = db.execute("SELECT kind, label, due, paused_left FROM timers ORDER BY due").fetchall()
@@ -353,7 +420,10 @@ def list_timers(context: SkillContext) -> str:
             timer = _an(f"{label} timer" if label else "timer")
             said.append(f"{timer} with {_duration(left)} left{' (paused)' if paused else ''}")
             said_zh.append(f"{label}计时器还剩{_duration(left, language='zh')}{'，已暂停' if paused else ''}")
-    return context.localized("You have " + ", ".join(said) + ".", zh="现在有：" + "；".join(said_zh) + "。")
+    return context.localized(
+        "You have " + ", ".join(_first(said, "and {n} more")) + ".",
+        zh="现在有：" + "；".join(_first(said_zh, "还有{n}个")) + "。",
+    )
 
 
 def _status(rows: list, context: SkillContext) -> str:
@@ -364,8 +434,8 @@ def _status(rows: list, context: SkillContext) -> str:
         said_zh.append(
             f"{_timer_name(label, length, 'zh')}还剩{_duration(left, language='zh')}{'，已暂停' if paused else ''}"
         )
-    text = "; ".join(said)
-    return context.localized(text[0].upper() + text[1:] + ".", zh="；".join(said_zh) + "。")
+    text = "; ".join(_first(said, "and {n} more timers"))
+    return context.localized(text[0].upper() + text[1:] + ".", zh="；".join(_first(said_zh, "还有{n}个计时器")) + "。")
 
 
 def _change(db: sqlite3.Connection, row: tuple, action: str, seconds: int, name: str, context: SkillContext) -> str:
@@ -566,6 +636,7 @@ def cancel_alarms(
         every: true to cancel every alarm
         tomorrow: true for tomorrow's alarms only
     """
+    follow_zone()
     now = datetime.now()
     with _db(context) as db:
         rang = db.execute("SELECT at, due FROM rung WHERE NOT stopped").fetchone()
@@ -631,17 +702,20 @@ def snooze(context: SkillContext, minutes: Annotated[int, Range(1, 60)] = 9) -> 
     Args:
         minutes: minutes until it rings again
     """
+    follow_zone()
     with _db(context) as db:
         rang = db.execute("SELECT label, at, language, others FROM rung").fetchone()
         if rang is None or time.time() - rang[1] > SNOOZE_WITHIN:
             return context.localized("No alarm has rung just now.", zh="刚才没有闹钟响。")
         label, _, language, others = rang
-        again = datetime.now().replace(second=0, microsecond=0) + timedelta(minutes=minutes)
+        # Minutes of real time (on the clock, 1:55 + 9 minutes is 1:04 as daylight saving ends), from this minute.
+        due = time.time() // 60 * 60 + minutes * 60
         db.executemany(
             "INSERT INTO timers (kind, label, due, language) VALUES ('alarm', ?, ?, ?)",
-            [(name, again.timestamp(), said_in) for name, said_in in [*json.loads(others), (label, language)]],
+            [(name, due, said_in) for name, said_in in [*json.loads(others), (label, language)]],
         )
         db.execute("DELETE FROM rung")  # snoozed once: a second "snooze" is for the next ring
+    again = datetime.fromtimestamp(due)
     return context.localized(
         f"Snoozed until {clock(again.hour, again.minute)}.", zh=f"好的，{clock(again.hour, again.minute, 'zh')}再叫你。"
     )
@@ -666,6 +740,15 @@ def _ring(kind: str, label: str, due: float, language: str) -> str:
     return f"{what} is done." if kind == "timer" else f"{what} is ringing."
 
 
+def _done(label: str, count: int, language: str) -> str:
+    """What is said when `count` timers of one label are done together: once, not `count` times."""
+    if count == 1:
+        return _ring("timer", label, time.time(), language)
+    if language == "zh":
+        return f"{count}个{label}计时器时间到了。"
+    return f"Your {count} {label + ' ' if label else ''}timers are done."
+
+
 @background
 def ring_due_timers(context: SkillContext, stop: threading.Event) -> None:
     """Ring every timer or alarm that is due, then forget it; an alarm on time rings on for a while.
@@ -678,9 +761,20 @@ def ring_due_timers(context: SkillContext, stop: threading.Event) -> None:
     snoozable = None  # the alarm among them that rang on time, still to be stored: a row of `rung`
     ringing = None  # the alarms that rang on time and ring on: (label, language) each, when the last rang, when said
     wait, failing = TICK, False
+    skew, earlier = None, set()  # wall clock less _elapsed() at the last look; the timers stored before the start
+    zone, walls = None, {}  # the time zone at the last look, and the alarms' times of day in it
     while not stop.wait(wait):
+        follow_zone()  # for the day and time a ring says
         try:
             with _db(context) as db:
+                now_skew = time.time() - _elapsed()
+                if skew is None:
+                    earlier = set(db.execute("SELECT id, due FROM timers"))
+                elif abs(now_skew - skew) > CLOCK_STEP:
+                    _clock_set(db, now_skew - skew, earlier)
+                if zone is not None and _zone() != zone:
+                    _zone_set(db, walls)
+                alarms_set = db.execute("SELECT id, due FROM timers WHERE kind = 'alarm'").fetchall()
                 due = db.execute(
                     "SELECT id, kind, label, due, language FROM timers"
                     " WHERE due <= ? AND paused_left IS NULL ORDER BY due",
@@ -694,9 +788,16 @@ def ring_due_timers(context: SkillContext, stop: threading.Event) -> None:
                     ringing = None  # turned off or snoozed: its row is gone
                 if ringing and context.stopped_at >= ringing[1] and stored and not stored[3]:
                     db.execute("UPDATE rung SET stopped = 1")  # a restart does not ring it again
+            skew = now_skew  # once stored: a step not stored is found again at the next look
+            zone, walls = _zone(), {row_id: datetime.fromtimestamp(at) for row_id, at in alarms_set}
+            done: dict[tuple[str, str], int] = {}  # timers done on time, by label and language: said once, counted
             for row_id, kind, label, due_at, language in due:
                 if row_id not in rung:
-                    context.say(_ring(kind, label, due_at, context.announced_in(language)))
+                    if kind == "timer" and time.time() - due_at <= LATE:
+                        key = (label, context.announced_in(language))
+                        done[key] = done.get(key, 0) + 1
+                    else:
+                        context.say(_ring(kind, label, due_at, context.announced_in(language)))
                     rung.add(row_id)
                     if kind == "alarm" and time.time() - due_at <= LATE:  # not one said late
                         # One ringing already rings on with it, and is snoozed with it, unless "stop" was said to it.
@@ -704,6 +805,8 @@ def ring_due_timers(context: SkillContext, stop: threading.Event) -> None:
                         before = [alarm for alarm in ringing[0] if alarm != (label, language)] if still else []
                         snoozable = (label, time.time(), language, due_at, json.dumps(before))
                         ringing = ((*before, (label, language)), snoozable[1], snoozable[1])
+            for (label, language), count in done.items():
+                context.say(_done(label, count, language))
             if rung:
                 with _db(context) as db:
                     db.executemany("DELETE FROM timers WHERE id = ?", [(row_id,) for row_id in rung])

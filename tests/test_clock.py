@@ -1,0 +1,249 @@
+"""Time on a board: a wall clock set while the assistant runs, the time zone, daylight saving."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta, tzinfo
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from assistant.skills.builtin._spoken import clock
+from assistant.skills.registry import Registry
+from tests.test_builtin_skills import registry_in
+
+REAL_TIME = time
+
+
+class SettableClock:
+    """The `time` module as the timers see it, with a wall clock that can be set (as NTP sets a board's
+    at boot); the elapsed time goes on as before."""
+
+    def __init__(self) -> None:
+        self.step = 0.0
+
+    def time(self) -> float:
+        return REAL_TIME.time() + self.step
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(REAL_TIME, name)
+
+    def datetime(self) -> type[datetime]:
+        """`datetime` with its now() on this clock."""
+        wall = self
+
+        class Datetime(datetime):
+            @classmethod
+            def now(cls, tz: tzinfo | None = None) -> datetime:
+                return datetime.fromtimestamp(wall.time(), tz)  # with its fold: a subclass's loses it
+
+        return Datetime
+
+
+class Running:
+    """A registry on `state` whose timers' clock runs with a wall clock that can be set."""
+
+    def __init__(self, state: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.said: list[str] = []
+        self.registry: Registry = registry_in(state, self.said)
+        self.clock = SettableClock()
+        timers = self.registry.skills["set_timer"].func.__globals__
+        monkeypatch.setitem(timers, "time", self.clock)
+        monkeypatch.setitem(timers, "datetime", self.clock.datetime())
+        self.registry.call("list_timers", {})  # the tables made
+        self.stopped = threading.Event()
+        self.registry.start_background(self.stopped)
+
+    def said_within(self, seconds: float) -> list[str]:
+        deadline = REAL_TIME.monotonic() + seconds
+        while not self.said and REAL_TIME.monotonic() < deadline:
+            REAL_TIME.sleep(0.05)
+        return self.said
+
+    def stop(self) -> None:
+        self.stopped.set()
+        REAL_TIME.sleep(0.5)
+
+
+@pytest.mark.parametrize("step", [3600.0, 56 * 365 * 86400.0, -3 * 3600.0])
+def test_a_timer_rings_after_its_length_when_the_clock_is_set(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, step: float
+) -> None:
+    running = Running(tmp_path, monkeypatch)
+    REAL_TIME.sleep(0.5)  # the clock has looked once
+    assert running.registry.call("set_timer", {"seconds": 2}).text == "Timer set for 2 seconds."
+    running.clock.step = step  # forward from 1970 or the last shutdown, or back from a clock that ran ahead
+    assert running.said_within(1.2) == []  # not at once
+    assert running.said_within(2.0) == ["Your timer is done."]  # nor late, nor never
+    running.stop()
+
+
+def test_a_timer_from_before_the_start_keeps_its_wall_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A timer set before a restart: only its wall time survives it, and a clock set since is right.
+    registry_in(tmp_path).call("list_timers", {})
+    with sqlite3.connect(tmp_path / "timers.sqlite3") as db:
+        db.execute("INSERT INTO timers (kind, label, due, length) VALUES ('timer', 'tea', ?, 600)", (time.time() + 60,))
+        db.execute("INSERT INTO timers (kind, label, due) VALUES ('alarm', 'gym', ?)", (time.time() + 0.5,))
+    running = Running(tmp_path, monkeypatch)
+    assert running.said_within(2.0) == ["Your gym alarm is ringing."]  # an alarm rang meanwhile
+    running.clock.step = 70.0  # due 10 s ago
+    REAL_TIME.sleep(1.0)
+    assert "Your tea timer is done." in running.said
+    running.stop()
+
+
+@pytest.fixture
+def zone() -> Iterator[Callable[[str], None]]:
+    """Sets the time zone as `timedatectl set-timezone` does for a process already running: what
+    the C library reads next, without telling Python."""
+    before = os.environ.get("TZ")
+
+    def set_zone(name: str) -> None:
+        os.environ["TZ"] = name
+
+    yield set_zone
+    if before is None:
+        os.environ.pop("TZ", None)
+    else:
+        os.environ["TZ"] = before
+    time.tzset()
+
+
+def test_the_time_is_told_in_the_zone_set_now(tmp_path: Path, zone: Callable[[str], None]) -> None:
+    registry = registry_in(tmp_path)
+    zone("UTC")
+    time.tzset()  # the zone at the start
+    registry.call("current_time", {})
+    zone("Asia/Shanghai")  # set since: UTC+8, no daylight saving
+    now = datetime.now(ZoneInfo("Asia/Shanghai"))
+    told = registry.call("current_time", {}).text
+    assert told in {f"It is {clock(t.hour, t.minute)}." for t in (now, now + timedelta(minutes=1))}
+    tomorrow = registry.call("current_date", {"tomorrow": True}).text
+    assert tomorrow == (now + timedelta(days=1)).strftime("Tomorrow is %A, %B %-d, %Y.") or now.hour == 23
+    hour_ago = now - timedelta(hours=1)  # here the next one is tomorrow's (in UTC it may be today's)
+    day = " tomorrow" if hour_ago.date() == now.date() else ""
+    alarm = clock(hour_ago.hour, hour_ago.minute)
+    assert (
+        registry.call("set_alarm", {"hour": hour_ago.hour, "minute": hour_ago.minute}).text
+        == f"Alarm set for {alarm}{day}."
+    )
+
+
+def test_an_alarm_set_before_the_clock_was_set_rings_at_its_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    running = Running(tmp_path, monkeypatch)
+    # The board started at 1970-01-01 00:00:30, without a clock battery, and the alarm was set then.
+    running.clock.step = datetime(1970, 1, 1, 0, 0, 30).timestamp() - REAL_TIME.time()
+    REAL_TIME.sleep(0.5)
+    soon = datetime.now() + timedelta(minutes=2)
+    alarm = clock(soon.hour, soon.minute)
+    assert (
+        running.registry.call("set_alarm", {"hour": soon.hour, "minute": soon.minute}).text == f"Alarm set for {alarm}."
+    )
+    running.clock.step = 0.0  # NTP sets the clock
+    assert running.said_within(1.5) == []  # not "Your alarm was due at … I could not ring it then."
+    assert running.registry.call("list_timers", {}).text == f"You have an alarm at {alarm}."
+    running.stop()
+
+
+def at(when: datetime, registry: Registry, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The timers and alarms of `registry` at the time `when` (its wall clock set to it)."""
+    settable = SettableClock()
+    settable.step = when.timestamp() - REAL_TIME.time()
+    timers = registry.skills["set_timer"].func.__globals__
+    monkeypatch.setitem(timers, "time", settable)
+    monkeypatch.setitem(timers, "datetime", settable.datetime())
+
+
+def test_a_snooze_as_daylight_saving_ends_is_minutes_of_real_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, zone: Callable[[str], None]
+) -> None:
+    zone("America/New_York")
+    time.tzset()
+    registry = registry_in(tmp_path)
+    # 1:55 in the night daylight saving ends: at 2:00 the clock goes back to 1:00.
+    rang = datetime(2026, 11, 1, 1, 55, tzinfo=ZoneInfo("America/New_York"))
+    at(rang, registry, monkeypatch)
+    registry.call("list_timers", {})  # the tables made
+    with sqlite3.connect(tmp_path / "timers.sqlite3") as db:
+        db.execute("INSERT INTO rung (id, label, at, language) VALUES (0, '', ?, 'en')", (rang.timestamp(),))
+    assert registry.call("snooze", {}).text == "Snoozed until 1:04."  # not 2:04, an hour and 9 minutes later
+    with sqlite3.connect(tmp_path / "timers.sqlite3") as db:
+        assert db.execute("SELECT due FROM timers").fetchone()[0] == rang.timestamp() + 9 * 60
+
+
+def test_a_hundred_timers_are_counted_not_read_out(tmp_path: Path) -> None:
+    registry = registry_in(tmp_path)
+    for i in range(100):
+        registry.call("set_timer", {"minutes": 5 + i % 3})
+    registry.call("set_alarm", {"hour": (datetime.now() - timedelta(hours=1)).hour})  # after the timers
+    listing = registry.call("list_timers", {}).text
+    assert listing.startswith("You have a timer with ")
+    assert listing.endswith(", and 96 more.") and listing.count(",") == 5
+    status = registry.call("control_timer", {"action": "status"}).text
+    assert status.startswith("The 5 minute timer has ") and status.endswith("; and 95 more timers.")
+    assert status.count(";") == 5
+    registry.context.language = "zh"
+    assert registry.call("list_timers", {}).text.endswith("；还有96个。")
+
+
+def test_timers_done_together_are_said_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    registry_in(tmp_path).call("list_timers", {})
+    due = time.time() + 0.5
+    with sqlite3.connect(tmp_path / "timers.sqlite3") as db:
+        db.executemany(
+            "INSERT INTO timers (kind, label, due, length, language) VALUES ('timer', ?, ?, 300, ?)",
+            [*[("", due, "en")] * 98, ("tea", due, "en"), ("tea", due, "en"), ("pasta", due, "en"), ("茶", due, "zh")],
+        )
+    running = Running(tmp_path, monkeypatch)
+    running.said_within(2.0)
+    REAL_TIME.sleep(0.5)
+    assert sorted(running.said) == [
+        "Your 2 tea timers are done.",
+        "Your 98 timers are done.",
+        "Your pasta timer is done.",
+        "茶计时器时间到了。",
+    ]
+    running.stop()
+
+
+def test_an_alarm_keeps_its_time_of_day_when_the_zone_is_set(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, zone: Callable[[str], None]
+) -> None:
+    zone("UTC")  # as a board starts
+    time.tzset()
+    running = Running(tmp_path, monkeypatch)
+    assert running.registry.call("set_alarm", {"hour": 7, "minute": 30}).text.startswith("Alarm set for 7:30")
+    REAL_TIME.sleep(0.5)
+    zone("Asia/Shanghai")  # then set, as `timedatectl set-timezone` does
+    REAL_TIME.sleep(0.5)
+    assert running.registry.call("list_timers", {}).text in {
+        "You have an alarm at 7:30.",
+        "You have an alarm at 7:30 tomorrow.",
+    }
+    running.stop()
+    assert running.said == []
+
+
+@pytest.mark.parametrize(
+    ("name", "evening"), [("Europe/Berlin", datetime(2026, 3, 28, 22)), ("America/New_York", datetime(2026, 3, 7, 22))]
+)
+def test_an_alarm_at_a_time_the_clock_skips_rings_as_it_skips_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, zone: Callable[[str], None], name: str, evening: datetime
+) -> None:
+    zone(name)
+    time.tzset()
+    registry = registry_in(tmp_path)
+    at(evening.replace(tzinfo=ZoneInfo(name)), registry, monkeypatch)  # the evening before 2:00 becomes 3:00
+    said = registry.call("set_alarm", {"hour": 2, "minute": 30}).text
+    assert said == "Alarm set for 3:00 tomorrow: the clock skips 2:30."  # not 2:30, then ringing at 3:30
+    assert registry.call("list_timers", {}).text == "You have an alarm at 3:00."
+    registry.context.language = "zh"
+    assert registry.call("set_alarm", {"hour": 2}).text == "明天凌晨3点已经有闹钟了。"  # 2:00 is skipped too
+    assert registry.call("set_alarm", {"hour": 3}).text == "明天凌晨3点已经有闹钟了。"
