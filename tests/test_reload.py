@@ -1,0 +1,49 @@
+"""`systemctl reload` (SIGHUP) of the running daemon: what each change does, and reloads in bulk."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.test_daemon import Daemon, Notifications, reload, spoken, turn, write_config
+
+REFUSED = "reload failed, keeping the running configuration"
+
+
+@pytest.fixture()
+def running(tmp_path: Path, tiny_int8: Path) -> Iterator[tuple[Path, Path, Daemon]]:
+    """A text-only daemon on the tiny model: its config file, its control socket and the daemon."""
+    config = write_config(tmp_path, tiny_int8)
+    notify = Notifications(tmp_path / "notify.sock")
+    daemon = Daemon(tmp_path, config, notify)
+    try:
+        yield config, tmp_path / "run" / "control.sock", daemon
+    finally:
+        assert daemon.stop() == 0
+        notify.close()
+
+
+def test_a_reload_to_a_broken_model_is_refused_in_one_line_and_the_running_one_answers(
+    running, tiny_int8: Path, tmp_path: Path
+) -> None:
+    config, control, daemon = running
+    good = config.read_text()
+    bad_manifest = tmp_path / "bad-manifest"
+    shutil.copytree(tiny_int8, bad_manifest)
+    (bad_manifest / "manifest.yaml").write_text("format: [cut short\n")
+    cut_layer = tmp_path / "cut-layer"
+    shutil.copytree(tiny_int8, cut_layer)
+    layer = cut_layer / "onnx" / "layer_1.onnx"
+    layer.write_bytes(layer.read_bytes()[:100])
+    for broken, named in ((bad_manifest, "unreadable manifest"), (cut_layer, layer.name)):
+        config.write_text(good.replace(str(tiny_int8), str(broken)))
+        before = daemon.log_text()
+        reload(daemon)
+        said = daemon.log_text()[len(before) :]
+        refused = [line for line in said.splitlines() if REFUSED in line]
+        assert len(refused) == 1 and named in refused[0], said
+        assert "takes effect when the service restarts" not in said and "reloaded " not in said
+        assert spoken(turn(control, "what time is it")).startswith("It is ")
