@@ -3,13 +3,26 @@
 from __future__ import annotations
 
 import shutil
+import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.test_daemon import Daemon, Notifications, reload, spoken, turn, write_config
+from tests import test_daemon
+from tests.test_daemon import (
+    Daemon,
+    Notifications,
+    chatty_config,
+    reload,
+    spoken,
+    story,
+    turn,
+    write_config,
+)
 
+chatty = test_daemon.chatty  # the model that never stops on its own, as a fixture here too
 REFUSED = "reload failed, keeping the running configuration"
 
 
@@ -47,3 +60,27 @@ def test_a_reload_to_a_broken_model_is_refused_in_one_line_and_the_running_one_a
         assert len(refused) == 1 and named in refused[0], said
         assert "takes effect when the service restarts" not in said and "reloaded " not in said
         assert spoken(turn(control, "what time is it")).startswith("It is ")
+
+
+def test_20_sighups_in_a_second_during_a_reply_end_in_one_reload_of_the_last_file(tmp_path: Path, chatty: Path) -> None:
+    config = chatty_config(tmp_path, chatty, max_new_tokens=4000)
+    control, notify = tmp_path / "run" / "control.sock", Notifications(tmp_path / "notify.sock")
+    text = config.read_text()
+    daemon = Daemon(tmp_path, config, notify)
+    try:
+
+        def storm() -> None:
+            for i in range(20):
+                config.write_text(text.replace("max_new_tokens: 4000", f"max_new_tokens: {31 + i}"))
+                daemon.process.send_signal(signal.SIGHUP)
+                time.sleep(0.05)
+
+        reply = story(control, during=storm)
+        assert reply[-1]["generated_tokens"] == 3999, reply[-1]  # the reply went on as it started
+        daemon.wait_for_log("reloaded ")
+        time.sleep(1)  # a second reload would be done by now
+        assert daemon.log_text().count("reloaded ") == 1, daemon.log_text()
+        assert turn(control, "go on")[-1]["generated_tokens"] == 49  # max_new_tokens 50, the last file's
+    finally:
+        assert daemon.stop() == 0
+        notify.close()

@@ -301,6 +301,9 @@ class Daemon:
             registry = self._load_skills(settings)  # aside: the running turn is not touched
             if not self._lock_turns():
                 return
+            if self.reload_requested:  # a SIGHUP came while this reload waited for a turn: the next reads newer
+                self.turn_lock.release()
+                return
             try:
                 # The engine is shared: the new prompt is prefilled only between turns.
                 manager = self._manager(settings, registry)
@@ -316,6 +319,7 @@ class Daemon:
         finally:
             if not self.stop_requested:
                 self.enter(State.READY)
+            self._wake()  # a reload asked for meanwhile starts now, not at the main loop's next beat
 
     def _lock_turns(self) -> bool:
         """Take the turn lock, waiting for the running turn; False when the daemon stops meanwhile."""
