@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import time
@@ -51,7 +52,8 @@ def test_a_reload_to_a_broken_model_is_refused_in_one_line_and_the_running_one_a
     shutil.copytree(tiny_int8, cut_layer)
     layer = cut_layer / "onnx" / "layer_1.onnx"
     layer.write_bytes(layer.read_bytes()[:100])
-    for broken, named in ((bad_manifest, "unreadable manifest"), (cut_layer, layer.name)):
+    missing = tmp_path / "not-installed"
+    for broken, named in ((bad_manifest, "unreadable manifest"), (cut_layer, layer.name), (missing, "does not exist")):
         config.write_text(good.replace(str(tiny_int8), str(broken)))
         before = daemon.log_text()
         reload(daemon)
@@ -84,3 +86,27 @@ def test_20_sighups_in_a_second_during_a_reply_end_in_one_reload_of_the_last_fil
     finally:
         assert daemon.stop() == 0
         notify.close()
+
+
+def test_50_reloads_leave_no_thread_or_open_file_behind(running) -> None:
+    config, control, daemon = running
+    good = config.read_text()
+    pid = daemon.process.pid
+
+    def footprint() -> tuple[int, int]:
+        """Threads and open files, the fewest of 10 looks: the timers' clock opens its database for a moment."""
+        looks = []
+        for _ in range(10):
+            looks.append((len(os.listdir(f"/proc/{pid}/task")), len(os.listdir(f"/proc/{pid}/fd"))))
+            time.sleep(0.05)
+        return min(look[0] for look in looks), min(look[1] for look in looks)
+
+    reload(daemon)
+    threads0, fds0 = footprint()
+    for i in range(50):  # every other one with a change: new prompt, new skills list
+        config.write_text(good.replace("llm:\n", f"llm:\n  system_prompt: Reload {i}.\n") if i % 2 else good)
+        reload(daemon)
+    assert spoken(turn(control, "what time is it")).startswith("It is ")
+    threads1, fds1 = footprint()
+    assert threads1 <= threads0 and fds1 <= fds0, (threads0, threads1, fds0, fds1)
+    assert daemon.log_text().count("reloaded ") == 51
