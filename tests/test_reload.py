@@ -73,7 +73,8 @@ def test_20_sighups_in_a_second_during_a_reply_end_in_one_reload_of_the_last_fil
 
         def storm() -> None:
             for i in range(20):
-                config.write_text(text.replace("max_new_tokens: 4000", f"max_new_tokens: {31 + i}"))
+                changed = text.replace("max_new_tokens: 4000", f"max_new_tokens: {31 + i}\n  threads: 1")
+                config.write_text(changed)
                 daemon.process.send_signal(signal.SIGHUP)
                 time.sleep(0.05)
 
@@ -82,6 +83,7 @@ def test_20_sighups_in_a_second_during_a_reply_end_in_one_reload_of_the_last_fil
         daemon.wait_for_log("reloaded ")
         time.sleep(1)  # a second reload would be done by now
         assert daemon.log_text().count("reloaded ") == 1, daemon.log_text()
+        assert daemon.log_text().count("llm.threads changed: it takes effect when the service restarts") == 1
         assert turn(control, "go on")[-1]["generated_tokens"] == 49  # max_new_tokens 50, the last file's
     finally:
         assert daemon.stop() == 0

@@ -295,9 +295,6 @@ class Daemon:
                 # Not loaded until the restart, but checked now: a broken one would stop that restart.
                 manifest = load_manifest(settings.llm.model_dir)
                 verify_files(settings.llm.model_dir, manifest, model_files(manifest))
-            for key in RESTART_ONLY:  # compared with what runs, not with the last reload
-                if setting(settings, key) != setting(self.started_with, key):
-                    log.warning("%s changed: it takes effect when the service restarts", key)
             registry = self._load_skills(settings)  # aside: the running turn is not touched
             if not self._lock_turns():
                 return
@@ -305,6 +302,9 @@ class Daemon:
                 self.turn_lock.release()
                 return
             try:
+                for key in RESTART_ONLY:  # compared with what runs, not with the last reload
+                    if setting(settings, key) != setting(self.started_with, key):
+                        log.warning("%s changed: it takes effect when the service restarts", key)
                 # The engine is shared: the new prompt is prefilled only between turns.
                 manager = self._manager(settings, registry)
                 self.settings, self.registry, self.manager = settings, registry, manager
