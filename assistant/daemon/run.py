@@ -32,6 +32,7 @@ from assistant.daemon.notify import notify, watchdog_interval
 from assistant.doctor import MICROPHONE_FIX, microphone_problem
 from assistant.llm.conversation import Conversation
 from assistant.llm.engine import Engine, GenerationStats
+from assistant.llm.manifest import ModelError, load_manifest, model_files, verify_files
 from assistant.llm.sampling import Sampler
 from assistant.skills.registry import KEPT, Registry, load_registry, skill_folders
 from assistant.skills.sdk import SkillContext
@@ -290,13 +291,20 @@ class Daemon:
         try:
             settings = load_settings(self.config_path)
             check_model_paths(settings, voice=self.voice is not None)
-            for key in RESTART_ONLY:  # compared with what runs, not with the last reload
-                if setting(settings, key) != setting(self.started_with, key):
-                    log.warning("%s changed: it takes effect when the service restarts", key)
+            if settings.llm.model_dir != self.started_with.llm.model_dir:
+                # Not loaded until the restart, but checked now: a broken one would stop that restart.
+                manifest = load_manifest(settings.llm.model_dir)
+                verify_files(settings.llm.model_dir, manifest, model_files(manifest))
             registry = self._load_skills(settings)  # aside: the running turn is not touched
             if not self._lock_turns():
                 return
+            if self.reload_requested:  # a SIGHUP came while this reload waited for a turn: the next reads newer
+                self.turn_lock.release()
+                return
             try:
+                for key in RESTART_ONLY:  # compared with what runs, not with the last reload
+                    if setting(settings, key) != setting(self.started_with, key):
+                        log.warning("%s changed: it takes effect when the service restarts", key)
                 # The engine is shared: the new prompt is prefilled only between turns.
                 manager = self._manager(settings, registry)
                 self.settings, self.registry, self.manager = settings, registry, manager
@@ -311,6 +319,7 @@ class Daemon:
         finally:
             if not self.stop_requested:
                 self.enter(State.READY)
+            self._wake()  # a reload asked for meanwhile starts now, not at the main loop's next beat
 
     def _lock_turns(self) -> bool:
         """Take the turn lock, waiting for the running turn; False when the daemon stops meanwhile."""
@@ -514,7 +523,7 @@ class Daemon:
 
 
 def _describe(error: Exception) -> str:
-    return str(error) if isinstance(error, ConfigError) else f"{type(error).__name__}: {error}"
+    return str(error) if isinstance(error, (ConfigError, ModelError)) else f"{type(error).__name__}: {error}"
 
 
 def run(config_path: Path, settings: Settings, text_only: bool = False) -> int:

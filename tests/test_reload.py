@@ -1,0 +1,114 @@
+"""`systemctl reload` (SIGHUP) of the running daemon: what each change does, and reloads in bulk."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests import test_daemon
+from tests.test_daemon import (
+    Daemon,
+    Notifications,
+    chatty_config,
+    reload,
+    spoken,
+    story,
+    turn,
+    write_config,
+)
+
+chatty = test_daemon.chatty  # the model that never stops on its own, as a fixture here too
+REFUSED = "reload failed, keeping the running configuration"
+
+
+@pytest.fixture()
+def running(tmp_path: Path, tiny_int8: Path) -> Iterator[tuple[Path, Path, Daemon]]:
+    """A text-only daemon on the tiny model: its config file, its control socket and the daemon."""
+    config = write_config(tmp_path, tiny_int8)
+    notify = Notifications(tmp_path / "notify.sock")
+    daemon = Daemon(tmp_path, config, notify)
+    try:
+        yield config, tmp_path / "run" / "control.sock", daemon
+    finally:
+        assert daemon.stop() == 0
+        notify.close()
+
+
+def test_a_reload_to_a_broken_model_is_refused_in_one_line_and_the_running_one_answers(
+    running, tiny_int8: Path, tmp_path: Path
+) -> None:
+    config, control, daemon = running
+    good = config.read_text()
+    bad_manifest = tmp_path / "bad-manifest"
+    shutil.copytree(tiny_int8, bad_manifest)
+    (bad_manifest / "manifest.yaml").write_text("format: [cut short\n")
+    cut_layer = tmp_path / "cut-layer"
+    shutil.copytree(tiny_int8, cut_layer)
+    layer = cut_layer / "onnx" / "layer_1.onnx"
+    layer.write_bytes(layer.read_bytes()[:100])
+    missing = tmp_path / "not-installed"
+    for broken, named in ((bad_manifest, "unreadable manifest"), (cut_layer, layer.name), (missing, "does not exist")):
+        config.write_text(good.replace(str(tiny_int8), str(broken)))
+        before = daemon.log_text()
+        reload(daemon)
+        said = daemon.log_text()[len(before) :]
+        refused = [line for line in said.splitlines() if REFUSED in line]
+        assert len(refused) == 1 and named in refused[0], said
+        assert "takes effect when the service restarts" not in said and "reloaded " not in said
+        assert spoken(turn(control, "what time is it")).startswith("It is ")
+
+
+def test_20_sighups_in_a_second_during_a_reply_end_in_one_reload_of_the_last_file(tmp_path: Path, chatty: Path) -> None:
+    config = chatty_config(tmp_path, chatty, max_new_tokens=4000)
+    control, notify = tmp_path / "run" / "control.sock", Notifications(tmp_path / "notify.sock")
+    text = config.read_text()
+    daemon = Daemon(tmp_path, config, notify)
+    try:
+
+        def storm() -> None:
+            for i in range(20):
+                changed = text.replace("max_new_tokens: 4000", f"max_new_tokens: {31 + i}\n  threads: 1")
+                config.write_text(changed)
+                daemon.process.send_signal(signal.SIGHUP)
+                time.sleep(0.05)
+
+        reply = story(control, during=storm)
+        assert reply[-1]["generated_tokens"] == 3999, reply[-1]  # the reply went on as it started
+        daemon.wait_for_log("reloaded ")
+        time.sleep(1)  # a second reload would be done by now
+        assert daemon.log_text().count("reloaded ") == 1, daemon.log_text()
+        assert daemon.log_text().count("llm.threads changed: it takes effect when the service restarts") == 1
+        assert turn(control, "go on")[-1]["generated_tokens"] == 49  # max_new_tokens 50, the last file's
+    finally:
+        assert daemon.stop() == 0
+        notify.close()
+
+
+def test_50_reloads_leave_no_thread_or_open_file_behind(running) -> None:
+    config, control, daemon = running
+    good = config.read_text()
+    pid = daemon.process.pid
+
+    def footprint() -> tuple[int, int]:
+        """Threads and open files, the fewest of 10 looks: the timers' clock opens its database for a moment."""
+        looks = []
+        for _ in range(10):
+            looks.append((len(os.listdir(f"/proc/{pid}/task")), len(os.listdir(f"/proc/{pid}/fd"))))
+            time.sleep(0.05)
+        return min(look[0] for look in looks), min(look[1] for look in looks)
+
+    reload(daemon)
+    threads0, fds0 = footprint()
+    for i in range(50):  # every other one with a change: new prompt, new skills list
+        config.write_text(good.replace("llm:\n", f"llm:\n  system_prompt: Reload {i}.\n") if i % 2 else good)
+        reload(daemon)
+    assert spoken(turn(control, "what time is it")).startswith("It is ")
+    threads1, fds1 = footprint()
+    assert threads1 <= threads0 and fds1 <= fds0, (threads0, threads1, fds0, fds1)
+    assert daemon.log_text().count("reloaded ") == 51
