@@ -54,6 +54,8 @@ def test_code_without_a_fence_is_not_read_out(tiny_int8: Path) -> None:
     reply = "def add_numbers(a, b):\n    return a + b\n\nprint(add_numbers(10, 2)) # Outputs: 30"
     said, _ = heard(tiny_int8, reply, "Write a python function that adds two numbers.")
     assert said == "Sorry, I have no answer to that."  # nothing else to say
+    said, _ = heard(tiny_int8, reply.replace("print", 'result = add_numbers(3, 4)\nprint(f"{result}")\nprint'))
+    assert said == "Sorry, I have no answer to that."
     said, _ = heard(tiny_int8, "Here:\nimport os\nfrom os import path\nclass A:\n    pass\nThat is all.")
     assert said == "Here:\nThat is all."
     said, _ = heard(tiny_int8, "#include <stdio.h>\nint main() {\n  return 0;\n}\nThat is C.")
@@ -104,7 +106,8 @@ def test_what_smollm2_writes_to_be_seen_is_not_heard(smollm2_model: Path, tmp_pa
 
     for text, said in zip(requests, serving(daemon, talk), strict=True):
         print(f"{text!r}: {said!r}")
-        assert said.strip() and not any(mark in said for mark in ("```", '{"', "{\n", "def ", "set_timer")), said
+        marks = ("```", '{"', "{\n", "def ", "set_timer", "add_numbers(")
+        assert said.strip() and not any(mark in said for mark in marks), said
 
 
 def test_what_is_said_of_code_only_grows_as_the_reply_streams() -> None:

@@ -36,8 +36,11 @@ CODE_LINE = re.compile(
     re.M,
 )
 # The lines that go on with code after a CODE_LINE: blank, indented, a closing bracket, a comment, a line
-# that opens a block or ends a statement, or a call on its own such as print(add(1, 2)).
-CODE_MORE = re.compile(r"\s*\Z|[ \t}\])#]|.*[{;][ \t]*\Z|[\w.]+\(.*\)[ \t]*;?[ \t]*(?:(?:#|//).*)?\Z")
+# that opens a block or ends a statement, an assignment (result = add(3, 4)) or a call on its own such as
+# print(add(1, 2)).
+CODE_MORE = re.compile(
+    r"\s*\Z|[ \t}\])#]|.*[{;][ \t]*\Z|[\w.]+[ \t]*[-+*/]?=[^=]|[\w.]+\(.*\)[ \t]*;?[ \t]*(?:(?:#|//).*)?\Z"
+)
 # How such a line starts: a line that is still being written and begins so is held back until it ends.
 CODE_WORDS = ("def ", "class ", "import ", "from ", "return", "#include", "function", "const ", "let ", "var ")
 
