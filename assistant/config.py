@@ -82,11 +82,7 @@ class LlmSettings:
     threads: int = 2
     kv_cache_len: int | None = None
     max_new_tokens: int = 256
-    # The same as the shipped config.yaml's: a config that leaves it out gets the persona measured there.
-    system_prompt: str = (
-        "You are a helpful voice assistant running offline in the user's home."
-        " Answer in one or two short sentences, in the user's language."
-    )
+    system_prompt: str = "You are a helpful voice assistant. Answer briefly."
     sampling: SamplingSettings = field(default_factory=SamplingSettings)
 
 

@@ -70,18 +70,12 @@ def test_shipped_config_fits_the_boards_context(qwen2_tokenizer: Path, tmp_path:
     budget = plan.budget
     report = "\n".join(budget.lines())
     assert len(plan.tools) == len(skills) == 17 and not budget.intents_only, report  # every built-in skill
-    assert budget.system <= 370, report  # system message, tools and the example exchange
+    assert budget.system <= 360, report  # system message, tools and the example exchange
     assert budget.room >= 600, report
     # Qwen's own JSON signatures for the same tools, as the Qwen2.5 template lays them out, for scale.
     _, tokenizer = qwen(qwen2_tokenizer)
     signatures = "\n".join(__import__("json").dumps(t) for t in plan.tools)
     assert len(tokenizer.encode(signatures).ids) > 1000
-
-
-def test_a_config_without_a_persona_gets_the_shipped_one(tmp_path: Path) -> None:
-    config = tmp_path / "config.yaml"
-    config.write_text("llm:\n  max_new_tokens: 100\n")
-    assert load_settings(config, environ={}).llm.system_prompt == load_settings(SHIPPED, environ={}).llm.system_prompt
 
 
 def test_further_typical_skills_cost_at_most_25_tokens_a_line(qwen2_tokenizer: Path, tmp_path: Path) -> None:
