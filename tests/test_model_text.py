@@ -136,3 +136,15 @@ def test_a_reply_that_goes_on_writing_code_ends(tiny_int8: Path) -> None:
     assert kept.startswith("Here it is:\n```python\n") and len(kept) < 300  # it ended there
     said, _ = heard(tiny_int8, f"```python\n{code}```", "Write a python function that adds numbers.")
     assert said == "Sorry, I have no answer to that."
+
+
+def test_words_after_code_written_without_a_fence_are_said_in_full(tiny_int8: Path) -> None:
+    # The code is short enough to wait for; the sentence after it is judged once its line is whole.
+    code = "def add(a, b):\n" + "".join(f"    a = a + {n}\n" for n in range(8)) + "    return a + b\n"
+    words = "This function adds the two numbers you give it, and a few more, " * 3 + "then returns the sum."
+    said, _ = heard(tiny_int8, code + words, "Write a python function that adds two numbers.")
+    assert len(code) < 200 < len(code) + len(words) and said == words
+    endless = "Here:\ndef add():\n" + "".join(f"    total = total + {n}  # add {n}\n" for n in range(40)) + words
+    said, manager = heard(tiny_int8, endless, "Write a python function that adds numbers.")
+    kept = manager.conversation.messages[-1]["content"]
+    assert said == "Here:" and kept.startswith("Here:\ndef add():\n") and len(kept) < 300  # it ended there

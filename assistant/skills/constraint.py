@@ -250,8 +250,9 @@ def _unsaid(text: str, finished: bool) -> tuple[str, int]:
             break
         if code and start == code.start(1):
             at = _code_end(text, start, finished)
-            if at < 0:
-                return "".join(said), len(text) - start
+            if at < 0:  # a line after the code's first, still being written, is not counted as code yet
+                undecided = text.rfind("\n") + 1
+                return "".join(said), (undecided if undecided > start else len(text)) - start
             continue
         if start == fence:
             end = text.find(FENCE, start + len(FENCE))
