@@ -82,7 +82,10 @@ class LlmSettings:
     threads: int = 2
     kv_cache_len: int | None = None
     max_new_tokens: int = 256
-    system_prompt: str = "You are a helpful voice assistant. Answer briefly."
+    # The same as the shipped config.yaml's: a config that leaves it out gets the persona measured there.
+    system_prompt: str = (
+        "You are a helpful voice assistant running offline in the user's home. Answer in one or two short sentences."
+    )
     sampling: SamplingSettings = field(default_factory=SamplingSettings)
 
 

@@ -49,6 +49,29 @@ def test_code_is_not_read_out(tiny_int8: Path) -> None:
     assert manager.conversation.messages[-1]["content"] == reply  # the model still sees what it wrote
 
 
+def test_code_without_a_fence_is_not_read_out(tiny_int8: Path) -> None:
+    # SmolLM2-135M-Instruct's greedy answer to "Write a python function that adds two numbers."
+    reply = "def add_numbers(a, b):\n    return a + b\n\nprint(add_numbers(10, 2)) # Outputs: 30"
+    said, _ = heard(tiny_int8, reply, "Write a python function that adds two numbers.")
+    assert said == "Sorry, I have no answer to that."  # nothing else to say
+    said, _ = heard(tiny_int8, reply.replace("print", 'result = add_numbers(3, 4)\nprint(f"{result}")\nprint'))
+    assert said == "Sorry, I have no answer to that."
+    said, _ = heard(tiny_int8, "Here:\nimport os\nfrom os import path\nclass A:\n    pass\nThat is all.")
+    assert said == "Here:\nThat is all."
+    said, _ = heard(tiny_int8, "#include <stdio.h>\nint main() {\n  return 0;\n}\nThat is C.")
+    assert said == "That is C."
+    said, _ = heard(tiny_int8, "Like this:\nfunction add(a, b) {\n  return a + b;\n}\nconst x = add(1, 2);\nSee?")
+    assert said == "Like this:\nSee?"
+
+
+def test_sentences_that_begin_like_code_are_read_out(tiny_int8: Path) -> None:
+    words = "Return the book.\nFrom here on, import duties apply.\nClass starts at nine.\nDefine your goal.\nDone."
+    said, _ = heard(tiny_int8, words)
+    assert said == words
+    said, _ = heard(tiny_int8, "Steps:\nreturn the book,\nfrom here walk home.")  # lower case, but not code
+    assert said == "Steps:\nreturn the book,\nfrom here walk home."
+
+
 def test_json_is_not_read_out(tiny_int8: Path) -> None:
     # SmolLM2-135M-Instruct's answers to "提醒我明天早上七点起床" and "Make a note that the car needs new tyres".
     said, _ = heard(tiny_int8, '{\n    "type": "reminder"\n}', "提醒我明天早上七点起床")
@@ -76,13 +99,15 @@ def test_what_smollm2_writes_to_be_seen_is_not_heard(smollm2_model: Path, tmp_pa
     daemon = greedy_daemon(smollm2_model, tmp_path, "max_new_tokens: 60")
     requests = ["Show me a JSON example.", "Make a note that the car needs new tyres"]
     requests += ["Call the set_timer function with 4 minutes.", "Show me the JSON for a timer of 5 minutes."]
+    requests += ["Write a python function that adds two numbers."]
 
     def talk() -> list[str]:
         return ["".join(e["text"] for e in say(daemon.socket_path, text) if e["type"] == "text") for text in requests]
 
     for text, said in zip(requests, serving(daemon, talk), strict=True):
         print(f"{text!r}: {said!r}")
-        assert said.strip() and not any(mark in said for mark in ("```", '{"', "{\n", "def ", "set_timer")), said
+        marks = ("```", '{"', "{\n", "def ", "set_timer", "add_numbers(")
+        assert said.strip() and not any(mark in said for mark in marks), said
 
 
 def test_what_is_said_of_code_only_grows_as_the_reply_streams() -> None:
@@ -92,6 +117,8 @@ def test_what_is_said_of_code_only_grows_as_the_reply_streams() -> None:
         'A:\n  {"a": [1, {"b": "}"}]}\nB {"c": 1}\n{ no json }\n{"cut": "short',
         'Sure.\n```json\n{"name": "set_timer", "arguments": {"minutes": 5}}\n```\n'
         '<tool_call>\n{"name": "x"}\n</tool_call>',
+        "Here:\ndef add(a, b):\n    return a + b\n\nprint(add(1, 2)) # 3\nreturns 3.\nfrom x import y\ndone",
+        "#include <stdio.h>\nint main() {\n  return 0;\n}\nThat is C. const x = 1;\nconst y = 2;\nok",
     ]
     for reply in replies:
         said = [visible_text(reply[:end]) for end in range(len(reply) + 1)] + [visible_text(reply, finished=True)]
@@ -109,3 +136,15 @@ def test_a_reply_that_goes_on_writing_code_ends(tiny_int8: Path) -> None:
     assert kept.startswith("Here it is:\n```python\n") and len(kept) < 300  # it ended there
     said, _ = heard(tiny_int8, f"```python\n{code}```", "Write a python function that adds numbers.")
     assert said == "Sorry, I have no answer to that."
+
+
+def test_words_after_code_written_without_a_fence_are_said_in_full(tiny_int8: Path) -> None:
+    # The code is short enough to wait for; the sentence after it is judged once its line is whole.
+    code = "def add(a, b):\n" + "".join(f"    a = a + {n}\n" for n in range(8)) + "    return a + b\n"
+    words = "This function adds the two numbers you give it, and a few more, " * 3 + "then returns the sum."
+    said, _ = heard(tiny_int8, code + words, "Write a python function that adds two numbers.")
+    assert len(code) < 200 < len(code) + len(words) and said == words
+    endless = "Here:\ndef add():\n" + "".join(f"    total = total + {n}  # add {n}\n" for n in range(40)) + words
+    said, manager = heard(tiny_int8, endless, "Write a python function that adds numbers.")
+    kept = manager.conversation.messages[-1]["content"]
+    assert said == "Here:" and kept.startswith("Here:\ndef add():\n") and len(kept) < 300  # it ended there

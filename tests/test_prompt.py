@@ -78,6 +78,12 @@ def test_shipped_config_fits_the_boards_context(qwen2_tokenizer: Path, tmp_path:
     assert len(tokenizer.encode(signatures).ids) > 1000
 
 
+def test_a_config_without_a_persona_gets_the_shipped_one(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text("llm:\n  max_new_tokens: 100\n")
+    assert load_settings(config, environ={}).llm.system_prompt == load_settings(SHIPPED, environ={}).llm.system_prompt
+
+
 def test_further_typical_skills_cost_at_most_25_tokens_a_line(qwen2_tokenizer: Path, tmp_path: Path) -> None:
     settings, skills = shipped_skills(tmp_path, HOME)
     plan = plan_prompt(

@@ -27,6 +27,22 @@ FENCE = "```"
 JSON_START = re.compile(r'^[ \t]*(\{)\s*"', re.M)
 # What may yet turn out to open a code block or a JSON object, held back while the reply streams.
 MAY_OPEN = re.compile(r"^[ \t]*(\{\s*)\Z|(`{1,2})\Z", re.M)
+# A line of code written without a fence: only the forms code takes, lower case, so that sentences
+# such as "Return the book" or "From here on" are words.
+CODE_LINE = re.compile(
+    r"^[ \t]*(def \w+\(|class \w+\s*[(:]|import \w[\w.]*\s*(?:$|,|as\b)|from [\w.]+ import |#include\b"
+    r"|return(?:[ \t]+[\w.]+)?[ \t]*;?[ \t]*$|return\b.*[-+*/%=<>()\[\];]"  # not "return the book,"
+    r"|function\s*\w*\s*\(|(?:const|let|var) \w+\s*=[^=])",
+    re.M,
+)
+# The lines that go on with code after a CODE_LINE: blank, indented, a closing bracket, a comment, a line
+# that opens a block or ends a statement, an assignment (result = add(3, 4)) or a call on its own such as
+# print(add(1, 2)).
+CODE_MORE = re.compile(
+    r"\s*\Z|[ \t}\])#]|.*[{;][ \t]*\Z|[\w.]+[ \t]*[-+*/]?=[^=]|[\w.]+\(.*\)[ \t]*;?[ \t]*(?:(?:#|//).*)?\Z"
+)
+# How such a line starts: a line that is still being written and begins so is held back until it ends.
+CODE_WORDS = ("def ", "class ", "import ", "from ", "return", "#include", "function", "const ", "let ", "var ")
 
 
 def call_schema(tools: list[dict]) -> dict:
@@ -205,8 +221,9 @@ def visible_text(reply: str, finished: bool = False) -> str:
 
 
 def without_code(text: str, finished: bool = False) -> str:
-    """`text` without what is written to be seen, not heard: ``` fenced blocks and JSON objects on lines
-    of their own (a call written without its tags among them), which a voice would read out sign by sign.
+    """`text` without what is written to be seen, not heard: ``` fenced blocks, JSON objects on lines
+    of their own (a call written without its tags among them) and code without a fence (CODE_LINE and the
+    indented lines under it), which a voice would read out sign by sign.
 
     While the text streams, nothing is given from where such a block may start until it has ended. A JSON
     object that never ends (the reply stopped inside it) is left out up to the next blank line.
@@ -225,10 +242,18 @@ def _unsaid(text: str, finished: bool) -> tuple[str, int]:
     said, at = [], 0
     while True:
         fence, json_start = text.find(FENCE, at), JSON_START.search(text, at)  # ^ only where a line starts
-        start = min(i for i in (fence, json_start.start(1) if json_start else -1, len(text)) if i >= 0)
+        code = CODE_LINE.search(text, at)
+        starts = (fence, json_start.start(1) if json_start else -1, code.start(1) if code else -1, len(text))
+        start = min(i for i in starts if i >= 0)
         said.append(text[at:start])
         if start == len(text):
             break
+        if code and start == code.start(1):
+            at = _code_end(text, start, finished)
+            if at < 0:  # a line after the code's first, still being written, is not counted as code yet
+                undecided = text.rfind("\n") + 1
+                return "".join(said), (undecided if undecided > start else len(text)) - start
+            continue
         if start == fence:
             end = text.find(FENCE, start + len(FENCE))
             if end < 0:
@@ -243,5 +268,27 @@ def _unsaid(text: str, finished: bool) -> tuple[str, int]:
             blank = text.find("\n\n", start)
             at = len(text) if blank < 0 else blank
     text = "".join(said)
+    if not finished and _may_be_code(line := text[text.rfind("\n") + 1 :].lstrip(" \t")):
+        text = text[: len(text) - len(line)]
     held = None if finished else MAY_OPEN.search(text)
     return (text if held is None else text[: held.start(1) if held[1] is not None else held.start(2)]), 0
+
+
+def _code_end(text: str, start: int, finished: bool) -> int:
+    """Where the code that starts with the CODE_LINE at `start` ends: at the first line after it that is
+    not code (CODE_MORE). -1: not known yet, the text streams on (a line is judged once it is whole)."""
+    end = text.find("\n", start)
+    while end >= 0:
+        line_start = end + 1
+        end = text.find("\n", line_start)
+        if end < 0 and not finished:
+            return -1
+        line = text[line_start:] if end < 0 else text[line_start:end]
+        if not CODE_MORE.match(line) and not CODE_LINE.match(line):
+            return line_start
+    return len(text) if finished else -1
+
+
+def _may_be_code(line: str) -> bool:
+    """Whether a line still being written (from its first word on) may turn out to be a CODE_LINE."""
+    return any(word.startswith(line) or line.startswith(word) for word in CODE_WORDS)
