@@ -79,12 +79,11 @@ def report(findings: list[Finding]) -> str:
 
 
 def _llm(settings: Settings) -> list[Finding]:
-    from assistant.llm.manifest import ModelError, load_manifest, model_files, verify_files
+    from assistant.llm.manifest import ModelError, load_checked
 
     model_dir = settings.llm.model_dir
     try:
-        manifest = load_manifest(model_dir)
-        verify_files(model_dir, manifest, model_files(manifest))  # a manifest cut short lists fewer than it names
+        manifest = load_checked(model_dir)
     except ModelError as e:
         on_board = settings.llm.backend == "axengine" or importlib.util.find_spec("axengine") is not None
         return [Finding("llm.model_dir", str(e), BOARD_SETUP if on_board else SETUP)]

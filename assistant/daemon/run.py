@@ -32,7 +32,7 @@ from assistant.daemon.notify import notify, watchdog_interval
 from assistant.doctor import MICROPHONE_FIX, microphone_problem
 from assistant.llm.conversation import Conversation
 from assistant.llm.engine import Engine, GenerationStats
-from assistant.llm.manifest import ModelError, load_manifest, model_files, verify_files
+from assistant.llm.manifest import ModelError, load_checked
 from assistant.llm.sampling import Sampler
 from assistant.skills.registry import KEPT, Registry, load_registry, skill_folders
 from assistant.skills.sdk import SkillContext
@@ -293,8 +293,7 @@ class Daemon:
             check_model_paths(settings, voice=self.voice is not None)
             if settings.llm.model_dir != self.started_with.llm.model_dir:
                 # Not loaded until the restart, but checked now: a broken one would stop that restart.
-                manifest = load_manifest(settings.llm.model_dir)
-                verify_files(settings.llm.model_dir, manifest, model_files(manifest))
+                load_checked(settings.llm.model_dir)
             registry = self._load_skills(settings)  # aside: the running turn is not touched
             if not self._lock_turns():
                 return

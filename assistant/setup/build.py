@@ -35,6 +35,7 @@ from assistant.llm.manifest import (
     LayerFiles,
     Manifest,
     ModelError,
+    load_checked,
     load_manifest,
     model_files,
     record_files,
@@ -325,8 +326,7 @@ def _up_to_date(dest: Path, record: dict) -> bool:
             old["model"] = str(Path(old["model"]).expanduser().resolve())
         if old != record:
             return False
-        manifest = load_manifest(dest)
-        verify_files(dest, manifest, model_files(manifest))  # sizes only: quick
+        load_checked(dest)
     except (OSError, ValueError, ModelError):
         return False
     return True
