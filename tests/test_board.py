@@ -54,7 +54,7 @@ def test_setup_passes_the_history_groups_and_ax_llm_build_config(board_model: Pa
         "norm_eps": 1e-6, "norm_type": "rms_norm", "hidden_act": "silu",
     }  # fmt: skip
     board = yaml.safe_load((board_model / "manifest.yaml").read_text())["backends"]["axengine"]
-    assert board["prefill_len"] == P and board["kv_history"] == HISTORY
+    assert board["prefill_len"] == P and board["kv_history"] == HISTORY and board["chip"] == "AX630C"
     assert board["post"] == "axmodel/qwen_post.axmodel" and len(board["layers"]) == 2
 
 
@@ -216,8 +216,8 @@ SETUP_FOR_THE_NPU = "build it with `assistant setup --target ax630c` (AX630C) or
         ),
         (  # an AX630C build on an AX650N board
             "another chip", "axengine", True, {"AXENGINE_STANDIN_CHIP": "AX650"},
-            f"qwen_l0.axmodel: pyaxengine cannot load it (Failed to get model type.): built for another chip? "
-            f"{SETUP_FOR_THE_NPU}",
+            "qwen_l0.axmodel: pyaxengine cannot load it (Failed to get model type.): it was built for the AX630C; "
+            "on an AX650N build it with `assistant setup --target ax650n` on a PC with Pulsar2",
         ),
     ],
 )  # fmt: skip
@@ -252,6 +252,21 @@ def test_a_board_whose_npu_memory_is_full_is_one_line(board_model: Path, weights
     errors = [text for text in result.stderr.splitlines() if text.startswith("error:")]
     assert result.returncode == 78 and "Traceback" not in result.stderr, result.stderr
     assert len(errors) == 1 and line in errors[0], errors
+
+
+def test_a_board_build_without_its_chip_recorded_guesses_the_chip(board_model: Path, tmp_path: Path) -> None:
+    """Manifests written before the chip was recorded load as before, and a chip mismatch is still named."""
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(board_model, model)
+    manifest = yaml.safe_load((model / "manifest.yaml").read_text())
+    del manifest["backends"]["axengine"]["chip"]
+    (model / "manifest.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
+    assert board_chat(model, "hello\n").returncode == 0
+    result = board_chat(model, "hello\n", AXENGINE_STANDIN_CHIP="AX650")
+    line = "qwen_l0.axmodel: pyaxengine cannot load it (Failed to get model type.): built for another chip? "
+    assert f"{line}{SETUP_FOR_THE_NPU} on a PC with Pulsar2" in result.stderr.strip().splitlines()[-1], result.stderr
 
 
 def test_a_host_build_on_the_board_names_the_board_build(tiny_float: Path) -> None:
@@ -297,8 +312,8 @@ def test_pyaxengine_installed_without_its_runtime_says_why_the_cpu_runs(tiny_flo
         ),
         (
             {"AXENGINE_STANDIN_CHIP": "AX650"},
-            f"qwen_l0.axmodel: pyaxengine cannot load it (Failed to get model type.): built for another chip? "
-            f"{SETUP_FOR_THE_NPU} on a PC with Pulsar2",
+            "qwen_l0.axmodel: pyaxengine cannot load it (Failed to get model type.): it was built for the AX630C; "
+            "on an AX650N build it with `assistant setup --target ax650n` on a PC with Pulsar2",
         ),
     ],
 )

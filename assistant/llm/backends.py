@@ -37,6 +37,7 @@ MIN_PYAXENGINE = "0.1.2rc0"  # the first release whose run() takes shape_group
 MIN_PYAXENGINE_AXCLRT = (0, 1, 3)
 AXCLRT = "AXCLRTExecutionProvider"
 BUILD_FOR_THE_NPU = "`assistant setup --target ax630c` (AX630C) or `--target ax650n` (AX650N) on a PC with Pulsar2"
+OTHER_CHIP = {"AX630C": "AX650N", "AX650N": "AX630C"}  # the two chips `assistant setup` builds for
 # pyaxengine's own messages when the NPU runtime cannot start, before any model is read: the board's
 # drivers (axengine/_axe.py, _initialize_engine, run on the first session) or the M.2 card
 # (axengine/_axclrt.py, _initialize_axclrt and AXCLRTSession.__init__).
@@ -156,7 +157,7 @@ class AxRunner:
     (the voice's decoder is run by a reply and by an announcement, each on its own thread).
     """
 
-    def __init__(self, path: Path, provider: str):
+    def __init__(self, path: Path, provider: str, chip: str = ""):
         with _prints_to_stderr():
             import axengine
 
@@ -166,7 +167,7 @@ class AxRunner:
                 self.session = axengine.InferenceSession(str(path), providers=[provider])
         except (ValueError, RuntimeError, OSError) as e:
             _drop_half_built_session(e)
-            raise ModelError(_cannot_open(path, provider, e)) from None
+            raise ModelError(_cannot_open(path, provider, e, chip)) from None
         self.path = path
         self._one_run = threading.Lock()
 
@@ -194,8 +195,11 @@ class AxRunner:
             return [out if out.base is None else out.copy() for out in outputs]
 
 
-def _cannot_open(path: Path, provider: str, e: Exception) -> str:
-    """One line for a session pyaxengine could not open: what failed, and what fixes it."""
+def _cannot_open(path: Path, provider: str, e: Exception, chip: str = "") -> str:
+    """One line for a session pyaxengine could not open: what failed, and what fixes it.
+
+    `chip`: what the manifest says the file was built for, when it says so.
+    """
     if isinstance(e, ValueError):  # an unavailable provider: axengine/_session.py, InferenceSession.__init__
         return f"{path}: pyaxengine cannot open it with {provider} ({e}); check llm.axengine_provider"
     if isinstance(e, OSError):  # on the board pyaxengine opens the file itself (axengine/_axe.py, __init__)
@@ -206,6 +210,11 @@ def _cannot_open(path: Path, provider: str, e: Exception) -> str:
         return f"{path}: the NPU's memory is full ({e}); {FREE_CMM}"
     # "Failed to get model type.": the runtime cannot read this file as its model; "Failed to load
     # model.": nor load it, which also happens when its weights do not fit in the CMM that is left
+    if "model type" in str(e) and (other := OTHER_CHIP.get(chip)):
+        return (
+            f"{path}: pyaxengine cannot load it ({e}): it was built for the {chip}; on an {other} build it "
+            f"with `assistant setup --target {other.lower()}` on a PC with Pulsar2"
+        )
     cmm = f", or the NPU's memory full ({FREE_CMM})" if "load model" in str(e) else ""
     return f"{path}: pyaxengine cannot load it ({e}): built for another chip{cmm}? build it with {BUILD_FOR_THE_NPU}"
 
@@ -309,8 +318,8 @@ def open_sessions(
 
         if problem := axengine_problem():
             raise ModelError(f"backend axengine: {problem}")
-        layers = [AxRunner(model_dir / f, provider) for f in files.layers]
-        post = AxRunner(model_dir / files.post, provider)
+        layers = [AxRunner(model_dir / f, provider, files.chip) for f in files.layers]
+        post = AxRunner(model_dir / files.post, provider, files.chip)
         board = board_shapes(layers, manifest, files)
         sessions = Sessions(backend, layers, post, np.dtype(ml_dtypes.bfloat16), board)
     else:

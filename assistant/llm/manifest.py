@@ -30,6 +30,8 @@ class LayerFiles:
     weights: str = ""  # e.g. "int8" or "float", for people reading the manifest
     kv_history: list[int] = field(default_factory=list)
     """Board only: the history rows of the prefill groups after the first (`--last_kv_cache_len`)."""
+    chip: str = ""
+    """Board only: the chip Pulsar2 built the axmodels for ("AX630C" or "AX650N"; "" before it was recorded)."""
 
 
 @dataclass
@@ -112,6 +114,8 @@ def _wrong_value(m: Manifest) -> str | None:
         numbers = [files.prefill_len, *files.kv_history] if isinstance(files.kv_history, list) else [None]
         if any(type(n) is not int for n in numbers):
             return f"backends.{backend}: prefill_len {files.prefill_len!r} or kv_history {files.kv_history!r} is wrong"
+        if files.chip not in ("", "AX630C", "AX650N"):
+            return f"backends.{backend}: chip is {files.chip!r}, not AX630C or AX650N"
     if not isinstance(m.files, dict):
         return f"files is {m.files!r}, not each file with its size and sha256"
     for name, entry in m.files.items():

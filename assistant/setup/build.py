@@ -280,6 +280,7 @@ def _board_build(
     run_pulsar2(command, work)
     weights = f"{opts.weight_type}, bf16 activations"
     layers = collect_axmodels(build_dir, work, num_layers, opts.prefill_len, kv_history, weights)
+    layers.chip = opts.target.upper()  # named when a board cannot load them
     shutil.rmtree(build_dir, ignore_errors=True)
     return layers
 
