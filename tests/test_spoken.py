@@ -126,6 +126,29 @@ def test_numbers_are_said_as_a_chinese_listener_expects(written: str, heard: str
 
 
 @pytest.mark.parametrize(
+    ("written", "language", "heard"),
+    [
+        # A local number to dial, not "five hundred fifty-five to one thousand two hundred thirty-four"
+        ("Call 555-1234.", "en", "Call 5 5 5, 1 2 3 4."),
+        ("My number is 555-1000.", "en", "My number is 5 5 5, 1 0 0 0."),
+        ("It is 555-1234.", "en", "It is 5 5 5, 1 2 3 4."),
+        ("Call 1234-5678 or 1-800-555-1234.", "en", "Call 1 2 3 4, 5 6 7 8 or 1, 8 0 0, 5 5 5, 1 2 3 4."),
+        ("电话555-1234", "zh", "电话5 5 5, 1 2 3 4"),
+        ("电话010-12345678。", "zh", "电话0 1 0, 1 2 3 4 5 6 7 8。"),  # not 0 1 0到1234万5678
+        ("电话555-123-4567", "zh", "电话5 5 5, 1 2 3, 4 5 6 7"),
+        ("请拨打12345热线，电话是65432100。", "zh", "请拨打1 2 3 4 5热线，电话是6 5 4 3 2 1 0 0。"),
+        # and ranges stay ranges
+        ("Open 9-17, or 9:00-17:00.", "en", "Open 9 to 17, or 9 AM to 5 PM."),
+        ("Spend 500-1000 dollars, walk 300-1234 m, from 1990-2000.", "en",
+         "Spend 500 to 1000 dollars, walk 300 to 1234 meters, from 19 90 to 2000."),
+        ("共12345元，500-1000米", "zh", "共1万2345元，500到1000米"),
+    ],
+)  # fmt: skip
+def test_a_telephone_number_is_told_from_a_range(written: str, language: str, heard: str) -> None:
+    assert speakable(written, language) == heard
+
+
+@pytest.mark.parametrize(
     ("reply", "pieces"),
     [
         # A period inside a sentence: a.m., U.S., etc. before a word in lower case, and No. before its number

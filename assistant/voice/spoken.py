@@ -113,7 +113,21 @@ _DAY_PART_TWICE = re.compile(rf"({_DAY_PART})(?:{_DAY_PART})")
 # Said digit by digit: a telephone number ("555-123-4567", "(555) 123-4567"), a Chinese mobile number,
 # and a run of digits too long to be a quantity (an order number; past 18 digits piper's Chinese number
 # words have none).
-_PHONE = re.compile(r"(?<![\w+.,-])(?:\(\d{3}\) ?|\d{3}[-. ])\d{3}[-. ]\d{4}(?![-.,]?\d)")
+_PHONE = re.compile(r"(?<![A-Za-z0-9_+.,-])(?:1[-. ])?(?:\(\d{3}\) ?|\d{3}[-. ])\d{3}[-. ]\d{4}(?![-.,]?\d)")
+# A shorter one is told from a range ("9-17", "500-1000 m") by what a listener knows: an area code starts with 0
+# (010-12345678); after a word of calling ("call", 电话) 555-1234 and 1234-5678 are numbers to dial; without
+# one, a range's ends are round (500-1000) or a unit follows, a local number's (555-1234) are not.
+_LOCAL_PHONE = re.compile(
+    r"(?<![A-Za-z0-9.,:/$€£¥￥+–-])(?:0\d{2,3}-\d{7,8}|(\d{3,4})-(\d{4}))(?![0-9:/–-]|[.,]\d)(?=(?P<after> ?\S*))"
+)
+_CALLING = re.compile(
+    r"\b(?:call(?:ing|ed)?|phone|dial|fax|tel|telephone|mobile|cell|hotline|number|reach|contact|text)\b"
+    r"|电话|号码|拨打|致电|手机|热线|联系|传真",
+    re.IGNORECASE,
+)
+# The number right after such a word in Chinese (拨打110, 热线12345, 电话是65432100), said digit by digit as
+# a number to dial is, not as 一万二千三百四十五.
+_DIALLED = re.compile(r"(?<=电话|号码|拨打|致电|热线)([是为:：]? ?)(\d{3,12})(?![-.,]?\d)")
 _MOBILE = re.compile(r"(?<![\d.,])1[3-9]\d{9}(?![.,]?\d)")
 _DIGIT_RUN = re.compile(r"(?<![\d.,])\d{13,}(?![.,]?\d)")
 _SCIENTIFIC = re.compile(r"(?<![\w.])(\d+(?:\.\d+)?)[eE]([+-]?)(\d+)(?!\w|[.,]\d)")
@@ -316,9 +330,22 @@ def _numbers_in_words(text: str, language: str) -> str:
             return f"{m[1]}年{said.month}月{said.day}日"  # the year then said digit by digit
         return f"{said.strftime('%B')} {said.day}, {said.year}"
 
+    def dialled(digits: str) -> str:
+        return ", ".join(" ".join(group) for group in re.findall(r"\d+", digits))
+
+    def local_phone(m: re.Match) -> str:
+        before = re.split(r"[.!?。！？\n]", text[max(0, m.start() - 60) : m.start()])[-1]
+        if m[1] is None or _CALLING.search(before + m["after"]):
+            return dialled(m[0])
+        round_ends = m[1].endswith("0") and m[2].endswith("0")
+        unit = _UNIT.match(m[2] + m["after"]) or m["after"].strip()[:1] in ("%", "％")
+        return m[0] if len(m[1]) == 4 or round_ends or unit else dialled(m[0])  # 1990-2000, 500-1000 m: a range
+
     if zh:
         text = _MOBILE.sub(lambda m: " ".join(m[0]), text)
-    text = _PHONE.sub(lambda m: ", ".join(" ".join(group) for group in re.findall(r"\d+", m[0])), text)
+    text = _LOCAL_PHONE.sub(local_phone, _PHONE.sub(lambda m: dialled(m[0]), text))
+    if zh:
+        text = _DIALLED.sub(lambda m: m[1] + " ".join(m[2]), text)
     text = _DIGIT_RUN.sub(lambda m: " ".join(m[0]), text)
     text = _DOTTED_THOUSANDS.sub(lambda m: m[0].replace(".", ","), text)
     text = _ROUND_THE_CLOCK.sub("全天候" if zh else "24 7", _SCIENTIFIC.sub(scientific, text))
