@@ -82,6 +82,9 @@ def test_times_are_said_as_a_chinese_speaker_says_them(written: str, heard: str)
         # Titles: espeak ends a sentence at their period ("Doctor. Kim")
         ("Ask Dr. Kim and Mr. Lee, or Prof. Ng.", "Ask Doctor Kim and Mister Lee, or Professor Ng."),
         ("It is No. 5 on the list.", "It is number 5 on the list."),
+        # espeak ends a sentence at the last period of initials and at a title's or a month's
+        ("In the U.S. Army. In the U.S. It is big.", "In the U.S Army. In the U.S. It is big."),
+        ("Climb Mt. Everest on Jan. 5 with Gen. Lee.", "Climb Mount Everest on January 5 with General Lee."),
         ("$0.99, $0.01, $1,299.99, $5.05.", "99 cents, 1 cent, 1,299 dollars 99, 5 dollars 5 cents."),
         ("About 1.5e10 stars, or 3E-5.", "About 1.5 times 10 to the 10 stars, or 3 times 10 to the minus 5."),
         # As written: espeak says these well
@@ -161,6 +164,15 @@ def test_a_telephone_number_is_told_from_a_range(written: str, language: str, he
         ("Open 9 a.m. - 5 p.m. Then close.", ["Open 9 a.m. - 5 p.m.", "Then close."]),
         ("Tea, coffee, etc. are fine. It is 9:30. The alarm is set.",
          ["Tea, coffee, etc. are fine.", "It is 9:30.", "The alarm is set."]),
+        # Initials, a title or a month before what they name: "the U.S." and "Army for years." are not two sentences
+        ("He served in the U.S. Army for years. Then he left.",
+         ["He served in the U.S. Army for years.", "Then he left."]),
+        ("The U.N. Security Council met. Books by J.K. Rowling. Ok.",
+         ["The U.N. Security Council met.", "Books by J.K. Rowling.", "Ok."]),
+        ("Climb Mt. Everest with Gen. Lee on Jan. 5. Ok.", ["Climb Mt. Everest with Gen. Lee on Jan. 5.", "Ok."]),
+        # but a new sentence after initials is one
+        ("I live in the U.S. It is big. It is 9 a.m. Tomorrow too.",
+         ["I live in the U.S.", "It is big.", "It is 9 a.m.", "Tomorrow too."]),
     ],
 )  # fmt: skip
 def test_a_period_inside_a_sentence_does_not_cut_it(reply: str, pieces: list[str]) -> None:

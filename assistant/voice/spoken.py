@@ -27,6 +27,32 @@ _LIST_NUMBER = re.compile(r"(?:^|\n)[ \t]*\d+\.$")
 _RUNS_ON = re.compile(r"[a-z]")
 _DOTTED = re.compile(r"(?:\b[A-Za-z]\.){2,}$|\b(?:etc|No)\.$")
 _CAPITAL = re.compile(r"[A-Z]")
+# Nor the period of a title before a name ("Mt. Everest", "Gen. Lee"), of a month before its day ("Jan. 5"),
+# or of initials before a name ("the U.S. Army", "J.K. Rowling"); but "in the U.S. It is big" is two
+# sentences: initials end one before a word that sentences start with.
+_TITLES = "Dr|Mr|Mrs|Ms|Prof|Mt|Gen|Sen|Gov|Capt|Lt|Col|Sgt|Rev"
+_MONTHS = "Jan|Feb|Mar|Apr|Jun|Jul|Aug|Sep|Sept|Oct|Nov|Dec"
+_BEFORE_NAME = re.compile(rf"\b(?:{_TITLES})\.$")
+_BEFORE_DAY = re.compile(rf"\b(?:{_MONTHS})\.$")
+_INITIALS = re.compile(r"(?<![\w.])(?:[A-Z]\.){2,}$")
+_OPENER = re.compile(
+    r"(?:"
+    r"I|It|Its|He|She|We|They|You|This|That|These|Those|There|Here|Then|The|A|An|But|And|So|Or|Yet|If|When|"
+    r"While|What|Which|Who|Where|Why|How|In|On|At|For|From|To|By|With|As|After|Before|Since|Now|Today|"
+    r"Tomorrow|Yesterday|Also|However|Still|My|Our|Your|His|Her|Their|Some|Most|Many|All|Each|Every|No|Not|"
+    r"Do|Does|Did|Is|Are|Was|Were|Can|Could|Will|Would|Should|May|Might|Let|Please|Thanks|Yes|Both|Only|"
+    r"Just|Even|Sure|Ok|Okay|Well|Oh"
+    r")$"
+)
+_FIRST_WORD = re.compile(r"[A-Za-z]+")
+
+
+def _name_follows(after: str) -> bool:
+    """Whether `after`, the text after initials, goes on with a name ("Army for years"), not a new sentence."""
+    word = _FIRST_WORD.match(after)
+    return word is not None and word[0][0].isupper() and not _OPENER.match(word[0])
+
+
 # What espeak-ng cannot take (a NUL ends its C string), UTF-8 cannot carry (a lone surrogate), and other
 # control characters, none of them speech: a reply or a note may hold them, and the rest is still said.
 _UNSPEAKABLE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
@@ -167,8 +193,17 @@ _DECADE_NAMES = [
     "nineties",
 ]
 # Titles and "No." before what they name: espeak ends a sentence at their period ("Doctor. Kim").
-_TITLE = re.compile(r"\b(Dr|Mr|Mrs|Ms|Prof)\.(?= [A-Z])|\bNo\.(?= ?\d)")
-_TITLE_WORDS = {"Dr": "Doctor", "Mr": "Mister", "Mrs": "Missus", "Ms": "Miz", "Prof": "Professor", None: "number"}
+# And so do initials before a name ("U.S. Army": "U S. Army"), which are said without their last period.
+_TITLE = re.compile(rf"\b({_TITLES})\.(?= [A-Z])|\b({_MONTHS})\.(?= \d)|\bNo\.(?= ?\d)")
+_TITLE_WORDS = {
+    **{"Dr": "Doctor", "Mr": "Mister", "Mrs": "Missus", "Ms": "Miz", "Prof": "Professor", "Mt": "Mount"},
+    **{"Gen": "General", "Sen": "Senator", "Gov": "Governor", "Capt": "Captain", "Lt": "Lieutenant"},
+    **{"Col": "Colonel", "Sgt": "Sergeant", "Rev": "Reverend", None: "number"},
+    **{month[:3]: month for month in ("January", "February", "March", "April", "June", "July", "August")},
+    **{month[:3]: month for month in ("September", "October", "November", "December")},
+    "Sept": "September",
+}
+_INITIALS_BEFORE = re.compile(r"(?<![\w.])((?:[A-Z]\.)+[A-Z])\.(?= )")
 _CENTS = {"$": ("cent", "cents"), "€": ("cent", "cents"), "£": ("penny", "pence")}
 # Full-width letters and digits (１２３), which espeak says nothing for, and their point and colon.
 _FULL_WIDTH = str.maketrans({chr(c): chr(c - 0xFEE0) for c in range(0xFF01, 0xFF5F) if chr(c - 0xFEE0).isalnum()})
@@ -212,6 +247,17 @@ class SentenceSplitter:
             if _ABBREVIATION.search(before) or _LIST_NUMBER.search(before):
                 continue
             if before.endswith(".") and "\n" not in match.group():  # a line break ends it still
+                rest = self.buffer[match.end() :]
+                if (_INITIALS.search(before) and _FIRST_WORD.fullmatch(rest)) or (
+                    not rest and (_BEFORE_NAME.search(before) or _BEFORE_DAY.search(before))
+                ):
+                    break  # what comes next decides, and it has not come yet
+                if (
+                    (_BEFORE_NAME.search(before) and _CAPITAL.match(after))
+                    or (_BEFORE_DAY.search(before) and after.isdigit())
+                    or (_INITIALS.search(before) and _name_follows(rest))
+                ):
+                    continue
                 dotted = _DOTTED.search(before)
                 if not after and dotted:
                     break
@@ -358,7 +404,8 @@ def _numbers_in_words(text: str, language: str) -> str:
         text = _YEAR.sub(lambda m: m[1].translate(_CHINESE_DIGITS), _TO_CHINESE_TIME.sub("到", text))
         text = _DAY_PART_TWICE.sub(r"\1", text)
     else:
-        text = _TITLE.sub(lambda m: _TITLE_WORDS[m[1]], _DECADE.sub(decade, _YEAR_EN.sub(year, text)))
+        text = _TITLE.sub(lambda m: _TITLE_WORDS[m[1] or m[2]], _DECADE.sub(decade, _YEAR_EN.sub(year, text)))
+        text = _INITIALS_BEFORE.sub(lambda m: m[1] if _name_follows(m.string[m.end() + 1 :]) else m[0], text)
     text = _UNIT.sub(unit, _CURRENCY.sub(currency, text))
     if not zh:
         return text
