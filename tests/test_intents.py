@@ -246,6 +246,50 @@ def test_courtesy_around_a_request_and_lengths_in_words_are_understood(
     assert (found.skill, found.arguments, found.reply) == (skill, arguments, None)
 
 
+CLOCK_WORDS = [
+    # The hour before, from "to": quarter to 8 is 7:45, with the half of the day of "8" as the other alarms have it
+    ("set an alarm for half past seven", "set_alarm", {"hour": 7, "minute": 30}),
+    ("set an alarm for quarter to 8", "set_alarm", {"hour": 7, "minute": 45}),
+    ("wake me up at a quarter past six", "set_alarm", {"hour": 6, "minute": 15}),
+    ("set an alarm for twenty to nine", "set_alarm", {"hour": 8, "minute": 40}),
+    ("set an alarm for ten past seven in the evening", "set_alarm", {"hour": 19, "minute": 10}),
+    ("set an alarm for twenty five to nine pm", "set_alarm", {"hour": 20, "minute": 35}),
+    ("set an alarm for quarter to one", "set_alarm", {"hour": 0, "minute": 45}),  # as "one" is 1:00, not 13:00
+    ("set an alarm for quarter to one pm", "set_alarm", {"hour": 12, "minute": 45}),
+    ("set an alarm for quarter to twelve", "set_alarm", {"hour": 11, "minute": 45}),  # as "twelve" is noon
+    ("set an alarm for quarter to midnight", "set_alarm", {"hour": 23, "minute": 45}),
+    ("set an alarm for half past twelve at night", "set_alarm", {"hour": 0, "minute": 30}),
+    ("wake me up tomorrow at half past six", "set_alarm", {"hour": 6, "minute": 30, "tomorrow": True}),
+    ("cancel my half past seven alarm", "cancel_alarms", {"hour": 7, "minute": 30}),
+    ("七点一刻叫醒我", "set_alarm", {"hour": 7, "minute": 15}),
+    ("七点三刻叫醒我", "set_alarm", {"hour": 7, "minute": 45}),
+    ("差一刻八点叫醒我", "set_alarm", {"hour": 7, "minute": 45}),
+    ("设一个八点差五分的闹钟", "set_alarm", {"hour": 7, "minute": 55}),
+    ("下午三点差一刻叫醒我", "set_alarm", {"hour": 14, "minute": 45}),
+    ("晚上差一刻十二点叫醒我", "set_alarm", {"hour": 23, "minute": 45}),
+    ("明天早上七点一刻的闹钟", "set_alarm", {"hour": 7, "minute": 15, "tomorrow": True}),
+    ("取消差一刻八点的闹钟", "cancel_alarms", {"hour": 7, "minute": 45}),
+    # 12 at night is midnight, as 晚上12点 is; 12 noon and 12 midnight; 中午 is 11 to 1 o'clock
+    ("set an alarm for twelve at night", "set_alarm", {"hour": 0}),
+    ("wake me up at 12:30 tonight", "set_alarm", {"hour": 0, "minute": 30}),
+    ("set an alarm for 12 noon", "set_alarm", {"hour": 12}),
+    ("set an alarm for twelve midnight", "set_alarm", {"hour": 0}),
+    ("中午一点叫醒我", "set_alarm", {"hour": 13}),
+    ("中午11点半叫醒我", "set_alarm", {"hour": 11, "minute": 30}),
+    # As vosk writes 7:05
+    ("set an alarm for seven oh five", "set_alarm", {"hour": 7, "minute": 5}),
+]
+
+
+@pytest.mark.parametrize(("text", "skill", "arguments"), CLOCK_WORDS, ids=[t for t, *_ in CLOCK_WORDS])
+def test_times_said_the_way_people_say_them_are_understood(
+    matcher: IntentMatcher, text: str, skill: str, arguments: dict
+) -> None:
+    found = matcher.match(text)
+    assert found is not None, text
+    assert (found.skill, found.arguments, found.reply) == (skill, arguments, None)
+
+
 def test_courtesy_words_alone_are_left_to_the_model(matcher: IntentMatcher) -> None:
     for text in ("thanks", "thank you", "please", "谢谢", "请"):
         assert matcher.match(text) is None, text
@@ -255,6 +299,7 @@ ELSEWHERE = ["tell me a joke", "what's the weather like", "lock the front door",
              "turn on the coffee machine", "讲个笑话", "明天天气怎么样",
              "set an alarm for 10 minutes",
              "早上7点半的闹钟",  # the answer to "要取消哪一个？" as much as a request: no new alarm
+             "what happened at half past seven yesterday", "昨天七点半发生了什么", "is it quarter to eight already",
              # A device no switching skill takes: not "turn on" with the name dropped (every light).
              "turn on the thermostat", "turn off the thermostat", "打开thermostat"]  # fmt: skip
 

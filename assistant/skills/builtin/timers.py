@@ -267,10 +267,15 @@ def set_timer(
 # "Tomorrow", where people say it: "set an alarm for 7 am tomorrow", "wake me up tomorrow at 6:30".
 TOMORROW = "{day:tomorrow}"
 ALARM = f"(set [an|the|my] alarm [for {TOMORROW}] (for|at)|wake me [up] [{TOMORROW}] at) "
-EN_TIME = "(:{minute}| [{minute}]) [o'clock]"  # "7:30", "7 30", "seven thirty", "7 o'clock"
+EN_TIME = "(:{minute}| [{minute}]| oh {minute}) [o'clock]"  # "7:30", "7 30", "seven thirty", "seven oh five"
 AM = " (am|a m|a.m.|in the morning)"
 PM = " (pm|p m|p.m.|in the afternoon|in the evening|at night|tonight)"
+AM_OR_NIGHT, PM_NOON = " (am|a m|a.m.|at night|tonight)", " (pm|p m|p.m.|in the afternoon)"  # 12 at night, 12 pm
+# "Half past seven", "ten past 7", "quarter to eight", "twenty to nine": the hour before comes from a list.
+PAST = "({minute} [minute[s]]|{past:minute}) (past|after) "
+TO = "{minute_to:minute} [minute[s]] (to|before|of) "
 EN_HOURS = ["one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve"]
+EN_TEENS = ["thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen"]
 # A verb or 叫醒我: "早上7点的闹钟" alone may answer "which one?" as well as ask for a new alarm.
 ZH_SET = "(设置|设定|设|定)[一个|个]"
 # With 明天, "明天早上7点的闹钟" alone asks for a new alarm (an answer to "which one?" is tried first).
@@ -279,23 +284,46 @@ ZH_ALARM = (
     f"|{TOMORROW}{{time}}的闹钟)"
 )
 ZH_AFTERNOON = "(下午|晚上|傍晚)"
-ZH_HOURS = ["一", "二", "三", "四", "五", "六", "七", "八", "九", "十", "十一"]  # 晚上十二点 is midnight: not here
+ZH_DIGITS = "一二三四五六七八九"
+ZH_HOURS = [*ZH_DIGITS, "十", "十一", "十二"]
 
 
-def _after_noon(words: list[str]) -> dict[str, int]:
-    """1 pm, 2 pm... as said in digits or `words` → the hour on a 24-hour clock. Longest first:
-    hassil takes the first value that fits, and "10 pm" heard as 1 and minute 0 would be 13:00."""
-    hours = {}
-    for hour, word in enumerate(words, start=1):
-        hours[str(hour)] = hours[word] = hour + 12
-    return dict(sorted(hours.items(), key=lambda item: -len(item[0])))
+def _words(words: list[str], value: Callable[[int], int], extra: dict[str, int] | None = None) -> dict[str, int]:
+    """1, 2... as said in digits or `words` (the first for 1) → `value` of the number, with `extra` words. Longest
+    first: hassil takes the first value that fits, and "10 pm" heard as 1 and minute 0 would be 13:00."""
+    said = {}
+    for number, word in enumerate(words, start=1):
+        said[str(number)] = said[word] = value(number)
+    said |= extra or {}
+    return dict(sorted(said.items(), key=lambda item: -len(item[0])))
 
 
-# "{pm_hour:hour}" in English, "{pm_hour_zh:hour}" in Chinese (12 pm has a template of its own);
-# "{day:tomorrow}" for the words of the next day.
+def _chinese(number: int) -> str:
+    """1 to 99 in Chinese characters: 五, 十五, 二十五."""
+    tens, ones = divmod(number, 10)
+    return ("" if not tens else "十" if tens == 1 else ZH_DIGITS[tens - 1] + "十") + (
+        ZH_DIGITS[ones - 1] if ones else ""
+    )
+
+
+EN_MINUTES = [*EN_HOURS, *EN_TEENS, "twenty", *(f"twenty {word}" for word in EN_HOURS[:9])]  # one to twenty nine
+# "{pm_hour:hour}" in English, "{pm_hour_zh:hour}" in Chinese (12 pm and 晚上12点 have templates of their own),
+# "{hour_before:hour}" for the hour of "quarter to 8", "{past:minute}" and "{minute_to:minute}" for the minutes
+# of "half past", "quarter to"; "{day:tomorrow}" for the words of the next day.
 AFTER_NOON = {
-    "pm_hour": _after_noon(EN_HOURS[:11]),
-    "pm_hour_zh": _after_noon(ZH_HOURS) | {"两": 14},
+    "pm_hour": _words(EN_HOURS[:11], lambda hour: hour + 12),
+    "hour_before": _words(EN_HOURS, lambda hour: hour - 1, {"noon": 11, "midnight": 23}),
+    "pm_hour_before": _words(EN_HOURS[:11], lambda hour: hour + 11),
+    "noon": {"noon": 12, "midnight": 0},
+    "past": {"a quarter": 15, "quarter": 15, "half": 30},
+    "minute_to": _words(EN_MINUTES, lambda minutes: 60 - minutes, {"a quarter": 45, "quarter": 45}),
+    "pm_hour_zh": _words(ZH_HOURS[:11], lambda hour: hour + 12, {"两": 14}),
+    # 差一刻八点 and 八点差一刻 are 7:45, 晚上差一刻十二点 23:45; 中午 is 11 to 1 o'clock.
+    "hour_before_zh": _words(ZH_HOURS, lambda hour: hour - 1, {"两": 1}),
+    "pm_hour_before_zh": _words(ZH_HOURS, lambda hour: hour + 11, {"两": 13}),
+    "noon_hour_zh": {"十一": 11, "11": 11, "十二": 12, "12": 12, "一": 13, "1": 13},
+    "quarters_zh": {"一刻": 15, "半": 30, "三刻": 45},
+    "minute_to_zh": _words([_chinese(n) for n in range(1, 30)], lambda minutes: 60 - minutes, {"一刻": 45, "两": 58}),
     "day": {"tomorrow": True, "tomorrow morning": True, "明天": True, "明早": True},
 }
 # Before this hour "tomorrow" is the coming morning: the person has not slept yet.
@@ -316,31 +344,40 @@ def _when(at: datetime, now: datetime) -> tuple[str, str]:
 
 def _times(sentence: Callable[[str], str]) -> list:
     """The English sentences of an alarm's time, each `sentence(the words of a time)`, with the hour
-    a word fixes. Needs `lists=AFTER_NOON`."""
+    a word fixes. Needs `lists=AFTER_NOON`. A template whose words say 12 wins over {hour}, which has
+    fewer words of its own."""
     return [
-        (sentence("(12|twelve)" + EN_TIME + AM), {"hour": 0}),  # before {hour}, which wins a tie
+        (sentence("(12|twelve)" + EN_TIME + AM_OR_NIGHT), {"hour": 0}),
+        sentence("[12 |twelve ]{noon:hour}"),
         sentence("{hour}" + EN_TIME + f"[{AM}]"),
-        (sentence("midnight"), {"hour": 0}),
-        (sentence("noon"), {"hour": 12}),
         sentence("{pm_hour:hour}" + EN_TIME + PM),
-        (sentence("(12|twelve)" + EN_TIME + PM), {"hour": 12}),
+        (sentence("(12|twelve)" + EN_TIME + PM_NOON), {"hour": 12}),
+        (sentence(PAST + "(12|twelve)" + AM_OR_NIGHT), {"hour": 0}),
+        sentence(PAST + "({hour}|{noon:hour})" + f"[{AM}]"),
+        sentence(PAST + "{pm_hour:hour}" + PM),
+        (sentence(PAST + "(12|twelve)" + PM_NOON), {"hour": 12}),
+        (sentence(TO + "(12|twelve)" + AM_OR_NIGHT), {"hour": 23}),
+        sentence(TO + "{hour_before:hour}" + f"[{AM}]"),
+        sentence(TO + "{pm_hour_before:hour}" + PM),
+        (sentence(TO + "(12|twelve)" + PM_NOON), {"hour": 11}),
     ]
 
 
 def _times_zh(sentence: str) -> list:
     """The Chinese sentences of an alarm's time: `sentence` with the time for its {time}."""
-    minutes = "(点[钟]|点[零]{minute}[分]|:{minute})"  # 7点, 7点05分, 7点零五分, 7:05
-    # 凌晨12点 and 晚上12点 are 0:00, 中午12点 is noon; before {hour}, which wins a tie.
-    midnight, noon = "(凌晨|半夜|晚上)(12|十二)", "中午(12|十二)"
+    minutes = "(点[钟]|点[零]{minute}[分]|点{quarters_zh:minute}|:{minute})"  # 7点, 7点05分, 7点零五分, 7点半, 7:05
+    to = "差{minute_to_zh:minute}[分][钟]"  # 差一刻, 差五分
+    before, pm_before = (
+        f"({to}{{{hours}:hour}}点|{{{hours}:hour}}点{to})" for hours in ("hour_before_zh", "pm_hour_before_zh")
+    )
     return [
-        (sentence.replace("{time}", midnight + minutes), {"hour": 0}),
-        (sentence.replace("{time}", midnight + "点半"), {"hour": 0, "minute": 30}),
-        (sentence.replace("{time}", noon + minutes), {"hour": 12}),
-        (sentence.replace("{time}", noon + "点半"), {"hour": 12, "minute": 30}),
+        # 凌晨12点 and 晚上12点 are 0:00, 中午12点 is noon; before {hour}, which wins a tie.
+        (sentence.replace("{time}", "(凌晨|半夜|晚上)(12|十二)" + minutes), {"hour": 0}),
+        sentence.replace("{time}", "中午{noon_hour_zh:hour}" + minutes),
         sentence.replace("{time}", "[早上|上午|凌晨]{hour}" + minutes),
-        (sentence.replace("{time}", "[早上|上午|凌晨]{hour}点半"), {"minute": 30}),
         sentence.replace("{time}", ZH_AFTERNOON + "{pm_hour_zh:hour}" + minutes),
-        (sentence.replace("{time}", ZH_AFTERNOON + "{pm_hour_zh:hour}点半"), {"minute": 30}),
+        sentence.replace("{time}", "[早上|上午|凌晨]" + before),
+        sentence.replace("{time}", ZH_AFTERNOON + pm_before),
     ]
 
 
