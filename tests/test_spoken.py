@@ -85,6 +85,16 @@ def test_times_are_said_as_a_chinese_speaker_says_them(written: str, heard: str)
         # espeak ends a sentence at the last period of initials and at a title's or a month's
         ("In the U.S. Army. In the U.S. It is big.", "In the U.S Army. In the U.S. It is big."),
         ("Climb Mt. Everest on Jan. 5 with Gen. Lee.", "Climb Mount Everest on January 5 with General Lee."),
+        # An amount with its size: not "one point five dollars million"
+        ("It costs $1.5 million, $2B or $300k.",
+         "It costs 1.5 million dollars, 2 billion dollars or 300 thousand dollars."),
+        # A range whose ends have units: espeak drops the dash ("ten percent twenty percent")
+        ("Up 10%-20%, $5-$10, 5kg-10kg, in 5~10 minutes.",
+         "Up 10% to 20%, 5 dollars to 10 dollars, 5 kilograms to 10 kilograms, in 5 to 10 minutes."),
+        ("Add 1 1/2 cups and 2 3/4 cups.", "Add 1 and a half cups and 2 and 3 quarters cups."),  # not "1 1 half"
+        # Short units espeak spells out or mis-says ("sex" for secs)
+        ("5 hrs 10 mins 3 secs, 1 hr, 15 sec, 2 lbs, 6 oz.",
+         "5 hours 10 minutes 3 seconds, 1 hour, 15 seconds, 2 pounds, 6 ounces."),
         ("$0.99, $0.01, $1,299.99, $5.05.", "99 cents, 1 cent, 1,299 dollars 99, 5 dollars 5 cents."),
         ("About 1.5e10 stars, or 3E-5.", "About 1.5 times 10 to the 10 stars, or 3 times 10 to the minus 5."),
         # As written: espeak says these well
@@ -120,6 +130,10 @@ def test_numbers_are_said_as_an_english_listener_expects(written: str, heard: st
         ("快2x，5 x 3等于15", "快2倍，5乘3等于15"),
         ("截止2024-05-01。", "截止二零二四年5月1日。"),
         ("营业时间：上午9:00-下午5:00", "营业时间：上午9点到下午5点"),
+        # A range whose ends have units: not 百分之10负百分之20
+        ("涨幅10%-20%，5月1日-5月3日，100元-200元", "涨幅百分之10到百分之20，5月1日到5月3日，100元到200元"),
+        ("5~10分钟，5～10分钟，下午3点~5点", "5到10分钟，5到10分钟，下午3点到5点"),  # espeak: 五十分钟
+        ("加1 1/2杯水", "加1又2分之1杯水"),
         # As written: espeak's Mandarin says these well
         ("两个、十一、一百零五、第3名、3.14", "两个、十一、一百零五、第3名、3.14"),
     ],

@@ -58,9 +58,11 @@ def _name_follows(after: str) -> bool:
 _UNSPEAKABLE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
 # Written marks that are not words, which espeak would read out ("asterisk", "hash", "party popper",
 # "im end"): markdown's emphasis, code and heading marks, special tokens spelled out, emoji with their
-# joiners and variation selectors.
+# joiners and variation selectors. A ~ before a number is a range's (5~10, 3点~5点, 10%~20%).
 _MARKS = re.compile(
-    r"<\|\w*\|>|[*_~`]+|^[ \t]*#+(?=[ \t])|[\u2600-\u27bf\u2b00-\u2bff\ufe0f\u200d\u20e3\U0001f000-\U0001faff]", re.M
+    rf"<\|\w*\|>|[*_`]+|(?<!\d)(?<!\d[%{_HAN_KANA}])~+|~+(?!\d)|^[ \t]*#+(?=[ \t])"
+    r"|[\u2600-\u27bf\u2b00-\u2bff\ufe0f\u200d\u20e3\U0001f000-\U0001faff]",
+    re.M,
 )
 _HAN_KANA_CHARACTER = re.compile(f"[{_HAN_KANA}]")
 # A web address is read as its host ("example.com"), not as "h t t p s colon slash slash ...", and
@@ -92,6 +94,14 @@ _UNIT_WORDS = [  # as written; in English ("{s}" is said after any number but 1)
     ("kW", "kilowatt{s}", "千瓦"),
     ("W", "watt{s}", "瓦"),
     ("h", "hour{s}", "小时"),
+    ("hr", "hour{s}", "小时"),
+    ("hrs", "hour{s}", "小时"),
+    ("mins", "minute{s}", "分钟"),
+    ("sec", "second{s}", "秒"),
+    ("secs", "second{s}", "秒"),  # espeak: "sex"
+    ("lb", "pound{s}", "磅"),
+    ("lbs", "pound{s}", "磅"),
+    ("oz", "ounce{s}", "盎司"),
     ("min", "minute{s}", "分钟"),
     ("s", "second{s}", "秒"),
     ("$", "dollar{s}", "美元"),
@@ -108,12 +118,25 @@ _FRACTION_NAMES = ["", "", "half", "third", "quarter", "fifth", "sixth", "sevent
 # A number as written (5, 2.5, 1,000). Latin letters and digits (not \w: Chinese characters are word
 # characters, and "温度是21°C" has its number right after one) mark a number or unit inside a longer word.
 _NUMBER = r"\d+(?:[.,]\d+)*"
-_CURRENCY = re.compile(rf"([$€£¥￥]) ?({_NUMBER})(?![A-Za-z0-9]|[.,]\d)")
+# An amount may have its size after it, in a word or a letter: $1.5 million, $300k, $2.5M, $3bn.
+_CURRENCY = re.compile(
+    rf"([$€£¥￥]) ?({_NUMBER})(?: ?(thousand|million|billion|trillion)\b|(k|K|M|bn|B)\b)?(?![A-Za-z0-9]|[.,]\d)"
+)
+_SIZES = {"k": "thousand", "K": "thousand", "M": "million", "bn": "billion", "B": "billion"}
+_SIZES_ZH = {"thousand": "千", "million": "百万", "billion": "十亿", "trillion": "万亿"}
 _UNIT_NAMES = sorted(_UNITS["zh"], key=len, reverse=True)  # km/h before km before m
 _UNIT = re.compile(rf"(?<![A-Za-z0-9.,$€£¥￥])({_NUMBER})( ?)({'|'.join(map(re.escape, _UNIT_NAMES))})(?![A-Za-z0-9])")
 # "5-10" and "5–10", not a date (2024-05-01) or a number with a leading zero (a telephone's 555-0123).
 _RANGE = re.compile(rf"(?<![A-Za-z0-9.,:/–-])({_NUMBER})(?:-| - | ?– ?)(?!0\d)({_NUMBER})(?![0-9:/–-]|[.,]\d)")
-_FRACTION = re.compile(r"(?<![A-Za-z0-9.,/])(\d)/(\d+)(?![0-9.,/])")  # not a date (3/4/2025)
+_TILDE = re.compile(r"(?<=\d) ?[~～] ?(?=\d)")  # 5~10, as Chinese writes a range
+# And one whose first end has its unit or sign: 10%-20%, $5-$10, 5kg-10kg, 100元-200元, 5月1日-5月3日; espeak
+# drops the dash ("ten percent twenty percent"), and espeak's Mandarin took it for a minus (百分之10负百分之20).
+_RANGE_WITH_UNIT = re.compile(
+    rf"(?<![A-Za-z0-9.,:/–-])([$€£¥￥]{_NUMBER}|{_NUMBER}(?:[%％°℃℉]|[A-Za-z]{{1,3}}| [A-Za-z]{{1,3}}\b"
+    rf"|[{_HAN_KANA}]{{1,2}}))(?:-| - | ?[–~～] ?)(?=[$€£¥￥]?\d)"
+)
+# With its whole number before it: 1 1/2 cups. Not a date (3/4/2025).
+_FRACTION = re.compile(r"(?<![A-Za-z0-9.,/])(?:(\d+) )?(\d)/(\d+)(?![0-9.,/])")
 
 
 def _time_pattern(n: int) -> str:
@@ -305,10 +328,14 @@ def _numbers_in_words(text: str, language: str) -> str:
         return f"{number}{words}" if zh else f"{number} {words}"
 
     def fraction(m: re.Match) -> str:
-        n, d = int(m[1]), int(m[2])
+        whole, n, d = m[1], int(m[2]), int(m[3])
         if not 0 < n < d <= 10:
             return m[0]  # 5/20: not a fraction said with a name
-        return f"{d}分之{n}" if zh else f"{n} {_FRACTION_NAMES[d]}{'' if n == 1 else 's'}"  # 四分之三: 3/4
+        if zh:
+            return f"{whole}又{d}分之{n}" if whole else f"{d}分之{n}"  # 四分之三: 3/4; 一又二分之一: 1 1/2
+        if whole:  # 1 1/2: one and a half
+            return f"{whole} and {'a' if n == 1 else n} {_FRACTION_NAMES[d]}{'' if n == 1 else 's'}"
+        return f"{n} {_FRACTION_NAMES[d]}{'' if n == 1 else 's'}"
 
     def clock(m: re.Match) -> str:
         return _said_time(*_time_of(m, 1), zh)
@@ -330,6 +357,8 @@ def _numbers_in_words(text: str, language: str) -> str:
     def currency(m: re.Match) -> str:
         if m[1] not in units:
             return m[0]
+        if size := m[3] or _SIZES.get(m[4] or ""):  # $1.5 million: one point five million dollars
+            return named(f"{m[2]}{_SIZES_ZH[size]}" if zh else f"{m[2]} {size}", m[1])
         if zh or not re.fullmatch(r"[\d,]+\.\d\d", m[2]):
             return named(m[2], m[1])
         whole, cents = m[2].rsplit(".", 1)
@@ -397,7 +426,8 @@ def _numbers_in_words(text: str, language: str) -> str:
     text = _ROUND_THE_CLOCK.sub("全天候" if zh else "24 7", _SCIENTIFIC.sub(scientific, text))
     text = _TIMES.sub(times, text)
     text = _CLOCK_RANGE.sub(clock_range, _DATE.sub(day, text))
-    text = _RANGE.sub(r"\1到\2" if zh else r"\1 to \2", text)
+    text = _RANGE.sub(r"\1到\2" if zh else r"\1 to \2", _TILDE.sub("–", text))
+    text = _RANGE_WITH_UNIT.sub(r"\1到" if zh else r"\1 to ", text)
     text = _CLOCK.sub(clock, _FRACTION.sub(fraction, text))
     if zh:  # English says 50% well; Chinese says 百分之五十
         text = _PERCENT.sub(lambda m: f"{'负' if m[1] else ''}百分之{m[2]}", text)
