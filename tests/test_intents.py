@@ -222,6 +222,12 @@ COURTEOUS = [
     ("十分钟后叫我", "set_timer", {"minutes": 10}),
     ("设一个两个半小时的计时器", "set_timer", {"hours": 2, "minutes": 30}),
     ("三个半小时后提醒我", "set_timer", {"hours": 3, "minutes": 30}),
+    ("半小时后叫我", "set_timer", {"minutes": 30}),  # as 十分钟后叫我
+    ("一刻钟以后提醒我", "set_timer", {"minutes": 15}),
+    ("十分钟之后提醒我", "set_timer", {"minutes": 10}),
+    ("过十分钟提醒我", "set_timer", {"minutes": 10}),
+    ("三十秒后提醒我", "set_timer", {"seconds": 30}),
+    ("set a timer for a half hour", "set_timer", {"minutes": 30}),
     # Lengths past the sentence library's 100 of each unit
     ("set a timer for 120 minutes", "set_timer", {"minutes": 120}),
     ("start a timer for 200 seconds", "set_timer", {"seconds": 200}),

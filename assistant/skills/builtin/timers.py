@@ -185,13 +185,14 @@ MINUTE_AND_A_HALF = {"minutes": 1, "seconds": 30}
 SETTING = "[(set|start)] [a|an|the|my] "
 # "Set a timer for 10 minutes", "timer 10 minutes", and as 10分钟后提醒我 says it, "remind me in 10 minutes".
 FOR = f"({SETTING}timer [for]|(remind|wake) me [up] in) "
+LATER = "[[以|之]后](提醒|叫)我"  # 10分钟后提醒我, 10分钟以后叫我, 过10分钟提醒我
 
 
 @skill(
     sentences={
         "en": [(FOR + "(an|one) hour and a half", HOUR_AND_A_HALF),
                (SETTING + "(hour and a half|90 minute) timer", HOUR_AND_A_HALF),
-               (FOR + "half an hour", HALF_AN_HOUR), (SETTING + "half hour timer", HALF_AN_HOUR),
+               (FOR + "(half an|a half) hour", HALF_AN_HOUR), (SETTING + "half hour timer", HALF_AN_HOUR),
                (FOR + "(a|one) quarter [of an] hour", QUARTER_HOUR),
                (FOR + "an hour", AN_HOUR), (FOR + "a minute", A_MINUTE),
                (FOR + "a minute and a half", MINUTE_AND_A_HALF),
@@ -207,16 +208,16 @@ FOR = f"({SETTING}timer [for]|(remind|wake) me [up] in) "
                ("[设置|设定|设|开始|定][一个]一个半小时[的]计时[器]", HOUR_AND_A_HALF),
                ("[设置|设定|设|开始|定][一个]一刻钟[的]计时[器]", QUARTER_HOUR),
                ("[设置|设定|设|开始|定][一个]三刻钟[的]计时[器]", THREE_QUARTERS),
-               ("半[个]小时后提醒我", HALF_AN_HOUR), ("一个半小时后提醒我", HOUR_AND_A_HALF),
-               ("一刻钟后提醒我", QUARTER_HOUR), ("三刻钟后提醒我", THREE_QUARTERS),
+               ("半[个]小时" + LATER, HALF_AN_HOUR), ("一个半小时" + LATER, HOUR_AND_A_HALF),
+               ("一刻钟" + LATER, QUARTER_HOUR), ("三刻钟" + LATER, THREE_QUARTERS),
                "[设置|设定|设|定][一个]{minutes}分钟[的]计时器", "[设置|设定|设|定][一个]{seconds}秒[钟][的]计时器",
                "[设置|设定|设|定][一个]{minutes}分[钟]{seconds}秒[钟][的]计时器",
                "[设置|设定|设|定][一个]{hours}[个]小时[的]计时器",
                ("[设置|设定|设|定][一个]{minutes}分半[钟][的]计时器", {"seconds": 30}),
                "[设置|设定|设|定][一个]{minutes}分钟[的]{label}计时器",
-               "{minutes}分钟后(提醒|叫)我", "{hours}[个]小时后(提醒|叫)我",
+               "[过]{minutes}分钟" + LATER, "[过]{hours}[个]小时" + LATER, "[过]{seconds}秒[钟]" + LATER,
                ("[设置|设定|设|定][一个]{hours}个半小时[的]计时器", {"minutes": 30}),
-               ("{hours}个半小时后(提醒|叫)我", {"minutes": 30}),
+               ("{hours}个半小时" + LATER, {"minutes": 30}),
                # The library hears "一个" as one hour (个 is an hour for it): this asks how long.
                ("(设置|设定|设|定|开始|创建)[一][个](计时器|倒计时|定时器)", {})],
     },
