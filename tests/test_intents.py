@@ -228,6 +228,9 @@ COURTEOUS = [
     ("过十分钟提醒我", "set_timer", {"minutes": 10}),
     ("三十秒后提醒我", "set_timer", {"seconds": 30}),
     ("set a timer for a half hour", "set_timer", {"minutes": 30}),
+    ("set a timer for an hour and thirty minutes", "set_timer", {"hours": 1, "minutes": 30}),
+    ("set a timer for a minute and ten seconds", "set_timer", {"minutes": 1, "seconds": 10}),
+    ("set a timer for one hundred and twenty minutes", "set_timer", {"minutes": 120}),  # as vosk writes 120
     # Lengths past the sentence library's 100 of each unit
     ("set a timer for 120 minutes", "set_timer", {"minutes": 120}),
     ("start a timer for 200 seconds", "set_timer", {"seconds": 200}),

@@ -80,6 +80,9 @@ COURTESY = re.compile(
     re.IGNORECASE,
 )
 
+# "One hundred and twenty", as people (and vosk) say it; hassil's number words are "one hundred twenty".
+HUNDRED_AND = re.compile(r"\bhundred and (?=[a-z])", re.IGNORECASE)
+
 KANA_HANGUL = re.compile(r"[\u3040-\u30ff\uac00-\ud7af]")
 LATIN_LETTER = re.compile(r"[A-Za-z]")
 FIRST_LETTER = re.compile(r"[A-Za-z\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af]")
@@ -159,9 +162,9 @@ class IntentMatcher:
         for language in self._tried(text, self._languages()):
             if found := self._match_own(text, language) or self._match_library(text, language):
                 return found
-        # Then in plainer form: without courtesy, and with full-width digits and letters (１０分钟, as a Chinese
-        # input method may type them) as the templates' own.
-        plain = COURTESY.sub("", unicodedata.normalize("NFKC", text)).strip()
+        # Then in plainer form: without courtesy, with full-width digits and letters (１０分钟, as a Chinese
+        # input method may type them) as the templates' own, and "hundred and" as hassil's "hundred".
+        plain = HUNDRED_AND.sub("hundred ", COURTESY.sub("", unicodedata.normalize("NFKC", text))).strip()
         return self.match(plain) if plain and plain != text.strip() else None
 
     def match_answer(self, text: str, question: str, call: dict) -> IntentMatch | None:

@@ -195,6 +195,7 @@ LATER = "[[以|之]后](提醒|叫)我"  # 10分钟后提醒我, 10分钟以后�
                (FOR + "(half an|a half) hour", HALF_AN_HOUR), (SETTING + "half hour timer", HALF_AN_HOUR),
                (FOR + "(a|one) quarter [of an] hour", QUARTER_HOUR),
                (FOR + "an hour", AN_HOUR), (FOR + "a minute", A_MINUTE),
+               (FOR + "an hour and {minutes} minute[s]", AN_HOUR), (FOR + "a minute and {seconds} second[s]", A_MINUTE),
                (FOR + "a minute and a half", MINUTE_AND_A_HALF),
                ("(set|start) [a|an|new] timer", {}),  # "How long?" is asked
                # The sentence library hears up to 100 of each unit: "120 minutes" would go to the model.
