@@ -299,6 +299,30 @@ def test_times_said_the_way_people_say_them_are_understood(
     assert (found.skill, found.arguments, found.reply) == (skill, arguments, None)
 
 
+# As a Chinese recogniser writes them: its words apart.
+SPACED = [
+    ("七 点 半 叫醒 我", "set_alarm", {"hour": 7, "minute": 30}),
+    ("设置 一个 10 分钟 的 计时器", "set_timer", {"minutes": 10}),
+    ("记 一下 明天 买 牛奶", "add_item", {"text": "明天买牛奶", "list": "notes"}),
+    ("现在 几点", "current_time", {}),
+]
+
+
+@pytest.mark.parametrize(("text", "skill", "arguments"), SPACED, ids=[t for t, *_ in SPACED])
+def test_chinese_words_written_apart_are_understood(
+    matcher: IntentMatcher, text: str, skill: str, arguments: dict
+) -> None:
+    found = matcher.match(text)
+    assert found is not None, text
+    assert (found.skill, found.arguments, found.reply) == (skill, arguments, None)
+
+
+def test_an_answer_in_chinese_words_written_apart_is_understood(matcher: IntentMatcher) -> None:
+    question = "你有2个闹钟：早上7点、明天早上7点。要取消哪一个？"
+    found = matcher.match_answer("明天 的 那个", question, {"name": "cancel_alarms", "arguments": {}})
+    assert found is not None and found.arguments == {"tomorrow": True}
+
+
 def test_courtesy_words_alone_are_left_to_the_model(matcher: IntentMatcher) -> None:
     for text in ("thanks", "thank you", "please", "谢谢", "请"):
         assert matcher.match(text) is None, text

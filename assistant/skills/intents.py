@@ -82,6 +82,10 @@ COURTESY = re.compile(
 
 # "One hundred and twenty", as people (and vosk) say it; hassil's number words are "one hundred twenty".
 HUNDRED_AND = re.compile(r"\bhundred and (?=[a-z])", re.IGNORECASE)
+# A Chinese recogniser writes its words apart ("七点 半 叫醒 我", "设置 一个 10 分钟 的 计时器"), which the templates
+# have together: spaces between Chinese or Japanese characters, or between them and a digit, are dropped.
+HAN_KANA = "\u3040-\u30ff\u3400-\u9fff"
+SPACED = re.compile(f"(?<=[{HAN_KANA}0-9]) +(?=[{HAN_KANA}])|(?<=[{HAN_KANA}]) +(?=[0-9])")
 
 KANA_HANGUL = re.compile(r"[\u3040-\u30ff\uac00-\ud7af]")
 LATIN_LETTER = re.compile(r"[A-Za-z]")
@@ -163,14 +167,17 @@ class IntentMatcher:
             if found := self._match_own(text, language) or self._match_library(text, language):
                 return found
         # Then in plainer form: without courtesy, with full-width digits and letters (１０分钟, as a Chinese
-        # input method may type them) as the templates' own, and "hundred and" as hassil's "hundred".
-        plain = HUNDRED_AND.sub("hundred ", COURTESY.sub("", unicodedata.normalize("NFKC", text))).strip()
+        # input method may type them) as the templates' own, Chinese words together, and "hundred and" as
+        # hassil's "hundred".
+        plain = HUNDRED_AND.sub("hundred ", COURTESY.sub("", SPACED.sub("", unicodedata.normalize("NFKC", text))))
+        plain = plain.strip()
         return self.match(plain) if plain and plain != text.strip() else None
 
     def match_answer(self, text: str, question: str, call: dict) -> IntentMatch | None:
         """The text as an answer to `question`, which the skill asked when `call` ran it: the call
         with its arguments updated by the answer's, or None if the text answers nothing."""
         templates = self.answer_templates.get(call["name"], {})
+        text = SPACED.sub("", text)
         for language in self._tried(text, list(templates)):
             result = recognize_best(text, templates[language], language=language)
             if result is None:
