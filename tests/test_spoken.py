@@ -156,8 +156,8 @@ def test_numbers_are_said_as_a_chinese_listener_expects(written: str, heard: str
         ("请拨打12345热线，电话是65432100。", "zh", "请拨打1 2 3 4 5热线，电话是6 5 4 3 2 1 0 0。"),
         # and ranges stay ranges
         ("Open 9-17, or 9:00-17:00.", "en", "Open 9 to 17, or 9 AM to 5 PM."),
-        ("Spend 500-1000 dollars, walk 300-1234 m, from 1990-2000.", "en",
-         "Spend 500 to 1000 dollars, walk 300 to 1234 meters, from 19 90 to 2000."),
+        ("Spend 500-1000 dollars, walk 300-1234 m, from 1990-2000, rooms 101-1050.", "en",
+         "Spend 500 to 1000 dollars, walk 300 to 1234 meters, from 19 90 to 2000, rooms 101 to 1050."),
         ("共12345元，500-1000米", "zh", "共1万2345元，500到1000米"),
     ],
 )  # fmt: skip

@@ -412,9 +412,10 @@ def _numbers_in_words(text: str, language: str) -> str:
         before = re.split(r"[.!?。！？\n]", text[max(0, m.start() - 60) : m.start()])[-1]
         if m[1] is None or _CALLING.search(before + m["after"]):
             return dialled(m[0])
+        # Else a range: 1990-2000, 500-1000, 101-1050 (a local number's exchange starts with 2 to 9), 300-1234 m.
         round_ends = m[1].endswith("0") and m[2].endswith("0")
         unit = _UNIT.match(m[2] + m["after"]) or m["after"].strip()[:1] in ("%", "％")
-        return m[0] if len(m[1]) == 4 or round_ends or unit else dialled(m[0])  # 1990-2000, 500-1000 m: a range
+        return m[0] if len(m[1]) == 4 or m[1][0] in "01" or round_ends or unit else dialled(m[0])
 
     if zh:
         text = _MOBILE.sub(lambda m: " ".join(m[0]), text)
