@@ -114,6 +114,11 @@ ENGLISH = [
     ("cancel the alarm for tomorrow", "cancel_alarms", {"tomorrow": True}),
     ("cancel my 7 am alarm tomorrow", "cancel_alarms", {"hour": 7, "tomorrow": True}),
     ("what time is it", "current_time", {}),
+    ("tell me what time it is", "current_time", {}),
+    ("what's the time now", "current_time", {}),
+    ("what day is today", "current_date", {}),
+    ("what date is it", "current_date", {}),
+    ("what day of the week is it", "current_date", {}),
     ("what's the date", "current_date", {}),
     ("set a timer for a minute and a half", "set_timer", {"minutes": 1, "seconds": 30}),
     ("start a timer", "set_timer", {}),
@@ -332,6 +337,7 @@ ELSEWHERE = ["tell me a joke", "what's the weather like", "lock the front door",
              "turn on the coffee machine", "讲个笑话", "明天天气怎么样",
              "set an alarm for 10 minutes",
              "早上7点半的闹钟",  # the answer to "要取消哪一个？" as much as a request: no new alarm
+             "what time is it in tokyo", "what day is christmas",
              "what happened at half past seven yesterday", "昨天七点半发生了什么", "is it quarter to eight already",
              # A device no switching skill takes: not "turn on" with the name dropped (every light).
              "turn on the thermostat", "turn off the thermostat", "打开thermostat"]  # fmt: skip
