@@ -277,6 +277,7 @@ CLOCK_WORDS = [
     ("cancel my half past seven alarm", "cancel_alarms", {"hour": 7, "minute": 30}),
     ("七点一刻叫醒我", "set_alarm", {"hour": 7, "minute": 15}),
     ("七点三刻叫醒我", "set_alarm", {"hour": 7, "minute": 45}),
+    ("晚上八点过十分叫醒我", "set_alarm", {"hour": 20, "minute": 10}),
     ("差一刻八点叫醒我", "set_alarm", {"hour": 7, "minute": 45}),
     ("设一个八点差五分的闹钟", "set_alarm", {"hour": 7, "minute": 55}),
     ("下午三点差一刻叫醒我", "set_alarm", {"hour": 14, "minute": 45}),

@@ -367,7 +367,8 @@ def _times(sentence: Callable[[str], str]) -> list:
 
 def _times_zh(sentence: str) -> list:
     """The Chinese sentences of an alarm's time: `sentence` with the time for its {time}."""
-    minutes = "(点[钟]|点[零]{minute}[分]|点{quarters_zh:minute}|:{minute})"  # 7点, 7点05分, 7点零五分, 7点半, 7:05
+    # 7点, 7点05分, 7点零五分, 7点过五分, 7点半, 7点一刻, 7点过一刻, 7:05
+    minutes = "(点[钟]|点[零|过]{minute}[分]|点[过]{quarters_zh:minute}|:{minute})"
     to = "差{minute_to_zh:minute}[分][钟]"  # 差一刻, 差五分
     before, pm_before = (
         f"({to}{{{hours}:hour}}点|{{{hours}:hour}}点{to})" for hours in ("hour_before_zh", "pm_hour_before_zh")
