@@ -147,7 +147,8 @@ def test_numbers_are_said_as_a_chinese_listener_expects(written: str, heard: str
     [
         # A local number to dial, not "five hundred fifty-five to one thousand two hundred thirty-four"
         ("Call 555-1234.", "en", "Call 5 5 5, 1 2 3 4."),
-        ("My number is 555-1000.", "en", "My number is 5 5 5, 1 0 0 0."),
+        ("My phone is 555-1000.", "en", "My phone is 5 5 5, 1 0 0 0."),
+        ("Pick a number from 200-1000.", "en", "Pick a number from 200 to 1000."),
         ("It is 555-1234.", "en", "It is 5 5 5, 1 2 3 4."),
         ("Call 1234-5678 or 1-800-555-1234.", "en", "Call 1 2 3 4, 5 6 7 8 or 1, 8 0 0, 5 5 5, 1 2 3 4."),
         ("电话555-1234", "zh", "电话5 5 5, 1 2 3 4"),

@@ -170,7 +170,7 @@ _LOCAL_PHONE = re.compile(
     r"(?<![A-Za-z0-9.,:/$€£¥￥+–-])(?:0\d{2,3}-\d{7,8}|(\d{3,4})-(\d{4}))(?![0-9:/–-]|[.,]\d)(?=(?P<after> ?\S*))"
 )
 _CALLING = re.compile(
-    r"\b(?:call(?:ing|ed)?|phone|dial|fax|tel|telephone|mobile|cell|hotline|number|reach|contact|text)\b"
+    r"\b(?:call|calling|phone|dial|fax|tel|telephone|mobile|cell|hotline)\b"  # not "number": "a number from 200-1000"
     r"|电话|号码|拨打|致电|手机|热线|联系|传真",
     re.IGNORECASE,
 )
