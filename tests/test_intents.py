@@ -291,8 +291,9 @@ CLOCK_WORDS = [
     ("set an alarm for twelve midnight", "set_alarm", {"hour": 0}),
     ("中午一点叫醒我", "set_alarm", {"hour": 13}),
     ("中午11点半叫醒我", "set_alarm", {"hour": 11, "minute": 30}),
-    # As vosk writes 7:05
+    # As vosk writes 7:05, and as 7:30 pm is typed
     ("set an alarm for seven oh five", "set_alarm", {"hour": 7, "minute": 5}),
+    ("set an alarm for 7:30pm", "set_alarm", {"hour": 19, "minute": 30}),
 ]
 
 

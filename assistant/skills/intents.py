@@ -82,6 +82,8 @@ COURTESY = re.compile(
 
 # "One hundred and twenty", as people (and vosk) say it; hassil's number words are "one hundred twenty".
 HUNDRED_AND = re.compile(r"\bhundred and (?=[a-z])", re.IGNORECASE)
+# "7:30pm" as typed, which hassil takes as one word: the templates have "7:30 pm".
+AM_PM = re.compile(r"(?<=\d)(?=(?:am|pm|a\.m\.|p\.m\.)(?!\w))", re.IGNORECASE)
 # A Chinese recogniser writes its words apart ("七点 半 叫醒 我", "设置 一个 10 分钟 的 计时器"), which the templates
 # have together: spaces between Chinese or Japanese characters, or between them and a digit, are dropped.
 HAN_KANA = "\u3040-\u30ff\u3400-\u9fff"
@@ -167,10 +169,10 @@ class IntentMatcher:
             if found := self._match_own(text, language) or self._match_library(text, language):
                 return found
         # Then in plainer form: without courtesy, with full-width digits and letters (１０分钟, as a Chinese
-        # input method may type them) as the templates' own, Chinese words together, and "hundred and" as
-        # hassil's "hundred".
-        plain = HUNDRED_AND.sub("hundred ", COURTESY.sub("", SPACED.sub("", unicodedata.normalize("NFKC", text))))
-        plain = plain.strip()
+        # input method may type them) as the templates' own, Chinese words together, "hundred and" as
+        # hassil's "hundred", and "7:30pm" as "7:30 pm".
+        plain = COURTESY.sub("", SPACED.sub("", unicodedata.normalize("NFKC", text)))
+        plain = AM_PM.sub(" ", HUNDRED_AND.sub("hundred ", plain)).strip()
         return self.match(plain) if plain and plain != text.strip() else None
 
     def match_answer(self, text: str, question: str, call: dict) -> IntentMatch | None:
