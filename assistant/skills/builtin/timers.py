@@ -265,7 +265,8 @@ def set_timer(
 
 
 # How alarms are asked for. A number list cannot add 12 to an hour, so an hour after noon ("7
-# pm", "晚上7点") is heard through a list of the skill's own that maps the words to the hour.
+# pm", "晚上7点") is heard through a list of the skill's own that maps the words to the hour; and so is
+# the hour before one ("quarter to 8", 差一刻八点) and the minutes of "quarter to".
 # "Tomorrow", where people say it: "set an alarm for 7 am tomorrow", "wake me up tomorrow at 6:30".
 TOMORROW = "{day:tomorrow}"
 ALARM = f"(set [an|the|my] alarm [for {TOMORROW}] (for|at)|wake me [up] [{TOMORROW}] at) "
@@ -303,23 +304,22 @@ def _words(words: list[str], value: Callable[[int], int], extra: dict[str, int] 
 def _chinese(number: int) -> str:
     """1 to 99 in Chinese characters: 五, 十五, 二十五."""
     tens, ones = divmod(number, 10)
-    return ("" if not tens else "十" if tens == 1 else ZH_DIGITS[tens - 1] + "十") + (
-        ZH_DIGITS[ones - 1] if ones else ""
-    )
+    said = "" if not tens else "十" if tens == 1 else ZH_DIGITS[tens - 1] + "十"
+    return said + (ZH_DIGITS[ones - 1] if ones else "")
 
 
 EN_MINUTES = [*EN_HOURS, *EN_TEENS, "twenty", *(f"twenty {word}" for word in EN_HOURS[:9])]  # one to twenty nine
 # "{pm_hour:hour}" in English, "{pm_hour_zh:hour}" in Chinese (12 pm and 晚上12点 have templates of their own),
 # "{hour_before:hour}" for the hour of "quarter to 8", "{past:minute}" and "{minute_to:minute}" for the minutes
 # of "half past", "quarter to"; "{day:tomorrow}" for the words of the next day.
-AFTER_NOON = {
+TIME_WORDS = {
     "pm_hour": _words(EN_HOURS[:11], lambda hour: hour + 12),
     "hour_before": _words(EN_HOURS, lambda hour: hour - 1, {"noon": 11, "midnight": 23}),
     "pm_hour_before": _words(EN_HOURS[:11], lambda hour: hour + 11),
     "noon": {"noon": 12, "midnight": 0},
     "past": {"a quarter": 15, "quarter": 15, "half": 30},
     "minute_to": _words(EN_MINUTES, lambda minutes: 60 - minutes, {"a quarter": 45, "quarter": 45}),
-    "pm_hour_zh": _words(ZH_HOURS[:11], lambda hour: hour + 12, {"两": 14}),
+    "pm_hour_zh": _words(ZH_HOURS[:11], lambda hour: hour + 12, {"两": 14}),  # 晚上十二点 is midnight: not here
     # 差一刻八点 and 八点差一刻 are 7:45, 晚上差一刻十二点 23:45; 中午 is 11 to 1 o'clock.
     "hour_before_zh": _words(ZH_HOURS, lambda hour: hour - 1, {"两": 1}),
     "pm_hour_before_zh": _words(ZH_HOURS, lambda hour: hour + 11, {"两": 13}),
@@ -346,7 +346,7 @@ def _when(at: datetime, now: datetime) -> tuple[str, str]:
 
 def _times(sentence: Callable[[str], str]) -> list:
     """The English sentences of an alarm's time, each `sentence(the words of a time)`, with the hour
-    a word fixes. Needs `lists=AFTER_NOON`. A template whose words say 12 wins over {hour}, which has
+    a word fixes. Needs `lists=TIME_WORDS`. A template whose words say 12 wins over {hour}, which has
     fewer words of its own."""
     return [
         (sentence("(12|twelve)" + EN_TIME + AM_OR_NIGHT), {"hour": 0}),
@@ -386,7 +386,7 @@ def _times_zh(sentence: str) -> list:
 
 @skill(
     sentences={"en": _times(lambda time: ALARM + time + f" [{TOMORROW}]"), "zh": _times_zh(ZH_ALARM)},
-    lists=AFTER_NOON,
+    lists=TIME_WORDS,
 )
 def set_alarm(
     hour: Annotated[int, Range(0, 23)],
@@ -643,7 +643,7 @@ def _cancel_at(time: str) -> str:
             *_times_zh(ZH_CANCEL),
         ],
     },
-    lists=AFTER_NOON,
+    lists=TIME_WORDS,
     # Answers to "Which one?": "the 7 pm one", "the one at 6:30", "the one tomorrow", "both", 早上7点的那个,
     # 明天的那个, 都取消.
     answers={
