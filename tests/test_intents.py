@@ -290,6 +290,9 @@ CLOCK_WORDS = [
     ("set an alarm for 12 noon", "set_alarm", {"hour": 12}),
     ("set an alarm for twelve midnight", "set_alarm", {"hour": 0}),
     ("中午一点叫醒我", "set_alarm", {"hour": 13}),
+    ("今晚八点叫醒我", "set_alarm", {"hour": 20}),
+    ("今天晚上十二点叫醒我", "set_alarm", {"hour": 0}),
+    ("明天早上七点叫我起床", "set_alarm", {"hour": 7, "tomorrow": True}),
     ("中午11点半叫醒我", "set_alarm", {"hour": 11, "minute": 30}),
     # As vosk writes 7:05, and as 7:30 pm is typed
     ("set an alarm for seven oh five", "set_alarm", {"hour": 7, "minute": 5}),

@@ -282,11 +282,12 @@ EN_TEENS = ["thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen
 # A verb or 叫醒我: "早上7点的闹钟" alone may answer "which one?" as well as ask for a new alarm.
 ZH_SET = "(设置|设定|设|定)[一个|个]"
 # With 明天, "明天早上7点的闹钟" alone asks for a new alarm (an answer to "which one?" is tried first).
+ZH_DAY = f"[{TOMORROW}|今天]"
 ZH_ALARM = (
-    f"({ZH_SET}[{TOMORROW}]{{time}}[的]闹钟|{ZH_SET}闹钟[在][{TOMORROW}]{{time}}|[{TOMORROW}]{{time}}叫醒我"
+    f"({ZH_SET}{ZH_DAY}{{time}}[的]闹钟|{ZH_SET}闹钟[在]{ZH_DAY}{{time}}|{ZH_DAY}{{time}}(叫醒我|叫我起床)"
     f"|{TOMORROW}{{time}}的闹钟)"
 )
-ZH_AFTERNOON = "(下午|晚上|傍晚)"
+ZH_AFTERNOON = "(下午|晚上|傍晚|今晚)"
 ZH_DIGITS = "一二三四五六七八九"
 ZH_HOURS = [*ZH_DIGITS, "十", "十一", "十二"]
 
@@ -375,7 +376,7 @@ def _times_zh(sentence: str) -> list:
     )
     return [
         # 凌晨12点 and 晚上12点 are 0:00, 中午12点 is noon; before {hour}, which wins a tie.
-        (sentence.replace("{time}", "(凌晨|半夜|晚上)(12|十二)" + minutes), {"hour": 0}),
+        (sentence.replace("{time}", "(凌晨|半夜|晚上|今晚)(12|十二)" + minutes), {"hour": 0}),
         sentence.replace("{time}", "中午{noon_hour_zh:hour}" + minutes),
         sentence.replace("{time}", "[早上|上午|凌晨]{hour}" + minutes),
         sentence.replace("{time}", ZH_AFTERNOON + "{pm_hour_zh:hour}" + minutes),
