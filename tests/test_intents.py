@@ -286,6 +286,8 @@ CLOCK_WORDS = [
     ("取消差一刻八点的闹钟", "cancel_alarms", {"hour": 7, "minute": 45}),
     # 12 at night is midnight, as 晚上12点 is; 12 noon and 12 midnight; 中午 is 11 to 1 o'clock
     ("set an alarm for twelve at night", "set_alarm", {"hour": 0}),
+    ("set an alarm for tonight at 8", "set_alarm", {"hour": 20}),
+    ("set an alarm for 8 this evening", "set_alarm", {"hour": 20}),
     ("wake me up at 12:30 tonight", "set_alarm", {"hour": 0, "minute": 30}),
     ("set an alarm for 12 noon", "set_alarm", {"hour": 12}),
     ("set an alarm for twelve midnight", "set_alarm", {"hour": 0}),

@@ -272,7 +272,7 @@ TOMORROW = "{day:tomorrow}"
 ALARM = f"(set [an|the|my] alarm [for {TOMORROW}] (for|at)|wake me [up] [{TOMORROW}] at) "
 EN_TIME = "(:{minute}| [{minute}]| oh {minute}) [o'clock]"  # "7:30", "7 30", "seven thirty", "seven oh five"
 AM = " (am|a m|a.m.|in the morning)"
-PM = " (pm|p m|p.m.|in the afternoon|in the evening|at night|tonight)"
+PM = " (pm|p m|p.m.|in the afternoon|in the evening|this evening|at night|tonight)"
 AM_OR_NIGHT, PM_NOON = " (am|a m|a.m.|at night|tonight)", " (pm|p m|p.m.|in the afternoon)"  # 12 at night, 12 pm
 # "Half past seven", "ten past 7", "quarter to eight", "twenty to nine": the hour before comes from a list.
 PAST = "({minute} [minute[s]]|{past:minute}) (past|after) "
@@ -354,6 +354,7 @@ def _times(sentence: Callable[[str], str]) -> list:
         sentence("[12 |twelve ]{noon:hour}"),
         sentence("{hour}" + EN_TIME + f"[{AM}]"),
         sentence("{pm_hour:hour}" + EN_TIME + PM),
+        sentence("(tonight|this evening) at {pm_hour:hour}" + EN_TIME),
         (sentence("(12|twelve)" + EN_TIME + PM_NOON), {"hour": 12}),
         (sentence(PAST + "(12|twelve)" + AM_OR_NIGHT), {"hour": 0}),
         sentence(PAST + "({hour}|{noon:hour})" + f"[{AM}]"),
