@@ -93,8 +93,8 @@ def test_times_are_said_as_a_chinese_speaker_says_them(written: str, heard: str)
          "Up 10% to 20%, 5 dollars to 10 dollars, 5 kilograms to 10 kilograms, in 5 to 10 minutes."),
         ("Add 1 1/2 cups and 2 3/4 cups.", "Add 1 and a half cups and 2 and 3 quarters cups."),  # not "1 1 half"
         # Short units espeak spells out or mis-says ("sex" for secs)
-        ("5 hrs 10 mins 3 secs, 1 hr, 15 sec, 2 lbs, 6 oz.",
-         "5 hours 10 minutes 3 seconds, 1 hour, 15 seconds, 2 pounds, 6 ounces."),
+        ("5 hrs 10 mins 3 secs, 1 hr, 15 sec, 2 lbs, 6 oz, 1 tsp.",
+         "5 hours 10 minutes 3 seconds, 1 hour, 15 seconds, 2 pounds, 6 ounces, 1 teaspoon."),
         ("$0.99, $0.01, $1,299.99, $5.05.", "99 cents, 1 cent, 1,299 dollars 99, 5 dollars 5 cents."),
         ("About 1.5e10 stars, or 3E-5.", "About 1.5 times 10 to the 10 stars, or 3 times 10 to the minus 5."),
         # As written: espeak says these well

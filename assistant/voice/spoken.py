@@ -102,6 +102,8 @@ _UNIT_WORDS = [  # as written; in English ("{s}" is said after any number but 1)
     ("lb", "pound{s}", "磅"),
     ("lbs", "pound{s}", "磅"),
     ("oz", "ounce{s}", "盎司"),
+    ("tsp", "teaspoon{s}", "茶匙"),
+    ("tbsp", "tablespoon{s}", "汤匙"),
     ("min", "minute{s}", "分钟"),
     ("s", "second{s}", "秒"),
     ("$", "dollar{s}", "美元"),
