@@ -236,6 +236,8 @@ COURTEOUS = [
     ("set a timer for an hour and thirty minutes", "set_timer", {"hours": 1, "minutes": 30}),
     ("set a timer for a minute and ten seconds", "set_timer", {"minutes": 1, "seconds": 10}),
     ("set a timer for one hundred and twenty minutes", "set_timer", {"minutes": 120}),  # as vosk writes 120
+    ("set a timer for 1 hr 30 min", "set_timer", {"hours": 1, "minutes": 30}),  # as typed
+    ("add 90 secs to the timer", "control_timer", {"action": "add", "seconds": 90}),
     # Lengths past the sentence library's 100 of each unit
     ("set a timer for 120 minutes", "set_timer", {"minutes": 120}),
     ("start a timer for 200 seconds", "set_timer", {"seconds": 200}),

@@ -84,6 +84,9 @@ COURTESY = re.compile(
 HUNDRED_AND = re.compile(r"\bhundred and (?=[a-z])", re.IGNORECASE)
 # "7:30pm" as typed, which hassil takes as one word: the templates have "7:30 pm".
 AM_PM = re.compile(r"(?<=\d)(?=(?:am|pm|a\.m\.|p\.m\.)(?!\w))", re.IGNORECASE)
+# Units as typed after a number ("5 min", "90 secs", "1 hr"): the templates have them in words.
+TYPED_UNITS = {"min": "minutes", "mins": "minutes", "sec": "seconds", "secs": "seconds", "hr": "hours", "hrs": "hours"}
+TYPED_UNIT = re.compile(rf"(?<=\d) ?({'|'.join(TYPED_UNITS)})\b\.?", re.IGNORECASE)
 # A Chinese recogniser writes its words apart ("七点 半 叫醒 我", "设置 一个 10 分钟 的 计时器"), which the templates
 # have together: spaces between Chinese or Japanese characters, or between them and a digit, are dropped.
 HAN_KANA = "\u3040-\u30ff\u3400-\u9fff"
@@ -170,9 +173,10 @@ class IntentMatcher:
                 return found
         # Then in plainer form: without courtesy, with full-width digits and letters (１０分钟, as a Chinese
         # input method may type them) as the templates' own, Chinese words together, "hundred and" as
-        # hassil's "hundred", and "7:30pm" as "7:30 pm".
+        # hassil's "hundred", "7:30pm" as "7:30 pm", and "5 min" as "5 minutes".
         plain = COURTESY.sub("", SPACED.sub("", unicodedata.normalize("NFKC", text)))
-        plain = AM_PM.sub(" ", HUNDRED_AND.sub("hundred ", plain)).strip()
+        plain = AM_PM.sub(" ", HUNDRED_AND.sub("hundred ", plain))
+        plain = TYPED_UNIT.sub(lambda m: " " + TYPED_UNITS[m[1].lower()], plain).strip()
         return self.match(plain) if plain and plain != text.strip() else None
 
     def match_answer(self, text: str, question: str, call: dict) -> IntentMatch | None:
