@@ -186,8 +186,8 @@ def test_a_telephone_number_is_told_from_a_range(written: str, language: str, he
          ["The U.N. Security Council met.", "Books by J.K. Rowling.", "Ok."]),
         ("Climb Mt. Everest with Gen. Lee on Jan. 5. Ok.", ["Climb Mt. Everest with Gen. Lee on Jan. 5.", "Ok."]),
         # but a new sentence after initials is one
-        ("I live in the U.S. It is big. It is 9 a.m. Tomorrow too.",
-         ["I live in the U.S.", "It is big.", "It is 9 a.m.", "Tomorrow too."]),
+        ("I live in the U.S. It is big. It is 9 a.m. Tomorrow too. Go to the U.K. Thank you.",
+         ["I live in the U.S.", "It is big.", "It is 9 a.m.", "Tomorrow too.", "Go to the U.K.", "Thank you."]),
     ],
 )  # fmt: skip
 def test_a_period_inside_a_sentence_does_not_cut_it(reply: str, pieces: list[str]) -> None:

@@ -41,7 +41,8 @@ _OPENER = re.compile(
     r"While|What|Which|Who|Where|Why|How|In|On|At|For|From|To|By|With|As|After|Before|Since|Now|Today|"
     r"Tomorrow|Yesterday|Also|However|Still|My|Our|Your|His|Her|Their|Some|Most|Many|All|Each|Every|No|Not|"
     r"Do|Does|Did|Is|Are|Was|Were|Can|Could|Will|Would|Should|May|Might|Let|Please|Thanks|Yes|Both|Only|"
-    r"Just|Even|Sure|Ok|Okay|Well|Oh"
+    r"Just|Even|Sure|Ok|Okay|Well|Oh|Thank|Great|Good|Hello|Hi|Bye|Don|Because|Although|Though|Unless|Until|"
+    r"Once|Another|Other|More|Less|Much|Few|Several|One|Two|Three|Note|See|Try|Make|Go"
     r")$"
 )
 _FIRST_WORD = re.compile(r"[A-Za-z]+")
