@@ -114,6 +114,11 @@ ENGLISH = [
     ("cancel the alarm for tomorrow", "cancel_alarms", {"tomorrow": True}),
     ("cancel my 7 am alarm tomorrow", "cancel_alarms", {"hour": 7, "tomorrow": True}),
     ("what time is it", "current_time", {}),
+    ("tell me what time it is", "current_time", {}),
+    ("what's the time now", "current_time", {}),
+    ("what day is today", "current_date", {}),
+    ("what date is it", "current_date", {}),
+    ("what day of the week is it", "current_date", {}),
     ("what's the date", "current_date", {}),
     ("set a timer for a minute and a half", "set_timer", {"minutes": 1, "seconds": 30}),
     ("start a timer", "set_timer", {}),
@@ -222,6 +227,17 @@ COURTEOUS = [
     ("十分钟后叫我", "set_timer", {"minutes": 10}),
     ("设一个两个半小时的计时器", "set_timer", {"hours": 2, "minutes": 30}),
     ("三个半小时后提醒我", "set_timer", {"hours": 3, "minutes": 30}),
+    ("半小时后叫我", "set_timer", {"minutes": 30}),  # as 十分钟后叫我
+    ("一刻钟以后提醒我", "set_timer", {"minutes": 15}),
+    ("十分钟之后提醒我", "set_timer", {"minutes": 10}),
+    ("过十分钟提醒我", "set_timer", {"minutes": 10}),
+    ("三十秒后提醒我", "set_timer", {"seconds": 30}),
+    ("set a timer for a half hour", "set_timer", {"minutes": 30}),
+    ("set a timer for an hour and thirty minutes", "set_timer", {"hours": 1, "minutes": 30}),
+    ("set a timer for a minute and ten seconds", "set_timer", {"minutes": 1, "seconds": 10}),
+    ("set a timer for one hundred and twenty minutes", "set_timer", {"minutes": 120}),  # as vosk writes 120
+    ("set a timer for 1 hr 30 min", "set_timer", {"hours": 1, "minutes": 30}),  # as typed
+    ("add 90 secs to the timer", "control_timer", {"action": "add", "seconds": 90}),
     # Lengths past the sentence library's 100 of each unit
     ("set a timer for 120 minutes", "set_timer", {"minutes": 120}),
     ("start a timer for 200 seconds", "set_timer", {"seconds": 200}),
@@ -246,6 +262,81 @@ def test_courtesy_around_a_request_and_lengths_in_words_are_understood(
     assert (found.skill, found.arguments, found.reply) == (skill, arguments, None)
 
 
+CLOCK_WORDS = [
+    # The hour before, from "to": quarter to 8 is 7:45, with the half of the day of "8" as the other alarms have it
+    ("set an alarm for half past seven", "set_alarm", {"hour": 7, "minute": 30}),
+    ("set an alarm for quarter to 8", "set_alarm", {"hour": 7, "minute": 45}),
+    ("wake me up at a quarter past six", "set_alarm", {"hour": 6, "minute": 15}),
+    ("set an alarm for twenty to nine", "set_alarm", {"hour": 8, "minute": 40}),
+    ("set an alarm for ten past seven in the evening", "set_alarm", {"hour": 19, "minute": 10}),
+    ("set an alarm for twenty five to nine pm", "set_alarm", {"hour": 20, "minute": 35}),
+    ("set an alarm for quarter to one", "set_alarm", {"hour": 0, "minute": 45}),  # as "one" is 1:00, not 13:00
+    ("set an alarm for quarter to one pm", "set_alarm", {"hour": 12, "minute": 45}),
+    ("set an alarm for quarter to twelve", "set_alarm", {"hour": 11, "minute": 45}),  # as "twelve" is noon
+    ("set an alarm for quarter to midnight", "set_alarm", {"hour": 23, "minute": 45}),
+    ("set an alarm for half past twelve at night", "set_alarm", {"hour": 0, "minute": 30}),
+    ("wake me up tomorrow at half past six", "set_alarm", {"hour": 6, "minute": 30, "tomorrow": True}),
+    ("cancel my half past seven alarm", "cancel_alarms", {"hour": 7, "minute": 30}),
+    ("七点一刻叫醒我", "set_alarm", {"hour": 7, "minute": 15}),
+    ("七点三刻叫醒我", "set_alarm", {"hour": 7, "minute": 45}),
+    ("晚上八点过十分叫醒我", "set_alarm", {"hour": 20, "minute": 10}),
+    ("差一刻八点叫醒我", "set_alarm", {"hour": 7, "minute": 45}),
+    ("设一个八点差五分的闹钟", "set_alarm", {"hour": 7, "minute": 55}),
+    ("下午三点差一刻叫醒我", "set_alarm", {"hour": 14, "minute": 45}),
+    ("晚上差一刻十二点叫醒我", "set_alarm", {"hour": 23, "minute": 45}),
+    ("明天早上七点一刻的闹钟", "set_alarm", {"hour": 7, "minute": 15, "tomorrow": True}),
+    ("取消差一刻八点的闹钟", "cancel_alarms", {"hour": 7, "minute": 45}),
+    # 12 at night is midnight, as 晚上12点 is; 12 noon and 12 midnight; 中午 is 11 to 1 o'clock
+    ("set an alarm for twelve at night", "set_alarm", {"hour": 0}),
+    ("set an alarm for tonight at 8", "set_alarm", {"hour": 20}),
+    ("set an alarm for 8 this evening", "set_alarm", {"hour": 20}),
+    ("wake me up at 12:30 tonight", "set_alarm", {"hour": 0, "minute": 30}),
+    ("set an alarm for 12 noon", "set_alarm", {"hour": 12}),
+    ("set an alarm for twelve midnight", "set_alarm", {"hour": 0}),
+    ("中午一点叫醒我", "set_alarm", {"hour": 13}),
+    ("今晚八点叫醒我", "set_alarm", {"hour": 20}),
+    ("今天晚上十二点叫醒我", "set_alarm", {"hour": 0}),
+    ("明天早上七点叫我起床", "set_alarm", {"hour": 7, "tomorrow": True}),
+    ("中午11点半叫醒我", "set_alarm", {"hour": 11, "minute": 30}),
+    # As vosk writes 7:05, and as 7:30 pm is typed
+    ("set an alarm for seven oh five", "set_alarm", {"hour": 7, "minute": 5}),
+    ("set an alarm for 7:30pm", "set_alarm", {"hour": 19, "minute": 30}),
+]
+
+
+@pytest.mark.parametrize(("text", "skill", "arguments"), CLOCK_WORDS, ids=[t for t, *_ in CLOCK_WORDS])
+def test_times_said_the_way_people_say_them_are_understood(
+    matcher: IntentMatcher, text: str, skill: str, arguments: dict
+) -> None:
+    found = matcher.match(text)
+    assert found is not None, text
+    assert (found.skill, found.arguments, found.reply) == (skill, arguments, None)
+
+
+# As a Chinese recogniser writes them: its words apart.
+SPACED = [
+    ("七 点 半 叫醒 我", "set_alarm", {"hour": 7, "minute": 30}),
+    ("设置 一个 10 分钟 的 计时器", "set_timer", {"minutes": 10}),
+    ("记 一下 明天 买 牛奶", "add_item", {"text": "明天买牛奶", "list": "notes"}),
+    ("现在 几点", "current_time", {}),
+]
+
+
+@pytest.mark.parametrize(("text", "skill", "arguments"), SPACED, ids=[t for t, *_ in SPACED])
+def test_chinese_words_written_apart_are_understood(
+    matcher: IntentMatcher, text: str, skill: str, arguments: dict
+) -> None:
+    found = matcher.match(text)
+    assert found is not None, text
+    assert (found.skill, found.arguments, found.reply) == (skill, arguments, None)
+
+
+def test_an_answer_in_chinese_words_written_apart_is_understood(matcher: IntentMatcher) -> None:
+    question = "你有2个闹钟：早上7点、明天早上7点。要取消哪一个？"
+    found = matcher.match_answer("明天 的 那个", question, {"name": "cancel_alarms", "arguments": {}})
+    assert found is not None and found.arguments == {"tomorrow": True}
+
+
 def test_courtesy_words_alone_are_left_to_the_model(matcher: IntentMatcher) -> None:
     for text in ("thanks", "thank you", "please", "谢谢", "请"):
         assert matcher.match(text) is None, text
@@ -255,6 +346,8 @@ ELSEWHERE = ["tell me a joke", "what's the weather like", "lock the front door",
              "turn on the coffee machine", "讲个笑话", "明天天气怎么样",
              "set an alarm for 10 minutes",
              "早上7点半的闹钟",  # the answer to "要取消哪一个？" as much as a request: no new alarm
+             "what time is it in tokyo", "what day is christmas",
+             "what happened at half past seven yesterday", "昨天七点半发生了什么", "is it quarter to eight already",
              # A device no switching skill takes: not "turn on" with the name dropped (every light).
              "turn on the thermostat", "turn off the thermostat", "打开thermostat"]  # fmt: skip
 

@@ -82,6 +82,19 @@ def test_times_are_said_as_a_chinese_speaker_says_them(written: str, heard: str)
         # Titles: espeak ends a sentence at their period ("Doctor. Kim")
         ("Ask Dr. Kim and Mr. Lee, or Prof. Ng.", "Ask Doctor Kim and Mister Lee, or Professor Ng."),
         ("It is No. 5 on the list.", "It is number 5 on the list."),
+        # espeak ends a sentence at the last period of initials and at a title's or a month's
+        ("In the U.S. Army. In the U.S. It is big.", "In the U.S Army. In the U.S. It is big."),
+        ("Climb Mt. Everest on Jan. 5 with Gen. Lee.", "Climb Mount Everest on January 5 with General Lee."),
+        # An amount with its size: not "one point five dollars million"
+        ("It costs $1.5 million, $2B or $300k.",
+         "It costs 1.5 million dollars, 2 billion dollars or 300 thousand dollars."),
+        # A range whose ends have units: espeak drops the dash ("ten percent twenty percent")
+        ("Up 10%-20%, $5-$10, 5kg-10kg, in 5~10 minutes.",
+         "Up 10% to 20%, 5 dollars to 10 dollars, 5 kilograms to 10 kilograms, in 5 to 10 minutes."),
+        ("Add 1 1/2 cups and 2 3/4 cups.", "Add 1 and a half cups and 2 and 3 quarters cups."),  # not "1 1 half"
+        # Short units espeak spells out or mis-says ("sex" for secs)
+        ("5 hrs 10 mins 3 secs, 1 hr, 15 sec, 2 lbs, 6 oz, 1 tsp.",
+         "5 hours 10 minutes 3 seconds, 1 hour, 15 seconds, 2 pounds, 6 ounces, 1 teaspoon."),
         ("$0.99, $0.01, $1,299.99, $5.05.", "99 cents, 1 cent, 1,299 dollars 99, 5 dollars 5 cents."),
         ("About 1.5e10 stars, or 3E-5.", "About 1.5 times 10 to the 10 stars, or 3 times 10 to the minus 5."),
         # As written: espeak says these well
@@ -117,12 +130,40 @@ def test_numbers_are_said_as_an_english_listener_expects(written: str, heard: st
         ("快2x，5 x 3等于15", "快2倍，5乘3等于15"),
         ("截止2024-05-01。", "截止二零二四年5月1日。"),
         ("营业时间：上午9:00-下午5:00", "营业时间：上午9点到下午5点"),
+        # A range whose ends have units: not 百分之10负百分之20
+        ("涨幅10%-20%，5月1日-5月3日，100元-200元", "涨幅百分之10到百分之20，5月1日到5月3日，100元到200元"),
+        ("5~10分钟，5～10分钟，下午3点~5点", "5到10分钟，5到10分钟，下午3点到5点"),  # espeak: 五十分钟
+        ("加1 1/2杯水", "加1又2分之1杯水"),
         # As written: espeak's Mandarin says these well
         ("两个、十一、一百零五、第3名、3.14", "两个、十一、一百零五、第3名、3.14"),
     ],
 )
 def test_numbers_are_said_as_a_chinese_listener_expects(written: str, heard: str) -> None:
     assert speakable(written, "zh") == heard
+
+
+@pytest.mark.parametrize(
+    ("written", "language", "heard"),
+    [
+        # A local number to dial, not "five hundred fifty-five to one thousand two hundred thirty-four"
+        ("Call 555-1234.", "en", "Call 5 5 5, 1 2 3 4."),
+        ("My phone is 555-1000.", "en", "My phone is 5 5 5, 1 0 0 0."),
+        ("Pick a number from 200-1000.", "en", "Pick a number from 200 to 1000."),
+        ("It is 555-1234.", "en", "It is 5 5 5, 1 2 3 4."),
+        ("Call 1234-5678 or 1-800-555-1234.", "en", "Call 1 2 3 4, 5 6 7 8 or 1, 8 0 0, 5 5 5, 1 2 3 4."),
+        ("电话555-1234", "zh", "电话5 5 5, 1 2 3 4"),
+        ("电话010-12345678。", "zh", "电话0 1 0, 1 2 3 4 5 6 7 8。"),  # not 0 1 0到1234万5678
+        ("电话555-123-4567", "zh", "电话5 5 5, 1 2 3, 4 5 6 7"),
+        ("请拨打12345热线，电话是65432100。", "zh", "请拨打1 2 3 4 5热线，电话是6 5 4 3 2 1 0 0。"),
+        # and ranges stay ranges
+        ("Open 9-17, or 9:00-17:00.", "en", "Open 9 to 17, or 9 AM to 5 PM."),
+        ("Spend 500-1000 dollars, walk 300-1234 m, from 1990-2000, rooms 101-1050.", "en",
+         "Spend 500 to 1000 dollars, walk 300 to 1234 meters, from 19 90 to 2000, rooms 101 to 1050."),
+        ("共12345元，500-1000米", "zh", "共1万2345元，500到1000米"),
+    ],
+)  # fmt: skip
+def test_a_telephone_number_is_told_from_a_range(written: str, language: str, heard: str) -> None:
+    assert speakable(written, language) == heard
 
 
 @pytest.mark.parametrize(
@@ -138,6 +179,15 @@ def test_numbers_are_said_as_a_chinese_listener_expects(written: str, heard: str
         ("Open 9 a.m. - 5 p.m. Then close.", ["Open 9 a.m. - 5 p.m.", "Then close."]),
         ("Tea, coffee, etc. are fine. It is 9:30. The alarm is set.",
          ["Tea, coffee, etc. are fine.", "It is 9:30.", "The alarm is set."]),
+        # Initials, a title or a month before what they name: "the U.S." and "Army for years." are not two sentences
+        ("He served in the U.S. Army for years. Then he left.",
+         ["He served in the U.S. Army for years.", "Then he left."]),
+        ("The U.N. Security Council met. Books by J.K. Rowling. Ok.",
+         ["The U.N. Security Council met.", "Books by J.K. Rowling.", "Ok."]),
+        ("Climb Mt. Everest with Gen. Lee on Jan. 5. Ok.", ["Climb Mt. Everest with Gen. Lee on Jan. 5.", "Ok."]),
+        # but a new sentence after initials is one
+        ("I live in the U.S. It is big. It is 9 a.m. Tomorrow too. Go to the U.K. Thank you.",
+         ["I live in the U.S.", "It is big.", "It is 9 a.m.", "Tomorrow too.", "Go to the U.K.", "Thank you."]),
     ],
 )  # fmt: skip
 def test_a_period_inside_a_sentence_does_not_cut_it(reply: str, pieces: list[str]) -> None:

@@ -80,6 +80,18 @@ COURTESY = re.compile(
     re.IGNORECASE,
 )
 
+# "One hundred and twenty", as people (and vosk) say it; hassil's number words are "one hundred twenty".
+HUNDRED_AND = re.compile(r"\bhundred and (?=[a-z])", re.IGNORECASE)
+# "7:30pm" as typed, which hassil takes as one word: the templates have "7:30 pm".
+AM_PM = re.compile(r"(?<=\d)(?=(?:am|pm|a\.m\.|p\.m\.)(?!\w))", re.IGNORECASE)
+# Units as typed after a number ("5 min", "90 secs", "1 hr"): the templates have them in words.
+TYPED_UNITS = {"min": "minutes", "mins": "minutes", "sec": "seconds", "secs": "seconds", "hr": "hours", "hrs": "hours"}
+TYPED_UNIT = re.compile(rf"(?<=\d) ?({'|'.join(TYPED_UNITS)})\b\.?", re.IGNORECASE)
+# A Chinese recogniser writes its words apart ("七点 半 叫醒 我", "设置 一个 10 分钟 的 计时器"), which the templates
+# have together: spaces between Chinese or Japanese characters, or between them and a digit, are dropped.
+HAN_KANA = "\u3040-\u30ff\u3400-\u9fff"
+SPACED = re.compile(f"(?<=[{HAN_KANA}0-9]) +(?=[{HAN_KANA}])|(?<=[{HAN_KANA}]) +(?=[0-9])")
+
 KANA_HANGUL = re.compile(r"[\u3040-\u30ff\uac00-\ud7af]")
 LATIN_LETTER = re.compile(r"[A-Za-z]")
 FIRST_LETTER = re.compile(r"[A-Za-z\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af]")
@@ -159,15 +171,19 @@ class IntentMatcher:
         for language in self._tried(text, self._languages()):
             if found := self._match_own(text, language) or self._match_library(text, language):
                 return found
-        # Then in plainer form: without courtesy, and with full-width digits and letters (１０分钟, as a Chinese
-        # input method may type them) as the templates' own.
-        plain = COURTESY.sub("", unicodedata.normalize("NFKC", text)).strip()
+        # Then in plainer form: without courtesy, with full-width digits and letters (１０分钟, as a Chinese
+        # input method may type them) as the templates' own, Chinese words together, "hundred and" as
+        # hassil's "hundred", "7:30pm" as "7:30 pm", and "5 min" as "5 minutes".
+        plain = COURTESY.sub("", SPACED.sub("", unicodedata.normalize("NFKC", text)))
+        plain = AM_PM.sub(" ", HUNDRED_AND.sub("hundred ", plain))
+        plain = TYPED_UNIT.sub(lambda m: " " + TYPED_UNITS[m[1].lower()], plain).strip()
         return self.match(plain) if plain and plain != text.strip() else None
 
     def match_answer(self, text: str, question: str, call: dict) -> IntentMatch | None:
         """The text as an answer to `question`, which the skill asked when `call` ran it: the call
         with its arguments updated by the answer's, or None if the text answers nothing."""
         templates = self.answer_templates.get(call["name"], {})
+        text = SPACED.sub("", text)
         for language in self._tried(text, list(templates)):
             result = recognize_best(text, templates[language], language=language)
             if result is None:

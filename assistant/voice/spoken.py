@@ -27,14 +27,43 @@ _LIST_NUMBER = re.compile(r"(?:^|\n)[ \t]*\d+\.$")
 _RUNS_ON = re.compile(r"[a-z]")
 _DOTTED = re.compile(r"(?:\b[A-Za-z]\.){2,}$|\b(?:etc|No)\.$")
 _CAPITAL = re.compile(r"[A-Z]")
+# Nor the period of a title before a name ("Mt. Everest", "Gen. Lee"), of a month before its day ("Jan. 5"),
+# or of initials before a name ("the U.S. Army", "J.K. Rowling"); but "in the U.S. It is big" is two
+# sentences: initials end one before a word that sentences start with.
+_TITLES = "Dr|Mr|Mrs|Ms|Prof|Mt|Gen|Sen|Gov|Capt|Lt|Col|Sgt|Rev"
+_MONTHS = "Jan|Feb|Mar|Apr|Jun|Jul|Aug|Sep|Sept|Oct|Nov|Dec"
+_BEFORE_NAME = re.compile(rf"\b(?:{_TITLES})\.$")
+_BEFORE_DAY = re.compile(rf"\b(?:{_MONTHS})\.$")
+_INITIALS = re.compile(r"(?<![\w.])(?:[A-Z]\.){2,}$")
+_OPENER = re.compile(
+    r"(?:"
+    r"I|It|Its|He|She|We|They|You|This|That|These|Those|There|Here|Then|The|A|An|But|And|So|Or|Yet|If|When|"
+    r"While|What|Which|Who|Where|Why|How|In|On|At|For|From|To|By|With|As|After|Before|Since|Now|Today|"
+    r"Tomorrow|Yesterday|Also|However|Still|My|Our|Your|His|Her|Their|Some|Most|Many|All|Each|Every|No|Not|"
+    r"Do|Does|Did|Is|Are|Was|Were|Can|Could|Will|Would|Should|May|Might|Let|Please|Thanks|Yes|Both|Only|"
+    r"Just|Even|Sure|Ok|Okay|Well|Oh|Thank|Great|Good|Hello|Hi|Bye|Don|Because|Although|Though|Unless|Until|"
+    r"Once|Another|Other|More|Less|Much|Few|Several|One|Two|Three|Note|See|Try|Make|Go"
+    r")$"
+)
+_FIRST_WORD = re.compile(r"[A-Za-z]+")
+
+
+def _name_follows(after: str) -> bool:
+    """Whether `after`, the text after initials, goes on with a name ("Army for years"), not a new sentence."""
+    word = _FIRST_WORD.match(after)
+    return word is not None and word[0][0].isupper() and not _OPENER.match(word[0])
+
+
 # What espeak-ng cannot take (a NUL ends its C string), UTF-8 cannot carry (a lone surrogate), and other
 # control characters, none of them speech: a reply or a note may hold them, and the rest is still said.
 _UNSPEAKABLE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
 # Written marks that are not words, which espeak would read out ("asterisk", "hash", "party popper",
 # "im end"): markdown's emphasis, code and heading marks, special tokens spelled out, emoji with their
-# joiners and variation selectors.
+# joiners and variation selectors. A ~ before a number is a range's (5~10, 3点~5点, 10%~20%).
 _MARKS = re.compile(
-    r"<\|\w*\|>|[*_~`]+|^[ \t]*#+(?=[ \t])|[\u2600-\u27bf\u2b00-\u2bff\ufe0f\u200d\u20e3\U0001f000-\U0001faff]", re.M
+    rf"<\|\w*\|>|[*_`]+|(?<!\d)(?<!\d[%{_HAN_KANA}])~+|~+(?!\d)|^[ \t]*#+(?=[ \t])"
+    r"|[\u2600-\u27bf\u2b00-\u2bff\ufe0f\u200d\u20e3\U0001f000-\U0001faff]",
+    re.M,
 )
 _HAN_KANA_CHARACTER = re.compile(f"[{_HAN_KANA}]")
 # A web address is read as its host ("example.com"), not as "h t t p s colon slash slash ...", and
@@ -66,6 +95,16 @@ _UNIT_WORDS = [  # as written; in English ("{s}" is said after any number but 1)
     ("kW", "kilowatt{s}", "千瓦"),
     ("W", "watt{s}", "瓦"),
     ("h", "hour{s}", "小时"),
+    ("hr", "hour{s}", "小时"),
+    ("hrs", "hour{s}", "小时"),
+    ("mins", "minute{s}", "分钟"),
+    ("sec", "second{s}", "秒"),
+    ("secs", "second{s}", "秒"),  # espeak: "sex"
+    ("lb", "pound{s}", "磅"),
+    ("lbs", "pound{s}", "磅"),
+    ("oz", "ounce{s}", "盎司"),
+    ("tsp", "teaspoon{s}", "茶匙"),
+    ("tbsp", "tablespoon{s}", "汤匙"),
     ("min", "minute{s}", "分钟"),
     ("s", "second{s}", "秒"),
     ("$", "dollar{s}", "美元"),
@@ -82,12 +121,25 @@ _FRACTION_NAMES = ["", "", "half", "third", "quarter", "fifth", "sixth", "sevent
 # A number as written (5, 2.5, 1,000). Latin letters and digits (not \w: Chinese characters are word
 # characters, and "温度是21°C" has its number right after one) mark a number or unit inside a longer word.
 _NUMBER = r"\d+(?:[.,]\d+)*"
-_CURRENCY = re.compile(rf"([$€£¥￥]) ?({_NUMBER})(?![A-Za-z0-9]|[.,]\d)")
+# An amount may have its size after it, in a word or a letter: $1.5 million, $300k, $2.5M, $3bn.
+_CURRENCY = re.compile(
+    rf"([$€£¥￥]) ?({_NUMBER})(?: ?(thousand|million|billion|trillion)\b|(k|K|M|bn|B)\b)?(?![A-Za-z0-9]|[.,]\d)"
+)
+_SIZES = {"k": "thousand", "K": "thousand", "M": "million", "bn": "billion", "B": "billion"}
+_SIZES_ZH = {"thousand": "千", "million": "百万", "billion": "十亿", "trillion": "万亿"}
 _UNIT_NAMES = sorted(_UNITS["zh"], key=len, reverse=True)  # km/h before km before m
 _UNIT = re.compile(rf"(?<![A-Za-z0-9.,$€£¥￥])({_NUMBER})( ?)({'|'.join(map(re.escape, _UNIT_NAMES))})(?![A-Za-z0-9])")
 # "5-10" and "5–10", not a date (2024-05-01) or a number with a leading zero (a telephone's 555-0123).
 _RANGE = re.compile(rf"(?<![A-Za-z0-9.,:/–-])({_NUMBER})(?:-| - | ?– ?)(?!0\d)({_NUMBER})(?![0-9:/–-]|[.,]\d)")
-_FRACTION = re.compile(r"(?<![A-Za-z0-9.,/])(\d)/(\d+)(?![0-9.,/])")  # not a date (3/4/2025)
+_TILDE = re.compile(r"(?<=\d) ?[~～] ?(?=\d)")  # 5~10, as Chinese writes a range
+# And one whose first end has its unit or sign: 10%-20%, $5-$10, 5kg-10kg, 100元-200元, 5月1日-5月3日; espeak
+# drops the dash ("ten percent twenty percent"), and espeak's Mandarin took it for a minus (百分之10负百分之20).
+_RANGE_WITH_UNIT = re.compile(
+    rf"(?<![A-Za-z0-9.,:/–-])([$€£¥￥]{_NUMBER}|{_NUMBER}(?:[%％°℃℉]|[A-Za-z]{{1,3}}| [A-Za-z]{{1,3}}\b"
+    rf"|[{_HAN_KANA}]{{1,2}}))(?:-| - | ?[–~～] ?)(?=[$€£¥￥]?\d)"
+)
+# With its whole number before it: 1 1/2 cups. Not a date (3/4/2025).
+_FRACTION = re.compile(r"(?<![A-Za-z0-9.,/])(?:(\d+) )?(\d)/(\d+)(?![0-9.,/])")
 
 
 def _time_pattern(n: int) -> str:
@@ -113,7 +165,21 @@ _DAY_PART_TWICE = re.compile(rf"({_DAY_PART})(?:{_DAY_PART})")
 # Said digit by digit: a telephone number ("555-123-4567", "(555) 123-4567"), a Chinese mobile number,
 # and a run of digits too long to be a quantity (an order number; past 18 digits piper's Chinese number
 # words have none).
-_PHONE = re.compile(r"(?<![\w+.,-])(?:\(\d{3}\) ?|\d{3}[-. ])\d{3}[-. ]\d{4}(?![-.,]?\d)")
+_PHONE = re.compile(r"(?<![A-Za-z0-9_+.,-])(?:1[-. ])?(?:\(\d{3}\) ?|\d{3}[-. ])\d{3}[-. ]\d{4}(?![-.,]?\d)")
+# A shorter one is told from a range ("9-17", "500-1000 m") by what a listener knows: an area code starts with 0
+# (010-12345678); after a word of calling ("call", 电话) 555-1234 and 1234-5678 are numbers to dial; without
+# one, a range's ends are round (500-1000) or a unit follows, a local number's (555-1234) are not.
+_LOCAL_PHONE = re.compile(
+    r"(?<![A-Za-z0-9.,:/$€£¥￥+–-])(?:0\d{2,3}-\d{7,8}|(\d{3,4})-(\d{4}))(?![0-9:/–-]|[.,]\d)(?=(?P<after> ?\S*))"
+)
+_CALLING = re.compile(
+    r"\b(?:call|calling|phone|dial|fax|tel|telephone|mobile|cell|hotline)\b"  # not "number": "a number from 200-1000"
+    r"|电话|号码|拨打|致电|手机|热线|联系|传真",
+    re.IGNORECASE,
+)
+# The number right after such a word in Chinese (拨打110, 热线12345, 电话是65432100), said digit by digit as
+# a number to dial is, not as 一万二千三百四十五.
+_DIALLED = re.compile(r"(?<=电话|号码|拨打|致电|热线)([是为:：]? ?)(\d{3,12})(?![-.,]?\d)")
 _MOBILE = re.compile(r"(?<![\d.,])1[3-9]\d{9}(?![.,]?\d)")
 _DIGIT_RUN = re.compile(r"(?<![\d.,])\d{13,}(?![.,]?\d)")
 _SCIENTIFIC = re.compile(r"(?<![\w.])(\d+(?:\.\d+)?)[eE]([+-]?)(\d+)(?!\w|[.,]\d)")
@@ -153,8 +219,17 @@ _DECADE_NAMES = [
     "nineties",
 ]
 # Titles and "No." before what they name: espeak ends a sentence at their period ("Doctor. Kim").
-_TITLE = re.compile(r"\b(Dr|Mr|Mrs|Ms|Prof)\.(?= [A-Z])|\bNo\.(?= ?\d)")
-_TITLE_WORDS = {"Dr": "Doctor", "Mr": "Mister", "Mrs": "Missus", "Ms": "Miz", "Prof": "Professor", None: "number"}
+# And so do initials before a name ("U.S. Army": "U S. Army"), which are said without their last period.
+_TITLE = re.compile(rf"\b({_TITLES})\.(?= [A-Z])|\b({_MONTHS})\.(?= \d)|\bNo\.(?= ?\d)")
+_TITLE_WORDS = {
+    **{"Dr": "Doctor", "Mr": "Mister", "Mrs": "Missus", "Ms": "Miz", "Prof": "Professor", "Mt": "Mount"},
+    **{"Gen": "General", "Sen": "Senator", "Gov": "Governor", "Capt": "Captain", "Lt": "Lieutenant"},
+    **{"Col": "Colonel", "Sgt": "Sergeant", "Rev": "Reverend", None: "number"},
+    **{month[:3]: month for month in ("January", "February", "March", "April", "June", "July", "August")},
+    **{month[:3]: month for month in ("September", "October", "November", "December")},
+    "Sept": "September",
+}
+_INITIALS_BEFORE = re.compile(r"(?<![\w.])((?:[A-Z]\.)+[A-Z])\.(?= )")
 _CENTS = {"$": ("cent", "cents"), "€": ("cent", "cents"), "£": ("penny", "pence")}
 # Full-width letters and digits (１２３), which espeak says nothing for, and their point and colon.
 _FULL_WIDTH = str.maketrans({chr(c): chr(c - 0xFEE0) for c in range(0xFF01, 0xFF5F) if chr(c - 0xFEE0).isalnum()})
@@ -198,6 +273,17 @@ class SentenceSplitter:
             if _ABBREVIATION.search(before) or _LIST_NUMBER.search(before):
                 continue
             if before.endswith(".") and "\n" not in match.group():  # a line break ends it still
+                rest = self.buffer[match.end() :]
+                if (_INITIALS.search(before) and _FIRST_WORD.fullmatch(rest)) or (
+                    not rest and (_BEFORE_NAME.search(before) or _BEFORE_DAY.search(before))
+                ):
+                    break  # what comes next decides, and it has not come yet
+                if (
+                    (_BEFORE_NAME.search(before) and _CAPITAL.match(after))
+                    or (_BEFORE_DAY.search(before) and after.isdigit())
+                    or (_INITIALS.search(before) and _name_follows(rest))
+                ):
+                    continue
                 dotted = _DOTTED.search(before)
                 if not after and dotted:
                     break
@@ -245,10 +331,14 @@ def _numbers_in_words(text: str, language: str) -> str:
         return f"{number}{words}" if zh else f"{number} {words}"
 
     def fraction(m: re.Match) -> str:
-        n, d = int(m[1]), int(m[2])
+        whole, n, d = m[1], int(m[2]), int(m[3])
         if not 0 < n < d <= 10:
             return m[0]  # 5/20: not a fraction said with a name
-        return f"{d}分之{n}" if zh else f"{n} {_FRACTION_NAMES[d]}{'' if n == 1 else 's'}"  # 四分之三: 3/4
+        if zh:
+            return f"{whole}又{d}分之{n}" if whole else f"{d}分之{n}"  # 四分之三: 3/4; 一又二分之一: 1 1/2
+        if whole:  # 1 1/2: one and a half
+            return f"{whole} and {'a' if n == 1 else n} {_FRACTION_NAMES[d]}{'' if n == 1 else 's'}"
+        return f"{n} {_FRACTION_NAMES[d]}{'' if n == 1 else 's'}"
 
     def clock(m: re.Match) -> str:
         return _said_time(*_time_of(m, 1), zh)
@@ -270,6 +360,8 @@ def _numbers_in_words(text: str, language: str) -> str:
     def currency(m: re.Match) -> str:
         if m[1] not in units:
             return m[0]
+        if size := m[3] or _SIZES.get(m[4] or ""):  # $1.5 million: one point five million dollars
+            return named(f"{m[2]}{_SIZES_ZH[size]}" if zh else f"{m[2]} {size}", m[1])
         if zh or not re.fullmatch(r"[\d,]+\.\d\d", m[2]):
             return named(m[2], m[1])
         whole, cents = m[2].rsplit(".", 1)
@@ -316,22 +408,38 @@ def _numbers_in_words(text: str, language: str) -> str:
             return f"{m[1]}年{said.month}月{said.day}日"  # the year then said digit by digit
         return f"{said.strftime('%B')} {said.day}, {said.year}"
 
+    def dialled(digits: str) -> str:
+        return ", ".join(" ".join(group) for group in re.findall(r"\d+", digits))
+
+    def local_phone(m: re.Match) -> str:
+        before = re.split(r"[.!?。！？\n]", text[max(0, m.start() - 60) : m.start()])[-1]
+        if m[1] is None or _CALLING.search(before + m["after"]):
+            return dialled(m[0])
+        # Else a range: 1990-2000, 500-1000, 101-1050 (a local number's exchange starts with 2 to 9), 300-1234 m.
+        round_ends = m[1].endswith("0") and m[2].endswith("0")
+        unit = _UNIT.match(m[2] + m["after"]) or m["after"].strip()[:1] in ("%", "％")
+        return m[0] if len(m[1]) == 4 or m[1][0] in "01" or round_ends or unit else dialled(m[0])
+
     if zh:
         text = _MOBILE.sub(lambda m: " ".join(m[0]), text)
-    text = _PHONE.sub(lambda m: ", ".join(" ".join(group) for group in re.findall(r"\d+", m[0])), text)
+    text = _LOCAL_PHONE.sub(local_phone, _PHONE.sub(lambda m: dialled(m[0]), text))
+    if zh:
+        text = _DIALLED.sub(lambda m: m[1] + " ".join(m[2]), text)
     text = _DIGIT_RUN.sub(lambda m: " ".join(m[0]), text)
     text = _DOTTED_THOUSANDS.sub(lambda m: m[0].replace(".", ","), text)
     text = _ROUND_THE_CLOCK.sub("全天候" if zh else "24 7", _SCIENTIFIC.sub(scientific, text))
     text = _TIMES.sub(times, text)
     text = _CLOCK_RANGE.sub(clock_range, _DATE.sub(day, text))
-    text = _RANGE.sub(r"\1到\2" if zh else r"\1 to \2", text)
+    text = _RANGE.sub(r"\1到\2" if zh else r"\1 to \2", _TILDE.sub("–", text))
+    text = _RANGE_WITH_UNIT.sub(r"\1到" if zh else r"\1 to ", text)
     text = _CLOCK.sub(clock, _FRACTION.sub(fraction, text))
     if zh:  # English says 50% well; Chinese says 百分之五十
         text = _PERCENT.sub(lambda m: f"{'负' if m[1] else ''}百分之{m[2]}", text)
         text = _YEAR.sub(lambda m: m[1].translate(_CHINESE_DIGITS), _TO_CHINESE_TIME.sub("到", text))
         text = _DAY_PART_TWICE.sub(r"\1", text)
     else:
-        text = _TITLE.sub(lambda m: _TITLE_WORDS[m[1]], _DECADE.sub(decade, _YEAR_EN.sub(year, text)))
+        text = _TITLE.sub(lambda m: _TITLE_WORDS[m[1] or m[2]], _DECADE.sub(decade, _YEAR_EN.sub(year, text)))
+        text = _INITIALS_BEFORE.sub(lambda m: m[1] if _name_follows(m.string[m.end() + 1 :]) else m[0], text)
     text = _UNIT.sub(unit, _CURRENCY.sub(currency, text))
     if not zh:
         return text

@@ -11,7 +11,11 @@ from ._spoken import WEEKDAYS_ZH, clock, follow_zone
 
 @skill(
     sentences={
-        "en": ["what time is it", "what's the time", "tell me the time"],
+        "en": [
+            "(what time is it|what's the time|what is the time) [now|right now]",
+            "[do you know|tell me] what time it is [now|right now]",
+            "tell me the time",
+        ],
         "zh": ["现在几点[钟][了]", "几点[钟]了"],
     },
     intents={"HassGetCurrentTime": {}},
@@ -25,7 +29,7 @@ def current_time(context: SkillContext) -> str:
 
 @skill(
     sentences={
-        "en": ["what day is it", "what's the date", "what is the date today",
+        "en": ["what (day|date|day of the week) is (it|today) [today]", "(what's|what is) the date [today]",
                ("(what's|what is) [the] date tomorrow", {"tomorrow": True}),
                ("what day is [it] tomorrow", {"tomorrow": True}),
                ("(what's|what is) tomorrow's date", {"tomorrow": True})],

@@ -185,15 +185,17 @@ MINUTE_AND_A_HALF = {"minutes": 1, "seconds": 30}
 SETTING = "[(set|start)] [a|an|the|my] "
 # "Set a timer for 10 minutes", "timer 10 minutes", and as 10分钟后提醒我 says it, "remind me in 10 minutes".
 FOR = f"({SETTING}timer [for]|(remind|wake) me [up] in) "
+LATER = "[[以|之]后](提醒|叫)我"  # 10分钟后提醒我, 10分钟以后叫我, 过10分钟提醒我
 
 
 @skill(
     sentences={
         "en": [(FOR + "(an|one) hour and a half", HOUR_AND_A_HALF),
                (SETTING + "(hour and a half|90 minute) timer", HOUR_AND_A_HALF),
-               (FOR + "half an hour", HALF_AN_HOUR), (SETTING + "half hour timer", HALF_AN_HOUR),
+               (FOR + "(half an|a half) hour", HALF_AN_HOUR), (SETTING + "half hour timer", HALF_AN_HOUR),
                (FOR + "(a|one) quarter [of an] hour", QUARTER_HOUR),
                (FOR + "an hour", AN_HOUR), (FOR + "a minute", A_MINUTE),
+               (FOR + "an hour and {minutes} minute[s]", AN_HOUR), (FOR + "a minute and {seconds} second[s]", A_MINUTE),
                (FOR + "a minute and a half", MINUTE_AND_A_HALF),
                ("(set|start) [a|an|new] timer", {}),  # "How long?" is asked
                # The sentence library hears up to 100 of each unit: "120 minutes" would go to the model.
@@ -207,16 +209,16 @@ FOR = f"({SETTING}timer [for]|(remind|wake) me [up] in) "
                ("[设置|设定|设|开始|定][一个]一个半小时[的]计时[器]", HOUR_AND_A_HALF),
                ("[设置|设定|设|开始|定][一个]一刻钟[的]计时[器]", QUARTER_HOUR),
                ("[设置|设定|设|开始|定][一个]三刻钟[的]计时[器]", THREE_QUARTERS),
-               ("半[个]小时后提醒我", HALF_AN_HOUR), ("一个半小时后提醒我", HOUR_AND_A_HALF),
-               ("一刻钟后提醒我", QUARTER_HOUR), ("三刻钟后提醒我", THREE_QUARTERS),
+               ("半[个]小时" + LATER, HALF_AN_HOUR), ("一个半小时" + LATER, HOUR_AND_A_HALF),
+               ("一刻钟" + LATER, QUARTER_HOUR), ("三刻钟" + LATER, THREE_QUARTERS),
                "[设置|设定|设|定][一个]{minutes}分钟[的]计时器", "[设置|设定|设|定][一个]{seconds}秒[钟][的]计时器",
                "[设置|设定|设|定][一个]{minutes}分[钟]{seconds}秒[钟][的]计时器",
                "[设置|设定|设|定][一个]{hours}[个]小时[的]计时器",
                ("[设置|设定|设|定][一个]{minutes}分半[钟][的]计时器", {"seconds": 30}),
                "[设置|设定|设|定][一个]{minutes}分钟[的]{label}计时器",
-               "{minutes}分钟后(提醒|叫)我", "{hours}[个]小时后(提醒|叫)我",
+               "[过]{minutes}分钟" + LATER, "[过]{hours}[个]小时" + LATER, "[过]{seconds}秒[钟]" + LATER,
                ("[设置|设定|设|定][一个]{hours}个半小时[的]计时器", {"minutes": 30}),
-               ("{hours}个半小时后(提醒|叫)我", {"minutes": 30}),
+               ("{hours}个半小时" + LATER, {"minutes": 30}),
                # The library hears "一个" as one hour (个 is an hour for it): this asks how long.
                ("(设置|设定|设|定|开始|创建)[一][个](计时器|倒计时|定时器)", {})],
     },
@@ -263,39 +265,68 @@ def set_timer(
 
 
 # How alarms are asked for. A number list cannot add 12 to an hour, so an hour after noon ("7
-# pm", "晚上7点") is heard through a list of the skill's own that maps the words to the hour.
+# pm", "晚上7点") is heard through a list of the skill's own that maps the words to the hour; and so is
+# the hour before one ("quarter to 8", 差一刻八点) and the minutes of "quarter to".
 # "Tomorrow", where people say it: "set an alarm for 7 am tomorrow", "wake me up tomorrow at 6:30".
 TOMORROW = "{day:tomorrow}"
 ALARM = f"(set [an|the|my] alarm [for {TOMORROW}] (for|at)|wake me [up] [{TOMORROW}] at) "
-EN_TIME = "(:{minute}| [{minute}]) [o'clock]"  # "7:30", "7 30", "seven thirty", "7 o'clock"
+EN_TIME = "(:{minute}| [{minute}]| oh {minute}) [o'clock]"  # "7:30", "7 30", "seven thirty", "seven oh five"
 AM = " (am|a m|a.m.|in the morning)"
-PM = " (pm|p m|p.m.|in the afternoon|in the evening|at night|tonight)"
+PM = " (pm|p m|p.m.|in the afternoon|in the evening|this evening|at night|tonight)"
+AM_OR_NIGHT, PM_NOON = " (am|a m|a.m.|at night|tonight)", " (pm|p m|p.m.|in the afternoon)"  # 12 at night, 12 pm
+# "Half past seven", "ten past 7", "quarter to eight", "twenty to nine": the hour before comes from a list.
+PAST = "({minute} [minute[s]]|{past:minute}) (past|after) "
+TO = "{minute_to:minute} [minute[s]] (to|before|of) "
 EN_HOURS = ["one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve"]
+EN_TEENS = ["thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen"]
 # A verb or 叫醒我: "早上7点的闹钟" alone may answer "which one?" as well as ask for a new alarm.
 ZH_SET = "(设置|设定|设|定)[一个|个]"
 # With 明天, "明天早上7点的闹钟" alone asks for a new alarm (an answer to "which one?" is tried first).
+ZH_DAY = f"[{TOMORROW}|今天]"
 ZH_ALARM = (
-    f"({ZH_SET}[{TOMORROW}]{{time}}[的]闹钟|{ZH_SET}闹钟[在][{TOMORROW}]{{time}}|[{TOMORROW}]{{time}}叫醒我"
+    f"({ZH_SET}{ZH_DAY}{{time}}[的]闹钟|{ZH_SET}闹钟[在]{ZH_DAY}{{time}}|{ZH_DAY}{{time}}(叫醒我|叫我起床)"
     f"|{TOMORROW}{{time}}的闹钟)"
 )
-ZH_AFTERNOON = "(下午|晚上|傍晚)"
-ZH_HOURS = ["一", "二", "三", "四", "五", "六", "七", "八", "九", "十", "十一"]  # 晚上十二点 is midnight: not here
+ZH_AFTERNOON = "(下午|晚上|傍晚|今晚)"
+ZH_DIGITS = "一二三四五六七八九"
+ZH_HOURS = [*ZH_DIGITS, "十", "十一", "十二"]
 
 
-def _after_noon(words: list[str]) -> dict[str, int]:
-    """1 pm, 2 pm... as said in digits or `words` → the hour on a 24-hour clock. Longest first:
-    hassil takes the first value that fits, and "10 pm" heard as 1 and minute 0 would be 13:00."""
-    hours = {}
-    for hour, word in enumerate(words, start=1):
-        hours[str(hour)] = hours[word] = hour + 12
-    return dict(sorted(hours.items(), key=lambda item: -len(item[0])))
+def _words(words: list[str], value: Callable[[int], int], extra: dict[str, int] | None = None) -> dict[str, int]:
+    """1, 2... as said in digits or `words` (the first for 1) → `value` of the number, with `extra` words. Longest
+    first: hassil takes the first value that fits, and "10 pm" heard as 1 and minute 0 would be 13:00."""
+    said = {}
+    for number, word in enumerate(words, start=1):
+        said[str(number)] = said[word] = value(number)
+    said |= extra or {}
+    return dict(sorted(said.items(), key=lambda item: -len(item[0])))
 
 
-# "{pm_hour:hour}" in English, "{pm_hour_zh:hour}" in Chinese (12 pm has a template of its own);
-# "{day:tomorrow}" for the words of the next day.
-AFTER_NOON = {
-    "pm_hour": _after_noon(EN_HOURS[:11]),
-    "pm_hour_zh": _after_noon(ZH_HOURS) | {"两": 14},
+def _chinese(number: int) -> str:
+    """1 to 99 in Chinese characters: 五, 十五, 二十五."""
+    tens, ones = divmod(number, 10)
+    said = "" if not tens else "十" if tens == 1 else ZH_DIGITS[tens - 1] + "十"
+    return said + (ZH_DIGITS[ones - 1] if ones else "")
+
+
+EN_MINUTES = [*EN_HOURS, *EN_TEENS, "twenty", *(f"twenty {word}" for word in EN_HOURS[:9])]  # one to twenty nine
+# "{pm_hour:hour}" in English, "{pm_hour_zh:hour}" in Chinese (12 pm and 晚上12点 have templates of their own),
+# "{hour_before:hour}" for the hour of "quarter to 8", "{past:minute}" and "{minute_to:minute}" for the minutes
+# of "half past", "quarter to"; "{day:tomorrow}" for the words of the next day.
+TIME_WORDS = {
+    "pm_hour": _words(EN_HOURS[:11], lambda hour: hour + 12),
+    "hour_before": _words(EN_HOURS, lambda hour: hour - 1, {"noon": 11, "midnight": 23}),
+    "pm_hour_before": _words(EN_HOURS[:11], lambda hour: hour + 11),
+    "noon": {"noon": 12, "midnight": 0},
+    "past": {"a quarter": 15, "quarter": 15, "half": 30},
+    "minute_to": _words(EN_MINUTES, lambda minutes: 60 - minutes, {"a quarter": 45, "quarter": 45}),
+    "pm_hour_zh": _words(ZH_HOURS[:11], lambda hour: hour + 12, {"两": 14}),  # 晚上十二点 is midnight: not here
+    # 差一刻八点 and 八点差一刻 are 7:45, 晚上差一刻十二点 23:45; 中午 is 11 to 1 o'clock.
+    "hour_before_zh": _words(ZH_HOURS, lambda hour: hour - 1, {"两": 1}),
+    "pm_hour_before_zh": _words(ZH_HOURS, lambda hour: hour + 11, {"两": 13}),
+    "noon_hour_zh": {"十一": 11, "11": 11, "十二": 12, "12": 12, "一": 13, "1": 13},
+    "quarters_zh": {"一刻": 15, "半": 30, "三刻": 45},
+    "minute_to_zh": _words([_chinese(n) for n in range(1, 30)], lambda minutes: 60 - minutes, {"一刻": 45, "两": 58}),
     "day": {"tomorrow": True, "tomorrow morning": True, "明天": True, "明早": True},
 }
 # Before this hour "tomorrow" is the coming morning: the person has not slept yet.
@@ -316,37 +347,48 @@ def _when(at: datetime, now: datetime) -> tuple[str, str]:
 
 def _times(sentence: Callable[[str], str]) -> list:
     """The English sentences of an alarm's time, each `sentence(the words of a time)`, with the hour
-    a word fixes. Needs `lists=AFTER_NOON`."""
+    a word fixes. Needs `lists=TIME_WORDS`. A template whose words say 12 wins over {hour}, which has
+    fewer words of its own."""
     return [
-        (sentence("(12|twelve)" + EN_TIME + AM), {"hour": 0}),  # before {hour}, which wins a tie
+        (sentence("(12|twelve)" + EN_TIME + AM_OR_NIGHT), {"hour": 0}),
+        sentence("[12 |twelve ]{noon:hour}"),
         sentence("{hour}" + EN_TIME + f"[{AM}]"),
-        (sentence("midnight"), {"hour": 0}),
-        (sentence("noon"), {"hour": 12}),
         sentence("{pm_hour:hour}" + EN_TIME + PM),
-        (sentence("(12|twelve)" + EN_TIME + PM), {"hour": 12}),
+        sentence("(tonight|this evening) at {pm_hour:hour}" + EN_TIME),
+        (sentence("(12|twelve)" + EN_TIME + PM_NOON), {"hour": 12}),
+        (sentence(PAST + "(12|twelve)" + AM_OR_NIGHT), {"hour": 0}),
+        sentence(PAST + "({hour}|{noon:hour})" + f"[{AM}]"),
+        sentence(PAST + "{pm_hour:hour}" + PM),
+        (sentence(PAST + "(12|twelve)" + PM_NOON), {"hour": 12}),
+        (sentence(TO + "(12|twelve)" + AM_OR_NIGHT), {"hour": 23}),
+        sentence(TO + "{hour_before:hour}" + f"[{AM}]"),
+        sentence(TO + "{pm_hour_before:hour}" + PM),
+        (sentence(TO + "(12|twelve)" + PM_NOON), {"hour": 11}),
     ]
 
 
 def _times_zh(sentence: str) -> list:
     """The Chinese sentences of an alarm's time: `sentence` with the time for its {time}."""
-    minutes = "(点[钟]|点[零]{minute}[分]|:{minute})"  # 7点, 7点05分, 7点零五分, 7:05
-    # 凌晨12点 and 晚上12点 are 0:00, 中午12点 is noon; before {hour}, which wins a tie.
-    midnight, noon = "(凌晨|半夜|晚上)(12|十二)", "中午(12|十二)"
+    # 7点, 7点05分, 7点零五分, 7点过五分, 7点半, 7点一刻, 7点过一刻, 7:05
+    minutes = "(点[钟]|点[零|过]{minute}[分]|点[过]{quarters_zh:minute}|:{minute})"
+    to = "差{minute_to_zh:minute}[分][钟]"  # 差一刻, 差五分
+    before, pm_before = (
+        f"({to}{{{hours}:hour}}点|{{{hours}:hour}}点{to})" for hours in ("hour_before_zh", "pm_hour_before_zh")
+    )
     return [
-        (sentence.replace("{time}", midnight + minutes), {"hour": 0}),
-        (sentence.replace("{time}", midnight + "点半"), {"hour": 0, "minute": 30}),
-        (sentence.replace("{time}", noon + minutes), {"hour": 12}),
-        (sentence.replace("{time}", noon + "点半"), {"hour": 12, "minute": 30}),
+        # 凌晨12点 and 晚上12点 are 0:00, 中午12点 is noon; before {hour}, which wins a tie.
+        (sentence.replace("{time}", "(凌晨|半夜|晚上|今晚)(12|十二)" + minutes), {"hour": 0}),
+        sentence.replace("{time}", "中午{noon_hour_zh:hour}" + minutes),
         sentence.replace("{time}", "[早上|上午|凌晨]{hour}" + minutes),
-        (sentence.replace("{time}", "[早上|上午|凌晨]{hour}点半"), {"minute": 30}),
         sentence.replace("{time}", ZH_AFTERNOON + "{pm_hour_zh:hour}" + minutes),
-        (sentence.replace("{time}", ZH_AFTERNOON + "{pm_hour_zh:hour}点半"), {"minute": 30}),
+        sentence.replace("{time}", "[早上|上午|凌晨]" + before),
+        sentence.replace("{time}", ZH_AFTERNOON + pm_before),
     ]
 
 
 @skill(
     sentences={"en": _times(lambda time: ALARM + time + f" [{TOMORROW}]"), "zh": _times_zh(ZH_ALARM)},
-    lists=AFTER_NOON,
+    lists=TIME_WORDS,
 )
 def set_alarm(
     hour: Annotated[int, Range(0, 23)],
@@ -603,7 +645,7 @@ def _cancel_at(time: str) -> str:
             *_times_zh(ZH_CANCEL),
         ],
     },
-    lists=AFTER_NOON,
+    lists=TIME_WORDS,
     # Answers to "Which one?": "the 7 pm one", "the one at 6:30", "the one tomorrow", "both", 早上7点的那个,
     # 明天的那个, 都取消.
     answers={
