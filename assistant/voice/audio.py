@@ -6,7 +6,6 @@ with soxr (a proper band-limited resampler). Sinks take int16 at any rate and re
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import queue
 import struct
@@ -100,45 +99,98 @@ def stdin_source(rate: int = RATE, block: int = BLOCK) -> Iterator[np.ndarray]:
         yield resample(np.frombuffer(chunk[: len(chunk) // 2 * 2], dtype="<i2"), rate, RATE)
 
 
+# PortAudio lists the devices once, when it starts: a microphone plugged in later (the USB one that
+# appears after the service has started at boot, or one back under another card number) is found only
+# by starting it again, which closes every stream it has open. The speaker holds this lock while its
+# stream is open; the microphone restarts PortAudio under it, its own stream closed.
+_portaudio = threading.Lock()
+
+
+def _rescan(sounddevice) -> None:
+    with _portaudio:
+        if sounddevice._initialized:  # not if the last start failed
+            sounddevice._terminate()
+        sounddevice._initialize()
+
+
 class MicSource:
-    """The microphone through sounddevice; a device that disappears is reopened with backoff."""
+    """The microphone through sounddevice; a device that disappears is reopened with backoff.
+
+    An outage is said once in the log, and its end; audio dropped because the reader could not keep
+    up (a busy CPU) is said too, at most once a minute: what was said then was not heard.
+    """
 
     def __init__(self, device: str | int | None = None, rate: int | None = None, max_backoff: float = 30.0):
+        import sounddevice
+
+        self.sounddevice = sounddevice
         self.device, self.rate, self.max_backoff = device, rate, max_backoff
         self.frames: queue.Queue[np.ndarray] = queue.Queue(maxsize=100)
         self.stopped = threading.Event()
+        self.counting = threading.Lock()
+        self.lost, self.overflows = 0, 0  # samples dropped, and the device's own overflows, not yet said
+        self.lost_said = -1e9  # when they were last said
 
     def __iter__(self) -> Iterator[np.ndarray]:
-        import sounddevice
-
-        backoff = 0.5
+        backoff, outage = 0.5, None  # outage: when the microphone was lost, while it is
         while not self.stopped.is_set():
             try:
-                rate = int(self.rate or sounddevice.query_devices(self.device, "input")["default_samplerate"])
-                with sounddevice.InputStream(
+                if outage is not None:
+                    _rescan(self.sounddevice)
+                rate = int(self.rate or self.sounddevice.query_devices(self.device, "input")["default_samplerate"])
+                with self.sounddevice.InputStream(
                     device=self.device, channels=1, samplerate=rate, dtype="int16",
                     blocksize=BLOCK * rate // RATE, callback=self._callback,
                 ):  # fmt: skip
-                    log.info("microphone open: %s at %d Hz", self.device or "default", rate)
-                    _warn_if_narrowband(rate, "microphone")
-                    backoff = 0.5
+                    heard = False  # an open that delivers nothing does not end the outage
                     while not self.stopped.is_set():
                         try:
                             block = self.frames.get(timeout=2.0)
                         except queue.Empty:
                             raise OSError("the microphone stopped delivering audio") from None
+                        if not heard:
+                            heard = True
+                            self._say_open(rate, outage)
+                            backoff, outage = 0.5, None
+                        self._say_lost(rate)
                         yield resample(block, rate, RATE)
             except Exception as e:  # PortAudio errors have no common base class
-                log.warning("microphone: %s; reopening in %.1f s", e, backoff)
+                if outage is None:
+                    outage = time.monotonic()
+                    log.warning("microphone: %s; trying again until it works (every %g s at most)", e, self.max_backoff)
+                else:
+                    log.debug("microphone: %s; trying again in %.1f s", e, backoff)
                 if self.stopped.wait(backoff):
                     return
                 backoff = min(backoff * 2, self.max_backoff)
 
     def _callback(self, indata, frames, when, status) -> None:
-        if status:
-            log.debug("microphone: %s", status)
-        with contextlib.suppress(queue.Full):  # the consumer is stuck: drop rather than grow without bound
+        try:  # the consumer is stuck: drop rather than grow without bound
             self.frames.put_nowait(indata[:, 0].copy())
+        except queue.Full:
+            with self.counting:
+                self.lost += frames
+        if status.input_overflow:  # the device's own buffer overran before this block
+            with self.counting:
+                self.overflows += 1
+
+    def _say_open(self, rate: int, outage: float | None) -> None:
+        name = self.device or "default"
+        if outage is None:
+            log.info("microphone open: %s at %d Hz", name, rate)
+        else:
+            log.info("microphone back after %.0f s: %s at %d Hz", time.monotonic() - outage, name, rate)
+        _warn_if_narrowband(rate, "microphone")
+
+    def _say_lost(self, rate: int) -> None:
+        if not (self.lost or self.overflows) or time.monotonic() - self.lost_said < 60:
+            return
+        with self.counting:
+            lost, overflows, self.lost, self.overflows = self.lost, self.overflows, 0, 0
+        self.lost_said = time.monotonic()
+        log.warning("microphone: %.1f s of audio lost (and %d overruns of the device): the assistant could not "
+                    "keep up, the CPU is too busy; what was said then was not heard",
+                    lost / rate, overflows)  # fmt: skip
 
 
 class WavSink:
@@ -194,7 +246,7 @@ class SpeakerSink:
         self.failing = False  # said once in the log until the speaker plays again
 
     def play(self, pcm: np.ndarray, rate: int) -> None:
-        with self.playing:
+        with self.playing, _portaudio:
             self._play(pcm, rate)
 
     def _play(self, pcm: np.ndarray, rate: int) -> None:

@@ -1,0 +1,95 @@
+"""The microphone and the speaker through the real PortAudio and ALSA, without sound hardware.
+
+ALSA's `file` plugin over its `null` device is a capture device that reads a raw file (and a playback
+device that writes one), defined in the `.asoundrc` of a home folder. A device "plugged in" is that file
+written while the assistant runs. The null device keeps no time: capture delivers as fast as it is read,
+which is also a microphone whose reader cannot keep up.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def asoundrc(home: Path, name: str = "!default") -> str:
+    """The text of an .asoundrc whose `name` device captures a recorded tone and plays into a file."""
+    tone = home / "mic.raw"
+    (np.sin(np.arange(16000 * 60) / 5) * 3000).astype("<i2").tofile(tone)
+    return textwrap.dedent(f"""
+        pcm.{name} {{
+            type file
+            slave.pcm "null"
+            file "{home / "played.raw"}"
+            infile "{tone}"
+            format "raw"
+        }}
+    """)
+
+
+def run_child(home: Path, code: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    """`code` in a Python whose ALSA reads `home`'s .asoundrc; its log on stderr."""
+    prelude = "import logging, sys, threading, time\nlogging.basicConfig(level=logging.DEBUG, stream=sys.stderr)\n"
+    env = {**os.environ, "HOME": str(home), "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-c", prelude + textwrap.dedent(code)], env=env, capture_output=True,
+                          text=True, timeout=timeout)  # fmt: skip
+
+
+def warnings(log: str) -> list[str]:
+    return [line for line in log.splitlines() if line.startswith("WARNING:assistant.voice.audio")]
+
+
+def test_a_microphone_plugged_in_after_the_start_is_heard(tmp_path: Path) -> None:
+    """The board boots, the service starts, the USB microphone appears a moment later."""
+    (tmp_path / "later").write_text(asoundrc(tmp_path))
+    result = run_child(tmp_path, f"""
+        from assistant.voice.audio import MicSource
+        mic = MicSource(None, 16000, max_backoff=0.2)
+        threading.Timer(1.0, lambda: open("{tmp_path / ".asoundrc"}", "w").write(open("{tmp_path / "later"}").read())).start()
+        frames = iter(mic)
+        print(len(next(frames)))
+        mic.stopped.set()
+    """, timeout=30)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert int(result.stdout) == 1600
+    assert "microphone back after" in result.stderr
+
+
+def test_a_missing_microphone_is_said_once_in_the_log(tmp_path: Path) -> None:
+    result = run_child(tmp_path, """
+        from assistant.voice.audio import MicSource
+        mic = MicSource("usb mic", 16000, max_backoff=0.1)
+        threading.Timer(3.0, mic.stopped.set).start()
+        print(sum(1 for _ in mic))
+    """)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["0"]
+    tries = result.stderr.count("DEBUG:assistant.voice.audio:microphone:")
+    assert tries >= 10, result.stderr[-2000:]  # it keeps trying, quietly
+    (said,) = warnings(result.stderr)
+    assert "'usb mic'" in said
+
+
+def test_audio_lost_because_the_assistant_cannot_keep_up_is_said(tmp_path: Path) -> None:
+    """On a busy CPU (the model writing a reply) the reader falls behind and the device's audio is dropped:
+    the user's words then are not heard, and the log says why."""
+    (tmp_path / ".asoundrc").write_text(asoundrc(tmp_path))
+    result = run_child(tmp_path, """
+        from assistant.voice.audio import MicSource
+        mic = MicSource(None, 16000)
+        for count, frame in enumerate(mic):
+            time.sleep(0.05)  # the device delivers far faster than this reader reads
+            if count == 40:
+                mic.stopped.set()
+    """)
+    assert result.returncode == 0, result.stderr[-2000:]
+    (said,) = warnings(result.stderr)  # once, not for every frame lost
+    assert "of audio lost" in said and "could not keep up" in said, said
