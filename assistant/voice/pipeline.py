@@ -87,6 +87,7 @@ class VoicePipeline:
         # One thing on the speaker at a time: a reply's piece or an announcement (a timer ringing).
         self.speaker = threading.Lock()
         self.hushed = threading.Event()  # a wake or "stop" cuts an announcement too
+        self.cut: list[Reply] = []  # replies stopped whose threads may not have ended yet
 
     def emit(self, kind: str, **data) -> None:
         self.on_event({"type": kind, **data})
@@ -245,21 +246,25 @@ class VoicePipeline:
         log.info("latency from end of speech: %s", ", ".join(f"{k} {v} ms" for k, v in breakdown.items()))
 
     def stop_reply(self, chime: bool = False) -> None:
-        """Barge-in or "stop": silence now (an announcement too), stop generating and synthesizing, wait for
-        both threads. `chime` (a wake): the earcon, played before the wait."""
+        """Barge-in or "stop": silence now (an announcement too), stop generating and synthesizing. `chime`
+        (a wake): the earcon.
+
+        The reply's threads are not waited for: a skill under way (up to skills.timeout_seconds) or a turn
+        waiting for another to end does not see the cancel, and the audio read meanwhile would be heard
+        only then, or lost. Cancelled, they say nothing more, and the next reply's pieces wait for the
+        speaker as announcements do."""
         self.hushed.set()
-        threads = self.reply.threads if self.reply is not None else []
         if self.reply is not None:
             self.reply.cancel.set()
             self.reply.speaking.set()  # a turn waiting for its first audio goes on, to see the cancel
+            self.cut = [reply for reply in self.cut if reply.alive() and reply is not self.reply] + [self.reply]
         self.sink.stop()
         self.voice.cut()
         if chime:
             self.sink.play(earcon(), EARCON_RATE)
-        for thread in threads:
-            thread.join(timeout=10)
 
     def finish(self) -> None:
-        if self.reply is not None:
-            for thread in self.reply.threads:
+        for reply in [*self.cut, self.reply]:
+            for thread in reply.threads if reply is not None else []:
                 thread.join()
+        self.cut.clear()

