@@ -69,3 +69,41 @@ def test_a_barge_in_during_a_slow_skill_is_heard_at_once(ko_model, tmp_path: Pat
     pipeline.run(mic)
     assert heard == ["날씨", "음악"]
     assert finals["음악"] - mic.said["again"] < 1.0, finals["음악"] - mic.said["again"]
+
+
+class Speaker:
+    """A speaker as the pipeline meets one: playing a sound takes as long as the sound; `stop` cuts it.
+    `spans` is when each sound played, and how long it was."""
+
+    def __init__(self) -> None:
+        self.spans: list[tuple[float, float, float]] = []  # (start, end, seconds of sound)
+        self.stopped = threading.Event()
+
+    def play(self, pcm: np.ndarray, rate: int) -> None:
+        start = time.monotonic()
+        self.stopped.clear()
+        self.stopped.wait(len(pcm) / rate)
+        self.spans.append((start, time.monotonic(), len(pcm) / rate))
+
+    def stop(self) -> None:
+        self.stopped.set()
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_sentence_is_spoken_without_gaps_between_its_windows(split_medium_voice: Path) -> None:
+    """The streaming voice synthesises a sentence a window (0.37 s of sound) at a time: the next window
+    must be ready when the one before it has played, or the speech stops and starts every 0.37 s."""
+    speaker = Speaker()
+    text = "The kitchen light is on and the hall light is off and the heating is set to twenty degrees."
+    pipeline = VoicePipeline(None, None, Voice(split_medium_voice), speaker, lambda said, cancel: iter([text]),
+                             sentence_silence=0.0)  # fmt: skip
+    pipeline.voice.warm_up()
+    pipeline.start_reply("how is the house", time.monotonic())
+    pipeline.finish()
+    assert len(speaker.spans) > 8  # one piece, many windows
+    gaps = [later[0] - earlier[1] for earlier, later in zip(speaker.spans, speaker.spans[1:], strict=False)]
+    # After the first window, which is short (0.14 s) so that the first sound comes early and which the
+    # second window takes longer than to make.
+    assert max(gaps[1:]) < 0.02, [round(gap, 3) for gap in gaps]

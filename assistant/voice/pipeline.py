@@ -49,6 +49,37 @@ def alert() -> np.ndarray:
     return np.concatenate([beep, np.zeros(int(0.08 * EARCON_RATE))] * 3).astype(np.int16)
 
 
+def ahead(chunks: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
+    """`chunks`, each made (on a thread of its own) while the one before it plays: a streaming voice
+    synthesises a window (0.37 s of sound) in 40-200 ms, and made only once the window before it has
+    played, its speech would stop for that long every window. Leaving early waits for the chunk being
+    made (a barge-in cuts its synthesis at once)."""
+    ready: queue.Queue = queue.Queue(maxsize=1)
+    done, left = object(), threading.Event()
+
+    def make() -> None:
+        try:
+            for chunk in chunks:
+                ready.put(chunk)
+                if left.is_set():
+                    break
+        except Exception as e:  # raised where the chunks are played, as without the thread
+            ready.put(e)
+        finally:
+            ready.put(done)
+
+    threading.Thread(target=make, name="synthesis", daemon=True).start()
+    try:
+        while (item := ready.get()) is not done:
+            if isinstance(item, Exception):
+                raise item
+            yield item
+    finally:
+        left.set()
+        while item is not done:  # the maker may wait to hand over a chunk: take it, until it has ended
+            item = ready.get()
+
+
 @dataclass
 class Reply:
     """One turn in flight: its threads, its cancel switch and its timing."""
@@ -215,7 +246,7 @@ class VoicePipeline:
             self.listening_until = self.position + self.follow_up_seconds
 
     def _speak_piece(self, reply: Reply, sentence: str) -> None:
-        for audio in self.voice.synthesize(sentence):
+        for audio in ahead(self.voice.synthesize(sentence)):
             if reply.cancel.is_set():
                 return
             if "first_audio" not in reply.times:
