@@ -15,7 +15,6 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -53,7 +52,8 @@ def test_a_microphone_plugged_in_after_the_start_is_heard(tmp_path: Path) -> Non
     result = run_child(tmp_path, f"""
         from assistant.voice.audio import MicSource
         mic = MicSource(None, 16000, max_backoff=0.2)
-        threading.Timer(1.0, lambda: open("{tmp_path / ".asoundrc"}", "w").write(open("{tmp_path / "later"}").read())).start()
+        import shutil
+        threading.Timer(1.0, shutil.copy, ("{tmp_path / "later"}", "{tmp_path / ".asoundrc"}")).start()
         frames = iter(mic)
         print(len(next(frames)))
         mic.stopped.set()
@@ -64,12 +64,15 @@ def test_a_microphone_plugged_in_after_the_start_is_heard(tmp_path: Path) -> Non
 
 
 def test_a_missing_microphone_is_said_once_in_the_log(tmp_path: Path) -> None:
-    result = run_child(tmp_path, """
+    result = run_child(
+        tmp_path,
+        """
         from assistant.voice.audio import MicSource
         mic = MicSource("usb mic", 16000, max_backoff=0.1)
         threading.Timer(3.0, mic.stopped.set).start()
         print(sum(1 for _ in mic))
-    """)
+    """,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.split() == ["0"]
     tries = result.stderr.count("DEBUG:assistant.voice.audio:microphone:")
@@ -82,14 +85,41 @@ def test_audio_lost_because_the_assistant_cannot_keep_up_is_said(tmp_path: Path)
     """On a busy CPU (the model writing a reply) the reader falls behind and the device's audio is dropped:
     the user's words then are not heard, and the log says why."""
     (tmp_path / ".asoundrc").write_text(asoundrc(tmp_path))
-    result = run_child(tmp_path, """
+    result = run_child(
+        tmp_path,
+        """
         from assistant.voice.audio import MicSource
         mic = MicSource(None, 16000)
         for count, frame in enumerate(mic):
             time.sleep(0.05)  # the device delivers far faster than this reader reads
             if count == 40:
                 mic.stopped.set()
-    """)
+    """,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     (said,) = warnings(result.stderr)  # once, not for every frame lost
     assert "of audio lost" in said and "could not keep up" in said, said
+
+
+def test_the_speaker_plays_a_sentence_as_one_sound_at_its_own_rate(tmp_path: Path, split_medium_voice: Path) -> None:
+    """A streaming voice's sentence comes in windows at 22.05 kHz; a speaker at 48 kHz: resampled window by
+    window, each window's edges ring and every seam clicks (and the device is opened again each time)."""
+    (tmp_path / ".asoundrc").write_text(asoundrc(tmp_path).replace(f'"{tmp_path / "played.raw"}"',
+                                                                   f'"|cat >> {tmp_path / "played.raw"}"'))  # fmt: skip
+    result = run_child(tmp_path, f"""
+        import numpy as np
+        from assistant.voice.audio import SpeakerSink, resample
+        from assistant.voice.tts import Voice
+        voice = Voice("{split_medium_voice}")
+        chunks = list(voice.synthesize("The kitchen light is on and the hall light is off."))
+        assert len(chunks) > 3 and voice.rate == 22050
+        sink = SpeakerSink(None, 48000)
+        for chunk in chunks:
+            sink.play(chunk, voice.rate)
+        sink.close()
+        resample(np.concatenate(chunks), voice.rate, 48000).tofile("{tmp_path / "whole.raw"}")
+    """)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    played, whole = (np.fromfile(tmp_path / name, "<i2").astype(int) for name in ("played.raw", "whole.raw"))
+    assert len(played) == len(whole)
+    assert np.abs(played - whole).max() <= 3  # int16 steps

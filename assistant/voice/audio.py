@@ -6,6 +6,7 @@ with soxr (a proper band-limited resampler). Sinks take int16 at any rate and re
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import struct
@@ -13,6 +14,7 @@ import sys
 import threading
 import time
 import wave
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -104,10 +106,13 @@ def stdin_source(rate: int = RATE, block: int = BLOCK) -> Iterator[np.ndarray]:
 # by starting it again, which closes every stream it has open. The speaker holds this lock while its
 # stream is open; the microphone restarts PortAudio under it, its own stream closed.
 _portaudio = threading.Lock()
+_speakers: weakref.WeakSet[SpeakerSink] = weakref.WeakSet()  # with their device open, which a restart closes
 
 
 def _rescan(sounddevice) -> None:
     with _portaudio:
+        for speaker in list(_speakers):  # between two sounds: it opens the device again for the next
+            speaker._close()
         if sounddevice._initialized:  # not if the last start failed
             sounddevice._terminate()
         sounddevice._initialize()
@@ -193,6 +198,28 @@ class MicSource:
                     lost / rate, overflows)  # fmt: skip
 
 
+class Resampler:
+    """The chunks of a sound (a streaming voice's windows) resampled to `to_rate` as one: resampled each on
+    its own, their edges ring and every seam clicks."""
+
+    def __init__(self, to_rate: int):
+        self.to_rate, self.from_rate, self.stream = to_rate, None, None
+
+    def __call__(self, pcm: np.ndarray, rate: int) -> np.ndarray:
+        pcm = pcm.astype(np.int16, copy=False)
+        if rate == self.to_rate:
+            return pcm
+        if rate != self.from_rate:  # another sound (the chime after a reply): what the last one held is silence
+            self.from_rate, self.stream = rate, soxr.ResampleStream(rate, self.to_rate, 1, dtype="int16")
+        return self.stream.resample_chunk(pcm)
+
+    def flush(self) -> np.ndarray:
+        """The end of the sound, which the resampler holds back until it knows what follows."""
+        end = self.stream.resample_chunk(np.zeros(0, np.int16), last=True) if self.stream else np.zeros(0, np.int16)
+        self.from_rate, self.stream = None, None
+        return end
+
+
 class WavSink:
     """Writes what is played to a WAV file at `rate`."""
 
@@ -230,9 +257,13 @@ class NullSink:
 class SpeakerSink:
     """The speaker through sounddevice; `stop` cuts playback at once (barge-in).
 
-    The device is opened for each sound, as the microphone is reopened: a speaker missing at the start
-    or gone later loses what it would have played, and the assistant goes on.
+    Sounds that follow each other (a sentence's windows, the sentences of a reply) go through one open
+    stream, resampled as one sound; the device is let go after IDLE seconds without sound, or when it
+    fails, and opened again for the next sound: a speaker missing at the start or gone later loses what
+    it would have played, and the assistant goes on.
     """
+
+    IDLE = 1.0
 
     def __init__(self, device: str | int | None = None, rate: int | None = None):
         import sounddevice
@@ -244,32 +275,68 @@ class SpeakerSink:
         # it to stop (a block at most) rather than clear the stop and play over it.
         self.playing = threading.Lock()
         self.failing = False  # said once in the log until the speaker plays again
+        self.stream, self.resample = None, None  # while the device is open
+        self.idle: threading.Timer | None = None  # lets it go
+        self.played = 0.0  # when the last sound was handed to it
 
     def play(self, pcm: np.ndarray, rate: int) -> None:
         with self.playing, _portaudio:
             self._play(pcm, rate)
+            self.played = time.monotonic()
+            if self.idle is not None:
+                self.idle.cancel()
+            if self.stream is not None:
+                self.idle = threading.Timer(self.IDLE, self._let_go)
+                self.idle.daemon = True
+                self.idle.start()
 
     def _play(self, pcm: np.ndarray, rate: int) -> None:
         self.interrupted.clear()
         try:
-            out_rate = int(self.rate or self.sounddevice.query_devices(self.device, "output")["default_samplerate"])
-            out = resample(pcm, rate, out_rate)
-            with self.sounddevice.OutputStream(device=self.device, samplerate=out_rate, channels=1, dtype="int16") as s:
-                for start in range(0, len(out), out_rate // 10):
-                    if self.interrupted.is_set():
-                        return
-                    s.write(out[start : start + out_rate // 10].reshape(-1, 1))
+            if self.stream is None:
+                out_rate = int(self.rate or self.sounddevice.query_devices(self.device, "output")["default_samplerate"])
+                self.stream = self.sounddevice.OutputStream(device=self.device, samplerate=out_rate, channels=1,
+                                                            dtype="int16")  # fmt: skip
+                self.stream.start()
+                self.resample = Resampler(out_rate)
+                _speakers.add(self)
+            out, block = self.resample(pcm, rate), self.resample.to_rate // 10
+            for start in range(0, len(out), block):
+                if self.interrupted.is_set():
+                    self._close(cut=True)  # what the device still holds is not heard either
+                    return
+                self.stream.write(out[start : start + block].reshape(-1, 1))
             self.failing = False
         except Exception as e:  # PortAudio errors have no common base class
+            self._close(cut=True)
             if not self.failing:
                 log.warning("speaker: %s; the assistant goes on without sound", e)
             self.failing = True
+
+    def _let_go(self) -> None:
+        with self.playing, _portaudio:
+            if time.monotonic() - self.played >= self.IDLE:  # not played since (a timer cancelled too late)
+                self._close()
+
+    def _close(self, cut: bool = False) -> None:
+        """Let the device go (the caller holds _portaudio): after what it holds has played, or at once (`cut`)."""
+        stream, self.stream = self.stream, None
+        _speakers.discard(self)
+        if stream is None:
+            return
+        with contextlib.suppress(Exception):  # a device that is gone fails this too
+            if not cut and len(end := self.resample.flush()):
+                stream.write(end.reshape(-1, 1))
+            stream.abort() if cut else stream.stop()
+            stream.close()
 
     def stop(self) -> None:
         self.interrupted.set()
 
     def close(self) -> None:
         self.stop()
+        with self.playing, _portaudio:
+            self._close()
 
 
 def list_devices() -> str:
