@@ -8,13 +8,17 @@ which is also a microphone whose reader cannot keep up.
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -123,3 +127,85 @@ def test_the_speaker_plays_a_sentence_as_one_sound_at_its_own_rate(tmp_path: Pat
     played, whole = (np.fromfile(tmp_path / name, "<i2").astype(int) for name in ("played.raw", "whole.raw"))
     assert len(played) == len(whole)
     assert np.abs(played - whole).max() <= 3  # int16 steps
+
+
+class UsbMicrophone:
+    """sounddevice with a USB microphone that can be unplugged (`present`) and stall (`delivering`): an ALSA
+    device cannot be made to stop delivering here, so this one stands in for PortAudio."""
+
+    _initialized = 1
+
+    def __init__(self) -> None:
+        self.present, self.delivering = True, True
+
+    def query_devices(self, device, kind: str) -> dict:
+        if not self.present:
+            raise ValueError(f"No input device matching {device!r}")
+        return {"default_samplerate": 16000}
+
+    def InputStream(self, callback, blocksize: int, **settings):  # noqa: N802 (sounddevice's name)
+        import contextlib
+        import types
+
+        if not self.present:
+            raise OSError("Error opening InputStream: Device unavailable")
+
+        @contextlib.contextmanager
+        def stream():
+            closed = threading.Event()
+
+            def deliver() -> None:
+                while not closed.wait(0.1):
+                    if self.delivering and self.present:
+                        callback(
+                            np.ones((blocksize, 1), np.int16),
+                            blocksize,
+                            None,
+                            types.SimpleNamespace(input_overflow=False),
+                        )
+
+            thread = threading.Thread(target=deliver, daemon=True)
+            thread.start()
+            try:
+                yield
+            finally:
+                closed.set()
+                thread.join()
+
+        return stream()
+
+    def _terminate(self) -> None:
+        pass
+
+    def _initialize(self) -> None:
+        pass
+
+
+def test_a_microphone_unplugged_and_stalled_is_said_once_and_heard_again(caplog: pytest.LogCaptureFixture) -> None:
+    from assistant.voice.audio import MicSource
+
+    device = UsbMicrophone()
+    mic = MicSource("usb", max_backoff=1.0)
+    mic.sounddevice = device
+    # seconds from the start; a stall is noticed after 2 s without audio; at the end it stalls as it is stopped
+    script = [(1.0, "unplugged"), (3.0, "stalled"), (6.0, "working"), (7.5, "stalled"), (8.0, "stop")]
+    start, heard = time.monotonic(), []
+
+    def follow() -> None:
+        for at, state in script:
+            time.sleep(max(0.0, start + at - time.monotonic()))
+            device.present, device.delivering = state != "unplugged", state == "working"
+            if state == "stop":
+                mic.stopped.set()
+
+    threading.Thread(target=follow, daemon=True).start()
+    with caplog.at_level(logging.DEBUG, "assistant.voice.audio"):
+        heard = [time.monotonic() - start for _ in mic]
+    said = [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO]
+    assert [message.split(":")[0] for message in said] == ["microphone open", "microphone", "microphone back after 4 s"]
+    assert (
+        said[1]
+        == "microphone: the microphone stopped delivering audio; trying again until it works (every 1 s at most)"
+    )
+    assert heard[0] < 0.5 and any(6.0 < at < 7.5 for at in heard)  # back within the backoff
+    assert time.monotonic() - start < 8.5  # a stop does not wait for the stalled device

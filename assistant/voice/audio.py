@@ -148,11 +148,7 @@ class MicSource:
                     blocksize=BLOCK * rate // RATE, callback=self._callback,
                 ):  # fmt: skip
                     heard = False  # an open that delivers nothing does not end the outage
-                    while not self.stopped.is_set():
-                        try:
-                            block = self.frames.get(timeout=2.0)
-                        except queue.Empty:
-                            raise OSError("the microphone stopped delivering audio") from None
+                    while (block := self._next()) is not None:
                         if not heard:
                             heard = True
                             self._say_open(rate, outage)
@@ -168,6 +164,15 @@ class MicSource:
                 if self.stopped.wait(backoff):
                     return
                 backoff = min(backoff * 2, self.max_backoff)
+
+    def _next(self) -> np.ndarray | None:
+        """The next block from the device; None once stopped (at once, stalled or not)."""
+        for _ in range(8):  # 2 s
+            if self.stopped.is_set():
+                return None
+            with contextlib.suppress(queue.Empty):
+                return self.frames.get(timeout=0.25)
+        raise OSError("the microphone stopped delivering audio")
 
     def _callback(self, indata, frames, when, status) -> None:
         try:  # the consumer is stuck: drop rather than grow without bound
