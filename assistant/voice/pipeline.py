@@ -49,18 +49,20 @@ def alert() -> np.ndarray:
     return np.concatenate([beep, np.zeros(int(0.08 * EARCON_RATE))] * 3).astype(np.int16)
 
 
-def ahead(chunks: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
-    """`chunks`, each made (on a thread of its own) while the one before it plays: a streaming voice
-    synthesises a window (0.37 s of sound) in 40-200 ms, and made only once the window before it has
-    played, its speech would stop for that long every window. Leaving early waits for the chunk being
-    made (a barge-in cuts its synthesis at once)."""
-    ready: queue.Queue = queue.Queue(maxsize=1)
+def ahead(items: Iterator, lead: int = 8) -> Iterator:
+    """`items` (a reply's audio), made on a thread of their own up to `lead` ahead of the one being played.
+
+    A streaming voice makes a window (0.37 s of sound) in 40-200 ms, and the start of a sentence (its
+    encoding and first two windows) in 0.3-0.6 s: made only once what comes before has played, the
+    speech would stop for that long at every window and sentence. Leaving early waits for the item
+    being made (a barge-in cuts its synthesis at once)."""
+    ready: queue.Queue = queue.Queue(maxsize=lead)
     done, left = object(), threading.Event()
 
     def make() -> None:
         try:
-            for chunk in chunks:
-                ready.put(chunk)
+            for item in items:
+                ready.put(item)
                 if left.is_set():
                     break
         except Exception as e:  # raised where the chunks are played, as without the thread
@@ -229,34 +231,63 @@ class VoicePipeline:
             sentences.put(None)
 
     def _speak(self, reply: Reply, sentences: queue.Queue) -> None:
-        failed = False
-        while (sentence := sentences.get()) is not None:
-            if reply.cancel.is_set() or failed:
-                continue  # drain: the generating thread is about to stop, or nothing more can be said
-            try:
-                with self.speaker:
-                    self._speak_piece(reply, sentence)
-            except Exception:  # the voice or the output failed: the rest of this reply is lost, not the loop
-                log.exception("speaking the reply failed")
-                failed = True
-            reply.speaking.set()  # a first piece with nothing to say ("---", an emoji) holds the rest back no longer
+        """Play the reply's pieces as they come, each made while the one before it plays (ahead)."""
+        silent = threading.Event()  # the output failed: nothing more of this reply can be said
+        holding = False  # the speaker, from a piece's first audio to its end
+        try:
+            for sentence, audio in ahead(self._synthesized(reply, sentences, silent)):
+                if audio is not None and not (reply.cancel.is_set() or silent.is_set()):
+                    if not holding:
+                        holding = self.speaker.acquire()  # between pieces an announcement may go first
+                    self._play(reply, sentence, audio, silent)
+                    continue
+                if holding:  # the end of the piece (or of what will be said of it)
+                    if audio is None and self.sentence_silence > 0 and not (reply.cancel.is_set() or silent.is_set()):
+                        self._play(reply, sentence, np.zeros(round(self.sentence_silence * self.voice.rate), np.int16),
+                                   silent, breath=True)  # fmt: skip
+                    self.speaker.release()
+                    holding = False
+                reply.speaking.set()  # a first piece with nothing to say ("---", an emoji) holds the rest back
+        except Exception:  # the voice failed: the rest of this reply is lost, not the loop
+            log.exception("speaking the reply failed")
+            while sentences.get() is not None:  # what the turn still writes
+                pass
+        finally:
+            if holding:
+                self.speaker.release()
+            reply.speaking.set()
         self.emit("reply_done", text=reply.text, cancelled=reply.cancel.is_set())
         # A reply that asks something is followed by listening without the wake phrase.
         if not reply.cancel.is_set() and asks(reply.text):
             self.listening_until = self.position + self.follow_up_seconds
 
-    def _speak_piece(self, reply: Reply, sentence: str) -> None:
-        for audio in ahead(self.voice.synthesize(sentence)):
-            if reply.cancel.is_set():
-                return
+    def _synthesized(
+        self, reply: Reply, sentences: queue.Queue, silent: threading.Event
+    ) -> Iterator[tuple[str, np.ndarray | None]]:
+        """(piece, audio) of each piece of the reply as the turn writes it, then (piece, None) at its end;
+        no more audio once the reply is cancelled or nothing more can be said."""
+        while (sentence := sentences.get()) is not None:
+            if not (reply.cancel.is_set() or silent.is_set()):
+                for audio in self.voice.synthesize(sentence):
+                    yield sentence, audio
+                    if reply.cancel.is_set() or silent.is_set():
+                        break
+            yield sentence, None
+
+    def _play(
+        self, reply: Reply, sentence: str, audio: np.ndarray, silent: threading.Event, breath: bool = False
+    ) -> None:
+        if not breath:
             if "first_audio" not in reply.times:
                 reply.times["first_audio"] = time.monotonic()
                 reply.speaking.set()
                 self._latency(reply)
             self.emit("audio", text=sentence, samples=len(audio), rate=self.voice.rate)
+        try:
             self.sink.play(audio, self.voice.rate)
-        if self.sentence_silence > 0:  # a breath between sentences
-            self.sink.play(np.zeros(round(self.sentence_silence * self.voice.rate), np.int16), self.voice.rate)
+        except Exception:  # the output failed: the rest of this reply is lost, not the loop
+            log.exception("speaking the reply failed")
+            silent.set()
 
     def announce(self, text: str) -> None:
         """Speak outside a turn (a timer ringing): between a reply's pieces, never over them."""
