@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -123,3 +124,32 @@ def test_the_sentences_of_a_reply_follow_each_other_after_the_breath_only(split_
     assert len(breaths) == 3 and breaths[-1] == len(speaker.spans) - 1
     gaps = [later[0] - earlier[1] for earlier, later in zip(speaker.spans, speaker.spans[1:], strict=False)]
     assert max(gaps[1:]) < 0.02, [round(gap, 3) for gap in gaps]  # after the reply's first window
+
+
+def test_a_reply_the_voice_cannot_say_at_all_is_named_in_the_log(
+    test_voice: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A reply in Chinese to an English voice: nothing is heard after the chime, and the log says why."""
+    speaker = Speaker()
+    replies = iter([["好的，灯已经打开了。"], ["Hello."]])
+    pipeline = VoicePipeline(None, None, Voice(test_voice), speaker, lambda said, cancel: iter(next(replies)))
+    with caplog.at_level(logging.WARNING, "assistant.voice.pipeline"):
+        pipeline.start_reply("开灯", time.monotonic())
+        pipeline.finish()
+        pipeline.start_reply("hello", time.monotonic())  # a reply it can say is not named
+        pipeline.finish()
+    said = [r.getMessage() for r in caplog.records if r.name == "assistant.voice.pipeline"]
+    assert said == ["the voice (it speaks en) could say nothing of the reply: '好的，灯已经打开了。'"], said
+
+
+def test_a_wake_model_that_hears_any_speech_as_the_phrase_is_named_in_the_log(
+    ko_model, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Without an [unk] word, a grammar of the phrase takes any speech for it: the assistant's own reply too."""
+    with caplog.at_level(logging.WARNING, "assistant.voice.wake"):
+        detector = WakeDetector(ko_model, [WAKE], min_confidence=0.6)
+    (warned,) = [r.getMessage() for r in caplog.records if r.name == "assistant.voice.wake"]
+    assert warned.startswith("wake.model: the speech model has no [unk] word"), warned
+    said = [silence(0.5), speech("타이머를 오 분으로 설정했습니다.", tmp_path), silence(1.0)]  # "the timer is set"
+    reply = resample(np.concatenate(said), ESPEAK_RATE, RATE)
+    assert [w for i in range(0, len(reply), 1600) if (w := detector.feed(reply[i : i + 1600]))]  # it woke

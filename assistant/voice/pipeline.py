@@ -256,6 +256,10 @@ class VoicePipeline:
             if holding:
                 self.speaker.release()
             reply.speaking.set()
+        if reply.text.strip() and "first_audio" not in reply.times and not (reply.cancel.is_set() or silent.is_set()):
+            # Only the chime was heard: a reply in a language the voice does not speak, or only emoji.
+            log.warning("the voice (it speaks %s) could say nothing of the reply: %r",
+                        self.voice.language, reply.text[:200])  # fmt: skip
         self.emit("reply_done", text=reply.text, cancelled=reply.cancel.is_set())
         # A reply that asks something is followed by listening without the wake phrase.
         if not reply.cancel.is_set() and asks(reply.text):
