@@ -23,15 +23,17 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def asoundrc(home: Path, name: str = "!default") -> str:
-    """The text of an .asoundrc whose `name` device captures a recorded tone and plays into a file."""
+def asoundrc(home: Path, name: str = "!default", played: Path | None = None) -> str:
+    """The text of an .asoundrc whose `name` device captures a recorded tone and appends what it plays
+    to `played`."""
     tone = home / "mic.raw"
     (np.sin(np.arange(16000 * 60) / 5) * 3000).astype("<i2").tofile(tone)
+    out = f"|cat >> {played}" if played else "/dev/null"
     return textwrap.dedent(f"""
         pcm.{name} {{
             type file
             slave.pcm "null"
-            file "{home / "played.raw"}"
+            file "{out}"
             infile "{tone}"
             format "raw"
         }}
@@ -108,8 +110,7 @@ def test_audio_lost_because_the_assistant_cannot_keep_up_is_said(tmp_path: Path)
 def test_the_speaker_plays_a_sentence_as_one_sound_at_its_own_rate(tmp_path: Path, split_medium_voice: Path) -> None:
     """A streaming voice's sentence comes in windows at 22.05 kHz; a speaker at 48 kHz: resampled window by
     window, each window's edges ring and every seam clicks (and the device is opened again each time)."""
-    (tmp_path / ".asoundrc").write_text(asoundrc(tmp_path).replace(f'"{tmp_path / "played.raw"}"',
-                                                                   f'"|cat >> {tmp_path / "played.raw"}"'))  # fmt: skip
+    (tmp_path / ".asoundrc").write_text(asoundrc(tmp_path, played=tmp_path / "played.raw"))
     result = run_child(tmp_path, f"""
         import numpy as np
         from assistant.voice.audio import SpeakerSink, resample
@@ -209,3 +210,34 @@ def test_a_microphone_unplugged_and_stalled_is_said_once_and_heard_again(caplog:
     )
     assert heard[0] < 0.5 and any(6.0 < at < 7.5 for at in heard)  # back within the backoff
     assert time.monotonic() - start < 8.5  # a stop does not wait for the stalled device
+
+
+def test_a_speaker_plugged_in_after_the_start_plays_while_the_microphone_works(tmp_path: Path) -> None:
+    """The USB speaker appears after the service has started; the microphone was there all along."""
+    rc = asoundrc(tmp_path, "kitchenmic")
+    (tmp_path / ".asoundrc").write_text(rc)
+    speaker = asoundrc(tmp_path, "kitchenspeaker", played=tmp_path / "played.raw")
+    (tmp_path / "later").write_text(rc + speaker)
+    result = run_child(tmp_path, f"""
+        import shutil
+        import numpy as np
+        from assistant.voice.audio import MicSource, SpeakerSink
+        mic = MicSource("kitchenmic", 16000, max_backoff=0.5)
+        sink = SpeakerSink("kitchenspeaker", 16000)
+        heard = []
+        threading.Thread(target=lambda: heard.extend(1 for _ in mic), daemon=True).start()
+        sink.play(np.ones(1600, np.int16), 16000)  # not there yet
+        shutil.copy("{tmp_path / "later"}", "{tmp_path / ".asoundrc"}")
+        for _ in range(40):
+            time.sleep(0.25)
+            sink.play(np.full(1600, 7, np.int16), 16000)
+        sink.close()
+        mic.stopped.set()
+        print(len(heard))
+    """)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert int(result.stdout) > 0  # the microphone went on
+    played = np.fromfile(tmp_path / "played.raw", "<i2") if (tmp_path / "played.raw").exists() else np.zeros(0)
+    assert len(played) >= 1600 and set(played) == {7}, result.stderr[-2000:]
+    assert result.stderr.count("WARNING:assistant.voice.audio:speaker") == 1
+    assert "INFO:assistant.voice.audio:speaker: playing again" in result.stderr

@@ -109,10 +109,19 @@ _portaudio = threading.Lock()
 _speakers: weakref.WeakSet[SpeakerSink] = weakref.WeakSet()  # with their device open, which a restart closes
 
 
+# A speaker that fails asks for it too; the microphone, which is open, restarts PortAudio between two of
+# its blocks, at most every audio.reopen_max_seconds.
+_rescan_wanted = threading.Event()
+_rescanned = 0.0  # when PortAudio was last restarted
+
+
 def _rescan(sounddevice) -> None:
+    global _rescanned
     with _portaudio:
         for speaker in list(_speakers):  # between two sounds: it opens the device again for the next
             speaker._close()
+        _rescan_wanted.clear()
+        _rescanned = time.monotonic()
         if sounddevice._initialized:  # not if the last start failed
             sounddevice._terminate()
         sounddevice._initialize()
@@ -140,7 +149,7 @@ class MicSource:
         backoff, outage = 0.5, None  # outage: when the microphone was lost, while it is
         while not self.stopped.is_set():
             try:
-                if outage is not None:
+                if outage is not None or _rescan_wanted.is_set():
                     _rescan(self.sounddevice)
                 rate = int(self.rate or self.sounddevice.query_devices(self.device, "input")["default_samplerate"])
                 with self.sounddevice.InputStream(
@@ -155,6 +164,8 @@ class MicSource:
                             backoff, outage = 0.5, None
                         self._say_lost(rate)
                         yield resample(block, rate, RATE)
+                        if _rescan_wanted.is_set() and time.monotonic() - _rescanned >= self.max_backoff:
+                            break  # for a speaker that is not found: close, restart PortAudio, open again
             except Exception as e:  # PortAudio errors have no common base class
                 if outage is None:
                     outage = time.monotonic()
@@ -311,12 +322,15 @@ class SpeakerSink:
                     self._close(cut=True)  # what the device still holds is not heard either
                     return
                 self.stream.write(out[start : start + block].reshape(-1, 1))
+            if self.failing:
+                log.info("speaker: playing again")
             self.failing = False
         except Exception as e:  # PortAudio errors have no common base class
             self._close(cut=True)
             if not self.failing:
                 log.warning("speaker: %s; the assistant goes on without sound", e)
             self.failing = True
+            _rescan_wanted.set()  # it may be there, plugged in after PortAudio listed the devices
 
     def _let_go(self) -> None:
         with self.playing, _portaudio:
