@@ -144,6 +144,7 @@ class MicSource:
         self.counting = threading.Lock()
         self.lost, self.overflows = 0, 0  # samples dropped, and the device's own overflows, not yet said
         self.lost_said = -1e9  # when they were last said
+        self.opened = False
 
     def __iter__(self) -> Iterator[np.ndarray]:
         backoff, outage = 0.5, None  # outage: when the microphone was lost, while it is
@@ -197,10 +198,13 @@ class MicSource:
 
     def _say_open(self, rate: int, outage: float | None) -> None:
         name = self.device or "default"
-        if outage is None:
-            log.info("microphone open: %s at %d Hz", name, rate)
-        else:
+        if outage is not None:
             log.info("microphone back after %.0f s: %s at %d Hz", time.monotonic() - outage, name, rate)
+        elif self.opened:
+            return  # opened again for a speaker that was not found
+        else:
+            log.info("microphone open: %s at %d Hz", name, rate)
+        self.opened = True
         _warn_if_narrowband(rate, "microphone")
 
     def _say_lost(self, rate: int) -> None:
