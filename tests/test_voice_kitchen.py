@@ -105,8 +105,9 @@ def test_a_sentence_is_spoken_without_gaps_between_its_windows(split_medium_voic
     pipeline.finish()
     assert len(speaker.spans) > 8  # one piece, many windows
     gaps = [later[0] - earlier[1] for earlier, later in zip(speaker.spans, speaker.spans[1:], strict=False)]
-    # After the first window, which is short (0.14 s) so that the first sound comes early and which the
-    # second window takes longer than to make.
+    # After the first window, which is short (0.14 s) so that the first sound comes early: the second
+    # waits for its decoder only (test_the_flow_runs_in_windows_ahead_of_the_decoder), which a busy
+    # machine may still make late.
     assert max(gaps[1:]) < 0.02, [round(gap, 3) for gap in gaps]
 
 
