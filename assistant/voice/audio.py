@@ -103,8 +103,9 @@ def stdin_source(rate: int = RATE, block: int = BLOCK) -> Iterator[np.ndarray]:
 
 # PortAudio lists the devices once, when it starts: a microphone plugged in later (the USB one that
 # appears after the service has started at boot, or one back under another card number) is found only
-# by starting it again, which closes every stream it has open. The speaker holds this lock while its
-# stream is open; the microphone restarts PortAudio under it, its own stream closed.
+# by starting it again, which closes every stream it has open. The speaker holds this lock while it
+# plays; the microphone restarts PortAudio under it, its own stream closed, and closes the speaker's
+# between two sounds (it opens again for the next).
 _portaudio = threading.Lock()
 _speakers: weakref.WeakSet[SpeakerSink] = weakref.WeakSet()  # with their device open, which a restart closes
 
