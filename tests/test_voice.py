@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import struct
 import subprocess
@@ -884,12 +883,17 @@ def test_the_chime_of_a_barge_in_waits_for_the_cut_reply_and_does_not_revive_it(
         def query_devices(self, device, kind: str) -> dict:
             return {"default_samplerate": RATE}
 
-        def OutputStream(self, **settings) -> contextlib.AbstractContextManager:  # noqa: N802 (sounddevice's name)
-            return contextlib.nullcontext(self)
+        def OutputStream(self, **settings) -> Speaker:  # noqa: N802 (sounddevice's name)
+            return self
 
         def write(self, block: np.ndarray) -> None:
             written.append(threading.current_thread().name)
             time.sleep(len(block) / RATE)
+
+        def start(self) -> None:
+            pass
+
+        stop = abort = close = start
 
     sink = SpeakerSink()
     sink.sounddevice = Speaker()

@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 import wave
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -100,45 +101,144 @@ def stdin_source(rate: int = RATE, block: int = BLOCK) -> Iterator[np.ndarray]:
         yield resample(np.frombuffer(chunk[: len(chunk) // 2 * 2], dtype="<i2"), rate, RATE)
 
 
+# PortAudio lists the devices once, when it starts: a microphone plugged in later (the USB one that
+# appears after the service has started at boot, or one back under another card number) is found only
+# by starting it again, which closes every stream it has open. The speaker holds this lock while it
+# plays; the microphone restarts PortAudio under it, its own stream closed, and closes the speaker's
+# between two sounds (it opens again for the next).
+_portaudio = threading.Lock()
+_speakers: weakref.WeakSet[SpeakerSink] = weakref.WeakSet()  # with their device open, which a restart closes
+
+
+# A speaker that fails asks for it too; the microphone, which is open, restarts PortAudio between two of
+# its blocks, at most every audio.reopen_max_seconds.
+_rescan_wanted = threading.Event()
+_rescanned = 0.0  # when PortAudio was last restarted
+
+
+def _rescan(sounddevice) -> None:
+    global _rescanned
+    with _portaudio:
+        for speaker in list(_speakers):  # between two sounds: it opens the device again for the next
+            speaker._close()
+        _rescan_wanted.clear()
+        _rescanned = time.monotonic()
+        if sounddevice._initialized:  # not if the last start failed
+            sounddevice._terminate()
+        sounddevice._initialize()
+
+
 class MicSource:
-    """The microphone through sounddevice; a device that disappears is reopened with backoff."""
+    """The microphone through sounddevice; a device that disappears is reopened with backoff.
+
+    An outage is said once in the log, and its end; audio dropped because the reader could not keep
+    up (a busy CPU) is said too, at most once a minute: what was said then was not heard.
+    """
 
     def __init__(self, device: str | int | None = None, rate: int | None = None, max_backoff: float = 30.0):
+        import sounddevice
+
+        self.sounddevice = sounddevice
         self.device, self.rate, self.max_backoff = device, rate, max_backoff
         self.frames: queue.Queue[np.ndarray] = queue.Queue(maxsize=100)
         self.stopped = threading.Event()
+        self.counting = threading.Lock()
+        self.lost, self.overflows = 0, 0  # samples dropped, and the device's own overflows, not yet said
+        self.lost_said = -1e9  # when they were last said
+        self.opened = False
 
     def __iter__(self) -> Iterator[np.ndarray]:
-        import sounddevice
-
-        backoff = 0.5
+        backoff, outage = 0.5, None  # outage: when the microphone was lost, while it is
         while not self.stopped.is_set():
             try:
-                rate = int(self.rate or sounddevice.query_devices(self.device, "input")["default_samplerate"])
-                with sounddevice.InputStream(
+                if outage is not None or _rescan_wanted.is_set():
+                    _rescan(self.sounddevice)
+                rate = int(self.rate or self.sounddevice.query_devices(self.device, "input")["default_samplerate"])
+                with self.sounddevice.InputStream(
                     device=self.device, channels=1, samplerate=rate, dtype="int16",
                     blocksize=BLOCK * rate // RATE, callback=self._callback,
                 ):  # fmt: skip
-                    log.info("microphone open: %s at %d Hz", self.device or "default", rate)
-                    _warn_if_narrowband(rate, "microphone")
-                    backoff = 0.5
-                    while not self.stopped.is_set():
-                        try:
-                            block = self.frames.get(timeout=2.0)
-                        except queue.Empty:
-                            raise OSError("the microphone stopped delivering audio") from None
+                    heard = False  # an open that delivers nothing does not end the outage
+                    while (block := self._next()) is not None:
+                        if not heard:
+                            heard = True
+                            self._say_open(rate, outage)
+                            backoff, outage = 0.5, None
+                        self._say_lost(rate)
                         yield resample(block, rate, RATE)
+                        if _rescan_wanted.is_set() and time.monotonic() - _rescanned >= self.max_backoff:
+                            break  # for a speaker that is not found: close, restart PortAudio, open again
             except Exception as e:  # PortAudio errors have no common base class
-                log.warning("microphone: %s; reopening in %.1f s", e, backoff)
+                if outage is None:
+                    outage = time.monotonic()
+                    log.warning("microphone: %s; trying again until it works (every %g s at most)", e, self.max_backoff)
+                else:
+                    log.debug("microphone: %s; trying again in %.1f s", e, backoff)
                 if self.stopped.wait(backoff):
                     return
                 backoff = min(backoff * 2, self.max_backoff)
 
+    def _next(self) -> np.ndarray | None:
+        """The next block from the device; None once stopped (at once, stalled or not)."""
+        for _ in range(8):  # 2 s
+            if self.stopped.is_set():
+                return None
+            with contextlib.suppress(queue.Empty):
+                return self.frames.get(timeout=0.25)
+        raise OSError("the microphone stopped delivering audio")
+
     def _callback(self, indata, frames, when, status) -> None:
-        if status:
-            log.debug("microphone: %s", status)
-        with contextlib.suppress(queue.Full):  # the consumer is stuck: drop rather than grow without bound
+        try:  # the consumer is stuck: drop rather than grow without bound
             self.frames.put_nowait(indata[:, 0].copy())
+        except queue.Full:
+            with self.counting:
+                self.lost += frames
+        if status.input_overflow:  # the device's own buffer overran before this block
+            with self.counting:
+                self.overflows += 1
+
+    def _say_open(self, rate: int, outage: float | None) -> None:
+        name = self.device or "default"
+        if outage is not None:
+            log.info("microphone back after %.0f s: %s at %d Hz", time.monotonic() - outage, name, rate)
+        elif self.opened:
+            return  # opened again for a speaker that was not found
+        else:
+            log.info("microphone open: %s at %d Hz", name, rate)
+        self.opened = True
+        _warn_if_narrowband(rate, "microphone")
+
+    def _say_lost(self, rate: int) -> None:
+        if not (self.lost or self.overflows) or time.monotonic() - self.lost_said < 60:
+            return
+        with self.counting:
+            lost, overflows, self.lost, self.overflows = self.lost, self.overflows, 0, 0
+        self.lost_said = time.monotonic()
+        log.warning("microphone: %.1f s of audio lost (and %d overruns of the device): the assistant could not "
+                    "keep up, the CPU is too busy; what was said then was not heard",
+                    lost / rate, overflows)  # fmt: skip
+
+
+class Resampler:
+    """The chunks of a sound (a streaming voice's windows) resampled to `to_rate` as one: resampled each on
+    its own, their edges ring and every seam clicks."""
+
+    def __init__(self, to_rate: int):
+        self.to_rate, self.from_rate, self.stream = to_rate, None, None
+
+    def __call__(self, pcm: np.ndarray, rate: int) -> np.ndarray:
+        pcm = pcm.astype(np.int16, copy=False)
+        if rate == self.to_rate:
+            return pcm
+        if rate != self.from_rate:  # another sound (the chime after a reply): what the last one held is silence
+            self.from_rate, self.stream = rate, soxr.ResampleStream(rate, self.to_rate, 1, dtype="int16")
+        return self.stream.resample_chunk(pcm)
+
+    def flush(self) -> np.ndarray:
+        """The end of the sound, which the resampler holds back until it knows what follows."""
+        end = self.stream.resample_chunk(np.zeros(0, np.int16), last=True) if self.stream else np.zeros(0, np.int16)
+        self.from_rate, self.stream = None, None
+        return end
 
 
 class WavSink:
@@ -178,9 +278,13 @@ class NullSink:
 class SpeakerSink:
     """The speaker through sounddevice; `stop` cuts playback at once (barge-in).
 
-    The device is opened for each sound, as the microphone is reopened: a speaker missing at the start
-    or gone later loses what it would have played, and the assistant goes on.
+    Sounds that follow each other (a sentence's windows, the sentences of a reply) go through one open
+    stream, resampled as one sound; the device is let go after IDLE seconds without sound, or when it
+    fails, and opened again for the next sound: a speaker missing at the start or gone later loses what
+    it would have played, and the assistant goes on.
     """
+
+    IDLE = 1.0
 
     def __init__(self, device: str | int | None = None, rate: int | None = None):
         import sounddevice
@@ -192,32 +296,71 @@ class SpeakerSink:
         # it to stop (a block at most) rather than clear the stop and play over it.
         self.playing = threading.Lock()
         self.failing = False  # said once in the log until the speaker plays again
+        self.stream, self.resample = None, None  # while the device is open
+        self.idle: threading.Timer | None = None  # lets it go
+        self.played = 0.0  # when the last sound was handed to it
 
     def play(self, pcm: np.ndarray, rate: int) -> None:
-        with self.playing:
+        with self.playing, _portaudio:
             self._play(pcm, rate)
+            self.played = time.monotonic()
+            if self.idle is not None:
+                self.idle.cancel()
+            if self.stream is not None:
+                self.idle = threading.Timer(self.IDLE, self._let_go)
+                self.idle.daemon = True
+                self.idle.start()
 
     def _play(self, pcm: np.ndarray, rate: int) -> None:
         self.interrupted.clear()
         try:
-            out_rate = int(self.rate or self.sounddevice.query_devices(self.device, "output")["default_samplerate"])
-            out = resample(pcm, rate, out_rate)
-            with self.sounddevice.OutputStream(device=self.device, samplerate=out_rate, channels=1, dtype="int16") as s:
-                for start in range(0, len(out), out_rate // 10):
-                    if self.interrupted.is_set():
-                        return
-                    s.write(out[start : start + out_rate // 10].reshape(-1, 1))
+            if self.stream is None:
+                out_rate = int(self.rate or self.sounddevice.query_devices(self.device, "output")["default_samplerate"])
+                self.stream = self.sounddevice.OutputStream(device=self.device, samplerate=out_rate, channels=1,
+                                                            dtype="int16")  # fmt: skip
+                self.stream.start()
+                self.resample = Resampler(out_rate)
+                _speakers.add(self)
+            out, block = self.resample(pcm, rate), self.resample.to_rate // 10
+            for start in range(0, len(out), block):
+                if self.interrupted.is_set():
+                    self._close(cut=True)  # what the device still holds is not heard either
+                    return
+                self.stream.write(out[start : start + block].reshape(-1, 1))
+            if self.failing:
+                log.info("speaker: playing again")
             self.failing = False
         except Exception as e:  # PortAudio errors have no common base class
+            self._close(cut=True)
             if not self.failing:
                 log.warning("speaker: %s; the assistant goes on without sound", e)
             self.failing = True
+            _rescan_wanted.set()  # it may be there, plugged in after PortAudio listed the devices
+
+    def _let_go(self) -> None:
+        with self.playing, _portaudio:
+            if time.monotonic() - self.played >= self.IDLE:  # not played since (a timer cancelled too late)
+                self._close()
+
+    def _close(self, cut: bool = False) -> None:
+        """Let the device go (the caller holds _portaudio): after what it holds has played, or at once (`cut`)."""
+        stream, self.stream = self.stream, None
+        _speakers.discard(self)
+        if stream is None:
+            return
+        with contextlib.suppress(Exception):  # a device that is gone fails this too
+            if not cut and len(end := self.resample.flush()):
+                stream.write(end.reshape(-1, 1))
+            stream.abort() if cut else stream.stop()
+            stream.close()
 
     def stop(self) -> None:
         self.interrupted.set()
 
     def close(self) -> None:
         self.stop()
+        with self.playing, _portaudio:
+            self._close()
 
 
 def list_devices() -> str:

@@ -49,6 +49,39 @@ def alert() -> np.ndarray:
     return np.concatenate([beep, np.zeros(int(0.08 * EARCON_RATE))] * 3).astype(np.int16)
 
 
+def ahead(items: Iterator, lead: int = 8) -> Iterator:
+    """`items` (a reply's audio), made on a thread of their own up to `lead` ahead of the one being played.
+
+    A streaming voice makes a window (0.37 s of sound) in 40-200 ms, and the start of a sentence (its
+    encoding and first two windows) in 0.3-0.6 s: made only once what comes before has played, the
+    speech would stop for that long at every window and sentence. Leaving early waits for the item
+    being made (a barge-in cuts its synthesis at once)."""
+    ready: queue.Queue = queue.Queue(maxsize=lead)
+    done, left = object(), threading.Event()
+
+    def make() -> None:
+        try:
+            for item in items:
+                ready.put(item)
+                if left.is_set():
+                    break
+        except Exception as e:  # raised where the chunks are played, as without the thread
+            ready.put(e)
+        finally:
+            ready.put(done)
+
+    threading.Thread(target=make, name="synthesis", daemon=True).start()
+    try:
+        while (item := ready.get()) is not done:
+            if isinstance(item, Exception):
+                raise item
+            yield item
+    finally:
+        left.set()
+        while item is not done:  # the maker may wait to hand over a chunk: take it, until it has ended
+            item = ready.get()
+
+
 @dataclass
 class Reply:
     """One turn in flight: its threads, its cancel switch and its timing."""
@@ -87,6 +120,7 @@ class VoicePipeline:
         # One thing on the speaker at a time: a reply's piece or an announcement (a timer ringing).
         self.speaker = threading.Lock()
         self.hushed = threading.Event()  # a wake or "stop" cuts an announcement too
+        self.cut: list[Reply] = []  # replies stopped whose threads may not have ended yet
 
     def emit(self, kind: str, **data) -> None:
         self.on_event({"type": kind, **data})
@@ -197,34 +231,67 @@ class VoicePipeline:
             sentences.put(None)
 
     def _speak(self, reply: Reply, sentences: queue.Queue) -> None:
-        failed = False
-        while (sentence := sentences.get()) is not None:
-            if reply.cancel.is_set() or failed:
-                continue  # drain: the generating thread is about to stop, or nothing more can be said
-            try:
-                with self.speaker:
-                    self._speak_piece(reply, sentence)
-            except Exception:  # the voice or the output failed: the rest of this reply is lost, not the loop
-                log.exception("speaking the reply failed")
-                failed = True
-            reply.speaking.set()  # a first piece with nothing to say ("---", an emoji) holds the rest back no longer
+        """Play the reply's pieces as they come, each made while the one before it plays (ahead)."""
+        silent = threading.Event()  # the output failed: nothing more of this reply can be said
+        holding = False  # the speaker, from a piece's first audio to its end
+        try:
+            for sentence, audio in ahead(self._synthesized(reply, sentences, silent)):
+                if audio is not None and not (reply.cancel.is_set() or silent.is_set()):
+                    if not holding:
+                        holding = self.speaker.acquire()  # between pieces an announcement may go first
+                    self._play(reply, sentence, audio, silent)
+                    continue
+                if holding:  # the end of the piece (or of what will be said of it)
+                    if audio is None and self.sentence_silence > 0 and not (reply.cancel.is_set() or silent.is_set()):
+                        self._play(reply, sentence, np.zeros(round(self.sentence_silence * self.voice.rate), np.int16),
+                                   silent, breath=True)  # fmt: skip
+                    self.speaker.release()
+                    holding = False
+                reply.speaking.set()  # a first piece with nothing to say ("---", an emoji) holds the rest back
+        except Exception:  # the voice failed: the rest of this reply is lost, not the loop
+            log.exception("speaking the reply failed")
+            while sentences.get() is not None:  # what the turn still writes
+                pass
+        finally:
+            if holding:
+                self.speaker.release()
+            reply.speaking.set()
+        if reply.text.strip() and "first_audio" not in reply.times and not (reply.cancel.is_set() or silent.is_set()):
+            # Only the chime was heard: a reply in a language the voice does not speak, or only emoji.
+            log.warning("the voice (it speaks %s) could say nothing of the reply: %r",
+                        self.voice.language, reply.text[:200])  # fmt: skip
         self.emit("reply_done", text=reply.text, cancelled=reply.cancel.is_set())
         # A reply that asks something is followed by listening without the wake phrase.
         if not reply.cancel.is_set() and asks(reply.text):
             self.listening_until = self.position + self.follow_up_seconds
 
-    def _speak_piece(self, reply: Reply, sentence: str) -> None:
-        for audio in self.voice.synthesize(sentence):
-            if reply.cancel.is_set():
-                return
+    def _synthesized(
+        self, reply: Reply, sentences: queue.Queue, silent: threading.Event
+    ) -> Iterator[tuple[str, np.ndarray | None]]:
+        """(piece, audio) of each piece of the reply as the turn writes it, then (piece, None) at its end;
+        no more audio once the reply is cancelled or nothing more can be said."""
+        while (sentence := sentences.get()) is not None:
+            if not (reply.cancel.is_set() or silent.is_set()):
+                for audio in self.voice.synthesize(sentence):
+                    yield sentence, audio
+                    if reply.cancel.is_set() or silent.is_set():
+                        break
+            yield sentence, None
+
+    def _play(
+        self, reply: Reply, sentence: str, audio: np.ndarray, silent: threading.Event, breath: bool = False
+    ) -> None:
+        if not breath:
             if "first_audio" not in reply.times:
                 reply.times["first_audio"] = time.monotonic()
                 reply.speaking.set()
                 self._latency(reply)
             self.emit("audio", text=sentence, samples=len(audio), rate=self.voice.rate)
+        try:
             self.sink.play(audio, self.voice.rate)
-        if self.sentence_silence > 0:  # a breath between sentences
-            self.sink.play(np.zeros(round(self.sentence_silence * self.voice.rate), np.int16), self.voice.rate)
+        except Exception:  # the output failed: the rest of this reply is lost, not the loop
+            log.exception("speaking the reply failed")
+            silent.set()
 
     def announce(self, text: str) -> None:
         """Speak outside a turn (a timer ringing): between a reply's pieces, never over them."""
@@ -245,21 +312,25 @@ class VoicePipeline:
         log.info("latency from end of speech: %s", ", ".join(f"{k} {v} ms" for k, v in breakdown.items()))
 
     def stop_reply(self, chime: bool = False) -> None:
-        """Barge-in or "stop": silence now (an announcement too), stop generating and synthesizing, wait for
-        both threads. `chime` (a wake): the earcon, played before the wait."""
+        """Barge-in or "stop": silence now (an announcement too), stop generating and synthesizing. `chime`
+        (a wake): the earcon.
+
+        The reply's threads are not waited for: a skill under way (up to skills.timeout_seconds) or a turn
+        waiting for another to end does not see the cancel, and the audio read meanwhile would be heard
+        only then, or lost. Cancelled, they say nothing more, and the next reply's pieces wait for the
+        speaker as announcements do."""
         self.hushed.set()
-        threads = self.reply.threads if self.reply is not None else []
         if self.reply is not None:
             self.reply.cancel.set()
             self.reply.speaking.set()  # a turn waiting for its first audio goes on, to see the cancel
+            self.cut = [reply for reply in self.cut if reply.alive() and reply is not self.reply] + [self.reply]
         self.sink.stop()
         self.voice.cut()
         if chime:
             self.sink.play(earcon(), EARCON_RATE)
-        for thread in threads:
-            thread.join(timeout=10)
 
     def finish(self) -> None:
-        if self.reply is not None:
-            for thread in self.reply.threads:
+        for reply in [*self.cut, self.reply]:
+            for thread in reply.threads if reply is not None else []:
                 thread.join()
+        self.cut.clear()

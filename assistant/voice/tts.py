@@ -153,12 +153,16 @@ class Voice:
         """Float audio of z_p [1, C, frames], a decoder window at a time.
 
         The flow runs in windows too, each just ahead of the decoder's needs: the first audio waits
-        for the flow over its first window and context only, not over the whole sentence.
+        for the flow over its first window and context only, not over the whole sentence. A short
+        first window's flow covers the second decoder window too: made after the first window's
+        sound has begun, the flow over a window took longer than that sound (0.14 s) and the speech
+        stopped there; the first sound comes no later for it.
         """
         assert self.stream is not None
         s, hop, frames = self.stream, self.stream.hop_length, z_p.shape[2]
         z, done = np.zeros_like(z_p), 0  # z of frames [0, done) computed
-        flow_windows = windows(frames, s.chunk, s.flow_pad, False, (s.first or s.chunk) + s.pad)
+        first_flow = (s.first + s.chunk if s.first else s.chunk) + s.pad
+        flow_windows = windows(frames, s.chunk, s.flow_pad, False, first_flow)
         for low, high, start, end in windows(frames, s.chunk, s.pad, self.fixed, s.first):
             while done < min(high, frames):
                 f_low, f_high, f_start, f_end = next(flow_windows)

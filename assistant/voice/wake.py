@@ -70,6 +70,10 @@ class WakeDetector:
         self.phrases = [as_heard(p) for p in phrases]
         if problem := unheard_phrase(model, phrases):
             raise ConfigError(f"wake.phrases: {problem}; {UNHEARD_FIX}")
+        if model.vosk_model_find_word("[unk]") < 0:
+            log.warning("wake.model: the speech model has no [unk] word, so the wake recogniser takes any speech "
+                        "for a wake phrase: the assistant may wake whenever someone talks, and at its own replies; "
+                        "a model with [unk] (vosk's small models have it) hears only the phrases")  # fmt: skip
         grammar = json.dumps([*self.phrases, "[unk]"], ensure_ascii=False)  # vosk reads the words raw
         self.recognizer = KaldiRecognizer(model, RATE, grammar)
         self.recognizer.SetWords(True)

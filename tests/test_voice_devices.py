@@ -1,0 +1,246 @@
+"""The microphone and the speaker through the real PortAudio and ALSA, without sound hardware.
+
+ALSA's `file` plugin over its `null` device is a capture device that reads a raw file (and a playback
+device that writes one), defined in the `.asoundrc` of a home folder. A device "plugged in" is that file
+written while the assistant runs. The null device keeps no time: capture delivers as fast as it is read,
+which is also a microphone whose reader cannot keep up.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def asoundrc(home: Path, name: str = "!default", played: Path | None = None) -> str:
+    """The text of an .asoundrc whose `name` device captures a recorded tone and appends what it plays
+    to `played`."""
+    tone = home / "mic.raw"
+    (np.sin(np.arange(16000 * 60) / 5) * 3000).astype("<i2").tofile(tone)
+    out = f"|cat >> {played}" if played else "/dev/null"
+    return textwrap.dedent(f"""
+        pcm.{name} {{
+            type file
+            slave.pcm "null"
+            file "{out}"
+            infile "{tone}"
+            format "raw"
+        }}
+    """)
+
+
+def run_child(home: Path, code: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    """`code` in a Python whose ALSA reads `home`'s .asoundrc; its log on stderr."""
+    prelude = "import logging, sys, threading, time\nlogging.basicConfig(level=logging.DEBUG, stream=sys.stderr)\n"
+    env = {**os.environ, "HOME": str(home), "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-c", prelude + textwrap.dedent(code)], env=env, capture_output=True,
+                          text=True, timeout=timeout)  # fmt: skip
+
+
+def warnings(log: str) -> list[str]:
+    return [line for line in log.splitlines() if line.startswith("WARNING:assistant.voice.audio")]
+
+
+def test_a_microphone_plugged_in_after_the_start_is_heard(tmp_path: Path) -> None:
+    """The board boots, the service starts, the USB microphone appears a moment later."""
+    (tmp_path / "later").write_text(asoundrc(tmp_path))
+    result = run_child(tmp_path, f"""
+        from assistant.voice.audio import MicSource
+        mic = MicSource(None, 16000, max_backoff=0.2)
+        import shutil
+        threading.Timer(1.0, shutil.copy, ("{tmp_path / "later"}", "{tmp_path / ".asoundrc"}")).start()
+        frames = iter(mic)
+        print(len(next(frames)))
+        mic.stopped.set()
+    """, timeout=30)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert int(result.stdout) == 1600
+    assert "microphone back after" in result.stderr
+
+
+def test_a_missing_microphone_is_said_once_in_the_log(tmp_path: Path) -> None:
+    result = run_child(
+        tmp_path,
+        """
+        from assistant.voice.audio import MicSource
+        mic = MicSource("usb mic", 16000, max_backoff=0.1)
+        threading.Timer(3.0, mic.stopped.set).start()
+        print(sum(1 for _ in mic))
+    """,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["0"]
+    tries = result.stderr.count("DEBUG:assistant.voice.audio:microphone:")
+    assert tries >= 10, result.stderr[-2000:]  # it keeps trying, quietly
+    (said,) = warnings(result.stderr)
+    assert "'usb mic'" in said
+
+
+def test_audio_lost_because_the_assistant_cannot_keep_up_is_said(tmp_path: Path) -> None:
+    """On a busy CPU (the model writing a reply) the reader falls behind and the device's audio is dropped:
+    the user's words then are not heard, and the log says why."""
+    (tmp_path / ".asoundrc").write_text(asoundrc(tmp_path))
+    result = run_child(
+        tmp_path,
+        """
+        from assistant.voice.audio import MicSource
+        mic = MicSource(None, 16000)
+        for count, frame in enumerate(mic):
+            time.sleep(0.05)  # the device delivers far faster than this reader reads
+            if count == 40:
+                mic.stopped.set()
+    """,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    (said,) = warnings(result.stderr)  # once, not for every frame lost
+    assert "of audio lost" in said and "could not keep up" in said, said
+
+
+def test_the_speaker_plays_a_sentence_as_one_sound_at_its_own_rate(tmp_path: Path, split_medium_voice: Path) -> None:
+    """A streaming voice's sentence comes in windows at 22.05 kHz; a speaker at 48 kHz: resampled window by
+    window, each window's edges ring and every seam clicks (and the device is opened again each time)."""
+    (tmp_path / ".asoundrc").write_text(asoundrc(tmp_path, played=tmp_path / "played.raw"))
+    result = run_child(tmp_path, f"""
+        import numpy as np
+        from assistant.voice.audio import SpeakerSink, resample
+        from assistant.voice.tts import Voice
+        voice = Voice("{split_medium_voice}")
+        chunks = list(voice.synthesize("The kitchen light is on and the hall light is off."))
+        assert len(chunks) > 3 and voice.rate == 22050
+        sink = SpeakerSink(None, 48000)
+        for chunk in chunks:
+            sink.play(chunk, voice.rate)
+        sink.close()
+        resample(np.concatenate(chunks), voice.rate, 48000).tofile("{tmp_path / "whole.raw"}")
+    """)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    played, whole = (np.fromfile(tmp_path / name, "<i2").astype(int) for name in ("played.raw", "whole.raw"))
+    assert len(played) == len(whole)
+    assert np.abs(played - whole).max() <= 3  # int16 steps
+
+
+class UsbMicrophone:
+    """sounddevice with a USB microphone that can be unplugged (`present`) and stall (`delivering`): an ALSA
+    device cannot be made to stop delivering here, so this one stands in for PortAudio."""
+
+    _initialized = 1
+
+    def __init__(self) -> None:
+        self.present, self.delivering = True, True
+
+    def query_devices(self, device, kind: str) -> dict:
+        if not self.present:
+            raise ValueError(f"No input device matching {device!r}")
+        return {"default_samplerate": 16000}
+
+    def InputStream(self, callback, blocksize: int, **settings):  # noqa: N802 (sounddevice's name)
+        import contextlib
+        import types
+
+        if not self.present:
+            raise OSError("Error opening InputStream: Device unavailable")
+
+        @contextlib.contextmanager
+        def stream():
+            closed = threading.Event()
+
+            def deliver() -> None:
+                while not closed.wait(0.1):
+                    if self.delivering and self.present:
+                        callback(
+                            np.ones((blocksize, 1), np.int16),
+                            blocksize,
+                            None,
+                            types.SimpleNamespace(input_overflow=False),
+                        )
+
+            thread = threading.Thread(target=deliver, daemon=True)
+            thread.start()
+            try:
+                yield
+            finally:
+                closed.set()
+                thread.join()
+
+        return stream()
+
+    def _terminate(self) -> None:
+        pass
+
+    def _initialize(self) -> None:
+        pass
+
+
+def test_a_microphone_unplugged_and_stalled_is_said_once_and_heard_again(caplog: pytest.LogCaptureFixture) -> None:
+    from assistant.voice.audio import MicSource
+
+    device = UsbMicrophone()
+    mic = MicSource("usb", max_backoff=1.0)
+    mic.sounddevice = device
+    # seconds from the start; a stall is noticed after 2 s without audio; at the end it stalls as it is stopped
+    script = [(1.0, "unplugged"), (3.0, "stalled"), (6.0, "working"), (7.5, "stalled"), (8.0, "stop")]
+    start, heard = time.monotonic(), []
+
+    def follow() -> None:
+        for at, state in script:
+            time.sleep(max(0.0, start + at - time.monotonic()))
+            device.present, device.delivering = state != "unplugged", state == "working"
+            if state == "stop":
+                mic.stopped.set()
+
+    threading.Thread(target=follow, daemon=True).start()
+    with caplog.at_level(logging.DEBUG, "assistant.voice.audio"):
+        heard = [time.monotonic() - start for _ in mic]
+    said = [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO]
+    assert [message.split(":")[0] for message in said] == ["microphone open", "microphone", "microphone back after 4 s"]
+    assert (
+        said[1]
+        == "microphone: the microphone stopped delivering audio; trying again until it works (every 1 s at most)"
+    )
+    assert heard[0] < 0.5 and any(6.0 < at < 7.5 for at in heard)  # back within the backoff
+    assert time.monotonic() - start < 8.5  # a stop does not wait for the stalled device
+
+
+def test_a_speaker_plugged_in_after_the_start_plays_while_the_microphone_works(tmp_path: Path) -> None:
+    """The USB speaker appears after the service has started; the microphone was there all along (one
+    that keeps time, UsbMicrophone: ALSA's would flood the test; PortAudio's new listing is the real one)."""
+    (tmp_path / "later").write_text(asoundrc(tmp_path, "kitchenspeaker", played=tmp_path / "played.raw"))
+    result = run_child(tmp_path, f"""
+        import shutil
+        import numpy as np
+        import sounddevice
+        from assistant.voice.audio import MicSource, SpeakerSink
+        from tests.test_voice_devices import UsbMicrophone
+        mic = MicSource("usb", 16000, max_backoff=0.5)
+        mic.sounddevice = UsbMicrophone()
+        mic.sounddevice._terminate, mic.sounddevice._initialize = sounddevice._terminate, sounddevice._initialize
+        sink = SpeakerSink("kitchenspeaker", 16000)
+        heard = []
+        threading.Thread(target=lambda: heard.extend(1 for _ in mic), daemon=True).start()
+        sink.play(np.ones(1600, np.int16), 16000)  # not there yet
+        shutil.copy("{tmp_path / "later"}", "{tmp_path / ".asoundrc"}")
+        for _ in range(20):
+            time.sleep(0.25)
+            sink.play(np.full(1600, 7, np.int16), 16000)
+        sink.close()
+        mic.stopped.set()
+        print(len(heard))
+    """)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert int(result.stdout) > 30  # the microphone went on (at 10 blocks a second)
+    played = np.fromfile(tmp_path / "played.raw", "<i2") if (tmp_path / "played.raw").exists() else np.zeros(0)
+    assert len(played) >= 1600 and set(played) == {7}, result.stderr[-2000:]
+    assert result.stderr.count("WARNING:assistant.voice.audio:speaker") == 1
+    assert "INFO:assistant.voice.audio:speaker: playing again" in result.stderr
+    assert result.stderr.count("INFO:assistant.voice.audio:microphone open") == 1  # not when opened again
