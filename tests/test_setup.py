@@ -282,6 +282,11 @@ class RangeHandler(http.server.BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.send_header("ETag", etag)
         self.end_headers()
+        if gate := self.server.gates.pop(self.path, None):  # the first transfer stalls half-way until it opens
+            self.wfile.write(body[: len(body) // 2])
+            self.wfile.flush()
+            gate.wait(60)
+            body = body[len(body) // 2 :]
         if self.server.cut_after and not start:
             self.wfile.write(body[: self.server.cut_after])
             self.server.cut_after = 0
@@ -297,7 +302,7 @@ class RangeHandler(http.server.BaseHTTPRequestHandler):
 @pytest.fixture()
 def server() -> Iterator[http.server.ThreadingHTTPServer]:
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), RangeHandler)
-    httpd.files, httpd.ranges, httpd.cut_after, httpd.redirects = {}, [], 0, {}
+    httpd.files, httpd.ranges, httpd.cut_after, httpd.redirects, httpd.gates = {}, [], 0, {}, {}
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
     yield httpd
@@ -852,3 +857,49 @@ def test_the_board_build_gets_the_rope_base_the_host_export_uses(tiny_hf: Path, 
     (tmp_path / "config.json").write_text(json.dumps(config))
     written = json.loads(write_model_config(tmp_path, tmp_path, "tiny").read_text())
     assert written["rope_theta_base"] == read_shape(tmp_path).rope_theta == 1e6
+
+
+def speech_config(server, tmp_path: Path, vosk_model: Path, acoustic_model: bytes = b"acoustic model") -> Path:
+    """A config naming a vosk model and a voice served by `server`."""
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("vosk-model-test/am/final.mdl", acoustic_model)
+        z.writestr("vosk-model-test/conf/model.conf", b"--sample-frequency=16000\n--frame-subsampling-factor=3\n")
+    server.files["/vosk.zip"] = archive.getvalue()
+    server.files["/voice.onnx"] = b"onnx voice"
+    server.files["/voice.onnx.json"] = b'{"audio": {"sample_rate": 22050}}'
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        f"asr:\n  model: {vosk_model}\n  model_url: {url(server, '/vosk.zip')}\n"
+        f"tts:\n  voice: models/piper/test.onnx\n  voice_url: {url(server, '/voice.onnx')}\n"
+    )
+    return config
+
+
+def test_a_second_setup_while_the_first_fetches_the_speech_models_is_refused(
+    server, tiny_hf: Path, tmp_path: Path
+) -> None:
+    import time
+
+    acoustic_model = os.urandom(200_000)  # incompressible: half the archive is half the transfer
+    config = speech_config(server, tmp_path, tmp_path / "models/vosk-model-test", acoustic_model)
+    server.gates["/vosk.zip"] = gate = threading.Event()
+    args = ["-m", "assistant", "setup", "--config", str(config), "--model", str(tiny_hf), "--target", "host"]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)}
+    first = subprocess.Popen([sys.executable, *args], env=env, cwd=tmp_path, stderr=subprocess.PIPE, text=True)
+    try:
+        part = tmp_path / "models/vosk-model-test.zip.part"
+        deadline = time.monotonic() + 60
+        while not part.exists():  # the transfer has begun
+            assert time.monotonic() < deadline and first.poll() is None, first.communicate()[1]
+            time.sleep(0.05)
+        second = assistant(*args[2:], cwd=tmp_path)
+        assert second.returncode == 1
+        expected = f"error: another `assistant setup` is building in {tmp_path / 'models'}; wait for it to finish"
+        assert second.stderr.strip().splitlines()[-1] == expected
+    finally:
+        gate.set()
+        _, stderr = first.communicate(timeout=120)
+    assert first.returncode == 0, stderr
+    assert (tmp_path / "models/vosk-model-test/am/final.mdl").read_bytes() == acoustic_model
+

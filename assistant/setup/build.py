@@ -231,19 +231,19 @@ def build_model(opts: SetupOptions, models_dir: Path, force: bool = False) -> tu
 
 
 @contextlib.contextmanager
-def _building(dest: Path) -> Iterator[None]:
-    """Hold the lock on building into `dest`'s folder: the folder's own, so that nothing is left
-    behind, released when the process ends however it ends."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    folder = os.open(dest.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        try:
-            fcntl.flock(folder, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise SetupError(f"another `assistant setup` is building in {dest.parent}; wait for it to finish") from None
+def _building(*paths: Path) -> Iterator[None]:
+    """Hold the lock on building each of `paths` (a model, a speech model): their folders' own
+    locks, so that nothing is left behind, released when the process ends however it ends."""
+    with contextlib.ExitStack() as held:
+        for parent in dict.fromkeys(path.parent.resolve() for path in paths):
+            parent.mkdir(parents=True, exist_ok=True)
+            folder = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            held.callback(os.close, folder)
+            try:
+                fcntl.flock(folder, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise SetupError(f"another `assistant setup` is building in {parent}; wait for it to finish") from None
         yield
-    finally:
-        os.close(folder)
 
 
 def _host_export(hf_dir: Path, work: Path, num_layers: int, weights: str) -> LayerFiles:
@@ -416,11 +416,12 @@ def fetch_speech_models(settings: Settings, options: SetupOptions | None = None)
     then made ready to stream (assistant/setup/voice.py)."""
     from assistant.setup.voice import prepare_speech
 
-    asr = download_and_unzip(settings.asr.model_url, settings.asr.model, settings.asr.model_sha256)
-    voice = download(settings.tts.voice_url, settings.tts.voice, settings.tts.voice_sha256)
-    voice_config = download(settings.tts.voice_url + ".json", Path(f"{settings.tts.voice}.json"))
     opts = options or SetupOptions(target="host")
-    return [asr, voice, voice_config, *prepare_speech(asr, voice, opts.target, opts.pulsar2, opts.pulsar2_image)]
+    with _building(settings.asr.model, settings.tts.voice):  # two setups would write the same partial downloads
+        asr = download_and_unzip(settings.asr.model_url, settings.asr.model, settings.asr.model_sha256)
+        voice = download(settings.tts.voice_url, settings.tts.voice, settings.tts.voice_sha256)
+        voice_config = download(settings.tts.voice_url + ".json", Path(f"{settings.tts.voice}.json"))
+        return [asr, voice, voice_config, *prepare_speech(asr, voice, opts.target, opts.pulsar2, opts.pulsar2_image)]
 
 
 def next_command(model_dir: Path, opts: SetupOptions, settings: Settings | None, speech: bool) -> str:
