@@ -903,3 +903,24 @@ def test_a_second_setup_while_the_first_fetches_the_speech_models_is_refused(
     assert first.returncode == 0, stderr
     assert (tmp_path / "models/vosk-model-test/am/final.mdl").read_bytes() == acoustic_model
 
+
+def test_an_unfinished_hugging_face_download_without_the_internet_says_so(tiny_hf: Path, tmp_path: Path) -> None:
+    """An interrupted download (the big file still arriving) and then no internet: the cache holds
+    the small files and a part of the checkpoint, and Hugging Face's library hands it over as it is."""
+    from huggingface_hub._local_folder import get_local_download_paths
+
+    cache = tmp_path / "models/.cache/Qwen--Qwen2-0.5B-Instruct"
+    cache.mkdir(parents=True)
+    for name in ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(tiny_hf / name, cache / name)
+    incomplete = get_local_download_paths(cache, "model.safetensors").incomplete_path("0123abcd")
+    incomplete.write_bytes((tiny_hf / "model.safetensors").read_bytes()[:100_000])
+    offline = {**os.environ, "HF_ENDPOINT": "http://127.0.0.1:9"}  # nothing listens there
+    result = assistant("setup", "--target", "host", "--no-speech", cwd=tmp_path, env=offline)  # the default model
+    assert result.returncode == 1
+    error = one_error_line(result)
+    assert error.startswith(
+        f"error: the download of Qwen/Qwen2-0.5B-Instruct into {cache} is unfinished and Hugging Face cannot "
+        "be reached; run the same command again once online to finish it, or without the internet: "
+    ), error
+    assert incomplete.stat().st_size == 100_000  # kept, to be resumed

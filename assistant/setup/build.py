@@ -42,11 +42,13 @@ from assistant.llm.manifest import (
     verify_files,
 )
 from assistant.setup.download import (
+    OFFLINE_HELP,
     Progress,
     SetupError,
     download,
     download_and_unzip,
     fetch_hf_model,
+    unfinished_download,
     write_atomic,
 )
 from assistant.setup.pulsar2 import (
@@ -197,15 +199,23 @@ def build_model(opts: SetupOptions, models_dir: Path, force: bool = False) -> tu
             log.info("%s is up to date (built with the same options); --force rebuilds it", dest)
             return dest, []
         hf_dir = local or fetch_hf_model(opts.model, models_dir / ".cache")
-        shape = read_shape(hf_dir)  # unsupported model types fail here, before any work
+        try:
+            shape = read_shape(hf_dir)  # unsupported model types fail here, before any work
+            checkpoint = Checkpoint(hf_dir)
+            checkpoint.check(shape, hf_dir / "config.json")
+            eos_ids(hf_dir, shape.vocab_size)  # the manifest's, written last: checked first
+        except ModelError:
+            if local is None and unfinished_download(hf_dir):  # what was missing is still to come
+                raise SetupError(
+                    f"the download of {opts.model} into {hf_dir} is unfinished and Hugging Face cannot be reached; "
+                    f"run the same command again once online to finish it, or {OFFLINE_HELP}"
+                ) from None
+            raise
         if opts.kv_cache_len > shape.max_position_embeddings:
             raise SetupError(
                 f"--kv-cache-len {opts.kv_cache_len} is longer than the {shape.max_position_embeddings} positions "
                 f"the model was trained for (max_position_embeddings in {hf_dir / 'config.json'}); give at most that"
             )
-        checkpoint = Checkpoint(hf_dir)
-        checkpoint.check(shape, hf_dir / "config.json")
-        eos_ids(hf_dir, shape.vocab_size)  # the manifest's, written last: checked first
         work = dest.with_name(f".{dest.name}.partial")
         _check_disk(work.parent, sum(p.stat().st_size for p in hf_dir.glob("*.safetensors")))
         _start_or_resume(work, record)

@@ -281,3 +281,10 @@ def fetch_hf_model(repo_id: str, cache_dir: Path) -> Path:
     except Exception as e:  # anything else: repeating the command would not help
         raise SetupError(f"download of {repo_id} failed ({type(e).__name__}: {e})") from None
     return local
+
+
+def unfinished_download(local: Path) -> bool:
+    """Whether a Hugging Face download into `local` has files still arriving: its library keeps them
+    beside the folder's own download records until whole, and without the internet it hands the
+    folder over as it is."""
+    return any((local / ".cache" / "huggingface" / "download").rglob("*.incomplete"))
