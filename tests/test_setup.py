@@ -924,3 +924,33 @@ def test_an_unfinished_hugging_face_download_without_the_internet_says_so(tiny_h
         "be reached; run the same command again once online to finish it, or without the internet: "
     ), error
     assert incomplete.stat().st_size == 100_000  # kept, to be resumed
+
+
+def test_a_setup_killed_while_swapping_the_model_in_leaves_the_old_one_in_use(tiny_hf: Path, tmp_path: Path) -> None:
+    """kill -9 (a power cut, the OOM killer) between moving the old model aside and the new one in."""
+    checkpoint, out = tmp_path / "ck", tmp_path / "m"
+    shutil.copytree(tiny_hf, checkpoint)
+    assert host_setup(str(checkpoint), "--out", str(out)).returncode == 0
+    built = snapshot(out)
+    killed_at_the_swap = (
+        "import os, runpy, signal, sys\n"
+        "rename = os.rename\n"
+        "def dies_at_the_swap(src, dst, *args, **kwargs):\n"
+        "    if str(src).endswith('.m.partial'):\n"
+        "        os.kill(os.getpid(), signal.SIGKILL)\n"
+        "    return rename(src, dst, *args, **kwargs)\n"
+        "os.rename = dies_at_the_swap\n"
+        "sys.argv[0] = 'assistant'\n"
+        "runpy.run_module('assistant', run_name='__main__')\n"
+    )
+    args = ["setup", "--model", str(checkpoint), "--target", "host", "--no-speech", "--out", str(out), "--force"]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)}
+    killed = subprocess.run([sys.executable, "-c", killed_at_the_swap, *args], env=env, capture_output=True)
+    assert killed.returncode == -9, killed.stderr
+
+    (checkpoint / "config.json").write_text("{")  # and the next setup fails
+    assert assistant(*args).returncode != 0
+    assert snapshot(out) == built  # the model in use is still there
+    shutil.copy(tiny_hf / "config.json", checkpoint / "config.json")
+    assert assistant(*args).returncode == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck", "m"]

@@ -194,6 +194,7 @@ def build_model(opts: SetupOptions, models_dir: Path, force: bool = False) -> tu
     name = model_name(opts.model)
     dest = destination(opts, models_dir)
     with _building(dest):  # a second setup of the same model is refused, not raced
+        _finish_swap(dest)
         record = _record(opts, local)
         if not force and _up_to_date(dest, record):
             log.info("%s is up to date (built with the same options); --force rebuilds it", dest)
@@ -413,12 +414,30 @@ def _replace(dest: Path, work: Path) -> None:
     """Swap the finished build into place; the old model is removed only after the swap."""
     for marker in [*work.glob(".done-*"), work / ".options.json"]:
         marker.unlink()
-    old = dest.with_name(f".{dest.name}.old")
+    old = _moved_aside(dest)
     shutil.rmtree(old, ignore_errors=True)
     if dest.exists():
         dest.rename(old)
     work.rename(dest)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def _moved_aside(dest: Path) -> Path:
+    """Where the swap keeps the old model until the new one is in place."""
+    return dest.with_name(f".{dest.name}.old")
+
+
+def _finish_swap(dest: Path) -> None:
+    """After a setup killed during the swap: the old model back in place if the new one never arrived,
+    and removed if it did."""
+    old = _moved_aside(dest)
+    if not old.is_dir():
+        return
+    if dest.exists():
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        log.warning("%s: put back in place; an earlier setup was stopped while replacing it", dest)
+        old.rename(dest)
 
 
 def fetch_speech_models(settings: Settings, options: SetupOptions | None = None) -> list[Path]:
