@@ -313,6 +313,7 @@ def cmd_setup(args: argparse.Namespace) -> int:
 
     writing = Path.cwd()  # where the files go, for a write error that names no file
     signal.signal(signal.SIGTERM, _interrupted)  # `kill` or a supervisor's stop: cleaned up as Ctrl-C is
+    signal.signal(signal.SIGHUP, _interrupted)  # the terminal or ssh connection gone: likewise
     try:
         if args.verify:
             print(build.verify_model(args.verify))

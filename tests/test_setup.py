@@ -191,10 +191,10 @@ def test_failed_pulsar2_leaves_the_old_model_and_resumes(tiny_hf: Path, tmp_path
     assert "axengine" in yaml.safe_load((out / "manifest.yaml").read_text())["backends"]
 
 
-@pytest.mark.parametrize("stop", ["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize("stop", ["SIGINT", "SIGTERM", "SIGHUP"])
 def test_interrupting_setup_ends_the_pulsar2_build_it_started(stop: str, tiny_hf: Path, tmp_path: Path) -> None:
-    """SIGINT or SIGTERM to setup alone (`kill`, a supervisor): the build and its workers end with it, rather
-    than going on writing into the folder the re-run builds in."""
+    """SIGINT, SIGTERM or SIGHUP to setup alone (`kill`, a supervisor, the ssh connection dropping): the build
+    and its workers end with it, rather than going on writing into the folder the re-run builds in."""
     import signal
     import time
 
