@@ -191,18 +191,20 @@ def test_failed_pulsar2_leaves_the_old_model_and_resumes(tiny_hf: Path, tmp_path
     assert "axengine" in yaml.safe_load((out / "manifest.yaml").read_text())["backends"]
 
 
+def running(pid: int) -> bool:
+    """The process is there and not a zombie (which init has yet to reap)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
 @pytest.mark.parametrize("stop", ["SIGINT", "SIGTERM", "SIGHUP"])
 def test_interrupting_setup_ends_the_pulsar2_build_it_started(stop: str, tiny_hf: Path, tmp_path: Path) -> None:
     """SIGINT, SIGTERM or SIGHUP to setup alone (`kill`, a supervisor, the ssh connection dropping): the build
     and its workers end with it, rather than going on writing into the folder the re-run builds in."""
     import signal
     import time
-
-    def running(pid: int) -> bool:
-        try:
-            return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
-        except (FileNotFoundError, ProcessLookupError):
-            return False
 
     folder = tmp_path / "bin"
     folder.mkdir()
@@ -229,6 +231,36 @@ def test_interrupting_setup_ends_the_pulsar2_build_it_started(stop: str, tiny_hf
         for path in (leader, worker):
             with contextlib.suppress(ValueError, OSError):
                 os.kill(int(path.read_text()), signal.SIGKILL)  # only if the test failed: what it started
+
+
+def test_a_setup_killed_outright_takes_its_pulsar2_build_with_it(tiny_hf: Path, tmp_path: Path) -> None:
+    """kill -9 leaves setup no time to end the build: pulsar2 must not outlive it and race the next run."""
+    import signal
+    import time
+
+    folder = tmp_path / "bin"
+    folder.mkdir()
+    pid = tmp_path / "pulsar2.pid"
+    (folder / "pulsar2").write_text(f"#!/bin/sh\necho $$ > {pid}\nexec sleep 60\n")
+    (folder / "pulsar2").chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ASSISTANT_")}
+    env["PATH"] = f"{folder}:{env['PATH']}"
+    args = ["setup", "--model", str(tiny_hf), "--target", "ax630c", "--no-speech", "--out", str(tmp_path / "m")]
+    process = subprocess.Popen([sys.executable, "-m", "assistant", *args], env=env, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while not (pid.exists() and pid.read_text().strip()):
+            assert time.monotonic() < deadline and process.poll() is None
+            time.sleep(0.05)
+        process.kill()
+        process.wait()
+        deadline = time.monotonic() + 5
+        while running(int(pid.read_text())) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not running(int(pid.read_text()))
+    finally:
+        with contextlib.suppress(ValueError, OSError):
+            os.kill(int(pid.read_text()), signal.SIGKILL)  # only if the test failed: what it started
 
 
 def test_clear_errors_before_any_work(tiny_hf: Path, tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import ctypes
 import errno
 import json
 import logging
@@ -19,6 +20,7 @@ from assistant.llm.manifest import LayerFiles
 from assistant.setup.download import SetupError, write_problem
 
 log = logging.getLogger(__name__)
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 CHIPS = {"ax630c": "AX620E", "ax650n": "AX650"}  # Pulsar2 names the AX630C's family AX620E
 GET_PULSAR2 = (
@@ -151,7 +153,13 @@ def run_pulsar2(command: list[str], work: Path) -> None:
     try:
         # Its own process group: pulsar2's workers (--parallel) can then be ended with it.
         process = subprocess.Popen(
-            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1, start_new_session=True
+            command,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            bufsize=1,
+            start_new_session=True,
+            preexec_fn=_end_with(os.getpid()),
         )
     except OSError as e:
         raise SetupError(f"cannot run {command[0]}: {e.strerror}; {GET_PULSAR2}") from None
@@ -171,6 +179,19 @@ def run_pulsar2(command: list[str], work: Path) -> None:
         if any(os.strerror(errno.ENOSPC) in line for line in tail):  # a full disk, in its traceback's words
             raise SetupError(f"pulsar2 {step} stopped: {write_problem(OSError(errno.ENOSPC, 'full'), work)}")
         raise SetupError(f"pulsar2 {step} failed with exit status {process.returncode}; its last lines:\n  {last}")
+
+
+def _end_with(parent: int):
+    """For the child: SIGTERM when `parent` dies, even by kill -9 (which leaves it no time to end the
+    build), so that no build goes on writing where the next run builds (docker passes it on)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    def in_child() -> None:
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:  # it died before prctl
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return in_child
 
 
 def _stop(process: subprocess.Popen) -> None:
