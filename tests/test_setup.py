@@ -409,14 +409,21 @@ def test_checksum_mismatch_is_rejected(server, tmp_path: Path) -> None:
         download(url(server, "/missing.onnx"), dest)
 
 
+def piper_voice(tmp_path: Path) -> tuple[bytes, bytes]:
+    """A voice and its settings, as a server sends them."""
+    from tests.piper_voice import make_piper_voice
+
+    voice = make_piper_voice(tmp_path / "voice-source")
+    return voice.read_bytes(), Path(f"{voice}.json").read_bytes()
+
+
 def test_setup_fetches_the_configured_speech_models(server, tiny_hf: Path, tmp_path: Path) -> None:
     archive = io.BytesIO()
     with zipfile.ZipFile(archive, "w") as z:
         z.writestr("vosk-model-test/am/final.mdl", b"acoustic model")
         z.writestr("vosk-model-test/conf/model.conf", b"--sample-frequency=16000")
     server.files["/vosk.zip"] = archive.getvalue()
-    server.files["/voice.onnx"] = b"onnx voice"
-    server.files["/voice.onnx.json"] = b'{"audio": {"sample_rate": 22050}}'
+    server.files["/voice.onnx"], server.files["/voice.onnx.json"] = piper_voice(tmp_path)
     config = tmp_path / "config.yaml"
     config.write_text(
         f"asr:\n  model: models/vosk-model-test\n  model_url: {url(server, '/vosk.zip')}\n"
@@ -898,8 +905,7 @@ def speech_config(server, tmp_path: Path, vosk_model: Path, acoustic_model: byte
         z.writestr("vosk-model-test/am/final.mdl", acoustic_model)
         z.writestr("vosk-model-test/conf/model.conf", b"--sample-frequency=16000\n--frame-subsampling-factor=3\n")
     server.files["/vosk.zip"] = archive.getvalue()
-    server.files["/voice.onnx"] = b"onnx voice"
-    server.files["/voice.onnx.json"] = b'{"audio": {"sample_rate": 22050}}'
+    server.files["/voice.onnx"], server.files["/voice.onnx.json"] = piper_voice(tmp_path)
     config = tmp_path / "config.yaml"
     config.write_text(
         f"asr:\n  model: {vosk_model}\n  model_url: {url(server, '/vosk.zip')}\n"
