@@ -992,3 +992,25 @@ def test_a_setup_killed_while_swapping_the_model_in_leaves_the_old_one_in_use(ti
     shutil.copy(tiny_hf / "config.json", checkpoint / "config.json")
     assert assistant(*args).returncode == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ck", "m"]
+
+
+def test_a_build_resumed_after_the_hugging_face_model_changed_starts_over(
+    tiny_hf: Path, tmp_path: Path, pulsar2_bin: Path
+) -> None:
+    """A failed board build, then a new revision of the model arriving in the download cache (here put
+    there by hand, Hugging Face being out of reach): no step of the old revision may go into the model."""
+    cache = tmp_path / "models/.cache/Qwen--Qwen2-0.5B-Instruct"
+    shutil.copytree(tiny_hf, cache)
+    env = {"PATH": f"{pulsar2_bin}:{os.environ['PATH']}", "HF_ENDPOINT": "http://127.0.0.1:9"}
+    args = ["setup", "--target", "ax630c", "--no-speech"]
+    assert assistant(*args, cwd=tmp_path, env={**env, "PULSAR2_FAIL": "1"}).returncode == 1
+
+    make_tiny_qwen2(tmp_path / "revision", seed=7)  # the same shapes, other weights
+    for name in ("model.safetensors", "config.json"):
+        shutil.copy(tmp_path / "revision" / name, cache / name)
+    resumed = assistant(*args, cwd=tmp_path, env=env)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "already done" not in resumed.stderr
+    built = tmp_path / "models/qwen2-0.5b-instruct" / EMBEDDINGS_FILE
+    expected = write_embeddings(Checkpoint(tmp_path / "revision"), tmp_path / "revision")
+    assert built.read_bytes() == expected.read_bytes()

@@ -219,7 +219,8 @@ def build_model(opts: SetupOptions, models_dir: Path, force: bool = False) -> tu
             )
         work = dest.with_name(f".{dest.name}.partial")
         _check_disk(work.parent, sum(p.stat().st_size for p in hf_dir.glob("*.safetensors")))
-        _start_or_resume(work, record)
+        # The files built from, for a download too: a new revision of it must not resume the old one's steps.
+        _start_or_resume(work, {**record, "checkpoint": _checkpoint_files(hf_dir)})
 
         steps: list[tuple[str, object]] = [
             ("tokenizer", lambda: copy_tokenizer(hf_dir, work)),
@@ -322,10 +323,12 @@ def _record(opts: SetupOptions, local: Path | None) -> dict:
     del record["out"]
     if local is not None:
         record["model"] = str(local)
-        record["checkpoint"] = {
-            p.name: [p.stat().st_size, p.stat().st_mtime_ns] for p in sorted(local.iterdir()) if p.is_file()
-        }
+        record["checkpoint"] = _checkpoint_files(local)
     return record
+
+
+def _checkpoint_files(folder: Path) -> dict[str, list[int]]:
+    return {p.name: [p.stat().st_size, p.stat().st_mtime_ns] for p in sorted(folder.iterdir()) if p.is_file()}
 
 
 def _up_to_date(dest: Path, record: dict) -> bool:
