@@ -1014,3 +1014,14 @@ def test_a_build_resumed_after_the_hugging_face_model_changed_starts_over(
     built = tmp_path / "models/qwen2-0.5b-instruct" / EMBEDDINGS_FILE
     expected = write_embeddings(Checkpoint(tmp_path / "revision"), tmp_path / "revision")
     assert built.read_bytes() == expected.read_bytes()
+
+
+def test_a_destination_that_is_a_symlink_loop_is_one_line(tiny_hf: Path, tmp_path: Path) -> None:
+    (tmp_path / "a").symlink_to("b")
+    (tmp_path / "b").symlink_to("a")
+    result = host_setup(str(tiny_hf), "--out", str(tmp_path / "a"))
+    assert result.returncode == 1
+    assert one_error_line(result) == (
+        f"error: cannot build into {tmp_path / 'a'}: a symbolic link that leads back to itself; "
+        "fix the link, or choose another folder with --out DIR"
+    )

@@ -146,7 +146,13 @@ def destination(opts: SetupOptions, models_dir: Path) -> Path:
     """
     source = checkpoint_folder(opts.model) or (models_dir / ".cache").resolve()
     given = (opts.out or models_dir / model_name(opts.model)).expanduser()
-    dest = given.resolve()
+    try:
+        dest = given.resolve()
+    except (RuntimeError, OSError):  # a loop of links (RuntimeError before Python 3.13)
+        raise SetupError(
+            f"cannot build into {given}: a symbolic link that leads back to itself; "
+            "fix the link, or choose another folder with --out DIR"
+        ) from None
     why = None
     if dest == source:
         why = "it is the checkpoint folder the model is built from"
