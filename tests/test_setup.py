@@ -1025,3 +1025,13 @@ def test_a_destination_that_is_a_symlink_loop_is_one_line(tiny_hf: Path, tmp_pat
         f"error: cannot build into {tmp_path / 'a'}: a symbolic link that leads back to itself; "
         "fix the link, or choose another folder with --out DIR"
     )
+
+
+def test_no_host_layers_for_the_host_target_is_refused_before_any_work(tiny_hf: Path, tmp_path: Path) -> None:
+    result = host_setup(str(tiny_hf), "--no-host", "--out", str(tmp_path / "m"))
+    assert result.returncode == 1
+    assert one_error_line(result) == (
+        "error: --no-host leaves --target host nothing to build: its layers are the ONNX layers for a PC; "
+        "drop --no-host, or build for a board with --target ax630c or ax650n"
+    )
+    assert sorted(tmp_path.iterdir()) == []

@@ -107,6 +107,11 @@ def check_builder(opts: SetupOptions) -> list[int]:
         )
     kv_history = _kv_history(opts)  # a mistyped value is an error on any target, before the download
     if opts.target == "host":
+        if not opts.host:
+            raise SetupError(
+                "--no-host leaves --target host nothing to build: its layers are the ONNX layers for a PC; "
+                "drop --no-host, or build for a board with --target ax630c or ax650n"
+            )
         return []
     find_builder(opts.target, opts.pulsar2, opts.pulsar2_image)
     return kv_history
@@ -232,7 +237,7 @@ def build_model(opts: SetupOptions, models_dir: Path, force: bool = False) -> tu
             ("tokenizer", lambda: copy_tokenizer(hf_dir, work)),
             ("embeddings", lambda: write_embeddings(checkpoint, work, opts.keep_intermediate)),
         ]
-        if opts.host or opts.target == "host":
+        if opts.host:
             host_weights = "s4" if opts.weight_type == "s4" else "int8"
             steps.append(("onnxruntime", lambda: _host_export(hf_dir, work, shape.num_layers, host_weights)))
         if opts.target != "host":
