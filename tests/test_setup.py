@@ -1035,3 +1035,25 @@ def test_no_host_layers_for_the_host_target_is_refused_before_any_work(tiny_hf: 
         "drop --no-host, or build for a board with --target ax630c or ax650n"
     )
     assert sorted(tmp_path.iterdir()) == []
+
+
+def test_a_disk_that_fills_while_the_voice_is_cut_is_one_line_naming_it(
+    medium_voice: Path, tiny_hf: Path, tmp_path: Path
+) -> None:
+    archive = tmp_path / "vosk.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("vosk-model-test/conf/model.conf", "--sample-frequency=16000\n")
+    with small_disk(tmp_path / "disk", "size=80m") as disk:  # the voice fits, its three parts do not
+        config = tmp_path / "config.yaml"
+        config.write_text(
+            f"asr:\n  model: models/vosk-model-test\n  model_url: {archive.as_uri()}\n"
+            f"tts:\n  voice: {disk / 'voice.onnx'}\n  voice_url: {medium_voice.as_uri()}\n"
+        )
+        args = ["setup", "--config", str(config), "--model", str(tiny_hf), "--target", "host"]
+        result = assistant(*args)
+        assert result.returncode == 1
+        assert re.fullmatch(
+            rf"error: the disk is full \(\d+ MB free on {disk}\); free space and run the same command again",
+            one_error_line(result),
+        )
+        assert sorted(p.name for p in disk.iterdir()) == ["voice.onnx", "voice.onnx.json"]  # no part left

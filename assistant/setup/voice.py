@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from assistant.setup.download import SetupError
+from assistant.setup.download import SetupError, write_problem
 
 log = logging.getLogger(__name__)
 
@@ -219,8 +219,15 @@ def split_voice(voice: Path, chunk: int = CHUNK_FRAMES) -> StreamConfig:
         "flow": ([frames("z_p", channels), frames("mask", 1)], [frames("z", channels)]),
         "decoder": ([frames("z", channels)], list(model.graph.output)),
     }
-    for part, (ins, outs) in parts.items():
-        onnx.save(_part(model, part, ins, outs, renames), voice.with_name(names[part]))
+    written = []
+    try:
+        for part, (ins, outs) in parts.items():
+            written.append(voice.with_name(names[part]))
+            onnx.save(_part(model, part, ins, outs, renames), written[-1])
+    except BaseException:  # a full disk or Ctrl-C: no part left to take the room
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise
     hop = int(config.get("audio", {}).get("hop_length", 256))
     z = np.random.default_rng(0).standard_normal((1, channels, 96)).astype(np.float32)
     flow_pad = receptive_field(voice.with_name(names["flow"]), {"z_p": z, "mask": np.ones((1, 1, 96), np.float32)})
@@ -352,6 +359,13 @@ def _prepared(voice: Path, target: str) -> StreamConfig | None:
 
 def prepare_speech(vosk_model: Path, voice: Path, target: str, pulsar2: str | None, image: str | None) -> list[Path]:
     """The setup step after the downloads: endpoint rules, the voice split, its decoder for the board."""
+    try:
+        return _prepare_speech(vosk_model, voice, target, pulsar2, image)
+    except OSError as e:  # its writes name no file: the voice's folder, not wherever setup builds the model
+        raise SetupError(write_problem(e, voice)) from None
+
+
+def _prepare_speech(vosk_model: Path, voice: Path, target: str, pulsar2: str | None, image: str | None) -> list[Path]:
     files = [write_endpoint_rules(vosk_model)]
     stream = _prepared(voice, target)
     if stream is not None:
