@@ -13,6 +13,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import zipfile
 from collections.abc import Iterator
@@ -1057,3 +1058,33 @@ def test_a_disk_that_fills_while_the_voice_is_cut_is_one_line_naming_it(
             one_error_line(result),
         )
         assert sorted(p.name for p in disk.iterdir()) == ["voice.onnx", "voice.onnx.json"]  # no part left
+
+
+def test_a_destination_in_another_users_folder_is_one_line_naming_the_owner(tiny_hf: Path, tmp_path: Path) -> None:
+    """Run as another user (nobody) with --out in root's folder: whose folder it is, and what to do."""
+    from assistant.setup.build import SetupOptions, build_model
+    from assistant.setup.download import write_problem
+    from tests.other_user import as_nobody
+
+    with tempfile.TemporaryDirectory() as made:  # in /tmp: reachable by the other user, unlike tmp_path
+        folder = Path(made)
+        folder.chmod(0o755)
+        checkpoint = shutil.copytree(tiny_hf, folder / "ck")
+        for file in checkpoint.iterdir():
+            file.chmod(0o644)
+        theirs = folder / "theirs"
+        theirs.mkdir()
+        out = theirs / "m"
+
+        def build() -> str:
+            try:
+                build_model(SetupOptions(model=str(checkpoint), target="host", out=out), folder)
+            except OSError as e:
+                return write_problem(e, out)
+            return "built"
+
+        message = as_nobody(build)
+    assert message == (
+        f"cannot write in {theirs}: it belongs to root, and user nobody may not write there; "
+        "choose a folder you can write to, or run as root"
+    )

@@ -8,6 +8,7 @@ import hashlib
 import http.client
 import logging
 import os
+import pwd
 import shutil
 import sys
 import urllib.error
@@ -62,7 +63,22 @@ def write_problem(error: OSError, path: Path) -> str:
         return f"no such folder: {folder}; create it first, or choose another place"
     if error.errno == errno.EROFS:
         return f"cannot write in {folder}: a read-only file system; choose a folder you can write to"
+    existing = nearest_existing(folder)
+    # A folder it may not write in (not a file it may not read): whose it is.
+    if error.errno in (errno.EACCES, errno.EPERM) and existing and not os.access(existing, os.W_OK):
+        owner, user = _user_name(existing.stat().st_uid), _user_name(os.geteuid())
+        return (
+            f"cannot write in {existing}: it belongs to {owner}, and user {user} may not write there; "
+            f"choose a folder you can write to, or run as {owner}"
+        )
     return f"{path}: {error.strerror or error}"
+
+
+def _user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:  # a uid with no account here (a folder from another machine)
+        return f"uid {uid}"
 
 
 class Progress:
