@@ -1088,3 +1088,21 @@ def test_a_destination_in_another_users_folder_is_one_line_naming_the_owner(tiny
         f"cannot write in {theirs}: it belongs to root, and user nobody may not write there; "
         "choose a folder you can write to, or run as root"
     )
+
+
+def test_a_pulsar2_image_docker_cannot_use_is_refused_before_any_work(tiny_hf: Path, tmp_path: Path) -> None:
+    """docker installed, but its daemon not running (as the docker client says it), or the image not loaded."""
+    folder = tmp_path / "bin"
+    folder.mkdir()
+    no_daemon = "Cannot connect to the Docker daemon at unix:///var/run/docker.sock. Is the docker daemon running?"
+    (folder / "docker").write_text(f"#!/bin/sh\necho '{no_daemon}' >&2\nexit 1\n")
+    (folder / "docker").chmod(0o755)
+    env = {**os.environ, "PATH": f"{folder}:{os.environ['PATH']}"}
+    args = ["--target", "ax630c", "--no-speech", "--pulsar2-image", "pulsar2:5.0", "--out", str(tmp_path / "m")]
+    result = assistant("setup", "--model", str(tiny_hf), *args, env=env)
+    assert result.returncode == 1
+    assert one_error_line(result) == (
+        f"error: --pulsar2-image pulsar2:5.0: docker cannot use it ({no_daemon}); start docker, or load the image "
+        "(`docker load -i ax_pulsar2_<version>.tar.gz`)"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bin"]

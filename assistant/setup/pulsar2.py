@@ -138,12 +138,31 @@ def find_builder(target: str, pulsar2: str | None = None, image: str | None = No
     if image:
         if not shutil.which("docker"):
             raise SetupError(f"--pulsar2-image needs docker, which is not installed; {GET_PULSAR2}")
+        _check_image(image)
         return "docker"
     executable = shutil.which(pulsar2) if pulsar2 else shutil.which("pulsar2")
     if not executable:
         where = f"--pulsar2 {pulsar2} is not an executable" if pulsar2 else "no pulsar2 found on PATH"
         raise SetupError(f"{where} for the {target} build; {GET_PULSAR2}; or build for a PC with --target host")
     return executable
+
+
+def _check_image(image: str) -> None:
+    """The image is loaded and the docker daemon answers: a daemon not running, a user outside the
+    docker group or an image never loaded show before the build, not after the export."""
+    try:
+        inspected = subprocess.run(
+            ["docker", "image", "inspect", "--format", "{{.Id}}", image], capture_output=True, text=True, timeout=60
+        )
+    except subprocess.TimeoutExpired:
+        raise SetupError(f"--pulsar2-image {image}: docker did not answer in a minute; check `docker info`") from None
+    if inspected.returncode != 0:
+        lines = [line.strip() for line in inspected.stderr.splitlines() if line.strip()]
+        why = lines[-1] if lines else f"exit status {inspected.returncode}"
+        raise SetupError(
+            f"--pulsar2-image {image}: docker cannot use it ({why}); start docker, or load the image "
+            "(`docker load -i ax_pulsar2_<version>.tar.gz`)"
+        )
 
 
 def run_pulsar2(command: list[str], work: Path) -> None:
