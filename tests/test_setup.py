@@ -1043,6 +1043,7 @@ def test_a_disk_that_fills_while_the_voice_is_cut_is_one_line_naming_it(
 ) -> None:
     archive = tmp_path / "vosk.zip"
     with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("vosk-model-test/am/final.mdl", "acoustic model")
         z.writestr("vosk-model-test/conf/model.conf", "--sample-frequency=16000\n")
     with small_disk(tmp_path / "disk", "size=80m") as disk:  # the voice fits, its three parts do not
         config = tmp_path / "config.yaml"
@@ -1106,3 +1107,19 @@ def test_a_pulsar2_image_docker_cannot_use_is_refused_before_any_work(tiny_hf: P
         "(`docker load -i ax_pulsar2_<version>.tar.gz`)"
     )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bin"]
+
+
+def test_a_vosk_folder_that_holds_no_model_is_one_line_naming_the_fix(server, tiny_hf: Path, tmp_path: Path) -> None:
+    """A folder at asr.model that vosk cannot load (a copy cut short): `assistant doctor` sends the person to
+    setup, which must not then report success and leave it as it is."""
+    asr = tmp_path / "models/vosk-model-test"
+    (asr / "conf").mkdir(parents=True)
+    (asr / "conf/model.conf").write_text("--sample-frequency=16000\n")
+    config = speech_config(server, tmp_path, asr)
+    result = assistant("setup", "--config", str(config), "--model", str(tiny_hf), "--target", "host", cwd=tmp_path)
+    assert result.returncode == 1
+    assert one_error_line(result) == (
+        f"error: {asr} is not a vosk model folder (it lacks am/final.mdl); delete it and run the same command "
+        "again (check asr.model_url)"
+    )
+    assert not (tmp_path / f"models/{tiny_hf.name}").exists()

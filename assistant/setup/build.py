@@ -457,11 +457,12 @@ def _finish_swap(dest: Path) -> None:
 def fetch_speech_models(settings: Settings, options: SetupOptions | None = None) -> list[Path]:
     """The vosk model and the piper voice named in the config, downloaded where the config expects them,
     then made ready to stream (assistant/setup/voice.py)."""
-    from assistant.setup.voice import prepare_speech
+    from assistant.setup.voice import check_vosk_model, prepare_speech
 
     opts = options or SetupOptions(target="host")
     with _building(settings.asr.model, settings.tts.voice):  # two setups would write the same partial downloads
         asr = download_and_unzip(settings.asr.model_url, settings.asr.model, settings.asr.model_sha256)
+        check_vosk_model(asr)
         voice = download(settings.tts.voice_url, settings.tts.voice, settings.tts.voice_sha256)
         voice_config = download(settings.tts.voice_url + ".json", Path(f"{settings.tts.voice}.json"))
         return [asr, voice, voice_config, *prepare_speech(asr, voice, opts.target, opts.pulsar2, opts.pulsar2_image)]

@@ -322,6 +322,17 @@ def build_decoder_axmodel(
 # -- vosk endpointing ---------------------------------------------------------------------------------
 
 
+def check_vosk_model(folder: Path) -> None:
+    """The files without which vosk cannot load the model (its Model() looks for am/final.mdl):
+    a folder already there is never downloaded again, so one that lacks them is named with the fix."""
+    for name in ("am/final.mdl", "conf/model.conf"):
+        if not (folder / name).is_file():
+            raise SetupError(
+                f"{folder} is not a vosk model folder (it lacks {name}); delete it and run the same command again "
+                "(check asr.model_url)"
+            )
+
+
 def write_endpoint_rules(vosk_model: Path, rules: dict[str, str] = ENDPOINT_RULES) -> Path:
     """Set the endpoint rules in the model's conf/model.conf, which vosk reads when it loads the model."""
     path = vosk_model / "conf" / "model.conf"
