@@ -1123,3 +1123,34 @@ def test_a_vosk_folder_that_holds_no_model_is_one_line_naming_the_fix(server, ti
         "again (check asr.model_url)"
     )
     assert not (tmp_path / f"models/{tiny_hf.name}").exists()
+
+
+def hub_cache(checkpoint: Path, cache: Path, repo: str = "Qwen/Qwen2-0.5B-Instruct") -> Path:
+    """`checkpoint` as huggingface-hub keeps a download in its cache (~/.cache/huggingface/hub): the files
+    under blobs/ by their hash, a snapshot of links to them named by the commit, refs/main naming it."""
+    folder, commit = cache / f"models--{repo.replace('/', '--')}", "0123456789abcdef0123456789abcdef01234567"
+    (folder / "blobs").mkdir(parents=True)
+    (folder / "refs").mkdir()
+    (folder / "refs/main").write_text(commit)
+    (folder / "snapshots" / commit).mkdir(parents=True)
+    for file in sorted(checkpoint.iterdir()):
+        blob = hashlib.sha256(file.read_bytes()).hexdigest()
+        shutil.copy(file, folder / "blobs" / blob)
+        (folder / "snapshots" / commit / file.name).symlink_to(f"../../blobs/{blob}")
+    return folder
+
+
+def test_a_model_in_the_hugging_face_cache_builds_without_the_internet(tiny_hf: Path, tmp_path: Path) -> None:
+    """Downloaded before (by transformers, `huggingface-cli download`): offline, the repo id or the cache's
+    folder builds it, named after the model."""
+    folder = hub_cache(tiny_hf, tmp_path / "hub")
+    offline = {**os.environ, "HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_CACHE": str(tmp_path / "hub")}
+    by_id = assistant("setup", "--target", "host", "--no-speech", cwd=tmp_path, env=offline)  # the default model
+    assert by_id.returncode == 0, by_id.stderr
+    assert (tmp_path / "models/qwen2-0.5b-instruct/manifest.yaml").is_file()
+
+    by_folder = host_setup(str(folder), "--out", str(tmp_path / "m"), cwd=tmp_path)
+    assert by_folder.returncode == 0, by_folder.stderr
+    snapshot_folder = host_setup(str(next((folder / "snapshots").iterdir())), cwd=tmp_path)
+    assert snapshot_folder.returncode == 0, snapshot_folder.stderr
+    assert [p.name for p in (tmp_path / "models").iterdir() if p.name != ".cache"] == ["qwen2-0.5b-instruct"]

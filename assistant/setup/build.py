@@ -125,7 +125,7 @@ def checkpoint_folder(model: str) -> Path | None:
     """
     local = Path(model).expanduser()
     if local.is_dir():
-        return local.resolve()
+        return _hub_snapshot(local) or local.resolve()
     in_a_folder = len(local.parts) > 1 and local.parent.is_dir()
     if local.exists() or in_a_folder or model.startswith((".", "/", "~")) or model.strip("/").count("/") > 1:
         what = "not a folder" if local.exists() else "no such folder"
@@ -136,9 +136,21 @@ def checkpoint_folder(model: str) -> Path | None:
     return None
 
 
+def _hub_snapshot(folder: Path) -> Path | None:
+    """For a model's folder in huggingface-hub's cache (`models--org--name`, holding blobs/, refs/ and
+    snapshots/), the snapshot its refs/main names: the checkpoint folder."""
+    ref = folder / "refs" / "main"
+    if not ((folder / "snapshots").is_dir() and ref.is_file()):
+        return None
+    return (folder / "snapshots" / ref.read_text().strip()).resolve()
+
+
 def model_name(model: str) -> str:
-    """The model directory's name: a repo id's last part, or a folder's name (a hub cache's `org--name` too)."""
+    """The model directory's name: a repo id's last part, or a folder's name (a hub cache's `org--name` too,
+    for one of its snapshots: not the commit that names the snapshot)."""
     local = checkpoint_folder(model)
+    if local and local.parent.name == "snapshots":
+        local = local.parent.parent
     name = local.name if local else model.rstrip("/").split("/")[-1]
     return name.split("--")[-1].lower()
 

@@ -279,6 +279,9 @@ def fetch_hf_model(repo_id: str, cache_dir: Path) -> Path:
         snapshot_download(repo_id, local_dir=local, allow_patterns=patterns)
     except (errors.LocalEntryNotFoundError, errors.OfflineModeIsEnabled) as e:
         cause = e.__cause__ or e.__context__ or e
+        if cached := _hub_cache_snapshot(repo_id, patterns):  # downloaded before, by transformers or the hub's CLI
+            log.warning("cannot reach Hugging Face (%s); building %s from its cache: %s", cause, repo_id, cached)
+            return cached
         raise SetupError(f"cannot reach Hugging Face to download {repo_id} ({cause}); {OFFLINE_HELP}") from None
     except (errors.RepositoryNotFoundError, errors.RevisionNotFoundError, errors.GatedRepoError) as e:
         first = str(e).splitlines()[0]
@@ -297,6 +300,16 @@ def fetch_hf_model(repo_id: str, cache_dir: Path) -> Path:
     except Exception as e:  # anything else: repeating the command would not help
         raise SetupError(f"download of {repo_id} failed ({type(e).__name__}: {e})") from None
     return local
+
+
+def _hub_cache_snapshot(repo_id: str, patterns: list[str]) -> Path | None:
+    """The model as huggingface-hub's own cache holds it ($HF_HUB_CACHE, ~/.cache/huggingface/hub), if it does."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=patterns, local_files_only=True))
+    except Exception:  # not there, or incomplete: the download was the only way
+        return None
 
 
 def unfinished_download(local: Path) -> bool:
