@@ -318,6 +318,7 @@ def cmd_setup(args: argparse.Namespace) -> int:
         if args.verify:
             print(build.verify_model(args.verify))
             return 0
+        _optional_config(args.config)  # a mistyped one must not send the build elsewhere, without speech models
         config = _trusted_config(args.config)  # it says where the speech models are written
         settings = load_settings(config) if config.exists() else None
         models_dir = (config.parent if settings else Path.cwd()) / "models"

@@ -1154,3 +1154,15 @@ def test_a_model_in_the_hugging_face_cache_builds_without_the_internet(tiny_hf: 
     snapshot_folder = host_setup(str(next((folder / "snapshots").iterdir())), cwd=tmp_path)
     assert snapshot_folder.returncode == 0, snapshot_folder.stderr
     assert [p.name for p in (tmp_path / "models").iterdir() if p.name != ".cache"] == ["qwen2-0.5b-instruct"]
+
+
+def test_a_config_named_but_missing_is_one_line_before_any_work(tiny_hf: Path, tmp_path: Path) -> None:
+    """A mistyped --config (or $ASSISTANT_CONFIG) must not build into another folder without the speech models."""
+    missing = tmp_path / "project/config.yml"
+    named = host_setup(str(tiny_hf), "--config", str(missing), cwd=tmp_path)
+    environment = {**os.environ, "ASSISTANT_CONFIG": str(missing)}
+    from_environment = host_setup(str(tiny_hf), cwd=tmp_path, env=environment)
+    for result in (named, from_environment):
+        assert result.returncode == 78
+        assert one_error_line(result) == f"error: {missing}: config file not found"
+    assert sorted(tmp_path.iterdir()) == []
