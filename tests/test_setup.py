@@ -1122,6 +1122,36 @@ def test_a_vosk_folder_that_holds_no_model_is_one_line_naming_the_fix(server, ti
         f"error: {asr} is not a vosk model folder (it lacks am/final.mdl); delete it and run the same command "
         "again (check asr.model_url)"
     )
+
+
+@pytest.mark.parametrize("broken", ["voice.onnx", "voice.onnx.json"])
+def test_a_voice_download_that_is_no_voice_is_one_line_before_the_model(
+    broken: str, tiny_hf: Path, tmp_path: Path
+) -> None:
+    """An error page, or another file, where the voice or its settings should be: `assistant run` could not
+    load it, so setup says so, naming the file and the fix, rather than reporting success."""
+    from tests.piper_voice import make_piper_voice
+
+    served = tmp_path / "served"
+    make_piper_voice(served, name="voice")
+    (served / broken).write_text("<html><body>Service unavailable</body></html>")
+    archive = served / "vosk.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("vosk-model-test/am/final.mdl", "acoustic model")
+        z.writestr("vosk-model-test/conf/model.conf", "--sample-frequency=16000\n")
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        f"asr:\n  model: models/vosk-model-test\n  model_url: {archive.as_uri()}\n"
+        f"tts:\n  voice: models/piper/voice.onnx\n  voice_url: {(served / 'voice.onnx').as_uri()}\n"
+    )
+    result = assistant("setup", "--config", str(config), "--model", str(tiny_hf), "--target", "host", cwd=tmp_path)
+    assert result.returncode == 1
+    name = tmp_path / "models/piper" / broken
+    what = "not an ONNX model" if broken == "voice.onnx" else "not a piper voice's settings"
+    assert re.fullmatch(
+        rf"error: {name}: {what} \(.*\); delete it and run the same command again \(check tts\.voice_url\)",
+        one_error_line(result),
+    ), result.stderr
     assert not (tmp_path / f"models/{tiny_hf.name}").exists()
 
 

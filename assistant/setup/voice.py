@@ -46,6 +46,25 @@ ENDPOINT_RULES = {
 }
 
 
+# A voice file that no piper could load: an error page saved in its place, another file.
+VOICE_FIX = "delete it and run the same command again (check tts.voice_url)"
+
+
+class NotAVoice(SetupError):
+    """The voice or its settings file is not one at all, rather than a voice that cannot be split."""
+
+
+def _voice_settings(voice: Path) -> dict:
+    path = Path(f"{voice}.json")
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as e:  # not JSON, or not text
+        raise NotAVoice(f"{path}: not a piper voice's settings ({e}); {VOICE_FIX}") from None
+    if not isinstance(config, dict):
+        raise NotAVoice(f"{path}: not a piper voice's settings (not a JSON object); {VOICE_FIX}")
+    return config
+
+
 @dataclass
 class StreamConfig:
     """`<voice>.stream.json`: how to run a voice cut in two."""
@@ -195,7 +214,7 @@ def split_voice(voice: Path, chunk: int = CHUNK_FRAMES) -> StreamConfig:
     import onnx
     from onnx import TensorProto, helper
 
-    config = json.loads(Path(f"{voice}.json").read_text(encoding="utf-8"))
+    config = _voice_settings(voice)
     if int(config.get("num_speakers", 1)) > 1:
         # The flow and decoder of a multi-speaker voice also take the speaker's embedding (from "sid"):
         # not handled yet, so such a voice speaks whole sentences.
@@ -203,7 +222,7 @@ def split_voice(voice: Path, chunk: int = CHUNK_FRAMES) -> StreamConfig:
     try:
         model = onnx.load(str(voice))
     except Exception as e:  # protobuf's DecodeError and friends: a truncated or foreign file
-        raise SetupError(f"not an ONNX model ({e})") from None
+        raise NotAVoice(f"{voice}: not an ONNX model ({str(e).splitlines()[0]}); {VOICE_FIX}") from None
     cut, channels = decoder_input(model)
     z_p, mask = flow_input(model, cut)
     renames = {cut: "z", z_p: "z_p", mask: "mask"}
@@ -384,6 +403,8 @@ def _prepare_speech(vosk_model: Path, voice: Path, target: str, pulsar2: str | N
     else:
         try:
             stream = split_voice(voice)
+        except NotAVoice:  # `assistant run` could not load it either
+            raise
         except SetupError as e:
             log.warning("%s: %s; it will speak whole sentences", voice, e)
             return files
