@@ -313,10 +313,12 @@ def cmd_setup(args: argparse.Namespace) -> int:
 
     writing = Path.cwd()  # where the files go, for a write error that names no file
     signal.signal(signal.SIGTERM, _interrupted)  # `kill` or a supervisor's stop: cleaned up as Ctrl-C is
+    signal.signal(signal.SIGHUP, _interrupted)  # the terminal or ssh connection gone: likewise
     try:
         if args.verify:
             print(build.verify_model(args.verify))
             return 0
+        _optional_config(args.config)  # a mistyped one must not send the build elsewhere, without speech models
         config = _trusted_config(args.config)  # it says where the speech models are written
         settings = load_settings(config) if config.exists() else None
         models_dir = (config.parent if settings else Path.cwd()) / "models"

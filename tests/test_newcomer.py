@@ -111,9 +111,19 @@ def speech_config(tmp_path: Path, asr_url: str, voice_url: str, **extra: str) ->
     return config
 
 
+def piper_voice() -> tuple[bytes, bytes]:
+    """A voice and its settings, as downloaded: setup refuses a file that no piper could load."""
+    from tests.piper_voice import make_piper_voice
+
+    with tempfile.TemporaryDirectory() as folder:
+        voice = make_piper_voice(Path(folder))
+        return voice.read_bytes(), Path(f"{voice}.json").read_bytes()
+
+
 def serve_speech(server) -> tuple[str, str]:
     base = f"http://127.0.0.1:{server.server_address[1]}"
-    server.files |= {"/vosk.zip": vosk_zip(), "/voice.onnx": b"onnx voice", "/voice.onnx.json": b"{}"}
+    voice, settings = piper_voice()
+    server.files |= {"/vosk.zip": vosk_zip(), "/voice.onnx": voice, "/voice.onnx.json": settings}
     return f"{base}/vosk.zip", f"{base}/voice.onnx"
 
 
@@ -172,8 +182,9 @@ def test_offline_setup_says_what_to_do_instead_of_resume(tmp_path: Path, tiny_hf
     # The way forward it names: a local checkpoint and file:// URLs.
     asr, voice = tmp_path / "vosk.zip", tmp_path / "voice.onnx"
     asr.write_bytes(vosk_zip())
-    voice.write_bytes(b"onnx voice")
-    Path(f"{voice}.json").write_text("{}")
+    voice_bytes, settings = piper_voice()
+    voice.write_bytes(voice_bytes)
+    Path(f"{voice}.json").write_bytes(settings)
     speech_config(tmp_path, asr.as_uri(), voice.as_uri())
     result = assistant(tmp_path, "setup", "--target", "host", "--model", str(tiny_hf), "--out", "models/tiny")
     assert result.returncode == 0, result.stderr

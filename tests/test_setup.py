@@ -13,6 +13,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import zipfile
 from collections.abc import Iterator
@@ -191,18 +192,20 @@ def test_failed_pulsar2_leaves_the_old_model_and_resumes(tiny_hf: Path, tmp_path
     assert "axengine" in yaml.safe_load((out / "manifest.yaml").read_text())["backends"]
 
 
-@pytest.mark.parametrize("stop", ["SIGINT", "SIGTERM"])
+def running(pid: int) -> bool:
+    """The process is there and not a zombie (which init has yet to reap)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+@pytest.mark.parametrize("stop", ["SIGINT", "SIGTERM", "SIGHUP"])
 def test_interrupting_setup_ends_the_pulsar2_build_it_started(stop: str, tiny_hf: Path, tmp_path: Path) -> None:
-    """SIGINT or SIGTERM to setup alone (`kill`, a supervisor): the build and its workers end with it, rather
-    than going on writing into the folder the re-run builds in."""
+    """SIGINT, SIGTERM or SIGHUP to setup alone (`kill`, a supervisor, the ssh connection dropping): the build
+    and its workers end with it, rather than going on writing into the folder the re-run builds in."""
     import signal
     import time
-
-    def running(pid: int) -> bool:
-        try:
-            return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
-        except (FileNotFoundError, ProcessLookupError):
-            return False
 
     folder = tmp_path / "bin"
     folder.mkdir()
@@ -229,6 +232,36 @@ def test_interrupting_setup_ends_the_pulsar2_build_it_started(stop: str, tiny_hf
         for path in (leader, worker):
             with contextlib.suppress(ValueError, OSError):
                 os.kill(int(path.read_text()), signal.SIGKILL)  # only if the test failed: what it started
+
+
+def test_a_setup_killed_outright_takes_its_pulsar2_build_with_it(tiny_hf: Path, tmp_path: Path) -> None:
+    """kill -9 leaves setup no time to end the build: pulsar2 must not outlive it and race the next run."""
+    import signal
+    import time
+
+    folder = tmp_path / "bin"
+    folder.mkdir()
+    pid = tmp_path / "pulsar2.pid"
+    (folder / "pulsar2").write_text(f"#!/bin/sh\necho $$ > {pid}\nexec sleep 60\n")
+    (folder / "pulsar2").chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ASSISTANT_")}
+    env["PATH"] = f"{folder}:{env['PATH']}"
+    args = ["setup", "--model", str(tiny_hf), "--target", "ax630c", "--no-speech", "--out", str(tmp_path / "m")]
+    process = subprocess.Popen([sys.executable, "-m", "assistant", *args], env=env, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while not (pid.exists() and pid.read_text().strip()):
+            assert time.monotonic() < deadline and process.poll() is None
+            time.sleep(0.05)
+        process.kill()
+        process.wait()
+        deadline = time.monotonic() + 5
+        while running(int(pid.read_text())) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not running(int(pid.read_text()))
+    finally:
+        with contextlib.suppress(ValueError, OSError):
+            os.kill(int(pid.read_text()), signal.SIGKILL)  # only if the test failed: what it started
 
 
 def test_clear_errors_before_any_work(tiny_hf: Path, tmp_path: Path) -> None:
@@ -282,6 +315,11 @@ class RangeHandler(http.server.BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.send_header("ETag", etag)
         self.end_headers()
+        if gate := self.server.gates.pop(self.path, None):  # the first transfer stalls half-way until it opens
+            self.wfile.write(body[: len(body) // 2])
+            self.wfile.flush()
+            gate.wait(60)
+            body = body[len(body) // 2 :]
         if self.server.cut_after and not start:
             self.wfile.write(body[: self.server.cut_after])
             self.server.cut_after = 0
@@ -297,7 +335,7 @@ class RangeHandler(http.server.BaseHTTPRequestHandler):
 @pytest.fixture()
 def server() -> Iterator[http.server.ThreadingHTTPServer]:
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), RangeHandler)
-    httpd.files, httpd.ranges, httpd.cut_after, httpd.redirects = {}, [], 0, {}
+    httpd.files, httpd.ranges, httpd.cut_after, httpd.redirects, httpd.gates = {}, [], 0, {}, {}
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
     yield httpd
@@ -372,14 +410,21 @@ def test_checksum_mismatch_is_rejected(server, tmp_path: Path) -> None:
         download(url(server, "/missing.onnx"), dest)
 
 
+def piper_voice(tmp_path: Path) -> tuple[bytes, bytes]:
+    """A voice and its settings, as a server sends them."""
+    from tests.piper_voice import make_piper_voice
+
+    voice = make_piper_voice(tmp_path / "voice-source")
+    return voice.read_bytes(), Path(f"{voice}.json").read_bytes()
+
+
 def test_setup_fetches_the_configured_speech_models(server, tiny_hf: Path, tmp_path: Path) -> None:
     archive = io.BytesIO()
     with zipfile.ZipFile(archive, "w") as z:
         z.writestr("vosk-model-test/am/final.mdl", b"acoustic model")
         z.writestr("vosk-model-test/conf/model.conf", b"--sample-frequency=16000")
     server.files["/vosk.zip"] = archive.getvalue()
-    server.files["/voice.onnx"] = b"onnx voice"
-    server.files["/voice.onnx.json"] = b'{"audio": {"sample_rate": 22050}}'
+    server.files["/voice.onnx"], server.files["/voice.onnx.json"] = piper_voice(tmp_path)
     config = tmp_path / "config.yaml"
     config.write_text(
         f"asr:\n  model: models/vosk-model-test\n  model_url: {url(server, '/vosk.zip')}\n"
@@ -852,3 +897,302 @@ def test_the_board_build_gets_the_rope_base_the_host_export_uses(tiny_hf: Path, 
     (tmp_path / "config.json").write_text(json.dumps(config))
     written = json.loads(write_model_config(tmp_path, tmp_path, "tiny").read_text())
     assert written["rope_theta_base"] == read_shape(tmp_path).rope_theta == 1e6
+
+
+def speech_config(server, tmp_path: Path, vosk_model: Path, acoustic_model: bytes = b"acoustic model") -> Path:
+    """A config naming a vosk model and a voice served by `server`."""
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("vosk-model-test/am/final.mdl", acoustic_model)
+        z.writestr("vosk-model-test/conf/model.conf", b"--sample-frequency=16000\n--frame-subsampling-factor=3\n")
+    server.files["/vosk.zip"] = archive.getvalue()
+    server.files["/voice.onnx"], server.files["/voice.onnx.json"] = piper_voice(tmp_path)
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        f"asr:\n  model: {vosk_model}\n  model_url: {url(server, '/vosk.zip')}\n"
+        f"tts:\n  voice: models/piper/test.onnx\n  voice_url: {url(server, '/voice.onnx')}\n"
+    )
+    return config
+
+
+def test_a_second_setup_while_the_first_fetches_the_speech_models_is_refused(
+    server, tiny_hf: Path, tmp_path: Path
+) -> None:
+    import time
+
+    acoustic_model = os.urandom(200_000)  # incompressible: half the archive is half the transfer
+    config = speech_config(server, tmp_path, tmp_path / "models/vosk-model-test", acoustic_model)
+    server.gates["/vosk.zip"] = gate = threading.Event()
+    args = ["-m", "assistant", "setup", "--config", str(config), "--model", str(tiny_hf), "--target", "host"]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)}
+    first = subprocess.Popen([sys.executable, *args], env=env, cwd=tmp_path, stderr=subprocess.PIPE, text=True)
+    try:
+        part = tmp_path / "models/vosk-model-test.zip.part"
+        deadline = time.monotonic() + 60
+        while not part.exists():  # the transfer has begun
+            assert time.monotonic() < deadline and first.poll() is None, first.communicate()[1]
+            time.sleep(0.05)
+        second = assistant(*args[2:], cwd=tmp_path)
+        assert second.returncode == 1
+        expected = f"error: another `assistant setup` is building in {tmp_path / 'models'}; wait for it to finish"
+        assert second.stderr.strip().splitlines()[-1] == expected
+    finally:
+        gate.set()
+        _, stderr = first.communicate(timeout=120)
+    assert first.returncode == 0, stderr
+    assert (tmp_path / "models/vosk-model-test/am/final.mdl").read_bytes() == acoustic_model
+
+
+def test_an_unfinished_hugging_face_download_without_the_internet_says_so(tiny_hf: Path, tmp_path: Path) -> None:
+    """An interrupted download (the big file still arriving) and then no internet: the cache holds
+    the small files and a part of the checkpoint, and Hugging Face's library hands it over as it is."""
+    from huggingface_hub._local_folder import get_local_download_paths
+
+    cache = tmp_path / "models/.cache/Qwen--Qwen2-0.5B-Instruct"
+    cache.mkdir(parents=True)
+    for name in ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(tiny_hf / name, cache / name)
+    incomplete = get_local_download_paths(cache, "model.safetensors").incomplete_path("0123abcd")
+    incomplete.write_bytes((tiny_hf / "model.safetensors").read_bytes()[:100_000])
+    offline = {**os.environ, "HF_ENDPOINT": "http://127.0.0.1:9"}  # nothing listens there
+    result = assistant("setup", "--target", "host", "--no-speech", cwd=tmp_path, env=offline)  # the default model
+    assert result.returncode == 1
+    error = one_error_line(result)
+    assert error.startswith(
+        f"error: the download of Qwen/Qwen2-0.5B-Instruct into {cache} is unfinished and Hugging Face cannot "
+        "be reached; run the same command again once online to finish it, or without the internet: "
+    ), error
+    assert incomplete.stat().st_size == 100_000  # kept, to be resumed
+
+
+def test_a_setup_killed_while_swapping_the_model_in_leaves_the_old_one_in_use(tiny_hf: Path, tmp_path: Path) -> None:
+    """kill -9 (a power cut, the OOM killer) between moving the old model aside and the new one in."""
+    checkpoint, out = tmp_path / "ck", tmp_path / "m"
+    shutil.copytree(tiny_hf, checkpoint)
+    assert host_setup(str(checkpoint), "--out", str(out)).returncode == 0
+    built = snapshot(out)
+    killed_at_the_swap = (
+        "import os, runpy, signal, sys\n"
+        "rename = os.rename\n"
+        "def dies_at_the_swap(src, dst, *args, **kwargs):\n"
+        "    if str(src).endswith('.m.partial'):\n"
+        "        os.kill(os.getpid(), signal.SIGKILL)\n"
+        "    return rename(src, dst, *args, **kwargs)\n"
+        "os.rename = dies_at_the_swap\n"
+        "sys.argv[0] = 'assistant'\n"
+        "runpy.run_module('assistant', run_name='__main__')\n"
+    )
+    args = ["setup", "--model", str(checkpoint), "--target", "host", "--no-speech", "--out", str(out), "--force"]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)}
+    killed = subprocess.run([sys.executable, "-c", killed_at_the_swap, *args], env=env, capture_output=True)
+    assert killed.returncode == -9, killed.stderr
+
+    (checkpoint / "config.json").write_text("{")  # and the next setup fails
+    assert assistant(*args).returncode != 0
+    assert snapshot(out) == built  # the model in use is still there
+    shutil.copy(tiny_hf / "config.json", checkpoint / "config.json")
+    assert assistant(*args).returncode == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck", "m"]
+
+
+def test_a_build_resumed_after_the_hugging_face_model_changed_starts_over(
+    tiny_hf: Path, tmp_path: Path, pulsar2_bin: Path
+) -> None:
+    """A failed board build, then a new revision of the model arriving in the download cache (here put
+    there by hand, Hugging Face being out of reach): no step of the old revision may go into the model."""
+    cache = tmp_path / "models/.cache/Qwen--Qwen2-0.5B-Instruct"
+    shutil.copytree(tiny_hf, cache)
+    env = {"PATH": f"{pulsar2_bin}:{os.environ['PATH']}", "HF_ENDPOINT": "http://127.0.0.1:9"}
+    args = ["setup", "--target", "ax630c", "--no-speech"]
+    assert assistant(*args, cwd=tmp_path, env={**env, "PULSAR2_FAIL": "1"}).returncode == 1
+
+    make_tiny_qwen2(tmp_path / "revision", seed=7)  # the same shapes, other weights
+    for name in ("model.safetensors", "config.json"):
+        shutil.copy(tmp_path / "revision" / name, cache / name)
+    resumed = assistant(*args, cwd=tmp_path, env=env)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "already done" not in resumed.stderr
+    built = tmp_path / "models/qwen2-0.5b-instruct" / EMBEDDINGS_FILE
+    expected = write_embeddings(Checkpoint(tmp_path / "revision"), tmp_path / "revision")
+    assert built.read_bytes() == expected.read_bytes()
+
+
+def test_a_destination_that_is_a_symlink_loop_is_one_line(tiny_hf: Path, tmp_path: Path) -> None:
+    (tmp_path / "a").symlink_to("b")
+    (tmp_path / "b").symlink_to("a")
+    result = host_setup(str(tiny_hf), "--out", str(tmp_path / "a"))
+    assert result.returncode == 1
+    assert one_error_line(result) == (
+        f"error: cannot build into {tmp_path / 'a'}: a symbolic link that leads back to itself; "
+        "fix the link, or choose another folder with --out DIR"
+    )
+
+
+def test_no_host_layers_for_the_host_target_is_refused_before_any_work(tiny_hf: Path, tmp_path: Path) -> None:
+    result = host_setup(str(tiny_hf), "--no-host", "--out", str(tmp_path / "m"))
+    assert result.returncode == 1
+    assert one_error_line(result) == (
+        "error: --no-host leaves --target host nothing to build: its layers are the ONNX layers for a PC; "
+        "drop --no-host, or build for a board with --target ax630c or ax650n"
+    )
+    assert sorted(tmp_path.iterdir()) == []
+
+
+def test_a_disk_that_fills_while_the_voice_is_cut_is_one_line_naming_it(
+    medium_voice: Path, tiny_hf: Path, tmp_path: Path
+) -> None:
+    archive = tmp_path / "vosk.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("vosk-model-test/am/final.mdl", "acoustic model")
+        z.writestr("vosk-model-test/conf/model.conf", "--sample-frequency=16000\n")
+    with small_disk(tmp_path / "disk", "size=80m") as disk:  # the voice fits, its three parts do not
+        config = tmp_path / "config.yaml"
+        config.write_text(
+            f"asr:\n  model: models/vosk-model-test\n  model_url: {archive.as_uri()}\n"
+            f"tts:\n  voice: {disk / 'voice.onnx'}\n  voice_url: {medium_voice.as_uri()}\n"
+        )
+        args = ["setup", "--config", str(config), "--model", str(tiny_hf), "--target", "host"]
+        result = assistant(*args)
+        assert result.returncode == 1
+        assert re.fullmatch(
+            rf"error: the disk is full \(\d+ MB free on {disk}\); free space and run the same command again",
+            one_error_line(result),
+        )
+        assert sorted(p.name for p in disk.iterdir()) == ["voice.onnx", "voice.onnx.json"]  # no part left
+
+
+def test_a_destination_in_another_users_folder_is_one_line_naming_the_owner(tiny_hf: Path, tmp_path: Path) -> None:
+    """Run as another user (nobody) with --out in root's folder: whose folder it is, and what to do."""
+    from assistant.setup.build import SetupOptions, build_model
+    from assistant.setup.download import write_problem
+    from tests.other_user import as_nobody
+
+    with tempfile.TemporaryDirectory() as made:  # in /tmp: reachable by the other user, unlike tmp_path
+        folder = Path(made)
+        folder.chmod(0o755)
+        checkpoint = shutil.copytree(tiny_hf, folder / "ck")
+        for file in checkpoint.iterdir():
+            file.chmod(0o644)
+        theirs = folder / "theirs"
+        theirs.mkdir()
+        out = theirs / "m"
+
+        def build() -> str:
+            try:
+                build_model(SetupOptions(model=str(checkpoint), target="host", out=out), folder)
+            except OSError as e:
+                return write_problem(e, out)
+            return "built"
+
+        message = as_nobody(build)
+    assert message == (
+        f"cannot write in {theirs}: it belongs to root, and user nobody may not write there; "
+        "choose a folder you can write to, or run as root"
+    )
+
+
+def test_a_pulsar2_image_docker_cannot_use_is_refused_before_any_work(tiny_hf: Path, tmp_path: Path) -> None:
+    """docker installed, but its daemon not running (as the docker client says it), or the image not loaded."""
+    folder = tmp_path / "bin"
+    folder.mkdir()
+    no_daemon = "Cannot connect to the Docker daemon at unix:///var/run/docker.sock. Is the docker daemon running?"
+    (folder / "docker").write_text(f"#!/bin/sh\necho '{no_daemon}' >&2\nexit 1\n")
+    (folder / "docker").chmod(0o755)
+    env = {**os.environ, "PATH": f"{folder}:{os.environ['PATH']}"}
+    args = ["--target", "ax630c", "--no-speech", "--pulsar2-image", "pulsar2:5.0", "--out", str(tmp_path / "m")]
+    result = assistant("setup", "--model", str(tiny_hf), *args, env=env)
+    assert result.returncode == 1
+    assert one_error_line(result) == (
+        f"error: --pulsar2-image pulsar2:5.0: docker cannot use it ({no_daemon}); start docker, or load the image "
+        "(`docker load -i ax_pulsar2_<version>.tar.gz`)"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bin"]
+
+
+def test_a_vosk_folder_that_holds_no_model_is_one_line_naming_the_fix(server, tiny_hf: Path, tmp_path: Path) -> None:
+    """A folder at asr.model that vosk cannot load (a copy cut short): `assistant doctor` sends the person to
+    setup, which must not then report success and leave it as it is."""
+    asr = tmp_path / "models/vosk-model-test"
+    (asr / "conf").mkdir(parents=True)
+    (asr / "conf/model.conf").write_text("--sample-frequency=16000\n")
+    config = speech_config(server, tmp_path, asr)
+    result = assistant("setup", "--config", str(config), "--model", str(tiny_hf), "--target", "host", cwd=tmp_path)
+    assert result.returncode == 1
+    assert one_error_line(result) == (
+        f"error: {asr} is not a vosk model folder (it lacks am/final.mdl); delete it and run the same command "
+        "again (check asr.model_url)"
+    )
+
+
+@pytest.mark.parametrize("broken", ["voice.onnx", "voice.onnx.json"])
+def test_a_voice_download_that_is_no_voice_is_one_line_before_the_model(
+    broken: str, tiny_hf: Path, tmp_path: Path
+) -> None:
+    """An error page, or another file, where the voice or its settings should be: `assistant run` could not
+    load it, so setup says so, naming the file and the fix, rather than reporting success."""
+    from tests.piper_voice import make_piper_voice
+
+    served = tmp_path / "served"
+    make_piper_voice(served, name="voice")
+    (served / broken).write_text("<html><body>Service unavailable</body></html>")
+    archive = served / "vosk.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("vosk-model-test/am/final.mdl", "acoustic model")
+        z.writestr("vosk-model-test/conf/model.conf", "--sample-frequency=16000\n")
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        f"asr:\n  model: models/vosk-model-test\n  model_url: {archive.as_uri()}\n"
+        f"tts:\n  voice: models/piper/voice.onnx\n  voice_url: {(served / 'voice.onnx').as_uri()}\n"
+    )
+    result = assistant("setup", "--config", str(config), "--model", str(tiny_hf), "--target", "host", cwd=tmp_path)
+    assert result.returncode == 1
+    name = tmp_path / "models/piper" / broken
+    what = "not an ONNX model" if broken == "voice.onnx" else "not a piper voice's settings"
+    assert re.fullmatch(
+        rf"error: {name}: {what} \(.*\); delete it and run the same command again \(check tts\.voice_url\)",
+        one_error_line(result),
+    ), result.stderr
+    assert not (tmp_path / f"models/{tiny_hf.name}").exists()
+
+
+def hub_cache(checkpoint: Path, cache: Path, repo: str = "Qwen/Qwen2-0.5B-Instruct") -> Path:
+    """`checkpoint` as huggingface-hub keeps a download in its cache (~/.cache/huggingface/hub): the files
+    under blobs/ by their hash, a snapshot of links to them named by the commit, refs/main naming it."""
+    folder, commit = cache / f"models--{repo.replace('/', '--')}", "0123456789abcdef0123456789abcdef01234567"
+    (folder / "blobs").mkdir(parents=True)
+    (folder / "refs").mkdir()
+    (folder / "refs/main").write_text(commit)
+    (folder / "snapshots" / commit).mkdir(parents=True)
+    for file in sorted(checkpoint.iterdir()):
+        blob = hashlib.sha256(file.read_bytes()).hexdigest()
+        shutil.copy(file, folder / "blobs" / blob)
+        (folder / "snapshots" / commit / file.name).symlink_to(f"../../blobs/{blob}")
+    return folder
+
+
+def test_a_model_in_the_hugging_face_cache_builds_without_the_internet(tiny_hf: Path, tmp_path: Path) -> None:
+    """Downloaded before (by transformers, `huggingface-cli download`): offline, the repo id or the cache's
+    folder builds it, named after the model."""
+    folder = hub_cache(tiny_hf, tmp_path / "hub")
+    offline = {**os.environ, "HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_CACHE": str(tmp_path / "hub")}
+    by_id = assistant("setup", "--target", "host", "--no-speech", cwd=tmp_path, env=offline)  # the default model
+    assert by_id.returncode == 0, by_id.stderr
+    assert (tmp_path / "models/qwen2-0.5b-instruct/manifest.yaml").is_file()
+
+    by_folder = host_setup(str(folder), "--out", str(tmp_path / "m"), cwd=tmp_path)
+    assert by_folder.returncode == 0, by_folder.stderr
+    snapshot_folder = host_setup(str(next((folder / "snapshots").iterdir())), cwd=tmp_path)
+    assert snapshot_folder.returncode == 0, snapshot_folder.stderr
+    assert [p.name for p in (tmp_path / "models").iterdir() if p.name != ".cache"] == ["qwen2-0.5b-instruct"]
+
+
+def test_a_config_named_but_missing_is_one_line_before_any_work(tiny_hf: Path, tmp_path: Path) -> None:
+    """A mistyped --config (or $ASSISTANT_CONFIG) must not build into another folder without the speech models."""
+    missing = tmp_path / "project/config.yml"
+    named = host_setup(str(tiny_hf), "--config", str(missing), cwd=tmp_path)
+    environment = {**os.environ, "ASSISTANT_CONFIG": str(missing)}
+    from_environment = host_setup(str(tiny_hf), cwd=tmp_path, env=environment)
+    for result in (named, from_environment):
+        assert result.returncode == 78
+        assert one_error_line(result) == f"error: {missing}: config file not found"
+    assert sorted(tmp_path.iterdir()) == []

@@ -42,11 +42,13 @@ from assistant.llm.manifest import (
     verify_files,
 )
 from assistant.setup.download import (
+    OFFLINE_HELP,
     Progress,
     SetupError,
     download,
     download_and_unzip,
     fetch_hf_model,
+    unfinished_download,
     write_atomic,
 )
 from assistant.setup.pulsar2 import (
@@ -105,6 +107,11 @@ def check_builder(opts: SetupOptions) -> list[int]:
         )
     kv_history = _kv_history(opts)  # a mistyped value is an error on any target, before the download
     if opts.target == "host":
+        if not opts.host:
+            raise SetupError(
+                "--no-host leaves --target host nothing to build: its layers are the ONNX layers for a PC; "
+                "drop --no-host, or build for a board with --target ax630c or ax650n"
+            )
         return []
     find_builder(opts.target, opts.pulsar2, opts.pulsar2_image)
     return kv_history
@@ -118,7 +125,7 @@ def checkpoint_folder(model: str) -> Path | None:
     """
     local = Path(model).expanduser()
     if local.is_dir():
-        return local.resolve()
+        return _hub_snapshot(local) or local.resolve()
     in_a_folder = len(local.parts) > 1 and local.parent.is_dir()
     if local.exists() or in_a_folder or model.startswith((".", "/", "~")) or model.strip("/").count("/") > 1:
         what = "not a folder" if local.exists() else "no such folder"
@@ -129,9 +136,21 @@ def checkpoint_folder(model: str) -> Path | None:
     return None
 
 
+def _hub_snapshot(folder: Path) -> Path | None:
+    """For a model's folder in huggingface-hub's cache (`models--org--name`, holding blobs/, refs/ and
+    snapshots/), the snapshot its refs/main names: the checkpoint folder."""
+    ref = folder / "refs" / "main"
+    if not ((folder / "snapshots").is_dir() and ref.is_file()):
+        return None
+    return (folder / "snapshots" / ref.read_text().strip()).resolve()
+
+
 def model_name(model: str) -> str:
-    """The model directory's name: a repo id's last part, or a folder's name (a hub cache's `org--name` too)."""
+    """The model directory's name: a repo id's last part, or a folder's name (a hub cache's `org--name` too,
+    for one of its snapshots: not the commit that names the snapshot)."""
     local = checkpoint_folder(model)
+    if local and local.parent.name == "snapshots":
+        local = local.parent.parent
     name = local.name if local else model.rstrip("/").split("/")[-1]
     return name.split("--")[-1].lower()
 
@@ -144,7 +163,13 @@ def destination(opts: SetupOptions, models_dir: Path) -> Path:
     """
     source = checkpoint_folder(opts.model) or (models_dir / ".cache").resolve()
     given = (opts.out or models_dir / model_name(opts.model)).expanduser()
-    dest = given.resolve()
+    try:
+        dest = given.resolve()
+    except (RuntimeError, OSError):  # a loop of links (RuntimeError before Python 3.13)
+        raise SetupError(
+            f"cannot build into {given}: a symbolic link that leads back to itself; "
+            "fix the link, or choose another folder with --out DIR"
+        ) from None
     why = None
     if dest == source:
         why = "it is the checkpoint folder the model is built from"
@@ -192,29 +217,39 @@ def build_model(opts: SetupOptions, models_dir: Path, force: bool = False) -> tu
     name = model_name(opts.model)
     dest = destination(opts, models_dir)
     with _building(dest):  # a second setup of the same model is refused, not raced
+        _finish_swap(dest)
         record = _record(opts, local)
         if not force and _up_to_date(dest, record):
             log.info("%s is up to date (built with the same options); --force rebuilds it", dest)
             return dest, []
         hf_dir = local or fetch_hf_model(opts.model, models_dir / ".cache")
-        shape = read_shape(hf_dir)  # unsupported model types fail here, before any work
+        try:
+            shape = read_shape(hf_dir)  # unsupported model types fail here, before any work
+            checkpoint = Checkpoint(hf_dir)
+            checkpoint.check(shape, hf_dir / "config.json")
+            eos_ids(hf_dir, shape.vocab_size)  # the manifest's, written last: checked first
+        except ModelError:
+            if local is None and unfinished_download(hf_dir):  # what was missing is still to come
+                raise SetupError(
+                    f"the download of {opts.model} into {hf_dir} is unfinished and Hugging Face cannot be reached; "
+                    f"run the same command again once online to finish it, or {OFFLINE_HELP}"
+                ) from None
+            raise
         if opts.kv_cache_len > shape.max_position_embeddings:
             raise SetupError(
                 f"--kv-cache-len {opts.kv_cache_len} is longer than the {shape.max_position_embeddings} positions "
                 f"the model was trained for (max_position_embeddings in {hf_dir / 'config.json'}); give at most that"
             )
-        checkpoint = Checkpoint(hf_dir)
-        checkpoint.check(shape, hf_dir / "config.json")
-        eos_ids(hf_dir, shape.vocab_size)  # the manifest's, written last: checked first
         work = dest.with_name(f".{dest.name}.partial")
         _check_disk(work.parent, sum(p.stat().st_size for p in hf_dir.glob("*.safetensors")))
-        _start_or_resume(work, record)
+        # The files built from, for a download too: a new revision of it must not resume the old one's steps.
+        _start_or_resume(work, {**record, "checkpoint": _checkpoint_files(hf_dir)})
 
         steps: list[tuple[str, object]] = [
             ("tokenizer", lambda: copy_tokenizer(hf_dir, work)),
             ("embeddings", lambda: write_embeddings(checkpoint, work, opts.keep_intermediate)),
         ]
-        if opts.host or opts.target == "host":
+        if opts.host:
             host_weights = "s4" if opts.weight_type == "s4" else "int8"
             steps.append(("onnxruntime", lambda: _host_export(hf_dir, work, shape.num_layers, host_weights)))
         if opts.target != "host":
@@ -231,19 +266,19 @@ def build_model(opts: SetupOptions, models_dir: Path, force: bool = False) -> tu
 
 
 @contextlib.contextmanager
-def _building(dest: Path) -> Iterator[None]:
-    """Hold the lock on building into `dest`'s folder: the folder's own, so that nothing is left
-    behind, released when the process ends however it ends."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    folder = os.open(dest.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        try:
-            fcntl.flock(folder, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise SetupError(f"another `assistant setup` is building in {dest.parent}; wait for it to finish") from None
+def _building(*paths: Path) -> Iterator[None]:
+    """Hold the lock on building each of `paths` (a model, a speech model): their folders' own
+    locks, so that nothing is left behind, released when the process ends however it ends."""
+    with contextlib.ExitStack() as held:
+        for parent in dict.fromkeys(path.parent.resolve() for path in paths):
+            parent.mkdir(parents=True, exist_ok=True)
+            folder = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            held.callback(os.close, folder)
+            try:
+                fcntl.flock(folder, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise SetupError(f"another `assistant setup` is building in {parent}; wait for it to finish") from None
         yield
-    finally:
-        os.close(folder)
 
 
 def _host_export(hf_dir: Path, work: Path, num_layers: int, weights: str) -> LayerFiles:
@@ -312,10 +347,12 @@ def _record(opts: SetupOptions, local: Path | None) -> dict:
     del record["out"]
     if local is not None:
         record["model"] = str(local)
-        record["checkpoint"] = {
-            p.name: [p.stat().st_size, p.stat().st_mtime_ns] for p in sorted(local.iterdir()) if p.is_file()
-        }
+        record["checkpoint"] = _checkpoint_files(local)
     return record
+
+
+def _checkpoint_files(folder: Path) -> dict[str, list[int]]:
+    return {p.name: [p.stat().st_size, p.stat().st_mtime_ns] for p in sorted(folder.iterdir()) if p.is_file()}
 
 
 def _up_to_date(dest: Path, record: dict) -> bool:
@@ -404,7 +441,7 @@ def _replace(dest: Path, work: Path) -> None:
     """Swap the finished build into place; the old model is removed only after the swap."""
     for marker in [*work.glob(".done-*"), work / ".options.json"]:
         marker.unlink()
-    old = dest.with_name(f".{dest.name}.old")
+    old = _moved_aside(dest)
     shutil.rmtree(old, ignore_errors=True)
     if dest.exists():
         dest.rename(old)
@@ -412,16 +449,36 @@ def _replace(dest: Path, work: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def _moved_aside(dest: Path) -> Path:
+    """Where the swap keeps the old model until the new one is in place."""
+    return dest.with_name(f".{dest.name}.old")
+
+
+def _finish_swap(dest: Path) -> None:
+    """After a setup killed during the swap: the old model back in place if the new one never arrived,
+    and removed if it did."""
+    old = _moved_aside(dest)
+    if not old.is_dir():
+        return
+    if dest.exists():
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        log.warning("%s: put back in place; an earlier setup was stopped while replacing it", dest)
+        old.rename(dest)
+
+
 def fetch_speech_models(settings: Settings, options: SetupOptions | None = None) -> list[Path]:
     """The vosk model and the piper voice named in the config, downloaded where the config expects them,
     then made ready to stream (assistant/setup/voice.py)."""
-    from assistant.setup.voice import prepare_speech
+    from assistant.setup.voice import check_vosk_model, prepare_speech
 
-    asr = download_and_unzip(settings.asr.model_url, settings.asr.model, settings.asr.model_sha256)
-    voice = download(settings.tts.voice_url, settings.tts.voice, settings.tts.voice_sha256)
-    voice_config = download(settings.tts.voice_url + ".json", Path(f"{settings.tts.voice}.json"))
     opts = options or SetupOptions(target="host")
-    return [asr, voice, voice_config, *prepare_speech(asr, voice, opts.target, opts.pulsar2, opts.pulsar2_image)]
+    with _building(settings.asr.model, settings.tts.voice):  # two setups would write the same partial downloads
+        asr = download_and_unzip(settings.asr.model_url, settings.asr.model, settings.asr.model_sha256)
+        check_vosk_model(asr)
+        voice = download(settings.tts.voice_url, settings.tts.voice, settings.tts.voice_sha256)
+        voice_config = download(settings.tts.voice_url + ".json", Path(f"{settings.tts.voice}.json"))
+        return [asr, voice, voice_config, *prepare_speech(asr, voice, opts.target, opts.pulsar2, opts.pulsar2_image)]
 
 
 def next_command(model_dir: Path, opts: SetupOptions, settings: Settings | None, speech: bool) -> str:

@@ -8,6 +8,7 @@ import hashlib
 import http.client
 import logging
 import os
+import pwd
 import shutil
 import sys
 import urllib.error
@@ -62,7 +63,22 @@ def write_problem(error: OSError, path: Path) -> str:
         return f"no such folder: {folder}; create it first, or choose another place"
     if error.errno == errno.EROFS:
         return f"cannot write in {folder}: a read-only file system; choose a folder you can write to"
+    existing = nearest_existing(folder)
+    # A folder it may not write in (not a file it may not read): whose it is.
+    if error.errno in (errno.EACCES, errno.EPERM) and existing and not os.access(existing, os.W_OK):
+        owner, user = _user_name(existing.stat().st_uid), _user_name(os.geteuid())
+        return (
+            f"cannot write in {existing}: it belongs to {owner}, and user {user} may not write there; "
+            f"choose a folder you can write to, or run as {owner}"
+        )
     return f"{path}: {error.strerror or error}"
+
+
+def _user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:  # a uid with no account here (a folder from another machine)
+        return f"uid {uid}"
 
 
 class Progress:
@@ -263,6 +279,9 @@ def fetch_hf_model(repo_id: str, cache_dir: Path) -> Path:
         snapshot_download(repo_id, local_dir=local, allow_patterns=patterns)
     except (errors.LocalEntryNotFoundError, errors.OfflineModeIsEnabled) as e:
         cause = e.__cause__ or e.__context__ or e
+        if cached := _hub_cache_snapshot(repo_id, patterns):  # downloaded before, by transformers or the hub's CLI
+            log.warning("cannot reach Hugging Face (%s); building %s from its cache: %s", cause, repo_id, cached)
+            return cached
         raise SetupError(f"cannot reach Hugging Face to download {repo_id} ({cause}); {OFFLINE_HELP}") from None
     except (errors.RepositoryNotFoundError, errors.RevisionNotFoundError, errors.GatedRepoError) as e:
         first = str(e).splitlines()[0]
@@ -281,3 +300,20 @@ def fetch_hf_model(repo_id: str, cache_dir: Path) -> Path:
     except Exception as e:  # anything else: repeating the command would not help
         raise SetupError(f"download of {repo_id} failed ({type(e).__name__}: {e})") from None
     return local
+
+
+def _hub_cache_snapshot(repo_id: str, patterns: list[str]) -> Path | None:
+    """The model as huggingface-hub's own cache holds it ($HF_HUB_CACHE, ~/.cache/huggingface/hub), if it does."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=patterns, local_files_only=True))
+    except Exception:  # not there, or incomplete: the download was the only way
+        return None
+
+
+def unfinished_download(local: Path) -> bool:
+    """Whether a Hugging Face download into `local` has files still arriving: its library keeps them
+    beside the folder's own download records until whole, and without the internet it hands the
+    folder over as it is."""
+    return any((local / ".cache" / "huggingface" / "download").rglob("*.incomplete"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import ctypes
 import errno
 import json
 import logging
@@ -19,6 +20,7 @@ from assistant.llm.manifest import LayerFiles
 from assistant.setup.download import SetupError, write_problem
 
 log = logging.getLogger(__name__)
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 CHIPS = {"ax630c": "AX620E", "ax650n": "AX650"}  # Pulsar2 names the AX630C's family AX620E
 GET_PULSAR2 = (
@@ -136,12 +138,31 @@ def find_builder(target: str, pulsar2: str | None = None, image: str | None = No
     if image:
         if not shutil.which("docker"):
             raise SetupError(f"--pulsar2-image needs docker, which is not installed; {GET_PULSAR2}")
+        _check_image(image)
         return "docker"
     executable = shutil.which(pulsar2) if pulsar2 else shutil.which("pulsar2")
     if not executable:
         where = f"--pulsar2 {pulsar2} is not an executable" if pulsar2 else "no pulsar2 found on PATH"
         raise SetupError(f"{where} for the {target} build; {GET_PULSAR2}; or build for a PC with --target host")
     return executable
+
+
+def _check_image(image: str) -> None:
+    """The image is loaded and the docker daemon answers: a daemon not running, a user outside the
+    docker group or an image never loaded show before the build, not after the export."""
+    try:
+        inspected = subprocess.run(
+            ["docker", "image", "inspect", "--format", "{{.Id}}", image], capture_output=True, text=True, timeout=60
+        )
+    except subprocess.TimeoutExpired:
+        raise SetupError(f"--pulsar2-image {image}: docker did not answer in a minute; check `docker info`") from None
+    if inspected.returncode != 0:
+        lines = [line.strip() for line in inspected.stderr.splitlines() if line.strip()]
+        why = lines[-1] if lines else f"exit status {inspected.returncode}"
+        raise SetupError(
+            f"--pulsar2-image {image}: docker cannot use it ({why}); start docker, or load the image "
+            "(`docker load -i ax_pulsar2_<version>.tar.gz`)"
+        )
 
 
 def run_pulsar2(command: list[str], work: Path) -> None:
@@ -151,7 +172,13 @@ def run_pulsar2(command: list[str], work: Path) -> None:
     try:
         # Its own process group: pulsar2's workers (--parallel) can then be ended with it.
         process = subprocess.Popen(
-            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1, start_new_session=True
+            command,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            bufsize=1,
+            start_new_session=True,
+            preexec_fn=_end_with(os.getpid()),
         )
     except OSError as e:
         raise SetupError(f"cannot run {command[0]}: {e.strerror}; {GET_PULSAR2}") from None
@@ -171,6 +198,19 @@ def run_pulsar2(command: list[str], work: Path) -> None:
         if any(os.strerror(errno.ENOSPC) in line for line in tail):  # a full disk, in its traceback's words
             raise SetupError(f"pulsar2 {step} stopped: {write_problem(OSError(errno.ENOSPC, 'full'), work)}")
         raise SetupError(f"pulsar2 {step} failed with exit status {process.returncode}; its last lines:\n  {last}")
+
+
+def _end_with(parent: int):
+    """For the child: SIGTERM when `parent` dies, even by kill -9 (which leaves it no time to end the
+    build), so that no build goes on writing where the next run builds (docker passes it on)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    def in_child() -> None:
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:  # it died before prctl
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return in_child
 
 
 def _stop(process: subprocess.Popen) -> None:

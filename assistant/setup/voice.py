@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from assistant.setup.download import SetupError
+from assistant.setup.download import SetupError, write_problem
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,25 @@ ENDPOINT_RULES = {
     "--endpoint.rule3.min-trailing-silence": "0.6",
     "--endpoint.rule4.min-trailing-silence": "1.0",
 }
+
+
+# A voice file that no piper could load: an error page saved in its place, another file.
+VOICE_FIX = "delete it and run the same command again (check tts.voice_url)"
+
+
+class NotAVoice(SetupError):
+    """The voice or its settings file is not one at all, rather than a voice that cannot be split."""
+
+
+def _voice_settings(voice: Path) -> dict:
+    path = Path(f"{voice}.json")
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as e:  # not JSON, or not text
+        raise NotAVoice(f"{path}: not a piper voice's settings ({e}); {VOICE_FIX}") from None
+    if not isinstance(config, dict):
+        raise NotAVoice(f"{path}: not a piper voice's settings (not a JSON object); {VOICE_FIX}")
+    return config
 
 
 @dataclass
@@ -195,7 +214,7 @@ def split_voice(voice: Path, chunk: int = CHUNK_FRAMES) -> StreamConfig:
     import onnx
     from onnx import TensorProto, helper
 
-    config = json.loads(Path(f"{voice}.json").read_text(encoding="utf-8"))
+    config = _voice_settings(voice)
     if int(config.get("num_speakers", 1)) > 1:
         # The flow and decoder of a multi-speaker voice also take the speaker's embedding (from "sid"):
         # not handled yet, so such a voice speaks whole sentences.
@@ -203,7 +222,7 @@ def split_voice(voice: Path, chunk: int = CHUNK_FRAMES) -> StreamConfig:
     try:
         model = onnx.load(str(voice))
     except Exception as e:  # protobuf's DecodeError and friends: a truncated or foreign file
-        raise SetupError(f"not an ONNX model ({e})") from None
+        raise NotAVoice(f"{voice}: not an ONNX model ({str(e).splitlines()[0]}); {VOICE_FIX}") from None
     cut, channels = decoder_input(model)
     z_p, mask = flow_input(model, cut)
     renames = {cut: "z", z_p: "z_p", mask: "mask"}
@@ -219,8 +238,15 @@ def split_voice(voice: Path, chunk: int = CHUNK_FRAMES) -> StreamConfig:
         "flow": ([frames("z_p", channels), frames("mask", 1)], [frames("z", channels)]),
         "decoder": ([frames("z", channels)], list(model.graph.output)),
     }
-    for part, (ins, outs) in parts.items():
-        onnx.save(_part(model, part, ins, outs, renames), voice.with_name(names[part]))
+    written = []
+    try:
+        for part, (ins, outs) in parts.items():
+            written.append(voice.with_name(names[part]))
+            onnx.save(_part(model, part, ins, outs, renames), written[-1])
+    except BaseException:  # a full disk or Ctrl-C: no part left to take the room
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise
     hop = int(config.get("audio", {}).get("hop_length", 256))
     z = np.random.default_rng(0).standard_normal((1, channels, 96)).astype(np.float32)
     flow_pad = receptive_field(voice.with_name(names["flow"]), {"z_p": z, "mask": np.ones((1, 1, 96), np.float32)})
@@ -315,6 +341,17 @@ def build_decoder_axmodel(
 # -- vosk endpointing ---------------------------------------------------------------------------------
 
 
+def check_vosk_model(folder: Path) -> None:
+    """The files without which vosk cannot load the model (its Model() looks for am/final.mdl):
+    a folder already there is never downloaded again, so one that lacks them is named with the fix."""
+    for name in ("am/final.mdl", "conf/model.conf"):
+        if not (folder / name).is_file():
+            raise SetupError(
+                f"{folder} is not a vosk model folder (it lacks {name}); delete it and run the same command again "
+                "(check asr.model_url)"
+            )
+
+
 def write_endpoint_rules(vosk_model: Path, rules: dict[str, str] = ENDPOINT_RULES) -> Path:
     """Set the endpoint rules in the model's conf/model.conf, which vosk reads when it loads the model."""
     path = vosk_model / "conf" / "model.conf"
@@ -352,6 +389,13 @@ def _prepared(voice: Path, target: str) -> StreamConfig | None:
 
 def prepare_speech(vosk_model: Path, voice: Path, target: str, pulsar2: str | None, image: str | None) -> list[Path]:
     """The setup step after the downloads: endpoint rules, the voice split, its decoder for the board."""
+    try:
+        return _prepare_speech(vosk_model, voice, target, pulsar2, image)
+    except OSError as e:  # its writes name no file: the voice's folder, not wherever setup builds the model
+        raise SetupError(write_problem(e, voice)) from None
+
+
+def _prepare_speech(vosk_model: Path, voice: Path, target: str, pulsar2: str | None, image: str | None) -> list[Path]:
     files = [write_endpoint_rules(vosk_model)]
     stream = _prepared(voice, target)
     if stream is not None:
@@ -359,6 +403,8 @@ def prepare_speech(vosk_model: Path, voice: Path, target: str, pulsar2: str | No
     else:
         try:
             stream = split_voice(voice)
+        except NotAVoice:  # `assistant run` could not load it either
+            raise
         except SetupError as e:
             log.warning("%s: %s; it will speak whole sentences", voice, e)
             return files
