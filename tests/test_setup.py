@@ -226,7 +226,10 @@ def test_interrupting_setup_ends_the_pulsar2_build_it_started(stop: str, tiny_hf
         _, stderr = process.communicate(timeout=30)
         assert process.returncode == 130, stderr
         pids = [int(leader.read_text()), int(worker.read_text())]
-        time.sleep(0.5)  # an orphan is reaped by init
+        # The build's workers were sent SIGTERM with it and end on their own time (a busy machine: seconds).
+        deadline = time.monotonic() + 10
+        while any(running(pid) for pid in pids) and time.monotonic() < deadline:
+            time.sleep(0.05)
         assert [pid for pid in pids if running(pid)] == []
     finally:
         for path in (leader, worker):

@@ -770,7 +770,7 @@ def test_doctor_names_a_wake_phrase_the_speech_model_cannot_hear(
     config.write_text(f"asr: {{model: {tmp_path / 'half-unpacked'}}}\ntts: {{voice: {test_voice}}}\n")
     found = next(f for f in diagnose(config) if f.what == "asr.model" and f.fix is not None)
     assert found.detail == f"{tmp_path / 'half-unpacked'} is not a vosk model folder", found
-    assert found.fix == "`assistant setup` installs one"
+    assert found.fix == "delete it and run `assistant setup`, which installs one"
 
 
 def test_characters_no_voice_can_say_are_left_out_and_the_rest_is_spoken(tmp_path: Path, test_voice: Path) -> None:

@@ -24,7 +24,7 @@ VAD_WINDOW = 512  # samples: Silero VAD's fixed window at 16 kHz (32 ms)
 MIN_SPEECH = 5 * VAD_WINDOW
 
 
-NOT_A_MODEL, SETUP_FIX = "is not a vosk model folder", "`assistant setup` installs one"
+NOT_A_MODEL, SETUP_FIX = "is not a vosk model folder", "delete it and run `assistant setup`, which installs one"
 
 
 def load_model(path, key: str):
