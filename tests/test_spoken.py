@@ -209,3 +209,13 @@ def test_the_clock_skill_and_a_model_are_heard_saying_one_time_alike(hour: int, 
     assert speakable(f"现在是{clock(hour, minute, 'zh')}。", "zh") == speakable(
         f"现在是{hour:02d}:{minute:02d}。", "zh"
     )
+
+
+def test_words_in_a_script_the_voice_does_not_read_are_left_out() -> None:
+    """espeak spells them ("hebrew shin hebrew lamed…"); a voice keeps Latin letters and its own script's."""
+    said = speakable("Shalom, שלום; Moscow, Москва; Café in Việt Nam.", "en")
+    assert said.split() == ["Shalom,", ";", "Moscow,", ";", "Café", "in", "Việt", "Nam."]
+    assert speakable("Москва and Moscow, 北京", "ru").split() == ["Москва", "and", "Moscow,"]
+    assert speakable("서울 and Seoul, 北京", "ko").split() == ["서울", "and", "Seoul,"]
+    assert speakable("北京 and Beijing, Москва", "zh").split() == ["北京", "and", "Beijing,"]
+    assert speakable("თბილისი, 北京", "ka").split() == ["თბილისი,"]  # a script not known here is kept

@@ -801,6 +801,7 @@ def test_characters_no_voice_can_say_are_left_out_and_the_rest_is_spoken(tmp_pat
         ("See https://www.example.com/a?b=c_d#e. Or http://192.168.1.10/x", "See example.com. Or 192.168.1.10"),
         ("About ~5 minutes, #1 on the list.", "About 5 minutes, #1 on the list."),
         ("好的, the light is on 灯已经打开了。", "the light is on"),  # a voice that does not speak Chinese
+        ("Hello is שָׁלוֹם in Hebrew, привет in Russian and สวัสดี in Thai.", "Hello is in Hebrew, in Russian and in Thai."),
     ],
 )
 def test_written_marks_are_not_read_out(test_voice: Path, written: str, read: str) -> None:

@@ -66,6 +66,31 @@ _MARKS = re.compile(
     re.M,
 )
 _HAN_KANA_CHARACTER = re.compile(f"[{_HAN_KANA}]")
+# The letters a voice of a language reads as words, besides Latin ones (which espeak's voices all read).
+# A letter of another script is read letter by letter ("hebrew shin hebrew lamed", "Chinese letter"),
+# so a word in it is left out, as a person who cannot read it would skip it.
+_LATIN = "A-Za-z\u00aa\u00b5\u00ba\u00c0-\u024f\u0300-\u036f\u1e00-\u1eff"
+_SCRIPT_OF = {
+    **dict.fromkeys(("ru", "uk", "be", "bg", "sr", "mk", "kk", "ky", "tt", "ba", "mn"), "\u0400-\u052f"),
+    **dict.fromkeys(("ar", "fa", "ur", "ps"), "\u0600-\u06ff\u0750-\u077f\u08a0-\u08ff\ufb50-\ufeff"),
+    **dict.fromkeys(("zh", "ja"), _HAN_KANA),
+    "el": "\u0370-\u03ff\u1f00-\u1fff", "he": "\u0590-\u05ff", "hi": "\u0900-\u097f", "ne": "\u0900-\u097f",
+    "th": "\u0e00-\u0e7f", "ko": "\u1100-\u11ff\u3130-\u318f\uac00-\ud7af",
+}  # fmt: skip
+_LATIN_ONLY = ("ca", "cs", "cy", "da", "de", "en", "eo", "es", "et", "eu", "fi", "fr", "ga", "gl", "hr", "hu", "id",
+               "is", "it", "lb", "lt", "lv", "ms", "nb", "nl", "no", "pl", "pt", "ro", "sk", "sl", "sq", "sv", "sw",
+               "tr", "vi")  # fmt: skip
+
+
+def _other_scripts(language: str) -> re.Pattern:
+    """Letters neither Latin nor of `language`'s script, with the vowel signs and points of the scripts
+    known here (not letters to Python's \\w: สวัสดี would leave its ั and ี)."""
+    own = _SCRIPT_OF.get(language, "")
+    others = "".join(sorted({script for script in _SCRIPT_OF.values() if script != own}))
+    return re.compile(f"(?:[^\\W\\d_{_LATIN}{own}]|[{others}])+")
+
+
+_OTHER_SCRIPTS = {language: _other_scripts(language) for language in [*_SCRIPT_OF, *_LATIN_ONLY]}
 # A web address is read as its host ("example.com"), not as "h t t p s colon slash slash ...", and
 # the punctuation after it still ends its sentence.
 _ADDRESS = re.compile(r"\bhttps?://(?:www\.)?([^\s/?#]+)\S*?(?=[.,;:!?)]*(?:\s|$))")
@@ -312,10 +337,12 @@ class SentenceSplitter:
 
 def speakable(text: str, language: str) -> str:
     """`text` as a voice of `language` should read it: without the marks above, units and signs beside a
-    number in words, and without Chinese or Japanese characters unless it speaks them (espeak says
-    "Chinese letter" for each)."""
+    number in words, and without words in a script it does not read (espeak says "Chinese letter" for
+    each character, "hebrew shin" for each letter)."""
     text = _numbers_in_words(_MARKS.sub(" ", _ADDRESS.sub(r"\1", _UNSPEAKABLE.sub("", text))), language)
-    return text if language in ("zh", "ja") else _HAN_KANA_CHARACTER.sub(" ", text)
+    if other_scripts := _OTHER_SCRIPTS.get(language):
+        return other_scripts.sub(" ", text)
+    return _HAN_KANA_CHARACTER.sub(" ", text)  # a language whose script is not known here: all but these
 
 
 def _numbers_in_words(text: str, language: str) -> str:
