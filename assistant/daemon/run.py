@@ -12,6 +12,7 @@ exits 0 within a few seconds.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import enum
 import itertools
 import logging
@@ -316,6 +317,7 @@ class Daemon:
         except Exception as e:
             log.error("reload failed, keeping the running configuration: %s", _describe(e))
         finally:
+            _give_back_memory()
             if not self.stop_requested:
                 self.enter(State.READY)
             self._wake()  # a reload asked for meanwhile starts now, not at the main loop's next beat
@@ -519,6 +521,18 @@ class Daemon:
             intents = self.manager.intents
             self._heard = (text, bool(intents and intents.match(text)))
         return self._heard[1]
+
+
+def _give_back_memory() -> None:
+    """Return the memory a reload freed to the system.
+
+    A reload runs on threads of its own (the reload, each skill file's import), and glibc gives each
+    thread an arena of its own that keeps what was freed in it: without this, every reload left the
+    daemon a little larger, some 15 MB over the first hundred.
+    """
+    trim = getattr(ctypes.CDLL(None), "malloc_trim", None)  # glibc's; other C libraries have none
+    if trim is not None:
+        trim(0)
 
 
 def _describe(error: Exception) -> str:
