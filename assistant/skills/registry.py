@@ -225,14 +225,37 @@ class Registry:
                 log.error("background task %s %s: %s", spec.name, late, fix)
                 previous.join()
         delay = BACKOFF_SECONDS[0]
+        # A task that fails for hours (a sensor unplugged) is logged when it fails, and when it has run
+        # well again for a while; each restart in between only at debug level: not a line a minute.
+        failing, failures = None, 0  # why it last failed, and how often since it last ran well
         while not stop.is_set():
             started = time.monotonic()
+            recovered = None
+            if failing is not None:
+                running = f"background task {spec.name} is running again, after {failures} failures"
+                recovered = threading.Timer(BACKOFF_SECONDS[1], log.info, ("%s", running))
+                recovered.daemon = True
+                recovered.start()
             try:
                 spec.func(self.context, stop)
             except BaseException as e:  # sys.exit() in a task would end its thread silently
-                log.error("background task %s failed (%s); restarting in %g s", spec.name, _reason(e), delay)
+                error = e
+            else:
+                error = None
+            if recovered is not None:
+                recovered.cancel()
             if time.monotonic() - started > BACKOFF_SECONDS[1]:
                 delay = BACKOFF_SECONDS[0]  # it ran well for a while: start the backoff again
+                failing, failures = None, 0
+            if error is not None:
+                reason, failures = _reason(error), failures + 1
+                if reason != failing:  # the first failure, or another one than before
+                    log.error("background task %s failed (%s); restarting it with backoff, up to every %g s",
+                              spec.name, reason, BACKOFF_SECONDS[1],
+                              exc_info=None if isinstance(error, SkillError) else error)  # fmt: skip
+                else:
+                    log.debug("background task %s failed again (%s); restarting in %g s", spec.name, reason, delay)
+                failing = reason
             if stop.wait(delay):
                 return
             delay = min(delay * 2, BACKOFF_SECONDS[1])
