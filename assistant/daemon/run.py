@@ -172,11 +172,18 @@ class Daemon:
                  time.monotonic() - self.load_started, self.engine.manifest.name, self.engine.model_dir,
                  self.engine.sessions.backend, self.config_path, self.socket_path)  # fmt: skip
         interval = min(watchdog_interval() or 5.0, 5.0)
+        # Said once, and once when it passes: without systemd's watchdog nothing ends an unhealthy
+        # daemon, and a line at every beat would fill the journal.
+        unhealthy = None
         while not self.stop_requested:
-            if problem := self.problem():
-                log.error("unhealthy, not telling the watchdog: %s", problem)
-            else:
+            problem = self.problem()
+            if problem is None:
                 notify("WATCHDOG=1")
+                if unhealthy is not None:
+                    log.info("healthy again (it was: %s); telling the watchdog again", unhealthy)
+            elif problem != unhealthy:
+                log.error("unhealthy, not telling the watchdog: %s", problem)
+            unhealthy = problem
             if self.reload_requested and not (self.reloader and self.reloader.is_alive()):
                 self.reload_requested = False
                 self.reloader = threading.Thread(target=self.reload, name="reload", daemon=True)
