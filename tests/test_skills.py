@@ -736,7 +736,7 @@ def test_loading_the_skills_again_keeps_no_copy_of_the_modules_loaded_before() -
 
     def copies() -> int:
         gc.collect()
-        return sum(isinstance(o, types.FunctionType) and o.__name__ == "switch_device" for o in gc.get_objects())
+        return sum(type(o) is types.FunctionType and o.__name__ == "switch_device" for o in gc.get_objects())
 
     load_registry(Settings(), [])
     before = copies()
