@@ -184,6 +184,34 @@ def test_a_module_that_exits_or_hangs_at_import_is_skipped(tmp_path: Path, monke
     ]
 
 
+def test_a_module_that_hangs_at_import_is_not_imported_again_while_it_hangs(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(registry_module, "IMPORT_SECONDS", 0.3)
+    answered = tmp_path / "answered"
+    folder = tmp_path / "skills"
+    folder.mkdir()
+    waits = write(
+        folder, "waits.py", f"import os, time\n\nwhile not os.path.exists({str(answered)!r}):\n    time.sleep(0.05)\n"
+    )
+
+    def stuck() -> int:
+        return sum(t.name == "import-waits" and t.is_alive() for t in threading.enumerate())
+
+    try:
+        for _ in range(5):  # five reloads while the device it waits for is away
+            registry = Registry()
+            registry.load_folder(folder)
+            assert len(registry.problems) == 1 and registry.problems[0].startswith(f"{waits}:4: still importing")
+        assert stuck() == 1
+    finally:
+        answered.touch()
+    deadline = time.monotonic() + 5
+    while stuck() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    registry = Registry()
+    registry.load_folder(folder)  # the device answers now: imported afresh
+    assert registry.problems == [] and stuck() == 0
+
+
 def test_results_that_cannot_be_spoken_or_sent_are_errors_of_the_call(tmp_path: Path, caplog) -> None:
     path = write(
         tmp_path,

@@ -70,6 +70,8 @@ _loaded_before: dict[Path | str, Any] = {}
 # the new copy of a task once the old one has ended: a task that ignores its stop event would
 # otherwise run on beside each new copy (a sensor polled twice, then three times).
 _tasks: dict[str, threading.Thread] = {}
+# The import of each skill file or entry point that was still waiting when it was given up on.
+_importing: dict[Path | str, threading.Thread] = {}
 
 
 @dataclass
@@ -132,8 +134,7 @@ class Registry:
             for name in [m for m in sys.modules if m == entry.module or m.startswith(entry.module + ".")]:
                 del sys.modules[name]
             before = _loaded_before.get(source)
-            thread, outcome = _start(f"import-{entry.name}", entry.load)
-            thread.join(IMPORT_SECONDS)
+            thread, outcome = _import_in_thread(source, f"import-{entry.name}", entry.load)
             loaded, problem = None, None
             if not outcome:
                 problem = f"still importing after {IMPORT_SECONDS:g} s ({WAITS_AT_IMPORT})"
@@ -315,8 +316,7 @@ class Registry:
         sys.modules[name] = module
         # In a thread: a module that waits at import (a device, the network) or calls sys.exit()
         # must not hold up or end the assistant's start.
-        thread, outcome = _start(f"import-{path.stem}", lambda: spec.loader.exec_module(module))
-        thread.join(IMPORT_SECONDS)
+        thread, outcome = _import_in_thread(path, f"import-{path.stem}", lambda: spec.loader.exec_module(module))
         if not outcome:
             frame = sys._current_frames().get(thread.ident)
             line = _line_in(path, traceback.extract_stack(frame) if frame else [])
@@ -473,6 +473,24 @@ def _start(name: str, func: Callable[[], Any]) -> tuple[threading.Thread, list]:
 
     thread = threading.Thread(target=run, name=name, daemon=True)
     thread.start()
+    return thread, outcome
+
+
+def _import_in_thread(key: Path | str, name: str, load: Callable[[], Any]) -> tuple[threading.Thread, list]:
+    """`_start(name, load)` waited for up to IMPORT_SECONDS; an empty outcome if it is still importing.
+
+    An import still waiting since an earlier load (a device that never answers) is not started
+    again: each reload would leave one more thread stuck in it.
+    """
+    earlier = _importing.get(key)
+    if earlier is not None and earlier.is_alive():
+        return earlier, []
+    thread, outcome = _start(name, load)
+    thread.join(IMPORT_SECONDS)
+    if outcome:
+        _importing.pop(key, None)
+    else:
+        _importing[key] = thread
     return thread, outcome
 
 
