@@ -14,6 +14,7 @@ import pytest
 
 from tests import test_daemon
 from tests.test_daemon import (
+    NAP_SKILL,
     Daemon,
     Notifications,
     chatty_config,
@@ -119,3 +120,12 @@ def test_50_reloads_leave_no_thread_open_file_or_memory_behind(running) -> None:
     # Each reload used to leave its skill modules and its threads' freed memory behind: 20 MB more here.
     assert mb1 - mb0 < 6, (mb0, mb1)
     assert daemon.log_text().count("reloaded ") == 55
+
+
+def test_a_skill_call_left_running_before_a_reload_is_not_started_again_after_it(running) -> None:
+    config, control, daemon = running
+    (config.parent / "extra_skills" / "sleepy.py").write_text(NAP_SKILL)
+    reload(daemon)
+    assert spoken(turn(control, "take a nap")) == "Sorry, nap took longer than 0.3 seconds."
+    reload(daemon)
+    assert spoken(turn(control, "take a nap")) == "Sorry, nap is still busy with the last request."

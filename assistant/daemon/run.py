@@ -314,6 +314,9 @@ class Daemon:
                         log.warning("%s changed: it takes effect when the service restarts", key)
                 # The engine is shared: the new prompt is prefilled only between turns.
                 manager = self._manager(settings, registry)
+                # A call still running past its timeout is the new skills' too: asked again, the skill
+                # is busy, not started a second time (a door given two commands, one more thread stuck).
+                registry.left_running.update(self.registry.left_running)
                 self.settings, self.registry, self.manager = settings, registry, manager
                 self._stop_background()  # before the new ones: a timer is never rung by both clocks
                 self.background_stop = threading.Event()
