@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -736,6 +737,33 @@ def test_the_watchdog_is_fed_only_while_the_daemon_is_healthy(setup) -> None:
     finally:
         daemon.pending.put(None)
         daemon.control.close()
+
+
+def test_an_unhealthy_daemon_says_so_once_and_once_more_when_it_is_healthy_again(setup, monkeypatch, caplog) -> None:
+    from assistant.daemon.run import Daemon as Assistant
+
+    config, control, notify = setup
+    monkeypatch.setenv("WATCHDOG_USEC", "100000")  # a beat every 50 ms
+    daemon = Assistant(config, load_settings(config), text_only=True)
+    stopped = threading.Thread(target=lambda: None)
+    stopped.start()
+    stopped.join()
+    daemon.voice_thread = stopped  # the microphone's thread has ended
+    with caplog.at_level(logging.INFO, logger="assistant.daemon"):
+        main = threading.Thread(target=daemon.run)
+        main.start()
+        try:
+            time.sleep(1)  # 20 beats
+            daemon.voice_thread = None
+            time.sleep(0.5)
+        finally:
+            daemon.request_stop()
+            main.join(10)
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith(("unhealthy", "healthy"))]
+    assert said == [
+        "unhealthy, not telling the watchdog: the voice thread has stopped",
+        "healthy again (it was: the voice thread has stopped); telling the watchdog again",
+    ]
 
 
 def test_voice_turns_and_voice_events_reach_every_client(setup) -> None:

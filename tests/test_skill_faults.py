@@ -7,6 +7,7 @@ connections and then never acknowledges a command (what a broker stuck on a full
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -71,6 +72,45 @@ def test_a_background_task_that_fails_is_restarted_with_backoff(tmp_path: Path) 
     run_background(flaky, tmp_path, runs, wanted=3, seconds=10)
     assert len(runs) == 3
     assert 0.9 < runs[1] - runs[0] < 1.8 and 1.9 < runs[2] - runs[1] < 3.0  # 1 s, then 2 s
+
+
+def test_a_background_task_failing_for_hours_is_logged_once_and_once_more_when_it_runs_again(
+    tmp_path: Path, monkeypatch, caplog
+) -> None:
+    monkeypatch.setattr(registry_module, "BACKOFF_SECONDS", (0.02, 0.3))  # an hour of restarts in seconds
+    runs: list[float] = []
+    unplugged = threading.Event()
+    unplugged.set()
+
+    @background
+    def sensor(context: SkillContext, stop: threading.Event) -> None:
+        runs.append(time.monotonic())
+        if unplugged.is_set():
+            raise OSError("the sensor is unplugged")
+        stop.wait()
+
+    with caplog.at_level(logging.DEBUG, logger="assistant.skills.registry"):
+        registry = Registry(context=SkillContext(state_dir=tmp_path))
+        registry.background.append(sensor.__assistant_background__)
+        stop = threading.Event()
+        registry.start_background(stop)
+        try:
+            deadline = time.monotonic() + 10
+            while len(runs) < 12 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            unplugged.clear()  # plugged back in: the next restart runs well
+            time.sleep(1.5)
+            errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+            infos = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+            assert len(runs) >= 12
+            assert [r.getMessage() for r in errors] == [
+                "background task sensor failed (OSError: the sensor is unplugged); restarting it with backoff, "
+                "up to every 0.3 s"
+            ]
+            assert errors[0].exc_info is not None  # the traceback says where
+            assert infos == [f"background task sensor is running again, after {len(runs) - 1} failures"]
+        finally:
+            stop.set()
 
 
 def test_a_skill_that_cannot_be_described_is_skipped_not_fatal(tmp_path: Path) -> None:
@@ -142,6 +182,34 @@ def test_a_module_that_exits_or_hangs_at_import_is_skipped(tmp_path: Path, monke
         f"{hangs}:3: still importing after 0.5 s (does it wait for a device or the network? do that when the "
         "skill runs, not at import); skipped",
     ]
+
+
+def test_a_module_that_hangs_at_import_is_not_imported_again_while_it_hangs(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(registry_module, "IMPORT_SECONDS", 0.3)
+    answered = tmp_path / "answered"
+    folder = tmp_path / "skills"
+    folder.mkdir()
+    waits = write(
+        folder, "waits.py", f"import os, time\n\nwhile not os.path.exists({str(answered)!r}):\n    time.sleep(0.05)\n"
+    )
+
+    def stuck() -> int:
+        return sum(t.name == "import-waits" and t.is_alive() for t in threading.enumerate())
+
+    try:
+        for _ in range(5):  # five reloads while the device it waits for is away
+            registry = Registry()
+            registry.load_folder(folder)
+            assert len(registry.problems) == 1 and registry.problems[0].startswith(f"{waits}:4: still importing")
+        assert stuck() == 1
+    finally:
+        answered.touch()
+    deadline = time.monotonic() + 5
+    while stuck() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    registry = Registry()
+    registry.load_folder(folder)  # the device answers now: imported afresh
+    assert registry.problems == [] and stuck() == 0
 
 
 def test_results_that_cannot_be_spoken_or_sent_are_errors_of_the_call(tmp_path: Path, caplog) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import gc
 import math
 import os
 import re
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import types
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -726,3 +728,18 @@ def test_a_number_out_of_a_skills_range_is_said_as_the_range(tmp_path: Path) -> 
     assert registry.call("set_timer", {"minutes": -5}).text == "抱歉，这个数要在0到1440之间。"
     assert registry.call("list_timers", {}).text == "没有设置计时器或闹钟。"  # none was set
     assert registry.call("set_timer", {"hours": "two"}).error.startswith("invalid arguments for set_timer")
+
+
+def test_loading_the_skills_again_keeps_no_copy_of_the_modules_loaded_before() -> None:
+    """A reload loads every skill file afresh; the copy before must go (the smart home skills' Choices
+    lived on in typing's caches, and each held its whole module)."""
+
+    def copies() -> int:
+        gc.collect()
+        return sum(type(o) is types.FunctionType and o.__name__ == "switch_device" for o in gc.get_objects())
+
+    load_registry(Settings(), [])
+    before = copies()
+    for _ in range(10):
+        load_registry(Settings(), [])
+    assert copies() == before == 1

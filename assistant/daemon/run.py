@@ -12,6 +12,7 @@ exits 0 within a few seconds.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import enum
 import itertools
 import logging
@@ -171,11 +172,18 @@ class Daemon:
                  time.monotonic() - self.load_started, self.engine.manifest.name, self.engine.model_dir,
                  self.engine.sessions.backend, self.config_path, self.socket_path)  # fmt: skip
         interval = min(watchdog_interval() or 5.0, 5.0)
+        # Said once, and once when it passes: without systemd's watchdog nothing ends an unhealthy
+        # daemon, and a line at every beat would fill the journal.
+        unhealthy = None
         while not self.stop_requested:
-            if problem := self.problem():
-                log.error("unhealthy, not telling the watchdog: %s", problem)
-            else:
+            problem = self.problem()
+            if problem is None:
                 notify("WATCHDOG=1")
+                if unhealthy is not None:
+                    log.info("healthy again (it was: %s); telling the watchdog again", unhealthy)
+            elif problem != unhealthy:
+                log.error("unhealthy, not telling the watchdog: %s", problem)
+            unhealthy = problem
             if self.reload_requested and not (self.reloader and self.reloader.is_alive()):
                 self.reload_requested = False
                 self.reloader = threading.Thread(target=self.reload, name="reload", daemon=True)
@@ -306,6 +314,9 @@ class Daemon:
                         log.warning("%s changed: it takes effect when the service restarts", key)
                 # The engine is shared: the new prompt is prefilled only between turns.
                 manager = self._manager(settings, registry)
+                # A call still running past its timeout is the new skills' too: asked again, the skill
+                # is busy, not started a second time (a door given two commands, one more thread stuck).
+                registry.left_running.update(self.registry.left_running)
                 self.settings, self.registry, self.manager = settings, registry, manager
                 self._stop_background()  # before the new ones: a timer is never rung by both clocks
                 self.background_stop = threading.Event()
@@ -316,6 +327,7 @@ class Daemon:
         except Exception as e:
             log.error("reload failed, keeping the running configuration: %s", _describe(e))
         finally:
+            _give_back_memory()
             if not self.stop_requested:
                 self.enter(State.READY)
             self._wake()  # a reload asked for meanwhile starts now, not at the main loop's next beat
@@ -519,6 +531,18 @@ class Daemon:
             intents = self.manager.intents
             self._heard = (text, bool(intents and intents.match(text)))
         return self._heard[1]
+
+
+def _give_back_memory() -> None:
+    """Return the memory a reload freed to the system.
+
+    A reload runs on threads of its own (the reload, each skill file's import), and glibc gives each
+    thread an arena of its own that keeps what was freed in it: without this, every reload left the
+    daemon a little larger, some 15 MB over the first hundred.
+    """
+    trim = getattr(ctypes.CDLL(None), "malloc_trim", None)  # glibc's; other C libraries have none
+    if trim is not None:
+        trim(0)
 
 
 def _describe(error: Exception) -> str:

@@ -21,6 +21,7 @@ import sys
 import threading
 import time
 import traceback
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,6 +70,8 @@ _loaded_before: dict[Path | str, Any] = {}
 # the new copy of a task once the old one has ended: a task that ignores its stop event would
 # otherwise run on beside each new copy (a sensor polled twice, then three times).
 _tasks: dict[str, threading.Thread] = {}
+# The import of each skill file or entry point that was still waiting when it was given up on.
+_importing: dict[Path | str, threading.Thread] = {}
 
 
 @dataclass
@@ -131,8 +134,7 @@ class Registry:
             for name in [m for m in sys.modules if m == entry.module or m.startswith(entry.module + ".")]:
                 del sys.modules[name]
             before = _loaded_before.get(source)
-            thread, outcome = _start(f"import-{entry.name}", entry.load)
-            thread.join(IMPORT_SECONDS)
+            thread, outcome = _import_in_thread(source, f"import-{entry.name}", entry.load)
             loaded, problem = None, None
             if not outcome:
                 problem = f"still importing after {IMPORT_SECONDS:g} s ({WAITS_AT_IMPORT})"
@@ -224,14 +226,37 @@ class Registry:
                 log.error("background task %s %s: %s", spec.name, late, fix)
                 previous.join()
         delay = BACKOFF_SECONDS[0]
+        # A task that fails for hours (a sensor unplugged) is logged when it fails, and when it has run
+        # well again for a while; each restart in between only at debug level: not a line a minute.
+        failing, failures = None, 0  # why it last failed, and how often since it last ran well
         while not stop.is_set():
             started = time.monotonic()
+            recovered = None
+            if failing is not None:
+                running = f"background task {spec.name} is running again, after {failures} failures"
+                recovered = threading.Timer(BACKOFF_SECONDS[1], log.info, ("%s", running))
+                recovered.daemon = True
+                recovered.start()
             try:
                 spec.func(self.context, stop)
             except BaseException as e:  # sys.exit() in a task would end its thread silently
-                log.error("background task %s failed (%s); restarting in %g s", spec.name, _reason(e), delay)
+                error = e
+            else:
+                error = None
+            if recovered is not None:
+                recovered.cancel()
             if time.monotonic() - started > BACKOFF_SECONDS[1]:
                 delay = BACKOFF_SECONDS[0]  # it ran well for a while: start the backoff again
+                failing, failures = None, 0
+            if error is not None:
+                reason, failures = _reason(error), failures + 1
+                if reason != failing:  # the first failure, or another one than before
+                    log.error("background task %s failed (%s); restarting it with backoff, up to every %g s",
+                              spec.name, reason, BACKOFF_SECONDS[1],
+                              exc_info=None if isinstance(error, SkillError) else error)  # fmt: skip
+                else:
+                    log.debug("background task %s failed again (%s); restarting in %g s", spec.name, reason, delay)
+                failing = reason
             if stop.wait(delay):
                 return
             delay = min(delay * 2, BACKOFF_SECONDS[1])
@@ -291,8 +316,7 @@ class Registry:
         sys.modules[name] = module
         # In a thread: a module that waits at import (a device, the network) or calls sys.exit()
         # must not hold up or end the assistant's start.
-        thread, outcome = _start(f"import-{path.stem}", lambda: spec.loader.exec_module(module))
-        thread.join(IMPORT_SECONDS)
+        thread, outcome = _import_in_thread(path, f"import-{path.stem}", lambda: spec.loader.exec_module(module))
         if not outcome:
             frame = sys._current_frames().get(thread.ident)
             line = _line_in(path, traceback.extract_stack(frame) if frame else [])
@@ -452,6 +476,24 @@ def _start(name: str, func: Callable[[], Any]) -> tuple[threading.Thread, list]:
     return thread, outcome
 
 
+def _import_in_thread(key: Path | str, name: str, load: Callable[[], Any]) -> tuple[threading.Thread, list]:
+    """`_start(name, load)` waited for up to IMPORT_SECONDS; an empty outcome if it is still importing.
+
+    An import still waiting since an earlier load (a device that never answers) is not started
+    again: each reload would leave one more thread stuck in it.
+    """
+    earlier = _importing.get(key)
+    if earlier is not None and earlier.is_alive():
+        return earlier, []
+    thread, outcome = _start(name, load)
+    thread.join(IMPORT_SECONDS)
+    if outcome:
+        _importing.pop(key, None)
+    else:
+        _importing[key] = thread
+    return thread, outcome
+
+
 def check_satisfiable(found: Skill) -> None:
     """Raise SkillError when no arguments satisfy the skill's schema (an int Range(1.2, 1.8), Choices
     that give numbers): the constraint compiles all tools into one grammar, which such a schema
@@ -555,6 +597,18 @@ def skill_folders(settings: Any) -> list[Path]:
     return [Path(settings.source).parent / "skills", *settings.skills.paths]
 
 
+def _forget_type_hints() -> None:
+    """Empty typing's caches of subscripted types (Annotated[...], X | None, Literal[...]).
+
+    Each keeps its last 128 types with their arguments, and an argument such as Choices(lambda ...)
+    holds a function of its skill module, and through it the whole module: every reload's copy of
+    smart_home stayed alive for a hundred reloads more (tens of MB). The skills are built: nothing
+    needs those types again. typing has no public way to empty them; its own tests do the same.
+    """
+    for clear in getattr(typing, "_cleanups", ()):
+        clear()
+
+
 def load_registry(settings: Any, skill_dirs: list[Path], context: SkillContext | None = None) -> Registry:
     """All skills: the built-in ones, each folder in order, then installed packages' entry points."""
     disabled = tuple(getattr(getattr(settings, "skills", None), "disabled", ()) or ())
@@ -571,6 +625,7 @@ def load_registry(settings: Any, skill_dirs: list[Path], context: SkillContext |
         if folder.is_dir():
             registry.load_folder(folder, disabled)
     registry.load_entry_points(disabled)
+    _forget_type_hints()
     if unknown := [name for name in disabled if name not in registry.turned_off]:
         # A typo there would leave on the skill it was meant to turn off, without a word.
         known = ", ".join(sorted([*registry.skills, *registry.turned_off]))

@@ -11,6 +11,9 @@ ListName = Literal["notes", "shopping"]
 Text = Annotated[str, Range(maximum=500)]  # a note said in one breath may run past a few sentences
 
 
+# Items a list holds. A household's list is tens long; without a bound, a script or a misheard
+# command repeated for months would fill the state folder, which the timers need too.
+MAX_ITEMS = 1000
 SCHEMA = "CREATE TABLE IF NOT EXISTS items (id INTEGER PRIMARY KEY, list TEXT NOT NULL, text TEXT NOT NULL);"
 
 # Items typed as a list: "milk, eggs and bread", 牛奶、鸡蛋和面包. The "and" (和) splits only the last
@@ -42,6 +45,20 @@ def _db(context: SkillContext):
     return context.database("notes", SCHEMA)
 
 
+def _full(context: SkillContext, list: ListName, room: int = 0) -> str:
+    """What is said when a list has room for only `room` more items, fewer than were asked for."""
+    if list == "notes":  # a note is added one at a time
+        return context.localized(
+            f"Your notes are full: they hold {MAX_ITEMS} notes. Remove some first.",
+            zh=f"笔记满了，最多{MAX_ITEMS}条。请先删掉一些。",
+        )
+    more, more_zh = (f"has room for only {room} more", f"只能再加{room}项") if room else ("is full", "满了")
+    return context.localized(
+        f"Your shopping list {more}: it holds {MAX_ITEMS} items. Remove some first.",
+        zh=f"购物清单{more_zh}，最多{MAX_ITEMS}项。请先删掉一些。",
+    )
+
+
 def _kept(db, list: ListName) -> set[str]:
     """What a list already holds, in any case: what is asked for twice is kept once."""
     return {text.casefold() for (text,) in db.execute("SELECT text FROM items WHERE list = ?", (list,))}
@@ -70,8 +87,11 @@ def add_item(text: Text, context: SkillContext, list: ListName = "notes") -> str
         if not note:
             return context.localized("What should I note?", zh="要记什么？")
         with _db(context) as db:
-            if note.casefold() in _kept(db, "notes"):  # asked for twice (to be sure): kept once
+            kept = _kept(db, "notes")
+            if note.casefold() in kept:  # asked for twice (to be sure): kept once
                 return context.localized("That is already in your notes.", zh="笔记里已经有这条了。")
+            if len(kept) >= MAX_ITEMS:
+                return _full(context, "notes")
             db.execute("INSERT INTO items (list, text) VALUES ('notes', ?)", (note,))
         return context.localized("Noted.", zh="记下了。")
     items = _items(text)
@@ -80,6 +100,8 @@ def add_item(text: Text, context: SkillContext, list: ListName = "notes") -> str
     with _db(context) as db:
         listed = _kept(db, "shopping")
         added = [item for item in items if item.casefold() not in listed]
+        if len(listed) + len(added) > MAX_ITEMS:
+            return _full(context, "shopping", max(0, MAX_ITEMS - len(listed)))
         db.executemany("INSERT INTO items (list, text) VALUES ('shopping', ?)", [(item,) for item in added])
     already = [item for item in items if item not in added]  # asked for twice (by two people): kept once
     on_it, on_it_zh = _listed(already, "en"), _listed(already, "zh")
