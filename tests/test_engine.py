@@ -280,8 +280,26 @@ def test_a_long_history_is_cut_with_few_encodings(tiny_float: Path) -> None:
     assert encodings <= 12  # log2(2000) + 1, not one encoding per dropped turn
     kept = len(chat.messages)
     assert 3 <= kept < 100 and chat.messages == before[-kept:] and chat.messages[-1]["content"] == "and now?"
-    assert ids == encode(chat.messages) and len(ids) + chat.reserve <= engine.kv_len
-    assert len(encode(before[-kept - 2 :])) + chat.reserve > engine.kv_len  # one turn more would not fit
+    half = engine.kv_len - (engine.kv_len - chat.system_len - chat.reserve) // 2  # half the turns' room left free
+    assert ids == encode(chat.messages) and len(ids) + chat.reserve <= half
+    assert len(encode(before[-kept - 2 :])) + chat.reserve > half  # one turn more would not leave it
+
+
+def test_a_full_context_is_not_prefilled_again_at_every_turn(tiny_float: Path) -> None:
+    """Dropping old turns changes what follows the system prompt, so the history kept is prefilled again:
+    it happens once every few turns, not at every turn once the context has filled."""
+    engine = Engine(tiny_float, kv_cache_len=640)
+    chat = Conversation(engine, "You are a test.", max_new_tokens=8)
+    cuts, prefilled, again = [], [], []
+    for turn in range(60):
+        before = len(chat.messages)
+        "".join(chat.reply(f"tell me a story about the number {turn}", GREEDY))
+        cut = len(chat.messages) < before + 2
+        cuts += [turn] if cut else []
+        (again if cut else prefilled).append(engine.stats.prefilled_tokens)
+    assert len(cuts) >= 3, cuts  # the context filled, and filled again
+    assert all(b - a >= 3 for a, b in zip(cuts, cuts[1:], strict=False)), cuts
+    assert max(prefilled) < min(again) / 2, (cuts, prefilled, again)  # a turn without a cut prefills what is new
 
 
 def test_streamed_chinese_and_emoji_is_byte_identical(tiny_float: Path) -> None:

@@ -81,6 +81,7 @@ class Conversation:
                 last = time.monotonic()
                 log.info("prefilling the system prompt: %d of %d tokens", done, total)
 
+        self.system_len = len(system_ids)
         engine.cache_prompt(system_ids, progress)
         log.info("system prompt prefilled: %d tokens in %.1f s", len(system_ids), time.monotonic() - start)
 
@@ -100,27 +101,39 @@ class Conversation:
     def prompt_ids(self) -> list[int]:
         """The prompt for the next reply, without the oldest turns it needs to drop to fit.
 
-        The turn being answered is never dropped: if it does not fit on its own, TooLong is raised
-        and the history is left as it was.
+        Once turns have to go, enough go to leave half the conversation's room free: every turn
+        after a cut changes what the cache holds after the system prompt, so the history kept is
+        prefilled again, and cutting only what the next turn needs would do that at every turn from
+        then on (seconds of NPU work each, with a long context). The turn being answered is never
+        dropped: if it does not fit on its own, TooLong is raised and the history is left as it was.
         """
         users = [i for i, m in enumerate(self.messages) if m["role"] == "user" and not is_tool_response(m)]
         cuts = [0, *users[1:]]  # keep everything, or everything from a later user turn on
+        ids = self._encode(self.messages)
+        if len(ids) + self.reserve <= self.engine.kv_len:
+            return ids
+        half = self.engine.kv_len - (self.engine.kv_len - self.system_len - self.reserve) // 2
+        fitting = self._fewest_cuts(cuts, half) or self._fewest_cuts(cuts, self.engine.kv_len)
+        if fitting is None:
+            alone = len(self._encode(self.messages[cuts[-1] :]))
+            raise TooLong(f"the message is too long: {alone} tokens for kv_cache_len {self.engine.kv_len}")
+        dropped, ids = fitting
+        log.info("context full: dropping the %d oldest turns", dropped)
+        del self.messages[: cuts[dropped]]
+        return ids
+
+    def _fewest_cuts(self, cuts: list[int], limit: int) -> tuple[int, list[int]] | None:
+        """The fewest of `cuts` to make (and the prompt then) for the prompt and a reply to fit in `limit` tokens."""
         fitting = None
-        low, high = 0, len(cuts) - 1  # the fewest turns dropped that fit: encodings shrink as cuts grow
+        low, high = 1, len(cuts) - 1  # encodings shrink as cuts grow
         while low <= high:
             middle = (low + high) // 2
             ids = self._encode(self.messages[cuts[middle] :])
-            if len(ids) + self.reserve <= self.engine.kv_len:
+            if len(ids) + self.reserve <= limit:
                 fitting, high = (middle, ids), middle - 1
             else:
                 low = middle + 1
-        if fitting is None:
-            raise TooLong(f"the message is too long: {len(ids)} tokens for kv_cache_len {self.engine.kv_len}")
-        dropped, ids = fitting
-        if dropped:
-            log.info("context full: dropping the %d oldest turns", dropped)
-            del self.messages[: cuts[dropped]]
-        return ids
+        return fitting
 
     def reply(
         self,
