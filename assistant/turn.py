@@ -27,7 +27,7 @@ from assistant.skills.constraint import (
     reply_parts,
     visible_text,
 )
-from assistant.skills.intents import IntentMatcher, reply_language
+from assistant.skills.intents import IntentMatch, IntentMatcher, reply_language
 from assistant.skills.prompt import call_message
 from assistant.skills.registry import Registry
 
@@ -45,6 +45,9 @@ RESULTS_TOO_LONG = {
 }
 WONT = {"en": "Okay, I won't.", "zh": "好的，不执行了。"}
 NO_ANSWER = {"en": "Sorry, I have no answer to that.", "zh": "抱歉，这个我回答不了。"}  # not silence after a question
+# Said before the question of a request that asks one, when more requests followed it in the sentence: they
+# are not done, and the answer to the question is taken as its answer, not theirs.
+NOT_DONE = {"en": "Not done yet: {}.", "zh": "还没做：{}。"}
 CANT = {"en": "Sorry, I can't do that.", "zh": "抱歉，这个我做不了。"}  # a call with no tool in the prompt
 # Answers to "Do you really want me to ...?". Anything else drops the question and is a new request.
 YES_WORDS = {"yes", "yeah", "yep", "sure", "ok", "okay", "confirm", "confirmed", "do", "go", "absolutely"}
@@ -144,7 +147,8 @@ class TurnManager:
         if call is not None and time.monotonic() < lapses:
             answer = confirmation(text)
             if answer is True:
-                yield from self._local_call(text, call, cancel, confirmed=True)
+                said_in = IntentMatch(call["name"], call["arguments"], self.registry.context.language)
+                yield from self._local_call(text, [said_in], cancel, confirmed=True)
                 return
             if answer is False:
                 if self.intents and (heard := self.intents.match(text)) and heard.skill == "stop":
@@ -160,31 +164,51 @@ class TurnManager:
             log.info("%s answer to %s's question", "an" if match else "not an", asking["name"])
         confirmed = confirmed and match is not None  # "unlock the door", "yes", "Which one?", "the front one"
         if self.intents and (match := match or self.intents.match(text)):
-            self.registry.context.language = match.language.split("-")[0]  # "kitchen light开着吗" matched in Chinese
-            log.info("local intent %s %s%s", match.skill, match.arguments, f": {match.reply}" if match.reply else "")
-            call = {"name": match.skill, "arguments": match.arguments}
-            yield from self._local_call(text, call, cancel, confirmed, match.reply)
+            yield from self._local_call(text, [match, *match.then], cancel, confirmed)
             return
         yield from self._passes({"role": "user", "content": text}, cancel)
 
     def _local_call(
-        self, text: str, call: dict, cancel: threading.Event | None, confirmed: bool, reply: str | None = None
+        self, text: str, matches: list[IntentMatch], cancel: threading.Event | None, confirmed: bool
     ) -> Iterator[TurnEvent]:
-        """Answer `text` with a call the turn made itself (a local intent, a confirmed call), or with `reply`.
+        """Answer `text` with calls the turn made itself (the requests a sentence matched, in order, or a
+        confirmed call): a match's reply is said instead of its call (a number out of range).
 
-        Text is said as it is; data goes to the model to be put in words, as if it had made the call.
+        Text is said as it is; data goes to the model to be put in words, as if it had made the calls.
+        A call that asks something (a confirmation, "Which one?") ends the list: what it left undone is named.
         """
         self.conversation.messages.append({"role": "user", "content": text})
-        spoken, results = [], []
-        events = [TurnEvent("text", reply)] if reply else self._run_call(call, confirmed)
-        for event in events:
-            spoken += [event.text] if event.kind in SPOKEN else []
-            results += data_of(call, event)
-            yield event
+        spoken, results, calls = [], [], []
+        for number, match in enumerate(matches):
+            if cancel is not None and cancel.is_set():
+                break  # stopped: the requests after stay undone
+            self.registry.context.language = match.language.split("-")[0]  # "kitchen light开着吗" is in Chinese
+            call = {"name": match.skill, "arguments": match.arguments}
+            log.info("local intent %s %s%s", call["name"], call["arguments"], f": {match.reply}" if match.reply else "")
+            questions = self.pending.get(self.asker), self.asked.get(self.asker)
+            events = [TurnEvent("text", match.reply)] if match.reply else self._run_call(call, confirmed)
+            for event in events:
+                asking = questions != (self.pending.get(self.asker), self.asked.get(self.asker))
+                if asking and event.kind in SPOKEN and (rest := [m.said for m in matches[number + 1 :]]):
+                    # The question comes last, so that the answer follows it.
+                    undone = self._say(
+                        {"en": NOT_DONE["en"].format(", ".join(rest)), "zh": NOT_DONE["zh"].format("，".join(rest))}
+                    )
+                    spoken.append(undone)
+                    yield TurnEvent("text", undone)
+                spoken += [event.text] if event.kind in SPOKEN and event.text.strip() else []
+                if found := data_of(call, event):
+                    results += found
+                    calls.append(call)
+                yield event
+            if questions != (self.pending.get(self.asker), self.asked.get(self.asker)):
+                break
         if not results:
             self.conversation.messages.append({"role": "assistant", "content": " ".join(spoken)})
             return
-        self.conversation.messages.append(call_message(call))
+        if spoken:
+            self.conversation.messages.append({"role": "assistant", "content": " ".join(spoken)})
+        self.conversation.messages += [call_message(call) for call in calls]
         results_message = tool_response_message(results, self.conversation.template.wraps_tool_responses)
         yield from self._passes(results_message, cancel, request=False)
 
