@@ -1,8 +1,8 @@
 """One turn: the user's words in, events out (text to speak, tool calls, skill results, errors).
 
-Local intents answer first, without the LLM. Otherwise the model replies; text outside tool calls
-is spoken as it streams; each call (constrained, so it always parses and validates) runs its
-skill. A skill's text is spoken as it is; data goes back to the model for a second pass. Any
+Local intents answer first, without the LLM (each request in turn, when a sentence joins several).
+Otherwise the model replies; text outside tool calls is spoken as it streams; each call (constrained,
+so it always parses and validates) runs its skill. A skill's text is spoken as it is; data goes back to the model for a second pass. Any
 failure ends the turn with a spoken apology and a log line; the next turn works as usual.
 """
 
@@ -180,8 +180,8 @@ class TurnManager:
         self.conversation.messages.append({"role": "user", "content": text})
         spoken, results, calls = [], [], []
         for number, match in enumerate(matches):
-            if cancel is not None and cancel.is_set():
-                break  # stopped: the requests after stay undone
+            if number and cancel is not None and cancel.is_set():
+                break  # stopped while a request ran: the ones after it stay undone
             self.registry.context.language = match.language.split("-")[0]  # "kitchen light开着吗" is in Chinese
             call = {"name": match.skill, "arguments": match.arguments}
             log.info("local intent %s %s%s", call["name"], call["arguments"], f": {match.reply}" if match.reply else "")

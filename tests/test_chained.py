@@ -4,6 +4,7 @@ order as one turn, or the whole sentence left to the model; never a wrong half o
 from __future__ import annotations
 
 import re
+import threading
 import time
 from pathlib import Path
 
@@ -54,6 +55,9 @@ LAMP_ON = ("switch_device", {"device": "卧室灯", "on": True})
          [("set_timer", {"minutes": 5}), ("set_timer", {"label": "pasta", "minutes": 10})]),
         ("set a timer for 10 minutes and a rock and roll timer for 5 minutes",
          [("set_timer", {"minutes": 10}), ("set_timer", {"label": "rock and roll", "minutes": 5})]),
+        # "and" right after the note's words is no part of the note: "take a note" asks what to note.
+        ("take a note and set a timer for 5 minutes",
+         [("add_item", {"list": "notes", "text": ""}), ("set_timer", {"minutes": 5})]),
         ("take a note that I need stamps and turn on the kitchen light",
          [("add_item", {"text": "I need stamps", "list": "notes"}),
           ("switch_device", {"device": "kitchen light", "on": True})]),
@@ -183,3 +187,12 @@ def test_a_label_with_and_in_it_stays_one_label(tiny_int8: Path, tmp_path: Path)
         == "Playing jazz. Timer set for 5 minutes."
     )
     assert played == ["rock and roll", "jazz"]
+
+
+def test_a_stop_while_a_request_runs_leaves_the_ones_after_it_undone(tiny_int8: Path, tmp_path: Path) -> None:
+    manager = manager_for(tiny_int8, tmp_path)
+    cancel = threading.Event()
+    for event in manager.turn("set a timer for 5 minutes and set an alarm for 7", cancel):
+        if event.kind == "skill_result":
+            cancel.set()  # "stop", said while the timer was being set
+    assert said(manager, "what timers do I have") == "You have a timer with 5 minutes left."

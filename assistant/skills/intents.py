@@ -22,6 +22,9 @@ Two kinds of templates, both matched by hassil:
 Device names, their aliases and areas come from `mqtt.devices` (the `name` and `area` lists of
 Home Assistant's templates). Numbers arrive as numbers; one outside the skill's range is answered
 with a sentence that gives the range, and the skill is not called.
+
+A sentence of several requests ("set an alarm for 7 and a timer for 5 minutes") matches as its parts,
+in order, if each part matches on its own; if one does not, it matches nothing (the model hears it).
 """
 
 from __future__ import annotations
@@ -123,7 +126,7 @@ class IntentMatch:
     intent: str | None = None
     """The Home Assistant intent that matched, if the match came from the sentence library."""
     said: str = ""
-    """The words it was matched from."""
+    """The words it was matched from, when the sentence held several requests."""
     then: list[IntentMatch] = field(default_factory=list)
     """The requests said after it in the same sentence ("... and a timer for 5 minutes"), to run in order."""
 
@@ -183,10 +186,12 @@ class IntentMatcher:
     def match(self, text: str) -> IntentMatch | None:
         """The request in `text`; with the requests joined to it in `then` ("set an alarm for 7 and a timer
         for 5 minutes"), if each part is one on its own. None when any part is not: the model hears it all."""
+        if len(text) > LONGEST_COMMAND:
+            return None  # not a household command; matching time grows faster than the text
         whole = self._match_one(text)
         end = len(text.rstrip(" .!?。！？"))
         joins = [j for j in JOINER.finditer(text) if j.start() > 0 and j.end() < end]
-        if not joins or len(joins) > MOST_JOINS or len(text) > LONGEST_COMMAND:
+        if not joins or len(joins) > MOST_JOINS:
             return whole
         spans = [(0, 0), *(j.span() for j in joins), (len(text), len(text))]
         if whole is not None and not any(self._inside_free_text(whole, text, span) for span in spans[1:-1]):
@@ -195,7 +200,7 @@ class IntentMatcher:
             chain[0].then = chain[1:]
             return chain[0]
         # "set a blah and a pasta timer for 10 minutes": not a timer named "blah and a pasta".
-        after = [end for _, end in spans[1:-1] if self._inside_free_text(whole, text, (end, end))]
+        after = [end for start, end in spans[1:-1] if self._inside_free_text(whole, text, (start, end))]
         return None if any(self._match_one(text[end:]) for end in after) else whole
 
     def _chain(self, text: str, spans: list[tuple[int, int]]) -> list[IntentMatch] | None:
@@ -227,16 +232,16 @@ class IntentMatcher:
         return chain_from(0)
 
     def _inside_free_text(self, found: IntentMatch | None, text: str, span: tuple[int, int]) -> bool:
-        """Whether the words of `text` at `span` are inside a free-text argument of `found` (a timer's label)."""
+        """Whether the words of `text` at `span` are (partly) in a free-text argument of `found` (a timer's label)."""
         if found is None:
             return False
         skill = self.skills[found.skill]
         for name, value in found.arguments.items():
             if not _free_text(skill, name):
                 continue
-            for words in value if isinstance(value, list) else [value]:
-                at = text.casefold().find(str(words).casefold()) if words else -1
-                if at >= 0 and at <= span[0] and span[1] <= at + len(words):
+            for words in map(str, value if isinstance(value, list) else [value]):
+                at = text.casefold().find(words.casefold()) if words else -1
+                if at >= 0 and at < span[1] and span[0] < at + len(words):
                     return True
         return False
 
