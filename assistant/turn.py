@@ -2,8 +2,9 @@
 
 Local intents answer first, without the LLM (each request in turn, when a sentence joins several).
 Otherwise the model replies; text outside tool calls is spoken as it streams; each call (constrained,
-so it always parses and validates) runs its skill. A skill's text is spoken as it is; data goes back to the model for a second pass. Any
-failure ends the turn with a spoken apology and a log line; the next turn works as usual.
+so it always parses and validates) runs its skill. A skill's text is spoken as it is; data goes back to
+the model for a second pass. Any failure ends the turn with a spoken apology and a log line; the next
+turn works as usual.
 """
 
 from __future__ import annotations

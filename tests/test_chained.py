@@ -20,7 +20,7 @@ from assistant.skills.registry import BUILTIN_SKILLS, Registry
 from assistant.skills.sdk import SkillContext
 from assistant.turn import TurnManager
 from tests.test_intents import DEVICES
-from tests.test_toolcalls import scripted
+from tests.test_toolcalls import scripted, weather
 
 
 @pytest.fixture(scope="module")
@@ -196,3 +196,21 @@ def test_a_stop_while_a_request_runs_leaves_the_ones_after_it_undone(tiny_int8: 
         if event.kind == "skill_result":
             cancel.set()  # "stop", said while the timer was being set
     assert said(manager, "what timers do I have") == "You have a timer with 5 minutes left."
+
+
+def test_data_from_a_request_of_a_chain_is_put_in_words_by_the_model_after_the_others(
+    tiny_int8: Path, tmp_path: Path
+) -> None:
+    manager = manager_for(tiny_int8, tmp_path, weather)
+    scripted(manager.conversation.engine, "Sunny, 21 degrees.")
+    assert (
+        said(manager, "set a timer for 5 minutes and what's the weather")
+        == "Timer set for 5 minutes. Sunny, 21 degrees."
+    )
+    roles = [m["role"] for m in manager.conversation.messages]
+    # The request, what was said, the call whose data the model read, its results and the model's words.
+    assert roles[-5:-1] == ["user", "assistant", "assistant", "user"] and manager.conversation.messages[-4] == {
+        "role": "assistant",
+        "content": "Timer set for 5 minutes.",
+    }
+    assert manager.conversation.messages[-1]["content"] == "Sunny, 21 degrees."
