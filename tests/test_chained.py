@@ -64,6 +64,7 @@ LAMP_ON = ("switch_device", {"device": "卧室灯", "on": True})
         ("设置一个10分钟的计时器然后打开卧室灯", [("set_timer", {"minutes": 10}), LAMP_ON]),
         ("打开卧室灯，设置一个10分钟的计时器", [LAMP_ON, ("set_timer", {"minutes": 10})]),
         ("打开卧室灯再设置一个10分钟的计时器", [LAMP_ON, ("set_timer", {"minutes": 10})]),
+        ("把牛奶加到购物清单再打开卧室灯", [("add_item", {"text": "牛奶", "list": "shopping"}), LAMP_ON]),
         ("记一下买邮票并且关掉卧室灯", [("add_item", {"text": "买邮票", "list": "notes"}),
                                        ("switch_device", {"device": "卧室灯", "on": False})]),
     ],
@@ -84,6 +85,9 @@ def test_requests_joined_in_one_sentence_are_each_matched_in_order(
         ("note that I should call mom and dad", ("add_item", {"text": "I should call mom and dad", "list": "notes"})),
         ("把面包和黄油加到购物清单", ("add_item", {"text": "面包和黄油", "list": "shopping"})),
         ("再说一遍", ("repeat", {})),
+        # 再 and 和 right after free text are its words ("again", "with"), not a second request.
+        ("记一下明天再打开卧室灯", ("add_item", {"text": "明天再打开卧室灯", "list": "notes"})),
+        ("记一下周五和小王打开会议室", ("add_item", {"text": "周五和小王打开会议室", "list": "notes"})),
         ("set an alarm for 7", ("set_alarm", {"hour": 7})),
     ],
 )  # fmt: skip

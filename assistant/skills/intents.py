@@ -138,6 +138,8 @@ JOINER = re.compile(
     r"(?:\s*,)?\s+(?:and\s+then|and|then|also)\s+|\s*[,，;；]\s*(?:然后再|然后|并且|再|和)?\s*|\s*(?:然后再|然后|并且|再|和)\s*",
     re.IGNORECASE,
 )
+# Joining words that also mean "again" and "with": right after free text (a note), they are its words.
+WEAK_JOINERS = ("再", "和")
 # A sentence joined in more places than this is not tried as separate requests: each way of cutting
 # it costs a match.
 MOST_JOINS = 5
@@ -200,7 +202,8 @@ class IntentMatcher:
             chain[0].then = chain[1:]
             return chain[0]
         # "set a blah and a pasta timer for 10 minutes": not a timer named "blah and a pasta".
-        after = [end for start, end in spans[1:-1] if self._inside_free_text(whole, text, (start, end))]
+        inside = [(start, end) for start, end in spans[1:-1] if self._inside_free_text(whole, text, (start, end))]
+        after = [end for start, end in inside if text[start:end].strip() not in WEAK_JOINERS]
         return None if any(self._match_one(text[end:]) for end in after) else whole
 
     def _chain(self, text: str, spans: list[tuple[int, int]]) -> list[IntentMatch] | None:
@@ -212,9 +215,13 @@ class IntentMatcher:
         def part(i: int, j: int) -> IntentMatch | None:
             if (i, j) not in matches:
                 said = text[spans[i][1] : spans[j][0]]
-                matches[i, j] = self._match_one(said)
-                if matches[i, j] is not None:
-                    matches[i, j].said = said
+                found = self._match_one(said)
+                last = (len(said.rstrip()) - 1, len(said.rstrip()))
+                if text[slice(*spans[j])].strip() in WEAK_JOINERS and self._inside_free_text(found, said, last):
+                    found = None  # 记一下明天再打开卧室灯 is one note
+                if found is not None:
+                    found.said = said
+                matches[i, j] = found
             return matches[i, j]
 
         def chain_from(i: int) -> list[IntentMatch] | None:
