@@ -186,15 +186,16 @@ class TurnManager:
             self.registry.context.language = match.language.split("-")[0]  # "kitchen light开着吗" is in Chinese
             call = {"name": match.skill, "arguments": match.arguments}
             log.info("local intent %s %s%s", call["name"], call["arguments"], f": {match.reply}" if match.reply else "")
-            questions = self.pending.get(self.asker), self.asked.get(self.asker)
+            questions = self._questions()
             events = [TurnEvent("text", match.reply)] if match.reply else self._run_call(call, confirmed)
+            rest = [later.said.rstrip(" .!?。！？") for later in matches[number + 1 :]]
             for event in events:
-                asking = questions != (self.pending.get(self.asker), self.asked.get(self.asker))
-                if asking and event.kind in SPOKEN and (rest := [m.said for m in matches[number + 1 :]]):
-                    # The question comes last, so that the answer follows it.
+                if rest and event.kind in SPOKEN and self._questions() != questions:
+                    # Before the question, which comes last so that the answer follows it.
                     undone = self._say(
                         {"en": NOT_DONE["en"].format(", ".join(rest)), "zh": NOT_DONE["zh"].format("，".join(rest))}
                     )
+                    rest = []
                     spoken.append(undone)
                     yield TurnEvent("text", undone)
                 spoken += [event.text] if event.kind in SPOKEN and event.text.strip() else []
@@ -202,8 +203,8 @@ class TurnManager:
                     results += found
                     calls.append(call)
                 yield event
-            if questions != (self.pending.get(self.asker), self.asked.get(self.asker)):
-                break
+            if self._questions() != questions:
+                break  # it asked: the answer is to its question
         if not results:
             self.conversation.messages.append({"role": "assistant", "content": " ".join(spoken)})
             return
@@ -212,6 +213,10 @@ class TurnManager:
         self.conversation.messages += [call_message(call) for call in calls]
         results_message = tool_response_message(results, self.conversation.template.wraps_tool_responses)
         yield from self._passes(results_message, cancel, request=False)
+
+    def _questions(self) -> tuple:
+        """The asker's open questions: a call waiting for its confirmation, a skill's question."""
+        return self.pending.get(self.asker), self.asked.get(self.asker)
 
     def _passes(self, message: dict, cancel: threading.Event | None, request: bool = True) -> Iterator[TurnEvent]:
         """The model's replies to `message` (the person's `request`, or skill results), with the calls they make."""

@@ -169,6 +169,12 @@ def test_a_chain_stops_at_a_part_that_asks_and_says_what_is_left(tiny_int8: Path
     assert reply.endswith("Not done yet: set an alarm for 7. How long should the timer run?"), reply
     assert said(manager, "10 minutes") == "Timer set for 10 minutes."
     assert "alarm" not in said(manager, "what timers do I have")
+    # "Which one?"
+    said(manager, "set a pasta timer for 10 minutes")
+    reply = said(manager, "Cancel the timer, then set an alarm for 7.")
+    assert reply.startswith("Not done yet: set an alarm for 7. You have 3 timers: ") and reply.endswith("Which one?")
+    assert said(manager, "the pasta one") == "Cancelled the pasta timer."
+    assert "alarm" not in said(manager, "what timers do I have")
 
 
 def test_a_label_with_and_in_it_stays_one_label(tiny_int8: Path, tmp_path: Path) -> None:
