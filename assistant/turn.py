@@ -1,9 +1,10 @@
 """One turn: the user's words in, events out (text to speak, tool calls, skill results, errors).
 
-Local intents answer first, without the LLM. Otherwise the model replies; text outside tool calls
-is spoken as it streams; each call (constrained, so it always parses and validates) runs its
-skill. A skill's text is spoken as it is; data goes back to the model for a second pass. Any
-failure ends the turn with a spoken apology and a log line; the next turn works as usual.
+Local intents answer first, without the LLM (each request in turn, when a sentence joins several).
+Otherwise the model replies; text outside tool calls is spoken as it streams; each call (constrained,
+so it always parses and validates) runs its skill. A skill's text is spoken as it is; data goes back to
+the model for a second pass. Any failure ends the turn with a spoken apology and a log line; the next
+turn works as usual.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from assistant.skills.constraint import (
     reply_parts,
     visible_text,
 )
-from assistant.skills.intents import IntentMatcher, reply_language
+from assistant.skills.intents import IntentMatch, IntentMatcher, reply_language
 from assistant.skills.prompt import call_message
 from assistant.skills.registry import Registry
 
@@ -45,6 +46,9 @@ RESULTS_TOO_LONG = {
 }
 WONT = {"en": "Okay, I won't.", "zh": "好的，不执行了。"}
 NO_ANSWER = {"en": "Sorry, I have no answer to that.", "zh": "抱歉，这个我回答不了。"}  # not silence after a question
+# Said before the question of a request that asks one, when more requests followed it in the sentence: they
+# are not done, and the answer to the question is taken as its answer, not theirs.
+NOT_DONE = {"en": "Not done yet: {}.", "zh": "还没做：{}。"}
 CANT = {"en": "Sorry, I can't do that.", "zh": "抱歉，这个我做不了。"}  # a call with no tool in the prompt
 # Answers to "Do you really want me to ...?". Anything else drops the question and is a new request.
 YES_WORDS = {"yes", "yeah", "yep", "sure", "ok", "okay", "confirm", "confirmed", "do", "go", "absolutely"}
@@ -144,7 +148,8 @@ class TurnManager:
         if call is not None and time.monotonic() < lapses:
             answer = confirmation(text)
             if answer is True:
-                yield from self._local_call(text, call, cancel, confirmed=True)
+                said_in = IntentMatch(call["name"], call["arguments"], self.registry.context.language)
+                yield from self._local_call(text, [said_in], cancel, confirmed=True)
                 return
             if answer is False:
                 if self.intents and (heard := self.intents.match(text)) and heard.skill == "stop":
@@ -160,33 +165,58 @@ class TurnManager:
             log.info("%s answer to %s's question", "an" if match else "not an", asking["name"])
         confirmed = confirmed and match is not None  # "unlock the door", "yes", "Which one?", "the front one"
         if self.intents and (match := match or self.intents.match(text)):
-            self.registry.context.language = match.language.split("-")[0]  # "kitchen light开着吗" matched in Chinese
-            log.info("local intent %s %s%s", match.skill, match.arguments, f": {match.reply}" if match.reply else "")
-            call = {"name": match.skill, "arguments": match.arguments}
-            yield from self._local_call(text, call, cancel, confirmed, match.reply)
+            yield from self._local_call(text, [match, *match.then], cancel, confirmed)
             return
         yield from self._passes({"role": "user", "content": text}, cancel)
 
     def _local_call(
-        self, text: str, call: dict, cancel: threading.Event | None, confirmed: bool, reply: str | None = None
+        self, text: str, matches: list[IntentMatch], cancel: threading.Event | None, confirmed: bool
     ) -> Iterator[TurnEvent]:
-        """Answer `text` with a call the turn made itself (a local intent, a confirmed call), or with `reply`.
+        """Answer `text` with calls the turn made itself (the requests a sentence matched, in order, or a
+        confirmed call): a match's reply is said instead of its call (a number out of range).
 
-        Text is said as it is; data goes to the model to be put in words, as if it had made the call.
+        Text is said as it is; data goes to the model to be put in words, as if it had made the calls.
+        A call that asks something (a confirmation, "Which one?") ends the list: what it left undone is named.
         """
         self.conversation.messages.append({"role": "user", "content": text})
-        spoken, results = [], []
-        events = [TurnEvent("text", reply)] if reply else self._run_call(call, confirmed)
-        for event in events:
-            spoken += [event.text] if event.kind in SPOKEN else []
-            results += data_of(call, event)
-            yield event
+        spoken, results, calls = [], [], []
+        for number, match in enumerate(matches):
+            if number and cancel is not None and cancel.is_set():
+                break  # stopped while a request ran: the ones after it stay undone
+            self.registry.context.language = match.language.split("-")[0]  # "kitchen light开着吗" is in Chinese
+            call = {"name": match.skill, "arguments": match.arguments}
+            log.info("local intent %s %s%s", call["name"], call["arguments"], f": {match.reply}" if match.reply else "")
+            questions = self._questions()
+            events = [TurnEvent("text", match.reply)] if match.reply else self._run_call(call, confirmed)
+            rest = [later.said.rstrip(" .!?。！？") for later in matches[number + 1 :]]
+            for event in events:
+                if rest and event.kind in SPOKEN and self._questions() != questions:
+                    # Before the question, which comes last so that the answer follows it.
+                    undone = self._say(
+                        {"en": NOT_DONE["en"].format(", ".join(rest)), "zh": NOT_DONE["zh"].format("，".join(rest))}
+                    )
+                    rest = []
+                    spoken.append(undone)
+                    yield TurnEvent("text", undone)
+                spoken += [event.text] if event.kind in SPOKEN and event.text.strip() else []
+                if found := data_of(call, event):
+                    results += found
+                    calls.append(call)
+                yield event
+            if self._questions() != questions:
+                break  # it asked: the answer is to its question
         if not results:
             self.conversation.messages.append({"role": "assistant", "content": " ".join(spoken)})
             return
-        self.conversation.messages.append(call_message(call))
+        if spoken:
+            self.conversation.messages.append({"role": "assistant", "content": " ".join(spoken)})
+        self.conversation.messages += [call_message(call) for call in calls]
         results_message = tool_response_message(results, self.conversation.template.wraps_tool_responses)
         yield from self._passes(results_message, cancel, request=False)
+
+    def _questions(self) -> tuple:
+        """The asker's open questions: a call waiting for its confirmation, a skill's question."""
+        return self.pending.get(self.asker), self.asked.get(self.asker)
 
     def _passes(self, message: dict, cancel: threading.Event | None, request: bool = True) -> Iterator[TurnEvent]:
         """The model's replies to `message` (the person's `request`, or skill results), with the calls they make."""

@@ -22,6 +22,9 @@ Two kinds of templates, both matched by hassil:
 Device names, their aliases and areas come from `mqtt.devices` (the `name` and `area` lists of
 Home Assistant's templates). Numbers arrive as numbers; one outside the skill's range is answered
 with a sentence that gives the range, and the skill is not called.
+
+A sentence of several requests ("set an alarm for 7 and a timer for 5 minutes") matches as its parts,
+in order, if each part matches on its own; if one does not, it matches nothing (the model hears it).
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from __future__ import annotations
 import logging
 import re
 import unicodedata
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import jsonschema
@@ -122,7 +125,24 @@ class IntentMatch:
     """Said instead of calling the skill: why the request cannot be done (a number out of range)."""
     intent: str | None = None
     """The Home Assistant intent that matched, if the match came from the sentence library."""
+    said: str = ""
+    """The words it was matched from, when the sentence held several requests."""
+    then: list[IntentMatch] = field(default_factory=list)
+    """The requests said after it in the same sentence ("... and a timer for 5 minutes"), to run in order."""
 
+
+# Words that join two requests in one sentence: "set an alarm for 7 and a timer for 5 minutes", "..., then
+# turn off the light", 打开卧室灯然后设一个计时器, 打开卧室灯，设一个计时器. Only where each part is a request of
+# its own: "1 hour and 30 minutes", "bread and butter", 面包和黄油 stay one.
+JOINER = re.compile(
+    r"(?:\s*,)?\s+(?:and\s+then|and|then|also)\s+|\s*[,，;；]\s*(?:然后再|然后|并且|再|和)?\s*|\s*(?:然后再|然后|并且|再|和)\s*",
+    re.IGNORECASE,
+)
+# Joining words that also mean "again" and "with": right after free text (a note), they are its words.
+WEAK_JOINERS = ("再", "和")
+# A sentence joined in more places than this is not tried as separate requests: each way of cutting
+# it costs a match.
+MOST_JOINS = 5
 
 # The longest text tried against the sentences: a note of 500 characters and its command. Matching
 # 2,400 characters took 3.5 s here, holding every other asker's turn (and more on a board).
@@ -166,6 +186,73 @@ class IntentMatcher:
         return list(dict.fromkeys([*self.own, *self.library]))
 
     def match(self, text: str) -> IntentMatch | None:
+        """The request in `text`; with the requests joined to it in `then` ("set an alarm for 7 and a timer
+        for 5 minutes"), if each part is one on its own. None when any part is not: the model hears it all."""
+        if len(text) > LONGEST_COMMAND:
+            return None  # not a household command; matching time grows faster than the text
+        whole = self._match_one(text)
+        end = len(text.rstrip(" .!?。！？"))
+        joins = [j for j in JOINER.finditer(text) if j.start() > 0 and j.end() < end]
+        if not joins or len(joins) > MOST_JOINS:
+            return whole
+        spans = [(0, 0), *(j.span() for j in joins), (len(text), len(text))]
+        if whole is not None and not any(self._inside_free_text(whole, text, span) for span in spans[1:-1]):
+            return whole  # "1 hour and 30 minutes", "the kitchen and living room lights"
+        if chain := self._chain(text, spans):
+            chain[0].then = chain[1:]
+            return chain[0]
+        # "set a blah and a pasta timer for 10 minutes": not a timer named "blah and a pasta".
+        inside = [(start, end) for start, end in spans[1:-1] if self._inside_free_text(whole, text, (start, end))]
+        after = [end for start, end in inside if text[start:end].strip() not in WEAK_JOINERS]
+        return None if any(self._match_one(text[end:]) for end in after) else whole
+
+    def _chain(self, text: str, spans: list[tuple[int, int]]) -> list[IntentMatch] | None:
+        """`text` cut at some of the joins (`spans`, with the start and end of the text) into requests
+        that each match: the first cut that works, from the left; None if there is none."""
+        matches: dict[tuple[int, int], IntentMatch | None] = {}
+        chains: dict[int, list[IntentMatch] | None] = {}
+
+        def part(i: int, j: int) -> IntentMatch | None:
+            if (i, j) not in matches:
+                said = text[spans[i][1] : spans[j][0]]
+                found = self._match_one(said)
+                last = (len(said.rstrip()) - 1, len(said.rstrip()))
+                if text[slice(*spans[j])].strip() in WEAK_JOINERS and self._inside_free_text(found, said, last):
+                    found = None  # 记一下明天再打开卧室灯 is one note
+                if found is not None:
+                    found.said = said
+                matches[i, j] = found
+            return matches[i, j]
+
+        def chain_from(i: int) -> list[IntentMatch] | None:
+            if i not in chains:
+                chains[i] = None
+                for j in range(i + 1, len(spans)):
+                    if (i, j) == (0, len(spans) - 1):
+                        continue  # the sentence whole
+                    rest = [] if j == len(spans) - 1 else chain_from(j)
+                    if rest is not None and (found := part(i, j)) is not None:
+                        chains[i] = [found, *rest]
+                        break
+            return chains[i]
+
+        return chain_from(0)
+
+    def _inside_free_text(self, found: IntentMatch | None, text: str, span: tuple[int, int]) -> bool:
+        """Whether the words of `text` at `span` are (partly) in a free-text argument of `found` (a timer's label)."""
+        if found is None:
+            return False
+        skill = self.skills[found.skill]
+        for name, value in found.arguments.items():
+            if not _free_text(skill, name):
+                continue
+            for words in map(str, value if isinstance(value, list) else [value]):
+                at = text.casefold().find(words.casefold()) if words else -1
+                if at >= 0 and at < span[1] and span[0] < at + len(words):
+                    return True
+        return False
+
+    def _match_one(self, text: str) -> IntentMatch | None:
         if len(text) > LONGEST_COMMAND:
             return None  # not a household command; matching time grows faster than the text
         for language in self._tried(text, self._languages()):
@@ -177,7 +264,7 @@ class IntentMatcher:
         plain = COURTESY.sub("", SPACED.sub("", unicodedata.normalize("NFKC", text)))
         plain = AM_PM.sub(" ", HUNDRED_AND.sub("hundred ", plain))
         plain = TYPED_UNIT.sub(lambda m: " " + TYPED_UNITS[m[1].lower()], plain).strip()
-        return self.match(plain) if plain and plain != text.strip() else None
+        return self._match_one(plain) if plain and plain != text.strip() else None
 
     def match_answer(self, text: str, question: str, call: dict) -> IntentMatch | None:
         """The text as an answer to `question`, which the skill asked when `call` ran it: the call

@@ -1,0 +1,226 @@
+"""Several requests in one sentence ("set an alarm for 7 and a timer for 5 minutes"): each done in
+order as one turn, or the whole sentence left to the model; never a wrong half of it."""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from assistant import skill
+from assistant.config import MqttSettings, Settings
+from assistant.llm.conversation import Conversation
+from assistant.llm.engine import Engine
+from assistant.llm.sampling import Sampler
+from assistant.skills.intents import IntentMatcher
+from assistant.skills.registry import BUILTIN_SKILLS, Registry
+from assistant.skills.sdk import SkillContext
+from assistant.turn import TurnManager
+from tests.test_intents import DEVICES
+from tests.test_toolcalls import scripted, weather
+
+
+@pytest.fixture(scope="module")
+def matcher(tmp_path_factory: pytest.TempPathFactory) -> IntentMatcher:
+    settings = Settings(mqtt=MqttSettings(devices=DEVICES))
+    state = tmp_path_factory.mktemp("state")
+    registry = Registry(settings=settings, context=SkillContext(settings=settings, state_dir=state))
+    registry.load_folder(BUILTIN_SKILLS)
+    return IntentMatcher(registry.skills, DEVICES)
+
+
+def parts(matcher: IntentMatcher, text: str) -> list[tuple[str, dict]] | None:
+    found = matcher.match(text)
+    return None if found is None else [(part.skill, part.arguments) for part in [found, *found.then]]
+
+
+LAMP_ON = ("switch_device", {"device": "卧室灯", "on": True})
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("set an alarm for 7 and a timer for 5 minutes", [("set_alarm", {"hour": 7}), ("set_timer", {"minutes": 5})]),
+        ("set a timer for 5 minutes and turn on the kitchen light",
+         [("set_timer", {"minutes": 5}), ("switch_device", {"device": "kitchen light", "on": True})]),
+        ("turn off the bedroom lamp then set an alarm for 6:30 am",
+         [("switch_device", {"device": "bedroom lamp", "on": False}), ("set_alarm", {"hour": 6, "minute": 30})]),
+        ("set a timer for 5 minutes and then turn off the kitchen light, also add milk to my shopping list",
+         [("set_timer", {"minutes": 5}), ("switch_device", {"device": "kitchen light", "on": False}),
+          ("add_item", {"text": "milk", "list": "shopping"})]),
+        ("set a timer for 5 minutes and a pasta timer for 10 minutes",
+         [("set_timer", {"minutes": 5}), ("set_timer", {"label": "pasta", "minutes": 10})]),
+        ("set a timer for 10 minutes and a rock and roll timer for 5 minutes",
+         [("set_timer", {"minutes": 10}), ("set_timer", {"label": "rock and roll", "minutes": 5})]),
+        # "and" right after the note's words is no part of the note: "take a note" asks what to note.
+        ("take a note and set a timer for 5 minutes",
+         [("add_item", {"list": "notes", "text": ""}), ("set_timer", {"minutes": 5})]),
+        ("take a note that I need stamps and turn on the kitchen light",
+         [("add_item", {"text": "I need stamps", "list": "notes"}),
+          ("switch_device", {"device": "kitchen light", "on": True})]),
+        ("设置一个10分钟的计时器然后打开卧室灯", [("set_timer", {"minutes": 10}), LAMP_ON]),
+        ("打开卧室灯，设置一个10分钟的计时器", [LAMP_ON, ("set_timer", {"minutes": 10})]),
+        ("打开卧室灯再设置一个10分钟的计时器", [LAMP_ON, ("set_timer", {"minutes": 10})]),
+        ("把牛奶加到购物清单再打开卧室灯", [("add_item", {"text": "牛奶", "list": "shopping"}), LAMP_ON]),
+        ("记一下买邮票并且关掉卧室灯", [("add_item", {"text": "买邮票", "list": "notes"}),
+                                       ("switch_device", {"device": "卧室灯", "on": False})]),
+    ],
+)  # fmt: skip
+def test_requests_joined_in_one_sentence_are_each_matched_in_order(
+    matcher: IntentMatcher, text: str, expected: list
+) -> None:
+    assert parts(matcher, text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("set a timer for 1 hour and 30 minutes", ("set_timer", {"hours": 1, "minutes": 30})),
+        ("set a timer for 5 minutes and 30 seconds", ("set_timer", {"minutes": 5, "seconds": 30})),
+        ("set a rock and roll timer for 10 minutes", ("set_timer", {"label": "rock and roll", "minutes": 10})),
+        ("add bread and butter to the shopping list", ("add_item", {"text": "bread and butter", "list": "shopping"})),
+        ("note that I should call mom and dad", ("add_item", {"text": "I should call mom and dad", "list": "notes"})),
+        ("把面包和黄油加到购物清单", ("add_item", {"text": "面包和黄油", "list": "shopping"})),
+        ("再说一遍", ("repeat", {})),
+        # 再 and 和 right after free text are its words ("again", "with"), not a second request.
+        ("记一下明天再打开卧室灯", ("add_item", {"text": "明天再打开卧室灯", "list": "notes"})),
+        ("记一下周五和小王打开会议室", ("add_item", {"text": "周五和小王打开会议室", "list": "notes"})),
+        ("set an alarm for 7", ("set_alarm", {"hour": 7})),
+    ],
+)  # fmt: skip
+def test_and_inside_one_request_keeps_its_meaning(matcher: IntentMatcher, text: str, expected: tuple) -> None:
+    assert parts(matcher, text) == [expected]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "set an alarm for 7 and order a pizza",  # one part for the model: all of it goes there
+        "turn on the kitchen light and tell me a joke",
+        "set a timer for 5 minutes and what is the capital of France",
+        "set a blah and a pasta timer for 10 minutes",  # a label that would swallow a request of its own
+        "turn on the kitchen and living room lights",
+        "打开卧室灯然后讲个笑话",
+    ],
+)
+def test_a_sentence_with_a_part_not_understood_goes_whole_to_the_model(matcher: IntentMatcher, text: str) -> None:
+    assert matcher.match(text) is None
+
+
+def test_a_sentence_of_many_joined_words_is_matched_in_milliseconds(matcher: IntentMatcher) -> None:
+    sentence = "and then, also ".join(["tell me about cats"] * 12)
+    start = time.perf_counter()
+    assert matcher.match(sentence) is None
+    assert time.perf_counter() - start < 0.5
+
+
+def manager_for(tiny_int8: Path, state: Path, *extra) -> TurnManager:
+    settings = Settings(mqtt=MqttSettings(devices=DEVICES))
+    registry = Registry(settings=settings, context=SkillContext(settings=settings, state_dir=state))
+    registry.load_folder(BUILTIN_SKILLS)
+    for function in extra:
+        registry.add_function(function, "test")
+    engine = Engine(tiny_int8, kv_cache_len=2048)
+    return TurnManager(Conversation(engine, "You are a test.", 16, registry.tools()), registry, Sampler())
+
+
+def said(manager: TurnManager, text: str) -> str:
+    return "".join(e.text for e in manager.turn(text) if e.kind in ("text", "error", "confirm"))
+
+
+def test_each_request_of_a_sentence_is_done_and_confirmed_in_one_turn(tiny_int8: Path, tmp_path: Path) -> None:
+    manager = manager_for(tiny_int8, tmp_path)
+    cached = list(manager.conversation.engine.tokens)
+    reply = said(manager, "set an alarm for 7 and a timer for 5 minutes")
+    assert re.fullmatch(r"Alarm set for 7:00( tomorrow)?\. Timer set for 5 minutes\.", reply), reply
+    assert manager.conversation.engine.tokens == cached  # the model ran no token
+    listed = said(manager, "what timers do I have")
+    assert "a timer with 5 minutes left, an alarm at 7:00" in listed and "alarm for 7" not in listed
+    # The history holds the sentence once and the whole reply.
+    assert manager.conversation.messages[-4:-2] == [
+        {"role": "user", "content": "set an alarm for 7 and a timer for 5 minutes"},
+        {"role": "assistant", "content": reply},
+    ]
+    assert said(manager, "repeat that").startswith("You have")  # the last reply, the list
+    assert said(manager, "打开卧室灯，设置一个10分钟的计时器").endswith("已设好10分钟的计时器。")
+
+
+def test_a_sentence_with_a_part_not_understood_is_answered_by_the_model(tiny_int8: Path, tmp_path: Path) -> None:
+    manager = manager_for(tiny_int8, tmp_path)
+    scripted(manager.conversation.engine, "I cannot order food.")
+    assert said(manager, "set an alarm for 7 and order a pizza") == "I cannot order food."
+    assert said(manager, "what timers do I have") == "No timers or alarms are set."  # no half of it was done
+
+
+def test_a_chain_stops_at_a_part_that_asks_and_says_what_is_left(tiny_int8: Path, tmp_path: Path) -> None:
+    manager = manager_for(tiny_int8, tmp_path)
+    said(manager, "add milk to the shopping list")
+    reply = said(manager, "set a timer for 5 minutes and clear the shopping list and turn on the kitchen light")
+    assert reply == (
+        "Timer set for 5 minutes. Not done yet: turn on the kitchen light. "
+        "Do you really want me to run clear shopping list?"
+    )
+    assert said(manager, "yes") == "The shopping list is empty."  # the question is answered as usual
+    # A skill's own question ("How long should the timer run?") stops it too, and its answer is heard.
+    reply = said(manager, "turn on the kitchen light and set a timer and set an alarm for 7")
+    assert reply.endswith("Not done yet: set an alarm for 7. How long should the timer run?"), reply
+    assert said(manager, "10 minutes") == "Timer set for 10 minutes."
+    assert "alarm" not in said(manager, "what timers do I have")
+    # "Which one?"
+    said(manager, "set a pasta timer for 10 minutes")
+    reply = said(manager, "Cancel the timer, then set an alarm for 7.")
+    assert reply.startswith("Not done yet: set an alarm for 7. You have 3 timers: ") and reply.endswith("Which one?")
+    assert said(manager, "the pasta one") == "Cancelled the pasta timer."
+    assert "alarm" not in said(manager, "what timers do I have")
+
+
+def test_a_label_with_and_in_it_stays_one_label(tiny_int8: Path, tmp_path: Path) -> None:
+    played = []
+
+    @skill(sentences={"en": ["play [the] {playlist} playlist"]})
+    def music(playlist: str) -> str:
+        """Play a playlist.
+
+        Args:
+            playlist: its name
+        """
+        played.append(playlist)
+        return f"Playing {playlist}."
+
+    manager = manager_for(tiny_int8, tmp_path, music)
+    assert said(manager, "play the rock and roll playlist") == "Playing rock and roll."
+    assert (
+        said(manager, "play the jazz playlist and set a timer for 5 minutes")
+        == "Playing jazz. Timer set for 5 minutes."
+    )
+    assert played == ["rock and roll", "jazz"]
+
+
+def test_a_stop_while_a_request_runs_leaves_the_ones_after_it_undone(tiny_int8: Path, tmp_path: Path) -> None:
+    manager = manager_for(tiny_int8, tmp_path)
+    cancel = threading.Event()
+    for event in manager.turn("set a timer for 5 minutes and set an alarm for 7", cancel):
+        if event.kind == "skill_result":
+            cancel.set()  # "stop", said while the timer was being set
+    assert said(manager, "what timers do I have") == "You have a timer with 5 minutes left."
+
+
+def test_data_from_a_request_of_a_chain_is_put_in_words_by_the_model_after_the_others(
+    tiny_int8: Path, tmp_path: Path
+) -> None:
+    manager = manager_for(tiny_int8, tmp_path, weather)
+    scripted(manager.conversation.engine, "Sunny, 21 degrees.")
+    assert (
+        said(manager, "set a timer for 5 minutes and what's the weather")
+        == "Timer set for 5 minutes. Sunny, 21 degrees."
+    )
+    roles = [m["role"] for m in manager.conversation.messages]
+    # The request, what was said, the call whose data the model read, its results and the model's words.
+    assert roles[-5:-1] == ["user", "assistant", "assistant", "user"] and manager.conversation.messages[-4] == {
+        "role": "assistant",
+        "content": "Timer set for 5 minutes.",
+    }
+    assert manager.conversation.messages[-1]["content"] == "Sunny, 21 degrees."
