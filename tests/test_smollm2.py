@@ -21,13 +21,13 @@ REPO = Path(__file__).resolve().parent.parent
 # Requests in other words than the skills' sentences, and the skill that answers each.
 COMMANDS = [
     ("I need to buy eggs, put them on my shopping list", "add_item"),
-    ("Please wake me up at half past six", "set_alarm"),
+    ("I want my alarm to go off at half past six", "set_alarm"),
     ("Start a countdown for ten minutes", "set_timer"),
     ("I'd like a timer of three minutes for the tea", "set_timer"),
     ("Could you make it a bit louder?", "change_volume"),
     ("Get rid of all my timers", "cancel_timers"),
     ("Make a note that the car needs new tyres", "add_item"),
-    ("What day of the week is it today?", "current_date"),
+    ("Which day of the week are we on?", "current_date"),
     ("Is there anything on my grocery list?", "read_items"),
     ("Add bananas to my list of groceries", "add_item"),
 ]
@@ -66,4 +66,4 @@ def test_the_daemon_answers_and_calls_skills_through_the_compact_prompt(smollm2_
     assert "Paris" in "".join(e["text"] for e in answer if e["type"] == "text")
     assert not [e for e in answer if e["type"] == "tool_call"]
     print(f"SmolLM2-135M-Instruct called the right skill for {len(right)} of {len(COMMANDS)}: {right}")
-    assert len(right) >= 2, right  # 4 of 10 measured (README); a margin for other CPUs
+    assert len(right) >= 2, right  # 5 of 10 measured (README); a margin for other CPUs
