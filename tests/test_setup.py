@@ -422,18 +422,7 @@ def piper_voice(tmp_path: Path) -> tuple[bytes, bytes]:
 
 
 def test_setup_fetches_the_configured_speech_models(server, tiny_hf: Path, tmp_path: Path) -> None:
-    archive = io.BytesIO()
-    with zipfile.ZipFile(archive, "w") as z:
-        z.writestr("vosk-model-test/am/final.mdl", b"acoustic model")
-        z.writestr("vosk-model-test/conf/model.conf", b"--sample-frequency=16000")
-    server.files["/vosk.zip"] = archive.getvalue()
-    server.files["/voice.onnx"], server.files["/voice.onnx.json"] = piper_voice(tmp_path)
-    config = tmp_path / "config.yaml"
-    config.write_text(
-        f"asr:\n  model: models/vosk-model-test\n  model_url: {url(server, '/vosk.zip')}\n"
-        f"  model_sha256: {hashlib.sha256(archive.getvalue()).hexdigest()}\n"
-        f"tts:\n  voice: models/piper/test.onnx\n  voice_url: {url(server, '/voice.onnx')}\n"
-    )
+    config = speech_config(server, tmp_path, Path("models/vosk-model-test"), checksum=True)
     args = ["setup", "--config", str(config), "--model", str(tiny_hf), "--target", "host"]
     result = assistant(*args, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
@@ -902,8 +891,10 @@ def test_the_board_build_gets_the_rope_base_the_host_export_uses(tiny_hf: Path, 
     assert written["rope_theta_base"] == read_shape(tmp_path).rope_theta == 1e6
 
 
-def speech_config(server, tmp_path: Path, vosk_model: Path, acoustic_model: bytes = b"acoustic model") -> Path:
-    """A config naming a vosk model and a voice served by `server`."""
+def speech_config(
+    server, tmp_path: Path, vosk_model: Path, acoustic_model: bytes = b"acoustic model", checksum: bool = False
+) -> Path:
+    """A config naming a vosk model and a voice served by `server` (`checksum`: with the model's sha256)."""
     archive = io.BytesIO()
     with zipfile.ZipFile(archive, "w") as z:
         z.writestr("vosk-model-test/am/final.mdl", acoustic_model)
@@ -911,8 +902,9 @@ def speech_config(server, tmp_path: Path, vosk_model: Path, acoustic_model: byte
     server.files["/vosk.zip"] = archive.getvalue()
     server.files["/voice.onnx"], server.files["/voice.onnx.json"] = piper_voice(tmp_path)
     config = tmp_path / "config.yaml"
+    sha256 = f"  model_sha256: {hashlib.sha256(archive.getvalue()).hexdigest()}\n" if checksum else ""
     config.write_text(
-        f"asr:\n  model: {vosk_model}\n  model_url: {url(server, '/vosk.zip')}\n"
+        f"asr:\n  model: {vosk_model}\n  model_url: {url(server, '/vosk.zip')}\n{sha256}"
         f"tts:\n  voice: models/piper/test.onnx\n  voice_url: {url(server, '/voice.onnx')}\n"
     )
     return config
