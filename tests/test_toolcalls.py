@@ -532,6 +532,22 @@ def test_hundreds_of_turns_of_several_askers_keep_whole_exchanges(tiny_int8: Pat
         assert engine.stats.prompt_tokens - engine.stats.prefilled_tokens >= system  # never prefilled again
 
 
+def test_a_reply_that_ends_on_the_opening_tag_opened_a_call(tiny_int8: Path, registry: Registry) -> None:
+    """The tag as the reply's last token (at max_new_tokens): the engine asks the constraint nothing after
+    it, yet it opened a call: neither said as the words "<tool_call>" nor left open in the history."""
+    engine = Engine(tiny_int8, kv_cache_len=2048)
+    conversation = Conversation(engine, "You are a test.", 3, registry.tools())
+    tag, greedy = engine.tokenizer.token_to_id(OPEN), Sampler()
+
+    def tag_last(logits: np.ndarray, history: list[int], allowed: np.ndarray | None) -> int:
+        done = len(history) - engine.stats.prompt_tokens
+        return tag if done == 2 else greedy(logits, history, allowed)
+
+    manager = TurnManager(conversation, registry, tag_last, intents=False)
+    said = "".join(event.text for event in manager.turn("tell me a story") if event.kind == "text")
+    assert OPEN not in said and OPEN not in conversation.messages[-1]["content"], (said, conversation.messages)
+
+
 def test_a_reply_stopped_inside_a_call_leaves_no_call_in_the_history(tiny_int8: Path, registry: Registry) -> None:
     engine = Engine(tiny_int8, kv_cache_len=2048)
     conversation = Conversation(engine, "You are a test.", 64, registry.tools())

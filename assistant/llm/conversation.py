@@ -166,9 +166,13 @@ class Conversation:
         used_tag = False
         said = ""  # the reply's end, to spot a loop
         tokens = self.engine.generate(prompt, sampler, self.max_new_tokens, cancel, allowed)
+        follow, generated = getattr(allowed, "follow", None), []
         try:
             for token in tokens:
                 used_tag = used_tag or token == tag
+                if follow is not None:  # before the piece is read: a call opened by the last token is a call
+                    generated.append(token)
+                    follow(generated)
                 piece, held, ended = until(held + stream.push(token), RESPONSE)
                 if piece:
                     pieces.append(piece)

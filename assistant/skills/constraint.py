@@ -102,7 +102,7 @@ class ToolCallConstraint:
         self.tail = ""  # the last characters of free text, to spot the opening tag
 
     def __call__(self, generated: list[int]) -> np.ndarray | None:
-        self._follow(generated)
+        self.follow(generated)
         if self.matcher is None:
             return None
         llnumpy.fill_next_token_bitmask(self.matcher, self.bitmask)
@@ -115,10 +115,13 @@ class ToolCallConstraint:
         the rest of a skill's name once it is unambiguous. The engine runs such a span in one
         forward pass instead of a decode step (and an lm_head) per token.
         """
-        self._follow(generated)
+        self.follow(generated)
         return [] if self.matcher is None else list(self.matcher.compute_ff_tokens())
 
-    def _follow(self, generated: list[int]) -> None:
+    def follow(self, generated: list[int]) -> None:
+        """Take in the tokens of this reply so far (a shorter list starts a new reply). The engine asks
+        nothing after a reply's last token, so a reader of the reply calls this to have every token seen:
+        a reply cut just after the opening tag did use the tag."""
         if len(generated) < self.seen:  # a new generation
             self.reset()
         for token in generated[self.seen :]:
