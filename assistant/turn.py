@@ -210,7 +210,7 @@ class TurnManager:
             return
         if spoken:
             self.conversation.messages.append({"role": "assistant", "content": " ".join(spoken)})
-        self.conversation.messages += [call_message(call) for call in calls]
+        self.conversation.messages.append(call_message(*calls))
         results_message = tool_response_message(results, self.conversation.template.wraps_tool_responses)
         yield from self._passes(results_message, cancel, request=False)
 

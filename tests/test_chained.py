@@ -12,9 +12,10 @@ import pytest
 
 from assistant import skill
 from assistant.config import MqttSettings, Settings
-from assistant.llm.conversation import Conversation
+from assistant.llm.conversation import Conversation, is_tool_response
 from assistant.llm.engine import Engine
 from assistant.llm.sampling import Sampler
+from assistant.skills.constraint import OPEN
 from assistant.skills.intents import IntentMatcher
 from assistant.skills.registry import BUILTIN_SKILLS, Registry
 from assistant.skills.sdk import SkillContext
@@ -224,3 +225,22 @@ def test_data_from_a_request_of_a_chain_is_put_in_words_by_the_model_after_the_o
         "content": "Timer set for 5 minutes.",
     }
     assert manager.conversation.messages[-1]["content"] == "Sunny, 21 degrees."
+
+
+@skill(sentences={"en": ["how full is the bin"]})
+def bin_level() -> dict:
+    """How full the kitchen bin is, for the model to put in words."""
+    return {"percent": 80}
+
+
+def test_data_from_two_requests_of_a_chain_goes_back_in_one_call_turn_and_its_response(
+    tiny_int8: Path, tmp_path: Path
+) -> None:
+    """Each call in the history is followed by its tool response: two calls are one turn with two tags."""
+    manager = manager_for(tiny_int8, tmp_path, weather, bin_level)
+    scripted(manager.conversation.engine, "Sunny, and the bin is nearly full.")
+    assert said(manager, "what's the weather and how full is the bin") == "Sunny, and the bin is nearly full."
+    request, calls, results, words = manager.conversation.messages[-4:]
+    assert (request["role"], calls["role"], words["role"]) == ("user", "assistant", "assistant")
+    assert calls["content"].count(OPEN) == 2 and '"weather"' in calls["content"] and '"bin_level"' in calls["content"]
+    assert is_tool_response(results) and "80" in results["content"] and "21" in results["content"]

@@ -91,10 +91,14 @@ def prompt_messages(persona: str, tools: list[dict], example: tuple[str, dict] |
     return messages
 
 
-def call_message(call: dict) -> dict:
-    """The assistant's turn that makes `call`, laid out as Qwen writes it (the constraint's grammar too)."""
-    body = json.dumps(call, ensure_ascii=False)
-    return _message("assistant", [(OPEN + "\n", True), (body, False), ("\n" + CLOSE, True)])
+def call_message(*calls: dict) -> dict:
+    """The assistant's turn that makes `calls`, laid out as Qwen writes them (the constraint's grammar too):
+    one tag each, on lines of their own, so that the tool response after it answers them all."""
+    parts: Parts = []
+    for number, call in enumerate(calls):
+        body = json.dumps(call, ensure_ascii=False)
+        parts += [("\n" * (number > 0) + OPEN + "\n", True), (body, False), ("\n" + CLOSE, True)]
+    return _message("assistant", parts)
 
 
 def example_exchange(tools: list[dict], sentences: dict[str, list] | None = None) -> tuple[str, dict] | None:
