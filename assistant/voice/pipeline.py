@@ -144,10 +144,12 @@ class VoicePipeline:
             # Words said right after the phrase, in the same breath, are already behind us: hear them first.
             for start in range(0, len(wake.after), BLOCK):
                 self._hear(wake.after[start : start + BLOCK])
-        # Audio that ends in the middle of a command (a file) still has it answered; a microphone that
-        # ends because the assistant is stopping does not.
+        # Audio that ends in the middle of a command (a file) still has it answered and the reply spoken; a
+        # microphone that ends because the assistant is stopping has neither.
         stopped = getattr(frames, "stopped", None)
-        if self.hearing and not (stopped and stopped.is_set()):
+        if stopped and stopped.is_set():
+            self.stop_reply()  # the reply's pieces already written are not spoken first: the stop waits for them
+        elif self.hearing:
             self._heard(self.transcriber.end())
         self.finish()
 

