@@ -93,3 +93,22 @@ def test_a_reply_cut_between_two_of_its_sounds_is_not_heard_after() -> None:
     sink.close()
     chime = device.calls.index("write", device.calls.index("write") + 4)  # the reply is 4 blocks at 48 kHz
     assert device.calls[:chime][-3:] == ["abort", "close", "open"], device.calls
+
+
+def test_a_barge_in_as_a_sound_of_the_reply_is_handed_to_the_speaker_stops_it(test_voice: Path) -> None:
+    """The wake phrase heard while the speaking thread tells the clients what it is about to play: that sound
+    is not played, only the chime."""
+    from assistant.voice.audio import SpeakerSink
+
+    sink = SpeakerSink()
+    sink.sounddevice = device = Speaker()
+
+    def on_event(event: dict) -> None:
+        if event["type"] == "audio":
+            pipeline.stop_reply(chime=True)
+
+    pipeline = VoicePipeline(None, None, Voice(test_voice), sink, lambda text, cancel: iter(["The light is on."]),
+                             on_event=on_event)  # fmt: skip
+    pipeline.start_reply("lights", time.monotonic())
+    pipeline.finish()
+    assert device.calls.count("write") == 2, device.calls  # the chime: 0.16 s, two blocks at 48 kHz

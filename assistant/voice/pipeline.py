@@ -289,6 +289,8 @@ class VoicePipeline:
                 reply.speaking.set()
                 self._latency(reply)
             self.emit("audio", text=sentence, samples=len(audio), rate=self.voice.rate)
+        if reply.cancel.is_set():  # cut while the clients were told (they may be slow): the sink's stop is over
+            return
         try:
             self.sink.play(audio, self.voice.rate)
         except Exception:  # the output failed: the rest of this reply is lost, not the loop
