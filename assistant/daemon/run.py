@@ -409,7 +409,9 @@ class Daemon:
             return None
         request.cancel.set()
         if self.voice is not None and request is self.current:
-            self.voice.sink.stop()
+            # Off the control socket's loop, which calls this: silencing waits for the block being played,
+            # or for the microphone while it looks for its device again, and every client would wait too.
+            threading.Thread(target=self.voice.sink.stop, name="silence", daemon=True).start()
         return request.id
 
     def _turns_of(self, client: int | None) -> list[TurnRequest]:
