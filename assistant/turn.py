@@ -187,7 +187,8 @@ class TurnManager:
             call = {"name": match.skill, "arguments": match.arguments}
             log.info("local intent %s %s%s", call["name"], call["arguments"], f": {match.reply}" if match.reply else "")
             questions = self._questions()
-            events = [TurnEvent("text", match.reply)] if match.reply else self._run_call(call, confirmed)
+            # A confirmation (of the call a question's answer completes) is the first call's only.
+            events = [TurnEvent("text", match.reply)] if match.reply else self._run_call(call, confirmed and not number)
             rest = [later.said.rstrip(" .!?。！？") for later in matches[number + 1 :]]
             for event in events:
                 if rest and event.kind in SPOKEN and self._questions() != questions:

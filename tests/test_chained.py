@@ -21,7 +21,7 @@ from assistant.skills.registry import BUILTIN_SKILLS, Registry
 from assistant.skills.sdk import SkillContext
 from assistant.turn import TurnManager
 from tests.test_intents import DEVICES
-from tests.test_toolcalls import scripted, weather
+from tests.test_toolcalls import open_gate, scripted, unlock_door, weather
 
 
 @pytest.fixture(scope="module")
@@ -244,3 +244,29 @@ def test_data_from_two_requests_of_a_chain_goes_back_in_one_call_turn_and_its_re
     assert (request["role"], calls["role"], words["role"]) == ("user", "assistant", "assistant")
     assert calls["content"].count(OPEN) == 2 and '"weather"' in calls["content"] and '"bin_level"' in calls["content"]
     assert is_tool_response(results) and "80" in results["content"] and "21" in results["content"]
+
+
+def test_an_answer_to_which_one_joined_to_a_request_answers_it_and_does_the_request(
+    tiny_int8: Path, tmp_path: Path
+) -> None:
+    manager = manager_for(tiny_int8, tmp_path)
+    said(manager, "set a timer for 5 minutes")
+    said(manager, "set a pasta timer for 10 minutes")
+    assert said(manager, "cancel the timer").endswith("Which one?")
+    cached = list(manager.conversation.engine.tokens)
+    assert said(manager, "the pasta one and set an alarm for 7").startswith(
+        "Cancelled the pasta timer. Alarm set for 7:00"
+    )
+    assert manager.conversation.engine.tokens == cached  # the model ran no token
+    listed = said(manager, "what timers do I have")
+    assert "pasta" not in listed and "an alarm at 7:00" in listed
+
+
+def test_a_request_joined_to_the_answer_of_a_confirmed_call_asks_its_own_confirmation(
+    tiny_int8: Path, tmp_path: Path
+) -> None:
+    manager = manager_for(tiny_int8, tmp_path, open_gate, unlock_door)
+    assert said(manager, "open the gate") == "Do you really want me to run open gate?"
+    assert said(manager, "yes") == "Which gate: front or garden?"
+    reply = said(manager, "the garden one and unlock the door")
+    assert reply == "The garden gate is open. Do you really want me to run unlock door?"

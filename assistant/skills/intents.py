@@ -268,7 +268,22 @@ class IntentMatcher:
 
     def match_answer(self, text: str, question: str, call: dict) -> IntentMatch | None:
         """The text as an answer to `question`, which the skill asked when `call` ran it: the call
-        with its arguments updated by the answer's, or None if the text answers nothing."""
+        with its arguments updated by the answer's, or None if the text answers nothing. An answer
+        with requests joined after it ("the pasta one and set an alarm for 7") has them in `then`."""
+        if found := self._answer(text, question, call):
+            return found
+        joins = [j for j in JOINER.finditer(text) if j.start() > 0 and j.end() < len(text)][:MOST_JOINS]
+        for join in joins:
+            if (found := self._answer(text[: join.start()], question, call)) and (
+                rest := self.match(text[join.end() :])
+            ):
+                rest.said = rest.said or text[join.end() :]
+                found.then = [rest, *rest.then]
+                rest.then = []
+                return found
+        return None
+
+    def _answer(self, text: str, question: str, call: dict) -> IntentMatch | None:
         templates = self.answer_templates.get(call["name"], {})
         text = SPACED.sub("", text)
         for language in self._tried(text, list(templates)):
