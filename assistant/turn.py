@@ -147,12 +147,15 @@ class TurnManager:
         call, lapses = self.pending.pop(self.asker, (None, 0.0))
         if call is not None and time.monotonic() < lapses:
             answer = confirmation(text)
+            heard = self.intents.match(text) if self.intents and answer is False else None
+            if heard is not None and heard.then:
+                answer = None  # "cancel the timer and set an alarm for 9": new requests, not a "no"
             if answer is True:
                 said_in = IntentMatch(call["name"], call["arguments"], self.registry.context.language)
                 yield from self._local_call(text, [said_in], cancel, confirmed=True)
                 return
             if answer is False:
-                if self.intents and (heard := self.intents.match(text)) and heard.skill == "stop":
+                if heard is not None and heard.skill == "stop":
                     # "stop" to an alarm that rang meanwhile: it stops too, as it does without a question.
                     self.registry.context.stopped_at = time.time()
                 yield TurnEvent("text", self._say(WONT))

@@ -270,3 +270,23 @@ def test_a_request_joined_to_the_answer_of_a_confirmed_call_asks_its_own_confirm
     assert said(manager, "yes") == "Which gate: front or garden?"
     reply = said(manager, "the garden one and unlock the door")
     assert reply == "The garden gate is open. Do you really want me to run unlock door?"
+
+
+def test_requests_starting_with_cancel_or_stop_are_no_mere_no_to_a_confirmation(
+    tiny_int8: Path, tmp_path: Path
+) -> None:
+    manager = manager_for(tiny_int8, tmp_path)
+    said(manager, "add milk to the shopping list")
+    said(manager, "set a timer for 5 minutes")
+    assert said(manager, "clear the shopping list") == "Do you really want me to run clear shopping list?"
+    assert said(manager, "cancel the timer and set an alarm for 9").startswith(
+        "Cancelled the 5 minute timer. Alarm set for 9:00"
+    )
+    assert said(manager, "yes") != "The shopping list is empty."  # the question lapsed, as for any new request
+    assert said(manager, "clear the shopping list").endswith("clear shopping list?")
+    assert said(manager, "stop and set a timer for 3 minutes") == "Timer set for 3 minutes."
+    assert "3 minutes" in said(manager, "what timers do I have")
+    assert said(manager, "what's on the shopping list") != "The shopping list is empty."
+    # A "no" alone is still one.
+    said(manager, "clear the shopping list")
+    assert said(manager, "cancel") == "Okay, I won't."
