@@ -182,7 +182,7 @@ class TurnManager:
         A call that asks something (a confirmation, "Which one?") ends the list: what it left undone is named.
         """
         self.conversation.messages.append({"role": "user", "content": text})
-        spoken, results, calls = [], [], []
+        spoken, results, calls, held = [], [], [], []
         for number, match in enumerate(matches):
             if number and cancel is not None and cancel.is_set():
                 break  # stopped while a request ran: the ones after it stay undone
@@ -194,14 +194,17 @@ class TurnManager:
             events = [TurnEvent("text", match.reply)] if match.reply else self._run_call(call, confirmed and not number)
             rest = [later.said.rstrip(" .!?。！？") for later in matches[number + 1 :]]
             for event in events:
-                if rest and event.kind in SPOKEN and self._questions() != questions:
+                asked = event.kind in SPOKEN and self._questions() != questions
+                if rest and asked:
                     # Before the question, which comes last so that the answer follows it.
                     undone = self._say(
                         {"en": NOT_DONE["en"].format(", ".join(rest)), "zh": NOT_DONE["zh"].format("，".join(rest))}
                     )
                     rest = []
-                    spoken.append(undone)
-                    yield TurnEvent("text", undone)
+                    held.append(TurnEvent("text", undone))
+                if asked:
+                    held.append(event)
+                    continue
                 spoken += [event.text] if event.kind in SPOKEN and event.text.strip() else []
                 if found := data_of(call, event):
                     results += found
@@ -209,14 +212,24 @@ class TurnManager:
                 yield event
             if self._questions() != questions:
                 break  # it asked: the answer is to its question
+        asking = " ".join(event.text for event in held if event.text.strip())
         if not results:
-            self.conversation.messages.append({"role": "assistant", "content": " ".join(spoken)})
+            yield from held
+            self.conversation.messages.append({"role": "assistant", "content": " ".join([*spoken, asking]).strip()})
             return
         if spoken:
             self.conversation.messages.append({"role": "assistant", "content": " ".join(spoken)})
         self.conversation.messages.append(call_message(*calls))
         results_message = tool_response_message(results, self.conversation.template.wraps_tool_responses)
         yield from self._passes(results_message, cancel, request=False)
+        if held and cancel is not None and cancel.is_set():
+            # Stopped before the question was said: nothing waits for an answer to it.
+            self.pending.pop(self.asker, None)
+            self.asked.pop(self.asker, None)
+        elif held:
+            # Asked after the model has put the data of the requests before it in words.
+            yield from held
+            self._said_instead_of_calls(asking)
 
     def _questions(self) -> tuple:
         """The asker's open questions: a call waiting for its confirmation, a skill's question."""

@@ -290,3 +290,29 @@ def test_requests_starting_with_cancel_or_stop_are_no_mere_no_to_a_confirmation(
     # A "no" alone is still one.
     said(manager, "clear the shopping list")
     assert said(manager, "cancel") == "Okay, I won't."
+
+
+def test_a_question_after_a_request_for_data_is_asked_after_the_data_is_said(tiny_int8: Path, tmp_path: Path) -> None:
+    """The question comes last, in what is said and in the history, so that the answer follows it."""
+    manager = manager_for(tiny_int8, tmp_path, weather)
+    scripted(manager.conversation.engine, "Sunny, 21 degrees.")
+    reply = said(manager, "what's the weather and set a timer and turn on the kitchen light")
+    assert reply == "Sunny, 21 degrees. Not done yet: turn on the kitchen light. How long should the timer run?"
+    assert manager.conversation.messages[-1] == {"role": "assistant", "content": reply}
+    assert is_tool_response(manager.conversation.messages[-2])
+    assert said(manager, "10 minutes") == "Timer set for 10 minutes."
+
+
+def test_a_question_not_said_for_a_stop_waits_for_no_answer(tiny_int8: Path, tmp_path: Path) -> None:
+    manager = manager_for(tiny_int8, tmp_path, weather)
+    said(manager, "add milk to the shopping list")
+    scripted(manager.conversation.engine, "Sunny, 21 degrees.")
+    cancel = threading.Event()
+    heard = []
+    for event in manager.turn("what's the weather and clear the shopping list", cancel):
+        heard.append(event)
+        if event.kind == "tool_call" and event.text == "clear_shopping_list":
+            cancel.set()  # "stop", said while the data was being fetched
+    assert not [event for event in heard if event.kind == "confirm"]
+    assert said(manager, "yes") != "The shopping list is empty."
+    assert "milk" in said(manager, "what's on the shopping list")
