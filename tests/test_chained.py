@@ -62,6 +62,13 @@ LAMP_ON = ("switch_device", {"device": "卧室灯", "on": True})
         ("take a note that I need stamps and turn on the kitchen light",
          [("add_item", {"text": "I need stamps", "list": "notes"}),
           ("switch_device", {"device": "kitchen light", "on": True})]),
+        # Typed: the end of a sentence, and any punctuation before "then".
+        ("set a timer for 5 minutes. Turn on the kitchen light.",
+         [("set_timer", {"minutes": 5}), ("switch_device", {"device": "kitchen light", "on": True})]),
+        ("set a timer for 5 minutes; then turn on the kitchen light",
+         [("set_timer", {"minutes": 5}), ("switch_device", {"device": "kitchen light", "on": True})]),
+        ("what time is it? set a timer for 5 minutes", [("current_time", {}), ("set_timer", {"minutes": 5})]),
+        ("打开卧室灯。设置一个10分钟的计时器", [LAMP_ON, ("set_timer", {"minutes": 10})]),
         ("设置一个10分钟的计时器然后打开卧室灯", [("set_timer", {"minutes": 10}), LAMP_ON]),
         ("打开卧室灯，设置一个10分钟的计时器", [LAMP_ON, ("set_timer", {"minutes": 10})]),
         ("打开卧室灯再设置一个10分钟的计时器", [LAMP_ON, ("set_timer", {"minutes": 10})]),

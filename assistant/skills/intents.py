@@ -132,10 +132,12 @@ class IntentMatch:
 
 
 # Words that join two requests in one sentence: "set an alarm for 7 and a timer for 5 minutes", "..., then
-# turn off the light", 打开卧室灯然后设一个计时器, 打开卧室灯，设一个计时器. Only where each part is a request of
+# turn off the light", 打开卧室灯然后设一个计时器, 打开卧室灯，设一个计时器; also the end of a typed sentence
+# ("set a timer for 5 minutes. Turn on the light", 打开卧室灯。设一个计时器). Only where each part is a request of
 # its own: "1 hour and 30 minutes", "bread and butter", 面包和黄油 stay one.
 JOINER = re.compile(
-    r"(?:\s*,)?\s+(?:and\s+then|and|then|also)\s+|\s*[,，;；]\s*(?:然后再|然后|并且|再|和)?\s*|\s*(?:然后再|然后|并且|再|和)\s*",
+    r"(?:\s*[,;.!?])?\s+(?:and\s+then|and|then|also)\s+|\s*[,，;；。！？]\s*(?:然后再|然后|并且|再|和)?\s*"
+    r"|[.!?]\s+|\s*(?:然后再|然后|并且|再|和)\s*",
     re.IGNORECASE,
 )
 # Joining words that also mean "again" and "with": right after free text (a note), they are its words.
