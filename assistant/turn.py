@@ -28,7 +28,7 @@ from assistant.skills.constraint import (
     reply_parts,
     visible_text,
 )
-from assistant.skills.intents import IntentMatch, IntentMatcher, reply_language
+from assistant.skills.intents import JOINER, IntentMatch, IntentMatcher, reply_language
 from assistant.skills.prompt import call_message
 from assistant.skills.registry import Registry
 
@@ -146,13 +146,25 @@ class TurnManager:
         self.conversation.check_fits(text)
         call, lapses = self.pending.pop(self.asker, (None, 0.0))
         if call is not None and time.monotonic() < lapses:
-            answer = confirmation(text)
+            answer, later = confirmation(text), []
             heard = self.intents.match(text) if self.intents and answer is False else None
             if heard is not None and heard.then:
                 answer = None  # "cancel the timer and set an alarm for 9": new requests, not a "no"
+            elif answer is not True and self.intents and (join := JOINER.search(text)) and join.start() > 0:
+                # "yes, and set an alarm for 7", "no, set a timer": the answer, then the requests after it.
+                first = confirmation(text[: join.start()])
+                if first is not None and (then := self.intents.match(text[join.end() :])):
+                    then.said = then.said or text[join.end() :]
+                    answer, later = first, [then, *then.then]
+            language = self.registry.context.language
             if answer is True:
-                said_in = IntentMatch(call["name"], call["arguments"], self.registry.context.language)
-                yield from self._local_call(text, [said_in], cancel, confirmed=True)
+                said_in = IntentMatch(call["name"], call["arguments"], language)
+                yield from self._local_call(text, [said_in, *later], cancel, confirmed=True)
+                return
+            if answer is False and later:
+                # Not run: what is said instead of it is that it won't be.
+                wont = IntentMatch(call["name"], call["arguments"], language, reply=self._say(WONT))
+                yield from self._local_call(text, [wont, *later], cancel, confirmed=False)
                 return
             if answer is False:
                 if heard is not None and heard.skill == "stop":

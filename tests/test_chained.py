@@ -323,3 +323,17 @@ def test_a_question_not_said_for_a_stop_waits_for_no_answer(tiny_int8: Path, tmp
     assert not [event for event in heard if event.kind == "confirm"]
     assert said(manager, "yes") != "The shopping list is empty."
     assert "milk" in said(manager, "what's on the shopping list")
+
+
+def test_a_yes_or_no_with_requests_joined_after_it_answers_the_confirmation_and_does_them(
+    tiny_int8: Path, tmp_path: Path
+) -> None:
+    manager = manager_for(tiny_int8, tmp_path)
+    said(manager, "add milk to the shopping list")
+    said(manager, "clear the shopping list")
+    assert said(manager, "no, set a timer for 5 minutes") == "Okay, I won't. Timer set for 5 minutes."
+    assert "milk" in said(manager, "what's on the shopping list")
+    said(manager, "clear the shopping list")
+    assert said(manager, "yes, and set an alarm for 7").startswith("The shopping list is empty. Alarm set for 7:00")
+    listed = said(manager, "what timers do I have")
+    assert "a timer with 5 minutes left" in listed and "an alarm at 7:00" in listed
