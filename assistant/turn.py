@@ -28,7 +28,7 @@ from assistant.skills.constraint import (
     reply_parts,
     visible_text,
 )
-from assistant.skills.intents import IntentMatch, IntentMatcher, reply_language
+from assistant.skills.intents import JOINER, IntentMatch, IntentMatcher, reply_language
 from assistant.skills.prompt import call_message
 from assistant.skills.registry import Registry
 
@@ -146,13 +146,28 @@ class TurnManager:
         self.conversation.check_fits(text)
         call, lapses = self.pending.pop(self.asker, (None, 0.0))
         if call is not None and time.monotonic() < lapses:
-            answer = confirmation(text)
+            answer, later = confirmation(text), []
+            heard = self.intents.match(text) if self.intents and answer is False else None
+            if heard is not None and heard.then:
+                answer = None  # "cancel the timer and set an alarm for 9": new requests, not a "no"
+            elif answer is not True and self.intents and (join := JOINER.search(text)) and join.start() > 0:
+                # "yes, and set an alarm for 7", "no, set a timer": the answer, then the requests after it.
+                first = confirmation(text[: join.start()])
+                if first is not None and (then := self.intents.match(text[join.end() :])):
+                    then.said = then.said or text[join.end() :]
+                    answer, later = first, [then, *then.then]
+            language = self.registry.context.language
             if answer is True:
-                said_in = IntentMatch(call["name"], call["arguments"], self.registry.context.language)
-                yield from self._local_call(text, [said_in], cancel, confirmed=True)
+                said_in = IntentMatch(call["name"], call["arguments"], language)
+                yield from self._local_call(text, [said_in, *later], cancel, confirmed=True)
+                return
+            if answer is False and later:
+                # Not run: what is said instead of it is that it won't be.
+                wont = IntentMatch(call["name"], call["arguments"], language, reply=self._say(WONT))
+                yield from self._local_call(text, [wont, *later], cancel, confirmed=False)
                 return
             if answer is False:
-                if self.intents and (heard := self.intents.match(text)) and heard.skill == "stop":
+                if heard is not None and heard.skill == "stop":
                     # "stop" to an alarm that rang meanwhile: it stops too, as it does without a question.
                     self.registry.context.stopped_at = time.time()
                 yield TurnEvent("text", self._say(WONT))
@@ -179,7 +194,7 @@ class TurnManager:
         A call that asks something (a confirmation, "Which one?") ends the list: what it left undone is named.
         """
         self.conversation.messages.append({"role": "user", "content": text})
-        spoken, results, calls = [], [], []
+        spoken, results, calls, held = [], [], [], []
         for number, match in enumerate(matches):
             if number and cancel is not None and cancel.is_set():
                 break  # stopped while a request ran: the ones after it stay undone
@@ -187,17 +202,21 @@ class TurnManager:
             call = {"name": match.skill, "arguments": match.arguments}
             log.info("local intent %s %s%s", call["name"], call["arguments"], f": {match.reply}" if match.reply else "")
             questions = self._questions()
-            events = [TurnEvent("text", match.reply)] if match.reply else self._run_call(call, confirmed)
+            # A confirmation (of the call a question's answer completes) is the first call's only.
+            events = [TurnEvent("text", match.reply)] if match.reply else self._run_call(call, confirmed and not number)
             rest = [later.said.rstrip(" .!?。！？") for later in matches[number + 1 :]]
             for event in events:
-                if rest and event.kind in SPOKEN and self._questions() != questions:
+                asked = event.kind in SPOKEN and self._questions() != questions
+                if rest and asked:
                     # Before the question, which comes last so that the answer follows it.
                     undone = self._say(
                         {"en": NOT_DONE["en"].format(", ".join(rest)), "zh": NOT_DONE["zh"].format("，".join(rest))}
                     )
                     rest = []
-                    spoken.append(undone)
-                    yield TurnEvent("text", undone)
+                    held.append(TurnEvent("text", undone))
+                if asked:
+                    held.append(event)
+                    continue
                 spoken += [event.text] if event.kind in SPOKEN and event.text.strip() else []
                 if found := data_of(call, event):
                     results += found
@@ -205,14 +224,24 @@ class TurnManager:
                 yield event
             if self._questions() != questions:
                 break  # it asked: the answer is to its question
+        asking = " ".join(event.text for event in held if event.text.strip())
         if not results:
-            self.conversation.messages.append({"role": "assistant", "content": " ".join(spoken)})
+            yield from held
+            self.conversation.messages.append({"role": "assistant", "content": " ".join([*spoken, asking]).strip()})
             return
         if spoken:
             self.conversation.messages.append({"role": "assistant", "content": " ".join(spoken)})
         self.conversation.messages.append(call_message(*calls))
         results_message = tool_response_message(results, self.conversation.template.wraps_tool_responses)
         yield from self._passes(results_message, cancel, request=False)
+        if held and cancel is not None and cancel.is_set():
+            # Stopped before the question was said: nothing waits for an answer to it.
+            self.pending.pop(self.asker, None)
+            self.asked.pop(self.asker, None)
+        elif held:
+            # Asked after the model has put the data of the requests before it in words.
+            yield from held
+            self._said_instead_of_calls(asking)
 
     def _questions(self) -> tuple:
         """The asker's open questions: a call waiting for its confirmation, a skill's question."""

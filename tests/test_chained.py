@@ -21,7 +21,7 @@ from assistant.skills.registry import BUILTIN_SKILLS, Registry
 from assistant.skills.sdk import SkillContext
 from assistant.turn import TurnManager
 from tests.test_intents import DEVICES
-from tests.test_toolcalls import scripted, weather
+from tests.test_toolcalls import open_gate, scripted, unlock_door, weather
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +62,13 @@ LAMP_ON = ("switch_device", {"device": "卧室灯", "on": True})
         ("take a note that I need stamps and turn on the kitchen light",
          [("add_item", {"text": "I need stamps", "list": "notes"}),
           ("switch_device", {"device": "kitchen light", "on": True})]),
+        # Typed: the end of a sentence, and any punctuation before "then".
+        ("set a timer for 5 minutes. Turn on the kitchen light.",
+         [("set_timer", {"minutes": 5}), ("switch_device", {"device": "kitchen light", "on": True})]),
+        ("set a timer for 5 minutes; then turn on the kitchen light",
+         [("set_timer", {"minutes": 5}), ("switch_device", {"device": "kitchen light", "on": True})]),
+        ("what time is it? set a timer for 5 minutes", [("current_time", {}), ("set_timer", {"minutes": 5})]),
+        ("打开卧室灯。设置一个10分钟的计时器", [LAMP_ON, ("set_timer", {"minutes": 10})]),
         ("设置一个10分钟的计时器然后打开卧室灯", [("set_timer", {"minutes": 10}), LAMP_ON]),
         ("打开卧室灯，设置一个10分钟的计时器", [LAMP_ON, ("set_timer", {"minutes": 10})]),
         ("打开卧室灯再设置一个10分钟的计时器", [LAMP_ON, ("set_timer", {"minutes": 10})]),
@@ -244,3 +251,89 @@ def test_data_from_two_requests_of_a_chain_goes_back_in_one_call_turn_and_its_re
     assert (request["role"], calls["role"], words["role"]) == ("user", "assistant", "assistant")
     assert calls["content"].count(OPEN) == 2 and '"weather"' in calls["content"] and '"bin_level"' in calls["content"]
     assert is_tool_response(results) and "80" in results["content"] and "21" in results["content"]
+
+
+def test_an_answer_to_which_one_joined_to_a_request_answers_it_and_does_the_request(
+    tiny_int8: Path, tmp_path: Path
+) -> None:
+    manager = manager_for(tiny_int8, tmp_path)
+    said(manager, "set a timer for 5 minutes")
+    said(manager, "set a pasta timer for 10 minutes")
+    assert said(manager, "cancel the timer").endswith("Which one?")
+    cached = list(manager.conversation.engine.tokens)
+    assert said(manager, "the pasta one and set an alarm for 7").startswith(
+        "Cancelled the pasta timer. Alarm set for 7:00"
+    )
+    assert manager.conversation.engine.tokens == cached  # the model ran no token
+    listed = said(manager, "what timers do I have")
+    assert "pasta" not in listed and "an alarm at 7:00" in listed
+
+
+def test_a_request_joined_to_the_answer_of_a_confirmed_call_asks_its_own_confirmation(
+    tiny_int8: Path, tmp_path: Path
+) -> None:
+    manager = manager_for(tiny_int8, tmp_path, open_gate, unlock_door)
+    assert said(manager, "open the gate") == "Do you really want me to run open gate?"
+    assert said(manager, "yes") == "Which gate: front or garden?"
+    reply = said(manager, "the garden one and unlock the door")
+    assert reply == "The garden gate is open. Do you really want me to run unlock door?"
+
+
+def test_requests_starting_with_cancel_or_stop_are_no_mere_no_to_a_confirmation(
+    tiny_int8: Path, tmp_path: Path
+) -> None:
+    manager = manager_for(tiny_int8, tmp_path)
+    said(manager, "add milk to the shopping list")
+    said(manager, "set a timer for 5 minutes")
+    assert said(manager, "clear the shopping list") == "Do you really want me to run clear shopping list?"
+    assert said(manager, "cancel the timer and set an alarm for 9").startswith(
+        "Cancelled the 5 minute timer. Alarm set for 9:00"
+    )
+    assert said(manager, "yes") != "The shopping list is empty."  # the question lapsed, as for any new request
+    assert said(manager, "clear the shopping list").endswith("clear shopping list?")
+    assert said(manager, "stop and set a timer for 3 minutes") == "Timer set for 3 minutes."
+    assert "3 minutes" in said(manager, "what timers do I have")
+    assert said(manager, "what's on the shopping list") != "The shopping list is empty."
+    # A "no" alone is still one.
+    said(manager, "clear the shopping list")
+    assert said(manager, "cancel") == "Okay, I won't."
+
+
+def test_a_question_after_a_request_for_data_is_asked_after_the_data_is_said(tiny_int8: Path, tmp_path: Path) -> None:
+    """The question comes last, in what is said and in the history, so that the answer follows it."""
+    manager = manager_for(tiny_int8, tmp_path, weather)
+    scripted(manager.conversation.engine, "Sunny, 21 degrees.")
+    reply = said(manager, "what's the weather and set a timer and turn on the kitchen light")
+    assert reply == "Sunny, 21 degrees. Not done yet: turn on the kitchen light. How long should the timer run?"
+    assert manager.conversation.messages[-1] == {"role": "assistant", "content": reply}
+    assert is_tool_response(manager.conversation.messages[-2])
+    assert said(manager, "10 minutes") == "Timer set for 10 minutes."
+
+
+def test_a_question_not_said_for_a_stop_waits_for_no_answer(tiny_int8: Path, tmp_path: Path) -> None:
+    manager = manager_for(tiny_int8, tmp_path, weather)
+    said(manager, "add milk to the shopping list")
+    scripted(manager.conversation.engine, "Sunny, 21 degrees.")
+    cancel = threading.Event()
+    heard = []
+    for event in manager.turn("what's the weather and clear the shopping list", cancel):
+        heard.append(event)
+        if event.kind == "tool_call" and event.text == "clear_shopping_list":
+            cancel.set()  # "stop", said while the data was being fetched
+    assert not [event for event in heard if event.kind == "confirm"]
+    assert said(manager, "yes") != "The shopping list is empty."
+    assert "milk" in said(manager, "what's on the shopping list")
+
+
+def test_a_yes_or_no_with_requests_joined_after_it_answers_the_confirmation_and_does_them(
+    tiny_int8: Path, tmp_path: Path
+) -> None:
+    manager = manager_for(tiny_int8, tmp_path)
+    said(manager, "add milk to the shopping list")
+    said(manager, "clear the shopping list")
+    assert said(manager, "no, set a timer for 5 minutes") == "Okay, I won't. Timer set for 5 minutes."
+    assert "milk" in said(manager, "what's on the shopping list")
+    said(manager, "clear the shopping list")
+    assert said(manager, "yes, and set an alarm for 7").startswith("The shopping list is empty. Alarm set for 7:00")
+    listed = said(manager, "what timers do I have")
+    assert "a timer with 5 minutes left" in listed and "an alarm at 7:00" in listed

@@ -132,10 +132,12 @@ class IntentMatch:
 
 
 # Words that join two requests in one sentence: "set an alarm for 7 and a timer for 5 minutes", "..., then
-# turn off the light", 打开卧室灯然后设一个计时器, 打开卧室灯，设一个计时器. Only where each part is a request of
+# turn off the light", 打开卧室灯然后设一个计时器, 打开卧室灯，设一个计时器; also the end of a typed sentence
+# ("set a timer for 5 minutes. Turn on the light", 打开卧室灯。设一个计时器). Only where each part is a request of
 # its own: "1 hour and 30 minutes", "bread and butter", 面包和黄油 stay one.
 JOINER = re.compile(
-    r"(?:\s*,)?\s+(?:and\s+then|and|then|also)\s+|\s*[,，;；]\s*(?:然后再|然后|并且|再|和)?\s*|\s*(?:然后再|然后|并且|再|和)\s*",
+    r"(?:\s*[,;.!?])?\s+(?:and\s+then|and|then|also)\s+|\s*[,，;；。！？]\s*(?:然后再|然后|并且|再|和)?\s*"
+    r"|[.!?]\s+|\s*(?:然后再|然后|并且|再|和)\s*",
     re.IGNORECASE,
 )
 # Joining words that also mean "again" and "with": right after free text (a note), they are its words.
@@ -268,7 +270,22 @@ class IntentMatcher:
 
     def match_answer(self, text: str, question: str, call: dict) -> IntentMatch | None:
         """The text as an answer to `question`, which the skill asked when `call` ran it: the call
-        with its arguments updated by the answer's, or None if the text answers nothing."""
+        with its arguments updated by the answer's, or None if the text answers nothing. An answer
+        with requests joined after it ("the pasta one and set an alarm for 7") has them in `then`."""
+        if found := self._answer(text, question, call):
+            return found
+        joins = [j for j in JOINER.finditer(text) if j.start() > 0 and j.end() < len(text)][:MOST_JOINS]
+        for join in joins:
+            if (found := self._answer(text[: join.start()], question, call)) and (
+                rest := self.match(text[join.end() :])
+            ):
+                rest.said = rest.said or text[join.end() :]
+                found.then = [rest, *rest.then]
+                rest.then = []
+                return found
+        return None
+
+    def _answer(self, text: str, question: str, call: dict) -> IntentMatch | None:
         templates = self.answer_templates.get(call["name"], {})
         text = SPACED.sub("", text)
         for language in self._tried(text, list(templates)):
