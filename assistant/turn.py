@@ -28,7 +28,7 @@ from assistant.skills.constraint import (
     reply_parts,
     visible_text,
 )
-from assistant.skills.intents import JOINER, IntentMatch, IntentMatcher, reply_language
+from assistant.skills.intents import JOINER, SENTENCE_END, IntentMatch, IntentMatcher, reply_language
 from assistant.skills.prompt import call_message
 from assistant.skills.registry import Registry
 
@@ -204,7 +204,7 @@ class TurnManager:
             questions = self._questions()
             # A confirmation (of the call a question's answer completes) is the first call's only.
             events = [TurnEvent("text", match.reply)] if match.reply else self._run_call(call, confirmed and not number)
-            rest = [later.said.rstrip(" .!?。！？") for later in matches[number + 1 :]]
+            rest = [later.said.rstrip(SENTENCE_END) for later in matches[number + 1 :]]
             for event in events:
                 asked = event.kind in SPOKEN and self._questions() != questions
                 if rest and asked:

@@ -142,6 +142,8 @@ JOINER = re.compile(
 )
 # Joining words that also mean "again" and "with": right after free text (a note), they are its words.
 WEAK_JOINERS = ("再", "和")
+# What ends a typed sentence, not part of its last request.
+SENTENCE_END = " .!?。！？"
 # A sentence joined in more places than this is not tried as separate requests: each way of cutting
 # it costs a match.
 MOST_JOINS = 5
@@ -193,7 +195,7 @@ class IntentMatcher:
         if len(text) > LONGEST_COMMAND:
             return None  # not a household command; matching time grows faster than the text
         whole = self._match_one(text)
-        end = len(text.rstrip(" .!?。！？"))
+        end = len(text.rstrip(SENTENCE_END))
         joins = [j for j in JOINER.finditer(text) if j.start() > 0 and j.end() < end]
         if not joins or len(joins) > MOST_JOINS:
             return whole
@@ -255,8 +257,7 @@ class IntentMatcher:
         return False
 
     def _match_one(self, text: str) -> IntentMatch | None:
-        if len(text) > LONGEST_COMMAND:
-            return None  # not a household command; matching time grows faster than the text
+        """One request in `text` (a part of what `match` was given, which bounded its length)."""
         for language in self._tried(text, self._languages()):
             if found := self._match_own(text, language) or self._match_library(text, language):
                 return found
