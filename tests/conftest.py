@@ -4,9 +4,15 @@
 from __future__ import annotations
 
 import importlib.util
+import signal
 from pathlib import Path
 
 import pytest
+
+# Tests press Ctrl-C on the commands they start (SIGINT). Started in the background by a shell
+# (`.ci/run &`, nohup), this process and its children inherit SIGINT ignored, and Python then
+# leaves it so: restored here, every command a test starts gets Ctrl-C as at a terminal.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _bf16_checkpoint(out_dir: Path, **kwargs) -> Path:
