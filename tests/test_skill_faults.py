@@ -6,6 +6,7 @@ connections and then never acknowledges a command (what a broker stuck on a full
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -14,6 +15,7 @@ import sys
 import textwrap
 import threading
 import time
+import warnings
 from pathlib import Path
 
 from tokenizers import Tokenizer
@@ -275,6 +277,75 @@ def test_results_that_cannot_be_spoken_or_sent_are_errors_of_the_call(tmp_path: 
     assert registry.call("forgot", {}).error == "forgot gave no answer"
     assert f"{path}:37: skill forgot returned None (does it end without a return?)" in caplog.text
     assert registry.call("ping", {}).error == "there is no skill called ping"  # and the registry still answers
+
+
+def test_megabytes_of_data_end_the_call_before_the_turn_or_a_client_gets_them(tmp_path: Path, caplog) -> None:
+    # A web page's JSON, or a sensor's whole history: tokenized for the model, 10 MB took half a
+    # minute and left the daemon 1.6 GB larger, and the client that asked was cut off.
+    path = write(
+        tmp_path,
+        "hoard.py",
+        '''
+        from assistant import skill
+
+        @skill
+        def page() -> dict:
+            """Fetch a web page."""
+            return {"html": "<p>weather</p>" * 700_000}
+
+        @skill
+        def history() -> list:
+            """Every reading of the sensor."""
+            return list(range(1_000_000))
+
+        @skill
+        def forecast() -> dict:
+            """Tomorrow's forecast."""
+            return {"sky": "晴" * 9_000}
+    ''',
+    )
+    registry = Registry()
+    registry.load_folder(tmp_path)
+    start = time.monotonic()
+    for name in ("page", "history"):
+        assert registry.call(name, {}).error == f"{name} returned more data than I can read"
+    assert time.monotonic() - start < 5
+    assert f"{path}:4: skill page returned 9800012 characters of data as JSON, more than the 10000" in caplog.text
+    assert "return only what the answer needs" in caplog.text
+    assert registry.call("forecast", {}).data == {"sky": "晴" * 9_000}  # characters, not bytes or escapes
+
+
+def test_an_exit_or_a_coroutine_in_a_skill_is_said_in_words(tmp_path: Path, caplog) -> None:
+    write(
+        tmp_path,
+        "odd.py",
+        '''
+        import asyncio
+        import sys
+
+        from assistant import skill
+
+        @skill
+        def leave() -> str:
+            """Stop here."""
+            sys.exit(0)
+
+        @skill
+        def later() -> str:
+            """Wait a moment (a plain def that returns a coroutine, as a decorator made for async does)."""
+            return asyncio.sleep(0)
+    ''',
+    )
+    registry = Registry()
+    registry.load_folder(tmp_path)
+    assert registry.call("leave", {}).error == "leave failed: it called sys.exit()"  # not "leave failed: 0"
+    with warnings.catch_warnings(record=True) as warned:
+        warnings.simplefilter("always")
+        assert registry.call("later", {}).error == "later returned something other than text or JSON data"
+        gc.collect()
+    # The coroutine is closed by the call: no "never awaited" warning later, pointing at another file.
+    assert [str(w.message) for w in warned] == []
+    assert "skill later returned coroutine, which is neither text nor JSON data" in caplog.text
 
 
 def test_skills_the_loader_would_miss_or_misread_are_reported(tmp_path: Path) -> None:

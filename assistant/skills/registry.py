@@ -12,6 +12,7 @@ import hashlib
 import importlib.machinery
 import importlib.metadata
 import importlib.util
+import inspect
 import json
 import logging
 import math
@@ -57,7 +58,10 @@ DEFAULT_TIMEOUT = 10.0
 BUILTIN_SKILLS = Path(__file__).resolve().parent / "builtin"
 BACKOFF_SECONDS = (1.0, 60.0)  # a background task that fails is restarted after 1 s, doubling up to 60 s
 IMPORT_SECONDS = 30.0  # a skill module still importing after this long is skipped (it waits for something)
-MAX_SPOKEN = 10_000  # characters of a skill's text: ten minutes of speech; more is a skill reading out a page
+# Characters of a skill's text (ten minutes of speech; more is a skill reading out a page) or of its
+# data as JSON (several times what the model's context holds): more ends the call before the turn
+# tokenizes it, or a client is sent it, which for megabytes took minutes and a gigabyte of memory.
+MAX_RESULT = 10_000
 KEPT = "keeping the version loaded before"
 STOP_WAIT_SECONDS = 10.0  # a background task still running this long after its stop was set is logged
 
@@ -392,20 +396,26 @@ class Registry:
             fix = 'return the text to speak ("" to say nothing) or data for the model'
             log.error("%s returned None (does it end without a return?): %s", where, fix)
             return SkillResult(name, error=f"{name} gave no answer")
-        if isinstance(value, str) and len(value) > MAX_SPOKEN:
-            too_long = f"{len(value)} characters of text, more than the {MAX_SPOKEN} a reply may speak"
+        if isinstance(value, str) and len(value) > MAX_RESULT:
+            too_long = f"{len(value)} characters of text, more than the {MAX_RESULT} a reply may speak"
             log.error("%s returned %s: return a short answer", where, too_long)
             return SkillResult(name, error=f"{name} returned more text than I can read out")
         if isinstance(value, str):
             return SkillResult(name, text=value)
+        if inspect.iscoroutine(value):
+            value.close()  # never to be awaited: closed now, not warned of later from another file
         try:
-            json.dumps(value, allow_nan=False)  # data goes back to the model (and to clients) as JSON
+            sent = json.dumps(value, allow_nan=False, ensure_ascii=False)  # to the model and to clients as JSON
         except (TypeError, ValueError, RecursionError) as e:  # RecursionError: nested too deep
             fix = "return a str to speak, or dicts, lists, strings and numbers for the model"
             log.error(
                 "%s returned %s, which is neither text nor JSON data (%s): %s", where, type(value).__name__, e, fix
             )
             return SkillResult(name, error=f"{name} returned something other than text or JSON data")
+        if len(sent) > MAX_RESULT:
+            too_long = f"{len(sent)} characters of data as JSON, more than the {MAX_RESULT} the model can be given"
+            log.error("%s returned %s: return only what the answer needs", where, too_long)
+            return SkillResult(name, error=f"{name} returned more data than I can read")
         return SkillResult(name, data=value)
 
 
@@ -550,6 +560,8 @@ def _line_in(path: Path, frames: list[traceback.FrameSummary]) -> int:
 
 def _cause(error: BaseException) -> str:
     """An exception as the person hears it: its message (or its type, when it has none), not too long."""
+    if isinstance(error, SystemExit):  # its message is an exit status ("0"), which says nothing here
+        return "it called sys.exit()"
     text = str(error) or type(error).__name__
     return text if len(text) <= 200 else text[:200] + "…"
 
