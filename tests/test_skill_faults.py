@@ -279,6 +279,52 @@ def test_results_that_cannot_be_spoken_or_sent_are_errors_of_the_call(tmp_path: 
     assert registry.call("ping", {}).error == "there is no skill called ping"  # and the registry still answers
 
 
+def test_choices_that_wait_or_exit_skip_only_their_skill(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(registry_module, "IMPORT_SECONDS", 0.3)
+    answered = tmp_path / "answered"
+    path = write(
+        tmp_path,
+        "rooms.py",
+        f'''
+        import os
+        import sys
+        import time
+        from typing import Annotated
+
+        from assistant import Choices, skill
+
+        def from_server(settings) -> list[str]:
+            while not os.path.exists({str(answered)!r}):  # the home server does not answer
+                time.sleep(0.05)
+            return ["kitchen"]
+
+        @skill
+        def clean(room: Annotated[str, Choices(from_server)]) -> str:
+            """Clean a room."""
+            return "cleaning"
+
+        @skill
+        def mop(room: Annotated[str, Choices(lambda settings: sys.exit("no rooms"))]) -> str:
+            """Mop a room."""
+            return "mopping"
+    ''',
+    )
+    write(tmp_path, "ping.py", PING)
+    try:
+        start = time.monotonic()
+        registry = Registry(settings=Settings())
+        registry.load_folder(tmp_path)  # neither waits for the server nor ends with the exit
+        assert time.monotonic() - start < 3
+    finally:
+        answered.touch()
+    assert list(registry.skills) == ["ping"]
+    waits = "does a Choices function wait for a device or the network?"
+    assert sorted(registry.problems) == [
+        f"{path}:14: skill clean is still being described after 0.3 s ({waits}); skipped",
+        f"{path}:19: mop cannot be described: SystemExit: no rooms; skipped",
+    ]
+
+
 def test_megabytes_of_data_end_the_call_before_the_turn_or_a_client_gets_them(tmp_path: Path, caplog) -> None:
     # A web page's JSON, or a sensor's whole history: tokenized for the model, 10 MB took half a
     # minute and left the daemon 1.6 GB larger, and the client that asked was cut off.

@@ -8,6 +8,7 @@ back as a SkillResult with an error, never as an exception into the turn.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.machinery
 import importlib.metadata
@@ -299,13 +300,26 @@ class Registry:
         self.skills[built.name] = built
 
     def _build(self, spec: SkillSpec, where: str) -> Skill:
+        # In a thread, as an import: a Choices function runs here, and one that asks a server for its
+        # names (a home server that is down) would otherwise hold up the start, or end it with sys.exit().
+        build = functools.partial(build_skill, spec, self.settings, where)
+        _, outcome = _import_in_thread(f"{where}: skill {spec.name}", f"build-{spec.name}", build)
+        if not outcome:
+            what = f"skill {spec.name} is still being described after {IMPORT_SECONDS:g} s"
+            raise SkillError(f"{what} (does a Choices function wait for a device or the network?)")
+        built, error = outcome[0]
         try:
-            built = build_skill(spec, self.settings, where)
+            if error is not None:
+                raise error
             check_sentences(built)
             check_satisfiable(built)
         except SkillError:
             raise
         except Exception as e:  # e.g. a Choices function that trips over the configuration
+            raise SkillError(f"{spec.name} cannot be described: {_reason(e)}") from e
+        except BaseException as e:
+            if e is not error:  # Ctrl-C while the skills load ends the load
+                raise
             raise SkillError(f"{spec.name} cannot be described: {_reason(e)}") from e
         return built
 
