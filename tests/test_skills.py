@@ -132,18 +132,19 @@ def test_a_skill_named_in_chinese_is_told_how_to_name_it() -> None:
     assert registry.call("weather", {"城市": "北京"}).text == "北京晴"
 
 
-@pytest.mark.parametrize("timeout", ["5", 0, -1, math.inf, math.nan])
+@pytest.mark.parametrize("timeout", ["5", 0, -1, math.inf, math.nan, 301, 3600])
 def test_a_timeout_that_a_thread_cannot_wait_for_is_explained(timeout: object) -> None:
-    """Otherwise the call raises from the thread's join() (TypeError, OverflowError) or never waits."""
+    """Otherwise the call raises from the thread's join() (TypeError, OverflowError) or never waits,
+    or, past the 300 s a turn may run, the daemon counts as hung and is restarted during the call."""
 
     def nap() -> str:
         """Nap."""
         return "done"
 
-    with pytest.raises(
-        SkillError, match=re.escape(f"skill nap: timeout must be a number of seconds above 0, not {timeout!r}")
-    ):
+    wanted = "skill nap: timeout must be a number of seconds above 0 and at most 300 (a turn running longer counts "
+    with pytest.raises(SkillError, match=re.escape(wanted + f"as hung), not {timeout!r}")):
         build_skill(spec_of(skill(timeout=timeout)(nap)))
+    assert build_skill(spec_of(skill(timeout=300)(nap))).timeout == 300
 
 
 def test_a_default_is_told_to_the_model_as_a_copy() -> None:
