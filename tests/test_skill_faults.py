@@ -361,6 +361,64 @@ def test_megabytes_of_data_end_the_call_before_the_turn_or_a_client_gets_them(tm
     assert registry.call("forecast", {}).data == {"sky": "晴" * 9_000}  # characters, not bytes or escapes
 
 
+def test_a_skills_own_classes_in_a_result_or_an_error_cannot_break_the_call(tmp_path: Path, caplog) -> None:
+    # Their methods are the skill's code, run outside its thread and its guard when the result is
+    # checked, logged, spoken or sent: a method that raised there escaped the call.
+    write(
+        tmp_path,
+        "odd.py",
+        '''
+        from assistant import skill
+
+        class Unspeakable(Exception):
+            def __str__(self):
+                raise RuntimeError("no words")
+
+        class Text(str):
+            def __len__(self):
+                raise RuntimeError("no length")
+
+            def strip(self):
+                raise RuntimeError("no strip")
+
+        class Sealed(dict):
+            def items(self):
+                raise RuntimeError("sealed")
+
+        class Record(dict):
+            pass
+
+        @skill
+        def fails() -> str:
+            """Fail with an exception that cannot be put in words."""
+            raise Unspeakable()
+
+        @skill
+        def says() -> str:
+            """Say hello."""
+            return Text("hello")
+
+        @skill
+        def measures() -> dict:
+            """Measure the temperature."""
+            return Sealed(celsius=21.5)
+
+        @skill
+        def records() -> dict:
+            """Give a record."""
+            return Record(room="kitchen", tags=("warm", "dry"))
+    ''',
+    )
+    registry = Registry()
+    registry.load_folder(tmp_path)
+    assert registry.call("fails", {}).error == "fails failed: Unspeakable"
+    said = registry.call("says", {}).text
+    assert type(said) is str and said.strip() == "hello"
+    assert registry.call("measures", {}).error == "measures returned something other than text or JSON data"
+    record = registry.call("records", {}).data
+    assert type(record) is dict and record == {"room": "kitchen", "tags": ["warm", "dry"]}  # as the model gets it
+
+
 def test_an_exit_or_a_coroutine_in_a_skill_is_said_in_words(tmp_path: Path, caplog) -> None:
     write(
         tmp_path,

@@ -401,6 +401,8 @@ class Registry:
             self.left_running[name] = thread
             return SkillResult(name, error=f"{name} took longer than {timeout:g} seconds")
         value, error = outcome[0]
+        if isinstance(value, str):
+            value = str.__str__(value)  # a plain str: a subclass's own methods are the skill's code, unguarded here
         if error is not None:
             # The traceback shows the line; a StorageError already says in words what to do.
             traceback_shown = None if isinstance(error, StorageError) else error
@@ -420,7 +422,7 @@ class Registry:
             value.close()  # never to be awaited: closed now, not warned of later from another file
         try:
             sent = json.dumps(value, allow_nan=False, ensure_ascii=False)  # to the model and to clients as JSON
-        except (TypeError, ValueError, RecursionError) as e:  # RecursionError: nested too deep
+        except Exception as e:  # not JSON (TypeError), nested too deep (RecursionError), or a subclass that raises
             fix = "return a str to speak, or dicts, lists, strings and numbers for the model"
             log.error(
                 "%s returned %s, which is neither text nor JSON data (%s): %s", where, type(value).__name__, e, fix
@@ -430,7 +432,7 @@ class Registry:
             too_long = f"{len(sent)} characters of data as JSON, more than the {MAX_RESULT} the model can be given"
             log.error("%s returned %s: return only what the answer needs", where, too_long)
             return SkillResult(name, error=f"{name} returned more data than I can read")
-        return SkillResult(name, data=value)
+        return SkillResult(name, data=json.loads(sent))  # plain data: the model and clients see the same
 
 
 class FreshSourceLoader(importlib.machinery.SourceFileLoader):
@@ -576,7 +578,10 @@ def _cause(error: BaseException) -> str:
     """An exception as the person hears it: its message (or its type, when it has none), not too long."""
     if isinstance(error, SystemExit):  # its message is an exit status ("0"), which says nothing here
         return "it called sys.exit()"
-    text = str(error) or type(error).__name__
+    try:
+        text = str(error) or type(error).__name__
+    except Exception:  # the skill's own exception class, whose __str__ fails in turn
+        text = type(error).__name__
     return text if len(text) <= 200 else text[:200] + "…"
 
 
