@@ -485,7 +485,7 @@ def test_calls_get_the_declared_types_and_only_json_data() -> None:
         registry.add_function(func, "test")
     assert registry.call("repeat", {"times": 7.0, "counts": [1.0, 2]}).text == "int 7 ['int', 'int']"
     assert registry.call("when", {}).error == "when returned something other than text or JSON data"
-    assert registry.call("leave", {}).error == "leave failed: 3"
+    assert registry.call("leave", {}).error == "leave failed: it called sys.exit()"  # not its status, "3"
 
 
 def test_calls_validate_time_out_and_survive_errors() -> None:
