@@ -193,7 +193,9 @@ def test_offline_setup_says_what_to_do_instead_of_resume(tmp_path: Path, tiny_hf
     assert (tmp_path / "models/piper/test.onnx.json").is_file()
     assert (tmp_path / "models/tiny/manifest.yaml").is_file()
     line = last_line(result.stdout)
-    assert line.startswith("next: set llm.model_dir: ") and line.endswith("then `assistant run`")
+    assert (
+        line == "next: set llm.model_dir: models/tiny in config.yaml, then `assistant run`"
+    )  # as config.yaml names paths
 
 
 def test_interrupted_setup_says_how_to_resume_and_resumes(tmp_path: Path, tiny_hf: Path, server) -> None:
