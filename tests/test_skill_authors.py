@@ -225,6 +225,19 @@ def test_an_error_in_a_helper_is_named_in_the_helper(tmp_path: Path) -> None:
     ]
 
 
+def test_a_helper_imported_as_a_script_would_is_told_to_be_imported_relatively(tmp_path: Path) -> None:
+    (tmp_path / "_api.py").write_text("def fetch() -> str:\n    return 'sunny'\n")
+    news = tmp_path / "news.py"
+    for line in ("from _api import fetch", "import _api.fetch"):
+        news.write_text(f"from assistant import skill\n{line}\n")
+        problem = f"{news}:2: cannot be imported: ModuleNotFoundError: No module named '_api'"
+        assert load(tmp_path).problems == [
+            f"{problem} (_api.py beside it is imported relatively: from ._api import ...); skipped"
+        ]
+    news.write_text("from assistant import skill\nimport requests_that_are_not_installed\n")  # not a helper: no advice
+    assert load(tmp_path).problems[0].endswith("No module named 'requests_that_are_not_installed'; skipped")
+
+
 def test_skills_in_a_folder_of_the_skills_folder_are_not_lost_without_a_word(tmp_path: Path, caplog) -> None:
     cloned = tmp_path / "weather-skill"  # `git clone` in the skills folder
     for folder in (cloned, tmp_path / "lib", tmp_path / "_vendor", tmp_path / "sounds"):

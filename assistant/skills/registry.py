@@ -547,6 +547,10 @@ def _import_problem(error: BaseException, path: Path) -> str:
     frames = traceback.extract_tb(error.__traceback__)
     helpers = [f for f in frames if Path(f.filename).parent == path.parent and f.filename != str(path)]
     at = f" (at {helpers[-1].filename}:{helpers[-1].lineno})" if helpers else ""
+    top = (getattr(error, "name", None) or "").partition(".")[0]
+    if isinstance(error, ModuleNotFoundError) and top and (path.parent / f"{top}.py").is_file():
+        # `from _api import fetch`, as a script would: the folder is a package, not on sys.path.
+        at += f" ({top}.py beside it is imported relatively: from .{top} import ...)"
     return f"cannot be imported: {type(error).__name__}: {error}{at}"
 
 
