@@ -238,6 +238,17 @@ def test_a_helper_imported_as_a_script_would_is_told_to_be_imported_relatively(t
     assert load(tmp_path).problems[0].endswith("No module named 'requests_that_are_not_installed'; skipped")
 
 
+def test_options_given_as_a_list_are_told_the_dict_they_take(tmp_path: Path) -> None:
+    weather = tmp_path / "weather.py"
+    for option, value in (("sentences", '["what is the weather"]'), ("lists", '["sunny", "rainy"]')):
+        weather.write_text(f"from assistant import skill\n\n\n@skill({option}={value})\ndef weather() -> str:\n")
+        weather.write_text(weather.read_text() + "    '''Tell the weather.'''\n    return 'sunny'\n")
+        example = {"sentences": '{"en": ["what is the weather"]}', "lists": '{"pm": {"7": 19}}'}[option]
+        # Not "ValueError: dictionary update sequence element #0 has length 20; 2 is required".
+        wanted = f"{weather}:4: @skill({option}=...) takes a dict, as in {option}={example}, not a list; skipped"
+        assert load(tmp_path).problems == [wanted]
+
+
 def test_skills_in_a_folder_of_the_skills_folder_are_not_lost_without_a_word(tmp_path: Path, caplog) -> None:
     cloned = tmp_path / "weather-skill"  # `git clone` in the skills folder
     for folder in (cloned, tmp_path / "lib", tmp_path / "_vendor", tmp_path / "sounds"):

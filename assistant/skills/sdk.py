@@ -207,6 +207,15 @@ class Skill:
                                                  "parameters": self.parameters}}  # fmt: skip
 
 
+# What each @skill option that takes a dict looks like, for a mistake's message.
+OPTION_EXAMPLES = {
+    "sentences": '{"en": ["what is the weather"]}',
+    "intents": '{"HassTurnOn": {"on": True}}',
+    "lists": '{"pm": {"7": 19}}',
+    "answers": '{"en": ["[the] {city} one"]}',
+}
+
+
 def skill(
     func: Callable | None = None,
     *,
@@ -239,6 +248,13 @@ def skill(
 
     if func is not None and not callable(func):  # @skill("weather"), as a web framework's routes are named
         raise SkillError(f"@skill takes its options by name, as in @skill(name={func!r}), not {func!r}")
+    given = {"sentences": sentences, "intents": intents, "lists": lists, "answers": answers}
+    for option, value in given.items():
+        if value is not None and not isinstance(value, dict):  # sentences=["..."]: dict() of it is a riddle
+            what = type(value).__name__
+            raise SkillError(
+                f"@skill({option}=...) takes a dict, as in {option}={OPTION_EXAMPLES[option]}, not a {what}"
+            )
 
     def mark(f: Callable) -> Callable:
         spec = SkillSpec(
