@@ -20,7 +20,7 @@ import pytest
 from assistant import Choices, Range, SkillContext, skill
 from assistant.config import Settings
 from assistant.skills.intents import IntentMatcher
-from assistant.skills.prompt import example_exchange, shared_values, tool_line
+from assistant.skills.prompt import example_exchange, prompt_messages, shared_values, tool_line
 from assistant.skills.registry import BUILTIN_SKILLS, Registry, load_registry
 from assistant.skills.sdk import SkillError, build_skill
 
@@ -697,6 +697,23 @@ def test_the_prompt_shows_values_each_tool_accepts() -> None:
     assert shared == {"list": ["notes", "shopping"]}
     assert tool_line(tools[1], shared) == "read(list): Read a list."  # its values are listed once, for all
     assert tool_line(tools[2], shared) == "rename(list: str): Rename a list."  # any text, not those values
+
+
+def test_choices_of_their_own_under_a_shared_name_stay_in_their_tools_line(tmp_path: Path) -> None:
+    @skill
+    def tick(list: Literal["todo", "done"], item: str) -> str:
+        """Tick an item off a list."""
+        return "ok"
+
+    registry = Registry(context=SkillContext(state_dir=tmp_path))
+    registry.load_folder(BUILTIN_SKILLS)  # add_item, read_items, remove_item: list: notes|shopping
+    registry.add_function(tick, "test")
+    messages = prompt_messages("", registry.tools())
+    lines = messages[0]["content"].splitlines()
+    # Not "list: notes|shopping|todo|done" for all four: add_item cannot take "todo", nor tick "notes".
+    assert "list: notes|shopping" in lines and not any("todo" in line for line in lines if line.startswith("list:"))
+    assert "tick(list: todo|done, item: str): Tick an item off a list." in lines
+    assert "read_items(list?): Read the shopping list or the notes aloud." in lines
 
 
 def test_a_file_with_a_dot_in_its_name_imports_its_helpers(tmp_path: Path) -> None:
