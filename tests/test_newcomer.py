@@ -10,6 +10,7 @@ import os
 import pty
 import re
 import select
+import shlex
 import shutil
 import signal
 import socket
@@ -192,7 +193,9 @@ def test_offline_setup_says_what_to_do_instead_of_resume(tmp_path: Path, tiny_hf
     assert (tmp_path / "models/piper/test.onnx.json").is_file()
     assert (tmp_path / "models/tiny/manifest.yaml").is_file()
     line = last_line(result.stdout)
-    assert line.startswith("next: set llm.model_dir: ") and line.endswith("then `assistant run`")
+    assert (
+        line == "next: set llm.model_dir: models/tiny in config.yaml, then `assistant run`"
+    )  # as config.yaml names paths
 
 
 def test_interrupted_setup_says_how_to_resume_and_resumes(tmp_path: Path, tiny_hf: Path, server) -> None:
@@ -480,3 +483,21 @@ def test_service_install_refuses_what_the_unit_hides_and_a_second_instance(tmp_p
         live.close()
     finally:
         subprocess.run(["rm", "-rf", str(root)], check=True)
+
+
+def test_a_skill_author_follows_the_readme(tmp_path: Path) -> None:
+    """The README's example skill saved where it says, and its commands run as written."""
+    readme = (Path(assistant_package.__file__).parent.parent / "README.md").read_text()
+    section = readme[readme.index("\n## Skills") : readme.index("* **Schema**")]
+    assert assistant(tmp_path, "config", "init").returncode == 0
+    (tmp_path / "skills").mkdir()
+    (tmp_path / "skills/water.py").write_text(re.search(r"```python\n(.*?)```", section, re.S).group(1))
+    commands = [" ".join(c.split()) for c in re.findall(r"`(assistant skills[^`]*)`", section)]
+    assert len(commands) == 2, commands
+    listed = assistant(tmp_path, *shlex.split(commands[0])[1:])
+    assert listed.returncode == 0, listed.stderr
+    assert "drink_water: Count the glasses of water drunk today.\n" in listed.stdout
+    assert "say (zh): 我喝了{glasses}杯水" in listed.stdout
+    called = assistant(tmp_path, *shlex.split(commands[1])[1:])
+    said = re.search(r'runs it as the assistant would \("([^"]+)"\)', " ".join(section.split())).group(1)
+    assert (called.returncode, called.stdout) == (0, said + "\n"), called.stderr

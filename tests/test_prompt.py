@@ -133,6 +133,36 @@ def test_a_tight_budget_leaves_out_optional_tools_first_and_their_sentences_stil
     assert plan_prompt(*qwen(qwen2_tokenizer), persona, kept, kv, reply).budget.fits
 
 
+def test_hundreds_of_optional_tools_are_left_out_in_a_few_plans(qwen2_tokenizer: Path, tmp_path: Path) -> None:
+    settings, skills = shipped_skills(tmp_path)
+    pack = tmp_path / "pack"
+    pack.mkdir()
+    (pack / "pack.py").write_text(
+        "from assistant import skill\n"
+        + "".join(
+            f"\n@skill(optional_tool=True, sentences={{'en': ['do chore {i}']}})\n"
+            f'def chore_{i}(times: int = 1) -> str:\n    """Do chore number {i} about the house."""\n'
+            "    return 'done'\n"
+            for i in range(400)
+        )
+    )
+    registry = Registry(settings=settings)
+    registry.load_folder(pack)
+    skills += list(registry.skills.values())
+    persona, reply = settings.llm.system_prompt, 100
+    start = time.monotonic()
+    plan = plan_prompt(*qwen(qwen2_tokenizer), persona, skills, 4096, reply)
+    assert time.monotonic() - start < 6  # 2 s; one at a time, a new plan of 400 tool lines for each, took 11 s
+    left_out = plan.budget.intents_only
+    assert plan.budget.fits and 100 < len(left_out) < 400
+    assert all(name.startswith("chore_") for name in left_out)
+    assert left_out == [f"chore_{i}" for i in range(400 - len(left_out), 400)]  # the last loaded first
+    # No fewer would do: with the first of them back in the prompt (none left to leave out), it does not fit.
+    back = [dataclasses.replace(s, optional_tool=False) for s in skills if s.name not in left_out[1:]]
+    with pytest.raises(ConfigError):
+        plan_prompt(*qwen(qwen2_tokenizer), persona, back, 4096, reply)
+
+
 def structure(ids: list[int]) -> list[int]:
     return [i for i in ids if i in QWEN_ADDED]
 

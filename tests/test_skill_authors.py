@@ -10,8 +10,8 @@ import threading
 import time
 from pathlib import Path
 
-from assistant import skill
-from assistant.skills.registry import Registry
+from assistant import SkillContext, skill
+from assistant.skills.registry import BUILTIN_SKILLS, Registry
 from tests.other_user import as_nobody
 from tests.test_daemon import Daemon, Notifications, connect, reload, send, spoken, turn, until, write_config
 
@@ -223,6 +223,49 @@ def test_an_error_in_a_helper_is_named_in_the_helper(tmp_path: Path) -> None:
     assert load(tmp_path).problems == [
         f"{news}:3: cannot be imported: KeyError: 'NEWS_API_KEY' (at {helper}:4); skipped"
     ]
+
+
+def test_a_helper_imported_as_a_script_would_is_told_to_be_imported_relatively(tmp_path: Path) -> None:
+    (tmp_path / "_api.py").write_text("def fetch() -> str:\n    return 'sunny'\n")
+    news = tmp_path / "news.py"
+    for line in ("from _api import fetch", "import _api.fetch"):
+        news.write_text(f"from assistant import skill\n{line}\n")
+        problem = f"{news}:2: cannot be imported: ModuleNotFoundError: No module named '_api'"
+        assert load(tmp_path).problems == [
+            f"{problem} (_api.py beside it is imported relatively: from ._api import ...); skipped"
+        ]
+    news.write_text("from assistant import skill\nimport requests_that_are_not_installed\n")  # not a helper: no advice
+    assert load(tmp_path).problems[0].endswith("No module named 'requests_that_are_not_installed'; skipped")
+
+
+def test_options_given_as_a_list_are_told_the_dict_they_take(tmp_path: Path) -> None:
+    weather = tmp_path / "weather.py"
+    for option, value in (("sentences", '["what is the weather"]'), ("lists", '["sunny", "rainy"]')):
+        weather.write_text(f"from assistant import skill\n\n\n@skill({option}={value})\ndef weather() -> str:\n")
+        weather.write_text(weather.read_text() + "    '''Tell the weather.'''\n    return 'sunny'\n")
+        example = {"sentences": '{"en": ["what is the weather"]}', "lists": '{"pm": {"7": 19}}'}[option]
+        # Not "ValueError: dictionary update sequence element #0 has length 20; 2 is required".
+        wanted = f"{weather}:4: @skill({option}=...) takes a dict, as in {option}={example}, not a list; skipped"
+        assert load(tmp_path).problems == [wanted]
+
+
+def test_what_can_you_do_says_a_skills_first_sentence_as_written(tmp_path: Path) -> None:
+    mine = tmp_path / "skills"
+    mine.mkdir()
+    (mine / "weather.py").write_text(
+        "from assistant import skill\n\n\n@skill\ndef weather() -> str:\n"
+        '    """Tell the weather forecast. Uses the met.no API, with the key in WEATHER_KEY;\n'
+        '    results are kept for ten minutes."""\n    return "sunny"\n'
+        "\n\n@skill\ndef television() -> str:\n"
+        '    """Turn on the TV in the living room!"""\n    return "on"\n'
+    )
+    registry = Registry(context=SkillContext(state_dir=tmp_path / "state"))
+    registry.context.skills = lambda: list(registry.skills.values())
+    registry.load_folder(BUILTIN_SKILLS)
+    registry.load_folder(mine)
+    # Not "... and tell the weather forecast. uses the met.no api, with the key in weather_key; results ...".
+    said = registry.call("what_can_you_do", {}).text
+    assert said.endswith("; set alarms; tell the weather forecast and turn on the TV in the living room."), said
 
 
 def test_skills_in_a_folder_of_the_skills_folder_are_not_lost_without_a_word(tmp_path: Path, caplog) -> None:

@@ -6,6 +6,7 @@ connections and then never acknowledges a command (what a broker stuck on a full
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -14,6 +15,7 @@ import sys
 import textwrap
 import threading
 import time
+import warnings
 from pathlib import Path
 
 from tokenizers import Tokenizer
@@ -275,6 +277,179 @@ def test_results_that_cannot_be_spoken_or_sent_are_errors_of_the_call(tmp_path: 
     assert registry.call("forgot", {}).error == "forgot gave no answer"
     assert f"{path}:37: skill forgot returned None (does it end without a return?)" in caplog.text
     assert registry.call("ping", {}).error == "there is no skill called ping"  # and the registry still answers
+
+
+def test_choices_that_wait_or_exit_skip_only_their_skill(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(registry_module, "IMPORT_SECONDS", 0.3)
+    answered = tmp_path / "answered"
+    path = write(
+        tmp_path,
+        "rooms.py",
+        f'''
+        import os
+        import sys
+        import time
+        from typing import Annotated
+
+        from assistant import Choices, skill
+
+        def from_server(settings) -> list[str]:
+            while not os.path.exists({str(answered)!r}):  # the home server does not answer
+                time.sleep(0.05)
+            return ["kitchen"]
+
+        @skill
+        def clean(room: Annotated[str, Choices(from_server)]) -> str:
+            """Clean a room."""
+            return "cleaning"
+
+        @skill
+        def mop(room: Annotated[str, Choices(lambda settings: sys.exit("no rooms"))]) -> str:
+            """Mop a room."""
+            return "mopping"
+    ''',
+    )
+    write(tmp_path, "ping.py", PING)
+    try:
+        start = time.monotonic()
+        registry = Registry(settings=Settings())
+        registry.load_folder(tmp_path)  # neither waits for the server nor ends with the exit
+        assert time.monotonic() - start < 3
+    finally:
+        answered.touch()
+    assert list(registry.skills) == ["ping"]
+    waits = "does a Choices function wait for a device or the network?"
+    assert sorted(registry.problems) == [
+        f"{path}:14: skill clean is still being described after 0.3 s ({waits}); skipped",
+        f"{path}:19: mop cannot be described: SystemExit: no rooms; skipped",
+    ]
+
+
+def test_megabytes_of_data_end_the_call_before_the_turn_or_a_client_gets_them(tmp_path: Path, caplog) -> None:
+    # A web page's JSON, or a sensor's whole history: tokenized for the model, 10 MB took half a
+    # minute and left the daemon 1.6 GB larger, and the client that asked was cut off.
+    path = write(
+        tmp_path,
+        "hoard.py",
+        '''
+        from assistant import skill
+
+        @skill
+        def page() -> dict:
+            """Fetch a web page."""
+            return {"html": "<p>weather</p>" * 700_000}
+
+        @skill
+        def history() -> list:
+            """Every reading of the sensor."""
+            return list(range(1_000_000))
+
+        @skill
+        def forecast() -> dict:
+            """Tomorrow's forecast."""
+            return {"sky": "晴" * 9_000}
+    ''',
+    )
+    registry = Registry()
+    registry.load_folder(tmp_path)
+    start = time.monotonic()
+    for name in ("page", "history"):
+        assert registry.call(name, {}).error == f"{name} returned more data than I can read"
+    assert time.monotonic() - start < 5
+    assert f"{path}:4: skill page returned 9800012 characters of data as JSON, more than the 10000" in caplog.text
+    assert "return only what the answer needs" in caplog.text
+    assert registry.call("forecast", {}).data == {"sky": "晴" * 9_000}  # characters, not bytes or escapes
+
+
+def test_a_skills_own_classes_in_a_result_or_an_error_cannot_break_the_call(tmp_path: Path, caplog) -> None:
+    # Their methods are the skill's code, run outside its thread and its guard when the result is
+    # checked, logged, spoken or sent: a method that raised there escaped the call.
+    write(
+        tmp_path,
+        "odd.py",
+        '''
+        from assistant import skill
+
+        class Unspeakable(Exception):
+            def __str__(self):
+                raise RuntimeError("no words")
+
+        class Text(str):
+            def __len__(self):
+                raise RuntimeError("no length")
+
+            def strip(self):
+                raise RuntimeError("no strip")
+
+        class Sealed(dict):
+            def items(self):
+                raise RuntimeError("sealed")
+
+        class Record(dict):
+            pass
+
+        @skill
+        def fails() -> str:
+            """Fail with an exception that cannot be put in words."""
+            raise Unspeakable()
+
+        @skill
+        def says() -> str:
+            """Say hello."""
+            return Text("hello")
+
+        @skill
+        def measures() -> dict:
+            """Measure the temperature."""
+            return Sealed(celsius=21.5)
+
+        @skill
+        def records() -> dict:
+            """Give a record."""
+            return Record(room="kitchen", tags=("warm", "dry"))
+    ''',
+    )
+    registry = Registry()
+    registry.load_folder(tmp_path)
+    assert registry.call("fails", {}).error == "fails failed: Unspeakable"
+    said = registry.call("says", {}).text
+    assert type(said) is str and said.strip() == "hello"
+    assert registry.call("measures", {}).error == "measures returned something other than text or JSON data"
+    record = registry.call("records", {}).data
+    assert type(record) is dict and record == {"room": "kitchen", "tags": ["warm", "dry"]}  # as the model gets it
+
+
+def test_an_exit_or_a_coroutine_in_a_skill_is_said_in_words(tmp_path: Path, caplog) -> None:
+    write(
+        tmp_path,
+        "odd.py",
+        '''
+        import asyncio
+        import sys
+
+        from assistant import skill
+
+        @skill
+        def leave() -> str:
+            """Stop here."""
+            sys.exit(0)
+
+        @skill
+        def later() -> str:
+            """Wait a moment (a plain def that returns a coroutine, as a decorator made for async does)."""
+            return asyncio.sleep(0)
+    ''',
+    )
+    registry = Registry()
+    registry.load_folder(tmp_path)
+    assert registry.call("leave", {}).error == "leave failed: it called sys.exit()"  # not "leave failed: 0"
+    with warnings.catch_warnings(record=True) as warned:
+        warnings.simplefilter("always")
+        assert registry.call("later", {}).error == "later returned something other than text or JSON data"
+        gc.collect()
+    # The coroutine is closed by the call: no "never awaited" warning later, pointing at another file.
+    assert [str(w.message) for w in warned] == []
+    assert "skill later returned coroutine, which is neither text nor JSON data" in caplog.text
 
 
 def test_skills_the_loader_would_miss_or_misread_are_reported(tmp_path: Path) -> None:

@@ -20,7 +20,7 @@ import pytest
 from assistant import Choices, Range, SkillContext, skill
 from assistant.config import Settings
 from assistant.skills.intents import IntentMatcher
-from assistant.skills.prompt import example_exchange, shared_values, tool_line
+from assistant.skills.prompt import example_exchange, prompt_messages, shared_values, tool_line
 from assistant.skills.registry import BUILTIN_SKILLS, Registry, load_registry
 from assistant.skills.sdk import SkillError, build_skill
 
@@ -132,18 +132,19 @@ def test_a_skill_named_in_chinese_is_told_how_to_name_it() -> None:
     assert registry.call("weather", {"城市": "北京"}).text == "北京晴"
 
 
-@pytest.mark.parametrize("timeout", ["5", 0, -1, math.inf, math.nan])
+@pytest.mark.parametrize("timeout", ["5", 0, -1, math.inf, math.nan, 301, 3600])
 def test_a_timeout_that_a_thread_cannot_wait_for_is_explained(timeout: object) -> None:
-    """Otherwise the call raises from the thread's join() (TypeError, OverflowError) or never waits."""
+    """Otherwise the call raises from the thread's join() (TypeError, OverflowError) or never waits,
+    or, past the 300 s a turn may run, the daemon counts as hung and is restarted during the call."""
 
     def nap() -> str:
         """Nap."""
         return "done"
 
-    with pytest.raises(
-        SkillError, match=re.escape(f"skill nap: timeout must be a number of seconds above 0, not {timeout!r}")
-    ):
+    wanted = "skill nap: timeout must be a number of seconds above 0 and at most 300 (a turn running longer counts "
+    with pytest.raises(SkillError, match=re.escape(wanted + f"as hung), not {timeout!r}")):
         build_skill(spec_of(skill(timeout=timeout)(nap)))
+    assert build_skill(spec_of(skill(timeout=300)(nap))).timeout == 300
 
 
 def test_a_default_is_told_to_the_model_as_a_copy() -> None:
@@ -484,7 +485,7 @@ def test_calls_get_the_declared_types_and_only_json_data() -> None:
         registry.add_function(func, "test")
     assert registry.call("repeat", {"times": 7.0, "counts": [1.0, 2]}).text == "int 7 ['int', 'int']"
     assert registry.call("when", {}).error == "when returned something other than text or JSON data"
-    assert registry.call("leave", {}).error == "leave failed: 3"
+    assert registry.call("leave", {}).error == "leave failed: it called sys.exit()"  # not its status, "3"
 
 
 def test_calls_validate_time_out_and_survive_errors() -> None:
@@ -696,6 +697,23 @@ def test_the_prompt_shows_values_each_tool_accepts() -> None:
     assert shared == {"list": ["notes", "shopping"]}
     assert tool_line(tools[1], shared) == "read(list): Read a list."  # its values are listed once, for all
     assert tool_line(tools[2], shared) == "rename(list: str): Rename a list."  # any text, not those values
+
+
+def test_choices_of_their_own_under_a_shared_name_stay_in_their_tools_line(tmp_path: Path) -> None:
+    @skill
+    def tick(list: Literal["todo", "done"], item: str) -> str:
+        """Tick an item off a list."""
+        return "ok"
+
+    registry = Registry(context=SkillContext(state_dir=tmp_path))
+    registry.load_folder(BUILTIN_SKILLS)  # add_item, read_items, remove_item: list: notes|shopping
+    registry.add_function(tick, "test")
+    messages = prompt_messages("", registry.tools())
+    lines = messages[0]["content"].splitlines()
+    # Not "list: notes|shopping|todo|done" for all four: add_item cannot take "todo", nor tick "notes".
+    assert "list: notes|shopping" in lines and not any("todo" in line for line in lines if line.startswith("list:"))
+    assert "tick(list: todo|done, item: str): Tick an item off a list." in lines
+    assert "read_items(list?): Read the shopping list or the notes aloud." in lines
 
 
 def test_a_file_with_a_dot_in_its_name_imports_its_helpers(tmp_path: Path) -> None:

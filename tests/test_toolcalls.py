@@ -471,7 +471,7 @@ def test_skill_results_too_long_to_read_are_not_blamed_on_the_person(tiny_int8: 
     @skill
     def everything() -> dict:
         """Return a lot of data."""
-        return {"items": ["milk and honey"] * 3000}
+        return {"items": ["milk and honey"] * 500}  # under the 10,000 characters a result may have: the turn judges it
 
     registry = Registry()
     registry.add_function(everything, "test")

@@ -496,7 +496,11 @@ def next_command(model_dir: Path, opts: SetupOptions, settings: Settings | None,
     config = "" if settings.source == Path("config.yaml") else f" --config {settings.source}"
     run = f"assistant run{config}" if speech else f"assistant run --text-only{config}"
     if settings.llm.model_dir.resolve() != model_dir.resolve():
-        return f"next: set llm.model_dir: {model_dir.resolve()} in {settings.source}, then `{run}`"
+        # As the config's other paths are: relative to its folder, so that the two can move together.
+        named = model_dir.resolve()
+        if named.is_relative_to(folder := Path(settings.source).resolve().parent):
+            named = named.relative_to(folder)
+        return f"next: set llm.model_dir: {named} in {settings.source}, then `{run}`"
     try:
         check_model_paths(settings, voice=speech)
     except ConfigError as e:

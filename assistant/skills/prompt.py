@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Collection
+from collections.abc import Mapping
 from typing import Any
 
 from assistant.llm.chat_template import Parts
@@ -34,12 +34,13 @@ from assistant.skills.constraint import CLOSE, OPEN
 HEADER = "Tools:\n"
 
 
-def tool_line(tool: dict, shared: Collection[str] = ()) -> str:
+def tool_line(tool: dict, shared: Mapping[str, list] | None = None) -> str:
     """`name(arg: type, optional?: type): Description.` for one Qwen tool signature.
 
-    Arguments named in `shared` have their values listed once for all tools (value_line).
+    Arguments whose choices are among their name's in `shared` (shared_values) are listed once for all tools.
     Consecutive arguments of one type share it, as in `hours?, minutes?: int`.
     """
+    shared = shared or {}
     function = tool["function"]
     schema = function.get("parameters") or {}
     required = set(schema.get("required", []))
@@ -47,7 +48,9 @@ def tool_line(tool: dict, shared: Collection[str] = ()) -> str:
     for name, spec in schema.get("properties", {}).items():
         if name not in required and len(spec.get("enum", [None, None])) == 1:
             continue  # nothing to choose: the argument can only be left out or given its one value
-        kind = "" if name in shared and "enum" in spec else _type(spec)  # a free value keeps its type
+        # A free value keeps its type, and choices of its own (none in the shared list) are shown here.
+        listed = name in shared and "enum" in spec and set(spec["enum"]) <= set(shared[name])
+        kind = "" if listed else _type(spec)
         shown = name + ("" if name in required else "?")
         if groups and groups[-1][1] == kind and kind:
             groups[-1][0].append(shown)
@@ -67,8 +70,14 @@ def shared_values(tools: list[dict]) -> dict[str, list]:
         for name, spec in (tool["function"].get("parameters") or {}).get("properties", {}).items():
             if "enum" in spec:
                 choices.setdefault(name, []).append(spec["enum"])
-    return {name: list(dict.fromkeys(v for values in lists for v in values)) for name, lists in choices.items()
-            if len(lists) > 1}  # fmt: skip
+    shared = {}
+    for name, lists in choices.items():
+        # Only choices that meet another tool's: a skill's `list: todo|done` beside the notes'
+        # `list: notes|shopping` stays in its own line, or the model reads four lists for each.
+        meeting = [v for i, v in enumerate(lists) if any(set(v) & set(w) for j, w in enumerate(lists) if j != i)]
+        if meeting:
+            shared[name] = list(dict.fromkeys(value for values in meeting for value in values))
+    return shared
 
 
 def value_line(name: str, values: list) -> str:

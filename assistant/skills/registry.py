@@ -8,10 +8,12 @@ back as a SkillResult with an error, never as an exception into the turn.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.machinery
 import importlib.metadata
 import importlib.util
+import inspect
 import json
 import logging
 import math
@@ -57,7 +59,10 @@ DEFAULT_TIMEOUT = 10.0
 BUILTIN_SKILLS = Path(__file__).resolve().parent / "builtin"
 BACKOFF_SECONDS = (1.0, 60.0)  # a background task that fails is restarted after 1 s, doubling up to 60 s
 IMPORT_SECONDS = 30.0  # a skill module still importing after this long is skipped (it waits for something)
-MAX_SPOKEN = 10_000  # characters of a skill's text: ten minutes of speech; more is a skill reading out a page
+# Characters of a skill's text (ten minutes of speech; more is a skill reading out a page) or of its
+# data as JSON (several times what the model's context holds): more ends the call before the turn
+# tokenizes it, or a client is sent it, which for megabytes took minutes and a gigabyte of memory.
+MAX_RESULT = 10_000
 KEPT = "keeping the version loaded before"
 STOP_WAIT_SECONDS = 10.0  # a background task still running this long after its stop was set is logged
 
@@ -295,13 +300,26 @@ class Registry:
         self.skills[built.name] = built
 
     def _build(self, spec: SkillSpec, where: str) -> Skill:
+        # In a thread, as an import: a Choices function runs here, and one that asks a server for its
+        # names (a home server that is down) would otherwise hold up the start, or end it with sys.exit().
+        build = functools.partial(build_skill, spec, self.settings, where)
+        _, outcome = _import_in_thread(f"{where}: skill {spec.name}", f"build-{spec.name}", build)
+        if not outcome:
+            what = f"skill {spec.name} is still being described after {IMPORT_SECONDS:g} s"
+            raise SkillError(f"{what} (does a Choices function wait for a device or the network?)")
+        built, error = outcome[0]
         try:
-            built = build_skill(spec, self.settings, where)
+            if error is not None:
+                raise error
             check_sentences(built)
             check_satisfiable(built)
         except SkillError:
             raise
         except Exception as e:  # e.g. a Choices function that trips over the configuration
+            raise SkillError(f"{spec.name} cannot be described: {_reason(e)}") from e
+        except BaseException as e:
+            if e is not error:  # Ctrl-C while the skills load ends the load
+                raise
             raise SkillError(f"{spec.name} cannot be described: {_reason(e)}") from e
         return built
 
@@ -383,6 +401,8 @@ class Registry:
             self.left_running[name] = thread
             return SkillResult(name, error=f"{name} took longer than {timeout:g} seconds")
         value, error = outcome[0]
+        if isinstance(value, str):
+            value = str.__str__(value)  # a plain str: a subclass's own methods are the skill's code, unguarded here
         if error is not None:
             # The traceback shows the line; a StorageError already says in words what to do.
             traceback_shown = None if isinstance(error, StorageError) else error
@@ -392,21 +412,27 @@ class Registry:
             fix = 'return the text to speak ("" to say nothing) or data for the model'
             log.error("%s returned None (does it end without a return?): %s", where, fix)
             return SkillResult(name, error=f"{name} gave no answer")
-        if isinstance(value, str) and len(value) > MAX_SPOKEN:
-            too_long = f"{len(value)} characters of text, more than the {MAX_SPOKEN} a reply may speak"
+        if isinstance(value, str) and len(value) > MAX_RESULT:
+            too_long = f"{len(value)} characters of text, more than the {MAX_RESULT} a reply may speak"
             log.error("%s returned %s: return a short answer", where, too_long)
             return SkillResult(name, error=f"{name} returned more text than I can read out")
         if isinstance(value, str):
             return SkillResult(name, text=value)
+        if inspect.iscoroutine(value):
+            value.close()  # never to be awaited: closed now, not warned of later from another file
         try:
-            json.dumps(value, allow_nan=False)  # data goes back to the model (and to clients) as JSON
-        except (TypeError, ValueError, RecursionError) as e:  # RecursionError: nested too deep
+            sent = json.dumps(value, allow_nan=False, ensure_ascii=False)  # to the model and to clients as JSON
+        except Exception as e:  # not JSON (TypeError), nested too deep (RecursionError), or a subclass that raises
             fix = "return a str to speak, or dicts, lists, strings and numbers for the model"
             log.error(
                 "%s returned %s, which is neither text nor JSON data (%s): %s", where, type(value).__name__, e, fix
             )
             return SkillResult(name, error=f"{name} returned something other than text or JSON data")
-        return SkillResult(name, data=value)
+        if len(sent) > MAX_RESULT:
+            too_long = f"{len(sent)} characters of data as JSON, more than the {MAX_RESULT} the model can be given"
+            log.error("%s returned %s: return only what the answer needs", where, too_long)
+            return SkillResult(name, error=f"{name} returned more data than I can read")
+        return SkillResult(name, data=json.loads(sent))  # plain data: the model and clients see the same
 
 
 class FreshSourceLoader(importlib.machinery.SourceFileLoader):
@@ -521,6 +547,10 @@ def _import_problem(error: BaseException, path: Path) -> str:
     frames = traceback.extract_tb(error.__traceback__)
     helpers = [f for f in frames if Path(f.filename).parent == path.parent and f.filename != str(path)]
     at = f" (at {helpers[-1].filename}:{helpers[-1].lineno})" if helpers else ""
+    top = (getattr(error, "name", None) or "").partition(".")[0]
+    if isinstance(error, ModuleNotFoundError) and top and (path.parent / f"{top}.py").is_file():
+        # `from _api import fetch`, as a script would: the folder is a package, not on sys.path.
+        at += f" ({top}.py beside it is imported relatively: from .{top} import ...)"
     return f"cannot be imported: {type(error).__name__}: {error}{at}"
 
 
@@ -550,7 +580,12 @@ def _line_in(path: Path, frames: list[traceback.FrameSummary]) -> int:
 
 def _cause(error: BaseException) -> str:
     """An exception as the person hears it: its message (or its type, when it has none), not too long."""
-    text = str(error) or type(error).__name__
+    if isinstance(error, SystemExit):  # its message is an exit status ("0"), which says nothing here
+        return "it called sys.exit()"
+    try:
+        text = str(error) or type(error).__name__
+    except Exception:  # the skill's own exception class, whose __str__ fails in turn
+        text = type(error).__name__
     return text if len(text) <= 200 else text[:200] + "…"
 
 

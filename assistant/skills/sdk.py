@@ -28,13 +28,14 @@ import math
 import re
 import shutil
 import sqlite3
-import threading
 import types
 import typing
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
+
+from assistant.config import SKILL_TIMEOUT_LIMIT
 
 SKILL_ATTRIBUTE = "__assistant_skill__"
 BACKGROUND_ATTRIBUTE = "__assistant_background__"
@@ -206,6 +207,15 @@ class Skill:
                                                  "parameters": self.parameters}}  # fmt: skip
 
 
+# What each @skill option that takes a dict looks like, for a mistake's message.
+OPTION_EXAMPLES = {
+    "sentences": '{"en": ["what is the weather"]}',
+    "intents": '{"HassTurnOn": {"on": True}}',
+    "lists": '{"pm": {"7": 19}}',
+    "answers": '{"en": ["[the] {city} one"]}',
+}
+
+
 def skill(
     func: Callable | None = None,
     *,
@@ -238,6 +248,13 @@ def skill(
 
     if func is not None and not callable(func):  # @skill("weather"), as a web framework's routes are named
         raise SkillError(f"@skill takes its options by name, as in @skill(name={func!r}), not {func!r}")
+    given = {"sentences": sentences, "intents": intents, "lists": lists, "answers": answers}
+    for option, value in given.items():
+        if value is not None and not isinstance(value, dict):  # sentences=["..."]: dict() of it is a riddle
+            what = type(value).__name__
+            raise SkillError(
+                f"@skill({option}=...) takes a dict, as in {option}={OPTION_EXAMPLES[option]}, not a {what}"
+            )
 
     def mark(f: Callable) -> Callable:
         spec = SkillSpec(
@@ -261,8 +278,13 @@ def build_skill(spec: SkillSpec, settings: Any = None, source: str = "") -> Skil
         raise SkillError(f"skill {spec.name} {problem}")
     timeout = spec.timeout
     # A thread's join() refuses a string and overflows on infinity: the call would raise, not time out.
-    if timeout is not None and not (isinstance(timeout, (int, float)) and 0 < timeout <= threading.TIMEOUT_MAX):
-        raise SkillError(f"skill {spec.name}: timeout must be a number of seconds above 0, not {timeout!r}")
+    # Longer than a turn may run, a call would have the whole assistant restarted as hung, as for
+    # skills.timeout_seconds.
+    if timeout is not None and not (isinstance(timeout, (int, float)) and 0 < timeout <= SKILL_TIMEOUT_LIMIT):
+        raise SkillError(
+            f"skill {spec.name}: timeout must be a number of seconds above 0 and at most {SKILL_TIMEOUT_LIMIT:g} "
+            f"(a turn running longer counts as hung), not {timeout!r}"
+        )
     wrapped = ""  # a decorator's inner function (without functools.wraps) hides the skill's docstring and signature
     if "<locals>" in spec.func.__qualname__:
         made = f"{spec.func.__name__} is a function made inside another, as a decorator's"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import time
@@ -56,7 +57,7 @@ def what_can_you_do(context: SkillContext) -> str:
     # is English: in Chinese, by name. Every skill is said, the ones added last too, up to a limit.
     builtin = dict.fromkeys(BUILTIN[s.name] for s in skills if s.name in BUILTIN)
     others = [s for s in skills if s.name not in BUILTIN]
-    things = [en for en, _ in builtin] + [s.description.split("\n")[0].rstrip(".").lower() for s in others]
+    things = [en for en, _ in builtin] + [_gist(s.description) for s in others]
     things_zh = [zh for _, zh in builtin] + [s.name.replace("_", " ") for s in others]
     more = len(things) - MOST_SAID
     if more > 0:
@@ -64,6 +65,13 @@ def what_can_you_do(context: SkillContext) -> str:
         things_zh = things_zh[:MOST_SAID] + [f"另外{more}件事"]
     listed = "; ".join(things[:-1]) + " and " + things[-1] if len(things) > 1 else things[0]  # descriptions hold commas
     return context.localized(f"I can {listed}.", zh="我可以" + "、".join(things_zh) + "。")
+
+
+def _gist(description: str) -> str:
+    """A skill's description as "I can ..." says it: its first sentence, "Tell the weather forecast. Uses
+    the met.no API ..." as "tell the weather forecast"; only the first letter made small (not "api")."""
+    sentence = re.split(r"(?<=[.!?])\s", description.strip(), maxsplit=1)[0].rstrip(".!?")
+    return sentence if sentence[1:2].isupper() else sentence[:1].lower() + sentence[1:]
 
 
 MOST_SAID = 12  # things listed by "what can you do": past that, a list is not heard to its end
