@@ -28,7 +28,7 @@ from assistant.skills.constraint import (
     reply_parts,
     visible_text,
 )
-from assistant.skills.intents import JOINER, SENTENCE_END, IntentMatch, IntentMatcher, reply_language
+from assistant.skills.intents import SENTENCE_END, IntentMatch, IntentMatcher, reply_language
 from assistant.skills.prompt import call_message
 from assistant.skills.registry import Registry
 
@@ -148,14 +148,12 @@ class TurnManager:
         if call is not None and time.monotonic() < lapses:
             answer, later = confirmation(text), []
             heard = self.intents.match(text) if self.intents and answer is False else None
-            if heard is not None and heard.then:
-                answer = None  # "cancel the timer and set an alarm for 9": new requests, not a "no"
-            elif answer is not True and self.intents and (join := JOINER.search(text)) and join.start() > 0:
-                # "yes, and set an alarm for 7", "no, set a timer": the answer, then the requests after it.
-                first = confirmation(text[: join.start()])
-                if first is not None and (then := self.intents.match(text[join.end() :])):
-                    then.said = then.said or text[join.end() :]
-                    answer, later = first, [then, *then.then]
+            if heard is not None and (heard.then or heard.skill != "stop"):
+                # "cancel the timer", "stop the timer and set an alarm for 9": new requests, not a "no" (which
+                # "cancel" and "stop" alone are). The question is dropped, as for any other request.
+                answer = None
+            elif answer is not True and self.intents and (split := self.intents.match_after(text, confirmation)):
+                answer, later = split  # "yes, and set an alarm for 7", "no, set a timer": the answer, then them
             language = self.registry.context.language
             if answer is True:
                 said_in = IntentMatch(call["name"], call["arguments"], language)

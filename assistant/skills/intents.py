@@ -32,8 +32,9 @@ from __future__ import annotations
 import logging
 import re
 import unicodedata
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import jsonschema
 from hassil import Intents, RecognizeResult, TextSlotList, Trie, recognize_best
@@ -42,6 +43,7 @@ from hassil.parse_expression import parse_sentence
 from assistant.skills.sdk import Skill, SkillError, as_declared
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # Our language codes → the sentence library's.
 HOME_ASSISTANT_LANGUAGES = {"en": "en", "zh": "zh-cn"}
@@ -275,15 +277,21 @@ class IntentMatcher:
         with requests joined after it ("the pasta one and set an alarm for 7") has them in `then`."""
         if found := self._answer(text, question, call):
             return found
+        if split := self.match_after(text, lambda words: self._answer(words, question, call)):
+            found, found.then = split
+            return found
+        return None
+
+    def match_after(self, text: str, first: Callable[[str], T | None]) -> tuple[T, list[IntentMatch]] | None:
+        """`text` as words that `first` understands with requests joined after them ("yes, and set an alarm
+        for 7", "the pasta one and set an alarm for 7"): what `first` made of its words and the requests, in
+        order; None if no cut at a join gives both."""
         joins = [j for j in JOINER.finditer(text) if j.start() > 0 and j.end() < len(text)][:MOST_JOINS]
         for join in joins:
-            if (found := self._answer(text[: join.start()], question, call)) and (
-                rest := self.match(text[join.end() :])
-            ):
+            if (found := first(text[: join.start()])) is not None and (rest := self.match(text[join.end() :])):
                 rest.said = rest.said or text[join.end() :]
-                found.then = [rest, *rest.then]
-                rest.then = []
-                return found
+                then, rest.then = [rest, *rest.then], []
+                return found, then
         return None
 
     def _answer(self, text: str, question: str, call: dict) -> IntentMatch | None:
@@ -355,12 +363,13 @@ class IntentMatcher:
 
 
 def _values(result: RecognizeResult, text: str) -> dict[str, Any]:
-    """The matched slots' values; free text with the commas it was typed with, which hassil drops
-    before matching: "add milk, eggs and bread" is three items, not "milk eggs and bread"."""
+    """The matched slots' values; free text with the punctuation it was typed with, which hassil drops
+    before matching: "add milk, eggs and bread" is three items, not "milk eggs and bread", and the note
+    of "take a note buy milk. Set a timer for 5 minutes" ends where its sentence does."""
     values = {}
     for slot, entity in result.entities.items():
         words = entity.value.split() if entity.is_wildcard and isinstance(entity.value, str) else []
-        typed = re.search(r"[,，]?\s+".join(map(re.escape, words)), text) if len(words) > 1 else None
+        typed = re.search(r"\W*\s+".join(map(re.escape, words)), text) if len(words) > 1 else None
         values[slot] = typed.group() if typed else entity.value
     return values
 
