@@ -263,6 +263,34 @@ def test_an_alarm_for_tomorrow_is_set_for_tomorrow(tmp_path: Path, monkeypatch: 
     assert say("set an alarm for 7 tomorrow morning") == "An alarm is already set for 7:00."
 
 
+def test_an_alarm_for_a_day_rings_on_that_day(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    registry = registry_in(tmp_path)
+    monkeypatch.setitem(registry.skills["set_alarm"].func.__globals__, "datetime", ThreeInTheAfternoon)  # a Monday
+    say = lambda text: registry.call(*matched(registry, text)).text  # noqa: E731
+    assert say("set an alarm for the day after tomorrow at 7") == "Alarm set for 7:00 on Wednesday, May 6."
+    assert say("set an alarm on Friday at 7") == "Alarm set for 7:00 on Friday, May 8."
+    assert say("set an alarm for next Monday at 8 am") == "Alarm set for 8:00 on Monday, May 11."
+    assert say("set an alarm on Monday at 9") == "Alarm set for 9:00 on Monday, May 11."  # today's 9:00 has passed
+    assert say("wake me up on Monday at 7 pm") == "Alarm set for 19:00."  # today's has not
+    assert say("set an alarm for Tuesday at 6:30") == "Alarm set for 6:30 tomorrow."
+    registry.context.language = "zh"
+    assert chinese(say("后天早上六点叫醒我")) == "闹钟定在5月6日星期三早上6点。"
+    assert chinese(say("设一个周五七点的闹钟")) == "5月8日星期五早上7点已经有闹钟了。"
+    assert chinese(say("下周一早上8点叫醒我")) == "5月11日星期一早上8点已经有闹钟了。"
+    registry.context.language = "en"
+    # As the model may write the day.
+    assert registry.call("set_alarm", {"hour": 7, "day": "Next Friday"}).text == "Alarm set for 7:00 on Friday, May 15."
+    assert registry.call("set_alarm", {"hour": 7, "day": "someday"}).text == "Sorry, I can't tell which day someday is."
+    with sqlite3.connect(tmp_path / "timers.sqlite3") as db:
+        due = [datetime.fromtimestamp(d) for (d,) in db.execute("SELECT due FROM timers ORDER BY due")]
+    assert due == [datetime(2026, 5, 4, 19), datetime(2026, 5, 5, 6, 30), datetime(2026, 5, 6, 6),
+                   datetime(2026, 5, 6, 7), datetime(2026, 5, 8, 7), datetime(2026, 5, 11, 8),
+                   datetime(2026, 5, 11, 9), datetime(2026, 5, 15, 7)]  # fmt: skip
+    monkeypatch.setitem(registry.skills["list_timers"].func.__globals__, "datetime", ThreeInTheAfternoon)
+    listing = registry.call("list_timers", {}).text
+    assert listing.startswith("You have an alarm at 19:00, an alarm at 6:30, an alarm at 6:00 on Wednesday, May 6, ")
+
+
 def test_an_alarm_that_just_rang_can_be_snoozed(tmp_path: Path) -> None:
     said: list[str] = []
     registry = registry_in(tmp_path, said)

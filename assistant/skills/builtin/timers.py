@@ -267,9 +267,11 @@ def set_timer(
 # How alarms are asked for. A number list cannot add 12 to an hour, so an hour after noon ("7
 # pm", "晚上7点") is heard through a list of the skill's own that maps the words to the hour; and so is
 # the hour before one ("quarter to 8", 差一刻八点) and the minutes of "quarter to".
-# "Tomorrow", where people say it: "set an alarm for 7 am tomorrow", "wake me up tomorrow at 6:30".
-TOMORROW = "{day:tomorrow}"
-ALARM = f"(set [an|the|my] alarm [for {TOMORROW}] (for|at)|wake me [up] [{TOMORROW}] at) "
+# "Tomorrow", where people say it: "set an alarm for 7 am tomorrow", "wake me up tomorrow at 6:30"; and for a new
+# alarm any day: "set an alarm on Friday at 7", "wake me up the day after tomorrow at 6:30".
+TOMORROW = "{next_day:tomorrow}"
+ON_DAY = "{days:day}"
+ALARM = f"(set [an|the|my] alarm [[for] {ON_DAY}] (for|at)|wake me [up] [{ON_DAY}] at) "
 EN_TIME = "(:{minute}| [{minute}]| oh {minute}) [o'clock]"  # "7:30", "7 30", "seven thirty", "seven oh five"
 AM = " (am|a m|a.m.|in the morning)"
 PM = " (pm|p m|p.m.|in the afternoon|in the evening|this evening|at night|tonight)"
@@ -281,11 +283,11 @@ EN_HOURS = ["one", "two", "three", "four", "five", "six", "seven", "eight", "nin
 EN_TEENS = ["thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen"]
 # A verb or 叫醒我: "早上7点的闹钟" alone may answer "which one?" as well as ask for a new alarm.
 ZH_SET = "(设置|设定|设|定)[一个|个]"
-# With 明天, "明天早上7点的闹钟" alone asks for a new alarm (an answer to "which one?" is tried first).
-ZH_DAY = f"[{TOMORROW}|今天]"
+# With a day, "明天早上7点的闹钟" alone asks for a new alarm (an answer to "which one?" is tried first).
+ZH_DAY = f"[{ON_DAY}|今天]"
 ZH_ALARM = (
     f"({ZH_SET}{ZH_DAY}{{time}}[的]闹钟|{ZH_SET}闹钟[在]{ZH_DAY}{{time}}|{ZH_DAY}{{time}}(叫醒我|叫我起床)"
-    f"|{TOMORROW}{{time}}的闹钟)"
+    f"|{ON_DAY}{{time}}的闹钟)"
 )
 ZH_AFTERNOON = "(下午|晚上|傍晚|今晚)"
 ZH_DIGITS = "一二三四五六七八九"
@@ -309,10 +311,31 @@ def _chinese(number: int) -> str:
     return said + (ZH_DIGITS[ones - 1] if ones else "")
 
 
+# The days an alarm is set for, as set_alarm takes them ("next friday": the Friday of next week, as 下周五).
+WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+DAYS = ("today", "tomorrow", "day after tomorrow", *WEEKDAYS, *(f"next {day}" for day in WEEKDAYS))
+
+
+def _day_words() -> dict[str, str]:
+    """The words of a day, in English and in Chinese → the day as set_alarm takes it."""
+    said = {"tomorrow morning": "tomorrow", "the day after tomorrow": "day after tomorrow", "今天": "today"}
+    said |= {"明天": "tomorrow", "明早": "tomorrow", "后天": "day after tomorrow"}
+    for number, day in enumerate(WEEKDAYS):
+        zh = [f"{week}{WEEKDAYS_ZH[number]}" for week in ("周", "星期", "礼拜")]
+        zh += ["周天", "星期天", "礼拜天"] if day == "sunday" else []
+        said |= {word: day for word in (f"on {day}", f"this {day}", *zh, *(f"这{word}" for word in zh))}
+        said |= {f"本{word}": day for word in zh if word.startswith("周")}
+        said |= {word: f"next {day}" for word in (f"on next {day}", *(f"下{word}" for word in zh))}
+        said |= {f"下个{word}": f"next {day}" for word in zh if not word.startswith("周")}
+    return {**{day: day for day in DAYS}, **said}
+
+
+DAY_WORDS = _day_words()
 EN_MINUTES = [*EN_HOURS, *EN_TEENS, "twenty", *(f"twenty {word}" for word in EN_HOURS[:9])]  # one to twenty nine
 # "{pm_hour:hour}" in English, "{pm_hour_zh:hour}" in Chinese (12 pm and 晚上12点 have templates of their own),
 # "{hour_before:hour}" for the hour of "quarter to 8", "{past:minute}" and "{minute_to:minute}" for the minutes
-# of "half past", "quarter to"; "{day:tomorrow}" for the words of the next day.
+# of "half past", "quarter to"; "{next_day:tomorrow}" for the words of the next day, "{days:day}" for those of any
+# day a new alarm is set for (today is no such day: "set an alarm for 7" is the next 7:00).
 TIME_WORDS = {
     "pm_hour": _words(EN_HOURS[:11], lambda hour: hour + 12),
     "hour_before": _words(EN_HOURS, lambda hour: hour - 1, {"noon": 11, "midnight": 23}),
@@ -327,7 +350,8 @@ TIME_WORDS = {
     "noon_hour_zh": {"十一": 11, "11": 11, "十二": 12, "12": 12, "一": 13, "1": 13},
     "quarters_zh": {"一刻": 15, "半": 30, "三刻": 45},
     "minute_to_zh": _words([_chinese(n) for n in range(1, 30)], lambda minutes: 60 - minutes, {"一刻": 45, "两": 58}),
-    "day": {"tomorrow": True, "tomorrow morning": True, "明天": True, "明早": True},
+    "next_day": {"tomorrow": True, "tomorrow morning": True, "明天": True, "明早": True},
+    "days": dict(sorted(((w, d) for w, d in DAY_WORDS.items() if d != "today"), key=lambda item: -len(item[0]))),
 }
 # Before this hour "tomorrow" is the coming morning: the person has not slept yet.
 NIGHT_ENDS = 4
@@ -342,7 +366,32 @@ def _when(at: datetime, now: datetime) -> tuple[str, str]:
     """An alarm's time as a reply names it, in English and in Chinese: with the day when it is more
     than a day away ("7:00 tomorrow"), so that it is told apart from the 7:00 before it."""
     en, zh = clock(at.hour, at.minute), clock(at.hour, at.minute, "zh")
-    return (f"{en} tomorrow", f"明天{zh}") if at - now > timedelta(days=1) else (en, zh)
+    if at - now <= timedelta(days=1):
+        return en, zh
+    day, day_zh = _day_named(at.date(), now.date())
+    return en + day, day_zh + zh
+
+
+def _day_named(day: date, today: date) -> tuple[str, str]:
+    """A day as said after a time in English, and before it in Chinese: "" (today), " tomorrow" (明天),
+    " on Friday, November 27" (11月27日星期五)."""
+    if day == today:
+        return "", ""
+    if day == today + timedelta(days=1):
+        return " tomorrow", "明天"
+    return f" on {day:%A, %B} {day.day}", f"{day.month}月{day.day}日星期{WEEKDAYS_ZH[day.weekday()]}"
+
+
+def _first_day(day: str, now: datetime) -> date:
+    """The first date an alarm for `day` (one of DAYS) can ring on: a weekday's is today's if it is today."""
+    today = now.date()
+    if day in ("tomorrow", "day after tomorrow"):
+        return _tomorrow(now) + timedelta(days=day != "tomorrow")
+    if day.startswith("next "):  # in the week after this one, which begins on Monday
+        return today + timedelta(days=7 - today.weekday() + WEEKDAYS.index(day.removeprefix("next ")))
+    if day in WEEKDAYS:
+        return today + timedelta(days=(WEEKDAYS.index(day) - today.weekday()) % 7)
+    return today
 
 
 def _times(sentence: Callable[[str], str]) -> list:
@@ -387,7 +436,7 @@ def _times_zh(sentence: str) -> list:
 
 
 @skill(
-    sentences={"en": _times(lambda time: ALARM + time + f" [{TOMORROW}]"), "zh": _times_zh(ZH_ALARM)},
+    sentences={"en": _times(lambda time: ALARM + time + f" [{ON_DAY}]"), "zh": _times_zh(ZH_ALARM)},
     lists=TIME_WORDS,
 )
 def set_alarm(
@@ -395,23 +444,25 @@ def set_alarm(
     context: SkillContext,
     minute: Annotated[int, Range(0, 59)] = 0,
     label: str = "",
-    tomorrow: bool = False,
+    day: Annotated[str, Range(maximum=40)] = "",
 ) -> str:
-    """Set an alarm for hour:minute (the next time the clock shows it, or that time tomorrow).
+    """Set an alarm for hour:minute (the next time the clock shows it, or on the day said).
 
     Args:
         hour: hour on a 24-hour clock
         minute: minute
         label: what the alarm is for
-        tomorrow: true if "tomorrow" was said
+        day: the day if one was said: tomorrow, day after tomorrow, friday, next friday
     """
     follow_zone()
     now = datetime.now()
-    due = now.replace(hour=hour, minute=minute, second=0, microsecond=0)
-    if tomorrow:
-        due += _tomorrow(now) - now.date()
-    if due <= now:
-        due += timedelta(days=1)
+    said = DAY_WORDS.get(" ".join(day.casefold().split()) or "today")
+    if said is None:
+        return context.localized(f"Sorry, I can't tell which day {day.strip()} is.", zh="抱歉，我听不出是哪一天。")
+    on = _first_day(said, now)
+    due = now.replace(year=on.year, month=on.month, day=on.day, hour=hour, minute=minute, second=0, microsecond=0)
+    if due <= now:  # today's time has passed: the next day, or for a weekday the same day next week
+        due += timedelta(days=7 if said in WEEKDAYS else 1)
     # A time the clock skips as daylight saving begins (2:30, as 2:00 becomes 3:00) rings as it is skipped,
     # at 3:00, and the reply says so; datetime takes it for 3:30.
     shown = datetime.fromtimestamp(due.timestamp())
@@ -419,9 +470,9 @@ def set_alarm(
     if skipped:
         due = shown - timedelta(minutes=minute)
     # Said with the day when it is not today: "set an alarm for 7" at 15:00 is 7:00 tomorrow morning.
-    tomorrow = due.date() != now.date()
-    when = clock(due.hour, due.minute) + (" tomorrow" if tomorrow else "")
-    when_zh = ("明天" if tomorrow else "") + clock(due.hour, due.minute, "zh")
+    day_named, day_zh = _day_named(due.date(), now.date())
+    when = clock(due.hour, due.minute) + day_named
+    when_zh = day_zh + clock(due.hour, due.minute, "zh")
     skips = context.localized(f": the clock skips {clock(hour, minute)}", zh=f"（时钟跳过{clock(hour, minute, 'zh')}）")
     with _db(context) as db:
         if db.execute("SELECT 1 FROM timers WHERE kind = 'alarm' AND due = ?", (due.timestamp(),)).fetchone():
