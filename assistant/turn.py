@@ -28,7 +28,7 @@ from assistant.skills.constraint import (
     reply_parts,
     visible_text,
 )
-from assistant.skills.intents import SENTENCE_END, IntentMatch, IntentMatcher, reply_language
+from assistant.skills.intents import SENTENCE_END, IntentMatch, IntentMatcher, reply_language, starts_in_cjk
 from assistant.skills.prompt import call_message
 from assistant.skills.registry import Registry
 
@@ -54,8 +54,11 @@ CANT = {"en": "Sorry, I can't do that.", "zh": "抱歉，这个我做不了。"}
 YES_WORDS = {"yes", "yeah", "yep", "sure", "ok", "okay", "confirm", "confirmed", "do", "go", "absolutely"}
 YES_FILLERS = {"please", "it", "ahead", "that", "thanks", "thank", "you"}  # "yes please", "go ahead", "do it"
 NO_WORDS = {"no", "nope", "don't", "dont", "cancel", "stop", "never", "not", "nah"}
-YES_ZH = {"是", "是的", "好", "好的", "确认", "可以", "对", "行"}
-NO_ZH = {"不", "不要", "不用", "取消", "别", "算了", "不是"}
+YES_ZH = {"是", "是的", "好", "好的", "确认", "确定", "可以", "对", "对的", "行", "没问题"}  # 确定: the question's word
+NO_ZH = {"不", "不要", "不用", "取消", "别", "算了", "不是", "不行", "不可以"}
+# Around a Chinese yes or no, and changing nothing: 请, 谢谢, and the particles that end it (不用了, 算了吧, 好啊).
+ZH_COURTESY = re.compile(r"谢谢你?|谢了|多谢|^请")
+ZH_PARTICLES = "了吧啊呀呢哦"
 CONFIRM_SECONDS = 60.0  # an unanswered question (a confirmation, a skill's "Which one?") lapses after this long
 MAX_PASSES = 3  # model → skills → model ... at most this many generations a turn
 SPOKEN = ("text", "error", "confirm")  # the events a person hears
@@ -396,11 +399,24 @@ def asks(text: str) -> bool:
 
 def confirmation(text: str) -> bool | None:
     """True for yes ("yes please", "go ahead", "好的"), False for no ("no thanks", "不要"), None for anything else."""
+    if starts_in_cjk(text):
+        return _chinese_answer(text)
     plain = re.sub(r"[^\w\s']", " ", text.lower().replace("\u2019", "'")).split()  # ’ as typed on phones
-    if plain and set(plain) <= YES_ZH | NO_ZH | {"谢谢", "请"} and set(plain) & (YES_ZH | NO_ZH):
-        return plain[0] in YES_ZH  # 好的，谢谢 / 不要，谢谢
     if plain and (plain[0] in NO_WORDS or plain[:2] == ["do", "not"]):
         return False
     if plain and set(plain) <= YES_WORDS | YES_FILLERS and set(plain) & YES_WORDS:
         return True
+    return None
+
+
+def _chinese_answer(text: str) -> bool | None:
+    """confirmation() for Chinese: 好的，谢谢, 不用了, 算了吧, 好的好的, and 好 的 as a recogniser writes it apart."""
+    said = ZH_COURTESY.sub("", re.sub(r"[\W_]", "", text))
+    while said:
+        for words, meaning in ((YES_ZH, True), (NO_ZH, False)):
+            if any(said == word * (len(said) // len(word)) for word in words):
+                return meaning
+        if said[-1] not in ZH_PARTICLES:
+            return None
+        said = said[:-1]
     return None

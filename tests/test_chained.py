@@ -385,3 +385,14 @@ def test_an_answer_with_requests_after_it_is_cut_at_a_join(matcher: IntentMatche
     assert matcher.match_after("no, set a timer for 5 minutes", confirmation)[0] is False
     assert matcher.match_after("yes, and order a pizza", confirmation) is None
     assert matcher.match_after("maybe, set a timer for 5 minutes", confirmation) is None
+
+
+def test_a_chinese_confirmation_is_answered_with_its_own_word(tiny_int8: Path, tmp_path: Path) -> None:
+    manager = manager_for(tiny_int8, tmp_path)
+    said(manager, "把牛奶加到购物清单")
+    assert said(manager, "清空购物清单") == "确定要这样做吗？"
+    assert said(manager, "确定") == "购物清单已清空。"
+    said(manager, "把牛奶加到购物清单")
+    assert said(manager, "清空购物清单") == "确定要这样做吗？"
+    assert said(manager, "不用了") == "好的，不执行了。"
+    assert said(manager, "我要买什么") == "购物清单上有：牛奶。"
