@@ -196,6 +196,9 @@ class IntentMatcher:
         for 5 minutes"), if each part is one on its own. None when any part is not: the model hears it all."""
         if len(text) > LONGEST_COMMAND:
             return None  # not a household command; matching time grows faster than the text
+        # Chinese words together before the joins are found, so that a note's words are looked for as matched
+        # ("记 一下 买 牛奶 然后 设置 一个 十 分钟 的 计时器" is a note and a timer, as written without spaces).
+        text = SPACED.sub("", text)
         whole = self._match_one(text)
         end = len(text.rstrip(SENTENCE_END))
         joins = [j for j in JOINER.finditer(text) if j.start() > 0 and j.end() < end]
