@@ -244,7 +244,7 @@ def test_an_alarm_for_tomorrow_is_set_for_tomorrow(tmp_path: Path, monkeypatch: 
     assert question == "You have 3 alarms: at 7:00, 6:30 tomorrow and 7:00 tomorrow. Which one?"
     answer = lambda text: IntentMatcher(registry.skills).match_answer(text, question, {  # noqa: E731
         "name": "cancel_alarms", "arguments": {}}).arguments  # fmt: skip
-    assert answer("tomorrow's") == answer("the one tomorrow") == {"tomorrow": True}
+    assert answer("tomorrow's") == answer("the one tomorrow") == {"day": "tomorrow"}
     assert (
         registry.call("cancel_alarms", answer("the 7 am one tomorrow")).text == "Cancelled the alarm at 7:00 tomorrow."
     )
@@ -289,6 +289,27 @@ def test_an_alarm_for_a_day_rings_on_that_day(tmp_path: Path, monkeypatch: pytes
     monkeypatch.setitem(registry.skills["list_timers"].func.__globals__, "datetime", ThreeInTheAfternoon)
     listing = registry.call("list_timers", {}).text
     assert listing.startswith("You have an alarm at 19:00, an alarm at 6:30, an alarm at 6:00 on Wednesday, May 6, ")
+    # Cancelled by their day, or picked by it when asked which.
+    monkeypatch.setitem(registry.skills["cancel_alarms"].func.__globals__, "datetime", ThreeInTheAfternoon)
+    assert say("cancel the alarm on Friday") == "Cancelled the alarm at 7:00 on Friday, May 8."
+    assert say("cancel the alarm on Monday") == "Cancelled the alarm at 19:00."  # the nearest Monday's: today's
+    question = say("cancel the alarm next Monday")
+    assert question == "You have 2 alarms: at 8:00 on Monday, May 11 and 9:00 on Monday, May 11. Which one?"
+    answer = IntentMatcher(registry.skills).match_answer("the 9 am one", question, {
+        "name": "cancel_alarms", "arguments": {"day": "next monday"}})  # fmt: skip
+    assert registry.call("cancel_alarms", answer.arguments).text == "Cancelled the alarm at 9:00 on Monday, May 11."
+    assert say("cancel my 8 am alarm next Monday") == "Cancelled the alarm at 8:00 on Monday, May 11."
+    assert say("cancel the alarm at 7 the day after tomorrow") == "Cancelled the alarm at 7:00 on Wednesday, May 6."
+    assert say("cancel the alarm at 7 the day after tomorrow") == "There is no alarm at 7:00 on Wednesday, May 6."
+    registry.context.language = "zh"
+    assert chinese(say("取消后天的闹钟")) == "已取消5月6日星期三早上6点的闹钟。"
+    registry.context.language = "en"
+    assert say("cancel the alarm on Wednesday") == "There is no alarm on Wednesday, May 6."
+    question = say("cancel my alarm")
+    assert question == "You have 2 alarms: at 6:30 and 7:00 on Friday, May 15. Which one?"
+    answer = IntentMatcher(registry.skills).match_answer("the one on Friday", question, {
+        "name": "cancel_alarms", "arguments": {}})  # fmt: skip
+    assert registry.call("cancel_alarms", answer.arguments).text == "Cancelled the alarm at 7:00 on Friday, May 15."
 
 
 def test_an_alarm_that_just_rang_can_be_snoozed(tmp_path: Path) -> None:

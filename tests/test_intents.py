@@ -115,8 +115,8 @@ ENGLISH = [
     ("set an alarm on Friday at 7", "set_alarm", {"hour": 7, "day": "friday"}),
     ("set an alarm for next Monday at 8 am", "set_alarm", {"hour": 8, "day": "next monday"}),
     ("wake me up at 6:30 on Sunday", "set_alarm", {"hour": 6, "minute": 30, "day": "sunday"}),
-    ("cancel the alarm for tomorrow", "cancel_alarms", {"tomorrow": True}),
-    ("cancel my 7 am alarm tomorrow", "cancel_alarms", {"hour": 7, "tomorrow": True}),
+    ("cancel the alarm for tomorrow", "cancel_alarms", {"day": "tomorrow"}),
+    ("cancel my 7 am alarm tomorrow", "cancel_alarms", {"hour": 7, "day": "tomorrow"}),
     ("what time is it", "current_time", {}),
     ("tell me what time it is", "current_time", {}),
     ("what's the time now", "current_time", {}),
@@ -169,7 +169,7 @@ CHINESE = [
     ("周五七点的闹钟", "set_alarm", {"hour": 7, "day": "friday"}),
     ("设一个下周一早上8点的闹钟", "set_alarm", {"hour": 8, "day": "next monday"}),
     ("星期天早上9点叫醒我", "set_alarm", {"hour": 9, "day": "sunday"}),
-    ("取消明天的闹钟", "cancel_alarms", {"tomorrow": True}),
+    ("取消明天的闹钟", "cancel_alarms", {"day": "明天"}),
     ("设个闹钟在晚上9点", "set_alarm", {"hour": 21}),
     ("晚上十点零五分叫醒我", "set_alarm", {"hour": 22, "minute": 5}),
     ("设一个凌晨12点的闹钟", "set_alarm", {"hour": 0}),  # midnight, not noon
@@ -342,7 +342,7 @@ def test_chinese_words_written_apart_are_understood(
 def test_an_answer_in_chinese_words_written_apart_is_understood(matcher: IntentMatcher) -> None:
     question = "你有2个闹钟：早上7点、明天早上7点。要取消哪一个？"
     found = matcher.match_answer("明天 的 那个", question, {"name": "cancel_alarms", "arguments": {}})
-    assert found is not None and found.arguments == {"tomorrow": True}
+    assert found is not None and found.arguments == {"day": "明天"}
 
 
 def test_courtesy_words_alone_are_left_to_the_model(matcher: IntentMatcher) -> None:

@@ -267,10 +267,10 @@ def set_timer(
 # How alarms are asked for. A number list cannot add 12 to an hour, so an hour after noon ("7
 # pm", "晚上7点") is heard through a list of the skill's own that maps the words to the hour; and so is
 # the hour before one ("quarter to 8", 差一刻八点) and the minutes of "quarter to".
-# "Tomorrow", where people say it: "set an alarm for 7 am tomorrow", "wake me up tomorrow at 6:30"; and for a new
-# alarm any day: "set an alarm on Friday at 7", "wake me up the day after tomorrow at 6:30".
-TOMORROW = "{next_day:tomorrow}"
-ON_DAY = "{days:day}"
+# The day, where people say it: "set an alarm for 7 am tomorrow", "wake me up tomorrow at 6:30", "set an alarm on
+# Friday at 7", "cancel the alarm on Friday". Cancelling takes the words as said: an answer to "Which one?" names
+# a day the question did ("the one on Friday"), and 明天 is in a Chinese question where "tomorrow" is not.
+ON_DAY, SAID_DAY = "{days:day}", "{said_day:day}"
 ALARM = f"(set [an|the|my] alarm [[for] {ON_DAY}] (for|at)|wake me [up] [{ON_DAY}] at) "
 EN_TIME = "(:{minute}| [{minute}]| oh {minute}) [o'clock]"  # "7:30", "7 30", "seven thirty", "seven oh five"
 AM = " (am|a m|a.m.|in the morning)"
@@ -318,7 +318,8 @@ DAYS = ("today", "tomorrow", "day after tomorrow", *WEEKDAYS, *(f"next {day}" fo
 
 def _day_words() -> dict[str, str]:
     """The words of a day, in English and in Chinese → the day as set_alarm takes it."""
-    said = {"tomorrow morning": "tomorrow", "the day after tomorrow": "day after tomorrow", "今天": "today"}
+    said = {"tomorrow morning": "tomorrow", "tomorrow's": "tomorrow", "the day after tomorrow": "day after tomorrow"}
+    said["今天"] = "today"
     said |= {"明天": "tomorrow", "明早": "tomorrow", "后天": "day after tomorrow"}
     for number, day in enumerate(WEEKDAYS):
         zh = [f"{week}{WEEKDAYS_ZH[number]}" for week in ("周", "星期", "礼拜")]
@@ -334,8 +335,8 @@ DAY_WORDS = _day_words()
 EN_MINUTES = [*EN_HOURS, *EN_TEENS, "twenty", *(f"twenty {word}" for word in EN_HOURS[:9])]  # one to twenty nine
 # "{pm_hour:hour}" in English, "{pm_hour_zh:hour}" in Chinese (12 pm and 晚上12点 have templates of their own),
 # "{hour_before:hour}" for the hour of "quarter to 8", "{past:minute}" and "{minute_to:minute}" for the minutes
-# of "half past", "quarter to"; "{next_day:tomorrow}" for the words of the next day, "{days:day}" for those of any
-# day a new alarm is set for (today is no such day: "set an alarm for 7" is the next 7:00).
+# of "half past", "quarter to"; "{days:day}" for the words of a day (as one of DAYS; today is none: "set an alarm
+# for 7" is the next 7:00), "{said_day:day}" for the same words as said.
 TIME_WORDS = {
     "pm_hour": _words(EN_HOURS[:11], lambda hour: hour + 12),
     "hour_before": _words(EN_HOURS, lambda hour: hour - 1, {"noon": 11, "midnight": 23}),
@@ -350,9 +351,9 @@ TIME_WORDS = {
     "noon_hour_zh": {"十一": 11, "11": 11, "十二": 12, "12": 12, "一": 13, "1": 13},
     "quarters_zh": {"一刻": 15, "半": 30, "三刻": 45},
     "minute_to_zh": _words([_chinese(n) for n in range(1, 30)], lambda minutes: 60 - minutes, {"一刻": 45, "两": 58}),
-    "next_day": {"tomorrow": True, "tomorrow morning": True, "明天": True, "明早": True},
     "days": dict(sorted(((w, d) for w, d in DAY_WORDS.items() if d != "today"), key=lambda item: -len(item[0]))),
 }
+TIME_WORDS["said_day"] = {word: word.removesuffix("'s") for word in TIME_WORDS["days"]}  # "tomorrow's" one
 # Before this hour "tomorrow" is the coming morning: the person has not slept yet.
 NIGHT_ENDS = 4
 
@@ -380,6 +381,15 @@ def _day_named(day: date, today: date) -> tuple[str, str]:
     if day == today + timedelta(days=1):
         return " tomorrow", "明天"
     return f" on {day:%A, %B} {day.day}", f"{day.month}月{day.day}日星期{WEEKDAYS_ZH[day.weekday()]}"
+
+
+def _said_day(day: str) -> str | None:
+    """`day` as one of DAYS ("On Friday" is "friday", 后天 "day after tomorrow"), or None if it names none."""
+    return DAY_WORDS.get(" ".join(day.casefold().split()))
+
+
+def _no_such_day(day: str, context: SkillContext) -> str:
+    return context.localized(f"Sorry, I can't tell which day {day.strip()} is.", zh="抱歉，我听不出是哪一天。")
 
 
 def _first_day(day: str, now: datetime) -> date:
@@ -456,9 +466,9 @@ def set_alarm(
     """
     follow_zone()
     now = datetime.now()
-    said = DAY_WORDS.get(" ".join(day.casefold().split()) or "today")
+    said = _said_day(day) if day.strip() else "today"
     if said is None:
-        return context.localized(f"Sorry, I can't tell which day {day.strip()} is.", zh="抱歉，我听不出是哪一天。")
+        return _no_such_day(day, context)
     on = _first_day(said, now)
     due = now.replace(year=on.year, month=on.month, day=on.day, hour=hour, minute=minute, second=0, microsecond=0)
     if due <= now:  # today's time has passed: the next day, or for a weekday the same day next week
@@ -669,11 +679,11 @@ def control_timer(
 # Cancelling one alarm by its time, said as set_alarm takes it: "cancel the alarm at 7 pm", "cancel
 # my 7 pm alarm" (each template costs every sentence some match time: both word orders in one).
 CANCEL = "(cancel|delete|remove|turn off) [my|the] "
-ZH_CANCEL = f"(取消|关掉|关闭|删除|删掉)[我的][{TOMORROW}]{{time}}的闹钟"
+ZH_CANCEL = f"(取消|关掉|关闭|删除|删掉)[我的][{SAID_DAY}]{{time}}的闹钟"
 
 
 def _cancel_at(time: str) -> str:
-    return CANCEL + f"(alarm (for|at) {time} [{TOMORROW}]|{time} alarm [{TOMORROW}])"
+    return CANCEL + f"(alarm (for|at) {time} [{SAID_DAY}]|{time} alarm [{SAID_DAY}])"
 
 
 @skill(
@@ -683,7 +693,7 @@ def _cancel_at(time: str) -> str:
             "turn [my|the] alarm off",
             (CANCEL + "alarms", {"every": True}),
             ("(cancel|delete|remove|turn off) all [of] [my|the] alarm[s]", {"every": True}),
-            (CANCEL + "(alarm[s] (for|on) tomorrow|tomorrow's alarm[s])", {"tomorrow": True}),
+            CANCEL + f"(alarm[s] [for] {SAID_DAY}|{SAID_DAY} alarm[s])",
             *_times(_cancel_at),
         ],
         "zh": [
@@ -691,25 +701,26 @@ def _cancel_at(time: str) -> str:
             "把闹钟(取消|关掉|关闭|关了|删掉)",
             ("(取消|关掉|删除|删掉)[我的](所有|全部)[的]闹钟", {"every": True}),
             ("把(所有|全部)[的]闹钟[都](取消|关掉|删掉)", {"every": True}),
-            ("(取消|关掉|关闭|删除|删掉)[我的]明天的闹钟", {"tomorrow": True}),
-            ("把明天的闹钟(取消|关掉|关闭|关了|删掉)", {"tomorrow": True}),
+            f"(取消|关掉|关闭|删除|删掉)[我的]{SAID_DAY}的闹钟",
+            f"把{SAID_DAY}的闹钟(取消|关掉|关闭|关了|删掉)",
             *_times_zh(ZH_CANCEL),
         ],
     },
     lists=TIME_WORDS,
-    # Answers to "Which one?": "the 7 pm one", "the one at 6:30", "the one tomorrow", "both", 早上7点的那个,
-    # 明天的那个, 都取消.
+    # Answers to "Which one?": "the 7 pm one", "the one at 6:30", "the one tomorrow", "the one on Friday", "both",
+    # 早上7点的那个, 明天的那个, 周五的那个, 都取消.
     answers={
         "en": [
-            # First, as it wins a tie: "the 7 one" is 7:00, not 7:01 ("one" as the minute).
-            *_times(lambda time: f"[the|my] {time} (one|alarm) [{TOMORROW}]"),
-            *_times(lambda time: f"([the|my] [one|alarm] (at|for) {time}|[the|my] {time}) [{TOMORROW}]"),
-            ("([the|my] (one|alarm) [for] tomorrow|tomorrow's [one|alarm])", {"tomorrow": True}),
+            # First, as a template listed earlier wins a tie: "the one on Friday" is no alarm at 1:00, and "the 7
+            # one" is 7:00, not 7:01 ("one" as the minute).
+            f"([the|my] (one|alarm) [for] {SAID_DAY}|[the|my] {SAID_DAY} [one|alarm])",
+            *_times(lambda time: f"[the|my] {time} (one|alarm) [{SAID_DAY}]"),
+            *_times(lambda time: f"([the|my] [one|alarm] (at|for) {time}|[the|my] {time}) [{SAID_DAY}]"),
             ("(both|all) [of them]", {"every": True}),
         ],
         "zh": [
-            *_times_zh(f"[取消][那个][{TOMORROW}]{{time}}[的][那个|闹钟]"),
-            ("[取消][那个]明天[的][那个|闹钟]", {"tomorrow": True}),
+            *_times_zh(f"[取消][那个][{SAID_DAY}]{{time}}[的][那个|闹钟]"),
+            f"[取消][那个]{SAID_DAY}[的][那个|闹钟]",
             ("(都|全部|所有的|两个都)[取消]", {"every": True}),
         ],
     },
@@ -719,7 +730,7 @@ def cancel_alarms(
     hour: Annotated[int, Range(0, 23)] | None = None,
     minute: Annotated[int, Range(0, 59)] = 0,
     every: bool = False,
-    tomorrow: bool = False,
+    day: Annotated[str, Range(maximum=40)] = "",
 ) -> str:
     """Cancel the alarm at a time, or every alarm (timers keep running).
 
@@ -727,13 +738,17 @@ def cancel_alarms(
         hour: the alarm's hour on a 24-hour clock
         minute: the alarm's minute
         every: true to cancel every alarm
-        tomorrow: true for tomorrow's alarms only
+        day: the day if one was said, for its alarms only: tomorrow, friday, next friday
     """
     follow_zone()
     now = datetime.now()
+    said = _said_day(day) if day.strip() else None
+    if day.strip() and said is None:
+        return _no_such_day(day, context)
+    first = _first_day(said, now) if said else None
     with _db(context) as db:
         rang = db.execute("SELECT at, due FROM rung WHERE NOT stopped").fetchone()
-        ringing = rang and not tomorrow and _rings_on(rang[0], context)
+        ringing = rang and not said and _rings_on(rang[0], context)
         set_for = datetime.fromtimestamp(rang[1]) if ringing else None
         # The alarm ringing is turned off by "turn off the alarm", by its time, or with all the others.
         off = ringing and (hour is None or every or (set_for.hour, set_for.minute) == (hour, minute))
@@ -743,21 +758,29 @@ def cancel_alarms(
                 return context.localized("Alarm off.", zh="闹钟关了。")
         alarms = [(i, datetime.fromtimestamp(due)) for i, due in
                   db.execute("SELECT id, due FROM timers WHERE kind = 'alarm' ORDER BY due")]  # fmt: skip
-        if tomorrow:
-            alarms = [(i, at) for i, at in alarms if at.date() == _tomorrow(now)]
+        if said in WEEKDAYS:
+            # The nearest of that weekday with such an alarm: "the one on Friday" of those a question named.
+            fits = [at for _, at in alarms if at.weekday() == WEEKDAYS.index(said)]
+            fits = [at for at in fits if hour is None or (at.hour, at.minute) == (hour, minute)]
+            first = min((at.date() for at in fits), default=first)
+        if said:
+            alarms = [(i, at) for i, at in alarms if at.date() == first]
+        named, named_zh = _day_named(first, now.date()) if first and first != now.date() else (" today", "今天")
+        if said == "tomorrow":  # as said, also between midnight and NIGHT_ENDS
+            named, named_zh = " tomorrow", "明天"
         none = context.localized(
-            "There is no alarm tomorrow." if tomorrow else "No alarm is set.",
-            zh="明天没有闹钟。" if tomorrow else "没有设置闹钟。",
+            f"There is no alarm{named}." if said else "No alarm is set.",
+            zh=f"{named_zh}没有闹钟。" if said else "没有设置闹钟。",
         )
         if hour is not None:
             picked = [(i, at) for i, at in alarms if (at.hour, at.minute) == (hour, minute)]
-            # The next one at that time (with those snoozed with it): a later one is asked for with "tomorrow".
+            # The next one at that time (with those snoozed with it): a later one is asked for with its day.
             picked = [(i, at) for i, at in picked if at == picked[0][1]]
             if not picked:
-                day, day_zh = (" tomorrow", "明天") if tomorrow else ("", "")
+                on, on_zh = (named, named_zh) if said else ("", "")
                 return context.localized(
-                    f"There is no alarm at {clock(hour, minute)}{day}.",
-                    zh=f"{day_zh}{clock(hour, minute, 'zh')}没有闹钟。",
+                    f"There is no alarm at {clock(hour, minute)}{on}.",
+                    zh=f"{on_zh}{clock(hour, minute, 'zh')}没有闹钟。",
                 )
         elif every or len(alarms) == 1:
             picked = alarms
