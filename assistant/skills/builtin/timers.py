@@ -138,7 +138,7 @@ def _clock_set(db: sqlite3.Connection, step: float, earlier: set[tuple[int, floa
     `earlier`, stored by an earlier run, has only its wall time, and keeps it."""
     now = time.time()
     moved = [
-        (due + step if kind == "timer" else _same_time_of_day(due, due + step - now), row_id)
+        (due + step if kind == "timer" else _same_time_of_day(due, now - step), row_id)
         for row_id, kind, due in db.execute("SELECT id, kind, due FROM timers WHERE paused_left IS NULL")
         if (row_id, due) not in earlier
     ]
@@ -148,13 +148,15 @@ def _clock_set(db: sqlite3.Connection, step: float, earlier: set[tuple[int, floa
     )
 
 
-def _same_time_of_day(due: float, ahead: float) -> float:
-    """An alarm set by a clock that was wrong (1970 on a board without a clock battery): at the time of
-    day it was set for, the one nearest to as far ahead as it was (an alarm "tomorrow" stays tomorrow's)."""
-    at, now = datetime.fromtimestamp(due), datetime.now()
-    aim = now + timedelta(seconds=ahead)
-    new = aim.replace(hour=at.hour, minute=at.minute, second=0, microsecond=0)
-    new += timedelta(days=round((aim - new) / timedelta(days=1)))
+def _same_time_of_day(due: float, shown: float) -> float:
+    """An alarm set by a clock that was wrong (1970 on a board without a clock battery), which showed `shown`
+    until it was set right: at the time of day it was set for, as many days after today as it was after the
+    day that clock showed (an alarm "tomorrow" stays tomorrow's), the next time the clock shows it. How far
+    ahead it was says nothing: the wrong clock's time of day is not the day's."""
+    at, then, now = datetime.fromtimestamp(due), datetime.fromtimestamp(shown), datetime.now()
+    day = now.date() + (at.date() - then.date())
+    new = now.replace(year=day.year, month=day.month, day=day.day, hour=at.hour, minute=at.minute)
+    new = new.replace(second=0, microsecond=0)
     return (new if new > now else new + timedelta(days=1)).timestamp()
 
 
