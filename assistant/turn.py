@@ -51,8 +51,11 @@ NO_ANSWER = {"en": "Sorry, I have no answer to that.", "zh": "抱歉，这个我
 NOT_DONE = {"en": "Not done yet: {}.", "zh": "还没做：{}。"}
 CANT = {"en": "Sorry, I can't do that.", "zh": "抱歉，这个我做不了。"}  # a call with no tool in the prompt
 # Answers to "Do you really want me to ...?". Anything else drops the question and is a new request.
-YES_WORDS = {"yes", "yeah", "yep", "sure", "ok", "okay", "confirm", "confirmed", "do", "go", "absolutely"}
-YES_FILLERS = {"please", "it", "ahead", "that", "thanks", "thank", "you"}  # "yes please", "go ahead", "do it"
+YES_WORDS = {"yes", "yeah", "yep", "yup", "sure", "ok", "okay", "alright", "confirm", "confirmed", "do", "go"}
+YES_WORDS |= {"absolutely", "certainly", "definitely", "course"}
+# "yes please", "go ahead", "do it", "of course", "go for it", "yes I'm sure", "sure thing", "yes right now"
+YES_FILLERS = {"please", "it", "ahead", "that", "thanks", "thank", "you", "of", "for", "i", "i'm", "am", "thing"}
+YES_FILLERS |= {"right", "now"}
 NO_WORDS = {"no", "nope", "don't", "dont", "cancel", "stop", "never", "not", "nah"}
 YES_ZH = {"是", "是的", "好", "好的", "确认", "确定", "可以", "对", "对的", "行", "没问题"}  # 确定: the question's word
 NO_ZH = {"不", "不要", "不用", "取消", "别", "算了", "不是", "不行", "不可以"}

@@ -188,3 +188,21 @@ def test_a_reply_cut_short_inside_a_call_says_why_in_the_log(tiny_int8: Path, ca
 )
 def test_a_chinese_yes_or_no_is_heard_as_people_say_it(text: str, answer: bool | None) -> None:
     assert confirmation(text) is answer
+
+
+@pytest.mark.parametrize(
+    ("text", "answer"),
+    [
+        ("yes of course", True),
+        ("yup", True),
+        ("sure thing", True),
+        ("yes I'm sure", True),
+        ("yeah go for it", True),
+        ("alright", True),
+        ("of course not", None),  # not a yes: the question is dropped, nothing is done
+        ("no of course not", False),
+        ("I am", None),
+    ],
+)
+def test_a_yes_or_no_in_english_is_heard_as_people_say_it(text: str, answer: bool | None) -> None:
+    assert confirmation(text) is answer
