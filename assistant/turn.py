@@ -155,9 +155,10 @@ class TurnManager:
             answer, later = confirmation(text), []
             heard = self.intents.match(text) if self.intents and answer is False else None
             if heard is not None and (heard.then or heard.skill != "stop"):
-                # "cancel the timer", "stop the timer and set an alarm for 9": new requests, not a "no" (which
-                # "cancel" and "stop" alone are). The question is dropped, as for any other request.
-                answer = None
+                # "cancel the timer", "stop the timer and set an alarm for 9": not confirmed, as a "no" (which
+                # "cancel" and "stop" alone are), and the requests done, as after "no, set a timer".
+                heard.said = heard.said or text
+                later, heard.then = [heard, *heard.then], []
             elif answer is not True and self.intents and (split := self.intents.match_after(text, confirmation)):
                 answer, later = split  # "yes, and set an alarm for 7", "no, set a timer": the answer, then them
             language = self.registry.context.language

@@ -301,11 +301,11 @@ def test_requests_starting_with_cancel_or_stop_are_no_mere_no_to_a_confirmation(
     said(manager, "set a timer for 5 minutes")
     assert said(manager, "clear the shopping list") == "Do you really want me to run clear shopping list?"
     assert said(manager, "cancel the timer and set an alarm for 9").startswith(
-        "Cancelled the 5 minute timer. Alarm set for 9:00"
+        "Okay, I won't. Cancelled the 5 minute timer. Alarm set for 9:00"
     )
     assert said(manager, "yes") != "The shopping list is empty."  # the question lapsed, as for any new request
     assert said(manager, "clear the shopping list").endswith("clear shopping list?")
-    assert said(manager, "stop and set a timer for 3 minutes") == "Timer set for 3 minutes."
+    assert said(manager, "stop and set a timer for 3 minutes") == "Okay, I won't. Timer set for 3 minutes."
     assert "3 minutes" in said(manager, "what timers do I have")
     assert said(manager, "what's on the shopping list") != "The shopping list is empty."
     # A "no" alone is still one.
@@ -367,12 +367,12 @@ def test_a_request_instead_of_a_yes_or_no_is_done_and_the_confirmed_call_is_not(
     manager = manager_for(tiny_int8, tmp_path, unlock_door)
     said(manager, "set a timer for 5 minutes")
     assert said(manager, "unlock the door") == "Do you really want me to run unlock door?"
-    assert said(manager, "cancel the timer") == "Cancelled the 5 minute timer."
-    assert said(manager, "yes") != "The door is unlocked."  # the question was dropped with the request
+    assert said(manager, "cancel the timer") == "Okay, I won't. Cancelled the 5 minute timer."
+    assert said(manager, "yes") != "The door is unlocked."  # the question was answered
     assert said(manager, "what timers do I have") == "No timers or alarms are set."
     said(manager, "set a timer for 3 minutes")
     assert said(manager, "unlock the door").endswith("?")
-    assert said(manager, "stop the timer") == "Cancelled the 3 minute timer."
+    assert said(manager, "stop the timer") == "Okay, I won't. Cancelled the 3 minute timer."
     # "cancel", "stop" and "never mind" alone are still a no.
     for no in ("cancel", "stop", "never mind", "cancel it"):
         assert said(manager, "unlock the door").endswith("?")
