@@ -83,6 +83,9 @@ LAMP_ON = ("switch_device", {"device": "卧室灯", "on": True})
           ("switch_device", {"device": "kitchen light", "on": True})]),
         ("记一下买牛奶。 设置一个10分钟的计时器", [("add_item", {"text": "买牛奶", "list": "notes"}),
                                                  ("set_timer", {"minutes": 10})]),
+        ("take a note call the plumber. He comes at 5. The code is 1234. Buy milk. Set a timer for 5 minutes",
+         [("add_item", {"text": "call the plumber. He comes at 5. The code is 1234. Buy milk", "list": "notes"}),
+          ("set_timer", {"minutes": 5})]),
         # As a Chinese recogniser writes the words, apart.
         ("记 一下 买 牛奶 然后 设置 一个 十 分钟 的 计时器", [("add_item", {"text": "买牛奶", "list": "notes"}),
                                                               ("set_timer", {"minutes": 10})]),

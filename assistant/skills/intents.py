@@ -228,6 +228,14 @@ class IntentMatcher:
                 last = (len(said.rstrip()) - 1, len(said.rstrip()))
                 if text[slice(*spans[j])].strip() in WEAK_JOINERS and self._inside_free_text(found, said, last):
                     found = None  # 记一下明天再打开卧室灯 is one note
+                for k in range(i + 1, j):
+                    # Free text takes in no request of its own after it: "the code is 1234. Buy milk. Set a timer for
+                    # 5 minutes" is no timer named "code is 1234. Buy milk. Set a".
+                    inner = (spans[k][0] - spans[i][1], spans[k][1] - spans[i][1])
+                    strong = text[slice(*spans[k])].strip() not in WEAK_JOINERS
+                    if found and strong and self._inside_free_text(found, said, inner) and part(k, j) is not None:
+                        found = None
+                        break
                 if found is not None:
                     found.said = said
                 matches[i, j] = found
