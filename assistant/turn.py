@@ -153,12 +153,13 @@ class TurnManager:
         call, lapses = self.pending.pop(self.asker, (None, 0.0))
         if call is not None and time.monotonic() < lapses:
             answer, later = confirmation(text), []
-            heard = self.intents.match(text) if self.intents and answer is False else None
+            begins_with_no = answer is False or (starts_in_cjk(text) and text.lstrip().startswith(tuple(NO_ZH)))
+            heard = self.intents.match(text) if self.intents and begins_with_no else None
             if heard is not None and (heard.then or heard.skill != "stop"):
-                # "cancel the timer", "stop the timer and set an alarm for 9": not confirmed, as a "no" (which
-                # "cancel" and "stop" alone are), and the requests done, as after "no, set a timer".
+                # "cancel the timer", 取消计时器, "stop the timer and set an alarm for 9": not confirmed, as a "no"
+                # (which "cancel" and "stop" alone are), and the requests done, as after "no, set a timer".
                 heard.said = heard.said or text
-                later, heard.then = [heard, *heard.then], []
+                answer, later, heard.then = False, [heard, *heard.then], []
             elif answer is not True and self.intents and (split := self.intents.match_after(text, confirmation)):
                 answer, later = split  # "yes, and set an alarm for 7", "no, set a timer": the answer, then them
             language = self.registry.context.language

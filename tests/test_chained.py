@@ -402,3 +402,7 @@ def test_a_chinese_confirmation_is_answered_with_its_own_word(tiny_int8: Path, t
     assert said(manager, "清空购物清单") == "确定要这样做吗？"
     assert said(manager, "不用了") == "好的，不执行了。"
     assert said(manager, "我要买什么") == "购物清单上有：牛奶。"
+    said(manager, "设置一个5分钟的计时器")
+    assert said(manager, "清空购物清单") == "确定要这样做吗？"
+    assert said(manager, "取消计时器") == "好的，不执行了。已取消5分钟的计时器。"  # as "cancel the timer" is
+    assert said(manager, "我要买什么") == "购物清单上有：牛奶。"
