@@ -225,6 +225,9 @@ COURTEOUS = [
     ("请帮我设置一个10分钟的计时器", "set_timer", {"minutes": 10}),
     ("麻烦你明天早上7点叫醒我，谢谢", "set_alarm", {"hour": 7, "day": "tomorrow"}),
     ("请问现在几点了", "current_time", {}),
+    # Courtesy is no note: "What should I note?"
+    ("take a note please", "add_item", {"list": "notes", "text": ""}),
+    ("记一下，谢谢", "add_item", {"list": "notes", "text": ""}),
     # Lengths said as words
     ("set a timer for a quarter of an hour", "set_timer", {"minutes": 15}),
     ("半小时后提醒我", "set_timer", {"minutes": 30}),

@@ -272,7 +272,8 @@ class IntentMatcher:
     def _match_one(self, text: str) -> IntentMatch | None:
         """One request in `text` (a part of what `match` was given, which bounded its length)."""
         for language in self._tried(text, self._languages()):
-            if found := self._match_own(text, language) or self._match_library(text, language):
+            found = self._match_own(text, language) or self._match_library(text, language)
+            if found and not self._courtesy_only(found):
                 return found
         # Then in plainer form: without courtesy, with full-width digits and letters (１０分钟, as a Chinese
         # input method may type them) as the templates' own, Chinese words together, "hundred and" as
@@ -281,6 +282,16 @@ class IntentMatcher:
         plain = AM_PM.sub(" ", HUNDRED_AND.sub("hundred ", plain))
         plain = TYPED_UNIT.sub(lambda m: " " + TYPED_UNITS[m[1].lower()], plain).strip()
         return self._match_one(plain) if plain and plain != text.strip() else None
+
+    def _courtesy_only(self, found: IntentMatch) -> bool:
+        """Whether free text of `found` is only courtesy ("take a note please", 记一下，谢谢): no note, no name."""
+        skill = self.skills[found.skill]
+        return any(
+            # After a word, as it follows one in a sentence: what COURTESY takes off its end is all of it.
+            _free_text(skill, name) and isinstance(value, str) and COURTESY.sub("", f"x {value}").strip() == "x"
+            for name, value in found.arguments.items()
+            if str(value).strip()
+        )
 
     def match_answer(self, text: str, question: str, call: dict) -> IntentMatch | None:
         """The text as an answer to `question`, which the skill asked when `call` ran it: the call
