@@ -385,6 +385,10 @@ def test_numbers_out_of_range_are_explained_not_run(matcher: IntentMatcher) -> N
     assert found.skill == "set_timer" and "0" in found.reply and "24" in found.reply
     found = matcher.match("把温度设置为50度")
     assert found.skill == "set_temperature" and "35" in found.reply
+    # And text longer than its bound: a long note is not cut short, by the model's call or otherwise.
+    found = matcher.match("take a note " + "the plumber comes at five and needs the code " * 12)
+    assert found.skill == "add_item" and found.reply == "Sorry, that is too long: I can keep at most 500 characters."
+    assert matcher.match("记一下" + "明天早上给水管工开门" * 51).reply == "抱歉，太长了，最多500个字。"
 
 
 def test_a_match_takes_milliseconds(matcher: IntentMatcher) -> None:

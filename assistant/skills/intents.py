@@ -428,6 +428,13 @@ def _checked(found: Skill, arguments: dict[str, Any], language: str) -> IntentMa
         return IntentMatch(
             found.name, arguments, language, reply=out_of_range(properties[errors[0].path[0]], language.split("-")[0])
         )
+    if all(e.validator == "maxLength" and e.path for e in errors):
+        # A note said at length: told, not left to the model, whose call the schema would cut at the bound.
+        most = properties[errors[0].path[0]]["maxLength"]
+        if language.split("-")[0] == "zh":
+            return IntentMatch(found.name, arguments, language, reply=f"抱歉，太长了，最多{most}个字。")
+        reply = f"Sorry, that is too long: I can keep at most {most} characters."
+        return IntentMatch(found.name, arguments, language, reply=reply)
     return None
 
 
