@@ -417,11 +417,12 @@ def confirmation(text: str) -> bool | None:
 def _chinese_answer(text: str) -> bool | None:
     """confirmation() for Chinese: 好的，谢谢, 不用了, 算了吧, 好的好的, and 好 的 as a recogniser writes it apart."""
     said = ZH_COURTESY.sub("", re.sub(r"[\W_]", "", text))
+    ended = False  # by 了: 不用了 is a no, but 好了 and 可以了 ("that will do", "enough") are no yes
     while said:
         for words, meaning in ((YES_ZH, True), (NO_ZH, False)):
-            if any(said == word * (len(said) // len(word)) for word in words):
+            if any(said == word * (len(said) // len(word)) for word in words) and not (meaning and ended):
                 return meaning
         if said[-1] not in ZH_PARTICLES:
             return None
-        said = said[:-1]
+        ended, said = ended or said[-1] == "了", said[:-1]
     return None

@@ -184,6 +184,8 @@ def test_a_reply_cut_short_inside_a_call_says_why_in_the_log(tiny_int8: Path, ca
         ("好的，设置一个计时器", None),  # more than an answer
         ("确定要这样做吗", None),
         ("嗯", None),  # a sound, not a yes to unlocking a door
+        ("好了", None),  # "that will do", or "enough"
+        ("可以了", None),
     ],
 )
 def test_a_chinese_yes_or_no_is_heard_as_people_say_it(text: str, answer: bool | None) -> None:
