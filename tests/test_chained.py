@@ -354,6 +354,8 @@ def test_a_yes_or_no_with_requests_joined_after_it_answers_the_confirmation_and_
     assert said(manager, "yes, and set an alarm for 7").startswith("The shopping list is empty. Alarm set for 7:00")
     listed = said(manager, "what timers do I have")
     assert "a timer with 5 minutes left" in listed and "an alarm at 7:00" in listed
+    said(manager, "clear the shopping list")
+    assert said(manager, "no set a timer for 3 minutes") == "Okay, I won't. Timer set for 3 minutes."  # vosk's
 
 
 def test_a_note_and_a_request_in_two_typed_sentences_are_both_done(tiny_int8: Path, tmp_path: Path) -> None:
@@ -390,6 +392,11 @@ def test_an_answer_with_requests_after_it_is_cut_at_a_join(matcher: IntentMatche
     ]
     assert matcher.match_after("no, set a timer for 5 minutes", confirmation)[0] is False
     assert matcher.match_after("yes, and order a pizza", confirmation) is None
+    # As a recogniser writes them, without commas.
+    answer, then = matcher.match_after("no thank you set a timer for five minutes", confirmation)
+    assert answer is False and [(m.skill, m.arguments) for m in then] == [("set_timer", {"minutes": 5})]
+    answer, then = matcher.match_after("好 的 设置 一个 十 分钟 的 计时器", confirmation)
+    assert answer is True and [(m.skill, m.arguments) for m in then] == [("set_timer", {"minutes": 10})]
     assert matcher.match_after("maybe, set a timer for 5 minutes", confirmation) is None
 
 

@@ -149,6 +149,8 @@ SENTENCE_END = " .!?。！？"
 # A sentence joined in more places than this is not tried as separate requests: each way of cutting
 # it costs a match.
 MOST_JOINS = 5
+# The most words an answer said before requests is tried with when nothing joins them ("no thank you set a timer").
+ANSWER_WORDS = 4
 
 # The longest text tried against the sentences: a note of 500 characters and its command. Matching
 # 2,400 characters took 3.5 s here, holding every other asker's turn (and more on a board).
@@ -308,10 +310,12 @@ class IntentMatcher:
         """`text` as words that `first` understands with requests joined after them ("yes, and set an alarm
         for 7", "the pasta one and set an alarm for 7"): what `first` made of its words and the requests, in
         order; None if no cut at a join gives both."""
-        joins = [j for j in JOINER.finditer(text) if j.start() > 0 and j.end() < len(text)][:MOST_JOINS]
-        for join in joins:
-            if (found := first(text[: join.start()])) is not None and (rest := self.match(text[join.end() :])):
-                rest.said = rest.said or text[join.end() :]
+        # At a join, or between the first words, as a recogniser writes "yes, set a timer": "yes set a timer".
+        cuts = [j.span() for j in JOINER.finditer(text) if j.start() > 0 and j.end() < len(text)][:MOST_JOINS]
+        cuts += [g.span() for g in re.finditer(r"\s+", text) if g.start() > 0 and g.end() < len(text)][:ANSWER_WORDS]
+        for start, end in sorted(set(cuts)):
+            if (found := first(text[:start])) is not None and (rest := self.match(text[end:])):
+                rest.said = rest.said or text[end:]
                 then, rest.then = [rest, *rest.then], []
                 return found, then
         return None
