@@ -303,6 +303,11 @@ def test_an_alarm_for_a_day_rings_on_that_day(tmp_path: Path, monkeypatch: pytes
     assert say("cancel the alarm at 7 the day after tomorrow") == "There is no alarm at 7:00 on Wednesday, May 6."
     registry.context.language = "zh"
     assert chinese(say("取消后天的闹钟")) == "已取消5月6日星期三早上6点的闹钟。"
+    question = chinese(say("取消闹钟"))
+    assert question == "你有2个闹钟：早上6点30分、5月15日星期五早上7点。要取消哪一个？"
+    answer = IntentMatcher(registry.skills).match_answer("周五的那个", question, {
+        "name": "cancel_alarms", "arguments": {}})  # fmt: skip
+    assert answer.arguments == {"day": "星期五"}  # as the question named it
     registry.context.language = "en"
     assert say("cancel the alarm on Wednesday") == "There is no alarm on Wednesday, May 6."
     question = say("cancel my alarm")

@@ -355,7 +355,10 @@ TIME_WORDS = {
     "minute_to_zh": _words([_chinese(n) for n in range(1, 30)], lambda minutes: 60 - minutes, {"一刻": 45, "两": 58}),
     "days": dict(sorted(((w, d) for w, d in DAY_WORDS.items() if d != "today"), key=lambda item: -len(item[0]))),
 }
-TIME_WORDS["said_day"] = {word: word.removesuffix("'s") for word in TIME_WORDS["days"]}  # "tomorrow's" one
+# As said, but a weekday in Chinese as replies name it, so that 周五的那个 answers a question that named 星期五.
+AS_REPLIES_SAY = {f"{week}{day}": f"星期{day}" for week in ("周", "礼拜") for day in WEEKDAYS_ZH}
+AS_REPLIES_SAY |= {"周天": "星期日", "星期天": "星期日", "礼拜天": "星期日"}
+TIME_WORDS["said_day"] = {word: AS_REPLIES_SAY.get(word, word.removesuffix("'s")) for word in TIME_WORDS["days"]}
 # Before this hour "tomorrow" is the coming morning: the person has not slept yet.
 NIGHT_ENDS = 4
 
