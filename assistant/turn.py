@@ -28,7 +28,7 @@ from assistant.skills.constraint import (
     reply_parts,
     visible_text,
 )
-from assistant.skills.intents import JOINER, SENTENCE_END, IntentMatch, IntentMatcher, reply_language
+from assistant.skills.intents import SENTENCE_END, IntentMatch, IntentMatcher, reply_language, starts_in_cjk
 from assistant.skills.prompt import call_message
 from assistant.skills.registry import Registry
 
@@ -51,11 +51,17 @@ NO_ANSWER = {"en": "Sorry, I have no answer to that.", "zh": "抱歉，这个我
 NOT_DONE = {"en": "Not done yet: {}.", "zh": "还没做：{}。"}
 CANT = {"en": "Sorry, I can't do that.", "zh": "抱歉，这个我做不了。"}  # a call with no tool in the prompt
 # Answers to "Do you really want me to ...?". Anything else drops the question and is a new request.
-YES_WORDS = {"yes", "yeah", "yep", "sure", "ok", "okay", "confirm", "confirmed", "do", "go", "absolutely"}
-YES_FILLERS = {"please", "it", "ahead", "that", "thanks", "thank", "you"}  # "yes please", "go ahead", "do it"
+YES_WORDS = {"yes", "yeah", "yep", "yup", "sure", "ok", "okay", "alright", "confirm", "confirmed", "do", "go"}
+YES_WORDS |= {"absolutely", "certainly", "definitely", "course"}
+# "yes please", "go ahead", "do it", "of course", "go for it", "yes I'm sure", "sure thing", "yes right now"
+YES_FILLERS = {"please", "it", "ahead", "that", "thanks", "thank", "you", "of", "for", "i", "i'm", "am", "thing"}
+YES_FILLERS |= {"right", "now"}
 NO_WORDS = {"no", "nope", "don't", "dont", "cancel", "stop", "never", "not", "nah"}
-YES_ZH = {"是", "是的", "好", "好的", "确认", "可以", "对", "行"}
-NO_ZH = {"不", "不要", "不用", "取消", "别", "算了", "不是"}
+YES_ZH = {"是", "是的", "好", "好的", "确认", "确定", "可以", "对", "对的", "行", "没问题"}  # 确定: the question's word
+NO_ZH = {"不", "不要", "不用", "取消", "别", "算了", "不是", "不行", "不可以"}
+# Around a Chinese yes or no, and changing nothing: 请, 谢谢, and the particles that end it (不用了, 算了吧, 好啊).
+ZH_COURTESY = re.compile(r"谢谢你?|谢了|多谢|^请")
+ZH_PARTICLES = "了吧啊呀呢哦"
 CONFIRM_SECONDS = 60.0  # an unanswered question (a confirmation, a skill's "Which one?") lapses after this long
 MAX_PASSES = 3  # model → skills → model ... at most this many generations a turn
 SPOKEN = ("text", "error", "confirm")  # the events a person hears
@@ -147,15 +153,15 @@ class TurnManager:
         call, lapses = self.pending.pop(self.asker, (None, 0.0))
         if call is not None and time.monotonic() < lapses:
             answer, later = confirmation(text), []
-            heard = self.intents.match(text) if self.intents and answer is False else None
-            if heard is not None and heard.then:
-                answer = None  # "cancel the timer and set an alarm for 9": new requests, not a "no"
-            elif answer is not True and self.intents and (join := JOINER.search(text)) and join.start() > 0:
-                # "yes, and set an alarm for 7", "no, set a timer": the answer, then the requests after it.
-                first = confirmation(text[: join.start()])
-                if first is not None and (then := self.intents.match(text[join.end() :])):
-                    then.said = then.said or text[join.end() :]
-                    answer, later = first, [then, *then.then]
+            begins_with_no = answer is False or (starts_in_cjk(text) and text.lstrip().startswith(tuple(NO_ZH)))
+            heard = self.intents.match(text) if self.intents and begins_with_no else None
+            if heard is not None and (heard.then or heard.skill != "stop"):
+                # "cancel the timer", 取消计时器, "stop the timer and set an alarm for 9": not confirmed, as a "no"
+                # (which "cancel" and "stop" alone are), and the requests done, as after "no, set a timer".
+                heard.said = heard.said or text
+                answer, later, heard.then = False, [heard, *heard.then], []
+            elif answer is not True and self.intents and (split := self.intents.match_after(text, confirmation)):
+                answer, later = split  # "yes, and set an alarm for 7", "no, set a timer": the answer, then them
             language = self.registry.context.language
             if answer is True:
                 said_in = IntentMatch(call["name"], call["arguments"], language)
@@ -398,11 +404,25 @@ def asks(text: str) -> bool:
 
 def confirmation(text: str) -> bool | None:
     """True for yes ("yes please", "go ahead", "好的"), False for no ("no thanks", "不要"), None for anything else."""
+    if starts_in_cjk(text):
+        return _chinese_answer(text)
     plain = re.sub(r"[^\w\s']", " ", text.lower().replace("\u2019", "'")).split()  # ’ as typed on phones
-    if plain and set(plain) <= YES_ZH | NO_ZH | {"谢谢", "请"} and set(plain) & (YES_ZH | NO_ZH):
-        return plain[0] in YES_ZH  # 好的，谢谢 / 不要，谢谢
     if plain and (plain[0] in NO_WORDS or plain[:2] == ["do", "not"]):
         return False
     if plain and set(plain) <= YES_WORDS | YES_FILLERS and set(plain) & YES_WORDS:
         return True
+    return None
+
+
+def _chinese_answer(text: str) -> bool | None:
+    """confirmation() for Chinese: 好的，谢谢, 不用了, 算了吧, 好的好的, and 好 的 as a recogniser writes it apart."""
+    said = ZH_COURTESY.sub("", re.sub(r"[\W_]", "", text))
+    ended = False  # by 了: 不用了 is a no, but 好了 and 可以了 ("that will do", "enough") are no yes
+    while said:
+        for words, meaning in ((YES_ZH, True), (NO_ZH, False)):
+            if any(said == word * (len(said) // len(word)) for word in words) and not (meaning and ended):
+                return meaning
+        if said[-1] not in ZH_PARTICLES:
+            return None
+        ended, said = ended or said[-1] == "了", said[:-1]
     return None

@@ -244,7 +244,7 @@ def test_an_alarm_for_tomorrow_is_set_for_tomorrow(tmp_path: Path, monkeypatch: 
     assert question == "You have 3 alarms: at 7:00, 6:30 tomorrow and 7:00 tomorrow. Which one?"
     answer = lambda text: IntentMatcher(registry.skills).match_answer(text, question, {  # noqa: E731
         "name": "cancel_alarms", "arguments": {}}).arguments  # fmt: skip
-    assert answer("tomorrow's") == answer("the one tomorrow") == {"tomorrow": True}
+    assert answer("tomorrow's") == answer("the one tomorrow") == {"day": "tomorrow"}
     assert (
         registry.call("cancel_alarms", answer("the 7 am one tomorrow")).text == "Cancelled the alarm at 7:00 tomorrow."
     )
@@ -261,6 +261,60 @@ def test_an_alarm_for_tomorrow_is_set_for_tomorrow(tmp_path: Path, monkeypatch: 
     assert chinese(say("明天早上7点叫醒我")) == "闹钟定在早上7点。"
     registry.context.language = "en"
     assert say("set an alarm for 7 tomorrow morning") == "An alarm is already set for 7:00."
+
+
+def test_an_alarm_for_a_day_rings_on_that_day(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    registry = registry_in(tmp_path)
+    monkeypatch.setitem(registry.skills["set_alarm"].func.__globals__, "datetime", ThreeInTheAfternoon)  # a Monday
+    say = lambda text: registry.call(*matched(registry, text)).text  # noqa: E731
+    assert say("set an alarm for the day after tomorrow at 7") == "Alarm set for 7:00 on Wednesday, May 6."
+    assert say("set an alarm on Friday at 7") == "Alarm set for 7:00 on Friday, May 8."
+    assert say("set an alarm for next Monday at 8 am") == "Alarm set for 8:00 on Monday, May 11."
+    assert say("set an alarm on Monday at 9") == "Alarm set for 9:00 on Monday, May 11."  # today's 9:00 has passed
+    assert say("wake me up on Monday at 7 pm") == "Alarm set for 19:00."  # today's has not
+    assert say("set an alarm for Tuesday at 6:30") == "Alarm set for 6:30 tomorrow."
+    registry.context.language = "zh"
+    assert chinese(say("后天早上六点叫醒我")) == "闹钟定在5月6日星期三早上6点。"
+    assert chinese(say("设一个周五七点的闹钟")) == "5月8日星期五早上7点已经有闹钟了。"
+    assert chinese(say("下周一早上8点叫醒我")) == "5月11日星期一早上8点已经有闹钟了。"
+    registry.context.language = "en"
+    # As the model may write the day.
+    assert registry.call("set_alarm", {"hour": 7, "day": "Next Friday"}).text == "Alarm set for 7:00 on Friday, May 15."
+    assert registry.call("set_alarm", {"hour": 7, "day": "someday"}).text == "Sorry, I can't tell which day someday is."
+    with sqlite3.connect(tmp_path / "timers.sqlite3") as db:
+        due = [datetime.fromtimestamp(d) for (d,) in db.execute("SELECT due FROM timers ORDER BY due")]
+    assert due == [datetime(2026, 5, 4, 19), datetime(2026, 5, 5, 6, 30), datetime(2026, 5, 6, 6),
+                   datetime(2026, 5, 6, 7), datetime(2026, 5, 8, 7), datetime(2026, 5, 11, 8),
+                   datetime(2026, 5, 11, 9), datetime(2026, 5, 15, 7)]  # fmt: skip
+    monkeypatch.setitem(registry.skills["list_timers"].func.__globals__, "datetime", ThreeInTheAfternoon)
+    listing = registry.call("list_timers", {}).text
+    assert listing.startswith("You have an alarm at 19:00, an alarm at 6:30, an alarm at 6:00 on Wednesday, May 6, ")
+    # Cancelled by their day, or picked by it when asked which.
+    monkeypatch.setitem(registry.skills["cancel_alarms"].func.__globals__, "datetime", ThreeInTheAfternoon)
+    assert say("cancel the alarm on Friday") == "Cancelled the alarm at 7:00 on Friday, May 8."
+    assert say("cancel the alarm on Monday") == "Cancelled the alarm at 19:00."  # the nearest Monday's: today's
+    question = say("cancel the alarm next Monday")
+    assert question == "You have 2 alarms: at 8:00 on Monday, May 11 and 9:00 on Monday, May 11. Which one?"
+    answer = IntentMatcher(registry.skills).match_answer("the 9 am one", question, {
+        "name": "cancel_alarms", "arguments": {"day": "next monday"}})  # fmt: skip
+    assert registry.call("cancel_alarms", answer.arguments).text == "Cancelled the alarm at 9:00 on Monday, May 11."
+    assert say("cancel my 8 am alarm next Monday") == "Cancelled the alarm at 8:00 on Monday, May 11."
+    assert say("cancel the alarm at 7 the day after tomorrow") == "Cancelled the alarm at 7:00 on Wednesday, May 6."
+    assert say("cancel the alarm at 7 the day after tomorrow") == "There is no alarm at 7:00 on Wednesday, May 6."
+    registry.context.language = "zh"
+    assert chinese(say("取消后天的闹钟")) == "已取消5月6日星期三早上6点的闹钟。"
+    question = chinese(say("取消闹钟"))
+    assert question == "你有2个闹钟：早上6点30分、5月15日星期五早上7点。要取消哪一个？"
+    answer = IntentMatcher(registry.skills).match_answer("周五的那个", question, {
+        "name": "cancel_alarms", "arguments": {}})  # fmt: skip
+    assert answer.arguments == {"day": "星期五"}  # as the question named it
+    registry.context.language = "en"
+    assert say("cancel the alarm on Wednesday") == "There is no alarm on Wednesday, May 6."
+    question = say("cancel my alarm")
+    assert question == "You have 2 alarms: at 6:30 and 7:00 on Friday, May 15. Which one?"
+    answer = IntentMatcher(registry.skills).match_answer("the one on Friday", question, {
+        "name": "cancel_alarms", "arguments": {}})  # fmt: skip
+    assert registry.call("cancel_alarms", answer.arguments).text == "Cancelled the alarm at 7:00 on Friday, May 15."
 
 
 def test_an_alarm_that_just_rang_can_be_snoozed(tmp_path: Path) -> None:

@@ -19,7 +19,7 @@ from assistant.skills.constraint import OPEN
 from assistant.skills.intents import IntentMatcher
 from assistant.skills.registry import BUILTIN_SKILLS, Registry
 from assistant.skills.sdk import SkillContext
-from assistant.turn import TurnManager
+from assistant.turn import TurnManager, confirmation
 from tests.test_intents import DEVICES
 from tests.test_toolcalls import open_gate, scripted, unlock_door, weather
 
@@ -75,6 +75,20 @@ LAMP_ON = ("switch_device", {"device": "卧室灯", "on": True})
         ("把牛奶加到购物清单再打开卧室灯", [("add_item", {"text": "牛奶", "list": "shopping"}), LAMP_ON]),
         ("记一下买邮票并且关掉卧室灯", [("add_item", {"text": "买邮票", "list": "notes"}),
                                        ("switch_device", {"device": "卧室灯", "on": False})]),
+        # A note ends where its sentence does.
+        ("add a note buy milk. set a timer for 5 minutes",
+         [("add_item", {"text": "buy milk", "list": "notes"}), ("set_timer", {"minutes": 5})]),
+        ("take a note that I need stamps! Turn on the kitchen light.",
+         [("add_item", {"text": "I need stamps", "list": "notes"}),
+          ("switch_device", {"device": "kitchen light", "on": True})]),
+        ("记一下买牛奶。 设置一个10分钟的计时器", [("add_item", {"text": "买牛奶", "list": "notes"}),
+                                                 ("set_timer", {"minutes": 10})]),
+        ("take a note call the plumber. He comes at 5. The code is 1234. Buy milk. Set a timer for 5 minutes",
+         [("add_item", {"text": "call the plumber. He comes at 5. The code is 1234. Buy milk", "list": "notes"}),
+          ("set_timer", {"minutes": 5})]),
+        # As a Chinese recogniser writes the words, apart.
+        ("记 一下 买 牛奶 然后 设置 一个 十 分钟 的 计时器", [("add_item", {"text": "买牛奶", "list": "notes"}),
+                                                              ("set_timer", {"minutes": 10})]),
     ],
 )  # fmt: skip
 def test_requests_joined_in_one_sentence_are_each_matched_in_order(
@@ -96,6 +110,9 @@ def test_requests_joined_in_one_sentence_are_each_matched_in_order(
         # 再 and 和 right after free text are its words ("again", "with"), not a second request.
         ("记一下明天再打开卧室灯", ("add_item", {"text": "明天再打开卧室灯", "list": "notes"})),
         ("记一下周五和小王打开会议室", ("add_item", {"text": "周五和小王打开会议室", "list": "notes"})),
+        # A note of two sentences, the second no request of its own: one note, as typed.
+        ("take a note the plumber comes at 5. Call him back.",
+         ("add_item", {"text": "the plumber comes at 5. Call him back", "list": "notes"})),
         ("set an alarm for 7", ("set_alarm", {"hour": 7})),
     ],
 )  # fmt: skip
@@ -287,11 +304,11 @@ def test_requests_starting_with_cancel_or_stop_are_no_mere_no_to_a_confirmation(
     said(manager, "set a timer for 5 minutes")
     assert said(manager, "clear the shopping list") == "Do you really want me to run clear shopping list?"
     assert said(manager, "cancel the timer and set an alarm for 9").startswith(
-        "Cancelled the 5 minute timer. Alarm set for 9:00"
+        "Okay, I won't. Cancelled the 5 minute timer. Alarm set for 9:00"
     )
     assert said(manager, "yes") != "The shopping list is empty."  # the question lapsed, as for any new request
     assert said(manager, "clear the shopping list").endswith("clear shopping list?")
-    assert said(manager, "stop and set a timer for 3 minutes") == "Timer set for 3 minutes."
+    assert said(manager, "stop and set a timer for 3 minutes") == "Okay, I won't. Timer set for 3 minutes."
     assert "3 minutes" in said(manager, "what timers do I have")
     assert said(manager, "what's on the shopping list") != "The shopping list is empty."
     # A "no" alone is still one.
@@ -337,3 +354,62 @@ def test_a_yes_or_no_with_requests_joined_after_it_answers_the_confirmation_and_
     assert said(manager, "yes, and set an alarm for 7").startswith("The shopping list is empty. Alarm set for 7:00")
     listed = said(manager, "what timers do I have")
     assert "a timer with 5 minutes left" in listed and "an alarm at 7:00" in listed
+    said(manager, "clear the shopping list")
+    assert said(manager, "no set a timer for 3 minutes") == "Okay, I won't. Timer set for 3 minutes."  # vosk's
+
+
+def test_a_note_and_a_request_in_two_typed_sentences_are_both_done(tiny_int8: Path, tmp_path: Path) -> None:
+    manager = manager_for(tiny_int8, tmp_path)
+    assert said(manager, "add a note buy milk. set a timer for 5 minutes") == "Noted. Timer set for 5 minutes."
+    assert said(manager, "记一下买邮票。 设置一个10分钟的计时器") == "记下了。已设好10分钟的计时器。"
+    assert said(manager, "read me my notes") == "On your notes: buy milk, 买邮票."
+    assert said(manager, "what timers do I have").startswith("You have a timer with 5 minutes left, a timer with 10")
+
+
+def test_a_request_instead_of_a_yes_or_no_is_done_and_the_confirmed_call_is_not(
+    tiny_int8: Path, tmp_path: Path
+) -> None:
+    manager = manager_for(tiny_int8, tmp_path, unlock_door)
+    said(manager, "set a timer for 5 minutes")
+    assert said(manager, "unlock the door") == "Do you really want me to run unlock door?"
+    assert said(manager, "cancel the timer") == "Okay, I won't. Cancelled the 5 minute timer."
+    assert said(manager, "yes") != "The door is unlocked."  # the question was answered
+    assert said(manager, "what timers do I have") == "No timers or alarms are set."
+    said(manager, "set a timer for 3 minutes")
+    assert said(manager, "unlock the door").endswith("?")
+    assert said(manager, "stop the timer") == "Okay, I won't. Cancelled the 3 minute timer."
+    # "cancel", "stop" and "never mind" alone are still a no.
+    for no in ("cancel", "stop", "never mind", "cancel it"):
+        assert said(manager, "unlock the door").endswith("?")
+        assert said(manager, no) == "Okay, I won't.", no
+
+
+def test_an_answer_with_requests_after_it_is_cut_at_a_join(matcher: IntentMatcher) -> None:
+    answer, then = matcher.match_after("yes, and set an alarm for 7 and a timer for 5 minutes", confirmation)
+    assert answer is True and [(m.skill, m.arguments, m.said) for m in then] == [
+        ("set_alarm", {"hour": 7}, "set an alarm for 7"),
+        ("set_timer", {"minutes": 5}, "a timer for 5 minutes"),
+    ]
+    assert matcher.match_after("no, set a timer for 5 minutes", confirmation)[0] is False
+    assert matcher.match_after("yes, and order a pizza", confirmation) is None
+    # As a recogniser writes them, without commas.
+    answer, then = matcher.match_after("no thank you set a timer for five minutes", confirmation)
+    assert answer is False and [(m.skill, m.arguments) for m in then] == [("set_timer", {"minutes": 5})]
+    answer, then = matcher.match_after("好 的 设置 一个 十 分钟 的 计时器", confirmation)
+    assert answer is True and [(m.skill, m.arguments) for m in then] == [("set_timer", {"minutes": 10})]
+    assert matcher.match_after("maybe, set a timer for 5 minutes", confirmation) is None
+
+
+def test_a_chinese_confirmation_is_answered_with_its_own_word(tiny_int8: Path, tmp_path: Path) -> None:
+    manager = manager_for(tiny_int8, tmp_path)
+    said(manager, "把牛奶加到购物清单")
+    assert said(manager, "清空购物清单") == "确定要这样做吗？"
+    assert said(manager, "确定") == "购物清单已清空。"
+    said(manager, "把牛奶加到购物清单")
+    assert said(manager, "清空购物清单") == "确定要这样做吗？"
+    assert said(manager, "不用了") == "好的，不执行了。"
+    assert said(manager, "我要买什么") == "购物清单上有：牛奶。"
+    said(manager, "设置一个5分钟的计时器")
+    assert said(manager, "清空购物清单") == "确定要这样做吗？"
+    assert said(manager, "取消计时器") == "好的，不执行了。已取消5分钟的计时器。"  # as "cancel the timer" is
+    assert said(manager, "我要买什么") == "购物清单上有：牛奶。"

@@ -134,21 +134,25 @@ def test_the_time_is_told_in_the_zone_set_now(tmp_path: Path, zone: Callable[[st
     )
 
 
+@pytest.mark.parametrize(
+    ("real", "arguments", "listed"),
+    [
+        ((9, 0), {"hour": 9, "minute": 10}, "9:10"),
+        ((13, 50), {"hour": 14}, "14:00"),  # more than half a day after the wrong clock's 00:00
+        ((3, 0), {"hour": 7, "day": "tomorrow"}, "7:00 tomorrow"),
+    ],
+)
 def test_an_alarm_set_before_the_clock_was_set_rings_at_its_time(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, real: tuple[int, int], arguments: dict, listed: str
 ) -> None:
     running = Running(tmp_path, monkeypatch)
     # The board started at 1970-01-01 00:00:30, without a clock battery, and the alarm was set then.
-    running.clock.step = datetime(1970, 1, 1, 0, 0, 30).timestamp() - REAL_TIME.time()
+    running.clock.step = datetime(1970, 1, 1, 10 if "day" in arguments else 0, 0, 30).timestamp() - REAL_TIME.time()
     REAL_TIME.sleep(0.5)
-    soon = datetime.now() + timedelta(minutes=2)
-    alarm = clock(soon.hour, soon.minute)
-    assert (
-        running.registry.call("set_alarm", {"hour": soon.hour, "minute": soon.minute}).text == f"Alarm set for {alarm}."
-    )
-    running.clock.step = 0.0  # NTP sets the clock
+    assert running.registry.call("set_alarm", arguments).text.startswith("Alarm set for ")
+    running.clock.step = datetime(2026, 5, 4, *real).timestamp() - REAL_TIME.time()  # NTP sets the clock
     assert running.said_within(1.5) == []  # not "Your alarm was due at … I could not ring it then."
-    assert running.registry.call("list_timers", {}).text == f"You have an alarm at {alarm}."
+    assert running.registry.call("list_timers", {}).text == f"You have an alarm at {listed}."
     running.stop()
 
 

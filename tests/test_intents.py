@@ -107,12 +107,16 @@ ENGLISH = [
     ("set an alarm for twelve thirty a.m.", "set_alarm", {"hour": 0, "minute": 30}),
     ("set an alarm for 12 pm", "set_alarm", {"hour": 12}),
     ("set an alarm for midnight", "set_alarm", {"hour": 0}),
-    ("set an alarm for 7 am tomorrow", "set_alarm", {"hour": 7, "tomorrow": True}),
-    ("set an alarm for tomorrow at 7", "set_alarm", {"hour": 7, "tomorrow": True}),
-    ("wake me up tomorrow at 6:30", "set_alarm", {"hour": 6, "minute": 30, "tomorrow": True}),
-    ("set an alarm for 7 tomorrow morning", "set_alarm", {"hour": 7, "tomorrow": True}),
-    ("cancel the alarm for tomorrow", "cancel_alarms", {"tomorrow": True}),
-    ("cancel my 7 am alarm tomorrow", "cancel_alarms", {"hour": 7, "tomorrow": True}),
+    ("set an alarm for 7 am tomorrow", "set_alarm", {"hour": 7, "day": "tomorrow"}),
+    ("set an alarm for tomorrow at 7", "set_alarm", {"hour": 7, "day": "tomorrow"}),
+    ("wake me up tomorrow at 6:30", "set_alarm", {"hour": 6, "minute": 30, "day": "tomorrow"}),
+    ("set an alarm for 7 tomorrow morning", "set_alarm", {"hour": 7, "day": "tomorrow"}),
+    ("set an alarm for the day after tomorrow at 7", "set_alarm", {"hour": 7, "day": "day after tomorrow"}),
+    ("set an alarm on Friday at 7", "set_alarm", {"hour": 7, "day": "friday"}),
+    ("set an alarm for next Monday at 8 am", "set_alarm", {"hour": 8, "day": "next monday"}),
+    ("wake me up at 6:30 on Sunday", "set_alarm", {"hour": 6, "minute": 30, "day": "sunday"}),
+    ("cancel the alarm for tomorrow", "cancel_alarms", {"day": "tomorrow"}),
+    ("cancel my 7 am alarm tomorrow", "cancel_alarms", {"hour": 7, "day": "tomorrow"}),
     ("what time is it", "current_time", {}),
     ("tell me what time it is", "current_time", {}),
     ("what's the time now", "current_time", {}),
@@ -159,9 +163,13 @@ CHINESE = [
     ("设置一个下午两点半的闹钟", "set_alarm", {"hour": 14, "minute": 30}),
     ("下午2:30叫醒我", "set_alarm", {"hour": 14, "minute": 30}),
     ("设置闹钟早上6点半", "set_alarm", {"hour": 6, "minute": 30}),  # the time after the alarm
-    ("明天早上7点的闹钟", "set_alarm", {"hour": 7, "tomorrow": True}),
-    ("明早6点半叫醒我", "set_alarm", {"hour": 6, "minute": 30, "tomorrow": True}),
-    ("取消明天的闹钟", "cancel_alarms", {"tomorrow": True}),
+    ("明天早上7点的闹钟", "set_alarm", {"hour": 7, "day": "tomorrow"}),
+    ("明早6点半叫醒我", "set_alarm", {"hour": 6, "minute": 30, "day": "tomorrow"}),
+    ("后天早上七点叫醒我", "set_alarm", {"hour": 7, "day": "day after tomorrow"}),
+    ("周五七点的闹钟", "set_alarm", {"hour": 7, "day": "friday"}),
+    ("设一个下周一早上8点的闹钟", "set_alarm", {"hour": 8, "day": "next monday"}),
+    ("星期天早上9点叫醒我", "set_alarm", {"hour": 9, "day": "sunday"}),
+    ("取消明天的闹钟", "cancel_alarms", {"day": "明天"}),
     ("设个闹钟在晚上9点", "set_alarm", {"hour": 21}),
     ("晚上十点零五分叫醒我", "set_alarm", {"hour": 22, "minute": 5}),
     ("设一个凌晨12点的闹钟", "set_alarm", {"hour": 0}),  # midnight, not noon
@@ -215,8 +223,11 @@ COURTEOUS = [
     ("can you turn up the volume please", "change_volume", {"direction": "up"}),
     ("stop, thanks", "stop", {}),
     ("请帮我设置一个10分钟的计时器", "set_timer", {"minutes": 10}),
-    ("麻烦你明天早上7点叫醒我，谢谢", "set_alarm", {"hour": 7, "tomorrow": True}),
+    ("麻烦你明天早上7点叫醒我，谢谢", "set_alarm", {"hour": 7, "day": "tomorrow"}),
     ("请问现在几点了", "current_time", {}),
+    # Courtesy is no note: "What should I note?"
+    ("take a note please", "add_item", {"list": "notes", "text": ""}),
+    ("记一下，谢谢", "add_item", {"list": "notes", "text": ""}),
     # Lengths said as words
     ("set a timer for a quarter of an hour", "set_timer", {"minutes": 15}),
     ("半小时后提醒我", "set_timer", {"minutes": 30}),
@@ -275,7 +286,7 @@ CLOCK_WORDS = [
     ("set an alarm for quarter to twelve", "set_alarm", {"hour": 11, "minute": 45}),  # as "twelve" is noon
     ("set an alarm for quarter to midnight", "set_alarm", {"hour": 23, "minute": 45}),
     ("set an alarm for half past twelve at night", "set_alarm", {"hour": 0, "minute": 30}),
-    ("wake me up tomorrow at half past six", "set_alarm", {"hour": 6, "minute": 30, "tomorrow": True}),
+    ("wake me up tomorrow at half past six", "set_alarm", {"hour": 6, "minute": 30, "day": "tomorrow"}),
     ("cancel my half past seven alarm", "cancel_alarms", {"hour": 7, "minute": 30}),
     ("七点一刻叫醒我", "set_alarm", {"hour": 7, "minute": 15}),
     ("七点三刻叫醒我", "set_alarm", {"hour": 7, "minute": 45}),
@@ -284,7 +295,7 @@ CLOCK_WORDS = [
     ("设一个八点差五分的闹钟", "set_alarm", {"hour": 7, "minute": 55}),
     ("下午三点差一刻叫醒我", "set_alarm", {"hour": 14, "minute": 45}),
     ("晚上差一刻十二点叫醒我", "set_alarm", {"hour": 23, "minute": 45}),
-    ("明天早上七点一刻的闹钟", "set_alarm", {"hour": 7, "minute": 15, "tomorrow": True}),
+    ("明天早上七点一刻的闹钟", "set_alarm", {"hour": 7, "minute": 15, "day": "tomorrow"}),
     ("取消差一刻八点的闹钟", "cancel_alarms", {"hour": 7, "minute": 45}),
     # 12 at night is midnight, as 晚上12点 is; 12 noon and 12 midnight; 中午 is 11 to 1 o'clock
     ("set an alarm for twelve at night", "set_alarm", {"hour": 0}),
@@ -296,7 +307,7 @@ CLOCK_WORDS = [
     ("中午一点叫醒我", "set_alarm", {"hour": 13}),
     ("今晚八点叫醒我", "set_alarm", {"hour": 20}),
     ("今天晚上十二点叫醒我", "set_alarm", {"hour": 0}),
-    ("明天早上七点叫我起床", "set_alarm", {"hour": 7, "tomorrow": True}),
+    ("明天早上七点叫我起床", "set_alarm", {"hour": 7, "day": "tomorrow"}),
     ("中午11点半叫醒我", "set_alarm", {"hour": 11, "minute": 30}),
     # As vosk writes 7:05, and as 7:30 pm is typed
     ("set an alarm for seven oh five", "set_alarm", {"hour": 7, "minute": 5}),
@@ -334,7 +345,7 @@ def test_chinese_words_written_apart_are_understood(
 def test_an_answer_in_chinese_words_written_apart_is_understood(matcher: IntentMatcher) -> None:
     question = "你有2个闹钟：早上7点、明天早上7点。要取消哪一个？"
     found = matcher.match_answer("明天 的 那个", question, {"name": "cancel_alarms", "arguments": {}})
-    assert found is not None and found.arguments == {"tomorrow": True}
+    assert found is not None and found.arguments == {"day": "明天"}
 
 
 def test_courtesy_words_alone_are_left_to_the_model(matcher: IntentMatcher) -> None:
@@ -374,6 +385,10 @@ def test_numbers_out_of_range_are_explained_not_run(matcher: IntentMatcher) -> N
     assert found.skill == "set_timer" and "0" in found.reply and "24" in found.reply
     found = matcher.match("把温度设置为50度")
     assert found.skill == "set_temperature" and "35" in found.reply
+    # And text longer than its bound: a long note is not cut short, by the model's call or otherwise.
+    found = matcher.match("take a note " + "the plumber comes at five and needs the code " * 12)
+    assert found.skill == "add_item" and found.reply == "Sorry, that is too long: I can keep at most 500 characters."
+    assert matcher.match("记一下" + "明天早上给水管工开门" * 51).reply == "抱歉，太长了，最多500个字。"
 
 
 def test_a_match_takes_milliseconds(matcher: IntentMatcher) -> None:

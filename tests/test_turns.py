@@ -15,7 +15,7 @@ from assistant.llm.conversation import Conversation
 from assistant.llm.engine import Engine
 from assistant.llm.sampling import Sampler
 from assistant.skills.registry import BUILTIN_SKILLS, Registry
-from assistant.turn import CANT, NO_ANSWER, TOO_LONG, TurnManager
+from assistant.turn import CANT, NO_ANSWER, TOO_LONG, TurnManager, confirmation
 from tests.test_toolcalls import events, light, scripted, set_timer, weather
 
 TIMER_CALL = '<tool_call>\n{"name": "set_timer", "arguments": {"minutes": 5}}\n</tool_call>'
@@ -163,3 +163,48 @@ def test_a_reply_cut_short_inside_a_call_says_why_in_the_log(tiny_int8: Path, ca
     scripted(engine, '<tool_call>\n{"name": "set_timer", "arguments": {"minutes": 5, "label": "tea tea tea tea')
     assert events(manager, "a timer for the tea")[-1][0] == "error"
     assert "ended inside a tool call" in caplog.text and "llm.max_new_tokens (24)" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("text", "answer"),
+    [
+        ("确定", True),  # the word of the question, 确定要这样做吗？
+        ("确定。", True),
+        ("好 的", True),  # as a Chinese recogniser writes it, apart
+        ("是 的 谢谢", True),
+        ("好的好的", True),
+        ("好吧", True),
+        ("没问题", True),
+        ("好的，谢谢", True),
+        ("不用了", False),
+        ("算了吧", False),
+        ("不要了，谢谢", False),
+        ("不 要", False),
+        ("不行", False),
+        ("好的，设置一个计时器", None),  # more than an answer
+        ("确定要这样做吗", None),
+        ("嗯", None),  # a sound, not a yes to unlocking a door
+        ("好了", None),  # "that will do", or "enough"
+        ("可以了", None),
+    ],
+)
+def test_a_chinese_yes_or_no_is_heard_as_people_say_it(text: str, answer: bool | None) -> None:
+    assert confirmation(text) is answer
+
+
+@pytest.mark.parametrize(
+    ("text", "answer"),
+    [
+        ("yes of course", True),
+        ("yup", True),
+        ("sure thing", True),
+        ("yes I'm sure", True),
+        ("yeah go for it", True),
+        ("alright", True),
+        ("of course not", None),  # not a yes: the question is dropped, nothing is done
+        ("no of course not", False),
+        ("I am", None),
+    ],
+)
+def test_a_yes_or_no_in_english_is_heard_as_people_say_it(text: str, answer: bool | None) -> None:
+    assert confirmation(text) is answer

@@ -32,8 +32,9 @@ from __future__ import annotations
 import logging
 import re
 import unicodedata
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import jsonschema
 from hassil import Intents, RecognizeResult, TextSlotList, Trie, recognize_best
@@ -42,6 +43,7 @@ from hassil.parse_expression import parse_sentence
 from assistant.skills.sdk import Skill, SkillError, as_declared
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # Our language codes → the sentence library's.
 HOME_ASSISTANT_LANGUAGES = {"en": "en", "zh": "zh-cn"}
@@ -147,6 +149,8 @@ SENTENCE_END = " .!?。！？"
 # A sentence joined in more places than this is not tried as separate requests: each way of cutting
 # it costs a match.
 MOST_JOINS = 5
+# The most words an answer said before requests is tried with when nothing joins them ("no thank you set a timer").
+ANSWER_WORDS = 4
 
 # The longest text tried against the sentences: a note of 500 characters and its command. Matching
 # 2,400 characters took 3.5 s here, holding every other asker's turn (and more on a board).
@@ -194,6 +198,9 @@ class IntentMatcher:
         for 5 minutes"), if each part is one on its own. None when any part is not: the model hears it all."""
         if len(text) > LONGEST_COMMAND:
             return None  # not a household command; matching time grows faster than the text
+        # Chinese words together before the joins are found, so that a note's words are looked for as matched
+        # ("记 一下 买 牛奶 然后 设置 一个 十 分钟 的 计时器" is a note and a timer, as written without spaces).
+        text = SPACED.sub("", text)
         whole = self._match_one(text)
         end = len(text.rstrip(SENTENCE_END))
         joins = [j for j in JOINER.finditer(text) if j.start() > 0 and j.end() < end]
@@ -223,6 +230,14 @@ class IntentMatcher:
                 last = (len(said.rstrip()) - 1, len(said.rstrip()))
                 if text[slice(*spans[j])].strip() in WEAK_JOINERS and self._inside_free_text(found, said, last):
                     found = None  # 记一下明天再打开卧室灯 is one note
+                for k in range(i + 1, j):
+                    # Free text takes in no request of its own after it: "the code is 1234. Buy milk. Set a timer for
+                    # 5 minutes" is no timer named "code is 1234. Buy milk. Set a".
+                    inner = (spans[k][0] - spans[i][1], spans[k][1] - spans[i][1])
+                    strong = text[slice(*spans[k])].strip() not in WEAK_JOINERS
+                    if found and strong and self._inside_free_text(found, said, inner) and part(k, j) is not None:
+                        found = None
+                        break
                 if found is not None:
                     found.said = said
                 matches[i, j] = found
@@ -259,7 +274,8 @@ class IntentMatcher:
     def _match_one(self, text: str) -> IntentMatch | None:
         """One request in `text` (a part of what `match` was given, which bounded its length)."""
         for language in self._tried(text, self._languages()):
-            if found := self._match_own(text, language) or self._match_library(text, language):
+            found = self._match_own(text, language) or self._match_library(text, language)
+            if found and not self._courtesy_only(found):
                 return found
         # Then in plainer form: without courtesy, with full-width digits and letters (１０分钟, as a Chinese
         # input method may type them) as the templates' own, Chinese words together, "hundred and" as
@@ -269,21 +285,39 @@ class IntentMatcher:
         plain = TYPED_UNIT.sub(lambda m: " " + TYPED_UNITS[m[1].lower()], plain).strip()
         return self._match_one(plain) if plain and plain != text.strip() else None
 
+    def _courtesy_only(self, found: IntentMatch) -> bool:
+        """Whether free text of `found` is only courtesy ("take a note please", 记一下，谢谢): no note, no name."""
+        skill = self.skills[found.skill]
+        return any(
+            # After a word, as it follows one in a sentence: what COURTESY takes off its end is all of it.
+            _free_text(skill, name) and isinstance(value, str) and COURTESY.sub("", f"x {value}").strip() == "x"
+            for name, value in found.arguments.items()
+            if str(value).strip()
+        )
+
     def match_answer(self, text: str, question: str, call: dict) -> IntentMatch | None:
         """The text as an answer to `question`, which the skill asked when `call` ran it: the call
         with its arguments updated by the answer's, or None if the text answers nothing. An answer
         with requests joined after it ("the pasta one and set an alarm for 7") has them in `then`."""
         if found := self._answer(text, question, call):
             return found
-        joins = [j for j in JOINER.finditer(text) if j.start() > 0 and j.end() < len(text)][:MOST_JOINS]
-        for join in joins:
-            if (found := self._answer(text[: join.start()], question, call)) and (
-                rest := self.match(text[join.end() :])
-            ):
-                rest.said = rest.said or text[join.end() :]
-                found.then = [rest, *rest.then]
-                rest.then = []
-                return found
+        if split := self.match_after(text, lambda words: self._answer(words, question, call)):
+            found, found.then = split
+            return found
+        return None
+
+    def match_after(self, text: str, first: Callable[[str], T | None]) -> tuple[T, list[IntentMatch]] | None:
+        """`text` as words that `first` understands with requests joined after them ("yes, and set an alarm
+        for 7", "the pasta one and set an alarm for 7"): what `first` made of its words and the requests, in
+        order; None if no cut at a join gives both."""
+        # At a join, or between the first words, as a recogniser writes "yes, set a timer": "yes set a timer".
+        cuts = [j.span() for j in JOINER.finditer(text) if j.start() > 0 and j.end() < len(text)][:MOST_JOINS]
+        cuts += [g.span() for g in re.finditer(r"\s+", text) if g.start() > 0 and g.end() < len(text)][:ANSWER_WORDS]
+        for start, end in sorted(set(cuts)):
+            if (found := first(text[:start])) is not None and (rest := self.match(text[end:])):
+                rest.said = rest.said or text[end:]
+                then, rest.then = [rest, *rest.then], []
+                return found, then
         return None
 
     def _answer(self, text: str, question: str, call: dict) -> IntentMatch | None:
@@ -355,12 +389,13 @@ class IntentMatcher:
 
 
 def _values(result: RecognizeResult, text: str) -> dict[str, Any]:
-    """The matched slots' values; free text with the commas it was typed with, which hassil drops
-    before matching: "add milk, eggs and bread" is three items, not "milk eggs and bread"."""
+    """The matched slots' values; free text with the punctuation it was typed with, which hassil drops
+    before matching: "add milk, eggs and bread" is three items, not "milk eggs and bread", and the note
+    of "take a note buy milk. Set a timer for 5 minutes" ends where its sentence does."""
     values = {}
     for slot, entity in result.entities.items():
         words = entity.value.split() if entity.is_wildcard and isinstance(entity.value, str) else []
-        typed = re.search(r"[,，]?\s+".join(map(re.escape, words)), text) if len(words) > 1 else None
+        typed = re.search(r"\W*\s+".join(map(re.escape, words)), text) if len(words) > 1 else None
         values[slot] = typed.group() if typed else entity.value
     return values
 
@@ -397,6 +432,13 @@ def _checked(found: Skill, arguments: dict[str, Any], language: str) -> IntentMa
         return IntentMatch(
             found.name, arguments, language, reply=out_of_range(properties[errors[0].path[0]], language.split("-")[0])
         )
+    if all(e.validator == "maxLength" and e.path for e in errors):
+        # A note said at length: told, not left to the model, whose call the schema would cut at the bound.
+        most = properties[errors[0].path[0]]["maxLength"]
+        if language.split("-")[0] == "zh":
+            return IntentMatch(found.name, arguments, language, reply=f"抱歉，太长了，最多{most}个字。")
+        reply = f"Sorry, that is too long: I can keep at most {most} characters."
+        return IntentMatch(found.name, arguments, language, reply=reply)
     return None
 
 

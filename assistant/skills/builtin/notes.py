@@ -66,9 +66,10 @@ def _kept(db, list: ListName) -> set[str]:
 
 @skill(
     sentences={
-        "en": [("take a note [that] {text}", {"list": "notes"}), ("note (that|down) {text}", {"list": "notes"}),
+        "en": [("(take|add) a note [that] {text}", {"list": "notes"}),
+               ("note (that|down) {text}", {"list": "notes"}),
                # Said alone (a pause cut the sentence), not a note "that": "What should I note?"
-               ("take a note [that]", {"list": "notes", "text": ""})],
+               ("(take|add) a note [that]", {"list": "notes", "text": ""})],
         "zh": [("把{text}(加到|加入|添加到|放到)[我的]购物清单[里|上|中]", {"list": "shopping"}),
                ("[在]购物清单[里|上|中](加上|添加|加)[一个]{text}", {"list": "shopping"}),
                ("记一下{text}", {"list": "notes"}), ("记一下", {"list": "notes", "text": ""})],

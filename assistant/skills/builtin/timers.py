@@ -138,7 +138,7 @@ def _clock_set(db: sqlite3.Connection, step: float, earlier: set[tuple[int, floa
     `earlier`, stored by an earlier run, has only its wall time, and keeps it."""
     now = time.time()
     moved = [
-        (due + step if kind == "timer" else _same_time_of_day(due, due + step - now), row_id)
+        (due + step if kind == "timer" else _same_time_of_day(due, now - step), row_id)
         for row_id, kind, due in db.execute("SELECT id, kind, due FROM timers WHERE paused_left IS NULL")
         if (row_id, due) not in earlier
     ]
@@ -148,13 +148,15 @@ def _clock_set(db: sqlite3.Connection, step: float, earlier: set[tuple[int, floa
     )
 
 
-def _same_time_of_day(due: float, ahead: float) -> float:
-    """An alarm set by a clock that was wrong (1970 on a board without a clock battery): at the time of
-    day it was set for, the one nearest to as far ahead as it was (an alarm "tomorrow" stays tomorrow's)."""
-    at, now = datetime.fromtimestamp(due), datetime.now()
-    aim = now + timedelta(seconds=ahead)
-    new = aim.replace(hour=at.hour, minute=at.minute, second=0, microsecond=0)
-    new += timedelta(days=round((aim - new) / timedelta(days=1)))
+def _same_time_of_day(due: float, shown: float) -> float:
+    """An alarm set by a clock that was wrong (1970 on a board without a clock battery), which showed `shown`
+    until it was set right: at the time of day it was set for, as many days after today as it was after the
+    day that clock showed (an alarm "tomorrow" stays tomorrow's), the next time the clock shows it. How far
+    ahead it was says nothing: the wrong clock's time of day is not the day's."""
+    at, then, now = datetime.fromtimestamp(due), datetime.fromtimestamp(shown), datetime.now()
+    day = now.date() + (at.date() - then.date())
+    new = now.replace(year=day.year, month=day.month, day=day.day, hour=at.hour, minute=at.minute)
+    new = new.replace(second=0, microsecond=0)
     return (new if new > now else new + timedelta(days=1)).timestamp()
 
 
@@ -267,9 +269,11 @@ def set_timer(
 # How alarms are asked for. A number list cannot add 12 to an hour, so an hour after noon ("7
 # pm", "晚上7点") is heard through a list of the skill's own that maps the words to the hour; and so is
 # the hour before one ("quarter to 8", 差一刻八点) and the minutes of "quarter to".
-# "Tomorrow", where people say it: "set an alarm for 7 am tomorrow", "wake me up tomorrow at 6:30".
-TOMORROW = "{day:tomorrow}"
-ALARM = f"(set [an|the|my] alarm [for {TOMORROW}] (for|at)|wake me [up] [{TOMORROW}] at) "
+# The day, where people say it: "set an alarm for 7 am tomorrow", "wake me up tomorrow at 6:30", "set an alarm on
+# Friday at 7", "cancel the alarm on Friday". Cancelling takes the words as said: an answer to "Which one?" names
+# a day the question did ("the one on Friday"), and 明天 is in a Chinese question where "tomorrow" is not.
+ON_DAY, SAID_DAY = "{days:day}", "{said_day:day}"
+ALARM = f"(set [an|the|my] alarm [[for] {ON_DAY}] (for|at)|wake me [up] [{ON_DAY}] at) "
 EN_TIME = "(:{minute}| [{minute}]| oh {minute}) [o'clock]"  # "7:30", "7 30", "seven thirty", "seven oh five"
 AM = " (am|a m|a.m.|in the morning)"
 PM = " (pm|p m|p.m.|in the afternoon|in the evening|this evening|at night|tonight)"
@@ -281,11 +285,11 @@ EN_HOURS = ["one", "two", "three", "four", "five", "six", "seven", "eight", "nin
 EN_TEENS = ["thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen"]
 # A verb or 叫醒我: "早上7点的闹钟" alone may answer "which one?" as well as ask for a new alarm.
 ZH_SET = "(设置|设定|设|定)[一个|个]"
-# With 明天, "明天早上7点的闹钟" alone asks for a new alarm (an answer to "which one?" is tried first).
-ZH_DAY = f"[{TOMORROW}|今天]"
+# With a day, "明天早上7点的闹钟" alone asks for a new alarm (an answer to "which one?" is tried first).
+ZH_DAY = f"[{ON_DAY}|今天]"
 ZH_ALARM = (
     f"({ZH_SET}{ZH_DAY}{{time}}[的]闹钟|{ZH_SET}闹钟[在]{ZH_DAY}{{time}}|{ZH_DAY}{{time}}(叫醒我|叫我起床)"
-    f"|{TOMORROW}{{time}}的闹钟)"
+    f"|{ON_DAY}{{time}}的闹钟)"
 )
 ZH_AFTERNOON = "(下午|晚上|傍晚|今晚)"
 ZH_DIGITS = "一二三四五六七八九"
@@ -309,10 +313,32 @@ def _chinese(number: int) -> str:
     return said + (ZH_DIGITS[ones - 1] if ones else "")
 
 
+# The days an alarm is set for, as set_alarm takes them ("next friday": the Friday of next week, as 下周五).
+WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+DAYS = ("today", "tomorrow", "day after tomorrow", *WEEKDAYS, *(f"next {day}" for day in WEEKDAYS))
+
+
+def _day_words() -> dict[str, str]:
+    """The words of a day, in English and in Chinese → the day as set_alarm takes it."""
+    said = {"tomorrow morning": "tomorrow", "tomorrow's": "tomorrow", "the day after tomorrow": "day after tomorrow"}
+    said["今天"] = "today"
+    said |= {"明天": "tomorrow", "明早": "tomorrow", "后天": "day after tomorrow"}
+    for number, day in enumerate(WEEKDAYS):
+        zh = [f"{week}{WEEKDAYS_ZH[number]}" for week in ("周", "星期", "礼拜")]
+        zh += ["周天", "星期天", "礼拜天"] if day == "sunday" else []
+        said |= {word: day for word in (f"on {day}", f"this {day}", *zh, *(f"这{word}" for word in zh))}
+        said |= {f"本{word}": day for word in zh if word.startswith("周")}
+        said |= {word: f"next {day}" for word in (f"on next {day}", *(f"下{word}" for word in zh))}
+        said |= {f"下个{word}": f"next {day}" for word in zh if not word.startswith("周")}
+    return {**{day: day for day in DAYS}, **said}
+
+
+DAY_WORDS = _day_words()
 EN_MINUTES = [*EN_HOURS, *EN_TEENS, "twenty", *(f"twenty {word}" for word in EN_HOURS[:9])]  # one to twenty nine
 # "{pm_hour:hour}" in English, "{pm_hour_zh:hour}" in Chinese (12 pm and 晚上12点 have templates of their own),
 # "{hour_before:hour}" for the hour of "quarter to 8", "{past:minute}" and "{minute_to:minute}" for the minutes
-# of "half past", "quarter to"; "{day:tomorrow}" for the words of the next day.
+# of "half past", "quarter to"; "{days:day}" for the words of a day (as one of DAYS; today is none: "set an alarm
+# for 7" is the next 7:00), "{said_day:day}" for the same words as said.
 TIME_WORDS = {
     "pm_hour": _words(EN_HOURS[:11], lambda hour: hour + 12),
     "hour_before": _words(EN_HOURS, lambda hour: hour - 1, {"noon": 11, "midnight": 23}),
@@ -327,8 +353,12 @@ TIME_WORDS = {
     "noon_hour_zh": {"十一": 11, "11": 11, "十二": 12, "12": 12, "一": 13, "1": 13},
     "quarters_zh": {"一刻": 15, "半": 30, "三刻": 45},
     "minute_to_zh": _words([_chinese(n) for n in range(1, 30)], lambda minutes: 60 - minutes, {"一刻": 45, "两": 58}),
-    "day": {"tomorrow": True, "tomorrow morning": True, "明天": True, "明早": True},
+    "days": dict(sorted(((w, d) for w, d in DAY_WORDS.items() if d != "today"), key=lambda item: -len(item[0]))),
 }
+# As said, but a weekday in Chinese as replies name it, so that 周五的那个 answers a question that named 星期五.
+AS_REPLIES_SAY = {f"{week}{day}": f"星期{day}" for week in ("周", "礼拜") for day in WEEKDAYS_ZH}
+AS_REPLIES_SAY |= {"周天": "星期日", "星期天": "星期日", "礼拜天": "星期日"}
+TIME_WORDS["said_day"] = {word: AS_REPLIES_SAY.get(word, word.removesuffix("'s")) for word in TIME_WORDS["days"]}
 # Before this hour "tomorrow" is the coming morning: the person has not slept yet.
 NIGHT_ENDS = 4
 
@@ -342,7 +372,41 @@ def _when(at: datetime, now: datetime) -> tuple[str, str]:
     """An alarm's time as a reply names it, in English and in Chinese: with the day when it is more
     than a day away ("7:00 tomorrow"), so that it is told apart from the 7:00 before it."""
     en, zh = clock(at.hour, at.minute), clock(at.hour, at.minute, "zh")
-    return (f"{en} tomorrow", f"明天{zh}") if at - now > timedelta(days=1) else (en, zh)
+    if at - now <= timedelta(days=1):
+        return en, zh
+    day, day_zh = _day_named(at.date(), now.date())
+    return en + day, day_zh + zh
+
+
+def _day_named(day: date, today: date) -> tuple[str, str]:
+    """A day as said after a time in English, and before it in Chinese: "" (today), " tomorrow" (明天),
+    " on Friday, November 27" (11月27日星期五)."""
+    if day == today:
+        return "", ""
+    if day == today + timedelta(days=1):
+        return " tomorrow", "明天"
+    return f" on {day:%A, %B} {day.day}", f"{day.month}月{day.day}日星期{WEEKDAYS_ZH[day.weekday()]}"
+
+
+def _said_day(day: str) -> str | None:
+    """`day` as one of DAYS ("On Friday" is "friday", 后天 "day after tomorrow"), or None if it names none."""
+    return DAY_WORDS.get(" ".join(day.casefold().split()))
+
+
+def _no_such_day(day: str, context: SkillContext) -> str:
+    return context.localized(f"Sorry, I can't tell which day {day.strip()} is.", zh="抱歉，我听不出是哪一天。")
+
+
+def _first_day(day: str, now: datetime) -> date:
+    """The first date an alarm for `day` (one of DAYS) can ring on: a weekday's is today's if it is today."""
+    today = now.date()
+    if day in ("tomorrow", "day after tomorrow"):
+        return _tomorrow(now) + timedelta(days=day != "tomorrow")
+    if day.startswith("next "):  # in the week after this one, which begins on Monday
+        return today + timedelta(days=7 - today.weekday() + WEEKDAYS.index(day.removeprefix("next ")))
+    if day in WEEKDAYS:
+        return today + timedelta(days=(WEEKDAYS.index(day) - today.weekday()) % 7)
+    return today
 
 
 def _times(sentence: Callable[[str], str]) -> list:
@@ -387,7 +451,7 @@ def _times_zh(sentence: str) -> list:
 
 
 @skill(
-    sentences={"en": _times(lambda time: ALARM + time + f" [{TOMORROW}]"), "zh": _times_zh(ZH_ALARM)},
+    sentences={"en": _times(lambda time: ALARM + time + f" [{ON_DAY}]"), "zh": _times_zh(ZH_ALARM)},
     lists=TIME_WORDS,
 )
 def set_alarm(
@@ -395,23 +459,25 @@ def set_alarm(
     context: SkillContext,
     minute: Annotated[int, Range(0, 59)] = 0,
     label: str = "",
-    tomorrow: bool = False,
+    day: Annotated[str, Range(maximum=40)] = "",
 ) -> str:
-    """Set an alarm for hour:minute (the next time the clock shows it, or that time tomorrow).
+    """Set an alarm for hour:minute (the next time the clock shows it, or on the day said).
 
     Args:
         hour: hour on a 24-hour clock
         minute: minute
         label: what the alarm is for
-        tomorrow: true if "tomorrow" was said
+        day: the day if one was said: tomorrow, day after tomorrow, friday, next friday
     """
     follow_zone()
     now = datetime.now()
-    due = now.replace(hour=hour, minute=minute, second=0, microsecond=0)
-    if tomorrow:
-        due += _tomorrow(now) - now.date()
-    if due <= now:
-        due += timedelta(days=1)
+    said = _said_day(day) if day.strip() else "today"
+    if said is None:
+        return _no_such_day(day, context)
+    on = _first_day(said, now)
+    due = now.replace(year=on.year, month=on.month, day=on.day, hour=hour, minute=minute, second=0, microsecond=0)
+    if due <= now:  # today's time has passed: the next day, or for a weekday the same day next week
+        due += timedelta(days=7 if said in WEEKDAYS else 1)
     # A time the clock skips as daylight saving begins (2:30, as 2:00 becomes 3:00) rings as it is skipped,
     # at 3:00, and the reply says so; datetime takes it for 3:30.
     shown = datetime.fromtimestamp(due.timestamp())
@@ -419,9 +485,9 @@ def set_alarm(
     if skipped:
         due = shown - timedelta(minutes=minute)
     # Said with the day when it is not today: "set an alarm for 7" at 15:00 is 7:00 tomorrow morning.
-    tomorrow = due.date() != now.date()
-    when = clock(due.hour, due.minute) + (" tomorrow" if tomorrow else "")
-    when_zh = ("明天" if tomorrow else "") + clock(due.hour, due.minute, "zh")
+    day_named, day_zh = _day_named(due.date(), now.date())
+    when = clock(due.hour, due.minute) + day_named
+    when_zh = day_zh + clock(due.hour, due.minute, "zh")
     skips = context.localized(f": the clock skips {clock(hour, minute)}", zh=f"（时钟跳过{clock(hour, minute, 'zh')}）")
     with _db(context) as db:
         if db.execute("SELECT 1 FROM timers WHERE kind = 'alarm' AND due = ?", (due.timestamp(),)).fetchone():
@@ -618,11 +684,11 @@ def control_timer(
 # Cancelling one alarm by its time, said as set_alarm takes it: "cancel the alarm at 7 pm", "cancel
 # my 7 pm alarm" (each template costs every sentence some match time: both word orders in one).
 CANCEL = "(cancel|delete|remove|turn off) [my|the] "
-ZH_CANCEL = f"(取消|关掉|关闭|删除|删掉)[我的][{TOMORROW}]{{time}}的闹钟"
+ZH_CANCEL = f"(取消|关掉|关闭|删除|删掉)[我的][{SAID_DAY}]{{time}}的闹钟"
 
 
 def _cancel_at(time: str) -> str:
-    return CANCEL + f"(alarm (for|at) {time} [{TOMORROW}]|{time} alarm [{TOMORROW}])"
+    return CANCEL + f"(alarm (for|at) {time} [{SAID_DAY}]|{time} alarm [{SAID_DAY}])"
 
 
 @skill(
@@ -632,7 +698,7 @@ def _cancel_at(time: str) -> str:
             "turn [my|the] alarm off",
             (CANCEL + "alarms", {"every": True}),
             ("(cancel|delete|remove|turn off) all [of] [my|the] alarm[s]", {"every": True}),
-            (CANCEL + "(alarm[s] (for|on) tomorrow|tomorrow's alarm[s])", {"tomorrow": True}),
+            CANCEL + f"(alarm[s] [for] {SAID_DAY}|{SAID_DAY} alarm[s])",
             *_times(_cancel_at),
         ],
         "zh": [
@@ -640,25 +706,26 @@ def _cancel_at(time: str) -> str:
             "把闹钟(取消|关掉|关闭|关了|删掉)",
             ("(取消|关掉|删除|删掉)[我的](所有|全部)[的]闹钟", {"every": True}),
             ("把(所有|全部)[的]闹钟[都](取消|关掉|删掉)", {"every": True}),
-            ("(取消|关掉|关闭|删除|删掉)[我的]明天的闹钟", {"tomorrow": True}),
-            ("把明天的闹钟(取消|关掉|关闭|关了|删掉)", {"tomorrow": True}),
+            f"(取消|关掉|关闭|删除|删掉)[我的]{SAID_DAY}的闹钟",
+            f"把{SAID_DAY}的闹钟(取消|关掉|关闭|关了|删掉)",
             *_times_zh(ZH_CANCEL),
         ],
     },
     lists=TIME_WORDS,
-    # Answers to "Which one?": "the 7 pm one", "the one at 6:30", "the one tomorrow", "both", 早上7点的那个,
-    # 明天的那个, 都取消.
+    # Answers to "Which one?": "the 7 pm one", "the one at 6:30", "the one tomorrow", "the one on Friday", "both",
+    # 早上7点的那个, 明天的那个, 周五的那个, 都取消.
     answers={
         "en": [
-            # First, as it wins a tie: "the 7 one" is 7:00, not 7:01 ("one" as the minute).
-            *_times(lambda time: f"[the|my] {time} (one|alarm) [{TOMORROW}]"),
-            *_times(lambda time: f"([the|my] [one|alarm] (at|for) {time}|[the|my] {time}) [{TOMORROW}]"),
-            ("([the|my] (one|alarm) [for] tomorrow|tomorrow's [one|alarm])", {"tomorrow": True}),
+            # First, as a template listed earlier wins a tie: "the one on Friday" is no alarm at 1:00, and "the 7
+            # one" is 7:00, not 7:01 ("one" as the minute).
+            f"([the|my] (one|alarm) [for] {SAID_DAY}|[the|my] {SAID_DAY} [one|alarm])",
+            *_times(lambda time: f"[the|my] {time} (one|alarm) [{SAID_DAY}]"),
+            *_times(lambda time: f"([the|my] [one|alarm] (at|for) {time}|[the|my] {time}) [{SAID_DAY}]"),
             ("(both|all) [of them]", {"every": True}),
         ],
         "zh": [
-            *_times_zh(f"[取消][那个][{TOMORROW}]{{time}}[的][那个|闹钟]"),
-            ("[取消][那个]明天[的][那个|闹钟]", {"tomorrow": True}),
+            *_times_zh(f"[取消][那个][{SAID_DAY}]{{time}}[的][那个|闹钟]"),
+            f"[取消][那个]{SAID_DAY}[的][那个|闹钟]",
             ("(都|全部|所有的|两个都)[取消]", {"every": True}),
         ],
     },
@@ -668,7 +735,7 @@ def cancel_alarms(
     hour: Annotated[int, Range(0, 23)] | None = None,
     minute: Annotated[int, Range(0, 59)] = 0,
     every: bool = False,
-    tomorrow: bool = False,
+    day: Annotated[str, Range(maximum=40)] = "",
 ) -> str:
     """Cancel the alarm at a time, or every alarm (timers keep running).
 
@@ -676,13 +743,17 @@ def cancel_alarms(
         hour: the alarm's hour on a 24-hour clock
         minute: the alarm's minute
         every: true to cancel every alarm
-        tomorrow: true for tomorrow's alarms only
+        day: the day if one was said, for its alarms only: tomorrow, friday, next friday
     """
     follow_zone()
     now = datetime.now()
+    said = _said_day(day) if day.strip() else None
+    if day.strip() and said is None:
+        return _no_such_day(day, context)
+    first = _first_day(said, now) if said else None
     with _db(context) as db:
         rang = db.execute("SELECT at, due FROM rung WHERE NOT stopped").fetchone()
-        ringing = rang and not tomorrow and _rings_on(rang[0], context)
+        ringing = rang and not said and _rings_on(rang[0], context)
         set_for = datetime.fromtimestamp(rang[1]) if ringing else None
         # The alarm ringing is turned off by "turn off the alarm", by its time, or with all the others.
         off = ringing and (hour is None or every or (set_for.hour, set_for.minute) == (hour, minute))
@@ -692,21 +763,29 @@ def cancel_alarms(
                 return context.localized("Alarm off.", zh="闹钟关了。")
         alarms = [(i, datetime.fromtimestamp(due)) for i, due in
                   db.execute("SELECT id, due FROM timers WHERE kind = 'alarm' ORDER BY due")]  # fmt: skip
-        if tomorrow:
-            alarms = [(i, at) for i, at in alarms if at.date() == _tomorrow(now)]
+        if said in WEEKDAYS:
+            # The nearest of that weekday with such an alarm: "the one on Friday" of those a question named.
+            fits = [at for _, at in alarms if at.weekday() == WEEKDAYS.index(said)]
+            fits = [at for at in fits if hour is None or (at.hour, at.minute) == (hour, minute)]
+            first = min((at.date() for at in fits), default=first)
+        if said:
+            alarms = [(i, at) for i, at in alarms if at.date() == first]
+        named, named_zh = _day_named(first, now.date()) if first and first != now.date() else (" today", "今天")
+        if said == "tomorrow":  # as said, also between midnight and NIGHT_ENDS
+            named, named_zh = " tomorrow", "明天"
         none = context.localized(
-            "There is no alarm tomorrow." if tomorrow else "No alarm is set.",
-            zh="明天没有闹钟。" if tomorrow else "没有设置闹钟。",
+            f"There is no alarm{named}." if said else "No alarm is set.",
+            zh=f"{named_zh}没有闹钟。" if said else "没有设置闹钟。",
         )
         if hour is not None:
             picked = [(i, at) for i, at in alarms if (at.hour, at.minute) == (hour, minute)]
-            # The next one at that time (with those snoozed with it): a later one is asked for with "tomorrow".
+            # The next one at that time (with those snoozed with it): a later one is asked for with its day.
             picked = [(i, at) for i, at in picked if at == picked[0][1]]
             if not picked:
-                day, day_zh = (" tomorrow", "明天") if tomorrow else ("", "")
+                on, on_zh = (named, named_zh) if said else ("", "")
                 return context.localized(
-                    f"There is no alarm at {clock(hour, minute)}{day}.",
-                    zh=f"{day_zh}{clock(hour, minute, 'zh')}没有闹钟。",
+                    f"There is no alarm at {clock(hour, minute)}{on}.",
+                    zh=f"{on_zh}{clock(hour, minute, 'zh')}没有闹钟。",
                 )
         elif every or len(alarms) == 1:
             picked = alarms
