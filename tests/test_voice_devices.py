@@ -244,3 +244,47 @@ def test_a_speaker_plugged_in_after_the_start_plays_while_the_microphone_works(t
     assert result.stderr.count("WARNING:assistant.voice.audio:speaker") == 1
     assert "INFO:assistant.voice.audio:speaker: playing again" in result.stderr
     assert result.stderr.count("INFO:assistant.voice.audio:microphone open") == 1  # not when opened again
+
+
+def test_a_sine_through_the_microphone_and_the_speaker_has_no_seams(tmp_path: Path) -> None:
+    """A 48 kHz microphone and a 48 kHz speaker: the 16 kHz side is resampled block by block. Resampled each on
+    its own, every block's edges ring (a click ten times a second); resampled as one sound, the blocks join into
+    what the whole recording resampled at once gives, at the edges as in the middle."""
+    home = tmp_path
+    sine = (np.sin(2 * np.pi * 440 * np.arange(48000 * 10) / 48000) * 8000).astype("<i2")
+    sine.tofile(home / "mic48.raw")
+    (home / ".asoundrc").write_text(textwrap.dedent(f"""
+        pcm.!default {{
+            type file
+            slave.pcm "null"
+            file "/dev/null"
+            infile "{home / "mic48.raw"}"
+            format "raw"
+        }}
+    """) + asoundrc(home, "speaker", played=home / "played.raw"))  # fmt: skip
+    result = run_child(home, f"""
+        import numpy as np
+        from assistant.voice.audio import MicSource, SpeakerSink
+        mic = MicSource(None, 48000)
+        heard = []
+        for block in mic:
+            heard.append(block)
+            if len(heard) == 30:  # the first 30 blocks: fewer than the queue holds, so none is dropped
+                mic.stopped.set()
+        np.concatenate(heard).astype("<i2").tofile("{home / "heard.raw"}")
+        sink = SpeakerSink("speaker", 48000)
+        tone = (np.sin(2 * np.pi * 440 * np.arange(16000 * 3) / 16000) * 8000).astype(np.int16)
+        for start in range(0, len(tone), 1600):
+            sink.play(tone[start : start + 1600], 16000)
+        sink.close()
+    """)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    from assistant.voice.audio import resample
+
+    heard = np.fromfile(home / "heard.raw", "<i2").astype(int)
+    whole = resample(sine[: 30 * 4800], 48000, 16000).astype(int)
+    assert len(heard) > 28 * 1600
+    assert np.abs(heard - whole[: len(heard)]).max() <= 3, np.abs(heard - whole[: len(heard)]).max()
+    played = np.fromfile(home / "played.raw", "<i2").astype(int)
+    tone = (np.sin(2 * np.pi * 440 * np.arange(16000 * 3) / 16000) * 8000).astype(np.int16)
+    assert np.abs(played - resample(tone, 16000, 48000).astype(int)).max() <= 3

@@ -159,13 +159,15 @@ class MicSource:
                     blocksize=BLOCK * rate // RATE, callback=self._callback,
                 ):  # fmt: skip
                     heard = False  # an open that delivers nothing does not end the outage
+                    to_rate = Resampler(RATE)  # the blocks resampled as one sound, or every edge would click
                     while (block := self._next()) is not None:
                         if not heard:
                             heard = True
                             self._say_open(rate, outage)
                             backoff, outage = 0.5, None
                         self._say_lost(rate)
-                        yield resample(block, rate, RATE)
+                        if len(block := to_rate(block, rate)):  # the first is short by the resampler's delay
+                            yield block
                         if _rescan_wanted.is_set() and time.monotonic() - _rescanned >= self.max_backoff:
                             break  # for a speaker that is not found: close, restart PortAudio, open again
             except Exception as e:  # PortAudio errors have no common base class
