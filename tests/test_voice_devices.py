@@ -288,3 +288,61 @@ def test_a_sine_through_the_microphone_and_the_speaker_has_no_seams(tmp_path: Pa
     played = np.fromfile(home / "played.raw", "<i2").astype(int)
     tone = (np.sin(2 * np.pi * 440 * np.arange(16000 * 3) / 16000) * 8000).astype(np.int16)
     assert np.abs(played - resample(tone, 16000, 48000).astype(int)).max() <= 3
+
+
+def only_48k(home: Path, name: str = "!default") -> str:
+    """An .asoundrc whose `name` capture device takes 48 kHz only (a converter it cannot load for any other rate),
+    as many USB and I2S microphones do, reading a recorded tone."""
+    tone = home / "mic48.raw"
+    (np.sin(2 * np.pi * 440 * np.arange(48000 * 30) / 48000) * 8000).astype("<i2").tofile(tone)
+    return textwrap.dedent(f"""
+        pcm.{name} {{
+            type file
+            slave.pcm {{ type plug; slave {{ pcm "null"; rate 48000 }} rate_converter "none-installed" }}
+            file "/dev/null"
+            infile "{tone}"
+            format "raw"
+        }}
+    """)
+
+
+def test_a_microphone_that_refuses_the_configured_rate_opens_at_one_it_takes(tmp_path: Path) -> None:
+    """audio.input_rate 16000 (what the speech models take) and a microphone that only takes 48 kHz: it is
+    heard, at 48 kHz resampled, and the log says once which rate it took."""
+    (tmp_path / ".asoundrc").write_text(only_48k(tmp_path))
+    result = run_child(tmp_path, """
+        from assistant.voice.audio import MicSource
+        mic = MicSource(None, 16000, max_backoff=0.2)
+        for count, block in enumerate(mic):
+            if count == 20:
+                mic.stopped.set()
+        print(count)
+    """, timeout=15)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert int(result.stdout) == 20
+    # (and audio lost: the null device delivers as fast as it is read)
+    (said,) = [line for line in warnings(result.stderr) if "does not take" in line]
+    assert said.endswith(":microphone default does not take 16000 Hz (audio.input_rate): open at 48000 Hz instead")
+    assert "INFO:assistant.voice.audio:microphone open: default at 48000 Hz" in result.stderr
+
+
+def test_a_microphone_that_opens_at_no_rate_is_named_with_the_rates_tried(tmp_path: Path) -> None:
+    """The device is listed but opens at no rate (here its recording is gone once PortAudio has listed it): one
+    line names it, the rates tried and why."""
+    (tmp_path / ".asoundrc").write_text(only_48k(tmp_path, "usbmic"))
+    result = run_child(tmp_path, f"""
+        import os
+        from assistant.voice.audio import MicSource
+        mic = MicSource("usbmic", 16000, max_backoff=0.2)
+        os.remove("{tmp_path / "mic48.raw"}")
+        threading.Timer(1.0, mic.stopped.set).start()
+        print(sum(1 for _ in mic))
+    """, timeout=30)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["0"]
+    (said,) = warnings(result.stderr)
+    assert said.startswith(
+        "WARNING:assistant.voice.audio:microphone: 'usbmic' opens at none of 16000, 48000, 44100, 32000, 22050, "
+        "96000, 8000 Hz ("
+    ), said
+    assert said.endswith("); trying again until it works (every 0.2 s at most)"), said

@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 
 RATE = 16000  # what the speech recognisers take
 BLOCK = 1600  # 100 ms frames
+# What microphones take, in the order tried when one refuses the rate asked for (and its own default).
+USUAL_RATES = (48000, 44100, 16000, 32000, 22050, 96000, 8000)
 
 
 def resample(pcm: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
@@ -153,11 +155,8 @@ class MicSource:
             try:
                 if outage is not None or _rescan_wanted.is_set():
                     _rescan(self.sounddevice)
-                rate = int(self.rate or self.sounddevice.query_devices(self.device, "input")["default_samplerate"])
-                with self.sounddevice.InputStream(
-                    device=self.device, channels=1, samplerate=rate, dtype="int16",
-                    blocksize=BLOCK * rate // RATE, callback=self._callback,
-                ):  # fmt: skip
+                stream, rate = self._open()
+                with stream:
                     heard = False  # an open that delivers nothing does not end the outage
                     to_rate = Resampler(RATE)  # the blocks resampled as one sound, or every edge would click
                     while (block := self._next()) is not None:
@@ -179,6 +178,27 @@ class MicSource:
                 if self.stopped.wait(backoff):
                     return
                 backoff = min(backoff * 2, self.max_backoff)
+
+    def _open(self):
+        """The device's input stream and its rate: at audio.input_rate (else the device's default), or at the
+        first of the usual rates it takes; an error naming the device and the rates tried if none."""
+        default = int(self.sounddevice.query_devices(self.device, "input")["default_samplerate"])
+        rates = list(dict.fromkeys([self.rate or default, default, *USUAL_RATES]))
+        refused = None
+        for rate in rates:
+            try:
+                stream = self.sounddevice.InputStream(
+                    device=self.device, channels=1, samplerate=rate, dtype="int16",
+                    blocksize=BLOCK * rate // RATE, callback=self._callback,
+                )  # fmt: skip
+            except Exception as e:  # PortAudio errors have no common base class
+                refused = refused or e  # the first: the one at the rate wanted
+                continue
+            if rate != rates[0] and not self.opened:
+                log.warning("microphone %s does not take %d Hz (%s): open at %d Hz instead", self.device or "default",
+                            rates[0], "audio.input_rate" if self.rate else "its default", rate)  # fmt: skip
+            return stream, rate
+        raise OSError(f"{self.device or 'default'!r} opens at none of {', '.join(map(str, rates))} Hz ({refused})")
 
     def _next(self) -> np.ndarray | None:
         """The next block from the device; None once stopped (at once, stalled or not)."""
