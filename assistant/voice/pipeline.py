@@ -33,6 +33,9 @@ log = logging.getLogger(__name__)
 # as the pipeline does); iterated on the turn's own thread.
 Respond = Callable[[str, threading.Event], Iterator[str]]
 EARCON_RATE = 16000
+# How long after the speaker has said the wake phrase (a reply "to wake me, say hey computer") the microphone may
+# still deliver it: the device's latency and the wake recogniser's endpoint after it.
+ECHO_SECONDS = 1.5
 
 
 def _tone(frequency: float, seconds: float) -> np.ndarray:
@@ -130,6 +133,7 @@ class VoicePipeline:
         self.hushed = threading.Event()  # a wake or "stop" cuts an announcement too
         self.cut: list[Reply] = []  # replies stopped whose threads may not have ended yet
         self.turns = itertools.count(1)
+        self.saying_phrase_until = 0.0  # monotonic: the speaker is saying the wake phrase, as part of a reply
 
     def emit(self, kind: str, **data) -> None:
         self.on_event({"type": kind, **data})
@@ -142,6 +146,10 @@ class VoicePipeline:
             self.position += len(frame) / RATE
             wake = self.wake.feed(frame)
             if wake is None or self.hearing:  # a command being heard is not a wake phrase, whatever it sounds like
+                self._hear(frame)
+                continue
+            if time.monotonic() < self.saying_phrase_until:
+                log.info("wake phrase heard as the reply says it: taken for the assistant's own voice")
                 self._hear(frame)
                 continue
             if self.reply is not None and self.reply.alive():
@@ -313,6 +321,9 @@ class VoicePipeline:
                 self.emit("audio", request=reply.request, text=sentence, samples=len(audio), rate=self.voice.rate)
         if reply.cancel.is_set():  # cut while the clients were told (they may be slow): the sink's stop is over
             return
+        if not breath and self.wake is not None and self.wake.said_in(sentence):
+            # The microphone hears it too: until then a wake is the reply's own voice, not someone cutting it.
+            self.saying_phrase_until = time.monotonic() + len(audio) / self.voice.rate + ECHO_SECONDS
         try:
             self.sink.play(audio, self.voice.rate)
         except Exception:  # the output failed: the rest of this reply is lost, not the loop
