@@ -92,8 +92,12 @@ def _other_scripts(language: str) -> re.Pattern:
 
 _OTHER_SCRIPTS = {language: _other_scripts(language) for language in [*_SCRIPT_OF, *_LATIN_ONLY]}
 # A web address is read as its host ("example.com"), not as "h t t p s colon slash slash ...", and
-# the punctuation after it still ends its sentence.
-_ADDRESS = re.compile(r"\bhttps?://(?:www\.)?([^\s/?#]+)\S*?(?=[.,;:!?)]*(?:\s|$))")
+# the punctuation after it still ends its sentence; written without its scheme too (www.example.com/a?b=c,
+# or a host with a path: example.org/recipes).
+_ADDRESS = re.compile(
+    r"\b(?:https?://(?:www\.)?|www\.(?=[^\s/?#]+\.)|(?=(?:[A-Za-z0-9-]+\.)+[A-Za-z]{2,}[/?#]))"
+    r"([^\s/?#]+)\S*?(?=[.,;:!?)]*(?:\s|$))"
+)
 # Units and signs beside a number, which espeak spells out ("5 km/h": "five k m slash h", "3 kg": "three k
 # g") and a Chinese voice says in English letters: said in words by the voices of the languages here, and
 # only beside a number, so "the m key" keeps its m.
