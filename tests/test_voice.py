@@ -934,3 +934,20 @@ def test_a_very_long_number_is_said_in_parts(test_voice: Path) -> None:
     sentence = sum(len(chunk) for chunk in voice.synthesize(longest))
     assert max(chunks) < 1.5 * sentence, (max(chunks), sentence)
     assert sum(chunks) > 20 * sentence  # it is all said
+
+
+def test_an_utterance_cut_at_its_longest_is_said_in_the_log(ko_model, tmp_path: Path, caplog) -> None:
+    """Someone dictating for minutes: the command is cut at asr.max_utterance_seconds and answered as far as it
+    went; whoever reads the log learns why the rest was not heard."""
+    import logging
+
+    transcriber = Transcriber(ko_model, max_seconds=2.0)
+    audio = resample(speech(" ".join(COMMANDS * 4), tmp_path), ESPEAK_RATE, RATE)
+    assert len(audio) > 3 * RATE  # talking on past the limit
+    with caplog.at_level(logging.INFO, "assistant.voice.asr"):
+        for at in range(0, len(audio), 1600):
+            if (event := transcriber.feed(audio[at : at + 1600])) is not None and event.kind == "final":
+                break
+    assert event.kind == "final" and event.text and at < 2.5 * RATE  # what it heard, at the limit
+    (said,) = [r.getMessage() for r in caplog.records if r.name == "assistant.voice.asr"]
+    assert said == "utterance cut at asr.max_utterance_seconds (2 s): what was said after it was not heard"
