@@ -346,3 +346,22 @@ def test_a_microphone_that_opens_at_no_rate_is_named_with_the_rates_tried(tmp_pa
         "96000, 8000 Hz ("
     ), said
     assert said.endswith("); trying again until it works (every 0.2 s at most)"), said
+
+
+def test_a_speaker_that_refuses_the_configured_rate_plays_at_one_it_takes(tmp_path: Path) -> None:
+    """audio.output_rate 16000 and a speaker that only takes 48 kHz: it plays, resampled, said once in the log."""
+    rc = only_48k(tmp_path, "speaker48").replace('file "/dev/null"', f'file "|cat >> {tmp_path / "played.raw"}"')
+    (tmp_path / ".asoundrc").write_text(rc)
+    result = run_child(tmp_path, """
+        import numpy as np
+        from assistant.voice.audio import SpeakerSink
+        sink = SpeakerSink("speaker48", 16000)
+        for _ in range(3):
+            sink.play(np.full(1600, 1000, np.int16), 16000)
+            sink.close()  # and opened again for the next sound
+    """)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    played = np.fromfile(tmp_path / "played.raw", "<i2") if (tmp_path / "played.raw").exists() else np.zeros(0)
+    assert len(played) >= 3 * 4500, result.stderr[-2000:]  # 0.1 s three times, at 48 kHz
+    (said,) = warnings(result.stderr)
+    assert said.endswith(":speaker 'speaker48' does not take 16000 Hz (audio.output_rate): open at 48000 Hz instead")

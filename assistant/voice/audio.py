@@ -15,7 +15,7 @@ import threading
 import time
 import wave
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -130,6 +130,37 @@ def _rescan(sounddevice) -> None:
         sounddevice._initialize()
 
 
+_fallbacks_said: set[tuple[str, str | int | None, int]] = set()  # a device's rate said in the log, once
+
+
+def open_at_a_rate(
+    sounddevice, kind: str, device: str | int | None, rate: int | None, open_stream: Callable
+) -> tuple[object, int]:
+    """`open_stream(rate)` for the device (`kind` "input" or "output") and its rate: at `rate` (else the device's
+    default), or at the first of the usual rates it takes, said once in the log; an error naming the device and the
+    rates tried if none."""
+    default = int(sounddevice.query_devices(device, kind)["default_samplerate"])
+    rates = list(dict.fromkeys([rate or default, default, *USUAL_RATES]))
+    refused = None
+    for tried in rates:
+        try:
+            stream = open_stream(tried)
+        except Exception as e:  # PortAudio errors have no common base class
+            refused = refused or e  # the first: the one at the rate wanted
+            continue
+        if tried != rates[0] and (kind, device, tried) not in _fallbacks_said:
+            _fallbacks_said.add((kind, device, tried))
+            name = "microphone" if kind == "input" else "speaker"
+            log.warning("%s %s does not take %d Hz (%s): open at %d Hz instead", name, _named(device), rates[0],
+                        f"audio.{kind}_rate" if rate else "its default", tried)  # fmt: skip
+        return stream, tried
+    raise OSError(f"{_named(device)} opens at none of {', '.join(map(str, rates))} Hz ({refused})")
+
+
+def _named(device: str | int | None) -> str:
+    return "default" if device is None else repr(device)
+
+
 class MicSource:
     """The microphone through sounddevice; a device that disappears is reopened with backoff.
 
@@ -155,7 +186,7 @@ class MicSource:
             try:
                 if outage is not None or _rescan_wanted.is_set():
                     _rescan(self.sounddevice)
-                stream, rate = self._open()
+                stream, rate = open_at_a_rate(self.sounddevice, "input", self.device, self.rate, self._stream)
                 with stream:
                     heard = False  # an open that delivers nothing does not end the outage
                     to_rate = Resampler(RATE)  # the blocks resampled as one sound, or every edge would click
@@ -179,26 +210,9 @@ class MicSource:
                     return
                 backoff = min(backoff * 2, self.max_backoff)
 
-    def _open(self):
-        """The device's input stream and its rate: at audio.input_rate (else the device's default), or at the
-        first of the usual rates it takes; an error naming the device and the rates tried if none."""
-        default = int(self.sounddevice.query_devices(self.device, "input")["default_samplerate"])
-        rates = list(dict.fromkeys([self.rate or default, default, *USUAL_RATES]))
-        refused = None
-        for rate in rates:
-            try:
-                stream = self.sounddevice.InputStream(
-                    device=self.device, channels=1, samplerate=rate, dtype="int16",
-                    blocksize=BLOCK * rate // RATE, callback=self._callback,
-                )  # fmt: skip
-            except Exception as e:  # PortAudio errors have no common base class
-                refused = refused or e  # the first: the one at the rate wanted
-                continue
-            if rate != rates[0] and not self.opened:
-                log.warning("microphone %s does not take %d Hz (%s): open at %d Hz instead", self.device or "default",
-                            rates[0], "audio.input_rate" if self.rate else "its default", rate)  # fmt: skip
-            return stream, rate
-        raise OSError(f"{self.device or 'default'!r} opens at none of {', '.join(map(str, rates))} Hz ({refused})")
+    def _stream(self, rate: int):
+        return self.sounddevice.InputStream(device=self.device, channels=1, samplerate=rate, dtype="int16",
+                                            blocksize=BLOCK * rate // RATE, callback=self._callback)  # fmt: skip
 
     def _next(self) -> np.ndarray | None:
         """The next block from the device; None once stopped (at once, stalled or not)."""
@@ -337,9 +351,7 @@ class SpeakerSink:
         self.interrupted.clear()
         try:
             if self.stream is None:
-                out_rate = int(self.rate or self.sounddevice.query_devices(self.device, "output")["default_samplerate"])
-                self.stream = self.sounddevice.OutputStream(device=self.device, samplerate=out_rate, channels=1,
-                                                            dtype="int16")  # fmt: skip
+                self.stream, out_rate = open_at_a_rate(self.sounddevice, "output", self.device, self.rate, self._stream)
                 self.stream.start()
                 self.resample = Resampler(out_rate)
                 _speakers.add(self)
@@ -358,6 +370,9 @@ class SpeakerSink:
                 log.warning("speaker: %s; the assistant goes on without sound", e)
             self.failing = True
             _rescan_wanted.set()  # it may be there, plugged in after PortAudio listed the devices
+
+    def _stream(self, rate: int):
+        return self.sounddevice.OutputStream(device=self.device, samplerate=rate, channels=1, dtype="int16")
 
     def _let_go(self) -> None:
         with self.playing, _portaudio:
