@@ -799,6 +799,7 @@ def test_characters_no_voice_can_say_are_left_out_and_the_rest_is_spoken(tmp_pat
         ("Great job 🎉😀! Thumbs 👍🏽 up ❤️.", "Great job! Thumbs up."),
         ("Done.<|im_end|>", "Done."),
         ("See https://www.example.com/a?b=c_d#e. Or http://192.168.1.10/x", "See example.com. Or 192.168.1.10"),
+        ("At www.example.com/pasta?id=42&s=1, or cooking.example.org/a/b.", "At example.com, or cooking.example.org."),
         ("About ~5 minutes, #1 on the list.", "About 5 minutes, #1 on the list."),
         ("好的, the light is on 灯已经打开了。", "the light is on"),  # a voice that does not speak Chinese
         ("Hello is שָׁלוֹם in Hebrew, привет in Russian and สวัสดี in Thai.", "Hello is in Hebrew, in Russian and in Thai."),
@@ -919,3 +920,34 @@ def test_an_output_that_fails_loses_the_reply_not_the_loop(test_voice: Path, cap
         sink.close()
     assert [e["type"] for e in events][-1] == "reply_done"  # the turn ends, for the clients and the follow-up
     assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == ["speaking the reply failed"]
+
+
+def test_a_very_long_number_is_said_in_parts(test_voice: Path) -> None:
+    """A piece is at most 40 words as written, but a 1,000-digit number is one word written and 1,000 said (digit
+    by digit): synthesised whole, a medium voice took 44 s before the first sound and 6.4 GB of memory (the board
+    has 1 GB). Said in parts, none is much longer than the longest
+    piece written in words."""
+    voice = Voice(test_voice)
+    (piece,) = SentenceSplitter().push(f"Your code is {'7' * 1000}. ")
+    chunks = [len(chunk) for chunk in voice.synthesize(piece)]
+    (longest,) = SentenceSplitter().push(f"Your code is {' '.join(['seven'] * 36)}. ")  # 40 words: one piece
+    sentence = sum(len(chunk) for chunk in voice.synthesize(longest))
+    assert max(chunks) < 1.5 * sentence, (max(chunks), sentence)
+    assert sum(chunks) > 20 * sentence  # it is all said
+
+
+def test_an_utterance_cut_at_its_longest_is_said_in_the_log(ko_model, tmp_path: Path, caplog) -> None:
+    """Someone dictating for minutes: the command is cut at asr.max_utterance_seconds and answered as far as it
+    went; whoever reads the log learns why the rest was not heard."""
+    import logging
+
+    transcriber = Transcriber(ko_model, max_seconds=2.0)
+    audio = resample(speech(" ".join(COMMANDS * 4), tmp_path), ESPEAK_RATE, RATE)
+    assert len(audio) > 3 * RATE  # talking on past the limit
+    with caplog.at_level(logging.INFO, "assistant.voice.asr"):
+        for at in range(0, len(audio), 1600):
+            if (event := transcriber.feed(audio[at : at + 1600])) is not None and event.kind == "final":
+                break
+    assert event.kind == "final" and event.text and at < 2.5 * RATE  # what it heard, at the limit
+    (said,) = [r.getMessage() for r in caplog.records if r.name == "assistant.voice.asr"]
+    assert said == "utterance cut at asr.max_utterance_seconds (2 s): what was said after it was not heard"

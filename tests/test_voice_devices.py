@@ -244,3 +244,124 @@ def test_a_speaker_plugged_in_after_the_start_plays_while_the_microphone_works(t
     assert result.stderr.count("WARNING:assistant.voice.audio:speaker") == 1
     assert "INFO:assistant.voice.audio:speaker: playing again" in result.stderr
     assert result.stderr.count("INFO:assistant.voice.audio:microphone open") == 1  # not when opened again
+
+
+def test_a_sine_through_the_microphone_and_the_speaker_has_no_seams(tmp_path: Path) -> None:
+    """A 48 kHz microphone and a 48 kHz speaker: the 16 kHz side is resampled block by block. Resampled each on
+    its own, every block's edges ring (a click ten times a second); resampled as one sound, the blocks join into
+    what the whole recording resampled at once gives, at the edges as in the middle."""
+    home = tmp_path
+    sine = (np.sin(2 * np.pi * 440 * np.arange(48000 * 10) / 48000) * 8000).astype("<i2")
+    sine.tofile(home / "mic48.raw")
+    (home / ".asoundrc").write_text(textwrap.dedent(f"""
+        pcm.!default {{
+            type file
+            slave.pcm "null"
+            file "/dev/null"
+            infile "{home / "mic48.raw"}"
+            format "raw"
+        }}
+    """) + asoundrc(home, "speaker", played=home / "played.raw"))  # fmt: skip
+    result = run_child(home, f"""
+        import numpy as np
+        from assistant.voice.audio import MicSource, SpeakerSink
+        mic = MicSource(None, 48000)
+        heard = []
+        for block in mic:
+            heard.append(block)
+            if len(heard) == 30:  # the first 30 blocks: fewer than the queue holds, so none is dropped
+                mic.stopped.set()
+        np.concatenate(heard).astype("<i2").tofile("{home / "heard.raw"}")
+        sink = SpeakerSink("speaker", 48000)
+        tone = (np.sin(2 * np.pi * 440 * np.arange(16000 * 3) / 16000) * 8000).astype(np.int16)
+        for start in range(0, len(tone), 1600):
+            sink.play(tone[start : start + 1600], 16000)
+        sink.close()
+    """)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    from assistant.voice.audio import resample
+
+    heard = np.fromfile(home / "heard.raw", "<i2").astype(int)
+    whole = resample(sine[: 30 * 4800], 48000, 16000).astype(int)
+    assert len(heard) > 28 * 1600
+    assert np.abs(heard - whole[: len(heard)]).max() <= 3, np.abs(heard - whole[: len(heard)]).max()
+    played = np.fromfile(home / "played.raw", "<i2").astype(int)
+    tone = (np.sin(2 * np.pi * 440 * np.arange(16000 * 3) / 16000) * 8000).astype(np.int16)
+    assert np.abs(played - resample(tone, 16000, 48000).astype(int)).max() <= 3
+
+
+def only_48k(home: Path, name: str = "!default") -> str:
+    """An .asoundrc whose `name` capture device takes 48 kHz only (a converter it cannot load for any other rate),
+    as many USB and I2S microphones do, reading a recorded tone."""
+    tone = home / "mic48.raw"
+    (np.sin(2 * np.pi * 440 * np.arange(48000 * 30) / 48000) * 8000).astype("<i2").tofile(tone)
+    return textwrap.dedent(f"""
+        pcm.{name} {{
+            type file
+            slave.pcm {{ type plug; slave {{ pcm "null"; rate 48000 }} rate_converter "none-installed" }}
+            file "/dev/null"
+            infile "{tone}"
+            format "raw"
+        }}
+    """)
+
+
+def test_a_microphone_that_refuses_the_configured_rate_opens_at_one_it_takes(tmp_path: Path) -> None:
+    """audio.input_rate 16000 (what the speech models take) and a microphone that only takes 48 kHz: it is
+    heard, at 48 kHz resampled, and the log says once which rate it took."""
+    (tmp_path / ".asoundrc").write_text(only_48k(tmp_path))
+    result = run_child(tmp_path, """
+        from assistant.voice.audio import MicSource
+        mic = MicSource(None, 16000, max_backoff=0.2)
+        for count, block in enumerate(mic):
+            if count == 20:
+                mic.stopped.set()
+        print(count)
+    """, timeout=15)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert int(result.stdout) == 20
+    # (and audio lost: the null device delivers as fast as it is read)
+    (said,) = [line for line in warnings(result.stderr) if "does not take" in line]
+    assert said.endswith(":microphone default does not take 16000 Hz (audio.input_rate): open at 48000 Hz instead")
+    assert "INFO:assistant.voice.audio:microphone open: default at 48000 Hz" in result.stderr
+
+
+def test_a_microphone_that_opens_at_no_rate_is_named_with_the_rates_tried(tmp_path: Path) -> None:
+    """The device is listed but opens at no rate (here its recording is gone once PortAudio has listed it): one
+    line names it, the rates tried and why."""
+    (tmp_path / ".asoundrc").write_text(only_48k(tmp_path, "usbmic"))
+    result = run_child(tmp_path, f"""
+        import os
+        from assistant.voice.audio import MicSource
+        mic = MicSource("usbmic", 16000, max_backoff=0.2)
+        os.remove("{tmp_path / "mic48.raw"}")
+        threading.Timer(1.0, mic.stopped.set).start()
+        print(sum(1 for _ in mic))
+    """, timeout=30)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["0"]
+    (said,) = warnings(result.stderr)
+    assert said.startswith(
+        "WARNING:assistant.voice.audio:microphone: 'usbmic' opens at none of 16000, 48000, 44100, 32000, 22050, "
+        "96000, 8000 Hz ("
+    ), said
+    assert said.endswith("); trying again until it works (every 0.2 s at most)"), said
+
+
+def test_a_speaker_that_refuses_the_configured_rate_plays_at_one_it_takes(tmp_path: Path) -> None:
+    """audio.output_rate 16000 and a speaker that only takes 48 kHz: it plays, resampled, said once in the log."""
+    rc = only_48k(tmp_path, "speaker48").replace('file "/dev/null"', f'file "|cat >> {tmp_path / "played.raw"}"')
+    (tmp_path / ".asoundrc").write_text(rc)
+    result = run_child(tmp_path, """
+        import numpy as np
+        from assistant.voice.audio import SpeakerSink
+        sink = SpeakerSink("speaker48", 16000)
+        for _ in range(3):
+            sink.play(np.full(1600, 1000, np.int16), 16000)
+            sink.close()  # and opened again for the next sound
+    """)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    played = np.fromfile(tmp_path / "played.raw", "<i2") if (tmp_path / "played.raw").exists() else np.zeros(0)
+    assert len(played) >= 3 * 4500, result.stderr[-2000:]  # 0.1 s three times, at 48 kHz
+    (said,) = warnings(result.stderr)
+    assert said.endswith(":speaker 'speaker48' does not take 16000 Hz (audio.output_rate): open at 48000 Hz instead")

@@ -154,3 +154,63 @@ def test_a_wake_model_that_hears_any_speech_as_the_phrase_is_named_in_the_log(
     said = [silence(0.5), speech("타이머를 오 분으로 설정했습니다.", tmp_path), silence(1.0)]  # "the timer is set"
     reply = resample(np.concatenate(said), ESPEAK_RATE, RATE)
     assert [w for i in range(0, len(reply), 1600) if (w := detector.feed(reply[i : i + 1600]))]  # it woke
+
+
+def test_a_barge_in_ends_the_cut_reply_before_the_next_turn_begins(ko_model, tmp_path: Path, test_voice: Path) -> None:
+    """A listener on the control socket sees a voice turn's events in order, each naming its turn: the reply
+    cut by a barge-in (its skill still running, unaware of the cut) is done before the wake that cut it, and
+    nothing more of it comes after."""
+    mic = Microphone(("first", np.concatenate([silence(0.3), speech(WAKE, tmp_path), silence(0.8),
+                                               speech("날씨", tmp_path), silence(1.0)])),
+                     ("again", np.concatenate([speech(WAKE, tmp_path), silence(0.8), speech("음악", tmp_path)])),
+                     ("after", silence(2.5)))  # fmt: skip
+    turns = iter(range(1, 10))
+    started: dict[str, str] = {}  # voice turn → what it answers, named as the daemon names them: in call order
+
+    def respond(text: str, cancel: threading.Event) -> Iterator[str]:
+        started[f"voice-{next(turns)}"] = text
+
+        def pieces() -> Iterator[str]:
+            yield "Let me look. "
+            if text == "날씨":
+                time.sleep(5.0)  # the skill, which does not look at `cancel`
+            yield "OK."
+
+        return pieces()
+
+    events: list[dict] = []
+    pipeline = VoicePipeline(WakeDetector(ko_model, [WAKE], min_confidence=0.5),
+                             Transcriber(ko_model, silence_timeout=0.8, grammar=COMMANDS), Voice(test_voice),
+                             WavSink(tmp_path / "out.wav"), respond, on_event=events.append)  # fmt: skip
+    pipeline.run(mic)
+    assert started == {"voice-1": "날씨", "voice-2": "음악"}
+    kinds = [e["type"] for e in events]
+    cut = kinds.index("barge_in")
+    assert kinds[cut : cut + 3] == ["barge_in", "reply_done", "wake"], kinds
+    assert events[cut]["request"] == "voice-1"
+    assert events[cut + 1] == {"type": "reply_done", "request": "voice-1", "text": "Let me look. ", "cancelled": True}
+    of_turns = [e for e in events if e["type"] in ("audio", "latency", "reply_done")]
+    assert [e["request"] for e in of_turns] == ["voice-1"] * 3 + ["voice-2"] * 4  # audio, latency, audio, done
+    assert events[-1] == {"type": "reply_done", "request": "voice-2", "text": "Let me look. OK.", "cancelled": False}
+
+
+def test_the_wake_phrase_in_the_reply_itself_does_not_cut_it(ko_model, tmp_path: Path, test_voice: Path) -> None:
+    """A reply that says the wake phrase ("to wake me, say hey computer"): the microphone hears the speaker say
+    it, and the assistant must not take its own voice for a barge-in and cut itself off."""
+    # The speaker says the phrase from about 1 s after the command's end for 4 s (it plays in real time): the
+    # microphone hears it then (past the 2 s for which the end of a command cannot wake anyway).
+    mic = Microphone(("command", np.concatenate([silence(0.3), speech(WAKE, tmp_path), silence(0.8),
+                                                 speech("날씨", tmp_path), silence(2.3)])),
+                     ("echo", np.concatenate([speech(WAKE, tmp_path), silence(6.0)])))  # fmt: skip
+    reply = (
+        "Here is how it works. You just say 하이 컴퓨터 whenever you want me to listen again and then you tell me "
+        "what you would like me to do for you in the kitchen or the living room or anywhere."
+    )
+    events: list[dict] = []
+    pipeline = VoicePipeline(WakeDetector(ko_model, [WAKE], min_confidence=0.5),
+                             Transcriber(ko_model, silence_timeout=0.8, grammar=COMMANDS), Voice(test_voice),
+                             Speaker(), lambda text, cancel: iter([reply]), on_event=events.append)  # fmt: skip
+    pipeline.run(mic)
+    kinds = [e["type"] for e in events]
+    assert kinds.count("wake") == 1 and "barge_in" not in kinds, kinds
+    assert events[-1]["type"] == "reply_done" and not events[-1]["cancelled"]

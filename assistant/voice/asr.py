@@ -10,6 +10,7 @@ the first word of a command as a complete sentence.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -17,6 +18,8 @@ import numpy as np
 
 from assistant.config import ConfigError
 from assistant.voice.audio import RATE
+
+log = logging.getLogger(__name__)
 
 VAD_WINDOW = 512  # samples: Silero VAD's fixed window at 16 kHz (32 ms)
 # Less voice than this is not an utterance: a click, or the wake phrase's last syllable carried over
@@ -141,6 +144,8 @@ class Transcriber:
             if self.speech.trailing >= wait * RATE:
                 return True
         if self.heard >= self.max_seconds * RATE:
+            log.info("utterance cut at asr.max_utterance_seconds (%g s): what was said after it was not heard",
+                     self.max_seconds)  # fmt: skip
             return True
         if text and self.quiet >= self.silence_timeout * RATE:
             return True

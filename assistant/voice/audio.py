@@ -15,7 +15,7 @@ import threading
 import time
 import wave
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 
 RATE = 16000  # what the speech recognisers take
 BLOCK = 1600  # 100 ms frames
+# What microphones take, in the order tried when one refuses the rate asked for (and its own default).
+USUAL_RATES = (48000, 44100, 16000, 32000, 22050, 96000, 8000)
 
 
 def resample(pcm: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
@@ -128,6 +130,37 @@ def _rescan(sounddevice) -> None:
         sounddevice._initialize()
 
 
+_fallbacks_said: set[tuple[str, str | int | None, int]] = set()  # a device's rate said in the log, once
+
+
+def open_at_a_rate(
+    sounddevice, kind: str, device: str | int | None, rate: int | None, open_stream: Callable
+) -> tuple[object, int]:
+    """`open_stream(rate)` for the device (`kind` "input" or "output") and its rate: at `rate` (else the device's
+    default), or at the first of the usual rates it takes, said once in the log; an error naming the device and the
+    rates tried if none."""
+    default = int(sounddevice.query_devices(device, kind)["default_samplerate"])
+    rates = list(dict.fromkeys([rate or default, default, *USUAL_RATES]))
+    refused = None
+    for tried in rates:
+        try:
+            stream = open_stream(tried)
+        except Exception as e:  # PortAudio errors have no common base class
+            refused = refused or e  # the first: the one at the rate wanted
+            continue
+        if tried != rates[0] and (kind, device, tried) not in _fallbacks_said:
+            _fallbacks_said.add((kind, device, tried))
+            name = "microphone" if kind == "input" else "speaker"
+            log.warning("%s %s does not take %d Hz (%s): open at %d Hz instead", name, _named(device), rates[0],
+                        f"audio.{kind}_rate" if rate else "its default", tried)  # fmt: skip
+        return stream, tried
+    raise OSError(f"{_named(device)} opens at none of {', '.join(map(str, rates))} Hz ({refused})")
+
+
+def _named(device: str | int | None) -> str:
+    return "default" if device is None else repr(device)
+
+
 class MicSource:
     """The microphone through sounddevice; a device that disappears is reopened with backoff.
 
@@ -153,19 +186,18 @@ class MicSource:
             try:
                 if outage is not None or _rescan_wanted.is_set():
                     _rescan(self.sounddevice)
-                rate = int(self.rate or self.sounddevice.query_devices(self.device, "input")["default_samplerate"])
-                with self.sounddevice.InputStream(
-                    device=self.device, channels=1, samplerate=rate, dtype="int16",
-                    blocksize=BLOCK * rate // RATE, callback=self._callback,
-                ):  # fmt: skip
+                stream, rate = open_at_a_rate(self.sounddevice, "input", self.device, self.rate, self._stream)
+                with stream:
                     heard = False  # an open that delivers nothing does not end the outage
+                    to_rate = Resampler(RATE)  # the blocks resampled as one sound, or every edge would click
                     while (block := self._next()) is not None:
                         if not heard:
                             heard = True
                             self._say_open(rate, outage)
                             backoff, outage = 0.5, None
                         self._say_lost(rate)
-                        yield resample(block, rate, RATE)
+                        if len(block := to_rate(block, rate)):  # the first is short by the resampler's delay
+                            yield block
                         if _rescan_wanted.is_set() and time.monotonic() - _rescanned >= self.max_backoff:
                             break  # for a speaker that is not found: close, restart PortAudio, open again
             except Exception as e:  # PortAudio errors have no common base class
@@ -177,6 +209,10 @@ class MicSource:
                 if self.stopped.wait(backoff):
                     return
                 backoff = min(backoff * 2, self.max_backoff)
+
+    def _stream(self, rate: int):
+        return self.sounddevice.InputStream(device=self.device, channels=1, samplerate=rate, dtype="int16",
+                                            blocksize=BLOCK * rate // RATE, callback=self._callback)  # fmt: skip
 
     def _next(self) -> np.ndarray | None:
         """The next block from the device; None once stopped (at once, stalled or not)."""
@@ -315,9 +351,7 @@ class SpeakerSink:
         self.interrupted.clear()
         try:
             if self.stream is None:
-                out_rate = int(self.rate or self.sounddevice.query_devices(self.device, "output")["default_samplerate"])
-                self.stream = self.sounddevice.OutputStream(device=self.device, samplerate=out_rate, channels=1,
-                                                            dtype="int16")  # fmt: skip
+                self.stream, out_rate = open_at_a_rate(self.sounddevice, "output", self.device, self.rate, self._stream)
                 self.stream.start()
                 self.resample = Resampler(out_rate)
                 _speakers.add(self)
@@ -336,6 +370,9 @@ class SpeakerSink:
                 log.warning("speaker: %s; the assistant goes on without sound", e)
             self.failing = True
             _rescan_wanted.set()  # it may be there, plugged in after PortAudio listed the devices
+
+    def _stream(self, rate: int):
+        return self.sounddevice.OutputStream(device=self.device, samplerate=rate, channels=1, dtype="int16")
 
     def _let_go(self) -> None:
         with self.playing, _portaudio:

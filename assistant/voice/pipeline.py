@@ -8,6 +8,7 @@ speaking thread, so the first words are heard while the model is still writing t
 
 from __future__ import annotations
 
+import itertools
 import logging
 import queue
 import threading
@@ -27,9 +28,14 @@ from assistant.voice.wake import WakeDetector
 
 log = logging.getLogger(__name__)
 
-# A turn: the user's words and a cancel event in, pieces of reply text out.
+# A turn: the user's words and a cancel event in, pieces of reply text out. Called as the turn starts, on the
+# listening thread, in the order the turns were heard (the daemon numbers its voice turns so: voice-1, voice-2,
+# as the pipeline does); iterated on the turn's own thread.
 Respond = Callable[[str, threading.Event], Iterator[str]]
 EARCON_RATE = 16000
+# How long after the speaker has said the wake phrase (a reply "to wake me, say hey computer") the microphone may
+# still deliver it: the device's latency and the wake recogniser's endpoint after it.
+ECHO_SECONDS = 1.5
 
 
 def _tone(frequency: float, seconds: float) -> np.ndarray:
@@ -86,11 +92,16 @@ def ahead(items: Iterator, lead: int = 8) -> Iterator:
 class Reply:
     """One turn in flight: its threads, its cancel switch and its timing."""
 
+    request: str = ""  # the voice turn's id, on each of its events
     cancel: threading.Event = field(default_factory=threading.Event)
     speaking: threading.Event = field(default_factory=threading.Event)  # its first audio (or piece) has been played
     threads: list[threading.Thread] = field(default_factory=list)
     times: dict[str, float] = field(default_factory=dict)
     text: str = ""
+    # Its events are told under this lock, the last (reply_done) once: nothing of it comes after. Reentrant: a
+    # listener may cut the reply as it hears of its audio.
+    telling: threading.RLock = field(default_factory=threading.RLock)
+    done: bool = False
 
     def alive(self) -> bool:
         return any(t.is_alive() for t in self.threads)
@@ -121,6 +132,8 @@ class VoicePipeline:
         self.speaker = threading.Lock()
         self.hushed = threading.Event()  # a wake or "stop" cuts an announcement too
         self.cut: list[Reply] = []  # replies stopped whose threads may not have ended yet
+        self.turns = itertools.count(1)
+        self.saying_phrase_until = 0.0  # monotonic: the speaker is saying the wake phrase, as part of a reply
 
     def emit(self, kind: str, **data) -> None:
         self.on_event({"type": kind, **data})
@@ -135,8 +148,12 @@ class VoicePipeline:
             if wake is None or self.hearing:  # a command being heard is not a wake phrase, whatever it sounds like
                 self._hear(frame)
                 continue
+            if time.monotonic() < self.saying_phrase_until:
+                log.info("wake phrase heard as the reply says it: taken for the assistant's own voice")
+                self._hear(frame)
+                continue
             if self.reply is not None and self.reply.alive():
-                self.emit("barge_in")
+                self.emit("barge_in", request=self.reply.request)
             self.stop_reply(chime=self.play_earcon)
             self.emit("wake", phrase=wake.phrase, confidence=wake.confidence, at=self.position)
             self.transcriber.start()
@@ -198,20 +215,23 @@ class VoicePipeline:
 
     def start_reply(self, text: str, speech_ended: float, final: float | None = None) -> None:
         """Answer `text`; times are from `speech_ended` (the VAD's end of speech), `final` is the ASR's result."""
-        reply = Reply(times={"end_of_speech": speech_ended, "asr_final": final or speech_ended})
+        reply = Reply(
+            f"voice-{next(self.turns)}", times={"end_of_speech": speech_ended, "asr_final": final or speech_ended}
+        )
+        pieces = self.respond(text, reply.cancel)  # here: in the order heard (Respond)
         sentences: queue.Queue[str | None] = queue.Queue()
         reply.threads = [
-            threading.Thread(target=self._generate, args=(text, reply, sentences), name="turn", daemon=True),
+            threading.Thread(target=self._generate, args=(text, pieces, reply, sentences), name="turn", daemon=True),
             threading.Thread(target=self._speak, args=(reply, sentences), name="speak", daemon=True),
         ]
         self.reply = reply
         for thread in reply.threads:
             thread.start()
 
-    def _generate(self, text: str, reply: Reply, sentences: queue.Queue) -> None:
+    def _generate(self, text: str, pieces: Iterator[str], reply: Reply, sentences: queue.Queue) -> None:
         splitter = SentenceSplitter()
         try:
-            for piece in self.respond(text, reply.cancel):
+            for piece in pieces:
                 reply.times.setdefault("first_token", time.monotonic())
                 reply.text += piece
                 for sentence in splitter.push(piece):
@@ -262,7 +282,7 @@ class VoicePipeline:
             # Only the chime was heard: a reply in a language the voice does not speak, or only emoji.
             log.warning("the voice (it speaks %s) could say nothing of the reply: %r",
                         self.voice.language, reply.text[:200])  # fmt: skip
-        self.emit("reply_done", text=reply.text, cancelled=reply.cancel.is_set())
+        self._done(reply)
         # A reply that asks something is followed by listening without the wake phrase.
         if not reply.cancel.is_set() and asks(reply.text):
             self.listening_until = self.position + self.follow_up_seconds
@@ -280,17 +300,30 @@ class VoicePipeline:
                         break
             yield sentence, None
 
+    def _done(self, reply: Reply) -> None:
+        """The reply's last event, once: when it has been spoken, or as it is cut (before what cuts it starts)."""
+        with reply.telling:
+            if not reply.done:
+                reply.done = True
+                self.emit("reply_done", request=reply.request, text=reply.text, cancelled=reply.cancel.is_set())
+
     def _play(
         self, reply: Reply, sentence: str, audio: np.ndarray, silent: threading.Event, breath: bool = False
     ) -> None:
         if not breath:
-            if "first_audio" not in reply.times:
-                reply.times["first_audio"] = time.monotonic()
-                reply.speaking.set()
-                self._latency(reply)
-            self.emit("audio", text=sentence, samples=len(audio), rate=self.voice.rate)
+            with reply.telling:
+                if reply.done:  # cut meanwhile, and said to be done: nothing more of it is told, or played
+                    return
+                if "first_audio" not in reply.times:
+                    reply.times["first_audio"] = time.monotonic()
+                    reply.speaking.set()
+                    self._latency(reply)
+                self.emit("audio", request=reply.request, text=sentence, samples=len(audio), rate=self.voice.rate)
         if reply.cancel.is_set():  # cut while the clients were told (they may be slow): the sink's stop is over
             return
+        if not breath and self.wake is not None and self.wake.said_in(sentence):
+            # The microphone hears it too: until then a wake is the reply's own voice, not someone cutting it.
+            self.saying_phrase_until = time.monotonic() + len(audio) / self.voice.rate + ECHO_SECONDS
         try:
             self.sink.play(audio, self.voice.rate)
         except Exception:  # the output failed: the rest of this reply is lost, not the loop
@@ -312,7 +345,7 @@ class VoicePipeline:
         start = t["end_of_speech"]
         stages = ("asr_final", "first_token", "first_clause", "first_audio")
         breakdown = {k: round((t[k] - start) * 1000) for k in stages if k in t}
-        self.emit("latency", **{f"{k}_ms": v for k, v in breakdown.items()})
+        self.emit("latency", request=reply.request, **{f"{k}_ms": v for k, v in breakdown.items()})
         log.info("latency from end of speech: %s", ", ".join(f"{k} {v} ms" for k, v in breakdown.items()))
 
     def stop_reply(self, chime: bool = False) -> None:
@@ -328,6 +361,7 @@ class VoicePipeline:
             self.reply.cancel.set()
             self.reply.speaking.set()  # a turn waiting for its first audio goes on, to see the cancel
             self.cut = [reply for reply in self.cut if reply.alive() and reply is not self.reply] + [self.reply]
+            self._done(self.reply)
         self.sink.stop()
         self.voice.cut()
         if chime:

@@ -92,8 +92,12 @@ def _other_scripts(language: str) -> re.Pattern:
 
 _OTHER_SCRIPTS = {language: _other_scripts(language) for language in [*_SCRIPT_OF, *_LATIN_ONLY]}
 # A web address is read as its host ("example.com"), not as "h t t p s colon slash slash ...", and
-# the punctuation after it still ends its sentence.
-_ADDRESS = re.compile(r"\bhttps?://(?:www\.)?([^\s/?#]+)\S*?(?=[.,;:!?)]*(?:\s|$))")
+# the punctuation after it still ends its sentence; written without its scheme too (www.example.com/a?b=c,
+# or a host with a path: example.org/recipes).
+_ADDRESS = re.compile(
+    r"\b(?:https?://(?:www\.)?|www\.(?=[^\s/?#]+\.)|(?=(?:[A-Za-z0-9-]+\.)+[A-Za-z]{2,}[/?#]))"
+    r"([^\s/?#]+)\S*?(?=[.,;:!?)]*(?:\s|$))"
+)
 # Units and signs beside a number, which espeak spells out ("5 km/h": "five k m slash h", "3 kg": "three k
 # g") and a Chinese voice says in English letters: said in words by the voices of the languages here, and
 # only beside a number, so "the m key" keeps its m.
@@ -343,6 +347,20 @@ def speakable(text: str, language: str) -> str:
     if other_scripts := _OTHER_SCRIPTS.get(language):
         return other_scripts.sub(" ", text)
     return _HAN_KANA_CHARACTER.sub(" ", text)  # a language whose script is not known here: all but these
+
+
+# What a voice is given at once, as said: a piece is at most MAX_PIECE_WORDS words as written, but a long
+# number is said digit by digit (1,000 digits are 1,000 words): synthesised whole, a medium voice took 44 s
+# to the first sound and 6.4 GB of memory for them.
+MAX_SPOKEN_WORDS = MAX_PIECE_WORDS + 10  # and what `speakable` adds (units said in words)
+
+
+def said_in_parts(text: str) -> list[str]:
+    """`text` (speakable) in parts of at most MAX_SPOKEN_WORDS words, which a voice takes whole."""
+    words = text.split()
+    if len(words) <= MAX_SPOKEN_WORDS:
+        return [text]  # as it is: its line breaks are pauses
+    return [" ".join(words[at : at + MAX_SPOKEN_WORDS]) for at in range(0, len(words), MAX_SPOKEN_WORDS)]
 
 
 def _numbers_in_words(text: str, language: str) -> str:

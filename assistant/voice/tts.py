@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from assistant.config import ConfigError
-from assistant.voice.spoken import speakable
+from assistant.voice.spoken import said_in_parts, speakable
 
 
 def windows(
@@ -183,7 +183,8 @@ class Voice:
         """int16 audio at self.rate: a chunk per decoder window (split voice) or per sentence (whole)."""
         run = self.run_options
         try:
-            yield from self._synthesize(speakable(text, self.language))
+            for part in said_in_parts(speakable(text, self.language)):
+                yield from self._synthesize(part)
         except Exception:
             if not run.terminate:  # not ended by `cut`, which a barge-in wants: a real failure
                 raise

@@ -132,6 +132,11 @@ class WakeDetector:
                     break
         return None
 
+    def said_in(self, text: str) -> bool:
+        """Whether `text` (a reply) says one of the phrases; compared without spaces, as in after_phrase."""
+        said = as_heard(text).replace(" ", "")
+        return any(phrase.replace(" ", "") in said for phrase in self.phrases)
+
     def audio_since(self, sample: int) -> np.ndarray:
         """The kept audio from stream position `sample` to now."""
         parts = [frame[max(sample - start, 0) :] for start, frame in self.history if start + len(frame) > sample]
