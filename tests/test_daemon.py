@@ -158,7 +158,11 @@ def write_config(tmp_path: Path, model: Path, max_new_tokens: int = 12, extra: s
 def chatty_config(tmp_path: Path, model: Path, max_new_tokens: int) -> Path:
     config = write_config(tmp_path, model, max_new_tokens)
     names = ", ".join(load_registry(Settings(), []).skills)
-    config.write_text(config.read_text().replace("skills:\n", f"skills:\n  disabled: [{names}]\n"))
+    text = config.read_text().replace("skills:\n", f"skills:\n  disabled: [{names}]\n")
+    # Sampled from all its words as they are: narrowed (0.7, top-k, top-p), the random model now and
+    # then writes one or two words over and over, and the reply is cut as a loop.
+    text = text.replace("temperature: 0.7,", "temperature: 1.0, top_k: 0, top_p: 1.0,")
+    config.write_text(text)
     return config
 
 
@@ -172,28 +176,34 @@ def setup(tmp_path: Path, tiny_int8: Path) -> Iterator[tuple[Path, Path, Notific
 
 @pytest.fixture(scope="module")
 def chatty(tiny_int8: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny model whose lm_head never picks a stop token (eos, <|im_start|>): every reply runs to max_new_tokens.
+    """The tiny model made to write only whole lowercase words (" the", " timer"): every reply is text,
+    said as it streams, to max_new_tokens.
 
-    Without skills (see chatty_config): a tool call would end the reply early.
+    Its lm_head is biased against every other token. Left as it was, the random model now and then
+    stopped, opened a tool call, or wrote a code fence or a line starting "from ": the turn holds such
+    text back or ends the reply there, and the reply's only output may be an apology once it is over.
     """
     import onnx
-    from tokenizers import Tokenizer
 
-    from assistant.llm.engine import stop_tokens
     from assistant.llm.manifest import load_manifest, record_files
+    from assistant.skills.constraint import CODE_WORDS
 
     out = tmp_path_factory.mktemp("models") / "chatty"
     shutil.copytree(tiny_int8, out)
     manifest = load_manifest(out)
+    vocabulary = json.loads((out / manifest.tokenizer).read_text())["model"]["vocab"]
+    # " from", " return", " returned", " re": a line that starts so may be code, and is held back.
+    words = [i for token, i in vocabulary.items() if re.fullmatch(r"Ġ[a-z]+", token) and not any(
+        code.startswith(token[1:]) or f"{token[1:]} ".startswith(code) for code in CODE_WORDS)]  # fmt: skip
     post = out / manifest.backends["onnxruntime"].post
     graph = onnx.load(post)
     logits = graph.graph.output[0].name
     for node in graph.graph.node:
         node.output[:] = ["unbiased" if name == logits else name for name in node.output]
-    bias = np.zeros(manifest.vocab_size, np.float32)
-    bias[sorted(stop_tokens(Tokenizer.from_file(str(out / manifest.tokenizer)), manifest.eos_token_ids))] = -1e9
-    graph.graph.initializer.append(onnx.numpy_helper.from_array(bias, "never_stop"))
-    graph.graph.node.append(onnx.helper.make_node("Add", ["unbiased", "never_stop"], [logits]))
+    bias = np.full(manifest.vocab_size, -1e9, np.float32)
+    bias[words] = 0
+    graph.graph.initializer.append(onnx.numpy_helper.from_array(bias, "only_words"))
+    graph.graph.node.append(onnx.helper.make_node("Add", ["unbiased", "only_words"], [logits]))
     onnx.save(graph, post)
     record_files(out, manifest)
     manifest.save(out)
@@ -478,12 +488,13 @@ def test_sigterm_during_generation_exits_0_within_3_seconds_20_times(tmp_path: P
     print(f"SIGTERM during generation: 20 exits, slowest {max(times):.2f} s, mean {sum(times) / 20:.2f} s")
 
 
-def idle_within(control: Path, seconds: float) -> bool:
+def idle_within(control: Path, seconds: float, busy: bool = False) -> bool:
+    """Whether the assistant is idle (with `busy`: running a turn) within `seconds`."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         with connect(control) as connection:
             send(connection, {"type": "status"})
-            if not until(connection, "status")[-1]["busy"]:
+            if until(connection, "status")[-1]["busy"] == busy:
                 return True
         time.sleep(0.05)
     return False
@@ -569,16 +580,16 @@ def test_cancel_from_any_connection_on_disconnect_and_on_ctrl_c(tmp_path: Path, 
         chat = subprocess.Popen([sys.executable, "-m", "assistant", "chat", "--config", str(config)],
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 env=clean_env())  # fmt: skip
+        assert chat.stdout.read(2) == b"> "  # its prompt, written before it reads a line
         chat.stdin.write(b"tell me a long story\n")
         chat.stdin.flush()
-        chat.stdout.read(8)  # the reply has started
-        assert run_assistant("cancel", "--config", str(config)).stdout.startswith("cancelled turn ")
+        chat.stdout.read(1)  # the reply has started
+        assert run_assistant("cancel", "--config", str(config)).stdout.strip() == f"cancelled turn {chat.pid}-1"
         assert idle_within(control, 2.0)
         chat.stdin.write(b"and another one\n")
         chat.stdin.flush()
-        time.sleep(0.5)
-        assert not idle_within(control, 0.1)  # the chat's second line is a turn
-        assert run_assistant("cancel", "--config", str(config)).stdout.startswith("cancelled turn ")
+        assert idle_within(control, 10.0, busy=True)  # the chat's second line is a turn
+        assert run_assistant("cancel", "--config", str(config)).stdout.strip() == f"cancelled turn {chat.pid}-2"
         chat.stdin.close()
         assert chat.wait(timeout=10) == 0
     finally:
