@@ -76,8 +76,8 @@ def run_assistant(*args: str, timeout: float = 60) -> subprocess.CompletedProces
 
 
 class Daemon:
-    def __init__(self, tmp: Path, config: Path, notify: Notifications):
-        env = clean_env() | {"NOTIFY_SOCKET": str(notify.path), "WATCHDOG_USEC": "1000000"}
+    def __init__(self, tmp: Path, config: Path, notify: Notifications, watchdog_usec: int = 1_000_000):
+        env = clean_env() | {"NOTIFY_SOCKET": str(notify.path), "WATCHDOG_USEC": str(watchdog_usec)}
         self.log = open(tmp / "daemon.log", "ab")  # noqa: SIM115 (closed in stop)
         self.process = subprocess.Popen(
             [sys.executable, "-m", "assistant", "run", "--config", str(config), "--text-only"],

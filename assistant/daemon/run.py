@@ -123,6 +123,9 @@ class Daemon:
         self.voice = None
         self.voice_thread: threading.Thread | None = None
         self.reloader: threading.Thread | None = None
+        # Whether a reload runs: cleared by the reload itself as it ends, before it wakes the main loop,
+        # which would otherwise find its thread still alive and start the next one only a beat later.
+        self.reloading = False
 
         # The socket first: a second instance, or a path that is not ours, is refused before the
         # model loads; clients asking meanwhile hear that the assistant is loading.
@@ -184,8 +187,8 @@ class Daemon:
             elif problem != unhealthy:
                 log.error("unhealthy, not telling the watchdog: %s", problem)
             unhealthy = problem
-            if self.reload_requested and not (self.reloader and self.reloader.is_alive()):
-                self.reload_requested = False
+            if self.reload_requested and not self.reloading:
+                self.reload_requested, self.reloading = False, True
                 self.reloader = threading.Thread(target=self.reload, name="reload", daemon=True)
                 self.reloader.start()
             select.select([self.wakeup_read], [], [], interval)
@@ -330,6 +333,7 @@ class Daemon:
             _give_back_memory()
             if not self.stop_requested:
                 self.enter(State.READY)
+            self.reloading = False
             self._wake()  # a reload asked for meanwhile starts now, not at the main loop's next beat
 
     def _lock_turns(self) -> bool:
