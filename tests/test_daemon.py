@@ -27,6 +27,7 @@ import pytest
 
 from assistant.config import Settings, load_settings
 from assistant.skills.registry import load_registry
+from tests.other_user import NOBODY
 from tests.small_disk import fill, small_disk
 
 REPO = Path(__file__).resolve().parent.parent
@@ -708,10 +709,31 @@ def test_a_socket_path_that_is_not_ours_is_refused_in_one_line(tmp_path: Path, t
     assert regular.read_text() == "not a socket: kept as it is"
 
 
+def test_a_state_dir_another_user_could_change_is_refused_in_one_line(tmp_path: Path, tiny_int8: Path) -> None:
+    config = write_config(tmp_path, tiny_int8)
+    shared, theirs = tmp_path / "shared", tmp_path / "theirs"
+    shared.mkdir(mode=0o777)
+    shared.chmod(0o777)
+    theirs.mkdir()
+    os.chown(theirs, NOBODY, NOBODY)
+    cases = {
+        shared: "writable by other users",
+        theirs: f"owned by uid {NOBODY}",
+        shared / "state": "replaceable by another user",
+    }
+    for folder, reason in cases.items():
+        config.write_text(re.sub(r"state_dir: .*", f"state_dir: {folder}", config.read_text()))
+        result = run_assistant("run", "--config", str(config), "--text-only")
+        assert result.returncode == 78, (folder, result.stderr)
+        assert f"state_dir: {folder}: {reason}" in result.stderr, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert not (theirs / "notes.sqlite3").exists() and not (theirs / "timers.sqlite3").exists()
+
+
 def test_a_full_disk_is_said_in_words_and_a_timer_set_after_it_still_rings(tmp_path: Path, tiny_int8: Path) -> None:
     config = write_config(tmp_path, tiny_int8)
     control, notify = tmp_path / "run" / "control.sock", Notifications(tmp_path / "notify.sock")
-    with small_disk(tmp_path / "state", "size=1m") as state, contextlib.closing(notify):
+    with small_disk(tmp_path / "state", "size=1m,mode=0700") as state, contextlib.closing(notify):
         daemon = Daemon(tmp_path, config, notify)
         try:
             assert spoken(turn(control, "add bread to the shopping list")) == "Added bread to the shopping list."

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from assistant.budget import plan_for_settings
 from assistant.config import ConfigError, Settings, check_model_paths, load_settings, setting, state_dir
-from assistant.daemon.control import ControlServer, Event, Request, default_socket_path
+from assistant.daemon.control import ControlServer, Event, Request, default_socket_path, folder_not_private
 from assistant.daemon.notify import notify, watchdog_interval
 from assistant.doctor import MICROPHONE_FIX, microphone_problem
 from assistant.llm.conversation import Conversation
@@ -109,6 +109,7 @@ class Daemon:
         self.settings = settings
         self.started_with = self.settings  # what a reload cannot change stays as it was here
         check_model_paths(self.settings, voice=not text_only)
+        check_state_dir(self.settings)
         if not text_only and (problem := microphone_problem(self.settings)):  # retried below, said once here
             log.warning("%s; %s", problem, MICROPHONE_FIX)
         self.turn_lock = threading.Lock()
@@ -537,6 +538,17 @@ class Daemon:
             intents = self.manager.intents
             self._heard = (text, bool(intents and intents.match(text)))
         return self._heard[1]
+
+
+def check_state_dir(settings: Settings) -> None:
+    """Refuse a state folder another user could change (ConfigError): the notes, lists and timers are the
+    household's, and such a user could put a file of theirs in it for them to be written to, or timers
+    of theirs to be said. Made here if missing, as the daemon makes files: for its user alone."""
+    folder = state_dir(settings)
+    with contextlib.suppress(OSError):  # one that cannot be made fails each store, said in its turn
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if folder.is_dir() and (why := folder_not_private(folder)):
+        raise ConfigError(f"state_dir: {folder}: {why[0]}; choose a folder of this user's own")
 
 
 def _give_back_memory() -> None:
