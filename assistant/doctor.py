@@ -16,6 +16,8 @@ from assistant.config import TEXT_ONLY, ConfigError, Settings, load_settings, ne
 
 MICROPHONE_FIX = f"connect one and choose it with audio.input_device (`assistant audio list`); {TEXT_ONLY}"
 SETUP = "`assistant setup --target host` (offline: --model DIR with a checkpoint folder, file:// URLs in config.yaml)"
+# What another user could replace in a state_dir that is not private: `assistant run` refuses one.
+STATE_FILES = "its files (notes, lists, timers)"
 BOARD_SETUP = "`assistant setup --target ax630c` (or ax650n) on a PC with Pulsar2, then copy its models/ folder here"
 
 
@@ -219,11 +221,13 @@ def _runtime(settings: Settings) -> list[Finding]:
     else:
         found.append(Finding("control.socket", str(socket)))
     state = state_dir(settings)
-    if writable(state):
-        found.append(Finding("state_dir", str(state)))
-    else:
+    if not writable(state):
         fix = "set state_dir to a folder you can write, or fix its owner"
         found.append(Finding("state_dir", f"{state} is not writable (timers, notes)", fix))
+    elif state.is_dir() and (shared := folder_not_private(state, "state_dir", STATE_FILES)):  # run refuses it
+        found.append(Finding("state_dir", f"{state} is {shared[0]}", shared[1]))
+    else:
+        found.append(Finding("state_dir", str(state)))
     return found
 
 

@@ -727,6 +727,8 @@ def test_a_state_dir_another_user_could_change_is_refused_in_one_line(tmp_path: 
         assert result.returncode == 78, (folder, result.stderr)
         assert f"state_dir: {folder}: {reason}" in result.stderr, result.stderr
         assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+        doctor = run_assistant("doctor", "--text-only", "--config", str(config))
+        assert doctor.returncode == 1 and f"PROBLEM  state_dir: {folder} is {reason}" in doctor.stdout, doctor.stdout
     assert not (theirs / "notes.sqlite3").exists() and not (theirs / "timers.sqlite3").exists()
 
 

@@ -30,7 +30,7 @@ from assistant.budget import plan_for_settings
 from assistant.config import ConfigError, Settings, check_model_paths, load_settings, setting, state_dir
 from assistant.daemon.control import ControlServer, Event, Request, default_socket_path, folder_not_private
 from assistant.daemon.notify import notify, watchdog_interval
-from assistant.doctor import MICROPHONE_FIX, microphone_problem
+from assistant.doctor import MICROPHONE_FIX, STATE_FILES, microphone_problem
 from assistant.llm.conversation import Conversation
 from assistant.llm.engine import Engine, GenerationStats
 from assistant.llm.manifest import ModelError, load_checked
@@ -547,8 +547,8 @@ def check_state_dir(settings: Settings) -> None:
     folder = state_dir(settings)
     with contextlib.suppress(OSError):  # one that cannot be made fails each store, said in its turn
         folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-    if folder.is_dir() and (why := folder_not_private(folder)):
-        raise ConfigError(f"state_dir: {folder}: {why[0]}; choose a folder of this user's own")
+    if folder.is_dir() and (why := folder_not_private(folder, "state_dir", STATE_FILES)):
+        raise ConfigError(f"state_dir: {folder}: {why[0]}; {why[1]}")
 
 
 def _give_back_memory() -> None:
