@@ -13,12 +13,14 @@ from pathlib import Path
 import pytest
 
 from tests import test_daemon
+from tests.other_user import NOBODY
 from tests.test_daemon import (
     NAP_SKILL,
     Daemon,
     Notifications,
     chatty_config,
     reload,
+    run_assistant,
     spoken,
     story,
     turn,
@@ -166,3 +168,22 @@ def test_a_reload_asked_for_during_a_reload_follows_it_at_once(tmp_path: Path, t
     finally:
         assert daemon.stop() == 0
         notify.close()
+
+
+def test_a_config_every_user_may_change_is_refused_at_start_and_at_reload(running, tmp_path: Path) -> None:
+    config, control, daemon = running
+    theirs = tmp_path / "theirs"  # another user's folder, with a skill of theirs
+    theirs.mkdir()
+    (theirs / "theirs.py").write_text(f"open({str(tmp_path / 'ran')!r}, 'w').close()\n")
+    os.chown(theirs, NOBODY, NOBODY)
+    config.write_text(config.read_text().replace("paths: [", f"paths: [{theirs}, "))
+    config.chmod(0o666)  # so that every user could have written that line
+    before = daemon.log_text()
+    reload(daemon)
+    refused = [line for line in daemon.log_text()[len(before) :].splitlines() if REFUSED in line]
+    assert len(refused) == 1 and f"{config}: every user may change it" in refused[0], daemon.log_text()
+    assert not (tmp_path / "ran").exists()
+    assert spoken(turn(control, "what time is it")).startswith("It is ")
+    started = run_assistant("run", "--config", str(config), "--text-only")
+    assert started.returncode == 78 and f"{config}: every user may change it" in started.stderr, started.stderr
+    assert len(started.stderr.strip().splitlines()) == 1 and not (tmp_path / "ran").exists()
