@@ -187,3 +187,7 @@ def test_a_config_every_user_may_change_is_refused_at_start_and_at_reload(runnin
     started = run_assistant("run", "--config", str(config), "--text-only")
     assert started.returncode == 78 and f"{config}: every user may change it" in started.stderr, started.stderr
     assert len(started.stderr.strip().splitlines()) == 1 and not (tmp_path / "ran").exists()
+    for command in ("doctor", "config check", "skills list"):  # each would run the skills it names
+        refused = run_assistant(*command.split(), "--config", str(config))
+        assert refused.returncode == 78 and f"{config}: every user may change it" in refused.stderr, refused.stderr
+    assert not (tmp_path / "ran").exists()

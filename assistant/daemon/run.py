@@ -27,7 +27,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from assistant.budget import plan_for_settings
-from assistant.config import ConfigError, Settings, check_model_paths, load_settings, setting, state_dir
+from assistant.config import (
+    ConfigError,
+    Settings,
+    check_config_file,
+    check_model_paths,
+    load_settings,
+    setting,
+    state_dir,
+)
 from assistant.daemon.control import ControlServer, Event, Request, default_socket_path, folder_not_private
 from assistant.daemon.notify import notify, watchdog_interval
 from assistant.doctor import MICROPHONE_FIX, STATE_FILES, microphone_problem
@@ -35,7 +43,7 @@ from assistant.llm.conversation import Conversation
 from assistant.llm.engine import Engine, GenerationStats
 from assistant.llm.manifest import ModelError, load_checked
 from assistant.llm.sampling import Sampler
-from assistant.skills.registry import KEPT, Registry, load_registry, open_to_all, skill_folders
+from assistant.skills.registry import KEPT, Registry, load_registry, skill_folders
 from assistant.skills.sdk import SkillContext
 from assistant.turn import SPOKEN, TurnManager
 
@@ -108,7 +116,6 @@ class Daemon:
         signal.signal(signal.SIGHUP, lambda *_: self.request_reload())
         self.settings = settings
         self.started_with = self.settings  # what a reload cannot change stays as it was here
-        check_config_file(config_path)
         check_model_paths(self.settings, voice=not text_only)
         check_state_dir(self.settings)
         if not text_only and (problem := microphone_problem(self.settings)):  # retried below, said once here
@@ -540,13 +547,6 @@ class Daemon:
             intents = self.manager.intents
             self._heard = (text, bool(intents and intents.match(text)))
         return self._heard[1]
-
-
-def check_config_file(path: Path) -> None:
-    """Refuse a config every user may change (ConfigError): it names the skill folders, whose code runs
-    as this user, as a skill file anyone may change would."""
-    if problem := open_to_all(path):
-        raise ConfigError(f"{path}: {problem}")
 
 
 def check_state_dir(settings: Settings) -> None:
