@@ -386,7 +386,11 @@ def check_config_file(path: Path) -> None:
     as this user, as a skill file anyone may change would."""
     from assistant.skills.registry import open_to_all
 
-    if path.is_file() and (problem := open_to_all(path)):  # anything else is refused as it is read
+    try:
+        regular = path.is_file()
+    except OSError:  # in a folder this user may not enter: reading it says so
+        return
+    if regular and (problem := open_to_all(path)):  # anything else is refused as it is read
         raise ConfigError(f"{path}: {problem}")
 
 
