@@ -77,7 +77,7 @@ def run_assistant(*args: str, timeout: float = 60) -> subprocess.CompletedProces
 
 
 class Daemon:
-    def __init__(self, tmp: Path, config: Path, notify: Notifications, watchdog_usec: int = 1_000_000):
+    def __init__(self, tmp: Path, config: Path, notify: Notifications, watchdog_usec: int | str = 1_000_000):
         env = clean_env() | {"NOTIFY_SOCKET": str(notify.path), "WATCHDOG_USEC": str(watchdog_usec)}
         self.log = open(tmp / "daemon.log", "ab")  # noqa: SIM115 (closed in stop)
         self.process = subprocess.Popen(
@@ -772,6 +772,18 @@ def test_the_watchdog_is_fed_only_while_the_daemon_is_healthy(setup) -> None:
     finally:
         daemon.pending.put(None)
         daemon.control.close()
+
+
+def test_watchdog_variables_that_are_not_systemds_mean_no_watchdog(setup) -> None:
+    config, control, notify = setup
+    for odd in ("abc", "-5", "0", " 1000000"):
+        notify.received.clear()  # the READY=1 of the one before
+        daemon = Daemon(config.parent, config, notify, watchdog_usec=odd)
+        try:
+            assert spoken(turn(control, "what time is it")).startswith("It is ")
+        finally:
+            assert daemon.stop() == 0
+        assert "Traceback" not in daemon.log_text()
 
 
 def test_an_unhealthy_daemon_says_so_once_and_once_more_when_it_is_healthy_again(setup, monkeypatch, caplog) -> None:
