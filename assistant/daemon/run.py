@@ -556,7 +556,11 @@ def check_state_dir(settings: Settings) -> None:
     folder = state_dir(settings)
     with contextlib.suppress(OSError):  # one that cannot be made fails each store, said in its turn
         folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-    if folder.is_dir() and (why := folder_not_private(folder, "state_dir", STATE_FILES)):
+    try:
+        why = folder_not_private(folder, "state_dir", STATE_FILES) if folder.is_dir() else None
+    except OSError:  # a folder on the way this user may not enter: it can store nothing there either
+        return
+    if why:
         raise ConfigError(f"state_dir: {folder}: {why[0]}; {why[1]}")
 
 
