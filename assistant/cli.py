@@ -19,6 +19,7 @@ from assistant.config import (
     CONFIG_ENV,
     ConfigError,
     bound_problem,
+    check_config_file,
     check_model_paths,
     default_config_path,
     load_settings,
@@ -108,9 +109,8 @@ def _trusted_config(given: Path | None) -> Path:
     environment, they are the user's choice.
     """
     config = given or default_config_path()
-    if given is not None or CONFIG_ENV in os.environ:
-        return config
-    for path in (config, config.parent / "skills"):
+    found_here = given is None and CONFIG_ENV not in os.environ
+    for path in (config, config.parent / "skills") if found_here else ():
         try:
             owner = path.lstat().st_uid
         except OSError:  # not there: nothing of anyone's is used
@@ -120,6 +120,7 @@ def _trusted_config(given: Path | None) -> Path:
                 f"{path.absolute()}: belongs to uid {owner}, not to this user, who would run the skills or write "
                 "the files it names; run this from a folder of your own, or name the config with --config"
             )
+    check_config_file(config)  # however it was found: one that anyone may change names what skills run
     return config
 
 

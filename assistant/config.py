@@ -381,6 +381,19 @@ def _missing_topic(device: dict) -> str | None:
 TEXT_ONLY = "or run without microphone and speech models: `assistant run --text-only`"
 
 
+def check_config_file(path: Path) -> None:
+    """Refuse a config every user may change (ConfigError): it names the skill folders, whose code runs
+    as this user, as a skill file anyone may change would."""
+    from assistant.skills.registry import open_to_all
+
+    try:
+        regular = path.is_file()
+    except OSError:  # in a folder this user may not enter: reading it says so
+        return
+    if regular and (problem := open_to_all(path)):  # anything else is refused as it is read
+        raise ConfigError(f"{path}: {problem}")
+
+
 def check_model_paths(settings: Settings, voice: bool = True) -> None:
     """Fail when configured models are not installed, naming every missing one and the ways forward.
 

@@ -16,6 +16,9 @@ from assistant.config import TEXT_ONLY, ConfigError, Settings, load_settings, ne
 
 MICROPHONE_FIX = f"connect one and choose it with audio.input_device (`assistant audio list`); {TEXT_ONLY}"
 SETUP = "`assistant setup --target host` (offline: --model DIR with a checkpoint folder, file:// URLs in config.yaml)"
+NOT_THIS_USER = "run doctor as the service's user (sudo -u USER assistant doctor --config ...), or as root"
+# What another user could replace in a state_dir that is not private: `assistant run` refuses one.
+STATE_FILES = "its files (notes, lists, timers)"
 BOARD_SETUP = "`assistant setup --target ax630c` (or ax650n) on a PC with Pulsar2, then copy its models/ folder here"
 
 
@@ -36,14 +39,17 @@ def diagnose(config: Path, text_only: bool = False) -> list[Finding]:
     findings: list[Finding] = []
     settings = Settings()  # without a config, the defaults (relative to here) still say something useful
     settings.source = config
-    if not config.exists():
+    if _missing(config):
         findings.append(Finding("config", f"{config}: not found", f"`assistant config init {config}` writes one"))
     else:
         try:
             settings = load_settings(config)
             findings.append(Finding("config", f"{config}: settings load"))
         except ConfigError as e:
-            findings.append(Finding("config", str(e), f"edit {config}"))
+            # The rest would be checked against the defaults, not what the config says: a model or a
+            # folder it does not use would be reported missing, with a setup that is not needed.
+            fix = f"edit {config}" if os.access(config, os.R_OK) else NOT_THIS_USER
+            return [Finding("config", f"{e}; nothing else was checked", fix)]
     findings += _as_this_user("llm.model_dir", _llm, settings)
     if all(f.fix is None for f in findings if f.what in ("config", "llm.model_dir")):
         findings += _budget(settings)
@@ -52,6 +58,17 @@ def diagnose(config: Path, text_only: bool = False) -> list[Finding]:
         findings += _audio(settings)
     findings += _as_this_user("control.socket, state_dir", _runtime, settings)
     return findings
+
+
+def _missing(path: Path) -> bool:
+    """Whether `path` is not there; False when this user cannot tell (a folder it may not enter)."""
+    try:
+        path.stat()
+    except FileNotFoundError:
+        return True
+    except OSError:  # reading it says why
+        return False
+    return False
 
 
 def _as_this_user(what: str, check, settings: Settings) -> list[Finding]:
@@ -63,8 +80,7 @@ def _as_this_user(what: str, check, settings: Settings) -> list[Finding]:
     try:
         return check(settings)
     except PermissionError as e:
-        fix = "run doctor as the service's user (sudo -u USER assistant doctor --config ...), or as root"
-        return [Finding(what, f"{e.filename}: this user may not look at it ({e.strerror})", fix)]
+        return [Finding(what, f"{e.filename}: this user may not look at it ({e.strerror})", NOT_THIS_USER)]
 
 
 def report(findings: list[Finding]) -> str:
@@ -219,11 +235,13 @@ def _runtime(settings: Settings) -> list[Finding]:
     else:
         found.append(Finding("control.socket", str(socket)))
     state = state_dir(settings)
-    if writable(state):
-        found.append(Finding("state_dir", str(state)))
-    else:
+    if not writable(state):
         fix = "set state_dir to a folder you can write, or fix its owner"
         found.append(Finding("state_dir", f"{state} is not writable (timers, notes)", fix))
+    elif state.is_dir() and (shared := folder_not_private(state, "state_dir", STATE_FILES)):  # run refuses it
+        found.append(Finding("state_dir", f"{state} is {shared[0]}", shared[1]))
+    else:
+        found.append(Finding("state_dir", str(state)))
     return found
 
 

@@ -518,3 +518,32 @@ def test_skills_call_of_a_skill_stuck_past_its_timeout_ends_with_one_error(tmp_p
     # The log names the file, its line and the fix; the error line says what happened, once.
     assert "news.py:9: skill news did not return within 0.5 s" in result.stderr
     assert result.stderr.endswith("\nerror: news took longer than 0.5 seconds\n"), result.stderr
+
+
+def test_doctor_on_a_config_that_does_not_load_reports_that_and_nothing_about_the_defaults(
+    tmp_path: Path, tiny_int8: Path
+) -> None:
+    config = tmp_path / "config.yaml"
+    good = f"llm:\n  model_dir: {tiny_int8}\n  kv_cache_len: 8192\nstate_dir: {tmp_path / 'state'}\n"
+    config.write_text(good + "control: {socket: [\n")  # one typo: the model and folders it names are fine
+    result = assistant("doctor", "--text-only", "--config", str(config))
+    problems = [line for line in result.stdout.splitlines() if line.startswith("PROBLEM")]
+    assert result.returncode == 1 and len(problems) == 1, result.stdout
+    assert problems[0].startswith(f"PROBLEM  config: {config}:") and "nothing else was checked" in problems[0]
+    assert f"fix: edit {config}" in result.stdout and "assistant setup" not in result.stdout
+
+    from assistant.doctor import diagnose, report
+
+    config.write_text(good)
+    config.chmod(0o600)  # the service's, read by an operator's account
+    folder = tmp_path.parent
+    tmp_path.chmod(0o755)
+    folder.chmod(0o755)
+    try:
+        lines = as_nobody(lambda: report(diagnose(config, text_only=True))).splitlines()
+    finally:
+        folder.chmod(0o700)
+    assert (
+        lines[0] == f"PROBLEM  config: {config}: cannot read config file: Permission denied; nothing else was checked"
+    )
+    assert lines[1].strip().startswith("fix: run doctor as the service's user") and len(lines) == 3, lines

@@ -27,6 +27,7 @@ import pytest
 
 from assistant.config import Settings, load_settings
 from assistant.skills.registry import load_registry
+from tests.other_user import NOBODY
 from tests.small_disk import fill, small_disk
 
 REPO = Path(__file__).resolve().parent.parent
@@ -76,8 +77,8 @@ def run_assistant(*args: str, timeout: float = 60) -> subprocess.CompletedProces
 
 
 class Daemon:
-    def __init__(self, tmp: Path, config: Path, notify: Notifications):
-        env = clean_env() | {"NOTIFY_SOCKET": str(notify.path), "WATCHDOG_USEC": "1000000"}
+    def __init__(self, tmp: Path, config: Path, notify: Notifications, watchdog_usec: int | str = 1_000_000):
+        env = clean_env() | {"NOTIFY_SOCKET": str(notify.path), "WATCHDOG_USEC": str(watchdog_usec)}
         self.log = open(tmp / "daemon.log", "ab")  # noqa: SIM115 (closed in stop)
         self.process = subprocess.Popen(
             [sys.executable, "-m", "assistant", "run", "--config", str(config), "--text-only"],
@@ -158,7 +159,11 @@ def write_config(tmp_path: Path, model: Path, max_new_tokens: int = 12, extra: s
 def chatty_config(tmp_path: Path, model: Path, max_new_tokens: int) -> Path:
     config = write_config(tmp_path, model, max_new_tokens)
     names = ", ".join(load_registry(Settings(), []).skills)
-    config.write_text(config.read_text().replace("skills:\n", f"skills:\n  disabled: [{names}]\n"))
+    text = config.read_text().replace("skills:\n", f"skills:\n  disabled: [{names}]\n")
+    # Sampled from all its words as they are: narrowed (0.7, top-k, top-p), the random model now and
+    # then writes one or two words over and over, and the reply is cut as a loop.
+    text = text.replace("temperature: 0.7,", "temperature: 1.0, top_k: 0, top_p: 1.0,")
+    config.write_text(text)
     return config
 
 
@@ -172,28 +177,34 @@ def setup(tmp_path: Path, tiny_int8: Path) -> Iterator[tuple[Path, Path, Notific
 
 @pytest.fixture(scope="module")
 def chatty(tiny_int8: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny model whose lm_head never picks a stop token (eos, <|im_start|>): every reply runs to max_new_tokens.
+    """The tiny model made to write only whole lowercase words (" the", " timer"): every reply is text,
+    said as it streams, to max_new_tokens.
 
-    Without skills (see chatty_config): a tool call would end the reply early.
+    Its lm_head is biased against every other token. Left as it was, the random model now and then
+    stopped, opened a tool call, or wrote a code fence or a line starting "from ": the turn holds such
+    text back or ends the reply there, and the reply's only output may be an apology once it is over.
     """
     import onnx
-    from tokenizers import Tokenizer
 
-    from assistant.llm.engine import stop_tokens
     from assistant.llm.manifest import load_manifest, record_files
+    from assistant.skills.constraint import CODE_WORDS
 
     out = tmp_path_factory.mktemp("models") / "chatty"
     shutil.copytree(tiny_int8, out)
     manifest = load_manifest(out)
+    vocabulary = json.loads((out / manifest.tokenizer).read_text())["model"]["vocab"]
+    # " from", " return", " returned", " re": a line that starts so may be code, and is held back.
+    words = [i for token, i in vocabulary.items() if re.fullmatch(r"Ġ[a-z]+", token) and not any(
+        code.startswith(token[1:]) or f"{token[1:]} ".startswith(code) for code in CODE_WORDS)]  # fmt: skip
     post = out / manifest.backends["onnxruntime"].post
     graph = onnx.load(post)
     logits = graph.graph.output[0].name
     for node in graph.graph.node:
         node.output[:] = ["unbiased" if name == logits else name for name in node.output]
-    bias = np.zeros(manifest.vocab_size, np.float32)
-    bias[sorted(stop_tokens(Tokenizer.from_file(str(out / manifest.tokenizer)), manifest.eos_token_ids))] = -1e9
-    graph.graph.initializer.append(onnx.numpy_helper.from_array(bias, "never_stop"))
-    graph.graph.node.append(onnx.helper.make_node("Add", ["unbiased", "never_stop"], [logits]))
+    bias = np.full(manifest.vocab_size, -1e9, np.float32)
+    bias[words] = 0
+    graph.graph.initializer.append(onnx.numpy_helper.from_array(bias, "only_words"))
+    graph.graph.node.append(onnx.helper.make_node("Add", ["unbiased", "only_words"], [logits]))
     onnx.save(graph, post)
     record_files(out, manifest)
     manifest.save(out)
@@ -478,12 +489,13 @@ def test_sigterm_during_generation_exits_0_within_3_seconds_20_times(tmp_path: P
     print(f"SIGTERM during generation: 20 exits, slowest {max(times):.2f} s, mean {sum(times) / 20:.2f} s")
 
 
-def idle_within(control: Path, seconds: float) -> bool:
+def idle_within(control: Path, seconds: float, busy: bool = False) -> bool:
+    """Whether the assistant is idle (with `busy`: running a turn) within `seconds`."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         with connect(control) as connection:
             send(connection, {"type": "status"})
-            if not until(connection, "status")[-1]["busy"]:
+            if until(connection, "status")[-1]["busy"] == busy:
                 return True
         time.sleep(0.05)
     return False
@@ -569,16 +581,16 @@ def test_cancel_from_any_connection_on_disconnect_and_on_ctrl_c(tmp_path: Path, 
         chat = subprocess.Popen([sys.executable, "-m", "assistant", "chat", "--config", str(config)],
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 env=clean_env())  # fmt: skip
+        assert chat.stdout.read(2) == b"> "  # its prompt, written before it reads a line
         chat.stdin.write(b"tell me a long story\n")
         chat.stdin.flush()
-        chat.stdout.read(8)  # the reply has started
-        assert run_assistant("cancel", "--config", str(config)).stdout.startswith("cancelled turn ")
+        chat.stdout.read(1)  # the reply has started
+        assert run_assistant("cancel", "--config", str(config)).stdout.strip() == f"cancelled turn {chat.pid}-1"
         assert idle_within(control, 2.0)
         chat.stdin.write(b"and another one\n")
         chat.stdin.flush()
-        time.sleep(0.5)
-        assert not idle_within(control, 0.1)  # the chat's second line is a turn
-        assert run_assistant("cancel", "--config", str(config)).stdout.startswith("cancelled turn ")
+        assert idle_within(control, 10.0, busy=True)  # the chat's second line is a turn
+        assert run_assistant("cancel", "--config", str(config)).stdout.strip() == f"cancelled turn {chat.pid}-2"
         chat.stdin.close()
         assert chat.wait(timeout=10) == 0
     finally:
@@ -697,10 +709,33 @@ def test_a_socket_path_that_is_not_ours_is_refused_in_one_line(tmp_path: Path, t
     assert regular.read_text() == "not a socket: kept as it is"
 
 
+def test_a_state_dir_another_user_could_change_is_refused_in_one_line(tmp_path: Path, tiny_int8: Path) -> None:
+    config = write_config(tmp_path, tiny_int8)
+    shared, theirs = tmp_path / "shared", tmp_path / "theirs"
+    shared.mkdir(mode=0o777)
+    shared.chmod(0o777)
+    theirs.mkdir()
+    os.chown(theirs, NOBODY, NOBODY)
+    cases = {
+        shared: "writable by other users",
+        theirs: f"owned by uid {NOBODY}",
+        shared / "state": "replaceable by another user",
+    }
+    for folder, reason in cases.items():
+        config.write_text(re.sub(r"state_dir: .*", f"state_dir: {folder}", config.read_text()))
+        result = run_assistant("run", "--config", str(config), "--text-only")
+        assert result.returncode == 78, (folder, result.stderr)
+        assert f"state_dir: {folder}: {reason}" in result.stderr, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+        doctor = run_assistant("doctor", "--text-only", "--config", str(config))
+        assert doctor.returncode == 1 and f"PROBLEM  state_dir: {folder} is {reason}" in doctor.stdout, doctor.stdout
+    assert not (theirs / "notes.sqlite3").exists() and not (theirs / "timers.sqlite3").exists()
+
+
 def test_a_full_disk_is_said_in_words_and_a_timer_set_after_it_still_rings(tmp_path: Path, tiny_int8: Path) -> None:
     config = write_config(tmp_path, tiny_int8)
     control, notify = tmp_path / "run" / "control.sock", Notifications(tmp_path / "notify.sock")
-    with small_disk(tmp_path / "state", "size=1m") as state, contextlib.closing(notify):
+    with small_disk(tmp_path / "state", "size=1m,mode=0700") as state, contextlib.closing(notify):
         daemon = Daemon(tmp_path, config, notify)
         try:
             assert spoken(turn(control, "add bread to the shopping list")) == "Added bread to the shopping list."
@@ -737,6 +772,18 @@ def test_the_watchdog_is_fed_only_while_the_daemon_is_healthy(setup) -> None:
     finally:
         daemon.pending.put(None)
         daemon.control.close()
+
+
+def test_watchdog_variables_that_are_not_systemds_mean_no_watchdog(setup) -> None:
+    config, control, notify = setup
+    for odd in ("abc", "-5", "0", " 1000000"):
+        notify.received.clear()  # the READY=1 of the one before
+        daemon = Daemon(config.parent, config, notify, watchdog_usec=odd)
+        try:
+            assert spoken(turn(control, "what time is it")).startswith("It is ")
+        finally:
+            assert daemon.stop() == 0
+        assert "Traceback" not in daemon.log_text()
 
 
 def test_an_unhealthy_daemon_says_so_once_and_once_more_when_it_is_healthy_again(setup, monkeypatch, caplog) -> None:

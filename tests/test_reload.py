@@ -13,12 +13,14 @@ from pathlib import Path
 import pytest
 
 from tests import test_daemon
+from tests.other_user import NOBODY
 from tests.test_daemon import (
     NAP_SKILL,
     Daemon,
     Notifications,
     chatty_config,
     reload,
+    run_assistant,
     spoken,
     story,
     turn,
@@ -129,3 +131,63 @@ def test_a_skill_call_left_running_before_a_reload_is_not_started_again_after_it
     assert spoken(turn(control, "take a nap")) == "Sorry, nap took longer than 0.3 seconds."
     reload(daemon)
     assert spoken(turn(control, "take a nap")) == "Sorry, nap is still busy with the last request."
+
+
+SLOW_SKILL = """import time
+from assistant import skill
+
+time.sleep(1)  # each reload imports it again
+
+
+@skill(sentences={'en': ['wait a bit']})
+def wait_a_bit() -> str:
+    '''Wait.'''
+    return 'Waited.'
+"""
+
+
+def test_a_reload_asked_for_during_a_reload_follows_it_at_once(tmp_path: Path, tiny_int8: Path) -> None:
+    config = write_config(tmp_path, tiny_int8)
+    (tmp_path / "extra_skills" / "slow.py").write_text(SLOW_SKILL)
+    notify = Notifications(tmp_path / "notify.sock")
+    daemon = Daemon(tmp_path, config, notify, watchdog_usec=60_000_000)  # the unit's WatchdogSec=60
+    try:
+        for _ in range(5):
+            before = daemon.log_text().count("reloaded ")
+            notify.received.clear()
+            daemon.process.send_signal(signal.SIGHUP)
+            notify.wait_for("RELOADING=1", process=daemon.process)
+            daemon.process.send_signal(signal.SIGHUP)  # `systemctl reload` again, the first still importing
+            start = time.monotonic()
+            while daemon.log_text().count("reloaded ") == before and time.monotonic() - start < 10:
+                time.sleep(0.05)
+            # The first, superseded, gives way to the second as it ends (its import: 1 s), not at the main
+            # loop's next beat (5 s here, as under systemd).
+            assert time.monotonic() - start < 3.5, daemon.log_text()
+            assert daemon.log_text().count("reloaded ") == before + 1
+    finally:
+        assert daemon.stop() == 0
+        notify.close()
+
+
+def test_a_config_every_user_may_change_is_refused_at_start_and_at_reload(running, tmp_path: Path) -> None:
+    config, control, daemon = running
+    theirs = tmp_path / "theirs"  # another user's folder, with a skill of theirs
+    theirs.mkdir()
+    (theirs / "theirs.py").write_text(f"open({str(tmp_path / 'ran')!r}, 'w').close()\n")
+    os.chown(theirs, NOBODY, NOBODY)
+    config.write_text(config.read_text().replace("paths: [", f"paths: [{theirs}, "))
+    config.chmod(0o666)  # so that every user could have written that line
+    before = daemon.log_text()
+    reload(daemon)
+    refused = [line for line in daemon.log_text()[len(before) :].splitlines() if REFUSED in line]
+    assert len(refused) == 1 and f"{config}: every user may change it" in refused[0], daemon.log_text()
+    assert not (tmp_path / "ran").exists()
+    assert spoken(turn(control, "what time is it")).startswith("It is ")
+    started = run_assistant("run", "--config", str(config), "--text-only")
+    assert started.returncode == 78 and f"{config}: every user may change it" in started.stderr, started.stderr
+    assert len(started.stderr.strip().splitlines()) == 1 and not (tmp_path / "ran").exists()
+    for command in ("doctor", "config check", "skills list"):  # each would run the skills it names
+        refused = run_assistant(*command.split(), "--config", str(config))
+        assert refused.returncode == 78 and f"{config}: every user may change it" in refused.stderr, refused.stderr
+    assert not (tmp_path / "ran").exists()

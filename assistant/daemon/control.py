@@ -120,17 +120,21 @@ class _Client:
     active: float = field(default_factory=time.monotonic)  # when it connected, last asked or was last answered
 
 
-def folder_not_private(folder: Path) -> tuple[str, str] | None:
-    """Why another user could interfere with a control socket in `folder` (an existing one), and the fix."""
+def folder_not_private(
+    folder: Path, key: str = "control.socket", what: str = "the control socket"
+) -> tuple[str, str] | None:
+    """Why another user could interfere with `what` in `folder` (an existing one), and the fix (the
+    setting `key` names the folder)."""
     info = folder.stat()
     if info.st_uid != os.geteuid():
-        owner = f"owned by uid {info.st_uid}, not by this user"
-        return owner, "the control socket needs a directory of its own (control.socket)"
+        return f"owned by uid {info.st_uid}, not by this user", f"{key} needs a directory of this user's own"
     if info.st_mode & 0o022:
-        shared = "writable by other users, who could replace the control socket"
-        return shared, "choose a private directory (control.socket) or chmod go-w it"
+        return (
+            f"writable by other users, who could replace {what}",
+            f"choose a private directory ({key}) or chmod go-w it",
+        )
     if way := _replaceable(folder):
-        return f"replaceable by another user: {way}", "choose a private directory (control.socket)"
+        return f"replaceable by another user: {way}", f"choose a private directory ({key})"
     return None
 
 

@@ -25,8 +25,8 @@ def notify(*fields: str) -> bool:
 
 def watchdog_interval() -> float | None:
     """Half the watchdog timeout systemd set (WatchdogSec=), or None without one."""
-    usec = os.environ.get("WATCHDOG_USEC")
-    pid = os.environ.get("WATCHDOG_PID")
-    if not usec or (pid and int(pid) != os.getpid()):
+    usec, pid = os.environ.get("WATCHDOG_USEC", ""), os.environ.get("WATCHDOG_PID", "")
+    # Whole numbers from systemd; anything else (an Environment= line's) is no watchdog, not a crash.
+    if not usec.isdigit() or int(usec) == 0 or (pid and pid != str(os.getpid())):
         return None
     return int(usec) / 1e6 / 2

@@ -27,10 +27,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from assistant.budget import plan_for_settings
-from assistant.config import ConfigError, Settings, check_model_paths, load_settings, setting, state_dir
-from assistant.daemon.control import ControlServer, Event, Request, default_socket_path
+from assistant.config import (
+    ConfigError,
+    Settings,
+    check_config_file,
+    check_model_paths,
+    load_settings,
+    setting,
+    state_dir,
+)
+from assistant.daemon.control import ControlServer, Event, Request, default_socket_path, folder_not_private
 from assistant.daemon.notify import notify, watchdog_interval
-from assistant.doctor import MICROPHONE_FIX, microphone_problem
+from assistant.doctor import MICROPHONE_FIX, STATE_FILES, microphone_problem
 from assistant.llm.conversation import Conversation
 from assistant.llm.engine import Engine, GenerationStats
 from assistant.llm.manifest import ModelError, load_checked
@@ -109,6 +117,7 @@ class Daemon:
         self.settings = settings
         self.started_with = self.settings  # what a reload cannot change stays as it was here
         check_model_paths(self.settings, voice=not text_only)
+        check_state_dir(self.settings)
         if not text_only and (problem := microphone_problem(self.settings)):  # retried below, said once here
             log.warning("%s; %s", problem, MICROPHONE_FIX)
         self.turn_lock = threading.Lock()
@@ -123,6 +132,9 @@ class Daemon:
         self.voice = None
         self.voice_thread: threading.Thread | None = None
         self.reloader: threading.Thread | None = None
+        # Whether a reload runs: cleared by the reload itself as it ends, before it wakes the main loop,
+        # which would otherwise find its thread still alive and start the next one only a beat later.
+        self.reloading = False
 
         # The socket first: a second instance, or a path that is not ours, is refused before the
         # model loads; clients asking meanwhile hear that the assistant is loading.
@@ -184,8 +196,8 @@ class Daemon:
             elif problem != unhealthy:
                 log.error("unhealthy, not telling the watchdog: %s", problem)
             unhealthy = problem
-            if self.reload_requested and not (self.reloader and self.reloader.is_alive()):
-                self.reload_requested = False
+            if self.reload_requested and not self.reloading:
+                self.reload_requested, self.reloading = False, True
                 self.reloader = threading.Thread(target=self.reload, name="reload", daemon=True)
                 self.reloader.start()
             select.select([self.wakeup_read], [], [], interval)
@@ -297,6 +309,7 @@ class Daemon:
         """Re-read the config and the skills; on any failure the running configuration stays."""
         self.enter(State.RELOADING)
         try:
+            check_config_file(self.config_path)
             settings = load_settings(self.config_path)
             check_model_paths(settings, voice=self.voice is not None)
             if settings.llm.model_dir != self.started_with.llm.model_dir:
@@ -330,6 +343,7 @@ class Daemon:
             _give_back_memory()
             if not self.stop_requested:
                 self.enter(State.READY)
+            self.reloading = False
             self._wake()  # a reload asked for meanwhile starts now, not at the main loop's next beat
 
     def _lock_turns(self) -> bool:
@@ -533,6 +547,21 @@ class Daemon:
             intents = self.manager.intents
             self._heard = (text, bool(intents and intents.match(text)))
         return self._heard[1]
+
+
+def check_state_dir(settings: Settings) -> None:
+    """Refuse a state folder another user could change (ConfigError): the notes, lists and timers are the
+    household's, and such a user could put a file of theirs in it for them to be written to, or timers
+    of theirs to be said. Made here if missing, as the daemon makes files: for its user alone."""
+    folder = state_dir(settings)
+    with contextlib.suppress(OSError):  # one that cannot be made fails each store, said in its turn
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        why = folder_not_private(folder, "state_dir", STATE_FILES) if folder.is_dir() else None
+    except OSError:  # a folder on the way this user may not enter: it can store nothing there either
+        return
+    if why:
+        raise ConfigError(f"state_dir: {folder}: {why[0]}; {why[1]}")
 
 
 def _give_back_memory() -> None:
