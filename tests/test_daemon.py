@@ -824,12 +824,43 @@ def test_voice_turns_and_voice_events_reach_every_client(setup) -> None:
             send(first, {"type": "status"})
             until(first, "status")
             daemon._voice_event({"type": "wake", "phrase": "hey computer", "confidence": 1.0})
-            assert "".join(daemon.voice_turn("what day is it", threading.Event())).startswith("Today is ")
+            assert "".join(daemon.voice_turn("what day is it", threading.Event(), "voice-1")).startswith("Today is ")
             for client in (first, second):
                 seen = until(client, "turn_done")
                 assert seen[0] == {"type": "wake", "phrase": "hey computer", "confidence": 1.0}
                 assert {e["request"] for e in seen[1:]} == {"voice-1"}
                 assert seen[1] == {"type": "turn_start", "request": "voice-1", "text": "what day is it"}
+    finally:
+        daemon.pending.put(None)
+        daemon.control.close()
+
+
+def test_a_voice_turn_carries_the_pipelines_id_on_every_event(setup, test_voice: Path, tmp_path: Path) -> None:
+    """The daemon's turn_start/turn_done and the pipeline's audio/latency/reply_done name one turn by one id,
+    whoever made the pipeline and however many turns it has heard."""
+    from assistant.daemon.run import Daemon as Assistant
+    from assistant.voice.audio import WavSink
+    from assistant.voice.pipeline import VoicePipeline
+    from assistant.voice.tts import Voice
+
+    config, control, notify = setup
+    daemon = Assistant(config, load_settings(config), text_only=True)
+    try:
+        daemon.worker.start()
+        with connect(control) as client:
+            send(client, {"type": "status"})
+            stream = events(client)
+            assert next(stream)["type"] == "status"
+            for _ in range(2):  # a pipeline made again counts its turns from voice-1 again
+                pipeline = VoicePipeline(None, None, Voice(test_voice), WavSink(tmp_path / "out.wav"),
+                                         daemon.voice_turn, on_event=daemon._voice_event)  # fmt: skip
+                pipeline.start_reply("what day is it", time.monotonic())
+                pipeline.finish()
+                seen, kinds = [], set()
+                while not {"turn_done", "reply_done"} <= kinds:
+                    seen.append(next(stream))
+                    kinds.add(seen[-1]["type"])
+                assert {e["request"] for e in seen} == {"voice-1"}, seen
     finally:
         daemon.pending.put(None)
         daemon.control.close()

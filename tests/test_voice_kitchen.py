@@ -54,7 +54,7 @@ def test_a_barge_in_during_a_slow_skill_is_heard_at_once(ko_model, tmp_path: Pat
                      ("after", silence(2.5)))  # fmt: skip
     heard, finals = [], {}
 
-    def respond(text: str, cancel: threading.Event) -> Iterator[str]:
+    def respond(text: str, cancel: threading.Event, turn: str) -> Iterator[str]:
         heard.append(text)
         if text == "날씨":
             time.sleep(8.0)  # the skill, which does not look at `cancel`
@@ -98,7 +98,7 @@ def test_a_sentence_is_spoken_without_gaps_between_its_windows(split_medium_voic
     must be ready when the one before it has played, or the speech stops and starts every 0.37 s."""
     speaker = Speaker()
     text = "The kitchen light is on and the hall light is off and the heating is set to twenty degrees."
-    pipeline = VoicePipeline(None, None, Voice(split_medium_voice), speaker, lambda said, cancel: iter([text]),
+    pipeline = VoicePipeline(None, None, Voice(split_medium_voice), speaker, lambda said, cancel, turn: iter([text]),
                              sentence_silence=0.0)  # fmt: skip
     pipeline.voice.warm_up()
     pipeline.start_reply("how is the house", time.monotonic())
@@ -116,7 +116,7 @@ def test_the_sentences_of_a_reply_follow_each_other_after_the_breath_only(split_
     encoding and first window (0.2-0.4 s more than the breath between them), and stutters after 0.14 s."""
     speaker = Speaker()
     pieces = ["The kitchen light is on. ", "The hall light is off. ", "The heating is set to twenty degrees."]
-    pipeline = VoicePipeline(None, None, Voice(split_medium_voice), speaker, lambda said, cancel: iter(pieces),
+    pipeline = VoicePipeline(None, None, Voice(split_medium_voice), speaker, lambda said, cancel, turn: iter(pieces),
                              sentence_silence=0.2)  # fmt: skip
     pipeline.voice.warm_up()
     pipeline.start_reply("how is the house", time.monotonic())
@@ -133,7 +133,7 @@ def test_a_reply_the_voice_cannot_say_at_all_is_named_in_the_log(
     """A reply in Chinese to an English voice: nothing is heard after the chime, and the log says why."""
     speaker = Speaker()
     replies = iter([["好的，灯已经打开了。"], ["Hello."]])
-    pipeline = VoicePipeline(None, None, Voice(test_voice), speaker, lambda said, cancel: iter(next(replies)))
+    pipeline = VoicePipeline(None, None, Voice(test_voice), speaker, lambda said, cancel, turn: iter(next(replies)))
     with caplog.at_level(logging.WARNING, "assistant.voice.pipeline"):
         pipeline.start_reply("开灯", time.monotonic())
         pipeline.finish()
@@ -167,7 +167,7 @@ def test_a_barge_in_ends_the_cut_reply_before_the_next_turn_begins(ko_model, tmp
     turns = iter(range(1, 10))
     started: dict[str, str] = {}  # voice turn → what it answers, named as the daemon names them: in call order
 
-    def respond(text: str, cancel: threading.Event) -> Iterator[str]:
+    def respond(text: str, cancel: threading.Event, turn: str) -> Iterator[str]:
         started[f"voice-{next(turns)}"] = text
 
         def pieces() -> Iterator[str]:
@@ -209,7 +209,7 @@ def test_the_wake_phrase_in_the_reply_itself_does_not_cut_it(ko_model, tmp_path:
     events: list[dict] = []
     pipeline = VoicePipeline(WakeDetector(ko_model, [WAKE], min_confidence=0.5),
                              Transcriber(ko_model, silence_timeout=0.8, grammar=COMMANDS), Voice(test_voice),
-                             Speaker(), lambda text, cancel: iter([reply]), on_event=events.append)  # fmt: skip
+                             Speaker(), lambda text, cancel, turn: iter([reply]), on_event=events.append)  # fmt: skip
     pipeline.run(mic)
     kinds = [e["type"] for e in events]
     assert kinds.count("wake") == 1 and "barge_in" not in kinds, kinds

@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import enum
-import itertools
 import logging
 import os
 import queue
@@ -126,7 +125,6 @@ class Daemon:
         self.pending: queue.Queue[TurnRequest | None] = queue.Queue()
         self.current: TurnRequest | None = None
         self.turn_started: float | None = None  # monotonic start of the running turn
-        self.voice_turns = itertools.count(1)
         self.background_stop = threading.Event()
         self.background: list[threading.Thread] = []  # the skills' @background tasks
         self.voice = None
@@ -392,9 +390,9 @@ class Daemon:
                 if request.client is not None and request.client not in self.control.clients:
                     self.manager.forget(request.client)  # it left during the turn, which kept things for it
 
-    def voice_turn(self, text: str, cancel: threading.Event) -> Iterator[str]:
-        """A turn heard by the microphone: its events go to every client."""
-        request = TurnRequest(f"voice-{next(self.voice_turns)}", text, None, cancel)
+    def voice_turn(self, text: str, cancel: threading.Event, turn: str) -> Iterator[str]:
+        """A turn heard by the microphone, named by the pipeline's id for it: its events go to every client."""
+        request = TurnRequest(turn, text, None, cancel)
         with self.requests_lock:
             self.requests[request.id] = request
         return self.turn(request)
