@@ -866,6 +866,29 @@ def test_a_voice_turn_carries_the_pipelines_id_on_every_event(setup, test_voice:
         daemon.control.close()
 
 
+def test_a_skill_saying_megabytes_is_cut_to_what_a_person_would_hear(setup, caplog) -> None:
+    from assistant.daemon.run import Daemon as Assistant
+    from assistant.skills.registry import MAX_RESULT
+
+    config, control, notify = setup
+    daemon = Assistant(config, load_settings(config), text_only=True)
+    try:
+        with connect(control) as client, caplog.at_level(logging.INFO, logger="assistant.daemon"):
+            send(client, {"type": "status"})
+            until(client, "status")
+            daemon.announce("The timer is done.\n" + "ring " * 2_000_000)
+            (said,) = [e for e in until(client, "say") if e["type"] == "say"]
+    finally:
+        daemon.control.close()
+    assert said["text"].startswith("The timer is done.\nring ring")
+    assert len(said["text"]) <= MAX_RESULT
+    assert not said["text"].endswith("rin")  # cut between words
+    lines = [r.getMessage() for r in caplog.records]
+    assert max(map(len, lines)) < 400, "a log line a person reads, not the text"
+    assert any(f"{len('The timer is done.') + 1 + 10_000_000} characters" in line for line in lines), lines
+    assert not any("\n" in line for line in lines)  # one journal line each
+
+
 def test_sigterm_while_a_reload_prefills_a_long_prompt_exits_0(tmp_path: Path, chatty: Path) -> None:
     """The reload thread is inside the model: a stop must not end the interpreter under it."""
     config = chatty_config(tmp_path, chatty, max_new_tokens=12)

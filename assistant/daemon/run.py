@@ -42,7 +42,7 @@ from assistant.llm.conversation import Conversation
 from assistant.llm.engine import Engine, GenerationStats
 from assistant.llm.manifest import ModelError, load_checked
 from assistant.llm.sampling import Sampler
-from assistant.skills.registry import KEPT, Registry, load_registry, skill_folders
+from assistant.skills.registry import KEPT, MAX_RESULT, Registry, load_registry, skill_folders
 from assistant.skills.sdk import SkillContext
 from assistant.turn import SPOKEN, TurnManager
 
@@ -446,9 +446,14 @@ class Daemon:
                 request.cancel.set()
 
     def announce(self, text: str) -> None:
-        """Speak outside a turn (a timer ringing)."""
+        """Speak outside a turn (a timer ringing): at most what a reply may speak, and one line in the log."""
+        if len(text) > MAX_RESULT:
+            # Megabytes would be one log line, one event every client must take whole, and hours of speech.
+            log.warning("a skill said %d characters; saying only the first %d", len(text), MAX_RESULT)
+            text = _cut_between_words(text, MAX_RESULT)
         self.control.publish(Event("say", {"text": text}))
-        log.info("saying: %s", text)
+        shown = " ".join(text.split())
+        log.info("saying: %s", shown if len(shown) <= 200 else f"{shown[:200]}…")
         if self.voice is not None:
             self.voice.announce(text)
 
@@ -545,6 +550,13 @@ class Daemon:
             intents = self.manager.intents
             self._heard = (text, bool(intents and intents.match(text)))
         return self._heard[1]
+
+
+def _cut_between_words(text: str, most: int) -> str:
+    """The first `most` characters of text, ending at a space if there is one in their second half."""
+    kept = text[:most]
+    space = kept.rfind(" ", most // 2)
+    return kept[:space] if space > 0 and not text[most].isspace() else kept
 
 
 def check_state_dir(settings: Settings) -> None:
