@@ -669,7 +669,21 @@ def test_broken_config_exits_with_the_no_restart_status(tmp_path: Path) -> None:
     assert result.returncode == 78
     assert "llm.backend" in result.stderr
     unit = (REPO / "systemd/assistant.service").read_text()
-    assert "RestartPreventExitStatus=78" in unit and "Restart=on-failure" in unit
+    assert "RestartPreventExitStatus=78" in unit.splitlines()
+
+
+def test_the_unit_restarts_a_daemon_that_ended_by_itself_even_with_status_0(tmp_path: Path) -> None:
+    """A skill's os._exit(0) (or sys.exit in a thread it forked) ends the daemon cleanly, unasked, with no log
+    line: systemd must bring it back. `systemctl stop` still stops it (a stop is never restarted), a reload is
+    SIGHUP to the running process, and a broken configuration (78) is still not retried."""
+    unit = (REPO / "systemd/assistant.service").read_text().splitlines()
+    assert "Restart=always" in unit
+    assert "RestartPreventExitStatus=78" in unit
+    assert "ExecReload=/bin/kill -HUP $MAINPID" in unit
+    copy = tmp_path / "assistant.service"  # the binaries it names need not exist here
+    copy.write_text("\n".join("ExecStart=/bin/true" if line.startswith("ExecStart=") else line for line in unit))
+    verify = subprocess.run(["systemd-analyze", "verify", str(copy)], capture_output=True, text=True, timeout=60)
+    assert verify.returncode == 0, verify.stderr
 
 
 def test_a_socket_path_that_is_not_ours_is_refused_in_one_line(tmp_path: Path, tiny_int8: Path) -> None:
