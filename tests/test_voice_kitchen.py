@@ -214,3 +214,32 @@ def test_the_wake_phrase_in_the_reply_itself_does_not_cut_it(ko_model, tmp_path:
     kinds = [e["type"] for e in events]
     assert kinds.count("wake") == 1 and "barge_in" not in kinds, kinds
     assert events[-1]["type"] == "reply_done" and not events[-1]["cancelled"]
+
+
+def test_a_reply_cut_as_it_says_the_wake_phrase_lets_the_phrase_be_heard_again(
+    ko_model, tmp_path: Path, test_voice: Path
+) -> None:
+    """The reply's own phrase is ignored only while the speaker says it: a reply cut by a client's cancel (the
+    daemon stops the speaker) is no longer heard, and the person's wake phrase after it is theirs."""
+    mic = Microphone(("command", np.concatenate([silence(0.3), speech(WAKE, tmp_path), silence(0.8),
+                                                 speech("날씨", tmp_path), silence(4.0)])),
+                     ("again", np.concatenate([speech(WAKE, tmp_path), silence(0.8), speech("음악", tmp_path),
+                                               silence(2.5)])))  # fmt: skip
+    reply = (
+        "Whenever you want me to listen to you again in the kitchen or in the living room or in the garden or "
+        "anywhere else in the house you just say 하이 컴퓨터 and I will be here for you. Then tell me."
+    )
+    speaker, heard, events = Speaker(), [], []
+
+    def on_event(event: dict) -> None:
+        events.append(event)
+        if event["type"] == "audio" and len(heard) == 1:  # what the daemon does for a client's cancel, soon after
+            threading.Timer(0.3, lambda: (pipeline.reply.cancel.set(), speaker.stop())).start()
+
+    pipeline = VoicePipeline(WakeDetector(ko_model, [WAKE], min_confidence=0.5),
+                             Transcriber(ko_model, silence_timeout=0.8, grammar=COMMANDS),
+                             Voice(test_voice, length_scale=3.0), speaker,
+                             lambda text, *_: heard.append(text) or iter([reply]), on_event=on_event)  # fmt: skip
+    pipeline.run(mic)
+    assert max(seconds for *_, seconds in speaker.spans) > 8.0  # the sentence would have gone on past the phrase
+    assert heard == ["날씨", "음악"], [e["type"] for e in events]

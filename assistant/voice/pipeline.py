@@ -329,6 +329,8 @@ class VoicePipeline:
         except Exception:  # the output failed: the rest of this reply is lost, not the loop
             log.exception("speaking the reply failed")
             silent.set()
+        if reply.cancel.is_set() or silent.is_set():  # the speaker stopped short: only what it said may echo
+            self.saying_phrase_until = min(self.saying_phrase_until, time.monotonic() + ECHO_SECONDS)
 
     def announce(self, text: str) -> None:
         """Speak outside a turn (a timer ringing): between a reply's pieces, never over them."""
