@@ -800,6 +800,16 @@ def test_watchdog_variables_that_are_not_systemds_mean_no_watchdog(setup) -> Non
         assert "Traceback" not in daemon.log_text()
 
 
+@pytest.mark.parametrize("odd", ["²", "9" * 400, "9" * 5000, "١٠٠٠٠٠٠"])
+def test_watchdog_values_no_number_parser_takes_are_no_watchdog_either(monkeypatch, odd: str) -> None:
+    """A digit that is not 0-9, more than a float holds, more digits than int() reads: no watchdog, no traceback."""
+    from assistant.daemon.notify import watchdog_interval
+
+    monkeypatch.setenv("WATCHDOG_USEC", odd)
+    monkeypatch.delenv("WATCHDOG_PID", raising=False)
+    assert watchdog_interval() is None
+
+
 def test_an_unhealthy_daemon_says_so_once_and_once_more_when_it_is_healthy_again(setup, monkeypatch, caplog) -> None:
     from assistant.daemon.run import Daemon as Assistant
 
