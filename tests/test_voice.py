@@ -936,6 +936,32 @@ def test_a_very_long_number_is_said_in_parts(test_voice: Path) -> None:
     assert sum(chunks) > 20 * sentence  # it is all said
 
 
+@pytest.mark.parametrize(
+    ("language", "text", "sentence"),
+    [
+        (
+            "cmn",
+            f"你的号码是{'七' * 1000}。",
+            "今天天气很好，我们先去公园散步，然后回家吃饭，晚上早点休息，明天还要早起去上班，周末再去看电影。",
+        ),
+        ("en-us", f"Your code is {'x' * 5000}.", f"Your code is {' '.join(['seven'] * 36)}."),
+    ],
+)
+def test_a_long_run_without_spaces_is_said_in_parts_too(
+    tmp_path: Path, language: str, text: str, sentence: str
+) -> None:
+    """A skill's reply or announcement comes whole, not cut into pieces as the model writes: 1,000 Chinese
+    characters (a syllable each, and no spaces between them) or 5,000 letters in a row are one piece, which a voice
+    took whole (two minutes of speech synthesised before the first sound)."""
+    from tests.piper_voice import make_piper_voice
+
+    voice = Voice(make_piper_voice(tmp_path, language=language))
+    chunks = [len(chunk) for chunk in voice.synthesize(text)]
+    longest = sum(len(chunk) for chunk in voice.synthesize(sentence))
+    assert max(chunks) < 1.5 * longest, (max(chunks), longest)
+    assert sum(chunks) > 5 * longest  # it is all said
+
+
 def test_an_utterance_cut_at_its_longest_is_said_in_the_log(ko_model, tmp_path: Path, caplog) -> None:
     """Someone dictating for minutes: the command is cut at asr.max_utterance_seconds and answered as far as it
     went; whoever reads the log learns why the rest was not heard."""
