@@ -913,6 +913,28 @@ def test_a_skill_saying_megabytes_is_cut_to_what_a_person_would_hear(setup, capl
     assert not any("\n" in line for line in lines)  # one journal line each
 
 
+def test_a_client_may_not_name_its_turn_as_the_microphones_are_named(setup) -> None:
+    """voice-N names the microphone's turns: a client's turn of that id would take the voice turn's place among the
+    running ones (its cancel, its turn_done), or have the voice turn refused."""
+    from assistant.daemon.run import Daemon as Assistant
+    from assistant.daemon.run import State
+
+    config, control, notify = setup
+    daemon = Assistant(config, load_settings(config), text_only=True)
+    try:
+        daemon.worker.start()
+        daemon.enter(State.READY)  # as run() does, without its main loop
+        with connect(control) as client:
+            send(client, {"type": "say", "text": "what day is it", "id": "voice-1"})
+            (error,) = until(client, "error")
+            assert error["request"] == "voice-1" and "microphone" in error["message"], error
+            send(client, {"type": "say", "text": "what day is it", "id": "kitchen-1"})
+            assert until(client, "turn_done")[-1]["request"] == "kitchen-1"
+    finally:
+        daemon.pending.put(None)
+        daemon.control.close()
+
+
 def test_sigterm_while_a_reload_prefills_a_long_prompt_exits_0(tmp_path: Path, chatty: Path) -> None:
     """The reload thread is inside the model: a stop must not end the interpreter under it."""
     config = chatty_config(tmp_path, chatty, max_new_tokens=12)

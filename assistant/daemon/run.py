@@ -477,6 +477,8 @@ class Daemon:
                 reply("error", message="say needs a non-empty text")
             elif self.state in (State.LOADING, State.STOPPING):
                 reply("error", message=f"the assistant is {self.state.value}")
+            elif request.id.startswith("voice-"):  # its events and its cancel would be taken for the voice turn's
+                reply("error", message="ids voice-N name the microphone's turns; give the request another id")
             else:
                 self._queue(TurnRequest(request.id, text, request.client), reply)
         else:
