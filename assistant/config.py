@@ -5,7 +5,7 @@ so `assistant config check` and systemd logs say exactly what to fix.
 
 Environment overrides: ASSISTANT_<SECTION>__<KEY>=value, nested with double underscores
 (ASSISTANT_LLM__SAMPLING__TEMPERATURE=0.2). The value is read as YAML, so numbers, booleans
-and lists work as they do in the file.
+and lists work as they do in the file; a path is taken as written (~ is the home folder).
 """
 
 from __future__ import annotations
@@ -571,11 +571,17 @@ def _apply_env(data: dict, environ: typing.Mapping[str, str], where: _Where) -> 
         if not all(parts):  # ASSISTANT_LLM____THREADS: a doubled separator names no key
             raise ConfigError(f"environment {name}: not a setting (sections and keys are joined by one __)")
         key = ".".join(parts)
-        if dataclasses.is_dataclass(_field_type(parts)):
+        if dataclasses.is_dataclass(tp := _field_type(parts)):
             # A whole section from the environment would silently drop every key of the file's one.
             raise ConfigError(f"environment {name}: {key} is a section; set its keys one at a time, as {name}__KEY")
         try:
-            value = yaml.safe_load(raw) if raw.strip() else None
+            if not raw.strip():
+                value = None
+            elif tp in (Path, Path | None):
+                # A path as written: YAML would read ~ (the home folder) as null, "a #2" as "a", "a: b" as a mapping.
+                value = raw
+            else:
+                value = yaml.safe_load(raw)
         except yaml.YAMLError:
             value = raw
         except RecursionError:

@@ -224,6 +224,31 @@ def test_a_home_folder_of_no_such_user_is_a_config_error(tmp_path: Path) -> None
         load_settings(path, environ={"ASSISTANT_STATE_DIR": "~nosuchuser/x"})
 
 
+@pytest.mark.parametrize(
+    ("variable", "value", "setting", "expected"),
+    [
+        ("ASSISTANT_STATE_DIR", "~", "state_dir", Path.home()),  # YAML would read it as null: the default
+        ("ASSISTANT_STATE_DIR", "~/assistant", "state_dir", Path.home() / "assistant"),
+        ("ASSISTANT_STATE_DIR", "/srv/notes #2", "state_dir", Path("/srv/notes #2")),  # YAML: a comment
+        ("ASSISTANT_STATE_DIR", "/srv/a: b", "state_dir", Path("/srv/a: b")),  # YAML: a mapping
+        ("ASSISTANT_STATE_DIR", "", "state_dir", None),  # empty: the default, as for every setting
+        ("ASSISTANT_WAKE__MODEL", "~", "wake.model", Path.home()),
+        ("ASSISTANT_ASR__MODEL", "~/models/vosk", "asr.model", Path.home() / "models/vosk"),
+        (
+            "ASSISTANT_SKILLS__PATHS",
+            "[~/skills, /srv/skills]",
+            "skills.paths",
+            [Path.home() / "skills", Path("/srv/skills")],
+        ),
+    ],
+)
+def test_a_path_from_the_environment_is_taken_as_written(tmp_path: Path, variable: str, value: str, setting: str,
+                                                         expected: Path | list[Path] | None) -> None:  # fmt: skip
+    settings = load_text(tmp_path, "", {variable: value})
+    section, _, key = setting.rpartition(".")
+    assert getattr(getattr(settings, section) if section else settings, key) == expected
+
+
 def load_text(tmp_path: Path, text: str, environ: dict[str, str] | None = None):
     path = tmp_path / "c.yaml"
     path.write_text(text)

@@ -669,7 +669,21 @@ def test_broken_config_exits_with_the_no_restart_status(tmp_path: Path) -> None:
     assert result.returncode == 78
     assert "llm.backend" in result.stderr
     unit = (REPO / "systemd/assistant.service").read_text()
-    assert "RestartPreventExitStatus=78" in unit and "Restart=on-failure" in unit
+    assert "RestartPreventExitStatus=78" in unit.splitlines()
+
+
+def test_the_unit_restarts_a_daemon_that_ended_by_itself_even_with_status_0(tmp_path: Path) -> None:
+    """A skill's os._exit(0) (or sys.exit in a thread it forked) ends the daemon cleanly, unasked, with no log
+    line: systemd must bring it back. `systemctl stop` still stops it (a stop is never restarted), a reload is
+    SIGHUP to the running process, and a broken configuration (78) is still not retried."""
+    unit = (REPO / "systemd/assistant.service").read_text().splitlines()
+    assert "Restart=always" in unit
+    assert "RestartPreventExitStatus=78" in unit
+    assert "ExecReload=/bin/kill -HUP $MAINPID" in unit
+    copy = tmp_path / "assistant.service"  # the binaries it names need not exist here
+    copy.write_text("\n".join("ExecStart=/bin/true" if line.startswith("ExecStart=") else line for line in unit))
+    verify = subprocess.run(["systemd-analyze", "verify", str(copy)], capture_output=True, text=True, timeout=60)
+    assert verify.returncode == 0, verify.stderr
 
 
 def test_a_socket_path_that_is_not_ours_is_refused_in_one_line(tmp_path: Path, tiny_int8: Path) -> None:
@@ -786,6 +800,16 @@ def test_watchdog_variables_that_are_not_systemds_mean_no_watchdog(setup) -> Non
         assert "Traceback" not in daemon.log_text()
 
 
+@pytest.mark.parametrize("odd", ["²", "9" * 400, "9" * 5000, "١٠٠٠٠٠٠"])
+def test_watchdog_values_no_number_parser_takes_are_no_watchdog_either(monkeypatch, odd: str) -> None:
+    """A digit that is not 0-9, more than a float holds, more digits than int() reads: no watchdog, no traceback."""
+    from assistant.daemon.notify import watchdog_interval
+
+    monkeypatch.setenv("WATCHDOG_USEC", odd)
+    monkeypatch.delenv("WATCHDOG_PID", raising=False)
+    assert watchdog_interval() is None
+
+
 def test_an_unhealthy_daemon_says_so_once_and_once_more_when_it_is_healthy_again(setup, monkeypatch, caplog) -> None:
     from assistant.daemon.run import Daemon as Assistant
 
@@ -824,12 +848,88 @@ def test_voice_turns_and_voice_events_reach_every_client(setup) -> None:
             send(first, {"type": "status"})
             until(first, "status")
             daemon._voice_event({"type": "wake", "phrase": "hey computer", "confidence": 1.0})
-            assert "".join(daemon.voice_turn("what day is it", threading.Event())).startswith("Today is ")
+            assert "".join(daemon.voice_turn("what day is it", threading.Event(), "voice-1")).startswith("Today is ")
             for client in (first, second):
                 seen = until(client, "turn_done")
                 assert seen[0] == {"type": "wake", "phrase": "hey computer", "confidence": 1.0}
                 assert {e["request"] for e in seen[1:]} == {"voice-1"}
                 assert seen[1] == {"type": "turn_start", "request": "voice-1", "text": "what day is it"}
+    finally:
+        daemon.pending.put(None)
+        daemon.control.close()
+
+
+def test_a_voice_turn_carries_the_pipelines_id_on_every_event(setup, test_voice: Path, tmp_path: Path) -> None:
+    """The daemon's turn_start/turn_done and the pipeline's audio/latency/reply_done name one turn by one id,
+    whoever made the pipeline and however many turns it has heard."""
+    from assistant.daemon.run import Daemon as Assistant
+    from assistant.voice.audio import WavSink
+    from assistant.voice.pipeline import VoicePipeline
+    from assistant.voice.tts import Voice
+
+    config, control, notify = setup
+    daemon = Assistant(config, load_settings(config), text_only=True)
+    try:
+        daemon.worker.start()
+        with connect(control) as client:
+            send(client, {"type": "status"})
+            stream = events(client)
+            assert next(stream)["type"] == "status"
+            for _ in range(2):  # a pipeline made again counts its turns from voice-1 again
+                pipeline = VoicePipeline(None, None, Voice(test_voice), WavSink(tmp_path / "out.wav"),
+                                         daemon.voice_turn, on_event=daemon._voice_event)  # fmt: skip
+                pipeline.start_reply("what day is it", time.monotonic())
+                pipeline.finish()
+                seen, kinds = [], set()
+                while not {"turn_done", "reply_done"} <= kinds:
+                    seen.append(next(stream))
+                    kinds.add(seen[-1]["type"])
+                assert {e["request"] for e in seen} == {"voice-1"}, seen
+    finally:
+        daemon.pending.put(None)
+        daemon.control.close()
+
+
+def test_a_skill_saying_megabytes_is_cut_to_what_a_person_would_hear(setup, caplog) -> None:
+    from assistant.daemon.run import Daemon as Assistant
+    from assistant.skills.registry import MAX_RESULT
+
+    config, control, notify = setup
+    daemon = Assistant(config, load_settings(config), text_only=True)
+    try:
+        with connect(control) as client, caplog.at_level(logging.INFO, logger="assistant.daemon"):
+            send(client, {"type": "status"})
+            until(client, "status")
+            daemon.announce("The timer is done.\n" + "ring " * 2_000_000)
+            (said,) = [e for e in until(client, "say") if e["type"] == "say"]
+    finally:
+        daemon.control.close()
+    assert said["text"].startswith("The timer is done.\nring ring")
+    assert len(said["text"]) <= MAX_RESULT
+    assert not said["text"].endswith("rin")  # cut between words
+    lines = [r.getMessage() for r in caplog.records]
+    assert max(map(len, lines)) < 400, "a log line a person reads, not the text"
+    assert any(f"{len('The timer is done.') + 1 + 10_000_000} characters" in line for line in lines), lines
+    assert not any("\n" in line for line in lines)  # one journal line each
+
+
+def test_a_client_may_not_name_its_turn_as_the_microphones_are_named(setup) -> None:
+    """voice-N names the microphone's turns: a client's turn of that id would take the voice turn's place among the
+    running ones (its cancel, its turn_done), or have the voice turn refused."""
+    from assistant.daemon.run import Daemon as Assistant
+    from assistant.daemon.run import State
+
+    config, control, notify = setup
+    daemon = Assistant(config, load_settings(config), text_only=True)
+    try:
+        daemon.worker.start()
+        daemon.enter(State.READY)  # as run() does, without its main loop
+        with connect(control) as client:
+            send(client, {"type": "say", "text": "what day is it", "id": "voice-1"})
+            (error,) = until(client, "error")
+            assert error["request"] == "voice-1" and "microphone" in error["message"], error
+            send(client, {"type": "say", "text": "what day is it", "id": "kitchen-1"})
+            assert until(client, "turn_done")[-1]["request"] == "kitchen-1"
     finally:
         daemon.pending.put(None)
         daemon.control.close()

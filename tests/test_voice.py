@@ -72,7 +72,7 @@ def test_korean_wake_phrase_and_command_from_a_22khz_file(ko_model, tmp_path: Pa
                       speech("날씨", tmp_path), silence(2.5))  # fmt: skip
     heard: list[str] = []
 
-    def respond(text: str, cancel: threading.Event) -> Iterator[str]:
+    def respond(text: str, cancel: threading.Event, turn: str) -> Iterator[str]:
         heard.append(text)
         yield "It is sunny."
 
@@ -126,7 +126,7 @@ def test_first_sentence_is_heard_before_the_reply_is_finished(tmp_path: Path, te
     sink = WavSink(tmp_path / "out.wav")
     second_piece_at: list[float] = []
 
-    def respond(text: str, cancel: threading.Event) -> Iterator[str]:
+    def respond(text: str, cancel: threading.Event, turn: str) -> Iterator[str]:
         yield "The kitchen light is on. "
         time.sleep(1.0)  # the model is still writing
         second_piece_at.append(time.monotonic())
@@ -148,7 +148,7 @@ def test_a_first_piece_with_nothing_to_say_does_not_delay_the_reply(
 ) -> None:
     """The model waits for the first piece's audio before writing on; a piece that has none must not hold it."""
 
-    def respond(text: str, cancel: threading.Event) -> Iterator[str]:
+    def respond(text: str, cancel: threading.Event, turn: str) -> Iterator[str]:
         yield first
         yield from ["The light ", "in the kitchen ", "is on now."]
 
@@ -164,7 +164,7 @@ def test_sentences_are_separated_by_the_configured_silence(tmp_path: Path, test_
     voice = Voice(test_voice)
     sink = WavSink(tmp_path / "out.wav", rate=voice.rate)
     events: list[dict] = []
-    reply = VoicePipeline(None, None, voice, sink, lambda text, cancel: iter(["One light is on. ", "Two are off."]),
+    reply = VoicePipeline(None, None, voice, sink, lambda *_: iter(["One light is on. ", "Two are off."]),
                           on_event=events.append, sentence_silence=0.5)  # fmt: skip
     reply.start_reply("hello", time.monotonic())
     reply.finish()
@@ -180,7 +180,7 @@ def test_barge_in_stops_the_reply_and_starts_a_new_turn(ko_model, tmp_path: Path
                       wake, silence(1.0), speech("음악", tmp_path), silence(2.5))  # fmt: skip
     turns: list[str] = []
 
-    def respond(text: str, cancel: threading.Event) -> Iterator[str]:
+    def respond(text: str, cancel: threading.Event, turn: str) -> Iterator[str]:
         turns.append(text)
         for i in range(200):  # a long reply, one sentence at a time
             if cancel.is_set():
@@ -229,7 +229,7 @@ def test_a_barge_in_chimes_at_once_while_a_whole_sentence_is_synthesized(
 
     replies = iter([["It is sunny. ", long_piece + ". "], ["OK."]])
 
-    def respond(text: str, cancel: threading.Event) -> Iterator[str]:
+    def respond(text: str, cancel: threading.Event, turn: str) -> Iterator[str]:
         heard.append(text)
         return iter(next(replies))
 
@@ -290,7 +290,7 @@ def test_a_command_after_a_barge_in_is_answered_as_soon_as_after_a_plain_wake(
 
     replies = iter([["It is sunny. ", long_piece + ". "], ["OK."], ["OK."]])
 
-    def respond(text: str, cancel: threading.Event) -> Iterator[str]:
+    def respond(text: str, cancel: threading.Event, turn: str) -> Iterator[str]:
         heard.append(text)
         return iter(next(replies))
 
@@ -352,7 +352,7 @@ def test_whole_chain_from_wav_to_wav_with_the_llm_and_a_skill(
     engine = Engine(tiny_int8, kv_cache_len=2048)
     manager = TurnManager(Conversation(engine, "You are a test.", 12, registry.tools()), registry, Sampler())
 
-    def respond(text: str, cancel: threading.Event) -> Iterator[str]:
+    def respond(text: str, cancel: threading.Event, turn: str) -> Iterator[str]:
         for event in manager.turn(text, cancel):
             if event.kind in ("text", "error", "confirm"):
                 yield event.text
@@ -370,10 +370,10 @@ def test_whole_chain_from_wav_to_wav_with_the_llm_and_a_skill(
     assert len(read_wav(tmp_path / "out.wav")[0]) > 16000 * 0.3
 
 
-def asks_how_long(turns: list[str]) -> Callable[[str, threading.Event], Iterator[str]]:
+def asks_how_long(turns: list[str]) -> Callable[[str, threading.Event, str], Iterator[str]]:
     """A turn that asks a question the first time and then answers; `turns` records what it heard."""
 
-    def respond(text: str, cancel: threading.Event) -> Iterator[str]:
+    def respond(text: str, cancel: threading.Event, turn: str) -> Iterator[str]:
         turns.append(text)
         yield "For how long?" if len(turns) == 1 else "Okay."
 
@@ -455,7 +455,7 @@ def commands_heard(ko_model, audio: Path, transcriber: Transcriber, voice: Path)
     """The commands the pipeline answers in a WAV file, and its events."""
     heard: list[str] = []
 
-    def respond(text: str, cancel: threading.Event) -> Iterator[str]:
+    def respond(text: str, cancel: threading.Event, turn: str) -> Iterator[str]:
         heard.append(text)
         yield "OK."
 
@@ -500,7 +500,7 @@ def test_a_command_cut_off_by_a_stop_is_not_answered(ko_model, tmp_path: Path, t
     heard: list[str] = []
     voice_pipeline = VoicePipeline(WakeDetector(ko_model, [WAKE], min_confidence=0.5), Transcriber(ko_model),
                                    Voice(test_voice), WavSink(tmp_path / "out.wav"),
-                                   lambda text, cancel: heard.append(text) or iter(["OK."]))  # fmt: skip
+                                   lambda text, cancel, turn: heard.append(text) or iter(["OK."]))  # fmt: skip
     voice_pipeline.run(StoppedSource())
     assert heard == []
 
@@ -514,7 +514,7 @@ def test_the_phrase_said_again_after_nothing_was_said_is_heard(ko_model, tmp_pat
     wake_detector = WakeDetector(ko_model, [WAKE], min_confidence=0.5, refractory_seconds=5.0)
     transcriber = Transcriber(ko_model, grammar=[WAKE, *COMMANDS])
     voice_pipeline = VoicePipeline(wake_detector, transcriber, Voice(test_voice), WavSink(tmp_path / "out.wav"),
-                                   lambda text, cancel: heard.append(text) or iter(["OK."]))  # fmt: skip
+                                   lambda text, cancel, turn: heard.append(text) or iter(["OK."]))  # fmt: skip
     voice_pipeline.run(wav_source(audio))
     assert heard == ["날씨"]
 
@@ -637,7 +637,7 @@ class RealTimeSink:
 def test_an_announcement_waits_for_the_piece_being_spoken_and_a_stop_cuts_it(test_voice: Path) -> None:
     sink = RealTimeSink()
 
-    def respond(text: str, cancel: threading.Event) -> Iterator[str]:
+    def respond(text: str, cancel: threading.Event, turn: str) -> Iterator[str]:
         yield "The first sentence of the reply is here. The second one follows it. And a third one ends it."
 
     pipeline = VoicePipeline(None, None, Voice(test_voice), sink, respond)
@@ -666,7 +666,7 @@ def test_an_announcement_waits_for_the_piece_being_spoken_and_a_stop_cuts_it(tes
 
 def test_an_announcement_starts_with_an_alert_tone(tmp_path: Path, test_voice: Path) -> None:
     sink = WavSink(tmp_path / "ring.wav")
-    VoicePipeline(None, None, Voice(test_voice), sink, lambda text, cancel: iter(())).announce("Your timer is done.")
+    VoicePipeline(None, None, Voice(test_voice), sink, lambda *_: iter(())).announce("Your timer is done.")
     sink.close()
     with wave.open(str(tmp_path / "ring.wav")) as w:
         rate, pcm = w.getframerate(), np.frombuffer(w.readframes(w.getnframes()), "<i2").astype(np.float32)
@@ -776,7 +776,7 @@ def test_doctor_names_a_wake_phrase_the_speech_model_cannot_hear(
 def test_characters_no_voice_can_say_are_left_out_and_the_rest_is_spoken(tmp_path: Path, test_voice: Path) -> None:
     sink = WavSink(tmp_path / "out.wav")
 
-    def respond(text: str, cancel: threading.Event) -> Iterator[str]:
+    def respond(text: str, cancel: threading.Event, turn: str) -> Iterator[str]:
         yield "On your list: milk\x00 and bread\ud800. "  # a NUL from the model, or stored in a note
         yield "That is all\x1b[2J."
 
@@ -912,7 +912,7 @@ def test_an_output_that_fails_loses_the_reply_not_the_loop(test_voice: Path, cap
     events: list[dict] = []
     sink = WavSink(Path("/dev/full"))  # a full disk
     reply = VoicePipeline(None, None, Voice(test_voice), sink,
-                          lambda text, cancel: iter(["The light is on. ", "The heating is on. ", "Bye."]),
+                          lambda text, cancel, turn: iter(["The light is on. ", "The heating is on. ", "Bye."]),
                           on_event=events.append)  # fmt: skip
     reply.start_reply("hello", time.monotonic())
     reply.finish()
@@ -934,6 +934,32 @@ def test_a_very_long_number_is_said_in_parts(test_voice: Path) -> None:
     sentence = sum(len(chunk) for chunk in voice.synthesize(longest))
     assert max(chunks) < 1.5 * sentence, (max(chunks), sentence)
     assert sum(chunks) > 20 * sentence  # it is all said
+
+
+@pytest.mark.parametrize(
+    ("language", "text", "sentence"),
+    [
+        (
+            "cmn",
+            f"你的号码是{'七' * 1000}。",
+            "今天天气很好，我们先去公园散步，然后回家吃饭，晚上早点休息，明天还要早起去上班，周末再去看电影。",
+        ),
+        ("en-us", f"Your code is {'x' * 5000}.", f"Your code is {' '.join(['seven'] * 36)}."),
+    ],
+)
+def test_a_long_run_without_spaces_is_said_in_parts_too(
+    tmp_path: Path, language: str, text: str, sentence: str
+) -> None:
+    """A skill's reply or announcement comes whole, not cut into pieces as the model writes: 1,000 Chinese
+    characters (a syllable each, and no spaces between them) or 5,000 letters in a row are one piece, which a voice
+    took whole (two minutes of speech synthesised before the first sound)."""
+    from tests.piper_voice import make_piper_voice
+
+    voice = Voice(make_piper_voice(tmp_path, language=language))
+    chunks = [len(chunk) for chunk in voice.synthesize(text)]
+    longest = sum(len(chunk) for chunk in voice.synthesize(sentence))
+    assert max(chunks) < 1.5 * longest, (max(chunks), longest)
+    assert sum(chunks) > 5 * longest  # it is all said
 
 
 def test_an_utterance_cut_at_its_longest_is_said_in_the_log(ko_model, tmp_path: Path, caplog) -> None:

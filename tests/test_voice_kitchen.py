@@ -54,7 +54,7 @@ def test_a_barge_in_during_a_slow_skill_is_heard_at_once(ko_model, tmp_path: Pat
                      ("after", silence(2.5)))  # fmt: skip
     heard, finals = [], {}
 
-    def respond(text: str, cancel: threading.Event) -> Iterator[str]:
+    def respond(text: str, cancel: threading.Event, turn: str) -> Iterator[str]:
         heard.append(text)
         if text == "날씨":
             time.sleep(8.0)  # the skill, which does not look at `cancel`
@@ -98,7 +98,7 @@ def test_a_sentence_is_spoken_without_gaps_between_its_windows(split_medium_voic
     must be ready when the one before it has played, or the speech stops and starts every 0.37 s."""
     speaker = Speaker()
     text = "The kitchen light is on and the hall light is off and the heating is set to twenty degrees."
-    pipeline = VoicePipeline(None, None, Voice(split_medium_voice), speaker, lambda said, cancel: iter([text]),
+    pipeline = VoicePipeline(None, None, Voice(split_medium_voice), speaker, lambda said, cancel, turn: iter([text]),
                              sentence_silence=0.0)  # fmt: skip
     pipeline.voice.warm_up()
     pipeline.start_reply("how is the house", time.monotonic())
@@ -116,7 +116,7 @@ def test_the_sentences_of_a_reply_follow_each_other_after_the_breath_only(split_
     encoding and first window (0.2-0.4 s more than the breath between them), and stutters after 0.14 s."""
     speaker = Speaker()
     pieces = ["The kitchen light is on. ", "The hall light is off. ", "The heating is set to twenty degrees."]
-    pipeline = VoicePipeline(None, None, Voice(split_medium_voice), speaker, lambda said, cancel: iter(pieces),
+    pipeline = VoicePipeline(None, None, Voice(split_medium_voice), speaker, lambda said, cancel, turn: iter(pieces),
                              sentence_silence=0.2)  # fmt: skip
     pipeline.voice.warm_up()
     pipeline.start_reply("how is the house", time.monotonic())
@@ -133,7 +133,7 @@ def test_a_reply_the_voice_cannot_say_at_all_is_named_in_the_log(
     """A reply in Chinese to an English voice: nothing is heard after the chime, and the log says why."""
     speaker = Speaker()
     replies = iter([["好的，灯已经打开了。"], ["Hello."]])
-    pipeline = VoicePipeline(None, None, Voice(test_voice), speaker, lambda said, cancel: iter(next(replies)))
+    pipeline = VoicePipeline(None, None, Voice(test_voice), speaker, lambda said, cancel, turn: iter(next(replies)))
     with caplog.at_level(logging.WARNING, "assistant.voice.pipeline"):
         pipeline.start_reply("开灯", time.monotonic())
         pipeline.finish()
@@ -167,7 +167,7 @@ def test_a_barge_in_ends_the_cut_reply_before_the_next_turn_begins(ko_model, tmp
     turns = iter(range(1, 10))
     started: dict[str, str] = {}  # voice turn → what it answers, named as the daemon names them: in call order
 
-    def respond(text: str, cancel: threading.Event) -> Iterator[str]:
+    def respond(text: str, cancel: threading.Event, turn: str) -> Iterator[str]:
         started[f"voice-{next(turns)}"] = text
 
         def pieces() -> Iterator[str]:
@@ -209,8 +209,37 @@ def test_the_wake_phrase_in_the_reply_itself_does_not_cut_it(ko_model, tmp_path:
     events: list[dict] = []
     pipeline = VoicePipeline(WakeDetector(ko_model, [WAKE], min_confidence=0.5),
                              Transcriber(ko_model, silence_timeout=0.8, grammar=COMMANDS), Voice(test_voice),
-                             Speaker(), lambda text, cancel: iter([reply]), on_event=events.append)  # fmt: skip
+                             Speaker(), lambda text, cancel, turn: iter([reply]), on_event=events.append)  # fmt: skip
     pipeline.run(mic)
     kinds = [e["type"] for e in events]
     assert kinds.count("wake") == 1 and "barge_in" not in kinds, kinds
     assert events[-1]["type"] == "reply_done" and not events[-1]["cancelled"]
+
+
+def test_a_reply_cut_as_it_says_the_wake_phrase_lets_the_phrase_be_heard_again(
+    ko_model, tmp_path: Path, test_voice: Path
+) -> None:
+    """The reply's own phrase is ignored only while the speaker says it: a reply cut by a client's cancel (the
+    daemon stops the speaker) is no longer heard, and the person's wake phrase after it is theirs."""
+    mic = Microphone(("command", np.concatenate([silence(0.3), speech(WAKE, tmp_path), silence(0.8),
+                                                 speech("날씨", tmp_path), silence(4.0)])),
+                     ("again", np.concatenate([speech(WAKE, tmp_path), silence(0.8), speech("음악", tmp_path),
+                                               silence(2.5)])))  # fmt: skip
+    reply = (
+        "Whenever you want me to listen to you again in the kitchen or in the living room or in the garden or "
+        "anywhere else in the house you just say 하이 컴퓨터 and I will be here for you. Then tell me."
+    )
+    speaker, heard, events = Speaker(), [], []
+
+    def on_event(event: dict) -> None:
+        events.append(event)
+        if event["type"] == "audio" and len(heard) == 1:  # what the daemon does for a client's cancel, soon after
+            threading.Timer(0.3, lambda: (pipeline.reply.cancel.set(), speaker.stop())).start()
+
+    pipeline = VoicePipeline(WakeDetector(ko_model, [WAKE], min_confidence=0.5),
+                             Transcriber(ko_model, silence_timeout=0.8, grammar=COMMANDS),
+                             Voice(test_voice, length_scale=3.0), speaker,
+                             lambda text, *_: heard.append(text) or iter([reply]), on_event=on_event)  # fmt: skip
+    pipeline.run(mic)
+    assert max(seconds for *_, seconds in speaker.spans) > 8.0  # the sentence would have gone on past the phrase
+    assert heard == ["날씨", "음악"], [e["type"] for e in events]

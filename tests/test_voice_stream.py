@@ -145,7 +145,7 @@ def test_first_audio_is_played_before_the_sentence_is_synthesized(split_medium_v
 
     voice.synthesize = timed
 
-    def respond(text: str, cancel: threading.Event) -> Iterator[str]:
+    def respond(text: str, cancel: threading.Event, turn: str) -> Iterator[str]:
         yield SENTENCE
 
     events: list[dict] = []
@@ -185,7 +185,7 @@ def test_the_pipeline_warms_the_voice_before_it_listens(split_medium_voice: Path
 
     voice.synthesize = recorded
     sink = WavSink(tmp_path / "out.wav")
-    VoicePipeline(None, None, voice, sink, lambda text, cancel: iter(())).run(frames())
+    VoicePipeline(None, None, voice, sink, lambda text, cancel, turn: iter(())).run(frames())
     assert order == ["synthesis", "listening"]
     assert sink.chunks == []  # warming is silent
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 
 
@@ -26,7 +27,8 @@ def notify(*fields: str) -> bool:
 def watchdog_interval() -> float | None:
     """Half the watchdog timeout systemd set (WatchdogSec=), or None without one."""
     usec, pid = os.environ.get("WATCHDOG_USEC", ""), os.environ.get("WATCHDOG_PID", "")
-    # Whole numbers from systemd; anything else (an Environment= line's) is no watchdog, not a crash.
-    if not usec.isdigit() or int(usec) == 0 or (pid and pid != str(os.getpid())):
+    # Whole numbers from systemd (a 64-bit count of microseconds, in ASCII digits); anything else (an
+    # Environment= line's) is no watchdog, not a crash.
+    if not re.fullmatch(r"[0-9]{1,20}", usec) or int(usec) == 0 or (pid and pid != str(os.getpid())):
         return None
     return int(usec) / 1e6 / 2

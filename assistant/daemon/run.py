@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import enum
-import itertools
 import logging
 import os
 import queue
@@ -43,7 +42,7 @@ from assistant.llm.conversation import Conversation
 from assistant.llm.engine import Engine, GenerationStats
 from assistant.llm.manifest import ModelError, load_checked
 from assistant.llm.sampling import Sampler
-from assistant.skills.registry import KEPT, Registry, load_registry, skill_folders
+from assistant.skills.registry import KEPT, MAX_RESULT, Registry, load_registry, skill_folders
 from assistant.skills.sdk import SkillContext
 from assistant.turn import SPOKEN, TurnManager
 
@@ -126,7 +125,6 @@ class Daemon:
         self.pending: queue.Queue[TurnRequest | None] = queue.Queue()
         self.current: TurnRequest | None = None
         self.turn_started: float | None = None  # monotonic start of the running turn
-        self.voice_turns = itertools.count(1)
         self.background_stop = threading.Event()
         self.background: list[threading.Thread] = []  # the skills' @background tasks
         self.voice = None
@@ -392,9 +390,9 @@ class Daemon:
                 if request.client is not None and request.client not in self.control.clients:
                     self.manager.forget(request.client)  # it left during the turn, which kept things for it
 
-    def voice_turn(self, text: str, cancel: threading.Event) -> Iterator[str]:
-        """A turn heard by the microphone: its events go to every client."""
-        request = TurnRequest(f"voice-{next(self.voice_turns)}", text, None, cancel)
+    def voice_turn(self, text: str, cancel: threading.Event, turn: str) -> Iterator[str]:
+        """A turn heard by the microphone, named by the pipeline's id for it: its events go to every client."""
+        request = TurnRequest(turn, text, None, cancel)
         with self.requests_lock:
             self.requests[request.id] = request
         return self.turn(request)
@@ -448,9 +446,14 @@ class Daemon:
                 request.cancel.set()
 
     def announce(self, text: str) -> None:
-        """Speak outside a turn (a timer ringing)."""
+        """Speak outside a turn (a timer ringing): at most what a reply may speak, and one line in the log."""
+        if len(text) > MAX_RESULT:
+            # Megabytes would be one log line, one event every client must take whole, and hours of speech.
+            log.warning("a skill said %d characters; saying only the first %d", len(text), MAX_RESULT)
+            text = _cut_between_words(text, MAX_RESULT)
         self.control.publish(Event("say", {"text": text}))
-        log.info("saying: %s", text)
+        shown = " ".join(text.split())
+        log.info("saying: %s", shown if len(shown) <= 200 else f"{shown[:200]}…")
         if self.voice is not None:
             self.voice.announce(text)
 
@@ -474,6 +477,8 @@ class Daemon:
                 reply("error", message="say needs a non-empty text")
             elif self.state in (State.LOADING, State.STOPPING):
                 reply("error", message=f"the assistant is {self.state.value}")
+            elif request.id.startswith("voice-"):  # its events and its cancel would be taken for the voice turn's
+                reply("error", message="ids voice-N name the microphone's turns; give the request another id")
             else:
                 self._queue(TurnRequest(request.id, text, request.client), reply)
         else:
@@ -547,6 +552,13 @@ class Daemon:
             intents = self.manager.intents
             self._heard = (text, bool(intents and intents.match(text)))
         return self._heard[1]
+
+
+def _cut_between_words(text: str, most: int) -> str:
+    """The first `most` characters of text, ending at a space if there is one in their second half."""
+    kept = text[:most]
+    space = kept.rfind(" ", most // 2)
+    return kept[:space] if space > 0 and not text[most].isspace() else kept
 
 
 def check_state_dir(settings: Settings) -> None:

@@ -28,10 +28,10 @@ from assistant.voice.wake import WakeDetector
 
 log = logging.getLogger(__name__)
 
-# A turn: the user's words and a cancel event in, pieces of reply text out. Called as the turn starts, on the
-# listening thread, in the order the turns were heard (the daemon numbers its voice turns so: voice-1, voice-2,
-# as the pipeline does); iterated on the turn's own thread.
-Respond = Callable[[str, threading.Event], Iterator[str]]
+# A turn: the user's words, a cancel event and the turn's id (voice-1, voice-2: the id on the pipeline's own
+# events of it, for the daemon to put on its events) in, pieces of reply text out. Called as the turn starts, on
+# the listening thread, in the order the turns were heard; iterated on the turn's own thread.
+Respond = Callable[[str, threading.Event, str], Iterator[str]]
 EARCON_RATE = 16000
 # How long after the speaker has said the wake phrase (a reply "to wake me, say hey computer") the microphone may
 # still deliver it: the device's latency and the wake recogniser's endpoint after it.
@@ -218,7 +218,7 @@ class VoicePipeline:
         reply = Reply(
             f"voice-{next(self.turns)}", times={"end_of_speech": speech_ended, "asr_final": final or speech_ended}
         )
-        pieces = self.respond(text, reply.cancel)  # here: in the order heard (Respond)
+        pieces = self.respond(text, reply.cancel, reply.request)
         sentences: queue.Queue[str | None] = queue.Queue()
         reply.threads = [
             threading.Thread(target=self._generate, args=(text, pieces, reply, sentences), name="turn", daemon=True),
@@ -329,6 +329,8 @@ class VoicePipeline:
         except Exception:  # the output failed: the rest of this reply is lost, not the loop
             log.exception("speaking the reply failed")
             silent.set()
+        if reply.cancel.is_set() or silent.is_set():  # the speaker stopped short: only what it said may echo
+            self.saying_phrase_until = min(self.saying_phrase_until, time.monotonic() + ECHO_SECONDS)
 
     def announce(self, text: str) -> None:
         """Speak outside a turn (a timer ringing): between a reply's pieces, never over them."""

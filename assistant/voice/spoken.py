@@ -350,17 +350,21 @@ def speakable(text: str, language: str) -> str:
 
 
 # What a voice is given at once, as said: a piece is at most MAX_PIECE_WORDS words as written, but a long
-# number is said digit by digit (1,000 digits are 1,000 words): synthesised whole, a medium voice took 44 s
-# to the first sound and 6.4 GB of memory for them.
+# number is said digit by digit (1,000 digits are 1,000 words), and a skill's text comes whole, a sentence of
+# any length: synthesised whole, a medium voice took 44 s to the first sound and 6.4 GB of memory for 1,000
+# digits. Counted as said: a word, a Chinese or Japanese character (a syllable, with no space between them),
+# or a run of letters without a space, every MAX_RUN of them.
 MAX_SPOKEN_WORDS = MAX_PIECE_WORDS + 10  # and what `speakable` adds (units said in words)
+MAX_RUN = 20
+_SAID = re.compile(f"[{_HAN_KANA}]|(?:(?![{_HAN_KANA}])\\S){{1,{MAX_RUN}}}")
 
 
 def said_in_parts(text: str) -> list[str]:
-    """`text` (speakable) in parts of at most MAX_SPOKEN_WORDS words, which a voice takes whole."""
-    words = text.split()
-    if len(words) <= MAX_SPOKEN_WORDS:
+    """`text` (speakable) in parts of at most MAX_SPOKEN_WORDS words as said, which a voice takes whole."""
+    starts = [m.start() for m in _SAID.finditer(text)][MAX_SPOKEN_WORDS::MAX_SPOKEN_WORDS]
+    if not starts:
         return [text]  # as it is: its line breaks are pauses
-    return [" ".join(words[at : at + MAX_SPOKEN_WORDS]) for at in range(0, len(words), MAX_SPOKEN_WORDS)]
+    return [text[a:b].strip() for a, b in zip([0, *starts], [*starts, len(text)], strict=True)]
 
 
 def _numbers_in_words(text: str, language: str) -> str:
