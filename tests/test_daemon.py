@@ -677,7 +677,7 @@ def test_the_unit_restarts_a_daemon_that_ended_by_itself_even_with_status_0(tmp_
     line: systemd must bring it back. `systemctl stop` still stops it (a stop is never restarted), a reload is
     SIGHUP to the running process, and a broken configuration (78) is still not retried."""
     unit = (REPO / "systemd/assistant.service").read_text().splitlines()
-    assert "Restart=always" in unit
+    assert "Restart=on-failure" in unit and "RestartForceExitStatus=0" in unit
     assert "RestartPreventExitStatus=78" in unit
     assert "ExecReload=/bin/kill -HUP $MAINPID" in unit
     copy = tmp_path / "assistant.service"  # the binaries it names need not exist here
