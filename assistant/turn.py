@@ -206,7 +206,11 @@ class TurnManager:
                 break  # stopped while a request ran: the ones after it stay undone
             self.registry.context.language = match.language.split("-")[0]  # "kitchen light开着吗" is in Chinese
             call = {"name": match.skill, "arguments": match.arguments}
-            log.info("local intent %s %s%s", call["name"], call["arguments"], f": {match.reply}" if match.reply else "")
+            # The arguments are what the person said (a note, a door code): in the journal at debug level only.
+            log.info("local intent %s%s", call["name"], ", answered without a call" if match.reply else "")
+            log.debug(
+                "local intent %s %s%s", call["name"], call["arguments"], f": {match.reply}" if match.reply else ""
+            )
             questions = self._questions()
             # A confirmation (of the call a question's answer completes) is the first call's only.
             events = [TurnEvent("text", match.reply)] if match.reply else self._run_call(call, confirmed and not number)
