@@ -764,10 +764,13 @@ def cancel_alarms(
         alarms = [(i, datetime.fromtimestamp(due)) for i, due in
                   db.execute("SELECT id, due FROM timers WHERE kind = 'alarm' ORDER BY due")]  # fmt: skip
         if said in WEEKDAYS:
-            # The nearest of that weekday with such an alarm: "the one on Friday" of those a question named.
+            # The nearest of that weekday with such an alarm, of those a reply names by it first: one today or
+            # tomorrow is named "7:00" or "7:00 tomorrow", so "the one on Friday" answers a question that named
+            # "7:00 on Friday, May 15" only for the alarm a week after tomorrow's.
             fits = [at for _, at in alarms if at.weekday() == WEEKDAYS.index(said)]
             fits = [at for at in fits if hour is None or (at.hour, at.minute) == (hour, minute)]
-            first = min((at.date() for at in fits), default=first)
+            by_name = [at for at in fits if at.date() > now.date() + timedelta(days=1)]
+            first = min((at.date() for at in by_name or fits), default=first)
         if said:
             alarms = [(i, at) for i, at in alarms if at.date() == first]
         named, named_zh = _day_named(first, now.date()) if first and first != now.date() else (" today", "今天")
