@@ -319,6 +319,29 @@ def test_an_alarm_for_a_day_rings_on_that_day(tmp_path: Path, monkeypatch: pytes
     assert registry.call("cancel_alarms", answer.arguments).text == "Cancelled the alarm at 7:00 on Friday, May 15."
 
 
+def test_an_alarm_for_a_date_the_model_wrote_rings_on_that_date(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    registry = registry_in(tmp_path)
+    for name in ("set_alarm", "cancel_alarms"):
+        monkeypatch.setitem(registry.skills[name].func.__globals__, "datetime", ThreeInTheAfternoon)  # May 4
+    # "Set an alarm for May 20 at 7", which no sentence takes: the model writes the date as a date.
+    assert (
+        registry.call("set_alarm", {"hour": 7, "day": "2026-05-20"}).text == "Alarm set for 7:00 on Wednesday, May 20."
+    )
+    assert registry.call("set_alarm", {"hour": 19, "day": "2026-05-04"}).text == "Alarm set for 19:00."
+    assert registry.call("set_alarm", {"hour": 7, "day": "2026-05-04"}).text == "Sorry, 7:00 on that day has passed."
+    assert registry.call("set_alarm", {"hour": 7, "day": "2026-05-01"}).text == "Sorry, 7:00 on that day has passed."
+    with sqlite3.connect(tmp_path / "timers.sqlite3") as db:
+        due = [datetime.fromtimestamp(d) for (d,) in db.execute("SELECT due FROM timers ORDER BY due")]
+    assert due == [datetime(2026, 5, 4, 19), datetime(2026, 5, 20, 7)]
+    registry.context.language = "zh"
+    assert registry.call("set_alarm", {"hour": 7, "day": "2026-05-01"}).text == "抱歉，那天早上7点已经过去了。"
+    registry.context.language = "en"
+    reply = registry.call("cancel_alarms", {"day": "2026-05-20"}).text
+    assert reply == "Cancelled the alarm at 7:00 on Wednesday, May 20."
+
+
 @pytest.mark.parametrize(("language", "answer"), [("en", "the one on Tuesday"), ("zh", "周二的那个")])
 def test_a_day_answering_which_alarm_picks_the_one_the_question_named_by_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, language: str, answer: str

@@ -389,8 +389,13 @@ def _day_named(day: date, today: date) -> tuple[str, str]:
 
 
 def _said_day(day: str) -> str | None:
-    """`day` as one of DAYS ("On Friday" is "friday", 后天 "day after tomorrow"), or None if it names none."""
-    return DAY_WORDS.get(" ".join(day.casefold().split()))
+    """`day` as one of DAYS ("On Friday" is "friday", 后天 "day after tomorrow") or as a date ("2026-12-01", as the
+    model writes "December 1", which no sentence takes), or None if it names none."""
+    said = " ".join(day.casefold().split())
+    if re.fullmatch(r"\d{4}-\d{2}-\d{2}", said):
+        with contextlib.suppress(ValueError):  # 2026-02-30
+            return date.fromisoformat(said).isoformat()
+    return DAY_WORDS.get(said)
 
 
 def _no_such_day(day: str, context: SkillContext) -> str:
@@ -398,7 +403,7 @@ def _no_such_day(day: str, context: SkillContext) -> str:
 
 
 def _first_day(day: str, now: datetime) -> date:
-    """The first date an alarm for `day` (one of DAYS) can ring on: a weekday's is today's if it is today."""
+    """The first date an alarm for `day` (one of DAYS, or a date) can ring on: a weekday's is today's if it is today."""
     today = now.date()
     if day in ("tomorrow", "day after tomorrow"):
         return _tomorrow(now) + timedelta(days=day != "tomorrow")
@@ -406,7 +411,7 @@ def _first_day(day: str, now: datetime) -> date:
         return today + timedelta(days=7 - today.weekday() + WEEKDAYS.index(day.removeprefix("next ")))
     if day in WEEKDAYS:
         return today + timedelta(days=(WEEKDAYS.index(day) - today.weekday()) % 7)
-    return today
+    return date.fromisoformat(day) if day[:1].isdigit() else today
 
 
 def _times(sentence: Callable[[str], str]) -> list:
@@ -467,7 +472,7 @@ def set_alarm(
         hour: hour on a 24-hour clock
         minute: minute
         label: what the alarm is for
-        day: the day if one was said: tomorrow, day after tomorrow, friday, next friday
+        day: the day if one was said: tomorrow, day after tomorrow, friday, next friday, or a date (2026-12-01)
     """
     follow_zone()
     now = datetime.now()
@@ -476,6 +481,11 @@ def set_alarm(
         return _no_such_day(day, context)
     on = _first_day(said, now)
     due = now.replace(year=on.year, month=on.month, day=on.day, hour=hour, minute=minute, second=0, microsecond=0)
+    if due <= now and said[:1].isdigit():  # a date: not the next day instead
+        return context.localized(
+            f"Sorry, {clock(hour, minute)} on that day has passed.",
+            zh=f"抱歉，那天{clock(hour, minute, 'zh')}已经过去了。",
+        )
     if due <= now:  # today's time has passed: the next day, or for a weekday the same day next week
         due += timedelta(days=7 if said in WEEKDAYS else 1)
     # A time the clock skips as daylight saving begins (2:30, as 2:00 becomes 3:00) rings as it is skipped,
