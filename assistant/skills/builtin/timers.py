@@ -753,7 +753,7 @@ def cancel_alarms(
         hour: the alarm's hour on a 24-hour clock
         minute: the alarm's minute
         every: true to cancel every alarm
-        day: the day if one was said, for its alarms only: tomorrow, friday, next friday
+        day: the day if one was said, for its alarms only: tomorrow, friday, next friday, or a date (2026-12-01)
     """
     follow_zone()
     now = datetime.now()
