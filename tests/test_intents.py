@@ -115,6 +115,9 @@ ENGLISH = [
     ("set an alarm on Friday at 7", "set_alarm", {"hour": 7, "day": "friday"}),
     ("set an alarm for next Monday at 8 am", "set_alarm", {"hour": 8, "day": "next monday"}),
     ("wake me up at 6:30 on Sunday", "set_alarm", {"hour": 6, "minute": 30, "day": "sunday"}),
+    ("wake me up on saturday morning at 8", "set_alarm", {"hour": 8, "day": "saturday"}),  # as "tomorrow morning"
+    ("set an alarm for 7 on friday morning", "set_alarm", {"hour": 7, "day": "friday"}),
+    ("cancel friday's alarm", "cancel_alarms", {"day": "friday"}),  # as "tomorrow's alarm"
     ("cancel the alarm for tomorrow", "cancel_alarms", {"day": "tomorrow"}),
     ("cancel my 7 am alarm tomorrow", "cancel_alarms", {"hour": 7, "day": "tomorrow"}),
     ("what time is it", "current_time", {}),

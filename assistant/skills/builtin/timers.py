@@ -326,9 +326,12 @@ def _day_words() -> dict[str, str]:
     for number, day in enumerate(WEEKDAYS):
         zh = [f"{week}{WEEKDAYS_ZH[number]}" for week in ("周", "星期", "礼拜")]
         zh += ["周天", "星期天", "礼拜天"] if day == "sunday" else []
-        said |= {word: day for word in (f"on {day}", f"this {day}", *zh, *(f"这{word}" for word in zh))}
+        # "On Friday morning" and "Friday's alarm", as "tomorrow morning" and "tomorrow's alarm" are said.
+        en = (f"on {day}", f"this {day}", f"{day} morning", f"on {day} morning", f"this {day} morning", f"{day}'s")
+        said |= {word: day for word in (*en, *zh, *(f"这{word}" for word in zh))}
         said |= {f"本{word}": day for word in zh if word.startswith("周")}
-        said |= {word: f"next {day}" for word in (f"on next {day}", *(f"下{word}" for word in zh))}
+        next_en = (f"on next {day}", f"next {day} morning")
+        said |= {word: f"next {day}" for word in (*next_en, *(f"下{word}" for word in zh))}
         said |= {f"下个{word}": f"next {day}" for word in zh if not word.startswith("周")}
     return {**{day: day for day in DAYS}, **said}
 
