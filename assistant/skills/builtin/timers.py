@@ -518,7 +518,7 @@ def set_alarm(
 @skill(
     sentences={
         "en": ["what timers do I have", "list my timers", "list my alarms", "what alarms do I have"],
-        "zh": ["有哪些计时器", "我有什么闹钟"],
+        "zh": ["[我](有|设了)(哪些|什么)(计时器|闹钟)"],
     }
 )
 def list_timers(context: SkillContext) -> str:
