@@ -62,6 +62,11 @@ NO_ZH = {"不", "不要", "不用", "取消", "别", "算了", "不是", "不行
 # Around a Chinese yes or no, and changing nothing: 请, 谢谢, and the particles that end it (不用了, 算了吧, 好啊).
 ZH_COURTESY = re.compile(r"谢谢你?|谢了|多谢|^请")
 ZH_PARTICLES = "了吧啊呀呢哦"
+# One word or several of one meaning: 好的好的, 是的，确认, 不，取消 ("no, cancel", as "no, don't" is a no).
+ZH_ANSWER_WORDS = {
+    meaning: re.compile("(?:" + "|".join(sorted(words, key=len, reverse=True)) + ")+")
+    for words, meaning in ((YES_ZH, True), (NO_ZH, False))
+}
 CONFIRM_SECONDS = 60.0  # an unanswered question (a confirmation, a skill's "Which one?") lapses after this long
 MAX_PASSES = 3  # model → skills → model ... at most this many generations a turn
 SPOKEN = ("text", "error", "confirm")  # the events a person hears
@@ -206,7 +211,11 @@ class TurnManager:
                 break  # stopped while a request ran: the ones after it stay undone
             self.registry.context.language = match.language.split("-")[0]  # "kitchen light开着吗" is in Chinese
             call = {"name": match.skill, "arguments": match.arguments}
-            log.info("local intent %s %s%s", call["name"], call["arguments"], f": {match.reply}" if match.reply else "")
+            # The arguments are what the person said (a note, a door code): in the journal at debug level only.
+            log.info("local intent %s%s", call["name"], ", answered without a call" if match.reply else "")
+            log.debug(
+                "local intent %s %s%s", call["name"], call["arguments"], f": {match.reply}" if match.reply else ""
+            )
             questions = self._questions()
             # A confirmation (of the call a question's answer completes) is the first call's only.
             events = [TurnEvent("text", match.reply)] if match.reply else self._run_call(call, confirmed and not number)
@@ -419,8 +428,8 @@ def _chinese_answer(text: str) -> bool | None:
     said = ZH_COURTESY.sub("", re.sub(r"[\W_]", "", text))
     ended = False  # by 了: 不用了 is a no, but 好了 and 可以了 ("that will do", "enough") are no yes
     while said:
-        for words, meaning in ((YES_ZH, True), (NO_ZH, False)):
-            if any(said == word * (len(said) // len(word)) for word in words) and not (meaning and ended):
+        for meaning, words in ZH_ANSWER_WORDS.items():
+            if words.fullmatch(said) and not (meaning and ended):
                 return meaning
         if said[-1] not in ZH_PARTICLES:
             return None

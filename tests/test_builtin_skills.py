@@ -292,9 +292,11 @@ def test_an_alarm_for_a_day_rings_on_that_day(tmp_path: Path, monkeypatch: pytes
     # Cancelled by their day, or picked by it when asked which.
     monkeypatch.setitem(registry.skills["cancel_alarms"].func.__globals__, "datetime", ThreeInTheAfternoon)
     assert say("cancel the alarm on Friday") == "Cancelled the alarm at 7:00 on Friday, May 8."
-    assert say("cancel the alarm on Monday") == "Cancelled the alarm at 19:00."  # the nearest Monday's: today's
     question = say("cancel the alarm next Monday")
     assert question == "You have 2 alarms: at 8:00 on Monday, May 11 and 9:00 on Monday, May 11. Which one?"
+    # Today's alarm is named "19:00", not "on Monday": the day names the alarms a reply names by it.
+    assert say("cancel the alarm on Monday") == question
+    assert say("cancel the alarm at 7 pm") == "Cancelled the alarm at 19:00."
     answer = IntentMatcher(registry.skills).match_answer("the 9 am one", question, {
         "name": "cancel_alarms", "arguments": {"day": "next monday"}})  # fmt: skip
     assert registry.call("cancel_alarms", answer.arguments).text == "Cancelled the alarm at 9:00 on Monday, May 11."
@@ -315,6 +317,52 @@ def test_an_alarm_for_a_day_rings_on_that_day(tmp_path: Path, monkeypatch: pytes
     answer = IntentMatcher(registry.skills).match_answer("the one on Friday", question, {
         "name": "cancel_alarms", "arguments": {}})  # fmt: skip
     assert registry.call("cancel_alarms", answer.arguments).text == "Cancelled the alarm at 7:00 on Friday, May 15."
+
+
+def test_an_alarm_for_a_date_the_model_wrote_rings_on_that_date(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    registry = registry_in(tmp_path)
+    for name in ("set_alarm", "cancel_alarms"):
+        monkeypatch.setitem(registry.skills[name].func.__globals__, "datetime", ThreeInTheAfternoon)  # May 4
+    # "Set an alarm for May 20 at 7", which no sentence takes: the model writes the date as a date.
+    assert (
+        registry.call("set_alarm", {"hour": 7, "day": "2026-05-20"}).text == "Alarm set for 7:00 on Wednesday, May 20."
+    )
+    assert registry.call("set_alarm", {"hour": 19, "day": "2026-05-04"}).text == "Alarm set for 19:00."
+    assert registry.call("set_alarm", {"hour": 7, "day": "2026-05-04"}).text == "Sorry, 7:00 on that day has passed."
+    assert registry.call("set_alarm", {"hour": 7, "day": "2026-05-01"}).text == "Sorry, 7:00 on that day has passed."
+    with sqlite3.connect(tmp_path / "timers.sqlite3") as db:
+        due = [datetime.fromtimestamp(d) for (d,) in db.execute("SELECT due FROM timers ORDER BY due")]
+    assert due == [datetime(2026, 5, 4, 19), datetime(2026, 5, 20, 7)]
+    registry.context.language = "zh"
+    assert registry.call("set_alarm", {"hour": 7, "day": "2026-05-01"}).text == "抱歉，那天早上7点已经过去了。"
+    registry.context.language = "en"
+    reply = registry.call("cancel_alarms", {"day": "2026-05-20"}).text
+    assert reply == "Cancelled the alarm at 7:00 on Wednesday, May 20."
+
+
+@pytest.mark.parametrize(("language", "answer"), [("en", "the one on Tuesday"), ("zh", "周二的那个")])
+def test_a_day_answering_which_alarm_picks_the_one_the_question_named_by_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, language: str, answer: str
+) -> None:
+    registry = registry_in(tmp_path)
+    for name in ("set_alarm", "cancel_alarms"):  # on a Monday: tomorrow is a Tuesday, and so is May 12
+        monkeypatch.setitem(registry.skills[name].func.__globals__, "datetime", ThreeInTheAfternoon)
+    registry.call("set_alarm", {"hour": 7, "day": "tuesday"})
+    registry.call("set_alarm", {"hour": 7, "day": "next tuesday"})
+    registry.context.language = language
+    question = registry.call("cancel_alarms", {}).text
+    assert question in ("You have 2 alarms: at 7:00 and 7:00 on Tuesday, May 12. Which one?",
+                        "你有2个闹钟：早上7点、5月12日星期二早上7点。要取消哪一个？")  # fmt: skip
+    picked = IntentMatcher(registry.skills).match_answer(answer, question, {"name": "cancel_alarms", "arguments": {}})
+    assert registry.call("cancel_alarms", picked.arguments).text in (
+        "Cancelled the alarm at 7:00 on Tuesday, May 12.", "已取消5月12日星期二早上7点的闹钟。"
+    )  # fmt: skip
+    with sqlite3.connect(tmp_path / "timers.sqlite3") as db:  # tomorrow's still rings
+        assert [datetime.fromtimestamp(due) for (due,) in db.execute("SELECT due FROM timers")] == [
+            datetime(2026, 5, 5, 7)
+        ]
 
 
 def test_an_alarm_that_just_rang_can_be_snoozed(tmp_path: Path) -> None:

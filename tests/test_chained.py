@@ -413,3 +413,6 @@ def test_a_chinese_confirmation_is_answered_with_its_own_word(tiny_int8: Path, t
     assert said(manager, "清空购物清单") == "确定要这样做吗？"
     assert said(manager, "取消计时器") == "好的，不执行了。已取消5分钟的计时器。"  # as "cancel the timer" is
     assert said(manager, "我要买什么") == "购物清单上有：牛奶。"
+    assert said(manager, "清空购物清单") == "确定要这样做吗？"
+    assert said(manager, "不，取消") == "好的，不执行了。"  # not left to the model as a new request
+    assert said(manager, "我要买什么") == "购物清单上有：牛奶。"

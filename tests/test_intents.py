@@ -115,6 +115,9 @@ ENGLISH = [
     ("set an alarm on Friday at 7", "set_alarm", {"hour": 7, "day": "friday"}),
     ("set an alarm for next Monday at 8 am", "set_alarm", {"hour": 8, "day": "next monday"}),
     ("wake me up at 6:30 on Sunday", "set_alarm", {"hour": 6, "minute": 30, "day": "sunday"}),
+    ("wake me up on saturday morning at 8", "set_alarm", {"hour": 8, "day": "saturday"}),  # as "tomorrow morning"
+    ("set an alarm for 7 on friday morning", "set_alarm", {"hour": 7, "day": "friday"}),
+    ("cancel friday's alarm", "cancel_alarms", {"day": "friday"}),  # as "tomorrow's alarm"
     ("cancel the alarm for tomorrow", "cancel_alarms", {"day": "tomorrow"}),
     ("cancel my 7 am alarm tomorrow", "cancel_alarms", {"hour": 7, "day": "tomorrow"}),
     ("what time is it", "current_time", {}),
@@ -170,6 +173,10 @@ CHINESE = [
     ("设一个下周一早上8点的闹钟", "set_alarm", {"hour": 8, "day": "next monday"}),
     ("星期天早上9点叫醒我", "set_alarm", {"hour": 9, "day": "sunday"}),
     ("取消明天的闹钟", "cancel_alarms", {"day": "明天"}),
+    ("我有哪些闹钟", "list_timers", {}),  # as the English "what alarms do I have"
+    ("我设了什么闹钟", "list_timers", {}),
+    ("有哪些闹钟", "list_timers", {}),
+    ("我有哪些计时器", "list_timers", {}),
     ("设个闹钟在晚上9点", "set_alarm", {"hour": 21}),
     ("晚上十点零五分叫醒我", "set_alarm", {"hour": 22, "minute": 5}),
     ("设一个凌晨12点的闹钟", "set_alarm", {"hour": 0}),  # midnight, not noon

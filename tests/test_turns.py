@@ -181,6 +181,11 @@ def test_a_reply_cut_short_inside_a_call_says_why_in_the_log(tiny_int8: Path, ca
         ("不要了，谢谢", False),
         ("不 要", False),
         ("不行", False),
+        ("不，取消", False),  # "no, cancel": no-words one after another, as "no, don't" is a no
+        ("不要，不用了", False),
+        ("是的，确认", True),
+        ("不，好的", None),  # both: neither is taken
+        ("好不好", None),
         ("好的，设置一个计时器", None),  # more than an answer
         ("确定要这样做吗", None),
         ("嗯", None),  # a sound, not a yes to unlocking a door

@@ -362,7 +362,7 @@ class Registry:
     def call(self, name: str, arguments: Any) -> SkillResult:
         """Validate and run one skill; every failure is a SkillResult with an error for the person."""
         found = self.skills.get(name)
-        problem = None
+        problem = logged = None
         if found is None:
             problem = f"there is no skill called {name}"
         elif not _finite(arguments):
@@ -372,10 +372,14 @@ class Registry:
                 jsonschema.validate(arguments, found.parameters)
             except jsonschema.ValidationError as e:
                 problem = f"invalid arguments for {name}: {e.message}"
+                # The message quotes the value (a note, a door code): the journal names only the rule it broke.
+                at = "/".join(map(str, e.absolute_path)) or "the arguments"
+                logged = f"invalid arguments for {name}: {at} breaks its {e.validator} rule"
                 if e.validator in ("minimum", "maximum") and e.absolute_path:
                     # A number outside a skill's range (the model's "timer for 10000 hours"): said as
                     # the range, as when a sentence asks for it, not as a validation error.
-                    log.warning("call not run: %s", problem)
+                    log.warning("call not run: %s", logged)
+                    log.debug("call not run: %s", problem)
                     schema = found.parameters["properties"][e.absolute_path[0]]
                     return SkillResult(name, text=out_of_range(schema, self.context.language))
         earlier = self.left_running.get(name)
@@ -384,14 +388,17 @@ class Registry:
             # a device that hangs one more waiting thread each time it is asked.
             problem = f"{name} is still busy with the last request"
         if found is None or problem:
-            log.warning("call not run: %s", problem)
+            log.warning("call not run: %s", logged or problem)
+            log.debug("call not run: %s", problem)
             return SkillResult(name, error=problem)
+        log.debug("calling %s with %s", name, arguments)  # what the person said: kept from the journal
         properties = found.parameters["properties"]
         kwargs = {key: as_declared(value, properties[key]) for key, value in arguments.items()}
         if found.wants_context:
             kwargs[found.wants_context] = self.context
         timeout = min(found.timeout or self.timeout, threading.TIMEOUT_MAX)
         # A skill that hangs cannot be killed from Python: its thread is abandoned and the turn goes on.
+        started = time.monotonic()
         thread, outcome = _start(f"skill-{name}", lambda: found.func(**kwargs))
         thread.join(timeout)
         where = f"{found.source}: skill {name}"
@@ -403,6 +410,7 @@ class Registry:
         value, error = outcome[0]
         if isinstance(value, str):
             value = str.__str__(value)  # a plain str: a subclass's own methods are the skill's code, unguarded here
+        log.info("skill %s %s in %.2f s", name, "failed" if error else "returned", time.monotonic() - started)
         if error is not None:
             # The traceback shows the line; a StorageError already says in words what to do.
             traceback_shown = None if isinstance(error, StorageError) else error

@@ -326,9 +326,12 @@ def _day_words() -> dict[str, str]:
     for number, day in enumerate(WEEKDAYS):
         zh = [f"{week}{WEEKDAYS_ZH[number]}" for week in ("周", "星期", "礼拜")]
         zh += ["周天", "星期天", "礼拜天"] if day == "sunday" else []
-        said |= {word: day for word in (f"on {day}", f"this {day}", *zh, *(f"这{word}" for word in zh))}
+        # "On Friday morning" and "Friday's alarm", as "tomorrow morning" and "tomorrow's alarm" are said.
+        en = (f"on {day}", f"this {day}", f"{day} morning", f"on {day} morning", f"this {day} morning", f"{day}'s")
+        said |= {word: day for word in (*en, *zh, *(f"这{word}" for word in zh))}
         said |= {f"本{word}": day for word in zh if word.startswith("周")}
-        said |= {word: f"next {day}" for word in (f"on next {day}", *(f"下{word}" for word in zh))}
+        next_en = (f"on next {day}", f"next {day} morning")
+        said |= {word: f"next {day}" for word in (*next_en, *(f"下{word}" for word in zh))}
         said |= {f"下个{word}": f"next {day}" for word in zh if not word.startswith("周")}
     return {**{day: day for day in DAYS}, **said}
 
@@ -389,8 +392,13 @@ def _day_named(day: date, today: date) -> tuple[str, str]:
 
 
 def _said_day(day: str) -> str | None:
-    """`day` as one of DAYS ("On Friday" is "friday", 后天 "day after tomorrow"), or None if it names none."""
-    return DAY_WORDS.get(" ".join(day.casefold().split()))
+    """`day` as one of DAYS ("On Friday" is "friday", 后天 "day after tomorrow") or as a date ("2026-12-01", as the
+    model writes "December 1", which no sentence takes), or None if it names none."""
+    said = " ".join(day.casefold().split())
+    if re.fullmatch(r"\d{4}-\d{2}-\d{2}", said):
+        with contextlib.suppress(ValueError):  # 2026-02-30
+            return date.fromisoformat(said).isoformat()
+    return DAY_WORDS.get(said)
 
 
 def _no_such_day(day: str, context: SkillContext) -> str:
@@ -398,7 +406,7 @@ def _no_such_day(day: str, context: SkillContext) -> str:
 
 
 def _first_day(day: str, now: datetime) -> date:
-    """The first date an alarm for `day` (one of DAYS) can ring on: a weekday's is today's if it is today."""
+    """The first date an alarm for `day` (one of DAYS, or a date) can ring on: a weekday's is today's if it is today."""
     today = now.date()
     if day in ("tomorrow", "day after tomorrow"):
         return _tomorrow(now) + timedelta(days=day != "tomorrow")
@@ -406,7 +414,7 @@ def _first_day(day: str, now: datetime) -> date:
         return today + timedelta(days=7 - today.weekday() + WEEKDAYS.index(day.removeprefix("next ")))
     if day in WEEKDAYS:
         return today + timedelta(days=(WEEKDAYS.index(day) - today.weekday()) % 7)
-    return today
+    return date.fromisoformat(day) if day[:1].isdigit() else today
 
 
 def _times(sentence: Callable[[str], str]) -> list:
@@ -467,7 +475,7 @@ def set_alarm(
         hour: hour on a 24-hour clock
         minute: minute
         label: what the alarm is for
-        day: the day if one was said: tomorrow, day after tomorrow, friday, next friday
+        day: the day if one was said: tomorrow, day after tomorrow, friday, next friday, or a date (2026-12-01)
     """
     follow_zone()
     now = datetime.now()
@@ -476,6 +484,11 @@ def set_alarm(
         return _no_such_day(day, context)
     on = _first_day(said, now)
     due = now.replace(year=on.year, month=on.month, day=on.day, hour=hour, minute=minute, second=0, microsecond=0)
+    if due <= now and said[:1].isdigit():  # a date: not the next day instead
+        return context.localized(
+            f"Sorry, {clock(hour, minute)} on that day has passed.",
+            zh=f"抱歉，那天{clock(hour, minute, 'zh')}已经过去了。",
+        )
     if due <= now:  # today's time has passed: the next day, or for a weekday the same day next week
         due += timedelta(days=7 if said in WEEKDAYS else 1)
     # A time the clock skips as daylight saving begins (2:30, as 2:00 becomes 3:00) rings as it is skipped,
@@ -505,7 +518,7 @@ def set_alarm(
 @skill(
     sentences={
         "en": ["what timers do I have", "list my timers", "list my alarms", "what alarms do I have"],
-        "zh": ["有哪些计时器", "我有什么闹钟"],
+        "zh": ["[我](有|设了)(哪些|什么)(计时器|闹钟)"],
     }
 )
 def list_timers(context: SkillContext) -> str:
@@ -743,7 +756,7 @@ def cancel_alarms(
         hour: the alarm's hour on a 24-hour clock
         minute: the alarm's minute
         every: true to cancel every alarm
-        day: the day if one was said, for its alarms only: tomorrow, friday, next friday
+        day: the day if one was said, for its alarms only: tomorrow, friday, next friday, or a date (2026-12-01)
     """
     follow_zone()
     now = datetime.now()
@@ -764,10 +777,13 @@ def cancel_alarms(
         alarms = [(i, datetime.fromtimestamp(due)) for i, due in
                   db.execute("SELECT id, due FROM timers WHERE kind = 'alarm' ORDER BY due")]  # fmt: skip
         if said in WEEKDAYS:
-            # The nearest of that weekday with such an alarm: "the one on Friday" of those a question named.
+            # The nearest of that weekday with such an alarm, of those a reply names by it first: one today or
+            # tomorrow is named "7:00" or "7:00 tomorrow", so "the one on Friday" answers a question that named
+            # "7:00 on Friday, May 15" only for the alarm a week after tomorrow's.
             fits = [at for _, at in alarms if at.weekday() == WEEKDAYS.index(said)]
             fits = [at for at in fits if hour is None or (at.hour, at.minute) == (hour, minute)]
-            first = min((at.date() for at in fits), default=first)
+            by_name = [at for at in fits if at.date() > now.date() + timedelta(days=1)]
+            first = min((at.date() for at in by_name or fits), default=first)
         if said:
             alarms = [(i, at) for i, at in alarms if at.date() == first]
         named, named_zh = _day_named(first, now.date()) if first and first != now.date() else (" today", "今天")
