@@ -452,8 +452,11 @@ class Daemon:
             log.warning("a skill said %d characters; saying only the first %d", len(text), MAX_RESULT)
             text = _cut_between_words(text, MAX_RESULT)
         self.control.publish(Event("say", {"text": text}))
+        # What is said may be the person's own words (a timer's name, a reminder): the journal, which more
+        # people may read than may use the assistant, gets only that something was said.
+        log.info("saying an announcement of %d words", len(text.split()))
         shown = " ".join(text.split())
-        log.info("saying: %s", shown if len(shown) <= 200 else f"{shown[:200]}…")
+        log.debug("saying: %s", shown if len(shown) <= 200 else f"{shown[:200]}…")
         if self.voice is not None:
             self.voice.announce(text)
 
