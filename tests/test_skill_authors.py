@@ -134,7 +134,7 @@ def test_skill_code_every_user_may_change_is_not_run(tmp_path: Path) -> None:
     registry.load_folder(shared)
     registry.load_folder(private)
     assert registry.skills == {}
-    fix = "every user may change it, and its code would run as this user: chmod o-w"
+    fix = "every user may change it, and so run code as this user: chmod o-w"
     assert registry.problems == [
         f"{shared}: {fix} {shared}; skipped",
         f"{beans}:4: {helper}: {fix} {helper}; skipped",

@@ -480,7 +480,7 @@ def open_to_all(path: Path) -> str | None:
         if not mode & stat.S_IWOTH:
             continue
         if inner is None:
-            return f"every user may change it, and its code would run as this user: chmod o-w {entry}"
+            return f"every user may change it, and so run code as this user: chmod o-w {entry}"
         if not mode & stat.S_ISVTX:
             return f"every user may replace it through {entry}: chmod o-w {entry}"
         # Sticky, as /tmp: each may replace only what they own there.
