@@ -601,7 +601,9 @@ def test_cancel_from_any_connection_on_disconnect_and_on_ctrl_c(tmp_path: Path, 
 def test_a_timer_survives_kill_9(setup) -> None:
     config, control, notify = setup
     daemon = Daemon(config.parent, config, notify)
-    assert turn(control, "set a bank call timer for 2 seconds")[-2]["text"] == "The bank call timer is set for 2 seconds."
+    assert (
+        turn(control, "set a bank call timer for 2 seconds")[-2]["text"] == "The bank call timer is set for 2 seconds."
+    )
     assert daemon.stop(signal.SIGKILL) == -signal.SIGKILL  # confirmed to the user, then killed
     notify.received.clear()
     restarted = Daemon(config.parent, config, notify)
