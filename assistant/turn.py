@@ -69,6 +69,10 @@ ZH_ANSWER_WORDS = {
 }
 CONFIRM_SECONDS = 60.0  # an unanswered question (a confirmation, a skill's "Which one?") lapses after this long
 MAX_PASSES = 3  # model → skills → model ... at most this many generations a turn
+# The skills of one turn run within this many seconds in all (each call gets what is left, when that is
+# less than its timeout): the daemon counts a turn past 300 s (TURN_LIMIT_SECONDS) as hung and has the
+# assistant restarted. The rest is for the model's reply to their results.
+TURN_SECONDS = 240.0
 SPOKEN = ("text", "error", "confirm")  # the events a person hears
 # A reply that goes on writing a code block or JSON (not said) longer than this ends there: the person
 # would wait in silence while it is written, for words about code they cannot see. A call that a reply
@@ -108,6 +112,7 @@ class TurnManager:
         # Per asker, its own exchanges: one client's words are never in the context of another's reply.
         self.histories: dict[Hashable, list[dict]] = {}
         self.asker: Hashable = None
+        self.deadline = 0.0  # when the running turn's time for skills ends (time.monotonic())
         registry.context.last_reply = lambda: self.last_replies.get(self.asker)
 
     def forget(self, asker: Hashable) -> None:
@@ -120,6 +125,7 @@ class TurnManager:
     def turn(self, text: str, cancel: threading.Event | None = None, asker: Hashable = None) -> Iterator[TurnEvent]:
         """One turn of `asker`'s (who answers a confirmation question, whose reply "repeat" says)."""
         self.asker = asker
+        self.deadline = time.monotonic() + TURN_SECONDS
         # The engine keeps what prompts share (the system prompt), so another asker's turn only
         # prefills that asker's own exchanges.
         self.conversation.messages = self.histories.setdefault(asker, [])
@@ -209,6 +215,13 @@ class TurnManager:
         for number, match in enumerate(matches):
             if number and cancel is not None and cancel.is_set():
                 break  # stopped while a request ran: the ones after it stay undone
+            if number and time.monotonic() >= self.deadline:
+                undone = [later.said.rstrip(SENTENCE_END) for later in matches[number:]]
+                log.warning("the turn's time is up: %d requests not done", len(undone))
+                said = {"en": NOT_DONE["en"].format(", ".join(undone)), "zh": NOT_DONE["zh"].format("，".join(undone))}
+                spoken.append(self._say(said))
+                yield TurnEvent("text", self._say(said))
+                break
             self.registry.context.language = match.language.split("-")[0]  # "kitchen light开着吗" is in Chinese
             call = {"name": match.skill, "arguments": match.arguments}
             # The arguments are what the person said (a note, a door code): in the journal at debug level only.
@@ -267,6 +280,10 @@ class TurnManager:
         for generation in range(MAX_PASSES):
             if cancel is not None and cancel.is_set() and (generation or not request):
                 # Stopped while the skills ran: no reply is started to read their results out.
+                self._said_instead_of_calls("")
+                return
+            if time.monotonic() >= self.deadline and (generation or not request):
+                log.warning("the turn's time is up: the skills' results are not read")
                 self._said_instead_of_calls("")
                 return
             try:
@@ -374,7 +391,7 @@ class TurnManager:
                 "confirm", self._say({"en": f"Do you really want me to run {name}?", "zh": "确定要这样做吗？"})
             )
             return
-        result = self.registry.call(call["name"], call["arguments"])
+        result = self.registry.call(call["name"], call["arguments"], within=self.deadline - time.monotonic())
         if result.error:
             # The cause is in English words (a skill's exception, a full disk): in Chinese only that it failed.
             yield TurnEvent(

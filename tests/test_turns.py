@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 
 from assistant import SkillContext, skill
+from assistant import turn as turn_module
+from assistant.daemon import run
 from assistant.llm.conversation import Conversation
 from assistant.llm.engine import Engine
 from assistant.llm.sampling import Sampler
@@ -213,3 +215,66 @@ def test_a_chinese_yes_or_no_is_heard_as_people_say_it(text: str, answer: bool |
 )
 def test_a_yes_or_no_in_english_is_heard_as_people_say_it(text: str, answer: bool | None) -> None:
     assert confirmation(text) is answer
+
+
+def test_a_turn_ends_within_its_time_however_many_slow_skills_it_calls(
+    tiny_int8: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each skill within its own timeout, but the two together past the turn's time: the second one gets
+    # what is left, and the turn ends with its apology before the daemon would count it as hung.
+    monkeypatch.setattr(turn_module, "TURN_SECONDS", 0.6)
+    started = []
+
+    @skill(timeout=0.5, sentences={"en": ["warm the oven"]})
+    def warm_oven() -> str:
+        """Warm the oven."""
+        time.sleep(0.4)
+        return "The oven is warm."
+
+    @skill(timeout=0.5, sentences={"en": ["fill the bath"]})
+    def fill_bath() -> str:
+        """Fill the bath."""
+        time.sleep(3)
+        return "The bath is full."
+
+    @skill(timeout=0.5, sentences={"en": ["close the blinds"]})
+    def close_blinds() -> str:
+        """Close the blinds."""
+        started.append(True)
+        return "The blinds are closed."
+
+    registry = Registry()
+    for func in (warm_oven, fill_bath, close_blinds):
+        registry.add_function(func, "test")
+    engine = Engine(tiny_int8, kv_cache_len=2048)
+    manager = TurnManager(Conversation(engine, "You are a test.", 64, registry.tools()), registry, Sampler())
+    start = time.monotonic()
+    said = spoken(events(manager, "warm the oven and fill the bath and close the blinds"))
+    assert time.monotonic() - start < 0.75
+    assert said == "The oven is warm. Sorry, fill_bath took too long. Not done yet: close the blinds."
+    assert not started
+
+    # The model's calls, over its passes, share the turn's time too.
+    monkeypatch.setattr(turn_module, "TURN_SECONDS", 0.3)
+
+    @skill(timeout=0.25)
+    def forecast() -> dict:
+        """Tomorrow's weather."""
+        time.sleep(0.2)
+        return {"sky": "rain"}
+
+    registry = Registry()
+    registry.add_function(forecast, "test")
+    conversation = Conversation(engine, "You are a test.", 64, registry.tools())
+    manager = TurnManager(conversation, registry, Sampler(), intents=False)
+    call = '<tool_call>\n{"name": "forecast", "arguments": {}}\n</tool_call>'
+    scripted(engine, call, call, "It will rain.")
+    start = time.monotonic()
+    said = spoken(events(manager, "will it rain tomorrow?"))
+    assert time.monotonic() - start < 0.45
+    assert said == "Sorry, forecast took too long."
+
+
+def test_a_turn_s_skills_end_before_the_daemon_counts_it_as_hung() -> None:
+    # Room is left for the model's reply to the skills' results.
+    assert turn_module.TURN_SECONDS + 30 < run.TURN_LIMIT_SECONDS

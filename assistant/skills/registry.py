@@ -359,8 +359,11 @@ class Registry:
     def tools(self) -> list[dict]:
         return [s.tool() for s in self.skills.values()]
 
-    def call(self, name: str, arguments: Any) -> SkillResult:
-        """Validate and run one skill; every failure is a SkillResult with an error for the person."""
+    def call(self, name: str, arguments: Any, within: float | None = None) -> SkillResult:
+        """Validate and run one skill; every failure is a SkillResult with an error for the person.
+
+        `within`: the seconds the caller can still wait (what is left of a turn), when fewer than the skill's timeout.
+        """
         found = self.skills.get(name)
         problem = logged = None
         if found is None:
@@ -397,15 +400,23 @@ class Registry:
         if found.wants_context:
             kwargs[found.wants_context] = self.context
         timeout = min(found.timeout or self.timeout, threading.TIMEOUT_MAX)
+        cut = within is not None and within < timeout  # the caller's time ends first
+        if cut and within <= 0:
+            log.warning("call not run: no time is left for %s", name)
+            return SkillResult(name, error=f"{name} took too long")
+        timeout = within if cut else timeout
         # A skill that hangs cannot be killed from Python: its thread is abandoned and the turn goes on.
         started = time.monotonic()
         thread, outcome = _start(f"skill-{name}", lambda: found.func(**kwargs))
         thread.join(timeout)
         where = f"{found.source}: skill {name}"
         if not outcome:
+            self.left_running[name] = thread
+            if cut:
+                log.error("%s did not return within the %.3g s left of its turn and is left running", where, timeout)
+                return SkillResult(name, error=f"{name} took too long")
             fix = "make it return sooner, or give it @skill(timeout=...)"
             log.error("%s did not return within %g s and is left running: %s", where, timeout, fix)
-            self.left_running[name] = thread
             return SkillResult(name, error=f"{name} took longer than {timeout:g} seconds")
         value, error = outcome[0]
         if isinstance(value, str):
