@@ -590,3 +590,25 @@ def test_a_damaged_database_is_named_with_its_fix_and_nothing_else_is_lost(tmp_p
     assert damaged.read_bytes().startswith(b"not a database")  # left for whoever wants to rescue it
     damaged.rename(tmp_path / "timers.sqlite3.damaged")
     assert registry.call("set_timer", {"minutes": 5}).text == "Timer set for 5 minutes."
+
+
+def test_a_call_runs_no_longer_than_its_caller_can_wait() -> None:
+    ran = []
+
+    @skill(timeout=5)
+    def slow_door() -> str:
+        """Open the door, slowly."""
+        ran.append(True)
+        time.sleep(1)
+        return "The door is open."
+
+    registry = Registry()
+    registry.add_function(slow_door, "test")
+    start = time.monotonic()
+    assert registry.call("slow_door", {}, within=0.2).error == "slow_door took too long"
+    assert time.monotonic() - start < 0.5  # the time left, not the skill's 5 s
+    registry.left_running["slow_door"].join()
+    ran.clear()
+    assert registry.call("slow_door", {}, within=0).error == "slow_door took too long"
+    assert not ran  # no time left: not started, so no command is left half done
+    assert registry.call("slow_door", {}, within=30).text == "The door is open."  # its own timeout is less
