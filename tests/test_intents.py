@@ -260,6 +260,10 @@ COURTEOUS = [
     ("set a timer for 120 minutes", "set_timer", {"minutes": 120}),
     ("start a timer for 200 seconds", "set_timer", {"seconds": 200}),
     ("set a 150 minute timer", "set_timer", {"minutes": 150}),
+    # Length and name in one breath
+    ("set a 10 minute pasta timer", "set_timer", {"minutes": 10, "label": "pasta"}),
+    ("start a 5 minute egg timer", "set_timer", {"minutes": 5, "label": "egg"}),
+    ("set a 2 hour roast timer", "set_timer", {"hours": 2, "label": "roast"}),
     ("set a timer for 0 minutes", "set_timer", {"minutes": 0}),  # "How long should the timer run?"
     ("timer 10 minutes", "set_timer", {"minutes": 10}),
     ("remind me in 10 minutes", "set_timer", {"minutes": 10}),  # as 10分钟后提醒我

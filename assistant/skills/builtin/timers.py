@@ -204,6 +204,9 @@ LATER = "[[以|之]后](提醒|叫)我"  # 10分钟后提醒我, 10分钟以后�
                FOR + "({hours} hour[s] [and {minutes} minute[s]]|{minutes} minute[s] [and {seconds} second[s]]"
                "|{seconds} second[s])",
                "(set|start) [a|an] {minutes} minute timer",
+               # Length and name in one breath, and after "and" in a chain ("... and a 5 minute timer").
+               "[set|start] (a|an) {minutes} minute {label} timer", "[set|start] (a|an) {hours} hour {label} timer",
+               "(a|an) {minutes} minute timer",
                "[set|start] (a|an|the|my) {label} timer for {minutes} minute[s]",
                "[set|start] (a|an|the|my) {label} timer for {hours} hour[s]",
                "[set|start] (a|an|the|my) {label} timer for {seconds} second[s]"],
