@@ -336,11 +336,17 @@ def _day_words() -> dict[str, str]:
         next_en = (f"on next {day}", f"next {day} morning")
         said |= {word: f"next {day}" for word in (*next_en, *(f"下{word}" for word in zh))}
         said |= {f"下个{word}": f"next {day}" for word in zh if not word.startswith("周")}
+    # "In 3 days", "in three days", 三天后, 3天以后: up to a month ahead ("in 1 day" is tomorrow).
+    for number, word in enumerate([*EN_MINUTES, "thirty"], start=1):
+        day = "tomorrow" if number == 1 else f"in {number} days"
+        zh = {str(number), _chinese(number)} | ({"两"} if number == 2 else set())
+        en = {f"in {said_number} day{'s' if number > 1 else ''}" for said_number in (str(number), word)}
+        said |= {words: day for words in (*en, *(f"{n}天{later}" for n in zh for later in ("后", "以后", "之后")))}
     return {**{day: day for day in DAYS}, **said}
 
 
-DAY_WORDS = _day_words()
 EN_MINUTES = [*EN_HOURS, *EN_TEENS, "twenty", *(f"twenty {word}" for word in EN_HOURS[:9])]  # one to twenty nine
+DAY_WORDS = _day_words()
 # "{pm_hour:hour}" in English, "{pm_hour_zh:hour}" in Chinese (12 pm and 晚上12点 have templates of their own),
 # "{hour_before:hour}" for the hour of "quarter to 8", "{past:minute}" and "{minute_to:minute}" for the minutes
 # of "half past", "quarter to"; "{days:day}" for the words of a day (as one of DAYS; today is none: "set an alarm
@@ -413,6 +419,8 @@ def _first_day(day: str, now: datetime) -> date:
     today = now.date()
     if day in ("tomorrow", "day after tomorrow"):
         return _tomorrow(now) + timedelta(days=day != "tomorrow")
+    if day.startswith("in "):  # "in 3 days": counted from the day "tomorrow" is the first of
+        return _tomorrow(now) + timedelta(days=int(day.split()[1]) - 1)
     if day.startswith("next "):  # in the week after this one, which begins on Monday
         return today + timedelta(days=7 - today.weekday() + WEEKDAYS.index(day.removeprefix("next ")))
     if day in WEEKDAYS:
