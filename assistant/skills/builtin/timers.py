@@ -289,10 +289,10 @@ EN_TEENS = ["thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen
 # A verb or 叫醒我: "早上7点的闹钟" alone may answer "which one?" as well as ask for a new alarm.
 ZH_SET = "(设置|设定|设|定)[一个|个]"
 # With a day, "明天早上7点的闹钟" alone asks for a new alarm (an answer to "which one?" is tried first).
-ZH_DAY = f"[{ON_DAY}|今天]"
+ZH_DAY = f"[{ON_DAY}|{{days_later_zh:day}}|今天]"
 ZH_ALARM = (
     f"({ZH_SET}{ZH_DAY}{{time}}[的]闹钟|{ZH_SET}闹钟[在]{ZH_DAY}{{time}}|{ZH_DAY}{{time}}(叫醒我|叫我起床)"
-    f"|{ON_DAY}{{time}}的闹钟)"
+    f"|({ON_DAY}|{{days_later_zh:day}}){{time}}的闹钟)"
 )
 ZH_AFTERNOON = "(下午|晚上|傍晚|今晚)"
 ZH_DIGITS = "一二三四五六七八九"
@@ -367,6 +367,9 @@ TIME_WORDS = {
     "minute_to_zh": _words([_chinese(n) for n in range(1, 30)], lambda minutes: 60 - minutes, {"一刻": 45, "两": 58}),
     "days": dict(sorted(((w, d) for w, d in DAY_WORDS.items() if d != "today"), key=lambda item: -len(item[0]))),
 }
+# 三天后 apart, in the Chinese sentences only: each word of a list costs every sentence that has it a try.
+LATER_ZH = [word for word in TIME_WORDS["days"] if re.search("天[以之]?后$", word)]
+TIME_WORDS["days_later_zh"] = {word: TIME_WORDS["days"].pop(word) for word in LATER_ZH}
 # As said, but a weekday in Chinese as replies name it, so that 周五的那个 answers a question that named 星期五.
 AS_REPLIES_SAY = {f"{week}{day}": f"星期{day}" for week in ("周", "礼拜") for day in WEEKDAYS_ZH}
 AS_REPLIES_SAY |= {"周天": "星期日", "星期天": "星期日", "礼拜天": "星期日"}
