@@ -319,6 +319,25 @@ def test_an_alarm_for_a_day_rings_on_that_day(tmp_path: Path, monkeypatch: pytes
     assert registry.call("cancel_alarms", answer.arguments).text == "Cancelled the alarm at 7:00 on Friday, May 15."
 
 
+def test_an_alarm_in_some_days_rings_that_many_days_ahead(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    registry = registry_in(tmp_path)
+    monkeypatch.setitem(registry.skills["set_alarm"].func.__globals__, "datetime", ThreeInTheAfternoon)  # a Monday
+    say = lambda text: registry.call(*matched(registry, text)).text  # noqa: E731
+    assert say("set an alarm in 3 days at 7") == "Alarm set for 7:00 on Thursday, May 7."
+    assert say("wake me up in two days at 6:30") == "Alarm set for 6:30 on Wednesday, May 6."
+    assert say("set an alarm for 8 in 30 days") == "Alarm set for 8:00 on Wednesday, June 3."
+    registry.context.language = "zh"
+    assert chinese(say("三天后早上七点叫醒我")) == "5月7日星期四早上7点已经有闹钟了。"
+    registry.context.language = "en"
+    # As the model may write the day.
+    assert registry.call("set_alarm", {"hour": 9, "day": "In 3 days"}).text == "Alarm set for 9:00 on Thursday, May 7."
+    assert registry.call("set_alarm", {"hour": 9, "day": "in 1 day"}).text == "Alarm set for 9:00 tomorrow."
+    assert registry.call("set_alarm", {"hour": 9, "day": "in 31 days"}).text.startswith("Sorry, I can't tell")
+    # Past midnight, before sleep, the days are counted as "tomorrow" is: from the day just ended.
+    monkeypatch.setitem(registry.skills["set_alarm"].func.__globals__, "datetime", OneAtNight)
+    assert say("set an alarm in 2 days at 7") == "Alarm set for 7:00 tomorrow."
+
+
 def test_an_alarm_for_a_date_the_model_wrote_rings_on_that_date(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

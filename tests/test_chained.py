@@ -56,6 +56,12 @@ LAMP_ON = ("switch_device", {"device": "卧室灯", "on": True})
          [("set_timer", {"minutes": 5}), ("set_timer", {"label": "pasta", "minutes": 10})]),
         ("set a timer for 10 minutes and a rock and roll timer for 5 minutes",
          [("set_timer", {"minutes": 10}), ("set_timer", {"label": "rock and roll", "minutes": 5})]),
+        ("set a 10 minute timer and a 5 minute timer", [("set_timer", {"minutes": 10}), ("set_timer", {"minutes": 5})]),
+        ("set a 10 minute pasta timer and a 5 minute egg timer",
+         [("set_timer", {"minutes": 10, "label": "pasta"}), ("set_timer", {"minutes": 5, "label": "egg"})]),
+        ("set a 10 minute pasta timer and turn on the kitchen light",
+         [("set_timer", {"minutes": 10, "label": "pasta"}),
+          ("switch_device", {"device": "kitchen light", "on": True})]),
         # "and" right after the note's words is no part of the note: "take a note" asks what to note.
         ("take a note and set a timer for 5 minutes",
          [("add_item", {"list": "notes", "text": ""}), ("set_timer", {"minutes": 5})]),

@@ -112,6 +112,9 @@ ENGLISH = [
     ("wake me up tomorrow at 6:30", "set_alarm", {"hour": 6, "minute": 30, "day": "tomorrow"}),
     ("set an alarm for 7 tomorrow morning", "set_alarm", {"hour": 7, "day": "tomorrow"}),
     ("set an alarm for the day after tomorrow at 7", "set_alarm", {"hour": 7, "day": "day after tomorrow"}),
+    ("set an alarm in 3 days at 7", "set_alarm", {"hour": 7, "day": "in 3 days"}),
+    ("set an alarm for 7 in twelve days", "set_alarm", {"hour": 7, "day": "in 12 days"}),
+    ("wake me up in two days at 6:30", "set_alarm", {"hour": 6, "minute": 30, "day": "in 2 days"}),
     ("set an alarm on Friday at 7", "set_alarm", {"hour": 7, "day": "friday"}),
     ("set an alarm for next Monday at 8 am", "set_alarm", {"hour": 8, "day": "next monday"}),
     ("wake me up at 6:30 on Sunday", "set_alarm", {"hour": 6, "minute": 30, "day": "sunday"}),
@@ -169,6 +172,8 @@ CHINESE = [
     ("明天早上7点的闹钟", "set_alarm", {"hour": 7, "day": "tomorrow"}),
     ("明早6点半叫醒我", "set_alarm", {"hour": 6, "minute": 30, "day": "tomorrow"}),
     ("后天早上七点叫醒我", "set_alarm", {"hour": 7, "day": "day after tomorrow"}),
+    ("三天后早上七点叫醒我", "set_alarm", {"hour": 7, "day": "in 3 days"}),
+    ("设一个两天以后早上6点的闹钟", "set_alarm", {"hour": 6, "day": "in 2 days"}),
     ("周五七点的闹钟", "set_alarm", {"hour": 7, "day": "friday"}),
     ("设一个下周一早上8点的闹钟", "set_alarm", {"hour": 8, "day": "next monday"}),
     ("星期天早上9点叫醒我", "set_alarm", {"hour": 9, "day": "sunday"}),
@@ -260,6 +265,10 @@ COURTEOUS = [
     ("set a timer for 120 minutes", "set_timer", {"minutes": 120}),
     ("start a timer for 200 seconds", "set_timer", {"seconds": 200}),
     ("set a 150 minute timer", "set_timer", {"minutes": 150}),
+    # Length and name in one breath
+    ("set a 10 minute pasta timer", "set_timer", {"minutes": 10, "label": "pasta"}),
+    ("start a 5 minute egg timer", "set_timer", {"minutes": 5, "label": "egg"}),
+    ("set a 2 hour roast timer", "set_timer", {"hours": 2, "label": "roast"}),
     ("set a timer for 0 minutes", "set_timer", {"minutes": 0}),  # "How long should the timer run?"
     ("timer 10 minutes", "set_timer", {"minutes": 10}),
     ("remind me in 10 minutes", "set_timer", {"minutes": 10}),  # as 10分钟后提醒我

@@ -204,6 +204,9 @@ LATER = "[[以|之]后](提醒|叫)我"  # 10分钟后提醒我, 10分钟以后�
                FOR + "({hours} hour[s] [and {minutes} minute[s]]|{minutes} minute[s] [and {seconds} second[s]]"
                "|{seconds} second[s])",
                "(set|start) [a|an] {minutes} minute timer",
+               # Length and name in one breath, and after "and" in a chain ("... and a 5 minute timer").
+               "[set|start] (a|an) {minutes} minute {label} timer", "[set|start] (a|an) {hours} hour {label} timer",
+               "(a|an) {minutes} minute timer",
                "[set|start] (a|an|the|my) {label} timer for {minutes} minute[s]",
                "[set|start] (a|an|the|my) {label} timer for {hours} hour[s]",
                "[set|start] (a|an|the|my) {label} timer for {seconds} second[s]"],
@@ -286,10 +289,10 @@ EN_TEENS = ["thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen
 # A verb or 叫醒我: "早上7点的闹钟" alone may answer "which one?" as well as ask for a new alarm.
 ZH_SET = "(设置|设定|设|定)[一个|个]"
 # With a day, "明天早上7点的闹钟" alone asks for a new alarm (an answer to "which one?" is tried first).
-ZH_DAY = f"[{ON_DAY}|今天]"
+ZH_DAY = f"[{ON_DAY}|{{days_later_zh:day}}|今天]"
 ZH_ALARM = (
     f"({ZH_SET}{ZH_DAY}{{time}}[的]闹钟|{ZH_SET}闹钟[在]{ZH_DAY}{{time}}|{ZH_DAY}{{time}}(叫醒我|叫我起床)"
-    f"|{ON_DAY}{{time}}的闹钟)"
+    f"|({ON_DAY}|{{days_later_zh:day}}){{time}}的闹钟)"
 )
 ZH_AFTERNOON = "(下午|晚上|傍晚|今晚)"
 ZH_DIGITS = "一二三四五六七八九"
@@ -333,11 +336,17 @@ def _day_words() -> dict[str, str]:
         next_en = (f"on next {day}", f"next {day} morning")
         said |= {word: f"next {day}" for word in (*next_en, *(f"下{word}" for word in zh))}
         said |= {f"下个{word}": f"next {day}" for word in zh if not word.startswith("周")}
+    # "In 3 days", "in three days", 三天后, 3天以后: up to a month ahead ("in 1 day" is tomorrow).
+    for number, word in enumerate([*EN_MINUTES, "thirty"], start=1):
+        day = "tomorrow" if number == 1 else f"in {number} days"
+        zh = {str(number), _chinese(number)} | ({"两"} if number == 2 else set())
+        en = {f"in {said_number} day{'s' if number > 1 else ''}" for said_number in (str(number), word)}
+        said |= {words: day for words in (*en, *(f"{n}天{later}" for n in zh for later in ("后", "以后", "之后")))}
     return {**{day: day for day in DAYS}, **said}
 
 
-DAY_WORDS = _day_words()
 EN_MINUTES = [*EN_HOURS, *EN_TEENS, "twenty", *(f"twenty {word}" for word in EN_HOURS[:9])]  # one to twenty nine
+DAY_WORDS = _day_words()
 # "{pm_hour:hour}" in English, "{pm_hour_zh:hour}" in Chinese (12 pm and 晚上12点 have templates of their own),
 # "{hour_before:hour}" for the hour of "quarter to 8", "{past:minute}" and "{minute_to:minute}" for the minutes
 # of "half past", "quarter to"; "{days:day}" for the words of a day (as one of DAYS; today is none: "set an alarm
@@ -358,6 +367,9 @@ TIME_WORDS = {
     "minute_to_zh": _words([_chinese(n) for n in range(1, 30)], lambda minutes: 60 - minutes, {"一刻": 45, "两": 58}),
     "days": dict(sorted(((w, d) for w, d in DAY_WORDS.items() if d != "today"), key=lambda item: -len(item[0]))),
 }
+# 三天后 apart, in the Chinese sentences only: each word of a list costs every sentence that has it a try.
+LATER_ZH = [word for word in TIME_WORDS["days"] if re.search("天[以之]?后$", word)]
+TIME_WORDS["days_later_zh"] = {word: TIME_WORDS["days"].pop(word) for word in LATER_ZH}
 # As said, but a weekday in Chinese as replies name it, so that 周五的那个 answers a question that named 星期五.
 AS_REPLIES_SAY = {f"{week}{day}": f"星期{day}" for week in ("周", "礼拜") for day in WEEKDAYS_ZH}
 AS_REPLIES_SAY |= {"周天": "星期日", "星期天": "星期日", "礼拜天": "星期日"}
@@ -410,6 +422,8 @@ def _first_day(day: str, now: datetime) -> date:
     today = now.date()
     if day in ("tomorrow", "day after tomorrow"):
         return _tomorrow(now) + timedelta(days=day != "tomorrow")
+    if day.startswith("in "):  # "in 3 days": counted from the day "tomorrow" is the first of
+        return _tomorrow(now) + timedelta(days=int(day.split()[1]) - 1)
     if day.startswith("next "):  # in the week after this one, which begins on Monday
         return today + timedelta(days=7 - today.weekday() + WEEKDAYS.index(day.removeprefix("next ")))
     if day in WEEKDAYS:
