@@ -454,8 +454,9 @@ class Daemon:
         self.control.publish(Event("say", {"text": text}))
         # What is said may be the person's own words (a timer's name, a reminder): the journal, which more
         # people may read than may use the assistant, gets only that something was said.
-        log.info("saying an announcement of %d words", len(text.split()))
-        shown = " ".join(text.split())
+        words = text.split()
+        log.info("saying an announcement of %d words", len(words))
+        shown = " ".join(words)
         log.debug("saying: %s", shown if len(shown) <= 200 else f"{shown[:200]}…")
         if self.voice is not None:
             self.voice.announce(text)
