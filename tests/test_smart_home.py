@@ -1022,3 +1022,56 @@ def test_the_model_switches_only_a_device_the_person_named(broker: int, tmp_path
         assert sent == ["zigbee2mqtt/hall_light/set"] * 2
     finally:
         subscriber.close()
+
+
+def test_a_call_that_names_part_of_the_name_said_switches_neither(broker: int, tmp_path: Path) -> None:
+    """Asked for the kitchen light 2, the model's call may stop at "kitchen light", a name that exists."""
+    devices = [
+        {"name": "kitchen light", "type": "light", "topic": "z2m/kitchen"},
+        {"name": "kitchen light 2", "type": "light", "topic": "z2m/kitchen2"},
+        {"name": "客厅灯", "type": "light", "topic": "z2m/keting"},
+        {"name": "客厅灯2", "type": "light", "topic": "z2m/keting2"},
+        {"name": "desk lamp", "type": "light", "topic": "z2m/desk"},
+        {"name": "reading light", "type": "light", "topic": "z2m/reading", "aliases": ["left desk lamp"]},
+        {"name": "fan", "type": "fan", "topic": "z2m/fan"},
+        {"name": "fan light", "type": "light", "topic": "z2m/fan_light"},
+    ]
+    registry, subscriber = smart_home(broker, tmp_path, devices), Subscriber(broker)
+
+    def call(heard: str, skill: str, arguments: dict) -> str:
+        registry.context.heard = (heard,)
+        return registry.call(skill, arguments).text
+
+    try:
+        registry.context.heard = ("turn on kitchen light 2",)
+        assert in_both(registry, "switch_device", {"device": "kitchen light", "on": True}) == (
+            "I don't know whether you mean the kitchen light 2 or the kitchen light.",
+            "我不知道你说的是kitchen light 2还是kitchen light。",
+        )
+        registry.context.heard = ("把客厅灯2调到一半",)
+        assert in_both(registry, "set_brightness", {"device": "客厅灯", "percent": 50}) == (
+            "I don't know whether you mean the 客厅灯2 or the 客厅灯.",
+            "我不知道你说的是客厅灯2还是客厅灯。",
+        )
+        # an alias is a name said too, and the other device may be of another kind
+        assert call("is the left desk lamp on", "device_state", {"device": "desk lamp"}) == (
+            "I don't know whether you mean the left desk lamp or the desk lamp."
+        )
+        assert call("switch off the fan light", "switch_device", {"device": "fan", "on": False}) == (
+            "I don't know whether you mean the fan light or the fan."
+        )
+        assert [t for t, _ in subscriber.sent_before_now() if t.endswith(("/set", "/get"))] == []
+        # the shorter name said on its own, or besides the longer one, is the device meant
+        assert call("turn on the kitchen light", "switch_device", {"device": "kitchen light", "on": True}) == (
+            "The kitchen light is on."
+        )
+        assert call("打开客厅灯和客厅灯2", "switch_device", {"device": "客厅灯", "on": True}) == "The 客厅灯 is on."
+        both = "the desk lamp and the left desk lamp on"
+        assert call(both, "switch_device", {"device": "desk lamp", "on": True}) == "The desk lamp is on."
+        assert call("turn on kitchen light 2", "switch_device", {"device": "kitchen light 2", "on": True}) == (
+            "The kitchen light 2 is on."
+        )
+        sent = [t for t, _ in subscriber.sent_before_now() if t.endswith("/set")]
+        assert sent == ["z2m/kitchen/set", "z2m/keting/set", "z2m/desk/set", "z2m/kitchen2/set"]
+    finally:
+        subscriber.close()

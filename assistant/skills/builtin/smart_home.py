@@ -34,6 +34,7 @@ import socket
 import threading
 import time
 import unicodedata
+from collections import Counter
 from typing import Annotated, Any, Literal
 
 from assistant import Choices, Range, SkillContext, skill
@@ -154,6 +155,13 @@ def _device(context: SkillContext, name: str) -> dict:
             f"I don't know which device you mean. The devices I know are: {shown}.",
             f"我不知道你说的是哪个设备。我知道的设备有：{'、'.join(names[:8])}{'等' if len(names) > 8 else ''}。",
         )
+    if context.heard and found and (said := _said_instead(found[0], devices, context.heard)):
+        # The model's call may stop at a shorter name that is part of the one said: "kitchen light" for
+        # "kitchen light 2", 客厅灯 for 客厅灯2. Switching the other light would be worse than asking.
+        raise NotDone(
+            f"I don't know whether you mean the {said} or the {found[0]['name']}.",
+            f"我不知道你说的是{said}还是{found[0]['name']}。",
+        )
     if len(found) > 1:
         # Taking the first would switch the kitchen light when the bedroom one was meant.
         areas = " and ".join(d.get("area") or "no area" for d in found)
@@ -168,21 +176,52 @@ def _device(context: SkillContext, name: str) -> dict:
 # Words that say what kind of thing a device is, not which one: "the garage light" is not the kitchen light.
 KIND_WORDS = {"light", "lights", "lamp", "lamps", "fan", "fans", "switch", "plug", "socket", "the", "my"}
 KIND_CHARACTERS = "灯的"
+LATIN = re.compile(r"[a-z0-9]+")  # the words of a casefolded name or sentence, as _mentioned compares them
 
 
-def _mentioned(device: dict, heard: tuple[str, ...]) -> bool:
+def _mentioned(device: dict, heard: tuple[str, ...], besides: str = "") -> bool:
     """Whether the asker named the device (or an alias, or its area for a name that only says its kind)
-    in what they said: its Latin words that say which one, as words, and its other characters as text."""
-    words = {w for text in heard for w in re.findall(r"[a-z0-9]+", text.casefold())}
+    in what they said: its Latin words that say which one, as words, and its other characters as text.
+    `besides` is a name taken out of what was heard first, once: "kitchen light 2" names no kitchen light."""
+    words = Counter(w for text in heard for w in LATIN.findall(text.casefold()))
+    words.subtract(LATIN.findall(besides.casefold()))
     text = "".join("".join(heard).casefold().split())
+    for run in re.findall(r"[^a-z0-9\s]+", besides.casefold()):
+        text = text.replace(run, " ", 1)  # a space: the characters either side of it do not make a name
 
     def named(name: str) -> bool:
-        latin = re.findall(r"[a-z0-9]+", name.casefold())
+        latin = LATIN.findall(name.casefold())
         which = [w for w in latin if w not in KIND_WORDS] or latin
         other = "".join(c for c in re.sub(r"[a-z0-9\s]+", "", name.casefold()) if c not in KIND_CHARACTERS)
-        return all(w in words for w in which) and (not other or other in text)
+        return all(words[w] > 0 for w in which) and (not other or other in text)
 
     return any(named(n) for n in [*_spoken(device), *([device["area"]] if device.get("area") else [])])
+
+
+def _said_instead(device: dict, devices: list[dict], heard: tuple[str, ...]) -> str | None:
+    """A longer name of another device that the asker said, of which the device's name is only a part
+    ("kitchen light 2" for the kitchen light, "left desk lamp" for the desk lamp); None if there is none,
+    or if the device is named apart from it ("the desk lamp and the left desk lamp")."""
+    for other in devices:
+        if other is device:
+            continue
+        for longer in _spoken(other):
+            if (
+                any(_part_of(name, longer) for name in _spoken(device))
+                and _mentioned({"name": longer}, heard)
+                and not _mentioned(device, heard, besides=longer)
+            ):
+                return longer
+    return None
+
+
+def _part_of(name: str, longer: str) -> bool:
+    """Whether `longer` says all of `name` and more: "kitchen light" of "kitchen light 2", 客厅灯 of 客厅灯2."""
+    name, longer = name.casefold(), longer.casefold()
+    if name == longer:
+        return False
+    words, other = Counter(LATIN.findall(longer)), re.sub(r"[a-z0-9\s]+", "", longer)
+    return Counter(LATIN.findall(name)) <= words and re.sub(r"[a-z0-9\s]+", "", name) in other
 
 
 def _others_of_its_kind(device: dict, devices: list[dict]) -> bool:
