@@ -582,8 +582,9 @@ def test_what_cannot_be_done_is_said_in_the_language_of_the_request(tmp_path: Pa
     )
     with mosquitto(tmp_path, allow_anonymous=False) as port:
         assert in_both(smart_home(port, tmp_path, MIXED), "switch_device", {"device": "fan", "on": True}) == (
-            f"I can't reach the smart home broker at 127.0.0.1:{port} (it refused the connection: Not authorized).",
-            f"连不上智能家居服务器127.0.0.1:{port}，服务器拒绝了连接。",
+            f"I can't reach the smart home broker at 127.0.0.1:{port} "
+            "(it refused the connection: Not authorized; it may want mqtt.username and mqtt.password).",
+            f"连不上智能家居服务器127.0.0.1:{port}，服务器拒绝了连接，它可能要用户名和密码。",
         )
     with fake_broker() as (port, _):
         assert in_both(smart_home(port, tmp_path, MIXED), "switch_all", {"on": True, "area": "卧室"}) == (
@@ -640,6 +641,40 @@ def test_a_command_the_brokers_access_rules_refuse_is_said_not_done(tmp_path: Pa
             assert "refused the command to zigbee2mqtt/blinds/set" in caplog.text
         finally:
             subscriber.close()
+
+
+def test_a_broker_that_refuses_the_user_name_or_password_names_the_settings(tmp_path: Path, caplog) -> None:
+    passwords = tmp_path / "passwords"
+    passwords.write_text("")
+    subprocess.run(["mosquitto_passwd", "-b", str(passwords), "alice", "s3cret"], check=True)
+    # `user` with our own name: the broker reads the file after it would have become the user `mosquitto`
+    options = (f"password_file {passwords}", f"user {pwd.getpwuid(os.getuid()).pw_name}")
+    with mosquitto(tmp_path, allow_anonymous=False, options=options) as port:
+        registry = smart_home(port, tmp_path, MIXED)
+        mqtt_settings = registry.settings.mqtt
+        with caplog.at_level(logging.WARNING):
+            anonymous = in_both(registry, "switch_device", {"device": "fan", "on": True})
+            mqtt_settings.username, mqtt_settings.password = "alice", "wrong password"
+            wrong = in_both(registry, "switch_device", {"device": "fan", "on": True})
+            mqtt_settings.username = "bob"
+            unknown = registry.call("device_state", {"device": "fan"}).text
+        mqtt_settings.username, mqtt_settings.password = "alice", "s3cret"
+        right = registry.call("switch_device", {"device": "fan", "on": True}).text
+    where = f"127.0.0.1:{port}"
+    assert anonymous == (
+        f"I can't reach the smart home broker at {where} "
+        "(it refused the connection: Not authorized; it may want mqtt.username and mqtt.password).",
+        f"连不上智能家居服务器{where}，服务器拒绝了连接，它可能要用户名和密码。",
+    )
+    assert wrong == (
+        f"I can't reach the smart home broker at {where} "
+        "(it refused the connection: Not authorized; check mqtt.username and mqtt.password).",
+        f"连不上智能家居服务器{where}，服务器拒绝了连接，用户名或密码不对。",
+    )
+    assert unknown == wrong[0]
+    assert right == "The fan is on."
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert "check mqtt.username and mqtt.password" in logged and "wrong password" not in logged
 
 
 def test_a_broker_without_mqtt_5_is_used_over_3_1_1(tmp_path: Path) -> None:

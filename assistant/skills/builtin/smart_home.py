@@ -278,6 +278,7 @@ class OnlyOlderProtocol(Exception):
 
 
 UNSUPPORTED_PROTOCOL_VERSION = 132  # MQTT 5's reason code, also what paho makes of 3.1.1's answer
+BAD_USER_NAME_OR_PASSWORD = 134  # MQTT 5's reason codes, also what paho makes of 3.1.1's return codes 4 and 5
 NOT_AUTHORIZED = 135
 
 
@@ -325,8 +326,16 @@ def _connect(context: SkillContext, protocol: int):
         client.loop_stop()
         if answers and answers[0].value == UNSUPPORTED_PROTOCOL_VERSION and protocol == mqtt.MQTTv5:
             raise OnlyOlderProtocol
-        reason = f"it refused the connection: {answers[0]}" if answers else "no answer"
-        raise BrokerUnreachable(where, reason, "服务器拒绝了连接" if answers else "服务器没有应答")
+        if not answers:
+            raise BrokerUnreachable(where, "no answer", "服务器没有应答")
+        why, why_zh = f"it refused the connection: {answers[0]}", "服务器拒绝了连接"
+        if answers[0].value in (BAD_USER_NAME_OR_PASSWORD, NOT_AUTHORIZED):
+            # The fix is in the settings that hold them (the password itself is never said nor logged).
+            if mqtt_settings.username:
+                why, why_zh = f"{why}; check mqtt.username and mqtt.password", f"{why_zh}，用户名或密码不对"
+            else:
+                why, why_zh = f"{why}; it may want mqtt.username and mqtt.password", f"{why_zh}，它可能要用户名和密码"
+        raise BrokerUnreachable(where, why, why_zh)
     return client
 
 
