@@ -1110,3 +1110,34 @@ def test_a_call_that_names_part_of_the_name_said_switches_neither(broker: int, t
         assert sent == ["z2m/kitchen/set", "z2m/keting/set", "z2m/desk/set", "z2m/kitchen2/set"]
     finally:
         subscriber.close()
+
+
+def test_all_the_lights_in_chinese_are_switched_without_the_model(broker: int, tmp_path: Path) -> None:
+    registry, subscriber = smart_home(broker, tmp_path, MIXED), Subscriber(broker)
+    matcher = IntentMatcher(registry.skills, MIXED)
+    registry.context.language = "zh"
+    lights = {"z2m/woshi/set", "z2m/chuangtou/set", "z2m/kitchen/set"}
+    try:
+        for text, on, area, reply in [
+            ("关掉所有的灯", False, None, "所有的灯都已关闭。"),
+            ("把家里的灯全部打开", True, None, "所有的灯都已打开。"),
+            ("关灯", False, None, "所有的灯都已关闭。"),
+            ("打开卧室的所有灯", True, "卧室", "卧室的灯都已打开。"),
+        ]:
+            match = matcher.match(text)
+            assert match is not None and match.skill == "switch_all", text
+            assert match.arguments == {"on": on} | ({"area": area} if area else {}), text
+            assert registry.call(match.skill, match.arguments).text == reply
+            sent = subscriber.sent_before_now()
+            expected = {"z2m/woshi/set", "z2m/chuangtou/set"} if area else lights
+            assert {t for t, _ in sent if t.endswith("/set")} == expected, text
+            assert {p for t, p in sent if t.endswith("/set")} == {json.dumps({"state": "ON" if on else "OFF"})}
+            subscriber.messages.clear()
+        # one device is still one device
+        match = matcher.match("关掉床头灯")
+        assert match is not None and (match.skill, match.arguments) == (
+            "switch_device",
+            {"device": "床头灯", "on": False},
+        )
+    finally:
+        subscriber.close()

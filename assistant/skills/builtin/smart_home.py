@@ -528,8 +528,25 @@ def set_cover(
     return context.localized(f"The {device} is at {position} percent.", zh=f"{device}已打开到{position}%。")
 
 
+# Home Assistant's Chinese sentences switch one device or the lights of one area: "all the lights" is ours.
+ALL_LIGHTS_ZH = "[家里|{area}][的](所有|全部)[的]灯"
+
+
 @skill(
-    sentences={"en": [("all [the] lights on", {"on": True}), ("all [the] lights (off|out)", {"on": False})]},
+    sentences={
+        "en": [("all [the] lights on", {"on": True}), ("all [the] lights (off|out)", {"on": False})],
+        "zh": [
+            (f"(打开|开|开启){ALL_LIGHTS_ZH}", {"on": True}),
+            (f"[把]{ALL_LIGHTS_ZH}[都|全](打开|开开|开了)[吧]", {"on": True}),
+            (f"(关闭|关掉|关|关上){ALL_LIGHTS_ZH}", {"on": False}),
+            (f"[把]{ALL_LIGHTS_ZH}[都|全](关闭|关掉|关了|关上)[吧]", {"on": False}),
+            ("[把][家里|{area}][的]灯(全部|都|全)(打开|开开|开了)[吧]", {"on": True}),
+            ("[把][家里|{area}][的]灯(全部|都|全)(关闭|关掉|关了|关上)[吧]", {"on": False}),
+            # as "lights off" is: with no room of its own, the assistant's home is the room
+            ("开灯", {"on": True}),
+            ("关灯", {"on": False}),
+        ],
+    },
     intents={
         "HassTurnOn": {"on": True, "kind": "{domain}"},
         "HassTurnOff": {"on": False, "kind": "{domain}"},
