@@ -1141,3 +1141,31 @@ def test_all_the_lights_in_chinese_are_switched_without_the_model(broker: int, t
         )
     finally:
         subscriber.close()
+
+
+def test_a_number_in_a_name_is_heard_in_words_as_the_asr_writes_it(broker: int, tmp_path: Path) -> None:
+    devices = [
+        {"name": "kitchen light", "type": "light", "topic": "z2m/kitchen"},
+        {"name": "kitchen light 2", "type": "light", "topic": "z2m/kitchen2"},
+        {"name": "客厅灯", "type": "light", "topic": "z2m/keting"},
+        {"name": "客厅灯12", "type": "light", "topic": "z2m/keting12"},
+        {"name": "一楼灯", "type": "light", "topic": "z2m/yilou"},
+    ]
+    registry, subscriber = smart_home(broker, tmp_path, devices), Subscriber(broker)
+
+    def call(heard: str, device: str) -> str:
+        registry.context.heard = (heard,)
+        return registry.call("switch_device", {"device": device, "on": True}).text
+
+    try:
+        assert call("turn on kitchen light two", "kitchen light 2") == "The kitchen light 2 is on."
+        assert call("打开客厅灯十二", "客厅灯12") == "The 客厅灯12 is on."
+        assert call("打开一楼灯", "一楼灯") == "The 一楼灯 is on."
+        assert call("turn on kitchen light two", "kitchen light") == (
+            "I don't know whether you mean the kitchen light 2 or the kitchen light."
+        )
+        assert call("打开客厅灯十二", "客厅灯") == "I don't know whether you mean the 客厅灯12 or the 客厅灯."
+        sent = [t for t, _ in subscriber.sent_before_now() if t.endswith("/set")]
+        assert sent == ["z2m/kitchen2/set", "z2m/keting12/set", "z2m/yilou/set"]
+    finally:
+        subscriber.close()

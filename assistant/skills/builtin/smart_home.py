@@ -176,23 +176,45 @@ def _device(context: SkillContext, name: str) -> dict:
 # Words that say what kind of thing a device is, not which one: "the garage light" is not the kitchen light.
 KIND_WORDS = {"light", "lights", "lamp", "lamps", "fan", "fans", "switch", "plug", "socket", "the", "my"}
 KIND_CHARACTERS = "灯的"
-LATIN = re.compile(r"[a-z0-9]+")  # the words of a casefolded name or sentence, as _mentioned compares them
+LATIN = re.compile(r"[a-z0-9]+")  # the words of a name or sentence as said (_as_said), as _mentioned compares them
+ONES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve"]
+TO_TWENTY = ["thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen", "twenty"]
+NUMBER_WORDS = {word: str(n) for n, word in enumerate(ONES + TO_TWENTY)}  # as the ASR writes numbers said alone
+ZH_DIGITS = {c: n for n, c in enumerate("零一二三四五六七八九")} | {"两": 2}
+
+
+def _as_said(text: str) -> str:
+    """`text` casefolded, with its numbers in digits: the ASR writes "kitchen light two" and 客厅灯二 for
+    the devices named "kitchen light 2" and 客厅灯2 (names and what was heard are both compared so)."""
+    text = re.sub(r"[a-z]+", lambda m: NUMBER_WORDS.get(m[0], m[0]), text.casefold())
+    return re.sub(r"[零一二两三四五六七八九十]+", lambda m: _zh_number(m[0]), text)
+
+
+def _zh_number(run: str) -> str:
+    """A Chinese number up to 99 in digits (二 2, 十二 12, 二十一 21); any other run of numerals as it is."""
+    if run in ZH_DIGITS:
+        return str(ZH_DIGITS[run])
+    tens_ones = re.fullmatch(r"([一二两三四五六七八九]?)十([一二三四五六七八九]?)", run)
+    if not tens_ones:
+        return run
+    tens, ones = tens_ones.groups()
+    return str(ZH_DIGITS.get(tens, 1) * 10 + ZH_DIGITS.get(ones, 0))
 
 
 def _mentioned(device: dict, heard: tuple[str, ...], besides: str = "") -> bool:
     """Whether the asker named the device (or an alias, or its area for a name that only says its kind)
     in what they said: its Latin words that say which one, as words, and its other characters as text.
     `besides` is a name taken out of what was heard first, once: "kitchen light 2" names no kitchen light."""
-    words = Counter(w for text in heard for w in LATIN.findall(text.casefold()))
-    words.subtract(LATIN.findall(besides.casefold()))
-    text = "".join("".join(heard).casefold().split())
-    for run in re.findall(r"[^a-z0-9\s]+", besides.casefold()):
+    words = Counter(w for text in heard for w in LATIN.findall(_as_said(text)))
+    words.subtract(LATIN.findall(_as_said(besides)))
+    text = "".join(_as_said(" ".join(heard)).split())
+    for run in re.findall(r"[^a-z0-9\s]+", _as_said(besides)):
         text = text.replace(run, " ", 1)  # a space: the characters either side of it do not make a name
 
     def named(name: str) -> bool:
-        latin = LATIN.findall(name.casefold())
+        latin = LATIN.findall(_as_said(name))
         which = [w for w in latin if w not in KIND_WORDS] or latin
-        other = "".join(c for c in re.sub(r"[a-z0-9\s]+", "", name.casefold()) if c not in KIND_CHARACTERS)
+        other = "".join(c for c in re.sub(r"[a-z0-9\s]+", "", _as_said(name)) if c not in KIND_CHARACTERS)
         return all(words[w] > 0 for w in which) and (not other or other in text)
 
     return any(named(n) for n in [*_spoken(device), *([device["area"]] if device.get("area") else [])])
@@ -217,7 +239,7 @@ def _said_instead(device: dict, devices: list[dict], heard: tuple[str, ...]) -> 
 
 def _part_of(name: str, longer: str) -> bool:
     """Whether `longer` says all of `name` and more: "kitchen light" of "kitchen light 2", 客厅灯 of 客厅灯2."""
-    name, longer = name.casefold(), longer.casefold()
+    name, longer = _as_said(name), _as_said(longer)
     if name == longer:
         return False
     words, other = Counter(LATIN.findall(longer)), re.sub(r"[a-z0-9\s]+", "", longer)
