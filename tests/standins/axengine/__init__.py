@@ -15,7 +15,9 @@ release; "0.1.2rc0" and "0.1.3rc0": the board's outputs are views that the sessi
 overwrites), AXENGINE_STANDIN_NO_GROUP_COUNT (a board runtime too old to count shape groups),
 AXENGINE_STANDIN_NO_DEVICE (the NPU's driver cannot be opened: on the board its device nodes are
 missing or not this user's; with the M.2 card, no card is found), AXENGINE_STANDIN_CMM_BYTES (the
-board's CMM, the memory the NPU's models and buffers live in, that is still free for this process).
+board's CMM, the memory the NPU's models and buffers live in, that is still free for this process),
+AXENGINE_STANDIN_CHIP (the board's chip as Pulsar2 names it, AX620E or AX650; unset: the chip each model
+was built for; the M.2 card is an AX650 whatever this says).
 The package's metadata version is what a test puts on the path beside it.
 """
 
@@ -123,18 +125,22 @@ class _AxeSession:
             model = self._read_on_the_card(path_or_bytes)
         else:
             model = self._read_on_the_board(path_or_bytes)
+        board = provider == axengine_provider_name
         try:
             with zipfile.ZipFile(io.BytesIO(model)) as archive:
                 table = json.loads(archive.read("io.json"))
                 onnx_bytes = archive.read("model.onnx")
         except (KeyError, zipfile.BadZipFile, json.JSONDecodeError):
-            # _axe.py:151, 272: the runtime is first asked the file's model type, which fails for
-            # a file that is not an axmodel of this chip (before "Failed to load model.", 197-199)
-            raise RuntimeError("Failed to get model type.") from None
-        if table["chip"] != os.environ.get("AXENGINE_STANDIN_CHIP", table["chip"]):
-            raise RuntimeError("Failed to get model type.")  # a model built for another chip
+            table = {"chip": None}
+        # The chip that runs it: the board's own (AXENGINE_STANDIN_CHIP), or the M.2 card's, which
+        # is an AX650N whatever the host (AXERA's M.2 accelerator cards are AX650N / AX8850, AX650 to Pulsar2).
+        chip = os.environ.get("AXENGINE_STANDIN_CHIP", table["chip"]) if board else "AX650"
+        if table["chip"] != chip:
+            # _axe.py:151, 272: the board's runtime is first asked the file's model type, which fails for
+            # a file that is not an axmodel of this chip (before "Failed to load model.", 197-199).
+            # _axclrt.py:185-187: the card's runtime loads the file whole, and fails in its one message.
+            raise RuntimeError("Failed to get model type." if board else "axclrtEngineLoadFromFile failed.")
         self._groups = table["groups"]
-        board = provider == axengine_provider_name
         if board and not _cmm_alloc(len(model)):  # _axe.py:197-199: AX_ENGINE_CreateHandleV2 copies the model in
             raise RuntimeError("Failed to load model.")
         self._model_bytes = len(model) if board else 0  # given back by __del__ (_axe.py:263, 323-326)
