@@ -592,3 +592,17 @@ def test_a_layer_of_another_build_copied_over_is_named_as_such(board_model: Path
         ModelError, match=r"qwen_l1\.axmodel: \d+ bytes, the manifest says \d+ \(a file of another build\?\)"
     ):
         Engine(copy, backend="axengine")
+
+
+def test_an_npu_split_into_virtual_npus_is_named_not_the_provider(board_model: Path) -> None:
+    """Another program started the board's NPU as vNPUs, which pyaxengine adopts: a model built for the
+    whole NPU is refused with a ValueError (as an unavailable provider is), which names the vNPU."""
+    result = board_chat(board_model, "hello\n", AXENGINE_STANDIN_VNPU="enabled")
+    errors = [text for text in result.stderr.splitlines() if text.startswith("error:")]
+    assert result.returncode == 78 and "Traceback" not in result.stderr, result.stderr
+    assert errors == [
+        f"error: {board_model / 'axmodel/qwen_l0.axmodel'}: the NPU is split into virtual NPUs (vNPU) by another "
+        "program that uses it, and this model needs the whole NPU (Model type 'ModelType.FULL' is not allowed "
+        "when vnpu is inited as VNPUType.ENABLED.); stop that program, or start it without vNPU, then start "
+        "the assistant again"
+    ], errors

@@ -201,6 +201,11 @@ def _cannot_open(path: Path, provider: str, e: Exception, chip: str = "") -> str
 
     `chip`: what the manifest says the file was built for, when it says so.
     """
+    if isinstance(e, ValueError) and "vnpu" in str(e):  # axengine/_axe.py, AXEngineSession.__init__: model type
+        return (
+            f"{path}: the NPU is split into virtual NPUs (vNPU) by another program that uses it, and this model "
+            f"needs the whole NPU ({e}); stop that program, or start it without vNPU, then start the assistant again"
+        )
     if isinstance(e, ValueError):  # an unavailable provider: axengine/_session.py, InferenceSession.__init__
         return f"{path}: pyaxengine cannot open it with {provider} ({e}); check llm.axengine_provider"
     if isinstance(e, OSError):  # on the board pyaxengine opens the file itself (axengine/_axe.py, __init__)

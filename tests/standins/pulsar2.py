@@ -86,13 +86,15 @@ def layer_groups(args: argparse.Namespace, hidden: int, kv_dim: int) -> list[dic
     return groups
 
 
-def axmodel(path: Path, chip: str, groups: list[dict], graph) -> None:
+def axmodel(path: Path, chip: str, groups: list[dict], graph, npu_mode: str | None = None) -> None:
+    """`npu_mode`: the NPU cores it runs on (`pulsar2 build`'s NPU1, NPU2, NPU3); None for llm_build's,
+    taken by the pyaxengine stand-in as the whole NPU (the case that vNPU refuses)."""
     buffer = io.BytesIO()
     import onnx
 
     onnx.save(graph, buffer)
     with zipfile.ZipFile(path, "w") as archive:
-        archive.writestr("io.json", json.dumps({"chip": chip, "groups": groups}))
+        archive.writestr("io.json", json.dumps({"chip": chip, "groups": groups, "npu_mode": npu_mode}))
         archive.writestr("model.onnx", buffer.getvalue())
 
 
@@ -147,7 +149,7 @@ def build(argv: list[str]) -> None:
     }
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    axmodel(out / args.output_name, args.target_hardware, [group], model)
+    axmodel(out / args.output_name, args.target_hardware, [group], model, config.get("npu_mode", "NPU1"))
     print(f"build done: {out / args.output_name}")
 
 

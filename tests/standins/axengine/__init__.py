@@ -17,7 +17,8 @@ AXENGINE_STANDIN_NO_DEVICE (the NPU's driver cannot be opened: on the board its 
 missing or not this user's; with the M.2 card, no card is found), AXENGINE_STANDIN_CMM_BYTES (the
 board's CMM, the memory the NPU's models and buffers live in, that is still free for this process),
 AXENGINE_STANDIN_CHIP (the board's chip as Pulsar2 names it, AX620E or AX650; unset: the chip each model
-was built for; the M.2 card is an AX650 whatever this says).
+was built for; the M.2 card is an AX650 whatever this says), AXENGINE_STANDIN_VNPU (ENABLED, BIG_LITTLE or
+LITTLE_BIG: the board's NPU was started split into virtual NPUs by another program).
 The package's metadata version is what a test puts on the path beside it.
 """
 
@@ -135,11 +136,14 @@ class _AxeSession:
         # The chip that runs it: the board's own (AXENGINE_STANDIN_CHIP), or the M.2 card's, which
         # is an AX650N whatever the host (AXERA's M.2 accelerator cards are AX650N / AX8850, AX650 to Pulsar2).
         chip = os.environ.get("AXENGINE_STANDIN_CHIP", table["chip"]) if board else "AX650"
+        self._chip = chip
         if table["chip"] != chip:
             # _axe.py:151, 272: the board's runtime is first asked the file's model type, which fails for
             # a file that is not an axmodel of this chip (before "Failed to load model.", 197-199).
             # _axclrt.py:185-187: the card's runtime loads the file whole, and fails in its one message.
             raise RuntimeError("Failed to get model type." if board else "axclrtEngineLoadFromFile failed.")
+        if board:
+            self._check_vnpu(table.get("npu_mode"))
         self._groups = table["groups"]
         if board and not _cmm_alloc(len(model)):  # _axe.py:197-199: AX_ENGINE_CreateHandleV2 copies the model in
             raise RuntimeError("Failed to load model.")
@@ -165,6 +169,26 @@ class _AxeSession:
         if provider == axclrt_provider_name:
             self._model_id = [1]
             _card_sessions.append(self)  # _axclrt.py:175, the last line of __init__
+
+    def _check_vnpu(self, npu_mode: str | None) -> None:
+        """_axe.py:167-192: a board whose NPU another program started split into virtual NPUs (the
+        mode _initialize_engine adopts, 86-93) refuses a model built for more of it than one vNPU.
+
+        Model types (_axe_types.py): on the AX620E, NPU1 is HALF and anything more FULL; on the AX650,
+        NPU1, NPU2, NPU3 are SINGLE, DUAL (printed as FULL, its alias), TRIPLE. A model without an
+        npu_mode (llm_build's) is taken as the whole NPU.
+        """
+        vnpu = os.environ.get("AXENGINE_STANDIN_VNPU", "DISABLED").upper()
+        cores = {"NPU1": 1, "NPU2": 2, "NPU3": 3}.get(npu_mode or "", 3)
+        if self._chip == "AX620E":
+            refused, model_type = vnpu == "ENABLED" and cores > 1, "FULL" if cores > 1 else "HALF"
+        else:
+            model_type = {1: "SINGLE", 2: "FULL", 3: "TRIPLE"}[cores]
+            refused = (vnpu == "ENABLED" and cores > 1) or (vnpu in ("BIG_LITTLE", "LITTLE_BIG") and cores == 3)
+        if refused:
+            raise ValueError(
+                f"Model type 'ModelType.{model_type}' is not allowed when vnpu is inited as VNPUType.{vnpu}."
+            )
 
     def __del__(self) -> None:
         """_axclrt.py:177-179, 214-228: a card session that failed in __init__ raises here when it is
