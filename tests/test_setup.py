@@ -192,6 +192,33 @@ def test_failed_pulsar2_leaves_the_old_model_and_resumes(tiny_hf: Path, tmp_path
     assert "axengine" in yaml.safe_load((out / "manifest.yaml").read_text())["backends"]
 
 
+def test_a_pulsar2_build_the_kernel_killed_names_memory(tiny_hf: Path, tmp_path: Path, pulsar2_bin: Path) -> None:
+    """The kernel ends a build that outgrows the machine's memory with SIGKILL; its output says nothing."""
+    out = tmp_path / "m"
+    env = {"PATH": f"{pulsar2_bin}:{os.environ['PATH']}"}
+    args = ["setup", "--model", str(tiny_hf), "--target", "ax630c", "--no-speech", "--out", str(out)]
+    killed = assistant(*args, env={**env, "PULSAR2_KILLED": "1"})
+    assert killed.returncode == 1 and not out.exists()
+    error = killed.stderr[killed.stderr.index("error: ") :]
+    assert error.startswith(
+        "error: pulsar2 llm_build was killed (SIGKILL), most likely by the kernel for want of memory "
+        "(`journalctl -k | grep -i oom` says so): close other programs or give the machine more memory or swap, "
+        "then run the same command again (finished steps are kept); its last lines:\n  building llm decode layers"
+    ), error
+    resumed = assistant(*args, env=env)
+    assert resumed.returncode == 0 and "onnxruntime: already done" in resumed.stderr, resumed.stderr
+
+
+def test_a_signal_that_ended_pulsar2_is_read_from_docker_runs_exit_status_too() -> None:
+    """docker run exits 128 + the signal that ended its container (137: the kernel's SIGKILL)."""
+    from assistant.setup.pulsar2 import _killed_by
+
+    assert _killed_by(137, docker=True).startswith("killed (SIGKILL), most likely by the kernel for want of memory")
+    assert _killed_by(-9, docker=False) == _killed_by(137, docker=True)
+    assert _killed_by(143, docker=True) == _killed_by(-15, docker=False) == "ended by SIGTERM"
+    assert _killed_by(137, docker=False) is None and _killed_by(3, docker=True) is None  # pulsar2's own status
+
+
 def running(pid: int) -> bool:
     """The process is there and not a zombie (which init has yet to reap)."""
     try:
