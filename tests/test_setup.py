@@ -606,6 +606,32 @@ def test_the_same_checkpoint_spelled_otherwise_is_up_to_date(tiny_hf: Path, tmp_
     assert result.returncode == 0 and "is up to date" in result.stderr, result.stderr
 
 
+def test_a_file_changed_since_the_build_is_not_up_to_date(tiny_hf: Path, tmp_path: Path) -> None:
+    """Bytes changed at the same size: setup builds again when the file is newer than the build, and
+    `--verify`, which finds a change that kept the file's time too, names --force."""
+    out = tmp_path / "m"
+    assert host_setup(str(tiny_hf), "--out", str(out)).returncode == 0
+    layer = out / "onnx/layer_1.onnx"
+    good, stat = layer.read_bytes(), layer.stat()
+    layer.write_bytes(good[:-1] + bytes([good[-1] ^ 1]))  # one bit, at the same size
+    os.utime(layer, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # and the same time: flash that decays
+    verify = assistant("setup", "--verify", str(out))
+    assert verify.returncode == 78 and one_error_line(verify) == (
+        f"error: {layer}: sha256 differs from the manifest (corrupt file); re-run `assistant setup` with --force, "
+        "which rebuilds a model that looks up to date"
+    )
+    assert "is up to date" in host_setup(str(tiny_hf), "--out", str(out)).stderr  # size and time say nothing
+
+    layer.touch()  # written since the build: a copy over it, a hand edit
+    again = host_setup(str(tiny_hf), "--out", str(out))
+    assert again.returncode == 0 and "is up to date" not in again.stderr, again.stderr
+    assert f"{out}: not up to date, built again: {layer}: sha256 differs from the manifest (corrupt file)\n" in (
+        again.stderr
+    )
+    assert assistant("setup", "--verify", str(out)).returncode == 0
+    assert "is up to date" in host_setup(str(tiny_hf), "--out", str(out)).stderr
+
+
 def test_a_second_setup_of_the_same_model_waits_its_turn(tiny_hf: Path, tmp_path: Path) -> None:
     import fcntl
 
