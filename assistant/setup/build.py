@@ -27,7 +27,6 @@ import yaml
 from assistant.config import ConfigError, Settings, check_model_paths
 from assistant.llm.checkpoint import Checkpoint, read_shape
 from assistant.llm.embeddings import write_embeddings
-from assistant.llm.export import copy_tokenizer, eos_ids, export_onnx, new_manifest
 from assistant.llm.manifest import (
     CHAT_TEMPLATE_FILE,
     FIX,
@@ -222,6 +221,9 @@ def build_model(opts: SetupOptions, models_dir: Path, force: bool = False) -> tu
         if not force and _up_to_date(dest, record):
             log.info("%s is up to date (built with the same options); --force rebuilds it", dest)
             return dest, []
+        # Here, not at the top: the exporter brings onnx, a third of a second that an up-to-date run need not wait.
+        from assistant.llm.export import copy_tokenizer, eos_ids, new_manifest
+
         hf_dir = local or fetch_hf_model(opts.model, models_dir / ".cache")
         try:
             shape = read_shape(hf_dir)  # unsupported model types fail here, before any work
@@ -283,6 +285,8 @@ def _building(*paths: Path) -> Iterator[None]:
 
 def _host_export(hf_dir: Path, work: Path, num_layers: int, weights: str) -> LayerFiles:
     """The host's ONNX layers; `weights` "s4" is the host's counterpart of the board's s4."""
+    from assistant.llm.export import export_onnx
+
     progress = Progress("host layers", num_layers + 1, unit="graph")
     try:
 
