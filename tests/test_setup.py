@@ -1163,6 +1163,28 @@ def test_a_pulsar2_image_docker_cannot_use_is_refused_before_any_work(tiny_hf: P
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bin"]
 
 
+def test_docker_out_of_disk_for_the_build_names_dockers_disk(tiny_hf: Path, tmp_path: Path) -> None:
+    """docker's own storage (its images and containers) full: its words are Go's, in lower case."""
+    folder = tmp_path / "bin"
+    folder.mkdir()
+    full = (
+        "docker: Error response from daemon: failed to create task for container: write "
+        "/var/lib/docker/overlay2/0f3c/work/config.json: no space left on device: unknown."
+    )
+    (folder / "docker").write_text(
+        f'#!/bin/sh\nif [ "$1" = image ]; then echo sha256:0f3c; exit 0; fi\necho "{full}" >&2\nexit 125\n'
+    )
+    (folder / "docker").chmod(0o755)
+    env = {**os.environ, "PATH": f"{folder}:{os.environ['PATH']}"}
+    args = ["--target", "ax630c", "--no-speech", "--no-host", "--pulsar2-image", "pulsar2:5.0"]
+    result = assistant("setup", "--model", str(tiny_hf), *args, "--out", str(tmp_path / "m"), env=env)
+    assert result.returncode == 1
+    assert one_error_line(result) == (
+        f"error: pulsar2 llm_build stopped: the disk where docker keeps its images and containers is full ({full}); "
+        "free space there (`docker system df` shows what docker holds) and run the same command again"
+    )
+
+
 def test_a_vosk_folder_that_holds_no_model_is_one_line_naming_the_fix(server, tiny_hf: Path, tmp_path: Path) -> None:
     """A folder at asr.model that vosk cannot load (a copy cut short): `assistant doctor` sends the person to
     setup, which must not then report success and leave it as it is."""

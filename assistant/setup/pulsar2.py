@@ -197,6 +197,12 @@ def run_pulsar2(command: list[str], work: Path) -> None:
         step = "build" if "build" in command else "llm_build"
         if any(os.strerror(errno.ENOSPC) in line for line in tail):  # a full disk, in its traceback's words
             raise SetupError(f"pulsar2 {step} stopped: {write_problem(OSError(errno.ENOSPC, 'full'), work)}")
+        # docker's own words are Go's, in lower case: the disk that filled is the one docker keeps its containers on
+        if command[0] == "docker" and (full := [line for line in tail if os.strerror(errno.ENOSPC).lower() in line]):
+            raise SetupError(
+                f"pulsar2 {step} stopped: the disk where docker keeps its images and containers is full ({full[-1]}); "
+                "free space there (`docker system df` shows what docker holds) and run the same command again"
+            )
         if killed := _killed_by(process.returncode, docker=command[0] == "docker"):
             raise SetupError(f"pulsar2 {step} was {killed}; its last lines:\n  {last}")
         raise SetupError(f"pulsar2 {step} failed with exit status {process.returncode}; its last lines:\n  {last}")
