@@ -539,8 +539,24 @@ def test_an_m2_card_build_the_card_cannot_load_is_one_line(card_model: Path, tmp
     with pytest.raises(ModelError) as error:
         Engine(copy, backend="axengine", provider="AXCLRTExecutionProvider")
     assert str(error.value) == (
-        f"{layer}: the M.2 card cannot load it (axclrtEngineLoadFromFile failed.): is the card's memory taken by "
-        "other programs (`axcl-smi` shows them), or the file damaged (`assistant setup --verify DIR` checks it)?"
+        f"{layer}: the M.2 card cannot load it (axclrtEngineLoadFromFile failed.): is the card's memory full (stop "
+        "other programs that use the card (`axcl-smi` shows them and its memory)), or the file damaged "
+        "(`assistant setup --verify DIR` checks it)?"
+    )
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # pyaxengine's __del__, as on a card
+def test_an_m2_card_whose_memory_is_full_is_one_line(card_model: Path, monkeypatch) -> None:
+    """The weights fit in the card's memory, the session's buffers do not: the card's own words, then the fix."""
+    monkeypatch.setenv("AXENGINE_STANDIN_PROVIDERS", "AXCLRTExecutionProvider")
+    monkeypatch.setenv("AXENGINE_STANDIN_CMM_BYTES", str((card_model / "axmodel/qwen_l0.axmodel").stat().st_size))
+    monkeypatch.syspath_prepend(str(STANDINS))
+    monkeypatch.delitem(sys.modules, "axengine", raising=False)
+    with pytest.raises(ModelError) as error:
+        Engine(card_model, backend="axengine", provider="AXCLRTExecutionProvider")
+    assert str(error.value) == (
+        f"{card_model / 'axmodel/qwen_l0.axmodel'}: the M.2 card's memory is full (axclrtMalloc failed 0x00000000 "
+        "for input 0.); stop other programs that use the card (`axcl-smi` shows them and its memory)"
     )
 
 

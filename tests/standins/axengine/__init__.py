@@ -15,7 +15,8 @@ release; "0.1.2rc0" and "0.1.3rc0": the board's outputs are views that the sessi
 overwrites), AXENGINE_STANDIN_NO_GROUP_COUNT (a board runtime too old to count shape groups),
 AXENGINE_STANDIN_NO_DEVICE (the NPU's driver cannot be opened: on the board its device nodes are
 missing or not this user's; with the M.2 card, no card is found), AXENGINE_STANDIN_CMM_BYTES (the
-board's CMM, the memory the NPU's models and buffers live in, that is still free for this process),
+board's CMM, the memory the NPU's models and buffers live in, or the M.2 card's memory, that is still free
+for this process),
 AXENGINE_STANDIN_CHIP (the board's chip as Pulsar2 names it, AX620E or AX650; unset: the chip each model
 was built for; the M.2 card is an AX650 whatever this says), AXENGINE_STANDIN_VNPU (ENABLED, BIG_LITTLE or
 LITTLE_BIG: the board's NPU was started split into virtual NPUs by another program).
@@ -145,9 +146,11 @@ class _AxeSession:
         if board:
             self._check_vnpu(table.get("npu_mode"))
         self._groups = table["groups"]
-        if board and not _cmm_alloc(len(model)):  # _axe.py:197-199: AX_ENGINE_CreateHandleV2 copies the model in
-            raise RuntimeError("Failed to load model.")
-        self._model_bytes = len(model) if board else 0  # given back by __del__ (_axe.py:263, 323-326)
+        # The model's weights go into the NPU's memory: the board's CMM, or the card's own memory
+        # (both AXENGINE_STANDIN_CMM_BYTES, for the one this process uses).
+        if not _cmm_alloc(len(model)):  # _axe.py:197-199: AX_ENGINE_CreateHandleV2 copies the model in
+            raise RuntimeError("Failed to load model." if board else "axclrtEngineLoadFromFile failed.")
+        self._model_bytes = len(model)  # given back by __del__ (_axe.py:263, 323-326; _axclrt.py:226-228)
         if board and os.environ.get("AXENGINE_STANDIN_NO_GROUP_COUNT"):
             # _axe.py:203-207: a board runtime without AX_ENGINE_GetGroupIOInfoCount (cffi raises
             # AttributeError) counts one group, whose IO info is the model's default (group 0's).
@@ -160,9 +163,14 @@ class _AxeSession:
         self._in_buffers = [bytearray(max(_nbytes(g[i]) for g in self._inputs)) for i in range(len(self._inputs[0]))]
         self._out_buffers = [bytearray(max(_nbytes(g[i]) for g in self._outputs)) for i in range(len(self._outputs[0]))]
         for kind, buffers in (("input", self._in_buffers), ("output", self._out_buffers)):
-            # _axe.py:238-242, 255-259; never freed: _axe.py has no AX_SYS_MemFree call
-            if board and not all(_cmm_alloc(len(b)) for b in buffers):
-                raise RuntimeError(f"Failed to allocate memory for {kind}.")
+            for i, buffer in enumerate(buffers):
+                if _cmm_alloc(len(buffer)):
+                    # the board's are never freed (_axe.py has no AX_SYS_MemFree); the card's are (_axclrt.py:215-223)
+                    self._model_bytes += 0 if board else len(buffer)
+                elif board:  # _axe.py:238-242, 255-259
+                    raise RuntimeError(f"Failed to allocate memory for {kind}.")
+                else:  # _axclrt.py:310-312, 322-324 (its status when the card's memory is short is not known here)
+                    raise RuntimeError(f"axclrtMalloc failed 0x{0:08x} for {kind} {i}.")
         from assistant.llm.backends import session_options  # the process's onnxruntime set-up, if any
 
         self._compute = onnxruntime.InferenceSession(onnx_bytes, session_options(), providers=["CPUExecutionProvider"])
