@@ -310,10 +310,10 @@ def test_pyaxengine_installed_without_its_runtime_says_why_the_cpu_runs(tiny_flo
             "error: pyaxengine cannot start the NPU (Get AXCL device failed 0x00000000, find total 0 device.); "
             "is the M.2 card seated, its AXCL driver loaded (/dev/axcl_host), and may this user open it?",
         ),
-        (
-            {"AXENGINE_STANDIN_CHIP": "AX650"},
-            "qwen_l0.axmodel: pyaxengine cannot load it (Failed to get model type.): it was built for the AX630C; "
-            "on an AX650N build it with `assistant setup --target ax650n` on a PC with Pulsar2",
+        (  # the card is an AX650N on any host, an AX630C board's too: the AX630C build is not for it
+            {"AXENGINE_STANDIN_CHIP": "AX620E"},
+            "qwen_l0.axmodel: the M.2 card cannot load it (axclrtEngineLoadFromFile failed.): it was built for the "
+            "AX630C, and the card is an AX650N; build it with `assistant setup --target ax650n` on a PC with Pulsar2",
         ),
     ],
 )
@@ -496,21 +496,68 @@ def test_verify_checks_every_file_a_board_manifest_points_to(board_model: Path, 
     assert short.returncode == 78 and "manifest.yaml: lists 1 axengine layers, not 2" in short.stderr, short.stderr
 
 
+@pytest.fixture(scope="module")
+def card_model(tiny_hf: Path, pulsar2_bin: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny checkpoint built for the AX650N (board files only): the chip of the M.2 card."""
+    out = tmp_path_factory.mktemp("card") / "tiny-ax650n"
+    env = {**os.environ, "PATH": f"{pulsar2_bin}:{os.environ['PATH']}"}
+    args = ["setup", "--model", str(tiny_hf), "--target", "ax650n", "--no-speech", "--no-host", "--out", str(out)]
+    result = subprocess.run([sys.executable, "-m", "assistant", *args], env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    return out
+
+
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # pyaxengine's __del__, as on a card
-def test_the_m2_card_runs_the_same_tokens(board_model: Path, axengine, monkeypatch) -> None:
+def test_the_m2_card_runs_the_same_tokens(card_model: Path, axengine, monkeypatch) -> None:
     """The card's session opens the model by `path.encode()` (a pathlib.Path fails there) and copies
     its outputs from the device; the engine gives it exactly what it gives the board's."""
     monkeypatch.setenv("AXENGINE_STANDIN_PROVIDERS", "AxEngineExecutionProvider,AXCLRTExecutionProvider")
     with pytest.raises(ValueError, match=r"\['AXCLRTExecutionProvider'\] is\(are\) not available"):
-        axengine.InferenceSession(str(board_model / "axmodel/qwen_post.axmodel"), providers=["AXCLRTExecutionProvider"])
+        axengine.InferenceSession(str(card_model / "axmodel/qwen_post.axmodel"), providers=["AXCLRTExecutionProvider"])
     axengine = importlib.reload(axengine)  # pyaxengine finds its providers when it is imported
     with pytest.raises(AttributeError):
-        axengine.InferenceSession(board_model / "axmodel/qwen_post.axmodel", providers=["AXCLRTExecutionProvider"])
+        axengine.InferenceSession(card_model / "axmodel/qwen_post.axmodel", providers=["AXCLRTExecutionProvider"])
     ids = prompt(5, n=150)
-    board = list(Engine(board_model, backend="axengine").generate(ids, GREEDY, 12))
-    card = Engine(board_model, backend="axengine", provider="AXCLRTExecutionProvider")
+    board = list(Engine(card_model, backend="axengine").generate(ids, GREEDY, 12))  # an AX650N board
+    card = Engine(card_model, backend="axengine", provider="AXCLRTExecutionProvider")
     assert card.sessions.post.session.get_providers() == "AXCLRTExecutionProvider"
     assert list(card.generate(ids, GREEDY, 12)) == board
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # pyaxengine's __del__, as on a card
+def test_an_m2_card_build_the_card_cannot_load_is_one_line(card_model: Path, tmp_path: Path, monkeypatch) -> None:
+    """A file of the card's chip that its runtime still cannot load: its size right, its bytes not."""
+    import shutil
+
+    monkeypatch.setenv("AXENGINE_STANDIN_PROVIDERS", "AXCLRTExecutionProvider")
+    monkeypatch.syspath_prepend(str(STANDINS))
+    monkeypatch.delitem(sys.modules, "axengine", raising=False)  # found with the card's provider when imported
+    copy = tmp_path / "model"
+    shutil.copytree(card_model, copy)
+    layer = copy / "axmodel/qwen_l1.axmodel"
+    layer.write_bytes(bytes(layer.stat().st_size))
+    with pytest.raises(ModelError) as error:
+        Engine(copy, backend="axengine", provider="AXCLRTExecutionProvider")
+    assert str(error.value) == (
+        f"{layer}: the M.2 card cannot load it (axclrtEngineLoadFromFile failed.): is the card's memory full (stop "
+        "other programs that use the card (`axcl-smi` shows them and its memory)), or the file damaged "
+        "(`assistant setup --verify DIR` checks it)?"
+    )
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # pyaxengine's __del__, as on a card
+def test_an_m2_card_whose_memory_is_full_is_one_line(card_model: Path, monkeypatch) -> None:
+    """The weights fit in the card's memory, the session's buffers do not: the card's own words, then the fix."""
+    monkeypatch.setenv("AXENGINE_STANDIN_PROVIDERS", "AXCLRTExecutionProvider")
+    monkeypatch.setenv("AXENGINE_STANDIN_CMM_BYTES", str((card_model / "axmodel/qwen_l0.axmodel").stat().st_size))
+    monkeypatch.syspath_prepend(str(STANDINS))
+    monkeypatch.delitem(sys.modules, "axengine", raising=False)
+    with pytest.raises(ModelError) as error:
+        Engine(card_model, backend="axengine", provider="AXCLRTExecutionProvider")
+    assert str(error.value) == (
+        f"{card_model / 'axmodel/qwen_l0.axmodel'}: the M.2 card's memory is full (axclrtMalloc failed 0x00000000 "
+        "for input 0.); stop other programs that use the card (`axcl-smi` shows them and its memory)"
+    )
 
 
 def test_a_runtime_that_cannot_count_shape_groups_is_named_not_the_model(
@@ -561,3 +608,17 @@ def test_a_layer_of_another_build_copied_over_is_named_as_such(board_model: Path
         ModelError, match=r"qwen_l1\.axmodel: \d+ bytes, the manifest says \d+ \(a file of another build\?\)"
     ):
         Engine(copy, backend="axengine")
+
+
+def test_an_npu_split_into_virtual_npus_is_named_not_the_provider(board_model: Path) -> None:
+    """Another program started the board's NPU as vNPUs, which pyaxengine adopts: a model built for the
+    whole NPU is refused with a ValueError (as an unavailable provider is), which names the vNPU."""
+    result = board_chat(board_model, "hello\n", AXENGINE_STANDIN_VNPU="enabled")
+    errors = [text for text in result.stderr.splitlines() if text.startswith("error:")]
+    assert result.returncode == 78 and "Traceback" not in result.stderr, result.stderr
+    assert errors == [
+        f"error: {board_model / 'axmodel/qwen_l0.axmodel'}: the NPU is split into virtual NPUs (vNPU) by another "
+        "program that uses it, and this model needs the whole NPU (Model type 'ModelType.FULL' is not allowed "
+        "when vnpu is inited as VNPUType.ENABLED.); stop that program, or start it without vNPU, then start "
+        "the assistant again"
+    ], errors

@@ -192,6 +192,33 @@ def test_failed_pulsar2_leaves_the_old_model_and_resumes(tiny_hf: Path, tmp_path
     assert "axengine" in yaml.safe_load((out / "manifest.yaml").read_text())["backends"]
 
 
+def test_a_pulsar2_build_the_kernel_killed_names_memory(tiny_hf: Path, tmp_path: Path, pulsar2_bin: Path) -> None:
+    """The kernel ends a build that outgrows the machine's memory with SIGKILL; its output says nothing."""
+    out = tmp_path / "m"
+    env = {"PATH": f"{pulsar2_bin}:{os.environ['PATH']}"}
+    args = ["setup", "--model", str(tiny_hf), "--target", "ax630c", "--no-speech", "--out", str(out)]
+    killed = assistant(*args, env={**env, "PULSAR2_KILLED": "1"})
+    assert killed.returncode == 1 and not out.exists()
+    error = killed.stderr[killed.stderr.index("error: ") :]
+    assert error.startswith(
+        "error: pulsar2 llm_build was killed (SIGKILL), most likely by the kernel for want of memory "
+        "(`journalctl -k | grep -i oom` says so): close other programs or give the machine more memory or swap, "
+        "then run the same command again (finished steps are kept); its last lines:\n  building llm decode layers"
+    ), error
+    resumed = assistant(*args, env=env)
+    assert resumed.returncode == 0 and "onnxruntime: already done" in resumed.stderr, resumed.stderr
+
+
+def test_a_signal_that_ended_pulsar2_is_read_from_docker_runs_exit_status_too() -> None:
+    """docker run exits 128 + the signal that ended its container (137: the kernel's SIGKILL)."""
+    from assistant.setup.pulsar2 import _killed_by
+
+    assert _killed_by(137, docker=True).startswith("killed (SIGKILL), most likely by the kernel for want of memory")
+    assert _killed_by(-9, docker=False) == _killed_by(137, docker=True)
+    assert _killed_by(143, docker=True) == _killed_by(-15, docker=False) == "ended by SIGTERM"
+    assert _killed_by(137, docker=False) is None and _killed_by(3, docker=True) is None  # pulsar2's own status
+
+
 def running(pid: int) -> bool:
     """The process is there and not a zombie (which init has yet to reap)."""
     try:
@@ -577,6 +604,38 @@ def test_the_same_checkpoint_spelled_otherwise_is_up_to_date(tiny_hf: Path, tmp_
     record.write_text(json.dumps({**json.loads(record.read_text()), "out": out, "model": "ck"}, sort_keys=True))
     result = host_setup("ck", "--out", out, cwd=tmp_path)
     assert result.returncode == 0 and "is up to date" in result.stderr, result.stderr
+
+
+def test_a_file_changed_since_the_build_is_not_up_to_date(tiny_hf: Path, tmp_path: Path) -> None:
+    """Bytes changed at the same size: setup builds again when the file is newer than the build, and
+    `--verify`, which finds a change that kept the file's time too, names --force."""
+    out = tmp_path / "m"
+    assert host_setup(str(tiny_hf), "--out", str(out)).returncode == 0
+    layer = out / "onnx/layer_1.onnx"
+    good, stat = layer.read_bytes(), layer.stat()
+    layer.write_bytes(good[:-1] + bytes([good[-1] ^ 1]))  # one bit, at the same size
+    os.utime(layer, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # and the same time: flash that decays
+    verify = assistant("setup", "--verify", str(out))
+    assert verify.returncode == 78 and one_error_line(verify) == (
+        f"error: {layer}: sha256 differs from the manifest (corrupt file); re-run `assistant setup` with --force, "
+        "which rebuilds a model that looks up to date"
+    )
+    assert "is up to date" in host_setup(str(tiny_hf), "--out", str(out)).stderr  # size and time say nothing
+
+    layer.touch()  # written since the build: a copy over it, a hand edit
+    again = host_setup(str(tiny_hf), "--out", str(out))
+    assert again.returncode == 0 and "is up to date" not in again.stderr, again.stderr
+    assert f"{out}: not up to date, built again: {layer}: sha256 differs from the manifest (corrupt file)\n" in (
+        again.stderr
+    )
+    assert assistant("setup", "--verify", str(out)).returncode == 0
+    # Up to date again, and found so without loading the exporter (onnx): a third of a second here.
+    args = ["setup", "--model", str(tiny_hf), "--target", "host", "--no-speech", "--out", str(out)]
+    again = subprocess.run([sys.executable, "-X", "importtime", "-m", "assistant", *args], capture_output=True,
+                           text=True, timeout=300)  # fmt: skip
+    assert "is up to date" in again.stderr, again.stderr
+    imported = [line.split("|")[-1].strip() for line in again.stderr.splitlines() if line.startswith("import time:")]
+    assert "assistant.setup.build" in imported and "onnx" not in imported and "assistant.llm.export" not in imported
 
 
 def test_a_second_setup_of_the_same_model_waits_its_turn(tiny_hf: Path, tmp_path: Path) -> None:
@@ -1102,6 +1161,28 @@ def test_a_pulsar2_image_docker_cannot_use_is_refused_before_any_work(tiny_hf: P
         "(`docker load -i ax_pulsar2_<version>.tar.gz`)"
     )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bin"]
+
+
+def test_docker_out_of_disk_for_the_build_names_dockers_disk(tiny_hf: Path, tmp_path: Path) -> None:
+    """docker's own storage (its images and containers) full: its words are Go's, in lower case."""
+    folder = tmp_path / "bin"
+    folder.mkdir()
+    full = (
+        "docker: Error response from daemon: failed to create task for container: write "
+        "/var/lib/docker/overlay2/0f3c/work/config.json: no space left on device: unknown."
+    )
+    (folder / "docker").write_text(
+        f'#!/bin/sh\nif [ "$1" = image ]; then echo sha256:0f3c; exit 0; fi\necho "{full}" >&2\nexit 125\n'
+    )
+    (folder / "docker").chmod(0o755)
+    env = {**os.environ, "PATH": f"{folder}:{os.environ['PATH']}"}
+    args = ["--target", "ax630c", "--no-speech", "--no-host", "--pulsar2-image", "pulsar2:5.0"]
+    result = assistant("setup", "--model", str(tiny_hf), *args, "--out", str(tmp_path / "m"), env=env)
+    assert result.returncode == 1
+    assert one_error_line(result) == (
+        f"error: pulsar2 llm_build stopped: the disk where docker keeps its images and containers is full ({full}); "
+        "free space there (`docker system df` shows what docker holds) and run the same command again"
+    )
 
 
 def test_a_vosk_folder_that_holds_no_model_is_one_line_naming_the_fix(server, tiny_hf: Path, tmp_path: Path) -> None:

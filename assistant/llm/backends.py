@@ -38,6 +38,8 @@ MIN_PYAXENGINE_AXCLRT = (0, 1, 3)
 AXCLRT = "AXCLRTExecutionProvider"
 BUILD_FOR_THE_NPU = "`assistant setup --target ax630c` (AX630C) or `--target ax650n` (AX650N) on a PC with Pulsar2"
 OTHER_CHIP = {"AX630C": "AX650N", "AX650N": "AX630C"}  # the two chips `assistant setup` builds for
+CARD_CHIP = "AX650N"  # the chip of AXERA's M.2 cards (AXCLRTExecutionProvider), whatever the host is
+FREE_CARD = "stop other programs that use the card (`axcl-smi` shows them and its memory)"
 # pyaxengine's own messages when the NPU runtime cannot start, before any model is read: the board's
 # drivers (axengine/_axe.py, _initialize_engine, run on the first session) or the M.2 card
 # (axengine/_axclrt.py, _initialize_axclrt and AXCLRTSession.__init__).
@@ -200,6 +202,11 @@ def _cannot_open(path: Path, provider: str, e: Exception, chip: str = "") -> str
 
     `chip`: what the manifest says the file was built for, when it says so.
     """
+    if isinstance(e, ValueError) and "vnpu" in str(e):  # axengine/_axe.py, AXEngineSession.__init__: model type
+        return (
+            f"{path}: the NPU is split into virtual NPUs (vNPU) by another program that uses it, and this model "
+            f"needs the whole NPU ({e}); stop that program, or start it without vNPU, then start the assistant again"
+        )
     if isinstance(e, ValueError):  # an unavailable provider: axengine/_session.py, InferenceSession.__init__
         return f"{path}: pyaxengine cannot open it with {provider} ({e}); check llm.axengine_provider"
     if isinstance(e, OSError):  # on the board pyaxengine opens the file itself (axengine/_axe.py, __init__)
@@ -208,6 +215,19 @@ def _cannot_open(path: Path, provider: str, e: Exception, chip: str = "") -> str
         return f"pyaxengine cannot start the NPU ({e}); {_runtime_fix(provider)}"
     if "allocate memory" in str(e):  # axengine/_axe.py, AXEngineSession.__init__: AX_SYS_MemAllocCached
         return f"{path}: the NPU's memory is full ({e}); {FREE_CMM}"
+    if provider == AXCLRT and "axclrtMalloc" in str(e):  # axengine/_axclrt.py, _prepare_io: the session's buffers
+        return f"{path}: the M.2 card's memory is full ({e}); {FREE_CARD}"
+    if provider == AXCLRT and "LoadFromFile" in str(e):  # axengine/_axclrt.py, _load: the card's one message
+        if chip == CARD_CHIP:
+            return (
+                f"{path}: the M.2 card cannot load it ({e}): is the card's memory full ({FREE_CARD}), "
+                "or the file damaged (`assistant setup --verify DIR` checks it)?"
+            )
+        built = f"it was built for the {chip}" if chip else "was it built for the AX630C?"
+        return (
+            f"{path}: the M.2 card cannot load it ({e}): {built}, and the card is an {CARD_CHIP}; build it with "
+            f"`assistant setup --target {CARD_CHIP.lower()}` on a PC with Pulsar2"
+        )
     # "Failed to get model type.": the runtime cannot read this file as its model; "Failed to load
     # model.": nor load it, which also happens when its weights do not fit in the CMM that is left
     if "model type" in str(e) and (other := OTHER_CHIP.get(chip)):

@@ -197,7 +197,32 @@ def run_pulsar2(command: list[str], work: Path) -> None:
         step = "build" if "build" in command else "llm_build"
         if any(os.strerror(errno.ENOSPC) in line for line in tail):  # a full disk, in its traceback's words
             raise SetupError(f"pulsar2 {step} stopped: {write_problem(OSError(errno.ENOSPC, 'full'), work)}")
+        # docker's own words are Go's, in lower case: the disk that filled is the one docker keeps its containers on
+        if command[0] == "docker" and (full := [line for line in tail if os.strerror(errno.ENOSPC).lower() in line]):
+            raise SetupError(
+                f"pulsar2 {step} stopped: the disk where docker keeps its images and containers is full ({full[-1]}); "
+                "free space there (`docker system df` shows what docker holds) and run the same command again"
+            )
+        if killed := _killed_by(process.returncode, docker=command[0] == "docker"):
+            raise SetupError(f"pulsar2 {step} was {killed}; its last lines:\n  {last}")
         raise SetupError(f"pulsar2 {step} failed with exit status {process.returncode}; its last lines:\n  {last}")
+
+
+def _killed_by(status: int, docker: bool) -> str | None:
+    """What ended a build that a signal ended, from its exit status (docker run reports 128 + the signal)."""
+    number = -status if status < 0 else status - 128 if docker and 128 < status < 128 + signal.NSIG else 0
+    if number == signal.SIGKILL:  # setup never sends it: the kernel does, when the machine runs out of memory
+        return (
+            "killed (SIGKILL), most likely by the kernel for want of memory (`journalctl -k | grep -i oom` says "
+            "so): close other programs or give the machine more memory or swap, then run the same command again "
+            "(finished steps are kept)"
+        )
+    if number > 0:
+        try:
+            return f"ended by {signal.Signals(number).name}"
+        except ValueError:  # a real-time signal, which has no name of its own
+            return f"ended by signal {number}"
+    return None
 
 
 def _end_with(parent: int):

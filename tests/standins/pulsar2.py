@@ -13,7 +13,8 @@ config must be in ax-llm-build's format (config/qwen2-0.5B.json) and agree with 
 names the calibration tar of .npy tensors), `--target_hardware`. The axmodel has one shape group, the
 fixed shape, and computes in float (no quantization error is simulated).
 
-Test hooks: PULSAR2_ARGV (write the argv there as JSON), PULSAR2_FAIL (fail like an out-of-memory build).
+Test hooks: PULSAR2_ARGV (write the argv there as JSON), PULSAR2_FAIL (fail with an error of its own),
+PULSAR2_KILLED (SIGKILLed midway, as the kernel ends a build that the machine's memory cannot hold).
 """
 
 from __future__ import annotations
@@ -86,13 +87,15 @@ def layer_groups(args: argparse.Namespace, hidden: int, kv_dim: int) -> list[dic
     return groups
 
 
-def axmodel(path: Path, chip: str, groups: list[dict], graph) -> None:
+def axmodel(path: Path, chip: str, groups: list[dict], graph, npu_mode: str | None = None) -> None:
+    """`npu_mode`: the NPU cores it runs on (`pulsar2 build`'s NPU1, NPU2, NPU3); None for llm_build's,
+    taken by the pyaxengine stand-in as the whole NPU (the case that vNPU refuses)."""
     buffer = io.BytesIO()
     import onnx
 
     onnx.save(graph, buffer)
     with zipfile.ZipFile(path, "w") as archive:
-        archive.writestr("io.json", json.dumps({"chip": chip, "groups": groups}))
+        archive.writestr("io.json", json.dumps({"chip": chip, "groups": groups, "npu_mode": npu_mode}))
         archive.writestr("model.onnx", buffer.getvalue())
 
 
@@ -147,7 +150,7 @@ def build(argv: list[str]) -> None:
     }
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    axmodel(out / args.output_name, args.target_hardware, [group], model)
+    axmodel(out / args.output_name, args.target_hardware, [group], model, config.get("npu_mode", "NPU1"))
     print(f"build done: {out / args.output_name}")
 
 
@@ -193,6 +196,8 @@ def main(argv: list[str]) -> None:
     groups = layer_groups(args, shape.hidden_size, shape.kv_dim)
     for i in range(shape.num_layers):
         print(f"building llm decode layers {i + 1}/{shape.num_layers}", flush=True)
+        if os.environ.get("PULSAR2_KILLED") and i == shape.num_layers - 1:
+            os.kill(os.getpid(), 9)  # as the kernel's out-of-memory killer ends a build (dmesg: "Killed process")
         if os.environ.get("PULSAR2_FAIL") and i == shape.num_layers - 1:
             for k in range(30):
                 print(f"compiling layer {k}")

@@ -15,7 +15,11 @@ release; "0.1.2rc0" and "0.1.3rc0": the board's outputs are views that the sessi
 overwrites), AXENGINE_STANDIN_NO_GROUP_COUNT (a board runtime too old to count shape groups),
 AXENGINE_STANDIN_NO_DEVICE (the NPU's driver cannot be opened: on the board its device nodes are
 missing or not this user's; with the M.2 card, no card is found), AXENGINE_STANDIN_CMM_BYTES (the
-board's CMM, the memory the NPU's models and buffers live in, that is still free for this process).
+board's CMM, the memory the NPU's models and buffers live in, or the M.2 card's memory, that is still free
+for this process),
+AXENGINE_STANDIN_CHIP (the board's chip as Pulsar2 names it, AX620E or AX650; unset: the chip each model
+was built for; the M.2 card is an AX650 whatever this says), AXENGINE_STANDIN_VNPU (ENABLED, BIG_LITTLE or
+LITTLE_BIG: the board's NPU was started split into virtual NPUs by another program).
 The package's metadata version is what a test puts on the path beside it.
 """
 
@@ -123,21 +127,30 @@ class _AxeSession:
             model = self._read_on_the_card(path_or_bytes)
         else:
             model = self._read_on_the_board(path_or_bytes)
+        board = provider == axengine_provider_name
         try:
             with zipfile.ZipFile(io.BytesIO(model)) as archive:
                 table = json.loads(archive.read("io.json"))
                 onnx_bytes = archive.read("model.onnx")
         except (KeyError, zipfile.BadZipFile, json.JSONDecodeError):
-            # _axe.py:151, 272: the runtime is first asked the file's model type, which fails for
-            # a file that is not an axmodel of this chip (before "Failed to load model.", 197-199)
-            raise RuntimeError("Failed to get model type.") from None
-        if table["chip"] != os.environ.get("AXENGINE_STANDIN_CHIP", table["chip"]):
-            raise RuntimeError("Failed to get model type.")  # a model built for another chip
+            table = {"chip": None}
+        # The chip that runs it: the board's own (AXENGINE_STANDIN_CHIP), or the M.2 card's, which
+        # is an AX650N whatever the host (AXERA's M.2 accelerator cards are AX650N / AX8850, AX650 to Pulsar2).
+        chip = os.environ.get("AXENGINE_STANDIN_CHIP", table["chip"]) if board else "AX650"
+        self._chip = chip
+        if table["chip"] != chip:
+            # _axe.py:151, 272: the board's runtime is first asked the file's model type, which fails for
+            # a file that is not an axmodel of this chip (before "Failed to load model.", 197-199).
+            # _axclrt.py:185-187: the card's runtime loads the file whole, and fails in its one message.
+            raise RuntimeError("Failed to get model type." if board else "axclrtEngineLoadFromFile failed.")
+        if board:
+            self._check_vnpu(table.get("npu_mode"))
         self._groups = table["groups"]
-        board = provider == axengine_provider_name
-        if board and not _cmm_alloc(len(model)):  # _axe.py:197-199: AX_ENGINE_CreateHandleV2 copies the model in
-            raise RuntimeError("Failed to load model.")
-        self._model_bytes = len(model) if board else 0  # given back by __del__ (_axe.py:263, 323-326)
+        # The model's weights go into the NPU's memory: the board's CMM, or the card's own memory
+        # (both AXENGINE_STANDIN_CMM_BYTES, for the one this process uses).
+        if not _cmm_alloc(len(model)):  # _axe.py:197-199: AX_ENGINE_CreateHandleV2 copies the model in
+            raise RuntimeError("Failed to load model." if board else "axclrtEngineLoadFromFile failed.")
+        self._model_bytes = len(model)  # given back by __del__ (_axe.py:263, 323-326; _axclrt.py:226-228)
         if board and os.environ.get("AXENGINE_STANDIN_NO_GROUP_COUNT"):
             # _axe.py:203-207: a board runtime without AX_ENGINE_GetGroupIOInfoCount (cffi raises
             # AttributeError) counts one group, whose IO info is the model's default (group 0's).
@@ -150,15 +163,40 @@ class _AxeSession:
         self._in_buffers = [bytearray(max(_nbytes(g[i]) for g in self._inputs)) for i in range(len(self._inputs[0]))]
         self._out_buffers = [bytearray(max(_nbytes(g[i]) for g in self._outputs)) for i in range(len(self._outputs[0]))]
         for kind, buffers in (("input", self._in_buffers), ("output", self._out_buffers)):
-            # _axe.py:238-242, 255-259; never freed: _axe.py has no AX_SYS_MemFree call
-            if board and not all(_cmm_alloc(len(b)) for b in buffers):
-                raise RuntimeError(f"Failed to allocate memory for {kind}.")
+            for i, buffer in enumerate(buffers):
+                if _cmm_alloc(len(buffer)):
+                    # the board's are never freed (_axe.py has no AX_SYS_MemFree); the card's are (_axclrt.py:215-223)
+                    self._model_bytes += 0 if board else len(buffer)
+                elif board:  # _axe.py:238-242, 255-259
+                    raise RuntimeError(f"Failed to allocate memory for {kind}.")
+                else:  # _axclrt.py:310-312, 322-324 (its status when the card's memory is short is not known here)
+                    raise RuntimeError(f"axclrtMalloc failed 0x{0:08x} for {kind} {i}.")
         from assistant.llm.backends import session_options  # the process's onnxruntime set-up, if any
 
         self._compute = onnxruntime.InferenceSession(onnx_bytes, session_options(), providers=["CPUExecutionProvider"])
         if provider == axclrt_provider_name:
             self._model_id = [1]
             _card_sessions.append(self)  # _axclrt.py:175, the last line of __init__
+
+    def _check_vnpu(self, npu_mode: str | None) -> None:
+        """_axe.py:167-192: a board whose NPU another program started split into virtual NPUs (the
+        mode _initialize_engine adopts, 86-93) refuses a model built for more of it than one vNPU.
+
+        Model types (_axe_types.py): on the AX620E, NPU1 is HALF and anything more FULL; on the AX650,
+        NPU1, NPU2, NPU3 are SINGLE, DUAL (printed as FULL, its alias), TRIPLE. A model without an
+        npu_mode (llm_build's) is taken as the whole NPU.
+        """
+        vnpu = os.environ.get("AXENGINE_STANDIN_VNPU", "DISABLED").upper()
+        cores = {"NPU1": 1, "NPU2": 2, "NPU3": 3}.get(npu_mode or "", 3)
+        if self._chip == "AX620E":
+            refused, model_type = vnpu == "ENABLED" and cores > 1, "FULL" if cores > 1 else "HALF"
+        else:
+            model_type = {1: "SINGLE", 2: "FULL", 3: "TRIPLE"}[cores]
+            refused = (vnpu == "ENABLED" and cores > 1) or (vnpu in ("BIG_LITTLE", "LITTLE_BIG") and cores == 3)
+        if refused:
+            raise ValueError(
+                f"Model type 'ModelType.{model_type}' is not allowed when vnpu is inited as VNPUType.{vnpu}."
+            )
 
     def __del__(self) -> None:
         """_axclrt.py:177-179, 214-228: a card session that failed in __init__ raises here when it is
