@@ -34,7 +34,11 @@ log = logging.getLogger(__name__)
 
 
 class ConfigError(Exception):
-    """A configuration problem, worded for the person who edits the file."""
+    """Configuration problems, worded for the person who edits the file: one line each."""
+
+    def __init__(self, *problems: str):
+        super().__init__("\n".join(problems))
+        self.problems = list(problems)
 
 
 @dataclass
@@ -259,15 +263,29 @@ def settings_from_text(text: str, path: Path, environ: typing.Mapping[str, str] 
     data, lines, warnings = _parse_yaml(text, path)
     where = _Where(path, lines)
     _apply_env(data, environ, where)
-    settings = _convert(Settings, data, "", where, path.parent.resolve())
+    # Every problem at once: a setting that is wrong is left at its default while the rest are checked,
+    # so that one edit fixes them all rather than one edit and one run per problem.
+    problems: list[str] = []
+    settings = _convert(Settings, data, "", where, path.parent.resolve(), problems)
     settings.source = path
-    for key, _, _ in _BOUNDS:
-        if problem := bound_problem(key, setting(settings, key)):
-            raise ConfigError(f"{where(key)}{key}: {problem}")
-    warnings += _mqtt_problems(settings.mqtt, where)
-    for warning in warnings:  # only for a config that loads: a broken one is one error line
+    for key in dict.fromkeys(key for key, _, _ in _BOUNDS):  # a key with two bounds is reported once
+        if problem := bound_problem(key, setting(settings, key)):  # a wrong type is at its default: no problem
+            problems.append(f"{where(key)}{key}: {problem}")
+    try:
+        warnings += _mqtt_problems(settings.mqtt, where)
+    except ConfigError as e:
+        problems += e.problems
+    if problems:
+        raise ConfigError(*sorted(problems, key=lambda problem: _line_of(problem, path)))
+    for warning in warnings:  # only for a config that loads: a broken one is its errors alone
         _warn_once(warning)
     return settings
+
+
+def _line_of(problem: str, path: Path) -> float:
+    """The line of the file a problem names; after every line for one from the environment."""
+    line = re.match(rf"{re.escape(str(path))}:(\d+): ", problem)
+    return int(line[1]) if line else math.inf
 
 
 _warned: set[str] = set()
@@ -295,52 +313,62 @@ DEVICE_SHAPE = "must be mappings with a name, an optional area (text) and option
 
 
 def _mqtt_problems(mqtt: MqttSettings, where: _Where) -> list[str]:
-    """Refuse MQTT settings the smart-home skills cannot use; return warnings for doubtful ones."""
+    """Refuse MQTT settings the smart-home skills cannot use (each wrong device named); return
+    warnings for doubtful ones."""
+    errors, warnings = [], []
     if mqtt.password is not None and mqtt.username is None:
-        raise ConfigError(
+        errors.append(
             f"{where('mqtt.password')}mqtt.password is set without mqtt.username: the broker would "
             "get neither; set mqtt.username too"
         )
-    warnings = []
     if mqtt.ca_file is not None and not mqtt.tls:
         warnings.append(f"{where('mqtt.ca_file')}mqtt.ca_file is set but mqtt.tls is false: it is not used")
     spoken: dict[str, str] = {}  # a name or alias as heard → the device that has it
     for i, device in enumerate(mqtt.devices):
-        item = f"mqtt.devices[{i}]"
-        _check_device_shape(device, item, where)
-        label = f"{item} ({device['name']})"
-        for key in device:
-            if key not in DEVICE_KEYS:
-                close = difflib.get_close_matches(str(key), DEVICE_KEYS, n=1)
-                hint = f"did you mean '{close[0]}'?" if close else f"a device takes {', '.join(DEVICE_KEYS)}"
-                raise ConfigError(f"{where(f'{item}.{key}')}{label}: unknown key '{key}' ({hint})")
-        for key, allowed in (("type", DEVICE_TYPES), ("convention", CONVENTIONS)):
-            value = device.get(key, "zigbee2mqtt" if key == "convention" else None)
-            if value not in allowed:
-                listed = ", ".join(repr(a) for a in allowed)
-                raise ConfigError(
-                    f"{where(f'{item}.{key}')}{label}: {key}: expected one of {listed}, got {_kind(value)}"
-                )
-        for key in TOPIC_KEYS:
-            topic = device.get(key)
-            if key in device and (not isinstance(topic, str) or not topic.strip()):
-                raise ConfigError(f"{where(f'{item}.{key}')}{label}: {key}: expected an MQTT topic, got {_kind(topic)}")
-            if topic and ("+" in topic or "#" in topic):
-                warnings.append(
-                    f"{where(f'{item}.{key}')}{label}: {key} {topic!r} has a wildcard; nothing is sent "
-                    "to it, a device needs its own topic"
-                )
-        if missing := _missing_topic(device):
-            warnings.append(f"{where(item)}{label}: {missing}")
-        for name in [device["name"], *device.get("aliases", [])]:
-            heard = " ".join(re.sub(r"[^\w\s]", " ", name.casefold()).split())  # as sentences are matched
-            other = spoken.setdefault(heard, label)
-            if other != label:
-                # A command by that name then switches neither device (a shared name) or maybe the wrong one.
-                warnings.append(
-                    f"{where(item)}{label}: '{name}' is also a name of {other}; a command by it cannot tell "
-                    "the two apart, give each device its own names"
-                )
+        try:
+            warnings += _device_warnings(device, f"mqtt.devices[{i}]", where, spoken)
+        except ConfigError as e:
+            errors += e.problems
+    if errors:
+        raise ConfigError(*errors)
+    return warnings
+
+
+def _device_warnings(device: Any, item: str, where: _Where, spoken: dict[str, str]) -> list[str]:
+    """Refuse a device the smart-home skills cannot use; return warnings for a doubtful one."""
+    warnings = []
+    _check_device_shape(device, item, where)
+    label = f"{item} ({device['name']})"
+    for key in device:
+        if key not in DEVICE_KEYS:
+            close = difflib.get_close_matches(str(key), DEVICE_KEYS, n=1)
+            hint = f"did you mean '{close[0]}'?" if close else f"a device takes {', '.join(DEVICE_KEYS)}"
+            raise ConfigError(f"{where(f'{item}.{key}')}{label}: unknown key '{key}' ({hint})")
+    for key, allowed in (("type", DEVICE_TYPES), ("convention", CONVENTIONS)):
+        value = device.get(key, "zigbee2mqtt" if key == "convention" else None)
+        if value not in allowed:
+            listed = ", ".join(repr(a) for a in allowed)
+            raise ConfigError(f"{where(f'{item}.{key}')}{label}: {key}: expected one of {listed}, got {_kind(value)}")
+    for key in TOPIC_KEYS:
+        topic = device.get(key)
+        if key in device and (not isinstance(topic, str) or not topic.strip()):
+            raise ConfigError(f"{where(f'{item}.{key}')}{label}: {key}: expected an MQTT topic, got {_kind(topic)}")
+        if topic and ("+" in topic or "#" in topic):
+            warnings.append(
+                f"{where(f'{item}.{key}')}{label}: {key} {topic!r} has a wildcard; nothing is sent "
+                "to it, a device needs its own topic"
+            )
+    if missing := _missing_topic(device):
+        warnings.append(f"{where(item)}{label}: {missing}")
+    for name in [device["name"], *device.get("aliases", [])]:
+        heard = " ".join(re.sub(r"[^\w\s]", " ", name.casefold()).split())  # as sentences are matched
+        other = spoken.setdefault(heard, label)
+        if other != label:
+            # A command by that name then switches neither device (a shared name) or maybe the wrong one.
+            warnings.append(
+                f"{where(item)}{label}: '{name}' is also a name of {other}; a command by it cannot tell "
+                "the two apart, give each device its own names"
+            )
     return warnings
 
 
@@ -358,7 +386,7 @@ def _check_device_shape(device: Any, item: str, where: _Where) -> None:
         problem = f"{item} ({device['name']}) has aliases {_kind(device['aliases'])}"
     else:
         return
-    raise ConfigError(f"{where('mqtt.devices')}mqtt.devices: {DEVICE_SHAPE}; {problem}")
+    raise ConfigError(f"{where(item)}mqtt.devices: {DEVICE_SHAPE}; {problem}")  # the item's line
 
 
 def _missing_topic(device: dict) -> str | None:
@@ -604,8 +632,12 @@ def _apply_env(data: dict, environ: typing.Mapping[str, str], where: _Where) -> 
         lines[key] = f"environment {name}"
 
 
-def _convert(tp: Any, value: Any, key: str, where: _Where, base: Path) -> Any:
-    """Check `value` against the annotation `tp` and build it; raise ConfigError naming `key`."""
+def _convert(tp: Any, value: Any, key: str, where: _Where, base: Path, problems: list[str]) -> Any:
+    """Check `value` against the annotation `tp` and build it; raise ConfigError naming `key`.
+
+    In a section, a wrong setting is added to `problems` and left at its default, and the rest are
+    still checked.
+    """
     origin = typing.get_origin(tp)
     if dataclasses.is_dataclass(tp):
         if value is None:
@@ -620,12 +652,15 @@ def _convert(tp: Any, value: Any, key: str, where: _Where, base: Path) -> Any:
                 close = difflib.get_close_matches(str(name), list(fields), n=1)
                 known = f"{key or 'the top level'} takes {', '.join(fields)}"
                 hint = f"did you mean '{close[0]}'?" if close else known
-                raise ConfigError(f"{where(full)}unknown key '{full}' ({hint})")
+                problems.append(f"{where(full)}unknown key '{full}' ({hint})")
         kwargs = {}
         for name in fields:
             if name in value:
                 full = f"{key}.{name}" if key else name
-                kwargs[name] = _convert(hints[name], value[name], full, where, base)
+                try:
+                    kwargs[name] = _convert(hints[name], value[name], full, where, base, problems)
+                except ConfigError as e:
+                    problems += e.problems
         return tp(**kwargs)
     if origin is Literal:
         choices = typing.get_args(tp)
@@ -642,7 +677,7 @@ def _convert(tp: Any, value: Any, key: str, where: _Where, base: Path) -> Any:
         errors = []
         for option in (o for o in options if o is not type(None)):
             try:
-                return _convert(option, value, key, where, base)
+                return _convert(option, value, key, where, base, problems)
             except ConfigError as e:
                 errors.append(e)
         if len(errors) == 1:
@@ -653,7 +688,15 @@ def _convert(tp: Any, value: Any, key: str, where: _Where, base: Path) -> Any:
         if not isinstance(value, list):
             raise ConfigError(f"{where(key)}{key}: expected a list, got {_kind(value, key)}")
         (item_tp,) = typing.get_args(tp)
-        return [_convert(item_tp, v, f"{key}[{i}]", where, base) for i, v in enumerate(value)]
+        items, wrong = [], []
+        for i, item in enumerate(value):  # every wrong item named, not only the first
+            try:
+                items.append(_convert(item_tp, item, f"{key}[{i}]", where, base, problems))
+            except ConfigError as e:
+                wrong += e.problems
+        if wrong:
+            raise ConfigError(*wrong)
+        return items
     if tp is dict or origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{where(key)}{key}: expected a mapping, got {_kind(value, key)}")

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from assistant.config import ConfigError, bound_problem, check_model_paths, load_settings
+from assistant.config import DEVICE_SHAPE, ConfigError, bound_problem, check_model_paths, load_settings
 from assistant.logs import setup_logging
 from tests.other_user import as_nobody
 
@@ -305,6 +305,44 @@ def test_a_value_that_would_fail_later_is_refused_naming_key_value_and_what_is_a
     with pytest.raises(ConfigError) as refused:
         load_text(tmp_path, text)
     assert expected in str(refused.value)
+
+
+def test_every_problem_of_a_config_is_named_at_once_in_the_order_of_the_file(tmp_path: Path) -> None:
+    text = (
+        "llm:\n"
+        "  threads: two\n"  # 2: a wrong type
+        "  backend: gpu\n"  # 3: not a choice
+        "  max_new_tokens: 0\n"  # 4: out of bounds
+        "wake:\n  phrases: [hey, 5, '']\n"  # 6: two wrong items of a list
+        "mqtt:\n  port: 0\n  devices:\n"
+        "    - {name: porch, type: lamp, topic: z2m/porch}\n"  # 10
+        "    - {name: hall, type: light, topic: z2m/hall}\n"
+        "    - {type: light, topic: z2m/nameless}\n"  # 12
+        "colour: blue\n"  # 13: a typo
+    )
+    with pytest.raises(ConfigError) as refused:
+        load_text(tmp_path, text, {"ASSISTANT_SKILLS__TIMEOUT_SECONDS": "0"})
+    path = tmp_path / "c.yaml"
+    assert refused.value.problems == [
+        f"{path}:2: llm.threads: expected a whole number, got 'two'",
+        f"{path}:3: llm.backend: expected one of 'auto', 'axengine', 'onnxruntime', got 'gpu'",
+        f"{path}:4: llm.max_new_tokens: must be at least 1, got 0",
+        f"{path}:6: wake.phrases[1]: expected text, got 5",
+        f"{path}:6: wake.phrases[2]: must not be empty",
+        f"{path}:8: mqtt.port: must be a port number, got 0",
+        f"{path}:10: mqtt.devices[0] (porch): type: expected one of 'light', 'switch', 'fan', 'cover', 'climate', "
+        "got 'lamp'",
+        f"{path}:12: mqtt.devices: {DEVICE_SHAPE}; mqtt.devices[2] has no name",
+        f"{path}:13: unknown key 'colour' (the top level takes audio, wake, asr, llm, tts, skills, mqtt, control, "
+        "logging, state_dir)",
+        "environment ASSISTANT_SKILLS__TIMEOUT_SECONDS: skills.timeout_seconds: must be greater than 0, got 0.0",
+    ]
+    # A line each on the command line, every one naming its file and line.
+    result = assistant_with(path, "config", "check")
+    assert result.returncode == 78 and "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 9 and lines[0] == f"error: {path}:2: llm.threads: expected a whole number, got 'two'"
+    assert all(line.startswith(f"{path}:") for line in lines[1:]), lines
 
 
 def test_the_skill_timeout_may_reach_the_daemons_turn_limit_and_no_further(tmp_path: Path) -> None:
