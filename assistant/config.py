@@ -442,21 +442,9 @@ def check_model_paths(settings: Settings, voice: bool = True) -> None:
     if blocked:
         fix = "let this user enter the folders on the way (chmod o+x, or a group of its own), or move the files"
         raise ConfigError(f"{settings.source}: {'; '.join(blocked)}; {fix}")
-    wrong = []
-    for i, folder in enumerate(settings.skills.paths):
-        if not folder.is_dir():
-            wrong.append(f"skills.paths[{i}]: {folder} is not a folder")
-        elif not os.access(folder, os.R_OK | os.X_OK):  # its skills would be left out without a word
-            wrong.append(f"skills.paths[{i}]: {folder} cannot be read by this user; chmod it, or run as its owner")
-    if settings.mqtt.tls and settings.mqtt.ca_file is not None and not settings.mqtt.ca_file.is_file():
-        wrong.append(f"mqtt.ca_file: {settings.mqtt.ca_file} is not a file")
-    if settings.state_dir is not None:
-        # It is made when first written: a file in its place, or on the way to it, fails every timer and note.
-        existing = nearest_existing(settings.state_dir)
-        if existing == settings.state_dir and not existing.is_dir():
-            wrong.append(f"state_dir: {settings.state_dir} is not a folder")
-        elif not existing.is_dir():
-            wrong.append(f"state_dir: {settings.state_dir} cannot be made: {existing} is not a folder")
+    wrong = [f"{key}: {problem}" for key, problem in configured_path_problems(settings)]
+    if settings.state_dir is not None and (problem := state_dir_problem(settings.state_dir)):
+        wrong.append(f"state_dir: {problem}")
     if wrong:
         raise ConfigError(f"{settings.source}: {'; '.join(wrong)}")
     missing = [(key, path) for key, path in required if path is not None and not path.exists()]
@@ -467,6 +455,33 @@ def check_model_paths(settings: Settings, voice: bool = True) -> None:
     if voice and any(key != "llm.model_dir" for key, _ in missing):
         fix += f", {TEXT_ONLY}"
     raise ConfigError(f"{settings.source}: {named}; {fix}")
+
+
+def configured_path_problems(settings: Settings) -> list[tuple[str, str]]:
+    """The skill folders and the CA file the config names that are not there as what they must be,
+    as (key, what is wrong)."""
+    wrong = []
+    for i, folder in enumerate(settings.skills.paths):
+        if not folder.is_dir():
+            wrong.append((f"skills.paths[{i}]", f"{folder} is not a folder"))
+        elif not os.access(folder, os.R_OK | os.X_OK):  # its skills would be left out without a word
+            wrong.append((f"skills.paths[{i}]", f"{folder} cannot be read by this user; chmod it, or run as its owner"))
+    if settings.mqtt.tls and settings.mqtt.ca_file is not None and not settings.mqtt.ca_file.is_file():
+        wrong.append(("mqtt.ca_file", f"{settings.mqtt.ca_file} is not a file"))
+    return wrong
+
+
+def state_dir_problem(folder: Path) -> str | None:
+    """Why the state folder cannot be used as a folder, or None.
+
+    It is made when first written: a file in its place, or on the way to it, fails every timer and note.
+    """
+    existing = nearest_existing(folder)
+    if existing == folder and not existing.is_dir():
+        return f"{folder} is not a folder"
+    if existing is not None and not existing.is_dir():
+        return f"{folder} cannot be made: {existing} is not a folder"
+    return None
 
 
 def nearest_existing(path: Path) -> Path | None:

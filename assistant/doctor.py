@@ -12,7 +12,16 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from assistant.config import TEXT_ONLY, ConfigError, Settings, load_settings, nearest_existing, state_dir
+from assistant.config import (
+    TEXT_ONLY,
+    ConfigError,
+    Settings,
+    configured_path_problems,
+    load_settings,
+    nearest_existing,
+    state_dir,
+    state_dir_problem,
+)
 
 MICROPHONE_FIX = f"connect one and choose it with audio.input_device (`assistant audio list`); {TEXT_ONLY}"
 SETUP = "`assistant setup --target host` (offline: --model DIR with a checkpoint folder, file:// URLs in config.yaml)"
@@ -49,8 +58,10 @@ def diagnose(config: Path, text_only: bool = False) -> list[Finding]:
             # The rest would be checked against the defaults, not what the config says: a model or a
             # folder it does not use would be reported missing, with a setup that is not needed.
             fix = f"edit {config}" if os.access(config, os.R_OK) else NOT_THIS_USER
-            return [Finding("config", f"{e}; nothing else was checked", fix)]
+            *problems, last = e.problems
+            return [Finding("config", problem, fix) for problem in [*problems, f"{last}; nothing else was checked"]]
     findings += _as_this_user("llm.model_dir", _llm, settings)
+    findings += _as_this_user("skills.paths, mqtt.ca_file", _configured_paths, settings)
     if all(f.fix is None for f in findings if f.what in ("config", "llm.model_dir")):
         findings += _budget(settings)
     if not text_only:
@@ -167,6 +178,15 @@ def _speech(settings: Settings) -> list[Finding]:
     return found
 
 
+def _configured_paths(settings: Settings) -> list[Finding]:
+    """The skill folders and the CA file: `assistant run` refuses to start without them."""
+    fixes = {
+        "skills": "create the folder, or remove it from skills.paths",
+        "mqtt": "fix the path, or set mqtt.tls: false",
+    }
+    return [Finding(key, problem, fixes[key.split(".")[0]]) for key, problem in configured_path_problems(settings)]
+
+
 def _budget(settings: Settings) -> list[Finding]:
     """Every skill file must load, and the system prompt and the tools must leave room for a
     conversation in kv_cache_len."""
@@ -235,7 +255,9 @@ def _runtime(settings: Settings) -> list[Finding]:
     else:
         found.append(Finding("control.socket", str(socket)))
     state = state_dir(settings)
-    if not writable(state):
+    if problem := state_dir_problem(state):
+        found.append(Finding("state_dir", problem, "set state_dir to a folder, or move the file out of the way"))
+    elif not writable(state):
         fix = "set state_dir to a folder you can write, or fix its owner"
         found.append(Finding("state_dir", f"{state} is not writable (timers, notes)", fix))
     elif state.is_dir() and (shared := folder_not_private(state, "state_dir", STATE_FILES)):  # run refuses it

@@ -27,6 +27,7 @@ import pytest
 import yaml
 
 import assistant as assistant_package
+from assistant.config import ConfigError, check_model_paths, load_settings
 from tests.other_user import as_nobody
 
 PYTHON_DIR = str(Path(sys.executable).parent)
@@ -349,6 +350,39 @@ def test_doctor_lists_every_problem_at_once(tmp_path: Path, tiny_int8: Path) -> 
     broken = assistant(tmp_path, "doctor", "--text-only")
     assert broken.returncode == 1 and last_line(broken.stdout) == "1 problem found"
     assert f"PROBLEM  skills: {tmp_path / 'skills' / 'coffee.py'}:4: syntax error" in broken.stdout
+
+
+def test_doctor_lists_every_config_problem_and_every_path_run_would_refuse(tmp_path: Path, tiny_int8: Path) -> None:
+    from assistant.doctor import diagnose
+
+    config = tmp_path / "config.yaml"
+    config.write_text("llm:\n  threads: two\n  backend: gpu\nmqtt:\n  port: 0\ncolour: blue\n")
+    problems = [(f.what, f.detail, f.fix) for f in diagnose(config, text_only=True) if f.fix]
+    assert problems == [
+        ("config", f"{config}:2: llm.threads: expected a whole number, got 'two'", f"edit {config}"),
+        ("config", f"{config}:3: llm.backend: expected one of 'auto', 'axengine', 'onnxruntime', got 'gpu'",
+         f"edit {config}"),
+        ("config", f"{config}:5: mqtt.port: must be a port number, got 0", f"edit {config}"),
+        ("config", f"{config}:6: unknown key 'colour' (the top level takes audio, wake, asr, llm, tts, skills, mqtt, "
+         "control, logging, state_dir); nothing else was checked", f"edit {config}"),
+    ]  # fmt: skip
+
+    # Paths that `assistant run` refuses at start-up were "all good" here before.
+    (tmp_path / "a-file").write_text("")
+    config.write_text(
+        f"llm: {{model_dir: {tiny_int8}, kv_cache_len: 8192}}\ncontrol: {{socket: {tmp_path / 'control.sock'}}}\n"
+        "skills: {paths: [a-file, no-such-folder]}\nmqtt: {tls: true, ca_file: no-ca.pem}\nstate_dir: a-file\n"
+    )
+    problems = [(f.what, f.detail) for f in diagnose(config, text_only=True) if f.fix]
+    assert problems == [
+        ("skills.paths[0]", f"{tmp_path / 'a-file'} is not a folder"),
+        ("skills.paths[1]", f"{tmp_path / 'no-such-folder'} is not a folder"),
+        ("mqtt.ca_file", f"{tmp_path / 'no-ca.pem'} is not a file"),
+        ("state_dir", f"{tmp_path / 'a-file'} is not a folder"),  # not "is not writable"
+    ]
+    with pytest.raises(ConfigError) as refused:  # what `assistant run` says of the same config
+        check_model_paths(load_settings(config), voice=False)
+    assert all(f"{what}: {detail}" in str(refused.value) for what, detail in problems)
 
 
 def test_doctor_names_a_socket_folder_the_assistant_would_refuse(tmp_path: Path) -> None:
