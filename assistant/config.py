@@ -620,8 +620,9 @@ def _apply_env(data: dict, environ: typing.Mapping[str, str], where: _Where) -> 
         try:
             if not raw.strip():
                 value = None
-            elif tp in (Path, Path | None):
-                # A path as written: YAML would read ~ (the home folder) as null, "a #2" as "a", "a: b" as a mapping.
+            elif tp in (Path, Path | None, str, str | None):
+                # A path as written: YAML would read ~ (the home folder) as null, "a #2" as "a", "a: b" as a
+                # mapping. Text too: a password 123456 or a prompt with a colon is not a number or a mapping.
                 value = raw
             else:
                 value = yaml.safe_load(raw)
@@ -643,7 +644,11 @@ def _apply_env(data: dict, environ: typing.Mapping[str, str], where: _Where) -> 
                     )
                 raise ConfigError(f"environment {name}: {section} is not a section")
             target = existing
-        target[parts[-1]] = value
+        if value is None and tp is not None:
+            # Empty means the default, for a setting that cannot be empty too (ASSISTANT_LLM__THREADS=).
+            target.pop(parts[-1], None)
+        else:
+            target[parts[-1]] = value
         lines[key] = f"environment {name}"
 
 

@@ -345,6 +345,31 @@ def test_every_problem_of_a_config_is_named_at_once_in_the_order_of_the_file(tmp
     assert all(line.startswith(f"{path}:") for line in lines[1:]), lines
 
 
+def test_an_empty_environment_value_means_the_default(tmp_path: Path) -> None:
+    settings = load_text(tmp_path, "llm:\n  threads: 3\n  sampling:\n    top_p: 0.5\n", {
+        "ASSISTANT_LLM__THREADS": "", "ASSISTANT_LLM__SAMPLING__TOP_P": " ", "ASSISTANT_STATE_DIR": ""})  # fmt: skip
+    assert (settings.llm.threads, settings.llm.sampling.top_p, settings.state_dir) == (2, 0.9, None)
+    with pytest.raises(ConfigError, match=r"^environment ASSISTANT_LLM__THREDS: unknown key 'llm.threds' \(did"):
+        load_text(tmp_path, "", {"ASSISTANT_LLM__THREDS": ""})  # a typo is still one, empty or not
+
+
+def test_text_from_the_environment_is_taken_as_written(tmp_path: Path) -> None:
+    # Read as YAML, 123456 was a number ("expected text"), and "Be brief: one line" a mapping.
+    settings = load_text(tmp_path, "", {
+        "ASSISTANT_MQTT__USERNAME": "yes", "ASSISTANT_MQTT__PASSWORD": "123456",
+        "ASSISTANT_LLM__SYSTEM_PROMPT": "Be brief: one line #1", "ASSISTANT_LLM__THREADS": "4"})  # fmt: skip
+    assert (settings.mqtt.username, settings.mqtt.password) == ("yes", "123456")
+    assert settings.llm.system_prompt == "Be brief: one line #1"
+    assert settings.llm.threads == 4  # numbers are still numbers
+
+
+def test_a_byte_order_mark_and_windows_line_endings_are_read_as_any_file(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_bytes(b"\xef\xbb\xbfllm:\r\n  threads: 3\r\n  system_prompt: Be brief.\r\n")
+    settings = load_settings(path, environ={})
+    assert (settings.llm.threads, settings.llm.system_prompt) == (3, "Be brief.")
+
+
 def test_the_skill_timeout_may_reach_the_daemons_turn_limit_and_no_further(tmp_path: Path) -> None:
     from assistant.daemon.run import TURN_LIMIT_SECONDS
 
