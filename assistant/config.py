@@ -155,6 +155,7 @@ MAX_CONTEXT = 32768
 # service, so a skill allowed more time than that would take the whole assistant down.
 SKILL_TIMEOUT_LIMIT = 300.0
 URL_SCHEMES = ("http://", "https://", "file://")  # what `assistant setup` downloads from
+MAX_SOCKET_PATH = 107  # sun_path is 108 bytes on Linux, with the final NUL
 MAX_CONFIG_BYTES = 1024 * 1024  # the commented default is 5 kB
 
 
@@ -201,6 +202,11 @@ _BOUNDS: list[tuple[str, typing.Callable[[Any], bool], str]] = [
         f"at most {SKILL_TIMEOUT_LIMIT:g} (a turn running longer counts as hung)",
     ),
     ("mqtt.port", lambda v: 0 < v < 65536, "a port number"),
+    (
+        "control.socket",
+        _optional(lambda v: len(os.fsencode(v)) <= MAX_SOCKET_PATH),
+        f"a path of at most {MAX_SOCKET_PATH} bytes (the most a Unix socket's address holds)",
+    ),
 ]
 
 
@@ -554,6 +560,8 @@ def _parse_yaml(text: str, path: Path) -> tuple[dict, dict[str, int | str], list
         mark = getattr(e, "problem_mark", None)
         line = f":{mark.line + 1}" if mark else ""
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        if "'\\t'" in problem:  # an editor's tab: YAML's own words do not say what to do
+            problem = "a tab character; YAML indents with spaces only, replace the tabs with spaces"
         raise ConfigError(f"{path}{line}: invalid YAML: {problem}") from None
     if data is None:
         return {}, {}, []
@@ -721,6 +729,8 @@ def _convert(tp: Any, value: Any, key: str, where: _Where, base: Path, problems:
         if not isinstance(value, dict):
             raise ConfigError(f"{where(key)}{key}: expected a mapping, got {_kind(value, key)}")
         return value
+    if isinstance(value, str) and (unusable := _unusable_character(value)):
+        raise ConfigError(f"{where(key)}{key}: contains {unusable}, which cannot be used; remove it")
     if tp is Path:
         if not isinstance(value, str) or not value.strip():
             raise ConfigError(f"{where(key)}{key}: expected a path, got {_kind(value, key)}")
@@ -754,6 +764,18 @@ def _convert(tp: Any, value: Any, key: str, where: _Where, base: Path, problems:
     raise TypeError(f"unsupported settings annotation {tp!r} for {key}")
 
 
+def _unusable_character(text: str) -> str | None:
+    """A character of `text` that fails every use of it, named; None when there is none.
+
+    YAML's "\\0" and "\\ud800" escapes make them: a NUL ends a file name at the system call (a
+    ValueError), and a lone surrogate cannot be written out as UTF-8 (the tokenizer's TypeError).
+    """
+    if "\0" in text:
+        return "a NUL character (\\0)"
+    surrogate = re.search("[\ud800-\udfff]", text)
+    return f"a lone surrogate ({surrogate[0].encode('unicode_escape').decode()})" if surrogate else None
+
+
 _EXPONENT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
@@ -771,6 +793,8 @@ def _kind(value: Any, key: str = "") -> str:
         return "nothing"
     if key in SECRETS:
         return f"{_type_name(type(value))} (not shown)"
+    if isinstance(value, Path):  # a setting's value once read, as it was written
+        value = str(value)
     # reprlib: bounded, even for a list that aliases in the YAML repeat a billion times.
     shown = reprlib.repr(value) if isinstance(value, (dict, list)) else repr(value)
     if isinstance(value, (dict, list)) and len(shown) > 60:

@@ -293,6 +293,16 @@ REFUSED = [
     ("tts:\n  sentence_silence: 1000000\n", "tts.sentence_silence: must be from 0 to 10 (seconds), got 1000000.0"),
     ("mqtt:\n  host: ''\n", "c.yaml:2: mqtt.host: must not be empty"),
     ("mqtt:\n  password: pw\n", "c.yaml:2: mqtt.password is set without mqtt.username"),
+    (  # bind() refuses it: the assistant would not start, and doctor said all was well
+        f"control:\n  socket: /run/{'x' * 103}\n",
+        "c.yaml:2: control.socket: must be a path of at most 107 bytes (the most a Unix socket's address holds)",
+    ),
+    ('state_dir: "/srv/notes\\0"\n', "c.yaml:1: state_dir: contains a NUL character (\\0), which cannot be used"),
+    (  # the tokenizer's TypeError at start-up, before
+        'llm:\n  system_prompt: "Hi \\ud83d"\n',
+        "c.yaml:2: llm.system_prompt: contains a lone surrogate (\\ud83d), which cannot be used; remove it",
+    ),
+    ("llm:\n\tthreads: 2\n", "c.yaml:2: invalid YAML: a tab character; YAML indents with spaces only, replace"),
 ]
 
 
