@@ -174,11 +174,17 @@ _BOUNDS: list[tuple[str, typing.Callable[[Any], bool], str]] = [
     ("wake.phrases", lambda v: len(v) > 0, "a list with at least one phrase"),
     ("wake.min_confidence", lambda v: 0 <= v <= 1, "between 0 and 1"),
     ("wake.refractory_seconds", lambda v: v >= 0, "0 or more"),
+    # Upper bounds for the listening times: a typo of a few zeros made the assistant deaf after its
+    # first wake (refractory), or left it transcribing the room for hours after a question (follow-up).
+    ("wake.refractory_seconds", lambda v: v <= 60, "at most 60 (seconds in which a second wake is ignored)"),
     ("asr.model_url", lambda v: v.lower().startswith(URL_SCHEMES), "an http://, https:// or file:// URL"),
     ("asr.model_sha256", _optional(lambda v: re.fullmatch(r"[0-9a-fA-F]{64}", v)), "64 hexadecimal digits"),
     ("asr.silence_timeout", lambda v: v > 0, "greater than 0"),
+    ("asr.silence_timeout", lambda v: v <= 60, "at most 60 (seconds)"),
     ("asr.max_utterance_seconds", lambda v: v > 0, "greater than 0"),
+    ("asr.max_utterance_seconds", lambda v: v <= 300, "at most 300 (seconds of one command)"),
     ("asr.follow_up_seconds", lambda v: v >= 0, "0 or more (0 turns listening after a question off)"),
+    ("asr.follow_up_seconds", lambda v: v <= 60, "at most 60 (seconds of listening without the wake phrase)"),
     ("llm.threads", lambda v: v >= 1, "at least 1"),
     ("llm.threads", lambda v: v <= 256, "at most 256"),
     ("llm.kv_cache_len", _optional(lambda v: v >= 16), "at least 16"),

@@ -303,6 +303,16 @@ REFUSED = [
         "c.yaml:2: llm.system_prompt: contains a lone surrogate (\\ud83d), which cannot be used; remove it",
     ),
     ("llm:\n\tthreads: 2\n", "c.yaml:2: invalid YAML: a tab character; YAML indents with spaces only, replace"),
+    (  # deaf after the first wake for a day
+        "wake:\n  refractory_seconds: 86400\n",
+        "c.yaml:2: wake.refractory_seconds: must be at most 60 (seconds in which a second wake is ignored)",
+    ),
+    ("asr:\n  silence_timeout: 1e6\n", "c.yaml:2: asr.silence_timeout: must be at most 60 (seconds), got 1000000.0"),
+    ("asr:\n  max_utterance_seconds: 36000\n", "asr.max_utterance_seconds: must be at most 300 (seconds of one"),
+    (  # listening to the room for hours after each question
+        "asr:\n  follow_up_seconds: 7200\n",
+        "c.yaml:2: asr.follow_up_seconds: must be at most 60 (seconds of listening without the wake phrase), got",
+    ),
 ]
 
 
@@ -352,7 +362,7 @@ def test_every_problem_of_a_config_is_named_at_once_in_the_order_of_the_file(tmp
     assert result.returncode == 78 and "Traceback" not in result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 9 and lines[0] == f"error: {path}:2: llm.threads: expected a whole number, got 'two'"
-    assert all(line.startswith(f"{path}:") for line in lines[1:]), lines
+    assert all(f"{path}:" in line for line in lines), lines
 
 
 def test_an_empty_environment_value_means_the_default(tmp_path: Path) -> None:
