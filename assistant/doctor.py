@@ -9,6 +9,7 @@ from __future__ import annotations
 import ctypes.util
 import importlib.util
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,7 +60,8 @@ def diagnose(config: Path, text_only: bool = False) -> list[Finding]:
             # folder it does not use would be reported missing, with a setup that is not needed.
             fix = f"edit {config}" if os.access(config, os.R_OK) else NOT_THIS_USER
             *problems, last = e.problems
-            return [Finding("config", problem, fix) for problem in [*problems, f"{last}; nothing else was checked"]]
+            problems.append(f"{last}; nothing else was checked")
+            return [Finding("config", problem, _config_fix(problem, fix)) for problem in problems]
     findings += _as_this_user("llm.model_dir", _llm, settings)
     findings += _as_this_user("skills.paths, mqtt.ca_file", _configured_paths, settings)
     if all(f.fix is None for f in findings if f.what in ("config", "llm.model_dir")):
@@ -69,6 +71,13 @@ def diagnose(config: Path, text_only: bool = False) -> list[Finding]:
         findings += _audio(settings)
     findings += _as_this_user("control.socket, state_dir", _runtime, settings)
     return findings
+
+
+def _config_fix(problem: str, fix: str) -> str:
+    """`fix` for a problem in the file; for one from the environment, the variable to change."""
+    if variable := re.match(r"environment (\w+): ", problem):
+        return f"change or unset {variable[1]}: the environment overrides the file"
+    return fix
 
 
 def _missing(path: Path) -> bool:

@@ -352,7 +352,9 @@ def test_doctor_lists_every_problem_at_once(tmp_path: Path, tiny_int8: Path) -> 
     assert f"PROBLEM  skills: {tmp_path / 'skills' / 'coffee.py'}:4: syntax error" in broken.stdout
 
 
-def test_doctor_lists_every_config_problem_and_every_path_run_would_refuse(tmp_path: Path, tiny_int8: Path) -> None:
+def test_doctor_lists_every_config_problem_and_every_path_run_would_refuse(
+    tmp_path: Path, tiny_int8: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from assistant.doctor import diagnose
 
     config = tmp_path / "config.yaml"
@@ -366,6 +368,13 @@ def test_doctor_lists_every_config_problem_and_every_path_run_would_refuse(tmp_p
         ("config", f"{config}:6: unknown key 'colour' (the top level takes audio, wake, asr, llm, tts, skills, mqtt, "
          "control, logging, state_dir); nothing else was checked", f"edit {config}"),
     ]  # fmt: skip
+
+    # A problem from the environment is fixed there, not in the file.
+    config.write_text("llm:\n  threads: 2\n")
+    monkeypatch.setenv("ASSISTANT_LLM__THREADS", "two")
+    (problem,) = [f for f in diagnose(config, text_only=True) if f.fix]
+    assert problem.fix == "change or unset ASSISTANT_LLM__THREADS: the environment overrides the file"
+    monkeypatch.delenv("ASSISTANT_LLM__THREADS")
 
     # Paths that `assistant run` refuses at start-up were "all good" here before.
     (tmp_path / "a-file").write_text("")
