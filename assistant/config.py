@@ -572,7 +572,10 @@ def _parse_yaml(text: str, path: Path) -> tuple[dict, dict[str, int | str], list
     if data is None:
         return {}, {}, []
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}:1: the top level must be a mapping of sections, not {type(data).__name__}")
+        raise ConfigError(
+            f"{path}:1: the top level must be a mapping of sections (`llm:`, then `  threads: 2` indented "
+            f"below it), not {_kind(data)}; `assistant config init NEW.yaml` writes the default one to start from"
+        )
     lines: dict[str, int | str] = {}
     warnings: list[str] = []
     _record_lines(node, "", lines, lambda line, text: warnings.append(f"{path}:{line}: {text}"))

@@ -145,6 +145,13 @@ def test_missing_file_and_non_mapping(tmp_path: Path) -> None:
     path.write_text("- a\n- b\n")
     with pytest.raises(ConfigError, match="top level must be a mapping"):
         load_settings(path, environ={})
+    path.write_text("llm threads 2\n")  # a scalar: "not str", as the message said, is Python's word
+    with pytest.raises(ConfigError) as refused:
+        load_settings(path, environ={})
+    assert str(refused.value) == (
+        f"{path}:1: the top level must be a mapping of sections (`llm:`, then `  threads: 2` indented below it), "
+        "not 'llm threads 2'; `assistant config init NEW.yaml` writes the default one to start from"
+    )
 
 
 def assistant_with(config: Path, *command: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
