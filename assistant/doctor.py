@@ -163,7 +163,10 @@ def _speech(settings: Settings) -> list[Finding]:
         else:
             found.append(Finding(key, f"{path} does not exist", f"`assistant setup` downloads it; {TEXT_ONLY}"))
     voice_config = Path(f"{settings.tts.voice}.json")
-    if settings.tts.voice.exists() and not voice_config.exists():
+    if settings.tts.voice.is_dir():  # a folder of voices, say: its .json is not the question
+        fix = "set tts.voice to the voice's .onnx file, with its .onnx.json beside it"
+        found[-1] = Finding("tts.voice", f"{settings.tts.voice} is a folder, not a piper voice file", fix)
+    elif settings.tts.voice.exists() and not voice_config.exists():
         fix = "put the .onnx.json that came with the voice beside it"
         found.append(Finding("tts.voice", f"{voice_config} (the voice's settings) does not exist", fix))
     if settings.wake.model is not None and not settings.wake.model.exists():

@@ -394,6 +394,17 @@ def test_doctor_lists_every_config_problem_and_every_path_run_would_refuse(
     assert all(f"{what}: {detail}" in str(refused.value) for what, detail in problems)
 
 
+def test_doctor_names_a_voice_that_is_a_folder(tmp_path: Path) -> None:
+    from assistant.doctor import diagnose
+
+    (tmp_path / "models/piper").mkdir(parents=True)  # the folder of voices named, not the voice in it
+    config = tmp_path / "config.yaml"
+    config.write_text(f"tts:\n  voice: models/piper\ncontrol:\n  socket: {tmp_path / 'control.sock'}\n")
+    (voice,) = [f for f in diagnose(config) if f.what == "tts.voice"]
+    assert voice.detail == f"{tmp_path / 'models/piper'} is a folder, not a piper voice file"
+    assert voice.fix == "set tts.voice to the voice's .onnx file, with its .onnx.json beside it"
+
+
 def test_doctor_names_a_socket_folder_the_assistant_would_refuse(tmp_path: Path) -> None:
     shared = tmp_path / "shared"
     shared.mkdir()
