@@ -333,6 +333,10 @@ def test_doctor_lists_every_problem_at_once(tmp_path: Path, tiny_int8: Path) -> 
                   control=f"{{socket: {tmp_path / 'control.sock'}}}")  # fmt: skip
     tight = assistant(tmp_path, "doctor", "--text-only")
     assert tight.returncode == 1 and "PROBLEM  prompt budget" in tight.stdout and "kv_cache_len" in tight.stdout
+    # ONNX layers take any context: the fix is a setting, not another model.
+    assert re.search(
+        r"kv_cache_len (\d+) or more \(the host backend takes any: set llm\.kv_cache_len to \1\)", tight.stdout
+    )
     assert last_line(tight.stdout) == "1 problem found"
 
     # The text-only path needs only the model (with room for its prompt), the socket and the state directory.
