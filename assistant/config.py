@@ -398,7 +398,7 @@ def _check_device_shape(device: Any, item: str, where: _Where) -> None:
         problem = f"{item} ({device['name']}) has aliases {_kind(device['aliases'])}"
     else:
         return
-    raise ConfigError(f"{where(item)}mqtt.devices: {DEVICE_SHAPE}; {problem}")  # the item's line
+    raise ConfigError(f"{where('mqtt.devices')}mqtt.devices: {DEVICE_SHAPE}; {problem}")
 
 
 def _missing_topic(device: dict) -> str | None:

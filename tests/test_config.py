@@ -357,9 +357,9 @@ def test_every_problem_of_a_config_is_named_at_once_in_the_order_of_the_file(tmp
         f"{path}:6: wake.phrases[1]: expected text, got 5",
         f"{path}:6: wake.phrases[2]: must not be empty",
         f"{path}:8: mqtt.port: must be a port number, got 0",
+        f"{path}:9: mqtt.devices: {DEVICE_SHAPE}; mqtt.devices[2] has no name",
         f"{path}:10: mqtt.devices[0] (porch): type: expected one of 'light', 'switch', 'fan', 'cover', 'climate', "
         "got 'lamp'",
-        f"{path}:12: mqtt.devices: {DEVICE_SHAPE}; mqtt.devices[2] has no name",
         f"{path}:13: unknown key 'colour' (the top level takes audio, wake, asr, llm, tts, skills, mqtt, control, "
         "logging, state_dir)",
         "environment ASSISTANT_SKILLS__TIMEOUT_SECONDS: skills.timeout_seconds: must be greater than 0, got 0.0",
