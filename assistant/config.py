@@ -146,6 +146,8 @@ class Settings:
     logging: LoggingSettings = field(default_factory=LoggingSettings)
     state_dir: Path | None = None
     source: Path | None = field(default=None, metadata={"internal": True})
+    warnings: list[str] = field(default_factory=list, metadata={"internal": True})
+    """Doubtful settings the config loads with (a key given twice, a device without its topic)."""
 
 
 # The longest context a Qwen2 model was trained for (max_position_embeddings), which `assistant setup`
@@ -291,6 +293,7 @@ def settings_from_text(text: str, path: Path, environ: typing.Mapping[str, str] 
         raise ConfigError(*sorted(problems, key=lambda problem: _line_of(problem, path)))
     for warning in warnings:  # only for a config that loads: a broken one is its errors alone
         _warn_once(warning)
+    settings.warnings = warnings
     return settings
 
 

@@ -55,6 +55,8 @@ def diagnose(config: Path, text_only: bool = False) -> list[Finding]:
         try:
             settings = load_settings(config)
             findings.append(Finding("config", f"{config}: settings load"))
+            # Doubtful, not wrong, for `assistant run`, which starts with them; each is still a thing to fix.
+            findings += [Finding("config", warning, f"edit {config}") for warning in settings.warnings]
         except ConfigError as e:
             # The rest would be checked against the defaults, not what the config says: a model or a
             # folder it does not use would be reported missing, with a setup that is not needed.

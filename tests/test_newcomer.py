@@ -373,6 +373,17 @@ def test_doctor_lists_every_config_problem_and_every_path_run_would_refuse(
          "control, logging, state_dir); nothing else was checked", f"edit {config}"),
     ]  # fmt: skip
 
+    # What `assistant run` starts with but does not do as meant: only a warning in a log before.
+    config.write_text(
+        "llm:\n  threads: 3\nmqtt:\n  devices:\n    - {name: lamp, type: light}\nllm:\n  max_new_tokens: 9\n"
+    )
+    problems = [(f.detail, f.fix) for f in diagnose(config, text_only=True) if f.what == "config" and f.fix]
+    assert problems == [
+        (f"{config}:6: llm is given twice (also at line 1); only this one counts, merge them", f"edit {config}"),
+        (f"{config}:5: mqtt.devices[0] (lamp): no topic, so it cannot be controlled; give it its Zigbee2MQTT topic "
+         "(zigbee2mqtt/NAME)", f"edit {config}"),
+    ]  # fmt: skip
+
     # A problem from the environment is fixed there, not in the file.
     config.write_text("llm:\n  threads: 2\n")
     monkeypatch.setenv("ASSISTANT_LLM__THREADS", "two")
