@@ -44,6 +44,10 @@ class Finding:
     """How to fix it; None when all is well."""
 
 
+# What --text-only leaves out, said in the report so that its "all good" is not read as the whole assistant's.
+SPEECH_NOT_CHECKED = Finding("speech models, microphone, speaker", "not checked (--text-only)")
+
+
 def diagnose(config: Path, text_only: bool = False) -> list[Finding]:
     """Run every check; the findings with a `fix` are the problems."""
     findings: list[Finding] = []
@@ -68,7 +72,9 @@ def diagnose(config: Path, text_only: bool = False) -> list[Finding]:
     findings += _as_this_user("skills.paths, mqtt.ca_file", _configured_paths, settings)
     if all(f.fix is None for f in findings if f.what in ("config", "llm.model_dir")):
         findings += _budget(settings)
-    if not text_only:
+    if text_only:
+        findings.append(SPEECH_NOT_CHECKED)
+    else:
         findings += _as_this_user("speech models", _speech, settings)
         findings += _audio(settings)
     findings += _as_this_user("control.socket, state_dir", _runtime, settings)
@@ -112,7 +118,8 @@ def report(findings: list[Finding]) -> str:
         if f.fix is not None:
             lines.append(f"{'':8}   fix: {f.fix}")
     problems = sum(f.fix is not None for f in findings)
-    lines.append(f"{problems} problem{'s' if problems != 1 else ''} found" if problems else "all good: `assistant run`")
+    run = "`assistant run --text-only`" if SPEECH_NOT_CHECKED in findings else "`assistant run`"
+    lines.append(f"{problems} problem{'s' if problems != 1 else ''} found" if problems else f"all good: {run}")
     return "\n".join(lines)
 
 

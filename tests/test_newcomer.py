@@ -346,7 +346,8 @@ def test_doctor_lists_every_problem_at_once(tmp_path: Path, tiny_int8: Path) -> 
     text_only = assistant(tmp_path, "doctor", "--text-only")
     assert text_only.returncode == 0, text_only.stdout
     assert "ok       prompt budget: system prompt" in text_only.stdout
-    assert last_line(text_only.stdout) == "all good: `assistant run`"
+    assert "ok       speech models, microphone, speaker: not checked (--text-only)" in text_only.stdout
+    assert last_line(text_only.stdout) == "all good: `assistant run --text-only`"  # not the voice's go-ahead
 
     # A skill file that does not load is a problem of the report, not only a line on stderr.
     (tmp_path / "skills").mkdir()
