@@ -753,17 +753,20 @@ def _convert(tp: Any, value: Any, key: str, where: _Where, base: Path, problems:
         return path if path.is_absolute() else base / path
     if tp is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"{where(key)}{key}: expected true or false, got {_kind(value, key)}")
+            quoted = _QUOTED if str(value).lower() in ("true", "false") else ""
+            raise ConfigError(f"{where(key)}{key}: expected true or false, got {_kind(value, key)}{quoted}")
         return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where(key)}{key}: expected a whole number, got {_kind(value, key)}")
+            quoted = _QUOTED if isinstance(value, str) and re.fullmatch(r"\s*[-+]?\d+\s*", value) else ""
+            raise ConfigError(f"{where(key)}{key}: expected a whole number, got {_kind(value, key)}{quoted}")
         return value
     if tp is float:
         if isinstance(value, str) and _EXPONENT.fullmatch(value):
             value = float(value)  # 1e-3: YAML 1.1 (PyYAML) reads it as text, YAML 1.2 and JSON as a number
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where(key)}{key}: expected a number, got {_kind(value, key)}")
+            quoted = _QUOTED if isinstance(value, str) and _is_number(value) else ""
+            raise ConfigError(f"{where(key)}{key}: expected a number, got {_kind(value, key)}{quoted}")
         if not math.isfinite(value):  # .nan slips past every comparison, .inf past every upper bound
             raise ConfigError(f"{where(key)}{key}: expected a finite number, got {_kind(value, key)}")
         return float(value)
@@ -786,6 +789,17 @@ def _unusable_character(text: str) -> str | None:
         return "a NUL character (\\0)"
     surrogate = re.search("[\ud800-\udfff]", text)
     return f"a lone surrogate ({surrogate[0].encode('unicode_escape').decode()})" if surrogate else None
+
+
+# A number or true/false in quotes is text to YAML: the quotes are what to remove.
+_QUOTED = " (in quotes, which make it text: remove them)"
+
+
+def _is_number(text: str) -> bool:
+    try:
+        return math.isfinite(float(text))
+    except ValueError:
+        return False
 
 
 _EXPONENT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")

@@ -292,6 +292,15 @@ REFUSED = [
     ("audio:\n  reopen_max_seconds: .inf\n", "audio.reopen_max_seconds: expected a finite number, got inf"),
     ("wake:\n  phrases: ['']\n", "c.yaml:2: wake.phrases[0]: must not be empty"),
     ("wake:\n  refractory_seconds: .nan\n", "wake.refractory_seconds: expected a finite number, got nan"),
+    (  # the quotes, not the number, are what to change
+        "mqtt:\n  port: '1883'\n",
+        "c.yaml:2: mqtt.port: expected a whole number, got '1883' (in quotes, which make it text: remove them)",
+    ),
+    (
+        'llm:\n  sampling:\n    top_p: "0.5"\n',
+        "top_p: expected a number, got '0.5' (in quotes, which make it text: remove",
+    ),
+    ("wake:\n  earcon: 'false'\n", "c.yaml:2: wake.earcon: expected true or false, got 'false' (in quotes, which"),
     ("asr:\n  silence_timeout: 0\n", "asr.silence_timeout: must be greater than 0, got 0.0"),
     ("asr:\n  model_url: models/vosk.zip\n", "asr.model_url: must be an http://, https:// or file:// URL"),
     ("asr:\n  model_sha256: abc\n", "asr.model_sha256: must be 64 hexadecimal digits, got 'abc'"),
