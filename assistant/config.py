@@ -726,7 +726,9 @@ def _convert(tp: Any, value: Any, key: str, where: _Where, base: Path, problems:
         raise ConfigError(f"{where(key)}{key}: expected {names}, got {_kind(value, key)}")
     if origin is list:
         if not isinstance(value, list):
-            raise ConfigError(f"{where(key)}{key}: expected a list, got {_kind(value, key)}")
+            # One item given as itself, the likeliest slip: show it as a list.
+            shown = f" (a list of one is written [{value}])" if isinstance(value, str) else ""
+            raise ConfigError(f"{where(key)}{key}: expected a list, got {_kind(value, key)}{shown}")
         (item_tp,) = typing.get_args(tp)
         items, wrong = [], []
         for i, item in enumerate(value):  # every wrong item named, not only the first

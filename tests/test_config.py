@@ -300,6 +300,10 @@ REFUSED = [
         'llm:\n  sampling:\n    top_p: "0.5"\n',
         "top_p: expected a number, got '0.5' (in quotes, which make it text: remove",
     ),
+    (
+        "wake:\n  phrases: hey jarvis\n",
+        "c.yaml:2: wake.phrases: expected a list, got 'hey jarvis' (a list of one is written [hey jarvis])",
+    ),
     ("wake:\n  earcon: 'false'\n", "c.yaml:2: wake.earcon: expected true or false, got 'false' (in quotes, which"),
     ("asr:\n  silence_timeout: 0\n", "asr.silence_timeout: must be greater than 0, got 0.0"),
     ("asr:\n  model_url: models/vosk.zip\n", "asr.model_url: must be an http://, https:// or file:// URL"),
