@@ -10,6 +10,7 @@ skills to disable or which kv_cache_len would fit.
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -99,8 +100,12 @@ def plan_prompt(
     kv_cache_len: int,
     max_new_tokens: int,
     where: str = "",
+    any_length: bool = False,
 ) -> PromptPlan:
-    """The tools that go into the prompt, and the budget; ConfigError with advice if nothing fits."""
+    """The tools that go into the prompt, and the budget; ConfigError with advice if nothing fits.
+
+    `any_length`: the model runs on the host backend, which takes any llm.kv_cache_len.
+    """
     plain = plain_tokenizer(tokenizer)
 
     def count(text: str) -> int:
@@ -143,12 +148,13 @@ def plan_prompt(
     in_prompt = {t["function"]["name"] for t in plan.tools}
     plan.budget.intents_only = [s.name for s in skills if s.name not in in_prompt]
     if not plan.budget.fits:
-        raise ConfigError(where + advice(plan.budget))
+        raise ConfigError(where + advice(plan.budget, any_length))
     return plan
 
 
-def advice(budget: PromptBudget) -> str:
-    """One line: what does not fit, and the skills to disable or the kv_cache_len that would fit."""
+def advice(budget: PromptBudget, any_length: bool = False) -> str:
+    """One line: what does not fit, and the skills to disable or the kv_cache_len that would fit
+    (a setting for a model on the host backend, `any_length`; a rebuild for the board's)."""
     short = budget.needed - budget.room
     largest = sorted(budget.skills.items(), key=lambda item: -item[1])
     disable, freed = [], 0
@@ -163,7 +169,8 @@ def advice(budget: PromptBudget) -> str:
     kv = budget.kv_cache_len
     while kv - budget.system < reply_room(budget.max_new_tokens, kv) + TURN_ROOM:
         kv += 1
-    fixes.append(f"use a model with kv_cache_len {kv} or more")
+    host = f" (the host backend takes any: set llm.kv_cache_len to {kv})" if any_length else ""
+    fixes.append(f"use a model with kv_cache_len {kv} or more{host}")
     reply = budget.needed - TURN_ROOM
     if reply > short:
         fixes.append(f"lower llm.max_new_tokens to {reply - short}")
@@ -183,11 +190,18 @@ def plan_for_settings(settings: Settings, skills: list[Skill], engine=None) -> P
 
     if engine is not None:
         model_dir, manifest, tokenizer, kv_len = engine.model_dir, engine.manifest, engine.tokenizer, engine.kv_len
+        any_length = engine.board is None
     else:
         model_dir = Path(settings.llm.model_dir)
         manifest = load_manifest(model_dir)
         tokenizer = Tokenizer.from_file(str(model_dir / manifest.tokenizer))
         kv_len = settings.llm.kv_cache_len or manifest.kv_cache_len
+        # The ONNX layers, which take any length: chosen, or what the auto backend runs without the NPU's.
+        npu = "axengine" in manifest.backends and importlib.util.find_spec("axengine") is not None
+        any_length = "onnxruntime" in manifest.backends and (
+            settings.llm.backend == "onnxruntime" or (settings.llm.backend == "auto" and not npu)
+        )
     template = ChatTemplate(Path(model_dir), manifest.chat_template)
     persona, max_new_tokens = settings.llm.system_prompt, settings.llm.max_new_tokens
-    return plan_prompt(template, tokenizer, persona, skills, kv_len, max_new_tokens, f"{settings.source}: ")
+    where = f"{settings.source}: "
+    return plan_prompt(template, tokenizer, persona, skills, kv_len, max_new_tokens, where, any_length)

@@ -34,7 +34,11 @@ log = logging.getLogger(__name__)
 
 
 class ConfigError(Exception):
-    """A configuration problem, worded for the person who edits the file."""
+    """Configuration problems, worded for the person who edits the file: one line each."""
+
+    def __init__(self, *problems: str):
+        super().__init__("\n".join(problems))
+        self.problems = list(problems)
 
 
 @dataclass
@@ -142,6 +146,8 @@ class Settings:
     logging: LoggingSettings = field(default_factory=LoggingSettings)
     state_dir: Path | None = None
     source: Path | None = field(default=None, metadata={"internal": True})
+    warnings: list[str] = field(default_factory=list, metadata={"internal": True})
+    """Doubtful settings the config loads with (a key given twice, a device without its topic)."""
 
 
 # The longest context a Qwen2 model was trained for (max_position_embeddings), which `assistant setup`
@@ -151,6 +157,7 @@ MAX_CONTEXT = 32768
 # service, so a skill allowed more time than that would take the whole assistant down.
 SKILL_TIMEOUT_LIMIT = 300.0
 URL_SCHEMES = ("http://", "https://", "file://")  # what `assistant setup` downloads from
+MAX_SOCKET_PATH = 107  # sun_path is 108 bytes on Linux, with the final NUL
 MAX_CONFIG_BYTES = 1024 * 1024  # the commented default is 5 kB
 
 
@@ -169,11 +176,17 @@ _BOUNDS: list[tuple[str, typing.Callable[[Any], bool], str]] = [
     ("wake.phrases", lambda v: len(v) > 0, "a list with at least one phrase"),
     ("wake.min_confidence", lambda v: 0 <= v <= 1, "between 0 and 1"),
     ("wake.refractory_seconds", lambda v: v >= 0, "0 or more"),
+    # Upper bounds for the listening times: a typo of a few zeros made the assistant deaf after its
+    # first wake (refractory), or left it transcribing the room for hours after a question (follow-up).
+    ("wake.refractory_seconds", lambda v: v <= 60, "at most 60 (seconds in which a second wake is ignored)"),
     ("asr.model_url", lambda v: v.lower().startswith(URL_SCHEMES), "an http://, https:// or file:// URL"),
     ("asr.model_sha256", _optional(lambda v: re.fullmatch(r"[0-9a-fA-F]{64}", v)), "64 hexadecimal digits"),
     ("asr.silence_timeout", lambda v: v > 0, "greater than 0"),
+    ("asr.silence_timeout", lambda v: v <= 60, "at most 60 (seconds)"),
     ("asr.max_utterance_seconds", lambda v: v > 0, "greater than 0"),
+    ("asr.max_utterance_seconds", lambda v: v <= 300, "at most 300 (seconds of one command)"),
     ("asr.follow_up_seconds", lambda v: v >= 0, "0 or more (0 turns listening after a question off)"),
+    ("asr.follow_up_seconds", lambda v: v <= 60, "at most 60 (seconds of listening without the wake phrase)"),
     ("llm.threads", lambda v: v >= 1, "at least 1"),
     ("llm.threads", lambda v: v <= 256, "at most 256"),
     ("llm.kv_cache_len", _optional(lambda v: v >= 16), "at least 16"),
@@ -197,6 +210,11 @@ _BOUNDS: list[tuple[str, typing.Callable[[Any], bool], str]] = [
         f"at most {SKILL_TIMEOUT_LIMIT:g} (a turn running longer counts as hung)",
     ),
     ("mqtt.port", lambda v: 0 < v < 65536, "a port number"),
+    (
+        "control.socket",
+        _optional(lambda v: len(os.fsencode(v)) <= MAX_SOCKET_PATH),
+        f"a path of at most {MAX_SOCKET_PATH} bytes (the most a Unix socket's address holds)",
+    ),
 ]
 
 
@@ -259,15 +277,30 @@ def settings_from_text(text: str, path: Path, environ: typing.Mapping[str, str] 
     data, lines, warnings = _parse_yaml(text, path)
     where = _Where(path, lines)
     _apply_env(data, environ, where)
-    settings = _convert(Settings, data, "", where, path.parent.resolve())
+    # Every problem at once: a setting that is wrong is left at its default while the rest are checked,
+    # so that one edit fixes them all rather than one edit and one run per problem.
+    problems: list[str] = []
+    settings = _convert(Settings, data, "", where, path.parent.resolve(), problems)
     settings.source = path
-    for key, _, _ in _BOUNDS:
-        if problem := bound_problem(key, setting(settings, key)):
-            raise ConfigError(f"{where(key)}{key}: {problem}")
-    warnings += _mqtt_problems(settings.mqtt, where)
-    for warning in warnings:  # only for a config that loads: a broken one is one error line
+    for key in dict.fromkeys(key for key, _, _ in _BOUNDS):  # a key with two bounds is reported once
+        if problem := bound_problem(key, setting(settings, key)):  # a wrong type is at its default: no problem
+            problems.append(f"{where(key)}{key}: {problem}")
+    try:
+        warnings += _mqtt_problems(settings.mqtt, where)
+    except ConfigError as e:
+        problems += e.problems
+    if problems:
+        raise ConfigError(*sorted(problems, key=lambda problem: _line_of(problem, path)))
+    for warning in warnings:  # only for a config that loads: a broken one is its errors alone
         _warn_once(warning)
+    settings.warnings = warnings
     return settings
+
+
+def _line_of(problem: str, path: Path) -> float:
+    """The line of the file a problem names; after every line for one from the environment."""
+    line = re.match(rf"{re.escape(str(path))}:(\d+): ", problem)
+    return int(line[1]) if line else math.inf
 
 
 _warned: set[str] = set()
@@ -295,52 +328,62 @@ DEVICE_SHAPE = "must be mappings with a name, an optional area (text) and option
 
 
 def _mqtt_problems(mqtt: MqttSettings, where: _Where) -> list[str]:
-    """Refuse MQTT settings the smart-home skills cannot use; return warnings for doubtful ones."""
+    """Refuse MQTT settings the smart-home skills cannot use (each wrong device named); return
+    warnings for doubtful ones."""
+    errors, warnings = [], []
     if mqtt.password is not None and mqtt.username is None:
-        raise ConfigError(
+        errors.append(
             f"{where('mqtt.password')}mqtt.password is set without mqtt.username: the broker would "
             "get neither; set mqtt.username too"
         )
-    warnings = []
     if mqtt.ca_file is not None and not mqtt.tls:
         warnings.append(f"{where('mqtt.ca_file')}mqtt.ca_file is set but mqtt.tls is false: it is not used")
     spoken: dict[str, str] = {}  # a name or alias as heard → the device that has it
     for i, device in enumerate(mqtt.devices):
-        item = f"mqtt.devices[{i}]"
-        _check_device_shape(device, item, where)
-        label = f"{item} ({device['name']})"
-        for key in device:
-            if key not in DEVICE_KEYS:
-                close = difflib.get_close_matches(str(key), DEVICE_KEYS, n=1)
-                hint = f"did you mean '{close[0]}'?" if close else f"a device takes {', '.join(DEVICE_KEYS)}"
-                raise ConfigError(f"{where(f'{item}.{key}')}{label}: unknown key '{key}' ({hint})")
-        for key, allowed in (("type", DEVICE_TYPES), ("convention", CONVENTIONS)):
-            value = device.get(key, "zigbee2mqtt" if key == "convention" else None)
-            if value not in allowed:
-                listed = ", ".join(repr(a) for a in allowed)
-                raise ConfigError(
-                    f"{where(f'{item}.{key}')}{label}: {key}: expected one of {listed}, got {_kind(value)}"
-                )
-        for key in TOPIC_KEYS:
-            topic = device.get(key)
-            if key in device and (not isinstance(topic, str) or not topic.strip()):
-                raise ConfigError(f"{where(f'{item}.{key}')}{label}: {key}: expected an MQTT topic, got {_kind(topic)}")
-            if topic and ("+" in topic or "#" in topic):
-                warnings.append(
-                    f"{where(f'{item}.{key}')}{label}: {key} {topic!r} has a wildcard; nothing is sent "
-                    "to it, a device needs its own topic"
-                )
-        if missing := _missing_topic(device):
-            warnings.append(f"{where(item)}{label}: {missing}")
-        for name in [device["name"], *device.get("aliases", [])]:
-            heard = " ".join(re.sub(r"[^\w\s]", " ", name.casefold()).split())  # as sentences are matched
-            other = spoken.setdefault(heard, label)
-            if other != label:
-                # A command by that name then switches neither device (a shared name) or maybe the wrong one.
-                warnings.append(
-                    f"{where(item)}{label}: '{name}' is also a name of {other}; a command by it cannot tell "
-                    "the two apart, give each device its own names"
-                )
+        try:
+            warnings += _device_warnings(device, f"mqtt.devices[{i}]", where, spoken)
+        except ConfigError as e:
+            errors += e.problems
+    if errors:
+        raise ConfigError(*errors)
+    return warnings
+
+
+def _device_warnings(device: Any, item: str, where: _Where, spoken: dict[str, str]) -> list[str]:
+    """Refuse a device the smart-home skills cannot use; return warnings for a doubtful one."""
+    warnings = []
+    _check_device_shape(device, item, where)
+    label = f"{item} ({device['name']})"
+    for key in device:
+        if key not in DEVICE_KEYS:
+            close = difflib.get_close_matches(str(key), DEVICE_KEYS, n=1)
+            hint = f"did you mean '{close[0]}'?" if close else f"a device takes {', '.join(DEVICE_KEYS)}"
+            raise ConfigError(f"{where(f'{item}.{key}')}{label}: unknown key '{key}' ({hint})")
+    for key, allowed in (("type", DEVICE_TYPES), ("convention", CONVENTIONS)):
+        value = device.get(key, "zigbee2mqtt" if key == "convention" else None)
+        if value not in allowed:
+            listed = ", ".join(repr(a) for a in allowed)
+            raise ConfigError(f"{where(f'{item}.{key}')}{label}: {key}: expected one of {listed}, got {_kind(value)}")
+    for key in TOPIC_KEYS:
+        topic = device.get(key)
+        if key in device and (not isinstance(topic, str) or not topic.strip()):
+            raise ConfigError(f"{where(f'{item}.{key}')}{label}: {key}: expected an MQTT topic, got {_kind(topic)}")
+        if topic and ("+" in topic or "#" in topic):
+            warnings.append(
+                f"{where(f'{item}.{key}')}{label}: {key} {topic!r} has a wildcard; nothing is sent "
+                "to it, a device needs its own topic"
+            )
+    if missing := _missing_topic(device):
+        warnings.append(f"{where(item)}{label}: {missing}")
+    for name in [device["name"], *device.get("aliases", [])]:
+        heard = " ".join(re.sub(r"[^\w\s]", " ", name.casefold()).split())  # as sentences are matched
+        other = spoken.setdefault(heard, label)
+        if other != label:
+            # A command by that name then switches neither device (a shared name) or maybe the wrong one.
+            warnings.append(
+                f"{where(item)}{label}: '{name}' is also a name of {other}; a command by it cannot tell "
+                "the two apart, give each device its own names"
+            )
     return warnings
 
 
@@ -414,21 +457,9 @@ def check_model_paths(settings: Settings, voice: bool = True) -> None:
     if blocked:
         fix = "let this user enter the folders on the way (chmod o+x, or a group of its own), or move the files"
         raise ConfigError(f"{settings.source}: {'; '.join(blocked)}; {fix}")
-    wrong = []
-    for i, folder in enumerate(settings.skills.paths):
-        if not folder.is_dir():
-            wrong.append(f"skills.paths[{i}]: {folder} is not a folder")
-        elif not os.access(folder, os.R_OK | os.X_OK):  # its skills would be left out without a word
-            wrong.append(f"skills.paths[{i}]: {folder} cannot be read by this user; chmod it, or run as its owner")
-    if settings.mqtt.tls and settings.mqtt.ca_file is not None and not settings.mqtt.ca_file.is_file():
-        wrong.append(f"mqtt.ca_file: {settings.mqtt.ca_file} is not a file")
-    if settings.state_dir is not None:
-        # It is made when first written: a file in its place, or on the way to it, fails every timer and note.
-        existing = nearest_existing(settings.state_dir)
-        if existing == settings.state_dir and not existing.is_dir():
-            wrong.append(f"state_dir: {settings.state_dir} is not a folder")
-        elif not existing.is_dir():
-            wrong.append(f"state_dir: {settings.state_dir} cannot be made: {existing} is not a folder")
+    wrong = [f"{key}: {problem}" for key, problem in configured_path_problems(settings)]
+    if settings.state_dir is not None and (problem := state_dir_problem(settings.state_dir)):
+        wrong.append(f"state_dir: {problem}")
     if wrong:
         raise ConfigError(f"{settings.source}: {'; '.join(wrong)}")
     missing = [(key, path) for key, path in required if path is not None and not path.exists()]
@@ -439,6 +470,33 @@ def check_model_paths(settings: Settings, voice: bool = True) -> None:
     if voice and any(key != "llm.model_dir" for key, _ in missing):
         fix += f", {TEXT_ONLY}"
     raise ConfigError(f"{settings.source}: {named}; {fix}")
+
+
+def configured_path_problems(settings: Settings) -> list[tuple[str, str]]:
+    """The skill folders and the CA file the config names that are not there as what they must be,
+    as (key, what is wrong)."""
+    wrong = []
+    for i, folder in enumerate(settings.skills.paths):
+        if not folder.is_dir():
+            wrong.append((f"skills.paths[{i}]", f"{folder} is not a folder"))
+        elif not os.access(folder, os.R_OK | os.X_OK):  # its skills would be left out without a word
+            wrong.append((f"skills.paths[{i}]", f"{folder} cannot be read by this user; chmod it, or run as its owner"))
+    if settings.mqtt.tls and settings.mqtt.ca_file is not None and not settings.mqtt.ca_file.is_file():
+        wrong.append(("mqtt.ca_file", f"{settings.mqtt.ca_file} is not a file"))
+    return wrong
+
+
+def state_dir_problem(folder: Path) -> str | None:
+    """Why the state folder cannot be used as a folder, or None.
+
+    It is made when first written: a file in its place, or on the way to it, fails every timer and note.
+    """
+    existing = nearest_existing(folder)
+    if existing == folder and not existing.is_dir():
+        return f"{folder} is not a folder"
+    if existing is not None and not existing.is_dir():
+        return f"{folder} cannot be made: {existing} is not a folder"
+    return None
 
 
 def nearest_existing(path: Path) -> Path | None:
@@ -511,11 +569,16 @@ def _parse_yaml(text: str, path: Path) -> tuple[dict, dict[str, int | str], list
         mark = getattr(e, "problem_mark", None)
         line = f":{mark.line + 1}" if mark else ""
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        if "'\\t'" in problem:  # an editor's tab: YAML's own words do not say what to do
+            problem = "a tab character; YAML indents with spaces only, replace the tabs with spaces"
         raise ConfigError(f"{path}{line}: invalid YAML: {problem}") from None
     if data is None:
         return {}, {}, []
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}:1: the top level must be a mapping of sections, not {type(data).__name__}")
+        raise ConfigError(
+            f"{path}:1: the top level must be a mapping of sections (`llm:`, then `  threads: 2` indented "
+            f"below it), not {_kind(data)}; `assistant config init NEW.yaml` writes the default one to start from"
+        )
     lines: dict[str, int | str] = {}
     warnings: list[str] = []
     _record_lines(node, "", lines, lambda line, text: warnings.append(f"{path}:{line}: {text}"))
@@ -577,8 +640,9 @@ def _apply_env(data: dict, environ: typing.Mapping[str, str], where: _Where) -> 
         try:
             if not raw.strip():
                 value = None
-            elif tp in (Path, Path | None):
-                # A path as written: YAML would read ~ (the home folder) as null, "a #2" as "a", "a: b" as a mapping.
+            elif tp in (Path, Path | None, str, str | None):
+                # A path as written: YAML would read ~ (the home folder) as null, "a #2" as "a", "a: b" as a
+                # mapping. Text too: a password 123456 or a prompt with a colon is not a number or a mapping.
                 value = raw
             else:
                 value = yaml.safe_load(raw)
@@ -600,12 +664,20 @@ def _apply_env(data: dict, environ: typing.Mapping[str, str], where: _Where) -> 
                     )
                 raise ConfigError(f"environment {name}: {section} is not a section")
             target = existing
-        target[parts[-1]] = value
+        if value is None and tp is not None:
+            # Empty means the default, for a setting that cannot be empty too (ASSISTANT_LLM__THREADS=).
+            target.pop(parts[-1], None)
+        else:
+            target[parts[-1]] = value
         lines[key] = f"environment {name}"
 
 
-def _convert(tp: Any, value: Any, key: str, where: _Where, base: Path) -> Any:
-    """Check `value` against the annotation `tp` and build it; raise ConfigError naming `key`."""
+def _convert(tp: Any, value: Any, key: str, where: _Where, base: Path, problems: list[str]) -> Any:
+    """Check `value` against the annotation `tp` and build it; raise ConfigError naming `key`.
+
+    In a section, a wrong setting is added to `problems` and left at its default, and the rest are
+    still checked.
+    """
     origin = typing.get_origin(tp)
     if dataclasses.is_dataclass(tp):
         if value is None:
@@ -620,12 +692,15 @@ def _convert(tp: Any, value: Any, key: str, where: _Where, base: Path) -> Any:
                 close = difflib.get_close_matches(str(name), list(fields), n=1)
                 known = f"{key or 'the top level'} takes {', '.join(fields)}"
                 hint = f"did you mean '{close[0]}'?" if close else known
-                raise ConfigError(f"{where(full)}unknown key '{full}' ({hint})")
+                problems.append(f"{where(full)}unknown key '{full}' ({hint})")
         kwargs = {}
         for name in fields:
             if name in value:
                 full = f"{key}.{name}" if key else name
-                kwargs[name] = _convert(hints[name], value[name], full, where, base)
+                try:
+                    kwargs[name] = _convert(hints[name], value[name], full, where, base, problems)
+                except ConfigError as e:
+                    problems += e.problems
         return tp(**kwargs)
     if origin is Literal:
         choices = typing.get_args(tp)
@@ -642,7 +717,7 @@ def _convert(tp: Any, value: Any, key: str, where: _Where, base: Path) -> Any:
         errors = []
         for option in (o for o in options if o is not type(None)):
             try:
-                return _convert(option, value, key, where, base)
+                return _convert(option, value, key, where, base, problems)
             except ConfigError as e:
                 errors.append(e)
         if len(errors) == 1:
@@ -651,13 +726,25 @@ def _convert(tp: Any, value: Any, key: str, where: _Where, base: Path) -> Any:
         raise ConfigError(f"{where(key)}{key}: expected {names}, got {_kind(value, key)}")
     if origin is list:
         if not isinstance(value, list):
-            raise ConfigError(f"{where(key)}{key}: expected a list, got {_kind(value, key)}")
+            # One item given as itself, the likeliest slip: show it as a list.
+            shown = f" (a list of one is written [{value}])" if isinstance(value, str) else ""
+            raise ConfigError(f"{where(key)}{key}: expected a list, got {_kind(value, key)}{shown}")
         (item_tp,) = typing.get_args(tp)
-        return [_convert(item_tp, v, f"{key}[{i}]", where, base) for i, v in enumerate(value)]
+        items, wrong = [], []
+        for i, item in enumerate(value):  # every wrong item named, not only the first
+            try:
+                items.append(_convert(item_tp, item, f"{key}[{i}]", where, base, problems))
+            except ConfigError as e:
+                wrong += e.problems
+        if wrong:
+            raise ConfigError(*wrong)
+        return items
     if tp is dict or origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{where(key)}{key}: expected a mapping, got {_kind(value, key)}")
         return value
+    if isinstance(value, str) and (unusable := _unusable_character(value)):
+        raise ConfigError(f"{where(key)}{key}: contains {unusable}, which cannot be used; remove it")
     if tp is Path:
         if not isinstance(value, str) or not value.strip():
             raise ConfigError(f"{where(key)}{key}: expected a path, got {_kind(value, key)}")
@@ -668,17 +755,20 @@ def _convert(tp: Any, value: Any, key: str, where: _Where, base: Path) -> Any:
         return path if path.is_absolute() else base / path
     if tp is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"{where(key)}{key}: expected true or false, got {_kind(value, key)}")
+            quoted = _QUOTED if str(value).lower() in ("true", "false") else ""
+            raise ConfigError(f"{where(key)}{key}: expected true or false, got {_kind(value, key)}{quoted}")
         return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where(key)}{key}: expected a whole number, got {_kind(value, key)}")
+            quoted = _QUOTED if isinstance(value, str) and re.fullmatch(r"\s*[-+]?\d+\s*", value) else ""
+            raise ConfigError(f"{where(key)}{key}: expected a whole number, got {_kind(value, key)}{quoted}")
         return value
     if tp is float:
         if isinstance(value, str) and _EXPONENT.fullmatch(value):
             value = float(value)  # 1e-3: YAML 1.1 (PyYAML) reads it as text, YAML 1.2 and JSON as a number
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where(key)}{key}: expected a number, got {_kind(value, key)}")
+            quoted = _QUOTED if isinstance(value, str) and _is_number(value) else ""
+            raise ConfigError(f"{where(key)}{key}: expected a number, got {_kind(value, key)}{quoted}")
         if not math.isfinite(value):  # .nan slips past every comparison, .inf past every upper bound
             raise ConfigError(f"{where(key)}{key}: expected a finite number, got {_kind(value, key)}")
         return float(value)
@@ -689,6 +779,29 @@ def _convert(tp: Any, value: Any, key: str, where: _Where, base: Path) -> Any:
             raise ConfigError(f"{where(key)}{key}: must not be empty")
         return value
     raise TypeError(f"unsupported settings annotation {tp!r} for {key}")
+
+
+def _unusable_character(text: str) -> str | None:
+    """A character of `text` that fails every use of it, named; None when there is none.
+
+    YAML's "\\0" and "\\ud800" escapes make them: a NUL ends a file name at the system call (a
+    ValueError), and a lone surrogate cannot be written out as UTF-8 (the tokenizer's TypeError).
+    """
+    if "\0" in text:
+        return "a NUL character (\\0)"
+    surrogate = re.search("[\ud800-\udfff]", text)
+    return f"a lone surrogate ({surrogate[0].encode('unicode_escape').decode()})" if surrogate else None
+
+
+# A number or true/false in quotes is text to YAML: the quotes are what to remove.
+_QUOTED = " (in quotes, which make it text: remove them)"
+
+
+def _is_number(text: str) -> bool:
+    try:
+        return math.isfinite(float(text))
+    except ValueError:
+        return False
 
 
 _EXPONENT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
@@ -708,6 +821,8 @@ def _kind(value: Any, key: str = "") -> str:
         return "nothing"
     if key in SECRETS:
         return f"{_type_name(type(value))} (not shown)"
+    if isinstance(value, Path):  # a setting's value once read, as it was written
+        value = str(value)
     # reprlib: bounded, even for a list that aliases in the YAML repeat a billion times.
     shown = reprlib.repr(value) if isinstance(value, (dict, list)) else repr(value)
     if isinstance(value, (dict, list)) and len(shown) > 60:

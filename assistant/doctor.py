@@ -9,10 +9,20 @@ from __future__ import annotations
 import ctypes.util
 import importlib.util
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from assistant.config import TEXT_ONLY, ConfigError, Settings, load_settings, nearest_existing, state_dir
+from assistant.config import (
+    TEXT_ONLY,
+    ConfigError,
+    Settings,
+    configured_path_problems,
+    load_settings,
+    nearest_existing,
+    state_dir,
+    state_dir_problem,
+)
 
 MICROPHONE_FIX = f"connect one and choose it with audio.input_device (`assistant audio list`); {TEXT_ONLY}"
 SETUP = "`assistant setup --target host` (offline: --model DIR with a checkpoint folder, file:// URLs in config.yaml)"
@@ -34,6 +44,10 @@ class Finding:
     """How to fix it; None when all is well."""
 
 
+# What --text-only leaves out, said in the report so that its "all good" is not read as the whole assistant's.
+SPEECH_NOT_CHECKED = Finding("speech models, microphone, speaker", "not checked (--text-only)")
+
+
 def diagnose(config: Path, text_only: bool = False) -> list[Finding]:
     """Run every check; the findings with a `fix` are the problems."""
     findings: list[Finding] = []
@@ -45,19 +59,33 @@ def diagnose(config: Path, text_only: bool = False) -> list[Finding]:
         try:
             settings = load_settings(config)
             findings.append(Finding("config", f"{config}: settings load"))
+            # Doubtful, not wrong, for `assistant run`, which starts with them; each is still a thing to fix.
+            findings += [Finding("config", warning, f"edit {config}") for warning in settings.warnings]
         except ConfigError as e:
             # The rest would be checked against the defaults, not what the config says: a model or a
             # folder it does not use would be reported missing, with a setup that is not needed.
             fix = f"edit {config}" if os.access(config, os.R_OK) else NOT_THIS_USER
-            return [Finding("config", f"{e}; nothing else was checked", fix)]
+            *problems, last = e.problems
+            problems.append(f"{last}; nothing else was checked")
+            return [Finding("config", problem, _config_fix(problem, fix)) for problem in problems]
     findings += _as_this_user("llm.model_dir", _llm, settings)
+    findings += _as_this_user("skills.paths, mqtt.ca_file", _configured_paths, settings)
     if all(f.fix is None for f in findings if f.what in ("config", "llm.model_dir")):
         findings += _budget(settings)
-    if not text_only:
+    if text_only:
+        findings.append(SPEECH_NOT_CHECKED)
+    else:
         findings += _as_this_user("speech models", _speech, settings)
         findings += _audio(settings)
     findings += _as_this_user("control.socket, state_dir", _runtime, settings)
     return findings
+
+
+def _config_fix(problem: str, fix: str) -> str:
+    """`fix` for a problem in the file; for one from the environment, the variable to change."""
+    if variable := re.match(r"environment (\w+): ", problem):
+        return f"change or unset {variable[1]}: the environment overrides the file"
+    return fix
 
 
 def _missing(path: Path) -> bool:
@@ -90,7 +118,8 @@ def report(findings: list[Finding]) -> str:
         if f.fix is not None:
             lines.append(f"{'':8}   fix: {f.fix}")
     problems = sum(f.fix is not None for f in findings)
-    lines.append(f"{problems} problem{'s' if problems != 1 else ''} found" if problems else "all good: `assistant run`")
+    run = "`assistant run --text-only`" if SPEECH_NOT_CHECKED in findings else "`assistant run`"
+    lines.append(f"{problems} problem{'s' if problems != 1 else ''} found" if problems else f"all good: {run}")
     return "\n".join(lines)
 
 
@@ -143,7 +172,10 @@ def _speech(settings: Settings) -> list[Finding]:
         else:
             found.append(Finding(key, f"{path} does not exist", f"`assistant setup` downloads it; {TEXT_ONLY}"))
     voice_config = Path(f"{settings.tts.voice}.json")
-    if settings.tts.voice.exists() and not voice_config.exists():
+    if settings.tts.voice.is_dir():  # a folder of voices, say: its .json is not the question
+        fix = "set tts.voice to the voice's .onnx file, with its .onnx.json beside it"
+        found[-1] = Finding("tts.voice", f"{settings.tts.voice} is a folder, not a piper voice file", fix)
+    elif settings.tts.voice.exists() and not voice_config.exists():
         fix = "put the .onnx.json that came with the voice beside it"
         found.append(Finding("tts.voice", f"{voice_config} (the voice's settings) does not exist", fix))
     if settings.wake.model is not None and not settings.wake.model.exists():
@@ -165,6 +197,15 @@ def _speech(settings: Settings) -> list[Finding]:
         if importlib.util.find_spec(module) is None:
             found.append(Finding("python", f"{package} is not installed", f"pip install '.[voice]'; {TEXT_ONLY}"))
     return found
+
+
+def _configured_paths(settings: Settings) -> list[Finding]:
+    """The skill folders and the CA file: `assistant run` refuses to start without them."""
+    fixes = {
+        "skills": "create the folder, or remove it from skills.paths",
+        "mqtt": "fix the path, or set mqtt.tls: false",
+    }
+    return [Finding(key, problem, fixes[key.split(".")[0]]) for key, problem in configured_path_problems(settings)]
 
 
 def _budget(settings: Settings) -> list[Finding]:
@@ -235,7 +276,9 @@ def _runtime(settings: Settings) -> list[Finding]:
     else:
         found.append(Finding("control.socket", str(socket)))
     state = state_dir(settings)
-    if not writable(state):
+    if problem := state_dir_problem(state):
+        found.append(Finding("state_dir", problem, "set state_dir to a folder, or move the file out of the way"))
+    elif not writable(state):
         fix = "set state_dir to a folder you can write, or fix its owner"
         found.append(Finding("state_dir", f"{state} is not writable (timers, notes)", fix))
     elif state.is_dir() and (shared := folder_not_private(state, "state_dir", STATE_FILES)):  # run refuses it

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from assistant.config import ConfigError, bound_problem, check_model_paths, load_settings
+from assistant.config import DEVICE_SHAPE, ConfigError, bound_problem, check_model_paths, load_settings
 from assistant.logs import setup_logging
 from tests.other_user import as_nobody
 
@@ -145,6 +145,13 @@ def test_missing_file_and_non_mapping(tmp_path: Path) -> None:
     path.write_text("- a\n- b\n")
     with pytest.raises(ConfigError, match="top level must be a mapping"):
         load_settings(path, environ={})
+    path.write_text("llm threads 2\n")  # a scalar: "not str", as the message said, is Python's word
+    with pytest.raises(ConfigError) as refused:
+        load_settings(path, environ={})
+    assert str(refused.value) == (
+        f"{path}:1: the top level must be a mapping of sections (`llm:`, then `  threads: 2` indented below it), "
+        "not 'llm threads 2'; `assistant config init NEW.yaml` writes the default one to start from"
+    )
 
 
 def assistant_with(config: Path, *command: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -285,6 +292,19 @@ REFUSED = [
     ("audio:\n  reopen_max_seconds: .inf\n", "audio.reopen_max_seconds: expected a finite number, got inf"),
     ("wake:\n  phrases: ['']\n", "c.yaml:2: wake.phrases[0]: must not be empty"),
     ("wake:\n  refractory_seconds: .nan\n", "wake.refractory_seconds: expected a finite number, got nan"),
+    (  # the quotes, not the number, are what to change
+        "mqtt:\n  port: '1883'\n",
+        "c.yaml:2: mqtt.port: expected a whole number, got '1883' (in quotes, which make it text: remove them)",
+    ),
+    (
+        'llm:\n  sampling:\n    top_p: "0.5"\n',
+        "top_p: expected a number, got '0.5' (in quotes, which make it text: remove",
+    ),
+    (
+        "wake:\n  phrases: hey jarvis\n",
+        "c.yaml:2: wake.phrases: expected a list, got 'hey jarvis' (a list of one is written [hey jarvis])",
+    ),
+    ("wake:\n  earcon: 'false'\n", "c.yaml:2: wake.earcon: expected true or false, got 'false' (in quotes, which"),
     ("asr:\n  silence_timeout: 0\n", "asr.silence_timeout: must be greater than 0, got 0.0"),
     ("asr:\n  model_url: models/vosk.zip\n", "asr.model_url: must be an http://, https:// or file:// URL"),
     ("asr:\n  model_sha256: abc\n", "asr.model_sha256: must be 64 hexadecimal digits, got 'abc'"),
@@ -293,6 +313,26 @@ REFUSED = [
     ("tts:\n  sentence_silence: 1000000\n", "tts.sentence_silence: must be from 0 to 10 (seconds), got 1000000.0"),
     ("mqtt:\n  host: ''\n", "c.yaml:2: mqtt.host: must not be empty"),
     ("mqtt:\n  password: pw\n", "c.yaml:2: mqtt.password is set without mqtt.username"),
+    (  # bind() refuses it: the assistant would not start, and doctor said all was well
+        f"control:\n  socket: /run/{'x' * 103}\n",
+        "c.yaml:2: control.socket: must be a path of at most 107 bytes (the most a Unix socket's address holds)",
+    ),
+    ('state_dir: "/srv/notes\\0"\n', "c.yaml:1: state_dir: contains a NUL character (\\0), which cannot be used"),
+    (  # the tokenizer's TypeError at start-up, before
+        'llm:\n  system_prompt: "Hi \\ud83d"\n',
+        "c.yaml:2: llm.system_prompt: contains a lone surrogate (\\ud83d), which cannot be used; remove it",
+    ),
+    ("llm:\n\tthreads: 2\n", "c.yaml:2: invalid YAML: a tab character; YAML indents with spaces only, replace"),
+    (  # deaf after the first wake for a day
+        "wake:\n  refractory_seconds: 86400\n",
+        "c.yaml:2: wake.refractory_seconds: must be at most 60 (seconds in which a second wake is ignored)",
+    ),
+    ("asr:\n  silence_timeout: 1e6\n", "c.yaml:2: asr.silence_timeout: must be at most 60 (seconds), got 1000000.0"),
+    ("asr:\n  max_utterance_seconds: 36000\n", "asr.max_utterance_seconds: must be at most 300 (seconds of one"),
+    (  # listening to the room for hours after each question
+        "asr:\n  follow_up_seconds: 7200\n",
+        "c.yaml:2: asr.follow_up_seconds: must be at most 60 (seconds of listening without the wake phrase), got",
+    ),
 ]
 
 
@@ -305,6 +345,69 @@ def test_a_value_that_would_fail_later_is_refused_naming_key_value_and_what_is_a
     with pytest.raises(ConfigError) as refused:
         load_text(tmp_path, text)
     assert expected in str(refused.value)
+
+
+def test_every_problem_of_a_config_is_named_at_once_in_the_order_of_the_file(tmp_path: Path) -> None:
+    text = (
+        "llm:\n"
+        "  threads: two\n"  # 2: a wrong type
+        "  backend: gpu\n"  # 3: not a choice
+        "  max_new_tokens: 0\n"  # 4: out of bounds
+        "wake:\n  phrases: [hey, 5, '']\n"  # 6: two wrong items of a list
+        "mqtt:\n  port: 0\n  devices:\n"
+        "    - {name: porch, type: lamp, topic: z2m/porch}\n"  # 10
+        "    - {name: hall, type: light, topic: z2m/hall}\n"
+        "    - {type: light, topic: z2m/nameless}\n"  # 12
+        "colour: blue\n"  # 13: a typo
+    )
+    with pytest.raises(ConfigError) as refused:
+        load_text(tmp_path, text, {"ASSISTANT_SKILLS__TIMEOUT_SECONDS": "0"})
+    path = tmp_path / "c.yaml"
+    assert refused.value.problems == [
+        f"{path}:2: llm.threads: expected a whole number, got 'two'",
+        f"{path}:3: llm.backend: expected one of 'auto', 'axengine', 'onnxruntime', got 'gpu'",
+        f"{path}:4: llm.max_new_tokens: must be at least 1, got 0",
+        f"{path}:6: wake.phrases[1]: expected text, got 5",
+        f"{path}:6: wake.phrases[2]: must not be empty",
+        f"{path}:8: mqtt.port: must be a port number, got 0",
+        f"{path}:9: mqtt.devices: {DEVICE_SHAPE}; mqtt.devices[2] has no name",
+        f"{path}:10: mqtt.devices[0] (porch): type: expected one of 'light', 'switch', 'fan', 'cover', 'climate', "
+        "got 'lamp'",
+        f"{path}:13: unknown key 'colour' (the top level takes audio, wake, asr, llm, tts, skills, mqtt, control, "
+        "logging, state_dir)",
+        "environment ASSISTANT_SKILLS__TIMEOUT_SECONDS: skills.timeout_seconds: must be greater than 0, got 0.0",
+    ]
+    # A line each on the command line, every one naming its file and line.
+    result = assistant_with(path, "config", "check")
+    assert result.returncode == 78 and "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 9 and lines[0] == f"error: {path}:2: llm.threads: expected a whole number, got 'two'"
+    assert all(f"{path}:" in line for line in lines), lines
+
+
+def test_an_empty_environment_value_means_the_default(tmp_path: Path) -> None:
+    settings = load_text(tmp_path, "llm:\n  threads: 3\n  sampling:\n    top_p: 0.5\n", {
+        "ASSISTANT_LLM__THREADS": "", "ASSISTANT_LLM__SAMPLING__TOP_P": " ", "ASSISTANT_STATE_DIR": ""})  # fmt: skip
+    assert (settings.llm.threads, settings.llm.sampling.top_p, settings.state_dir) == (2, 0.9, None)
+    with pytest.raises(ConfigError, match=r"^environment ASSISTANT_LLM__THREDS: unknown key 'llm.threds' \(did"):
+        load_text(tmp_path, "", {"ASSISTANT_LLM__THREDS": ""})  # a typo is still one, empty or not
+
+
+def test_text_from_the_environment_is_taken_as_written(tmp_path: Path) -> None:
+    # Read as YAML, 123456 was a number ("expected text"), and "Be brief: one line" a mapping.
+    settings = load_text(tmp_path, "", {
+        "ASSISTANT_MQTT__USERNAME": "yes", "ASSISTANT_MQTT__PASSWORD": "123456",
+        "ASSISTANT_LLM__SYSTEM_PROMPT": "Be brief: one line #1", "ASSISTANT_LLM__THREADS": "4"})  # fmt: skip
+    assert (settings.mqtt.username, settings.mqtt.password) == ("yes", "123456")
+    assert settings.llm.system_prompt == "Be brief: one line #1"
+    assert settings.llm.threads == 4  # numbers are still numbers
+
+
+def test_a_byte_order_mark_and_windows_line_endings_are_read_as_any_file(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_bytes(b"\xef\xbb\xbfllm:\r\n  threads: 3\r\n  system_prompt: Be brief.\r\n")
+    settings = load_settings(path, environ={})
+    assert (settings.llm.threads, settings.llm.system_prompt) == (3, "Be brief.")
 
 
 def test_the_skill_timeout_may_reach_the_daemons_turn_limit_and_no_further(tmp_path: Path) -> None:

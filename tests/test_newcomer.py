@@ -27,6 +27,7 @@ import pytest
 import yaml
 
 import assistant as assistant_package
+from assistant.config import ConfigError, check_model_paths, load_settings
 from tests.other_user import as_nobody
 
 PYTHON_DIR = str(Path(sys.executable).parent)
@@ -332,6 +333,10 @@ def test_doctor_lists_every_problem_at_once(tmp_path: Path, tiny_int8: Path) -> 
                   control=f"{{socket: {tmp_path / 'control.sock'}}}")  # fmt: skip
     tight = assistant(tmp_path, "doctor", "--text-only")
     assert tight.returncode == 1 and "PROBLEM  prompt budget" in tight.stdout and "kv_cache_len" in tight.stdout
+    # ONNX layers take any context: the fix is a setting, not another model.
+    assert re.search(
+        r"kv_cache_len (\d+) or more \(the host backend takes any: set llm\.kv_cache_len to \1\)", tight.stdout
+    )
     assert last_line(tight.stdout) == "1 problem found"
 
     # The text-only path needs only the model (with room for its prompt), the socket and the state directory.
@@ -341,7 +346,8 @@ def test_doctor_lists_every_problem_at_once(tmp_path: Path, tiny_int8: Path) -> 
     text_only = assistant(tmp_path, "doctor", "--text-only")
     assert text_only.returncode == 0, text_only.stdout
     assert "ok       prompt budget: system prompt" in text_only.stdout
-    assert last_line(text_only.stdout) == "all good: `assistant run`"
+    assert "ok       speech models, microphone, speaker: not checked (--text-only)" in text_only.stdout
+    assert last_line(text_only.stdout) == "all good: `assistant run --text-only`"  # not the voice's go-ahead
 
     # A skill file that does not load is a problem of the report, not only a line on stderr.
     (tmp_path / "skills").mkdir()
@@ -349,6 +355,70 @@ def test_doctor_lists_every_problem_at_once(tmp_path: Path, tiny_int8: Path) -> 
     broken = assistant(tmp_path, "doctor", "--text-only")
     assert broken.returncode == 1 and last_line(broken.stdout) == "1 problem found"
     assert f"PROBLEM  skills: {tmp_path / 'skills' / 'coffee.py'}:4: syntax error" in broken.stdout
+
+
+def test_doctor_lists_every_config_problem_and_every_path_run_would_refuse(
+    tmp_path: Path, tiny_int8: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from assistant.doctor import diagnose
+
+    config = tmp_path / "config.yaml"
+    config.write_text("llm:\n  threads: two\n  backend: gpu\nmqtt:\n  port: 0\ncolour: blue\n")
+    problems = [(f.what, f.detail, f.fix) for f in diagnose(config, text_only=True) if f.fix]
+    assert problems == [
+        ("config", f"{config}:2: llm.threads: expected a whole number, got 'two'", f"edit {config}"),
+        ("config", f"{config}:3: llm.backend: expected one of 'auto', 'axengine', 'onnxruntime', got 'gpu'",
+         f"edit {config}"),
+        ("config", f"{config}:5: mqtt.port: must be a port number, got 0", f"edit {config}"),
+        ("config", f"{config}:6: unknown key 'colour' (the top level takes audio, wake, asr, llm, tts, skills, mqtt, "
+         "control, logging, state_dir); nothing else was checked", f"edit {config}"),
+    ]  # fmt: skip
+
+    # What `assistant run` starts with but does not do as meant: only a warning in a log before.
+    config.write_text(
+        "llm:\n  threads: 3\nmqtt:\n  devices:\n    - {name: lamp, type: light}\nllm:\n  max_new_tokens: 9\n"
+    )
+    problems = [(f.detail, f.fix) for f in diagnose(config, text_only=True) if f.what == "config" and f.fix]
+    assert problems == [
+        (f"{config}:6: llm is given twice (also at line 1); only this one counts, merge them", f"edit {config}"),
+        (f"{config}:5: mqtt.devices[0] (lamp): no topic, so it cannot be controlled; give it its Zigbee2MQTT topic "
+         "(zigbee2mqtt/NAME)", f"edit {config}"),
+    ]  # fmt: skip
+
+    # A problem from the environment is fixed there, not in the file.
+    config.write_text("llm:\n  threads: 2\n")
+    monkeypatch.setenv("ASSISTANT_LLM__THREADS", "two")
+    (problem,) = [f for f in diagnose(config, text_only=True) if f.fix]
+    assert problem.fix == "change or unset ASSISTANT_LLM__THREADS: the environment overrides the file"
+    monkeypatch.delenv("ASSISTANT_LLM__THREADS")
+
+    # Paths that `assistant run` refuses at start-up were "all good" here before.
+    (tmp_path / "a-file").write_text("")
+    config.write_text(
+        f"llm: {{model_dir: {tiny_int8}, kv_cache_len: 8192}}\ncontrol: {{socket: {tmp_path / 'control.sock'}}}\n"
+        "skills: {paths: [a-file, no-such-folder]}\nmqtt: {tls: true, ca_file: no-ca.pem}\nstate_dir: a-file\n"
+    )
+    problems = [(f.what, f.detail) for f in diagnose(config, text_only=True) if f.fix]
+    assert problems == [
+        ("skills.paths[0]", f"{tmp_path / 'a-file'} is not a folder"),
+        ("skills.paths[1]", f"{tmp_path / 'no-such-folder'} is not a folder"),
+        ("mqtt.ca_file", f"{tmp_path / 'no-ca.pem'} is not a file"),
+        ("state_dir", f"{tmp_path / 'a-file'} is not a folder"),  # not "is not writable"
+    ]
+    with pytest.raises(ConfigError) as refused:  # what `assistant run` says of the same config
+        check_model_paths(load_settings(config), voice=False)
+    assert all(f"{what}: {detail}" in str(refused.value) for what, detail in problems)
+
+
+def test_doctor_names_a_voice_that_is_a_folder(tmp_path: Path) -> None:
+    from assistant.doctor import diagnose
+
+    (tmp_path / "models/piper").mkdir(parents=True)  # the folder of voices named, not the voice in it
+    config = tmp_path / "config.yaml"
+    config.write_text(f"tts:\n  voice: models/piper\ncontrol:\n  socket: {tmp_path / 'control.sock'}\n")
+    (voice,) = [f for f in diagnose(config) if f.what == "tts.voice"]
+    assert voice.detail == f"{tmp_path / 'models/piper'} is a folder, not a piper voice file"
+    assert voice.fix == "set tts.voice to the voice's .onnx file, with its .onnx.json beside it"
 
 
 def test_doctor_names_a_socket_folder_the_assistant_would_refuse(tmp_path: Path) -> None:
