@@ -45,7 +45,7 @@ def test_nan_and_infinity_are_refused_before_any_skill_runs(tmp_path: Path) -> N
 def test_a_broker_that_refuses_the_client_is_reported(tmp_path: Path) -> None:
     with mosquitto(tmp_path, allow_anonymous=False) as port:
         said = smart_home(port, tmp_path).call("switch_device", {"device": "kitchen light", "on": True}).text
-    refused = "(it refused the connection: Not authorized)"
+    refused = "(it refused the connection: Not authorized; it may want mqtt.username and mqtt.password)"
     assert said == f"I can't reach the smart home broker at 127.0.0.1:{port} {refused}."
 
 
