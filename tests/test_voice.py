@@ -563,6 +563,33 @@ def test_a_command_cut_off_by_a_stop_is_not_answered(ko_model, tmp_path: Path, t
     assert heard == []
 
 
+def test_a_command_cut_by_the_microphone_lost_is_not_answered(ko_model, tmp_path: Path, test_voice: Path) -> None:
+    """The microphone unplugged as a command is said, and back later: what it hears then (the television's words,
+    an hour later) is not the rest of that command, answered without a wake phrase."""
+    command = speech("오늘 날씨 어때", tmp_path)
+    before = write_wav(tmp_path / "before.wav", silence(0.5), speech(WAKE, tmp_path), silence(1.0),
+                       command[: speech_end(command)])  # fmt: skip
+    after = write_wav(tmp_path / "after.wav", speech("음악", tmp_path), silence(2.5))
+
+    class Microphone:  # MicSource: `outages` counts the times the device was lost
+        outages = 0
+
+        def __iter__(self) -> Iterator[np.ndarray]:
+            yield from wav_source(before)
+            self.outages += 1
+            yield from wav_source(after)
+
+    heard: list[str] = []
+    events: list[dict] = []
+    voice_pipeline = VoicePipeline(WakeDetector(ko_model, [WAKE], min_confidence=0.5), Transcriber(ko_model),
+                                   Voice(test_voice), WavSink(tmp_path / "out.wav"),
+                                   lambda text, cancel, turn: heard.append(text) or iter(["OK."]),
+                                   on_event=events.append)  # fmt: skip
+    voice_pipeline.run(Microphone())
+    assert heard == []
+    assert [e["text"] for e in events if e["type"] == "final"][0] == ""  # the clients see the listening end
+
+
 def test_the_phrase_said_again_after_nothing_was_said_is_heard(ko_model, tmp_path: Path, test_voice: Path) -> None:
     """Hi computer … (nothing, it gives up without a sound) … hi computer, weather: the second try counts."""
     wake = speech(WAKE, tmp_path)

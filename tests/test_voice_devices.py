@@ -190,7 +190,7 @@ def test_a_microphone_unplugged_and_stalled_is_said_once_and_heard_again(caplog:
     mic.sounddevice = device
     # seconds from the start; a stall is noticed after 2 s without audio; at the end it stalls as it is stopped
     script = [(1.0, "unplugged"), (3.0, "stalled"), (6.0, "working"), (7.5, "stalled"), (8.0, "stop")]
-    start, heard = time.monotonic(), []
+    start = time.monotonic()
 
     def follow() -> None:
         for at, state in script:
@@ -201,7 +201,7 @@ def test_a_microphone_unplugged_and_stalled_is_said_once_and_heard_again(caplog:
 
     threading.Thread(target=follow, daemon=True).start()
     with caplog.at_level(logging.DEBUG, "assistant.voice.audio"):
-        heard = [time.monotonic() - start for _ in mic]
+        heard, outages = zip(*((time.monotonic() - start, mic.outages) for _ in mic), strict=True)
     said = [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO]
     assert [message.split(":")[0] for message in said] == ["microphone open", "microphone", "microphone back after 4 s"]
     assert (
@@ -209,6 +209,9 @@ def test_a_microphone_unplugged_and_stalled_is_said_once_and_heard_again(caplog:
         == "microphone: the microphone stopped delivering audio; trying again until it works (every 1 s at most)"
     )
     assert heard[0] < 0.5 and any(6.0 < at < 7.5 for at in heard)  # back within the backoff
+    # what comes after the outage is told apart from what came before (a command cut by it is not completed)
+    assert {n for at, n in zip(heard, outages, strict=True) if at < 1.0} == {0}
+    assert {n for at, n in zip(heard, outages, strict=True) if at > 6.0} == {1}
     assert time.monotonic() - start < 8.5  # a stop does not wait for the stalled device
 
 

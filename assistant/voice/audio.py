@@ -166,7 +166,8 @@ class MicSource:
     """The microphone through sounddevice; a device that disappears is reopened with backoff.
 
     An outage is said once in the log, and its end; audio dropped because the reader could not keep
-    up (a busy CPU) is said too, at most once a minute: what was said then was not heard.
+    up (a busy CPU) is said too, at most once a minute: what was said then was not heard. `outages`
+    counts them, for the reader to know that the audio before one and after it do not join.
     """
 
     def __init__(self, device: str | int | None = None, rate: int | None = None, max_backoff: float = 30.0):
@@ -180,6 +181,7 @@ class MicSource:
         self.lost, self.overflows = 0, 0  # samples dropped, and the device's own overflows, not yet said
         self.lost_said = -1e9  # when they were last said
         self.opened = False
+        self.outages = 0
 
     def __iter__(self) -> Iterator[np.ndarray]:
         backoff, outage = 0.5, None  # outage: when the microphone was lost, while it is
@@ -204,6 +206,7 @@ class MicSource:
             except Exception as e:  # PortAudio errors have no common base class
                 if outage is None:
                     outage = time.monotonic()
+                    self.outages += 1
                     log.warning("microphone: %s; trying again until it works (every %g s at most)", e, self.max_backoff)
                 else:
                     log.debug("microphone: %s; trying again in %.1f s", e, backoff)

@@ -142,7 +142,11 @@ class VoicePipeline:
         """Process a stream of 16 kHz frames; returns when it ends and the last reply is spoken."""
         self.voice.warm_up()  # before listening: the first reply must not pay for onnxruntime's first runs
         self.hearing, self.position = False, 0.0
+        outages = getattr(frames, "outages", 0)
         for frame in frames:
+            if getattr(frames, "outages", 0) != outages:  # the microphone was lost since the last frame
+                outages = frames.outages
+                self._audio_lost()
             self.position += len(frame) / RATE
             wake = self.wake.feed(frame)
             if wake is None or self.hearing:  # a command being heard is not a wake phrase, whatever it sounds like
@@ -169,6 +173,18 @@ class VoicePipeline:
         elif self.hearing:
             self._heard(self.transcriber.end())
         self.finish()
+
+    def _audio_lost(self) -> None:
+        """The microphone came back after an outage (seconds, or hours): what was heard before it does not
+        go on with what comes now. A command cut by it is dropped, not completed by the next words said near
+        the microphone (the television's, an hour later) and answered without a wake phrase."""
+        self.wake.reset(refractory=False)  # nor is half a wake phrase before it and half after one
+        self.listening_until = None
+        if self.hearing:
+            log.info("the microphone was lost while a command was being heard: it is not answered")
+            self.hearing = False
+            self.transcriber.start()
+            self.emit("final", text="", at=self.position)
 
     def _hear(self, frame: np.ndarray) -> None:
         replying = self.reply is not None and self.reply.alive()
