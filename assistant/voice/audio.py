@@ -313,6 +313,11 @@ class WavSink:
         self.file.writeframes(out.astype("<i2").tobytes())
         self.chunks.append((time.monotonic(), len(out)))
 
+    def end_sound(self) -> None:
+        with self.writing:
+            if len(end := self.resample.flush()):
+                self._write(end)
+
     def stop(self) -> None:
         with self.writing:
             self.resample.flush()
@@ -328,6 +333,9 @@ class WavSink:
 
 class NullSink:
     def play(self, pcm: np.ndarray, rate: int) -> None:
+        pass
+
+    def end_sound(self) -> None:
         pass
 
     def stop(self) -> None:
@@ -381,21 +389,39 @@ class SpeakerSink:
                 self.stream.start()
                 self.resample = Resampler(out_rate)
                 _speakers.add(self)
-            out, block = self.resample(pcm, rate), self.resample.to_rate // 10
-            for start in range(0, len(out), block):
-                if self.interrupted.is_set():
-                    self._close(cut=True)  # what the device still holds is not heard either
-                    return
-                self.stream.write(out[start : start + block].reshape(-1, 1))
+            self._write(self.resample(pcm, rate))
             if self.failing:
                 log.info("speaker: playing again")
             self.failing = False
         except Exception as e:  # PortAudio errors have no common base class
-            self._close(cut=True)
-            if not self.failing:
-                log.warning("speaker: %s; the assistant goes on without sound", e)
-            self.failing = True
-            _rescan_wanted.set()  # it may be there, plugged in after PortAudio listed the devices
+            self._failed(e)
+
+    def _write(self, out: np.ndarray) -> None:
+        block = self.resample.to_rate // 10
+        for start in range(0, len(out), block):
+            if self.interrupted.is_set():
+                self._close(cut=True)  # what the device still holds is not heard either
+                return
+            self.stream.write(out[start : start + block].reshape(-1, 1))
+
+    def _failed(self, error: Exception) -> None:
+        self._close(cut=True)
+        if not self.failing:
+            log.warning("speaker: %s; the assistant goes on without sound", error)
+        self.failing = True
+        _rescan_wanted.set()  # it may be there, plugged in after PortAudio listed the devices
+
+    def end_sound(self) -> None:
+        """Nothing follows the sound played last at once (the chime, an announcement, a reply's piece): the end
+        the resampler holds back (its delay, 58 ms from 16 to 44.1 kHz) plays now, not when the device is let go
+        a second later, after a silence."""
+        with self.playing, _portaudio:
+            if self.stream is None:  # cut, failed or let go: nothing is held
+                return
+            try:
+                self._write(self.resample.flush())
+            except Exception as e:  # PortAudio errors have no common base class
+                self._failed(e)
 
     def _stream(self, rate: int):
         return self.sounddevice.OutputStream(device=self.device, samplerate=rate, channels=1, dtype="int16")

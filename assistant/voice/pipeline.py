@@ -280,9 +280,11 @@ class VoicePipeline:
                     self._play(reply, sentence, audio, silent)
                     continue
                 if holding:  # the end of the piece (or of what will be said of it)
-                    if audio is None and self.sentence_silence > 0 and not (reply.cancel.is_set() or silent.is_set()):
-                        self._play(reply, sentence, np.zeros(round(self.sentence_silence * self.voice.rate), np.int16),
-                                   silent, breath=True)  # fmt: skip
+                    if audio is None and not (reply.cancel.is_set() or silent.is_set()):
+                        if self.sentence_silence > 0:
+                            self._play(reply, sentence, np.zeros(round(self.sentence_silence * self.voice.rate),
+                                                                 np.int16), silent, breath=True)  # fmt: skip
+                        self._end_sound()
                     self.speaker.release()
                     holding = False
                 reply.speaking.set()  # a first piece with nothing to say ("---", an emoji) holds the rest back
@@ -357,6 +359,13 @@ class VoicePipeline:
                 if self.hushed.is_set():
                     return
                 self.sink.play(audio, self.voice.rate)
+            self._end_sound()
+
+    def _end_sound(self) -> None:
+        """Nothing follows what was played last at once: the sink plays what it holds back of its end (its
+        resampler's delay) now, not a second later. Sinks that hold nothing back need not have the method."""
+        if (end_sound := getattr(self.sink, "end_sound", None)) is not None:
+            end_sound()
 
     def _latency(self, reply: Reply) -> None:
         t = reply.times
@@ -384,6 +393,7 @@ class VoicePipeline:
         self.voice.cut()
         if chime:
             self.sink.play(earcon(), EARCON_RATE)
+            self._end_sound()  # the whole chime now: at 44.1 kHz a third of it came a second later
 
     def finish(self) -> None:
         for reply in [*self.cut, self.reply]:
