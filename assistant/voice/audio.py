@@ -392,6 +392,7 @@ class SpeakerSink:
             self._write(self.resample(pcm, rate))
             if self.failing:
                 log.info("speaker: playing again")
+                _rescan_wanted.clear()  # found: the microphone need not be closed to look for it
             self.failing = False
         except Exception as e:  # PortAudio errors have no common base class
             self._failed(e)
