@@ -16,7 +16,7 @@ import pytest
 
 from assistant import skill
 from assistant.voice.asr import Transcriber
-from assistant.voice.audio import RATE, WavSink, read_wav, resample, wav_source
+from assistant.voice.audio import RATE, Resampler, WavSink, read_wav, resample, wav_source
 from assistant.voice.pipeline import EARCON_RATE, VoicePipeline, asks, earcon
 from assistant.voice.spoken import SentenceSplitter, speakable
 from assistant.voice.tts import Voice
@@ -242,7 +242,7 @@ def test_a_barge_in_chimes_at_once_while_a_whole_sentence_is_synthesized(
         events.append((event["type"], event.get("text"), time.monotonic()))
 
     VoicePipeline(detector, transcriber, voice, sink, respond, on_event=on_event).run(frames())
-    chime = len(resample(earcon(), EARCON_RATE, sink.rate))
+    chime = len(Resampler(sink.rate)(earcon(), EARCON_RATE))  # what the sink writes of it at once (not its end)
     chimes = [at for at, samples in sink.chunks if samples == chime]
     (barge_in,) = [at for kind, _, at in events if kind == "barge_in"]
     assert len(chimes) == 2 and chimes[1] - barge_in < 0.5
@@ -433,14 +433,72 @@ def test_audio_below_16khz_is_named_in_the_log(tmp_path: Path, caplog: pytest.Lo
                       "are made for 16 kHz and may hear little of it"]  # fmt: skip
 
 
-def test_raw_pcm_on_stdin_is_resampled_to_16khz() -> None:
+def sine(rate: int, seconds: float = 1.0) -> np.ndarray:
+    return (np.sin(2 * np.pi * 440 * np.arange(int(seconds * rate)) / rate) * 8000).astype(np.int16)
+
+
+def odd_chunks(samples: np.ndarray) -> Iterator[np.ndarray]:
+    """`samples` in chunks of sizes that divide nothing: one sample, a few, a block and a half."""
+    sizes, start = itertools.cycle([1, 7, 333, 1601, 2999, 2]), 0
+    while start < len(samples):
+        size = next(sizes)
+        yield samples[start : start + size]
+        start += size
+
+
+def assert_resampled_whole(out: np.ndarray, sound: np.ndarray, from_rate: int, to_rate: int) -> None:
+    """`out` is `sound` resampled at once (soxr on floats, its own whole-sound function): the same length, the
+    same samples within int16 rounding, and no step from one sample to the next (a click at a seam) that the
+    sound resampled whole does not take."""
+    import soxr
+
+    whole = np.clip(np.round(soxr.resample(sound / 32768.0, from_rate, to_rate) * 32768), -32768, 32767)
+    assert len(out) == len(whole) == round(len(sound) * to_rate / from_rate)
+    assert np.abs(out.astype(int) - whole).max() <= 2
+    assert np.abs(np.diff(out.astype(int)) - np.diff(whole)).max() <= 4
+
+
+@pytest.mark.parametrize(("from_rate", "to_rate"), [(16000, 22050), (22050, 48000), (8000, 16000), (48000, 16000)])
+def test_a_sound_resampled_in_chunks_of_odd_sizes_is_the_sound_resampled_whole(from_rate: int, to_rate: int) -> None:
+    sound, resampler = sine(from_rate), Resampler(to_rate)
+    out = np.concatenate([*(resampler(chunk, from_rate) for chunk in odd_chunks(sound)), resampler.flush()])
+    assert_resampled_whole(out, sound, from_rate, to_rate)
+
+
+def test_the_wav_sink_writes_a_sound_played_in_chunks_as_one(tmp_path: Path) -> None:
+    """A reply's windows, at the voice's rate, into a file at another: resampled each on its own, every seam
+    clicked and the lengths were rounded at each."""
+    sink, sound = WavSink(tmp_path / "out.wav", rate=22050), sine(16000)
+    for chunk in odd_chunks(sound):
+        sink.play(chunk, 16000)
+    sink.close()
+    written, rate = read_wav(tmp_path / "out.wav")
+    assert rate == 22050
+    assert_resampled_whole(written, sound, 16000, 22050)
+
+
+def test_a_stop_drops_what_the_wav_sink_still_holds_of_the_sound_cut(tmp_path: Path) -> None:
+    """As on the speaker: the end of a reply cut by a barge-in is not written after the chime."""
+    sink, sound = WavSink(tmp_path / "out.wav", rate=22050), sine(16000, 0.5)
+    sink.play(sound, 16000)
+    sink.stop()
+    sink.play(np.zeros(1600, np.int16), 16000)
+    sink.close()
+    written = read_wav(tmp_path / "out.wav")[0]
+    cut = len(written) - round(0.1 * 22050)  # what was written of the sine before the stop
+    assert 0 < cut < round(0.5 * 22050) and not written[cut:].any()
+
+
+def test_raw_pcm_on_stdin_is_resampled_to_16khz_as_one_sound() -> None:
     import sys
 
-    tone = (np.sin(2 * np.pi * 440 * np.arange(8000) / 8000) * 10000).astype("<i2").tobytes()  # 1 s at 8 kHz
-    code = "from assistant.voice.audio import stdin_source; print(sum(len(f) for f in stdin_source(rate=8000)))"
-    result = subprocess.run([sys.executable, "-c", code], input=tone, capture_output=True, timeout=60)
+    sound = sine(8000, 2.0)
+    code = "import sys; from assistant.voice.audio import stdin_source\n" \
+           "for f in stdin_source(rate=8000): sys.stdout.buffer.write(f.astype('<i2').tobytes())"  # fmt: skip
+    result = subprocess.run([sys.executable, "-c", code], input=sound.astype("<i2").tobytes(), capture_output=True,
+                            timeout=60)  # fmt: skip
     assert result.returncode == 0, result.stderr
-    assert abs(int(result.stdout) - 16000) <= 16  # one second at 16 kHz
+    assert_resampled_whole(np.frombuffer(result.stdout, "<i2"), sound, 8000, RATE)
 
 
 ONE_BREATH_COMMANDS = ["음악 틀어 줘", "오늘 날씨 어때"]  # "play music", "how is the weather today"
@@ -503,6 +561,33 @@ def test_a_command_cut_off_by_a_stop_is_not_answered(ko_model, tmp_path: Path, t
                                    lambda text, cancel, turn: heard.append(text) or iter(["OK."]))  # fmt: skip
     voice_pipeline.run(StoppedSource())
     assert heard == []
+
+
+def test_a_command_cut_by_the_microphone_lost_is_not_answered(ko_model, tmp_path: Path, test_voice: Path) -> None:
+    """The microphone unplugged as a command is said, and back later: what it hears then (the television's words,
+    an hour later) is not the rest of that command, answered without a wake phrase."""
+    command = speech("오늘 날씨 어때", tmp_path)
+    before = write_wav(tmp_path / "before.wav", silence(0.5), speech(WAKE, tmp_path), silence(1.0),
+                       command[: speech_end(command)])  # fmt: skip
+    after = write_wav(tmp_path / "after.wav", speech("음악", tmp_path), silence(2.5))
+
+    class Microphone:  # MicSource: `outages` counts the times the device was lost
+        outages = 0
+
+        def __iter__(self) -> Iterator[np.ndarray]:
+            yield from wav_source(before)
+            self.outages += 1
+            yield from wav_source(after)
+
+    heard: list[str] = []
+    events: list[dict] = []
+    voice_pipeline = VoicePipeline(WakeDetector(ko_model, [WAKE], min_confidence=0.5), Transcriber(ko_model),
+                                   Voice(test_voice), WavSink(tmp_path / "out.wav"),
+                                   lambda text, cancel, turn: heard.append(text) or iter(["OK."]),
+                                   on_event=events.append)  # fmt: skip
+    voice_pipeline.run(Microphone())
+    assert heard == []
+    assert [e["text"] for e in events if e["type"] == "final"][0] == ""  # the clients see the listening end
 
 
 def test_the_phrase_said_again_after_nothing_was_said_is_heard(ko_model, tmp_path: Path, test_voice: Path) -> None:

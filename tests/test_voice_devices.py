@@ -190,7 +190,7 @@ def test_a_microphone_unplugged_and_stalled_is_said_once_and_heard_again(caplog:
     mic.sounddevice = device
     # seconds from the start; a stall is noticed after 2 s without audio; at the end it stalls as it is stopped
     script = [(1.0, "unplugged"), (3.0, "stalled"), (6.0, "working"), (7.5, "stalled"), (8.0, "stop")]
-    start, heard = time.monotonic(), []
+    start = time.monotonic()
 
     def follow() -> None:
         for at, state in script:
@@ -201,7 +201,7 @@ def test_a_microphone_unplugged_and_stalled_is_said_once_and_heard_again(caplog:
 
     threading.Thread(target=follow, daemon=True).start()
     with caplog.at_level(logging.DEBUG, "assistant.voice.audio"):
-        heard = [time.monotonic() - start for _ in mic]
+        heard, outages = zip(*((time.monotonic() - start, mic.outages) for _ in mic), strict=True)
     said = [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO]
     assert [message.split(":")[0] for message in said] == ["microphone open", "microphone", "microphone back after 4 s"]
     assert (
@@ -209,6 +209,9 @@ def test_a_microphone_unplugged_and_stalled_is_said_once_and_heard_again(caplog:
         == "microphone: the microphone stopped delivering audio; trying again until it works (every 1 s at most)"
     )
     assert heard[0] < 0.5 and any(6.0 < at < 7.5 for at in heard)  # back within the backoff
+    # what comes after the outage is told apart from what came before (a command cut by it is not completed)
+    assert {n for at, n in zip(heard, outages, strict=True) if at < 1.0} == {0}
+    assert {n for at, n in zip(heard, outages, strict=True) if at > 6.0} == {1}
     assert time.monotonic() - start < 8.5  # a stop does not wait for the stalled device
 
 
@@ -244,6 +247,51 @@ def test_a_speaker_plugged_in_after_the_start_plays_while_the_microphone_works(t
     assert result.stderr.count("WARNING:assistant.voice.audio:speaker") == 1
     assert "INFO:assistant.voice.audio:speaker: playing again" in result.stderr
     assert result.stderr.count("INFO:assistant.voice.audio:microphone open") == 1  # not when opened again
+
+
+def test_a_speaker_that_fails_once_and_plays_again_leaves_the_microphone_open(tmp_path: Path) -> None:
+    """A speaker fails mid-reply (here its recording stops taking audio) and plays again at the next sound: the
+    microphone is not closed afterwards to look for a speaker that is already found (audio lost, and the reply's
+    device closed under it)."""
+    (tmp_path / ".asoundrc").write_text(textwrap.dedent(f"""
+        pcm.flaky {{
+            type file
+            slave.pcm "null"
+            file "|head -c 20000 > {tmp_path / "played.raw"}"
+            format "raw"
+        }}
+    """))  # fmt: skip
+    result = run_child(tmp_path, """
+        import numpy as np
+        import sounddevice
+        from assistant.voice import audio
+        from assistant.voice.audio import MicSource, SpeakerSink
+        from tests.test_voice_devices import UsbMicrophone
+        device = UsbMicrophone()
+        device._terminate, device._initialize = sounddevice._terminate, sounddevice._initialize
+        opened, open_stream = [], device.InputStream
+        device.InputStream = lambda **settings: opened.append(1) or open_stream(**settings)
+        mic = MicSource("usb", 16000, max_backoff=1.0)
+        mic.sounddevice = device
+        blocks = iter(mic)
+        next(blocks)
+        audio._rescanned = time.monotonic()  # PortAudio restarted just now: the next restart is 1 s away
+        sink = SpeakerSink("flaky", 16000)
+        failed = False
+        for _ in range(40):  # until it has failed and played again
+            sink.play(np.full(1600, 7, np.int16), 16000)
+            failed = failed or sink.failing
+            if failed and not sink.failing:
+                break
+        assert failed and not sink.failing
+        for count, _ in enumerate(blocks):  # 2 s
+            if count == 20:
+                mic.stopped.set()
+        print(len(opened))
+    """)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "INFO:assistant.voice.audio:speaker: playing again" in result.stderr
+    assert int(result.stdout) == 1, result.stderr[-2000:]
 
 
 def test_a_sine_through_the_microphone_and_the_speaker_has_no_seams(tmp_path: Path) -> None:

@@ -8,9 +8,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import pytest
 
-from assistant.voice.audio import BLOCK, WavSink
-from assistant.voice.pipeline import VoicePipeline
+from assistant.voice.audio import BLOCK, WavSink, resample
+from assistant.voice.pipeline import EARCON_RATE, VoicePipeline, alert, earcon
 from assistant.voice.tts import Voice
 from assistant.voice.wake import WakeDetector
 
@@ -53,11 +54,13 @@ class Speaker:
     """sounddevice with a speaker that keeps time, which ALSA's null device does not: a write returns while
     the device still holds the end of it, which plays unless the stream is aborted."""
 
-    def __init__(self) -> None:
+    def __init__(self, rate: int = 48000) -> None:
+        self.rate = rate
         self.calls: list[str] = []
+        self.written = 0  # samples
 
     def query_devices(self, device, kind: str) -> dict:
-        return {"default_samplerate": 48000}
+        return {"default_samplerate": self.rate}
 
     def OutputStream(self, **settings) -> Speaker:  # noqa: N802 (sounddevice's name)
         self.calls.append("open")
@@ -65,6 +68,7 @@ class Speaker:
 
     def write(self, block: np.ndarray) -> None:
         self.calls.append("write")
+        self.written += len(block)
 
     def start(self) -> None:
         pass
@@ -83,7 +87,6 @@ def test_a_reply_cut_between_two_of_its_sounds_is_not_heard_after() -> None:
     """A barge-in while the next window is synthesized: the device still holds the end of the last one (and
     the resampler a little more), which must not play before the chime, nor at the start of the next reply."""
     from assistant.voice.audio import SpeakerSink
-    from assistant.voice.pipeline import EARCON_RATE, earcon
 
     sink = SpeakerSink()
     sink.sounddevice = device = Speaker()
@@ -111,4 +114,33 @@ def test_a_barge_in_as_a_sound_of_the_reply_is_handed_to_the_speaker_stops_it(te
                              on_event=on_event)  # fmt: skip
     pipeline.start_reply("lights", time.monotonic())
     pipeline.finish()
-    assert device.calls.count("write") == 2, device.calls  # the chime: 0.16 s, two blocks at 48 kHz
+    assert device.written == len(resample(earcon(), EARCON_RATE, 48000)), device.calls  # the chime only
+
+
+@pytest.mark.parametrize("sound", ["chime", "announcement", "reply"])
+@pytest.mark.parametrize("rate", [44100, 48000])
+def test_a_sound_is_played_to_its_end_at_once(test_voice: Path, sound: str, rate: int) -> None:
+    """The resampler holds back the end of what it is given (its delay: at 44.1 kHz 58 ms of the 0.16 s chime)
+    until it knows what follows. Where nothing follows at once (the chime, an announcement, a reply without
+    breaths between its pieces) that end is played at once, not a second later when the device is let go."""
+    from assistant.voice.audio import SpeakerSink
+
+    sink = SpeakerSink()
+    sink.sounddevice = device = Speaker(rate)
+    voice = Voice(test_voice)
+    pieces = ["The light is on.", "The heating is off."]
+    pipeline = VoicePipeline(None, None, voice, sink, lambda text, cancel, turn: iter([" ".join(pieces)]),
+                             sentence_silence=0.0)  # fmt: skip
+    if sound == "chime":
+        pipeline.stop_reply(chime=True)
+        played = [(earcon(), EARCON_RATE)]
+    elif sound == "announcement":
+        pipeline.announce(pieces[0])
+        played = [(alert(), EARCON_RATE), (np.concatenate(list(voice.synthesize(pieces[0]))), voice.rate)]
+    else:
+        pipeline.start_reply("lights", time.monotonic())
+        pipeline.finish()
+        played = [(np.concatenate(list(voice.synthesize(piece))), voice.rate) for piece in pieces]
+    assert device.written == sum(len(resample(audio, from_rate, rate)) for audio, from_rate in played)
+    assert "close" not in device.calls  # all of it before the device is let go
+    sink.close()

@@ -30,11 +30,9 @@ USUAL_RATES = (48000, 44100, 16000, 32000, 22050, 96000, 8000)
 
 
 def resample(pcm: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
-    """int16 mono at from_rate → int16 mono at to_rate."""
-    if from_rate == to_rate or len(pcm) == 0:
-        return pcm.astype(np.int16, copy=False)
-    out = soxr.resample(pcm.astype(np.float32) / 32768.0, from_rate, to_rate)
-    return np.clip(np.round(out * 32768.0), -32768, 32767).astype(np.int16)
+    """int16 mono at from_rate → int16 mono at to_rate, a whole sound at once."""
+    resampler = Resampler(to_rate)
+    return np.concatenate([resampler(pcm, from_rate), resampler.flush()])
 
 
 def _warn_if_narrowband(rate: int, source: str) -> None:
@@ -96,11 +94,14 @@ def wav_source(path: Path, block: int = BLOCK) -> Iterator[np.ndarray]:
 
 
 def stdin_source(rate: int = RATE, block: int = BLOCK) -> Iterator[np.ndarray]:
-    """Raw little-endian int16 mono PCM on standard input, at `rate`."""
+    """Raw little-endian int16 mono PCM on standard input, at `rate`, resampled as one sound."""
     _warn_if_narrowband(rate, "standard input")
-    size = block * rate // RATE * 2
+    size, to_rate = block * rate // RATE * 2, Resampler(RATE)
     while chunk := sys.stdin.buffer.read(size):
-        yield resample(np.frombuffer(chunk[: len(chunk) // 2 * 2], dtype="<i2"), rate, RATE)
+        if len(out := to_rate(np.frombuffer(chunk[: len(chunk) // 2 * 2], dtype="<i2"), rate)):
+            yield out  # (the first is short by the resampler's delay)
+    if len(end := to_rate.flush()):
+        yield end
 
 
 # PortAudio lists the devices once, when it starts: a microphone plugged in later (the USB one that
@@ -165,7 +166,8 @@ class MicSource:
     """The microphone through sounddevice; a device that disappears is reopened with backoff.
 
     An outage is said once in the log, and its end; audio dropped because the reader could not keep
-    up (a busy CPU) is said too, at most once a minute: what was said then was not heard.
+    up (a busy CPU) is said too, at most once a minute: what was said then was not heard. `outages`
+    counts them, for the reader to know that the audio before one and after it do not join.
     """
 
     def __init__(self, device: str | int | None = None, rate: int | None = None, max_backoff: float = 30.0):
@@ -179,6 +181,7 @@ class MicSource:
         self.lost, self.overflows = 0, 0  # samples dropped, and the device's own overflows, not yet said
         self.lost_said = -1e9  # when they were last said
         self.opened = False
+        self.outages = 0
 
     def __iter__(self) -> Iterator[np.ndarray]:
         backoff, outage = 0.5, None  # outage: when the microphone was lost, while it is
@@ -203,6 +206,7 @@ class MicSource:
             except Exception as e:  # PortAudio errors have no common base class
                 if outage is None:
                     outage = time.monotonic()
+                    self.outages += 1
                     log.warning("microphone: %s; trying again until it works (every %g s at most)", e, self.max_backoff)
                 else:
                     log.debug("microphone: %s; trying again in %.1f s", e, backoff)
@@ -256,29 +260,40 @@ class MicSource:
 
 
 class Resampler:
-    """The chunks of a sound (a streaming voice's windows) resampled to `to_rate` as one: resampled each on
-    its own, their edges ring and every seam clicks."""
+    """The chunks of a sound (a streaming voice's windows, a microphone's blocks) resampled to `to_rate` as
+    one: resampled each on its own, their edges ring and every seam clicks, and the lengths are rounded at
+    every chunk. The output lags the input by the resampler's delay (1,300 samples from 16 to 22.05 kHz),
+    which `flush` gives at the end; a chunk at another rate is another sound, after the last one's end."""
 
     def __init__(self, to_rate: int):
         self.to_rate, self.from_rate, self.stream = to_rate, None, None
 
     def __call__(self, pcm: np.ndarray, rate: int) -> np.ndarray:
         pcm = pcm.astype(np.int16, copy=False)
-        if rate == self.to_rate:
-            return pcm
-        if rate != self.from_rate:  # another sound (the chime after a reply): what the last one held is silence
-            self.from_rate, self.stream = rate, soxr.ResampleStream(rate, self.to_rate, 1, dtype="int16")
-        return self.stream.resample_chunk(pcm)
+        if rate == self.from_rate:
+            return self._chunk(pcm) if self.stream else pcm
+        end = self.flush()
+        self.from_rate = rate
+        if rate != self.to_rate:
+            # In floats: soxr dithers what it writes as int16, and silence would come out as noise.
+            self.stream = soxr.ResampleStream(rate, self.to_rate, 1, dtype="float32")
+            pcm = self._chunk(pcm)
+        return np.concatenate([end, pcm]) if len(end) else pcm
+
+    def _chunk(self, pcm: np.ndarray, last: bool = False) -> np.ndarray:
+        out = self.stream.resample_chunk(pcm.astype(np.float32) / 32768.0, last=last)
+        return np.clip(np.round(out * 32768.0), -32768, 32767).astype(np.int16)
 
     def flush(self) -> np.ndarray:
         """The end of the sound, which the resampler holds back until it knows what follows."""
-        end = self.stream.resample_chunk(np.zeros(0, np.int16), last=True) if self.stream else np.zeros(0, np.int16)
+        end = self._chunk(np.zeros(0, np.int16), last=True) if self.stream else np.zeros(0, np.int16)
         self.from_rate, self.stream = None, None
         return end
 
 
 class WavSink:
-    """Writes what is played to a WAV file at `rate`."""
+    """Writes what is played to a WAV file at `rate`, sounds that follow each other resampled as one (as the
+    speaker plays them); a stop drops what the resampler still holds of the sound cut, as the speaker's does."""
 
     def __init__(self, path: Path, rate: int = 22050):
         self.rate = rate
@@ -286,22 +301,41 @@ class WavSink:
         self.file.setnchannels(1)
         self.file.setsampwidth(2)
         self.file.setframerate(rate)
+        self.resample = Resampler(rate)
+        self.writing = threading.Lock()  # a barge-in's stop and chime come from another thread than the reply
         self.chunks: list[tuple[float, int]] = []  # (time written, samples), for tests and latency
 
     def play(self, pcm: np.ndarray, rate: int) -> None:
-        out = resample(pcm, rate, self.rate)
+        with self.writing:
+            self._write(self.resample(pcm, rate))
+
+    def _write(self, out: np.ndarray) -> None:
         self.file.writeframes(out.astype("<i2").tobytes())
         self.chunks.append((time.monotonic(), len(out)))
 
+    def end_sound(self) -> None:
+        with self.writing:
+            if len(end := self.resample.flush()):
+                self._write(end)
+
     def stop(self) -> None:
-        pass
+        with self.writing:
+            self.resample.flush()
 
     def close(self) -> None:
-        self.file.close()
+        with self.writing:
+            try:
+                if len(end := self.resample.flush()):
+                    self._write(end)
+            finally:
+                self.file.close()
 
 
 class NullSink:
     def play(self, pcm: np.ndarray, rate: int) -> None:
+        pass
+
+    def end_sound(self) -> None:
         pass
 
     def stop(self) -> None:
@@ -355,21 +389,40 @@ class SpeakerSink:
                 self.stream.start()
                 self.resample = Resampler(out_rate)
                 _speakers.add(self)
-            out, block = self.resample(pcm, rate), self.resample.to_rate // 10
-            for start in range(0, len(out), block):
-                if self.interrupted.is_set():
-                    self._close(cut=True)  # what the device still holds is not heard either
-                    return
-                self.stream.write(out[start : start + block].reshape(-1, 1))
+            self._write(self.resample(pcm, rate))
             if self.failing:
                 log.info("speaker: playing again")
+                _rescan_wanted.clear()  # found: the microphone need not be closed to look for it
             self.failing = False
         except Exception as e:  # PortAudio errors have no common base class
-            self._close(cut=True)
-            if not self.failing:
-                log.warning("speaker: %s; the assistant goes on without sound", e)
-            self.failing = True
-            _rescan_wanted.set()  # it may be there, plugged in after PortAudio listed the devices
+            self._failed(e)
+
+    def _write(self, out: np.ndarray) -> None:
+        block = self.resample.to_rate // 10
+        for start in range(0, len(out), block):
+            if self.interrupted.is_set():
+                self._close(cut=True)  # what the device still holds is not heard either
+                return
+            self.stream.write(out[start : start + block].reshape(-1, 1))
+
+    def _failed(self, error: Exception) -> None:
+        self._close(cut=True)
+        if not self.failing:
+            log.warning("speaker: %s; the assistant goes on without sound", error)
+        self.failing = True
+        _rescan_wanted.set()  # it may be there, plugged in after PortAudio listed the devices
+
+    def end_sound(self) -> None:
+        """Nothing follows the sound played last at once (the chime, an announcement, a reply's piece): the end
+        the resampler holds back (its delay, 58 ms from 16 to 44.1 kHz) plays now, not when the device is let go
+        a second later, after a silence."""
+        with self.playing, _portaudio:
+            if self.stream is None:  # cut, failed or let go: nothing is held
+                return
+            try:
+                self._write(self.resample.flush())
+            except Exception as e:  # PortAudio errors have no common base class
+                self._failed(e)
 
     def _stream(self, rate: int):
         return self.sounddevice.OutputStream(device=self.device, samplerate=rate, channels=1, dtype="int16")

@@ -142,7 +142,11 @@ class VoicePipeline:
         """Process a stream of 16 kHz frames; returns when it ends and the last reply is spoken."""
         self.voice.warm_up()  # before listening: the first reply must not pay for onnxruntime's first runs
         self.hearing, self.position = False, 0.0
+        outages = getattr(frames, "outages", 0)
         for frame in frames:
+            if getattr(frames, "outages", 0) != outages:  # the microphone was lost since the last frame
+                outages = frames.outages
+                self._audio_lost()
             self.position += len(frame) / RATE
             wake = self.wake.feed(frame)
             if wake is None or self.hearing:  # a command being heard is not a wake phrase, whatever it sounds like
@@ -169,6 +173,18 @@ class VoicePipeline:
         elif self.hearing:
             self._heard(self.transcriber.end())
         self.finish()
+
+    def _audio_lost(self) -> None:
+        """The microphone came back after an outage (seconds, or hours): what was heard before it does not
+        go on with what comes now. A command cut by it is dropped, not completed by the next words said near
+        the microphone (the television's, an hour later) and answered without a wake phrase."""
+        self.wake.reset(refractory=False)  # nor is half a wake phrase before it and half after one
+        self.listening_until = None
+        if self.hearing:
+            log.info("the microphone was lost while a command was being heard: it is not answered")
+            self.hearing = False
+            self.transcriber.start()
+            self.emit("final", text="", at=self.position)
 
     def _hear(self, frame: np.ndarray) -> None:
         replying = self.reply is not None and self.reply.alive()
@@ -264,9 +280,11 @@ class VoicePipeline:
                     self._play(reply, sentence, audio, silent)
                     continue
                 if holding:  # the end of the piece (or of what will be said of it)
-                    if audio is None and self.sentence_silence > 0 and not (reply.cancel.is_set() or silent.is_set()):
-                        self._play(reply, sentence, np.zeros(round(self.sentence_silence * self.voice.rate), np.int16),
-                                   silent, breath=True)  # fmt: skip
+                    if audio is None and not (reply.cancel.is_set() or silent.is_set()):
+                        if self.sentence_silence > 0:
+                            self._play(reply, sentence, np.zeros(round(self.sentence_silence * self.voice.rate),
+                                                                 np.int16), silent, breath=True)  # fmt: skip
+                        self._end_sound()
                     self.speaker.release()
                     holding = False
                 reply.speaking.set()  # a first piece with nothing to say ("---", an emoji) holds the rest back
@@ -341,6 +359,13 @@ class VoicePipeline:
                 if self.hushed.is_set():
                     return
                 self.sink.play(audio, self.voice.rate)
+            self._end_sound()
+
+    def _end_sound(self) -> None:
+        """Nothing follows what was played last at once: the sink plays what it holds back of its end (its
+        resampler's delay) now, not a second later. Sinks that hold nothing back need not have the method."""
+        if (end_sound := getattr(self.sink, "end_sound", None)) is not None:
+            end_sound()
 
     def _latency(self, reply: Reply) -> None:
         t = reply.times
@@ -368,6 +393,7 @@ class VoicePipeline:
         self.voice.cut()
         if chime:
             self.sink.play(earcon(), EARCON_RATE)
+            self._end_sound()  # the whole chime now: at 44.1 kHz a third of it came a second later
 
     def finish(self) -> None:
         for reply in [*self.cut, self.reply]:
