@@ -30,20 +30,26 @@ in order, if each part matches on its own; if one does not, it matches nothing (
 from __future__ import annotations
 
 import logging
+import math
 import re
 import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 import jsonschema
 from hassil import Intents, RecognizeResult, TextSlotList, Trie, recognize_best
 from hassil.parse_expression import parse_sentence
+from hassil.sample import sample_sentence
 
 from assistant.skills.sdk import Skill, SkillError, as_declared
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+# The built-in skills' folder: their sentences are written not to take each other's.
+BUILTIN_FOLDER = str(Path(__file__).resolve().parent / "builtin")
 
 # Our language codes → the sentence library's.
 HOME_ASSISTANT_LANGUAGES = {"en": "en", "zh": "zh-cn"}
@@ -182,6 +188,30 @@ class IntentMatcher:
         for language in self._languages():
             self._match_own(f"{language} 12 twelve 十二", language)
             self._match_library(f"{language} 12 twelve 十二", language)
+        self._warn_of_taken_sentences()
+
+    def _warn_of_taken_sentences(self) -> None:
+        """Log each sentence of a skill from outside the package that another skill's sentence answers.
+
+        hassil gives a tie to the skill loaded first: a copy of "what time is it" in a skill file
+        would go to the built-in one, and the skill would never hear it, without a word.
+        """
+        for name, found in self.skills.items():
+            if found.source.startswith(BUILTIN_FOLDER):
+                continue  # a match per sentence, at every start: only for the skills that may be new
+            for language, sentences in found.sentences.items():
+                for sentence in sentences:
+                    template = sentence[0] if isinstance(sentence, tuple) else sentence
+                    example = _example(found, template, language)
+                    taken = self._match_own(example, language) if example else None
+                    if taken is None or taken.skill == name:
+                        continue
+                    other = self.skills[taken.skill]
+                    log.warning(
+                        "%s: skill %s: its sentence %r (%s) is heard as %s (%s) instead: reword it, or turn %s off "
+                        "with skills.disabled",
+                        found.source, name, template, language, other.name, other.source, other.name,
+                    )  # fmt: skip
 
     def _consumed(self) -> dict[str, set[str]]:
         """For each library intent, the slots some skill that answers it takes."""
@@ -630,6 +660,39 @@ def _check_template(found: Skill, sentence: Any, language: str) -> None:
             raise SkillError(f"{where}: {name}={value!r} does not fit the parameter: {error.message}")
     if rule := RULE_REFERENCE.search(text):
         raise SkillError(f"{where}: <{rule.group(1)}> rules are not available in a skill's own sentences")
+
+
+def _example(found: Skill, template: str, language: str) -> str | None:
+    """One sentence the template hears, with a value the skill takes in each slot (None if it has none)."""
+    lists = {}
+    for reference in LIST_REFERENCE.finditer(template):
+        list_name, slot = reference.group(1), reference.group(2)
+        if slot is None:
+            value = _example_value(found.parameters["properties"][list_name], language)
+        else:  # {list:slot}: a list of the skill's own
+            value = next(iter(found.lists[list_name]))
+        if value is None:
+            return None
+        lists[list_name] = TextSlotList.from_strings([value], allow_template=False)
+    try:
+        return next(iter(sample_sentence(parse_sentence(template), lists, language=language, skip_optionals=True)))
+    except Exception:  # a template hassil samples otherwise than it matches: nothing to check
+        return None
+
+
+def _example_value(schema: dict, language: str) -> str | None:
+    """A value of a parameter as said: its first choice, its lowest number, "on", or a word for free text."""
+    if schema.get("type") == "array":
+        return _example_value(schema.get("items", {}), language)
+    if "enum" in schema:
+        return str(schema["enum"][0])
+    if schema.get("type") in ("integer", "number"):
+        lowest = math.ceil(schema.get("minimum", 1))
+        return str(lowest) if lowest <= schema.get("maximum", lowest) else None
+    if schema.get("type") == "boolean":
+        words = BOOLEAN_WORDS.get(language)
+        return words[0][0] if words else None
+    return "zebra"
 
 
 def _scope(sentence: str, skill_name: str, found: Skill) -> str:
