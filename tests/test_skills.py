@@ -761,3 +761,54 @@ def test_loading_the_skills_again_keeps_no_copy_of_the_modules_loaded_before() -
     for _ in range(10):
         load_registry(Settings(), [])
     assert copies() == before == 1
+
+
+def test_sentences_under_a_key_that_is_not_a_language_code_are_refused(tmp_path: Path) -> None:
+    """Under "cn" a Chinese sentence was never tried, and under "english" numbers were heard only as digits."""
+    write(
+        tmp_path,
+        "bakery.py",
+        """
+        from typing import Annotated
+
+        from assistant import Range, skill
+
+        @skill(sentences={"cn": ["烤{count}个蛋糕"]})
+        def cakes(count: Annotated[int, Range(1, 10)]) -> str:
+            \"\"\"Bake cakes.\"\"\"
+            return f"{count} cakes."
+
+        @skill(sentences={"english": ["bake {count} pies"]})
+        def pies(count: Annotated[int, Range(1, 10)]) -> str:
+            \"\"\"Bake pies.\"\"\"
+            return f"{count} pies."
+
+        @skill(sentences={"zh_CN": ["烤{count}个面包"]})
+        def bread(count: Annotated[int, Range(1, 10)]) -> str:
+            \"\"\"Bake bread.\"\"\"
+            return f"{count} loaves."
+
+        @skill(answers={"EN": ["the {kind} one"]})
+        def buns(kind: str = "") -> str:
+            \"\"\"Bake buns.\"\"\"
+            return "Which kind: plain or raisin?"
+
+        @skill(sentences={"zh-CN": ["烤{count}个饼干"], "en": ["bake {count} cookies"]})
+        def cookies(count: Annotated[int, Range(1, 10)]) -> str:
+            \"\"\"Bake cookies.\"\"\"
+            return f"{count} cookies."
+    """,
+    )
+    registry = Registry(context=SkillContext(state_dir=tmp_path))
+    registry.load_folder(tmp_path)
+    bakery = tmp_path / "bakery.py"
+    use = 'not a language code (use one such as "en" or "zh"); skipped'
+    assert registry.problems == [
+        f"{bakery}:6: skill cakes: sentences under 'cn': {use}",
+        f"{bakery}:11: skill pies: sentences under 'english': {use}",
+        f"{bakery}:16: skill bread: sentences under 'zh_CN': {use}",
+        f"{bakery}:21: skill buns: answers under 'EN': {use}",
+    ]
+    matcher = IntentMatcher(registry.skills)
+    assert matcher.match("烤三个饼干").arguments == {"count": 3}
+    assert matcher.match("bake three cookies").arguments == {"count": 3}

@@ -29,6 +29,7 @@ in order, if each part matches on its own; if one does not, it matches nothing (
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import re
@@ -42,6 +43,7 @@ import jsonschema
 from hassil import Intents, RecognizeResult, TextSlotList, Trie, recognize_best
 from hassil.parse_expression import parse_sentence
 from hassil.sample import sample_sentence
+from unicode_rbnf import RbnfEngine
 
 from assistant.skills.sdk import Skill, SkillError, as_declared
 
@@ -628,10 +630,27 @@ def check_sentences(found: Skill) -> None:
             raise SkillError(f"{where}: {bad[0]!r} is not plain words (no ()[]|{{}}<>)")
     for kind in ("sentences", "answers"):
         for language, sentences in getattr(found, kind).items():
+            if not is_language_code(language):  # "cn" was never tried on Chinese, "english" heard no number words
+                raise SkillError(
+                    f'skill {found.name}: {kind} under {language!r}: not a language code (use one such as "en" or "zh")'
+                )
             if not isinstance(sentences, list | tuple):  # a str would be taken a character at a time
                 raise SkillError(f"skill {found.name}: {kind} ({language}) is a list of templates, not {sentences!r}")
             for sentence in sentences:
                 _check_template(found, sentence, language)
+
+
+def is_language_code(language: Any) -> bool:
+    """Whether sentences under `language` are heard: a code hassil has number words for ("en", "zh",
+    "zh-cn"), written as the matcher reads it, its language before any "-"."""
+    if not isinstance(language, str) or not re.fullmatch(r"[a-z]{2,3}(-[A-Za-z0-9]+)*", language):
+        return False
+    return language.split("-")[0] in _number_languages()
+
+
+@functools.cache
+def _number_languages() -> frozenset[str]:
+    return frozenset(RbnfEngine.get_supported_languages())  # read from its data folder: 1 ms a call
 
 
 def _check_template(found: Skill, sentence: Any, language: str) -> None:
