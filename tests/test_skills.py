@@ -812,3 +812,39 @@ def test_sentences_under_a_key_that_is_not_a_language_code_are_refused(tmp_path:
     matcher = IntentMatcher(registry.skills)
     assert matcher.match("烤三个饼干").arguments == {"count": 3}
     assert matcher.match("bake three cookies").arguments == {"count": 3}
+
+
+def test_an_intent_the_sentence_library_does_not_have_is_refused(tmp_path: Path) -> None:
+    """A misspelt intent was never matched, without a word."""
+    write(
+        tmp_path,
+        "radio.py",
+        """
+        from assistant import skill
+
+        @skill(intents={"HassTurnOnn": {"on": True}})
+        def radio_on(on: bool) -> str:
+            \"\"\"Switch the radio.\"\"\"
+            return "Radio on."
+
+        @skill(intents={"HassTurnOn": "on"})
+        def radio_off(on: bool) -> str:
+            \"\"\"Switch the radio off.\"\"\"
+            return "Radio off."
+
+        @skill(intents={"HassGetCurrentDate": {}})
+        def radio_date() -> str:
+            \"\"\"Say the date as the radio does.\"\"\"
+            return "Radio date."
+    """,
+    )
+    registry = Registry(context=SkillContext(state_dir=tmp_path))
+    registry.load_folder(tmp_path)
+    radio = tmp_path / "radio.py"
+    assert registry.problems == [
+        f"{radio}:4: skill radio_on: intent 'HassTurnOnn' is not in Home Assistant's sentence library "
+        "(did you mean HassTurnOn?); skipped",
+        f"{radio}:9: skill radio_off: intent 'HassTurnOn' takes a dict of the skill's arguments ({{}} for none), "
+        "not 'on'; skipped",
+    ]
+    assert IntentMatcher(registry.skills).match("what's the date").skill == "radio_date"

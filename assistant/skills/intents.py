@@ -29,6 +29,7 @@ in order, if each part matches on its own; if one does not, it matches nothing (
 
 from __future__ import annotations
 
+import difflib
 import functools
 import logging
 import math
@@ -540,6 +541,11 @@ def _slots_in(template: str, rules: dict[str, str], seen: set[str]) -> set[str]:
     return slots
 
 
+@functools.cache
+def _library_intent_names() -> frozenset[str]:
+    return frozenset(library_intent_slots())  # read from the package's data: 20 ms a call
+
+
 def _library_intents(consumed: dict[str, set[str]], domains: set[str]) -> dict[str, Intents]:
     """The library's templates for the intents some skill answers (with the slots they take), per language.
 
@@ -619,6 +625,14 @@ def check_sentences(found: Skill) -> None:
     hassil parses templates only when it first matches, so one bad template would otherwise fail
     every skill's sentences in its language at start-up, not just its own skill at load time.
     """
+    for intent, arguments in found.intents.items():
+        if intent not in _library_intent_names():  # a misspelt intent would never be matched
+            close = difflib.get_close_matches(str(intent), _library_intent_names(), n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise SkillError(f"skill {found.name}: intent {intent!r} is not in Home Assistant's sentence library{hint}")
+        if not isinstance(arguments, dict):  # else every match would fail on it, and the matcher's start
+            what = "a dict of the skill's arguments ({} for none)"
+            raise SkillError(f"skill {found.name}: intent {intent!r} takes {what}, not {arguments!r}")
     parameters = found.parameters["properties"]
     for list_name, values in found.lists.items():
         where = f"skill {found.name}: list {list_name!r}"
