@@ -147,6 +147,30 @@ def test_a_timeout_that_a_thread_cannot_wait_for_is_explained(timeout: object) -
     assert build_skill(spec_of(skill(timeout=300)(nap))).timeout == 300
 
 
+@pytest.mark.parametrize(("option", "value"), [("confirm", "no"), ("confirm", 0), ("optional_tool", "false")])
+def test_a_yes_or_no_option_given_as_anything_but_a_bool_is_explained(option: str, value: object) -> None:
+    """confirm="no" asked for confirmation all the same, and optional_tool="false" made the skill optional."""
+
+    def unlock() -> str:
+        """Unlock the door."""
+        return "Unlocked."
+
+    wanted = f"skill unlock: {option} is True or False, not {value!r}"
+    with pytest.raises(SkillError, match=re.escape(wanted)):
+        build_skill(spec_of(skill(**{option: value})(unlock)))
+    assert getattr(build_skill(spec_of(skill(**{option: True})(unlock))), option) is True
+
+
+def test_a_range_given_as_the_hint_itself_is_told_the_annotated_form() -> None:
+    def wait(minutes: Range(1, 60)) -> str:
+        """Wait a while."""
+        return "Waited."
+
+    wanted = "skill wait: parameter 'minutes': Range(1, 60) goes inside Annotated: Annotated[int, Range(1, 60)]"
+    with pytest.raises(SkillError, match=re.escape(wanted)):
+        build_skill(spec_of(skill(wait)))
+
+
 def test_a_default_is_told_to_the_model_as_a_copy() -> None:
     @skill
     def tag(tags: list[str] = []) -> str:  # noqa: B006 (the mistake under test)

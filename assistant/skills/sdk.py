@@ -276,6 +276,9 @@ def build_skill(spec: SkillSpec, settings: Any = None, source: str = "") -> Skil
         )
     if problem := not_plain(spec.func):
         raise SkillError(f"skill {spec.name} {problem}")
+    for option in ("confirm", "optional_tool"):  # confirm="no" is true, and would ask all the same
+        if not isinstance(value := getattr(spec, option), bool):
+            raise SkillError(f"skill {spec.name}: {option} is True or False, not {value!r}")
     timeout = spec.timeout
     # A thread's join() refuses a string and overflows on infinity: the call would raise, not time out.
     # Longer than a turn may run, a call would have the whole assistant restarted as hung, as for
@@ -416,6 +419,12 @@ def _schema(hint: Any, settings: Any) -> dict:
         return {"type": "string", "maxLength": MAX_STRING}
     if hint in _JSON_TYPES:
         return {"type": _JSON_TYPES[hint]}
+    if isinstance(hint, Range):  # `minutes: Range(1, 60)`, as a bound reads aloud
+        bounds = f"Range({hint.minimum!r}, {hint.maximum!r})"
+        kind = "float" if any(isinstance(b, float) for b in (hint.minimum, hint.maximum)) else "int"
+        raise SkillError(f"{bounds} goes inside Annotated: Annotated[{kind}, {bounds}]")
+    if isinstance(hint, Choices):
+        raise SkillError("Choices goes inside Annotated: Annotated[str, Choices(...)]")
     raise SkillError(f"type {getattr(hint, '__name__', hint)!r} is not supported (use str, int, float, bool, "
                      "Literal, list or Optional)")  # fmt: skip
 
