@@ -613,3 +613,35 @@ def test_a_call_runs_no_longer_than_its_caller_can_wait() -> None:
     assert registry.call("slow_door", {}, within=0).error == "slow_door took too long"
     assert not ran  # no time left: not started, so no command is left half done
     assert registry.call("slow_door", {}, within=30).text == "The door is open."  # its own timeout is less
+
+
+WORKER = '''
+import threading
+
+from assistant import skill
+
+
+def _work():
+    raise RuntimeError("the sensor is unplugged")
+
+
+@skill
+def start_worker() -> str:
+    """Start a worker thread."""
+    threading.Thread(target=_work, name="sensor-worker").start()
+    return "Started."
+'''
+
+
+def test_a_thread_a_skill_started_that_raises_is_one_log_record_with_its_traceback(tmp_path: Path, caplog) -> None:
+    """Python's default prints it on stderr in pieces, which a log line written meanwhile cut in two."""
+    (tmp_path / "worker.py").write_text(WORKER)
+    registry = registry_module.load_registry(Settings(), [tmp_path], SkillContext(state_dir=tmp_path / "state"))
+    assert registry.call("start_worker", {}).text == "Started."
+    deadline = time.monotonic() + 30
+    while not [r for r in caplog.records if "sensor-worker" in r.getMessage()] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    (record,) = [r for r in caplog.records if "sensor-worker" in r.getMessage()]
+    assert record.levelname == "ERROR" and record.name == "assistant.skills.registry"
+    assert record.getMessage() == "thread sensor-worker ended with an error: RuntimeError: the sensor is unplugged"
+    assert f'File "{tmp_path / "worker.py"}", line 8, in _work' in record.exc_text

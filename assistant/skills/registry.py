@@ -663,8 +663,23 @@ def _forget_type_hints() -> None:
         clear()
 
 
+def _log_thread_error(args: threading.ExceptHookArgs) -> None:
+    """A thread that ends with an exception (one a skill started): one log record with its traceback.
+
+    Python's default writes it to stderr in pieces, and a log line written meanwhile from another
+    thread landed in the middle of them.
+    """
+    if args.exc_type is SystemExit:  # as the default: sys.exit() in a thread ends only that thread
+        return
+    name = args.thread.name if args.thread is not None else "?"
+    error = (args.exc_type, args.exc_value, args.exc_traceback)
+    reason = "".join(traceback.format_exception_only(args.exc_type, args.exc_value)).strip()
+    log.error("thread %s ended with an error: %s", name, reason, exc_info=error)
+
+
 def load_registry(settings: Any, skill_dirs: list[Path], context: SkillContext | None = None) -> Registry:
     """All skills: the built-in ones, each folder in order, then installed packages' entry points."""
+    threading.excepthook = _log_thread_error  # before a skill module may start a thread
     disabled = tuple(getattr(getattr(settings, "skills", None), "disabled", ()) or ())
     timeout = getattr(getattr(settings, "skills", None), "timeout_seconds", DEFAULT_TIMEOUT)
     if context is None:
