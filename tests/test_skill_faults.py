@@ -645,3 +645,37 @@ def test_a_thread_a_skill_started_that_raises_is_one_log_record_with_its_traceba
     assert record.levelname == "ERROR" and record.name == "assistant.skills.registry"
     assert record.getMessage() == "thread sensor-worker ended with an error: RuntimeError: the sensor is unplugged"
     assert f'File "{tmp_path / "worker.py"}", line 8, in _work' in record.exc_text
+
+
+OWN_FOLDER = '''
+from assistant import SkillContext, skill
+
+
+@skill
+def weather(context: SkillContext) -> str:
+    """Tell the weather."""
+    context.state_dir = context.state_dir / "weather"  # a folder of its own, it thought
+    with context.database("forecast") as db:
+        db.execute("CREATE TABLE IF NOT EXISTS seen (day TEXT)")
+    return "Sunny."
+
+'''
+
+
+def test_a_skill_that_changes_what_it_was_given_changes_nothing_for_the_others(tmp_path: Path, caplog) -> None:
+    """The context is every skill's: a skill that moved its state_dir moved the timers' alarms out of sight."""
+    (tmp_path / "weather.py").write_text(OWN_FOLDER)
+    state = tmp_path / "state"
+    registry = registry_module.load_registry(Settings(), [tmp_path], SkillContext(state_dir=state))
+    assert registry.call("weather", {}).text == "Sunny."
+    assert registry.context.state_dir == state and (state / "weather" / "forecast.sqlite3").exists()
+    assert registry.call("set_timer", {"minutes": 5}).text == "Timer set for 5 minutes."
+    assert (state / "timers.sqlite3").exists() and not (state / "weather" / "timers.sqlite3").exists()
+    assert registry.call("weather", {}).text == "Sunny."  # the same folder again, not weather/weather
+    assert not (state / "weather" / "weather").exists()
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    changed_back = (
+        f"{tmp_path / 'weather.py'}:5: skill weather set context.state_dir, which every skill shares: "
+        "changed back (keep what is the skill's own in its module)"
+    )
+    assert warned == [changed_back, changed_back]

@@ -181,7 +181,8 @@ def test_a_default_is_told_to_the_model_as_a_copy() -> None:
     registry = Registry()
     registry.add_function(tag, "test")
     assert registry.call("tag", {}).text == "seen"
-    assert registry.call("tag", {}).text == "seen seen"  # Python's own shared default, as the skill wrote it
+    assert registry.call("tag", {}).text == "seen"  # not Python's shared default: each call's own, as the model is told
+    assert registry.call("tag", {"tags": ["new"]}).text == "new seen"
     assert registry.skills["tag"].parameters["properties"]["tags"]["default"] == []
 
 

@@ -8,6 +8,7 @@ back as a SkillResult with an error, never as an exception into the turn.
 
 from __future__ import annotations
 
+import copy
 import functools
 import hashlib
 import importlib.machinery
@@ -64,6 +65,10 @@ IMPORT_SECONDS = 30.0  # a skill module still importing after this long is skipp
 # tokenizes it, or a client is sent it, which for megabytes took minutes and a gigabyte of memory.
 MAX_RESULT = 10_000
 KEPT = "keeping the version loaded before"
+# What every skill's calls and the background tasks get from the one SkillContext: a skill that sets
+# one of them (its own state_dir) is undone after its call, or the timers' alarms would be looked for
+# in its folder. (`stopped_at` is set by "stop" for the others; `language` and `heard` by each turn.)
+SHARED_CONTEXT = ("settings", "state_dir", "say", "stop", "last_reply", "skills")
 STOP_WAIT_SECONDS = 10.0  # a background task still running this long after its stop was set is logged
 
 # The last module (or function) each skill file or entry point gave without a problem in this
@@ -397,8 +402,13 @@ class Registry:
         log.debug("calling %s with %s", name, arguments)  # what the person said: kept from the journal
         properties = found.parameters["properties"]
         kwargs = {key: as_declared(value, properties[key]) for key, value in arguments.items()}
+        for param in inspect.signature(found.func).parameters.values():
+            if param.name not in kwargs and isinstance(param.default, list | dict):
+                # `items: list[str] = []` that the skill appends to: each call's own, as the model was told it.
+                kwargs[param.name] = copy.deepcopy(param.default)
         if found.wants_context:
             kwargs[found.wants_context] = self.context
+        shared = {key: getattr(self.context, key) for key in SHARED_CONTEXT}
         timeout = min(found.timeout or self.timeout, threading.TIMEOUT_MAX)
         cut = within is not None and within < timeout  # the caller's time ends first
         if cut and within <= 0:
@@ -410,6 +420,13 @@ class Registry:
         thread, outcome = _start(f"skill-{name}", lambda: found.func(**kwargs))
         thread.join(timeout)
         where = f"{found.source}: skill {name}"
+        for key, value in shared.items():
+            if getattr(self.context, key) is not value:
+                setattr(self.context, key, value)
+                log.warning(
+                    "%s set context.%s, which every skill shares: changed back (keep what is the skill's own in its "
+                    "module)", where, key,
+                )  # fmt: skip
         if not outcome:
             self.left_running[name] = thread
             if cut:
