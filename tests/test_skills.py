@@ -873,3 +873,36 @@ def test_an_intent_the_sentence_library_does_not_have_is_refused(tmp_path: Path)
         "not 'on'; skipped",
     ]
     assert IntentMatcher(registry.skills).match("what's the date").skill == "radio_date"
+
+
+def test_a_sentence_without_a_parameter_the_skill_needs_is_refused(tmp_path: Path) -> None:
+    """ "play some radio" matched, failed the schema for want of a station and went to the model, every time."""
+    write(
+        tmp_path,
+        "radio.py",
+        """
+        from typing import Literal
+
+        from assistant import skill
+
+        @skill(sentences={"en": ["play {station} radio", "play some radio"]})
+        def play_radio(station: Literal["jazz", "news"]) -> str:
+            \"\"\"Play the radio.\"\"\"
+            return f"Playing {station}."
+
+        @skill(
+            sentences={"en": ["play {station} louder", ("play the news loud", {"station": "news"})]},
+            answers={"en": ["the loud one"]},
+        )
+        def play_loud(station: Literal["jazz", "news"], loud: bool = True) -> str:
+            \"\"\"Play the radio loud.\"\"\"
+            return f"Playing {station} loud."
+    """,
+    )
+    registry = Registry(context=SkillContext(state_dir=tmp_path))
+    registry.load_folder(tmp_path)
+    assert registry.problems == [
+        f"{tmp_path / 'radio.py'}:6: skill play_radio: sentence 'play some radio' (en) never runs the skill: it "
+        "has no {station}, which the skill needs (give station a default to take the sentence without it); skipped"
+    ]
+    assert IntentMatcher(registry.skills).match("play the news loud").arguments == {"station": "news"}

@@ -651,7 +651,7 @@ def check_sentences(found: Skill) -> None:
             if not isinstance(sentences, list | tuple):  # a str would be taken a character at a time
                 raise SkillError(f"skill {found.name}: {kind} ({language}) is a list of templates, not {sentences!r}")
             for sentence in sentences:
-                _check_template(found, sentence, language)
+                _check_template(found, sentence, language, answer=kind == "answers")
 
 
 def is_language_code(language: Any) -> bool:
@@ -667,8 +667,9 @@ def _number_languages() -> frozenset[str]:
     return frozenset(RbnfEngine.get_supported_languages())  # read from its data folder: 1 ms a call
 
 
-def _check_template(found: Skill, sentence: Any, language: str) -> None:
-    """Raise SkillError for a template, or a (template, {slot: value}) pair, that cannot be used."""
+def _check_template(found: Skill, sentence: Any, language: str, answer: bool = False) -> None:
+    """Raise SkillError for a template, or a (template, {slot: value}) pair, that cannot be used
+    (`answer`: one that completes the arguments of the call that asked)."""
     parameters = found.parameters["properties"]
     pair = isinstance(sentence, tuple) and len(sentence) == 2 and isinstance(sentence[1], dict)
     text, fixed = sentence if pair else (sentence, {})
@@ -688,6 +689,13 @@ def _check_template(found: Skill, sentence: Any, language: str) -> None:
             raise SkillError(f"{where}: {{{list_name}:...}} is not one of the skill's lists")
     if unknown := [name for name in fixed if name not in parameters]:
         raise SkillError(f"{where}: {{{unknown[0]}}} is not a parameter of the skill")
+    given = {reference.group(2) or reference.group(1) for reference in LIST_REFERENCE.finditer(text)} | set(fixed)
+    if not answer and (missing := [name for name in found.parameters["required"] if name not in given]):
+        # Heard, then refused by the schema: the sentence would go to the model every time.
+        needs = f"it has no {{{missing[0]}}}, which the skill needs"
+        raise SkillError(
+            f"{where} never runs the skill: {needs} (give {missing[0]} a default to take the sentence without it)"
+        )
     for name, value in fixed.items():  # else the sentence is heard and silently answers nothing
         if error := next(jsonschema.Draft202012Validator(parameters[name]).iter_errors(value), None):
             raise SkillError(f"{where}: {name}={value!r} does not fit the parameter: {error.message}")
