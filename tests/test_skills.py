@@ -677,6 +677,30 @@ def test_a_second_skill_of_the_same_name_is_told_how_to_fix_it(tmp_path: Path) -
     assert theirs.endswith(f"({rename} or turn the built-in one off with skills.disabled: [set_timer]); skipped")
 
 
+def test_a_built_in_skill_turned_off_is_replaced_by_one_of_its_name(tmp_path: Path) -> None:
+    """What the message above advises: the built-in one in skills.disabled, and the skill file's takes its place."""
+    (tmp_path / "skills").mkdir()
+    write(
+        tmp_path / "skills",
+        "clock.py",
+        '''
+        from assistant import skill
+
+        @skill(sentences={"en": ["what time is it"]})
+        def current_time() -> str:
+            """Tell the time, my way."""
+            return "Time for tea."
+    ''',
+    )
+    settings = Settings()
+    settings.skills.disabled = ["current_time"]
+    registry = load_registry(settings, [tmp_path / "skills"], SkillContext(settings=settings, state_dir=tmp_path))
+    assert registry.problems == []
+    assert registry.skills["current_time"].source == f"{tmp_path / 'skills' / 'clock.py'}:4"
+    assert registry.call("current_time", {}).text == "Time for tea."
+    assert IntentMatcher(registry.skills).match("what time is it").skill == "current_time"
+
+
 def test_a_folder_named_twice_is_loaded_once(tmp_path: Path) -> None:
     write(
         tmp_path,

@@ -278,7 +278,8 @@ class Registry:
         if spec is None:
             self._problem(source, f"{func!r} is not marked with @skill")
             return
-        if spec.name in disabled:
+        if spec.name in disabled and spec.name not in self.turned_off:
+            # The first of its name (the built-in one): a skill of that name loaded after it takes its place.
             self.turned_off.add(spec.name)
             return
         where = _where(func, source)
