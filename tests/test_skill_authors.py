@@ -480,3 +480,31 @@ def test_a_sentence_another_skill_already_answers_is_named_in_a_warning(tmp_path
     # Its own words still reach it.
     assert matcher.match("what time is it in Paris").skill == "world_clock"
     assert matcher.match("make coffee").skill == "make_coffee"
+
+
+POLLER = """
+from assistant import background
+
+
+@background
+def poll_sensor(stop):
+    while not stop.wait(5):
+        pass
+
+
+@background
+def poll_door(context, stop, seconds=5):
+    while not stop.wait(seconds):
+        pass
+"""
+
+
+def test_a_background_task_that_cannot_take_its_context_and_stop_is_named_at_load(tmp_path: Path) -> None:
+    """It failed on every start instead, each a traceback through the registry, none naming its file."""
+    (tmp_path / "poller.py").write_text(POLLER)
+    registry = load(tmp_path)
+    assert registry.problems == [
+        f"{tmp_path / 'poller.py'}:5: background task poll_sensor takes (stop): it cannot be called as "
+        "poll_sensor(context, stop); skipped"
+    ]
+    assert [spec.name for spec in registry.background] == ["poll_door"]

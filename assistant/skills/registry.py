@@ -183,7 +183,8 @@ class Registry:
             if hasattr(value, SKILL_ATTRIBUTE):
                 self.add_function(value, source, disabled, _namesake(before, value))
             elif hasattr(value, BACKGROUND_ATTRIBUTE):
-                if problem := not_plain(value):
+                problem = not_plain(value) or _not_callable_as_task(value)
+                if problem:
                     self._problem(_where(value, source), f"background task {value.__name__} {problem}")
                 else:
                     self.background.append(getattr(value, BACKGROUND_ATTRIBUTE))
@@ -565,6 +566,20 @@ def check_satisfiable(found: Skill) -> None:
     failed, messages = llguidance.LLMatcher.validate_grammar_with_warnings(grammar)
     if failed:
         raise SkillError(f"skill {found.name}: no arguments can satisfy its schema ({'; '.join(messages)})")
+
+
+def _not_callable_as_task(func: Callable) -> str | None:
+    """Why `func` cannot be called as a background task, func(context, stop), or None: found at load, it
+    is named with its file, not failing at each restart with a traceback through this module."""
+    try:
+        signature = inspect.signature(func)
+    except (TypeError, ValueError):  # no signature to read (a builtin): the call will say
+        return None
+    try:
+        signature.bind(None, None)
+    except TypeError:
+        return f"takes {signature}: it cannot be called as {func.__name__}(context, stop)"
+    return None
 
 
 def _from_helper(value: Any, module: ModuleType) -> bool:
