@@ -290,6 +290,10 @@ def test_decorator_mistakes_are_explained(tmp_path: Path, caplog) -> None:
     (tmp_path / "named.py").write_text(
         "from assistant import skill\n\n\n@skill('weather')\ndef forecast() -> str:\n    '''Tell the weather.'''\n"
     )
+    (tmp_path / "spelt.py").write_text(
+        "from assistant import skill\n\n\n@skill(sentence={'en': ['make toast']})\ndef toast() -> str:\n"
+        '    """Make toast."""\n'
+    )
     (tmp_path / "wrapped.py").write_text(
         textwrap.dedent('''
         from assistant import skill
@@ -333,6 +337,8 @@ def test_decorator_mistakes_are_explained(tmp_path: Path, caplog) -> None:
     named, units, wrapped = tmp_path / "named.py", tmp_path / "units.py", tmp_path / "wrapped.py"
     assert registry.problems == [
         f"{named}:4: @skill takes its options by name, as in @skill(name='weather'), not 'weather'; skipped",
+        f"{tmp_path / 'spelt.py'}:4: @skill has no option 'sentence' (did you mean sentences?); its options are "
+        "name, confirm, timeout, sentences, intents, optional_tool, lists, answers; skipped",
         f"{wrapped}:6: skill again needs a docstring: it is the description the model sees (again is a "
         "function made inside another, as a decorator's: give that decorator @functools.wraps(func)); skipped",
     ]

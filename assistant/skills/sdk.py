@@ -20,6 +20,7 @@ bounds from Range, str, lists, defaults), the description from the docstring.
 from __future__ import annotations
 
 import contextlib
+import difflib
 import errno
 import inspect
 import json
@@ -227,6 +228,7 @@ def skill(
     optional_tool: bool = False,
     lists: dict[str, dict] | None = None,
     answers: dict[str, list] | None = None,
+    **misspelt: Any,
 ) -> Any:
     """Mark a function as a skill. Use as @skill or @skill(confirm=True, sentences={...}, intents={...}).
 
@@ -246,6 +248,12 @@ def skill(
     parameter.
     """
 
+    if misspelt:  # @skill(sentence=...): Python's own "unexpected keyword argument" names no fix
+        option = next(iter(misspelt))
+        options = [p for p in inspect.signature(skill).parameters if p not in ("func", "misspelt")]
+        close = difflib.get_close_matches(option, options, n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise SkillError(f"@skill has no option {option!r}{hint}; its options are {', '.join(options)}")
     if func is not None and not callable(func):  # @skill("weather"), as a web framework's routes are named
         raise SkillError(f"@skill takes its options by name, as in @skill(name={func!r}), not {func!r}")
     given = {"sentences": sentences, "intents": intents, "lists": lists, "answers": answers}
