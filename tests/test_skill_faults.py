@@ -679,3 +679,23 @@ def test_a_skill_that_changes_what_it_was_given_changes_nothing_for_the_others(t
         "changed back (keep what is the skill's own in its module)"
     )
     assert warned == [changed_back, changed_back]
+
+
+def test_a_skill_file_that_is_no_python_text_is_named_without_a_made_up_place(tmp_path: Path, monkeypatch) -> None:
+    """Bytes saved under a .py name, and a FIFO, said "None:None:" and ":0" where a line would be."""
+    monkeypatch.setattr(registry_module, "IMPORT_SECONDS", 0.5)
+    (tmp_path / "binary.py").write_bytes(b"\x00\x01\x02 not python")
+    os.mkfifo(tmp_path / "pipe.py")
+    (tmp_path / "tea.py").write_text(
+        "from assistant import skill\n\n\n@skill\ndef make_tea() -> str:\n"
+        "    '''Start the kettle.'''\n    return 'On.'\n"
+    )
+    registry = Registry()
+    registry.load_folder(tmp_path)
+    assert registry.problems == [
+        f"{tmp_path / 'binary.py'}: syntax error: source code string cannot contain null bytes; skipped",
+        f"{tmp_path / 'pipe.py'}: still importing after 0.5 s ({registry_module.WAITS_AT_IMPORT}); skipped",
+    ]
+    assert registry.call("make_tea", {}).text == "On."
+    with open(tmp_path / "pipe.py", "w"):  # lets the import that waits on it go
+        pass

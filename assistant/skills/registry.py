@@ -345,7 +345,8 @@ class Registry:
         if not outcome:
             frame = sys._current_frames().get(thread.ident)
             line = _line_in(path, traceback.extract_stack(frame) if frame else [])
-            self._problem(f"{path}:{line}", f"still importing after {IMPORT_SECONDS:g} s ({WAITS_AT_IMPORT})", kept)
+            where = f"{path}:{line}" if line else str(path)  # no line: still reading the file (a FIFO)
+            self._problem(where, f"still importing after {IMPORT_SECONDS:g} s ({WAITS_AT_IMPORT})", kept)
         elif (error := outcome[0][1]) is not None:
             own_syntax = isinstance(error, SyntaxError) and error.filename == str(path)
             line = error.lineno if own_syntax else _line_in(path, traceback.extract_tb(error.__traceback__))
@@ -594,7 +595,8 @@ def _import_problem(error: BaseException, path: Path) -> str:
     if isinstance(error, SkillError):
         return str(error)
     if isinstance(error, SyntaxError):
-        at = "" if error.filename == str(path) else f"{error.filename}:{error.lineno}: "
+        # A file of bytes, not text (NUL in it), comes with no file name at all.
+        at = "" if error.filename in (str(path), None) else f"{error.filename}:{error.lineno}: "
         return f"{at}syntax error: {error.msg}"
     frames = traceback.extract_tb(error.__traceback__)
     helpers = [f for f in frames if Path(f.filename).parent == path.parent and f.filename != str(path)]
