@@ -171,6 +171,28 @@ def test_a_range_given_as_the_hint_itself_is_told_the_annotated_form() -> None:
         build_skill(spec_of(skill(wait)))
 
 
+def test_a_misspelt_name_under_args_is_warned_of(caplog) -> None:
+    """The model saw no description of `glasses`, and a number out of its range was "the number"."""
+
+    def drink(glasses: Annotated[int, Range(1, 20)], note: str = "") -> str:
+        """Count glasses of water.
+
+        Args:
+            glases: how many glasses were drunk
+            note: anything to remember, for
+                example: after a run
+        """
+        return "Counted."
+
+    with caplog.at_level("WARNING"):
+        built = build_skill(spec_of(skill(drink)), source="water.py:3")
+    assert "description" not in built.parameters["properties"]["glasses"]
+    assert [r.getMessage() for r in caplog.records] == [
+        "water.py:3: skill drink: its docstring describes 'glases' under Args:, which is no parameter "
+        "(did you mean glasses? the model is told nothing of that one)"
+    ]
+
+
 def test_a_default_is_told_to_the_model_as_a_copy() -> None:
     @skill
     def tag(tags: list[str] = []) -> str:  # noqa: B006 (the mistake under test)

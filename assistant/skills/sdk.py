@@ -354,6 +354,14 @@ def build_skill(spec: SkillSpec, settings: Any = None, source: str = "") -> Skil
                 )
             schema["default"] = default
         properties[param.name] = schema
+    undescribed = [name for name, schema in properties.items() if "description" not in schema]
+    for named in arg_docs.keys() - inspect.signature(spec.func).parameters.keys():
+        # Only a near miss: an indented "example: ..." line under an argument's text is no misspelling.
+        if close := difflib.get_close_matches(named, undescribed, n=1):
+            log.warning(
+                "%s: skill %s: its docstring describes %r under Args:, which is no parameter (did you mean %s? the "
+                "model is told nothing of that one)", source or spec.name, spec.name, named, close[0],
+            )  # fmt: skip
     parameters = {"type": "object", "properties": properties, "required": required, "additionalProperties": False}
     return Skill(spec.name, spec.func, description, parameters, spec.confirm, spec.timeout, spec.sentences,
                  spec.intents, source, wants_context, spec.optional_tool, spec.lists, spec.answers)  # fmt: skip
