@@ -644,7 +644,7 @@ def check_sentences(found: Skill) -> None:
             raise SkillError(f"{where}: {bad[0]!r} is not plain words (no ()[]|{{}}<>)")
     for kind in ("sentences", "answers"):
         for language, sentences in getattr(found, kind).items():
-            if not is_language_code(language):  # "cn" was never tried on Chinese, "english" heard no number words
+            if not _is_language_code(language):  # "cn" was never tried on Chinese, "english" heard no number words
                 raise SkillError(
                     f'skill {found.name}: {kind} under {language!r}: not a language code (use one such as "en" or "zh")'
                 )
@@ -654,7 +654,7 @@ def check_sentences(found: Skill) -> None:
                 _check_template(found, sentence, language, answer=kind == "answers")
 
 
-def is_language_code(language: Any) -> bool:
+def _is_language_code(language: Any) -> bool:
     """Whether sentences under `language` are heard: a code hassil has number words for ("en", "zh",
     "zh-cn"), written as the matcher reads it, its language before any "-"."""
     if not isinstance(language, str) or not re.fullmatch(r"[a-z]{2,3}(-[A-Za-z0-9]+)*", language):

@@ -355,7 +355,7 @@ def build_skill(spec: SkillSpec, settings: Any = None, source: str = "") -> Skil
             schema["default"] = default
         properties[param.name] = schema
     undescribed = [name for name, schema in properties.items() if "description" not in schema]
-    for named in arg_docs.keys() - inspect.signature(spec.func).parameters.keys():
+    for named in sorted(arg_docs.keys() - inspect.signature(spec.func).parameters.keys()):
         # Only a near miss: an indented "example: ..." line under an argument's text is no misspelling.
         if close := difflib.get_close_matches(named, undescribed, n=1):
             log.warning(
