@@ -699,3 +699,27 @@ def test_a_skill_file_that_is_no_python_text_is_named_without_a_made_up_place(tm
     assert registry.call("make_tea", {}).text == "On."
     with open(tmp_path / "pipe.py", "w"):  # lets the import that waits on it go
         pass
+
+
+def test_many_modules_that_hang_at_import_wait_together_only_so_long(tmp_path: Path, monkeypatch) -> None:
+    """30 s each, ten files that wait for one server that is down held the start past systemd's
+    TimeoutStartSec (300 s), and the assistant was killed and started again, and again."""
+    monkeypatch.setattr(registry_module, "IMPORT_SECONDS", 0.5)
+    monkeypatch.setattr(registry_module, "LOAD_WAIT_SECONDS", 0.9)
+    monkeypatch.setattr(registry_module, "SHORT_WAIT_SECONDS", 0.1)
+    hanging = [
+        write(tmp_path, f"sensor{i}.py", "import time\n\ntime.sleep(3600)  # the server is down\n") for i in range(4)
+    ]
+    write(tmp_path, "ping.py", PING)
+    registry = Registry()
+    registry.load_folder(tmp_path)
+    assert list(registry.skills) == ["ping"]
+    waits = f"({registry_module.WAITS_AT_IMPORT}); skipped"
+    spent = "the load had spent its 0.9 s of waiting on others"
+    assert registry.problems == [
+        f"{hanging[0]}:3: still importing after 0.5 s {waits}",
+        f"{hanging[1]}:3: still importing after 0.5 s {waits}",
+        f"{hanging[2]}:3: still importing after 0.1 s ({spent}) {waits}",
+        f"{hanging[3]}:3: still importing after 0.1 s ({spent}) {waits}",
+    ]
+    assert Registry().waited == 0  # a reload waits afresh

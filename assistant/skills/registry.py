@@ -60,6 +60,11 @@ DEFAULT_TIMEOUT = 10.0
 BUILTIN_SKILLS = Path(__file__).resolve().parent / "builtin"
 BACKOFF_SECONDS = (1.0, 60.0)  # a background task that fails is restarted after 1 s, doubling up to 60 s
 IMPORT_SECONDS = 30.0  # a skill module still importing after this long is skipped (it waits for something)
+# All of one load's waits for imports and Choices together: past this, each gets SHORT_WAIT_SECONDS,
+# so that ten files waiting for one server that is down do not hold the start past systemd's
+# TimeoutStartSec (300 s in the unit), which would have it killed and started again, and again.
+LOAD_WAIT_SECONDS = 120.0
+SHORT_WAIT_SECONDS = 1.0
 # Characters of a skill's text (ten minutes of speech; more is a skill reading out a page) or of its
 # data as JSON (several times what the model's context holds): more ends the call before the turn
 # tokenizes it, or a client is sent it, which for megabytes took minutes and a gigabyte of memory.
@@ -102,6 +107,7 @@ class Registry:
     background: list[BackgroundSpec] = field(default_factory=list)
     turned_off: set[str] = field(default_factory=set)  # skills found but listed in skills.disabled
     left_running: dict[str, threading.Thread] = field(default_factory=dict)  # calls past their timeout
+    waited: float = 0.0  # seconds this load has spent waiting for imports and Choices
 
     # -- loading ------------------------------------------------------------------------------------
 
@@ -144,10 +150,10 @@ class Registry:
             for name in [m for m in sys.modules if m == entry.module or m.startswith(entry.module + ".")]:
                 del sys.modules[name]
             before = _loaded_before.get(source)
-            thread, outcome = _import_in_thread(source, f"import-{entry.name}", entry.load)
+            thread, outcome, wait = self._in_thread(source, f"import-{entry.name}", entry.load)
             loaded, problem = None, None
             if not outcome:
-                problem = f"still importing after {IMPORT_SECONDS:g} s ({WAITS_AT_IMPORT})"
+                problem = f"still importing after {wait} ({WAITS_AT_IMPORT})"
             elif (error := outcome[0][1]) is not None:
                 problem = f"cannot be imported: {type(error).__name__}: {error}"
             else:
@@ -310,9 +316,9 @@ class Registry:
         # In a thread, as an import: a Choices function runs here, and one that asks a server for its
         # names (a home server that is down) would otherwise hold up the start, or end it with sys.exit().
         build = functools.partial(build_skill, spec, self.settings, where)
-        _, outcome = _import_in_thread(f"{where}: skill {spec.name}", f"build-{spec.name}", build)
+        _, outcome, wait = self._in_thread(f"{where}: skill {spec.name}", f"build-{spec.name}", build)
         if not outcome:
-            what = f"skill {spec.name} is still being described after {IMPORT_SECONDS:g} s"
+            what = f"skill {spec.name} is still being described after {wait}"
             raise SkillError(f"{what} (does a Choices function wait for a device or the network?)")
         built, error = outcome[0]
         try:
@@ -341,12 +347,12 @@ class Registry:
         sys.modules[name] = module
         # In a thread: a module that waits at import (a device, the network) or calls sys.exit()
         # must not hold up or end the assistant's start.
-        thread, outcome = _import_in_thread(path, f"import-{path.stem}", lambda: spec.loader.exec_module(module))
+        thread, outcome, wait = self._in_thread(path, f"import-{path.stem}", lambda: spec.loader.exec_module(module))
         if not outcome:
             frame = sys._current_frames().get(thread.ident)
             line = _line_in(path, traceback.extract_stack(frame) if frame else [])
             where = f"{path}:{line}" if line else str(path)  # no line: still reading the file (a FIFO)
-            self._problem(where, f"still importing after {IMPORT_SECONDS:g} s ({WAITS_AT_IMPORT})", kept)
+            self._problem(where, f"still importing after {wait} ({WAITS_AT_IMPORT})", kept)
         elif (error := outcome[0][1]) is not None:
             own_syntax = isinstance(error, SyntaxError) and error.filename == str(path)
             line = error.lineno if own_syntax else _line_in(path, traceback.extract_tb(error.__traceback__))
@@ -356,6 +362,16 @@ class Registry:
             return module
         sys.modules.pop(name, None)
         return None
+
+    def _in_thread(self, key: Path | str, name: str, load: Callable[[], Any]) -> tuple[threading.Thread, list, str]:
+        """`_import_in_thread` with what is left of this load's time for waiting; the wait in words."""
+        short = self.waited >= LOAD_WAIT_SECONDS
+        seconds = SHORT_WAIT_SECONDS if short else IMPORT_SECONDS
+        started = time.monotonic()
+        thread, outcome = _import_in_thread(key, name, load, seconds)
+        self.waited += time.monotonic() - started
+        spent = f" (the load had spent its {LOAD_WAIT_SECONDS:g} s of waiting on others)" if short else ""
+        return thread, outcome, f"{seconds:g} s{spent}"
 
     def _problem(self, where: str, reason: str, kept: bool = False) -> None:
         message = f"{where}: {reason}; {KEPT if kept else 'skipped'}"
@@ -541,8 +557,10 @@ def _start(name: str, func: Callable[[], Any]) -> tuple[threading.Thread, list]:
     return thread, outcome
 
 
-def _import_in_thread(key: Path | str, name: str, load: Callable[[], Any]) -> tuple[threading.Thread, list]:
-    """`_start(name, load)` waited for up to IMPORT_SECONDS; an empty outcome if it is still importing.
+def _import_in_thread(
+    key: Path | str, name: str, load: Callable[[], Any], seconds: float
+) -> tuple[threading.Thread, list]:
+    """`_start(name, load)` waited for up to `seconds`; an empty outcome if it is still importing.
 
     An import still waiting since an earlier load (a device that never answers) is not started
     again: each reload would leave one more thread stuck in it.
@@ -551,7 +569,7 @@ def _import_in_thread(key: Path | str, name: str, load: Callable[[], Any]) -> tu
     if earlier is not None and earlier.is_alive():
         return earlier, []
     thread, outcome = _start(name, load)
-    thread.join(IMPORT_SECONDS)
+    thread.join(seconds)
     if outcome:
         _importing.pop(key, None)
     else:
