@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from assistant import SkillContext, skill
+from assistant.skills.intents import IntentMatcher
 from assistant.skills.registry import BUILTIN_SKILLS, Registry
 from tests.other_user import as_nobody
 from tests.test_daemon import Daemon, Notifications, connect, reload, send, spoken, turn, until, write_config
@@ -289,6 +290,10 @@ def test_decorator_mistakes_are_explained(tmp_path: Path, caplog) -> None:
     (tmp_path / "named.py").write_text(
         "from assistant import skill\n\n\n@skill('weather')\ndef forecast() -> str:\n    '''Tell the weather.'''\n"
     )
+    (tmp_path / "spelt.py").write_text(
+        "from assistant import skill\n\n\n@skill(sentence={'en': ['make toast']})\ndef toast() -> str:\n"
+        '    """Make toast."""\n'
+    )
     (tmp_path / "wrapped.py").write_text(
         textwrap.dedent('''
         from assistant import skill
@@ -332,6 +337,8 @@ def test_decorator_mistakes_are_explained(tmp_path: Path, caplog) -> None:
     named, units, wrapped = tmp_path / "named.py", tmp_path / "units.py", tmp_path / "wrapped.py"
     assert registry.problems == [
         f"{named}:4: @skill takes its options by name, as in @skill(name='weather'), not 'weather'; skipped",
+        f"{tmp_path / 'spelt.py'}:4: @skill has no option 'sentence' (did you mean sentences?); its options are "
+        "name, confirm, timeout, sentences, intents, optional_tool, lists, answers; skipped",
         f"{wrapped}:6: skill again needs a docstring: it is the description the model sees (again is a "
         "function made inside another, as a decorator's: give that decorator @functools.wraps(func)); skipped",
     ]
@@ -428,3 +435,82 @@ def test_a_skill_that_changes_its_arguments_changes_only_its_own_copy() -> None:
     arguments = {"items": ["milk"], "groups": [[1]]}
     assert registry.call("tidy", arguments).text == "Tidied."
     assert arguments == {"items": ["milk"], "groups": [[1]]}
+
+
+CLOCK = '''
+from typing import Annotated
+
+from assistant import Range, skill
+
+
+@skill(sentences={"en": ["what time is it [now]", "what time is it in {city}"], "zh": ["现在几点[了]"]})
+def world_clock(city: str = "") -> str:
+    """Tell the time in a city."""
+    return "It is noon."
+
+
+@skill(sentences={"en": ["set a timer for {minutes} minutes"]})
+def egg_timer(minutes: Annotated[int, Range(1, 30)]) -> str:
+    """Boil an egg."""
+    return "Boiling."
+'''
+
+
+def test_a_sentence_another_skill_already_answers_is_named_in_a_warning(tmp_path: Path, caplog) -> None:
+    """A copy of a built-in's sentence is answered by the built-in: the skill would never hear it."""
+    (tmp_path / "clock.py").write_text(CLOCK)
+    (tmp_path / "coffee.py").write_text(COFFEE.replace("VERSION", "brewing"))
+    (tmp_path / "more_coffee.py").write_text(COFFEE.replace("make_coffee()", "brew_coffee()"))  # "make coffee" again
+    registry = Registry(context=SkillContext(state_dir=tmp_path / "state"))
+    registry.load_folder(BUILTIN_SKILLS)
+    registry.load_folder(tmp_path)
+    matcher = IntentMatcher(registry.skills)
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    time_date, timers = BUILTIN_SKILLS / "time_date.py", BUILTIN_SKILLS / "timers.py"
+    clock, brew = tmp_path / "clock.py", tmp_path / "more_coffee.py"
+    line = {name: found.source for name, found in registry.skills.items()}
+    assert warned == [
+        f"{clock}:7: skill world_clock: its sentence 'what time is it [now]' (en) is heard as current_time "
+        f"({line['current_time']}) instead: reword it, or turn current_time off with "
+        "skills.disabled",
+        f"{clock}:7: skill world_clock: its sentence '现在几点[了]' (zh) is heard as current_time "
+        f"({line['current_time']}) instead: reword it, or turn current_time off with "
+        "skills.disabled",
+        f"{clock}:13: skill egg_timer: its sentence 'set a timer for {{minutes}} minutes' (en) is heard as "
+        f"set_timer ({line['set_timer']}) instead: reword it, or turn set_timer off with "
+        "skills.disabled",
+        f"{brew}:5: skill brew_coffee: its sentence 'make coffee' (en) is heard as make_coffee "
+        f"({line['make_coffee']}) instead: reword it, or turn make_coffee off with skills.disabled",
+    ]
+    assert str(time_date) in line["current_time"] and str(timers) in line["set_timer"]
+    # Its own words still reach it.
+    assert matcher.match("what time is it in Paris").skill == "world_clock"
+    assert matcher.match("make coffee").skill == "make_coffee"
+
+
+POLLER = """
+from assistant import background
+
+
+@background
+def poll_sensor(stop):
+    while not stop.wait(5):
+        pass
+
+
+@background
+def poll_door(context, stop, seconds=5):
+    while not stop.wait(seconds):
+        pass
+"""
+
+
+def test_a_background_task_that_cannot_take_its_context_and_stop_is_named_at_load(tmp_path: Path) -> None:
+    """It failed on every start instead, each a traceback through the registry, none naming its file."""
+    (tmp_path / "poller.py").write_text(POLLER)
+    registry = load(tmp_path)
+    assert registry.problems == [
+        f"{tmp_path / 'poller.py'}:5: background task poll_sensor takes (stop): it cannot be called as "
+        "poll_sensor(context, stop); skipped"
+    ]
+    assert [spec.name for spec in registry.background] == ["poll_door"]

@@ -613,3 +613,113 @@ def test_a_call_runs_no_longer_than_its_caller_can_wait() -> None:
     assert registry.call("slow_door", {}, within=0).error == "slow_door took too long"
     assert not ran  # no time left: not started, so no command is left half done
     assert registry.call("slow_door", {}, within=30).text == "The door is open."  # its own timeout is less
+
+
+WORKER = '''
+import threading
+
+from assistant import skill
+
+
+def _work():
+    raise RuntimeError("the sensor is unplugged")
+
+
+@skill
+def start_worker() -> str:
+    """Start a worker thread."""
+    threading.Thread(target=_work, name="sensor-worker").start()
+    return "Started."
+'''
+
+
+def test_a_thread_a_skill_started_that_raises_is_one_log_record_with_its_traceback(tmp_path: Path, caplog) -> None:
+    """Python's default prints it on stderr in pieces, which a log line written meanwhile cut in two."""
+    (tmp_path / "worker.py").write_text(WORKER)
+    registry = registry_module.load_registry(Settings(), [tmp_path], SkillContext(state_dir=tmp_path / "state"))
+    assert registry.call("start_worker", {}).text == "Started."
+    deadline = time.monotonic() + 30
+    while not [r for r in caplog.records if "sensor-worker" in r.getMessage()] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    (record,) = [r for r in caplog.records if "sensor-worker" in r.getMessage()]
+    assert record.levelname == "ERROR" and record.name == "assistant.skills.registry"
+    assert record.getMessage() == "thread sensor-worker ended with an error: RuntimeError: the sensor is unplugged"
+    assert f'File "{tmp_path / "worker.py"}", line 8, in _work' in record.exc_text
+
+
+OWN_FOLDER = '''
+from assistant import SkillContext, skill
+
+
+@skill
+def weather(context: SkillContext) -> str:
+    """Tell the weather."""
+    context.state_dir = context.state_dir / "weather"  # a folder of its own, it thought
+    with context.database("forecast") as db:
+        db.execute("CREATE TABLE IF NOT EXISTS seen (day TEXT)")
+    return "Sunny."
+
+'''
+
+
+def test_a_skill_that_changes_what_it_was_given_changes_nothing_for_the_others(tmp_path: Path, caplog) -> None:
+    """The context is every skill's: a skill that moved its state_dir moved the timers' alarms out of sight."""
+    (tmp_path / "weather.py").write_text(OWN_FOLDER)
+    state = tmp_path / "state"
+    registry = registry_module.load_registry(Settings(), [tmp_path], SkillContext(state_dir=state))
+    assert registry.call("weather", {}).text == "Sunny."
+    assert registry.context.state_dir == state and (state / "weather" / "forecast.sqlite3").exists()
+    assert registry.call("set_timer", {"minutes": 5}).text == "Timer set for 5 minutes."
+    assert (state / "timers.sqlite3").exists() and not (state / "weather" / "timers.sqlite3").exists()
+    assert registry.call("weather", {}).text == "Sunny."  # the same folder again, not weather/weather
+    assert not (state / "weather" / "weather").exists()
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    changed_back = (
+        f"{tmp_path / 'weather.py'}:5: skill weather set context.state_dir, which every skill shares: "
+        "changed back (keep what is the skill's own in its module)"
+    )
+    assert warned == [changed_back, changed_back]
+
+
+def test_a_skill_file_that_is_no_python_text_is_named_without_a_made_up_place(tmp_path: Path, monkeypatch) -> None:
+    """Bytes saved under a .py name, and a FIFO, said "None:None:" and ":0" where a line would be."""
+    monkeypatch.setattr(registry_module, "IMPORT_SECONDS", 0.5)
+    (tmp_path / "binary.py").write_bytes(b"\x00\x01\x02 not python")
+    os.mkfifo(tmp_path / "pipe.py")
+    (tmp_path / "tea.py").write_text(
+        "from assistant import skill\n\n\n@skill\ndef make_tea() -> str:\n"
+        "    '''Start the kettle.'''\n    return 'On.'\n"
+    )
+    registry = Registry()
+    registry.load_folder(tmp_path)
+    assert registry.problems == [
+        f"{tmp_path / 'binary.py'}: syntax error: source code string cannot contain null bytes; skipped",
+        f"{tmp_path / 'pipe.py'}: still importing after 0.5 s ({registry_module.WAITS_AT_IMPORT}); skipped",
+    ]
+    assert registry.call("make_tea", {}).text == "On."
+    with open(tmp_path / "pipe.py", "w"):  # lets the import that waits on it go
+        pass
+
+
+def test_many_modules_that_hang_at_import_wait_together_only_so_long(tmp_path: Path, monkeypatch) -> None:
+    """30 s each, ten files that wait for one server that is down held the start past systemd's
+    TimeoutStartSec (300 s), and the assistant was killed and started again, and again."""
+    monkeypatch.setattr(registry_module, "IMPORT_SECONDS", 0.5)
+    monkeypatch.setattr(registry_module, "LOAD_WAIT_SECONDS", 0.9)
+    monkeypatch.setattr(registry_module, "SHORT_WAIT_SECONDS", 0.1)
+    hanging = [
+        write(tmp_path, f"sensor{i}.py", "import time\n\ntime.sleep(3600)  # the server is down\n") for i in range(4)
+    ]
+    write(tmp_path, "ping.py", PING)
+    registry = Registry()
+    registry.load_folder(tmp_path)
+    assert list(registry.skills) == ["ping"]
+    waits = f"({registry_module.WAITS_AT_IMPORT}); skipped"
+    spent = "the load had spent its 0.9 s of waiting on others"
+    assert registry.problems == [
+        f"{hanging[0]}:3: still importing after 0.5 s {waits}",
+        f"{hanging[1]}:3: still importing after 0.5 s {waits}",
+        f"{hanging[2]}:3: still importing after 0.1 s ({spent}) {waits}",
+        f"{hanging[3]}:3: still importing after 0.1 s ({spent}) {waits}",
+    ]
+    assert Registry().waited == 0  # a reload waits afresh

@@ -147,6 +147,52 @@ def test_a_timeout_that_a_thread_cannot_wait_for_is_explained(timeout: object) -
     assert build_skill(spec_of(skill(timeout=300)(nap))).timeout == 300
 
 
+@pytest.mark.parametrize(("option", "value"), [("confirm", "no"), ("confirm", 0), ("optional_tool", "false")])
+def test_a_yes_or_no_option_given_as_anything_but_a_bool_is_explained(option: str, value: object) -> None:
+    """confirm="no" asked for confirmation all the same, and optional_tool="false" made the skill optional."""
+
+    def unlock() -> str:
+        """Unlock the door."""
+        return "Unlocked."
+
+    wanted = f"skill unlock: {option} is True or False, not {value!r}"
+    with pytest.raises(SkillError, match=re.escape(wanted)):
+        build_skill(spec_of(skill(**{option: value})(unlock)))
+    assert getattr(build_skill(spec_of(skill(**{option: True})(unlock))), option) is True
+
+
+def test_a_range_given_as_the_hint_itself_is_told_the_annotated_form() -> None:
+    def wait(minutes: Range(1, 60)) -> str:
+        """Wait a while."""
+        return "Waited."
+
+    wanted = "skill wait: parameter 'minutes': Range(1, 60) goes inside Annotated: Annotated[int, Range(1, 60)]"
+    with pytest.raises(SkillError, match=re.escape(wanted)):
+        build_skill(spec_of(skill(wait)))
+
+
+def test_a_misspelt_name_under_args_is_warned_of(caplog) -> None:
+    """The model saw no description of `glasses`, and a number out of its range was "the number"."""
+
+    def drink(glasses: Annotated[int, Range(1, 20)], note: str = "") -> str:
+        """Count glasses of water.
+
+        Args:
+            glases: how many glasses were drunk
+            note: anything to remember, for
+                example: after a run
+        """
+        return "Counted."
+
+    with caplog.at_level("WARNING"):
+        built = build_skill(spec_of(skill(drink)), source="water.py:3")
+    assert "description" not in built.parameters["properties"]["glasses"]
+    assert [r.getMessage() for r in caplog.records] == [
+        "water.py:3: skill drink: its docstring describes 'glases' under Args:, which is no parameter "
+        "(did you mean glasses? the model is told nothing of that one)"
+    ]
+
+
 def test_a_default_is_told_to_the_model_as_a_copy() -> None:
     @skill
     def tag(tags: list[str] = []) -> str:  # noqa: B006 (the mistake under test)
@@ -157,7 +203,8 @@ def test_a_default_is_told_to_the_model_as_a_copy() -> None:
     registry = Registry()
     registry.add_function(tag, "test")
     assert registry.call("tag", {}).text == "seen"
-    assert registry.call("tag", {}).text == "seen seen"  # Python's own shared default, as the skill wrote it
+    assert registry.call("tag", {}).text == "seen"  # not Python's shared default: each call's own, as the model is told
+    assert registry.call("tag", {"tags": ["new"]}).text == "new seen"
     assert registry.skills["tag"].parameters["properties"]["tags"]["default"] == []
 
 
@@ -652,6 +699,30 @@ def test_a_second_skill_of_the_same_name_is_told_how_to_fix_it(tmp_path: Path) -
     assert theirs.endswith(f"({rename} or turn the built-in one off with skills.disabled: [set_timer]); skipped")
 
 
+def test_a_built_in_skill_turned_off_is_replaced_by_one_of_its_name(tmp_path: Path) -> None:
+    """What the message above advises: the built-in one in skills.disabled, and the skill file's takes its place."""
+    (tmp_path / "skills").mkdir()
+    write(
+        tmp_path / "skills",
+        "clock.py",
+        '''
+        from assistant import skill
+
+        @skill(sentences={"en": ["what time is it"]})
+        def current_time() -> str:
+            """Tell the time, my way."""
+            return "Time for tea."
+    ''',
+    )
+    settings = Settings()
+    settings.skills.disabled = ["current_time"]
+    registry = load_registry(settings, [tmp_path / "skills"], SkillContext(settings=settings, state_dir=tmp_path))
+    assert registry.problems == []
+    assert registry.skills["current_time"].source == f"{tmp_path / 'skills' / 'clock.py'}:4"
+    assert registry.call("current_time", {}).text == "Time for tea."
+    assert IntentMatcher(registry.skills).match("what time is it").skill == "current_time"
+
+
 def test_a_folder_named_twice_is_loaded_once(tmp_path: Path) -> None:
     write(
         tmp_path,
@@ -761,3 +832,123 @@ def test_loading_the_skills_again_keeps_no_copy_of_the_modules_loaded_before() -
     for _ in range(10):
         load_registry(Settings(), [])
     assert copies() == before == 1
+
+
+def test_sentences_under_a_key_that_is_not_a_language_code_are_refused(tmp_path: Path) -> None:
+    """Under "cn" a Chinese sentence was never tried, and under "english" numbers were heard only as digits."""
+    write(
+        tmp_path,
+        "bakery.py",
+        """
+        from typing import Annotated
+
+        from assistant import Range, skill
+
+        @skill(sentences={"cn": ["烤{count}个蛋糕"]})
+        def cakes(count: Annotated[int, Range(1, 10)]) -> str:
+            \"\"\"Bake cakes.\"\"\"
+            return f"{count} cakes."
+
+        @skill(sentences={"english": ["bake {count} pies"]})
+        def pies(count: Annotated[int, Range(1, 10)]) -> str:
+            \"\"\"Bake pies.\"\"\"
+            return f"{count} pies."
+
+        @skill(sentences={"zh_CN": ["烤{count}个面包"]})
+        def bread(count: Annotated[int, Range(1, 10)]) -> str:
+            \"\"\"Bake bread.\"\"\"
+            return f"{count} loaves."
+
+        @skill(answers={"EN": ["the {kind} one"]})
+        def buns(kind: str = "") -> str:
+            \"\"\"Bake buns.\"\"\"
+            return "Which kind: plain or raisin?"
+
+        @skill(sentences={"zh-CN": ["烤{count}个饼干"], "en": ["bake {count} cookies"]})
+        def cookies(count: Annotated[int, Range(1, 10)]) -> str:
+            \"\"\"Bake cookies.\"\"\"
+            return f"{count} cookies."
+    """,
+    )
+    registry = Registry(context=SkillContext(state_dir=tmp_path))
+    registry.load_folder(tmp_path)
+    bakery = tmp_path / "bakery.py"
+    use = 'not a language code (use one such as "en" or "zh"); skipped'
+    assert registry.problems == [
+        f"{bakery}:6: skill cakes: sentences under 'cn': {use}",
+        f"{bakery}:11: skill pies: sentences under 'english': {use}",
+        f"{bakery}:16: skill bread: sentences under 'zh_CN': {use}",
+        f"{bakery}:21: skill buns: answers under 'EN': {use}",
+    ]
+    matcher = IntentMatcher(registry.skills)
+    assert matcher.match("烤三个饼干").arguments == {"count": 3}
+    assert matcher.match("bake three cookies").arguments == {"count": 3}
+
+
+def test_an_intent_the_sentence_library_does_not_have_is_refused(tmp_path: Path) -> None:
+    """A misspelt intent was never matched, without a word."""
+    write(
+        tmp_path,
+        "radio.py",
+        """
+        from assistant import skill
+
+        @skill(intents={"HassTurnOnn": {"on": True}})
+        def radio_on(on: bool) -> str:
+            \"\"\"Switch the radio.\"\"\"
+            return "Radio on."
+
+        @skill(intents={"HassTurnOn": "on"})
+        def radio_off(on: bool) -> str:
+            \"\"\"Switch the radio off.\"\"\"
+            return "Radio off."
+
+        @skill(intents={"HassGetCurrentDate": {}})
+        def radio_date() -> str:
+            \"\"\"Say the date as the radio does.\"\"\"
+            return "Radio date."
+    """,
+    )
+    registry = Registry(context=SkillContext(state_dir=tmp_path))
+    registry.load_folder(tmp_path)
+    radio = tmp_path / "radio.py"
+    assert registry.problems == [
+        f"{radio}:4: skill radio_on: intent 'HassTurnOnn' is not in Home Assistant's sentence library "
+        "(did you mean HassTurnOn?); skipped",
+        f"{radio}:9: skill radio_off: intent 'HassTurnOn' takes a dict of the skill's arguments ({{}} for none), "
+        "not 'on'; skipped",
+    ]
+    assert IntentMatcher(registry.skills).match("what's the date").skill == "radio_date"
+
+
+def test_a_sentence_without_a_parameter_the_skill_needs_is_refused(tmp_path: Path) -> None:
+    """ "play some radio" matched, failed the schema for want of a station and went to the model, every time."""
+    write(
+        tmp_path,
+        "radio.py",
+        """
+        from typing import Literal
+
+        from assistant import skill
+
+        @skill(sentences={"en": ["play {station} radio", "play some radio"]})
+        def play_radio(station: Literal["jazz", "news"]) -> str:
+            \"\"\"Play the radio.\"\"\"
+            return f"Playing {station}."
+
+        @skill(
+            sentences={"en": ["play {station} louder", ("play the news loud", {"station": "news"})]},
+            answers={"en": ["the loud one"]},
+        )
+        def play_loud(station: Literal["jazz", "news"], loud: bool = True) -> str:
+            \"\"\"Play the radio loud.\"\"\"
+            return f"Playing {station} loud."
+    """,
+    )
+    registry = Registry(context=SkillContext(state_dir=tmp_path))
+    registry.load_folder(tmp_path)
+    assert registry.problems == [
+        f"{tmp_path / 'radio.py'}:6: skill play_radio: sentence 'play some radio' (en) never runs the skill: it "
+        "has no {station}, which the skill needs (give station a default to take the sentence without it); skipped"
+    ]
+    assert IntentMatcher(registry.skills).match("play the news loud").arguments == {"station": "news"}

@@ -29,21 +29,30 @@ in order, if each part matches on its own; if one does not, it matches nothing (
 
 from __future__ import annotations
 
+import difflib
+import functools
 import logging
+import math
 import re
 import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 import jsonschema
 from hassil import Intents, RecognizeResult, TextSlotList, Trie, recognize_best
 from hassil.parse_expression import parse_sentence
+from hassil.sample import sample_sentence
+from unicode_rbnf import RbnfEngine
 
 from assistant.skills.sdk import Skill, SkillError, as_declared
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+# The built-in skills' folder: their sentences are written not to take each other's.
+BUILTIN_FOLDER = str(Path(__file__).resolve().parent / "builtin")
 
 # Our language codes → the sentence library's.
 HOME_ASSISTANT_LANGUAGES = {"en": "en", "zh": "zh-cn"}
@@ -182,6 +191,30 @@ class IntentMatcher:
         for language in self._languages():
             self._match_own(f"{language} 12 twelve 十二", language)
             self._match_library(f"{language} 12 twelve 十二", language)
+        self._warn_of_taken_sentences()
+
+    def _warn_of_taken_sentences(self) -> None:
+        """Log each sentence of a skill from outside the package that another skill's sentence answers.
+
+        hassil gives a tie to the skill loaded first: a copy of "what time is it" in a skill file
+        would go to the built-in one, and the skill would never hear it, without a word.
+        """
+        for name, found in self.skills.items():
+            if found.source.startswith(BUILTIN_FOLDER):
+                continue  # a match per sentence, at every start: only for the skills that may be new
+            for language, sentences in found.sentences.items():
+                for sentence in sentences:
+                    template = sentence[0] if isinstance(sentence, tuple) else sentence
+                    example = _example(found, template, language)
+                    taken = self._match_own(example, language) if example else None
+                    if taken is None or taken.skill == name:
+                        continue
+                    other = self.skills[taken.skill]
+                    log.warning(
+                        "%s: skill %s: its sentence %r (%s) is heard as %s (%s) instead: reword it, or turn %s off "
+                        "with skills.disabled",
+                        found.source, name, template, language, other.name, other.source, other.name,
+                    )  # fmt: skip
 
     def _consumed(self) -> dict[str, set[str]]:
         """For each library intent, the slots some skill that answers it takes."""
@@ -508,6 +541,11 @@ def _slots_in(template: str, rules: dict[str, str], seen: set[str]) -> set[str]:
     return slots
 
 
+@functools.cache
+def _library_intent_names() -> frozenset[str]:
+    return frozenset(library_intent_slots())  # read from the package's data: 20 ms a call
+
+
 def _library_intents(consumed: dict[str, set[str]], domains: set[str]) -> dict[str, Intents]:
     """The library's templates for the intents some skill answers (with the slots they take), per language.
 
@@ -587,6 +625,14 @@ def check_sentences(found: Skill) -> None:
     hassil parses templates only when it first matches, so one bad template would otherwise fail
     every skill's sentences in its language at start-up, not just its own skill at load time.
     """
+    for intent, arguments in found.intents.items():
+        if intent not in _library_intent_names():  # a misspelt intent would never be matched
+            close = difflib.get_close_matches(str(intent), _library_intent_names(), n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise SkillError(f"skill {found.name}: intent {intent!r} is not in Home Assistant's sentence library{hint}")
+        if not isinstance(arguments, dict):  # else every match would fail on it, and the matcher's start
+            what = "a dict of the skill's arguments ({} for none)"
+            raise SkillError(f"skill {found.name}: intent {intent!r} takes {what}, not {arguments!r}")
     parameters = found.parameters["properties"]
     for list_name, values in found.lists.items():
         where = f"skill {found.name}: list {list_name!r}"
@@ -598,14 +644,32 @@ def check_sentences(found: Skill) -> None:
             raise SkillError(f"{where}: {bad[0]!r} is not plain words (no ()[]|{{}}<>)")
     for kind in ("sentences", "answers"):
         for language, sentences in getattr(found, kind).items():
+            if not _is_language_code(language):  # "cn" was never tried on Chinese, "english" heard no number words
+                raise SkillError(
+                    f'skill {found.name}: {kind} under {language!r}: not a language code (use one such as "en" or "zh")'
+                )
             if not isinstance(sentences, list | tuple):  # a str would be taken a character at a time
                 raise SkillError(f"skill {found.name}: {kind} ({language}) is a list of templates, not {sentences!r}")
             for sentence in sentences:
-                _check_template(found, sentence, language)
+                _check_template(found, sentence, language, answer=kind == "answers")
 
 
-def _check_template(found: Skill, sentence: Any, language: str) -> None:
-    """Raise SkillError for a template, or a (template, {slot: value}) pair, that cannot be used."""
+def _is_language_code(language: Any) -> bool:
+    """Whether sentences under `language` are heard: a code hassil has number words for ("en", "zh",
+    "zh-cn"), written as the matcher reads it, its language before any "-"."""
+    if not isinstance(language, str) or not re.fullmatch(r"[a-z]{2,3}(-[A-Za-z0-9]+)*", language):
+        return False
+    return language.split("-")[0] in _number_languages()
+
+
+@functools.cache
+def _number_languages() -> frozenset[str]:
+    return frozenset(RbnfEngine.get_supported_languages())  # read from its data folder: 1 ms a call
+
+
+def _check_template(found: Skill, sentence: Any, language: str, answer: bool = False) -> None:
+    """Raise SkillError for a template, or a (template, {slot: value}) pair, that cannot be used
+    (`answer`: one that completes the arguments of the call that asked)."""
     parameters = found.parameters["properties"]
     pair = isinstance(sentence, tuple) and len(sentence) == 2 and isinstance(sentence[1], dict)
     text, fixed = sentence if pair else (sentence, {})
@@ -625,11 +689,51 @@ def _check_template(found: Skill, sentence: Any, language: str) -> None:
             raise SkillError(f"{where}: {{{list_name}:...}} is not one of the skill's lists")
     if unknown := [name for name in fixed if name not in parameters]:
         raise SkillError(f"{where}: {{{unknown[0]}}} is not a parameter of the skill")
+    given = {reference.group(2) or reference.group(1) for reference in LIST_REFERENCE.finditer(text)} | set(fixed)
+    if not answer and (missing := [name for name in found.parameters["required"] if name not in given]):
+        # Heard, then refused by the schema: the sentence would go to the model every time.
+        needs = f"it has no {{{missing[0]}}}, which the skill needs"
+        raise SkillError(
+            f"{where} never runs the skill: {needs} (give {missing[0]} a default to take the sentence without it)"
+        )
     for name, value in fixed.items():  # else the sentence is heard and silently answers nothing
         if error := next(jsonschema.Draft202012Validator(parameters[name]).iter_errors(value), None):
             raise SkillError(f"{where}: {name}={value!r} does not fit the parameter: {error.message}")
     if rule := RULE_REFERENCE.search(text):
         raise SkillError(f"{where}: <{rule.group(1)}> rules are not available in a skill's own sentences")
+
+
+def _example(found: Skill, template: str, language: str) -> str | None:
+    """One sentence the template hears, with a value the skill takes in each slot (None if it has none)."""
+    lists = {}
+    for reference in LIST_REFERENCE.finditer(template):
+        list_name, slot = reference.group(1), reference.group(2)
+        if slot is None:
+            value = _example_value(found.parameters["properties"][list_name], language)
+        else:  # {list:slot}: a list of the skill's own
+            value = next(iter(found.lists[list_name]))
+        if value is None:
+            return None
+        lists[list_name] = TextSlotList.from_strings([value], allow_template=False)
+    try:
+        return next(iter(sample_sentence(parse_sentence(template), lists, language=language, skip_optionals=True)))
+    except Exception:  # a template hassil samples otherwise than it matches: nothing to check
+        return None
+
+
+def _example_value(schema: dict, language: str) -> str | None:
+    """A value of a parameter as said: its first choice, its lowest number, "on", or a word for free text."""
+    if schema.get("type") == "array":
+        return _example_value(schema.get("items", {}), language)
+    if "enum" in schema:
+        return str(schema["enum"][0])
+    if schema.get("type") in ("integer", "number"):
+        lowest = math.ceil(schema.get("minimum", 1))
+        return str(lowest) if lowest <= schema.get("maximum", lowest) else None
+    if schema.get("type") == "boolean":
+        words = BOOLEAN_WORDS.get(language)
+        return words[0][0] if words else None
+    return "zebra"
 
 
 def _scope(sentence: str, skill_name: str, found: Skill) -> str:

@@ -8,6 +8,7 @@ back as a SkillResult with an error, never as an exception into the turn.
 
 from __future__ import annotations
 
+import copy
 import functools
 import hashlib
 import importlib.machinery
@@ -59,11 +60,20 @@ DEFAULT_TIMEOUT = 10.0
 BUILTIN_SKILLS = Path(__file__).resolve().parent / "builtin"
 BACKOFF_SECONDS = (1.0, 60.0)  # a background task that fails is restarted after 1 s, doubling up to 60 s
 IMPORT_SECONDS = 30.0  # a skill module still importing after this long is skipped (it waits for something)
+# All of one load's waits for imports and Choices together: past this, each gets SHORT_WAIT_SECONDS,
+# so that ten files waiting for one server that is down do not hold the start past systemd's
+# TimeoutStartSec (300 s in the unit), which would have it killed and started again, and again.
+LOAD_WAIT_SECONDS = 120.0
+SHORT_WAIT_SECONDS = 1.0
 # Characters of a skill's text (ten minutes of speech; more is a skill reading out a page) or of its
 # data as JSON (several times what the model's context holds): more ends the call before the turn
 # tokenizes it, or a client is sent it, which for megabytes took minutes and a gigabyte of memory.
 MAX_RESULT = 10_000
 KEPT = "keeping the version loaded before"
+# What every skill's calls and the background tasks get from the one SkillContext: a skill that sets
+# one of them (its own state_dir) is undone after its call, or the timers' alarms would be looked for
+# in its folder. (`stopped_at` is set by "stop" for the others; `language` and `heard` by each turn.)
+SHARED_CONTEXT = ("settings", "state_dir", "say", "stop", "last_reply", "skills")
 STOP_WAIT_SECONDS = 10.0  # a background task still running this long after its stop was set is logged
 
 # The last module (or function) each skill file or entry point gave without a problem in this
@@ -97,6 +107,7 @@ class Registry:
     background: list[BackgroundSpec] = field(default_factory=list)
     turned_off: set[str] = field(default_factory=set)  # skills found but listed in skills.disabled
     left_running: dict[str, threading.Thread] = field(default_factory=dict)  # calls past their timeout
+    waited: float = 0.0  # seconds this load has spent waiting for imports and Choices
 
     # -- loading ------------------------------------------------------------------------------------
 
@@ -139,10 +150,10 @@ class Registry:
             for name in [m for m in sys.modules if m == entry.module or m.startswith(entry.module + ".")]:
                 del sys.modules[name]
             before = _loaded_before.get(source)
-            thread, outcome = _import_in_thread(source, f"import-{entry.name}", entry.load)
+            thread, outcome, wait = self._in_thread(source, f"import-{entry.name}", entry.load)
             loaded, problem = None, None
             if not outcome:
-                problem = f"still importing after {IMPORT_SECONDS:g} s ({WAITS_AT_IMPORT})"
+                problem = f"still importing after {wait} ({WAITS_AT_IMPORT})"
             elif (error := outcome[0][1]) is not None:
                 problem = f"cannot be imported: {type(error).__name__}: {error}"
             else:
@@ -178,7 +189,8 @@ class Registry:
             if hasattr(value, SKILL_ATTRIBUTE):
                 self.add_function(value, source, disabled, _namesake(before, value))
             elif hasattr(value, BACKGROUND_ATTRIBUTE):
-                if problem := not_plain(value):
+                problem = not_plain(value) or _not_callable_as_task(value)
+                if problem:
                     self._problem(_where(value, source), f"background task {value.__name__} {problem}")
                 else:
                     self.background.append(getattr(value, BACKGROUND_ATTRIBUTE))
@@ -273,7 +285,8 @@ class Registry:
         if spec is None:
             self._problem(source, f"{func!r} is not marked with @skill")
             return
-        if spec.name in disabled:
+        if spec.name in disabled and spec.name not in self.turned_off:
+            # The first of its name (the built-in one): a skill of that name loaded after it takes its place.
             self.turned_off.add(spec.name)
             return
         where = _where(func, source)
@@ -303,9 +316,9 @@ class Registry:
         # In a thread, as an import: a Choices function runs here, and one that asks a server for its
         # names (a home server that is down) would otherwise hold up the start, or end it with sys.exit().
         build = functools.partial(build_skill, spec, self.settings, where)
-        _, outcome = _import_in_thread(f"{where}: skill {spec.name}", f"build-{spec.name}", build)
+        _, outcome, wait = self._in_thread(f"{where}: skill {spec.name}", f"build-{spec.name}", build)
         if not outcome:
-            what = f"skill {spec.name} is still being described after {IMPORT_SECONDS:g} s"
+            what = f"skill {spec.name} is still being described after {wait}"
             raise SkillError(f"{what} (does a Choices function wait for a device or the network?)")
         built, error = outcome[0]
         try:
@@ -334,11 +347,12 @@ class Registry:
         sys.modules[name] = module
         # In a thread: a module that waits at import (a device, the network) or calls sys.exit()
         # must not hold up or end the assistant's start.
-        thread, outcome = _import_in_thread(path, f"import-{path.stem}", lambda: spec.loader.exec_module(module))
+        thread, outcome, wait = self._in_thread(path, f"import-{path.stem}", lambda: spec.loader.exec_module(module))
         if not outcome:
             frame = sys._current_frames().get(thread.ident)
             line = _line_in(path, traceback.extract_stack(frame) if frame else [])
-            self._problem(f"{path}:{line}", f"still importing after {IMPORT_SECONDS:g} s ({WAITS_AT_IMPORT})", kept)
+            where = f"{path}:{line}" if line else str(path)  # no line: still reading the file (a FIFO)
+            self._problem(where, f"still importing after {wait} ({WAITS_AT_IMPORT})", kept)
         elif (error := outcome[0][1]) is not None:
             own_syntax = isinstance(error, SyntaxError) and error.filename == str(path)
             line = error.lineno if own_syntax else _line_in(path, traceback.extract_tb(error.__traceback__))
@@ -348,6 +362,16 @@ class Registry:
             return module
         sys.modules.pop(name, None)
         return None
+
+    def _in_thread(self, key: Path | str, name: str, load: Callable[[], Any]) -> tuple[threading.Thread, list, str]:
+        """`_import_in_thread` with what is left of this load's time for waiting; the wait in words."""
+        short = self.waited >= LOAD_WAIT_SECONDS
+        seconds = SHORT_WAIT_SECONDS if short else IMPORT_SECONDS
+        started = time.monotonic()
+        thread, outcome = _import_in_thread(key, name, load, seconds)
+        self.waited += time.monotonic() - started
+        spent = f" (the load had spent its {LOAD_WAIT_SECONDS:g} s of waiting on others)" if short else ""
+        return thread, outcome, f"{seconds:g} s{spent}"
 
     def _problem(self, where: str, reason: str, kept: bool = False) -> None:
         message = f"{where}: {reason}; {KEPT if kept else 'skipped'}"
@@ -397,8 +421,13 @@ class Registry:
         log.debug("calling %s with %s", name, arguments)  # what the person said: kept from the journal
         properties = found.parameters["properties"]
         kwargs = {key: as_declared(value, properties[key]) for key, value in arguments.items()}
+        for param in inspect.signature(found.func).parameters.values():
+            if param.name not in kwargs and isinstance(param.default, list | dict):
+                # `items: list[str] = []` that the skill appends to: each call's own, as the model was told it.
+                kwargs[param.name] = copy.deepcopy(param.default)
         if found.wants_context:
             kwargs[found.wants_context] = self.context
+        shared = {key: getattr(self.context, key) for key in SHARED_CONTEXT}
         timeout = min(found.timeout or self.timeout, threading.TIMEOUT_MAX)
         cut = within is not None and within < timeout  # the caller's time ends first
         if cut and within <= 0:
@@ -410,6 +439,13 @@ class Registry:
         thread, outcome = _start(f"skill-{name}", lambda: found.func(**kwargs))
         thread.join(timeout)
         where = f"{found.source}: skill {name}"
+        for key, value in shared.items():
+            if getattr(self.context, key) is not value:
+                setattr(self.context, key, value)
+                log.warning(
+                    "%s set context.%s, which every skill shares: changed back (keep what is the skill's own in its "
+                    "module)", where, key,
+                )  # fmt: skip
         if not outcome:
             self.left_running[name] = thread
             if cut:
@@ -521,8 +557,10 @@ def _start(name: str, func: Callable[[], Any]) -> tuple[threading.Thread, list]:
     return thread, outcome
 
 
-def _import_in_thread(key: Path | str, name: str, load: Callable[[], Any]) -> tuple[threading.Thread, list]:
-    """`_start(name, load)` waited for up to IMPORT_SECONDS; an empty outcome if it is still importing.
+def _import_in_thread(
+    key: Path | str, name: str, load: Callable[[], Any], seconds: float
+) -> tuple[threading.Thread, list]:
+    """`_start(name, load)` waited for up to `seconds`; an empty outcome if it is still importing.
 
     An import still waiting since an earlier load (a device that never answers) is not started
     again: each reload would leave one more thread stuck in it.
@@ -531,7 +569,7 @@ def _import_in_thread(key: Path | str, name: str, load: Callable[[], Any]) -> tu
     if earlier is not None and earlier.is_alive():
         return earlier, []
     thread, outcome = _start(name, load)
-    thread.join(IMPORT_SECONDS)
+    thread.join(seconds)
     if outcome:
         _importing.pop(key, None)
     else:
@@ -549,6 +587,20 @@ def check_satisfiable(found: Skill) -> None:
         raise SkillError(f"skill {found.name}: no arguments can satisfy its schema ({'; '.join(messages)})")
 
 
+def _not_callable_as_task(func: Callable) -> str | None:
+    """Why `func` cannot be called as a background task, func(context, stop), or None: found at load, it
+    is named with its file, not failing at each restart with a traceback through this module."""
+    try:
+        signature = inspect.signature(func)
+    except (TypeError, ValueError):  # no signature to read (a builtin): the call will say
+        return None
+    try:
+        signature.bind(None, None)
+    except TypeError:
+        return f"takes {signature}: it cannot be called as {func.__name__}(context, stop)"
+    return None
+
+
 def _from_helper(value: Any, module: ModuleType) -> bool:
     """Whether `value` comes from a helper of `module`'s folder (`from ._shared import x`): helpers are
     not loaded as skill modules, so a skill there would be lost without a word."""
@@ -561,7 +613,8 @@ def _import_problem(error: BaseException, path: Path) -> str:
     if isinstance(error, SkillError):
         return str(error)
     if isinstance(error, SyntaxError):
-        at = "" if error.filename == str(path) else f"{error.filename}:{error.lineno}: "
+        # A file of bytes, not text (NUL in it), comes with no file name at all.
+        at = "" if error.filename in (str(path), None) else f"{error.filename}:{error.lineno}: "
         return f"{at}syntax error: {error.msg}"
     frames = traceback.extract_tb(error.__traceback__)
     helpers = [f for f in frames if Path(f.filename).parent == path.parent and f.filename != str(path)]
@@ -663,8 +716,23 @@ def _forget_type_hints() -> None:
         clear()
 
 
+def _log_thread_error(args: threading.ExceptHookArgs) -> None:
+    """A thread that ends with an exception (one a skill started): one log record with its traceback.
+
+    Python's default writes it to stderr in pieces, and a log line written meanwhile from another
+    thread landed in the middle of them.
+    """
+    if args.exc_type is SystemExit:  # as the default: sys.exit() in a thread ends only that thread
+        return
+    name = args.thread.name if args.thread is not None else "?"
+    error = (args.exc_type, args.exc_value, args.exc_traceback)
+    reason = "".join(traceback.format_exception_only(args.exc_type, args.exc_value)).strip()
+    log.error("thread %s ended with an error: %s", name, reason, exc_info=error)
+
+
 def load_registry(settings: Any, skill_dirs: list[Path], context: SkillContext | None = None) -> Registry:
     """All skills: the built-in ones, each folder in order, then installed packages' entry points."""
+    threading.excepthook = _log_thread_error  # before a skill module may start a thread
     disabled = tuple(getattr(getattr(settings, "skills", None), "disabled", ()) or ())
     timeout = getattr(getattr(settings, "skills", None), "timeout_seconds", DEFAULT_TIMEOUT)
     if context is None:

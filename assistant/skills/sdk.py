@@ -20,6 +20,7 @@ bounds from Range, str, lists, defaults), the description from the docstring.
 from __future__ import annotations
 
 import contextlib
+import difflib
 import errno
 import inspect
 import json
@@ -227,6 +228,7 @@ def skill(
     optional_tool: bool = False,
     lists: dict[str, dict] | None = None,
     answers: dict[str, list] | None = None,
+    **misspelt: Any,
 ) -> Any:
     """Mark a function as a skill. Use as @skill or @skill(confirm=True, sentences={...}, intents={...}).
 
@@ -246,6 +248,12 @@ def skill(
     parameter.
     """
 
+    if misspelt:  # @skill(sentence=...): Python's own "unexpected keyword argument" names no fix
+        option = next(iter(misspelt))
+        options = [p for p in inspect.signature(skill).parameters if p not in ("func", "misspelt")]
+        close = difflib.get_close_matches(option, options, n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise SkillError(f"@skill has no option {option!r}{hint}; its options are {', '.join(options)}")
     if func is not None and not callable(func):  # @skill("weather"), as a web framework's routes are named
         raise SkillError(f"@skill takes its options by name, as in @skill(name={func!r}), not {func!r}")
     given = {"sentences": sentences, "intents": intents, "lists": lists, "answers": answers}
@@ -276,6 +284,9 @@ def build_skill(spec: SkillSpec, settings: Any = None, source: str = "") -> Skil
         )
     if problem := not_plain(spec.func):
         raise SkillError(f"skill {spec.name} {problem}")
+    for option in ("confirm", "optional_tool"):  # confirm="no" is true, and would ask all the same
+        if not isinstance(value := getattr(spec, option), bool):
+            raise SkillError(f"skill {spec.name}: {option} is True or False, not {value!r}")
     timeout = spec.timeout
     # A thread's join() refuses a string and overflows on infinity: the call would raise, not time out.
     # Longer than a turn may run, a call would have the whole assistant restarted as hung, as for
@@ -343,6 +354,14 @@ def build_skill(spec: SkillSpec, settings: Any = None, source: str = "") -> Skil
                 )
             schema["default"] = default
         properties[param.name] = schema
+    undescribed = [name for name, schema in properties.items() if "description" not in schema]
+    for named in sorted(arg_docs.keys() - inspect.signature(spec.func).parameters.keys()):
+        # Only a near miss: an indented "example: ..." line under an argument's text is no misspelling.
+        if close := difflib.get_close_matches(named, undescribed, n=1):
+            log.warning(
+                "%s: skill %s: its docstring describes %r under Args:, which is no parameter (did you mean %s? the "
+                "model is told nothing of that one)", source or spec.name, spec.name, named, close[0],
+            )  # fmt: skip
     parameters = {"type": "object", "properties": properties, "required": required, "additionalProperties": False}
     return Skill(spec.name, spec.func, description, parameters, spec.confirm, spec.timeout, spec.sentences,
                  spec.intents, source, wants_context, spec.optional_tool, spec.lists, spec.answers)  # fmt: skip
@@ -416,6 +435,12 @@ def _schema(hint: Any, settings: Any) -> dict:
         return {"type": "string", "maxLength": MAX_STRING}
     if hint in _JSON_TYPES:
         return {"type": _JSON_TYPES[hint]}
+    if isinstance(hint, Range):  # `minutes: Range(1, 60)`, as a bound reads aloud
+        bounds = f"Range({hint.minimum!r}, {hint.maximum!r})"
+        kind = "float" if any(isinstance(b, float) for b in (hint.minimum, hint.maximum)) else "int"
+        raise SkillError(f"{bounds} goes inside Annotated: Annotated[{kind}, {bounds}]")
+    if isinstance(hint, Choices):
+        raise SkillError("Choices goes inside Annotated: Annotated[str, Choices(...)]")
     raise SkillError(f"type {getattr(hint, '__name__', hint)!r} is not supported (use str, int, float, bool, "
                      "Literal, list or Optional)")  # fmt: skip
 
