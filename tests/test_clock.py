@@ -48,10 +48,12 @@ class SettableClock:
 class Running:
     """A registry on `state` whose timers' clock runs with a wall clock that can be set."""
 
-    def __init__(self, state: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def __init__(self, state: Path, monkeypatch: pytest.MonkeyPatch, at: datetime | None = None) -> None:
         self.said: list[str] = []
         self.registry: Registry = registry_in(state, self.said)
         self.clock = SettableClock()
+        if at is not None:  # the wall clock shows `at` from the start
+            self.clock.step = at.timestamp() - REAL_TIME.time()
         timers = self.registry.skills["set_timer"].func.__globals__
         monkeypatch.setitem(timers, "time", self.clock)
         monkeypatch.setitem(timers, "datetime", self.clock.datetime())
@@ -267,3 +269,67 @@ def test_an_alarm_at_a_time_the_clock_skips_rings_as_it_skips_it(
     registry.context.language = "zh"
     assert registry.call("set_alarm", {"hour": 2}).text == "明天凌晨3点已经有闹钟了。"  # 2:00 is skipped too
     assert registry.call("set_alarm", {"hour": 3}).text == "明天凌晨3点已经有闹钟了。"
+
+
+def stored(state: Path) -> list[tuple[float, str]]:
+    """The alarms' next rings and the weekdays they repeat on, the soonest first."""
+    with sqlite3.connect(state / "timers.sqlite3") as db:
+        return db.execute("SELECT due, repeat FROM timers WHERE kind = 'alarm' ORDER BY due").fetchall()
+
+
+@pytest.mark.parametrize(
+    ("name", "friday", "hours"),
+    [("Asia/Shanghai", datetime(2026, 5, 8, 7), 72), ("America/New_York", datetime(2026, 3, 6, 7), 71)],
+)
+def test_an_alarm_every_weekday_rings_on_friday_then_on_monday_at_its_time(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    zone: Callable[[str], None],
+    name: str,
+    friday: datetime,
+    hours: int,
+) -> None:
+    zone(name)  # without daylight saving, and with it beginning on that Sunday
+    time.tzset()
+    friday = friday.replace(tzinfo=ZoneInfo(name))
+    monday = friday + timedelta(days=3)  # 7:00 on Monday in that zone: 72 hours later, or 71 as the clock skips one
+    assert monday.timestamp() - friday.timestamp() == hours * 3600
+    running = Running(tmp_path, monkeypatch, at=friday - timedelta(seconds=2))
+    set_alarm = running.registry.call("set_alarm", {"hour": 7, "day": "every weekday"}).text
+    assert set_alarm == "Alarm set for 7:00 every weekday."
+    assert running.said_within(5.0) == ["Your alarm is ringing."]
+    running.looked()
+    assert stored(tmp_path) == [(monday.timestamp(), "01234")]  # not on Saturday, nor at 8:00 or 6:00
+    assert running.registry.call("list_timers", {}).text == "You have an alarm at 7:00 every weekday."
+    snoozed = running.registry.call("snooze", {}).text
+    assert snoozed.startswith("Snoozed until 7:")
+    assert stored(tmp_path)[1:] == [(monday.timestamp(), "01234")]  # the snooze is an alarm of its own
+    minute = int(snoozed.removesuffix(".").split(":")[-1])
+    assert (
+        running.registry.call("cancel_alarms", {"hour": 7, "minute": minute}).text
+        == f"Cancelled the alarm at 7:{minute:02d}."
+    )
+    running.stop()
+    # A restart over the weekend: it rings on Monday, and then on Tuesday.
+    restarted = Running(tmp_path, monkeypatch, at=monday - timedelta(seconds=2))
+    assert restarted.said_within(5.0) == ["Your alarm is ringing."]
+    restarted.looked()
+    assert stored(tmp_path) == [((monday + timedelta(days=1)).timestamp(), "01234")]
+    restarted.stop()
+
+
+def test_an_alarm_every_day_at_a_time_the_clock_skips_rings_as_it_skips_it_then_at_its_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, zone: Callable[[str], None]
+) -> None:
+    zone("America/New_York")
+    time.tzset()
+    new_york = ZoneInfo("America/New_York")
+    running = Running(tmp_path, monkeypatch, at=datetime(2026, 3, 8, 1, 59, 58, tzinfo=new_york))  # then 3:00
+    set_alarm = running.registry.call("set_alarm", {"hour": 2, "minute": 30, "day": "every day"}).text
+    assert set_alarm == "Alarm set for 2:30 every day."
+    assert stored(tmp_path) == [(datetime(2026, 3, 8, 3, tzinfo=new_york).timestamp(), "0123456")]
+    assert running.said_within(5.0) == ["Your alarm is ringing."]
+    running.looked()
+    assert stored(tmp_path) == [(datetime(2026, 3, 9, 2, 30, tzinfo=new_york).timestamp(), "0123456")]
+    assert running.registry.call("list_timers", {}).text == "You have an alarm at 2:30 every day."
+    running.stop()
