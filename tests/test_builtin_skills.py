@@ -415,6 +415,25 @@ def test_an_alarm_that_repeats_is_set_listed_and_cancelled_by_its_rule(
     assert say("cancel my alarms") == "Cancelled 2 alarms."
 
 
+def test_a_days_ring_of_an_alarm_that_repeats_is_skipped_and_the_rule_stays(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    registry = registry_in(tmp_path)
+    say = on_monday_afternoon(registry, monkeypatch)
+    say("wake me up at 6:30 every weekday")
+    assert say("skip tomorrow's alarm") == "Cancelled the alarm at 6:30 tomorrow; the one every weekday stays."
+    assert stored_alarms(tmp_path) == [(datetime(2026, 5, 6, 6, 30), "01234", 390)]
+    reply = say("cancel the alarm on Wednesday")
+    assert reply == "Cancelled the alarm at 6:30 on Wednesday, May 6; the one every weekday stays."
+    assert say("cancel the alarm on Friday") == "There is no alarm on Friday, May 8."  # only its next ring is skipped
+    registry.context.language = "zh"
+    assert chinese(say("跳过周四的闹钟")) == "已取消5月7日星期四早上6点30分的闹钟，工作日的闹钟保留。"
+    assert stored_alarms(tmp_path) == [(datetime(2026, 5, 8, 6, 30), "01234", 390)]
+    registry.context.language = "en"
+    assert say("cancel the weekday alarm") == "Cancelled the alarm at 6:30 every weekday."
+    assert stored_alarms(tmp_path) == []
+
+
 def test_an_alarm_that_repeats_is_set_and_cancelled_in_chinese(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     registry = registry_in(tmp_path)
     registry.context.language = "zh"

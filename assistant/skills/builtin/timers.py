@@ -864,7 +864,8 @@ def _cancel_at(time: str) -> str:
             "turn [my|the] alarm off",
             (CANCEL + "alarms", {"every": True}),
             ("(cancel|delete|remove|turn off) all [of] [my|the] alarm[s]", {"every": True}),
-            CANCEL + f"(alarm[s] [for] {SAID_DAY}|{SAID_DAY} alarm[s])",
+            # "Skip tomorrow's alarm": a day's ring of an alarm that repeats, or a day's alarm.
+            f"(cancel|delete|remove|turn off|skip) [my|the] (alarm[s] [for] {SAID_DAY}|{SAID_DAY} alarm[s])",
             *_times(_cancel_at),
         ],
         "zh": [
@@ -872,7 +873,7 @@ def _cancel_at(time: str) -> str:
             "把闹钟(取消|关掉|关闭|关了|删掉)",
             ("(取消|关掉|删除|删掉)[我的](所有|全部)[的]闹钟", {"every": True}),
             ("把(所有|全部)[的]闹钟[都](取消|关掉|删掉)", {"every": True}),
-            f"(取消|关掉|关闭|删除|删掉)[我的]{SAID_DAY}的闹钟",
+            f"(取消|关掉|关闭|删除|删掉|跳过)[我的]{SAID_DAY}的闹钟",
             f"把{SAID_DAY}的闹钟(取消|关掉|关闭|关了|删掉)",
             *_times_zh(ZH_CANCEL),
         ],
@@ -932,8 +933,6 @@ def cancel_alarms(
         alarms = _alarms(db)
         if repeat:
             alarms = [alarm for alarm in alarms if alarm.repeat == repeat]
-        elif said:  # a day's alarms are those set for it: one that repeats is cancelled by its rule
-            alarms = [alarm for alarm in alarms if not alarm.repeat]
         if said in WEEKDAYS:
             # The nearest of that weekday with such an alarm, of those a reply names by it first: one today or
             # tomorrow is named "7:00" or "7:00 tomorrow", so "the one on Friday" answers a question that named
@@ -974,11 +973,24 @@ def cancel_alarms(
                 f"You have {len(alarms)} alarms: at {', '.join(times[:-1])} and {times[-1]}. Which one?",
                 zh=f"你有{len(alarms)}个闹钟：{'、'.join(times_zh)}。要取消哪一个？",
             )
-        db.executemany("DELETE FROM timers WHERE id = ?", [(alarm.id,) for alarm in picked])
+        # An alarm that repeats, cancelled by the day of its next ring, skips that ring only.
+        skipped = [alarm for alarm in picked if alarm.repeat and first]
+        db.executemany(
+            "UPDATE timers SET due = ? WHERE id = ?",
+            [(_next_ring(alarm.repeat, alarm.at_minute, alarm.at).timestamp(), alarm.id) for alarm in skipped],
+        )
+        db.executemany("DELETE FROM timers WHERE id = ?", [(alarm.id,) for alarm in picked if alarm not in skipped])
     if off and not picked:
         return context.localized("Alarm off.", zh="闹钟关了。")
     if not picked:
         return none
+    if len(picked) == 1 and skipped:  # named with its day, which is what was cancelled
+        at, (rule, rule_zh) = picked[0].at, _rule_named(picked[0].repeat)
+        day_named, day_zh = _day_named(at.date(), now.date())
+        return context.localized(
+            f"Cancelled the alarm at {clock(at.hour, at.minute)}{day_named}; the one {rule} stays.",
+            zh=f"已取消{day_zh}{clock(at.hour, at.minute, 'zh')}的闹钟，{rule_zh}的闹钟保留。",
+        )
     if len(picked) == 1 and not every:
         when, when_zh = picked[0].named(now)
         return context.localized(f"Cancelled the alarm at {when}.", zh=f"已取消{when_zh}的闹钟。")
