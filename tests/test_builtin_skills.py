@@ -719,6 +719,24 @@ def test_what_came_due_while_the_assistant_was_stopped_is_said_late(tmp_path: Pa
     ]
 
 
+def test_an_alarm_that_repeats_missed_while_stopped_is_said_late_once_and_rings_at_its_next_time(
+    tmp_path: Path,
+) -> None:
+    said: list[str] = []
+    registry = registry_in(tmp_path, said)
+    assert registry.call("set_alarm", {"hour": 7, "day": "every day"}).text == "Alarm set for 7:00 every day."
+    missed = (datetime.now() - timedelta(days=2)).replace(hour=7, minute=0, second=0, microsecond=0)
+    with sqlite3.connect(tmp_path / "timers.sqlite3") as db:  # as if the assistant had been stopped for two days
+        db.execute("UPDATE timers SET due = ?", (missed.timestamp(),))
+    ring_for(registry, said, 2)
+    assert said == [f"Your alarm was due at 7:00 on {missed:%A}; I could not ring it then."]  # once, not each day
+    today = datetime.now().replace(hour=7, minute=0, second=0, microsecond=0)
+    with sqlite3.connect(tmp_path / "timers.sqlite3") as db:
+        (due,) = db.execute("SELECT due FROM timers WHERE repeat = '0123456'").fetchone()
+    assert datetime.fromtimestamp(due) in (today, today + timedelta(days=1))  # the next 7:00
+    assert due > time.time() - 60
+
+
 def test_timers_of_one_label_are_told_apart(tmp_path: Path) -> None:
     registry = registry_in(tmp_path)
     call = lambda name, **arguments: registry.call(name, arguments).text  # noqa: E731
