@@ -300,7 +300,7 @@ def set_timer(
 # a day the question did ("the one on Friday"), and 明天 is in a Chinese question where "tomorrow" is not. The
 # days an alarm repeats on are said where a day is: "set an alarm for 7 every weekday", 工作日早上七点的闹钟, "cancel
 # the weekday alarm", "the one on weekends". "An alarm every Monday at 8" asks for one without a verb.
-ON_DAY, SAID_DAY = "{days:day}", "{said_day:day}"
+ON_DAY, SAID_DAY, ON_DAY_ZH, SAID_DAY_ZH = "{days:day}", "{said_day:day}", "{days_zh:day}", "{said_day_zh:day}"
 ALARM = f"((set [an|the|my]|an) alarm [[for] {ON_DAY}] (for|at)|wake me [up] [{ON_DAY}] at) "
 EN_TIME = "(:{minute}| [{minute}]| oh {minute}) [o'clock]"  # "7:30", "7 30", "seven thirty", "seven oh five"
 AM = " (am|a m|a.m.|in the morning)"
@@ -314,10 +314,10 @@ EN_TEENS = ["thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen
 # A verb or 叫醒我: "早上7点的闹钟" alone may answer "which one?" as well as ask for a new alarm.
 ZH_SET = "(设置|设定|设|定)[一个|个]"
 # With a day, "明天早上7点的闹钟" alone asks for a new alarm (an answer to "which one?" is tried first).
-ZH_DAY = f"[{ON_DAY}|{{days_later_zh:day}}|今天]"
+ZH_DAY = f"[{ON_DAY_ZH}|{{days_later_zh:day}}|今天]"
 ZH_ALARM = (
     f"({ZH_SET}{ZH_DAY}{{time}}[的]闹钟|{ZH_SET}闹钟[在]{ZH_DAY}{{time}}|{ZH_DAY}{{time}}(叫醒我|叫我起床)"
-    f"|({ON_DAY}|{{days_later_zh:day}}){{time}}的闹钟)"
+    f"|({ON_DAY_ZH}|{{days_later_zh:day}}){{time}}的闹钟)"
 )
 ZH_AFTERNOON = "(下午|晚上|傍晚|今晚)"
 ZH_DIGITS = "一二三四五六七八九"
@@ -401,13 +401,11 @@ def _rule_words() -> dict[str, str]:
     weekends = ("weekend", "weekends", "on weekends", "at weekends", "every weekend morning")
     said |= {word: "every weekend" for word in (*weekends, "周末", "每个周末", "每周末")}
     for number, day in enumerate(WEEKDAYS):
-        zh = [f"每{week}{WEEKDAYS_ZH[number]}" for week in ("周", "星期", "个星期", "礼拜", "个礼拜")]
-        zh += ["每周天", "每星期天", "每个星期天"] if day == "sunday" else []
+        # Fewer words than for a day: each word of the list costs every sentence that has it a try.
+        zh = [f"每周{WEEKDAYS_ZH[number]}", f"每星期{WEEKDAYS_ZH[number]}"] + (["每周天"] if day == "sunday" else [])
         said |= {word: f"every {day}" for word in (f"{day}s", f"on {day}s", f"every {day} morning", *zh)}
-        for other, second in enumerate(WEEKDAYS[number + 1 :], start=number + 1):
-            rule = f"every {day} and {second}"
-            zh = f"每周{WEEKDAYS_ZH[number]}和周{WEEKDAYS_ZH[other]}"
-            said |= {f"on {day}s and {second}s": rule, zh: rule, zh.replace("和", "、"): rule}
+        for other in range(number + 1, len(WEEKDAYS)):
+            said[f"每周{WEEKDAYS_ZH[number]}和周{WEEKDAYS_ZH[other]}"] = f"every {day} and {WEEKDAYS[other]}"
     return said
 
 
@@ -445,6 +443,10 @@ AS_REPLIES_SAY |= {
     word: _rule_named(RULES[rule])[0 if word.isascii() else 1] for word, rule in DAY_WORDS.items() if rule in RULES
 }
 TIME_WORDS["said_day"] = {word: AS_REPLIES_SAY.get(word, word.removesuffix("'s")) for word in TIME_WORDS["days"]}
+# Each language's words in its own sentences only: each word of a list costs every sentence that has it a try.
+for _name in ("days", "said_day"):
+    TIME_WORDS[f"{_name}_zh"] = {word: day for word, day in TIME_WORDS[_name].items() if not word.isascii()}
+    TIME_WORDS[_name] = {word: day for word, day in TIME_WORDS[_name].items() if word.isascii()}
 # Before this hour "tomorrow" is the coming morning: the person has not slept yet.
 NIGHT_ENDS = 4
 
@@ -850,7 +852,7 @@ def control_timer(
 # Cancelling one alarm by its time, said as set_alarm takes it: "cancel the alarm at 7 pm", "cancel
 # my 7 pm alarm" (each template costs every sentence some match time: both word orders in one).
 CANCEL = "(cancel|delete|remove|turn off) [my|the] "
-ZH_CANCEL = f"(取消|关掉|关闭|删除|删掉)[我的][{SAID_DAY}]{{time}}的闹钟"
+ZH_CANCEL = f"(取消|关掉|关闭|删除|删掉)[我的][{SAID_DAY_ZH}]{{time}}的闹钟"
 
 
 def _cancel_at(time: str) -> str:
@@ -873,8 +875,8 @@ def _cancel_at(time: str) -> str:
             "把闹钟(取消|关掉|关闭|关了|删掉)",
             ("(取消|关掉|删除|删掉)[我的](所有|全部)[的]闹钟", {"every": True}),
             ("把(所有|全部)[的]闹钟[都](取消|关掉|删掉)", {"every": True}),
-            f"(取消|关掉|关闭|删除|删掉|跳过)[我的]{SAID_DAY}的闹钟",
-            f"把{SAID_DAY}的闹钟(取消|关掉|关闭|关了|删掉)",
+            f"(取消|关掉|关闭|删除|删掉|跳过)[我的]{SAID_DAY_ZH}的闹钟",
+            f"把{SAID_DAY_ZH}的闹钟(取消|关掉|关闭|关了|删掉)",
             *_times_zh(ZH_CANCEL),
         ],
     },
@@ -891,8 +893,8 @@ def _cancel_at(time: str) -> str:
             ("(both|all) [of them]", {"every": True}),
         ],
         "zh": [
-            *_times_zh(f"[取消][那个][{SAID_DAY}]{{time}}[的][那个|闹钟]"),
-            f"[取消][那个]{SAID_DAY}[的][那个|闹钟]",
+            *_times_zh(f"[取消][那个][{SAID_DAY_ZH}]{{time}}[的][那个|闹钟]"),
+            f"[取消][那个]{SAID_DAY_ZH}[的][那个|闹钟]",
             ("(都|全部|所有的|两个都)[取消]", {"every": True}),
         ],
     },
