@@ -434,6 +434,21 @@ def test_a_days_ring_of_an_alarm_that_repeats_is_skipped_and_the_rule_stays(
     assert stored_alarms(tmp_path) == []
 
 
+def test_turning_off_an_alarm_that_rang_unheeded_keeps_the_next_one(tmp_path: Path) -> None:
+    registry = registry_in(tmp_path)
+    registry.call("set_alarm", {"hour": 7, "day": "every day"})
+    with sqlite3.connect(tmp_path / "timers.sqlite3") as db:  # it rang 6 minutes ago, and rang on for 5
+        db.execute("INSERT INTO rung (id, label, at, language) VALUES (0, '', ?, 'en')", (time.time() - 360,))
+    assert registry.call(*matched(registry, "turn off the alarm")).text == "Alarm off."  # not every day's
+    assert registry.call("list_timers", {}).text == "You have an alarm at 7:00 every day."
+    assert registry.call("snooze", {}).text == "No alarm has rung just now."  # off, as while it rang
+    assert registry.call("cancel_alarms", {}).text == "Cancelled the alarm at 7:00 every day."  # asked again
+    with sqlite3.connect(tmp_path / "timers.sqlite3") as db:  # half an hour on, it is the next alarm's business
+        db.execute("INSERT INTO rung (id, label, at, language) VALUES (0, '', ?, 'en')", (time.time() - 1900,))
+    registry.call("set_alarm", {"hour": 7, "day": "every day"})
+    assert registry.call("cancel_alarms", {}).text == "Cancelled the alarm at 7:00 every day."
+
+
 def test_an_alarm_that_repeats_is_set_and_cancelled_in_chinese(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     registry = registry_in(tmp_path)
     registry.context.language = "zh"

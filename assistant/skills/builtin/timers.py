@@ -924,10 +924,15 @@ def cancel_alarms(
     first = _first_day(said, now) if said and not repeat else None
     with _db(context) as db:
         rang = db.execute("SELECT at, due FROM rung WHERE NOT stopped").fetchone()
-        ringing = rang and not said and _rings_on(rang[0], context)
+        # "Turn off the alarm" said once the one that rang has stopped ringing by itself is for it still, until
+        # "snooze" could no longer be: not for the next alarm in its place, nor for the rule it rang for.
+        just_rang = rang and not said and context.stopped_at < rang[0] and time.time() - rang[0] <= SNOOZE_WITHIN
+        ringing = just_rang and _rings_on(rang[0], context)
         set_for = datetime.fromtimestamp(rang[1]) if ringing else None
         # The alarm ringing is turned off by "turn off the alarm", by its time, or with all the others.
-        off = ringing and (hour is None or every or (set_for.hour, set_for.minute) == (hour, minute))
+        off = (just_rang and hour is None and not every) or (
+            ringing and (every or (set_for.hour, set_for.minute) == (hour, minute))
+        )
         if off:
             db.execute("DELETE FROM rung")  # and no snooze after
             if not every:
