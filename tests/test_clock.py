@@ -333,3 +333,19 @@ def test_an_alarm_every_day_at_a_time_the_clock_skips_rings_as_it_skips_it_then_
     assert stored(tmp_path) == [(datetime(2026, 3, 9, 2, 30, tzinfo=new_york).timestamp(), "0123456")]
     assert running.registry.call("list_timers", {}).text == "You have an alarm at 2:30 every day."
     running.stop()
+
+
+def test_two_alarms_that_repeat_at_one_time_ring_as_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, zone: Callable[[str], None]
+) -> None:
+    zone("Asia/Shanghai")
+    time.tzset()
+    monday = datetime(2026, 5, 4, 7, tzinfo=ZoneInfo("Asia/Shanghai"))
+    running = Running(tmp_path, monkeypatch, at=monday - timedelta(seconds=2))
+    for day in ("every day", "every monday"):  # two rules, one ring on Mondays
+        assert running.registry.call("set_alarm", {"hour": 7, "day": day}).text.startswith("Alarm set for 7:00 every ")
+    assert running.said_within(5.0) == ["Your alarm is ringing."]
+    running.looked()
+    assert running.said == ["Your alarm is ringing."]  # not twice in a row
+    assert [due for due, _ in stored(tmp_path)] == [(monday + timedelta(days=d)).timestamp() for d in (1, 7)]
+    running.stop()

@@ -1108,16 +1108,18 @@ def ring_due_timers(context: SkillContext, stop: threading.Event) -> None:
             skew = now_skew  # once stored: a step not stored is found again at the next look
             zone, walls = _zone(), {row_id: datetime.fromtimestamp(at) for row_id, at in alarms_set}
             done: dict[tuple[str, str], int] = {}  # timers done on time, by label and language: said once, counted
+            rang_now: set[tuple[str, str]] = set()  # alarms rung on time, by label and language: said once
             for row_id, kind, label, due_at, language, repeat, at_minute in due:
                 if row_id not in rung:
-                    if kind == "timer" and time.time() - due_at <= LATE:
-                        key = (label, context.announced_in(language))
+                    key, on_time = (label, context.announced_in(language)), time.time() - due_at <= LATE
+                    if kind == "timer" and on_time:
                         done[key] = done.get(key, 0) + 1
-                    else:
-                        context.say(_ring(kind, label, due_at, context.announced_in(language)))
+                    elif not (kind == "alarm" and on_time and key in rang_now):
+                        context.say(_ring(kind, label, due_at, key[1]))
                     # One that repeats is set for its next ring at once: a snooze is an alarm of its own.
                     rung[row_id] = _next_ring(repeat, at_minute, datetime.now()).timestamp() if repeat else None
-                    if kind == "alarm" and time.time() - due_at <= LATE:  # not one said late
+                    if kind == "alarm" and on_time:  # not one said late
+                        rang_now.add(key)
                         # One ringing already rings on with it, and is snoozed with it, unless "stop" was said to it.
                         still = ringing and context.stopped_at < ringing[1]
                         before = [alarm for alarm in ringing[0] if alarm != (label, language)] if still else []
