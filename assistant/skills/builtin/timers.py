@@ -373,12 +373,7 @@ def _day_words() -> dict[str, str]:
 # What set_alarm takes in `day` for an alarm that repeats → the weekdays it rings on (digits, Monday 0).
 RULES = {"every day": "0123456", "every weekday": "01234", "every weekend": "56"}
 RULES |= {f"every {day}": str(number) for number, day in enumerate(WEEKDAYS)}
-RULES |= {
-    f"every {first} and {second}": f"{i}{j}"
-    for i, first in enumerate(WEEKDAYS)
-    for j, second in enumerate(WEEKDAYS)
-    if i < j
-}
+RULES |= {f"every {WEEKDAYS[i]} and {WEEKDAYS[j]}": f"{i}{j}" for i in range(7) for j in range(i + 1, 7)}
 RULES_NAMED = {"0123456": ("every day", "每天"), "01234": ("every weekday", "工作日"), "56": ("on weekends", "周末")}
 
 
@@ -388,9 +383,8 @@ def _rule_named(repeat: str) -> tuple[str, str]:
     if repeat in RULES_NAMED:
         return RULES_NAMED[repeat]
     days = [int(day) for day in repeat]
-    return "every " + " and ".join(WEEKDAYS[day].title() for day in days), "每" + "和".join(
-        f"周{WEEKDAYS_ZH[day]}" for day in days
-    )
+    en = "every " + " and ".join(WEEKDAYS[day].title() for day in days)
+    return en, "每" + "和".join(f"周{WEEKDAYS_ZH[day]}" for day in days)
 
 
 def _rule_words() -> dict[str, str]:
