@@ -349,3 +349,20 @@ def test_two_alarms_that_repeat_at_one_time_ring_as_one(
     assert running.said == ["Your alarm is ringing."]  # not twice in a row
     assert [due for due, _ in stored(tmp_path)] == [(monday + timedelta(days=d)).timestamp() for d in (1, 7)]
     running.stop()
+
+
+def test_an_alarm_that_repeats_from_before_the_start_is_said_late_when_the_clock_is_set_past_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    registry_in(tmp_path).call("set_alarm", {"hour": 7, "day": "every day"})  # before the board was off
+    ((due, _),) = stored(tmp_path)
+    running = Running(tmp_path, monkeypatch, at=datetime(1970, 1, 1, 0, 0, 30))  # it starts without a clock battery
+    running.looked()
+    running.clock.step = due + 600 - REAL_TIME.time()  # then NTP sets it: ten minutes after the alarm was due
+    assert running.said_within(3.0) == [
+        "Your alarm was due at 7:00; I could not ring it then."
+    ]  # as one that rings once
+    running.looked()
+    ((again, _),) = stored(tmp_path)
+    assert datetime.fromtimestamp(again) == datetime.fromtimestamp(due) + timedelta(days=1)  # and tomorrow
+    running.stop()

@@ -154,7 +154,7 @@ def _clock_set(db: sqlite3.Connection, step: float, earlier: set[tuple[int, floa
         if (row_id, due) not in earlier
     ]
     db.executemany("UPDATE timers SET due = ? WHERE id = ?", moved)
-    _next_rings(db)
+    _next_rings(db, keep=earlier)
     log.info(
         "timers: the clock was set %+.0f s; %d timers and alarms set since the start ring on time", step, len(moved)
     )
@@ -187,13 +187,18 @@ def _zone_set(db: sqlite3.Connection, walls: dict[int, datetime]) -> None:
     log.info("timers: the time zone is now %s; %d alarms keep their time of day", time.tzname[0], len(moved))
 
 
-def _next_rings(db: sqlite3.Connection) -> None:
-    """Each alarm that repeats at its next ring by the clock and the time zone as they are now."""
+def _next_rings(db: sqlite3.Connection, keep: set[tuple[int, float]] | None = None) -> None:
+    """Each alarm that repeats at its next ring by the clock and the time zone as they are now, but those of
+    `keep` ((id, due) each): stored by an earlier run, when the clock was right, they keep their wall time."""
     now = datetime.now()
-    rules = db.execute("SELECT id, repeat, at_minute FROM timers WHERE kind = 'alarm' AND repeat != ''").fetchall()
+    rules = db.execute("SELECT id, due, repeat, at_minute FROM timers WHERE kind = 'alarm' AND repeat != ''")
     db.executemany(
         "UPDATE timers SET due = ? WHERE id = ?",
-        [(_next_ring(repeat, at_minute, now).timestamp(), row_id) for row_id, repeat, at_minute in rules],
+        [
+            (_next_ring(repeat, at_minute, now).timestamp(), row_id)
+            for row_id, due, repeat, at_minute in rules.fetchall()
+            if (row_id, due) not in (keep or set())
+        ],
     )
 
 
