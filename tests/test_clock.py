@@ -366,3 +366,20 @@ def test_an_alarm_that_repeats_from_before_the_start_is_said_late_when_the_clock
     ((again, _),) = stored(tmp_path)
     assert datetime.fromtimestamp(again) == datetime.fromtimestamp(due) + timedelta(days=1)  # and tomorrow
     running.stop()
+
+
+def test_an_alarm_that_repeats_keeps_its_time_of_day_when_the_zone_is_set(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, zone: Callable[[str], None]
+) -> None:
+    zone("UTC")  # as a board starts
+    time.tzset()
+    running = Running(tmp_path, monkeypatch)
+    assert running.registry.call("set_alarm", {"hour": 7, "minute": 30, "day": "every day"}).text.endswith("every day.")
+    running.looked()
+    zone("Asia/Shanghai")  # then set, as `timedatectl set-timezone` does
+    running.looked()
+    time.tzset()
+    ((due, _),) = stored(tmp_path)
+    assert datetime.fromtimestamp(due).time() == datetime(2026, 1, 1, 7, 30).time() and 0 < due - time.time() <= 86400
+    running.stop()
+    assert running.said == []
