@@ -361,6 +361,124 @@ def test_an_alarm_for_a_date_the_model_wrote_rings_on_that_date(
     assert reply == "Cancelled the alarm at 7:00 on Wednesday, May 20."
 
 
+def on_monday_afternoon(registry: Registry, monkeypatch: pytest.MonkeyPatch) -> Callable[[str], str]:
+    """The alarm skills at 15:00 on Monday, May 4, 2026, and a function that says a sentence to them."""
+    for name in ("set_alarm", "list_timers", "cancel_alarms"):
+        monkeypatch.setitem(registry.skills[name].func.__globals__, "datetime", ThreeInTheAfternoon)
+    return lambda text: registry.call(*matched(registry, text)).text
+
+
+def stored_alarms(state: Path) -> list[tuple[datetime, str, int]]:
+    with sqlite3.connect(state / "timers.sqlite3") as db:
+        rows = db.execute("SELECT due, repeat, at_minute FROM timers WHERE kind = 'alarm' ORDER BY due").fetchall()
+    return [(datetime.fromtimestamp(due), repeat, at_minute) for due, repeat, at_minute in rows]
+
+
+def test_an_alarm_that_repeats_is_set_listed_and_cancelled_by_its_rule(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    registry = registry_in(tmp_path)
+    say = on_monday_afternoon(registry, monkeypatch)
+    assert say("set an alarm for 7 am every day") == "Alarm set for 7:00 every day."
+    assert say("wake me up at 6:30 every weekday") == "Alarm set for 6:30 every weekday."
+    assert say("an alarm every Monday at 8 am") == "Alarm set for 8:00 every Monday."
+    assert say("set an alarm for 9 on weekends") == "Alarm set for 9:00 on weekends."
+    assert say("set an alarm every Monday and Thursday at 7") == "Alarm set for 7:00 every Monday and Thursday."
+    assert say("set an alarm for 7 every day") == "An alarm is already set for 7:00 every day."
+    assert say("set an alarm on Friday at 7") == "Alarm set for 7:00 on Friday, May 8."  # once, beside them
+    # Each at its next ring after Monday 15:00, with its weekdays (Monday 0) and time of day.
+    assert stored_alarms(tmp_path) == [
+        (datetime(2026, 5, 5, 6, 30), "01234", 390), (datetime(2026, 5, 5, 7), "0123456", 420),
+        (datetime(2026, 5, 7, 7), "03", 420), (datetime(2026, 5, 8, 7), "", 0),
+        (datetime(2026, 5, 9, 9), "56", 540), (datetime(2026, 5, 11, 8), "0", 480),
+    ]  # fmt: skip
+    assert registry.call("list_timers", {}).text == (
+        "You have an alarm at 6:30 every weekday, an alarm at 7:00 every day, an alarm at 7:00 every Monday and "
+        "Thursday, an alarm at 7:00 on Friday, May 8, an alarm at 9:00 on weekends, and 1 more."
+    )
+    assert say("cancel the alarm on Friday") == "Cancelled the alarm at 7:00 on Friday, May 8."  # not a rule's
+    assert say("cancel the weekday alarm") == "Cancelled the alarm at 6:30 every weekday."
+    assert say("cancel the weekday alarm") == "There is no alarm every weekday."
+    assert say("cancel the alarm every day at 7") == "Cancelled the alarm at 7:00 every day."
+    question = say("cancel my alarm")
+    assert question == (
+        "You have 3 alarms: at 7:00 every Monday and Thursday, 9:00 on weekends and 8:00 every Monday. Which one?"
+    )
+    for answer, cancelled in [("the weekend one", "9:00 on weekends"), ("the one every Monday", "8:00 every Monday")]:
+        picked = IntentMatcher(registry.skills).match_answer(
+            answer, question, {"name": "cancel_alarms", "arguments": {}}
+        )
+        assert registry.call("cancel_alarms", picked.arguments).text == f"Cancelled the alarm at {cancelled}.", answer
+    assert say("cancel the alarm at 7") == "Cancelled the alarm at 7:00 every Monday and Thursday."  # by its time
+    say("set an alarm for 9 on weekends")
+    say("set an alarm for 7 am every day")
+    assert say("cancel my alarms") == "Cancelled 2 alarms."
+
+
+def test_a_days_ring_of_an_alarm_that_repeats_is_skipped_and_the_rule_stays(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    registry = registry_in(tmp_path)
+    say = on_monday_afternoon(registry, monkeypatch)
+    say("wake me up at 6:30 every weekday")
+    assert say("skip tomorrow's alarm") == "Cancelled the alarm at 6:30 tomorrow; the one every weekday stays."
+    assert stored_alarms(tmp_path) == [(datetime(2026, 5, 6, 6, 30), "01234", 390)]
+    reply = say("cancel the alarm on Wednesday")
+    assert reply == "Cancelled the alarm at 6:30 on Wednesday, May 6; the one every weekday stays."
+    assert say("cancel the alarm on Friday") == "There is no alarm on Friday, May 8."  # only its next ring is skipped
+    registry.context.language = "zh"
+    assert chinese(say("跳过周四的闹钟")) == "已取消5月7日星期四早上6点30分的闹钟，工作日的闹钟保留。"
+    assert stored_alarms(tmp_path) == [(datetime(2026, 5, 8, 6, 30), "01234", 390)]
+    registry.context.language = "en"
+    assert say("cancel the weekday alarm") == "Cancelled the alarm at 6:30 every weekday."
+    assert stored_alarms(tmp_path) == []
+
+
+def test_turning_off_an_alarm_that_rang_unheeded_keeps_the_next_one(tmp_path: Path) -> None:
+    registry = registry_in(tmp_path)
+    registry.call("set_alarm", {"hour": 7, "day": "every day"})
+    with sqlite3.connect(tmp_path / "timers.sqlite3") as db:  # it rang 6 minutes ago, and rang on for 5
+        db.execute("INSERT INTO rung (id, label, at, language) VALUES (0, '', ?, 'en')", (time.time() - 360,))
+    assert registry.call(*matched(registry, "turn off the alarm")).text == "Alarm off."  # not every day's
+    assert registry.call("list_timers", {}).text == "You have an alarm at 7:00 every day."
+    assert registry.call("snooze", {}).text == "No alarm has rung just now."  # off, as while it rang
+    assert registry.call("cancel_alarms", {}).text == "Cancelled the alarm at 7:00 every day."  # asked again
+    with sqlite3.connect(tmp_path / "timers.sqlite3") as db:  # half an hour on, it is the next alarm's business
+        db.execute("INSERT INTO rung (id, label, at, language) VALUES (0, '', ?, 'en')", (time.time() - 1900,))
+    registry.call("set_alarm", {"hour": 7, "day": "every day"})
+    assert registry.call("cancel_alarms", {}).text == "Cancelled the alarm at 7:00 every day."
+
+
+def test_an_alarm_that_repeats_is_set_and_cancelled_in_chinese(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    registry = registry_in(tmp_path)
+    registry.context.language = "zh"
+    say = on_monday_afternoon(registry, monkeypatch)
+    assert chinese(say("每天早上七点叫醒我")) == "闹钟定在每天早上7点。"
+    assert chinese(say("工作日早上七点的闹钟")) == "闹钟定在工作日早上7点。"
+    assert chinese(say("每周一早上八点的闹钟")) == "闹钟定在每周一早上8点。"
+    assert chinese(say("周末九点叫醒我")) == "闹钟定在周末上午9点。"
+    assert chinese(say("每周一和周四早上七点叫醒我")) == "闹钟定在每周一和周四早上7点。"
+    assert chinese(say("设一个每天早上7点的闹钟")) == "每天早上7点已经有闹钟了。"
+    assert sorted((at, repeat) for at, repeat, _ in stored_alarms(tmp_path)) == [
+        (datetime(2026, 5, 5, 7), "01234"), (datetime(2026, 5, 5, 7), "0123456"), (datetime(2026, 5, 7, 7), "03"),
+        (datetime(2026, 5, 9, 9), "56"), (datetime(2026, 5, 11, 8), "0"),
+    ]  # fmt: skip
+    listing = chinese(registry.call("list_timers", {}).text)
+    assert (
+        "每天早上7点的闹钟；工作日早上7点的闹钟；" in listing or "工作日早上7点的闹钟；每天早上7点的闹钟；" in listing
+    )
+    assert listing.endswith("；每周一和周四早上7点的闹钟；周末上午9点的闹钟；每周一早上8点的闹钟。")
+    assert chinese(say("取消工作日的闹钟")) == "已取消工作日早上7点的闹钟。"
+    assert chinese(say("取消每天早上七点的闹钟")) == "已取消每天早上7点的闹钟。"
+    question = chinese(say("取消闹钟"))
+    assert question == "你有3个闹钟：每周一和周四早上7点、周末上午9点、每周一早上8点。要取消哪一个？"
+    picked = IntentMatcher(registry.skills).match_answer(
+        "周末的那个", question, {"name": "cancel_alarms", "arguments": {}}
+    )
+    assert chinese(registry.call("cancel_alarms", picked.arguments).text) == "已取消周末上午9点的闹钟。"
+    assert chinese(say("取消所有闹钟")) == "已取消2个闹钟。"
+
+
 @pytest.mark.parametrize(("language", "answer"), [("en", "the one on Tuesday"), ("zh", "周二的那个")])
 def test_a_day_answering_which_alarm_picks_the_one_the_question_named_by_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, language: str, answer: str
@@ -402,8 +520,9 @@ def test_an_alarm_that_just_rang_can_be_snoozed(tmp_path: Path) -> None:
         db.execute("INSERT INTO timers (kind, label, due) VALUES ('alarm', '', ?)", (time.time() - 86400,))
     ring_for(registry, said, 2)
     assert said[1] == "gym闹钟响了。"  # on time, after the late one
-    reply, again = around_the_call(lambda: snooze("snooze for 5 minutes"), minutes=5,
-                                   says=lambda at: f"Snoozed until {at.hour}:{at.minute:02d}.")
+    reply, again = around_the_call(
+        lambda: snooze("snooze for 5 minutes"), minutes=5, says=lambda at: f"Snoozed until {at.hour}:{at.minute:02d}."
+    )
     assert reply == f"Snoozed until {again.hour}:{again.minute:02d}."
     assert snooze("snooze") == "No alarm has rung just now."  # once a ring
     with sqlite3.connect(tmp_path / "timers.sqlite3") as db:
@@ -615,6 +734,24 @@ def test_what_came_due_while_the_assistant_was_stopped_is_said_late(tmp_path: Pa
     ]
 
 
+def test_an_alarm_that_repeats_missed_while_stopped_is_said_late_once_and_rings_at_its_next_time(
+    tmp_path: Path,
+) -> None:
+    said: list[str] = []
+    registry = registry_in(tmp_path, said)
+    assert registry.call("set_alarm", {"hour": 7, "day": "every day"}).text == "Alarm set for 7:00 every day."
+    missed = (datetime.now() - timedelta(days=2)).replace(hour=7, minute=0, second=0, microsecond=0)
+    with sqlite3.connect(tmp_path / "timers.sqlite3") as db:  # as if the assistant had been stopped for two days
+        db.execute("UPDATE timers SET due = ?", (missed.timestamp(),))
+    ring_for(registry, said, 2)
+    assert said == [f"Your alarm was due at 7:00 on {missed:%A}; I could not ring it then."]  # once, not each day
+    today = datetime.now().replace(hour=7, minute=0, second=0, microsecond=0)
+    with sqlite3.connect(tmp_path / "timers.sqlite3") as db:
+        (due,) = db.execute("SELECT due FROM timers WHERE repeat = '0123456'").fetchone()
+    assert datetime.fromtimestamp(due) in (today, today + timedelta(days=1))  # the next 7:00
+    assert due > time.time() - 60
+
+
 def test_timers_of_one_label_are_told_apart(tmp_path: Path) -> None:
     registry = registry_in(tmp_path)
     call = lambda name, **arguments: registry.call(name, arguments).text  # noqa: E731
@@ -800,6 +937,30 @@ def test_a_timers_table_from_before_languages_works_and_rings_in_english(tmp_pat
     assert chinese(registry.call("set_timer", {"seconds": 1, "label": "茶"}).text) == "已设好1秒的茶计时器。"
     ring_for(registry, said, 2)
     assert said == ["Your tea timer is done.", "茶计时器时间到了。"]
+
+
+# The tables as the release before alarms that repeat made them.
+TABLES_BEFORE_REPEATING = """CREATE TABLE timers (
+    id INTEGER PRIMARY KEY, kind TEXT NOT NULL, label TEXT NOT NULL, due REAL NOT NULL,
+    length REAL NOT NULL DEFAULT 0, paused_left REAL, language TEXT NOT NULL DEFAULT 'en');
+CREATE TABLE rung (
+    id INTEGER PRIMARY KEY CHECK (id = 0), label TEXT NOT NULL, at REAL NOT NULL, language TEXT NOT NULL,
+    stopped INTEGER NOT NULL DEFAULT 0, due REAL NOT NULL DEFAULT 0, others TEXT NOT NULL DEFAULT '[]');"""
+
+
+def test_a_timers_table_from_before_repeating_alarms_keeps_its_alarms_and_takes_new_ones(tmp_path: Path) -> None:
+    with sqlite3.connect(tmp_path / "timers.sqlite3") as old:
+        old.executescript(TABLES_BEFORE_REPEATING)
+        old.execute("INSERT INTO timers (kind, label, due) VALUES ('alarm', 'gym', ?)", (time.time() + 0.5,))
+        old.execute("INSERT INTO timers (kind, label, due) VALUES ('alarm', '', ?)", (time.time() + 86000,))
+    said: list[str] = []
+    registry = registry_in(tmp_path, said)
+    assert registry.call("set_alarm", {"hour": 7, "day": "weekdays"}).text == "Alarm set for 7:00 every weekday."
+    ring_for(registry, said, 1)
+    assert said == ["Your gym alarm is ringing."]  # an alarm set before rings once, as it did
+    listing = registry.call("list_timers", {}).text
+    assert listing.count("an alarm at ") == 2 and "an alarm at 7:00 every weekday" in listing, listing
+    assert registry.call("cancel_alarms", {"day": "every weekday"}).text == "Cancelled the alarm at 7:00 every weekday."
 
 
 def test_a_chinese_request_gets_a_chinese_reply_through_the_local_intents(tiny_int8: Path, tmp_path: Path) -> None:

@@ -48,10 +48,12 @@ class SettableClock:
 class Running:
     """A registry on `state` whose timers' clock runs with a wall clock that can be set."""
 
-    def __init__(self, state: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def __init__(self, state: Path, monkeypatch: pytest.MonkeyPatch, at: datetime | None = None) -> None:
         self.said: list[str] = []
         self.registry: Registry = registry_in(state, self.said)
         self.clock = SettableClock()
+        if at is not None:  # the wall clock shows `at` from the start
+            self.clock.step = at.timestamp() - REAL_TIME.time()
         timers = self.registry.skills["set_timer"].func.__globals__
         monkeypatch.setitem(timers, "time", self.clock)
         monkeypatch.setitem(timers, "datetime", self.clock.datetime())
@@ -267,3 +269,117 @@ def test_an_alarm_at_a_time_the_clock_skips_rings_as_it_skips_it(
     registry.context.language = "zh"
     assert registry.call("set_alarm", {"hour": 2}).text == "明天凌晨3点已经有闹钟了。"  # 2:00 is skipped too
     assert registry.call("set_alarm", {"hour": 3}).text == "明天凌晨3点已经有闹钟了。"
+
+
+def stored(state: Path) -> list[tuple[float, str]]:
+    """The alarms' next rings and the weekdays they repeat on, the soonest first."""
+    with sqlite3.connect(state / "timers.sqlite3") as db:
+        return db.execute("SELECT due, repeat FROM timers WHERE kind = 'alarm' ORDER BY due").fetchall()
+
+
+@pytest.mark.parametrize(
+    ("name", "friday", "hours"),
+    [("Asia/Shanghai", datetime(2026, 5, 8, 7), 72), ("America/New_York", datetime(2026, 3, 6, 7), 71)],
+)
+def test_an_alarm_every_weekday_rings_on_friday_then_on_monday_at_its_time(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    zone: Callable[[str], None],
+    name: str,
+    friday: datetime,
+    hours: int,
+) -> None:
+    zone(name)  # without daylight saving, and with it beginning on that Sunday
+    time.tzset()
+    friday = friday.replace(tzinfo=ZoneInfo(name))
+    monday = friday + timedelta(days=3)  # 7:00 on Monday in that zone: 72 hours later, or 71 as the clock skips one
+    assert monday.timestamp() - friday.timestamp() == hours * 3600
+    running = Running(tmp_path, monkeypatch, at=friday - timedelta(seconds=2))
+    set_alarm = running.registry.call("set_alarm", {"hour": 7, "day": "every weekday"}).text
+    assert set_alarm == "Alarm set for 7:00 every weekday."
+    assert running.said_within(5.0) == ["Your alarm is ringing."]
+    running.looked()
+    assert stored(tmp_path) == [(monday.timestamp(), "01234")]  # not on Saturday, nor at 8:00 or 6:00
+    assert running.registry.call("list_timers", {}).text == "You have an alarm at 7:00 every weekday."
+    snoozed = running.registry.call("snooze", {}).text
+    assert snoozed.startswith("Snoozed until 7:")
+    assert stored(tmp_path)[1:] == [(monday.timestamp(), "01234")]  # the snooze is an alarm of its own
+    minute = int(snoozed.removesuffix(".").split(":")[-1])
+    assert (
+        running.registry.call("cancel_alarms", {"hour": 7, "minute": minute}).text
+        == f"Cancelled the alarm at 7:{minute:02d}."
+    )
+    running.stop()
+    # A restart over the weekend: it rings on Monday, and then on Tuesday.
+    restarted = Running(tmp_path, monkeypatch, at=monday - timedelta(seconds=2))
+    assert restarted.said_within(5.0) == ["Your alarm is ringing."]
+    restarted.looked()
+    assert stored(tmp_path) == [((monday + timedelta(days=1)).timestamp(), "01234")]
+    restarted.stop()
+
+
+def test_an_alarm_every_day_at_a_time_the_clock_skips_rings_as_it_skips_it_then_at_its_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, zone: Callable[[str], None]
+) -> None:
+    zone("America/New_York")
+    time.tzset()
+    new_york = ZoneInfo("America/New_York")
+    running = Running(tmp_path, monkeypatch, at=datetime(2026, 3, 8, 1, 59, 58, tzinfo=new_york))  # then 3:00
+    set_alarm = running.registry.call("set_alarm", {"hour": 2, "minute": 30, "day": "every day"}).text
+    assert set_alarm == "Alarm set for 2:30 every day."
+    assert stored(tmp_path) == [(datetime(2026, 3, 8, 3, tzinfo=new_york).timestamp(), "0123456")]
+    assert running.said_within(5.0) == ["Your alarm is ringing."]
+    running.looked()
+    assert stored(tmp_path) == [(datetime(2026, 3, 9, 2, 30, tzinfo=new_york).timestamp(), "0123456")]
+    assert running.registry.call("list_timers", {}).text == "You have an alarm at 2:30 every day."
+    running.stop()
+
+
+def test_two_alarms_that_repeat_at_one_time_ring_as_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, zone: Callable[[str], None]
+) -> None:
+    zone("Asia/Shanghai")
+    time.tzset()
+    monday = datetime(2026, 5, 4, 7, tzinfo=ZoneInfo("Asia/Shanghai"))
+    running = Running(tmp_path, monkeypatch, at=monday - timedelta(seconds=2))
+    for day in ("every day", "every monday"):  # two rules, one ring on Mondays
+        assert running.registry.call("set_alarm", {"hour": 7, "day": day}).text.startswith("Alarm set for 7:00 every ")
+    assert running.said_within(5.0) == ["Your alarm is ringing."]
+    running.looked()
+    assert running.said == ["Your alarm is ringing."]  # not twice in a row
+    assert [due for due, _ in stored(tmp_path)] == [(monday + timedelta(days=d)).timestamp() for d in (1, 7)]
+    running.stop()
+
+
+def test_an_alarm_that_repeats_from_before_the_start_is_said_late_when_the_clock_is_set_past_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    registry_in(tmp_path).call("set_alarm", {"hour": 7, "day": "every day"})  # before the board was off
+    ((due, _),) = stored(tmp_path)
+    running = Running(tmp_path, monkeypatch, at=datetime(1970, 1, 1, 0, 0, 30))  # it starts without a clock battery
+    running.looked()
+    running.clock.step = due + 600 - REAL_TIME.time()  # then NTP sets it: ten minutes after the alarm was due
+    assert running.said_within(3.0) == [
+        "Your alarm was due at 7:00; I could not ring it then."
+    ]  # as one that rings once
+    running.looked()
+    ((again, _),) = stored(tmp_path)
+    assert datetime.fromtimestamp(again) == datetime.fromtimestamp(due) + timedelta(days=1)  # and tomorrow
+    running.stop()
+
+
+def test_an_alarm_that_repeats_keeps_its_time_of_day_when_the_zone_is_set(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, zone: Callable[[str], None]
+) -> None:
+    zone("UTC")  # as a board starts
+    time.tzset()
+    running = Running(tmp_path, monkeypatch)
+    assert running.registry.call("set_alarm", {"hour": 7, "minute": 30, "day": "every day"}).text.endswith("every day.")
+    running.looked()
+    zone("Asia/Shanghai")  # then set, as `timedatectl set-timezone` does
+    running.looked()
+    time.tzset()
+    ((due, _),) = stored(tmp_path)
+    assert datetime.fromtimestamp(due).time() == datetime(2026, 1, 1, 7, 30).time() and 0 < due - time.time() <= 86400
+    running.stop()
+    assert running.said == []

@@ -13,6 +13,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Annotated, Literal
 
@@ -22,7 +23,8 @@ from ._spoken import WEEKDAYS_ZH, clock, follow_zone
 
 SCHEMA = """CREATE TABLE IF NOT EXISTS timers (
     id INTEGER PRIMARY KEY, kind TEXT NOT NULL, label TEXT NOT NULL, due REAL NOT NULL,
-    length REAL NOT NULL DEFAULT 0, paused_left REAL, language TEXT NOT NULL DEFAULT 'en');
+    length REAL NOT NULL DEFAULT 0, paused_left REAL, language TEXT NOT NULL DEFAULT 'en',
+    repeat TEXT NOT NULL DEFAULT '', at_minute INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS rung (
     id INTEGER PRIMARY KEY CHECK (id = 0), label TEXT NOT NULL, at REAL NOT NULL, language TEXT NOT NULL,
     stopped INTEGER NOT NULL DEFAULT 0, due REAL NOT NULL DEFAULT 0, others TEXT NOT NULL DEFAULT '[]');"""
@@ -30,9 +32,18 @@ CREATE TABLE IF NOT EXISTS rung (
 # to it, so that a restart does not ring it on; `due` the time it was set for, by which it is cancelled;
 # `others` the alarms still ringing when it rang ([label, language] each), snoozed with it.
 # Columns added since the first release, for state directories that have the older tables.
-# `language` is that of the request that set the timer: it rings later, outside any turn.
+# `language` is that of the request that set the timer: it rings later, outside any turn. An alarm that
+# repeats has the weekdays it rings on in `repeat` (digits, Monday 0: "01234" every weekday) and its time
+# of day in `at_minute` (minutes after midnight), as `due`, its next ring, may be at another time: the
+# time daylight saving skips to.
 NEW_COLUMNS = {
-    "timers": ("length REAL NOT NULL DEFAULT 0", "paused_left REAL", "language TEXT NOT NULL DEFAULT 'en'"),
+    "timers": (
+        "length REAL NOT NULL DEFAULT 0",
+        "paused_left REAL",
+        "language TEXT NOT NULL DEFAULT 'en'",
+        "repeat TEXT NOT NULL DEFAULT ''",
+        "at_minute INTEGER NOT NULL DEFAULT 0",
+    ),
     "rung": ("stopped INTEGER NOT NULL DEFAULT 0", "due REAL NOT NULL DEFAULT 0", "others TEXT NOT NULL DEFAULT '[]'"),
 }
 TICK = 0.25  # seconds between looks at the clock
@@ -143,6 +154,7 @@ def _clock_set(db: sqlite3.Connection, step: float, earlier: set[tuple[int, floa
         if (row_id, due) not in earlier
     ]
     db.executemany("UPDATE timers SET due = ? WHERE id = ?", moved)
+    _next_rings(db, keep=earlier)
     log.info(
         "timers: the clock was set %+.0f s; %d timers and alarms set since the start ring on time", step, len(moved)
     )
@@ -171,7 +183,23 @@ def _zone_set(db: sqlite3.Connection, walls: dict[int, datetime]) -> None:
     now = datetime.now()
     moved = [((wall if wall > now else wall + timedelta(days=1)).timestamp(), row_id) for row_id, wall in walls.items()]
     db.executemany("UPDATE timers SET due = ? WHERE id = ? AND kind = 'alarm'", moved)
+    _next_rings(db)
     log.info("timers: the time zone is now %s; %d alarms keep their time of day", time.tzname[0], len(moved))
+
+
+def _next_rings(db: sqlite3.Connection, keep: set[tuple[int, float]] | None = None) -> None:
+    """Each alarm that repeats at its next ring by the clock and the time zone as they are now, but those of
+    `keep` ((id, due) each): stored by an earlier run, when the clock was right, they keep their wall time."""
+    now = datetime.now()
+    rules = db.execute("SELECT id, due, repeat, at_minute FROM timers WHERE kind = 'alarm' AND repeat != ''")
+    db.executemany(
+        "UPDATE timers SET due = ? WHERE id = ?",
+        [
+            (_next_ring(repeat, at_minute, now).timestamp(), row_id)
+            for row_id, due, repeat, at_minute in rules.fetchall()
+            if (row_id, due) not in (keep or set())
+        ],
+    )
 
 
 def _left(due: float, paused_left: float | None) -> float:
@@ -274,9 +302,11 @@ def set_timer(
 # the hour before one ("quarter to 8", 差一刻八点) and the minutes of "quarter to".
 # The day, where people say it: "set an alarm for 7 am tomorrow", "wake me up tomorrow at 6:30", "set an alarm on
 # Friday at 7", "cancel the alarm on Friday". Cancelling takes the words as said: an answer to "Which one?" names
-# a day the question did ("the one on Friday"), and 明天 is in a Chinese question where "tomorrow" is not.
-ON_DAY, SAID_DAY = "{days:day}", "{said_day:day}"
-ALARM = f"(set [an|the|my] alarm [[for] {ON_DAY}] (for|at)|wake me [up] [{ON_DAY}] at) "
+# a day the question did ("the one on Friday"), and 明天 is in a Chinese question where "tomorrow" is not. The
+# days an alarm repeats on are said where a day is: "set an alarm for 7 every weekday", 工作日早上七点的闹钟, "cancel
+# the weekday alarm", "the one on weekends". "An alarm every Monday at 8" asks for one without a verb.
+ON_DAY, SAID_DAY, ON_DAY_ZH, SAID_DAY_ZH = "{days:day}", "{said_day:day}", "{days_zh:day}", "{said_day_zh:day}"
+ALARM = f"((set [an|the|my]|an) alarm [[for] {ON_DAY}] (for|at)|wake me [up] [{ON_DAY}] at) "
 EN_TIME = "(:{minute}| [{minute}]| oh {minute}) [o'clock]"  # "7:30", "7 30", "seven thirty", "seven oh five"
 AM = " (am|a m|a.m.|in the morning)"
 PM = " (pm|p m|p.m.|in the afternoon|in the evening|this evening|at night|tonight)"
@@ -289,10 +319,10 @@ EN_TEENS = ["thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen
 # A verb or 叫醒我: "早上7点的闹钟" alone may answer "which one?" as well as ask for a new alarm.
 ZH_SET = "(设置|设定|设|定)[一个|个]"
 # With a day, "明天早上7点的闹钟" alone asks for a new alarm (an answer to "which one?" is tried first).
-ZH_DAY = f"[{ON_DAY}|{{days_later_zh:day}}|今天]"
+ZH_DAY = f"[{ON_DAY_ZH}|{{days_later_zh:day}}|今天]"
 ZH_ALARM = (
     f"({ZH_SET}{ZH_DAY}{{time}}[的]闹钟|{ZH_SET}闹钟[在]{ZH_DAY}{{time}}|{ZH_DAY}{{time}}(叫醒我|叫我起床)"
-    f"|({ON_DAY}|{{days_later_zh:day}}){{time}}的闹钟)"
+    f"|({ON_DAY_ZH}|{{days_later_zh:day}}){{time}}的闹钟)"
 )
 ZH_AFTERNOON = "(下午|晚上|傍晚|今晚)"
 ZH_DIGITS = "一二三四五六七八九"
@@ -342,7 +372,40 @@ def _day_words() -> dict[str, str]:
         zh = {str(number), _chinese(number)} | ({"两"} if number == 2 else set())
         en = {f"in {said_number} day{'s' if number > 1 else ''}" for said_number in (str(number), word)}
         said |= {words: day for words in (*en, *(f"{n}天{later}" for n in zh for later in ("后", "以后", "之后")))}
-    return {**{day: day for day in DAYS}, **said}
+    return {**{day: day for day in (*DAYS, *RULES)}, **said, **_rule_words()}
+
+
+# What set_alarm takes in `day` for an alarm that repeats → the weekdays it rings on (digits, Monday 0).
+RULES = {"every day": "0123456", "every weekday": "01234", "every weekend": "56"}
+RULES |= {f"every {day}": str(number) for number, day in enumerate(WEEKDAYS)}
+RULES |= {f"every {WEEKDAYS[i]} and {WEEKDAYS[j]}": f"{i}{j}" for i in range(7) for j in range(i + 1, 7)}
+RULES_NAMED = {"0123456": ("every day", "每天"), "01234": ("every weekday", "工作日"), "56": ("on weekends", "周末")}
+
+
+def _rule_named(repeat: str) -> tuple[str, str]:
+    """The weekdays an alarm repeats on as replies name them, in English and in Chinese: "every weekday"
+    (工作日), "on weekends" (周末), "every Monday and Thursday" (每周一和周四)."""
+    if repeat in RULES_NAMED:
+        return RULES_NAMED[repeat]
+    days = [int(day) for day in repeat]
+    en = "every " + " and ".join(WEEKDAYS[day].title() for day in days)
+    return en, "每" + "和".join(f"周{WEEKDAYS_ZH[day]}" for day in days)
+
+
+def _rule_words() -> dict[str, str]:
+    """The words of a rule, in English and in Chinese → the rule as set_alarm takes it (one of RULES)."""
+    said = {word: "every day" for word in ("daily", "each day", "every morning", "每天", "天天", "每日")}
+    weekdays = ("weekday", "weekdays", "on weekdays", "every weekday morning", "monday to friday")
+    said |= {word: "every weekday" for word in (*weekdays, "工作日", "每个工作日", "周一到周五", "每周一到周五")}
+    weekends = ("weekend", "weekends", "on weekends", "at weekends", "every weekend morning")
+    said |= {word: "every weekend" for word in (*weekends, "周末", "每个周末", "每周末")}
+    for number, day in enumerate(WEEKDAYS):
+        # Fewer words than for a day: each word of the list costs every sentence that has it a try.
+        zh = [f"每周{WEEKDAYS_ZH[number]}", f"每星期{WEEKDAYS_ZH[number]}"] + (["每周天"] if day == "sunday" else [])
+        said |= {word: f"every {day}" for word in (f"{day}s", f"on {day}s", f"every {day} morning", *zh)}
+        for other in range(number + 1, len(WEEKDAYS)):
+            said[f"每周{WEEKDAYS_ZH[number]}和周{WEEKDAYS_ZH[other]}"] = f"every {day} and {WEEKDAYS[other]}"
+    return said
 
 
 EN_MINUTES = [*EN_HOURS, *EN_TEENS, "twenty", *(f"twenty {word}" for word in EN_HOURS[:9])]  # one to twenty nine
@@ -373,7 +436,16 @@ TIME_WORDS["days_later_zh"] = {word: TIME_WORDS["days"].pop(word) for word in LA
 # As said, but a weekday in Chinese as replies name it, so that 周五的那个 answers a question that named 星期五.
 AS_REPLIES_SAY = {f"{week}{day}": f"星期{day}" for week in ("周", "礼拜") for day in WEEKDAYS_ZH}
 AS_REPLIES_SAY |= {"周天": "星期日", "星期天": "星期日", "礼拜天": "星期日"}
+# A rule as replies name it, in the language it was said in: "the weekday one" answers a question that named
+# "7:00 every weekday", 周末的那个 one that named 周末早上9点.
+AS_REPLIES_SAY |= {
+    word: _rule_named(RULES[rule])[0 if word.isascii() else 1] for word, rule in DAY_WORDS.items() if rule in RULES
+}
 TIME_WORDS["said_day"] = {word: AS_REPLIES_SAY.get(word, word.removesuffix("'s")) for word in TIME_WORDS["days"]}
+# Each language's words in its own sentences only: each word of a list costs every sentence that has it a try.
+for _name in ("days", "said_day"):
+    TIME_WORDS[f"{_name}_zh"] = {word: day for word, day in TIME_WORDS[_name].items() if not word.isascii()}
+    TIME_WORDS[_name] = {word: day for word, day in TIME_WORDS[_name].items() if word.isascii()}
 # Before this hour "tomorrow" is the coming morning: the person has not slept yet.
 NIGHT_ENDS = 4
 
@@ -472,6 +544,56 @@ def _times_zh(sentence: str) -> list:
     ]
 
 
+def _on_the_clock(due: datetime) -> datetime:
+    """`due` as the clock shows it: a time the clock skips as daylight saving begins (2:30, as 2:00 becomes
+    3:00) is when it skips it, 3:00; datetime takes it for 3:30."""
+    shown = datetime.fromtimestamp(due.timestamp())
+    return due if (shown.hour, shown.minute) == (due.hour, due.minute) else shown - timedelta(minutes=due.minute)
+
+
+def _next_ring(repeat: str, at_minute: int, after: datetime) -> datetime:
+    """The first time after `after` that an alarm rings at `at_minute` (minutes after midnight) on the
+    weekdays `repeat`: local time, at the same time of day whether daylight saving is on or off."""
+    hour, minute = divmod(at_minute, 60)
+    for ahead in range(8):
+        day = after.date() + timedelta(days=ahead)
+        due = _on_the_clock(datetime(day.year, day.month, day.day, hour, minute))
+        if str(day.weekday()) in repeat and due > after:
+            return due
+    raise ValueError(f"no weekday in {repeat!r}")
+
+
+@dataclass
+class Alarm:
+    """An alarm as stored."""
+
+    id: int
+    at: datetime
+    """When it rings next."""
+    repeat: str
+    """The weekdays it rings on (digits, Monday 0), or "" for an alarm that rings once."""
+    at_minute: int
+    """The time of day of one that repeats, in minutes after midnight."""
+
+    @property
+    def time_of_day(self) -> tuple[int, int]:
+        """Its hour and minute, as set: the next ring may be when daylight saving skips to."""
+        return divmod(self.at_minute, 60) if self.repeat else (self.at.hour, self.at.minute)
+
+    def named(self, now: datetime) -> tuple[str, str]:
+        """As replies name it, in English and in Chinese: "7:00 tomorrow", "7:00 every weekday" (工作日早上7点)."""
+        if not self.repeat:
+            return _when(self.at, now)
+        rule, rule_zh = _rule_named(self.repeat)
+        return f"{clock(*self.time_of_day)} {rule}", rule_zh + clock(*self.time_of_day, "zh")
+
+
+def _alarms(db: sqlite3.Connection) -> list[Alarm]:
+    """The alarms set, the next to ring first."""
+    rows = db.execute("SELECT id, due, repeat, at_minute FROM timers WHERE kind = 'alarm' ORDER BY due")
+    return [Alarm(row_id, datetime.fromtimestamp(due), repeat, at_minute) for row_id, due, repeat, at_minute in rows]
+
+
 @skill(
     sentences={"en": _times(lambda time: ALARM + time + f" [{ON_DAY}]"), "zh": _times_zh(ZH_ALARM)},
     lists=TIME_WORDS,
@@ -489,13 +611,16 @@ def set_alarm(
         hour: hour on a 24-hour clock
         minute: minute
         label: what the alarm is for
-        day: the day if one was said: tomorrow, day after tomorrow, friday, next friday, or a date (2026-12-01)
+        day: the day if one was said: tomorrow, day after tomorrow, friday, next friday, or a date (2026-12-01);
+            for an alarm that repeats: every day, every weekday, every weekend, every monday, every monday and thursday
     """
     follow_zone()
     now = datetime.now()
     said = _said_day(day) if day.strip() else "today"
     if said is None:
         return _no_such_day(day, context)
+    if said in RULES:
+        return _set_repeating(context, hour * 60 + minute, RULES[said], label.strip(), now)
     on = _first_day(said, now)
     due = now.replace(year=on.year, month=on.month, day=on.day, hour=hour, minute=minute, second=0, microsecond=0)
     if due <= now and said[:1].isdigit():  # a date: not the next day instead
@@ -505,12 +630,9 @@ def set_alarm(
         )
     if due <= now:  # today's time has passed: the next day, or for a weekday the same day next week
         due += timedelta(days=7 if said in WEEKDAYS else 1)
-    # A time the clock skips as daylight saving begins (2:30, as 2:00 becomes 3:00) rings as it is skipped,
-    # at 3:00, and the reply says so; datetime takes it for 3:30.
-    shown = datetime.fromtimestamp(due.timestamp())
-    skipped = (shown.hour, shown.minute) != (hour, minute)
-    if skipped:
-        due = shown - timedelta(minutes=minute)
+    # A time the clock skips as daylight saving begins rings as it is skipped, and the reply says so.
+    due = _on_the_clock(due)
+    skipped = (due.hour, due.minute) != (hour, minute)
     # Said with the day when it is not today: "set an alarm for 7" at 15:00 is 7:00 tomorrow morning.
     day_named, day_zh = _day_named(due.date(), now.date())
     when = clock(due.hour, due.minute) + day_named
@@ -529,6 +651,22 @@ def set_alarm(
     )
 
 
+def _set_repeating(context: SkillContext, at_minute: int, repeat: str, label: str, now: datetime) -> str:
+    """An alarm at `at_minute` (minutes after midnight) on the weekdays `repeat`, from its next ring on."""
+    alarm = Alarm(0, _next_ring(repeat, at_minute, now), repeat, at_minute)
+    when, when_zh = alarm.named(now)
+    with _db(context) as db:
+        if db.execute(
+            "SELECT 1 FROM timers WHERE kind = 'alarm' AND repeat = ? AND at_minute = ?", (repeat, at_minute)
+        ).fetchone():
+            return context.localized(f"An alarm is already set for {when}.", zh=f"{when_zh}已经有闹钟了。")
+        db.execute(
+            "INSERT INTO timers (kind, label, due, language, repeat, at_minute) VALUES ('alarm', ?, ?, ?, ?, ?)",
+            (label, alarm.at.timestamp(), context.language, repeat, at_minute),
+        )
+    return context.localized(f"Alarm set for {when}.", zh=f"闹钟定在{when_zh}。")
+
+
 @skill(
     sentences={
         "en": ["what timers do I have", "list my timers", "list my alarms", "what alarms do I have"],
@@ -540,13 +678,15 @@ def list_timers(context: SkillContext) -> str:
     follow_zone()
     now = datetime.now()
     with _db(context) as db:
-        rows = db.execute("SELECT kind, label, due, paused_left FROM timers ORDER BY due").fetchall()
+        rows = db.execute(
+            "SELECT id, kind, label, due, paused_left, repeat, at_minute FROM timers ORDER BY due"
+        ).fetchall()
     if not rows:
         return context.localized("No timers or alarms are set.", zh="没有设置计时器或闹钟。")
     said, said_zh = [], []
-    for kind, label, due, paused_left in rows:
+    for row_id, kind, label, due, paused_left, repeat, at_minute in rows:
         if kind == "alarm":
-            when, when_zh = _when(datetime.fromtimestamp(due), now)
+            when, when_zh = Alarm(row_id, datetime.fromtimestamp(due), repeat, at_minute).named(now)
             said.append(f"an alarm at {when}")
             said_zh.append(f"{when_zh}的闹钟")
         else:
@@ -711,11 +851,11 @@ def control_timer(
 # Cancelling one alarm by its time, said as set_alarm takes it: "cancel the alarm at 7 pm", "cancel
 # my 7 pm alarm" (each template costs every sentence some match time: both word orders in one).
 CANCEL = "(cancel|delete|remove|turn off) [my|the] "
-ZH_CANCEL = f"(取消|关掉|关闭|删除|删掉)[我的][{SAID_DAY}]{{time}}的闹钟"
+ZH_CANCEL = f"(取消|关掉|关闭|删除|删掉)[我的][{SAID_DAY_ZH}]{{time}}的闹钟"
 
 
 def _cancel_at(time: str) -> str:
-    return CANCEL + f"(alarm (for|at) {time} [{SAID_DAY}]|{time} alarm [{SAID_DAY}])"
+    return CANCEL + f"(alarm [{SAID_DAY}] (for|at) {time} [{SAID_DAY}]|{time} alarm [{SAID_DAY}])"
 
 
 @skill(
@@ -725,7 +865,8 @@ def _cancel_at(time: str) -> str:
             "turn [my|the] alarm off",
             (CANCEL + "alarms", {"every": True}),
             ("(cancel|delete|remove|turn off) all [of] [my|the] alarm[s]", {"every": True}),
-            CANCEL + f"(alarm[s] [for] {SAID_DAY}|{SAID_DAY} alarm[s])",
+            # "Skip tomorrow's alarm": a day's ring of an alarm that repeats, or a day's alarm.
+            f"(cancel|delete|remove|turn off|skip) [my|the] (alarm[s] [for] {SAID_DAY}|{SAID_DAY} alarm[s])",
             *_times(_cancel_at),
         ],
         "zh": [
@@ -733,8 +874,8 @@ def _cancel_at(time: str) -> str:
             "把闹钟(取消|关掉|关闭|关了|删掉)",
             ("(取消|关掉|删除|删掉)[我的](所有|全部)[的]闹钟", {"every": True}),
             ("把(所有|全部)[的]闹钟[都](取消|关掉|删掉)", {"every": True}),
-            f"(取消|关掉|关闭|删除|删掉)[我的]{SAID_DAY}的闹钟",
-            f"把{SAID_DAY}的闹钟(取消|关掉|关闭|关了|删掉)",
+            f"(取消|关掉|关闭|删除|删掉|跳过)[我的]{SAID_DAY_ZH}的闹钟",
+            f"把{SAID_DAY_ZH}的闹钟(取消|关掉|关闭|关了|删掉)",
             *_times_zh(ZH_CANCEL),
         ],
     },
@@ -751,8 +892,8 @@ def _cancel_at(time: str) -> str:
             ("(both|all) [of them]", {"every": True}),
         ],
         "zh": [
-            *_times_zh(f"[取消][那个][{SAID_DAY}]{{time}}[的][那个|闹钟]"),
-            f"[取消][那个]{SAID_DAY}[的][那个|闹钟]",
+            *_times_zh(f"[取消][那个][{SAID_DAY_ZH}]{{time}}[的][那个|闹钟]"),
+            f"[取消][那个]{SAID_DAY_ZH}[的][那个|闹钟]",
             ("(都|全部|所有的|两个都)[取消]", {"every": True}),
         ],
     },
@@ -770,47 +911,58 @@ def cancel_alarms(
         hour: the alarm's hour on a 24-hour clock
         minute: the alarm's minute
         every: true to cancel every alarm
-        day: the day if one was said, for its alarms only: tomorrow, friday, next friday, or a date (2026-12-01)
+        day: the day if one was said, for its alarms only: tomorrow, friday, next friday, or a date (2026-12-01);
+            or the days an alarm repeats on, for those alarms only: every day, every weekday, every monday
     """
     follow_zone()
     now = datetime.now()
     said = _said_day(day) if day.strip() else None
     if day.strip() and said is None:
         return _no_such_day(day, context)
-    first = _first_day(said, now) if said else None
+    repeat = RULES.get(said or "", "")
+    first = _first_day(said, now) if said and not repeat else None
     with _db(context) as db:
         rang = db.execute("SELECT at, due FROM rung WHERE NOT stopped").fetchone()
-        ringing = rang and not said and _rings_on(rang[0], context)
+        # "Turn off the alarm" said once the one that rang has stopped ringing by itself is for it still, until
+        # "snooze" could no longer be: not for the next alarm in its place, nor for the rule it rang for.
+        just_rang = rang and not said and context.stopped_at < rang[0] and time.time() - rang[0] <= SNOOZE_WITHIN
+        ringing = just_rang and _rings_on(rang[0], context)
         set_for = datetime.fromtimestamp(rang[1]) if ringing else None
         # The alarm ringing is turned off by "turn off the alarm", by its time, or with all the others.
-        off = ringing and (hour is None or every or (set_for.hour, set_for.minute) == (hour, minute))
+        off = (just_rang and hour is None and not every) or (
+            ringing and (every or (set_for.hour, set_for.minute) == (hour, minute))
+        )
         if off:
             db.execute("DELETE FROM rung")  # and no snooze after
             if not every:
                 return context.localized("Alarm off.", zh="闹钟关了。")
-        alarms = [(i, datetime.fromtimestamp(due)) for i, due in
-                  db.execute("SELECT id, due FROM timers WHERE kind = 'alarm' ORDER BY due")]  # fmt: skip
+        alarms = _alarms(db)
+        if repeat:
+            alarms = [alarm for alarm in alarms if alarm.repeat == repeat]
         if said in WEEKDAYS:
             # The nearest of that weekday with such an alarm, of those a reply names by it first: one today or
             # tomorrow is named "7:00" or "7:00 tomorrow", so "the one on Friday" answers a question that named
             # "7:00 on Friday, May 15" only for the alarm a week after tomorrow's.
-            fits = [at for _, at in alarms if at.weekday() == WEEKDAYS.index(said)]
+            fits = [alarm.at for alarm in alarms if alarm.at.weekday() == WEEKDAYS.index(said)]
             fits = [at for at in fits if hour is None or (at.hour, at.minute) == (hour, minute)]
             by_name = [at for at in fits if at.date() > now.date() + timedelta(days=1)]
             first = min((at.date() for at in by_name or fits), default=first)
-        if said:
-            alarms = [(i, at) for i, at in alarms if at.date() == first]
+        if first:
+            alarms = [alarm for alarm in alarms if alarm.at.date() == first]
         named, named_zh = _day_named(first, now.date()) if first and first != now.date() else (" today", "今天")
         if said == "tomorrow":  # as said, also between midnight and NIGHT_ENDS
             named, named_zh = " tomorrow", "明天"
+        if repeat:
+            named, named_zh = _rule_named(repeat)
+            named = " " + named
         none = context.localized(
             f"There is no alarm{named}." if said else "No alarm is set.",
             zh=f"{named_zh}没有闹钟。" if said else "没有设置闹钟。",
         )
         if hour is not None:
-            picked = [(i, at) for i, at in alarms if (at.hour, at.minute) == (hour, minute)]
+            picked = [alarm for alarm in alarms if alarm.time_of_day == (hour, minute)]
             # The next one at that time (with those snoozed with it): a later one is asked for with its day.
-            picked = [(i, at) for i, at in picked if at == picked[0][1]]
+            picked = [alarm for alarm in picked if alarm.at == picked[0].at]
             if not picked:
                 on, on_zh = (named, named_zh) if said else ("", "")
                 return context.localized(
@@ -822,18 +974,31 @@ def cancel_alarms(
         elif not alarms:
             return none
         else:  # "cancel my alarm" with several set: not all of them, unasked
-            times, times_zh = zip(*(_when(at, now) for _, at in alarms), strict=True)
+            times, times_zh = zip(*(alarm.named(now) for alarm in alarms), strict=True)
             return context.localized(
                 f"You have {len(alarms)} alarms: at {', '.join(times[:-1])} and {times[-1]}. Which one?",
                 zh=f"你有{len(alarms)}个闹钟：{'、'.join(times_zh)}。要取消哪一个？",
             )
-        db.executemany("DELETE FROM timers WHERE id = ?", [(i,) for i, _ in picked])
+        # An alarm that repeats, cancelled by the day of its next ring, skips that ring only.
+        skipped = [alarm for alarm in picked if alarm.repeat and first]
+        db.executemany(
+            "UPDATE timers SET due = ? WHERE id = ?",
+            [(_next_ring(alarm.repeat, alarm.at_minute, alarm.at).timestamp(), alarm.id) for alarm in skipped],
+        )
+        db.executemany("DELETE FROM timers WHERE id = ?", [(alarm.id,) for alarm in picked if alarm not in skipped])
     if off and not picked:
         return context.localized("Alarm off.", zh="闹钟关了。")
     if not picked:
         return none
+    if len(picked) == 1 and skipped:  # named with its day, which is what was cancelled
+        at, (rule, rule_zh) = picked[0].at, _rule_named(picked[0].repeat)
+        day_named, day_zh = _day_named(at.date(), now.date())
+        return context.localized(
+            f"Cancelled the alarm at {clock(at.hour, at.minute)}{day_named}; the one {rule} stays.",
+            zh=f"已取消{day_zh}{clock(at.hour, at.minute, 'zh')}的闹钟，{rule_zh}的闹钟保留。",
+        )
     if len(picked) == 1 and not every:
-        when, when_zh = _when(picked[0][1], now)
+        when, when_zh = picked[0].named(now)
         return context.localized(f"Cancelled the alarm at {when}.", zh=f"已取消{when_zh}的闹钟。")
     count = len(picked)
     cancelled = context.localized(f"Cancelled {count} alarm{'s' if count != 1 else ''}.", zh=f"已取消{count}个闹钟。")
@@ -908,7 +1073,7 @@ def ring_due_timers(context: SkillContext, stop: threading.Event) -> None:
     again with backoff, an alarm rings on meanwhile, and a timer rung but not yet deleted is never
     rung twice. An alarm ringing when the assistant restarts (or reloads) rings on after it.
     """
-    rung: set[int] = set()  # rung, and still to be deleted
+    rung: dict[int, float | None] = {}  # rung, and still to be deleted (None) or set for its next ring
     snoozable = None  # the alarm among them that rang on time, still to be stored: a row of `rung`
     ringing = None  # the alarms that rang on time and ring on: (label, language) each, when the last rang, when said
     wait, failing = TICK, False
@@ -927,7 +1092,7 @@ def ring_due_timers(context: SkillContext, stop: threading.Event) -> None:
                     _zone_set(db, walls)
                 alarms_set = db.execute("SELECT id, due FROM timers WHERE kind = 'alarm'").fetchall()
                 due = db.execute(
-                    "SELECT id, kind, label, due, language FROM timers"
+                    "SELECT id, kind, label, due, language, repeat, at_minute FROM timers"
                     " WHERE due <= ? AND paused_left IS NULL ORDER BY due",
                     (time.time(),),
                 ).fetchall()
@@ -942,15 +1107,18 @@ def ring_due_timers(context: SkillContext, stop: threading.Event) -> None:
             skew = now_skew  # once stored: a step not stored is found again at the next look
             zone, walls = _zone(), {row_id: datetime.fromtimestamp(at) for row_id, at in alarms_set}
             done: dict[tuple[str, str], int] = {}  # timers done on time, by label and language: said once, counted
-            for row_id, kind, label, due_at, language in due:
+            rang_now: set[tuple[str, str]] = set()  # alarms rung on time, by label and language: said once
+            for row_id, kind, label, due_at, language, repeat, at_minute in due:
                 if row_id not in rung:
-                    if kind == "timer" and time.time() - due_at <= LATE:
-                        key = (label, context.announced_in(language))
+                    key, on_time = (label, context.announced_in(language)), time.time() - due_at <= LATE
+                    if kind == "timer" and on_time:
                         done[key] = done.get(key, 0) + 1
-                    else:
-                        context.say(_ring(kind, label, due_at, context.announced_in(language)))
-                    rung.add(row_id)
-                    if kind == "alarm" and time.time() - due_at <= LATE:  # not one said late
+                    elif not (kind == "alarm" and on_time and key in rang_now):
+                        context.say(_ring(kind, label, due_at, key[1]))
+                    # One that repeats is set for its next ring at once: a snooze is an alarm of its own.
+                    rung[row_id] = _next_ring(repeat, at_minute, datetime.now()).timestamp() if repeat else None
+                    if kind == "alarm" and on_time:  # not one said late
+                        rang_now.add(key)
                         # One ringing already rings on with it, and is snoozed with it, unless "stop" was said to it.
                         still = ringing and context.stopped_at < ringing[1]
                         before = [alarm for alarm in ringing[0] if alarm != (label, language)] if still else []
@@ -960,7 +1128,12 @@ def ring_due_timers(context: SkillContext, stop: threading.Event) -> None:
                 context.say(_done(label, count, language))
             if rung:
                 with _db(context) as db:
-                    db.executemany("DELETE FROM timers WHERE id = ?", [(row_id,) for row_id in rung])
+                    db.executemany(
+                        "DELETE FROM timers WHERE id = ?", [(i,) for i, again in rung.items() if again is None]
+                    )
+                    db.executemany(
+                        "UPDATE timers SET due = ? WHERE id = ?", [(again, i) for i, again in rung.items() if again]
+                    )
                     if snoozable is not None:
                         db.execute(
                             "INSERT OR REPLACE INTO rung (id, label, at, language, due, others)"
