@@ -15,7 +15,7 @@ and onnxruntime-genai's model builder (int8, int4). Nothing of theirs is part of
   Its converter runs in this Python and needs `pip install sentencepiece`; it is given Qwen's
   real tokenizer (tests/qwen_tokenizer.py), as it refuses tokenizers it does not know.
 * PYTHON, onnxruntime-genai: an interpreter with `onnxruntime-genai torch==2.13.0 transformers
-  onnx` installed, best in its own virtual environment.
+  onnx onnx-ir` installed (its model builder imports onnx_ir), best in its own virtual environment.
 
 Every round runs each system once, one after another, each in its own process with 2 threads:
 a 300-token prompt (prefill time), then 128 greedy tokens (decode tokens/s), and the process's
