@@ -488,6 +488,26 @@ def test_switching_all_lights_of_an_area_needs_its_devices(registry: Registry) -
     )
 
 
+def test_names_that_spell_template_brackets_are_matched_as_the_words_said(tmp_path: Path) -> None:
+    """hassil reads {x}, [x], (a|b) and <x> in a template as syntax: a device's name or area is words."""
+    devices = [
+        {"name": "{x} plug", "type": "switch", "topic": "z/x", "area": "[hall]"},
+        {"name": "lamp (old)", "type": "light", "topic": "z/lamp", "area": "<den>"},
+        {"name": "{}", "type": "light", "topic": "z/none"},
+    ]
+    settings = Settings(mqtt=MqttSettings(devices=devices))
+    registry = Registry(settings=settings, context=SkillContext(settings=settings, state_dir=tmp_path))
+    registry.load_folder(BUILTIN_SKILLS)
+    found = IntentMatcher(registry.skills, devices)  # raised hassil's MissingListError for {x}
+    assert found.match("turn on the x plug") == found.match("Turn on the X plug!")
+    assert (found.match("turn on the x plug").skill, found.match("turn on the x plug").arguments) == (
+        "switch_device",
+        {"device": "{x} plug", "on": True},
+    )
+    assert found.match("turn off lamp old").arguments == {"device": "lamp (old)", "on": False}
+    assert found.match("turn off the lights in the den").arguments == {"on": False, "kind": "light", "area": "<den>"}
+
+
 def test_a_matched_intent_never_asks_the_model_and_a_number_out_of_range_is_explained(
     tiny_int8: Path, tmp_path: Path
 ) -> None:

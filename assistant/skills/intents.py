@@ -495,16 +495,22 @@ def device_slot_lists(devices: list[dict]) -> dict[str, TextSlotList]:
     (so "open" goes to covers, "turn on" to lights); hassil compares them without case or punctuation.
     """
     names = [
-        (spoken, device["name"], {"domain": device.get("type", "")})
+        (_words(spoken), device["name"], {"domain": device.get("type", "")})
         for device in devices
         for spoken in [device["name"], *device.get("aliases", [])]
+        if _words(spoken)
     ]
     areas = sorted({device["area"] for device in devices if device.get("area")})
     return {
         "name": TextSlotList.from_tuples(names, allow_template=False),
-        "area": TextSlotList.from_strings(areas, allow_template=False),
+        "area": TextSlotList.from_tuples([(_words(a), a) for a in areas if _words(a)], allow_template=False),
         "floor": TextSlotList.from_strings([]),
     }
+
+
+def _words(text: str) -> str:
+    """A name as it is said: "{x} plug" is "x plug" (no recogniser writes the brackets of hassil's templates)."""
+    return " ".join(TEMPLATE_SYNTAX.sub(" ", text).split())
 
 
 def _plain(text: str) -> str:
@@ -775,8 +781,8 @@ def _free_text(found: Skill, slot: str) -> bool:
 def _slot_list(schema: dict, language: str) -> dict:
     if schema.get("type") == "array":  # a sentence hears one value of a list
         return _slot_list(schema.get("items", {}), language)
-    if "enum" in schema:
-        return {"values": [{"in": str(v), "out": v} for v in schema["enum"]]}
+    if "enum" in schema:  # a choice such as a device's name is words, even where it spells template syntax
+        return {"values": [{"in": _words(str(v)), "out": v} for v in schema["enum"] if _words(str(v))]}
     if schema.get("type") in ("integer", "number"):
         # Beyond the bounds, so that an out-of-range number is heard and explained; at most up to
         # 1000, because hassil spells out every number of a range in words when it first meets it.
