@@ -317,6 +317,10 @@ class Daemon:
                 # Not loaded until the restart, but checked now: a broken one would stop that restart.
                 load_checked(settings.llm.model_dir)
             registry = self._load_skills(settings)  # aside: the running turn is not touched
+            llm, started = settings.llm, self.started_with.llm
+            if (llm.model_dir, llm.kv_cache_len) != (started.model_dir, started.kv_cache_len):
+                # The prompt in the context the next start will have: one it does not fit would stop that start.
+                plan_for_settings(settings, list(registry.skills.values()))
             if not self._lock_turns():
                 return
             if self.reload_requested:  # a SIGHUP came while this reload waited for a turn: the next reads newer
