@@ -173,9 +173,15 @@ def _say(client, text: str) -> int:
     request = client.send("say", text=text)
     code = 0
     last = None  # the stream written last: it gets the closing newline
+    ended = False  # the output so far ends with a line of its own
     try:
         for event in client.events(request, until=lambda e: e["type"] == "turn_done"):
-            if event["type"] in ("text", "confirm"):
+            if event["type"] == "say":  # what a skill says while it works: a line of its own
+                if last is not None:
+                    print(file=last)
+                print(_CONTROL.sub("", event["text"]), flush=True)
+                last, ended = None, True
+            elif event["type"] in ("text", "confirm"):
                 print(_CONTROL.sub("", event["text"]), end="", flush=True)
                 last = sys.stdout
             elif event["type"] == "error":
@@ -197,7 +203,8 @@ def _say(client, text: str) -> int:
         if last is not None:  # the reply cut short ends its line before the error is said
             print(file=last)
         raise
-    print(file=last or sys.stdout)
+    if last is not None or not ended:
+        print(file=last or sys.stdout)
     return code
 
 

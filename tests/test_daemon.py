@@ -977,6 +977,11 @@ def test_what_a_skill_says_while_it_works_is_its_turns_and_unsaid_once_that_turn
             for client, request in ((asker, "a5"), (other, "o4")):
                 send(client, {"type": "status", "id": request})
                 assert [e["type"] for e in until(client, "status")] == ["status"]
+        # `assistant say` prints it too, on a line of its own before the reply.
+        (folder / "started").unlink()
+        threading.Thread(target=lambda: (wait_for_file(folder / "started"), (folder / "go").touch())).start()
+        said = run_assistant("say", "--config", str(config), "look", "it", "up")
+        assert (said.returncode, said.stdout) == (0, "Still looking.\nFound it.\n"), said.stderr
         lines = [r.getMessage() for r in caplog.records]
         assert "skill look_up spoke after turn a2 was stopped: not said" in lines, lines
         assert "skill look_up_slowly spoke after its turn was over: not said" in lines, lines
