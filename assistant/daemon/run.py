@@ -321,6 +321,10 @@ class Daemon:
             if (llm.model_dir, llm.kv_cache_len) != (started.model_dir, started.kv_cache_len):
                 # The prompt in the context the next start will have: one it does not fit would stop that start.
                 plan_for_settings(settings, list(registry.skills.values()))
+            check_state_dir(settings, make=False)  # what the next start refuses, refused now
+            socket_folder = (settings.control.socket or default_socket_path()).parent
+            if socket_folder.is_dir() and (shared := folder_not_private(socket_folder)):
+                raise ConfigError(f"{socket_folder}: {shared[0]}; {shared[1]}")
             if not self._lock_turns():
                 return
             if self.reload_requested:  # a SIGHUP came while this reload waited for a turn: the next reads newer
@@ -589,13 +593,15 @@ def _cut_between_words(text: str, most: int) -> str:
     return kept[:space] if space > 0 and not text[most].isspace() else kept
 
 
-def check_state_dir(settings: Settings) -> None:
+def check_state_dir(settings: Settings, make: bool = True) -> None:
     """Refuse a state folder another user could change (ConfigError): the notes, lists and timers are the
     household's, and such a user could put a file of theirs in it for them to be written to, or timers
-    of theirs to be said. Made here if missing, as the daemon makes files: for its user alone."""
+    of theirs to be said. Made here if missing (unless not to `make` it), as the daemon makes files: for
+    its user alone."""
     folder = state_dir(settings)
     with contextlib.suppress(OSError):  # one that cannot be made fails each store, said in its turn
-        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if make:
+            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     try:
         why = folder_not_private(folder, "state_dir", STATE_FILES) if folder.is_dir() else None
     except OSError:  # a folder on the way this user may not enter: it can store nothing there either
