@@ -686,6 +686,14 @@ def test_the_unit_restarts_a_daemon_that_ended_by_itself_even_with_status_0(tmp_
     assert verify.returncode == 0, verify.stderr
 
 
+def test_the_unit_does_not_wait_for_a_network_the_assistant_does_not_need_to_start() -> None:
+    """Offline, a boot waits for network-online.target until its wait-online service gives up (2 minutes by
+    default): the assistant would be deaf that long. It reaches MQTT only when a command is given."""
+    unit = (REPO / "systemd/assistant.service").read_text().splitlines()
+    dependencies = [line for line in unit if line.startswith(("After=", "Wants=", "Requires="))]
+    assert dependencies and not any("network-online" in line for line in dependencies), dependencies
+
+
 def test_a_socket_path_that_is_not_ours_is_refused_in_one_line(tmp_path: Path, tiny_int8: Path) -> None:
     def folder(name: str, mode: int = 0o700) -> Path:
         path = tmp_path / name
