@@ -1,13 +1,31 @@
 """The `assistant` command: one subcommand a job, heavy imports only inside the one that runs."""
 
+# ruff: noqa: E402 (the imports come after Ctrl-C is taken care of)
+
 from __future__ import annotations
+
+import signal
+import threading
+
+
+def _starting_interrupted(*_: object) -> None:
+    raise SystemExit(130)
+
+
+# Ctrl-C while the command starts (a tenth of a second of imports, more on a board) ends it as it does
+# later, with status 130 and no traceback: until this module is loaded, and from then on main() takes it.
+# Not where it is ignored (`nohup`, `&`), nor when imported on a thread (signals are the main thread's).
+if (
+    signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    and threading.current_thread() is threading.main_thread()
+):
+    signal.signal(signal.SIGINT, _starting_interrupted)
 
 import argparse
 import json
 import logging
 import os
 import re
-import signal
 import sys
 import typing
 from pathlib import Path
@@ -155,9 +173,15 @@ def _say(client, text: str) -> int:
     request = client.send("say", text=text)
     code = 0
     last = None  # the stream written last: it gets the closing newline
+    ended = False  # the output so far ends with a line of its own
     try:
         for event in client.events(request, until=lambda e: e["type"] == "turn_done"):
-            if event["type"] in ("text", "confirm"):
+            if event["type"] == "say":  # what a skill says while it works: a line of its own
+                if last is not None:
+                    print(file=last)
+                print(_CONTROL.sub("", event["text"]), flush=True)
+                last, ended = None, True
+            elif event["type"] in ("text", "confirm"):
                 print(_CONTROL.sub("", event["text"]), end="", flush=True)
                 last = sys.stdout
             elif event["type"] == "error":
@@ -179,7 +203,8 @@ def _say(client, text: str) -> int:
         if last is not None:  # the reply cut short ends its line before the error is said
             print(file=last)
         raise
-    print(file=last or sys.stdout)
+    if last is not None or not ended:
+        print(file=last or sys.stdout)
     return code
 
 
@@ -659,14 +684,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    # As stderr already does: a name given in bytes that are not UTF-8, or a lone surrogate in a reply,
-    # is printed escaped rather than ending the command with a traceback (after its work is done).
-    if hasattr(sys.stdout, "reconfigure"):
-        sys.stdout.reconfigure(errors="backslashreplace")
-    args = build_parser().parse_args(argv)
-    args.log_level = getattr(args, "log_level", None)
-    setup_logging(args.log_level or "info")
     try:
+        # As stderr already does: a name given in bytes that are not UTF-8, or a lone surrogate in a reply,
+        # is printed escaped rather than ending the command with a traceback (after its work is done).
+        if hasattr(sys.stdout, "reconfigure"):
+            sys.stdout.reconfigure(errors="backslashreplace")
+        args = build_parser().parse_args(argv)
+        args.log_level = getattr(args, "log_level", None)
+        setup_logging(args.log_level or "info")
         return args.func(args)
     except (ConfigError, ModelError) as e:
         # Why the service did not start: an error for `journalctl -p err`, where a plain line is "info".
@@ -677,3 +702,7 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # the reader of stdout went away (`| head`): stop quietly, as other tools do
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush cannot fail again
         return 1
+
+
+if signal.getsignal(signal.SIGINT) is _starting_interrupted:  # loaded: main() takes Ctrl-C as KeyboardInterrupt
+    signal.signal(signal.SIGINT, signal.default_int_handler)

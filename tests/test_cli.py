@@ -547,3 +547,45 @@ def test_doctor_on_a_config_that_does_not_load_reports_that_and_nothing_about_th
         lines[0] == f"PROBLEM  config: {config}: cannot read config file: Permission denied; nothing else was checked"
     )
     assert lines[1].strip().startswith("fix: run doctor as the service's user") and len(lines) == 3, lines
+
+
+CTRL_C_AS_IMPORTED = """
+import os
+import signal
+import sys
+
+
+def audit(event, args):
+    if event == "import" and args[0] == sys.argv[1]:
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C, as that module starts to load
+
+
+sys.addaudithook(audit)
+from assistant.cli import main  # as the installed `assistant` script starts
+
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.parametrize(
+    "module",
+    [
+        "assistant.llm.manifest",  # the command's own imports
+        "locale",  # its options being read
+        "assistant.daemon.run",  # the daemon's imports
+    ],
+)
+def test_ctrl_c_as_the_assistant_starts_ends_it_without_a_traceback(module: str, tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text("")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ASSISTANT_")}
+    command = [sys.executable, "-c", CTRL_C_AS_IMPORTED, module, "run", "--config", str(config), "--text-only"]
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=60)
+    assert (result.returncode, result.stderr) == (130, ""), result.stderr
+
+
+def test_importing_the_command_leaves_ctrl_c_as_python_has_it() -> None:
+    """Only while the command starts is Ctrl-C a quiet exit: a program or test importing it keeps KeyboardInterrupt."""
+    check = "import signal, assistant.cli; print(signal.getsignal(signal.SIGINT) is signal.default_int_handler)"
+    result = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=60)
+    assert result.stdout == "True\n", result.stderr

@@ -119,3 +119,23 @@ def test_a_chat_waiting_at_its_prompt_is_kept_however_much_the_assistant_says_me
         assistant.control.close()
     assert (chat.returncode, err) == (0, b"\n")
     assert b"Today is " in out
+
+
+def test_a_request_not_in_utf8_is_refused_as_such_whatever_encoding_it_looks_like(daemon: Daemon) -> None:
+    """JSON read from bytes guesses UTF-16 or UTF-32 from where the zero bytes are: such a request was run, and
+    other bytes were refused in the words of a codec the client never used."""
+    requests = {
+        b"\x00\xff garbage\n": "malformed request: not UTF-8 (byte 0xff at 1)",
+        b"\xff\xfe{}\n": "malformed request: not UTF-8 (byte 0xff at 0)",
+        # UTF-16 of ASCII is UTF-8 with zero bytes between: JSON that does not parse.
+        '{"type": "status", "id": "s16"}'.encode("utf-16-le") + b"\n": "malformed request: Expecting property name",
+    }
+    for request, said in requests.items():
+        with connect(socket_of(daemon)) as client:
+            send(client, request)
+            replies = list(events(client))  # the daemon closes the connection after its answer
+        assert [r["type"] for r in replies] == ["error"], (request, replies)
+        assert replies[0]["message"].startswith(said), replies
+    with connect(socket_of(daemon)) as client:  # a byte-order mark ahead of UTF-8 is still UTF-8
+        send(client, b'\xef\xbb\xbf{"type": "status", "id": "bom"}\n')
+        assert until(client, "status")[-1]["request"] == "bom"

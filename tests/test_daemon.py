@@ -686,6 +686,14 @@ def test_the_unit_restarts_a_daemon_that_ended_by_itself_even_with_status_0(tmp_
     assert verify.returncode == 0, verify.stderr
 
 
+def test_the_unit_does_not_wait_for_a_network_the_assistant_does_not_need_to_start() -> None:
+    """Offline, a boot waits for network-online.target until its wait-online service gives up (2 minutes by
+    default): the assistant would be deaf that long. It reaches MQTT only when a command is given."""
+    unit = (REPO / "systemd/assistant.service").read_text().splitlines()
+    dependencies = [line for line in unit if line.startswith(("After=", "Wants=", "Requires="))]
+    assert dependencies and not any("network-online" in line for line in dependencies), dependencies
+
+
 def test_a_socket_path_that_is_not_ours_is_refused_in_one_line(tmp_path: Path, tiny_int8: Path) -> None:
     def folder(name: str, mode: int = 0o700) -> Path:
         path = tmp_path / name
@@ -886,6 +894,144 @@ def test_a_voice_turn_carries_the_pipelines_id_on_every_event(setup, test_voice:
                     kinds.add(seen[-1]["type"])
                 assert {e["request"] for e in seen} == {"voice-1"}, seen
     finally:
+        daemon.pending.put(None)
+        daemon.control.close()
+
+
+LOOKING_SKILL = """import pathlib
+import time
+
+from assistant import SkillContext, skill
+
+HERE = pathlib.Path({folder!r})
+
+
+@skill(timeout=30, sentences={{'en': ['look it up']}})
+def look_up(context: SkillContext) -> str:
+    '''Look something up, saying so while it takes a while.'''
+    (HERE / 'started').touch()
+    deadline = time.monotonic() + 30
+    while not (HERE / 'go').exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    (HERE / 'go').unlink(missing_ok=True)
+    context.say('Still looking.')
+    return 'Found it.'
+
+
+@skill(timeout=0.3, sentences={{'en': ['look it up slowly']}})
+def look_up_slowly(context: SkillContext) -> str:
+    '''Look something up, taking longer than it may.'''
+    found = look_up(context)
+    (HERE / 'said').touch()
+    return found
+"""
+
+
+def looking(config: Path) -> Path:
+    """The skill above in the config's skill folder; the folder where it says it started and waits for "go"."""
+    folder = config.parent / "looking"
+    folder.mkdir()
+    (config.parent / "extra_skills" / "looking.py").write_text(LOOKING_SKILL.format(folder=str(folder)))
+    return folder
+
+
+def wait_for_file(path: Path, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert time.monotonic() < deadline, f"no {path}"
+        time.sleep(0.02)
+
+
+def test_what_a_skill_says_while_it_works_is_its_turns_and_unsaid_once_that_turn_is_stopped(setup, caplog) -> None:
+    from assistant.daemon.run import Daemon as Assistant
+    from assistant.daemon.run import State
+
+    config, control, notify = setup
+    folder = looking(config)
+    daemon = Assistant(config, load_settings(config), text_only=True)
+    try:
+        daemon.worker.start()
+        daemon.enter(State.READY)
+        with connect(control) as asker, connect(control) as other, caplog.at_level(logging.INFO):
+            send(other, {"type": "status", "id": "o1"})
+            until(other, "status")
+            send(asker, {"type": "say", "text": "look it up", "id": "a1"})
+            wait_for_file(folder / "started")
+            (folder / "go").touch()
+            seen = until(asker, "turn_done")
+            assert [e["type"] for e in seen] == ["turn_start", "tool_call", "say", "skill_result", "text", "turn_done"]
+            assert seen[2] == {"type": "say", "request": "a1", "text": "Still looking."}  # in its turn, to its asker
+            send(other, {"type": "status", "id": "o2"})
+            assert [e["type"] for e in until(other, "status")] == ["status"]  # nobody else's turn reaches it
+
+            (folder / "started").unlink()
+            send(asker, {"type": "say", "text": "look it up", "id": "a2"})
+            wait_for_file(folder / "started")
+            send(asker, {"type": "cancel", "turn": "a2", "id": "a3"})
+            seen = until(asker, "cancelled")
+            assert seen[-1]["turn"] == "a2"
+            (folder / "go").touch()
+            seen += until(asker, "turn_done")  # the skill ends its work; what it says then goes unsaid
+            assert [e["type"] for e in seen] == ["turn_start", "tool_call", "cancelled", "skill_result", "turn_done"]
+            assert seen[-1]["cancelled"] and {e["request"] for e in seen} == {"a2", "a3"}, seen
+            send(other, {"type": "status", "id": "o3"})
+            assert [e["type"] for e in until(other, "status")] == ["status"]
+
+            (folder / "started").unlink()  # a call left running past its timeout: its turn is over
+            send(asker, {"type": "say", "text": "look it up slowly", "id": "a4"})
+            assert spoken(until(asker, "turn_done")) == "Sorry, look_up_slowly took longer than 0.3 seconds."
+            (folder / "go").touch()
+            wait_for_file(folder / "said")
+            for client, request in ((asker, "a5"), (other, "o4")):
+                send(client, {"type": "status", "id": request})
+                assert [e["type"] for e in until(client, "status")] == ["status"]
+        # `assistant say` prints it too, on a line of its own before the reply.
+        (folder / "started").unlink()
+        threading.Thread(target=lambda: (wait_for_file(folder / "started"), (folder / "go").touch())).start()
+        said = run_assistant("say", "--config", str(config), "look", "it", "up")
+        assert (said.returncode, said.stdout) == (0, "Still looking.\nFound it.\n"), said.stderr
+        lines = [r.getMessage() for r in caplog.records]
+        assert "skill look_up spoke after turn a2 was stopped: not said" in lines, lines
+        assert "skill look_up_slowly spoke after its turn was over: not said" in lines, lines
+        assert not any("Still looking" in line for line in lines)  # what a skill says stays out of the journal
+    finally:
+        daemon.pending.put(None)
+        daemon.control.close()
+
+
+def test_a_skill_still_working_when_a_barge_in_cuts_its_reply_says_nothing_after_it(
+    setup, test_voice: Path, tmp_path: Path
+) -> None:
+    """The reply's reply_done is its last word: the skill finishing its work afterwards is neither heard nor sent
+    to anyone without its turn's id."""
+    from assistant.daemon.run import Daemon as Assistant
+    from assistant.voice.audio import WavSink
+    from assistant.voice.pipeline import VoicePipeline
+    from assistant.voice.tts import Voice
+
+    config, control, notify = setup
+    folder = looking(config)
+    daemon = Assistant(config, load_settings(config), text_only=True)
+    sink = WavSink(tmp_path / "out.wav")
+    try:
+        daemon.worker.start()
+        daemon.voice = VoicePipeline(None, None, Voice(test_voice), sink, daemon.voice_turn,
+                                     on_event=daemon._voice_event)  # fmt: skip
+        with connect(control) as client:
+            send(client, {"type": "status"})
+            until(client, "status")
+            daemon.voice.start_reply("look it up", time.monotonic())
+            wait_for_file(folder / "started")
+            daemon.voice.stop_reply()  # a barge-in: the reply ends here
+            (folder / "go").touch()
+            seen = until(client, "turn_done")
+            daemon.voice.finish()
+        after = seen[[e["type"] for e in seen].index("reply_done") + 1 :]
+        assert after and all(e.get("request") == "voice-1" for e in after), seen
+        assert "say" not in [e["type"] for e in seen]
+        assert sink.chunks == []  # nothing was played: no reply yet, and no announcement after the stop
+    finally:
+        sink.close()
         daemon.pending.put(None)
         daemon.control.close()
 

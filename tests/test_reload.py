@@ -68,6 +68,42 @@ def test_a_reload_to_a_broken_model_is_refused_in_one_line_and_the_running_one_a
         assert spoken(turn(control, "what time is it")).startswith("It is ")
 
 
+def test_a_reload_to_a_context_too_small_for_the_prompt_is_refused_as_the_next_start_would_be(running) -> None:
+    """The context is set once, at the start; a reload that took it in would leave the next start (a reboot, a
+    restart) failing with the status systemd does not retry: the assistant gone until someone looks."""
+    config, control, daemon = running
+    config.write_text(config.read_text().replace("kv_cache_len: 8192", "kv_cache_len: 16"))
+    before = daemon.log_text()
+    reload(daemon)
+    said = daemon.log_text()[len(before) :]
+    refused = [line for line in said.splitlines() if REFUSED in line]
+    assert len(refused) == 1 and "of kv_cache_len 16 tokens" in refused[0], said
+    assert "takes effect when the service restarts" not in said and "reloaded " not in said
+    assert spoken(turn(control, "what time is it")).startswith("It is ")
+
+
+def test_a_reload_to_a_state_or_socket_folder_the_next_start_would_refuse_is_refused(running, tmp_path: Path) -> None:
+    """Both are taken at the next start, which refuses a folder other users could change (status 78, not retried)."""
+    config, control, daemon = running
+    good = config.read_text()
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    for changed in (
+        re.sub(r"state_dir: .*", f"state_dir: {shared}", good),
+        re.sub(r"socket: .*", f"socket: {shared / 'control.sock'}", good),
+    ):
+        config.write_text(changed)
+        before = daemon.log_text()
+        reload(daemon)
+        said = daemon.log_text()[len(before) :]
+        refused = [line for line in said.splitlines() if REFUSED in line]
+        assert len(refused) == 1 and f"{shared}: writable by other users" in refused[0], said
+        assert "takes effect when the service restarts" not in said and "reloaded " not in said
+        assert spoken(turn(control, "what time is it")).startswith("It is ")
+    assert list(shared.iterdir()) == []  # nothing made there
+
+
 def test_20_sighups_in_a_second_during_a_reply_end_in_one_reload_of_the_last_file(tmp_path: Path, chatty: Path) -> None:
     config = chatty_config(tmp_path, chatty, max_new_tokens=4000)
     control, notify = tmp_path / "run" / "control.sock", Notifications(tmp_path / "notify.sock")

@@ -89,10 +89,15 @@ class Request:
 def parse_request(line: bytes, client: int, number: int) -> Request:
     """A request from one JSON line; ValueError says what is wrong with it."""
     try:
-        message = json.loads(line)
+        # Decoded here: json.loads would take bytes with zeros in them for UTF-16 or UTF-32.
+        text = line.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"malformed request: not UTF-8 (byte 0x{line[e.start]:02x} at {e.start})") from None
+    try:
+        message = json.loads(text)
     except RecursionError:
         raise ValueError("malformed request: nested too deeply") from None
-    except ValueError as e:  # includes bytes that are not UTF-8
+    except ValueError as e:
         raise ValueError(f"malformed request: {e}") from None
     if not isinstance(message, dict) or not isinstance(message.get("type"), str):
         raise ValueError("malformed request: a request is a JSON object with a type")

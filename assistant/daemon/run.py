@@ -21,6 +21,7 @@ import select
 import signal
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -127,6 +128,7 @@ class Daemon:
         self.turn_started: float | None = None  # monotonic start of the running turn
         self.background_stop = threading.Event()
         self.background: list[threading.Thread] = []  # the skills' @background tasks
+        self.tasks: weakref.WeakSet[threading.Thread] = weakref.WeakSet()  # theirs since the start, reloads too
         self.voice = None
         self.voice_thread: threading.Thread | None = None
         self.reloader: threading.Thread | None = None
@@ -146,6 +148,7 @@ class Daemon:
                                  kv_cache_len=llm.kv_cache_len, provider=llm.axengine_provider)  # fmt: skip
             self.registry, self.manager = self._build(self.settings)
             self.background = self.registry.start_background(self.background_stop)
+            self.tasks.update(self.background)
             log.info("%s", self._skills_summary(self.registry))
             if not text_only:
                 notify("STATUS=loading the speech models")
@@ -314,6 +317,14 @@ class Daemon:
                 # Not loaded until the restart, but checked now: a broken one would stop that restart.
                 load_checked(settings.llm.model_dir)
             registry = self._load_skills(settings)  # aside: the running turn is not touched
+            llm, started = settings.llm, self.started_with.llm
+            if (llm.model_dir, llm.kv_cache_len) != (started.model_dir, started.kv_cache_len):
+                # The prompt in the context the next start will have: one it does not fit would stop that start.
+                plan_for_settings(settings, list(registry.skills.values()))
+            check_state_dir(settings, make=False)  # what the next start refuses, refused now
+            socket_folder = (settings.control.socket or default_socket_path()).parent
+            if socket_folder.is_dir() and (shared := folder_not_private(socket_folder)):
+                raise ConfigError(f"{socket_folder}: {shared[0]}; {shared[1]}")
             if not self._lock_turns():
                 return
             if self.reload_requested:  # a SIGHUP came while this reload waited for a turn: the next reads newer
@@ -332,6 +343,7 @@ class Daemon:
                 self._stop_background()  # before the new ones: a timer is never rung by both clocks
                 self.background_stop = threading.Event()
                 self.background = registry.start_background(self.background_stop)
+                self.tasks.update(self.background)
             finally:
                 self.turn_lock.release()
             log.info("reloaded %s: %s", self.config_path, self._skills_summary(registry))
@@ -446,19 +458,35 @@ class Daemon:
                 request.cancel.set()
 
     def announce(self, text: str) -> None:
-        """Speak outside a turn (a timer ringing): at most what a reply may speak, and one line in the log."""
+        """Speak outside a reply: at most what a reply may speak, and one line in the log.
+
+        A timer ringing is the assistant's own, for every client. What a skill says while it answers a call
+        is its turn's: sent with the turn's id to whoever hears that turn, and spoken only in a turn the
+        microphone heard. Once that turn is stopped or over, it goes unsaid, as the turn's own words do.
+        """
+        thread = threading.current_thread()
+        skill = thread.name.removeprefix("skill-")  # registry.call's name for the thread a call runs on
+        request = None
+        if skill != thread.name and thread not in self.tasks:  # the background tasks' threads are named so too
+            # The call runs while its turn waits for it, up to its timeout; left running past that, its turn
+            # has ended with an apology.
+            request = None if self.registry.left_running.get(skill) is thread else self.current
+            if request is None or request.cancel.is_set():
+                after = f"turn {request.id} was stopped" if request else "its turn was over"
+                log.info("skill %s spoke after %s: not said", skill, after)
+                return
         if len(text) > MAX_RESULT:
             # Megabytes would be one log line, one event every client must take whole, and hours of speech.
             log.warning("a skill said %d characters; saying only the first %d", len(text), MAX_RESULT)
             text = _cut_between_words(text, MAX_RESULT)
-        self.control.publish(Event("say", {"text": text}))
+        self.control.publish(Event("say", {"text": text}, *((request.id, request.client) if request else ())))
         # What is said may be the person's own words (a timer's name, a reminder): the journal, which more
         # people may read than may use the assistant, gets only that something was said.
         words = text.split()
         log.info("saying an announcement of %d words", len(words))
         shown = " ".join(words)
         log.debug("saying: %s", shown if len(shown) <= 200 else f"{shown[:200]}…")
-        if self.voice is not None:
+        if self.voice is not None and (request is None or request.client is None):
             self.voice.announce(text)
 
     # -- the control socket (called on its thread: never blocks) ------------------------------------
@@ -565,13 +593,15 @@ def _cut_between_words(text: str, most: int) -> str:
     return kept[:space] if space > 0 and not text[most].isspace() else kept
 
 
-def check_state_dir(settings: Settings) -> None:
+def check_state_dir(settings: Settings, make: bool = True) -> None:
     """Refuse a state folder another user could change (ConfigError): the notes, lists and timers are the
     household's, and such a user could put a file of theirs in it for them to be written to, or timers
-    of theirs to be said. Made here if missing, as the daemon makes files: for its user alone."""
+    of theirs to be said. Made here if missing (unless not to `make` it), as the daemon makes files: for
+    its user alone."""
     folder = state_dir(settings)
     with contextlib.suppress(OSError):  # one that cannot be made fails each store, said in its turn
-        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if make:
+            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     try:
         why = folder_not_private(folder, "state_dir", STATE_FILES) if folder.is_dir() else None
     except OSError:  # a folder on the way this user may not enter: it can store nothing there either
