@@ -695,7 +695,9 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except (ConfigError, ModelError) as e:
         # Why the service did not start: an error for `journalctl -p err`, where a plain line is "info".
-        print(f"{'<3>' if to_journal() else ''}error: {e}", file=sys.stderr)
+        prefix = "<3>" if to_journal() else ""
+        for line in str(e).splitlines():  # every wrong setting is a line, and a record of its own in the journal
+            print(f"{prefix}error: {line}", file=sys.stderr)
         return EXIT_CONFIG
     except KeyboardInterrupt:
         return 130

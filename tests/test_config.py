@@ -595,7 +595,7 @@ def test_every_line_of_a_traceback_reaches_the_journal_with_its_priority(
 
 def test_a_config_that_stops_the_service_is_an_error_in_the_journal(tmp_path: Path) -> None:
     config = tmp_path / "config.yaml"
-    config.write_text("llm:\n  threads: 0\n")
+    config.write_text("llm:\n  threads: 0\n  kv_cache_len: -1\n")
     with open(tmp_path / "journal", "w") as journal:
         stat = os.fstat(journal.fileno())
         env = {k: v for k, v in os.environ.items() if not k.startswith("ASSISTANT_")}
@@ -603,7 +603,9 @@ def test_a_config_that_stops_the_service_is_an_error_in_the_journal(tmp_path: Pa
         env["JOURNAL_STREAM"] = f"{stat.st_dev}:{stat.st_ino}"
         result = subprocess.run(command, stderr=journal, env=env, timeout=60)
     assert result.returncode == 78
-    assert (tmp_path / "journal").read_text() == f"<3>error: {config}:2: llm.threads: must be at least 1, got 0\n"
+    lines = (tmp_path / "journal").read_text().splitlines()  # each line is a record of its own there
+    assert lines[0] == f"<3>error: {config}:2: llm.threads: must be at least 1, got 0"
+    assert len(lines) == 2 and lines[1].startswith(f"<3>error: {config}:3: llm.kv_cache_len: "), lines
 
 
 def test_a_terminal_that_inherited_journal_stream_gets_plain_lines(stderr_file, monkeypatch) -> None:
