@@ -62,7 +62,7 @@ log = logging.getLogger("assistant")
 
 def cmd_config_check(args: argparse.Namespace) -> int:
     settings = load_settings(_trusted_config(args.config))
-    check_model_paths(settings)
+    check_model_paths(settings, voice=not args.text_only)
     effective = settings_as_dict(settings)
     if effective["mqtt"].get("password"):  # the output gets pasted into bug reports
         effective["mqtt"]["password"] = "(set, not shown)"
@@ -634,6 +634,7 @@ def build_parser() -> argparse.ArgumentParser:
     config_sub = _actions(command(sub, "config", "check the configuration, or write the default one"))
     check = command(config_sub, "check", "validate a config file and print the effective settings")
     config_option(check)
+    check.add_argument("--text-only", action="store_true", help="not the speech models: what `run --text-only` needs")
     check.set_defaults(func=cmd_config_check)
     init = command(config_sub, "init", "write the default, commented config.yaml to start from")
     init.add_argument("path", type=Path, nargs="?", default=Path("config.yaml"), help="where to write it")

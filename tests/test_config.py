@@ -51,6 +51,19 @@ def test_shipped_config_without_models_names_the_setup_command() -> None:
     assert "llm.model_dir" in result.stderr and "assistant setup" in result.stderr
 
 
+def test_a_config_for_text_only_is_checked_without_the_speech_models(tiny_int8: Path) -> None:
+    """After `setup --no-speech`, as `run --text-only` and `doctor --text-only` see it."""
+    env = {"ASSISTANT_LLM__MODEL_DIR": str(tiny_int8), "ASSISTANT_LLM__KV_CACHE_LEN": "1023"}
+    env |= {"ASSISTANT_ASR__MODEL": "/nonexistent/vosk", "ASSISTANT_TTS__VOICE": "/nonexistent/voice.onnx"}
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("ASSISTANT_")} | env
+    command = [sys.executable, "-m", "assistant", "config", "check", "--config", str(SHIPPED)]
+    speech = subprocess.run(command, capture_output=True, text=True, env=full_env, timeout=60)
+    assert speech.returncode == 78 and "asr.model: /nonexistent/vosk does not exist" in speech.stderr
+    text_only = subprocess.run([*command, "--text-only"], capture_output=True, text=True, env=full_env, timeout=60)
+    assert text_only.returncode == 0, text_only.stderr
+    assert text_only.stderr.strip().endswith(f"{SHIPPED}: OK")
+
+
 def broken(tmp_path: Path, old: str, new: str) -> Path:
     """The shipped config with `old` replaced by `new`, or `new` added at the end when `old` is empty."""
     shipped = SHIPPED.read_text()
