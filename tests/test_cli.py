@@ -570,6 +570,7 @@ sys.exit(main(sys.argv[2:]))
 @pytest.mark.parametrize(
     "module",
     [
+        "assistant.skills.sdk",  # the skill API, which the package no longer imports before the command
         "assistant.llm.manifest",  # the command's own imports
         "locale",  # its options being read
         "assistant.daemon.run",  # the daemon's imports
