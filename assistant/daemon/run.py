@@ -279,7 +279,7 @@ class Daemon:
         # timers' clock and the stored notes stay where they are until the restart.
         folder = state_dir(self.started_with)
         context = SkillContext(settings=settings, state_dir=folder, say=self.announce,
-                               stop=lambda: self.cancel(None), voice_language=self.voice_language)  # fmt: skip
+                               stop=self.silence, voice_language=self.voice_language)  # fmt: skip
         return load_registry(settings, skill_folders(settings), context)
 
     @property
@@ -437,6 +437,13 @@ class Daemon:
             # or for the microphone while it looks for its device again, and every client would wait too.
             threading.Thread(target=self.voice.sink.stop, name="silence", daemon=True).start()
         return request.id
+
+    def silence(self) -> None:
+        """A skill's `context.stop()` ("stop", 别说了): the speaker stops, and the turn that asked ends as
+        answered. A reply being spoken was already cut when the wake phrase was heard; cancelling the
+        running turn would only cancel the one that asked, and tell its client so."""
+        if self.voice is not None:
+            threading.Thread(target=self.voice.sink.stop, name="silence", daemon=True).start()
 
     def _turns_of(self, client: int | None) -> list[TurnRequest]:
         """That client's queued and running turns (the caller holds requests_lock)."""
