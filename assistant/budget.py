@@ -18,7 +18,14 @@ from tokenizers import Tokenizer
 
 from assistant.config import ConfigError, Settings
 from assistant.llm.chat_template import ChatTemplate, plain_tokenizer
-from assistant.skills.prompt import example_exchange, prompt_messages, shared_values, tool_line, value_line
+from assistant.skills.prompt import (
+    FEW_CHOICES,
+    example_exchange,
+    prompt_messages,
+    shared_values,
+    tool_line,
+    value_line,
+)
 from assistant.skills.sdk import Skill
 
 # Tokens of a request, a tool call and its result, besides the reply: a spoken request is ~10-30
@@ -48,6 +55,8 @@ class PromptBudget:
     """Choices that several tools share (device names), listed once."""
     intents_only: list[str] = field(default_factory=list)
     """Skills left out of the prompt to make room; their local sentences still work."""
+    unlisted: dict[str, int] = field(default_factory=dict)
+    """Shared choices only counted in the prompt to make room (device: 120), each call still held to them."""
 
     @property
     def frame(self) -> int:
@@ -80,6 +89,9 @@ class PromptBudget:
             lines.append("tool lines: " + ", ".join(f"{name} {n}" for name, n in self.skills.items()))
         if self.intents_only:
             lines.append("by voice only, left out of the prompt for room: " + ", ".join(self.intents_only))
+        if self.unlisted:
+            counted = ", ".join(f"{name} ({n})" for name, n in self.unlisted.items())
+            lines.append(f"choices counted, not listed, in the prompt for room: {counted}; a call still names one")
         return lines
 
 
@@ -90,6 +102,7 @@ class PromptPlan:
     tools: list[dict]
     example: tuple[str, dict] | None
     budget: PromptBudget
+    list_values: bool = True  # prompt_messages' list_values
 
 
 def plan_prompt(
@@ -111,10 +124,10 @@ def plan_prompt(
     def count(text: str) -> int:
         return len(plain.encode(text, add_special_tokens=False))
 
-    def plan_of(kept: list[Skill]) -> PromptPlan:
+    def plan_of(kept: list[Skill], listed: bool) -> PromptPlan:
         tools = [s.tool() for s in kept]
         example = example_exchange(tools, {s.name: s.sentences.get("en", []) for s in kept})
-        prefix = prompt_messages(persona, tools, example)
+        prefix = prompt_messages(persona, tools, example, listed)
         shared = shared_values(tools)
         budget = PromptBudget(
             kv_cache_len=kv_cache_len,
@@ -122,29 +135,35 @@ def plan_prompt(
             system=len(template.encode(prefix, tokenizer, plain, add_generation_prompt=False)),
             persona=count(persona.strip()),
             skills={t["function"]["name"]: count(tool_line(t, shared) + "\n") for t in tools},
-            values=sum(count(value_line(name, values)) for name, values in shared.items()),
+            values=sum(count(value_line(name, values, listed)) for name, values in shared.items()),
+            unlisted={} if listed else {n: len(v) for n, v in shared.items() if len(v) > FEW_CHOICES},
         )
-        return PromptPlan(tools, example, budget)
+        return PromptPlan(tools, example, budget, listed)
 
     optional = [s for s in reversed(skills) if s.optional_tool]  # the last loaded go first
 
-    def without(number: int) -> PromptPlan:
+    def without(number: int, listed: bool) -> PromptPlan:
         left_out = {id(s) for s in optional[:number]}
-        return plan_of([s for s in skills if id(s) not in left_out])
+        return plan_of([s for s in skills if id(s) not in left_out], listed)
 
-    plan = plan_of(skills)
-    if not plan.budget.fits and optional:
-        # The fewest optional tools to leave out, found by halving: taken out one at a time, each with a
-        # new plan of every tool line, 500 of them kept a PC busy for 20 s before the assistant started.
-        fitting, short = len(optional), 0
-        plan = without(fitting)
-        while plan.budget.fits and fitting - short > 1:
-            middle = (short + fitting) // 2
-            tried = without(middle)
-            if tried.budget.fits:
-                fitting, plan = middle, tried
-            else:
-                short = middle
+    # Optional tools give way first; then the shared choices (the names of a home of many devices) are
+    # only counted, the grammar still holding each call to them; then both.
+    for listed in (True, False):
+        plan = plan_of(skills, listed)
+        if not plan.budget.fits and optional:
+            # The fewest optional tools to leave out, found by halving: taken out one at a time, each with a
+            # new plan of every tool line, 500 of them kept a PC busy for 20 s before the assistant started.
+            fitting, short = len(optional), 0
+            plan = without(fitting, listed)
+            while plan.budget.fits and fitting - short > 1:
+                middle = (short + fitting) // 2
+                tried = without(middle, listed)
+                if tried.budget.fits:
+                    fitting, plan = middle, tried
+                else:
+                    short = middle
+        if plan.budget.fits or not any(len(v) > FEW_CHOICES for v in shared_values(plan.tools).values()):
+            break
     in_prompt = {t["function"]["name"] for t in plan.tools}
     plan.budget.intents_only = [s.name for s in skills if s.name not in in_prompt]
     if not plan.budget.fits:

@@ -133,6 +133,29 @@ def test_a_tight_budget_leaves_out_optional_tools_first_and_their_sentences_stil
     assert plan_prompt(*qwen(qwen2_tokenizer), persona, kept, kv, reply).budget.fits
 
 
+def test_a_home_of_many_devices_has_their_names_counted_not_listed_and_still_fits(
+    qwen2_tokenizer: Path, tmp_path: Path
+) -> None:
+    """On the board's 1023 rows, 31 devices' names no longer fit and the assistant would not start."""
+    devices = "".join(f"    - {{name: lamp {i}, type: light, topic: z2m/lamp_{i}}}\n" for i in range(120))
+    settings, skills = shipped_skills(tmp_path, "\nmqtt:\n  devices:\n" + devices)
+    template, tokenizer = qwen(qwen2_tokenizer)
+    plan = plan_prompt(template, tokenizer, settings.llm.system_prompt, skills, BOARD_KV, settings.llm.max_new_tokens)
+    report = "\n".join(plan.budget.lines())
+    assert plan.budget.fits and not plan.list_values and plan.budget.unlisted == {"device": 120}, report
+    assert "choices counted, not listed, in the prompt for room: device (120)" in report
+    assert {"switch_device", "set_brightness", "device_state"} <= {t["function"]["name"] for t in plan.tools}
+    switch = next(t for t in plan.tools if t["function"]["name"] == "switch_device")
+    assert len(switch["function"]["parameters"]["properties"]["device"]["enum"]) == 120  # what the grammar allows
+    system = prompt_messages(settings.llm.system_prompt, plan.tools, plan.example, plan.list_values)[0]["content"]
+    assert "device: one of 120, named as the request names it" in system and "lamp 7" not in system
+    encoded = template.encode(prompt_messages(settings.llm.system_prompt, plan.tools, plan.example, False), tokenizer,
+                              plain_tokenizer(tokenizer), add_generation_prompt=False)  # fmt: skip
+    assert len(encoded) == plan.budget.system  # what the conversation prefills is what was counted
+    few = plan_prompt(template, tokenizer, settings.llm.system_prompt, skills[:1], BOARD_KV, 100)
+    assert few.list_values and not few.budget.unlisted  # nothing to count: listed as before
+
+
 def test_hundreds_of_optional_tools_are_left_out_in_a_few_plans(qwen2_tokenizer: Path, tmp_path: Path) -> None:
     settings, skills = shipped_skills(tmp_path)
     pack = tmp_path / "pack"

@@ -290,12 +290,12 @@ class Daemon:
         s = settings.llm.sampling
         sampler = Sampler(s.temperature, s.top_k, s.top_p, s.repetition_penalty, s.seed)
         plan = plan_for_settings(settings, list(registry.skills.values()), self.engine)
-        summary, *details = plan.budget.lines()
-        log.info("%s", summary)
-        for line in details:  # every tool line, long: for whoever trims the prompt
-            log.debug("%s", line)
+        for line in plan.budget.lines():  # every tool line, long, is for whoever trims the prompt
+            log.log(logging.DEBUG if line.startswith("tool lines:") else logging.INFO, "%s", line)
         llm = settings.llm
-        conversation = Conversation(self.engine, llm.system_prompt, llm.max_new_tokens, plan.tools, plan.example)
+        conversation = Conversation(
+            self.engine, llm.system_prompt, llm.max_new_tokens, plan.tools, plan.example, plan.list_values
+        )
         return TurnManager(conversation, registry, sampler)
 
     @staticmethod

@@ -52,6 +52,7 @@ class Conversation:
         max_new_tokens: int = 256,
         tools: list[dict] | None = None,
         example: tuple[str, dict] | None = None,
+        list_values: bool = True,
     ):
         self.engine = engine
         self.template = ChatTemplate(Path(engine.model_dir), engine.manifest.chat_template)
@@ -60,7 +61,7 @@ class Conversation:
         # template: templates that lay out tools themselves (Qwen2.5) would spend ~1,400 tokens.
         # An example exchange follows it; both are prefilled once and never dropped.
         self.tools = tools or []
-        self.prefix = prompt_messages(system_prompt, self.tools, example or example_exchange(self.tools))
+        self.prefix = prompt_messages(system_prompt, self.tools, example or example_exchange(self.tools), list_values)
         self.system = self.prefix[0]
         self.max_new_tokens = max_new_tokens
         self.messages: list[dict] = []

@@ -80,18 +80,27 @@ def shared_values(tools: list[dict]) -> dict[str, list]:
     return shared
 
 
-def value_line(name: str, values: list) -> str:
+FEW_CHOICES = 8  # listed whatever the room: their names cost about what their count would
+
+
+def value_line(name: str, values: list, listed: bool = True) -> str:
+    if not listed and len(values) > FEW_CHOICES:  # more than the context holds (a home of many devices):
+        return f"{name}: one of {len(values)}, named as the request names it\n"  # the grammar allows only these
     return f"{name}: {'|'.join(_choice(v) for v in values)}\n"
 
 
-def prompt_messages(persona: str, tools: list[dict], example: tuple[str, dict] | None = None) -> list[dict]:
-    """The messages every conversation starts with: the system message, then the example exchange."""
+def prompt_messages(
+    persona: str, tools: list[dict], example: tuple[str, dict] | None = None, list_values: bool = True
+) -> list[dict]:
+    """The messages every conversation starts with: the system message, then the example exchange.
+
+    `list_values`: the shared choices (device names) are listed, rather than only counted."""
     parts: Parts = [(persona.strip(), False)]
     if tools:
         # One piece a line, newline included: ".\n" is one token, and pieces are tokenized apart.
         shared = shared_values(tools)
         parts += [("\n\n" + HEADER, True), *[(tool_line(tool, shared) + "\n", False) for tool in tools]]
-        parts += [(value_line(name, values), False) for name, values in shared.items()]
+        parts += [(value_line(name, values, list_values), False) for name, values in shared.items()]
     messages = [_message("system", parts)]
     if tools and example:
         request, call = example
