@@ -524,6 +524,12 @@ def test_the_m2_card_runs_the_same_tokens(card_model: Path, axengine, monkeypatc
     assert list(card.generate(ids, GREEDY, 12)) == board
 
 
+def fresh_axengine(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The next `import axengine` loads the stand-in anew, and the test leaves it behind for no other."""
+    monkeypatch.setitem(sys.modules, "axengine", None)  # undone after the test: what was there, or nothing
+    del sys.modules["axengine"]
+
+
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # pyaxengine's __del__, as on a card
 def test_an_m2_card_build_the_card_cannot_load_is_one_line(card_model: Path, tmp_path: Path, monkeypatch) -> None:
     """A file of the card's chip that its runtime still cannot load: its size right, its bytes not."""
@@ -531,7 +537,7 @@ def test_an_m2_card_build_the_card_cannot_load_is_one_line(card_model: Path, tmp
 
     monkeypatch.setenv("AXENGINE_STANDIN_PROVIDERS", "AXCLRTExecutionProvider")
     monkeypatch.syspath_prepend(str(STANDINS))
-    monkeypatch.delitem(sys.modules, "axengine", raising=False)  # found with the card's provider when imported
+    fresh_axengine(monkeypatch)  # found with the card's provider when imported
     copy = tmp_path / "model"
     shutil.copytree(card_model, copy)
     layer = copy / "axmodel/qwen_l1.axmodel"
@@ -551,7 +557,7 @@ def test_an_m2_card_whose_memory_is_full_is_one_line(card_model: Path, monkeypat
     monkeypatch.setenv("AXENGINE_STANDIN_PROVIDERS", "AXCLRTExecutionProvider")
     monkeypatch.setenv("AXENGINE_STANDIN_CMM_BYTES", str((card_model / "axmodel/qwen_l0.axmodel").stat().st_size))
     monkeypatch.syspath_prepend(str(STANDINS))
-    monkeypatch.delitem(sys.modules, "axengine", raising=False)
+    fresh_axengine(monkeypatch)
     with pytest.raises(ModelError) as error:
         Engine(card_model, backend="axengine", provider="AXCLRTExecutionProvider")
     assert str(error.value) == (
