@@ -185,19 +185,23 @@ def pulsar2_bin(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-@pytest.fixture(scope="session")
-def board_model(tiny_hf: Path, pulsar2_bin: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny checkpoint built for the AX630C by `assistant setup` with the pulsar2 stand-in (board files only)."""
+def board_build(hf: Path, pulsar2_bin: Path, out: Path, target: str) -> Path:
+    """`hf` built for `target` by `assistant setup` with the pulsar2 stand-in (board files only)."""
     import os
     import subprocess
     import sys
 
-    out = tmp_path_factory.mktemp("board") / "tiny-ax630c"
     env = {**os.environ, "PATH": f"{pulsar2_bin}:{os.environ['PATH']}"}
-    args = ["setup", "--model", str(tiny_hf), "--target", "ax630c", "--no-speech", "--no-host", "--out", str(out)]
+    args = ["setup", "--model", str(hf), "--target", target, "--no-speech", "--no-host", "--out", str(out)]
     result = subprocess.run([sys.executable, "-m", "assistant", *args], env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     return out
+
+
+@pytest.fixture(scope="session")
+def board_model(tiny_hf: Path, pulsar2_bin: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny checkpoint built for the AX630C (board files only)."""
+    return board_build(tiny_hf, pulsar2_bin, tmp_path_factory.mktemp("board") / "tiny-ax630c", "ax630c")
 
 
 @pytest.fixture()

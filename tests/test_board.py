@@ -20,7 +20,7 @@ from assistant.llm.conversation import Conversation
 from assistant.llm.engine import Engine
 from assistant.llm.manifest import ModelError
 from assistant.llm.sampling import Sampler
-from tests.conftest import STANDINS
+from tests.conftest import STANDINS, board_build
 from tests.test_engine import GREEDY, greedy_path, prompt, reference_logits
 
 L, P, HIDDEN, KV_DIM = 1023, 128, 64, 32  # the default build of the tiny model: kv_cache_len, prefill_len, dims
@@ -499,12 +499,7 @@ def test_verify_checks_every_file_a_board_manifest_points_to(board_model: Path, 
 @pytest.fixture(scope="module")
 def card_model(tiny_hf: Path, pulsar2_bin: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny checkpoint built for the AX650N (board files only): the chip of the M.2 card."""
-    out = tmp_path_factory.mktemp("card") / "tiny-ax650n"
-    env = {**os.environ, "PATH": f"{pulsar2_bin}:{os.environ['PATH']}"}
-    args = ["setup", "--model", str(tiny_hf), "--target", "ax650n", "--no-speech", "--no-host", "--out", str(out)]
-    result = subprocess.run([sys.executable, "-m", "assistant", *args], env=env, capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
-    return out
+    return board_build(tiny_hf, pulsar2_bin, tmp_path_factory.mktemp("card") / "tiny-ax650n", "ax650n")
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # pyaxengine's __del__, as on a card
