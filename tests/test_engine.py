@@ -515,3 +515,13 @@ def test_a_character_begun_and_never_finished_is_not_said(qwen2_tokenizer: Path)
     ni_hao = tokenizer.encode("你好", add_special_tokens=False).ids
     stream = StreamDecoder(tokenizer)
     assert "".join(stream.push(token) for token in [first_byte, *ni_hao]) + stream.flush() == "你好"
+
+
+def test_an_empty_message_is_a_clear_error_and_keeps_the_history(tiny_float: Path) -> None:
+    chat = Conversation(Engine(tiny_float, kv_cache_len=256), "Hi.", max_new_tokens=8)
+    "".join(chat.reply("hello", GREEDY))
+    history = [dict(m) for m in chat.messages]
+    for text in ("", "   ", "\n\t"):
+        with pytest.raises(ModelError, match="the message is empty"):
+            chat.reply(text, GREEDY)
+    assert chat.messages == history
