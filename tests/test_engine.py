@@ -500,3 +500,28 @@ def test_the_engine_imports_nothing_of_the_build_or_the_skills() -> None:
         subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     )
     assert not loaded & {"torch", "transformers", "onnx", "jsonschema", "llguidance", "hassil", "paho"}
+
+
+def test_a_character_begun_and_never_finished_is_not_said(qwen2_tokenizer: Path) -> None:
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(qwen2_tokenizer / "tokenizer.json"))
+    # Qwen's byte token for 0xE4, the first of three bytes of 你, sampled between two words.
+    hi, first_byte, there = (tokenizer.token_to_id(t) for t in ("Hi", "ä", "Ġthere"))
+    stream = StreamDecoder(tokenizer)
+    assert [stream.push(token) for token in (hi, first_byte, there)] == ["Hi", "", " there"]
+    stream = StreamDecoder(tokenizer)
+    assert "".join(stream.push(token) for token in (hi, first_byte, first_byte)) + stream.flush() == "Hi"
+    ni_hao = tokenizer.encode("你好", add_special_tokens=False).ids
+    stream = StreamDecoder(tokenizer)
+    assert "".join(stream.push(token) for token in [first_byte, *ni_hao]) + stream.flush() == "你好"
+
+
+def test_an_empty_message_is_a_clear_error_and_keeps_the_history(tiny_float: Path) -> None:
+    chat = Conversation(Engine(tiny_float, kv_cache_len=256), "Hi.", max_new_tokens=8)
+    "".join(chat.reply("hello", GREEDY))
+    history = [dict(m) for m in chat.messages]
+    for text in ("", "   ", "\n\t"):
+        with pytest.raises(ModelError, match="the message is empty"):
+            chat.reply(text, GREEDY)
+    assert chat.messages == history

@@ -67,3 +67,128 @@ def test_the_daemon_answers_and_calls_skills_through_the_compact_prompt(smollm2_
     assert not [e for e in answer if e["type"] == "tool_call"]
     print(f"SmolLM2-135M-Instruct called the right skill for {len(right)} of {len(COMMANDS)}: {right}")
     assert len(right) >= 2, right  # 5 of 10 measured (README); a margin for other CPUs
+
+
+# A home of more devices than a small context can list, and requests for some of them in other words
+# than the local sentences (the device named as the home names it), with the device each names.
+DEVICES = [
+    "porch light",
+    "garage door opener",
+    "desk lamp",
+    "aquarium pump",
+    "coffee machine",
+    "reading lamp",
+    "patio heater",
+    "hallway light",
+    "bathroom fan",
+    "garden fountain",
+    "christmas tree",
+    "night light",
+    "guest room lamp",
+    "sauna",
+    "attic light",
+    "basement light",
+    "pool pump",
+    "window fan",
+    "dehumidifier",
+    "air purifier",
+    "kettle",
+    "toaster",
+    "electric blanket",
+    "towel warmer",
+    "printer",
+    "monitor",
+    "speaker",
+    "television",
+    "radio",
+    "doorbell light",
+    "driveway light",
+    "shed light",
+    "greenhouse fan",
+    "cellar light",
+    "pantry light",
+    "closet light",
+    "nursery lamp",
+    "office light",
+    "studio light",
+    "workshop light",
+    "laundry light",
+    "dryer",
+    "washing machine",
+    "dishwasher",
+    "fridge light",
+    "oven light",
+    "hood fan",
+    "ceiling fan",
+    "floor lamp",
+    "piano lamp",
+    "bar light",
+    "stairs light",
+    "balcony light",
+    "terrace light",
+    "fireplace",
+    "heated floor",
+    "water heater",
+    "sprinkler",
+    "lawn mower",
+    "fish tank light",
+]
+DEVICE_REQUESTS = [
+    ("Please power up the coffee machine", "coffee machine"),
+    ("I'm cold, get the electric blanket going", "electric blanket"),
+    ("Kill the sprinkler, it's raining", "sprinkler"),
+    ("The fish tank light needs to be on now", "fish tank light"),
+    ("Could you get the patio heater running?", "patio heater"),
+    ("Enable the air purifier please", "air purifier"),
+    ("We're done with the television, shut it down", "television"),
+    ("Fire up the sauna for me", "sauna"),
+    ("Can the dehumidifier be started?", "dehumidifier"),
+    ("Get the pool pump working", "pool pump"),
+]
+
+
+def devices_named(model: Path, tmp_path: Path, kv_cache_len: int) -> tuple[bool, list[str]]:
+    """Whether the daemon's prompt lists the devices' names at `kv_cache_len`, and the requests of
+    DEVICE_REQUESTS whose first call names the device asked for."""
+    from assistant.config import load_settings
+    from assistant.daemon.run import Daemon
+    from tests.test_prompt import say, serving
+
+    devices = "".join(
+        f"    - {{name: {name}, type: {'light' if 'light' in name or 'lamp' in name else 'switch'}, topic: z2m/d{i}}}\n"
+        for i, name in enumerate(DEVICES)
+    )
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        f"llm:\n  model_dir: {model}\n  max_new_tokens: 60\n  kv_cache_len: {kv_cache_len}\n"
+        f"  sampling: {{temperature: 0}}\ncontrol:\n  socket: {tmp_path / 'control.sock'}\n"
+        f"state_dir: {tmp_path / 'state'}\nmqtt:\n  devices:\n{devices}"
+    )
+    daemon = Daemon(config, load_settings(config), text_only=True)
+    conversation = daemon.manager.conversation
+
+    def talk() -> list[str]:
+        right = []
+        for text, device in DEVICE_REQUESTS:
+            assert daemon.manager.intents.match(text) is None, f"{text!r} is a local intent"
+            conversation.reset()  # each request on its own
+            calls = [e.get("data") or {} for e in say(daemon.socket_path, text) if e["type"] == "tool_call"]
+            right += [text] if calls and calls[0].get("device") == device else []
+        return right
+
+    right = serving(daemon, talk)
+    return DEVICES[1] in conversation.system["content"], right
+
+
+def test_a_home_of_devices_counted_not_listed_still_gets_the_device_asked_for(
+    smollm2_model: Path, tmp_path: Path
+) -> None:
+    for folder in ("listed", "counted"):
+        (tmp_path / folder).mkdir()
+    listed, by_list = devices_named(smollm2_model, tmp_path / "listed", 1023)
+    counted, by_count = devices_named(smollm2_model, tmp_path / "counted", 900)
+    assert listed and not counted  # 1023 rows hold the 60 names with room for a turn; 900 do not
+    print(f"SmolLM2 named the device asked for: names listed {len(by_list)}, counted {len(by_count)} of "
+          f"{len(DEVICE_REQUESTS)}: {by_list} / {by_count}")  # fmt: skip
+    # Measured: listed 1 (it names the first of the list, porch light), counted 4; a margin for other CPUs.
+    assert len(by_count) >= 2 and len(by_count) + 1 >= len(by_list), (by_list, by_count)

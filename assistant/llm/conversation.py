@@ -38,6 +38,10 @@ class TooLong(ModelError):
     """A message that does not fit in the context even with every older turn dropped."""
 
 
+class EmptyMessage(ModelError):
+    """A message with nothing in it but whitespace."""
+
+
 class Conversation:
     """Messages in the model's chat format; each reply streams text as it is generated.
 
@@ -144,6 +148,8 @@ class Conversation:
         allowed: AllowedTokens | None = None,
     ) -> Iterator[str]:
         """Stream the reply to `user_text` as text pieces; the exchange is kept in the history."""
+        if not user_text.strip():  # the model would answer a blank turn at length, and the history keep both
+            raise EmptyMessage("the message is empty")
         return self.respond({"role": "user", "content": user_text}, sampler, cancel, allowed)
 
     def respond(

@@ -1,7 +1,8 @@
 """Streaming detokenization that never emits half a UTF-8 character.
 
 A Chinese character or an emoji often spans several byte-level tokens; decoding them one by one
-would print U+FFFD. Text is released only once the decoded tail is whole.
+would print U+FFFD. Text is released only once the decoded tail is whole, and without the U+FFFD of
+a character the model began and never finished (a sampled byte token followed by plain text).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ class StreamDecoder:
         after = self._text(len(self.ids))
         if len(after) > len(before) and not after.endswith(REPLACEMENT):
             self.start, self.emitted = self.emitted, len(self.ids)
-            return after[len(before) :]
+            return after[len(before) :].replace(REPLACEMENT, "")  # nothing to say, nor to keep
         return ""
 
     def flush(self) -> str:
@@ -36,4 +37,4 @@ class StreamDecoder:
         cancelled or out of tokens in the middle of an emoji), which would be spoken and kept as U+FFFD."""
         before, after = self._text(self.emitted), self._text(len(self.ids))
         self.start = self.emitted = len(self.ids)
-        return after[len(before) :].rstrip(REPLACEMENT)
+        return after[len(before) :].replace(REPLACEMENT, "")
