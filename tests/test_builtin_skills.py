@@ -1074,3 +1074,22 @@ def test_stop_and_what_can_you_do(tmp_path: Path) -> None:
     registry.context.language = "zh"
     said_zh = "我可以记笔记和购物清单、调音量、报时、说日期、定计时器、定闹钟、forecast、"
     assert can() == said_zh + "extra 0、extra 1、extra 2、extra 3、extra 4、另外4件事。"
+
+
+def test_the_shopping_list_and_notes_are_read_and_changed_as_a_recogniser_writes_it(tmp_path: Path) -> None:
+    registry = registry_in(tmp_path)
+    say = lambda text: registry.call(*matched(registry, text)).text  # noqa: E731
+    say("add milk to my shopping list")
+    say("add an apple to the shopping list")
+    for asked in ("what's on my list", "whats on my shopping list", "what is on the list"):
+        assert say(asked) == "On your shopping list: milk, an apple.", asked
+    assert say("remove the milk from the shopping list") == "Removed the milk."  # "the" is not the item's
+    assert say("take the apple off the list") == "Removed the apple."
+    assert say("what's on my list") == "Your shopping list is empty."
+    say("take a note buy stamps")
+    assert say("what's in my notes") == "On your notes: buy stamps."
+    assert say("delete buy stamps from my notes") == "Removed buy stamps."
+    assert say("read me my notes") == "You have no notes."
+    say("add bread to the shopping list")
+    assert matched(registry, "clear the list")[0] == matched(registry, "clear my list")[0] == "clear_shopping_list"
+

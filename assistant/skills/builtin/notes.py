@@ -126,7 +126,10 @@ READ_CHARACTERS = 2000  # and no more characters than that (a minute or two): tw
         "en": [("(what's|what is) on [my|the] shopping list", {"list": "shopping"}),
                ("read [me] [my|the] shopping list", {"list": "shopping"}),
                ("what do I need to buy", {"list": "shopping"}),
-               ("read [me] my notes", {"list": "notes"}), ("what (are|is in) my notes", {"list": "notes"})],
+               # A recogniser writes "what's" as said; a household says "my list" for the shopping list.
+               ("(what's|what is|whats) on [my|the] [shopping] list", {"list": "shopping"}),
+               ("read [me] my notes", {"list": "notes"}),
+               ("(what|what's|whats) (are|is in|in) my notes", {"list": "notes"})],
         "zh": [("[我的]购物清单上有什么", {"list": "shopping"}), ("(读一下|看看)[我的]购物清单", {"list": "shopping"}),
                ("我要买什么", {"list": "shopping"}), ("读一下我的笔记", {"list": "notes"}),
                ("我记了什么", {"list": "notes"})],
@@ -164,6 +167,8 @@ def read_items(context: SkillContext, list: ListName = "notes") -> str:
             "(remove|delete|complete) {text} (from|on|in) [the|my] [shopping] list",
             "(check|cross|tick) [off] {text} [off] (from|on|in) [the|my] [shopping] list",
             "(check|cross|tick) {text} off [the|my] [shopping] list",
+            "take {text} off [the|my] [shopping] list",
+            ("(remove|delete) {text} from [the|my] notes", {"list": "notes"}),
         ],
         "zh": [
             "从[我的]购物清单[里|上|中](删除|删掉|去掉|划掉){text}",
@@ -181,12 +186,18 @@ def remove_item(text: Text, context: SkillContext, list: ListName = "shopping") 
     text = _unended(text)
     with _db(context) as db:
         # Compared here, not in SQL: SQLite's lower() folds only ASCII, and Äpfel is äpfel.
-        rows = db.execute("SELECT id, text FROM items WHERE list = ?", (list,))
+        rows = db.execute("SELECT id, text FROM items WHERE list = ?", (list,)).fetchall()
         ids = [i for i, item in rows if _unended(item).casefold() == text.casefold()]
+        if not ids:  # "remove the milk" removes "milk"; an item that is "the milk" is found above
+            bare = ARTICLE.sub("", text).casefold()
+            ids = [i for i, item in rows if ARTICLE.sub("", _unended(item)).casefold() == bare]
         db.executemany("DELETE FROM items WHERE id = ?", [(i,) for i in ids])
     if ids:
         return context.localized(f"Removed {text}.", zh=f"已删除{text}。")
     return context.localized(f"{text} is not on the list.", zh=f"清单上没有{text}。")
+
+
+ARTICLE = re.compile(r"^(?:the|a|an|some|my|our)\s+", re.IGNORECASE)  # said before an item, not part of it
 
 
 def _unended(text: str) -> str:
@@ -197,7 +208,7 @@ def _unended(text: str) -> str:
 
 @skill(
     confirm=True,
-    sentences={"en": ["(clear|empty) [my|the] shopping list"], "zh": ["清空[我的]购物清单", "把购物清单清空"]},
+    sentences={"en": ["(clear|empty) [my|the] [shopping] list"], "zh": ["清空[我的]购物清单", "把购物清单清空"]},
 )
 def clear_shopping_list(context: SkillContext) -> str:
     """Empty the shopping list."""
