@@ -1093,3 +1093,13 @@ def test_the_shopping_list_and_notes_are_read_and_changed_as_a_recogniser_writes
     say("add bread to the shopping list")
     assert matched(registry, "clear the list")[0] == matched(registry, "clear my list")[0] == "clear_shopping_list"
 
+
+def test_the_volume_is_set_to_the_most_or_muted_as_people_say_it(tmp_path: Path) -> None:
+    registry = registry_in(tmp_path)
+    say = lambda text: registry.call(*matched(registry, text)).text  # noqa: E731
+    assert say("volume to max") == say("max volume") == "Volume 100 percent."
+    assert say("mute") == "Volume 0 percent."
+    assert say("louder") == "Volume 10 percent."
+    registry.context.language = "zh"
+    assert say("音量 调到 最大") == "音量100%。"
+    assert say("静音") == "音量0%。"

@@ -122,11 +122,14 @@ def _store(context: SkillContext, percent: int) -> int:
 
 @skill(
     sentences={
-        "en": ["volume [to] {percent} [percent]"],
-        "zh": ["音量(调到|调成|设为|设置为){percent}[%]", "把音量(调到|设为){percent}[%]"],
+        "en": ["[set the] volume [to] {percent} [percent]",
+               ("[set the] volume to (max|maximum|full)", {"percent": 100}), ("max volume", {"percent": 100}),
+               ("mute [the volume|the sound|the speaker]", {"percent": 0})],
+        "zh": ["音量(调到|调成|设为|设置为){percent}[%]", "把音量(调到|设为){percent}[%]",
+               ("[把]音量(调到|调成|开到)最大", {"percent": 100}), ("静音", {"percent": 0})],
     },
     intents={"HassSetVolume": {"percent": "{volume_level}"}},
-)
+)  # fmt: skip
 def set_volume(percent: Annotated[int, Range(0, 100)], context: SkillContext) -> str:
     """Set the speaker volume.
 
