@@ -1103,3 +1103,18 @@ def test_the_volume_is_set_to_the_most_or_muted_as_people_say_it(tmp_path: Path)
     registry.context.language = "zh"
     assert say("音量 调到 最大") == "音量100%。"
     assert say("静音") == "音量0%。"
+
+
+def test_notes_are_taken_off_and_the_list_read_in_chinese_as_a_recogniser_writes_it(tmp_path: Path) -> None:
+    registry = registry_in(tmp_path)
+    registry.context.language = "zh"
+    say = lambda text: registry.call(*matched(registry, text)).text  # noqa: E731
+    say("记 一下 买 邮票")
+    say("记 一下 给 妈妈 打电话")
+    assert say("把 买 邮票 从 笔记 里 删掉") == "已删除买邮票。"
+    assert say("从 我的 笔记 里 删除 给 妈妈 打电话") == "已删除给妈妈打电话。"
+    assert say("我 记 了 什么") == "你没有笔记。"
+    say("把 牛奶 加到 购物清单")
+    assert say("购物清单 里 有 什么") == "购物清单上有：牛奶。"
+    for asked in ("what year is it", "what month is it"):
+        assert matched(registry, asked)[0] == "current_date", asked

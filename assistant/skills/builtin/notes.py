@@ -130,7 +130,8 @@ READ_CHARACTERS = 2000  # and no more characters than that (a minute or two): tw
                ("(what's|what is|whats) on [my|the] [shopping] list", {"list": "shopping"}),
                ("read [me] my notes", {"list": "notes"}),
                ("(what|what's|whats) (are|is in|in) my notes", {"list": "notes"})],
-        "zh": [("[我的]购物清单上有什么", {"list": "shopping"}), ("(读一下|看看)[我的]购物清单", {"list": "shopping"}),
+        "zh": [("[我的]购物清单[上|里]有什么", {"list": "shopping"}),
+               ("(读一下|看看)[我的]购物清单", {"list": "shopping"}),
                ("我要买什么", {"list": "shopping"}), ("读一下我的笔记", {"list": "notes"}),
                ("我记了什么", {"list": "notes"})],
     }
@@ -173,6 +174,8 @@ def read_items(context: SkillContext, list: ListName = "notes") -> str:
         "zh": [
             "从[我的]购物清单[里|上|中](删除|删掉|去掉|划掉){text}",
             "把{text}从[我的]购物清单[里|上|中](删除|删掉|去掉|划掉)",
+            ("从[我的]笔记[里|中](删除|删掉|去掉){text}", {"list": "notes"}),
+            ("把{text}从[我的]笔记[里|中](删除|删掉|去掉)", {"list": "notes"}),
         ],
     }
 )
