@@ -1105,6 +1105,24 @@ def test_the_volume_is_set_to_the_most_or_muted_as_people_say_it(tmp_path: Path)
     assert say("静音") == "音量0%。"
 
 
+def test_an_item_said_in_the_singular_is_the_one_on_the_list_in_the_plural(tmp_path: Path) -> None:
+    registry = registry_in(tmp_path)
+    say = lambda text: registry.call(*matched(registry, text)).text  # noqa: E731
+    assert say("add eggs, tomatoes, berries and glass to the shopping list") == (
+        "Added eggs, tomatoes, berries and glass to the shopping list."
+    )
+    assert say("add egg, glasses to the shopping list") == "Egg and glasses are already on the shopping list."
+    assert (
+        say("add egg, bus and tomato to the shopping list")
+        == "Added bus to the shopping list. Egg and tomato are already on it."
+    )
+    assert say("remove berry from the shopping list") == "Removed berry."
+    assert say("remove the tomato from my list") == "Removed the tomato."
+    assert say("what's on my list") == "On your shopping list: eggs, glass, bus."
+    say("take a note buy stamps")
+    assert say("note that buy stamp") == "That is already in your notes."
+
+
 def test_notes_are_taken_off_and_the_list_read_in_chinese_as_a_recogniser_writes_it(tmp_path: Path) -> None:
     registry = registry_in(tmp_path)
     registry.context.language = "zh"

@@ -59,9 +59,25 @@ def _full(context: SkillContext, list: ListName, room: int = 0) -> str:
     )
 
 
-def _kept(db, list: ListName) -> set[str]:
-    """What a list already holds, in any case: what is asked for twice is kept once."""
-    return {text.casefold() for (text,) in db.execute("SELECT text FROM items WHERE list = ?", (list,))}
+def _kept(db, list: ListName) -> list[set[str]]:
+    """What a list already holds, as `_forms` of each: what is asked for twice is kept once."""
+    return [_forms(text) for (text,) in db.execute("SELECT text FROM items WHERE list = ?", (list,))]
+
+
+def _forms(item: str) -> set[str]:
+    """The ways an item is said again: in any case, without a sentence's period, and an English plural
+    as its singular too ("eggs" is "egg", "tomatoes" "tomato", "berries" "berry", "glasses" "glass"),
+    since "add eggs" one day and "remove egg" the next mean one item. Two items are one if these meet."""
+    text = _unended(item).casefold()
+    head, last = re.match(r"(.*?)(\w*)$", text).groups()
+    forms = {text}
+    if re.fullmatch(r"[a-z]+s", last) and not last.endswith("ss"):
+        forms.add(head + last[:-1])
+        if last.endswith("es"):
+            forms.add(head + last[:-2])
+        if last.endswith("ies"):
+            forms.add(head + last[:-3] + "y")
+    return forms
 
 
 @skill(
@@ -89,7 +105,7 @@ def add_item(text: Text, context: SkillContext, list: ListName = "notes") -> str
             return context.localized("What should I note?", zh="要记什么？")
         with _db(context) as db:
             kept = _kept(db, "notes")
-            if note.casefold() in kept:  # asked for twice (to be sure): kept once
+            if any(_forms(note) & forms for forms in kept):  # asked for twice (to be sure): kept once
                 return context.localized("That is already in your notes.", zh="笔记里已经有这条了。")
             if len(kept) >= MAX_ITEMS:
                 return _full(context, "notes")
@@ -100,7 +116,7 @@ def add_item(text: Text, context: SkillContext, list: ListName = "notes") -> str
         return context.localized("What should I add?", zh="要加什么？")
     with _db(context) as db:
         listed = _kept(db, "shopping")
-        added = [item for item in items if item.casefold() not in listed]
+        added = [item for item in items if not any(_forms(item) & forms for forms in listed)]
         if len(listed) + len(added) > MAX_ITEMS:
             return _full(context, "shopping", max(0, MAX_ITEMS - len(listed)))
         db.executemany("INSERT INTO items (list, text) VALUES ('shopping', ?)", [(item,) for item in added])
@@ -190,10 +206,10 @@ def remove_item(text: Text, context: SkillContext, list: ListName = "shopping") 
     with _db(context) as db:
         # Compared here, not in SQL: SQLite's lower() folds only ASCII, and Äpfel is äpfel.
         rows = db.execute("SELECT id, text FROM items WHERE list = ?", (list,)).fetchall()
-        ids = [i for i, item in rows if _unended(item).casefold() == text.casefold()]
+        ids = [i for i, item in rows if _forms(item) & _forms(text)]
         if not ids:  # "remove the milk" removes "milk"; an item that is "the milk" is found above
-            bare = ARTICLE.sub("", text).casefold()
-            ids = [i for i, item in rows if ARTICLE.sub("", _unended(item)).casefold() == bare]
+            bare = _forms(ARTICLE.sub("", text))
+            ids = [i for i, item in rows if _forms(ARTICLE.sub("", _unended(item))) & bare]
         db.executemany("DELETE FROM items WHERE id = ?", [(i,) for i in ids])
     if ids:
         return context.localized(f"Removed {text}.", zh=f"已删除{text}。")
