@@ -1136,3 +1136,24 @@ def test_notes_are_taken_off_and_the_list_read_in_chinese_as_a_recogniser_writes
     assert say("购物清单 里 有 什么") == "购物清单上有：牛奶。"
     for asked in ("what year is it", "what month is it"):
         assert matched(registry, asked)[0] == "current_date", asked
+
+
+def test_two_clients_adding_the_same_items_at_once_keep_each_once(tmp_path: Path) -> None:
+    households = [registry_in(tmp_path) for _ in range(4)]  # each with its own connection, as processes have
+    start = threading.Barrier(len(households))
+    problems: list[str] = []
+
+    def add_all(registry: Registry) -> None:
+        start.wait()
+        for n in range(30):
+            if (error := registry.call("add_item", {"text": f"bread {n}", "list": "shopping"}).error) is not None:
+                problems.append(error)
+
+    threads = [threading.Thread(target=add_all, args=(registry,)) for registry in households]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert problems == []
+    with sqlite3.connect(tmp_path / "notes.sqlite3") as db:
+        assert db.execute("SELECT count(*), count(DISTINCT text) FROM items").fetchone() == (30, 30)

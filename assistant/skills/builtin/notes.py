@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import re
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Annotated, Literal
 
 from assistant import Range, SkillContext, skill
@@ -43,6 +46,15 @@ def _listed(items: list[str], language: str) -> str:
 
 def _db(context: SkillContext):
     return context.database("notes", SCHEMA)
+
+
+@contextmanager
+def _adding(context: SkillContext) -> Iterator[sqlite3.Connection]:
+    """The notes database, locked for writing from its first read on: two clients (or a script beside
+    the assistant) adding "milk" at once must not both find it missing and add it twice."""
+    with _db(context) as db:
+        db.execute("BEGIN IMMEDIATE")
+        yield db
 
 
 def _full(context: SkillContext, list: ListName, room: int = 0) -> str:
@@ -103,7 +115,7 @@ def add_item(text: Text, context: SkillContext, list: ListName = "notes") -> str
         note = text.strip()
         if not note:
             return context.localized("What should I note?", zh="要记什么？")
-        with _db(context) as db:
+        with _adding(context) as db:
             kept = _kept(db, "notes")
             if any(_forms(note) & forms for forms in kept):  # asked for twice (to be sure): kept once
                 return context.localized("That is already in your notes.", zh="笔记里已经有这条了。")
@@ -114,7 +126,7 @@ def add_item(text: Text, context: SkillContext, list: ListName = "notes") -> str
     items = _items(text)
     if not items:
         return context.localized("What should I add?", zh="要加什么？")
-    with _db(context) as db:
+    with _adding(context) as db:
         listed = _kept(db, "shopping")
         added = [item for item in items if not any(_forms(item) & forms for forms in listed)]
         if len(listed) + len(added) > MAX_ITEMS:
