@@ -1099,7 +1099,7 @@ def test_the_volume_is_set_to_the_most_or_muted_as_people_say_it(tmp_path: Path)
     say = lambda text: registry.call(*matched(registry, text)).text  # noqa: E731
     assert say("volume to max") == say("max volume") == "Volume 100 percent."
     assert say("mute") == "Volume 0 percent."
-    assert say("louder") == "Volume 10 percent."
+    assert say("louder") == "Volume 100 percent."  # back to where it was before mute
     registry.context.language = "zh"
     assert say("音量 调到 最大") == "音量100%。"
     assert say("静音") == "音量0%。"
@@ -1157,3 +1157,18 @@ def test_two_clients_adding_the_same_items_at_once_keep_each_once(tmp_path: Path
     assert problems == []
     with sqlite3.connect(tmp_path / "notes.sqlite3") as db:
         assert db.execute("SELECT count(*), count(DISTINCT text) FROM items").fetchone() == (30, 30)
+
+
+def test_unmute_goes_back_to_the_volume_before_mute_after_a_restart_too(tmp_path: Path) -> None:
+    registry = registry_in(tmp_path)
+    say = lambda text: registry.call(*matched(registry, text)).text  # noqa: E731
+    assert say("volume thirty") == "Volume 30 percent."
+    assert say("mute") == "Volume 0 percent."
+    registry = registry_in(tmp_path)  # a restart
+    assert say("unmute") == "Volume 30 percent."  # not a whisper of 10
+    say("mute")
+    assert say("louder") == "Volume 30 percent."
+    registry.context.language = "zh"
+    say("静音")
+    assert say("取消 静音") == "音量30%。"
+    assert say("大声 一点") == "音量40%。"  # not muted: a step up
