@@ -1172,3 +1172,11 @@ def test_unmute_goes_back_to_the_volume_before_mute_after_a_restart_too(tmp_path
     say("静音")
     assert say("取消 静音") == "音量30%。"
     assert say("大声 一点") == "音量40%。"  # not muted: a step up
+
+
+def test_removing_everything_from_the_list_is_clearing_it_with_its_question(tmp_path: Path) -> None:
+    registry = registry_in(tmp_path)
+    for asked in ("delete everything from my shopping list", "remove all items from the list"):
+        assert matched(registry, asked) == ("clear_shopping_list", {}), asked  # not an item named "everything"
+    assert registry.skills["clear_shopping_list"].confirm
+    assert matched(registry, "remove milk from the list") == ("remove_item", {"text": "milk"})

@@ -239,7 +239,13 @@ def _unended(text: str) -> str:
 
 @skill(
     confirm=True,
-    sentences={"en": ["(clear|empty) [my|the] [shopping] list"], "zh": ["清空[我的]购物清单", "把购物清单清空"]},
+    sentences={
+        "en": [
+            "(clear|empty) [my|the] [shopping] list",
+            "(remove|delete) (everything|all [the] items) (from|on) [my|the] [shopping] list",
+        ],
+        "zh": ["清空[我的]购物清单", "把购物清单清空"],
+    },
 )
 def clear_shopping_list(context: SkillContext) -> str:
     """Empty the shopping list."""
