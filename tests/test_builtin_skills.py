@@ -45,7 +45,7 @@ def test_shopping_list_and_notes_persist(tmp_path: Path) -> None:
     assert second.call("read_items", {"list": "shopping"}).text == "On your shopping list: milk, eggs."
     assert second.call("read_items", {}).text == "On your notes: call the plumber."
     assert second.call("remove_item", {"text": "MILK"}).text == "Removed MILK."
-    assert second.call("remove_item", {"text": "bread"}).text == "bread is not on the list."
+    assert second.call("remove_item", {"text": "bread"}).text == "Bread is not on the shopping list."
     second.call("add_item", {"text": "Äpfel", "list": "shopping"})
     assert second.call("remove_item", {"text": "äpfel"}).text == "Removed äpfel."  # not only ASCII letters fold
     assert second.call("add_item", {"text": "  ", "list": "notes"}).text == "What should I note?"
@@ -1180,3 +1180,17 @@ def test_removing_everything_from_the_list_is_clearing_it_with_its_question(tmp_
         assert matched(registry, asked) == ("clear_shopping_list", {}), asked  # not an item named "everything"
     assert registry.skills["clear_shopping_list"].confirm
     assert matched(registry, "remove milk from the list") == ("remove_item", {"text": "milk"})
+
+
+def test_removing_what_is_not_there_or_nothing_says_so_clearly(tmp_path: Path) -> None:
+    registry = registry_in(tmp_path)
+    registry.call("add_item", {"text": "milk", "list": "shopping"})
+    for nothing in ("", "  ", "."):
+        assert registry.call("remove_item", {"text": nothing}).text == "What should I remove?", nothing
+    assert registry.call("remove_item", {"text": "bread"}).text == "Bread is not on the shopping list."
+    assert registry.call("remove_item", {"text": "call mom", "list": "notes"}).text == "Call mom is not in your notes."
+    registry.context.language = "zh"
+    assert registry.call("remove_item", {"text": ""}).text == "要删除什么？"
+    assert registry.call("remove_item", {"text": "面包"}).text == "购物清单上没有面包。"
+    assert registry.call("remove_item", {"text": "买邮票", "list": "notes"}).text == "笔记里没有买邮票。"
+    assert registry.call("read_items", {"list": "shopping"}).text == "购物清单上有：milk。"  # nothing was removed

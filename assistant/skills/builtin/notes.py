@@ -134,7 +134,7 @@ def add_item(text: Text, context: SkillContext, list: ListName = "notes") -> str
         db.executemany("INSERT INTO items (list, text) VALUES ('shopping', ?)", [(item,) for item in added])
     already = [item for item in items if item not in added]  # asked for twice (by two people): kept once
     on_it, on_it_zh = _listed(already, "en"), _listed(already, "zh")
-    on_it = on_it[:1].upper() + on_it[1:]  # it starts a sentence: "milk" as heard is "Milk"
+    on_it = _started(on_it)
     are = "are" if len(already) > 1 else "is"
     if not added:
         return context.localized(f"{on_it} {are} already on the shopping list.", zh=f"购物清单上已经有{on_it_zh}了。")
@@ -215,6 +215,8 @@ def remove_item(text: Text, context: SkillContext, list: ListName = "shopping") 
         list: "shopping" for the shopping list, "notes" for notes
     """
     text = _unended(text)
+    if not text.strip(".。,，;；"):  # nothing heard but a period
+        return context.localized("What should I remove?", zh="要删除什么？")
     with _db(context) as db:
         # Compared here, not in SQL: SQLite's lower() folds only ASCII, and Äpfel is äpfel.
         rows = db.execute("SELECT id, text FROM items WHERE list = ?", (list,)).fetchall()
@@ -225,7 +227,14 @@ def remove_item(text: Text, context: SkillContext, list: ListName = "shopping") 
         db.executemany("DELETE FROM items WHERE id = ?", [(i,) for i in ids])
     if ids:
         return context.localized(f"Removed {text}.", zh=f"已删除{text}。")
-    return context.localized(f"{text} is not on the list.", zh=f"清单上没有{text}。")
+    if list == "notes":
+        return context.localized(f"{_started(text)} is not in your notes.", zh=f"笔记里没有{text}。")
+    return context.localized(f"{_started(text)} is not on the shopping list.", zh=f"购物清单上没有{text}。")
+
+
+def _started(text: str) -> str:
+    """Text that starts a sentence: "milk" as heard is "Milk"."""
+    return text[:1].upper() + text[1:]
 
 
 ARTICLE = re.compile(r"^(?:the|a|an|some|my|our)\s+", re.IGNORECASE)  # said before an item, not part of it
