@@ -1194,3 +1194,14 @@ def test_removing_what_is_not_there_or_nothing_says_so_clearly(tmp_path: Path) -
     assert registry.call("remove_item", {"text": "面包"}).text == "购物清单上没有面包。"
     assert registry.call("remove_item", {"text": "买邮票", "list": "notes"}).text == "笔记里没有买邮票。"
     assert registry.call("read_items", {"list": "shopping"}).text == "购物清单上有：milk。"  # nothing was removed
+
+
+def test_an_item_said_with_an_article_is_the_one_listed_without(tmp_path: Path) -> None:
+    registry = registry_in(tmp_path)
+    say = lambda text: registry.call(*matched(registry, text)).text  # noqa: E731
+    assert say("add the milk to the shopping list") == "Added the milk to the shopping list."
+    assert say("add milk to the shopping list") == "Milk is already on the shopping list."
+    assert say("add some eggs to the shopping list") == "Added some eggs to the shopping list."
+    assert say("add an egg to the shopping list") == "An egg is already on the shopping list."
+    assert say("remove eggs from the shopping list") == "Removed eggs."
+    assert say("what's on my list") == "On your shopping list: the milk."

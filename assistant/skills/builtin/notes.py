@@ -76,19 +76,24 @@ def _kept(db, list: ListName) -> list[set[str]]:
     return [_forms(text) for (text,) in db.execute("SELECT text FROM items WHERE list = ?", (list,))]
 
 
+ARTICLE = re.compile(r"^(?:the|a|an|some|my|our)\s+", re.IGNORECASE)  # said before an item, not part of it
+
+
 def _forms(item: str) -> set[str]:
-    """The ways an item is said again: in any case, without a sentence's period, and an English plural
-    as its singular too ("eggs" is "egg", "tomatoes" "tomato", "berries" "berry", "glasses" "glass"),
-    since "add eggs" one day and "remove egg" the next mean one item. Two items are one if these meet."""
+    """The ways an item is said again: in any case, without a sentence's period or an article before
+    it ("the milk" is "milk"), and an English plural as its singular too ("eggs" is "egg", "tomatoes"
+    "tomato", "berries" "berry", "glasses" "glass"), since "add eggs" one day and "remove the egg" the
+    next mean one item. Two items are one if their forms meet."""
     text = _unended(item).casefold()
-    head, last = re.match(r"(.*?)(\w*)$", text).groups()
-    forms = {text}
-    if re.fullmatch(r"[a-z]+s", last) and not last.endswith("ss"):
-        forms.add(head + last[:-1])
-        if last.endswith("es"):
-            forms.add(head + last[:-2])
-        if last.endswith("ies"):
-            forms.add(head + last[:-3] + "y")
+    forms = {text, ARTICLE.sub("", text)}
+    for said in list(forms):
+        head, last = re.match(r"(.*?)(\w*)$", said).groups()
+        if re.fullmatch(r"[a-z]+s", last) and not last.endswith("ss"):
+            forms.add(head + last[:-1])
+            if last.endswith("es"):
+                forms.add(head + last[:-2])
+            if last.endswith("ies"):
+                forms.add(head + last[:-3] + "y")
     return forms
 
 
@@ -221,9 +226,6 @@ def remove_item(text: Text, context: SkillContext, list: ListName = "shopping") 
         # Compared here, not in SQL: SQLite's lower() folds only ASCII, and Äpfel is äpfel.
         rows = db.execute("SELECT id, text FROM items WHERE list = ?", (list,)).fetchall()
         ids = [i for i, item in rows if _forms(item) & _forms(text)]
-        if not ids:  # "remove the milk" removes "milk"; an item that is "the milk" is found above
-            bare = _forms(ARTICLE.sub("", text))
-            ids = [i for i, item in rows if _forms(ARTICLE.sub("", _unended(item))) & bare]
         db.executemany("DELETE FROM items WHERE id = ?", [(i,) for i in ids])
     if ids:
         return context.localized(f"Removed {text}.", zh=f"已删除{text}。")
@@ -235,9 +237,6 @@ def remove_item(text: Text, context: SkillContext, list: ListName = "shopping") 
 def _started(text: str) -> str:
     """Text that starts a sentence: "milk" as heard is "Milk"."""
     return text[:1].upper() + text[1:]
-
-
-ARTICLE = re.compile(r"^(?:the|a|an|some|my|our)\s+", re.IGNORECASE)  # said before an item, not part of it
 
 
 def _unended(text: str) -> str:
