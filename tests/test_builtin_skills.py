@@ -45,7 +45,7 @@ def test_shopping_list_and_notes_persist(tmp_path: Path) -> None:
     assert second.call("read_items", {"list": "shopping"}).text == "On your shopping list: milk, eggs."
     assert second.call("read_items", {}).text == "On your notes: call the plumber."
     assert second.call("remove_item", {"text": "MILK"}).text == "Removed MILK."
-    assert second.call("remove_item", {"text": "bread"}).text == "bread is not on the list."
+    assert second.call("remove_item", {"text": "bread"}).text == "Bread is not on the shopping list."
     second.call("add_item", {"text": "Äpfel", "list": "shopping"})
     assert second.call("remove_item", {"text": "äpfel"}).text == "Removed äpfel."  # not only ASCII letters fold
     assert second.call("add_item", {"text": "  ", "list": "notes"}).text == "What should I note?"
@@ -1074,3 +1074,134 @@ def test_stop_and_what_can_you_do(tmp_path: Path) -> None:
     registry.context.language = "zh"
     said_zh = "我可以记笔记和购物清单、调音量、报时、说日期、定计时器、定闹钟、forecast、"
     assert can() == said_zh + "extra 0、extra 1、extra 2、extra 3、extra 4、另外4件事。"
+
+
+def test_the_shopping_list_and_notes_are_read_and_changed_as_a_recogniser_writes_it(tmp_path: Path) -> None:
+    registry = registry_in(tmp_path)
+    say = lambda text: registry.call(*matched(registry, text)).text  # noqa: E731
+    say("add milk to my shopping list")
+    say("add an apple to the shopping list")
+    for asked in ("what's on my list", "whats on my shopping list", "what is on the list"):
+        assert say(asked) == "On your shopping list: milk, an apple.", asked
+    assert say("remove the milk from the shopping list") == "Removed the milk."  # "the" is not the item's
+    assert say("take the apple off the list") == "Removed the apple."
+    assert say("what's on my list") == "Your shopping list is empty."
+    say("take a note buy stamps")
+    assert say("what's in my notes") == "On your notes: buy stamps."
+    assert say("delete buy stamps from my notes") == "Removed buy stamps."
+    assert say("read me my notes") == "You have no notes."
+    say("add bread to the shopping list")
+    assert matched(registry, "clear the list")[0] == matched(registry, "clear my list")[0] == "clear_shopping_list"
+
+
+def test_the_volume_is_set_to_the_most_or_muted_as_people_say_it(tmp_path: Path) -> None:
+    registry = registry_in(tmp_path)
+    say = lambda text: registry.call(*matched(registry, text)).text  # noqa: E731
+    assert say("volume to max") == say("max volume") == "Volume 100 percent."
+    assert say("mute") == "Volume 0 percent."
+    assert say("louder") == "Volume 100 percent."  # back to where it was before mute
+    registry.context.language = "zh"
+    assert say("音量 调到 最大") == "音量100%。"
+    assert say("静音") == "音量0%。"
+
+
+def test_an_item_said_in_the_singular_is_the_one_on_the_list_in_the_plural(tmp_path: Path) -> None:
+    registry = registry_in(tmp_path)
+    say = lambda text: registry.call(*matched(registry, text)).text  # noqa: E731
+    assert say("add eggs, tomatoes, berries and glass to the shopping list") == (
+        "Added eggs, tomatoes, berries and glass to the shopping list."
+    )
+    assert say("add egg, glasses to the shopping list") == "Egg and glasses are already on the shopping list."
+    assert (
+        say("add egg, bus and tomato to the shopping list")
+        == "Added bus to the shopping list. Egg and tomato are already on it."
+    )
+    assert say("remove berry from the shopping list") == "Removed berry."
+    assert say("remove the tomato from my list") == "Removed the tomato."
+    assert say("what's on my list") == "On your shopping list: eggs, glass, bus."
+    say("take a note buy stamps")
+    assert say("note that buy stamp") == "That is already in your notes."
+
+
+def test_notes_are_taken_off_and_the_list_read_in_chinese_as_a_recogniser_writes_it(tmp_path: Path) -> None:
+    registry = registry_in(tmp_path)
+    registry.context.language = "zh"
+    say = lambda text: registry.call(*matched(registry, text)).text  # noqa: E731
+    say("记 一下 买 邮票")
+    say("记 一下 给 妈妈 打电话")
+    assert say("把 买 邮票 从 笔记 里 删掉") == "已删除买邮票。"
+    assert say("从 我的 笔记 里 删除 给 妈妈 打电话") == "已删除给妈妈打电话。"
+    assert say("我 记 了 什么") == "你没有笔记。"
+    say("把 牛奶 加到 购物清单")
+    assert say("购物清单 里 有 什么") == "购物清单上有：牛奶。"
+    for asked in ("what year is it", "what month is it"):
+        assert matched(registry, asked)[0] == "current_date", asked
+
+
+def test_two_clients_adding_the_same_items_at_once_keep_each_once(tmp_path: Path) -> None:
+    households = [registry_in(tmp_path) for _ in range(4)]  # each with its own connection, as processes have
+    start = threading.Barrier(len(households))
+    problems: list[str] = []
+
+    def add_all(registry: Registry) -> None:
+        start.wait()
+        for n in range(30):
+            if (error := registry.call("add_item", {"text": f"bread {n}", "list": "shopping"}).error) is not None:
+                problems.append(error)
+
+    threads = [threading.Thread(target=add_all, args=(registry,)) for registry in households]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert problems == []
+    with sqlite3.connect(tmp_path / "notes.sqlite3") as db:
+        assert db.execute("SELECT count(*), count(DISTINCT text) FROM items").fetchone() == (30, 30)
+
+
+def test_unmute_goes_back_to_the_volume_before_mute_after_a_restart_too(tmp_path: Path) -> None:
+    registry = registry_in(tmp_path)
+    say = lambda text: registry.call(*matched(registry, text)).text  # noqa: E731
+    assert say("volume thirty") == "Volume 30 percent."
+    assert say("mute") == "Volume 0 percent."
+    registry = registry_in(tmp_path)  # a restart
+    assert say("unmute") == "Volume 30 percent."  # not a whisper of 10
+    say("mute")
+    assert say("louder") == "Volume 30 percent."
+    registry.context.language = "zh"
+    say("静音")
+    assert say("取消 静音") == "音量30%。"
+    assert say("大声 一点") == "音量40%。"  # not muted: a step up
+
+
+def test_removing_everything_from_the_list_is_clearing_it_with_its_question(tmp_path: Path) -> None:
+    registry = registry_in(tmp_path)
+    for asked in ("delete everything from my shopping list", "remove all items from the list"):
+        assert matched(registry, asked) == ("clear_shopping_list", {}), asked  # not an item named "everything"
+    assert registry.skills["clear_shopping_list"].confirm
+    assert matched(registry, "remove milk from the list") == ("remove_item", {"text": "milk"})
+
+
+def test_removing_what_is_not_there_or_nothing_says_so_clearly(tmp_path: Path) -> None:
+    registry = registry_in(tmp_path)
+    registry.call("add_item", {"text": "milk", "list": "shopping"})
+    for nothing in ("", "  ", "."):
+        assert registry.call("remove_item", {"text": nothing}).text == "What should I remove?", nothing
+    assert registry.call("remove_item", {"text": "bread"}).text == "Bread is not on the shopping list."
+    assert registry.call("remove_item", {"text": "call mom", "list": "notes"}).text == "Call mom is not in your notes."
+    registry.context.language = "zh"
+    assert registry.call("remove_item", {"text": ""}).text == "要删除什么？"
+    assert registry.call("remove_item", {"text": "面包"}).text == "购物清单上没有面包。"
+    assert registry.call("remove_item", {"text": "买邮票", "list": "notes"}).text == "笔记里没有买邮票。"
+    assert registry.call("read_items", {"list": "shopping"}).text == "购物清单上有：milk。"  # nothing was removed
+
+
+def test_an_item_said_with_an_article_is_the_one_listed_without(tmp_path: Path) -> None:
+    registry = registry_in(tmp_path)
+    say = lambda text: registry.call(*matched(registry, text)).text  # noqa: E731
+    assert say("add the milk to the shopping list") == "Added the milk to the shopping list."
+    assert say("add milk to the shopping list") == "Milk is already on the shopping list."
+    assert say("add some eggs to the shopping list") == "Added some eggs to the shopping list."
+    assert say("add an egg to the shopping list") == "An egg is already on the shopping list."
+    assert say("remove eggs from the shopping list") == "Removed eggs."
+    assert say("what's on my list") == "On your shopping list: the milk."

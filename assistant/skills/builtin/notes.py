@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import re
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Annotated, Literal
 
 from assistant import Range, SkillContext, skill
@@ -45,6 +48,15 @@ def _db(context: SkillContext):
     return context.database("notes", SCHEMA)
 
 
+@contextmanager
+def _adding(context: SkillContext) -> Iterator[sqlite3.Connection]:
+    """The notes database, locked for writing from its first read on: two clients (or a script beside
+    the assistant) adding "milk" at once must not both find it missing and add it twice."""
+    with _db(context) as db:
+        db.execute("BEGIN IMMEDIATE")
+        yield db
+
+
 def _full(context: SkillContext, list: ListName, room: int = 0) -> str:
     """What is said when a list has room for only `room` more items, fewer than were asked for."""
     if list == "notes":  # a note is added one at a time
@@ -59,9 +71,30 @@ def _full(context: SkillContext, list: ListName, room: int = 0) -> str:
     )
 
 
-def _kept(db, list: ListName) -> set[str]:
-    """What a list already holds, in any case: what is asked for twice is kept once."""
-    return {text.casefold() for (text,) in db.execute("SELECT text FROM items WHERE list = ?", (list,))}
+def _kept(db, list: ListName) -> list[set[str]]:
+    """What a list already holds, as `_forms` of each: what is asked for twice is kept once."""
+    return [_forms(text) for (text,) in db.execute("SELECT text FROM items WHERE list = ?", (list,))]
+
+
+ARTICLE = re.compile(r"^(?:the|a|an|some|my|our)\s+", re.IGNORECASE)  # said before an item, not part of it
+
+
+def _forms(item: str) -> set[str]:
+    """The ways an item is said again: in any case, without a sentence's period or an article before
+    it ("the milk" is "milk"), and an English plural as its singular too ("eggs" is "egg", "tomatoes"
+    "tomato", "berries" "berry", "glasses" "glass"), since "add eggs" one day and "remove the egg" the
+    next mean one item. Two items are one if their forms meet."""
+    text = _unended(item).casefold()
+    forms = {text, ARTICLE.sub("", text)}
+    for said in list(forms):
+        head, last = re.match(r"(.*?)(\w*)$", said).groups()
+        if re.fullmatch(r"[a-z]+s", last) and not last.endswith("ss"):
+            forms.add(head + last[:-1])
+            if last.endswith("es"):
+                forms.add(head + last[:-2])
+            if last.endswith("ies"):
+                forms.add(head + last[:-3] + "y")
+    return forms
 
 
 @skill(
@@ -87,9 +120,9 @@ def add_item(text: Text, context: SkillContext, list: ListName = "notes") -> str
         note = text.strip()
         if not note:
             return context.localized("What should I note?", zh="要记什么？")
-        with _db(context) as db:
+        with _adding(context) as db:
             kept = _kept(db, "notes")
-            if note.casefold() in kept:  # asked for twice (to be sure): kept once
+            if any(_forms(note) & forms for forms in kept):  # asked for twice (to be sure): kept once
                 return context.localized("That is already in your notes.", zh="笔记里已经有这条了。")
             if len(kept) >= MAX_ITEMS:
                 return _full(context, "notes")
@@ -98,15 +131,15 @@ def add_item(text: Text, context: SkillContext, list: ListName = "notes") -> str
     items = _items(text)
     if not items:
         return context.localized("What should I add?", zh="要加什么？")
-    with _db(context) as db:
+    with _adding(context) as db:
         listed = _kept(db, "shopping")
-        added = [item for item in items if item.casefold() not in listed]
+        added = [item for item in items if not any(_forms(item) & forms for forms in listed)]
         if len(listed) + len(added) > MAX_ITEMS:
             return _full(context, "shopping", max(0, MAX_ITEMS - len(listed)))
         db.executemany("INSERT INTO items (list, text) VALUES ('shopping', ?)", [(item,) for item in added])
     already = [item for item in items if item not in added]  # asked for twice (by two people): kept once
     on_it, on_it_zh = _listed(already, "en"), _listed(already, "zh")
-    on_it = on_it[:1].upper() + on_it[1:]  # it starts a sentence: "milk" as heard is "Milk"
+    on_it = _started(on_it)
     are = "are" if len(already) > 1 else "is"
     if not added:
         return context.localized(f"{on_it} {are} already on the shopping list.", zh=f"购物清单上已经有{on_it_zh}了。")
@@ -126,8 +159,12 @@ READ_CHARACTERS = 2000  # and no more characters than that (a minute or two): tw
         "en": [("(what's|what is) on [my|the] shopping list", {"list": "shopping"}),
                ("read [me] [my|the] shopping list", {"list": "shopping"}),
                ("what do I need to buy", {"list": "shopping"}),
-               ("read [me] my notes", {"list": "notes"}), ("what (are|is in) my notes", {"list": "notes"})],
-        "zh": [("[我的]购物清单上有什么", {"list": "shopping"}), ("(读一下|看看)[我的]购物清单", {"list": "shopping"}),
+               # A recogniser writes "what's" as said; a household says "my list" for the shopping list.
+               ("(what's|what is|whats) on [my|the] [shopping] list", {"list": "shopping"}),
+               ("read [me] my notes", {"list": "notes"}),
+               ("(what|what's|whats) (are|is in|in) my notes", {"list": "notes"})],
+        "zh": [("[我的]购物清单[上|里]有什么", {"list": "shopping"}),
+               ("(读一下|看看)[我的]购物清单", {"list": "shopping"}),
                ("我要买什么", {"list": "shopping"}), ("读一下我的笔记", {"list": "notes"}),
                ("我记了什么", {"list": "notes"})],
     }
@@ -164,10 +201,14 @@ def read_items(context: SkillContext, list: ListName = "notes") -> str:
             "(remove|delete|complete) {text} (from|on|in) [the|my] [shopping] list",
             "(check|cross|tick) [off] {text} [off] (from|on|in) [the|my] [shopping] list",
             "(check|cross|tick) {text} off [the|my] [shopping] list",
+            "take {text} off [the|my] [shopping] list",
+            ("(remove|delete) {text} from [the|my] notes", {"list": "notes"}),
         ],
         "zh": [
             "从[我的]购物清单[里|上|中](删除|删掉|去掉|划掉){text}",
             "把{text}从[我的]购物清单[里|上|中](删除|删掉|去掉|划掉)",
+            ("从[我的]笔记[里|中](删除|删掉|去掉){text}", {"list": "notes"}),
+            ("把{text}从[我的]笔记[里|中](删除|删掉|去掉)", {"list": "notes"}),
         ],
     }
 )
@@ -179,14 +220,23 @@ def remove_item(text: Text, context: SkillContext, list: ListName = "shopping") 
         list: "shopping" for the shopping list, "notes" for notes
     """
     text = _unended(text)
+    if not text.strip(".。,，;；"):  # nothing heard but a period
+        return context.localized("What should I remove?", zh="要删除什么？")
     with _db(context) as db:
         # Compared here, not in SQL: SQLite's lower() folds only ASCII, and Äpfel is äpfel.
-        rows = db.execute("SELECT id, text FROM items WHERE list = ?", (list,))
-        ids = [i for i, item in rows if _unended(item).casefold() == text.casefold()]
+        rows = db.execute("SELECT id, text FROM items WHERE list = ?", (list,)).fetchall()
+        ids = [i for i, item in rows if _forms(item) & _forms(text)]
         db.executemany("DELETE FROM items WHERE id = ?", [(i,) for i in ids])
     if ids:
         return context.localized(f"Removed {text}.", zh=f"已删除{text}。")
-    return context.localized(f"{text} is not on the list.", zh=f"清单上没有{text}。")
+    if list == "notes":
+        return context.localized(f"{_started(text)} is not in your notes.", zh=f"笔记里没有{text}。")
+    return context.localized(f"{_started(text)} is not on the shopping list.", zh=f"购物清单上没有{text}。")
+
+
+def _started(text: str) -> str:
+    """Text that starts a sentence: "milk" as heard is "Milk"."""
+    return text[:1].upper() + text[1:]
 
 
 def _unended(text: str) -> str:
@@ -197,7 +247,13 @@ def _unended(text: str) -> str:
 
 @skill(
     confirm=True,
-    sentences={"en": ["(clear|empty) [my|the] shopping list"], "zh": ["清空[我的]购物清单", "把购物清单清空"]},
+    sentences={
+        "en": [
+            "(clear|empty) [my|the] [shopping] list",
+            "(remove|delete) (everything|all [the] items) (from|on) [my|the] [shopping] list",
+        ],
+        "zh": ["清空[我的]购物清单", "把购物清单清空"],
+    },
 )
 def clear_shopping_list(context: SkillContext) -> str:
     """Empty the shopping list."""

@@ -10,7 +10,11 @@ from typing import Annotated, Literal
 
 from assistant import Range, SkillContext, skill
 
-SCHEMA = "CREATE TABLE IF NOT EXISTS volume (id INTEGER PRIMARY KEY CHECK (id = 0), percent INTEGER NOT NULL);"
+SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS volume (id INTEGER PRIMARY KEY CHECK (id = 0), percent INTEGER NOT NULL);"
+    # The volume before it was muted, which "unmute" (or "louder") goes back to.
+    "CREATE TABLE IF NOT EXISTS unmuted (id INTEGER PRIMARY KEY CHECK (id = 0), percent INTEGER NOT NULL);"
+)
 DEFAULT_VOLUME = 60
 STEP = 10
 
@@ -114,7 +118,10 @@ def current_volume(context: SkillContext) -> int:
 
 def _store(context: SkillContext, percent: int) -> int:
     percent = max(0, min(100, percent))
+    before = current_volume(context)
     with context.database("system", SCHEMA) as db:
+        if percent == 0 and before > 0:
+            db.execute("INSERT OR REPLACE INTO unmuted (id, percent) VALUES (0, ?)", (before,))
         db.execute("INSERT OR REPLACE INTO volume (id, percent) VALUES (0, ?)", (percent,))
     _apply(percent)
     return percent
@@ -122,11 +129,14 @@ def _store(context: SkillContext, percent: int) -> int:
 
 @skill(
     sentences={
-        "en": ["volume [to] {percent} [percent]"],
-        "zh": ["音量(调到|调成|设为|设置为){percent}[%]", "把音量(调到|设为){percent}[%]"],
+        "en": ["[set the] volume [to] {percent} [percent]",
+               ("[set the] volume to (max|maximum|full)", {"percent": 100}), ("max volume", {"percent": 100}),
+               ("mute [the volume|the sound|the speaker]", {"percent": 0})],
+        "zh": ["音量(调到|调成|设为|设置为){percent}[%]", "把音量(调到|设为){percent}[%]",
+               ("[把]音量(调到|调成|开到)最大", {"percent": 100}), ("静音", {"percent": 0})],
     },
     intents={"HassSetVolume": {"percent": "{volume_level}"}},
-)
+)  # fmt: skip
 def set_volume(percent: Annotated[int, Range(0, 100)], context: SkillContext) -> str:
     """Set the speaker volume.
 
@@ -141,9 +151,11 @@ def set_volume(percent: Annotated[int, Range(0, 100)], context: SkillContext) ->
         "en": [("turn (it|the volume) up", {"direction": "up"}), ("turn up the volume", {"direction": "up"}),
                ("[a bit] louder", {"direction": "up"}), ("turn (it|the volume) down", {"direction": "down"}),
                ("turn down the volume", {"direction": "down"}), ("[a bit] quieter", {"direction": "down"}),
-               ("[the] volume up", {"direction": "up"}), ("[the] volume down", {"direction": "down"})],
+               ("[the] volume up", {"direction": "up"}), ("[the] volume down", {"direction": "down"}),
+               ("unmute [the volume|the sound|the speaker]", {"direction": "up"})],
         "zh": [("大声[一]点", {"direction": "up"}), ("小声[一]点", {"direction": "down"}),
-               ("(调高|增大|提高)音量", {"direction": "up"}), ("(调低|减小|降低)音量", {"direction": "down"})],
+               ("(调高|增大|提高)音量", {"direction": "up"}), ("(调低|减小|降低)音量", {"direction": "down"}),
+               ("(取消|关闭)静音", {"direction": "up"})],
     }
 )  # fmt: skip
 def change_volume(direction: Literal["up", "down"], context: SkillContext) -> str:
@@ -152,8 +164,14 @@ def change_volume(direction: Literal["up", "down"], context: SkillContext) -> st
     Args:
         direction: "up" for louder, "down" for quieter
     """
+    current = current_volume(context)
+    if direction == "up" and current == 0:  # muted: back to where it was, not to a whisper
+        with context.database("system", SCHEMA) as db:
+            row = db.execute("SELECT percent FROM unmuted WHERE id = 0").fetchone()
+        if row:
+            return _said_volume(context, _store(context, row[0]))
     step = STEP if direction == "up" else -STEP
-    return _said_volume(context, _store(context, current_volume(context) + step))
+    return _said_volume(context, _store(context, current + step))
 
 
 def _said_volume(context: SkillContext, percent: int) -> str:

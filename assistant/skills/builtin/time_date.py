@@ -29,7 +29,7 @@ def current_time(context: SkillContext) -> str:
 
 @skill(
     sentences={
-        "en": ["what (day|date|day of the week) is (it|today) [today]", "(what's|what is) the date [today]",
+        "en": ["what (day|date|day of the week|month|year) is (it|today) [today]", "(what's|what is) the date [today]",
                ("(what's|what is) [the] date tomorrow", {"tomorrow": True}),
                ("what day is [it] tomorrow", {"tomorrow": True}),
                ("(what's|what is) tomorrow's date", {"tomorrow": True})],
