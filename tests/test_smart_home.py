@@ -1169,3 +1169,39 @@ def test_a_number_in_a_name_is_heard_in_words_as_the_asr_writes_it(broker: int, 
         assert sent == ["z2m/kitchen2/set", "z2m/keting12/set", "z2m/yilou/set"]
     finally:
         subscriber.close()
+
+
+def test_a_number_said_in_words_reaches_the_device_without_the_model(broker: int, tmp_path: Path) -> None:
+    devices = [
+        {"name": "kitchen light", "type": "light", "topic": "z2m/kitchen"},
+        {"name": "kitchen light 2", "type": "light", "topic": "z2m/kitchen2"},
+        {"name": "hall light 12", "type": "light", "topic": "z2m/hall12", "aliases": ["lamp 3"]},
+        {"name": "客厅灯", "type": "light", "topic": "z2m/keting"},
+        {"name": "客厅灯2", "type": "light", "topic": "z2m/keting2"},
+        {"name": "客厅灯12", "type": "light", "topic": "z2m/keting12"},
+    ]
+    registry, subscriber = smart_home(broker, tmp_path, devices), Subscriber(broker)
+    matcher = IntentMatcher(registry.skills, devices)
+    try:
+        for text, device, topic in [
+            ("turn on kitchen light two", "kitchen light 2", "z2m/kitchen2/set"),
+            ("turn on the kitchen light 2", "kitchen light 2", "z2m/kitchen2/set"),
+            ("turn on kitchen light", "kitchen light", "z2m/kitchen/set"),
+            ("turn on hall light twelve", "hall light 12", "z2m/hall12/set"),
+            ("turn on lamp three", "hall light 12", "z2m/hall12/set"),
+            ("打开客厅灯二", "客厅灯2", "z2m/keting2/set"),
+            ("打开客厅灯两", "客厅灯2", "z2m/keting2/set"),
+            ("打开客厅灯十二", "客厅灯12", "z2m/keting12/set"),
+            ("打开客厅灯", "客厅灯", "z2m/keting/set"),
+        ]:
+            match = matcher.match(text)
+            assert match is not None and (match.skill, match.arguments) == (
+                "switch_device",
+                {"device": device, "on": True},
+            ), text
+            registry.context.heard = (text,)
+            assert registry.call(match.skill, match.arguments).text == f"The {device} is on.", text
+            assert [t for t, _ in subscriber.sent_before_now() if t.endswith("/set")] == [topic], text
+            subscriber.messages.clear()
+    finally:
+        subscriber.close()

@@ -38,6 +38,7 @@ from collections import Counter
 from typing import Annotated, Any, Literal
 
 from assistant import Choices, Range, SkillContext, skill
+from assistant.skills.intents import CHINESE_DIGITS, ENGLISH_NUMBERS
 
 log = logging.getLogger(__name__)
 
@@ -177,10 +178,9 @@ def _device(context: SkillContext, name: str) -> dict:
 KIND_WORDS = {"light", "lights", "lamp", "lamps", "fan", "fans", "switch", "plug", "socket", "the", "my"}
 KIND_CHARACTERS = "灯的"
 LATIN = re.compile(r"[a-z0-9]+")  # the words of a name or sentence as said (_as_said), as _mentioned compares them
-ONES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve"]
-TO_TWENTY = ["thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen", "twenty"]
-NUMBER_WORDS = {word: str(n) for n, word in enumerate(ONES + TO_TWENTY)}  # as the ASR writes numbers said alone
-ZH_DIGITS = {c: n for n, c in enumerate("零一二三四五六七八九")} | {"两": 2}
+# The number words the local sentences hear in device names (numbers_said), read back as digits.
+NUMBER_WORDS = {word: str(n) for n, word in enumerate(ENGLISH_NUMBERS)}
+ZH_DIGITS = {c: n for n, c in enumerate(CHINESE_DIGITS)} | {"两": 2}
 
 
 def _as_said(text: str) -> str:
