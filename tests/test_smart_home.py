@@ -1205,3 +1205,47 @@ def test_a_number_said_in_words_reaches_the_device_without_the_model(broker: int
             subscriber.messages.clear()
     finally:
         subscriber.close()
+
+
+def test_all_the_lights_over_a_connection_that_drops_partway_says_which_were_switched(tmp_path: Path) -> None:
+    """mosquitto drops a client that sends a packet over its max_packet_size: the third command's, long topic."""
+    far = "home/" + "porch/" * 80 + "set"  # a topic of 400 characters
+    devices = [
+        {"name": "kitchen light", "type": "light", "topic": "z2m/kitchen"},
+        {"name": "hall light", "type": "light", "topic": "z2m/hall"},
+        {"name": "porch light", "type": "light", "convention": "homeassistant", "command_topic": far},
+    ]
+    with mosquitto(tmp_path, options=("max_packet_size 300",)) as port:
+        registry, subscriber = smart_home(port, tmp_path, devices), Subscriber(port)
+        try:
+            reply = registry.call("switch_all", {"on": True}).text
+            assert reply.startswith(f"I can't reach the smart home broker at 127.0.0.1:{port} ("), reply
+            assert reply.endswith(" The kitchen light and the hall light are on; the porch light may not be."), reply
+            registry.context.language = "zh"
+            reply = registry.call("switch_all", {"on": False}).text
+            assert reply.startswith(f"连不上智能家居服务器127.0.0.1:{port}"), reply
+            assert reply.endswith("kitchen light、hall light已关闭，porch light可能没有关闭。"), reply
+            sent = [(t, p) for t, p in subscriber.sent_before_now() if t.endswith("/set")]
+            states = [json.dumps({"state": s}) for s in ("ON", "OFF")]
+            assert sent == [(f"z2m/{d}/set", state) for state in states for d in ("kitchen", "hall")]
+        finally:
+            subscriber.close()
+
+
+def test_all_the_lights_with_one_command_refused_says_which_were_switched(tmp_path: Path) -> None:
+    acl = "topic read #\ntopic readwrite marker\ntopic readwrite z2m/#\n"
+    devices = [
+        {"name": "kitchen light", "type": "light", "topic": "z2m/kitchen"},
+        {"name": "porch light", "type": "light", "convention": "homeassistant", "command_topic": "home/porch/set"},
+        {"name": "hall light", "type": "light", "topic": "z2m/hall"},
+    ]
+    with mosquitto(tmp_path, acl=acl) as port:
+        registry, subscriber = smart_home(port, tmp_path, devices), Subscriber(port)
+        try:
+            assert registry.call("switch_all", {"on": True}).text == (
+                f"The smart home broker at 127.0.0.1:{port} refused the command to home/porch/set: not authorized."
+                " The kitchen light and the hall light are on; the porch light may not be."
+            )
+            assert [t for t, _ in subscriber.sent_before_now()] == ["z2m/kitchen/set", "z2m/hall/set"]
+        finally:
+            subscriber.close()

@@ -101,6 +101,7 @@ class NotDone(Exception):
     def __init__(self, en: str, zh: str):
         super().__init__(en)
         self.zh = zh
+        self.done: list[dict] = []  # of several devices, those the broker acknowledged a command to all the same
 
 
 class BrokerUnreachable(NotDone):
@@ -378,7 +379,8 @@ def _where(context: SkillContext) -> str:
 
 def _publish(context: SkillContext, changes: list[tuple[dict, str, Any]]) -> list[dict]:
     """Send each (device, field, value) over one connection, except to the devices Zigbee2MQTT says are
-    offline, which are returned; BrokerUnreachable unless the broker acknowledged every message sent."""
+    offline, which are returned; BrokerUnreachable or Refused unless the broker acknowledged every message
+    sent, with the devices whose messages it did acknowledge in its `done`."""
     # Every message is made before any is sent: one device without a topic changes none.
     messages = [_message(device, field, value) for device, field, value in changes]
     where = _where(context)
@@ -396,20 +398,27 @@ def _publish(context: SkillContext, changes: list[tuple[dict, str, Any]]) -> lis
         online = [topic not in gone for topic in availability]
         offline = [device for (device, _, _), up in zip(changes, online, strict=True) if not up]
         messages = [message for message, up in zip(messages, online, strict=True) if up]
+        devices = [device for (device, _, _), up in zip(changes, online, strict=True) if up]
         sent = [client.publish(topic, payload, qos=1) for topic, payload in messages]
         deadline = time.monotonic() + TIMEOUT
-        for (topic, _), message in zip(messages, sent, strict=True):
+        done, failure = [], None  # every message is waited for: the others may be done though one failed
+        for device, (topic, _), message in zip(devices, messages, sent, strict=True):
             # qos 1: published means the broker acknowledged it; anything less is a failure to report.
             try:
                 message.wait_for_publish(max(0.0, deadline - time.monotonic()))
             except (RuntimeError, ValueError) as e:  # the connection dropped, or the client's queue is full
-                raise BrokerUnreachable(where, str(e), "连接断了") from None
+                failure = failure or BrokerUnreachable(where, str(e), "连接断了")
+                continue
             if not message.is_published():
-                raise BrokerUnreachable(
-                    where, f"it did not confirm the command within {TIMEOUT:g} seconds", "命令没有得到确认"
-                )
-            if (reason := refused.get(message.mid)) is not None:
-                raise Refused(where, f"the command to {topic}", "拒绝了这个命令", reason)
+                why = f"it did not confirm the command within {TIMEOUT:g} seconds"
+                failure = failure or BrokerUnreachable(where, why, "命令没有得到确认")
+            elif (reason := refused.get(message.mid)) is not None:
+                failure = failure or Refused(where, f"the command to {topic}", "拒绝了这个命令", reason)
+            else:
+                done.append(device)
+        if failure:
+            failure.done = done
+            raise failure
     finally:
         client.disconnect()
         client.loop_stop()
@@ -598,11 +607,20 @@ def switch_all(
         return context.localized(
             f"There is no {kind}{where}.", zh=f"{'家里' if area == EVERYWHERE else area}没有{kind_zh}。"
         )
+    state, state_zh = ("on", "已打开") if on else ("off", "已关闭")
     try:
         offline = _publish(context, [(d, "state", "ON" if on else "OFF") for d in devices])
     except NotDone as e:
-        return _said(context, e)
-    state, state_zh = ("on", "已打开") if on else ("off", "已关闭")
+        if not e.done:
+            return _said(context, e)
+        # Some were switched before the broker failed: saying only the failure would leave them unsaid.
+        said, done = _said(context, e), [d["name"] for d in e.done]
+        rest = [d["name"] for d in devices if all(d is not switched for switched in e.done)]
+        return context.localized(
+            f"{said} The {' and the '.join(done)} {'is' if len(done) == 1 else 'are'} {state};"
+            f" the {' and the '.join(rest)} may not be.",
+            zh=f"{said}{'、'.join(done)}{state_zh}，{'、'.join(rest)}可能没有{state_zh[1:]}。",
+        )
     where_zh = "" if area == EVERYWHERE else f"{area}的"
     if offline:
         said = _said(context, Offline([d["name"] for d in offline]))
