@@ -1249,3 +1249,41 @@ def test_all_the_lights_with_one_command_refused_says_which_were_switched(tmp_pa
             assert [t for t, _ in subscriber.sent_before_now()] == ["z2m/kitchen/set", "z2m/hall/set"]
         finally:
             subscriber.close()
+
+
+def test_a_longer_name_said_after_the_shorter_one_is_the_one_meant(broker: int, tmp_path: Path) -> None:
+    """The turn before named the kitchen light; this one names the kitchen light 2, which the model's call
+    may shorten to "kitchen light"."""
+    devices = [
+        {"name": "kitchen light", "type": "light", "topic": "z2m/kitchen"},
+        {"name": "kitchen light 2", "type": "light", "topic": "z2m/kitchen2"},
+        {"name": "客厅灯", "type": "light", "topic": "z2m/keting"},
+        {"name": "客厅灯2", "type": "light", "topic": "z2m/keting2"},
+    ]
+    registry, subscriber = smart_home(broker, tmp_path, devices), Subscriber(broker)
+
+    def call(heard: tuple[str, ...], device: str) -> str:
+        registry.context.heard = heard
+        return registry.call("switch_device", {"device": device, "on": True}).text
+
+    try:
+        assert call(("turn on the kitchen light", "and the kitchen light 2 too"), "kitchen light") == (
+            "I don't know whether you mean the kitchen light 2 or the kitchen light."
+        )
+        assert call(("打开客厅灯", "还有客厅灯二"), "客厅灯") == (
+            "I don't know whether you mean the 客厅灯2 or the 客厅灯."
+        )
+        # the newest words that name one of them decide: a name said now, or the one before "it"
+        assert call(("turn on kitchen light 2", "and now the kitchen light"), "kitchen light") == (
+            "The kitchen light is on."
+        )
+        assert call(("turn on the kitchen light 2", "switch it on again"), "kitchen light") == (
+            "I don't know whether you mean the kitchen light 2 or the kitchen light."
+        )
+        assert call(("turn on the kitchen light", "and the kitchen light 2 too"), "kitchen light 2") == (
+            "The kitchen light 2 is on."
+        )
+        sent = [t for t, _ in subscriber.sent_before_now() if t.endswith("/set")]
+        assert sent == ["z2m/kitchen/set", "z2m/kitchen2/set"]
+    finally:
+        subscriber.close()

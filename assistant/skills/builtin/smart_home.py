@@ -224,16 +224,17 @@ def _mentioned(device: dict, heard: tuple[str, ...], besides: str = "") -> bool:
 def _said_instead(device: dict, devices: list[dict], heard: tuple[str, ...]) -> str | None:
     """A longer name of another device that the asker said, of which the device's name is only a part
     ("kitchen light 2" for the kitchen light, "left desk lamp" for the desk lamp); None if there is none,
-    or if the device is named apart from it ("the desk lamp and the left desk lamp")."""
+    or if the device is named apart from it ("the desk lamp and the left desk lamp"). Only the newest
+    words that name either count: "and the kitchen light 2 too" after "turn on the kitchen light"."""
     for other in devices:
         if other is device:
             continue
         for longer in _spoken(other):
-            if (
-                any(_part_of(name, longer) for name in _spoken(device))
-                and _mentioned({"name": longer}, heard)
-                and not _mentioned(device, heard, besides=longer)
-            ):
+            if not any(_part_of(name, longer) for name in _spoken(device)):
+                continue
+            # the newest words that name the device (a longer name that holds its name names it too)
+            said = next(((text,) for text in reversed(heard) if _mentioned(device, (text,))), ())
+            if _mentioned({"name": longer}, said) and not _mentioned(device, said, besides=longer):
                 return longer
     return None
 
