@@ -1287,3 +1287,19 @@ def test_a_longer_name_said_after_the_shorter_one_is_the_one_meant(broker: int, 
         assert sent == ["z2m/kitchen/set", "z2m/kitchen2/set"]
     finally:
         subscriber.close()
+
+
+def test_a_light_that_is_off_is_not_said_to_be_at_its_last_brightness(broker: int, tmp_path: Path) -> None:
+    """Zigbee2MQTT keeps reporting the brightness a light had when it was switched off."""
+    registry, subscriber = smart_home(broker, tmp_path), Subscriber(broker)
+    try:
+        subscriber.publish_retained("zigbee2mqtt/kitchen_light", '{"state": "OFF", "brightness": 254}')
+        assert in_both(registry, "device_state", {"device": "kitchen light"}) == (
+            "The kitchen light is off.",
+            "kitchen light关着。",
+        )
+        subscriber.publish_retained("zigbee2mqtt/kitchen_light", '{"state": "ON", "brightness": 254}')
+        on = registry.call("device_state", {"device": "kitchen light"}).text
+        assert on == "The kitchen light is on, at 100 percent."
+    finally:
+        subscriber.close()

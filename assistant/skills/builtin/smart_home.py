@@ -761,7 +761,8 @@ def _describe(context: SkillContext, device: str, payload: bytes) -> str:
     if (word := _word(state.get("state"))) is not None:
         said.append((word, STATES_ZH.get(word, f"状态是{word}")))
     # Devices report numbers as numbers, strings or null (unknown): only a number is said.
-    if (brightness := _number(state.get("brightness"))) is not None:
+    # Zigbee2MQTT reports the brightness a light will come back at also while it is off.
+    if (brightness := _number(state.get("brightness"))) is not None and word not in ("off", "false"):
         percent = round(brightness * 100 / 254)
         said.append((f"at {percent} percent", f"亮度{percent}%"))
     if (position := _number(state.get("position"))) is not None:
