@@ -1303,3 +1303,29 @@ def test_a_light_that_is_off_is_not_said_to_be_at_its_last_brightness(broker: in
         assert on == "The kitchen light is on, at 100 percent."
     finally:
         subscriber.close()
+
+
+def test_the_models_call_switches_the_lights_only_of_an_area_the_person_named(broker: int, tmp_path: Path) -> None:
+    """Its call can only name a configured area: asked for the garage's lights, it picks one that exists."""
+    registry, subscriber = smart_home(broker, tmp_path, MIXED), Subscriber(broker)
+
+    def call(heard: str, area: str) -> str:
+        registry.context.heard = (heard,)
+        return registry.call("switch_all", {"on": False, "area": area}).text
+
+    try:
+        assert call("turn off the lights in the garage", "kitchen") == (
+            "I don't know which area you mean. The areas I know are: kitchen, 卧室."
+        )
+        registry.context.language = "zh"
+        assert call("关掉车库的灯", "卧室") == "我不知道你说的是哪个区域。我知道的区域有：kitchen、卧室。"
+        registry.context.language = "en"
+        assert [t for t, _ in subscriber.sent_before_now() if t.endswith("/set")] == []
+        assert call("turn off the kitchen lights", "kitchen") == "The light in the kitchen is off."
+        assert call("关掉卧室的灯", "卧室") == "The lights in the 卧室 are off."
+        assert call("turn off all the lights", "everywhere") == "The lights are off."
+        sent = [t for t, _ in subscriber.sent_before_now() if t.endswith("/set")]
+        assert sent == ["z2m/kitchen/set", "z2m/woshi/set", "z2m/chuangtou/set", *sent[3:]]
+        assert sorted(sent[3:]) == ["z2m/chuangtou/set", "z2m/kitchen/set", "z2m/woshi/set"]
+    finally:
+        subscriber.close()

@@ -597,6 +597,17 @@ def switch_all(
         kind: "light", "switch" or "fan"
         area: the area, or "everywhere"
     """
+    if context.heard and area != EVERYWHERE and not _mentioned({"name": area}, context.heard):
+        # As with a device: asked for the garage's lights, the model's call names an area there is.
+        areas = sorted({d["area"] for d in _devices(context.settings) if d.get("area")})
+        shown = ", ".join(areas[:8]) + (f" and {len(areas) - 8} more" if len(areas) > 8 else "")
+        return _said(
+            context,
+            NotDone(
+                f"I don't know which area you mean. The areas I know are: {shown}.",
+                f"我不知道你说的是哪个区域。我知道的区域有：{'、'.join(areas[:8])}{'等' if len(areas) > 8 else ''}。",
+            ),
+        )
     devices = [
         d
         for d in _devices(context.settings, kind)
