@@ -19,7 +19,8 @@ closes with "OPEN" and "CLOSE" there.
 
 Whatever cannot be done is said in a sentence and logged: a broker that cannot be reached or does
 not acknowledge a command, a device whose topic is missing from the configuration, a name that
-several devices share. Nothing is ever reported as done unless the broker acknowledged it.
+several devices share. Nothing is ever reported as done unless the broker acknowledged it: when it fails
+partway through "all the lights", those it acknowledged are said switched and the others may not be.
 Every sentence is said in Chinese to a request in Chinese (SkillContext.language), else in English;
 the log keeps the English one, which names the setting to fix.
 """
