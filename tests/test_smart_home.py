@@ -1329,3 +1329,25 @@ def test_the_models_call_switches_the_lights_only_of_an_area_the_person_named(br
         assert sorted(sent[3:]) == ["z2m/chuangtou/set", "z2m/kitchen/set", "z2m/woshi/set"]
     finally:
         subscriber.close()
+
+
+def test_a_call_for_the_device_of_the_turn_before_is_held_to_the_one_named_now(broker: int, tmp_path: Path) -> None:
+    """"And the hall light too" after "turn on the kitchen light": a call for the kitchen light again is not it."""
+    registry, subscriber = smart_home(broker, tmp_path, LIGHTS), Subscriber(broker)
+
+    def call(heard: tuple[str, ...], device: str) -> str:
+        registry.context.heard = heard
+        return registry.call("switch_device", {"device": device, "on": True}).text
+
+    try:
+        before = "turn on the kitchen light"
+        assert call((before, "and the hall light too"), "kitchen light").startswith(
+            "I don't know which device you mean. The devices I know are: kitchen light, hall light"
+        )
+        assert [t for t, _ in subscriber.sent_before_now() if t.endswith("/set")] == []
+        assert call((before, "and the hall light too"), "hall light") == "The hall light is on."
+        assert call((before, "switch it on again"), "kitchen light") == "The kitchen light is on."
+        sent = [t for t, _ in subscriber.sent_before_now() if t.endswith("/set")]
+        assert sent == ["zigbee2mqtt/hall_light/set", "zigbee2mqtt/kitchen_light/set"]
+    finally:
+        subscriber.close()

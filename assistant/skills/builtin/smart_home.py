@@ -148,7 +148,8 @@ def _said(context: SkillContext, error: NotDone) -> str:
 def _device(context: SkillContext, name: str) -> dict:
     devices = context.settings.mqtt.devices
     found = [d for d in devices if name.casefold() in (n.casefold() for n in _spoken(d))]
-    if context.heard and found and not _mentioned(found[0], context.heard) and _others_of_its_kind(found[0], devices):
+    heard = _naming_now(devices, context.heard)
+    if heard and found and not _mentioned(found[0], heard) and _others_of_its_kind(found[0], devices):
         # The model's call must name a configured device: asked for the garage light, it picks one of
         # the lights there are. Switching the kitchen light instead would be worse than asking. (The
         # only device of its kind needs no name: "turn on the light", "set the temperature to 21".)
@@ -174,6 +175,15 @@ def _device(context: SkillContext, name: str) -> dict:
             f"有{len(found)}个设备叫{name}（{areas_zh}），不知道你说的是哪一个。",
         )
     return found[0]
+
+
+def _naming_now(devices: list[dict], heard: tuple[str, ...]) -> tuple[str, ...]:
+    """The newest of what was heard that names a device ("and the hall light too" after "turn on the
+    kitchen light": the call is for the hall light); all of it when none does ("switch it off")."""
+    for text in reversed(heard):
+        if any(_mentioned(d, (text,)) for d in devices):
+            return (text,)
+    return heard
 
 
 # Words that say what kind of thing a device is, not which one: "the garage light" is not the kitchen light.
