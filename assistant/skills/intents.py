@@ -516,6 +516,7 @@ ENGLISH_NUMBERS = ["zero", "one", "two", "three", "four", "five", "six", "seven"
 ENGLISH_NUMBERS += ["twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen"]
 ENGLISH_NUMBERS += ["twenty"]
 CHINESE_DIGITS = "零一二三四五六七八九"
+MOST_NUMBERS_SPELT = 3  # in one name ("floor 2 room 3 lamp 1"); a name with more is heard as written
 
 
 def numbers_said(name: str) -> list[str]:
@@ -524,6 +525,8 @@ def numbers_said(name: str) -> list[str]:
     in Chinese characters, English words for any other)."""
     chinese = CJK.search(name) is not None
     parts = re.split(r"(\d+)", name)  # text, number, text, ...: the numbers at the odd places
+    if len(parts) > 2 * MOST_NUMBERS_SPELT + 1:
+        return [name]  # each number's spellings multiply the names: 3 ** 20 for 灯-2-2-…
     forms = [[part] if i % 2 == 0 else [part, *_number_words(int(part), chinese)] for i, part in enumerate(parts)]
     return ["".join(choice) for choice in itertools.product(*forms)]
 
