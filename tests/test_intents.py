@@ -561,3 +561,13 @@ def test_text_longer_than_any_command_is_not_matched_and_costs_nothing() -> None
     assert matcher.match("请帮我记一下" + "我明天要去买菜然后做饭" * 300) is None
     assert matcher.match("what time is it " * (LONGEST_COMMAND // 10)) is None  # a command repeated is not one
     assert time.perf_counter() - start < 0.05
+
+
+def test_a_name_of_many_numbers_is_heard_as_written_not_in_every_spelling() -> None:
+    from assistant.skills.intents import numbers_said
+
+    assert numbers_said("kitchen light 2") == ["kitchen light 2", "kitchen light two"]
+    assert numbers_said("客厅灯12") == ["客厅灯12", "客厅灯十二"]
+    # each number's spellings multiply: 3 ** 20 names for this one
+    many = "灯" + "-2" * 20
+    assert numbers_said(many) == [many]

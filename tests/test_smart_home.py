@@ -1169,3 +1169,185 @@ def test_a_number_in_a_name_is_heard_in_words_as_the_asr_writes_it(broker: int, 
         assert sent == ["z2m/kitchen2/set", "z2m/keting12/set", "z2m/yilou/set"]
     finally:
         subscriber.close()
+
+
+def test_a_number_said_in_words_reaches_the_device_without_the_model(broker: int, tmp_path: Path) -> None:
+    devices = [
+        {"name": "kitchen light", "type": "light", "topic": "z2m/kitchen"},
+        {"name": "kitchen light 2", "type": "light", "topic": "z2m/kitchen2"},
+        {"name": "hall light 12", "type": "light", "topic": "z2m/hall12", "aliases": ["lamp 3"]},
+        {"name": "客厅灯", "type": "light", "topic": "z2m/keting"},
+        {"name": "客厅灯2", "type": "light", "topic": "z2m/keting2"},
+        {"name": "客厅灯12", "type": "light", "topic": "z2m/keting12"},
+    ]
+    registry, subscriber = smart_home(broker, tmp_path, devices), Subscriber(broker)
+    matcher = IntentMatcher(registry.skills, devices)
+    try:
+        for text, device, topic in [
+            ("turn on kitchen light two", "kitchen light 2", "z2m/kitchen2/set"),
+            ("turn on the kitchen light 2", "kitchen light 2", "z2m/kitchen2/set"),
+            ("turn on kitchen light", "kitchen light", "z2m/kitchen/set"),
+            ("turn on hall light twelve", "hall light 12", "z2m/hall12/set"),
+            ("turn on lamp three", "hall light 12", "z2m/hall12/set"),
+            ("打开客厅灯二", "客厅灯2", "z2m/keting2/set"),
+            ("打开客厅灯两", "客厅灯2", "z2m/keting2/set"),
+            ("打开客厅灯十二", "客厅灯12", "z2m/keting12/set"),
+            ("打开客厅灯", "客厅灯", "z2m/keting/set"),
+        ]:
+            match = matcher.match(text)
+            assert match is not None and (match.skill, match.arguments) == (
+                "switch_device",
+                {"device": device, "on": True},
+            ), text
+            registry.context.heard = (text,)
+            assert registry.call(match.skill, match.arguments).text == f"The {device} is on.", text
+            assert [t for t, _ in subscriber.sent_before_now() if t.endswith("/set")] == [topic], text
+            subscriber.messages.clear()
+    finally:
+        subscriber.close()
+
+
+def test_all_the_lights_over_a_connection_that_drops_partway_says_which_were_switched(tmp_path: Path) -> None:
+    """mosquitto drops a client that sends a packet over its max_packet_size: the third command's, long topic."""
+    far = "home/" + "porch/" * 80 + "set"  # a topic of 400 characters
+    devices = [
+        {"name": "kitchen light", "type": "light", "topic": "z2m/kitchen"},
+        {"name": "hall light", "type": "light", "topic": "z2m/hall"},
+        {"name": "porch light", "type": "light", "convention": "homeassistant", "command_topic": far},
+    ]
+    with mosquitto(tmp_path, options=("max_packet_size 300",)) as port:
+        registry, subscriber = smart_home(port, tmp_path, devices), Subscriber(port)
+        try:
+            reply = registry.call("switch_all", {"on": True}).text
+            assert reply.startswith(f"I can't reach the smart home broker at 127.0.0.1:{port} ("), reply
+            assert reply.endswith(" The kitchen light and the hall light are on; the porch light may not be."), reply
+            registry.context.language = "zh"
+            reply = registry.call("switch_all", {"on": False}).text
+            assert reply.startswith(f"连不上智能家居服务器127.0.0.1:{port}"), reply
+            assert reply.endswith("kitchen light、hall light已关闭，porch light可能没有关闭。"), reply
+            sent = [(t, p) for t, p in subscriber.sent_before_now() if t.endswith("/set")]
+            states = [json.dumps({"state": s}) for s in ("ON", "OFF")]
+            assert sent == [(f"z2m/{d}/set", state) for state in states for d in ("kitchen", "hall")]
+        finally:
+            subscriber.close()
+
+
+def test_all_the_lights_with_one_command_refused_says_which_were_switched(tmp_path: Path) -> None:
+    acl = "topic read #\ntopic readwrite marker\ntopic readwrite z2m/#\n"
+    devices = [
+        {"name": "kitchen light", "type": "light", "topic": "z2m/kitchen"},
+        {"name": "porch light", "type": "light", "convention": "homeassistant", "command_topic": "home/porch/set"},
+        {"name": "hall light", "type": "light", "topic": "z2m/hall"},
+    ]
+    with mosquitto(tmp_path, acl=acl) as port:
+        registry, subscriber = smart_home(port, tmp_path, devices), Subscriber(port)
+        try:
+            assert registry.call("switch_all", {"on": True}).text == (
+                f"The smart home broker at 127.0.0.1:{port} refused the command to home/porch/set: not authorized."
+                " The kitchen light and the hall light are on; the porch light may not be."
+            )
+            assert [t for t, _ in subscriber.sent_before_now()] == ["z2m/kitchen/set", "z2m/hall/set"]
+        finally:
+            subscriber.close()
+
+
+def test_a_longer_name_said_after_the_shorter_one_is_the_one_meant(broker: int, tmp_path: Path) -> None:
+    """The turn before named the kitchen light; this one names the kitchen light 2, which the model's call
+    may shorten to "kitchen light"."""
+    devices = [
+        {"name": "kitchen light", "type": "light", "topic": "z2m/kitchen"},
+        {"name": "kitchen light 2", "type": "light", "topic": "z2m/kitchen2"},
+        {"name": "客厅灯", "type": "light", "topic": "z2m/keting"},
+        {"name": "客厅灯2", "type": "light", "topic": "z2m/keting2"},
+    ]
+    registry, subscriber = smart_home(broker, tmp_path, devices), Subscriber(broker)
+
+    def call(heard: tuple[str, ...], device: str) -> str:
+        registry.context.heard = heard
+        return registry.call("switch_device", {"device": device, "on": True}).text
+
+    try:
+        assert call(("turn on the kitchen light", "and the kitchen light 2 too"), "kitchen light") == (
+            "I don't know whether you mean the kitchen light 2 or the kitchen light."
+        )
+        assert call(("打开客厅灯", "还有客厅灯二"), "客厅灯") == (
+            "I don't know whether you mean the 客厅灯2 or the 客厅灯."
+        )
+        # the newest words that name one of them decide: a name said now, or the one before "it"
+        assert call(("turn on kitchen light 2", "and now the kitchen light"), "kitchen light") == (
+            "The kitchen light is on."
+        )
+        assert call(("turn on the kitchen light 2", "switch it on again"), "kitchen light") == (
+            "I don't know whether you mean the kitchen light 2 or the kitchen light."
+        )
+        assert call(("turn on the kitchen light", "and the kitchen light 2 too"), "kitchen light 2") == (
+            "The kitchen light 2 is on."
+        )
+        sent = [t for t, _ in subscriber.sent_before_now() if t.endswith("/set")]
+        assert sent == ["z2m/kitchen/set", "z2m/kitchen2/set"]
+    finally:
+        subscriber.close()
+
+
+def test_a_light_that_is_off_is_not_said_to_be_at_its_last_brightness(broker: int, tmp_path: Path) -> None:
+    """Zigbee2MQTT keeps reporting the brightness a light had when it was switched off."""
+    registry, subscriber = smart_home(broker, tmp_path), Subscriber(broker)
+    try:
+        subscriber.publish_retained("zigbee2mqtt/kitchen_light", '{"state": "OFF", "brightness": 254}')
+        assert in_both(registry, "device_state", {"device": "kitchen light"}) == (
+            "The kitchen light is off.",
+            "kitchen light关着。",
+        )
+        subscriber.publish_retained("zigbee2mqtt/kitchen_light", '{"state": "ON", "brightness": 254}')
+        on = registry.call("device_state", {"device": "kitchen light"}).text
+        assert on == "The kitchen light is on, at 100 percent."
+    finally:
+        subscriber.close()
+
+
+def test_the_models_call_switches_the_lights_only_of_an_area_the_person_named(broker: int, tmp_path: Path) -> None:
+    """Its call can only name a configured area: asked for the garage's lights, it picks one that exists."""
+    registry, subscriber = smart_home(broker, tmp_path, MIXED), Subscriber(broker)
+
+    def call(heard: str, area: str) -> str:
+        registry.context.heard = (heard,)
+        return registry.call("switch_all", {"on": False, "area": area}).text
+
+    try:
+        assert call("turn off the lights in the garage", "kitchen") == (
+            "I don't know which area you mean. The areas I know are: kitchen, 卧室."
+        )
+        registry.context.language = "zh"
+        assert call("关掉车库的灯", "卧室") == "我不知道你说的是哪个区域。我知道的区域有：kitchen、卧室。"
+        registry.context.language = "en"
+        assert [t for t, _ in subscriber.sent_before_now() if t.endswith("/set")] == []
+        assert call("turn off the kitchen lights", "kitchen") == "The light in the kitchen is off."
+        assert call("关掉卧室的灯", "卧室") == "The lights in the 卧室 are off."
+        assert call("turn off all the lights", "everywhere") == "The lights are off."
+        sent = [t for t, _ in subscriber.sent_before_now() if t.endswith("/set")]
+        assert sent == ["z2m/kitchen/set", "z2m/woshi/set", "z2m/chuangtou/set", *sent[3:]]
+        assert sorted(sent[3:]) == ["z2m/chuangtou/set", "z2m/kitchen/set", "z2m/woshi/set"]
+    finally:
+        subscriber.close()
+
+
+def test_a_call_for_the_device_of_the_turn_before_is_held_to_the_one_named_now(broker: int, tmp_path: Path) -> None:
+    """"And the hall light too" after "turn on the kitchen light": a call for the kitchen light again is not it."""
+    registry, subscriber = smart_home(broker, tmp_path, LIGHTS), Subscriber(broker)
+
+    def call(heard: tuple[str, ...], device: str) -> str:
+        registry.context.heard = heard
+        return registry.call("switch_device", {"device": device, "on": True}).text
+
+    try:
+        before = "turn on the kitchen light"
+        assert call((before, "and the hall light too"), "kitchen light").startswith(
+            "I don't know which device you mean. The devices I know are: kitchen light, hall light"
+        )
+        assert [t for t, _ in subscriber.sent_before_now() if t.endswith("/set")] == []
+        assert call((before, "and the hall light too"), "hall light") == "The hall light is on."
+        assert call((before, "switch it on again"), "kitchen light") == "The kitchen light is on."
+        sent = [t for t, _ in subscriber.sent_before_now() if t.endswith("/set")]
+        assert sent == ["zigbee2mqtt/hall_light/set", "zigbee2mqtt/kitchen_light/set"]
+    finally:
+        subscriber.close()

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import difflib
 import functools
+import itertools
 import logging
 import math
 import re
@@ -495,10 +496,11 @@ def device_slot_lists(devices: list[dict]) -> dict[str, TextSlotList]:
     (so "open" goes to covers, "turn on" to lights); hassil compares them without case or punctuation.
     """
     names = [
-        (_words(spoken), device["name"], {"domain": device.get("type", "")})
+        (heard, device["name"], {"domain": device.get("type", "")})
         for device in devices
         for spoken in [device["name"], *device.get("aliases", [])]
-        if _words(spoken)
+        for heard in dict.fromkeys(numbers_said(_words(spoken)))
+        if heard
     ]
     areas = sorted({device["area"] for device in devices if device.get("area")})
     return {
@@ -506,6 +508,39 @@ def device_slot_lists(devices: list[dict]) -> dict[str, TextSlotList]:
         "area": TextSlotList.from_tuples([(_words(a), a) for a in areas if _words(a)], allow_template=False),
         "floor": TextSlotList.from_strings([]),
     }
+
+
+# Numbers as a recogniser writes them said on their own ("kitchen light two", 客厅灯二): English words to
+# twenty, Chinese numerals to 99. The smart-home skill reads them back as digits with the same words.
+ENGLISH_NUMBERS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven"]
+ENGLISH_NUMBERS += ["twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen"]
+ENGLISH_NUMBERS += ["twenty"]
+CHINESE_DIGITS = "零一二三四五六七八九"
+MOST_NUMBERS_SPELT = 3  # in one name ("floor 2 room 3 lamp 1"); a name with more is heard as written
+
+
+def numbers_said(name: str) -> list[str]:
+    """`name` and each way of writing it with its numbers in words: "kitchen light 2" is also "kitchen
+    light two"; 客厅灯2 is also 客厅灯二 and 客厅灯两, 客厅灯12 客厅灯十二 (Chinese numerals for a name
+    in Chinese characters, English words for any other)."""
+    chinese = CJK.search(name) is not None
+    parts = re.split(r"(\d+)", name)  # text, number, text, ...: the numbers at the odd places
+    if len(parts) > 2 * MOST_NUMBERS_SPELT + 1:
+        return [name]  # each number's spellings multiply the names: 3 ** 20 for 灯-2-2-…
+    forms = [[part] if i % 2 == 0 else [part, *_number_words(int(part), chinese)] for i, part in enumerate(parts)]
+    return ["".join(choice) for choice in itertools.product(*forms)]
+
+
+def _number_words(number: int, chinese: bool) -> list[str]:
+    """A number's words as a recogniser writes them: ["two"], or ["二", "两"]; [] past the words we give."""
+    if not chinese:
+        return [ENGLISH_NUMBERS[number]] if number < len(ENGLISH_NUMBERS) else []
+    if number < 10:
+        return [CHINESE_DIGITS[number], *(["两"] if number == 2 else [])]
+    if number < 100:
+        tens, ones = divmod(number, 10)
+        return [f"{CHINESE_DIGITS[tens] if tens > 1 else ''}十{CHINESE_DIGITS[ones] if ones else ''}"]
+    return []
 
 
 def _words(text: str) -> str:

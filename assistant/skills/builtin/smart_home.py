@@ -19,7 +19,8 @@ closes with "OPEN" and "CLOSE" there.
 
 Whatever cannot be done is said in a sentence and logged: a broker that cannot be reached or does
 not acknowledge a command, a device whose topic is missing from the configuration, a name that
-several devices share. Nothing is ever reported as done unless the broker acknowledged it.
+several devices share. Nothing is ever reported as done unless the broker acknowledged it: when it fails
+partway through "all the lights", those it acknowledged are said switched and the others may not be.
 Every sentence is said in Chinese to a request in Chinese (SkillContext.language), else in English;
 the log keeps the English one, which names the setting to fix.
 """
@@ -38,6 +39,7 @@ from collections import Counter
 from typing import Annotated, Any, Literal
 
 from assistant import Choices, Range, SkillContext, skill
+from assistant.skills.intents import CHINESE_DIGITS, ENGLISH_NUMBERS
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +102,7 @@ class NotDone(Exception):
     def __init__(self, en: str, zh: str):
         super().__init__(en)
         self.zh = zh
+        self.done: list[dict] = []  # of several devices, those the broker acknowledged a command to all the same
 
 
 class BrokerUnreachable(NotDone):
@@ -145,7 +148,8 @@ def _said(context: SkillContext, error: NotDone) -> str:
 def _device(context: SkillContext, name: str) -> dict:
     devices = context.settings.mqtt.devices
     found = [d for d in devices if name.casefold() in (n.casefold() for n in _spoken(d))]
-    if context.heard and found and not _mentioned(found[0], context.heard) and _others_of_its_kind(found[0], devices):
+    heard = _naming_now(devices, context.heard)
+    if heard and found and not _mentioned(found[0], heard) and _others_of_its_kind(found[0], devices):
         # The model's call must name a configured device: asked for the garage light, it picks one of
         # the lights there are. Switching the kitchen light instead would be worse than asking. (The
         # only device of its kind needs no name: "turn on the light", "set the temperature to 21".)
@@ -173,14 +177,22 @@ def _device(context: SkillContext, name: str) -> dict:
     return found[0]
 
 
+def _naming_now(devices: list[dict], heard: tuple[str, ...]) -> tuple[str, ...]:
+    """The newest of what was heard that names a device ("and the hall light too" after "turn on the
+    kitchen light": the call is for the hall light); all of it when none does ("switch it off")."""
+    for text in reversed(heard):
+        if any(_mentioned(d, (text,)) for d in devices):
+            return (text,)
+    return heard
+
+
 # Words that say what kind of thing a device is, not which one: "the garage light" is not the kitchen light.
 KIND_WORDS = {"light", "lights", "lamp", "lamps", "fan", "fans", "switch", "plug", "socket", "the", "my"}
 KIND_CHARACTERS = "灯的"
 LATIN = re.compile(r"[a-z0-9]+")  # the words of a name or sentence as said (_as_said), as _mentioned compares them
-ONES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve"]
-TO_TWENTY = ["thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen", "twenty"]
-NUMBER_WORDS = {word: str(n) for n, word in enumerate(ONES + TO_TWENTY)}  # as the ASR writes numbers said alone
-ZH_DIGITS = {c: n for n, c in enumerate("零一二三四五六七八九")} | {"两": 2}
+# The number words the local sentences hear in device names (numbers_said), read back as digits.
+NUMBER_WORDS = {word: str(n) for n, word in enumerate(ENGLISH_NUMBERS)}
+ZH_DIGITS = {c: n for n, c in enumerate(CHINESE_DIGITS)} | {"两": 2}
 
 
 def _as_said(text: str) -> str:
@@ -223,16 +235,17 @@ def _mentioned(device: dict, heard: tuple[str, ...], besides: str = "") -> bool:
 def _said_instead(device: dict, devices: list[dict], heard: tuple[str, ...]) -> str | None:
     """A longer name of another device that the asker said, of which the device's name is only a part
     ("kitchen light 2" for the kitchen light, "left desk lamp" for the desk lamp); None if there is none,
-    or if the device is named apart from it ("the desk lamp and the left desk lamp")."""
+    or if the device is named apart from it ("the desk lamp and the left desk lamp"). Only the newest
+    words that name either count: "and the kitchen light 2 too" after "turn on the kitchen light"."""
     for other in devices:
         if other is device:
             continue
         for longer in _spoken(other):
-            if (
-                any(_part_of(name, longer) for name in _spoken(device))
-                and _mentioned({"name": longer}, heard)
-                and not _mentioned(device, heard, besides=longer)
-            ):
+            if not any(_part_of(name, longer) for name in _spoken(device)):
+                continue
+            # the newest words that name the device (a longer name that holds its name names it too)
+            said = next(((text,) for text in reversed(heard) if _mentioned(device, (text,))), ())
+            if _mentioned({"name": longer}, said) and not _mentioned(device, said, besides=longer):
                 return longer
     return None
 
@@ -378,7 +391,8 @@ def _where(context: SkillContext) -> str:
 
 def _publish(context: SkillContext, changes: list[tuple[dict, str, Any]]) -> list[dict]:
     """Send each (device, field, value) over one connection, except to the devices Zigbee2MQTT says are
-    offline, which are returned; BrokerUnreachable unless the broker acknowledged every message sent."""
+    offline, which are returned; BrokerUnreachable or Refused unless the broker acknowledged every message
+    sent, with the devices whose messages it did acknowledge in its `done`."""
     # Every message is made before any is sent: one device without a topic changes none.
     messages = [_message(device, field, value) for device, field, value in changes]
     where = _where(context)
@@ -396,20 +410,27 @@ def _publish(context: SkillContext, changes: list[tuple[dict, str, Any]]) -> lis
         online = [topic not in gone for topic in availability]
         offline = [device for (device, _, _), up in zip(changes, online, strict=True) if not up]
         messages = [message for message, up in zip(messages, online, strict=True) if up]
+        devices = [device for (device, _, _), up in zip(changes, online, strict=True) if up]
         sent = [client.publish(topic, payload, qos=1) for topic, payload in messages]
         deadline = time.monotonic() + TIMEOUT
-        for (topic, _), message in zip(messages, sent, strict=True):
+        done, failure = [], None  # every message is waited for: the others may be done though one failed
+        for device, (topic, _), message in zip(devices, messages, sent, strict=True):
             # qos 1: published means the broker acknowledged it; anything less is a failure to report.
             try:
                 message.wait_for_publish(max(0.0, deadline - time.monotonic()))
             except (RuntimeError, ValueError) as e:  # the connection dropped, or the client's queue is full
-                raise BrokerUnreachable(where, str(e), "连接断了") from None
+                failure = failure or BrokerUnreachable(where, str(e), "连接断了")
+                continue
             if not message.is_published():
-                raise BrokerUnreachable(
-                    where, f"it did not confirm the command within {TIMEOUT:g} seconds", "命令没有得到确认"
-                )
-            if (reason := refused.get(message.mid)) is not None:
-                raise Refused(where, f"the command to {topic}", "拒绝了这个命令", reason)
+                why = f"it did not confirm the command within {TIMEOUT:g} seconds"
+                failure = failure or BrokerUnreachable(where, why, "命令没有得到确认")
+            elif (reason := refused.get(message.mid)) is not None:
+                failure = failure or Refused(where, f"the command to {topic}", "拒绝了这个命令", reason)
+            else:
+                done.append(device)
+        if failure:
+            failure.done = done
+            raise failure
     finally:
         client.disconnect()
         client.loop_stop()
@@ -587,6 +608,17 @@ def switch_all(
         kind: "light", "switch" or "fan"
         area: the area, or "everywhere"
     """
+    if context.heard and area != EVERYWHERE and not _mentioned({"name": area}, context.heard):
+        # As with a device: asked for the garage's lights, the model's call names an area there is.
+        areas = sorted({d["area"] for d in _devices(context.settings) if d.get("area")})
+        shown = ", ".join(areas[:8]) + (f" and {len(areas) - 8} more" if len(areas) > 8 else "")
+        return _said(
+            context,
+            NotDone(
+                f"I don't know which area you mean. The areas I know are: {shown}.",
+                f"我不知道你说的是哪个区域。我知道的区域有：{'、'.join(areas[:8])}{'等' if len(areas) > 8 else ''}。",
+            ),
+        )
     devices = [
         d
         for d in _devices(context.settings, kind)
@@ -598,11 +630,20 @@ def switch_all(
         return context.localized(
             f"There is no {kind}{where}.", zh=f"{'家里' if area == EVERYWHERE else area}没有{kind_zh}。"
         )
+    state, state_zh = ("on", "已打开") if on else ("off", "已关闭")
     try:
         offline = _publish(context, [(d, "state", "ON" if on else "OFF") for d in devices])
     except NotDone as e:
-        return _said(context, e)
-    state, state_zh = ("on", "已打开") if on else ("off", "已关闭")
+        if not e.done:
+            return _said(context, e)
+        # Some were switched before the broker failed: saying only the failure would leave them unsaid.
+        said, done = _said(context, e), [d["name"] for d in e.done]
+        rest = [d["name"] for d in devices if all(d is not switched for switched in e.done)]
+        return context.localized(
+            f"{said} The {' and the '.join(done)} {'is' if len(done) == 1 else 'are'} {state};"
+            f" the {' and the '.join(rest)} may not be.",
+            zh=f"{said}{'、'.join(done)}{state_zh}，{'、'.join(rest)}可能没有{state_zh[1:]}。",
+        )
     where_zh = "" if area == EVERYWHERE else f"{area}的"
     if offline:
         said = _said(context, Offline([d["name"] for d in offline]))
@@ -742,7 +783,8 @@ def _describe(context: SkillContext, device: str, payload: bytes) -> str:
     if (word := _word(state.get("state"))) is not None:
         said.append((word, STATES_ZH.get(word, f"状态是{word}")))
     # Devices report numbers as numbers, strings or null (unknown): only a number is said.
-    if (brightness := _number(state.get("brightness"))) is not None:
+    # Zigbee2MQTT reports the brightness a light will come back at also while it is off.
+    if (brightness := _number(state.get("brightness"))) is not None and word not in ("off", "false"):
         percent = round(brightness * 100 / 254)
         said.append((f"at {percent} percent", f"亮度{percent}%"))
     if (position := _number(state.get("position"))) is not None:
