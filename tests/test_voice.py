@@ -1007,6 +1007,22 @@ def test_an_output_that_fails_loses_the_reply_not_the_loop(test_voice: Path, cap
     assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == ["speaking the reply failed"]
 
 
+def test_sound_a_failing_speaker_does_not_play_is_not_told_to_the_clients(test_voice: Path) -> None:
+    """A client showing what is said (`audio`) shows nothing while the speaker is unplugged: nothing is heard."""
+    from assistant.voice.audio import NullSink, SpeakerSink
+
+    told: dict[str, list[dict]] = {}
+    for name, sink in (("no sink", NullSink()), ("missing speaker", SpeakerSink("no such speaker"))):
+        events = told.setdefault(name, [])
+        reply = VoicePipeline(None, None, Voice(test_voice), sink,
+                              lambda text, cancel, turn: iter(["The light is on. ", "The heating is on."]),
+                              on_event=events.append)  # fmt: skip
+        reply.start_reply("hello", time.monotonic())
+        reply.finish()
+    assert [e["text"] for e in told["no sink"] if e["type"] == "audio"][:1] == ["The light is on."]
+    assert [e["type"] for e in told["missing speaker"]] == ["reply_done"]  # no audio, nor its latency
+
+
 def test_a_very_long_number_is_said_in_parts(test_voice: Path) -> None:
     """A piece is at most 40 words as written, but a 1,000-digit number is one word written and 1,000 said (digit
     by digit): synthesised whole, a medium voice took 44 s before the first sound and 6.4 GB of memory (the board

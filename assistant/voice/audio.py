@@ -426,22 +426,40 @@ class SpeakerSink:
     def play(self, pcm: np.ndarray, rate: int) -> None:
         with self.playing, _portaudio:
             self._play(pcm, rate)
-            self.played = time.monotonic()
-            if self.idle is not None:
-                self.idle.cancel()
-            if self.stream is not None:
-                self.idle = threading.Timer(self.IDLE, self._let_go)
-                self.idle.daemon = True
-                self.idle.start()
+            self._let_go_later()
+
+    def _let_go_later(self) -> None:
+        self.played = time.monotonic()
+        if self.idle is not None:
+            self.idle.cancel()
+        if self.stream is not None:
+            self.idle = threading.Timer(self.IDLE, self._let_go)
+            self.idle.daemon = True
+            self.idle.start()
+
+    def ready(self) -> bool:
+        """Whether a sound played now would be heard: the device open, or opened now. A sound is told to the
+        clients (`audio`) only then, not while the speaker fails."""
+        with self.playing, _portaudio:
+            try:
+                self._open()
+            except Exception as e:  # PortAudio errors have no common base class
+                self._failed(e)
+                return False
+            self._let_go_later()  # should nothing be played after all
+            return True
+
+    def _open(self) -> None:
+        if self.stream is None:
+            self.stream, out_rate = open_at_a_rate(self.sounddevice, "output", self.device, self.rate, self._stream)
+            self.stream.start()
+            self.resample = Resampler(out_rate)
+            _speakers.add(self)
 
     def _play(self, pcm: np.ndarray, rate: int) -> None:
         self.interrupted.clear()
         try:
-            if self.stream is None:
-                self.stream, out_rate = open_at_a_rate(self.sounddevice, "output", self.device, self.rate, self._stream)
-                self.stream.start()
-                self.resample = Resampler(out_rate)
-                _speakers.add(self)
+            self._open()
             self._write(self.resample(pcm, rate))
             if self.failing:
                 log.info("speaker: playing again")

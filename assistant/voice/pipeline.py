@@ -329,12 +329,16 @@ class VoicePipeline:
         self, reply: Reply, sentence: str, audio: np.ndarray, silent: threading.Event, breath: bool = False
     ) -> None:
         if not breath:
+            # A speaker that fails (unplugged) loses the sound: it is not told to the clients as heard.
+            heard = (ready := getattr(self.sink, "ready", None)) is None or ready()
             with reply.telling:
                 if reply.done:  # cut meanwhile, and said to be done: nothing more of it is told, or played
                     return
+                reply.speaking.set()  # the turn need not wait for a first audio that will not play
+                if not heard:
+                    return
                 if "first_audio" not in reply.times:
                     reply.times["first_audio"] = time.monotonic()
-                    reply.speaking.set()
                     self._latency(reply)
                 self.emit("audio", request=reply.request, text=sentence, samples=len(audio), rate=self.voice.rate)
         if reply.cancel.is_set():  # cut while the clients were told (they may be slow): the sink's stop is over
