@@ -16,7 +16,7 @@ import pytest
 
 from assistant import skill
 from assistant.voice.asr import Transcriber
-from assistant.voice.audio import RATE, Resampler, WavSink, read_wav, resample, wav_source
+from assistant.voice.audio import BLOCK, RATE, Resampler, WavSink, read_wav, resample, wav_source
 from assistant.voice.pipeline import EARCON_RATE, VoicePipeline, asks, earcon
 from assistant.voice.spoken import SentenceSplitter, speakable
 from assistant.voice.tts import Voice
@@ -633,6 +633,32 @@ def test_wake_carries_the_audio_after_the_phrase(ko_model, tmp_path: Path) -> No
     # from the end of the last word (vosk's time, in 30 ms frames) to the moment of the wake
     assert now - phrase_end - 0.1 * RATE <= after <= now - phrase_end + 0.1 * RATE
     assert not np.any(np.abs(wakes[0].after[int(0.1 * RATE) :]) > 300)  # then silence, not the phrase again
+
+
+def test_the_wake_recogniser_starts_afresh_without_losing_a_phrase_said_across_the_switch(
+    ko_model, tmp_path: Path, test_voice: Path
+) -> None:
+    """vosk's word times drift after weeks of audio (32-bit floats from the recogniser's first sample), and
+    the command would start away from the phrase's end: the wake recogniser is replaced after a bound (an
+    hour; here less than a phrase), between two utterances. A phrase said as the bound passes still wakes,
+    and one heard by the fresh recogniser, whose times count from its own start, still carries the command
+    said in the same breath."""
+    first = resample(speech(f"{WAKE} 음악 틀어 줘", tmp_path), ESPEAK_RATE, RATE)
+    stream = np.concatenate([np.zeros(RATE // 2, np.int16), first, np.zeros(2 * RATE, np.int16), first,
+                             np.zeros(2 * RATE, np.int16)])  # fmt: skip
+    phrase = resample(speech(WAKE, tmp_path), ESPEAK_RATE, RATE)
+    bound = (RATE // 2 + speech_end(phrase) // 2) / RATE  # passes in the middle of the first phrase
+    detector = WakeDetector(ko_model, [WAKE], min_confidence=0.5, fresh_after_seconds=bound)
+    fresh_at: list[int] = []
+    renew = detector._fresh_recognizer
+    detector._fresh_recognizer = lambda: fresh_at.append(detector.samples) or renew()
+    heard: list[str] = []
+    pipeline = VoicePipeline(detector, Transcriber(ko_model, grammar=ONE_BREATH_COMMANDS), Voice(test_voice),
+                             WavSink(tmp_path / "out.wav"), lambda text, cancel, turn: heard.append(text) or iter(["OK."]))  # fmt: skip
+    pipeline.run(stream[i : i + BLOCK] for i in range(0, len(stream), BLOCK))
+    assert heard == ["음악 틀어 줘"] * 2
+    assert fresh_at and fresh_at[0] > RATE // 2 + speech_end(phrase)  # not before the first phrase had ended
+    assert any(at < RATE // 2 + len(first) + 2 * RATE for at in fresh_at)  # the second phrase was a fresh one's
 
 
 def test_a_pause_inside_a_command_does_not_end_it(ko_model, tmp_path: Path) -> None:
