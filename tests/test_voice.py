@@ -654,7 +654,8 @@ def test_the_wake_recogniser_starts_afresh_without_losing_a_phrase_said_across_t
     detector._fresh_recognizer = lambda: fresh_at.append(detector.samples) or renew()
     heard: list[str] = []
     pipeline = VoicePipeline(detector, Transcriber(ko_model, grammar=ONE_BREATH_COMMANDS), Voice(test_voice),
-                             WavSink(tmp_path / "out.wav"), lambda text, cancel, turn: heard.append(text) or iter(["OK."]))  # fmt: skip
+                             WavSink(tmp_path / "out.wav"),
+                             lambda text, cancel, turn: heard.append(text) or iter(["OK."]))  # fmt: skip
     pipeline.run(stream[i : i + BLOCK] for i in range(0, len(stream), BLOCK))
     assert heard == ["음악 틀어 줘"] * 2
     assert fresh_at and fresh_at[0] > RATE // 2 + speech_end(phrase)  # not before the first phrase had ended
