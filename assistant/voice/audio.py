@@ -249,7 +249,8 @@ class MicSource:
         name = self.device or "default"
         if outage is not None:
             self.dropouts.back()
-            if self.dropouts.said_this_one:  # not each time a loose plug comes back
+            # Not each time a loose plug comes back; but after a long outage, whichever it was.
+            if self.dropouts.said_this_one or time.monotonic() - outage >= DROPOUTS_SAID_EVERY:
                 log.info("microphone back after %.0f s: %s at %d Hz", time.monotonic() - outage, name, rate)
         elif self.opened:
             return  # opened again for a speaker that was not found
