@@ -13,6 +13,7 @@ import logging
 import queue
 import threading
 import time
+import unicodedata
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
@@ -53,6 +54,13 @@ def alert() -> np.ndarray:
     """Three short beeps before an announcement: something rings, listen (a timer, an alarm)."""
     beep = _tone(1000.0, 0.12) * 9000
     return np.concatenate([beep, np.zeros(int(0.08 * EARCON_RATE))] * 3).astype(np.int16)
+
+
+def _scripts(text: str) -> str:
+    """The kinds of letters in `text`, as Unicode names them (CJK, HANGUL, LATIN), for the log: what a voice
+    that said nothing was given, without the words themselves."""
+    kinds = {unicodedata.name(c, "?").split()[0] for c in text if c.isalpha()}
+    return ", ".join(sorted(kinds)) or "no letters"
 
 
 def ahead(items: Iterator, lead: int = 8) -> Iterator:
@@ -297,9 +305,11 @@ class VoicePipeline:
                 self.speaker.release()
             reply.speaking.set()
         if reply.text.strip() and "first_audio" not in reply.times and not (reply.cancel.is_set() or silent.is_set()):
-            # Only the chime was heard: a reply in a language the voice does not speak, or only emoji.
-            log.warning("the voice (it speaks %s) could say nothing of the reply: %r",
-                        self.voice.language, reply.text[:200])  # fmt: skip
+            # Only the chime was heard: a reply in a language the voice does not speak, or only emoji. The
+            # reply's words (a note read back, what the user asked) are not for the journal above debug.
+            log.warning("the voice (it speaks %s) could say nothing of the reply (%d characters, %s)",
+                        self.voice.language, len(reply.text), _scripts(reply.text))  # fmt: skip
+            log.debug("the reply it could not say: %r", reply.text[:200])
         self._done(reply)
         # A reply that asks something is followed by listening without the wake phrase.
         if not reply.cancel.is_set() and asks(reply.text):
