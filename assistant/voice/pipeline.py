@@ -233,8 +233,9 @@ class VoicePipeline:
         if not text:
             return  # nothing was said: back to listening, quietly
         if text.strip().lower() in ("stop", "停", "停止"):
-            self.stop_reply()
-            return
+            self.stop_reply()  # silence at once, not once the turn has answered
+        # "stop" is a turn too: its skill stops what rings on (an alarm rings again every 30 s until it is told
+        # to stop), as it does for `assistant say stop`.
         self.start_reply(text, final - event.silence, final)
 
     def start_reply(self, text: str, speech_ended: float, final: float | None = None) -> None:
