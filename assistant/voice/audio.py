@@ -283,7 +283,8 @@ class Dropouts:
     said_this_one: bool = False  # the last dropout was said in the log (and so is its end)
 
     def dropped(self, error: Exception, max_backoff: float) -> None:
-        self.run, self.back_at, self.said_this_one = self.run + 1, None, self.run == 0
+        self.said_this_one = self.run == 0  # the first of a run
+        self.run, self.back_at = self.run + 1, None
         if self.said_this_one:
             self.said_at = time.monotonic()
             log.warning("microphone: %s; trying again until it works (every %g s at most)", error, max_backoff)

@@ -71,7 +71,6 @@ class WakeDetector:
         history_seconds: float = 15.0,
         fresh_after_seconds: float = 3600.0,
     ):
-
         self.phrases = [as_heard(p) for p in phrases]
         if problem := unheard_phrase(model, phrases):
             raise ConfigError(f"wake.phrases: {problem}; {UNHEARD_FIX}")
