@@ -1051,8 +1051,11 @@ def test_an_output_that_fails_loses_the_reply_not_the_loop(test_voice: Path, cap
     assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == ["speaking the reply failed"]
 
 
-def test_sound_a_failing_speaker_does_not_play_is_not_told_to_the_clients(test_voice: Path) -> None:
-    """A client showing what is said (`audio`) shows nothing while the speaker is unplugged: nothing is heard."""
+def test_sound_a_failing_speaker_does_not_play_is_not_told_to_the_clients(
+    test_voice: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A client showing what is said (`audio`) shows nothing while the speaker is unplugged: nothing is heard.
+    The log names the speaker, not the voice, which said it all."""
     from assistant.voice.audio import NullSink, SpeakerSink
 
     told: dict[str, list[dict]] = {}
@@ -1065,6 +1068,8 @@ def test_sound_a_failing_speaker_does_not_play_is_not_told_to_the_clients(test_v
         reply.finish()
     assert [e["text"] for e in told["no sink"] if e["type"] == "audio"][:1] == ["The light is on."]
     assert [e["type"] for e in told["missing speaker"]] == ["reply_done"]  # no audio, nor its latency
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warned) == 1 and warned[0].startswith("speaker: "), warned
 
 
 def test_a_very_long_number_is_said_in_parts(test_voice: Path) -> None:

@@ -131,6 +131,29 @@ def test_the_speaker_plays_a_sentence_as_one_sound_at_its_own_rate(tmp_path: Pat
     assert np.abs(played - whole).max() <= 3  # int16 steps
 
 
+def test_a_reply_played_by_a_speaker_that_is_there_is_told_to_the_clients(tmp_path: Path, test_voice: Path) -> None:
+    """The speaker is opened before a piece is told (`audio`), so that sound it cannot play is not told: one that
+    is there is told every piece, and plays it."""
+    (tmp_path / ".asoundrc").write_text(asoundrc(tmp_path, played=tmp_path / "played.raw"))
+    result = run_child(tmp_path, f"""
+        from assistant.voice.audio import SpeakerSink
+        from assistant.voice.pipeline import VoicePipeline
+        from assistant.voice.tts import Voice
+        events = []
+        sink = SpeakerSink(None, 16000)
+        pipeline = VoicePipeline(None, None, Voice("{test_voice}"), sink,
+                                 lambda text, cancel, turn: iter(["The light is on. ", "The heating is on."]),
+                                 on_event=events.append)
+        pipeline.start_reply("hello", time.monotonic())
+        pipeline.finish()
+        sink.close()
+        print(" ".join(e["text"] for e in events if e["type"] == "audio"))
+    """)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "The light is on." in result.stdout and "The heating is on." in result.stdout, result.stderr[-2000:]
+    assert (tmp_path / "played.raw").stat().st_size > 16000  # half a second at least
+
+
 class UsbMicrophone:
     """sounddevice with a USB microphone that can be unplugged (`present`) and stall (`delivering`): an ALSA
     device cannot be made to stop delivering here, so this one stands in for PortAudio."""

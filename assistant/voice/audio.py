@@ -443,12 +443,14 @@ class SpeakerSink:
         """Whether a sound played now would be heard: the device open, or opened now. A sound is told to the
         clients (`audio`) only then, not while the speaker fails."""
         with self.playing, _portaudio:
+            opening = self.stream is None
             try:
                 self._open()
             except Exception as e:  # PortAudio errors have no common base class
                 self._failed(e)
                 return False
-            self._let_go_later()  # should nothing be played after all
+            if opening:
+                self._let_go_later()  # should nothing be played after all
             return True
 
     def _open(self) -> None:

@@ -110,6 +110,7 @@ class Reply:
     # listener may cut the reply as it hears of its audio.
     telling: threading.RLock = field(default_factory=threading.RLock)
     done: bool = False
+    voiced: bool = False  # the voice made sound of it, heard or not (a speaker that fails loses it)
 
     def alive(self) -> bool:
         return any(t.is_alive() for t in self.threads)
@@ -305,7 +306,7 @@ class VoicePipeline:
             if holding:
                 self.speaker.release()
             reply.speaking.set()
-        if reply.text.strip() and "first_audio" not in reply.times and not (reply.cancel.is_set() or silent.is_set()):
+        if reply.text.strip() and not reply.voiced and not (reply.cancel.is_set() or silent.is_set()):
             # Only the chime was heard: a reply in a language the voice does not speak, or only emoji. The
             # reply's words (a note read back, what the user asked) are not for the journal above debug.
             log.warning("the voice (it speaks %s) could say nothing of the reply (%d characters, %s)",
@@ -340,6 +341,7 @@ class VoicePipeline:
         self, reply: Reply, sentence: str, audio: np.ndarray, silent: threading.Event, breath: bool = False
     ) -> None:
         if not breath:
+            reply.voiced = True
             # A speaker that fails (unplugged) loses the sound: it is not told to the clients as heard.
             heard = (ready := getattr(self.sink, "ready", None)) is None or ready()
             with reply.telling:
