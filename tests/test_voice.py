@@ -16,7 +16,7 @@ import pytest
 
 from assistant import skill
 from assistant.voice.asr import Transcriber
-from assistant.voice.audio import RATE, Resampler, WavSink, read_wav, resample, wav_source
+from assistant.voice.audio import BLOCK, RATE, Resampler, WavSink, read_wav, resample, wav_source
 from assistant.voice.pipeline import EARCON_RATE, VoicePipeline, asks, earcon
 from assistant.voice.spoken import SentenceSplitter, speakable
 from assistant.voice.tts import Voice
@@ -635,6 +635,50 @@ def test_wake_carries_the_audio_after_the_phrase(ko_model, tmp_path: Path) -> No
     assert not np.any(np.abs(wakes[0].after[int(0.1 * RATE) :]) > 300)  # then silence, not the phrase again
 
 
+def test_the_wake_recogniser_starts_afresh_without_losing_a_phrase_said_across_the_switch(
+    ko_model, tmp_path: Path, test_voice: Path
+) -> None:
+    """vosk's word times drift after weeks of audio (32-bit floats from the recogniser's first sample), and
+    the command would start away from the phrase's end: the wake recogniser is replaced after a bound (an
+    hour; here less than a phrase), between two utterances. A phrase said as the bound passes still wakes,
+    and one heard by the fresh recogniser, whose times count from its own start, still carries the command
+    said in the same breath."""
+    first = resample(speech(f"{WAKE} 음악 틀어 줘", tmp_path), ESPEAK_RATE, RATE)
+    stream = np.concatenate([np.zeros(RATE // 2, np.int16), first, np.zeros(2 * RATE, np.int16), first,
+                             np.zeros(2 * RATE, np.int16)])  # fmt: skip
+    phrase = resample(speech(WAKE, tmp_path), ESPEAK_RATE, RATE)
+    bound = (RATE // 2 + speech_end(phrase) // 2) / RATE  # passes in the middle of the first phrase
+    detector = WakeDetector(ko_model, [WAKE], min_confidence=0.5, fresh_after_seconds=bound)
+    fresh_at: list[int] = []
+    renew = detector._fresh_recognizer
+    detector._fresh_recognizer = lambda: fresh_at.append(detector.samples) or renew()
+    heard: list[str] = []
+    pipeline = VoicePipeline(detector, Transcriber(ko_model, grammar=ONE_BREATH_COMMANDS), Voice(test_voice),
+                             WavSink(tmp_path / "out.wav"),
+                             lambda text, cancel, turn: heard.append(text) or iter(["OK."]))  # fmt: skip
+    pipeline.run(stream[i : i + BLOCK] for i in range(0, len(stream), BLOCK))
+    assert heard == ["음악 틀어 줘"] * 2
+    assert fresh_at and fresh_at[0] > RATE // 2 + speech_end(phrase)  # not before the first phrase had ended
+    assert any(at < RATE // 2 + len(first) + 2 * RATE for at in fresh_at)  # the second phrase was a fresh one's
+
+
+def test_stop_said_to_the_microphone_silences_at_once_and_reaches_the_turn(ko_model, test_voice: Path) -> None:
+    """ "Stop" to a ringing alarm: the speaker is silenced at once, and the turn's stop skill is asked too, or
+    the alarm rings again 30 s later (as it does not for `assistant say stop`)."""
+    from assistant.voice.asr import AsrEvent
+
+    asked: list[str] = []
+    sink = WavSink(Path("/dev/null"))
+    voice_pipeline = VoicePipeline(WakeDetector(ko_model, [WAKE], min_confidence=0.5), None, Voice(test_voice), sink,
+                                   lambda text, cancel, turn: asked.append(text) or iter([]))  # fmt: skip
+    stopped = []
+    sink.stop = lambda: stopped.append(list(asked))  # what the turn had been asked when the speaker stopped
+    voice_pipeline._heard(AsrEvent("final", "stop", 0.1))
+    voice_pipeline.finish()
+    assert asked == ["stop"]
+    assert stopped[0] == []  # before the turn
+
+
 def test_a_pause_inside_a_command_does_not_end_it(ko_model, tmp_path: Path) -> None:
     first, rest = speech("음악", tmp_path), speech("틀어 줘", tmp_path)
     paused = np.concatenate([first[: speech_end(first)], silence(0.4), rest])
@@ -1005,6 +1049,27 @@ def test_an_output_that_fails_loses_the_reply_not_the_loop(test_voice: Path, cap
         sink.close()
     assert [e["type"] for e in events][-1] == "reply_done"  # the turn ends, for the clients and the follow-up
     assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == ["speaking the reply failed"]
+
+
+def test_sound_a_failing_speaker_does_not_play_is_not_told_to_the_clients(
+    test_voice: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A client showing what is said (`audio`) shows nothing while the speaker is unplugged: nothing is heard.
+    The log names the speaker, not the voice, which said it all."""
+    from assistant.voice.audio import NullSink, SpeakerSink
+
+    told: dict[str, list[dict]] = {}
+    for name, sink in (("no sink", NullSink()), ("missing speaker", SpeakerSink("no such speaker"))):
+        events = told.setdefault(name, [])
+        reply = VoicePipeline(None, None, Voice(test_voice), sink,
+                              lambda text, cancel, turn: iter(["The light is on. ", "The heating is on."]),
+                              on_event=events.append)  # fmt: skip
+        reply.start_reply("hello", time.monotonic())
+        reply.finish()
+    assert [e["text"] for e in told["no sink"] if e["type"] == "audio"][:1] == ["The light is on."]
+    assert [e["type"] for e in told["missing speaker"]] == ["reply_done"]  # no audio, nor its latency
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warned) == 1 and warned[0].startswith("speaker: "), warned
 
 
 def test_a_very_long_number_is_said_in_parts(test_voice: Path) -> None:

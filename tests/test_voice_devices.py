@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -130,6 +131,29 @@ def test_the_speaker_plays_a_sentence_as_one_sound_at_its_own_rate(tmp_path: Pat
     assert np.abs(played - whole).max() <= 3  # int16 steps
 
 
+def test_a_reply_played_by_a_speaker_that_is_there_is_told_to_the_clients(tmp_path: Path, test_voice: Path) -> None:
+    """The speaker is opened before a piece is told (`audio`), so that sound it cannot play is not told: one that
+    is there is told every piece, and plays it."""
+    (tmp_path / ".asoundrc").write_text(asoundrc(tmp_path, played=tmp_path / "played.raw"))
+    result = run_child(tmp_path, f"""
+        from assistant.voice.audio import SpeakerSink
+        from assistant.voice.pipeline import VoicePipeline
+        from assistant.voice.tts import Voice
+        events = []
+        sink = SpeakerSink(None, 16000)
+        pipeline = VoicePipeline(None, None, Voice("{test_voice}"), sink,
+                                 lambda text, cancel, turn: iter(["The light is on. ", "The heating is on."]),
+                                 on_event=events.append)
+        pipeline.start_reply("hello", time.monotonic())
+        pipeline.finish()
+        sink.close()
+        print(" ".join(e["text"] for e in events if e["type"] == "audio"))
+    """)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "The light is on." in result.stdout and "The heating is on." in result.stdout, result.stderr[-2000:]
+    assert (tmp_path / "played.raw").stat().st_size > 16000  # half a second at least
+
+
 class UsbMicrophone:
     """sounddevice with a USB microphone that can be unplugged (`present`) and stall (`delivering`): an ALSA
     device cannot be made to stop delivering here, so this one stands in for PortAudio."""
@@ -213,6 +237,52 @@ def test_a_microphone_unplugged_and_stalled_is_said_once_and_heard_again(caplog:
     assert {n for at, n in zip(heard, outages, strict=True) if at < 1.0} == {0}
     assert {n for at, n in zip(heard, outages, strict=True) if at > 6.0} == {1}
     assert time.monotonic() - start < 8.5  # a stop does not wait for the stalled device
+
+
+def test_a_microphone_that_keeps_dropping_out_is_said_with_a_count_not_each_time(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A loose USB plug: the microphone drops out and comes back every second. Said each time (a warning and
+    an info line a cycle), that fills the journal; said once, then with a count at most every "minute" (here
+    2 s), and when it is steady again, it does not. Back after a long outage is said, whichever it was."""
+    from assistant.voice import audio
+    from assistant.voice.audio import MicSource
+
+    monkeypatch.setattr(audio, "STALL_SECONDS", 0.3, raising=False)  # noticed sooner than 2 s, for a short test
+    monkeypatch.setattr(audio, "DROPOUTS_SAID_EVERY", 2.0, raising=False)
+    device = UsbMicrophone()
+    mic = MicSource("usb", max_backoff=0.5)
+    mic.sounddevice = device
+    start = time.monotonic()
+
+    def loose_plug() -> None:
+        while time.monotonic() - start < 5.0:
+            device.delivering = True
+            time.sleep(0.3)
+            device.delivering = False
+            time.sleep(0.5)
+        time.sleep(2.5)  # out for longer than the "minute": its end is said
+        device.delivering = True
+        time.sleep(3.0)  # steady for longer than the "minute"
+        mic.stopped.set()
+
+    threading.Thread(target=loose_plug, daemon=True).start()
+    with caplog.at_level(logging.DEBUG, "assistant.voice.audio"):
+        for _ in mic:
+            pass
+    said = [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO]
+    counts = [int(found[1]) for m in said if (found := re.match(r"the microphone dropped out (\d+) times? in", m))]
+    assert mic.outages >= 4, said
+    assert said[:3] == [
+        "microphone open: usb at 16000 Hz",
+        "microphone: the microphone stopped delivering audio; trying again until it works (every 0.5 s at most)",
+        said[2],
+    ]
+    assert said[2].startswith("microphone back after")
+    assert 1 <= len(counts) <= 4 and len(said) == 3 + len(counts) + 2, said  # not two lines a dropout
+    assert [m for m in said if m.startswith("microphone back after")][1:] == [said[-2]], said  # the long one
+    assert 1 + sum(counts) == mic.outages  # every dropout counted
+    assert said[-1].startswith("microphone steady again") and f"after {mic.outages} in a row" in said[-1], said
 
 
 def test_a_speaker_plugged_in_after_the_start_plays_while_the_microphone_works(tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ import time
 import wave
 import weakref
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,10 @@ RATE = 16000  # what the speech recognisers take
 BLOCK = 1600  # 100 ms frames
 # What microphones take, in the order tried when one refuses the rate asked for (and its own default).
 USUAL_RATES = (48000, 44100, 16000, 32000, 22050, 96000, 8000)
+STALL_SECONDS = 2.0  # a microphone open but silent this long has stopped delivering audio
+# A microphone that drops out again and again (a loose USB plug) is said at most this often, with a count: two
+# lines a dropout filled the journal. It is steady again after this long without one.
+DROPOUTS_SAID_EVERY = 60.0
 
 
 def resample(pcm: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
@@ -182,6 +187,7 @@ class MicSource:
         self.lost_said = -1e9  # when they were last said
         self.opened = False
         self.outages = 0
+        self.dropouts = Dropouts()
 
     def __iter__(self) -> Iterator[np.ndarray]:
         backoff, outage = 0.5, None  # outage: when the microphone was lost, while it is
@@ -199,6 +205,7 @@ class MicSource:
                             self._say_open(rate, outage)
                             backoff, outage = 0.5, None
                         self._say_lost(rate)
+                        self.dropouts.say_steady()
                         if len(block := to_rate(block, rate)):  # the first is short by the resampler's delay
                             yield block
                         if _rescan_wanted.is_set() and time.monotonic() - _rescanned >= self.max_backoff:
@@ -207,9 +214,10 @@ class MicSource:
                 if outage is None:
                     outage = time.monotonic()
                     self.outages += 1
-                    log.warning("microphone: %s; trying again until it works (every %g s at most)", e, self.max_backoff)
+                    self.dropouts.dropped(e, self.max_backoff)
                 else:
                     log.debug("microphone: %s; trying again in %.1f s", e, backoff)
+                    self.dropouts.say_count()
                 if self.stopped.wait(backoff):
                     return
                 backoff = min(backoff * 2, self.max_backoff)
@@ -220,7 +228,7 @@ class MicSource:
 
     def _next(self) -> np.ndarray | None:
         """The next block from the device; None once stopped (at once, stalled or not)."""
-        for _ in range(8):  # 2 s
+        for _ in range(round(STALL_SECONDS / 0.25)):
             if self.stopped.is_set():
                 return None
             with contextlib.suppress(queue.Empty):
@@ -240,7 +248,10 @@ class MicSource:
     def _say_open(self, rate: int, outage: float | None) -> None:
         name = self.device or "default"
         if outage is not None:
-            log.info("microphone back after %.0f s: %s at %d Hz", time.monotonic() - outage, name, rate)
+            self.dropouts.back()
+            # Not each time a loose plug comes back; but after a long outage, whichever it was.
+            if self.dropouts.said_this_one or time.monotonic() - outage >= DROPOUTS_SAID_EVERY:
+                log.info("microphone back after %.0f s: %s at %d Hz", time.monotonic() - outage, name, rate)
         elif self.opened:
             return  # opened again for a speaker that was not found
         else:
@@ -257,6 +268,50 @@ class MicSource:
         log.warning("microphone: %.1f s of audio lost (and %d overruns of the device): the assistant could not "
                     "keep up, the CPU is too busy; what was said then was not heard",
                     lost / rate, overflows)  # fmt: skip
+
+
+@dataclass
+class Dropouts:
+    """The microphone's dropouts, as the log says them: the first, and when it is back; then, while it keeps
+    dropping out (a loose USB plug), a count at most every DROPOUTS_SAID_EVERY seconds; and when it has been
+    steady that long again."""
+
+    run: int = 0  # dropouts since the microphone was last steady
+    unsaid: int = 0  # of them, not said yet
+    said_at: float = -1e9  # when the log last said one or a count
+    back_at: float | None = None  # when it last came back, while it is not steady
+    said_this_one: bool = False  # the last dropout was said in the log (and so is its end)
+
+    def dropped(self, error: Exception, max_backoff: float) -> None:
+        self.said_this_one = self.run == 0  # the first of a run
+        self.run, self.back_at = self.run + 1, None
+        if self.said_this_one:
+            self.said_at = time.monotonic()
+            log.warning("microphone: %s; trying again until it works (every %g s at most)", error, max_backoff)
+        else:
+            self.unsaid += 1
+            log.debug("microphone: %s; dropped out again", error)
+            self.say_count()
+
+    def say_count(self) -> None:
+        if self.unsaid and time.monotonic() - self.said_at >= DROPOUTS_SAID_EVERY:
+            log.warning("the microphone dropped out %d time%s in the last %.0f s (a loose plug or cable?); it is "
+                        "opened again each time", self.unsaid, "s" * (self.unsaid != 1),
+                        time.monotonic() - self.said_at)  # fmt: skip
+            self.unsaid, self.said_at = 0, time.monotonic()
+
+    def back(self) -> None:
+        self.back_at = time.monotonic()
+
+    def say_steady(self) -> None:
+        """Called with each block heard."""
+        if self.back_at is None or time.monotonic() - self.back_at < DROPOUTS_SAID_EVERY:
+            return
+        self.say_count()
+        if self.run > 1:
+            log.info("microphone steady again: no dropout for %.0f s, after %d in a row",
+                     time.monotonic() - self.back_at, self.run)  # fmt: skip
+        self.run, self.unsaid, self.back_at = 0, 0, None
 
 
 class Resampler:
@@ -373,22 +428,42 @@ class SpeakerSink:
     def play(self, pcm: np.ndarray, rate: int) -> None:
         with self.playing, _portaudio:
             self._play(pcm, rate)
-            self.played = time.monotonic()
-            if self.idle is not None:
-                self.idle.cancel()
-            if self.stream is not None:
-                self.idle = threading.Timer(self.IDLE, self._let_go)
-                self.idle.daemon = True
-                self.idle.start()
+            self._let_go_later()
+
+    def _let_go_later(self) -> None:
+        self.played = time.monotonic()
+        if self.idle is not None:
+            self.idle.cancel()
+        if self.stream is not None:
+            self.idle = threading.Timer(self.IDLE, self._let_go)
+            self.idle.daemon = True
+            self.idle.start()
+
+    def ready(self) -> bool:
+        """Whether a sound played now would be heard: the device open, or opened now. A sound is told to the
+        clients (`audio`) only then, not while the speaker fails."""
+        with self.playing, _portaudio:
+            opening = self.stream is None
+            try:
+                self._open()
+            except Exception as e:  # PortAudio errors have no common base class
+                self._failed(e)
+                return False
+            if opening:
+                self._let_go_later()  # should nothing be played after all
+            return True
+
+    def _open(self) -> None:
+        if self.stream is None:
+            self.stream, out_rate = open_at_a_rate(self.sounddevice, "output", self.device, self.rate, self._stream)
+            self.stream.start()
+            self.resample = Resampler(out_rate)
+            _speakers.add(self)
 
     def _play(self, pcm: np.ndarray, rate: int) -> None:
         self.interrupted.clear()
         try:
-            if self.stream is None:
-                self.stream, out_rate = open_at_a_rate(self.sounddevice, "output", self.device, self.rate, self._stream)
-                self.stream.start()
-                self.resample = Resampler(out_rate)
-                _speakers.add(self)
+            self._open()
             self._write(self.resample(pcm, rate))
             if self.failing:
                 log.info("speaker: playing again")

@@ -13,6 +13,7 @@ import logging
 import queue
 import threading
 import time
+import unicodedata
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
@@ -53,6 +54,13 @@ def alert() -> np.ndarray:
     """Three short beeps before an announcement: something rings, listen (a timer, an alarm)."""
     beep = _tone(1000.0, 0.12) * 9000
     return np.concatenate([beep, np.zeros(int(0.08 * EARCON_RATE))] * 3).astype(np.int16)
+
+
+def _scripts(text: str) -> str:
+    """The kinds of letters in `text`, as Unicode names them (CJK, HANGUL, LATIN), for the log: what a voice
+    that said nothing was given, without the words themselves."""
+    kinds = {unicodedata.name(c, "?").split()[0] for c in text if c.isalpha()}
+    return ", ".join(sorted(kinds)) or "no letters"
 
 
 def ahead(items: Iterator, lead: int = 8) -> Iterator:
@@ -102,6 +110,7 @@ class Reply:
     # listener may cut the reply as it hears of its audio.
     telling: threading.RLock = field(default_factory=threading.RLock)
     done: bool = False
+    voiced: bool = False  # the voice made sound of it, heard or not (a speaker that fails loses it)
 
     def alive(self) -> bool:
         return any(t.is_alive() for t in self.threads)
@@ -225,8 +234,9 @@ class VoicePipeline:
         if not text:
             return  # nothing was said: back to listening, quietly
         if text.strip().lower() in ("stop", "停", "停止"):
-            self.stop_reply()
-            return
+            self.stop_reply()  # silence at once, not once the turn has answered
+        # "stop" is a turn too: its skill stops what rings on (an alarm rings again every 30 s until it is told
+        # to stop), as it does for `assistant say stop`.
         self.start_reply(text, final - event.silence, final)
 
     def start_reply(self, text: str, speech_ended: float, final: float | None = None) -> None:
@@ -296,10 +306,12 @@ class VoicePipeline:
             if holding:
                 self.speaker.release()
             reply.speaking.set()
-        if reply.text.strip() and "first_audio" not in reply.times and not (reply.cancel.is_set() or silent.is_set()):
-            # Only the chime was heard: a reply in a language the voice does not speak, or only emoji.
-            log.warning("the voice (it speaks %s) could say nothing of the reply: %r",
-                        self.voice.language, reply.text[:200])  # fmt: skip
+        if reply.text.strip() and not reply.voiced and not (reply.cancel.is_set() or silent.is_set()):
+            # Only the chime was heard: a reply in a language the voice does not speak, or only emoji. The
+            # reply's words (a note read back, what the user asked) are not for the journal above debug.
+            log.warning("the voice (it speaks %s) could say nothing of the reply (%d characters, %s)",
+                        self.voice.language, len(reply.text), _scripts(reply.text))  # fmt: skip
+            log.debug("the reply it could not say: %r", reply.text[:200])
         self._done(reply)
         # A reply that asks something is followed by listening without the wake phrase.
         if not reply.cancel.is_set() and asks(reply.text):
@@ -329,12 +341,17 @@ class VoicePipeline:
         self, reply: Reply, sentence: str, audio: np.ndarray, silent: threading.Event, breath: bool = False
     ) -> None:
         if not breath:
+            reply.voiced = True
+            # A speaker that fails (unplugged) loses the sound: it is not told to the clients as heard.
+            heard = (ready := getattr(self.sink, "ready", None)) is None or ready()
             with reply.telling:
                 if reply.done:  # cut meanwhile, and said to be done: nothing more of it is told, or played
                     return
+                reply.speaking.set()  # the turn need not wait for a first audio that will not play
+                if not heard:
+                    return
                 if "first_audio" not in reply.times:
                     reply.times["first_audio"] = time.monotonic()
-                    reply.speaking.set()
                     self._latency(reply)
                 self.emit("audio", request=reply.request, text=sentence, samples=len(audio), rate=self.voice.rate)
         if reply.cancel.is_set():  # cut while the clients were told (they may be slow): the sink's stop is over

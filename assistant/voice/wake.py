@@ -7,6 +7,11 @@ threshold; after a wake, further wakes are ignored for the refractory period.
 The command may follow after a pause (the earcon invites it) or in the same breath ("hey computer,
 turn on the light"): the last seconds of audio are kept, and a wake carries the audio from the
 phrase's last word's end (vosk's word times) up to now, for the command's recogniser to start from.
+
+vosk computes those times in 32-bit float from the samples since its recogniser started: after weeks
+of listening they are off by tens to hundreds of milliseconds, and the command would start that far
+from the phrase's end. The recogniser is replaced by a fresh one every hour of audio, between two
+utterances, so its times stay exact.
 """
 
 from __future__ import annotations
@@ -64,9 +69,8 @@ class WakeDetector:
         min_confidence: float = 0.6,
         refractory_seconds: float = 2.0,
         history_seconds: float = 15.0,
+        fresh_after_seconds: float = 3600.0,
     ):
-        from vosk import KaldiRecognizer
-
         self.phrases = [as_heard(p) for p in phrases]
         if problem := unheard_phrase(model, phrases):
             raise ConfigError(f"wake.phrases: {problem}; {UNHEARD_FIX}")
@@ -74,12 +78,13 @@ class WakeDetector:
             log.warning("wake.model: the speech model has no [unk] word, so the wake recogniser takes any speech "
                         "for a wake phrase: the assistant may wake whenever someone talks, and at its own replies; "
                         "a model with [unk] (vosk's small models have it) hears only the phrases")  # fmt: skip
-        grammar = json.dumps([*self.phrases, "[unk]"], ensure_ascii=False)  # vosk reads the words raw
-        self.recognizer = KaldiRecognizer(model, RATE, grammar)
-        self.recognizer.SetWords(True)
+        self.model, self.grammar = model, json.dumps([*self.phrases, "[unk]"], ensure_ascii=False)  # read raw
+        self.recognizer = self._fresh_recognizer()
+        self.started = 0  # the stream's sample the recogniser started at: its word times count from there
+        self.fresh_after = int(fresh_after_seconds * RATE)
         self.min_confidence = min_confidence
         self.refractory = refractory_seconds
-        self.samples = 0  # fed so far: vosk's word times count from the first sample too
+        self.samples = 0  # fed so far
         self.last_wake = -1e9
         self.history: collections.deque[tuple[int, np.ndarray]] = collections.deque()  # (first sample, frame)
         self.history_samples = int(history_seconds * RATE)
@@ -93,7 +98,21 @@ class WakeDetector:
         # partial result would hand the end of the phrase itself to the command recogniser.
         if not self.recognizer.AcceptWaveform(frame.astype("<i2").tobytes()):
             return None
-        return self._check(json.loads(self.recognizer.Result()))
+        wake = self._check(json.loads(self.recognizer.Result()))
+        self._renew_if_due()  # between two utterances: a phrase said as the hour ends is in the one just ended
+        return wake
+
+    def _fresh_recognizer(self):
+        from vosk import KaldiRecognizer
+
+        recognizer = KaldiRecognizer(self.model, RATE, self.grammar)
+        recognizer.SetWords(True)
+        return recognizer
+
+    def _renew_if_due(self) -> None:
+        if self.samples - self.started >= self.fresh_after:
+            self.recognizer, self.started = self._fresh_recognizer(), self.samples
+            log.debug("wake recogniser started afresh, its word times from now")
 
     def _check(self, result: dict) -> Wake | None:
         words = result.get("result", [])
@@ -108,9 +127,10 @@ class WakeDetector:
         if now - self.last_wake < self.refractory:
             return None
         self.last_wake = now
-        ended = words[len(phrase.split()) - 1]["end"]
-        log.info("wake phrase %r (confidence %.2f), %.2f s of audio after it", phrase, confidence, now - ended)
-        return Wake(phrase, now, confidence, self.audio_since(round(ended * RATE)))
+        ended = self.started + round(words[len(phrase.split()) - 1]["end"] * RATE)  # in the stream's samples
+        log.info("wake phrase %r (confidence %.2f), %.2f s of audio after it", phrase, confidence,
+                 (self.samples - ended) / RATE)  # fmt: skip
+        return Wake(phrase, now, confidence, self.audio_since(ended))
 
     def phrase_at_start(self, text: str) -> str | None:
         """The configured phrase that `text` starts with, as whole words, if any."""
@@ -145,5 +165,6 @@ class WakeDetector:
     def reset(self, refractory: bool = True) -> None:
         """Forget the utterance heard so far, and ignore wakes for the refractory period from now."""
         self.recognizer.Reset()
+        self._renew_if_due()
         if refractory:
             self.last_wake = self.samples / RATE
