@@ -14,7 +14,20 @@ from pathlib import Path
 import pytest
 
 from assistant.daemon.control import IDLE_SECONDS, MAX_CLIENTS
-from tests.test_daemon import Daemon, Notifications, connect, events, run_assistant, send, until, write_config
+from tests import test_daemon
+from tests.test_daemon import (
+    Daemon,
+    Notifications,
+    chatty_config,
+    connect,
+    events,
+    run_assistant,
+    send,
+    until,
+    write_config,
+)
+
+chatty = test_daemon.chatty  # the model that never stops on its own, as a fixture here too
 
 
 @pytest.fixture(scope="module")
@@ -139,3 +152,32 @@ def test_a_request_not_in_utf8_is_refused_as_such_whatever_encoding_it_looks_lik
     with connect(socket_of(daemon)) as client:  # a byte-order mark ahead of UTF-8 is still UTF-8
         send(client, b'\xef\xbb\xbf{"type": "status", "id": "bom"}\n')
         assert until(client, "status")[-1]["request"] == "bom"
+
+
+def test_an_id_the_daemon_picks_never_clashes_with_one_a_client_chose(tmp_path: Path, chatty: Path) -> None:
+    config = chatty_config(tmp_path, chatty, max_new_tokens=4000)  # a turn that runs until cancelled
+    notify = Notifications(tmp_path / "notify.sock")
+    daemon = Daemon(tmp_path, config, notify)
+    control = tmp_path / "run" / "control.sock"
+    try:
+        with connect(control) as picked, connect(control) as chooser:
+            send(picked, {"type": "status"})  # no id: the daemon picks one, numbered by connection and request
+            number = until(picked, "status")[-1]["request"].removeprefix("auto-").split(".")[0]
+            # Another connection chooses, as its own, what the first one's next request used to be called.
+            send(chooser, {"type": "say", "text": "tell me a long story", "id": f"{number}.2"})
+            assert until(chooser, "turn_start")[-1]["request"] == f"{number}.2"
+            send(picked, {"type": "say", "text": "tell me another"})  # queued behind it, not refused
+            send(chooser, {"type": "cancel", "turn": f"{number}.2", "id": "stop"})
+            assert until(chooser, "turn_done")[-1]["cancelled"]
+            started = next(events(picked))
+            assert (started["type"], started["request"]) == ("turn_start", f"auto-{number}.2"), started
+        with connect(control) as client:  # and a client may not take the daemon's form
+            send(client, {"type": "status", "id": f"auto-{number}.3"})
+            (refused,) = events(client)
+        assert refused["type"] == "error"
+        assert refused["message"] == (
+            "malformed request: ids starting 'auto-' are the ones the assistant picks; choose another"
+        )
+    finally:
+        assert daemon.stop() == 0
+        notify.close()

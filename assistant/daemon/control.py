@@ -4,10 +4,11 @@ A Unix stream socket with mode 0600 in a directory only the service's user can w
     {"type": "say", "text": "...", "id": "..."}   a text turn; its events stream back, ending with "turn_done"
     {"type": "cancel", "turn": "..."}              stop that turn (any connection's), or the running one
     {"type": "status"}                             one "status" event
-"id" is optional (the server picks one); every event answering a request carries it as "request",
-and a connection receives only the events of its own requests, plus the assistant's own (wake,
-transcripts, voice turns, timers ringing), which go to everyone. A connection that closes
-cancels its turns. Anything malformed gets an "error" event, then the connection is closed.
+"id" is optional (the server picks one, starting "auto-", which clients may not); every event
+answering a request carries it as "request", and a connection receives only the events of its own
+requests, plus the assistant's own (wake, transcripts, voice turns, timers ringing), which go to
+everyone. A connection that closes cancels its turns. Anything malformed gets an "error" event,
+then the connection is closed.
 
 One asyncio loop in one thread serves every connection, so a client costs no thread; each has
 a queue of events bounded in bytes: a client that stops reading is disconnected when its answers
@@ -48,6 +49,9 @@ MAX_CLIENTS = 256
 # asked, nothing answered) and has no turn: connections left open by a script cannot lock everyone else out.
 IDLE_SECONDS = 10.0
 MAX_ID = 64  # characters of a request id
+# The ids the server picks for requests that name none: a client may not choose one, so that no
+# connection's turn is refused for an id another connection was given ("already in use").
+PICKED = "auto-"
 
 
 def default_socket_path() -> Path:
@@ -103,9 +107,11 @@ def parse_request(line: bytes, client: int, number: int) -> Request:
         raise ValueError("malformed request: a request is a JSON object with a type")
     request_id = message.pop("id", None)
     if request_id is None:
-        request_id = f"{client}.{number}"
+        request_id = f"{PICKED}{client}.{number}"
     elif not isinstance(request_id, str) or not 0 < len(request_id) <= MAX_ID or not request_id.isprintable():
         raise ValueError(f"malformed request: id must be a printable string of at most {MAX_ID} characters")
+    elif request_id.startswith(PICKED):
+        raise ValueError(f"malformed request: ids starting {PICKED!r} are the ones the assistant picks; choose another")
     for key, value in message.items():
         if isinstance(value, str):
             try:
