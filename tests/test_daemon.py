@@ -43,11 +43,13 @@ class Notifications:
         self.socket.bind(str(path))
         self.received: list[str] = []
 
-    def wait_for(self, field: str, timeout: float = 90, process: subprocess.Popen | None = None) -> None:
-        """Until `field` arrives; with `process`, only from it (a daemon stopped before may still be in
-        the queue) and an AssertionError as soon as it exits."""
+    def wait_for(
+        self, field: str, timeout: float = 90, process: subprocess.Popen | None = None, count: int = 1
+    ) -> None:
+        """Until `field` has arrived `count` times; with `process`, only from it (a daemon stopped before
+        may still be in the queue) and an AssertionError as soon as it exits."""
         deadline = time.monotonic() + timeout
-        while field not in self.received:
+        while self.received.count(field) < count:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise AssertionError(f"no {field}; got {self.received}")

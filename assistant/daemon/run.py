@@ -188,20 +188,24 @@ class Daemon:
         # Said once, and once when it passes: without systemd's watchdog nothing ends an unhealthy
         # daemon, and a line at every beat would fill the journal.
         unhealthy = None
+        beat = time.monotonic()
         while not self.stop_requested:
-            problem = self.problem()
-            if problem is None:
-                notify("WATCHDOG=1")
-                if unhealthy is not None:
-                    log.info("healthy again (it was: %s); telling the watchdog again", unhealthy)
-            elif problem != unhealthy:
-                log.error("unhealthy, not telling the watchdog: %s", problem)
-            unhealthy = problem
+            # On the beat's schedule, whatever wakes the loop in between (a SIGHUP storm, a reload ending).
+            if time.monotonic() >= beat:
+                beat = time.monotonic() + interval
+                problem = self.problem()
+                if problem is None:
+                    notify("WATCHDOG=1")
+                    if unhealthy is not None:
+                        log.info("healthy again (it was: %s); telling the watchdog again", unhealthy)
+                elif problem != unhealthy:
+                    log.error("unhealthy, not telling the watchdog: %s", problem)
+                unhealthy = problem
             if self.reload_requested and not self.reloading:
                 self.reload_requested, self.reloading = False, True
                 self.reloader = threading.Thread(target=self.reload, name="reload", daemon=True)
                 self.reloader.start()
-            select.select([self.wakeup_read], [], [], interval)
+            select.select([self.wakeup_read], [], [], max(beat - time.monotonic(), 0))
             with contextlib.suppress(BlockingIOError):
                 os.read(self.wakeup_read, 4096)
         return self.shutdown()
