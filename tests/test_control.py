@@ -181,3 +181,38 @@ def test_an_id_the_daemon_picks_never_clashes_with_one_a_client_chose(tmp_path: 
     finally:
         assert daemon.stop() == 0
         notify.close()
+
+
+def test_the_socket_is_kept_from_cleaners_of_old_files_and_made_again_if_removed(
+    tmp_path: Path, tiny_int8: Path
+) -> None:
+    """Outside systemd the socket may be in /tmp, where systemd-tmpfiles or tmpreaper remove what nobody
+    touched for days: a daemon running for weeks would be left deaf to every client."""
+    config = write_config(tmp_path, tiny_int8)
+    notify = Notifications(tmp_path / "notify.sock")
+    daemon = Daemon(tmp_path, config, notify)  # its main loop beats every half second
+    control = tmp_path / "run" / "control.sock"
+    kept = [control, Path(f"{control}.lock"), control.parent]
+    try:
+        weeks_ago = time.time() - 20 * 86400
+        for path in kept:
+            os.utime(path, (weeks_ago, weeks_ago))
+        deadline = time.monotonic() + 30
+        while any(path.stat().st_mtime < weeks_ago + 86400 for path in kept):
+            assert time.monotonic() < deadline, [path.stat().st_mtime for path in kept]
+            time.sleep(0.1)
+        with connect(control) as before:  # a client connected before the removal keeps its connection
+            for path in kept[:2]:  # as a cleaner does, the files first
+                path.unlink()
+            daemon.wait_for_log(f"the control socket {control} was removed")
+            status = run_assistant("status", "--config", str(config))
+            assert (status.returncode, status.stdout.splitlines()[0]) == (0, "state: ready"), status.stderr
+            send(before, {"type": "status", "id": "before"})
+            assert until(before, "status")[-1]["request"] == "before"
+        assert Path(f"{control}.lock").exists()  # a second instance would find it taken
+        second = run_assistant("run", "--config", str(config), "--text-only")
+        assert second.returncode == 78 and "another assistant is already running there" in second.stderr
+    finally:
+        assert daemon.stop() == 0
+        notify.close()
+    assert not control.exists()

@@ -49,6 +49,8 @@ MAX_CLIENTS = 256
 # asked, nothing answered) and has no turn: connections left open by a script cannot lock everyone else out.
 IDLE_SECONDS = 10.0
 MAX_ID = 64  # characters of a request id
+# Touched when older than this: cleaners of /tmp remove what was untouched for days (systemd-tmpfiles: 10).
+FRESH_SECONDS = 3600.0
 # The ids the server picks for requests that name none: a client may not choose one, so that no
 # connection's turn is refused for an id another connection was given ("already in use").
 PICKED = "auto-"
@@ -210,6 +212,28 @@ def answers(path: Path, timeout: float = 1.0) -> bool:
     return True
 
 
+def _listen(path: Path) -> tuple[socket.socket, int]:
+    """A socket bound at `path`, mode 0600, and the lock beside it (check_socket_path); ConfigError if not."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        lock = check_socket_path(path)
+        old_umask = os.umask(0o177)  # created 0600: only the service's user may talk to it
+        try:
+            sock.bind(str(path))
+        except BaseException:
+            os.close(lock)
+            raise
+        finally:
+            os.umask(old_umask)
+    except OSError as e:  # a folder we may not create, a path too long for a Unix socket
+        sock.close()
+        raise ConfigError(f"{path}: cannot listen there ({e.strerror or e}); choose another control.socket") from None
+    except BaseException:
+        sock.close()
+        raise
+    return sock, lock
+
+
 class ControlServer:
     """Serves the socket from its own thread; `handle(request)` is called on that thread and must not block."""
 
@@ -222,19 +246,7 @@ class ControlServer:
     ):
         """`disconnected(client)` when a client has gone; `busy(client)`: whether it has turns queued or running."""
         self.path, self.handle, self.disconnected, self.busy = path, handle, disconnected, busy
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-        try:
-            self.lock = check_socket_path(path)
-            old_umask = os.umask(0o177)  # created 0600: only the service's user may talk to it
-            try:
-                sock.bind(str(path))
-            finally:
-                os.umask(old_umask)
-        except OSError as e:  # a folder we may not create, a path too long for a Unix socket
-            sock.close()
-            raise ConfigError(
-                f"{path}: cannot listen there ({e.strerror or e}); choose another control.socket"
-            ) from None
+        sock, self.lock = _listen(path)
         self.inode = path.stat().st_ino
         self.clients: dict[int, _Client] = {}
         self.connections: set[asyncio.Task] = set()  # each connection's _serve, awaited by close()
@@ -242,9 +254,45 @@ class ControlServer:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="control", daemon=True)
         self.thread.start()
+        self.servers: list[asyncio.Server] = []  # more than one once the socket was made again
+        self._serve_on(sock)
+        self.lost: str | None = None  # why the socket, removed, could not be made again (said once)
+
+    def _serve_on(self, sock: socket.socket) -> None:
         # A backlog that takes a burst of clients connecting at once.
         start = asyncio.start_unix_server(self._serve, sock=sock, limit=MAX_LINE, backlog=socket.SOMAXCONN)
-        self.server = asyncio.run_coroutine_threadsafe(start, self.loop).result()
+        self.servers.append(asyncio.run_coroutine_threadsafe(start, self.loop).result())
+
+    # -- the socket's path ---------------------------------------------------------------------------
+
+    def keep_path(self) -> None:
+        """Keep the socket where clients look for it, for as long as the daemon runs (months): touched
+        now and then, so that no cleaner of old files (systemd-tmpfiles, tmpreaper: /tmp/assistant-<uid>
+        outside systemd) takes it, and made again if it went all the same. Called at the main loop's beat."""
+        try:
+            info = self.path.lstat()
+        except FileNotFoundError:
+            self._listen_again()
+            return
+        except OSError:
+            return
+        if info.st_ino == self.inode and time.time() - info.st_mtime > FRESH_SECONDS:
+            for path in (self.path, Path(f"{self.path}.lock"), self.path.parent):
+                with contextlib.suppress(OSError):
+                    os.utime(path)
+
+    def _listen_again(self) -> None:
+        try:
+            sock, lock = _listen(self.path)
+        except ConfigError as e:
+            if str(e) != self.lost:  # tried again at every beat, said once
+                log.error("the control socket %s was removed and cannot be made again: %s", self.path, e)
+                self.lost = str(e)
+            return
+        log.warning("the control socket %s was removed (by a cleaner of old files?); listening there again", self.path)
+        os.close(self.lock)
+        self.lock, self.inode, self.lost = lock, self.path.stat().st_ino, None
+        self._serve_on(sock)
 
     # -- events out ---------------------------------------------------------------------------------
 
@@ -367,7 +415,8 @@ class ControlServer:
 
     def close(self) -> None:
         async def stop() -> None:
-            self.server.close()
+            for server in self.servers:
+                server.close()
             for client in list(self.clients.values()):
                 client.writer.transport.abort()
             # Each connection then ends its own way (its sender, its turns cancelled); a loop stopped

@@ -201,6 +201,7 @@ class Daemon:
                 elif problem != unhealthy:
                     log.error("unhealthy, not telling the watchdog: %s", problem)
                 unhealthy = problem
+                self.control.keep_path()
             if self.reload_requested and not self.reloading:
                 self.reload_requested, self.reloading = False, True
                 self.reloader = threading.Thread(target=self.reload, name="reload", daemon=True)
