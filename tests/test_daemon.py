@@ -1131,6 +1131,33 @@ def test_a_sighup_while_the_program_starts_is_not_its_end(setup) -> None:
             assert process.wait(timeout=30) == 0
 
 
+HANGUP_AS_IT_STARTS = """import os, signal, sys
+import assistant.cli
+os.kill(os.getpid(), signal.SIGHUP)  # the command's module loaded, the command not yet known
+sys.exit(assistant.cli.main(sys.argv[1:]))
+"""
+
+
+def test_a_sighup_before_the_command_is_known_ends_only_a_command_that_is_not_the_daemon(setup) -> None:
+    """The first tenth of a second or more (imports, the arguments): `assistant run` would end there as
+    cleanly as systemd sees it, and not be restarted."""
+    config, control, notify = setup
+    command = [sys.executable, "-c", HANGUP_AS_IT_STARTS]
+    run = [*command, "run", "--config", str(config), "--text-only"]
+    env = clean_env() | {"NOTIFY_SOCKET": str(notify.path)}
+    with open(config.parent / "daemon.log", "wb") as log:
+        daemon = subprocess.Popen(run, env=env, stdout=log, stderr=log)
+        try:
+            notify.wait_for("READY=1", timeout=60, process=daemon)
+            assert spoken(turn(control, "what time is it")).startswith("It is ")
+            status = subprocess.run([*command, "status", "--config", str(config)], env=clean_env(), timeout=60)
+            assert status.returncode == -signal.SIGHUP  # the terminal gone: a client ends as it always did
+        finally:
+            daemon.send_signal(signal.SIGTERM)
+            assert daemon.wait(timeout=30) == 0
+    assert "reload" not in (config.parent / "daemon.log").read_text()  # nothing to reload: read after it
+
+
 def test_two_daemons_starting_at_once_on_one_socket_leave_one_running(setup) -> None:
     config, control, notify = setup
     from assistant.daemon.control import answers
