@@ -201,17 +201,24 @@ def test_the_socket_is_kept_from_cleaners_of_old_files_and_made_again_if_removed
         while any(path.stat().st_mtime < weeks_ago + 86400 for path in kept):
             assert time.monotonic() < deadline, [path.stat().st_mtime for path in kept]
             time.sleep(0.1)
+        removed = f"the control socket {control} was removed"
         with connect(control) as before:  # a client connected before the removal keeps its connection
-            for path in kept[:2]:  # as a cleaner does, the files first
-                path.unlink()
-            daemon.wait_for_log(f"the control socket {control} was removed")
-            status = run_assistant("status", "--config", str(config))
-            assert (status.returncode, status.stdout.splitlines()[0]) == (0, "state: ready"), status.stderr
+            # The socket alone (someone's `rm`), then the socket and its lock (a cleaner, files first).
+            for times, gone in enumerate(([control], kept[:2]), start=1):
+                for path in gone:
+                    path.unlink()
+                deadline = time.monotonic() + 30
+                while daemon.log_text().count(removed) < times:
+                    assert time.monotonic() < deadline, daemon.log_text()
+                    time.sleep(0.1)
+                status = run_assistant("status", "--config", str(config))
+                assert (status.returncode, status.stdout.splitlines()[0]) == (0, "state: ready"), status.stderr
+                assert Path(f"{control}.lock").exists()
+                second = run_assistant("run", "--config", str(config), "--text-only")  # finds it taken
+                assert second.returncode == 78 and "another assistant is already running there" in second.stderr
             send(before, {"type": "status", "id": "before"})
             assert until(before, "status")[-1]["request"] == "before"
-        assert Path(f"{control}.lock").exists()  # a second instance would find it taken
-        second = run_assistant("run", "--config", str(config), "--text-only")
-        assert second.returncode == 78 and "another assistant is already running there" in second.stderr
+        assert "cannot be made again" not in daemon.log_text()
     finally:
         assert daemon.stop() == 0
         notify.close()

@@ -168,12 +168,12 @@ def _replaceable(folder: Path) -> str | None:
     return None
 
 
-def check_socket_path(path: Path) -> int:
+def check_socket_path(path: Path, held: int | None = None) -> int:
     """Refuse a path another user could interfere with, or that is not ours to take (ConfigError).
 
     Returns the descriptor of a lock beside the socket, held while it stays open: an instance starting
     at the same moment finds it taken. The socket alone would not answer yet, so it would look left
-    by an instance that died, and be removed.
+    by an instance that died, and be removed. `held`: the lock this process holds already, if any.
     """
     folder = path.parent
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -181,6 +181,10 @@ def check_socket_path(path: Path) -> int:
         raise ConfigError(f"{folder}: {shared[0]}; {shared[1]}")
     running = ConfigError(f"{path}: another assistant is already running there")
     lock = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    if held is not None and os.path.sameopenfile(lock, held):
+        # Still in place, and locked through `held` (which a lock of its own would find taken): shared.
+        os.close(lock)
+        lock = os.dup(held)
     try:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -212,11 +216,11 @@ def answers(path: Path, timeout: float = 1.0) -> bool:
     return True
 
 
-def _listen(path: Path) -> tuple[socket.socket, int]:
+def _listen(path: Path, held: int | None = None) -> tuple[socket.socket, int]:
     """A socket bound at `path`, mode 0600, and the lock beside it (check_socket_path); ConfigError if not."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     try:
-        lock = check_socket_path(path)
+        lock = check_socket_path(path, held)
         old_umask = os.umask(0o177)  # created 0600: only the service's user may talk to it
         try:
             sock.bind(str(path))
@@ -283,7 +287,7 @@ class ControlServer:
 
     def _listen_again(self) -> None:
         try:
-            sock, lock = _listen(self.path)
+            sock, lock = _listen(self.path, held=self.lock)  # its lock may have been left, or removed too
         except ConfigError as e:
             if str(e) != self.lost:  # tried again at every beat, said once
                 log.error("the control socket %s was removed and cannot be made again: %s", self.path, e)
