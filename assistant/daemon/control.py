@@ -216,14 +216,16 @@ def answers(path: Path, timeout: float = 1.0) -> bool:
     return True
 
 
-def _listen(path: Path, held: int | None = None) -> tuple[socket.socket, int]:
-    """A socket bound at `path`, mode 0600, and the lock beside it (check_socket_path); ConfigError if not."""
+def _listen(path: Path, held: int | None = None) -> tuple[socket.socket, int, int]:
+    """A socket bound at `path`, mode 0600, the lock beside it (check_socket_path) and the socket's inode;
+    ConfigError if not."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     try:
         lock = check_socket_path(path, held)
         old_umask = os.umask(0o177)  # created 0600: only the service's user may talk to it
         try:
             sock.bind(str(path))
+            inode = path.stat().st_ino
         except BaseException:
             os.close(lock)
             raise
@@ -235,7 +237,7 @@ def _listen(path: Path, held: int | None = None) -> tuple[socket.socket, int]:
     except BaseException:
         sock.close()
         raise
-    return sock, lock
+    return sock, lock, inode
 
 
 class ControlServer:
@@ -250,8 +252,7 @@ class ControlServer:
     ):
         """`disconnected(client)` when a client has gone; `busy(client)`: whether it has turns queued or running."""
         self.path, self.handle, self.disconnected, self.busy = path, handle, disconnected, busy
-        sock, self.lock = _listen(path)
-        self.inode = path.stat().st_ino
+        sock, self.lock, self.inode = _listen(path)
         self.clients: dict[int, _Client] = {}
         self.connections: set[asyncio.Task] = set()  # each connection's _serve, awaited by close()
         self.numbers = itertools.count(1)
@@ -287,7 +288,7 @@ class ControlServer:
 
     def _listen_again(self) -> None:
         try:
-            sock, lock = _listen(self.path, held=self.lock)  # its lock may have been left, or removed too
+            sock, lock, inode = _listen(self.path, held=self.lock)  # its lock may have been left, or removed too
         except ConfigError as e:
             if str(e) != self.lost:  # tried again at every beat, said once
                 log.error("the control socket %s was removed and cannot be made again: %s", self.path, e)
@@ -295,7 +296,7 @@ class ControlServer:
             return
         log.warning("the control socket %s was removed (by a cleaner of old files?); listening there again", self.path)
         os.close(self.lock)
-        self.lock, self.inode, self.lost = lock, self.path.stat().st_ino, None
+        self.lock, self.inode, self.lost = lock, inode, None
         self._serve_on(sock)
 
     # -- events out ---------------------------------------------------------------------------------
