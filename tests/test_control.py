@@ -171,13 +171,16 @@ def test_an_id_the_daemon_picks_never_clashes_with_one_a_client_chose(tmp_path: 
             assert until(chooser, "turn_done")[-1]["cancelled"]
             started = next(events(picked))
             assert (started["type"], started["request"]) == ("turn_start", f"auto-{number}.2"), started
-        with connect(control) as client:  # and a client may not take the daemon's form
-            send(client, {"type": "status", "id": f"auto-{number}.3"})
-            (refused,) = events(client)
-        assert refused["type"] == "error"
-        assert refused["message"] == (
-            "malformed request: ids starting 'auto-' are the ones the assistant picks; choose another"
-        )
+        with connect(control) as client:  # and a client's turn may not take the daemon's form
+            send(client, {"type": "say", "text": "what time is it", "id": f"auto-{number}.3"})
+            refused = next(events(client))
+            assert refused == {
+                "type": "error",
+                "request": f"auto-{number}.3",
+                "message": "ids auto-N.M are the ones the assistant picks; give the request another id",
+            }
+            send(client, {"type": "status", "id": "after"})  # refused, not hung up on
+            assert until(client, "status")[-1]["request"] == "after"
     finally:
         assert daemon.stop() == 0
         notify.close()

@@ -4,7 +4,7 @@ A Unix stream socket with mode 0600 in a directory only the service's user can w
     {"type": "say", "text": "...", "id": "..."}   a text turn; its events stream back, ending with "turn_done"
     {"type": "cancel", "turn": "..."}              stop that turn (any connection's), or the running one
     {"type": "status"}                             one "status" event
-"id" is optional (the server picks one, starting "auto-", which clients may not); every event
+"id" is optional (the server picks one, starting "auto-", which a client's "say" may not); every event
 answering a request carries it as "request", and a connection receives only the events of its own
 requests, plus the assistant's own (wake, transcripts, voice turns, timers ringing), which go to
 everyone. A connection that closes cancels its turns. Anything malformed gets an "error" event,
@@ -51,7 +51,7 @@ IDLE_SECONDS = 10.0
 MAX_ID = 64  # characters of a request id
 # Touched when older than this: cleaners of /tmp remove what was untouched for days (systemd-tmpfiles: 10).
 FRESH_SECONDS = 3600.0
-# The ids the server picks for requests that name none: a client may not choose one, so that no
+# The ids the server picks for requests that name none: a client's `say` may not use one, so that no
 # connection's turn is refused for an id another connection was given ("already in use").
 PICKED = "auto-"
 
@@ -90,6 +90,7 @@ class Request:
     id: str
     client: int
     fields: dict[str, Any]
+    picked: bool = False  # the id is the server's (PICKED...), not the client's
 
 
 def parse_request(line: bytes, client: int, number: int) -> Request:
@@ -108,19 +109,18 @@ def parse_request(line: bytes, client: int, number: int) -> Request:
     if not isinstance(message, dict) or not isinstance(message.get("type"), str):
         raise ValueError("malformed request: a request is a JSON object with a type")
     request_id = message.pop("id", None)
-    if request_id is None:
+    picked = request_id is None
+    if picked:
         request_id = f"{PICKED}{client}.{number}"
     elif not isinstance(request_id, str) or not 0 < len(request_id) <= MAX_ID or not request_id.isprintable():
         raise ValueError(f"malformed request: id must be a printable string of at most {MAX_ID} characters")
-    elif request_id.startswith(PICKED):
-        raise ValueError(f"malformed request: ids starting {PICKED!r} are the ones the assistant picks; choose another")
     for key, value in message.items():
         if isinstance(value, str):
             try:
                 value.encode()
             except UnicodeEncodeError:
                 raise ValueError(f"malformed request: {key} is not valid Unicode") from None
-    return Request(message.pop("type"), request_id, client, message)
+    return Request(message.pop("type"), request_id, client, message, picked)
 
 
 @dataclass

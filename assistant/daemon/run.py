@@ -36,7 +36,7 @@ from assistant.config import (
     setting,
     state_dir,
 )
-from assistant.daemon.control import ControlServer, Event, Request, default_socket_path, folder_not_private
+from assistant.daemon.control import PICKED, ControlServer, Event, Request, default_socket_path, folder_not_private
 from assistant.daemon.notify import notify, watchdog_interval
 from assistant.doctor import MICROPHONE_FIX, STATE_FILES, microphone_problem
 from assistant.llm.conversation import Conversation
@@ -523,6 +523,8 @@ class Daemon:
                 reply("error", message=f"the assistant is {self.state.value}")
             elif request.id.startswith("voice-"):  # its events and its cancel would be taken for the voice turn's
                 reply("error", message="ids voice-N name the microphone's turns; give the request another id")
+            elif request.id.startswith(PICKED) and not request.picked:  # it would clash with one picked later
+                reply("error", message=f"ids {PICKED}N.M are the ones the assistant picks; give the request another id")
             else:
                 self._queue(TurnRequest(request.id, text, request.client), reply)
         else:
