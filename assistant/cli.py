@@ -12,6 +12,13 @@ def _starting_interrupted(*_: object) -> None:
     raise SystemExit(130)
 
 
+_hung_up: list[int] = []  # a SIGHUP while the command starts, for main() to act on once it knows the command
+
+
+def _starting_hung_up(signum: int, _: object) -> None:
+    _hung_up.append(signum)
+
+
 # Ctrl-C while the command starts (a tenth of a second of imports, more on a board) ends it as it does
 # later, with status 130 and no traceback: until this module is loaded, and from then on main() takes it.
 # Not where it is ignored (`nohup`, `&`), nor when imported on a thread (signals are the main thread's).
@@ -20,6 +27,11 @@ if (
     and threading.current_thread() is threading.main_thread()
 ):
     signal.signal(signal.SIGINT, _starting_interrupted)
+# SIGHUP while the command starts: for `assistant run` a reload (`kill -HUP`, `systemctl reload`) that has
+# nothing to do yet, since the config is read after; its default action would end the service, which
+# systemd counts as a clean exit and does not restart. Any other command hears of it in main().
+if signal.getsignal(signal.SIGHUP) is signal.SIG_DFL and threading.current_thread() is threading.main_thread():
+    signal.signal(signal.SIGHUP, _starting_hung_up)
 
 import argparse
 import json
@@ -691,6 +703,10 @@ def main(argv: list[str] | None = None) -> int:
         if hasattr(sys.stdout, "reconfigure"):
             sys.stdout.reconfigure(errors="backslashreplace")
         args = build_parser().parse_args(argv)
+        if args.func is not cmd_run and signal.getsignal(signal.SIGHUP) is _starting_hung_up:
+            signal.signal(signal.SIGHUP, signal.SIG_DFL)  # the terminal gone: ended as it would have been
+            if _hung_up:
+                os.kill(os.getpid(), signal.SIGHUP)
         args.log_level = getattr(args, "log_level", None)
         setup_logging(args.log_level or "info")
         return args.func(args)

@@ -14,7 +14,20 @@ from pathlib import Path
 import pytest
 
 from assistant.daemon.control import IDLE_SECONDS, MAX_CLIENTS
-from tests.test_daemon import Daemon, Notifications, connect, events, run_assistant, send, until, write_config
+from tests import test_daemon
+from tests.test_daemon import (
+    Daemon,
+    Notifications,
+    chatty_config,
+    connect,
+    events,
+    run_assistant,
+    send,
+    until,
+    write_config,
+)
+
+chatty = test_daemon.chatty  # the model that never stops on its own, as a fixture here too
 
 
 @pytest.fixture(scope="module")
@@ -139,3 +152,77 @@ def test_a_request_not_in_utf8_is_refused_as_such_whatever_encoding_it_looks_lik
     with connect(socket_of(daemon)) as client:  # a byte-order mark ahead of UTF-8 is still UTF-8
         send(client, b'\xef\xbb\xbf{"type": "status", "id": "bom"}\n')
         assert until(client, "status")[-1]["request"] == "bom"
+
+
+def test_an_id_the_daemon_picks_never_clashes_with_one_a_client_chose(tmp_path: Path, chatty: Path) -> None:
+    config = chatty_config(tmp_path, chatty, max_new_tokens=4000)  # a turn that runs until cancelled
+    notify = Notifications(tmp_path / "notify.sock")
+    daemon = Daemon(tmp_path, config, notify)
+    control = tmp_path / "run" / "control.sock"
+    try:
+        with connect(control) as picked, connect(control) as chooser:
+            send(picked, {"type": "status"})  # no id: the daemon picks one, numbered by connection and request
+            number = until(picked, "status")[-1]["request"].removeprefix("auto-").split(".")[0]
+            # Another connection chooses, as its own, what the first one's next request used to be called.
+            send(chooser, {"type": "say", "text": "tell me a long story", "id": f"{number}.2"})
+            assert until(chooser, "turn_start")[-1]["request"] == f"{number}.2"
+            send(picked, {"type": "say", "text": "tell me another"})  # queued behind it, not refused
+            send(chooser, {"type": "cancel", "turn": f"{number}.2", "id": "stop"})
+            assert until(chooser, "turn_done")[-1]["cancelled"]
+            started = next(events(picked))
+            assert (started["type"], started["request"]) == ("turn_start", f"auto-{number}.2"), started
+        with connect(control) as client:  # and a client's turn may not take the daemon's form
+            send(client, {"type": "say", "text": "what time is it", "id": f"auto-{number}.3"})
+            refused = next(events(client))
+            assert refused == {
+                "type": "error",
+                "request": f"auto-{number}.3",
+                "message": "ids auto-N.M are the ones the assistant picks; give the request another id",
+            }
+            send(client, {"type": "status", "id": "after"})  # refused, not hung up on
+            assert until(client, "status")[-1]["request"] == "after"
+    finally:
+        assert daemon.stop() == 0
+        notify.close()
+
+
+def test_the_socket_is_kept_from_cleaners_of_old_files_and_made_again_if_removed(
+    tmp_path: Path, tiny_int8: Path
+) -> None:
+    """Outside systemd the socket may be in /tmp, where systemd-tmpfiles or tmpreaper remove what nobody
+    touched for days: a daemon running for weeks would be left deaf to every client."""
+    config = write_config(tmp_path, tiny_int8)
+    notify = Notifications(tmp_path / "notify.sock")
+    daemon = Daemon(tmp_path, config, notify)  # its main loop beats every half second
+    control = tmp_path / "run" / "control.sock"
+    kept = [control, Path(f"{control}.lock"), control.parent]
+    try:
+        weeks_ago = time.time() - 20 * 86400
+        for path in kept:
+            os.utime(path, (weeks_ago, weeks_ago))
+        deadline = time.monotonic() + 30
+        while any(path.stat().st_mtime < weeks_ago + 86400 for path in kept):
+            assert time.monotonic() < deadline, [path.stat().st_mtime for path in kept]
+            time.sleep(0.1)
+        removed = f"the control socket {control} was removed"
+        with connect(control) as before:  # a client connected before the removal keeps its connection
+            # The socket alone (someone's `rm`), then the socket and its lock (a cleaner, files first).
+            for times, gone in enumerate(([control], kept[:2]), start=1):
+                for path in gone:
+                    path.unlink()
+                deadline = time.monotonic() + 30
+                while daemon.log_text().count(removed) < times:
+                    assert time.monotonic() < deadline, daemon.log_text()
+                    time.sleep(0.1)
+                status = run_assistant("status", "--config", str(config))
+                assert (status.returncode, status.stdout.splitlines()[0]) == (0, "state: ready"), status.stderr
+                assert Path(f"{control}.lock").exists()
+                second = run_assistant("run", "--config", str(config), "--text-only")  # finds it taken
+                assert second.returncode == 78 and "another assistant is already running there" in second.stderr
+            send(before, {"type": "status", "id": "before"})
+            assert until(before, "status")[-1]["request"] == "before"
+        assert "cannot be made again" not in daemon.log_text()
+    finally:
+        assert daemon.stop() == 0
+        notify.close()
+    assert not control.exists()

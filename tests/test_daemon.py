@@ -43,11 +43,13 @@ class Notifications:
         self.socket.bind(str(path))
         self.received: list[str] = []
 
-    def wait_for(self, field: str, timeout: float = 90, process: subprocess.Popen | None = None) -> None:
-        """Until `field` arrives; with `process`, only from it (a daemon stopped before may still be in
-        the queue) and an AssertionError as soon as it exits."""
+    def wait_for(
+        self, field: str, timeout: float = 90, process: subprocess.Popen | None = None, count: int = 1
+    ) -> None:
+        """Until `field` has arrived `count` times; with `process`, only from it (a daemon stopped before
+        may still be in the queue) and an AssertionError as soon as it exits."""
         deadline = time.monotonic() + timeout
-        while field not in self.received:
+        while self.received.count(field) < count:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise AssertionError(f"no {field}; got {self.received}")
@@ -1127,6 +1129,33 @@ def test_a_sighup_while_the_program_starts_is_not_its_end(setup) -> None:
         finally:
             process.send_signal(signal.SIGTERM)
             assert process.wait(timeout=30) == 0
+
+
+HANGUP_AS_IT_STARTS = """import os, signal, sys
+import assistant.cli
+os.kill(os.getpid(), signal.SIGHUP)  # the command's module loaded, the command not yet known
+sys.exit(assistant.cli.main(sys.argv[1:]))
+"""
+
+
+def test_a_sighup_before_the_command_is_known_ends_only_a_command_that_is_not_the_daemon(setup) -> None:
+    """The first tenth of a second or more (imports, the arguments): `assistant run` would end there as
+    cleanly as systemd sees it, and not be restarted."""
+    config, control, notify = setup
+    command = [sys.executable, "-c", HANGUP_AS_IT_STARTS]
+    run = [*command, "run", "--config", str(config), "--text-only"]
+    env = clean_env() | {"NOTIFY_SOCKET": str(notify.path)}
+    with open(config.parent / "daemon.log", "wb") as log:
+        daemon = subprocess.Popen(run, env=env, stdout=log, stderr=log)
+        try:
+            notify.wait_for("READY=1", timeout=60, process=daemon)
+            assert spoken(turn(control, "what time is it")).startswith("It is ")
+            status = subprocess.run([*command, "status", "--config", str(config)], env=clean_env(), timeout=60)
+            assert status.returncode == -signal.SIGHUP  # the terminal gone: a client ends as it always did
+        finally:
+            daemon.send_signal(signal.SIGTERM)
+            assert daemon.wait(timeout=30) == 0
+    assert "reload" not in (config.parent / "daemon.log").read_text()  # nothing to reload: read after it
 
 
 def test_two_daemons_starting_at_once_on_one_socket_leave_one_running(setup) -> None:

@@ -4,10 +4,11 @@ A Unix stream socket with mode 0600 in a directory only the service's user can w
     {"type": "say", "text": "...", "id": "..."}   a text turn; its events stream back, ending with "turn_done"
     {"type": "cancel", "turn": "..."}              stop that turn (any connection's), or the running one
     {"type": "status"}                             one "status" event
-"id" is optional (the server picks one); every event answering a request carries it as "request",
-and a connection receives only the events of its own requests, plus the assistant's own (wake,
-transcripts, voice turns, timers ringing), which go to everyone. A connection that closes
-cancels its turns. Anything malformed gets an "error" event, then the connection is closed.
+"id" is optional (the server picks one, starting "auto-", which a client's "say" may not); every event
+answering a request carries it as "request", and a connection receives only the events of its own
+requests, plus the assistant's own (wake, transcripts, voice turns, timers ringing), which go to
+everyone. A connection that closes cancels its turns. Anything malformed gets an "error" event,
+then the connection is closed.
 
 One asyncio loop in one thread serves every connection, so a client costs no thread; each has
 a queue of events bounded in bytes: a client that stops reading is disconnected when its answers
@@ -48,6 +49,11 @@ MAX_CLIENTS = 256
 # asked, nothing answered) and has no turn: connections left open by a script cannot lock everyone else out.
 IDLE_SECONDS = 10.0
 MAX_ID = 64  # characters of a request id
+# Touched when older than this: cleaners of /tmp remove what was untouched for days (systemd-tmpfiles: 10).
+FRESH_SECONDS = 3600.0
+# The ids the server picks for requests that name none: a client's `say` may not use one, so that no
+# connection's turn is refused for an id another connection was given ("already in use").
+PICKED = "auto-"
 
 
 def default_socket_path() -> Path:
@@ -84,6 +90,7 @@ class Request:
     id: str
     client: int
     fields: dict[str, Any]
+    picked: bool = False  # the id is the server's (PICKED...), not the client's
 
 
 def parse_request(line: bytes, client: int, number: int) -> Request:
@@ -102,8 +109,9 @@ def parse_request(line: bytes, client: int, number: int) -> Request:
     if not isinstance(message, dict) or not isinstance(message.get("type"), str):
         raise ValueError("malformed request: a request is a JSON object with a type")
     request_id = message.pop("id", None)
-    if request_id is None:
-        request_id = f"{client}.{number}"
+    picked = request_id is None
+    if picked:
+        request_id = f"{PICKED}{client}.{number}"
     elif not isinstance(request_id, str) or not 0 < len(request_id) <= MAX_ID or not request_id.isprintable():
         raise ValueError(f"malformed request: id must be a printable string of at most {MAX_ID} characters")
     for key, value in message.items():
@@ -112,7 +120,7 @@ def parse_request(line: bytes, client: int, number: int) -> Request:
                 value.encode()
             except UnicodeEncodeError:
                 raise ValueError(f"malformed request: {key} is not valid Unicode") from None
-    return Request(message.pop("type"), request_id, client, message)
+    return Request(message.pop("type"), request_id, client, message, picked)
 
 
 @dataclass
@@ -160,12 +168,12 @@ def _replaceable(folder: Path) -> str | None:
     return None
 
 
-def check_socket_path(path: Path) -> int:
+def check_socket_path(path: Path, held: int | None = None) -> int:
     """Refuse a path another user could interfere with, or that is not ours to take (ConfigError).
 
     Returns the descriptor of a lock beside the socket, held while it stays open: an instance starting
     at the same moment finds it taken. The socket alone would not answer yet, so it would look left
-    by an instance that died, and be removed.
+    by an instance that died, and be removed. `held`: the lock this process holds already, if any.
     """
     folder = path.parent
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -173,6 +181,10 @@ def check_socket_path(path: Path) -> int:
         raise ConfigError(f"{folder}: {shared[0]}; {shared[1]}")
     running = ConfigError(f"{path}: another assistant is already running there")
     lock = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    if held is not None and os.path.sameopenfile(lock, held):
+        # Still in place, and locked through `held` (which a lock of its own would find taken): shared.
+        os.close(lock)
+        lock = os.dup(held)
     try:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -204,6 +216,30 @@ def answers(path: Path, timeout: float = 1.0) -> bool:
     return True
 
 
+def _listen(path: Path, held: int | None = None) -> tuple[socket.socket, int, int]:
+    """A socket bound at `path`, mode 0600, the lock beside it (check_socket_path) and the socket's inode;
+    ConfigError if not."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        lock = check_socket_path(path, held)
+        old_umask = os.umask(0o177)  # created 0600: only the service's user may talk to it
+        try:
+            sock.bind(str(path))
+            inode = path.stat().st_ino
+        except BaseException:
+            os.close(lock)
+            raise
+        finally:
+            os.umask(old_umask)
+    except OSError as e:  # a folder we may not create, a path too long for a Unix socket
+        sock.close()
+        raise ConfigError(f"{path}: cannot listen there ({e.strerror or e}); choose another control.socket") from None
+    except BaseException:
+        sock.close()
+        raise
+    return sock, lock, inode
+
+
 class ControlServer:
     """Serves the socket from its own thread; `handle(request)` is called on that thread and must not block."""
 
@@ -216,29 +252,52 @@ class ControlServer:
     ):
         """`disconnected(client)` when a client has gone; `busy(client)`: whether it has turns queued or running."""
         self.path, self.handle, self.disconnected, self.busy = path, handle, disconnected, busy
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-        try:
-            self.lock = check_socket_path(path)
-            old_umask = os.umask(0o177)  # created 0600: only the service's user may talk to it
-            try:
-                sock.bind(str(path))
-            finally:
-                os.umask(old_umask)
-        except OSError as e:  # a folder we may not create, a path too long for a Unix socket
-            sock.close()
-            raise ConfigError(
-                f"{path}: cannot listen there ({e.strerror or e}); choose another control.socket"
-            ) from None
-        self.inode = path.stat().st_ino
+        sock, self.lock, self.inode = _listen(path)
         self.clients: dict[int, _Client] = {}
         self.connections: set[asyncio.Task] = set()  # each connection's _serve, awaited by close()
         self.numbers = itertools.count(1)
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="control", daemon=True)
         self.thread.start()
+        self.servers: list[asyncio.Server] = []  # more than one once the socket was made again
+        self._serve_on(sock)
+        self.lost: str | None = None  # why the socket, removed, could not be made again (said once)
+
+    def _serve_on(self, sock: socket.socket) -> None:
         # A backlog that takes a burst of clients connecting at once.
         start = asyncio.start_unix_server(self._serve, sock=sock, limit=MAX_LINE, backlog=socket.SOMAXCONN)
-        self.server = asyncio.run_coroutine_threadsafe(start, self.loop).result()
+        self.servers.append(asyncio.run_coroutine_threadsafe(start, self.loop).result())
+
+    # -- the socket's path ---------------------------------------------------------------------------
+
+    def keep_path(self) -> None:
+        """Keep the socket where clients look for it, for as long as the daemon runs (months): touched
+        now and then, so that no cleaner of old files (systemd-tmpfiles, tmpreaper: /tmp/assistant-<uid>
+        outside systemd) takes it, and made again if it went all the same. Called at the main loop's beat."""
+        try:
+            info = self.path.lstat()
+        except FileNotFoundError:
+            self._listen_again()
+            return
+        except OSError:
+            return
+        if info.st_ino == self.inode and time.time() - info.st_mtime > FRESH_SECONDS:
+            for path in (self.path, Path(f"{self.path}.lock"), self.path.parent):
+                with contextlib.suppress(OSError):
+                    os.utime(path)
+
+    def _listen_again(self) -> None:
+        try:
+            sock, lock, inode = _listen(self.path, held=self.lock)  # its lock may have been left, or removed too
+        except ConfigError as e:
+            if str(e) != self.lost:  # tried again at every beat, said once
+                log.error("the control socket %s was removed and cannot be made again: %s", self.path, e)
+                self.lost = str(e)
+            return
+        log.warning("the control socket %s was removed (by a cleaner of old files?); listening there again", self.path)
+        os.close(self.lock)
+        self.lock, self.inode, self.lost = lock, inode, None
+        self._serve_on(sock)
 
     # -- events out ---------------------------------------------------------------------------------
 
@@ -361,7 +420,8 @@ class ControlServer:
 
     def close(self) -> None:
         async def stop() -> None:
-            self.server.close()
+            for server in self.servers:
+                server.close()
             for client in list(self.clients.values()):
                 client.writer.transport.abort()
             # Each connection then ends its own way (its sender, its turns cancelled); a loop stopped

@@ -36,7 +36,7 @@ from assistant.config import (
     setting,
     state_dir,
 )
-from assistant.daemon.control import ControlServer, Event, Request, default_socket_path, folder_not_private
+from assistant.daemon.control import PICKED, ControlServer, Event, Request, default_socket_path, folder_not_private
 from assistant.daemon.notify import notify, watchdog_interval
 from assistant.doctor import MICROPHONE_FIX, STATE_FILES, microphone_problem
 from assistant.llm.conversation import Conversation
@@ -188,20 +188,25 @@ class Daemon:
         # Said once, and once when it passes: without systemd's watchdog nothing ends an unhealthy
         # daemon, and a line at every beat would fill the journal.
         unhealthy = None
+        beat = time.monotonic()
         while not self.stop_requested:
-            problem = self.problem()
-            if problem is None:
-                notify("WATCHDOG=1")
-                if unhealthy is not None:
-                    log.info("healthy again (it was: %s); telling the watchdog again", unhealthy)
-            elif problem != unhealthy:
-                log.error("unhealthy, not telling the watchdog: %s", problem)
-            unhealthy = problem
+            # On the beat's schedule, whatever wakes the loop in between (a SIGHUP storm, a reload ending).
+            if time.monotonic() >= beat:
+                beat = time.monotonic() + interval
+                problem = self.problem()
+                if problem is None:
+                    notify("WATCHDOG=1")
+                    if unhealthy is not None:
+                        log.info("healthy again (it was: %s); telling the watchdog again", unhealthy)
+                elif problem != unhealthy:
+                    log.error("unhealthy, not telling the watchdog: %s", problem)
+                unhealthy = problem
+                self.control.keep_path()
             if self.reload_requested and not self.reloading:
                 self.reload_requested, self.reloading = False, True
                 self.reloader = threading.Thread(target=self.reload, name="reload", daemon=True)
                 self.reloader.start()
-            select.select([self.wakeup_read], [], [], interval)
+            select.select([self.wakeup_read], [], [], max(beat - time.monotonic(), 0))
             with contextlib.suppress(BlockingIOError):
                 os.read(self.wakeup_read, 4096)
         return self.shutdown()
@@ -518,6 +523,8 @@ class Daemon:
                 reply("error", message=f"the assistant is {self.state.value}")
             elif request.id.startswith("voice-"):  # its events and its cancel would be taken for the voice turn's
                 reply("error", message="ids voice-N name the microphone's turns; give the request another id")
+            elif request.id.startswith(PICKED) and not request.picked:  # it would clash with one picked later
+                reply("error", message=f"ids {PICKED}N.M are the ones the assistant picks; give the request another id")
             else:
                 self._queue(TurnRequest(request.id, text, request.client), reply)
         else:
