@@ -506,9 +506,12 @@ def _command(context: SkillContext, device: dict, field: str, value: Any) -> Non
 
 
 @skill(
-    sentences={"zh": [("打开{device}", {"on": True}), ("(关闭|关掉){device}", {"on": False})]},
+    # The English sentence is the library's too; as the skill's own, it is also the prompt's example call,
+    # which teaches a small model the device argument of the call people ask for most.
+    sentences={"en": [("turn on [the] {device}", {"on": True})],
+               "zh": [("打开{device}", {"on": True}), ("(关闭|关掉){device}", {"on": False})]},
     intents={"HassTurnOn": {"device": "{name}", "on": True}, "HassTurnOff": {"device": "{name}", "on": False}},
-)
+)  # fmt: skip
 def switch_device(device: Annotated[str, _names(*SWITCHED)], on: bool, context: SkillContext) -> str:
     """Switch a light, a switch or a fan on or off.
 
