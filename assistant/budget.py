@@ -19,7 +19,7 @@ from tokenizers import Tokenizer
 from assistant.config import ConfigError, Settings
 from assistant.llm.chat_template import ChatTemplate, plain_tokenizer
 from assistant.skills.prompt import (
-    FEW_CHOICES,
+    counted_values,
     example_exchange,
     prompt_messages,
     shared_values,
@@ -136,7 +136,7 @@ def plan_prompt(
             persona=count(persona.strip()),
             skills={t["function"]["name"]: count(tool_line(t, shared) + "\n") for t in tools},
             values=sum(count(value_line(name, values, listed)) for name, values in shared.items()),
-            unlisted={} if listed else {n: len(v) for n, v in shared.items() if len(v) > FEW_CHOICES},
+            unlisted={} if listed else counted_values(shared),
         )
         return PromptPlan(tools, example, budget, listed)
 
@@ -162,7 +162,7 @@ def plan_prompt(
                     fitting, plan = middle, tried
                 else:
                     short = middle
-        if plan.budget.fits or not any(len(v) > FEW_CHOICES for v in shared_values(plan.tools).values()):
+        if plan.budget.fits or not counted_values(shared_values(plan.tools)):
             break
     in_prompt = {t["function"]["name"] for t in plan.tools}
     plan.budget.intents_only = [s.name for s in skills if s.name not in in_prompt]

@@ -817,7 +817,7 @@ def _slot_list(schema: dict, language: str) -> dict:
     if schema.get("type") == "array":  # a sentence hears one value of a list
         return _slot_list(schema.get("items", {}), language)
     if "enum" in schema:  # a choice such as a device's name is words, even where it spells template syntax
-        return {"values": [{"in": _words(str(v)), "out": v} for v in schema["enum"] if _words(str(v))]}
+        return {"values": [{"in": words, "out": v} for v in schema["enum"] if (words := _words(str(v)))]}
     if schema.get("type") in ("integer", "number"):
         # Beyond the bounds, so that an out-of-range number is heard and explained; at most up to
         # 1000, because hassil spells out every number of a range in words when it first meets it.

@@ -83,9 +83,14 @@ def shared_values(tools: list[dict]) -> dict[str, list]:
 FEW_CHOICES = 8  # listed whatever the room: their names cost about what their count would
 
 
+def counted_values(shared: Mapping[str, list]) -> dict[str, int]:
+    """The shared choices that are only counted when the room is short (a home of many devices), with their counts."""
+    return {name: len(values) for name, values in shared.items() if len(values) > FEW_CHOICES}
+
+
 def value_line(name: str, values: list, listed: bool = True) -> str:
-    if not listed and len(values) > FEW_CHOICES:  # more than the context holds (a home of many devices):
-        return f"{name}: one of {len(values)}, named as the request names it\n"  # the grammar allows only these
+    if not listed and len(values) > FEW_CHOICES:  # as counted_values has it; the grammar still allows only these
+        return f"{name}: one of {len(values)}, named as the request names it\n"
     return f"{name}: {'|'.join(_choice(v) for v in values)}\n"
 
 

@@ -153,12 +153,7 @@ def _device(context: SkillContext, name: str) -> dict:
         # The model's call must name a configured device: asked for the garage light, it picks one of
         # the lights there are. Switching the kitchen light instead would be worse than asking. (The
         # only device of its kind needs no name: "turn on the light", "set the temperature to 21".)
-        names = [d["name"] for d in devices]
-        shown = ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
-        raise NotDone(
-            f"I don't know which device you mean. The devices I know are: {shown}.",
-            f"我不知道你说的是哪个设备。我知道的设备有：{'、'.join(names[:8])}{'等' if len(names) > 8 else ''}。",
-        )
+        raise _which_one("device", "设备", [d["name"] for d in devices])
     if context.heard and found and (said := _said_instead(found[0], devices, context.heard)):
         # The model's call may stop at a shorter name that is part of the one said: "kitchen light" for
         # "kitchen light 2", 客厅灯 for 客厅灯2. Switching the other light would be worse than asking.
@@ -175,6 +170,16 @@ def _device(context: SkillContext, name: str) -> dict:
             f"有{len(found)}个设备叫{name}（{areas_zh}），不知道你说的是哪一个。",
         )
     return found[0]
+
+
+def _which_one(what: str, what_zh: str, names: list[str]) -> NotDone:
+    """The answer "I don't know which device (or area) you mean", with the first eight of those there are."""
+    shown = ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
+    shown_zh = "、".join(names[:8]) + ("等" if len(names) > 8 else "")
+    return NotDone(
+        f"I don't know which {what} you mean. The {what}s I know are: {shown}.",
+        f"我不知道你说的是哪个{what_zh}。我知道的{what_zh}有：{shown_zh}。",
+    )
 
 
 def _naming_now(devices: list[dict], heard: tuple[str, ...]) -> tuple[str, ...]:
@@ -237,14 +242,14 @@ def _said_instead(device: dict, devices: list[dict], heard: tuple[str, ...]) -> 
     ("kitchen light 2" for the kitchen light, "left desk lamp" for the desk lamp); None if there is none,
     or if the device is named apart from it ("the desk lamp and the left desk lamp"). Only the newest
     words that name either count: "and the kitchen light 2 too" after "turn on the kitchen light"."""
+    # the newest words that name the device (a longer name that holds its name names it too)
+    said = next(((text,) for text in reversed(heard) if _mentioned(device, (text,))), ())
     for other in devices:
         if other is device:
             continue
         for longer in _spoken(other):
             if not any(_part_of(name, longer) for name in _spoken(device)):
                 continue
-            # the newest words that name the device (a longer name that holds its name names it too)
-            said = next(((text,) for text in reversed(heard) if _mentioned(device, (text,))), ())
             if _mentioned({"name": longer}, said) and not _mentioned(device, said, besides=longer):
                 return longer
     return None
@@ -614,14 +619,7 @@ def switch_all(
     if context.heard and area != EVERYWHERE and not _mentioned({"name": area}, context.heard):
         # As with a device: asked for the garage's lights, the model's call names an area there is.
         areas = sorted({d["area"] for d in _devices(context.settings) if d.get("area")})
-        shown = ", ".join(areas[:8]) + (f" and {len(areas) - 8} more" if len(areas) > 8 else "")
-        return _said(
-            context,
-            NotDone(
-                f"I don't know which area you mean. The areas I know are: {shown}.",
-                f"我不知道你说的是哪个区域。我知道的区域有：{'、'.join(areas[:8])}{'等' if len(areas) > 8 else ''}。",
-            ),
-        )
+        return _said(context, _which_one("area", "区域", areas))
     devices = [
         d
         for d in _devices(context.settings, kind)
