@@ -76,6 +76,11 @@ def _kept(db, list: ListName) -> list[set[str]]:
     return [_forms(text) for (text,) in db.execute("SELECT text FROM items WHERE list = ?", (list,))]
 
 
+def _listed_already(item: str, kept: list[set[str]]) -> bool:
+    forms = _forms(item)
+    return any(forms & listed for listed in kept)
+
+
 ARTICLE = re.compile(r"^(?:the|a|an|some|my|our)\s+", re.IGNORECASE)  # said before an item, not part of it
 
 
@@ -122,7 +127,7 @@ def add_item(text: Text, context: SkillContext, list: ListName = "notes") -> str
             return context.localized("What should I note?", zh="要记什么？")
         with _adding(context) as db:
             kept = _kept(db, "notes")
-            if any(_forms(note) & forms for forms in kept):  # asked for twice (to be sure): kept once
+            if _listed_already(note, kept):  # asked for twice (to be sure): kept once
                 return context.localized("That is already in your notes.", zh="笔记里已经有这条了。")
             if len(kept) >= MAX_ITEMS:
                 return _full(context, "notes")
@@ -133,7 +138,7 @@ def add_item(text: Text, context: SkillContext, list: ListName = "notes") -> str
         return context.localized("What should I add?", zh="要加什么？")
     with _adding(context) as db:
         listed = _kept(db, "shopping")
-        added = [item for item in items if not any(_forms(item) & forms for forms in listed)]
+        added = [item for item in items if not _listed_already(item, listed)]
         if len(listed) + len(added) > MAX_ITEMS:
             return _full(context, "shopping", max(0, MAX_ITEMS - len(listed)))
         db.executemany("INSERT INTO items (list, text) VALUES ('shopping', ?)", [(item,) for item in added])
@@ -225,7 +230,8 @@ def remove_item(text: Text, context: SkillContext, list: ListName = "shopping") 
     with _db(context) as db:
         # Compared here, not in SQL: SQLite's lower() folds only ASCII, and Äpfel is äpfel.
         rows = db.execute("SELECT id, text FROM items WHERE list = ?", (list,)).fetchall()
-        ids = [i for i, item in rows if _forms(item) & _forms(text)]
+        said = _forms(text)
+        ids = [i for i, item in rows if _forms(item) & said]
         db.executemany("DELETE FROM items WHERE id = ?", [(i,) for i in ids])
     if ids:
         return context.localized(f"Removed {text}.", zh=f"已删除{text}。")
