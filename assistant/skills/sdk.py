@@ -29,6 +29,7 @@ import math
 import re
 import shutil
 import sqlite3
+import time
 import types
 import typing
 from collections.abc import Callable, Iterator
@@ -120,7 +121,7 @@ class SkillContext:
             self.state_dir.mkdir(parents=True, exist_ok=True)
             connection = sqlite3.connect(self.state_dir / f"{name}.sqlite3", timeout=10)
             try:
-                connection.execute("PRAGMA journal_mode=WAL")
+                _to_wal(connection)
                 connection.execute("PRAGMA synchronous=FULL")
                 with connection:
                     if schema:
@@ -130,6 +131,20 @@ class SkillContext:
                 connection.close()
         except (sqlite3.Error, OSError) as e:
             raise StorageError(storage_problem(e, self.state_dir / f"{name}.sqlite3")) from e
+
+
+def _to_wal(connection: sqlite3.Connection) -> None:
+    """Put the database in WAL mode. Switching a new database needs it to itself, and SQLite answers
+    "busy" at once, without waiting, to a connection that asks while another one switches it (two
+    clients adding to a list that was never used before); it is switched by then, so asking again does."""
+    for attempt in range(50):
+        try:
+            connection.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as e:
+            if (getattr(e, "sqlite_errorcode", 0) or 0) & 0xFF != sqlite3.SQLITE_BUSY or attempt == 49:
+                raise
+            time.sleep(0.01)
 
 
 FULL_BELOW = 256 * 1024  # free bytes under which a write error is taken for a full disk
